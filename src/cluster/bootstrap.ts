@@ -1,0 +1,300 @@
+import type { Client } from "pg";
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Secrets } from "../secrets/secrets-store";
+import { withNodeClient, type Credentials } from "./node-connection";
+import {
+  APP_DATABASE,
+  INCLUDE_LINE,
+  MANAGED_CONF,
+  MARKER_FILE,
+  ROLE_APP,
+  ROLE_REPLICATION,
+  ROLE_REWIND,
+  ROLE_SUPERUSER,
+  hbaNetworkFor,
+  managedConf,
+  managedHba,
+  type NodeMarker,
+} from "./node-settings";
+import { assertPortFree } from "./ports";
+import { slotNameFor } from "./members";
+import { sleep } from "../util/sleep";
+
+export type BootstrapConfig = Pick<
+  RelevoConfig,
+  "clusterName" | "maxSlotWalKeepSize" | "startTimeoutMs" | "nodeTimeoutMs" | "primaryPort" | "replicaPort"
+>;
+
+export interface BootstrapDeps {
+  readonly config: BootstrapConfig;
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+  readonly logger: Logger;
+}
+
+/** What happened to each node, for the caller's events and the CLI's output. */
+export type NodeBootstrapOutcome =
+  | { readonly phase: "initialized"; readonly node: NodeRef }
+  | { readonly phase: "seeded"; readonly node: NodeRef; readonly upstream: string }
+  | { readonly phase: "started"; readonly node: NodeRef }
+  | { readonly phase: "already-running"; readonly node: NodeRef };
+
+export function superuserCredentials(secrets: Secrets, database = "postgres"): Credentials {
+  return { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database };
+}
+
+/**
+ * Brings every node up, idempotently: a node with data is checked and started
+ * as it is (its own signal files say its role); the first node of an empty
+ * cluster is initialised as the primary; every other empty node is seeded from
+ * the running primary with pg_basebackup over a slot of its own. A node whose
+ * creation fails is removed again, so a retry starts clean.
+ */
+export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly NodeRef[]): Promise<NodeBootstrapOutcome[]> {
+  await deps.driver.checkPrerequisites();
+  const outcomes: NodeBootstrapOutcome[] = [];
+  const empty: NodeRef[] = [];
+  for (const node of nodes) {
+    if (await hasData(deps, node)) outcomes.push(await startExisting(deps, node));
+    else empty.push(node);
+  }
+  for (const node of empty) {
+    const primary = await findWritablePrimary(deps, outcomes.map((outcome) => outcome.node));
+    if (primary === null) {
+      if (outcomes.length > 0) {
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `node ${node.name} has no data and no running primary can seed it; start the primary first`,
+        );
+      }
+      outcomes.push(await initializePrimary(deps, node));
+    } else {
+      outcomes.push(await seedReplica(deps, node, primary));
+    }
+  }
+  return outcomes;
+}
+
+async function hasData(deps: BootstrapDeps, node: NodeRef): Promise<boolean> {
+  const state = await deps.driver.state(node);
+  if (state.phase === "absent") return false;
+  const version = await deps.driver.readFile(node, "PG_VERSION");
+  if (version !== null) return true;
+  const leftovers = await deps.driver.listFiles(node, ".");
+  if (leftovers.length > 0) {
+    throw new RelevoError(
+      ErrorCode.DataDirNotOurs,
+      `data directory ${deps.driver.dataDirectory(node)} of node ${node.name} is not empty and holds no PostgreSQL cluster; ` +
+        `move it away or set RELEVO_HOME to another directory`,
+      { details: { env: "RELEVO_HOME" } },
+    );
+  }
+  return false;
+}
+
+async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBootstrapOutcome> {
+  const { driver } = deps;
+  const version = (await driver.readFile(node, "PG_VERSION"))?.toString("utf8").trim();
+  if (version !== "15") {
+    throw new RelevoError(
+      ErrorCode.DataDirIncompatible,
+      `data directory ${driver.dataDirectory(node)} of node ${node.name} belongs to PostgreSQL ${version}, Relevo runs PostgreSQL 15; ` +
+        `upgrade or move it away, or set RELEVO_HOME to another directory`,
+      { details: { env: "RELEVO_HOME" } },
+    );
+  }
+  const marker = parseMarker(await driver.readFile(node, MARKER_FILE));
+  if (marker === null || marker.cluster !== deps.config.clusterName || marker.node !== node.name) {
+    throw new RelevoError(
+      ErrorCode.DataDirNotOurs,
+      `data directory ${driver.dataDirectory(node)} was not created by Relevo for node ${node.name} of cluster ` +
+        `${deps.config.clusterName}${marker ? ` (it belongs to ${marker.cluster}/${marker.node})` : ""}; ` +
+        `set RELEVO_HOME (or RELEVO_CLUSTER_NAME) to match, or move it away`,
+      { details: { env: "RELEVO_HOME" } },
+    );
+  }
+  const state = await driver.state(node);
+  if (state.phase === "running" || state.phase === "paused") {
+    if (state.phase === "paused") await driver.resume(node);
+    return { phase: "already-running", node };
+  }
+  await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(deps.config, node));
+  await writeManagedFiles(deps, node);
+  await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
+  deps.logger.info({ node: node.name }, "node started");
+  return { phase: "started", node };
+}
+
+async function initializePrimary(deps: BootstrapDeps, node: NodeRef): Promise<NodeBootstrapOutcome> {
+  const { driver, secrets, logger } = deps;
+  await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(deps.config, node));
+  await driver.provision(node);
+  try {
+    logger.info({ node: node.name }, "initialising the primary (initdb with data checksums)");
+    await driver.exec(
+      node,
+      [
+        "initdb",
+        "-D",
+        driver.dataDirectory(node),
+        // pg_rewind (failback) needs checksums or wal_log_hints; checksums also catch corruption in backups.
+        "--data-checksums",
+        "--auth=scram-sha-256",
+        `--username=${ROLE_SUPERUSER}`,
+        "--pwfile=/dev/stdin",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+      ],
+      { mode: "offline", stdin: `${secrets.superuserPassword}\n`, timeoutMs: deps.config.startTimeoutMs },
+    );
+    const postgresqlConf = (await driver.readFile(node, "postgresql.conf"))?.toString("utf8") ?? "";
+    await driver.writeFile(node, "postgresql.conf", `${postgresqlConf}\n# Relevo's settings\n${INCLUDE_LINE}\n`);
+    await writeMarker(deps, node);
+    await writeManagedFiles(deps, node);
+    await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
+    await withNodeClient(node, superuserCredentials(secrets), deps.config.nodeTimeoutMs, (client) => createRoles(client, secrets));
+  } catch (error) {
+    await driver.destroy(node).catch(() => undefined);
+    throw error;
+  }
+  logger.info({ node: node.name }, "primary initialised");
+  return { phase: "initialized", node };
+}
+
+async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
+  const { driver, secrets, logger, config } = deps;
+  const slot = slotNameFor(node);
+  await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));
+  await withNodeClient(primary, superuserCredentials(secrets), config.nodeTimeoutMs, (client) => ensureSlot(client, slot));
+  await driver.provision(node);
+  try {
+    logger.info({ node: node.name, upstream: primary.name, slot }, "seeding replica with pg_basebackup");
+    await driver.exec(
+      node,
+      [
+        "pg_basebackup",
+        "-D",
+        driver.dataDirectory(node),
+        "-d",
+        `host=${primary.host} port=${primary.port} user=${ROLE_REPLICATION} application_name=${node.name}`,
+        // -R writes standby.signal and primary_conninfo (with application_name,
+        // so the primary's pg_stat_replication and synchronous_standby_names
+        // can name this node); -S streams over the node's own slot, so the
+        // primary keeps the WAL the replica still needs.
+        "-R",
+        "-S",
+        slot,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "--no-password",
+      ],
+      { mode: "offline", env: { PGPASSWORD: secrets.replicationPassword }, timeoutMs: 30 * 60 * 1000 },
+    );
+    await writeMarker(deps, node);
+    await writeManagedFiles(deps, node);
+    await driver.start(node, { timeoutMs: config.startTimeoutMs });
+    await waitForStreaming(deps, node);
+  } catch (error) {
+    await driver.destroy(node).catch(() => undefined);
+    throw error;
+  }
+  logger.info({ node: node.name, upstream: primary.name }, "replica streaming");
+  return { phase: "seeded", node, upstream: primary.name };
+}
+
+async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+  await deps.driver.writeFile(node, MANAGED_CONF, managedConf(deps.config, node));
+  await deps.driver.writeFile(node, "pg_hba.conf", managedHba(hbaNetworkFor(node.host)));
+}
+
+async function writeMarker(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+  const marker: NodeMarker = { cluster: deps.config.clusterName, node: node.name, createdAt: new Date().toISOString() };
+  await deps.driver.writeFile(node, MARKER_FILE, JSON.stringify(marker, null, 2) + "\n");
+}
+
+function parseMarker(content: Buffer | null): NodeMarker | null {
+  if (content === null) return null;
+  try {
+    const value = JSON.parse(content.toString("utf8")) as Partial<NodeMarker>;
+    return typeof value.cluster === "string" && typeof value.node === "string" ? (value as NodeMarker) : null;
+  } catch {
+    return null;
+  }
+}
+
+function portEnvFor(config: BootstrapConfig, node: NodeRef): string {
+  return node.port === config.primaryPort ? "RELEVO_PRIMARY_PORT" : "RELEVO_REPLICA_PORT";
+}
+
+/** The running node that accepts writes (not in recovery), if any. */
+export async function findWritablePrimary(deps: BootstrapDeps, nodes: readonly NodeRef[]): Promise<NodeRef | null> {
+  for (const node of nodes) {
+    try {
+      const inRecovery = await withNodeClient(node, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, async (client) => {
+        const result = await client.query<{ in_recovery: boolean }>("SELECT pg_is_in_recovery() AS in_recovery");
+        return result.rows[0]!.in_recovery;
+      });
+      if (!inRecovery) return node;
+    } catch {
+      // unreachable: not a candidate
+    }
+  }
+  return null;
+}
+
+/** Idempotent: roles get their current passwords, the app database exists. */
+async function createRoles(client: Client, secrets: Secrets): Promise<void> {
+  const roles: Array<[string, string, string]> = [
+    [ROLE_REPLICATION, "LOGIN REPLICATION", secrets.replicationPassword],
+    [ROLE_REWIND, "LOGIN", secrets.rewindPassword],
+    [ROLE_APP, "LOGIN", secrets.appPassword],
+  ];
+  for (const [role, options, password] of roles) {
+    const exists = await client.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [role]);
+    const verb = exists.rowCount === 0 ? "CREATE" : "ALTER";
+    await client.query(`${verb} ROLE ${client.escapeIdentifier(role)} WITH ${options} PASSWORD ${client.escapeLiteral(password)}`);
+  }
+  // pg_rewind connects as a normal login and reads the source's files through these functions.
+  for (const fn of [
+    "pg_ls_dir(text, boolean, boolean)",
+    "pg_stat_file(text, boolean)",
+    "pg_read_binary_file(text)",
+    "pg_read_binary_file(text, bigint, bigint, boolean)",
+  ]) {
+    await client.query(`GRANT EXECUTE ON FUNCTION pg_catalog.${fn} TO ${ROLE_REWIND}`);
+  }
+  const database = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [APP_DATABASE]);
+  if (database.rowCount === 0) {
+    await client.query(`CREATE DATABASE ${APP_DATABASE} OWNER ${ROLE_APP}`);
+  }
+}
+
+async function ensureSlot(client: Client, slot: string): Promise<void> {
+  await client.query(
+    `SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
+    [slot],
+  );
+}
+
+async function waitForStreaming(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+  const deadline = Date.now() + deps.config.startTimeoutMs;
+  let last = "not connected";
+  while (Date.now() < deadline) {
+    try {
+      last = await withNodeClient(node, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, async (client) => {
+        const result = await client.query<{ status: string }>("SELECT status FROM pg_stat_wal_receiver");
+        return result.rows[0]?.status ?? "no WAL receiver";
+      });
+      if (last === "streaming") return;
+    } catch (error) {
+      last = (error as Error).message;
+    }
+    await sleep(200);
+  }
+  throw new RelevoError(ErrorCode.Timeout, `replica ${node.name} is not streaming after ${deps.config.startTimeoutMs} ms (${last})`);
+}

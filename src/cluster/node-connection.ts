@@ -1,0 +1,49 @@
+import { Client, type ClientConfig } from "pg";
+import type { NodeRef } from "../nodes/node-driver";
+
+export interface Credentials {
+  readonly user: string;
+  readonly password: string;
+  readonly database: string;
+}
+
+export function clientConfig(node: NodeRef, credentials: Credentials, timeoutMs: number): ClientConfig {
+  return {
+    host: node.host,
+    port: node.port,
+    user: credentials.user,
+    password: credentials.password,
+    database: credentials.database,
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+    statement_timeout: timeoutMs,
+    application_name: "relevo",
+  };
+}
+
+/** One short-lived connection for one piece of work; always closed. */
+export async function withNodeClient<T>(
+  node: NodeRef,
+  credentials: Credentials,
+  timeoutMs: number,
+  work: (client: Client) => Promise<T>,
+): Promise<T> {
+  const client = new Client(clientConfig(node, credentials, timeoutMs));
+  client.on("error", () => undefined); // a dropped connection surfaces through the pending query
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** libpq connection URI (for operators and libpq clients, never logged). */
+export function connectionUri(nodes: readonly NodeRef[], credentials: Credentials, params: Record<string, string> = {}): string {
+  const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(",");
+  const query = new URLSearchParams(params).toString();
+  return (
+    `postgresql://${encodeURIComponent(credentials.user)}:${encodeURIComponent(credentials.password)}@${hosts}/` +
+    `${encodeURIComponent(credentials.database)}${query ? `?${query}` : ""}`
+  );
+}

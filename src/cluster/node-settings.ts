@@ -1,0 +1,81 @@
+import type { RelevoConfig } from "../config/config";
+import type { NodeRef } from "../nodes/node-driver";
+
+/** Roles Relevo creates on the primary (see bootstrap). */
+export const ROLE_SUPERUSER = "postgres";
+export const ROLE_REPLICATION = "replicator";
+export const ROLE_REWIND = "rewinder";
+export const ROLE_APP = "relevo";
+export const APP_DATABASE = "relevo";
+
+export const MANAGED_CONF = "relevo.conf";
+export const MARKER_FILE = "relevo.node.json";
+
+export interface NodeMarker {
+  readonly cluster: string;
+  readonly node: string;
+  readonly createdAt: string;
+}
+
+/**
+ * Settings Relevo owns, in `relevo.conf`, included from postgresql.conf and
+ * rewritten at every start (so a changed port takes effect). pg_basebackup
+ * copies the file to replicas; each node then gets its own.
+ */
+export function managedConf(config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize">, node: NodeRef): string {
+  return [
+    "# Managed by Relevo and rewritten at every start: put your own settings in",
+    "# postgresql.conf (before the include) or use ALTER SYSTEM.",
+    `cluster_name = '${config.clusterName}-${node.name}'`,
+    `listen_addresses = '${node.host}'`,
+    `port = ${node.port}`,
+    // TCP only: identical on every driver, and no socket path length limits.
+    "unix_socket_directories = ''",
+    "password_encryption = 'scram-sha-256'",
+    "wal_level = replica",
+    // Room for every replica, a base backup and a WAL streamer, with spares.
+    "max_wal_senders = 16",
+    "max_replication_slots = 16",
+    // A dead replica's slot would otherwise retain WAL until the disk is full;
+    // past this size the slot is invalidated and the replica must be reseeded.
+    `max_slot_wal_keep_size = '${config.maxSlotWalKeepSize}'`,
+    "hot_standby = on",
+    // Replicas tell the primary which rows their queries still need.
+    "hot_standby_feedback = on",
+    // pg_rewind needs either data checksums (initdb --data-checksums) or
+    // wal_log_hints; checksums are on, hints make rewinds safe regardless.
+    "wal_log_hints = on",
+    "wal_sender_timeout = '10s'",
+    "wal_receiver_timeout = '10s'",
+    "wal_receiver_status_interval = '1s'",
+    "logging_collector = off",
+    "log_line_prefix = '%m [%p] %q%u@%d '",
+    "",
+  ].join("\n");
+}
+
+/**
+ * Only what is needed: replication for `replicator`, pg_rewind's normal login
+ * for `rewinder` (it reads files through SQL functions), Prisma's `relevo`
+ * role on its own database, and the superuser for Relevo's administration.
+ */
+export function managedHba(network: string): string {
+  const rows = [
+    ["host", "replication", ROLE_REPLICATION, network],
+    ["host", "postgres", ROLE_REWIND, network],
+    ["host", APP_DATABASE, ROLE_APP, network],
+    ["host", "all", ROLE_SUPERUSER, network],
+  ];
+  return [
+    "# Managed by Relevo. TYPE DATABASE USER ADDRESS METHOD",
+    ...rows.map((row) => `${row.map((cell) => cell.padEnd(12)).join(" ")} scram-sha-256`),
+    "",
+  ].join("\n");
+}
+
+/** The client network for pg_hba: the listen address itself (loopback by default). */
+export function hbaNetworkFor(host: string): string {
+  return host.includes(":") ? `${host}/128` : `${host}/32`;
+}
+
+export const INCLUDE_LINE = `include_if_exists = '${MANAGED_CONF}'`;

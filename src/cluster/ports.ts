@@ -1,0 +1,23 @@
+import net from "node:net";
+import { ErrorCode, RelevoError } from "../errors";
+
+/** True when something accepts connections or holds the port on `host`. */
+export function isPortFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once("error", () => resolve(false));
+    server.listen({ host, port, exclusive: true }, () => {
+      server.close(() => resolve(true));
+    });
+  });
+}
+
+/** Fails with PORT_IN_USE naming the port, its user and the variable to change. */
+export async function assertPortFree(host: string, port: number, what: string, env: string): Promise<void> {
+  if (await isPortFree(host, port)) return;
+  throw new RelevoError(
+    ErrorCode.PortInUse,
+    `port ${port} on ${host} (${what}) is already in use by another process; stop it or set ${env} to a free port`,
+    { details: { port, env } },
+  );
+}

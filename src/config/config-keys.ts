@@ -1,0 +1,141 @@
+import { z } from "zod";
+
+/**
+ * Every configuration key: its environment variable, default and meaning.
+ * This table is the single source for `loadConfig`, for `relevo config`, and
+ * for the README's configuration section (a test checks the README lists
+ * every variable).
+ */
+const port = z.coerce.number().int().min(1).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+
+export const configKeys = {
+  home: {
+    env: "RELEVO_HOME",
+    default: "./.relevo",
+    schema: z.string().min(1),
+    doc: "Data home: node data directories, Redis data, secrets, logs.",
+  },
+  clusterName: {
+    env: "RELEVO_CLUSTER_NAME",
+    default: "relevo",
+    schema: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/, "lower-case letters, digits and '-', starting with a letter"),
+    doc: "Name of the cluster, shown in the API and used in labels.",
+  },
+  driver: {
+    env: "RELEVO_DRIVER",
+    default: "local",
+    schema: z.enum(["local"]),
+    doc: "Node driver: `local` runs PostgreSQL as processes on this machine.",
+  },
+  host: {
+    env: "RELEVO_HOST",
+    default: "127.0.0.1",
+    schema: z.string().min(1),
+    doc: "Address every server Relevo starts listens on (nodes, Redis, API).",
+  },
+  apiPort: {
+    env: "RELEVO_API_PORT",
+    default: "4000",
+    schema: port,
+    doc: "Port of the GraphQL API, GraphiQL and health endpoints.",
+  },
+  primaryPort: {
+    env: "RELEVO_PRIMARY_PORT",
+    default: "15432",
+    schema: port,
+    doc: "Port of the first node (the initial primary).",
+  },
+  replicaPort: {
+    env: "RELEVO_REPLICA_PORT",
+    default: "15433",
+    schema: port,
+    doc: "Port of the first replica; further replicas take the following ports.",
+  },
+  replicaCount: {
+    env: "RELEVO_REPLICA_COUNT",
+    default: "1",
+    schema: z.coerce.number().int().min(0).max(8),
+    doc: "Number of streaming replicas (0 to 8).",
+  },
+  redisPort: {
+    env: "RELEVO_REDIS_PORT",
+    default: "16379",
+    schema: port,
+    doc: "Port of Relevo's own Redis server.",
+  },
+  pgBinDir: {
+    env: "RELEVO_PG_BIN_DIR",
+    default: "/usr/lib/postgresql/15/bin",
+    schema: z.string().min(1),
+    doc: "Directory of the PostgreSQL 15 binaries (initdb, pg_ctl, pg_basebackup...).",
+  },
+  pgOsUser: {
+    env: "RELEVO_PG_OS_USER",
+    default: "postgres",
+    schema: z.string().min(1),
+    doc: "OS user that runs PostgreSQL when Relevo runs as root (PostgreSQL refuses root).",
+  },
+  redisServerBin: {
+    env: "RELEVO_REDIS_SERVER_BIN",
+    default: "redis-server",
+    schema: z.string().min(1),
+    doc: "The redis-server binary (a name looked up in PATH, or a path).",
+  },
+  maxSlotWalKeepSize: {
+    env: "RELEVO_MAX_SLOT_WAL_KEEP_SIZE",
+    default: "4GB",
+    schema: z.string().regex(/^\d+(kB|MB|GB|TB)$/, "a PostgreSQL size such as 512MB or 4GB"),
+    doc: "max_slot_wal_keep_size: WAL a replication slot may hold back, so a dead replica cannot fill the disk.",
+  },
+  topologyPollIntervalMs: {
+    env: "RELEVO_TOPOLOGY_POLL_INTERVAL_MS",
+    default: "1000",
+    schema: z.coerce.number().int().min(100).max(60000),
+    doc: "How often the topology collector polls every node (ms).",
+  },
+  lagAlertBytes: {
+    env: "RELEVO_LAG_ALERT_BYTES",
+    default: "16777216",
+    schema: positiveInt,
+    doc: "Replication lag (bytes) above which a replica counts as lagging (a topology change and an event).",
+  },
+  nodeTimeoutMs: {
+    env: "RELEVO_NODE_TIMEOUT_MS",
+    default: "2000",
+    schema: z.coerce.number().int().min(100).max(60000),
+    doc: "Connect and query timeout for Relevo's checks of a node (ms).",
+  },
+  startTimeoutMs: {
+    env: "RELEVO_START_TIMEOUT_MS",
+    default: "120000",
+    schema: z.coerce.number().int().min(1000),
+    doc: "How long to wait for a node or Redis to start (ms).",
+  },
+  apiMaxDepth: {
+    env: "RELEVO_API_MAX_DEPTH",
+    default: "10",
+    schema: z.coerce.number().int().min(2).max(100),
+    doc: "Deepest selection a GraphQL operation may have.",
+  },
+  apiMaxComplexity: {
+    env: "RELEVO_API_MAX_COMPLEXITY",
+    default: "5000",
+    schema: positiveInt,
+    doc: "Largest estimated cost (one per field, lists multiplied by their page size) of a GraphQL operation.",
+  },
+  eventsMaxLength: {
+    env: "RELEVO_EVENTS_MAX_LENGTH",
+    default: "100000",
+    schema: z.coerce.number().int().min(1000),
+    doc: "Events kept in the Redis stream (older ones remain in PostgreSQL's `events` table).",
+  },
+  logLevel: {
+    env: "RELEVO_LOG_LEVEL",
+    default: "info",
+    schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+    doc: "Log level (pino): fatal, error, warn, info, debug, trace or silent.",
+  },
+} as const;
+
+export type ConfigKey = keyof typeof configKeys;

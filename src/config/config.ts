@@ -1,0 +1,70 @@
+import path from "node:path";
+import { z } from "zod";
+import { ErrorCode, RelevoError } from "../errors";
+import { configKeys, type ConfigKey } from "./config-keys";
+
+export type RelevoConfig = {
+  readonly [K in ConfigKey]: z.infer<(typeof configKeys)[K]["schema"]>;
+};
+
+export type ConfigOverrides = Partial<{ [K in ConfigKey]: string | number }>;
+
+/**
+ * Builds the configuration once, at start-up: overrides (from code, tests or
+ * CLI flags) win over the environment, which wins over the defaults. The
+ * only module that reads `process.env` passes it in here.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = {}): RelevoConfig {
+  const values: Record<string, unknown> = {};
+  for (const key of Object.keys(configKeys) as ConfigKey[]) {
+    const descriptor = configKeys[key];
+    const override = overrides[key];
+    const raw = override !== undefined ? String(override) : (env[descriptor.env] ?? descriptor.default);
+    const parsed = descriptor.schema.safeParse(raw.trim());
+    if (!parsed.success) {
+      const reason = parsed.error.issues.map((issue) => issue.message).join("; ");
+      throw new RelevoError(
+        ErrorCode.InvalidConfig,
+        `invalid configuration: ${descriptor.env}=${JSON.stringify(raw)} (${key}): ${reason}`,
+        { details: { key, env: descriptor.env } },
+      );
+    }
+    values[key] = parsed.data;
+  }
+  const config = values as { -readonly [K in ConfigKey]: RelevoConfig[K] };
+  config.home = path.resolve(config.home);
+  validatePorts(config);
+  return Object.freeze(config);
+}
+
+/** Nodes, Redis and the API must not be configured onto the same port. */
+function validatePorts(config: RelevoConfig): void {
+  const claimed = new Map<number, string>();
+  const claim = (port: number, owner: string, env: string): void => {
+    const other = claimed.get(port);
+    if (other !== undefined) {
+      throw new RelevoError(
+        ErrorCode.InvalidConfig,
+        `invalid configuration: port ${port} is given to both ${other} and ${owner}; change ${env}`,
+        { details: { env } },
+      );
+    }
+    claimed.set(port, owner);
+  };
+  claim(config.apiPort, "the API", configKeys.apiPort.env);
+  claim(config.redisPort, "Redis", configKeys.redisPort.env);
+  claim(config.primaryPort, "the primary", configKeys.primaryPort.env);
+  for (let i = 0; i < config.replicaCount; i += 1) {
+    claim(config.replicaPort + i, `replica ${i + 1}`, configKeys.replicaPort.env);
+  }
+}
+
+/** The defaults table as rows, for documentation and `relevo config`. */
+export function describeConfig(): Array<{ key: ConfigKey; env: string; default: string; doc: string }> {
+  return (Object.keys(configKeys) as ConfigKey[]).map((key) => ({
+    key,
+    env: configKeys[key].env,
+    default: configKeys[key].default,
+    doc: configKeys[key].doc,
+  }));
+}

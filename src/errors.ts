@@ -1,0 +1,75 @@
+/**
+ * Every error a user can meet carries one of these codes. The codes are part
+ * of the operator contract: GraphQL clients read them from `extensions.code`,
+ * scripts read the CLI's exit status (see `exitCodeFor`). Never rename one.
+ */
+export enum ErrorCode {
+  InvalidConfig = "INVALID_CONFIG",
+  PortInUse = "PORT_IN_USE",
+  MissingBinary = "MISSING_BINARY",
+  DataDirIncompatible = "DATA_DIR_INCOMPATIBLE",
+  DataDirNotOurs = "DATA_DIR_NOT_OURS",
+  CommandFailed = "COMMAND_FAILED",
+  Timeout = "TIMEOUT",
+  NotFound = "NOT_FOUND",
+  Unauthenticated = "UNAUTHENTICATED",
+  Forbidden = "FORBIDDEN",
+  BadUserInput = "BAD_USER_INPUT",
+  QueryTooDeep = "QUERY_TOO_DEEP",
+  QueryTooComplex = "QUERY_TOO_COMPLEX",
+  ServiceUnavailable = "SERVICE_UNAVAILABLE",
+  PreconditionFailed = "PRECONDITION_FAILED",
+  Internal = "INTERNAL",
+}
+
+export interface RelevoErrorOptions {
+  cause?: unknown;
+  /** Extra facts safe to show a client (never secrets). */
+  details?: Record<string, unknown>;
+}
+
+/** A domain error: knows its code, nothing of GraphQL or the CLI. */
+export class RelevoError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: RelevoErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "RelevoError";
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+}
+
+export function isRelevoError(error: unknown): error is RelevoError {
+  return error instanceof RelevoError;
+}
+
+/** Exhaustiveness guard for `switch` over discriminated unions. */
+export class UnreachableCaseError extends Error {
+  constructor(value: never) {
+    super(`unreachable case: ${JSON.stringify(value)}`);
+  }
+}
+
+/** CLI exit statuses, mapped in this one place. */
+export function exitCodeFor(error: unknown): number {
+  if (!isRelevoError(error)) return 1;
+  switch (error.code) {
+    case ErrorCode.InvalidConfig:
+      return 78; // EX_CONFIG
+    case ErrorCode.MissingBinary:
+      return 69; // EX_UNAVAILABLE
+    case ErrorCode.PortInUse:
+    case ErrorCode.DataDirIncompatible:
+    case ErrorCode.DataDirNotOurs:
+      return 73; // EX_CANTCREAT
+    case ErrorCode.NotFound:
+    case ErrorCode.BadUserInput:
+      return 64; // EX_USAGE
+    case ErrorCode.ServiceUnavailable:
+      return 75; // EX_TEMPFAIL
+    default:
+      return 1;
+  }
+}

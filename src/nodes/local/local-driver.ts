@@ -1,0 +1,279 @@
+import { access, chmod, chown, mkdir, readFile, rm } from "node:fs/promises";
+import { constants } from "node:fs";
+import path from "node:path";
+import { ErrorCode, RelevoError } from "../../errors";
+import type {
+  DriverNodeView,
+  ExecOptions,
+  ExecResult,
+  FileEntry,
+  NodeDriver,
+  NodeProcessState,
+  NodeRef,
+  StopMode,
+} from "../node-driver";
+import { listTree, readOptionalFile, removeInside, resolveInside, writeFileAtomic } from "./local-files";
+import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
+import { processesInGroup, readCommandLine, readProcStat } from "./proc";
+import { sleep } from "../../util/sleep";
+import { runCommand } from "./run-command";
+import { readFileSync } from "node:fs";
+
+function ownProcessGroup(): number {
+  const text = readFileSync("/proc/self/stat", "utf8");
+  return Number(text.slice(text.lastIndexOf(")") + 2).split(" ")[2]);
+}
+
+export interface LocalDriverOptions {
+  /** Node directories live under `<home>/nodes/<name>`. */
+  readonly home: string;
+  readonly pgBinDir: string;
+  readonly pgOsUser: string;
+}
+
+const REQUIRED_TOOLS = ["initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind", "pg_controldata", "psql"];
+
+/**
+ * PostgreSQL clusters as processes of this machine: the embedded default.
+ * Each node is `<home>/nodes/<name>/data` plus a server log beside it.
+ */
+export class LocalDriver implements NodeDriver {
+  readonly kind = "local" as const;
+  private readonly identity: OsIdentity | null;
+  private readonly nodesRoot: string;
+
+  constructor(private readonly options: LocalDriverOptions) {
+    this.identity = resolvePostgresIdentity(options.pgOsUser);
+    this.nodesRoot = path.join(options.home, "nodes");
+  }
+
+  async checkPrerequisites(): Promise<void> {
+    for (const tool of REQUIRED_TOOLS) {
+      try {
+        await access(path.join(this.options.pgBinDir, tool), constants.X_OK);
+      } catch {
+        throw new RelevoError(
+          ErrorCode.MissingBinary,
+          `PostgreSQL 15 tool ${tool} not found in ${this.options.pgBinDir}: install Debian's postgresql-15 ` +
+            `(apt-get install -y postgresql-15) or set RELEVO_PG_BIN_DIR`,
+          { details: { env: "RELEVO_PG_BIN_DIR" } },
+        );
+      }
+    }
+    const { stdout } = await runCommand(path.join(this.options.pgBinDir, "postgres"), ["--version"], { identity: this.identity });
+    if (!/\(PostgreSQL\) 15\./.test(stdout)) {
+      throw new RelevoError(
+        ErrorCode.MissingBinary,
+        `${this.options.pgBinDir}/postgres is "${stdout.trim()}", Relevo needs PostgreSQL 15: install postgresql-15 or set RELEVO_PG_BIN_DIR`,
+        { details: { env: "RELEVO_PG_BIN_DIR" } },
+      );
+    }
+  }
+
+  private nodeDir(node: NodeRef): string {
+    return path.join(this.nodesRoot, node.name);
+  }
+
+  private logFile(node: NodeRef): string {
+    return path.join(this.nodeDir(node), "postgresql.log");
+  }
+
+  dataDirectory(node: NodeRef): string {
+    return path.join(this.nodeDir(node), "data");
+  }
+
+  async provision(node: NodeRef): Promise<void> {
+    // The PostgreSQL user must traverse every parent of its data directory.
+    await mkdir(this.nodesRoot, { recursive: true, mode: 0o755 });
+    await chmod(this.nodesRoot, 0o755);
+    const dir = this.nodeDir(node);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    if (this.identity) await chown(dir, this.identity.uid, this.identity.gid);
+    const probe = await runCommand("/usr/bin/test", ["-w", dir], { identity: this.identity, allowFailure: true });
+    if (probe.exitCode !== 0) {
+      throw new RelevoError(
+        ErrorCode.DataDirNotOurs,
+        `the PostgreSQL OS user${this.identity ? ` "${this.identity.name}"` : ""} cannot write ${dir}: every parent directory ` +
+          `must be traversable by it (chmod o+x), or choose another RELEVO_HOME`,
+        { details: { env: "RELEVO_HOME" } },
+      );
+    }
+  }
+
+  async destroy(node: NodeRef): Promise<void> {
+    const state = await this.state(node);
+    if (state.phase === "running" || state.phase === "paused") await this.kill(node);
+    await rm(this.nodeDir(node), { recursive: true, force: true });
+  }
+
+  async start(node: NodeRef, options: { timeoutMs: number }): Promise<void> {
+    const state = await this.state(node);
+    if (state.phase === "running") return;
+    if (state.phase === "paused") return this.resume(node);
+    if (state.phase === "absent") {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} has no data directory; it must be created first`);
+    }
+    try {
+      await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
+        timeoutMs: options.timeoutMs + 5000,
+        detached: true,
+      });
+    } catch (error) {
+      throw new RelevoError(
+        ErrorCode.CommandFailed,
+        `node ${node.name} did not start: ${await this.logTail(node)}`,
+        { cause: error, details: { logFile: this.logFile(node) } },
+      );
+    }
+  }
+
+  async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {
+    const state = await this.state(node);
+    if (state.phase === "absent" || state.phase === "stopped") return;
+    if (state.phase === "paused") await this.resume(node);
+    await this.pgCtl(node, ["stop", "-w", "-m", options.mode, "-t", String(Math.ceil(options.timeoutMs / 1000))], {
+      timeoutMs: options.timeoutMs + 5000,
+    });
+  }
+
+  async kill(node: NodeRef): Promise<void> {
+    const pid = await this.postmasterPid(node);
+    if (pid === null) return;
+    const stat = await readProcStat(pid);
+    if (!stat) return;
+    // pg_ctl was started in a session of its own, so the postmaster and every
+    // backend share its process group: one signal reaches them all, even when
+    // the postmaster is stopped (SIGKILL is never queued behind SIGSTOP).
+    const group = stat.pgid > 1 ? stat.pgid : pid;
+    signalGroup(group, pid, "SIGKILL");
+    for (let waited = 0; waited < 10000; waited += 50) {
+      if ((await processesInGroup(group)).length === 0 && (await readProcStat(pid)) === null) return;
+      await sleep(50);
+    }
+    throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes of group ${group} survived SIGKILL for 10 s`);
+  }
+
+  async pause(node: NodeRef): Promise<void> {
+    const pid = await this.requireRunning(node, "pause");
+    const stat = await readProcStat(pid);
+    signalGroup(stat?.pgid ?? pid, pid, "SIGSTOP");
+  }
+
+  async resume(node: NodeRef): Promise<void> {
+    const pid = await this.postmasterPid(node);
+    if (pid === null) return;
+    const stat = await readProcStat(pid);
+    if (stat) signalGroup(stat.pgid, pid, "SIGCONT");
+  }
+
+  async state(node: NodeRef): Promise<NodeProcessState> {
+    const versionFile = await readOptionalFile(path.join(this.dataDirectory(node), "PG_VERSION"));
+    const dirExists = await access(this.nodeDir(node)).then(
+      () => true,
+      () => false,
+    );
+    if (!dirExists) return { phase: "absent" };
+    const pid = await this.postmasterPid(node);
+    if (pid === null || versionFile === null) return { phase: "stopped" };
+    const stat = await readProcStat(pid);
+    if (!stat) return { phase: "stopped" };
+    return stat.state === "T" ? { phase: "paused", pid } : { phase: "running", pid };
+  }
+
+  async describe(node: NodeRef): Promise<DriverNodeView> {
+    return {
+      driver: this.kind,
+      state: await this.state(node),
+      dataDirectory: this.dataDirectory(node),
+      logFile: this.logFile(node),
+    };
+  }
+
+  async exec(node: NodeRef, argv: readonly string[], options: ExecOptions): Promise<ExecResult> {
+    const [tool, ...args] = argv;
+    if (!tool || tool.includes("/")) {
+      throw new RelevoError(ErrorCode.BadUserInput, `exec takes a PostgreSQL tool name, got "${tool ?? ""}"`);
+    }
+    // Both modes run the same way here; the distinction matters to the Docker driver.
+    return runCommand(path.join(this.options.pgBinDir, tool), args, {
+      identity: this.identity,
+      cwd: this.nodeDir(node),
+      env: options.env,
+      stdin: options.stdin,
+      timeoutMs: options.timeoutMs,
+      allowFailure: options.allowFailure,
+    });
+  }
+
+  async readFile(node: NodeRef, relativePath: string): Promise<Buffer | null> {
+    return readOptionalFile(resolveInside(this.dataDirectory(node), relativePath));
+  }
+
+  async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number } = {}): Promise<void> {
+    await writeFileAtomic(resolveInside(this.dataDirectory(node), relativePath), content, {
+      mode: options.mode ?? 0o600,
+      identity: this.identity,
+    });
+  }
+
+  async listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]> {
+    return listTree(this.dataDirectory(node), relativeDir);
+  }
+
+  async removeFiles(node: NodeRef, relativePaths: readonly string[]): Promise<void> {
+    await removeInside(this.dataDirectory(node), relativePaths);
+  }
+
+  /** The postmaster's pid from postmaster.pid, if that process is a live postgres. */
+  private async postmasterPid(node: NodeRef): Promise<number | null> {
+    const content = await readOptionalFile(path.join(this.dataDirectory(node), "postmaster.pid"));
+    const pid = Number(content?.toString("utf8").split("\n")[0]);
+    if (!Number.isInteger(pid) || pid <= 0) return null;
+    // A stale file after a crash may name a pid the kernel has since reused.
+    const commandLine = await readCommandLine(pid);
+    return commandLine.includes("postgres") ? pid : null;
+  }
+
+  private async requireRunning(node: NodeRef, action: string): Promise<number> {
+    const state = await this.state(node);
+    if (state.phase !== "running" && state.phase !== "paused") {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `cannot ${action} node ${node.name}: it is ${state.phase}`);
+    }
+    return state.pid;
+  }
+
+  private pgCtl(node: NodeRef, args: string[], options: { timeoutMs: number; detached?: boolean }): Promise<ExecResult> {
+    return runCommand(path.join(this.options.pgBinDir, "pg_ctl"), [args[0]!, "-D", this.dataDirectory(node), ...args.slice(1)], {
+      identity: this.identity,
+      cwd: this.nodeDir(node),
+      timeoutMs: options.timeoutMs,
+      detached: options.detached,
+    });
+  }
+
+  private async logTail(node: NodeRef): Promise<string> {
+    try {
+      const text = await readFile(this.logFile(node), "utf8");
+      return text.trim().split("\n").slice(-5).join(" | ");
+    } catch {
+      return "no server log";
+    }
+  }
+}
+
+/**
+ * Signals a whole process group, unless that group is Relevo's own (a server
+ * started by something else in our group): then only the postmaster.
+ */
+function signalGroup(pgid: number, pid: number, signal: NodeJS.Signals): void {
+  try {
+    if (pgid <= 1 || pgid === ownProcessGroup()) throw new Error("not a group of its own");
+    process.kill(-pgid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * The one door to a node's processes and files. Nothing outside src/nodes/
+ * spawns a PostgreSQL tool, signals a postmaster or touches a data directory.
+ *
+ * The interface is shaped for both drivers:
+ * - `local`: PostgreSQL clusters as processes of this machine.
+ * - `docker`: one container per node; in the official image PostgreSQL is PID
+ *   1, so stopping the server stops the container, and tools that need the
+ *   server down (initdb, pg_basebackup into an empty volume, pg_rewind) run in
+ *   a one-off container on the same volume. That is why `exec` says whether
+ *   the tool needs the server (`online`) or must not depend on it (`offline`),
+ *   and why paths handed to tools come from `dataDirectory()` (the path as the
+ *   tool sees it), never from the caller's idea of the file system.
+ */
+export type DriverKind = "local" | "docker";
+
+/** What identifies a node to a driver. */
+export interface NodeRef {
+  readonly name: string;
+  /** Address PostgreSQL listens on, as Relevo reaches it. */
+  readonly host: string;
+  readonly port: number;
+}
+
+export type StopMode = "smart" | "fast" | "immediate";
+
+/** The driver's view of a node's server process (or container). */
+export type NodeProcessState =
+  | { readonly phase: "absent" } // no storage at all: never provisioned, or destroyed
+  | { readonly phase: "stopped" } // storage exists, no server running
+  | { readonly phase: "running"; readonly pid: number }
+  | { readonly phase: "paused"; readonly pid: number }; // frozen (SIGSTOP / docker pause)
+
+export interface ExecOptions {
+  /**
+   * `online`: the tool talks to or lives next to the running server
+   * (psql, pg_ctl promote). `offline`: the tool works on the data directory
+   * while the server is down or absent (initdb, pg_basebackup into a new data
+   * directory, pg_rewind, pg_controldata).
+   */
+  readonly mode: "online" | "offline";
+  /** Extra environment (e.g. PGPASSWORD). Never logged. */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly stdin?: string;
+  readonly timeoutMs?: number;
+  /** Return a non-zero exit instead of throwing COMMAND_FAILED. */
+  readonly allowFailure?: boolean;
+}
+
+export interface ExecResult {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface FileEntry {
+  /** Path relative to the data directory, '/'-separated. */
+  readonly path: string;
+  readonly type: "file" | "directory" | "symlink";
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+/** Facts the driver alone knows, shown in the topology. */
+export interface DriverNodeView {
+  readonly driver: DriverKind;
+  readonly state: NodeProcessState;
+  readonly dataDirectory: string;
+  readonly logFile?: string;
+  readonly containerId?: string;
+}
+
+export interface NodeDriver {
+  readonly kind: DriverKind;
+
+  /** Fails with MISSING_BINARY (or the driver's equivalent) naming what to install. */
+  checkPrerequisites(): Promise<void>;
+
+  /** Makes the node's storage exist (directory, volume, container); idempotent. */
+  provision(node: NodeRef): Promise<void>;
+  /** Removes the node and all its data; the server must be stopped or is killed. */
+  destroy(node: NodeRef): Promise<void>;
+
+  /** The data directory as PostgreSQL tools run by `exec` see it. */
+  dataDirectory(node: NodeRef): string;
+
+  start(node: NodeRef, options: { timeoutMs: number }): Promise<void>;
+  stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void>;
+  /** SIGKILL to the server and every process it started; returns once all are gone. */
+  kill(node: NodeRef): Promise<void>;
+  pause(node: NodeRef): Promise<void>;
+  resume(node: NodeRef): Promise<void>;
+  state(node: NodeRef): Promise<NodeProcessState>;
+  describe(node: NodeRef): Promise<DriverNodeView>;
+
+  /** Runs a PostgreSQL tool (argv[0] is its name, e.g. "pg_basebackup") as the PostgreSQL OS user. */
+  exec(node: NodeRef, argv: readonly string[], options: ExecOptions): Promise<ExecResult>;
+
+  /** Reads a file under the data directory; null when it does not exist. */
+  readFile(node: NodeRef, relativePath: string): Promise<Buffer | null>;
+  /** Writes atomically (temp + rename), owned by the PostgreSQL OS user, mode 0600 unless told. */
+  writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number }): Promise<void>;
+  /** Lists a directory under the data directory, recursively; [] when absent. */
+  listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]>;
+  removeFiles(node: NodeRef, relativePaths: readonly string[]): Promise<void>;
+}
