@@ -232,7 +232,10 @@ function portEnvFor(config: BootstrapConfig, node: NodeRef): string {
 }
 
 /** The running node that accepts writes (not in recovery), if any. */
-export async function findWritablePrimary(deps: BootstrapDeps, nodes: readonly NodeRef[]): Promise<NodeRef | null> {
+export async function findWritablePrimary(
+  deps: { readonly config: Pick<BootstrapConfig, "nodeTimeoutMs">; readonly secrets: Secrets },
+  nodes: readonly NodeRef[],
+): Promise<NodeRef | null> {
   for (const node of nodes) {
     try {
       const inRecovery = await withNodeClient(node, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, async (client) => {

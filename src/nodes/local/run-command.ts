@@ -39,10 +39,10 @@ export function runCommand(file: string, args: readonly string[], options: RunOp
     if (stdinFd !== null) closeSync(stdinFd);
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
+    child.stdout?.on("data", (chunk: Buffer) => {
       if (stdout.length < MAX_CAPTURE) stdout += chunk.toString("utf8");
     });
-    child.stderr.on("data", (chunk: Buffer) => {
+    child.stderr?.on("data", (chunk: Buffer) => {
       if (stderr.length < MAX_CAPTURE) stderr += chunk.toString("utf8");
     });
     let timedOut = false;

@@ -1,0 +1,34 @@
+import type { ApolloServerPlugin } from "@apollo/server";
+import { Kind } from "graphql";
+import { ErrorCode, isRelevoError } from "../errors";
+import type { EventLog } from "../events/event-log";
+import type { ApiContext } from "./context";
+
+/**
+ * Every mutation becomes an `api:mutation` event naming the token (its id,
+ * never the token) and role: who did what, when, and whether it worked.
+ */
+export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiContext> {
+  return {
+    async requestDidStart() {
+      return {
+        async willSendResponse({ operation, contextValue, errors }) {
+          if (operation?.operation !== "mutation") return;
+          const fields = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
+          const codes = (errors ?? []).map((error) => {
+            const original = error.originalError;
+            return isRelevoError(original) ? original.code : String(error.extensions?.code ?? ErrorCode.Internal);
+          });
+          await events.emit({
+            kind: "api:mutation",
+            severity: "info",
+            node: null,
+            message: `${contextValue.identity.role} ${contextValue.identity.id} ran ${fields.join(", ")}${codes.length ? ` (failed: ${codes.join(", ")})` : ""}`,
+            data: { operation: operation.name?.value ?? null, fields },
+            actor: { id: contextValue.identity.id, role: contextValue.identity.role },
+          });
+        },
+      };
+    },
+  };
+}

@@ -1,0 +1,119 @@
+import { Field, Float, Int, ObjectType, registerEnumType } from "type-graphql";
+
+export enum NodeRoleGql {
+  PRIMARY = "primary",
+  REPLICA = "replica",
+}
+registerEnumType(NodeRoleGql, { name: "NodeRole", description: "Role as PostgreSQL reports it (pg_is_in_recovery)." });
+
+export enum ReplicationStateGql {
+  STREAMING = "streaming",
+  CATCHUP = "catchup",
+  STARTUP = "startup",
+  BACKUP = "backup",
+  STOPPING = "stopping",
+  STOPPED = "stopped",
+  UNKNOWN = "unknown",
+}
+registerEnumType(ReplicationStateGql, {
+  name: "ReplicationState",
+  description: "A replica's WAL streaming state (pg_stat_replication.state, or its WAL receiver's status).",
+});
+
+export enum ClusterHealthGql {
+  HEALTHY = "healthy",
+  DEGRADED = "degraded",
+  CRITICAL = "critical",
+}
+registerEnumType(ClusterHealthGql, {
+  name: "ClusterHealth",
+  description: "HEALTHY: one primary, every replica streaming within the lag threshold. DEGRADED: one primary, some replica is not. CRITICAL: no primary, or more than one.",
+});
+
+export enum DriverStateGql {
+  ABSENT = "absent",
+  STOPPED = "stopped",
+  RUNNING = "running",
+  PAUSED = "paused",
+}
+registerEnumType(DriverStateGql, { name: "DriverState", description: "The node's server process (or container) as its driver sees it." });
+
+@ObjectType({ description: "A replica's replication, from the primary's pg_stat_replication when it has a row for it, else from the replica itself." })
+export class Replication {
+  @Field(() => ReplicationStateGql)
+  state!: ReplicationStateGql;
+
+  @Field(() => String, { nullable: true, description: "Name of the node it streams from." })
+  upstream!: string | null;
+
+  @Field(() => String, { nullable: true })
+  slotName!: string | null;
+
+  @Field(() => Float, { nullable: true, description: "Bytes of WAL the primary has written that this replica has not replayed." })
+  lagBytes!: number | null;
+
+  @Field(() => Float, { nullable: true })
+  writeLagSeconds!: number | null;
+
+  @Field(() => Float, { nullable: true })
+  flushLagSeconds!: number | null;
+
+  @Field(() => Float, { nullable: true, description: "Seconds behind in replay; 0 when caught up." })
+  replayLagSeconds!: number | null;
+
+  @Field(() => String, { nullable: true, description: "async, sync, potential or quorum (pg_stat_replication.sync_state)." })
+  syncState!: string | null;
+
+  @Field(() => String, { nullable: true, description: "When the replica last heard from its upstream (ISO 8601)." })
+  lastMessageAt!: string | null;
+}
+
+@ObjectType({ description: "A replication slot on a node." })
+export class ReplicationSlot {
+  @Field() name!: string;
+  @Field() type!: string;
+  @Field() active!: boolean;
+  @Field(() => String, { nullable: true }) restartLsn!: string | null;
+  @Field(() => String, { nullable: true, description: "reserved, extended, unreserved or lost." }) walStatus!: string | null;
+  @Field(() => Float, { nullable: true, description: "WAL held back by this slot, in bytes." }) retainedBytes!: number | null;
+}
+
+@ObjectType({ description: "What the node driver knows of the node." })
+export class NodeDriverView {
+  @Field({ description: "local or docker." }) kind!: string;
+  @Field(() => DriverStateGql) state!: DriverStateGql;
+  @Field(() => Int, { nullable: true, description: "Postmaster pid (local driver)." }) pid!: number | null;
+  @Field() dataDirectory!: string;
+  @Field(() => String, { nullable: true, description: "Container id (docker driver)." }) containerId!: string | null;
+}
+
+@ObjectType({ description: "One PostgreSQL node of the cluster." })
+export class Node {
+  @Field() name!: string;
+  @Field(() => NodeRoleGql) role!: NodeRoleGql;
+  @Field({ description: "False when the role is the last known one because the node could not be asked." }) roleConfirmed!: boolean;
+  @Field() reachable!: boolean;
+  @Field(() => String, { nullable: true, description: "Why the node is unreachable." }) error!: string | null;
+  @Field() host!: string;
+  @Field(() => Int) port!: number;
+  @Field(() => String, { nullable: true }) version!: string | null;
+  @Field(() => Int, { nullable: true }) timeline!: number | null;
+  @Field(() => String, { nullable: true, description: "Primary: current write LSN. Replica: last replayed LSN." }) currentLsn!: string | null;
+  @Field(() => String, { nullable: true }) receivedLsn!: string | null;
+  @Field(() => String, { nullable: true }) replayedLsn!: string | null;
+  @Field(() => Replication, { nullable: true, description: "Null on the primary." }) replication!: Replication | null;
+  @Field(() => [ReplicationSlot]) slots!: ReplicationSlot[];
+  @Field(() => NodeDriverView) driver!: NodeDriverView;
+  @Field({ description: "When this node was last polled (ISO 8601)." }) checkedAt!: string;
+}
+
+@ObjectType({ description: "The cluster as last observed by the topology collector." })
+export class Cluster {
+  @Field() name!: string;
+  @Field(() => Node, { nullable: true, description: "Null when no node is a reachable primary (or several are)." }) primary!: Node | null;
+  @Field(() => [Node]) replicas!: Node[];
+  @Field(() => [Node]) nodes!: Node[];
+  @Field(() => ClusterHealthGql) health!: ClusterHealthGql;
+  @Field(() => [String]) healthReasons!: string[];
+  @Field({ description: "When the snapshot was taken (ISO 8601)." }) collectedAt!: string;
+}

@@ -1,0 +1,52 @@
+import { Args, Authorized, Query, Resolver, Root, Subscription } from "type-graphql";
+import type { ClusterEvent as DomainEvent, EventKind } from "../../events/event-map";
+import { EVENTS_TOPIC } from "../../events/keys";
+import type { ApiServices } from "../context";
+import { ClusterEventsSubscriptionArgs, EventsArgs } from "./event.args";
+import { ClusterEvent, ClusterEventConnection } from "./event.type";
+
+function toEvent(event: DomainEvent): ClusterEvent {
+  return {
+    id: event.id,
+    kind: event.kind,
+    severity: event.severity,
+    node: event.node,
+    message: event.message,
+    data: event.data as Record<string, unknown>,
+    actor: event.actor,
+    occurredAt: event.occurredAt,
+    cursor: event.streamId,
+  } as ClusterEvent;
+}
+
+@Resolver()
+export class EventResolver {
+  constructor(private readonly services: ApiServices) {}
+
+  @Authorized("viewer")
+  @Query(() => ClusterEventConnection, {
+    description: "Recent events, newest first, from the Redis stream (older ones are in PostgreSQL's events table).",
+    complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.first ?? 50),
+  })
+  async events(@Args(() => EventsArgs) args: EventsArgs): Promise<ClusterEventConnection> {
+    const page = await this.services.events.page({
+      first: args.first,
+      after: args.after,
+      kinds: (args.kinds ?? null) as EventKind[] | null,
+      node: args.node,
+    });
+    const edges = page.events.map((event) => ({ cursor: event.streamId, node: toEvent(event) }));
+    return { edges, pageInfo: { hasNextPage: page.hasNextPage, endCursor: edges[edges.length - 1]?.cursor ?? null } };
+  }
+
+  @Authorized("viewer")
+  @Subscription(() => ClusterEvent, {
+    topics: EVENTS_TOPIC,
+    filter: ({ payload, args }: { payload: DomainEvent; args: ClusterEventsSubscriptionArgs }) =>
+      (!args.kinds || args.kinds.length === 0 || args.kinds.includes(payload.kind)) && (!args.node || payload.node === args.node),
+    description: "Every new event, as it is emitted.",
+  })
+  clusterEvents(@Root() event: DomainEvent, @Args(() => ClusterEventsSubscriptionArgs) _args: ClusterEventsSubscriptionArgs): ClusterEvent {
+    return toEvent(event);
+  }
+}

@@ -1,0 +1,24 @@
+import "reflect-metadata";
+import type { GraphQLSchema } from "graphql";
+import { buildSchema, type PubSub } from "type-graphql";
+import { authChecker } from "./auth/auth";
+import { ClusterResolver } from "./cluster/cluster.resolver";
+import type { ApiServices } from "./context";
+import { EventResolver } from "./events/event.resolver";
+
+export const RESOLVERS = [ClusterResolver, EventResolver] as const;
+
+/**
+ * Builds the executable schema with everything injected (no globals): each
+ * resolver class is constructed once with the services.
+ */
+export async function createSchema(services: ApiServices, pubSub: PubSub): Promise<GraphQLSchema> {
+  const instances = new Map<unknown, unknown>(RESOLVERS.map((Resolver) => [Resolver, new Resolver(services)]));
+  return buildSchema({
+    resolvers: RESOLVERS,
+    pubSub,
+    authChecker,
+    container: { get: (someClass) => instances.get(someClass) },
+    validate: { forbidUnknownValues: false },
+  });
+}

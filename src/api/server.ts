@@ -1,0 +1,125 @@
+import http from "node:http";
+import { ApolloServer } from "@apollo/server";
+import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHttpServer";
+import { expressMiddleware } from "@as-integrations/express5";
+import express from "express";
+import { useServer } from "graphql-ws/use/ws";
+import { WebSocketServer } from "ws";
+import type { PubSub } from "type-graphql";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import { authenticate } from "./auth/auth";
+import { mutationAuditPlugin } from "./audit";
+import type { ApiContext, ApiServices } from "./context";
+import { codedGraphQLError, createFormatError } from "./errors";
+import { graphiqlLandingPagePlugin } from "./graphiql";
+import { healthRoutes } from "./health-routes";
+import { queryLimitsPlugin } from "./limits";
+import { createSchema } from "./schema";
+
+export interface ApiServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly maxDepth: number;
+  readonly maxComplexity: number;
+}
+
+export interface RunningApi {
+  readonly url: string;
+  readonly port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * One HTTP server for everything: POST /graphql (Apollo), GraphiQL on GET
+ * /graphql, graphql-ws subscriptions on the same path, and the health routes.
+ * (startStandaloneServer hides its HTTP server, so it cannot share the port
+ * with graphql-ws.)
+ */
+export async function startApiServer(services: ApiServices, pubSub: PubSub, options: ApiServerOptions): Promise<RunningApi> {
+  const schema = await createSchema(services, pubSub);
+  const app = express();
+  const httpServer = http.createServer(app);
+  const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql" });
+  const wsCleanup = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
+    {
+      schema,
+      onConnect: (ctx) => {
+        try {
+          ctx.extra.identity = authenticate(services.tokenKey, authorizationFromParams(ctx.connectionParams));
+          return true;
+        } catch {
+          return false; // closes with 4403 Forbidden
+        }
+      },
+      context: (ctx): ApiContext => ({ identity: ctx.extra.identity! }),
+    },
+    wsServer,
+  );
+  const apollo = new ApolloServer<ApiContext>({
+    schema,
+    formatError: createFormatError(services.logger),
+    includeStacktraceInErrorResponses: false,
+    // Relevo owns shutdown order (API, collector, consolidator, Redis, nodes).
+    stopOnTerminationSignals: false,
+    plugins: [
+      ApolloServerPluginDrainHttpServer({ httpServer }),
+      { async serverWillStart() { return { async drainServer() { await wsCleanup.dispose(); } }; } },
+      queryLimitsPlugin(schema, options),
+      mutationAuditPlugin(services.events),
+      graphiqlLandingPagePlugin(),
+    ],
+  });
+  await apollo.start();
+  app.use(healthRoutes(services));
+  app.use(
+    "/graphql",
+    express.json({ limit: "256kb" }),
+    expressMiddleware(apollo, {
+      context: async ({ req }): Promise<ApiContext> => {
+        try {
+          return { identity: authenticate(services.tokenKey, req.headers.authorization) };
+        } catch (error) {
+          if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
+          throw error;
+        }
+      },
+    }),
+  );
+  await listen(httpServer, options);
+  const address = httpServer.address();
+  const port = typeof address === "object" && address ? address.port : options.port;
+  return {
+    url: `http://${options.host}:${port}/graphql`,
+    port,
+    stop: async () => {
+      await apollo.stop();
+      await new Promise<void>((resolve) => httpServer.close(() => resolve()));
+    },
+  };
+}
+
+function authorizationFromParams(params: Record<string, unknown> | undefined): string | undefined {
+  if (!params) return undefined;
+  const headers = (params.headers ?? {}) as Record<string, unknown>;
+  const value = params.authorization ?? params.Authorization ?? headers.authorization ?? headers.Authorization;
+  return typeof value === "string" ? value : undefined;
+}
+
+function listen(server: http.Server, options: ApiServerOptions): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException): void => {
+      reject(
+        error.code === "EADDRINUSE"
+          ? new RelevoError(ErrorCode.PortInUse, `port ${options.port} on ${options.host} (the API) is already in use; set RELEVO_API_PORT to a free port`, {
+              details: { port: options.port, env: "RELEVO_API_PORT" },
+            })
+          : error,
+      );
+    };
+    server.once("error", onError);
+    server.listen(options.port, options.host, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,94 @@
+import { findWritablePrimary } from "../cluster/bootstrap";
+import { clusterMembers } from "../cluster/members";
+import { connectionUri } from "../cluster/node-connection";
+import { ROLE_SUPERUSER } from "../cluster/node-settings";
+import { observeClusterOnce } from "../cluster/topology-observe";
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import { createNodeDriver } from "../nodes/create-driver";
+import { readSecrets } from "../secrets/secrets-store";
+import { mintToken, ROLES, type Role } from "../secrets/tokens";
+import { startRelevo } from "../service";
+import { formatStatus } from "./format-status";
+
+export interface Output {
+  out(text: string): void;
+}
+
+/** `relevo up`: the embedded default in the foreground until SIGINT / SIGTERM. */
+export async function upCommand(config: RelevoConfig, logger: Logger, output: Output): Promise<void> {
+  const service = await startRelevo(config, logger);
+  output.out(
+    [
+      "",
+      `Relevo is up: cluster ${config.clusterName}, ${service.nodes.length} nodes (${service.driver.kind} driver)`,
+      `  GraphQL and GraphiQL: ${service.apiUrl}`,
+      `  Operator token:       ${service.operatorToken}`,
+      `  (GraphiQL: Headers tab → { "Authorization": "Bearer <token>" }; more tokens: relevo token --role viewer)`,
+      `  Data home:            ${config.home}`,
+      "Press Ctrl-C to stop the API, Redis and PostgreSQL.",
+      "",
+    ].join("\n"),
+  );
+  await new Promise<void>((resolve) => {
+    const shutdown = (signal: NodeJS.Signals): void => {
+      process.off("SIGINT", shutdown);
+      process.off("SIGTERM", shutdown);
+      logger.info({ signal }, "stopping");
+      service
+        .stop({ reason: signal })
+        .catch((error) => logger.error({ err: (error as Error).message }, "clean stop failed"))
+        .finally(resolve);
+    };
+    process.on("SIGINT", shutdown);
+    process.on("SIGTERM", shutdown);
+  });
+  output.out("Relevo stopped.");
+}
+
+export async function statusCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
+  const secrets = await readSecrets(config.home);
+  const snapshot = await observeClusterOnce({
+    clusterName: config.clusterName,
+    nodes: clusterMembers(config),
+    driver: createNodeDriver(config),
+    credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
+    timeoutMs: config.nodeTimeoutMs,
+    lagAlertBytes: config.lagAlertBytes,
+  });
+  output.out(options.json ? JSON.stringify(snapshot, null, 2) : formatStatus(snapshot));
+}
+
+export async function tokenCommand(config: RelevoConfig, options: { role: string }, output: Output): Promise<void> {
+  if (!ROLES.includes(options.role as Role)) {
+    throw new RelevoError(ErrorCode.BadUserInput, `unknown role "${options.role}": use ${ROLES.join(" or ")}`);
+  }
+  const secrets = await readSecrets(config.home);
+  output.out(mintToken(secrets.tokenKey, options.role as Role));
+}
+
+export async function urlCommand(
+  config: RelevoConfig,
+  options: { node?: string; multiHost: boolean; database: string },
+  output: Output,
+): Promise<void> {
+  const secrets = await readSecrets(config.home);
+  const nodes = clusterMembers(config);
+  const credentials = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: options.database };
+  if (options.multiHost) {
+    // libpq tries the hosts in order and keeps the one that accepts writes.
+    output.out(connectionUri(nodes, credentials, { target_session_attrs: "read-write", connect_timeout: "5" }));
+    return;
+  }
+  let node = options.node ? nodes.find((candidate) => candidate.name === options.node) : undefined;
+  if (options.node && !node) {
+    throw new RelevoError(ErrorCode.NotFound, `no node named "${options.node}"; nodes are ${nodes.map((n) => n.name).join(", ")}`);
+  }
+  if (!node) {
+    const primary = await findWritablePrimary({ config, secrets }, nodes);
+    if (!primary) throw new RelevoError(ErrorCode.ServiceUnavailable, "no node is a reachable primary; name a node (relevo url node2) or use --multi-host");
+    node = primary;
+  }
+  output.out(connectionUri([node], credentials));
+}

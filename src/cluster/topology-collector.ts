@@ -1,0 +1,104 @@
+import type Redis from "ioredis";
+import type { EventLog, EventPublisher } from "../events/event-log";
+import type { RedisKeys } from "../events/keys";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Credentials } from "./node-connection";
+import { NodeProber } from "./node-probe";
+import { buildSnapshot, type ClusterSnapshot } from "./topology";
+import { observeNode } from "./topology-observe";
+import { isTopologyChange, topologyChanges } from "./topology-changes";
+
+export interface TopologyCollectorDeps {
+  readonly clusterName: string;
+  readonly nodes: readonly NodeRef[];
+  readonly driver: NodeDriver;
+  readonly credentials: Credentials;
+  readonly redis: Redis;
+  readonly keys: RedisKeys;
+  readonly publisher: EventPublisher;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly pollIntervalMs: number;
+  readonly nodeTimeoutMs: number;
+  readonly lagAlertBytes: number;
+  /** Told about every new primary (or its loss), e.g. to rebuild database pools. */
+  readonly onPrimary?: (primary: NodeRef | null) => Promise<void> | void;
+}
+
+/**
+ * Polls every node each interval, keeps the latest snapshot in Redis (and in
+ * memory, so a Redis outage does not blind the change detection), publishes
+ * it to subscribers when it changed and records what changed as events.
+ */
+export class TopologyCollector {
+  private readonly probers: Map<string, NodeProber>;
+  private latestSnapshot: ClusterSnapshot | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private inFlight: Promise<ClusterSnapshot> | null = null;
+  private stopped = true;
+
+  constructor(private readonly deps: TopologyCollectorDeps) {
+    this.probers = new Map(deps.nodes.map((node) => [node.name, new NodeProber(node, deps.credentials, deps.nodeTimeoutMs)]));
+  }
+
+  get latest(): ClusterSnapshot | null {
+    return this.latestSnapshot;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const tick = async (): Promise<void> => {
+      await this.pollNow().catch((error) => this.deps.logger.error({ err: (error as Error).message }, "topology poll failed"));
+      if (!this.stopped) this.timer = setTimeout(() => void tick(), this.deps.pollIntervalMs);
+    };
+    void tick();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.inFlight?.catch(() => undefined);
+    await Promise.all([...this.probers.values()].map((prober) => prober.close()));
+  }
+
+  /** One poll round now; concurrent callers share the round in flight. */
+  pollNow(): Promise<ClusterSnapshot> {
+    if (!this.inFlight) {
+      this.inFlight = this.poll().finally(() => {
+        this.inFlight = null;
+      });
+    }
+    return this.inFlight;
+  }
+
+  private async poll(): Promise<ClusterSnapshot> {
+    const previous = this.latestSnapshot;
+    const observations = await Promise.all(
+      this.deps.nodes.map((node) => observeNode(node, this.probers.get(node.name)!, this.deps.driver, previous)),
+    );
+    const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString());
+    this.latestSnapshot = next;
+    const changes = topologyChanges(previous, next, this.deps.lagAlertBytes);
+    if (previous?.primary !== next.primary || previous === null) {
+      await this.deps.onPrimary?.(this.deps.nodes.find((node) => node.name === next.primary) ?? null);
+    }
+    try {
+      await this.deps.redis.set(this.deps.keys.topology, JSON.stringify(next));
+      if (isTopologyChange(previous, next, changes)) this.deps.publisher.publish(this.deps.keys.topologyChannel, next);
+    } catch (error) {
+      this.deps.logger.warn({ err: (error as Error).message }, "topology snapshot not stored: Redis unavailable");
+    }
+    for (const change of changes) await this.deps.events.emit(change);
+    return next;
+  }
+
+}
+
+/** Reads the latest snapshot from Redis (what the API serves). */
+export async function readTopology(redis: Redis, keys: RedisKeys): Promise<ClusterSnapshot | null> {
+  const text = await redis.get(keys.topology);
+  return text === null ? null : (JSON.parse(text) as ClusterSnapshot);
+}

@@ -1,0 +1,219 @@
+import type { DriverKind, NodeProcessState } from "../nodes/node-driver";
+
+/**
+ * The cluster as last observed. PostgreSQL is the authority on roles; this
+ * snapshot is a cache, refreshed by the collector and kept in Redis.
+ */
+export type NodeRole = "primary" | "replica";
+
+export type ReplicationState = "streaming" | "catchup" | "startup" | "backup" | "stopping" | "stopped" | "unknown";
+
+export interface ReplicationStatus {
+  readonly state: ReplicationState;
+  readonly upstream: string | null;
+  readonly slotName: string | null;
+  readonly lagBytes: number | null;
+  readonly writeLagSeconds: number | null;
+  readonly flushLagSeconds: number | null;
+  readonly replayLagSeconds: number | null;
+  readonly syncState: string | null;
+  readonly lastMessageAt: string | null;
+}
+
+export interface SlotStatus {
+  readonly name: string;
+  readonly type: string;
+  readonly active: boolean;
+  readonly restartLsn: string | null;
+  readonly walStatus: string | null;
+  readonly retainedBytes: number | null;
+}
+
+export interface NodeProbe {
+  readonly role: NodeRole;
+  readonly version: string;
+  readonly timeline: number | null;
+  readonly currentLsn: string | null;
+  readonly receivedLsn: string | null;
+  readonly replayedLsn: string | null;
+  readonly lastReplayAt: string | null;
+  readonly replayLagSeconds: number | null;
+  /** WAL receiver (replicas): status and the upstream it streams from. */
+  readonly receiver: { readonly status: string; readonly senderHost: string | null; readonly senderPort: number | null; readonly slotName: string | null; readonly lastMessageAt: string | null } | null;
+  /** pg_stat_replication rows (primary): one per connected standby. */
+  readonly senders: ReadonlyArray<{
+    readonly applicationName: string;
+    readonly state: string;
+    readonly lagBytes: number | null;
+    readonly writeLagSeconds: number | null;
+    readonly flushLagSeconds: number | null;
+    readonly replayLagSeconds: number | null;
+    readonly syncState: string | null;
+  }>;
+  readonly slots: readonly SlotStatus[];
+}
+
+export interface DriverView {
+  readonly kind: DriverKind;
+  readonly state: NodeProcessState["phase"];
+  readonly pid: number | null;
+  readonly dataDirectory: string;
+  readonly containerId: string | null;
+}
+
+export interface NodeSnapshot {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly reachable: boolean;
+  readonly error: string | null;
+  readonly role: NodeRole;
+  /** False when the role was not read from PostgreSQL in this round (node unreachable). */
+  readonly roleConfirmed: boolean;
+  readonly version: string | null;
+  readonly timeline: number | null;
+  readonly currentLsn: string | null;
+  readonly receivedLsn: string | null;
+  readonly replayedLsn: string | null;
+  readonly replication: ReplicationStatus | null;
+  readonly slots: readonly SlotStatus[];
+  readonly driver: DriverView;
+  readonly checkedAt: string;
+}
+
+export type ClusterHealth = "healthy" | "degraded" | "critical";
+
+export interface ClusterSnapshot {
+  readonly name: string;
+  readonly primary: string | null;
+  readonly health: ClusterHealth;
+  readonly healthReasons: readonly string[];
+  readonly nodes: readonly NodeSnapshot[];
+  readonly collectedAt: string;
+}
+
+export interface NodeObservation {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly probe: NodeProbe | { readonly error: string };
+  readonly driver: DriverView;
+  /** Role to assume when the node cannot be asked (last snapshot, or its standby.signal). */
+  readonly fallbackRole: NodeRole;
+  readonly checkedAt: string;
+}
+
+/** Turns one round of observations into a snapshot. Pure. */
+export function buildSnapshot(clusterName: string, observations: readonly NodeObservation[], lagAlertBytes: number, now: string): ClusterSnapshot {
+  const primaries = observations.filter((o) => "role" in o.probe && o.probe.role === "primary");
+  const primaryProbe = primaries.length === 1 && "role" in primaries[0]!.probe ? primaries[0]!.probe : null;
+  const nodes = observations.map((o) => nodeSnapshot(o, primaries[0]?.name ?? null, primaryProbe));
+  const reasons: string[] = [];
+  if (primaries.length === 0) reasons.push("no reachable primary");
+  if (primaries.length > 1) reasons.push(`more than one primary: ${primaries.map((p) => p.name).join(", ")}`);
+  for (const node of nodes) {
+    if (!node.reachable) reasons.push(`${node.name} is unreachable`);
+    else if (node.role === "replica" && node.replication?.state !== "streaming") reasons.push(`${node.name} is not streaming`);
+    else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes) reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
+  }
+  const health: ClusterHealth = primaries.length !== 1 ? "critical" : reasons.length > 0 ? "degraded" : "healthy";
+  return {
+    name: clusterName,
+    primary: primaries.length === 1 ? primaries[0]!.name : null,
+    health,
+    healthReasons: reasons,
+    nodes,
+    collectedAt: now,
+  };
+}
+
+function nodeSnapshot(o: NodeObservation, primaryName: string | null, primaryProbe: NodeProbe | null): NodeSnapshot {
+  const base = { name: o.name, host: o.host, port: o.port, driver: o.driver, checkedAt: o.checkedAt };
+  if (!("role" in o.probe)) {
+    return {
+      ...base,
+      reachable: false,
+      error: o.probe.error,
+      role: o.fallbackRole,
+      roleConfirmed: false,
+      version: null,
+      timeline: null,
+      currentLsn: null,
+      receivedLsn: null,
+      replayedLsn: null,
+      replication: o.fallbackRole === "replica" ? { ...EMPTY_REPLICATION, state: "unknown" } : null,
+      slots: [],
+    };
+  }
+  const probe = o.probe;
+  return {
+    ...base,
+    reachable: true,
+    error: null,
+    role: probe.role,
+    roleConfirmed: true,
+    version: probe.version,
+    timeline: probe.timeline,
+    currentLsn: probe.currentLsn,
+    receivedLsn: probe.receivedLsn,
+    replayedLsn: probe.replayedLsn,
+    replication: probe.role === "replica" ? replicationOf(o.name, probe, primaryName, primaryProbe) : null,
+    slots: probe.slots,
+  };
+}
+
+const EMPTY_REPLICATION: ReplicationStatus = {
+  state: "stopped",
+  upstream: null,
+  slotName: null,
+  lagBytes: null,
+  writeLagSeconds: null,
+  flushLagSeconds: null,
+  replayLagSeconds: null,
+  syncState: null,
+  lastMessageAt: null,
+};
+
+/**
+ * A replica's replication as both ends see it: the primary's
+ * pg_stat_replication row (byte lag and write/flush/replay lag times) when
+ * it has one for this node, the replica's own WAL receiver otherwise.
+ */
+function replicationOf(name: string, probe: NodeProbe, primaryName: string | null, primaryProbe: NodeProbe | null): ReplicationStatus {
+  const sender = primaryProbe?.senders.find((s) => s.applicationName === name) ?? null;
+  const receiverStatus = probe.receiver?.status ?? null;
+  const state: ReplicationState = sender
+    ? normaliseState(sender.state)
+    : receiverStatus === "streaming"
+      ? "streaming"
+      : receiverStatus === null
+        ? "stopped"
+        : normaliseState(receiverStatus);
+  return {
+    state,
+    upstream: probe.receiver ? primaryName : null,
+    slotName: probe.receiver?.slotName ?? null,
+    lagBytes: sender?.lagBytes ?? localLagBytes(probe),
+    writeLagSeconds: sender?.writeLagSeconds ?? null,
+    flushLagSeconds: sender?.flushLagSeconds ?? null,
+    replayLagSeconds: sender?.replayLagSeconds ?? probe.replayLagSeconds,
+    syncState: sender?.syncState ?? null,
+    lastMessageAt: probe.receiver?.lastMessageAt ?? null,
+  };
+}
+
+function normaliseState(state: string): ReplicationState {
+  const known: ReplicationState[] = ["streaming", "catchup", "startup", "backup", "stopping", "stopped"];
+  return (known as string[]).includes(state) ? (state as ReplicationState) : "unknown";
+}
+
+/** Received but not yet replayed, when the primary cannot be asked. */
+function localLagBytes(probe: NodeProbe): number | null {
+  if (probe.receivedLsn === null || probe.replayedLsn === null) return null;
+  return Math.max(0, lsnToNumber(probe.receivedLsn) - lsnToNumber(probe.replayedLsn));
+}
+
+export function lsnToNumber(lsn: string): number {
+  const [high, low] = lsn.split("/");
+  return parseInt(high ?? "0", 16) * 2 ** 32 + parseInt(low ?? "0", 16);
+}

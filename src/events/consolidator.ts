@@ -1,0 +1,138 @@
+import os from "node:os";
+import type Redis from "ioredis";
+import type { PrimaryDatabase } from "../db/primary-database";
+import type { Logger } from "../log";
+import { sleep } from "../util/sleep";
+import { decode } from "./event-log";
+import type { ClusterEvent } from "./event-map";
+import { CONSOLIDATOR_GROUP, type RedisKeys } from "./keys";
+
+export interface ConsolidatorOptions {
+  readonly batchSize?: number;
+  readonly blockMs?: number;
+  /** Pending entries of a consumer silent this long are taken over (a crashed instance). */
+  readonly claimIdleMs?: number;
+  readonly retryDelayMs?: number;
+}
+
+type StreamReply = Array<[string, Array<[string, string[]]>]> | null;
+
+/**
+ * Copies the events stream into PostgreSQL: reads through a consumer group,
+ * upserts by event id (a replay never duplicates a row) and XACKs only after
+ * the write committed. When the primary is unreachable nothing is
+ * acknowledged: the entries stay pending in Redis and are retried from the
+ * start of this consumer's pending list once a write succeeds again.
+ */
+export class Consolidator {
+  private running = false;
+  private loop: Promise<void> | null = null;
+  private readonly consumer = `${os.hostname()}-${process.pid}`;
+  private readonly options: Required<ConsolidatorOptions>;
+  private consolidated = 0;
+
+  constructor(
+    private readonly redis: Redis, // a dedicated connection: XREADGROUP blocks it
+    private readonly keys: RedisKeys,
+    private readonly database: PrimaryDatabase,
+    private readonly logger: Logger,
+    options: ConsolidatorOptions = {},
+  ) {
+    this.options = { batchSize: 200, blockMs: 1000, claimIdleMs: 30000, retryDelayMs: 1000, ...options };
+  }
+
+  get consolidatedCount(): number {
+    return this.consolidated;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+    this.loop = null;
+  }
+
+  private async run(): Promise<void> {
+    let pendingFirst = true; // after a start or a failure, our own unacknowledged entries come first
+    let lastClaim = 0;
+    while (this.running) {
+      try {
+        await this.ensureGroup();
+        if (pendingFirst && Date.now() - lastClaim > this.options.claimIdleMs / 3) {
+          await this.claimAbandoned();
+          lastClaim = Date.now();
+        }
+        const events = await this.read(pendingFirst ? "0" : ">");
+        if (events.length === 0) {
+          pendingFirst = false;
+          continue;
+        }
+        await this.write(events);
+        await this.redis.xack(this.keys.events, CONSOLIDATOR_GROUP, ...events.map((event) => event.streamId));
+        this.consolidated += events.length;
+      } catch (error) {
+        pendingFirst = true;
+        this.logger.warn({ err: (error as Error).message }, "events not consolidated yet; retrying");
+        await sleep(this.options.retryDelayMs);
+      }
+    }
+  }
+
+  private groupReady = false;
+
+  private async ensureGroup(): Promise<void> {
+    if (this.groupReady) return;
+    try {
+      await this.redis.xgroup("CREATE", this.keys.events, CONSOLIDATOR_GROUP, "0", "MKSTREAM");
+    } catch (error) {
+      if (!String((error as Error).message).includes("BUSYGROUP")) throw error;
+    }
+    this.groupReady = true;
+  }
+
+  private async claimAbandoned(): Promise<void> {
+    await this.redis.xautoclaim(this.keys.events, CONSOLIDATOR_GROUP, this.consumer, this.options.claimIdleMs, "0-0", "COUNT", this.options.batchSize);
+  }
+
+  private async read(from: "0" | ">"): Promise<ClusterEvent[]> {
+    const args: Array<string | number> = ["GROUP", CONSOLIDATOR_GROUP, this.consumer, "COUNT", this.options.batchSize];
+    if (from === ">") args.push("BLOCK", this.options.blockMs);
+    args.push("STREAMS", this.keys.events, from);
+    const reply = (await this.redis.call("XREADGROUP", ...args)) as StreamReply;
+    const entries = reply?.[0]?.[1] ?? [];
+    const events: ClusterEvent[] = [];
+    const unreadable: string[] = [];
+    for (const [streamId, fields] of entries) {
+      const event = fields ? decode(streamId, fields) : null;
+      if (event) events.push(event);
+      else unreadable.push(streamId);
+    }
+    // Trimmed or malformed entries can never be written: acknowledge them so they do not block the group.
+    if (unreadable.length > 0) await this.redis.xack(this.keys.events, CONSOLIDATOR_GROUP, ...unreadable);
+    return events;
+  }
+
+  private async write(events: ClusterEvent[]): Promise<void> {
+    const prisma = await this.database.client();
+    await prisma.event.createMany({
+      data: events.map((event) => ({
+        id: event.id,
+        streamId: event.streamId,
+        kind: event.kind,
+        severity: event.severity,
+        node: event.node,
+        message: event.message,
+        data: event.data as object,
+        actorId: event.actor?.id ?? null,
+        actorRole: event.actor?.role ?? null,
+        occurredAt: new Date(event.occurredAt),
+      })),
+      skipDuplicates: true,
+    });
+  }
+}

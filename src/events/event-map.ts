@@ -1,0 +1,63 @@
+/**
+ * Every event kind with its payload. The same map types the Redis stream, the
+ * pub/sub messages, the consolidated `events` rows and the GraphQL field
+ * `ClusterEvent.data`.
+ */
+export interface EventMap {
+  "service:started": { version: string; pid: number; driver: string };
+  "service:stopping": { reason: string };
+  "node:created": { role: "primary" | "replica"; upstream: string | null };
+  "node:started": Record<string, never>;
+  "node:up": Record<string, never>;
+  "node:down": { error: string };
+  "node:role-changed": { from: string; to: string };
+  "replication:streaming-lost": { state: string };
+  "replication:streaming-restored": Record<string, never>;
+  "replication:lag-high": { lagBytes: number; thresholdBytes: number };
+  "replication:lag-normal": { lagBytes: number; thresholdBytes: number };
+  "cluster:primary-changed": { from: string | null; to: string | null };
+  "api:mutation": { operation: string | null; fields: string[] };
+}
+
+export type EventKind = keyof EventMap;
+
+export type Severity = "info" | "warning" | "critical";
+
+export interface Actor {
+  readonly id: string;
+  readonly role: string;
+}
+
+/** An event as the code emits it. */
+export interface EventDraft<K extends EventKind = EventKind> {
+  readonly kind: K;
+  readonly severity: Severity;
+  readonly node: string | null;
+  readonly message: string;
+  readonly data: EventMap[K];
+  readonly actor?: Actor | null;
+}
+
+/** An event once emitted: id and time assigned, stream position known. */
+export interface ClusterEvent<K extends EventKind = EventKind> extends EventDraft<K> {
+  readonly id: string;
+  readonly streamId: string;
+  readonly occurredAt: string;
+  readonly actor: Actor | null;
+}
+
+export const EVENT_KINDS: readonly EventKind[] = [
+  "service:started",
+  "service:stopping",
+  "node:created",
+  "node:started",
+  "node:up",
+  "node:down",
+  "node:role-changed",
+  "replication:streaming-lost",
+  "replication:streaming-restored",
+  "replication:lag-high",
+  "replication:lag-normal",
+  "cluster:primary-changed",
+  "api:mutation",
+];

@@ -1,0 +1,40 @@
+import Redis from "ioredis";
+import { ErrorCode, RelevoError } from "../errors";
+
+export interface RedisEndpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly password: string;
+}
+
+/**
+ * Clients fail fast while Redis is away (no offline queue, one attempt per
+ * command) so that an API request answers SERVICE_UNAVAILABLE at once instead
+ * of hanging; the connection itself keeps retrying and everything resumes
+ * when Redis is back.
+ */
+export function createRedisClient(endpoint: RedisEndpoint, options: { name: string; blocking?: boolean; queueWhileOffline?: boolean }): Redis {
+  const client = new Redis({
+    host: endpoint.host,
+    port: endpoint.port,
+    password: endpoint.password,
+    connectionName: `relevo:${options.name}`,
+    enableOfflineQueue: options.queueWhileOffline ?? false,
+    maxRetriesPerRequest: options.blocking || options.queueWhileOffline ? null : 1,
+    connectTimeout: 2000,
+    retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
+  });
+  client.on("error", () => undefined); // state is read from `client.status`; errors surface per command
+  return client;
+}
+
+/** Runs a Redis operation, turning a connection failure into SERVICE_UNAVAILABLE. */
+export async function redisCall<T>(what: string, operation: () => Promise<T>): Promise<T> {
+  try {
+    return await operation();
+  } catch (error) {
+    throw new RelevoError(ErrorCode.ServiceUnavailable, `Redis is unavailable (${what}): ${(error as Error).message}; retry shortly`, {
+      cause: error,
+    });
+  }
+}

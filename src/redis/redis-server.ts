@@ -1,0 +1,161 @@
+import { spawn } from "node:child_process";
+import { access, mkdir, readFile, writeFile, chmod } from "node:fs/promises";
+import { constants } from "node:fs";
+import path from "node:path";
+import Redis from "ioredis";
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import { assertPortFree } from "../cluster/ports";
+import { sleep } from "../util/sleep";
+
+export interface RedisServerOptions {
+  readonly home: string;
+  readonly host: string;
+  readonly port: number;
+  readonly password: string;
+  readonly bin: string;
+  readonly startTimeoutMs: number;
+  readonly logger: Logger;
+}
+
+export interface RedisServerHandle {
+  /** True when this call started the server (false: an earlier run's server was reused). */
+  readonly started: boolean;
+  /** SHUTDOWN (persisting the append-only file) and wait for the process to exit. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Relevo's own Redis: append-only persistence on, data under the data home,
+ * bound to the configured address, password from the secrets file (in a 0600
+ * config file, never on the command line where `ps` would show it). It runs in
+ * a session of its own so a Ctrl-C on Relevo's terminal does not reach it;
+ * Relevo stops it last, after everything that writes to it.
+ */
+export async function ensureRedisServer(options: RedisServerOptions): Promise<RedisServerHandle> {
+  const dir = path.join(options.home, "redis");
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (await answersPing(options)) {
+    options.logger.info({ port: options.port }, "reusing the running Redis server");
+    return { started: false, stop: () => shutdown(options) };
+  }
+  const bin = await resolveBinary(options.bin);
+  await assertPortFree(options.host, options.port, "Redis", "RELEVO_REDIS_PORT");
+  const configFile = path.join(dir, "redis.conf");
+  await writeFile(configFile, redisConf(options, dir), { mode: 0o600 });
+  await chmod(configFile, 0o600);
+  const child = spawn(bin, [configFile], { detached: true, stdio: "ignore" });
+  child.unref();
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const deadline = Date.now() + options.startTimeoutMs;
+  while (Date.now() < deadline) {
+    const earlyExit = await Promise.race([exited, sleep(100).then(() => undefined)]);
+    if (earlyExit !== undefined) {
+      throw new RelevoError(
+        ErrorCode.CommandFailed,
+        `redis-server exited with code ${earlyExit} while starting: ${await logTail(dir)}`,
+      );
+    }
+    if (await answersPing(options)) {
+      options.logger.info({ port: options.port, pid: child.pid }, "Redis started");
+      return { started: true, stop: () => shutdown(options) };
+    }
+  }
+  child.kill("SIGKILL");
+  throw new RelevoError(ErrorCode.Timeout, `Redis did not answer within ${options.startTimeoutMs} ms: ${await logTail(dir)}`);
+}
+
+function redisConf(options: RedisServerOptions, dir: string): string {
+  return [
+    "# Written by Relevo at every start.",
+    `bind ${options.host}`,
+    `port ${options.port}`,
+    "protected-mode yes",
+    `requirepass ${options.password}`,
+    `dir ${dir}`,
+    "daemonize no",
+    `pidfile ${path.join(dir, "redis.pid")}`,
+    `logfile ${path.join(dir, "redis.log")}`,
+    // Events and in-flight metadata wait here while the primary is down: keep them across restarts.
+    "appendonly yes",
+    "appendfsync everysec",
+    "save 60 1000",
+    "",
+  ].join("\n");
+}
+
+async function answersPing(options: RedisServerOptions): Promise<boolean> {
+  const client = new Redis({
+    host: options.host,
+    port: options.port,
+    password: options.password,
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 1000,
+  });
+  client.on("error", () => undefined);
+  try {
+    await client.connect();
+    return (await client.ping()) === "PONG";
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
+
+async function shutdown(options: RedisServerOptions): Promise<void> {
+  const client = new Redis({
+    host: options.host,
+    port: options.port,
+    password: options.password,
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
+  client.on("error", () => undefined);
+  try {
+    await client.connect();
+    await client.call("SHUTDOWN").catch(() => undefined); // the connection closes as the server exits
+  } catch {
+    return; // not running
+  } finally {
+    client.disconnect();
+  }
+  const pidText = await readFile(path.join(options.home, "redis", "redis.pid"), "utf8").catch(() => "");
+  const pid = Number(pidText.trim());
+  for (let waited = 0; waited < 10000 && pid > 0 && isAlive(pid); waited += 50) await sleep(50);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function resolveBinary(bin: string): Promise<string> {
+  const candidates = bin.includes("/") ? [bin] : (process.env.PATH ?? "").split(":").concat(["/usr/bin", "/usr/sbin"]).map((dir) => path.join(dir, bin));
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // next
+    }
+  }
+  throw new RelevoError(
+    ErrorCode.MissingBinary,
+    `${bin} not found: install Debian's redis-server (apt-get install -y redis-server) or set RELEVO_REDIS_SERVER_BIN`,
+    { details: { env: "RELEVO_REDIS_SERVER_BIN" } },
+  );
+}
+
+async function logTail(dir: string): Promise<string> {
+  const text = await readFile(path.join(dir, "redis.log"), "utf8").catch(() => "");
+  return text.trim().split("\n").slice(-3).join(" | ") || "no log";
+}

@@ -1,0 +1,207 @@
+import { startApiServer, type RunningApi } from "./api/server";
+import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap";
+import { clusterMembers } from "./cluster/members";
+import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "./cluster/node-settings";
+import { assertPortFree } from "./cluster/ports";
+import { TopologyCollector } from "./cluster/topology-collector";
+import type { RelevoConfig } from "./config/config";
+import { PrimaryDatabase } from "./db/primary-database";
+import { UnreachableCaseError } from "./errors";
+import { Consolidator } from "./events/consolidator";
+import { EventLog } from "./events/event-log";
+import type { EventDraft } from "./events/event-map";
+import { redisKeys, type RedisKeys } from "./events/keys";
+import { createRedisPubSub, publisherOf } from "./events/redis-pubsub";
+import type { Logger } from "./log";
+import { createNodeDriver } from "./nodes/create-driver";
+import type { NodeDriver, NodeRef } from "./nodes/node-driver";
+import { createRedisClient } from "./redis/redis-client";
+import { ensureRedisServer, type RedisServerHandle } from "./redis/redis-server";
+import { loadOrCreateSecrets, type Secrets } from "./secrets/secrets-store";
+import { mintToken } from "./secrets/tokens";
+import type Redis from "ioredis";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { projectRoot } from "./util/project-root";
+
+export interface RelevoService {
+  readonly apiUrl: string;
+  readonly operatorToken: string;
+  readonly nodes: readonly NodeRef[];
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+  readonly keys: RedisKeys;
+  readonly redis: Redis;
+  readonly events: EventLog;
+  readonly collector: TopologyCollector;
+  readonly database: PrimaryDatabase;
+  readonly consolidator: Consolidator;
+  readonly outcomes: readonly NodeBootstrapOutcome[];
+  /** Stops the API, the collector, the consolidator, Redis and (unless told) every node. */
+  stop(options?: { reason?: string; keepNodes?: boolean }): Promise<void>;
+}
+
+const RELEVO_VERSION: string = (JSON.parse(readFileSync(path.join(projectRoot(), "package.json"), "utf8")) as { version: string }).version;
+
+/**
+ * The composition root: starts everything in dependency order and, when a
+ * step fails, stops what the earlier steps started, so a failed start leaves
+ * nothing running.
+ */
+export async function startRelevo(config: RelevoConfig, logger: Logger): Promise<RelevoService> {
+  const cleanups: Array<() => Promise<void>> = [];
+  const unwind = async (): Promise<void> => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch((error) => logger.warn({ err: (error as Error).message }, "cleanup step failed"));
+    cleanups.length = 0;
+  };
+  try {
+    const driver = createNodeDriver(config);
+    await driver.checkPrerequisites();
+    const secrets = await loadOrCreateSecrets(config.home);
+    await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
+    const redisServer: RedisServerHandle = await ensureRedisServer({
+      home: config.home,
+      host: config.host,
+      port: config.redisPort,
+      password: secrets.redisPassword,
+      bin: config.redisServerBin,
+      startTimeoutMs: config.startTimeoutMs,
+      logger,
+    });
+    cleanups.push(() => redisServer.stop());
+
+    const endpoint = { host: config.host, port: config.redisPort, password: secrets.redisPassword };
+    const redis = createRedisClient(endpoint, { name: "commands" });
+    const blockingRedis = createRedisClient(endpoint, { name: "consolidator", blocking: true });
+    const subscriberRedis = createRedisClient(endpoint, { name: "subscriber", queueWhileOffline: true });
+    cleanups.push(async () => {
+      for (const client of [redis, blockingRedis, subscriberRedis]) client.disconnect();
+    });
+    await redis.ping().catch(() => undefined);
+    const keys = redisKeys(config.clusterName);
+    const pubSub = createRedisPubSub(redis, subscriberRedis);
+    const events = new EventLog(redis, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
+
+    const nodes = clusterMembers(config);
+    const stopNodes = async (): Promise<void> => {
+      for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
+    };
+    cleanups.push(stopNodes);
+    const outcomes = await bootstrapCluster({ config, driver, secrets, logger }, nodes);
+    for (const outcome of outcomes) {
+      const event = outcomeEvent(outcome);
+      if (event) await events.emit(event);
+    }
+
+    const database = new PrimaryDatabase({ user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE }, config.nodeTimeoutMs, logger);
+    cleanups.push(() => database.close());
+    const collector = new TopologyCollector({
+      clusterName: config.clusterName,
+      nodes,
+      driver,
+      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
+      redis,
+      keys,
+      publisher: publisherOf(pubSub),
+      events,
+      logger,
+      pollIntervalMs: config.topologyPollIntervalMs,
+      nodeTimeoutMs: config.nodeTimeoutMs,
+      lagAlertBytes: config.lagAlertBytes,
+      onPrimary: (primary) => database.follow(primary),
+    });
+    collector.start();
+    cleanups.push(() => collector.stop());
+    await collector.pollNow();
+
+    const consolidator = new Consolidator(blockingRedis, keys, database, logger);
+    consolidator.start();
+    cleanups.push(() => consolidator.stop());
+
+    const api: RunningApi = await startApiServer(
+      { redis, keys, events, collector, tokenKey: secrets.tokenKey, logger },
+      pubSub,
+      { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
+    );
+    cleanups.push(() => api.stop());
+    await events.emit({
+      kind: "service:started",
+      severity: "info",
+      node: null,
+      message: `Relevo ${RELEVO_VERSION} started (pid ${process.pid}, ${driver.kind} driver)`,
+      data: { version: RELEVO_VERSION, pid: process.pid, driver: driver.kind },
+    });
+
+    let stopping: Promise<void> | null = null;
+    return {
+      apiUrl: api.url,
+      operatorToken: mintToken(secrets.tokenKey, "operator"),
+      nodes,
+      driver,
+      secrets,
+      keys,
+      redis,
+      events,
+      collector,
+      database,
+      consolidator,
+      outcomes,
+      stop: (options = {}) => {
+        stopping ??= (async () => {
+          await events.emit({ kind: "service:stopping", severity: "info", node: null, message: `Relevo stopping: ${options.reason ?? "requested"}`, data: { reason: options.reason ?? "requested" } });
+          await api.stop();
+          await collector.stop();
+          await drainConsolidator(consolidator, redis, keys);
+          if (options.keepNodes) cleanups.splice(cleanups.indexOf(stopNodes), 1);
+          await unwind();
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    await unwind();
+    throw error;
+  }
+}
+
+/** Gives the consolidator a moment to write what is pending before the service stops. */
+async function drainConsolidator(consolidator: Consolidator, redis: Redis, keys: RedisKeys): Promise<void> {
+  const deadline = Date.now() + 3000;
+  while (Date.now() < deadline) {
+    const pending = (await redis.xpending(keys.events, "consolidator").catch(() => [0])) as [number, ...unknown[]];
+    const lag = await groupLag(redis, keys);
+    if (Number(pending[0]) === 0 && lag === 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await consolidator.stop();
+}
+
+async function groupLag(redis: Redis, keys: RedisKeys): Promise<number> {
+  try {
+    const groups = (await redis.call("XINFO", "GROUPS", keys.events)) as Array<Array<string | number | null>>;
+    for (const group of groups) {
+      const fields = new Map<string, unknown>();
+      for (let i = 0; i < group.length; i += 2) fields.set(String(group[i]), group[i + 1]);
+      if (fields.get("name") === "consolidator") return Number(fields.get("lag") ?? 0);
+    }
+  } catch {
+    // no group yet, or Redis away
+  }
+  return 0;
+}
+
+function outcomeEvent(outcome: NodeBootstrapOutcome): EventDraft | null {
+  const node = outcome.node.name;
+  switch (outcome.phase) {
+    case "initialized":
+      return { kind: "node:created", severity: "info", node, message: `${node} initialised as the primary`, data: { role: "primary", upstream: null } };
+    case "seeded":
+      return { kind: "node:created", severity: "info", node, message: `${node} seeded from ${outcome.upstream} and streaming`, data: { role: "replica", upstream: outcome.upstream } };
+    case "started":
+      return { kind: "node:started", severity: "info", node, message: `${node} started`, data: {} };
+    case "already-running":
+      return null;
+    default:
+      throw new UnreachableCaseError(outcome);
+  }
+}
