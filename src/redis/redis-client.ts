@@ -22,6 +22,7 @@ export function createRedisClient(endpoint: RedisEndpoint, options: { name: stri
     enableOfflineQueue: options.queueWhileOffline ?? false,
     maxRetriesPerRequest: options.blocking || options.queueWhileOffline ? null : 1,
     connectTimeout: 2000,
+    disconnectTimeout: 100,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
   });
   client.on("error", () => undefined); // state is read from `client.status`; errors surface per command

@@ -90,6 +90,7 @@ async function answersPing(options: RedisServerOptions): Promise<boolean> {
     port: options.port,
     password: options.password,
     lazyConnect: true,
+    disconnectTimeout: 100,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
@@ -112,6 +113,7 @@ async function shutdown(options: RedisServerOptions): Promise<void> {
     port: options.port,
     password: options.password,
     lazyConnect: true,
+    disconnectTimeout: 100,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
   });

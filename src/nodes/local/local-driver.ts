@@ -17,7 +17,7 @@ import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
 import { processesInGroup, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
 import { runCommand } from "./run-command";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 
 function ownProcessGroup(): number {
   const text = readFileSync("/proc/self/stat", "utf8");
@@ -146,11 +146,15 @@ export class LocalDriver implements NodeDriver {
     // the postmaster is stopped (SIGKILL is never queued behind SIGSTOP).
     const group = stat.pgid > 1 ? stat.pgid : pid;
     signalGroup(group, pid, "SIGKILL");
-    for (let waited = 0; waited < 10000; waited += 50) {
-      if ((await processesInGroup(group)).length === 0 && (await readProcStat(pid)) === null) return;
+    for (let waited = 0; (await processesInGroup(group)).length > 0 || (await readProcStat(pid)) !== null; waited += 50) {
+      if (waited > 10000) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes of group ${group} survived SIGKILL for 10 s`);
       await sleep(50);
     }
-    throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes of group ${group} survived SIGKILL for 10 s`);
+    // Dead but maybe not yet reaped: a new postmaster would take the zombie's
+    // pid in postmaster.pid for a live server and refuse to start. Every
+    // process of the group is dead, so the lock file is stale: remove it.
+    for (let waited = 0; waited < 500 && existsSync(`/proc/${pid}`); waited += 50) await sleep(50);
+    if (existsSync(`/proc/${pid}`)) await rm(path.join(this.dataDirectory(node), "postmaster.pid"), { force: true });
   }
 
   async pause(node: NodeRef): Promise<void> {

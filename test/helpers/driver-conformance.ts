@@ -1,0 +1,136 @@
+import { Client } from "pg";
+import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";
+import { ErrorCode } from "../../src/errors";
+import { freePort } from "./ports";
+
+export interface ConformanceTarget {
+  readonly label: string;
+  /** A fresh driver over a data home of its own. */
+  makeDriver(): Promise<NodeDriver>;
+}
+
+const PASSWORD = "conformance-password-0123456789";
+
+/**
+ * One suite every NodeDriver must pass unchanged (local now, docker next).
+ * It drives a node through its whole life the way bootstrap, failover and
+ * backups will: initdb through `exec` (offline), configuration through file
+ * writes, start / stop / pause / resume / kill, SQL on the node's port, and
+ * failures that surface exit codes and stderr.
+ */
+export function describeDriverConformance(target: ConformanceTarget): void {
+  describe(`NodeDriver conformance: ${target.label}`, () => {
+    let driver: NodeDriver;
+    let node: NodeRef;
+
+    beforeAll(async () => {
+      driver = await target.makeDriver();
+      node = { name: "conformance1", host: "127.0.0.1", port: await freePort() };
+      await driver.checkPrerequisites();
+    });
+
+    afterAll(async () => {
+      await driver.destroy(node).catch(() => undefined);
+    });
+
+    const sql = async (text: string): Promise<unknown[]> => {
+      const client = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", connectionTimeoutMillis: 3000 });
+      await client.connect();
+      try {
+        return (await client.query(text)).rows;
+      } finally {
+        await client.end();
+      }
+    };
+
+    test("an unprovisioned node is absent", async () => {
+      expect(await driver.state(node)).toEqual({ phase: "absent" });
+      expect(await driver.readFile(node, "PG_VERSION")).toBeNull();
+      expect(await driver.listFiles(node, ".")).toEqual([]);
+    });
+
+    test("provision is idempotent and leaves an empty, stopped node", async () => {
+      await driver.provision(node);
+      await driver.provision(node);
+      expect(await driver.state(node)).toEqual({ phase: "stopped" });
+    });
+
+    test("exec (offline) runs initdb as the PostgreSQL user, with stdin", async () => {
+      const result = await driver.exec(
+        node,
+        ["initdb", "-D", driver.dataDirectory(node), "--data-checksums", "--auth=scram-sha-256", "--username=postgres", "--pwfile=/dev/stdin"],
+        { mode: "offline", stdin: `${PASSWORD}\n`, timeoutMs: 60000 },
+      );
+      expect(result.exitCode).toBe(0);
+      expect((await driver.readFile(node, "PG_VERSION"))?.toString().trim()).toBe("15");
+    });
+
+    test("files: write (atomic, 0600), read, list, remove — confined to the data directory", async () => {
+      await driver.writeFile(node, "conf.d/extra.conf", "# nothing\n");
+      expect((await driver.readFile(node, "conf.d/extra.conf"))?.toString()).toBe("# nothing\n");
+      const listed = await driver.listFiles(node, "conf.d");
+      expect(listed).toEqual([expect.objectContaining({ path: "conf.d/extra.conf", type: "file", size: 10 })]);
+      await driver.removeFiles(node, ["conf.d"]);
+      expect(await driver.readFile(node, "conf.d/extra.conf")).toBeNull();
+      await expect(driver.readFile(node, "../../etc/passwd")).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
+      const conf = (await driver.readFile(node, "postgresql.conf"))!.toString();
+      await driver.writeFile(node, "postgresql.conf", `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`);
+    });
+
+    test("start makes the server accept SQL; start again is a no-op", async () => {
+      await driver.start(node, { timeoutMs: 60000 });
+      const state = await driver.state(node);
+      expect(state.phase).toBe("running");
+      await driver.start(node, { timeoutMs: 60000 });
+      expect(await sql("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+      const view = await driver.describe(node);
+      expect(view).toMatchObject({ driver: driver.kind, state, dataDirectory: driver.dataDirectory(node) });
+    });
+
+    test("exec (online) surfaces exit codes and stderr", async () => {
+      const ok = await driver.exec(node, ["pg_controldata", driver.dataDirectory(node)], { mode: "online" });
+      expect(ok.stdout).toMatch(/Database cluster state:\s+in production/);
+      await expect(driver.exec(node, ["pg_controldata", "/nonexistent"], { mode: "online" })).rejects.toMatchObject({
+        code: ErrorCode.CommandFailed,
+        details: expect.objectContaining({ exitCode: 1, stderr: expect.stringContaining("/nonexistent") }),
+      });
+      const failed = await driver.exec(node, ["pg_controldata", "/nonexistent"], { mode: "online", allowFailure: true });
+      expect(failed.exitCode).not.toBe(0);
+      await expect(driver.exec(node, ["/bin/sh", "-c", "id"], { mode: "online" })).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
+    });
+
+    test("pause freezes the server (connections time out), resume thaws it", async () => {
+      await driver.pause(node);
+      expect((await driver.state(node)).phase).toBe("paused");
+      const client = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", connectionTimeoutMillis: 1000 });
+      await expect(client.connect()).rejects.toThrow();
+      await driver.resume(node);
+      expect((await driver.state(node)).phase).toBe("running");
+      expect(await sql("SELECT 2 AS two")).toEqual([{ two: 2 }]);
+    });
+
+    test("stop (fast) shuts the server down cleanly; stop again is a no-op", async () => {
+      await driver.stop(node, { mode: "fast", timeoutMs: 30000 });
+      expect(await driver.state(node)).toEqual({ phase: "stopped" });
+      await driver.stop(node, { mode: "fast", timeoutMs: 30000 });
+      const control = await driver.exec(node, ["pg_controldata", driver.dataDirectory(node)], { mode: "offline" });
+      expect(control.stdout).toMatch(/Database cluster state:\s+shut down/);
+    });
+
+    test("kill ends the server and all its processes at once, even when paused", async () => {
+      await driver.start(node, { timeoutMs: 60000 });
+      await driver.pause(node);
+      await driver.kill(node);
+      expect(await driver.state(node)).toEqual({ phase: "stopped" });
+      const control = await driver.exec(node, ["pg_controldata", driver.dataDirectory(node)], { mode: "offline" });
+      expect(control.stdout).toMatch(/Database cluster state:\s+in production/); // not shut down cleanly
+      await driver.start(node, { timeoutMs: 60000 }); // crash recovery
+      expect(await sql("SELECT 3 AS three")).toEqual([{ three: 3 }]);
+    });
+
+    test("destroy removes the node and its data", async () => {
+      await driver.destroy(node);
+      expect(await driver.state(node)).toEqual({ phase: "absent" });
+    });
+  });
+}

@@ -1,0 +1,61 @@
+import { loadConfig, type ConfigOverrides, type RelevoConfig } from "../../src/config/config";
+import { createLogger } from "../../src/log";
+import { mintToken, type Role } from "../../src/secrets/tokens";
+import { startRelevo, type RelevoService } from "../../src/service";
+import { tempHome } from "./home";
+import { freePort } from "./ports";
+
+export interface TestCluster {
+  readonly config: RelevoConfig;
+  readonly service: RelevoService;
+  readonly url: string;
+  token(role: Role): string;
+  stop(): Promise<void>;
+}
+
+/** Config for a test: own data home, free ports, quick polling, quiet logs. */
+export async function testConfig(label: string, overrides: ConfigOverrides = {}): Promise<RelevoConfig> {
+  return loadConfig(
+    {},
+    {
+      home: await tempHome(label),
+      clusterName: "test",
+      apiPort: await freePort(),
+      primaryPort: await freePort(),
+      replicaPort: await freePort(),
+      redisPort: await freePort(),
+      topologyPollIntervalMs: 250,
+      logLevel: process.env.RELEVO_TEST_LOG_LEVEL ?? "silent",
+      ...overrides,
+    },
+  );
+}
+
+/** The whole service (nodes, Redis, API) as `relevo up` starts it, in this process. */
+export async function startTestCluster(label: string, overrides: ConfigOverrides = {}): Promise<TestCluster> {
+  const config = await testConfig(label, overrides);
+  const service = await startRelevo(config, createLogger({ level: config.logLevel }));
+  return {
+    config,
+    service,
+    url: service.apiUrl,
+    token: (role) => mintToken(service.secrets.tokenKey, role),
+    stop: () => service.stop({ reason: "test finished" }),
+  };
+}
+
+/** Polls `check` until it returns a value (not undefined) or the time is up. */
+export async function eventually<T>(check: () => Promise<T | undefined>, options: { timeoutMs?: number; what?: string } = {}): Promise<T> {
+  const deadline = Date.now() + (options.timeoutMs ?? 30000);
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out waiting for ${options.what ?? "condition"}${lastError ? `: ${(lastError as Error).message}` : ""}`);
+}

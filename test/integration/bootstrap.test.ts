@@ -1,0 +1,102 @@
+import { execFile } from "node:child_process";
+import { stat } from "node:fs/promises";
+import { promisify } from "node:util";
+import { bootstrapCluster } from "../../src/cluster/bootstrap";
+import { createLogger } from "../../src/log";
+import { secretsFile } from "../../src/secrets/secrets-store";
+import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+import { connectionUri } from "../../src/cluster/node-connection";
+
+const run = promisify(execFile);
+
+describe("bootstrap: a primary and a streaming replica", () => {
+  let cluster: TestCluster;
+
+  beforeAll(async () => {
+    cluster = await startTestCluster("bootstrap");
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  const primary = () => cluster.service.nodes[0]!;
+  const replica = () => cluster.service.nodes[1]!;
+
+  test("the replica streams from the primary over its own slot, with an application_name", async () => {
+    const senders = await sqlOn<{ application_name: string; state: string }>(primary(), cluster.service.secrets, "SELECT application_name, state FROM pg_stat_replication");
+    expect(senders).toEqual([{ application_name: "node2", state: "streaming" }]);
+    const slots = await sqlOn<{ slot_name: string; active: boolean }>(primary(), cluster.service.secrets, "SELECT slot_name, active FROM pg_replication_slots");
+    expect(slots).toEqual([{ slot_name: "relevo_node2", active: true }]);
+    const receiver = await sqlOn<{ status: string; slot_name: string }>(replica(), cluster.service.secrets, "SELECT status, slot_name FROM pg_stat_wal_receiver");
+    expect(receiver).toEqual([{ status: "streaming", slot_name: "relevo_node2" }]);
+  });
+
+  test("a row written on the primary appears on the replica", async () => {
+    await sqlOn(primary(), cluster.service.secrets, "CREATE TABLE bootstrap_check (id int PRIMARY KEY, note text)");
+    await sqlOn(primary(), cluster.service.secrets, "INSERT INTO bootstrap_check VALUES (1, 'written on the primary')");
+    const rows = await eventually(async () => {
+      const found = await sqlOn(replica(), cluster.service.secrets, "SELECT id, note FROM bootstrap_check").catch(() => []);
+      return found.length > 0 ? found : undefined;
+    });
+    expect(rows).toEqual([{ id: 1, note: "written on the primary" }]);
+  });
+
+  test("the primary has data checksums, SCRAM auth, a bounded slot WAL size, and the roles pg_rewind needs", async () => {
+    const settings = await sqlOn<{ name: string; setting: string }>(
+      primary(),
+      cluster.service.secrets,
+      "SELECT name, setting FROM pg_settings WHERE name IN ('data_checksums','password_encryption','wal_level','hot_standby','max_slot_wal_keep_size','listen_addresses') ORDER BY name",
+    );
+    expect(Object.fromEntries(settings.map((s) => [s.name, s.setting]))).toEqual({
+      data_checksums: "on",
+      hot_standby: "on",
+      listen_addresses: "127.0.0.1",
+      max_slot_wal_keep_size: String(4 * 1024), // 4GB in MB
+      password_encryption: "scram-sha-256",
+      wal_level: "replica",
+    });
+    const rewind = await sqlOn<{ ok: boolean }>(
+      primary(),
+      cluster.service.secrets,
+      "SELECT has_function_privilege('rewinder', 'pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE') AND has_function_privilege('rewinder', 'pg_catalog.pg_ls_dir(text, boolean, boolean)', 'EXECUTE') AS ok",
+    );
+    expect(rewind).toEqual([{ ok: true }]);
+    const hba = await sqlOn<{ type: string; database: string[]; user_name: string[]; auth_method: string }>(
+      primary(),
+      cluster.service.secrets,
+      "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules ORDER BY line_number",
+    );
+    expect(hba.every((rule) => rule.auth_method === "scram-sha-256" && rule.type === "host")).toBe(true);
+    expect(hba.map((rule) => `${rule.database.join(",")}:${rule.user_name.join(",")}`)).toEqual([
+      "replication:replicator",
+      "postgres:rewinder",
+      "relevo:relevo",
+      "all:postgres",
+    ]);
+  });
+
+  test("PostgreSQL runs as the postgres OS user when Relevo is root, secrets are 0600", async () => {
+    const view = await cluster.service.driver.describe(primary());
+    expect(view.state.phase).toBe("running");
+    const pid = view.state.phase === "running" ? view.state.pid : 0;
+    const { stdout } = await run("ps", ["-o", "user=", "-p", String(pid)]);
+    expect(stdout.trim()).toBe(process.getuid?.() === 0 ? "postgres" : (await run("id", ["-un"])).stdout.trim());
+    expect((await stat(secretsFile(cluster.config.home))).mode & 0o777).toBe(0o600);
+  });
+
+  test("bootstrap again is idempotent: nodes already running are left as they are", async () => {
+    const outcomes = await bootstrapCluster(
+      { config: cluster.config, driver: cluster.service.driver, secrets: cluster.service.secrets, logger: createLogger({ level: "silent" }) },
+      cluster.service.nodes,
+    );
+    expect(outcomes.map((o) => `${o.node.name}:${o.phase}`)).toEqual(["node1:already-running", "node2:already-running"]);
+  });
+
+  test("libpq clients reach the primary through a multi-host URI with target_session_attrs=read-write", async () => {
+    const uri = connectionUri([replica(), primary()], { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" }, { target_session_attrs: "read-write" });
+    const { stdout } = await run("psql", [uri, "-Atc", "SELECT pg_is_in_recovery(), current_setting('port')"]);
+    expect(stdout.trim()).toBe(`f|${primary().port}`);
+  });
+});

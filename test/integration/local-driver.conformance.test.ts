@@ -1,0 +1,9 @@
+import { loadConfig } from "../../src/config/config";
+import { createNodeDriver } from "../../src/nodes/create-driver";
+import { describeDriverConformance } from "../helpers/driver-conformance";
+import { tempHome } from "../helpers/home";
+
+describeDriverConformance({
+  label: "local",
+  makeDriver: async () => createNodeDriver(loadConfig({}, { home: await tempHome("driver") })),
+});

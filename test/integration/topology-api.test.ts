@@ -1,0 +1,149 @@
+import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
+import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+const CLUSTER_QUERY = `query {
+  cluster {
+    name health
+    primary { name }
+    replicas { name }
+    nodes {
+      name role reachable host port timeline currentLsn version
+      replication { state upstream slotName lagBytes replayLagSeconds writeLagSeconds syncState }
+      slots { name active retainedBytes }
+      driver { kind state pid dataDirectory }
+    }
+  }
+}`;
+
+type ClusterData = {
+  cluster: {
+    name: string;
+    health: string;
+    primary: { name: string } | null;
+    replicas: Array<{ name: string }>;
+    nodes: Array<{
+      name: string;
+      role: string;
+      reachable: boolean;
+      port: number;
+      timeline: number | null;
+      replication: { state: string; upstream: string | null; slotName: string | null; lagBytes: number | null; replayLagSeconds: number | null } | null;
+      slots: Array<{ name: string; active: boolean; retainedBytes: number | null }>;
+      driver: { kind: string; state: string; pid: number | null; dataDirectory: string };
+    }>;
+  };
+};
+
+describe("topology over GraphQL", () => {
+  let cluster: TestCluster;
+
+  beforeAll(async () => {
+    cluster = await startTestCluster("topology");
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  test("the cluster query reports one primary and one streaming replica with lag figures", async () => {
+    await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 1000) g");
+    await cluster.service.collector.pollNow();
+    const response = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+    expect(response.errors).toBeUndefined();
+    const data = response.data!.cluster;
+    expect(data).toMatchObject({ name: "test", health: "HEALTHY", primary: { name: "node1" }, replicas: [{ name: "node2" }] });
+    const [primary, replica] = data.nodes;
+    expect(primary).toMatchObject({ name: "node1", role: "PRIMARY", reachable: true, port: cluster.config.primaryPort, timeline: 1, replication: null });
+    expect(primary!.slots).toEqual([{ name: "relevo_node2", active: true, retainedBytes: expect.any(Number) }]);
+    expect(primary!.driver).toMatchObject({ kind: "local", state: "RUNNING", pid: expect.any(Number) });
+    expect(replica).toMatchObject({ name: "node2", role: "REPLICA", reachable: true, port: cluster.config.replicaPort, timeline: 1 });
+    expect(replica!.replication).toMatchObject({ state: "STREAMING", upstream: "node1", slotName: "relevo_node2" });
+    expect(replica!.replication!.lagBytes).toEqual(expect.any(Number));
+    expect(replica!.replication!.lagBytes).toBeGreaterThanOrEqual(0);
+    expect(replica!.replication!.replayLagSeconds).toEqual(expect.any(Number));
+  });
+
+  test("node(name) returns one node", async () => {
+    const response = await graphqlRequest(cluster.url, `{ node(name: "node2") { name role } }`, { token: cluster.token("viewer") });
+    expect(response.data).toEqual({ node: { name: "node2", role: "REPLICA" } });
+  });
+
+  test("load-balancer health routes answer without a token", async () => {
+    const status = async (path: string) => (await fetch(cluster.url.replace("/graphql", path))).status;
+    expect(await status("/nodes/node1/primary")).toBe(200);
+    expect(await status("/nodes/node1/replica")).toBe(503);
+    expect(await status("/nodes/node2/replica")).toBe(200);
+    expect(await status("/nodes/node2/primary")).toBe(503);
+    expect(await status("/nodes/nope/primary")).toBe(404);
+    expect(await status("/health")).toBe(200);
+  });
+
+  test("GraphiQL is served from local assets, without a CDN", async () => {
+    const response = await fetch(cluster.url, { headers: { accept: "text/html" } });
+    expect(response.status).toBe(200);
+    const html = await response.text();
+    expect(html).toContain("graphiql");
+    expect(html).not.toMatch(/<script[^>]+src="https?:\/\//);
+    expect(html).not.toMatch(/<link[^>]+href="https?:\/\//);
+  });
+
+  test("stopping the replica: the subscription delivers the change and the query shows it unreachable", async () => {
+    const client = subscriptionClient(cluster.url, cluster.token("viewer"));
+    const topology = new SubscriptionRecorder<{ topologyChanged: ClusterData["cluster"] }>(
+      client,
+      `subscription { topologyChanged { health nodes { name reachable role replication { state } } } }`,
+    );
+    const events = new SubscriptionRecorder<{ clusterEvents: { kind: string; node: string | null } }>(
+      client,
+      `subscription { clusterEvents(kinds: ["node:down"]) { kind node } }`,
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 500)); // let both subscriptions register
+      await cluster.service.driver.stop(cluster.service.nodes[1]!, { mode: "fast", timeoutMs: 30000 });
+      const changed = await topology.next((payload) => payload.topologyChanged.nodes.some((n) => n.name === "node2" && !n.reachable));
+      expect(changed.topologyChanged.health).toBe("DEGRADED");
+      expect(await events.next((payload) => payload.clusterEvents.node === "node2")).toEqual({ clusterEvents: { kind: "node:down", node: "node2" } });
+      const response = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+      const replica = response.data!.cluster.nodes.find((n) => n.name === "node2")!;
+      expect(replica).toMatchObject({ reachable: false, role: "REPLICA", driver: { state: "STOPPED", pid: null } });
+      expect(response.data!.cluster.health).toBe("DEGRADED");
+      expect((await fetch(cluster.url.replace("/graphql", "/nodes/node2/replica"))).status).toBe(503);
+
+      await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
+      const back = await topology.next((payload) => payload.topologyChanged.nodes.some((n) => n.name === "node2" && n.replication?.state === "STREAMING"));
+      expect(back.topologyChanged.health).toBe("HEALTHY");
+    } finally {
+      topology.dispose();
+      events.dispose();
+      await client.dispose();
+    }
+  });
+
+  test("streaming loss and recovery are events, newest first, filterable by kind and node", async () => {
+    const page = await eventually(async () => {
+      const response = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string; node: string } }> } }>(
+        cluster.url,
+        `{ events(first: 10, node: "node2") { edges { node { kind node } } } }`,
+        { token: cluster.token("viewer") },
+      );
+      const kinds = response.data?.events.edges.map((e) => e.node.kind) ?? [];
+      return kinds.includes("node:up") ? kinds : undefined;
+    });
+    expect(page.indexOf("node:up")).toBeLessThan(page.indexOf("node:down"));
+    const filtered = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string } }>; pageInfo: { hasNextPage: boolean; endCursor: string } } }>(
+      cluster.url,
+      `{ events(first: 1, kinds: ["node:created"]) { edges { node { kind } } pageInfo { hasNextPage endCursor } } }`,
+      { token: cluster.token("viewer") },
+    );
+    expect(filtered.data!.events.edges).toEqual([{ node: { kind: "node:created" } }]);
+    expect(filtered.data!.events.pageInfo.hasNextPage).toBe(true);
+    const next = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string; node: string } }>; pageInfo: { hasNextPage: boolean } } }>(
+      cluster.url,
+      `query($after: String) { events(first: 5, after: $after, kinds: ["node:created"]) { edges { node { kind node } } pageInfo { hasNextPage } } }`,
+      { token: cluster.token("viewer"), variables: { after: filtered.data!.events.pageInfo.endCursor } },
+    );
+    expect(next.data!.events.edges).toEqual([{ node: { kind: "node:created", node: "node1" } }]);
+    expect(next.data!.events.pageInfo.hasNextPage).toBe(false);
+  });
+});
