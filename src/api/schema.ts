@@ -1,6 +1,6 @@
 import "reflect-metadata";
 import type { GraphQLSchema } from "graphql";
-import { buildSchema, type PubSub } from "type-graphql";
+import { buildSchema, type ContainerType, type PubSub } from "type-graphql";
 import { authChecker } from "./auth/auth";
 import { ClusterResolver } from "./cluster/cluster.resolver";
 import type { ApiServices } from "./context";
@@ -8,17 +8,22 @@ import { EventResolver } from "./events/event.resolver";
 
 export const RESOLVERS = [ClusterResolver, EventResolver] as const;
 
+/** The one schema definition, for the server and for the committed SDL alike. */
+export function buildRelevoSchema(options: { pubSub: PubSub; container?: ContainerType }): Promise<GraphQLSchema> {
+  return buildSchema({
+    resolvers: RESOLVERS,
+    pubSub: options.pubSub,
+    authChecker,
+    container: options.container,
+    validate: { forbidUnknownValues: false },
+  });
+}
+
 /**
- * Builds the executable schema with everything injected (no globals): each
+ * The executable schema with everything injected (no globals): each
  * resolver class is constructed once with the services.
  */
 export async function createSchema(services: ApiServices, pubSub: PubSub): Promise<GraphQLSchema> {
   const instances = new Map<unknown, unknown>(RESOLVERS.map((Resolver) => [Resolver, new Resolver(services)]));
-  return buildSchema({
-    resolvers: RESOLVERS,
-    pubSub,
-    authChecker,
-    container: { get: (someClass) => instances.get(someClass) },
-    validate: { forbidUnknownValues: false },
-  });
+  return buildRelevoSchema({ pubSub, container: { get: (someClass) => instances.get(someClass) } });
 }

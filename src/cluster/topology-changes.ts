@@ -37,7 +37,9 @@ function nodeChanges(before: NodeSnapshot, after: NodeSnapshot, lagAlertBytes: n
   if (before.roleConfirmed && after.roleConfirmed && before.role !== after.role) {
     events.push({ kind: "node:role-changed", severity: "warning", node, message: `${node} is now ${after.role} (was ${before.role})`, data: { from: before.role, to: after.role } });
   }
-  if (after.role === "replica" && before.role === "replica") {
+  // Replication is only judged on a node that answered both times: an
+  // unreachable replica is reported once, as node:down, not also as lost streaming.
+  if (after.role === "replica" && before.role === "replica" && before.reachable && after.reachable) {
     const wasStreaming = before.replication?.state === "streaming";
     const isStreaming = after.replication?.state === "streaming";
     if (wasStreaming && !isStreaming) {

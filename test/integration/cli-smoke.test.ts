@@ -1,0 +1,110 @@
+import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { isPortFree } from "../../src/cluster/ports";
+import { projectRoot } from "../../src/util/project-root";
+import { graphqlRequest } from "../helpers/graphql-client";
+import { tempHome } from "../helpers/home";
+import { freePort } from "../helpers/ports";
+import { processesMentioning } from "../helpers/processes";
+
+const execFileAsync = promisify(execFile);
+const BIN = path.join(projectRoot(), "bin/relevo");
+
+/**
+ * The README's run command, as a user runs it: `relevo up` in the
+ * foreground, the printed URL and token, the CLI beside it, SIGTERM, and
+ * nothing left running. Then once more on the same data home.
+ */
+describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
+  let env: NodeJS.ProcessEnv;
+  let ports: { api: number; primary: number; replica: number; redis: number };
+
+  beforeAll(async () => {
+    ports = { api: await freePort(), primary: await freePort(), replica: await freePort(), redis: await freePort() };
+    env = {
+      ...process.env,
+      RELEVO_HOME: await tempHome("smoke"),
+      RELEVO_API_PORT: String(ports.api),
+      RELEVO_PRIMARY_PORT: String(ports.primary),
+      RELEVO_REPLICA_PORT: String(ports.replica),
+      RELEVO_REDIS_PORT: String(ports.redis),
+      RELEVO_LOG_LEVEL: "warn",
+    };
+  });
+
+  async function up(): Promise<{ child: ChildProcessWithoutNullStreams; url: string; token: string; output: () => string }> {
+    const child = spawn("node", [BIN, "up"], { env });
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    const deadline = Date.now() + 90000;
+    while (!/Operator token:\s+\S+/.test(output)) {
+      if (child.exitCode !== null) throw new Error(`relevo up exited with ${child.exitCode}: ${output}`);
+      if (Date.now() > deadline) throw new Error(`relevo up printed no token: ${output}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const url = /GraphQL and GraphiQL:\s+(\S+)/.exec(output)![1]!;
+    const token = /Operator token:\s+(\S+)/.exec(output)![1]!;
+    return { child, url, token, output: () => output };
+  }
+
+  async function terminate(child: ChildProcessWithoutNullStreams): Promise<number | null> {
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    child.kill("SIGTERM");
+    return exited;
+  }
+
+  test("up prints the URL and an operator token; the cluster query answers; SIGTERM stops everything", async () => {
+    const { child, url, token, output } = await up();
+    expect(url).toBe(`http://127.0.0.1:${ports.api}/graphql`);
+    const response = await graphqlRequest<{ cluster: { primary: { name: string }; nodes: Array<{ name: string; role: string; reachable: boolean; replication: { state: string } | null }> } }>(
+      url,
+      "{ cluster { primary { name } nodes { name role reachable replication { state } } } }",
+      { token },
+    );
+    expect(response.data?.cluster).toEqual({
+      primary: { name: "node1" },
+      nodes: [
+        { name: "node1", role: "PRIMARY", reachable: true, replication: null },
+        { name: "node2", role: "REPLICA", reachable: true, replication: { state: "STREAMING" } },
+      ],
+    });
+
+    const status = JSON.parse((await execFileAsync("node", [BIN, "status", "--json"], { env })).stdout);
+    expect(status.nodes.map((n: { name: string; role: string; reachable: boolean }) => [n.name, n.role, n.reachable])).toEqual([
+      ["node1", "primary", true],
+      ["node2", "replica", true],
+    ]);
+    expect(status.nodes[0].driver).toMatchObject({ kind: "local", pid: expect.any(Number), dataDirectory: path.join(env.RELEVO_HOME!, "nodes", "node1", "data") });
+    const table = (await execFileAsync("node", [BIN, "status"], { env })).stdout;
+    expect(table).toMatch(/node2\s+replica\s+127\.0\.0\.1:\d+\s+yes\s+streaming/);
+
+    const viewer = (await execFileAsync("node", [BIN, "token", "--role", "viewer"], { env })).stdout.trim();
+    expect(viewer).toMatch(/^rlv\.viewer\./);
+    const denied = await graphqlRequest(url, "mutation { refreshTopology { name } }", { token: viewer });
+    expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+
+    const primaryUrl = (await execFileAsync("node", [BIN, "url"], { env })).stdout.trim();
+    await execFileAsync("psql", [primaryUrl, "-c", "CREATE TABLE survives_restart (id int)"]);
+    const replicaUrl = (await execFileAsync("node", [BIN, "url", "node2"], { env })).stdout.trim();
+    expect((await execFileAsync("psql", [replicaUrl, "-Atc", "SELECT pg_is_in_recovery()"])).stdout.trim()).toBe("t");
+    const multi = (await execFileAsync("node", [BIN, "url", "--multi-host"], { env })).stdout.trim();
+    expect(multi).toContain("target_session_attrs=read-write");
+    expect((await execFileAsync("psql", [multi, "-Atc", "SELECT current_setting('port')"])).stdout.trim()).toBe(String(ports.primary));
+
+    expect(output()).not.toContain(primaryUrl.split(":")[2]!.split("@")[0]!); // no password in the output
+    expect(await terminate(child)).toBe(0);
+    expect(output()).toContain("Relevo stopped.");
+    expect(await processesMentioning(env.RELEVO_HOME!)).toEqual([]);
+    for (const port of Object.values(ports)) expect(await isPortFree("127.0.0.1", port)).toBe(true);
+  });
+
+  test("up again reuses the existing cluster (data kept), and stops cleanly again", async () => {
+    const { child } = await up();
+    const primaryUrl = (await execFileAsync("node", [BIN, "url"], { env })).stdout.trim();
+    expect((await execFileAsync("psql", [primaryUrl, "-Atc", "SELECT count(*) FROM survives_restart"])).stdout.trim()).toBe("0");
+    expect(await terminate(child)).toBe(0);
+    expect(await processesMentioning(env.RELEVO_HOME!)).toEqual([]);
+  });
+});

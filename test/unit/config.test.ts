@@ -1,0 +1,42 @@
+import { describeConfig, loadConfig } from "../../src/config/config";
+import { ErrorCode } from "../../src/errors";
+
+describe("configuration", () => {
+  test("defaults avoid a system PostgreSQL (5432) and Redis (6379)", () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({ apiPort: 4000, primaryPort: 15432, replicaPort: 15433, redisPort: 16379, replicaCount: 1, driver: "local", host: "127.0.0.1" });
+    expect(config.home).toBe(require("node:path").resolve("./.relevo"));
+  });
+
+  test("environment variables override defaults, overrides override the environment", () => {
+    const config = loadConfig({ RELEVO_API_PORT: "4100", RELEVO_REPLICA_COUNT: "2", RELEVO_HOME: "/tmp/x" }, { apiPort: 4200 });
+    expect(config.apiPort).toBe(4200);
+    expect(config.replicaCount).toBe(2);
+    expect(config.home).toBe("/tmp/x");
+  });
+
+  test.each([
+    ["RELEVO_API_PORT", "not-a-port"],
+    ["RELEVO_PRIMARY_PORT", "70000"],
+    ["RELEVO_DRIVER", "kubernetes"],
+    ["RELEVO_MAX_SLOT_WAL_KEEP_SIZE", "lots"],
+    ["RELEVO_TOPOLOGY_POLL_INTERVAL_MS", "5"],
+    ["RELEVO_CLUSTER_NAME", "Bad Name"],
+  ])("an invalid %s is INVALID_CONFIG naming the variable", (env, value) => {
+    expect(() => loadConfig({ [env]: value })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining(env) }));
+  });
+
+  test("two servers on one port is INVALID_CONFIG naming both", () => {
+    expect(() => loadConfig({ RELEVO_API_PORT: "15432" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringMatching(/port 15432 .*the API and the primary/) }),
+    );
+    expect(() => loadConfig({ RELEVO_REPLICA_COUNT: "2", RELEVO_REPLICA_PORT: "16378" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+  });
+
+  test("every key has a RELEVO_ variable and a description", () => {
+    for (const row of describeConfig()) {
+      expect(row.env).toMatch(/^RELEVO_[A-Z0-9_]+$/);
+      expect(row.doc.length).toBeGreaterThan(10);
+    }
+  });
+});

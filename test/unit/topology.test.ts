@@ -1,0 +1,105 @@
+import { buildSnapshot, lsnToNumber, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
+import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
+
+const driver = { kind: "local" as const, state: "running" as const, pid: 1, dataDirectory: "/d", containerId: null };
+const primaryProbe = (senders: NodeProbe["senders"]): NodeProbe => ({
+  role: "primary",
+  version: "15.18",
+  timeline: 1,
+  currentLsn: "0/3000000",
+  receivedLsn: null,
+  replayedLsn: null,
+  lastReplayAt: null,
+  replayLagSeconds: null,
+  receiver: null,
+  senders,
+  slots: [],
+});
+const replicaProbe = (status: string | null): NodeProbe => ({
+  role: "replica",
+  version: "15.18",
+  timeline: 1,
+  currentLsn: "0/2000000",
+  receivedLsn: "0/3000000",
+  replayedLsn: "0/2000000",
+  lastReplayAt: null,
+  replayLagSeconds: 1.5,
+  receiver: status ? { status, senderHost: "127.0.0.1", senderPort: 1, slotName: "relevo_node2", lastMessageAt: null } : null,
+  senders: [],
+  slots: [],
+});
+const observe = (name: string, probe: NodeObservation["probe"], fallbackRole: "primary" | "replica" = "replica"): NodeObservation => ({
+  name,
+  host: "127.0.0.1",
+  port: 1,
+  probe,
+  driver,
+  fallbackRole,
+  checkedAt: "t",
+});
+const sender = { applicationName: "node2", state: "streaming", lagBytes: 100, writeLagSeconds: 0.1, flushLagSeconds: 0.1, replayLagSeconds: 0.2, syncState: "async" };
+
+describe("topology snapshot (pure)", () => {
+  test("one primary and a streaming replica: healthy, lag from the primary's pg_stat_replication", () => {
+    const snapshot = buildSnapshot("c", [observe("node1", primaryProbe([sender])), observe("node2", replicaProbe("streaming"))], 1000, "now");
+    expect(snapshot).toMatchObject({ primary: "node1", health: "healthy", healthReasons: [] });
+    expect(snapshot.nodes[1]!.replication).toMatchObject({ state: "streaming", upstream: "node1", lagBytes: 100, replayLagSeconds: 0.2, syncState: "async" });
+  });
+
+  test("without a sender row the replica's own receiver and received−replayed bytes are used", () => {
+    const snapshot = buildSnapshot("c", [observe("node1", { error: "down" }, "primary"), observe("node2", replicaProbe("waiting"))], 1000, "now");
+    expect(snapshot.health).toBe("critical");
+    expect(snapshot.primary).toBeNull();
+    expect(snapshot.nodes[0]).toMatchObject({ reachable: false, role: "primary", roleConfirmed: false, error: "down" });
+    expect(snapshot.nodes[1]!.replication).toMatchObject({ state: "unknown", lagBytes: lsnToNumber("0/3000000") - lsnToNumber("0/2000000"), replayLagSeconds: 1.5 });
+  });
+
+  test("lag over the threshold degrades the cluster; two primaries are critical", () => {
+    const lagging = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))], 1000, "now");
+    expect(lagging.health).toBe("degraded");
+    expect(lagging.healthReasons).toEqual(["node2 lags 5000 bytes"]);
+    const split = buildSnapshot("c", [observe("node1", primaryProbe([])), observe("node2", primaryProbe([]))], 1000, "now");
+    expect(split).toMatchObject({ health: "critical", primary: null, healthReasons: ["more than one primary: node1, node2"] });
+  });
+
+  test("LSNs compare as 64-bit positions", () => {
+    expect(lsnToNumber("1/0") - lsnToNumber("0/FFFFFFFF")).toBe(1);
+  });
+});
+
+describe("topology changes (pure)", () => {
+  const healthy = buildSnapshot("c", [observe("node1", primaryProbe([sender])), observe("node2", replicaProbe("streaming"))], 1000, "a");
+
+  test("the first snapshot is a change without events; an identical one is neither", () => {
+    expect(topologyChanges(null, healthy, 1000)).toEqual([]);
+    expect(isTopologyChange(null, healthy, [])).toBe(true);
+    const same = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 200 }])), observe("node2", replicaProbe("streaming"))], 1000, "b");
+    expect(topologyChanges(healthy, same, 1000)).toEqual([]);
+    expect(isTopologyChange(healthy, same, [])).toBe(false);
+  });
+
+  test("a replica that goes away: node:down (warning) and a health change", () => {
+    const next = buildSnapshot("c", [observe("node1", primaryProbe([])), observe("node2", { error: "connection refused" })], 1000, "b");
+    const events = topologyChanges(healthy, next, 1000);
+    expect(events.map((e) => [e.kind, e.node, e.severity])).toEqual([["node:down", "node2", "warning"]]);
+    expect(isTopologyChange(healthy, next, events)).toBe(true);
+  });
+
+  test("the primary going away is critical and changes the primary", () => {
+    const next = buildSnapshot("c", [observe("node1", { error: "timeout" }, "primary"), observe("node2", replicaProbe("waiting"))], 1000, "b");
+    const kinds = topologyChanges(healthy, next, 1000).map((e) => `${e.kind}:${e.severity}`);
+    // The replica's lag is now what it received but has not replayed (16 MiB here): over the threshold.
+    expect(kinds).toEqual(["cluster:primary-changed:critical", "node:down:critical", "replication:streaming-lost:warning", "replication:lag-high:warning"]);
+  });
+
+  test("lag crossing the threshold either way is an event", () => {
+    const high = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))], 1000, "b");
+    expect(topologyChanges(healthy, high, 1000).map((e) => e.kind)).toEqual(["replication:lag-high"]);
+    expect(topologyChanges(high, healthy, 1000).map((e) => e.kind)).toEqual(["replication:lag-normal"]);
+  });
+
+  test("a promotion: role change and new primary", () => {
+    const promoted = buildSnapshot("c", [observe("node1", { error: "down" }), observe("node2", primaryProbe([]))], 1000, "b");
+    expect(topologyChanges(healthy, promoted, 1000).map((e) => e.kind)).toEqual(["cluster:primary-changed", "node:down", "node:role-changed"]);
+  });
+});
