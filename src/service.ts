@@ -3,7 +3,7 @@ import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap
 import { clusterMembers } from "./cluster/members";
 import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { assertPortFree } from "./cluster/ports";
-import { TopologyCollector } from "./cluster/topology-collector";
+import { TopologyCollector, TopologyReader } from "./cluster/topology-collector";
 import type { RelevoConfig } from "./config/config";
 import { PrimaryDatabase } from "./db/primary-database";
 import { UnreachableCaseError } from "./errors";
@@ -18,7 +18,7 @@ import type { NodeDriver, NodeRef } from "./nodes/node-driver";
 import { createRedisClient } from "./redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "./redis/redis-server";
 import { loadOrCreateSecrets, type Secrets } from "./secrets/secrets-store";
-import { mintToken } from "./secrets/tokens";
+import { mintToken, TokenVerifier } from "./secrets/tokens";
 import type Redis from "ioredis";
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -119,7 +119,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     cleanups.push(() => consolidator.stop());
 
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, tokenKey: secrets.tokenKey, logger },
+      { redis, keys, events, collector, topology: new TopologyReader(redis, keys), tokens: new TokenVerifier(secrets.tokenKey), logger },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );

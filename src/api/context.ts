@@ -1,9 +1,9 @@
 import type Redis from "ioredis";
-import type { TopologyCollector } from "../cluster/topology-collector";
+import type { TopologyCollector, TopologyReader } from "../cluster/topology-collector";
 import type { EventLog } from "../events/event-log";
 import type { RedisKeys } from "../events/keys";
 import type { Logger } from "../log";
-import type { TokenIdentity } from "../secrets/tokens";
+import type { TokenIdentity, TokenVerifier } from "../secrets/tokens";
 
 /** Everything resolvers may use, injected when the schema is built. */
 export interface ApiServices {
@@ -11,7 +11,8 @@ export interface ApiServices {
   readonly keys: RedisKeys;
   readonly events: EventLog;
   readonly collector: TopologyCollector;
-  readonly tokenKey: string;
+  readonly topology: TopologyReader;
+  readonly tokens: TokenVerifier;
   readonly logger: Logger;
 }
 

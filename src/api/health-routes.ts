@@ -1,6 +1,5 @@
 import type { Request, Response, Router } from "express";
 import express from "express";
-import { readTopology } from "../cluster/topology-collector";
 import type { ApiServices } from "./context";
 
 /**
@@ -28,7 +27,7 @@ export function healthRoutes(services: ApiServices): Router {
     }
     let snapshot;
     try {
-      snapshot = await readTopology(services.redis, services.keys);
+      snapshot = await services.topology.read();
     } catch {
       snapshot = null;
     }

@@ -36,12 +36,21 @@ function isIntrospectionOnly(operation: OperationDefinitionNode): boolean {
  * their children by it), so one request cannot exhaust the server.
  */
 export function queryLimitsPlugin(schema: GraphQLSchema, limits: { maxDepth: number; maxComplexity: number }): ApolloServerPlugin {
+  // Apollo reuses the parsed DocumentNode of a query it has seen, so the
+  // verdict for (document, operation, variables) can be remembered: clients
+  // repeat the same few queries, and cost analysis walks the whole document.
+  const accepted = new WeakMap<DocumentNode, Set<string>>();
   return {
     async requestDidStart() {
       return {
         async didResolveOperation({ document, operation, request }) {
           if (!operation || isIntrospectionOnly(operation)) return;
+          const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
+          if (accepted.get(document)?.has(key)) return;
           checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+          let keys = accepted.get(document);
+          if (!keys) accepted.set(document, (keys = new Set()));
+          if (keys.size < 100) keys.add(key);
         },
       };
     },

@@ -1,6 +1,7 @@
 import http from "node:http";
 import { ApolloServer } from "@apollo/server";
 import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHttpServer";
+import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/disabled";
 import { expressMiddleware } from "@as-integrations/express5";
 import express from "express";
 import { useServer } from "graphql-ws/use/ws";
@@ -45,7 +46,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       schema,
       onConnect: (ctx) => {
         try {
-          ctx.extra.identity = authenticate(services.tokenKey, authorizationFromParams(ctx.connectionParams));
+          ctx.extra.identity = authenticate(services.tokens, authorizationFromParams(ctx.connectionParams));
           return true;
         } catch {
           return false; // closes with 4403 Forbidden
@@ -63,6 +64,8 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     stopOnTerminationSignals: false,
     plugins: [
       ApolloServerPluginDrainHttpServer({ httpServer }),
+      // No HTTP caching of this API's answers; without it Apollo does not wrap every field resolver.
+      ApolloServerPluginCacheControlDisabled(),
       { async serverWillStart() { return { async drainServer() { await wsCleanup.dispose(); } }; } },
       queryLimitsPlugin(schema, options),
       mutationAuditPlugin(services.events),
@@ -70,14 +73,13 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     ],
   });
   await apollo.start();
-  app.use(healthRoutes(services));
   app.use(
     "/graphql",
     express.json({ limit: "256kb" }),
     expressMiddleware(apollo, {
       context: async ({ req }): Promise<ApiContext> => {
         try {
-          return { identity: authenticate(services.tokenKey, req.headers.authorization) };
+          return { identity: authenticate(services.tokens, req.headers.authorization) };
         } catch (error) {
           if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
           throw error;
@@ -85,6 +87,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       },
     }),
   );
+  app.use(healthRoutes(services));
   await listen(httpServer, options);
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : options.port;

@@ -1,5 +1,4 @@
 import { Arg, Authorized, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
-import { readTopology } from "../../cluster/topology-collector";
 import type { ClusterSnapshot } from "../../cluster/topology";
 import { ErrorCode, RelevoError } from "../../errors";
 import { redisCall } from "../../redis/redis-client";
@@ -45,7 +44,7 @@ export class ClusterResolver {
   }
 
   private async snapshot(): Promise<ClusterSnapshot> {
-    const snapshot = await redisCall("reading the topology", () => readTopology(this.services.redis, this.services.keys));
+    const snapshot = await redisCall("reading the topology", () => this.services.topology.read());
     if (!snapshot) throw new RelevoError(ErrorCode.ServiceUnavailable, "the topology has not been collected yet; retry in a second");
     return snapshot;
   }

@@ -1,0 +1,67 @@
+import { createLogger } from "../../src/log";
+import { ensureRedisServer } from "../../src/redis/redis-server";
+import { graphqlRequest } from "../helpers/graphql-client";
+import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+describe("Redis unavailable: clear errors, nothing crashes, everything resumes", () => {
+  let cluster: TestCluster;
+
+  beforeAll(async () => {
+    cluster = await startTestCluster("redis-outage");
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  const redisServer = () =>
+    ensureRedisServer({
+      home: cluster.config.home,
+      host: cluster.config.host,
+      port: cluster.config.redisPort,
+      password: cluster.service.secrets.redisPassword,
+      bin: cluster.config.redisServerBin,
+      startTimeoutMs: 30000,
+      logger: createLogger({ level: "silent" }),
+    });
+
+  test("while Redis is down the API answers SERVICE_UNAVAILABLE at once; events wait and are consolidated after", async () => {
+    const before = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
+    expect(before.data).toEqual({ cluster: { name: "test" } });
+
+    await (await redisServer()).stop();
+    const started = Date.now();
+    const during = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(during.errors?.[0]?.extensions?.code).toBe("SERVICE_UNAVAILABLE");
+    expect(during.errors?.[0]?.message).toMatch(/Redis is unavailable/);
+    const events = await graphqlRequest(cluster.url, "{ events(first: 1) { edges { cursor } } }", { token: cluster.token("viewer") });
+    expect(events.errors?.[0]?.extensions?.code).toBe("SERVICE_UNAVAILABLE");
+    expect((await fetch(cluster.url.replace("/graphql", "/health"))).status).toBe(503);
+
+    // The collector keeps watching: the replica going down is noticed and kept for Redis.
+    await cluster.service.driver.stop(cluster.service.nodes[1]!, { mode: "fast", timeoutMs: 30000 });
+    await eventually(async () => (cluster.service.events.bufferedCount > 0 ? true : undefined), { what: "node:down buffered" });
+
+    const restarted = await redisServer();
+    expect(restarted.started).toBe(true);
+    const after = await eventually(async () => {
+      const response = await graphqlRequest<{ cluster: { nodes: Array<{ name: string; reachable: boolean }> } }>(
+        cluster.url,
+        "{ cluster { nodes { name reachable } } }",
+        { token: cluster.token("viewer") },
+      );
+      // Redis restores its last snapshot from the append-only file; the next poll replaces it.
+      return response.data?.cluster.nodes.find((n) => n.name === "node2")?.reachable === false ? response.data : undefined;
+    }, { what: "API answering again with the current topology", timeoutMs: 10000 });
+    expect(after.cluster.nodes.map((n) => [n.name, n.reachable])).toEqual([["node1", true], ["node2", false]]);
+    const rows = await eventually(async () => {
+      const found = await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "SELECT kind FROM events WHERE kind = 'node:down' AND node = 'node2'", [], "relevo");
+      return found.length === 1 ? found : undefined;
+    }, { what: "node:down consolidated" });
+    expect(rows).toEqual([{ kind: "node:down" }]);
+    expect(cluster.service.events.bufferedCount).toBe(0);
+    await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
+  });
+});
