@@ -104,7 +104,11 @@ describe("topology over GraphQL", () => {
       const changed = await topology.next((payload) => payload.topologyChanged.nodes.some((n) => n.name === "node2" && !n.reachable));
       expect(changed.topologyChanged.health).toBe("DEGRADED");
       expect(await events.next((payload) => payload.clusterEvents.node === "node2")).toEqual({ clusterEvents: { kind: "node:down", node: "node2" } });
-      const response = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+      // The poll that first saw it unreachable may have caught the postmaster still exiting; the next one sees it gone.
+      const response = await eventually(async () => {
+        const answer = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+        return answer.data?.cluster.nodes.find((n) => n.name === "node2")?.driver.state === "STOPPED" ? answer : undefined;
+      });
       const replica = response.data!.cluster.nodes.find((n) => n.name === "node2")!;
       expect(replica).toMatchObject({ reachable: false, role: "REPLICA", driver: { state: "STOPPED", pid: null } });
       expect(response.data!.cluster.health).toBe("DEGRADED");
