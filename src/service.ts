@@ -3,7 +3,8 @@ import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap
 import { clusterMembers } from "./cluster/members";
 import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { assertPortFree } from "./cluster/ports";
-import { TopologyCollector, TopologyReader } from "./cluster/topology-collector";
+import { TopologyCollector } from "./cluster/topology-collector";
+import { TopologyReader } from "./cluster/topology-reader";
 import type { RelevoConfig } from "./config/config";
 import { PrimaryDatabase } from "./db/primary-database";
 import { UnreachableCaseError } from "./errors";
@@ -74,8 +75,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const redis = createRedisClient(endpoint, { name: "commands" });
     const blockingRedis = createRedisClient(endpoint, { name: "consolidator", blocking: true });
     const subscriberRedis = createRedisClient(endpoint, { name: "subscriber", queueWhileOffline: true });
+    const invalidationRedis = createRedisClient(endpoint, { name: "invalidations", queueWhileOffline: true });
     cleanups.push(async () => {
-      for (const client of [redis, blockingRedis, subscriberRedis]) client.disconnect();
+      for (const client of [redis, blockingRedis, subscriberRedis, invalidationRedis]) client.disconnect();
     });
     await redis.ping().catch(() => undefined);
     const keys = redisKeys(config.clusterName);
@@ -118,8 +120,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     consolidator.start();
     cleanups.push(() => consolidator.stop());
 
+    const topology = new TopologyReader(redis, invalidationRedis, keys, logger);
+    await topology.start();
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, topology: new TopologyReader(redis, keys), tokens: new TokenVerifier(secrets.tokenKey), logger },
+      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );

@@ -12,7 +12,7 @@ import path from "node:path";
 import { spawn, type ChildProcess } from "node:child_process";
 import { projectRoot } from "../../src/util/project-root";
 
-import { percentile, runOpenLoop } from "./open-loop";
+import { percentile, runOpenLoop, type OpenLoopResult } from "./open-loop";
 
 const RATE = Number(process.env.BENCH_RATE ?? 1000);
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 20);
@@ -46,6 +46,35 @@ async function startService(env: NodeJS.ProcessEnv): Promise<{ child: ChildProce
   return { child, url: /GraphQL and GraphiQL:\s+(\S+)/.exec(output)![1]!, token: /Operator token:\s+(\S+)/.exec(output)![1]! };
 }
 
+/**
+ * The machine's floor: the same load against a bare node:http server (in a
+ * process of its own) that answers every request with the bytes Relevo
+ * answered. Whatever latency this shows is the machine's, not Relevo's.
+ */
+async function startBareServer(port: number, responseBody: string): Promise<ChildProcess> {
+  const script = `require("http").createServer((q,r)=>{q.resume();q.on("end",()=>{r.setHeader("content-type","application/json; charset=utf-8");r.end(process.env.BODY)})}).listen(${port},"127.0.0.1",()=>console.log("ready"))`;
+  const child = spawn(process.execPath, ["-e", script], { env: { BODY: responseBody }, stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
+  return child;
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  await exited;
+}
+
+interface Measured {
+  readonly result: OpenLoopResult;
+  readonly sorted: Float64Array;
+}
+
+async function measure(url: string, headers: Record<string, string>, body: string): Promise<Measured> {
+  await runOpenLoop({ url, headers, body, ratePerSecond: RATE, durationMs: 3000 }); // warm-up: JIT, caches, pools
+  const result = await runOpenLoop({ url, headers, body, ratePerSecond: RATE, durationMs: DURATION_S * 1000 });
+  return { result, sorted: result.latencies.slice(0, result.completed).sort() };
+}
+
 async function main(): Promise<void> {
   const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-api-"));
   await chmod(home, 0o711);
@@ -58,43 +87,46 @@ async function main(): Promise<void> {
     RELEVO_REDIS_PORT: String(await freePort()),
     RELEVO_LOG_LEVEL: "warn",
   };
+  const body = JSON.stringify({ query: QUERY });
   const service = await startService(env);
+  let relevo: Measured;
+  let sample: string;
   try {
-    const request = {
-      url: service.url,
-      headers: { "content-type": "application/json", authorization: `Bearer ${service.token}` },
-      body: JSON.stringify({ query: QUERY }),
-    };
-    await runOpenLoop({ ...request, ratePerSecond: RATE, durationMs: 3000 }); // warm-up: JIT, caches, pools
-    const result = await runOpenLoop({ ...request, ratePerSecond: RATE, durationMs: DURATION_S * 1000 });
-    const sorted = result.latencies.slice(0, result.completed).sort();
-    const ms = (value: number): string => value.toFixed(2);
-    const failures = result.errors + result.timeouts + result.non2xx + (result.sent - result.completed - result.timeouts);
-    const rows: Array<[string, string]> = [
-      ["target rate (req/s)", String(RATE)],
-      ["duration (s)", String(DURATION_S)],
-      ["requests sent", String(result.sent)],
-      ["achieved rate (req/s)", (result.completed / (DURATION_S)).toFixed(0)],
-      ["latency p50 (ms)", ms(percentile(sorted, 50))],
-      ["latency p90 (ms)", ms(percentile(sorted, 90))],
-      ["latency p99 (ms)", ms(percentile(sorted, 99))],
-      ["latency p99.9 (ms)", ms(percentile(sorted, 99.9))],
-      ["latency max (ms)", ms(sorted[sorted.length - 1] ?? NaN)],
-      ["generator send lag p99 (ms)", ms(percentile(result.sendLag.slice().sort(), 99))],
-      ["errors", String(result.errors)],
-      ["timeouts", String(result.timeouts)],
-      ["non-2xx responses", String(result.non2xx)],
-      ["target met (p99 <= 5 ms, 0 errors)", percentile(sorted, 99) <= 5 && failures === 0 ? "yes" : "NO"],
-    ];
-    const width = Math.max(...rows.map(([name]) => name.length));
-    process.stdout.write(`\nbench/api: cluster query, ${os.cpus().length} cores, Node ${process.version}\n\n`);
-    process.stdout.write(`| ${"metric".padEnd(width)} | value |\n| ${"-".repeat(width)} | ----- |\n`);
-    for (const [name, value] of rows) process.stdout.write(`| ${name.padEnd(width)} | ${value} |\n`);
+    const headers = { "content-type": "application/json", authorization: `Bearer ${service.token}` };
+    sample = await (await fetch(service.url, { method: "POST", headers, body })).text();
+    relevo = await measure(service.url, headers, body);
   } finally {
-    const exited = new Promise((resolve) => service.child.once("exit", resolve));
-    service.child.kill("SIGTERM");
-    await exited;
+    await stopChild(service.child);
   }
+  const barePort = await freePort();
+  const bare = await startBareServer(barePort, sample);
+  let floor: Measured;
+  try {
+    floor = await measure(`http://127.0.0.1:${barePort}/graphql`, { "content-type": "application/json" }, body);
+  } finally {
+    await stopChild(bare);
+  }
+
+  const ms = (value: number): string => value.toFixed(2);
+  const failures = (m: Measured): number => m.result.errors + m.result.timeouts + m.result.non2xx;
+  const rows: Array<[string, (m: Measured) => string]> = [
+    ["requests sent", (m) => String(m.result.sent)],
+    ["achieved rate (req/s)", (m) => (m.result.completed / DURATION_S).toFixed(0)],
+    ["latency p50 (ms)", (m) => ms(percentile(m.sorted, 50))],
+    ["latency p90 (ms)", (m) => ms(percentile(m.sorted, 90))],
+    ["latency p99 (ms)", (m) => ms(percentile(m.sorted, 99))],
+    ["latency p99.9 (ms)", (m) => ms(percentile(m.sorted, 99.9))],
+    ["latency max (ms)", (m) => ms(m.sorted[m.sorted.length - 1] ?? NaN)],
+    ["generator send lag p99 (ms)", (m) => ms(percentile(m.result.sendLag.slice().sort(), 99))],
+    ["errors + timeouts + non-2xx", (m) => String(failures(m))],
+    ["target met (p99 <= 5 ms, 0 errors)", (m) => (percentile(m.sorted, 99) <= 5 && failures(m) === 0 ? "yes" : "NO")],
+  ];
+  const width = Math.max(...rows.map(([name]) => name.length));
+  const out = (line: string): boolean => process.stdout.write(`${line}\n`);
+  out(`\nbench/api: the cluster query at ${RATE} req/s for ${DURATION_S} s, ${os.cpus().length} cores, Node ${process.version}\n`);
+  out(`| ${"metric".padEnd(width)} | relevo (relevo up) | floor (bare node:http, same bytes) |`);
+  out(`| ${"-".repeat(width)} | ------------------ | ---------------------------------- |`);
+  for (const [name, value] of rows) out(`| ${name.padEnd(width)} | ${value(relevo).padEnd(18)} | ${value(floor).padEnd(34)} |`);
 }
 
 main().catch((error) => {

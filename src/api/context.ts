@@ -1,5 +1,6 @@
 import type Redis from "ioredis";
-import type { TopologyCollector, TopologyReader } from "../cluster/topology-collector";
+import type { TopologyCollector } from "../cluster/topology-collector";
+import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
 import type { RedisKeys } from "../events/keys";
 import type { Logger } from "../log";

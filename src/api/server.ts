@@ -16,6 +16,7 @@ import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
 import { queryLimitsPlugin } from "./limits";
 import { createSchema } from "./schema";
+import { TopologyResponseCache } from "./topology-response-cache";
 
 export interface ApiServerOptions {
   readonly host: string;
@@ -38,8 +39,24 @@ export interface RunningApi {
  */
 export async function startApiServer(services: ApiServices, pubSub: PubSub, options: ApiServerOptions): Promise<RunningApi> {
   const schema = await createSchema(services, pubSub);
+  const responseCache = new TopologyResponseCache(services.topology, services.tokens);
   const app = express();
-  const httpServer = http.createServer(app);
+  const httpServer = http.createServer((req, res) => void handle(req, res));
+  // POST /graphql bodies are read here so that a cached topology answer
+  // skips Express entirely; body-parser sees `_body` and does not read again.
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    if (req.method === "POST" && req.url === "/graphql" && (req.headers["content-type"] ?? "").startsWith("application/json")) {
+      const body = await readJsonBody(req, MAX_BODY_BYTES);
+      if (body.phase === "invalid") {
+        res.writeHead(400, { "content-type": "application/json; charset=utf-8" });
+        res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
+        return;
+      }
+      Object.assign(req, { body: body.value, _body: true });
+      if (await responseCache.serve(req, res, body.value)) return;
+    }
+    app(req, res);
+  };
   const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql" });
   const wsCleanup = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
     {
@@ -69,13 +86,14 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       { async serverWillStart() { return { async drainServer() { await wsCleanup.dispose(); } }; } },
       queryLimitsPlugin(schema, options),
       mutationAuditPlugin(services.events),
+      responseCache.plugin(),
       graphiqlLandingPagePlugin(),
     ],
   });
   await apollo.start();
   app.use(
     "/graphql",
-    express.json({ limit: "256kb" }),
+    express.json({ limit: MAX_BODY_BYTES }),
     expressMiddleware(apollo, {
       context: async ({ req }): Promise<ApiContext> => {
         try {
@@ -99,6 +117,30 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       await new Promise<void>((resolve) => httpServer.close(() => resolve()));
     },
   };
+}
+
+const MAX_BODY_BYTES = 256 * 1024;
+
+type BodyRead = { readonly phase: "parsed"; readonly value: unknown } | { readonly phase: "invalid"; readonly reason: string };
+
+function readJsonBody(req: http.IncomingMessage, limit: number): Promise<BodyRead> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+    });
+    req.on("end", () => {
+      if (size > limit) return resolve({ phase: "invalid", reason: `request body larger than ${limit} bytes` });
+      try {
+        resolve({ phase: "parsed", value: JSON.parse(Buffer.concat(chunks).toString("utf8")) });
+      } catch {
+        resolve({ phase: "invalid", reason: "request body is not valid JSON" });
+      }
+    });
+    req.on("error", () => resolve({ phase: "invalid", reason: "request body could not be read" }));
+  });
 }
 
 function authorizationFromParams(params: Record<string, unknown> | undefined): string | undefined {

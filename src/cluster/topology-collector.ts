@@ -96,28 +96,3 @@ export class TopologyCollector {
   }
 
 }
-
-/**
- * Reads the latest snapshot from Redis (what the API serves). The snapshot
- * only changes once per poll while the API may read it thousands of times a
- * second, so the parsed object is reused while Redis returns the same text.
- */
-export class TopologyReader {
-  private lastText: string | null = null;
-  private lastSnapshot: ClusterSnapshot | null = null;
-
-  constructor(
-    private readonly redis: Redis,
-    private readonly keys: RedisKeys,
-  ) {}
-
-  async read(): Promise<ClusterSnapshot | null> {
-    const text = await this.redis.get(this.keys.topology);
-    if (text === null) return null;
-    if (text !== this.lastText) {
-      this.lastSnapshot = JSON.parse(text) as ClusterSnapshot;
-      this.lastText = text;
-    }
-    return this.lastSnapshot;
-  }
-}

@@ -23,6 +23,24 @@ describe("API auth, errors and limits", () => {
     }
   });
 
+  test("an answer cached for a token is never served without one (or with a bad one)", async () => {
+    const query = "{ cluster { name primary { name } } }";
+    for (let i = 0; i < 3; i += 1) {
+      expect((await graphqlRequest(cluster.url, query, { token: cluster.token("viewer") })).data).toEqual({ cluster: { name: "test", primary: { name: "node1" } } });
+    }
+    for (const token of [null, "rlv.viewer.000000000000.forged"]) {
+      const response = await graphqlRequest(cluster.url, query, { token });
+      expect(response.status).toBe(401);
+      expect(response.errors?.[0]?.extensions?.code).toBe("UNAUTHENTICATED");
+    }
+  });
+
+  test("a body that is not JSON is a 400 with BAD_USER_INPUT", async () => {
+    const response = await fetch(cluster.url, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` }, body: "{ not json" });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { errors: Array<{ extensions: { code: string } }> }).errors[0]!.extensions.code).toBe("BAD_USER_INPUT");
+  });
+
   test("a token signed with another key, or tampered with, is UNAUTHENTICATED", async () => {
     const foreign = mintToken("another-data-home-key-0123456789abcdef", "operator");
     const tampered = cluster.token("viewer").replace("viewer", "operator");

@@ -64,6 +64,25 @@ describe("topology over GraphQL", () => {
     expect(replica!.replication!.replayLagSeconds).toEqual(expect.any(Number));
   });
 
+  test("a repeated topology query answers the same bytes until the topology changes, then the new state", async () => {
+    const ask = async (): Promise<string> =>
+      (await fetch(cluster.url, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
+        body: JSON.stringify({ query: "{ cluster { collectedAt nodes { name checkedAt } } }" }),
+      })).text();
+    const first = await ask();
+    const second = await ask();
+    const collectedAt = (text: string) => (JSON.parse(text) as { data: { cluster: { collectedAt: string } } }).data.cluster.collectedAt;
+    if (collectedAt(first) === collectedAt(second)) expect(second).toBe(first);
+    // Every poll writes a new snapshot (new collectedAt): the answer follows it.
+    const later = await eventually(async () => {
+      const text = await ask();
+      return collectedAt(text) !== collectedAt(first) ? text : undefined;
+    }, { timeoutMs: 5000 });
+    expect(new Date(collectedAt(later)).getTime()).toBeGreaterThan(new Date(collectedAt(first)).getTime());
+  });
+
   test("node(name) returns one node", async () => {
     const response = await graphqlRequest(cluster.url, `{ node(name: "node2") { name role } }`, { token: cluster.token("viewer") });
     expect(response.data).toEqual({ node: { name: "node2", role: "REPLICA" } });

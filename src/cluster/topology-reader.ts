@@ -1,0 +1,89 @@
+import { randomBytes } from "node:crypto";
+import type Redis from "ioredis";
+import type { RedisKeys } from "../events/keys";
+import type { Logger } from "../log";
+import type { ClusterSnapshot } from "./topology";
+
+const INVALIDATE_CHANNEL = "__redis__:invalidate";
+
+/**
+ * Reads the latest topology snapshot, which lives in Redis, for the API.
+ *
+ * The snapshot changes once per poll while the API may read it thousands of
+ * times a second, and on this kind of machine the round trip to Redis is
+ * most of a request's cost. So the reader uses Redis's server-assisted
+ * client-side caching: with `CLIENT TRACKING ... BCAST PREFIX <key>` Redis
+ * tells a dedicated connection whenever the key changes, and the local copy
+ * is dropped at once. Redis stays the source of truth:
+ * - a read is served from the local copy only while both connections are up
+ *   and tracking is confirmed; otherwise it goes to Redis (and fails with
+ *   SERVICE_UNAVAILABLE while Redis is away, like every other read);
+ * - an invalidation that arrives while a GET is in flight prevents that GET's
+ *   reply from being cached (a generation counter), so a stale value is never
+ *   kept.
+ */
+export class TopologyReader {
+  private cached: ClusterSnapshot | null = null;
+  private generation = 0;
+  private tracking = false;
+  private readonly listenerName = `relevo-invalidations-${process.pid}-${randomBytes(4).toString("hex")}`;
+
+  constructor(
+    private readonly redis: Redis,
+    /** A connection of its own: it sits in subscriber mode. */
+    private readonly invalidations: Redis,
+    private readonly keys: RedisKeys,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Subscribes to invalidations and turns tracking on; again after every reconnect. */
+  async start(): Promise<void> {
+    this.invalidations.on("message", (channel: string) => {
+      if (channel === INVALIDATE_CHANNEL) this.invalidate();
+    });
+    const reset = (): void => {
+      this.tracking = false;
+      this.invalidate();
+    };
+    this.redis.on("close", reset);
+    this.invalidations.on("close", reset);
+    this.redis.on("ready", () => void this.enableTracking());
+    this.invalidations.on("ready", () => void this.enableTracking());
+    await this.invalidations.client("SETNAME", this.listenerName).catch(() => undefined);
+    await this.invalidations.subscribe(INVALIDATE_CHANNEL).catch(() => undefined);
+    await this.enableTracking();
+  }
+
+  async read(): Promise<ClusterSnapshot | null> {
+    const usable = this.tracking && this.redis.status === "ready" && this.invalidations.status === "ready";
+    if (usable && this.cached) return this.cached;
+    const generation = this.generation;
+    const text = await this.redis.get(this.keys.topology);
+    const snapshot = text === null ? null : (JSON.parse(text) as ClusterSnapshot);
+    if (usable && generation === this.generation) this.cached = snapshot;
+    return snapshot;
+  }
+
+  private invalidate(): void {
+    this.generation += 1;
+    this.cached = null;
+  }
+
+  private async enableTracking(): Promise<void> {
+    this.tracking = false;
+    this.invalidate();
+    if (this.redis.status !== "ready" || this.invalidations.status !== "ready") return;
+    try {
+      // The listener's id changes with every reconnect: look it up by its name.
+      const list = (await this.redis.call("CLIENT", "LIST", "TYPE", "pubsub")) as string;
+      const line = list.split("\n").find((entry) => entry.includes(` name=${this.listenerName} `));
+      const id = line ? /(?:^|\s)id=(\d+)/.exec(line)?.[1] : undefined;
+      if (!id) return; // not subscribed yet: its "ready" will call again
+      await this.redis.call("CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", this.keys.topology);
+      this.invalidate();
+      this.tracking = true;
+    } catch (error) {
+      this.logger.warn({ err: (error as Error).message }, "topology reads go to Redis every time: client tracking unavailable");
+    }
+  }
+}
