@@ -16,6 +16,7 @@ import { percentile, runOpenLoop, type OpenLoopResult } from "./open-loop";
 
 const RATE = Number(process.env.BENCH_RATE ?? 1000);
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 20);
+const SETTLE_MS = Number(process.env.BENCH_SETTLE_MS ?? 10000);
 const QUERY = "{ cluster { name primary { name } nodes { name role reachable host port replication { state lagBytes replayLagSeconds } } } }";
 
 function freePort(): Promise<number> {
@@ -70,7 +71,10 @@ interface Measured {
 }
 
 async function measure(url: string, headers: Record<string, string>, body: string): Promise<Measured> {
-  await runOpenLoop({ url, headers, body, ratePerSecond: RATE, durationMs: 3000 }); // warm-up: JIT, caches, pools
+  // A cluster just made by initdb and pg_basebackup still checkpoints and
+  // vacuums for a few seconds: let it settle, then warm up JIT and caches.
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+  await runOpenLoop({ url, headers, body, ratePerSecond: RATE, durationMs: 5000 });
   const result = await runOpenLoop({ url, headers, body, ratePerSecond: RATE, durationMs: DURATION_S * 1000 });
   return { result, sorted: result.latencies.slice(0, result.completed).sort() };
 }
