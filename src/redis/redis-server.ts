@@ -84,7 +84,8 @@ function redisConf(options: RedisServerOptions, dir: string): string {
   ].join("\n");
 }
 
-async function answersPing(options: RedisServerOptions): Promise<boolean> {
+/** A one-shot connection: no retries, no queue, closed by the caller. */
+function oneShotClient(options: RedisServerOptions): Redis {
   const client = new Redis({
     host: options.host,
     port: options.port,
@@ -97,6 +98,11 @@ async function answersPing(options: RedisServerOptions): Promise<boolean> {
     connectTimeout: 1000,
   });
   client.on("error", () => undefined);
+  return client;
+}
+
+async function answersPing(options: RedisServerOptions): Promise<boolean> {
+  const client = oneShotClient(options);
   try {
     await client.connect();
     return (await client.ping()) === "PONG";
@@ -108,16 +114,7 @@ async function answersPing(options: RedisServerOptions): Promise<boolean> {
 }
 
 async function shutdown(options: RedisServerOptions): Promise<void> {
-  const client = new Redis({
-    host: options.host,
-    port: options.port,
-    password: options.password,
-    lazyConnect: true,
-    disconnectTimeout: 100,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  });
-  client.on("error", () => undefined);
+  const client = oneShotClient(options);
   try {
     await client.connect();
     await client.call("SHUTDOWN").catch(() => undefined); // the connection closes as the server exits

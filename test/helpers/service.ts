@@ -59,3 +59,24 @@ export async function eventually<T>(check: () => Promise<T | undefined>, options
   }
   throw new Error(`timed out waiting for ${options.what ?? "condition"}${lastError ? `: ${(lastError as Error).message}` : ""}`);
 }
+
+/**
+ * One cluster for a whole describe block: started before its first test,
+ * stopped after its last (its data home stays for inspection). The returned
+ * object stands for that cluster inside tests.
+ */
+export function useTestCluster(label: string, overrides: ConfigOverrides = {}): TestCluster {
+  let cluster: TestCluster | undefined;
+  beforeAll(async () => {
+    cluster = await startTestCluster(label, overrides);
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  return new Proxy({} as TestCluster, {
+    get: (_target, property) => {
+      if (!cluster) throw new Error(`test cluster ${label} did not start`);
+      return Reflect.get(cluster, property);
+    },
+  });
+}

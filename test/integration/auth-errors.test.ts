@@ -1,18 +1,10 @@
 import { graphqlRequest, subscriptionClient } from "../helpers/graphql-client";
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { mintToken } from "../../src/secrets/tokens";
 import { sqlOn } from "../helpers/sql";
 
 describe("API auth, errors and limits", () => {
-  let cluster: TestCluster;
-
-  beforeAll(async () => {
-    cluster = await startTestCluster("auth", { apiMaxDepth: 4, apiMaxComplexity: 400 });
-  });
-
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useTestCluster("auth", { apiMaxDepth: 4, apiMaxComplexity: 400 });
 
   test("no token: UNAUTHENTICATED with HTTP 401, for queries and introspection alike", async () => {
     for (const query of ["{ cluster { name } }", "{ __schema { queryType { name } } }"]) {

@@ -4,22 +4,14 @@ import { promisify } from "node:util";
 import { bootstrapCluster } from "../../src/cluster/bootstrap";
 import { createLogger } from "../../src/log";
 import { secretsFile } from "../../src/secrets/secrets-store";
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { connectionUri } from "../../src/cluster/node-connection";
 
 const run = promisify(execFile);
 
 describe("bootstrap: a primary and a streaming replica", () => {
-  let cluster: TestCluster;
-
-  beforeAll(async () => {
-    cluster = await startTestCluster("bootstrap");
-  });
-
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useTestCluster("bootstrap");
 
   const primary = () => cluster.service.nodes[0]!;
   const replica = () => cluster.service.nodes[1]!;

@@ -1,16 +1,8 @@
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("events: Redis first, consolidated into the primary exactly once", () => {
-  let cluster: TestCluster;
-
-  beforeAll(async () => {
-    cluster = await startTestCluster("events");
-  });
-
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useTestCluster("events");
 
   const primary = () => cluster.service.nodes[0]!;
   const eventRows = (where = "true") =>

@@ -1,19 +1,11 @@
 import { createLogger } from "../../src/log";
 import { ensureRedisServer } from "../../src/redis/redis-server";
 import { graphqlRequest } from "../helpers/graphql-client";
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("Redis unavailable: clear errors, nothing crashes, everything resumes", () => {
-  let cluster: TestCluster;
-
-  beforeAll(async () => {
-    cluster = await startTestCluster("redis-outage");
-  });
-
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useTestCluster("redis-outage");
 
   const redisServer = () =>
     ensureRedisServer({

@@ -1,5 +1,5 @@
 import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 const CLUSTER_QUERY = `query {
@@ -36,15 +36,7 @@ type ClusterData = {
 };
 
 describe("topology over GraphQL", () => {
-  let cluster: TestCluster;
-
-  beforeAll(async () => {
-    cluster = await startTestCluster("topology");
-  });
-
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useTestCluster("topology");
 
   test("the cluster query reports one primary and one streaming replica with lag figures", async () => {
     await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 1000) g");
