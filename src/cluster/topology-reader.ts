@@ -5,6 +5,7 @@ import type { Logger } from "../log";
 import type { ClusterSnapshot } from "./topology";
 
 const INVALIDATE_CHANNEL = "__redis__:invalidate";
+const MAX_AGE_MS = 1000;
 
 /**
  * Reads the latest topology snapshot, which lives in Redis, for the API.
@@ -20,10 +21,15 @@ const INVALIDATE_CHANNEL = "__redis__:invalidate";
  *   SERVICE_UNAVAILABLE while Redis is away, like every other read);
  * - an invalidation that arrives while a GET is in flight prevents that GET's
  *   reply from being cached (a generation counter), so a stale value is never
- *   kept.
+ *   kept;
+ * - a local copy is at most MAX_AGE_MS old, which bounds staleness should the
+ *   invalidation connection die without the client noticing yet.
  */
 export class TopologyReader {
   private cached: ClusterSnapshot | null = null;
+  private cachedAt = 0;
+  private lastText: string | null = null;
+  private lastParsed: ClusterSnapshot | null = null;
   private generation = 0;
   private tracking = false;
   private readonly listenerName = `relevo-invalidations-${process.pid}-${randomBytes(4).toString("hex")}`;
@@ -56,11 +62,17 @@ export class TopologyReader {
 
   async read(): Promise<ClusterSnapshot | null> {
     const usable = this.tracking && this.redis.status === "ready" && this.invalidations.status === "ready";
-    if (usable && this.cached) return this.cached;
+    if (usable && this.cached && performance.now() - this.cachedAt < MAX_AGE_MS) return this.cached;
     const generation = this.generation;
     const text = await this.redis.get(this.keys.topology);
-    const snapshot = text === null ? null : (JSON.parse(text) as ClusterSnapshot);
-    if (usable && generation === this.generation) this.cached = snapshot;
+    // Same text, same object: callers may rely on identity to know nothing changed.
+    const snapshot = text === null ? null : text === this.lastText ? this.lastParsed : (JSON.parse(text) as ClusterSnapshot);
+    this.lastText = text;
+    this.lastParsed = snapshot;
+    if (usable && generation === this.generation) {
+      this.cached = snapshot;
+      this.cachedAt = performance.now();
+    }
     return snapshot;
   }
 

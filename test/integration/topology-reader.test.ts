@@ -56,12 +56,17 @@ describe("topology reads: served locally between changes, never stale", () => {
   });
 
   test("when the tracking connection drops, reads go to Redis until tracking is back", async () => {
-    await invalidations.disconnect(true); // reconnects by itself
-    await writer.set(keys.topology, JSON.stringify(snapshot("third")));
-    expect((await reader.read())?.collectedAt).toBe("third");
-    await eventually(async () => (invalidations.status === "ready" ? true : undefined));
-    await writer.set(keys.topology, JSON.stringify(snapshot("fourth")));
-    const seen = await eventually(async () => ((await reader.read())?.collectedAt === "fourth" ? true : undefined), { timeoutMs: 3000 });
+    const closed = new Promise((resolve) => invalidations.once("close", resolve));
+    invalidations.disconnect(false);
+    await closed;
+    for (const value of ["third", "fourth"]) {
+      await writer.set(keys.topology, JSON.stringify(snapshot(value)));
+      expect((await reader.read())?.collectedAt).toBe(value);
+    }
+    await invalidations.connect();
+    await eventually(async () => ((await reader.read()) && invalidations.status === "ready" ? true : undefined));
+    await writer.set(keys.topology, JSON.stringify(snapshot("fifth")));
+    const seen = await eventually(async () => ((await reader.read())?.collectedAt === "fifth" ? true : undefined), { timeoutMs: 3000 });
     expect(seen).toBe(true);
   });
 });
