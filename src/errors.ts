@@ -19,6 +19,8 @@ export enum ErrorCode {
   QueryTooComplex = "QUERY_TOO_COMPLEX",
   ServiceUnavailable = "SERVICE_UNAVAILABLE",
   PreconditionFailed = "PRECONDITION_FAILED",
+  BackupInProgress = "BACKUP_IN_PROGRESS",
+  NotImplemented = "NOT_IMPLEMENTED",
   Internal = "INTERNAL",
 }
 

@@ -1,7 +1,11 @@
 import { startApiServer, type RunningApi } from "./api/server";
 import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap";
 import { clusterMembers } from "./cluster/members";
-import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "./cluster/node-settings";
+import { APP_DATABASE, ROLE_APP, ROLE_REPLICATION, ROLE_SUPERUSER } from "./cluster/node-settings";
+import { BackupService } from "./backup/backup-service";
+import { Repository } from "./backup/repository";
+import { WalArchiver } from "./backup/wal-archiver";
+import { resolvePostgresIdentity } from "./nodes/local/os-user";
 import { assertPortFree } from "./cluster/ports";
 import { TopologyCollector } from "./cluster/topology-collector";
 import { TopologyReader } from "./cluster/topology-reader";
@@ -37,6 +41,9 @@ export interface RelevoService {
   readonly collector: TopologyCollector;
   readonly database: PrimaryDatabase;
   readonly consolidator: Consolidator;
+  readonly repository: Repository;
+  readonly archiver: WalArchiver;
+  readonly backups: BackupService;
   readonly outcomes: readonly NodeBootstrapOutcome[];
   /** Stops the API, the collector, the consolidator, Redis and (unless told) every node. */
   stop(options?: { reason?: string; keepNodes?: boolean }): Promise<void>;
@@ -95,13 +102,29 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       if (event) await events.emit(event);
     }
 
+    const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
+    await repository.ensure();
+    const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+    const archiver = new WalArchiver({
+      repository,
+      pgBinDir: config.pgBinDir,
+      identity: resolvePostgresIdentity(config.pgOsUser),
+      superuser,
+      replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication" },
+      nodeTimeoutMs: config.nodeTimeoutMs,
+      events,
+      logger,
+    });
+    archiver.start();
+    cleanups.push(() => archiver.stop());
+
     const database = new PrimaryDatabase({ user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE }, config.nodeTimeoutMs, logger);
     cleanups.push(() => database.close());
     const collector = new TopologyCollector({
       clusterName: config.clusterName,
       nodes,
       driver,
-      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
+      credentials: superuser,
       redis,
       keys,
       publisher: publisherOf(pubSub),
@@ -110,11 +133,31 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       pollIntervalMs: config.topologyPollIntervalMs,
       nodeTimeoutMs: config.nodeTimeoutMs,
       lagAlertBytes: config.lagAlertBytes,
-      onPrimary: (primary) => database.follow(primary),
+      onPrimary: async (primary) => {
+        archiver.follow(primary);
+        await database.follow(primary);
+      },
     });
     collector.start();
     cleanups.push(() => collector.stop());
     await collector.pollNow();
+
+    const backups = new BackupService({
+      clusterName: config.clusterName,
+      maxSlotWalKeepSize: config.maxSlotWalKeepSize,
+      driver,
+      repository,
+      archiver,
+      superuser,
+      events,
+      logger,
+      compression: config.backupCompression,
+      parallelism: config.backupParallelism,
+      archiveTimeoutMs: config.archiveTimeoutMs,
+      startTimeoutMs: config.startTimeoutMs,
+      source: () => nodes.find((node) => node.name === collector.latest?.primary) ?? null,
+    });
+    cleanups.push(() => backups.waitForIdle());
 
     const consolidator = new Consolidator(blockingRedis, keys, database, logger);
     consolidator.start();
@@ -149,6 +192,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       collector,
       database,
       consolidator,
+      repository,
+      archiver,
+      backups,
       outcomes,
       stop: (options = {}) => {
         stopping ??= (async () => {

@@ -130,6 +130,30 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000),
     doc: "Events kept in the Redis stream (older ones remain in PostgreSQL's `events` table).",
   },
+  repository: {
+    env: "RELEVO_REPOSITORY",
+    default: "",
+    schema: z.string(),
+    doc: "Backup repository directory (WAL archive and backups); empty means `<RELEVO_HOME>/repository`. Production: put it on another disk or host.",
+  },
+  backupCompression: {
+    env: "RELEVO_BACKUP_COMPRESSION",
+    default: "gzip",
+    schema: z.enum(["gzip", "none"]),
+    doc: "How backup content is stored: gzip (level 1, fast) or none.",
+  },
+  backupParallelism: {
+    env: "RELEVO_BACKUP_PARALLELISM",
+    default: "2",
+    schema: z.coerce.number().int().min(1).max(32),
+    doc: "Files copied (and restored) at the same time.",
+  },
+  archiveTimeoutMs: {
+    env: "RELEVO_ARCHIVE_TIMEOUT_MS",
+    default: "120000",
+    schema: z.coerce.number().int().min(1000),
+    doc: "How long a backup waits for its WAL to reach the archive before it fails (ms).",
+  },
   logLevel: {
     env: "RELEVO_LOG_LEVEL",
     default: "info",

@@ -33,6 +33,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   }
   const config = values as { -readonly [K in ConfigKey]: RelevoConfig[K] };
   config.home = path.resolve(config.home);
+  config.repository = config.repository === "" ? path.join(config.home, "repository") : path.resolve(config.repository);
   validatePorts(config);
   return Object.freeze(config);
 }

@@ -17,6 +17,10 @@ export interface EventMap {
   "replication:lag-normal": { lagBytes: number; thresholdBytes: number };
   "cluster:primary-changed": { from: string | null; to: string | null };
   "api:mutation": { operation: string | null; fields: string[] };
+  "archive:failing": { error: string };
+  "backup:started": { id: string; type: string; source: string };
+  "backup:completed": { id: string; type: string; sizeBytes: number; storedBytes: number; durationMs: number };
+  "backup:failed": { id: string; type: string; error: string };
 }
 
 export type EventKind = keyof EventMap;
@@ -60,4 +64,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "replication:lag-normal",
   "cluster:primary-changed",
   "api:mutation",
+  "archive:failing",
+  "backup:started",
+  "backup:completed",
+  "backup:failed",
 ];

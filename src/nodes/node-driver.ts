@@ -12,6 +12,8 @@
  *   and why paths handed to tools come from `dataDirectory()` (the path as the
  *   tool sees it), never from the caller's idea of the file system.
  */
+import type { Readable } from "node:stream";
+
 export type DriverKind = "local" | "docker";
 
 /** What identifies a node to a driver. */
@@ -100,6 +102,12 @@ export interface NodeDriver {
   readFile(node: NodeRef, relativePath: string): Promise<Buffer | null>;
   /** Writes atomically (temp + rename), owned by the PostgreSQL OS user, mode 0600 unless told. */
   writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number }): Promise<void>;
+  /** Streams a file under the data directory (never whole into memory); null when it does not exist. */
+  openRead(node: NodeRef, relativePath: string): Promise<Readable | null>;
+  /** Writes a stream to a file under the data directory atomically, owned by the PostgreSQL OS user. */
+  writeStream(node: NodeRef, relativePath: string, source: Readable, options?: { mode?: number }): Promise<void>;
+  /** Creates a directory (and its parents) under the data directory, owned by the PostgreSQL OS user. */
+  makeDirectory(node: NodeRef, relativePath: string, options?: { mode?: number }): Promise<void>;
   /** Lists a directory under the data directory, recursively; [] when absent. */
   listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]>;
   removeFiles(node: NodeRef, relativePaths: readonly string[]): Promise<void>;

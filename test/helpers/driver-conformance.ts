@@ -1,3 +1,4 @@
+import { Readable } from "node:stream";
 import { Client } from "pg";
 import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";
 import { ErrorCode } from "../../src/errors";
@@ -75,6 +76,22 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await expect(driver.readFile(node, "../../etc/passwd")).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
       const conf = (await driver.readFile(node, "postgresql.conf"))!.toString();
       await driver.writeFile(node, "postgresql.conf", `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`);
+    });
+
+    test("streams: a large file written from a stream reads back identical, in chunks; directories are made owned", async () => {
+      const content = Buffer.alloc(5 * 1024 * 1024 + 17, 7);
+      content.write("relevo", 4096);
+      await driver.writeStream(node, "stream-test/big.bin", Readable.from([content.subarray(0, 1000), content.subarray(1000)]));
+      const stream = await driver.openRead(node, "stream-test/big.bin");
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream!) chunks.push(chunk as Buffer);
+      expect(chunks.length).toBeGreaterThan(1);
+      expect(Buffer.concat(chunks).equals(content)).toBe(true);
+      expect(await driver.openRead(node, "stream-test/missing")).toBeNull();
+      await driver.makeDirectory(node, "stream-test/a/b");
+      expect(await driver.listFiles(node, "stream-test/a")).toEqual([expect.objectContaining({ path: "stream-test/a/b", type: "directory" })]);
+      await driver.removeFiles(node, ["stream-test"]);
+      expect(await driver.listFiles(node, "stream-test")).toEqual([]);
     });
 
     test("start makes the server accept SQL; start again is a no-op", async () => {

@@ -17,9 +17,9 @@ describe("bootstrap: a primary and a streaming replica", () => {
   const replica = () => cluster.service.nodes[1]!;
 
   test("the replica streams from the primary over its own slot, with an application_name", async () => {
-    const senders = await sqlOn<{ application_name: string; state: string }>(primary(), cluster.service.secrets, "SELECT application_name, state FROM pg_stat_replication");
+    const senders = await sqlOn<{ application_name: string; state: string }>(primary(), cluster.service.secrets, "SELECT application_name, state FROM pg_stat_replication WHERE application_name = 'node2'");
     expect(senders).toEqual([{ application_name: "node2", state: "streaming" }]);
-    const slots = await sqlOn<{ slot_name: string; active: boolean }>(primary(), cluster.service.secrets, "SELECT slot_name, active FROM pg_replication_slots");
+    const slots = await sqlOn<{ slot_name: string; active: boolean }>(primary(), cluster.service.secrets, "SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = 'relevo_node2'");
     expect(slots).toEqual([{ slot_name: "relevo_node2", active: true }]);
     const receiver = await sqlOn<{ status: string; slot_name: string }>(replica(), cluster.service.secrets, "SELECT status, slot_name FROM pg_stat_wal_receiver");
     expect(receiver).toEqual([{ status: "streaming", slot_name: "relevo_node2" }]);

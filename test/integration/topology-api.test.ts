@@ -47,7 +47,10 @@ describe("topology over GraphQL", () => {
     expect(data).toMatchObject({ name: "test", health: "HEALTHY", primary: { name: "node1" }, replicas: [{ name: "node2" }] });
     const [primary, replica] = data.nodes;
     expect(primary).toMatchObject({ name: "node1", role: "PRIMARY", reachable: true, port: cluster.config.primaryPort, timeline: 1, replication: null });
-    expect(primary!.slots).toEqual([{ name: "relevo_node2", active: true, retainedBytes: expect.any(Number) }]);
+    expect(primary!.slots).toEqual([
+      { name: "relevo_archive", active: true, retainedBytes: expect.any(Number) }, // the WAL archiver's
+      { name: "relevo_node2", active: true, retainedBytes: expect.any(Number) },
+    ]);
     expect(primary!.driver).toMatchObject({ kind: "local", state: "RUNNING", pid: expect.any(Number) });
     expect(replica).toMatchObject({ name: "node2", role: "REPLICA", reachable: true, port: cluster.config.replicaPort, timeline: 1 });
     expect(replica!.replication).toMatchObject({ state: "STREAMING", upstream: "node1", slotName: "relevo_node2" });

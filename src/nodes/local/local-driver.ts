@@ -12,7 +12,17 @@ import type {
   NodeRef,
   StopMode,
 } from "../node-driver";
-import { listTree, readOptionalFile, removeInside, resolveInside, writeFileAtomic } from "./local-files";
+import type { Readable } from "node:stream";
+import {
+  listTree,
+  makeDirectoryOwned,
+  openOptionalReadStream,
+  readOptionalFile,
+  removeInside,
+  resolveInside,
+  writeFileAtomic,
+  writeStreamAtomic,
+} from "./local-files";
 import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
 import { processesInGroup, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
@@ -218,6 +228,21 @@ export class LocalDriver implements NodeDriver {
       mode: options.mode ?? 0o600,
       identity: this.identity,
     });
+  }
+
+  async openRead(node: NodeRef, relativePath: string): Promise<Readable | null> {
+    return openOptionalReadStream(resolveInside(this.dataDirectory(node), relativePath));
+  }
+
+  async writeStream(node: NodeRef, relativePath: string, source: Readable, options: { mode?: number } = {}): Promise<void> {
+    await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, { mode: options.mode ?? 0o600, identity: this.identity });
+  }
+
+  async makeDirectory(node: NodeRef, relativePath: string, options: { mode?: number } = {}): Promise<void> {
+    resolveInside(this.dataDirectory(node), relativePath);
+    // The data directory itself first (PostgreSQL insists on 0700 and its own user).
+    await makeDirectoryOwned(this.nodeDir(node), "data", { mode: 0o700, identity: this.identity });
+    await makeDirectoryOwned(this.dataDirectory(node), relativePath, { mode: options.mode ?? 0o700, identity: this.identity });
   }
 
   async listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]> {

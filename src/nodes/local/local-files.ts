@@ -1,4 +1,7 @@
-import { chown, lstat, mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { FileEntry } from "../node-driver";
@@ -67,5 +70,46 @@ export async function listTree(root: string, relativeDir: string): Promise<FileE
 export async function removeInside(root: string, relativePaths: readonly string[]): Promise<void> {
   for (const relativePath of relativePaths) {
     await rm(resolveInside(root, relativePath), { recursive: true, force: true });
+  }
+}
+
+export async function openOptionalReadStream(file: string): Promise<Readable | null> {
+  try {
+    const handle = await open(file, "r");
+    return handle.createReadStream();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw error;
+  }
+}
+
+/** Stream to a temp file, fsync, rename: a reader never sees half a file. */
+export async function writeStreamAtomic(file: string, source: Readable, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  const temp = `${file}.relevo-tmp-${process.pid}`;
+  try {
+    await pipeline(source, createWriteStream(temp, { mode: options.mode }));
+    const handle = await open(temp, "r+");
+    await handle.sync();
+    await handle.close();
+    if (options.identity) await chown(temp, options.identity.uid, options.identity.gid);
+    await rename(temp, file);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+/** mkdir -p, every created level owned by the PostgreSQL user. */
+export async function makeDirectoryOwned(root: string, relativePath: string, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+  let current = root;
+  for (const part of relativePath.split("/").filter((p) => p && p !== ".")) {
+    current = path.join(current, part);
+    try {
+      await mkdir(current, { mode: options.mode });
+      if (options.identity) await chown(current, options.identity.uid, options.identity.gid);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
   }
 }

@@ -1,0 +1,129 @@
+import type { Credentials } from "../cluster/node-connection";
+import { ErrorCode, RelevoError } from "../errors";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import { takeFullBackup } from "./full-backup";
+import type { BackupManifest, BackupType, Compression } from "./manifest";
+import type { RecoveryTarget } from "./recovery-target";
+import type { Repository } from "./repository";
+import { restoreBackup } from "./restore";
+import type { WalArchiver } from "./wal-archiver";
+
+export interface BackupServiceDeps {
+  readonly clusterName: string;
+  readonly maxSlotWalKeepSize: string;
+  readonly driver: NodeDriver;
+  readonly repository: Repository;
+  readonly archiver: WalArchiver;
+  readonly superuser: Credentials;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly compression: Compression;
+  readonly parallelism: number;
+  readonly archiveTimeoutMs: number;
+  readonly startTimeoutMs: number;
+  /** The node backups are taken from (the current primary). */
+  readonly source: () => NodeRef | null;
+}
+
+/**
+ * Runs backups one at a time (a second request while one runs is
+ * BACKUP_IN_PROGRESS), records each state change as an event, and restores.
+ */
+export class BackupService {
+  private running: { id: string | null; done: Promise<BackupManifest> } | null = null;
+
+  constructor(private readonly deps: BackupServiceDeps) {}
+
+  get runningId(): string | null {
+    return this.running?.id ?? null;
+  }
+
+  /**
+   * Starts a backup and resolves once it has started (its id is known);
+   * `done` resolves when it has completed (or rejects when it failed).
+   */
+  async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
+    if (type !== "full") {
+      throw new RelevoError(ErrorCode.NotImplemented, `${type} backups are not implemented yet; take a FULL backup`);
+    }
+    if (this.running) {
+      throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
+    }
+    const source = this.deps.source();
+    if (!source) throw new RelevoError(ErrorCode.ServiceUnavailable, "no primary is known: cannot take a backup now");
+    let announce!: (manifest: BackupManifest) => void;
+    const started = new Promise<BackupManifest>((resolve) => (announce = resolve));
+    const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
+    this.running = slot;
+    const { events } = this.deps;
+    slot.done = takeFullBackup(this.deps, {
+      source,
+      compression: this.deps.compression,
+      parallelism: this.deps.parallelism,
+      archiveTimeoutMs: this.deps.archiveTimeoutMs,
+      onStart: async (manifest) => {
+        slot.id = manifest.id;
+        await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: { id: manifest.id, type, source: source.name } });
+        announce(manifest);
+      },
+    })
+      .then(async (manifest) => {
+        const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
+        await events.emit({
+          kind: "backup:completed",
+          severity: "info",
+          node: source.name,
+          message: `backup ${manifest.id} completed: ${manifest.sizeBytes} bytes, ${manifest.storedBytes} stored, ${durationMs} ms`,
+          data: { id: manifest.id, type, sizeBytes: manifest.sizeBytes, storedBytes: manifest.storedBytes, durationMs },
+        });
+        return manifest;
+      })
+      .catch(async (error: Error) => {
+        const id = slot.id ?? "(not started)";
+        await events.emit({ kind: "backup:failed", severity: "critical", node: source.name, message: error.message, data: { id, type, error: error.message } });
+        throw error;
+      })
+      .finally(() => {
+        if (this.running === slot) this.running = null;
+      });
+    const first = await Promise.race([started, slot.done]);
+    slot.done.catch(() => undefined); // the caller may not wait for completion
+    return { manifest: first, done: slot.done };
+  }
+
+  async list(): Promise<BackupManifest[]> {
+    return this.deps.repository.listManifests();
+  }
+
+  async get(id: string): Promise<BackupManifest> {
+    const manifest = await this.deps.repository.readManifest(id);
+    if (!manifest) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
+    return manifest;
+  }
+
+  /** The newest completed backup, for restores that name none. */
+  async latestCompleted(): Promise<BackupManifest> {
+    const completed = (await this.list()).filter((manifest) => manifest.status === "completed");
+    const latest = completed[completed.length - 1];
+    if (!latest) throw new RelevoError(ErrorCode.PreconditionFailed, "no completed backup in the repository");
+    return latest;
+  }
+
+  async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
+    const manifest = options.backupId ? await this.get(options.backupId) : await this.latestCompleted();
+    await restoreBackup(this.deps, {
+      manifest,
+      target: options.target,
+      recoveryTarget: options.recoveryTarget,
+      parallelism: this.deps.parallelism,
+      startTimeoutMs: this.deps.startTimeoutMs,
+    });
+    return manifest;
+  }
+
+  async waitForIdle(): Promise<void> {
+    await this.running?.done.catch(() => undefined);
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * The repository's per-backup manifest (backups/<id>/manifest.json): the
+ * source of truth a catalog can be rebuilt from. Designed for the block-level
+ * differential and incremental backups that come next: every file records
+ * its length (restore truncates or extends to it) and where its content is
+ * stored; a later backup may store only some blocks and reference the rest.
+ */
+export const MANIFEST_VERSION = 1;
+
+export type BackupType = "full" | "differential" | "incremental";
+export type BackupStatus = "running" | "completed" | "failed" | "expired";
+export type Compression = "gzip" | "none";
+
+export interface StoredContent {
+  /** Path under the backup's directory. */
+  readonly path: string;
+  readonly bytes: number;
+  readonly compression: Compression;
+  /** sha256 of the stored (possibly compressed) bytes, to verify the repository itself. */
+  readonly sha256: string;
+}
+
+export interface ManifestEntry {
+  /** Relative to the data directory, '/'-separated. */
+  readonly path: string;
+  readonly type: "file" | "directory";
+  readonly size: number;
+  readonly mtimeMs: number;
+  /**
+   * The file changed within the second the backup started in: its mtime
+   * cannot tell a later change apart (1 s resolution on some file systems),
+   * so a later backup must not trust mtime for it.
+   */
+  readonly mtimeUnreliable?: boolean;
+  /** sha256 of the file's content as copied. */
+  readonly sha256?: string;
+  readonly stored?: StoredContent;
+}
+
+export interface BackupManifest {
+  readonly formatVersion: typeof MANIFEST_VERSION;
+  readonly id: string;
+  readonly type: BackupType;
+  readonly status: BackupStatus;
+  /** The backup this one builds on (differential / incremental); null for a full. */
+  readonly reference: string | null;
+  readonly cluster: string;
+  readonly systemIdentifier: string;
+  readonly pgVersion: string;
+  readonly source: string;
+  readonly timeline: number;
+  /** The checkpoint's redo LSN: WAL replay starts here. */
+  readonly startLsn: string;
+  readonly stopLsn: string | null;
+  readonly startedAt: string;
+  readonly stoppedAt: string | null;
+  readonly finishedAt: string | null;
+  readonly backupLabel: string | null;
+  readonly tablespaceMap: string | null;
+  readonly compression: Compression;
+  readonly sizeBytes: number;
+  readonly storedBytes: number;
+  readonly fileCount: number;
+  readonly error: string | null;
+  readonly files: readonly ManifestEntry[];
+}
+
+/** Sortable, unique enough, readable: 20261125T224500Z-F. */
+export function backupId(type: BackupType, at: Date): string {
+  const stamp = at.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  return `${stamp}-${type === "full" ? "F" : type === "differential" ? "D" : "I"}`;
+}
+
+/** START WAL LOCATION of a backup_label (the redo point). */
+export function labelStartLsn(label: string): string | null {
+  return /^START WAL LOCATION: ([0-9A-F]+\/[0-9A-F]+)/m.exec(label)?.[1] ?? null;
+}
+
+export function labelTimeline(label: string): number | null {
+  const match = /^START TIMELINE: (\d+)/m.exec(label);
+  return match ? Number(match[1]) : null;
+}

@@ -1,0 +1,58 @@
+import { ErrorCode, RelevoError } from "../errors";
+
+/** Where recovery stops (PostgreSQL's recovery_target_* settings). */
+export type RecoveryTarget =
+  | { readonly kind: "latest" }
+  | { readonly kind: "immediate" } // as soon as the backup is consistent
+  | { readonly kind: "time"; readonly time: string }
+  | { readonly kind: "lsn"; readonly lsn: string }
+  | { readonly kind: "name"; readonly name: string };
+
+const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
+
+/**
+ * Recovery settings for a restored copy. Pure. It replays from the WAL
+ * archive (restore_command), follows the latest timeline (so a target after a
+ * failover is reachable), promotes at the target, and cannot touch the live
+ * cluster: no archiving, no upstream, no slot, no synchronous standbys.
+ */
+export function recoverySettings(options: { walDir: string; target: RecoveryTarget; timeline?: number | "latest" }): string {
+  const lines = [
+    `restore_command = ${quote(`cp "${options.walDir}/%f" "%p"`)}`,
+    `recovery_target_timeline = ${quote(String(options.timeline ?? "latest"))}`,
+    "recovery_target_action = 'promote'",
+    "archive_mode = off",
+    "primary_conninfo = ''",
+    "primary_slot_name = ''",
+    "synchronous_standby_names = ''",
+  ];
+  const target = options.target;
+  switch (target.kind) {
+    case "latest":
+      break;
+    case "immediate":
+      lines.push("recovery_target = 'immediate'");
+      break;
+    case "time":
+      if (Number.isNaN(Date.parse(target.time))) throw new RelevoError(ErrorCode.BadUserInput, `not a time: ${target.time} (use ISO 8601)`);
+      // PostgreSQL's own timestamp syntax: its recovery_target_time check refuses the ISO 8601 'T…Z' form.
+      lines.push(`recovery_target_time = ${quote(new Date(target.time).toISOString().replace("T", " ").replace("Z", "+00"))}`, "recovery_target_inclusive = true");
+      break;
+    case "lsn":
+      if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(target.lsn)) throw new RelevoError(ErrorCode.BadUserInput, `not an LSN: ${target.lsn}`);
+      lines.push(`recovery_target_lsn = ${quote(target.lsn)}`, "recovery_target_inclusive = true");
+      break;
+    case "name":
+      lines.push(`recovery_target_name = ${quote(target.name)}`);
+      break;
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** postgresql.auto.conf without what ties a copy to its source (pg_basebackup -R wrote these). */
+export function stripUpstreamSettings(autoConf: string): string {
+  return autoConf
+    .split("\n")
+    .filter((line) => !/^\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_command|restore_command)\s*=/.test(line))
+    .join("\n");
+}

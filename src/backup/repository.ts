@@ -1,0 +1,87 @@
+import { chmod, chown, mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { OsIdentity } from "../nodes/local/os-user";
+import { MANIFEST_VERSION, type BackupManifest } from "./manifest";
+import { parseSegmentName } from "./wal-names";
+
+/**
+ * The backup repository, a directory (production: on another disk or host):
+ *
+ *   <root>/wal/                      the WAL archive: segments and .history files,
+ *                                    named by PostgreSQL (timeline in the name),
+ *                                    owned by the PostgreSQL OS user (restore_command reads it)
+ *   <root>/backups/<id>/manifest.json
+ *   <root>/backups/<id>/data/<path>.gz   each file's content, compressed
+ *
+ * Every write is temp + rename, so an interrupted backup leaves no torn file;
+ * a backup without a completed manifest is not a backup.
+ */
+export class Repository {
+  readonly walDir: string;
+  readonly backupsDir: string;
+
+  constructor(
+    readonly root: string,
+    private readonly walOwner: OsIdentity | null,
+  ) {
+    this.walDir = path.join(root, "wal");
+    this.backupsDir = path.join(root, "backups");
+  }
+
+  async ensure(): Promise<void> {
+    // 0711: the PostgreSQL user may reach wal/ but not list the rest.
+    await mkdir(this.root, { recursive: true, mode: 0o711 });
+    await chmod(this.root, 0o711);
+    await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.walDir, { recursive: true, mode: 0o700 });
+    if (this.walOwner) await chown(this.walDir, this.walOwner.uid, this.walOwner.gid);
+  }
+
+  backupDir(id: string): string {
+    return path.join(this.backupsDir, id);
+  }
+
+  storedPath(id: string, relative: string): string {
+    return path.join(this.backupDir(id), relative);
+  }
+
+  async writeManifest(manifest: BackupManifest): Promise<void> {
+    const file = path.join(this.backupDir(manifest.id), "manifest.json");
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    const temp = `${file}.tmp-${process.pid}`;
+    await writeFile(temp, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
+    await rename(temp, file);
+  }
+
+  async readManifest(id: string): Promise<BackupManifest | null> {
+    try {
+      const manifest = JSON.parse(await readFile(path.join(this.backupDir(id), "manifest.json"), "utf8")) as BackupManifest;
+      return manifest.formatVersion === MANIFEST_VERSION ? manifest : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Every backup with a manifest, oldest first. */
+  async listManifests(): Promise<BackupManifest[]> {
+    const ids = await readdir(this.backupsDir).catch(() => [] as string[]);
+    const manifests = await Promise.all(ids.sort().map((id) => this.readManifest(id)));
+    return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
+  }
+
+  async removeBackupContent(id: string): Promise<void> {
+    await rm(path.join(this.backupDir(id), "data"), { recursive: true, force: true });
+  }
+
+  /** Complete archived segments (not .partial), as timeline → set of segment numbers. */
+  async archivedSegments(): Promise<Map<number, Set<number>>> {
+    const result = new Map<number, Set<number>>();
+    for (const name of await readdir(this.walDir).catch(() => [] as string[])) {
+      const parsed = parseSegmentName(name);
+      if (!parsed) continue;
+      if (!result.has(parsed.timeline)) result.set(parsed.timeline, new Set());
+      result.get(parsed.timeline)!.add(parsed.segment);
+    }
+    return result;
+  }
+}

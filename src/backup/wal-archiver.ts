@@ -1,0 +1,175 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import type { Credentials } from "../cluster/node-connection";
+import { withNodeClient } from "../cluster/node-connection";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NodeRef } from "../nodes/node-driver";
+import type { OsIdentity } from "../nodes/local/os-user";
+import { sleep } from "../util/sleep";
+import type { Repository } from "./repository";
+import { segmentName, segmentNumber } from "./wal-names";
+import { ErrorCode, RelevoError } from "../errors";
+
+export const ARCHIVE_SLOT = "relevo_archive";
+
+export interface WalArchiverOptions {
+  readonly repository: Repository;
+  readonly pgBinDir: string;
+  readonly identity: OsIdentity | null;
+  readonly superuser: Credentials;
+  readonly replication: Credentials;
+  readonly nodeTimeoutMs: number;
+  readonly events: EventLog;
+  readonly logger: Logger;
+}
+
+/**
+ * The continuous WAL archive: Relevo streams WAL from the current primary
+ * with PostgreSQL's own pg_receivewal, over a physical slot (so the primary
+ * keeps what has not been archived yet), into the repository.
+ *
+ * Why this and not archive_command: an archive_command runs on the node and
+ * must reach the repository from there, which a container on another host
+ * cannot; pg_receivewal only needs the PostgreSQL port, which Relevo reaches
+ * for every node. PostgreSQL 15's slots do not follow a failover, so on a new
+ * primary the archiver creates the slot again and pg_receivewal resumes from
+ * the end of what the archive holds (it reads that from the directory); the
+ * segments of the old timeline up to the fork are served by the new primary,
+ * which had received them as a replica. (pg_receivewal is a client of the
+ * primary, run on Relevo's host, not an operation on a node: that is why it
+ * is started here and not through the NodeDriver.)
+ */
+export class WalArchiver {
+  private child: ChildProcess | null = null;
+  private target: NodeRef | null = null;
+  private stopped = true;
+  private loop: Promise<void> | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly options: WalArchiverOptions) {}
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.loop = this.run();
+  }
+
+  /** Streams from `primary` from now on (restarting the receiver when it changes). */
+  follow(primary: NodeRef | null): void {
+    if (primary?.name === this.target?.name && primary?.port === this.target?.port) return;
+    this.target = primary;
+    this.child?.kill("SIGTERM");
+    this.wake?.();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.child?.kill("SIGTERM");
+    this.wake?.();
+    await this.loop;
+  }
+
+  /**
+   * Resolves once every segment from `fromLsn` to `toLsn` on `timeline` is
+   * archived complete; TIMEOUT otherwise.
+   */
+  async waitForArchived(timeline: number, fromLsn: string, toLsn: string, timeoutMs: number): Promise<void> {
+    const first = segmentNumber(fromLsn);
+    const last = segmentNumber(toLsn);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const archived = (await this.options.repository.archivedSegments()).get(timeline) ?? new Set<number>();
+      const missing: string[] = [];
+      for (let segment = first; segment <= last; segment += 1) if (!archived.has(segment)) missing.push(segmentName(timeline, segment));
+      if (missing.length === 0) return;
+      if (Date.now() > deadline) {
+        throw new RelevoError(ErrorCode.Timeout, `WAL not archived within ${timeoutMs} ms: missing ${missing.slice(0, 3).join(", ")}${missing.length > 3 ? "…" : ""}`);
+      }
+      await sleep(200);
+    }
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      const target = this.target;
+      if (!target) {
+        await this.idle(1000);
+        continue;
+      }
+      try {
+        await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, (client) =>
+          // Reserve WAL at once (second argument), so nothing written from now on can be recycled unarchived.
+          client.query(
+            `SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
+            [ARCHIVE_SLOT],
+          ),
+        );
+        const exit = await this.receive(target);
+        if (this.stopped || this.target !== target) continue;
+        throw new Error(exit);
+      } catch (error) {
+        failures += 1;
+        if (failures === 3) {
+          await this.options.events.emit({
+            kind: "archive:failing",
+            severity: "critical",
+            node: target.name,
+            message: `the WAL archiver cannot stream from ${target.name}: ${(error as Error).message}`,
+            data: { error: (error as Error).message },
+          });
+        }
+        this.options.logger.warn({ node: target.name, err: (error as Error).message }, "WAL archiver restarting");
+        await this.idle(Math.min(500 * failures, 5000));
+        continue;
+      }
+    }
+  }
+
+  /** Runs pg_receivewal until it exits; returns why. */
+  private receive(target: NodeRef): Promise<string> {
+    const { repository, replication, identity, pgBinDir } = this.options;
+    return new Promise((resolve) => {
+      const child = spawn(
+        path.join(pgBinDir, "pg_receivewal"),
+        [
+          "-D",
+          repository.walDir,
+          "-S",
+          ARCHIVE_SLOT,
+          "-d",
+          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver`,
+          "--no-password",
+          "--no-loop",
+          // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.
+          "--synchronous",
+        ],
+        {
+          env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C.UTF-8", PGPASSWORD: replication.password },
+          uid: identity?.uid,
+          gid: identity?.gid,
+          stdio: ["ignore", "ignore", "pipe"],
+        },
+      );
+      this.child = child;
+      let stderr = "";
+      child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+      child.on("error", (error) => resolve(error.message));
+      child.on("exit", (code, signal) => {
+        this.child = null;
+        resolve(`pg_receivewal exited (${signal ?? code}): ${stderr.trim().split("\n").pop() ?? ""}`);
+      });
+    });
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+}

@@ -1,0 +1,123 @@
+import { Client } from "pg";
+import { ErrorCode } from "../../src/errors";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { freePort } from "../helpers/ports";
+import { useTestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+/** Ordered-content checksum of a table: equal only if every row is. */
+const TABLE_CHECKSUM = (table: string) => `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) AS sum FROM ${table} t`;
+
+/** A writer that inserts until stopped, like an application during the backup. */
+function startWriter(node: NodeRef, password: string): { stop(): Promise<number> } {
+  let running = true;
+  let written = 0;
+  const done = (async () => {
+    const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres" });
+    await client.connect();
+    try {
+      while (running) {
+        await client.query("INSERT INTO ledger (note, pad) VALUES ($1, repeat('x', 500))", [`row ${written}`]);
+        written += 1;
+      }
+    } finally {
+      await client.end();
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return written;
+    },
+  };
+}
+
+describe("full backup and point-in-time restore", () => {
+  const cluster = useTestCluster("backup");
+  const primary = () => cluster.service.nodes[0]!;
+  const sql = <T = Record<string, unknown>>(node: NodeRef, text: string, params: unknown[] = []) => sqlOn<T>(node, cluster.service.secrets, text, params);
+  const restoredCopies: NodeRef[] = [];
+  /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
+  const switchWal = async (): Promise<string> => (await sql<{ lsn: string }>(primary(), "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+
+  afterAll(async () => {
+    for (const node of restoredCopies) await cluster.service.driver.destroy(node).catch(() => undefined);
+  });
+
+  test("a backup taken under a concurrent writer restores to a named restore point with identical content", async () => {
+    await sql(primary(), "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text, pad text)");
+    await sql(primary(), "INSERT INTO ledger (note, pad) SELECT 'seed ' || g, repeat('s', 500) FROM generate_series(1, 20000) g");
+    await sql(primary(), "CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g");
+    const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
+    const { manifest, done } = await cluster.service.backups.start("full");
+    expect(manifest.status).toBe("running");
+    await expect(cluster.service.backups.start("full")).rejects.toMatchObject({ code: ErrorCode.BackupInProgress });
+    const completed = await done;
+    const written = await writer.stop();
+    expect(written).toBeGreaterThan(0);
+    expect(completed).toMatchObject({ status: "completed", type: "full", timeline: 1, source: "node1" });
+    expect(completed.storedBytes).toBeLessThan(completed.sizeBytes);
+    expect(completed.files.some((f) => f.path === "postmaster.pid" || f.path.startsWith("pg_wal/0"))).toBe(false);
+    expect(completed.files.some((f) => f.path === "pg_wal" && f.type === "directory")).toBe(true);
+
+    await sql(primary(), "INSERT INTO ledger (note) VALUES ('after the backup, before the restore point')");
+    const expected = (await sql<{ rows: number; sum: string }>(primary(), TABLE_CHECKSUM("ledger")))[0]!;
+    await sql(primary(), "SELECT pg_create_restore_point('after-backup-1')");
+    await sql(primary(), "INSERT INTO ledger (note) VALUES ('after the restore point')");
+    const switched = await switchWal();
+
+    const copy: NodeRef = { name: "restore1", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    await cluster.service.archiver.waitForArchived(1, completed.stopLsn!, switched, 60000);
+    await cluster.service.backups.restore({ backupId: completed.id, target: copy, recoveryTarget: { kind: "name", name: "after-backup-1" } });
+    const restored = (await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("ledger")))[0]!;
+    expect(restored).toEqual(expected);
+    // The unlogged table exists, empty (only its init fork was copied).
+    expect(await sql(copy, "SELECT count(*)::int AS n FROM scratch")).toEqual([{ n: 0 }]);
+    // A restored copy is on its own: no upstream, no archiving, a new timeline.
+    const settings = await sql<{ name: string; setting: string }>(copy, "SELECT name, setting FROM pg_settings WHERE name IN ('primary_conninfo', 'archive_mode', 'primary_slot_name') ORDER BY name");
+    expect(settings).toEqual([
+      { name: "archive_mode", setting: "off" },
+      { name: "primary_conninfo", setting: "" },
+      { name: "primary_slot_name", setting: "" },
+    ]);
+    expect(await sql(copy, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: false }]);
+  });
+
+  test("point in time: a time between two commits keeps the first and not the second", async () => {
+    await sql(primary(), "CREATE TABLE pitr (id int PRIMARY KEY)");
+    await sql(primary(), "INSERT INTO pitr VALUES (1)");
+    const between = (await sql<{ t: string }>(primary(), "SELECT clock_timestamp()::text AS t"))[0]!.t;
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    await sql(primary(), "INSERT INTO pitr VALUES (2)");
+    const lsn = await switchWal();
+    await cluster.service.archiver.waitForArchived(1, lsn, lsn, 60000);
+    const copy: NodeRef = { name: "restore2", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    await cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "time", time: new Date(between.replace(" ", "T").replace(/\+00$/, "Z")).toISOString() } });
+    expect(await sql(copy, "SELECT id FROM pitr ORDER BY id")).toEqual([{ id: 1 }]);
+  });
+
+  test("a flipped byte in the repository fails the restore, naming the file, and leaves nothing behind", async () => {
+    const manifest = await cluster.service.backups.latestCompleted();
+    const victim = manifest.files.find((f) => f.type === "file" && f.path.startsWith("base/") && f.size > 8192)!;
+    const { readFile, writeFile } = await import("node:fs/promises");
+    const storedFile = cluster.service.repository.storedPath(manifest.id, victim.stored!.path);
+    const original = await readFile(storedFile);
+    const { gunzipSync, gzipSync } = await import("node:zlib");
+    const content = gunzipSync(original);
+    content[100] = content[100]! ^ 0xff;
+    await writeFile(storedFile, gzipSync(content));
+    const copy: NodeRef = { name: "restore3", host: "127.0.0.1", port: await freePort() };
+    try {
+      await expect(cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } })).rejects.toMatchObject({
+        code: ErrorCode.PreconditionFailed,
+        message: expect.stringContaining(victim.path),
+      });
+      expect(await cluster.service.driver.state(copy)).toEqual({ phase: "absent" });
+    } finally {
+      await writeFile(storedFile, original);
+    }
+  });
+});
