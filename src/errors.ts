@@ -70,6 +70,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.BadUserInput:
       return 64; // EX_USAGE
     case ErrorCode.ServiceUnavailable:
+    case ErrorCode.BackupInProgress:
       return 75; // EX_TEMPFAIL
     default:
       return 1;

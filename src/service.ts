@@ -166,7 +166,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const topology = new TopologyReader(redis, invalidationRedis, keys, logger);
     await topology.start();
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger },
+      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );

@@ -1,4 +1,6 @@
 import type Redis from "ioredis";
+import type { BackupService } from "../backup/backup-service";
+import type { NodeRef } from "../nodes/node-driver";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
@@ -15,6 +17,8 @@ export interface ApiServices {
   readonly topology: TopologyReader;
   readonly tokens: TokenVerifier;
   readonly logger: Logger;
+  readonly backups: BackupService;
+  readonly nodes: readonly NodeRef[];
 }
 
 /** Per request (or per WebSocket connection). */

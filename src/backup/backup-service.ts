@@ -1,6 +1,7 @@
 import type { Credentials } from "../cluster/node-connection";
 import { ErrorCode, RelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
+import type { BackupRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { takeFullBackup } from "./full-backup";
@@ -65,7 +66,7 @@ export class BackupService {
       archiveTimeoutMs: this.deps.archiveTimeoutMs,
       onStart: async (manifest) => {
         slot.id = manifest.id;
-        await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: { id: manifest.id, type, source: source.name } });
+        await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: backupRecord(manifest) });
         announce(manifest);
       },
     })
@@ -76,13 +77,15 @@ export class BackupService {
           severity: "info",
           node: source.name,
           message: `backup ${manifest.id} completed: ${manifest.sizeBytes} bytes, ${manifest.storedBytes} stored, ${durationMs} ms`,
-          data: { id: manifest.id, type, sizeBytes: manifest.sizeBytes, storedBytes: manifest.storedBytes, durationMs },
+          data: { ...backupRecord(manifest), durationMs },
         });
         return manifest;
       })
       .catch(async (error: Error) => {
-        const id = slot.id ?? "(not started)";
-        await events.emit({ kind: "backup:failed", severity: "critical", node: source.name, message: error.message, data: { id, type, error: error.message } });
+        const failed = slot.id ? await this.deps.repository.readManifest(slot.id) : null;
+        if (failed) {
+          await events.emit({ kind: "backup:failed", severity: "critical", node: source.name, message: error.message, data: backupRecord(failed) });
+        }
         throw error;
       })
       .finally(() => {
@@ -126,4 +129,22 @@ export class BackupService {
   async waitForIdle(): Promise<void> {
     await this.running?.done.catch(() => undefined);
   }
+}
+
+export function backupRecord(manifest: BackupManifest): BackupRecord {
+  return {
+    id: manifest.id,
+    type: manifest.type,
+    status: manifest.status,
+    source: manifest.source,
+    reference: manifest.reference,
+    timeline: manifest.timeline || null,
+    startLsn: manifest.status === "completed" ? manifest.startLsn : null,
+    stopLsn: manifest.stopLsn,
+    sizeBytes: manifest.status === "completed" ? manifest.sizeBytes : null,
+    storedBytes: manifest.status === "completed" ? manifest.storedBytes : null,
+    error: manifest.error,
+    startedAt: manifest.startedAt,
+    finishedAt: manifest.finishedAt,
+  };
 }

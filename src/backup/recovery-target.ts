@@ -56,3 +56,14 @@ export function stripUpstreamSettings(autoConf: string): string {
     .filter((line) => !/^\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_command|restore_command)\s*=/.test(line))
     .join("\n");
 }
+
+/** The one target an operator named (at most one of them; none: the end of the archive). */
+export function recoveryTargetFrom(choice: { time?: string | null; lsn?: string | null; name?: string | null; immediate?: boolean | null }): RecoveryTarget {
+  const given = [choice.time, choice.lsn, choice.name, choice.immediate ? "immediate" : null].filter((value) => value);
+  if (given.length > 1) throw new RelevoError(ErrorCode.BadUserInput, "give at most one recovery target: a time, an LSN, a restore point name, or immediate");
+  if (choice.time) return { kind: "time", time: choice.time };
+  if (choice.lsn) return { kind: "lsn", lsn: choice.lsn };
+  if (choice.name) return { kind: "name", name: choice.name };
+  if (choice.immediate) return { kind: "immediate" };
+  return { kind: "latest" };
+}

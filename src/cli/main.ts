@@ -2,7 +2,8 @@
 import "reflect-metadata";
 import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
-import { exitCodeFor, isRelevoError } from "../errors";
+import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
+import { backupCreateCommand, backupListCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -24,6 +25,8 @@ async function run(action: () => Promise<void>): Promise<void> {
 }
 
 const program = new Command();
+// Options belong to the (sub)command they follow: `restore stop --to x` is stop's --to, not restore's.
+program.enablePositionalOptions();
 program.name("relevo").description("PostgreSQL primary/replica cluster: topology, backups, failover, behind a GraphQL API.");
 
 program
@@ -56,6 +59,42 @@ program
   .action((node: string | undefined, options: { multiHost: boolean; database: string }) =>
     run(() => urlCommand(config(), { node, multiHost: options.multiHost, database: options.database }, output)),
   );
+
+const backup = program.command("backup").description("backups (the service must be running)");
+backup
+  .command("create")
+  .description("start a backup; prints its id")
+  .option("--type <type>", "full, diff or incr", "full")
+  .option("--wait", "wait until it completed; exit non-zero if it failed", false)
+  .action((options: { type: string; wait: boolean }) => run(() => backupCreateCommand(config(), options, output)));
+backup
+  .command("list")
+  .description("backups in the repository, newest first")
+  .option("--json", "machine-readable output", false)
+  .action((options: { json: boolean }) => run(() => backupListCommand(config(), options, output)));
+
+const restore = program
+  .command("restore")
+  .description("restore a backup into a standalone copy (data in <dir>/data), started on --port and left running")
+  .enablePositionalOptions()
+  .option("--to <dir>", "directory for the copy")
+  .option("--port <n>", "port for the copy")
+  .option("--backup <id>", "the backup (default: the newest completed)")
+  .option("--time <iso8601>", "recover to this time")
+  .option("--lsn <lsn>", "recover to this LSN")
+  .option("--name <restore point>", "recover to this named restore point")
+  .action((options: { to?: string; port?: string; backup?: string; time?: string; lsn?: string; name?: string }) =>
+    run(async () => {
+      if (!options.to || !options.port || !/^\d+$/.test(options.port)) throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
+      const cfg = config();
+      await restoreCommand(cfg, { ...options, to: options.to, port: Number(options.port) }, createLogger({ level: "warn" }), output);
+    }),
+  );
+restore
+  .command("stop")
+  .description("stop a restored copy")
+  .requiredOption("--to <dir>", "directory of the copy")
+  .action((options: { to: string }) => run(() => restoreStopCommand(config(), options, output)));
 
 program
   .command("config")

@@ -1,10 +1,10 @@
 import os from "node:os";
 import type Redis from "ioredis";
-import type { PrimaryDatabase } from "../db/primary-database";
+import type { PrimaryDatabase, PrismaClient } from "../db/primary-database";
 import type { Logger } from "../log";
 import { sleep } from "../util/sleep";
 import { decode } from "./event-log";
-import type { ClusterEvent } from "./event-map";
+import type { BackupRecord, ClusterEvent } from "./event-map";
 import { CONSOLIDATOR_GROUP, type RedisKeys } from "./keys";
 
 export interface ConsolidatorOptions {
@@ -119,6 +119,13 @@ export class Consolidator {
 
   private async write(events: ClusterEvent[]): Promise<void> {
     const prisma = await this.database.client();
+    // Records derived from events go first, in stream order, each an idempotent
+    // upsert: a replay writes the same values again.
+    for (const event of events) {
+      if (event.kind === "backup:started" || event.kind === "backup:completed" || event.kind === "backup:failed") {
+        await upsertBackup(prisma, event.data as BackupRecord);
+      }
+    }
     await prisma.event.createMany({
       data: events.map((event) => ({
         id: event.id,
@@ -135,4 +142,25 @@ export class Consolidator {
       skipDuplicates: true,
     });
   }
+}
+
+async function upsertBackup(prisma: PrismaClient, record: BackupRecord): Promise<void> {
+  const values = {
+    type: record.type,
+    status: record.status,
+    source: record.source,
+    reference: record.reference,
+    timeline: record.timeline,
+    startLsn: record.startLsn,
+    stopLsn: record.stopLsn,
+    sizeBytes: record.sizeBytes === null ? null : BigInt(record.sizeBytes),
+    storedBytes: record.storedBytes === null ? null : BigInt(record.storedBytes),
+    error: record.error,
+    startedAt: new Date(record.startedAt),
+    finishedAt: record.finishedAt === null ? null : new Date(record.finishedAt),
+  };
+  // A late "started" replayed after "completed" must not move the record back.
+  const existing = await prisma.backup.findUnique({ where: { id: record.id }, select: { status: true } });
+  if (existing && existing.status !== "running" && record.status === "running") return;
+  await prisma.backup.upsert({ where: { id: record.id }, create: { id: record.id, ...values }, update: values });
 }

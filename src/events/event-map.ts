@@ -18,9 +18,26 @@ export interface EventMap {
   "cluster:primary-changed": { from: string | null; to: string | null };
   "api:mutation": { operation: string | null; fields: string[] };
   "archive:failing": { error: string };
-  "backup:started": { id: string; type: string; source: string };
-  "backup:completed": { id: string; type: string; sizeBytes: number; storedBytes: number; durationMs: number };
-  "backup:failed": { id: string; type: string; error: string };
+  "backup:started": BackupRecord;
+  "backup:completed": BackupRecord & { durationMs: number };
+  "backup:failed": BackupRecord;
+}
+
+/** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */
+export interface BackupRecord {
+  id: string;
+  type: string;
+  status: string;
+  source: string | null;
+  reference: string | null;
+  timeline: number | null;
+  startLsn: string | null;
+  stopLsn: string | null;
+  sizeBytes: number | null;
+  storedBytes: number | null;
+  error: string | null;
+  startedAt: string;
+  finishedAt: string | null;
 }
 
 export type EventKind = keyof EventMap;

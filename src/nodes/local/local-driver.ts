@@ -39,6 +39,8 @@ export interface LocalDriverOptions {
   readonly home: string;
   readonly pgBinDir: string;
   readonly pgOsUser: string;
+  /** Nodes kept outside `<home>/nodes` (e.g. a restored copy the operator put elsewhere): name → directory. */
+  readonly nodeDirectories?: Readonly<Record<string, string>>;
 }
 
 const REQUIRED_TOOLS = ["initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind", "pg_controldata", "psql"];
@@ -81,7 +83,7 @@ export class LocalDriver implements NodeDriver {
   }
 
   private nodeDir(node: NodeRef): string {
-    return path.join(this.nodesRoot, node.name);
+    return this.options.nodeDirectories?.[node.name] ?? path.join(this.nodesRoot, node.name);
   }
 
   private logFile(node: NodeRef): string {

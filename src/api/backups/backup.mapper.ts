@@ -1,0 +1,22 @@
+import type { BackupManifest } from "../../backup/manifest";
+import type { Backup } from "./backup.type";
+
+export function toBackup(manifest: BackupManifest): Backup {
+  const completed = manifest.status === "completed";
+  return {
+    id: manifest.id,
+    type: manifest.type,
+    status: manifest.status,
+    startedAt: manifest.startedAt,
+    finishedAt: manifest.finishedAt,
+    sizeBytes: completed ? manifest.sizeBytes : null,
+    storedBytes: completed ? manifest.storedBytes : null,
+    fileCount: completed ? manifest.fileCount : null,
+    timeline: manifest.timeline || null,
+    startLsn: completed ? manifest.startLsn : null,
+    stopLsn: manifest.stopLsn,
+    reference: manifest.reference ? { id: manifest.reference } : null,
+    source: manifest.source,
+    error: manifest.error,
+  } as Backup;
+}

@@ -1,0 +1,80 @@
+import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resolver } from "type-graphql";
+import { IsOptional, Max, Min } from "class-validator";
+import { recoveryTargetFrom } from "../../backup/recovery-target";
+import { ErrorCode, RelevoError } from "../../errors";
+import type { ApiServices } from "../context";
+import { toBackup } from "./backup.mapper";
+import { Backup, BackupConnection, BackupStatusGql, BackupTypeGql, RestoredCopy, RestoreInput } from "./backup.type";
+
+@ArgsType()
+class BackupsArgs {
+  @Field(() => Int, { defaultValue: 20, description: "Page size, 1 to 200." })
+  @Min(1)
+  @Max(200)
+  first!: number;
+
+  @Field(() => String, { nullable: true, description: "endCursor of the previous page." })
+  @IsOptional()
+  after?: string | null;
+
+  @Field(() => BackupTypeGql, { nullable: true }) @IsOptional() type?: BackupTypeGql | null;
+  @Field(() => BackupStatusGql, { nullable: true }) @IsOptional() status?: BackupStatusGql | null;
+  @Field(() => String, { nullable: true, description: "Started at or after (ISO 8601)." }) @IsOptional() since?: string | null;
+  @Field(() => String, { nullable: true, description: "Started before (ISO 8601)." }) @IsOptional() until?: string | null;
+}
+
+@Resolver()
+export class BackupResolver {
+  constructor(private readonly services: ApiServices) {}
+
+  @Authorized("viewer")
+  @Query(() => BackupConnection, {
+    description: "Backups in the repository, newest first.",
+    complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.first ?? 20),
+  })
+  async backups(@Args(() => BackupsArgs) args: BackupsArgs): Promise<BackupConnection> {
+    const since = args.since ? Date.parse(args.since) : -Infinity;
+    const until = args.until ? Date.parse(args.until) : Infinity;
+    if (Number.isNaN(since) || Number.isNaN(until)) throw new RelevoError(ErrorCode.BadUserInput, "since / until must be ISO 8601 times");
+    const all = (await this.services.backups.list())
+      .filter((m) => (!args.type || m.type === args.type) && (!args.status || m.status === args.status))
+      .filter((m) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
+      .reverse();
+    const start = args.after ? all.findIndex((m) => m.id === args.after) + 1 : 0;
+    const page = all.slice(start, start + args.first);
+    return {
+      edges: page.map((m) => ({ cursor: m.id, node: toBackup(m) })),
+      pageInfo: { hasNextPage: start + args.first < all.length, endCursor: page[page.length - 1]?.id ?? null },
+      totalCount: all.length,
+    };
+  }
+
+  @Authorized("viewer")
+  @Query(() => Backup, { description: "One backup; NOT_FOUND when the repository has no such backup." })
+  async backup(@Arg("id", () => ID) id: string): Promise<Backup> {
+    return toBackup(await this.services.backups.get(id));
+  }
+
+  @Authorized("operator")
+  @Mutation(() => Backup, {
+    description: "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs; DIFFERENTIAL and INCREMENTAL answer NOT_IMPLEMENTED for now.",
+  })
+  async createBackup(@Arg("type", () => BackupTypeGql) type: BackupTypeGql): Promise<Backup> {
+    const { manifest } = await this.services.backups.start(type);
+    return toBackup(manifest);
+  }
+
+  @Authorized("operator")
+  @Mutation(() => RestoredCopy, {
+    description: "Restores a backup into a new standalone copy on this machine (never connected to the cluster), replays WAL to the target, promotes it and leaves it running.",
+  })
+  async restoreBackup(@Arg("input", () => RestoreInput) input: RestoreInput): Promise<RestoredCopy> {
+    if (this.services.nodes.some((node) => node.name === input.name)) {
+      throw new RelevoError(ErrorCode.BadUserInput, `${input.name} is a node of the cluster; choose another name for the copy`);
+    }
+    const recoveryTarget = recoveryTargetFrom({ time: input.time, lsn: input.lsn, name: input.restorePoint, immediate: input.immediate });
+    const target = { name: input.name, host: this.services.nodes[0]!.host, port: input.port };
+    const manifest = await this.services.backups.restore({ backupId: input.backupId ?? undefined, target, recoveryTarget });
+    return { name: target.name, host: target.host, port: target.port, backup: toBackup(manifest) };
+  }
+}

@@ -1,0 +1,102 @@
+import { Field, Float, ID, InputType, Int, ObjectType, registerEnumType } from "type-graphql";
+import { IsOptional, Matches, Max, Min } from "class-validator";
+
+export enum BackupTypeGql {
+  FULL = "full",
+  DIFFERENTIAL = "differential",
+  INCREMENTAL = "incremental",
+}
+registerEnumType(BackupTypeGql, {
+  name: "BackupType",
+  description: "FULL: every file. DIFFERENTIAL: changes since the last full. INCREMENTAL: changes since the last backup of any type.",
+});
+
+export enum BackupStatusGql {
+  RUNNING = "running",
+  COMPLETED = "completed",
+  FAILED = "failed",
+  EXPIRED = "expired",
+}
+registerEnumType(BackupStatusGql, { name: "BackupStatus" });
+
+@ObjectType({ description: "A backup this one builds on." })
+export class BackupReference {
+  @Field(() => ID) id!: string;
+}
+
+@ObjectType({ description: "A backup, as its manifest in the repository describes it." })
+export class Backup {
+  @Field(() => ID) id!: string;
+  @Field(() => BackupTypeGql) type!: BackupTypeGql;
+  @Field(() => BackupStatusGql) status!: BackupStatusGql;
+  @Field({ description: "ISO 8601." }) startedAt!: string;
+  @Field(() => String, { nullable: true, description: "ISO 8601." }) finishedAt!: string | null;
+  @Field(() => Float, { nullable: true, description: "Bytes of the files copied." }) sizeBytes!: number | null;
+  @Field(() => Float, { nullable: true, description: "Bytes stored in the repository (compressed)." }) storedBytes!: number | null;
+  @Field(() => Int, { nullable: true }) fileCount!: number | null;
+  @Field(() => Int, { nullable: true }) timeline!: number | null;
+  @Field(() => String, { nullable: true, description: "Redo LSN of the backup's checkpoint: replay starts here." }) startLsn!: string | null;
+  @Field(() => String, { nullable: true }) stopLsn!: string | null;
+  @Field(() => BackupReference, { nullable: true }) reference!: BackupReference | null;
+  @Field(() => String, { nullable: true, description: "The node it was taken from." }) source!: string | null;
+  @Field(() => String, { nullable: true, description: "Why it failed." }) error!: string | null;
+}
+
+@ObjectType()
+export class BackupEdge {
+  @Field() cursor!: string;
+  @Field(() => Backup) node!: Backup;
+}
+
+@ObjectType()
+export class BackupPageInfo {
+  @Field() hasNextPage!: boolean;
+  @Field(() => String, { nullable: true }) endCursor!: string | null;
+}
+
+@ObjectType({ description: "Backups, newest first (Relay connection)." })
+export class BackupConnection {
+  @Field(() => [BackupEdge]) edges!: BackupEdge[];
+  @Field(() => BackupPageInfo) pageInfo!: BackupPageInfo;
+  @Field(() => Int) totalCount!: number;
+}
+
+@InputType({ description: "Where to restore and how far to replay. At most one of time, lsn, name, immediate; none means the end of the archive." })
+export class RestoreInput {
+  @Field(() => ID, { nullable: true, description: "The backup; default: the newest completed one." })
+  @IsOptional()
+  backupId?: string | null;
+
+  @Field({ description: "Name of the restored copy (a new node, not part of the cluster)." })
+  @Matches(/^[a-z][a-z0-9-]{0,39}$/, { message: "name: lower-case letters, digits and '-'" })
+  name!: string;
+
+  @Field(() => Int, { description: "Port the restored copy listens on." })
+  @Min(1024)
+  @Max(65535)
+  port!: number;
+
+  @Field(() => String, { nullable: true, description: "Recover to this time (ISO 8601)." })
+  @IsOptional()
+  time?: string | null;
+
+  @Field(() => String, { nullable: true, description: "Recover to this LSN." })
+  @IsOptional()
+  lsn?: string | null;
+
+  @Field(() => String, { nullable: true, description: "Recover to this named restore point (pg_create_restore_point)." })
+  @IsOptional()
+  restorePoint?: string | null;
+
+  @Field(() => Boolean, { nullable: true, description: "Stop as soon as the backup is consistent." })
+  @IsOptional()
+  immediate?: boolean | null;
+}
+
+@ObjectType({ description: "A restored copy, started and promoted, left running." })
+export class RestoredCopy {
+  @Field() name!: string;
+  @Field() host!: string;
+  @Field(() => Int) port!: number;
+  @Field(() => Backup) backup!: Backup;
+}

@@ -1,0 +1,102 @@
+import path from "node:path";
+import { Repository } from "../backup/repository";
+import { restoreBackup } from "../backup/restore";
+import { recoveryTargetFrom } from "../backup/recovery-target";
+import { connectionUri } from "../cluster/node-connection";
+import { ROLE_SUPERUSER } from "../cluster/node-settings";
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import { createNodeDriver } from "../nodes/create-driver";
+import { LocalDriver } from "../nodes/local/local-driver";
+import { resolvePostgresIdentity } from "../nodes/local/os-user";
+import { readSecrets } from "../secrets/secrets-store";
+import { sleep } from "../util/sleep";
+import { callApi } from "./api-client";
+import type { Output } from "./commands";
+
+const BACKUP_FIELDS = "id type status startedAt finishedAt sizeBytes storedBytes fileCount timeline startLsn stopLsn source error";
+const TYPES: Record<string, string> = { full: "FULL", diff: "DIFFERENTIAL", incr: "INCREMENTAL" };
+
+interface BackupRow {
+  id: string;
+  type: string;
+  status: string;
+  startedAt: string;
+  finishedAt: string | null;
+  sizeBytes: number | null;
+  storedBytes: number | null;
+  error: string | null;
+}
+
+export async function backupCreateCommand(config: RelevoConfig, options: { type: string; wait: boolean }, output: Output): Promise<void> {
+  const type = TYPES[options.type];
+  if (!type) throw new RelevoError(ErrorCode.BadUserInput, `unknown backup type "${options.type}": use full, diff or incr`);
+  const { createBackup } = await callApi<{ createBackup: BackupRow }>(config, `mutation($type: BackupType!) { createBackup(type: $type) { ${BACKUP_FIELDS} } }`, { type });
+  output.out(createBackup.id);
+  if (!options.wait) return;
+  for (;;) {
+    const { backup } = await callApi<{ backup: BackupRow }>(config, `query($id: ID!) { backup(id: $id) { ${BACKUP_FIELDS} } }`, { id: createBackup.id });
+    if (backup.status === "COMPLETED") return;
+    if (backup.status === "FAILED") throw new RelevoError(ErrorCode.CommandFailed, `backup ${backup.id} failed: ${backup.error}`);
+    await sleep(500);
+  }
+}
+
+export async function backupListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
+  const { backups } = await callApi<{ backups: { edges: Array<{ node: BackupRow }> } }>(config, `{ backups(first: 200) { edges { node { ${BACKUP_FIELDS} } } } }`);
+  const rows = backups.edges.map((edge) => edge.node);
+  if (options.json) {
+    output.out(JSON.stringify(rows, null, 2));
+    return;
+  }
+  output.out(["ID".padEnd(20), "TYPE".padEnd(12), "STATUS".padEnd(10), "STARTED".padEnd(24), "SIZE".padStart(14), "STORED".padStart(14)].join("  "));
+  for (const row of rows) {
+    output.out(
+      [row.id.padEnd(20), row.type.padEnd(12), row.status.padEnd(10), row.startedAt.padEnd(24), String(row.sizeBytes ?? "-").padStart(14), String(row.storedBytes ?? "-").padStart(14)].join("  "),
+    );
+  }
+}
+
+/**
+ * `relevo restore --to <dir> --port <n>`: a standalone copy, restored here by
+ * the CLI itself from the repository (the service need not run: this is also
+ * how one looks at a backup when the cluster is gone), started on that port
+ * and left running. Its data directory is <dir>/data; the last line printed
+ * is its connection URI.
+ */
+export async function restoreCommand(
+  config: RelevoConfig,
+  options: { to: string; port: number; backup?: string; time?: string; lsn?: string; name?: string },
+  logger: Logger,
+  output: Output,
+): Promise<void> {
+  const recoveryTarget = recoveryTargetFrom(options);
+  const secrets = await readSecrets(config.home);
+  const directory = path.resolve(options.to);
+  const driver = copyDriver(config, directory);
+  const target = { name: "restored-copy", host: config.host, port: options.port };
+  const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
+  const manifests = (await repository.listManifests()).filter((manifest) => manifest.status === "completed");
+  const manifest = options.backup ? manifests.find((candidate) => candidate.id === options.backup) : manifests[manifests.length - 1];
+  if (!manifest) throw new RelevoError(ErrorCode.NotFound, options.backup ? `no completed backup ${options.backup} in ${config.repository}` : `no completed backup in ${config.repository}`);
+  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+  await restoreBackup(
+    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+    { manifest, target, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
+  );
+  output.out(`restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`);
+  output.out(connectionUri([target], superuser));
+}
+
+export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
+  const directory = path.resolve(options.to);
+  const driver = copyDriver(config, directory);
+  await driver.stop({ name: "restored-copy", host: config.host, port: 0 }, { mode: "fast", timeoutMs: 60000 });
+  output.out(`stopped the copy in ${directory}`);
+}
+
+function copyDriver(config: RelevoConfig, directory: string): LocalDriver {
+  if (createNodeDriver(config).kind !== "local") throw new RelevoError(ErrorCode.NotImplemented, "relevo restore --to works with the local driver");
+  return new LocalDriver({ home: config.home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser, nodeDirectories: { "restored-copy": directory } });
+}

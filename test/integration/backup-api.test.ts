@@ -1,0 +1,119 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { projectRoot } from "../../src/util/project-root";
+import { graphqlRequest } from "../helpers/graphql-client";
+import { tempHome } from "../helpers/home";
+import { freePort } from "../helpers/ports";
+import { eventually, useTestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+const run = promisify(execFile);
+const BIN = path.join(projectRoot(), "bin/relevo");
+const FIELDS = "id type status startedAt finishedAt sizeBytes storedBytes fileCount timeline startLsn stopLsn source error reference { id }";
+
+describe("backups through GraphQL and the CLI", () => {
+  const cluster = useTestCluster("backup-api");
+  const cliEnv = () => ({
+    ...process.env,
+    RELEVO_HOME: cluster.config.home,
+    RELEVO_CLUSTER_NAME: cluster.config.clusterName,
+    RELEVO_API_PORT: String(cluster.config.apiPort),
+    RELEVO_PRIMARY_PORT: String(cluster.config.primaryPort),
+    RELEVO_REPLICA_PORT: String(cluster.config.replicaPort),
+    RELEVO_REDIS_PORT: String(cluster.config.redisPort),
+    RELEVO_LOG_LEVEL: "warn",
+  });
+  let backupId: string;
+
+  test("createBackup starts a FULL backup; a second one meanwhile is BACKUP_IN_PROGRESS; it completes and is listed", async () => {
+    await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE api_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
+    const operator = cluster.token("operator");
+    const created = await graphqlRequest<{ createBackup: { id: string; status: string; type: string } }>(cluster.url, `mutation { createBackup(type: FULL) { ${FIELDS} } }`, { token: operator });
+    expect(created.errors).toBeUndefined();
+    expect(created.data!.createBackup).toMatchObject({ type: "FULL", status: "RUNNING" });
+    backupId = created.data!.createBackup.id;
+    const second = await graphqlRequest(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: operator });
+    expect(second.errors?.[0]?.extensions?.code).toBe("BACKUP_IN_PROGRESS");
+    const done = await eventually(async () => {
+      const response = await graphqlRequest<{ backup: { status: string } & Record<string, unknown> }>(cluster.url, `query($id: ID!) { backup(id: $id) { ${FIELDS} } }`, {
+        token: cluster.token("viewer"),
+        variables: { id: backupId },
+      });
+      return response.data?.backup.status === "COMPLETED" ? response.data.backup : undefined;
+    }, { timeoutMs: 90000 });
+    expect(done).toMatchObject({ id: backupId, type: "FULL", timeline: 1, source: "node1", error: null, reference: null });
+    expect(done.sizeBytes as number).toBeGreaterThan(done.storedBytes as number);
+    expect(done.startLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+
+    const listed = await graphqlRequest<{ backups: { totalCount: number; edges: Array<{ node: { id: string } }> } }>(
+      cluster.url,
+      `{ backups(first: 5, type: FULL, status: COMPLETED) { totalCount edges { node { id } } } }`,
+      { token: cluster.token("viewer") },
+    );
+    expect(listed.data!.backups).toEqual({ totalCount: 1, edges: [{ node: { id: backupId } }] });
+    const none = await graphqlRequest<{ backups: { totalCount: number } }>(cluster.url, `{ backups(first: 5, status: FAILED) { totalCount } }`, { token: cluster.token("viewer") });
+    expect(none.data!.backups.totalCount).toBe(0);
+  });
+
+  test("the backup's record reaches PostgreSQL (table backups) once, completed", async () => {
+    const rows = await eventually(async () => {
+      const found = await sqlOn<{ id: string; status: string; size_bytes: string }>(cluster.service.nodes[0]!, cluster.service.secrets, "SELECT id, status, size_bytes::text FROM backups", [], "relevo");
+      return found.length === 1 && found[0]!.status === "completed" ? found : undefined;
+    });
+    expect(rows[0]).toMatchObject({ id: backupId, status: "completed" });
+    expect(Number(rows[0]!.size_bytes)).toBeGreaterThan(0);
+  });
+
+  test("rules: a viewer cannot back up; DIFFERENTIAL is NOT_IMPLEMENTED for now; an unknown backup is NOT_FOUND", async () => {
+    const denied = await graphqlRequest(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("viewer") });
+    expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    const later = await graphqlRequest(cluster.url, `mutation { createBackup(type: DIFFERENTIAL) { id } }`, { token: cluster.token("operator") });
+    expect(later.errors?.[0]?.extensions?.code).toBe("NOT_IMPLEMENTED");
+    const missing = await graphqlRequest(cluster.url, `{ backup(id: "nope") { id } }`, { token: cluster.token("viewer") });
+    expect(missing.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+  });
+
+  test("restoreBackup to a restore point: a running standalone copy with the data", async () => {
+    const primary = cluster.service.nodes[0]!;
+    await sqlOn(primary, cluster.service.secrets, "INSERT INTO api_data VALUES (-1, 'before the point')");
+    await sqlOn(primary, cluster.service.secrets, "SELECT pg_create_restore_point('api-point')");
+    await sqlOn(primary, cluster.service.secrets, "INSERT INTO api_data VALUES (-2, 'after the point')");
+    const switched = (await sqlOn<{ lsn: string }>(primary, cluster.service.secrets, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
+    const port = await freePort();
+    const response = await graphqlRequest<{ restoreBackup: { name: string; port: number; backup: { id: string } } }>(
+      cluster.url,
+      `mutation($input: RestoreInput!) { restoreBackup(input: $input) { name host port backup { id } } }`,
+      { token: cluster.token("operator"), variables: { input: { name: "api-copy", port, restorePoint: "api-point" } } },
+    );
+    expect(response.errors).toBeUndefined();
+    expect(response.data!.restoreBackup).toMatchObject({ name: "api-copy", port, backup: { id: backupId } });
+    const copy = { name: "api-copy", host: "127.0.0.1", port };
+    try {
+      expect(await sqlOn(copy, cluster.service.secrets, "SELECT id FROM api_data WHERE id < 0 ORDER BY id DESC")).toEqual([{ id: -1 }]);
+    } finally {
+      await cluster.service.driver.destroy(copy);
+    }
+  });
+
+  test("CLI: backup list --json, and restore --to/--port prints a URI that works; restore stop stops it", async () => {
+    const listed = JSON.parse((await run("node", [BIN, "backup", "list", "--json"], { env: cliEnv() })).stdout) as Array<{ id: string; status: string }>;
+    expect(listed).toEqual([expect.objectContaining({ id: backupId, status: "COMPLETED" })]);
+    const dir = path.join(await tempHome("cli-restore"), "copy");
+    const port = await freePort();
+    const restored = await run("node", [BIN, "restore", "--to", dir, "--port", String(port), "--backup", backupId], { env: cliEnv() });
+    const uri = restored.stdout.trim().split("\n").pop()!;
+    expect(uri).toMatch(new RegExp(`^postgresql://postgres:.*@127\\.0\\.0\\.1:${port}/postgres$`));
+    expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM api_data WHERE id > 0"])).stdout.trim()).toBe("50000");
+    await run("node", [BIN, "restore", "stop", "--to", dir], { env: cliEnv() });
+    await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
+  });
+
+  test("CLI: backup create --wait exits 0 once the backup completed and prints its id", async () => {
+    const created = await run("node", [BIN, "backup", "create", "--type", "full", "--wait"], { env: cliEnv() });
+    const id = created.stdout.trim();
+    expect(id).toMatch(/^\d{8}T\d{6}Z-F$/);
+    expect((await cluster.service.backups.get(id)).status).toBe("completed");
+  });
+});
