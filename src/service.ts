@@ -155,6 +155,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       parallelism: config.backupParallelism,
       archiveTimeoutMs: config.archiveTimeoutMs,
       startTimeoutMs: config.startTimeoutMs,
+      host: config.host,
       source: () => nodes.find((node) => node.name === collector.latest?.primary) ?? null,
     });
     cleanups.push(() => backups.waitForIdle());

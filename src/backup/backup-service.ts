@@ -9,6 +9,7 @@ import type { BackupManifest, BackupType, Compression } from "./manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 import { restoreBackup } from "./restore";
+import { verifyBackup } from "./verify";
 import type { WalArchiver } from "./wal-archiver";
 
 export interface BackupServiceDeps {
@@ -24,6 +25,8 @@ export interface BackupServiceDeps {
   readonly parallelism: number;
   readonly archiveTimeoutMs: number;
   readonly startTimeoutMs: number;
+  /** Address scratch nodes (restore tests) listen on. */
+  readonly host: string;
   /** The node backups are taken from (the current primary). */
   readonly source: () => NodeRef | null;
 }
@@ -124,6 +127,23 @@ export class BackupService {
       startTimeoutMs: this.deps.startTimeoutMs,
     });
     return manifest;
+  }
+
+  async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
+    const manifest = await this.get(id);
+    if (manifest.status !== "completed") throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
+    const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, manifest, options);
+    const ok = verification.contentOk && (verification.restoreTest?.ok ?? true);
+    await this.deps.events.emit({
+      kind: "backup:verified",
+      severity: ok ? "info" : "critical",
+      node: null,
+      message: ok
+        ? `backup ${id} verified${verification.restoreTest ? ", restore test passed" : ""}`
+        : `backup ${id} failed verification: ${verification.badFiles.length ? `damaged ${verification.badFiles.slice(0, 5).join(", ")}` : verification.restoreTest?.error}`,
+      data: { id, ok, badFiles: [...verification.badFiles], restoreTested: verification.restoreTest !== null },
+    });
+    return this.get(id);
   }
 
   async waitForIdle(): Promise<void> {

@@ -62,7 +62,24 @@ export interface BackupManifest {
   readonly storedBytes: number;
   readonly fileCount: number;
   readonly error: string | null;
+  /** The latest verification, if any. */
+  readonly verification?: Verification | null;
   readonly files: readonly ManifestEntry[];
+}
+
+export interface Verification {
+  readonly checkedAt: string;
+  /** Every stored file re-read and matched against the manifest. */
+  readonly contentOk: boolean;
+  /** Files whose stored content does not match (missing, or another checksum). */
+  readonly badFiles: readonly string[];
+  /** null when no restore test was asked for. */
+  readonly restoreTest: {
+    readonly ok: boolean;
+    readonly durationMs: number;
+    /** What failed: the restore, PostgreSQL's start, or pg_amcheck's findings. */
+    readonly error: string | null;
+  } | null;
 }
 
 /** Sortable, unique enough, readable: 20261125T224500Z-F. */

@@ -43,6 +43,20 @@ export async function backupCreateCommand(config: RelevoConfig, options: { type:
   }
 }
 
+export async function backupVerifyCommand(config: RelevoConfig, options: { id: string; restoreTest: boolean }, output: Output): Promise<void> {
+  const { verifyBackup } = await callApi<{ verifyBackup: { id: string; verification: { contentOk: boolean; badFiles: string[]; restoreTest: { ok: boolean; error: string | null } | null } } }>(
+    config,
+    `mutation($id: ID!, $restoreTest: Boolean!) { verifyBackup(id: $id, restoreTest: $restoreTest) { id verification { contentOk badFiles restoreTest { ok error } } } }`,
+    { id: options.id, restoreTest: options.restoreTest },
+  );
+  const verification = verifyBackup.verification;
+  output.out(`content: ${verification.contentOk ? "ok" : `DAMAGED: ${verification.badFiles.join(", ")}`}`);
+  if (verification.restoreTest) output.out(`restore test: ${verification.restoreTest.ok ? "ok" : `FAILED: ${verification.restoreTest.error}`}`);
+  if (!verification.contentOk || verification.restoreTest?.ok === false) {
+    throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${options.id} failed verification`);
+  }
+}
+
 export async function backupListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
   const { backups } = await callApi<{ backups: { edges: Array<{ node: BackupRow }> } }>(config, `{ backups(first: 200) { edges { node { ${BACKUP_FIELDS} } } } }`);
   const rows = backups.edges.map((edge) => edge.node);

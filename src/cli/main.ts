@@ -3,7 +3,7 @@ import "reflect-metadata";
 import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
-import { backupCreateCommand, backupListCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
+import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -72,6 +72,11 @@ backup
   .description("backups in the repository, newest first")
   .option("--json", "machine-readable output", false)
   .action((options: { json: boolean }) => run(() => backupListCommand(config(), options, output)));
+backup
+  .command("verify <id>")
+  .description("re-read the backup against its checksums; --restore-test also restores it into a scratch node and runs pg_amcheck")
+  .option("--restore-test", "restore, start and check a scratch copy", false)
+  .action((id: string, options: { restoreTest: boolean }) => run(() => backupVerifyCommand(config(), { id, restoreTest: options.restoreTest }, output)));
 
 const restore = program
   .command("restore")

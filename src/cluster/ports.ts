@@ -21,3 +21,15 @@ export async function assertPortFree(host: string, port: number, what: string, e
     { details: { port, env } },
   );
 }
+
+/** A port the kernel says is free right now on `host` (for scratch servers). */
+export function findFreePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen({ host, port: 0 }, () => {
+      const address = server.address() as net.AddressInfo;
+      server.close(() => resolve(address.port));
+    });
+  });
+}

@@ -21,6 +21,7 @@ export interface EventMap {
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
+  "backup:verified": { id: string; ok: boolean; badFiles: string[]; restoreTested: boolean };
 }
 
 /** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */
@@ -85,4 +86,5 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:started",
   "backup:completed",
   "backup:failed",
+  "backup:verified",
 ];

@@ -99,7 +99,17 @@ describe("full backup and point-in-time restore", () => {
     expect(await sql(copy, "SELECT id FROM pitr ORDER BY id")).toEqual([{ id: 1 }]);
   });
 
-  test("a flipped byte in the repository fails the restore, naming the file, and leaves nothing behind", async () => {
+  test("verification with a restore test proves a good backup restorable, and records it", async () => {
+    const manifest = await cluster.service.backups.latestCompleted();
+    const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
+    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null } });
+    expect((await cluster.service.backups.get(manifest.id)).verification?.restoreTest?.ok).toBe(true);
+    // The scratch node is gone.
+    const { readdir } = await import("node:fs/promises");
+    expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
+  });
+
+  test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {
     const manifest = await cluster.service.backups.latestCompleted();
     const victim = manifest.files.find((f) => f.type === "file" && f.path.startsWith("base/") && f.size > 8192)!;
     const { readFile, writeFile } = await import("node:fs/promises");
@@ -111,6 +121,8 @@ describe("full backup and point-in-time restore", () => {
     await writeFile(storedFile, gzipSync(content));
     const copy: NodeRef = { name: "restore3", host: "127.0.0.1", port: await freePort() };
     try {
+      const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
+      expect(verified.verification).toMatchObject({ contentOk: false, badFiles: [victim.path], restoreTest: { ok: false } });
       await expect(cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } })).rejects.toMatchObject({
         code: ErrorCode.PreconditionFailed,
         message: expect.stringContaining(victim.path),

@@ -18,5 +18,8 @@ export function toBackup(manifest: BackupManifest): Backup {
     reference: manifest.reference ? { id: manifest.reference } : null,
     source: manifest.source,
     error: manifest.error,
+    verification: manifest.verification ? { ...manifest.verification, badFiles: [...manifest.verification.badFiles] } : null,
+    provenRestorableAt:
+      manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
   } as Backup;
 }

@@ -65,6 +65,14 @@ export class BackupResolver {
   }
 
   @Authorized("operator")
+  @Mutation(() => Backup, {
+    description: "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node, starts it, runs pg_amcheck and removes it. Waits for the result.",
+  })
+  async verifyBackup(@Arg("id", () => ID) id: string, @Arg("restoreTest", () => Boolean, { defaultValue: false }) restoreTest: boolean): Promise<Backup> {
+    return toBackup(await this.services.backups.verify(id, { restoreTest }));
+  }
+
+  @Authorized("operator")
   @Mutation(() => RestoredCopy, {
     description: "Restores a backup into a new standalone copy on this machine (never connected to the cluster), replays WAL to the target, promotes it and leaves it running.",
   })

@@ -40,6 +40,24 @@ export class Backup {
   @Field(() => BackupReference, { nullable: true }) reference!: BackupReference | null;
   @Field(() => String, { nullable: true, description: "The node it was taken from." }) source!: string | null;
   @Field(() => String, { nullable: true, description: "Why it failed." }) error!: string | null;
+  @Field(() => BackupVerification, { nullable: true }) verification!: BackupVerification | null;
+  @Field(() => String, { nullable: true, description: "When a restore test last proved this backup restorable (ISO 8601); null if never, or if the latest verification failed." })
+  provenRestorableAt!: string | null;
+}
+
+@ObjectType({ description: "A restore test: the backup restored into a scratch node, started, checked with pg_amcheck, removed." })
+export class RestoreTestResult {
+  @Field() ok!: boolean;
+  @Field(() => Int) durationMs!: number;
+  @Field(() => String, { nullable: true }) error!: string | null;
+}
+
+@ObjectType({ description: "The latest verification of a backup." })
+export class BackupVerification {
+  @Field({ description: "ISO 8601." }) checkedAt!: string;
+  @Field({ description: "Every stored file matched its checksums." }) contentOk!: boolean;
+  @Field(() => [String], { description: "Files whose stored content is missing or damaged." }) badFiles!: string[];
+  @Field(() => RestoreTestResult, { nullable: true }) restoreTest!: RestoreTestResult | null;
 }
 
 @ObjectType()
