@@ -40,8 +40,12 @@ describe("topology over GraphQL", () => {
 
   test("the cluster query reports one primary and one streaming replica with lag figures", async () => {
     await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 1000) g");
-    await cluster.service.collector.pollNow();
-    const response = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+    // The WAL archiver connects asynchronously after start-up: wait until its slot is in use.
+    const response = await eventually(async () => {
+      await cluster.service.collector.pollNow();
+      const answer = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
+      return answer.data?.cluster.nodes[0]?.slots.every((slot) => slot.active) ? answer : undefined;
+    });
     expect(response.errors).toBeUndefined();
     const data = response.data!.cluster;
     expect(data).toMatchObject({ name: "test", health: "HEALTHY", primary: { name: "node1" }, replicas: [{ name: "node2" }] });
