@@ -156,6 +156,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       archiveTimeoutMs: config.archiveTimeoutMs,
       startTimeoutMs: config.startTimeoutMs,
       host: config.host,
+      retentionFull: config.retentionFull,
       source: () => nodes.find((node) => node.name === collector.latest?.primary) ?? null,
     });
     cleanups.push(() => backups.waitForIdle());

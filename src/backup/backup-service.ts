@@ -10,6 +10,9 @@ import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 import { restoreBackup } from "./restore";
 import { verifyBackup } from "./verify";
+import { planRetention } from "./retention";
+import { lsnWithin, recoveryWindow, type RecoveryWindow } from "./recovery-window";
+import { lsnToNumber } from "../cluster/topology";
 import type { WalArchiver } from "./wal-archiver";
 
 export interface BackupServiceDeps {
@@ -25,6 +28,7 @@ export interface BackupServiceDeps {
   readonly parallelism: number;
   readonly archiveTimeoutMs: number;
   readonly startTimeoutMs: number;
+  readonly retentionFull: number;
   /** Address scratch nodes (restore tests) listen on. */
   readonly host: string;
   /** The node backups are taken from (the current primary). */
@@ -74,6 +78,7 @@ export class BackupService {
       },
     })
       .then(async (manifest) => {
+        await this.expire().catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed"));
         const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
         await events.emit({
           kind: "backup:completed",
@@ -117,8 +122,61 @@ export class BackupService {
     return latest;
   }
 
+  async recoveryWindow(): Promise<RecoveryWindow> {
+    return recoveryWindow(await this.list(), await this.deps.repository.archivedSegmentList());
+  }
+
+  /**
+   * Expires what retention lets go: older full backups with their
+   * dependents (manifest kept, status expired, content removed) and the WAL
+   * no kept backup needs.
+   */
+  async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
+    const plan = planRetention(await this.list(), this.deps.retentionFull);
+    for (const id of plan.expire) {
+      const manifest = await this.get(id);
+      const expired: BackupManifest = { ...manifest, status: "expired" };
+      await this.deps.repository.writeManifest(expired);
+      await this.deps.repository.removeBackupContent(id);
+      await this.deps.events.emit({ kind: "backup:expired", severity: "info", node: null, message: `backup ${id} expired by retention`, data: backupRecord(expired) });
+    }
+    const walSegmentsRemoved = plan.walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(plan.walBefore);
+    return { expired: [...plan.expire], walSegmentsRemoved };
+  }
+
+  /**
+   * The backup a restore starts from: the one named, or the newest completed
+   * one that ends before the target; refuses a target outside the window.
+   */
+  private async chooseBackup(backupId: string | undefined, target: RecoveryTarget): Promise<BackupManifest> {
+    const window = await this.recoveryWindow();
+    const describe = (): string =>
+      window.earliest && window.latest
+        ? `the recoverable window is ${window.earliest.time} (${window.earliest.lsn}) to ${window.latest.time} (${window.latest.lsn})`
+        : "nothing is recoverable yet: no completed backup";
+    if (target.kind === "time") {
+      const at = Date.parse(target.time);
+      if (!window.earliest || !window.latest || at < Date.parse(window.earliest.time) || at > Date.parse(window.latest.time)) {
+        throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to ${target.time}: ${describe()}`, { details: { window } });
+      }
+    }
+    if (target.kind === "lsn" && !lsnWithin(window, target.lsn)) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to LSN ${target.lsn}: ${describe()}`, { details: { window } });
+    }
+    if (backupId) return this.get(backupId);
+    const completed = (await this.list()).filter((manifest) => manifest.status === "completed");
+    const usable = completed.filter((manifest) => {
+      if (target.kind === "time") return Date.parse(manifest.stoppedAt!) <= Date.parse(target.time);
+      if (target.kind === "lsn") return lsnToNumber(manifest.stopLsn!) <= lsnToNumber(target.lsn);
+      return true;
+    });
+    const chosen = usable[usable.length - 1];
+    if (!chosen) throw new RelevoError(ErrorCode.PreconditionFailed, `no completed backup ends before the target: ${describe()}`);
+    return chosen;
+  }
+
   async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
-    const manifest = options.backupId ? await this.get(options.backupId) : await this.latestCompleted();
+    const manifest = await this.chooseBackup(options.backupId, options.recoveryTarget);
     await restoreBackup(this.deps, {
       manifest,
       target: options.target,

@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/local/os-user";
 import { MANIFEST_VERSION, type BackupManifest } from "./manifest";
@@ -71,6 +71,30 @@ export class Repository {
 
   async removeBackupContent(id: string): Promise<void> {
     await rm(path.join(this.backupDir(id), "data"), { recursive: true, force: true });
+  }
+
+  /** Complete archived segments with the time each was archived (its mtime). */
+  async archivedSegmentList(): Promise<Array<{ timeline: number; segment: number; archivedAt: string; name: string }>> {
+    const result: Array<{ timeline: number; segment: number; archivedAt: string; name: string }> = [];
+    for (const name of await readdir(this.walDir).catch(() => [] as string[])) {
+      const parsed = parseSegmentName(name);
+      if (!parsed) continue;
+      const info = await stat(path.join(this.walDir, name)).catch(() => null);
+      if (info) result.push({ ...parsed, archivedAt: info.mtime.toISOString(), name });
+    }
+    return result;
+  }
+
+  /** Removes archived segments numbered below `segment` (any timeline); never .history files. */
+  async removeSegmentsBefore(segment: number): Promise<number> {
+    let removed = 0;
+    for (const entry of await this.archivedSegmentList()) {
+      if (entry.segment < segment) {
+        await rm(path.join(this.walDir, entry.name), { force: true });
+        removed += 1;
+      }
+    }
+    return removed;
   }
 
   /** Complete archived segments (not .partial), as timeline → set of segment numbers. */

@@ -148,6 +148,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1).max(32),
     doc: "Files copied (and restored) at the same time.",
   },
+  retentionFull: {
+    env: "RELEVO_RETENTION_FULL",
+    default: "2",
+    schema: z.coerce.number().int().min(1).max(1000),
+    doc: "Full backups kept (with everything that depends on them); older ones and the WAL only they needed are expired after each backup.",
+  },
   archiveTimeoutMs: {
     env: "RELEVO_ARCHIVE_TIMEOUT_MS",
     default: "120000",

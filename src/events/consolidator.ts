@@ -122,7 +122,7 @@ export class Consolidator {
     // Records derived from events go first, in stream order, each an idempotent
     // upsert: a replay writes the same values again.
     for (const event of events) {
-      if (event.kind === "backup:started" || event.kind === "backup:completed" || event.kind === "backup:failed") {
+      if (event.kind === "backup:started" || event.kind === "backup:completed" || event.kind === "backup:failed" || event.kind === "backup:expired") {
         await upsertBackup(prisma, event.data as BackupRecord);
       }
     }

@@ -22,6 +22,7 @@ export interface EventMap {
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
   "backup:verified": { id: string; ok: boolean; badFiles: string[]; restoreTested: boolean };
+  "backup:expired": BackupRecord;
 }
 
 /** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */
@@ -87,4 +88,5 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:completed",
   "backup:failed",
   "backup:verified",
+  "backup:expired",
 ];

@@ -132,4 +132,55 @@ describe("full backup and point-in-time restore", () => {
       await writeFile(storedFile, original);
     }
   });
+
+  test("a target outside the recoverable window is refused, naming the window", async () => {
+    const copy: NodeRef = { name: "restore4", host: "127.0.0.1", port: await freePort() };
+    await expect(cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "time", time: "2020-01-01T00:00:00Z" } })).rejects.toMatchObject({
+      code: ErrorCode.PreconditionFailed,
+      message: expect.stringMatching(/cannot restore to 2020-01-01T00:00:00Z: the recoverable window is \S+ \(\S+\) to \S+ \(\S+\)/),
+    });
+    expect(await cluster.service.driver.state(copy)).toEqual({ phase: "absent" });
+    const window = await cluster.service.backups.recoveryWindow();
+    expect(window.gaps).toEqual([]);
+    expect(window.earliest?.timeline).toBe(1);
+  });
+
+  test("the primary dies while a backup runs: the backup is failed, the repository consistent, the next backup succeeds", async () => {
+    await sql(primary(), "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 20) AS v FROM generate_series(1, 300000) g");
+    const { manifest, done } = await cluster.service.backups.start("full");
+    await cluster.service.driver.kill(primary());
+    await expect(done).rejects.toMatchObject({ code: ErrorCode.CommandFailed });
+    const failed = await cluster.service.backups.get(manifest.id);
+    expect(failed).toMatchObject({ status: "failed", files: [] });
+    expect(failed.error).toBeTruthy();
+    const { readdir } = await import("node:fs/promises");
+    expect(await readdir(cluster.service.repository.backupDir(manifest.id))).toEqual(["manifest.json"]);
+
+    await cluster.service.driver.start(primary(), { timeoutMs: 60000 });
+    await cluster.service.collector.pollNow();
+    const next = await (await cluster.service.backups.start("full")).done;
+    expect(next.status).toBe("completed");
+  });
+
+  test("retention keeps the newest full backups and the WAL they need", async () => {
+    const third = await (await cluster.service.backups.start("full")).done;
+    const all = await cluster.service.backups.list();
+    const completedOrExpired = all.filter((m) => m.status === "completed" || m.status === "expired");
+    const kept = completedOrExpired.filter((m) => m.status === "completed");
+    expect(kept.map((m) => m.id).slice(-1)).toEqual([third.id]);
+    expect(kept).toHaveLength(2); // RELEVO_RETENTION_FULL defaults to 2
+    const expired = completedOrExpired.filter((m) => m.status === "expired");
+    expect(expired.length).toBeGreaterThanOrEqual(1);
+    const { readdir } = await import("node:fs/promises");
+    for (const gone of expired) expect(await readdir(cluster.service.repository.backupDir(gone.id))).toEqual(["manifest.json"]);
+    const { segmentNumber } = await import("../../src/backup/wal-names");
+    const oldestKept = Math.min(...kept.map((m) => segmentNumber(m.startLsn)));
+    const segments = await cluster.service.repository.archivedSegmentList();
+    expect(segments.every((segment) => segment.segment >= oldestKept)).toBe(true);
+    // Restoring the oldest kept backup still works with what is left.
+    const copy: NodeRef = { name: "restore5", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    await cluster.service.backups.restore({ backupId: kept[0]!.id, target: copy, recoveryTarget: { kind: "immediate" } });
+    expect(await sql(copy, "SELECT count(*)::int AS n FROM pitr")).toEqual([{ n: 2 }]);
+  });
 });

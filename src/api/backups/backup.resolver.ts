@@ -4,7 +4,7 @@ import { recoveryTargetFrom } from "../../backup/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ApiServices } from "../context";
 import { toBackup } from "./backup.mapper";
-import { Backup, BackupConnection, BackupStatusGql, BackupTypeGql, RestoredCopy, RestoreInput } from "./backup.type";
+import { Backup, BackupConnection, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RestoredCopy, RestoreInput } from "./backup.type";
 
 @ArgsType()
 class BackupsArgs {
@@ -62,6 +62,19 @@ export class BackupResolver {
   async createBackup(@Arg("type", () => BackupTypeGql) type: BackupTypeGql): Promise<Backup> {
     const { manifest } = await this.services.backups.start(type);
     return toBackup(manifest);
+  }
+
+  @Authorized("viewer")
+  @Query(() => RecoveryWindowGql, { name: "recoveryWindow", description: "The span a point-in-time restore can reach, and any gap in the archive." })
+  async recoveryWindow(): Promise<RecoveryWindowGql> {
+    const window = await this.services.backups.recoveryWindow();
+    return { earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
+  }
+
+  @Authorized("operator")
+  @Mutation(() => ExpireResult, { description: "Applies retention now (it also runs after every backup): RELEVO_RETENTION_FULL full backups are kept with their dependents." })
+  async expireBackups(): Promise<ExpireResult> {
+    return this.services.backups.expire();
   }
 
   @Authorized("operator")

@@ -118,3 +118,30 @@ export class RestoredCopy {
   @Field(() => Int) port!: number;
   @Field(() => Backup) backup!: Backup;
 }
+
+@ObjectType({ description: "A point in the recoverable window." })
+export class WindowPoint {
+  @Field({ description: "ISO 8601." }) time!: string;
+  @Field() lsn!: string;
+  @Field(() => Int) timeline!: number;
+}
+
+@ObjectType({ description: "Missing WAL: recovery cannot cross it." })
+export class ArchiveGap {
+  @Field(() => Int) timeline!: number;
+  @Field({ description: "First missing segment." }) from!: string;
+  @Field({ description: "Last missing segment." }) to!: string;
+}
+
+@ObjectType("RecoveryWindow", { description: "What a restore can reach: from the oldest completed backup's end to the end of the archived WAL." })
+export class RecoveryWindowGql {
+  @Field(() => WindowPoint, { nullable: true }) earliest!: WindowPoint | null;
+  @Field(() => WindowPoint, { nullable: true }) latest!: WindowPoint | null;
+  @Field(() => [ArchiveGap]) gaps!: ArchiveGap[];
+}
+
+@ObjectType()
+export class ExpireResult {
+  @Field(() => [ID], { description: "Backups expired now." }) expired!: string[];
+  @Field(() => Int) walSegmentsRemoved!: number;
+}

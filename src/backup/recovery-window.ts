@@ -1,0 +1,75 @@
+import { lsnToNumber } from "../cluster/topology";
+import type { BackupManifest } from "./manifest";
+import { SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";
+
+export interface WindowPoint {
+  readonly time: string;
+  readonly lsn: string;
+  readonly timeline: number;
+}
+
+export interface ArchiveGap {
+  readonly timeline: number;
+  /** First and last missing segment. */
+  readonly from: string;
+  readonly to: string;
+}
+
+export interface RecoveryWindow {
+  /** The earliest point a restore can reach: the oldest completed backup's end. */
+  readonly earliest: WindowPoint | null;
+  /** The end of the archived WAL on the newest timeline (time: when that segment was archived). */
+  readonly latest: WindowPoint | null;
+  readonly gaps: readonly ArchiveGap[];
+}
+
+export interface ArchivedSegment {
+  readonly timeline: number;
+  readonly segment: number;
+  readonly archivedAt: string;
+}
+
+/**
+ * The recoverable window from the completed backups and the archive. Pure.
+ * A gap is a missing segment on a timeline, after the oldest backup's start,
+ * between two segments that are archived: recovery cannot cross it.
+ */
+export function recoveryWindow(manifests: readonly BackupManifest[], archived: readonly ArchivedSegment[]): RecoveryWindow {
+  const completed = manifests.filter((m) => m.status === "completed" && m.stopLsn && m.stoppedAt).sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+  const oldest = completed[0];
+  const earliest: WindowPoint | null = oldest ? { time: oldest.stoppedAt!, lsn: oldest.stopLsn!, timeline: oldest.timeline } : null;
+  const fromSegment = oldest ? segmentNumber(oldest.startLsn) : 0;
+  const byTimeline = new Map<number, ArchivedSegment[]>();
+  for (const segment of archived) {
+    if (segment.segment < fromSegment) continue;
+    if (!byTimeline.has(segment.timeline)) byTimeline.set(segment.timeline, []);
+    byTimeline.get(segment.timeline)!.push(segment);
+  }
+  const gaps: ArchiveGap[] = [];
+  for (const [timeline, segments] of byTimeline) {
+    segments.sort((a, b) => a.segment - b.segment);
+    for (let i = 1; i < segments.length; i += 1) {
+      const previous = segments[i - 1]!.segment;
+      const current = segments[i]!.segment;
+      if (current > previous + 1) gaps.push({ timeline, from: segmentName(timeline, previous + 1), to: segmentName(timeline, current - 1) });
+    }
+  }
+  const newestTimeline = Math.max(-1, ...byTimeline.keys());
+  const newest = byTimeline.get(newestTimeline)?.at(-1);
+  const latest: WindowPoint | null =
+    earliest && newest
+      ? { time: newest.archivedAt, lsn: lsnFromNumber((newest.segment + 1) * SEGMENT_SIZE), timeline: newestTimeline }
+      : null;
+  return { earliest, latest, gaps };
+}
+
+export function lsnFromNumber(value: number): string {
+  return `${Math.floor(value / 2 ** 32).toString(16).toUpperCase()}/${(value % 2 ** 32).toString(16).toUpperCase()}`;
+}
+
+/** Whether an LSN lies within the window (inclusive). */
+export function lsnWithin(window: RecoveryWindow, lsn: string): boolean {
+  if (!window.earliest || !window.latest) return false;
+  const value = lsnToNumber(lsn);
+  return value >= lsnToNumber(window.earliest.lsn) && value <= lsnToNumber(window.latest.lsn);
+}

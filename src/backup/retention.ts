@@ -1,0 +1,40 @@
+import type { BackupManifest } from "./manifest";
+import { segmentNumber } from "./wal-names";
+
+export interface RetentionPlan {
+  /** Backups to mark expired (their content removed, the manifest kept as a record). */
+  readonly expire: readonly string[];
+  /** WAL segments numbered below this are needed by no kept backup (null: keep all). */
+  readonly walBefore: number | null;
+}
+
+/**
+ * Which backups and WAL to let go, keeping the newest `keepFull` completed
+ * full backups and everything that depends on them (a differential or
+ * incremental is kept with the full it builds on). Pure.
+ *
+ * WAL: a backup needs the archive from its own start (redo) LSN onward, on
+ * its timeline and every later one, so segments numbered below the oldest
+ * kept backup's start segment can go, whatever their timeline. `.history`
+ * files are never removed (they are tiny and recovery needs every one).
+ */
+export function planRetention(manifests: readonly BackupManifest[], keepFull: number): RetentionPlan {
+  const completed = manifests.filter((m) => m.status === "completed").sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+  const fulls = completed.filter((m) => m.type === "full");
+  if (fulls.length <= keepFull) return { expire: [], walBefore: oldestStart(completed) };
+  const keptFulls = new Set(fulls.slice(fulls.length - keepFull).map((m) => m.id));
+  const byId = new Map(completed.map((m) => [m.id, m]));
+  const rootOf = (manifest: BackupManifest): string => {
+    let current = manifest;
+    while (current.reference && byId.has(current.reference)) current = byId.get(current.reference)!;
+    return current.id;
+  };
+  const kept = completed.filter((m) => keptFulls.has(rootOf(m)));
+  const keptIds = new Set(kept.map((m) => m.id));
+  return { expire: completed.filter((m) => !keptIds.has(m.id)).map((m) => m.id), walBefore: oldestStart(kept) };
+}
+
+function oldestStart(manifests: readonly BackupManifest[]): number | null {
+  if (manifests.length === 0) return null;
+  return Math.min(...manifests.map((m) => segmentNumber(m.startLsn)));
+}

@@ -1,0 +1,132 @@
+import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
+import type { BackupManifest } from "../../src/backup/manifest";
+import { backupId, labelStartLsn, labelTimeline } from "../../src/backup/manifest";
+import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../../src/backup/recovery-target";
+import { recoveryWindow } from "../../src/backup/recovery-window";
+import { planRetention } from "../../src/backup/retention";
+import { parseSegmentName, segmentName, segmentNumber } from "../../src/backup/wal-names";
+import { ErrorCode } from "../../src/errors";
+
+const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupManifest => ({
+  formatVersion: 1,
+  id,
+  type: "full",
+  status: "completed",
+  reference: null,
+  cluster: "c",
+  systemIdentifier: "1",
+  pgVersion: "15",
+  source: "node1",
+  timeline: 1,
+  startLsn: "0/1000028",
+  stopLsn: "0/1000100",
+  startedAt: `2026-11-0${id.slice(-1)}T00:00:00.000Z`,
+  stoppedAt: `2026-11-0${id.slice(-1)}T00:01:00.000Z`,
+  finishedAt: `2026-11-0${id.slice(-1)}T00:01:05.000Z`,
+  backupLabel: "",
+  tablespaceMap: null,
+  compression: "gzip",
+  sizeBytes: 1,
+  storedBytes: 1,
+  fileCount: 1,
+  error: null,
+  files: [],
+  ...overrides,
+});
+
+describe("what a backup copies (pure)", () => {
+  const entry = (path: string, type: "file" | "directory" = "file") => ({ path, type });
+  test("runtime files and the contents of runtime directories are left out, the directories kept", () => {
+    for (const path of ["postmaster.pid", "postmaster.opts", "backup_label", "standby.signal", "pg_wal/000000010000000000000001", "pg_replslot/relevo_node2/state", "pg_stat_tmp/x", "base/5/pgsql_tmp/pgsql_tmp123.0", "global/pg_internal.init", "base/5/t3_16384"]) {
+      expect(isExcluded(entry(path), new Set())).toBe(true);
+    }
+    for (const path of ["PG_VERSION", "global/pg_control", "base/5/16384", "base/5/16384_vm", "pg_xact/0000", "postgresql.auto.conf"]) {
+      expect(isExcluded(entry(path), new Set())).toBe(false);
+    }
+    expect(isExcluded(entry("pg_wal", "directory"), new Set())).toBe(false);
+  });
+
+  test("an unlogged relation keeps only its init fork", () => {
+    const files = ["base/5/16400", "base/5/16400.1", "base/5/16400_fsm", "base/5/16400_vm", "base/5/16400_init", "base/5/16401"].map((p) => entry(p));
+    const unlogged = unloggedRelationsOf(files);
+    expect(files.filter((f) => !isExcluded(f, unlogged)).map((f) => f.path)).toEqual(["base/5/16400_init", "base/5/16401"]);
+  });
+});
+
+describe("WAL names and labels (pure)", () => {
+  test("segment names round-trip and follow LSNs", () => {
+    expect(segmentName(1, segmentNumber("0/3000028"))).toBe("000000010000000000000003");
+    expect(segmentName(2, segmentNumber("1/FF000000"))).toBe("0000000200000001000000FF");
+    expect(parseSegmentName("0000000200000001000000FF")).toEqual({ timeline: 2, segment: segmentNumber("1/FF000000") });
+    expect(parseSegmentName("00000002.history")).toBeNull();
+  });
+
+  test("backup ids sort by time; labels give the redo LSN and timeline", () => {
+    expect(backupId("full", new Date("2026-11-25T22:45:00.123Z"))).toBe("20261125T224500Z-F");
+    const label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n";
+    expect(labelStartLsn(label)).toBe("0/2000028");
+    expect(labelTimeline(label)).toBe(1);
+  });
+});
+
+describe("recovery settings (pure)", () => {
+  test("a copy replays from the archive, promotes at the target and cannot touch the live cluster", () => {
+    const settings = recoverySettings({ walDir: "/repo/wal", target: { kind: "time", time: "2026-11-25T10:00:00Z" } });
+    expect(settings).toContain(`restore_command = 'cp "/repo/wal/%f" "%p"'`);
+    expect(settings).toContain("recovery_target_time = '2026-11-25 10:00:00.000+00'");
+    expect(settings).toContain("recovery_target_action = 'promote'");
+    for (const line of ["archive_mode = off", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"]) expect(settings).toContain(line);
+    expect(recoverySettings({ walDir: "/r", target: { kind: "name", name: "it's" } })).toContain("recovery_target_name = 'it''s'");
+  });
+
+  test("targets: at most one, and well-formed", () => {
+    expect(recoveryTargetFrom({})).toEqual({ kind: "latest" });
+    expect(recoveryTargetFrom({ lsn: "0/3000000" })).toEqual({ kind: "lsn", lsn: "0/3000000" });
+    expect(() => recoveryTargetFrom({ lsn: "0/1", time: "2026-01-01T00:00:00Z" })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+    expect(() => recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "nonsense" } })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+  });
+
+  test("pg_basebackup -R's upstream settings are stripped from postgresql.auto.conf", () => {
+    const stripped = stripUpstreamSettings("# keep\nprimary_conninfo = 'host=x password=y'\nprimary_slot_name = 'relevo_node2'\nwork_mem = '8MB'\n");
+    expect(stripped).toBe("# keep\nwork_mem = '8MB'\n");
+  });
+});
+
+describe("retention (pure)", () => {
+  test("keeps the newest N fulls with their dependents; WAL before the oldest kept start can go", () => {
+    const backups = [
+      manifest("F1", { startLsn: "0/1000028" }),
+      manifest("I2", { type: "incremental", reference: "F1", startLsn: "0/2000028" }),
+      manifest("F3", { startLsn: "0/5000028" }),
+      manifest("I4", { type: "incremental", reference: "F3", startLsn: "0/6000028" }),
+      manifest("F5", { startLsn: "0/9000028" }),
+    ];
+    expect(planRetention(backups, 2)).toEqual({ expire: ["F1", "I2"], walBefore: 5 });
+    expect(planRetention(backups, 3)).toEqual({ expire: [], walBefore: 1 });
+    expect(planRetention([manifest("F1", { status: "failed" })], 1)).toEqual({ expire: [], walBefore: null });
+  });
+});
+
+describe("recovery window (pure)", () => {
+  const at = (n: number) => `2026-11-01T00:0${n}:00.000Z`;
+  test("from the oldest backup's end to the newest archived segment; gaps on a timeline are reported", () => {
+    const window = recoveryWindow(
+      [manifest("F1", { startLsn: "0/2000028", stopLsn: "0/2000100" })],
+      [
+        { timeline: 1, segment: 1, archivedAt: at(0) },
+        { timeline: 1, segment: 2, archivedAt: at(1) },
+        { timeline: 1, segment: 3, archivedAt: at(2) },
+        { timeline: 1, segment: 6, archivedAt: at(3) },
+        { timeline: 2, segment: 6, archivedAt: at(4) },
+        { timeline: 2, segment: 7, archivedAt: at(5) },
+      ],
+    );
+    expect(window.earliest).toEqual({ time: "2026-11-01T00:01:00.000Z", lsn: "0/2000100", timeline: 1 });
+    expect(window.latest).toEqual({ time: at(5), lsn: "0/8000000", timeline: 2 });
+    expect(window.gaps).toEqual([{ timeline: 1, from: "000000010000000000000004", to: "000000010000000000000005" }]);
+  });
+
+  test("nothing recoverable without a completed backup", () => {
+    expect(recoveryWindow([], [{ timeline: 1, segment: 1, archivedAt: at(0) }])).toEqual({ earliest: null, latest: null, gaps: [] });
+  });
+});
