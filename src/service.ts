@@ -157,7 +157,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       startTimeoutMs: config.startTimeoutMs,
       host: config.host,
       retentionFull: config.retentionFull,
-      source: () => nodes.find((node) => node.name === collector.latest?.primary) ?? null,
+      topology: () => collector.latest,
+      nodes,
+      sourcePolicy: config.backupSource,
+      maxSourceLagBytes: config.lagAlertBytes,
     });
     cleanups.push(() => backups.waitForIdle());
 

@@ -10,6 +10,9 @@ import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 import { restoreBackup } from "./restore";
 import { verifyBackup } from "./verify";
+import { chooseBackupSource, type BackupSourcePolicy } from "./backup-source";
+import type { ClusterSnapshot } from "../cluster/topology";
+import { withNodeClient } from "../cluster/node-connection";
 import { planRetention } from "./retention";
 import { lsnWithin, recoveryWindow, type RecoveryWindow } from "./recovery-window";
 import { lsnToNumber } from "../cluster/topology";
@@ -31,8 +34,11 @@ export interface BackupServiceDeps {
   readonly retentionFull: number;
   /** Address scratch nodes (restore tests) listen on. */
   readonly host: string;
-  /** The node backups are taken from (the current primary). */
-  readonly source: () => NodeRef | null;
+  /** The latest topology, to choose the node a backup is copied from. */
+  readonly topology: () => ClusterSnapshot | null;
+  readonly nodes: readonly NodeRef[];
+  readonly sourcePolicy: BackupSourcePolicy;
+  readonly maxSourceLagBytes: number;
 }
 
 /**
@@ -59,8 +65,10 @@ export class BackupService {
     if (this.running) {
       throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
     }
-    const source = this.deps.source();
-    if (!source) throw new RelevoError(ErrorCode.ServiceUnavailable, "no primary is known: cannot take a backup now");
+    const snapshot = this.deps.topology();
+    const chosen = chooseBackupSource(snapshot, this.deps.sourcePolicy, this.deps.maxSourceLagBytes);
+    const source = this.deps.nodes.find((node) => node.name === chosen.node)!;
+    const primary = this.deps.nodes.find((node) => node.name === snapshot?.primary)!;
     let announce!: (manifest: BackupManifest) => void;
     const started = new Promise<BackupManifest>((resolve) => (announce = resolve));
     const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
@@ -71,6 +79,9 @@ export class BackupService {
       compression: this.deps.compression,
       parallelism: this.deps.parallelism,
       archiveTimeoutMs: this.deps.archiveTimeoutMs,
+      switchWalOnPrimary: async () => {
+        await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
+      },
       onStart: async (manifest) => {
         slot.id = manifest.id;
         await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: backupRecord(manifest) });

@@ -23,6 +23,13 @@ export interface FullBackupOptions {
   readonly compression: Compression;
   readonly parallelism: number;
   readonly archiveTimeoutMs: number;
+  /**
+   * Closes the current WAL segment on the primary. A standby's pg_backup_stop
+   * cannot switch segments, so for a backup taken from a replica the last
+   * segment it needs would only be archived whenever the primary happens to
+   * fill it: on an idle primary, never.
+   */
+  readonly switchWalOnPrimary: () => Promise<void>;
   readonly onStart?: (manifest: BackupManifest) => Promise<void> | void;
   readonly onProgress?: (progress: { filesDone: number; filesTotal: number; bytesDone: number; bytesTotal: number }) => void;
 }
@@ -76,9 +83,6 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
         "SELECT system_identifier::text, current_setting('server_version') AS version, pg_is_in_recovery() AS in_recovery FROM pg_control_system()",
       )
     ).rows[0]!;
-    if (facts.in_recovery) {
-      throw new RelevoError(ErrorCode.PreconditionFailed, `backups from a replica are not supported yet: ${options.source.name} is in recovery`);
-    }
     await session.query("SELECT pg_backup_start($1, true)", [`relevo ${id}`]);
     const backupStartSecond = Math.floor(Date.now() / 1000) * 1000;
     manifest = { ...manifest, systemIdentifier: facts.system_identifier, pgVersion: facts.version };
@@ -122,6 +126,7 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
     const stop = (await session.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"))
       .rows[0]!;
     const stoppedAt = new Date();
+    if (facts.in_recovery) await options.switchWalOnPrimary();
     const startLsn = labelStartLsn(stop.labelfile);
     const timeline = labelTimeline(stop.labelfile);
     if (!startLsn || timeline === null) throw new RelevoError(ErrorCode.Internal, `unexpected backup_label: ${stop.labelfile}`);

@@ -142,6 +142,12 @@ export const configKeys = {
     schema: z.enum(["gzip", "none"]),
     doc: "How backup content is stored: gzip (level 1, fast) or none.",
   },
+  backupSource: {
+    env: "RELEVO_BACKUP_SOURCE",
+    default: "primary",
+    schema: z.enum(["primary", "replica", "prefer-replica"]),
+    doc: "Where backups are copied from: primary, replica (a streaming replica, else the backup fails), or prefer-replica (the primary when no replica is streaming within RELEVO_LAG_ALERT_BYTES).",
+  },
   backupParallelism: {
     env: "RELEVO_BACKUP_PARALLELISM",
     default: "2",

@@ -130,3 +130,23 @@ describe("recovery window (pure)", () => {
     expect(recoveryWindow([], [{ timeline: 1, segment: 1, archivedAt: at(0) }])).toEqual({ earliest: null, latest: null, gaps: [] });
   });
 });
+
+describe("backup source (pure)", () => {
+  const { chooseBackupSource } = require("../../src/backup/backup-source") as typeof import("../../src/backup/backup-source");
+  const node = (name: string, role: "primary" | "replica", state: string | null, lagBytes: number | null, reachable = true) =>
+    ({ name, role, reachable, replication: state ? { state, lagBytes } : null }) as never;
+  const snapshot = (nodes: never[]) => ({ name: "c", primary: "node1", health: "healthy", healthReasons: [], collectedAt: "t", nodes }) as never;
+
+  test("primary policy, and the least lagging streaming replica otherwise", () => {
+    const nodes = [node("node1", "primary", null, null), node("node2", "replica", "streaming", 500), node("node3", "replica", "streaming", 10)];
+    expect(chooseBackupSource(snapshot(nodes), "primary", 1000)).toEqual({ node: "node1", fromReplica: false });
+    expect(chooseBackupSource(snapshot(nodes), "replica", 1000)).toEqual({ node: "node3", fromReplica: true });
+  });
+
+  test("a lagging, stopped or unreachable replica does not qualify: prefer-replica falls back, replica fails", () => {
+    const nodes = [node("node1", "primary", null, null), node("node2", "replica", "streaming", 5000), node("node3", "replica", "stopped", 0), node("node4", "replica", "streaming", 0, false)];
+    expect(chooseBackupSource(snapshot(nodes), "prefer-replica", 1000)).toEqual({ node: "node1", fromReplica: false });
+    expect(() => chooseBackupSource(snapshot(nodes), "replica", 1000)).toThrow(expect.objectContaining({ code: ErrorCode.PreconditionFailed }));
+    expect(() => chooseBackupSource(null, "primary", 1000)).toThrow(expect.objectContaining({ code: ErrorCode.ServiceUnavailable }));
+  });
+});
