@@ -3,6 +3,7 @@ import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap
 import { clusterMembers } from "./cluster/members";
 import { APP_DATABASE, ROLE_APP, ROLE_REPLICATION, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { BackupService } from "./backup/backup-service";
+import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
 import { resolvePostgresIdentity } from "./nodes/local/os-user";
@@ -160,6 +161,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       topology: () => collector.latest,
       nodes,
       sourcePolicy: config.backupSource,
+      progress: new BackupProgressRecorder(redis, keys.prefix, publisherOf(pubSub)),
       maxSourceLagBytes: config.lagAlertBytes,
     });
     cleanups.push(() => backups.waitForIdle());

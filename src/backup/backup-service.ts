@@ -10,6 +10,7 @@ import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 import { restoreBackup } from "./restore";
 import { verifyBackup } from "./verify";
+import { progressFigures, type BackupProgress, type BackupProgressRecorder } from "./backup-progress";
 import { chooseBackupSource, type BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
 import { withNodeClient } from "../cluster/node-connection";
@@ -39,6 +40,7 @@ export interface BackupServiceDeps {
   readonly nodes: readonly NodeRef[];
   readonly sourcePolicy: BackupSourcePolicy;
   readonly maxSourceLagBytes: number;
+  readonly progress: BackupProgressRecorder;
 }
 
 /**
@@ -74,6 +76,11 @@ export class BackupService {
     const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
     this.running = slot;
     const { events } = this.deps;
+    const startedAtMs = Date.now();
+    const finalProgress = (manifest: BackupManifest, phase: "completed" | "failed"): void => {
+      const done = { phase: "copying" as const, filesDone: manifest.fileCount, filesTotal: manifest.fileCount, bytesDone: manifest.sizeBytes, bytesTotal: manifest.sizeBytes };
+      this.deps.progress.record({ ...progressFigures(manifest.id, done, startedAtMs, Date.now()), phase, etaSeconds: null }, { final: true });
+    };
     slot.done = takeFullBackup(this.deps, {
       source,
       compression: this.deps.compression,
@@ -82,6 +89,9 @@ export class BackupService {
       switchWalOnPrimary: async () => {
         await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
       },
+      onProgress: (progress) => {
+        if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
+      },
       onStart: async (manifest) => {
         slot.id = manifest.id;
         await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: backupRecord(manifest) });
@@ -89,6 +99,7 @@ export class BackupService {
       },
     })
       .then(async (manifest) => {
+        finalProgress(manifest, "completed");
         await this.expire().catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed"));
         const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
         await events.emit({
@@ -103,6 +114,7 @@ export class BackupService {
       .catch(async (error: Error) => {
         const failed = slot.id ? await this.deps.repository.readManifest(slot.id) : null;
         if (failed) {
+          finalProgress(failed, "failed");
           await events.emit({ kind: "backup:failed", severity: "critical", node: source.name, message: error.message, data: backupRecord(failed) });
         }
         throw error;
@@ -113,6 +125,11 @@ export class BackupService {
     const first = await Promise.race([started, slot.done]);
     slot.done.catch(() => undefined); // the caller may not wait for completion
     return { manifest: first, done: slot.done };
+  }
+
+  /** Live progress of a backup (kept a day after it ended); null when none is known. */
+  async progress(id: string): Promise<BackupProgress | null> {
+    return this.deps.progress.read(id);
   }
 
   async list(): Promise<BackupManifest[]> {

@@ -9,6 +9,14 @@ import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION, type BackupMa
 import type { Repository } from "./repository";
 import type { WalArchiver } from "./wal-archiver";
 
+export interface CopyProgress {
+  readonly phase: "copying" | "waiting-for-wal";
+  readonly filesDone: number;
+  readonly filesTotal: number;
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+}
+
 export interface FullBackupDeps {
   readonly clusterName: string;
   readonly driver: NodeDriver;
@@ -31,7 +39,7 @@ export interface FullBackupOptions {
    */
   readonly switchWalOnPrimary: () => Promise<void>;
   readonly onStart?: (manifest: BackupManifest) => Promise<void> | void;
-  readonly onProgress?: (progress: { filesDone: number; filesTotal: number; bytesDone: number; bytesTotal: number }) => void;
+  readonly onProgress?: (progress: CopyProgress) => void;
 }
 
 /**
@@ -117,7 +125,7 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
       });
       filesDone += 1;
       bytesDone += copied.size;
-      options.onProgress?.({ filesDone, filesTotal: files.length, bytesDone, bytesTotal });
+      options.onProgress?.({ phase: "copying", filesDone, filesTotal: files.length, bytesDone, bytesTotal });
     });
     if (sessionError) throw sessionError;
 
@@ -132,6 +140,7 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
     if (!startLsn || timeline === null) throw new RelevoError(ErrorCode.Internal, `unexpected backup_label: ${stop.labelfile}`);
     await session.end().catch(() => undefined);
     logger.info({ id, startLsn, stopLsn: stop.lsn }, "backup copied; waiting for its WAL to be archived");
+    options.onProgress?.({ phase: "waiting-for-wal", filesDone, filesTotal: files.length, bytesDone, bytesTotal: bytesDone });
     await deps.archiver.waitForArchived(timeline, startLsn, stop.lsn, options.archiveTimeoutMs);
 
     const sorted = [...entries.values()].sort((a, b) => a.path.localeCompare(b.path));

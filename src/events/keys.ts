@@ -1,5 +1,7 @@
 /** Every Redis key of one cluster, in one place; the prefix isolates clusters (and tests). */
 export interface RedisKeys {
+  /** Every key of the cluster starts with it. */
+  readonly prefix: string;
   readonly events: string;
   readonly topology: string;
   readonly topologyChannel: string;
@@ -13,6 +15,7 @@ export const EVENTS_TOPIC = "CLUSTER_EVENT";
 export function redisKeys(clusterName: string): RedisKeys {
   const prefix = `relevo:${clusterName}`;
   return {
+    prefix,
     events: `${prefix}:events`,
     topology: `${prefix}:topology`,
     topologyChannel: TOPOLOGY_TOPIC,

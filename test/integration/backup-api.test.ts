@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
-import { graphqlRequest } from "../helpers/graphql-client";
+import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -108,6 +108,31 @@ describe("backups through GraphQL and the CLI", () => {
     expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM api_data WHERE id > 0"])).stdout.trim()).toBe("50000");
     await run("node", [BIN, "restore", "stop", "--to", dir], { env: cliEnv() });
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
+  });
+
+  test("backupProgress delivers live progress and a last update with phase completed; backup(id) shows it", async () => {
+    const client = subscriptionClient(cluster.url, cluster.token("viewer"));
+    const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number } }>(
+      client,
+      `subscription { backupProgress { id phase bytesDone bytesTotal filesDone filesTotal bytesPerSecond etaSeconds } }`,
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("operator") });
+      const id = created.data!.createBackup.id;
+      const last = await updates.next((u) => u.backupProgress.id === id && u.backupProgress.phase === "completed", 90000);
+      expect(last.backupProgress.filesDone).toBe(last.backupProgress.filesTotal);
+      expect(last.backupProgress.bytesDone).toBe(last.backupProgress.bytesTotal);
+      expect(updates.received.filter((u) => u.backupProgress.id === id).length).toBeGreaterThanOrEqual(2);
+      const shown = await graphqlRequest<{ backup: { progress: { phase: string } } }>(cluster.url, `query($id: ID!) { backup(id: $id) { progress { phase } } }`, {
+        token: cluster.token("viewer"),
+        variables: { id },
+      });
+      expect(shown.data!.backup.progress.phase).toBe("completed");
+    } finally {
+      updates.dispose();
+      await client.dispose();
+    }
   });
 
   test("CLI: backup create --wait exits 0 once the backup completed and prints its id", async () => {

@@ -1,7 +1,8 @@
+import type { BackupProgress } from "../../backup/backup-progress";
 import type { BackupManifest } from "../../backup/manifest";
 import type { Backup } from "./backup.type";
 
-export function toBackup(manifest: BackupManifest): Backup {
+export function toBackup(manifest: BackupManifest, progress: BackupProgress | null = null): Backup {
   const completed = manifest.status === "completed";
   return {
     id: manifest.id,
@@ -21,5 +22,6 @@ export function toBackup(manifest: BackupManifest): Backup {
     verification: manifest.verification ? { ...manifest.verification, badFiles: [...manifest.verification.badFiles] } : null,
     provenRestorableAt:
       manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
+    progress,
   } as Backup;
 }

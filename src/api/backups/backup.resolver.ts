@@ -1,10 +1,12 @@
-import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resolver } from "type-graphql";
+import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
+import { BACKUP_PROGRESS_TOPIC, type BackupProgress } from "../../backup/backup-progress";
+import { redisCall } from "../../redis/redis-client";
 import { IsOptional, Max, Min } from "class-validator";
 import { recoveryTargetFrom } from "../../backup/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ApiServices } from "../context";
 import { toBackup } from "./backup.mapper";
-import { Backup, BackupConnection, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RestoredCopy, RestoreInput } from "./backup.type";
+import { Backup, BackupConnection, BackupProgressGql, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RestoredCopy, RestoreInput } from "./backup.type";
 
 @ArgsType()
 class BackupsArgs {
@@ -52,7 +54,19 @@ export class BackupResolver {
   @Authorized("viewer")
   @Query(() => Backup, { description: "One backup; NOT_FOUND when the repository has no such backup." })
   async backup(@Arg("id", () => ID) id: string): Promise<Backup> {
-    return toBackup(await this.services.backups.get(id));
+    const manifest = await this.services.backups.get(id);
+    const progress = await redisCall("reading backup progress", () => this.services.backups.progress(id));
+    return toBackup(manifest, progress);
+  }
+
+  @Authorized("viewer")
+  @Subscription(() => BackupProgressGql, {
+    topics: BACKUP_PROGRESS_TOPIC,
+    filter: ({ payload, args }: { payload: BackupProgress; args: { id?: string | null } }) => !args.id || payload.id === args.id,
+    description: "Progress of running backups (of one, with id): a few updates a second at most, and a last one with phase completed or failed.",
+  })
+  backupProgress(@Root() progress: BackupProgress, @Arg("id", () => ID, { nullable: true }) _id?: string): BackupProgressGql {
+    return progress as BackupProgressGql;
   }
 
   @Authorized("operator")

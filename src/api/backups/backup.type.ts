@@ -24,6 +24,19 @@ export class BackupReference {
   @Field(() => ID) id!: string;
 }
 
+@ObjectType("BackupProgress", { description: "Live progress of a backup." })
+export class BackupProgressGql {
+  @Field(() => ID) id!: string;
+  @Field({ description: "copying, waiting-for-wal, completed or failed." }) phase!: string;
+  @Field(() => Int) filesDone!: number;
+  @Field(() => Int) filesTotal!: number;
+  @Field(() => Float) bytesDone!: number;
+  @Field(() => Float) bytesTotal!: number;
+  @Field(() => Float) bytesPerSecond!: number;
+  @Field(() => Int, { nullable: true }) etaSeconds!: number | null;
+  @Field({ description: "ISO 8601." }) updatedAt!: string;
+}
+
 @ObjectType({ description: "A backup, as its manifest in the repository describes it." })
 export class Backup {
   @Field(() => ID) id!: string;
@@ -43,6 +56,8 @@ export class Backup {
   @Field(() => BackupVerification, { nullable: true }) verification!: BackupVerification | null;
   @Field(() => String, { nullable: true, description: "When a restore test last proved this backup restorable (ISO 8601); null if never, or if the latest verification failed." })
   provenRestorableAt!: string | null;
+  @Field(() => BackupProgressGql, { nullable: true, description: "Live progress (backup(id) only; null in lists)." })
+  progress!: BackupProgressGql | null;
 }
 
 @ObjectType({ description: "A restore test: the backup restored into a scratch node, started, checked with pg_amcheck, removed." })
