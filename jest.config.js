@@ -5,7 +5,10 @@ module.exports = {
   testMatch: ["**/*.test.ts"],
   transform: {
     "^.+\\.tsx?$": ["ts-jest", { tsconfig: "tsconfig.json", diagnostics: { warnOnly: false } }],
+    // agenda 6 and its Redis backend are ES modules only: Jest 30 on Node 20 cannot require them untransformed.
+    "node_modules/(agenda|@agendajs/redis-backend)/.+\\.js$": ["ts-jest", { tsconfig: "tsconfig.jest.json", diagnostics: false }],
   },
+  transformIgnorePatterns: ["/node_modules/(?!(agenda|@agendajs/redis-backend)/)"],
   moduleNameMapper: {
     "^graphql-ws/use/ws$": "<rootDir>/node_modules/graphql-ws/dist/use/ws.cjs",
   },

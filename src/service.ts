@@ -3,6 +3,7 @@ import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap
 import { clusterMembers } from "./cluster/members";
 import { APP_DATABASE, ROLE_APP, ROLE_REPLICATION, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { BackupService } from "./backup/backup-service";
+import { BackupScheduler } from "./scheduler/backup-scheduler";
 import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
@@ -45,6 +46,7 @@ export interface RelevoService {
   readonly repository: Repository;
   readonly archiver: WalArchiver;
   readonly backups: BackupService;
+  readonly scheduler: BackupScheduler;
   readonly outcomes: readonly NodeBootstrapOutcome[];
   /** Stops the API, the collector, the consolidator, Redis and (unless told) every node. */
   stop(options?: { reason?: string; keepNodes?: boolean }): Promise<void>;
@@ -166,6 +168,21 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     });
     cleanups.push(() => backups.waitForIdle());
 
+    const agendaRedis = createRedisClient(endpoint, { name: "agenda", queueWhileOffline: true });
+    cleanups.push(async () => agendaRedis.disconnect());
+    const scheduler = new BackupScheduler({
+      redis: agendaRedis,
+      keyPrefix: keys.prefix,
+      backups,
+      events,
+      logger,
+      cron: { "full-backup": config.scheduleFullBackup, "verify-newest": config.scheduleVerify },
+      processEveryMs: config.schedulerPollMs,
+      lockLifetimeMs: config.schedulerLockLifetimeMs,
+    });
+    await scheduler.start();
+    cleanups.push(() => scheduler.stop());
+
     const consolidator = new Consolidator(blockingRedis, keys, database, logger);
     consolidator.start();
     cleanups.push(() => consolidator.stop());
@@ -173,7 +190,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const topology = new TopologyReader(redis, invalidationRedis, keys, logger);
     await topology.start();
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes },
+      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes, scheduler },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );
@@ -202,6 +219,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       repository,
       archiver,
       backups,
+      scheduler,
       outcomes,
       stop: (options = {}) => {
         stopping ??= (async () => {

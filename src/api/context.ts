@@ -1,6 +1,7 @@
 import type Redis from "ioredis";
 import type { BackupService } from "../backup/backup-service";
 import type { NodeRef } from "../nodes/node-driver";
+import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
@@ -19,6 +20,7 @@ export interface ApiServices {
   readonly logger: Logger;
   readonly backups: BackupService;
   readonly nodes: readonly NodeRef[];
+  readonly scheduler: BackupScheduler;
 }
 
 /** Per request (or per WebSocket connection). */

@@ -232,6 +232,19 @@ export class BackupService {
     return this.get(id);
   }
 
+  /**
+   * Rebuilds the catalog from the repository, its source of truth: every
+   * manifest becomes a `backup:cataloged` event, which the consolidator
+   * upserts into table backups like any backup event.
+   */
+  async rescan(): Promise<number> {
+    const manifests = await this.list();
+    for (const manifest of manifests) {
+      await this.deps.events.emit({ kind: "backup:cataloged", severity: "info", node: null, message: `backup ${manifest.id} (${manifest.status}) read from the repository`, data: backupRecord(manifest) });
+    }
+    return manifests.length;
+  }
+
   async waitForIdle(): Promise<void> {
     await this.running?.done.catch(() => undefined);
   }

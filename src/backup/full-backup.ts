@@ -3,7 +3,7 @@ import { clientConfig, type Credentials } from "../cluster/node-connection";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
-import { forEachParallel, storeStream } from "./copy-file";
+import { forEachParallel, storedSuffix, storeStream, syncFileSystem } from "./copy-file";
 import { isExcluded, unloggedRelationsOf } from "./exclusions";
 import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION, type BackupManifest, type Compression, type ManifestEntry } from "./manifest";
 import type { Repository } from "./repository";
@@ -112,7 +112,7 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
       if (sessionError) throw sessionError;
       const stream = await driver.openRead(options.source, file.path);
       if (stream === null) return; // dropped while we copied: WAL replay removes it anyway
-      const storedRelative = `data/${file.path}${options.compression === "gzip" ? ".gz" : ""}`;
+      const storedRelative = `data/${file.path}${storedSuffix(options.compression)}`;
       const copied = await storeStream(stream, repository.storedPath(id, storedRelative), options.compression);
       entries.set(file.path, {
         path: file.path,
@@ -139,10 +139,13 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
     const timeline = labelTimeline(stop.labelfile);
     if (!startLsn || timeline === null) throw new RelevoError(ErrorCode.Internal, `unexpected backup_label: ${stop.labelfile}`);
     await session.end().catch(() => undefined);
-    logger.info({ id, startLsn, stopLsn: stop.lsn }, "backup copied; waiting for its WAL to be archived");
+    const copiedAtMs = Date.now();
+    logger.info({ id, startLsn, stopLsn: stop.lsn, copyMs: copiedAtMs - startedAt.getTime() }, "backup copied; waiting for its WAL to be archived");
     options.onProgress?.({ phase: "waiting-for-wal", filesDone, filesTotal: files.length, bytesDone, bytesTotal: bytesDone });
     await deps.archiver.waitForArchived(timeline, startLsn, stop.lsn, options.archiveTimeoutMs);
+    logger.info({ id, walWaitMs: Date.now() - copiedAtMs }, "backup's WAL archived");
 
+    await syncFileSystem(repository.backupDir(id));
     const sorted = [...entries.values()].sort((a, b) => a.path.localeCompare(b.path));
     manifest = {
       ...manifest,

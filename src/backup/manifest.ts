@@ -9,7 +9,7 @@ export const MANIFEST_VERSION = 1;
 
 export type BackupType = "full" | "differential" | "incremental";
 export type BackupStatus = "running" | "completed" | "failed" | "expired";
-export type Compression = "gzip" | "none";
+export type Compression = "lz4" | "gzip" | "none";
 
 export interface StoredContent {
   /** Path under the backup's directory. */

@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/local/os-user";
 import { MANIFEST_VERSION, type BackupManifest } from "./manifest";
@@ -49,7 +49,13 @@ export class Repository {
     const file = path.join(this.backupDir(manifest.id), "manifest.json");
     await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     const temp = `${file}.tmp-${process.pid}`;
-    await writeFile(temp, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
+    const handle = await open(temp, "w", 0o600);
+    try {
+      await handle.writeFile(JSON.stringify(manifest, null, 1) + "\n");
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(temp, file);
   }
 

@@ -1,12 +1,11 @@
 import { createReadStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { Writable, type Readable } from "node:stream";
-import { createGunzip } from "node:zlib";
 import { findFreePort } from "../cluster/ports";
 import type { Credentials } from "../cluster/node-connection";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { forEachParallel, hashingCounter } from "./copy-file";
+import { decompressor, forEachParallel, hashingCounter } from "./copy-file";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "./repository";
 import { restoreBackup } from "./restore";
@@ -58,8 +57,9 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
   const content = hashingCounter();
   const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() });
   try {
-    const source: Readable = createReadStream(repository.storedPath(id, entry.stored.path));
-    if (entry.stored.compression === "gzip") await pipeline(source, stored, createGunzip(), content, sink);
+    const source: Readable = createReadStream(repository.storedPath(id, entry.stored.path), { highWaterMark: 1024 * 1024 });
+    const codec = decompressor(entry.stored.compression);
+    if (codec) await pipeline(source, stored, codec, content, sink);
     else await pipeline(source, stored, content, sink);
   } catch {
     return false; // missing, unreadable or not valid gzip

@@ -45,6 +45,9 @@ export async function upCommand(config: RelevoConfig, logger: Logger, output: Ou
     process.on("SIGTERM", shutdown);
   });
   output.out("Relevo stopped.");
+  // Everything Relevo started is stopped; a library timer left behind (Agenda
+  // keeps a lock keep-alive per finished job) must not hold the process.
+  setTimeout(() => process.exit(process.exitCode ?? 0), 1000).unref();
 }
 
 export async function statusCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {

@@ -138,9 +138,9 @@ export const configKeys = {
   },
   backupCompression: {
     env: "RELEVO_BACKUP_COMPRESSION",
-    default: "gzip",
-    schema: z.enum(["gzip", "none"]),
-    doc: "How backup content is stored: gzip (level 1, fast) or none.",
+    default: "lz4",
+    schema: z.enum(["lz4", "gzip", "none"]),
+    doc: "How backup content is stored: lz4 (fast), gzip (level 1: smaller, slower) or none.",
   },
   backupSource: {
     env: "RELEVO_BACKUP_SOURCE",
@@ -159,6 +159,30 @@ export const configKeys = {
     default: "2",
     schema: z.coerce.number().int().min(1).max(1000),
     doc: "Full backups kept (with everything that depends on them); older ones and the WAL only they needed are expired after each backup.",
+  },
+  scheduleFullBackup: {
+    env: "RELEVO_SCHEDULE_FULL_BACKUP",
+    default: "0 3 * * 0",
+    schema: z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off"),
+    doc: "When the scheduled full backup runs (cron, UTC; default Sundays 03:00), or off.",
+  },
+  scheduleVerify: {
+    env: "RELEVO_SCHEDULE_VERIFY",
+    default: "30 4 * * *",
+    schema: z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off"),
+    doc: "When the newest backup is verified with a restore test (cron, UTC; default daily 04:30), or off.",
+  },
+  schedulerPollMs: {
+    env: "RELEVO_SCHEDULER_POLL_MS",
+    default: "5000",
+    schema: z.coerce.number().int().min(100).max(600000),
+    doc: "How often the scheduler looks for due jobs (ms).",
+  },
+  schedulerLockLifetimeMs: {
+    env: "RELEVO_SCHEDULER_LOCK_LIFETIME_MS",
+    default: "60000",
+    schema: z.coerce.number().int().min(1000).max(3600000),
+    doc: "How long a scheduled run's lock lasts without renewal (ms); a running job renews it every third of that, so another instance takes over only a dead one's run.",
   },
   archiveTimeoutMs: {
     env: "RELEVO_ARCHIVE_TIMEOUT_MS",

@@ -122,7 +122,7 @@ export class Consolidator {
     // Records derived from events go first, in stream order, each an idempotent
     // upsert: a replay writes the same values again.
     for (const event of events) {
-      if (event.kind === "backup:started" || event.kind === "backup:completed" || event.kind === "backup:failed" || event.kind === "backup:expired") {
+      if (BACKUP_RECORD_KINDS.has(event.kind)) {
         await upsertBackup(prisma, event.data as BackupRecord);
       }
     }
@@ -143,6 +143,8 @@ export class Consolidator {
     });
   }
 }
+
+const BACKUP_RECORD_KINDS = new Set<string>(["backup:started", "backup:completed", "backup:failed", "backup:expired", "backup:cataloged"]);
 
 async function upsertBackup(prisma: PrismaClient, record: BackupRecord): Promise<void> {
   const values = {

@@ -23,6 +23,9 @@ export interface EventMap {
   "backup:failed": BackupRecord;
   "backup:verified": { id: string; ok: boolean; badFiles: string[]; restoreTested: boolean };
   "backup:expired": BackupRecord;
+  "backup:cataloged": BackupRecord;
+  "schedule:skipped": { name: string; reason: string };
+  "schedule:failed": { name: string; error: string };
 }
 
 /** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */
@@ -89,4 +92,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:failed",
   "backup:verified",
   "backup:expired",
+  "backup:cataloged",
+  "schedule:skipped",
+  "schedule:failed",
 ];

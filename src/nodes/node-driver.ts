@@ -104,8 +104,12 @@ export interface NodeDriver {
   writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number }): Promise<void>;
   /** Streams a file under the data directory (never whole into memory); null when it does not exist. */
   openRead(node: NodeRef, relativePath: string): Promise<Readable | null>;
-  /** Writes a stream to a file under the data directory atomically, owned by the PostgreSQL OS user. */
-  writeStream(node: NodeRef, relativePath: string, source: Readable, options?: { mode?: number }): Promise<void>;
+  /**
+   * Writes a stream to a file under the data directory atomically, owned by
+   * the PostgreSQL OS user; fsynced unless `durable: false` (a restore skips
+   * it: PostgreSQL syncs the whole data directory before recovery starts).
+   */
+  writeStream(node: NodeRef, relativePath: string, source: Readable, options?: { mode?: number; durable?: boolean }): Promise<void>;
   /** Creates a directory (and its parents) under the data directory, owned by the PostgreSQL OS user. */
   makeDirectory(node: NodeRef, relativePath: string, options?: { mode?: number }): Promise<void>;
   /** Lists a directory under the data directory, recursively; [] when absent. */

@@ -25,6 +25,8 @@ export async function testConfig(label: string, overrides: ConfigOverrides = {})
       replicaPort: await freePort(),
       redisPort: await freePort(),
       topologyPollIntervalMs: 250,
+      // Agenda leaves a keep-alive timer of half the lock lifetime behind each job it ran.
+      schedulerLockLifetimeMs: 2000,
       logLevel: process.env.RELEVO_TEST_LOG_LEVEL ?? "silent",
       ...overrides,
     },

@@ -65,6 +65,18 @@ describe("backups through GraphQL and the CLI", () => {
     expect(Number(rows[0]!.size_bytes)).toBeGreaterThan(0);
   });
 
+  test("rescanRepository rebuilds the catalog from the manifests", async () => {
+    const primary = cluster.service.nodes[0]!;
+    await sqlOn(primary, cluster.service.secrets, "DELETE FROM backups", [], "relevo");
+    const rescanned = await graphqlRequest<{ rescanRepository: { backups: number } }>(cluster.url, `mutation { rescanRepository { backups } }`, { token: cluster.token("operator") });
+    expect(rescanned.data).toEqual({ rescanRepository: { backups: 1 } });
+    const rows = await eventually(async () => {
+      const found = await sqlOn<{ id: string; status: string }>(primary, cluster.service.secrets, "SELECT id, status FROM backups", [], "relevo");
+      return found.length === 1 ? found : undefined;
+    });
+    expect(rows).toEqual([{ id: backupId, status: "completed" }]);
+  });
+
   test("rules: a viewer cannot back up; DIFFERENTIAL is NOT_IMPLEMENTED for now; an unknown backup is NOT_FOUND", async () => {
     const denied = await graphqlRequest(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("viewer") });
     expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");

@@ -6,7 +6,7 @@ import { recoveryTargetFrom } from "../../backup/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ApiServices } from "../context";
 import { toBackup } from "./backup.mapper";
-import { Backup, BackupConnection, BackupProgressGql, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RestoredCopy, RestoreInput } from "./backup.type";
+import { Backup, BackupConnection, BackupProgressGql, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RescanResult, RestoredCopy, RestoreInput } from "./backup.type";
 
 @ArgsType()
 class BackupsArgs {
@@ -83,6 +83,12 @@ export class BackupResolver {
   async recoveryWindow(): Promise<RecoveryWindowGql> {
     const window = await this.services.backups.recoveryWindow();
     return { earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
+  }
+
+  @Authorized("operator")
+  @Mutation(() => RescanResult, { description: "Rebuilds the catalog (table backups) from the repository's manifests." })
+  async rescanRepository(): Promise<RescanResult> {
+    return { backups: await this.services.backups.rescan() };
   }
 
   @Authorized("operator")

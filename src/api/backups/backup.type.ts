@@ -160,3 +160,8 @@ export class ExpireResult {
   @Field(() => [ID], { description: "Backups expired now." }) expired!: string[];
   @Field(() => Int) walSegmentsRemoved!: number;
 }
+
+@ObjectType()
+export class RescanResult {
+  @Field(() => Int, { description: "Manifests read from the repository and sent to the catalog." }) backups!: number;
+}

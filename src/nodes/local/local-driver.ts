@@ -236,8 +236,12 @@ export class LocalDriver implements NodeDriver {
     return openOptionalReadStream(resolveInside(this.dataDirectory(node), relativePath));
   }
 
-  async writeStream(node: NodeRef, relativePath: string, source: Readable, options: { mode?: number } = {}): Promise<void> {
-    await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, { mode: options.mode ?? 0o600, identity: this.identity });
+  async writeStream(node: NodeRef, relativePath: string, source: Readable, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
+    await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, {
+      mode: options.mode ?? 0o600,
+      identity: this.identity,
+      durable: options.durable ?? true,
+    });
   }
 
   async makeDirectory(node: NodeRef, relativePath: string, options: { mode?: number } = {}): Promise<void> {

@@ -76,7 +76,8 @@ export async function removeInside(root: string, relativePaths: readonly string[
 export async function openOptionalReadStream(file: string): Promise<Readable | null> {
   try {
     const handle = await open(file, "r");
-    return handle.createReadStream();
+    // 1 MiB reads: with the default 64 KiB, per-chunk overhead halves a backup's throughput.
+    return handle.createReadStream({ highWaterMark: 1024 * 1024 });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw error;
@@ -84,14 +85,16 @@ export async function openOptionalReadStream(file: string): Promise<Readable | n
 }
 
 /** Stream to a temp file, fsync, rename: a reader never sees half a file. */
-export async function writeStreamAtomic(file: string, source: Readable, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+export async function writeStreamAtomic(file: string, source: Readable, options: { mode: number; identity: OsIdentity | null; durable: boolean }): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const temp = `${file}.relevo-tmp-${process.pid}`;
   try {
     await pipeline(source, createWriteStream(temp, { mode: options.mode }));
-    const handle = await open(temp, "r+");
-    await handle.sync();
-    await handle.close();
+    if (options.durable) {
+      const handle = await open(temp, "r+");
+      await handle.sync();
+      await handle.close();
+    }
     if (options.identity) await chown(temp, options.identity.uid, options.identity.gid);
     await rename(temp, file);
   } catch (error) {

@@ -1,0 +1,111 @@
+/**
+ * bench/backup: a full backup of a pgbench database (scale BENCH_SCALE,
+ * default 70, about 1 GB) against pg_basebackup on the same database in the
+ * same run, and the restore time. Prints a table.
+ * Targets: full within 1.3x pg_basebackup's time, storage comparable to an
+ * lz4-compressed copy; restore within 1.5x of the full backup's time.
+ * Run: npm run build && npm run bench:backup
+ */
+import "reflect-metadata";
+import { execFile } from "node:child_process";
+import { chmod, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { connectionUri } from "../../src/cluster/node-connection";
+import { findFreePort } from "../../src/cluster/ports";
+import { loadConfig } from "../../src/config/config";
+import { createLogger } from "../../src/log";
+import { startRelevo } from "../../src/service";
+
+const run = promisify(execFile);
+const SCALE = Number(process.env.BENCH_SCALE ?? 70);
+
+async function directoryBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) total += (await stat(path.join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name))).size;
+  }
+  return total;
+}
+
+async function timed<T>(work: () => Promise<T>): Promise<{ ms: number; value: T }> {
+  const started = performance.now();
+  const value = await work();
+  return { ms: performance.now() - started, value };
+}
+
+async function main(): Promise<void> {
+  const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-backup-"));
+  await chmod(home, 0o711);
+  const config = loadConfig(process.env, {
+    home,
+    apiPort: await findFreePort("127.0.0.1"),
+    primaryPort: await findFreePort("127.0.0.1"),
+    replicaPort: await findFreePort("127.0.0.1"),
+    redisPort: await findFreePort("127.0.0.1"),
+    logLevel: process.env.RELEVO_LOG_LEVEL ?? "warn",
+  });
+  const service = await startRelevo(config, createLogger({ level: config.logLevel }));
+  const primary = service.nodes[0]!;
+  const superuser = { user: "postgres", password: service.secrets.superuserPassword, database: "postgres" };
+  const env = { ...process.env, PGPASSWORD: service.secrets.superuserPassword };
+  try {
+    process.stderr.write(`pgbench -i -s ${SCALE}…\n`);
+    await run("pgbench", ["-i", "-q", "-s", String(SCALE), "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "postgres"], { env, maxBuffer: 1 << 26 });
+    await run("psql", [connectionUri([primary], superuser), "-c", "CHECKPOINT"]);
+    const dbBytes = Number((await run("psql", [connectionUri([primary], superuser), "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database"])).stdout.trim());
+
+    const scratch = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-basebackup-"));
+    const basebackup = async (label: string, extra: string[]): Promise<{ ms: number; bytes: number }> => {
+      const dir = path.join(scratch, label);
+      process.stderr.write(`pg_basebackup ${label}…\n`);
+      const result = await timed(() =>
+        run(
+          "/usr/lib/postgresql/15/bin/pg_basebackup",
+          ["-h", primary.host, "-p", String(primary.port), "-U", "replicator", "-D", dir, "-Ft", "-X", "stream", "-c", "fast", "--no-manifest", ...extra],
+          { env: { ...process.env, PGPASSWORD: service.secrets.replicationPassword } },
+        ),
+      );
+      const bytes = await directoryBytes(dir);
+      await rm(dir, { recursive: true, force: true });
+      return { ms: result.ms, bytes };
+    };
+    // Untimed first pass: every contender then reads from the same warm page cache
+    // (whoever went first would otherwise pay for reading the database from disk).
+    await basebackup("warm-up", []);
+    process.stderr.write("relevo full backup…\n");
+    const relevo = await timed(async () => (await service.backups.start("full")).done);
+    const plain = await basebackup("plain", []);
+    const lz4 = await basebackup("lz4", ["--compress=client-lz4"]);
+    const gzip1 = await basebackup("gzip-1", ["--compress=client-gzip:1"]);
+    await rm(scratch, { recursive: true, force: true });
+
+    process.stderr.write("relevo restore…\n");
+    const target = { name: "bench-restore", host: primary.host, port: await findFreePort(primary.host) };
+    const restore = await timed(() => service.backups.restore({ backupId: relevo.value.id, target, recoveryTarget: { kind: "immediate" } }));
+    await service.driver.destroy(target);
+
+    const mb = (bytes: number): string => (bytes / 1024 / 1024).toFixed(0);
+    const s = (ms: number): string => (ms / 1000).toFixed(1);
+    const rows: string[][] = [
+      [`relevo full backup (${config.backupCompression}, ${config.backupParallelism} workers)`, s(relevo.ms), mb(relevo.value.storedBytes), (relevo.ms / plain.ms).toFixed(2)],
+      ["pg_basebackup -Ft -X stream", s(plain.ms), mb(plain.bytes), "1.00"],
+      ["pg_basebackup -Ft -X stream, client-lz4", s(lz4.ms), mb(lz4.bytes), (lz4.ms / plain.ms).toFixed(2)],
+      ["pg_basebackup -Ft -X stream, client-gzip:1", s(gzip1.ms), mb(gzip1.bytes), (gzip1.ms / plain.ms).toFixed(2)],
+      ["relevo restore (to consistency, promoted)", s(restore.ms), "-", `${(restore.ms / relevo.ms).toFixed(2)}x backup`],
+    ];
+    const header = ["what", "time (s)", "stored (MB)", "time vs pg_basebackup"];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
+    process.stdout.write(`\nbench/backup: pgbench scale ${SCALE}, databases ${mb(dbBytes)} MB, ${os.cpus().length} cores, ${new Date().toISOString().slice(0, 10)}\n\n`);
+    process.stdout.write(`${line(header)}\n${line(widths.map((w) => "-".repeat(w)))}\n${rows.map(line).join("\n")}\n`);
+  } finally {
+    await service.stop({ reason: "benchmark finished" });
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(`${(error as Error).stack}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,157 @@
+import { Agenda, type Job } from "agenda";
+import { RedisBackend } from "@agendajs/redis-backend";
+import type Redis from "ioredis";
+import type { BackupService } from "../backup/backup-service";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+
+/** The scheduled jobs Relevo knows. */
+export const SCHEDULED_JOBS = {
+  "full-backup": "a full backup",
+  "verify-newest": "verification with a restore test of the newest completed backup",
+} as const;
+
+export type ScheduledJobName = keyof typeof SCHEDULED_JOBS;
+
+export interface ScheduleView {
+  readonly name: ScheduledJobName;
+  readonly description: string;
+  readonly cron: string | null;
+  readonly paused: boolean;
+  readonly nextRunAt: string | null;
+  readonly lastRunAt: string | null;
+  readonly lastFinishedAt: string | null;
+  readonly lastFailure: string | null;
+}
+
+export interface BackupSchedulerOptions {
+  /** A connection of its own for Agenda (it is not closed by the scheduler). */
+  readonly redis: Redis;
+  readonly keyPrefix: string;
+  readonly backups: BackupService;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  /** Cron expression (UTC) per job; "off" leaves the job unscheduled. */
+  readonly cron: Readonly<Record<ScheduledJobName, string>>;
+  /** How often Agenda looks for due jobs (ms). */
+  readonly processEveryMs?: number;
+  /** A job's lock lasts this long unless renewed; running jobs renew it every third of it. */
+  readonly lockLifetimeMs?: number;
+}
+
+/**
+ * Scheduled backups and verification with Agenda on Relevo's Redis: with
+ * several service instances each run happens once (Agenda locks a job in
+ * Redis before running it). A scheduled backup that finds another backup
+ * running is skipped and recorded (`schedule:skipped`), not retried; a run
+ * that fails is recorded (`schedule:failed`) and tried again at its next time.
+ * Retention runs after every backup (see BackupService).
+ */
+export class BackupScheduler {
+  private readonly agenda: Agenda;
+
+  constructor(private readonly options: BackupSchedulerOptions) {
+    this.agenda = new Agenda({
+      backend: new RedisBackend({ redis: options.redis as never, keyPrefix: `${options.keyPrefix}:agenda:`, channelName: `${options.keyPrefix}:agenda:notifications` }),
+      // A number: Agenda 6 reads "200 milliseconds" as 200000 ms.
+      processEvery: options.processEveryMs ?? 5000,
+      // Short, and renewed while a job runs (see run): a dead instance's job is
+      // taken over soon, and Agenda's per-job keep-alive timer (half the
+      // lifetime, left behind after the job) does not hold a stopping process.
+      defaultLockLifetime: options.lockLifetimeMs ?? 60000,
+      defaultConcurrency: 1,
+    });
+    this.agenda.define("full-backup", (job: Job) => this.run(job, async () => {
+      await (await options.backups.start("full")).done;
+    }));
+    this.agenda.define("verify-newest", (job: Job) => this.run(job, async () => {
+      const newest = await options.backups.latestCompleted();
+      const verified = await options.backups.verify(newest.id, { restoreTest: true });
+      const ok = verified.verification?.contentOk && verified.verification.restoreTest?.ok;
+      if (!ok) throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${newest.id} failed verification`);
+    }));
+  }
+
+  async start(): Promise<void> {
+    await this.agenda.start();
+    for (const name of Object.keys(SCHEDULED_JOBS) as ScheduledJobName[]) {
+      const cron = this.options.cron[name];
+      if (cron === "off") continue;
+      // `every` keeps one job per name: restarting (or a second instance) does not add another.
+      await this.agenda.every(cron, name, undefined, { timezone: "UTC", skipImmediate: true });
+    }
+  }
+
+  /**
+   * Stops taking jobs and unlocks the ones it holds (another instance may take
+   * them). Not drain(): Agenda 6's drain() leaves its notification
+   * subscriber connected and a later stop() does nothing. A backup a job
+   * started is awaited by the service's own shutdown (BackupService.waitForIdle).
+   */
+  async stop(): Promise<void> {
+    await this.agenda.stop();
+  }
+
+  async list(): Promise<ScheduleView[]> {
+    const { jobs } = await this.agenda.queryJobs({ names: Object.keys(SCHEDULED_JOBS), includeDisabled: true });
+    return (Object.keys(SCHEDULED_JOBS) as ScheduledJobName[]).map((name) => {
+      const job = jobs.find((candidate) => candidate.name === name && candidate.repeatInterval !== undefined);
+      const iso = (value: Date | string | null | undefined): string | null => (value ? new Date(value).toISOString() : null);
+      return {
+        name,
+        description: SCHEDULED_JOBS[name],
+        cron: job?.repeatInterval !== undefined ? String(job.repeatInterval) : null,
+        paused: job?.disabled ?? false,
+        nextRunAt: job?.disabled ? null : iso(job?.nextRunAt),
+        lastRunAt: iso(job?.lastRunAt),
+        lastFinishedAt: iso(job?.lastFinishedAt),
+        lastFailure: job?.failReason ?? null,
+      };
+    });
+  }
+
+  async update(name: string, cron: string): Promise<void> {
+    const known = this.known(name);
+    await this.agenda.every(cron, known, undefined, { timezone: "UTC", skipImmediate: true });
+  }
+
+  async pause(name: string, paused: boolean): Promise<void> {
+    const known = this.known(name);
+    if (paused) await this.agenda.disable({ name: known });
+    else await this.agenda.enable({ name: known });
+  }
+
+  async remove(name: string): Promise<void> {
+    await this.agenda.cancel({ name: this.known(name) });
+  }
+
+  /** Runs a job now, once (its schedule is unchanged). */
+  async runNow(name: string): Promise<void> {
+    await this.agenda.now(this.known(name));
+  }
+
+  private known(name: string): ScheduledJobName {
+    if (!(name in SCHEDULED_JOBS)) {
+      throw new RelevoError(ErrorCode.NotFound, `no schedule named "${name}"; schedules are ${Object.keys(SCHEDULED_JOBS).join(", ")}`);
+    }
+    return name as ScheduledJobName;
+  }
+
+  private async run(job: Job, work: () => Promise<void>): Promise<void> {
+    const name = job.attrs.name;
+    const renew = setInterval(() => void job.touch().catch(() => undefined), Math.max(500, (this.options.lockLifetimeMs ?? 60000) / 3));
+    try {
+      await work();
+    } catch (error) {
+      if (isRelevoError(error) && error.code === ErrorCode.BackupInProgress) {
+        await this.options.events.emit({ kind: "schedule:skipped", severity: "warning", node: null, message: `scheduled ${name} skipped: ${error.message}`, data: { name, reason: error.message } });
+        return; // not a failure: no retry storm
+      }
+      await this.options.events.emit({ kind: "schedule:failed", severity: "critical", node: null, message: `scheduled ${name} failed: ${(error as Error).message}`, data: { name, error: (error as Error).message } });
+      throw error;
+    } finally {
+      clearInterval(renew);
+    }
+  }
+}

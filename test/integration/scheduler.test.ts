@@ -1,0 +1,58 @@
+import { graphqlRequest } from "../helpers/graphql-client";
+import { eventually, useTestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+type ScheduleRow = { name: string; cron: string | null; paused: boolean; nextRunAt: string | null; lastFinishedAt: string | null };
+const SCHEDULE_FIELDS = "name description cron paused nextRunAt lastRunAt lastFinishedAt lastFailure";
+
+describe("scheduled backups (Agenda on Relevo's Redis)", () => {
+  const cluster = useTestCluster("scheduler", { schedulerPollMs: 300, schedulerLockLifetimeMs: 2000 });
+  const schedules = async (): Promise<ScheduleRow[]> =>
+    (await graphqlRequest<{ schedules: ScheduleRow[] }>(cluster.url, `{ schedules { ${SCHEDULE_FIELDS} } }`, { token: cluster.token("viewer") })).data!.schedules;
+
+  test("the default schedule: a weekly full backup and a daily verification, each with a next run", async () => {
+    const rows = await schedules();
+    expect(rows.map((row) => [row.name, row.cron, row.paused])).toEqual([
+      ["full-backup", "0 3 * * 0", false],
+      ["verify-newest", "30 4 * * *", false],
+    ]);
+    for (const row of rows) expect(Date.parse(row.nextRunAt!)).toBeGreaterThan(Date.now());
+  });
+
+  test("a run of the schedule takes a backup; one that finds a backup running is skipped and recorded", async () => {
+    await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE sched AS SELECT g FROM generate_series(1, 200000) g");
+    const running = await cluster.service.backups.start("full");
+    await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: cluster.token("operator") });
+    const skipped = await eventually(async () => {
+      const response = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string; data: { name: string } } }> } }>(
+        cluster.url,
+        `{ events(first: 5, kinds: ["schedule:skipped"]) { edges { node { kind data } } } }`,
+        { token: cluster.token("viewer") },
+      );
+      return response.data?.events.edges[0]?.node;
+    }, { timeoutMs: 30000 });
+    expect(skipped.data.name).toBe("full-backup");
+    await running.done;
+
+    await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: cluster.token("operator") });
+    const completed = await eventually(async () => {
+      const list = (await cluster.service.backups.list()).filter((m) => m.status === "completed");
+      return list.length === 2 ? list : undefined;
+    }, { timeoutMs: 60000 });
+    expect(completed[1]!.id).not.toBe(running.manifest.id);
+  });
+
+  test("schedules can be changed, paused and resumed by an operator, not by a viewer", async () => {
+    const denied = await graphqlRequest(cluster.url, `mutation { pauseSchedule(name: "full-backup") { name } }`, { token: cluster.token("viewer") });
+    expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    const paused = await graphqlRequest<{ pauseSchedule: ScheduleRow[] }>(cluster.url, `mutation { pauseSchedule(name: "full-backup") { ${SCHEDULE_FIELDS} } }`, { token: cluster.token("operator") });
+    expect(paused.data!.pauseSchedule.find((row) => row.name === "full-backup")).toMatchObject({ paused: true, nextRunAt: null });
+    await graphqlRequest(cluster.url, `mutation { pauseSchedule(name: "full-backup", paused: false) { name } }`, { token: cluster.token("operator") });
+    const updated = await graphqlRequest<{ updateSchedule: ScheduleRow[] }>(cluster.url, `mutation { updateSchedule(name: "full-backup", cron: "15 2 * * *") { ${SCHEDULE_FIELDS} } }`, {
+      token: cluster.token("operator"),
+    });
+    expect(updated.data!.updateSchedule.find((row) => row.name === "full-backup")).toMatchObject({ cron: "15 2 * * *", paused: false });
+    const unknown = await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "nightly-dance") }`, { token: cluster.token("operator") });
+    expect(unknown.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+  });
+});
