@@ -2,21 +2,14 @@ import { createReadStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { Writable, type Readable } from "node:stream";
 import { findFreePort } from "../cluster/ports";
-import type { Credentials } from "../cluster/node-connection";
-import type { Logger } from "../log";
-import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { NodeRef } from "../nodes/node-driver";
 import { decompressor, forEachParallel, hashingCounter } from "./copy-file";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "./repository";
-import { restoreBackup } from "./restore";
+import { restoreBackup, type RestoreDeps } from "./restore";
 
-export interface VerifyDeps {
-  readonly clusterName: string;
-  readonly maxSlotWalKeepSize: string;
-  readonly driver: NodeDriver;
-  readonly repository: Repository;
-  readonly superuser: Credentials;
-  readonly logger: Logger;
+/** What a restore needs, plus where scratch nodes listen and how fast to go. */
+export interface VerifyDeps extends RestoreDeps {
   readonly host: string;
   readonly parallelism: number;
   readonly startTimeoutMs: number;
