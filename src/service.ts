@@ -4,6 +4,7 @@ import { clusterMembers } from "./cluster/members";
 import { APP_DATABASE, ROLE_APP, ROLE_REPLICATION, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { BackupService } from "./backup/backup-service";
 import { BackupScheduler } from "./scheduler/backup-scheduler";
+import { ArchiveMonitor } from "./backup/archive-monitor";
 import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
@@ -47,6 +48,7 @@ export interface RelevoService {
   readonly archiver: WalArchiver;
   readonly backups: BackupService;
   readonly scheduler: BackupScheduler;
+  readonly archiveMonitor: ArchiveMonitor;
   readonly outcomes: readonly NodeBootstrapOutcome[];
   /** Stops the API, the collector, the consolidator, Redis and (unless told) every node. */
   stop(options?: { reason?: string; keepNodes?: boolean }): Promise<void>;
@@ -168,6 +170,17 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     });
     cleanups.push(() => backups.waitForIdle());
 
+    const archiveMonitor = new ArchiveMonitor({
+      backups,
+      events,
+      logger,
+      topology: () => collector.latest,
+      intervalMs: config.archiveCheckIntervalMs,
+      maxLagBytes: config.archiveMaxLagBytes,
+    });
+    archiveMonitor.start();
+    cleanups.push(async () => archiveMonitor.stop());
+
     const agendaRedis = createRedisClient(endpoint, { name: "agenda", queueWhileOffline: true });
     cleanups.push(async () => agendaRedis.disconnect());
     const scheduler = new BackupScheduler({
@@ -220,6 +233,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       archiver,
       backups,
       scheduler,
+      archiveMonitor,
       outcomes,
       stop: (options = {}) => {
         stopping ??= (async () => {

@@ -184,6 +184,18 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000).max(3600000),
     doc: "How long a scheduled run's lock lasts without renewal (ms); a running job renews it every third of that, so another instance takes over only a dead one's run.",
   },
+  archiveCheckIntervalMs: {
+    env: "RELEVO_ARCHIVE_CHECK_INTERVAL_MS",
+    default: "60000",
+    schema: z.coerce.number().int().min(100),
+    doc: "How often the WAL archive is checked for gaps and lag (ms).",
+  },
+  archiveMaxLagBytes: {
+    env: "RELEVO_ARCHIVE_MAX_LAG_BYTES",
+    default: "67108864",
+    schema: z.coerce.number().int().min(0),
+    doc: "How far (bytes) the archive may trail the primary, beyond the segment being written, before an archive:lagging event.",
+  },
   archiveTimeoutMs: {
     env: "RELEVO_ARCHIVE_TIMEOUT_MS",
     default: "120000",

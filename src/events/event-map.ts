@@ -18,6 +18,8 @@ export interface EventMap {
   "cluster:primary-changed": { from: string | null; to: string | null };
   "api:mutation": { operation: string | null; fields: string[] };
   "archive:failing": { error: string };
+  "archive:gap": { timeline: number; from: string; to: string };
+  "archive:lagging": { lagBytes: number };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -87,6 +89,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "cluster:primary-changed",
   "api:mutation",
   "archive:failing",
+  "archive:gap",
+  "archive:lagging",
   "backup:started",
   "backup:completed",
   "backup:failed",

@@ -1,6 +1,6 @@
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { freePort } from "../helpers/ports";
-import { useTestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
@@ -14,6 +14,8 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
   test("the copy comes from the replica, completes on an idle primary, and restores the primary's data", async () => {
     const primary = cluster.service.nodes[0]!;
     await sqlOn(primary, cluster.service.secrets, "CREATE TABLE spared AS SELECT g AS id FROM generate_series(1, 10000) g");
+    // A copy taken from the replica is as of what the replica has replayed: let it catch up first.
+    await eventually(async () => ((await sqlOn(cluster.service.nodes[1]!, cluster.service.secrets, "SELECT to_regclass('spared') IS NOT NULL AS ok"))[0]?.ok ? true : undefined));
     await cluster.service.collector.pollNow();
     // Nothing else is written: only the primary's WAL switch (asked for by the backup) completes the last segment.
     const backup = await (await cluster.service.backups.start("full")).done;
@@ -22,5 +24,27 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     copy = { name: "from-replica", host: "127.0.0.1", port: await freePort() };
     await cluster.service.backups.restore({ backupId: backup.id, target: copy, recoveryTarget: { kind: "immediate" } });
     expect(await sqlOn(copy, cluster.service.secrets, "SELECT count(*)::int AS n FROM spared")).toEqual([{ n: 10000 }]);
+  });
+
+  test("a missing archived segment is a critical archive:gap event, reported once, and shows in the recovery window", async () => {
+    const primary = cluster.service.nodes[0]!;
+    const segments: string[] = [];
+    for (let i = 0; i < 3; i += 1) {
+      await sqlOn(primary, cluster.service.secrets, `INSERT INTO spared VALUES (${100000 + i})`);
+      segments.push((await sqlOn<{ lsn: string }>(primary, cluster.service.secrets, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn);
+    }
+    const last = segments[segments.length - 1]!;
+    await cluster.service.archiver.waitForArchived(1, segments[0]!, last, 60000);
+    const { segmentName, segmentNumber } = await import("../../src/backup/wal-names");
+    const missing = segmentName(1, segmentNumber(segments[1]!));
+    const { rm } = await import("node:fs/promises");
+    await rm(`${cluster.service.repository.walDir}/${missing}`);
+
+    await cluster.service.archiveMonitor.check();
+    await cluster.service.archiveMonitor.check();
+    const page = await cluster.service.events.page({ first: 10, kinds: ["archive:gap"] });
+    expect(page.events).toHaveLength(1);
+    expect(page.events[0]).toMatchObject({ kind: "archive:gap", severity: "critical", data: { timeline: 1, from: missing, to: missing } });
+    expect((await cluster.service.backups.recoveryWindow()).gaps).toEqual([{ timeline: 1, from: missing, to: missing }]);
   });
 });

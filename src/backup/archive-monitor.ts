@@ -1,0 +1,80 @@
+import type { ClusterSnapshot } from "../cluster/topology";
+import { lsnToNumber } from "../cluster/topology";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { BackupService } from "./backup-service";
+import type { ArchiveGap } from "./recovery-window";
+import { SEGMENT_SIZE } from "./wal-names";
+
+export interface ArchiveMonitorOptions {
+  readonly backups: BackupService;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly topology: () => ClusterSnapshot | null;
+  readonly intervalMs: number;
+  /** How far (bytes) the archive may trail the primary's current LSN before it is an event. */
+  readonly maxLagBytes: number;
+}
+
+/**
+ * Watches the archive: a gap (a missing segment between archived ones) is a
+ * critical `archive:gap` event, once per gap; an archive that trails the
+ * primary by more than `maxLagBytes` is an `archive:lagging` warning, once
+ * until it has caught up again. Not silent log lines.
+ */
+export class ArchiveMonitor {
+  private timer: NodeJS.Timeout | null = null;
+  private readonly reportedGaps = new Set<string>();
+  private lagging = false;
+
+  constructor(private readonly options: ArchiveMonitorOptions) {}
+
+  start(): void {
+    const tick = async (): Promise<void> => {
+      await this.check().catch((error: Error) => this.options.logger.warn({ err: error.message }, "archive check failed"));
+      if (this.timer !== null) this.timer = setTimeout(() => void tick(), this.options.intervalMs);
+    };
+    this.timer = setTimeout(() => void tick(), this.options.intervalMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  async check(): Promise<void> {
+    const window = await this.options.backups.recoveryWindow();
+    for (const gap of window.gaps) {
+      const key = gapKey(gap);
+      if (this.reportedGaps.has(key)) continue;
+      this.reportedGaps.add(key);
+      await this.options.events.emit({
+        kind: "archive:gap",
+        severity: "critical",
+        node: null,
+        message: `the WAL archive misses ${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""} (timeline ${gap.timeline}): point-in-time recovery cannot cross it; take a full backup`,
+        data: { timeline: gap.timeline, from: gap.from, to: gap.to },
+      });
+    }
+    const snapshot = this.options.topology();
+    const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
+    if (!primary?.currentLsn || !window.latest) return;
+    const lagBytes = Math.max(0, lsnToNumber(primary.currentLsn) - lsnToNumber(window.latest.lsn));
+    // The segment being written is never complete: only what lies beyond it counts.
+    const behind = lagBytes > this.options.maxLagBytes + SEGMENT_SIZE;
+    if (behind && !this.lagging) {
+      await this.options.events.emit({
+        kind: "archive:lagging",
+        severity: "warning",
+        node: primary.name,
+        message: `the WAL archive trails ${primary.name} by ${lagBytes} bytes`,
+        data: { lagBytes },
+      });
+    }
+    this.lagging = behind;
+  }
+}
+
+function gapKey(gap: ArchiveGap): string {
+  return `${gap.timeline}:${gap.from}:${gap.to}`;
+}
