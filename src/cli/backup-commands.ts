@@ -36,11 +36,36 @@ export async function backupCreateCommand(config: RelevoConfig, options: { type:
   output.out(createBackup.id);
   if (!options.wait) return;
   for (;;) {
-    const { backup } = await callApi<{ backup: BackupRow }>(config, `query($id: ID!) { backup(id: $id) { ${BACKUP_FIELDS} } }`, { id: createBackup.id });
-    if (backup.status === "COMPLETED") return;
-    if (backup.status === "FAILED") throw new RelevoError(ErrorCode.CommandFailed, `backup ${backup.id} failed: ${backup.error}`);
+    const { backup } = await callApi<{ backup: BackupRow & { progress: ProgressRow | null } }>(
+      config,
+      `query($id: ID!) { backup(id: $id) { ${BACKUP_FIELDS} progress { phase bytesDone bytesTotal bytesPerSecond etaSeconds } } }`,
+      { id: createBackup.id },
+    );
+    if (process.stderr.isTTY && backup.progress) process.stderr.write(`\r${progressBar(backup.progress)}`);
+    if (backup.status === "COMPLETED" || backup.status === "FAILED") {
+      if (process.stderr.isTTY) process.stderr.write("\n");
+      if (backup.status === "FAILED") throw new RelevoError(ErrorCode.CommandFailed, `backup ${backup.id} failed: ${backup.error}`);
+      return;
+    }
     await sleep(500);
   }
+}
+
+interface ProgressRow {
+  phase: string;
+  bytesDone: number;
+  bytesTotal: number;
+  bytesPerSecond: number;
+  etaSeconds: number | null;
+}
+
+/** One terminal line: [#####.....]  45%  120 MB/s  ETA 3 s  copying. Pure. */
+export function progressBar(progress: ProgressRow, width = 30): string {
+  const fraction = progress.bytesTotal > 0 ? Math.min(1, progress.bytesDone / progress.bytesTotal) : 0;
+  const filled = Math.round(fraction * width);
+  const rate = `${(progress.bytesPerSecond / 1024 / 1024).toFixed(0)} MB/s`;
+  const eta = progress.etaSeconds === null ? "" : `  ETA ${progress.etaSeconds} s`;
+  return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(Math.round(fraction * 100)).padStart(3)}%  ${rate}${eta}  ${progress.phase}   `;
 }
 
 export async function backupVerifyCommand(config: RelevoConfig, options: { id: string; restoreTest: boolean }, output: Output): Promise<void> {

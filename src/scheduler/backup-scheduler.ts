@@ -52,8 +52,13 @@ export class BackupScheduler {
   private readonly agenda: Agenda;
 
   constructor(private readonly options: BackupSchedulerOptions) {
+    const backend = new RedisBackend({ redis: options.redis as never, keyPrefix: `${options.keyPrefix}:agenda:`, channelName: `${options.keyPrefix}:agenda:notifications` });
+    // Both emit "error" while Redis is away; an EventEmitter's unheard "error"
+    // would crash the service. They reconnect by themselves.
+    const logError = (error: Error): void => options.logger.warn({ err: error.message }, "scheduler: Redis unavailable");
+    (backend.notificationChannel as unknown as NodeJS.EventEmitter).on("error", logError);
     this.agenda = new Agenda({
-      backend: new RedisBackend({ redis: options.redis as never, keyPrefix: `${options.keyPrefix}:agenda:`, channelName: `${options.keyPrefix}:agenda:notifications` }),
+      backend,
       // A number: Agenda 6 reads "200 milliseconds" as 200000 ms.
       processEvery: options.processEveryMs ?? 5000,
       // Short, and renewed while a job runs (see run): a dead instance's job is
@@ -62,6 +67,7 @@ export class BackupScheduler {
       defaultLockLifetime: options.lockLifetimeMs ?? 60000,
       defaultConcurrency: 1,
     });
+    this.agenda.on("error", logError);
     this.agenda.define("full-backup", (job: Job) => this.run(job, async () => {
       await (await options.backups.start("full")).done;
     }));

@@ -150,3 +150,11 @@ describe("backup source (pure)", () => {
     expect(() => chooseBackupSource(null, "primary", 1000)).toThrow(expect.objectContaining({ code: ErrorCode.ServiceUnavailable }));
   });
 });
+
+describe("CLI progress bar (pure)", () => {
+  const { progressBar } = require("../../src/cli/backup-commands") as typeof import("../../src/cli/backup-commands");
+  test("shows the share done, the rate, the ETA and the phase", () => {
+    expect(progressBar({ phase: "copying", bytesDone: 50, bytesTotal: 100, bytesPerSecond: 2 * 1024 * 1024, etaSeconds: 3 }, 10)).toBe("[#####.....]  50%  2 MB/s  ETA 3 s  copying   ");
+    expect(progressBar({ phase: "waiting-for-wal", bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: null }, 4)).toBe("[....]   0%  0 MB/s  waiting-for-wal   ");
+  });
+});
