@@ -15,8 +15,8 @@ import { chooseBackupSource, type BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
 import { withNodeClient } from "../cluster/node-connection";
 import { planRetention } from "./retention";
-import { lsnWithin, recoveryWindow, type RecoveryWindow } from "./recovery-window";
-import { lsnToNumber } from "../cluster/topology";
+import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
+import { chooseBackup } from "./choose-backup";
 import type { WalArchiver } from "./wal-archiver";
 
 export interface BackupServiceDeps {
@@ -172,39 +172,8 @@ export class BackupService {
     return { expired: [...plan.expire], walSegmentsRemoved };
   }
 
-  /**
-   * The backup a restore starts from: the one named, or the newest completed
-   * one that ends before the target; refuses a target outside the window.
-   */
-  private async chooseBackup(backupId: string | undefined, target: RecoveryTarget): Promise<BackupManifest> {
-    const window = await this.recoveryWindow();
-    const describe = (): string =>
-      window.earliest && window.latest
-        ? `the recoverable window is ${window.earliest.time} (${window.earliest.lsn}) to ${window.latest.time} (${window.latest.lsn})`
-        : "nothing is recoverable yet: no completed backup";
-    if (target.kind === "time") {
-      const at = Date.parse(target.time);
-      if (!window.earliest || !window.latest || at < Date.parse(window.earliest.time) || at > Date.parse(window.latest.time)) {
-        throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to ${target.time}: ${describe()}`, { details: { window } });
-      }
-    }
-    if (target.kind === "lsn" && !lsnWithin(window, target.lsn)) {
-      throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to LSN ${target.lsn}: ${describe()}`, { details: { window } });
-    }
-    if (backupId) return this.get(backupId);
-    const completed = (await this.list()).filter((manifest) => manifest.status === "completed");
-    const usable = completed.filter((manifest) => {
-      if (target.kind === "time") return Date.parse(manifest.stoppedAt!) <= Date.parse(target.time);
-      if (target.kind === "lsn") return lsnToNumber(manifest.stopLsn!) <= lsnToNumber(target.lsn);
-      return true;
-    });
-    const chosen = usable[usable.length - 1];
-    if (!chosen) throw new RelevoError(ErrorCode.PreconditionFailed, `no completed backup ends before the target: ${describe()}`);
-    return chosen;
-  }
-
   async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
-    const manifest = await this.chooseBackup(options.backupId, options.recoveryTarget);
+    const manifest = chooseBackup(await this.list(), await this.deps.repository.archivedSegmentList(), options.backupId, options.recoveryTarget);
     await restoreBackup(this.deps, {
       manifest,
       target: options.target,

@@ -1,6 +1,7 @@
 import path from "node:path";
 import { Repository } from "../backup/repository";
 import { restoreBackup } from "../backup/restore";
+import { chooseBackup } from "../backup/choose-backup";
 import { recoveryTargetFrom } from "../backup/recovery-target";
 import { connectionUri } from "../cluster/node-connection";
 import { ROLE_SUPERUSER } from "../cluster/node-settings";
@@ -116,9 +117,7 @@ export async function restoreCommand(
   const driver = copyDriver(config, directory);
   const target = { name: "restored-copy", host: config.host, port: options.port };
   const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
-  const manifests = (await repository.listManifests()).filter((manifest) => manifest.status === "completed");
-  const manifest = options.backup ? manifests.find((candidate) => candidate.id === options.backup) : manifests[manifests.length - 1];
-  if (!manifest) throw new RelevoError(ErrorCode.NotFound, options.backup ? `no completed backup ${options.backup} in ${config.repository}` : `no completed backup in ${config.repository}`);
+  const manifest = chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), options.backup, recoveryTarget);
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   await restoreBackup(
     { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },

@@ -158,3 +158,24 @@ describe("CLI progress bar (pure)", () => {
     expect(progressBar({ phase: "waiting-for-wal", bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: null }, 4)).toBe("[....]   0%  0 MB/s  waiting-for-wal   ");
   });
 });
+
+describe("choosing the backup a restore starts from (pure)", () => {
+  const { chooseBackup } = require("../../src/backup/choose-backup") as typeof import("../../src/backup/choose-backup");
+  const backups = [manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }), manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" })];
+  const archived = [1, 2, 3, 4].map((segment) => ({ timeline: 1, segment, archivedAt: `2026-11-05T00:00:0${segment}.000Z` }));
+
+  test("the newest completed backup that ends before a time or LSN target; the newest otherwise", () => {
+    expect(chooseBackup(backups, archived, undefined, { kind: "time", time: "2026-11-02T00:00:00Z" }).id).toBe("F1");
+    expect(chooseBackup(backups, archived, undefined, { kind: "lsn", lsn: "0/2000000" }).id).toBe("F1");
+    expect(chooseBackup(backups, archived, undefined, { kind: "name", name: "p" }).id).toBe("F3");
+    expect(chooseBackup(backups, archived, "F1", { kind: "latest" }).id).toBe("F1");
+  });
+
+  test("targets outside the window and unknown backups are refused", () => {
+    expect(() => chooseBackup(backups, archived, undefined, { kind: "time", time: "2026-10-01T00:00:00Z" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.PreconditionFailed, message: expect.stringContaining("the recoverable window is 2026-11-01T00:01:00.000Z (0/1000100)") }),
+    );
+    expect(() => chooseBackup(backups, archived, undefined, { kind: "lsn", lsn: "0/9000000" })).toThrow(expect.objectContaining({ code: ErrorCode.PreconditionFailed }));
+    expect(() => chooseBackup(backups, archived, "F9", { kind: "latest" })).toThrow(expect.objectContaining({ code: ErrorCode.NotFound }));
+  });
+});

@@ -1,0 +1,48 @@
+import { lsnToNumber } from "../cluster/topology";
+import { ErrorCode, RelevoError } from "../errors";
+import type { BackupManifest } from "./manifest";
+import type { RecoveryTarget } from "./recovery-target";
+import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
+
+/**
+ * The backup a restore starts from: the one named, or the newest completed
+ * one that ends before the target. A time or LSN target outside the
+ * recoverable window is refused, naming the window. Pure; the service and
+ * the CLI's `relevo restore` both use it.
+ */
+export function chooseBackup(
+  manifests: readonly BackupManifest[],
+  archived: readonly ArchivedSegment[],
+  backupId: string | undefined,
+  target: RecoveryTarget,
+): BackupManifest {
+  const window = recoveryWindow(manifests, archived);
+  const describe = (): string =>
+    window.earliest && window.latest
+      ? `the recoverable window is ${window.earliest.time} (${window.earliest.lsn}) to ${window.latest.time} (${window.latest.lsn})`
+      : "nothing is recoverable yet: no completed backup";
+  if (target.kind === "time") {
+    const at = Date.parse(target.time);
+    if (!window.earliest || !window.latest || at < Date.parse(window.earliest.time) || at > Date.parse(window.latest.time)) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to ${target.time}: ${describe()}`, { details: { window } });
+    }
+  }
+  if (target.kind === "lsn" && !lsnWithin(window, target.lsn)) {
+    throw new RelevoError(ErrorCode.PreconditionFailed, `cannot restore to LSN ${target.lsn}: ${describe()}`, { details: { window } });
+  }
+  if (backupId) {
+    const named = manifests.find((manifest) => manifest.id === backupId);
+    if (!named) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${backupId}`);
+    return named;
+  }
+  const usable = manifests
+    .filter((manifest) => manifest.status === "completed")
+    .filter((manifest) => {
+      if (target.kind === "time") return Date.parse(manifest.stoppedAt!) <= Date.parse(target.time);
+      if (target.kind === "lsn") return lsnToNumber(manifest.stopLsn!) <= lsnToNumber(target.lsn);
+      return true;
+    });
+  const chosen = usable[usable.length - 1];
+  if (!chosen) throw new RelevoError(ErrorCode.PreconditionFailed, `no completed backup ends before the target: ${describe()}`);
+  return chosen;
+}
