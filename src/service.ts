@@ -107,13 +107,15 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       if (event) await events.emit(event);
     }
 
-    const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
+    // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads.
+    const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
+    const repository = new Repository(config.repository, pgIdentity);
     await repository.ensure();
     const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
     const archiver = new WalArchiver({
       repository,
       pgBinDir: config.pgBinDir,
-      identity: resolvePostgresIdentity(config.pgOsUser),
+      identity: pgIdentity,
       superuser,
       replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication" },
       nodeTimeoutMs: config.nodeTimeoutMs,

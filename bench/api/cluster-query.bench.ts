@@ -6,29 +6,17 @@
  */
 import "reflect-metadata";
 import { chmod, mkdtemp } from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { spawn, type ChildProcess } from "node:child_process";
+import { findFreePort } from "../../src/cluster/ports";
 import { projectRoot } from "../../src/util/project-root";
-
 import { percentile, runOpenLoop, type OpenLoopResult } from "./open-loop";
 
 const RATE = Number(process.env.BENCH_RATE ?? 1000);
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 20);
 const SETTLE_MS = Number(process.env.BENCH_SETTLE_MS ?? 10000);
 const QUERY = "{ cluster { name primary { name } nodes { name role reachable host port replication { state lagBytes replayLagSeconds } } } }";
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * The service runs as `relevo up` in a process of its own, as in production;
@@ -85,10 +73,10 @@ async function main(): Promise<void> {
   const env = {
     ...process.env,
     RELEVO_HOME: home,
-    RELEVO_API_PORT: String(await freePort()),
-    RELEVO_PRIMARY_PORT: String(await freePort()),
-    RELEVO_REPLICA_PORT: String(await freePort()),
-    RELEVO_REDIS_PORT: String(await freePort()),
+    RELEVO_API_PORT: String(await findFreePort("127.0.0.1")),
+    RELEVO_PRIMARY_PORT: String(await findFreePort("127.0.0.1")),
+    RELEVO_REPLICA_PORT: String(await findFreePort("127.0.0.1")),
+    RELEVO_REDIS_PORT: String(await findFreePort("127.0.0.1")),
     RELEVO_LOG_LEVEL: "warn",
   };
   const body = JSON.stringify({ query: QUERY });
@@ -102,7 +90,7 @@ async function main(): Promise<void> {
   } finally {
     await stopChild(service.child);
   }
-  const barePort = await freePort();
+  const barePort = await findFreePort("127.0.0.1");
   const bare = await startBareServer(barePort, sample);
   let floor: Measured;
   try {

@@ -8,6 +8,7 @@ import { z } from "zod";
  */
 const port = z.coerce.number().int().min(1).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+const cronOrOff = z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off");
 
 export const configKeys = {
   home: {
@@ -163,13 +164,13 @@ export const configKeys = {
   scheduleFullBackup: {
     env: "RELEVO_SCHEDULE_FULL_BACKUP",
     default: "0 3 * * 0",
-    schema: z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off"),
+    schema: cronOrOff,
     doc: "When the scheduled full backup runs (cron, UTC; default Sundays 03:00), or off.",
   },
   scheduleVerify: {
     env: "RELEVO_SCHEDULE_VERIFY",
     default: "30 4 * * *",
-    schema: z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off"),
+    schema: cronOrOff,
     doc: "When the newest backup is verified with a restore test (cron, UTC; default daily 04:30), or off.",
   },
   schedulerPollMs: {
