@@ -17,4 +17,8 @@ module.exports = {
   // Integration suites each own their cluster; run one at a time on 2 cores.
   maxWorkers: 1,
   verbose: true,
+  // A handle some suite leaks (a Redis client retrying, a timer) must not keep
+  // CI waiting after the last test: Jest still names the run's outcome, and
+  // prints that it forced the exit.
+  forceExit: true,
 };

@@ -5,6 +5,7 @@ import type { BackupService } from "../backup/backup-service";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
+import { settlesWithin } from "../util/sleep";
 
 /** The scheduled jobs Relevo knows. */
 export const SCHEDULED_JOBS = {
@@ -26,7 +27,11 @@ export interface ScheduleView {
 }
 
 export interface BackupSchedulerOptions {
-  /** A connection of its own for Agenda (it is not closed by the scheduler). */
+  /**
+   * A connection of its own for Agenda, with an offline queue (Agenda's
+   * notification channel subscribes on a duplicate of it before it is
+   * connected). The scheduler closes it only when Redis is away at stop.
+   */
   readonly redis: Redis;
   readonly keyPrefix: string;
   readonly backups: BackupService;
@@ -50,13 +55,23 @@ export interface BackupSchedulerOptions {
  */
 export class BackupScheduler {
   private readonly agenda: Agenda;
+  private readonly backend: RedisBackend;
+  /** Connections Agenda's notification channel made from ours (see stop). */
+  private readonly duplicates = new Set<Redis>();
 
   constructor(private readonly options: BackupSchedulerOptions) {
+    const duplicate = options.redis.duplicate.bind(options.redis);
+    options.redis.duplicate = (...args: Parameters<Redis["duplicate"]>): Redis => {
+      const copy = duplicate(...args);
+      this.duplicates.add(copy);
+      return copy;
+    };
     const backend = new RedisBackend({ redis: options.redis as never, keyPrefix: `${options.keyPrefix}:agenda:`, channelName: `${options.keyPrefix}:agenda:notifications` });
     // Both emit "error" while Redis is away; an EventEmitter's unheard "error"
     // would crash the service. They reconnect by themselves.
     const logError = (error: Error): void => options.logger.warn({ err: error.message }, "scheduler: Redis unavailable");
     (backend.notificationChannel as unknown as NodeJS.EventEmitter).on("error", logError);
+    this.backend = backend;
     this.agenda = new Agenda({
       backend,
       // A number: Agenda 6 reads "200 milliseconds" as 200000 ms.
@@ -94,9 +109,26 @@ export class BackupScheduler {
    * them). Not drain(): Agenda 6's drain() leaves its notification
    * subscriber connected and a later stop() does nothing. A backup a job
    * started is awaited by the service's own shutdown (BackupService.waitForIdle).
+   *
+   * With Redis away, Agenda's stop waits for ever on queued commands (the
+   * unlock, the notification channel's unsubscribe). After `graceMs` the
+   * scheduler closes its connections instead; the job locks it held then
+   * expire after their lock lifetime.
    */
-  async stop(): Promise<void> {
-    await this.agenda.stop();
+  async stop(graceMs = 5000): Promise<void> {
+    const redisAway = this.options.redis.status !== "ready";
+    const stopping = this.agenda.stop();
+    if (await settlesWithin(stopping, redisAway ? Math.min(graceMs, 1000) : graceMs)) {
+      await stopping.catch((error: Error) => this.options.logger.warn({ err: error.message }, "scheduler: jobs not unlocked"));
+      return;
+    }
+    this.options.logger.warn({ graceMs }, "scheduler stopped without unlocking its jobs: Redis unavailable (the locks expire by themselves)");
+    // ioredis does not fail the queued commands of a client disconnected while
+    // it waits to reconnect, so those promises are left pending: they hold no
+    // timer or socket. The channel's disconnect clears its reconnect timer first.
+    for (const client of [...this.duplicates, this.options.redis]) client.disconnect();
+    void this.backend.notificationChannel.disconnect().catch(() => undefined);
+    void stopping.catch(() => undefined);
   }
 
   async list(): Promise<ScheduleView[]> {

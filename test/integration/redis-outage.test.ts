@@ -1,7 +1,7 @@
 import { createLogger } from "../../src/log";
 import { ensureRedisServer } from "../../src/redis/redis-server";
 import { graphqlRequest } from "../helpers/graphql-client";
-import { eventually, useTestCluster } from "../helpers/service";
+import { eventually, startTestCluster, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("Redis unavailable: clear errors, nothing crashes, everything resumes", () => {
@@ -23,6 +23,8 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
     expect(before.data).toEqual({ cluster: { name: "test" } });
 
     await (await redisServer()).stop();
+    // "While Redis is down" as the service sees it: its connections have noticed.
+    await eventually(async () => (cluster.service.redis.status !== "ready" ? true : undefined), { what: "the service to see Redis gone" });
     const started = Date.now();
     const during = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
     expect(Date.now() - started).toBeLessThan(3000);
@@ -55,5 +57,25 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
     expect(rows).toEqual([{ kind: "node:down" }]);
     expect(cluster.service.events.bufferedCount).toBe(0);
     await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
+  });
+});
+
+describe("stopping the service while Redis is down", () => {
+  test("finishes promptly and leaves nothing running (the scheduler does not wait for ever to unlock its jobs)", async () => {
+    const cluster = await startTestCluster("redis-down-stop");
+    const redis = await ensureRedisServer({
+      home: cluster.config.home,
+      host: cluster.config.host,
+      port: cluster.config.redisPort,
+      password: cluster.service.secrets.redisPassword,
+      bin: cluster.config.redisServerBin,
+      startTimeoutMs: 30000,
+      logger: createLogger({ level: "silent" }),
+    });
+    await redis.stop();
+    const started = Date.now();
+    await cluster.stop();
+    expect(Date.now() - started).toBeLessThan(20000);
+    for (const node of cluster.service.nodes) expect((await cluster.service.driver.state(node)).phase).toBe("stopped");
   });
 });
