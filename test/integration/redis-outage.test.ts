@@ -1,22 +1,26 @@
 import { createLogger } from "../../src/log";
-import { ensureRedisServer } from "../../src/redis/redis-server";
+import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { graphqlRequest } from "../helpers/graphql-client";
-import { eventually, startTestCluster, useTestCluster } from "../helpers/service";
+import { eventually, startTestCluster, useTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+
+/** The cluster's Redis server: adopted when running, started when not. */
+function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
+  return ensureRedisServer({
+    home: cluster.config.home,
+    host: cluster.config.host,
+    port: cluster.config.redisPort,
+    password: cluster.service.secrets.redisPassword,
+    bin: cluster.config.redisServerBin,
+    startTimeoutMs: 30000,
+    logger: createLogger({ level: "silent" }),
+  });
+}
 
 describe("Redis unavailable: clear errors, nothing crashes, everything resumes", () => {
   const cluster = useTestCluster("redis-outage");
 
-  const redisServer = () =>
-    ensureRedisServer({
-      home: cluster.config.home,
-      host: cluster.config.host,
-      port: cluster.config.redisPort,
-      password: cluster.service.secrets.redisPassword,
-      bin: cluster.config.redisServerBin,
-      startTimeoutMs: 30000,
-      logger: createLogger({ level: "silent" }),
-    });
+  const redisServer = () => redisServerOf(cluster);
 
   test("while Redis is down the API answers SERVICE_UNAVAILABLE at once; events wait and are consolidated after", async () => {
     const before = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
@@ -63,16 +67,7 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
 describe("stopping the service while Redis is down", () => {
   test("finishes promptly and leaves nothing running (the scheduler does not wait for ever to unlock its jobs)", async () => {
     const cluster = await startTestCluster("redis-down-stop");
-    const redis = await ensureRedisServer({
-      home: cluster.config.home,
-      host: cluster.config.host,
-      port: cluster.config.redisPort,
-      password: cluster.service.secrets.redisPassword,
-      bin: cluster.config.redisServerBin,
-      startTimeoutMs: 30000,
-      logger: createLogger({ level: "silent" }),
-    });
-    await redis.stop();
+    await (await redisServerOf(cluster)).stop();
     const started = Date.now();
     await cluster.stop();
     expect(Date.now() - started).toBeLessThan(20000);
