@@ -1,24 +1,49 @@
 import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
 import { execFile } from "node:child_process";
-import { mkdir, rename, rm } from "node:fs/promises";
+import { mkdir, open, rename, rm } from "node:fs/promises";
 import { promisify } from "node:util";
 import path from "node:path";
-import { Transform, type Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { createGunzip, createGzip } from "node:zlib";
-import { createLz4Compress, createLz4Decompress } from "./lz4-stream";
-import type { Compression } from "./manifest";
+import { Readable, Transform } from "node:stream";
+import { crc32, createGunzip, createGzip } from "node:zlib";
+import { createLz4Decompress, lz4Frame } from "./lz4-stream";
+import type { Compression, StoredContent } from "./manifest";
 
 export interface CopiedFile {
   readonly size: number;
-  readonly sha256: string;
+  readonly crc32: string;
   readonly storedBytes: number;
   readonly storedSha256: string;
 }
 
-/** Counts and hashes what flows through it. */
-export function hashingCounter(): Transform & { result(): { bytes: number; sha256: string } } {
+/** The content checksum: CRC-32 (zlib's, hardware-assisted), 8 hex digits. */
+export function contentCrc32(data: Buffer): string {
+  return crc32Hex(crc32(data));
+}
+
+function crc32Hex(value: number): string {
+  return (value >>> 0).toString(16).padStart(8, "0");
+}
+
+export type CountingTransform<R> = Transform & { result(): R };
+
+/** Counts what flows through it and keeps its CRC-32 (content). */
+export function crc32Counter(): CountingTransform<{ bytes: number; crc32: string }> {
+  let value = 0;
+  let bytes = 0;
+  const transform = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      value = crc32(chunk, value);
+      bytes += chunk.length;
+      callback(null, chunk);
+    },
+  }) as CountingTransform<{ bytes: number; crc32: string }>;
+  transform.result = () => ({ bytes, crc32: crc32Hex(value) });
+  return transform;
+}
+
+/** Counts what flows through it and keeps its SHA-256 (stored bytes). */
+export function sha256Counter(): CountingTransform<{ bytes: number; sha256: string }> {
   const hash = createHash("sha256");
   let bytes = 0;
   const transform = new Transform({
@@ -27,37 +52,85 @@ export function hashingCounter(): Transform & { result(): { bytes: number; sha25
       bytes += chunk.length;
       callback(null, chunk);
     },
-  }) as Transform & { result(): { bytes: number; sha256: string } };
+  }) as CountingTransform<{ bytes: number; sha256: string }>;
   transform.result = () => ({ bytes, sha256: hash.digest("hex") });
   return transform;
 }
 
 /**
- * Streams one file into the repository: hash of the content, compression
- * (lz4 by default: fast; gzip level 1 when smaller matters more), hash of
- * what is stored, temp file + fsync + rename. Never holds a whole file in memory.
+ * The stored (still compressed) bytes of one file, from its own object or
+ * its range of a bundle. `storedPath` is where `stored.path` lives.
  */
-export async function storeStream(source: Readable, target: string, compression: Compression): Promise<CopiedFile> {
-  // No fsync per file (on this kind of disk a thousand small fsyncs cost
-  // seconds): the caller syncs the repository's file system once, with
-  // syncFileSystem, before it writes the manifest that makes the backup count.
+export function openStoredContent(storedPath: string, stored: StoredContent): Readable {
+  if (stored.bytes === 0) return Readable.from([]);
+  const start = stored.offset ?? 0;
+  return createReadStream(storedPath, { start, end: start + stored.bytes - 1, highWaterMark: 1024 * 1024 });
+}
+
+/** Feeds a file's chunks, in order, to `consume` (see NodeDriver.readChunks); false when the file is gone. */
+export type ChunkSource = (consume: (chunk: Buffer) => Promise<void>) => Promise<boolean>;
+
+/**
+ * One large file into the repository from reused read buffers: CRC-32 of
+ * the content; LZ4 frames compressed several at once and written in order
+ * (gzip and none go through one stream); SHA-256 of what is stored; temp
+ * file + rename. A chunk is handed back once what came of it is written, so
+ * memory stays bounded by the source's buffers. null when the file is gone.
+ */
+export async function storeChunks(source: ChunkSource, target: string, compression: Compression): Promise<CopiedFile | null> {
   await mkdir(path.dirname(target), { recursive: true, mode: 0o700 });
   const temp = `${target}.tmp-${process.pid}`;
-  const content = hashingCounter();
-  const stored = hashingCounter();
+  const handle = await open(temp, "w", 0o600);
+  let content = 0;
+  let size = 0;
+  const storedHash = createHash("sha256");
+  let storedBytes = 0;
+  // Writes happen one after another, in stream order.
+  let written: Promise<void> = Promise.resolve();
+  const writeInOrder = (data: Promise<Buffer>): Promise<void> => {
+    written = written.then(async () => {
+      const bytes = await data;
+      storedHash.update(bytes);
+      let done = 0;
+      while (done < bytes.length) done += (await handle.write(bytes, done, bytes.length - done, storedBytes + done)).bytesWritten;
+      storedBytes += bytes.length;
+    });
+    return written;
+  };
+  const gzip = compression === "gzip" ? createGzip({ level: 1 }) : null;
+  const gzipEnded = gzip ? new Promise<void>((resolve, reject) => gzip.on("end", resolve).on("error", reject)) : null;
+  gzip?.on("data", (data: Buffer) => void writeInOrder(Promise.resolve(data)).catch(() => undefined));
   try {
-    const output = createWriteStream(temp, { mode: 0o600 });
-    const codec = compressor(compression);
-    if (codec) await pipeline(source, content, codec, stored, output);
-    else await pipeline(source, content, stored, output);
+    const found = await source(async (chunk) => {
+      content = crc32(chunk, content);
+      size += chunk.length;
+      switch (compression) {
+        case "lz4":
+          return writeInOrder(lz4Frame(chunk));
+        case "none":
+          return writeInOrder(Promise.resolve(chunk));
+        case "gzip":
+          // zlib calls back once it no longer needs the chunk.
+          return new Promise<void>((resolve, reject) => gzip!.write(chunk, (error) => (error ? reject(error) : resolve())));
+      }
+    });
+    if (gzip) {
+      gzip.end();
+      await gzipEnded;
+    }
+    await written;
+    await handle.close();
+    if (!found) {
+      await rm(temp, { force: true });
+      return null;
+    }
     await rename(temp, target);
   } catch (error) {
+    await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
     throw error;
   }
-  const contentResult = content.result();
-  const storedResult = stored.result();
-  return { size: contentResult.bytes, sha256: contentResult.sha256, storedBytes: storedResult.bytes, storedSha256: storedResult.sha256 };
+  return { size, crc32: crc32Hex(content), storedBytes, storedSha256: storedHash.digest("hex") };
 }
 
 /** Runs `work` over `items` with at most `parallelism` at a time. */
@@ -76,17 +149,6 @@ export async function forEachParallel<T>(items: readonly T[], parallelism: numbe
   };
   await Promise.all(Array.from({ length: Math.max(1, parallelism) }, worker));
   if (failure !== null) throw failure;
-}
-
-export function compressor(compression: Compression): Transform | null {
-  switch (compression) {
-    case "lz4":
-      return createLz4Compress();
-    case "gzip":
-      return createGzip({ level: 1 });
-    case "none":
-      return null;
-  }
 }
 
 export function decompressor(compression: Compression): Transform | null {

@@ -3,7 +3,8 @@ import { clientConfig, type Credentials } from "../cluster/node-connection";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
-import { forEachParallel, storedSuffix, storeStream, syncFileSystem } from "./copy-file";
+import { BUNDLE_FILE_LIMIT, BundleWriter, type BundledFile } from "./bundle-writer";
+import { forEachParallel, storeChunks, storedSuffix, syncFileSystem } from "./copy-file";
 import { isExcluded, unloggedRelationsOf } from "./exclusions";
 import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION, type BackupManifest, type Compression, type ManifestEntry } from "./manifest";
 import type { Repository } from "./repository";
@@ -40,6 +41,44 @@ export interface FullBackupOptions {
   readonly switchWalOnPrimary: () => Promise<void>;
   readonly onStart?: (manifest: BackupManifest) => Promise<void> | void;
   readonly onProgress?: (progress: CopyProgress) => void;
+}
+
+/** Large files are read in 1 MiB chunks (one LZ4 frame each), four at a time per file. */
+const LARGE_FILE_CHUNK = 1024 * 1024;
+const LARGE_FILE_CHUNKS_IN_FLIGHT = 4;
+
+interface CopyTarget {
+  readonly driver: NodeDriver;
+  readonly source: NodeRef;
+  readonly bundles: BundleWriter;
+  readonly repository: Repository;
+  readonly backupId: string;
+}
+
+/**
+ * One file into the repository: a small one read whole into a bundle, a
+ * large one (or one that grew past the limit since it was listed) streamed
+ * into an object of its own, data/<path>. null when the file is gone.
+ */
+async function copyOne(target: CopyTarget, file: FileEntry): Promise<BundledFile | null> {
+  const { driver, source, bundles } = target;
+  if (file.size <= BUNDLE_FILE_LIMIT) {
+    const read = await driver.readSmallFile(source, file.path, BUNDLE_FILE_LIMIT);
+    if (read.state === "absent") return null;
+    if (read.state === "read") return bundles.add(read.content);
+  }
+  const relative = `data/${file.path}${storedSuffix(bundles.compression)}`;
+  const copied = await storeChunks(
+    (consume) => driver.readChunks(source, file.path, { chunkSize: LARGE_FILE_CHUNK, inFlight: LARGE_FILE_CHUNKS_IN_FLIGHT }, consume),
+    target.repository.storedPath(target.backupId, relative),
+    bundles.compression,
+  );
+  if (copied === null) return null;
+  return {
+    size: copied.size,
+    crc32: copied.crc32,
+    stored: { path: relative, bytes: copied.storedBytes, compression: bundles.compression, sha256: copied.storedSha256 },
+  };
 }
 
 /**
@@ -92,6 +131,7 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
       )
     ).rows[0]!;
     await session.query("SELECT pg_backup_start($1, true)", [`relevo ${id}`]);
+    const checkpointedAtMs = Date.now();
     const backupStartSecond = Math.floor(Date.now() / 1000) * 1000;
     manifest = { ...manifest, systemIdentifier: facts.system_identifier, pgVersion: facts.version };
     await repository.writeManifest(manifest);
@@ -108,25 +148,30 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
     }
     let filesDone = 0;
     let bytesDone = 0;
-    await forEachParallel(files, options.parallelism, async (file: FileEntry) => {
-      if (sessionError) throw sessionError;
-      const stream = await driver.openRead(options.source, file.path);
-      if (stream === null) return; // dropped while we copied: WAL replay removes it anyway
-      const storedRelative = `data/${file.path}${storedSuffix(options.compression)}`;
-      const copied = await storeStream(stream, repository.storedPath(id, storedRelative), options.compression);
-      entries.set(file.path, {
-        path: file.path,
-        type: "file",
-        size: copied.size,
-        mtimeMs: file.mtimeMs,
-        ...(file.mtimeMs >= backupStartSecond ? { mtimeUnreliable: true } : {}),
-        sha256: copied.sha256,
-        stored: { path: storedRelative, bytes: copied.storedBytes, compression: options.compression, sha256: copied.storedSha256 },
+    const bundles = new BundleWriter(repository.backupDir(id), options.compression);
+    // Largest first: the big relation files set the pace, the small ones fill in around them.
+    const byDescendingSize = [...files].sort((a, b) => b.size - a.size);
+    try {
+      await forEachParallel(byDescendingSize, options.parallelism, async (file: FileEntry) => {
+        if (sessionError) throw sessionError;
+        const copied = await copyOne({ driver, source: options.source, bundles, repository, backupId: id }, file);
+        if (copied === null) return; // dropped while we copied: WAL replay removes it anyway
+        entries.set(file.path, {
+          path: file.path,
+          type: "file",
+          size: copied.size,
+          mtimeMs: file.mtimeMs,
+          ...(file.mtimeMs >= backupStartSecond ? { mtimeUnreliable: true } : {}),
+          crc32: copied.crc32,
+          stored: copied.stored,
+        });
+        filesDone += 1;
+        bytesDone += copied.size;
+        options.onProgress?.({ phase: "copying", filesDone, filesTotal: files.length, bytesDone, bytesTotal });
       });
-      filesDone += 1;
-      bytesDone += copied.size;
-      options.onProgress?.({ phase: "copying", filesDone, filesTotal: files.length, bytesDone, bytesTotal });
-    });
+    } finally {
+      await bundles.close();
+    }
     if (sessionError) throw sessionError;
 
     // On a primary, pg_backup_stop also switches to a new WAL segment, so the
@@ -140,12 +185,17 @@ export async function takeFullBackup(deps: FullBackupDeps, options: FullBackupOp
     if (!startLsn || timeline === null) throw new RelevoError(ErrorCode.Internal, `unexpected backup_label: ${stop.labelfile}`);
     await session.end().catch(() => undefined);
     const copiedAtMs = Date.now();
-    logger.info({ id, startLsn, stopLsn: stop.lsn, copyMs: copiedAtMs - startedAt.getTime() }, "backup copied; waiting for its WAL to be archived");
+    logger.info(
+      { id, startLsn, stopLsn: stop.lsn, checkpointMs: checkpointedAtMs - startedAt.getTime(), copyMs: copiedAtMs - checkpointedAtMs },
+      "backup copied; waiting for its WAL to be archived",
+    );
     options.onProgress?.({ phase: "waiting-for-wal", filesDone, filesTotal: files.length, bytesDone, bytesTotal: bytesDone });
     await deps.archiver.waitForArchived(timeline, startLsn, stop.lsn, options.archiveTimeoutMs);
     logger.info({ id, walWaitMs: Date.now() - copiedAtMs }, "backup's WAL archived");
 
+    const syncStartedAtMs = Date.now();
     await syncFileSystem(repository.backupDir(id));
+    logger.info({ id, syncMs: Date.now() - syncStartedAtMs }, "backup's content on disk");
     const sorted = [...entries.values()].sort((a, b) => a.path.localeCompare(b.path));
     manifest = {
       ...manifest,

@@ -3,38 +3,31 @@ import { compressFrame, decompressFrame } from "lz4-napi";
 
 /**
  * LZ4 for repository content: the input is cut into 1 MiB chunks, each
- * compressed as a standard LZ4 frame (on libuv's thread pool, so several
- * files compress in parallel) and stored as `<4-byte big-endian length><frame>`.
+ * compressed as a standard LZ4 frame (on libuv's thread pool, several at
+ * once, so even one large file keeps the cores busy) and stored as `<4-byte big-endian length><frame>`.
  * The length prefix lets a reader stream frame by frame; each frame on its
  * own is readable by any LZ4 tool.
  */
 const CHUNK = 1024 * 1024;
 
-export function createLz4Compress(): Transform {
-  let pending: Buffer[] = [];
-  let size = 0;
-  const emit = async (stream: Transform, data: Buffer): Promise<void> => {
-    const frame = await compressFrame(data);
+/** One chunk (at most 1 MiB) as one length-prefixed frame of the stream format. */
+export async function lz4Frame(chunk: Buffer): Promise<Buffer> {
+  const frame = await compressFrame(chunk);
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(frame.length);
+  return Buffer.concat([header, frame]);
+}
+
+/** A whole buffer in the stream format: its 1 MiB chunks as consecutive frames. */
+export async function lz4Compress(data: Buffer): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for (let at = 0; at < data.length; at += CHUNK) {
+    const frame = await compressFrame(data.subarray(at, at + CHUNK));
     const header = Buffer.alloc(4);
     header.writeUInt32BE(frame.length);
-    stream.push(header);
-    stream.push(frame);
-  };
-  return new Transform({
-    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-      pending.push(chunk);
-      size += chunk.length;
-      if (size < CHUNK) return callback();
-      const data = Buffer.concat(pending);
-      pending = [];
-      size = 0;
-      emit(this, data).then(() => callback(), callback);
-    },
-    flush(callback: TransformCallback) {
-      if (size === 0) return callback();
-      emit(this, Buffer.concat(pending)).then(() => callback(), callback);
-    },
-  });
+    parts.push(header, frame);
+  }
+  return Buffer.concat(parts);
 }
 
 export function createLz4Decompress(): Transform {

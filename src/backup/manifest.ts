@@ -5,7 +5,7 @@
  * its length (restore truncates or extends to it) and where its content is
  * stored; a later backup may store only some blocks and reference the rest.
  */
-export const MANIFEST_VERSION = 1;
+export const MANIFEST_VERSION = 2;
 
 export type BackupType = "full" | "differential" | "incremental";
 export type BackupStatus = "running" | "completed" | "failed" | "expired";
@@ -14,9 +14,18 @@ export type Compression = "lz4" | "gzip" | "none";
 export interface StoredContent {
   /** Path under the backup's directory. */
   readonly path: string;
+  /**
+   * Where the content starts in that object: small files share bundles
+   * (see BundleWriter). Absent: the object holds this content alone.
+   */
+  readonly offset?: number;
+  /** Length of the stored (compressed) content. */
   readonly bytes: number;
   readonly compression: Compression;
-  /** sha256 of the stored (possibly compressed) bytes, to verify the repository itself. */
+  /**
+   * SHA-256 of the stored (compressed) bytes: the repository's integrity.
+   * Strong, and cheap because compressed content is a fraction of the data.
+   */
   readonly sha256: string;
 }
 
@@ -32,8 +41,13 @@ export interface ManifestEntry {
    * so a later backup must not trust mtime for it.
    */
   readonly mtimeUnreliable?: boolean;
-  /** sha256 of the file's content as copied. */
-  readonly sha256?: string;
+  /**
+   * CRC-32 of the file's content as copied (8 hex digits): checks the way
+   * back through decompression end to end, as PostgreSQL's own backup
+   * manifests do with CRC-32C. A SHA-256 of a gigabyte of content would cost
+   * more CPU than the copy itself; the stored bytes have theirs.
+   */
+  readonly crc32?: string;
   readonly stored?: StoredContent;
 }
 

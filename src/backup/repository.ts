@@ -11,7 +11,9 @@ import { parseSegmentName } from "./wal-names";
  *                                    named by PostgreSQL (timeline in the name),
  *                                    owned by the PostgreSQL OS user (restore_command reads it)
  *   <root>/backups/<id>/manifest.json
- *   <root>/backups/<id>/data/<path>.gz   each file's content, compressed
+ *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
+ *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
+ *                                        range each (manifest: offset, bytes)
  *
  * Every write is temp + rename, so an interrupted backup leaves no torn file;
  * a backup without a completed manifest is not a backup.
@@ -76,7 +78,7 @@ export class Repository {
   }
 
   async removeBackupContent(id: string): Promise<void> {
-    await rm(path.join(this.backupDir(id), "data"), { recursive: true, force: true });
+    for (const part of ["data", "bundles"]) await rm(path.join(this.backupDir(id), part), { recursive: true, force: true });
   }
 
   /** Complete archived segments with the time each was archived (its mtime). */

@@ -1,4 +1,3 @@
-import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
 import { withNodeClient, type Credentials } from "../cluster/node-connection";
 import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../cluster/node-settings";
@@ -6,7 +5,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
-import { decompressor, forEachParallel, hashingCounter } from "./copy-file";
+import { crc32Counter, decompressor, forEachParallel, openStoredContent } from "./copy-file";
 import type { BackupManifest, ManifestEntry } from "./manifest";
 import { recoverySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
@@ -83,8 +82,8 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
 
 async function restoreFile(deps: RestoreDeps, manifest: BackupManifest, target: NodeRef, entry: ManifestEntry): Promise<void> {
   if (!entry.stored) throw new RelevoError(ErrorCode.Internal, `manifest of ${manifest.id} has no content for ${entry.path}`);
-  const check = hashingCounter();
-  const file = createReadStream(deps.repository.storedPath(manifest.id, entry.stored.path), { highWaterMark: 1024 * 1024 });
+  const check = crc32Counter();
+  const file = openStoredContent(deps.repository.storedPath(manifest.id, entry.stored.path), entry.stored);
   // pipe() does not forward errors: a missing or corrupt stored file must fail the write.
   const stages: Readable[] = [file];
   const codec = decompressor(entry.stored.compression);
@@ -99,8 +98,8 @@ async function restoreFile(deps: RestoreDeps, manifest: BackupManifest, target: 
       details: { file: entry.path },
     });
   }
-  const { bytes, sha256 } = check.result();
-  if (sha256 !== entry.sha256 || bytes !== entry.size) {
+  const { bytes, crc32 } = check.result();
+  if (crc32 !== entry.crc32 || bytes !== entry.size) {
     throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is damaged: ${entry.path} does not match its checksum`, {
       details: { file: entry.path },
     });

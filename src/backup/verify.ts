@@ -1,9 +1,8 @@
-import { createReadStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
-import { Writable, type Readable } from "node:stream";
+import { Writable } from "node:stream";
 import { findFreePort } from "../cluster/ports";
 import type { NodeRef } from "../nodes/node-driver";
-import { decompressor, forEachParallel, hashingCounter } from "./copy-file";
+import { crc32Counter, decompressor, forEachParallel, openStoredContent, sha256Counter } from "./copy-file";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "./repository";
 import { restoreBackup, type RestoreDeps } from "./restore";
@@ -46,11 +45,11 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
 
 async function storedFileMatches(repository: Repository, id: string, entry: ManifestEntry): Promise<boolean> {
   if (!entry.stored) return false;
-  const stored = hashingCounter();
-  const content = hashingCounter();
+  const stored = sha256Counter();
+  const content = crc32Counter();
   const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() });
   try {
-    const source: Readable = createReadStream(repository.storedPath(id, entry.stored.path), { highWaterMark: 1024 * 1024 });
+    const source = openStoredContent(repository.storedPath(id, entry.stored.path), entry.stored);
     const codec = decompressor(entry.stored.compression);
     if (codec) await pipeline(source, stored, codec, content, sink);
     else await pipeline(source, stored, content, sink);
@@ -59,7 +58,7 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
   }
   const storedResult = stored.result();
   const contentResult = content.result();
-  return storedResult.sha256 === entry.stored.sha256 && contentResult.sha256 === entry.sha256 && contentResult.bytes === entry.size;
+  return storedResult.sha256 === entry.stored.sha256 && storedResult.bytes === entry.stored.bytes && contentResult.crc32 === entry.crc32 && contentResult.bytes === entry.size;
 }
 
 async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {

@@ -33,6 +33,16 @@ export type NodeProcessState =
   | { readonly phase: "running"; readonly pid: number }
   | { readonly phase: "paused"; readonly pid: number }; // frozen (SIGSTOP / docker pause)
 
+export interface ChunkedReadOptions {
+  readonly chunkSize: number;
+  readonly inFlight: number;
+}
+
+export type SmallFileRead =
+  | { readonly state: "absent" }
+  | { readonly state: "read"; readonly content: Buffer }
+  | { readonly state: "too-large"; readonly size: number };
+
 export interface ExecOptions {
   /**
    * `online`: the tool talks to or lives next to the running server
@@ -100,10 +110,24 @@ export interface NodeDriver {
 
   /** Reads a file under the data directory; null when it does not exist. */
   readFile(node: NodeRef, relativePath: string): Promise<Buffer | null>;
+  /**
+   * Reads a file whole only when it is at most `maxBytes` long (a backup's
+   * small-file path: one read, no stream); says so, reading nothing, when
+   * it is longer (it may have grown since it was listed).
+   */
+  readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead>;
   /** Writes atomically (temp + rename), owned by the PostgreSQL OS user, mode 0600 unless told. */
   writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number }): Promise<void>;
   /** Streams a file under the data directory (never whole into memory); null when it does not exist. */
   openRead(node: NodeRef, relativePath: string): Promise<Readable | null>;
+  /**
+   * Reads a file in order, in chunks of at most `chunkSize`, into buffers the
+   * driver reuses: `consume` may hold a chunk until the promise it returned
+   * settles, and at most `inFlight` chunks are out at once. A large backup
+   * allocates nothing per chunk then (a fresh buffer per MiB keeps the
+   * garbage collector busy). false when the file does not exist.
+   */
+  readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean>;
   /**
    * Writes a stream to a file under the data directory atomically, owned by
    * the PostgreSQL OS user; fsynced unless `durable: false` (a restore skips

@@ -69,6 +69,10 @@ export function describeDriverConformance(target: ConformanceTarget): void {
     test("files: write (atomic, 0600), read, list, remove — confined to the data directory", async () => {
       await driver.writeFile(node, "conf.d/extra.conf", "# nothing\n");
       expect((await driver.readFile(node, "conf.d/extra.conf"))?.toString()).toBe("# nothing\n");
+      expect(await driver.readSmallFile(node, "conf.d/extra.conf", 10)).toEqual({ state: "read", content: Buffer.from("# nothing\n") });
+      expect(await driver.readSmallFile(node, "conf.d/extra.conf", 9)).toEqual({ state: "too-large", size: 10 });
+      expect(await driver.readSmallFile(node, "conf.d/absent.conf", 10)).toEqual({ state: "absent" });
+      await expect(driver.readSmallFile(node, "../../etc/passwd", 10)).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
       const listed = await driver.listFiles(node, "conf.d");
       expect(listed).toEqual([expect.objectContaining({ path: "conf.d/extra.conf", type: "file", size: 10 })]);
       await driver.removeFiles(node, ["conf.d"]);
@@ -88,6 +92,29 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(chunks.length).toBeGreaterThan(1);
       expect(Buffer.concat(chunks).equals(content)).toBe(true);
       expect(await driver.openRead(node, "stream-test/missing")).toBeNull();
+      // Chunked reads: in order, at most `inFlight` held at once, each chunk valid until handed back.
+      const copies: Buffer[] = [];
+      let held = 0;
+      let mostHeld = 0;
+      const found = await driver.readChunks(node, "stream-test/big.bin", { chunkSize: 1024 * 1024, inFlight: 2 }, async (chunk) => {
+        held += 1;
+        mostHeld = Math.max(mostHeld, held);
+        const copy = Buffer.from(chunk);
+        copies.push(copy);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        expect(chunk.equals(copy)).toBe(true); // not overwritten while held
+        held -= 1;
+      });
+      expect(found).toBe(true);
+      expect(copies.length).toBe(6);
+      expect(mostHeld).toBe(2);
+      expect(Buffer.concat(copies).equals(content)).toBe(true);
+      expect(await driver.readChunks(node, "stream-test/missing", { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(false);
+      await expect(
+        driver.readChunks(node, "stream-test/big.bin", { chunkSize: 1024 * 1024, inFlight: 2 }, async () => {
+          throw new Error("consumer failed");
+        }),
+      ).rejects.toThrow("consumer failed");
       await driver.makeDirectory(node, "stream-test/a/b");
       expect(await driver.listFiles(node, "stream-test/a")).toEqual([expect.objectContaining({ path: "stream-test/a/b", type: "directory" })]);
       await driver.removeFiles(node, ["stream-test"]);

@@ -116,7 +116,8 @@ describe("full backup and point-in-time restore", () => {
     const storedFile = cluster.service.repository.storedPath(manifest.id, victim.stored!.path);
     const original = await readFile(storedFile);
     const damaged = Buffer.from(original);
-    const at = Math.floor(damaged.length / 2);
+    // Mid-way through the victim's own range (small files share a bundle).
+    const at = (victim.stored!.offset ?? 0) + Math.floor(victim.stored!.bytes / 2);
     damaged[at] = damaged[at]! ^ 0xff;
     await writeFile(storedFile, damaged);
     const copy: NodeRef = { name: "restore3", host: "127.0.0.1", port: await freePort() };

@@ -1,6 +1,6 @@
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import type { BackupManifest } from "../../src/backup/manifest";
-import { backupId, labelStartLsn, labelTimeline } from "../../src/backup/manifest";
+import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../../src/backup/recovery-target";
 import { recoveryWindow } from "../../src/backup/recovery-window";
 import { planRetention } from "../../src/backup/retention";
@@ -8,7 +8,7 @@ import { parseSegmentName, segmentName, segmentNumber } from "../../src/backup/w
 import { ErrorCode } from "../../src/errors";
 
 const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupManifest => ({
-  formatVersion: 1,
+  formatVersion: MANIFEST_VERSION,
   id,
   type: "full",
   status: "completed",

@@ -10,7 +10,9 @@ import type {
   NodeDriver,
   NodeProcessState,
   NodeRef,
+  SmallFileRead,
   StopMode,
+  ChunkedReadOptions,
 } from "../node-driver";
 import type { Readable } from "node:stream";
 import {
@@ -18,6 +20,8 @@ import {
   makeDirectoryOwned,
   openOptionalReadStream,
   readOptionalFile,
+  readLocalChunks,
+  readSmallLocalFile,
   removeInside,
   resolveInside,
   writeFileAtomic,
@@ -223,6 +227,14 @@ export class LocalDriver implements NodeDriver {
 
   async readFile(node: NodeRef, relativePath: string): Promise<Buffer | null> {
     return readOptionalFile(resolveInside(this.dataDirectory(node), relativePath));
+  }
+
+  async readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+    return readLocalChunks(resolveInside(this.dataDirectory(node), relativePath), options, consume);
+  }
+
+  async readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead> {
+    return readSmallLocalFile(resolveInside(this.dataDirectory(node), relativePath), maxBytes);
   }
 
   async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number } = {}): Promise<void> {

@@ -1,10 +1,10 @@
 import { createWriteStream } from "node:fs";
-import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
-import type { FileEntry } from "../node-driver";
+import type { ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
 import type { OsIdentity } from "./os-user";
 
 /** Resolves a path under a data directory, refusing anything that escapes it. */
@@ -22,6 +22,78 @@ export async function readOptionalFile(file: string): Promise<Buffer | null> {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw error;
+  }
+}
+
+/** See NodeDriver.readChunks: a fixed set of buffers, reused. */
+export async function readLocalChunks(file: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, "r");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw error;
+  }
+  const free: Buffer[] = Array.from({ length: Math.max(1, options.inFlight) }, () => Buffer.allocUnsafeSlow(options.chunkSize));
+  const outstanding = new Set<Promise<void>>();
+  let failure: unknown = null;
+  try {
+    let position = 0;
+    while (failure === null) {
+      while (free.length === 0 && failure === null) await Promise.race(outstanding);
+      if (failure !== null) break;
+      const buffer = free.pop()!;
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+      if (bytesRead === 0) {
+        free.push(buffer);
+        break;
+      }
+      position += bytesRead;
+      const consumed: Promise<void> = consume(buffer.subarray(0, bytesRead)).then(
+        () => {
+          free.push(buffer);
+          outstanding.delete(consumed);
+        },
+        (error: unknown) => {
+          failure ??= error;
+          outstanding.delete(consumed);
+        },
+      );
+      outstanding.add(consumed);
+    }
+    await Promise.all(outstanding);
+  } finally {
+    await handle.close();
+  }
+  if (failure !== null) throw failure;
+  return true;
+}
+
+/**
+ * One open, one fstat, one read: a file that grows while it is read is read
+ * to the length fstat saw (a backup's WAL replay restores the rest).
+ */
+export async function readSmallLocalFile(file: string, maxBytes: number): Promise<SmallFileRead> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, "r");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { state: "absent" };
+    throw error;
+  }
+  try {
+    const { size } = await handle.stat();
+    if (size > maxBytes) return { state: "too-large", size };
+    const content = Buffer.allocUnsafe(size);
+    let filled = 0;
+    while (filled < size) {
+      const { bytesRead } = await handle.read(content, filled, size - filled, filled);
+      if (bytesRead === 0) break; // truncated meanwhile
+      filled += bytesRead;
+    }
+    return { state: "read", content: filled === size ? content : content.subarray(0, filled) };
+  } finally {
+    await handle.close();
   }
 }
 
