@@ -4,9 +4,11 @@ import { execFile } from "node:child_process";
 import { mkdir, open, rename, rm } from "node:fs/promises";
 import { promisify } from "node:util";
 import path from "node:path";
-import { Readable, Transform } from "node:stream";
+import { Readable } from "node:stream";
 import { crc32, createGunzip, createGzip } from "node:zlib";
-import { createLz4Decompress, lz4Frame } from "./lz4-stream";
+import { pipeline } from "node:stream/promises";
+import { lz4Decode, lz4DecodeBuffer, lz4Frame } from "./lz4-stream";
+import { decodeLz4InWorker, type StoredSummary } from "./lz4-worker-decode";
 import type { Compression, StoredContent } from "./manifest";
 
 export interface CopiedFile {
@@ -21,40 +23,8 @@ export function contentCrc32(data: Buffer): string {
   return crc32Hex(crc32(data));
 }
 
-function crc32Hex(value: number): string {
+export function crc32Hex(value: number): string {
   return (value >>> 0).toString(16).padStart(8, "0");
-}
-
-export type CountingTransform<R> = Transform & { result(): R };
-
-/** Counts what flows through it and keeps its CRC-32 (content). */
-export function crc32Counter(): CountingTransform<{ bytes: number; crc32: string }> {
-  let value = 0;
-  let bytes = 0;
-  const transform = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      value = crc32(chunk, value);
-      bytes += chunk.length;
-      callback(null, chunk);
-    },
-  }) as CountingTransform<{ bytes: number; crc32: string }>;
-  transform.result = () => ({ bytes, crc32: crc32Hex(value) });
-  return transform;
-}
-
-/** Counts what flows through it and keeps its SHA-256 (stored bytes). */
-export function sha256Counter(): CountingTransform<{ bytes: number; sha256: string }> {
-  const hash = createHash("sha256");
-  let bytes = 0;
-  const transform = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      bytes += chunk.length;
-      callback(null, chunk);
-    },
-  }) as CountingTransform<{ bytes: number; sha256: string }>;
-  transform.result = () => ({ bytes, sha256: hash.digest("hex") });
-  return transform;
 }
 
 /**
@@ -151,15 +121,56 @@ export async function forEachParallel<T>(items: readonly T[], parallelism: numbe
   if (failure !== null) throw failure;
 }
 
-export function decompressor(compression: Compression): Transform | null {
+/** Content decoded from stored bytes: LZ4 several frames at once, gzip through zlib. */
+export function decodedChunks(stored: AsyncIterable<Buffer>, compression: Compression): AsyncIterable<Buffer> {
   switch (compression) {
     case "lz4":
-      return createLz4Decompress();
-    case "gzip":
-      return createGunzip();
+      return lz4Decode(stored);
+    case "gzip": {
+      const gunzip = createGunzip();
+      pipeline(Readable.from(stored), gunzip).catch((error: Error) => gunzip.destroy(error));
+      return gunzip;
+    }
     case "none":
-      return null;
+      return stored;
   }
+}
+
+/**
+ * A stored file's content, decoded, in chunks each valid until the next is
+ * pulled; `onStored` gets the stored bytes' length and SHA-256 at the end.
+ * A large file's LZ4 content is decoded in a worker thread (see lz4-worker-decode).
+ */
+export function storedContentChunks(storedPath: string, stored: StoredContent, onStored?: (summary: StoredSummary) => void): AsyncIterable<Buffer> {
+  // Large files are stored alone; a bundled small file is not worth a thread.
+  if (stored.compression === "lz4" && stored.offset === undefined) return decodeLz4InWorker(storedPath, { start: 0, bytes: stored.bytes }, onStored);
+  const hash = createHash("sha256");
+  let storedBytes = 0;
+  const raw = tap(openStoredContent(storedPath, stored), (chunk) => {
+    hash.update(chunk);
+    storedBytes += chunk.length;
+  });
+  return (async function* () {
+    yield* decodedChunks(raw, stored.compression);
+    onStored?.({ storedBytes, storedSha256: hash.digest("hex") });
+  })();
+}
+
+/** Passes chunks through unchanged, showing each to `see` first. */
+export async function* tap(source: AsyncIterable<Buffer>, see: (chunk: Buffer) => void): AsyncGenerator<Buffer> {
+  for await (const chunk of source) {
+    see(chunk);
+    yield chunk;
+  }
+}
+
+/** A whole stored content (a small file's bundle range) decoded into one buffer. */
+export async function decodeBuffer(stored: Buffer, compression: Compression): Promise<Buffer> {
+  if (compression === "none") return stored;
+  if (compression === "lz4") return lz4DecodeBuffer(stored);
+  const parts: Buffer[] = [];
+  for await (const chunk of decodedChunks(Readable.from([stored]), compression)) parts.push(chunk);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 }
 
 /** The file name suffix of stored content. */

@@ -1,4 +1,3 @@
-import { Transform, type TransformCallback } from "node:stream";
 import { compressFrame, decompressFrame } from "lz4-napi";
 
 /**
@@ -30,24 +29,50 @@ export async function lz4Compress(data: Buffer): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-export function createLz4Decompress(): Transform {
+/** The frames of the stream format, as they arrive. */
+async function* lz4Frames(stored: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   let buffered: Buffer = Buffer.alloc(0);
-  return new Transform({
-    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-      const frames: Buffer[] = [];
-      while (buffered.length >= 4) {
-        const length = buffered.readUInt32BE(0);
-        if (buffered.length < 4 + length) break;
-        frames.push(buffered.subarray(4, 4 + length));
-        buffered = buffered.subarray(4 + length);
-      }
-      (async () => {
-        for (const frame of frames) this.push(await decompressFrame(frame));
-      })().then(() => callback(), callback);
-    },
-    flush(callback: TransformCallback) {
-      callback(buffered.length === 0 ? null : new Error("truncated LZ4 stream"));
-    },
-  });
+  for await (const chunk of stored) {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    while (buffered.length >= 4) {
+      const length = buffered.readUInt32BE(0);
+      if (buffered.length < 4 + length) break;
+      yield buffered.subarray(4, 4 + length);
+      buffered = buffered.subarray(4 + length);
+    }
+  }
+  if (buffered.length > 0) throw new Error("truncated LZ4 stream");
+}
+
+/** A whole stored content decoded at once (a small file: usually one frame). */
+export async function lz4DecodeBuffer(stored: Buffer): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let at = 0;
+  while (at < stored.length) {
+    if (stored.length - at < 4) throw new Error("truncated LZ4 stream");
+    const length = stored.readUInt32BE(at);
+    if (stored.length - at - 4 < length) throw new Error("truncated LZ4 stream");
+    parts.push(await decompressFrame(stored.subarray(at + 4, at + 4 + length)));
+    at += 4 + length;
+  }
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/** Frames decompressed at once while decoding one file (on the thread pool). */
+const FRAMES_IN_FLIGHT = 4;
+
+/** Decodes the stream format, several frames at once, yielding content in order. */
+export async function* lz4Decode(stored: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const inFlight: Array<Promise<Buffer>> = [];
+  try {
+    for await (const frame of lz4Frames(stored)) {
+      const content = decompressFrame(frame);
+      content.catch(() => undefined); // awaited in order below; not an unhandled rejection meanwhile
+      inFlight.push(content);
+      if (inFlight.length >= FRAMES_IN_FLIGHT) yield await inFlight.shift()!;
+    }
+    while (inFlight.length > 0) yield await inFlight.shift()!;
+  } finally {
+    inFlight.length = 0;
+  }
 }

@@ -1,8 +1,8 @@
-import { pipeline } from "node:stream/promises";
-import { Writable } from "node:stream";
 import { findFreePort } from "../cluster/ports";
 import type { NodeRef } from "../nodes/node-driver";
-import { crc32Counter, decompressor, forEachParallel, openStoredContent, sha256Counter } from "./copy-file";
+import { crc32 } from "node:zlib";
+import { crc32Hex, forEachParallel, storedContentChunks } from "./copy-file";
+import type { StoredSummary } from "./lz4-worker-decode";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "./repository";
 import { restoreBackup, type RestoreDeps } from "./restore";
@@ -45,20 +45,26 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
 
 async function storedFileMatches(repository: Repository, id: string, entry: ManifestEntry): Promise<boolean> {
   if (!entry.stored) return false;
-  const stored = sha256Counter();
-  const content = crc32Counter();
-  const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() });
+  const expected = entry.stored;
+  let summary: StoredSummary | null = null;
+  let content = 0;
+  let contentBytes = 0;
   try {
-    const source = openStoredContent(repository.storedPath(id, entry.stored.path), entry.stored);
-    const codec = decompressor(entry.stored.compression);
-    if (codec) await pipeline(source, stored, codec, content, sink);
-    else await pipeline(source, stored, content, sink);
+    for await (const chunk of storedContentChunks(repository.storedPath(id, expected.path), expected, (seen) => (summary = seen))) {
+      content = crc32(chunk, content);
+      contentBytes += chunk.length;
+    }
   } catch {
-    return false; // missing, unreadable or not valid gzip
+    return false; // missing, unreadable or not decodable
   }
-  const storedResult = stored.result();
-  const contentResult = content.result();
-  return storedResult.sha256 === entry.stored.sha256 && storedResult.bytes === entry.stored.bytes && contentResult.crc32 === entry.crc32 && contentResult.bytes === entry.size;
+  const stored = summary as StoredSummary | null;
+  return (
+    stored !== null &&
+    stored.storedSha256 === expected.sha256 &&
+    stored.storedBytes === expected.bytes &&
+    crc32Hex(content) === entry.crc32 &&
+    contentBytes === entry.size
+  );
 }
 
 async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {

@@ -116,8 +116,14 @@ export interface NodeDriver {
    * it is longer (it may have grown since it was listed).
    */
   readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead>;
-  /** Writes atomically (temp + rename), owned by the PostgreSQL OS user, mode 0600 unless told. */
-  writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number }): Promise<void>;
+  /**
+   * Writes atomically (temp + rename), owned by the PostgreSQL OS user, mode
+   * 0600 unless told. `fresh`: the file must not exist yet and nothing reads
+   * the directory meanwhile (a restore filling a new data directory, whose
+   * whole is discarded on failure): written in place, in fewer steps; an
+   * existing file is an error.
+   */
+  writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number; fresh?: boolean }): Promise<void>;
   /** Streams a file under the data directory (never whole into memory); null when it does not exist. */
   openRead(node: NodeRef, relativePath: string): Promise<Readable | null>;
   /**
@@ -129,11 +135,13 @@ export interface NodeDriver {
    */
   readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean>;
   /**
-   * Writes a stream to a file under the data directory atomically, owned by
-   * the PostgreSQL OS user; fsynced unless `durable: false` (a restore skips
-   * it: PostgreSQL syncs the whole data directory before recovery starts).
+   * Writes a stream (a Readable or any async iterable of buffers) to a file
+   * under the data directory atomically, owned by the PostgreSQL OS user;
+   * fsynced unless `durable: false` (a restore skips it: PostgreSQL syncs the
+   * whole data directory before recovery starts). Each chunk is written
+   * before the next is pulled, so a producer may reuse its buffers.
    */
-  writeStream(node: NodeRef, relativePath: string, source: Readable, options?: { mode?: number; durable?: boolean }): Promise<void>;
+  writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options?: { mode?: number; durable?: boolean }): Promise<void>;
   /** Creates a directory (and its parents) under the data directory, owned by the PostgreSQL OS user. */
   makeDirectory(node: NodeRef, relativePath: string, options?: { mode?: number }): Promise<void>;
   /** Lists a directory under the data directory, recursively; [] when absent. */

@@ -70,11 +70,18 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await driver.writeFile(node, "conf.d/extra.conf", "# nothing\n");
       expect((await driver.readFile(node, "conf.d/extra.conf"))?.toString()).toBe("# nothing\n");
       expect(await driver.readSmallFile(node, "conf.d/extra.conf", 10)).toEqual({ state: "read", content: Buffer.from("# nothing\n") });
+      await driver.writeFile(node, "conf.d/fresh.conf", "# fresh\n", { fresh: true });
+      expect((await driver.readFile(node, "conf.d/fresh.conf"))?.toString()).toBe("# fresh\n");
+      await expect(driver.writeFile(node, "conf.d/fresh.conf", "# again\n", { fresh: true })).rejects.toThrow();
+      expect((await driver.readFile(node, "conf.d/fresh.conf"))?.toString()).toBe("# fresh\n");
       expect(await driver.readSmallFile(node, "conf.d/extra.conf", 9)).toEqual({ state: "too-large", size: 10 });
       expect(await driver.readSmallFile(node, "conf.d/absent.conf", 10)).toEqual({ state: "absent" });
       await expect(driver.readSmallFile(node, "../../etc/passwd", 10)).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
       const listed = await driver.listFiles(node, "conf.d");
-      expect(listed).toEqual([expect.objectContaining({ path: "conf.d/extra.conf", type: "file", size: 10 })]);
+      expect(listed).toEqual([
+        expect.objectContaining({ path: "conf.d/extra.conf", type: "file", size: 10 }),
+        expect.objectContaining({ path: "conf.d/fresh.conf", type: "file", size: 8 }),
+      ]);
       await driver.removeFiles(node, ["conf.d"]);
       expect(await driver.readFile(node, "conf.d/extra.conf")).toBeNull();
       await expect(driver.readFile(node, "../../etc/passwd")).rejects.toMatchObject({ code: ErrorCode.BadUserInput });

@@ -25,6 +25,7 @@ import {
   removeInside,
   resolveInside,
   writeFileAtomic,
+  writeNewFile,
   writeStreamAtomic,
 } from "./local-files";
 import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
@@ -237,18 +238,18 @@ export class LocalDriver implements NodeDriver {
     return readSmallLocalFile(resolveInside(this.dataDirectory(node), relativePath), maxBytes);
   }
 
-  async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number } = {}): Promise<void> {
-    await writeFileAtomic(resolveInside(this.dataDirectory(node), relativePath), content, {
-      mode: options.mode ?? 0o600,
-      identity: this.identity,
-    });
+  async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number; fresh?: boolean } = {}): Promise<void> {
+    const file = resolveInside(this.dataDirectory(node), relativePath);
+    const settings = { mode: options.mode ?? 0o600, identity: this.identity };
+    if (options.fresh) await writeNewFile(file, content, settings);
+    else await writeFileAtomic(file, content, settings);
   }
 
   async openRead(node: NodeRef, relativePath: string): Promise<Readable | null> {
     return openOptionalReadStream(resolveInside(this.dataDirectory(node), relativePath));
   }
 
-  async writeStream(node: NodeRef, relativePath: string, source: Readable, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
+  async writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
     await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, {
       mode: options.mode ?? 0o600,
       identity: this.identity,

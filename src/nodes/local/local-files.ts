@@ -1,7 +1,5 @@
-import { createWriteStream } from "node:fs";
 import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
@@ -97,6 +95,17 @@ export async function readSmallLocalFile(file: string, maxBytes: number): Promis
   }
 }
 
+/** Creates a file that must not exist yet (O_EXCL), owned by the PostgreSQL user; its directory must exist. */
+export async function writeNewFile(file: string, content: string | Buffer, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+  const handle = await open(file, "wx", options.mode);
+  try {
+    await handle.writeFile(content);
+    if (options.identity) await handle.chown(options.identity.uid, options.identity.gid);
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Temp file + rename, so a reader never sees half a file; owned by the PostgreSQL user. */
 export async function writeFileAtomic(
   file: string,
@@ -157,19 +166,27 @@ export async function openOptionalReadStream(file: string): Promise<Readable | n
 }
 
 /** Stream to a temp file, fsync, rename: a reader never sees half a file. */
-export async function writeStreamAtomic(file: string, source: Readable, options: { mode: number; identity: OsIdentity | null; durable: boolean }): Promise<void> {
+export async function writeStreamAtomic(
+  file: string,
+  source: AsyncIterable<Buffer>,
+  options: { mode: number; identity: OsIdentity | null; durable: boolean },
+): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const temp = `${file}.relevo-tmp-${process.pid}`;
+  const handle = await open(temp, "w", options.mode);
   try {
-    await pipeline(source, createWriteStream(temp, { mode: options.mode }));
-    if (options.durable) {
-      const handle = await open(temp, "r+");
-      await handle.sync();
-      await handle.close();
+    let position = 0;
+    for await (const chunk of source) {
+      let done = 0;
+      while (done < chunk.length) done += (await handle.write(chunk, done, chunk.length - done, position + done)).bytesWritten;
+      position += chunk.length;
     }
-    if (options.identity) await chown(temp, options.identity.uid, options.identity.gid);
+    if (options.durable) await handle.sync();
+    if (options.identity) await handle.chown(options.identity.uid, options.identity.gid);
+    await handle.close();
     await rename(temp, file);
   } catch (error) {
+    await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
     throw error;
   }
