@@ -17,6 +17,10 @@ import { withNodeClient } from "../cluster/node-connection";
 import { planRetention } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
 import { chooseBackup } from "./choose-backup";
+import { captureReferencePoint } from "./reference-point";
+
+/** Writers wait at most this long for the reference point's table locks. */
+const REFERENCE_LOCK_TIMEOUT_MS = 5000;
 import type { WalArchiver } from "./wal-archiver";
 
 export interface BackupServiceDeps {
@@ -49,6 +53,8 @@ export interface BackupServiceDeps {
  */
 export class BackupService {
   private running: { id: string | null; done: Promise<BackupManifest> } | null = null;
+  /** Reference points being taken, by backup id (see recordReferencePoint). */
+  private readonly referencing = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: BackupServiceDeps) {}
 
@@ -100,6 +106,7 @@ export class BackupService {
     })
       .then(async (manifest) => {
         finalProgress(manifest, "completed");
+        this.trackReferencePoint(manifest.id, primary);
         await this.expire().catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed"));
         const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
         await events.emit({
@@ -185,6 +192,7 @@ export class BackupService {
   }
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
+    await this.referencing.get(id);
     const manifest = await this.get(id);
     if (manifest.status !== "completed") throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
     const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, manifest, options);
@@ -216,6 +224,30 @@ export class BackupService {
 
   async waitForIdle(): Promise<void> {
     await this.running?.done.catch(() => undefined);
+    await Promise.all(this.referencing.values());
+  }
+
+  /**
+   * After a backup completed: a restore point named after it and every
+   * table's checksum at that point, written into its manifest for the
+   * restore test. It runs after the backup counts (checksumming a large
+   * database takes a while) and does not hold up the next backup; a
+   * verification of that backup waits for it.
+   */
+  private trackReferencePoint(id: string, primary: NodeRef): void {
+    const work = (async () => {
+      try {
+        const point = await captureReferencePoint(primary, this.deps.superuser, `relevo-${id}`, REFERENCE_LOCK_TIMEOUT_MS);
+        const current = await this.deps.repository.readManifest(id);
+        if (current?.status === "completed") await this.deps.repository.writeManifest({ ...current, referencePoint: point });
+        this.deps.logger.info({ id, lsn: point.lsn, tables: point.tables.length }, "reference point recorded for the restore test");
+      } catch (error) {
+        this.deps.logger.warn({ id, err: (error as Error).message }, "no reference point for the restore test (it checks with pg_amcheck only)");
+      } finally {
+        this.referencing.delete(id);
+      }
+    })();
+    this.referencing.set(id, work);
   }
 }
 

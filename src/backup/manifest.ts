@@ -1,3 +1,5 @@
+import type { ReferencePoint } from "./reference-point";
+
 /**
  * The repository's per-backup manifest (backups/<id>/manifest.json): the
  * source of truth a catalog can be rebuilt from. Designed for the block-level
@@ -76,6 +78,12 @@ export interface BackupManifest {
   readonly storedBytes: number;
   readonly fileCount: number;
   readonly error: string | null;
+  /**
+   * A restore point taken right after the backup completed, with every
+   * table's checksum at that point (see reference-point); the restore test
+   * restores to it and compares. Absent when it could not be taken.
+   */
+  readonly referencePoint?: ReferencePoint | null;
   /** The latest verification, if any. */
   readonly verification?: Verification | null;
   readonly files: readonly ManifestEntry[];
@@ -91,8 +99,10 @@ export interface Verification {
   readonly restoreTest: {
     readonly ok: boolean;
     readonly durationMs: number;
-    /** What failed: the restore, PostgreSQL's start, or pg_amcheck's findings. */
+    /** What failed: the restore, PostgreSQL's start, pg_amcheck's findings, or tables that differ. */
     readonly error: string | null;
+    /** Tables compared with the backup's reference point (0 when it has none). */
+    readonly tablesCompared?: number;
   } | null;
 }
 

@@ -3,6 +3,9 @@ import type { NodeRef } from "../nodes/node-driver";
 import { crc32 } from "node:zlib";
 import { crc32Hex, forEachParallel, storedContentChunks } from "./copy-file";
 import type { StoredSummary } from "./lz4-worker-decode";
+import { checksumMismatches, checksumsOn } from "./reference-point";
+import type { WalArchiver } from "./wal-archiver";
+import { parseSegmentName } from "./wal-names";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "./repository";
 import { restoreBackup, type RestoreDeps } from "./restore";
@@ -10,6 +13,9 @@ import { restoreBackup, type RestoreDeps } from "./restore";
 /** What a restore needs, plus where scratch nodes listen and how fast to go. */
 export interface VerifyDeps extends RestoreDeps {
   readonly host: string;
+  /** The restore test waits until the reference point's WAL is archived. */
+  readonly archiver: WalArchiver;
+  readonly archiveTimeoutMs: number;
   readonly parallelism: number;
   readonly startTimeoutMs: number;
 }
@@ -70,8 +76,19 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
 async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {
   const started = Date.now();
   const scratch: NodeRef = { name: `verify-${manifest.id.toLowerCase()}`, host: deps.host, port: await findFreePort(deps.host) };
+  const reference = manifest.referencePoint ?? null;
   try {
-    await restoreBackup(deps, { manifest, target: scratch, recoveryTarget: { kind: "immediate" }, parallelism: deps.parallelism, startTimeoutMs: deps.startTimeoutMs });
+    if (reference) {
+      const segment = parseSegmentName(reference.walFile);
+      if (segment) await deps.archiver.waitForArchived(segment.timeline, reference.lsn, reference.lsn, deps.archiveTimeoutMs);
+    }
+    await restoreBackup(deps, {
+      manifest,
+      target: scratch,
+      recoveryTarget: reference ? { kind: "name", name: reference.name } : { kind: "immediate" },
+      parallelism: deps.parallelism,
+      startTimeoutMs: deps.startTimeoutMs,
+    });
     const check = await deps.driver.exec(
       scratch,
       ["pg_amcheck", "-h", scratch.host, "-p", String(scratch.port), "-U", deps.superuser.user, "--all", "--install-missing", "--no-password"],
@@ -80,7 +97,12 @@ async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promi
     if (check.exitCode !== 0) {
       return { ok: false, durationMs: Date.now() - started, error: `pg_amcheck: ${(check.stdout + check.stderr).trim().split("\n").slice(0, 5).join(" | ")}` };
     }
-    return { ok: true, durationMs: Date.now() - started, error: null };
+    if (!reference) return { ok: true, durationMs: Date.now() - started, error: null, tablesCompared: 0 };
+    const mismatches = checksumMismatches(reference.tables, await checksumsOn(scratch, deps.superuser, reference.tables));
+    if (mismatches.length > 0) {
+      return { ok: false, durationMs: Date.now() - started, error: `tables differ from reference point ${reference.name}: ${mismatches.slice(0, 5).join("; ")}`, tablesCompared: reference.tables.length };
+    }
+    return { ok: true, durationMs: Date.now() - started, error: null, tablesCompared: reference.tables.length };
   } catch (error) {
     return { ok: false, durationMs: Date.now() - started, error: (error as Error).message };
   } finally {

@@ -99,14 +99,36 @@ describe("full backup and point-in-time restore", () => {
     expect(await sql(copy, "SELECT id FROM pitr ORDER BY id")).toEqual([{ id: 1 }]);
   });
 
-  test("verification with a restore test proves a good backup restorable, and records it", async () => {
-    const manifest = await cluster.service.backups.latestCompleted();
+  test("verification with a restore test, a writer running throughout: restored to the reference point, every table's checksum matches, recorded", async () => {
+    const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
+    const { done } = await cluster.service.backups.start("full");
+    const manifest = await done;
+    // Verify waits for the reference point the backup records after completing.
     const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
-    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null } });
+    await writer.stop();
+    const recorded = verified.referencePoint!;
+    expect(recorded.name).toBe(`relevo-${manifest.id}`);
+    expect(recorded.tables).toEqual(expect.arrayContaining([expect.objectContaining({ database: "postgres", table: "public.ledger" })]));
+    expect(recorded.tables.some((table) => table.database === "relevo")).toBe(true); // every database, Relevo's own included
+    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null, tablesCompared: recorded.tables.length } });
     expect((await cluster.service.backups.get(manifest.id)).verification?.restoreTest?.ok).toBe(true);
     // The scratch node is gone.
     const { readdir } = await import("node:fs/promises");
     expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
+  });
+
+  test("the restore test names a table whose content differs from the reference point", async () => {
+    const manifest = await cluster.service.backups.latestCompleted();
+    const point = manifest.referencePoint!;
+    // As if the backup had lost a row of ledger: the recorded count no longer matches what the restore produces.
+    const tampered = point.tables.map((table) => (table.table === "public.ledger" && table.database === "postgres" ? { ...table, rows: table.rows + 1 } : table));
+    await cluster.service.repository.writeManifest({ ...manifest, referencePoint: { ...point, tables: tampered } });
+    try {
+      const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
+      expect(verified.verification?.restoreTest).toMatchObject({ ok: false, error: expect.stringContaining("postgres: public.ledger differs") });
+    } finally {
+      await cluster.service.repository.writeManifest({ ...manifest, referencePoint: point, verification: null });
+    }
   });
 
   test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {

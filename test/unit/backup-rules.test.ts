@@ -5,6 +5,7 @@ import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../
 import { recoveryWindow } from "../../src/backup/recovery-window";
 import { planRetention } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber } from "../../src/backup/wal-names";
+import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
 
 const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupManifest => ({
@@ -177,5 +178,27 @@ describe("choosing the backup a restore starts from (pure)", () => {
     );
     expect(() => chooseBackup(backups, archived, undefined, { kind: "lsn", lsn: "0/9000000" })).toThrow(expect.objectContaining({ code: ErrorCode.PreconditionFailed }));
     expect(() => chooseBackup(backups, archived, "F9", { kind: "latest" })).toThrow(expect.objectContaining({ code: ErrorCode.NotFound }));
+  });
+});
+
+describe("reference point comparison", () => {
+  const recorded = [
+    { database: "app", table: "public.a", rows: 2, checksum: "10" },
+    { database: "app", table: "public.b", rows: 1, checksum: "5" },
+    { database: "other", table: "public.a", rows: 0, checksum: "0" },
+  ];
+  test("equal content matches; extra tables on the copy are not compared", () => {
+    expect(checksumMismatches(recorded, [...recorded, { database: "app", table: "public.new", rows: 9, checksum: "1" }])).toEqual([]);
+  });
+  test("a different checksum, a different count and a missing table are each named", () => {
+    const actual = [
+      { database: "app", table: "public.a", rows: 2, checksum: "11" },
+      { database: "app", table: "public.b", rows: 2, checksum: "5" },
+    ];
+    expect(checksumMismatches(recorded, actual)).toEqual([
+      "app: public.a differs (2 rows, expected 2)",
+      "app: public.b differs (2 rows, expected 1)",
+      "other: public.a missing",
+    ]);
   });
 });

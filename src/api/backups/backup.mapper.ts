@@ -19,7 +19,16 @@ export function toBackup(manifest: BackupManifest, progress: BackupProgress | nu
     reference: manifest.reference ? { id: manifest.reference } : null,
     source: manifest.source,
     error: manifest.error,
-    verification: manifest.verification ? { ...manifest.verification, badFiles: [...manifest.verification.badFiles] } : null,
+    verification: manifest.verification
+      ? {
+          ...manifest.verification,
+          badFiles: [...manifest.verification.badFiles],
+          restoreTest: manifest.verification.restoreTest ? { ...manifest.verification.restoreTest, tablesCompared: manifest.verification.restoreTest.tablesCompared ?? 0 } : null,
+        }
+      : null,
+    referencePoint: manifest.referencePoint
+      ? { name: manifest.referencePoint.name, lsn: manifest.referencePoint.lsn, createdAt: manifest.referencePoint.createdAt, tables: manifest.referencePoint.tables.length }
+      : null,
     provenRestorableAt:
       manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
     progress,

@@ -99,7 +99,7 @@ export class BackupResolver {
 
   @Authorized("operator")
   @Mutation(() => Backup, {
-    description: "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node, starts it, runs pg_amcheck and removes it. Waits for the result.",
+    description: "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node (to its reference point), starts it, runs pg_amcheck, compares every table's checksum with the reference point's and removes it. Waits for the result.",
   })
   async verifyBackup(@Arg("id", () => ID) id: string, @Arg("restoreTest", () => Boolean, { defaultValue: false }) restoreTest: boolean): Promise<Backup> {
     return toBackup(await this.services.backups.verify(id, { restoreTest }));

@@ -54,17 +54,31 @@ export class Backup {
   @Field(() => String, { nullable: true, description: "The node it was taken from." }) source!: string | null;
   @Field(() => String, { nullable: true, description: "Why it failed." }) error!: string | null;
   @Field(() => BackupVerification, { nullable: true }) verification!: BackupVerification | null;
+  @Field(() => ReferencePointGql, { nullable: true, description: "What the restore test compares with; null until recorded, or when it could not be taken." })
+  referencePoint!: ReferencePointGql | null;
   @Field(() => String, { nullable: true, description: "When a restore test last proved this backup restorable (ISO 8601); null if never, or if the latest verification failed." })
   provenRestorableAt!: string | null;
   @Field(() => BackupProgressGql, { nullable: true, description: "Live progress (backup(id) only; null in lists)." })
   progress!: BackupProgressGql | null;
 }
 
-@ObjectType({ description: "A restore test: the backup restored into a scratch node, started, checked with pg_amcheck, removed." })
+@ObjectType({
+  description:
+    "A restore test: the backup restored into a scratch node (to its reference point when it has one), started, checked with pg_amcheck and every table's checksum compared with the reference point's, removed.",
+})
 export class RestoreTestResult {
   @Field() ok!: boolean;
   @Field(() => Int) durationMs!: number;
   @Field(() => String, { nullable: true }) error!: string | null;
+  @Field(() => Int, { description: "Tables compared with the reference point (0: the backup has none; pg_amcheck only)." }) tablesCompared!: number;
+}
+
+@ObjectType({ description: "A restore point taken right after the backup, with every table's checksum at that point." })
+export class ReferencePointGql {
+  @Field({ description: "The restore point's name (recovery_target_name)." }) name!: string;
+  @Field() lsn!: string;
+  @Field({ description: "ISO 8601." }) createdAt!: string;
+  @Field(() => Int, { description: "Tables with a recorded checksum." }) tables!: number;
 }
 
 @ObjectType({ description: "The latest verification of a backup." })
