@@ -18,7 +18,10 @@ const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
  */
 export function recoverySettings(options: { walDir: string; target: RecoveryTarget; timeline?: number | "latest" }): string {
   const lines = [
-    `restore_command = ${quote(`cp "${options.walDir}/%f" "%p"`)}`,
+    // The segment the archiver was still receiving is kept as <name>.partial
+    // (pg_receivewal): when the complete one is not there, its received part
+    // is replayed too, so a restore "to the latest" loses nothing received.
+    `restore_command = ${quote(`cp "${options.walDir}/%f" "%p" 2>/dev/null || cp "${options.walDir}/%f.partial" "%p"`)}`,
     `recovery_target_timeline = ${quote(String(options.timeline ?? "latest"))}`,
     "recovery_target_action = 'promote'",
     "archive_mode = off",

@@ -1,6 +1,8 @@
 import path from "node:path";
 import { Repository } from "../backup/repository";
 import { restoreBackup } from "../backup/restore";
+import { recoverCluster } from "../backup/disaster-recovery";
+import { assertPortFree } from "../cluster/ports";
 import { chooseBackup } from "../backup/choose-backup";
 import { recoveryTargetFrom } from "../backup/recovery-target";
 import { connectionUri } from "../cluster/node-connection";
@@ -125,6 +127,24 @@ export async function restoreCommand(
   );
   output.out(`restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`);
   output.out(connectionUri([target], superuser));
+}
+
+/** `relevo restore --cluster`: see recoverCluster. The service must not be running meanwhile. */
+export async function restoreClusterCommand(
+  config: RelevoConfig,
+  options: { backup?: string; time?: string; lsn?: string; name?: string },
+  logger: Logger,
+  output: Output,
+): Promise<void> {
+  const recoveryTarget = recoveryTargetFrom(options);
+  await assertPortFree(config.host, config.apiPort, "the API (is relevo up running? stop it first)", "RELEVO_API_PORT");
+  const secrets = await readSecrets(config.home);
+  const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
+  const recovered = await recoverCluster({ config, driver: createNodeDriver(config), repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
+  for (const outcome of recovered.outcomes) {
+    output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? `seeded from ${outcome.upstream}` : "restored from the repository, primary"}`);
+  }
+  output.out(`cluster rebuilt from backup ${recovered.manifest.id}; its nodes are running: start Relevo with relevo up`);
 }
 
 export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {

@@ -3,7 +3,7 @@ import "reflect-metadata";
 import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
-import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
+import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreClusterCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -80,7 +80,10 @@ backup
 
 const restore = program
   .command("restore")
-  .description("restore a backup into a standalone copy (data in <dir>/data), started on --port and left running")
+  .description(
+    "restore a backup into a standalone copy (data in <dir>/data), started on --port and left running; " +
+      "or, with --cluster, rebuild the whole cluster after every node was lost",
+  )
   .enablePositionalOptions()
   .option("--to <dir>", "directory for the copy")
   .option("--port <n>", "port for the copy")
@@ -88,8 +91,14 @@ const restore = program
   .option("--time <iso8601>", "recover to this time")
   .option("--lsn <lsn>", "recover to this LSN")
   .option("--name <restore point>", "recover to this named restore point")
-  .action((options: { to?: string; port?: string; backup?: string; time?: string; lsn?: string; name?: string }) =>
+  .option("--cluster", "disaster recovery: restore the primary from the repository, then seed the replicas from it (Relevo must be stopped)", false)
+  .action((options: { to?: string; port?: string; backup?: string; time?: string; lsn?: string; name?: string; cluster: boolean }) =>
     run(async () => {
+      if (options.cluster) {
+        if (options.to || options.port) throw new RelevoError(ErrorCode.BadUserInput, "relevo restore --cluster restores the cluster's own nodes: --to and --port do not apply");
+        await restoreClusterCommand(config(), options, createLogger({ level: "warn" }), output);
+        return;
+      }
       if (!options.to || !options.port || !/^\d+$/.test(options.port)) throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
       const cfg = config();
       await restoreCommand(cfg, { ...options, to: options.to, port: Number(options.port) }, createLogger({ level: "warn" }), output);
