@@ -194,6 +194,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       cron: { "full-backup": config.scheduleFullBackup, "verify-newest": config.scheduleVerify },
       processEveryMs: config.schedulerPollMs,
       lockLifetimeMs: config.schedulerLockLifetimeMs,
+      retries: config.scheduleRetries,
+      retryDelayMs: config.scheduleRetryDelayMs,
     });
     await scheduler.start();
     cleanups.push(() => scheduler.stop());

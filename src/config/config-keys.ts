@@ -185,6 +185,18 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000).max(3600000),
     doc: "How long a scheduled run's lock lasts without renewal (ms); a running job renews it every third of that, so another instance takes over only a dead one's run.",
   },
+  scheduleRetries: {
+    env: "RELEVO_SCHEDULE_RETRIES",
+    default: "3",
+    schema: z.coerce.number().int().min(0).max(20),
+    doc: "How many times a failed scheduled run is retried (exponential backoff) before it waits for its next scheduled time.",
+  },
+  scheduleRetryDelayMs: {
+    env: "RELEVO_SCHEDULE_RETRY_DELAY_MS",
+    default: "60000",
+    schema: z.coerce.number().int().min(100).max(86400000),
+    doc: "Delay before the first retry of a failed scheduled run (ms); each further retry waits twice as long.",
+  },
   archiveCheckIntervalMs: {
     env: "RELEVO_ARCHIVE_CHECK_INTERVAL_MS",
     default: "60000",

@@ -27,7 +27,7 @@ export interface EventMap {
   "backup:expired": BackupRecord;
   "backup:cataloged": BackupRecord;
   "schedule:skipped": { name: string; reason: string };
-  "schedule:failed": { name: string; error: string };
+  "schedule:failed": { name: string; error: string; attempt: number; retryInMs: number | null };
 }
 
 /** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */

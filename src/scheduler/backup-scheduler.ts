@@ -1,4 +1,4 @@
-import { Agenda, type Job } from "agenda";
+import { Agenda, backoffStrategies, type BackoffStrategy, type Job } from "agenda";
 import { RedisBackend } from "@agendajs/redis-backend";
 import type Redis from "ioredis";
 import type { BackupService } from "../backup/backup-service";
@@ -43,6 +43,9 @@ export interface BackupSchedulerOptions {
   readonly processEveryMs?: number;
   /** A job's lock lasts this long unless renewed; running jobs renew it every third of it. */
   readonly lockLifetimeMs?: number;
+  /** Retries of a failed run (exponential backoff from retryDelayMs) before it waits for its next time. */
+  readonly retries?: number;
+  readonly retryDelayMs?: number;
 }
 
 /**
@@ -56,6 +59,7 @@ export interface BackupSchedulerOptions {
 export class BackupScheduler {
   private readonly agenda: Agenda;
   private readonly backend: RedisBackend;
+  private readonly backoff: BackoffStrategy;
   /** Connections Agenda's notification channel made from ours (see stop). */
   private readonly duplicates = new Set<Redis>();
 
@@ -83,15 +87,19 @@ export class BackupScheduler {
       defaultConcurrency: 1,
     });
     this.agenda.on("error", logError);
+    // Agenda reschedules a failed run by this (and, for a recurring job, goes
+    // back to the cron time once retries are exhausted or a run succeeds).
+    this.backoff = backoffStrategies.exponential({ delay: options.retryDelayMs ?? 60000, maxRetries: options.retries ?? 3, factor: 2 });
+    const definition = { backoff: this.backoff };
     this.agenda.define("full-backup", (job: Job) => this.run(job, async () => {
       await (await options.backups.start("full")).done;
-    }));
+    }), definition);
     this.agenda.define("verify-newest", (job: Job) => this.run(job, async () => {
       const newest = await options.backups.latestCompleted();
       const verified = await options.backups.verify(newest.id, { restoreTest: true });
       const ok = verified.verification?.contentOk && verified.verification.restoreTest?.ok;
       if (!ok) throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${newest.id} failed verification`);
-    }));
+    }), definition);
   }
 
   async start(): Promise<void> {
@@ -186,7 +194,17 @@ export class BackupScheduler {
         await this.options.events.emit({ kind: "schedule:skipped", severity: "warning", node: null, message: `scheduled ${name} skipped: ${error.message}`, data: { name, reason: error.message } });
         return; // not a failure: no retry storm
       }
-      await this.options.events.emit({ kind: "schedule:failed", severity: "critical", node: null, message: `scheduled ${name} failed: ${(error as Error).message}`, data: { name, error: (error as Error).message } });
+      // Agenda counts this failure after we rethrow it; the backoff it will apply is known now.
+      const attempt = (job.attrs.failCount ?? 0) + 1;
+      const message = (error as Error).message;
+      const retryInMs = this.backoff({ attempt, error: error as Error, jobName: name, jobData: job.attrs.data });
+      await this.options.events.emit({
+        kind: "schedule:failed",
+        severity: "critical",
+        node: null,
+        message: `scheduled ${name} failed (attempt ${attempt}): ${message}; ${retryInMs === null ? "no retry left: next at its scheduled time" : `retrying in ${Math.round(retryInMs / 1000)} s`}`,
+        data: { name, error: message, attempt, retryInMs },
+      });
       throw error;
     } finally {
       clearInterval(renew);

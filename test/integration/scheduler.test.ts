@@ -6,7 +6,7 @@ type ScheduleRow = { name: string; cron: string | null; paused: boolean; nextRun
 const SCHEDULE_FIELDS = "name description cron paused nextRunAt lastRunAt lastFinishedAt lastFailure";
 
 describe("scheduled backups (Agenda on Relevo's Redis)", () => {
-  const cluster = useTestCluster("scheduler", { schedulerPollMs: 300, schedulerLockLifetimeMs: 2000 });
+  const cluster = useTestCluster("scheduler", { schedulerPollMs: 300, schedulerLockLifetimeMs: 2000, scheduleRetryDelayMs: 500, scheduleRetries: 6 });
   const schedules = async (): Promise<ScheduleRow[]> =>
     (await graphqlRequest<{ schedules: ScheduleRow[] }>(cluster.url, `{ schedules { ${SCHEDULE_FIELDS} } }`, { token: cluster.token("viewer") })).data!.schedules;
 
@@ -40,6 +40,41 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
       return list.length === 2 ? list : undefined;
     }, { timeoutMs: 60000 });
     expect(completed[1]!.id).not.toBe(running.manifest.id);
+  });
+
+  test("a failed run is retried with growing delays, recorded each time, until one succeeds", async () => {
+    const primary = cluster.service.nodes[0]!;
+    const before = new Set((await cluster.service.backups.list()).map((m) => m.id));
+    await cluster.service.driver.stop(primary, { mode: "fast", timeoutMs: 30000 });
+    await eventually(async () => (cluster.service.collector.latest?.primary === null ? true : undefined), { what: "the primary seen down" });
+    await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: cluster.token("operator") });
+    type Failed = { attempt: number; retryInMs: number | null; error: string };
+    const failures = async (): Promise<Failed[]> =>
+      (
+        await graphqlRequest<{ events: { edges: Array<{ node: { data: Failed } }> } }>(
+          cluster.url,
+          `{ events(first: 20, kinds: ["schedule:failed"]) { edges { node { data } } } }`,
+          { token: cluster.token("viewer") },
+        )
+      ).data!.events.edges.map((edge) => edge.node.data).reverse();
+    const firstTwo = await eventually(async () => {
+      const seen = await failures();
+      return seen.length >= 2 ? seen : undefined;
+    }, { what: "two failed attempts", timeoutMs: 30000 });
+    expect(firstTwo.slice(0, 2)).toEqual([
+      expect.objectContaining({ attempt: 1, retryInMs: 500, error: expect.stringContaining("no primary") }),
+      expect.objectContaining({ attempt: 2, retryInMs: 1000 }),
+    ]);
+    await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+    // Retention may expire an older backup meanwhile: look for the new one, not a count.
+    const taken = await eventually(async () => {
+      const fresh = (await cluster.service.backups.list()).filter((m) => !before.has(m.id) && m.status === "completed");
+      return fresh.length > 0 ? fresh : undefined;
+    }, { what: "a retry to take the backup", timeoutMs: 90000 });
+    expect(taken).toHaveLength(1);
+    // The recurring schedule itself is untouched: still due at its cron time.
+    const full = (await schedules()).find((row) => row.name === "full-backup")!;
+    expect(Date.parse(full.nextRunAt!)).toBeGreaterThan(Date.now() + 3600 * 1000);
   });
 
   test("schedules can be changed, paused and resumed by an operator, not by a viewer", async () => {
