@@ -122,6 +122,32 @@ describe("backups through GraphQL and the CLI", () => {
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
   });
 
+  test("the primary goes down as a backup finishes: the backup completes, and its record reaches PostgreSQL once the primary is back", async () => {
+    const primary = cluster.service.nodes[0]!;
+    await sqlOn(primary, cluster.service.secrets, "CREATE TABLE finish_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g");
+    const client = subscriptionClient(cluster.url, cluster.token("viewer"));
+    const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string } }>(client, `subscription { backupProgress { id phase } }`);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const { manifest, done } = await cluster.service.backups.start("full");
+      // Copied, stopped, waiting for its last WAL: the primary goes away now (a clean shutdown streams its last WAL to the archiver).
+      await updates.next((u) => u.backupProgress.id === manifest.id && u.backupProgress.phase === "waiting-for-wal", 60000);
+      await cluster.service.driver.stop(primary, { mode: "fast", timeoutMs: 30000 });
+      const completed = await done;
+      expect(completed.status).toBe("completed");
+      await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+      const rows = await eventually(async () => {
+        const found = await sqlOn<{ status: string }>(primary, cluster.service.secrets, "SELECT status FROM backups WHERE id = $1", [manifest.id], "relevo");
+        return found[0]?.status === "completed" ? found : undefined; // "running" landed before the primary went down
+      }, { what: "the backup's completed record in PostgreSQL", timeoutMs: 60000 });
+      expect(rows).toEqual([{ status: "completed" }]);
+    } finally {
+      updates.dispose();
+      await client.dispose();
+      if ((await cluster.service.driver.state(primary)).phase !== "running") await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+    }
+  });
+
   test("backupProgress delivers live progress and a last update with phase completed; backup(id) shows it", async () => {
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
     const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number } }>(
