@@ -29,6 +29,9 @@ import { loadOrCreateSecrets, type Secrets } from "./secrets/secrets-store";
 import { mintToken, TokenVerifier } from "./secrets/tokens";
 import type Redis from "ioredis";
 import { readFileSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import os from "node:os";
+import { LeaderRole, RedisLease } from "./redis/redis-lease";
 import path from "node:path";
 import { projectRoot } from "./util/project-root";
 
@@ -50,8 +53,8 @@ export interface RelevoService {
   readonly scheduler: BackupScheduler;
   readonly archiveMonitor: ArchiveMonitor;
   readonly outcomes: readonly NodeBootstrapOutcome[];
-  /** Stops the API, the collector, the consolidator, Redis and (unless told) every node. */
-  stop(options?: { reason?: string; keepNodes?: boolean }): Promise<void>;
+  /** Stops the API, the collector, the consolidator and (unless told) Redis and every node. */
+  stop(options?: { reason?: string; keepNodes?: boolean; keepRedis?: boolean }): Promise<void>;
 }
 
 const RELEVO_VERSION: string = (JSON.parse(readFileSync(path.join(projectRoot(), "package.json"), "utf8")) as { version: string }).version;
@@ -81,7 +84,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       startTimeoutMs: config.startTimeoutMs,
       logger,
     });
-    cleanups.push(() => redisServer.stop());
+    const stopRedis = (): Promise<void> => redisServer.stop();
+    cleanups.push(stopRedis);
 
     const endpoint = { host: config.host, port: config.redisPort, password: secrets.redisPassword };
     const redis = createRedisClient(endpoint, { name: "commands" });
@@ -93,6 +97,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     });
     await redis.ping().catch(() => undefined);
     const keys = redisKeys(config.clusterName);
+    // Names this process in the leases it holds.
+    const instanceId = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
     const pubSub = createRedisPubSub(redis, subscriberRedis);
     const events = new EventLog(redis, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
 
@@ -122,8 +128,15 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       events,
       logger,
     });
-    archiver.start();
-    cleanups.push(() => archiver.stop());
+    // One archiver across service instances (a slot serves one receiver at a time anyway).
+    const archiverRole = new LeaderRole(
+      new RedisLease(redis, `${keys.prefix}:lease:wal-archiver`, config.leaseTtlMs, instanceId),
+      { name: "wal-archiver", start: () => archiver.start(), stop: () => archiver.stop() },
+      config.leaseTtlMs,
+      logger,
+    );
+    archiverRole.start();
+    cleanups.push(() => archiverRole.stop());
 
     const database = new PrimaryDatabase({ user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE }, config.nodeTimeoutMs, logger);
     cleanups.push(() => database.close());
@@ -169,6 +182,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       sourcePolicy: config.backupSource,
       progress: new BackupProgressRecorder(redis, keys.prefix, publisherOf(pubSub)),
       maxSourceLagBytes: config.lagAlertBytes,
+      lease: new RedisLease(redis, `${keys.prefix}:lease:backup`, config.leaseTtlMs, instanceId),
     });
     cleanups.push(() => backups.waitForIdle());
 
@@ -246,6 +260,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
           await collector.stop();
           await drainConsolidator(consolidator, redis, keys);
           if (options.keepNodes) cleanups.splice(cleanups.indexOf(stopNodes), 1);
+          if (options.keepRedis) cleanups.splice(cleanups.indexOf(stopRedis), 1);
           await unwind();
         })();
         return stopping;

@@ -1,5 +1,6 @@
 import type { Credentials } from "../cluster/node-connection";
 import { ErrorCode, RelevoError } from "../errors";
+import { redisCall } from "../redis/redis-client";
 import type { EventLog } from "../events/event-log";
 import type { BackupRecord } from "../events/event-map";
 import type { Logger } from "../log";
@@ -22,6 +23,7 @@ import { captureReferencePoint } from "./reference-point";
 /** Writers wait at most this long for the reference point's table locks. */
 const REFERENCE_LOCK_TIMEOUT_MS = 5000;
 import type { WalArchiver } from "./wal-archiver";
+import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
 
 export interface BackupServiceDeps {
   readonly clusterName: string;
@@ -45,6 +47,8 @@ export interface BackupServiceDeps {
   readonly sourcePolicy: BackupSourcePolicy;
   readonly maxSourceLagBytes: number;
   readonly progress: BackupProgressRecorder;
+  /** Held while a backup runs, so that one runs at a time across service instances. */
+  readonly lease: RedisLease;
 }
 
 /**
@@ -75,12 +79,24 @@ export class BackupService {
     }
     const snapshot = this.deps.topology();
     const chosen = chooseBackupSource(snapshot, this.deps.sourcePolicy, this.deps.maxSourceLagBytes);
+    const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
+    this.running = slot; // taken before the first await: one backup per instance
+    let lease: LeaseHolder | null;
+    try {
+      lease = await redisCall("backup lease", () => this.deps.lease.tryAcquire());
+    } catch (error) {
+      this.running = null;
+      throw error;
+    }
+    if (!lease) {
+      this.running = null;
+      throw new RelevoError(ErrorCode.BackupInProgress, "a backup is running in another Relevo instance; wait for it to finish");
+    }
+    const stopRenewing = this.deps.lease.keepAlive(this.deps.logger, () => this.deps.logger.error({}, "backup lease lost while a backup runs"));
     const source = this.deps.nodes.find((node) => node.name === chosen.node)!;
     const primary = this.deps.nodes.find((node) => node.name === snapshot?.primary)!;
     let announce!: (manifest: BackupManifest) => void;
     const started = new Promise<BackupManifest>((resolve) => (announce = resolve));
-    const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
-    this.running = slot;
     const { events } = this.deps;
     const startedAtMs = Date.now();
     const finalProgress = (manifest: BackupManifest, phase: "completed" | "failed"): void => {
@@ -127,6 +143,8 @@ export class BackupService {
         throw error;
       })
       .finally(() => {
+        stopRenewing();
+        void this.deps.lease.release().catch(() => undefined);
         if (this.running === slot) this.running = null;
       });
     const first = await Promise.race([started, slot.done]);

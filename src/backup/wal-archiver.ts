@@ -49,6 +49,11 @@ export class WalArchiver {
 
   constructor(private readonly options: WalArchiverOptions) {}
 
+  /** Whether this archiver is started (in this instance). */
+  get running(): boolean {
+    return !this.stopped;
+  }
+
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;

@@ -185,6 +185,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000).max(3600000),
     doc: "How long a scheduled run's lock lasts without renewal (ms); a running job renews it every third of that, so another instance takes over only a dead one's run.",
   },
+  leaseTtlMs: {
+    env: "RELEVO_LEASE_TTL_MS",
+    default: "10000",
+    schema: z.coerce.number().int().min(1000).max(600000),
+    doc: "Time to live of the Redis leases that keep the WAL archiver and backups to one service instance at a time (ms); renewed every third of it, so another instance takes over a dead one's work after at most this long.",
+  },
   scheduleRetries: {
     env: "RELEVO_SCHEDULE_RETRIES",
     default: "3",

@@ -1,0 +1,145 @@
+import { randomUUID } from "node:crypto";
+import type Redis from "ioredis";
+import type { Logger } from "../log";
+
+/** Extends the lease if it is still ours; 1 when it was. */
+const RENEW = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end`;
+/** Gives the lease up if it is still ours. */
+const RELEASE = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end`;
+
+export interface LeaseHolder {
+  /** What holds it: `<instance>#<fencing token>`. */
+  readonly holder: string;
+  /** Increases with every acquisition: a later holder always has a larger one. */
+  readonly fencingToken: number;
+}
+
+/**
+ * One holder at a time across service instances: a Redis key set with NX and
+ * a time to live, renewed by its holder every third of that (only while the
+ * value is still its own: a Lua check-and-extend), released the same way.
+ * Every acquisition takes a fencing token from a counter, so whatever a
+ * holder writes can carry it and a deposed holder's late write be refused.
+ */
+export class RedisLease {
+  private held: LeaseHolder | null = null;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly key: string,
+    private readonly ttlMs: number,
+    private readonly instance: string = randomUUID(),
+  ) {}
+
+  get current(): LeaseHolder | null {
+    return this.held;
+  }
+
+  /** Takes the lease if nobody holds it, this instance included; null (and nothing changed) when someone does. */
+  async tryAcquire(): Promise<LeaseHolder | null> {
+    if (this.held) return null;
+    const fencingToken = await this.redis.incr(`${this.key}:fencing`);
+    const holder = `${this.instance}#${fencingToken}`;
+    const taken = await this.redis.set(this.key, holder, "PX", this.ttlMs, "NX");
+    if (taken !== "OK") return null;
+    this.held = { holder, fencingToken };
+    return this.held;
+  }
+
+  /** Extends the lease; false when it is no longer ours (expired, or taken by another). */
+  async renew(): Promise<boolean> {
+    if (!this.held) return false;
+    const extended = (await this.redis.eval(RENEW, 1, this.key, this.held.holder, String(this.ttlMs))) as number;
+    if (extended !== 1) this.held = null;
+    return extended === 1;
+  }
+
+  async release(): Promise<void> {
+    const held = this.held;
+    this.held = null;
+    if (held) await this.redis.eval(RELEASE, 1, this.key, held.holder);
+  }
+
+  /** Who holds it now (any instance), or null. */
+  async holder(): Promise<string | null> {
+    return this.redis.get(this.key);
+  }
+
+  /** Renews every third of the time to live until the returned function is called; `onLost` when another took it. */
+  keepAlive(logger: Logger, onLost: () => void): () => void {
+    const timer = setInterval(() => {
+      this.renew()
+        .then((ours) => {
+          if (!ours) onLost();
+        })
+        // Redis unreachable: nobody else can take it meanwhile either; keep going.
+        .catch((error: Error) => logger.warn({ key: this.key, err: error.message }, "lease not renewed: Redis unavailable"));
+    }, Math.max(100, Math.floor(this.ttlMs / 3)));
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+}
+
+/**
+ * Runs a singleton (the WAL archiver) in whichever instance holds `lease`:
+ * tries to take it every third of its time to live, starts the work when it
+ * does, stops it when the lease is lost to another instance.
+ */
+export class LeaderRole {
+  private timer: NodeJS.Timeout | null = null;
+  private leading = false;
+  private stopKeepAlive: (() => void) | null = null;
+  private transition: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly lease: RedisLease,
+    private readonly role: { readonly name: string; start(): void; stop(): Promise<void> },
+    private readonly ttlMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  get isLeading(): boolean {
+    return this.leading;
+  }
+
+  start(): void {
+    const attempt = (): void => {
+      if (this.leading) return;
+      this.lease
+        .tryAcquire()
+        .then((held) => {
+          if (!held || this.timer === null) return;
+          this.leading = true;
+          this.logger.info({ role: this.role.name, fencingToken: held.fencingToken }, "this instance runs the role");
+          // After any stop still in progress: never two of the role in one process.
+          this.transition = this.transition.then(() => {
+            if (this.leading) this.role.start();
+          });
+          this.stopKeepAlive = this.lease.keepAlive(this.logger, () => {
+            this.logger.warn({ role: this.role.name }, "lease lost to another instance: stepping down");
+            this.stepDown();
+          });
+        })
+        .catch((error: Error) => this.logger.warn({ role: this.role.name, err: error.message }, "lease not taken: Redis unavailable"));
+    };
+    this.timer = setInterval(attempt, Math.max(100, Math.floor(this.ttlMs / 3)));
+    attempt();
+  }
+
+  /** Stops the role here and gives the lease up, so another instance takes over at once. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.stepDown();
+    await this.transition;
+    await this.lease.release().catch(() => undefined);
+  }
+
+  private stepDown(): void {
+    this.stopKeepAlive?.();
+    this.stopKeepAlive = null;
+    if (!this.leading) return;
+    this.leading = false;
+    this.transition = this.transition.then(() => this.role.stop());
+  }
+}
