@@ -8,7 +8,8 @@
  */
 import "reflect-metadata";
 import { execFile } from "node:child_process";
-import { chmod, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { chmod, chown, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -17,11 +18,45 @@ import { findFreePort } from "../../src/cluster/ports";
 import { loadConfig } from "../../src/config/config";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { createLogger } from "../../src/log";
+import { resolvePostgresIdentity } from "../../src/nodes/local/os-user";
 import { startRelevo } from "../../src/service";
 
 const run = promisify(execFile);
 const SCALE = Number(process.env.BENCH_SCALE ?? 70);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+
+const PGBACKREST = "/usr/bin/pgbackrest";
+
+/** A pgBackRest stanza on the primary's data directory, in a scratch repository; full() times one full backup. */
+async function pgBackRestContender(parent: string, dataDirectory: string, port: number, password: string): Promise<{ full(): Promise<{ ms: number; bytes: number }> }> {
+  const dir = await mkdtemp(path.join(parent, "pgbackrest-"));
+  const identity = resolvePostgresIdentity("postgres");
+  await chmod(dir, 0o755);
+  if (identity) await chown(dir, identity.uid, identity.gid);
+  const options = [
+    "--stanza=bench",
+    `--pg1-path=${dataDirectory}`,
+    `--pg1-port=${port}`,
+    "--pg1-user=postgres",
+    `--repo1-path=${dir}/repo`,
+    `--lock-path=${dir}/lock`,
+    `--log-path=${dir}/log`,
+    "--log-level-console=error",
+    "--log-level-file=off",
+  ];
+  const backupOptions = ["--type=full", "--compress-type=lz4", "--process-max=2", "--archive-check=n", "--start-fast", "--repo1-retention-full=100"];
+  const pgbackrest = (command: string, extra: string[] = []) =>
+    run(PGBACKREST, [...options, ...extra, command], { uid: identity?.uid, gid: identity?.gid, env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password } });
+  await pgbackrest("stanza-create");
+  return {
+    full: async () => {
+      process.stderr.write("pgBackRest full…\n");
+      const before = await directoryBytes(`${dir}/repo`);
+      const result = await timed(() => pgbackrest("backup", backupOptions));
+      return { ms: result.ms, bytes: (await directoryBytes(`${dir}/repo`)) - before };
+    },
+  };
+}
 
 /** The run with the median time (the lower middle one for an even count). */
 function median<T extends { ms: number }>(runs: readonly T[]): T {
@@ -95,6 +130,11 @@ async function main(): Promise<void> {
       await rm(dir, { recursive: true, force: true });
       return { ms: result.ms, bytes };
     };
+    // pgBackRest from Debian's packages (lz4, two processes), when installed:
+    // run as the PostgreSQL OS user, reading the primary's data directory,
+    // connecting over TCP (the nodes have no socket); no archive_command here,
+    // so --archive-check=n (Relevo's own archive holds the WAL).
+    const pgbackrest = existsSync(PGBACKREST) ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword) : null;
     // Untimed first pass: every contender then reads from the same warm page cache
     // (whoever went first would otherwise pay for reading the database from disk).
     await basebackup("warm-up", []);
@@ -107,6 +147,7 @@ async function main(): Promise<void> {
     const lz4Runs: Array<{ ms: number; bytes: number }> = [];
     const gzipRuns: Array<{ ms: number; bytes: number }> = [];
     const restoreRuns: Array<{ ms: number }> = [];
+    const pgbackrestRuns: Array<{ ms: number; bytes: number }> = [];
     for (let round = 1; round <= ROUNDS; round += 1) {
       process.stderr.write(`round ${round}/${ROUNDS}: relevo full backup…\n`);
       const backup = await timed(async () => (await service.backups.start("full")).done);
@@ -116,6 +157,7 @@ async function main(): Promise<void> {
       plainRuns.push(await basebackup("plain", []));
       lz4Runs.push(await basebackup("lz4", ["--compress=client-lz4"]));
       gzipRuns.push(await basebackup("gzip-1", ["--compress=client-gzip:1"]));
+      if (pgbackrest) pgbackrestRuns.push(await pgbackrest.full());
       process.stderr.write(`round ${round}/${ROUNDS}: relevo restore…\n`);
       const target = { name: `bench-restore-${round}`, host: primary.host, port: await findFreePort(primary.host) };
       restoreRuns.push(await timed(() => service.backups.restore({ backupId: backup.value.id, target, recoveryTarget: { kind: "immediate" } })));
@@ -136,6 +178,9 @@ async function main(): Promise<void> {
       ["pg_basebackup -Ft -X stream", s(plain.ms), spread(plainRuns), mb(plain.bytes), "1.00"],
       ["pg_basebackup -Ft -X stream, client-lz4", s(lz4.ms), spread(lz4Runs), mb(lz4.bytes), (lz4.ms / plain.ms).toFixed(2)],
       ["pg_basebackup -Ft -X stream, client-gzip:1", s(gzip1.ms), spread(gzipRuns), mb(gzip1.bytes), (gzip1.ms / plain.ms).toFixed(2)],
+      ...(pgbackrestRuns.length > 0
+        ? [["pgBackRest 2.45 full, lz4, process-max 2", s(median(pgbackrestRuns).ms), spread(pgbackrestRuns), mb(median(pgbackrestRuns).bytes), (median(pgbackrestRuns).ms / plain.ms).toFixed(2)]]
+        : [["pgBackRest (not installed: apt-get install pgbackrest)", "-", "-", "-", "-"]]),
       ["relevo restore (to consistency, promoted)", s(restore.ms), spread(restoreRuns), "-", `${(restore.ms / relevo.ms).toFixed(2)}x backup`],
     ];
     const header = ["what", "median (s)", "runs (s)", "stored (MB)", "median vs pg_basebackup"];
