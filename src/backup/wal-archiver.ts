@@ -83,6 +83,7 @@ export class WalArchiver {
     const first = segmentNumber(fromLsn);
     const last = segmentNumber(toLsn);
     const deadline = Date.now() + timeoutMs;
+    let polls = 0;
     for (;;) {
       const archived = (await this.options.repository.archivedSegments()).get(timeline) ?? new Set<number>();
       const missing: string[] = [];
@@ -91,7 +92,9 @@ export class WalArchiver {
       if (Date.now() > deadline) {
         throw new RelevoError(ErrorCode.Timeout, `WAL not archived within ${timeoutMs} ms: missing ${missing.slice(0, 3).join(", ")}${missing.length > 3 ? "…" : ""}`);
       }
-      await sleep(200);
+      // Soon after the last segment switch it usually is there: look often
+      // at first (every backup waits here), then settle to a few times a second.
+      await sleep(Math.min(250, 20 * ++polls));
     }
   }
 
