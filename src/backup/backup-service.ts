@@ -59,6 +59,8 @@ export class BackupService {
   private running: { id: string | null; done: Promise<BackupManifest> } | null = null;
   /** Reference points being taken, by backup id (see recordReferencePoint). */
   private readonly referencing = new Map<string, Promise<void>>();
+  /** Retention runs started after backups. */
+  private readonly afterwork = new Set<Promise<void>>();
 
   constructor(private readonly deps: BackupServiceDeps) {}
 
@@ -123,7 +125,6 @@ export class BackupService {
       .then(async (manifest) => {
         finalProgress(manifest, "completed");
         this.trackReferencePoint(manifest.id, primary);
-        await this.expire().catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed"));
         const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
         await events.emit({
           kind: "backup:completed",
@@ -132,6 +133,8 @@ export class BackupService {
           message: `backup ${manifest.id} completed: ${manifest.sizeBytes} bytes, ${manifest.storedBytes} stored, ${durationMs} ms`,
           data: { ...backupRecord(manifest), durationMs },
         });
+        // Retention after every backup, off the backup's own time (waitForIdle awaits it).
+        this.trackAfterwork(this.expire().then(() => undefined).catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")));
         return manifest;
       })
       .catch(async (error: Error) => {
@@ -242,7 +245,12 @@ export class BackupService {
 
   async waitForIdle(): Promise<void> {
     await this.running?.done.catch(() => undefined);
-    await Promise.all(this.referencing.values());
+    await Promise.all([...this.referencing.values(), ...this.afterwork]);
+  }
+
+  private trackAfterwork(work: Promise<void>): void {
+    this.afterwork.add(work);
+    void work.finally(() => this.afterwork.delete(work));
   }
 
   /**

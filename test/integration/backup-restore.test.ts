@@ -187,6 +187,7 @@ describe("full backup and point-in-time restore", () => {
 
   test("retention keeps the newest full backups and the WAL they need", async () => {
     const third = await (await cluster.service.backups.start("full")).done;
+    await cluster.service.backups.waitForIdle(); // retention runs right after a backup completes
     const all = await cluster.service.backups.list();
     const completedOrExpired = all.filter((m) => m.status === "completed" || m.status === "expired");
     const kept = completedOrExpired.filter((m) => m.status === "completed");
