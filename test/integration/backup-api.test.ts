@@ -148,6 +148,23 @@ describe("backups through GraphQL and the CLI", () => {
     }
   });
 
+  test("backupEvents delivers a backup's started and completed events, and no other kinds", async () => {
+    const client = subscriptionClient(cluster.url, cluster.token("viewer"));
+    const events = new SubscriptionRecorder<{ backupEvents: { kind: string; data: { id?: string } } }>(client, `subscription { backupEvents { kind data } }`);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("operator") });
+      const id = created.data!.createBackup.id;
+      await events.next((e) => e.backupEvents.kind === "backup:completed" && e.backupEvents.data.id === id, 90000);
+      const kinds = events.received.filter((e) => e.backupEvents.data.id === id).map((e) => e.backupEvents.kind);
+      expect(kinds).toEqual(["backup:started", "backup:completed"]);
+      expect(events.received.every((e) => /^(backup|schedule):/.test(e.backupEvents.kind))).toBe(true);
+    } finally {
+      events.dispose();
+      await client.dispose();
+    }
+  });
+
   test("backupProgress delivers live progress and a last update with phase completed; backup(id) shows it", async () => {
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
     const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number } }>(

@@ -1,4 +1,4 @@
-import { Args, Authorized, Query, Resolver, Root, Subscription } from "type-graphql";
+import { Arg, Args, Authorized, ID, Query, Resolver, Root, Subscription } from "type-graphql";
 import type { ClusterEvent as DomainEvent, EventKind } from "../../events/event-map";
 import { EVENTS_TOPIC } from "../../events/keys";
 import type { ApiServices } from "../context";
@@ -49,4 +49,19 @@ export class EventResolver {
   clusterEvents(@Root() event: DomainEvent, @Args(() => ClusterEventsSubscriptionArgs) _args: ClusterEventsSubscriptionArgs): ClusterEvent {
     return toEvent(event);
   }
+
+  @Authorized("viewer")
+  @Subscription(() => ClusterEvent, {
+    topics: EVENTS_TOPIC,
+    filter: ({ payload, args }: { payload: DomainEvent; args: { id?: string | null } }) =>
+      isBackupEvent(payload) && (!args.id || (payload.data as { id?: string }).id === args.id),
+    description: "Backup events as they are emitted (started, completed, failed, verified, expired, cataloged) and the schedules' (skipped, failed); with id, only that backup's.",
+  })
+  backupEvents(@Root() event: DomainEvent, @Arg("id", () => ID, { nullable: true }) _id?: string | null): ClusterEvent {
+    return toEvent(event);
+  }
+}
+
+function isBackupEvent(event: DomainEvent): boolean {
+  return event.kind.startsWith("backup:") || event.kind.startsWith("schedule:");
 }
