@@ -8,6 +8,7 @@ import { ArchiveMonitor } from "./backup/archive-monitor";
 import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
+import { WalSummarizer } from "./backup/wal-summary";
 import { resolvePostgresIdentity } from "./nodes/local/os-user";
 import { assertPortFree } from "./cluster/ports";
 import { TopologyCollector } from "./cluster/topology-collector";
@@ -49,6 +50,7 @@ export interface RelevoService {
   readonly consolidator: Consolidator;
   readonly repository: Repository;
   readonly archiver: WalArchiver;
+  readonly walSummarizer: WalSummarizer;
   readonly backups: BackupService;
   readonly scheduler: BackupScheduler;
   readonly archiveMonitor: ArchiveMonitor;
@@ -128,10 +130,27 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       events,
       logger,
     });
+    const walSummarizer = new WalSummarizer({
+      walDir: repository.walDir,
+      summaryDir: repository.walSummaryDir,
+      pgBinDir: config.pgBinDir,
+      logger,
+      intervalMs: config.walSummaryIntervalMs,
+    });
     // One archiver across service instances (a slot serves one receiver at a time anyway).
     const archiverRole = new LeaderRole(
       new RedisLease(redis, `${keys.prefix}:lease:wal-archiver`, config.leaseTtlMs, instanceId),
-      { name: "wal-archiver", start: () => archiver.start(), stop: () => archiver.stop() },
+      {
+        name: "wal-archiver",
+        start: () => {
+          archiver.start();
+          walSummarizer.start();
+        },
+        stop: async () => {
+          await walSummarizer.stop();
+          await archiver.stop();
+        },
+      },
       config.leaseTtlMs,
       logger,
     );
@@ -249,6 +268,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       consolidator,
       repository,
       archiver,
+      walSummarizer,
       backups,
       scheduler,
       archiveMonitor,

@@ -10,6 +10,7 @@ import { parseSegmentName } from "./wal-names";
  *   <root>/wal/                      the WAL archive: segments and .history files,
  *                                    named by PostgreSQL (timeline in the name),
  *                                    owned by the PostgreSQL OS user (restore_command reads it)
+ *   <root>/wal-summary/<segment>.json   what each archived segment changed (blocks per relation)
  *   <root>/backups/<id>/manifest.json
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
@@ -21,6 +22,8 @@ import { parseSegmentName } from "./wal-names";
 export class Repository {
   readonly walDir: string;
   readonly backupsDir: string;
+  /** One summary per archived segment (see wal-summary): <segment>.json. */
+  readonly walSummaryDir: string;
 
   constructor(
     readonly root: string,
@@ -28,6 +31,7 @@ export class Repository {
   ) {
     this.walDir = path.join(root, "wal");
     this.backupsDir = path.join(root, "backups");
+    this.walSummaryDir = path.join(root, "wal-summary");
   }
 
   async ensure(): Promise<void> {
@@ -99,6 +103,7 @@ export class Repository {
     for (const entry of await this.archivedSegmentList()) {
       if (entry.segment < segment) {
         await rm(path.join(this.walDir, entry.name), { force: true });
+        await rm(path.join(this.walSummaryDir, `${entry.name}.json`), { force: true });
         removed += 1;
       }
     }

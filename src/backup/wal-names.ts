@@ -18,3 +18,9 @@ export function parseSegmentName(name: string): { timeline: number; segment: num
   if (!match) return null;
   return { timeline: parseInt(match[1]!, 16), segment: parseInt(match[2]!, 16) * SEGMENTS_PER_XLOGID + parseInt(match[3]!, 16) };
 }
+
+/** The LSN a segment starts at ("X/Y", as PostgreSQL prints LSNs). */
+export function segmentStartLsn(segment: number): string {
+  const bytes = segment * SEGMENT_SIZE;
+  return `${Math.floor(bytes / 0x100000000).toString(16).toUpperCase()}/${(bytes % 0x100000000).toString(16).toUpperCase()}`;
+}

@@ -185,6 +185,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000).max(3600000),
     doc: "How long a scheduled run's lock lasts without renewal (ms); a running job renews it every third of that, so another instance takes over only a dead one's run.",
   },
+  walSummaryIntervalMs: {
+    env: "RELEVO_WAL_SUMMARY_INTERVAL_MS",
+    default: "10000",
+    schema: z.coerce.number().int().min(100).max(3600000),
+    doc: "How often newly archived WAL segments are summarised (blocks changed per relation, for differential and incremental backups) (ms).",
+  },
   leaseTtlMs: {
     env: "RELEVO_LEASE_TTL_MS",
     default: "10000",

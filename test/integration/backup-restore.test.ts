@@ -2,7 +2,7 @@ import { Client } from "pg";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { freePort } from "../helpers/ports";
-import { useTestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 /** Ordered-content checksum of a table: equal only if every row is. */
@@ -154,6 +154,29 @@ describe("full backup and point-in-time restore", () => {
     } finally {
       await writeFile(storedFile, original);
     }
+  });
+
+  test("each archived segment is summarised once: the blocks an update touched, per relation file", async () => {
+    await sql(primary(), "CREATE TABLE summarised AS SELECT g AS id, repeat('s', 200) AS pad FROM generate_series(1, 2000) g");
+    const [{ file, blocks }] = await sql<{ file: string; blocks: number }>(primary(), "SELECT pg_relation_filepath('summarised') AS file, pg_relation_size('summarised') / 8192 AS blocks");
+    const relation = file.replace(/^base\//, "1663/");
+    await sql(primary(), "SELECT pg_switch_wal()");
+    // Only the last block's rows change; the segment holding the update is closed, then its successor too.
+    await sql(primary(), `UPDATE summarised SET pad = 'changed' WHERE id > 1990`);
+    const [{ segment }] = await sql<{ segment: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS segment");
+    await sql(primary(), "SELECT pg_switch_wal()");
+    await sql(primary(), "CREATE TABLE nudge ()"); // something in the next segment, so that it can be closed too
+    await sql(primary(), "SELECT pg_switch_wal()");
+    const summary = await eventually(async () => {
+      await cluster.service.walSummarizer.summarizePending();
+      return (await cluster.service.walSummarizer.read(segment)) ?? undefined;
+    }, { what: `the summary of ${segment}`, timeoutMs: 30000 });
+    expect(summary).toMatchObject({ segment, timeline: 1, complete: true, error: null });
+    const touched = summary.blocks[relation]?.main ?? [];
+    expect(touched.length).toBeGreaterThan(0);
+    // The update touched the table's last blocks, not its first.
+    expect(touched.every(([first]) => first >= Math.floor(blocks / 2))).toBe(true);
+    expect(touched.some(([, last]) => last === blocks - 1)).toBe(true);
   });
 
   test("a target outside the recoverable window is refused, naming the window", async () => {

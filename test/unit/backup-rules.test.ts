@@ -4,7 +4,8 @@ import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../
 import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../../src/backup/recovery-target";
 import { recoveryWindow } from "../../src/backup/recovery-window";
 import { planRetention } from "../../src/backup/retention";
-import { parseSegmentName, segmentName, segmentNumber } from "../../src/backup/wal-names";
+import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
+import { SummaryBuilder } from "../../src/backup/wal-summary";
 import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
 
@@ -200,5 +201,38 @@ describe("reference point comparison", () => {
       "app: public.b differs (2 rows, expected 1)",
       "other: public.a missing",
     ]);
+  });
+});
+
+describe("WAL segment summaries", () => {
+  test("block references become ranges per relation and fork; smgr and database records are kept", () => {
+    const builder = new SummaryBuilder();
+    for (const line of [
+      "rmgr: Heap        len (rec/tot):     54/  1470, tx:        774, lsn: 0/0F0000D8, prev 0/0F000060, desc: INSERT off 12 flags 0x04, blkref #0: rel 1663/5/16414 blk 0 FPW",
+      "rmgr: Heap        len (rec/tot):     54/    54, tx:        775, lsn: 0/0F0010D8, prev 0/0F0000D8, desc: UPDATE off 3 xmax 775, blkref #0: rel 1663/5/16414 blk 2, blkref #1: rel 1663/5/16414 blk 1",
+      "rmgr: Heap2       len (rec/tot):     64/    64, tx:          0, lsn: 0/0F001200, prev 0/0F0010D8, desc: VISIBLE cutoff xid 775 flags 0x01, blkref #0: rel 1663/5/16414 fork vm blk 0, blkref #1: rel 1663/5/16414 blk 7",
+      "rmgr: Storage     len (rec/tot):     42/    42, tx:          0, lsn: 0/0F001300, prev 0/0F001200, desc: CREATE base/5/16500",
+      "rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0F001400, prev 0/0F001300, desc: TRUNCATE base/5/16414 to 0 blocks flags 7",
+      "rmgr: Database    len (rec/tot):     42/    42, tx:        780, lsn: 0/0F001500, prev 0/0F001400, desc: CREATE copy dir 1663/1 to 1663/16390",
+      "pg_waldump: error: error in WAL record at 0/10000000: invalid record length",
+    ]) builder.add(line);
+    expect(builder.build("00000001000000000000000F", 1, true, null)).toEqual({
+      formatVersion: 1,
+      segment: "00000001000000000000000F",
+      timeline: 1,
+      blocks: { "1663/5/16414": { main: [[0, 2], [7, 7]], vm: [[0, 0]] } },
+      created: ["base/5/16500"],
+      truncated: ["base/5/16414"],
+      databases: ["1663/1", "1663/16390"],
+      records: 6,
+      complete: true,
+      error: null,
+    });
+  });
+
+  test("segment start LSNs", () => {
+    expect(segmentStartLsn(15)).toBe("0/F000000");
+    expect(segmentStartLsn(256)).toBe("1/0");
+    expect(segmentNumber(segmentStartLsn(1234))).toBe(1234);
   });
 });
