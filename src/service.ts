@@ -9,6 +9,7 @@ import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
 import { WalSummarizer } from "./backup/wal-summary";
+import { repositorySeeder, seededFrom } from "./backup/replica-seed";
 import { resolvePostgresIdentity } from "./nodes/local/os-user";
 import { assertPortFree } from "./cluster/ports";
 import { TopologyCollector } from "./cluster/topology-collector";
@@ -109,16 +110,19 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
     };
     cleanups.push(stopNodes);
-    const outcomes = await bootstrapCluster({ config, driver, secrets, logger }, nodes);
+    // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads.
+    const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
+    const repository = new Repository(config.repository, pgIdentity);
+    await repository.ensure();
+    const outcomes = await bootstrapCluster(
+      { config, driver, secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }) },
+      nodes,
+    );
     for (const outcome of outcomes) {
       const event = outcomeEvent(outcome);
       if (event) await events.emit(event);
     }
 
-    // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads.
-    const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
-    const repository = new Repository(config.repository, pgIdentity);
-    await repository.ensure();
     const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
     const archiver = new WalArchiver({
       repository,
@@ -324,7 +328,7 @@ function outcomeEvent(outcome: NodeBootstrapOutcome): EventDraft | null {
     case "initialized":
       return { kind: "node:created", severity: "info", node, message: `${node} initialised as the primary`, data: { role: "primary", upstream: null } };
     case "seeded":
-      return { kind: "node:created", severity: "info", node, message: `${node} seeded from ${outcome.upstream} and streaming`, data: { role: "replica", upstream: outcome.upstream } };
+      return { kind: "node:created", severity: "info", node, message: `${node} ${seededFrom(outcome)}`, data: { role: "replica", upstream: outcome.upstream } };
     case "started":
       return { kind: "node:started", severity: "info", node, message: `${node} started`, data: {} };
     case "already-running":

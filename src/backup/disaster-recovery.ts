@@ -10,6 +10,7 @@ import { chooseBackup } from "./choose-backup";
 import type { BackupManifest } from "./manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
+import { repositorySeeder } from "./replica-seed";
 import { restoreBackup } from "./restore";
 import { ARCHIVE_SLOT } from "./wal-archiver";
 import { withNodeClient } from "../cluster/node-connection";
@@ -66,7 +67,10 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
     );
     // Promoted; from now on a normal primary (the start rewrites Relevo's settings without the recovery ones).
     await driver.stop(primary, { mode: "fast", timeoutMs: config.startTimeoutMs });
-    const outcomes = await bootstrapCluster({ config, driver, secrets: deps.secrets, logger }, nodes);
+    const outcomes = await bootstrapCluster(
+      { config, driver, secrets: deps.secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, logger }) },
+      nodes,
+    );
     return { manifest, outcomes };
   } catch (error) {
     throw new RelevoError(

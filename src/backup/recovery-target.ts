@@ -11,6 +11,16 @@ export type RecoveryTarget =
 const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
 
 /**
+ * Copies from the archive. The segment the archiver was still receiving is
+ * kept as <name>.partial (pg_receivewal): when the complete one is not there,
+ * its received part is replayed too, so a restore "to the latest" loses
+ * nothing received.
+ */
+export function restoreCommandFor(walDir: string): string {
+  return `cp "${walDir}/%f" "%p" 2>/dev/null || cp "${walDir}/%f.partial" "%p"`;
+}
+
+/**
  * Recovery settings for a restored copy. Pure. It replays from the WAL
  * archive (restore_command), follows the latest timeline (so a target after a
  * failover is reachable), promotes at the target, and cannot touch the live
@@ -18,10 +28,7 @@ const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
  */
 export function recoverySettings(options: { walDir: string; target: RecoveryTarget; timeline?: number | "latest" }): string {
   const lines = [
-    // The segment the archiver was still receiving is kept as <name>.partial
-    // (pg_receivewal): when the complete one is not there, its received part
-    // is replayed too, so a restore "to the latest" loses nothing received.
-    `restore_command = ${quote(`cp "${options.walDir}/%f" "%p" 2>/dev/null || cp "${options.walDir}/%f.partial" "%p"`)}`,
+    `restore_command = ${quote(restoreCommandFor(options.walDir))}`,
     `recovery_target_timeline = ${quote(String(options.timeline ?? "latest"))}`,
     "recovery_target_action = 'promote'",
     "archive_mode = off",

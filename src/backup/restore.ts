@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { crc32 } from "node:zlib";
 import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap } from "./copy-file";
 import type { BackupManifest, ManifestEntry } from "./manifest";
-import { recoverySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
+import { recoverySettings, restoreCommandFor, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 
 export interface RestoreDeps {
@@ -49,15 +49,7 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
   const startedAtMs = Date.now();
   await driver.provision(target);
   try {
-    for (const directory of manifest.files.filter((entry) => entry.type === "directory")) {
-      await driver.makeDirectory(target, directory.path);
-    }
-    await restoreFiles(deps, manifest, target, options.parallelism);
-    await driver.writeFile(target, "backup_label", manifest.backupLabel);
-    if (manifest.tablespaceMap) await driver.writeFile(target, "tablespace_map", manifest.tablespaceMap);
-    const autoConf = (await driver.readFile(target, "postgresql.auto.conf"))?.toString("utf8") ?? "";
-    await driver.writeFile(target, "postgresql.auto.conf", stripUpstreamSettings(autoConf));
-    await driver.removeFiles(target, ["standby.signal"]);
+    await materialise(deps, manifest, target, options.parallelism);
     await driver.writeFile(target, "recovery.signal", "");
     const postgresqlConf = (await driver.readFile(target, "postgresql.conf"))?.toString("utf8") ?? "";
     if (!postgresqlConf.includes(INCLUDE_LINE)) await driver.writeFile(target, "postgresql.conf", `${postgresqlConf}\n${INCLUDE_LINE}\n`);
@@ -68,8 +60,6 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
         "# Recovery of a restored copy\n" +
         recoverySettings({ walDir: repository.walDir, target: options.recoveryTarget }),
     );
-    const marker: NodeMarker = { cluster: deps.clusterName, node: target.name, createdAt: new Date().toISOString() };
-    await driver.writeFile(target, MARKER_FILE, JSON.stringify({ ...marker, restoredFrom: manifest.id }, null, 2) + "\n");
     const copiedAtMs = Date.now();
     await driver.start(target, { timeoutMs: options.startTimeoutMs });
     const startedServerAtMs = Date.now();
@@ -80,6 +70,65 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
     );
   } catch (error) {
     await driver.destroy(target).catch(() => undefined);
+    throw error;
+  }
+}
+
+/**
+ * The backup's directories and files in the (provisioned, empty) target,
+ * its backup_label and tablespace_map, postgresql.auto.conf without the
+ * source's upstream settings, no signal file, and Relevo's node marker.
+ */
+async function materialise(deps: RestoreDeps, manifest: BackupManifest, target: NodeRef, parallelism: number): Promise<void> {
+  const { driver } = deps;
+  for (const directory of manifest.files.filter((entry) => entry.type === "directory")) {
+    await driver.makeDirectory(target, directory.path);
+  }
+  await restoreFiles(deps, manifest, target, parallelism);
+  await driver.writeFile(target, "backup_label", manifest.backupLabel!);
+  if (manifest.tablespaceMap) await driver.writeFile(target, "tablespace_map", manifest.tablespaceMap);
+  const autoConf = (await driver.readFile(target, "postgresql.auto.conf"))?.toString("utf8") ?? "";
+  await driver.writeFile(target, "postgresql.auto.conf", stripUpstreamSettings(autoConf));
+  await driver.removeFiles(target, ["standby.signal", "recovery.signal"]);
+  const marker: NodeMarker = { cluster: deps.clusterName, node: target.name, createdAt: new Date().toISOString() };
+  await driver.writeFile(target, MARKER_FILE, JSON.stringify({ ...marker, restoredFrom: manifest.id }, null, 2) + "\n");
+}
+
+/**
+ * A new replica from the repository instead of from the primary (which then
+ * only streams what the backup and the archive do not have): the backup is
+ * materialised into the (absent) node, set up as a standby of `upstream` over
+ * its slot, with the archive as restore_command to catch up first. Not
+ * started: the caller starts it as it starts any node. The settings go to
+ * postgresql.auto.conf, where pg_basebackup -R puts them too.
+ */
+export async function seedStandbyFromBackup(
+  deps: RestoreDeps,
+  options: { manifest: BackupManifest; node: NodeRef; upstream: NodeRef; slot: string; replication: Credentials; parallelism: number },
+): Promise<void> {
+  const { driver, repository } = deps;
+  const { manifest, node, upstream } = options;
+  if (manifest.status !== "completed" || !manifest.backupLabel) {
+    throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is ${manifest.status}, not restorable`);
+  }
+  await driver.provision(node);
+  try {
+    await materialise(deps, manifest, node, options.parallelism);
+    const autoConf = (await driver.readFile(node, "postgresql.auto.conf"))?.toString("utf8") ?? "";
+    const conninfo = `host=${upstream.host} port=${upstream.port} user=${options.replication.user} password=${options.replication.password} application_name=${node.name}`;
+    const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
+    await driver.writeFile(
+      node,
+      "postgresql.auto.conf",
+      `${autoConf.trimEnd()}\n` +
+        `primary_conninfo = ${quote(conninfo)}\n` +
+        `primary_slot_name = ${quote(options.slot)}\n` +
+        `restore_command = ${quote(restoreCommandFor(repository.walDir))}\n` +
+        "recovery_target_timeline = 'latest'\n",
+    );
+    await driver.writeFile(node, "standby.signal", "");
+  } catch (error) {
+    await driver.destroy(node).catch(() => undefined);
     throw error;
   }
 }

@@ -2,6 +2,7 @@ import path from "node:path";
 import { Repository } from "../backup/repository";
 import { restoreBackup } from "../backup/restore";
 import { recoverCluster } from "../backup/disaster-recovery";
+import { seededFrom } from "../backup/replica-seed";
 import { assertPortFree } from "../cluster/ports";
 import { chooseBackup } from "../backup/choose-backup";
 import { recoveryTargetFrom } from "../backup/recovery-target";
@@ -142,7 +143,7 @@ export async function restoreClusterCommand(
   const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
   const recovered = await recoverCluster({ config, driver: createNodeDriver(config), repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
   for (const outcome of recovered.outcomes) {
-    output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? `seeded from ${outcome.upstream}` : "restored from the repository, primary"}`);
+    output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }
   output.out(`cluster rebuilt from backup ${recovered.manifest.id}; its nodes are running: start Relevo with relevo up`);
 }

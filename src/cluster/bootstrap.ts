@@ -33,12 +33,18 @@ export interface BootstrapDeps {
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
   readonly logger: Logger;
+  /**
+   * Seeds a new replica from the backup repository instead of the primary
+   * (materialised, not started); false when there is no backup to seed from,
+   * and pg_basebackup from the primary does it then.
+   */
+  readonly seedFromRepository?: (node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>;
 }
 
 /** What happened to each node, for the caller's events and the CLI's output. */
 export type NodeBootstrapOutcome =
   | { readonly phase: "initialized"; readonly node: NodeRef }
-  | { readonly phase: "seeded"; readonly node: NodeRef; readonly upstream: string }
+  | { readonly phase: "seeded"; readonly node: NodeRef; readonly upstream: string; readonly from: "primary" | "repository" }
   | { readonly phase: "started"; readonly node: NodeRef }
   | { readonly phase: "already-running"; readonly node: NodeRef };
 
@@ -169,10 +175,12 @@ async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef)
   const slot = slotNameFor(node);
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));
   await withNodeClient(primary, superuserCredentials(secrets), config.nodeTimeoutMs, (client) => ensureSlot(client, slot));
-  await driver.provision(node);
+  const fromRepository = deps.seedFromRepository ? await deps.seedFromRepository(node, primary, slot) : false;
+  if (!fromRepository) await driver.provision(node);
   try {
-    logger.info({ node: node.name, upstream: primary.name, slot }, "seeding replica with pg_basebackup");
-    await driver.exec(
+    if (fromRepository) logger.info({ node: node.name, upstream: primary.name, slot }, "replica seeded from the backup repository");
+    else logger.info({ node: node.name, upstream: primary.name, slot }, "seeding replica with pg_basebackup");
+    if (!fromRepository) await driver.exec(
       node,
       [
         "pg_basebackup",
@@ -204,7 +212,7 @@ async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef)
     throw error;
   }
   logger.info({ node: node.name, upstream: primary.name }, "replica streaming");
-  return { phase: "seeded", node, upstream: primary.name };
+  return { phase: "seeded", node, upstream: primary.name, from: fromRepository ? "repository" : "primary" };
 }
 
 async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {

@@ -149,6 +149,12 @@ export const configKeys = {
     schema: z.enum(["primary", "replica", "prefer-replica"]),
     doc: "Where backups are copied from: primary, replica (a streaming replica, else the backup fails), or prefer-replica (the primary when no replica is streaming within RELEVO_LAG_ALERT_BYTES).",
   },
+  replicaSeed: {
+    env: "RELEVO_REPLICA_SEED",
+    default: "primary",
+    schema: z.enum(["primary", "repository"]),
+    doc: "Where a new replica's data comes from: primary (pg_basebackup) or repository (the newest backup plus the archive, sparing the primary; the primary when there is no backup yet).",
+  },
   backupParallelism: {
     env: "RELEVO_BACKUP_PARALLELISM",
     default: "4",

@@ -12,7 +12,7 @@ const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
 
 describe("disaster recovery: relevo restore --cluster", () => {
-  test("every node stopped and deleted: the CLI rebuilds a streaming pair with everything archived, and Relevo manages it again", async () => {
+  test("every node stopped and deleted: the CLI rebuilds a streaming pair from the repository with everything archived, and Relevo manages it again", async () => {
     const first = await startTestCluster("disaster");
     const { config, service } = first;
     const [primary, replica] = service.nodes as [typeof service.nodes[0], typeof service.nodes[0]];
@@ -26,6 +26,8 @@ describe("disaster recovery: relevo restore --cluster", () => {
       RELEVO_REPLICA_PORT: String(config.replicaPort),
       RELEVO_REDIS_PORT: String(config.redisPort),
       RELEVO_LOG_LEVEL: "warn",
+      // The replica too comes from the repository (the backup and the archive), not from a pg_basebackup of the new primary.
+      RELEVO_REPLICA_SEED: "repository",
     };
     let stopped = false;
     try {
@@ -51,7 +53,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
 
       for (const node of service.nodes) await service.driver.destroy(node);
       const recovered = await run("node", [BIN, "restore", "--cluster"], { env: cliEnv, timeout: 240000 });
-      expect(recovered.stdout).toMatch(/node1: restored from the repository, primary\nnode2: seeded from node1\ncluster rebuilt from backup \S+-F/);
+      expect(recovered.stdout).toMatch(/node1: restored from the repository, primary\nnode2: seeded from the repository, streaming from node1\ncluster rebuilt from backup \S+-F/);
 
       // Every row, including those only the archiver's partial segment held, on both nodes, streaming.
       expect(await sql("SELECT count(*)::int AS n, max(id) AS max FROM precious")).toEqual([{ n: 25000, max: 25000 }]);
