@@ -19,42 +19,41 @@ export async function lz4Frame(chunk: Buffer): Promise<Buffer> {
 
 /** A whole buffer in the stream format: its 1 MiB chunks as consecutive frames. */
 export async function lz4Compress(data: Buffer): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for (let at = 0; at < data.length; at += CHUNK) {
-    const frame = await compressFrame(data.subarray(at, at + CHUNK));
-    const header = Buffer.alloc(4);
-    header.writeUInt32BE(frame.length);
-    parts.push(header, frame);
+  const frames: Buffer[] = [];
+  for (let at = 0; at < data.length; at += CHUNK) frames.push(await lz4Frame(data.subarray(at, at + CHUNK)));
+  return Buffer.concat(frames);
+}
+
+/** Pure: the whole frames at the start of `buffered`, and what follows them. */
+function cutFrames(buffered: Buffer): { frames: Buffer[]; rest: Buffer } {
+  const frames: Buffer[] = [];
+  let rest = buffered;
+  while (rest.length >= 4) {
+    const length = rest.readUInt32BE(0);
+    if (rest.length < 4 + length) break;
+    frames.push(rest.subarray(4, 4 + length));
+    rest = rest.subarray(4 + length);
   }
-  return Buffer.concat(parts);
+  return { frames, rest };
 }
 
 /** The frames of the stream format, as they arrive. */
 async function* lz4Frames(stored: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  let buffered: Buffer = Buffer.alloc(0);
+  let rest: Buffer = Buffer.alloc(0);
   for await (const chunk of stored) {
-    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-    while (buffered.length >= 4) {
-      const length = buffered.readUInt32BE(0);
-      if (buffered.length < 4 + length) break;
-      yield buffered.subarray(4, 4 + length);
-      buffered = buffered.subarray(4 + length);
-    }
+    const cut = cutFrames(rest.length === 0 ? chunk : Buffer.concat([rest, chunk]));
+    yield* cut.frames;
+    rest = cut.rest;
   }
-  if (buffered.length > 0) throw new Error("truncated LZ4 stream");
+  if (rest.length > 0) throw new Error("truncated LZ4 stream");
 }
 
 /** A whole stored content decoded at once (a small file: usually one frame). */
 export async function lz4DecodeBuffer(stored: Buffer): Promise<Buffer> {
+  const { frames, rest } = cutFrames(stored);
+  if (rest.length > 0) throw new Error("truncated LZ4 stream");
   const parts: Buffer[] = [];
-  let at = 0;
-  while (at < stored.length) {
-    if (stored.length - at < 4) throw new Error("truncated LZ4 stream");
-    const length = stored.readUInt32BE(at);
-    if (stored.length - at - 4 < length) throw new Error("truncated LZ4 stream");
-    parts.push(await decompressFrame(stored.subarray(at + 4, at + 4 + length)));
-    at += 4 + length;
-  }
+  for (const frame of frames) parts.push(await decompressFrame(frame));
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 }
 
