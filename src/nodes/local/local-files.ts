@@ -23,15 +23,20 @@ export async function readOptionalFile(file: string): Promise<Buffer | null> {
   }
 }
 
-/** See NodeDriver.readChunks: a fixed set of buffers, reused. */
-export async function readLocalChunks(file: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
-  let handle: FileHandle;
+/** Opens a file for reading; null when it does not exist. */
+async function openIfExists(file: string): Promise<FileHandle | null> {
   try {
-    handle = await open(file, "r");
+    return await open(file, "r");
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw error;
   }
+}
+
+/** See NodeDriver.readChunks: a fixed set of buffers, reused. */
+export async function readLocalChunks(file: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  const handle = await openIfExists(file);
+  if (!handle) return false;
   const free: Buffer[] = Array.from({ length: Math.max(1, options.inFlight) }, () => Buffer.allocUnsafeSlow(options.chunkSize));
   const outstanding = new Set<Promise<void>>();
   let failure: unknown = null;
@@ -72,13 +77,8 @@ export async function readLocalChunks(file: string, options: ChunkedReadOptions,
  * to the length fstat saw (a backup's WAL replay restores the rest).
  */
 export async function readSmallLocalFile(file: string, maxBytes: number): Promise<SmallFileRead> {
-  let handle: FileHandle;
-  try {
-    handle = await open(file, "r");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { state: "absent" };
-    throw error;
-  }
+  const handle = await openIfExists(file);
+  if (!handle) return { state: "absent" };
   try {
     const { size } = await handle.stat();
     if (size > maxBytes) return { state: "too-large", size };
@@ -154,14 +154,9 @@ export async function removeInside(root: string, relativePaths: readonly string[
 }
 
 export async function openOptionalReadStream(file: string): Promise<Readable | null> {
-  try {
-    const handle = await open(file, "r");
-    // 1 MiB reads: with the default 64 KiB, per-chunk overhead halves a backup's throughput.
-    return handle.createReadStream({ highWaterMark: 1024 * 1024 });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw error;
-  }
+  const handle = await openIfExists(file);
+  // 1 MiB reads: with the default 64 KiB, per-chunk overhead halves a backup's throughput.
+  return handle?.createReadStream({ highWaterMark: 1024 * 1024 }) ?? null;
 }
 
 /** Stream to a temp file, fsync, rename: a reader never sees half a file. */
