@@ -1,6 +1,5 @@
-import { bootstrapCluster, type NodeBootstrapOutcome } from "../cluster/bootstrap";
+import { bootstrapCluster, superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
 import { clusterMembers } from "../cluster/members";
-import { ROLE_SUPERUSER } from "../cluster/node-settings";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
@@ -12,8 +11,7 @@ import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 import { repositorySeeder } from "./replica-seed";
 import { restoreBackup } from "./restore";
-import { ARCHIVE_SLOT } from "./wal-archiver";
-import { withNodeClient } from "../cluster/node-connection";
+import { ensureArchiveSlot } from "./wal-archiver";
 
 export interface ClusterRecoveryDeps {
   readonly config: RelevoConfig;
@@ -52,7 +50,7 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
   }
   const manifest = chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), options.backupId, options.recoveryTarget);
   const primary = nodes[0]!;
-  const superuser = { user: ROLE_SUPERUSER, password: deps.secrets.superuserPassword, database: "postgres" };
+  const superuser = superuserCredentials(deps.secrets);
   logger.info({ backup: manifest.id, node: primary.name, target: options.recoveryTarget }, "restoring the primary from the repository");
   await restoreBackup(
     { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
@@ -62,9 +60,7 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
     // The archiver's slot, now: it keeps the new timeline's WAL (and the
     // segment of the switch) until the archiver, started by relevo up,
     // resumes from the last archived segment and follows the switch.
-    await withNodeClient(primary, superuser, config.nodeTimeoutMs, (client) =>
-      client.query("SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", [ARCHIVE_SLOT]),
-    );
+    await ensureArchiveSlot(primary, superuser, config.nodeTimeoutMs);
     // Promoted; from now on a normal primary (the start rewrites Relevo's settings without the recovery ones).
     await driver.stop(primary, { mode: "fast", timeoutMs: config.startTimeoutMs });
     const outcomes = await bootstrapCluster(

@@ -21,6 +21,21 @@ export function restoreCommandFor(walDir: string): string {
 }
 
 /**
+ * A standby's settings, as pg_basebackup -R writes them (plus the archive,
+ * to catch up from before it streams): its upstream with its own
+ * application_name, its slot, and the latest timeline. Pure.
+ */
+export function standbySettings(options: { walDir: string; conninfo: string; slot: string }): string {
+  return [
+    `primary_conninfo = ${quote(options.conninfo)}`,
+    `primary_slot_name = ${quote(options.slot)}`,
+    `restore_command = ${quote(restoreCommandFor(options.walDir))}`,
+    "recovery_target_timeline = 'latest'",
+    "",
+  ].join("\n");
+}
+
+/**
  * Recovery settings for a restored copy. Pure. It replays from the WAL
  * archive (restore_command), follows the latest timeline (so a target after a
  * failover is reachable), promotes at the target, and cannot touch the live

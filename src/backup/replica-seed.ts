@@ -1,4 +1,4 @@
-import type { NodeBootstrapOutcome } from "../cluster/bootstrap";
+import { superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
 import { ROLE_REPLICATION } from "../cluster/node-settings";
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
@@ -31,7 +31,7 @@ export function repositorySeeder(
         maxSlotWalKeepSize: config.maxSlotWalKeepSize,
         driver: deps.driver,
         repository: deps.repository,
-        superuser: { user: "postgres", password: deps.secrets.superuserPassword, database: "postgres" },
+        superuser: superuserCredentials(deps.secrets),
         logger: deps.logger,
       },
       {

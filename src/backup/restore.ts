@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { crc32 } from "node:zlib";
 import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap } from "./copy-file";
 import type { BackupManifest, ManifestEntry } from "./manifest";
-import { recoverySettings, restoreCommandFor, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
+import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
 
 export interface RestoreDeps {
@@ -39,9 +39,7 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
   const { driver, repository } = deps;
   const manifest = options.manifest;
   const target = options.target;
-  if (manifest.status !== "completed" || !manifest.backupLabel) {
-    throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is ${manifest.status}, not restorable`);
-  }
+  assertRestorable(manifest);
   const state = await driver.state(target);
   if (state.phase !== "absent") {
     throw new RelevoError(ErrorCode.PreconditionFailed, `restore target ${target.name} already exists; choose another name or remove it`);
@@ -71,6 +69,12 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
   } catch (error) {
     await driver.destroy(target).catch(() => undefined);
     throw error;
+  }
+}
+
+function assertRestorable(manifest: BackupManifest): void {
+  if (manifest.status !== "completed" || !manifest.backupLabel) {
+    throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is ${manifest.status}, not restorable`);
   }
 }
 
@@ -108,24 +112,13 @@ export async function seedStandbyFromBackup(
 ): Promise<void> {
   const { driver, repository } = deps;
   const { manifest, node, upstream } = options;
-  if (manifest.status !== "completed" || !manifest.backupLabel) {
-    throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is ${manifest.status}, not restorable`);
-  }
+  assertRestorable(manifest);
   await driver.provision(node);
   try {
     await materialise(deps, manifest, node, options.parallelism);
     const autoConf = (await driver.readFile(node, "postgresql.auto.conf"))?.toString("utf8") ?? "";
     const conninfo = `host=${upstream.host} port=${upstream.port} user=${options.replication.user} password=${options.replication.password} application_name=${node.name}`;
-    const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
-    await driver.writeFile(
-      node,
-      "postgresql.auto.conf",
-      `${autoConf.trimEnd()}\n` +
-        `primary_conninfo = ${quote(conninfo)}\n` +
-        `primary_slot_name = ${quote(options.slot)}\n` +
-        `restore_command = ${quote(restoreCommandFor(repository.walDir))}\n` +
-        "recovery_target_timeline = 'latest'\n",
-    );
+    await driver.writeFile(node, "postgresql.auto.conf", `${autoConf.trimEnd()}\n${standbySettings({ walDir: repository.walDir, conninfo, slot: options.slot })}`);
     await driver.writeFile(node, "standby.signal", "");
   } catch (error) {
     await driver.destroy(node).catch(() => undefined);

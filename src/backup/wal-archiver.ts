@@ -13,6 +13,16 @@ import { ErrorCode, RelevoError } from "../errors";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
+/**
+ * Creates the archiver's slot on `primary` unless it exists, reserving WAL at
+ * once, so that nothing written from now on is recycled before it is archived.
+ */
+export async function ensureArchiveSlot(primary: NodeRef, superuser: Credentials, timeoutMs: number): Promise<void> {
+  await withNodeClient(primary, superuser, timeoutMs, (client) =>
+    client.query(`SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, [ARCHIVE_SLOT]),
+  );
+}
+
 export interface WalArchiverOptions {
   readonly repository: Repository;
   readonly pgBinDir: string;
@@ -107,13 +117,7 @@ export class WalArchiver {
         continue;
       }
       try {
-        await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, (client) =>
-          // Reserve WAL at once (second argument), so nothing written from now on can be recycled unarchived.
-          client.query(
-            `SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
-            [ARCHIVE_SLOT],
-          ),
-        );
+        await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
         const exit = await this.receive(target);
         if (this.stopped || this.target !== target) continue;
         throw new Error(exit);

@@ -1,7 +1,7 @@
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
-import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../../src/backup/recovery-target";
+import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/backup/recovery-target";
 import { recoveryWindow } from "../../src/backup/recovery-window";
 import { planRetention } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
@@ -234,5 +234,19 @@ describe("WAL segment summaries", () => {
     expect(segmentStartLsn(15)).toBe("0/F000000");
     expect(segmentStartLsn(256)).toBe("1/0");
     expect(segmentNumber(segmentStartLsn(1234))).toBe(1234);
+  });
+});
+
+describe("standby settings for a replica seeded from the repository", () => {
+  test("upstream, slot, archive and latest timeline, quoted as postgresql.conf wants", () => {
+    expect(standbySettings({ walDir: "/repo/wal", conninfo: "host=h port=1 user=replicator password=it's application_name=node2", slot: "relevo_node2" })).toBe(
+      [
+        "primary_conninfo = 'host=h port=1 user=replicator password=it''s application_name=node2'",
+        "primary_slot_name = 'relevo_node2'",
+        `restore_command = 'cp "/repo/wal/%f" "%p" 2>/dev/null || cp "/repo/wal/%f.partial" "%p"'`,
+        "recovery_target_timeline = 'latest'",
+        "",
+      ].join("\n"),
+    );
   });
 });
