@@ -19,11 +19,11 @@ import { planRetention } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
 import { chooseBackup } from "./choose-backup";
 import { captureReferencePoint } from "./reference-point";
+import type { WalArchiver } from "./wal-archiver";
+import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
 
 /** Writers wait at most this long for the reference point's table locks. */
 const REFERENCE_LOCK_TIMEOUT_MS = 5000;
-import type { WalArchiver } from "./wal-archiver";
-import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
 
 export interface BackupServiceDeps {
   readonly clusterName: string;
@@ -57,9 +57,9 @@ export interface BackupServiceDeps {
  */
 export class BackupService {
   private running: { id: string | null; done: Promise<BackupManifest> } | null = null;
-  /** Reference points being taken, by backup id (see recordReferencePoint). */
+  /** Reference points being taken, by backup id, for verify to wait on (see trackReferencePoint). */
   private readonly referencing = new Map<string, Promise<void>>();
-  /** Retention runs started after backups. */
+  /** Work started after backups completed (reference points, retention), for waitForIdle. */
   private readonly afterwork = new Set<Promise<void>>();
 
   constructor(private readonly deps: BackupServiceDeps) {}
@@ -245,7 +245,7 @@ export class BackupService {
 
   async waitForIdle(): Promise<void> {
     await this.running?.done.catch(() => undefined);
-    await Promise.all([...this.referencing.values(), ...this.afterwork]);
+    await Promise.all(this.afterwork);
   }
 
   private trackAfterwork(work: Promise<void>): void {
@@ -274,6 +274,7 @@ export class BackupService {
       }
     })();
     this.referencing.set(id, work);
+    this.trackAfterwork(work);
   }
 }
 

@@ -179,30 +179,7 @@ async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef)
   if (!fromRepository) await driver.provision(node);
   try {
     if (fromRepository) logger.info({ node: node.name, upstream: primary.name, slot }, "replica seeded from the backup repository");
-    else logger.info({ node: node.name, upstream: primary.name, slot }, "seeding replica with pg_basebackup");
-    if (!fromRepository) await driver.exec(
-      node,
-      [
-        "pg_basebackup",
-        "-D",
-        driver.dataDirectory(node),
-        "-d",
-        `host=${primary.host} port=${primary.port} user=${ROLE_REPLICATION} application_name=${node.name}`,
-        // -R writes standby.signal and primary_conninfo (with application_name,
-        // so the primary's pg_stat_replication and synchronous_standby_names
-        // can name this node); -S streams over the node's own slot, so the
-        // primary keeps the WAL the replica still needs.
-        "-R",
-        "-S",
-        slot,
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "--no-password",
-      ],
-      { mode: "offline", env: { PGPASSWORD: secrets.replicationPassword }, timeoutMs: 30 * 60 * 1000 },
-    );
+    else await copyFromPrimary(deps, node, primary, slot);
     await writeMarker(deps, node);
     await writeManagedFiles(deps, node);
     await driver.start(node, { timeoutMs: config.startTimeoutMs });
@@ -213,6 +190,35 @@ async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef)
   }
   logger.info({ node: node.name, upstream: primary.name }, "replica streaming");
   return { phase: "seeded", node, upstream: primary.name, from: fromRepository ? "repository" : "primary" };
+}
+
+/** A new replica's data by pg_basebackup from the primary, over the node's slot. */
+async function copyFromPrimary(deps: BootstrapDeps, node: NodeRef, primary: NodeRef, slot: string): Promise<void> {
+  const { driver, secrets, logger } = deps;
+  logger.info({ node: node.name, upstream: primary.name, slot }, "seeding replica with pg_basebackup");
+  await driver.exec(
+    node,
+    [
+      "pg_basebackup",
+      "-D",
+      driver.dataDirectory(node),
+      "-d",
+      `host=${primary.host} port=${primary.port} user=${ROLE_REPLICATION} application_name=${node.name}`,
+      // -R writes standby.signal and primary_conninfo (with application_name,
+      // so the primary's pg_stat_replication and synchronous_standby_names
+      // can name this node); -S streams over the node's own slot, so the
+      // primary keeps the WAL the replica still needs.
+      "-R",
+      "-S",
+      slot,
+      "-X",
+      "stream",
+      "-c",
+      "fast",
+      "--no-password",
+    ],
+    { mode: "offline", env: { PGPASSWORD: secrets.replicationPassword }, timeoutMs: 30 * 60 * 1000 },
+  );
 }
 
 async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {
