@@ -34,8 +34,14 @@ const TABLES_SQL = `
     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
   ORDER BY 1`;
 
-function checksumSql(table: string): string {
-  return `SELECT count(*)::bigint AS rows, coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text AS checksum FROM ONLY ${table} t`;
+/** One table's checksum, the same query on the source and on a restored copy. */
+async function tableChecksum(client: Client, database: string, table: string): Promise<TableChecksum> {
+  const row = (
+    await client.query<{ rows: string; checksum: string }>(
+      `SELECT count(*)::bigint AS rows, coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text AS checksum FROM ONLY ${table} t`,
+    )
+  ).rows[0]!;
+  return { database, table, rows: Number(row.rows), checksum: row.checksum };
 }
 
 async function connect(node: NodeRef, credentials: Credentials, database: string): Promise<Client> {
@@ -56,10 +62,7 @@ async function databasesOf(node: NodeRef, credentials: Credentials): Promise<str
 
 async function checksumsIn(client: Client, database: string): Promise<TableChecksum[]> {
   const result: TableChecksum[] = [];
-  for (const { name } of (await client.query<{ name: string }>(TABLES_SQL)).rows) {
-    const row = (await client.query<{ rows: string; checksum: string }>(checksumSql(name))).rows[0]!;
-    result.push({ database, table: name, rows: Number(row.rows), checksum: row.checksum });
-  }
+  for (const { name } of (await client.query<{ name: string }>(TABLES_SQL)).rows) result.push(await tableChecksum(client, database, name));
   return result;
 }
 
@@ -114,8 +117,7 @@ export async function checksumsOn(node: NodeRef, credentials: Credentials, recor
       for (const entry of recorded.filter((candidate) => candidate.database === database)) {
         const exists = (await client.query<{ found: boolean }>("SELECT to_regclass($1) IS NOT NULL AS found", [entry.table])).rows[0]!.found;
         if (!exists) continue; // reported as missing
-        const row = (await client.query<{ rows: string; checksum: string }>(checksumSql(entry.table))).rows[0]!;
-        result.push({ database, table: entry.table, rows: Number(row.rows), checksum: row.checksum });
+        result.push(await tableChecksum(client, database, entry.table));
       }
     } finally {
       await client.end().catch(() => undefined);
