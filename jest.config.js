@@ -1,6 +1,7 @@
 /** @type {import('jest').Config} */
 module.exports = {
-  testEnvironment: "node",
+  // Node, plus removal of the data homes each test file made (test/helpers/environment.ts).
+  testEnvironment: "<rootDir>/test/helpers/environment.ts",
   roots: ["<rootDir>/test"],
   testMatch: ["**/*.test.ts"],
   transform: {

@@ -1,13 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdtemp, readdir, readFile } from "node:fs/promises";
-import os from "node:os";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { createHash } from "node:crypto";
 import { BundleWriter } from "../../src/backup/bundle-writer";
 import { contentCrc32, decodeBuffer, decodedChunks, openStoredContent, storeChunks } from "../../src/backup/copy-file";
 import type { Compression } from "../../src/backup/manifest";
+import { tempHome } from "../helpers/home";
 
 async function readRange(file: string, offset: number, bytes: number): Promise<Buffer> {
   const { open } = await import("node:fs/promises");
@@ -36,7 +36,7 @@ describe("stored content codecs", () => {
   const content = Buffer.concat([Buffer.alloc(2 * 1024 * 1024, "relevo "), randomBytes(1536 * 1024)]);
 
   test.each<Compression>(["lz4", "gzip", "none"])("%s: stored from reused chunk buffers, then read back byte for byte", async (compression) => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), "relevo-chunks-"));
+    const dir = await tempHome("chunks");
     const target = path.join(dir, "file");
     // A source that reuses two buffers, as the drivers do, and checks that each is handed back before it is overwritten.
     const buffers = [Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024)];
@@ -63,7 +63,7 @@ describe("stored content codecs", () => {
   });
 
   test.each<Compression>(["lz4", "gzip", "none"])("%s: small files bundled together each read back from their own range", async (compression) => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), "relevo-bundle-"));
+    const dir = await tempHome("bundle");
     const files = [Buffer.alloc(0), Buffer.from("pg_filenode.map"), content.subarray(0, 8192), randomBytes(700 * 1024), content.subarray(0, 1024 * 1024)];
     const writer = new BundleWriter(dir, compression);
     // Added concurrently, as the backup's workers do.
