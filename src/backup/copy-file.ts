@@ -5,7 +5,8 @@ import { mkdir, open, rename, rm } from "node:fs/promises";
 import { promisify } from "node:util";
 import path from "node:path";
 import { Readable } from "node:stream";
-import { crc32, createGunzip, createGzip } from "node:zlib";
+import { createGunzip, createGzip } from "node:zlib";
+import { crc32 } from "@node-rs/crc32";
 import { pipeline } from "node:stream/promises";
 import { lz4Decode, lz4DecodeBuffer, lz4Frame } from "./lz4-stream";
 import { decodeLz4InWorker, type StoredSummary } from "./lz4-worker-decode";
@@ -18,9 +19,19 @@ export interface CopiedFile {
   readonly storedSha256: string;
 }
 
-/** The content checksum: CRC-32 (zlib's, hardware-assisted), 8 hex digits. */
+/**
+ * The content checksum: the standard CRC-32 (zlib's polynomial), 8 hex
+ * digits. Computed with SIMD (@node-rs/crc32, ≈6 GB/s here) rather than
+ * zlib's (≈2 GB/s): it runs on the event loop for every byte copied,
+ * restored or verified, and was a third of a large file's copy time.
+ */
 export function contentCrc32(data: Buffer): string {
   return crc32Hex(crc32(data));
+}
+
+/** The running CRC-32 of a content after one more chunk. */
+export function updateCrc32(previous: number, chunk: Buffer): number {
+  return crc32(chunk, previous);
 }
 
 export function crc32Hex(value: number): string {
@@ -72,7 +83,7 @@ export async function storeChunks(source: ChunkSource, target: string, compressi
   gzip?.on("data", (data: Buffer) => void writeInOrder(Promise.resolve(data)).catch(() => undefined));
   try {
     const found = await source(async (chunk) => {
-      content = crc32(chunk, content);
+      content = updateCrc32(content, chunk);
       size += chunk.length;
       switch (compression) {
         case "lz4":

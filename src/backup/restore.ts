@@ -5,8 +5,7 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
 import { readFile } from "node:fs/promises";
-import { crc32 } from "node:zlib";
-import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap } from "./copy-file";
+import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "./copy-file";
 import type { BackupManifest, ManifestEntry } from "./manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
@@ -174,7 +173,7 @@ async function restoreLargeFile(deps: RestoreDeps, manifest: BackupManifest, tar
   let crc = 0;
   let bytes = 0;
   const content = tap(storedContentChunks(deps.repository.storedPath(manifest.id, stored.path), stored), (chunk) => {
-    crc = crc32(chunk, crc);
+    crc = updateCrc32(crc, chunk);
     bytes += chunk.length;
   });
   try {

@@ -1,7 +1,6 @@
 import { findFreePort } from "../cluster/ports";
 import type { NodeRef } from "../nodes/node-driver";
-import { crc32 } from "node:zlib";
-import { crc32Hex, forEachParallel, storedContentChunks } from "./copy-file";
+import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "./copy-file";
 import type { StoredSummary } from "./lz4-worker-decode";
 import { checksumMismatches, checksumsOn } from "./reference-point";
 import type { WalArchiver } from "./wal-archiver";
@@ -57,7 +56,7 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
   let contentBytes = 0;
   try {
     for await (const chunk of storedContentChunks(repository.storedPath(id, expected.path), expected, (seen) => (summary = seen))) {
-      content = crc32(chunk, content);
+      content = updateCrc32(content, chunk);
       contentBytes += chunk.length;
     }
   } catch {
