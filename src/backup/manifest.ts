@@ -7,7 +7,9 @@ import type { ReferencePoint } from "./reference-point";
  * its length (restore truncates or extends to it) and where its content is
  * stored; a later backup may store only some blocks and reference the rest.
  */
-export const MANIFEST_VERSION = 2;
+export const MANIFEST_VERSION = 3;
+/** Versions this code reads: 2 is 3 without block-level entries. */
+export const READABLE_MANIFEST_VERSIONS: readonly number[] = [2, 3];
 
 export type BackupType = "full" | "differential" | "incremental";
 export type BackupStatus = "running" | "completed" | "failed" | "expired";
@@ -51,15 +53,35 @@ export interface ManifestEntry {
    */
   readonly crc32?: string;
   readonly stored?: StoredContent;
+  /**
+   * A block-level entry of a differential or incremental backup: only these
+   * 8 KiB blocks (ranges of block numbers, ascending) are stored, their
+   * contents one after another in `stored` (absent when there are none: the
+   * file did not change), with `crc32` over them; every other block below
+   * `size` is the same path's in the reference backup, resolved down the
+   * chain. Absent: `stored` is the whole file.
+   */
+  readonly blocks?: ReadonlyArray<readonly [number, number]>;
 }
 
 export interface BackupManifest {
-  readonly formatVersion: typeof MANIFEST_VERSION;
+  readonly formatVersion: 2 | typeof MANIFEST_VERSION;
   readonly id: string;
   readonly type: BackupType;
   readonly status: BackupStatus;
   /** The backup this one builds on (differential / incremental); null for a full. */
   readonly reference: string | null;
+  /**
+   * How a differential or incremental found the changed blocks: the WAL's
+   * block references since the reference's start, or a scan of every
+   * relation file's page LSNs (when that WAL was missing or unreadable).
+   */
+  readonly changesFrom?: "wal" | "page-scan" | null;
+  /** Why a backup asked for as differential or incremental was taken as a full instead. */
+  readonly promotedToFull?: string | null;
+  /** Files stored whole, and blocks stored by block-level entries. */
+  readonly filesStored?: number;
+  readonly blocksStored?: number;
   readonly cluster: string;
   readonly systemIdentifier: string;
   readonly pgVersion: string;

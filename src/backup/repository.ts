@@ -1,7 +1,7 @@
 import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/local/os-user";
-import { MANIFEST_VERSION, type BackupManifest } from "./manifest";
+import { READABLE_MANIFEST_VERSIONS, type BackupManifest } from "./manifest";
 import { parseSegmentName } from "./wal-names";
 
 /**
@@ -68,7 +68,7 @@ export class Repository {
   async readManifest(id: string): Promise<BackupManifest | null> {
     try {
       const manifest = JSON.parse(await readFile(path.join(this.backupDir(id), "manifest.json"), "utf8")) as BackupManifest;
-      return manifest.formatVersion === MANIFEST_VERSION ? manifest : null;
+      return READABLE_MANIFEST_VERSIONS.includes(manifest.formatVersion) ? manifest : null;
     } catch {
       return null;
     }
