@@ -38,6 +38,12 @@ export interface ChunkedReadOptions {
   readonly inFlight: number;
 }
 
+/** A byte range of a file. */
+export interface ByteRange {
+  readonly offset: number;
+  readonly length: number;
+}
+
 export type SmallFileRead =
   | { readonly state: "absent" }
   | { readonly state: "read"; readonly content: Buffer }
@@ -134,6 +140,19 @@ export interface NodeDriver {
    * garbage collector busy). false when the file does not exist.
    */
   readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean>;
+  /**
+   * Reads byte ranges of a file (ascending, not overlapping), in order, as
+   * readChunks does: the blocks a differential or incremental backup takes.
+   * Bytes past the file's end read as zeros (a relation truncated while it is
+   * read: WAL replay truncates it again). false when the file does not exist.
+   */
+  readRanges(
+    node: NodeRef,
+    relativePath: string,
+    ranges: ReadonlyArray<ByteRange>,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean>;
   /**
    * Writes a stream (a Readable or any async iterable of buffers) to a file
    * under the data directory atomically, owned by the PostgreSQL OS user;

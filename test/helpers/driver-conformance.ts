@@ -122,6 +122,17 @@ export function describeDriverConformance(target: ConformanceTarget): void {
           throw new Error("consumer failed");
         }),
       ).rejects.toThrow("consumer failed");
+      // Ranges: in order, split into buffer-sized pieces, past the end read as zeros.
+      const ranged: Buffer[] = [];
+      const ranges = [
+        { offset: 10, length: 5 },
+        { offset: 1024 * 1024 - 3, length: 1024 * 1024 + 6 },
+        { offset: content.length - 4, length: 10 },
+      ];
+      expect(await driver.readRanges(node, "stream-test/big.bin", ranges, { chunkSize: 1024 * 1024, inFlight: 2 }, async (chunk) => void ranged.push(Buffer.from(chunk)))).toBe(true);
+      expect(ranged.every((chunk) => chunk.length <= 1024 * 1024)).toBe(true);
+      expect(Buffer.concat(ranged).equals(Buffer.concat([...ranges.map((r) => content.subarray(r.offset, r.offset + r.length)), Buffer.alloc(6)]))).toBe(true);
+      expect(await driver.readRanges(node, "stream-test/missing", ranges, { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(false);
       await driver.makeDirectory(node, "stream-test/a/b");
       expect(await driver.listFiles(node, "stream-test/a")).toEqual([expect.objectContaining({ path: "stream-test/a/b", type: "directory" })]);
       await driver.removeFiles(node, ["stream-test"]);

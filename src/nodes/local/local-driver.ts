@@ -13,6 +13,7 @@ import type {
   SmallFileRead,
   StopMode,
   ChunkedReadOptions,
+  ByteRange,
 } from "../node-driver";
 import type { Readable } from "node:stream";
 import {
@@ -21,6 +22,7 @@ import {
   openOptionalReadStream,
   readOptionalFile,
   readLocalChunks,
+  readLocalRanges,
   readSmallLocalFile,
   removeInside,
   resolveInside,
@@ -232,6 +234,16 @@ export class LocalDriver implements NodeDriver {
 
   async readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
     return readLocalChunks(resolveInside(this.dataDirectory(node), relativePath), options, consume);
+  }
+
+  async readRanges(
+    node: NodeRef,
+    relativePath: string,
+    ranges: ReadonlyArray<ByteRange>,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean> {
+    return readLocalRanges(resolveInside(this.dataDirectory(node), relativePath), ranges, options, consume);
   }
 
   async readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead> {

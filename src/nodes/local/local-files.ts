@@ -2,7 +2,7 @@ import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile, ty
 import type { Readable } from "node:stream";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
-import type { ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
+import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
 import type { OsIdentity } from "./os-user";
 
 /** Resolves a path under a data directory, refusing anything that escapes it. */
@@ -35,24 +35,74 @@ async function openIfExists(file: string): Promise<FileHandle | null> {
 
 /** See NodeDriver.readChunks: a fixed set of buffers, reused. */
 export async function readLocalChunks(file: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  let position = 0;
+  return pumpReads(file, options, consume, (buffer) => ({ position, length: buffer.length }), (read) => {
+    position += read;
+    return read > 0 ? "use" : "stop";
+  });
+}
+
+/** See NodeDriver.readRanges: the ranges in pieces of at most one buffer, past the end read as zeros. */
+export async function readLocalRanges(
+  file: string,
+  ranges: ReadonlyArray<ByteRange>,
+  options: ChunkedReadOptions,
+  consume: (chunk: Buffer) => Promise<void>,
+): Promise<boolean> {
+  let index = 0;
+  let done = 0; // of ranges[index]
+  return pumpReads(
+    file,
+    options,
+    consume,
+    (buffer) => {
+      while (index < ranges.length && done >= ranges[index]!.length) [index, done] = [index + 1, 0];
+      const range = ranges[index];
+      return range ? { position: range.offset + done, length: Math.min(buffer.length, range.length - done) } : null;
+    },
+    (read, wanted, buffer) => {
+      buffer.fill(0, read, wanted);
+      done += wanted;
+      return "use-whole";
+    },
+  );
+}
+
+/**
+ * The loop under both readers: a fixed set of buffers, one read at a time,
+ * each chunk handed to `consume` and its buffer reused once that settles.
+ * `next` says where to read into a free buffer (null: done); `after` what
+ * to make of a read: use it, use the whole wanted length, or stop.
+ */
+async function pumpReads(
+  file: string,
+  options: ChunkedReadOptions,
+  consume: (chunk: Buffer) => Promise<void>,
+  next: (buffer: Buffer) => { position: number; length: number } | null,
+  after: (read: number, wanted: number, buffer: Buffer) => "use" | "use-whole" | "stop",
+): Promise<boolean> {
   const handle = await openIfExists(file);
   if (!handle) return false;
   const free: Buffer[] = Array.from({ length: Math.max(1, options.inFlight) }, () => Buffer.allocUnsafeSlow(options.chunkSize));
   const outstanding = new Set<Promise<void>>();
   let failure: unknown = null;
   try {
-    let position = 0;
     while (failure === null) {
       while (free.length === 0 && failure === null) await Promise.race(outstanding);
       if (failure !== null) break;
       const buffer = free.pop()!;
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
-      if (bytesRead === 0) {
+      const read = next(buffer);
+      if (!read) {
         free.push(buffer);
         break;
       }
-      position += bytesRead;
-      const consumed: Promise<void> = consume(buffer.subarray(0, bytesRead)).then(
+      const { bytesRead } = await handle.read(buffer, 0, read.length, read.position);
+      const verdict = after(bytesRead, read.length, buffer);
+      if (verdict === "stop") {
+        free.push(buffer);
+        break;
+      }
+      const consumed: Promise<void> = consume(buffer.subarray(0, verdict === "use" ? bytesRead : read.length)).then(
         () => {
           free.push(buffer);
           outstanding.delete(consumed);
@@ -72,10 +122,6 @@ export async function readLocalChunks(file: string, options: ChunkedReadOptions,
   return true;
 }
 
-/**
- * One open, one fstat, one read: a file that grows while it is read is read
- * to the length fstat saw (a backup's WAL replay restores the rest).
- */
 export async function readSmallLocalFile(file: string, maxBytes: number): Promise<SmallFileRead> {
   const handle = await openIfExists(file);
   if (!handle) return { state: "absent" };
