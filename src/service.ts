@@ -187,6 +187,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
 
     const backups = new BackupService({
       clusterName: config.clusterName,
+      summarizer: walSummarizer,
       maxSlotWalKeepSize: config.maxSlotWalKeepSize,
       driver,
       repository,

@@ -1,6 +1,6 @@
 import type Redis from "ioredis";
 import type { EventPublisher } from "../events/event-log";
-import type { CopyProgress } from "./full-backup";
+import type { CopyProgress } from "./take-backup";
 
 export const BACKUP_PROGRESS_TOPIC = "BACKUP_PROGRESS";
 const MIN_INTERVAL_MS = 250; // a few updates a second at most

@@ -5,7 +5,8 @@ import type { EventLog } from "../events/event-log";
 import type { BackupRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { takeFullBackup } from "./full-backup";
+import { backupChain } from "./backup-chain";
+import { takeBackup } from "./take-backup";
 import type { BackupManifest, BackupType, Compression } from "./manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
@@ -20,6 +21,7 @@ import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
 import { chooseBackup } from "./choose-backup";
 import { captureReferencePoint } from "./reference-point";
 import type { WalArchiver } from "./wal-archiver";
+import type { WalSummarizer } from "./wal-summary";
 import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
 
 /** Writers wait at most this long for the reference point's table locks. */
@@ -31,6 +33,7 @@ export interface BackupServiceDeps {
   readonly driver: NodeDriver;
   readonly repository: Repository;
   readonly archiver: WalArchiver;
+  readonly summarizer: WalSummarizer;
   readonly superuser: Credentials;
   readonly events: EventLog;
   readonly logger: Logger;
@@ -73,9 +76,6 @@ export class BackupService {
    * `done` resolves when it has completed (or rejects when it failed).
    */
   async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
-    if (type !== "full") {
-      throw new RelevoError(ErrorCode.NotImplemented, `${type} backups are not implemented yet; take a FULL backup`);
-    }
     if (this.running) {
       throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
     }
@@ -105,7 +105,18 @@ export class BackupService {
       const done = { phase: "copying" as const, filesDone: manifest.fileCount, filesTotal: manifest.fileCount, bytesDone: manifest.sizeBytes, bytesTotal: manifest.sizeBytes };
       this.deps.progress.record({ ...progressFigures(manifest.id, done, startedAtMs, Date.now()), phase, etaSeconds: null }, { final: true });
     };
-    slot.done = takeFullBackup(this.deps, {
+    let reference: BackupManifest | null;
+    try {
+      reference = type === "full" ? null : await this.referenceFor(type);
+    } catch (error) {
+      stopRenewing();
+      void this.deps.lease.release().catch(() => undefined);
+      this.running = null;
+      throw error;
+    }
+    slot.done = takeBackup(this.deps, {
+      type,
+      reference,
       source,
       compression: this.deps.compression,
       parallelism: this.deps.parallelism,
@@ -155,9 +166,24 @@ export class BackupService {
     return { manifest: first, done: slot.done };
   }
 
+  /**
+   * What a differential (the newest full) or an incremental (the newest
+   * backup of any type) builds on; null when there is none (it is then taken
+   * as a full).
+   */
+  private async referenceFor(type: "differential" | "incremental"): Promise<BackupManifest | null> {
+    const completed = (await this.list()).filter((manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"));
+    return completed[completed.length - 1] ?? null;
+  }
+
   /** Live progress of a backup (kept a day after it ended); null when none is known. */
   async progress(id: string): Promise<BackupProgress | null> {
     return this.deps.progress.read(id);
+  }
+
+  /** The backups a restore of `manifest` reads, the full first (see backupChain). */
+  async chain(manifest: BackupManifest): Promise<BackupManifest[]> {
+    return backupChain(this.deps.repository, manifest);
   }
 
   async list(): Promise<BackupManifest[]> {

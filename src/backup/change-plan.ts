@@ -1,4 +1,3 @@
-import { BUNDLE_FILE_LIMIT } from "./bundle-writer";
 import type { ManifestEntry } from "./manifest";
 import { BLOCK_SIZE, blockCount, rangesBelow, rangesInSegment, relationFileOf, unionRanges, type BlockRanges } from "./relation-files";
 import type { WalSegmentSummary } from "./wal-summary";
@@ -38,8 +37,8 @@ export function mergeSummaries(summaries: readonly WalSegmentSummary[]): ChangeS
 
 /**
  * How one file goes into a differential or incremental backup:
- * - `whole`: stored in full (small files, files the reference lacks, every
- *   file that is not a relation's main fork — the free space map is not
+ * - `whole`: stored in full (files the reference lacks, every file that is
+ *   not a relation's main fork — the free space map is not
  *   WAL-logged and visibility-map bits are cleared without block references —
  *   relations created or truncated, databases created, most blocks changed);
  * - `blocks`: only these blocks (none: unchanged);
@@ -53,10 +52,10 @@ export type FilePlan =
   | { readonly kind: "scan"; readonly referenceBlocks: number };
 
 export function planFile(file: { path: string; size: number }, reference: ManifestEntry | undefined, changes: ChangeSet | null): FilePlan {
-  if (file.size <= BUNDLE_FILE_LIMIT) return { kind: "whole", reason: "small" };
   if (!reference || reference.type !== "file") return { kind: "whole", reason: "not in the reference" };
   const relation = relationFileOf(file.path);
   if (!relation) return { kind: "whole", reason: "not a relation file" };
+  if (file.size === 0) return { kind: "whole", reason: "empty" };
   if (relation.fork !== "main") return { kind: "whole", reason: `${relation.fork} fork` };
   if (file.size % BLOCK_SIZE !== 0 || reference.size % BLOCK_SIZE !== 0) return { kind: "whole", reason: "not whole blocks" };
   if (file.size < reference.size) return { kind: "whole", reason: "shorter than in the reference" };

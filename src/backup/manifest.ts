@@ -115,7 +115,7 @@ export interface Verification {
   readonly checkedAt: string;
   /** Every stored file re-read and matched against the manifest. */
   readonly contentOk: boolean;
-  /** Files whose stored content does not match (missing, or another checksum). */
+  /** Files whose stored content does not match (missing, or another checksum); one of an older backup of the chain as "<id>:<path>". */
   readonly badFiles: readonly string[];
   /** null when no restore test was asked for. */
   readonly restoreTest: {

@@ -81,6 +81,11 @@ export class Repository {
     return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
   }
 
+  /** One stored object of a backup (see storedPath). */
+  async removeStored(id: string, relative: string): Promise<void> {
+    await rm(this.storedPath(id, relative), { force: true });
+  }
+
   async removeBackupContent(id: string): Promise<void> {
     for (const part of ["data", "bundles"]) await rm(path.join(this.backupDir(id), part), { recursive: true, force: true });
   }

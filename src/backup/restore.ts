@@ -6,6 +6,8 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
 import { readFile } from "node:fs/promises";
 import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "./copy-file";
+import { backupChain, resolveChainFiles, storedContentLength, type ChainSource, type ResolvedFile } from "./backup-chain";
+import { layeredContent } from "./layered-content";
 import type { BackupManifest, ManifestEntry } from "./manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
@@ -126,63 +128,89 @@ export async function seedStandbyFromBackup(
 }
 
 /**
- * Every file of the backup into the target: small files bundle by bundle
- * (one read of the bundle, then each range decoded and written), large ones
- * streamed. Each file's length and CRC-32 are checked as it is written.
+ * Every file of the backup into the target, resolved down its chain (a
+ * differential or incremental stores some blocks and leaves the rest to the
+ * backups it builds on): small unchanged files bundle by bundle (one read of
+ * the bundle, then each range decoded and written), large ones streamed,
+ * files with block-level layers assembled block by block. Every stored
+ * content's length and CRC-32 are checked as it is read.
  */
 async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target: NodeRef, parallelism: number): Promise<void> {
-  const files = manifest.files.filter((entry) => entry.type === "file");
-  const bundles = new Map<string, ManifestEntry[]>();
-  for (const entry of files) {
-    if (!entry.stored) throw new RelevoError(ErrorCode.Internal, `manifest of ${manifest.id} has no content for ${entry.path}`);
-    if (entry.stored.offset === undefined) continue;
-    bundles.set(entry.stored.path, [...(bundles.get(entry.stored.path) ?? []), entry]);
+  const files = resolveChainFiles(await backupChain(deps.repository, manifest));
+  const bundles = new Map<string, { manifest: BackupManifest; bundle: string; files: ResolvedFile[] }>();
+  const streamed: ResolvedFile[] = [];
+  for (const file of files) {
+    const { base } = file;
+    const simple = file.layers.length === 0 && base.entry.size === file.entry.size;
+    if (simple && base.entry.stored!.offset !== undefined) {
+      const key = `${base.manifest.id}/${base.entry.stored!.path}`;
+      const group = bundles.get(key) ?? { manifest: base.manifest, bundle: base.entry.stored!.path, files: [] };
+      group.files.push(file);
+      bundles.set(key, group);
+    } else {
+      streamed.push(file);
+    }
   }
-  const large = files.filter((entry) => entry.stored!.offset === undefined).sort((a, b) => b.size - a.size);
+  streamed.sort((a, b) => b.entry.size - a.entry.size);
   // The large files start first (they set the pace); the bundles share the remaining workers.
-  const largeDone = forEachParallel(large, Math.max(1, Math.ceil(parallelism / 2)), (entry) => restoreLargeFile(deps, manifest, target, entry));
+  const streamedDone = forEachParallel(streamed, Math.max(1, Math.ceil(parallelism / 2)), (file) => restoreStreamedFile(deps, target, file));
   const bundlesDone = (async () => {
-    for (const [bundle, entries] of bundles) {
+    for (const group of bundles.values()) {
       let data: Buffer;
       try {
-        data = await readFile(deps.repository.storedPath(manifest.id, bundle));
+        data = await readFile(deps.repository.storedPath(group.manifest.id, group.bundle));
       } catch (error) {
-        throw damaged(manifest, entries[0]!, (error as Error).message);
+        throw damaged(group.manifest, group.files[0]!.base.entry, (error as Error).message);
       }
-      await forEachParallel(entries, parallelism, async (entry) => {
-        const stored = entry.stored!;
+      await forEachParallel(group.files, parallelism, async ({ base, entry }) => {
+        const stored = base.entry.stored!;
         const range = data.subarray(stored.offset!, stored.offset! + stored.bytes);
-        if (range.length !== stored.bytes) throw damaged(manifest, entry, "its bundle is truncated");
+        if (range.length !== stored.bytes) throw damaged(base.manifest, base.entry, "its bundle is truncated");
         let content: Buffer;
         try {
           content = await decodeBuffer(range, stored.compression);
         } catch (error) {
-          throw damaged(manifest, entry, (error as Error).message);
+          throw damaged(base.manifest, base.entry, (error as Error).message);
         }
-        if (content.length !== entry.size || contentCrc32(content) !== entry.crc32) throw damaged(manifest, entry, "it does not match its checksum");
+        if (content.length !== base.entry.size || contentCrc32(content) !== base.entry.crc32) throw damaged(base.manifest, base.entry, "it does not match its checksum");
         await deps.driver.writeFile(target, entry.path, content, { fresh: true });
       });
     }
   })();
-  const outcomes = await Promise.allSettled([largeDone, bundlesDone]);
+  const outcomes = await Promise.allSettled([streamedDone, bundlesDone]);
   for (const outcome of outcomes) if (outcome.status === "rejected") throw outcome.reason;
 }
 
-async function restoreLargeFile(deps: RestoreDeps, manifest: BackupManifest, target: NodeRef, entry: ManifestEntry): Promise<void> {
-  const stored = entry.stored!;
-  let crc = 0;
-  let bytes = 0;
-  const content = tap(storedContentChunks(deps.repository.storedPath(manifest.id, stored.path), stored), (chunk) => {
-    crc = updateCrc32(crc, chunk);
-    bytes += chunk.length;
-  });
+/**
+ * One file streamed into the target: its base's content with every layer's
+ * blocks written over it, cut or extended to the length the newest backup
+ * recorded; each source checked against its checksum once read to its end.
+ */
+async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: ResolvedFile): Promise<void> {
+  const checks: Array<() => void> = [];
+  const read = (source: ChainSource): AsyncIterable<Buffer> => {
+    const stored = source.entry.stored!;
+    let crc = 0;
+    let bytes = 0;
+    checks.push(() => {
+      if (bytes !== storedContentLength(source.entry) || crc32Hex(crc) !== source.entry.crc32) throw damaged(source.manifest, source.entry, "it does not match its checksum");
+    });
+    return tap(storedContentChunks(deps.repository.storedPath(source.manifest.id, stored.path), stored), (chunk) => {
+      crc = updateCrc32(crc, chunk);
+      bytes += chunk.length;
+    });
+  };
+  const simple = file.layers.length === 0 && file.base.entry.size === file.entry.size;
+  const content = simple
+    ? read(file.base)
+    : layeredContent(read(file.base), file.entry.size, file.layers.map((layer) => ({ blocks: layer.entry.blocks!, content: read(layer) })));
   try {
     // No fsync per file: PostgreSQL syncs the data directory before it starts recovery (backup_label present).
-    await deps.driver.writeStream(target, entry.path, content, { durable: false });
+    await deps.driver.writeStream(target, file.entry.path, content, { durable: false });
   } catch (error) {
-    throw damaged(manifest, entry, (error as Error).message);
+    throw error instanceof RelevoError ? error : damaged(file.base.manifest, file.entry, (error as Error).message);
   }
-  if (bytes !== entry.size || crc32Hex(crc) !== entry.crc32) throw damaged(manifest, entry, "it does not match its checksum");
+  for (const check of checks) check();
 }
 
 function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): RelevoError {

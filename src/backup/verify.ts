@@ -1,4 +1,5 @@
 import { findFreePort } from "../cluster/ports";
+import { backupChain, storedContentLength } from "./backup-chain";
 import type { NodeRef } from "../nodes/node-driver";
 import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "./copy-file";
 import type { StoredSummary } from "./lz4-worker-decode";
@@ -29,13 +30,23 @@ export interface VerifyDeps extends RestoreDeps {
  */
 export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, options: { restoreTest: boolean }): Promise<Verification> {
   const badFiles: string[] = [];
-  await forEachParallel(
-    manifest.files.filter((entry) => entry.type === "file"),
-    deps.parallelism,
-    async (entry) => {
-      if (!(await storedFileMatches(deps.repository, manifest.id, entry))) badFiles.push(entry.path);
-    },
-  );
+  // A differential or incremental is only as good as the backups it builds on: their content is checked too.
+  let chain: BackupManifest[];
+  try {
+    chain = await backupChain(deps.repository, manifest);
+  } catch (error) {
+    chain = [manifest];
+    badFiles.push(`(chain) ${(error as Error).message}`);
+  }
+  for (const link of chain) {
+    await forEachParallel(
+      link.files.filter((entry) => entry.type === "file" && !(entry.blocks && !entry.stored)),
+      deps.parallelism,
+      async (entry) => {
+        if (!(await storedFileMatches(deps.repository, link.id, entry))) badFiles.push(link.id === manifest.id ? entry.path : `${link.id}:${entry.path}`);
+      },
+    );
+  }
   badFiles.sort();
   const restoreTest = options.restoreTest && badFiles.length === 0 ? await runRestoreTest(deps, manifest) : null;
   const verification: Verification = {
@@ -68,7 +79,7 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
     stored.storedSha256 === expected.sha256 &&
     stored.storedBytes === expected.bytes &&
     crc32Hex(content) === entry.crc32 &&
-    contentBytes === entry.size
+    contentBytes === storedContentLength(entry)
   );
 }
 

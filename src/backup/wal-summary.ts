@@ -157,12 +157,20 @@ export class WalSummarizer {
     return written;
   }
 
-  private summarize(name: string, timeline: number, segment: number): Promise<WalSegmentSummary> {
+  /**
+   * A summary of one archived segment's records that start before `endLsn`,
+   * not stored: for the segment a backup starts in, which is not final yet.
+   */
+  summarizeUpTo(timeline: number, segment: number, endLsn: string): Promise<WalSegmentSummary> {
+    return this.summarize(segmentName(timeline, segment), timeline, segment, endLsn);
+  }
+
+  private summarize(name: string, timeline: number, segment: number, endLsn = segmentStartLsn(segment + 1)): Promise<WalSegmentSummary> {
     const builder = new SummaryBuilder();
     return new Promise((resolve) => {
       const child = spawn(
         path.join(this.options.pgBinDir, "pg_waldump"),
-        [`--path=${this.options.walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${segmentStartLsn(segment + 1)}`],
+        [`--path=${this.options.walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn}`],
         { stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C" } },
       );
       let stderr = "";

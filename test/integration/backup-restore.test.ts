@@ -1,37 +1,12 @@
-import { Client } from "pg";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { startWriter } from "../helpers/writer";
 
 /** Ordered-content checksum of a table: equal only if every row is. */
 const TABLE_CHECKSUM = (table: string) => `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) AS sum FROM ${table} t`;
-
-/** A writer that inserts until stopped, like an application during the backup. */
-function startWriter(node: NodeRef, password: string): { stop(): Promise<number> } {
-  let running = true;
-  let written = 0;
-  const done = (async () => {
-    const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres" });
-    await client.connect();
-    try {
-      while (running) {
-        await client.query("INSERT INTO ledger (note, pad) VALUES ($1, repeat('x', 500))", [`row ${written}`]);
-        written += 1;
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await done;
-      return written;
-    },
-  };
-}
 
 describe("full backup and point-in-time restore", () => {
   const cluster = useTestCluster("backup");

@@ -1,8 +1,19 @@
 import type { BackupProgress } from "../../backup/backup-progress";
 import type { BackupManifest } from "../../backup/manifest";
-import type { Backup } from "./backup.type";
+import type { Backup, BackupChainLink } from "./backup.type";
 
-export function toBackup(manifest: BackupManifest, progress: BackupProgress | null = null): Backup {
+function storedCounts(manifest: BackupManifest): { filesStored: number; blocksStored: number } {
+  return {
+    filesStored: manifest.filesStored ?? manifest.files.filter((entry) => entry.type === "file" && entry.stored && !entry.blocks).length,
+    blocksStored: manifest.blocksStored ?? 0,
+  };
+}
+
+export function toChainLink(manifest: BackupManifest): BackupChainLink {
+  return { id: manifest.id, type: manifest.type, startedAt: manifest.startedAt, storedBytes: manifest.storedBytes, ...storedCounts(manifest) } as BackupChainLink;
+}
+
+export function toBackup(manifest: BackupManifest, progress: BackupProgress | null = null, chain: readonly BackupManifest[] | null = null): Backup {
   const completed = manifest.status === "completed";
   return {
     id: manifest.id,
@@ -17,6 +28,10 @@ export function toBackup(manifest: BackupManifest, progress: BackupProgress | nu
     startLsn: completed ? manifest.startLsn : null,
     stopLsn: manifest.stopLsn,
     reference: manifest.reference ? { id: manifest.reference } : null,
+    ...(completed ? storedCounts(manifest) : { filesStored: null, blocksStored: null }),
+    changesFrom: manifest.changesFrom ?? null,
+    promotedToFull: manifest.promotedToFull ?? null,
+    chain: chain ? chain.map(toChainLink) : null,
     source: manifest.source,
     error: manifest.error,
     verification: manifest.verification

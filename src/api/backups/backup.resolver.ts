@@ -56,7 +56,7 @@ export class BackupResolver {
   async backup(@Arg("id", () => ID) id: string): Promise<Backup> {
     const manifest = await this.services.backups.get(id);
     const progress = await redisCall("reading backup progress", () => this.services.backups.progress(id));
-    return toBackup(manifest, progress);
+    return toBackup(manifest, progress, manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null);
   }
 
   @Authorized("viewer")
@@ -71,7 +71,7 @@ export class BackupResolver {
 
   @Authorized("operator")
   @Mutation(() => Backup, {
-    description: "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs; DIFFERENTIAL and INCREMENTAL answer NOT_IMPLEMENTED for now.",
+    description: "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs. DIFFERENTIAL stores the blocks changed since the newest full, INCREMENTAL those since the newest backup of any type; either is taken as a FULL (promotedToFull says why) when there is nothing to build on.",
   })
   async createBackup(@Arg("type", () => BackupTypeGql) type: BackupTypeGql): Promise<Backup> {
     const { manifest } = await this.services.backups.start(type);

@@ -24,6 +24,16 @@ export class BackupReference {
   @Field(() => ID) id!: string;
 }
 
+@ObjectType({ description: "One backup of a chain (what a restore of a differential or incremental reads), and what it stored." })
+export class BackupChainLink {
+  @Field(() => ID) id!: string;
+  @Field(() => BackupTypeGql) type!: BackupTypeGql;
+  @Field({ description: "ISO 8601." }) startedAt!: string;
+  @Field(() => Int, { description: "Files stored whole." }) filesStored!: number;
+  @Field(() => Float, { description: "8 KiB blocks stored by block-level entries (0 for a full)." }) blocksStored!: number;
+  @Field(() => Float, { description: "Bytes stored in the repository (compressed)." }) storedBytes!: number;
+}
+
 @ObjectType("BackupProgress", { description: "Live progress of a backup." })
 export class BackupProgressGql {
   @Field(() => ID) id!: string;
@@ -51,6 +61,16 @@ export class Backup {
   @Field(() => String, { nullable: true, description: "Redo LSN of the backup's checkpoint: replay starts here." }) startLsn!: string | null;
   @Field(() => String, { nullable: true }) stopLsn!: string | null;
   @Field(() => BackupReference, { nullable: true }) reference!: BackupReference | null;
+  @Field(() => Int, { nullable: true, description: "Files stored whole." }) filesStored!: number | null;
+  @Field(() => Float, { nullable: true, description: "8 KiB blocks stored by block-level entries (differential, incremental)." }) blocksStored!: number | null;
+  @Field(() => String, {
+    nullable: true,
+    description: "How a differential or incremental found its changed blocks: wal (the block references of the WAL since its reference's start) or page-scan (that WAL was not readable).",
+  })
+  changesFrom!: string | null;
+  @Field(() => String, { nullable: true, description: "Why a backup asked for as DIFFERENTIAL or INCREMENTAL was taken as a FULL." }) promotedToFull!: string | null;
+  @Field(() => [BackupChainLink], { nullable: true, description: "The backups a restore of this one reads, the full first, this one last (backup(id) only; null in lists)." })
+  chain!: BackupChainLink[] | null;
   @Field(() => String, { nullable: true, description: "The node it was taken from." }) source!: string | null;
   @Field(() => String, { nullable: true, description: "Why it failed." }) error!: string | null;
   @Field(() => BackupVerification, { nullable: true }) verification!: BackupVerification | null;

@@ -1,0 +1,120 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { lsnToNumber } from "../cluster/topology";
+import { mergeSummaries, type ChangeSet } from "./change-plan";
+import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
+import { SEGMENT_SIZE, segmentName, segmentNumber, segmentStartLsn } from "./wal-names";
+
+/** One timeline of a history, and the LSN its successor branched off at (null: the newest). */
+export interface TimelineStep {
+  readonly timeline: number;
+  readonly switchLsn: string | null;
+}
+
+/**
+ * The timelines that lead to `timeline`, oldest first, from its .history
+ * file ("<parent>\t<switch LSN>\t<reason>" per ancestor). Pure.
+ */
+export function timelinePath(timeline: number, history: string | null): TimelineStep[] {
+  const steps: TimelineStep[] = [];
+  for (const line of (history ?? "").split("\n")) {
+    const match = /^\s*(\d+)\s+([0-9A-Fa-f]+\/[0-9A-Fa-f]+)/.exec(line);
+    if (match) steps.push({ timeline: Number(match[1]), switchLsn: match[2]!.toUpperCase() });
+  }
+  return [...steps, { timeline, switchLsn: null }];
+}
+
+/**
+ * Which timeline's file holds a segment's WAL on the way along `path`: the
+ * first timeline whose switch comes at or after the segment's end (the
+ * segment a switch falls in is on the new timeline, which copies the old
+ * one's records up to the switch). Pure.
+ */
+export function timelineOfSegment(path: readonly TimelineStep[], segment: number): number {
+  const segmentEnd = (segment + 1) * SEGMENT_SIZE;
+  for (const step of path) if (step.switchLsn === null || lsnToNumber(step.switchLsn) >= segmentEnd) return step.timeline;
+  return path[path.length - 1]!.timeline;
+}
+
+/** A segment's first page header (XLogLongPageHeaderData, 40 bytes on 64-bit builds). */
+const LONG_PAGE_HEADER_BYTES = 40;
+
+export interface BackupPoint {
+  readonly timeline: number;
+  /** Where WAL replay starts (the checkpoint's redo). */
+  readonly startLsn: string;
+}
+
+export type ChangesSince =
+  | { readonly kind: "changes"; readonly changes: ChangeSet; readonly segments: number }
+  /** The WAL is missing or could not be read: the caller scans page LSNs instead. */
+  | { readonly kind: "unavailable"; readonly reason: string }
+  /** The reference is not on this backup's history: it must be a full. */
+  | { readonly kind: "other-history"; readonly reason: string };
+
+/**
+ * What changed between a reference backup's start and this backup's start,
+ * from the archive's per-segment summaries (written as segments are
+ * archived), summarising on the spot what is not summarised yet — the
+ * segment this backup starts in only up to its start. The reference may be
+ * on an earlier timeline only if it ended at or before the point this
+ * backup's history branched off it.
+ */
+async function historyOf(walDir: string, timeline: number): Promise<TimelineStep[] | null> {
+  if (timeline === 1) return timelinePath(1, null);
+  const history = await readFile(path.join(walDir, `${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`), "utf8").catch(() => null);
+  return history === null ? null : timelinePath(timeline, history);
+}
+
+/** The steps from the reference's timeline to `timeline`, or why the reference is not on that history. */
+function stepsFrom(steps: readonly TimelineStep[], reference: { timeline: number; stopLsn: string }, timeline: number): TimelineStep[] | string {
+  const index = steps.findIndex((step) => step.timeline === reference.timeline);
+  if (index === -1) return `the reference's timeline ${reference.timeline} is not an ancestor of timeline ${timeline}`;
+  const branchedAt = steps[index]!.switchLsn;
+  if (branchedAt !== null && lsnToNumber(reference.stopLsn) > lsnToNumber(branchedAt)) {
+    return `the reference ends at ${reference.stopLsn}, after timeline ${timeline} branched off at ${branchedAt}`;
+  }
+  return steps.slice(index);
+}
+
+/**
+ * null when a backup on `timeline` can build on the reference (same
+ * timeline, or an ancestor it ended on before the branch); else why not.
+ * A missing history file is no reason: the WAL check finds it unreadable.
+ */
+export async function referenceOnHistory(walDir: string, reference: { id: string; timeline: number; stopLsn: string | null }, timeline: number): Promise<string | null> {
+  if (reference.timeline === timeline) return null;
+  const steps = await historyOf(walDir, timeline);
+  if (steps === null) return null;
+  const found = stepsFrom(steps, { timeline: reference.timeline, stopLsn: reference.stopLsn ?? "0/0" }, timeline);
+  return typeof found === "string" ? `${found} (reference ${reference.id})` : null;
+}
+
+export async function changesSince(
+  archive: { readonly walDir: string; readonly summarizer: WalSummarizer },
+  reference: BackupPoint & { readonly stopLsn: string },
+  current: BackupPoint,
+): Promise<ChangesSince> {
+  const steps = await historyOf(archive.walDir, current.timeline);
+  if (steps === null) return { kind: "unavailable", reason: `timeline ${current.timeline}'s history file is not in the archive` };
+  const path_ = stepsFrom(steps, reference, current.timeline);
+  if (typeof path_ === "string") return { kind: "other-history", reason: path_ };
+  await archive.summarizer.summarizePending();
+  const first = segmentNumber(reference.startLsn);
+  // No record starts before this backup's start in its segment when it is the
+  // segment's first (right after the long page header): nothing to read there.
+  const startsSegment = lsnToNumber(current.startLsn) % SEGMENT_SIZE <= LONG_PAGE_HEADER_BYTES;
+  const last = segmentNumber(current.startLsn) - (startsSegment ? 1 : 0);
+  const summaries: WalSegmentSummary[] = [];
+  for (let segment = first; segment <= last; segment += 1) {
+    const timeline = timelineOfSegment(path_, segment);
+    // Whole segments from their stored summaries; the one this backup starts in only up to its start.
+    const partial = segment === last && !startsSegment;
+    const summary =
+      (partial ? null : await archive.summarizer.read(segmentName(timeline, segment))) ??
+      (await archive.summarizer.summarizeUpTo(timeline, segment, partial ? current.startLsn : segmentStartLsn(segment + 1)));
+    if (!summary.complete) return { kind: "unavailable", reason: `WAL segment ${segmentName(timeline, segment)} could not be read: ${summary.error ?? "incomplete"}` };
+    summaries.push(summary);
+  }
+  return { kind: "changes", changes: mergeSummaries(summaries), segments: summaries.length };
+}
