@@ -229,7 +229,12 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       backups,
       events,
       logger,
-      cron: { "full-backup": config.scheduleFullBackup, "verify-newest": config.scheduleVerify },
+      cron: {
+        "full-backup": config.scheduleFullBackup,
+        "differential-backup": config.scheduleDifferentialBackup,
+        "incremental-backup": config.scheduleIncrementalBackup,
+        "verify-newest": config.scheduleVerify,
+      },
       processEveryMs: config.schedulerPollMs,
       lockLifetimeMs: config.schedulerLockLifetimeMs,
       retries: config.scheduleRetries,

@@ -173,6 +173,18 @@ export const configKeys = {
     schema: cronOrOff,
     doc: "When the scheduled full backup runs (cron, UTC; default Sundays 03:00), or off.",
   },
+  scheduleDifferentialBackup: {
+    env: "RELEVO_SCHEDULE_DIFFERENTIAL_BACKUP",
+    default: "0 3 * * 1-6",
+    schema: cronOrOff,
+    doc: "When the scheduled differential backup runs (cron, UTC; default 03:00 every day but Sunday, when the full runs), or off.",
+  },
+  scheduleIncrementalBackup: {
+    env: "RELEVO_SCHEDULE_INCREMENTAL_BACKUP",
+    default: "15 * * * *",
+    schema: cronOrOff,
+    doc: "When the scheduled incremental backup runs (cron, UTC; default every hour at :15, clear of the 03:00 and 04:30 jobs), or off.",
+  },
   scheduleVerify: {
     env: "RELEVO_SCHEDULE_VERIFY",
     default: "30 4 * * *",

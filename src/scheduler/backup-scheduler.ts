@@ -10,6 +10,8 @@ import { settlesWithin } from "../util/sleep";
 /** The scheduled jobs Relevo knows. */
 export const SCHEDULED_JOBS = {
   "full-backup": "a full backup",
+  "differential-backup": "a differential backup (the blocks changed since the newest full)",
+  "incremental-backup": "an incremental backup (the blocks changed since the newest backup)",
   "verify-newest": "verification with a restore test of the newest completed backup",
 } as const;
 
@@ -91,9 +93,11 @@ export class BackupScheduler {
     // back to the cron time once retries are exhausted or a run succeeds).
     this.backoff = backoffStrategies.exponential({ delay: options.retryDelayMs ?? 60000, maxRetries: options.retries ?? 3, factor: 2 });
     const definition = { backoff: this.backoff };
-    this.agenda.define("full-backup", (job: Job) => this.run(job, async () => {
-      await (await options.backups.start("full")).done;
-    }), definition);
+    for (const [name, type] of [["full-backup", "full"], ["differential-backup", "differential"], ["incremental-backup", "incremental"]] as const) {
+      this.agenda.define(name, (job: Job) => this.run(job, async () => {
+        await (await options.backups.start(type)).done;
+      }), definition);
+    }
     this.agenda.define("verify-newest", (job: Job) => this.run(job, async () => {
       const newest = await options.backups.latestCompleted();
       const verified = await options.backups.verify(newest.id, { restoreTest: true });

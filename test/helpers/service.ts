@@ -27,6 +27,12 @@ export async function testConfig(label: string, overrides: ConfigOverrides = {})
       topologyPollIntervalMs: 250,
       // Agenda leaves a keep-alive timer of half the lock lifetime behind each job it ran.
       schedulerLockLifetimeMs: 2000,
+      // No scheduled job fires in the middle of a test (the incremental runs
+      // hourly): the scheduler's own tests turn the defaults back on.
+      scheduleFullBackup: "off",
+      scheduleDifferentialBackup: "off",
+      scheduleIncrementalBackup: "off",
+      scheduleVerify: "off",
       logLevel: process.env.RELEVO_TEST_LOG_LEVEL ?? "silent",
       ...overrides,
     },

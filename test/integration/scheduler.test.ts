@@ -1,4 +1,5 @@
 import { graphqlRequest } from "../helpers/graphql-client";
+import { configKeys } from "../../src/config/config-keys";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
@@ -6,14 +7,22 @@ type ScheduleRow = { name: string; cron: string | null; paused: boolean; nextRun
 const SCHEDULE_FIELDS = "name description cron paused nextRunAt lastRunAt lastFinishedAt lastFailure";
 
 describe("scheduled backups (Agenda on Relevo's Redis)", () => {
-  const cluster = useTestCluster("scheduler", { schedulerPollMs: 300, schedulerLockLifetimeMs: 2000, scheduleRetryDelayMs: 500, scheduleRetries: 6 });
+  const defaultSchedule = {
+    scheduleFullBackup: configKeys.scheduleFullBackup.default,
+    scheduleDifferentialBackup: configKeys.scheduleDifferentialBackup.default,
+    scheduleIncrementalBackup: configKeys.scheduleIncrementalBackup.default,
+    scheduleVerify: configKeys.scheduleVerify.default,
+  };
+  const cluster = useTestCluster("scheduler", { schedulerPollMs: 300, schedulerLockLifetimeMs: 2000, scheduleRetryDelayMs: 500, scheduleRetries: 6, ...defaultSchedule });
   const schedules = async (): Promise<ScheduleRow[]> =>
     (await graphqlRequest<{ schedules: ScheduleRow[] }>(cluster.url, `{ schedules { ${SCHEDULE_FIELDS} } }`, { token: cluster.token("viewer") })).data!.schedules;
 
-  test("the default schedule: a weekly full backup and a daily verification, each with a next run", async () => {
+  test("the default schedule: a weekly full, daily differentials, hourly incrementals and a daily verification, each with a next run", async () => {
     const rows = await schedules();
     expect(rows.map((row) => [row.name, row.cron, row.paused])).toEqual([
       ["full-backup", "0 3 * * 0", false],
+      ["differential-backup", "0 3 * * 1-6", false],
+      ["incremental-backup", "15 * * * *", false],
       ["verify-newest", "30 4 * * *", false],
     ]);
     for (const row of rows) expect(Date.parse(row.nextRunAt!)).toBeGreaterThan(Date.now());
@@ -40,6 +49,19 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
       return list.length === 2 ? list : undefined;
     }, { timeoutMs: 60000 });
     expect(completed[1]!.id).not.toBe(running.manifest.id);
+    await cluster.service.backups.waitForIdle();
+
+    // The differential and incremental jobs take block-level backups on the newest full / newest backup.
+    for (const [name, type, reference] of [["differential-backup", "differential", completed[1]!.id], ["incremental-backup", "incremental", null]] as const) {
+      const before = (await cluster.service.backups.list()).length;
+      await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "${name}") }`, { token: cluster.token("operator") });
+      const taken = await eventually(async () => {
+        const list = await cluster.service.backups.list();
+        return list.length > before && list[list.length - 1]!.status === "completed" ? list[list.length - 1] : undefined;
+      }, { timeoutMs: 60000, what: name });
+      expect(taken).toMatchObject({ type, reference: reference ?? expect.stringMatching(/-D$/), changesFrom: "wal" });
+      await cluster.service.backups.waitForIdle();
+    }
   });
 
   test("a failed run is retried with growing delays, recorded each time, until one succeeds", async () => {

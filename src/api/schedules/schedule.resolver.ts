@@ -4,7 +4,7 @@ import type { ApiServices } from "../context";
 
 @ObjectType({ description: "A scheduled job (Agenda, on Relevo's Redis): runs once per due time across all service instances." })
 export class Schedule {
-  @Field({ description: "full-backup or verify-newest." }) name!: string;
+  @Field({ description: "full-backup, differential-backup, incremental-backup or verify-newest." }) name!: string;
   @Field() description!: string;
   @Field(() => String, { nullable: true, description: "Cron expression, UTC; null when not scheduled." }) cron!: string | null;
   @Field() paused!: boolean;
