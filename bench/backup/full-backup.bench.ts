@@ -1,9 +1,14 @@
 /**
  * bench/backup: a full backup of a pgbench database (scale BENCH_SCALE,
- * default 70, about 1 GB) against pg_basebackup on the same database in the
- * same run, and the restore time. Prints a table.
+ * default 70, about 1 GB) against pg_basebackup (and pgBackRest, when
+ * installed) on the same database in the same run, and the restore time;
+ * then a differential after a contiguous 1% of pgbench_accounts is updated
+ * and an incremental after another 1%, with the restore time of that chain.
+ * Prints a table.
  * Targets: full within 1.3x pg_basebackup's time, storage comparable to an
- * lz4-compressed copy; restore within 1.5x of the full backup's time.
+ * lz4-compressed copy; restore within 1.5x of the full backup's time;
+ * incremental under 15% of the full's time and 3% of its bytes; chain
+ * restore within 1.5x of the full backup's time.
  * Run: npm run build && npm run bench:backup
  */
 import "reflect-metadata";
@@ -28,7 +33,12 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const PGBACKREST = "/usr/bin/pgbackrest";
 
 /** A pgBackRest stanza on the primary's data directory, in a scratch repository; full() times one full backup. */
-async function pgBackRestContender(parent: string, dataDirectory: string, port: number, password: string): Promise<{ full(): Promise<{ ms: number; bytes: number }> }> {
+async function pgBackRestContender(
+  parent: string,
+  dataDirectory: string,
+  port: number,
+  password: string,
+): Promise<{ backup(type: "full" | "diff" | "incr"): Promise<{ ms: number; bytes: number }> }> {
   const dir = await mkdtemp(path.join(parent, "pgbackrest-"));
   const identity = resolvePostgresIdentity("postgres");
   await chmod(dir, 0o755);
@@ -44,15 +54,15 @@ async function pgBackRestContender(parent: string, dataDirectory: string, port: 
     "--log-level-console=error",
     "--log-level-file=off",
   ];
-  const backupOptions = ["--type=full", "--compress-type=lz4", "--process-max=2", "--archive-check=n", "--start-fast", "--repo1-retention-full=100"];
+  const backupOptions = ["--compress-type=lz4", "--process-max=2", "--archive-check=n", "--start-fast", "--repo1-retention-full=100"];
   const pgbackrest = (command: string, extra: string[] = []) =>
     run(PGBACKREST, [...options, ...extra, command], { uid: identity?.uid, gid: identity?.gid, env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password } });
   await pgbackrest("stanza-create");
   return {
-    full: async () => {
-      process.stderr.write("pgBackRest full…\n");
+    backup: async (type) => {
+      process.stderr.write(`pgBackRest ${type}…\n`);
       const before = await directoryBytes(`${dir}/repo`);
-      const result = await timed(() => pgbackrest("backup", backupOptions));
+      const result = await timed(() => pgbackrest("backup", [`--type=${type}`, ...backupOptions]));
       return { ms: result.ms, bytes: (await directoryBytes(`${dir}/repo`)) - before };
     },
   };
@@ -157,13 +167,33 @@ async function main(): Promise<void> {
       plainRuns.push(await basebackup("plain", []));
       lz4Runs.push(await basebackup("lz4", ["--compress=client-lz4"]));
       gzipRuns.push(await basebackup("gzip-1", ["--compress=client-gzip:1"]));
-      if (pgbackrest) pgbackrestRuns.push(await pgbackrest.full());
+      if (pgbackrest) pgbackrestRuns.push(await pgbackrest.backup("full"));
       process.stderr.write(`round ${round}/${ROUNDS}: relevo restore…\n`);
       const target = { name: `bench-restore-${round}`, host: primary.host, port: await findFreePort(primary.host) };
       restoreRuns.push(await timed(() => service.backups.restore({ backupId: backup.value.id, target, recoveryTarget: { kind: "immediate" } })));
       await service.driver.destroy(target);
     }
     await rm(scratch, { recursive: true, force: true });
+
+    // Block-level: a contiguous 1% of pgbench_accounts updated, then a
+    // differential (on the last round's full); another 1%, then an
+    // incremental (on the differential); the chain restored.
+    const onePercent = SCALE * 1000;
+    const blockLevel = async (type: "differential" | "incremental", firstAid: number) => {
+      await psql(primary, `UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN ${firstAid} AND ${firstAid + onePercent - 1}`);
+      process.stderr.write(`relevo ${type}…\n`);
+      const taken = await timed(async () => (await service.backups.start(type)).done);
+      await service.backups.waitForIdle();
+      const contender = pgbackrest ? await pgbackrest.backup(type === "differential" ? "diff" : "incr") : null;
+      return { taken, contender };
+    };
+    const differential = await blockLevel("differential", 1);
+    const incremental = await blockLevel("incremental", 50 * onePercent + 1);
+    process.stderr.write("relevo restore of the chain…\n");
+    const chainTarget = { name: "bench-restore-chain", host: primary.host, port: await findFreePort(primary.host) };
+    const chainRestore = await timed(() => service.backups.restore({ backupId: incremental.taken.value.id, target: chainTarget, recoveryTarget: { kind: "immediate" } }));
+    await service.driver.destroy(chainTarget);
+
     const relevo = median(relevoRuns);
     const plain = median(plainRuns);
     const lz4 = median(lz4Runs);
@@ -183,6 +213,25 @@ async function main(): Promise<void> {
         : [["pgBackRest (not installed: apt-get install pgbackrest)", "-", "-", "-", "-"]]),
       ["relevo restore (to consistency, promoted)", s(restore.ms), spread(restoreRuns), "-", `${(restore.ms / relevo.ms).toFixed(2)}x backup`],
     ];
+    // Each block-level backup as a fraction of the full it is compared with (time, stored bytes).
+    const fullBytes = relevo.value.storedBytes;
+    const fraction = (ms: number, bytes: number, full: { ms: number; bytes: number }): string =>
+      `${((100 * ms) / full.ms).toFixed(0)}% time, ${((100 * bytes) / full.bytes).toFixed(1)}% bytes of full`;
+    const pgbackrestFull = pgbackrestRuns.length > 0 ? median(pgbackrestRuns) : null;
+    for (const [label, result] of [["differential", differential], ["incremental", incremental]] as const) {
+      const manifest = result.taken.value;
+      rows.push([
+        `relevo ${label} (1% updated; ${manifest.blocksStored} blocks, ${manifest.filesStored} files, from ${manifest.changesFrom})`,
+        s(result.taken.ms),
+        "-",
+        (manifest.storedBytes / 1024 / 1024).toFixed(1),
+        fraction(result.taken.ms, manifest.storedBytes, { ms: relevo.ms, bytes: fullBytes }),
+      ]);
+      if (result.contender && pgbackrestFull) {
+        rows.push([`pgBackRest 2.45 ${label} (1% updated)`, s(result.contender.ms), "-", (result.contender.bytes / 1024 / 1024).toFixed(1), fraction(result.contender.ms, result.contender.bytes, pgbackrestFull)]);
+      }
+    }
+    rows.push(["relevo restore of full + differential + incremental", s(chainRestore.ms), "-", "-", `${(chainRestore.ms / relevo.ms).toFixed(2)}x full backup`]);
     const header = ["what", "median (s)", "runs (s)", "stored (MB)", "median vs pg_basebackup"];
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;

@@ -73,6 +73,12 @@ describe("disaster recovery: relevo restore --cluster", () => {
           return latest?.primary === "node1" && latest.nodes.find((node) => node.name === "node2")?.replication?.state === "streaming" ? latest : undefined;
         }, { what: "the topology of the rebuilt cluster" });
         expect(topology.primary).toBe("node1");
+        // An incremental across the timeline change: its reference (the full on timeline 1) ended before the branch.
+        await sql("UPDATE precious SET id = id WHERE id <= 100");
+        const incremental = await (await again.backups.start("incremental")).done;
+        expect(incremental).toMatchObject({ type: "incremental", timeline, changesFrom: "wal", promotedToFull: null });
+        const verified = await again.backups.verify(incremental.id, { restoreTest: true });
+        expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true } });
         const backup = await (await again.backups.start("full")).done;
         expect(backup.timeline).toBe(timeline);
       } finally {

@@ -1,6 +1,9 @@
+import { writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
 import { layeredContent } from "../../src/backup/layered-content";
+import { referenceOnHistory, timelineOfSegment, timelinePath } from "../../src/backup/wal-changes";
+import { tempHome } from "../helpers/home";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
 import type { WalSegmentSummary } from "../../src/backup/wal-summary";
@@ -121,5 +124,37 @@ describe("a file materialised from a chain of backups", () => {
     await expect(collect(layeredContent(chunked(base, 9000), base.length, [{ blocks: [[0, 0]], content: chunked(base.subarray(0, 2 * BLOCK_SIZE), 100) }]))).rejects.toThrow(
       /holds more/,
     );
+  });
+});
+
+describe("the WAL between a reference and a backup, along the timeline history", () => {
+  // Timeline 3: branched off 1 at 0/5000A00 (inside segment 5), off 2 at 0/8000000 (a segment boundary).
+  const history = "1\t0/5000A00\tno recovery target specified\n\n2\t0/8000000\tbefore 2026-11-26\n";
+  const path = timelinePath(3, history);
+
+  test("a .history file becomes the steps that lead to the timeline", () => {
+    expect(path).toEqual([
+      { timeline: 1, switchLsn: "0/5000A00" },
+      { timeline: 2, switchLsn: "0/8000000" },
+      { timeline: 3, switchLsn: null },
+    ]);
+    expect(timelinePath(1, null)).toEqual([{ timeline: 1, switchLsn: null }]);
+  });
+
+  test("each segment is read from the timeline that holds all of it: the one a switch falls in from the new timeline", () => {
+    expect([3, 4, 5, 6, 7, 8, 9].map((segment) => timelineOfSegment(path, segment))).toEqual([1, 1, 2, 2, 2, 3, 3]);
+  });
+});
+
+describe("whether a backup can build on a reference after a failover", () => {
+  test("only on a reference that ended before the new timeline branched off", async () => {
+    const walDir = await tempHome("history");
+    await writeFile(`${walDir}/00000002.history`, "1\t0/5000A00\tno recovery target specified\n");
+    const reference = (stopLsn: string, timeline = 1) => ({ id: "R", timeline, stopLsn });
+    expect(await referenceOnHistory(walDir, reference("0/4000100"), 2)).toBeNull();
+    expect(await referenceOnHistory(walDir, reference("0/5000A00"), 2)).toBeNull();
+    expect(await referenceOnHistory(walDir, reference("0/5001000"), 2)).toMatch(/ends at 0\/5001000, after timeline 2 branched off at 0\/5000A00/);
+    expect(await referenceOnHistory(walDir, reference("0/1000000", 3), 2)).toMatch(/timeline 3 is not an ancestor of timeline 2/);
+    expect(await referenceOnHistory(walDir, reference("0/9000000", 2), 2)).toBeNull();
   });
 });
