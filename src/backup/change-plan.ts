@@ -38,7 +38,7 @@ export function mergeSummaries(summaries: readonly WalSegmentSummary[]): ChangeS
 /**
  * How one file goes into a differential or incremental backup:
  * - `whole`: stored in full (files the reference lacks, every file that is
- *   not a relation's main fork — the free space map is not
+ *   not a relation's main fork and whose length or modification time changed — the free space map is not
  *   WAL-logged and visibility-map bits are cleared without block references —
  *   relations created or truncated, databases created, most blocks changed);
  * - `blocks`: only these blocks (none: unchanged);
@@ -51,12 +51,16 @@ export type FilePlan =
   | { readonly kind: "blocks"; readonly blocks: BlockRanges }
   | { readonly kind: "scan"; readonly referenceBlocks: number };
 
-export function planFile(file: { path: string; size: number }, reference: ManifestEntry | undefined, changes: ChangeSet | null): FilePlan {
+export function planFile(file: { path: string; size: number; mtimeMs: number }, reference: ManifestEntry | undefined, changes: ChangeSet | null): FilePlan {
   if (!reference || reference.type !== "file") return { kind: "whole", reason: "not in the reference" };
   const relation = relationFileOf(file.path);
-  if (!relation) return { kind: "whole", reason: "not a relation file" };
-  if (file.size === 0) return { kind: "whole", reason: "empty" };
-  if (relation.fork !== "main") return { kind: "whole", reason: `${relation.fork} fork` };
+  if (!relation || relation.fork !== "main" || file.size === 0) {
+    // Unchanged by its length and modification time: every write to a data
+    // file before this backup's checkpoint has reached the file (and moved its
+    // mtime) by the time it is listed; later ones are replayed from the WAL.
+    if (reference.size === file.size && reference.mtimeMs === file.mtimeMs && !reference.mtimeUnreliable) return { kind: "blocks", blocks: [] };
+    return { kind: "whole", reason: relation ? `${relation.fork} fork changed` : "changed" };
+  }
   if (file.size % BLOCK_SIZE !== 0 || reference.size % BLOCK_SIZE !== 0) return { kind: "whole", reason: "not whole blocks" };
   if (file.size < reference.size) return { kind: "whole", reason: "shorter than in the reference" };
   const referenceBlocks = reference.size / BLOCK_SIZE;

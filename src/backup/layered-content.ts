@@ -35,6 +35,22 @@ export class ByteReader {
     return done;
   }
 
+  /**
+   * The next `length` bytes without copying them, when the current chunk
+   * holds them all (valid until the next read); null otherwise, nothing read.
+   */
+  async view(length: number): Promise<Buffer | null> {
+    if (this.current.length === 0 && !this.ended) {
+      const next = await this.iterator.next();
+      if (next.done) this.ended = true;
+      else this.current = next.value;
+    }
+    if (this.current.length < length) return null;
+    const view = this.current.subarray(0, length);
+    this.current = this.current.subarray(length);
+    return view;
+  }
+
   /** Reads to the end (so that checksums over the whole source complete); the bytes that were left. */
   async drain(): Promise<number> {
     let left = this.current.length;
@@ -92,6 +108,17 @@ export async function* layeredContent(base: AsyncIterable<Buffer> | null, size: 
   let baseExhausted = false;
   while (position < size) {
     const length = Math.min(OUTPUT_CHUNK, size - position);
+    const firstBlock = Math.floor(position / BLOCK_SIZE);
+    while (sortedBoundaries[nextBoundary]! <= firstBlock) nextBoundary += 1;
+    // Most of a large file: a whole chunk of the base, no layer in it: passed on as it is.
+    if (baseReader && !baseExhausted && (sortedBoundaries[nextBoundary]! - firstBlock) * BLOCK_SIZE >= length && !layers.some((_, index) => layerHas(index, firstBlock))) {
+      const view = await baseReader.view(length);
+      if (view) {
+        position += length;
+        yield view;
+        continue;
+      }
+    }
     let at = 0;
     while (at < length) {
       const block = Math.floor((position + at) / BLOCK_SIZE);

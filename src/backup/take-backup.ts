@@ -243,6 +243,9 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     };
     const started = (await session.query<{ lsn: string }>("SELECT pg_backup_start($1, true)::text AS lsn", [`relevo ${id}`])).rows[0]!.lsn;
     const checkpointedAtMs = Date.now();
+    // A file modified within this second cannot be told apart by its mtime
+    // later (1 s resolution on some file systems): flagged, never trusted.
+    const backupStartSecond = Math.floor(checkpointedAtMs / 1000) * 1000;
     await repository.writeManifest(manifest);
     await options.onStart?.(manifest);
 
@@ -253,6 +256,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       if (facts.in_recovery) await options.switchWalOnPrimary();
       else await session.query("SELECT pg_switch_wal()");
       await deps.archiver.waitForArchived(timeline, started, started, options.archiveTimeoutMs);
+      const walArchivedAtMs = Date.now();
       const found = await changesSince(
         { walDir: repository.walDir, summarizer: deps.summarizer },
         { timeline: reference.timeline, startLsn: reference.startLsn, stopLsn: reference.stopLsn! },
@@ -262,7 +266,17 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       if (found.kind === "unavailable") logger.warn({ id, reason: found.reason }, "the WAL since the reference is not readable: scanning page LSNs instead");
       changes = found.kind === "changes" ? found.changes : null;
       manifest = { ...manifest, changesFrom: changes ? "wal" : "page-scan" };
-      logger.info({ id, reference: reference.id, changesFrom: manifest.changesFrom, segments: found.kind === "changes" ? found.segments : 0 }, "changes since the reference found");
+      logger.info(
+        {
+          id,
+          reference: reference.id,
+          changesFrom: manifest.changesFrom,
+          segments: found.kind === "changes" ? found.segments : 0,
+          walArchivedMs: walArchivedAtMs - checkpointedAtMs,
+          summariesMs: Date.now() - walArchivedAtMs,
+        },
+        "changes since the reference found",
+      );
     }
 
     const listed = await driver.listFiles(options.source, ".");
@@ -293,6 +307,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
           type: "file",
           size: copied.size,
           mtimeMs: file.mtimeMs,
+          ...(file.mtimeMs >= backupStartSecond ? { mtimeUnreliable: true } : {}),
           ...(copied.crc32 ? { crc32: copied.crc32 } : {}),
           ...(copied.stored ? { stored: copied.stored } : {}),
           ...(copied.blocks ? { blocks: copied.blocks } : {}),

@@ -1,9 +1,11 @@
 import { readFile } from "node:fs/promises";
+import os from "node:os";
+import { forEachParallel } from "./copy-file";
 import path from "node:path";
 import { lsnToNumber } from "../cluster/topology";
 import { mergeSummaries, type ChangeSet } from "./change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
-import { SEGMENT_SIZE, segmentName, segmentNumber, segmentStartLsn } from "./wal-names";
+import { SEGMENT_SIZE, segmentNumber } from "./wal-names";
 
 /** One timeline of a history, and the LSN its successor branched off at (null: the newest). */
 export interface TimelineStep {
@@ -35,6 +37,9 @@ export function timelineOfSegment(path: readonly TimelineStep[], segment: number
   for (const step of path) if (step.switchLsn === null || lsnToNumber(step.switchLsn) >= segmentEnd) return step.timeline;
   return path[path.length - 1]!.timeline;
 }
+
+/** pg_waldump processes at once when a backup summarises segments itself. */
+const SUMMARY_PARALLELISM = Math.max(1, Math.min(4, os.availableParallelism()));
 
 /** A segment's first page header (XLogLongPageHeaderData, 40 bytes on 64-bit builds). */
 const LONG_PAGE_HEADER_BYTES = 40;
@@ -99,22 +104,22 @@ export async function changesSince(
   if (steps === null) return { kind: "unavailable", reason: `timeline ${current.timeline}'s history file is not in the archive` };
   const path_ = stepsFrom(steps, reference, current.timeline);
   if (typeof path_ === "string") return { kind: "other-history", reason: path_ };
-  await archive.summarizer.summarizePending();
   const first = segmentNumber(reference.startLsn);
   // No record starts before this backup's start in its segment when it is the
   // segment's first (right after the long page header): nothing to read there.
   const startsSegment = lsnToNumber(current.startLsn) % SEGMENT_SIZE <= LONG_PAGE_HEADER_BYTES;
   const last = segmentNumber(current.startLsn) - (startsSegment ? 1 : 0);
-  const summaries: WalSegmentSummary[] = [];
-  for (let segment = first; segment <= last; segment += 1) {
+  const segments = Array.from({ length: Math.max(0, last - first + 1) }, (_, index) => first + index);
+  const summaries: WalSegmentSummary[] = new Array(segments.length);
+  // Whole segments from their stored summaries (made now if the periodic
+  // pass has not yet: one pg_waldump per core); the segment this backup
+  // starts in only up to its start, not stored.
+  await forEachParallel(segments, SUMMARY_PARALLELISM, async (segment) => {
     const timeline = timelineOfSegment(path_, segment);
-    // Whole segments from their stored summaries; the one this backup starts in only up to its start.
-    const partial = segment === last && !startsSegment;
-    const summary =
-      (partial ? null : await archive.summarizer.read(segmentName(timeline, segment))) ??
-      (await archive.summarizer.summarizeUpTo(timeline, segment, partial ? current.startLsn : segmentStartLsn(segment + 1)));
-    if (!summary.complete) return { kind: "unavailable", reason: `WAL segment ${segmentName(timeline, segment)} could not be read: ${summary.error ?? "incomplete"}` };
-    summaries.push(summary);
-  }
+    summaries[segment - first] =
+      segment === last && !startsSegment ? await archive.summarizer.summarizeUpTo(timeline, segment, current.startLsn) : await archive.summarizer.summaryOf(timeline, segment);
+  });
+  const unreadable = summaries.find((summary) => !summary.complete);
+  if (unreadable) return { kind: "unavailable", reason: `WAL segment ${unreadable.segment} could not be read: ${unreadable.error ?? "incomplete"}` };
   return { kind: "changes", changes: mergeSummaries(summaries), segments: summaries.length };
 }

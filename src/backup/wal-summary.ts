@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { createInterface } from "node:readline";
 import type { Logger } from "../log";
 import { parseSegmentName, segmentName, segmentStartLsn } from "./wal-names";
 
@@ -32,31 +32,92 @@ export interface WalSegmentSummary {
   readonly error: string | null;
 }
 
-const BLOCK_REFERENCE = /blkref #\d+: rel (\d+\/\d+\/\d+)(?: fork (\w+))? blk (\d+)/g;
+const BLOCK_REFERENCE = "blkref #";
 
-/** Pure: folds pg_waldump's lines into a summary's parts. */
+
+function* linesStartingWith(text: string, marker: string): Generator<string> {
+  for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
+    const end = text.indexOf("\n", at);
+    yield text.slice(at, end === -1 ? text.length : end);
+  }
+}
+
+/**
+ * Pure: folds pg_waldump's lines into a summary's parts. A segment is about a
+ * hundred thousand lines, so a line is scanned with indexOf, not regular
+ * expressions (which cost as much as pg_waldump itself).
+ */
 export class SummaryBuilder {
   private readonly blocks = new Map<string, Map<string, Set<number>>>();
   private readonly created = new Set<string>();
   private readonly truncated = new Set<string>();
   private readonly databases = new Set<string>();
   private records = 0;
+  /** The main-fork set the previous reference went to, and "<relation> " to recognise it. */
+  private last: { prefix: string; set: Set<number> } | null = null;
 
+  /** One line of pg_waldump's output. */
   add(line: string): void {
-    if (!line.startsWith("rmgr:")) return;
-    this.records += 1;
-    for (const match of line.matchAll(BLOCK_REFERENCE)) {
-      const relation = match[1]!;
-      const fork = match[2] ?? "main";
-      const forks = this.blocks.get(relation) ?? new Map<string, Set<number>>();
-      this.blocks.set(relation, forks);
-      const set = forks.get(fork) ?? new Set<number>();
-      forks.set(fork, set);
-      set.add(Number(match[3]));
+    this.addText(line);
+  }
+
+  /**
+   * Whole lines of pg_waldump's output (a chunk of its stdout cut at a line
+   * end), scanned as one string: no line is split out but the rare storage
+   * and database records.
+   */
+  addText(text: string): void {
+    for (let at = text.startsWith("rmgr:") ? 0 : text.indexOf("\nrmgr:"); at !== -1; at = text.indexOf("\nrmgr:", at + 1)) this.records += 1;
+    // "blkref #0: rel 1663/5/16396 blk 114754 FPW" or "... rel 1663/5/16396 fork vm blk 0"
+    for (let at = text.indexOf(BLOCK_REFERENCE); at !== -1; at = text.indexOf(BLOCK_REFERENCE, at + BLOCK_REFERENCE.length)) {
+      const relationStart = text.indexOf(": rel ", at) + 6;
+      if (relationStart < 6) break;
+      let relationEnd: number;
+      let set: Set<number> | null = null;
+      // Consecutive references mostly name one relation: compared in place, not sliced out.
+      if (this.last && text.startsWith(this.last.prefix, relationStart)) {
+        relationEnd = relationStart + this.last.prefix.length - 1;
+        set = this.last.set;
+      } else {
+        relationEnd = text.indexOf(" ", relationStart);
+        if (relationEnd === -1) break;
+      }
+      let fork = "main";
+      let cursor = relationEnd + 1;
+      if (text.startsWith("fork ", cursor)) {
+        const forkEnd = text.indexOf(" ", cursor + 5);
+        fork = text.slice(cursor + 5, forkEnd);
+        cursor = forkEnd + 1;
+        set = null;
+      }
+      if (!text.startsWith("blk ", cursor)) continue;
+      let block = 0;
+      let digits = 0;
+      for (let index = cursor + 4; index < text.length; index += 1, digits += 1) {
+        const code = text.charCodeAt(index);
+        if (code < 48 || code > 57) break;
+        block = block * 10 + (code - 48);
+      }
+      if (digits === 0) continue;
+      (set ?? this.setFor(text.slice(relationStart, relationEnd), fork)).add(block);
     }
-    const storage = /rmgr: Storage .*desc: (CREATE|TRUNCATE) (\S+)/.exec(line);
-    if (storage) (storage[1] === "CREATE" ? this.created : this.truncated).add(storage[2]!);
-    if (/rmgr: Database /.test(line)) for (const dir of line.matchAll(/(?:dir|to) (\d+\/\d+)/g)) this.databases.add(dir[1]!);
+    // Records whose line says more than its block references: smgr (relation files created, truncated) and database directories.
+    for (const line of linesStartingWith(text, "rmgr: Storage")) {
+      const storage = /desc: (CREATE|TRUNCATE) (\S+)/.exec(line);
+      if (storage) (storage[1] === "CREATE" ? this.created : this.truncated).add(storage[2]!);
+    }
+    for (const line of linesStartingWith(text, "rmgr: Database")) {
+      for (const dir of line.matchAll(/(?:dir|to) (\d+\/\d+)/g)) this.databases.add(dir[1]!);
+    }
+  }
+
+  private setFor(relation: string, fork: string): Set<number> {
+    const forks = this.blocks.get(relation) ?? new Map<string, Set<number>>();
+    this.blocks.set(relation, forks);
+    const set = forks.get(fork) ?? new Set<number>();
+    forks.set(fork, set);
+    this.last = fork === "main" ? { prefix: `${relation} `, set } : null;
+    return set;
   }
 
   build(segment: string, timeline: number, complete: boolean, error: string | null): WalSegmentSummary {
@@ -148,13 +209,32 @@ export class WalSummarizer {
       if (done.has(entry.name)) continue;
       const successor = present.has(segmentName(entry.timeline, entry.segment + 1));
       if (!successor && entry.timeline === newestTimeline) continue; // not final yet
-      const summary = await this.summarize(entry.name, entry.timeline, entry.segment);
-      const file = path.join(this.options.summaryDir, `${entry.name}.json`);
-      await writeFile(`${file}.tmp`, JSON.stringify(summary) + "\n", { mode: 0o600 });
-      await rename(`${file}.tmp`, file);
+      await this.store(await this.summarize(entry.name, entry.timeline, entry.segment));
       written.push(entry.name);
     }
     return written;
+  }
+
+  /**
+   * The stored summary of an archived segment whose successor is archived
+   * too, summarised and stored now if the periodic pass has not yet.
+   */
+  async summaryOf(timeline: number, segment: number): Promise<WalSegmentSummary> {
+    const name = segmentName(timeline, segment);
+    const stored = await this.read(name);
+    if (stored) return stored;
+    const summary = await this.summarize(name, timeline, segment);
+    if (summary.complete) await this.store(summary);
+    return summary;
+  }
+
+  /** Written whole or not at all; a concurrent writer of the same summary (another pass, a backup) writes the same content. */
+  private async store(summary: WalSegmentSummary): Promise<void> {
+    await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
+    const file = path.join(this.options.summaryDir, `${summary.segment}.json`);
+    const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+    await writeFile(temp, JSON.stringify(summary) + "\n", { mode: 0o600 });
+    await rename(temp, file);
   }
 
   /**
@@ -175,7 +255,20 @@ export class WalSummarizer {
       );
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
-      createInterface({ input: child.stdout }).on("line", (line) => builder.add(line));
+      // Whole lines at a time: the tail after a chunk's last line end waits for the next chunk.
+      let tail = "";
+      child.stdout.setEncoding("utf8");
+      child.stdout.on("data", (chunk: string) => {
+        const text = tail + chunk;
+        const end = text.lastIndexOf("\n");
+        if (end === -1) {
+          tail = text;
+          return;
+        }
+        builder.addText(text.slice(0, end + 1));
+        tail = text.slice(end + 1);
+      });
+      child.stdout.on("end", () => tail && builder.addText(tail));
       child.on("error", (error) => resolve(builder.build(name, timeline, false, error.message)));
       child.on("close", (code) => {
         const error = code === 0 ? null : stderr.trim().split("\n").pop() ?? `pg_waldump exited ${code}`;

@@ -205,7 +205,7 @@ export const configKeys = {
   },
   walSummaryIntervalMs: {
     env: "RELEVO_WAL_SUMMARY_INTERVAL_MS",
-    default: "10000",
+    default: "1000",
     schema: z.coerce.number().int().min(100).max(3600000),
     doc: "How often newly archived WAL segments are summarised (blocks changed per relation, for differential and incremental backups) (ms).",
   },

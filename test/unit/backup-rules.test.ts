@@ -206,8 +206,7 @@ describe("reference point comparison", () => {
 
 describe("WAL segment summaries", () => {
   test("block references become ranges per relation and fork; smgr and database records are kept", () => {
-    const builder = new SummaryBuilder();
-    for (const line of [
+    const lines = [
       "rmgr: Heap        len (rec/tot):     54/  1470, tx:        774, lsn: 0/0F0000D8, prev 0/0F000060, desc: INSERT off 12 flags 0x04, blkref #0: rel 1663/5/16414 blk 0 FPW",
       "rmgr: Heap        len (rec/tot):     54/    54, tx:        775, lsn: 0/0F0010D8, prev 0/0F0000D8, desc: UPDATE off 3 xmax 775, blkref #0: rel 1663/5/16414 blk 2, blkref #1: rel 1663/5/16414 blk 1",
       "rmgr: Heap2       len (rec/tot):     64/    64, tx:          0, lsn: 0/0F001200, prev 0/0F0010D8, desc: VISIBLE cutoff xid 775 flags 0x01, blkref #0: rel 1663/5/16414 fork vm blk 0, blkref #1: rel 1663/5/16414 blk 7",
@@ -215,8 +214,15 @@ describe("WAL segment summaries", () => {
       "rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0F001400, prev 0/0F001300, desc: TRUNCATE base/5/16414 to 0 blocks flags 7",
       "rmgr: Database    len (rec/tot):     42/    42, tx:        780, lsn: 0/0F001500, prev 0/0F001400, desc: CREATE copy dir 1663/1 to 1663/16390",
       "pg_waldump: error: error in WAL record at 0/10000000: invalid record length",
-    ]) builder.add(line);
-    expect(builder.build("00000001000000000000000F", 1, true, null)).toEqual({
+    ];
+    const builder = new SummaryBuilder();
+    for (const line of lines) builder.add(line);
+    const summary = builder.build("00000001000000000000000F", 1, true, null);
+    // The same lines as one chunk of pg_waldump's output.
+    const whole = new SummaryBuilder();
+    whole.addText(lines.join("\n") + "\n");
+    expect(whole.build("00000001000000000000000F", 1, true, null)).toEqual(summary);
+    expect(summary).toEqual({
       formatVersion: 1,
       segment: "00000001000000000000000F",
       timeline: 1,

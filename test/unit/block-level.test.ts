@@ -56,21 +56,21 @@ describe("which blocks a differential or incremental stores", () => {
   const size = 64 * MB;
 
   test("a relation's main fork: the blocks the WAL touched, plus every block past the reference's length", () => {
-    expect(planFile({ path: "base/5/16396", size }, entry("base/5/16396", size), changes)).toEqual({ kind: "blocks", blocks: [[3, 6], [100, 100]] });
-    expect(planFile({ path: "base/5/16396", size: size + 2 * BLOCK_SIZE }, entry("base/5/16396", size), changes)).toEqual({
+    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), changes)).toEqual({ kind: "blocks", blocks: [[3, 6], [100, 100]] });
+    expect(planFile({ path: "base/5/16396", size: size + 2 * BLOCK_SIZE, mtimeMs: 1 }, entry("base/5/16396", size), changes)).toEqual({
       kind: "blocks",
       blocks: [[3, 6], [100, 100], [size / BLOCK_SIZE, size / BLOCK_SIZE + 1]],
     });
-    expect(planFile({ path: "base/5/16397", size }, entry("base/5/16397", size), changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/16397", size, mtimeMs: 1 }, entry("base/5/16397", size), changes)).toEqual({ kind: "blocks", blocks: [] });
   });
 
   test("a small relation file is block-level too: a database's catalogs are hundreds of them", () => {
-    expect(planFile({ path: "base/5/2619", size: 10 * BLOCK_SIZE }, entry("base/5/2619", 10 * BLOCK_SIZE), changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/2619", size: 10 * BLOCK_SIZE, mtimeMs: 1 }, entry("base/5/2619", 10 * BLOCK_SIZE), changes)).toEqual({ kind: "blocks", blocks: [] });
   });
 
   test("whole: new files, other forks, created or truncated relations, new databases, shrunk files, mostly changed", () => {
-    const whole = (path: string, fileSize = size, reference: ManifestEntry | undefined = entry(path, fileSize)) => planFile({ path, size: fileSize }, reference, changes).kind;
-    expect(planFile({ path: "base/5/16396", size }, undefined, changes).kind).toBe("whole");
+    const whole = (path: string, fileSize = size, reference: ManifestEntry | undefined = entry(path, fileSize)) => planFile({ path, size: fileSize, mtimeMs: 1 }, reference, changes).kind;
+    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, undefined, changes).kind).toBe("whole");
     expect(whole("base/5/16396_vm")).toBe("whole");
     expect(whole("base/5/16396_fsm")).toBe("whole");
     expect(whole("base/5/16500")).toBe("whole");
@@ -81,8 +81,16 @@ describe("which blocks a differential or incremental stores", () => {
     expect(whole("base/5/16396", size * 3, entry("base/5/16396", size))).toBe("whole");
   });
 
+  test("any other file (FSM, VM, pg_control…) is unchanged when its length and mtime are, unless the reference's mtime was too recent to trust", () => {
+    const reference = { ...entry("base/5/16396_fsm", 3 * BLOCK_SIZE), mtimeMs: 5000 };
+    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, reference, changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 6000 }, reference, changes).kind).toBe("whole");
+    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, { ...reference, mtimeUnreliable: true }, changes).kind).toBe("whole");
+    expect(planFile({ path: "global/pg_control", size: 8192, mtimeMs: 5000 }, { ...entry("global/pg_control", 8192), mtimeMs: 5000 }, null)).toEqual({ kind: "blocks", blocks: [] });
+  });
+
   test("without the WAL, a relation file is scanned for page LSNs", () => {
-    expect(planFile({ path: "base/5/16396", size }, entry("base/5/16396", size), null)).toEqual({ kind: "scan", referenceBlocks: size / BLOCK_SIZE });
+    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), null)).toEqual({ kind: "scan", referenceBlocks: size / BLOCK_SIZE });
     const page = Buffer.alloc(BLOCK_SIZE);
     page.writeUInt32LE(0x16, 0);
     page.writeUInt32LE(0xb374d848, 4);
@@ -115,6 +123,16 @@ describe("a file materialised from a chain of backups", () => {
     expect((await collect(layeredContent(chunked(base, 5000), 10 * BLOCK_SIZE, []))).equals(base.subarray(0, 10 * BLOCK_SIZE))).toBe(true);
     const onlyLayer = await collect(layeredContent(null, 4 * BLOCK_SIZE, [{ blocks: [[2, 2]], content: chunked(base.subarray(0, BLOCK_SIZE), BLOCK_SIZE) }]));
     expect(onlyLayer.equals(Buffer.concat([Buffer.alloc(2 * BLOCK_SIZE), base.subarray(0, BLOCK_SIZE), Buffer.alloc(BLOCK_SIZE)]))).toBe(true);
+  });
+
+  test("a base read in 1 MiB chunks is passed through where no layer has blocks, and still overlaid where one has", async () => {
+    const large = randomBytes(4 * MB + 3 * BLOCK_SIZE);
+    const layerBlocks = [[200, 201]] as const; // in the second MiB
+    const layerContent = randomBytes(2 * BLOCK_SIZE);
+    const expected = Buffer.from(large);
+    layerContent.copy(expected, 200 * BLOCK_SIZE);
+    const result = await collect(layeredContent(chunked(large, MB), large.length, [{ blocks: layerBlocks, content: chunked(layerContent, BLOCK_SIZE) }]));
+    expect(result.equals(expected)).toBe(true);
   });
 
   test("a layer shorter or longer than its blocks is an error", async () => {
