@@ -22,6 +22,7 @@ import { connectionUri } from "../../src/cluster/node-connection";
 import { findFreePort } from "../../src/cluster/ports";
 import { loadConfig } from "../../src/config/config";
 import type { BackupManifest } from "../../src/backup/manifest";
+import { segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
 import { createLogger } from "../../src/log";
 import { resolvePostgresIdentity } from "../../src/nodes/local/os-user";
 import { startRelevo } from "../../src/service";
@@ -181,6 +182,13 @@ async function main(): Promise<void> {
     const onePercent = SCALE * 1000;
     const blockLevel = async (type: "differential" | "incremental", firstAid: number) => {
       await psql(primary, `UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN ${firstAid} AND ${firstAid + onePercent - 1}`);
+      // The update's WAL archived and summarised first, as it is by the time
+      // a scheduled backup runs (the summariser works as segments arrive).
+      const updatedLsn = await psql(primary, "SELECT pg_current_wal_lsn()");
+      const lastComplete = segmentStartLsn(segmentNumber(updatedLsn) - 1);
+      await service.archiver.waitForArchived(1, lastComplete, lastComplete, 600000);
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      await service.walSummarizer.summarizePending();
       process.stderr.write(`relevo ${type}…\n`);
       const taken = await timed(async () => (await service.backups.start(type)).done);
       await service.backups.waitForIdle();

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../log";
 import { parseSegmentName, segmentName, segmentStartLsn } from "./wal-names";
@@ -160,9 +160,10 @@ export interface WalSummarizerOptions {
 }
 
 /**
- * Summarises every archived segment once its successor is archived too (a
- * record that starts in a segment may end in the next), or once a later
- * timeline exists (the segment is its timeline's last).
+ * Summarises every archived segment once its last record is readable: its
+ * successor archived (a record that starts in a segment may end in the
+ * next) or being received far enough, or a later timeline begun (the
+ * segment is its timeline's last).
  */
 export class WalSummarizer {
   private timer: NodeJS.Timeout | null = null;
@@ -200,16 +201,24 @@ export class WalSummarizer {
   private async summarizeNow(): Promise<string[]> {
     await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
     const done = new Set((await readdir(this.options.summaryDir)).map((name) => name.replace(/\.json$/, "")));
-    const archived = (await readdir(this.options.walDir).catch(() => [] as string[])).map((name) => ({ name, parsed: parseSegmentName(name) }));
+    const names = await readdir(this.options.walDir).catch(() => [] as string[]);
+    const receiving = new Set(names.filter((name) => name.endsWith(".partial")).map((name) => name.slice(0, -".partial".length)));
+    const archived = names.map((name) => ({ name, parsed: parseSegmentName(name) }));
     const segments = archived.filter((entry) => entry.parsed !== null).map((entry) => ({ name: entry.name, ...entry.parsed! }));
     const present = new Set(segments.map((entry) => entry.name));
     const newestTimeline = Math.max(0, ...segments.map((entry) => entry.timeline));
     const written: string[] = [];
     for (const entry of segments.sort((a, b) => a.segment - b.segment || a.timeline - b.timeline)) {
       if (done.has(entry.name)) continue;
-      const successor = present.has(segmentName(entry.timeline, entry.segment + 1));
-      if (!successor && entry.timeline === newestTimeline) continue; // not final yet
-      await this.store(await this.summarize(entry.name, entry.timeline, entry.segment));
+      const next = segmentName(entry.timeline, entry.segment + 1);
+      const final = present.has(next) || entry.timeline !== newestTimeline;
+      if (!final && !receiving.has(next)) continue;
+      // A segment whose successor the archiver is still receiving: its last
+      // record may end in that successor, read from what has arrived of it;
+      // stored only if that record is all there (else the next pass tries again).
+      const summary = final ? await this.summarize(entry.name, entry.timeline, entry.segment) : await this.summarizeBeforeSuccessor(entry.name, next, entry.timeline, entry.segment);
+      if (!final && !summary.complete) continue;
+      await this.store(summary);
       written.push(entry.name);
     }
     return written;
@@ -245,12 +254,25 @@ export class WalSummarizer {
     return this.summarize(segmentName(timeline, segment), timeline, segment, endLsn);
   }
 
-  private summarize(name: string, timeline: number, segment: number, endLsn = segmentStartLsn(segment + 1)): Promise<WalSegmentSummary> {
+  /** pg_waldump reads segments by name from one directory: the segment and the successor's .partial, linked under their names. */
+  private async summarizeBeforeSuccessor(name: string, next: string, timeline: number, segment: number): Promise<WalSegmentSummary> {
+    const dir = path.join(this.options.summaryDir, `.receiving-${process.pid}-${randomBytes(4).toString("hex")}`);
+    await mkdir(dir, { mode: 0o700 });
+    try {
+      await symlink(path.join(this.options.walDir, name), path.join(dir, name));
+      await symlink(path.join(this.options.walDir, `${next}.partial`), path.join(dir, next));
+      return await this.summarize(name, timeline, segment, segmentStartLsn(segment + 1), dir);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private summarize(name: string, timeline: number, segment: number, endLsn = segmentStartLsn(segment + 1), walDir = this.options.walDir): Promise<WalSegmentSummary> {
     const builder = new SummaryBuilder();
     return new Promise((resolve) => {
       const child = spawn(
         path.join(this.options.pgBinDir, "pg_waldump"),
-        [`--path=${this.options.walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn}`],
+        [`--path=${walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn}`],
         { stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C" } },
       );
       let stderr = "";
