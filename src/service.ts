@@ -8,7 +8,7 @@ import { ArchiveMonitor } from "./backup/archive-monitor";
 import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
-import { WalSummarizer } from "./backup/wal-summary";
+import { walSummarizerFor, type WalSummarizer } from "./backup/wal-summary";
 import { repositorySeeder, seededFrom } from "./backup/replica-seed";
 import { resolvePostgresIdentity } from "./nodes/local/os-user";
 import { assertPortFree } from "./cluster/ports";
@@ -134,13 +134,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       events,
       logger,
     });
-    const walSummarizer = new WalSummarizer({
-      walDir: repository.walDir,
-      summaryDir: repository.walSummaryDir,
-      pgBinDir: config.pgBinDir,
-      logger,
-      intervalMs: config.walSummaryIntervalMs,
-    });
+    const walSummarizer = walSummarizerFor(repository, config, logger);
     // One archiver across service instances (a slot serves one receiver at a time anyway).
     const archiverRole = new LeaderRole(
       new RedisLease(redis, `${keys.prefix}:lease:wal-archiver`, config.leaseTtlMs, instanceId),

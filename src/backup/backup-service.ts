@@ -18,7 +18,7 @@ import type { ClusterSnapshot } from "../cluster/topology";
 import { withNodeClient } from "../cluster/node-connection";
 import { planRetention } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
-import { chooseBackup } from "./choose-backup";
+import { chooseBackupIn } from "./choose-backup";
 import { captureReferencePoint } from "./reference-point";
 import type { WalArchiver } from "./wal-archiver";
 import type { WalSummarizer } from "./wal-summary";
@@ -227,7 +227,7 @@ export class BackupService {
   }
 
   async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
-    const manifest = chooseBackup(await this.list(), await this.deps.repository.archivedSegmentList(), options.backupId, options.recoveryTarget);
+    const manifest = await chooseBackupIn(this.deps.repository, this.deps.summarizer, options.backupId, options.recoveryTarget);
     await restoreBackup(this.deps, {
       manifest,
       target: options.target,

@@ -3,10 +3,14 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { BackupManifest } from "./manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
+import type { Repository } from "./repository";
+import type { RestorePointRecord, WalSummarizer } from "./wal-summary";
 
 /**
  * The backup a restore starts from: the one named, or the newest completed
- * one that ends before the target. A time or LSN target outside the
+ * one that ends before the target (for a named restore point: before the
+ * first point of that name its recovery would meet; when the archive's
+ * summaries know no point of that name, the newest). A time or LSN target outside the
  * recoverable window is refused, naming the window. Pure; the service and
  * the CLI's `relevo restore` both use it.
  */
@@ -15,6 +19,7 @@ export function chooseBackup(
   archived: readonly ArchivedSegment[],
   backupId: string | undefined,
   target: RecoveryTarget,
+  restorePoints: readonly RestorePointRecord[] = [],
 ): BackupManifest {
   const window = recoveryWindow(manifests, archived);
   const describe = (): string =>
@@ -40,9 +45,27 @@ export function chooseBackup(
     .filter((manifest) => {
       if (target.kind === "time") return Date.parse(manifest.stoppedAt!) <= Date.parse(target.time);
       if (target.kind === "lsn") return lsnToNumber(manifest.stopLsn!) <= lsnToNumber(target.lsn);
+      if (target.kind === "name") return reachesRestorePoint(manifest, target.name, restorePoints);
       return true;
     });
   const chosen = usable[usable.length - 1];
   if (!chosen) throw new RelevoError(ErrorCode.PreconditionFailed, `no completed backup ends before the target: ${describe()}`);
   return chosen;
+}
+
+/**
+ * Recovery from a backup stops at the first restore point of the name after
+ * the backup's start; one before the backup is consistent (its stop) fails.
+ */
+function reachesRestorePoint(manifest: BackupManifest, name: string, restorePoints: readonly RestorePointRecord[]): boolean {
+  const named = restorePoints.filter((point) => point.name === name);
+  if (named.length === 0) return true;
+  const first = named.find((point) => lsnToNumber(point.lsn) >= lsnToNumber(manifest.startLsn));
+  return first !== undefined && lsnToNumber(first.lsn) >= lsnToNumber(manifest.stopLsn!);
+}
+
+/** chooseBackup over a repository: its manifests, its archive and, for a named target, the restore points its summaries know. */
+export async function chooseBackupIn(repository: Repository, summarizer: WalSummarizer, backupId: string | undefined, target: RecoveryTarget): Promise<BackupManifest> {
+  const restorePoints = target.kind === "name" && !backupId ? await summarizer.restorePoints() : [];
+  return chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), backupId, target, restorePoints);
 }

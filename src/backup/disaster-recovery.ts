@@ -5,7 +5,8 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
-import { chooseBackup } from "./choose-backup";
+import { chooseBackupIn } from "./choose-backup";
+import { walSummarizerFor } from "./wal-summary";
 import type { BackupManifest } from "./manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import type { Repository } from "./repository";
@@ -48,7 +49,7 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
         `start them with relevo up, or move them away first`,
     );
   }
-  const manifest = chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), options.backupId, options.recoveryTarget);
+  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backupId, options.recoveryTarget);
   const primary = nodes[0]!;
   const superuser = superuserCredentials(deps.secrets);
   logger.info({ backup: manifest.id, node: primary.name, target: options.recoveryTarget }, "restoring the primary from the repository");

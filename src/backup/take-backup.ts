@@ -22,7 +22,7 @@ import {
 import { BLOCK_SIZE, blockCount, type BlockRanges } from "./relation-files";
 import type { Repository } from "./repository";
 import type { WalArchiver } from "./wal-archiver";
-import { changesSince, referenceOnHistory } from "./wal-changes";
+import { changesSince, referenceOnHistory, serverHistory, type TimelineStep } from "./wal-changes";
 import type { WalSummarizer } from "./wal-summary";
 
 export interface CopyProgress {
@@ -229,7 +229,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
            FROM pg_control_system()`,
       )
     ).rows[0]!;
-    const decided = await decideType(deps, options, facts);
+    const decided = decideType(options, facts, await serverHistory(session, facts.timeline));
     id = backupId(decided.type, startedAt);
     const reference = decided.type === "full" ? null : options.reference;
     manifest = {
@@ -379,16 +379,12 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
  * reference of this cluster on this backup's history, else it is a full
  * and says why.
  */
-async function decideType(
-  deps: BackupDeps,
-  options: BackupOptions,
-  facts: { system_identifier: string; timeline: number },
-): Promise<{ type: BackupType; promotedToFull: string | null }> {
+function decideType(options: BackupOptions, facts: { system_identifier: string }, history: readonly TimelineStep[]): { type: BackupType; promotedToFull: string | null } {
   if (options.type === "full") return { type: "full", promotedToFull: null };
   const reference = options.reference;
   if (!reference) return { type: "full", promotedToFull: `no completed ${options.type === "differential" ? "full backup" : "backup"} to build on` };
   if (reference.systemIdentifier !== facts.system_identifier) return { type: "full", promotedToFull: `the reference ${reference.id} is of another cluster (system identifier)` };
-  const onHistory = await referenceOnHistory(deps.repository.walDir, reference, facts.timeline);
+  const onHistory = referenceOnHistory(reference, history);
   if (onHistory !== null) return { type: "full", promotedToFull: onHistory };
   return { type: options.type, promotedToFull: null };
 }

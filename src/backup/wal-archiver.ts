@@ -8,7 +8,10 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/local/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "./repository";
-import { segmentName, segmentNumber } from "./wal-names";
+import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";
+import { serverHistory, type TimelineStep } from "./wal-changes";
+import { lsnToNumber } from "../cluster/topology";
+import { mkdir, readdir, rename } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
 
 export const ARCHIVE_SLOT = "relevo_archive";
@@ -21,6 +24,22 @@ export async function ensureArchiveSlot(primary: NodeRef, superuser: Credentials
   await withNodeClient(primary, superuser, timeoutMs, (client) =>
     client.query(`SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, [ARCHIVE_SLOT]),
   );
+}
+
+/**
+ * The archive's segment files (complete or .partial) that hold WAL off a
+ * history: of a timeline not on it, or of an ancestor past where the history
+ * branched off it. Pure.
+ */
+export function divergedFiles(names: readonly string[], history: readonly TimelineStep[]): string[] {
+  const steps = new Map(history.map((step) => [step.timeline, step] as const));
+  return names.filter((name) => {
+    const parsed = parseSegmentName(name.replace(/\.partial$/, ""));
+    if (!parsed) return false;
+    const step = steps.get(parsed.timeline);
+    if (!step) return true;
+    return step.switchLsn !== null && (parsed.segment + 1) * SEGMENT_SIZE > lsnToNumber(step.switchLsn);
+  });
 }
 
 export interface WalArchiverOptions {
@@ -118,6 +137,7 @@ export class WalArchiver {
       }
       try {
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
+        await this.setAsideDivergedWal(target);
         const exit = await this.receive(target);
         if (this.stopped || this.target !== target) continue;
         throw new Error(exit);
@@ -137,6 +157,28 @@ export class WalArchiver {
         continue;
       }
     }
+  }
+
+  /**
+   * pg_receivewal resumes after the newest file of the archive, on that
+   * file's timeline: when the primary's history branched off before it (a
+   * cluster rebuilt at an earlier point, a promoted replica that had not
+   * received everything the archive holds), the primary refuses that start.
+   * The archive's files past the branch point, of timelines off the
+   * primary's history, move to wal/diverged/<time>/ (kept, not replayed) and
+   * the archive resumes at the branch point.
+   */
+  private async setAsideDivergedWal(target: NodeRef): Promise<void> {
+    const history = await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, async (client) => {
+      const timeline = (await client.query<{ timeline: number }>("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline")).rows[0]!.timeline;
+      return serverHistory(client, timeline);
+    });
+    const diverged = divergedFiles(await readdir(this.options.repository.walDir).catch(() => [] as string[]), history);
+    if (diverged.length === 0) return;
+    const aside = path.join(this.options.repository.walDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
+    await mkdir(aside, { recursive: true, mode: 0o700 });
+    for (const name of diverged) await rename(path.join(this.options.repository.walDir, name), path.join(aside, name));
+    this.options.logger.warn({ node: target.name, files: diverged.length, aside, timeline: history[history.length - 1]!.timeline }, "archived WAL off the primary's history set aside; the archive resumes at its branch point");
   }
 
   /** Runs pg_receivewal until it exits; returns why. */

@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import type { Client } from "pg";
 import os from "node:os";
 import { forEachParallel } from "./copy-file";
 import path from "node:path";
@@ -83,16 +84,22 @@ function stepsFrom(steps: readonly TimelineStep[], reference: { timeline: number
 }
 
 /**
- * null when a backup on `timeline` can build on the reference (same
- * timeline, or an ancestor it ended on before the branch); else why not.
- * A missing history file is no reason: the WAL check finds it unreadable.
+ * null when a backup on the history `steps` leads to can build on the
+ * reference (same timeline, or an ancestor it ended on before the branch);
+ * else why not. Pure.
  */
-export async function referenceOnHistory(walDir: string, reference: { id: string; timeline: number; stopLsn: string | null }, timeline: number): Promise<string | null> {
+export function referenceOnHistory(reference: { id: string; timeline: number; stopLsn: string | null }, steps: readonly TimelineStep[]): string | null {
+  const timeline = steps[steps.length - 1]!.timeline;
   if (reference.timeline === timeline) return null;
-  const steps = await historyOf(walDir, timeline);
-  if (steps === null) return null;
   const found = stepsFrom(steps, { timeline: reference.timeline, stopLsn: reference.stopLsn ?? "0/0" }, timeline);
   return typeof found === "string" ? `${found} (reference ${reference.id})` : null;
+}
+
+/** The history of `timeline` as the server holds it (pg_wal/<timeline>.history; superuser). */
+export async function serverHistory(client: Pick<Client, "query">, timeline: number): Promise<TimelineStep[]> {
+  if (timeline === 1) return timelinePath(1, null);
+  const file = `pg_wal/${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`;
+  return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
 }
 
 export async function changesSince(

@@ -2,7 +2,10 @@ import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { lsnToNumber } from "../cluster/topology";
+import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
+import type { Repository } from "./repository";
 import { parseSegmentName, segmentName, segmentStartLsn } from "./wal-names";
 
 /**
@@ -14,6 +17,11 @@ import { parseSegmentName, segmentName, segmentStartLsn } from "./wal-names";
  * without block references). Written once, when the segment is archived, so
  * that no backup re-reads a week of WAL.
  */
+export interface RestorePointRecord {
+  readonly name: string;
+  readonly lsn: string;
+}
+
 export interface WalSegmentSummary {
   readonly formatVersion: 1;
   readonly segment: string;
@@ -26,6 +34,8 @@ export interface WalSegmentSummary {
   readonly truncated: readonly string[];
   /** Database directories created or dropped ("spcOid/dbOid"): to be copied whole. */
   readonly databases: readonly string[];
+  /** Named restore points (pg_create_restore_point) the segment holds, in order: a restore to a name starts from a backup before it. */
+  readonly restorePoints?: readonly RestorePointRecord[];
   readonly records: number;
   /** pg_waldump read every record that starts in the segment without an error. */
   readonly complete: boolean;
@@ -52,6 +62,7 @@ export class SummaryBuilder {
   private readonly created = new Set<string>();
   private readonly truncated = new Set<string>();
   private readonly databases = new Set<string>();
+  private readonly restorePoints: RestorePointRecord[] = [];
   private records = 0;
   /** The main-fork set the previous reference went to, and "<relation> " to recognise it. */
   private last: { prefix: string; set: Set<number> } | null = null;
@@ -109,6 +120,10 @@ export class SummaryBuilder {
     for (const line of linesStartingWith(text, "rmgr: Database")) {
       for (const dir of line.matchAll(/(?:dir|to) (\d+\/\d+)/g)) this.databases.add(dir[1]!);
     }
+    for (const line of linesStartingWith(text, "rmgr: XLOG")) {
+      const point = /lsn: ([0-9A-F]+\/[0-9A-F]+),.* desc: RESTORE_POINT (.*)$/.exec(line);
+      if (point) this.restorePoints.push({ name: point[2]!, lsn: point[1]! });
+    }
   }
 
   private setFor(relation: string, fork: string): Set<number> {
@@ -134,6 +149,7 @@ export class SummaryBuilder {
       created: [...this.created].sort(),
       truncated: [...this.truncated].sort(),
       databases: [...this.databases].sort(),
+      restorePoints: [...this.restorePoints],
       records: this.records,
       complete,
       error,
@@ -149,6 +165,11 @@ function ranges(sorted: readonly number[]): Array<[number, number]> {
     else result.push([block, block]);
   }
   return result;
+}
+
+/** The summariser of a repository's archive, as configured. */
+export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
+  return new WalSummarizer({ walDir: repository.walDir, summaryDir: repository.walSummaryDir, pgBinDir: config.pgBinDir, logger, intervalMs: config.walSummaryIntervalMs });
 }
 
 export interface WalSummarizerOptions {
@@ -188,6 +209,15 @@ export class WalSummarizer {
     const run = this.pass.then(() => this.summarizeNow());
     this.pass = run.then(() => undefined, () => undefined);
     return run;
+  }
+
+  /** Every named restore point in the archive's summaries (the pending segments summarised first), by LSN. */
+  async restorePoints(): Promise<RestorePointRecord[]> {
+    await this.summarizePending();
+    const names = (await readdir(this.options.summaryDir).catch(() => [] as string[])).filter((name) => name.endsWith(".json"));
+    const points: RestorePointRecord[] = [];
+    for (const name of names) points.push(...((await this.read(name.slice(0, -".json".length)))?.restorePoints ?? []));
+    return points.sort((a, b) => lsnToNumber(a.lsn) - lsnToNumber(b.lsn));
   }
 
   async read(segment: string): Promise<WalSegmentSummary | null> {

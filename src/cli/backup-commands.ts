@@ -4,7 +4,8 @@ import { restoreBackup } from "../backup/restore";
 import { recoverCluster } from "../backup/disaster-recovery";
 import { seededFrom } from "../backup/replica-seed";
 import { assertPortFree } from "../cluster/ports";
-import { chooseBackup } from "../backup/choose-backup";
+import { chooseBackupIn } from "../backup/choose-backup";
+import { walSummarizerFor } from "../backup/wal-summary";
 import { recoveryTargetFrom } from "../backup/recovery-target";
 import { connectionUri } from "../cluster/node-connection";
 import { ROLE_SUPERUSER } from "../cluster/node-settings";
@@ -120,7 +121,7 @@ export async function restoreCommand(
   const driver = copyDriver(config, directory);
   const target = { name: "restored-copy", host: config.host, port: options.port };
   const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
-  const manifest = chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), options.backup, recoveryTarget);
+  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   await restoreBackup(
     { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },

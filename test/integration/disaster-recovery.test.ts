@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
-import { loadConfig } from "../../src/config/config";
+import { loadConfig, type RelevoConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
 import { startRelevo } from "../../src/service";
 import { projectRoot } from "../../src/util/project-root";
@@ -11,24 +11,29 @@ import { sqlOn } from "../helpers/sql";
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
 
+/** The CLI's environment for the cluster a test started. */
+function cliEnvOf(config: RelevoConfig, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    RELEVO_HOME: config.home,
+    RELEVO_CLUSTER_NAME: config.clusterName,
+    RELEVO_API_PORT: String(config.apiPort),
+    RELEVO_PRIMARY_PORT: String(config.primaryPort),
+    RELEVO_REPLICA_PORT: String(config.replicaPort),
+    RELEVO_REDIS_PORT: String(config.redisPort),
+    RELEVO_LOG_LEVEL: "warn",
+    ...extra,
+  };
+}
+
 describe("disaster recovery: relevo restore --cluster", () => {
   test("every node stopped and deleted: the CLI rebuilds a streaming pair from the repository with everything archived, and Relevo manages it again", async () => {
     const first = await startTestCluster("disaster");
     const { config, service } = first;
     const [primary, replica] = service.nodes as [typeof service.nodes[0], typeof service.nodes[0]];
     const sql = <T = Record<string, unknown>>(text: string, node = primary) => sqlOn<T>(node, service.secrets, text);
-    const cliEnv = {
-      ...process.env,
-      RELEVO_HOME: config.home,
-      RELEVO_CLUSTER_NAME: config.clusterName,
-      RELEVO_API_PORT: String(config.apiPort),
-      RELEVO_PRIMARY_PORT: String(config.primaryPort),
-      RELEVO_REPLICA_PORT: String(config.replicaPort),
-      RELEVO_REDIS_PORT: String(config.redisPort),
-      RELEVO_LOG_LEVEL: "warn",
-      // The replica too comes from the repository (the backup and the archive), not from a pg_basebackup of the new primary.
-      RELEVO_REPLICA_SEED: "repository",
-    };
+    // The replica too comes from the repository (the backup and the archive), not from a pg_basebackup of the new primary.
+    const cliEnv = cliEnvOf(config, { RELEVO_REPLICA_SEED: "repository" });
     let stopped = false;
     try {
       await sql("CREATE TABLE precious AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
@@ -81,6 +86,44 @@ describe("disaster recovery: relevo restore --cluster", () => {
         expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true } });
         const backup = await (await again.backups.start("full")).done;
         expect(backup.timeline).toBe(timeline);
+      } finally {
+        await again.stop({ reason: "test finished" });
+      }
+    } finally {
+      if (!stopped) await first.stop();
+    }
+  });
+
+  test("rebuilt at a point before the newest backup: the next incremental cannot build on it (another history) and is taken as a full", async () => {
+    const first = await startTestCluster("disaster-branch");
+    const { config, service } = first;
+    const primary = service.nodes[0]!;
+    const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary, service.secrets, text);
+    let stopped = false;
+    try {
+      await sql("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+      await (await service.backups.start("full")).done;
+      await sql("SELECT pg_create_restore_point('before-the-incremental')");
+      await sql("INSERT INTO kept SELECT g FROM generate_series(1001, 2000) g");
+      const incremental = await (await service.backups.start("incremental")).done;
+      expect(incremental.type).toBe("incremental");
+      await service.backups.waitForIdle();
+      await first.stop();
+      stopped = true;
+      for (const node of service.nodes) await service.driver.destroy(node);
+      const recovered = await run("node", [BIN, "restore", "--cluster", "--name", "before-the-incremental"], { env: cliEnvOf(config), timeout: 240000 });
+      expect(recovered.stdout).toMatch(/cluster rebuilt from backup \S+-F/);
+      expect(await sql("SELECT count(*)::int AS n FROM kept")).toEqual([{ n: 1000 }]);
+
+      const again = await startRelevo(loadConfig({}, { ...config }), createLogger({ level: "silent" }));
+      try {
+        await eventually(async () => (again.collector.latest?.primary === "node1" ? true : undefined), { what: "the rebuilt primary" });
+        // The newest backup (the incremental) ended after the new timeline branched off: nothing on this history to build on.
+        const next = await (await again.backups.start("incremental")).done;
+        expect(next).toMatchObject({ type: "full", reference: null, status: "completed", promotedToFull: expect.stringMatching(/after timeline \d+ branched off/) });
+        expect(next.id).toMatch(/-F$/);
+        const verified = await again.backups.verify(next.id, { restoreTest: true });
+        expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true } });
       } finally {
         await again.stop({ reason: "test finished" });
       }

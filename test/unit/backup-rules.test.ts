@@ -173,6 +173,19 @@ describe("choosing the backup a restore starts from (pure)", () => {
     expect(chooseBackup(backups, archived, "F1", { kind: "latest" }).id).toBe("F1");
   });
 
+  test("a named restore point: the newest backup that is consistent before recovery meets the first point of that name", () => {
+    const points = [
+      { name: "p", lsn: "0/2000500" },
+      { name: "q", lsn: "0/3000050" }, // inside F3: F3 cannot reach it
+      { name: "r", lsn: "0/3000200" },
+    ];
+    expect(chooseBackup(backups, archived, undefined, { kind: "name", name: "p" }, points).id).toBe("F1");
+    expect(chooseBackup(backups, archived, undefined, { kind: "name", name: "q" }, points).id).toBe("F1");
+    expect(chooseBackup(backups, archived, undefined, { kind: "name", name: "r" }, points).id).toBe("F3");
+    // A name the summaries do not know (not summarised yet): the newest.
+    expect(chooseBackup(backups, archived, undefined, { kind: "name", name: "unknown" }, points).id).toBe("F3");
+  });
+
   test("targets outside the window and unknown backups are refused", () => {
     expect(() => chooseBackup(backups, archived, undefined, { kind: "time", time: "2026-10-01T00:00:00Z" })).toThrow(
       expect.objectContaining({ code: ErrorCode.PreconditionFailed, message: expect.stringContaining("the recoverable window is 2026-11-01T00:01:00.000Z (0/1000100)") }),
@@ -213,6 +226,7 @@ describe("WAL segment summaries", () => {
       "rmgr: Storage     len (rec/tot):     42/    42, tx:          0, lsn: 0/0F001300, prev 0/0F001200, desc: CREATE base/5/16500",
       "rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0F001400, prev 0/0F001300, desc: TRUNCATE base/5/16414 to 0 blocks flags 7",
       "rmgr: Database    len (rec/tot):     42/    42, tx:        780, lsn: 0/0F001500, prev 0/0F001400, desc: CREATE copy dir 1663/1 to 1663/16390",
+      "rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/0F001600, prev 0/0F001500, desc: RESTORE_POINT before the: migration",
       "pg_waldump: error: error in WAL record at 0/10000000: invalid record length",
     ];
     const builder = new SummaryBuilder();
@@ -230,7 +244,8 @@ describe("WAL segment summaries", () => {
       created: ["base/5/16500"],
       truncated: ["base/5/16414"],
       databases: ["1663/1", "1663/16390"],
-      records: 6,
+      restorePoints: [{ name: "before the: migration", lsn: "0/0F001600" }],
+      records: 7,
       complete: true,
       error: null,
     });

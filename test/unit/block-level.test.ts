@@ -1,9 +1,8 @@
-import { writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
 import { layeredContent } from "../../src/backup/layered-content";
 import { referenceOnHistory, timelineOfSegment, timelinePath } from "../../src/backup/wal-changes";
-import { tempHome } from "../helpers/home";
+import { divergedFiles } from "../../src/backup/wal-archiver";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
 import type { WalSegmentSummary } from "../../src/backup/wal-summary";
@@ -165,14 +164,32 @@ describe("the WAL between a reference and a backup, along the timeline history",
 });
 
 describe("whether a backup can build on a reference after a failover", () => {
-  test("only on a reference that ended before the new timeline branched off", async () => {
-    const walDir = await tempHome("history");
-    await writeFile(`${walDir}/00000002.history`, "1\t0/5000A00\tno recovery target specified\n");
+  test("only on a reference that ended before the new timeline branched off", () => {
+    const history = timelinePath(2, "1\t0/5000A00\tno recovery target specified\n");
     const reference = (stopLsn: string, timeline = 1) => ({ id: "R", timeline, stopLsn });
-    expect(await referenceOnHistory(walDir, reference("0/4000100"), 2)).toBeNull();
-    expect(await referenceOnHistory(walDir, reference("0/5000A00"), 2)).toBeNull();
-    expect(await referenceOnHistory(walDir, reference("0/5001000"), 2)).toMatch(/ends at 0\/5001000, after timeline 2 branched off at 0\/5000A00/);
-    expect(await referenceOnHistory(walDir, reference("0/1000000", 3), 2)).toMatch(/timeline 3 is not an ancestor of timeline 2/);
-    expect(await referenceOnHistory(walDir, reference("0/9000000", 2), 2)).toBeNull();
+    expect(referenceOnHistory(reference("0/4000100"), history)).toBeNull();
+    expect(referenceOnHistory(reference("0/5000A00"), history)).toBeNull();
+    expect(referenceOnHistory(reference("0/5001000"), history)).toMatch(/ends at 0\/5001000, after timeline 2 branched off at 0\/5000A00/);
+    expect(referenceOnHistory(reference("0/1000000", 3), history)).toMatch(/timeline 3 is not an ancestor of timeline 2/);
+    expect(referenceOnHistory(reference("0/9000000", 2), history)).toBeNull();
+  });
+});
+
+describe("archived WAL off the primary's history", () => {
+  test("files past the branch point of an ancestor, or of a timeline off the history, are set aside; the rest stays", () => {
+    // Timeline 2 branched off 1 at 0/5000230 (inside segment 5).
+    const history = timelinePath(2, "1\t0/5000230\tno recovery target specified\n");
+    const names = [
+      "000000010000000000000004",
+      "000000010000000000000005",
+      "000000010000000000000006",
+      "00000001000000000000000A.partial",
+      "000000020000000000000005",
+      "000000020000000000000006.partial",
+      "000000030000000000000009",
+      "00000002.history",
+    ];
+    expect(divergedFiles(names, history)).toEqual(["000000010000000000000005", "000000010000000000000006", "00000001000000000000000A.partial", "000000030000000000000009"]);
+    expect(divergedFiles(["000000010000000000000004", "000000010000000000000005.partial"], timelinePath(1, null))).toEqual([]);
   });
 });
