@@ -26,6 +26,22 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     expect(await sqlOn(copy, cluster.service.secrets, "SELECT count(*)::int AS n FROM spared")).toEqual([{ n: 10000 }]);
   });
 
+  test("an incremental from the replica stores the changed blocks and restores the primary's data", async () => {
+    const [primary, replica] = cluster.service.nodes as [NodeRef, NodeRef];
+    await sqlOn(primary, cluster.service.secrets, "INSERT INTO spared SELECT g FROM generate_series(10001, 15000) g");
+    await sqlOn(primary, cluster.service.secrets, "CREATE TABLE later AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g");
+    // A copy taken from the replica is as of what the replica has replayed.
+    await eventually(async () => ((await sqlOn<{ ok: boolean }>(replica, cluster.service.secrets, "SELECT to_regclass('later') IS NOT NULL AS ok"))[0]?.ok ? true : undefined));
+    const incremental = await (await cluster.service.backups.start("incremental")).done;
+    expect(incremental).toMatchObject({ status: "completed", type: "incremental", source: "node2", changesFrom: "wal" });
+    const full = (await cluster.service.backups.get(incremental.reference!))!;
+    expect(incremental.storedBytes).toBeLessThan(full.storedBytes);
+    if (copy) await cluster.service.driver.destroy(copy);
+    copy = { name: "from-replica-incremental", host: "127.0.0.1", port: await freePort() };
+    await cluster.service.backups.restore({ backupId: incremental.id, target: copy, recoveryTarget: { kind: "immediate" } });
+    expect(await sqlOn(copy, cluster.service.secrets, "SELECT (SELECT count(*)::int FROM spared) AS spared, (SELECT count(*)::int FROM later) AS later")).toEqual([{ spared: 15000, later: 30000 }]);
+  });
+
   test("a missing archived segment is a critical archive:gap event, reported once, and shows in the recovery window", async () => {
     const primary = cluster.service.nodes[0]!;
     const segments: string[] = [];
