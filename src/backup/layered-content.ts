@@ -51,6 +51,14 @@ export class ByteReader {
     return view;
   }
 
+  /** Ends the source early (a failed restore): a decoder's thread and file are released. */
+  async close(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    this.current = Buffer.alloc(0);
+    await this.iterator.return?.();
+  }
+
   /** Reads to the end (so that checksums over the whole source complete); the bytes that were left. */
   async drain(): Promise<number> {
     let left = this.current.length;
@@ -93,6 +101,24 @@ export async function* layeredContent(base: AsyncIterable<Buffer> | null, size: 
     }
   }
   const sortedBoundaries = [...boundaries].sort((a, b) => a - b);
+  const baseReader = base ? new ByteReader(base) : null;
+  const layerReaders = layers.map((layer) => new ByteReader(layer.content));
+  try {
+    yield* assemble(size, blocks, sortedBoundaries, layers, baseReader, layerReaders);
+  } finally {
+    // After an error (or a consumer that stopped early) every source is let go; after success they are at their end already.
+    await Promise.allSettled([baseReader, ...layerReaders].map((reader) => reader?.close()));
+  }
+}
+
+async function* assemble(
+  size: number,
+  blocks: number,
+  sortedBoundaries: readonly number[],
+  layers: readonly BlockLayer[],
+  baseReader: ByteReader | null,
+  layerReaders: readonly ByteReader[],
+): AsyncGenerator<Buffer> {
   let nextBoundary = 0;
   const cursors = layers.map(() => 0);
   const layerHas = (index: number, block: number): boolean => {
@@ -101,8 +127,6 @@ export async function* layeredContent(base: AsyncIterable<Buffer> | null, size: 
     const range = ranges[cursors[index]!];
     return range !== undefined && range[0] <= block;
   };
-  const baseReader = base ? new ByteReader(base) : null;
-  const layerReaders = layers.map((layer) => new ByteReader(layer.content));
   const output = Buffer.allocUnsafeSlow(OUTPUT_CHUNK);
   let position = 0;
   let baseExhausted = false;

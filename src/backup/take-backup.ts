@@ -229,7 +229,8 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
            FROM pg_control_system()`,
       )
     ).rows[0]!;
-    const decided = decideType(options, facts, await serverHistory(session, facts.timeline));
+    const history = await serverHistory(session, facts.timeline);
+    const decided = decideType(options, facts, history);
     id = backupId(decided.type, startedAt);
     const reference = decided.type === "full" ? null : options.reference;
     manifest = {
@@ -258,11 +259,12 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       await deps.archiver.waitForArchived(timeline, started, started, options.archiveTimeoutMs);
       const walArchivedAtMs = Date.now();
       const found = await changesSince(
-        { walDir: repository.walDir, summarizer: deps.summarizer },
+        deps.summarizer,
         { timeline: reference.timeline, startLsn: reference.startLsn, stopLsn: reference.stopLsn! },
-        { timeline, startLsn: started },
+        { timeline, startLsn: started, history: timeline === facts.timeline ? history : await serverHistory(session, timeline) },
       );
-      if (found.kind === "other-history") throw new RelevoError(ErrorCode.PreconditionFailed, `the cluster changed history as the backup started (${found.reason}); the next backup is taken as a full`);
+      // Only when the timeline changed between the check above and the start (a promotion in between).
+      if (found.kind === "other-history") throw new RelevoError(ErrorCode.PreconditionFailed, `the cluster changed history as the backup started (${found.reason}); take it again`);
       if (found.kind === "unavailable") logger.warn({ id, reason: found.reason }, "the WAL since the reference is not readable: scanning page LSNs instead");
       changes = found.kind === "changes" ? found.changes : null;
       manifest = { ...manifest, changesFrom: changes ? "wal" : "page-scan" };

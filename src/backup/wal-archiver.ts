@@ -169,16 +169,31 @@ export class WalArchiver {
    * the archive resumes at the branch point.
    */
   private async setAsideDivergedWal(target: NodeRef): Promise<void> {
-    const history = await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, async (client) => {
-      const timeline = (await client.query<{ timeline: number }>("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline")).rows[0]!.timeline;
-      return serverHistory(client, timeline);
-    });
-    const diverged = divergedFiles(await readdir(this.options.repository.walDir).catch(() => [] as string[]), history);
+    let history: TimelineStep[];
+    try {
+      history = await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, async (client) => {
+        const timeline = (await client.query<{ timeline: number }>("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline")).rows[0]!.timeline;
+        return serverHistory(client, timeline);
+      });
+    } catch (error) {
+      this.options.logger.warn({ node: target.name, err: (error as Error).message }, "the primary's timeline history is unreadable: archive left as it is");
+      return;
+    }
+    const names = await readdir(this.options.repository.walDir).catch(() => [] as string[]);
+    const timeline = history[history.length - 1]!.timeline;
+    const newestArchived = Math.max(0, ...names.map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.timeline ?? 0));
+    // A node behind the archive's newest timeline is not the primary of the
+    // archive's history (an old primary seen for a moment): nothing moves.
+    if (newestArchived > timeline) {
+      this.options.logger.warn({ node: target.name, timeline, newestArchived }, "the node's timeline is older than the archive's: archive left as it is");
+      return;
+    }
+    const diverged = divergedFiles(names, history);
     if (diverged.length === 0) return;
     const aside = path.join(this.options.repository.walDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
     await mkdir(aside, { recursive: true, mode: 0o700 });
     for (const name of diverged) await rename(path.join(this.options.repository.walDir, name), path.join(aside, name));
-    this.options.logger.warn({ node: target.name, files: diverged.length, aside, timeline: history[history.length - 1]!.timeline }, "archived WAL off the primary's history set aside; the archive resumes at its branch point");
+    this.options.logger.warn({ node: target.name, files: diverged.length, aside, timeline }, "archived WAL off the primary's history set aside; the archive resumes at its branch point");
   }
 
   /** Runs pg_receivewal until it exits; returns why. */

@@ -1,8 +1,6 @@
-import { readFile } from "node:fs/promises";
 import type { Client } from "pg";
 import os from "node:os";
 import { forEachParallel } from "./copy-file";
-import path from "node:path";
 import { lsnToNumber } from "../cluster/topology";
 import { mergeSummaries, type ChangeSet } from "./change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
@@ -58,20 +56,6 @@ export type ChangesSince =
   /** The reference is not on this backup's history: it must be a full. */
   | { readonly kind: "other-history"; readonly reason: string };
 
-/**
- * What changed between a reference backup's start and this backup's start,
- * from the archive's per-segment summaries (written as segments are
- * archived), summarising on the spot what is not summarised yet — the
- * segment this backup starts in only up to its start. The reference may be
- * on an earlier timeline only if it ended at or before the point this
- * backup's history branched off it.
- */
-async function historyOf(walDir: string, timeline: number): Promise<TimelineStep[] | null> {
-  if (timeline === 1) return timelinePath(1, null);
-  const history = await readFile(path.join(walDir, `${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`), "utf8").catch(() => null);
-  return history === null ? null : timelinePath(timeline, history);
-}
-
 /** The steps from the reference's timeline to `timeline`, or why the reference is not on that history. */
 function stepsFrom(steps: readonly TimelineStep[], reference: { timeline: number; stopLsn: string }, timeline: number): TimelineStep[] | string {
   const index = steps.findIndex((step) => step.timeline === reference.timeline);
@@ -102,14 +86,20 @@ export async function serverHistory(client: Pick<Client, "query">, timeline: num
   return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
 }
 
+/**
+ * What changed between a reference backup's start and this backup's start,
+ * from the archive's per-segment summaries (written as segments are
+ * archived), summarising on the spot what is not summarised yet — the
+ * segment this backup starts in only up to its start. The reference may be
+ * on an earlier timeline only if it ended at or before the point this
+ * backup's history (the server's, `current.history`) branched off it.
+ */
 export async function changesSince(
-  archive: { readonly walDir: string; readonly summarizer: WalSummarizer },
+  summarizer: WalSummarizer,
   reference: BackupPoint & { readonly stopLsn: string },
-  current: BackupPoint,
+  current: BackupPoint & { readonly history: readonly TimelineStep[] },
 ): Promise<ChangesSince> {
-  const steps = await historyOf(archive.walDir, current.timeline);
-  if (steps === null) return { kind: "unavailable", reason: `timeline ${current.timeline}'s history file is not in the archive` };
-  const path_ = stepsFrom(steps, reference, current.timeline);
+  const path_ = stepsFrom(current.history, reference, current.timeline);
   if (typeof path_ === "string") return { kind: "other-history", reason: path_ };
   const first = segmentNumber(reference.startLsn);
   // No record starts before this backup's start in its segment when it is the
@@ -124,7 +114,7 @@ export async function changesSince(
   await forEachParallel(segments, SUMMARY_PARALLELISM, async (segment) => {
     const timeline = timelineOfSegment(path_, segment);
     summaries[segment - first] =
-      segment === last && !startsSegment ? await archive.summarizer.summarizeUpTo(timeline, segment, current.startLsn) : await archive.summarizer.summaryOf(timeline, segment);
+      segment === last && !startsSegment ? await summarizer.summarizeUpTo(timeline, segment, current.startLsn) : await summarizer.summaryOf(timeline, segment);
   });
   const unreadable = summaries.find((summary) => !summary.complete);
   if (unreadable) return { kind: "unavailable", reason: `WAL segment ${unreadable.segment} could not be read: ${unreadable.error ?? "incomplete"}` };

@@ -194,7 +194,14 @@ export class WalSummarizer {
 
   start(): void {
     if (this.timer) return;
-    this.timer = setInterval(() => void this.summarizePending().catch((error: Error) => this.options.logger.warn({ err: error.message }, "WAL summaries not written")), this.options.intervalMs);
+    let running = false;
+    this.timer = setInterval(() => {
+      if (running) return; // a backlog takes longer than a tick: no queue of passes
+      running = true;
+      void this.summarizePending()
+        .catch((error: Error) => this.options.logger.warn({ err: error.message }, "WAL summaries not written"))
+        .finally(() => (running = false));
+    }, this.options.intervalMs);
     this.timer.unref();
   }
 
@@ -261,7 +268,8 @@ export class WalSummarizer {
   async summaryOf(timeline: number, segment: number): Promise<WalSegmentSummary> {
     const name = segmentName(timeline, segment);
     const stored = await this.read(name);
-    if (stored) return stored;
+    // An incomplete one (a final segment pg_waldump could not read) is tried again.
+    if (stored?.complete) return stored;
     const summary = await this.summarize(name, timeline, segment);
     if (summary.complete) await this.store(summary);
     return summary;
@@ -291,24 +299,44 @@ export class WalSummarizer {
     try {
       await symlink(path.join(this.options.walDir, name), path.join(dir, name));
       await symlink(path.join(this.options.walDir, `${next}.partial`), path.join(dir, next));
-      return await this.summarize(name, timeline, segment, segmentStartLsn(segment + 1), dir);
+      return await this.summarize(name, timeline, segment, null, dir);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
   }
 
-  private summarize(name: string, timeline: number, segment: number, endLsn = segmentStartLsn(segment + 1), walDir = this.options.walDir): Promise<WalSegmentSummary> {
+  /**
+   * Runs pg_waldump from the segment's start. Without `endLsn` (a whole
+   * segment): pg_waldump reads on into the next segment, because it drops,
+   * without an error, a record that ends past its --end — the record that
+   * crosses into the next segment would be in no summary. It is stopped at
+   * the first record that starts in the next segment; the summary is
+   * complete only once such a record was seen (every record starting in this
+   * segment was then read whole). With `endLsn` (a record boundary inside
+   * the segment: a backup's start), it reads the records before it.
+   */
+  private summarize(name: string, timeline: number, segment: number, endLsn: string | null = null, walDir = this.options.walDir): Promise<WalSegmentSummary> {
     const builder = new SummaryBuilder();
+    const nextSegmentRecord = endLsn === null ? recordLineOfSegment(segment + 1) : null;
     return new Promise((resolve) => {
       const child = spawn(
         path.join(this.options.pgBinDir, "pg_waldump"),
-        [`--path=${walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn}`],
+        [`--path=${walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn ?? segmentStartLsn(segment + 2)}`],
         { stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C" } },
       );
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+      let reachedNextSegment = false;
       // Whole lines at a time: the tail after a chunk's last line end waits for the next chunk.
       let tail = "";
+      const take = (text: string): void => {
+        if (reachedNextSegment) return;
+        const next = nextSegmentRecord ? nextSegmentRecord.exec(text) : null;
+        if (!next) return builder.addText(text);
+        builder.addText(text.slice(0, text.lastIndexOf("\n", next.index) + 1));
+        reachedNextSegment = true;
+        child.kill();
+      };
       child.stdout.setEncoding("utf8");
       child.stdout.on("data", (chunk: string) => {
         const text = tail + chunk;
@@ -317,15 +345,27 @@ export class WalSummarizer {
           tail = text;
           return;
         }
-        builder.addText(text.slice(0, end + 1));
+        take(text.slice(0, end + 1));
         tail = text.slice(end + 1);
       });
-      child.stdout.on("end", () => tail && builder.addText(tail));
+      child.stdout.on("end", () => tail && take(tail));
       child.on("error", (error) => resolve(builder.build(name, timeline, false, error.message)));
       child.on("close", (code) => {
-        const error = code === 0 ? null : stderr.trim().split("\n").pop() ?? `pg_waldump exited ${code}`;
-        resolve(builder.build(name, timeline, code === 0, error));
+        const complete = endLsn === null ? reachedNextSegment : code === 0;
+        const error = complete ? null : (stderr.trim().split("\n").pop() ?? "") || `pg_waldump stopped (${code}) before the next segment's first record`;
+        resolve(builder.build(name, timeline, complete, error));
       });
     });
   }
+}
+
+/**
+ * Matches pg_waldump's line of a record that starts in `segment` ("lsn:
+ * 0/1E000028,", "lsn: 1/05009818,"): 16 MiB segments, 256 to a 4 GiB
+ * "xlogid"; pg_waldump prints the low half as 8 hex digits.
+ */
+export function recordLineOfSegment(segment: number): RegExp {
+  const high = Math.floor(segment / 256).toString(16).toUpperCase();
+  const top = (segment % 256).toString(16).toUpperCase().padStart(2, "0");
+  return new RegExp(`lsn: ${high}/${top}[0-9A-F]{6},`);
 }

@@ -5,7 +5,7 @@ import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSet
 import { recoveryWindow } from "../../src/backup/recovery-window";
 import { planRetention } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
-import { SummaryBuilder } from "../../src/backup/wal-summary";
+import { recordLineOfSegment, SummaryBuilder } from "../../src/backup/wal-summary";
 import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
 
@@ -249,6 +249,17 @@ describe("WAL segment summaries", () => {
       complete: true,
       error: null,
     });
+  });
+
+  test("the first record of the next segment is recognised in pg_waldump's output (16 MiB segments)", () => {
+    const line = (lsn: string) => `rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: ${lsn}, prev 0/1DFFE900, desc: SWITCH`;
+    expect(recordLineOfSegment(0x1e).test(line("0/1E000028"))).toBe(true);
+    expect(recordLineOfSegment(0x1e).test(line("0/1DFFE900"))).toBe(false);
+    // As pg_waldump 15 prints them: the low half always 8 digits.
+    expect(recordLineOfSegment(0x105).test(line("1/05009818"))).toBe(true);
+    expect(recordLineOfSegment(0x105).test(line("0/05009818"))).toBe(false);
+    expect(recordLineOfSegment(0x100).test(line("1/00000028"))).toBe(true);
+    expect(recordLineOfSegment(0x100).test(line("1/01000028"))).toBe(false);
   });
 
   test("segment start LSNs", () => {
