@@ -157,11 +157,13 @@ describe("full backup and point-in-time restore", () => {
   });
 
   test("the segment summaries together hold every block the WAL touched, also those of records that cross from one segment into the next", async () => {
-    // Several segments of full-page images (every page of a fresh table, hint bits set by a scan): records straddle the boundaries.
+    // Several segments of full-page images, one record per page: the first
+    // scan after a checkpoint sets every page's hint bits, which with data
+    // checksums logs each page once. Some record straddles each boundary.
     await sql(primary(), "CREATE TABLE straddled AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 150000) g");
     await sql(primary(), "CHECKPOINT");
     const [{ first }] = await sql<{ first: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS first");
-    await sql(primary(), "UPDATE straddled SET id = id WHERE id % 3 = 0");
+    await sql(primary(), "SELECT count(*) FROM straddled");
     const [{ last }] = await sql<{ last: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS last");
     await sql(primary(), "SELECT pg_switch_wal()");
     await sql(primary(), "CREATE TABLE nudge2 ()");
