@@ -253,7 +253,7 @@ export class WalSummarizer {
       // A segment whose successor the archiver is still receiving: its last
       // record may end in that successor, read from what has arrived of it;
       // stored only if that record is all there (else the next pass tries again).
-      const summary = final ? await this.summarize(entry.name, entry.timeline, entry.segment) : await this.summarizeBeforeSuccessor(entry.name, next, entry.timeline, entry.segment);
+      const summary = await this.summarizeWhole(entry.timeline, entry.segment, names);
       if (!final && !summary.complete) continue;
       await this.store(summary);
       written.push(entry.name);
@@ -270,9 +270,27 @@ export class WalSummarizer {
     const stored = await this.read(name);
     // An incomplete one (a final segment pg_waldump could not read) is tried again.
     if (stored?.complete) return stored;
-    const summary = await this.summarize(name, timeline, segment);
+    const summary = await this.summarizeWhole(timeline, segment, await readdir(this.options.walDir).catch(() => [] as string[]));
     if (summary.complete) await this.store(summary);
     return summary;
+  }
+
+  /**
+   * A whole segment, read on into its successor: its own timeline's, else
+   * what the archiver is still receiving of it (.partial), else a later
+   * timeline's (which holds the same records up to the branch: the old
+   * timeline's copy of the segment the branch falls in is set aside).
+   */
+  private async summarizeWhole(timeline: number, segment: number, names: readonly string[]): Promise<WalSegmentSummary> {
+    const name = segmentName(timeline, segment);
+    const next = segmentName(timeline, segment + 1);
+    if (names.includes(next)) return this.summarize(name, timeline, segment);
+    const later = names
+      .map((file) => ({ file, parsed: parseSegmentName(file) }))
+      .filter(({ parsed }) => parsed && parsed.segment === segment + 1 && parsed.timeline > timeline)
+      .sort((a, b) => a.parsed!.timeline - b.parsed!.timeline)[0]?.file;
+    const successor = names.includes(`${next}.partial`) ? `${next}.partial` : later;
+    return successor ? this.summarizeBeforeSuccessor(name, next, successor, timeline, segment) : this.summarize(name, timeline, segment);
   }
 
   /** Written whole or not at all; a concurrent writer of the same summary (another pass, a backup) writes the same content. */
@@ -292,13 +310,13 @@ export class WalSummarizer {
     return this.summarize(segmentName(timeline, segment), timeline, segment, endLsn);
   }
 
-  /** pg_waldump reads segments by name from one directory: the segment and the successor's .partial, linked under their names. */
-  private async summarizeBeforeSuccessor(name: string, next: string, timeline: number, segment: number): Promise<WalSegmentSummary> {
+  /** pg_waldump reads segments by name from one directory: the segment, and `successor` linked under the next segment's name. */
+  private async summarizeBeforeSuccessor(name: string, next: string, successor: string, timeline: number, segment: number): Promise<WalSegmentSummary> {
     const dir = path.join(this.options.summaryDir, `.receiving-${process.pid}-${randomBytes(4).toString("hex")}`);
     await mkdir(dir, { mode: 0o700 });
     try {
       await symlink(path.join(this.options.walDir, name), path.join(dir, name));
-      await symlink(path.join(this.options.walDir, `${next}.partial`), path.join(dir, next));
+      await symlink(path.join(this.options.walDir, successor), path.join(dir, next));
       return await this.summarize(name, timeline, segment, null, dir);
     } finally {
       await rm(dir, { recursive: true, force: true });
