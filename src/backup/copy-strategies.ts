@@ -1,3 +1,4 @@
+import { ErrorCode, RelevoError } from "../errors";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 import { BUNDLE_FILE_LIMIT, type BundleWriter } from "./bundle-writer";
 import { pageLsn, type FilePlan } from "./change-plan";
@@ -79,8 +80,12 @@ async function copyScanned(target: CopyTarget, file: FileEntry, sinceLsn: number
   const kept: Array<[number, number]> = [];
   const fileBlocks = Math.floor(file.size / BLOCK_SIZE);
   let block = 0;
+  let ragged = false;
   const stored = await store(target, file, Number.MAX_SAFE_INTEGER, (consume) =>
     target.driver.readChunks(target.source, file.path, CHUNKS, async (chunk) => {
+      // Block numbers count whole pages from the start: a short read may only be the last.
+      if (ragged) throw new RelevoError(ErrorCode.Internal, `${file.path}: a short read in the middle of the file; its pages cannot be numbered`);
+      if (chunk.length % BLOCK_SIZE !== 0) ragged = true;
       const changed = Buffer.allocUnsafe(chunk.length);
       let length = 0;
       for (let at = 0; at + BLOCK_SIZE <= chunk.length && block < fileBlocks; at += BLOCK_SIZE, block += 1) {

@@ -208,7 +208,9 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
     // No fsync per file: PostgreSQL syncs the data directory before it starts recovery (backup_label present).
     await deps.driver.writeStream(target, file.entry.path, content, { durable: false });
   } catch (error) {
-    throw error instanceof RelevoError ? error : damaged(file.base.manifest, file.entry, (error as Error).message);
+    // Named after the newest backup whose content the file needs (the message says which part failed).
+    const restored = file.layers.length > 0 ? file.layers[file.layers.length - 1]!.manifest : file.base.manifest;
+    throw error instanceof RelevoError ? error : damaged(restored, file.entry, (error as Error).message);
   }
   for (const check of checks) check();
 }
