@@ -17,16 +17,7 @@ export class ByteReader {
   async copy(target: Buffer | null, at: number, length: number): Promise<number> {
     let done = 0;
     while (done < length) {
-      if (this.current.length === 0) {
-        if (this.ended) break;
-        const next = await this.iterator.next();
-        if (next.done) {
-          this.ended = true;
-          break;
-        }
-        this.current = next.value;
-        continue;
-      }
+      if (this.current.length === 0 && !(await this.pull())) break;
       const take = Math.min(length - done, this.current.length);
       if (target) this.current.copy(target, at + done, 0, take);
       this.current = this.current.subarray(take);
@@ -40,11 +31,7 @@ export class ByteReader {
    * holds them all (valid until the next read); null otherwise, nothing read.
    */
   async view(length: number): Promise<Buffer | null> {
-    if (this.current.length === 0 && !this.ended) {
-      const next = await this.iterator.next();
-      if (next.done) this.ended = true;
-      else this.current = next.value;
-    }
+    if (this.current.length === 0) await this.pull();
     if (this.current.length < length) return null;
     const view = this.current.subarray(0, length);
     this.current = this.current.subarray(length);
@@ -61,16 +48,24 @@ export class ByteReader {
 
   /** Reads to the end (so that checksums over the whole source complete); the bytes that were left. */
   async drain(): Promise<number> {
-    let left = this.current.length;
-    this.current = Buffer.alloc(0);
-    if (this.ended) return left;
-    for (;;) {
-      const next = await this.iterator.next();
-      if (next.done) break;
-      left += next.value.length;
-    }
-    this.ended = true;
+    let left = 0;
+    do {
+      left += this.current.length;
+      this.current = Buffer.alloc(0);
+    } while (await this.pull());
     return left;
+  }
+
+  /** The source's next chunk as the current one; false at its end. */
+  private async pull(): Promise<boolean> {
+    if (this.ended) return false;
+    const next = await this.iterator.next();
+    if (next.done) {
+      this.ended = true;
+      return false;
+    }
+    this.current = next.value;
+    return true;
   }
 }
 

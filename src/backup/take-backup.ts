@@ -4,6 +4,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 import { lsnToNumber } from "../cluster/topology";
+import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
 import { BundleWriter } from "./bundle-writer";
 import { planFile, type ChangeSet, type FilePlan } from "./change-plan";
 import { forEachParallel, syncFileSystem } from "./copy-file";
@@ -122,7 +123,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       await session.query<{ system_identifier: string; version: string; in_recovery: boolean; timeline: number }>(
         `SELECT system_identifier::text, current_setting('server_version') AS version, pg_is_in_recovery() AS in_recovery,
                 CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
-                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline
+                     ELSE ${CURRENT_TIMELINE_SQL} END AS timeline
            FROM pg_control_system()`,
       )
     ).rows[0]!;

@@ -11,6 +11,7 @@ import type { Repository } from "./repository";
 import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";
 import { serverHistory, type TimelineStep } from "./wal-changes";
 import { lsnToNumber } from "../cluster/topology";
+import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
 import { mkdir, readdir, rename } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
 
@@ -172,7 +173,7 @@ export class WalArchiver {
     let history: TimelineStep[];
     try {
       history = await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, async (client) => {
-        const timeline = (await client.query<{ timeline: number }>("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline")).rows[0]!.timeline;
+        const timeline = (await client.query<{ timeline: number }>(`SELECT ${CURRENT_TIMELINE_SQL} AS timeline`)).rows[0]!.timeline;
         return serverHistory(client, timeline);
       });
     } catch (error) {

@@ -4,7 +4,7 @@ import { forEachParallel } from "./copy-file";
 import { lsnToNumber } from "../cluster/topology";
 import { mergeSummaries, type ChangeSet } from "./change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
-import { SEGMENT_SIZE, segmentNumber } from "./wal-names";
+import { historyFileName, SEGMENT_SIZE, segmentNumber } from "./wal-names";
 
 /** One timeline of a history, and the LSN its successor branched off at (null: the newest). */
 export interface TimelineStep {
@@ -82,7 +82,7 @@ export function referenceOnHistory(reference: { id: string; timeline: number; st
 /** The history of `timeline` as the server holds it (pg_wal/<timeline>.history; superuser). */
 export async function serverHistory(client: Pick<Client, "query">, timeline: number): Promise<TimelineStep[]> {
   if (timeline === 1) return timelinePath(1, null);
-  const file = `pg_wal/${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`;
+  const file = `pg_wal/${historyFileName(timeline)}`;
   return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
 }
 

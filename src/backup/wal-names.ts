@@ -8,8 +8,14 @@ export function segmentNumber(lsn: string): number {
   return Math.floor(lsnToNumber(lsn) / SEGMENT_SIZE);
 }
 
+const hex = (value: number): string => value.toString(16).toUpperCase().padStart(8, "0");
+
+/** A timeline's history file, as PostgreSQL names it ("00000002.history"). */
+export function historyFileName(timeline: number): string {
+  return `${hex(timeline)}.history`;
+}
+
 export function segmentName(timeline: number, segment: number): string {
-  const hex = (value: number) => value.toString(16).toUpperCase().padStart(8, "0");
   return `${hex(timeline)}${hex(Math.floor(segment / SEGMENTS_PER_XLOGID))}${hex(segment % SEGMENTS_PER_XLOGID)}`;
 }
 

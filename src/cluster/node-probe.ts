@@ -5,11 +5,16 @@ import type { NodeProbe, SlotStatus } from "./topology";
 
 const ROLE_SQL = `SELECT pg_is_in_recovery() AS in_recovery, current_setting('server_version') AS version`;
 
-// Timeline of the WAL being written: the checkpoint's timeline lags behind a
-// promotion until the next checkpoint, the current WAL file name does not.
+/**
+ * Timeline of the WAL being written (a primary's): the checkpoint's timeline
+ * lags behind a promotion until the next checkpoint, the current WAL file
+ * name does not.
+ */
+export const CURRENT_TIMELINE_SQL = `('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int`;
+
 const PRIMARY_SQL = `
 SELECT pg_current_wal_lsn()::text AS current_lsn,
-       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline`;
+       ${CURRENT_TIMELINE_SQL} AS timeline`;
 
 const SENDERS_SQL = `
 SELECT application_name, state, sync_state,
