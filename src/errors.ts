@@ -20,6 +20,8 @@ export enum ErrorCode {
   ServiceUnavailable = "SERVICE_UNAVAILABLE",
   PreconditionFailed = "PRECONDITION_FAILED",
   BackupInProgress = "BACKUP_IN_PROGRESS",
+  OperationInProgress = "OPERATION_IN_PROGRESS",
+  NoEligibleReplica = "NO_ELIGIBLE_REPLICA",
   NotImplemented = "NOT_IMPLEMENTED",
   Internal = "INTERNAL",
 }
@@ -71,6 +73,7 @@ export function exitCodeFor(error: unknown): number {
       return 64; // EX_USAGE
     case ErrorCode.ServiceUnavailable:
     case ErrorCode.BackupInProgress:
+    case ErrorCode.OperationInProgress:
       return 75; // EX_TEMPFAIL
     default:
       return 1;

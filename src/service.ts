@@ -36,6 +36,10 @@ import os from "node:os";
 import { LeaderRole, RedisLease } from "./redis/redis-lease";
 import path from "node:path";
 import { projectRoot } from "./util/project-root";
+import { ClusterStateStore } from "./failover/cluster-state";
+import { OperationJournal } from "./failover/operation-journal";
+import { FailoverOperations } from "./failover/operations";
+import { FailoverService, leaseKeyOf } from "./failover/failover-service";
 
 export interface RelevoService {
   readonly apiUrl: string;
@@ -55,6 +59,7 @@ export interface RelevoService {
   readonly backups: BackupService;
   readonly scheduler: BackupScheduler;
   readonly archiveMonitor: ArchiveMonitor;
+  readonly failover: FailoverService;
   readonly outcomes: readonly NodeBootstrapOutcome[];
   /** Stops the API, the collector, the consolidator and (unless told) Redis and every node. */
   stop(options?: { reason?: string; keepNodes?: boolean; keepRedis?: boolean }): Promise<void>;
@@ -114,10 +119,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
     const repository = new Repository(config.repository, pgIdentity);
     await repository.ensure();
-    const outcomes = await bootstrapCluster(
-      { config, driver, secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }) },
-      nodes,
-    );
+    const bootstrapDeps = { config, driver, secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }) };
+    const outcomes = await bootstrapCluster(bootstrapDeps, nodes);
     for (const outcome of outcomes) {
       const event = outcomeEvent(outcome);
       if (event) await events.emit(event);
@@ -237,6 +240,39 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     await scheduler.start();
     cleanups.push(() => scheduler.stop());
 
+    const store = new ClusterStateStore(redis, `${keys.prefix}:cluster-state`);
+    const journal = new OperationJournal(redis, keys.prefix, config.leaseTtlMs, instanceId, logger);
+    const operations = new FailoverOperations({
+      config,
+      nodes,
+      driver,
+      secrets,
+      superuser,
+      redis,
+      keyPrefix: keys.prefix,
+      store,
+      journal,
+      events,
+      logger,
+      bootstrap: bootstrapDeps,
+      refreshTopology: () => collector.pollNow(),
+    });
+    const failover = new FailoverService({
+      redis,
+      keyPrefix: keys.prefix,
+      nodes,
+      store,
+      journal,
+      operations,
+      events,
+      logger,
+      lease: new RedisLease(redis, leaseKeyOf(keys.prefix), config.leaseTtlMs, instanceId),
+      leaseTtlMs: config.leaseTtlMs,
+      monitor: { config, driver, superuser, topology: () => collector.latest },
+    });
+    failover.start();
+    cleanups.push(() => failover.stop());
+
     const consolidator = new Consolidator(blockingRedis, keys, database, logger);
     consolidator.start();
     cleanups.push(() => consolidator.stop());
@@ -244,7 +280,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const topology = new TopologyReader(redis, invalidationRedis, keys, logger);
     await topology.start();
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes, scheduler },
+      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes, scheduler, failover },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );
@@ -276,6 +312,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       backups,
       scheduler,
       archiveMonitor,
+      failover,
       outcomes,
       stop: (options = {}) => {
         stopping ??= (async () => {
@@ -333,6 +370,8 @@ function outcomeEvent(outcome: NodeBootstrapOutcome): EventDraft | null {
       return { kind: "node:started", severity: "info", node, message: `${node} started`, data: {} };
     case "already-running":
       return null;
+    case "fenced":
+      return { kind: "node:fenced", severity: "warning", node, message: `${node} is fenced: left stopped until it rejoins as a replica`, data: { method: "already-stopped", reason: "fenced before this start" } };
     default:
       throw new UnreachableCaseError(outcome);
   }

@@ -1,5 +1,6 @@
 import type Redis from "ioredis";
 import type { BackupService } from "../backup/backup-service";
+import type { FailoverService } from "../failover/failover-service";
 import type { NodeRef } from "../nodes/node-driver";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { TopologyCollector } from "../cluster/topology-collector";
@@ -21,6 +22,7 @@ export interface ApiServices {
   readonly backups: BackupService;
   readonly nodes: readonly NodeRef[];
   readonly scheduler: BackupScheduler;
+  readonly failover: FailoverService;
 }
 
 /** Per request (or per WebSocket connection). */

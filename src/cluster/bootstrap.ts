@@ -7,6 +7,7 @@ import type { Secrets } from "../secrets/secrets-store";
 import { withNodeClient, type Credentials } from "./node-connection";
 import {
   APP_DATABASE,
+  FENCE_MARKER,
   INCLUDE_LINE,
   MANAGED_CONF,
   MARKER_FILE,
@@ -25,7 +26,14 @@ import { sleep } from "../util/sleep";
 
 export type BootstrapConfig = Pick<
   RelevoConfig,
-  "clusterName" | "maxSlotWalKeepSize" | "startTimeoutMs" | "nodeTimeoutMs" | "primaryPort" | "replicaPort"
+  | "clusterName"
+  | "maxSlotWalKeepSize"
+  | "startTimeoutMs"
+  | "nodeTimeoutMs"
+  | "primaryPort"
+  | "replicaPort"
+  | "failoverCheckIntervalMs"
+  | "failoverFailureThreshold"
 >;
 
 export interface BootstrapDeps {
@@ -46,7 +54,8 @@ export type NodeBootstrapOutcome =
   | { readonly phase: "initialized"; readonly node: NodeRef }
   | { readonly phase: "seeded"; readonly node: NodeRef; readonly upstream: string; readonly from: "primary" | "repository" }
   | { readonly phase: "started"; readonly node: NodeRef }
-  | { readonly phase: "already-running"; readonly node: NodeRef };
+  | { readonly phase: "already-running"; readonly node: NodeRef }
+  | { readonly phase: "fenced"; readonly node: NodeRef };
 
 export function superuserCredentials(secrets: Secrets, database = "postgres"): Credentials {
   return { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database };
@@ -123,6 +132,9 @@ async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBo
     );
   }
   const state = await driver.state(node);
+  // A fenced node stays down until it is rejoined as a replica (rewound
+  // first): started as it is, it would be a second primary.
+  if ((await driver.readFile(node, FENCE_MARKER)) !== null) return { phase: "fenced", node };
   if (state.phase === "running" || state.phase === "paused") {
     if (state.phase === "paused") await driver.resume(node);
     return { phase: "already-running", node };
@@ -170,7 +182,7 @@ async function initializePrimary(deps: BootstrapDeps, node: NodeRef): Promise<No
   return { phase: "initialized", node };
 }
 
-async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
+export async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
   const { driver, secrets, logger, config } = deps;
   const slot = slotNameFor(node);
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));
@@ -221,12 +233,12 @@ async function copyFromPrimary(deps: BootstrapDeps, node: NodeRef, primary: Node
   );
 }
 
-async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+export async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {
   await deps.driver.writeFile(node, MANAGED_CONF, managedConf(deps.config, node));
   await deps.driver.writeFile(node, "pg_hba.conf", managedHba(hbaNetworkFor(node.host)));
 }
 
-async function writeMarker(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+export async function writeMarker(deps: BootstrapDeps, node: NodeRef): Promise<void> {
   const marker: NodeMarker = { cluster: deps.config.clusterName, node: node.name, createdAt: new Date().toISOString() };
   await deps.driver.writeFile(node, MARKER_FILE, JSON.stringify(marker, null, 2) + "\n");
 }
@@ -291,14 +303,14 @@ async function createRoles(client: Client, secrets: Secrets): Promise<void> {
   }
 }
 
-async function ensureSlot(client: Client, slot: string): Promise<void> {
+export async function ensureSlot(client: Client, slot: string): Promise<void> {
   await client.query(
     `SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
     [slot],
   );
 }
 
-async function waitForStreaming(deps: BootstrapDeps, node: NodeRef): Promise<void> {
+export async function waitForStreaming(deps: Pick<BootstrapDeps, "config" | "secrets">, node: NodeRef): Promise<void> {
   const deadline = Date.now() + deps.config.startTimeoutMs;
   let last = "not connected";
   while (Date.now() < deadline) {

@@ -10,6 +10,8 @@ export const APP_DATABASE = "relevo";
 
 export const MANAGED_CONF = "relevo.conf";
 export const MARKER_FILE = "relevo.node.json";
+/** Present while a node is fenced: Relevo does not start it as it is, only rejoins it as a replica. */
+export const FENCE_MARKER = "relevo.fenced.json";
 
 export interface NodeMarker {
   readonly cluster: string;
@@ -22,7 +24,14 @@ export interface NodeMarker {
  * rewritten at every start (so a changed port takes effect). pg_basebackup
  * copies the file to replicas; each node then gets its own.
  */
-export function managedConf(config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize">, node: NodeRef): string {
+export function managedConf(
+  config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize"> & Partial<Pick<RelevoConfig, "failoverCheckIntervalMs" | "failoverFailureThreshold">>,
+  node: NodeRef,
+): string {
+  // A replica must lose a hung primary within the failover detection window:
+  // its WAL receiver asks for a reply after half the timeout of silence and
+  // gives up after the whole of it.
+  const detectionWindowMs = Math.max(2000, (config.failoverCheckIntervalMs ?? 1000) * (config.failoverFailureThreshold ?? 3));
   return [
     "# Managed by Relevo and rewritten at every start: put your own settings in",
     "# postgresql.conf (before the include) or use ALTER SYSTEM.",
@@ -45,9 +54,11 @@ export function managedConf(config: Pick<RelevoConfig, "clusterName" | "maxSlotW
     // pg_rewind needs either data checksums (initdb --data-checksums) or
     // wal_log_hints; checksums are on, hints make rewinds safe regardless.
     "wal_log_hints = on",
-    "wal_sender_timeout = '10s'",
-    "wal_receiver_timeout = '10s'",
+    `wal_sender_timeout = '${detectionWindowMs}ms'`,
+    `wal_receiver_timeout = '${detectionWindowMs}ms'`,
     "wal_receiver_status_interval = '1s'",
+    // A repointed or restarted standby tries its primary again quickly.
+    "wal_retrieve_retry_interval = '1s'",
     "logging_collector = off",
     "log_line_prefix = '%m [%p] %q%u@%d '",
     "",

@@ -8,6 +8,7 @@ import { z } from "zod";
  */
 const port = z.coerce.number().int().min(1).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+const booleanFlag = z.enum(["true", "false", "1", "0", "on", "off", "yes", "no"]).transform((value) => ["true", "1", "on", "yes"].includes(value));
 const cronOrOff = z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off");
 
 export const configKeys = {
@@ -244,6 +245,54 @@ export const configKeys = {
     default: "120000",
     schema: z.coerce.number().int().min(1000),
     doc: "How long a backup waits for its WAL to reach the archive before it fails (ms).",
+  },
+  synchronous: {
+    env: "RELEVO_SYNCHRONOUS",
+    default: "true",
+    schema: booleanFlag,
+    doc: "Durability mode. `true`: every commit waits until all in-sync replicas have it, so an automatic failover loses no acknowledged commit (a replica that stops answering is dropped from the set within the detection window and is not promoted until it has caught up). `false`: asynchronous; automatic promotion only within RELEVO_FAILOVER_MAXIMUM_LAG_BYTES, and the loss is reported.",
+  },
+  failoverCheckIntervalMs: {
+    env: "RELEVO_FAILOVER_CHECK_INTERVAL_MS",
+    default: "1000",
+    schema: z.coerce.number().int().min(100).max(60000),
+    doc: "How often the failover monitor checks the primary (ms); each check has this long to answer.",
+  },
+  failoverFailureThreshold: {
+    env: "RELEVO_FAILOVER_FAILURE_THRESHOLD",
+    default: "3",
+    schema: z.coerce.number().int().min(1).max(100),
+    doc: "Consecutive failed checks before the primary counts as failed; with the interval this is the detection window (replicas must have lost the primary too).",
+  },
+  failoverMaximumLagBytes: {
+    env: "RELEVO_FAILOVER_MAXIMUM_LAG_BYTES",
+    default: "1048576",
+    schema: z.coerce.number().int().min(0),
+    doc: "Asynchronous mode: a replica is promoted automatically only if its last known lag was under this many bytes (a forced failover ignores it).",
+  },
+  preferredPrimary: {
+    env: "RELEVO_PREFERRED_PRIMARY",
+    default: "node1",
+    schema: z.string().regex(/^node[1-9]$/, "a node name: node1 … node9"),
+    doc: "The node `failback` returns the primary role to.",
+  },
+  autoFailback: {
+    env: "RELEVO_AUTO_FAILBACK",
+    default: "false",
+    schema: booleanFlag,
+    doc: "Fail back automatically once the preferred primary has been a streaming, caught-up replica for RELEVO_AUTO_FAILBACK_AFTER_MS.",
+  },
+  autoFailbackAfterMs: {
+    env: "RELEVO_AUTO_FAILBACK_AFTER_MS",
+    default: "60000",
+    schema: z.coerce.number().int().min(0),
+    doc: "How long the preferred primary must have been healthy and in sync before an automatic failback (ms).",
+  },
+  autoRejoin: {
+    env: "RELEVO_AUTO_REJOIN",
+    default: "true",
+    schema: booleanFlag,
+    doc: "Rejoin a fenced node as a replica of the new primary (pg_rewind, else re-seed) as soon as its storage is reachable; `false` leaves it fenced until `rejoinNode`.",
   },
   logLevel: {
     env: "RELEVO_LOG_LEVEL",

@@ -28,6 +28,40 @@ export interface EventMap {
   "backup:cataloged": BackupRecord;
   "schedule:skipped": { name: string; reason: string };
   "schedule:failed": { name: string; error: string; attempt: number; retryInMs: number | null };
+  "failover:detected": FailoverRecord;
+  "failover:fenced": FailoverRecord;
+  "failover:promoting": FailoverRecord;
+  "failover:promoted": FailoverRecord;
+  "failover:completed": FailoverRecord;
+  "failover:failed": FailoverRecord;
+  "node:fenced": { method: string; reason: string };
+  "node:rejoined": { method: "rewind" | "reseed" | "restart"; upstream: string; durationMs: number };
+  "node:rejoin-failed": { error: string };
+  "cluster:split-brain": { writable: string[]; recordedPrimary: string };
+  "cluster:maintenance": { enabled: boolean };
+  "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
+}
+
+/**
+ * A change of primary (failover, switchover, failback) as the catalog keeps
+ * it: carried by every failover event so that the consolidator can upsert it.
+ */
+export interface FailoverRecord {
+  id: string;
+  kind: "failover" | "switchover" | "failback";
+  trigger: "automatic" | "manual";
+  from: string;
+  to: string | null;
+  status: "running" | "completed" | "failed";
+  reason: string;
+  error: string | null;
+  /** Bytes of WAL the old primary had written that the promoted node never received (asynchronous mode); null when unknown. */
+  lostBytes: number | null;
+  startedAt: string;
+  fencedAt: string | null;
+  promotedAt: string | null;
+  finishedAt: string | null;
+  durationMs: number | null;
 }
 
 /** What the catalog keeps of a backup; carried by every backup event so that the consolidator can upsert it. */
@@ -99,4 +133,16 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:cataloged",
   "schedule:skipped",
   "schedule:failed",
+  "failover:detected",
+  "failover:fenced",
+  "failover:promoting",
+  "failover:promoted",
+  "failover:completed",
+  "failover:failed",
+  "node:fenced",
+  "node:rejoined",
+  "node:rejoin-failed",
+  "cluster:split-brain",
+  "cluster:maintenance",
+  "replication:sync-changed",
 ];

@@ -1,0 +1,307 @@
+import type Redis from "ioredis";
+import type { Credentials } from "../cluster/node-connection";
+import { lsnToNumber, type ClusterSnapshot } from "../cluster/topology";
+import type { RelevoConfig } from "../config/config";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import { withNodeClient } from "../cluster/node-connection";
+import { ClusterStateStore, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
+import { fenceNode } from "./fencing";
+import type { OperationJournal } from "./operation-journal";
+import type { FailoverOperations } from "./operations";
+import { PrimaryChecker, replicaLostPrimary, type PrimaryCheck } from "./primary-check";
+import { setSynchronousStandbys, synchronousStandbyNames } from "./replication-config";
+
+export type MonitorConfig = Pick<
+  RelevoConfig,
+  | "synchronous"
+  | "failoverCheckIntervalMs"
+  | "failoverFailureThreshold"
+  | "failoverMaximumLagBytes"
+  | "preferredPrimary"
+  | "autoFailback"
+  | "autoFailbackAfterMs"
+  | "autoRejoin"
+  | "nodeTimeoutMs"
+>;
+
+export interface FailoverMonitorDeps {
+  readonly config: MonitorConfig;
+  readonly nodes: readonly NodeRef[];
+  readonly driver: NodeDriver;
+  readonly superuser: Credentials;
+  readonly redis: Redis;
+  readonly maintenanceKey: string;
+  readonly store: ClusterStateStore;
+  readonly journal: OperationJournal;
+  readonly operations: FailoverOperations;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly topology: () => ClusterSnapshot | null;
+  /** The monitor's lease, for guarded writes of the cluster state. */
+  readonly guard: () => StateGuard | null;
+}
+
+/** A standby joins the synchronous set once it is at most this far behind. */
+const JOIN_LAG_BYTES = 16 * 1024 * 1024;
+/** After a failed automatic operation, the same one is not tried again for this long. */
+const RETRY_AFTER_MS = 30000;
+
+/**
+ * Watches the primary from the one instance holding the failover lease:
+ * counts failed checks, confirms a failure with the replicas (a blip between
+ * Relevo and the primary alone is not a failure), keeps the synchronous
+ * standby set to the replicas that are streaming (so a dead replica does not
+ * stall commits, and one that left is not promoted until it caught up again),
+ * fences any second writable node, rejoins fenced nodes and fails back when
+ * told to. Operations run detached: checks go on meanwhile.
+ */
+export class FailoverMonitor {
+  private timer: NodeJS.Timeout | null = null;
+  private running = false;
+  private ticking: Promise<void> = Promise.resolve();
+  private failures = 0;
+  private lastPrimaryLsn: string | null = null;
+  private readonly checker: PrimaryChecker;
+  private readonly retryAfter = new Map<string, number>();
+  private preferredInSyncSince: number | null = null;
+
+  constructor(private readonly deps: FailoverMonitorDeps) {
+    this.checker = new PrimaryChecker(deps.superuser, deps.config.failoverCheckIntervalMs);
+  }
+
+  get detectionWindowMs(): number {
+    return this.deps.config.failoverCheckIntervalMs * this.deps.config.failoverFailureThreshold;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.failures = 0;
+    const loop = (): void => {
+      if (!this.running) return;
+      const started = Date.now();
+      this.ticking = this.tick()
+        .catch((error: Error) => this.deps.logger.warn({ err: error.message }, "failover monitor check failed"))
+        .finally(() => {
+          if (this.running) this.timer = setTimeout(loop, Math.max(0, this.deps.config.failoverCheckIntervalMs - (Date.now() - started)));
+        });
+    };
+    loop();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.ticking;
+    this.checker.close();
+  }
+
+  private async tick(): Promise<void> {
+    const guard = this.deps.guard();
+    if (!guard) return;
+    const adopted = await this.deps.journal.adoptAbandoned();
+    if (adopted) {
+      void this.deps.operations.resume(adopted);
+      return;
+    }
+    let state = await this.deps.store.read();
+    if (!state) {
+      const primary = this.deps.topology()?.primary;
+      if (!primary) return;
+      state = await this.deps.store.update(guard, (current) => current ?? initialState(primary));
+    }
+    const primary = this.deps.nodes.find((node) => node.name === state!.primary);
+    if (!primary) return;
+    if (this.deps.operations.busy || (await this.deps.journal.current()) !== null) {
+      // An operation is changing the primary: its checks are its own.
+      this.failures = 0;
+      return;
+    }
+    const check = await this.checker.check(primary);
+    const maintenance = (await this.deps.redis.get(this.deps.maintenanceKey)) === "1";
+    if (check.ok) {
+      if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
+      this.failures = 0;
+      this.lastPrimaryLsn = check.lsn;
+      await this.keepSynchronousSet(state, primary, check, guard);
+      await this.fenceSecondPrimaries(state, guard);
+      if (!maintenance) await this.rejoinFenced(state);
+      if (!maintenance) await this.failBackWhenDue(state, check);
+      return;
+    }
+    this.failures += 1;
+    this.deps.logger.warn({ node: primary.name, failures: this.failures, err: check.error }, "primary check failed");
+    if (this.failures < this.deps.config.failoverFailureThreshold || maintenance) return;
+    if (!(await this.replicasLostPrimary(state, primary))) return;
+    if (this.coolingDown(`failover:${primary.name}`)) return;
+    const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
+    this.failures = 0;
+    void this.deps.operations
+      .failover({ trigger: "automatic", reason, lastPrimaryLsn: this.lastPrimaryLsn })
+      .catch((error: Error) => {
+        this.retryAfter.set(`failover:${primary.name}`, Date.now() + RETRY_AFTER_MS);
+        this.deps.logger.error({ err: error.message }, "automatic failover did not happen");
+      });
+  }
+
+  /** The replicas that answer agree the primary is gone (at least one answers, none still streams from it). */
+  private async replicasLostPrimary(state: ClusterState, primary: NodeRef): Promise<boolean> {
+    const replicas = this.deps.nodes.filter((node) => node.name !== primary.name && !state.fenced.includes(node.name));
+    const views = await Promise.all(
+      replicas.map((replica) => replicaLostPrimary(replica, primary, this.deps.superuser, this.detectionWindowMs, this.deps.config.failoverCheckIntervalMs)),
+    );
+    const answered = views.filter((view): view is boolean => view !== null);
+    if (answered.length === 0) {
+      this.deps.logger.warn({ node: primary.name }, "primary unreachable, and so is every replica: no failover (nothing to promote)");
+      return false;
+    }
+    if (answered.some((lost) => !lost)) {
+      this.deps.logger.warn({ node: primary.name }, "primary unreachable from Relevo but a replica still streams from it: no failover");
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Synchronous mode: every commit waits for all standbys of the set. A
+   * standby that stopped streaming leaves the set (first its eligibility, in
+   * the recorded state, then the primary's setting, so no commit is ever
+   * acknowledged without it while it still counts as eligible); a streaming
+   * standby close enough joins it and becomes eligible once it has flushed
+   * what the primary had written when it joined. Asynchronous mode: no set.
+   */
+  private async keepSynchronousSet(state: ClusterState, primary: NodeRef, check: Extract<PrimaryCheck, { ok: true }>, guard: StateGuard): Promise<void> {
+    const known = new Set(this.deps.nodes.map((node) => node.name));
+    const streaming = new Map(check.standbys.filter((s) => s.state === "streaming" && known.has(s.name) && !state.fenced.includes(s.name)).map((s) => [s.name, s]));
+    let desired: string[] = [];
+    if (this.deps.config.synchronous) {
+      const keep = state.syncSet.filter((name) => streaming.has(name));
+      const joining = [...streaming.values()]
+        .filter((s) => !keep.includes(s.name) && s.flushLsn !== null && lsnToNumber(check.lsn) - lsnToNumber(s.flushLsn) <= JOIN_LAG_BYTES)
+        .map((s) => s.name);
+      desired = [...keep, ...joining].sort();
+    }
+    const removed = state.syncSet.filter((name) => !desired.includes(name));
+    const added = desired.filter((name) => !state.syncSet.includes(name));
+    if (removed.length > 0) {
+      state = await this.deps.store.update(guard, (current) => {
+        const base = current ?? state;
+        let eligible = base.eligible;
+        const joining = { ...base.joining };
+        for (const name of removed) {
+          eligible = without(eligible, name);
+          delete joining[name];
+        }
+        return { ...base, eligible, joining };
+      });
+    }
+    const wanted = synchronousStandbyNames(desired);
+    if (check.synchronousStandbyNames !== wanted) {
+      await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => setSynchronousStandbys(client, desired));
+    }
+    if (removed.length > 0 || added.length > 0) {
+      const joinLsn = added.length > 0 ? await this.currentLsn(primary) : null;
+      state = await this.deps.store.update(guard, (current) => {
+        const base = current ?? state;
+        const joining = { ...base.joining };
+        for (const name of added) joining[name] = joinLsn ?? check.lsn;
+        return { ...base, syncSet: desired, joining };
+      });
+      await this.deps.events.emit({
+        kind: "replication:sync-changed",
+        severity: removed.length > 0 ? "warning" : "info",
+        node: primary.name,
+        message:
+          desired.length === 0
+            ? `commits no longer wait for a standby${removed.length > 0 ? ` (${removed.join(", ")} stopped streaming and may not be promoted until it caught up)` : ""}`
+            : `commits wait for ${desired.join(", ")}${removed.length > 0 ? `; ${removed.join(", ")} left the set` : ""}`,
+        data: { standbys: desired, added, removed },
+      });
+    }
+    // Joined standbys become eligible once they flushed what the primary had when they joined.
+    const caughtUp = Object.entries(state.joining).filter(([name, lsn]) => {
+      const seen = streaming.get(name);
+      return seen?.flushLsn != null && lsnToNumber(seen.flushLsn) >= lsnToNumber(lsn);
+    });
+    if (caughtUp.length > 0) {
+      await this.deps.store.update(guard, (current) => {
+        const base = current ?? state;
+        const joining = { ...base.joining };
+        let eligible = base.eligible;
+        for (const [name] of caughtUp) {
+          delete joining[name];
+          if (base.syncSet.includes(name)) eligible = withName(eligible, name);
+        }
+        return { ...base, joining, eligible };
+      });
+    }
+  }
+
+  private async currentLsn(primary: NodeRef): Promise<string | null> {
+    try {
+      return await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => (await client.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")).rows[0]!.lsn);
+    } catch {
+      return null;
+    }
+  }
+
+  /** Any writable node other than the recorded primary is fenced at once. */
+  private async fenceSecondPrimaries(state: ClusterState, guard: StateGuard): Promise<void> {
+    const snapshot = this.deps.topology();
+    if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
+    const intruders = snapshot.nodes.filter((node) => node.reachable && node.roleConfirmed && node.role === "primary" && node.name !== state.primary);
+    for (const intruder of intruders) {
+      const node = this.deps.nodes.find((candidate) => candidate.name === intruder.name);
+      if (!node) continue;
+      await this.deps.events.emit({
+        kind: "cluster:split-brain",
+        severity: "critical",
+        node: node.name,
+        message: `${node.name} accepts connections as a primary but ${state.primary} is the recorded primary: fencing ${node.name}`,
+        data: { writable: [state.primary, node.name], recordedPrimary: state.primary },
+      });
+      const method = await fenceNode(this.deps.driver, node, "second primary (split brain)", this.deps.logger);
+      await this.deps.store.update(guard, (current) => ({ ...(current ?? state), fenced: withName((current ?? state).fenced, node.name) }));
+      await this.deps.events.emit({ kind: "node:fenced", severity: "critical", node: node.name, message: `${node.name} fenced (${method}): not the recorded primary`, data: { method, reason: "split brain" } });
+    }
+  }
+
+  private async rejoinFenced(state: ClusterState): Promise<void> {
+    if (!this.deps.config.autoRejoin) return;
+    for (const name of state.fenced) {
+      if (this.coolingDown(`rejoin:${name}`)) continue;
+      const node = this.deps.nodes.find((candidate) => candidate.name === name);
+      if (!node || (await this.deps.driver.state(node)).phase === "absent") continue;
+      this.retryAfter.set(`rejoin:${name}`, Date.now() + RETRY_AFTER_MS);
+      void this.deps.operations.rejoin(name, "automatic").catch((error: Error) => this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed"));
+      return; // one operation at a time
+    }
+  }
+
+  private async failBackWhenDue(state: ClusterState, check: Extract<PrimaryCheck, { ok: true }>): Promise<void> {
+    const preferred = this.deps.config.preferredPrimary;
+    if (!this.deps.config.autoFailback || state.primary === preferred) {
+      this.preferredInSyncSince = null;
+      return;
+    }
+    const seen = check.standbys.find((s) => s.name === preferred && s.state === "streaming");
+    const inSync = seen?.flushLsn != null && (this.deps.config.synchronous ? state.eligible.includes(preferred) : lsnToNumber(check.lsn) - lsnToNumber(seen.flushLsn) <= this.deps.config.failoverMaximumLagBytes);
+    if (!inSync) {
+      this.preferredInSyncSince = null;
+      return;
+    }
+    this.preferredInSyncSince ??= Date.now();
+    if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || this.coolingDown("failback")) return;
+    this.retryAfter.set("failback", Date.now() + RETRY_AFTER_MS);
+    this.preferredInSyncSince = null;
+    void this.deps.operations.failback("automatic").catch((error: Error) => this.deps.logger.error({ err: error.message }, "automatic failback did not happen"));
+  }
+
+  private coolingDown(key: string): boolean {
+    const until = this.retryAfter.get(key);
+    return until !== undefined && Date.now() < until;
+  }
+}

@@ -1,0 +1,557 @@
+import { randomUUID } from "node:crypto";
+import type Redis from "ioredis";
+import { seedReplica, waitForStreaming, writeManagedFiles, writeMarker, type BootstrapConfig, type BootstrapDeps } from "../cluster/bootstrap";
+import { slotNameFor } from "../cluster/members";
+import { withNodeClient, type Credentials } from "../cluster/node-connection";
+import { FENCE_MARKER, ROLE_REWIND } from "../cluster/node-settings";
+import { lsnToNumber } from "../cluster/topology";
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { EventLog } from "../events/event-log";
+import type { EventKind, FailoverRecord } from "../events/event-map";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Secrets } from "../secrets/secrets-store";
+import { sleep } from "../util/sleep";
+import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState } from "./cluster-state";
+import { fenceNode } from "./fencing";
+import { byMostAdvanced, lsnBytes, readNodeFacts, type NodeFacts } from "./node-facts";
+import type { JournalEntry, OperationJournal, RunningOperation } from "./operation-journal";
+import { configureStoppedStandby, ensureReservedSlot, repointRunningStandby, setSynchronousStandbys, STANDBY_SIGNAL } from "./replication-config";
+
+export type OperationsConfig = BootstrapConfig & Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary">;
+
+export interface FailoverOperationsDeps {
+  readonly config: OperationsConfig;
+  readonly nodes: readonly NodeRef[];
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+  readonly superuser: Credentials;
+  readonly redis: Redis;
+  readonly keyPrefix: string;
+  readonly store: ClusterStateStore;
+  readonly journal: OperationJournal;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  /** Everything bootstrap needs to seed a replica again (rejoin's fallback). */
+  readonly bootstrap: BootstrapDeps;
+  /** Polls the topology now (after a change of primary, so readers see it at once). */
+  readonly refreshTopology: () => Promise<unknown>;
+}
+
+export interface FailoverRequest {
+  readonly to?: string | null;
+  readonly force?: boolean;
+  readonly trigger: "automatic" | "manual";
+  readonly reason: string;
+  /** The old primary's last LSN the monitor saw: the loss bound of an asynchronous failover. */
+  readonly lastPrimaryLsn?: string | null;
+}
+
+export type RejoinMethod = "rewind" | "reseed" | "restart";
+
+/** A replica promoted only when it is at most this far behind (switchover, failback). */
+const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
+/** How long a switchover waits for the target to receive the old primary's last record. */
+const CATCH_UP_TIMEOUT_MS = 30000;
+
+/**
+ * Failover, switchover, failback and rejoin: each journaled (one at a time
+ * across instances, resumable by another), each step idempotent, every stage
+ * an event. PostgreSQL says who is writable; the cluster state says who may be.
+ */
+export class FailoverOperations {
+  private inFlight = 0;
+
+  constructor(private readonly deps: FailoverOperationsDeps) {}
+
+  /** An operation runs in this instance. */
+  get busy(): boolean {
+    return this.inFlight > 0;
+  }
+
+  node(name: string): NodeRef {
+    const node = this.deps.nodes.find((candidate) => candidate.name === name);
+    if (!node) {
+      throw new RelevoError(ErrorCode.NotFound, `no node named "${name}"; nodes are ${this.deps.nodes.map((n) => n.name).join(", ")}`);
+    }
+    return node;
+  }
+
+  /** The recorded state; made from the observed primary when none is recorded yet. */
+  async state(): Promise<ClusterState> {
+    const state = await this.deps.store.read();
+    if (state) return state;
+    const writable = await this.writableNodes();
+    if (writable.length !== 1) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `no primary is recorded and ${writable.length} nodes accept writes; cannot tell which is the primary`);
+    }
+    return this.deps.store.update(null, (current) => current ?? initialState(writable[0]!.node.name));
+  }
+
+  // ---- failover ------------------------------------------------------------
+
+  /** Fences the primary and promotes the most advanced eligible replica (or `to`). */
+  async failover(request: FailoverRequest): Promise<FailoverRecord> {
+    const state = await this.state();
+    const from = this.node(state.primary);
+    if (request.to) this.node(request.to);
+    if (request.to === from.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${from.name} is already the primary`);
+    if (request.trigger === "manual" && !request.force) {
+      const facts = await readNodeFacts(from, this.deps.superuser, 2000);
+      if (facts && !facts.inRecovery) {
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `the primary ${from.name} is healthy: use switchover (no data loss), or failover with force to fence it anyway`,
+        );
+      }
+    }
+    const operation = await this.deps.journal.begin(
+      this.newEntry("failover", request.trigger, from.name, request.to ?? null, request.force ?? false, request.reason, {
+        lastPrimaryLsn: request.lastPrimaryLsn ?? null,
+      }),
+    );
+    return this.tracked(() => this.runFailover(operation));
+  }
+
+  /** Runs (or resumes) a failover from its journal. */
+  private async runFailover(operation: RunningOperation): Promise<FailoverRecord> {
+    const entry = operation.entry;
+    const from = this.node(entry.from);
+    try {
+      if (!entry.times.detected) {
+        await operation.record({ stage: "detected" }, "detected");
+        await this.emitStage("failover:detected", operation, "warning", `${entry.trigger} failover: primary ${from.name} ${entry.reason}`);
+      }
+      if (!operation.entry.times.fenced) {
+        // Nobody to promote: leave the old primary alone (it may come back) rather than fence it for nothing.
+        await this.chooseCandidate(operation.entry);
+        const method = await fenceNode(this.deps.driver, from, `failover ${entry.id}`, this.deps.logger);
+        await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(from.name)), fenced: withName(state?.fenced ?? [], from.name) }));
+        await operation.record({ stage: "fenced", facts: { fenceMethod: method } }, "fenced");
+        await this.deps.events.emit({ kind: "node:fenced", severity: "critical", node: from.name, message: `${from.name} fenced (${method})`, data: { method, reason: `failover ${entry.id}` } });
+        await this.emitStage("failover:fenced", operation, "critical", `old primary ${from.name} fenced (${method})`);
+      }
+      let target: NodeRef;
+      if (!operation.entry.times.promoted) {
+        const choice = operation.entry.to && operation.entry.times.promoting ? { node: this.node(operation.entry.to), lostBytes: null } : await this.chooseCandidate(operation.entry);
+        target = choice.node;
+        if (!operation.entry.times.promoting) {
+          await operation.record({ stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes } }, "promoting");
+          await this.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
+        }
+        await this.promote(target, operation);
+        await operation.record({ stage: "promoted" }, "promoted");
+        await this.emitStage("failover:promoted", operation, "warning", `${target.name} promoted: it accepts writes`);
+      } else {
+        target = this.node(operation.entry.to!);
+      }
+      await this.followNewPrimary(target, [from.name]);
+      await operation.record({ stage: "completed" }, "completed");
+      const record = this.recordOf(operation.entry, "completed", null);
+      await this.deps.events.emit({ kind: "failover:completed", severity: "warning", node: target.name, message: `failover from ${from.name} to ${target.name} completed in ${record.durationMs} ms`, data: record });
+      await operation.finish();
+      await this.deps.refreshTopology().catch(() => undefined);
+      return record;
+    } catch (error) {
+      return this.failed(operation, error);
+    }
+  }
+
+  /** The replica to promote: reachable, eligible (unless forced), the most advanced. */
+  private async chooseCandidate(entry: JournalEntry): Promise<{ node: NodeRef; lostBytes: number | null }> {
+    const state = await this.state();
+    const replicas = this.deps.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
+    const facts = (await Promise.all(replicas.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)))).filter(
+      (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
+    );
+    if (facts.length === 0) throw new RelevoError(ErrorCode.NoEligibleReplica, "no replica answers: nothing can be promoted");
+    const lastPrimary = lsnBytes(typeof entry.facts.lastPrimaryLsn === "string" ? entry.facts.lastPrimaryLsn : null);
+    const lostBytes = (fact: NodeFacts): number | null => (lastPrimary === null || fact.lsn === null ? null : Math.max(0, lastPrimary - lsnToNumber(fact.lsn)));
+    const eligible = (fact: NodeFacts): string | null => {
+      if (entry.force) return null;
+      if (this.deps.config.synchronous) {
+        return state.eligible.includes(fact.node.name) ? null : `${fact.node.name} is not known to hold every acknowledged commit (not an in-sync standby)`;
+      }
+      const lost = lostBytes(fact);
+      if (lost === null) return `${fact.node.name}'s lag behind the old primary is unknown`;
+      return lost <= this.deps.config.failoverMaximumLagBytes ? null : `${fact.node.name} was ${lost} bytes behind (limit ${this.deps.config.failoverMaximumLagBytes})`;
+    };
+    if (entry.to) {
+      const fact = facts.find((candidate) => candidate.node.name === entry.to);
+      if (!fact) throw new RelevoError(ErrorCode.NoEligibleReplica, `${entry.to} does not answer as a replica`);
+      const why = eligible(fact);
+      if (why) throw new RelevoError(ErrorCode.NoEligibleReplica, `${why}; failover with force to promote it anyway`);
+      return { node: fact.node, lostBytes: lostBytes(fact) };
+    }
+    const ranked = [...facts].sort(byMostAdvanced(this.deps.config.preferredPrimary));
+    const reasons: string[] = [];
+    for (const fact of ranked) {
+      const why = eligible(fact);
+      if (!why) return { node: fact.node, lostBytes: lostBytes(fact) };
+      reasons.push(why);
+    }
+    throw new RelevoError(ErrorCode.NoEligibleReplica, `no eligible replica: ${reasons.join("; ")}`);
+  }
+
+  /**
+   * Promotes `target` (idempotent: a node already out of recovery is not
+   * promoted again), clears what it inherited of the old primary's
+   * synchronous and standby settings, checks it accepts writes, and records it
+   * as the primary.
+   */
+  private async promote(target: NodeRef, operation: RunningOperation): Promise<void> {
+    const credentials = this.deps.superuser;
+    await withNodeClient(target, credentials, Math.max(this.deps.config.startTimeoutMs, 60000), async (client) => {
+      const inRecovery = (await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r")).rows[0]!.r;
+      if (inRecovery) {
+        const promoted = (await client.query<{ ok: boolean }>("SELECT pg_promote(true, 60) AS ok")).rows[0]!.ok;
+        if (!promoted) throw new RelevoError(ErrorCode.Timeout, `${target.name} did not finish promotion within 60 s`);
+      }
+      // Commits must not wait for standbys that follow nobody yet; the
+      // monitor adds them back as they catch up.
+      await setSynchronousStandbys(client, []);
+      await client.query("ALTER SYSTEM RESET primary_conninfo");
+      await client.query("ALTER SYSTEM RESET primary_slot_name");
+      await client.query("ALTER SYSTEM RESET default_transaction_read_only");
+      await client.query("SELECT pg_reload_conf()");
+    });
+    const facts = await readNodeFacts(target, credentials, this.deps.config.nodeTimeoutMs);
+    if (!facts || facts.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is still in recovery after promotion`);
+    await this.deps.store.update(operation.guard, (state) => {
+      const base = state ?? initialState(target.name);
+      if (base.primary === target.name) return base;
+      return { ...base, primary: target.name, epoch: base.epoch + 1, syncSet: [], eligible: [], joining: {}, fenced: without(base.fenced, target.name) };
+    });
+  }
+
+  /**
+   * Every other node's slot on the new primary first (so none finds its WAL
+   * gone, the old primary's included: it rejoins over it), then the running
+   * replicas repointed; stopped ones are configured to follow it when started.
+   */
+  private async followNewPrimary(primary: NodeRef, skip: readonly string[]): Promise<void> {
+    const others = this.deps.nodes.filter((node) => node.name !== primary.name);
+    await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => {
+      for (const node of others) await ensureReservedSlot(client, slotNameFor(node));
+    });
+    const state = await this.state();
+    for (const node of others) {
+      if (skip.includes(node.name) || state.fenced.includes(node.name)) continue;
+      try {
+        const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
+        if (facts?.inRecovery) {
+          await withNodeClient(node, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
+            repointRunningStandby(client, node, primary, this.deps.secrets.replicationPassword),
+          );
+        } else if (facts === null && (await this.deps.driver.state(node)).phase === "stopped") {
+          await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
+        }
+      } catch (error) {
+        this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "replica not repointed; it rejoins later");
+      }
+    }
+  }
+
+  // ---- switchover and failback ----------------------------------------------
+
+  /** Planned change of primary, losing nothing: clean stop, catch-up confirmed, promotion, old primary restarted as a standby. */
+  async switchover(to: string, kind: "switchover" | "failback" = "switchover", trigger: "automatic" | "manual" = "manual"): Promise<FailoverRecord> {
+    const state = await this.state();
+    const target = this.node(to);
+    const from = this.node(state.primary);
+    if (target.name === from.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is already the primary`);
+    if (await this.deps.redis.exists(`${this.deps.keyPrefix}:lease:backup`)) {
+      throw new RelevoError(ErrorCode.BackupInProgress, `a backup is running; wait for it to finish before a ${kind}`);
+    }
+    const [primaryFacts, targetFacts] = await Promise.all([
+      readNodeFacts(from, this.deps.superuser, this.deps.config.nodeTimeoutMs),
+      readNodeFacts(target, this.deps.superuser, this.deps.config.nodeTimeoutMs),
+    ]);
+    if (!primaryFacts || primaryFacts.inRecovery) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `the primary ${from.name} does not answer as a primary: use failover`);
+    }
+    if (!targetFacts || !targetFacts.inRecovery || targetFacts.receiver?.status !== "streaming" || targetFacts.receiver.senderPort !== from.port) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is not a replica streaming from ${from.name}; rejoin it first`);
+    }
+    const lag = lsnToNumber(primaryFacts.lsn!) - lsnToNumber(targetFacts.lsn ?? "0/0");
+    if (lag > SWITCHOVER_MAX_LAG_BYTES) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`);
+    }
+    const operation = await this.deps.journal.begin(this.newEntry(kind, trigger, from.name, target.name, false, `${kind} requested`, {}));
+    return this.tracked(() => this.runSwitchover(operation));
+  }
+
+  async failback(trigger: "automatic" | "manual" = "manual"): Promise<FailoverRecord> {
+    return this.switchover(this.deps.config.preferredPrimary, "failback", trigger);
+  }
+
+  private async runSwitchover(operation: RunningOperation): Promise<FailoverRecord> {
+    const entry = operation.entry;
+    const from = this.node(entry.from);
+    const target = this.node(entry.to!);
+    const kind = entry.kind as "switchover" | "failback";
+    try {
+      if (!entry.times.stopped) {
+        await this.emitStage("failover:detected", operation, "info", `${kind}: ${from.name} → ${target.name}`);
+        // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
+        await this.deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
+        await operation.record({ stage: "stopped" }, "stopped");
+      }
+      if (!operation.entry.times.promoted) {
+        const finalLsn = await this.lastCheckpoint(from);
+        if (!operation.entry.times.fenced) {
+          await operation.record({ stage: "caught-up", facts: { finalLsn } }, "fenced");
+          await this.emitStage("failover:fenced", operation, "info", `${from.name} stopped cleanly at ${finalLsn}`);
+        }
+        const caughtUp = await this.waitForReceipt(target, finalLsn);
+        if (!caughtUp) {
+          // Nothing changed yet: the old primary goes back to work.
+          await this.deps.driver.start(from, { timeoutMs: this.deps.config.startTimeoutMs });
+          throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`);
+        }
+        if (!operation.entry.times.promoting) {
+          await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
+          await this.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
+        }
+        await this.promote(target, operation);
+        await operation.record({ stage: "promoted" }, "promoted");
+        await this.emitStage("failover:promoted", operation, "info", `${target.name} promoted: it accepts writes`);
+      }
+      await this.followNewPrimary(target, [from.name]);
+      // The old primary stopped cleanly at a point the new one has: it follows without a rewind.
+      const method = await this.restartAsStandby(from, target);
+      await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
+      const record = this.recordOf(operation.entry, "completed", null);
+      await this.deps.events.emit({ kind: "failover:completed", severity: "info", node: target.name, message: `${kind} from ${from.name} to ${target.name} completed in ${record.durationMs} ms`, data: record });
+      await operation.finish();
+      await this.deps.refreshTopology().catch(() => undefined);
+      return record;
+    } catch (error) {
+      return this.failed(operation, error);
+    }
+  }
+
+  /** The stopped node's last checkpoint (its shutdown checkpoint after a clean stop). */
+  private async lastCheckpoint(node: NodeRef): Promise<string> {
+    const { stdout } = await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline" });
+    const location = /Latest checkpoint location:\s+([0-9A-F]+\/[0-9A-F]+)/.exec(stdout)?.[1];
+    if (!location) throw new RelevoError(ErrorCode.CommandFailed, `pg_controldata of ${node.name} shows no checkpoint location`);
+    return location;
+  }
+
+  private async waitForReceipt(node: NodeRef, lsn: string): Promise<boolean> {
+    const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
+    while (Date.now() < deadline) {
+      const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
+      // Past the checkpoint record's start: the record itself was received.
+      if (facts?.lsn && lsnToNumber(facts.lsn) > lsnToNumber(lsn)) return true;
+      await sleep(20);
+    }
+    return false;
+  }
+
+  /** A cleanly stopped old primary restarted as a standby of `primary`; rewound if it cannot follow as it is. */
+  private async restartAsStandby(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+    const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
+    if (facts?.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port) return "restart";
+    await this.stopQuietly(node);
+    await this.clearSlots(node);
+    await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
+    try {
+      await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
+      await waitForStreaming({ config: this.deps.config, secrets: this.deps.secrets }, node);
+      return "restart";
+    } catch (error) {
+      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "old primary does not follow as it is: rewinding");
+      return this.rewindOrReseed(node, primary);
+    }
+  }
+
+  // ---- rejoin ------------------------------------------------------------------
+
+  /** Brings a fenced (or lost) node back as a replica of the primary: pg_rewind, else a fresh seed. */
+  async rejoin(name: string, trigger: "automatic" | "manual" = "manual"): Promise<RejoinMethod> {
+    const node = this.node(name);
+    const state = await this.state();
+    if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; it cannot rejoin as a replica`);
+    const operation = await this.deps.journal.begin(this.newEntry("rejoin", trigger, node.name, state.primary, false, `${trigger} rejoin`, {}));
+    return this.tracked(() => this.runRejoin(operation));
+  }
+
+  private async runRejoin(operation: RunningOperation): Promise<RejoinMethod> {
+    const node = this.node(operation.entry.from);
+    const started = Date.now();
+    try {
+      const primary = this.node((await this.state()).primary);
+      const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
+      let method: RejoinMethod;
+      if (facts?.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port) {
+        method = "restart";
+      } else {
+        await operation.record({ stage: "stopping" });
+        await this.stopQuietly(node);
+        await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => ensureReservedSlot(client, slotNameFor(node)));
+        await operation.record({ stage: "rewinding" });
+        method = await this.rewindOrReseed(node, primary);
+      }
+      await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(primary.name)), fenced: without(state?.fenced ?? [], node.name) }));
+      await operation.finish();
+      await this.deps.events.emit({
+        kind: "node:rejoined",
+        severity: "info",
+        node: node.name,
+        message: `${node.name} rejoined as a replica of ${primary.name} (${method})`,
+        data: { method, upstream: primary.name, durationMs: Date.now() - started },
+      });
+      await this.deps.refreshTopology().catch(() => undefined);
+      return method;
+    } catch (error) {
+      if (error instanceof StaleWriterError) throw error;
+      await operation.finish().catch(() => undefined);
+      const message = (error as Error).message;
+      await this.deps.events.emit({ kind: "node:rejoin-failed", severity: "critical", node: node.name, message: `${node.name} did not rejoin: ${message}`, data: { error: message } });
+      throw error;
+    }
+  }
+
+  /**
+   * pg_rewind against the primary, then the node's own files written again
+   * (pg_rewind copies the source's configuration, marker included) and the
+   * node started as a standby over its slot. When pg_rewind fails, the node
+   * is seeded again from scratch (repository or pg_basebackup).
+   */
+  private async rewindOrReseed(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+    const { driver } = this.deps;
+    await this.stopQuietly(node);
+    // pg_rewind's crash-recovery step refuses to run with a standby.signal.
+    await driver.removeFiles(node, [STANDBY_SIGNAL, "recovery.signal"]);
+    const rewind = await driver.exec(
+      node,
+      [
+        "pg_rewind",
+        "--target-pgdata",
+        driver.dataDirectory(node),
+        "--source-server",
+        `host=${primary.host} port=${primary.port} user=${ROLE_REWIND} dbname=postgres connect_timeout=5`,
+      ],
+      { mode: "offline", env: { PGPASSWORD: this.deps.secrets.rewindPassword }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
+    );
+    if (rewind.exitCode !== 0) {
+      this.deps.logger.warn({ node: node.name, stderr: rewind.stderr.trim().split("\n").slice(-3).join(" | ") }, "pg_rewind failed: seeding the node again");
+      await driver.destroy(node);
+      await seedReplica(this.deps.bootstrap, node, primary);
+      return "reseed";
+    }
+    await writeMarker(this.deps.bootstrap, node);
+    await writeManagedFiles(this.deps.bootstrap, node);
+    await this.clearSlots(node);
+    await configureStoppedStandby(driver, node, primary, this.deps.secrets.replicationPassword);
+    await driver.removeFiles(node, [FENCE_MARKER]);
+    await driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
+    await waitForStreaming({ config: this.deps.config, secrets: this.deps.secrets }, node);
+    return "rewind";
+  }
+
+  /** A standby must not keep the slots it had as a primary: they would hold WAL back on it for ever. */
+  private async clearSlots(node: NodeRef): Promise<void> {
+    const entries = await this.deps.driver.listFiles(node, "pg_replslot");
+    const slots = entries.filter((entry) => entry.type === "directory" && !entry.path.slice("pg_replslot/".length).includes("/"));
+    await this.deps.driver.removeFiles(node, slots.map((entry) => entry.path));
+  }
+
+  private async stopQuietly(node: NodeRef): Promise<void> {
+    const state = await this.deps.driver.state(node);
+    if (state.phase === "paused") return this.deps.driver.kill(node);
+    if (state.phase !== "running") return;
+    try {
+      await this.deps.driver.stop(node, { mode: "fast", timeoutMs: 15000 });
+    } catch {
+      await this.deps.driver.kill(node);
+    }
+  }
+
+  // ---- resume ----------------------------------------------------------------
+
+  /** Runs an operation adopted from a dead instance's journal to its end. */
+  async resume(operation: RunningOperation): Promise<void> {
+    this.deps.logger.warn({ operation: operation.entry.id, kind: operation.entry.kind, stage: operation.entry.stage }, "resuming an operation another instance left unfinished");
+    const run = async (): Promise<unknown> => {
+      switch (operation.entry.kind) {
+        case "failover":
+          return this.runFailover(operation);
+        case "switchover":
+        case "failback":
+          return this.runSwitchover(operation);
+        case "rejoin":
+          return this.runRejoin(operation);
+      }
+    };
+    await this.tracked(run).catch((error: Error) => this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
+  }
+
+  // ---- helpers ---------------------------------------------------------------
+
+  private async writableNodes(): Promise<NodeFacts[]> {
+    const facts = await Promise.all(this.deps.nodes.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)));
+    return facts.filter((fact): fact is NodeFacts => fact !== null && !fact.inRecovery && !fact.readOnly);
+  }
+
+  private newEntry(
+    kind: JournalEntry["kind"],
+    trigger: JournalEntry["trigger"],
+    from: string,
+    to: string | null,
+    force: boolean,
+    reason: string,
+    facts: JournalEntry["facts"],
+  ): JournalEntry {
+    return { id: randomUUID(), kind, trigger, from, to, force, reason, stage: "begun", startedAt: new Date().toISOString(), times: {}, facts };
+  }
+
+  private async tracked<T>(work: () => Promise<T>): Promise<T> {
+    this.inFlight += 1;
+    try {
+      return await work();
+    } finally {
+      this.inFlight -= 1;
+    }
+  }
+
+  private recordOf(entry: JournalEntry, status: FailoverRecord["status"], error: string | null): FailoverRecord {
+    const finishedAt = status === "running" ? null : new Date().toISOString();
+    const lost = entry.facts.lostBytes;
+    return {
+      id: entry.id,
+      kind: entry.kind === "rejoin" ? "failover" : entry.kind,
+      trigger: entry.trigger,
+      from: entry.from,
+      to: entry.to,
+      status,
+      reason: entry.reason,
+      error,
+      lostBytes: typeof lost === "number" ? lost : null,
+      startedAt: entry.startedAt,
+      fencedAt: entry.times.fenced ?? null,
+      promotedAt: entry.times.promoted ?? null,
+      finishedAt,
+      durationMs: finishedAt ? Date.parse(finishedAt) - Date.parse(entry.startedAt) : null,
+    };
+  }
+
+  private async emitStage(kind: EventKind & `failover:${string}`, operation: RunningOperation, severity: "info" | "warning" | "critical", message: string): Promise<void> {
+    await this.deps.events.emit({ kind, severity, node: operation.entry.to ?? operation.entry.from, message, data: this.recordOf(operation.entry, "running", null) } as never);
+  }
+
+  private async failed(operation: RunningOperation, error: unknown): Promise<never> {
+    if (error instanceof StaleWriterError) {
+      operation.abandon();
+      throw new RelevoError(ErrorCode.OperationInProgress, `${operation.entry.kind} ${operation.entry.id} was taken over by another instance`);
+    }
+    const message = (error as Error).message;
+    await operation.finish().catch(() => undefined);
+    const record = this.recordOf(operation.entry, "failed", message);
+    await this.deps.events.emit({ kind: "failover:failed", severity: "critical", node: operation.entry.from, message: `${operation.entry.kind} ${operation.entry.id} failed at stage ${operation.entry.stage}: ${message}`, data: record });
+    throw error;
+  }
+}
