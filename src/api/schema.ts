@@ -7,8 +7,9 @@ import { ScheduleResolver } from "./schedules/schedule.resolver";
 import { ClusterResolver } from "./cluster/cluster.resolver";
 import type { ApiServices } from "./context";
 import { EventResolver } from "./events/event.resolver";
+import { FailoverResolver } from "./failover/failover.resolver";
 
-export const RESOLVERS = [ClusterResolver, EventResolver, BackupResolver, ScheduleResolver] as const;
+export const RESOLVERS = [ClusterResolver, EventResolver, BackupResolver, ScheduleResolver, FailoverResolver] as const;
 
 /** The one schema definition, for the server and for the committed SDL alike. */
 export function buildRelevoSchema(options: { pubSub: PubSub; container?: ContainerType }): Promise<GraphQLSchema> {

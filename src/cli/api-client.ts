@@ -1,3 +1,4 @@
+import http from "node:http";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSecrets } from "../secrets/secrets-store";
@@ -11,21 +12,36 @@ import { mintToken } from "../secrets/tokens";
 export async function callApi<T>(config: RelevoConfig, query: string, variables: Record<string, unknown> = {}): Promise<T> {
   const secrets = await readSecrets(config.home);
   const url = `http://${config.host}:${config.apiPort}/graphql`;
-  let response: Response;
+  let text: string;
   try {
-    response = await fetch(url, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${mintToken(secrets.tokenKey, "operator")}` },
-      body: JSON.stringify({ query, variables }),
-    });
+    text = await post(url, { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator")}` }, JSON.stringify({ query, variables }));
   } catch (error) {
     throw new RelevoError(ErrorCode.ServiceUnavailable, `Relevo's API does not answer at ${url}: is \`relevo up\` running?`, { cause: error });
   }
-  const body = (await response.json()) as { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> };
+  const body = JSON.parse(text) as { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> };
   const first = body.errors?.[0];
   if (first) {
     const code = Object.values(ErrorCode).includes(first.extensions?.code as ErrorCode) ? (first.extensions!.code as ErrorCode) : ErrorCode.Internal;
     throw new RelevoError(code, first.message);
   }
   return body.data as T;
+}
+
+/**
+ * POST with node:http rather than fetch: fetch (undici) gives up on a
+ * response whose headers take more than 300 s, and mutations such as
+ * rejoinNode (a re-seed) or verifyBackup with a restore test answer only when
+ * they are done. node:http waits as long as the connection lives.
+ */
+function post(url: string, headers: Record<string, string>, body: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const request = http.request(url, { method: "POST", headers: { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on("data", (chunk: Buffer) => chunks.push(chunk));
+      response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+      response.on("error", reject);
+    });
+    request.on("error", reject);
+    request.end(body);
+  });
 }

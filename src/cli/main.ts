@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
 import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreClusterCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
+import { failbackCommand, failoverCommand, maintenanceCommand, rejoinCommand, switchoverCommand } from "./failover-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -109,6 +110,34 @@ restore
   .description("stop a restored copy")
   .requiredOption("--to <dir>", "directory of the copy")
   .action((options: { to: string }) => run(() => restoreStopCommand(config(), options, output)));
+
+program
+  .command("failover")
+  .description("fence the primary and promote the most advanced eligible replica; waits until it completed (the service must be running)")
+  .option("--to <name>", "the replica to promote")
+  .option("--force", "also when the primary is healthy, or the replica not eligible (may lose acknowledged commits)", false)
+  .action((options: { to?: string; force: boolean }) => run(() => failoverCommand(config(), options, output)));
+
+program
+  .command("switchover")
+  .description("planned change of primary, losing nothing; the old primary follows the new one; waits until it completed")
+  .requiredOption("--to <name>", "the replica to promote")
+  .action((options: { to: string }) => run(() => switchoverCommand(config(), options, output)));
+
+program
+  .command("failback")
+  .description("switchover back to RELEVO_PREFERRED_PRIMARY; waits until it completed")
+  .action(() => run(() => failbackCommand(config(), output)));
+
+program
+  .command("rejoin <name>")
+  .description("bring a fenced node back as a replica of the primary (pg_rewind, else a fresh seed); prints how")
+  .action((name: string) => run(() => rejoinCommand(config(), { name }, output)));
+
+program
+  .command("maintenance <on|off>")
+  .description("on: no automatic failover, rejoin or failback until off (manual commands still work)")
+  .action((mode: string) => run(() => maintenanceCommand(config(), { mode }, output)));
 
 program
   .command("config")

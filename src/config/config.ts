@@ -7,7 +7,7 @@ export type RelevoConfig = {
   readonly [K in ConfigKey]: z.infer<(typeof configKeys)[K]["schema"]>;
 };
 
-export type ConfigOverrides = Partial<{ [K in ConfigKey]: string | number }>;
+export type ConfigOverrides = Partial<{ [K in ConfigKey]: string | number | boolean }>;
 
 /**
  * Builds the configuration once, at start-up: overrides (from code, tests or

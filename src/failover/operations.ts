@@ -424,6 +424,10 @@ export class FailoverOperations {
   private async rewindOrReseed(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
     const { driver } = this.deps;
     await this.stopQuietly(node);
+    // pg_rewind reads the source's timeline from its control file, which a
+    // promotion updates only at the next checkpoint: without one, a freshly
+    // promoted source looks like it is on the old timeline ("no rewind required").
+    await withNodeClient(primary, this.deps.superuser, 5 * 60 * 1000, (client) => client.query("CHECKPOINT"));
     // pg_rewind's crash-recovery step refuses to run with a standby.signal.
     await driver.removeFiles(node, [STANDBY_SIGNAL, "recovery.signal"]);
     const rewind = await driver.exec(
@@ -437,6 +441,7 @@ export class FailoverOperations {
       ],
       { mode: "offline", env: { PGPASSWORD: this.deps.secrets.rewindPassword }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
     );
+    this.deps.logger.info({ node: node.name, exitCode: rewind.exitCode, output: `${rewind.stdout}\n${rewind.stderr}`.trim().split("\n").slice(-6).join(" | ") }, "pg_rewind finished");
     if (rewind.exitCode !== 0) {
       this.deps.logger.warn({ node: node.name, stderr: rewind.stderr.trim().split("\n").slice(-3).join(" | ") }, "pg_rewind failed: seeding the node again");
       await driver.destroy(node);

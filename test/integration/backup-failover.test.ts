@@ -13,15 +13,13 @@ describe("the WAL archive across a failover", () => {
     if (copy) await cluster.service.driver.destroy(copy).catch(() => undefined);
   });
 
-  test("a backup before a (manual) promotion restores to a restore point on the new timeline; the archive has no gap", async () => {
+  test("a backup before a switchover restores to a restore point on the new timeline; the archive has no gap", async () => {
     await sql(node1(), "CREATE TABLE story (id int PRIMARY KEY, chapter text)");
     const backup = await (await cluster.service.backups.start("full")).done;
     expect(backup.timeline).toBe(1);
     await sql(node1(), "INSERT INTO story VALUES (1, 'on timeline 1, after the backup')");
-    // The replica must have everything before the old primary goes (a clean stop sends it all).
-    await cluster.service.driver.stop(node1(), { mode: "fast", timeoutMs: 30000 });
-    await eventually(async () => ((await sql(node2(), "SELECT 1 FROM story WHERE id = 1")).length === 1 ? true : undefined));
-    await sql(node2(), "SELECT pg_promote(true)");
+    // A switchover: the old primary stops cleanly, the replica has everything, then it is promoted.
+    await cluster.service.failover.switchover("node2");
     const promoted = await eventually(async () => {
       const snapshot = await cluster.service.collector.pollNow();
       return snapshot.primary === "node2" ? snapshot : undefined;

@@ -1,16 +1,35 @@
+import { connectionUriWithoutCredentials } from "../../cluster/node-connection";
 import type { ClusterSnapshot, NodeSnapshot } from "../../cluster/topology";
 import type { Cluster, Node } from "./cluster.type";
+
+/** The database the client connection strings name: `postgres` exists in every cluster. */
+const CLIENT_DATABASE = "postgres";
 
 /** Domain snapshot → GraphQL objects. Enum values are the domain's own strings. */
 export function toNode(node: NodeSnapshot): Node {
   return node as unknown as Node;
 }
 
+/**
+ * Client connection strings: every node listed, libpq picks by
+ * target_session_attrs (PostgreSQL 14+ libpq for prefer-standby), so they
+ * stay valid across a failover. No credentials: they are shown to viewers.
+ */
+function connectionStrings(snapshot: ClusterSnapshot): Pick<Cluster, "writerConnectionString" | "readerConnectionString"> {
+  return {
+    writerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, { target_session_attrs: "read-write" }),
+    readerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, { target_session_attrs: "prefer-standby" }),
+  };
+}
+
 export function toCluster(snapshot: ClusterSnapshot): Cluster {
   const nodes = snapshot.nodes.map(toNode);
+  const primary = nodes.find((node) => node.name === snapshot.primary) ?? null;
   return {
     name: snapshot.name,
-    primary: nodes.find((node) => node.name === snapshot.primary) ?? null,
+    primary,
+    primaryEndpoint: primary ? { host: primary.host, port: primary.port } : null,
+    ...connectionStrings(snapshot),
     replicas: nodes.filter((node) => node.name !== snapshot.primary && node.role === "replica"),
     nodes,
     health: snapshot.health,

@@ -107,10 +107,23 @@ export class Node {
   @Field({ description: "When this node was last polled (ISO 8601)." }) checkedAt!: string;
 }
 
+@ObjectType({ description: "Where a PostgreSQL server listens." })
+export class Endpoint {
+  @Field() host!: string;
+  @Field(() => Int) port!: number;
+}
+
 @ObjectType({ description: "The cluster as last observed by the topology collector." })
 export class Cluster {
   @Field() name!: string;
   @Field(() => Node, { nullable: true, description: "Null when no node is a reachable primary (or several are)." }) primary!: Node | null;
+  @Field(() => Endpoint, { nullable: true, description: "The primary's host and port; null when there is no primary." }) primaryEndpoint!: Endpoint | null;
+  @Field({
+    description: "libpq URI listing every node, with target_session_attrs=read-write: reaches whichever node is the primary. No credentials: bring your own (PGUSER, PGPASSWORD or .pgpass).",
+  })
+  writerConnectionString!: string;
+  @Field({ description: "libpq URI listing every node, with target_session_attrs=prefer-standby: a replica when one answers, else the primary. No credentials." })
+  readerConnectionString!: string;
   @Field(() => [Node]) replicas!: Node[];
   @Field(() => [Node]) nodes!: Node[];
   @Field(() => ClusterHealthGql) health!: ClusterHealthGql;

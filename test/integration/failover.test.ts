@@ -1,0 +1,97 @@
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { startLibpqWriter } from "../helpers/libpq-writer";
+import { eventually, useTestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+/**
+ * Runbooks on three real nodes in synchronous mode (the default): a writer
+ * inserts through a multi-host libpq string throughout and logs every
+ * acknowledged id; none may be missing afterwards.
+ */
+describe("failover, rejoin and failback (synchronous, three nodes)", () => {
+  const cluster = useTestCluster("failover", { replicaCount: 2, leaseTtlMs: 2000 });
+  const node = (name: string): NodeRef => cluster.service.nodes.find((n) => n.name === name)!;
+  const sql = <T = Record<string, unknown>>(target: NodeRef, text: string) => sqlOn<T>(target, cluster.service.secrets, text);
+  const state = async () => (await cluster.service.failover.state())!;
+  const kinds = async (since: number) => {
+    const page = await cluster.service.events.page({ first: 500 });
+    return page.events.filter((e) => Date.parse(e.occurredAt) >= since).map((e) => ({ ...e, data: e.data as unknown as Record<string, unknown> }));
+  };
+  const receiverPort = async (target: NodeRef): Promise<number | null> =>
+    (await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port"))[0]!.port;
+
+  beforeAll(async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    // Every commit waits for both replicas once they are in the synchronous set and caught up.
+    await eventually(async () => ((await state()).eligible.length === 2 ? true : undefined), { what: "both replicas eligible", timeoutMs: 30000 });
+  });
+
+  test("kill -9 of the primary's process group: a replica is promoted, no acknowledged row is lost, the other follows it", async () => {
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 50 ? true : undefined), { what: "writes flowing" });
+    const killedAt = Date.now();
+    await cluster.service.driver.kill(node("node1"));
+    const after = await eventually(async () => {
+      const current = await state();
+      return current.primary !== "node1" && (await cluster.service.failover.operation()) === null ? current : undefined;
+    }, { what: "a new primary", timeoutMs: 60000 });
+    const promoted = node(after.primary);
+    const acknowledgedAtKill = writer.acknowledgedSoFar();
+    await eventually(async () => (writer.acknowledgedSoFar() > acknowledgedAtKill + 20 ? true : undefined), { what: "writes on the new primary" });
+    const report = await writer.stop();
+    const firstWriteAfterKill = report.ackTimes.find((time) => time > killedAt)!;
+
+    const present = new Set((await sql<{ id: number }>(promoted, "SELECT id FROM acked")).map((row) => row.id));
+    const lost = report.acknowledged.filter((id) => !present.has(id));
+    expect(lost).toEqual([]);
+    expect(after.fenced).toContain("node1");
+    const timeline = (await sql<{ tl: number }>(promoted, "SELECT timeline_id AS tl FROM pg_control_checkpoint()"))[0]!.tl;
+    expect(timeline).toBeGreaterThanOrEqual(1);
+
+    const other = cluster.service.nodes.find((n) => n.name !== "node1" && n.name !== promoted.name)!;
+    await eventually(async () => ((await receiverPort(other)) === promoted.port ? true : undefined), { what: `${other.name} streaming from ${promoted.name}` });
+    const events = await kinds(killedAt);
+    for (const stage of ["failover:detected", "failover:fenced", "failover:promoting", "failover:promoted", "failover:completed"]) {
+      expect(events.map((e) => e.kind)).toContain(stage);
+    }
+    const completed = events.find((e) => e.kind === "failover:completed")!;
+    expect(completed.data).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1", to: promoted.name, status: "completed" });
+    // eslint-disable-next-line no-console
+    console.log(`kill -9 → first write ${firstWriteAfterKill - killedAt} ms; acknowledged ${report.acknowledged.length}, lost ${lost.length}`);
+  });
+
+  test("the fenced old primary rejoins by itself (pg_rewind) and streams from the new primary", async () => {
+    const primary = node((await state()).primary);
+    await eventually(async () => {
+      const current = await state();
+      return !current.fenced.includes("node1") && (await receiverPort(node("node1")).catch(() => null)) === primary.port ? true : undefined;
+    }, { what: "node1 rejoined", timeoutMs: 90000 });
+    const rejoined = (await kinds(0)).find((e) => e.kind === "node:rejoined" && e.node === "node1");
+    expect(rejoined?.data).toMatchObject({ method: "rewind", upstream: primary.name });
+    // It has everything written on the new primary since.
+    await sql(primary, "INSERT INTO acked (id) VALUES (1000000)");
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 1000000")).length === 1 ? true : undefined), { what: "replication to node1" });
+  });
+
+  test("failback under write load: node1 is the primary again, no acknowledged row lost", async () => {
+    await eventually(async () => ((await state()).eligible.includes("node1") ? true : undefined), { what: "node1 in sync", timeoutMs: 30000 });
+    const start = Date.now();
+    await sql(node((await state()).primary), "TRUNCATE acked");
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes flowing" });
+    const record = await cluster.service.failover.failback();
+    expect(record).toMatchObject({ kind: "failback", to: "node1", status: "completed", lostBytes: 0 });
+    const acknowledgedAtFailback = writer.acknowledgedSoFar();
+    await eventually(async () => (writer.acknowledgedSoFar() > acknowledgedAtFailback + 20 ? true : undefined), { what: "writes after failback" });
+    const report = await writer.stop();
+    expect((await state()).primary).toBe("node1");
+    const present = new Set((await sql<{ id: number }>(node("node1"), "SELECT id FROM acked")).map((row) => row.id));
+    expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    // Both others follow node1.
+    for (const name of ["node2", "node3"]) {
+      await eventually(async () => ((await receiverPort(node(name))) === node("node1").port ? true : undefined), { what: `${name} following node1` });
+    }
+    // eslint-disable-next-line no-console
+    console.log(`failback took ${record.durationMs} ms; longest write gap ${report.longestGapMs} ms (${Date.now() - start} ms in all)`);
+  });
+});
