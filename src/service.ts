@@ -1,6 +1,6 @@
 import { startApiServer, type RunningApi } from "./api/server";
 import { bootstrapCluster, type NodeBootstrapOutcome } from "./cluster/bootstrap";
-import { clusterMembers } from "./cluster/members";
+import { Membership } from "./cluster/membership";
 import { APP_DATABASE, ROLE_APP, ROLE_REPLICATION, ROLE_SUPERUSER } from "./cluster/node-settings";
 import { BackupService } from "./backup/backup-service";
 import { BackupScheduler } from "./scheduler/backup-scheduler";
@@ -65,6 +65,9 @@ export interface RelevoService {
   stop(options?: { reason?: string; keepNodes?: boolean; keepRedis?: boolean }): Promise<void>;
 }
 
+/** How far back events are consolidated again on a new primary (an asynchronous primary may have died before they reached its replica). */
+const RECONSOLIDATE_WINDOW_MS = 5 * 60 * 1000;
+
 const RELEVO_VERSION: string = (JSON.parse(readFileSync(path.join(projectRoot(), "package.json"), "utf8")) as { version: string }).version;
 
 /**
@@ -110,7 +113,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const pubSub = createRedisPubSub(redis, subscriberRedis);
     const events = new EventLog(redis, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
 
-    const nodes = clusterMembers(config);
+    const membership = await Membership.load(config);
+    const nodes = membership.nodes;
     const stopNodes = async (): Promise<void> => {
       for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
     };
@@ -158,6 +162,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     archiverRole.start();
     cleanups.push(() => archiverRole.stop());
 
+    // Set once the consolidator exists: a new primary gets the last minutes of events again.
+    let replayRecentEvents: ((windowMs: number) => void) | null = null;
     const database = new PrimaryDatabase({ user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE }, config.nodeTimeoutMs, logger);
     cleanups.push(() => database.close());
     const collector = new TopologyCollector({
@@ -176,6 +182,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       onPrimary: async (primary) => {
         archiver.follow(primary);
         await database.follow(primary);
+        if (primary) replayRecentEvents?.(RECONSOLIDATE_WINDOW_MS);
       },
     });
     collector.start();
@@ -244,7 +251,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const journal = new OperationJournal(redis, keys.prefix, config.leaseTtlMs, instanceId, logger);
     const operations = new FailoverOperations({
       config,
-      nodes,
+      membership,
       driver,
       secrets,
       superuser,
@@ -268,6 +275,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       logger,
       lease: new RedisLease(redis, leaseKeyOf(keys.prefix), config.leaseTtlMs, instanceId),
       leaseTtlMs: config.leaseTtlMs,
+      database,
       monitor: { config, driver, superuser, topology: () => collector.latest },
     });
     failover.start();
@@ -275,6 +283,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
 
     const consolidator = new Consolidator(blockingRedis, keys, database, logger);
     consolidator.start();
+    replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
     cleanups.push(() => consolidator.stop());
 
     const topology = new TopologyReader(redis, invalidationRedis, keys, logger);

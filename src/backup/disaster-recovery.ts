@@ -1,5 +1,5 @@
 import { bootstrapCluster, superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
-import { clusterMembers } from "../cluster/members";
+import { loadMembers } from "../cluster/membership";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
@@ -39,7 +39,7 @@ export interface ClusterRecovery {
  */
 export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backupId?: string; recoveryTarget: RecoveryTarget }): Promise<ClusterRecovery> {
   const { config, driver, repository, logger } = deps;
-  const nodes = clusterMembers(config);
+  const nodes = await loadMembers(config);
   const surviving: string[] = [];
   for (const node of nodes) if ((await driver.state(node)).phase !== "absent") surviving.push(`${node.name} (${driver.dataDirectory(node)})`);
   if (surviving.length > 0) {

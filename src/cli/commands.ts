@@ -1,5 +1,5 @@
 import { findWritablePrimary } from "../cluster/bootstrap";
-import { clusterMembers } from "../cluster/members";
+import { loadMembers } from "../cluster/membership";
 import { connectionUri } from "../cluster/node-connection";
 import { ROLE_SUPERUSER } from "../cluster/node-settings";
 import { observeClusterOnce } from "../cluster/topology-observe";
@@ -54,7 +54,7 @@ export async function statusCommand(config: RelevoConfig, options: { json: boole
   const secrets = await readSecrets(config.home);
   const snapshot = await observeClusterOnce({
     clusterName: config.clusterName,
-    nodes: clusterMembers(config),
+    nodes: await loadMembers(config),
     driver: createNodeDriver(config),
     credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
     timeoutMs: config.nodeTimeoutMs,
@@ -77,7 +77,7 @@ export async function urlCommand(
   output: Output,
 ): Promise<void> {
   const secrets = await readSecrets(config.home);
-  const nodes = clusterMembers(config);
+  const nodes = await loadMembers(config);
   const credentials = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: options.database };
   if (options.multiHost) {
     // libpq tries the hosts in order and keeps the one that accepts writes.

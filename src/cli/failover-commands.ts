@@ -59,3 +59,19 @@ export async function maintenanceCommand(config: RelevoConfig, options: { mode: 
   });
   output.out(setMaintenance ? "maintenance on: no automatic failover, rejoin or failback" : "maintenance off: automatic failover, rejoin and failback resume");
 }
+
+export async function replicaCommand(config: RelevoConfig, options: { action: string; name: string }, output: Output): Promise<void> {
+  if (options.action === "add") {
+    const { addReplica } = await callApi<{ addReplica: { name: string; port: number } }>(config, `mutation($name: String!) { addReplica(name: $name) { name port } }`, {
+      name: options.name,
+    });
+    output.out(`${addReplica.name} added as a streaming replica on port ${addReplica.port}`);
+    return;
+  }
+  if (options.action === "remove") {
+    await callApi<{ removeReplica: boolean }>(config, `mutation($name: String!) { removeReplica(name: $name) }`, { name: options.name });
+    output.out(`${options.name} removed: stopped, its data and its slot deleted`);
+    return;
+  }
+  throw new RelevoError(ErrorCode.BadUserInput, `unknown replica action "${options.action}": use add or remove`);
+}

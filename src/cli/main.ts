@@ -4,7 +4,7 @@ import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
 import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreClusterCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
-import { failbackCommand, failoverCommand, maintenanceCommand, rejoinCommand, switchoverCommand } from "./failover-commands";
+import { failbackCommand, failoverCommand, maintenanceCommand, rejoinCommand, replicaCommand, switchoverCommand } from "./failover-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -133,6 +133,11 @@ program
   .command("rejoin <name>")
   .description("bring a fenced node back as a replica of the primary (pg_rewind, else a fresh seed); prints how")
   .action((name: string) => run(() => rejoinCommand(config(), { name }, output)));
+
+program
+  .command("replica <add|remove> <name>")
+  .description("add: seed a new streaming replica (from the newest backup, else pg_basebackup); remove: stop one, delete its data and its slot")
+  .action((action: string, name: string) => run(() => replicaCommand(config(), { action, name }, output)));
 
 program
   .command("maintenance <on|off>")

@@ -39,7 +39,7 @@ export class TopologyCollector {
   private stopped = true;
 
   constructor(private readonly deps: TopologyCollectorDeps) {
-    this.probers = new Map(deps.nodes.map((node) => [node.name, new NodeProber(node, deps.credentials, deps.nodeTimeoutMs)]));
+    this.probers = new Map();
   }
 
   get latest(): ClusterSnapshot | null {
@@ -74,10 +74,29 @@ export class TopologyCollector {
     return this.inFlight;
   }
 
+  /** One prober per node, made on first sight: replicas are added while the service runs; a removed one's is closed. */
+  private proberFor(node: NodeRef): NodeProber {
+    let prober = this.probers.get(node.name);
+    if (!prober) {
+      prober = new NodeProber(node, this.deps.credentials, this.deps.nodeTimeoutMs);
+      this.probers.set(node.name, prober);
+    }
+    return prober;
+  }
+
+  private closeRemovedProbers(): void {
+    for (const [name, prober] of this.probers) {
+      if (this.deps.nodes.some((node) => node.name === name)) continue;
+      this.probers.delete(name);
+      void prober.close();
+    }
+  }
+
   private async poll(): Promise<ClusterSnapshot> {
+    this.closeRemovedProbers();
     const previous = this.latestSnapshot;
     const observations = await Promise.all(
-      this.deps.nodes.map((node) => observeNode(node, this.probers.get(node.name)!, this.deps.driver, previous)),
+      this.deps.nodes.map((node) => observeNode(node, this.proberFor(node), this.deps.driver, previous)),
     );
     const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString());
     this.latestSnapshot = next;

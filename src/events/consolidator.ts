@@ -4,7 +4,7 @@ import type { PrimaryDatabase, PrismaClient } from "../db/primary-database";
 import type { Logger } from "../log";
 import { sleep } from "../util/sleep";
 import { decode } from "./event-log";
-import type { BackupRecord, ClusterEvent } from "./event-map";
+import type { BackupRecord, ClusterEvent, FailoverRecord } from "./event-map";
 import { CONSOLIDATOR_GROUP, type RedisKeys } from "./keys";
 
 export interface ConsolidatorOptions {
@@ -67,6 +67,7 @@ export class Consolidator {
           await this.claimAbandoned();
           lastClaim = Date.now();
         }
+        if (this.replayFrom !== null) await this.replay();
         const events = await this.read(pendingFirst ? "0" : ">");
         if (events.length === 0) {
           pendingFirst = false;
@@ -84,6 +85,27 @@ export class Consolidator {
   }
 
   private groupReady = false;
+  private replayFrom: number | null = null;
+
+  /**
+   * Writes the entries of the last `windowMs` again on the next round: after
+   * a change of primary, what was acknowledged on an asynchronous primary
+   * shortly before it died may never have reached the replica that replaced
+   * it. Upserts and skipped duplicates make the replay harmless.
+   */
+  replayRecent(windowMs: number): void {
+    const from = Date.now() - windowMs;
+    this.replayFrom = this.replayFrom === null ? from : Math.min(this.replayFrom, from);
+  }
+
+  private async replay(): Promise<void> {
+    const from = this.replayFrom!;
+    const entries = (await this.redis.xrange(this.keys.events, `${from}-0`, "+")) as Array<[string, string[]]>;
+    const events = entries.map(([streamId, fields]) => decode(streamId, fields)).filter((event): event is ClusterEvent => event !== null);
+    for (let i = 0; i < events.length; i += this.options.batchSize) await this.write(events.slice(i, i + this.options.batchSize));
+    this.replayFrom = null;
+    if (events.length > 0) this.logger.info({ events: events.length }, "recent events consolidated again on the new primary");
+  }
 
   private async ensureGroup(): Promise<void> {
     if (this.groupReady) return;
@@ -124,6 +146,8 @@ export class Consolidator {
     for (const event of events) {
       if (BACKUP_RECORD_KINDS.has(event.kind)) {
         await upsertBackup(prisma, event.data as BackupRecord);
+      } else if (event.kind.startsWith("failover:")) {
+        await upsertFailover(prisma, event.data as FailoverRecord);
       }
     }
     await prisma.event.createMany({
@@ -165,4 +189,27 @@ async function upsertBackup(prisma: PrismaClient, record: BackupRecord): Promise
   const existing = await prisma.backup.findUnique({ where: { id: record.id }, select: { status: true } });
   if (existing && existing.status !== "running" && record.status === "running") return;
   await prisma.backup.upsert({ where: { id: record.id }, create: { id: record.id, ...values }, update: values });
+}
+
+async function upsertFailover(prisma: PrismaClient, record: FailoverRecord): Promise<void> {
+  const date = (value: string | null): Date | null => (value === null ? null : new Date(value));
+  const values = {
+    kind: record.kind,
+    trigger: record.trigger,
+    fromNode: record.from,
+    toNode: record.to,
+    status: record.status,
+    reason: record.reason,
+    error: record.error,
+    lostBytes: record.lostBytes === null ? null : BigInt(record.lostBytes),
+    startedAt: new Date(record.startedAt),
+    fencedAt: date(record.fencedAt),
+    promotedAt: date(record.promotedAt),
+    finishedAt: date(record.finishedAt),
+    durationMs: record.durationMs,
+  };
+  // A replayed stage event must not move a finished record back to running.
+  const existing = await prisma.failover.findUnique({ where: { id: record.id }, select: { status: true } });
+  if (existing && existing.status !== "running" && record.status === "running") return;
+  await prisma.failover.upsert({ where: { id: record.id }, create: { id: record.id, ...values }, update: values });
 }

@@ -37,6 +37,7 @@ export interface EventMap {
   "node:fenced": { method: string; reason: string };
   "node:rejoined": { method: "rewind" | "reseed" | "restart"; upstream: string; durationMs: number };
   "node:rejoin-failed": { error: string };
+  "node:removed": { slotDropped: boolean };
   "cluster:split-brain": { writable: string[]; recordedPrimary: string };
   "cluster:maintenance": { enabled: boolean };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
@@ -142,6 +143,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "node:fenced",
   "node:rejoined",
   "node:rejoin-failed",
+  "node:removed",
   "cluster:split-brain",
   "cluster:maintenance",
   "replication:sync-changed",

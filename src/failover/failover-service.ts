@@ -1,6 +1,7 @@
 import type Redis from "ioredis";
 import type { EventLog } from "../events/event-log";
-import type { FailoverRecord } from "../events/event-map";
+import type { EventKind, FailoverRecord } from "../events/event-map";
+import type { PrimaryDatabase } from "../db/primary-database";
 import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
 import { LeaderRole, type RedisLease } from "../redis/redis-lease";
@@ -8,7 +9,7 @@ import type { Actor } from "../events/event-map";
 import type { ClusterState, ClusterStateStore } from "./cluster-state";
 import { FailoverMonitor, type FailoverMonitorDeps } from "./monitor";
 import type { JournalEntry, OperationJournal } from "./operation-journal";
-import type { FailoverOperations, RejoinMethod } from "./operations";
+import { primaryLsnKey, type FailoverOperations, type RejoinMethod } from "./operations";
 
 export interface FailoverServiceDeps {
   readonly redis: Redis;
@@ -21,7 +22,9 @@ export interface FailoverServiceDeps {
   readonly logger: Logger;
   readonly lease: RedisLease;
   readonly leaseTtlMs: number;
-  readonly monitor: Omit<FailoverMonitorDeps, "guard" | "store" | "journal" | "operations" | "redis" | "maintenanceKey" | "events" | "logger" | "nodes">;
+  /** The consolidated Failover records; recent ones are also read from the events stream (not consolidated yet while no primary is up). */
+  readonly database: PrimaryDatabase;
+  readonly monitor: Omit<FailoverMonitorDeps, "guard" | "store" | "journal" | "operations" | "redis" | "maintenanceKey" | "primaryLsnKey" | "events" | "logger" | "nodes">;
 }
 
 /** What the API and the CLI see of failover: the operations, maintenance mode, the recorded state. */
@@ -37,6 +40,7 @@ export class FailoverService {
       nodes: deps.nodes,
       redis: deps.redis,
       maintenanceKey: this.maintenanceKey,
+      primaryLsnKey: primaryLsnKey(deps.keyPrefix),
       store: deps.store,
       journal: deps.journal,
       operations: deps.operations,
@@ -83,6 +87,14 @@ export class FailoverService {
     return this.deps.operations.rejoin(name);
   }
 
+  addReplica(name: string): Promise<NodeRef> {
+    return this.deps.operations.addReplica(name);
+  }
+
+  removeReplica(name: string): Promise<void> {
+    return this.deps.operations.removeReplica(name);
+  }
+
   async maintenance(): Promise<boolean> {
     return (await this.deps.redis.get(this.maintenanceKey)) === "1";
   }
@@ -101,6 +113,43 @@ export class FailoverService {
     return enabled;
   }
 
+  /**
+   * Finished changes of primary, newest first: the catalog's Failover rows
+   * merged with the finishing events still in Redis (one that happened while
+   * the database was unreachable is not consolidated yet).
+   */
+  async failovers(limit: number): Promise<FailoverRecord[]> {
+    const byId = new Map<string, FailoverRecord>();
+    const page = await this.deps.events.page({ first: limit, kinds: FINISHED_KINDS });
+    for (const event of page.events) byId.set((event.data as FailoverRecord).id, event.data as FailoverRecord);
+    try {
+      const prisma = await this.deps.database.client();
+      const rows = await prisma.failover.findMany({ where: { status: { not: "running" } }, orderBy: { startedAt: "desc" }, take: limit });
+      for (const row of rows) {
+        if (byId.has(row.id)) continue;
+        byId.set(row.id, {
+          id: row.id,
+          kind: row.kind as FailoverRecord["kind"],
+          trigger: row.trigger as FailoverRecord["trigger"],
+          from: row.fromNode,
+          to: row.toNode,
+          status: row.status as FailoverRecord["status"],
+          reason: row.reason,
+          error: row.error,
+          lostBytes: row.lostBytes === null ? null : Number(row.lostBytes),
+          startedAt: row.startedAt.toISOString(),
+          fencedAt: row.fencedAt?.toISOString() ?? null,
+          promotedAt: row.promotedAt?.toISOString() ?? null,
+          finishedAt: row.finishedAt?.toISOString() ?? null,
+          durationMs: row.durationMs,
+        });
+      }
+    } catch (error) {
+      this.deps.logger.warn({ err: (error as Error).message }, "failover records read from the events stream only: the database is unavailable");
+    }
+    return [...byId.values()].sort((a, b) => Date.parse(b.startedAt) - Date.parse(a.startedAt)).slice(0, limit);
+  }
+
   state(): Promise<ClusterState | null> {
     return this.deps.store.read();
   }
@@ -109,6 +158,9 @@ export class FailoverService {
     return this.deps.journal.current();
   }
 }
+
+/** The events that end a change of primary; each carries its FailoverRecord. */
+const FINISHED_KINDS: readonly EventKind[] = ["failover:completed", "failover:failed"];
 
 export function leaseKeyOf(prefix: string): string {
   return `${prefix}:lease:failover-monitor`;

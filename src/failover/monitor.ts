@@ -33,6 +33,8 @@ export interface FailoverMonitorDeps {
   readonly superuser: Credentials;
   readonly redis: Redis;
   readonly maintenanceKey: string;
+  /** Where the last LSN seen on the primary is kept for other instances (a manual failover's loss bound). */
+  readonly primaryLsnKey: string;
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
   readonly operations: FailoverOperations;
@@ -126,6 +128,7 @@ export class FailoverMonitor {
       if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
       this.failures = 0;
       this.lastPrimaryLsn = check.lsn;
+      await this.deps.redis.set(this.deps.primaryLsnKey, JSON.stringify({ node: primary.name, lsn: check.lsn }));
       await this.keepSynchronousSet(state, primary, check, guard);
       await this.fenceSecondPrimaries(state, guard);
       if (!maintenance) await this.rejoinFenced(state);

@@ -3,7 +3,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 
-export type OperationKind = "failover" | "switchover" | "failback" | "rejoin";
+export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica";
 
 /** What an operation needs to be run again by another instance: its parameters and how far it got. */
 export interface JournalEntry {
@@ -76,12 +76,7 @@ export class OperationJournal {
     const holder = await this.nextHolder();
     const taken = (await this.redis.eval(BEGIN, 2, this.lockKey, this.entryKey, holder, String(this.ttlMs), JSON.stringify(entry))) as number;
     if (taken !== 1) {
-      const running = await this.current();
-      throw new RelevoError(
-        ErrorCode.OperationInProgress,
-        running ? `${running.kind} ${running.id} (${running.from} → ${running.to ?? "?"}) is in progress, at stage ${running.stage}; wait for it to finish` : "another operation is in progress; wait for it to finish",
-        { details: running ? { operation: running.id, kind: running.kind, stage: running.stage } : {} },
-      );
+      throw operationInProgress(await this.current());
     }
     return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger);
   }
@@ -167,4 +162,15 @@ export class RunningOperation {
   abandon(): void {
     clearInterval(this.renewal);
   }
+}
+
+/** OPERATION_IN_PROGRESS, naming the operation in flight when it is known. */
+export function operationInProgress(running: JournalEntry | null): RelevoError {
+  return new RelevoError(
+    ErrorCode.OperationInProgress,
+    running
+      ? `${running.kind} ${running.id} (${running.from} → ${running.to ?? "?"}) is in progress, at stage ${running.stage}; wait for it to finish`
+      : "another operation is in progress; wait for it to finish",
+    { details: running ? { operation: running.id, kind: running.kind, stage: running.stage } : {} },
+  );
 }

@@ -13,17 +13,20 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
+import type { Membership } from "../cluster/membership";
+import { isPortFree } from "../cluster/ports";
 import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import { byMostAdvanced, lsnBytes, readNodeFacts, type NodeFacts } from "./node-facts";
-import type { JournalEntry, OperationJournal, RunningOperation } from "./operation-journal";
-import { configureStoppedStandby, ensureReservedSlot, repointRunningStandby, setSynchronousStandbys, STANDBY_SIGNAL } from "./replication-config";
+import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
+import { configureStoppedStandby, dropSlot, ensureReservedSlot, repointRunningStandby, setSynchronousStandbys, STANDBY_SIGNAL } from "./replication-config";
 
 export type OperationsConfig = BootstrapConfig & Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary">;
 
 export interface FailoverOperationsDeps {
   readonly config: OperationsConfig;
-  readonly nodes: readonly NodeRef[];
+  /** The members, changed in place by addReplica / removeReplica. */
+  readonly membership: Membership;
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
   readonly superuser: Credentials;
@@ -52,6 +55,8 @@ export type RejoinMethod = "rewind" | "reseed" | "restart";
 
 /** A replica promoted only when it is at most this far behind (switchover, failback). */
 const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
+/** How long a restarted standby has to stream before it is rewound instead. */
+const RESTART_STREAMING_TIMEOUT_MS = 30000;
 /** How long a switchover waits for the target to receive the old primary's last record. */
 const CATCH_UP_TIMEOUT_MS = 30000;
 
@@ -71,9 +76,9 @@ export class FailoverOperations {
   }
 
   node(name: string): NodeRef {
-    const node = this.deps.nodes.find((candidate) => candidate.name === name);
+    const node = this.deps.membership.nodes.find((candidate) => candidate.name === name);
     if (!node) {
-      throw new RelevoError(ErrorCode.NotFound, `no node named "${name}"; nodes are ${this.deps.nodes.map((n) => n.name).join(", ")}`);
+      throw new RelevoError(ErrorCode.NotFound, `no node named "${name}"; nodes are ${this.deps.membership.nodes.map((n) => n.name).join(", ")}`);
     }
     return node;
   }
@@ -93,6 +98,7 @@ export class FailoverOperations {
 
   /** Fences the primary and promotes the most advanced eligible replica (or `to`). */
   async failover(request: FailoverRequest): Promise<FailoverRecord> {
+    await this.refuseWhileBusy();
     const state = await this.state();
     const from = this.node(state.primary);
     if (request.to) this.node(request.to);
@@ -106,10 +112,9 @@ export class FailoverOperations {
         );
       }
     }
+    const lastPrimaryLsn = request.lastPrimaryLsn ?? (await this.lastSeenLsn(from));
     const operation = await this.deps.journal.begin(
-      this.newEntry("failover", request.trigger, from.name, request.to ?? null, request.force ?? false, request.reason, {
-        lastPrimaryLsn: request.lastPrimaryLsn ?? null,
-      }),
+      this.newEntry("failover", request.trigger, from.name, request.to ?? null, request.force ?? false, request.reason, { lastPrimaryLsn }),
     );
     return this.tracked(() => this.runFailover(operation));
   }
@@ -161,7 +166,7 @@ export class FailoverOperations {
   /** The replica to promote: reachable, eligible (unless forced), the most advanced. */
   private async chooseCandidate(entry: JournalEntry): Promise<{ node: NodeRef; lostBytes: number | null }> {
     const state = await this.state();
-    const replicas = this.deps.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
+    const replicas = this.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
     const facts = (await Promise.all(replicas.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)))).filter(
       (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
     );
@@ -231,7 +236,7 @@ export class FailoverOperations {
    * replicas repointed; stopped ones are configured to follow it when started.
    */
   private async followNewPrimary(primary: NodeRef, skip: readonly string[]): Promise<void> {
-    const others = this.deps.nodes.filter((node) => node.name !== primary.name);
+    const others = this.deps.membership.nodes.filter((node) => node.name !== primary.name);
     await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => {
       for (const node of others) await ensureReservedSlot(client, slotNameFor(node));
     });
@@ -257,6 +262,7 @@ export class FailoverOperations {
 
   /** Planned change of primary, losing nothing: clean stop, catch-up confirmed, promotion, old primary restarted as a standby. */
   async switchover(to: string, kind: "switchover" | "failback" = "switchover", trigger: "automatic" | "manual" = "manual"): Promise<FailoverRecord> {
+    await this.refuseWhileBusy();
     const state = await this.state();
     const target = this.node(to);
     const from = this.node(state.primary);
@@ -372,6 +378,7 @@ export class FailoverOperations {
 
   /** Brings a fenced (or lost) node back as a replica of the primary: pg_rewind, else a fresh seed. */
   async rejoin(name: string, trigger: "automatic" | "manual" = "manual"): Promise<RejoinMethod> {
+    await this.refuseWhileBusy();
     const node = this.node(name);
     const state = await this.state();
     if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; it cannot rejoin as a replica`);
@@ -392,8 +399,8 @@ export class FailoverOperations {
         await operation.record({ stage: "stopping" });
         await this.stopQuietly(node);
         await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => ensureReservedSlot(client, slotNameFor(node)));
-        await operation.record({ stage: "rewinding" });
-        method = await this.rewindOrReseed(node, primary);
+        await operation.record({ stage: "rejoining" });
+        method = await this.rejoinStopped(node, primary);
       }
       await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(primary.name)), fenced: without(state?.fenced ?? [], node.name) }));
       await operation.finish();
@@ -413,6 +420,37 @@ export class FailoverOperations {
       await this.deps.events.emit({ kind: "node:rejoin-failed", severity: "critical", node: node.name, message: `${node.name} did not rejoin: ${message}`, data: { error: message } });
       throw error;
     }
+  }
+
+  /**
+   * A stopped node back as a standby. One that was a standby (its control
+   * file says recovery) holds a prefix of the primary's history: it is
+   * restarted as it is. Running pg_rewind on it instead would first run crash
+   * recovery outside standby mode, which ends with a checkpoint of its own on
+   * the primary's timeline that the primary never wrote ("no rewind
+   * required", and a standby that cannot stream). One that was a primary
+   * (the fenced old primary) is rewound. If the restart does not stream, the
+   * node is stopped cleanly (shut down in recovery) and rewound.
+   */
+  private async rejoinStopped(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+    if (!(await this.wasStandby(node))) return this.rewindOrReseed(node, primary);
+    await this.clearSlots(node);
+    await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
+    await this.deps.driver.removeFiles(node, [FENCE_MARKER]);
+    try {
+      await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
+      await waitForStreaming({ config: { ...this.deps.config, startTimeoutMs: RESTART_STREAMING_TIMEOUT_MS }, secrets: this.deps.secrets }, node);
+      return "restart";
+    } catch (error) {
+      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "standby does not stream after a restart: rewinding it");
+      await this.stopQuietly(node);
+      return this.rewindOrReseed(node, primary);
+    }
+  }
+
+  private async wasStandby(node: NodeRef): Promise<boolean> {
+    const control = await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline", allowFailure: true });
+    return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(control.stdout);
   }
 
   /**
@@ -476,6 +514,91 @@ export class FailoverOperations {
     }
   }
 
+  // ---- replicas ----------------------------------------------------------------
+
+  /** Seeds a new replica of the primary (from the repository when a backup exists, else pg_basebackup) and makes it a member. */
+  async addReplica(name: string): Promise<NodeRef> {
+    await this.refuseWhileBusy();
+    const state = await this.state();
+    const primary = this.node(state.primary);
+    let port = this.deps.membership.nextPort();
+    while (!(await isPortFree(primary.host, port))) port += 1;
+    this.deps.membership.plan(name, port); // checks the name
+    const operation = await this.deps.journal.begin(this.newEntry("add-replica", "manual", name, primary.name, false, "replica added by an operator", { port }));
+    return this.tracked(() => this.runAddReplica(operation));
+  }
+
+  private async runAddReplica(operation: RunningOperation): Promise<NodeRef> {
+    const entry = operation.entry;
+    const node: NodeRef = { name: entry.from, host: this.node((await this.state()).primary).host, port: Number(entry.facts.port) };
+    try {
+      const primary = this.node((await this.state()).primary);
+      // A seed cut short by a dead instance left half a node: start again from nothing.
+      if (!this.deps.membership.find(node.name)) await this.deps.driver.destroy(node);
+      const outcome = await seedReplica(this.deps.bootstrap, node, primary);
+      await this.deps.membership.add(node);
+      await operation.finish();
+      await this.deps.events.emit({
+        kind: "node:created",
+        severity: "info",
+        node: node.name,
+        message: `${node.name} added as a replica of ${primary.name} (seeded from ${outcome.phase === "seeded" ? outcome.from : "primary"}), port ${node.port}`,
+        data: { role: "replica", upstream: primary.name },
+      });
+      await this.deps.refreshTopology().catch(() => undefined);
+      return node;
+    } catch (error) {
+      if (error instanceof StaleWriterError) throw error;
+      await operation.finish().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Stops a replica, removes its data and its slot on the primary, and forgets it. */
+  async removeReplica(name: string): Promise<void> {
+    await this.refuseWhileBusy();
+    const node = this.node(name);
+    const state = await this.state();
+    if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; switch over to another node before removing it`);
+    const operation = await this.deps.journal.begin(this.newEntry("remove-replica", "manual", name, state.primary, false, "replica removed by an operator", {}));
+    await this.tracked(() => this.runRemoveReplica(operation));
+  }
+
+  private async runRemoveReplica(operation: RunningOperation): Promise<void> {
+    const node = this.node(operation.entry.from);
+    try {
+      // First it stops counting (eligibility, synchronous set), then commits stop waiting for it, then it goes.
+      const state = await this.deps.store.update(operation.guard, (current) => {
+        const base = current!;
+        const joining = { ...base.joining };
+        delete joining[node.name];
+        return { ...base, eligible: without(base.eligible, node.name), syncSet: without(base.syncSet, node.name), fenced: without(base.fenced, node.name), joining };
+      });
+      const primary = this.node(state.primary);
+      await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
+        setSynchronousStandbys(client, this.deps.config.synchronous ? state.syncSet : []),
+      );
+      await this.stopQuietly(node);
+      await this.deps.driver.destroy(node);
+      let slotDropped = false;
+      for (let attempt = 0; attempt < 50 && !slotDropped; attempt += 1) {
+        slotDropped = await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => {
+          await dropSlot(client, slotNameFor(node));
+          return (await client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slotNameFor(node)])).rowCount === 0;
+        });
+        if (!slotDropped) await sleep(100); // its WAL sender is still exiting
+      }
+      await this.deps.membership.remove(node.name);
+      await operation.finish();
+      await this.deps.events.emit({ kind: "node:removed", severity: "warning", node: node.name, message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`, data: { slotDropped } });
+      await this.deps.refreshTopology().catch(() => undefined);
+    } catch (error) {
+      if (error instanceof StaleWriterError) throw error;
+      await operation.finish().catch(() => undefined);
+      throw error;
+    }
+  }
+
   // ---- resume ----------------------------------------------------------------
 
   /** Runs an operation adopted from a dead instance's journal to its end. */
@@ -490,6 +613,10 @@ export class FailoverOperations {
           return this.runSwitchover(operation);
         case "rejoin":
           return this.runRejoin(operation);
+        case "add-replica":
+          return this.runAddReplica(operation);
+        case "remove-replica":
+          return this.runRemoveReplica(operation);
       }
     };
     await this.tracked(run).catch((error: Error) => this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
@@ -497,8 +624,20 @@ export class FailoverOperations {
 
   // ---- helpers ---------------------------------------------------------------
 
+  /** An operation in flight answers first: its preconditions would otherwise mislead (the primary is moving). */
+  private async refuseWhileBusy(): Promise<void> {
+    const running = await this.deps.journal.current();
+    if (running) throw operationInProgress(running);
+  }
+
+  /** The primary's last LSN the monitor saw (any instance's), for the loss bound of a manual failover. */
+  private async lastSeenLsn(primary: NodeRef): Promise<string | null> {
+    const seen = await lastSeenPrimaryLsn(this.deps.redis, this.deps.keyPrefix);
+    return seen?.node === primary.name ? seen.lsn : null;
+  }
+
   private async writableNodes(): Promise<NodeFacts[]> {
-    const facts = await Promise.all(this.deps.nodes.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)));
+    const facts = await Promise.all(this.deps.membership.nodes.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)));
     return facts.filter((fact): fact is NodeFacts => fact !== null && !fact.inRecovery && !fact.readOnly);
   }
 
@@ -528,7 +667,7 @@ export class FailoverOperations {
     const lost = entry.facts.lostBytes;
     return {
       id: entry.id,
-      kind: entry.kind === "rejoin" ? "failover" : entry.kind,
+      kind: entry.kind === "switchover" || entry.kind === "failback" ? entry.kind : "failover",
       trigger: entry.trigger,
       from: entry.from,
       to: entry.to,
@@ -559,4 +698,14 @@ export class FailoverOperations {
     await this.deps.events.emit({ kind: "failover:failed", severity: "critical", node: operation.entry.from, message: `${operation.entry.kind} ${operation.entry.id} failed at stage ${operation.entry.stage}: ${message}`, data: record });
     throw error;
   }
+}
+
+/** Where the monitor keeps the primary's last LSN it saw. */
+export function primaryLsnKey(prefix: string): string {
+  return `${prefix}:primary-lsn`;
+}
+
+export async function lastSeenPrimaryLsn(redis: Redis, prefix: string): Promise<{ node: string; lsn: string } | null> {
+  const raw = await redis.get(primaryLsnKey(prefix));
+  return raw ? (JSON.parse(raw) as { node: string; lsn: string }) : null;
 }

@@ -161,9 +161,14 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await expect(driver.exec(node, ["/bin/sh", "-c", "id"], { mode: "online" })).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
     });
 
-    test("pause freezes the server (connections time out), resume thaws it", async () => {
+    test("pause freezes the whole server (new and open connections time out), resume thaws it", async () => {
+      const open = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", query_timeout: 1000 });
+      await open.connect();
       await driver.pause(node);
       expect((await driver.state(node)).phase).toBe("paused");
+      // The backend serving an open connection is frozen too.
+      await expect(open.query("SELECT 1")).rejects.toThrow(/timeout/i);
+      open.end().catch(() => undefined);
       const client = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", connectionTimeoutMillis: 1000 });
       await expect(client.connect()).rejects.toThrow();
       await driver.resume(node);

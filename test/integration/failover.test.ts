@@ -94,4 +94,25 @@ describe("failover, rejoin and failback (synchronous, three nodes)", () => {
     // eslint-disable-next-line no-console
     console.log(`failback took ${record.durationMs} ms; longest write gap ${report.longestGapMs} ms (${Date.now() - start} ms in all)`);
   });
+
+  test("a replica added and removed: seeded, streaming, in the topology; then gone with its slot", async () => {
+    const primary = node((await state()).primary);
+    const added = await cluster.service.failover.addReplica("node4");
+    expect(added.name).toBe("node4");
+    expect(await receiverPort(added)).toBe(primary.port);
+    const snapshot = await cluster.service.collector.pollNow();
+    expect(snapshot.nodes.map((n) => n.name)).toContain("node4");
+    // It joins the synchronous set like the others.
+    await eventually(async () => ((await state()).eligible.includes("node4") ? true : undefined), { what: "node4 eligible", timeoutMs: 30000 });
+    await expect(cluster.service.failover.addReplica("node4")).rejects.toMatchObject({ code: "BAD_USER_INPUT" });
+
+    await cluster.service.failover.removeReplica("node4");
+    expect((await cluster.service.driver.state(added)).phase).toBe("absent");
+    expect(await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_node4'")).toEqual([]);
+    expect((await state()).syncSet).not.toContain("node4");
+    expect((await cluster.service.collector.pollNow()).nodes.map((n) => n.name)).not.toContain("node4");
+    await expect(cluster.service.failover.removeReplica(primary.name)).rejects.toMatchObject({ code: "PRECONDITION_FAILED" });
+    // Writes go on (the set no longer waits for it).
+    await sql(primary, "INSERT INTO acked (id) VALUES (4000000)");
+  });
 });

@@ -1,13 +1,9 @@
 import { Arg, Args, Authorized, Ctx, Mutation, Query, Resolver } from "type-graphql";
-import type { EventKind, FailoverRecord } from "../../events/event-map";
 import { redisCall } from "../../redis/redis-client";
 import type { ApiContext, ApiServices } from "../context";
 import { FailoversArgs } from "./failover.args";
 import { toFailover, toFailoverState } from "./failover.mapper";
-import { Failover, FailoverState } from "./failover.type";
-
-/** The events that end a change of primary; each carries its FailoverRecord. */
-const FINISHED_KINDS: readonly EventKind[] = ["failover:completed", "failover:failed"];
+import { Failover, FailoverState, ReplicaMember } from "./failover.type";
 
 @Resolver()
 export class FailoverResolver {
@@ -15,12 +11,11 @@ export class FailoverResolver {
 
   @Authorized("viewer")
   @Query(() => [Failover], {
-    description: "Finished failovers, switchovers and failbacks, newest first, from the events stream (failover:completed and failover:failed events).",
+    description: "Finished failovers, switchovers and failbacks, newest first: the consolidated Failover records, with recent ones not yet consolidated read from the events stream.",
     complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.limit ?? 20),
   })
   async failovers(@Args(() => FailoversArgs) args: FailoversArgs): Promise<Failover[]> {
-    const page = await this.services.events.page({ first: args.limit, kinds: FINISHED_KINDS });
-    return page.events.map((event) => toFailover(event.data as FailoverRecord));
+    return (await this.services.failover.failovers(args.limit)).map(toFailover);
   }
 
   @Authorized("viewer")
@@ -64,6 +59,23 @@ export class FailoverResolver {
   })
   async rejoinNode(@Arg("name", () => String) name: string): Promise<string> {
     return this.services.failover.rejoin(name);
+  }
+
+  @Authorized("operator")
+  @Mutation(() => ReplicaMember, {
+    description:
+      "Seeds a new streaming replica of the primary (from the repository when a backup exists, else pg_basebackup) on the next free port, over a slot of its own, and makes it a member; waits until it streams. BAD_USER_INPUT for an invalid or taken name.",
+  })
+  async addReplica(@Arg("name", () => String) name: string): Promise<ReplicaMember> {
+    const node = await this.services.failover.addReplica(name);
+    return { name: node.name, host: node.host, port: node.port };
+  }
+
+  @Authorized("operator")
+  @Mutation(() => Boolean, { description: "Stops a replica, deletes its data and its slot on the primary, and removes it from the cluster. PRECONDITION_FAILED for the primary." })
+  async removeReplica(@Arg("name", () => String) name: string): Promise<boolean> {
+    await this.services.failover.removeReplica(name);
+    return true;
   }
 
   @Authorized("operator")

@@ -28,8 +28,10 @@ export enum FailoverOperationKindGql {
   SWITCHOVER = "switchover",
   FAILBACK = "failback",
   REJOIN = "rejoin",
+  ADD_REPLICA = "add-replica",
+  REMOVE_REPLICA = "remove-replica",
 }
-registerEnumType(FailoverOperationKindGql, { name: "FailoverOperationKind", description: "What the operation in flight does; REJOIN brings a fenced node back as a replica." });
+registerEnumType(FailoverOperationKindGql, { name: "FailoverOperationKind", description: "What the operation in flight does; REJOIN brings a fenced node back as a replica, ADD_REPLICA / REMOVE_REPLICA change the members." });
 
 @ObjectType({ description: "A change of primary (failover, switchover or failback) and how it went." })
 export class Failover {
@@ -74,4 +76,16 @@ export class FailoverState {
   @Field(() => [String], { description: "Synchronous mode: the standbys known to hold every acknowledged commit; only these are promoted automatically." }) eligible!: string[];
   @Field({ description: "True while maintenance mode holds back automatic failover, rejoin and failback." }) maintenance!: boolean;
   @Field(() => FailoverOperation, { nullable: true }) operation!: FailoverOperation | null;
+}
+
+@ObjectType({ description: "A node added to the cluster." })
+export class ReplicaMember {
+  @Field(() => String)
+  name!: string;
+
+  @Field(() => String)
+  host!: string;
+
+  @Field(() => Int)
+  port!: number;
 }

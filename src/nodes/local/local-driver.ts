@@ -31,7 +31,7 @@ import {
   writeStreamAtomic,
 } from "./local-files";
 import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
-import { processesInGroup, readCommandLine, readProcStat } from "./proc";
+import { processesInGroup, processTree, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
 import { runCommand } from "./run-command";
 import { existsSync, readFileSync } from "node:fs";
@@ -160,13 +160,22 @@ export class LocalDriver implements NodeDriver {
     if (pid === null) return;
     const stat = await readProcStat(pid);
     if (!stat) return;
-    // pg_ctl was started in a session of its own, so the postmaster and every
-    // backend share its process group: one signal reaches them all, even when
-    // the postmaster is stopped (SIGKILL is never queued behind SIGSTOP).
+    // The postmaster is frozen first so that it forks nothing more; then it
+    // and every process it started (each backend is in a session of its own,
+    // so not in its process group) get SIGKILL, which is never queued behind
+    // SIGSTOP. No backend outlives it to finish a commit.
     const group = stat.pgid > 1 ? stat.pgid : pid;
+    signalGroup(group, pid, "SIGSTOP");
+    const tree = await processTree(pid);
+    for (const member of tree) signalProcess(member, "SIGKILL");
     signalGroup(group, pid, "SIGKILL");
-    for (let waited = 0; (await processesInGroup(group)).length > 0 || (await readProcStat(pid)) !== null; waited += 50) {
-      if (waited > 10000) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes of group ${group} survived SIGKILL for 10 s`);
+    const alive = async (): Promise<number[]> => {
+      const left: number[] = [];
+      for (const member of tree) if ((await readProcStat(member)) !== null) left.push(member);
+      return [...left, ...(await processesInGroup(group))];
+    };
+    for (let waited = 0; (await alive()).length > 0; waited += 50) {
+      if (waited > 10000) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes ${(await alive()).join(", ")} survived SIGKILL for 10 s`);
       await sleep(50);
     }
     // Dead but maybe not yet reaped: a new postmaster would take the zombie's
@@ -179,14 +188,18 @@ export class LocalDriver implements NodeDriver {
   async pause(node: NodeRef): Promise<void> {
     const pid = await this.requireRunning(node, "pause");
     const stat = await readProcStat(pid);
+    // The postmaster first (it forks nothing more), then every process it started: the whole server hangs.
     signalGroup(stat?.pgid ?? pid, pid, "SIGSTOP");
+    for (const member of await processTree(pid)) signalProcess(member, "SIGSTOP");
   }
 
   async resume(node: NodeRef): Promise<void> {
     const pid = await this.postmasterPid(node);
     if (pid === null) return;
     const stat = await readProcStat(pid);
-    if (stat) signalGroup(stat.pgid, pid, "SIGCONT");
+    if (!stat) return;
+    for (const member of await processTree(pid)) signalProcess(member, "SIGCONT");
+    signalGroup(stat.pgid, pid, "SIGCONT");
   }
 
   async state(node: NodeRef): Promise<NodeProcessState> {
@@ -325,6 +338,14 @@ export class LocalDriver implements NodeDriver {
  * Signals a whole process group, unless that group is Relevo's own (a server
  * started by something else in our group): then only the postmaster.
  */
+function signalProcess(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
 function signalGroup(pgid: number, pid: number, signal: NodeJS.Signals): void {
   try {
     if (pgid <= 1 || pgid === ownProcessGroup()) throw new Error("not a group of its own");

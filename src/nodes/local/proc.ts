@@ -41,3 +41,28 @@ export async function processesInGroup(pgid: number): Promise<number[]> {
   }
   return members;
 }
+
+/**
+ * The process and every live descendant. PostgreSQL's backends and auxiliary
+ * processes each call setsid(), so they are not in the postmaster's process
+ * group: its children are found by parent pid.
+ */
+export async function processTree(rootPid: number): Promise<number[]> {
+  const children = new Map<number, number[]>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readProcStat(Number(entry));
+    if (!stat) continue;
+    const siblings = children.get(stat.ppid) ?? [];
+    siblings.push(stat.pid);
+    children.set(stat.ppid, siblings);
+  }
+  const tree: number[] = [];
+  const pending = [rootPid];
+  while (pending.length > 0) {
+    const pid = pending.pop()!;
+    tree.push(pid);
+    pending.push(...(children.get(pid) ?? []));
+  }
+  return tree;
+}

@@ -1,0 +1,187 @@
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { startLibpqWriter } from "../helpers/libpq-writer";
+import { eventually, useTestCluster, type TestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+/** Helpers over one test cluster. */
+function on(cluster: TestCluster) {
+  const node = (name: string): NodeRef => cluster.service.nodes.find((n) => n.name === name)!;
+  const sql = <T = Record<string, unknown>>(target: NodeRef, text: string) => sqlOn<T>(target, cluster.service.secrets, text);
+  const state = async () => (await cluster.service.failover.state())!;
+  const events = async (kind: string, since: number) =>
+    (await cluster.service.events.page({ first: 500 })).events.filter((e) => e.kind === kind && Date.parse(e.occurredAt) >= since);
+  const primaryNow = async (): Promise<string> =>
+    eventually(async () => {
+      const current = await state();
+      return (await cluster.service.failover.operation()) === null ? current.primary : undefined;
+    });
+  const streamingFrom = async (target: NodeRef): Promise<number | null> =>
+    (await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port"))[0]!.port;
+  return { node, sql, state, events, primaryNow, streamingFrom };
+}
+
+describe("a frozen primary (SIGSTOP of its process group)", () => {
+  const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
+  const { node, sql, state, events, streamingFrom } = on(cluster);
+
+  beforeAll(async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+  });
+
+  test("frozen for less than the detection window: no failover", async () => {
+    const since = Date.now();
+    await cluster.service.driver.pause(node("node1"));
+    await new Promise((resolve) => setTimeout(resolve, 1500)); // window: 3 × 1000 ms
+    await cluster.service.driver.resume(node("node1"));
+    // Several more checks after it came back: still no decision taken.
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    expect((await state()).primary).toBe("node1");
+    expect(await events("failover:detected", since)).toEqual([]);
+    await sql(node("node1"), "INSERT INTO acked (id) VALUES (1)");
+  });
+
+  test("frozen for longer: node2 takes over; the old primary is killed, takes no write, then rejoins", async () => {
+    const since = Date.now();
+    await cluster.service.driver.pause(node("node1"));
+    await eventually(async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined), {
+      what: "node2 promoted",
+      timeoutMs: 60000,
+    });
+    // SIGCONT reaches nothing: the whole process group was killed while frozen.
+    await cluster.service.driver.resume(node("node1"));
+    const fenced = await events("node:fenced", since);
+    expect(fenced.map((e) => e.node)).toContain("node1");
+    expect((fenced[0]!.data as { method: string }).method).toBe("killed");
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
+    const report = await writer.stop();
+    // Every acknowledged write is on node2; none could land on node1.
+    const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
+    expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    expect(present.has(1)).toBe(true);
+    // Rejoined automatically as node2's replica.
+    await eventually(async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port ? true : undefined), {
+      what: "node1 following node2",
+      timeoutMs: 90000,
+    });
+  });
+
+  test("a replica killed with -9 rejoins as it is (it holds a prefix of the primary's history)", async () => {
+    await cluster.service.driver.kill(node("node1"));
+    expect(await cluster.service.failover.rejoin("node1")).toBe("restart");
+    await sql(node("node2"), "INSERT INTO acked (id) VALUES (2000000)");
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 2000000")).length === 1 ? true : undefined), { what: "replicated" });
+  });
+});
+
+describe("fencing holds, and a stale replica is never promoted (synchronous, no automatic rejoin)", () => {
+  const cluster = useTestCluster("failover-fencing", { leaseTtlMs: 2000, autoRejoin: "false" });
+  const { node, sql, state, events, primaryNow } = on(cluster);
+
+  beforeAll(async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+  });
+
+  test("the old primary restarted by hand after a failover accepts no write and is fenced again", async () => {
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
+    expect((await state()).fenced).toContain("node1");
+    const since = Date.now();
+    // What an operator's `pg_ctl start` does.
+    await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 });
+    await expect(sql(node("node1"), "INSERT INTO acked (id) VALUES (42)")).rejects.toThrow(/read-only transaction/);
+    // A libpq writer asking for read-write never lands on it.
+    const writer = startLibpqWriter([node("node1"), node("node2")], cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
+    const report = await writer.stop();
+    const onNew = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
+    expect(report.acknowledged.every((id) => onNew.has(id))).toBe(true);
+    // Seen as a second primary and fenced (stopped) at once.
+    await eventually(async () => ((await cluster.service.driver.state(node("node1"))).phase === "stopped" ? true : undefined), { what: "node1 fenced again" });
+    expect((await events("cluster:split-brain", since)).map((e) => e.node)).toContain("node1");
+    expect((await cluster.service.failover.rejoin("node1"))).toBe("rewind");
+    expect((await state()).fenced).toEqual([]);
+  });
+
+  test("the replica dies: writes resume within the detection window; the primary dying next does not promote the stale replica", async () => {
+    // node2 is the primary, node1 its (eligible) replica.
+    await eventually(async () => ((await state()).eligible.includes("node1") ? true : undefined), { what: "node1 eligible" });
+    await cluster.service.driver.kill(node("node1"));
+    const started = Date.now();
+    // This commit waits for node1 until it leaves the synchronous set.
+    await sql(node("node2"), "INSERT INTO acked (id) VALUES (3000000)");
+    const waited = Date.now() - started;
+    expect((await state()).eligible).not.toContain("node1");
+    // eslint-disable-next-line no-console
+    console.log(`a commit waited ${waited} ms for the dead synchronous replica`);
+    const since = Date.now();
+    await cluster.service.driver.kill(node("node2"));
+    await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 }); // reachable, but stale
+    await eventually(async () => ((await events("failover:failed", since)).length > 0 ? true : undefined), { what: "the refused failover", timeoutMs: 30000 });
+    const failed = (await events("failover:failed", since))[0]!;
+    expect(failed.message).toMatch(/no eligible replica/);
+    expect((await state()).primary).toBe("node2");
+    expect((await sql<{ r: boolean }>(node("node1"), "SELECT pg_is_in_recovery() AS r"))[0]!.r).toBe(true);
+    // The old primary was not fenced (there was nobody to promote): it comes back as it was.
+    await cluster.service.driver.start(node("node2"), { timeoutMs: 30000 });
+    expect((await sql(node("node2"), "SELECT 1 FROM acked WHERE id = 3000000")).length).toBe(1);
+  });
+});
+
+describe("rejoin when pg_rewind cannot run", () => {
+  const cluster = useTestCluster("failover-reseed", { leaseTtlMs: 2000, autoRejoin: "false" });
+  const { node, sql, state, primaryNow, streamingFrom } = on(cluster);
+
+  test("the old primary is seeded again", async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
+    // pg_rewind connects as rewinder: with a password it does not know, it cannot run.
+    await sql(node("node2"), "ALTER ROLE rewinder PASSWORD 'not-the-one-relevo-has'");
+    try {
+      expect(await cluster.service.failover.rejoin("node1")).toBe("reseed");
+    } finally {
+      await sql(node("node2"), `ALTER ROLE rewinder PASSWORD '${cluster.service.secrets.rewindPassword}'`);
+    }
+    expect(await streamingFrom(node("node1"))).toBe(node("node2").port);
+    await sql(node("node2"), "INSERT INTO acked (id) VALUES (7)");
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 7")).length === 1 ? true : undefined), { what: "replicated" });
+    const rejoined = (await cluster.service.events.page({ first: 100, kinds: ["node:rejoined"] })).events[0]!;
+    expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node2" });
+  });
+});
+
+describe("asynchronous mode", () => {
+  const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false" });
+  const { node, sql, state, primaryNow } = on(cluster);
+
+  test("kill -9: promoted within the lag bound; the loss is reported", async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    expect((await sql<{ s: string }>(node("node1"), "SELECT current_setting('synchronous_standby_names') AS s"))[0]!.s).toBe("");
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes" });
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
+    const after = writer.acknowledgedSoFar();
+    await eventually(async () => (writer.acknowledgedSoFar() > after + 10 ? true : undefined), { what: "writes on node2" });
+    const report = await writer.stop();
+    const [record] = await cluster.service.failover.failovers(1);
+    expect(record).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1", to: "node2", status: "completed" });
+    expect(typeof record!.lostBytes).toBe("number");
+    expect(record!.lostBytes!).toBeLessThanOrEqual(cluster.config.failoverMaximumLagBytes);
+    const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
+    const lost = report.acknowledged.filter((id) => !present.has(id));
+    // eslint-disable-next-line no-console
+    console.log(`asynchronous failover: ${lost.length} acknowledged rows lost, ${record!.lostBytes} bytes reported`);
+    if (record!.lostBytes === 0) expect(lost).toEqual([]);
+    // The catalog has the record once the new primary consolidated it.
+    await eventually(async () => {
+      const prisma = await cluster.service.database.client();
+      return (await prisma.failover.findUnique({ where: { id: record!.id } }))?.status === "completed" ? true : undefined;
+    }, { what: "the Failover row" });
+    expect((await state()).fenced).toContain("node1");
+  });
+});

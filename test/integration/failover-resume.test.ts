@@ -1,0 +1,73 @@
+import { loadConfig } from "../../src/config/config";
+import { ClusterStateStore, withName } from "../../src/failover/cluster-state";
+import { fenceNode } from "../../src/failover/fencing";
+import { OperationJournal } from "../../src/failover/operation-journal";
+import { createLogger } from "../../src/log";
+import { startRelevo, type RelevoService } from "../../src/service";
+import { freePort } from "../helpers/ports";
+import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+import { ErrorCode } from "../../src/errors";
+
+/** Two service instances; the one running a failover dies half-way through it. */
+describe("a failover left half-done by a dead instance", () => {
+  let first: TestCluster;
+  let second: RelevoService | null = null;
+
+  beforeAll(async () => {
+    first = await startTestCluster("failover-resume", { leaseTtlMs: 2000 });
+    second = await startRelevo(loadConfig({}, { ...first.config, apiPort: await freePort() }), createLogger({ level: first.config.logLevel }));
+  });
+  afterAll(async () => {
+    await second?.stop({ reason: "test finished", keepNodes: true, keepRedis: true });
+    await first?.stop();
+  });
+
+  test("one monitor between the two instances; a concurrent operation is OPERATION_IN_PROGRESS", async () => {
+    await eventually(async () => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined), { what: "one leader" });
+    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    const running = first.service.failover.switchover("node2");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await expect(second!.failover.failback()).rejects.toMatchObject({ code: ErrorCode.OperationInProgress });
+    await running;
+    await first.service.failover.failback();
+    expect((await first.service.failover.state())!.primary).toBe("node1");
+  });
+
+  test("the other instance adopts the journal once its runner's lock expires, and completes the failover", async () => {
+    const { redis, keys, driver, nodes, secrets } = first.service;
+    const [node1, node2] = [nodes[0]!, nodes[1]!];
+    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await sqlOn(node1, secrets, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY)");
+    await sqlOn(node1, secrets, "INSERT INTO acked VALUES (1)");
+    // What an instance had done when it died: journaled the failover, fenced the primary, recorded the fence.
+    const dead = new OperationJournal(redis, keys.prefix, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
+    const operation = await dead.begin({
+      id: "00000000-0000-4000-8000-000000000001",
+      kind: "failover",
+      trigger: "automatic",
+      from: "node1",
+      to: null,
+      force: false,
+      reason: "missed 3 checks (test)",
+      stage: "begun",
+      startedAt: new Date().toISOString(),
+      times: {},
+      facts: { lastPrimaryLsn: null },
+    });
+    await operation.record({ stage: "detected" }, "detected");
+    await fenceNode(driver, node1, "failover by the dead instance", createLogger({ level: "silent" }));
+    await new ClusterStateStore(redis, `${keys.prefix}:cluster-state`).update(operation.guard, (state) => ({ ...state!, fenced: withName(state!.fenced, "node1") }));
+    await operation.record({ stage: "fenced" }, "fenced");
+    operation.abandon(); // the instance dies: its lock is no longer renewed
+
+    await eventually(async () => ((await first.service.failover.state())!.primary === "node2" && (await first.service.failover.operation()) === null ? true : undefined), {
+      what: "the failover completed by a live instance",
+      timeoutMs: 60000,
+    });
+    const [record] = await first.service.failover.failovers(1);
+    expect(record).toMatchObject({ id: "00000000-0000-4000-8000-000000000001", from: "node1", to: "node2", status: "completed" });
+    expect((await sqlOn(node2, secrets, "SELECT id FROM acked")).length).toBe(1);
+    await sqlOn(node2, secrets, "INSERT INTO acked VALUES (2)");
+  });
+});
