@@ -278,6 +278,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       database,
       monitor: { config, driver, superuser, topology: () => collector.latest },
     });
+    await failover.reconcile(collector.latest, outcomes.some((outcome) => outcome.phase === "initialized"));
     failover.start();
     cleanups.push(() => failover.stop());
 

@@ -59,6 +59,10 @@ export class ClusterStateStore {
     return raw ? (JSON.parse(raw) as ClusterState) : null;
   }
 
+  async clear(): Promise<void> {
+    await this.redis.del(this.key);
+  }
+
   /** Applies `change` to the current state and writes it under `guard`; throws StaleWriterError when the guard no longer holds. */
   async update(guard: StateGuard | null, change: (state: ClusterState | null) => ClusterState): Promise<ClusterState> {
     const next = { ...change(await this.read()), updatedAt: new Date().toISOString() };

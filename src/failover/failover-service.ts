@@ -7,6 +7,7 @@ import type { NodeRef } from "../nodes/node-driver";
 import { LeaderRole, type RedisLease } from "../redis/redis-lease";
 import type { Actor } from "../events/event-map";
 import type { ClusterState, ClusterStateStore } from "./cluster-state";
+import type { ClusterSnapshot } from "../cluster/topology";
 import { FailoverMonitor, type FailoverMonitorDeps } from "./monitor";
 import type { JournalEntry, OperationJournal } from "./operation-journal";
 import { primaryLsnKey, type FailoverOperations, type RejoinMethod } from "./operations";
@@ -53,6 +54,28 @@ export class FailoverService {
     });
     // The monitor runs in one instance at a time; a standby instance takes over when the lease expires.
     this.role = new LeaderRole(deps.lease, { name: "failover-monitor", start: () => this.monitor.start(), stop: () => this.monitor.stop() }, deps.leaseTtlMs, deps.logger);
+  }
+
+  /**
+   * Makes the recorded state agree with a cluster that changed while no
+   * service watched it, before the monitor acts on it: a cluster initialised
+   * anew forgets the old state; a cluster rebuilt from the repository
+   * (`relevo restore --cluster`) has its primary where the record says there
+   * is a replica, and that primary, which carries no fence, is recorded. A
+   * fenced node is never adopted this way.
+   */
+  async reconcile(snapshot: ClusterSnapshot | null, initialised: boolean): Promise<void> {
+    if (initialised) {
+      await this.deps.store.clear();
+      return;
+    }
+    const state = await this.deps.store.read();
+    if (!state || !snapshot?.primary || snapshot.primary === state.primary || state.fenced.includes(snapshot.primary)) return;
+    const recorded = snapshot.nodes.find((node) => node.name === state.primary);
+    if (recorded && !(recorded.reachable && recorded.roleConfirmed && recorded.role === "replica")) return;
+    const primary = snapshot.primary;
+    await this.deps.store.update(null, (current) => ({ ...(current ?? state), primary, epoch: (current ?? state).epoch + 1, syncSet: [], eligible: [], joining: {} }));
+    this.deps.logger.warn({ recorded: state.primary, primary }, "the recorded primary is a replica now and another node is the only writable one: recorded it as the primary");
   }
 
   get operations(): FailoverOperations {

@@ -2,6 +2,8 @@ import type { NodeRef } from "../../src/nodes/node-driver";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { createLogger } from "../../src/log";
+import { startRelevo, type RelevoService } from "../../src/service";
 
 /** Helpers over one test cluster. */
 function on(cluster: TestCluster) {
@@ -151,6 +153,31 @@ describe("rejoin when pg_rewind cannot run", () => {
     await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 7")).length === 1 ? true : undefined), { what: "replicated" });
     const rejoined = (await cluster.service.events.page({ first: 100, kinds: ["node:rejoined"] })).events[0]!;
     expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node2" });
+  });
+});
+
+describe("a restart of the service after a failover", () => {
+  const cluster = useTestCluster("failover-restart", { leaseTtlMs: 2000, autoRejoin: "false" });
+  const { node, sql, state, primaryNow } = on(cluster);
+  let restarted: RelevoService | null = null;
+  afterAll(async () => {
+    await restarted?.stop({ reason: "test finished" });
+  });
+
+  test("keeps the fenced old primary down and the new primary recorded", async () => {
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
+    await cluster.service.stop();
+    restarted = await startRelevo(cluster.config, createLogger({ level: cluster.config.logLevel }));
+    expect(restarted.outcomes.map((outcome) => `${outcome.node.name}:${outcome.phase}`)).toEqual(["node1:fenced", "node2:started"]);
+    expect((await restarted.driver.state(node("node1"))).phase).toBe("stopped");
+    expect((await restarted.failover.state())!.primary).toBe("node2");
+    await sql(node("node2"), "CREATE TABLE after_restart (id int)");
+    // Some checks later, nothing has moved.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    expect((await restarted.failover.state())!.primary).toBe("node2");
+    expect(await restarted.failover.rejoin("node1")).toBe("rewind");
   });
 });
 
