@@ -111,6 +111,19 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
     const { child } = await up();
     const primaryUrl = (await execFileAsync("node", [BIN, "url"], { env })).stdout.trim();
     expect((await execFileAsync("psql", [primaryUrl, "-Atc", "SELECT count(*) FROM survives_restart"])).stdout.trim()).toBe("0");
+
+    // The failover commands wait for the operation and exit with the error's status.
+    const relevo = (...args: string[]) => execFileAsync("node", [BIN, ...args], { env, timeout: 120000 });
+    const failing = (...args: string[]) => relevo(...args).then(() => ({ code: 0, stderr: "" }), (error: { code: number; stderr: string }) => error);
+    expect((await relevo("maintenance", "on")).stdout).toContain("maintenance on");
+    expect(await failing("switchover", "--to", "node9")).toMatchObject({ code: 64, stderr: expect.stringContaining("NOT_FOUND") });
+    expect(await failing("failover")).toMatchObject({ code: 1, stderr: expect.stringContaining("PRECONDITION_FAILED") });
+    expect((await relevo("switchover", "--to", "node2")).stdout).toMatch(/switchover \S+: node1 → node2 completed/);
+    expect(JSON.parse((await relevo("status", "--json")).stdout).primary).toBe("node2");
+    expect((await relevo("failback")).stdout).toMatch(/failback \S+: node2 → node1 completed/);
+    expect((await relevo("replica", "add", "extra")).stdout).toMatch(/extra added as a streaming replica on port \d+/);
+    expect((await relevo("replica", "remove", "extra")).stdout).toContain("extra removed");
+    expect((await relevo("maintenance", "off")).stdout).toContain("maintenance off");
     expect(await terminate(child)).toBe(0);
     expect(await processesMentioning(env.RELEVO_HOME!)).toEqual([]);
   });

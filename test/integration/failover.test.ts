@@ -39,7 +39,7 @@ describe("failover, rejoin and failback (synchronous, three nodes)", () => {
     const acknowledgedAtKill = writer.acknowledgedSoFar();
     await eventually(async () => (writer.acknowledgedSoFar() > acknowledgedAtKill + 20 ? true : undefined), { what: "writes on the new primary" });
     const report = await writer.stop();
-    const firstWriteAfterKill = report.ackTimes.find((time) => time > killedAt)!;
+    const firstWriteAfterKill = report.ackTimes[report.ackStarts.findIndex((time) => time > killedAt)]!;
 
     const present = new Set((await sql<{ id: number }>(promoted, "SELECT id FROM acked")).map((row) => row.id));
     const lost = report.acknowledged.filter((id) => !present.has(id));
