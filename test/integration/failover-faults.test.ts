@@ -63,10 +63,15 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
     expect(present.has(1)).toBe(true);
     // Rejoined automatically as node2's replica.
-    await eventually(async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port ? true : undefined), {
-      what: "node1 following node2",
-      timeoutMs: 90000,
-    });
+    await eventually(
+      async () =>
+        (await streamingFrom(node("node1")).catch(() => null)) === node("node2").port &&
+        (await cluster.service.failover.operation()) === null &&
+        !(await state()).fenced.includes("node1")
+          ? true
+          : undefined,
+      { what: "node1 rejoined, following node2", timeoutMs: 90000 },
+    );
   });
 
   test("a replica killed with -9 rejoins as it is (it holds a prefix of the primary's history)", async () => {
@@ -183,7 +188,7 @@ describe("a restart of the service after a failover", () => {
 
 describe("asynchronous mode", () => {
   const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false" });
-  const { node, sql, state, primaryNow } = on(cluster);
+  const { node, sql, state, primaryNow, streamingFrom } = on(cluster);
 
   test("kill -9: promoted within the lag bound; the loss is reported", async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
@@ -210,5 +215,18 @@ describe("asynchronous mode", () => {
       return (await prisma.failover.findUnique({ where: { id: record!.id } }))?.status === "completed" ? true : undefined;
     }, { what: "the Failover row" });
     expect((await state()).fenced).toContain("node1");
+  });
+
+  test("maintenance mode: a dead primary is left alone (the topology still follows it) until maintenance ends", async () => {
+    // node1 rejoined by itself after the failover above.
+    await eventually(async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port ? true : undefined), { what: "node1 following node2", timeoutMs: 60000 });
+    await cluster.service.failover.setMaintenance(true);
+    await cluster.service.driver.kill(node("node2"));
+    await new Promise((resolve) => setTimeout(resolve, 5000)); // more than the detection window
+    expect((await state()).primary).toBe("node2");
+    const snapshot = await cluster.service.collector.pollNow();
+    expect(snapshot.nodes.find((n) => n.name === "node2")?.reachable).toBe(false);
+    await cluster.service.failover.setMaintenance(false);
+    await eventually(async () => ((await primaryNow()) === "node1" ? true : undefined), { what: "failover after maintenance", timeoutMs: 60000 });
   });
 });

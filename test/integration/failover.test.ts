@@ -64,7 +64,8 @@ describe("failover, rejoin and failback (synchronous, three nodes)", () => {
     const primary = node((await state()).primary);
     await eventually(async () => {
       const current = await state();
-      return !current.fenced.includes("node1") && (await receiverPort(node("node1")).catch(() => null)) === primary.port ? true : undefined;
+      const settled = !current.fenced.includes("node1") && (await cluster.service.failover.operation()) === null;
+      return settled && (await receiverPort(node("node1")).catch(() => null)) === primary.port ? true : undefined;
     }, { what: "node1 rejoined", timeoutMs: 90000 });
     const rejoined = (await kinds(0)).find((e) => e.kind === "node:rejoined" && e.node === "node1");
     expect(rejoined?.data).toMatchObject({ method: "rewind", upstream: primary.name });
