@@ -207,6 +207,7 @@ export class FailoverOperations {
    */
   private async promote(target: NodeRef, operation: RunningOperation): Promise<void> {
     const credentials = this.deps.superuser;
+    const before = await readNodeFacts(target, credentials, this.deps.config.nodeTimeoutMs);
     await withNodeClient(target, credentials, Math.max(this.deps.config.startTimeoutMs, 60000), async (client) => {
       const inRecovery = (await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r")).rows[0]!.r;
       if (inRecovery) {
@@ -222,7 +223,11 @@ export class FailoverOperations {
       await client.query("SELECT pg_reload_conf()");
     });
     const facts = await readNodeFacts(target, credentials, this.deps.config.nodeTimeoutMs);
-    if (!facts || facts.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is still in recovery after promotion`);
+    if (!facts || facts.inRecovery || facts.readOnly) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not accept writes after promotion`);
+    // A promotion starts a new timeline; the same one means the node was already a primary of its own.
+    if (before?.inRecovery && before.timeline !== null && facts.timeline !== null && facts.timeline <= before.timeline) {
+      throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
+    }
     await this.deps.store.update(operation.guard, (state) => {
       const base = state ?? initialState(target.name);
       if (base.primary === target.name) return base;

@@ -130,6 +130,7 @@ describe("backups through GraphQL and the CLI", () => {
       const { manifest, done } = await cluster.service.backups.start("full");
       // Copied, stopped, waiting for its last WAL: the primary goes away now (a clean shutdown streams its last WAL to the archiver).
       await updates.next((u) => u.backupProgress.id === manifest.id && u.backupProgress.phase === "waiting-for-wal", 60000);
+      await cluster.service.failover.setMaintenance(true); // an outage to wait out, not to fail over
       await cluster.service.driver.stop(primary, { mode: "fast", timeoutMs: 30000 });
       const completed = await done;
       expect(completed.status).toBe("completed");
@@ -143,6 +144,7 @@ describe("backups through GraphQL and the CLI", () => {
       updates.dispose();
       await client.dispose();
       if ((await cluster.service.driver.state(primary)).phase !== "running") await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+      await cluster.service.failover.setMaintenance(false);
     }
   });
 

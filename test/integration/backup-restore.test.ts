@@ -206,6 +206,7 @@ describe("full backup and point-in-time restore", () => {
   test("the primary dies while a backup runs: the backup is failed, the repository consistent, the next backup succeeds", async () => {
     await sql(primary(), "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 20) AS v FROM generate_series(1, 300000) g");
     const { manifest, done } = await cluster.service.backups.start("full");
+    await cluster.service.failover.setMaintenance(true); // the primary comes back by itself here: no failover
     await cluster.service.driver.kill(primary());
     await expect(done).rejects.toMatchObject({ code: ErrorCode.CommandFailed });
     const failed = await cluster.service.backups.get(manifest.id);
@@ -215,6 +216,7 @@ describe("full backup and point-in-time restore", () => {
     expect(await readdir(cluster.service.repository.backupDir(manifest.id))).toEqual(["manifest.json"]);
 
     await cluster.service.driver.start(primary(), { timeoutMs: 60000 });
+    await cluster.service.failover.setMaintenance(false);
     await cluster.service.collector.pollNow();
     const next = await (await cluster.service.backups.start("full")).done;
     expect(next.status).toBe("completed");

@@ -121,6 +121,7 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
     expect((await relevo("switchover", "--to", "node2")).stdout).toMatch(/switchover \S+: node1 → node2 completed/);
     expect(JSON.parse((await relevo("status", "--json")).stdout).primary).toBe("node2");
     expect((await relevo("failback")).stdout).toMatch(/failback \S+: node2 → node1 completed/);
+    expect((await relevo("rejoin", "node2")).stdout).toContain("node2 rejoined as a replica (restart)");
     expect((await relevo("replica", "add", "extra")).stdout).toMatch(/extra added as a streaming replica on port \d+/);
     expect((await relevo("replica", "remove", "extra")).stdout).toContain("extra removed");
     expect((await relevo("maintenance", "off")).stdout).toContain("maintenance off");

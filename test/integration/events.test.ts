@@ -18,12 +18,13 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       "relevo",
     );
     const applied = (name: string) => ({ migration_name: name, applied_steps_count: 1, finished: true, checksum: expect.stringMatching(/^[0-9a-f]{64}$/) });
-    expect(rows).toEqual([applied("20261125000000_events"), applied("20261125010000_backups")]);
+    expect(rows).toEqual([applied("20261125000000_events"), applied("20261125010000_backups"), applied("20261126000000_failovers")]);
   });
 
   test("events emitted while the primary is down wait in Redis and land once it is back, each exactly once", async () => {
     await eventually(async () => ((await eventRows("kind = 'service:started'")).length === 1 ? true : undefined), { what: "start event consolidated" });
     await cluster.service.collector.stop(); // keep the topology poller from reacting to the outage on its own
+    await cluster.service.failover.setMaintenance(true); // an outage to wait out, not to fail over
     await cluster.service.driver.stop(primary(), { mode: "fast", timeoutMs: 30000 });
     const emitted: string[] = [];
     for (let i = 0; i < 25; i += 1) {
@@ -42,6 +43,7 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     expect(Number(pending[0])).toBeGreaterThanOrEqual(1);
 
     await cluster.service.driver.start(primary(), { timeoutMs: 60000 });
+    await cluster.service.failover.setMaintenance(false);
     const rows = await eventually(
       async () => {
         const found = await eventRows(`message LIKE 'outage test event %'`);

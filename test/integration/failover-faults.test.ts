@@ -43,6 +43,26 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     await sql(node("node1"), "INSERT INTO acked (id) VALUES (1)");
   });
 
+  test("the primary refuses Relevo alone while its replica still streams from it: no failover", async () => {
+    const since = Date.now();
+    const hba = (await cluster.service.driver.readFile(node("node1"), "pg_hba.conf"))!.toString("utf8");
+    // Relevo's checks connect as postgres; the replica streams as replicator.
+    await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", `host all postgres 127.0.0.1/32 reject\n${hba}`);
+    const reload = async () => {
+      await cluster.service.driver.exec(node("node1"), ["pg_ctl", "reload", "-D", cluster.service.driver.dataDirectory(node("node1"))], { mode: "online" });
+    };
+    await reload();
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 5000)); // more than the detection window
+      expect((await state()).primary).toBe("node1");
+      expect(await events("failover:detected", since)).toEqual([]);
+    } finally {
+      await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", hba);
+      await reload();
+    }
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 AS one")).length === 1 ? true : undefined), { what: "node1 answering Relevo again" });
+  });
+
   test("frozen for longer: node2 takes over; the old primary is killed, takes no write, then rejoins", async () => {
     const since = Date.now();
     await cluster.service.driver.pause(node("node1"));
@@ -187,7 +207,7 @@ describe("a restart of the service after a failover", () => {
 });
 
 describe("asynchronous mode", () => {
-  const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false" });
+  const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false", autoFailback: "true", autoFailbackAfterMs: 2000 });
   const { node, sql, state, primaryNow, streamingFrom } = on(cluster);
 
   test("kill -9: promoted within the lag bound; the loss is reported", async () => {
@@ -217,16 +237,21 @@ describe("asynchronous mode", () => {
     expect((await state()).fenced).toContain("node1");
   });
 
+  test("automatic failback: node1 rejoins, stays in sync for RELEVO_AUTO_FAILBACK_AFTER_MS, and gets the primary role back", async () => {
+    await eventually(async () => ((await primaryNow()) === "node1" && (await state()).fenced.length === 0 ? true : undefined), { what: "the automatic failback", timeoutMs: 90000 });
+    const [record] = await cluster.service.failover.failovers(1);
+    expect(record).toMatchObject({ kind: "failback", trigger: "automatic", from: "node2", to: "node1", status: "completed", lostBytes: 0 });
+    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), { what: "node2 following node1" });
+  });
+
   test("maintenance mode: a dead primary is left alone (the topology still follows it) until maintenance ends", async () => {
-    // node1 rejoined by itself after the failover above.
-    await eventually(async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port ? true : undefined), { what: "node1 following node2", timeoutMs: 60000 });
     await cluster.service.failover.setMaintenance(true);
-    await cluster.service.driver.kill(node("node2"));
+    await cluster.service.driver.kill(node("node1"));
     await new Promise((resolve) => setTimeout(resolve, 5000)); // more than the detection window
-    expect((await state()).primary).toBe("node2");
+    expect((await state()).primary).toBe("node1");
     const snapshot = await cluster.service.collector.pollNow();
-    expect(snapshot.nodes.find((n) => n.name === "node2")?.reachable).toBe(false);
+    expect(snapshot.nodes.find((n) => n.name === "node1")?.reachable).toBe(false);
     await cluster.service.failover.setMaintenance(false);
-    await eventually(async () => ((await primaryNow()) === "node1" ? true : undefined), { what: "failover after maintenance", timeoutMs: 60000 });
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "failover after maintenance", timeoutMs: 60000 });
   });
 });

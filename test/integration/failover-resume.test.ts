@@ -26,6 +26,11 @@ describe("a failover left half-done by a dead instance", () => {
   test("one monitor between the two instances; a concurrent operation is OPERATION_IN_PROGRESS", async () => {
     await eventually(async () => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined), { what: "one leader" });
     await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    // A backup running (its lease held, here by hand) blocks a planned change of primary.
+    const backupLease = `${first.service.keys.prefix}:lease:backup`;
+    await first.service.redis.set(backupLease, "a backup elsewhere", "PX", 10000);
+    await expect(second!.failover.switchover("node2")).rejects.toMatchObject({ code: ErrorCode.BackupInProgress });
+    await first.service.redis.del(backupLease);
     const running = first.service.failover.switchover("node2");
     await new Promise((resolve) => setTimeout(resolve, 50));
     await expect(second!.failover.failback()).rejects.toMatchObject({ code: ErrorCode.OperationInProgress });

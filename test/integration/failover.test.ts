@@ -2,6 +2,11 @@ import type { NodeRef } from "../../src/nodes/node-driver";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { graphqlRequest } from "../helpers/graphql-client";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+const execFileAsync = promisify(execFile);
 
 /**
  * Runbooks on three real nodes in synchronous mode (the default): a writer
@@ -58,6 +63,34 @@ describe("failover, rejoin and failback (synchronous, three nodes)", () => {
     expect(completed.data).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1", to: promoted.name, status: "completed" });
     // eslint-disable-next-line no-console
     console.log(`kill -9 → first write ${firstWriteAfterKill - killedAt} ms; acknowledged ${report.acknowledged.length}, lost ${lost.length}`);
+  });
+
+  test("clients follow the new primary: the API's writer string, the health endpoints, the failovers query", async () => {
+    const primary = node((await state()).primary);
+    const token = cluster.token("viewer");
+    const { data } = await graphqlRequest<{ cluster: { primaryEndpoint: { port: number }; writerConnectionString: string; readerConnectionString: string } }>(
+      cluster.url,
+      "{ cluster { primaryEndpoint { port } writerConnectionString readerConnectionString } }",
+      { token },
+    );
+    expect(data!.cluster.primaryEndpoint.port).toBe(primary.port);
+    expect(data!.cluster.writerConnectionString).toContain("target_session_attrs=read-write");
+    expect(data!.cluster.writerConnectionString).not.toContain(cluster.service.secrets.superuserPassword);
+    // libpq with the writer string lands on the new primary, whichever it is.
+    const port = await execFileAsync("/usr/lib/postgresql/15/bin/psql", [data!.cluster.writerConnectionString, "-XAtc", "SELECT current_setting('port')"], {
+      env: { ...process.env, PGUSER: "postgres", PGPASSWORD: cluster.service.secrets.superuserPassword },
+    });
+    expect(port.stdout.trim()).toBe(String(primary.port));
+    const base = cluster.url.replace(/\/graphql$/, "");
+    expect((await fetch(`${base}/nodes/${primary.name}/primary`)).status).toBe(200);
+    expect((await fetch(`${base}/nodes/node1/primary`)).status).toBe(503);
+    expect((await fetch(`${base}/nodes/${primary.name}/replica?maxLagBytes=nonsense`)).status).toBe(400);
+    const failovers = await graphqlRequest<{ failovers: Array<{ kind: string; trigger: string; from: string; to: string; status: string; lostBytes: number | null }> }>(
+      cluster.url,
+      "{ failovers(limit: 5) { kind trigger from to status lostBytes } }",
+      { token },
+    );
+    expect(failovers.data!.failovers[0]).toMatchObject({ kind: "FAILOVER", trigger: "AUTOMATIC", from: "node1", to: primary.name, status: "COMPLETED" });
   });
 
   test("the fenced old primary rejoins by itself (pg_rewind) and streams from the new primary", async () => {

@@ -67,6 +67,7 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
   test("a failed run is retried with growing delays, recorded each time, until one succeeds", async () => {
     const primary = cluster.service.nodes[0]!;
     const before = new Set((await cluster.service.backups.list()).map((m) => m.id));
+    await cluster.service.failover.setMaintenance(true); // an outage to wait out, not to fail over
     await cluster.service.driver.stop(primary, { mode: "fast", timeoutMs: 30000 });
     await eventually(async () => (cluster.service.collector.latest?.primary === null ? true : undefined), { what: "the primary seen down" });
     await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: cluster.token("operator") });
@@ -88,6 +89,7 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
       expect.objectContaining({ attempt: 2, retryInMs: 1000 }),
     ]);
     await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+    await cluster.service.failover.setMaintenance(false);
     // Retention may expire an older backup meanwhile: look for the new one, not a count.
     const taken = await eventually(async () => {
       const fresh = (await cluster.service.backups.list()).filter((m) => !before.has(m.id) && m.status === "completed");
