@@ -115,6 +115,12 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
 
     const membership = await Membership.load(config);
     const nodes = membership.nodes;
+    // Another instance on this home may add or remove a replica: follow its record.
+    const membershipTimer = setInterval(() => {
+      membership.refresh().catch((error: Error) => logger.warn({ err: error.message }, "membership not re-read"));
+    }, config.topologyPollIntervalMs);
+    membershipTimer.unref();
+    cleanups.push(async () => clearInterval(membershipTimer));
     const stopNodes = async (): Promise<void> => {
       for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
     };
@@ -123,7 +129,16 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
     const repository = new Repository(config.repository, pgIdentity);
     await repository.ensure();
-    const bootstrapDeps = { config, driver, secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }) };
+    const store = new ClusterStateStore(redis, `${keys.prefix}:cluster-state`);
+    const recordedFences = new Set((await store.read().catch(() => null))?.fenced ?? []);
+    const bootstrapDeps = {
+      config,
+      driver,
+      secrets,
+      logger,
+      seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
+      fenced: recordedFences,
+    };
     const outcomes = await bootstrapCluster(bootstrapDeps, nodes);
     for (const outcome of outcomes) {
       const event = outcomeEvent(outcome);
@@ -247,7 +262,6 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     await scheduler.start();
     cleanups.push(() => scheduler.stop());
 
-    const store = new ClusterStateStore(redis, `${keys.prefix}:cluster-state`);
     const journal = new OperationJournal(redis, keys.prefix, config.leaseTtlMs, instanceId, logger);
     const operations = new FailoverOperations({
       config,

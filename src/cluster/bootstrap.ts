@@ -47,6 +47,8 @@ export interface BootstrapDeps {
    * and pg_basebackup from the primary does it then.
    */
   readonly seedFromRepository?: (node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>;
+  /** Nodes the failover state records as fenced: left stopped even when their data directory lost its marker (a rewind cut short). */
+  readonly fenced?: ReadonlySet<string>;
 }
 
 /** What happened to each node, for the caller's events and the CLI's output. */
@@ -134,7 +136,10 @@ async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBo
   const state = await driver.state(node);
   // A fenced node stays down until it is rejoined as a replica (rewound
   // first): started as it is, it would be a second primary.
-  if ((await driver.readFile(node, FENCE_MARKER)) !== null) return { phase: "fenced", node };
+  if ((await driver.readFile(node, FENCE_MARKER)) !== null || deps.fenced?.has(node.name)) {
+    if (state.phase === "running" || state.phase === "paused") await driver.kill(node);
+    return { phase: "fenced", node };
+  }
   if (state.phase === "running" || state.phase === "paused") {
     if (state.phase === "paused") await driver.resume(node);
     return { phase: "already-running", node };

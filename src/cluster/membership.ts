@@ -35,6 +35,17 @@ export class Membership {
     return new Membership(config, changes, membersOf(config, changes));
   }
 
+  /**
+   * Reads the recorded changes again (another service instance on the same
+   * home may have added or removed a replica) and updates `nodes` in place.
+   */
+  async refresh(): Promise<void> {
+    const changes = await readChanges(this.config.home);
+    if (JSON.stringify(changes) === JSON.stringify(this.changes)) return;
+    this.changes = changes;
+    this.nodes.splice(0, this.nodes.length, ...membersOf(this.config, changes));
+  }
+
   find(name: string): NodeRef | undefined {
     return this.nodes.find((node) => node.name === name);
   }

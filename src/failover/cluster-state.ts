@@ -33,8 +33,21 @@ export interface ClusterState {
  */
 const GUARDED_SET = `
 if ARGV[1] ~= "" and redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= "" and redis.call("EXISTS", KEYS[3]) == 1 then return 0 end
+if ARGV[4] ~= "" then
+  local current = redis.call("GET", KEYS[1])
+  if current and tostring(cjson.decode(current).epoch) ~= ARGV[4] then return 0 end
+end
 redis.call("SET", KEYS[1], ARGV[2])
 return 1`;
+
+/** Further conditions of a write: the monitor's, which must not race an operation or a change of primary. */
+export interface WriteConditions {
+  /** Refused while this key exists (the operation lock: an operation owns the state meanwhile). */
+  readonly unlessKey?: string;
+  /** Refused unless the stored state still has this epoch (no change of primary since it was read). */
+  readonly epoch?: number;
+}
 
 export interface StateGuard {
   readonly key: string;
@@ -64,9 +77,19 @@ export class ClusterStateStore {
   }
 
   /** Applies `change` to the current state and writes it under `guard`; throws StaleWriterError when the guard no longer holds. */
-  async update(guard: StateGuard | null, change: (state: ClusterState | null) => ClusterState): Promise<ClusterState> {
+  async update(guard: StateGuard | null, change: (state: ClusterState | null) => ClusterState, conditions: WriteConditions = {}): Promise<ClusterState> {
     const next = { ...change(await this.read()), updatedAt: new Date().toISOString() };
-    const written = (await this.redis.eval(GUARDED_SET, 2, this.key, guard?.key ?? this.key, guard?.value ?? "", JSON.stringify(next))) as number;
+    const written = (await this.redis.eval(
+      GUARDED_SET,
+      3,
+      this.key,
+      guard?.key ?? this.key,
+      conditions.unlessKey ?? this.key,
+      guard?.value ?? "",
+      JSON.stringify(next),
+      conditions.unlessKey ? "1" : "",
+      conditions.epoch === undefined ? "" : String(conditions.epoch),
+    )) as number;
     if (written !== 1) throw new StaleWriterError("cluster state not written");
     return next;
   }

@@ -67,6 +67,8 @@ export class FailoverService {
   async reconcile(snapshot: ClusterSnapshot | null, initialised: boolean): Promise<void> {
     if (initialised) {
       await this.deps.store.clear();
+      await this.deps.journal.clear();
+      await this.deps.redis.del(primaryLsnKey(this.deps.keyPrefix));
       return;
     }
     const state = await this.deps.store.read();
@@ -90,8 +92,10 @@ export class FailoverService {
     this.role.start();
   }
 
+  /** Stops the monitor and waits (up to 30 s) for operations running here, before the service stops nodes under them. */
   async stop(): Promise<void> {
     await this.role.stop();
+    await this.deps.operations.drain(30000);
   }
 
   failover(options: { to?: string | null; force?: boolean }): Promise<FailoverRecord> {

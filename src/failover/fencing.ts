@@ -54,10 +54,15 @@ export async function fenceNode(driver: NodeDriver, node: NodeRef, reason: strin
     }
     method = "killed";
   }
+  await markFenced(driver, node, reason);
+  return method;
+}
+
+/** The read-only setting and the marker on a stopped node's data directory. */
+export async function markFenced(driver: NodeDriver, node: NodeRef, reason: string): Promise<void> {
   await editStoppedNodeConf(driver, node, { [FENCE_SETTING]: "on" });
   const marker: FenceMarker = { fencedAt: new Date().toISOString(), reason };
   await driver.writeFile(node, FENCE_MARKER, JSON.stringify(marker, null, 2) + "\n");
-  return method;
 }
 
 export async function isFenced(driver: NodeDriver, node: NodeRef): Promise<boolean> {

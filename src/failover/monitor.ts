@@ -6,7 +6,7 @@ import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../cluster/node-connection";
-import { ClusterStateStore, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
+import { ClusterStateStore, initialState, withName, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
 import type { FailoverOperations } from "./operations";
@@ -64,7 +64,8 @@ export class FailoverMonitor {
   private running = false;
   private ticking: Promise<void> = Promise.resolve();
   private failures = 0;
-  private lastPrimaryLsn: string | null = null;
+  /** The last LSN a check saw, and on which node (a loss bound is only valid for that node). */
+  private lastPrimaryLsn: { node: string; lsn: string } | null = null;
   private readonly checker: PrimaryChecker;
   private readonly retryAfter = new Map<string, number>();
   private preferredInSyncSince: number | null = null;
@@ -104,6 +105,11 @@ export class FailoverMonitor {
   private async tick(): Promise<void> {
     const guard = this.deps.guard();
     if (!guard) return;
+    // Never adopt an operation this instance still runs (its own lock may have lapsed during a stall).
+    if (this.deps.operations.busy) {
+      this.failures = 0;
+      return;
+    }
     const adopted = await this.deps.journal.adoptAbandoned();
     if (adopted) {
       void this.deps.operations.resume(adopted);
@@ -113,11 +119,11 @@ export class FailoverMonitor {
     if (!state) {
       const primary = this.deps.topology()?.primary;
       if (!primary) return;
-      state = await this.deps.store.update(guard, (current) => current ?? initialState(primary));
+      state = await this.deps.store.update(guard, (current) => current ?? initialState(primary), { unlessKey: this.deps.journal.lockName });
     }
     const primary = this.deps.nodes.find((node) => node.name === state!.primary);
     if (!primary) return;
-    if (this.deps.operations.busy || (await this.deps.journal.current()) !== null) {
+    if ((await this.deps.journal.current()) !== null) {
       // An operation is changing the primary: its checks are its own.
       this.failures = 0;
       return;
@@ -127,7 +133,7 @@ export class FailoverMonitor {
     if (check.ok) {
       if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
       this.failures = 0;
-      this.lastPrimaryLsn = check.lsn;
+      this.lastPrimaryLsn = { node: primary.name, lsn: check.lsn };
       await this.deps.redis.set(this.deps.primaryLsnKey, JSON.stringify({ node: primary.name, lsn: check.lsn }));
       await this.keepSynchronousSet(state, primary, check, guard);
       await this.fenceSecondPrimaries(state, guard);
@@ -143,7 +149,7 @@ export class FailoverMonitor {
     const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
     this.failures = 0;
     void this.deps.operations
-      .failover({ trigger: "automatic", reason, lastPrimaryLsn: this.lastPrimaryLsn })
+      .failover({ trigger: "automatic", reason, lastPrimaryLsn: this.lastPrimaryLsn?.node === primary.name ? this.lastPrimaryLsn.lsn : null, lease: guard })
       .catch((error: Error) => {
         this.retryAfter.set(`failover:${primary.name}`, Date.now() + RETRY_AFTER_MS);
         this.deps.logger.error({ err: error.message }, "automatic failover did not happen");
@@ -172,11 +178,17 @@ export class FailoverMonitor {
    * Synchronous mode: every commit waits for all standbys of the set. A
    * standby that stopped streaming leaves the set (first its eligibility, in
    * the recorded state, then the primary's setting, so no commit is ever
-   * acknowledged without it while it still counts as eligible); a streaming
-   * standby close enough joins it and becomes eligible once it has flushed
-   * what the primary had written when it joined. Asynchronous mode: no set.
+   * acknowledged without it while it still counts as eligible). A streaming
+   * standby close enough joins it: the primary's setting first; then, on a
+   * later check, once the primary reports it as a synchronous standby (the
+   * setting is in force), the primary's LSN of that check is its join point;
+   * it becomes eligible once it has flushed that far, holding every commit
+   * acknowledged before and waiting for it since. Asynchronous mode: no set.
+   * Every write is refused if an operation began or the primary changed
+   * since the check.
    */
   private async keepSynchronousSet(state: ClusterState, primary: NodeRef, check: Extract<PrimaryCheck, { ok: true }>, guard: StateGuard): Promise<void> {
+    const conditions = { unlessKey: this.deps.journal.lockName, epoch: state.epoch };
     const known = new Set(this.deps.nodes.map((node) => node.name));
     const streaming = new Map(check.standbys.filter((s) => s.state === "streaming" && known.has(s.name) && !state.fenced.includes(s.name)).map((s) => [s.name, s]));
     let desired: string[] = [];
@@ -190,29 +202,23 @@ export class FailoverMonitor {
     const removed = state.syncSet.filter((name) => !desired.includes(name));
     const added = desired.filter((name) => !state.syncSet.includes(name));
     if (removed.length > 0) {
-      state = await this.deps.store.update(guard, (current) => {
-        const base = current ?? state;
-        let eligible = base.eligible;
-        const joining = { ...base.joining };
-        for (const name of removed) {
-          eligible = without(eligible, name);
-          delete joining[name];
-        }
-        return { ...base, eligible, joining };
-      });
+      state = await this.deps.store.update(
+        guard,
+        (current) => {
+          const base = current ?? state;
+          const joining = { ...base.joining };
+          for (const name of removed) delete joining[name];
+          return { ...base, eligible: base.eligible.filter((name) => !removed.includes(name)), joining };
+        },
+        conditions,
+      );
     }
     const wanted = synchronousStandbyNames(desired);
     if (check.synchronousStandbyNames !== wanted) {
       await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => setSynchronousStandbys(client, desired));
     }
     if (removed.length > 0 || added.length > 0) {
-      const joinLsn = added.length > 0 ? await this.currentLsn(primary) : null;
-      state = await this.deps.store.update(guard, (current) => {
-        const base = current ?? state;
-        const joining = { ...base.joining };
-        for (const name of added) joining[name] = joinLsn ?? check.lsn;
-        return { ...base, syncSet: desired, joining };
-      });
+      state = await this.deps.store.update(guard, (current) => ({ ...(current ?? state), syncSet: desired }), conditions);
       await this.deps.events.emit({
         kind: "replication:sync-changed",
         severity: removed.length > 0 ? "warning" : "info",
@@ -223,32 +229,34 @@ export class FailoverMonitor {
             : `commits wait for ${desired.join(", ")}${removed.length > 0 ? `; ${removed.join(", ")} left the set` : ""}`,
         data: { standbys: desired, added, removed },
       });
+      return; // the new setting is judged on the next check
     }
-    // Joined standbys become eligible once they flushed what the primary had when they joined.
+    if (check.synchronousStandbyNames !== wanted) return;
+    // Members the primary now waits for get their join point; joined ones that flushed past it become eligible.
+    const joinNow = state.syncSet.filter((name) => {
+      const seen = streaming.get(name);
+      return !state.eligible.includes(name) && state.joining[name] === undefined && (seen?.syncState === "quorum" || seen?.syncState === "sync");
+    });
     const caughtUp = Object.entries(state.joining).filter(([name, lsn]) => {
       const seen = streaming.get(name);
       return seen?.flushLsn != null && lsnToNumber(seen.flushLsn) >= lsnToNumber(lsn);
     });
-    if (caughtUp.length > 0) {
-      await this.deps.store.update(guard, (current) => {
+    if (joinNow.length === 0 && caughtUp.length === 0) return;
+    await this.deps.store.update(
+      guard,
+      (current) => {
         const base = current ?? state;
         const joining = { ...base.joining };
         let eligible = base.eligible;
+        for (const name of joinNow) joining[name] = check.lsn;
         for (const [name] of caughtUp) {
           delete joining[name];
           if (base.syncSet.includes(name)) eligible = withName(eligible, name);
         }
         return { ...base, joining, eligible };
-      });
-    }
-  }
-
-  private async currentLsn(primary: NodeRef): Promise<string | null> {
-    try {
-      return await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => (await client.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")).rows[0]!.lsn);
-    } catch {
-      return null;
-    }
+      },
+      conditions,
+    );
   }
 
   /** Any writable node other than the recorded primary is fenced at once. */
@@ -259,6 +267,9 @@ export class FailoverMonitor {
     for (const intruder of intruders) {
       const node = this.deps.nodes.find((candidate) => candidate.name === intruder.name);
       if (!node) continue;
+      // Checked again right before acting: still the lease holder, no operation begun, the same primary recorded.
+      if ((await this.deps.redis.get(guard.key)) !== guard.value || (await this.deps.journal.current()) !== null) return;
+      if ((await this.deps.store.read())?.primary !== state.primary) return;
       await this.deps.events.emit({
         kind: "cluster:split-brain",
         severity: "critical",
@@ -267,7 +278,10 @@ export class FailoverMonitor {
         data: { writable: [state.primary, node.name], recordedPrimary: state.primary },
       });
       const method = await fenceNode(this.deps.driver, node, "second primary (split brain)", this.deps.logger);
-      await this.deps.store.update(guard, (current) => ({ ...(current ?? state), fenced: withName((current ?? state).fenced, node.name) }));
+      await this.deps.store.update(guard, (current) => ({ ...(current ?? state), fenced: withName((current ?? state).fenced, node.name) }), {
+        unlessKey: this.deps.journal.lockName,
+        epoch: state.epoch,
+      });
       await this.deps.events.emit({ kind: "node:fenced", severity: "critical", node: node.name, message: `${node.name} fenced (${method}): not the recorded primary`, data: { method, reason: "split brain" } });
     }
   }
@@ -279,7 +293,7 @@ export class FailoverMonitor {
       const node = this.deps.nodes.find((candidate) => candidate.name === name);
       if (!node || (await this.deps.driver.state(node)).phase === "absent") continue;
       this.retryAfter.set(`rejoin:${name}`, Date.now() + RETRY_AFTER_MS);
-      void this.deps.operations.rejoin(name, "automatic").catch((error: Error) => this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed"));
+      void this.deps.operations.rejoin(name, "automatic", this.deps.guard()).catch((error: Error) => this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed"));
       return; // one operation at a time
     }
   }
@@ -300,7 +314,7 @@ export class FailoverMonitor {
     if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || this.coolingDown("failback")) return;
     this.retryAfter.set("failback", Date.now() + RETRY_AFTER_MS);
     this.preferredInSyncSince = null;
-    void this.deps.operations.failback("automatic").catch((error: Error) => this.deps.logger.error({ err: error.message }, "automatic failback did not happen"));
+    void this.deps.operations.failback("automatic", this.deps.guard()).catch((error: Error) => this.deps.logger.error({ err: error.message }, "automatic failback did not happen"));
   }
 
   private coolingDown(key: string): boolean {

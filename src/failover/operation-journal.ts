@@ -24,8 +24,14 @@ export interface JournalEntry {
   readonly facts: Readonly<Record<string, string | number | null>>;
 }
 
-/** Sets the lock and the entry together, only when no operation holds the lock. */
+/**
+ * Sets the lock and the entry together, only when no operation holds the lock
+ * and no entry is left (an abandoned one is adopted, never overwritten), and,
+ * for an automatic operation, only while the monitor's lease is still held.
+ */
 const BEGIN = `
+if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
+if ARGV[4] ~= "" and redis.call("GET", KEYS[3]) ~= ARGV[4] then return 0 end
 if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
   redis.call("SET", KEYS[2], ARGV[3])
   return 1
@@ -65,17 +71,42 @@ export class OperationJournal {
     this.tokenKey = `${prefix}:operation:fencing`;
   }
 
+  /** The lock's key: present while an operation is in flight. */
+  get lockName(): string {
+    return this.lockKey;
+  }
+
+  /** Forgets any operation (a cluster initialised anew has none of the old one's). */
+  async clear(): Promise<void> {
+    await this.redis.del(this.entryKey, this.lockKey);
+  }
+
   /** The operation in flight (any instance), or null. */
   async current(): Promise<JournalEntry | null> {
     const raw = await this.redis.get(this.entryKey);
     return raw ? (JSON.parse(raw) as JournalEntry) : null;
   }
 
-  /** Starts an operation; OPERATION_IN_PROGRESS when one is in flight. */
-  async begin(entry: JournalEntry): Promise<RunningOperation> {
+  /**
+   * Starts an operation; OPERATION_IN_PROGRESS when one is in flight. `lease`:
+   * the monitor's, for an automatic operation, which a deposed monitor must
+   * not start.
+   */
+  async begin(entry: JournalEntry, lease: StateGuard | null = null): Promise<RunningOperation> {
     const holder = await this.nextHolder();
-    const taken = (await this.redis.eval(BEGIN, 2, this.lockKey, this.entryKey, holder, String(this.ttlMs), JSON.stringify(entry))) as number;
+    const taken = (await this.redis.eval(
+      BEGIN,
+      3,
+      this.lockKey,
+      this.entryKey,
+      lease?.key ?? this.lockKey,
+      holder,
+      String(this.ttlMs),
+      JSON.stringify(entry),
+      lease?.value ?? "",
+    )) as number;
     if (taken !== 1) {
+      if (lease && (await this.redis.get(lease.key)) !== lease.value) throw new StaleWriterError("operation not begun");
       throw operationInProgress(await this.current());
     }
     return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger);
@@ -105,6 +136,8 @@ export class OperationJournal {
 export class RunningOperation {
   private renewal: NodeJS.Timeout;
   private lost = false;
+  private renewedAt = Date.now();
+  private closed = false;
 
   constructor(
     private readonly redis: Redis,
@@ -119,8 +152,13 @@ export class RunningOperation {
       (this.redis.eval(RENEW, 1, this.lockKey, this.holder, String(this.ttlMs)) as Promise<number>)
         .then((ours) => {
           if (ours !== 1) this.lost = true;
+          else this.renewedAt = Date.now();
         })
-        .catch((error: Error) => this.logger.warn({ err: error.message }, "operation lock not renewed: Redis unavailable"));
+        .catch((error: Error) => {
+          // Unrenewed for a whole time to live, the lock may be another's by now.
+          if (Date.now() - this.renewedAt > this.ttlMs) this.lost = true;
+          this.logger.warn({ err: error.message }, "operation lock not renewed: Redis unavailable");
+        });
     }, Math.max(100, Math.floor(ttlMs / 3)));
     this.renewal.unref();
   }
@@ -132,6 +170,19 @@ export class RunningOperation {
   /** The lock, for writes to the cluster state made by this operation. */
   get guard(): StateGuard {
     return { key: this.lockKey, value: this.holder };
+  }
+
+  /** Finished or abandoned: nothing more is written. */
+  get settled(): boolean {
+    return this.closed;
+  }
+
+  /** Throws StaleWriterError when the lock may no longer be ours: checked before every step that changes a node. */
+  assertHeld(): void {
+    if (this.lost || Date.now() - this.renewedAt > this.ttlMs) {
+      this.lost = true;
+      throw new StaleWriterError("operation step not taken");
+    }
   }
 
   /** Records progress; throws StaleWriterError when another instance took the operation over. */
@@ -155,12 +206,14 @@ export class RunningOperation {
   /** Removes the entry and the lock (still ours only). */
   async finish(): Promise<void> {
     clearInterval(this.renewal);
+    this.closed = true;
     await this.redis.eval(FINISH, 2, this.lockKey, this.entryKey, this.holder);
   }
 
   /** Stops renewing without finishing: the entry stays for another instance to adopt (the service is stopping). */
   abandon(): void {
     clearInterval(this.renewal);
+    this.closed = true;
   }
 }
 

@@ -15,11 +15,20 @@ import type { Secrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
 import type { Membership } from "../cluster/membership";
 import { isPortFree } from "../cluster/ports";
-import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState } from "./cluster-state";
-import { fenceNode } from "./fencing";
+import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
+import { fenceNode, markFenced } from "./fencing";
 import { byMostAdvanced, lsnBytes, readNodeFacts, type NodeFacts } from "./node-facts";
 import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
-import { configureStoppedStandby, dropSlot, ensureReservedSlot, repointRunningStandby, setSynchronousStandbys, STANDBY_SIGNAL } from "./replication-config";
+import {
+  configureStoppedStandby,
+  dropSlot,
+  editStoppedNodeConf,
+  ensureReservedSlot,
+  FENCE_SETTING,
+  repointRunningStandby,
+  setSynchronousStandbys,
+  STANDBY_SIGNAL,
+} from "./replication-config";
 
 export type OperationsConfig = BootstrapConfig & Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary">;
 
@@ -49,6 +58,8 @@ export interface FailoverRequest {
   readonly reason: string;
   /** The old primary's last LSN the monitor saw: the loss bound of an asynchronous failover. */
   readonly lastPrimaryLsn?: string | null;
+  /** The monitor's lease (automatic failover): refused if it is no longer held. */
+  readonly lease?: StateGuard | null;
 }
 
 export type RejoinMethod = "rewind" | "reseed" | "restart";
@@ -67,6 +78,7 @@ const CATCH_UP_TIMEOUT_MS = 30000;
  */
 export class FailoverOperations {
   private inFlight = 0;
+  private readonly running = new Set<Promise<unknown>>();
 
   constructor(private readonly deps: FailoverOperationsDeps) {}
 
@@ -115,15 +127,16 @@ export class FailoverOperations {
     const lastPrimaryLsn = request.lastPrimaryLsn ?? (await this.lastSeenLsn(from));
     const operation = await this.deps.journal.begin(
       this.newEntry("failover", request.trigger, from.name, request.to ?? null, request.force ?? false, request.reason, { lastPrimaryLsn }),
+      request.lease ?? null,
     );
-    return this.tracked(() => this.runFailover(operation));
+    return this.tracked(operation, () => this.runFailover(operation));
   }
 
   /** Runs (or resumes) a failover from its journal. */
   private async runFailover(operation: RunningOperation): Promise<FailoverRecord> {
     const entry = operation.entry;
-    const from = this.node(entry.from);
     try {
+      const from = this.node(entry.from);
       if (!entry.times.detected) {
         await operation.record({ stage: "detected" }, "detected");
         await this.emitStage("failover:detected", operation, "warning", `${entry.trigger} failover: primary ${from.name} ${entry.reason}`);
@@ -131,6 +144,7 @@ export class FailoverOperations {
       if (!operation.entry.times.fenced) {
         // Nobody to promote: leave the old primary alone (it may come back) rather than fence it for nothing.
         await this.chooseCandidate(operation.entry);
+        operation.assertHeld();
         const method = await fenceNode(this.deps.driver, from, `failover ${entry.id}`, this.deps.logger);
         await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(from.name)), fenced: withName(state?.fenced ?? [], from.name) }));
         await operation.record({ stage: "fenced", facts: { fenceMethod: method } }, "fenced");
@@ -159,7 +173,7 @@ export class FailoverOperations {
       await this.deps.refreshTopology().catch(() => undefined);
       return record;
     } catch (error) {
-      return this.failed(operation, error);
+      return this.failed(operation, error, operation.entry.times.promoting !== undefined);
     }
   }
 
@@ -207,6 +221,7 @@ export class FailoverOperations {
    */
   private async promote(target: NodeRef, operation: RunningOperation): Promise<void> {
     const credentials = this.deps.superuser;
+    operation.assertHeld();
     const before = await readNodeFacts(target, credentials, this.deps.config.nodeTimeoutMs);
     await withNodeClient(target, credentials, Math.max(this.deps.config.startTimeoutMs, 60000), async (client) => {
       const inRecovery = (await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r")).rows[0]!.r;
@@ -228,6 +243,8 @@ export class FailoverOperations {
     if (before?.inRecovery && before.timeline !== null && facts.timeline !== null && facts.timeline <= before.timeline) {
       throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
     }
+    // The new primary's first known LSN: the loss bound should it die before the monitor's first check of it.
+    if (facts.lsn) await this.deps.redis.set(primaryLsnKey(this.deps.keyPrefix), JSON.stringify({ node: target.name, lsn: facts.lsn }));
     await this.deps.store.update(operation.guard, (state) => {
       const base = state ?? initialState(target.name);
       if (base.primary === target.name) return base;
@@ -266,7 +283,12 @@ export class FailoverOperations {
   // ---- switchover and failback ----------------------------------------------
 
   /** Planned change of primary, losing nothing: clean stop, catch-up confirmed, promotion, old primary restarted as a standby. */
-  async switchover(to: string, kind: "switchover" | "failback" = "switchover", trigger: "automatic" | "manual" = "manual"): Promise<FailoverRecord> {
+  async switchover(
+    to: string,
+    kind: "switchover" | "failback" = "switchover",
+    trigger: "automatic" | "manual" = "manual",
+    lease: StateGuard | null = null,
+  ): Promise<FailoverRecord> {
     await this.refuseWhileBusy();
     const state = await this.state();
     const target = this.node(to);
@@ -289,27 +311,29 @@ export class FailoverOperations {
     if (lag > SWITCHOVER_MAX_LAG_BYTES) {
       throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`);
     }
-    const operation = await this.deps.journal.begin(this.newEntry(kind, trigger, from.name, target.name, false, `${kind} requested`, {}));
-    return this.tracked(() => this.runSwitchover(operation));
+    const operation = await this.deps.journal.begin(this.newEntry(kind, trigger, from.name, target.name, false, `${kind} requested`, {}), lease);
+    return this.tracked(operation, () => this.runSwitchover(operation));
   }
 
-  async failback(trigger: "automatic" | "manual" = "manual"): Promise<FailoverRecord> {
-    return this.switchover(this.deps.config.preferredPrimary, "failback", trigger);
+  async failback(trigger: "automatic" | "manual" = "manual", lease: StateGuard | null = null): Promise<FailoverRecord> {
+    return this.switchover(this.deps.config.preferredPrimary, "failback", trigger, lease);
   }
 
   private async runSwitchover(operation: RunningOperation): Promise<FailoverRecord> {
     const entry = operation.entry;
-    const from = this.node(entry.from);
-    const target = this.node(entry.to!);
-    const kind = entry.kind as "switchover" | "failback";
     try {
-      if (!entry.times.stopped) {
-        await this.emitStage("failover:detected", operation, "info", `${kind}: ${from.name} → ${target.name}`);
-        // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
-        await this.deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
-        await operation.record({ stage: "stopped" }, "stopped");
-      }
+      const from = this.node(entry.from);
+      const target = this.node(entry.to!);
+      const kind = entry.kind as "switchover" | "failback";
+      if (!entry.times.stopped) await this.emitStage("failover:detected", operation, "info", `${kind}: ${from.name} → ${target.name}`);
       if (!operation.entry.times.promoted) {
+        // Stopped again when resumed (idempotent): whatever happened since, it takes no write now.
+        // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
+        operation.assertHeld();
+        await this.deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
+        // Fenced while stopped: should the service die now, nothing starts it as a primary.
+        await fenceNode(this.deps.driver, from, `${kind} ${entry.id}`, this.deps.logger);
+        if (!operation.entry.times.stopped) await operation.record({ stage: "stopped" }, "stopped");
         const finalLsn = await this.lastCheckpoint(from);
         if (!operation.entry.times.fenced) {
           await operation.record({ stage: "caught-up", facts: { finalLsn } }, "fenced");
@@ -317,9 +341,14 @@ export class FailoverOperations {
         }
         const caughtUp = await this.waitForReceipt(target, finalLsn);
         if (!caughtUp) {
-          // Nothing changed yet: the old primary goes back to work.
+          // Nothing changed yet: the old primary goes back to work, the journal closed first.
+          const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`;
+          await this.unfence(from);
+          const record = this.recordOf(operation.entry, "failed", why);
+          await operation.finish();
           await this.deps.driver.start(from, { timeoutMs: this.deps.config.startTimeoutMs });
-          throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`);
+          await this.deps.events.emit({ kind: "failover:failed", severity: "warning", node: from.name, message: `${kind} ${entry.id} abandoned: ${why}`, data: record });
+          throw new RelevoError(ErrorCode.PreconditionFailed, why);
         }
         if (!operation.entry.times.promoting) {
           await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
@@ -331,6 +360,7 @@ export class FailoverOperations {
       }
       await this.followNewPrimary(target, [from.name]);
       // The old primary stopped cleanly at a point the new one has: it follows without a rewind.
+      operation.assertHeld();
       const method = await this.restartAsStandby(from, target);
       await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
       const record = this.recordOf(operation.entry, "completed", null);
@@ -339,8 +369,15 @@ export class FailoverOperations {
       await this.deps.refreshTopology().catch(() => undefined);
       return record;
     } catch (error) {
-      return this.failed(operation, error);
+      if (operation.settled) throw error; // the clean abort above
+      return this.failed(operation, error, operation.entry.times.stopped !== undefined);
     }
+  }
+
+  /** Takes a fence off a node that is to run again as it was (a switchover called off). */
+  private async unfence(node: NodeRef): Promise<void> {
+    await editStoppedNodeConf(this.deps.driver, node, { [FENCE_SETTING]: null });
+    await this.deps.driver.removeFiles(node, [FENCE_MARKER]);
   }
 
   /** The stopped node's last checkpoint (its shutdown checkpoint after a clean stop). */
@@ -369,6 +406,7 @@ export class FailoverOperations {
     await this.stopQuietly(node);
     await this.clearSlots(node);
     await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
+    await this.deps.driver.removeFiles(node, [FENCE_MARKER]); // a standby now: standby.signal keeps it from writing
     try {
       await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
       await waitForStreaming({ config: this.deps.config, secrets: this.deps.secrets }, node);
@@ -382,19 +420,20 @@ export class FailoverOperations {
   // ---- rejoin ------------------------------------------------------------------
 
   /** Brings a fenced (or lost) node back as a replica of the primary: pg_rewind, else a fresh seed. */
-  async rejoin(name: string, trigger: "automatic" | "manual" = "manual"): Promise<RejoinMethod> {
+  async rejoin(name: string, trigger: "automatic" | "manual" = "manual", lease: StateGuard | null = null): Promise<RejoinMethod> {
     await this.refuseWhileBusy();
     const node = this.node(name);
     const state = await this.state();
     if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; it cannot rejoin as a replica`);
-    const operation = await this.deps.journal.begin(this.newEntry("rejoin", trigger, node.name, state.primary, false, `${trigger} rejoin`, {}));
-    return this.tracked(() => this.runRejoin(operation));
+    const operation = await this.deps.journal.begin(this.newEntry("rejoin", trigger, node.name, state.primary, false, `${trigger} rejoin`, {}), lease);
+    return this.tracked(operation, () => this.runRejoin(operation));
   }
 
   private async runRejoin(operation: RunningOperation): Promise<RejoinMethod> {
-    const node = this.node(operation.entry.from);
+    const name = operation.entry.from;
     const started = Date.now();
     try {
+      const node = this.node(name);
       const primary = this.node((await this.state()).primary);
       const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
       let method: RejoinMethod;
@@ -402,9 +441,11 @@ export class FailoverOperations {
         method = "restart";
       } else {
         await operation.record({ stage: "stopping" });
+        operation.assertHeld();
         await this.stopQuietly(node);
         await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => ensureReservedSlot(client, slotNameFor(node)));
         await operation.record({ stage: "rejoining" });
+        operation.assertHeld();
         method = await this.rejoinStopped(node, primary);
       }
       await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(primary.name)), fenced: without(state?.fenced ?? [], node.name) }));
@@ -422,7 +463,7 @@ export class FailoverOperations {
       if (error instanceof StaleWriterError) throw error;
       await operation.finish().catch(() => undefined);
       const message = (error as Error).message;
-      await this.deps.events.emit({ kind: "node:rejoin-failed", severity: "critical", node: node.name, message: `${node.name} did not rejoin: ${message}`, data: { error: message } });
+      await this.deps.events.emit({ kind: "node:rejoin-failed", severity: "critical", node: name, message: `${name} did not rejoin: ${message}`, data: { error: message } });
       throw error;
     }
   }
@@ -491,6 +532,8 @@ export class FailoverOperations {
       await seedReplica(this.deps.bootstrap, node, primary);
       return "reseed";
     }
+    // pg_rewind removed the fence with the rest of the node's own files: back at once, until the node starts as a standby.
+    await markFenced(driver, node, "rejoining");
     await writeMarker(this.deps.bootstrap, node);
     await writeManagedFiles(this.deps.bootstrap, node);
     await this.clearSlots(node);
@@ -530,33 +573,28 @@ export class FailoverOperations {
     while (!(await isPortFree(primary.host, port))) port += 1;
     this.deps.membership.plan(name, port); // checks the name
     const operation = await this.deps.journal.begin(this.newEntry("add-replica", "manual", name, primary.name, false, "replica added by an operator", { port }));
-    return this.tracked(() => this.runAddReplica(operation));
+    return this.tracked(operation, () => this.runAddReplica(operation));
   }
 
   private async runAddReplica(operation: RunningOperation): Promise<NodeRef> {
     const entry = operation.entry;
-    const node: NodeRef = { name: entry.from, host: this.node((await this.state()).primary).host, port: Number(entry.facts.port) };
-    try {
-      const primary = this.node((await this.state()).primary);
-      // A seed cut short by a dead instance left half a node: start again from nothing.
-      if (!this.deps.membership.find(node.name)) await this.deps.driver.destroy(node);
-      const outcome = await seedReplica(this.deps.bootstrap, node, primary);
-      await this.deps.membership.add(node);
-      await operation.finish();
-      await this.deps.events.emit({
-        kind: "node:created",
-        severity: "info",
-        node: node.name,
-        message: `${node.name} added as a replica of ${primary.name} (seeded from ${outcome.phase === "seeded" ? outcome.from : "primary"}), port ${node.port}`,
-        data: { role: "replica", upstream: primary.name },
-      });
-      await this.deps.refreshTopology().catch(() => undefined);
-      return node;
-    } catch (error) {
-      if (error instanceof StaleWriterError) throw error;
-      await operation.finish().catch(() => undefined);
-      throw error;
-    }
+    const primary = this.node((await this.state()).primary);
+    const node: NodeRef = { name: entry.from, host: primary.host, port: Number(entry.facts.port) };
+    // A seed cut short by a dead instance left half a node: start again from nothing.
+    operation.assertHeld();
+    if (!this.deps.membership.find(node.name)) await this.deps.driver.destroy(node);
+    const outcome = await seedReplica(this.deps.bootstrap, node, primary);
+    await this.deps.membership.add(node);
+    await operation.finish();
+    await this.deps.events.emit({
+      kind: "node:created",
+      severity: "info",
+      node: node.name,
+      message: `${node.name} added as a replica of ${primary.name} (seeded from ${outcome.phase === "seeded" ? outcome.from : "primary"}), port ${node.port}`,
+      data: { role: "replica", upstream: primary.name },
+    });
+    await this.deps.refreshTopology().catch(() => undefined);
+    return node;
   }
 
   /** Stops a replica, removes its data and its slot on the primary, and forgets it. */
@@ -566,42 +604,39 @@ export class FailoverOperations {
     const state = await this.state();
     if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; switch over to another node before removing it`);
     const operation = await this.deps.journal.begin(this.newEntry("remove-replica", "manual", name, state.primary, false, "replica removed by an operator", {}));
-    await this.tracked(() => this.runRemoveReplica(operation));
+    await this.tracked(operation, () => this.runRemoveReplica(operation));
   }
 
   private async runRemoveReplica(operation: RunningOperation): Promise<void> {
-    const node = this.node(operation.entry.from);
-    try {
-      // First it stops counting (eligibility, synchronous set), then commits stop waiting for it, then it goes.
-      const state = await this.deps.store.update(operation.guard, (current) => {
-        const base = current!;
-        const joining = { ...base.joining };
-        delete joining[node.name];
-        return { ...base, eligible: without(base.eligible, node.name), syncSet: without(base.syncSet, node.name), fenced: without(base.fenced, node.name), joining };
+    const node = this.deps.membership.find(operation.entry.from);
+    // Resumed after the member was already forgotten: it is done.
+    if (!node) return;
+    // First it stops counting (eligibility, synchronous set), then commits stop waiting for it, then it goes.
+    const state = await this.deps.store.update(operation.guard, (current) => {
+      const base = current!;
+      const joining = { ...base.joining };
+      delete joining[node.name];
+      return { ...base, eligible: without(base.eligible, node.name), syncSet: without(base.syncSet, node.name), fenced: without(base.fenced, node.name), joining };
+    });
+    const primary = this.node(state.primary);
+    await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
+      setSynchronousStandbys(client, this.deps.config.synchronous ? state.syncSet : []),
+    );
+    operation.assertHeld();
+    await this.stopQuietly(node);
+    await this.deps.driver.destroy(node);
+    let slotDropped = false;
+    for (let attempt = 0; attempt < 50 && !slotDropped; attempt += 1) {
+      slotDropped = await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => {
+        await dropSlot(client, slotNameFor(node));
+        return (await client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slotNameFor(node)])).rowCount === 0;
       });
-      const primary = this.node(state.primary);
-      await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
-        setSynchronousStandbys(client, this.deps.config.synchronous ? state.syncSet : []),
-      );
-      await this.stopQuietly(node);
-      await this.deps.driver.destroy(node);
-      let slotDropped = false;
-      for (let attempt = 0; attempt < 50 && !slotDropped; attempt += 1) {
-        slotDropped = await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, async (client) => {
-          await dropSlot(client, slotNameFor(node));
-          return (await client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slotNameFor(node)])).rowCount === 0;
-        });
-        if (!slotDropped) await sleep(100); // its WAL sender is still exiting
-      }
-      await this.deps.membership.remove(node.name);
-      await operation.finish();
-      await this.deps.events.emit({ kind: "node:removed", severity: "warning", node: node.name, message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`, data: { slotDropped } });
-      await this.deps.refreshTopology().catch(() => undefined);
-    } catch (error) {
-      if (error instanceof StaleWriterError) throw error;
-      await operation.finish().catch(() => undefined);
-      throw error;
+      if (!slotDropped) await sleep(100); // its WAL sender is still exiting
     }
+    await this.deps.membership.remove(node.name);
+    await operation.finish();
+    await this.deps.events.emit({ kind: "node:removed", severity: "warning", node: node.name, message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`, data: { slotDropped } });
+    await this.deps.refreshTopology().catch(() => undefined);
   }
 
   // ---- resume ----------------------------------------------------------------
@@ -624,7 +659,7 @@ export class FailoverOperations {
           return this.runRemoveReplica(operation);
       }
     };
-    await this.tracked(run).catch((error: Error) => this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
+    await this.tracked(operation, run).catch((error: Error) => this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
   }
 
   // ---- helpers ---------------------------------------------------------------
@@ -658,13 +693,47 @@ export class FailoverOperations {
     return { id: randomUUID(), kind, trigger, from, to, force, reason, stage: "begun", startedAt: new Date().toISOString(), times: {}, facts };
   }
 
-  private async tracked<T>(work: () => Promise<T>): Promise<T> {
+  /**
+   * Runs an operation's work, counted (busy) and kept for `drain`; whatever
+   * way it ends, its journal is settled: finished, or abandoned to be resumed
+   * when another instance took it over (or it must be retried from its journal).
+   */
+  private async tracked<T>(operation: RunningOperation, work: () => Promise<T>): Promise<T> {
     this.inFlight += 1;
-    try {
-      return await work();
-    } finally {
-      this.inFlight -= 1;
-    }
+    const running = (async () => {
+      try {
+        return await work();
+      } catch (error) {
+        if (!operation.settled) {
+          if (error instanceof StaleWriterError) operation.abandon();
+          else await operation.finish().catch(() => operation.abandon());
+        }
+        throw error;
+      } finally {
+        if (!operation.settled) await operation.finish().catch(() => operation.abandon());
+        this.inFlight -= 1;
+      }
+    })();
+    this.running.add(running);
+    void running.catch(() => undefined).finally(() => this.running.delete(running));
+    return running;
+  }
+
+  /**
+   * Waits (at most `timeoutMs`) for the operations running here: the service
+   * stops under none of them. One still running then is abandoned by its
+   * journal's lock expiring, and resumed by another instance.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    if (this.running.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.running]),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   private recordOf(entry: JournalEntry, status: FailoverRecord["status"], error: string | null): FailoverRecord {
@@ -692,17 +761,30 @@ export class FailoverOperations {
     await this.deps.events.emit({ kind, severity, node: operation.entry.to ?? operation.entry.from, message, data: this.recordOf(operation.entry, "running", null) } as never);
   }
 
-  private async failed(operation: RunningOperation, error: unknown): Promise<never> {
+  /**
+   * An operation that failed. Before its point of no return (nothing
+   * promoted, the old primary not stopped) it is over: the journal finished,
+   * a failover:failed event. After it, finishing would forget a half-changed
+   * cluster: the journal is abandoned, and the leader resumes it from there
+   * once its lock expires (every step being idempotent).
+   */
+  private async failed(operation: RunningOperation, error: unknown, pastNoReturn = false): Promise<never> {
     if (error instanceof StaleWriterError) {
       operation.abandon();
       throw new RelevoError(ErrorCode.OperationInProgress, `${operation.entry.kind} ${operation.entry.id} was taken over by another instance`);
     }
     const message = (error as Error).message;
+    if (pastNoReturn) {
+      operation.abandon();
+      this.deps.logger.error({ operation: operation.entry.id, stage: operation.entry.stage, err: message }, "operation failed past its point of no return: left in the journal to be resumed");
+      throw error;
+    }
     await operation.finish().catch(() => undefined);
     const record = this.recordOf(operation.entry, "failed", message);
     await this.deps.events.emit({ kind: "failover:failed", severity: "critical", node: operation.entry.from, message: `${operation.entry.kind} ${operation.entry.id} failed at stage ${operation.entry.stage}: ${message}`, data: record });
     throw error;
   }
+
 }
 
 /** Where the monitor keeps the primary's last LSN it saw. */

@@ -7,6 +7,8 @@ export interface StandbySeen {
   readonly name: string;
   readonly state: string;
   readonly flushLsn: string | null;
+  /** pg_stat_replication.sync_state: `quorum` or `sync` once the primary waits for it. */
+  readonly syncState: string | null;
 }
 
 export type PrimaryCheck =
@@ -17,7 +19,7 @@ const CHECK_SQL = `
 SELECT pg_is_in_recovery() AS in_recovery,
        pg_current_wal_lsn()::text AS lsn,
        current_setting('synchronous_standby_names') AS sync_names,
-       coalesce((SELECT json_agg(json_build_object('name', application_name, 'state', state, 'flushLsn', flush_lsn::text))
+       coalesce((SELECT json_agg(json_build_object('name', application_name, 'state', state, 'flushLsn', flush_lsn::text, 'syncState', sync_state))
                    FROM pg_stat_replication WHERE application_name <> 'relevo_archiver'), '[]'::json) AS standbys`;
 
 /**

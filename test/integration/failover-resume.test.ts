@@ -75,4 +75,15 @@ describe("a failover left half-done by a dead instance", () => {
     expect((await sqlOn(node2, secrets, "SELECT id FROM acked")).length).toBe(1);
     await sqlOn(node2, secrets, "INSERT INTO acked VALUES (2)");
   });
+
+  test("a replica added through one instance is a member in the other, and removed through it", async () => {
+    await eventually(async () => ((await first.service.failover.operation()) === null && (await first.service.failover.state())!.fenced.length === 0 ? true : undefined), {
+      what: "node1 rejoined",
+      timeoutMs: 60000,
+    });
+    await first.service.failover.addReplica("node3");
+    await eventually(async () => (second!.nodes.some((n) => n.name === "node3") ? true : undefined), { what: "node3 known to the second instance" });
+    await second!.failover.removeReplica("node3");
+    await eventually(async () => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), { what: "node3 forgotten by the first instance" });
+  });
 });
