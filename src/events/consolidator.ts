@@ -186,8 +186,7 @@ async function upsertBackup(prisma: PrismaClient, record: BackupRecord): Promise
     finishedAt: record.finishedAt === null ? null : new Date(record.finishedAt),
   };
   // A late "started" replayed after "completed" must not move the record back.
-  const existing = await prisma.backup.findUnique({ where: { id: record.id }, select: { status: true } });
-  if (existing && existing.status !== "running" && record.status === "running") return;
+  if (movesBack(await prisma.backup.findUnique({ where: { id: record.id }, select: { status: true } }), record.status)) return;
   await prisma.backup.upsert({ where: { id: record.id }, create: { id: record.id, ...values }, update: values });
 }
 
@@ -209,7 +208,11 @@ async function upsertFailover(prisma: PrismaClient, record: FailoverRecord): Pro
     durationMs: record.durationMs,
   };
   // A replayed stage event must not move a finished record back to running.
-  const existing = await prisma.failover.findUnique({ where: { id: record.id }, select: { status: true } });
-  if (existing && existing.status !== "running" && record.status === "running") return;
+  if (movesBack(await prisma.failover.findUnique({ where: { id: record.id }, select: { status: true } }), record.status)) return;
   await prisma.failover.upsert({ where: { id: record.id }, create: { id: record.id, ...values }, update: values });
+}
+
+/** A replayed "running" record arriving after the finished one: writing it would move the record back. */
+function movesBack(existing: { status: string } | null, incoming: string): boolean {
+  return existing !== null && existing.status !== "running" && incoming === "running";
 }

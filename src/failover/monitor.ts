@@ -9,7 +9,7 @@ import { withNodeClient } from "../cluster/node-connection";
 import { ClusterStateStore, initialState, withName, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
-import type { FailoverOperations } from "./operations";
+import { recordPrimaryLsn, type FailoverOperations } from "./operations";
 import { PrimaryChecker, replicaLostPrimary, type PrimaryCheck } from "./primary-check";
 import { setSynchronousStandbys, synchronousStandbyNames } from "./replication-config";
 
@@ -33,7 +33,7 @@ export interface FailoverMonitorDeps {
   readonly superuser: Credentials;
   readonly redis: Redis;
   readonly maintenanceKey: string;
-  /** Where the last LSN seen on the primary is kept for other instances (a manual failover's loss bound). */
+  /** Where the last LSN seen on the primary is kept (the loss bound of an asynchronous failover, from any instance). */
   readonly primaryLsnKey: string;
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
@@ -64,8 +64,6 @@ export class FailoverMonitor {
   private running = false;
   private ticking: Promise<void> = Promise.resolve();
   private failures = 0;
-  /** The last LSN a check saw, and on which node (a loss bound is only valid for that node). */
-  private lastPrimaryLsn: { node: string; lsn: string } | null = null;
   private readonly checker: PrimaryChecker;
   private readonly retryAfter = new Map<string, number>();
   private preferredInSyncSince: number | null = null;
@@ -133,8 +131,7 @@ export class FailoverMonitor {
     if (check.ok) {
       if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
       this.failures = 0;
-      this.lastPrimaryLsn = { node: primary.name, lsn: check.lsn };
-      await this.deps.redis.set(this.deps.primaryLsnKey, JSON.stringify({ node: primary.name, lsn: check.lsn }));
+      await recordPrimaryLsn(this.deps.redis, this.deps.primaryLsnKey, primary.name, check.lsn);
       await this.keepSynchronousSet(state, primary, check, guard);
       await this.fenceSecondPrimaries(state, guard);
       if (!maintenance) await this.rejoinFenced(state);
@@ -149,7 +146,7 @@ export class FailoverMonitor {
     const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
     this.failures = 0;
     void this.deps.operations
-      .failover({ trigger: "automatic", reason, lastPrimaryLsn: this.lastPrimaryLsn?.node === primary.name ? this.lastPrimaryLsn.lsn : null, lease: guard })
+      .failover({ trigger: "automatic", reason, lease: guard })
       .catch((error: Error) => {
         this.retryAfter.set(`failover:${primary.name}`, Date.now() + RETRY_AFTER_MS);
         this.deps.logger.error({ err: error.message }, "automatic failover did not happen");

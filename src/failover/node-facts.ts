@@ -51,6 +51,11 @@ export async function readNodeFacts(node: NodeRef, credentials: Credentials, tim
   }
 }
 
+/** A standby whose WAL receiver streams from `primary`. */
+export function streamsFrom(facts: NodeFacts | null, primary: NodeRef): boolean {
+  return facts !== null && facts.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port;
+}
+
 export function lsnBytes(lsn: string | null): number | null {
   return lsn === null ? null : lsnToNumber(lsn);
 }

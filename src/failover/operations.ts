@@ -12,12 +12,12 @@ import type { EventKind, FailoverRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
-import { sleep } from "../util/sleep";
+import { settlesWithin, sleep } from "../util/sleep";
 import type { Membership } from "../cluster/membership";
 import { isPortFree } from "../cluster/ports";
 import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode, markFenced } from "./fencing";
-import { byMostAdvanced, lsnBytes, readNodeFacts, type NodeFacts } from "./node-facts";
+import { byMostAdvanced, lsnBytes, readNodeFacts, streamsFrom, type NodeFacts } from "./node-facts";
 import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
 import {
   configureStoppedStandby,
@@ -56,8 +56,6 @@ export interface FailoverRequest {
   readonly force?: boolean;
   readonly trigger: "automatic" | "manual";
   readonly reason: string;
-  /** The old primary's last LSN the monitor saw: the loss bound of an asynchronous failover. */
-  readonly lastPrimaryLsn?: string | null;
   /** The monitor's lease (automatic failover): refused if it is no longer held. */
   readonly lease?: StateGuard | null;
 }
@@ -124,7 +122,8 @@ export class FailoverOperations {
         );
       }
     }
-    const lastPrimaryLsn = request.lastPrimaryLsn ?? (await this.lastSeenLsn(from));
+    // The old primary's last LSN seen (by the monitor, or at its promotion): the loss bound of an asynchronous failover.
+    const lastPrimaryLsn = await this.lastSeenLsn(from);
     const operation = await this.deps.journal.begin(
       this.newEntry("failover", request.trigger, from.name, request.to ?? null, request.force ?? false, request.reason, { lastPrimaryLsn }),
       request.lease ?? null,
@@ -244,7 +243,7 @@ export class FailoverOperations {
       throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
     }
     // The new primary's first known LSN: the loss bound should it die before the monitor's first check of it.
-    if (facts.lsn) await this.deps.redis.set(primaryLsnKey(this.deps.keyPrefix), JSON.stringify({ node: target.name, lsn: facts.lsn }));
+    if (facts.lsn) await recordPrimaryLsn(this.deps.redis, primaryLsnKey(this.deps.keyPrefix), target.name, facts.lsn);
     await this.deps.store.update(operation.guard, (state) => {
       const base = state ?? initialState(target.name);
       if (base.primary === target.name) return base;
@@ -304,10 +303,10 @@ export class FailoverOperations {
     if (!primaryFacts || primaryFacts.inRecovery) {
       throw new RelevoError(ErrorCode.PreconditionFailed, `the primary ${from.name} does not answer as a primary: use failover`);
     }
-    if (!targetFacts || !targetFacts.inRecovery || targetFacts.receiver?.status !== "streaming" || targetFacts.receiver.senderPort !== from.port) {
+    if (!streamsFrom(targetFacts, from)) {
       throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is not a replica streaming from ${from.name}; rejoin it first`);
     }
-    const lag = lsnToNumber(primaryFacts.lsn!) - lsnToNumber(targetFacts.lsn ?? "0/0");
+    const lag = lsnToNumber(primaryFacts.lsn!) - lsnToNumber(targetFacts!.lsn ?? "0/0");
     if (lag > SWITCHOVER_MAX_LAG_BYTES) {
       throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`);
     }
@@ -382,8 +381,7 @@ export class FailoverOperations {
 
   /** The stopped node's last checkpoint (its shutdown checkpoint after a clean stop). */
   private async lastCheckpoint(node: NodeRef): Promise<string> {
-    const { stdout } = await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline" });
-    const location = /Latest checkpoint location:\s+([0-9A-F]+\/[0-9A-F]+)/.exec(stdout)?.[1];
+    const location = /Latest checkpoint location:\s+([0-9A-F]+\/[0-9A-F]+)/.exec(await this.controlData(node))?.[1];
     if (!location) throw new RelevoError(ErrorCode.CommandFailed, `pg_controldata of ${node.name} shows no checkpoint location`);
     return location;
   }
@@ -401,20 +399,9 @@ export class FailoverOperations {
 
   /** A cleanly stopped old primary restarted as a standby of `primary`; rewound if it cannot follow as it is. */
   private async restartAsStandby(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
-    const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
-    if (facts?.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port) return "restart";
+    if (streamsFrom(await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs), primary)) return "restart";
     await this.stopQuietly(node);
-    await this.clearSlots(node);
-    await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
-    await this.deps.driver.removeFiles(node, [FENCE_MARKER]); // a standby now: standby.signal keeps it from writing
-    try {
-      await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
-      await waitForStreaming({ config: this.deps.config, secrets: this.deps.secrets }, node);
-      return "restart";
-    } catch (error) {
-      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "old primary does not follow as it is: rewinding");
-      return this.rewindOrReseed(node, primary);
-    }
+    return this.restartElseRewind(node, primary, this.deps.config.startTimeoutMs);
   }
 
   // ---- rejoin ------------------------------------------------------------------
@@ -435,9 +422,8 @@ export class FailoverOperations {
     try {
       const node = this.node(name);
       const primary = this.node((await this.state()).primary);
-      const facts = await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
       let method: RejoinMethod;
-      if (facts?.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port) {
+      if (streamsFrom(await readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs), primary)) {
         method = "restart";
       } else {
         await operation.record({ stage: "stopping" });
@@ -480,23 +466,40 @@ export class FailoverOperations {
    */
   private async rejoinStopped(node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
     if (!(await this.wasStandby(node))) return this.rewindOrReseed(node, primary);
-    await this.clearSlots(node);
-    await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
-    await this.deps.driver.removeFiles(node, [FENCE_MARKER]);
+    return this.restartElseRewind(node, primary, RESTART_STREAMING_TIMEOUT_MS);
+  }
+
+  /** A stopped node restarted as a standby of `primary`; rewound (else re-seeded) when it does not stream within `streamingTimeoutMs`. */
+  private async restartElseRewind(node: NodeRef, primary: NodeRef, streamingTimeoutMs: number): Promise<RejoinMethod> {
     try {
-      await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
-      await waitForStreaming({ config: { ...this.deps.config, startTimeoutMs: RESTART_STREAMING_TIMEOUT_MS }, secrets: this.deps.secrets }, node);
+      await this.startAsStandby(node, primary, streamingTimeoutMs);
       return "restart";
     } catch (error) {
-      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "standby does not stream after a restart: rewinding it");
-      await this.stopQuietly(node);
+      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "node does not stream after a restart as a standby: rewinding it");
       return this.rewindOrReseed(node, primary);
     }
   }
 
+  /**
+   * Starts a stopped node as a standby of `primary` over its slot: the slots
+   * it had as a primary cleared, conninfo and standby.signal written, the
+   * fence lifted (standby.signal keeps it from writing); waits until it streams.
+   */
+  private async startAsStandby(node: NodeRef, primary: NodeRef, streamingTimeoutMs: number): Promise<void> {
+    await this.clearSlots(node);
+    await configureStoppedStandby(this.deps.driver, node, primary, this.deps.secrets.replicationPassword);
+    await this.deps.driver.removeFiles(node, [FENCE_MARKER]);
+    await this.deps.driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
+    await waitForStreaming({ config: { ...this.deps.config, startTimeoutMs: streamingTimeoutMs }, secrets: this.deps.secrets }, node);
+  }
+
   private async wasStandby(node: NodeRef): Promise<boolean> {
-    const control = await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline", allowFailure: true });
-    return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(control.stdout);
+    return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(await this.controlData(node, true));
+  }
+
+  /** pg_controldata's output for a stopped node (empty when `allowFailure` and it failed). */
+  private async controlData(node: NodeRef, allowFailure = false): Promise<string> {
+    return (await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline", allowFailure })).stdout;
   }
 
   /**
@@ -525,22 +528,19 @@ export class FailoverOperations {
       ],
       { mode: "offline", env: { PGPASSWORD: this.deps.secrets.rewindPassword }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
     );
-    this.deps.logger.info({ node: node.name, exitCode: rewind.exitCode, output: `${rewind.stdout}\n${rewind.stderr}`.trim().split("\n").slice(-6).join(" | ") }, "pg_rewind finished");
+    const output = `${rewind.stdout}\n${rewind.stderr}`.trim().split("\n").slice(-6).join(" | ");
     if (rewind.exitCode !== 0) {
-      this.deps.logger.warn({ node: node.name, stderr: rewind.stderr.trim().split("\n").slice(-3).join(" | ") }, "pg_rewind failed: seeding the node again");
+      this.deps.logger.warn({ node: node.name, exitCode: rewind.exitCode, output }, "pg_rewind failed: seeding the node again");
       await driver.destroy(node);
       await seedReplica(this.deps.bootstrap, node, primary);
       return "reseed";
     }
+    this.deps.logger.info({ node: node.name, output }, "pg_rewind finished");
     // pg_rewind removed the fence with the rest of the node's own files: back at once, until the node starts as a standby.
     await markFenced(driver, node, "rejoining");
     await writeMarker(this.deps.bootstrap, node);
     await writeManagedFiles(this.deps.bootstrap, node);
-    await this.clearSlots(node);
-    await configureStoppedStandby(driver, node, primary, this.deps.secrets.replicationPassword);
-    await driver.removeFiles(node, [FENCE_MARKER]);
-    await driver.start(node, { timeoutMs: this.deps.config.startTimeoutMs });
-    await waitForStreaming({ config: this.deps.config, secrets: this.deps.secrets }, node);
+    await this.startAsStandby(node, primary, this.deps.config.startTimeoutMs);
     return "rewind";
   }
 
@@ -704,10 +704,8 @@ export class FailoverOperations {
       try {
         return await work();
       } catch (error) {
-        if (!operation.settled) {
-          if (error instanceof StaleWriterError) operation.abandon();
-          else await operation.finish().catch(() => operation.abandon());
-        }
+        // Another instance holds it now: only let go (finishing would delete its entry).
+        if (error instanceof StaleWriterError && !operation.settled) operation.abandon();
         throw error;
       } finally {
         if (!operation.settled) await operation.finish().catch(() => operation.abandon());
@@ -726,14 +724,7 @@ export class FailoverOperations {
    */
   async drain(timeoutMs: number): Promise<void> {
     if (this.running.size === 0) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.allSettled([...this.running]),
-      new Promise((resolve) => {
-        timer = setTimeout(resolve, timeoutMs);
-      }),
-    ]);
-    clearTimeout(timer);
+    await settlesWithin(Promise.allSettled([...this.running]), timeoutMs);
   }
 
   private recordOf(entry: JournalEntry, status: FailoverRecord["status"], error: string | null): FailoverRecord {
@@ -790,6 +781,11 @@ export class FailoverOperations {
 /** Where the monitor keeps the primary's last LSN it saw. */
 export function primaryLsnKey(prefix: string): string {
   return `${prefix}:primary-lsn`;
+}
+
+/** Records the primary's last LSN seen (the monitor's checks, a promotion), tied to that node. */
+export async function recordPrimaryLsn(redis: Redis, key: string, node: string, lsn: string): Promise<void> {
+  await redis.set(key, JSON.stringify({ node, lsn }));
 }
 
 export async function lastSeenPrimaryLsn(redis: Redis, prefix: string): Promise<{ node: string; lsn: string } | null> {

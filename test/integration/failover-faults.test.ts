@@ -1,30 +1,12 @@
-import type { NodeRef } from "../../src/nodes/node-driver";
 import { startLibpqWriter } from "../helpers/libpq-writer";
-import { eventually, useTestCluster, type TestCluster } from "../helpers/service";
-import { sqlOn } from "../helpers/sql";
+import { failoverHelpers } from "../helpers/failover";
+import { eventually, useTestCluster } from "../helpers/service";
 import { createLogger } from "../../src/log";
 import { startRelevo, type RelevoService } from "../../src/service";
 
-/** Helpers over one test cluster. */
-function on(cluster: TestCluster) {
-  const node = (name: string): NodeRef => cluster.service.nodes.find((n) => n.name === name)!;
-  const sql = <T = Record<string, unknown>>(target: NodeRef, text: string) => sqlOn<T>(target, cluster.service.secrets, text);
-  const state = async () => (await cluster.service.failover.state())!;
-  const events = async (kind: string, since: number) =>
-    (await cluster.service.events.page({ first: 500 })).events.filter((e) => e.kind === kind && Date.parse(e.occurredAt) >= since);
-  const primaryNow = async (): Promise<string> =>
-    eventually(async () => {
-      const current = await state();
-      return (await cluster.service.failover.operation()) === null ? current.primary : undefined;
-    });
-  const streamingFrom = async (target: NodeRef): Promise<number | null> =>
-    (await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port"))[0]!.port;
-  return { node, sql, state, events, primaryNow, streamingFrom };
-}
-
 describe("a frozen primary (SIGSTOP of its process group)", () => {
   const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
-  const { node, sql, state, events, streamingFrom } = on(cluster);
+  const { node, sql, state, events, streamingFrom } = failoverHelpers(cluster);
 
   beforeAll(async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
@@ -104,7 +86,7 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
 
 describe("fencing holds, and a stale replica is never promoted (synchronous, no automatic rejoin)", () => {
   const cluster = useTestCluster("failover-fencing", { leaseTtlMs: 2000, autoRejoin: "false" });
-  const { node, sql, state, events, primaryNow } = on(cluster);
+  const { node, sql, state, events, primaryNow } = failoverHelpers(cluster);
 
   beforeAll(async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
@@ -159,7 +141,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
 
 describe("rejoin when pg_rewind cannot run", () => {
   const cluster = useTestCluster("failover-reseed", { leaseTtlMs: 2000, autoRejoin: "false" });
-  const { node, sql, state, primaryNow, streamingFrom } = on(cluster);
+  const { node, sql, state, primaryNow, streamingFrom } = failoverHelpers(cluster);
 
   test("the old primary is seeded again", async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
@@ -183,7 +165,7 @@ describe("rejoin when pg_rewind cannot run", () => {
 
 describe("a restart of the service after a failover", () => {
   const cluster = useTestCluster("failover-restart", { leaseTtlMs: 2000, autoRejoin: "false" });
-  const { node, sql, state, primaryNow } = on(cluster);
+  const { node, sql, state, primaryNow } = failoverHelpers(cluster);
   let restarted: RelevoService | null = null;
   afterAll(async () => {
     await restarted?.stop({ reason: "test finished" });
@@ -208,7 +190,7 @@ describe("a restart of the service after a failover", () => {
 
 describe("asynchronous mode", () => {
   const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false", autoFailback: "true", autoFailbackAfterMs: 2000 });
-  const { node, sql, state, primaryNow, streamingFrom } = on(cluster);
+  const { node, sql, state, primaryNow, streamingFrom } = failoverHelpers(cluster);
 
   test("kill -9: promoted within the lag bound; the loss is reported", async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");

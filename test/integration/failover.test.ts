@@ -1,7 +1,6 @@
-import type { NodeRef } from "../../src/nodes/node-driver";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
-import { sqlOn } from "../helpers/sql";
+import { failoverHelpers } from "../helpers/failover";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -15,15 +14,11 @@ const execFileAsync = promisify(execFile);
  */
 describe("failover, rejoin and failback (synchronous, three nodes)", () => {
   const cluster = useTestCluster("failover", { replicaCount: 2, leaseTtlMs: 2000 });
-  const node = (name: string): NodeRef => cluster.service.nodes.find((n) => n.name === name)!;
-  const sql = <T = Record<string, unknown>>(target: NodeRef, text: string) => sqlOn<T>(target, cluster.service.secrets, text);
-  const state = async () => (await cluster.service.failover.state())!;
+  const { node, sql, state, streamingFrom: receiverPort } = failoverHelpers(cluster);
   const kinds = async (since: number) => {
     const page = await cluster.service.events.page({ first: 500 });
     return page.events.filter((e) => Date.parse(e.occurredAt) >= since).map((e) => ({ ...e, data: e.data as unknown as Record<string, unknown> }));
   };
-  const receiverPort = async (target: NodeRef): Promise<number | null> =>
-    (await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port"))[0]!.port;
 
   beforeAll(async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
