@@ -23,6 +23,10 @@ export enum ErrorCode {
   OperationInProgress = "OPERATION_IN_PROGRESS",
   NoEligibleReplica = "NO_ELIGIBLE_REPLICA",
   NotImplemented = "NOT_IMPLEMENTED",
+  DockerUnavailable = "DOCKER_UNAVAILABLE",
+  ImageMissing = "IMAGE_MISSING",
+  ContainerConflict = "CONTAINER_CONFLICT",
+  NodeMissing = "NODE_MISSING",
   Internal = "INTERNAL",
 }
 
@@ -63,10 +67,13 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.InvalidConfig:
       return 78; // EX_CONFIG
     case ErrorCode.MissingBinary:
+    case ErrorCode.DockerUnavailable:
+    case ErrorCode.ImageMissing:
       return 69; // EX_UNAVAILABLE
     case ErrorCode.PortInUse:
     case ErrorCode.DataDirIncompatible:
     case ErrorCode.DataDirNotOurs:
+    case ErrorCode.ContainerConflict:
       return 73; // EX_CANTCREAT
     case ErrorCode.NotFound:
     case ErrorCode.BadUserInput:

@@ -10,7 +10,7 @@ import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "./backup/wal-summary";
 import { repositorySeeder, seededFrom } from "./backup/replica-seed";
-import { resolvePostgresIdentity } from "./nodes/local/os-user";
+import { resolvePostgresIdentity } from "./nodes/os-user";
 import { assertPortFree } from "./cluster/ports";
 import { TopologyCollector } from "./cluster/topology-collector";
 import { TopologyReader } from "./cluster/topology-reader";

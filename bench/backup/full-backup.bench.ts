@@ -24,7 +24,7 @@ import { loadConfig } from "../../src/config/config";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
 import { createLogger } from "../../src/log";
-import { resolvePostgresIdentity } from "../../src/nodes/local/os-user";
+import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { startRelevo } from "../../src/service";
 
 const run = promisify(execFile);

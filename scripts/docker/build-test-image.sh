@@ -37,7 +37,7 @@ put_deref() {
 }
 
 # 1. package contents (without docs/man/translations)
-for pkg in postgresql-15 postgresql-client-15 libpq5 coreutils dash bash util-linux grep sed; do
+for pkg in postgresql-15 postgresql-client-15 libpq5 coreutils dash bash util-linux grep sed findutils; do
 	dpkg -L "$pkg" | while read -r f; do
 		case "$f" in /usr/share/doc/*|/usr/share/man/*|/usr/share/locale/*|/usr/share/lintian/*|/usr/share/bash-completion/*|/usr/share/info/*|/etc/init.d/*) continue;;
 			*/llvmjit*|*/lib/bitcode/*) [ "${WITH_JIT:-0}" = 1 ] || continue;; esac

@@ -1,6 +1,6 @@
 import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import type { OsIdentity } from "../nodes/local/os-user";
+import type { OsIdentity } from "../nodes/os-user";
 import { READABLE_MANIFEST_VERSIONS, type BackupManifest } from "./manifest";
 import { parseSegmentName } from "./wal-names";
 

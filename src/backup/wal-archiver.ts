@@ -5,7 +5,7 @@ import { withNodeClient } from "../cluster/node-connection";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
-import type { OsIdentity } from "../nodes/local/os-user";
+import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "./repository";
 import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";

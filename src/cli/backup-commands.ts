@@ -14,7 +14,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { createNodeDriver } from "../nodes/create-driver";
 import { LocalDriver } from "../nodes/local/local-driver";
-import { resolvePostgresIdentity } from "../nodes/local/os-user";
+import { resolvePostgresIdentity } from "../nodes/os-user";
 import { readSecrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
 import { callApi } from "./api-client";

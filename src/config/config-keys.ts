@@ -27,8 +27,32 @@ export const configKeys = {
   driver: {
     env: "RELEVO_DRIVER",
     default: "local",
-    schema: z.enum(["local"]),
-    doc: "Node driver: `local` runs PostgreSQL as processes on this machine.",
+    schema: z.enum(["local", "docker"]),
+    doc: "Node driver: `local` runs PostgreSQL as processes on this machine; `docker` runs each node as a container of a Docker engine.",
+  },
+  dockerImage: {
+    env: "RELEVO_DOCKER_IMAGE",
+    default: "postgres:15",
+    schema: z.string().min(1),
+    doc: "Image of the node containers (docker driver): the official postgres:15 or one with its layout. Relevo never pulls: the engine must have it.",
+  },
+  dockerHost: {
+    env: "RELEVO_DOCKER_HOST",
+    default: "",
+    schema: z.string(),
+    doc: "Docker engine (docker driver): unix:///path/to/docker.sock or tcp://host:port; empty means DOCKER_HOST, else the local socket /var/run/docker.sock.",
+  },
+  dockerCertPath: {
+    env: "RELEVO_DOCKER_CERT_PATH",
+    default: "",
+    schema: z.string(),
+    doc: "Directory with ca.pem, cert.pem and key.pem for a TLS engine (docker driver); empty means DOCKER_CERT_PATH when DOCKER_TLS_VERIFY is set, else no TLS.",
+  },
+  dockerRepositoryVolume: {
+    env: "RELEVO_DOCKER_REPOSITORY_VOLUME",
+    default: "",
+    schema: z.string().regex(/^$|^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "a Docker volume name"),
+    doc: "When Relevo itself runs in a container with its backup repository in this named volume: the node containers mount it (read-only) for the WAL archive. Empty: the repository directory is bind-mounted.",
   },
   host: {
     env: "RELEVO_HOST",

@@ -13,6 +13,7 @@
  *   tool sees it), never from the caller's idea of the file system.
  */
 import type { Readable } from "node:stream";
+import type { OsIdentity } from "./os-user";
 
 export type DriverKind = "local" | "docker";
 
@@ -79,6 +80,18 @@ export interface FileEntry {
   readonly mtimeMs: number;
 }
 
+/** A node's container as the engine sees it (docker driver). */
+export interface ContainerView {
+  readonly id: string;
+  readonly name: string;
+  readonly image: string;
+  /** The engine's status: created, running, paused, restarting, exited, dead. */
+  readonly status: string;
+  /** The image's HEALTHCHECK verdict, null without one. */
+  readonly health: string | null;
+  readonly restartCount: number;
+}
+
 /** Facts the driver alone knows, shown in the topology. */
 export interface DriverNodeView {
   readonly driver: DriverKind;
@@ -86,6 +99,8 @@ export interface DriverNodeView {
   readonly dataDirectory: string;
   readonly logFile?: string;
   readonly containerId?: string;
+  /** null: the docker driver found no container for the node (removed behind Relevo's back, or never made). */
+  readonly container?: ContainerView | null;
 }
 
 export interface NodeDriver {
@@ -93,6 +108,14 @@ export interface NodeDriver {
 
   /** Fails with MISSING_BINARY (or the driver's equivalent) naming what to install. */
   checkPrerequisites(): Promise<void>;
+
+  /**
+   * The OS identity that must own what the nodes' PostgreSQL reads outside
+   * its data directory (the WAL archive its restore_command copies from):
+   * this machine's PostgreSQL user (local), the image's (docker). null when
+   * Relevo cannot hand files to another user (it does not run as root).
+   */
+  fileOwner(): Promise<OsIdentity | null>;
 
   /** Makes the node's storage exist (directory, volume, container); idempotent. */
   provision(node: NodeRef): Promise<void>;

@@ -30,7 +30,7 @@ import {
   writeNewFile,
   writeStreamAtomic,
 } from "./local-files";
-import { resolvePostgresIdentity, type OsIdentity } from "./os-user";
+import { resolvePostgresIdentity, type OsIdentity } from "../os-user";
 import { processesInGroup, processTree, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
 import { runCommand } from "./run-command";
@@ -87,6 +87,10 @@ export class LocalDriver implements NodeDriver {
         { details: { env: "RELEVO_PG_BIN_DIR" } },
       );
     }
+  }
+
+  async fileOwner(): Promise<OsIdentity | null> {
+    return this.identity;
   }
 
   private nodeDir(node: NodeRef): string {

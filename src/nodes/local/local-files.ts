@@ -1,18 +1,11 @@
 import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import path from "node:path";
-import { ErrorCode, RelevoError } from "../../errors";
 import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
-import type { OsIdentity } from "./os-user";
+import type { OsIdentity } from "../os-user";
+import { resolveInside } from "../data-paths";
 
-/** Resolves a path under a data directory, refusing anything that escapes it. */
-export function resolveInside(root: string, relativePath: string): string {
-  const resolved = path.resolve(root, relativePath);
-  if (resolved !== root && !resolved.startsWith(root + path.sep)) {
-    throw new RelevoError(ErrorCode.BadUserInput, `path ${relativePath} is outside the data directory`);
-  }
-  return resolved;
-}
+export { resolveInside } from "../data-paths";
 
 export async function readOptionalFile(file: string): Promise<Buffer | null> {
   try {

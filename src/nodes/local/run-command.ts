@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ExecResult } from "../node-driver";
-import type { OsIdentity } from "./os-user";
+import type { OsIdentity } from "../os-user";
 
 export interface RunOptions {
   readonly identity: OsIdentity | null;

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { ErrorCode, RelevoError } from "../../errors";
+import { ErrorCode, RelevoError } from "../errors";
 
 export interface OsIdentity {
   readonly uid: number;

@@ -1,0 +1,52 @@
+import Docker from "dockerode";
+import { randomBytes } from "node:crypto";
+import type { ConfigOverrides } from "../../src/config/config";
+
+/** The image scripts/docker/build-test-image.sh builds from this machine's PostgreSQL packages. */
+export const TEST_IMAGE = process.env.RELEVO_TEST_DOCKER_IMAGE ?? "relevo-test/postgres:15";
+
+/**
+ * Fails the suite, loudly, when no Docker engine answers or the test image is
+ * missing: the Docker suites are never skipped quietly (CI starts the engine
+ * and builds the image in .ci/run).
+ */
+export async function requireDockerEngine(): Promise<void> {
+  const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+  try {
+    await docker.ping();
+  } catch (error) {
+    throw new Error(
+      `the Docker suites need a Docker engine on /var/run/docker.sock and none answers (${(error as Error).message}): ` +
+        `run scripts/docker/start-engine.sh (as .ci/run does)`,
+    );
+  }
+  try {
+    await docker.getImage(TEST_IMAGE).inspect();
+  } catch {
+    throw new Error(`the Docker suites need the image ${TEST_IMAGE}: run scripts/docker/build-test-image.sh (as .ci/run does)`);
+  }
+}
+
+/** Overrides that run a cluster on the Docker driver, under a cluster name no other test uses (container names are global). */
+export function dockerOverrides(label: string): ConfigOverrides {
+  return { driver: "docker", dockerImage: TEST_IMAGE, clusterName: `t-${label}-${randomBytes(3).toString("hex")}` };
+}
+
+/** Removes every container and volume a test home's driver made (labelled with the home). */
+export async function removeDockerObjectsOf(homes: readonly string[]): Promise<void> {
+  if (homes.length === 0) return;
+  const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+  try {
+    await docker.ping();
+  } catch {
+    return; // no engine: nothing of ours can exist
+  }
+  for (const home of homes) {
+    const filters = { label: [`io.relevo.home=${home}`] };
+    for (const container of await docker.listContainers({ all: true, filters })) {
+      await docker.getContainer(container.Id).remove({ force: true }).catch(() => undefined);
+    }
+    const { Volumes } = await docker.listVolumes({ filters });
+    for (const volume of Volumes ?? []) await docker.getVolume(volume.Name).remove({ force: true }).catch(() => undefined);
+  }
+}
