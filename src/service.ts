@@ -10,7 +10,6 @@ import { Repository } from "./backup/repository";
 import { WalArchiver } from "./backup/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "./backup/wal-summary";
 import { repositorySeeder, seededFrom } from "./backup/replica-seed";
-import { resolvePostgresIdentity } from "./nodes/os-user";
 import { assertPortFree } from "./cluster/ports";
 import { TopologyCollector } from "./cluster/topology-collector";
 import { TopologyReader } from "./cluster/topology-reader";
@@ -125,8 +124,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
     };
     cleanups.push(stopNodes);
-    // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads.
-    const pgIdentity = resolvePostgresIdentity(config.pgOsUser);
+    // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads
+    // (the image's postgres uid for containers, whatever this machine's is).
+    const pgIdentity = await driver.fileOwner();
     const repository = new Repository(config.repository, pgIdentity);
     await repository.ensure();
     const store = new ClusterStateStore(redis, `${keys.prefix}:cluster-state`);

@@ -141,8 +141,9 @@ export async function restoreClusterCommand(
   const recoveryTarget = recoveryTargetFrom(options);
   await assertPortFree(config.host, config.apiPort, "the API (is relevo up running? stop it first)", "RELEVO_API_PORT");
   const secrets = await readSecrets(config.home);
-  const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
-  const recovered = await recoverCluster({ config, driver: createNodeDriver(config), repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
+  const driver = createNodeDriver(config);
+  const repository = new Repository(config.repository, await driver.fileOwner());
+  const recovered = await recoverCluster({ config, driver, repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }

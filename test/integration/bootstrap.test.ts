@@ -7,11 +7,12 @@ import { secretsFile } from "../../src/secrets/secrets-store";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { connectionUri } from "../../src/cluster/node-connection";
+import { describeOnEachDriver } from "../helpers/drivers";
 
 const run = promisify(execFile);
 
-describe("bootstrap: a primary and a streaming replica", () => {
-  const cluster = useTestCluster("bootstrap");
+describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, overrides) => {
+  const cluster = useTestCluster("bootstrap", overrides);
 
   const primary = () => cluster.service.nodes[0]!;
   const replica = () => cluster.service.nodes[1]!;
@@ -73,8 +74,17 @@ describe("bootstrap: a primary and a streaming replica", () => {
     const view = await cluster.service.driver.describe(primary());
     expect(view.state.phase).toBe("running");
     const pid = view.state.phase === "running" ? view.state.pid : 0;
-    const { stdout } = await run("ps", ["-o", "user=", "-p", String(pid)]);
-    expect(stdout.trim()).toBe(process.getuid?.() === 0 ? "postgres" : (await run("id", ["-un"])).stdout.trim());
+    if (driver === "docker") {
+      // PID 1 of the node's container is the postmaster, as the image's postgres user.
+      expect(view.container).toMatchObject({ id: view.containerId, status: "running", restartCount: 0 });
+      const { stdout } = await run("docker", ["exec", view.containerId!, "sh", "-c", "id -un; cat /proc/1/cmdline | tr '\\0' ' '"]);
+      expect(stdout.trim().split("\n")).toEqual(["postgres", expect.stringMatching(/^postgres\b/)]);
+      const { stdout: uid } = await run("ps", ["-o", "uid=", "-p", String(pid)]);
+      expect(Number(uid.trim())).toBe((await cluster.service.driver.fileOwner())?.uid ?? process.getuid?.());
+    } else {
+      const { stdout } = await run("ps", ["-o", "user=", "-p", String(pid)]);
+      expect(stdout.trim()).toBe(process.getuid?.() === 0 ? "postgres" : (await run("id", ["-un"])).stdout.trim());
+    }
     expect((await stat(secretsFile(cluster.config.home))).mode & 0o777).toBe(0o600);
   });
 

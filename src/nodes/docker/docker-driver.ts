@@ -150,7 +150,7 @@ export class DockerDriver implements NodeDriver {
         if (StatusCode !== 0) throw new RelevoError(ErrorCode.MissingBinary, `image ${this.options.image} has no PostgreSQL for Relevo: ${logs.trim()}`);
         return logs;
       } finally {
-        await container.remove({ force: true }).catch(() => undefined);
+        await container.remove({ force: true, v: true }).catch(() => undefined);
       }
     });
     const [uid, gid, version] = output.trim().split("\n");
