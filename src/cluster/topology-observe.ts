@@ -18,9 +18,25 @@ async function driverView(driver: NodeDriver, node: NodeRef): Promise<DriverView
   try {
     const view = await driver.describe(node);
     const pid = view.state.phase === "running" || view.state.phase === "paused" ? view.state.pid : null;
-    return { kind: view.driver, state: view.state.phase, pid, dataDirectory: view.dataDirectory, containerId: view.containerId ?? null };
-  } catch {
-    return { kind: driver.kind, state: "absent", pid: null, dataDirectory: driver.dataDirectory(node), containerId: null };
+    return {
+      kind: view.driver,
+      state: view.state.phase,
+      pid,
+      dataDirectory: view.dataDirectory,
+      containerId: view.containerId ?? null,
+      container: view.container ?? null,
+      error: null,
+    };
+  } catch (error) {
+    return {
+      kind: driver.kind,
+      state: "absent",
+      pid: null,
+      dataDirectory: driver.dataDirectory(node),
+      containerId: null,
+      container: null,
+      error: (error as Error).message || String(error),
+    };
   }
 }
 

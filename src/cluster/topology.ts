@@ -1,4 +1,4 @@
-import type { DriverKind, NodeProcessState } from "../nodes/node-driver";
+import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-driver";
 
 /**
  * The cluster as last observed. PostgreSQL is the authority on roles; this
@@ -59,6 +59,10 @@ export interface DriverView {
   readonly pid: number | null;
   readonly dataDirectory: string;
   readonly containerId: string | null;
+  /** The node's container as the engine sees it (docker driver); null otherwise or when it is gone. */
+  readonly container: ContainerView | null;
+  /** Why the driver could not tell (e.g. the Docker engine does not answer); the state is then "absent". */
+  readonly error: string | null;
 }
 
 export interface NodeSnapshot {

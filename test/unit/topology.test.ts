@@ -1,7 +1,7 @@
 import { buildSnapshot, lsnToNumber, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
 
-const driver = { kind: "local" as const, state: "running" as const, pid: 1, dataDirectory: "/d", containerId: null };
+const driver = { kind: "local" as const, state: "running" as const, pid: 1, dataDirectory: "/d", containerId: null, container: null, error: null };
 const primaryProbe = (senders: NodeProbe["senders"]): NodeProbe => ({
   role: "primary",
   version: "15.18",

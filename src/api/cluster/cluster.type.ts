@@ -78,6 +78,16 @@ export class ReplicationSlot {
   @Field(() => Float, { nullable: true, description: "WAL held back by this slot, in bytes." }) retainedBytes!: number | null;
 }
 
+@ObjectType({ description: "A node's container as the Docker engine sees it." })
+export class NodeContainer {
+  @Field() id!: string;
+  @Field() name!: string;
+  @Field() image!: string;
+  @Field({ description: "The engine's status: created, running, paused, restarting, exited or dead." }) status!: string;
+  @Field(() => String, { nullable: true, description: "The image's HEALTHCHECK verdict (starting, healthy, unhealthy); null without one." }) health!: string | null;
+  @Field(() => Int, { description: "How often the engine restarted it." }) restartCount!: number;
+}
+
 @ObjectType({ description: "What the node driver knows of the node." })
 export class NodeDriverView {
   @Field({ description: "local or docker." }) kind!: string;
@@ -85,6 +95,9 @@ export class NodeDriverView {
   @Field(() => Int, { nullable: true, description: "Postmaster pid (local driver)." }) pid!: number | null;
   @Field() dataDirectory!: string;
   @Field(() => String, { nullable: true, description: "Container id (docker driver)." }) containerId!: string | null;
+  @Field(() => NodeContainer, { nullable: true, description: "The container (docker driver); null when there is none, e.g. removed behind Relevo's back." })
+  container!: NodeContainer | null;
+  @Field(() => String, { nullable: true, description: "Why the driver could not tell the node's state (e.g. the Docker engine does not answer)." }) error!: string | null;
 }
 
 @ObjectType({ description: "One PostgreSQL node of the cluster." })
