@@ -1,6 +1,7 @@
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
 import { failoverHelpers } from "../helpers/failover";
+import { describeOnEachDriver } from "../helpers/drivers";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -12,8 +13,8 @@ const execFileAsync = promisify(execFile);
  * inserts through a multi-host libpq string throughout and logs every
  * acknowledged id; none may be missing afterwards.
  */
-describe("failover, rejoin and failback (synchronous, three nodes)", () => {
-  const cluster = useTestCluster("failover", { replicaCount: 2, leaseTtlMs: 2000 });
+describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)", (_driver, overrides) => {
+  const cluster = useTestCluster("failover", { replicaCount: 2, leaseTtlMs: 2000, ...overrides });
   const { node, sql, state, streamingFrom: receiverPort } = failoverHelpers(cluster);
   const kinds = async (since: number) => {
     const page = await cluster.service.events.page({ first: 500 });
@@ -26,7 +27,7 @@ describe("failover, rejoin and failback (synchronous, three nodes)", () => {
     await eventually(async () => ((await state()).eligible.length === 2 ? true : undefined), { what: "both replicas eligible", timeoutMs: 30000 });
   });
 
-  test("kill -9 of the primary's process group: a replica is promoted, no acknowledged row is lost, the other follows it", async () => {
+  test("kill -9 of the primary (its process group, or its container): a replica is promoted, no acknowledged row is lost, the other follows it", async () => {
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
     await eventually(async () => (writer.acknowledgedSoFar() > 50 ? true : undefined), { what: "writes flowing" });
     const killedAt = Date.now();

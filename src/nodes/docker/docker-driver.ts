@@ -508,6 +508,7 @@ export class DockerDriver implements NodeDriver {
     if (!tool || tool.includes("/")) {
       throw new RelevoError(ErrorCode.BadUserInput, `exec takes a PostgreSQL tool name, got "${tool ?? ""}"`);
     }
+    if (options.mode === "offline") await this.clearStaleLock(node);
     // `timeout` inside the container: the Engine API cannot kill an exec'ed process.
     const cmd = options.timeoutMs ? ["timeout", "-s", "KILL", `${Math.ceil(options.timeoutMs / 1000)}s`, tool, ...args] : [tool, ...args];
     const result = await this.run(node, cmd, { env: options.env, stdin: options.stdin });
@@ -522,6 +523,19 @@ export class DockerDriver implements NodeDriver {
       });
     }
     return { exitCode: result.exitCode, stdout, stderr: result.stderr };
+  }
+
+  /**
+   * A server that died with its container (docker kill, a crash) leaves
+   * postmaster.pid naming PID 1. In the tools container PID 1 is alive (its
+   * `sleep`), so pg_rewind's single-user postgres would take the stale lock
+   * for a running server and refuse. No server can run on the volume while
+   * the node's container is down: the lock is stale then, and removed.
+   */
+  private async clearStaleLock(node: NodeRef): Promise<void> {
+    const info = await this.find(node, "node");
+    if (info?.State.Running) return;
+    await this.run(node, removeCommand([path.posix.join(PGDATA, "postmaster.pid")]));
   }
 
   // --------------------------------------------------------------------- files
