@@ -22,6 +22,7 @@ import type {
 import type { OsIdentity } from "../os-user";
 import { connectDocker, engineMessage, imageMissing, isStatus, translateEngineError, type DockerEndpoint } from "./docker-client";
 import { demultiplexBuffer, runContainerCommand, startContainerCommand, type ContainerCommandOptions } from "./docker-exec";
+import { AgentUnavailable, FileAgent } from "./file-agent";
 import {
   LABELS,
   PG_USER,
@@ -64,6 +65,11 @@ export interface DockerDriverOptions {
   readonly repository: RepositoryMount | null;
 }
 
+/** readFile is for configuration-sized files: past this it streams through an exec of its own. */
+const AGENT_READ_LIMIT = 16 * 1024 * 1024;
+
+const AGENTS_PER_CONTAINER = 2;
+
 /** Ranges per exec: a command line stays far below the kernel's argument limit. */
 const RANGES_PER_COMMAND = 2000;
 
@@ -81,6 +87,8 @@ export class DockerDriver implements NodeDriver {
   private readonly docker: Docker;
   private readonly locks = new Map<string, Promise<unknown>>();
   private imageFacts: { owner: OsIdentity; version: string } | null = null;
+  /** File agents per container (by id): they end with their container. */
+  private readonly agents = new Map<string, FileAgent[]>();
 
   constructor(private readonly options: DockerDriverOptions) {
     this.docker = connectDocker(options.endpoint);
@@ -540,6 +548,44 @@ export class DockerDriver implements NodeDriver {
 
   // --------------------------------------------------------------------- files
 
+  /**
+   * The least busy of the container's file agents; a second one is started
+   * while the first is busy (two cores: two requests' processes at a time).
+   */
+  private async agentFor(node: NodeRef): Promise<FileAgent> {
+    const container = await this.workContainer(node);
+    const pool = (this.agents.get(container.id) ?? []).filter((agent) => agent.alive);
+    const idle = pool.find((agent) => agent.waiting === 0);
+    if (idle || pool.length >= AGENTS_PER_CONTAINER) {
+      this.agents.set(container.id, pool);
+      return idle ?? pool.reduce((best, agent) => (agent.waiting < best.waiting ? agent : best));
+    }
+    const started = await FileAgent.start(container, PG_USER);
+    this.agents.set(container.id, [...(this.agents.get(container.id) ?? []).filter((agent) => agent.alive), started]);
+    return started;
+  }
+
+  /**
+   * Small-file work through the container's file agent; when the agent
+   * cannot answer (its container stopped meanwhile, a write failed) the same
+   * work runs over an exec of its own, which also gives the real error.
+   */
+  private async viaAgent<T>(node: NodeRef, work: (agent: FileAgent) => Promise<T>, fallback: () => Promise<T>): Promise<T> {
+    let agent: FileAgent;
+    try {
+      agent = await this.agentFor(node);
+    } catch (error) {
+      if (error instanceof RelevoError) throw error;
+      return fallback();
+    }
+    try {
+      return await work(agent);
+    } catch (error) {
+      if (error instanceof AgentUnavailable) return fallback();
+      throw error;
+    }
+  }
+
   private inside(relativePath: string): string {
     return resolveInside(PGDATA, relativePath, path.posix);
   }
@@ -553,6 +599,13 @@ export class DockerDriver implements NodeDriver {
   async readFile(node: NodeRef, relativePath: string): Promise<Buffer | null> {
     const file = this.inside(relativePath);
     if ((await this.state(node)).phase === "absent") return null;
+    const read = await this.viaAgent(
+      node,
+      (agent) => agent.readSmall(file, AGENT_READ_LIMIT),
+      async (): Promise<SmallFileRead> => ({ state: "too-large", size: -1 }),
+    );
+    if (read.state === "absent") return null;
+    if (read.state === "read") return read.content;
     const result = await this.run(node, readCommand(file));
     if (result.exitCode === ABSENT) return null;
     if (result.exitCode !== 0) throw this.failed(node, `read ${relativePath}`, result);
@@ -561,13 +614,19 @@ export class DockerDriver implements NodeDriver {
 
   async readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead> {
     const file = this.inside(relativePath);
-    const result = await this.run(node, readSmallCommand(file, maxBytes));
-    if (result.exitCode === ABSENT) return { state: "absent" };
-    if (result.exitCode === TOO_LARGE) return { state: "too-large", size: Number(result.stdout.toString("utf8").trim()) };
-    if (result.exitCode !== 0) throw this.failed(node, `read ${relativePath}`, result);
-    // Grown between stat and cat: longer than asked after all.
-    if (result.stdout.length > maxBytes) return { state: "too-large", size: result.stdout.length };
-    return { state: "read", content: result.stdout };
+    return this.viaAgent(
+      node,
+      (agent) => agent.readSmall(file, maxBytes),
+      async () => {
+        const result = await this.run(node, readSmallCommand(file, maxBytes));
+        if (result.exitCode === ABSENT) return { state: "absent" };
+        if (result.exitCode === TOO_LARGE) return { state: "too-large", size: Number(result.stdout.toString("utf8").trim()) };
+        if (result.exitCode !== 0) throw this.failed(node, `read ${relativePath}`, result);
+        // Grown between stat and cat: longer than asked after all.
+        if (result.stdout.length > maxBytes) return { state: "too-large", size: result.stdout.length };
+        return { state: "read", content: result.stdout };
+      },
+    );
   }
 
   async openRead(node: NodeRef, relativePath: string): Promise<Readable | null> {
@@ -643,10 +702,20 @@ export class DockerDriver implements NodeDriver {
 
   async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number; fresh?: boolean } = {}): Promise<void> {
     const file = this.inside(relativePath);
-    const result = await this.run(node, writeCommand(file, { mode: options.mode ?? 0o600, fresh: options.fresh ?? false, durable: true }), {
-      stdin: typeof content === "string" ? Buffer.from(content, "utf8") : content,
-    });
-    if (result.exitCode !== 0) throw this.failed(node, `write ${relativePath}`, result);
+    const bytes = typeof content === "string" ? Buffer.from(content, "utf8") : content;
+    const settings = { mode: options.mode ?? 0o600, fresh: options.fresh ?? false };
+    const outcome = await this.viaAgent(
+      node,
+      (agent) => agent.write(file, bytes, settings),
+      async () => {
+        // A fresh write the agent began and failed is its own file: removed, or asked again it would exist.
+        if (settings.fresh) await this.run(node, removeCommand([file]));
+        const result = await this.run(node, writeCommand(file, { ...settings, durable: true }), { stdin: bytes });
+        if (result.exitCode !== 0) throw this.failed(node, `write ${relativePath}`, result);
+        return "written" as const;
+      },
+    );
+    if (outcome === "exists") throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot write ${relativePath}: it exists already`);
   }
 
   async writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
@@ -657,8 +726,15 @@ export class DockerDriver implements NodeDriver {
 
   async makeDirectory(node: NodeRef, relativePath: string, options: { mode?: number } = {}): Promise<void> {
     const directory = this.inside(relativePath);
-    const result = await this.run(node, makeDirectoryCommand(PGDATA, directory, options.mode ?? 0o700));
-    if (result.exitCode !== 0) throw this.failed(node, `make directory ${relativePath}`, result);
+    const mode = options.mode ?? 0o700;
+    await this.viaAgent(
+      node,
+      (agent) => agent.makeDirectory(directory, mode),
+      async () => {
+        const result = await this.run(node, makeDirectoryCommand(PGDATA, directory, mode));
+        if (result.exitCode !== 0) throw this.failed(node, `make directory ${relativePath}`, result);
+      },
+    );
   }
 
   async listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]> {
