@@ -1,0 +1,133 @@
+import Docker from "dockerode";
+import { ErrorCode } from "../../src/errors";
+import { createLogger } from "../../src/log";
+import { DockerDriver } from "../../src/nodes/docker/docker-driver";
+import { startRelevo } from "../../src/service";
+import { dockerOverrides, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
+import { failoverHelpers } from "../helpers/failover";
+import { processesMentioning } from "../helpers/processes";
+import { eventually, testConfig, useTestCluster } from "../helpers/service";
+import { startLibpqWriter } from "../helpers/libpq-writer";
+
+const silent = createLogger({ level: "silent" });
+const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+
+beforeAll(requireDockerEngine);
+
+describe("Docker start-up errors: a clear code, a message naming the fix, nothing left running", () => {
+  test("the engine does not answer: DOCKER_UNAVAILABLE names RELEVO_DOCKER_HOST", async () => {
+    const config = await testConfig("docker-down", { ...dockerOverrides("down"), dockerHost: "unix:///tmp/relevo-no-engine.sock" });
+    await expect(startRelevo(config, silent)).rejects.toMatchObject({
+      code: ErrorCode.DockerUnavailable,
+      message: expect.stringContaining("RELEVO_DOCKER_HOST"),
+    });
+    expect(await processesMentioning(config.home)).toEqual([]);
+  });
+
+  test("the image is not on the engine: IMAGE_MISSING names it and how to get it; nothing is pulled", async () => {
+    const config = await testConfig("docker-image", { ...dockerOverrides("image"), dockerImage: "relevo-test/absent:1" });
+    await expect(startRelevo(config, silent)).rejects.toMatchObject({
+      code: ErrorCode.ImageMissing,
+      message: expect.stringMatching(/relevo-test\/absent:1.*docker pull/),
+    });
+    expect(await processesMentioning(config.home)).toEqual([]);
+  });
+
+  test("a container that is not Relevo's holds a node's name: CONTAINER_CONFLICT, and it is left alone", async () => {
+    const config = await testConfig("docker-clash", dockerOverrides("clash"));
+    const name = DockerDriver.namesOf(config.clusterName, "node1").container;
+    const stranger = await docker.createContainer({ name, Image: TEST_IMAGE, Entrypoint: ["sleep", "infinity"], Cmd: [], Labels: { "io.relevo.home": config.home } });
+    try {
+      await expect(startRelevo(config, silent)).rejects.toMatchObject({ code: ErrorCode.ContainerConflict, message: expect.stringContaining(name) });
+      expect((await stranger.inspect()).Name).toBe(`/${name}`);
+      expect(await processesMentioning(config.home)).toEqual([]);
+    } finally {
+      await stranger.remove({ force: true });
+    }
+  });
+});
+
+describe("Docker: adopted containers, containers removed behind Relevo's back, a paused primary", () => {
+  const overrides = dockerOverrides("faults");
+  let adoptedId = "";
+
+  // What docker compose makes: a node container with Relevo's labels, a
+  // volume of its own and a restart policy, before Relevo ever runs.
+  beforeAll(async () => {
+    const volume = `${overrides.clusterName}-compose-node1`;
+    await docker.createVolume({ Name: volume, Labels: { "io.relevo.home": "adopted" } });
+    const made = await docker.createContainer({
+      name: `${overrides.clusterName}-compose-primary-1`,
+      Image: TEST_IMAGE,
+      Cmd: ["postgres"],
+      User: "postgres",
+      Labels: { "io.relevo.cluster": String(overrides.clusterName), "io.relevo.node": "node1", "io.relevo.role": "node", "io.relevo.home": "adopted" },
+      HostConfig: { NetworkMode: "host", RestartPolicy: { Name: "unless-stopped" }, Mounts: [{ Type: "volume", Source: volume, Target: "/var/lib/postgresql/data" }] },
+    });
+    adoptedId = made.id;
+  });
+
+  afterAll(async () => {
+    for (const container of await docker.listContainers({ all: true, filters: { label: ["io.relevo.home=adopted"] } })) {
+      await docker.getContainer(container.Id).remove({ force: true }).catch(() => undefined);
+    }
+    await docker.getVolume(`${overrides.clusterName}-compose-node1`).remove({ force: true }).catch(() => undefined);
+  });
+
+  const cluster = useTestCluster("docker-faults", { ...overrides, leaseTtlMs: 2000 });
+  const { node, sql, state, events, streamingFrom } = failoverHelpers(cluster);
+
+  test("a container carrying a node's labels is adopted, not recreated: same id, its volume, no restart policy", async () => {
+    const view = await cluster.service.driver.describe(node("node1"));
+    expect(view.containerId).toBe(adoptedId);
+    const inspected = await docker.getContainer(adoptedId).inspect();
+    expect(inspected.HostConfig.RestartPolicy?.Name).toBe("no");
+    expect(inspected.State.Running).toBe(true);
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY)");
+    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), { what: "node2 streaming" });
+  });
+
+  test("the replica's container removed behind Relevo's back: the topology shows it gone, then it is made again on its volume and streams", async () => {
+    const before = (await cluster.service.driver.describe(node("node2"))).containerId!;
+    await cluster.service.failover.setMaintenance(true);
+    try {
+      await docker.getContainer(before).remove({ force: true });
+      const seen = await eventually(async () => {
+        const snapshot = cluster.service.collector.latest;
+        const replica = snapshot?.nodes.find((n) => n.name === "node2");
+        return replica && !replica.reachable && replica.driver.container === null ? replica : undefined;
+      }, { what: "node2 shown without a container" });
+      expect(seen.driver.state).toBe("stopped"); // its volume, and so its data, remain
+    } finally {
+      await cluster.service.failover.setMaintenance(false);
+    }
+    expect(await cluster.service.failover.rejoin("node2")).toBe("restart");
+    const after = (await cluster.service.driver.describe(node("node2"))).containerId!;
+    expect(after).not.toBe(before);
+    await sql(node("node1"), "INSERT INTO acked (id) VALUES (1)");
+    await eventually(async () => ((await sql(node("node2"), "SELECT 1 FROM acked WHERE id = 1")).length === 1 ? true : undefined), { what: "replicated to the new container" });
+  });
+
+  test("docker pause of the primary (a hung server): node2 takes over, node1 is killed and takes no write, then rejoins", async () => {
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    const since = Date.now();
+    await cluster.service.driver.pause(node("node1"));
+    await eventually(async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined), {
+      what: "node2 promoted",
+      timeoutMs: 60000,
+    });
+    const fenced = await events("node:fenced", since);
+    expect(fenced.map((e) => e.node)).toContain("node1");
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(async () => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
+    const report = await writer.stop();
+    const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
+    expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    await eventually(
+      async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port && !(await state()).fenced.includes("node1") ? true : undefined),
+      { what: "node1 rejoined, following node2", timeoutMs: 90000 },
+    );
+    // Still the adopted container: Relevo restarted it, the engine did not.
+    expect((await cluster.service.driver.describe(node("node1"))).containerId).toBe(adoptedId);
+  });
+});
