@@ -24,8 +24,8 @@ import { createRedisPubSub, publisherOf } from "./events/redis-pubsub";
 import type { Logger } from "./log";
 import { createNodeDriver } from "./nodes/create-driver";
 import type { NodeDriver, NodeRef } from "./nodes/node-driver";
-import { createRedisClient } from "./redis/redis-client";
-import { ensureRedisServer, type RedisServerHandle } from "./redis/redis-server";
+import { createRedisClient, parseRedisUrl } from "./redis/redis-client";
+import { ensureRedisServer, requireExternalRedis, type RedisServerHandle } from "./redis/redis-server";
 import { loadOrCreateSecrets, type Secrets } from "./secrets/secrets-store";
 import { mintToken, TokenVerifier } from "./secrets/tokens";
 import type Redis from "ioredis";
@@ -82,22 +82,27 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
   };
   try {
     const driver = createNodeDriver(config);
+    // Last of the cleanups: the driver's open connections (the Docker driver's file agents).
+    cleanups.push(() => driver.close());
     await driver.checkPrerequisites();
     const secrets = await loadOrCreateSecrets(config.home);
     await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
-    const redisServer: RedisServerHandle = await ensureRedisServer({
-      home: config.home,
-      host: config.host,
-      port: config.redisPort,
-      password: secrets.redisPassword,
-      bin: config.redisServerBin,
-      startTimeoutMs: config.startTimeoutMs,
-      logger,
-    });
+    // Relevo's own Redis, or one run by someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
+    const endpoint = config.redisUrl ? parseRedisUrl(config.redisUrl) : { host: config.host, port: config.redisPort, password: secrets.redisPassword };
+    const redisServer: RedisServerHandle = config.redisUrl
+      ? await requireExternalRedis(endpoint, config.startTimeoutMs, logger)
+      : await ensureRedisServer({
+          home: config.home,
+          host: config.host,
+          port: config.redisPort,
+          password: secrets.redisPassword,
+          bin: config.redisServerBin,
+          startTimeoutMs: config.startTimeoutMs,
+          logger,
+        });
     const stopRedis = (): Promise<void> => redisServer.stop();
     cleanups.push(stopRedis);
 
-    const endpoint = { host: config.host, port: config.redisPort, password: secrets.redisPassword };
     const redis = createRedisClient(endpoint, { name: "commands" });
     const blockingRedis = createRedisClient(endpoint, { name: "consolidator", blocking: true });
     const subscriberRedis = createRedisClient(endpoint, { name: "subscriber", queueWhileOffline: true });

@@ -9,6 +9,10 @@
  * lz4-compressed copy; restore within 1.5x of the full backup's time;
  * incremental under 15% of the full's time and 3% of its bytes; chain
  * restore within 1.5x of the full backup's time.
+ * Once per driver (BENCH_DRIVERS, default "local,docker"; on Docker the nodes
+ * are containers of BENCH_DOCKER_IMAGE, default relevo-test/postgres:15, and
+ * pgBackRest, which reads the data directory, is left out): one column pair
+ * per driver, the contenders measured against that driver's cluster.
  * Run: npm run build && npm run bench:backup
  */
 import "reflect-metadata";
@@ -88,11 +92,18 @@ async function timed<T>(work: () => Promise<T>): Promise<{ ms: number; value: T 
   return { ms: performance.now() - started, value };
 }
 
-async function main(): Promise<void> {
+type DriverName = "local" | "docker";
+/** One row of the table: what, then for this driver the median, the runs, stored MB and the comparison. */
+type Row = [what: string, median: string, runs: string, stored: string, versus: string];
+
+async function measure(driver: DriverName): Promise<{ rows: Row[]; dbMb: string }> {
   const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-backup-"));
   await chmod(home, 0o711);
   const config = loadConfig(process.env, {
     home,
+    driver,
+    clusterName: `bench-${driver}`,
+    dockerImage: process.env.BENCH_DOCKER_IMAGE ?? "relevo-test/postgres:15",
     apiPort: await findFreePort("127.0.0.1"),
     primaryPort: await findFreePort("127.0.0.1"),
     replicaPort: await findFreePort("127.0.0.1"),
@@ -145,7 +156,7 @@ async function main(): Promise<void> {
     // run as the PostgreSQL OS user, reading the primary's data directory,
     // connecting over TCP (the nodes have no socket); no archive_command here,
     // so --archive-check=n (Relevo's own archive holds the WAL).
-    const pgbackrest = existsSync(PGBACKREST) ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword) : null;
+    const pgbackrest = driver === "local" && existsSync(PGBACKREST) ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword) : null;
     // Untimed first pass: every contender then reads from the same warm page cache
     // (whoever went first would otherwise pay for reading the database from disk).
     await basebackup("warm-up", []);
@@ -211,14 +222,14 @@ async function main(): Promise<void> {
 
     const mb = (bytes: number): string => (bytes / 1024 / 1024).toFixed(0);
     const s = (ms: number): string => (ms / 1000).toFixed(1);
-    const rows: string[][] = [
+    const rows: Row[] = [
       [`relevo full backup (${config.backupCompression}, ${config.backupParallelism} workers)`, s(relevo.ms), spread(relevoRuns), mb(relevo.value.storedBytes), (relevo.ms / plain.ms).toFixed(2)],
       ["pg_basebackup -Ft -X stream", s(plain.ms), spread(plainRuns), mb(plain.bytes), "1.00"],
       ["pg_basebackup -Ft -X stream, client-lz4", s(lz4.ms), spread(lz4Runs), mb(lz4.bytes), (lz4.ms / plain.ms).toFixed(2)],
       ["pg_basebackup -Ft -X stream, client-gzip:1", s(gzip1.ms), spread(gzipRuns), mb(gzip1.bytes), (gzip1.ms / plain.ms).toFixed(2)],
       ...(pgbackrestRuns.length > 0
-        ? [["pgBackRest 2.45 full, lz4, process-max 2", s(median(pgbackrestRuns).ms), spread(pgbackrestRuns), mb(median(pgbackrestRuns).bytes), (median(pgbackrestRuns).ms / plain.ms).toFixed(2)]]
-        : [["pgBackRest (not installed: apt-get install pgbackrest)", "-", "-", "-", "-"]]),
+        ? [["pgBackRest 2.45 full, lz4, process-max 2", s(median(pgbackrestRuns).ms), spread(pgbackrestRuns), mb(median(pgbackrestRuns).bytes), (median(pgbackrestRuns).ms / plain.ms).toFixed(2)] as Row]
+        : [["pgBackRest 2.45 full, lz4, process-max 2", "-", driver === "local" ? "not installed" : "(local only)", "-", "-"] as Row]),
       ["relevo restore (to consistency, promoted)", s(restore.ms), spread(restoreRuns), "-", `${(restore.ms / relevo.ms).toFixed(2)}x backup`],
     ];
     // Each block-level backup as a fraction of the full it is compared with (time, stored bytes).
@@ -240,16 +251,40 @@ async function main(): Promise<void> {
       }
     }
     rows.push(["relevo restore of full + differential + incremental", s(chainRestore.ms), "-", "-", `${(chainRestore.ms / relevo.ms).toFixed(2)}x full backup`]);
-    const header = ["what", "median (s)", "runs (s)", "stored (MB)", "median vs pg_basebackup"];
-    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-    const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
-    process.stdout.write(`\nbench/backup: pgbench scale ${SCALE}, databases ${mb(dbBytes)} MB, ${os.cpus().length} cores, ${new Date().toISOString().slice(0, 10)}\n\n`);
-    process.stdout.write(`${line(header)}\n${line(widths.map((w) => "-".repeat(w)))}\n${rows.map(line).join("\n")}\n`);
+    return { rows, dbMb: mb(dbBytes) };
   } finally {
     await service.stop({ reason: "benchmark finished" });
-    // Four copies of a 1 GB database: kept only when asked (BENCH_KEEP=1).
-    if (process.env.BENCH_KEEP !== "1") await rm(home, { recursive: true, force: true });
+    // Four copies of a 1 GB database: kept only when asked (BENCH_KEEP=1); containers and volumes with them.
+    if (process.env.BENCH_KEEP !== "1") {
+      for (const member of service.nodes) await service.driver.destroy(member).catch(() => undefined);
+      await rm(home, { recursive: true, force: true });
+    }
   }
+}
+
+async function main(): Promise<void> {
+  const drivers = (process.env.BENCH_DRIVERS ?? "local,docker").split(",").map((name) => name.trim()) as DriverName[];
+  const results: Array<{ driver: DriverName; rows: Row[]; dbMb: string }> = [];
+  for (const driver of drivers) {
+    process.stderr.write(`--- ${driver} driver\n`);
+    results.push({ driver, ...(await measure(driver)) });
+  }
+  // Rows by what they measure (a row one driver lacks shows "-" for it).
+  const whats = [...new Set(results.flatMap((result) => result.rows.map((row) => row[0])))];
+  const header = ["what", ...results.flatMap(({ driver }) => [`${driver} median (s)`, `${driver} runs (s)`, `${driver} stored (MB)`, `${driver} vs pg_basebackup`])];
+  const rows = whats.map((what) => [
+    what,
+    ...results.flatMap((result) => {
+      const row = result.rows.find((candidate) => candidate[0] === what);
+      return row ? row.slice(1) : ["-", "-", "-", "-"];
+    }),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
+  process.stdout.write(
+    `\nbench/backup: pgbench scale ${SCALE}, databases ${results.map((r) => `${r.dbMb} MB (${r.driver})`).join(", ")}, ${os.cpus().length} cores, ${new Date().toISOString().slice(0, 10)}\n\n`,
+  );
+  process.stdout.write(`${line(header)}\n${line(widths.map((w) => "-".repeat(w)))}\n${rows.map(line).join("\n")}\n`);
 }
 
 main().catch((error) => {

@@ -10,6 +10,9 @@
  * - switchover to the replica, then failback to node1: the longest time
  *   between two acknowledged writes around each (the write gap);
  * and counts failovers that nobody caused (false failovers).
+ * Once per driver (BENCH_DRIVERS, default "local,docker"; on Docker the nodes
+ * are containers of BENCH_DOCKER_IMAGE, default relevo-test/postgres:15, and
+ * "kill -9" is docker kill), one column pair each.
  * Targets: median kill → first write under 5 s; switchover and failback gap
  * under 1 s; no false failover; no acknowledged row lost.
  * Run: npm run build && npm run bench:failover
@@ -73,12 +76,17 @@ async function settled(service: RelevoService, replica: string): Promise<string>
   });
 }
 
-async function main(): Promise<void> {
+type DriverName = "local" | "docker";
+type Row = [metric: string, median: string, max: string, target: string];
+
+async function measure(driver: DriverName): Promise<{ rows: Row[]; checks: string }> {
   const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-failover-"));
   await chmod(home, 0o755); // the PostgreSQL OS user must traverse it
   const config = loadConfig(process.env, {
     home,
-    clusterName: "bench",
+    clusterName: `bench-${driver}`,
+    driver,
+    dockerImage: process.env.BENCH_DOCKER_IMAGE ?? "relevo-test/postgres:15",
     apiPort: await findFreePort("127.0.0.1"),
     primaryPort: await findFreePort("127.0.0.1"),
     replicaPort: await findFreePort("127.0.0.1"),
@@ -150,7 +158,7 @@ async function main(): Promise<void> {
     }
     const all = await service.failover.failovers(200);
     const falseFailovers = all.filter((record) => Date.parse(record.startedAt) >= started).length - caused;
-    const rows: Array<[string, string, string, string]> = [
+    const rows: Row[] = [
       ["kill -9 → promoted (ms)", String(median(kills.map((k) => k.promotionMs))), String(Math.max(...kills.map((k) => k.promotionMs))), "—"],
       ["kill -9 → first write (ms)", String(median(kills.map((k) => k.firstWriteMs))), String(Math.max(...kills.map((k) => k.firstWriteMs))), "median < 5000"],
       ["acknowledged rows lost (kill -9)", String(kills.reduce((sum, k) => sum + k.lost, 0)), `of ${kills.reduce((sum, k) => sum + k.acknowledged, 0)}`, "0"],
@@ -159,15 +167,30 @@ async function main(): Promise<void> {
       ["acknowledged rows lost (planned)", String(lostInPlanned.reduce((a, b) => a + b, 0)), "—", "0"],
       ["false failovers", String(falseFailovers), "—", "0"],
     ];
-    const widths = [34, 10, 10, 14];
-    const line = (cells: string[]) => `| ${cells.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ")} |`;
-    console.log(`\nbench/failover: ${RUNS} runs each, synchronous, 2 nodes, check interval ${config.failoverCheckIntervalMs} ms × ${config.failoverFailureThreshold}`);
-    console.log(line(["metric", "median", "max", "target"]));
-    console.log(line(widths.map((width) => "-".repeat(width))));
-    for (const row of rows) console.log(line(row));
+    return { rows, checks: `check interval ${config.failoverCheckIntervalMs} ms × ${config.failoverFailureThreshold}` };
   } finally {
     await service.stop({ reason: "benchmark finished" });
+    // Containers and volumes too (docker): nothing of a benchmark outlives it.
+    for (const member of service.nodes) await service.driver.destroy(member).catch(() => undefined);
     await rm(home, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const drivers = (process.env.BENCH_DRIVERS ?? "local,docker").split(",").map((name) => name.trim()) as DriverName[];
+  const results: Array<{ driver: DriverName; rows: Row[]; checks: string }> = [];
+  for (const driver of drivers) {
+    process.stderr.write(`--- ${driver} driver\n`);
+    results.push({ driver, ...(await measure(driver)) });
+  }
+  const header = ["metric", ...results.flatMap((result) => [`${result.driver} median`, `${result.driver} max`]), "target"];
+  const widths = header.map((title, i) => Math.max(title.length, i === 0 ? 34 : 10));
+  const line = (cells: string[]) => `| ${cells.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ")} |`;
+  console.log(`\nbench/failover: ${RUNS} runs each, synchronous, 2 nodes, ${results[0]?.checks ?? ""}`);
+  console.log(line(header));
+  console.log(line(widths.map((width) => "-".repeat(width))));
+  for (const [index, row] of (results[0]?.rows ?? []).entries()) {
+    console.log(line([row[0], ...results.flatMap((result) => [result.rows[index]![1], result.rows[index]![2]]), row[3]]));
   }
 }
 

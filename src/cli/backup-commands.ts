@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import path from "node:path";
 import { Repository } from "../backup/repository";
 import { restoreBackup } from "../backup/restore";
@@ -12,9 +13,8 @@ import { ROLE_SUPERUSER } from "../cluster/node-settings";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
-import { createNodeDriver } from "../nodes/create-driver";
-import { LocalDriver } from "../nodes/local/local-driver";
-import { resolvePostgresIdentity } from "../nodes/os-user";
+import { createNodeDriver, usingDriver } from "../nodes/create-driver";
+import type { NodeDriver } from "../nodes/node-driver";
 import { readSecrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
 import { callApi } from "./api-client";
@@ -118,15 +118,18 @@ export async function restoreCommand(
   const recoveryTarget = recoveryTargetFrom(options);
   const secrets = await readSecrets(config.home);
   const directory = path.resolve(options.to);
-  const driver = copyDriver(config, directory);
-  const target = { name: "restored-copy", host: config.host, port: options.port };
-  const repository = new Repository(config.repository, resolvePostgresIdentity(config.pgOsUser));
-  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
+  const target = { name: copyNodeName(directory), host: config.host, port: options.port };
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
-  await restoreBackup(
-    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-    { manifest, target, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
-  );
+  const manifest = await usingDriver(copyDriver(config, directory), async (driver) => {
+    await driver.checkPrerequisites();
+    const repository = new Repository(config.repository, await driver.fileOwner());
+    const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
+    await restoreBackup(
+      { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+      { manifest: chosen, target, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
+    );
+    return chosen;
+  });
   output.out(`restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`);
   output.out(connectionUri([target], superuser));
 }
@@ -141,9 +144,10 @@ export async function restoreClusterCommand(
   const recoveryTarget = recoveryTargetFrom(options);
   await assertPortFree(config.host, config.apiPort, "the API (is relevo up running? stop it first)", "RELEVO_API_PORT");
   const secrets = await readSecrets(config.home);
-  const driver = createNodeDriver(config);
-  const repository = new Repository(config.repository, await driver.fileOwner());
-  const recovered = await recoverCluster({ config, driver, repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
+  const recovered = await usingDriver(createNodeDriver(config), async (driver) => {
+    const repository = new Repository(config.repository, await driver.fileOwner());
+    return recoverCluster({ config, driver, repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
+  });
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }
@@ -152,12 +156,16 @@ export async function restoreClusterCommand(
 
 export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
   const directory = path.resolve(options.to);
-  const driver = copyDriver(config, directory);
-  await driver.stop({ name: "restored-copy", host: config.host, port: 0 }, { mode: "fast", timeoutMs: 60000 });
+  await usingDriver(copyDriver(config, directory), (driver) => driver.stop({ name: copyNodeName(directory), host: config.host, port: 0 }, { mode: "fast", timeoutMs: 60000 }));
   output.out(`stopped the copy in ${directory}`);
 }
 
-function copyDriver(config: RelevoConfig, directory: string): LocalDriver {
-  if (createNodeDriver(config).kind !== "local") throw new RelevoError(ErrorCode.NotImplemented, "relevo restore --to works with the local driver");
-  return new LocalDriver({ home: config.home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser, nodeDirectories: { "restored-copy": directory } });
+/** A restored copy's node: named after its directory (on Docker its container's name, so two copies never clash). */
+function copyNodeName(directory: string): string {
+  return `copy-${createHash("sha256").update(directory).digest("hex").slice(0, 10)}`;
+}
+
+/** The configured driver, with the copy's data in the directory given (bind-mounted on Docker). */
+function copyDriver(config: RelevoConfig, directory: string): NodeDriver {
+  return createNodeDriver(config, { [copyNodeName(directory)]: directory });
 }

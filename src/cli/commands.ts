@@ -6,7 +6,7 @@ import { observeClusterOnce } from "../cluster/topology-observe";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
-import { createNodeDriver } from "../nodes/create-driver";
+import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import { readSecrets } from "../secrets/secrets-store";
 import { mintToken, ROLES, type Role } from "../secrets/tokens";
 import { startRelevo } from "../service";
@@ -52,14 +52,17 @@ export async function upCommand(config: RelevoConfig, logger: Logger, output: Ou
 
 export async function statusCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
   const secrets = await readSecrets(config.home);
-  const snapshot = await observeClusterOnce({
-    clusterName: config.clusterName,
-    nodes: await loadMembers(config),
-    driver: createNodeDriver(config),
-    credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
-    timeoutMs: config.nodeTimeoutMs,
-    lagAlertBytes: config.lagAlertBytes,
-  });
+  const nodes = await loadMembers(config);
+  const snapshot = await usingDriver(createNodeDriver(config), (driver) =>
+    observeClusterOnce({
+      clusterName: config.clusterName,
+      nodes,
+      driver,
+      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
+      timeoutMs: config.nodeTimeoutMs,
+      lagAlertBytes: config.lagAlertBytes,
+    }),
+  );
   output.out(options.json ? JSON.stringify(snapshot, null, 2) : formatStatus(snapshot));
 }
 

@@ -108,6 +108,12 @@ export const configKeys = {
     schema: z.string().min(1),
     doc: "The redis-server binary (a name looked up in PATH, or a path).",
   },
+  redisUrl: {
+    env: "RELEVO_REDIS_URL",
+    default: "",
+    schema: z.string().regex(/^$|^redis:\/\/(:[^@]*@)?[^:/@]+(:\d+)?\/?$/, "redis://[:password@]host[:port]"),
+    doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port; Relevo then neither starts nor stops one. Empty: Relevo runs its own on RELEVO_REDIS_PORT. Never logged.",
+  },
   maxSlotWalKeepSize: {
     env: "RELEVO_MAX_SLOT_WAL_KEEP_SIZE",
     default: "4GB",

@@ -1,3 +1,4 @@
+import path from "node:path";
 import type { RelevoConfig } from "../config/config";
 import { UnreachableCaseError } from "../errors";
 import { DockerDriver } from "./docker/docker-driver";
@@ -9,10 +10,16 @@ export type DriverConfig = Pick<
   "driver" | "home" | "pgBinDir" | "pgOsUser" | "clusterName" | "repository" | "dockerImage" | "dockerHost" | "dockerCertPath" | "dockerRepositoryVolume"
 >;
 
-export function createNodeDriver(config: DriverConfig): NodeDriver {
+/**
+ * The driver of the configuration; `directories` puts nodes' data in
+ * directories of this machine instead of the driver's usual place (a
+ * restored copy the operator put elsewhere): node name → directory that
+ * holds (local) or is (docker) its data directory.
+ */
+export function createNodeDriver(config: DriverConfig, directories: Readonly<Record<string, string>> = {}): NodeDriver {
   switch (config.driver) {
     case "local":
-      return new LocalDriver({ home: config.home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser });
+      return new LocalDriver({ home: config.home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser, nodeDirectories: directories });
     case "docker":
       return new DockerDriver({
         endpoint: { host: config.dockerHost, certPath: config.dockerCertPath },
@@ -22,8 +29,18 @@ export function createNodeDriver(config: DriverConfig): NodeDriver {
         repository: config.dockerRepositoryVolume
           ? { kind: "volume", name: config.dockerRepositoryVolume, path: config.repository }
           : { kind: "bind", path: config.repository },
+        dataDirectories: Object.fromEntries(Object.entries(directories).map(([name, directory]) => [name, path.join(directory, "data")])),
       });
     default:
       throw new UnreachableCaseError(config.driver);
+  }
+}
+
+/** Runs `work` with a driver and closes it after, whatever happens (a CLI command must be able to exit). */
+export async function usingDriver<T>(driver: NodeDriver, work: (driver: NodeDriver) => Promise<T>): Promise<T> {
+  try {
+    return await work(driver);
+  } finally {
+    await driver.close();
   }
 }

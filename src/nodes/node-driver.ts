@@ -117,6 +117,9 @@ export interface NodeDriver {
    */
   fileOwner(): Promise<OsIdentity | null>;
 
+  /** Releases what the driver holds open (connections, helper processes); the nodes run on. */
+  close(): Promise<void>;
+
   /** Makes the node's storage exist (directory, volume, container); idempotent. */
   provision(node: NodeRef): Promise<void>;
   /** Removes the node and all its data; the server must be stopped or is killed. */

@@ -7,6 +7,12 @@ export interface RedisEndpoint {
   readonly password: string;
 }
 
+/** The endpoint of RELEVO_REDIS_URL (redis://[:password@]host[:port]). Pure. */
+export function parseRedisUrl(url: string): RedisEndpoint {
+  const parsed = new URL(url);
+  return { host: parsed.hostname, port: Number(parsed.port || 6379), password: decodeURIComponent(parsed.password) };
+}
+
 /**
  * Clients fail fast while Redis is away (no offline queue, one attempt per
  * command) so that an API request answers SERVICE_UNAVAILABLE at once instead

@@ -65,6 +65,35 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   throw new RelevoError(ErrorCode.Timeout, `Redis did not answer within ${options.startTimeoutMs} ms: ${await logTail(dir)}`);
 }
 
+/**
+ * A Redis server run by someone else (RELEVO_REDIS_URL): waited for until it
+ * answers (a compose stack starts it beside Relevo), never started or stopped.
+ */
+export async function requireExternalRedis(endpoint: { host: string; port: number; password: string }, timeoutMs: number, logger: Logger): Promise<RedisServerHandle> {
+  const deadline = Date.now() + timeoutMs;
+  let why = "no answer";
+  while (Date.now() < deadline) {
+    const client = new Redis({ host: endpoint.host, port: endpoint.port, password: endpoint.password, lazyConnect: true, connectTimeout: 1000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on("error", () => undefined);
+    try {
+      await client.connect();
+      await client.ping();
+      logger.info({ host: endpoint.host, port: endpoint.port }, "using the Redis server of RELEVO_REDIS_URL");
+      return { started: false, stop: async () => undefined };
+    } catch (error) {
+      why = (error as Error).message;
+    } finally {
+      client.disconnect();
+    }
+    await sleep(250);
+  }
+  throw new RelevoError(
+    ErrorCode.ServiceUnavailable,
+    `the Redis server of RELEVO_REDIS_URL (${endpoint.host}:${endpoint.port}) did not answer within ${timeoutMs} ms (${why}): start it, or unset RELEVO_REDIS_URL to let Relevo run its own`,
+    { details: { env: "RELEVO_REDIS_URL" } },
+  );
+}
+
 function redisConf(options: RedisServerOptions, dir: string): string {
   return [
     "# Written by Relevo at every start.",

@@ -1,3 +1,4 @@
+import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -14,16 +15,7 @@ const FIELDS = "id type status startedAt finishedAt sizeBytes storedBytes fileCo
 
 describe("backups through GraphQL and the CLI", () => {
   const cluster = useTestCluster("backup-api");
-  const cliEnv = () => ({
-    ...process.env,
-    RELEVO_HOME: cluster.config.home,
-    RELEVO_CLUSTER_NAME: cluster.config.clusterName,
-    RELEVO_API_PORT: String(cluster.config.apiPort),
-    RELEVO_PRIMARY_PORT: String(cluster.config.primaryPort),
-    RELEVO_REPLICA_PORT: String(cluster.config.replicaPort),
-    RELEVO_REDIS_PORT: String(cluster.config.redisPort),
-    RELEVO_LOG_LEVEL: "warn",
-  });
+  const cliEnv = () => cliEnvFor(cluster.config);
   let backupId: string;
 
   test("createBackup starts a FULL backup; a second one meanwhile is BACKUP_IN_PROGRESS; it completes and is listed", async () => {

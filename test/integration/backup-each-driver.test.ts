@@ -1,5 +1,10 @@
+import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { promisify } from "node:util";
+import { projectRoot } from "../../src/util/project-root";
+import { tempHome } from "../helpers/home";
 import type { BackupManifest, BackupType } from "../../src/backup/manifest";
 import { APP_DATABASE } from "../../src/cluster/node-settings";
 import type { NodeRef } from "../../src/nodes/node-driver";
@@ -89,5 +94,19 @@ describeOnEachDriver("backups restore exactly", (_driver, overrides) => {
     const [source, copy] = [await dump(primary()), await dump(target)];
     expect(source.length).toBeGreaterThan(100_000);
     expect(copy).toEqual(source);
+  });
+
+  test("CLI: restore --to a directory starts a copy there (on Docker a container on it); restore stop stops it", async () => {
+    const env = cliEnvFor(cluster.config);
+    const dir = path.join(await tempHome("cli-copy"), "copy");
+    const port = await freePort();
+    const bin = path.join(projectRoot(), "bin/relevo");
+    const restored = await run("node", [bin, "restore", "--to", dir, "--port", String(port), "--backup", incremental.id], { env });
+    const uri = restored.stdout.trim().split("\n").pop()!;
+    expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM later"])).stdout.trim()).toBe("1000");
+    // The copy's files are in the directory given, whichever driver runs it.
+    expect(await readFile(path.join(dir, "data", "PG_VERSION"), "utf8")).toBe("15\n");
+    await run("node", [bin, "restore", "stop", "--to", dir], { env });
+    await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
   });
 });

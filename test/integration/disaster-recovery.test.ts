@@ -1,7 +1,8 @@
+import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
-import { loadConfig, type RelevoConfig } from "../../src/config/config";
+import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
 import { startRelevo } from "../../src/service";
 import { projectRoot } from "../../src/util/project-root";
@@ -12,19 +13,7 @@ const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
 
 /** The CLI's environment for the cluster a test started. */
-function cliEnvOf(config: RelevoConfig, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    RELEVO_HOME: config.home,
-    RELEVO_CLUSTER_NAME: config.clusterName,
-    RELEVO_API_PORT: String(config.apiPort),
-    RELEVO_PRIMARY_PORT: String(config.primaryPort),
-    RELEVO_REPLICA_PORT: String(config.replicaPort),
-    RELEVO_REDIS_PORT: String(config.redisPort),
-    RELEVO_LOG_LEVEL: "warn",
-    ...extra,
-  };
-}
+const cliEnvOf = cliEnvFor;
 
 describe("disaster recovery: relevo restore --cluster", () => {
   test("every node stopped and deleted: the CLI rebuilds a streaming pair from the repository with everything archived, and Relevo manages it again", async () => {

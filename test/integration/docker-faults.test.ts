@@ -42,7 +42,7 @@ describe("Docker start-up errors: a clear code, a message naming the fix, nothin
       expect((await stranger.inspect()).Name).toBe(`/${name}`);
       expect(await processesMentioning(config.home)).toEqual([]);
     } finally {
-      await stranger.remove({ force: true });
+      await stranger.remove({ force: true, v: true });
     }
   });
 });
@@ -68,8 +68,9 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
   });
 
   afterAll(async () => {
-    for (const container of await docker.listContainers({ all: true, filters: { label: ["io.relevo.home=adopted"] } })) {
-      await docker.getContainer(container.Id).remove({ force: true }).catch(() => undefined);
+    // Every container on the adopted volume (Relevo's tools container too) goes before the volume.
+    for (const container of await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${overrides.clusterName}`] } })) {
+      await docker.getContainer(container.Id).remove({ force: true, v: true }).catch(() => undefined);
     }
     await docker.getVolume(`${overrides.clusterName}-compose-node1`).remove({ force: true }).catch(() => undefined);
   });
@@ -129,5 +130,32 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     );
     // Still the adopted container: Relevo restarted it, the engine did not.
     expect((await cluster.service.driver.describe(node("node1"))).containerId).toBe(adoptedId);
+  });
+});
+
+describe("Docker: a fenced primary's container started by hand (no automatic rejoin)", () => {
+  const cluster = useTestCluster("docker-fenced", { ...dockerOverrides("fenced"), leaseTtlMs: 2000, autoRejoin: "false" });
+  const { node, sql, state, events, primaryNow } = failoverHelpers(cluster);
+
+  test("docker start of the fenced old primary: it comes up read-only, takes no write, and is fenced again", async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY)");
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
+    const container = (await cluster.service.driver.describe(node("node1"))).containerId!;
+    // The engine restarts nothing by itself (no restart policy)…
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    expect((await docker.getContainer(container).inspect()).State.Running).toBe(false);
+    // …and an operator's `docker start` brings back a read-only server, fenced again at once.
+    const since = Date.now();
+    await docker.getContainer(container).start();
+    const refused = await eventually(async () => sql(node("node1"), "INSERT INTO acked (id) VALUES (42)").then(() => "accepted", (error: Error) => (/read-only/.test(error.message) ? error.message : undefined)), {
+      what: "node1 answering read-only",
+      timeoutMs: 30000,
+    }).catch(() => "fenced before it answered");
+    expect(refused).not.toBe("accepted");
+    await eventually(async () => (!(await docker.getContainer(container).inspect()).State.Running ? true : undefined), { what: "node1 fenced again", timeoutMs: 30000 });
+    expect((await events("cluster:split-brain", since)).map((e) => e.node)).toContain("node1");
+    expect((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked WHERE id = 42")).length).toBe(0);
   });
 });

@@ -1,3 +1,4 @@
+import { cliEnvFor } from "../helpers/cli-env";
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import path from "node:path";
 import { leaseKeyOf } from "../../src/failover/failover-service";
@@ -24,21 +25,14 @@ describe("the instance running a failover is killed half-way", () => {
   test("the standby instance completes it", async () => {
     const { config, service } = cluster;
     await eventually(async () => ((await service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      RELEVO_HOME: config.home,
-      RELEVO_CLUSTER_NAME: config.clusterName,
+    const env = cliEnvFor(config, {
       RELEVO_API_PORT: String(await freePort()),
-      RELEVO_PRIMARY_PORT: String(config.primaryPort),
-      RELEVO_REPLICA_PORT: String(config.replicaPort),
-      RELEVO_REDIS_PORT: String(config.redisPort),
       RELEVO_LEASE_TTL_MS: "2000",
       RELEVO_SCHEDULE_FULL_BACKUP: "off",
       RELEVO_SCHEDULE_DIFFERENTIAL_BACKUP: "off",
       RELEVO_SCHEDULE_INCREMENTAL_BACKUP: "off",
       RELEVO_SCHEDULE_VERIFY: "off",
-      RELEVO_LOG_LEVEL: "warn",
-    };
+    });
     const started = spawn("node", [BIN, "up"], { env });
     child = started;
     let output = "";

@@ -1,3 +1,4 @@
+import { parseRedisUrl } from "../../src/redis/redis-client";
 import { describeConfig, loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
 
@@ -38,5 +39,21 @@ describe("configuration", () => {
       expect(row.env).toMatch(/^RELEVO_[A-Z0-9_]+$/);
       expect(row.doc.length).toBeGreaterThan(10);
     }
+  });
+
+  test("the docker driver's engine: RELEVO_DOCKER_HOST, else the docker CLI's DOCKER_HOST; TLS from DOCKER_CERT_PATH only when DOCKER_TLS_VERIFY is set", () => {
+    expect(loadConfig({}).dockerHost).toBe("");
+    expect(loadConfig({ DOCKER_HOST: "tcp://10.0.0.1:2376" }).dockerHost).toBe("tcp://10.0.0.1:2376");
+    expect(loadConfig({ DOCKER_HOST: "tcp://10.0.0.1:2376", RELEVO_DOCKER_HOST: "unix:///run/docker.sock" }).dockerHost).toBe("unix:///run/docker.sock");
+    expect(loadConfig({ DOCKER_CERT_PATH: "/certs" }).dockerCertPath).toBe("");
+    expect(loadConfig({ DOCKER_CERT_PATH: "/certs", DOCKER_TLS_VERIFY: "1" }).dockerCertPath).toBe("/certs");
+    expect(() => loadConfig({ RELEVO_DRIVER: "kubernetes" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DRIVER") }));
+    expect(() => loadConfig({ RELEVO_DOCKER_REPOSITORY_VOLUME: "no/slashes" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+  });
+
+  test("RELEVO_REDIS_URL: an external Redis with its password; anything but redis:// is INVALID_CONFIG", () => {
+    expect(parseRedisUrl(loadConfig({ RELEVO_REDIS_URL: "redis://:s%40cret@127.0.0.1:16379" }).redisUrl)).toEqual({ host: "127.0.0.1", port: 16379, password: "s@cret" });
+    expect(parseRedisUrl("redis://redis")).toEqual({ host: "redis", port: 6379, password: "" });
+    expect(() => loadConfig({ RELEVO_REDIS_URL: "http://127.0.0.1:6379" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_REDIS_URL") }));
   });
 });

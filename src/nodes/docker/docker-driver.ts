@@ -1,5 +1,6 @@
 import type Docker from "dockerode";
 import { existsSync } from "node:fs";
+import { chown, mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { ErrorCode, RelevoError } from "../../errors";
@@ -63,6 +64,12 @@ export interface DockerDriverOptions {
   /** Relevo's data home: a label on what it creates. */
   readonly home: string;
   readonly repository: RepositoryMount | null;
+  /**
+   * Nodes whose PGDATA is a directory of the engine's host, bind-mounted,
+   * instead of a volume (a restored copy the operator put in a directory):
+   * node name → directory. Relevo must run on that host.
+   */
+  readonly dataDirectories?: Readonly<Record<string, string>>;
 }
 
 /** readFile is for configuration-sized files: past this it streams through an exec of its own. */
@@ -173,6 +180,11 @@ export class DockerDriver implements NodeDriver {
     return this.imageFacts;
   }
 
+  async close(): Promise<void> {
+    for (const pool of this.agents.values()) for (const agent of pool) agent.stop();
+    this.agents.clear();
+  }
+
   async fileOwner(): Promise<OsIdentity | null> {
     // Only root can hand files to another uid; otherwise they stay Relevo's.
     if (process.getuid?.() !== 0) return null;
@@ -210,6 +222,8 @@ export class DockerDriver implements NodeDriver {
   }
 
   private async volumeExists(node: NodeRef): Promise<boolean> {
+    const directory = this.options.dataDirectories?.[node.name];
+    if (directory) return existsSync(directory);
     return this.engine(`inspect the volume of node ${node.name}`, async () => {
       try {
         await this.docker.getVolume(volumeName(this.naming(node))).inspect();
@@ -221,8 +235,10 @@ export class DockerDriver implements NodeDriver {
     });
   }
 
-  /** PGDATA's mount: an adopted container's own, else the node's named volume. */
+  /** PGDATA's mount: an adopted container's own, a directory of the host, else the node's named volume. */
   private dataMount(node: NodeRef, adopted: Docker.ContainerInspectInfo | null): MountSpec {
+    const directory = this.options.dataDirectories?.[node.name];
+    if (directory) return { Type: "bind", Source: directory, Target: PGDATA, ReadOnly: false };
     const existing = adopted?.Mounts.find((mount) => mount.Destination === PGDATA);
     if (existing && (existing.Type === "volume" || existing.Type === "bind")) {
       return { Type: existing.Type, Source: existing.Type === "volume" ? existing.Name! : existing.Source, Target: PGDATA, ReadOnly: false };
@@ -252,10 +268,16 @@ export class DockerDriver implements NodeDriver {
       return existing;
     }
     const mounts = this.mountsFor(node, null);
-    await this.engine(`create the volume of node ${node.name}`, () =>
-      this.docker.createVolume({ Name: mounts[0]!.Source, Labels: { [LABELS.cluster]: this.options.clusterName, [LABELS.node]: node.name, [LABELS.home]: this.options.home } }),
-    );
-    await this.facts();
+    const { owner } = await this.facts();
+    if (mounts[0]!.Type === "bind") {
+      // A bind source must exist; the image's postgres user must own it (PostgreSQL wants its data directory 0700, its own).
+      await mkdir(mounts[0]!.Source, { recursive: true, mode: 0o700 });
+      if (process.getuid?.() === 0) await chown(mounts[0]!.Source, owner.uid, owner.gid);
+    } else {
+      await this.engine(`create the volume of node ${node.name}`, () =>
+        this.docker.createVolume({ Name: mounts[0]!.Source, Labels: { [LABELS.cluster]: this.options.clusterName, [LABELS.node]: node.name, [LABELS.home]: this.options.home } }),
+      );
+    }
     const spec = nodeContainerSpec({ naming: this.naming(node), image: this.options.image, home: this.options.home, mounts });
     const created = await this.create(node, spec);
     return this.engine(`inspect the container of node ${node.name}`, () => created.inspect());
@@ -356,6 +378,8 @@ export class DockerDriver implements NodeDriver {
         const info = await this.find(node, role);
         if (info) await this.engine(`remove container ${info.Name}`, () => this.docker.getContainer(info.Id).remove({ force: true, v: false }));
       }
+      const directory = this.options.dataDirectories?.[node.name];
+      if (directory) return rm(directory, { recursive: true, force: true });
       await this.engine(`remove the volume of node ${node.name}`, async () => {
         try {
           await this.docker.getVolume(volumeName(this.naming(node))).remove({ force: true });

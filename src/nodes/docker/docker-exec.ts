@@ -16,6 +16,8 @@ export interface StartedCommand {
   readonly stdout: AsyncIterable<Buffer>;
   /** Settles once stdout has been read to its end (or abandoned). */
   readonly finished: Promise<{ exitCode: number; stderr: string }>;
+  /** Drops the connection: the engine closes the command's stdin and output (it ends, as on end of input). */
+  cancel(): void;
 }
 
 const STDERR_KEPT = 16 * 1024;
@@ -57,7 +59,14 @@ export async function startContainerCommand(container: Docker.Container, cmd: re
     await stdinDone.catch(() => undefined);
     return { exitCode: await exitCodeOf(exec), stderr };
   });
-  return { stdout: stdout(), finished };
+  return {
+    stdout: stdout(),
+    finished,
+    cancel: () => {
+      connection.destroy();
+      settle();
+    },
+  };
 }
 
 /** Runs a command to its end and keeps its output. */

@@ -99,7 +99,7 @@ export class FileAgent {
   private readonly reader: AsyncIterator<Buffer>;
 
   private constructor(
-    command: StartedCommand,
+    private readonly command: StartedCommand,
     private readonly requests: RequestQueue,
   ) {
     this.reader = command.stdout[Symbol.asyncIterator]();
@@ -122,6 +122,12 @@ export class FileAgent {
   close(): void {
     this.closed = true;
     this.requests.end();
+  }
+
+  /** Ends the agent now (its shell sees the end of its input): nothing of it keeps the process alive. */
+  stop(): void {
+    this.close();
+    this.command.cancel();
   }
 
   async readSmall(file: string, maxBytes: number): Promise<SmallFileRead> {

@@ -89,6 +89,10 @@ export class LocalDriver implements NodeDriver {
     }
   }
 
+  async close(): Promise<void> {
+    // Nothing held open: every tool runs to its end.
+  }
+
   async fileOwner(): Promise<OsIdentity | null> {
     return this.identity;
   }
