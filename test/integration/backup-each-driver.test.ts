@@ -24,7 +24,7 @@ const run = promisify(execFile);
  * `docker exec` and the restored copies are containers reading the mounted
  * WAL archive.
  */
-describeOnEachDriver("backups restore exactly", (_driver, overrides) => {
+describeOnEachDriver("backups restore exactly", (driver, overrides) => {
   const cluster = useTestCluster("backup-each", overrides);
   const primary = () => cluster.service.nodes[0]!;
   const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary(), cluster.service.secrets, text);
@@ -108,5 +108,16 @@ describeOnEachDriver("backups restore exactly", (_driver, overrides) => {
     expect(await readFile(path.join(dir, "data", "PG_VERSION"), "utf8")).toBe("15\n");
     await run("node", [bin, "restore", "stop", "--to", dir], { env });
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
+  });
+
+  test("CLI: status --json shows every node with the driver's view (its container on Docker)", async () => {
+    const status = JSON.parse((await run("node", [path.join(projectRoot(), "bin/relevo"), "status", "--json"], { env: cliEnvFor(cluster.config) })).stdout) as {
+      nodes: Array<{ name: string; role: string; driver: { kind: string; containerId: string | null; container: { name: string; status: string } | null } }>;
+    };
+    expect(status.nodes.map((n) => `${n.name}:${n.role}:${n.driver.kind}`)).toEqual([`node1:primary:${driver}`, `node2:replica:${driver}`]);
+    for (const member of status.nodes) {
+      if (driver === "docker") expect(member.driver).toMatchObject({ containerId: expect.stringMatching(/^[0-9a-f]{64}$/), container: { name: `relevo-${cluster.config.clusterName}-${member.name}`, status: "running" } });
+      else expect(member.driver.containerId).toBeNull();
+    }
   });
 });

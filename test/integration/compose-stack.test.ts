@@ -70,7 +70,8 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
         Image: TEST_IMAGE,
         User: definition.user,
         Entrypoint: definition.entrypoint!.map((part) => part.replace(/\$\$/g, "$")),
-        Labels: { ...definition.labels, "io.relevo.cluster": cluster, "io.relevo.home": home },
+        // Not labelled with the test's home: made by "compose", not by Relevo (removed by this file's afterAll).
+        Labels: { ...definition.labels, "io.relevo.cluster": cluster },
         StopSignal: definition.stop_signal,
         HostConfig: { NetworkMode: definition.network_mode, RestartPolicy: { Name: definition.restart ?? "no" }, Mounts: mounts },
       });
@@ -104,6 +105,7 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
   afterAll(async () => {
     await stack?.stop();
     await redis?.stop();
+    for (const id of Object.values(made)) await docker.getContainer(id).remove({ force: true, v: true }).catch(() => undefined);
   });
 
   test("before Relevo, the node containers have nothing to run and say so; Relevo adopts them (same ids, no restart policy) and the replica streams", async () => {
@@ -147,5 +149,16 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     }
     const { node, sql } = failoverHelpers(stack);
     expect((await sql<{ n: string }>(node("node1"), "SELECT count(*)::text AS n FROM compose_check"))[0]!.n).toBe("10000");
+  });
+
+  test("removing the adopted replica stops its container and empties its volume, but leaves the container (it is compose's): started again, it waits to be initialised", async () => {
+    await stack.service.failover.removeReplica("node2");
+    const replica = docker.getContainer(made.node2!);
+    expect((await replica.inspect()).State.Running).toBe(false);
+    const since = Math.floor(Date.now() / 1000);
+    await replica.start();
+    await eventually(async () => (!(await replica.inspect()).State.Running ? true : undefined), { what: "the emptied replica's container to exit" });
+    const logs = demultiplexBuffer((await replica.logs({ stdout: true, stderr: true, since })) as unknown as Buffer);
+    expect(logs).toContain("waiting for Relevo to initialise this node");
   });
 });

@@ -1,4 +1,5 @@
 import type Docker from "dockerode";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chown, mkdir, rm } from "node:fs/promises";
 import path from "node:path";
@@ -40,6 +41,7 @@ import {
 } from "./container-spec";
 import {
   ABSENT,
+  EXISTS,
   TOO_LARGE,
   existsCommand,
   listCommand,
@@ -49,6 +51,7 @@ import {
   readRangesCommand,
   readSmallCommand,
   removeCommand,
+  renameCommand,
   writeCommand,
 } from "./file-commands";
 
@@ -96,6 +99,7 @@ export class DockerDriver implements NodeDriver {
   private imageFacts: { owner: OsIdentity; version: string } | null = null;
   /** File agents per container (by id): they end with their container. */
   private readonly agents = new Map<string, FileAgent[]>();
+  private readonly startingAgents = new Map<string, Promise<FileAgent>>();
 
   constructor(private readonly options: DockerDriverOptions) {
     this.docker = connectDocker(options.endpoint);
@@ -211,7 +215,7 @@ export class DockerDriver implements NodeDriver {
       );
     }
     if (listed.length === 0) return null;
-    return this.engine(`inspect the container of node ${node.name}`, async () => {
+    const info = await this.engine(`inspect the container of node ${node.name}`, async () => {
       try {
         return await this.docker.getContainer(listed[0]!.Id).inspect();
       } catch (error) {
@@ -219,6 +223,9 @@ export class DockerDriver implements NodeDriver {
         throw error;
       }
     });
+    // Whenever a node's container is seen, running or not: no restart policy may outlive Relevo's first look.
+    if (info && role === "node") await this.adopt(node, info);
+    return info;
   }
 
   private async volumeExists(node: NodeRef): Promise<boolean> {
@@ -263,10 +270,7 @@ export class DockerDriver implements NodeDriver {
    */
   private async ensureNodeContainer(node: NodeRef): Promise<Docker.ContainerInspectInfo> {
     const existing = await this.find(node, "node");
-    if (existing) {
-      await this.adopt(node, existing);
-      return existing;
-    }
+    if (existing) return existing;
     const mounts = this.mountsFor(node, null);
     const { owner } = await this.facts();
     if (mounts[0]!.Type === "bind") {
@@ -310,6 +314,7 @@ export class DockerDriver implements NodeDriver {
       await this.engine(`clear the restart policy of ${info.Name}`, () =>
         this.docker.getContainer(info.Id).update({ RestartPolicy: { Name: "no", MaximumRetryCount: 0 } }),
       );
+      info.HostConfig.RestartPolicy = { Name: "no", MaximumRetryCount: 0 };
     }
     const pgdata = info.Config.Env?.find((entry) => entry.startsWith("PGDATA="))?.slice("PGDATA=".length) ?? PGDATA;
     if (pgdata !== PGDATA) {
@@ -322,22 +327,25 @@ export class DockerDriver implements NodeDriver {
 
   /** The tools container, running (created on first need, on the node's data mount). */
   private async runningTools(node: NodeRef): Promise<Docker.Container> {
-    return this.locked(node, async () => {
-      let info = await this.find(node, "tools");
-      if (!info) {
-        const adopted = await this.find(node, "node");
-        if (!adopted && !(await this.volumeExists(node))) {
-          throw new RelevoError(ErrorCode.NodeMissing, `node ${node.name} has neither a container nor a volume on the Docker engine; it must be created first`);
-        }
-        const spec = toolsContainerSpec({ naming: this.naming(node), image: this.options.image, home: this.options.home, mounts: this.mountsFor(node, adopted) });
-        const created = await this.create(node, spec);
-        info = await this.engine("inspect the tools container", () => created.inspect());
+    return this.locked(node, () => this.startTools(node));
+  }
+
+  /** runningTools' work, for callers that hold the node's lock already. */
+  private async startTools(node: NodeRef): Promise<Docker.Container> {
+    let info = await this.find(node, "tools");
+    if (!info) {
+      const adopted = await this.find(node, "node");
+      if (!adopted && !(await this.volumeExists(node))) {
+        throw new RelevoError(ErrorCode.NodeMissing, `node ${node.name} has neither a container nor a volume on the Docker engine; it must be created first`);
       }
-      const container = this.docker.getContainer(info.Id);
-      if (info.State.Paused) await this.engine("unpause the tools container", () => container.unpause());
-      else if (!info.State.Running) await this.engine(`start the tools container of node ${node.name}`, () => container.start());
-      return container;
-    });
+      const spec = toolsContainerSpec({ naming: this.naming(node), image: this.options.image, home: this.options.home, mounts: this.mountsFor(node, adopted) });
+      const created = await this.create(node, spec);
+      info = await this.engine("inspect the tools container", () => created.inspect());
+    }
+    const container = this.docker.getContainer(info.Id);
+    if (info.State.Paused) await this.engine("unpause the tools container", () => container.unpause());
+    else if (!info.State.Running) await this.engine(`start the tools container of node ${node.name}`, () => container.start());
+    return container;
   }
 
   /** Where a command on the data directory runs: the node's container while it runs, else its tools container. */
@@ -372,12 +380,33 @@ export class DockerDriver implements NodeDriver {
     if (chmod.exitCode !== 0) throw new RelevoError(ErrorCode.DataDirNotOurs, `node ${node.name}: cannot take ${PGDATA} for PostgreSQL: ${chmod.stderr.trim()}`);
   }
 
+  /**
+   * Removes the node's data and what Relevo made for it. A container Relevo
+   * adopted (made by someone else, e.g. docker compose) is stopped and left
+   * in place with its volume emptied: it is not Relevo's to delete, and
+   * started again it only waits to be initialised.
+   */
   async destroy(node: NodeRef): Promise<void> {
     await this.locked(node, async () => {
-      for (const role of ["tools", "node"] as const) {
-        const info = await this.find(node, role);
+      const nodeContainer = await this.find(node, "node");
+      const adopted = nodeContainer !== null && nodeContainer.Config.Labels?.[LABELS.home] !== this.options.home;
+      if (adopted) {
+        await this.signal(this.docker.getContainer(nodeContainer.Id), "SIGKILL");
+        if (!(await this.waitStopped(this.docker.getContainer(nodeContainer.Id), 10000))) {
+          throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${nodeContainer.Name} survived SIGKILL for 10 s; its data is left as it is`);
+        }
+      }
+      if (nodeContainer) this.stopAgentsOf(nodeContainer.Id);
+      if (adopted) {
+        const wiped = await runContainerCommand(await this.startTools(node), ["find", PGDATA, "-mindepth", "1", "-delete"], { user: PG_USER });
+        if (wiped.exitCode !== 0) throw this.failed(node, "empty its data volume", wiped);
+      }
+      const tools = await this.find(node, "tools");
+      if (tools) this.stopAgentsOf(tools.Id);
+      for (const info of [tools, adopted ? null : nodeContainer]) {
         if (info) await this.engine(`remove container ${info.Name}`, () => this.docker.getContainer(info.Id).remove({ force: true, v: false }));
       }
+      if (adopted) return;
       const directory = this.options.dataDirectories?.[node.name];
       if (directory) return rm(directory, { recursive: true, force: true });
       await this.engine(`remove the volume of node ${node.name}`, async () => {
@@ -453,8 +482,11 @@ export class DockerDriver implements NodeDriver {
         });
       }
       const pidFile = await runContainerCommand(container, readCommand(path.posix.join(PGDATA, "postmaster.pid")), { user: PG_USER }).catch(() => null);
-      const status = pidFile?.exitCode === 0 ? pidFile.stdout.toString("utf8").split("\n")[7]?.trim() : undefined;
-      if (status === "ready" || status === "standby") return;
+      const lines = pidFile?.exitCode === 0 ? pidFile.stdout.toString("utf8").split("\n") : [];
+      // A killed server's postmaster.pid says "ready" too: only this start's counts (line 3, its start time).
+      const startedAt = Math.floor(Date.parse(info.State.StartedAt) / 1000);
+      const current = Number(lines[2]) >= startedAt;
+      if (current && (lines[7]?.trim() === "ready" || lines[7]?.trim() === "standby")) return;
       if (Date.now() > deadline) {
         throw new RelevoError(ErrorCode.Timeout, `node ${node.name} did not accept connections within ${timeoutMs} ms: ${await this.logTail(container)}`);
       }
@@ -471,6 +503,7 @@ export class DockerDriver implements NodeDriver {
     if (!(await this.waitStopped(container, options.timeoutMs))) {
       throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not stop (${options.mode}) within ${options.timeoutMs} ms`);
     }
+    this.stopAgentsOf(info.Id);
   }
 
   async kill(node: NodeRef): Promise<void> {
@@ -481,6 +514,7 @@ export class DockerDriver implements NodeDriver {
     await this.signal(container, "SIGKILL");
     if (info.State.Paused) await this.engine("thaw a killed container", () => container.unpause()).catch(() => undefined);
     if (!(await this.waitStopped(container, 10000))) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${info.Name} survived SIGKILL for 10 s`);
+    this.stopAgentsOf(info.Id);
   }
 
   private async signal(container: Docker.Container, signal: string): Promise<void> {
@@ -565,9 +599,12 @@ export class DockerDriver implements NodeDriver {
    * the node's container is down: the lock is stale then, and removed.
    */
   private async clearStaleLock(node: NodeRef): Promise<void> {
-    const info = await this.find(node, "node");
-    if (info?.State.Running) return;
-    await this.run(node, removeCommand([path.posix.join(PGDATA, "postmaster.pid")]));
+    await this.locked(node, async () => {
+      const info = await this.find(node, "node");
+      if (info?.State.Running) return;
+      const removed = await runContainerCommand(await this.startTools(node), removeCommand([path.posix.join(PGDATA, "postmaster.pid")]), { user: PG_USER });
+      if (removed.exitCode !== 0) throw this.failed(node, "remove a stale postmaster.pid", removed);
+    });
   }
 
   // --------------------------------------------------------------------- files
@@ -579,14 +616,24 @@ export class DockerDriver implements NodeDriver {
   private async agentFor(node: NodeRef): Promise<FileAgent> {
     const container = await this.workContainer(node);
     const pool = (this.agents.get(container.id) ?? []).filter((agent) => agent.alive);
+    this.agents.set(container.id, pool);
     const idle = pool.find((agent) => agent.waiting === 0);
-    if (idle || pool.length >= AGENTS_PER_CONTAINER) {
-      this.agents.set(container.id, pool);
-      return idle ?? pool.reduce((best, agent) => (agent.waiting < best.waiting ? agent : best));
-    }
-    const started = await FileAgent.start(container, PG_USER);
-    this.agents.set(container.id, [...(this.agents.get(container.id) ?? []).filter((agent) => agent.alive), started]);
-    return started;
+    if (idle) return idle;
+    const starting = this.startingAgents.get(container.id);
+    if (starting) return starting;
+    if (pool.length >= AGENTS_PER_CONTAINER) return pool.reduce((best, agent) => (agent.waiting < best.waiting ? agent : best));
+    const started = FileAgent.start(container, PG_USER).then((agent) => {
+      this.agents.set(container.id, [...(this.agents.get(container.id) ?? []).filter((other) => other.alive), agent]);
+      return agent;
+    });
+    this.startingAgents.set(container.id, started);
+    return started.finally(() => this.startingAgents.delete(container.id));
+  }
+
+  /** The agents of a container that stopped or went: their connections go with it. */
+  private stopAgentsOf(containerId: string): void {
+    for (const agent of this.agents.get(containerId) ?? []) agent.stop();
+    this.agents.delete(containerId);
   }
 
   /**
@@ -594,18 +641,18 @@ export class DockerDriver implements NodeDriver {
    * cannot answer (its container stopped meanwhile, a write failed) the same
    * work runs over an exec of its own, which also gives the real error.
    */
-  private async viaAgent<T>(node: NodeRef, work: (agent: FileAgent) => Promise<T>, fallback: () => Promise<T>): Promise<T> {
+  private async viaAgent<T>(node: NodeRef, work: (agent: FileAgent) => Promise<T>, fallback: (failure: AgentUnavailable | null) => Promise<T>): Promise<T> {
     let agent: FileAgent;
     try {
       agent = await this.agentFor(node);
     } catch (error) {
       if (error instanceof RelevoError) throw error;
-      return fallback();
+      return fallback(null);
     }
     try {
       return await work(agent);
     } catch (error) {
-      if (error instanceof AgentUnavailable) return fallback();
+      if (error instanceof AgentUnavailable) return fallback(error);
       throw error;
     }
   }
@@ -731,21 +778,61 @@ export class DockerDriver implements NodeDriver {
     const outcome = await this.viaAgent(
       node,
       (agent) => agent.write(file, bytes, settings),
-      async () => {
-        // A fresh write the agent began and failed is its own file: removed, or asked again it would exist.
-        if (settings.fresh) await this.run(node, removeCommand([file]));
-        const result = await this.run(node, writeCommand(file, { ...settings, durable: true }), { stdin: bytes });
-        if (result.exitCode !== 0) throw this.failed(node, `write ${relativePath}`, result);
-        return "written" as const;
+      async (failure) => {
+        // A fresh write the agent answered as failed had made the file itself: removed, or asked again it would exist.
+        if (settings.fresh && failure?.answered) await this.run(node, removeCommand([file]));
+        return this.writeThroughExec(node, relativePath, bytes, { ...settings, durable: true });
       },
     );
     if (outcome === "exists") throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot write ${relativePath}: it exists already`);
   }
 
   async writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
+    await this.writeThroughExec(node, relativePath, source, { mode: options.mode ?? 0o600, fresh: false, durable: options.durable ?? true });
+  }
+
+  /**
+   * A write over an exec of its own: into a temp file, renamed only once the
+   * whole input went in and the command succeeded (a source that fails
+   * midway ends the command's input as if it were complete); a fresh write
+   * goes straight into its file, which must not exist.
+   */
+  private async writeThroughExec(
+    node: NodeRef,
+    relativePath: string,
+    input: Buffer | AsyncIterable<Buffer>,
+    options: { mode: number; fresh: boolean; durable: boolean },
+  ): Promise<"written" | "exists"> {
     const file = this.inside(relativePath);
-    const result = await this.run(node, writeCommand(file, { mode: options.mode ?? 0o600, fresh: false, durable: options.durable ?? true }), { stdin: source });
-    if (result.exitCode !== 0) throw this.failed(node, `write ${relativePath}`, result);
+    const target = options.fresh ? file : `${file}.relevo-tmp-${randomBytes(6).toString("hex")}`;
+    const discard = async (): Promise<void> => {
+      if (!options.fresh) await this.run(node, removeCommand([target])).catch(() => undefined);
+    };
+    let result: { exitCode: number; stderr: string };
+    try {
+      result = await this.run(node, writeCommand(target, options), { stdin: input });
+    } catch (error) {
+      await discard();
+      throw error;
+    }
+    if (result.exitCode === EXISTS) return "exists";
+    if (result.exitCode !== 0) {
+      await discard();
+      throw this.failed(node, `write ${relativePath}`, result);
+    }
+    if (options.fresh) return "written";
+    await this.viaAgent(
+      node,
+      (agent) => agent.rename(target, file),
+      async () => {
+        const moved = await this.run(node, renameCommand(target, file));
+        if (moved.exitCode !== 0) {
+          await discard();
+          throw this.failed(node, `write ${relativePath}`, moved);
+        }
+      },
+    );
+    return "written";
   }
 
   async makeDirectory(node: NodeRef, relativePath: string, options: { mode?: number } = {}): Promise<void> {

@@ -14,7 +14,11 @@ export interface ContainerCommandOptions {
 /** A command started in a container: its stdout as it comes, the rest once it ends. */
 export interface StartedCommand {
   readonly stdout: AsyncIterable<Buffer>;
-  /** Settles once stdout has been read to its end (or abandoned). */
+  /**
+   * Settles once stdout has been read to its end (or abandoned). Rejects with
+   * the input's own error when feeding stdin failed (the command may then
+   * have seen a short input as a complete one: its work must not be kept).
+   */
   readonly finished: Promise<{ exitCode: number; stderr: string }>;
   /** Drops the connection: the engine closes the command's stdin and output (it ends, as on end of input). */
   cancel(): void;
@@ -56,9 +60,11 @@ export async function startContainerCommand(container: Docker.Container, cmd: re
     }
   }
   const finished = drained.then(async () => {
-    await stdinDone.catch(() => undefined);
+    await stdinDone;
     return { exitCode: await exitCodeOf(exec), stderr };
   });
+  // Awaited by whoever reads the output; one that abandons it must not leave an unhandled rejection.
+  finished.catch(() => undefined);
   return {
     stdout: stdout(),
     finished,
@@ -77,7 +83,12 @@ export async function runContainerCommand(
 ): Promise<{ exitCode: number; stdout: Buffer; stderr: string }> {
   const started = await startContainerCommand(container, cmd, options);
   const parts: Buffer[] = [];
-  for await (const part of started.stdout) parts.push(part);
+  try {
+    for await (const part of started.stdout) parts.push(part);
+  } catch (error) {
+    await started.finished; // the input's own error, when feeding it is what broke the stream
+    throw error;
+  }
   const { exitCode, stderr } = await started.finished;
   return { exitCode, stdout: Buffer.concat(parts), stderr };
 }

@@ -32,7 +32,7 @@ while IFS= read -r op && IFS= read -r arg && IFS= read -r path; do
       elif [ "$size" -gt "$arg" ]; then echo "4 $size"
       else echo "0 $size"; [ "$size" -eq 0 ] || cat - /dev/zero <&3 2>/dev/null | dd bs="$size" count=1 iflag=fullblock status=none
       fi
-      true; } 3<"$path" 2>/dev/null || echo "3 0"
+      true; } 3<"$path" 2>/dev/null || { if [ -e "$path" ]; then echo "1 0"; else echo "3 0"; fi; }
     ;;
   F|A)
     mode=\${arg% *}; size=\${arg#* }
@@ -52,6 +52,9 @@ while IFS= read -r op && IFS= read -r arg && IFS= read -r path; do
       rm -f -- "$target"; echo "1 0"
     fi
     ;;
+  M)
+    if mv -f -- "$arg" "$path" 2>/dev/null; then echo "0 0"; else echo "1 0"; fi
+    ;;
   D)
     if chmod 700 -- "$PGDATA" 2>/dev/null && mkdir -p -- "$path" 2>/dev/null && chmod "$arg" -- "$path" 2>/dev/null; then echo "0 0"; else echo "1 0"; fi
     ;;
@@ -59,8 +62,26 @@ while IFS= read -r op && IFS= read -r arg && IFS= read -r path; do
   esac
 done`;
 
-/** An answer the agent could not give: the caller asks again over an exec of its own. */
-export class AgentUnavailable extends Error {}
+/**
+ * An answer the agent could not give: the caller asks again over an exec of
+ * its own. `answered`: the agent did answer, with a failure (its request was
+ * carried out as far as the status says).
+ */
+export class AgentUnavailable extends Error {
+  constructor(
+    message: string,
+    readonly answered = false,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * How long one answer may take: a 16 MiB read is well under a second here.
+ * Past it (a container paused mid-request, a dd that failed after its size
+ * line) the agent is ended and the work goes over an exec of its own.
+ */
+const ANSWER_TIMEOUT_MS = 30000;
 
 type Answer = { status: number; value: number; body: Buffer | null };
 
@@ -140,7 +161,7 @@ export class FileAgent {
       case 4:
         return { state: "too-large", size: answer.value };
       default:
-        throw new AgentUnavailable(`read ${file}: status ${answer.status}`);
+        throw new AgentUnavailable(`read ${file}: status ${answer.status}`, true);
     }
   }
 
@@ -148,13 +169,18 @@ export class FileAgent {
   async write(file: string, content: Buffer, options: { mode: number; fresh: boolean }): Promise<"written" | "exists"> {
     const answer = await this.ask([options.fresh ? "F" : "A", `${options.mode.toString(8)} ${content.length}`, file], content, false);
     if (answer.status === 5) return "exists";
-    if (answer.status !== 0) throw new AgentUnavailable(`write ${file}: status ${answer.status}`);
+    if (answer.status !== 0) throw new AgentUnavailable(`write ${file}: status ${answer.status}`, true);
     return "written";
   }
 
   async makeDirectory(directory: string, mode: number): Promise<void> {
     const answer = await this.ask(["D", mode.toString(8), directory], null, false);
-    if (answer.status !== 0) throw new AgentUnavailable(`make directory ${directory}: status ${answer.status}`);
+    if (answer.status !== 0) throw new AgentUnavailable(`make directory ${directory}: status ${answer.status}`, true);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    const answer = await this.ask(["M", from, to], null, false);
+    if (answer.status !== 0) throw new AgentUnavailable(`rename ${from}: status ${answer.status}`, true);
   }
 
   /** One request at a time; a broken exchange ends the agent (the stream would be out of step). */
@@ -165,17 +191,28 @@ export class FileAgent {
       if (this.closed) throw new AgentUnavailable("the agent has ended");
       this.requests.push(Buffer.from(lines.join("\n") + "\n", "utf8"));
       if (payload && payload.length > 0) this.requests.push(payload);
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${ANSWER_TIMEOUT_MS} ms`)), ANSWER_TIMEOUT_MS);
+      });
       try {
-        const [status, value] = (await this.readLine()).split(" ").map(Number) as [number, number];
-        const body = withBody && status === 0 ? await this.readBytes(value) : null;
-        return { status, value, body };
+        return await Promise.race([this.answer(withBody), timeout]);
       } catch (error) {
-        this.close();
+        // The stream may be out of step now: this agent is done.
+        this.stop();
         throw new AgentUnavailable((error as Error).message);
+      } finally {
+        clearTimeout(timer);
       }
     });
     this.tail = exchange.catch(() => undefined);
     return exchange.finally(() => (this.waiting -= 1));
+  }
+
+  private async answer(withBody: boolean): Promise<Answer> {
+    const [status, value] = (await this.readLine()).split(" ").map(Number) as [number, number];
+    const body = withBody && status === 0 ? await this.readBytes(value) : null;
+    return { status, value, body };
   }
 
   private async more(): Promise<void> {

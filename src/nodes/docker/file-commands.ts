@@ -43,19 +43,25 @@ export function readRangesCommand(file: string, ranges: ReadonlyArray<ByteRange>
   return sh(script, file, ...ranges.flatMap((range) => [String(range.offset), String(range.length)]));
 }
 
+/** Exit status of a fresh write whose file exists already (nothing was written). */
+export const EXISTS = 5;
+
 /**
- * Writes stdin to a file: temp + rename (a reader never sees half a file),
- * or, when `fresh`, straight into a file that must not exist (noclobber).
- * fsynced unless `durable` is false.
+ * Writes stdin into `target` and syncs it unless `durable` is false: a temp
+ * file the caller renames once it knows its whole input went in (a stream
+ * that broke off ends the command's input as if it were complete), or, when
+ * `fresh`, the file itself, which must not exist (noclobber; EXISTS if it does).
  */
-export function writeCommand(file: string, options: { mode: number; fresh: boolean; durable: boolean }): string[] {
-  const mode = options.mode.toString(8);
-  const sync = options.durable ? `sync -- "$target" || exit 1; ` : "";
-  const script = options.fresh
-    ? `umask 077; set -C; target=$1; cat > "$target" || exit 1; chmod "$2" "$target" || exit 1; ${sync}`
-    : `umask 077; mkdir -p -- "$(dirname -- "$1")" || exit 1; target="$1.relevo-tmp-$$"; ` +
-      `if ! cat > "$target"; then rm -f -- "$target"; exit 1; fi; chmod "$2" "$target" || exit 1; ${sync}mv -f -- "$target" "$1"`;
-  return sh(script, file, mode);
+export function writeCommand(target: string, options: { mode: number; fresh: boolean; durable: boolean }): string[] {
+  const sync = options.durable ? ` && sync -- "$1"` : "";
+  const create = options.fresh
+    ? `if ! ( set -C; : > "$1" ) 2>/dev/null; then if [ -e "$1" ]; then exit ${EXISTS}; fi; exit 1; fi; `
+    : `mkdir -p -- "$(dirname -- "$1")" || exit 1; `;
+  return sh(`umask 077; ${create}cat > "$1" && chmod "$2" "$1"${sync}`, target, options.mode.toString(8));
+}
+
+export function renameCommand(from: string, to: string): string[] {
+  return ["mv", "-f", "--", from, to];
 }
 
 export function makeDirectoryCommand(root: string, directory: string, mode: number): string[] {
@@ -69,7 +75,8 @@ export function removeCommand(files: readonly string[]): string[] {
 
 /** Type, size, mtime (seconds, fractional) and path relative to `dir`, NUL-separated. */
 export function listCommand(dir: string): string[] {
-  return sh(`[ -d "$1" ] || exit 0; exec find "$1" -mindepth 1 -printf '%y %s %T@ %P\\0'`, dir);
+  // A running server removes files while they are listed (WAL recycling, temp files): not an error.
+  return sh(`[ -d "$1" ] || exit 0; exec find "$1" -mindepth 1 -ignore_readdir_race -printf '%y %s %T@ %P\\0'`, dir);
 }
 
 export interface ListedEntry {
