@@ -1,0 +1,63 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { connectDocker } from "../../src/nodes/docker/docker-client";
+import { containerName, labelFilter, nodeContainerSpec, stopSignalFor, toolsContainerSpec, volumeName } from "../../src/nodes/docker/container-spec";
+import { parseListing, readRangesCommand, writeCommand } from "../../src/nodes/docker/file-commands";
+
+/** The engine endpoint and what the driver asks of the engine, as data (no engine needed). */
+describe("Docker driver: endpoint, container specs, file commands", () => {
+  test("a socket path or unix:// URL, and tcp:// with TLS client certificates as the docker CLI takes them", () => {
+    const modem = (host: string, certPath = "") => (connectDocker({ host, certPath }) as unknown as { modem: Record<string, unknown> }).modem;
+    expect(modem("")).toMatchObject({ socketPath: "/var/run/docker.sock" });
+    expect(modem("unix:///run/user/1000/docker.sock")).toMatchObject({ socketPath: "/run/user/1000/docker.sock" });
+    expect(modem("tcp://10.1.2.3:2375")).toMatchObject({ protocol: "http", host: "10.1.2.3", port: 2375 });
+    const certs = mkdtempSync(path.join(os.tmpdir(), "relevo-certs-"));
+    try {
+      for (const name of ["ca", "cert", "key"]) writeFileSync(path.join(certs, `${name}.pem`), `${name}-content`);
+      expect(modem("tcp://engine.example:2376", certs)).toMatchObject({
+        protocol: "https",
+        host: "engine.example",
+        port: 2376,
+        ca: Buffer.from("ca-content"),
+        cert: Buffer.from("cert-content"),
+        key: Buffer.from("key-content"),
+      });
+    } finally {
+      rmSync(certs, { recursive: true, force: true });
+    }
+  });
+
+  test("a node's container: PostgreSQL's own stop signal, host networking, no restart policy; its tools container idles on the same mounts", () => {
+    const plan = {
+      naming: { cluster: "prod", node: "node1" },
+      image: "postgres:15",
+      home: "/var/lib/relevo",
+      mounts: [{ Type: "volume" as const, Source: volumeName({ cluster: "prod", node: "node1" }), Target: "/var/lib/postgresql/data", ReadOnly: false }],
+    };
+    const node = nodeContainerSpec(plan);
+    expect(node).toMatchObject({ name: "relevo-prod-node1", Image: "postgres:15", Cmd: ["postgres"], User: "postgres", StopSignal: "SIGINT" });
+    expect(node.HostConfig).toMatchObject({ NetworkMode: "host", RestartPolicy: { Name: "no" }, Mounts: plan.mounts });
+    expect(node.Labels).toEqual({ "io.relevo.cluster": "prod", "io.relevo.node": "node1", "io.relevo.role": "node", "io.relevo.home": "/var/lib/relevo" });
+    const tools = toolsContainerSpec(plan);
+    expect(tools).toMatchObject({ name: containerName(plan.naming, "tools"), Entrypoint: ["sleep", "infinity"], User: "postgres" });
+    expect(tools.HostConfig).toMatchObject({ RestartPolicy: { Name: "no" }, Mounts: plan.mounts });
+    expect(labelFilter(plan.naming, "node")).toEqual({ label: ["io.relevo.cluster=prod", "io.relevo.node=node1", "io.relevo.role=node"] });
+    expect([stopSignalFor("smart"), stopSignalFor("fast"), stopSignalFor("immediate")]).toEqual(["SIGTERM", "SIGINT", "SIGQUIT"]);
+  });
+
+  test("file commands keep paths out of the script text, and parse find's listing", () => {
+    const hostile = "/var/lib/postgresql/data/x'; rm -rf / #";
+    for (const argv of [readRangesCommand(hostile, [{ offset: 0, length: 8192 }]), writeCommand(hostile, { mode: 0o600, fresh: true, durable: true })]) {
+      expect(argv.slice(0, 2)).toEqual(["sh", "-c"]);
+      expect(argv[2]).not.toContain(hostile);
+      expect(argv).toContain(hostile);
+    }
+    const listing = Buffer.from("f 10 1700000000.5 conf.d/a b.conf\0d 4096 1700000001.0 conf.d\0l 5 1700000002.25 pg_wal/link\0p 0 1700000003.0 fifo\0");
+    expect(parseListing(listing)).toEqual([
+      { type: "file", size: 10, mtimeMs: 1700000000500, relative: "conf.d/a b.conf" },
+      { type: "directory", size: 4096, mtimeMs: 1700000001000, relative: "conf.d" },
+      { type: "symlink", size: 5, mtimeMs: 1700000002250, relative: "pg_wal/link" },
+    ]);
+  });
+});
