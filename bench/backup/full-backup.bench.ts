@@ -16,6 +16,7 @@
  * Run: npm run build && npm run bench:backup
  */
 import "reflect-metadata";
+import { BENCH_DOCKER_IMAGE, measureOnEachDriver, type BenchDriver } from "../drivers";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { chmod, chown, mkdtemp, readdir, rm, stat } from "node:fs/promises";
@@ -92,18 +93,17 @@ async function timed<T>(work: () => Promise<T>): Promise<{ ms: number; value: T 
   return { ms: performance.now() - started, value };
 }
 
-type DriverName = "local" | "docker";
 /** One row of the table: what, then for this driver the median, the runs, stored MB and the comparison. */
 type Row = [what: string, median: string, runs: string, stored: string, versus: string];
 
-async function measure(driver: DriverName): Promise<{ rows: Row[]; dbMb: string }> {
+async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string }> {
   const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-backup-"));
   await chmod(home, 0o711);
   const config = loadConfig(process.env, {
     home,
     driver,
     clusterName: `bench-${driver}`,
-    dockerImage: process.env.BENCH_DOCKER_IMAGE ?? "relevo-test/postgres:15",
+    dockerImage: BENCH_DOCKER_IMAGE,
     apiPort: await findFreePort("127.0.0.1"),
     primaryPort: await findFreePort("127.0.0.1"),
     replicaPort: await findFreePort("127.0.0.1"),
@@ -264,12 +264,7 @@ async function measure(driver: DriverName): Promise<{ rows: Row[]; dbMb: string 
 }
 
 async function main(): Promise<void> {
-  const drivers = (process.env.BENCH_DRIVERS ?? "local,docker").split(",").map((name) => name.trim()) as DriverName[];
-  const results: Array<{ driver: DriverName; rows: Row[]; dbMb: string }> = [];
-  for (const driver of drivers) {
-    process.stderr.write(`--- ${driver} driver\n`);
-    results.push({ driver, ...(await measure(driver)) });
-  }
+  const results = await measureOnEachDriver(measure);
   // Rows by what they measure (a row one driver lacks shows "-" for it).
   const whats = [...new Set(results.flatMap((result) => result.rows.map((row) => row[0])))];
   const header = ["what", ...results.flatMap(({ driver }) => [`${driver} median (s)`, `${driver} runs (s)`, `${driver} stored (MB)`, `${driver} vs pg_basebackup`])];

@@ -18,6 +18,7 @@
  * Run: npm run build && npm run bench:failover
  */
 import "reflect-metadata";
+import { BENCH_DOCKER_IMAGE, measureOnEachDriver, type BenchDriver } from "../drivers";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -76,17 +77,16 @@ async function settled(service: RelevoService, replica: string): Promise<string>
   });
 }
 
-type DriverName = "local" | "docker";
 type Row = [metric: string, median: string, max: string, target: string];
 
-async function measure(driver: DriverName): Promise<{ rows: Row[]; checks: string }> {
+async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: string }> {
   const home = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-failover-"));
   await chmod(home, 0o755); // the PostgreSQL OS user must traverse it
   const config = loadConfig(process.env, {
     home,
     clusterName: `bench-${driver}`,
     driver,
-    dockerImage: process.env.BENCH_DOCKER_IMAGE ?? "relevo-test/postgres:15",
+    dockerImage: BENCH_DOCKER_IMAGE,
     apiPort: await findFreePort("127.0.0.1"),
     primaryPort: await findFreePort("127.0.0.1"),
     replicaPort: await findFreePort("127.0.0.1"),
@@ -177,12 +177,7 @@ async function measure(driver: DriverName): Promise<{ rows: Row[]; checks: strin
 }
 
 async function main(): Promise<void> {
-  const drivers = (process.env.BENCH_DRIVERS ?? "local,docker").split(",").map((name) => name.trim()) as DriverName[];
-  const results: Array<{ driver: DriverName; rows: Row[]; checks: string }> = [];
-  for (const driver of drivers) {
-    process.stderr.write(`--- ${driver} driver\n`);
-    results.push({ driver, ...(await measure(driver)) });
-  }
+  const results = await measureOnEachDriver(measure);
   const header = ["metric", ...results.flatMap((result) => [`${result.driver} median`, `${result.driver} max`]), "target"];
   const widths = header.map((title, i) => Math.max(title.length, i === 0 ? 34 : 10));
   const line = (cells: string[]) => `| ${cells.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ")} |`;

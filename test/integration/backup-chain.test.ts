@@ -1,18 +1,13 @@
-import { execFile } from "node:child_process";
 import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
-import { promisify } from "node:util";
-import type { BackupManifest, BackupType } from "../../src/backup/manifest";
+import type { BackupManifest } from "../../src/backup/manifest";
 import { parseSegmentName, segmentNumber } from "../../src/backup/wal-names";
-import { APP_DATABASE } from "../../src/cluster/node-settings";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";
 import { useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
-import { startWriter } from "../helpers/writer";
-
-const run = promisify(execFile);
+import { backupHelpers } from "../helpers/backups";
 
 /**
  * full → changes → differential → changes → incremental → changes →
@@ -32,22 +27,10 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     for (const node of restored) await cluster.service.driver.destroy(node).catch(() => undefined);
   });
 
-  /** A backup of `type` taken while a writer inserts; waits for it and its reference point. */
-  async function backupUnderWriter(type: BackupType): Promise<BackupManifest> {
-    const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
-    try {
-      const { done } = await cluster.service.backups.start(type);
-      return await done;
-    } finally {
-      expect(await writer.stop()).toBeGreaterThan(0);
-      await cluster.service.backups.waitForIdle();
-    }
-  }
-
+  const helpers = backupHelpers(cluster);
+  const backupUnderWriter = helpers.backupUnderWriter;
   async function restoreTest(id: string): Promise<void> {
-    const verified = await cluster.service.backups.verify(id, { restoreTest: true });
-    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null } });
-    expect(verified.verification!.restoreTest!.tablesCompared).toBeGreaterThanOrEqual(6);
+    expect(await helpers.restoreTest(id)).toBeGreaterThanOrEqual(6);
   }
 
   test("an incremental with nothing to build on is taken as a full, and says why", async () => {
@@ -128,24 +111,11 @@ describe("differential and incremental backups: block-level, from the WAL", () =
   });
 
   test("the chain restored to a quiet point after its last backup matches the source in pg_dumpall", async () => {
-    await sql("SELECT pg_create_restore_point('chain-quiet')");
-    const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
-    await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
+    await helpers.quietPoint("chain-quiet");
     const target: NodeRef = { name: "chain-copy", host: primary().host, port: await freePort() };
     restored.push(target);
     await cluster.service.backups.restore({ backupId: backups.incr2!.id, target, recoveryTarget: { kind: "name", name: "chain-quiet" } });
-    const dump = async (node: NodeRef): Promise<string> =>
-      (
-        await run("/usr/lib/postgresql/15/bin/pg_dumpall", // Relevo's own database goes on recording events after the point.
-        ["-h", node.host, "-p", String(node.port), "-U", "postgres", "--no-role-passwords", `--exclude-database=${APP_DATABASE}`], {
-          env: { ...process.env, PGPASSWORD: cluster.service.secrets.superuserPassword },
-          maxBuffer: 1 << 28,
-        })
-      ).stdout;
-    // Sequences are WAL-logged 32 values ahead: a recovered one resumes past
-    // its last value (as after a crash). \restrict lines carry a random key per dump.
-    const comparable = (text: string) => text.split("\n").filter((line) => !/^(SELECT pg_catalog\.setval\(|\\(un)?restrict )/.test(line));
-    const [source, copy] = [comparable(await dump(primary())), comparable(await dump(target))];
+    const [source, copy] = [await helpers.comparableDump(primary()), await helpers.comparableDump(target)];
     expect(source.length).toBeGreaterThan(100_000);
     const firstDifference = source.findIndex((line, index) => copy[index] !== line);
     expect({ line: firstDifference, source: source[firstDifference], copy: copy[firstDifference] }).toEqual({ line: -1, source: undefined, copy: undefined });

@@ -5,14 +5,13 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
 import { tempHome } from "../helpers/home";
-import type { BackupManifest, BackupType } from "../../src/backup/manifest";
-import { APP_DATABASE } from "../../src/cluster/node-settings";
+import type { BackupManifest } from "../../src/backup/manifest";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { describeOnEachDriver } from "../helpers/drivers";
 import { freePort } from "../helpers/ports";
 import { useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
-import { startWriter } from "../helpers/writer";
+import { backupHelpers } from "../helpers/backups";
 
 const run = promisify(execFile);
 
@@ -35,21 +34,7 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
     for (const node of restored) await cluster.service.driver.destroy(node).catch(() => undefined);
   });
 
-  async function backupUnderWriter(type: BackupType): Promise<BackupManifest> {
-    const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
-    try {
-      const { done } = await cluster.service.backups.start(type);
-      return await done;
-    } finally {
-      expect(await writer.stop()).toBeGreaterThan(0);
-      await cluster.service.backups.waitForIdle();
-    }
-  }
-
-  async function restoreTest(id: string): Promise<void> {
-    const verified = await cluster.service.backups.verify(id, { restoreTest: true });
-    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null } });
-  }
+  const { backupUnderWriter, restoreTest, quietPoint, comparableDump } = backupHelpers(cluster);
 
   test("a full backup under a writer restores to its reference point", async () => {
     await sql("CREATE TABLE ledger (id bigserial PRIMARY KEY, note text, pad text)");
@@ -76,22 +61,11 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
   });
 
   test("the chain restored to a quiet named point matches the source in pg_dumpall", async () => {
-    await sql("SELECT pg_create_restore_point('each-quiet')");
-    const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
-    await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
+    await quietPoint("each-quiet");
     const target: NodeRef = { name: "each-copy", host: primary().host, port: await freePort() };
     restored.push(target);
     await cluster.service.backups.restore({ backupId: incremental.id, target, recoveryTarget: { kind: "name", name: "each-quiet" } });
-    const dump = async (node: NodeRef): Promise<string[]> => {
-      const { stdout } = await run(
-        "/usr/lib/postgresql/15/bin/pg_dumpall",
-        ["-h", node.host, "-p", String(node.port), "-U", "postgres", "--no-role-passwords", `--exclude-database=${APP_DATABASE}`],
-        { env: { ...process.env, PGPASSWORD: cluster.service.secrets.superuserPassword }, maxBuffer: 1 << 28 },
-      );
-      // Sequences are WAL-logged 32 ahead; \restrict lines carry a random key per dump.
-      return stdout.split("\n").filter((line) => !/^(SELECT pg_catalog\.setval\(|\\(un)?restrict )/.test(line));
-    };
-    const [source, copy] = [await dump(primary()), await dump(target)];
+    const [source, copy] = [await comparableDump(primary()), await comparableDump(target)];
     expect(source.length).toBeGreaterThan(100_000);
     expect(copy).toEqual(source);
   });

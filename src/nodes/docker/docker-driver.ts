@@ -124,7 +124,11 @@ export class DockerDriver implements NodeDriver {
   }
 
   async state(node: NodeRef): Promise<NodeProcessState> {
-    const info = await this.containers.find(node, "node");
+    return this.stateOf(node, await this.containers.find(node, "node"));
+  }
+
+  /** The node's state from its container as just inspected (null: none). */
+  private async stateOf(node: NodeRef, info: Docker.ContainerInspectInfo | null): Promise<NodeProcessState> {
     if (info?.State.Running) return info.State.Paused ? { phase: "paused", pid: info.State.Pid } : { phase: "running", pid: info.State.Pid };
     // A container removed behind Relevo's back leaves the data in its volume: stopped, recreated on start.
     if (info || (await this.containers.volumeExists(node))) return { phase: "stopped" };
@@ -132,11 +136,11 @@ export class DockerDriver implements NodeDriver {
   }
 
   async describe(node: NodeRef): Promise<DriverNodeView> {
+    // One inspection for both the state and the container's view (the topology asks every node every poll).
     const info = await this.containers.find(node, "node");
-    const state = await this.state(node);
     return {
       driver: this.kind,
-      state,
+      state: await this.stateOf(node, info),
       dataDirectory: PGDATA,
       containerId: info?.Id,
       container: info
