@@ -7,7 +7,7 @@ import { BackupScheduler } from "./scheduler/backup-scheduler";
 import { ArchiveMonitor } from "./backup/archive-monitor";
 import { BackupProgressRecorder } from "./backup/backup-progress";
 import { Repository } from "./backup/repository";
-import { WalArchiver } from "./backup/wal-archiver";
+import { ensureArchiveSlot, WalArchiver } from "./backup/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "./backup/wal-summary";
 import { repositorySeeder, seededFrom } from "./backup/replica-seed";
 import { assertPortFree } from "./cluster/ports";
@@ -145,12 +145,17 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       fenced: recordedFences,
     };
     const outcomes = await bootstrapCluster(bootstrapDeps, nodes);
+    const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+    // A primary made just now gets the archiver's slot before anything else is
+    // written, so the archive holds the cluster's WAL from its first start-up
+    // whenever the archiver (leader of the instances) comes to stream it.
+    const initialized = outcomes.find((outcome) => outcome.phase === "initialized");
+    if (initialized) await ensureArchiveSlot(initialized.node, superuser, config.nodeTimeoutMs);
     for (const outcome of outcomes) {
       const event = outcomeEvent(outcome);
       if (event) await events.emit(event);
     }
 
-    const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
     const archiver = new WalArchiver({
       repository,
       pgBinDir: config.pgBinDir,
