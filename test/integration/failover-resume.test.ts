@@ -32,7 +32,9 @@ describe("a failover left half-done by a dead instance", () => {
     await expect(second!.failover.switchover("node2")).rejects.toMatchObject({ code: ErrorCode.BackupInProgress });
     await first.service.redis.del(backupLease);
     const running = first.service.failover.switchover("node2");
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Asked while the switchover's journal entry is there (its checks before it take a varying time).
+    const deadline = Date.now() + 5000;
+    while ((await second!.failover.operation()) === null && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 2));
     await expect(second!.failover.failback()).rejects.toMatchObject({ code: ErrorCode.OperationInProgress });
     await running;
     await first.service.failover.failback();
