@@ -270,7 +270,9 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     manifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
     await repository.removeBackupContent(id).catch(() => undefined);
     await repository.writeManifest(manifest).catch(() => undefined);
-    throw new RelevoError(ErrorCode.CommandFailed, `backup ${id} failed: ${reason}`, { cause: error, details: { backupId: id } });
+    // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
+    const code = error instanceof RelevoError && error.code === ErrorCode.DockerUnavailable ? error.code : ErrorCode.CommandFailed;
+    throw new RelevoError(code, `backup ${id} failed: ${reason}`, { cause: error, details: { backupId: id } });
   }
 }
 

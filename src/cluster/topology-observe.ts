@@ -30,7 +30,7 @@ async function driverView(driver: NodeDriver, node: NodeRef): Promise<DriverView
   } catch (error) {
     return {
       kind: driver.kind,
-      state: "absent",
+      state: "unknown",
       pid: null,
       dataDirectory: driver.dataDirectory(node),
       containerId: null,

@@ -55,13 +55,14 @@ export interface NodeProbe {
 
 export interface DriverView {
   readonly kind: DriverKind;
-  readonly state: NodeProcessState["phase"];
+  /** "unknown" when the driver could not tell (see `error`). */
+  readonly state: NodeProcessState["phase"] | "unknown";
   readonly pid: number | null;
   readonly dataDirectory: string;
   readonly containerId: string | null;
   /** The node's container as the engine sees it (docker driver); null otherwise or when it is gone. */
   readonly container: ContainerView | null;
-  /** Why the driver could not tell (e.g. the Docker engine does not answer); the state is then "absent". */
+  /** Why the driver could not tell (e.g. the Docker engine does not answer); the state is then "unknown". */
   readonly error: string | null;
 }
 

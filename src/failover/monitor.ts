@@ -3,6 +3,7 @@ import type { Credentials } from "../cluster/node-connection";
 import { lsnToNumber, type ClusterSnapshot } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import type { EventLog } from "../events/event-log";
+import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../cluster/node-connection";
@@ -51,6 +52,18 @@ const JOIN_LAG_BYTES = 16 * 1024 * 1024;
 const RETRY_AFTER_MS = 30000;
 
 /**
+ * Why an automatic operation is not tried again yet. One that failed because
+ * the node driver's engine did not answer (it could not fence, stop or start
+ * a node) is retried as soon as the engine answers again: a primary that died
+ * while the Docker engine was away must not wait out the whole hold-off once
+ * it is back.
+ */
+interface HoldOff {
+  readonly until: number;
+  readonly untilDriverAnswers: boolean;
+}
+
+/**
  * Watches the primary from the one instance holding the failover lease:
  * counts failed checks, confirms a failure with the replicas (a blip between
  * Relevo and the primary alone is not a failure), keeps the synchronous
@@ -65,7 +78,7 @@ export class FailoverMonitor {
   private ticking: Promise<void> = Promise.resolve();
   private failures = 0;
   private readonly checker: PrimaryChecker;
-  private readonly retryAfter = new Map<string, number>();
+  private readonly retryAfter = new Map<string, HoldOff>();
   private preferredInSyncSince: number | null = null;
 
   constructor(private readonly deps: FailoverMonitorDeps) {
@@ -142,13 +155,13 @@ export class FailoverMonitor {
     this.deps.logger.warn({ node: primary.name, failures: this.failures, err: check.error }, "primary check failed");
     if (this.failures < this.deps.config.failoverFailureThreshold || maintenance) return;
     if (!(await this.replicasLostPrimary(state, primary))) return;
-    if (this.coolingDown(`failover:${primary.name}`)) return;
+    if (await this.coolingDown(`failover:${primary.name}`)) return;
     const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
     this.failures = 0;
     void this.deps.operations
       .failover({ trigger: "automatic", reason, lease: guard })
       .catch((error: Error) => {
-        this.retryAfter.set(`failover:${primary.name}`, Date.now() + RETRY_AFTER_MS);
+        this.holdOff(`failover:${primary.name}`, error);
         this.deps.logger.error({ err: error.message }, "automatic failover did not happen");
       });
   }
@@ -286,11 +299,14 @@ export class FailoverMonitor {
   private async rejoinFenced(state: ClusterState): Promise<void> {
     if (!this.deps.config.autoRejoin) return;
     for (const name of state.fenced) {
-      if (this.coolingDown(`rejoin:${name}`)) continue;
+      if (await this.coolingDown(`rejoin:${name}`)) continue;
       const node = this.deps.nodes.find((candidate) => candidate.name === name);
       if (!node || (await this.deps.driver.state(node)).phase === "absent") continue;
-      this.retryAfter.set(`rejoin:${name}`, Date.now() + RETRY_AFTER_MS);
-      void this.deps.operations.rejoin(name, "automatic", this.deps.guard()).catch((error: Error) => this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed"));
+      this.holdOff(`rejoin:${name}`, null);
+      void this.deps.operations.rejoin(name, "automatic", this.deps.guard()).catch((error: Error) => {
+        this.holdOff(`rejoin:${name}`, error);
+        this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed");
+      });
       return; // one operation at a time
     }
   }
@@ -308,14 +324,30 @@ export class FailoverMonitor {
       return;
     }
     this.preferredInSyncSince ??= Date.now();
-    if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || this.coolingDown("failback")) return;
-    this.retryAfter.set("failback", Date.now() + RETRY_AFTER_MS);
+    if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || (await this.coolingDown("failback"))) return;
+    this.holdOff("failback", null);
     this.preferredInSyncSince = null;
-    void this.deps.operations.failback("automatic", this.deps.guard()).catch((error: Error) => this.deps.logger.error({ err: error.message }, "automatic failback did not happen"));
+    void this.deps.operations.failback("automatic", this.deps.guard()).catch((error: Error) => {
+      this.holdOff("failback", error);
+      this.deps.logger.error({ err: error.message }, "automatic failback did not happen");
+    });
   }
 
-  private coolingDown(key: string): boolean {
-    const until = this.retryAfter.get(key);
-    return until !== undefined && Date.now() < until;
+  /** `error`: why the operation failed (null: it was just started, and is not started again meanwhile). */
+  private holdOff(key: string, error: unknown): void {
+    const untilDriverAnswers = error instanceof RelevoError && error.code === ErrorCode.DockerUnavailable;
+    this.retryAfter.set(key, { until: Date.now() + RETRY_AFTER_MS, untilDriverAnswers });
+  }
+
+  private async coolingDown(key: string): Promise<boolean> {
+    const hold = this.retryAfter.get(key);
+    if (hold === undefined || Date.now() >= hold.until) return false;
+    if (!hold.untilDriverAnswers) return true;
+    const answers = await this.deps.driver.checkPrerequisites().then(
+      () => true,
+      () => false,
+    );
+    if (answers) this.retryAfter.delete(key);
+    return !answers;
   }
 }

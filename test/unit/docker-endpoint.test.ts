@@ -1,7 +1,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { connectDocker } from "../../src/nodes/docker/docker-client";
+import { ErrorCode } from "../../src/errors";
+import { connectDocker, translateEngineError } from "../../src/nodes/docker/docker-client";
 import { containerName, labelFilter, nodeContainerSpec, stopSignalFor, toolsContainerSpec, volumeName } from "../../src/nodes/docker/container-spec";
 import { parseListing, readRangesCommand, writeCommand } from "../../src/nodes/docker/file-commands";
 
@@ -25,6 +26,31 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
       });
     } finally {
       rmSync(certs, { recursive: true, force: true });
+    }
+  });
+
+  test("the engine's failures as Relevo's codes: unreachable, TLS refused, a certificate directory without certificates", () => {
+    const context = { action: "inspect container", endpoint: "tcp://127.0.0.1:2376", tls: true };
+    const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:2376"), { code: "ECONNREFUSED" });
+    expect(translateEngineError(refused, context)).toMatchObject({ code: ErrorCode.DockerUnavailable, message: expect.stringContaining("RELEVO_DOCKER_HOST") });
+    expect(translateEngineError(refused, context).message).not.toContain("RELEVO_DOCKER_CERT_PATH");
+    // A TLS engine refusing the client's certificate resets the connection once the handshake is over.
+    const reset = Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
+    expect(translateEngineError(reset, context)).toMatchObject({ code: ErrorCode.DockerUnavailable, message: expect.stringMatching(/does not answer.*TLS.*RELEVO_DOCKER_CERT_PATH/) });
+    expect(translateEngineError(reset, { ...context, tls: false }).message).not.toContain("TLS");
+    for (const code of ["ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED", "ERR_SSL_TLSV1_ALERT_UNKNOWN_CA", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "ERR_TLS_CERT_ALTNAME_INVALID", "SELF_SIGNED_CERT_IN_CHAIN"]) {
+      expect(translateEngineError(Object.assign(new Error(code), { code }), context)).toMatchObject({
+        code: ErrorCode.DockerUnavailable,
+        message: expect.stringMatching(/TLS handshake .* RELEVO_DOCKER_CERT_PATH/),
+      });
+    }
+    const notFound = Object.assign(new Error("(HTTP code 404) no such container"), { statusCode: 404, json: { message: "No such container: x" } });
+    expect(translateEngineError(notFound, context)).toMatchObject({ code: ErrorCode.CommandFailed });
+    const empty = mkdtempSync(path.join(os.tmpdir(), "relevo-certs-"));
+    try {
+      expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: empty })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringMatching(/RELEVO_DOCKER_CERT_PATH .* ca\.pem is unreadable \(ENOENT\)/) }));
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
     }
   });
 

@@ -35,8 +35,12 @@ export enum DriverStateGql {
   STOPPED = "stopped",
   RUNNING = "running",
   PAUSED = "paused",
+  UNKNOWN = "unknown",
 }
-registerEnumType(DriverStateGql, { name: "DriverState", description: "The node's server process (or container) as its driver sees it." });
+registerEnumType(DriverStateGql, {
+  name: "DriverState",
+  description: "The node's server process (or container) as its driver sees it. UNKNOWN: the driver could not tell (driver.error says why, e.g. the Docker engine does not answer); the node's PostgreSQL may still be serving.",
+});
 
 @ObjectType({ description: "A replica's replication, from the primary's pg_stat_replication when it has a row for it, else from the replica itself." })
 export class Replication {

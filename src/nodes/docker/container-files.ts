@@ -53,9 +53,6 @@ export class ContainerFiles {
     this.agents.clear();
   }
 
-  private get endpointLabel(): string {
-    return this.containers.endpointLabel;
-  }
 
   /**
    * Runs a command on the node's data directory. A container that stops
@@ -68,7 +65,7 @@ export class ContainerFiles {
         return await runContainerCommand(container, cmd, { user: PG_USER, ...options });
       } catch (error) {
         if (attempt === 0 && isStatus(error, 409) && options.stdin === undefined) continue;
-        throw translateEngineError(error, { action: `run ${cmd[0]} on node ${node.name}`, endpoint: this.endpointLabel });
+        throw translateEngineError(error, { action: `run ${cmd[0]} on node ${node.name}`, ...this.containers.endpointContext });
       }
     }
   }

@@ -18,13 +18,29 @@ export function connectDocker(endpoint: DockerEndpoint): Docker {
   }
   const url = new URL(host.replace(/^tcp:/, endpoint.certPath ? "https:" : "http:"));
   const tls = endpoint.certPath
-    ? {
-        ca: readFileSync(path.join(endpoint.certPath, "ca.pem")),
-        cert: readFileSync(path.join(endpoint.certPath, "cert.pem")),
-        key: readFileSync(path.join(endpoint.certPath, "key.pem")),
-      }
+    ? { ca: certificateFile(endpoint.certPath, "ca.pem"), cert: certificateFile(endpoint.certPath, "cert.pem"), key: certificateFile(endpoint.certPath, "key.pem") }
     : {};
   return new Docker({ protocol: endpoint.certPath ? "https" : "http", host: url.hostname, port: Number(url.port || (endpoint.certPath ? 2376 : 2375)), ...tls });
+}
+
+function certificateFile(directory: string, name: string): Buffer {
+  try {
+    return readFileSync(path.join(directory, name));
+  } catch (error) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `RELEVO_DOCKER_CERT_PATH (${directory}) must hold the engine's CA and this client's certificate and key: ${name} is unreadable (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`,
+      { cause: error, details: { env: "RELEVO_DOCKER_CERT_PATH", file: name } },
+    );
+  }
+}
+
+/**
+ * Node's TLS failures: the engine's certificate not trusted or not for this
+ * host, or this client's certificate refused by the engine.
+ */
+function isTlsFailure(code: string | undefined): boolean {
+  return code !== undefined && /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|EPROTO$)/.test(code);
 }
 
 interface EngineError {
@@ -45,7 +61,13 @@ export function isStatus(error: unknown, status: number): boolean {
 }
 
 /** The engine's errors as Relevo's: unreachable, image missing, name clash; anything else is a failed command. */
-export function translateEngineError(error: unknown, context: { action: string; image?: string; endpoint: string }): RelevoError {
+/** Where the engine is: its address, and whether it is reached over TLS with client certificates. */
+export interface EngineContext {
+  readonly endpoint: string;
+  readonly tls: boolean;
+}
+
+export function translateEngineError(error: unknown, context: EngineContext & { action: string; image?: string }): RelevoError {
   if (error instanceof RelevoError) return error;
   const e = error as EngineError;
   const message = engineMessage(error);
@@ -53,8 +75,18 @@ export function translateEngineError(error: unknown, context: { action: string; 
     return new RelevoError(
       ErrorCode.DockerUnavailable,
       `the Docker engine at ${context.endpoint} does not answer (${e.code}) while trying to ${context.action}: start it ` +
-        `(scripts/docker/start-engine.sh on Debian), or set RELEVO_DOCKER_HOST`,
-      { cause: error, details: { env: "RELEVO_DOCKER_HOST" } },
+        `(scripts/docker/start-engine.sh on Debian), or set RELEVO_DOCKER_HOST` +
+        // A TLS engine that refuses this client's certificate resets the connection after the handshake.
+        (context.tls && e.code === "ECONNRESET" ? `; over TLS, also check that the engine trusts the client certificate in RELEVO_DOCKER_CERT_PATH` : ""),
+      { cause: error, details: { env: context.tls && e.code === "ECONNRESET" ? "RELEVO_DOCKER_CERT_PATH" : "RELEVO_DOCKER_HOST" } },
+    );
+  }
+  if (e.statusCode === undefined && isTlsFailure(e.code)) {
+    return new RelevoError(
+      ErrorCode.DockerUnavailable,
+      `the TLS handshake with the Docker engine at ${context.endpoint} failed (${e.code ?? message}) while trying to ${context.action}: ` +
+        `RELEVO_DOCKER_CERT_PATH must hold the engine's CA (ca.pem) and a client certificate it trusts (cert.pem, key.pem)`,
+      { cause: error, details: { env: "RELEVO_DOCKER_CERT_PATH" } },
     );
   }
   if (e.statusCode === 404 && /no such image|not found.*image|pull access denied/i.test(message)) {

@@ -4,7 +4,7 @@ import { chown, mkdir } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { NodeRef } from "../node-driver";
 import type { OsIdentity } from "../os-user";
-import { connectDocker, imageMissing, isStatus, translateEngineError, type DockerEndpoint } from "./docker-client";
+import { connectDocker, imageMissing, isStatus, translateEngineError, type DockerEndpoint, type EngineContext } from "./docker-client";
 import { demultiplexBuffer } from "./docker-exec";
 import {
   LABELS,
@@ -54,8 +54,9 @@ export class NodeContainers {
     this.docker = connectDocker(options.endpoint);
   }
 
-  get endpointLabel(): string {
-    return this.options.endpoint.host || "unix:///var/run/docker.sock";
+  /** Where the engine is, for error messages. */
+  get endpointContext(): EngineContext {
+    return { endpoint: this.options.endpoint.host || "unix:///var/run/docker.sock", tls: this.options.endpoint.certPath !== "" };
   }
 
   naming(node: NodeRef): NodeNaming {
@@ -67,7 +68,7 @@ export class NodeContainers {
     try {
       return await call();
     } catch (error) {
-      throw translateEngineError(error, { action, image: this.options.image, endpoint: this.endpointLabel });
+      throw translateEngineError(error, { action, image: this.options.image, ...this.endpointContext });
     }
   }
 
@@ -232,7 +233,7 @@ export class NodeContainers {
           { cause: error, details: { container: spec.name } },
         );
       }
-      throw translateEngineError(error, { action: `create container ${spec.name}`, image: this.options.image, endpoint: this.endpointLabel });
+      throw translateEngineError(error, { action: `create container ${spec.name}`, image: this.options.image, ...this.endpointContext });
     }
   }
 
