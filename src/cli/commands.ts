@@ -14,6 +14,17 @@ import { formatStatus } from "./format-status";
 
 export interface Output {
   out(text: string): void;
+  /** Whether what is written goes to a terminal (else to a file, a pipe, or a container's log). */
+  readonly terminal: boolean;
+}
+
+/**
+ * The operator token on `relevo up`'s banner: only to a terminal. Standard
+ * output that is not one ends up in a log (a container's, a service
+ * manager's), and secrets never go to logs; `relevo token` prints one on demand.
+ */
+export function bannerToken(token: string, output: Output): string {
+  return output.terminal ? token : `not printed (standard output is not a terminal): run "relevo token"`;
 }
 
 /** `relevo up`: the embedded default in the foreground until SIGINT / SIGTERM. */
@@ -24,7 +35,7 @@ export async function upCommand(config: RelevoConfig, logger: Logger, output: Ou
       "",
       `Relevo is up: cluster ${config.clusterName}, ${service.nodes.length} nodes (${service.driver.kind} driver)`,
       `  GraphQL and GraphiQL: ${service.apiUrl}`,
-      `  Operator token:       ${service.operatorToken}`,
+      `  Operator token:       ${bannerToken(service.operatorToken, output)}`,
       `  (GraphiQL: Headers tab → { "Authorization": "Bearer <token>" }; more tokens: relevo token --role viewer)`,
       `  Data home:            ${config.home}`,
       "Press Ctrl-C to stop the API, Redis and PostgreSQL.",

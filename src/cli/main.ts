@@ -8,7 +8,7 @@ import { failbackCommand, failoverCommand, maintenanceCommand, rejoinCommand, re
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
-const output: Output = { out: (text) => process.stdout.write(text + "\n") };
+const output: Output = { out: (text) => process.stdout.write(text + "\n"), terminal: process.stdout.isTTY === true };
 
 /** Configuration comes from the environment only (one place reads process.env). */
 function config(): RelevoConfig {

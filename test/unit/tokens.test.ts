@@ -1,3 +1,4 @@
+import { bannerToken } from "../../src/cli/commands";
 import { mintToken, roleAllows, verifyToken } from "../../src/secrets/tokens";
 
 const KEY = "unit-test-key-0123456789abcdefghijklmnop";
@@ -21,5 +22,14 @@ describe("API tokens", () => {
     expect(roleAllows("operator", "viewer")).toBe(true);
     expect(roleAllows("operator", "operator")).toBe(true);
     expect(roleAllows("viewer", "operator")).toBe(false);
+  });
+
+  test("relevo up's banner shows the operator token to a terminal only (anything else may be a log)", () => {
+    const token = mintToken(KEY, "operator");
+    const written: string[] = [];
+    expect(bannerToken(token, { out: (text) => written.push(text), terminal: true })).toBe(token);
+    const piped = bannerToken(token, { out: (text) => written.push(text), terminal: false });
+    expect(piped).not.toContain(token);
+    expect(piped).toContain("relevo token");
   });
 });
