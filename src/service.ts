@@ -126,7 +126,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     membershipTimer.unref();
     cleanups.push(async () => clearInterval(membershipTimer));
     const stopNodes = async (): Promise<void> => {
-      for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
+      for (const node of [...nodes].reverse()) {
+        await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
+        await driver.releaseHelpers(node);
+      }
     };
     cleanups.push(stopNodes);
     // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads

@@ -120,6 +120,15 @@ export interface NodeDriver {
   /** Releases what the driver holds open (connections, helper processes); the nodes run on. */
   close(): Promise<void>;
 
+  /**
+   * Removes what the driver keeps beside a node to work on its data while
+   * the server is down (the Docker driver's tools container, which holds the
+   * node's volume); made again on the next need. For a service stopping its
+   * nodes: nothing of Relevo's is left holding them (`docker compose down -v`
+   * can then remove their volumes). Nothing for the local driver.
+   */
+  releaseHelpers(node: NodeRef): Promise<void>;
+
   /** Makes the node's storage exist (directory, volume, container); idempotent. */
   provision(node: NodeRef): Promise<void>;
   /** Removes the node and all its data; the server must be stopped or is killed. */

@@ -184,6 +184,15 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(control.stdout).toMatch(/Database cluster state:\s+shut down/);
     });
 
+    test("releasing a stopped node's helpers keeps its data; offline work afterwards makes what it needs again", async () => {
+      await driver.releaseHelpers(node);
+      await driver.releaseHelpers(node); // idempotent
+      expect(await driver.state(node)).toEqual({ phase: "stopped" });
+      const control = await driver.exec(node, ["pg_controldata", driver.dataDirectory(node)], { mode: "offline" });
+      expect(control.stdout).toMatch(/Database cluster state:\s+shut down/);
+      expect((await driver.readFile(node, "PG_VERSION"))?.toString().trim()).toBe("15");
+    });
+
     test("kill ends the server and all its processes at once, even when paused", async () => {
       await driver.start(node, { timeoutMs: 60000 });
       await driver.pause(node);

@@ -137,8 +137,11 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     expect(copyMounts).toContain(repositoryVolume);
   });
 
-  test("`docker compose up` again after Relevo stopped (containers started by the engine, not Relevo) runs the same nodes; Relevo finds them running", async () => {
+  test("`docker compose up` again after Relevo stopped (its tools containers gone, the node containers started by the engine, not Relevo) runs the same nodes; Relevo finds them running", async () => {
     await stack.service.stop({ reason: "compose restart", keepRedis: true });
+    // Stopping its nodes, Relevo leaves nothing of its own holding their volumes (`docker compose down -v` removes them).
+    const tools = await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${stack.config.clusterName}`, "io.relevo.role=tools"] } });
+    expect(tools.map((info) => info.Names)).toEqual([]);
     for (const id of Object.values(made)) {
       const info = await docker.getContainer(id).inspect();
       if (!info.State.Running) await docker.getContainer(id).start();

@@ -65,6 +65,15 @@ export class DockerDriver implements NodeDriver {
     this.files.close();
   }
 
+  async releaseHelpers(node: NodeRef): Promise<void> {
+    await this.containers.locked(node, async () => {
+      const tools = await this.containers.find(node, "tools");
+      if (!tools) return;
+      this.files.stopAgentsOf(tools.Id);
+      await this.containers.engine(`remove the tools container of node ${node.name}`, () => this.docker.getContainer(tools.Id).remove({ force: true, v: true }));
+    });
+  }
+
   async fileOwner(): Promise<OsIdentity | null> {
     // Only root can hand files to another uid; otherwise they stay Relevo's.
     if (process.getuid?.() !== 0) return null;

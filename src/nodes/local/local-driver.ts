@@ -93,6 +93,10 @@ export class LocalDriver implements NodeDriver {
     // Nothing held open: every tool runs to its end.
   }
 
+  async releaseHelpers(): Promise<void> {
+    // Tools run as processes of their own, to their end: nothing is kept beside a node.
+  }
+
   async fileOwner(): Promise<OsIdentity | null> {
     return this.identity;
   }
