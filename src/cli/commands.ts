@@ -38,7 +38,7 @@ export async function upCommand(config: RelevoConfig, logger: Logger, output: Ou
       `  Operator token:       ${bannerToken(service.operatorToken, output)}`,
       `  (GraphiQL: Headers tab → { "Authorization": "Bearer <token>" }; more tokens: relevo token --role viewer)`,
       `  Data home:            ${config.home}`,
-      "Press Ctrl-C to stop the API, Redis and PostgreSQL.",
+      `Press Ctrl-C to stop the API${config.redisUrl ? "" : ", Redis"} and PostgreSQL.`,
       "",
     ].join("\n"),
   );

@@ -46,7 +46,7 @@ describe("docker-compose.yml", () => {
 
   test("Relevo's API is built from the Dockerfile, drives the engine through its socket, uses the stack's Redis and repository volume", () => {
     const relevo = compose.services.relevo!;
-    expect(relevo.build).toBe(".");
+    expect(relevo.build).toEqual({ context: ".", network: "host" });
     expect(relevo.volumes).toContain("/var/run/docker.sock:/var/run/docker.sock");
     const environment = relevo.environment!;
     expect(environment.RELEVO_DRIVER).toBe("docker");
