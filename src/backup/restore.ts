@@ -71,6 +71,8 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
     await driver.destroy(target).catch(() => undefined);
     throw error;
   }
+  // The copy runs on by itself: what the driver kept beside it to write its files (a tools container) goes.
+  await driver.releaseHelpers(target).catch((error: Error) => deps.logger.warn({ target: target.name, err: error.message }, "the restored copy's helpers were not removed"));
 }
 
 function assertRestorable(manifest: BackupManifest): void {

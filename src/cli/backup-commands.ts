@@ -156,7 +156,11 @@ export async function restoreClusterCommand(
 
 export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
   const directory = path.resolve(options.to);
-  await usingDriver(copyDriver(config, directory), (driver) => driver.stop({ name: copyNodeName(directory), host: config.host, port: 0 }, { mode: "fast", timeoutMs: 60000 }));
+  await usingDriver(copyDriver(config, directory), async (driver) => {
+    const copy = { name: copyNodeName(directory), host: config.host, port: 0 };
+    await driver.stop(copy, { mode: "fast", timeoutMs: 60000 });
+    await driver.releaseHelpers(copy);
+  });
   output.out(`stopped the copy in ${directory}`);
 }
 

@@ -1,3 +1,4 @@
+import Docker from "dockerode";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
@@ -82,6 +83,11 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
     expect(await readFile(path.join(dir, "data", "PG_VERSION"), "utf8")).toBe("15\n");
     await run("node", [bin, "restore", "stop", "--to", dir], { env });
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
+    if (driver === "docker") {
+      // Nothing of the copy runs on: neither its container nor the tools container its files were written through.
+      const running = await new Docker({ socketPath: "/var/run/docker.sock" }).listContainers({ filters: { name: [`relevo-${cluster.config.clusterName}-copy-`] } });
+      expect(running.map((info) => info.Names)).toEqual([]);
+    }
   });
 
   test("CLI: status --json shows every node with the driver's view (its container on Docker)", async () => {
