@@ -126,9 +126,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     membershipTimer.unref();
     cleanups.push(async () => clearInterval(membershipTimer));
     const stopNodes = async (): Promise<void> => {
-      for (const node of [...nodes].reverse()) {
-        await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
-        await driver.releaseHelpers(node);
+      for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
+      // Then, best effort, what the driver kept beside them (a failure here must not leave a node running).
+      for (const node of nodes) {
+        await driver.releaseHelpers(node).catch((error: Error) => logger.warn({ node: node.name, err: error.message }, "the node's helpers were not removed"));
       }
     };
     cleanups.push(stopNodes);
@@ -149,11 +150,16 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     };
     const outcomes = await bootstrapCluster(bootstrapDeps, nodes);
     const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
-    // A primary made just now gets the archiver's slot before anything else is
-    // written, so the archive holds the cluster's WAL from its first start-up
-    // whenever the archiver (leader of the instances) comes to stream it.
+    // A primary made just now gets the archiver's slot before the service
+    // answers, so WAL is kept from here on for the archiver (the leader of the
+    // instances), whenever it comes to stream it. Best effort: the archiver
+    // makes the slot itself too.
     const initialized = outcomes.find((outcome) => outcome.phase === "initialized");
-    if (initialized) await ensureArchiveSlot(initialized.node, superuser, config.nodeTimeoutMs);
+    if (initialized) {
+      await ensureArchiveSlot(initialized.node, superuser, config.nodeTimeoutMs).catch((error: Error) =>
+        logger.warn({ node: initialized.node.name, err: error.message }, "the archiver's slot is left to the archiver"),
+      );
+    }
     for (const outcome of outcomes) {
       const event = outcomeEvent(outcome);
       if (event) await events.emit(event);

@@ -266,12 +266,13 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     return manifest;
   } catch (error) {
     await session.end().catch(() => undefined);
-    const reason = (sessionError as Error | null)?.message ?? (error as Error).message;
+    const cause = (sessionError as Error | null) ?? (error as Error);
+    const reason = cause.message;
     manifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
     await repository.removeBackupContent(id).catch(() => undefined);
     await repository.writeManifest(manifest).catch(() => undefined);
     // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
-    const code = error instanceof RelevoError && error.code === ErrorCode.DockerUnavailable ? error.code : ErrorCode.CommandFailed;
+    const code = cause instanceof RelevoError && cause.code === ErrorCode.DockerUnavailable ? cause.code : ErrorCode.CommandFailed;
     throw new RelevoError(code, `backup ${id} failed: ${reason}`, { cause: error, details: { backupId: id } });
   }
 }

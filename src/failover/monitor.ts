@@ -343,10 +343,15 @@ export class FailoverMonitor {
     const hold = this.retryAfter.get(key);
     if (hold === undefined || Date.now() >= hold.until) return false;
     if (!hold.untilDriverAnswers) return true;
-    const answers = await this.deps.driver.checkPrerequisites().then(
-      () => true,
-      () => false,
-    );
+    // Bounded: an engine that hangs rather than refuses must not stall the monitor's round.
+    let timer: NodeJS.Timeout | undefined;
+    const answers = await Promise.race([
+      this.deps.driver.checkPrerequisites().then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), this.deps.config.failoverCheckIntervalMs))),
+    ]).finally(() => clearTimeout(timer));
     if (answers) this.retryAfter.delete(key);
     return !answers;
   }

@@ -39,10 +39,15 @@ export interface TlsMaterial {
 export async function startEngineForwarder(options: { tls?: TlsMaterial; socketPath?: string } = {}): Promise<EngineForwarder> {
   const socketPath = options.socketPath ?? "/var/run/docker.sock";
   const open = new Set<net.Socket>();
+  let cutOff = false;
   // Half-closed connections stay open the other way, as the engine's own
   // endpoints do: `docker exec` ends a command's input by half-closing and
   // reads its output after.
   const forward = (client: net.Socket): void => {
+    if (cutOff) {
+      client.destroy(); // its TLS handshake finished after the cut
+      return;
+    }
     const engine = net.connect({ path: socketPath, allowHalfOpen: true });
     open.add(client);
     open.add(engine);
@@ -57,19 +62,26 @@ export async function startEngineForwarder(options: { tls?: TlsMaterial; socketP
     client.pipe(engine);
     engine.pipe(client);
   };
-  const makeServer = (): net.Server =>
-    options.tls
+  const makeServer = (): net.Server => {
+    const made = options.tls
       ? tls.createServer({ ...options.tls.serverOptions, requestCert: true, rejectUnauthorized: true, allowHalfOpen: true }, forward).on("tlsClientError", () => undefined)
       : net.createServer({ allowHalfOpen: true }, forward);
-
-  let server = makeServer();
-  const listen = (port: number): Promise<number> =>
-    new Promise((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, "127.0.0.1", () => resolve((server.address() as net.AddressInfo).port));
+    // Every accepted socket, handshakes in progress included, goes with a cut.
+    return made.on("connection", (socket: net.Socket) => {
+      open.add(socket);
+      socket.on("close", () => open.delete(socket));
     });
-  const port = await listen(0);
+  };
+
+  const listen = (candidate: net.Server, port: number): Promise<number> =>
+    new Promise((resolve, reject) => {
+      candidate.once("error", reject);
+      candidate.listen(port, "127.0.0.1", () => resolve((candidate.address() as net.AddressInfo).port));
+    });
+  let server = makeServer();
+  const port = await listen(server, 0);
   const shut = async (): Promise<void> => {
+    cutOff = true;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const socket of open) socket.destroy();
     open.clear();
@@ -79,8 +91,11 @@ export async function startEngineForwarder(options: { tls?: TlsMaterial; socketP
     host: `tcp://127.0.0.1:${port}`,
     cut: shut,
     restore: async () => {
-      server = makeServer();
-      await listen(port);
+      if (server.listening) return;
+      const again = makeServer();
+      cutOff = false;
+      await listen(again, port);
+      server = again;
     },
     close: async () => {
       if (server.listening) await shut();

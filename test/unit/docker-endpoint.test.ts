@@ -1,31 +1,48 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ErrorCode } from "../../src/errors";
 import { connectDocker, translateEngineError } from "../../src/nodes/docker/docker-client";
 import { containerName, labelFilter, nodeContainerSpec, stopSignalFor, toolsContainerSpec, volumeName } from "../../src/nodes/docker/container-spec";
 import { parseListing, readRangesCommand, writeCommand } from "../../src/nodes/docker/file-commands";
+import { makeTlsMaterial } from "../helpers/engine-forwarder";
 
 /** The engine endpoint and what the driver asks of the engine, as data (no engine needed). */
 describe("Docker driver: endpoint, container specs, file commands", () => {
-  test("a socket path or unix:// URL, and tcp:// with TLS client certificates as the docker CLI takes them", () => {
+  test("a socket path or unix:// URL, or tcp:// without TLS", () => {
     const modem = (host: string, certPath = "") => (connectDocker({ host, certPath }) as unknown as { modem: Record<string, unknown> }).modem;
     expect(modem("")).toMatchObject({ socketPath: "/var/run/docker.sock" });
     expect(modem("unix:///run/user/1000/docker.sock")).toMatchObject({ socketPath: "/run/user/1000/docker.sock" });
     expect(modem("tcp://10.1.2.3:2375")).toMatchObject({ protocol: "http", host: "10.1.2.3", port: 2375 });
-    const certs = mkdtempSync(path.join(os.tmpdir(), "relevo-certs-"));
+  });
+
+  test("TLS client certificates are read from the directory and checked at once", async () => {
+    const material = await makeTlsMaterial();
     try {
-      for (const name of ["ca", "cert", "key"]) writeFileSync(path.join(certs, `${name}.pem`), `${name}-content`);
-      expect(modem("tcp://engine.example:2376", certs)).toMatchObject({
+      const certs = material.clientCertPath;
+      const modem = (connectDocker({ host: "tcp://engine.example:2376", certPath: certs }) as unknown as { modem: Record<string, unknown> }).modem;
+      expect(modem).toMatchObject({
         protocol: "https",
         host: "engine.example",
         port: 2376,
-        ca: Buffer.from("ca-content"),
-        cert: Buffer.from("cert-content"),
-        key: Buffer.from("key-content"),
+        ca: readFileSync(path.join(certs, "ca.pem")),
+        cert: readFileSync(path.join(certs, "cert.pem")),
+        key: readFileSync(path.join(certs, "key.pem")),
       });
+      // A key of another certificate, or a file that is not PEM: INVALID_CONFIG now, not a failed request later.
+      const mixed = mkdtempSync(path.join(os.tmpdir(), "relevo-certs-"));
+      try {
+        copyFileSync(path.join(certs, "ca.pem"), path.join(mixed, "ca.pem"));
+        copyFileSync(path.join(certs, "cert.pem"), path.join(mixed, "cert.pem"));
+        copyFileSync(path.join(material.strangerCertPath, "key.pem"), path.join(mixed, "key.pem"));
+        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+        writeFileSync(path.join(mixed, "key.pem"), "not a key");
+        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DOCKER_CERT_PATH") }));
+      } finally {
+        rmSync(mixed, { recursive: true, force: true });
+      }
     } finally {
-      rmSync(certs, { recursive: true, force: true });
+      await material.remove();
     }
   });
 

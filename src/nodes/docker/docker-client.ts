@@ -1,6 +1,7 @@
 import Docker from "dockerode";
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { createSecureContext } from "node:tls";
 import { ErrorCode, RelevoError } from "../../errors";
 
 export interface DockerEndpoint {
@@ -17,10 +18,23 @@ export function connectDocker(endpoint: DockerEndpoint): Docker {
     return new Docker({ socketPath: host === "" ? "/var/run/docker.sock" : host.replace(/^unix:\/\//, "") });
   }
   const url = new URL(host.replace(/^tcp:/, endpoint.certPath ? "https:" : "http:"));
-  const tls = endpoint.certPath
-    ? { ca: certificateFile(endpoint.certPath, "ca.pem"), cert: certificateFile(endpoint.certPath, "cert.pem"), key: certificateFile(endpoint.certPath, "key.pem") }
-    : {};
+  const tls = endpoint.certPath ? clientCertificates(endpoint.certPath) : {};
   return new Docker({ protocol: endpoint.certPath ? "https" : "http", host: url.hostname, port: Number(url.port || (endpoint.certPath ? 2376 : 2375)), ...tls });
+}
+
+/** ca.pem, cert.pem and key.pem of a directory, checked to make a TLS context (a malformed file or a key of another certificate is a configuration error, not a failed request later). */
+function clientCertificates(directory: string): { ca: Buffer; cert: Buffer; key: Buffer } {
+  const files = { ca: certificateFile(directory, "ca.pem"), cert: certificateFile(directory, "cert.pem"), key: certificateFile(directory, "key.pem") };
+  try {
+    createSecureContext(files);
+  } catch (error) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `RELEVO_DOCKER_CERT_PATH (${directory}): ca.pem, cert.pem and key.pem do not make a TLS client (${(error as Error).message})`,
+      { cause: error, details: { env: "RELEVO_DOCKER_CERT_PATH" } },
+    );
+  }
+  return files;
 }
 
 function certificateFile(directory: string, name: string): Buffer {
@@ -78,7 +92,7 @@ export function translateEngineError(error: unknown, context: EngineContext & { 
         `(scripts/docker/start-engine.sh on Debian), or set RELEVO_DOCKER_HOST` +
         // A TLS engine that refuses this client's certificate resets the connection after the handshake.
         (context.tls && e.code === "ECONNRESET" ? `; over TLS, also check that the engine trusts the client certificate in RELEVO_DOCKER_CERT_PATH` : ""),
-      { cause: error, details: { env: context.tls && e.code === "ECONNRESET" ? "RELEVO_DOCKER_CERT_PATH" : "RELEVO_DOCKER_HOST" } },
+      { cause: error, details: { env: "RELEVO_DOCKER_HOST" } },
     );
   }
   if (e.statusCode === undefined && isTlsFailure(e.code)) {

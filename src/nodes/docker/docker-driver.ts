@@ -70,7 +70,13 @@ export class DockerDriver implements NodeDriver {
       const tools = await this.containers.find(node, "tools");
       if (!tools) return;
       this.files.stopAgentsOf(tools.Id);
-      await this.containers.engine(`remove the tools container of node ${node.name}`, () => this.docker.getContainer(tools.Id).remove({ force: true, v: true }));
+      await this.containers.engine(`remove the tools container of node ${node.name}`, async () => {
+        try {
+          await this.docker.getContainer(tools.Id).remove({ force: true, v: true });
+        } catch (error) {
+          if (!isStatus(error, 404) && !isStatus(error, 409)) throw error; // gone already, or being removed
+        }
+      });
     });
   }
 
