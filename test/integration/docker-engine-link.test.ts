@@ -4,6 +4,7 @@ import path from "node:path";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { startRelevo } from "../../src/service";
+import { labelFilter } from "../../src/nodes/docker/container-spec";
 import { dockerOverrides, requireDockerEngine } from "../helpers/docker";
 import { makeTlsMaterial, startEngineForwarder, type EngineForwarder, type TlsMaterial } from "../helpers/engine-forwarder";
 import { failoverHelpers } from "../helpers/failover";
@@ -14,11 +15,21 @@ import { eventually, startTestCluster, testConfig, type TestCluster } from "../h
 import { sleep } from "../../src/util/sleep";
 
 const silent = createLogger({ level: "silent" });
+/** The engine's own socket: what the tests do behind Relevo's back. */
+const docker = new Docker({ socketPath: "/var/run/docker.sock" });
 
 const NODES_QUERY = `{ cluster { health nodes { name role reachable driver { state error container { id status } } } } }`;
 type NodesData = {
   cluster: { health: string; nodes: Array<{ name: string; role: string; reachable: boolean; driver: { state: string; error: string | null; container: { id: string; status: string } | null } }> };
 };
+
+/** The topology as an operator's tooling reads it, once `seen` holds. */
+function topologyOnce(cluster: TestCluster, seen: (data: NodesData["cluster"]) => boolean, what: string): Promise<NodesData> {
+  return eventually(async () => {
+    const response = await graphqlRequest<NodesData>(cluster.url, NODES_QUERY, { token: cluster.token("viewer") });
+    return response.data && seen(response.data.cluster) ? response.data : undefined;
+  }, { what });
+}
 
 /**
  * The link between Relevo and the Docker engine: a TLS endpoint with client
@@ -64,10 +75,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
   test("with its client certificates Relevo builds the cluster through the TLS endpoint: containers in the topology, the replica streams", async () => {
     cluster = await startTestCluster("docker-tls", { ...dockerOverrides("tls"), dockerHost: endpoint.host, dockerCertPath: tls.clientCertPath, leaseTtlMs: 2000 });
     const { node, sql } = failoverHelpers(cluster);
-    const answer = await eventually(async () => {
-      const response = await graphqlRequest<NodesData>(cluster!.url, NODES_QUERY, { token: cluster!.token("viewer") });
-      return response.data?.cluster.health === "HEALTHY" ? response.data : undefined;
-    }, { what: "a healthy cluster" });
+    const answer = await topologyOnce(cluster, (seen) => seen.health === "HEALTHY", "a healthy cluster");
     for (const seen of answer.cluster.nodes) {
       expect(seen).toMatchObject({ reachable: true, driver: { state: "RUNNING", error: null, container: { id: expect.stringMatching(/^[0-9a-f]{64}$/), status: "running" } } });
     }
@@ -84,10 +92,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     await eventually(async () => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
 
     await endpoint.cut();
-    const outage = await eventually(async () => {
-      const response = await graphqlRequest<NodesData>(running.url, NODES_QUERY, { token: running.token("viewer") });
-      return response.data?.cluster.nodes.every((n) => n.driver.state === "UNKNOWN") ? response.data : undefined;
-    }, { what: "nodes shown UNKNOWN" });
+    const outage = await topologyOnce(running, (seen) => seen.nodes.every((n) => n.driver.state === "UNKNOWN"), "nodes shown UNKNOWN");
     for (const seen of outage.cluster.nodes) {
       expect(seen).toMatchObject({ reachable: true, driver: { container: null, error: expect.stringMatching(/Docker engine .* does not answer/) } });
     }
@@ -109,10 +114,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     expect([...(await events("failover:detected", since)), ...(await events("node:fenced", since))]).toEqual([]);
 
     await endpoint.restore();
-    const back = await eventually(async () => {
-      const response = await graphqlRequest<NodesData>(running.url, NODES_QUERY, { token: running.token("viewer") });
-      return response.data?.cluster.nodes.every((n) => n.driver.state === "RUNNING" && n.driver.error === null) ? response.data : undefined;
-    }, { what: "nodes RUNNING again" });
+    const back = await topologyOnce(running, (seen) => seen.nodes.every((n) => n.driver.state === "RUNNING" && n.driver.error === null), "nodes RUNNING again");
     expect(back.cluster.nodes.every((n) => n.driver.container?.status === "running")).toBe(true);
     const report = await writer.stop();
     const present = new Set((await sql<{ id: number }>(node("node1"), "SELECT id FROM acked")).map((r) => r.id));
@@ -134,8 +136,8 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     const since = Date.now();
     await endpoint.cut();
     // The crash happens where Relevo cannot see it: through the engine's own socket.
-    const primaryContainer = (await new Docker({ socketPath: "/var/run/docker.sock" }).listContainers({ filters: { label: [`io.relevo.cluster=${running.config.clusterName}`, "io.relevo.node=node1", "io.relevo.role=node"] } }))[0]!;
-    await new Docker({ socketPath: "/var/run/docker.sock" }).getContainer(primaryContainer.Id).kill();
+    const [primaryContainer] = await docker.listContainers({ filters: labelFilter({ cluster: running.config.clusterName, node: "node1" }, "node") });
+    await docker.getContainer(primaryContainer!.Id).kill();
     const refused = await eventually(async () => (await events("failover:failed", since))[0], { what: "a failover that could not fence", timeoutMs: 60000 });
     expect(refused.message).toMatch(/Docker engine .* does not answer/);
     expect((await state()).primary).toBe("node1");

@@ -66,17 +66,20 @@ export class DockerDriver implements NodeDriver {
   }
 
   async releaseHelpers(node: NodeRef): Promise<void> {
-    await this.containers.locked(node, async () => {
-      const tools = await this.containers.find(node, "tools");
-      if (!tools) return;
-      this.files.stopAgentsOf(tools.Id);
-      await this.containers.engine(`remove the tools container of node ${node.name}`, async () => {
-        try {
-          await this.docker.getContainer(tools.Id).remove({ force: true, v: true });
-        } catch (error) {
-          if (!isStatus(error, 404) && !isStatus(error, 409)) throw error; // gone already, or being removed
-        }
-      });
+    await this.containers.locked(node, () => this.removeTools(node));
+  }
+
+  /** The node's tools container and its file agents, gone (for callers holding the node's lock). */
+  private async removeTools(node: NodeRef): Promise<void> {
+    const tools = await this.containers.find(node, "tools");
+    if (!tools) return;
+    this.files.stopAgentsOf(tools.Id);
+    await this.containers.engine(`remove the tools container of node ${node.name}`, async () => {
+      try {
+        await this.docker.getContainer(tools.Id).remove({ force: true, v: true });
+      } catch (error) {
+        if (!isStatus(error, 404) && !isStatus(error, 409)) throw error; // gone already, or being removed
+      }
     });
   }
 
@@ -120,12 +123,9 @@ export class DockerDriver implements NodeDriver {
         const wiped = await runContainerCommand(await this.containers.startTools(node), ["find", PGDATA, "-mindepth", "1", "-delete"], { user: PG_USER });
         if (wiped.exitCode !== 0) throw this.files.failed(node, "empty its data volume", wiped);
       }
-      const tools = await this.containers.find(node, "tools");
-      if (tools) this.files.stopAgentsOf(tools.Id);
-      for (const info of [tools, adopted ? null : nodeContainer]) {
-        if (info) await this.containers.engine(`remove container ${info.Name}`, () => this.docker.getContainer(info.Id).remove({ force: true, v: false }));
-      }
+      await this.removeTools(node);
       if (adopted) return;
+      if (nodeContainer) await this.containers.engine(`remove container ${nodeContainer.Name}`, () => this.docker.getContainer(nodeContainer.Id).remove({ force: true, v: false }));
       const directory = this.options.dataDirectories?.[node.name];
       if (directory) return rm(directory, { recursive: true, force: true });
       await this.containers.engine(`remove the volume of node ${node.name}`, async () => {
