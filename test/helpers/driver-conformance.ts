@@ -103,12 +103,16 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       const copies: Buffer[] = [];
       let held = 0;
       let mostHeld = 0;
+      // The first chunk is held until a second one comes (or 5 s pass): a reader that reads ahead must deliver it meanwhile, however slow the disk.
+      let secondCame!: () => void;
+      const second = new Promise<void>((resolve) => (secondCame = resolve));
       const found = await driver.readChunks(node, "stream-test/big.bin", { chunkSize: 1024 * 1024, inFlight: 2 }, async (chunk) => {
         held += 1;
         mostHeld = Math.max(mostHeld, held);
+        if (held === 2) secondCame();
         const copy = Buffer.from(chunk);
         copies.push(copy);
-        await new Promise((resolve) => setTimeout(resolve, 5));
+        await (copies.length === 1 ? Promise.race([second, new Promise((resolve) => setTimeout(resolve, 5000))]) : new Promise((resolve) => setTimeout(resolve, 5)));
         expect(chunk.equals(copy)).toBe(true); // not overwritten while held
         held -= 1;
       });
