@@ -9,7 +9,7 @@ import { chmod, mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { spawn, type ChildProcess } from "node:child_process";
-import { findFreePort } from "../../src/cluster/ports";
+import { findFreePort } from "../../src/util/ports";
 import { projectRoot } from "../../src/util/project-root";
 import { percentile, runOpenLoop, type OpenLoopResult } from "./open-loop";
 

@@ -23,7 +23,7 @@ import { chmod, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Client } from "pg";
-import { findFreePort } from "../../src/cluster/ports";
+import { findFreePort } from "../../src/util/ports";
 import { loadConfig } from "../../src/config/config";
 import type { FailoverRecord } from "../../src/events/event-map";
 import { createLogger } from "../../src/log";

@@ -6,7 +6,7 @@ import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
-import type { RedisKeys } from "../events/keys";
+import type { RedisKeys } from "../redis/keys";
 import type { Logger } from "../log";
 import type { TokenIdentity, TokenVerifier } from "../secrets/tokens";
 

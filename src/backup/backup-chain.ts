@@ -1,7 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { BackupManifest, ManifestEntry } from "./manifest";
 import { BLOCK_SIZE, blockCount } from "./relation-files";
-import type { Repository } from "./repository";
+import type { Repository } from "../storage/repository";
 
 /**
  * The backups a restore of `manifest` reads, oldest (the full) first: each

@@ -1,4 +1,4 @@
-import type { Credentials } from "../cluster/node-connection";
+import type { Credentials } from "../postgres/connection";
 import { ErrorCode, RelevoError } from "../errors";
 import { redisCall } from "../redis/redis-client";
 import type { EventLog } from "../events/event-log";
@@ -8,20 +8,20 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { backupChain } from "./backup-chain";
 import { takeBackup } from "./take-backup";
 import type { BackupManifest, BackupType, Compression } from "./manifest";
-import type { RecoveryTarget } from "./recovery-target";
-import type { Repository } from "./repository";
-import { restoreBackup } from "./restore";
+import type { RecoveryTarget } from "../restore/recovery-target";
+import type { Repository } from "../storage/repository";
+import { restoreBackup } from "../restore/restore";
 import { verifyBackup } from "./verify";
 import { progressFigures, type BackupProgress, type BackupProgressRecorder } from "./backup-progress";
 import { chooseBackupSource, type BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { withNodeClient } from "../cluster/node-connection";
+import { withNodeClient } from "../postgres/connection";
 import { planRetention } from "./retention";
-import { recoveryWindow, type RecoveryWindow } from "./recovery-window";
-import { chooseBackupIn } from "./choose-backup";
+import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
+import { chooseBackupIn } from "../restore/choose-backup";
 import { captureReferencePoint } from "./reference-point";
-import type { WalArchiver } from "./wal-archiver";
-import type { WalSummarizer } from "./wal-summary";
+import type { WalArchiver } from "../wal/wal-archiver";
+import type { WalSummarizer } from "../wal/wal-summary";
 import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
 
 /** Writers wait at most this long for the reference point's table locks. */

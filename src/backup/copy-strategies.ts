@@ -1,11 +1,11 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
-import { BUNDLE_FILE_LIMIT, type BundleWriter } from "./bundle-writer";
+import { BUNDLE_FILE_LIMIT, type BundleWriter } from "../storage/bundle-writer";
 import { pageLsn, type FilePlan } from "./change-plan";
-import { storeChunks, storedSuffix, type ChunkSource } from "./copy-file";
+import { storeChunks, storedSuffix, type ChunkSource } from "../storage/copy-file";
 import type { StoredContent } from "./manifest";
 import { BLOCK_SIZE, blockCount, type BlockRanges } from "./relation-files";
-import type { Repository } from "./repository";
+import type { Repository } from "../storage/repository";
 
 /**
  * How one file of a backup is stored, by its plan (see change-plan): whole,

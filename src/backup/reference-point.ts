@@ -1,5 +1,5 @@
 import { Client } from "pg";
-import { clientConfig, type Credentials } from "../cluster/node-connection";
+import { clientConfig, type Credentials } from "../postgres/connection";
 import type { NodeRef } from "../nodes/node-driver";
 
 /** One table's content, summarised the same way on the source and on a restored copy. */

@@ -1,5 +1,5 @@
 import type { BackupManifest } from "./manifest";
-import { segmentNumber } from "./wal-names";
+import { segmentNumber } from "../postgres/wal-names";
 
 export interface RetentionPlan {
   /** Backups to mark expired (their content removed, the manifest kept as a record). */

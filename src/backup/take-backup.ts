@@ -1,13 +1,13 @@
 import { Client } from "pg";
-import { clientConfig, type Credentials } from "../cluster/node-connection";
+import { clientConfig, type Credentials } from "../postgres/connection";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 import { lsnToNumber } from "../cluster/topology";
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
-import { BundleWriter } from "./bundle-writer";
+import { BundleWriter } from "../storage/bundle-writer";
 import { planFile, type ChangeSet, type FilePlan } from "./change-plan";
-import { forEachParallel, syncFileSystem } from "./copy-file";
+import { forEachParallel, syncFileSystem } from "../storage/copy-file";
 import { copyPlanned, type CopyTarget } from "./copy-strategies";
 import { isExcluded, unloggedRelationsOf } from "./exclusions";
 import {
@@ -21,10 +21,10 @@ import {
   type ManifestEntry,
 } from "./manifest";
 import { blockCount } from "./relation-files";
-import type { Repository } from "./repository";
-import type { WalArchiver } from "./wal-archiver";
-import { changesSince, referenceOnHistory, serverHistory, type TimelineStep } from "./wal-changes";
-import type { WalSummarizer } from "./wal-summary";
+import type { Repository } from "../storage/repository";
+import type { WalArchiver } from "../wal/wal-archiver";
+import { changesSince, referenceOnHistory, serverHistory, type TimelineStep } from "../wal/wal-changes";
+import type { WalSummarizer } from "../wal/wal-summary";
 
 export interface CopyProgress {
   readonly phase: "copying" | "waiting-for-wal";

@@ -1,14 +1,14 @@
-import { findFreePort } from "../cluster/ports";
+import { findFreePort } from "../util/ports";
 import { backupChain, storedContentLength } from "./backup-chain";
 import type { NodeRef } from "../nodes/node-driver";
-import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "./copy-file";
-import type { StoredSummary } from "./lz4-worker-decode";
+import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "../storage/copy-file";
+import type { StoredSummary } from "../storage/lz4-worker-decode";
 import { checksumMismatches, checksumsOn } from "./reference-point";
-import type { WalArchiver } from "./wal-archiver";
-import { parseSegmentName } from "./wal-names";
+import type { WalArchiver } from "../wal/wal-archiver";
+import { parseSegmentName } from "../postgres/wal-names";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
-import type { Repository } from "./repository";
-import { restoreBackup, type RestoreDeps } from "./restore";
+import type { Repository } from "../storage/repository";
+import { restoreBackup, type RestoreDeps } from "../restore/restore";
 
 /** What a restore needs, plus where scratch nodes listen and how fast to go. */
 export interface VerifyDeps extends RestoreDeps {

@@ -1,7 +1,7 @@
 import { findWritablePrimary } from "../cluster/bootstrap";
 import { loadMembers } from "../cluster/membership";
-import { connectionUri } from "../cluster/node-connection";
-import { ROLE_SUPERUSER } from "../cluster/node-settings";
+import { connectionUri } from "../postgres/connection";
+import { ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { observeClusterOnce } from "../cluster/topology-observe";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";

@@ -4,7 +4,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
-import { withNodeClient, type Credentials } from "./node-connection";
+import { withNodeClient, type Credentials } from "../postgres/connection";
 import {
   APP_DATABASE,
   FENCE_MARKER,
@@ -19,8 +19,8 @@ import {
   managedConf,
   managedHba,
   type NodeMarker,
-} from "./node-settings";
-import { assertPortFree } from "./ports";
+} from "../postgres/managed-settings";
+import { assertPortFree } from "../util/ports";
 import { slotNameFor } from "./members";
 import { sleep } from "../util/sleep";
 

@@ -1,6 +1,6 @@
 import { Client } from "pg";
 import type { NodeRef } from "../nodes/node-driver";
-import { clientConfig, type Credentials } from "./node-connection";
+import { clientConfig, type Credentials } from "../postgres/connection";
 import type { NodeProbe, SlotStatus } from "./topology";
 
 const ROLE_SQL = `SELECT pg_is_in_recovery() AS in_recovery, current_setting('server_version') AS version`;

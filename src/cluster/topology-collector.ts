@@ -1,9 +1,9 @@
 import type Redis from "ioredis";
 import type { EventLog, EventPublisher } from "../events/event-log";
-import type { RedisKeys } from "../events/keys";
+import type { RedisKeys } from "../redis/keys";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import type { Credentials } from "./node-connection";
+import type { Credentials } from "../postgres/connection";
 import { NodeProber } from "./node-probe";
 import { buildSnapshot, type ClusterSnapshot } from "./topology";
 import { observeNode } from "./topology-observe";

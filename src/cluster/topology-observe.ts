@@ -1,6 +1,6 @@
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { NodeProber } from "./node-probe";
-import type { Credentials } from "./node-connection";
+import type { Credentials } from "../postgres/connection";
 import { buildSnapshot, type ClusterSnapshot, type DriverView, type NodeObservation, type NodeRole } from "./topology";
 
 /** One node, one round: PostgreSQL's view (or why it could not be had) and the driver's. */

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type Redis from "ioredis";
-import type { RedisKeys } from "../events/keys";
+import type { RedisKeys } from "../redis/keys";
 import type { Logger } from "../log";
 import type { ClusterSnapshot } from "./topology";
 

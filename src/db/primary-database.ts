@@ -3,7 +3,7 @@ import { PrismaClient } from "../generated/prisma/client";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
-import { clientConfig, withNodeClient, type Credentials } from "../cluster/node-connection";
+import { clientConfig, withNodeClient, type Credentials } from "../postgres/connection";
 import { applyMigrations } from "./migrate";
 
 export type { PrismaClient };

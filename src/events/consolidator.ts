@@ -5,7 +5,7 @@ import type { Logger } from "../log";
 import { sleep } from "../util/sleep";
 import { decode } from "./event-log";
 import type { BackupRecord, ClusterEvent, FailoverRecord } from "./event-map";
-import { CONSOLIDATOR_GROUP, type RedisKeys } from "./keys";
+import { CONSOLIDATOR_GROUP, type RedisKeys } from "../redis/keys";
 
 export interface ConsolidatorOptions {
   readonly batchSize?: number;

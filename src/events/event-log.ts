@@ -3,7 +3,7 @@ import type Redis from "ioredis";
 import type { Logger } from "../log";
 import { redisCall } from "../redis/redis-client";
 import type { ClusterEvent, EventDraft, EventKind } from "./event-map";
-import type { RedisKeys } from "./keys";
+import type { RedisKeys } from "../redis/keys";
 
 /** Where emitted events are announced (subscriptions); Redis-backed pub/sub in the service. */
 export interface EventPublisher {

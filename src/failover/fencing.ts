@@ -1,8 +1,8 @@
-import { FENCE_MARKER } from "../cluster/node-settings";
+import { FENCE_MARKER } from "../postgres/managed-settings";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { editStoppedNodeConf, FENCE_SETTING } from "./replication-config";
+import { editStoppedNodeConf, FENCE_SETTING } from "../postgres/replication-config";
 
 export type FenceMethod = "absent" | "already-stopped" | "stopped" | "killed";
 

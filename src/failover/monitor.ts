@@ -1,18 +1,18 @@
 import type Redis from "ioredis";
-import type { Credentials } from "../cluster/node-connection";
+import type { Credentials } from "../postgres/connection";
 import { lsnToNumber, type ClusterSnapshot } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import type { EventLog } from "../events/event-log";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { withNodeClient } from "../cluster/node-connection";
+import { withNodeClient } from "../postgres/connection";
 import { ClusterStateStore, initialState, withName, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
 import { recordPrimaryLsn, type FailoverOperations } from "./operations";
 import { PrimaryChecker, replicaLostPrimary, type PrimaryCheck } from "./primary-check";
-import { setSynchronousStandbys, synchronousStandbyNames } from "./replication-config";
+import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
 export type MonitorConfig = Pick<
   RelevoConfig,

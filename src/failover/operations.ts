@@ -2,8 +2,8 @@ import { randomUUID } from "node:crypto";
 import type Redis from "ioredis";
 import { seedReplica, waitForStreaming, writeManagedFiles, writeMarker, type BootstrapConfig, type BootstrapDeps } from "../cluster/bootstrap";
 import { slotNameFor } from "../cluster/members";
-import { withNodeClient, type Credentials } from "../cluster/node-connection";
-import { FENCE_MARKER, ROLE_REWIND } from "../cluster/node-settings";
+import { withNodeClient, type Credentials } from "../postgres/connection";
+import { FENCE_MARKER, ROLE_REWIND } from "../postgres/managed-settings";
 import { lsnToNumber } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
@@ -14,10 +14,10 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { settlesWithin, sleep } from "../util/sleep";
 import type { Membership } from "../cluster/membership";
-import { isPortFree } from "../cluster/ports";
+import { isPortFree } from "../util/ports";
 import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode, markFenced } from "./fencing";
-import { byMostAdvanced, lsnBytes, readNodeFacts, streamsFrom, type NodeFacts } from "./node-facts";
+import { byMostAdvanced, lsnBytes, readNodeFacts, streamsFrom, type NodeFacts } from "../postgres/node-facts";
 import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
 import {
   configureStoppedStandby,
@@ -28,7 +28,7 @@ import {
   repointRunningStandby,
   setSynchronousStandbys,
   STANDBY_SIGNAL,
-} from "./replication-config";
+} from "../postgres/replication-config";
 
 export type OperationsConfig = BootstrapConfig & Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary">;
 

@@ -1,5 +1,5 @@
 import { Client } from "pg";
-import { clientConfig, withNodeClient, type Credentials } from "../cluster/node-connection";
+import { clientConfig, withNodeClient, type Credentials } from "../postgres/connection";
 import type { NodeRef } from "../nodes/node-driver";
 
 /** One standby as the primary sees it. */

@@ -5,7 +5,7 @@ import path from "node:path";
 import Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
-import { assertPortFree } from "../cluster/ports";
+import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
 
 export interface RedisServerOptions {

@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import type { BackupManifest, BackupType } from "../../src/backup/manifest";
-import { APP_DATABASE } from "../../src/cluster/node-settings";
+import { APP_DATABASE } from "../../src/postgres/managed-settings";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import type { TestCluster } from "./service";
 import { sqlOn } from "./sql";

@@ -1,7 +1,7 @@
 import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import type { BackupManifest } from "../../src/backup/manifest";
-import { parseSegmentName, segmentNumber } from "../../src/backup/wal-names";
+import { parseSegmentName, segmentNumber } from "../../src/postgres/wal-names";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";

@@ -51,7 +51,7 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     }
     const last = segments[segments.length - 1]!;
     await cluster.service.archiver.waitForArchived(1, segments[0]!, last, 60000);
-    const { segmentName, segmentNumber } = await import("../../src/backup/wal-names");
+    const { segmentName, segmentNumber } = await import("../../src/postgres/wal-names");
     const missing = segmentName(1, segmentNumber(segments[1]!));
     const { rm } = await import("node:fs/promises");
     await rm(`${cluster.service.repository.walDir}/${missing}`);

@@ -1,7 +1,7 @@
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
-import { parseSegmentName, segmentName, segmentStartLsn } from "../../src/backup/wal-names";
+import { parseSegmentName, segmentName, segmentStartLsn } from "../../src/postgres/wal-names";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
@@ -234,7 +234,7 @@ describe("full backup and point-in-time restore", () => {
     expect(expired.length).toBeGreaterThanOrEqual(1);
     const { readdir } = await import("node:fs/promises");
     for (const gone of expired) expect(await readdir(cluster.service.repository.backupDir(gone.id))).toEqual(["manifest.json"]);
-    const { segmentNumber } = await import("../../src/backup/wal-names");
+    const { segmentNumber } = await import("../../src/postgres/wal-names");
     const oldestKept = Math.min(...kept.map((m) => segmentNumber(m.startLsn)));
     const segments = await cluster.service.repository.archivedSegmentList();
     expect(segments.every((segment) => segment.segment >= oldestKept)).toBe(true);

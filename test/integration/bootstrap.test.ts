@@ -6,7 +6,7 @@ import { createLogger } from "../../src/log";
 import { secretsFile } from "../../src/secrets/secrets-store";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
-import { connectionUri } from "../../src/cluster/node-connection";
+import { connectionUri } from "../../src/postgres/connection";
 import { describeOnEachDriver } from "../helpers/drivers";
 
 const run = promisify(execFile);

@@ -1,7 +1,7 @@
 import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
-import { isPortFree } from "../../src/cluster/ports";
+import { isPortFree } from "../../src/util/ports";
 import { projectRoot } from "../../src/util/project-root";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { tempHome } from "../helpers/home";

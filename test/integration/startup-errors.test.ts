@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import { isPortFree } from "../../src/cluster/ports";
+import { isPortFree } from "../../src/util/ports";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { startRelevo } from "../../src/service";

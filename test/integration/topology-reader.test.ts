@@ -1,4 +1,4 @@
-import { redisKeys } from "../../src/events/keys";
+import { redisKeys } from "../../src/redis/keys";
 import { createLogger } from "../../src/log";
 import { createRedisClient } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";

@@ -1,11 +1,11 @@
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
-import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/backup/recovery-target";
-import { recoveryWindow } from "../../src/backup/recovery-window";
+import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
+import { recoveryWindow } from "../../src/restore/recovery-window";
 import { planRetention } from "../../src/backup/retention";
-import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/backup/wal-names";
-import { recordLineOfSegment, SummaryBuilder } from "../../src/backup/wal-summary";
+import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
+import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/wal-summary";
 import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
 
@@ -162,7 +162,7 @@ describe("CLI progress bar (pure)", () => {
 });
 
 describe("choosing the backup a restore starts from (pure)", () => {
-  const { chooseBackup } = require("../../src/backup/choose-backup") as typeof import("../../src/backup/choose-backup");
+  const { chooseBackup } = require("../../src/restore/choose-backup") as typeof import("../../src/restore/choose-backup");
   const backups = [manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }), manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" })];
   const archived = [1, 2, 3, 4].map((segment) => ({ timeline: 1, segment, archivedAt: `2026-11-05T00:00:0${segment}.000Z` }));
 

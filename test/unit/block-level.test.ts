@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
-import { layeredContent } from "../../src/backup/layered-content";
-import { referenceOnHistory, timelineOfSegment, timelinePath } from "../../src/backup/wal-changes";
-import { divergedFiles } from "../../src/backup/wal-archiver";
+import { layeredContent } from "../../src/storage/layered-content";
+import { referenceOnHistory, timelineOfSegment, timelinePath } from "../../src/wal/wal-changes";
+import { divergedFiles } from "../../src/wal/wal-archiver";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
-import type { WalSegmentSummary } from "../../src/backup/wal-summary";
+import type { WalSegmentSummary } from "../../src/wal/wal-summary";
 
 const MB = 1024 * 1024;
 

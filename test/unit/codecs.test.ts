@@ -4,8 +4,8 @@ import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { createHash } from "node:crypto";
-import { BundleWriter } from "../../src/backup/bundle-writer";
-import { contentCrc32, decodeBuffer, decodedChunks, openStoredContent, storeChunks } from "../../src/backup/copy-file";
+import { BundleWriter } from "../../src/storage/bundle-writer";
+import { contentCrc32, decodeBuffer, decodedChunks, openStoredContent, storeChunks } from "../../src/storage/copy-file";
 import type { Compression } from "../../src/backup/manifest";
 import { tempHome } from "../helpers/home";
 

@@ -1,5 +1,5 @@
-import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/failover/replication-config";
-import { byMostAdvanced, type NodeFacts } from "../../src/failover/node-facts";
+import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
+import { byMostAdvanced, type NodeFacts } from "../../src/postgres/node-facts";
 import { withName, without } from "../../src/failover/cluster-state";
 
 const facts = (name: string, lsn: string | null): NodeFacts => ({

@@ -2,7 +2,7 @@ import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resol
 import { BACKUP_PROGRESS_TOPIC, type BackupProgress } from "../../backup/backup-progress";
 import { redisCall } from "../../redis/redis-client";
 import { IsOptional, Max, Min } from "class-validator";
-import { recoveryTargetFrom } from "../../backup/recovery-target";
+import { recoveryTargetFrom } from "../../restore/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ApiServices } from "../context";
 import { toBackup } from "./backup.mapper";

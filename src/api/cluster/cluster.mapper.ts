@@ -1,4 +1,4 @@
-import { connectionUriWithoutCredentials } from "../../cluster/node-connection";
+import { connectionUriWithoutCredentials } from "../../postgres/connection";
 import type { ClusterSnapshot, NodeSnapshot } from "../../cluster/topology";
 import type { Cluster, Node } from "./cluster.type";
 

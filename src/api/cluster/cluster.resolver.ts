@@ -2,7 +2,7 @@ import { Arg, Authorized, Mutation, Query, Resolver, Root, Subscription } from "
 import type { ClusterSnapshot } from "../../cluster/topology";
 import { ErrorCode, RelevoError } from "../../errors";
 import { redisCall } from "../../redis/redis-client";
-import { TOPOLOGY_TOPIC } from "../../events/keys";
+import { TOPOLOGY_TOPIC } from "../../redis/keys";
 import type { ApiServices } from "../context";
 import { toCluster, toNode } from "./cluster.mapper";
 import { Cluster, Node } from "./cluster.type";

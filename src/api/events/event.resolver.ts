@@ -1,6 +1,6 @@
 import { Arg, Args, Authorized, ID, Query, Resolver, Root, Subscription } from "type-graphql";
 import type { ClusterEvent as DomainEvent, EventKind } from "../../events/event-map";
-import { EVENTS_TOPIC } from "../../events/keys";
+import { EVENTS_TOPIC } from "../../redis/keys";
 import type { ApiServices } from "../context";
 import { ClusterEventsSubscriptionArgs, EventsArgs } from "./event.args";
 import { ClusterEvent, ClusterEventConnection } from "./event.type";

@@ -1,4 +1,4 @@
-import { BLOCK_SIZE, type BlockRanges } from "./relation-files";
+import { BLOCK_SIZE, type BlockRanges } from "../backup/relation-files";
 
 /**
  * Reads exact byte counts from a stream of chunks, copying out of each chunk

@@ -1,6 +1,6 @@
 import type { Client } from "pg";
 import { slotNameFor } from "../cluster/members";
-import { ROLE_REPLICATION } from "../cluster/node-settings";
+import { ROLE_REPLICATION } from "./managed-settings";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 
 /**

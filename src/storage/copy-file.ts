@@ -10,7 +10,7 @@ import { crc32 } from "@node-rs/crc32";
 import { pipeline } from "node:stream/promises";
 import { lz4Decode, lz4DecodeBuffer, lz4Frame } from "./lz4-stream";
 import { decodeLz4InWorker, type StoredSummary } from "./lz4-worker-decode";
-import type { Compression, StoredContent } from "./manifest";
+import type { Compression, StoredContent } from "../backup/manifest";
 
 export interface CopiedFile {
   readonly size: number;

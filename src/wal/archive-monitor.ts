@@ -2,9 +2,9 @@ import type { ClusterSnapshot } from "../cluster/topology";
 import { lsnToNumber } from "../cluster/topology";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
-import type { BackupService } from "./backup-service";
-import type { ArchiveGap } from "./recovery-window";
-import { SEGMENT_SIZE } from "./wal-names";
+import type { BackupService } from "../backup/backup-service";
+import type { ArchiveGap } from "../restore/recovery-window";
+import { SEGMENT_SIZE } from "../postgres/wal-names";
 
 export interface ArchiveMonitorOptions {
   readonly backups: BackupService;

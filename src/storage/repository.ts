@@ -1,8 +1,8 @@
 import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
-import { READABLE_MANIFEST_VERSIONS, type BackupManifest } from "./manifest";
-import { parseSegmentName } from "./wal-names";
+import { READABLE_MANIFEST_VERSIONS, type BackupManifest } from "../backup/manifest";
+import { parseSegmentName } from "../postgres/wal-names";
 
 /**
  * The backup repository, a directory (production: on another disk or host):

@@ -1,4 +1,4 @@
-import { withNodeClient, type Credentials } from "../cluster/node-connection";
+import { withNodeClient, type Credentials } from "./connection";
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
 import { lsnToNumber } from "../cluster/topology";
 import type { NodeRef } from "../nodes/node-driver";

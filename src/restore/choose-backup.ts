@@ -1,10 +1,10 @@
 import { lsnToNumber } from "../cluster/topology";
 import { ErrorCode, RelevoError } from "../errors";
-import type { BackupManifest } from "./manifest";
+import type { BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
-import type { Repository } from "./repository";
-import type { RestorePointRecord, WalSummarizer } from "./wal-summary";
+import type { Repository } from "../storage/repository";
+import type { RestorePointRecord, WalSummarizer } from "../wal/wal-summary";
 
 /**
  * The backup a restore starts from: the one named, or the newest completed

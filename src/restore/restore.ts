@@ -1,16 +1,16 @@
-import { withNodeClient, type Credentials } from "../cluster/node-connection";
-import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../cluster/node-settings";
+import { withNodeClient, type Credentials } from "../postgres/connection";
+import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../postgres/managed-settings";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
 import { readFile } from "node:fs/promises";
-import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "./copy-file";
-import { backupChain, resolveChainFiles, storedContentLength, type ChainSource, type ResolvedFile } from "./backup-chain";
-import { layeredContent } from "./layered-content";
-import type { BackupManifest, ManifestEntry } from "./manifest";
+import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "../storage/copy-file";
+import { backupChain, resolveChainFiles, storedContentLength, type ChainSource, type ResolvedFile } from "../backup/backup-chain";
+import { layeredContent } from "../storage/layered-content";
+import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
-import type { Repository } from "./repository";
+import type { Repository } from "../storage/repository";
 
 export interface RestoreDeps {
   readonly clusterName: string;

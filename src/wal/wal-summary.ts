@@ -5,8 +5,8 @@ import path from "node:path";
 import { lsnToNumber } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
-import type { Repository } from "./repository";
-import { parseSegmentName, segmentName, segmentStartLsn } from "./wal-names";
+import type { Repository } from "../storage/repository";
+import { parseSegmentName, segmentName, segmentStartLsn } from "../postgres/wal-names";
 
 /**
  * What one archived WAL segment changed, as a later differential or

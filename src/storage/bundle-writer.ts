@@ -5,7 +5,7 @@ import { promisify } from "node:util";
 import { gzip } from "node:zlib";
 import { contentCrc32 } from "./copy-file";
 import { lz4Compress } from "./lz4-stream";
-import type { Compression, StoredContent } from "./manifest";
+import type { Compression, StoredContent } from "../backup/manifest";
 
 const gzipAsync = promisify(gzip);
 

@@ -1,10 +1,10 @@
 import type { Client } from "pg";
 import os from "node:os";
-import { forEachParallel } from "./copy-file";
+import { forEachParallel } from "../storage/copy-file";
 import { lsnToNumber } from "../cluster/topology";
-import { mergeSummaries, type ChangeSet } from "./change-plan";
+import { mergeSummaries, type ChangeSet } from "../backup/change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
-import { historyFileName, SEGMENT_SIZE, segmentNumber } from "./wal-names";
+import { historyFileName, SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";
 
 /** One timeline of a history, and the LSN its successor branched off at (null: the newest). */
 export interface TimelineStep {

@@ -1,14 +1,14 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
-import type { Credentials } from "../cluster/node-connection";
-import { withNodeClient } from "../cluster/node-connection";
+import type { Credentials } from "../postgres/connection";
+import { withNodeClient } from "../postgres/connection";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
-import type { Repository } from "./repository";
-import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";
+import type { Repository } from "../storage/repository";
+import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
 import { serverHistory, type TimelineStep } from "./wal-changes";
 import { lsnToNumber } from "../cluster/topology";
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";

@@ -1,11 +1,11 @@
 import { superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
-import { ROLE_REPLICATION } from "../cluster/node-settings";
+import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { seedStandbyFromBackup } from "./restore";
-import type { Repository } from "./repository";
+import type { Repository } from "../storage/repository";
 
 /**
  * With RELEVO_REPLICA_SEED=repository, what bootstrap seeds new replicas

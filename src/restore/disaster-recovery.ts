@@ -6,13 +6,13 @@ import type { Logger } from "../log";
 import type { NodeDriver } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { chooseBackupIn } from "./choose-backup";
-import { walSummarizerFor } from "./wal-summary";
-import type { BackupManifest } from "./manifest";
+import { walSummarizerFor } from "../wal/wal-summary";
+import type { BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
-import type { Repository } from "./repository";
+import type { Repository } from "../storage/repository";
 import { repositorySeeder } from "./replica-seed";
 import { restoreBackup } from "./restore";
-import { ensureArchiveSlot } from "./wal-archiver";
+import { ensureArchiveSlot } from "../wal/wal-archiver";
 
 export interface ClusterRecoveryDeps {
   readonly config: RelevoConfig;

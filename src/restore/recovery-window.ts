@@ -1,6 +1,6 @@
 import { lsnToNumber } from "../cluster/topology";
-import type { BackupManifest } from "./manifest";
-import { SEGMENT_SIZE, segmentName, segmentNumber } from "./wal-names";
+import type { BackupManifest } from "../backup/manifest";
+import { SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
 
 export interface WindowPoint {
   readonly time: string;
