@@ -5,7 +5,9 @@ export type BenchDriver = "local" | "docker";
 export const BENCH_DOCKER_IMAGE = process.env.BENCH_DOCKER_IMAGE ?? "relevo-test/postgres:15";
 
 /** Runs `measure` once per driver of BENCH_DRIVERS (default "local,docker"), one after the other (never side by side: they would share the cores). */
-export async function measureOnEachDriver<T extends object>(measure: (driver: BenchDriver) => Promise<T>): Promise<Array<T & { driver: BenchDriver }>> {
+export async function measureOnEachDriver<T extends object>(
+  measure: (driver: BenchDriver) => Promise<T>,
+): Promise<Array<T & { driver: BenchDriver }>> {
   const drivers = (process.env.BENCH_DRIVERS ?? "local,docker").split(",").map((name) => name.trim()) as BenchDriver[];
   const results: Array<T & { driver: BenchDriver }> = [];
   for (const driver of drivers) {

@@ -77,7 +77,8 @@ const RELEVO_VERSION: string = (JSON.parse(readFileSync(path.join(projectRoot(),
 export async function startRelevo(config: RelevoConfig, logger: Logger): Promise<RelevoService> {
   const cleanups: Array<() => Promise<void>> = [];
   const unwind = async (): Promise<void> => {
-    for (const cleanup of cleanups.reverse()) await cleanup().catch((error) => logger.warn({ err: (error as Error).message }, "cleanup step failed"));
+    for (const cleanup of cleanups.reverse())
+      await cleanup().catch((error) => logger.warn({ err: (error as Error).message }, "cleanup step failed"));
     cleanups.length = 0;
   };
   try {
@@ -88,7 +89,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const secrets = await loadOrCreateSecrets(config.home);
     await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
     // Relevo's own Redis, or one run by someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
-    const endpoint = config.redisUrl ? parseRedisUrl(config.redisUrl) : { host: config.host, port: config.redisPort, password: secrets.redisPassword };
+    const endpoint = config.redisUrl
+      ? parseRedisUrl(config.redisUrl)
+      : { host: config.host, port: config.redisPort, password: secrets.redisPassword };
     const redisServer: RedisServerHandle = config.redisUrl
       ? await requireExternalRedis(endpoint, config.startTimeoutMs, logger)
       : await ensureRedisServer({
@@ -129,7 +132,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
       // Then, best effort, what the driver kept beside them (a failure here must not leave a node running).
       for (const node of nodes) {
-        await driver.releaseHelpers(node).catch((error: Error) => logger.warn({ node: node.name, err: error.message }, "the node's helpers were not removed"));
+        await driver
+          .releaseHelpers(node)
+          .catch((error: Error) => logger.warn({ node: node.name, err: error.message }, "the node's helpers were not removed"));
       }
     };
     cleanups.push(stopNodes);
@@ -198,7 +203,11 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
 
     // Set once the consolidator exists: a new primary gets the last minutes of events again.
     let replayRecentEvents: ((windowMs: number) => void) | null = null;
-    const database = new PrimaryDatabase({ user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE }, config.nodeTimeoutMs, logger);
+    const database = new PrimaryDatabase(
+      { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE },
+      config.nodeTimeoutMs,
+      logger,
+    );
     cleanups.push(() => database.close());
     const collector = new TopologyCollector({
       clusterName: config.clusterName,
@@ -311,7 +320,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       database,
       monitor: { config, driver, superuser, topology: () => collector.latest },
     });
-    await failover.reconcile(collector.latest, outcomes.some((outcome) => outcome.phase === "initialized"));
+    await failover.reconcile(
+      collector.latest,
+      outcomes.some((outcome) => outcome.phase === "initialized"),
+    );
     failover.start();
     cleanups.push(() => failover.stop());
 
@@ -323,7 +335,19 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const topology = new TopologyReader(redis, invalidationRedis, keys, logger);
     await topology.start();
     const api: RunningApi = await startApiServer(
-      { redis, keys, events, collector, topology, tokens: new TokenVerifier(secrets.tokenKey), logger, backups, nodes, scheduler, failover },
+      {
+        redis,
+        keys,
+        events,
+        collector,
+        topology,
+        tokens: new TokenVerifier(secrets.tokenKey),
+        logger,
+        backups,
+        nodes,
+        scheduler,
+        failover,
+      },
       pubSub,
       { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
     );
@@ -359,7 +383,13 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       outcomes,
       stop: (options = {}) => {
         stopping ??= (async () => {
-          await events.emit({ kind: "service:stopping", severity: "info", node: null, message: `Relevo stopping: ${options.reason ?? "requested"}`, data: { reason: options.reason ?? "requested" } });
+          await events.emit({
+            kind: "service:stopping",
+            severity: "info",
+            node: null,
+            message: `Relevo stopping: ${options.reason ?? "requested"}`,
+            data: { reason: options.reason ?? "requested" },
+          });
           await api.stop();
           await collector.stop();
           await drainConsolidator(consolidator, redis, keys);
@@ -406,15 +436,33 @@ function outcomeEvent(outcome: NodeBootstrapOutcome): EventDraft | null {
   const node = outcome.node.name;
   switch (outcome.phase) {
     case "initialized":
-      return { kind: "node:created", severity: "info", node, message: `${node} initialised as the primary`, data: { role: "primary", upstream: null } };
+      return {
+        kind: "node:created",
+        severity: "info",
+        node,
+        message: `${node} initialised as the primary`,
+        data: { role: "primary", upstream: null },
+      };
     case "seeded":
-      return { kind: "node:created", severity: "info", node, message: `${node} ${seededFrom(outcome)}`, data: { role: "replica", upstream: outcome.upstream } };
+      return {
+        kind: "node:created",
+        severity: "info",
+        node,
+        message: `${node} ${seededFrom(outcome)}`,
+        data: { role: "replica", upstream: outcome.upstream },
+      };
     case "started":
       return { kind: "node:started", severity: "info", node, message: `${node} started`, data: {} };
     case "already-running":
       return null;
     case "fenced":
-      return { kind: "node:fenced", severity: "warning", node, message: `${node} is fenced: left stopped until it rejoins as a replica`, data: { method: "already-stopped", reason: "fenced before this start" } };
+      return {
+        kind: "node:fenced",
+        severity: "warning",
+        node,
+        message: `${node} is fenced: left stopped until it rejoins as a replica`,
+        data: { method: "already-stopped", reason: "fenced before this start" },
+      };
     default:
       throw new UnreachableCaseError(outcome);
   }

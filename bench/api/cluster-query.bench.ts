@@ -16,7 +16,8 @@ import { percentile, runOpenLoop, type OpenLoopResult } from "./open-loop";
 const RATE = Number(process.env.BENCH_RATE ?? 1000);
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 20);
 const SETTLE_MS = Number(process.env.BENCH_SETTLE_MS ?? 10000);
-const QUERY = "{ cluster { name primary { name } nodes { name role reachable host port replication { state lagBytes replayLagSeconds } } } }";
+const QUERY =
+  "{ cluster { name primary { name } nodes { name role reachable host port replication { state lagBytes replayLagSeconds } } } }";
 
 /**
  * The service runs as `relevo up` in a process of its own, as in production;

@@ -40,7 +40,12 @@ class Connection {
   pending: Pending | null = null;
   broken = false;
 
-  constructor(host: string, port: number, private readonly onDone: (connection: Connection, pending: Pending, status: number) => void, private readonly onError: (connection: Connection, pending: Pending | null) => void) {
+  constructor(
+    host: string,
+    port: number,
+    private readonly onDone: (connection: Connection, pending: Pending, status: number) => void,
+    private readonly onError: (connection: Connection, pending: Pending | null) => void,
+  ) {
     this.socket = net.connect({ host, port, noDelay: true });
     this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
     this.socket.on("error", () => this.fail());

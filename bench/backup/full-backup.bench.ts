@@ -62,7 +62,11 @@ async function pgBackRestContender(
   ];
   const backupOptions = ["--compress-type=lz4", "--process-max=2", "--archive-check=n", "--start-fast", "--repo1-retention-full=100"];
   const pgbackrest = (command: string, extra: string[] = []) =>
-    run(PGBACKREST, [...options, ...extra, command], { uid: identity?.uid, gid: identity?.gid, env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password } });
+    run(PGBACKREST, [...options, ...extra, command], {
+      uid: identity?.uid,
+      gid: identity?.gid,
+      env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password },
+    });
   await pgbackrest("stanza-create");
   return {
     backup: async (type) => {
@@ -118,9 +122,16 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
   const env = { ...process.env, PGPASSWORD: service.secrets.superuserPassword };
   try {
     process.stderr.write(`pgbench -i -s ${SCALE}…\n`);
-    await run("pgbench", ["-i", "-q", "-s", String(SCALE), "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "postgres"], { env, maxBuffer: 1 << 26 });
+    await run("pgbench", ["-i", "-q", "-s", String(SCALE), "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "postgres"], {
+      env,
+      maxBuffer: 1 << 26,
+    });
     await run("psql", [connectionUri([primary], superuser), "-c", "CHECKPOINT"]);
-    const dbBytes = Number((await run("psql", [connectionUri([primary], superuser), "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database"])).stdout.trim());
+    const dbBytes = Number(
+      (
+        await run("psql", [connectionUri([primary], superuser), "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database"])
+      ).stdout.trim(),
+    );
 
     // Let the load's aftermath finish before anything is timed: the replica
     // replaying and the archiver receiving a gigabyte of WAL would otherwise
@@ -144,7 +155,23 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
       const result = await timed(() =>
         run(
           "/usr/lib/postgresql/15/bin/pg_basebackup",
-          ["-h", primary.host, "-p", String(primary.port), "-U", "replicator", "-D", dir, "-Ft", "-X", "stream", "-c", "fast", "--no-manifest", ...extra],
+          [
+            "-h",
+            primary.host,
+            "-p",
+            String(primary.port),
+            "-U",
+            "replicator",
+            "-D",
+            dir,
+            "-Ft",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-manifest",
+            ...extra,
+          ],
           { env: { ...process.env, PGPASSWORD: service.secrets.replicationPassword } },
         ),
       );
@@ -156,7 +183,10 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     // run as the PostgreSQL OS user, reading the primary's data directory,
     // connecting over TCP (the nodes have no socket); no archive_command here,
     // so --archive-check=n (Relevo's own archive holds the WAL).
-    const pgbackrest = driver === "local" && existsSync(PGBACKREST) ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword) : null;
+    const pgbackrest =
+      driver === "local" && existsSync(PGBACKREST)
+        ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword)
+        : null;
     // Untimed first pass: every contender then reads from the same warm page cache
     // (whoever went first would otherwise pay for reading the database from disk).
     await basebackup("warm-up", []);
@@ -182,7 +212,9 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
       if (pgbackrest) pgbackrestRuns.push(await pgbackrest.backup("full"));
       process.stderr.write(`round ${round}/${ROUNDS}: relevo restore…\n`);
       const target = { name: `bench-restore-${round}`, host: primary.host, port: await findFreePort(primary.host) };
-      restoreRuns.push(await timed(() => service.backups.restore({ backupId: backup.value.id, target, recoveryTarget: { kind: "immediate" } })));
+      restoreRuns.push(
+        await timed(() => service.backups.restore({ backupId: backup.value.id, target, recoveryTarget: { kind: "immediate" } })),
+      );
       await service.driver.destroy(target);
     }
     await rm(scratch, { recursive: true, force: true });
@@ -192,7 +224,10 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     // incremental (on the differential); the chain restored.
     const onePercent = SCALE * 1000;
     const blockLevel = async (type: "differential" | "incremental", firstAid: number) => {
-      await psql(primary, `UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN ${firstAid} AND ${firstAid + onePercent - 1}`);
+      await psql(
+        primary,
+        `UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN ${firstAid} AND ${firstAid + onePercent - 1}`,
+      );
       // The update's WAL archived and summarised first, as it is by the time
       // a scheduled backup runs (the summariser works as segments arrive).
       const updatedLsn = await psql(primary, "SELECT pg_current_wal_lsn()");
@@ -210,7 +245,9 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     const incremental = await blockLevel("incremental", 50 * onePercent + 1);
     process.stderr.write("relevo restore of the chain…\n");
     const chainTarget = { name: "bench-restore-chain", host: primary.host, port: await findFreePort(primary.host) };
-    const chainRestore = await timed(() => service.backups.restore({ backupId: incremental.taken.value.id, target: chainTarget, recoveryTarget: { kind: "immediate" } }));
+    const chainRestore = await timed(() =>
+      service.backups.restore({ backupId: incremental.taken.value.id, target: chainTarget, recoveryTarget: { kind: "immediate" } }),
+    );
     await service.driver.destroy(chainTarget);
 
     const relevo = median(relevoRuns);
@@ -223,21 +260,44 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     const mb = (bytes: number): string => (bytes / 1024 / 1024).toFixed(0);
     const s = (ms: number): string => (ms / 1000).toFixed(1);
     const rows: Row[] = [
-      [`relevo full backup (${config.backupCompression}, ${config.backupParallelism} workers)`, s(relevo.ms), spread(relevoRuns), mb(relevo.value.storedBytes), (relevo.ms / plain.ms).toFixed(2)],
+      [
+        `relevo full backup (${config.backupCompression}, ${config.backupParallelism} workers)`,
+        s(relevo.ms),
+        spread(relevoRuns),
+        mb(relevo.value.storedBytes),
+        (relevo.ms / plain.ms).toFixed(2),
+      ],
       ["pg_basebackup -Ft -X stream", s(plain.ms), spread(plainRuns), mb(plain.bytes), "1.00"],
       ["pg_basebackup -Ft -X stream, client-lz4", s(lz4.ms), spread(lz4Runs), mb(lz4.bytes), (lz4.ms / plain.ms).toFixed(2)],
       ["pg_basebackup -Ft -X stream, client-gzip:1", s(gzip1.ms), spread(gzipRuns), mb(gzip1.bytes), (gzip1.ms / plain.ms).toFixed(2)],
       ...(pgbackrestRuns.length > 0
-        ? [["pgBackRest 2.45 full, lz4, process-max 2", s(median(pgbackrestRuns).ms), spread(pgbackrestRuns), mb(median(pgbackrestRuns).bytes), (median(pgbackrestRuns).ms / plain.ms).toFixed(2)] as Row]
+        ? [
+            [
+              "pgBackRest 2.45 full, lz4, process-max 2",
+              s(median(pgbackrestRuns).ms),
+              spread(pgbackrestRuns),
+              mb(median(pgbackrestRuns).bytes),
+              (median(pgbackrestRuns).ms / plain.ms).toFixed(2),
+            ] as Row,
+          ]
         : [["pgBackRest 2.45 full, lz4, process-max 2", "-", driver === "local" ? "not installed" : "(local only)", "-", "-"] as Row]),
-      ["relevo restore (to consistency, promoted)", s(restore.ms), spread(restoreRuns), "-", `${(restore.ms / relevo.ms).toFixed(2)}x backup`],
+      [
+        "relevo restore (to consistency, promoted)",
+        s(restore.ms),
+        spread(restoreRuns),
+        "-",
+        `${(restore.ms / relevo.ms).toFixed(2)}x backup`,
+      ],
     ];
     // Each block-level backup as a fraction of the full it is compared with (time, stored bytes).
     const fullBytes = relevo.value.storedBytes;
     const fraction = (ms: number, bytes: number, full: { ms: number; bytes: number }): string =>
       `${((100 * ms) / full.ms).toFixed(0)}% time, ${((100 * bytes) / full.bytes).toFixed(1)}% bytes of full`;
     const pgbackrestFull = pgbackrestRuns.length > 0 ? median(pgbackrestRuns) : null;
-    for (const [label, result] of [["differential", differential], ["incremental", incremental]] as const) {
+    for (const [label, result] of [
+      ["differential", differential],
+      ["incremental", incremental],
+    ] as const) {
       const manifest = result.taken.value;
       rows.push([
         // The same label on every driver (one row); what was stored goes in the runs column.
@@ -248,10 +308,22 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
         fraction(result.taken.ms, manifest.storedBytes, { ms: relevo.ms, bytes: fullBytes }),
       ]);
       if (result.contender && pgbackrestFull) {
-        rows.push([`pgBackRest 2.45 ${label} (1% updated)`, s(result.contender.ms), "-", (result.contender.bytes / 1024 / 1024).toFixed(1), fraction(result.contender.ms, result.contender.bytes, pgbackrestFull)]);
+        rows.push([
+          `pgBackRest 2.45 ${label} (1% updated)`,
+          s(result.contender.ms),
+          "-",
+          (result.contender.bytes / 1024 / 1024).toFixed(1),
+          fraction(result.contender.ms, result.contender.bytes, pgbackrestFull),
+        ]);
       }
     }
-    rows.push(["relevo restore of full + differential + incremental", s(chainRestore.ms), "-", "-", `${(chainRestore.ms / relevo.ms).toFixed(2)}x full backup`]);
+    rows.push([
+      "relevo restore of full + differential + incremental",
+      s(chainRestore.ms),
+      "-",
+      "-",
+      `${(chainRestore.ms / relevo.ms).toFixed(2)}x full backup`,
+    ]);
     return { rows, dbMb: mb(dbBytes) };
   } finally {
     await service.stop({ reason: "benchmark finished" });
@@ -267,7 +339,15 @@ async function main(): Promise<void> {
   const results = await measureOnEachDriver(measure);
   // Rows by what they measure (a row one driver lacks shows "-" for it).
   const whats = [...new Set(results.flatMap((result) => result.rows.map((row) => row[0])))];
-  const header = ["what", ...results.flatMap(({ driver }) => [`${driver} median (s)`, `${driver} runs (s)`, `${driver} stored (MB)`, `${driver} vs pg_basebackup`])];
+  const header = [
+    "what",
+    ...results.flatMap(({ driver }) => [
+      `${driver} median (s)`,
+      `${driver} runs (s)`,
+      `${driver} stored (MB)`,
+      `${driver} vs pg_basebackup`,
+    ]),
+  ];
   const rows = whats.map((what) => [
     what,
     ...results.flatMap((result) => {

@@ -44,7 +44,14 @@ async function until<T>(what: string, check: () => Promise<T | undefined>, timeo
 }
 
 async function sql<T>(node: NodeRef, password: string, text: string): Promise<T[]> {
-  const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres", connectionTimeoutMillis: 3000 });
+  const client = new Client({
+    host: node.host,
+    port: node.port,
+    user: "postgres",
+    password,
+    database: "postgres",
+    connectionTimeoutMillis: 3000,
+  });
   await client.connect();
   try {
     return (await client.query(text)).rows as T[];
@@ -116,7 +123,9 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
       const killedAt = Date.now();
       await service.driver.kill(node(primary));
       caused += 1;
-      await until("a new primary", async () => ((await service.failover.state())?.primary === replica && !(await service.failover.operation()) ? true : undefined));
+      await until("a new primary", async () =>
+        (await service.failover.state())?.primary === replica && !(await service.failover.operation()) ? true : undefined,
+      );
       const acknowledgedAt = writer.acknowledgedSoFar();
       await until("writes on the new primary", async () => (writer.acknowledgedSoFar() > acknowledgedAt + 20 ? true : undefined));
       const report = await writer.stop();
@@ -159,9 +168,24 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
     const all = await service.failover.failovers(200);
     const falseFailovers = all.filter((record) => Date.parse(record.startedAt) >= started).length - caused;
     const rows: Row[] = [
-      ["kill -9 → promoted (ms)", String(median(kills.map((k) => k.promotionMs))), String(Math.max(...kills.map((k) => k.promotionMs))), "—"],
-      ["kill -9 → first write (ms)", String(median(kills.map((k) => k.firstWriteMs))), String(Math.max(...kills.map((k) => k.firstWriteMs))), "median < 5000"],
-      ["acknowledged rows lost (kill -9)", String(kills.reduce((sum, k) => sum + k.lost, 0)), `of ${kills.reduce((sum, k) => sum + k.acknowledged, 0)}`, "0"],
+      [
+        "kill -9 → promoted (ms)",
+        String(median(kills.map((k) => k.promotionMs))),
+        String(Math.max(...kills.map((k) => k.promotionMs))),
+        "—",
+      ],
+      [
+        "kill -9 → first write (ms)",
+        String(median(kills.map((k) => k.firstWriteMs))),
+        String(Math.max(...kills.map((k) => k.firstWriteMs))),
+        "median < 5000",
+      ],
+      [
+        "acknowledged rows lost (kill -9)",
+        String(kills.reduce((sum, k) => sum + k.lost, 0)),
+        `of ${kills.reduce((sum, k) => sum + k.acknowledged, 0)}`,
+        "0",
+      ],
       ["switchover write gap (ms)", String(median(gaps.switchover)), String(Math.max(...gaps.switchover)), "< 1000"],
       ["failback write gap (ms)", String(median(gaps.failback)), String(Math.max(...gaps.failback)), "< 1000"],
       ["acknowledged rows lost (planned)", String(lostInPlanned.reduce((a, b) => a + b, 0)), "—", "0"],

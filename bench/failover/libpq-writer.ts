@@ -22,7 +22,11 @@ export interface WriterReport {
  * INSERT (a new connection each time, so it finds the new primary by itself),
  * logging every acknowledged id.
  */
-export function startLibpqWriter(nodes: readonly NodeRef[], password: string, table = "acked"): { stop(): Promise<WriterReport>; acknowledgedSoFar(): number } {
+export function startLibpqWriter(
+  nodes: readonly NodeRef[],
+  password: string,
+  table = "acked",
+): { stop(): Promise<WriterReport>; acknowledgedSoFar(): number } {
   const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(",");
   const uri = `postgresql://postgres@${hosts}/postgres?target_session_attrs=read-write&connect_timeout=1`;
   let running = true;

@@ -54,7 +54,12 @@ function parseMaxLagBytes(value: unknown): number | null | "invalid" {
 }
 
 /** The answer to one node check, from the last topology snapshot. Pure. */
-export function nodeCheck(snapshot: ClusterSnapshot | null, name: string, role: CheckedRole, maxLagBytes: number | null): { status: number; body: string } {
+export function nodeCheck(
+  snapshot: ClusterSnapshot | null,
+  name: string,
+  role: CheckedRole,
+  maxLagBytes: number | null,
+): { status: number; body: string } {
   if (!snapshot) return { status: 503, body: "unknown" };
   const node = snapshot.nodes.find((candidate) => candidate.name === name);
   if (!node) return { status: 404, body: "unknown node" };

@@ -1,5 +1,12 @@
 import type { ApolloServerPlugin } from "@apollo/server";
-import { Kind, type DocumentNode, type FragmentDefinitionNode, type OperationDefinitionNode, type SelectionSetNode, type GraphQLSchema } from "graphql";
+import {
+  Kind,
+  type DocumentNode,
+  type FragmentDefinitionNode,
+  type OperationDefinitionNode,
+  type SelectionSetNode,
+  type GraphQLSchema,
+} from "graphql";
 import { fieldExtensionsEstimator, getComplexity, simpleEstimator } from "graphql-query-complexity";
 import { ErrorCode } from "../errors";
 import { codedGraphQLError } from "./errors";
@@ -70,7 +77,10 @@ export function checkLimits(
   );
   const depth = operationDepth(operation, fragments);
   if (depth > limits.maxDepth) {
-    throw codedGraphQLError(ErrorCode.QueryTooDeep, `query depth ${depth} exceeds the limit of ${limits.maxDepth}`, { depth, maxDepth: limits.maxDepth });
+    throw codedGraphQLError(ErrorCode.QueryTooDeep, `query depth ${depth} exceeds the limit of ${limits.maxDepth}`, {
+      depth,
+      maxDepth: limits.maxDepth,
+    });
   }
   const complexity = getComplexity({
     schema,

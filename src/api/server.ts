@@ -83,7 +83,15 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       ApolloServerPluginDrainHttpServer({ httpServer }),
       // No HTTP caching of this API's answers; without it Apollo does not wrap every field resolver.
       ApolloServerPluginCacheControlDisabled(),
-      { async serverWillStart() { return { async drainServer() { await wsCleanup.dispose(); } }; } },
+      {
+        async serverWillStart() {
+          return {
+            async drainServer() {
+              await wsCleanup.dispose();
+            },
+          };
+        },
+      },
       queryLimitsPlugin(schema, options),
       mutationAuditPlugin(services.events),
       responseCache.plugin(),
@@ -155,9 +163,13 @@ function listen(server: http.Server, options: ApiServerOptions): Promise<void> {
     const onError = (error: NodeJS.ErrnoException): void => {
       reject(
         error.code === "EADDRINUSE"
-          ? new RelevoError(ErrorCode.PortInUse, `port ${options.port} on ${options.host} (the API) is already in use; set RELEVO_API_PORT to a free port`, {
-              details: { port: options.port, env: "RELEVO_API_PORT" },
-            })
+          ? new RelevoError(
+              ErrorCode.PortInUse,
+              `port ${options.port} on ${options.host} (the API) is already in use; set RELEVO_API_PORT to a free port`,
+              {
+                details: { port: options.port, env: "RELEVO_API_PORT" },
+              },
+            )
           : error,
       );
     };

@@ -20,7 +20,8 @@ export async function backupChain(repository: Repository, manifest: BackupManife
         { details: { backupId: manifest.id, reference: current.reference } },
       );
     }
-    if (chain.some((link) => link.id === reference.id)) throw new RelevoError(ErrorCode.Internal, `backup chain of ${manifest.id} loops at ${reference.id}`);
+    if (chain.some((link) => link.id === reference.id))
+      throw new RelevoError(ErrorCode.Internal, `backup chain of ${manifest.id} loops at ${reference.id}`);
     chain.unshift(reference);
     current = reference;
   }
@@ -58,9 +59,13 @@ export function resolveChainFiles(chain: readonly BackupManifest[]): ResolvedFil
         index -= 1;
         const older = index >= 0 ? byPath[index]!.get(entry.path) : undefined;
         if (!older || older.type !== "file") {
-          throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${newest.id} is damaged: ${entry.path} has no earlier copy in ${chain[index]?.id ?? "its chain"}`, {
-            details: { file: entry.path },
-          });
+          throw new RelevoError(
+            ErrorCode.PreconditionFailed,
+            `backup ${newest.id} is damaged: ${entry.path} has no earlier copy in ${chain[index]?.id ?? "its chain"}`,
+            {
+              details: { file: entry.path },
+            },
+          );
         }
         current = older;
       }

@@ -81,7 +81,10 @@ export class BackupService {
     }
     const snapshot = this.deps.topology();
     const chosen = chooseBackupSource(snapshot, this.deps.sourcePolicy, this.deps.maxSourceLagBytes);
-    const slot: { id: string | null; done: Promise<BackupManifest> } = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
+    const slot: { id: string | null; done: Promise<BackupManifest> } = {
+      id: null,
+      done: Promise.resolve(null as unknown as BackupManifest),
+    };
     this.running = slot; // taken before the first await: one backup per instance
     let lease: LeaseHolder | null;
     try {
@@ -94,7 +97,9 @@ export class BackupService {
       this.running = null;
       throw new RelevoError(ErrorCode.BackupInProgress, "a backup is running in another Relevo instance; wait for it to finish");
     }
-    const stopRenewing = this.deps.lease.keepAlive(this.deps.logger, () => this.deps.logger.error({}, "backup lease lost while a backup runs"));
+    const stopRenewing = this.deps.lease.keepAlive(this.deps.logger, () =>
+      this.deps.logger.error({}, "backup lease lost while a backup runs"),
+    );
     const source = this.deps.nodes.find((node) => node.name === chosen.node)!;
     const primary = this.deps.nodes.find((node) => node.name === snapshot?.primary)!;
     let announce!: (manifest: BackupManifest) => void;
@@ -102,8 +107,17 @@ export class BackupService {
     const { events } = this.deps;
     const startedAtMs = Date.now();
     const finalProgress = (manifest: BackupManifest, phase: "completed" | "failed"): void => {
-      const done = { phase: "copying" as const, filesDone: manifest.fileCount, filesTotal: manifest.fileCount, bytesDone: manifest.sizeBytes, bytesTotal: manifest.sizeBytes };
-      this.deps.progress.record({ ...progressFigures(manifest.id, done, startedAtMs, Date.now()), phase, etaSeconds: null }, { final: true });
+      const done = {
+        phase: "copying" as const,
+        filesDone: manifest.fileCount,
+        filesTotal: manifest.fileCount,
+        bytesDone: manifest.sizeBytes,
+        bytesTotal: manifest.sizeBytes,
+      };
+      this.deps.progress.record(
+        { ...progressFigures(manifest.id, done, startedAtMs, Date.now()), phase, etaSeconds: null },
+        { final: true },
+      );
     };
     let reference: BackupManifest | null;
     try {
@@ -129,7 +143,13 @@ export class BackupService {
       },
       onStart: async (manifest) => {
         slot.id = manifest.id;
-        await events.emit({ kind: "backup:started", severity: "info", node: source.name, message: `backup ${manifest.id} (${type}) started from ${source.name}`, data: backupRecord(manifest) });
+        await events.emit({
+          kind: "backup:started",
+          severity: "info",
+          node: source.name,
+          message: `backup ${manifest.id} (${type}) started from ${source.name}`,
+          data: backupRecord(manifest),
+        });
         announce(manifest);
       },
     })
@@ -145,14 +165,24 @@ export class BackupService {
           data: { ...backupRecord(manifest), durationMs },
         });
         // Retention after every backup, off the backup's own time (waitForIdle awaits it).
-        this.trackAfterwork(this.expire().then(() => undefined).catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")));
+        this.trackAfterwork(
+          this.expire()
+            .then(() => undefined)
+            .catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")),
+        );
         return manifest;
       })
       .catch(async (error: Error) => {
         const failed = slot.id ? await this.deps.repository.readManifest(slot.id) : null;
         if (failed) {
           finalProgress(failed, "failed");
-          await events.emit({ kind: "backup:failed", severity: "critical", node: source.name, message: error.message, data: backupRecord(failed) });
+          await events.emit({
+            kind: "backup:failed",
+            severity: "critical",
+            node: source.name,
+            message: error.message,
+            data: backupRecord(failed),
+          });
         }
         throw error;
       })
@@ -172,7 +202,9 @@ export class BackupService {
    * as a full).
    */
   private async referenceFor(type: "differential" | "incremental"): Promise<BackupManifest | null> {
-    const completed = (await this.list()).filter((manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"));
+    const completed = (await this.list()).filter(
+      (manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"),
+    );
     return completed[completed.length - 1] ?? null;
   }
 
@@ -220,7 +252,13 @@ export class BackupService {
       const expired: BackupManifest = { ...manifest, status: "expired" };
       await this.deps.repository.writeManifest(expired);
       await this.deps.repository.removeBackupContent(id);
-      await this.deps.events.emit({ kind: "backup:expired", severity: "info", node: null, message: `backup ${id} expired by retention`, data: backupRecord(expired) });
+      await this.deps.events.emit({
+        kind: "backup:expired",
+        severity: "info",
+        node: null,
+        message: `backup ${id} expired by retention`,
+        data: backupRecord(expired),
+      });
     }
     const walSegmentsRemoved = plan.walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(plan.walBefore);
     return { expired: [...plan.expire], walSegmentsRemoved };
@@ -241,7 +279,8 @@ export class BackupService {
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
     await this.referencing.get(id);
     const manifest = await this.get(id);
-    if (manifest.status !== "completed") throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
+    if (manifest.status !== "completed")
+      throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
     const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, manifest, options);
     const ok = verification.contentOk && (verification.restoreTest?.ok ?? true);
     await this.deps.events.emit({
@@ -264,7 +303,13 @@ export class BackupService {
   async rescan(): Promise<number> {
     const manifests = await this.list();
     for (const manifest of manifests) {
-      await this.deps.events.emit({ kind: "backup:cataloged", severity: "info", node: null, message: `backup ${manifest.id} (${manifest.status}) read from the repository`, data: backupRecord(manifest) });
+      await this.deps.events.emit({
+        kind: "backup:cataloged",
+        severity: "info",
+        node: null,
+        message: `backup ${manifest.id} (${manifest.status}) read from the repository`,
+        data: backupRecord(manifest),
+      });
     }
     return manifests.length;
   }
@@ -294,7 +339,10 @@ export class BackupService {
         if (current?.status === "completed") await this.deps.repository.writeManifest({ ...current, referencePoint: point });
         this.deps.logger.info({ id, lsn: point.lsn, tables: point.tables.length }, "reference point recorded for the restore test");
       } catch (error) {
-        this.deps.logger.warn({ id, err: (error as Error).message }, "no reference point for the restore test (it checks with pg_amcheck only)");
+        this.deps.logger.warn(
+          { id, err: (error as Error).message },
+          "no reference point for the restore test (it checks with pg_amcheck only)",
+        );
       } finally {
         this.referencing.delete(id);
       }

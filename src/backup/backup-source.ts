@@ -9,7 +9,11 @@ export type BackupSourcePolicy = "primary" | "replica" | "prefer-replica";
  * copy would need more WAL and end further behind); the least lagging one
  * wins. `prefer-replica` falls back to the primary, `replica` does not.
  */
-export function chooseBackupSource(snapshot: ClusterSnapshot | null, policy: BackupSourcePolicy, maxLagBytes: number): { node: string; fromReplica: boolean } {
+export function chooseBackupSource(
+  snapshot: ClusterSnapshot | null,
+  policy: BackupSourcePolicy,
+  maxLagBytes: number,
+): { node: string; fromReplica: boolean } {
   if (!snapshot?.primary) throw new RelevoError(ErrorCode.ServiceUnavailable, "no primary is known: cannot take a backup now");
   if (policy === "primary") return { node: snapshot.primary, fromReplica: false };
   const candidates = snapshot.nodes
@@ -19,5 +23,8 @@ export function chooseBackupSource(snapshot: ClusterSnapshot | null, policy: Bac
   const best = candidates[0];
   if (best) return { node: best.name, fromReplica: true };
   if (policy === "prefer-replica") return { node: snapshot.primary, fromReplica: false };
-  throw new RelevoError(ErrorCode.PreconditionFailed, `RELEVO_BACKUP_SOURCE=replica but no replica is streaming within ${maxLagBytes} bytes of lag`);
+  throw new RelevoError(
+    ErrorCode.PreconditionFailed,
+    `RELEVO_BACKUP_SOURCE=replica but no replica is streaming within ${maxLagBytes} bytes of lag`,
+  );
 }

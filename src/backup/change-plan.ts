@@ -51,14 +51,19 @@ export type FilePlan =
   | { readonly kind: "blocks"; readonly blocks: BlockRanges }
   | { readonly kind: "scan"; readonly referenceBlocks: number };
 
-export function planFile(file: { path: string; size: number; mtimeMs: number }, reference: ManifestEntry | undefined, changes: ChangeSet | null): FilePlan {
+export function planFile(
+  file: { path: string; size: number; mtimeMs: number },
+  reference: ManifestEntry | undefined,
+  changes: ChangeSet | null,
+): FilePlan {
   if (!reference || reference.type !== "file") return { kind: "whole", reason: "not in the reference" };
   const relation = relationFileOf(file.path);
   if (!relation || relation.fork !== "main" || file.size === 0) {
     // Unchanged by its length and modification time: every write to a data
     // file before this backup's checkpoint has reached the file (and moved its
     // mtime) by the time it is listed; later ones are replayed from the WAL.
-    if (reference.size === file.size && reference.mtimeMs === file.mtimeMs && !reference.mtimeUnreliable) return { kind: "blocks", blocks: [] };
+    if (reference.size === file.size && reference.mtimeMs === file.mtimeMs && !reference.mtimeUnreliable)
+      return { kind: "blocks", blocks: [] };
     return { kind: "whole", reason: relation ? `${relation.fork} fork changed` : "changed" };
   }
   if (file.size % BLOCK_SIZE !== 0 || reference.size % BLOCK_SIZE !== 0) return { kind: "whole", reason: "not whole blocks" };

@@ -35,7 +35,12 @@ export interface CopiedEntry {
 const CHUNKS = { chunkSize: LARGE_FILE_CHUNK, inFlight: LARGE_FILE_CHUNKS_IN_FLIGHT };
 
 /** Content of up to BUNDLE_FILE_LIMIT bytes into a bundle, anything larger streamed into data/<path>. null when the file is gone. */
-async function store(target: CopyTarget, file: FileEntry, expectedBytes: number, read: ChunkSource): Promise<{ size: number; crc32: string; stored: StoredContent } | null> {
+async function store(
+  target: CopyTarget,
+  file: FileEntry,
+  expectedBytes: number,
+  read: ChunkSource,
+): Promise<{ size: number; crc32: string; stored: StoredContent } | null> {
   const { bundles } = target;
   if (expectedBytes <= BUNDLE_FILE_LIMIT) {
     const parts: Buffer[] = [];
@@ -47,7 +52,11 @@ async function store(target: CopyTarget, file: FileEntry, expectedBytes: number,
   const relative = `data/${file.path}${storedSuffix(bundles.compression)}`;
   const copied = await storeChunks(read, target.repository.storedPath(target.backupId, relative), bundles.compression);
   if (copied === null) return null;
-  return { size: copied.size, crc32: copied.crc32, stored: { path: relative, bytes: copied.storedBytes, compression: bundles.compression, sha256: copied.storedSha256 } };
+  return {
+    size: copied.size,
+    crc32: copied.crc32,
+    stored: { path: relative, bytes: copied.storedBytes, compression: bundles.compression, sha256: copied.storedSha256 },
+  };
 }
 
 /** A whole file: a small one read at once into a bundle, a large one (or one that grew past the limit) streamed. */
@@ -65,7 +74,9 @@ async function copyWhole(target: CopyTarget, file: FileEntry): Promise<CopiedEnt
 async function copyBlocks(target: CopyTarget, file: FileEntry, blocks: BlockRanges): Promise<CopiedEntry | null> {
   if (blocks.length === 0) return { size: file.size, blocks };
   const ranges = blocks.map(([first, last]) => ({ offset: first * BLOCK_SIZE, length: (last - first + 1) * BLOCK_SIZE }));
-  const stored = await store(target, file, blockCount(blocks) * BLOCK_SIZE, (consume) => target.driver.readRanges(target.source, file.path, ranges, CHUNKS, consume));
+  const stored = await store(target, file, blockCount(blocks) * BLOCK_SIZE, (consume) =>
+    target.driver.readRanges(target.source, file.path, ranges, CHUNKS, consume),
+  );
   return stored && { size: file.size, crc32: stored.crc32, stored: stored.stored, blocks };
 }
 
@@ -84,7 +95,8 @@ async function copyScanned(target: CopyTarget, file: FileEntry, sinceLsn: number
   const stored = await store(target, file, Number.MAX_SAFE_INTEGER, (consume) =>
     target.driver.readChunks(target.source, file.path, CHUNKS, async (chunk) => {
       // Block numbers count whole pages from the start: a short read may only be the last.
-      if (ragged) throw new RelevoError(ErrorCode.Internal, `${file.path}: a short read in the middle of the file; its pages cannot be numbered`);
+      if (ragged)
+        throw new RelevoError(ErrorCode.Internal, `${file.path}: a short read in the middle of the file; its pages cannot be numbered`);
       if (chunk.length % BLOCK_SIZE !== 0) ragged = true;
       const changed = Buffer.allocUnsafe(chunk.length);
       let length = 0;

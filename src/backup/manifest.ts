@@ -130,7 +130,10 @@ export interface Verification {
 
 /** Sortable, unique enough, readable: 20261125T224500Z-F. */
 export function backupId(type: BackupType, at: Date): string {
-  const stamp = at.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  const stamp = at
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
   return `${stamp}-${type === "full" ? "F" : type === "differential" ? "D" : "I"}`;
 }
 

@@ -54,7 +54,9 @@ async function connect(node: NodeRef, credentials: Credentials, database: string
 async function databasesOf(node: NodeRef, credentials: Credentials): Promise<string[]> {
   const client = await connect(node, credentials, credentials.database);
   try {
-    return (await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")).rows.map((row) => row.datname);
+    return (
+      await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")
+    ).rows.map((row) => row.datname);
   } finally {
     await client.end().catch(() => undefined);
   }
@@ -76,7 +78,12 @@ async function checksumsIn(client: Client, database: string): Promise<TableCheck
  * A table created after the locks may exist at the point and not here:
  * only the tables recorded are compared.
  */
-export async function captureReferencePoint(primary: NodeRef, credentials: Credentials, name: string, lockTimeoutMs: number): Promise<ReferencePoint> {
+export async function captureReferencePoint(
+  primary: NodeRef,
+  credentials: Credentials,
+  name: string,
+  lockTimeoutMs: number,
+): Promise<ReferencePoint> {
   const lockers: Client[] = [];
   const readers: Array<{ database: string; client: Client }> = [];
   try {
@@ -95,7 +102,12 @@ export async function captureReferencePoint(primary: NodeRef, credentials: Crede
       await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
       await reader.query(`SET TRANSACTION SNAPSHOT '${snapshot.replace(/'/g, "''")}'`);
     }
-    const point = (await lockers[0]!.query<{ lsn: string; file: string }>("SELECT lsn::text, pg_walfile_name(lsn) AS file FROM pg_create_restore_point($1) AS lsn", [name])).rows[0]!;
+    const point = (
+      await lockers[0]!.query<{ lsn: string; file: string }>(
+        "SELECT lsn::text, pg_walfile_name(lsn) AS file FROM pg_create_restore_point($1) AS lsn",
+        [name],
+      )
+    ).rows[0]!;
     const createdAt = new Date().toISOString();
     for (const locker of lockers) await locker.query("COMMIT");
     // Close the segment, so that the restore test does not wait for it to fill.
@@ -115,7 +127,8 @@ export async function checksumsOn(node: NodeRef, credentials: Credentials, recor
     const client = await connect(node, credentials, database);
     try {
       for (const entry of recorded.filter((candidate) => candidate.database === database)) {
-        const exists = (await client.query<{ found: boolean }>("SELECT to_regclass($1) IS NOT NULL AS found", [entry.table])).rows[0]!.found;
+        const exists = (await client.query<{ found: boolean }>("SELECT to_regclass($1) IS NOT NULL AS found", [entry.table])).rows[0]!
+          .found;
         if (!exists) continue; // reported as missing
         result.push(await tableChecksum(client, database, entry.table));
       }

@@ -151,7 +151,8 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     // A block-level backup needs the WAL up to its own start, archived and summarised.
     let changes: ChangeSet | null = null;
     if (reference) {
-      const timeline = (await session.query<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()")).rows[0]!.timeline;
+      const timeline = (await session.query<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()")).rows[0]!
+        .timeline;
       if (facts.in_recovery) await options.switchWalOnPrimary();
       else await session.query("SELECT pg_switch_wal()");
       await deps.archiver.waitForArchived(timeline, started, started, options.archiveTimeoutMs);
@@ -162,8 +163,13 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
         { timeline, startLsn: started, history: timeline === facts.timeline ? history : await serverHistory(session, timeline) },
       );
       // Only when the timeline changed between the check above and the start (a promotion in between).
-      if (found.kind === "other-history") throw new RelevoError(ErrorCode.PreconditionFailed, `the cluster changed history as the backup started (${found.reason}); take it again`);
-      if (found.kind === "unavailable") logger.warn({ id, reason: found.reason }, "the WAL since the reference is not readable: scanning page LSNs instead");
+      if (found.kind === "other-history")
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `the cluster changed history as the backup started (${found.reason}); take it again`,
+        );
+      if (found.kind === "unavailable")
+        logger.warn({ id, reason: found.reason }, "the WAL since the reference is not readable: scanning page LSNs instead");
       changes = found.kind === "changes" ? found.changes : null;
       manifest = { ...manifest, changesFrom: changes ? "wal" : "page-scan" };
       logger.info(
@@ -199,7 +205,9 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     try {
       await forEachParallel(byDescendingSize, options.parallelism, async (file: FileEntry) => {
         if (sessionError) throw sessionError;
-        const plan: FilePlan = reference ? planFile(file, referenceEntries.get(file.path), changes) : { kind: "whole", reason: "full backup" };
+        const plan: FilePlan = reference
+          ? planFile(file, referenceEntries.get(file.path), changes)
+          : { kind: "whole", reason: "full backup" };
         const copied = await copyPlanned(target, file, plan, sinceLsn);
         if (copied === null) return; // dropped while we copied: WAL replay removes it anyway
         entries.set(file.path, {
@@ -223,8 +231,11 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
 
     // On a primary, pg_backup_stop also switches to a new WAL segment, so the
     // last one the backup needs is complete and can be archived.
-    const stop = (await session.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"))
-      .rows[0]!;
+    const stop = (
+      await session.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+      )
+    ).rows[0]!;
     const stoppedAt = new Date();
     if (facts.in_recovery) await options.switchWalOnPrimary();
     const startLsn = labelStartLsn(stop.labelfile);
@@ -282,11 +293,17 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
  * reference of this cluster on this backup's history, else it is a full
  * and says why.
  */
-function decideType(options: BackupOptions, facts: { system_identifier: string }, history: readonly TimelineStep[]): { type: BackupType; promotedToFull: string | null } {
+function decideType(
+  options: BackupOptions,
+  facts: { system_identifier: string },
+  history: readonly TimelineStep[],
+): { type: BackupType; promotedToFull: string | null } {
   if (options.type === "full") return { type: "full", promotedToFull: null };
   const reference = options.reference;
-  if (!reference) return { type: "full", promotedToFull: `no completed ${options.type === "differential" ? "full backup" : "backup"} to build on` };
-  if (reference.systemIdentifier !== facts.system_identifier) return { type: "full", promotedToFull: `the reference ${reference.id} is of another cluster (system identifier)` };
+  if (!reference)
+    return { type: "full", promotedToFull: `no completed ${options.type === "differential" ? "full backup" : "backup"} to build on` };
+  if (reference.systemIdentifier !== facts.system_identifier)
+    return { type: "full", promotedToFull: `the reference ${reference.id} is of another cluster (system identifier)` };
   const onHistory = referenceOnHistory(reference, history);
   if (onHistory !== null) return { type: "full", promotedToFull: onHistory };
   return { type: options.type, promotedToFull: null };

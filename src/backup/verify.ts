@@ -43,7 +43,8 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
       link.files.filter((entry) => entry.type === "file" && !(entry.blocks && !entry.stored)),
       deps.parallelism,
       async (entry) => {
-        if (!(await storedFileMatches(deps.repository, link.id, entry))) badFiles.push(link.id === manifest.id ? entry.path : `${link.id}:${entry.path}`);
+        if (!(await storedFileMatches(deps.repository, link.id, entry)))
+          badFiles.push(link.id === manifest.id ? entry.path : `${link.id}:${entry.path}`);
       },
     );
   }
@@ -53,7 +54,10 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
     checkedAt: new Date().toISOString(),
     contentOk: badFiles.length === 0,
     badFiles,
-    restoreTest: options.restoreTest && badFiles.length > 0 ? { ok: false, durationMs: 0, error: "not attempted: stored content is damaged" } : restoreTest,
+    restoreTest:
+      options.restoreTest && badFiles.length > 0
+        ? { ok: false, durationMs: 0, error: "not attempted: stored content is damaged" }
+        : restoreTest,
   };
   await deps.repository.writeManifest({ ...manifest, verification });
   return verification;
@@ -101,16 +105,36 @@ async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promi
     });
     const check = await deps.driver.exec(
       scratch,
-      ["pg_amcheck", "-h", scratch.host, "-p", String(scratch.port), "-U", deps.superuser.user, "--all", "--install-missing", "--no-password"],
+      [
+        "pg_amcheck",
+        "-h",
+        scratch.host,
+        "-p",
+        String(scratch.port),
+        "-U",
+        deps.superuser.user,
+        "--all",
+        "--install-missing",
+        "--no-password",
+      ],
       { mode: "online", env: { PGPASSWORD: deps.superuser.password }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
     );
     if (check.exitCode !== 0) {
-      return { ok: false, durationMs: Date.now() - started, error: `pg_amcheck: ${(check.stdout + check.stderr).trim().split("\n").slice(0, 5).join(" | ")}` };
+      return {
+        ok: false,
+        durationMs: Date.now() - started,
+        error: `pg_amcheck: ${(check.stdout + check.stderr).trim().split("\n").slice(0, 5).join(" | ")}`,
+      };
     }
     if (!reference) return { ok: true, durationMs: Date.now() - started, error: null, tablesCompared: 0 };
     const mismatches = checksumMismatches(reference.tables, await checksumsOn(scratch, deps.superuser, reference.tables));
     if (mismatches.length > 0) {
-      return { ok: false, durationMs: Date.now() - started, error: `tables differ from reference point ${reference.name}: ${mismatches.slice(0, 5).join("; ")}`, tablesCompared: reference.tables.length };
+      return {
+        ok: false,
+        durationMs: Date.now() - started,
+        error: `tables differ from reference point ${reference.name}: ${mismatches.slice(0, 5).join("; ")}`,
+        tablesCompared: reference.tables.length,
+      };
     }
     return { ok: true, durationMs: Date.now() - started, error: null, tablesCompared: reference.tables.length };
   } catch (error) {

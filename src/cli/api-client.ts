@@ -16,12 +16,16 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
   try {
     text = await post(url, { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator")}` }, JSON.stringify({ query, variables }));
   } catch (error) {
-    throw new RelevoError(ErrorCode.ServiceUnavailable, `Relevo's API does not answer at ${url}: is \`relevo up\` running?`, { cause: error });
+    throw new RelevoError(ErrorCode.ServiceUnavailable, `Relevo's API does not answer at ${url}: is \`relevo up\` running?`, {
+      cause: error,
+    });
   }
   const body = JSON.parse(text) as { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> };
   const first = body.errors?.[0];
   if (first) {
-    const code = Object.values(ErrorCode).includes(first.extensions?.code as ErrorCode) ? (first.extensions!.code as ErrorCode) : ErrorCode.Internal;
+    const code = Object.values(ErrorCode).includes(first.extensions?.code as ErrorCode)
+      ? (first.extensions!.code as ErrorCode)
+      : ErrorCode.Internal;
     throw new RelevoError(code, first.message);
   }
   return body.data as T;
@@ -35,12 +39,16 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
  */
 function post(url: string, headers: Record<string, string>, body: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const request = http.request(url, { method: "POST", headers: { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on("data", (chunk: Buffer) => chunks.push(chunk));
-      response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-      response.on("error", reject);
-    });
+    const request = http.request(
+      url,
+      { method: "POST", headers: { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.push(chunk));
+        response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+        response.on("error", reject);
+      },
+    );
     request.on("error", reject);
     request.end(body);
   });

@@ -37,7 +37,11 @@ interface BackupRow {
 export async function backupCreateCommand(config: RelevoConfig, options: { type: string; wait: boolean }, output: Output): Promise<void> {
   const type = TYPES[options.type];
   if (!type) throw new RelevoError(ErrorCode.BadUserInput, `unknown backup type "${options.type}": use full, diff or incr`);
-  const { createBackup } = await callApi<{ createBackup: BackupRow }>(config, `mutation($type: BackupType!) { createBackup(type: $type) { ${BACKUP_FIELDS} } }`, { type });
+  const { createBackup } = await callApi<{ createBackup: BackupRow }>(
+    config,
+    `mutation($type: BackupType!) { createBackup(type: $type) { ${BACKUP_FIELDS} } }`,
+    { type },
+  );
   output.out(createBackup.id);
   if (!options.wait) return;
   for (;;) {
@@ -73,31 +77,53 @@ export function progressBar(progress: ProgressRow, width = 30): string {
   return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(Math.round(fraction * 100)).padStart(3)}%  ${rate}${eta}  ${progress.phase}   `;
 }
 
-export async function backupVerifyCommand(config: RelevoConfig, options: { id: string; restoreTest: boolean }, output: Output): Promise<void> {
-  const { verifyBackup } = await callApi<{ verifyBackup: { id: string; verification: { contentOk: boolean; badFiles: string[]; restoreTest: { ok: boolean; error: string | null } | null } } }>(
+export async function backupVerifyCommand(
+  config: RelevoConfig,
+  options: { id: string; restoreTest: boolean },
+  output: Output,
+): Promise<void> {
+  const { verifyBackup } = await callApi<{
+    verifyBackup: {
+      id: string;
+      verification: { contentOk: boolean; badFiles: string[]; restoreTest: { ok: boolean; error: string | null } | null };
+    };
+  }>(
     config,
     `mutation($id: ID!, $restoreTest: Boolean!) { verifyBackup(id: $id, restoreTest: $restoreTest) { id verification { contentOk badFiles restoreTest { ok error } } } }`,
     { id: options.id, restoreTest: options.restoreTest },
   );
   const verification = verifyBackup.verification;
   output.out(`content: ${verification.contentOk ? "ok" : `DAMAGED: ${verification.badFiles.join(", ")}`}`);
-  if (verification.restoreTest) output.out(`restore test: ${verification.restoreTest.ok ? "ok" : `FAILED: ${verification.restoreTest.error}`}`);
+  if (verification.restoreTest)
+    output.out(`restore test: ${verification.restoreTest.ok ? "ok" : `FAILED: ${verification.restoreTest.error}`}`);
   if (!verification.contentOk || verification.restoreTest?.ok === false) {
     throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${options.id} failed verification`);
   }
 }
 
 export async function backupListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
-  const { backups } = await callApi<{ backups: { edges: Array<{ node: BackupRow }> } }>(config, `{ backups(first: 200) { edges { node { ${BACKUP_FIELDS} } } } }`);
+  const { backups } = await callApi<{ backups: { edges: Array<{ node: BackupRow }> } }>(
+    config,
+    `{ backups(first: 200) { edges { node { ${BACKUP_FIELDS} } } } }`,
+  );
   const rows = backups.edges.map((edge) => edge.node);
   if (options.json) {
     output.out(JSON.stringify(rows, null, 2));
     return;
   }
-  output.out(["ID".padEnd(20), "TYPE".padEnd(12), "STATUS".padEnd(10), "STARTED".padEnd(24), "SIZE".padStart(14), "STORED".padStart(14)].join("  "));
+  output.out(
+    ["ID".padEnd(20), "TYPE".padEnd(12), "STATUS".padEnd(10), "STARTED".padEnd(24), "SIZE".padStart(14), "STORED".padStart(14)].join("  "),
+  );
   for (const row of rows) {
     output.out(
-      [row.id.padEnd(20), row.type.padEnd(12), row.status.padEnd(10), row.startedAt.padEnd(24), String(row.sizeBytes ?? "-").padStart(14), String(row.storedBytes ?? "-").padStart(14)].join("  "),
+      [
+        row.id.padEnd(20),
+        row.type.padEnd(12),
+        row.status.padEnd(10),
+        row.startedAt.padEnd(24),
+        String(row.sizeBytes ?? "-").padStart(14),
+        String(row.storedBytes ?? "-").padStart(14),
+      ].join("  "),
     );
   }
 }
@@ -130,7 +156,9 @@ export async function restoreCommand(
     );
     return chosen;
   });
-  output.out(`restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`);
+  output.out(
+    `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
+  );
   output.out(connectionUri([target], superuser));
 }
 

@@ -104,7 +104,11 @@ export async function urlCommand(
   }
   if (!node) {
     const primary = await findWritablePrimary({ config, secrets }, nodes);
-    if (!primary) throw new RelevoError(ErrorCode.ServiceUnavailable, "no node is a reachable primary; name a node (relevo url node2) or use --multi-host");
+    if (!primary)
+      throw new RelevoError(
+        ErrorCode.ServiceUnavailable,
+        "no node is a reachable primary; name a node (relevo url node2) or use --multi-host",
+      );
     node = primary;
   }
   output.out(connectionUri([node], credentials));

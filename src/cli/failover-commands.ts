@@ -30,15 +30,23 @@ function report(row: FailoverRow, output: Output): void {
 }
 
 export async function failoverCommand(config: RelevoConfig, options: { to?: string; force: boolean }, output: Output): Promise<void> {
-  const { failover } = await callApi<{ failover: FailoverRow }>(config, `mutation($to: String, $force: Boolean!) { failover(to: $to, force: $force) { ${FAILOVER_FIELDS} } }`, {
-    to: options.to ?? null,
-    force: options.force,
-  });
+  const { failover } = await callApi<{ failover: FailoverRow }>(
+    config,
+    `mutation($to: String, $force: Boolean!) { failover(to: $to, force: $force) { ${FAILOVER_FIELDS} } }`,
+    {
+      to: options.to ?? null,
+      force: options.force,
+    },
+  );
   report(failover, output);
 }
 
 export async function switchoverCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
-  const { switchover } = await callApi<{ switchover: FailoverRow }>(config, `mutation($to: String!) { switchover(to: $to) { ${FAILOVER_FIELDS} } }`, { to: options.to });
+  const { switchover } = await callApi<{ switchover: FailoverRow }>(
+    config,
+    `mutation($to: String!) { switchover(to: $to) { ${FAILOVER_FIELDS} } }`,
+    { to: options.to },
+  );
   report(switchover, output);
 }
 
@@ -48,23 +56,38 @@ export async function failbackCommand(config: RelevoConfig, output: Output): Pro
 }
 
 export async function rejoinCommand(config: RelevoConfig, options: { name: string }, output: Output): Promise<void> {
-  const { rejoinNode } = await callApi<{ rejoinNode: string }>(config, `mutation($name: String!) { rejoinNode(name: $name) }`, { name: options.name });
+  const { rejoinNode } = await callApi<{ rejoinNode: string }>(config, `mutation($name: String!) { rejoinNode(name: $name) }`, {
+    name: options.name,
+  });
   output.out(`${options.name} rejoined as a replica (${rejoinNode})`);
 }
 
 export async function maintenanceCommand(config: RelevoConfig, options: { mode: string }, output: Output): Promise<void> {
-  if (options.mode !== "on" && options.mode !== "off") throw new RelevoError(ErrorCode.BadUserInput, `unknown maintenance mode "${options.mode}": use on or off`);
-  const { setMaintenance } = await callApi<{ setMaintenance: boolean }>(config, `mutation($enabled: Boolean!) { setMaintenance(enabled: $enabled) }`, {
-    enabled: options.mode === "on",
-  });
-  output.out(setMaintenance ? "maintenance on: no automatic failover, rejoin or failback" : "maintenance off: automatic failover, rejoin and failback resume");
+  if (options.mode !== "on" && options.mode !== "off")
+    throw new RelevoError(ErrorCode.BadUserInput, `unknown maintenance mode "${options.mode}": use on or off`);
+  const { setMaintenance } = await callApi<{ setMaintenance: boolean }>(
+    config,
+    `mutation($enabled: Boolean!) { setMaintenance(enabled: $enabled) }`,
+    {
+      enabled: options.mode === "on",
+    },
+  );
+  output.out(
+    setMaintenance
+      ? "maintenance on: no automatic failover, rejoin or failback"
+      : "maintenance off: automatic failover, rejoin and failback resume",
+  );
 }
 
 export async function replicaCommand(config: RelevoConfig, options: { action: string; name: string }, output: Output): Promise<void> {
   if (options.action === "add") {
-    const { addReplica } = await callApi<{ addReplica: { name: string; port: number } }>(config, `mutation($name: String!) { addReplica(name: $name) { name port } }`, {
-      name: options.name,
-    });
+    const { addReplica } = await callApi<{ addReplica: { name: string; port: number } }>(
+      config,
+      `mutation($name: String!) { addReplica(name: $name) { name port } }`,
+      {
+        name: options.name,
+      },
+    );
     output.out(`${addReplica.name} added as a streaming replica on port ${addReplica.port}`);
     return;
   }

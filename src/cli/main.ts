@@ -3,8 +3,22 @@ import "reflect-metadata";
 import { Command } from "commander";
 import { loadConfig, describeConfig, type RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, exitCodeFor, isRelevoError } from "../errors";
-import { backupCreateCommand, backupListCommand, backupVerifyCommand, restoreClusterCommand, restoreCommand, restoreStopCommand } from "./backup-commands";
-import { failbackCommand, failoverCommand, maintenanceCommand, rejoinCommand, replicaCommand, switchoverCommand } from "./failover-commands";
+import {
+  backupCreateCommand,
+  backupListCommand,
+  backupVerifyCommand,
+  restoreClusterCommand,
+  restoreCommand,
+  restoreStopCommand,
+} from "./backup-commands";
+import {
+  failbackCommand,
+  failoverCommand,
+  maintenanceCommand,
+  rejoinCommand,
+  replicaCommand,
+  switchoverCommand,
+} from "./failover-commands";
 import { createLogger } from "../log";
 import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
 
@@ -77,7 +91,9 @@ backup
   .command("verify <id>")
   .description("re-read the backup against its checksums; --restore-test also restores it into a scratch node and runs pg_amcheck")
   .option("--restore-test", "restore, start and check a scratch copy", false)
-  .action((id: string, options: { restoreTest: boolean }) => run(() => backupVerifyCommand(config(), { id, restoreTest: options.restoreTest }, output)));
+  .action((id: string, options: { restoreTest: boolean }) =>
+    run(() => backupVerifyCommand(config(), { id, restoreTest: options.restoreTest }, output)),
+  );
 
 const restore = program
   .command("restore")
@@ -92,15 +108,24 @@ const restore = program
   .option("--time <iso8601>", "recover to this time")
   .option("--lsn <lsn>", "recover to this LSN")
   .option("--name <restore point>", "recover to this named restore point")
-  .option("--cluster", "disaster recovery: restore the primary from the repository, then seed the replicas from it (Relevo must be stopped)", false)
+  .option(
+    "--cluster",
+    "disaster recovery: restore the primary from the repository, then seed the replicas from it (Relevo must be stopped)",
+    false,
+  )
   .action((options: { to?: string; port?: string; backup?: string; time?: string; lsn?: string; name?: string; cluster: boolean }) =>
     run(async () => {
       if (options.cluster) {
-        if (options.to || options.port) throw new RelevoError(ErrorCode.BadUserInput, "relevo restore --cluster restores the cluster's own nodes: --to and --port do not apply");
+        if (options.to || options.port)
+          throw new RelevoError(
+            ErrorCode.BadUserInput,
+            "relevo restore --cluster restores the cluster's own nodes: --to and --port do not apply",
+          );
         await restoreClusterCommand(config(), options, createLogger({ level: "warn" }), output);
         return;
       }
-      if (!options.to || !options.port || !/^\d+$/.test(options.port)) throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
+      if (!options.to || !options.port || !/^\d+$/.test(options.port))
+        throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
       const cfg = config();
       await restoreCommand(cfg, { ...options, to: options.to, port: Number(options.port) }, createLogger({ level: "warn" }), output);
     }),
@@ -136,7 +161,9 @@ program
 
 program
   .command("replica <add|remove> <name>")
-  .description("add: seed a new streaming replica (from the newest backup, else pg_basebackup); remove: stop one, delete its data and its slot")
+  .description(
+    "add: seed a new streaming replica (from the newest backup, else pg_basebackup); remove: stop one, delete its data and its slot",
+  )
   .action((action: string, name: string) => run(() => replicaCommand(config(), { action, name }, output)));
 
 program

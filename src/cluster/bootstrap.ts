@@ -79,7 +79,10 @@ export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly Node
     else empty.push(node);
   }
   for (const node of empty) {
-    const primary = await findWritablePrimary(deps, outcomes.map((outcome) => outcome.node));
+    const primary = await findWritablePrimary(
+      deps,
+      outcomes.map((outcome) => outcome.node),
+    );
     if (primary === null) {
       if (outcomes.length > 0) {
         throw new RelevoError(

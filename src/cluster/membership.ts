@@ -53,7 +53,10 @@ export class Membership {
   /** A new member's NodeRef (not recorded yet): its name checked, the next port after every member's. */
   plan(name: string, port: number): NodeRef {
     if (!NODE_NAME.test(name)) {
-      throw new RelevoError(ErrorCode.BadUserInput, `invalid node name "${name}": lower-case letters, digits and '-', starting with a letter, at most 31 characters`);
+      throw new RelevoError(
+        ErrorCode.BadUserInput,
+        `invalid node name "${name}": lower-case letters, digits and '-', starting with a letter, at most 31 characters`,
+      );
     }
     if (this.find(name)) throw new RelevoError(ErrorCode.BadUserInput, `a node named "${name}" already exists`);
     return { name, host: this.config.host, port };
@@ -65,7 +68,10 @@ export class Membership {
   }
 
   async add(node: NodeRef): Promise<void> {
-    this.changes = { added: [...this.changes.added.filter((n) => n.name !== node.name), node], removed: this.changes.removed.filter((n) => n !== node.name) };
+    this.changes = {
+      added: [...this.changes.added.filter((n) => n.name !== node.name), node],
+      removed: this.changes.removed.filter((n) => n !== node.name),
+    };
     await writeChanges(this.config.home, this.changes);
     if (!this.find(node.name)) this.nodes.push(node);
   }
@@ -104,7 +110,10 @@ async function readChanges(home: string): Promise<MembershipChanges> {
   }
   const parsed = fileSchema.safeParse(JSON.parse(raw));
   if (!parsed.success) {
-    throw new RelevoError(ErrorCode.InvalidConfig, `${path.join(home, MEMBERSHIP_FILE)} is not a valid membership file: ${parsed.error.issues[0]?.message}`);
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `${path.join(home, MEMBERSHIP_FILE)} is not a valid membership file: ${parsed.error.issues[0]?.message}`,
+    );
   }
   return parsed.data;
 }

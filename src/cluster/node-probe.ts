@@ -89,16 +89,14 @@ export class NodeProber {
 
 async function readProbe(client: Client): Promise<NodeProbe> {
   const role = (await client.query(ROLE_SQL)).rows[0] as { in_recovery: boolean; version: string };
-  const slots = (await client.query(SLOTS_SQL)).rows.map(
-    (row): SlotStatus => ({
-      name: row.slot_name,
-      type: row.slot_type,
-      active: row.active,
-      restartLsn: row.restart_lsn,
-      walStatus: row.wal_status,
-      retainedBytes: row.retained_bytes,
-    }),
-  );
+  const slots = (await client.query(SLOTS_SQL)).rows.map((row): SlotStatus => ({
+    name: row.slot_name,
+    type: row.slot_type,
+    active: row.active,
+    restartLsn: row.restart_lsn,
+    walStatus: row.wal_status,
+    retainedBytes: row.retained_bytes,
+  }));
   if (!role.in_recovery) {
     const primary = (await client.query(PRIMARY_SQL)).rows[0];
     const senders = (await client.query(SENDERS_SQL)).rows.map((row) => ({

@@ -15,7 +15,10 @@ export function topologyChanges(previous: ClusterSnapshot | null, next: ClusterS
       kind: "cluster:primary-changed",
       severity: next.primary === null ? "critical" : "warning",
       node: next.primary,
-      message: next.primary === null ? `no primary (was ${previous.primary})` : `primary is now ${next.primary} (was ${previous.primary ?? "none"})`,
+      message:
+        next.primary === null
+          ? `no primary (was ${previous.primary})`
+          : `primary is now ${next.primary} (was ${previous.primary ?? "none"})`,
       data: { from: previous.primary, to: next.primary },
     });
   }
@@ -30,12 +33,24 @@ function nodeChanges(before: NodeSnapshot, after: NodeSnapshot, lagAlertBytes: n
   const events: EventDraft[] = [];
   const node = after.name;
   if (before.reachable && !after.reachable) {
-    events.push({ kind: "node:down", severity: after.role === "primary" ? "critical" : "warning", node, message: `${node} is unreachable: ${after.error}`, data: { error: after.error ?? "unknown" } });
+    events.push({
+      kind: "node:down",
+      severity: after.role === "primary" ? "critical" : "warning",
+      node,
+      message: `${node} is unreachable: ${after.error}`,
+      data: { error: after.error ?? "unknown" },
+    });
   } else if (!before.reachable && after.reachable) {
     events.push({ kind: "node:up", severity: "info", node, message: `${node} is reachable again`, data: {} });
   }
   if (before.roleConfirmed && after.roleConfirmed && before.role !== after.role) {
-    events.push({ kind: "node:role-changed", severity: "warning", node, message: `${node} is now ${after.role} (was ${before.role})`, data: { from: before.role, to: after.role } });
+    events.push({
+      kind: "node:role-changed",
+      severity: "warning",
+      node,
+      message: `${node} is now ${after.role} (was ${before.role})`,
+      data: { from: before.role, to: after.role },
+    });
   }
   // Replication is only judged on a node that answered both times: an
   // unreachable replica is reported once, as node:down, not also as lost streaming.
@@ -44,16 +59,34 @@ function nodeChanges(before: NodeSnapshot, after: NodeSnapshot, lagAlertBytes: n
     const isStreaming = after.replication?.state === "streaming";
     if (wasStreaming && !isStreaming) {
       const state = after.replication?.state ?? "unknown";
-      events.push({ kind: "replication:streaming-lost", severity: "warning", node, message: `${node} stopped streaming (${state})`, data: { state } });
+      events.push({
+        kind: "replication:streaming-lost",
+        severity: "warning",
+        node,
+        message: `${node} stopped streaming (${state})`,
+        data: { state },
+      });
     } else if (!wasStreaming && isStreaming) {
       events.push({ kind: "replication:streaming-restored", severity: "info", node, message: `${node} is streaming again`, data: {} });
     }
     const lagBefore = before.replication?.lagBytes ?? 0;
     const lagAfter = after.replication?.lagBytes ?? 0;
     if (lagBefore <= lagAlertBytes && lagAfter > lagAlertBytes) {
-      events.push({ kind: "replication:lag-high", severity: "warning", node, message: `${node} lags ${lagAfter} bytes (threshold ${lagAlertBytes})`, data: { lagBytes: lagAfter, thresholdBytes: lagAlertBytes } });
+      events.push({
+        kind: "replication:lag-high",
+        severity: "warning",
+        node,
+        message: `${node} lags ${lagAfter} bytes (threshold ${lagAlertBytes})`,
+        data: { lagBytes: lagAfter, thresholdBytes: lagAlertBytes },
+      });
     } else if (lagBefore > lagAlertBytes && lagAfter <= lagAlertBytes) {
-      events.push({ kind: "replication:lag-normal", severity: "info", node, message: `${node} caught up (${lagAfter} bytes behind)`, data: { lagBytes: lagAfter, thresholdBytes: lagAlertBytes } });
+      events.push({
+        kind: "replication:lag-normal",
+        severity: "info",
+        node,
+        message: `${node} caught up (${lagAfter} bytes behind)`,
+        data: { lagBytes: lagAfter, thresholdBytes: lagAlertBytes },
+      });
     }
   }
   return events;

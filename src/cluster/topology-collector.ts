@@ -113,5 +113,4 @@ export class TopologyCollector {
     for (const change of changes) await this.deps.events.emit(change);
     return next;
   }
-
 }

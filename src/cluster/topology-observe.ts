@@ -4,7 +4,12 @@ import type { Credentials } from "../postgres/connection";
 import { buildSnapshot, type ClusterSnapshot, type DriverView, type NodeObservation, type NodeRole } from "./topology";
 
 /** One node, one round: PostgreSQL's view (or why it could not be had) and the driver's. */
-export async function observeNode(node: NodeRef, prober: NodeProber, driver: NodeDriver, previous: ClusterSnapshot | null): Promise<NodeObservation> {
+export async function observeNode(
+  node: NodeRef,
+  prober: NodeProber,
+  driver: NodeDriver,
+  previous: ClusterSnapshot | null,
+): Promise<NodeObservation> {
   const checkedAt = new Date().toISOString();
   const [probe, view, fallbackRole] = await Promise.all([
     prober.probe().catch((error: Error) => ({ error: error.message || String(error) })),

@@ -39,7 +39,13 @@ export interface NodeProbe {
   readonly lastReplayAt: string | null;
   readonly replayLagSeconds: number | null;
   /** WAL receiver (replicas): status and the upstream it streams from. */
-  readonly receiver: { readonly status: string; readonly senderHost: string | null; readonly senderPort: number | null; readonly slotName: string | null; readonly lastMessageAt: string | null } | null;
+  readonly receiver: {
+    readonly status: string;
+    readonly senderHost: string | null;
+    readonly senderPort: number | null;
+    readonly slotName: string | null;
+    readonly lastMessageAt: string | null;
+  } | null;
   /** pg_stat_replication rows (primary): one per connected standby. */
   readonly senders: ReadonlyArray<{
     readonly applicationName: string;
@@ -109,7 +115,12 @@ export interface NodeObservation {
 }
 
 /** Turns one round of observations into a snapshot. Pure. */
-export function buildSnapshot(clusterName: string, observations: readonly NodeObservation[], lagAlertBytes: number, now: string): ClusterSnapshot {
+export function buildSnapshot(
+  clusterName: string,
+  observations: readonly NodeObservation[],
+  lagAlertBytes: number,
+  now: string,
+): ClusterSnapshot {
   const primaries = observations.filter((o) => "role" in o.probe && o.probe.role === "primary");
   const primaryProbe = primaries.length === 1 && "role" in primaries[0]!.probe ? primaries[0]!.probe : null;
   const nodes = observations.map((o) => nodeSnapshot(o, primaries[0]?.name ?? null, primaryProbe));
@@ -119,7 +130,8 @@ export function buildSnapshot(clusterName: string, observations: readonly NodeOb
   for (const node of nodes) {
     if (!node.reachable) reasons.push(`${node.name} is unreachable`);
     else if (node.role === "replica" && node.replication?.state !== "streaming") reasons.push(`${node.name} is not streaming`);
-    else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes) reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
+    else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes)
+      reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
   }
   const health: ClusterHealth = primaries.length !== 1 ? "critical" : reasons.length > 0 ? "degraded" : "healthy";
   return {

@@ -8,7 +8,9 @@ import { z } from "zod";
  */
 const port = z.coerce.number().int().min(1).max(65535);
 const positiveInt = z.coerce.number().int().positive();
-const booleanFlag = z.enum(["true", "false", "1", "0", "on", "off", "yes", "no"]).transform((value) => ["true", "1", "on", "yes"].includes(value));
+const booleanFlag = z
+  .enum(["true", "false", "1", "0", "on", "off", "yes", "no"])
+  .transform((value) => ["true", "1", "on", "yes"].includes(value));
 const cronOrOff = z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off");
 
 export const configKeys = {

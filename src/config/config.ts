@@ -36,7 +36,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   config.repository = config.repository === "" ? path.join(config.home, "repository") : path.resolve(config.repository);
   // The docker CLI's own variables, when Relevo's are not set.
   config.dockerHost = config.dockerHost || env.DOCKER_HOST || "";
-  config.dockerCertPath = config.dockerCertPath || (env.DOCKER_TLS_VERIFY && env.DOCKER_TLS_VERIFY !== "0" ? (env.DOCKER_CERT_PATH ?? path.join(env.HOME ?? "/root", ".docker")) : "");
+  config.dockerCertPath =
+    config.dockerCertPath ||
+    (env.DOCKER_TLS_VERIFY && env.DOCKER_TLS_VERIFY !== "0" ? (env.DOCKER_CERT_PATH ?? path.join(env.HOME ?? "/root", ".docker")) : "");
   validatePorts(config);
   return Object.freeze(config);
 }

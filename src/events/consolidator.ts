@@ -118,7 +118,15 @@ export class Consolidator {
   }
 
   private async claimAbandoned(): Promise<void> {
-    await this.redis.xautoclaim(this.keys.events, CONSOLIDATOR_GROUP, this.consumer, this.options.claimIdleMs, "0-0", "COUNT", this.options.batchSize);
+    await this.redis.xautoclaim(
+      this.keys.events,
+      CONSOLIDATOR_GROUP,
+      this.consumer,
+      this.options.claimIdleMs,
+      "0-0",
+      "COUNT",
+      this.options.batchSize,
+    );
   }
 
   private async read(from: "0" | ">"): Promise<ClusterEvent[]> {

@@ -77,7 +77,11 @@ export class ClusterStateStore {
   }
 
   /** Applies `change` to the current state and writes it under `guard`; throws StaleWriterError when the guard no longer holds. */
-  async update(guard: StateGuard | null, change: (state: ClusterState | null) => ClusterState, conditions: WriteConditions = {}): Promise<ClusterState> {
+  async update(
+    guard: StateGuard | null,
+    change: (state: ClusterState | null) => ClusterState,
+    conditions: WriteConditions = {},
+  ): Promise<ClusterState> {
     const next = { ...change(await this.read()), updatedAt: new Date().toISOString() };
     const written = (await this.redis.eval(
       GUARDED_SET,

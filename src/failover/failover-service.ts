@@ -25,7 +25,10 @@ export interface FailoverServiceDeps {
   readonly leaseTtlMs: number;
   /** The consolidated Failover records; recent ones are also read from the events stream (not consolidated yet while no primary is up). */
   readonly database: PrimaryDatabase;
-  readonly monitor: Omit<FailoverMonitorDeps, "guard" | "store" | "journal" | "operations" | "redis" | "maintenanceKey" | "primaryLsnKey" | "events" | "logger" | "nodes">;
+  readonly monitor: Omit<
+    FailoverMonitorDeps,
+    "guard" | "store" | "journal" | "operations" | "redis" | "maintenanceKey" | "primaryLsnKey" | "events" | "logger" | "nodes"
+  >;
 }
 
 /** What the API and the CLI see of failover: the operations, maintenance mode, the recorded state. */
@@ -53,7 +56,12 @@ export class FailoverService {
       },
     });
     // The monitor runs in one instance at a time; a standby instance takes over when the lease expires.
-    this.role = new LeaderRole(deps.lease, { name: "failover-monitor", start: () => this.monitor.start(), stop: () => this.monitor.stop() }, deps.leaseTtlMs, deps.logger);
+    this.role = new LeaderRole(
+      deps.lease,
+      { name: "failover-monitor", start: () => this.monitor.start(), stop: () => this.monitor.stop() },
+      deps.leaseTtlMs,
+      deps.logger,
+    );
   }
 
   /**
@@ -76,8 +84,18 @@ export class FailoverService {
     const recorded = snapshot.nodes.find((node) => node.name === state.primary);
     if (recorded && !(recorded.reachable && recorded.roleConfirmed && recorded.role === "replica")) return;
     const primary = snapshot.primary;
-    await this.deps.store.update(null, (current) => ({ ...(current ?? state), primary, epoch: (current ?? state).epoch + 1, syncSet: [], eligible: [], joining: {} }));
-    this.deps.logger.warn({ recorded: state.primary, primary }, "the recorded primary is a replica now and another node is the only writable one: recorded it as the primary");
+    await this.deps.store.update(null, (current) => ({
+      ...(current ?? state),
+      primary,
+      epoch: (current ?? state).epoch + 1,
+      syncSet: [],
+      eligible: [],
+      joining: {},
+    }));
+    this.deps.logger.warn(
+      { recorded: state.primary, primary },
+      "the recorded primary is a replica now and another node is the only writable one: recorded it as the primary",
+    );
   }
 
   get operations(): FailoverOperations {
@@ -99,7 +117,12 @@ export class FailoverService {
   }
 
   failover(options: { to?: string | null; force?: boolean }): Promise<FailoverRecord> {
-    return this.deps.operations.failover({ to: options.to ?? null, force: options.force ?? false, trigger: "manual", reason: "requested by an operator" });
+    return this.deps.operations.failover({
+      to: options.to ?? null,
+      force: options.force ?? false,
+      trigger: "manual",
+      reason: "requested by an operator",
+    });
   }
 
   switchover(to: string): Promise<FailoverRecord> {
@@ -133,7 +156,9 @@ export class FailoverService {
       kind: "cluster:maintenance",
       severity: "warning",
       node: null,
-      message: enabled ? "maintenance mode on: no automatic failover, rejoin or failback" : "maintenance mode off: automatic decisions resume",
+      message: enabled
+        ? "maintenance mode on: no automatic failover, rejoin or failback"
+        : "maintenance mode off: automatic decisions resume",
       data: { enabled },
       actor,
     });
@@ -172,7 +197,10 @@ export class FailoverService {
         });
       }
     } catch (error) {
-      this.deps.logger.warn({ err: (error as Error).message }, "failover records read from the events stream only: the database is unavailable");
+      this.deps.logger.warn(
+        { err: (error as Error).message },
+        "failover records read from the events stream only: the database is unavailable",
+      );
     }
     return [...byId.values()].sort((a, b) => Date.parse(b.startedAt) - Date.parse(a.startedAt)).slice(0, limit);
   }

@@ -21,7 +21,13 @@ export interface FenceMarker {
  * (default_transaction_read_only: read-write clients see it and move on) and
  * marked fenced, so Relevo itself never starts it as it is. Idempotent.
  */
-export async function fenceNode(driver: NodeDriver, node: NodeRef, reason: string, logger: Logger, stopTimeoutMs = 5000): Promise<FenceMethod> {
+export async function fenceNode(
+  driver: NodeDriver,
+  node: NodeRef,
+  reason: string,
+  logger: Logger,
+  stopTimeoutMs = 5000,
+): Promise<FenceMethod> {
   const before = await driver.state(node);
   let method: FenceMethod;
   switch (before.phase) {
@@ -50,7 +56,10 @@ export async function fenceNode(driver: NodeDriver, node: NodeRef, reason: strin
     await driver.kill(node);
     const last = await driver.state(node);
     if (last.phase === "running" || last.phase === "paused") {
-      throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} could not be fenced: its server (pid ${last.pid}) survived stop and kill`);
+      throw new RelevoError(
+        ErrorCode.CommandFailed,
+        `node ${node.name} could not be fenced: its server (pid ${last.pid}) survived stop and kill`,
+      );
     }
     method = "killed";
   }

@@ -158,19 +158,19 @@ export class FailoverMonitor {
     if (await this.coolingDown(`failover:${primary.name}`)) return;
     const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
     this.failures = 0;
-    void this.deps.operations
-      .failover({ trigger: "automatic", reason, lease: guard })
-      .catch((error: Error) => {
-        this.holdOff(`failover:${primary.name}`, error);
-        this.deps.logger.error({ err: error.message }, "automatic failover did not happen");
-      });
+    void this.deps.operations.failover({ trigger: "automatic", reason, lease: guard }).catch((error: Error) => {
+      this.holdOff(`failover:${primary.name}`, error);
+      this.deps.logger.error({ err: error.message }, "automatic failover did not happen");
+    });
   }
 
   /** The replicas that answer agree the primary is gone (at least one answers, none still streams from it). */
   private async replicasLostPrimary(state: ClusterState, primary: NodeRef): Promise<boolean> {
     const replicas = this.deps.nodes.filter((node) => node.name !== primary.name && !state.fenced.includes(node.name));
     const views = await Promise.all(
-      replicas.map((replica) => replicaLostPrimary(replica, primary, this.deps.superuser, this.detectionWindowMs, this.deps.config.failoverCheckIntervalMs)),
+      replicas.map((replica) =>
+        replicaLostPrimary(replica, primary, this.deps.superuser, this.detectionWindowMs, this.deps.config.failoverCheckIntervalMs),
+      ),
     );
     const answered = views.filter((view): view is boolean => view !== null);
     if (answered.length === 0) {
@@ -197,10 +197,17 @@ export class FailoverMonitor {
    * Every write is refused if an operation began or the primary changed
    * since the check.
    */
-  private async keepSynchronousSet(state: ClusterState, primary: NodeRef, check: Extract<PrimaryCheck, { ok: true }>, guard: StateGuard): Promise<void> {
+  private async keepSynchronousSet(
+    state: ClusterState,
+    primary: NodeRef,
+    check: Extract<PrimaryCheck, { ok: true }>,
+    guard: StateGuard,
+  ): Promise<void> {
     const conditions = { unlessKey: this.deps.journal.lockName, epoch: state.epoch };
     const known = new Set(this.deps.nodes.map((node) => node.name));
-    const streaming = new Map(check.standbys.filter((s) => s.state === "streaming" && known.has(s.name) && !state.fenced.includes(s.name)).map((s) => [s.name, s]));
+    const streaming = new Map(
+      check.standbys.filter((s) => s.state === "streaming" && known.has(s.name) && !state.fenced.includes(s.name)).map((s) => [s.name, s]),
+    );
     let desired: string[] = [];
     if (this.deps.config.synchronous) {
       const keep = state.syncSet.filter((name) => streaming.has(name));
@@ -225,7 +232,9 @@ export class FailoverMonitor {
     }
     const wanted = synchronousStandbyNames(desired);
     if (check.synchronousStandbyNames !== wanted) {
-      await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => setSynchronousStandbys(client, desired));
+      await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
+        setSynchronousStandbys(client, desired),
+      );
     }
     if (removed.length > 0 || added.length > 0) {
       state = await this.deps.store.update(guard, (current) => ({ ...(current ?? state), syncSet: desired }), conditions);
@@ -245,7 +254,9 @@ export class FailoverMonitor {
     // Members the primary now waits for get their join point; joined ones that flushed past it become eligible.
     const joinNow = state.syncSet.filter((name) => {
       const seen = streaming.get(name);
-      return !state.eligible.includes(name) && state.joining[name] === undefined && (seen?.syncState === "quorum" || seen?.syncState === "sync");
+      return (
+        !state.eligible.includes(name) && state.joining[name] === undefined && (seen?.syncState === "quorum" || seen?.syncState === "sync")
+      );
     });
     const caughtUp = Object.entries(state.joining).filter(([name, lsn]) => {
       const seen = streaming.get(name);
@@ -273,7 +284,9 @@ export class FailoverMonitor {
   private async fenceSecondPrimaries(state: ClusterState, guard: StateGuard): Promise<void> {
     const snapshot = this.deps.topology();
     if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
-    const intruders = snapshot.nodes.filter((node) => node.reachable && node.roleConfirmed && node.role === "primary" && node.name !== state.primary);
+    const intruders = snapshot.nodes.filter(
+      (node) => node.reachable && node.roleConfirmed && node.role === "primary" && node.name !== state.primary,
+    );
     for (const intruder of intruders) {
       const node = this.deps.nodes.find((candidate) => candidate.name === intruder.name);
       if (!node) continue;
@@ -288,11 +301,21 @@ export class FailoverMonitor {
         data: { writable: [state.primary, node.name], recordedPrimary: state.primary },
       });
       const method = await fenceNode(this.deps.driver, node, "second primary (split brain)", this.deps.logger);
-      await this.deps.store.update(guard, (current) => ({ ...(current ?? state), fenced: withName((current ?? state).fenced, node.name) }), {
-        unlessKey: this.deps.journal.lockName,
-        epoch: state.epoch,
+      await this.deps.store.update(
+        guard,
+        (current) => ({ ...(current ?? state), fenced: withName((current ?? state).fenced, node.name) }),
+        {
+          unlessKey: this.deps.journal.lockName,
+          epoch: state.epoch,
+        },
+      );
+      await this.deps.events.emit({
+        kind: "node:fenced",
+        severity: "critical",
+        node: node.name,
+        message: `${node.name} fenced (${method}): not the recorded primary`,
+        data: { method, reason: "split brain" },
       });
-      await this.deps.events.emit({ kind: "node:fenced", severity: "critical", node: node.name, message: `${node.name} fenced (${method}): not the recorded primary`, data: { method, reason: "split brain" } });
     }
   }
 
@@ -318,7 +341,11 @@ export class FailoverMonitor {
       return;
     }
     const seen = check.standbys.find((s) => s.name === preferred && s.state === "streaming");
-    const inSync = seen?.flushLsn != null && (this.deps.config.synchronous ? state.eligible.includes(preferred) : lsnToNumber(check.lsn) - lsnToNumber(seen.flushLsn) <= this.deps.config.failoverMaximumLagBytes);
+    const inSync =
+      seen?.flushLsn != null &&
+      (this.deps.config.synchronous
+        ? state.eligible.includes(preferred)
+        : lsnToNumber(check.lsn) - lsnToNumber(seen.flushLsn) <= this.deps.config.failoverMaximumLagBytes);
     if (!inSync) {
       this.preferredInSyncSince = null;
       return;

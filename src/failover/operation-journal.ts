@@ -148,18 +148,21 @@ export class RunningOperation {
     private current: JournalEntry,
     private readonly logger: Logger,
   ) {
-    this.renewal = setInterval(() => {
-      (this.redis.eval(RENEW, 1, this.lockKey, this.holder, String(this.ttlMs)) as Promise<number>)
-        .then((ours) => {
-          if (ours !== 1) this.lost = true;
-          else this.renewedAt = Date.now();
-        })
-        .catch((error: Error) => {
-          // Unrenewed for a whole time to live, the lock may be another's by now.
-          if (Date.now() - this.renewedAt > this.ttlMs) this.lost = true;
-          this.logger.warn({ err: error.message }, "operation lock not renewed: Redis unavailable");
-        });
-    }, Math.max(100, Math.floor(ttlMs / 3)));
+    this.renewal = setInterval(
+      () => {
+        (this.redis.eval(RENEW, 1, this.lockKey, this.holder, String(this.ttlMs)) as Promise<number>)
+          .then((ours) => {
+            if (ours !== 1) this.lost = true;
+            else this.renewedAt = Date.now();
+          })
+          .catch((error: Error) => {
+            // Unrenewed for a whole time to live, the lock may be another's by now.
+            if (Date.now() - this.renewedAt > this.ttlMs) this.lost = true;
+            this.logger.warn({ err: error.message }, "operation lock not renewed: Redis unavailable");
+          });
+      },
+      Math.max(100, Math.floor(ttlMs / 3)),
+    );
     this.renewal.unref();
   }
 

@@ -1,6 +1,13 @@
 import { randomUUID } from "node:crypto";
 import type Redis from "ioredis";
-import { seedReplica, waitForStreaming, writeManagedFiles, writeMarker, type BootstrapConfig, type BootstrapDeps } from "../cluster/bootstrap";
+import {
+  seedReplica,
+  waitForStreaming,
+  writeManagedFiles,
+  writeMarker,
+  type BootstrapConfig,
+  type BootstrapDeps,
+} from "../cluster/bootstrap";
 import { slotNameFor } from "../cluster/members";
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { FENCE_MARKER, ROLE_REWIND } from "../postgres/managed-settings";
@@ -88,7 +95,10 @@ export class FailoverOperations {
   node(name: string): NodeRef {
     const node = this.deps.membership.nodes.find((candidate) => candidate.name === name);
     if (!node) {
-      throw new RelevoError(ErrorCode.NotFound, `no node named "${name}"; nodes are ${this.deps.membership.nodes.map((n) => n.name).join(", ")}`);
+      throw new RelevoError(
+        ErrorCode.NotFound,
+        `no node named "${name}"; nodes are ${this.deps.membership.nodes.map((n) => n.name).join(", ")}`,
+      );
     }
     return node;
   }
@@ -99,7 +109,10 @@ export class FailoverOperations {
     if (state) return state;
     const writable = await this.writableNodes();
     if (writable.length !== 1) {
-      throw new RelevoError(ErrorCode.PreconditionFailed, `no primary is recorded and ${writable.length} nodes accept writes; cannot tell which is the primary`);
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `no primary is recorded and ${writable.length} nodes accept writes; cannot tell which is the primary`,
+      );
     }
     return this.deps.store.update(null, (current) => current ?? initialState(writable[0]!.node.name));
   }
@@ -145,14 +158,26 @@ export class FailoverOperations {
         await this.chooseCandidate(operation.entry);
         operation.assertHeld();
         const method = await fenceNode(this.deps.driver, from, `failover ${entry.id}`, this.deps.logger);
-        await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(from.name)), fenced: withName(state?.fenced ?? [], from.name) }));
+        await this.deps.store.update(operation.guard, (state) => ({
+          ...(state ?? initialState(from.name)),
+          fenced: withName(state?.fenced ?? [], from.name),
+        }));
         await operation.record({ stage: "fenced", facts: { fenceMethod: method } }, "fenced");
-        await this.deps.events.emit({ kind: "node:fenced", severity: "critical", node: from.name, message: `${from.name} fenced (${method})`, data: { method, reason: `failover ${entry.id}` } });
+        await this.deps.events.emit({
+          kind: "node:fenced",
+          severity: "critical",
+          node: from.name,
+          message: `${from.name} fenced (${method})`,
+          data: { method, reason: `failover ${entry.id}` },
+        });
         await this.emitStage("failover:fenced", operation, "critical", `old primary ${from.name} fenced (${method})`);
       }
       let target: NodeRef;
       if (!operation.entry.times.promoted) {
-        const choice = operation.entry.to && operation.entry.times.promoting ? { node: this.node(operation.entry.to), lostBytes: null } : await this.chooseCandidate(operation.entry);
+        const choice =
+          operation.entry.to && operation.entry.times.promoting
+            ? { node: this.node(operation.entry.to), lostBytes: null }
+            : await this.chooseCandidate(operation.entry);
         target = choice.node;
         if (!operation.entry.times.promoting) {
           await operation.record({ stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes } }, "promoting");
@@ -167,7 +192,13 @@ export class FailoverOperations {
       await this.followNewPrimary(target, [from.name]);
       await operation.record({ stage: "completed" }, "completed");
       const record = this.recordOf(operation.entry, "completed", null);
-      await this.deps.events.emit({ kind: "failover:completed", severity: "warning", node: target.name, message: `failover from ${from.name} to ${target.name} completed in ${record.durationMs} ms`, data: record });
+      await this.deps.events.emit({
+        kind: "failover:completed",
+        severity: "warning",
+        node: target.name,
+        message: `failover from ${from.name} to ${target.name} completed in ${record.durationMs} ms`,
+        data: record,
+      });
       await operation.finish();
       await this.deps.refreshTopology().catch(() => undefined);
       return record;
@@ -180,20 +211,25 @@ export class FailoverOperations {
   private async chooseCandidate(entry: JournalEntry): Promise<{ node: NodeRef; lostBytes: number | null }> {
     const state = await this.state();
     const replicas = this.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
-    const facts = (await Promise.all(replicas.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)))).filter(
-      (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
-    );
+    const facts = (
+      await Promise.all(replicas.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)))
+    ).filter((fact): fact is NodeFacts => fact !== null && fact.inRecovery);
     if (facts.length === 0) throw new RelevoError(ErrorCode.NoEligibleReplica, "no replica answers: nothing can be promoted");
     const lastPrimary = lsnBytes(typeof entry.facts.lastPrimaryLsn === "string" ? entry.facts.lastPrimaryLsn : null);
-    const lostBytes = (fact: NodeFacts): number | null => (lastPrimary === null || fact.lsn === null ? null : Math.max(0, lastPrimary - lsnToNumber(fact.lsn)));
+    const lostBytes = (fact: NodeFacts): number | null =>
+      lastPrimary === null || fact.lsn === null ? null : Math.max(0, lastPrimary - lsnToNumber(fact.lsn));
     const eligible = (fact: NodeFacts): string | null => {
       if (entry.force) return null;
       if (this.deps.config.synchronous) {
-        return state.eligible.includes(fact.node.name) ? null : `${fact.node.name} is not known to hold every acknowledged commit (not an in-sync standby)`;
+        return state.eligible.includes(fact.node.name)
+          ? null
+          : `${fact.node.name} is not known to hold every acknowledged commit (not an in-sync standby)`;
       }
       const lost = lostBytes(fact);
       if (lost === null) return `${fact.node.name}'s lag behind the old primary is unknown`;
-      return lost <= this.deps.config.failoverMaximumLagBytes ? null : `${fact.node.name} was ${lost} bytes behind (limit ${this.deps.config.failoverMaximumLagBytes})`;
+      return lost <= this.deps.config.failoverMaximumLagBytes
+        ? null
+        : `${fact.node.name} was ${lost} bytes behind (limit ${this.deps.config.failoverMaximumLagBytes})`;
     };
     if (entry.to) {
       const fact = facts.find((candidate) => candidate.node.name === entry.to);
@@ -237,7 +273,8 @@ export class FailoverOperations {
       await client.query("SELECT pg_reload_conf()");
     });
     const facts = await readNodeFacts(target, credentials, this.deps.config.nodeTimeoutMs);
-    if (!facts || facts.inRecovery || facts.readOnly) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not accept writes after promotion`);
+    if (!facts || facts.inRecovery || facts.readOnly)
+      throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not accept writes after promotion`);
     // A promotion starts a new timeline; the same one means the node was already a primary of its own.
     if (before?.inRecovery && before.timeline !== null && facts.timeline !== null && facts.timeline <= before.timeline) {
       throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
@@ -247,7 +284,15 @@ export class FailoverOperations {
     await this.deps.store.update(operation.guard, (state) => {
       const base = state ?? initialState(target.name);
       if (base.primary === target.name) return base;
-      return { ...base, primary: target.name, epoch: base.epoch + 1, syncSet: [], eligible: [], joining: {}, fenced: without(base.fenced, target.name) };
+      return {
+        ...base,
+        primary: target.name,
+        epoch: base.epoch + 1,
+        syncSet: [],
+        eligible: [],
+        joining: {},
+        fenced: without(base.fenced, target.name),
+      };
     });
   }
 
@@ -308,9 +353,15 @@ export class FailoverOperations {
     }
     const lag = lsnToNumber(primaryFacts.lsn!) - lsnToNumber(targetFacts!.lsn ?? "0/0");
     if (lag > SWITCHOVER_MAX_LAG_BYTES) {
-      throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`);
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`,
+      );
     }
-    const operation = await this.deps.journal.begin(this.newEntry(kind, trigger, from.name, target.name, false, `${kind} requested`, {}), lease);
+    const operation = await this.deps.journal.begin(
+      this.newEntry(kind, trigger, from.name, target.name, false, `${kind} requested`, {}),
+      lease,
+    );
     return this.tracked(operation, () => this.runSwitchover(operation));
   }
 
@@ -346,7 +397,13 @@ export class FailoverOperations {
           const record = this.recordOf(operation.entry, "failed", why);
           await operation.finish();
           await this.deps.driver.start(from, { timeoutMs: this.deps.config.startTimeoutMs });
-          await this.deps.events.emit({ kind: "failover:failed", severity: "warning", node: from.name, message: `${kind} ${entry.id} abandoned: ${why}`, data: record });
+          await this.deps.events.emit({
+            kind: "failover:failed",
+            severity: "warning",
+            node: from.name,
+            message: `${kind} ${entry.id} abandoned: ${why}`,
+            data: record,
+          });
           throw new RelevoError(ErrorCode.PreconditionFailed, why);
         }
         if (!operation.entry.times.promoting) {
@@ -363,7 +420,13 @@ export class FailoverOperations {
       const method = await this.restartAsStandby(from, target);
       await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
       const record = this.recordOf(operation.entry, "completed", null);
-      await this.deps.events.emit({ kind: "failover:completed", severity: "info", node: target.name, message: `${kind} from ${from.name} to ${target.name} completed in ${record.durationMs} ms`, data: record });
+      await this.deps.events.emit({
+        kind: "failover:completed",
+        severity: "info",
+        node: target.name,
+        message: `${kind} from ${from.name} to ${target.name} completed in ${record.durationMs} ms`,
+        data: record,
+      });
       await operation.finish();
       await this.deps.refreshTopology().catch(() => undefined);
       return record;
@@ -411,8 +474,12 @@ export class FailoverOperations {
     await this.refuseWhileBusy();
     const node = this.node(name);
     const state = await this.state();
-    if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; it cannot rejoin as a replica`);
-    const operation = await this.deps.journal.begin(this.newEntry("rejoin", trigger, node.name, state.primary, false, `${trigger} rejoin`, {}), lease);
+    if (state.primary === node.name)
+      throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; it cannot rejoin as a replica`);
+    const operation = await this.deps.journal.begin(
+      this.newEntry("rejoin", trigger, node.name, state.primary, false, `${trigger} rejoin`, {}),
+      lease,
+    );
     return this.tracked(operation, () => this.runRejoin(operation));
   }
 
@@ -429,12 +496,17 @@ export class FailoverOperations {
         await operation.record({ stage: "stopping" });
         operation.assertHeld();
         await this.stopQuietly(node);
-        await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) => ensureReservedSlot(client, slotNameFor(node)));
+        await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
+          ensureReservedSlot(client, slotNameFor(node)),
+        );
         await operation.record({ stage: "rejoining" });
         operation.assertHeld();
         method = await this.rejoinStopped(node, primary);
       }
-      await this.deps.store.update(operation.guard, (state) => ({ ...(state ?? initialState(primary.name)), fenced: without(state?.fenced ?? [], node.name) }));
+      await this.deps.store.update(operation.guard, (state) => ({
+        ...(state ?? initialState(primary.name)),
+        fenced: without(state?.fenced ?? [], node.name),
+      }));
       await operation.finish();
       await this.deps.events.emit({
         kind: "node:rejoined",
@@ -449,7 +521,13 @@ export class FailoverOperations {
       if (error instanceof StaleWriterError) throw error;
       await operation.finish().catch(() => undefined);
       const message = (error as Error).message;
-      await this.deps.events.emit({ kind: "node:rejoin-failed", severity: "critical", node: name, message: `${name} did not rejoin: ${message}`, data: { error: message } });
+      await this.deps.events.emit({
+        kind: "node:rejoin-failed",
+        severity: "critical",
+        node: name,
+        message: `${name} did not rejoin: ${message}`,
+        data: { error: message },
+      });
       throw error;
     }
   }
@@ -475,7 +553,10 @@ export class FailoverOperations {
       await this.startAsStandby(node, primary, streamingTimeoutMs);
       return "restart";
     } catch (error) {
-      this.deps.logger.warn({ node: node.name, err: (error as Error).message }, "node does not stream after a restart as a standby: rewinding it");
+      this.deps.logger.warn(
+        { node: node.name, err: (error as Error).message },
+        "node does not stream after a restart as a standby: rewinding it",
+      );
       return this.rewindOrReseed(node, primary);
     }
   }
@@ -499,7 +580,9 @@ export class FailoverOperations {
 
   /** pg_controldata's output for a stopped node (empty when `allowFailure` and it failed). */
   private async controlData(node: NodeRef, allowFailure = false): Promise<string> {
-    return (await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline", allowFailure })).stdout;
+    return (
+      await this.deps.driver.exec(node, ["pg_controldata", "-D", this.deps.driver.dataDirectory(node)], { mode: "offline", allowFailure })
+    ).stdout;
   }
 
   /**
@@ -548,7 +631,10 @@ export class FailoverOperations {
   private async clearSlots(node: NodeRef): Promise<void> {
     const entries = await this.deps.driver.listFiles(node, "pg_replslot");
     const slots = entries.filter((entry) => entry.type === "directory" && !entry.path.slice("pg_replslot/".length).includes("/"));
-    await this.deps.driver.removeFiles(node, slots.map((entry) => entry.path));
+    await this.deps.driver.removeFiles(
+      node,
+      slots.map((entry) => entry.path),
+    );
   }
 
   private async stopQuietly(node: NodeRef): Promise<void> {
@@ -572,7 +658,9 @@ export class FailoverOperations {
     let port = this.deps.membership.nextPort();
     while (!(await isPortFree(primary.host, port))) port += 1;
     this.deps.membership.plan(name, port); // checks the name
-    const operation = await this.deps.journal.begin(this.newEntry("add-replica", "manual", name, primary.name, false, "replica added by an operator", { port }));
+    const operation = await this.deps.journal.begin(
+      this.newEntry("add-replica", "manual", name, primary.name, false, "replica added by an operator", { port }),
+    );
     return this.tracked(operation, () => this.runAddReplica(operation));
   }
 
@@ -602,8 +690,11 @@ export class FailoverOperations {
     await this.refuseWhileBusy();
     const node = this.node(name);
     const state = await this.state();
-    if (state.primary === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; switch over to another node before removing it`);
-    const operation = await this.deps.journal.begin(this.newEntry("remove-replica", "manual", name, state.primary, false, "replica removed by an operator", {}));
+    if (state.primary === node.name)
+      throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; switch over to another node before removing it`);
+    const operation = await this.deps.journal.begin(
+      this.newEntry("remove-replica", "manual", name, state.primary, false, "replica removed by an operator", {}),
+    );
     await this.tracked(operation, () => this.runRemoveReplica(operation));
   }
 
@@ -616,7 +707,13 @@ export class FailoverOperations {
       const base = current!;
       const joining = { ...base.joining };
       delete joining[node.name];
-      return { ...base, eligible: without(base.eligible, node.name), syncSet: without(base.syncSet, node.name), fenced: without(base.fenced, node.name), joining };
+      return {
+        ...base,
+        eligible: without(base.eligible, node.name),
+        syncSet: without(base.syncSet, node.name),
+        fenced: without(base.fenced, node.name),
+        joining,
+      };
     });
     const primary = this.node(state.primary);
     await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
@@ -635,7 +732,13 @@ export class FailoverOperations {
     }
     await this.deps.membership.remove(node.name);
     await operation.finish();
-    await this.deps.events.emit({ kind: "node:removed", severity: "warning", node: node.name, message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`, data: { slotDropped } });
+    await this.deps.events.emit({
+      kind: "node:removed",
+      severity: "warning",
+      node: node.name,
+      message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`,
+      data: { slotDropped },
+    });
     await this.deps.refreshTopology().catch(() => undefined);
   }
 
@@ -643,7 +746,10 @@ export class FailoverOperations {
 
   /** Runs an operation adopted from a dead instance's journal to its end. */
   async resume(operation: RunningOperation): Promise<void> {
-    this.deps.logger.warn({ operation: operation.entry.id, kind: operation.entry.kind, stage: operation.entry.stage }, "resuming an operation another instance left unfinished");
+    this.deps.logger.warn(
+      { operation: operation.entry.id, kind: operation.entry.kind, stage: operation.entry.stage },
+      "resuming an operation another instance left unfinished",
+    );
     const run = async (): Promise<unknown> => {
       switch (operation.entry.kind) {
         case "failover":
@@ -659,7 +765,9 @@ export class FailoverOperations {
           return this.runRemoveReplica(operation);
       }
     };
-    await this.tracked(operation, run).catch((error: Error) => this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
+    await this.tracked(operation, run).catch((error: Error) =>
+      this.deps.logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"),
+    );
   }
 
   // ---- helpers ---------------------------------------------------------------
@@ -677,7 +785,9 @@ export class FailoverOperations {
   }
 
   private async writableNodes(): Promise<NodeFacts[]> {
-    const facts = await Promise.all(this.deps.membership.nodes.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)));
+    const facts = await Promise.all(
+      this.deps.membership.nodes.map((node) => readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs)),
+    );
     return facts.filter((fact): fact is NodeFacts => fact !== null && !fact.inRecovery && !fact.readOnly);
   }
 
@@ -690,7 +800,19 @@ export class FailoverOperations {
     reason: string,
     facts: JournalEntry["facts"],
   ): JournalEntry {
-    return { id: randomUUID(), kind, trigger, from, to, force, reason, stage: "begun", startedAt: new Date().toISOString(), times: {}, facts };
+    return {
+      id: randomUUID(),
+      kind,
+      trigger,
+      from,
+      to,
+      force,
+      reason,
+      stage: "begun",
+      startedAt: new Date().toISOString(),
+      times: {},
+      facts,
+    };
   }
 
   /**
@@ -748,8 +870,19 @@ export class FailoverOperations {
     };
   }
 
-  private async emitStage(kind: EventKind & `failover:${string}`, operation: RunningOperation, severity: "info" | "warning" | "critical", message: string): Promise<void> {
-    await this.deps.events.emit({ kind, severity, node: operation.entry.to ?? operation.entry.from, message, data: this.recordOf(operation.entry, "running", null) } as never);
+  private async emitStage(
+    kind: EventKind & `failover:${string}`,
+    operation: RunningOperation,
+    severity: "info" | "warning" | "critical",
+    message: string,
+  ): Promise<void> {
+    await this.deps.events.emit({
+      kind,
+      severity,
+      node: operation.entry.to ?? operation.entry.from,
+      message,
+      data: this.recordOf(operation.entry, "running", null),
+    } as never);
   }
 
   /**
@@ -762,20 +895,31 @@ export class FailoverOperations {
   private async failed(operation: RunningOperation, error: unknown, pastNoReturn = false): Promise<never> {
     if (error instanceof StaleWriterError) {
       operation.abandon();
-      throw new RelevoError(ErrorCode.OperationInProgress, `${operation.entry.kind} ${operation.entry.id} was taken over by another instance`);
+      throw new RelevoError(
+        ErrorCode.OperationInProgress,
+        `${operation.entry.kind} ${operation.entry.id} was taken over by another instance`,
+      );
     }
     const message = (error as Error).message;
     if (pastNoReturn) {
       operation.abandon();
-      this.deps.logger.error({ operation: operation.entry.id, stage: operation.entry.stage, err: message }, "operation failed past its point of no return: left in the journal to be resumed");
+      this.deps.logger.error(
+        { operation: operation.entry.id, stage: operation.entry.stage, err: message },
+        "operation failed past its point of no return: left in the journal to be resumed",
+      );
       throw error;
     }
     await operation.finish().catch(() => undefined);
     const record = this.recordOf(operation.entry, "failed", message);
-    await this.deps.events.emit({ kind: "failover:failed", severity: "critical", node: operation.entry.from, message: `${operation.entry.kind} ${operation.entry.id} failed at stage ${operation.entry.stage}: ${message}`, data: record });
+    await this.deps.events.emit({
+      kind: "failover:failed",
+      severity: "critical",
+      node: operation.entry.from,
+      message: `${operation.entry.kind} ${operation.entry.id} failed at stage ${operation.entry.stage}: ${message}`,
+      data: record,
+    });
     throw error;
   }
-
 }
 
 /** Where the monitor keeps the primary's last LSN it saw. */

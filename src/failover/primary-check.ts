@@ -92,7 +92,13 @@ export class PrimaryChecker {
 }
 
 /** A replica's view of its upstream: has it lost the primary (no WAL receiver streaming, or silence longer than `windowMs`)? null when the replica does not answer. */
-export async function replicaLostPrimary(replica: NodeRef, primary: NodeRef, credentials: Credentials, windowMs: number, timeoutMs: number): Promise<boolean | null> {
+export async function replicaLostPrimary(
+  replica: NodeRef,
+  primary: NodeRef,
+  credentials: Credentials,
+  windowMs: number,
+  timeoutMs: number,
+): Promise<boolean | null> {
   try {
     return await withNodeClient(replica, credentials, timeoutMs, async (client) => {
       const row = (

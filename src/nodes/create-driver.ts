@@ -7,7 +7,16 @@ import type { NodeDriver } from "./node-driver";
 
 export type DriverConfig = Pick<
   RelevoConfig,
-  "driver" | "home" | "pgBinDir" | "pgOsUser" | "clusterName" | "repository" | "dockerImage" | "dockerHost" | "dockerCertPath" | "dockerRepositoryVolume"
+  | "driver"
+  | "home"
+  | "pgBinDir"
+  | "pgOsUser"
+  | "clusterName"
+  | "repository"
+  | "dockerImage"
+  | "dockerHost"
+  | "dockerCertPath"
+  | "dockerRepositoryVolume"
 >;
 
 /**

@@ -195,7 +195,12 @@ export interface NodeDriver {
    * whole data directory before recovery starts). Each chunk is written
    * before the next is pulled, so a producer may reuse its buffers.
    */
-  writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options?: { mode?: number; durable?: boolean }): Promise<void>;
+  writeStream(
+    node: NodeRef,
+    relativePath: string,
+    source: AsyncIterable<Buffer>,
+    options?: { mode?: number; durable?: boolean },
+  ): Promise<void>;
   /** Creates a directory (and its parents) under the data directory, owned by the PostgreSQL OS user. */
   makeDirectory(node: NodeRef, relativePath: string, options?: { mode?: number }): Promise<void>;
   /** Lists a directory under the data directory, recursively; [] when absent. */

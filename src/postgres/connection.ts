@@ -40,15 +40,29 @@ export async function withNodeClient<T>(
 
 /** libpq connection URI (for operators and libpq clients, never logged). */
 export function connectionUri(nodes: readonly NodeRef[], credentials: Credentials, params: Record<string, string> = {}): string {
-  return libpqUri(nodes, `${encodeURIComponent(credentials.user)}:${encodeURIComponent(credentials.password)}@`, credentials.database, params);
+  return libpqUri(
+    nodes,
+    `${encodeURIComponent(credentials.user)}:${encodeURIComponent(credentials.password)}@`,
+    credentials.database,
+    params,
+  );
 }
 
 /** libpq connection URI without credentials: safe to show any API client, which brings its own (PGUSER, PGPASSWORD, .pgpass). */
-export function connectionUriWithoutCredentials(nodes: readonly Pick<NodeRef, "host" | "port">[], database: string, params: Record<string, string> = {}): string {
+export function connectionUriWithoutCredentials(
+  nodes: readonly Pick<NodeRef, "host" | "port">[],
+  database: string,
+  params: Record<string, string> = {},
+): string {
   return libpqUri(nodes, "", database, params);
 }
 
-function libpqUri(nodes: readonly Pick<NodeRef, "host" | "port">[], userInfo: string, database: string, params: Record<string, string>): string {
+function libpqUri(
+  nodes: readonly Pick<NodeRef, "host" | "port">[],
+  userInfo: string,
+  database: string,
+  params: Record<string, string>,
+): string {
   const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(",");
   const query = new URLSearchParams(params).toString();
   return `postgresql://${userInfo}${hosts}/${encodeURIComponent(database)}${query ? `?${query}` : ""}`;

@@ -25,7 +25,8 @@ export interface NodeMarker {
  * copies the file to replicas; each node then gets its own.
  */
 export function managedConf(
-  config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize"> & Partial<Pick<RelevoConfig, "failoverCheckIntervalMs" | "failoverFailureThreshold">>,
+  config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize"> &
+    Partial<Pick<RelevoConfig, "failoverCheckIntervalMs" | "failoverFailureThreshold">>,
   node: NodeRef,
 ): string {
   // A replica must lose a hung primary within the failover detection window:

@@ -57,7 +57,11 @@ export function editAutoConf(content: string, changes: Readonly<Record<string, s
 }
 
 /** Rewrites settings in a stopped node's postgresql.auto.conf. */
-export async function editStoppedNodeConf(driver: NodeDriver, node: NodeRef, changes: Readonly<Record<string, string | null>>): Promise<void> {
+export async function editStoppedNodeConf(
+  driver: NodeDriver,
+  node: NodeRef,
+  changes: Readonly<Record<string, string | null>>,
+): Promise<void> {
   const current = (await driver.readFile(node, AUTO_CONF))?.toString("utf8") ?? "";
   await driver.writeFile(node, AUTO_CONF, editAutoConf(current, changes));
 }
@@ -67,7 +71,12 @@ export async function editStoppedNodeConf(driver: NodeDriver, node: NodeRef, cha
  * slot written, synchronous settings and the fence removed (a standby is
  * never writable), standby.signal present.
  */
-export async function configureStoppedStandby(driver: NodeDriver, node: NodeRef, primary: NodeRef, replicationPassword: string): Promise<void> {
+export async function configureStoppedStandby(
+  driver: NodeDriver,
+  node: NodeRef,
+  primary: NodeRef,
+  replicationPassword: string,
+): Promise<void> {
   await editStoppedNodeConf(driver, node, {
     primary_conninfo: standbyConninfo(primary, node, replicationPassword),
     primary_slot_name: slotNameFor(node),

@@ -28,5 +28,7 @@ export function parseSegmentName(name: string): { timeline: number; segment: num
 /** The LSN a segment starts at ("X/Y", as PostgreSQL prints LSNs). */
 export function segmentStartLsn(segment: number): string {
   const bytes = segment * SEGMENT_SIZE;
-  return `${Math.floor(bytes / 0x100000000).toString(16).toUpperCase()}/${(bytes % 0x100000000).toString(16).toUpperCase()}`;
+  return `${Math.floor(bytes / 0x100000000)
+    .toString(16)
+    .toUpperCase()}/${(bytes % 0x100000000).toString(16).toUpperCase()}`;
 }

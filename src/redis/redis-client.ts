@@ -19,7 +19,10 @@ export function parseRedisUrl(url: string): RedisEndpoint {
  * of hanging; the connection itself keeps retrying and everything resumes
  * when Redis is back.
  */
-export function createRedisClient(endpoint: RedisEndpoint, options: { name: string; blocking?: boolean; queueWhileOffline?: boolean }): Redis {
+export function createRedisClient(
+  endpoint: RedisEndpoint,
+  options: { name: string; blocking?: boolean; queueWhileOffline?: boolean },
+): Redis {
   const client = new Redis({
     host: endpoint.host,
     port: endpoint.port,

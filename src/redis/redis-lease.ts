@@ -68,22 +68,25 @@ export class RedisLease {
   /** Renews every third of the time to live until the returned function is called; `onLost` when another took it. */
   keepAlive(logger: Logger, onLost: () => void): () => void {
     let renewedAt = Date.now();
-    const timer = setInterval(() => {
-      this.renew()
-        .then((ours) => {
-          if (!ours) onLost();
-          else renewedAt = Date.now();
-        })
-        .catch((error: Error) => {
-          logger.warn({ key: this.key, err: error.message }, "lease not renewed: Redis unavailable");
-          // Unrenewed for a whole time to live, it may be another's by now (Redis
-          // restarted, or reachable from other instances only): step down.
-          if (Date.now() - renewedAt > this.ttlMs) {
-            this.held = null;
-            onLost();
-          }
-        });
-    }, Math.max(100, Math.floor(this.ttlMs / 3)));
+    const timer = setInterval(
+      () => {
+        this.renew()
+          .then((ours) => {
+            if (!ours) onLost();
+            else renewedAt = Date.now();
+          })
+          .catch((error: Error) => {
+            logger.warn({ key: this.key, err: error.message }, "lease not renewed: Redis unavailable");
+            // Unrenewed for a whole time to live, it may be another's by now (Redis
+            // restarted, or reachable from other instances only): step down.
+            if (Date.now() - renewedAt > this.ttlMs) {
+              this.held = null;
+              onLost();
+            }
+          });
+      },
+      Math.max(100, Math.floor(this.ttlMs / 3)),
+    );
     timer.unref();
     return () => clearInterval(timer);
   }

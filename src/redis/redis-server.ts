@@ -51,10 +51,7 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   while (Date.now() < deadline) {
     const earlyExit = await Promise.race([exited, sleep(100).then(() => undefined)]);
     if (earlyExit !== undefined) {
-      throw new RelevoError(
-        ErrorCode.CommandFailed,
-        `redis-server exited with code ${earlyExit} while starting: ${await logTail(dir)}`,
-      );
+      throw new RelevoError(ErrorCode.CommandFailed, `redis-server exited with code ${earlyExit} while starting: ${await logTail(dir)}`);
     }
     if (await answersPing(options)) {
       options.logger.info({ port: options.port, pid: child.pid }, "Redis started");
@@ -69,11 +66,23 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
  * A Redis server run by someone else (RELEVO_REDIS_URL): waited for until it
  * answers (a compose stack starts it beside Relevo), never started or stopped.
  */
-export async function requireExternalRedis(endpoint: { host: string; port: number; password: string }, timeoutMs: number, logger: Logger): Promise<RedisServerHandle> {
+export async function requireExternalRedis(
+  endpoint: { host: string; port: number; password: string },
+  timeoutMs: number,
+  logger: Logger,
+): Promise<RedisServerHandle> {
   const deadline = Date.now() + timeoutMs;
   let why = "no answer";
   while (Date.now() < deadline) {
-    const client = new Redis({ host: endpoint.host, port: endpoint.port, password: endpoint.password, lazyConnect: true, connectTimeout: 1000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const client = new Redis({
+      host: endpoint.host,
+      port: endpoint.port,
+      password: endpoint.password,
+      lazyConnect: true,
+      connectTimeout: 1000,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
     client.on("error", () => undefined);
     try {
       await client.connect();
@@ -167,7 +176,12 @@ function isAlive(pid: number): boolean {
 }
 
 async function resolveBinary(bin: string): Promise<string> {
-  const candidates = bin.includes("/") ? [bin] : (process.env.PATH ?? "").split(":").concat(["/usr/bin", "/usr/sbin"]).map((dir) => path.join(dir, bin));
+  const candidates = bin.includes("/")
+    ? [bin]
+    : (process.env.PATH ?? "")
+        .split(":")
+        .concat(["/usr/bin", "/usr/sbin"])
+        .map((dir) => path.join(dir, bin));
   for (const candidate of candidates) {
     try {
       await access(candidate, constants.X_OK);

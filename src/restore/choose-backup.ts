@@ -65,7 +65,12 @@ function reachesRestorePoint(manifest: BackupManifest, name: string, restorePoin
 }
 
 /** chooseBackup over a repository: its manifests, its archive and, for a named target, the restore points its summaries know. */
-export async function chooseBackupIn(repository: Repository, summarizer: WalSummarizer, backupId: string | undefined, target: RecoveryTarget): Promise<BackupManifest> {
+export async function chooseBackupIn(
+  repository: Repository,
+  summarizer: WalSummarizer,
+  backupId: string | undefined,
+  target: RecoveryTarget,
+): Promise<BackupManifest> {
   const restorePoints = target.kind === "name" && !backupId ? await summarizer.restorePoints() : [];
   return chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), backupId, target, restorePoints);
 }

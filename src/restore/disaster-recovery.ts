@@ -37,11 +37,15 @@ export interface ClusterRecovery {
  * the result as before. Refused while any node still has data: that is not a
  * disaster, and nothing is overwritten.
  */
-export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backupId?: string; recoveryTarget: RecoveryTarget }): Promise<ClusterRecovery> {
+export async function recoverCluster(
+  deps: ClusterRecoveryDeps,
+  options: { backupId?: string; recoveryTarget: RecoveryTarget },
+): Promise<ClusterRecovery> {
   const { config, driver, repository, logger } = deps;
   const nodes = await loadMembers(config);
   const surviving: string[] = [];
-  for (const node of nodes) if ((await driver.state(node)).phase !== "absent") surviving.push(`${node.name} (${driver.dataDirectory(node)})`);
+  for (const node of nodes)
+    if ((await driver.state(node)).phase !== "absent") surviving.push(`${node.name} (${driver.dataDirectory(node)})`);
   if (surviving.length > 0) {
     throw new RelevoError(
       ErrorCode.PreconditionFailed,
@@ -55,7 +59,13 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
   logger.info({ backup: manifest.id, node: primary.name, target: options.recoveryTarget }, "restoring the primary from the repository");
   await restoreBackup(
     { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-    { manifest, target: primary, recoveryTarget: options.recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
+    {
+      manifest,
+      target: primary,
+      recoveryTarget: options.recoveryTarget,
+      parallelism: config.backupParallelism,
+      startTimeoutMs: config.startTimeoutMs,
+    },
   );
   try {
     // The archiver's slot, now: it keeps the new timeline's WAL (and the
@@ -65,7 +75,13 @@ export async function recoverCluster(deps: ClusterRecoveryDeps, options: { backu
     // Promoted; from now on a normal primary (the start rewrites Relevo's settings without the recovery ones).
     await driver.stop(primary, { mode: "fast", timeoutMs: config.startTimeoutMs });
     const outcomes = await bootstrapCluster(
-      { config, driver, secrets: deps.secrets, logger, seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, logger }) },
+      {
+        config,
+        driver,
+        secrets: deps.secrets,
+        logger,
+        seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, logger }),
+      },
       nodes,
     );
     return { manifest, outcomes };

@@ -61,10 +61,14 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
     case "time":
       if (Number.isNaN(Date.parse(target.time))) throw new RelevoError(ErrorCode.BadUserInput, `not a time: ${target.time} (use ISO 8601)`);
       // PostgreSQL's own timestamp syntax: its recovery_target_time check refuses the ISO 8601 'T…Z' form.
-      lines.push(`recovery_target_time = ${quote(new Date(target.time).toISOString().replace("T", " ").replace("Z", "+00"))}`, "recovery_target_inclusive = true");
+      lines.push(
+        `recovery_target_time = ${quote(new Date(target.time).toISOString().replace("T", " ").replace("Z", "+00"))}`,
+        "recovery_target_inclusive = true",
+      );
       break;
     case "lsn":
-      if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(target.lsn)) throw new RelevoError(ErrorCode.BadUserInput, `not an LSN: ${target.lsn}`);
+      if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(target.lsn))
+        throw new RelevoError(ErrorCode.BadUserInput, `not an LSN: ${target.lsn}`);
       lines.push(`recovery_target_lsn = ${quote(target.lsn)}`, "recovery_target_inclusive = true");
       break;
     case "name":
@@ -83,9 +87,15 @@ export function stripUpstreamSettings(autoConf: string): string {
 }
 
 /** The one target an operator named (at most one of them; none: the end of the archive). */
-export function recoveryTargetFrom(choice: { time?: string | null; lsn?: string | null; name?: string | null; immediate?: boolean | null }): RecoveryTarget {
+export function recoveryTargetFrom(choice: {
+  time?: string | null;
+  lsn?: string | null;
+  name?: string | null;
+  immediate?: boolean | null;
+}): RecoveryTarget {
   const given = [choice.time, choice.lsn, choice.name, choice.immediate ? "immediate" : null].filter((value) => value);
-  if (given.length > 1) throw new RelevoError(ErrorCode.BadUserInput, "give at most one recovery target: a time, an LSN, a restore point name, or immediate");
+  if (given.length > 1)
+    throw new RelevoError(ErrorCode.BadUserInput, "give at most one recovery target: a time, an LSN, a restore point name, or immediate");
   if (choice.time) return { kind: "time", time: choice.time };
   if (choice.lsn) return { kind: "lsn", lsn: choice.lsn };
   if (choice.name) return { kind: "name", name: choice.name };

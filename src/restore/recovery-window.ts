@@ -35,7 +35,9 @@ export interface ArchivedSegment {
  * between two segments that are archived: recovery cannot cross it.
  */
 export function recoveryWindow(manifests: readonly BackupManifest[], archived: readonly ArchivedSegment[]): RecoveryWindow {
-  const completed = manifests.filter((m) => m.status === "completed" && m.stopLsn && m.stoppedAt).sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+  const completed = manifests
+    .filter((m) => m.status === "completed" && m.stopLsn && m.stoppedAt)
+    .sort((a, b) => a.startedAt.localeCompare(b.startedAt));
   const oldest = completed[0];
   const earliest: WindowPoint | null = oldest ? { time: oldest.stoppedAt!, lsn: oldest.stopLsn!, timeline: oldest.timeline } : null;
   const fromSegment = oldest ? segmentNumber(oldest.startLsn) : 0;
@@ -51,7 +53,8 @@ export function recoveryWindow(manifests: readonly BackupManifest[], archived: r
     for (let i = 1; i < segments.length; i += 1) {
       const previous = segments[i - 1]!.segment;
       const current = segments[i]!.segment;
-      if (current > previous + 1) gaps.push({ timeline, from: segmentName(timeline, previous + 1), to: segmentName(timeline, current - 1) });
+      if (current > previous + 1)
+        gaps.push({ timeline, from: segmentName(timeline, previous + 1), to: segmentName(timeline, current - 1) });
     }
   }
   const newestTimeline = Math.max(-1, ...byTimeline.keys());
@@ -64,7 +67,9 @@ export function recoveryWindow(manifests: readonly BackupManifest[], archived: r
 }
 
 export function lsnFromNumber(value: number): string {
-  return `${Math.floor(value / 2 ** 32).toString(16).toUpperCase()}/${(value % 2 ** 32).toString(16).toUpperCase()}`;
+  return `${Math.floor(value / 2 ** 32)
+    .toString(16)
+    .toUpperCase()}/${(value % 2 ** 32).toString(16).toUpperCase()}`;
 }
 
 /** Whether an LSN lies within the window (inclusive). */

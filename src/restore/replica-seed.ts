@@ -49,5 +49,7 @@ export function repositorySeeder(
 
 /** How an outcome reads in the CLI and in events. */
 export function seededFrom(outcome: Extract<NodeBootstrapOutcome, { phase: "seeded" }>): string {
-  return outcome.from === "repository" ? `seeded from the repository, streaming from ${outcome.upstream}` : `seeded from ${outcome.upstream}`;
+  return outcome.from === "repository"
+    ? `seeded from the repository, streaming from ${outcome.upstream}`
+    : `seeded from ${outcome.upstream}`;
 }

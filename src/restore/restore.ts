@@ -64,7 +64,13 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
     const startedServerAtMs = Date.now();
     await waitForPromotion(deps, target, options.startTimeoutMs);
     deps.logger.info(
-      { backupId: manifest.id, target: target.name, copyMs: copiedAtMs - startedAtMs, startMs: startedServerAtMs - copiedAtMs, recoveryMs: Date.now() - startedServerAtMs },
+      {
+        backupId: manifest.id,
+        target: target.name,
+        copyMs: copiedAtMs - startedAtMs,
+        startMs: startedServerAtMs - copiedAtMs,
+        recoveryMs: Date.now() - startedServerAtMs,
+      },
       "backup restored and promoted",
     );
   } catch (error) {
@@ -72,7 +78,9 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
     throw error;
   }
   // The copy runs on by itself: what the driver kept beside it to write its files (a tools container) goes.
-  await driver.releaseHelpers(target).catch((error: Error) => deps.logger.warn({ target: target.name, err: error.message }, "the restored copy's helpers were not removed"));
+  await driver
+    .releaseHelpers(target)
+    .catch((error: Error) => deps.logger.warn({ target: target.name, err: error.message }, "the restored copy's helpers were not removed"));
 }
 
 function assertRestorable(manifest: BackupManifest): void {
@@ -121,7 +129,11 @@ export async function seedStandbyFromBackup(
     await materialise(deps, manifest, node, options.parallelism);
     const autoConf = (await driver.readFile(node, "postgresql.auto.conf"))?.toString("utf8") ?? "";
     const conninfo = `host=${upstream.host} port=${upstream.port} user=${options.replication.user} password=${options.replication.password} application_name=${node.name}`;
-    await driver.writeFile(node, "postgresql.auto.conf", `${autoConf.trimEnd()}\n${standbySettings({ walDir: repository.walDir, conninfo, slot: options.slot })}`);
+    await driver.writeFile(
+      node,
+      "postgresql.auto.conf",
+      `${autoConf.trimEnd()}\n${standbySettings({ walDir: repository.walDir, conninfo, slot: options.slot })}`,
+    );
     await driver.writeFile(node, "standby.signal", "");
   } catch (error) {
     await driver.destroy(node).catch(() => undefined);
@@ -155,7 +167,9 @@ async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target:
   }
   streamed.sort((a, b) => b.entry.size - a.entry.size);
   // The large files start first (they set the pace); the bundles share the remaining workers.
-  const streamedDone = forEachParallel(streamed, Math.max(1, Math.ceil(parallelism / 2)), (file) => restoreStreamedFile(deps, target, file));
+  const streamedDone = forEachParallel(streamed, Math.max(1, Math.ceil(parallelism / 2)), (file) =>
+    restoreStreamedFile(deps, target, file),
+  );
   const bundlesDone = (async () => {
     for (const group of bundles.values()) {
       let data: Buffer;
@@ -174,7 +188,8 @@ async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target:
         } catch (error) {
           throw damaged(base.manifest, base.entry, (error as Error).message);
         }
-        if (content.length !== base.entry.size || contentCrc32(content) !== base.entry.crc32) throw damaged(base.manifest, base.entry, "it does not match its checksum");
+        if (content.length !== base.entry.size || contentCrc32(content) !== base.entry.crc32)
+          throw damaged(base.manifest, base.entry, "it does not match its checksum");
         await deps.driver.writeFile(target, entry.path, content, { fresh: true });
       });
     }
@@ -195,7 +210,8 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
     let crc = 0;
     let bytes = 0;
     checks.push(() => {
-      if (bytes !== storedContentLength(source.entry) || crc32Hex(crc) !== source.entry.crc32) throw damaged(source.manifest, source.entry, "it does not match its checksum");
+      if (bytes !== storedContentLength(source.entry) || crc32Hex(crc) !== source.entry.crc32)
+        throw damaged(source.manifest, source.entry, "it does not match its checksum");
     });
     return tap(storedContentChunks(deps.repository.storedPath(source.manifest.id, stored.path), stored), (chunk) => {
       crc = updateCrc32(crc, chunk);
@@ -205,7 +221,11 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
   const simple = file.layers.length === 0 && file.base.entry.size === file.entry.size;
   const content = simple
     ? read(file.base)
-    : layeredContent(read(file.base), file.entry.size, file.layers.map((layer) => ({ blocks: layer.entry.blocks!, content: read(layer) })));
+    : layeredContent(
+        read(file.base),
+        file.entry.size,
+        file.layers.map((layer) => ({ blocks: layer.entry.blocks!, content: read(layer) })),
+      );
   try {
     // No fsync per file: PostgreSQL syncs the data directory before it starts recovery (backup_label present).
     await deps.driver.writeStream(target, file.entry.path, content, { durable: false });
@@ -229,14 +249,20 @@ async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: n
   let last = "";
   while (Date.now() < deadline) {
     try {
-      const inRecovery = await withNodeClient(target, deps.superuser, 5000, async (client) => (await client.query("SELECT pg_is_in_recovery() AS r")).rows[0].r as boolean);
+      const inRecovery = await withNodeClient(
+        target,
+        deps.superuser,
+        5000,
+        async (client) => (await client.query("SELECT pg_is_in_recovery() AS r")).rows[0].r as boolean,
+      );
       if (!inRecovery) return;
       last = "still in recovery";
     } catch (error) {
       last = (error as Error).message;
     }
     const state = await deps.driver.state(target);
-    if (state.phase === "stopped") throw new RelevoError(ErrorCode.CommandFailed, `restored copy ${target.name} stopped during recovery (see its server log)`);
+    if (state.phase === "stopped")
+      throw new RelevoError(ErrorCode.CommandFailed, `restored copy ${target.name} stopped during recovery (see its server log)`);
     await sleep(250);
   }
   throw new RelevoError(ErrorCode.Timeout, `restored copy ${target.name} did not finish recovery within ${timeoutMs} ms (${last})`);

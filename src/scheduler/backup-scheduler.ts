@@ -72,7 +72,11 @@ export class BackupScheduler {
       this.duplicates.add(copy);
       return copy;
     };
-    const backend = new RedisBackend({ redis: options.redis as never, keyPrefix: `${options.keyPrefix}:agenda:`, channelName: `${options.keyPrefix}:agenda:notifications` });
+    const backend = new RedisBackend({
+      redis: options.redis as never,
+      keyPrefix: `${options.keyPrefix}:agenda:`,
+      channelName: `${options.keyPrefix}:agenda:notifications`,
+    });
     // Both emit "error" while Redis is away; an EventEmitter's unheard "error"
     // would crash the service. They reconnect by themselves.
     const logError = (error: Error): void => options.logger.warn({ err: error.message }, "scheduler: Redis unavailable");
@@ -93,17 +97,33 @@ export class BackupScheduler {
     // back to the cron time once retries are exhausted or a run succeeds).
     this.backoff = backoffStrategies.exponential({ delay: options.retryDelayMs ?? 60000, maxRetries: options.retries ?? 3, factor: 2 });
     const definition = { backoff: this.backoff };
-    for (const [name, type] of [["full-backup", "full"], ["differential-backup", "differential"], ["incremental-backup", "incremental"]] as const) {
-      this.agenda.define(name, (job: Job) => this.run(job, async () => {
-        await (await options.backups.start(type)).done;
-      }), definition);
+    for (const [name, type] of [
+      ["full-backup", "full"],
+      ["differential-backup", "differential"],
+      ["incremental-backup", "incremental"],
+    ] as const) {
+      this.agenda.define(
+        name,
+        (job: Job) =>
+          this.run(job, async () => {
+            await (
+              await options.backups.start(type)
+            ).done;
+          }),
+        definition,
+      );
     }
-    this.agenda.define("verify-newest", (job: Job) => this.run(job, async () => {
-      const newest = await options.backups.latestCompleted();
-      const verified = await options.backups.verify(newest.id, { restoreTest: true });
-      const ok = verified.verification?.contentOk && verified.verification.restoreTest?.ok;
-      if (!ok) throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${newest.id} failed verification`);
-    }), definition);
+    this.agenda.define(
+      "verify-newest",
+      (job: Job) =>
+        this.run(job, async () => {
+          const newest = await options.backups.latestCompleted();
+          const verified = await options.backups.verify(newest.id, { restoreTest: true });
+          const ok = verified.verification?.contentOk && verified.verification.restoreTest?.ok;
+          if (!ok) throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${newest.id} failed verification`);
+        }),
+      definition,
+    );
   }
 
   async start(): Promise<void> {
@@ -134,7 +154,10 @@ export class BackupScheduler {
       await stopping.catch((error: Error) => this.options.logger.warn({ err: error.message }, "scheduler: jobs not unlocked"));
       return;
     }
-    this.options.logger.warn({ graceMs }, "scheduler stopped without unlocking its jobs: Redis unavailable (the locks expire by themselves)");
+    this.options.logger.warn(
+      { graceMs },
+      "scheduler stopped without unlocking its jobs: Redis unavailable (the locks expire by themselves)",
+    );
     // ioredis does not fail the queued commands of a client disconnected while
     // it waits to reconnect, so those promises are left pending: they hold no
     // timer or socket. The channel's disconnect clears its reconnect timer first.
@@ -195,7 +218,13 @@ export class BackupScheduler {
       await work();
     } catch (error) {
       if (isRelevoError(error) && error.code === ErrorCode.BackupInProgress) {
-        await this.options.events.emit({ kind: "schedule:skipped", severity: "warning", node: null, message: `scheduled ${name} skipped: ${error.message}`, data: { name, reason: error.message } });
+        await this.options.events.emit({
+          kind: "schedule:skipped",
+          severity: "warning",
+          node: null,
+          message: `scheduled ${name} skipped: ${error.message}`,
+          data: { name, reason: error.message },
+        });
         return; // not a failure: no retry storm
       }
       // Agenda counts this failure after we rethrow it; the backoff it will apply is known now.

@@ -152,9 +152,14 @@ export function decodedChunks(stored: AsyncIterable<Buffer>, compression: Compre
  * pulled; `onStored` gets the stored bytes' length and SHA-256 at the end.
  * A large file's LZ4 content is decoded in a worker thread (see lz4-worker-decode).
  */
-export function storedContentChunks(storedPath: string, stored: StoredContent, onStored?: (summary: StoredSummary) => void): AsyncIterable<Buffer> {
+export function storedContentChunks(
+  storedPath: string,
+  stored: StoredContent,
+  onStored?: (summary: StoredSummary) => void,
+): AsyncIterable<Buffer> {
   // Large files are stored alone; a bundled small file is not worth a thread.
-  if (stored.compression === "lz4" && stored.offset === undefined) return decodeLz4InWorker(storedPath, { start: 0, bytes: stored.bytes }, onStored);
+  if (stored.compression === "lz4" && stored.offset === undefined)
+    return decodeLz4InWorker(storedPath, { start: 0, bytes: stored.bytes }, onStored);
   const hash = createHash("sha256");
   let storedBytes = 0;
   const raw = tap(openStoredContent(storedPath, stored), (chunk) => {

@@ -85,7 +85,11 @@ const OUTPUT_CHUNK = 1024 * 1024;
  * pulled. Every source is read to its end; a source shorter or longer than
  * its blocks say is an error naming it.
  */
-export async function* layeredContent(base: AsyncIterable<Buffer> | null, size: number, layers: readonly BlockLayer[]): AsyncGenerator<Buffer> {
+export async function* layeredContent(
+  base: AsyncIterable<Buffer> | null,
+  size: number,
+  layers: readonly BlockLayer[],
+): AsyncGenerator<Buffer> {
   const blocks = Math.ceil(size / BLOCK_SIZE);
   // Between two consecutive boundaries, every block is in the same layers.
   const boundaries = new Set<number>([blocks]);
@@ -130,7 +134,12 @@ async function* assemble(
     const firstBlock = Math.floor(position / BLOCK_SIZE);
     while (sortedBoundaries[nextBoundary]! <= firstBlock) nextBoundary += 1;
     // Most of a large file: a whole chunk of the base, no layer in it: passed on as it is.
-    if (baseReader && !baseExhausted && (sortedBoundaries[nextBoundary]! - firstBlock) * BLOCK_SIZE >= length && !layers.some((_, index) => layerHas(index, firstBlock))) {
+    if (
+      baseReader &&
+      !baseExhausted &&
+      (sortedBoundaries[nextBoundary]! - firstBlock) * BLOCK_SIZE >= length &&
+      !layers.some((_, index) => layerHas(index, firstBlock))
+    ) {
       const view = await baseReader.view(length);
       if (view) {
         position += length;

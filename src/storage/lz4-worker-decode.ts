@@ -11,9 +11,7 @@ export interface StoredSummary {
 }
 
 type WorkerMessage =
-  | { readonly slot: number; readonly length: number }
-  | ({ readonly done: true } & StoredSummary)
-  | { readonly error: string };
+  { readonly slot: number; readonly length: number } | ({ readonly done: true } & StoredSummary) | { readonly error: string };
 
 /**
  * The worker: reads the stored range, hashes it, decompresses several frames

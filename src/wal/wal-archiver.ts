@@ -23,7 +23,10 @@ export const ARCHIVE_SLOT = "relevo_archive";
  */
 export async function ensureArchiveSlot(primary: NodeRef, superuser: Credentials, timeoutMs: number): Promise<void> {
   await withNodeClient(primary, superuser, timeoutMs, (client) =>
-    client.query(`SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, [ARCHIVE_SLOT]),
+    client.query(
+      `SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
+      [ARCHIVE_SLOT],
+    ),
   );
 }
 
@@ -120,7 +123,10 @@ export class WalArchiver {
       for (let segment = first; segment <= last; segment += 1) if (!archived.has(segment)) missing.push(segmentName(timeline, segment));
       if (missing.length === 0) return;
       if (Date.now() > deadline) {
-        throw new RelevoError(ErrorCode.Timeout, `WAL not archived within ${timeoutMs} ms: missing ${missing.slice(0, 3).join(", ")}${missing.length > 3 ? "…" : ""}`);
+        throw new RelevoError(
+          ErrorCode.Timeout,
+          `WAL not archived within ${timeoutMs} ms: missing ${missing.slice(0, 3).join(", ")}${missing.length > 3 ? "…" : ""}`,
+        );
       }
       // Soon after the last segment switch it usually is there: look often
       // at first (every backup waits here), then settle to a few times a second.
@@ -177,7 +183,10 @@ export class WalArchiver {
         return serverHistory(client, timeline);
       });
     } catch (error) {
-      this.options.logger.warn({ node: target.name, err: (error as Error).message }, "the primary's timeline history is unreadable: archive left as it is");
+      this.options.logger.warn(
+        { node: target.name, err: (error as Error).message },
+        "the primary's timeline history is unreadable: archive left as it is",
+      );
       return;
     }
     const names = await readdir(this.options.repository.walDir).catch(() => [] as string[]);
@@ -186,7 +195,10 @@ export class WalArchiver {
     // A node behind the archive's newest timeline is not the primary of the
     // archive's history (an old primary seen for a moment): nothing moves.
     if (newestArchived > timeline) {
-      this.options.logger.warn({ node: target.name, timeline, newestArchived }, "the node's timeline is older than the archive's: archive left as it is");
+      this.options.logger.warn(
+        { node: target.name, timeline, newestArchived },
+        "the node's timeline is older than the archive's: archive left as it is",
+      );
       return;
     }
     const diverged = divergedFiles(names, history);
@@ -194,7 +206,10 @@ export class WalArchiver {
     const aside = path.join(this.options.repository.walDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
     await mkdir(aside, { recursive: true, mode: 0o700 });
     for (const name of diverged) await rename(path.join(this.options.repository.walDir, name), path.join(aside, name));
-    this.options.logger.warn({ node: target.name, files: diverged.length, aside, timeline }, "archived WAL off the primary's history set aside; the archive resumes at its branch point");
+    this.options.logger.warn(
+      { node: target.name, files: diverged.length, aside, timeline },
+      "archived WAL off the primary's history set aside; the archive resumes at its branch point",
+    );
   }
 
   /** Runs pg_receivewal until it exits; returns why. */

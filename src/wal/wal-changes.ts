@@ -57,7 +57,11 @@ export type ChangesSince =
   | { readonly kind: "other-history"; readonly reason: string };
 
 /** The steps from the reference's timeline to `timeline`, or why the reference is not on that history. */
-function stepsFrom(steps: readonly TimelineStep[], reference: { timeline: number; stopLsn: string }, timeline: number): TimelineStep[] | string {
+function stepsFrom(
+  steps: readonly TimelineStep[],
+  reference: { timeline: number; stopLsn: string },
+  timeline: number,
+): TimelineStep[] | string {
   const index = steps.findIndex((step) => step.timeline === reference.timeline);
   if (index === -1) return `the reference's timeline ${reference.timeline} is not an ancestor of timeline ${timeline}`;
   const branchedAt = steps[index]!.switchLsn;
@@ -72,7 +76,10 @@ function stepsFrom(steps: readonly TimelineStep[], reference: { timeline: number
  * reference (same timeline, or an ancestor it ended on before the branch);
  * else why not. Pure.
  */
-export function referenceOnHistory(reference: { id: string; timeline: number; stopLsn: string | null }, steps: readonly TimelineStep[]): string | null {
+export function referenceOnHistory(
+  reference: { id: string; timeline: number; stopLsn: string | null },
+  steps: readonly TimelineStep[],
+): string | null {
   const timeline = steps[steps.length - 1]!.timeline;
   if (reference.timeline === timeline) return null;
   const found = stepsFrom(steps, { timeline: reference.timeline, stopLsn: reference.stopLsn ?? "0/0" }, timeline);
@@ -114,9 +121,12 @@ export async function changesSince(
   await forEachParallel(segments, SUMMARY_PARALLELISM, async (segment) => {
     const timeline = timelineOfSegment(path_, segment);
     summaries[segment - first] =
-      segment === last && !startsSegment ? await summarizer.summarizeUpTo(timeline, segment, current.startLsn) : await summarizer.summaryOf(timeline, segment);
+      segment === last && !startsSegment
+        ? await summarizer.summarizeUpTo(timeline, segment, current.startLsn)
+        : await summarizer.summaryOf(timeline, segment);
   });
   const unreadable = summaries.find((summary) => !summary.complete);
-  if (unreadable) return { kind: "unavailable", reason: `WAL segment ${unreadable.segment} could not be read: ${unreadable.error ?? "incomplete"}` };
+  if (unreadable)
+    return { kind: "unavailable", reason: `WAL segment ${unreadable.segment} could not be read: ${unreadable.error ?? "incomplete"}` };
   return { kind: "changes", changes: mergeSummaries(summaries), segments: summaries.length };
 }

@@ -44,7 +44,6 @@ export interface WalSegmentSummary {
 
 const BLOCK_REFERENCE = "blkref #";
 
-
 function* linesStartingWith(text: string, marker: string): Generator<string> {
   for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
     const end = text.indexOf("\n", at);
@@ -78,7 +77,8 @@ export class SummaryBuilder {
    * and database records.
    */
   addText(text: string): void {
-    for (let at = text.startsWith("rmgr:") ? 0 : text.indexOf("\nrmgr:"); at !== -1; at = text.indexOf("\nrmgr:", at + 1)) this.records += 1;
+    for (let at = text.startsWith("rmgr:") ? 0 : text.indexOf("\nrmgr:"); at !== -1; at = text.indexOf("\nrmgr:", at + 1))
+      this.records += 1;
     // "blkref #0: rel 1663/5/16396 blk 114754 FPW" or "... rel 1663/5/16396 fork vm blk 0"
     for (let at = text.indexOf(BLOCK_REFERENCE); at !== -1; at = text.indexOf(BLOCK_REFERENCE, at + BLOCK_REFERENCE.length)) {
       const relationStart = text.indexOf(": rel ", at) + 6;
@@ -169,7 +169,13 @@ function ranges(sorted: readonly number[]): Array<[number, number]> {
 
 /** The summariser of a repository's archive, as configured. */
 export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
-  return new WalSummarizer({ walDir: repository.walDir, summaryDir: repository.walSummaryDir, pgBinDir: config.pgBinDir, logger, intervalMs: config.walSummaryIntervalMs });
+  return new WalSummarizer({
+    walDir: repository.walDir,
+    summaryDir: repository.walSummaryDir,
+    pgBinDir: config.pgBinDir,
+    logger,
+    intervalMs: config.walSummaryIntervalMs,
+  });
 }
 
 export interface WalSummarizerOptions {
@@ -214,7 +220,10 @@ export class WalSummarizer {
   /** One pass over the archive (passes never overlap); the segments summarised. */
   summarizePending(): Promise<string[]> {
     const run = this.pass.then(() => this.summarizeNow());
-    this.pass = run.then(() => undefined, () => undefined);
+    this.pass = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 
@@ -311,7 +320,13 @@ export class WalSummarizer {
   }
 
   /** pg_waldump reads segments by name from one directory: the segment, and `successor` linked under the next segment's name. */
-  private async summarizeBeforeSuccessor(name: string, next: string, successor: string, timeline: number, segment: number): Promise<WalSegmentSummary> {
+  private async summarizeBeforeSuccessor(
+    name: string,
+    next: string,
+    successor: string,
+    timeline: number,
+    segment: number,
+  ): Promise<WalSegmentSummary> {
     const dir = path.join(this.options.summaryDir, `.receiving-${process.pid}-${randomBytes(4).toString("hex")}`);
     await mkdir(dir, { mode: 0o700 });
     try {
@@ -333,13 +348,24 @@ export class WalSummarizer {
    * segment was then read whole). With `endLsn` (a record boundary inside
    * the segment: a backup's start), it reads the records before it.
    */
-  private summarize(name: string, timeline: number, segment: number, endLsn: string | null = null, walDir = this.options.walDir): Promise<WalSegmentSummary> {
+  private summarize(
+    name: string,
+    timeline: number,
+    segment: number,
+    endLsn: string | null = null,
+    walDir = this.options.walDir,
+  ): Promise<WalSegmentSummary> {
     const builder = new SummaryBuilder();
     const nextSegmentRecord = endLsn === null ? recordLineOfSegment(segment + 1) : null;
     return new Promise((resolve) => {
       const child = spawn(
         path.join(this.options.pgBinDir, "pg_waldump"),
-        [`--path=${walDir}`, `--timeline=${timeline}`, `--start=${segmentStartLsn(segment)}`, `--end=${endLsn ?? segmentStartLsn(segment + 2)}`],
+        [
+          `--path=${walDir}`,
+          `--timeline=${timeline}`,
+          `--start=${segmentStartLsn(segment)}`,
+          `--end=${endLsn ?? segmentStartLsn(segment + 2)}`,
+        ],
         { stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C" } },
       );
       let stderr = "";
@@ -370,7 +396,9 @@ export class WalSummarizer {
       child.on("error", (error) => resolve(builder.build(name, timeline, false, error.message)));
       child.on("close", (code) => {
         const complete = endLsn === null ? reachedNextSegment : code === 0;
-        const error = complete ? null : (stderr.trim().split("\n").pop() ?? "") || `pg_waldump stopped (${code}) before the next segment's first record`;
+        const error = complete
+          ? null
+          : (stderr.trim().split("\n").pop() ?? "") || `pg_waldump stopped (${code}) before the next segment's first record`;
         resolve(builder.build(name, timeline, complete, error));
       });
     });
@@ -383,7 +411,9 @@ export class WalSummarizer {
  * "xlogid"; pg_waldump prints the low half as 8 hex digits.
  */
 export function recordLineOfSegment(segment: number): RegExp {
-  const high = Math.floor(segment / 256).toString(16).toUpperCase();
+  const high = Math.floor(segment / 256)
+    .toString(16)
+    .toUpperCase();
   const top = (segment % 256).toString(16).toUpperCase().padStart(2, "0");
   return new RegExp(`lsn: ${high}/${top}[0-9A-F]{6},`);
 }

@@ -44,9 +44,16 @@ export async function removeDockerObjectsOf(homes: readonly string[]): Promise<v
   for (const home of homes) {
     const filters = { label: [`io.relevo.home=${home}`] };
     for (const container of await docker.listContainers({ all: true, filters })) {
-      await docker.getContainer(container.Id).remove({ force: true, v: true }).catch(() => undefined);
+      await docker
+        .getContainer(container.Id)
+        .remove({ force: true, v: true })
+        .catch(() => undefined);
     }
     const { Volumes } = await docker.listVolumes({ filters });
-    for (const volume of Volumes ?? []) await docker.getVolume(volume.Name).remove({ force: true }).catch(() => undefined);
+    for (const volume of Volumes ?? [])
+      await docker
+        .getVolume(volume.Name)
+        .remove({ force: true })
+        .catch(() => undefined);
   }
 }

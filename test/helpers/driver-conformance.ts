@@ -35,7 +35,14 @@ export function describeDriverConformance(target: ConformanceTarget): void {
     });
 
     const sql = async (text: string): Promise<unknown[]> => {
-      const client = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", connectionTimeoutMillis: 3000 });
+      const client = new Client({
+        host: node.host,
+        port: node.port,
+        user: "postgres",
+        password: PASSWORD,
+        database: "postgres",
+        connectionTimeoutMillis: 3000,
+      });
       await client.connect();
       try {
         return (await client.query(text)).rows;
@@ -59,7 +66,15 @@ export function describeDriverConformance(target: ConformanceTarget): void {
     test("exec (offline) runs initdb as the PostgreSQL user, with stdin", async () => {
       const result = await driver.exec(
         node,
-        ["initdb", "-D", driver.dataDirectory(node), "--data-checksums", "--auth=scram-sha-256", "--username=postgres", "--pwfile=/dev/stdin"],
+        [
+          "initdb",
+          "-D",
+          driver.dataDirectory(node),
+          "--data-checksums",
+          "--auth=scram-sha-256",
+          "--username=postgres",
+          "--pwfile=/dev/stdin",
+        ],
         { mode: "offline", stdin: `${PASSWORD}\n`, timeoutMs: 60000 },
       );
       expect(result.exitCode).toBe(0);
@@ -86,7 +101,11 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(await driver.readFile(node, "conf.d/extra.conf")).toBeNull();
       await expect(driver.readFile(node, "../../etc/passwd")).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
       const conf = (await driver.readFile(node, "postgresql.conf"))!.toString();
-      await driver.writeFile(node, "postgresql.conf", `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`);
+      await driver.writeFile(
+        node,
+        "postgresql.conf",
+        `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`,
+      );
     });
 
     test("streams: a large file written from a stream reads back identical, in chunks; directories are made owned", async () => {
@@ -112,7 +131,9 @@ export function describeDriverConformance(target: ConformanceTarget): void {
         if (held === 2) secondCame();
         const copy = Buffer.from(chunk);
         copies.push(copy);
-        await (copies.length === 1 ? Promise.race([second, new Promise((resolve) => setTimeout(resolve, 5000))]) : new Promise((resolve) => setTimeout(resolve, 5)));
+        await (copies.length === 1
+          ? Promise.race([second, new Promise((resolve) => setTimeout(resolve, 5000))])
+          : new Promise((resolve) => setTimeout(resolve, 5)));
         expect(chunk.equals(copy)).toBe(true); // not overwritten while held
         held -= 1;
       });
@@ -133,12 +154,28 @@ export function describeDriverConformance(target: ConformanceTarget): void {
         { offset: 1024 * 1024 - 3, length: 1024 * 1024 + 6 },
         { offset: content.length - 4, length: 10 },
       ];
-      expect(await driver.readRanges(node, "stream-test/big.bin", ranges, { chunkSize: 1024 * 1024, inFlight: 2 }, async (chunk) => void ranged.push(Buffer.from(chunk)))).toBe(true);
+      expect(
+        await driver.readRanges(
+          node,
+          "stream-test/big.bin",
+          ranges,
+          { chunkSize: 1024 * 1024, inFlight: 2 },
+          async (chunk) => void ranged.push(Buffer.from(chunk)),
+        ),
+      ).toBe(true);
       expect(ranged.every((chunk) => chunk.length <= 1024 * 1024)).toBe(true);
-      expect(Buffer.concat(ranged).equals(Buffer.concat([...ranges.map((r) => content.subarray(r.offset, r.offset + r.length)), Buffer.alloc(6)]))).toBe(true);
-      expect(await driver.readRanges(node, "stream-test/missing", ranges, { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(false);
+      expect(
+        Buffer.concat(ranged).equals(
+          Buffer.concat([...ranges.map((r) => content.subarray(r.offset, r.offset + r.length)), Buffer.alloc(6)]),
+        ),
+      ).toBe(true);
+      expect(await driver.readRanges(node, "stream-test/missing", ranges, { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(
+        false,
+      );
       await driver.makeDirectory(node, "stream-test/a/b");
-      expect(await driver.listFiles(node, "stream-test/a")).toEqual([expect.objectContaining({ path: "stream-test/a/b", type: "directory" })]);
+      expect(await driver.listFiles(node, "stream-test/a")).toEqual([
+        expect.objectContaining({ path: "stream-test/a/b", type: "directory" }),
+      ]);
       await driver.removeFiles(node, ["stream-test"]);
       expect(await driver.listFiles(node, "stream-test")).toEqual([]);
     });
@@ -166,14 +203,28 @@ export function describeDriverConformance(target: ConformanceTarget): void {
     });
 
     test("pause freezes the whole server (new and open connections time out), resume thaws it", async () => {
-      const open = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", query_timeout: 1000 });
+      const open = new Client({
+        host: node.host,
+        port: node.port,
+        user: "postgres",
+        password: PASSWORD,
+        database: "postgres",
+        query_timeout: 1000,
+      });
       await open.connect();
       await driver.pause(node);
       expect((await driver.state(node)).phase).toBe("paused");
       // The backend serving an open connection is frozen too.
       await expect(open.query("SELECT 1")).rejects.toThrow(/timeout/i);
       open.end().catch(() => undefined);
-      const client = new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", connectionTimeoutMillis: 1000 });
+      const client = new Client({
+        host: node.host,
+        port: node.port,
+        user: "postgres",
+        password: PASSWORD,
+        database: "postgres",
+        connectionTimeoutMillis: 1000,
+      });
       await expect(client.connect()).rejects.toThrow();
       await driver.resume(node);
       expect((await driver.state(node)).phase).toBe("running");

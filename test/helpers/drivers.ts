@@ -21,7 +21,17 @@ export function describeOnEachDriver(title: string, body: (driver: TestDriver, o
   for (const driver of testDrivers()) {
     describe(`${title} [${driver}]`, () => {
       if (driver === "docker") beforeAll(requireDockerEngine);
-      body(driver, driver === "docker" ? dockerOverrides(title.replace(/[^a-z0-9]+/gi, "-").slice(0, 12).toLowerCase()) : {});
+      body(
+        driver,
+        driver === "docker"
+          ? dockerOverrides(
+              title
+                .replace(/[^a-z0-9]+/gi, "-")
+                .slice(0, 12)
+                .toLowerCase(),
+            )
+          : {},
+      );
     });
   }
 }

@@ -64,7 +64,9 @@ export async function startEngineForwarder(options: { tls?: TlsMaterial; socketP
   };
   const makeServer = (): net.Server => {
     const made = options.tls
-      ? tls.createServer({ ...options.tls.serverOptions, requestCert: true, rejectUnauthorized: true, allowHalfOpen: true }, forward).on("tlsClientError", () => undefined)
+      ? tls
+          .createServer({ ...options.tls.serverOptions, requestCert: true, rejectUnauthorized: true, allowHalfOpen: true }, forward)
+          .on("tlsClientError", () => undefined)
       : net.createServer({ allowHalfOpen: true }, forward);
     // Every accepted socket, handshakes in progress included, goes with a cut.
     return made.on("connection", (socket: net.Socket) => {
@@ -108,12 +110,42 @@ export async function makeTlsMaterial(): Promise<TlsMaterial> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "relevo-engine-tls-"));
   const openssl = (...args: string[]) => run("openssl", args, { cwd: dir });
   const authority = async (name: string): Promise<void> => {
-    await openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", `/CN=${name}`, "-keyout", `${name}-key.pem`, "-out", `${name}.pem`);
+    await openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      `/CN=${name}`,
+      "-keyout",
+      `${name}-key.pem`,
+      "-out",
+      `${name}.pem`,
+    );
   };
   const sign = async (ca: string, name: string, extensions: string): Promise<void> => {
     await openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${name}`, "-keyout", `${name}-key.pem`, "-out", `${name}.csr`);
     await writeFile(path.join(dir, `${name}.ext`), extensions);
-    await openssl("x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}-key.pem`, "-CAcreateserial", "-days", "1", "-extfile", `${name}.ext`, "-out", `${name}.pem`);
+    await openssl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      `${ca}.pem`,
+      "-CAkey",
+      `${ca}-key.pem`,
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      `${name}.ext`,
+      "-out",
+      `${name}.pem`,
+    );
   };
   await authority("ca");
   await authority("other-ca");

@@ -17,6 +17,8 @@ export function failoverHelpers(cluster: TestCluster) {
     });
   /** The port a standby's WAL receiver streams from (null when it does not stream). */
   const streamingFrom = async (target: NodeRef): Promise<number | null> =>
-    (await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port"))[0]!.port;
+    (
+      await sql<{ port: number | null }>(target, "SELECT (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming') AS port")
+    )[0]!.port;
   return { node, sql, state, events, primaryNow, streamingFrom };
 }

@@ -65,7 +65,11 @@ export class SubscriptionRecorder<T> {
     const existing = this.received.find(predicate);
     if (existing) return Promise.resolve(existing);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no matching subscription payload within ${timeoutMs} ms; got ${JSON.stringify(this.received).slice(0, 2000)}`)), timeoutMs);
+      const timer = setTimeout(
+        () =>
+          reject(new Error(`no matching subscription payload within ${timeoutMs} ms; got ${JSON.stringify(this.received).slice(0, 2000)}`)),
+        timeoutMs,
+      );
       this.waiters.push({
         predicate,
         resolve: (value) => {

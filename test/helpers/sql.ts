@@ -3,7 +3,13 @@ import type { NodeRef } from "../../src/nodes/node-driver";
 import type { Secrets } from "../../src/secrets/secrets-store";
 
 /** Runs SQL on a node as the superuser, like an operator with `relevo url` would. */
-export async function sqlOn<T = Record<string, unknown>>(node: NodeRef, secrets: Secrets, text: string, params: unknown[] = [], database = "postgres"): Promise<T[]> {
+export async function sqlOn<T = Record<string, unknown>>(
+  node: NodeRef,
+  secrets: Secrets,
+  text: string,
+  params: unknown[] = [],
+  database = "postgres",
+): Promise<T[]> {
   const client = new Client({
     host: node.host,
     port: node.port,

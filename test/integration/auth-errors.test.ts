@@ -18,7 +18,9 @@ describe("API auth, errors and limits", () => {
   test("an answer cached for a token is never served without one (or with a bad one)", async () => {
     const query = "{ cluster { name primary { name } } }";
     for (let i = 0; i < 3; i += 1) {
-      expect((await graphqlRequest(cluster.url, query, { token: cluster.token("viewer") })).data).toEqual({ cluster: { name: "test", primary: { name: "node1" } } });
+      expect((await graphqlRequest(cluster.url, query, { token: cluster.token("viewer") })).data).toEqual({
+        cluster: { name: "test", primary: { name: "node1" } },
+      });
     }
     for (const token of [null, "rlv.viewer.000000000000.forged"]) {
       const response = await graphqlRequest(cluster.url, query, { token });
@@ -28,9 +30,15 @@ describe("API auth, errors and limits", () => {
   });
 
   test("a body that is not JSON is a 400 with BAD_USER_INPUT", async () => {
-    const response = await fetch(cluster.url, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` }, body: "{ not json" });
+    const response = await fetch(cluster.url, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
+      body: "{ not json",
+    });
     expect(response.status).toBe(400);
-    expect(((await response.json()) as { errors: Array<{ extensions: { code: string } }> }).errors[0]!.extensions.code).toBe("BAD_USER_INPUT");
+    expect(((await response.json()) as { errors: Array<{ extensions: { code: string } }> }).errors[0]!.extensions.code).toBe(
+      "BAD_USER_INPUT",
+    );
   });
 
   test("a token signed with another key, or tampered with, is UNAUTHENTICATED", async () => {
@@ -67,7 +75,11 @@ describe("API auth, errors and limits", () => {
       );
       return found.length === 2 ? found : undefined;
     });
-    expect(rows[0]).toMatchObject({ actor_id: tokenId, actor_role: "operator", data: { fields: ["refreshTopology"], operation: "Audited" } });
+    expect(rows[0]).toMatchObject({
+      actor_id: tokenId,
+      actor_role: "operator",
+      data: { fields: ["refreshTopology"], operation: "Audited" },
+    });
     expect(rows[0]!.message).not.toContain(token); // the id, never the token
     expect(rows[1]).toMatchObject({ actor_role: "viewer", data: { operation: "Denied" } });
     expect(rows[1]!.message).toContain("FORBIDDEN");
@@ -82,7 +94,9 @@ describe("API auth, errors and limits", () => {
   test("an over-deep query is refused before execution: QUERY_TOO_DEEP names the depth and the limit", async () => {
     // The suite runs with a depth limit of 4. cluster > primary > replication > state is 4 deep;
     // events > edges > node > actor > id is 5, also when the last level comes through a fragment.
-    const atLimit = await graphqlRequest(cluster.url, `{ cluster { primary { replication { state } } } }`, { token: cluster.token("viewer") });
+    const atLimit = await graphqlRequest(cluster.url, `{ cluster { primary { replication { state } } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(atLimit.errors).toBeUndefined();
     for (const query of [
       `{ events(first: 1) { edges { node { actor { id } } } } }`,
@@ -93,29 +107,43 @@ describe("API auth, errors and limits", () => {
       expect(response.data ?? null).toBeNull();
     }
     // Introspection is exempt (GraphiQL's own schema query is deeper than any data query).
-    const introspection = await graphqlRequest(cluster.url, `{ __schema { types { fields { type { ofType { ofType { name } } } } } } }`, { token: cluster.token("viewer") });
+    const introspection = await graphqlRequest(cluster.url, `{ __schema { types { fields { type { ofType { ofType { name } } } } } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(introspection.errors).toBeUndefined();
   });
 
   test("a query whose estimated cost is too high is refused: QUERY_TOO_COMPLEX", async () => {
-    const response = await graphqlRequest(cluster.url, `{ events(first: 500) { edges { node { id kind message } } } }`, { token: cluster.token("viewer") });
+    const response = await graphqlRequest(cluster.url, `{ events(first: 500) { edges { node { id kind message } } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(response.errors?.[0]?.extensions).toMatchObject({ code: "QUERY_TOO_COMPLEX", maxComplexity: 400 });
-    const small = await graphqlRequest(cluster.url, `{ events(first: 20) { edges { node { id kind message } } } }`, { token: cluster.token("viewer") });
+    const small = await graphqlRequest(cluster.url, `{ events(first: 20) { edges { node { id kind message } } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(small.errors).toBeUndefined();
   });
 
   test("invalid arguments are BAD_USER_INPUT", async () => {
-    const response = await graphqlRequest(cluster.url, `{ events(first: 5, kinds: ["no:such-kind"]) { edges { cursor } } }`, { token: cluster.token("viewer") });
+    const response = await graphqlRequest(cluster.url, `{ events(first: 5, kinds: ["no:such-kind"]) { edges { cursor } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(response.errors?.[0]?.extensions?.code).toBe("BAD_USER_INPUT");
   });
 
   test("a WebSocket without a valid token is refused", async () => {
     const client = subscriptionClient(cluster.url, "not-a-token");
     const outcome = await new Promise<string>((resolve) => {
-      client.subscribe({ query: "subscription { topologyChanged { name } }" }, { next: () => resolve("data"), error: (e) => resolve(String((e as { code?: number }).code ?? e)), complete: () => resolve("complete") });
+      client.subscribe(
+        { query: "subscription { topologyChanged { name } }" },
+        {
+          next: () => resolve("data"),
+          error: (e) => resolve(String((e as { code?: number }).code ?? e)),
+          complete: () => resolve("complete"),
+        },
+      );
     });
     await client.dispose();
     expect(outcome).toBe("4403");
   });
 });
-

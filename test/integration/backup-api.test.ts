@@ -11,7 +11,8 @@ import { sqlOn } from "../helpers/sql";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
-const FIELDS = "id type status startedAt finishedAt sizeBytes storedBytes fileCount timeline startLsn stopLsn source error reference { id }";
+const FIELDS =
+  "id type status startedAt finishedAt sizeBytes storedBytes fileCount timeline startLsn stopLsn source error reference { id }";
 
 describe("backups through GraphQL and the CLI", () => {
   const cluster = useTestCluster("backup-api");
@@ -19,21 +20,36 @@ describe("backups through GraphQL and the CLI", () => {
   let backupId: string;
 
   test("createBackup starts a FULL backup; a second one meanwhile is BACKUP_IN_PROGRESS; it completes and is listed", async () => {
-    await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE api_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
+    await sqlOn(
+      cluster.service.nodes[0]!,
+      cluster.service.secrets,
+      "CREATE TABLE api_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g",
+    );
     const operator = cluster.token("operator");
-    const created = await graphqlRequest<{ createBackup: { id: string; status: string; type: string } }>(cluster.url, `mutation { createBackup(type: FULL) { ${FIELDS} } }`, { token: operator });
+    const created = await graphqlRequest<{ createBackup: { id: string; status: string; type: string } }>(
+      cluster.url,
+      `mutation { createBackup(type: FULL) { ${FIELDS} } }`,
+      { token: operator },
+    );
     expect(created.errors).toBeUndefined();
     expect(created.data!.createBackup).toMatchObject({ type: "FULL", status: "RUNNING" });
     backupId = created.data!.createBackup.id;
     const second = await graphqlRequest(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: operator });
     expect(second.errors?.[0]?.extensions?.code).toBe("BACKUP_IN_PROGRESS");
-    const done = await eventually(async () => {
-      const response = await graphqlRequest<{ backup: { status: string } & Record<string, unknown> }>(cluster.url, `query($id: ID!) { backup(id: $id) { ${FIELDS} } }`, {
-        token: cluster.token("viewer"),
-        variables: { id: backupId },
-      });
-      return response.data?.backup.status === "COMPLETED" ? response.data.backup : undefined;
-    }, { timeoutMs: 90000 });
+    const done = await eventually(
+      async () => {
+        const response = await graphqlRequest<{ backup: { status: string } & Record<string, unknown> }>(
+          cluster.url,
+          `query($id: ID!) { backup(id: $id) { ${FIELDS} } }`,
+          {
+            token: cluster.token("viewer"),
+            variables: { id: backupId },
+          },
+        );
+        return response.data?.backup.status === "COMPLETED" ? response.data.backup : undefined;
+      },
+      { timeoutMs: 90000 },
+    );
     expect(done).toMatchObject({ id: backupId, type: "FULL", timeline: 1, source: "node1", error: null, reference: null });
     expect(done.sizeBytes as number).toBeGreaterThan(done.storedBytes as number);
     expect(done.startLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
@@ -44,13 +60,23 @@ describe("backups through GraphQL and the CLI", () => {
       { token: cluster.token("viewer") },
     );
     expect(listed.data!.backups).toEqual({ totalCount: 1, edges: [{ node: { id: backupId } }] });
-    const none = await graphqlRequest<{ backups: { totalCount: number } }>(cluster.url, `{ backups(first: 5, status: FAILED) { totalCount } }`, { token: cluster.token("viewer") });
+    const none = await graphqlRequest<{ backups: { totalCount: number } }>(
+      cluster.url,
+      `{ backups(first: 5, status: FAILED) { totalCount } }`,
+      { token: cluster.token("viewer") },
+    );
     expect(none.data!.backups.totalCount).toBe(0);
   });
 
   test("the backup's record reaches PostgreSQL (table backups) once, completed", async () => {
     const rows = await eventually(async () => {
-      const found = await sqlOn<{ id: string; status: string; size_bytes: string }>(cluster.service.nodes[0]!, cluster.service.secrets, "SELECT id, status, size_bytes::text FROM backups", [], "relevo");
+      const found = await sqlOn<{ id: string; status: string; size_bytes: string }>(
+        cluster.service.nodes[0]!,
+        cluster.service.secrets,
+        "SELECT id, status, size_bytes::text FROM backups",
+        [],
+        "relevo",
+      );
       return found.length === 1 && found[0]!.status === "completed" ? found : undefined;
     });
     expect(rows[0]).toMatchObject({ id: backupId, status: "completed" });
@@ -60,17 +86,29 @@ describe("backups through GraphQL and the CLI", () => {
   test("rescanRepository rebuilds the catalog from the manifests", async () => {
     const primary = cluster.service.nodes[0]!;
     await sqlOn(primary, cluster.service.secrets, "DELETE FROM backups", [], "relevo");
-    const rescanned = await graphqlRequest<{ rescanRepository: { backups: number } }>(cluster.url, `mutation { rescanRepository { backups } }`, { token: cluster.token("operator") });
+    const rescanned = await graphqlRequest<{ rescanRepository: { backups: number } }>(
+      cluster.url,
+      `mutation { rescanRepository { backups } }`,
+      { token: cluster.token("operator") },
+    );
     expect(rescanned.data).toEqual({ rescanRepository: { backups: 1 } });
     const rows = await eventually(async () => {
-      const found = await sqlOn<{ id: string; status: string }>(primary, cluster.service.secrets, "SELECT id, status FROM backups", [], "relevo");
+      const found = await sqlOn<{ id: string; status: string }>(
+        primary,
+        cluster.service.secrets,
+        "SELECT id, status FROM backups",
+        [],
+        "relevo",
+      );
       return found.length === 1 ? found : undefined;
     });
     expect(rows).toEqual([{ id: backupId, status: "completed" }]);
   });
 
   test("rules: a viewer cannot back up; an unknown backup is NOT_FOUND", async () => {
-    const denied = await graphqlRequest(cluster.url, `mutation { createBackup(type: DIFFERENTIAL) { id } }`, { token: cluster.token("viewer") });
+    const denied = await graphqlRequest(cluster.url, `mutation { createBackup(type: DIFFERENTIAL) { id } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     const missing = await graphqlRequest(cluster.url, `{ backup(id: "nope") { id } }`, { token: cluster.token("viewer") });
     expect(missing.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
@@ -100,7 +138,10 @@ describe("backups through GraphQL and the CLI", () => {
   });
 
   test("CLI: backup list --json, and restore --to/--port prints a URI that works; restore stop stops it", async () => {
-    const listed = JSON.parse((await run("node", [BIN, "backup", "list", "--json"], { env: cliEnv() })).stdout) as Array<{ id: string; status: string }>;
+    const listed = JSON.parse((await run("node", [BIN, "backup", "list", "--json"], { env: cliEnv() })).stdout) as Array<{
+      id: string;
+      status: string;
+    }>;
     expect(listed).toEqual([expect.objectContaining({ id: backupId, status: "COMPLETED" })]);
     const dir = path.join(await tempHome("cli-restore"), "copy");
     const port = await freePort();
@@ -114,9 +155,16 @@ describe("backups through GraphQL and the CLI", () => {
 
   test("the primary goes down as a backup finishes: the backup completes, and its record reaches PostgreSQL once the primary is back", async () => {
     const primary = cluster.service.nodes[0]!;
-    await sqlOn(primary, cluster.service.secrets, "CREATE TABLE finish_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g");
+    await sqlOn(
+      primary,
+      cluster.service.secrets,
+      "CREATE TABLE finish_data AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g",
+    );
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
-    const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string } }>(client, `subscription { backupProgress { id phase } }`);
+    const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string } }>(
+      client,
+      `subscription { backupProgress { id phase } }`,
+    );
     try {
       await new Promise((resolve) => setTimeout(resolve, 300));
       const { manifest, done } = await cluster.service.backups.start("full");
@@ -127,25 +175,40 @@ describe("backups through GraphQL and the CLI", () => {
       const completed = await done;
       expect(completed.status).toBe("completed");
       await cluster.service.driver.start(primary, { timeoutMs: 60000 });
-      const rows = await eventually(async () => {
-        const found = await sqlOn<{ status: string }>(primary, cluster.service.secrets, "SELECT status FROM backups WHERE id = $1", [manifest.id], "relevo");
-        return found[0]?.status === "completed" ? found : undefined; // "running" landed before the primary went down
-      }, { what: "the backup's completed record in PostgreSQL", timeoutMs: 60000 });
+      const rows = await eventually(
+        async () => {
+          const found = await sqlOn<{ status: string }>(
+            primary,
+            cluster.service.secrets,
+            "SELECT status FROM backups WHERE id = $1",
+            [manifest.id],
+            "relevo",
+          );
+          return found[0]?.status === "completed" ? found : undefined; // "running" landed before the primary went down
+        },
+        { what: "the backup's completed record in PostgreSQL", timeoutMs: 60000 },
+      );
       expect(rows).toEqual([{ status: "completed" }]);
     } finally {
       updates.dispose();
       await client.dispose();
-      if ((await cluster.service.driver.state(primary)).phase !== "running") await cluster.service.driver.start(primary, { timeoutMs: 60000 });
+      if ((await cluster.service.driver.state(primary)).phase !== "running")
+        await cluster.service.driver.start(primary, { timeoutMs: 60000 });
       await cluster.service.failover.setMaintenance(false);
     }
   });
 
   test("backupEvents delivers a backup's started and completed events, and no other kinds", async () => {
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
-    const events = new SubscriptionRecorder<{ backupEvents: { kind: string; data: { id?: string } } }>(client, `subscription { backupEvents { kind data } }`);
+    const events = new SubscriptionRecorder<{ backupEvents: { kind: string; data: { id?: string } } }>(
+      client,
+      `subscription { backupEvents { kind data } }`,
+    );
     try {
       await new Promise((resolve) => setTimeout(resolve, 300));
-      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("operator") });
+      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, {
+        token: cluster.token("operator"),
+      });
       const id = created.data!.createBackup.id;
       await events.next((e) => e.backupEvents.kind === "backup:completed" && e.backupEvents.data.id === id, 90000);
       const kinds = events.received.filter((e) => e.backupEvents.data.id === id).map((e) => e.backupEvents.kind);
@@ -159,22 +222,27 @@ describe("backups through GraphQL and the CLI", () => {
 
   test("backupProgress delivers live progress and a last update with phase completed; backup(id) shows it", async () => {
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
-    const updates = new SubscriptionRecorder<{ backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number } }>(
-      client,
-      `subscription { backupProgress { id phase bytesDone bytesTotal filesDone filesTotal bytesPerSecond etaSeconds } }`,
-    );
+    const updates = new SubscriptionRecorder<{
+      backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number };
+    }>(client, `subscription { backupProgress { id phase bytesDone bytesTotal filesDone filesTotal bytesPerSecond etaSeconds } }`);
     try {
       await new Promise((resolve) => setTimeout(resolve, 300));
-      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, { token: cluster.token("operator") });
+      const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, {
+        token: cluster.token("operator"),
+      });
       const id = created.data!.createBackup.id;
       const last = await updates.next((u) => u.backupProgress.id === id && u.backupProgress.phase === "completed", 90000);
       expect(last.backupProgress.filesDone).toBe(last.backupProgress.filesTotal);
       expect(last.backupProgress.bytesDone).toBe(last.backupProgress.bytesTotal);
       expect(updates.received.filter((u) => u.backupProgress.id === id).length).toBeGreaterThanOrEqual(2);
-      const shown = await graphqlRequest<{ backup: { progress: { phase: string } } }>(cluster.url, `query($id: ID!) { backup(id: $id) { progress { phase } } }`, {
-        token: cluster.token("viewer"),
-        variables: { id },
-      });
+      const shown = await graphqlRequest<{ backup: { progress: { phase: string } } }>(
+        cluster.url,
+        `query($id: ID!) { backup(id: $id) { progress { phase } } }`,
+        {
+          token: cluster.token("viewer"),
+          variables: { id },
+        },
+      );
       expect(shown.data!.backup.progress.phase).toBe("completed");
     } finally {
       updates.dispose();

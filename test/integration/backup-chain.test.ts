@@ -19,7 +19,8 @@ import { backupHelpers } from "../helpers/backups";
 describe("differential and incremental backups: block-level, from the WAL", () => {
   const cluster = useTestCluster("chain");
   const primary = () => cluster.service.nodes[0]!;
-  const sql = <T = Record<string, unknown>>(text: string, database = "postgres") => sqlOn<T>(primary(), cluster.service.secrets, text, [], database);
+  const sql = <T = Record<string, unknown>>(text: string, database = "postgres") =>
+    sqlOn<T>(primary(), cluster.service.secrets, text, [], database);
   const backups: Record<string, BackupManifest> = {};
   const restored: NodeRef[] = [];
 
@@ -49,7 +50,12 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     // each (every block "changed" for the next backup).
     await sql("VACUUM ANALYZE");
     backups.full = await backupUnderWriter("incremental");
-    expect(backups.full).toMatchObject({ type: "full", status: "completed", reference: null, promotedToFull: "no completed backup to build on" });
+    expect(backups.full).toMatchObject({
+      type: "full",
+      status: "completed",
+      reference: null,
+      promotedToFull: "no completed backup to build on",
+    });
     expect(backups.full.id).toMatch(/-F$/);
   });
 
@@ -61,7 +67,13 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     await sql("INSERT INTO to_truncate SELECT g, repeat('T', 100) FROM generate_series(1, 500) g");
     const diff = await backupUnderWriter("differential");
     backups.diff = diff;
-    expect(diff).toMatchObject({ type: "differential", status: "completed", reference: backups.full!.id, changesFrom: "wal", promotedToFull: null });
+    expect(diff).toMatchObject({
+      type: "differential",
+      status: "completed",
+      reference: backups.full!.id,
+      changesFrom: "wal",
+      promotedToFull: null,
+    });
     expect(diff.id).toMatch(/-D$/);
     const bigFile = diff.files.find((entry) => entry.blocks && entry.blocks.length > 0 && entry.size > 20 * 1024 * 1024);
     expect(bigFile).toBeDefined(); // big's heap: block-level
@@ -94,7 +106,15 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     // The writer's table and the catalogs change too; the relation files themselves are not copied.
     expect(incremental.storedBytes).toBeLessThan(backups.full!.storedBytes * 0.1);
     expect(incremental.blocksStored).toBeLessThan(500);
-    const answer = await graphqlRequest<{ backup: { type: string; blocksStored: number; filesStored: number; changesFrom: string; chain: Array<{ id: string; type: string; blocksStored: number }> } }>(
+    const answer = await graphqlRequest<{
+      backup: {
+        type: string;
+        blocksStored: number;
+        filesStored: number;
+        changesFrom: string;
+        chain: Array<{ id: string; type: string; blocksStored: number }>;
+      };
+    }>(
       cluster.url,
       `query($id: ID!) { backup(id: $id) { type blocksStored filesStored changesFrom chain { id type blocksStored filesStored storedBytes } } }`,
       { token: cluster.token("viewer"), variables: { id: incremental.id } },
@@ -118,7 +138,11 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     const [source, copy] = [await helpers.comparableDump(primary()), await helpers.comparableDump(target)];
     expect(source.length).toBeGreaterThan(100_000);
     const firstDifference = source.findIndex((line, index) => copy[index] !== line);
-    expect({ line: firstDifference, source: source[firstDifference], copy: copy[firstDifference] }).toEqual({ line: -1, source: undefined, copy: undefined });
+    expect({ line: firstDifference, source: source[firstDifference], copy: copy[firstDifference] }).toEqual({
+      line: -1,
+      source: undefined,
+      copy: undefined,
+    });
     expect(copy.length).toBe(source.length);
   });
 

@@ -85,18 +85,30 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();
     if (driver === "docker") {
       // Nothing of the copy runs on: neither its container nor the tools container its files were written through.
-      const running = await new Docker({ socketPath: "/var/run/docker.sock" }).listContainers({ filters: { name: [`relevo-${cluster.config.clusterName}-copy-`] } });
+      const running = await new Docker({ socketPath: "/var/run/docker.sock" }).listContainers({
+        filters: { name: [`relevo-${cluster.config.clusterName}-copy-`] },
+      });
       expect(running.map((info) => info.Names)).toEqual([]);
     }
   });
 
   test("CLI: status --json shows every node with the driver's view (its container on Docker)", async () => {
-    const status = JSON.parse((await run("node", [path.join(projectRoot(), "bin/relevo"), "status", "--json"], { env: cliEnvFor(cluster.config) })).stdout) as {
-      nodes: Array<{ name: string; role: string; driver: { kind: string; containerId: string | null; container: { name: string; status: string } | null } }>;
+    const status = JSON.parse(
+      (await run("node", [path.join(projectRoot(), "bin/relevo"), "status", "--json"], { env: cliEnvFor(cluster.config) })).stdout,
+    ) as {
+      nodes: Array<{
+        name: string;
+        role: string;
+        driver: { kind: string; containerId: string | null; container: { name: string; status: string } | null };
+      }>;
     };
     expect(status.nodes.map((n) => `${n.name}:${n.role}:${n.driver.kind}`)).toEqual([`node1:primary:${driver}`, `node2:replica:${driver}`]);
     for (const member of status.nodes) {
-      if (driver === "docker") expect(member.driver).toMatchObject({ containerId: expect.stringMatching(/^[0-9a-f]{64}$/), container: { name: `relevo-${cluster.config.clusterName}-${member.name}`, status: "running" } });
+      if (driver === "docker")
+        expect(member.driver).toMatchObject({
+          containerId: expect.stringMatching(/^[0-9a-f]{64}$/),
+          container: { name: `relevo-${cluster.config.clusterName}-${member.name}`, status: "running" },
+        });
       else expect(member.driver.containerId).toBeNull();
     }
   });

@@ -15,7 +15,11 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     const primary = cluster.service.nodes[0]!;
     await sqlOn(primary, cluster.service.secrets, "CREATE TABLE spared AS SELECT g AS id FROM generate_series(1, 10000) g");
     // A copy taken from the replica is as of what the replica has replayed: let it catch up first.
-    await eventually(async () => ((await sqlOn(cluster.service.nodes[1]!, cluster.service.secrets, "SELECT to_regclass('spared') IS NOT NULL AS ok"))[0]?.ok ? true : undefined));
+    await eventually(async () =>
+      (await sqlOn(cluster.service.nodes[1]!, cluster.service.secrets, "SELECT to_regclass('spared') IS NOT NULL AS ok"))[0]?.ok
+        ? true
+        : undefined,
+    );
     await cluster.service.collector.pollNow();
     // Nothing else is written: only the primary's WAL switch (asked for by the backup) completes the last segment.
     const backup = await (await cluster.service.backups.start("full")).done;
@@ -29,9 +33,17 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
   test("an incremental from the replica stores the changed blocks and restores the primary's data", async () => {
     const [primary, replica] = cluster.service.nodes as [NodeRef, NodeRef];
     await sqlOn(primary, cluster.service.secrets, "INSERT INTO spared SELECT g FROM generate_series(10001, 15000) g");
-    await sqlOn(primary, cluster.service.secrets, "CREATE TABLE later AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g");
+    await sqlOn(
+      primary,
+      cluster.service.secrets,
+      "CREATE TABLE later AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g",
+    );
     // A copy taken from the replica is as of what the replica has replayed.
-    await eventually(async () => ((await sqlOn<{ ok: boolean }>(replica, cluster.service.secrets, "SELECT to_regclass('later') IS NOT NULL AS ok"))[0]?.ok ? true : undefined));
+    await eventually(async () =>
+      (await sqlOn<{ ok: boolean }>(replica, cluster.service.secrets, "SELECT to_regclass('later') IS NOT NULL AS ok"))[0]?.ok
+        ? true
+        : undefined,
+    );
     const incremental = await (await cluster.service.backups.start("incremental")).done;
     expect(incremental).toMatchObject({ status: "completed", type: "incremental", source: "node2", changesFrom: "wal" });
     const full = (await cluster.service.backups.get(incremental.reference!))!;
@@ -39,7 +51,13 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     if (copy) await cluster.service.driver.destroy(copy);
     copy = { name: "from-replica-incremental", host: "127.0.0.1", port: await freePort() };
     await cluster.service.backups.restore({ backupId: incremental.id, target: copy, recoveryTarget: { kind: "immediate" } });
-    expect(await sqlOn(copy, cluster.service.secrets, "SELECT (SELECT count(*)::int FROM spared) AS spared, (SELECT count(*)::int FROM later) AS later")).toEqual([{ spared: 15000, later: 30000 }]);
+    expect(
+      await sqlOn(
+        copy,
+        cluster.service.secrets,
+        "SELECT (SELECT count(*)::int FROM spared) AS spared, (SELECT count(*)::int FROM later) AS later",
+      ),
+    ).toEqual([{ spared: 15000, later: 30000 }]);
   });
 
   test("a missing archived segment is a critical archive:gap event, reported once, and shows in the recovery window", async () => {

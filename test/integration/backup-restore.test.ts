@@ -8,12 +8,14 @@ import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
 
 /** Ordered-content checksum of a table: equal only if every row is. */
-const TABLE_CHECKSUM = (table: string) => `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) AS sum FROM ${table} t`;
+const TABLE_CHECKSUM = (table: string) =>
+  `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) AS sum FROM ${table} t`;
 
 describe("full backup and point-in-time restore", () => {
   const cluster = useTestCluster("backup");
   const primary = () => cluster.service.nodes[0]!;
-  const sql = <T = Record<string, unknown>>(node: NodeRef, text: string, params: unknown[] = []) => sqlOn<T>(node, cluster.service.secrets, text, params);
+  const sql = <T = Record<string, unknown>>(node: NodeRef, text: string, params: unknown[] = []) =>
+    sqlOn<T>(node, cluster.service.secrets, text, params);
   const restoredCopies: NodeRef[] = [];
   /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
   const switchWal = async (): Promise<string> => (await sql<{ lsn: string }>(primary(), "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
@@ -47,13 +49,20 @@ describe("full backup and point-in-time restore", () => {
     const copy: NodeRef = { name: "restore1", host: "127.0.0.1", port: await freePort() };
     restoredCopies.push(copy);
     await cluster.service.archiver.waitForArchived(1, completed.stopLsn!, switched, 60000);
-    await cluster.service.backups.restore({ backupId: completed.id, target: copy, recoveryTarget: { kind: "name", name: "after-backup-1" } });
+    await cluster.service.backups.restore({
+      backupId: completed.id,
+      target: copy,
+      recoveryTarget: { kind: "name", name: "after-backup-1" },
+    });
     const restored = (await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("ledger")))[0]!;
     expect(restored).toEqual(expected);
     // The unlogged table exists, empty (only its init fork was copied).
     expect(await sql(copy, "SELECT count(*)::int AS n FROM scratch")).toEqual([{ n: 0 }]);
     // A restored copy is on its own: no upstream, no archiving, a new timeline.
-    const settings = await sql<{ name: string; setting: string }>(copy, "SELECT name, setting FROM pg_settings WHERE name IN ('primary_conninfo', 'archive_mode', 'primary_slot_name') ORDER BY name");
+    const settings = await sql<{ name: string; setting: string }>(
+      copy,
+      "SELECT name, setting FROM pg_settings WHERE name IN ('primary_conninfo', 'archive_mode', 'primary_slot_name') ORDER BY name",
+    );
     expect(settings).toEqual([
       { name: "archive_mode", setting: "off" },
       { name: "primary_conninfo", setting: "" },
@@ -72,7 +81,10 @@ describe("full backup and point-in-time restore", () => {
     await cluster.service.archiver.waitForArchived(1, lsn, lsn, 60000);
     const copy: NodeRef = { name: "restore2", host: "127.0.0.1", port: await freePort() };
     restoredCopies.push(copy);
-    await cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "time", time: new Date(between.replace(" ", "T").replace(/\+00$/, "Z")).toISOString() } });
+    await cluster.service.backups.restore({
+      target: copy,
+      recoveryTarget: { kind: "time", time: new Date(between.replace(" ", "T").replace(/\+00$/, "Z")).toISOString() },
+    });
     expect(await sql(copy, "SELECT id FROM pitr ORDER BY id")).toEqual([{ id: 1 }]);
   });
 
@@ -87,7 +99,11 @@ describe("full backup and point-in-time restore", () => {
     expect(recorded.name).toBe(`relevo-${manifest.id}`);
     expect(recorded.tables).toEqual(expect.arrayContaining([expect.objectContaining({ database: "postgres", table: "public.ledger" })]));
     expect(recorded.tables.some((table) => table.database === "relevo")).toBe(true); // every database, Relevo's own included
-    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null, tablesCompared: recorded.tables.length } });
+    expect(verified.verification).toMatchObject({
+      contentOk: true,
+      badFiles: [],
+      restoreTest: { ok: true, error: null, tablesCompared: recorded.tables.length },
+    });
     expect((await cluster.service.backups.get(manifest.id)).verification?.restoreTest?.ok).toBe(true);
     // The scratch node is gone.
     const { readdir } = await import("node:fs/promises");
@@ -98,11 +114,16 @@ describe("full backup and point-in-time restore", () => {
     const manifest = await cluster.service.backups.latestCompleted();
     const point = manifest.referencePoint!;
     // As if the backup had lost a row of ledger: the recorded count no longer matches what the restore produces.
-    const tampered = point.tables.map((table) => (table.table === "public.ledger" && table.database === "postgres" ? { ...table, rows: table.rows + 1 } : table));
+    const tampered = point.tables.map((table) =>
+      table.table === "public.ledger" && table.database === "postgres" ? { ...table, rows: table.rows + 1 } : table,
+    );
     await cluster.service.repository.writeManifest({ ...manifest, referencePoint: { ...point, tables: tampered } });
     try {
       const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
-      expect(verified.verification?.restoreTest).toMatchObject({ ok: false, error: expect.stringContaining("postgres: public.ledger differs") });
+      expect(verified.verification?.restoreTest).toMatchObject({
+        ok: false,
+        error: expect.stringContaining("postgres: public.ledger differs"),
+      });
     } finally {
       await cluster.service.repository.writeManifest({ ...manifest, referencePoint: point, verification: null });
     }
@@ -123,7 +144,9 @@ describe("full backup and point-in-time restore", () => {
     try {
       const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
       expect(verified.verification).toMatchObject({ contentOk: false, badFiles: [victim.path], restoreTest: { ok: false } });
-      await expect(cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } })).rejects.toMatchObject({
+      await expect(
+        cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } }),
+      ).rejects.toMatchObject({
         code: ErrorCode.PreconditionFailed,
         message: expect.stringContaining(victim.path),
       });
@@ -135,7 +158,10 @@ describe("full backup and point-in-time restore", () => {
 
   test("each archived segment is summarised once: the blocks an update touched, per relation file", async () => {
     await sql(primary(), "CREATE TABLE summarised AS SELECT g AS id, repeat('s', 200) AS pad FROM generate_series(1, 2000) g");
-    const [{ file, blocks }] = await sql<{ file: string; blocks: number }>(primary(), "SELECT pg_relation_filepath('summarised') AS file, pg_relation_size('summarised') / 8192 AS blocks");
+    const [{ file, blocks }] = await sql<{ file: string; blocks: number }>(
+      primary(),
+      "SELECT pg_relation_filepath('summarised') AS file, pg_relation_size('summarised') / 8192 AS blocks",
+    );
     const relation = file.replace(/^base\//, "1663/");
     await sql(primary(), "SELECT pg_switch_wal()");
     // Only the last block's rows change; the segment holding the update is closed, then its successor too.
@@ -144,10 +170,13 @@ describe("full backup and point-in-time restore", () => {
     await sql(primary(), "SELECT pg_switch_wal()");
     await sql(primary(), "CREATE TABLE nudge ()"); // something in the next segment, so that it can be closed too
     await sql(primary(), "SELECT pg_switch_wal()");
-    const summary = await eventually(async () => {
-      await cluster.service.walSummarizer.summarizePending();
-      return (await cluster.service.walSummarizer.read(segment)) ?? undefined;
-    }, { what: `the summary of ${segment}`, timeoutMs: 30000 });
+    const summary = await eventually(
+      async () => {
+        await cluster.service.walSummarizer.summarizePending();
+        return (await cluster.service.walSummarizer.read(segment)) ?? undefined;
+      },
+      { what: `the summary of ${segment}`, timeoutMs: 30000 },
+    );
     expect(summary).toMatchObject({ segment, timeline: 1, complete: true, error: null });
     const touched = summary.blocks[relation]?.main ?? [];
     expect(touched.length).toBeGreaterThan(0);
@@ -171,11 +200,14 @@ describe("full backup and point-in-time restore", () => {
     const [a, b] = [parseSegmentName(first)!.segment, parseSegmentName(last)!.segment];
     expect(b - a).toBeGreaterThanOrEqual(2);
     const summarizer = cluster.service.walSummarizer;
-    const perSegment = await eventually(async () => {
-      await summarizer.summarizePending();
-      const found = await Promise.all(Array.from({ length: b - a + 1 }, (_, index) => summarizer.read(segmentName(1, a + index))));
-      return found.every((summary) => summary?.complete) ? found.map((summary) => summary!) : undefined;
-    }, { what: "the summaries of the update's segments", timeoutMs: 60000 });
+    const perSegment = await eventually(
+      async () => {
+        await summarizer.summarizePending();
+        const found = await Promise.all(Array.from({ length: b - a + 1 }, (_, index) => summarizer.read(segmentName(1, a + index))));
+        return found.every((summary) => summary?.complete) ? found.map((summary) => summary!) : undefined;
+      },
+      { what: "the summaries of the update's segments", timeoutMs: 60000 },
+    );
     // One pg_waldump over the whole range reads every record that crosses an inner boundary.
     const whole = await summarizer.summarizeUpTo(1, a, segmentStartLsn(b + 1));
     const merged = mergeSummaries(perSegment);
@@ -184,7 +216,8 @@ describe("full backup and point-in-time restore", () => {
       for (const [fork, ranges] of Object.entries(forks)) {
         const have = merged.blocks.get(relation)?.get(fork) ?? [];
         for (const [from, to] of ranges) {
-          for (let block = from; block <= to; block += 1) if (!have.some(([x, y]) => x <= block && block <= y)) missing.push(`${relation}/${fork}/${block}`);
+          for (let block = from; block <= to; block += 1)
+            if (!have.some(([x, y]) => x <= block && block <= y)) missing.push(`${relation}/${fork}/${block}`);
         }
       }
     }
@@ -193,7 +226,9 @@ describe("full backup and point-in-time restore", () => {
 
   test("a target outside the recoverable window is refused, naming the window", async () => {
     const copy: NodeRef = { name: "restore4", host: "127.0.0.1", port: await freePort() };
-    await expect(cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "time", time: "2020-01-01T00:00:00Z" } })).rejects.toMatchObject({
+    await expect(
+      cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "time", time: "2020-01-01T00:00:00Z" } }),
+    ).rejects.toMatchObject({
       code: ErrorCode.PreconditionFailed,
       message: expect.stringMatching(/cannot restore to 2020-01-01T00:00:00Z: the recoverable window is \S+ \(\S+\) to \S+ \(\S+\)/),
     });

@@ -18,11 +18,23 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
   const replica = () => cluster.service.nodes[1]!;
 
   test("the replica streams from the primary over its own slot, with an application_name", async () => {
-    const senders = await sqlOn<{ application_name: string; state: string }>(primary(), cluster.service.secrets, "SELECT application_name, state FROM pg_stat_replication WHERE application_name = 'node2'");
+    const senders = await sqlOn<{ application_name: string; state: string }>(
+      primary(),
+      cluster.service.secrets,
+      "SELECT application_name, state FROM pg_stat_replication WHERE application_name = 'node2'",
+    );
     expect(senders).toEqual([{ application_name: "node2", state: "streaming" }]);
-    const slots = await sqlOn<{ slot_name: string; active: boolean }>(primary(), cluster.service.secrets, "SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = 'relevo_node2'");
+    const slots = await sqlOn<{ slot_name: string; active: boolean }>(
+      primary(),
+      cluster.service.secrets,
+      "SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = 'relevo_node2'",
+    );
     expect(slots).toEqual([{ slot_name: "relevo_node2", active: true }]);
-    const receiver = await sqlOn<{ status: string; slot_name: string }>(replica(), cluster.service.secrets, "SELECT status, slot_name FROM pg_stat_wal_receiver");
+    const receiver = await sqlOn<{ status: string; slot_name: string }>(
+      replica(),
+      cluster.service.secrets,
+      "SELECT status, slot_name FROM pg_stat_wal_receiver",
+    );
     expect(receiver).toEqual([{ status: "streaming", slot_name: "relevo_node2" }]);
   });
 
@@ -90,14 +102,23 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
 
   test("bootstrap again is idempotent: nodes already running are left as they are", async () => {
     const outcomes = await bootstrapCluster(
-      { config: cluster.config, driver: cluster.service.driver, secrets: cluster.service.secrets, logger: createLogger({ level: "silent" }) },
+      {
+        config: cluster.config,
+        driver: cluster.service.driver,
+        secrets: cluster.service.secrets,
+        logger: createLogger({ level: "silent" }),
+      },
       cluster.service.nodes,
     );
     expect(outcomes.map((o) => `${o.node.name}:${o.phase}`)).toEqual(["node1:already-running", "node2:already-running"]);
   });
 
   test("libpq clients reach the primary through a multi-host URI with target_session_attrs=read-write", async () => {
-    const uri = connectionUri([replica(), primary()], { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" }, { target_session_attrs: "read-write" });
+    const uri = connectionUri(
+      [replica(), primary()],
+      { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" },
+      { target_session_attrs: "read-write" },
+    );
     const { stdout } = await run("psql", [uri, "-Atc", "SELECT pg_is_in_recovery(), current_setting('port')"]);
     expect(stdout.trim()).toBe(`f|${primary().port}`);
   });

@@ -34,7 +34,9 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
   });
 
   /** `relevo up` directly, or the README's command (`npm run quickstart`) in a process group of its own, like a terminal. */
-  async function up(command: "relevo" | "quickstart" = "relevo"): Promise<{ child: ChildProcessWithoutNullStreams; url: string; token: string; output: () => string; closed: Promise<void> }> {
+  async function up(
+    command: "relevo" | "quickstart" = "relevo",
+  ): Promise<{ child: ChildProcessWithoutNullStreams; url: string; token: string; output: () => string; closed: Promise<void> }> {
     const child =
       command === "relevo"
         ? spawn("node", [BIN, "up"], { env })
@@ -67,11 +69,12 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
   test("npm run quickstart prints the URL (the operator token only to a terminal); the cluster query answers; SIGTERM stops everything", async () => {
     const { child, url, token, output, closed } = await up("quickstart");
     expect(url).toBe(`http://127.0.0.1:${ports.api}/graphql`);
-    const response = await graphqlRequest<{ cluster: { primary: { name: string }; nodes: Array<{ name: string; role: string; reachable: boolean; replication: { state: string } | null }> } }>(
-      url,
-      "{ cluster { primary { name } nodes { name role reachable replication { state } } } }",
-      { token },
-    );
+    const response = await graphqlRequest<{
+      cluster: {
+        primary: { name: string };
+        nodes: Array<{ name: string; role: string; reachable: boolean; replication: { state: string } | null }>;
+      };
+    }>(url, "{ cluster { primary { name } nodes { name role reachable replication { state } } } }", { token });
     expect(response.data?.cluster).toEqual({
       primary: { name: "node1" },
       nodes: [
@@ -85,7 +88,11 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
       ["node1", "primary", true],
       ["node2", "replica", true],
     ]);
-    expect(status.nodes[0].driver).toMatchObject({ kind: "local", pid: expect.any(Number), dataDirectory: path.join(env.RELEVO_HOME!, "nodes", "node1", "data") });
+    expect(status.nodes[0].driver).toMatchObject({
+      kind: "local",
+      pid: expect.any(Number),
+      dataDirectory: path.join(env.RELEVO_HOME!, "nodes", "node1", "data"),
+    });
     const table = (await execFileAsync("node", [BIN, "status"], { env })).stdout;
     expect(table).toMatch(/node2\s+replica\s+127\.0\.0\.1:\d+\s+yes\s+streaming/);
 
@@ -117,7 +124,11 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
 
     // The failover commands wait for the operation and exit with the error's status.
     const relevo = (...args: string[]) => execFileAsync("node", [BIN, ...args], { env, timeout: 120000 });
-    const failing = (...args: string[]) => relevo(...args).then(() => ({ code: 0, stderr: "" }), (error: { code: number; stderr: string }) => error);
+    const failing = (...args: string[]) =>
+      relevo(...args).then(
+        () => ({ code: 0, stderr: "" }),
+        (error: { code: number; stderr: string }) => error,
+      );
     expect((await relevo("maintenance", "on")).stdout).toContain("maintenance on");
     expect(await failing("switchover", "--to", "node9")).toMatchObject({ code: 64, stderr: expect.stringContaining("NOT_FOUND") });
     expect(await failing("failover")).toMatchObject({ code: 1, stderr: expect.stringContaining("PRECONDITION_FAILED") });

@@ -52,18 +52,28 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     await mkdir(repository, { recursive: true, mode: 0o711 });
     // The stack's named repository volume, backed here by this machine's directory that Relevo uses.
     repositoryVolume = `relevo-${cluster}-repository`;
-    await docker.createVolume({ Name: repositoryVolume, DriverOpts: { type: "none", device: repository, o: "bind" }, Labels: { "io.relevo.home": home } });
+    await docker.createVolume({
+      Name: repositoryVolume,
+      DriverOpts: { type: "none", device: repository, o: "bind" },
+      Labels: { "io.relevo.home": home },
+    });
     const rename = (name: string) => name.replace(/^relevo-relevo-/, `relevo-${cluster}-`).replace(/^relevo-repository$/, repositoryVolume);
     // Compose makes the named volumes first (labelled here so that the test environment removes them).
     for (const volume of Object.values(compose.volumes)) {
-      if (volume?.name?.startsWith("relevo-relevo-")) await docker.createVolume({ Name: rename(volume.name), Labels: { "io.relevo.home": home } });
+      if (volume?.name?.startsWith("relevo-relevo-"))
+        await docker.createVolume({ Name: rename(volume.name), Labels: { "io.relevo.home": home } });
     }
     for (const [service, definition] of Object.entries(compose.services)) {
       if (definition.labels?.["io.relevo.role"] !== "node") continue;
       const mounts = (definition.volumes ?? []).map((entry) => {
         const [source, target, flags] = entry.split(":") as [string, string, string?];
         const volume = compose.volumes[source]?.name ?? source;
-        return { Type: "volume" as const, Source: rename(volume), Target: target === "/var/lib/relevo-repository" ? repository : target, ReadOnly: flags === "ro" };
+        return {
+          Type: "volume" as const,
+          Source: rename(volume),
+          Target: target === "/var/lib/relevo-repository" ? repository : target,
+          ReadOnly: flags === "ro",
+        };
       });
       const container = await docker.createContainer({
         name: `${cluster}-${service}-1`,
@@ -105,7 +115,11 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
   afterAll(async () => {
     await stack?.stop();
     await redis?.stop();
-    for (const id of Object.values(made)) await docker.getContainer(id).remove({ force: true, v: true }).catch(() => undefined);
+    for (const id of Object.values(made))
+      await docker
+        .getContainer(id)
+        .remove({ force: true, v: true })
+        .catch(() => undefined);
   });
 
   test("before Relevo, the node containers have nothing to run and say so; Relevo adopts them (same ids, no restart policy) and the replica streams", async () => {
@@ -119,7 +133,9 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
       expect(view.container).toMatchObject({ status: "running", image: TEST_IMAGE });
     }
     const { node, streamingFrom } = failoverHelpers(stack);
-    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), { what: "node2 streaming" });
+    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), {
+      what: "node2 streaming",
+    });
   });
 
   test("Redis is the stack's (not started by Relevo), the WAL archive fills the repository volume, and a backup's restore test replays from it", async () => {
@@ -133,14 +149,19 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     expect(existsSync(path.join(stack.config.home, "redis"))).toBe(false);
     // The archive is in the volume the nodes mount (owned by the image's postgres uid), and the restored copy read it there.
     expect((await readdir(path.join(stack.config.repository, "wal"))).some((name) => /^[0-9A-F]{24}$/.test(name))).toBe(true);
-    const copyMounts = (await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${cluster}`] } })).flatMap((c) => c.Mounts.map((m) => m.Name));
+    const copyMounts = (await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${cluster}`] } })).flatMap((c) =>
+      c.Mounts.map((m) => m.Name),
+    );
     expect(copyMounts).toContain(repositoryVolume);
   });
 
   test("`docker compose up` again after Relevo stopped (its tools containers gone, the node containers started by the engine, not Relevo) runs the same nodes; Relevo finds them running", async () => {
     await stack.service.stop({ reason: "compose restart", keepRedis: true });
     // Stopping its nodes, Relevo leaves nothing of its own holding their volumes (`docker compose down -v` removes them).
-    const tools = await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${stack.config.clusterName}`, "io.relevo.role=tools"] } });
+    const tools = await docker.listContainers({
+      all: true,
+      filters: { label: [`io.relevo.cluster=${stack.config.clusterName}`, "io.relevo.role=tools"] },
+    });
     expect(tools.map((info) => info.Names)).toEqual([]);
     for (const id of Object.values(made)) {
       const info = await docker.getContainer(id).inspect();
@@ -160,7 +181,9 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     expect((await replica.inspect()).State.Running).toBe(false);
     const since = Math.floor(Date.now() / 1000);
     await replica.start();
-    await eventually(async () => (!(await replica.inspect()).State.Running ? true : undefined), { what: "the emptied replica's container to exit" });
+    await eventually(async () => (!(await replica.inspect()).State.Running ? true : undefined), {
+      what: "the emptied replica's container to exit",
+    });
     const logs = demultiplexBuffer((await replica.logs({ stdout: true, stderr: true, since })) as unknown as Buffer);
     expect(logs).toContain("waiting for Relevo to initialise this node");
   });

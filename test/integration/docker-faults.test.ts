@@ -36,9 +36,18 @@ describe("Docker start-up errors: a clear code, a message naming the fix, nothin
   test("a container that is not Relevo's holds a node's name: CONTAINER_CONFLICT, and it is left alone", async () => {
     const config = await testConfig("docker-clash", dockerOverrides("clash"));
     const name = DockerDriver.namesOf(config.clusterName, "node1").container;
-    const stranger = await docker.createContainer({ name, Image: TEST_IMAGE, Entrypoint: ["sleep", "infinity"], Cmd: [], Labels: { "io.relevo.home": config.home } });
+    const stranger = await docker.createContainer({
+      name,
+      Image: TEST_IMAGE,
+      Entrypoint: ["sleep", "infinity"],
+      Cmd: [],
+      Labels: { "io.relevo.home": config.home },
+    });
     try {
-      await expect(startRelevo(config, silent)).rejects.toMatchObject({ code: ErrorCode.ContainerConflict, message: expect.stringContaining(name) });
+      await expect(startRelevo(config, silent)).rejects.toMatchObject({
+        code: ErrorCode.ContainerConflict,
+        message: expect.stringContaining(name),
+      });
       expect((await stranger.inspect()).Name).toBe(`/${name}`);
       expect(await processesMentioning(config.home)).toEqual([]);
     } finally {
@@ -61,18 +70,36 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
       Image: TEST_IMAGE,
       Cmd: ["postgres"],
       User: "postgres",
-      Labels: { "io.relevo.cluster": String(overrides.clusterName), "io.relevo.node": "node1", "io.relevo.role": "node", "io.relevo.home": "adopted" },
-      HostConfig: { NetworkMode: "host", RestartPolicy: { Name: "unless-stopped" }, Mounts: [{ Type: "volume", Source: volume, Target: "/var/lib/postgresql/data" }] },
+      Labels: {
+        "io.relevo.cluster": String(overrides.clusterName),
+        "io.relevo.node": "node1",
+        "io.relevo.role": "node",
+        "io.relevo.home": "adopted",
+      },
+      HostConfig: {
+        NetworkMode: "host",
+        RestartPolicy: { Name: "unless-stopped" },
+        Mounts: [{ Type: "volume", Source: volume, Target: "/var/lib/postgresql/data" }],
+      },
     });
     adoptedId = made.id;
   });
 
   afterAll(async () => {
     // Every container on the adopted volume (Relevo's tools container too) goes before the volume.
-    for (const container of await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${overrides.clusterName}`] } })) {
-      await docker.getContainer(container.Id).remove({ force: true, v: true }).catch(() => undefined);
+    for (const container of await docker.listContainers({
+      all: true,
+      filters: { label: [`io.relevo.cluster=${overrides.clusterName}`] },
+    })) {
+      await docker
+        .getContainer(container.Id)
+        .remove({ force: true, v: true })
+        .catch(() => undefined);
     }
-    await docker.getVolume(`${overrides.clusterName}-compose-node1`).remove({ force: true }).catch(() => undefined);
+    await docker
+      .getVolume(`${overrides.clusterName}-compose-node1`)
+      .remove({ force: true })
+      .catch(() => undefined);
   });
 
   const cluster = useTestCluster("docker-faults", { ...overrides, leaseTtlMs: 2000 });
@@ -85,7 +112,9 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     expect(inspected.HostConfig.RestartPolicy?.Name).toBe("no");
     expect(inspected.State.Running).toBe(true);
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY)");
-    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), { what: "node2 streaming" });
+    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), {
+      what: "node2 streaming",
+    });
   });
 
   test("the replica's container removed behind Relevo's back: the topology shows it gone, then it is made again on its volume and streams", async () => {
@@ -93,11 +122,14 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     await cluster.service.failover.setMaintenance(true);
     try {
       await docker.getContainer(before).remove({ force: true });
-      const seen = await eventually(async () => {
-        const snapshot = cluster.service.collector.latest;
-        const replica = snapshot?.nodes.find((n) => n.name === "node2");
-        return replica && !replica.reachable && replica.driver.container === null ? replica : undefined;
-      }, { what: "node2 shown without a container" });
+      const seen = await eventually(
+        async () => {
+          const snapshot = cluster.service.collector.latest;
+          const replica = snapshot?.nodes.find((n) => n.name === "node2");
+          return replica && !replica.reachable && replica.driver.container === null ? replica : undefined;
+        },
+        { what: "node2 shown without a container" },
+      );
       expect(seen.driver.state).toBe("stopped"); // its volume, and so its data, remain
     } finally {
       await cluster.service.failover.setMaintenance(false);
@@ -106,17 +138,22 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     const after = (await cluster.service.driver.describe(node("node2"))).containerId!;
     expect(after).not.toBe(before);
     await sql(node("node1"), "INSERT INTO acked (id) VALUES (1)");
-    await eventually(async () => ((await sql(node("node2"), "SELECT 1 FROM acked WHERE id = 1")).length === 1 ? true : undefined), { what: "replicated to the new container" });
+    await eventually(async () => ((await sql(node("node2"), "SELECT 1 FROM acked WHERE id = 1")).length === 1 ? true : undefined), {
+      what: "replicated to the new container",
+    });
   });
 
   test("docker pause of the primary (a hung server): node2 takes over, node1 is killed and takes no write, then rejoins", async () => {
     await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
     const since = Date.now();
     await cluster.service.driver.pause(node("node1"));
-    await eventually(async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined), {
-      what: "node2 promoted",
-      timeoutMs: 60000,
-    });
+    await eventually(
+      async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined),
+      {
+        what: "node2 promoted",
+        timeoutMs: 60000,
+      },
+    );
     const fenced = await events("node:fenced", since);
     expect(fenced.map((e) => e.node)).toContain("node1");
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
@@ -125,7 +162,10 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
     expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
     await eventually(
-      async () => ((await streamingFrom(node("node1")).catch(() => null)) === node("node2").port && !(await state()).fenced.includes("node1") ? true : undefined),
+      async () =>
+        (await streamingFrom(node("node1")).catch(() => null)) === node("node2").port && !(await state()).fenced.includes("node1")
+          ? true
+          : undefined,
       { what: "node1 rejoined, following node2", timeoutMs: 90000 },
     );
     // Still the adopted container: Relevo restarted it, the engine did not.
@@ -149,12 +189,22 @@ describe("Docker: a fenced primary's container started by hand (no automatic rej
     // …and an operator's `docker start` brings back a read-only server, fenced again at once.
     const since = Date.now();
     await docker.getContainer(container).start();
-    const refused = await eventually(async () => sql(node("node1"), "INSERT INTO acked (id) VALUES (42)").then(() => "accepted", (error: Error) => (/read-only/.test(error.message) ? error.message : undefined)), {
-      what: "node1 answering read-only",
-      timeoutMs: 30000,
-    }).catch(() => "fenced before it answered");
+    const refused = await eventually(
+      async () =>
+        sql(node("node1"), "INSERT INTO acked (id) VALUES (42)").then(
+          () => "accepted",
+          (error: Error) => (/read-only/.test(error.message) ? error.message : undefined),
+        ),
+      {
+        what: "node1 answering read-only",
+        timeoutMs: 30000,
+      },
+    ).catch(() => "fenced before it answered");
     expect(refused).not.toBe("accepted");
-    await eventually(async () => (!(await docker.getContainer(container).inspect()).State.Running ? true : undefined), { what: "node1 fenced again", timeoutMs: 30000 });
+    await eventually(async () => (!(await docker.getContainer(container).inspect()).State.Running ? true : undefined), {
+      what: "node1 fenced again",
+      timeoutMs: 30000,
+    });
     expect((await events("cluster:split-brain", since)).map((e) => e.node)).toContain("node1");
     expect((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked WHERE id = 42")).length).toBe(0);
   });

@@ -31,7 +31,9 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     // Relevo's checks connect as postgres; the replica streams as replicator.
     await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", `host all postgres 127.0.0.1/32 reject\n${hba}`);
     const reload = async () => {
-      await cluster.service.driver.exec(node("node1"), ["pg_ctl", "reload", "-D", cluster.service.driver.dataDirectory(node("node1"))], { mode: "online" });
+      await cluster.service.driver.exec(node("node1"), ["pg_ctl", "reload", "-D", cluster.service.driver.dataDirectory(node("node1"))], {
+        mode: "online",
+      });
     };
     await reload();
     try {
@@ -42,16 +44,21 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
       await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", hba);
       await reload();
     }
-    await eventually(async () => ((await sql(node("node1"), "SELECT 1 AS one")).length === 1 ? true : undefined), { what: "node1 answering Relevo again" });
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 AS one")).length === 1 ? true : undefined), {
+      what: "node1 answering Relevo again",
+    });
   });
 
   test("frozen for longer: node2 takes over; the old primary is killed, takes no write, then rejoins", async () => {
     const since = Date.now();
     await cluster.service.driver.pause(node("node1"));
-    await eventually(async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined), {
-      what: "node2 promoted",
-      timeoutMs: 60000,
-    });
+    await eventually(
+      async () => ((await state()).primary === "node2" && (await cluster.service.failover.operation()) === null ? true : undefined),
+      {
+        what: "node2 promoted",
+        timeoutMs: 60000,
+      },
+    );
     // SIGCONT reaches nothing: the whole process group was killed while frozen.
     await cluster.service.driver.resume(node("node1"));
     const fenced = await events("node:fenced", since);
@@ -80,7 +87,9 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     await cluster.service.driver.kill(node("node1"));
     expect(await cluster.service.failover.rejoin("node1")).toBe("restart");
     await sql(node("node2"), "INSERT INTO acked (id) VALUES (2000000)");
-    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 2000000")).length === 1 ? true : undefined), { what: "replicated" });
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 2000000")).length === 1 ? true : undefined), {
+      what: "replicated",
+    });
   });
 });
 
@@ -108,9 +117,11 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     const onNew = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
     expect(report.acknowledged.every((id) => onNew.has(id))).toBe(true);
     // Seen as a second primary and fenced (stopped) at once.
-    await eventually(async () => ((await cluster.service.driver.state(node("node1"))).phase === "stopped" ? true : undefined), { what: "node1 fenced again" });
+    await eventually(async () => ((await cluster.service.driver.state(node("node1"))).phase === "stopped" ? true : undefined), {
+      what: "node1 fenced again",
+    });
     expect((await events("cluster:split-brain", since)).map((e) => e.node)).toContain("node1");
-    expect((await cluster.service.failover.rejoin("node1"))).toBe("rewind");
+    expect(await cluster.service.failover.rejoin("node1")).toBe("rewind");
     expect((await state()).fenced).toEqual([]);
   });
 
@@ -128,7 +139,10 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     const since = Date.now();
     await cluster.service.driver.kill(node("node2"));
     await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 }); // reachable, but stale
-    await eventually(async () => ((await events("failover:failed", since)).length > 0 ? true : undefined), { what: "the refused failover", timeoutMs: 30000 });
+    await eventually(async () => ((await events("failover:failed", since)).length > 0 ? true : undefined), {
+      what: "the refused failover",
+      timeoutMs: 30000,
+    });
     const failed = (await events("failover:failed", since))[0]!;
     expect(failed.message).toMatch(/no eligible replica/);
     expect((await state()).primary).toBe("node2");
@@ -157,7 +171,9 @@ describe("rejoin when pg_rewind cannot run", () => {
     }
     expect(await streamingFrom(node("node1"))).toBe(node("node2").port);
     await sql(node("node2"), "INSERT INTO acked (id) VALUES (7)");
-    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 7")).length === 1 ? true : undefined), { what: "replicated" });
+    await eventually(async () => ((await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 7")).length === 1 ? true : undefined), {
+      what: "replicated",
+    });
     const rejoined = (await cluster.service.events.page({ first: 100, kinds: ["node:rejoined"] })).events[0]!;
     expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node2" });
   });
@@ -189,7 +205,12 @@ describe("a restart of the service after a failover", () => {
 });
 
 describe("asynchronous mode", () => {
-  const cluster = useTestCluster("failover-async", { leaseTtlMs: 2000, synchronous: "false", autoFailback: "true", autoFailbackAfterMs: 2000 });
+  const cluster = useTestCluster("failover-async", {
+    leaseTtlMs: 2000,
+    synchronous: "false",
+    autoFailback: "true",
+    autoFailbackAfterMs: 2000,
+  });
   const { node, sql, state, primaryNow, streamingFrom } = failoverHelpers(cluster);
 
   test("kill -9: promoted within the lag bound; the loss is reported", async () => {
@@ -212,18 +233,26 @@ describe("asynchronous mode", () => {
     console.log(`asynchronous failover: ${lost.length} acknowledged rows lost, ${record!.lostBytes} bytes reported`);
     if (record!.lostBytes === 0) expect(lost).toEqual([]);
     // The catalog has the record once the new primary consolidated it.
-    await eventually(async () => {
-      const prisma = await cluster.service.database.client();
-      return (await prisma.failover.findUnique({ where: { id: record!.id } }))?.status === "completed" ? true : undefined;
-    }, { what: "the Failover row" });
+    await eventually(
+      async () => {
+        const prisma = await cluster.service.database.client();
+        return (await prisma.failover.findUnique({ where: { id: record!.id } }))?.status === "completed" ? true : undefined;
+      },
+      { what: "the Failover row" },
+    );
     expect((await state()).fenced).toContain("node1");
   });
 
   test("automatic failback: node1 rejoins, stays in sync for RELEVO_AUTO_FAILBACK_AFTER_MS, and gets the primary role back", async () => {
-    await eventually(async () => ((await primaryNow()) === "node1" && (await state()).fenced.length === 0 ? true : undefined), { what: "the automatic failback", timeoutMs: 90000 });
+    await eventually(async () => ((await primaryNow()) === "node1" && (await state()).fenced.length === 0 ? true : undefined), {
+      what: "the automatic failback",
+      timeoutMs: 90000,
+    });
     const [record] = await cluster.service.failover.failovers(1);
     expect(record).toMatchObject({ kind: "failback", trigger: "automatic", from: "node2", to: "node1", status: "completed", lostBytes: 0 });
-    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), { what: "node2 following node1" });
+    await eventually(async () => ((await streamingFrom(node("node2")).catch(() => null)) === node("node1").port ? true : undefined), {
+      what: "node2 following node1",
+    });
   });
 
   test("maintenance mode: a dead primary is left alone (the topology still follows it) until maintenance ends", async () => {
@@ -234,6 +263,9 @@ describe("asynchronous mode", () => {
     const snapshot = await cluster.service.collector.pollNow();
     expect(snapshot.nodes.find((n) => n.name === "node1")?.reachable).toBe(false);
     await cluster.service.failover.setMaintenance(false);
-    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "failover after maintenance", timeoutMs: 60000 });
+    await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), {
+      what: "failover after maintenance",
+      timeoutMs: 60000,
+    });
   });
 });

@@ -24,7 +24,9 @@ describe("the instance running a failover is killed half-way", () => {
 
   test("the standby instance completes it", async () => {
     const { config, service } = cluster;
-    await eventually(async () => ((await service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await eventually(async () => ((await service.failover.state())?.eligible.includes("node2") ? true : undefined), {
+      what: "node2 eligible",
+    });
     const env = cliEnvFor(config, {
       RELEVO_API_PORT: String(await freePort()),
       RELEVO_LEASE_TTL_MS: "2000",
@@ -38,11 +40,16 @@ describe("the instance running a failover is killed half-way", () => {
     let output = "";
     started.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
     started.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
-    await eventually(async () => (/Operator token:/.test(output) ? true : undefined), { what: `the second instance up (${output})`, timeoutMs: 60000 });
+    await eventually(async () => (/Operator token:/.test(output) ? true : undefined), {
+      what: `the second instance up (${output})`,
+      timeoutMs: 60000,
+    });
 
     // Hand the monitor to the other instance: this one steps down, then stands by.
     await service.failover.stop();
-    await eventually(async () => ((await service.redis.get(leaseKeyOf(service.keys.prefix))) !== null ? true : undefined), { what: "the other instance leading" });
+    await eventually(async () => ((await service.redis.get(leaseKeyOf(service.keys.prefix))) !== null ? true : undefined), {
+      what: "the other instance leading",
+    });
     service.failover.start();
     expect(service.failover.leading).toBe(false);
 
@@ -59,10 +66,14 @@ describe("the instance running a failover is killed half-way", () => {
     started.kill("SIGKILL");
     expect(begun).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1" });
 
-    await eventually(async () => ((await service.failover.state())!.primary === "node2" && (await service.failover.operation()) === null ? true : undefined), {
-      what: "the failover completed here",
-      timeoutMs: 60000,
-    });
+    await eventually(
+      async () =>
+        (await service.failover.state())!.primary === "node2" && (await service.failover.operation()) === null ? true : undefined,
+      {
+        what: "the failover completed here",
+        timeoutMs: 60000,
+      },
+    );
     expect(service.failover.leading).toBe(true);
     const [record] = await service.failover.failovers(1);
     expect(record).toMatchObject({ id: begun!.id, kind: "failover", from: "node1", to: "node2", status: "completed" });

@@ -16,7 +16,10 @@ describe("a failover left half-done by a dead instance", () => {
 
   beforeAll(async () => {
     first = await startTestCluster("failover-resume", { leaseTtlMs: 2000 });
-    second = await startRelevo(loadConfig({}, { ...first.config, apiPort: await freePort() }), createLogger({ level: first.config.logLevel }));
+    second = await startRelevo(
+      loadConfig({}, { ...first.config, apiPort: await freePort() }),
+      createLogger({ level: first.config.logLevel }),
+    );
   });
   afterAll(async () => {
     await second?.stop({ reason: "test finished", keepNodes: true, keepRedis: true });
@@ -24,8 +27,13 @@ describe("a failover left half-done by a dead instance", () => {
   });
 
   test("one monitor between the two instances; a concurrent operation is OPERATION_IN_PROGRESS", async () => {
-    await eventually(async () => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined), { what: "one leader" });
-    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await eventually(
+      async () => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined),
+      { what: "one leader" },
+    );
+    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), {
+      what: "node2 eligible",
+    });
     // A backup running (its lease held, here by hand) blocks a planned change of primary.
     const backupLease = `${first.service.keys.prefix}:lease:backup`;
     await first.service.redis.set(backupLease, "a backup elsewhere", "PX", 10000);
@@ -44,7 +52,9 @@ describe("a failover left half-done by a dead instance", () => {
   test("the other instance adopts the journal once its runner's lock expires, and completes the failover", async () => {
     const { redis, keys, driver, nodes, secrets } = first.service;
     const [node1, node2] = [nodes[0]!, nodes[1]!];
-    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), {
+      what: "node2 eligible",
+    });
     await sqlOn(node1, secrets, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY)");
     await sqlOn(node1, secrets, "INSERT INTO acked VALUES (1)");
     // What an instance had done when it died: journaled the failover, fenced the primary, recorded the fence.
@@ -64,14 +74,23 @@ describe("a failover left half-done by a dead instance", () => {
     });
     await operation.record({ stage: "detected" }, "detected");
     await fenceNode(driver, node1, "failover by the dead instance", createLogger({ level: "silent" }));
-    await new ClusterStateStore(redis, `${keys.prefix}:cluster-state`).update(operation.guard, (state) => ({ ...state!, fenced: withName(state!.fenced, "node1") }));
+    await new ClusterStateStore(redis, `${keys.prefix}:cluster-state`).update(operation.guard, (state) => ({
+      ...state!,
+      fenced: withName(state!.fenced, "node1"),
+    }));
     await operation.record({ stage: "fenced" }, "fenced");
     operation.abandon(); // the instance dies: its lock is no longer renewed
 
-    await eventually(async () => ((await first.service.failover.state())!.primary === "node2" && (await first.service.failover.operation()) === null ? true : undefined), {
-      what: "the failover completed by a live instance",
-      timeoutMs: 60000,
-    });
+    await eventually(
+      async () =>
+        (await first.service.failover.state())!.primary === "node2" && (await first.service.failover.operation()) === null
+          ? true
+          : undefined,
+      {
+        what: "the failover completed by a live instance",
+        timeoutMs: 60000,
+      },
+    );
     const [record] = await first.service.failover.failovers(1);
     expect(record).toMatchObject({ id: "00000000-0000-4000-8000-000000000001", from: "node1", to: "node2", status: "completed" });
     expect((await sqlOn(node2, secrets, "SELECT id FROM acked")).length).toBe(1);
@@ -79,13 +98,23 @@ describe("a failover left half-done by a dead instance", () => {
   });
 
   test("a replica added through one instance is a member in the other, and removed through it", async () => {
-    await eventually(async () => ((await first.service.failover.operation()) === null && (await first.service.failover.state())!.fenced.length === 0 ? true : undefined), {
-      what: "node1 rejoined",
-      timeoutMs: 60000,
-    });
+    await eventually(
+      async () =>
+        (await first.service.failover.operation()) === null && (await first.service.failover.state())!.fenced.length === 0
+          ? true
+          : undefined,
+      {
+        what: "node1 rejoined",
+        timeoutMs: 60000,
+      },
+    );
     await first.service.failover.addReplica("node3");
-    await eventually(async () => (second!.nodes.some((n) => n.name === "node3") ? true : undefined), { what: "node3 known to the second instance" });
+    await eventually(async () => (second!.nodes.some((n) => n.name === "node3") ? true : undefined), {
+      what: "node3 known to the second instance",
+    });
     await second!.failover.removeReplica("node3");
-    await eventually(async () => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), { what: "node3 forgotten by the first instance" });
+    await eventually(async () => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), {
+      what: "node3 forgotten by the first instance",
+    });
   });
 });

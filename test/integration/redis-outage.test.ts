@@ -44,20 +44,35 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
 
     const restarted = await redisServer();
     expect(restarted.started).toBe(true);
-    const after = await eventually(async () => {
-      const response = await graphqlRequest<{ cluster: { nodes: Array<{ name: string; reachable: boolean }> } }>(
-        cluster.url,
-        "{ cluster { nodes { name reachable } } }",
-        { token: cluster.token("viewer") },
-      );
-      // Redis restores its last snapshot from the append-only file; the next poll replaces it.
-      return response.data?.cluster.nodes.find((n) => n.name === "node2")?.reachable === false ? response.data : undefined;
-    }, { what: "API answering again with the current topology", timeoutMs: 10000 });
-    expect(after.cluster.nodes.map((n) => [n.name, n.reachable])).toEqual([["node1", true], ["node2", false]]);
-    const rows = await eventually(async () => {
-      const found = await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "SELECT kind FROM events WHERE kind = 'node:down' AND node = 'node2'", [], "relevo");
-      return found.length === 1 ? found : undefined;
-    }, { what: "node:down consolidated" });
+    const after = await eventually(
+      async () => {
+        const response = await graphqlRequest<{ cluster: { nodes: Array<{ name: string; reachable: boolean }> } }>(
+          cluster.url,
+          "{ cluster { nodes { name reachable } } }",
+          { token: cluster.token("viewer") },
+        );
+        // Redis restores its last snapshot from the append-only file; the next poll replaces it.
+        return response.data?.cluster.nodes.find((n) => n.name === "node2")?.reachable === false ? response.data : undefined;
+      },
+      { what: "API answering again with the current topology", timeoutMs: 10000 },
+    );
+    expect(after.cluster.nodes.map((n) => [n.name, n.reachable])).toEqual([
+      ["node1", true],
+      ["node2", false],
+    ]);
+    const rows = await eventually(
+      async () => {
+        const found = await sqlOn(
+          cluster.service.nodes[0]!,
+          cluster.service.secrets,
+          "SELECT kind FROM events WHERE kind = 'node:down' AND node = 'node2'",
+          [],
+          "relevo",
+        );
+        return found.length === 1 ? found : undefined;
+      },
+      { what: "node:down consolidated" },
+    );
     expect(rows).toEqual([{ kind: "node:down" }]);
     expect(cluster.service.events.bufferedCount).toBe(0);
     await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });

@@ -47,7 +47,10 @@ describe("start-up errors: a clear code, a message naming the fix, nothing left 
     const config = await testConfig("apiport");
     const blocker = await occupy(config.apiPort);
     try {
-      await expect(startRelevo(config, silent)).rejects.toMatchObject({ code: ErrorCode.PortInUse, message: expect.stringContaining("RELEVO_API_PORT") });
+      await expect(startRelevo(config, silent)).rejects.toMatchObject({
+        code: ErrorCode.PortInUse,
+        message: expect.stringContaining("RELEVO_API_PORT"),
+      });
       expect(await processesMentioning(config.home)).toEqual([]);
       expect(await isPortFree("127.0.0.1", config.redisPort)).toBe(true);
     } finally {
@@ -77,7 +80,10 @@ describe("start-up errors: a clear code, a message naming the fix, nothing left 
     const dataDir = path.join(foreign.home, "nodes", "node1", "data");
     await mkdir(dataDir, { recursive: true });
     await writeFile(path.join(dataDir, "precious.txt"), "not a database");
-    await expect(startRelevo(foreign, silent)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs, message: expect.stringContaining(dataDir) });
+    await expect(startRelevo(foreign, silent)).rejects.toMatchObject({
+      code: ErrorCode.DataDirNotOurs,
+      message: expect.stringContaining(dataDir),
+    });
     await expectNothingLeft(foreign);
     expect(await readFile(path.join(dataDir, "precious.txt"), "utf8")).toBe("not a database");
 
@@ -85,7 +91,10 @@ describe("start-up errors: a clear code, a message naming the fix, nothing left 
     const olderDir = path.join(older.home, "nodes", "node1", "data");
     await mkdir(olderDir, { recursive: true });
     await writeFile(path.join(olderDir, "PG_VERSION"), "14\n");
-    await expect(startRelevo(older, silent)).rejects.toMatchObject({ code: ErrorCode.DataDirIncompatible, message: expect.stringContaining("PostgreSQL 14") });
+    await expect(startRelevo(older, silent)).rejects.toMatchObject({
+      code: ErrorCode.DataDirIncompatible,
+      message: expect.stringContaining("PostgreSQL 14"),
+    });
     await expectNothingLeft(older);
   });
 

@@ -28,7 +28,13 @@ type ClusterData = {
       reachable: boolean;
       port: number;
       timeline: number | null;
-      replication: { state: string; upstream: string | null; slotName: string | null; lagBytes: number | null; replayLagSeconds: number | null } | null;
+      replication: {
+        state: string;
+        upstream: string | null;
+        slotName: string | null;
+        lagBytes: number | null;
+        replayLagSeconds: number | null;
+      } | null;
       slots: Array<{ name: string; active: boolean; retainedBytes: number | null }>;
       driver: { kind: string; state: string; pid: number | null; dataDirectory: string };
     }>;
@@ -51,7 +57,14 @@ describe("topology over GraphQL", () => {
     const data = response.data!.cluster;
     expect(data).toMatchObject({ name: "test", health: "HEALTHY", primary: { name: "node1" }, replicas: [{ name: "node2" }] });
     const [primary, replica] = data.nodes;
-    expect(primary).toMatchObject({ name: "node1", role: "PRIMARY", reachable: true, port: cluster.config.primaryPort, timeline: 1, replication: null });
+    expect(primary).toMatchObject({
+      name: "node1",
+      role: "PRIMARY",
+      reachable: true,
+      port: cluster.config.primaryPort,
+      timeline: 1,
+      replication: null,
+    });
     expect(primary!.slots).toEqual([
       { name: "relevo_archive", active: true, retainedBytes: expect.any(Number) }, // the WAL archiver's
       { name: "relevo_node2", active: true, retainedBytes: expect.any(Number) },
@@ -66,20 +79,25 @@ describe("topology over GraphQL", () => {
 
   test("a repeated topology query answers the same bytes until the topology changes, then the new state", async () => {
     const ask = async (): Promise<string> =>
-      (await fetch(cluster.url, {
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
-        body: JSON.stringify({ query: "{ cluster { collectedAt nodes { name checkedAt } } }" }),
-      })).text();
+      (
+        await fetch(cluster.url, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
+          body: JSON.stringify({ query: "{ cluster { collectedAt nodes { name checkedAt } } }" }),
+        })
+      ).text();
     const first = await ask();
     const second = await ask();
     const collectedAt = (text: string) => (JSON.parse(text) as { data: { cluster: { collectedAt: string } } }).data.cluster.collectedAt;
     if (collectedAt(first) === collectedAt(second)) expect(second).toBe(first);
     // Every poll writes a new snapshot (new collectedAt): the answer follows it.
-    const later = await eventually(async () => {
-      const text = await ask();
-      return collectedAt(text) !== collectedAt(first) ? text : undefined;
-    }, { timeoutMs: 5000 });
+    const later = await eventually(
+      async () => {
+        const text = await ask();
+        return collectedAt(text) !== collectedAt(first) ? text : undefined;
+      },
+      { timeoutMs: 5000 },
+    );
     expect(new Date(collectedAt(later)).getTime()).toBeGreaterThan(new Date(collectedAt(first)).getTime());
   });
 
@@ -122,7 +140,9 @@ describe("topology over GraphQL", () => {
       await cluster.service.driver.stop(cluster.service.nodes[1]!, { mode: "fast", timeoutMs: 30000 });
       const changed = await topology.next((payload) => payload.topologyChanged.nodes.some((n) => n.name === "node2" && !n.reachable));
       expect(changed.topologyChanged.health).toBe("DEGRADED");
-      expect(await events.next((payload) => payload.clusterEvents.node === "node2")).toEqual({ clusterEvents: { kind: "node:down", node: "node2" } });
+      expect(await events.next((payload) => payload.clusterEvents.node === "node2")).toEqual({
+        clusterEvents: { kind: "node:down", node: "node2" },
+      });
       // The poll that first saw it unreachable may have caught the postmaster still exiting; the next one sees it gone.
       const response = await eventually(async () => {
         const answer = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
@@ -134,7 +154,9 @@ describe("topology over GraphQL", () => {
       expect((await fetch(cluster.url.replace("/graphql", "/nodes/node2/replica"))).status).toBe(503);
 
       await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
-      const back = await topology.next((payload) => payload.topologyChanged.nodes.some((n) => n.name === "node2" && n.replication?.state === "STREAMING"));
+      const back = await topology.next((payload) =>
+        payload.topologyChanged.nodes.some((n) => n.name === "node2" && n.replication?.state === "STREAMING"),
+      );
       expect(back.topologyChanged.health).toBe("HEALTHY");
     } finally {
       topology.dispose();
@@ -154,14 +176,16 @@ describe("topology over GraphQL", () => {
       return kinds.includes("node:up") ? kinds : undefined;
     });
     expect(page.indexOf("node:up")).toBeLessThan(page.indexOf("node:down"));
-    const filtered = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string } }>; pageInfo: { hasNextPage: boolean; endCursor: string } } }>(
-      cluster.url,
-      `{ events(first: 1, kinds: ["node:created"]) { edges { node { kind } } pageInfo { hasNextPage endCursor } } }`,
-      { token: cluster.token("viewer") },
-    );
+    const filtered = await graphqlRequest<{
+      events: { edges: Array<{ node: { kind: string } }>; pageInfo: { hasNextPage: boolean; endCursor: string } };
+    }>(cluster.url, `{ events(first: 1, kinds: ["node:created"]) { edges { node { kind } } pageInfo { hasNextPage endCursor } } }`, {
+      token: cluster.token("viewer"),
+    });
     expect(filtered.data!.events.edges).toEqual([{ node: { kind: "node:created" } }]);
     expect(filtered.data!.events.pageInfo.hasNextPage).toBe(true);
-    const next = await graphqlRequest<{ events: { edges: Array<{ node: { kind: string; node: string } }>; pageInfo: { hasNextPage: boolean } } }>(
+    const next = await graphqlRequest<{
+      events: { edges: Array<{ node: { kind: string; node: string } }>; pageInfo: { hasNextPage: boolean } };
+    }>(
       cluster.url,
       `query($after: String) { events(first: 5, after: $after, kinds: ["node:created"]) { edges { node { kind node } } pageInfo { hasNextPage } } }`,
       { token: cluster.token("viewer"), variables: { after: filtered.data!.events.pageInfo.endCursor } },

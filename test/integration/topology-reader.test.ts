@@ -9,7 +9,14 @@ import { freePort } from "../helpers/ports";
 import { eventually } from "../helpers/service";
 import type Redis from "ioredis";
 
-const snapshot = (collectedAt: string): ClusterSnapshot => ({ name: "t", primary: "node1", health: "healthy", healthReasons: [], nodes: [], collectedAt });
+const snapshot = (collectedAt: string): ClusterSnapshot => ({
+  name: "t",
+  primary: "node1",
+  health: "healthy",
+  healthReasons: [],
+  nodes: [],
+  collectedAt,
+});
 
 describe("topology reads: served locally between changes, never stale", () => {
   const logger = createLogger({ level: "silent" });
@@ -48,10 +55,13 @@ describe("topology reads: served locally between changes, never stale", () => {
 
     await writer.set(keys.topology, JSON.stringify(snapshot("second")));
     // The invalidation is pushed by Redis as part of the write; give the message its round trip.
-    const seen = await eventually(async () => {
-      const value = await reader.read();
-      return value?.collectedAt === "second" ? value : undefined;
-    }, { timeoutMs: 2000 });
+    const seen = await eventually(
+      async () => {
+        const value = await reader.read();
+        return value?.collectedAt === "second" ? value : undefined;
+      },
+      { timeoutMs: 2000 },
+    );
     expect(seen.collectedAt).toBe("second");
   });
 

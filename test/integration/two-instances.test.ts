@@ -15,7 +15,10 @@ describe("two Relevo instances on one cluster", () => {
   beforeAll(async () => {
     // Retention would expire the older backups this suite counts.
     first = await startTestCluster("two-instances", { schedulerPollMs: 200, leaseTtlMs: 2000, retentionFull: 10 });
-    second = await startRelevo(loadConfig({}, { ...first.config, apiPort: await freePort() }), createLogger({ level: first.config.logLevel }));
+    second = await startRelevo(
+      loadConfig({}, { ...first.config, apiPort: await freePort() }),
+      createLogger({ level: first.config.logLevel }),
+    );
   });
   afterAll(async () => {
     // The second instance adopted the first one's Redis and nodes: it leaves them to the first.
@@ -25,7 +28,11 @@ describe("two Relevo instances on one cluster", () => {
 
   const archiverSessions = async (): Promise<number> =>
     (
-      await sqlOn<{ n: number }>(first.service.nodes[0]!, first.service.secrets, "SELECT count(*)::int AS n FROM pg_stat_replication WHERE application_name = 'relevo_archiver'")
+      await sqlOn<{ n: number }>(
+        first.service.nodes[0]!,
+        first.service.secrets,
+        "SELECT count(*)::int AS n FROM pg_stat_replication WHERE application_name = 'relevo_archiver'",
+      )
     )[0]!.n;
 
   test("one WAL archiver between them, and exactly one after its instance stops", async () => {
@@ -39,9 +46,16 @@ describe("two Relevo instances on one cluster", () => {
   });
 
   test("a backup running in one instance is BACKUP_IN_PROGRESS in the other", async () => {
-    await sqlOn(first.service.nodes[0]!, first.service.secrets, "CREATE TABLE two AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g");
+    await sqlOn(
+      first.service.nodes[0]!,
+      first.service.secrets,
+      "CREATE TABLE two AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g",
+    );
     const running = await first.service.backups.start("full");
-    await expect(second!.backups.start("full")).rejects.toMatchObject({ code: ErrorCode.BackupInProgress, message: expect.stringContaining("another Relevo instance") });
+    await expect(second!.backups.start("full")).rejects.toMatchObject({
+      code: ErrorCode.BackupInProgress,
+      message: expect.stringContaining("another Relevo instance"),
+    });
     await running.done;
     // Released: the other instance may back up now.
     const next = await second!.backups.start("full");
@@ -53,16 +67,25 @@ describe("two Relevo instances on one cluster", () => {
     for (let run = 1; run <= 3; run += 1) {
       const count = run;
       await graphqlRequest(first.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: first.token("operator") });
-      await eventually(async () => {
-        const fresh = (await first.service.backups.list()).filter((manifest) => !before.has(manifest.id) && manifest.status === "completed");
-        return fresh.length === count && !first.service.backups.runningId && !second!.backups.runningId ? true : undefined;
-      }, { what: `scheduled run ${run} done`, timeoutMs: 60000 });
+      await eventually(
+        async () => {
+          const fresh = (await first.service.backups.list()).filter(
+            (manifest) => !before.has(manifest.id) && manifest.status === "completed",
+          );
+          return fresh.length === count && !first.service.backups.runningId && !second!.backups.runningId ? true : undefined;
+        },
+        { what: `scheduled run ${run} done`, timeoutMs: 60000 },
+      );
     }
     // Both instances poll the same jobs every 200 ms; had both taken a run, the loser would have found the backup lease held.
     await new Promise((resolve) => setTimeout(resolve, 1000));
-    const skipped = await graphqlRequest<{ events: { edges: unknown[] } }>(first.url, `{ events(first: 10, kinds: ["schedule:skipped", "schedule:failed"]) { edges { cursor } } }`, {
-      token: first.token("viewer"),
-    });
+    const skipped = await graphqlRequest<{ events: { edges: unknown[] } }>(
+      first.url,
+      `{ events(first: 10, kinds: ["schedule:skipped", "schedule:failed"]) { edges { cursor } } }`,
+      {
+        token: first.token("viewer"),
+      },
+    );
     expect(skipped.data!.events.edges).toEqual([]);
     expect((await first.service.backups.list()).filter((manifest) => !before.has(manifest.id))).toHaveLength(3);
   });
@@ -79,6 +102,9 @@ describe("two Relevo instances on one cluster", () => {
       await second!.stop({ reason: "test", keepNodes: true, keepRedis: true });
       second = null;
     }
-    await eventually(async () => ((await archiverSessions().catch(() => 0)) === 1 ? true : undefined), { what: "the archiver running in the other instance", timeoutMs: 15000 });
+    await eventually(async () => ((await archiverSessions().catch(() => 0)) === 1 ? true : undefined), {
+      what: "the archiver running in the other instance",
+      timeoutMs: 15000,
+    });
   });
 });

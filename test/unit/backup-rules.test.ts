@@ -39,7 +39,18 @@ const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupMa
 describe("what a backup copies (pure)", () => {
   const entry = (path: string, type: "file" | "directory" = "file") => ({ path, type });
   test("runtime files and the contents of runtime directories are left out, the directories kept", () => {
-    for (const path of ["postmaster.pid", "postmaster.opts", "backup_label", "standby.signal", "pg_wal/000000010000000000000001", "pg_replslot/relevo_node2/state", "pg_stat_tmp/x", "base/5/pgsql_tmp/pgsql_tmp123.0", "global/pg_internal.init", "base/5/t3_16384"]) {
+    for (const path of [
+      "postmaster.pid",
+      "postmaster.opts",
+      "backup_label",
+      "standby.signal",
+      "pg_wal/000000010000000000000001",
+      "pg_replslot/relevo_node2/state",
+      "pg_stat_tmp/x",
+      "base/5/pgsql_tmp/pgsql_tmp123.0",
+      "global/pg_internal.init",
+      "base/5/t3_16384",
+    ]) {
       expect(isExcluded(entry(path), new Set())).toBe(true);
     }
     for (const path of ["PG_VERSION", "global/pg_control", "base/5/16384", "base/5/16384_vm", "pg_xact/0000", "postgresql.auto.conf"]) {
@@ -49,7 +60,9 @@ describe("what a backup copies (pure)", () => {
   });
 
   test("an unlogged relation keeps only its init fork", () => {
-    const files = ["base/5/16400", "base/5/16400.1", "base/5/16400_fsm", "base/5/16400_vm", "base/5/16400_init", "base/5/16401"].map((p) => entry(p));
+    const files = ["base/5/16400", "base/5/16400.1", "base/5/16400_fsm", "base/5/16400_vm", "base/5/16400_init", "base/5/16401"].map((p) =>
+      entry(p),
+    );
     const unlogged = unloggedRelationsOf(files);
     expect(files.filter((f) => !isExcluded(f, unlogged)).map((f) => f.path)).toEqual(["base/5/16400_init", "base/5/16401"]);
   });
@@ -77,19 +90,26 @@ describe("recovery settings (pure)", () => {
     expect(settings).toContain(`restore_command = 'cp "/repo/wal/%f" "%p" 2>/dev/null || cp "/repo/wal/%f.partial" "%p"'`);
     expect(settings).toContain("recovery_target_time = '2026-11-25 10:00:00.000+00'");
     expect(settings).toContain("recovery_target_action = 'promote'");
-    for (const line of ["archive_mode = off", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"]) expect(settings).toContain(line);
+    for (const line of ["archive_mode = off", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"])
+      expect(settings).toContain(line);
     expect(recoverySettings({ walDir: "/r", target: { kind: "name", name: "it's" } })).toContain("recovery_target_name = 'it''s'");
   });
 
   test("targets: at most one, and well-formed", () => {
     expect(recoveryTargetFrom({})).toEqual({ kind: "latest" });
     expect(recoveryTargetFrom({ lsn: "0/3000000" })).toEqual({ kind: "lsn", lsn: "0/3000000" });
-    expect(() => recoveryTargetFrom({ lsn: "0/1", time: "2026-01-01T00:00:00Z" })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
-    expect(() => recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "nonsense" } })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+    expect(() => recoveryTargetFrom({ lsn: "0/1", time: "2026-01-01T00:00:00Z" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.BadUserInput }),
+    );
+    expect(() => recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "nonsense" } })).toThrow(
+      expect.objectContaining({ code: ErrorCode.BadUserInput }),
+    );
   });
 
   test("pg_basebackup -R's upstream settings are stripped from postgresql.auto.conf", () => {
-    const stripped = stripUpstreamSettings("# keep\nprimary_conninfo = 'host=x password=y'\nprimary_slot_name = 'relevo_node2'\nwork_mem = '8MB'\n");
+    const stripped = stripUpstreamSettings(
+      "# keep\nprimary_conninfo = 'host=x password=y'\nprimary_slot_name = 'relevo_node2'\nwork_mem = '8MB'\n",
+    );
     expect(stripped).toBe("# keep\nwork_mem = '8MB'\n");
   });
 });
@@ -137,18 +157,30 @@ describe("backup source (pure)", () => {
   const { chooseBackupSource } = require("../../src/backup/backup-source") as typeof import("../../src/backup/backup-source");
   const node = (name: string, role: "primary" | "replica", state: string | null, lagBytes: number | null, reachable = true) =>
     ({ name, role, reachable, replication: state ? { state, lagBytes } : null }) as never;
-  const snapshot = (nodes: never[]) => ({ name: "c", primary: "node1", health: "healthy", healthReasons: [], collectedAt: "t", nodes }) as never;
+  const snapshot = (nodes: never[]) =>
+    ({ name: "c", primary: "node1", health: "healthy", healthReasons: [], collectedAt: "t", nodes }) as never;
 
   test("primary policy, and the least lagging streaming replica otherwise", () => {
-    const nodes = [node("node1", "primary", null, null), node("node2", "replica", "streaming", 500), node("node3", "replica", "streaming", 10)];
+    const nodes = [
+      node("node1", "primary", null, null),
+      node("node2", "replica", "streaming", 500),
+      node("node3", "replica", "streaming", 10),
+    ];
     expect(chooseBackupSource(snapshot(nodes), "primary", 1000)).toEqual({ node: "node1", fromReplica: false });
     expect(chooseBackupSource(snapshot(nodes), "replica", 1000)).toEqual({ node: "node3", fromReplica: true });
   });
 
   test("a lagging, stopped or unreachable replica does not qualify: prefer-replica falls back, replica fails", () => {
-    const nodes = [node("node1", "primary", null, null), node("node2", "replica", "streaming", 5000), node("node3", "replica", "stopped", 0), node("node4", "replica", "streaming", 0, false)];
+    const nodes = [
+      node("node1", "primary", null, null),
+      node("node2", "replica", "streaming", 5000),
+      node("node3", "replica", "stopped", 0),
+      node("node4", "replica", "streaming", 0, false),
+    ];
     expect(chooseBackupSource(snapshot(nodes), "prefer-replica", 1000)).toEqual({ node: "node1", fromReplica: false });
-    expect(() => chooseBackupSource(snapshot(nodes), "replica", 1000)).toThrow(expect.objectContaining({ code: ErrorCode.PreconditionFailed }));
+    expect(() => chooseBackupSource(snapshot(nodes), "replica", 1000)).toThrow(
+      expect.objectContaining({ code: ErrorCode.PreconditionFailed }),
+    );
     expect(() => chooseBackupSource(null, "primary", 1000)).toThrow(expect.objectContaining({ code: ErrorCode.ServiceUnavailable }));
   });
 });
@@ -156,14 +188,21 @@ describe("backup source (pure)", () => {
 describe("CLI progress bar (pure)", () => {
   const { progressBar } = require("../../src/cli/backup-commands") as typeof import("../../src/cli/backup-commands");
   test("shows the share done, the rate, the ETA and the phase", () => {
-    expect(progressBar({ phase: "copying", bytesDone: 50, bytesTotal: 100, bytesPerSecond: 2 * 1024 * 1024, etaSeconds: 3 }, 10)).toBe("[#####.....]  50%  2 MB/s  ETA 3 s  copying   ");
-    expect(progressBar({ phase: "waiting-for-wal", bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: null }, 4)).toBe("[....]   0%  0 MB/s  waiting-for-wal   ");
+    expect(progressBar({ phase: "copying", bytesDone: 50, bytesTotal: 100, bytesPerSecond: 2 * 1024 * 1024, etaSeconds: 3 }, 10)).toBe(
+      "[#####.....]  50%  2 MB/s  ETA 3 s  copying   ",
+    );
+    expect(progressBar({ phase: "waiting-for-wal", bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: null }, 4)).toBe(
+      "[....]   0%  0 MB/s  waiting-for-wal   ",
+    );
   });
 });
 
 describe("choosing the backup a restore starts from (pure)", () => {
   const { chooseBackup } = require("../../src/restore/choose-backup") as typeof import("../../src/restore/choose-backup");
-  const backups = [manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }), manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" })];
+  const backups = [
+    manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }),
+    manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" }),
+  ];
   const archived = [1, 2, 3, 4].map((segment) => ({ timeline: 1, segment, archivedAt: `2026-11-05T00:00:0${segment}.000Z` }));
 
   test("the newest completed backup that ends before a time or LSN target; the newest otherwise", () => {
@@ -188,9 +227,14 @@ describe("choosing the backup a restore starts from (pure)", () => {
 
   test("targets outside the window and unknown backups are refused", () => {
     expect(() => chooseBackup(backups, archived, undefined, { kind: "time", time: "2026-10-01T00:00:00Z" })).toThrow(
-      expect.objectContaining({ code: ErrorCode.PreconditionFailed, message: expect.stringContaining("the recoverable window is 2026-11-01T00:01:00.000Z (0/1000100)") }),
+      expect.objectContaining({
+        code: ErrorCode.PreconditionFailed,
+        message: expect.stringContaining("the recoverable window is 2026-11-01T00:01:00.000Z (0/1000100)"),
+      }),
     );
-    expect(() => chooseBackup(backups, archived, undefined, { kind: "lsn", lsn: "0/9000000" })).toThrow(expect.objectContaining({ code: ErrorCode.PreconditionFailed }));
+    expect(() => chooseBackup(backups, archived, undefined, { kind: "lsn", lsn: "0/9000000" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.PreconditionFailed }),
+    );
     expect(() => chooseBackup(backups, archived, "F9", { kind: "latest" })).toThrow(expect.objectContaining({ code: ErrorCode.NotFound }));
   });
 });
@@ -240,7 +284,15 @@ describe("WAL segment summaries", () => {
       formatVersion: 1,
       segment: "00000001000000000000000F",
       timeline: 1,
-      blocks: { "1663/5/16414": { main: [[0, 2], [7, 7]], vm: [[0, 0]] } },
+      blocks: {
+        "1663/5/16414": {
+          main: [
+            [0, 2],
+            [7, 7],
+          ],
+          vm: [[0, 0]],
+        },
+      },
       created: ["base/5/16500"],
       truncated: ["base/5/16414"],
       databases: ["1663/1", "1663/16390"],
@@ -252,7 +304,8 @@ describe("WAL segment summaries", () => {
   });
 
   test("the first record of the next segment is recognised in pg_waldump's output (16 MiB segments)", () => {
-    const line = (lsn: string) => `rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: ${lsn}, prev 0/1DFFE900, desc: SWITCH`;
+    const line = (lsn: string) =>
+      `rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: ${lsn}, prev 0/1DFFE900, desc: SWITCH`;
     expect(recordLineOfSegment(0x1e).test(line("0/1E000028"))).toBe(true);
     expect(recordLineOfSegment(0x1e).test(line("0/1DFFE900"))).toBe(false);
     // As pg_waldump 15 prints them: the low half always 8 digits.
@@ -271,7 +324,13 @@ describe("WAL segment summaries", () => {
 
 describe("standby settings for a replica seeded from the repository", () => {
   test("upstream, slot, archive and latest timeline, quoted as postgresql.conf wants", () => {
-    expect(standbySettings({ walDir: "/repo/wal", conninfo: "host=h port=1 user=replicator password=it's application_name=node2", slot: "relevo_node2" })).toBe(
+    expect(
+      standbySettings({
+        walDir: "/repo/wal",
+        conninfo: "host=h port=1 user=replicator password=it's application_name=node2",
+        slot: "relevo_node2",
+      }),
+    ).toBe(
       [
         "primary_conninfo = 'host=h port=1 user=replicator password=it''s application_name=node2'",
         "primary_slot_name = 'relevo_node2'",

@@ -10,7 +10,19 @@ import type { WalSegmentSummary } from "../../src/wal/wal-summary";
 const MB = 1024 * 1024;
 
 function summary(parts: Partial<WalSegmentSummary>): WalSegmentSummary {
-  return { formatVersion: 1, segment: "000000010000000000000001", timeline: 1, blocks: {}, created: [], truncated: [], databases: [], records: 1, complete: true, error: null, ...parts };
+  return {
+    formatVersion: 1,
+    segment: "000000010000000000000001",
+    timeline: 1,
+    blocks: {},
+    created: [],
+    truncated: [],
+    databases: [],
+    records: 1,
+    complete: true,
+    error: null,
+    ...parts,
+  };
 }
 
 function entry(path: string, size: number): ManifestEntry {
@@ -29,20 +41,48 @@ async function* chunked(data: Buffer, size: number): AsyncGenerator<Buffer> {
 
 describe("relation files", () => {
   test("data directory paths map to pg_waldump's relation keys, forks and segments", () => {
-    expect(relationFileOf("base/5/16396")).toEqual({ relation: "1663/5/16396", smgrPath: "base/5/16396", database: "1663/5", fork: "main", segment: 0 });
+    expect(relationFileOf("base/5/16396")).toEqual({
+      relation: "1663/5/16396",
+      smgrPath: "base/5/16396",
+      database: "1663/5",
+      fork: "main",
+      segment: 0,
+    });
     expect(relationFileOf("base/5/16396.3")).toMatchObject({ relation: "1663/5/16396", fork: "main", segment: 3 });
     expect(relationFileOf("base/5/16396_vm")).toMatchObject({ fork: "vm", segment: 0 });
     expect(relationFileOf("global/1262_fsm")).toMatchObject({ relation: "1664/0/1262", smgrPath: "global/1262", fork: "fsm" });
-    expect(relationFileOf("pg_tblspc/16500/PG_15_202209061/16400/16501.1")).toMatchObject({ relation: "16500/16400/16501", smgrPath: "pg_tblspc/16500/PG_15_202209061/16400/16501", segment: 1 });
+    expect(relationFileOf("pg_tblspc/16500/PG_15_202209061/16400/16501.1")).toMatchObject({
+      relation: "16500/16400/16501",
+      smgrPath: "pg_tblspc/16500/PG_15_202209061/16400/16501",
+      segment: 1,
+    });
     expect(relationFileOf("base/5/PG_VERSION")).toBeNull();
     expect(relationFileOf("global/pg_control")).toBeNull();
     expect(relationFileOf("pg_xact/0000")).toBeNull();
   });
 
   test("ranges: union joins neighbours; a relation's blocks split into its 1 GB segment files", () => {
-    expect(unionRanges([[5, 9]], [[1, 2], [3, 4]], [[20, 20]])).toEqual([[1, 9], [20, 20]]);
-    const ranges = [[10, 12], [BLOCKS_PER_SEGMENT - 1, BLOCKS_PER_SEGMENT + 1]] as const;
-    expect(rangesInSegment(ranges, 0)).toEqual([[10, 12], [BLOCKS_PER_SEGMENT - 1, BLOCKS_PER_SEGMENT - 1]]);
+    expect(
+      unionRanges(
+        [[5, 9]],
+        [
+          [1, 2],
+          [3, 4],
+        ],
+        [[20, 20]],
+      ),
+    ).toEqual([
+      [1, 9],
+      [20, 20],
+    ]);
+    const ranges = [
+      [10, 12],
+      [BLOCKS_PER_SEGMENT - 1, BLOCKS_PER_SEGMENT + 1],
+    ] as const;
+    expect(rangesInSegment(ranges, 0)).toEqual([
+      [10, 12],
+      [BLOCKS_PER_SEGMENT - 1, BLOCKS_PER_SEGMENT - 1],
+    ]);
     expect(rangesInSegment(ranges, 1)).toEqual([[0, 1]]);
   });
 });
@@ -50,25 +90,53 @@ describe("relation files", () => {
 describe("which blocks a differential or incremental stores", () => {
   const changes = mergeSummaries([
     summary({ blocks: { "1663/5/16396": { main: [[3, 4]], vm: [[0, 0]] } }, created: ["base/5/16500"] }),
-    summary({ blocks: { "1663/5/16396": { main: [[5, 6], [100, 100]] } }, truncated: ["base/5/16401"], databases: ["1663/16600"] }),
+    summary({
+      blocks: {
+        "1663/5/16396": {
+          main: [
+            [5, 6],
+            [100, 100],
+          ],
+        },
+      },
+      truncated: ["base/5/16401"],
+      databases: ["1663/16600"],
+    }),
   ]);
   const size = 64 * MB;
 
   test("a relation's main fork: the blocks the WAL touched, plus every block past the reference's length", () => {
-    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), changes)).toEqual({ kind: "blocks", blocks: [[3, 6], [100, 100]] });
+    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), changes)).toEqual({
+      kind: "blocks",
+      blocks: [
+        [3, 6],
+        [100, 100],
+      ],
+    });
     expect(planFile({ path: "base/5/16396", size: size + 2 * BLOCK_SIZE, mtimeMs: 1 }, entry("base/5/16396", size), changes)).toEqual({
       kind: "blocks",
-      blocks: [[3, 6], [100, 100], [size / BLOCK_SIZE, size / BLOCK_SIZE + 1]],
+      blocks: [
+        [3, 6],
+        [100, 100],
+        [size / BLOCK_SIZE, size / BLOCK_SIZE + 1],
+      ],
     });
-    expect(planFile({ path: "base/5/16397", size, mtimeMs: 1 }, entry("base/5/16397", size), changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/16397", size, mtimeMs: 1 }, entry("base/5/16397", size), changes)).toEqual({
+      kind: "blocks",
+      blocks: [],
+    });
   });
 
   test("a small relation file is block-level too: a database's catalogs are hundreds of them", () => {
-    expect(planFile({ path: "base/5/2619", size: 10 * BLOCK_SIZE, mtimeMs: 1 }, entry("base/5/2619", 10 * BLOCK_SIZE), changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/2619", size: 10 * BLOCK_SIZE, mtimeMs: 1 }, entry("base/5/2619", 10 * BLOCK_SIZE), changes)).toEqual({
+      kind: "blocks",
+      blocks: [],
+    });
   });
 
   test("whole: new files, other forks, created or truncated relations, new databases, shrunk files, mostly changed", () => {
-    const whole = (path: string, fileSize = size, reference: ManifestEntry | undefined = entry(path, fileSize)) => planFile({ path, size: fileSize, mtimeMs: 1 }, reference, changes).kind;
+    const whole = (path: string, fileSize = size, reference: ManifestEntry | undefined = entry(path, fileSize)) =>
+      planFile({ path, size: fileSize, mtimeMs: 1 }, reference, changes).kind;
     expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, undefined, changes).kind).toBe("whole");
     expect(whole("base/5/16396_vm")).toBe("whole");
     expect(whole("base/5/16396_fsm")).toBe("whole");
@@ -82,14 +150,24 @@ describe("which blocks a differential or incremental stores", () => {
 
   test("any other file (FSM, VM, pg_control…) is unchanged when its length and mtime are, unless the reference's mtime was too recent to trust", () => {
     const reference = { ...entry("base/5/16396_fsm", 3 * BLOCK_SIZE), mtimeMs: 5000 };
-    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, reference, changes)).toEqual({ kind: "blocks", blocks: [] });
+    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, reference, changes)).toEqual({
+      kind: "blocks",
+      blocks: [],
+    });
     expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 6000 }, reference, changes).kind).toBe("whole");
-    expect(planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, { ...reference, mtimeUnreliable: true }, changes).kind).toBe("whole");
-    expect(planFile({ path: "global/pg_control", size: 8192, mtimeMs: 5000 }, { ...entry("global/pg_control", 8192), mtimeMs: 5000 }, null)).toEqual({ kind: "blocks", blocks: [] });
+    expect(
+      planFile({ path: "base/5/16396_fsm", size: 3 * BLOCK_SIZE, mtimeMs: 5000 }, { ...reference, mtimeUnreliable: true }, changes).kind,
+    ).toBe("whole");
+    expect(
+      planFile({ path: "global/pg_control", size: 8192, mtimeMs: 5000 }, { ...entry("global/pg_control", 8192), mtimeMs: 5000 }, null),
+    ).toEqual({ kind: "blocks", blocks: [] });
   });
 
   test("without the WAL, a relation file is scanned for page LSNs", () => {
-    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), null)).toEqual({ kind: "scan", referenceBlocks: size / BLOCK_SIZE });
+    expect(planFile({ path: "base/5/16396", size, mtimeMs: 1 }, entry("base/5/16396", size), null)).toEqual({
+      kind: "scan",
+      referenceBlocks: size / BLOCK_SIZE,
+    });
     const page = Buffer.alloc(BLOCK_SIZE);
     page.writeUInt32LE(0x16, 0);
     page.writeUInt32LE(0xb374d848, 4);
@@ -106,11 +184,20 @@ describe("a file materialised from a chain of backups", () => {
   test("later layers win block by block; the file is cut or extended to its final size", async () => {
     const first = randomBytes((blocks + 10) * BLOCK_SIZE);
     const second = randomBytes((blocks + 10) * BLOCK_SIZE);
-    const layer1 = [[0, 1], [150, 200], [blocks, blocks + 9]] as const;
-    const layer2 = [[1, 3], [199, 199]] as const;
+    const layer1 = [
+      [0, 1],
+      [150, 200],
+      [blocks, blocks + 9],
+    ] as const;
+    const layer2 = [
+      [1, 3],
+      [199, 199],
+    ] as const;
     const expected = Buffer.concat([base, Buffer.alloc(10 * BLOCK_SIZE)]);
-    for (const [firstBlock, last] of layer1) first.copy(expected, firstBlock * BLOCK_SIZE, firstBlock * BLOCK_SIZE, (last + 1) * BLOCK_SIZE);
-    for (const [firstBlock, last] of layer2) second.copy(expected, firstBlock * BLOCK_SIZE, firstBlock * BLOCK_SIZE, (last + 1) * BLOCK_SIZE);
+    for (const [firstBlock, last] of layer1)
+      first.copy(expected, firstBlock * BLOCK_SIZE, firstBlock * BLOCK_SIZE, (last + 1) * BLOCK_SIZE);
+    for (const [firstBlock, last] of layer2)
+      second.copy(expected, firstBlock * BLOCK_SIZE, firstBlock * BLOCK_SIZE, (last + 1) * BLOCK_SIZE);
     const result = await collect(
       layeredContent(chunked(base, 100000), expected.length, [
         { blocks: layer1, content: chunked(blocksOf(first, layer1), 7777) },
@@ -120,8 +207,12 @@ describe("a file materialised from a chain of backups", () => {
     expect(result.equals(expected)).toBe(true);
     // No layers, a shorter size: the base cut; no base: zeros and the layer.
     expect((await collect(layeredContent(chunked(base, 5000), 10 * BLOCK_SIZE, []))).equals(base.subarray(0, 10 * BLOCK_SIZE))).toBe(true);
-    const onlyLayer = await collect(layeredContent(null, 4 * BLOCK_SIZE, [{ blocks: [[2, 2]], content: chunked(base.subarray(0, BLOCK_SIZE), BLOCK_SIZE) }]));
-    expect(onlyLayer.equals(Buffer.concat([Buffer.alloc(2 * BLOCK_SIZE), base.subarray(0, BLOCK_SIZE), Buffer.alloc(BLOCK_SIZE)]))).toBe(true);
+    const onlyLayer = await collect(
+      layeredContent(null, 4 * BLOCK_SIZE, [{ blocks: [[2, 2]], content: chunked(base.subarray(0, BLOCK_SIZE), BLOCK_SIZE) }]),
+    );
+    expect(onlyLayer.equals(Buffer.concat([Buffer.alloc(2 * BLOCK_SIZE), base.subarray(0, BLOCK_SIZE), Buffer.alloc(BLOCK_SIZE)]))).toBe(
+      true,
+    );
   });
 
   test("a base read in 1 MiB chunks is passed through where no layer has blocks, and still overlaid where one has", async () => {
@@ -130,17 +221,23 @@ describe("a file materialised from a chain of backups", () => {
     const layerContent = randomBytes(2 * BLOCK_SIZE);
     const expected = Buffer.from(large);
     layerContent.copy(expected, 200 * BLOCK_SIZE);
-    const result = await collect(layeredContent(chunked(large, MB), large.length, [{ blocks: layerBlocks, content: chunked(layerContent, BLOCK_SIZE) }]));
+    const result = await collect(
+      layeredContent(chunked(large, MB), large.length, [{ blocks: layerBlocks, content: chunked(layerContent, BLOCK_SIZE) }]),
+    );
     expect(result.equals(expected)).toBe(true);
   });
 
   test("a layer shorter or longer than its blocks is an error", async () => {
-    await expect(collect(layeredContent(chunked(base, 9000), base.length, [{ blocks: [[0, 1]], content: chunked(base.subarray(0, BLOCK_SIZE), 100) }]))).rejects.toThrow(
-      /ends early/,
-    );
-    await expect(collect(layeredContent(chunked(base, 9000), base.length, [{ blocks: [[0, 0]], content: chunked(base.subarray(0, 2 * BLOCK_SIZE), 100) }]))).rejects.toThrow(
-      /holds more/,
-    );
+    await expect(
+      collect(
+        layeredContent(chunked(base, 9000), base.length, [{ blocks: [[0, 1]], content: chunked(base.subarray(0, BLOCK_SIZE), 100) }]),
+      ),
+    ).rejects.toThrow(/ends early/);
+    await expect(
+      collect(
+        layeredContent(chunked(base, 9000), base.length, [{ blocks: [[0, 0]], content: chunked(base.subarray(0, 2 * BLOCK_SIZE), 100) }]),
+      ),
+    ).rejects.toThrow(/holds more/);
   });
 });
 
@@ -189,7 +286,12 @@ describe("archived WAL off the primary's history", () => {
       "000000030000000000000009",
       "00000002.history",
     ];
-    expect(divergedFiles(names, history)).toEqual(["000000010000000000000005", "000000010000000000000006", "00000001000000000000000A.partial", "000000030000000000000009"]);
+    expect(divergedFiles(names, history)).toEqual([
+      "000000010000000000000005",
+      "000000010000000000000006",
+      "00000001000000000000000A.partial",
+      "000000030000000000000009",
+    ]);
     expect(divergedFiles(["000000010000000000000004", "000000010000000000000005.partial"], timelinePath(1, null))).toEqual([]);
   });
 });

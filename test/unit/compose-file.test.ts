@@ -15,7 +15,10 @@ describe("docker-compose.yml", () => {
   const root = projectRoot();
   const text = readFileSync(path.join(root, "docker-compose.yml"), "utf8");
   const compose = parse(text, { merge: true }) as {
-    services: Record<string, Record<string, unknown> & { labels?: Record<string, string>; environment?: Record<string, string>; volumes?: string[] }>;
+    services: Record<
+      string,
+      Record<string, unknown> & { labels?: Record<string, string>; environment?: Record<string, string>; volumes?: string[] }
+    >;
     volumes: Record<string, { name?: string } | null>;
   };
   const nodes = Object.values(compose.services).filter((service) => service.labels?.["io.relevo.role"] === "node");

@@ -5,7 +5,15 @@ import { ErrorCode } from "../../src/errors";
 describe("configuration", () => {
   test("defaults avoid a system PostgreSQL (5432) and Redis (6379)", () => {
     const config = loadConfig({});
-    expect(config).toMatchObject({ apiPort: 4000, primaryPort: 15432, replicaPort: 15433, redisPort: 16379, replicaCount: 1, driver: "local", host: "127.0.0.1" });
+    expect(config).toMatchObject({
+      apiPort: 4000,
+      primaryPort: 15432,
+      replicaPort: 15433,
+      redisPort: 16379,
+      replicaCount: 1,
+      driver: "local",
+      host: "127.0.0.1",
+    });
     expect(config.home).toBe(require("node:path").resolve("./.relevo"));
   });
 
@@ -24,14 +32,18 @@ describe("configuration", () => {
     ["RELEVO_TOPOLOGY_POLL_INTERVAL_MS", "5"],
     ["RELEVO_CLUSTER_NAME", "Bad Name"],
   ])("an invalid %s is INVALID_CONFIG naming the variable", (env, value) => {
-    expect(() => loadConfig({ [env]: value })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining(env) }));
+    expect(() => loadConfig({ [env]: value })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining(env) }),
+    );
   });
 
   test("two servers on one port is INVALID_CONFIG naming both", () => {
     expect(() => loadConfig({ RELEVO_API_PORT: "15432" })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringMatching(/port 15432 .*the API and the primary/) }),
     );
-    expect(() => loadConfig({ RELEVO_REPLICA_COUNT: "2", RELEVO_REPLICA_PORT: "16378" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+    expect(() => loadConfig({ RELEVO_REPLICA_COUNT: "2", RELEVO_REPLICA_PORT: "16378" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig }),
+    );
   });
 
   test("every key has a RELEVO_ variable and a description", () => {
@@ -44,16 +56,28 @@ describe("configuration", () => {
   test("the docker driver's engine: RELEVO_DOCKER_HOST, else the docker CLI's DOCKER_HOST; TLS from DOCKER_CERT_PATH only when DOCKER_TLS_VERIFY is set", () => {
     expect(loadConfig({}).dockerHost).toBe("");
     expect(loadConfig({ DOCKER_HOST: "tcp://10.0.0.1:2376" }).dockerHost).toBe("tcp://10.0.0.1:2376");
-    expect(loadConfig({ DOCKER_HOST: "tcp://10.0.0.1:2376", RELEVO_DOCKER_HOST: "unix:///run/docker.sock" }).dockerHost).toBe("unix:///run/docker.sock");
+    expect(loadConfig({ DOCKER_HOST: "tcp://10.0.0.1:2376", RELEVO_DOCKER_HOST: "unix:///run/docker.sock" }).dockerHost).toBe(
+      "unix:///run/docker.sock",
+    );
     expect(loadConfig({ DOCKER_CERT_PATH: "/certs" }).dockerCertPath).toBe("");
     expect(loadConfig({ DOCKER_CERT_PATH: "/certs", DOCKER_TLS_VERIFY: "1" }).dockerCertPath).toBe("/certs");
-    expect(() => loadConfig({ RELEVO_DRIVER: "kubernetes" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DRIVER") }));
-    expect(() => loadConfig({ RELEVO_DOCKER_REPOSITORY_VOLUME: "no/slashes" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+    expect(() => loadConfig({ RELEVO_DRIVER: "kubernetes" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DRIVER") }),
+    );
+    expect(() => loadConfig({ RELEVO_DOCKER_REPOSITORY_VOLUME: "no/slashes" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig }),
+    );
   });
 
   test("RELEVO_REDIS_URL: an external Redis with its password; anything but redis:// is INVALID_CONFIG", () => {
-    expect(parseRedisUrl(loadConfig({ RELEVO_REDIS_URL: "redis://:s%40cret@127.0.0.1:16379" }).redisUrl)).toEqual({ host: "127.0.0.1", port: 16379, password: "s@cret" });
+    expect(parseRedisUrl(loadConfig({ RELEVO_REDIS_URL: "redis://:s%40cret@127.0.0.1:16379" }).redisUrl)).toEqual({
+      host: "127.0.0.1",
+      port: 16379,
+      password: "s@cret",
+    });
     expect(parseRedisUrl("redis://redis")).toEqual({ host: "redis", port: 6379, password: "" });
-    expect(() => loadConfig({ RELEVO_REDIS_URL: "http://127.0.0.1:6379" })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_REDIS_URL") }));
+    expect(() => loadConfig({ RELEVO_REDIS_URL: "http://127.0.0.1:6379" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_REDIS_URL") }),
+    );
   });
 });

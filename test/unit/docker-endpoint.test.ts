@@ -3,14 +3,22 @@ import os from "node:os";
 import path from "node:path";
 import { ErrorCode } from "../../src/errors";
 import { connectDocker, translateEngineError } from "../../src/nodes/docker/docker-client";
-import { containerName, labelFilter, nodeContainerSpec, stopSignalFor, toolsContainerSpec, volumeName } from "../../src/nodes/docker/container-spec";
+import {
+  containerName,
+  labelFilter,
+  nodeContainerSpec,
+  stopSignalFor,
+  toolsContainerSpec,
+  volumeName,
+} from "../../src/nodes/docker/container-spec";
 import { parseListing, readRangesCommand, writeCommand } from "../../src/nodes/docker/file-commands";
 import { makeTlsMaterial } from "../helpers/engine-forwarder";
 
 /** The engine endpoint and what the driver asks of the engine, as data (no engine needed). */
 describe("Docker driver: endpoint, container specs, file commands", () => {
   test("a socket path or unix:// URL, or tcp:// without TLS", () => {
-    const modem = (host: string, certPath = "") => (connectDocker({ host, certPath }) as unknown as { modem: Record<string, unknown> }).modem;
+    const modem = (host: string, certPath = "") =>
+      (connectDocker({ host, certPath }) as unknown as { modem: Record<string, unknown> }).modem;
     expect(modem("")).toMatchObject({ socketPath: "/var/run/docker.sock" });
     expect(modem("unix:///run/user/1000/docker.sock")).toMatchObject({ socketPath: "/run/user/1000/docker.sock" });
     expect(modem("tcp://10.1.2.3:2375")).toMatchObject({ protocol: "http", host: "10.1.2.3", port: 2375 });
@@ -20,7 +28,8 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
     const material = await makeTlsMaterial();
     try {
       const certs = material.clientCertPath;
-      const modem = (connectDocker({ host: "tcp://engine.example:2376", certPath: certs }) as unknown as { modem: Record<string, unknown> }).modem;
+      const modem = (connectDocker({ host: "tcp://engine.example:2376", certPath: certs }) as unknown as { modem: Record<string, unknown> })
+        .modem;
       expect(modem).toMatchObject({
         protocol: "https",
         host: "engine.example",
@@ -35,9 +44,13 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
         copyFileSync(path.join(certs, "ca.pem"), path.join(mixed, "ca.pem"));
         copyFileSync(path.join(certs, "cert.pem"), path.join(mixed, "cert.pem"));
         copyFileSync(path.join(material.strangerCertPath, "key.pem"), path.join(mixed, "key.pem"));
-        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig }));
+        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(
+          expect.objectContaining({ code: ErrorCode.InvalidConfig }),
+        );
         writeFileSync(path.join(mixed, "key.pem"), "not a key");
-        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DOCKER_CERT_PATH") }));
+        expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: mixed })).toThrow(
+          expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DOCKER_CERT_PATH") }),
+        );
       } finally {
         rmSync(mixed, { recursive: true, force: true });
       }
@@ -49,23 +62,43 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
   test("the engine's failures as Relevo's codes: unreachable, TLS refused, a certificate directory without certificates", () => {
     const context = { action: "inspect container", endpoint: "tcp://127.0.0.1:2376", tls: true };
     const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:2376"), { code: "ECONNREFUSED" });
-    expect(translateEngineError(refused, context)).toMatchObject({ code: ErrorCode.DockerUnavailable, message: expect.stringContaining("RELEVO_DOCKER_HOST") });
+    expect(translateEngineError(refused, context)).toMatchObject({
+      code: ErrorCode.DockerUnavailable,
+      message: expect.stringContaining("RELEVO_DOCKER_HOST"),
+    });
     expect(translateEngineError(refused, context).message).not.toContain("RELEVO_DOCKER_CERT_PATH");
     // A TLS engine refusing the client's certificate resets the connection once the handshake is over.
     const reset = Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
-    expect(translateEngineError(reset, context)).toMatchObject({ code: ErrorCode.DockerUnavailable, message: expect.stringMatching(/does not answer.*TLS.*RELEVO_DOCKER_CERT_PATH/) });
+    expect(translateEngineError(reset, context)).toMatchObject({
+      code: ErrorCode.DockerUnavailable,
+      message: expect.stringMatching(/does not answer.*TLS.*RELEVO_DOCKER_CERT_PATH/),
+    });
     expect(translateEngineError(reset, { ...context, tls: false }).message).not.toContain("TLS");
-    for (const code of ["ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED", "ERR_SSL_TLSV1_ALERT_UNKNOWN_CA", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "ERR_TLS_CERT_ALTNAME_INVALID", "SELF_SIGNED_CERT_IN_CHAIN"]) {
+    for (const code of [
+      "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED",
+      "ERR_SSL_TLSV1_ALERT_UNKNOWN_CA",
+      "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+      "ERR_TLS_CERT_ALTNAME_INVALID",
+      "SELF_SIGNED_CERT_IN_CHAIN",
+    ]) {
       expect(translateEngineError(Object.assign(new Error(code), { code }), context)).toMatchObject({
         code: ErrorCode.DockerUnavailable,
         message: expect.stringMatching(/TLS handshake .* RELEVO_DOCKER_CERT_PATH/),
       });
     }
-    const notFound = Object.assign(new Error("(HTTP code 404) no such container"), { statusCode: 404, json: { message: "No such container: x" } });
+    const notFound = Object.assign(new Error("(HTTP code 404) no such container"), {
+      statusCode: 404,
+      json: { message: "No such container: x" },
+    });
     expect(translateEngineError(notFound, context)).toMatchObject({ code: ErrorCode.CommandFailed });
     const empty = mkdtempSync(path.join(os.tmpdir(), "relevo-certs-"));
     try {
-      expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: empty })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringMatching(/RELEVO_DOCKER_CERT_PATH .* ca\.pem is unreadable \(ENOENT\)/) }));
+      expect(() => connectDocker({ host: "tcp://127.0.0.1:2376", certPath: empty })).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.InvalidConfig,
+          message: expect.stringMatching(/RELEVO_DOCKER_CERT_PATH .* ca\.pem is unreadable \(ENOENT\)/),
+        }),
+      );
     } finally {
       rmSync(empty, { recursive: true, force: true });
     }
@@ -76,12 +109,30 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
       naming: { cluster: "prod", node: "node1" },
       image: "postgres:15",
       home: "/var/lib/relevo",
-      mounts: [{ Type: "volume" as const, Source: volumeName({ cluster: "prod", node: "node1" }), Target: "/var/lib/postgresql/data", ReadOnly: false }],
+      mounts: [
+        {
+          Type: "volume" as const,
+          Source: volumeName({ cluster: "prod", node: "node1" }),
+          Target: "/var/lib/postgresql/data",
+          ReadOnly: false,
+        },
+      ],
     };
     const node = nodeContainerSpec(plan);
-    expect(node).toMatchObject({ name: "relevo-prod-node1", Image: "postgres:15", Cmd: ["postgres"], User: "postgres", StopSignal: "SIGINT" });
+    expect(node).toMatchObject({
+      name: "relevo-prod-node1",
+      Image: "postgres:15",
+      Cmd: ["postgres"],
+      User: "postgres",
+      StopSignal: "SIGINT",
+    });
     expect(node.HostConfig).toMatchObject({ NetworkMode: "host", RestartPolicy: { Name: "no" }, Mounts: plan.mounts });
-    expect(node.Labels).toEqual({ "io.relevo.cluster": "prod", "io.relevo.node": "node1", "io.relevo.role": "node", "io.relevo.home": "/var/lib/relevo" });
+    expect(node.Labels).toEqual({
+      "io.relevo.cluster": "prod",
+      "io.relevo.node": "node1",
+      "io.relevo.role": "node",
+      "io.relevo.home": "/var/lib/relevo",
+    });
     const tools = toolsContainerSpec(plan);
     expect(tools).toMatchObject({ name: containerName(plan.naming, "tools"), Entrypoint: ["sleep", "infinity"], User: "postgres" });
     expect(tools.HostConfig).toMatchObject({ RestartPolicy: { Name: "no" }, Mounts: plan.mounts });
@@ -91,12 +142,17 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
 
   test("file commands keep paths out of the script text, and parse find's listing", () => {
     const hostile = "/var/lib/postgresql/data/x'; rm -rf / #";
-    for (const argv of [readRangesCommand(hostile, [{ offset: 0, length: 8192 }]), writeCommand(hostile, { mode: 0o600, fresh: true, durable: true })]) {
+    for (const argv of [
+      readRangesCommand(hostile, [{ offset: 0, length: 8192 }]),
+      writeCommand(hostile, { mode: 0o600, fresh: true, durable: true }),
+    ]) {
       expect(argv.slice(0, 2)).toEqual(["sh", "-c"]);
       expect(argv[2]).not.toContain(hostile);
       expect(argv).toContain(hostile);
     }
-    const listing = Buffer.from("f 10 1700000000.5 conf.d/a b.conf\0d 4096 1700000001.0 conf.d\0l 5 1700000002.25 pg_wal/link\0p 0 1700000003.0 fifo\0");
+    const listing = Buffer.from(
+      "f 10 1700000000.5 conf.d/a b.conf\0d 4096 1700000001.0 conf.d\0l 5 1700000002.25 pg_wal/link\0p 0 1700000003.0 fifo\0",
+    );
     expect(parseListing(listing)).toEqual([
       { type: "file", size: 10, mtimeMs: 1700000000500, relative: "conf.d/a b.conf" },
       { type: "directory", size: 4096, mtimeMs: 1700000001000, relative: "conf.d" },

@@ -15,7 +15,13 @@ describe("committed artefacts stay true to the code", () => {
   test("the contract's names are in the schema", async () => {
     const sdl = await read(SCHEMA_FILE);
     expect(sdl).toMatch(/enum NodeRole \{\s+PRIMARY\s+REPLICA\s+\}/);
-    for (const field of ["cluster: Cluster!", "node(name: String!): Node!", "topologyChanged: Cluster!", "lagBytes: Float", "replayLagSeconds: Float"]) {
+    for (const field of [
+      "cluster: Cluster!",
+      "node(name: String!): Node!",
+      "topologyChanged: Cluster!",
+      "lagBytes: Float",
+      "replayLagSeconds: Float",
+    ]) {
       expect(sdl).toContain(field);
     }
   });

@@ -1,7 +1,15 @@
 import { buildSnapshot, lsnToNumber, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
 
-const driver = { kind: "local" as const, state: "running" as const, pid: 1, dataDirectory: "/d", containerId: null, container: null, error: null };
+const driver = {
+  kind: "local" as const,
+  state: "running" as const,
+  pid: 1,
+  dataDirectory: "/d",
+  containerId: null,
+  container: null,
+  error: null,
+};
 const primaryProbe = (senders: NodeProbe["senders"]): NodeProbe => ({
   role: "primary",
   version: "15.18",
@@ -37,25 +45,58 @@ const observe = (name: string, probe: NodeObservation["probe"], fallbackRole: "p
   fallbackRole,
   checkedAt: "t",
 });
-const sender = { applicationName: "node2", state: "streaming", lagBytes: 100, writeLagSeconds: 0.1, flushLagSeconds: 0.1, replayLagSeconds: 0.2, syncState: "async" };
+const sender = {
+  applicationName: "node2",
+  state: "streaming",
+  lagBytes: 100,
+  writeLagSeconds: 0.1,
+  flushLagSeconds: 0.1,
+  replayLagSeconds: 0.2,
+  syncState: "async",
+};
 
 describe("topology snapshot (pure)", () => {
   test("one primary and a streaming replica: healthy, lag from the primary's pg_stat_replication", () => {
-    const snapshot = buildSnapshot("c", [observe("node1", primaryProbe([sender])), observe("node2", replicaProbe("streaming"))], 1000, "now");
+    const snapshot = buildSnapshot(
+      "c",
+      [observe("node1", primaryProbe([sender])), observe("node2", replicaProbe("streaming"))],
+      1000,
+      "now",
+    );
     expect(snapshot).toMatchObject({ primary: "node1", health: "healthy", healthReasons: [] });
-    expect(snapshot.nodes[1]!.replication).toMatchObject({ state: "streaming", upstream: "node1", lagBytes: 100, replayLagSeconds: 0.2, syncState: "async" });
+    expect(snapshot.nodes[1]!.replication).toMatchObject({
+      state: "streaming",
+      upstream: "node1",
+      lagBytes: 100,
+      replayLagSeconds: 0.2,
+      syncState: "async",
+    });
   });
 
   test("without a sender row the replica's own receiver and received−replayed bytes are used", () => {
-    const snapshot = buildSnapshot("c", [observe("node1", { error: "down" }, "primary"), observe("node2", replicaProbe("waiting"))], 1000, "now");
+    const snapshot = buildSnapshot(
+      "c",
+      [observe("node1", { error: "down" }, "primary"), observe("node2", replicaProbe("waiting"))],
+      1000,
+      "now",
+    );
     expect(snapshot.health).toBe("critical");
     expect(snapshot.primary).toBeNull();
     expect(snapshot.nodes[0]).toMatchObject({ reachable: false, role: "primary", roleConfirmed: false, error: "down" });
-    expect(snapshot.nodes[1]!.replication).toMatchObject({ state: "unknown", lagBytes: lsnToNumber("0/3000000") - lsnToNumber("0/2000000"), replayLagSeconds: 1.5 });
+    expect(snapshot.nodes[1]!.replication).toMatchObject({
+      state: "unknown",
+      lagBytes: lsnToNumber("0/3000000") - lsnToNumber("0/2000000"),
+      replayLagSeconds: 1.5,
+    });
   });
 
   test("lag over the threshold degrades the cluster; two primaries are critical", () => {
-    const lagging = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))], 1000, "now");
+    const lagging = buildSnapshot(
+      "c",
+      [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))],
+      1000,
+      "now",
+    );
     expect(lagging.health).toBe("degraded");
     expect(lagging.healthReasons).toEqual(["node2 lags 5000 bytes"]);
     const split = buildSnapshot("c", [observe("node1", primaryProbe([])), observe("node2", primaryProbe([]))], 1000, "now");
@@ -73,7 +114,12 @@ describe("topology changes (pure)", () => {
   test("the first snapshot is a change without events; an identical one is neither", () => {
     expect(topologyChanges(null, healthy, 1000)).toEqual([]);
     expect(isTopologyChange(null, healthy, [])).toBe(true);
-    const same = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 200 }])), observe("node2", replicaProbe("streaming"))], 1000, "b");
+    const same = buildSnapshot(
+      "c",
+      [observe("node1", primaryProbe([{ ...sender, lagBytes: 200 }])), observe("node2", replicaProbe("streaming"))],
+      1000,
+      "b",
+    );
     expect(topologyChanges(healthy, same, 1000)).toEqual([]);
     expect(isTopologyChange(healthy, same, [])).toBe(false);
   });
@@ -86,20 +132,39 @@ describe("topology changes (pure)", () => {
   });
 
   test("the primary going away is critical and changes the primary", () => {
-    const next = buildSnapshot("c", [observe("node1", { error: "timeout" }, "primary"), observe("node2", replicaProbe("waiting"))], 1000, "b");
+    const next = buildSnapshot(
+      "c",
+      [observe("node1", { error: "timeout" }, "primary"), observe("node2", replicaProbe("waiting"))],
+      1000,
+      "b",
+    );
     const kinds = topologyChanges(healthy, next, 1000).map((e) => `${e.kind}:${e.severity}`);
     // The replica's lag is now what it received but has not replayed (16 MiB here): over the threshold.
-    expect(kinds).toEqual(["cluster:primary-changed:critical", "node:down:critical", "replication:streaming-lost:warning", "replication:lag-high:warning"]);
+    expect(kinds).toEqual([
+      "cluster:primary-changed:critical",
+      "node:down:critical",
+      "replication:streaming-lost:warning",
+      "replication:lag-high:warning",
+    ]);
   });
 
   test("lag crossing the threshold either way is an event", () => {
-    const high = buildSnapshot("c", [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))], 1000, "b");
+    const high = buildSnapshot(
+      "c",
+      [observe("node1", primaryProbe([{ ...sender, lagBytes: 5000 }])), observe("node2", replicaProbe("streaming"))],
+      1000,
+      "b",
+    );
     expect(topologyChanges(healthy, high, 1000).map((e) => e.kind)).toEqual(["replication:lag-high"]);
     expect(topologyChanges(high, healthy, 1000).map((e) => e.kind)).toEqual(["replication:lag-normal"]);
   });
 
   test("a promotion: role change and new primary", () => {
     const promoted = buildSnapshot("c", [observe("node1", { error: "down" }), observe("node2", primaryProbe([]))], 1000, "b");
-    expect(topologyChanges(healthy, promoted, 1000).map((e) => e.kind)).toEqual(["cluster:primary-changed", "node:down", "node:role-changed"]);
+    expect(topologyChanges(healthy, promoted, 1000).map((e) => e.kind)).toEqual([
+      "cluster:primary-changed",
+      "node:down",
+      "node:role-changed",
+    ]);
   });
 });

@@ -10,7 +10,10 @@ import type { ApiContext } from "../context";
 export function authenticate(tokens: TokenVerifier, authorization: string | undefined | null): TokenIdentity {
   const match = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? "");
   if (!match) {
-    throw new RelevoError(ErrorCode.Unauthenticated, "a bearer token is required: send `Authorization: Bearer <token>` (see `relevo token`)");
+    throw new RelevoError(
+      ErrorCode.Unauthenticated,
+      "a bearer token is required: send `Authorization: Bearer <token>` (see `relevo token`)",
+    );
   }
   const identity = tokens.verify(match[1]!);
   if (!identity) throw new RelevoError(ErrorCode.Unauthenticated, "the bearer token is not valid for this Relevo data home");

@@ -10,10 +10,20 @@ function storedCounts(manifest: BackupManifest): { filesStored: number; blocksSt
 }
 
 export function toChainLink(manifest: BackupManifest): BackupChainLink {
-  return { id: manifest.id, type: manifest.type, startedAt: manifest.startedAt, storedBytes: manifest.storedBytes, ...storedCounts(manifest) } as BackupChainLink;
+  return {
+    id: manifest.id,
+    type: manifest.type,
+    startedAt: manifest.startedAt,
+    storedBytes: manifest.storedBytes,
+    ...storedCounts(manifest),
+  } as BackupChainLink;
 }
 
-export function toBackup(manifest: BackupManifest, progress: BackupProgress | null = null, chain: readonly BackupManifest[] | null = null): Backup {
+export function toBackup(
+  manifest: BackupManifest,
+  progress: BackupProgress | null = null,
+  chain: readonly BackupManifest[] | null = null,
+): Backup {
   const completed = manifest.status === "completed";
   return {
     id: manifest.id,
@@ -38,14 +48,20 @@ export function toBackup(manifest: BackupManifest, progress: BackupProgress | nu
       ? {
           ...manifest.verification,
           badFiles: [...manifest.verification.badFiles],
-          restoreTest: manifest.verification.restoreTest ? { ...manifest.verification.restoreTest, tablesCompared: manifest.verification.restoreTest.tablesCompared ?? 0 } : null,
+          restoreTest: manifest.verification.restoreTest
+            ? { ...manifest.verification.restoreTest, tablesCompared: manifest.verification.restoreTest.tablesCompared ?? 0 }
+            : null,
         }
       : null,
     referencePoint: manifest.referencePoint
-      ? { name: manifest.referencePoint.name, lsn: manifest.referencePoint.lsn, createdAt: manifest.referencePoint.createdAt, tables: manifest.referencePoint.tables.length }
+      ? {
+          name: manifest.referencePoint.name,
+          lsn: manifest.referencePoint.lsn,
+          createdAt: manifest.referencePoint.createdAt,
+          tables: manifest.referencePoint.tables.length,
+        }
       : null,
-    provenRestorableAt:
-      manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
+    provenRestorableAt: manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
     progress,
   } as Backup;
 }

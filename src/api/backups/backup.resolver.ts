@@ -6,7 +6,18 @@ import { recoveryTargetFrom } from "../../restore/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { ApiServices } from "../context";
 import { toBackup } from "./backup.mapper";
-import { Backup, BackupConnection, BackupProgressGql, BackupStatusGql, BackupTypeGql, ExpireResult, RecoveryWindowGql, RescanResult, RestoredCopy, RestoreInput } from "./backup.type";
+import {
+  Backup,
+  BackupConnection,
+  BackupProgressGql,
+  BackupStatusGql,
+  BackupTypeGql,
+  ExpireResult,
+  RecoveryWindowGql,
+  RescanResult,
+  RestoredCopy,
+  RestoreInput,
+} from "./backup.type";
 
 @ArgsType()
 class BackupsArgs {
@@ -56,14 +67,19 @@ export class BackupResolver {
   async backup(@Arg("id", () => ID) id: string): Promise<Backup> {
     const manifest = await this.services.backups.get(id);
     const progress = await redisCall("reading backup progress", () => this.services.backups.progress(id));
-    return toBackup(manifest, progress, manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null);
+    return toBackup(
+      manifest,
+      progress,
+      manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null,
+    );
   }
 
   @Authorized("viewer")
   @Subscription(() => BackupProgressGql, {
     topics: BACKUP_PROGRESS_TOPIC,
     filter: ({ payload, args }: { payload: BackupProgress; args: { id?: string | null } }) => !args.id || payload.id === args.id,
-    description: "Progress of running backups (of one, with id): a few updates a second at most, and a last one with phase completed or failed.",
+    description:
+      "Progress of running backups (of one, with id): a few updates a second at most, and a last one with phase completed or failed.",
   })
   backupProgress(@Root() progress: BackupProgress, @Arg("id", () => ID, { nullable: true }) _id?: string): BackupProgressGql {
     return progress as BackupProgressGql;
@@ -71,7 +87,8 @@ export class BackupResolver {
 
   @Authorized("operator")
   @Mutation(() => Backup, {
-    description: "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs. DIFFERENTIAL stores the blocks changed since the newest full, INCREMENTAL those since the newest backup of any type; either is taken as a FULL (promotedToFull says why) when there is nothing to build on.",
+    description:
+      "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs. DIFFERENTIAL stores the blocks changed since the newest full, INCREMENTAL those since the newest backup of any type; either is taken as a FULL (promotedToFull says why) when there is nothing to build on.",
   })
   async createBackup(@Arg("type", () => BackupTypeGql) type: BackupTypeGql): Promise<Backup> {
     const { manifest } = await this.services.backups.start(type);
@@ -79,7 +96,10 @@ export class BackupResolver {
   }
 
   @Authorized("viewer")
-  @Query(() => RecoveryWindowGql, { name: "recoveryWindow", description: "The span a point-in-time restore can reach, and any gap in the archive." })
+  @Query(() => RecoveryWindowGql, {
+    name: "recoveryWindow",
+    description: "The span a point-in-time restore can reach, and any gap in the archive.",
+  })
   async recoveryWindow(): Promise<RecoveryWindowGql> {
     const window = await this.services.backups.recoveryWindow();
     return { earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
@@ -92,22 +112,30 @@ export class BackupResolver {
   }
 
   @Authorized("operator")
-  @Mutation(() => ExpireResult, { description: "Applies retention now (it also runs after every backup): RELEVO_RETENTION_FULL full backups are kept with their dependents." })
+  @Mutation(() => ExpireResult, {
+    description:
+      "Applies retention now (it also runs after every backup): RELEVO_RETENTION_FULL full backups are kept with their dependents.",
+  })
   async expireBackups(): Promise<ExpireResult> {
     return this.services.backups.expire();
   }
 
   @Authorized("operator")
   @Mutation(() => Backup, {
-    description: "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node (to its reference point), starts it, runs pg_amcheck, compares every table's checksum with the reference point's and removes it. Waits for the result.",
+    description:
+      "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node (to its reference point), starts it, runs pg_amcheck, compares every table's checksum with the reference point's and removes it. Waits for the result.",
   })
-  async verifyBackup(@Arg("id", () => ID) id: string, @Arg("restoreTest", () => Boolean, { defaultValue: false }) restoreTest: boolean): Promise<Backup> {
+  async verifyBackup(
+    @Arg("id", () => ID) id: string,
+    @Arg("restoreTest", () => Boolean, { defaultValue: false }) restoreTest: boolean,
+  ): Promise<Backup> {
     return toBackup(await this.services.backups.verify(id, { restoreTest }));
   }
 
   @Authorized("operator")
   @Mutation(() => RestoredCopy, {
-    description: "Restores a backup into a new standalone copy on this machine (never connected to the cluster), replays WAL to the target, promotes it and leaves it running.",
+    description:
+      "Restores a backup into a new standalone copy on this machine (never connected to the cluster), replays WAL to the target, promotes it and leaves it running.",
   })
   async restoreBackup(@Arg("input", () => RestoreInput) input: RestoreInput): Promise<RestoredCopy> {
     if (this.services.nodes.some((node) => node.name === input.name)) {

@@ -58,25 +58,38 @@ export class Backup {
   @Field(() => Float, { nullable: true, description: "Bytes stored in the repository (compressed)." }) storedBytes!: number | null;
   @Field(() => Int, { nullable: true }) fileCount!: number | null;
   @Field(() => Int, { nullable: true }) timeline!: number | null;
-  @Field(() => String, { nullable: true, description: "Redo LSN of the backup's checkpoint: replay starts here." }) startLsn!: string | null;
+  @Field(() => String, { nullable: true, description: "Redo LSN of the backup's checkpoint: replay starts here." }) startLsn!:
+    string | null;
   @Field(() => String, { nullable: true }) stopLsn!: string | null;
   @Field(() => BackupReference, { nullable: true }) reference!: BackupReference | null;
   @Field(() => Int, { nullable: true, description: "Files stored whole." }) filesStored!: number | null;
-  @Field(() => Float, { nullable: true, description: "8 KiB blocks stored by block-level entries (differential, incremental)." }) blocksStored!: number | null;
+  @Field(() => Float, { nullable: true, description: "8 KiB blocks stored by block-level entries (differential, incremental)." })
+  blocksStored!: number | null;
   @Field(() => String, {
     nullable: true,
-    description: "How a differential or incremental found its changed blocks: wal (the block references of the WAL since its reference's start) or page-scan (that WAL was not readable).",
+    description:
+      "How a differential or incremental found its changed blocks: wal (the block references of the WAL since its reference's start) or page-scan (that WAL was not readable).",
   })
   changesFrom!: string | null;
-  @Field(() => String, { nullable: true, description: "Why a backup asked for as DIFFERENTIAL or INCREMENTAL was taken as a FULL." }) promotedToFull!: string | null;
-  @Field(() => [BackupChainLink], { nullable: true, description: "The backups a restore of this one reads, the full first, this one last (backup(id) only; null in lists)." })
+  @Field(() => String, { nullable: true, description: "Why a backup asked for as DIFFERENTIAL or INCREMENTAL was taken as a FULL." })
+  promotedToFull!: string | null;
+  @Field(() => [BackupChainLink], {
+    nullable: true,
+    description: "The backups a restore of this one reads, the full first, this one last (backup(id) only; null in lists).",
+  })
   chain!: BackupChainLink[] | null;
   @Field(() => String, { nullable: true, description: "The node it was taken from." }) source!: string | null;
   @Field(() => String, { nullable: true, description: "Why it failed." }) error!: string | null;
   @Field(() => BackupVerification, { nullable: true }) verification!: BackupVerification | null;
-  @Field(() => ReferencePointGql, { nullable: true, description: "What the restore test compares with; null until recorded, or when it could not be taken." })
+  @Field(() => ReferencePointGql, {
+    nullable: true,
+    description: "What the restore test compares with; null until recorded, or when it could not be taken.",
+  })
   referencePoint!: ReferencePointGql | null;
-  @Field(() => String, { nullable: true, description: "When a restore test last proved this backup restorable (ISO 8601); null if never, or if the latest verification failed." })
+  @Field(() => String, {
+    nullable: true,
+    description: "When a restore test last proved this backup restorable (ISO 8601); null if never, or if the latest verification failed.",
+  })
   provenRestorableAt!: string | null;
   @Field(() => BackupProgressGql, { nullable: true, description: "Live progress (backup(id) only; null in lists)." })
   progress!: BackupProgressGql | null;
@@ -90,7 +103,8 @@ export class RestoreTestResult {
   @Field() ok!: boolean;
   @Field(() => Int) durationMs!: number;
   @Field(() => String, { nullable: true }) error!: string | null;
-  @Field(() => Int, { description: "Tables compared with the reference point (0: the backup has none; pg_amcheck only)." }) tablesCompared!: number;
+  @Field(() => Int, { description: "Tables compared with the reference point (0: the backup has none; pg_amcheck only)." })
+  tablesCompared!: number;
 }
 
 @ObjectType({ description: "A restore point taken right after the backup, with every table's checksum at that point." })
@@ -128,7 +142,9 @@ export class BackupConnection {
   @Field(() => Int) totalCount!: number;
 }
 
-@InputType({ description: "Where to restore and how far to replay. At most one of time, lsn, name, immediate; none means the end of the archive." })
+@InputType({
+  description: "Where to restore and how far to replay. At most one of time, lsn, name, immediate; none means the end of the archive.",
+})
 export class RestoreInput {
   @Field(() => ID, { nullable: true, description: "The backup; default: the newest completed one." })
   @IsOptional()
@@ -182,7 +198,9 @@ export class ArchiveGap {
   @Field({ description: "Last missing segment." }) to!: string;
 }
 
-@ObjectType("RecoveryWindow", { description: "What a restore can reach: from the oldest completed backup's end to the end of the archived WAL." })
+@ObjectType("RecoveryWindow", {
+  description: "What a restore can reach: from the oldest completed backup's end to the end of the archived WAL.",
+})
 export class RecoveryWindowGql {
   @Field(() => WindowPoint, { nullable: true }) earliest!: WindowPoint | null;
   @Field(() => WindowPoint, { nullable: true }) latest!: WindowPoint | null;

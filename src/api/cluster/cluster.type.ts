@@ -27,7 +27,8 @@ export enum ClusterHealthGql {
 }
 registerEnumType(ClusterHealthGql, {
   name: "ClusterHealth",
-  description: "HEALTHY: one primary, every replica streaming within the lag threshold. DEGRADED: one primary, some replica is not. CRITICAL: no primary, or more than one.",
+  description:
+    "HEALTHY: one primary, every replica streaming within the lag threshold. DEGRADED: one primary, some replica is not. CRITICAL: no primary, or more than one.",
 });
 
 export enum DriverStateGql {
@@ -39,10 +40,13 @@ export enum DriverStateGql {
 }
 registerEnumType(DriverStateGql, {
   name: "DriverState",
-  description: "The node's server process (or container) as its driver sees it. UNKNOWN: the driver could not tell (driver.error says why, e.g. the Docker engine does not answer); the node's PostgreSQL may still be serving.",
+  description:
+    "The node's server process (or container) as its driver sees it. UNKNOWN: the driver could not tell (driver.error says why, e.g. the Docker engine does not answer); the node's PostgreSQL may still be serving.",
 });
 
-@ObjectType({ description: "A replica's replication, from the primary's pg_stat_replication when it has a row for it, else from the replica itself." })
+@ObjectType({
+  description: "A replica's replication, from the primary's pg_stat_replication when it has a row for it, else from the replica itself.",
+})
 export class Replication {
   @Field(() => ReplicationStateGql)
   state!: ReplicationStateGql;
@@ -88,7 +92,8 @@ export class NodeContainer {
   @Field() name!: string;
   @Field() image!: string;
   @Field({ description: "The engine's status: created, running, paused, restarting, exited or dead." }) status!: string;
-  @Field(() => String, { nullable: true, description: "The image's HEALTHCHECK verdict (starting, healthy, unhealthy); null without one." }) health!: string | null;
+  @Field(() => String, { nullable: true, description: "The image's HEALTHCHECK verdict (starting, healthy, unhealthy); null without one." })
+  health!: string | null;
   @Field(() => Int, { description: "How often the engine restarted it." }) restartCount!: number;
 }
 
@@ -99,9 +104,16 @@ export class NodeDriverView {
   @Field(() => Int, { nullable: true, description: "Postmaster pid (local driver)." }) pid!: number | null;
   @Field() dataDirectory!: string;
   @Field(() => String, { nullable: true, description: "Container id (docker driver)." }) containerId!: string | null;
-  @Field(() => NodeContainer, { nullable: true, description: "The container (docker driver); null when there is none, e.g. removed behind Relevo's back." })
+  @Field(() => NodeContainer, {
+    nullable: true,
+    description: "The container (docker driver); null when there is none, e.g. removed behind Relevo's back.",
+  })
   container!: NodeContainer | null;
-  @Field(() => String, { nullable: true, description: "Why the driver could not tell the node's state (e.g. the Docker engine does not answer)." }) error!: string | null;
+  @Field(() => String, {
+    nullable: true,
+    description: "Why the driver could not tell the node's state (e.g. the Docker engine does not answer).",
+  })
+  error!: string | null;
 }
 
 @ObjectType({ description: "One PostgreSQL node of the cluster." })
@@ -115,7 +127,8 @@ export class Node {
   @Field(() => Int) port!: number;
   @Field(() => String, { nullable: true }) version!: string | null;
   @Field(() => Int, { nullable: true }) timeline!: number | null;
-  @Field(() => String, { nullable: true, description: "Primary: current write LSN. Replica: last replayed LSN." }) currentLsn!: string | null;
+  @Field(() => String, { nullable: true, description: "Primary: current write LSN. Replica: last replayed LSN." }) currentLsn!:
+    string | null;
   @Field(() => String, { nullable: true }) receivedLsn!: string | null;
   @Field(() => String, { nullable: true }) replayedLsn!: string | null;
   @Field(() => Replication, { nullable: true, description: "Null on the primary." }) replication!: Replication | null;
@@ -134,12 +147,17 @@ export class Endpoint {
 export class Cluster {
   @Field() name!: string;
   @Field(() => Node, { nullable: true, description: "Null when no node is a reachable primary (or several are)." }) primary!: Node | null;
-  @Field(() => Endpoint, { nullable: true, description: "The primary's host and port; null when there is no primary." }) primaryEndpoint!: Endpoint | null;
+  @Field(() => Endpoint, { nullable: true, description: "The primary's host and port; null when there is no primary." })
+  primaryEndpoint!: Endpoint | null;
   @Field({
-    description: "libpq URI listing every node, with target_session_attrs=read-write: reaches whichever node is the primary. No credentials: bring your own (PGUSER, PGPASSWORD or .pgpass).",
+    description:
+      "libpq URI listing every node, with target_session_attrs=read-write: reaches whichever node is the primary. No credentials: bring your own (PGUSER, PGPASSWORD or .pgpass).",
   })
   writerConnectionString!: string;
-  @Field({ description: "libpq URI listing every node, with target_session_attrs=prefer-standby: a replica when one answers, else the primary. No credentials." })
+  @Field({
+    description:
+      "libpq URI listing every node, with target_session_attrs=prefer-standby: a replica when one answers, else the primary. No credentials.",
+  })
   readerConnectionString!: string;
   @Field(() => [Node]) replicas!: Node[];
   @Field(() => [Node]) nodes!: Node[];

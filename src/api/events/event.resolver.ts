@@ -55,7 +55,8 @@ export class EventResolver {
     topics: EVENTS_TOPIC,
     filter: ({ payload, args }: { payload: DomainEvent; args: { id?: string | null } }) =>
       isBackupEvent(payload) && (!args.id || (payload.data as { id?: string }).id === args.id),
-    description: "Backup events as they are emitted (started, completed, failed, verified, expired, cataloged) and the schedules' (skipped, failed); with id, only that backup's.",
+    description:
+      "Backup events as they are emitted (started, completed, failed, verified, expired, cataloged) and the schedules' (skipped, failed); with id, only that backup's.",
   })
   backupEvents(@Root() event: DomainEvent, @Arg("id", () => ID, { nullable: true }) _id?: string | null): ClusterEvent {
     return toEvent(event);

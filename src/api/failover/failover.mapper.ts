@@ -9,7 +9,15 @@ export function toFailover(record: FailoverRecord): Failover {
 }
 
 export function toFailoverOperation(entry: JournalEntry): FailoverOperation {
-  return { id: entry.id, kind: entry.kind, trigger: entry.trigger, stage: entry.stage, from: entry.from, to: entry.to, startedAt: entry.startedAt } as FailoverOperation;
+  return {
+    id: entry.id,
+    kind: entry.kind,
+    trigger: entry.trigger,
+    stage: entry.stage,
+    from: entry.from,
+    to: entry.to,
+    startedAt: entry.startedAt,
+  } as FailoverOperation;
 }
 
 export function toFailoverState(state: ClusterState | null, operation: JournalEntry | null, maintenance: boolean): FailoverState {

@@ -11,7 +11,8 @@ export class FailoverResolver {
 
   @Authorized("viewer")
   @Query(() => [Failover], {
-    description: "Finished failovers, switchovers and failbacks, newest first: the consolidated Failover records, with recent ones not yet consolidated read from the events stream.",
+    description:
+      "Finished failovers, switchovers and failbacks, newest first: the consolidated Failover records, with recent ones not yet consolidated read from the events stream.",
     complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.limit ?? 20),
   })
   async failovers(@Args(() => FailoversArgs) args: FailoversArgs): Promise<Failover[]> {
@@ -19,10 +20,14 @@ export class FailoverResolver {
   }
 
   @Authorized("viewer")
-  @Query(() => FailoverState, { description: "The recorded primary, fenced nodes, synchronous set, maintenance mode and the operation in flight." })
+  @Query(() => FailoverState, {
+    description: "The recorded primary, fenced nodes, synchronous set, maintenance mode and the operation in flight.",
+  })
   async failoverState(): Promise<FailoverState> {
     const { failover } = this.services;
-    const [state, operation, maintenance] = await redisCall("reading the failover state", () => Promise.all([failover.state(), failover.operation(), failover.maintenance()]));
+    const [state, operation, maintenance] = await redisCall("reading the failover state", () =>
+      Promise.all([failover.state(), failover.operation(), failover.maintenance()]),
+    );
     return toFailoverState(state, operation, maintenance);
   }
 
@@ -32,7 +37,8 @@ export class FailoverResolver {
       "Fences the primary and promotes the most advanced eligible replica (or `to`); waits until it completed. A healthy primary is refused (PRECONDITION_FAILED: use switchover) unless force; force also promotes a replica that is not eligible, which may lose acknowledged commits. NO_ELIGIBLE_REPLICA when no replica may be promoted, OPERATION_IN_PROGRESS while another operation runs.",
   })
   async failover(
-    @Arg("to", () => String, { nullable: true, description: "The replica to promote (default: the most advanced eligible one)." }) to: string | null,
+    @Arg("to", () => String, { nullable: true, description: "The replica to promote (default: the most advanced eligible one)." })
+    to: string | null,
     @Arg("force", () => Boolean, { defaultValue: false }) force: boolean,
   ): Promise<Failover> {
     return toFailover(await this.services.failover.failover({ to: to ?? null, force }));
@@ -55,7 +61,8 @@ export class FailoverResolver {
 
   @Authorized("operator")
   @Mutation(() => String, {
-    description: "Brings a fenced (or lost) node back as a replica of the primary and returns how: rewind (pg_rewind), reseed (seeded again from scratch) or restart (it already followed the primary).",
+    description:
+      "Brings a fenced (or lost) node back as a replica of the primary and returns how: rewind (pg_rewind), reseed (seeded again from scratch) or restart (it already followed the primary).",
   })
   async rejoinNode(@Arg("name", () => String) name: string): Promise<string> {
     return this.services.failover.rejoin(name);
@@ -72,7 +79,10 @@ export class FailoverResolver {
   }
 
   @Authorized("operator")
-  @Mutation(() => Boolean, { description: "Stops a replica, deletes its data and its slot on the primary, and removes it from the cluster. PRECONDITION_FAILED for the primary." })
+  @Mutation(() => Boolean, {
+    description:
+      "Stops a replica, deletes its data and its slot on the primary, and removes it from the cluster. PRECONDITION_FAILED for the primary.",
+  })
   async removeReplica(@Arg("name", () => String) name: string): Promise<boolean> {
     await this.services.failover.removeReplica(name);
     return true;
@@ -80,7 +90,8 @@ export class FailoverResolver {
 
   @Authorized("operator")
   @Mutation(() => Boolean, {
-    description: "Maintenance mode on (true) or off: while on, no automatic failover, rejoin or failback (manual operations still run). Returns the new setting; a cluster:maintenance event names the token.",
+    description:
+      "Maintenance mode on (true) or off: while on, no automatic failover, rejoin or failback (manual operations still run). Returns the new setting; a cluster:maintenance event names the token.",
   })
   async setMaintenance(@Arg("enabled", () => Boolean) enabled: boolean, @Ctx() context: ApiContext): Promise<boolean> {
     const actor = { id: context.identity.id, role: context.identity.role };

@@ -42,7 +42,10 @@ export class ScheduleResolver {
 
   @Authorized("operator")
   @Mutation(() => [Schedule], { description: "Pauses (or resumes) a job's schedule." })
-  async pauseSchedule(@Arg("name") name: string, @Arg("paused", () => Boolean, { defaultValue: true }) paused: boolean): Promise<Schedule[]> {
+  async pauseSchedule(
+    @Arg("name") name: string,
+    @Arg("paused", () => Boolean, { defaultValue: true }) paused: boolean,
+  ): Promise<Schedule[]> {
     await this.services.scheduler.pause(name, paused);
     return this.schedules();
   }
@@ -55,7 +58,9 @@ export class ScheduleResolver {
   }
 
   @Authorized("operator")
-  @Mutation(() => Boolean, { description: "Runs a scheduled job now, once, through the scheduler (skipped, and recorded, if a backup is running)." })
+  @Mutation(() => Boolean, {
+    description: "Runs a scheduled job now, once, through the scheduler (skipped, and recorded, if a backup is running).",
+  })
   async runScheduleNow(@Arg("name") name: string): Promise<boolean> {
     await this.services.scheduler.runNow(name);
     return true;

@@ -53,12 +53,15 @@ export class ContainerFiles {
     this.agents.clear();
   }
 
-
   /**
    * Runs a command on the node's data directory. A container that stops
    * between the choice and the exec (409) is chosen again once.
    */
-  async run(node: NodeRef, cmd: readonly string[], options: Partial<ContainerCommandOptions> = {}): Promise<{ exitCode: number; stdout: Buffer; stderr: string }> {
+  async run(
+    node: NodeRef,
+    cmd: readonly string[],
+    options: Partial<ContainerCommandOptions> = {},
+  ): Promise<{ exitCode: number; stdout: Buffer; stderr: string }> {
     for (let attempt = 0; ; attempt += 1) {
       const container = await this.containers.workContainer(node);
       try {
@@ -69,7 +72,6 @@ export class ContainerFiles {
       }
     }
   }
-
 
   /**
    * The least busy of the container's file agents; a second one is started
@@ -103,7 +105,11 @@ export class ContainerFiles {
    * cannot answer (its container stopped meanwhile, a write failed) the same
    * work runs over an exec of its own, which also gives the real error.
    */
-  private async viaAgent<T>(node: NodeRef, work: (agent: FileAgent) => Promise<T>, fallback: (failure: AgentUnavailable | null) => Promise<T>): Promise<T> {
+  private async viaAgent<T>(
+    node: NodeRef,
+    work: (agent: FileAgent) => Promise<T>,
+    fallback: (failure: AgentUnavailable | null) => Promise<T>,
+  ): Promise<T> {
     let agent: FileAgent;
     try {
       agent = await this.agentFor(node);
@@ -124,9 +130,13 @@ export class ContainerFiles {
   }
 
   failed(node: NodeRef, what: string, result: { exitCode: number; stderr: string }): RelevoError {
-    return new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot ${what}: ${result.stderr.trim() || `exit ${result.exitCode}`}`, {
-      details: { exitCode: result.exitCode, stderr: result.stderr.slice(-4000) },
-    });
+    return new RelevoError(
+      ErrorCode.CommandFailed,
+      `node ${node.name}: cannot ${what}: ${result.stderr.trim() || `exit ${result.exitCode}`}`,
+      {
+        details: { exitCode: result.exitCode, stderr: result.stderr.slice(-4000) },
+      },
+    );
   }
 
   async readFile(node: NodeRef, relativePath: string): Promise<Buffer | null> {
@@ -207,7 +217,12 @@ export class ContainerFiles {
     return true;
   }
 
-  async readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  async readChunks(
+    node: NodeRef,
+    relativePath: string,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean> {
     return this.streamInChunks(node, readCommand(this.inside(relativePath)), `read ${relativePath}`, options, consume);
   }
 
@@ -222,7 +237,14 @@ export class ContainerFiles {
     if (ranges.length === 0) return (await this.run(node, existsCommand(file))).exitCode !== ABSENT;
     for (let start = 0; start < ranges.length; start += RANGES_PER_COMMAND) {
       const batch = ranges.slice(start, start + RANGES_PER_COMMAND);
-      const found = await this.streamInChunks(node, readRangesCommand(file, batch), `read ranges of ${relativePath}`, options, consume, batch.map((range) => range.length));
+      const found = await this.streamInChunks(
+        node,
+        readRangesCommand(file, batch),
+        `read ranges of ${relativePath}`,
+        options,
+        consume,
+        batch.map((range) => range.length),
+      );
       if (!found) {
         if (start === 0) return false;
         // Removed after its first ranges were read: the rest reads as zeros, as past a file's end.
@@ -233,7 +255,12 @@ export class ContainerFiles {
     return true;
   }
 
-  async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number; fresh?: boolean } = {}): Promise<void> {
+  async writeFile(
+    node: NodeRef,
+    relativePath: string,
+    content: string | Buffer,
+    options: { mode?: number; fresh?: boolean } = {},
+  ): Promise<void> {
     const file = this.inside(relativePath);
     const bytes = typeof content === "string" ? Buffer.from(content, "utf8") : content;
     const settings = { mode: options.mode ?? 0o600, fresh: options.fresh ?? false };
@@ -246,11 +273,21 @@ export class ContainerFiles {
         return this.writeThroughExec(node, relativePath, bytes, { ...settings, durable: true });
       },
     );
-    if (outcome === "exists") throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot write ${relativePath}: it exists already`);
+    if (outcome === "exists")
+      throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot write ${relativePath}: it exists already`);
   }
 
-  async writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
-    await this.writeThroughExec(node, relativePath, source, { mode: options.mode ?? 0o600, fresh: false, durable: options.durable ?? true });
+  async writeStream(
+    node: NodeRef,
+    relativePath: string,
+    source: AsyncIterable<Buffer>,
+    options: { mode?: number; durable?: boolean } = {},
+  ): Promise<void> {
+    await this.writeThroughExec(node, relativePath, source, {
+      mode: options.mode ?? 0o600,
+      fresh: false,
+      durable: options.durable ?? true,
+    });
   }
 
   /**

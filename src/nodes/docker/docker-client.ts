@@ -19,12 +19,21 @@ export function connectDocker(endpoint: DockerEndpoint): Docker {
   }
   const url = new URL(host.replace(/^tcp:/, endpoint.certPath ? "https:" : "http:"));
   const tls = endpoint.certPath ? clientCertificates(endpoint.certPath) : {};
-  return new Docker({ protocol: endpoint.certPath ? "https" : "http", host: url.hostname, port: Number(url.port || (endpoint.certPath ? 2376 : 2375)), ...tls });
+  return new Docker({
+    protocol: endpoint.certPath ? "https" : "http",
+    host: url.hostname,
+    port: Number(url.port || (endpoint.certPath ? 2376 : 2375)),
+    ...tls,
+  });
 }
 
 /** ca.pem, cert.pem and key.pem of a directory, checked to make a TLS context (a malformed file or a key of another certificate is a configuration error, not a failed request later). */
 function clientCertificates(directory: string): { ca: Buffer; cert: Buffer; key: Buffer } {
-  const files = { ca: certificateFile(directory, "ca.pem"), cert: certificateFile(directory, "cert.pem"), key: certificateFile(directory, "key.pem") };
+  const files = {
+    ca: certificateFile(directory, "ca.pem"),
+    cert: certificateFile(directory, "cert.pem"),
+    key: certificateFile(directory, "key.pem"),
+  };
   try {
     createSecureContext(files);
   } catch (error) {
@@ -91,7 +100,9 @@ export function translateEngineError(error: unknown, context: EngineContext & { 
       `the Docker engine at ${context.endpoint} does not answer (${e.code}) while trying to ${context.action}: start it ` +
         `(scripts/docker/start-engine.sh on Debian), or set RELEVO_DOCKER_HOST` +
         // A TLS engine that refuses this client's certificate resets the connection after the handshake.
-        (context.tls && e.code === "ECONNRESET" ? `; over TLS, also check that the engine trusts the client certificate in RELEVO_DOCKER_CERT_PATH` : ""),
+        (context.tls && e.code === "ECONNRESET"
+          ? `; over TLS, also check that the engine trusts the client certificate in RELEVO_DOCKER_CERT_PATH`
+          : ""),
       { cause: error, details: { env: "RELEVO_DOCKER_HOST" } },
     );
   }
@@ -109,7 +120,10 @@ export function translateEngineError(error: unknown, context: EngineContext & { 
   if (e.statusCode === 409 && /already in use|conflict/i.test(message)) {
     return new RelevoError(ErrorCode.ContainerConflict, `cannot ${context.action}: ${message}`, { cause: error });
   }
-  return new RelevoError(ErrorCode.CommandFailed, `Docker engine: cannot ${context.action}: ${message}`, { cause: error, details: { statusCode: e.statusCode ?? null } });
+  return new RelevoError(ErrorCode.CommandFailed, `Docker engine: cannot ${context.action}: ${message}`, {
+    cause: error,
+    details: { statusCode: e.statusCode ?? null },
+  });
 }
 
 export function imageMissing(image: string, cause?: unknown): RelevoError {

@@ -99,7 +99,8 @@ export class DockerDriver implements NodeDriver {
     await this.containers.locked(node, () => this.containers.ensureNodeContainer(node));
     // A new volume carries the image's directory mode (1777): PostgreSQL wants 0700.
     const chmod = await this.files.run(node, ["chmod", "700", PGDATA]);
-    if (chmod.exitCode !== 0) throw new RelevoError(ErrorCode.DataDirNotOurs, `node ${node.name}: cannot take ${PGDATA} for PostgreSQL: ${chmod.stderr.trim()}`);
+    if (chmod.exitCode !== 0)
+      throw new RelevoError(ErrorCode.DataDirNotOurs, `node ${node.name}: cannot take ${PGDATA} for PostgreSQL: ${chmod.stderr.trim()}`);
   }
 
   /**
@@ -115,17 +116,25 @@ export class DockerDriver implements NodeDriver {
       if (adopted) {
         await this.signal(this.docker.getContainer(nodeContainer.Id), "SIGKILL");
         if (!(await this.waitStopped(this.docker.getContainer(nodeContainer.Id), 10000))) {
-          throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${nodeContainer.Name} survived SIGKILL for 10 s; its data is left as it is`);
+          throw new RelevoError(
+            ErrorCode.Timeout,
+            `node ${node.name}: container ${nodeContainer.Name} survived SIGKILL for 10 s; its data is left as it is`,
+          );
         }
       }
       if (nodeContainer) this.files.stopAgentsOf(nodeContainer.Id);
       if (adopted) {
-        const wiped = await runContainerCommand(await this.containers.startTools(node), ["find", PGDATA, "-mindepth", "1", "-delete"], { user: PG_USER });
+        const wiped = await runContainerCommand(await this.containers.startTools(node), ["find", PGDATA, "-mindepth", "1", "-delete"], {
+          user: PG_USER,
+        });
         if (wiped.exitCode !== 0) throw this.files.failed(node, "empty its data volume", wiped);
       }
       await this.removeTools(node);
       if (adopted) return;
-      if (nodeContainer) await this.containers.engine(`remove container ${nodeContainer.Name}`, () => this.docker.getContainer(nodeContainer.Id).remove({ force: true, v: false }));
+      if (nodeContainer)
+        await this.containers.engine(`remove container ${nodeContainer.Name}`, () =>
+          this.docker.getContainer(nodeContainer.Id).remove({ force: true, v: false }),
+        );
       const directory = this.options.dataDirectories?.[node.name];
       if (directory) return rm(directory, { recursive: true, force: true });
       await this.containers.engine(`remove the volume of node ${node.name}`, async () => {
@@ -144,7 +153,8 @@ export class DockerDriver implements NodeDriver {
 
   /** The node's state from its container as just inspected (null: none). */
   private async stateOf(node: NodeRef, info: Docker.ContainerInspectInfo | null): Promise<NodeProcessState> {
-    if (info?.State.Running) return info.State.Paused ? { phase: "paused", pid: info.State.Pid } : { phase: "running", pid: info.State.Pid };
+    if (info?.State.Running)
+      return info.State.Paused ? { phase: "paused", pid: info.State.Pid } : { phase: "running", pid: info.State.Pid };
     // A container removed behind Relevo's back leaves the data in its volume: stopped, recreated on start.
     if (info || (await this.containers.volumeExists(node))) return { phase: "stopped" };
     return { phase: "absent" };
@@ -200,18 +210,27 @@ export class DockerDriver implements NodeDriver {
     while (true) {
       const info = await this.containers.engine("inspect a starting container", () => container.inspect());
       if (!info.State.Running) {
-        throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not start (container exited with ${info.State.ExitCode}): ${await this.logTail(container)}`, {
-          details: { container: info.Name, exitCode: info.State.ExitCode },
-        });
+        throw new RelevoError(
+          ErrorCode.CommandFailed,
+          `node ${node.name} did not start (container exited with ${info.State.ExitCode}): ${await this.logTail(container)}`,
+          {
+            details: { container: info.Name, exitCode: info.State.ExitCode },
+          },
+        );
       }
-      const pidFile = await runContainerCommand(container, readCommand(path.posix.join(PGDATA, "postmaster.pid")), { user: PG_USER }).catch(() => null);
+      const pidFile = await runContainerCommand(container, readCommand(path.posix.join(PGDATA, "postmaster.pid")), { user: PG_USER }).catch(
+        () => null,
+      );
       const lines = pidFile?.exitCode === 0 ? pidFile.stdout.toString("utf8").split("\n") : [];
       // A killed server's postmaster.pid says "ready" too: only this start's counts (line 3, its start time).
       const startedAt = Math.floor(Date.parse(info.State.StartedAt) / 1000);
       const current = Number(lines[2]) >= startedAt;
       if (current && (lines[7]?.trim() === "ready" || lines[7]?.trim() === "standby")) return;
       if (Date.now() > deadline) {
-        throw new RelevoError(ErrorCode.Timeout, `node ${node.name} did not accept connections within ${timeoutMs} ms: ${await this.logTail(container)}`);
+        throw new RelevoError(
+          ErrorCode.Timeout,
+          `node ${node.name} did not accept connections within ${timeoutMs} ms: ${await this.logTail(container)}`,
+        );
       }
       await sleep(100);
     }
@@ -236,7 +255,8 @@ export class DockerDriver implements NodeDriver {
     // SIGKILL to PID 1 of a container ends every process in it: no backend outlives the postmaster.
     await this.signal(container, "SIGKILL");
     if (info.State.Paused) await this.containers.engine("thaw a killed container", () => container.unpause()).catch(() => undefined);
-    if (!(await this.waitStopped(container, 10000))) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${info.Name} survived SIGKILL for 10 s`);
+    if (!(await this.waitStopped(container, 10000)))
+      throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${info.Name} survived SIGKILL for 10 s`);
     this.files.stopAgentsOf(info.Id);
   }
 
@@ -325,7 +345,11 @@ export class DockerDriver implements NodeDriver {
     await this.containers.locked(node, async () => {
       const info = await this.containers.find(node, "node");
       if (info?.State.Running) return;
-      const removed = await runContainerCommand(await this.containers.startTools(node), removeCommand([path.posix.join(PGDATA, "postmaster.pid")]), { user: PG_USER });
+      const removed = await runContainerCommand(
+        await this.containers.startTools(node),
+        removeCommand([path.posix.join(PGDATA, "postmaster.pid")]),
+        { user: PG_USER },
+      );
       if (removed.exitCode !== 0) throw this.files.failed(node, "remove a stale postmaster.pid", removed);
     });
   }
@@ -344,11 +368,22 @@ export class DockerDriver implements NodeDriver {
     return this.files.openRead(node, relativePath);
   }
 
-  readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  readChunks(
+    node: NodeRef,
+    relativePath: string,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean> {
     return this.files.readChunks(node, relativePath, options, consume);
   }
 
-  readRanges(node: NodeRef, relativePath: string, ranges: ReadonlyArray<ByteRange>, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  readRanges(
+    node: NodeRef,
+    relativePath: string,
+    ranges: ReadonlyArray<ByteRange>,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean> {
     return this.files.readRanges(node, relativePath, ranges, options, consume);
   }
 
@@ -356,7 +391,12 @@ export class DockerDriver implements NodeDriver {
     return this.files.writeFile(node, relativePath, content, options);
   }
 
-  writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options?: { mode?: number; durable?: boolean }): Promise<void> {
+  writeStream(
+    node: NodeRef,
+    relativePath: string,
+    source: AsyncIterable<Buffer>,
+    options?: { mode?: number; durable?: boolean },
+  ): Promise<void> {
     return this.files.writeStream(node, relativePath, source, options);
   }
 

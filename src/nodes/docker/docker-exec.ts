@@ -34,7 +34,11 @@ const STDERR_KEPT = 16 * 1024;
  * container (docker-modem's demuxStream concatenates into one growing buffer
  * and ignores back-pressure: a whole file would end up in memory).
  */
-export async function startContainerCommand(container: Docker.Container, cmd: readonly string[], options: ContainerCommandOptions): Promise<StartedCommand> {
+export async function startContainerCommand(
+  container: Docker.Container,
+  cmd: readonly string[],
+  options: ContainerCommandOptions,
+): Promise<StartedCommand> {
   const hasStdin = options.stdin !== undefined;
   const exec = await container.exec({
     Cmd: [...cmd],
@@ -53,7 +57,8 @@ export async function startContainerCommand(container: Docker.Container, cmd: re
   const drained = new Promise<void>((resolve) => (settle = resolve));
   async function* stdout(): AsyncGenerator<Buffer> {
     try {
-      for await (const frame of demultiplex(connection, (piece) => (stderr = (stderr + piece.toString("utf8")).slice(-STDERR_KEPT)))) yield frame;
+      for await (const frame of demultiplex(connection, (piece) => (stderr = (stderr + piece.toString("utf8")).slice(-STDERR_KEPT))))
+        yield frame;
     } finally {
       connection.destroy();
       settle();

@@ -234,7 +234,10 @@ export class FileAgent {
       let offset = 0;
       for (const part of this.pending) {
         const newline = part.indexOf(10);
-        if (newline >= 0) return this.take(offset + newline + 1).toString("utf8").trimEnd();
+        if (newline >= 0)
+          return this.take(offset + newline + 1)
+            .toString("utf8")
+            .trimEnd();
         offset += part.length;
       }
       await this.more();

@@ -19,7 +19,11 @@ export function readCommand(file: string): string[] {
 }
 
 export function readSmallCommand(file: string, maxBytes: number): string[] {
-  return sh(`[ -e "$1" ] || exit ${ABSENT}; size=$(stat -c %s -- "$1") || exit 1; if [ "$size" -gt "$2" ]; then echo "$size"; exit ${TOO_LARGE}; fi; exec cat -- "$1"`, file, String(maxBytes));
+  return sh(
+    `[ -e "$1" ] || exit ${ABSENT}; size=$(stat -c %s -- "$1") || exit 1; if [ "$size" -gt "$2" ]; then echo "$size"; exit ${TOO_LARGE}; fi; exec cat -- "$1"`,
+    file,
+    String(maxBytes),
+  );
 }
 
 export function existsCommand(file: string): string[] {

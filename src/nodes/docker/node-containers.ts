@@ -111,7 +111,8 @@ export class NodeContainers {
         await container.start();
         const { StatusCode } = (await container.wait()) as { StatusCode: number };
         const logs = demultiplexBuffer((await container.logs({ stdout: true, stderr: true })) as unknown as Buffer);
-        if (StatusCode !== 0) throw new RelevoError(ErrorCode.MissingBinary, `image ${this.options.image} has no PostgreSQL for Relevo: ${logs.trim()}`);
+        if (StatusCode !== 0)
+          throw new RelevoError(ErrorCode.MissingBinary, `image ${this.options.image} has no PostgreSQL for Relevo: ${logs.trim()}`);
         return logs;
       } finally {
         await container.remove({ force: true, v: true }).catch(() => undefined);
@@ -128,7 +129,6 @@ export class NodeContainers {
     this.imageFacts = { owner: { uid: Number(uid), gid: Number(gid), name: PG_USER }, version: version!.trim() };
     return this.imageFacts;
   }
-
 
   /** The node's container (or tools container) by its labels, adopted whoever made it; null when there is none. */
   async find(node: NodeRef, role: ContainerRole): Promise<Docker.ContainerInspectInfo | null> {
@@ -182,7 +182,12 @@ export class NodeContainers {
     if (directory) return { Type: "bind", Source: directory, Target: PGDATA, ReadOnly: false };
     const existing = adopted?.Mounts.find((mount) => mount.Destination === PGDATA);
     if (existing && (existing.Type === "volume" || existing.Type === "bind")) {
-      return { Type: existing.Type, Source: existing.Type === "volume" ? existing.Name! : existing.Source, Target: PGDATA, ReadOnly: false };
+      return {
+        Type: existing.Type,
+        Source: existing.Type === "volume" ? existing.Name! : existing.Source,
+        Target: PGDATA,
+        ReadOnly: false,
+      };
     }
     return { Type: "volume", Source: volumeName(this.naming(node)), Target: PGDATA, ReadOnly: false };
   }
@@ -192,7 +197,12 @@ export class NodeContainers {
     const repository = this.options.repository;
     // A bind source must exist (the service makes the repository before any node; a bare driver may have none).
     if (repository && (repository.kind === "volume" || existsSync(repository.path))) {
-      mounts.push({ Type: repository.kind, Source: repository.kind === "bind" ? repository.path : repository.name, Target: repository.path, ReadOnly: true });
+      mounts.push({
+        Type: repository.kind,
+        Source: repository.kind === "bind" ? repository.path : repository.name,
+        Target: repository.path,
+        ReadOnly: true,
+      });
     }
     return mounts;
   }
@@ -213,7 +223,10 @@ export class NodeContainers {
       if (process.getuid?.() === 0) await chown(mounts[0]!.Source, owner.uid, owner.gid);
     } else {
       await this.engine(`create the volume of node ${node.name}`, () =>
-        this.docker.createVolume({ Name: mounts[0]!.Source, Labels: { [LABELS.cluster]: this.options.clusterName, [LABELS.node]: node.name, [LABELS.home]: this.options.home } }),
+        this.docker.createVolume({
+          Name: mounts[0]!.Source,
+          Labels: { [LABELS.cluster]: this.options.clusterName, [LABELS.node]: node.name, [LABELS.home]: this.options.home },
+        }),
       );
     }
     const spec = nodeContainerSpec({ naming: this.naming(node), image: this.options.image, home: this.options.home, mounts });
@@ -270,9 +283,17 @@ export class NodeContainers {
     if (!info) {
       const adopted = await this.find(node, "node");
       if (!adopted && !(await this.volumeExists(node))) {
-        throw new RelevoError(ErrorCode.NodeMissing, `node ${node.name} has neither a container nor a volume on the Docker engine; it must be created first`);
+        throw new RelevoError(
+          ErrorCode.NodeMissing,
+          `node ${node.name} has neither a container nor a volume on the Docker engine; it must be created first`,
+        );
       }
-      const spec = toolsContainerSpec({ naming: this.naming(node), image: this.options.image, home: this.options.home, mounts: this.mountsFor(node, adopted) });
+      const spec = toolsContainerSpec({
+        naming: this.naming(node),
+        image: this.options.image,
+        home: this.options.home,
+        mounts: this.mountsFor(node, adopted),
+      });
       const created = await this.create(node, spec);
       info = await this.engine("inspect the tools container", () => created.inspect());
     }

@@ -150,11 +150,10 @@ export class LocalDriver implements NodeDriver {
         detached: true,
       });
     } catch (error) {
-      throw new RelevoError(
-        ErrorCode.CommandFailed,
-        `node ${node.name} did not start: ${await this.logTail(node)}`,
-        { cause: error, details: { logFile: this.logFile(node) } },
-      );
+      throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not start: ${await this.logTail(node)}`, {
+        cause: error,
+        details: { logFile: this.logFile(node) },
+      });
     }
   }
 
@@ -187,7 +186,8 @@ export class LocalDriver implements NodeDriver {
       return [...left, ...(await processesInGroup(group))];
     };
     for (let waited = 0; (await alive()).length > 0; waited += 50) {
-      if (waited > 10000) throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes ${(await alive()).join(", ")} survived SIGKILL for 10 s`);
+      if (waited > 10000)
+        throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: processes ${(await alive()).join(", ")} survived SIGKILL for 10 s`);
       await sleep(50);
     }
     // Dead but maybe not yet reaped: a new postmaster would take the zombie's
@@ -257,7 +257,12 @@ export class LocalDriver implements NodeDriver {
     return readOptionalFile(resolveInside(this.dataDirectory(node), relativePath));
   }
 
-  async readChunks(node: NodeRef, relativePath: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+  async readChunks(
+    node: NodeRef,
+    relativePath: string,
+    options: ChunkedReadOptions,
+    consume: (chunk: Buffer) => Promise<void>,
+  ): Promise<boolean> {
     return readLocalChunks(resolveInside(this.dataDirectory(node), relativePath), options, consume);
   }
 
@@ -275,7 +280,12 @@ export class LocalDriver implements NodeDriver {
     return readSmallLocalFile(resolveInside(this.dataDirectory(node), relativePath), maxBytes);
   }
 
-  async writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options: { mode?: number; fresh?: boolean } = {}): Promise<void> {
+  async writeFile(
+    node: NodeRef,
+    relativePath: string,
+    content: string | Buffer,
+    options: { mode?: number; fresh?: boolean } = {},
+  ): Promise<void> {
     const file = resolveInside(this.dataDirectory(node), relativePath);
     const settings = { mode: options.mode ?? 0o600, identity: this.identity };
     if (options.fresh) await writeNewFile(file, content, settings);
@@ -286,7 +296,12 @@ export class LocalDriver implements NodeDriver {
     return openOptionalReadStream(resolveInside(this.dataDirectory(node), relativePath));
   }
 
-  async writeStream(node: NodeRef, relativePath: string, source: AsyncIterable<Buffer>, options: { mode?: number; durable?: boolean } = {}): Promise<void> {
+  async writeStream(
+    node: NodeRef,
+    relativePath: string,
+    source: AsyncIterable<Buffer>,
+    options: { mode?: number; durable?: boolean } = {},
+  ): Promise<void> {
     await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, {
       mode: options.mode ?? 0o600,
       identity: this.identity,

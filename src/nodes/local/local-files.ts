@@ -27,12 +27,22 @@ async function openIfExists(file: string): Promise<FileHandle | null> {
 }
 
 /** See NodeDriver.readChunks: a fixed set of buffers, reused. */
-export async function readLocalChunks(file: string, options: ChunkedReadOptions, consume: (chunk: Buffer) => Promise<void>): Promise<boolean> {
+export async function readLocalChunks(
+  file: string,
+  options: ChunkedReadOptions,
+  consume: (chunk: Buffer) => Promise<void>,
+): Promise<boolean> {
   let position = 0;
-  return pumpReads(file, options, consume, (buffer) => ({ position, length: buffer.length }), (read) => {
-    position += read;
-    return read > 0 ? "use" : "stop";
-  });
+  return pumpReads(
+    file,
+    options,
+    consume,
+    (buffer) => ({ position, length: buffer.length }),
+    (read) => {
+      position += read;
+      return read > 0 ? "use" : "stop";
+    },
+  );
 }
 
 /** See NodeDriver.readRanges: the ranges in pieces of at most one buffer, past the end read as zeros. */
@@ -135,7 +145,11 @@ export async function readSmallLocalFile(file: string, maxBytes: number): Promis
 }
 
 /** Creates a file that must not exist yet (O_EXCL), owned by the PostgreSQL user; its directory must exist. */
-export async function writeNewFile(file: string, content: string | Buffer, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+export async function writeNewFile(
+  file: string,
+  content: string | Buffer,
+  options: { mode: number; identity: OsIdentity | null },
+): Promise<void> {
   const handle = await open(file, "wx", options.mode);
   try {
     await handle.writeFile(content);
@@ -226,7 +240,11 @@ export async function writeStreamAtomic(
 }
 
 /** mkdir -p, every created level owned by the PostgreSQL user. */
-export async function makeDirectoryOwned(root: string, relativePath: string, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+export async function makeDirectoryOwned(
+  root: string,
+  relativePath: string,
+  options: { mode: number; identity: OsIdentity | null },
+): Promise<void> {
   let current = root;
   for (const part of relativePath.split("/").filter((p) => p && p !== ".")) {
     current = path.join(current, part);
