@@ -158,15 +158,17 @@ describe("full backup and point-in-time restore", () => {
 
   test("each archived segment is summarised once: the blocks an update touched, per relation file", async () => {
     await sql(primary(), "CREATE TABLE summarised AS SELECT g AS id, repeat('s', 200) AS pad FROM generate_series(1, 2000) g");
-    const [{ file, blocks }] = await sql<{ file: string; blocks: number }>(
-      primary(),
-      "SELECT pg_relation_filepath('summarised') AS file, pg_relation_size('summarised') / 8192 AS blocks",
-    );
+    const { file, blocks } = (
+      await sql<{ file: string; blocks: number }>(
+        primary(),
+        "SELECT pg_relation_filepath('summarised') AS file, pg_relation_size('summarised') / 8192 AS blocks",
+      )
+    )[0]!;
     const relation = file.replace(/^base\//, "1663/");
     await sql(primary(), "SELECT pg_switch_wal()");
     // Only the last block's rows change; the segment holding the update is closed, then its successor too.
     await sql(primary(), `UPDATE summarised SET pad = 'changed' WHERE id > 1990`);
-    const [{ segment }] = await sql<{ segment: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS segment");
+    const { segment } = (await sql<{ segment: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS segment"))[0]!;
     await sql(primary(), "SELECT pg_switch_wal()");
     await sql(primary(), "CREATE TABLE nudge ()"); // something in the next segment, so that it can be closed too
     await sql(primary(), "SELECT pg_switch_wal()");
@@ -191,9 +193,9 @@ describe("full backup and point-in-time restore", () => {
     // checksums logs each page once. Some record straddles each boundary.
     await sql(primary(), "CREATE TABLE straddled AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 150000) g");
     await sql(primary(), "CHECKPOINT");
-    const [{ first }] = await sql<{ first: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS first");
+    const { first } = (await sql<{ first: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS first"))[0]!;
     await sql(primary(), "SELECT count(*) FROM straddled");
-    const [{ last }] = await sql<{ last: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS last");
+    const { last } = (await sql<{ last: string }>(primary(), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS last"))[0]!;
     await sql(primary(), "SELECT pg_switch_wal()");
     await sql(primary(), "CREATE TABLE nudge2 ()");
     await sql(primary(), "SELECT pg_switch_wal()");

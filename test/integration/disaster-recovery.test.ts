@@ -32,7 +32,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
       // Written after the backup, and not followed by a segment switch: it
       // exists only in the segment the archiver is still receiving.
       await sql("INSERT INTO precious SELECT g, md5(g::text) FROM generate_series(20001, 25000) g");
-      const [{ lsn }] = await sql<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn");
+      const { lsn } = (await sql<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn"))[0]!;
       await eventually(
         async () =>
           (
@@ -75,7 +75,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
       expect(await sql("SELECT application_name, state FROM pg_stat_replication WHERE application_name = 'node2'")).toEqual([
         { application_name: "node2", state: "streaming" },
       ]);
-      const [{ timeline }] = await sql<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()");
+      const { timeline } = (await sql<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()"))[0]!;
       expect(timeline).toBeGreaterThan(1);
 
       // Relevo takes the rebuilt cluster over as it was: primary and streaming replica, a backup works on the new timeline.
