@@ -19,7 +19,7 @@ import { UnreachableCaseError } from "./errors";
 import { Consolidator } from "./events/consolidator";
 import { EventLog } from "./events/event-log";
 import type { EventDraft } from "./events/event-map";
-import { redisKeys, type RedisKeys } from "./redis/keys";
+import { CONSOLIDATOR_GROUP, redisKeys, type RedisKeys } from "./redis/keys";
 import { createRedisPubSub, publisherOf } from "./events/redis-pubsub";
 import type { Logger } from "./log";
 import { createNodeDriver } from "./nodes/create-driver";
@@ -38,7 +38,7 @@ import { projectRoot } from "./util/project-root";
 import { ClusterStateStore } from "./failover/cluster-state";
 import { OperationJournal } from "./failover/operation-journal";
 import { FailoverOperations } from "./failover/operations";
-import { FailoverService, leaseKeyOf } from "./failover/failover-service";
+import { FailoverService } from "./failover/failover-service";
 
 export interface RelevoService {
   readonly apiUrl: string;
@@ -143,7 +143,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const pgIdentity = await driver.fileOwner();
     const repository = new Repository(config.repository, pgIdentity);
     await repository.ensure();
-    const store = new ClusterStateStore(redis, `${keys.prefix}:cluster-state`);
+    const store = new ClusterStateStore(redis, keys.clusterState);
     const recordedFences = new Set((await store.read().catch(() => null))?.fenced ?? []);
     const bootstrapDeps = {
       config,
@@ -183,7 +183,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const walSummarizer = walSummarizerFor(repository, config, logger);
     // One archiver across service instances (a slot serves one receiver at a time anyway).
     const archiverRole = new LeaderRole(
-      new RedisLease(redis, `${keys.prefix}:lease:wal-archiver`, config.leaseTtlMs, instanceId),
+      new RedisLease(redis, keys.leases.walArchiver, config.leaseTtlMs, instanceId),
       {
         name: "wal-archiver",
         start: () => {
@@ -251,9 +251,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       topology: () => collector.latest,
       nodes,
       sourcePolicy: config.backupSource,
-      progress: new BackupProgressRecorder(redis, keys.prefix, publisherOf(pubSub)),
+      progress: new BackupProgressRecorder(redis, keys, publisherOf(pubSub)),
       maxSourceLagBytes: config.lagAlertBytes,
-      lease: new RedisLease(redis, `${keys.prefix}:lease:backup`, config.leaseTtlMs, instanceId),
+      lease: new RedisLease(redis, keys.leases.backup, config.leaseTtlMs, instanceId),
     });
     cleanups.push(() => backups.waitForIdle());
 
@@ -272,7 +272,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     cleanups.push(async () => agendaRedis.disconnect());
     const scheduler = new BackupScheduler({
       redis: agendaRedis,
-      keyPrefix: keys.prefix,
+      keys: keys.agenda,
       backups,
       events,
       logger,
@@ -290,7 +290,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     await scheduler.start();
     cleanups.push(() => scheduler.stop());
 
-    const journal = new OperationJournal(redis, keys.prefix, config.leaseTtlMs, instanceId, logger);
+    const journal = new OperationJournal(redis, keys.operation, config.leaseTtlMs, instanceId, logger);
     const operations = new FailoverOperations({
       config,
       membership,
@@ -298,7 +298,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
       secrets,
       superuser,
       redis,
-      keyPrefix: keys.prefix,
+      keys,
       store,
       journal,
       events,
@@ -308,14 +308,14 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     });
     const failover = new FailoverService({
       redis,
-      keyPrefix: keys.prefix,
+      keys,
       nodes,
       store,
       journal,
       operations,
       events,
       logger,
-      lease: new RedisLease(redis, leaseKeyOf(keys.prefix), config.leaseTtlMs, instanceId),
+      lease: new RedisLease(redis, keys.leases.failoverMonitor, config.leaseTtlMs, instanceId),
       leaseTtlMs: config.leaseTtlMs,
       database,
       monitor: { config, driver, superuser, topology: () => collector.latest },
@@ -410,7 +410,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
 async function drainConsolidator(consolidator: Consolidator, redis: Redis, keys: RedisKeys): Promise<void> {
   const deadline = Date.now() + 3000;
   while (Date.now() < deadline) {
-    const pending = (await redis.xpending(keys.events, "consolidator").catch(() => [0])) as [number, ...unknown[]];
+    const pending = (await redis.xpending(keys.events, CONSOLIDATOR_GROUP).catch(() => [0])) as [number, ...unknown[]];
     const lag = await groupLag(redis, keys);
     if (Number(pending[0]) === 0 && lag === 0) break;
     await new Promise((resolve) => setTimeout(resolve, 100));

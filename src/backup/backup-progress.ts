@@ -1,5 +1,6 @@
 import type Redis from "ioredis";
 import type { EventPublisher } from "../events/event-log";
+import type { RedisKeys } from "../redis/keys";
 import type { CopyProgress } from "./take-backup";
 
 export const BACKUP_PROGRESS_TOPIC = "BACKUP_PROGRESS";
@@ -43,12 +44,12 @@ export class BackupProgressRecorder {
 
   constructor(
     private readonly redis: Redis,
-    private readonly keyPrefix: string,
+    private readonly keys: Pick<RedisKeys, "backupProgress">,
     private readonly publisher: EventPublisher,
   ) {}
 
   key(id: string): string {
-    return `${this.keyPrefix}:backup-progress:${id}`;
+    return this.keys.backupProgress(id);
   }
 
   record(progress: BackupProgress, options: { final?: boolean } = {}): void {

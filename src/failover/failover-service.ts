@@ -10,11 +10,12 @@ import type { ClusterState, ClusterStateStore } from "./cluster-state";
 import type { ClusterSnapshot } from "../cluster/topology";
 import { FailoverMonitor, type FailoverMonitorDeps } from "./monitor";
 import type { JournalEntry, OperationJournal } from "./operation-journal";
-import { primaryLsnKey, type FailoverOperations, type RejoinMethod } from "./operations";
+import type { FailoverOperations, RejoinMethod } from "./operations";
+import type { RedisKeys } from "../redis/keys";
 
 export interface FailoverServiceDeps {
   readonly redis: Redis;
-  readonly keyPrefix: string;
+  readonly keys: Pick<RedisKeys, "maintenance" | "primaryLsn" | "leases">;
   readonly nodes: readonly NodeRef[];
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
@@ -38,13 +39,13 @@ export class FailoverService {
   private readonly maintenanceKey: string;
 
   constructor(private readonly deps: FailoverServiceDeps) {
-    this.maintenanceKey = `${deps.keyPrefix}:maintenance`;
+    this.maintenanceKey = deps.keys.maintenance;
     this.monitor = new FailoverMonitor({
       ...deps.monitor,
       nodes: deps.nodes,
       redis: deps.redis,
       maintenanceKey: this.maintenanceKey,
-      primaryLsnKey: primaryLsnKey(deps.keyPrefix),
+      primaryLsnKey: deps.keys.primaryLsn,
       store: deps.store,
       journal: deps.journal,
       operations: deps.operations,
@@ -52,7 +53,7 @@ export class FailoverService {
       logger: deps.logger,
       guard: () => {
         const held = deps.lease.current;
-        return held ? { key: leaseKeyOf(deps.keyPrefix), value: held.holder } : null;
+        return held ? { key: deps.keys.leases.failoverMonitor, value: held.holder } : null;
       },
     });
     // The monitor runs in one instance at a time; a standby instance takes over when the lease expires.
@@ -76,7 +77,7 @@ export class FailoverService {
     if (initialised) {
       await this.deps.store.clear();
       await this.deps.journal.clear();
-      await this.deps.redis.del(primaryLsnKey(this.deps.keyPrefix));
+      await this.deps.redis.del(this.deps.keys.primaryLsn);
       return;
     }
     const state = await this.deps.store.read();
@@ -216,7 +217,3 @@ export class FailoverService {
 
 /** The events that end a change of primary; each carries its FailoverRecord. */
 const FINISHED_KINDS: readonly EventKind[] = ["failover:completed", "failover:failed"];
-
-export function leaseKeyOf(prefix: string): string {
-  return `${prefix}:lease:failover-monitor`;
-}

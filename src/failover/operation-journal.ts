@@ -1,6 +1,7 @@
 import type Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
+import type { RedisKeys } from "../redis/keys";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 
 export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica";
@@ -61,14 +62,14 @@ export class OperationJournal {
 
   constructor(
     private readonly redis: Redis,
-    prefix: string,
+    keys: RedisKeys["operation"],
     private readonly ttlMs: number,
     private readonly instance: string,
     private readonly logger: Logger,
   ) {
-    this.lockKey = `${prefix}:operation:lock`;
-    this.entryKey = `${prefix}:operation`;
-    this.tokenKey = `${prefix}:operation:fencing`;
+    this.lockKey = keys.lock;
+    this.entryKey = keys.entry;
+    this.tokenKey = keys.fencing;
   }
 
   /** The lock's key: present while an operation is in flight. */

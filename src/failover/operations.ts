@@ -17,6 +17,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { EventKind, FailoverRecord } from "../events/event-map";
 import type { Logger } from "../log";
+import type { RedisKeys } from "../redis/keys";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { settlesWithin, sleep } from "../util/sleep";
@@ -47,7 +48,7 @@ export interface FailoverOperationsDeps {
   readonly secrets: Secrets;
   readonly superuser: Credentials;
   readonly redis: Redis;
-  readonly keyPrefix: string;
+  readonly keys: Pick<RedisKeys, "primaryLsn" | "leases">;
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
   readonly events: EventLog;
@@ -280,7 +281,7 @@ export class FailoverOperations {
       throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
     }
     // The new primary's first known LSN: the loss bound should it die before the monitor's first check of it.
-    if (facts.lsn) await recordPrimaryLsn(this.deps.redis, primaryLsnKey(this.deps.keyPrefix), target.name, facts.lsn);
+    if (facts.lsn) await recordPrimaryLsn(this.deps.redis, this.deps.keys.primaryLsn, target.name, facts.lsn);
     await this.deps.store.update(operation.guard, (state) => {
       const base = state ?? initialState(target.name);
       if (base.primary === target.name) return base;
@@ -338,7 +339,7 @@ export class FailoverOperations {
     const target = this.node(to);
     const from = this.node(state.primary);
     if (target.name === from.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is already the primary`);
-    if (await this.deps.redis.exists(`${this.deps.keyPrefix}:lease:backup`)) {
+    if (await this.deps.redis.exists(this.deps.keys.leases.backup)) {
       throw new RelevoError(ErrorCode.BackupInProgress, `a backup is running; wait for it to finish before a ${kind}`);
     }
     const [primaryFacts, targetFacts] = await Promise.all([
@@ -780,7 +781,7 @@ export class FailoverOperations {
 
   /** The primary's last LSN the monitor saw (any instance's), for the loss bound of a manual failover. */
   private async lastSeenLsn(primary: NodeRef): Promise<string | null> {
-    const seen = await lastSeenPrimaryLsn(this.deps.redis, this.deps.keyPrefix);
+    const seen = await lastSeenPrimaryLsn(this.deps.redis, this.deps.keys.primaryLsn);
     return seen?.node === primary.name ? seen.lsn : null;
   }
 
@@ -922,17 +923,12 @@ export class FailoverOperations {
   }
 }
 
-/** Where the monitor keeps the primary's last LSN it saw. */
-export function primaryLsnKey(prefix: string): string {
-  return `${prefix}:primary-lsn`;
-}
-
 /** Records the primary's last LSN seen (the monitor's checks, a promotion), tied to that node. */
 export async function recordPrimaryLsn(redis: Redis, key: string, node: string, lsn: string): Promise<void> {
   await redis.set(key, JSON.stringify({ node, lsn }));
 }
 
-export async function lastSeenPrimaryLsn(redis: Redis, prefix: string): Promise<{ node: string; lsn: string } | null> {
-  const raw = await redis.get(primaryLsnKey(prefix));
+export async function lastSeenPrimaryLsn(redis: Redis, key: string): Promise<{ node: string; lsn: string } | null> {
+  const raw = await redis.get(key);
   return raw ? (JSON.parse(raw) as { node: string; lsn: string }) : null;
 }

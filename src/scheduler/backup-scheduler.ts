@@ -5,6 +5,7 @@ import type { BackupService } from "../backup/backup-service";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
+import type { RedisKeys } from "../redis/keys";
 import { settlesWithin } from "../util/sleep";
 
 /** The scheduled jobs Relevo knows. */
@@ -35,7 +36,7 @@ export interface BackupSchedulerOptions {
    * connected). The scheduler closes it only when Redis is away at stop.
    */
   readonly redis: Redis;
-  readonly keyPrefix: string;
+  readonly keys: RedisKeys["agenda"];
   readonly backups: BackupService;
   readonly events: EventLog;
   readonly logger: Logger;
@@ -74,8 +75,8 @@ export class BackupScheduler {
     };
     const backend = new RedisBackend({
       redis: options.redis as never,
-      keyPrefix: `${options.keyPrefix}:agenda:`,
-      channelName: `${options.keyPrefix}:agenda:notifications`,
+      keyPrefix: options.keys.prefix,
+      channelName: options.keys.channel,
     });
     // Both emit "error" while Redis is away; an EventEmitter's unheard "error"
     // would crash the service. They reconnect by themselves.

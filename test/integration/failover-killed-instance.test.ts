@@ -1,7 +1,6 @@
 import { cliEnvFor } from "../helpers/cli-env";
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import path from "node:path";
-import { leaseKeyOf } from "../../src/failover/failover-service";
 import type { JournalEntry } from "../../src/failover/operation-journal";
 import { projectRoot } from "../../src/util/project-root";
 import { freePort } from "../helpers/ports";
@@ -47,7 +46,7 @@ describe("the instance running a failover is killed half-way", () => {
 
     // Hand the monitor to the other instance: this one steps down, then stands by.
     await service.failover.stop();
-    await eventually(async () => ((await service.redis.get(leaseKeyOf(service.keys.prefix))) !== null ? true : undefined), {
+    await eventually(async () => ((await service.redis.get(service.keys.leases.failoverMonitor)) !== null ? true : undefined), {
       what: "the other instance leading",
     });
     service.failover.start();
@@ -55,7 +54,7 @@ describe("the instance running a failover is killed half-way", () => {
 
     await service.driver.kill(service.nodes[0]!);
     // The other instance journals the failover; it dies at the first sight of it.
-    const entryKey = `${service.keys.prefix}:operation`;
+    const entryKey = service.keys.operation.entry;
     let begun: JournalEntry | null = null;
     const deadline = Date.now() + 30000;
     while (!begun && Date.now() < deadline) {

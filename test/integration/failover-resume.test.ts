@@ -35,7 +35,7 @@ describe("a failover left half-done by a dead instance", () => {
       what: "node2 eligible",
     });
     // A backup running (its lease held, here by hand) blocks a planned change of primary.
-    const backupLease = `${first.service.keys.prefix}:lease:backup`;
+    const backupLease = first.service.keys.leases.backup;
     await first.service.redis.set(backupLease, "a backup elsewhere", "PX", 10000);
     await expect(second!.failover.switchover("node2")).rejects.toMatchObject({ code: ErrorCode.BackupInProgress });
     await first.service.redis.del(backupLease);
@@ -58,7 +58,7 @@ describe("a failover left half-done by a dead instance", () => {
     await sqlOn(node1, secrets, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY)");
     await sqlOn(node1, secrets, "INSERT INTO acked VALUES (1)");
     // What an instance had done when it died: journaled the failover, fenced the primary, recorded the fence.
-    const dead = new OperationJournal(redis, keys.prefix, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
+    const dead = new OperationJournal(redis, keys.operation, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
     const operation = await dead.begin({
       id: "00000000-0000-4000-8000-000000000001",
       kind: "failover",
@@ -74,7 +74,7 @@ describe("a failover left half-done by a dead instance", () => {
     });
     await operation.record({ stage: "detected" }, "detected");
     await fenceNode(driver, node1, "failover by the dead instance", createLogger({ level: "silent" }));
-    await new ClusterStateStore(redis, `${keys.prefix}:cluster-state`).update(operation.guard, (state) => ({
+    await new ClusterStateStore(redis, keys.clusterState).update(operation.guard, (state) => ({
       ...state!,
       fenced: withName(state!.fenced, "node1"),
     }));
