@@ -424,7 +424,7 @@ async function groupLag(redis: Redis, keys: RedisKeys): Promise<number> {
     for (const group of groups) {
       const fields = new Map<string, unknown>();
       for (let i = 0; i < group.length; i += 2) fields.set(String(group[i]), group[i + 1]);
-      if (fields.get("name") === "consolidator") return Number(fields.get("lag") ?? 0);
+      if (fields.get("name") === CONSOLIDATOR_GROUP) return Number(fields.get("lag") ?? 0);
     }
   } catch {
     // no group yet, or Redis away
