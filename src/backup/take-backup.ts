@@ -1,9 +1,10 @@
+import { lsnToNumber } from "../postgres/lsn";
 import { Client } from "pg";
 import { clientConfig, type Credentials } from "../postgres/connection";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
-import { lsnToNumber } from "../cluster/topology";
+
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
 import { BundleWriter } from "../storage/bundle-writer";
 import { planFile, type ChangeSet, type FilePlan } from "./change-plan";

@@ -1,3 +1,4 @@
+import { lsnToNumber } from "../postgres/lsn";
 import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-driver";
 
 /**
@@ -228,9 +229,4 @@ function normaliseState(state: string): ReplicationState {
 function localLagBytes(probe: NodeProbe): number | null {
   if (probe.receivedLsn === null || probe.replayedLsn === null) return null;
   return Math.max(0, lsnToNumber(probe.receivedLsn) - lsnToNumber(probe.replayedLsn));
-}
-
-export function lsnToNumber(lsn: string): number {
-  const [high, low] = lsn.split("/");
-  return parseInt(high ?? "0", 16) * 2 ** 32 + parseInt(low ?? "0", 16);
 }

@@ -1,6 +1,7 @@
+import { lsnToNumber } from "../postgres/lsn";
 import type Redis from "ioredis";
 import type { Credentials } from "../postgres/connection";
-import { lsnToNumber, type ClusterSnapshot } from "../cluster/topology";
+import { type ClusterSnapshot } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import type { EventLog } from "../events/event-log";
 import { ErrorCode, RelevoError } from "../errors";

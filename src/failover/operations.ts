@@ -1,3 +1,4 @@
+import { lsnToNumber, lsnBytes } from "../postgres/lsn";
 import { randomUUID } from "node:crypto";
 import type Redis from "ioredis";
 import {
@@ -11,7 +12,7 @@ import {
 import { slotNameFor } from "../cluster/members";
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { FENCE_MARKER, ROLE_REWIND } from "../postgres/managed-settings";
-import { lsnToNumber } from "../cluster/topology";
+
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
@@ -25,7 +26,7 @@ import type { Membership } from "../cluster/membership";
 import { isPortFree } from "../util/ports";
 import { ClusterStateStore, StaleWriterError, initialState, withName, without, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode, markFenced } from "./fencing";
-import { byMostAdvanced, lsnBytes, readNodeFacts, streamsFrom, type NodeFacts } from "../postgres/node-facts";
+import { byMostAdvanced, readNodeFacts, streamsFrom, type NodeFacts } from "../postgres/node-facts";
 import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
 import {
   configureStoppedStandby,

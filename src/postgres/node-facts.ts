@@ -1,6 +1,7 @@
+import { lsnBytes } from "./lsn";
 import { withNodeClient, type Credentials } from "./connection";
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
-import { lsnToNumber } from "../cluster/topology";
+
 import type { NodeRef } from "../nodes/node-driver";
 
 /** What an operation needs to know of one node, read from PostgreSQL now. */
@@ -54,10 +55,6 @@ export async function readNodeFacts(node: NodeRef, credentials: Credentials, tim
 /** A standby whose WAL receiver streams from `primary`. */
 export function streamsFrom(facts: NodeFacts | null, primary: NodeRef): boolean {
   return facts !== null && facts.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port;
-}
-
-export function lsnBytes(lsn: string | null): number | null {
-  return lsn === null ? null : lsnToNumber(lsn);
 }
 
 /** Most advanced first (received LSN), then `preferred`, then by name: a stable choice between equals. */

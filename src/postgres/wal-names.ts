@@ -1,4 +1,4 @@
-import { lsnToNumber } from "../cluster/topology";
+import { lsnFromNumber, lsnToNumber } from "./lsn";
 
 /** WAL segment file names and LSNs (16 MiB segments, the default Relevo initialises with). */
 export const SEGMENT_SIZE = 16 * 1024 * 1024;
@@ -27,8 +27,5 @@ export function parseSegmentName(name: string): { timeline: number; segment: num
 
 /** The LSN a segment starts at ("X/Y", as PostgreSQL prints LSNs). */
 export function segmentStartLsn(segment: number): string {
-  const bytes = segment * SEGMENT_SIZE;
-  return `${Math.floor(bytes / 0x100000000)
-    .toString(16)
-    .toUpperCase()}/${(bytes % 0x100000000).toString(16).toUpperCase()}`;
+  return lsnFromNumber(segment * SEGMENT_SIZE);
 }

@@ -1,4 +1,4 @@
-import { lsnToNumber } from "../cluster/topology";
+import { lsnToNumber } from "../postgres/lsn";
 import { ErrorCode, RelevoError } from "../errors";
 import type { BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";

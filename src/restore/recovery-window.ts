@@ -1,4 +1,4 @@
-import { lsnToNumber } from "../cluster/topology";
+import { lsnToNumber, lsnFromNumber } from "../postgres/lsn";
 import type { BackupManifest } from "../backup/manifest";
 import { SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
 
@@ -64,12 +64,6 @@ export function recoveryWindow(manifests: readonly BackupManifest[], archived: r
       ? { time: newest.archivedAt, lsn: lsnFromNumber((newest.segment + 1) * SEGMENT_SIZE), timeline: newestTimeline }
       : null;
   return { earliest, latest, gaps };
-}
-
-export function lsnFromNumber(value: number): string {
-  return `${Math.floor(value / 2 ** 32)
-    .toString(16)
-    .toUpperCase()}/${(value % 2 ** 32).toString(16).toUpperCase()}`;
 }
 
 /** Whether an LSN lies within the window (inclusive). */

@@ -1,5 +1,6 @@
+import { lsnToNumber } from "../postgres/lsn";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { lsnToNumber } from "../cluster/topology";
+
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { BackupService } from "../backup/backup-service";

@@ -1,3 +1,4 @@
+import { lsnToNumber } from "../postgres/lsn";
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import type { Credentials } from "../postgres/connection";
@@ -10,7 +11,7 @@ import { sleep } from "../util/sleep";
 import type { Repository } from "../storage/repository";
 import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
 import { serverHistory, type TimelineStep } from "./wal-changes";
-import { lsnToNumber } from "../cluster/topology";
+
 import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
 import { mkdir, readdir, rename } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";

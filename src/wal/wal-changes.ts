@@ -1,7 +1,8 @@
+import { lsnToNumber } from "../postgres/lsn";
 import type { Client } from "pg";
 import os from "node:os";
 import { forEachParallel } from "../storage/copy-file";
-import { lsnToNumber } from "../cluster/topology";
+
 import { mergeSummaries, type ChangeSet } from "../backup/change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
 import { historyFileName, SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";

@@ -1,8 +1,9 @@
+import { lsnToNumber } from "../postgres/lsn";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { lsnToNumber } from "../cluster/topology";
+
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
 import type { Repository } from "../storage/repository";

@@ -1,4 +1,5 @@
-import { buildSnapshot, lsnToNumber, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
+import { lsnToNumber } from "../../src/postgres/lsn";
+import { buildSnapshot, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
 
 const driver = {
