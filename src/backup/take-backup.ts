@@ -5,7 +5,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 
-import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
+import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
 import { BundleWriter } from "../storage/bundle-writer";
 import { planFile, type ChangeSet, type FilePlan } from "./change-plan";
 import { forEachParallel, syncFileSystem } from "../storage/copy-file";

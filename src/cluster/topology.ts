@@ -5,7 +5,8 @@ import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-
  * The cluster as last observed. PostgreSQL is the authority on roles; this
  * snapshot is a cache, refreshed by the collector and kept in Redis.
  */
-export type NodeRole = "primary" | "replica";
+export type { NodeRole, NodeState, SlotStatus } from "../postgres/node-state";
+import type { NodeRole, NodeState, SlotStatus } from "../postgres/node-state";
 
 export type ReplicationState = "streaming" | "catchup" | "startup" | "backup" | "stopping" | "stopped" | "unknown";
 
@@ -19,45 +20,6 @@ export interface ReplicationStatus {
   readonly replayLagSeconds: number | null;
   readonly syncState: string | null;
   readonly lastMessageAt: string | null;
-}
-
-export interface SlotStatus {
-  readonly name: string;
-  readonly type: string;
-  readonly active: boolean;
-  readonly restartLsn: string | null;
-  readonly walStatus: string | null;
-  readonly retainedBytes: number | null;
-}
-
-export interface NodeProbe {
-  readonly role: NodeRole;
-  readonly version: string;
-  readonly timeline: number | null;
-  readonly currentLsn: string | null;
-  readonly receivedLsn: string | null;
-  readonly replayedLsn: string | null;
-  readonly lastReplayAt: string | null;
-  readonly replayLagSeconds: number | null;
-  /** WAL receiver (replicas): status and the upstream it streams from. */
-  readonly receiver: {
-    readonly status: string;
-    readonly senderHost: string | null;
-    readonly senderPort: number | null;
-    readonly slotName: string | null;
-    readonly lastMessageAt: string | null;
-  } | null;
-  /** pg_stat_replication rows (primary): one per connected standby. */
-  readonly senders: ReadonlyArray<{
-    readonly applicationName: string;
-    readonly state: string;
-    readonly lagBytes: number | null;
-    readonly writeLagSeconds: number | null;
-    readonly flushLagSeconds: number | null;
-    readonly replayLagSeconds: number | null;
-    readonly syncState: string | null;
-  }>;
-  readonly slots: readonly SlotStatus[];
 }
 
 export interface DriverView {
@@ -108,7 +70,7 @@ export interface NodeObservation {
   readonly name: string;
   readonly host: string;
   readonly port: number;
-  readonly probe: NodeProbe | { readonly error: string };
+  readonly probe: NodeState | { readonly error: string };
   readonly driver: DriverView;
   /** Role to assume when the node cannot be asked (last snapshot, or its standby.signal). */
   readonly fallbackRole: NodeRole;
@@ -145,7 +107,7 @@ export function buildSnapshot(
   };
 }
 
-function nodeSnapshot(o: NodeObservation, primaryName: string | null, primaryProbe: NodeProbe | null): NodeSnapshot {
+function nodeSnapshot(o: NodeObservation, primaryName: string | null, primaryProbe: NodeState | null): NodeSnapshot {
   const base = { name: o.name, host: o.host, port: o.port, driver: o.driver, checkedAt: o.checkedAt };
   if (!("role" in o.probe)) {
     return {
@@ -197,7 +159,7 @@ const EMPTY_REPLICATION: ReplicationStatus = {
  * pg_stat_replication row (byte lag and write/flush/replay lag times) when
  * it has one for this node, the replica's own WAL receiver otherwise.
  */
-function replicationOf(name: string, probe: NodeProbe, primaryName: string | null, primaryProbe: NodeProbe | null): ReplicationStatus {
+function replicationOf(name: string, probe: NodeState, primaryName: string | null, primaryProbe: NodeState | null): ReplicationStatus {
   const sender = primaryProbe?.senders.find((s) => s.applicationName === name) ?? null;
   const receiverStatus = probe.receiver?.status ?? null;
   const state: ReplicationState = sender
@@ -226,7 +188,7 @@ function normaliseState(state: string): ReplicationState {
 }
 
 /** Received but not yet replayed, when the primary cannot be asked. */
-function localLagBytes(probe: NodeProbe): number | null {
+function localLagBytes(probe: NodeState): number | null {
   if (probe.receivedLsn === null || probe.replayedLsn === null) return null;
   return Math.max(0, lsnToNumber(probe.receivedLsn) - lsnToNumber(probe.replayedLsn));
 }

@@ -12,7 +12,7 @@ import type { Repository } from "../storage/repository";
 import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
 import { serverHistory, type TimelineStep } from "./wal-changes";
 
-import { CURRENT_TIMELINE_SQL } from "../cluster/node-probe";
+import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
 import { mkdir, readdir, rename } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
 

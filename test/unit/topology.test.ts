@@ -1,5 +1,5 @@
 import { lsnToNumber } from "../../src/postgres/lsn";
-import { buildSnapshot, type NodeObservation, type NodeProbe } from "../../src/cluster/topology";
+import { buildSnapshot, type NodeObservation, type NodeState } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
 
 const driver = {
@@ -11,9 +11,10 @@ const driver = {
   container: null,
   error: null,
 };
-const primaryProbe = (senders: NodeProbe["senders"]): NodeProbe => ({
+const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
   role: "primary",
   version: "15.18",
+  readOnly: false,
   timeline: 1,
   currentLsn: "0/3000000",
   receivedLsn: null,
@@ -24,9 +25,10 @@ const primaryProbe = (senders: NodeProbe["senders"]): NodeProbe => ({
   senders,
   slots: [],
 });
-const replicaProbe = (status: string | null): NodeProbe => ({
+const replicaProbe = (status: string | null): NodeState => ({
   role: "replica",
   version: "15.18",
+  readOnly: true,
   timeline: 1,
   currentLsn: "0/2000000",
   receivedLsn: "0/3000000",
