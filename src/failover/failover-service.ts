@@ -127,7 +127,7 @@ export class FailoverService {
   }
 
   switchover(to: string): Promise<FailoverRecord> {
-    return this.deps.operations.switchover(to);
+    return this.deps.operations.switchover({ to });
   }
 
   failback(): Promise<FailoverRecord> {

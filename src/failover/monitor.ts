@@ -1,18 +1,28 @@
-import { lsnToNumber } from "../postgres/lsn";
 import type Redis from "ioredis";
 import type { Credentials } from "../postgres/connection";
 import { type ClusterSnapshot } from "../cluster/topology";
 import type { RelevoConfig } from "../config/config";
 import type { EventLog } from "../events/event-log";
-import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
 import { ClusterStateStore, initialState, withName, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
-import { recordPrimaryLsn, type FailoverOperations } from "./operations";
+import type { FailoverOperations } from "./operations";
+import { recordPrimaryLsn } from "./primary-lsn";
 import { PrimaryChecker, replicaLostPrimary, type PrimaryCheck } from "./primary-check";
+import {
+  afterMissedCheck,
+  coolDown,
+  desiredSynchronousSet,
+  holdOffAfter,
+  preferredInSync,
+  replicasConfirmLoss,
+  standbysCaughtUp,
+  standbysToJoin,
+  type HoldOff,
+} from "./monitor-rules";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
 export type MonitorConfig = Pick<
@@ -45,23 +55,6 @@ export interface FailoverMonitorDeps {
   readonly topology: () => ClusterSnapshot | null;
   /** The monitor's lease, for guarded writes of the cluster state. */
   readonly guard: () => StateGuard | null;
-}
-
-/** A standby joins the synchronous set once it is at most this far behind. */
-const JOIN_LAG_BYTES = 16 * 1024 * 1024;
-/** After a failed automatic operation, the same one is not tried again for this long. */
-const RETRY_AFTER_MS = 30000;
-
-/**
- * Why an automatic operation is not tried again yet. One that failed because
- * the node driver's engine did not answer (it could not fence, stop or start
- * a node) is retried as soon as the engine answers again: a primary that died
- * while the Docker engine was away must not wait out the whole hold-off once
- * it is back.
- */
-interface HoldOff {
-  readonly until: number;
-  readonly untilDriverAnswers: boolean;
 }
 
 /**
@@ -133,7 +126,7 @@ export class FailoverMonitor {
       if (!primary) return;
       state = await this.deps.store.update(guard, (current) => current ?? initialState(primary), { unlessKey: this.deps.journal.lockName });
     }
-    const primary = this.deps.nodes.find((node) => node.name === state!.primary);
+    const primary = this.deps.nodes.find((node) => node.name === state.primary);
     if (!primary) return;
     if ((await this.deps.journal.current()) !== null) {
       // An operation is changing the primary: its checks are its own.
@@ -154,7 +147,7 @@ export class FailoverMonitor {
     }
     this.failures += 1;
     this.deps.logger.warn({ node: primary.name, failures: this.failures, err: check.error }, "primary check failed");
-    if (this.failures < this.deps.config.failoverFailureThreshold || maintenance) return;
+    if (!afterMissedCheck({ failures: this.failures, threshold: this.deps.config.failoverFailureThreshold, maintenance }).go) return;
     if (!(await this.replicasLostPrimary(state, primary))) return;
     if (await this.coolingDown(`failover:${primary.name}`)) return;
     const reason = `missed ${this.failures} checks (${check.error}) and no replica streams from it`;
@@ -173,16 +166,9 @@ export class FailoverMonitor {
         replicaLostPrimary(replica, primary, this.deps.superuser, this.detectionWindowMs, this.deps.config.failoverCheckIntervalMs),
       ),
     );
-    const answered = views.filter((view): view is boolean => view !== null);
-    if (answered.length === 0) {
-      this.deps.logger.warn({ node: primary.name }, "primary unreachable, and so is every replica: no failover (nothing to promote)");
-      return false;
-    }
-    if (answered.some((lost) => !lost)) {
-      this.deps.logger.warn({ node: primary.name }, "primary unreachable from Relevo but a replica still streams from it: no failover");
-      return false;
-    }
-    return true;
+    const verdict = replicasConfirmLoss(views);
+    if (!verdict.go) this.deps.logger.warn({ node: primary.name }, verdict.reason);
+    return verdict.go;
   }
 
   /**
@@ -209,14 +195,12 @@ export class FailoverMonitor {
     const streaming = new Map(
       check.standbys.filter((s) => s.state === "streaming" && known.has(s.name) && !state.fenced.includes(s.name)).map((s) => [s.name, s]),
     );
-    let desired: string[] = [];
-    if (this.deps.config.synchronous) {
-      const keep = state.syncSet.filter((name) => streaming.has(name));
-      const joining = [...streaming.values()]
-        .filter((s) => !keep.includes(s.name) && s.flushLsn !== null && lsnToNumber(check.lsn) - lsnToNumber(s.flushLsn) <= JOIN_LAG_BYTES)
-        .map((s) => s.name);
-      desired = [...keep, ...joining].sort();
-    }
+    const desired = desiredSynchronousSet({
+      synchronous: this.deps.config.synchronous,
+      current: state.syncSet,
+      streaming,
+      primaryLsn: check.lsn,
+    });
     const removed = state.syncSet.filter((name) => !desired.includes(name));
     const added = desired.filter((name) => !state.syncSet.includes(name));
     if (removed.length > 0) {
@@ -253,16 +237,8 @@ export class FailoverMonitor {
     }
     if (check.synchronousStandbyNames !== wanted) return;
     // Members the primary now waits for get their join point; joined ones that flushed past it become eligible.
-    const joinNow = state.syncSet.filter((name) => {
-      const seen = streaming.get(name);
-      return (
-        !state.eligible.includes(name) && state.joining[name] === undefined && (seen?.syncState === "quorum" || seen?.syncState === "sync")
-      );
-    });
-    const caughtUp = Object.entries(state.joining).filter(([name, lsn]) => {
-      const seen = streaming.get(name);
-      return seen?.flushLsn != null && lsnToNumber(seen.flushLsn) >= lsnToNumber(lsn);
-    });
+    const joinNow = standbysToJoin(state, streaming);
+    const caughtUp = standbysCaughtUp(state, streaming);
     if (joinNow.length === 0 && caughtUp.length === 0) return;
     await this.deps.store.update(
       guard,
@@ -271,7 +247,7 @@ export class FailoverMonitor {
         const joining = { ...base.joining };
         let eligible = base.eligible;
         for (const name of joinNow) joining[name] = check.lsn;
-        for (const [name] of caughtUp) {
+        for (const name of caughtUp) {
           delete joining[name];
           if (base.syncSet.includes(name)) eligible = withName(eligible, name);
         }
@@ -327,7 +303,7 @@ export class FailoverMonitor {
       const node = this.deps.nodes.find((candidate) => candidate.name === name);
       if (!node || (await this.deps.driver.state(node)).phase === "absent") continue;
       this.holdOff(`rejoin:${name}`, null);
-      void this.deps.operations.rejoin(name, "automatic", this.deps.guard()).catch((error: Error) => {
+      void this.deps.operations.rejoin(name, { trigger: "automatic", lease: this.deps.guard() }).catch((error: Error) => {
         this.holdOff(`rejoin:${name}`, error);
         this.deps.logger.error({ node: name, err: error.message }, "automatic rejoin failed");
       });
@@ -341,12 +317,14 @@ export class FailoverMonitor {
       this.preferredInSyncSince = null;
       return;
     }
-    const seen = check.standbys.find((s) => s.name === preferred && s.state === "streaming");
-    const inSync =
-      seen?.flushLsn != null &&
-      (this.deps.config.synchronous
-        ? state.eligible.includes(preferred)
-        : lsnToNumber(check.lsn) - lsnToNumber(seen.flushLsn) <= this.deps.config.failoverMaximumLagBytes);
+    const inSync = preferredInSync({
+      synchronous: this.deps.config.synchronous,
+      preferred,
+      eligible: state.eligible,
+      standbys: check.standbys,
+      primaryLsn: check.lsn,
+      maximumLagBytes: this.deps.config.failoverMaximumLagBytes,
+    });
     if (!inSync) {
       this.preferredInSyncSince = null;
       return;
@@ -355,7 +333,7 @@ export class FailoverMonitor {
     if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || (await this.coolingDown("failback"))) return;
     this.holdOff("failback", null);
     this.preferredInSyncSince = null;
-    void this.deps.operations.failback("automatic", this.deps.guard()).catch((error: Error) => {
+    void this.deps.operations.failback({ trigger: "automatic", lease: this.deps.guard() }).catch((error: Error) => {
       this.holdOff("failback", error);
       this.deps.logger.error({ err: error.message }, "automatic failback did not happen");
     });
@@ -363,14 +341,12 @@ export class FailoverMonitor {
 
   /** `error`: why the operation failed (null: it was just started, and is not started again meanwhile). */
   private holdOff(key: string, error: unknown): void {
-    const untilDriverAnswers = error instanceof RelevoError && error.code === ErrorCode.DockerUnavailable;
-    this.retryAfter.set(key, { until: Date.now() + RETRY_AFTER_MS, untilDriverAnswers });
+    this.retryAfter.set(key, holdOffAfter(error, Date.now()));
   }
 
   private async coolingDown(key: string): Promise<boolean> {
-    const hold = this.retryAfter.get(key);
-    if (hold === undefined || Date.now() >= hold.until) return false;
-    if (!hold.untilDriverAnswers) return true;
+    const cooling = coolDown(this.retryAfter.get(key), Date.now());
+    if (cooling !== "ask-driver") return cooling === "cooling";
     // Bounded: an engine that hangs rather than refuses must not stall the monitor's round.
     let timer: NodeJS.Timeout | undefined;
     const answers = await Promise.race([

@@ -82,7 +82,7 @@ export class PrimaryChecker {
 
   /** A hung server never answers a polite goodbye: the socket is destroyed. */
   private drop(): void {
-    const client = this.client as (Client & { connection?: { stream?: { destroy(): void } } }) | null;
+    const client = this.client;
     this.client = null;
     this.target = null;
     if (!client) return;

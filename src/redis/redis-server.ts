@@ -88,7 +88,7 @@ export async function requireExternalRedis(
       await client.connect();
       await client.ping();
       logger.info({ host: endpoint.host, port: endpoint.port }, "using the Redis server of RELEVO_REDIS_URL");
-      return { started: false, stop: async () => undefined };
+      return { started: false, stop: () => Promise.resolve() };
     } catch (error) {
       why = (error as Error).message;
     } finally {

@@ -1,0 +1,121 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { NodeRef } from "../nodes/node-driver";
+import { withNodeClient } from "../postgres/connection";
+import { dropSlot, setSynchronousStandbys } from "../postgres/replication-config";
+import { isPortFree } from "../util/ports";
+import { sleep } from "../util/sleep";
+import { without } from "../failover/cluster-state";
+import { newEntry, type OperationContext } from "../failover/operation-context";
+import type { RunningOperation } from "../failover/operation-journal";
+import { seedReplica } from "./bootstrap";
+import { slotNameFor } from "./members";
+
+/**
+ * Adding and removing replicas. Each is a journaled operation like a
+ * failover (one at a time across instances, resumable by another), since
+ * both change what the primary waits for and which slots it keeps.
+ */
+
+/** Seeds a new replica of the primary (from the repository when a backup exists, else pg_basebackup) and makes it a member. */
+export async function addReplica(context: OperationContext, name: string): Promise<NodeRef> {
+  const { deps } = context;
+  await context.refuseWhileBusy();
+  const state = await context.state();
+  const primary = context.node(state.primary);
+  let port = deps.membership.nextPort();
+  while (!(await isPortFree(primary.host, port))) port += 1;
+  deps.membership.plan(name, port); // checks the name
+  const operation = await deps.journal.begin(
+    newEntry({
+      kind: "add-replica",
+      trigger: "manual",
+      from: name,
+      to: primary.name,
+      reason: "replica added by an operator",
+      facts: { port },
+    }),
+  );
+  return context.tracked(operation, () => runAddReplica(context, operation));
+}
+
+/** Runs (or resumes) the addition of a replica from its journal. */
+export async function runAddReplica(context: OperationContext, operation: RunningOperation): Promise<NodeRef> {
+  const { deps } = context;
+  const entry = operation.entry;
+  const primary = context.node((await context.state()).primary);
+  const node: NodeRef = { name: entry.from, host: primary.host, port: Number(entry.facts.port) };
+  // A seed cut short by a dead instance left half a node: start again from nothing.
+  operation.assertHeld();
+  if (!deps.membership.find(node.name)) await deps.driver.destroy(node);
+  const outcome = await seedReplica(deps.bootstrap, node, primary);
+  await deps.membership.add(node);
+  await operation.finish();
+  await deps.events.emit({
+    kind: "node:created",
+    severity: "info",
+    node: node.name,
+    message: `${node.name} added as a replica of ${primary.name} (seeded from ${outcome.phase === "seeded" ? outcome.from : "primary"}), port ${node.port}`,
+    data: { role: "replica", upstream: primary.name },
+  });
+  await deps.refreshTopology().catch(() => undefined);
+  return node;
+}
+
+/** Stops a replica, removes its data and its slot on the primary, and forgets it. */
+export async function removeReplica(context: OperationContext, name: string): Promise<void> {
+  await context.refuseWhileBusy();
+  const node = context.node(name);
+  const state = await context.state();
+  if (state.primary === node.name)
+    throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary; switch over to another node before removing it`);
+  const operation = await context.deps.journal.begin(
+    newEntry({ kind: "remove-replica", trigger: "manual", from: name, to: state.primary, reason: "replica removed by an operator" }),
+  );
+  await context.tracked(operation, () => runRemoveReplica(context, operation));
+}
+
+/** Runs (or resumes) the removal of a replica from its journal. */
+export async function runRemoveReplica(context: OperationContext, operation: RunningOperation): Promise<void> {
+  const { deps } = context;
+  const node = deps.membership.find(operation.entry.from);
+  // Resumed after the member was already forgotten: it is done.
+  if (!node) return;
+  // First it stops counting (eligibility, synchronous set), then commits stop waiting for it, then it goes.
+  const state = await deps.store.update(operation.guard, (current) => {
+    const base = current!;
+    const joining = { ...base.joining };
+    delete joining[node.name];
+    return {
+      ...base,
+      eligible: without(base.eligible, node.name),
+      syncSet: without(base.syncSet, node.name),
+      fenced: without(base.fenced, node.name),
+      joining,
+    };
+  });
+  const primary = context.node(state.primary);
+  await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) =>
+    setSynchronousStandbys(client, deps.config.synchronous ? state.syncSet : []),
+  );
+  operation.assertHeld();
+  await context.stopQuietly(node);
+  await deps.driver.destroy(node);
+  let slotDropped = false;
+  for (let attempt = 0; attempt < 50 && !slotDropped; attempt += 1) {
+    slotDropped = await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, async (client) => {
+      await dropSlot(client, slotNameFor(node));
+      return (await client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slotNameFor(node)])).rowCount === 0;
+    });
+    if (!slotDropped) await sleep(100); // its WAL sender is still exiting
+  }
+  await deps.membership.remove(node.name);
+  await operation.finish();
+  await deps.events.emit({
+    kind: "node:removed",
+    severity: "warning",
+    node: node.name,
+    message: `${node.name} removed from the cluster${slotDropped ? "" : " (its slot is still active on the primary)"}`,
+    data: { slotDropped },
+  });
+  await deps.refreshTopology().catch(() => undefined);
+}

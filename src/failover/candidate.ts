@@ -1,0 +1,67 @@
+import { lsnBytes } from "../postgres/lsn";
+import { byMostAdvanced, type NodeFacts } from "../postgres/node-facts";
+import type { NodeRef } from "../nodes/node-driver";
+
+/** What decides whether a replica may be promoted by a failover. */
+export interface CandidateRules {
+  /** Promote this one (an operator's choice), or the most advanced eligible one when null. */
+  readonly to: string | null;
+  /** Promote even a replica that may lack acknowledged commits. */
+  readonly force: boolean;
+  /** Synchronous mode: only a standby recorded as holding every acknowledged commit is eligible. */
+  readonly synchronous: boolean;
+  /** The standbys recorded as eligible (in sync) in the cluster state. */
+  readonly eligible: readonly string[];
+  /** The old primary's last LSN seen: the bound of what an asynchronous failover loses. */
+  readonly lastPrimaryLsn: string | null;
+  /** Asynchronous mode: the most a promoted replica may trail that LSN. */
+  readonly maximumLagBytes: number;
+  /** Preferred among equally advanced replicas. */
+  readonly preferred: string;
+}
+
+export type CandidateChoice =
+  { readonly ok: true; readonly node: NodeRef; readonly lostBytes: number | null } | { readonly ok: false; readonly reason: string };
+
+/** Bytes a replica lacks of what the old primary had (null when either LSN is unknown). */
+export function lostBytesOf(fact: NodeFacts, lastPrimaryLsn: string | null): number | null {
+  const last = lsnBytes(lastPrimaryLsn);
+  const have = lsnBytes(fact.lsn);
+  return last === null || have === null ? null : Math.max(0, last - have);
+}
+
+/** Why `fact`'s replica may not be promoted under `rules`; null when it may. */
+export function ineligibility(fact: NodeFacts, rules: CandidateRules): string | null {
+  if (rules.force) return null;
+  if (rules.synchronous) {
+    return rules.eligible.includes(fact.node.name)
+      ? null
+      : `${fact.node.name} is not known to hold every acknowledged commit (not an in-sync standby)`;
+  }
+  const lost = lostBytesOf(fact, rules.lastPrimaryLsn);
+  if (lost === null) return `${fact.node.name}'s lag behind the old primary is unknown`;
+  return lost <= rules.maximumLagBytes ? null : `${fact.node.name} was ${lost} bytes behind (limit ${rules.maximumLagBytes})`;
+}
+
+/**
+ * The replica to promote, out of the replicas that answered (in recovery):
+ * the one asked for if it is eligible, else the most advanced eligible one.
+ * Pure: the reasons each was passed over come back when none is left.
+ */
+export function chooseCandidate(replicas: readonly NodeFacts[], rules: CandidateRules): CandidateChoice {
+  if (replicas.length === 0) return { ok: false, reason: "no replica answers: nothing can be promoted" };
+  if (rules.to !== null) {
+    const fact = replicas.find((candidate) => candidate.node.name === rules.to);
+    if (!fact) return { ok: false, reason: `${rules.to} does not answer as a replica` };
+    const why = ineligibility(fact, rules);
+    if (why) return { ok: false, reason: `${why}; failover with force to promote it anyway` };
+    return { ok: true, node: fact.node, lostBytes: lostBytesOf(fact, rules.lastPrimaryLsn) };
+  }
+  const reasons: string[] = [];
+  for (const fact of [...replicas].sort(byMostAdvanced(rules.preferred))) {
+    const why = ineligibility(fact, rules);
+    if (!why) return { ok: true, node: fact.node, lostBytes: lostBytesOf(fact, rules.lastPrimaryLsn) };
+    reasons.push(why);
+  }
+  return { ok: false, reason: `no eligible replica: ${reasons.join("; ")}` };
+}

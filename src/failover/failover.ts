@@ -1,0 +1,140 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { FailoverRecord } from "../events/event-map";
+import type { NodeRef } from "../nodes/node-driver";
+import { readNodeFacts, type NodeFacts } from "../postgres/node-facts";
+import { chooseCandidate } from "./candidate";
+import { initialState, withName, type StateGuard } from "./cluster-state";
+import { fenceNode } from "./fencing";
+import { newEntry, recordOf, type OperationContext } from "./operation-context";
+import type { JournalEntry, RunningOperation } from "./operation-journal";
+import { lastSeenPrimaryLsn } from "./primary-lsn";
+import { followNewPrimary, promote } from "./promotion";
+
+export interface FailoverRequest {
+  readonly to?: string | null;
+  readonly force?: boolean;
+  readonly trigger: "automatic" | "manual";
+  readonly reason: string;
+  /** The monitor's lease (automatic failover): refused if it is no longer held. */
+  readonly lease?: StateGuard | null;
+}
+
+/** Fences the primary and promotes the most advanced eligible replica (or `to`). */
+export async function failover(context: OperationContext, request: FailoverRequest): Promise<FailoverRecord> {
+  const { deps } = context;
+  await context.refuseWhileBusy();
+  const state = await context.state();
+  const from = context.node(state.primary);
+  if (request.to) context.node(request.to);
+  if (request.to === from.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${from.name} is already the primary`);
+  if (request.trigger === "manual" && !request.force) {
+    const facts = await readNodeFacts(from, deps.superuser, 2000);
+    if (facts && !facts.inRecovery) {
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `the primary ${from.name} is healthy: use switchover (no data loss), or failover with force to fence it anyway`,
+      );
+    }
+  }
+  // The old primary's last LSN seen (by the monitor, or at its promotion): the loss bound of an asynchronous failover.
+  const seen = await lastSeenPrimaryLsn(deps.redis, deps.keys.primaryLsn);
+  const lastPrimaryLsn = seen?.node === from.name ? seen.lsn : null;
+  const operation = await deps.journal.begin(
+    newEntry({
+      kind: "failover",
+      trigger: request.trigger,
+      from: from.name,
+      to: request.to ?? null,
+      force: request.force ?? false,
+      reason: request.reason,
+      facts: { lastPrimaryLsn },
+    }),
+    request.lease ?? null,
+  );
+  return context.tracked(operation, () => runFailover(context, operation));
+}
+
+/** Runs (or resumes) a failover from its journal: detected, fenced, promoting, promoted, completed. */
+export async function runFailover(context: OperationContext, operation: RunningOperation): Promise<FailoverRecord> {
+  const { deps } = context;
+  const entry = operation.entry;
+  try {
+    const from = context.node(entry.from);
+    if (!entry.times.detected) {
+      await operation.record({ stage: "detected" }, "detected");
+      await context.emitStage("failover:detected", operation, "warning", `${entry.trigger} failover: primary ${from.name} ${entry.reason}`);
+    }
+    if (!operation.entry.times.fenced) {
+      // Nobody to promote: leave the old primary alone (it may come back) rather than fence it for nothing.
+      await candidateFor(context, operation.entry);
+      operation.assertHeld();
+      const method = await fenceNode(deps.driver, from, `failover ${entry.id}`, deps.logger);
+      await deps.store.update(operation.guard, (state) => ({
+        ...(state ?? initialState(from.name)),
+        fenced: withName(state?.fenced ?? [], from.name),
+      }));
+      await operation.record({ stage: "fenced", facts: { fenceMethod: method } }, "fenced");
+      await deps.events.emit({
+        kind: "node:fenced",
+        severity: "critical",
+        node: from.name,
+        message: `${from.name} fenced (${method})`,
+        data: { method, reason: `failover ${entry.id}` },
+      });
+      await context.emitStage("failover:fenced", operation, "critical", `old primary ${from.name} fenced (${method})`);
+    }
+    let target: NodeRef;
+    if (!operation.entry.times.promoted) {
+      const choice =
+        operation.entry.to && operation.entry.times.promoting
+          ? { node: context.node(operation.entry.to), lostBytes: null }
+          : await candidateFor(context, operation.entry);
+      target = choice.node;
+      if (!operation.entry.times.promoting) {
+        await operation.record({ stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes } }, "promoting");
+        await context.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
+      }
+      await promote(context, target, operation);
+      await operation.record({ stage: "promoted" }, "promoted");
+      await context.emitStage("failover:promoted", operation, "warning", `${target.name} promoted: it accepts writes`);
+    } else {
+      target = context.node(operation.entry.to!);
+    }
+    await followNewPrimary(context, target, { skip: [from.name] });
+    await operation.record({ stage: "completed" }, "completed");
+    const record = recordOf(operation.entry, "completed", null);
+    await deps.events.emit({
+      kind: "failover:completed",
+      severity: "warning",
+      node: target.name,
+      message: `failover from ${from.name} to ${target.name} completed in ${record.durationMs} ms`,
+      data: record,
+    });
+    await operation.finish();
+    await deps.refreshTopology().catch(() => undefined);
+    return record;
+  } catch (error) {
+    return context.failed(operation, error, { pastNoReturn: operation.entry.times.promoting !== undefined });
+  }
+}
+
+/** The replica to promote now: reachable, eligible (unless forced), the most advanced (see chooseCandidate). */
+async function candidateFor(context: OperationContext, entry: JournalEntry): Promise<{ node: NodeRef; lostBytes: number | null }> {
+  const { config } = context.deps;
+  const state = await context.state();
+  const replicas = context.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
+  const facts = (await Promise.all(replicas.map((node) => context.facts(node)))).filter(
+    (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
+  );
+  const choice = chooseCandidate(facts, {
+    to: entry.to,
+    force: entry.force,
+    synchronous: config.synchronous,
+    eligible: state.eligible,
+    lastPrimaryLsn: typeof entry.facts.lastPrimaryLsn === "string" ? entry.facts.lastPrimaryLsn : null,
+    maximumLagBytes: config.failoverMaximumLagBytes,
+    preferred: config.preferredPrimary,
+  });
+  if (!choice.ok) throw new RelevoError(ErrorCode.NoEligibleReplica, choice.reason);
+  return { node: choice.node, lostBytes: choice.lostBytes };
+}

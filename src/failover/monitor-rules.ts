@@ -1,0 +1,126 @@
+import { ErrorCode, RelevoError } from "../errors";
+import { lsnToNumber } from "../postgres/lsn";
+import type { ClusterState } from "./cluster-state";
+import type { StandbySeen } from "./primary-check";
+
+/**
+ * The failover monitor's decisions, as pure functions over what it observed:
+ * each returns what to do and, where it holds back, the sentence that says
+ * why (logged as the round's outcome). The monitor does the I/O around them.
+ */
+
+/** A standby joins the synchronous set once it is at most this far behind. */
+export const JOIN_LAG_BYTES = 16 * 1024 * 1024;
+/** After a failed automatic operation, the same one is not tried again for this long. */
+export const RETRY_AFTER_MS = 30000;
+
+export type Verdict = { readonly go: true } | { readonly go: false; readonly reason: string };
+
+/** After a missed check: go on to ask the replicas only once enough checks in a row failed and no maintenance holds decisions. */
+export function afterMissedCheck(options: { failures: number; threshold: number; maintenance: boolean }): Verdict {
+  if (options.failures < options.threshold) return { go: false, reason: `missed ${options.failures} of ${options.threshold} checks` };
+  if (options.maintenance) return { go: false, reason: "maintenance mode holds automatic failover back" };
+  return { go: true };
+}
+
+/**
+ * The replicas' word on the primary (true: lost it; false: still streams
+ * from it; null: did not answer). A failure counts only when at least one
+ * replica answers and none still streams from it: Relevo alone losing the
+ * primary is a network problem between them, not a dead primary.
+ */
+export function replicasConfirmLoss(views: readonly (boolean | null)[]): Verdict {
+  const answered = views.filter((view): view is boolean => view !== null);
+  if (answered.length === 0) return { go: false, reason: "primary unreachable, and so is every replica: no failover (nothing to promote)" };
+  if (answered.some((lost) => !lost)) {
+    return { go: false, reason: "primary unreachable from Relevo but a replica still streams from it: no failover" };
+  }
+  return { go: true };
+}
+
+/**
+ * Why an automatic operation is not tried again yet. One that failed because
+ * the node driver's engine did not answer (it could not fence, stop or start
+ * a node) is retried as soon as the engine answers again: a primary that died
+ * while the Docker engine was away must not wait out the whole hold-off once
+ * it is back.
+ */
+export interface HoldOff {
+  readonly until: number;
+  readonly untilDriverAnswers: boolean;
+}
+
+/** The hold-off after an automatic operation started (`error` null) or failed with `error`. */
+export function holdOffAfter(error: unknown, now: number): HoldOff {
+  return { until: now + RETRY_AFTER_MS, untilDriverAnswers: error instanceof RelevoError && error.code === ErrorCode.DockerUnavailable };
+}
+
+/** "clear": may run; "cooling": held off; "ask-driver": held off unless the driver answers now. */
+export function coolDown(hold: HoldOff | undefined, now: number): "clear" | "cooling" | "ask-driver" {
+  if (hold === undefined || now >= hold.until) return "clear";
+  return hold.untilDriverAnswers ? "ask-driver" : "cooling";
+}
+
+/**
+ * Synchronous mode: the standbys commits should wait for. Members of the set
+ * that still stream stay; a streaming standby within JOIN_LAG_BYTES of the
+ * primary joins. Asynchronous mode: none. Sorted, so the setting is stable.
+ */
+export function desiredSynchronousSet(options: {
+  synchronous: boolean;
+  current: readonly string[];
+  streaming: ReadonlyMap<string, StandbySeen>;
+  primaryLsn: string;
+}): string[] {
+  if (!options.synchronous) return [];
+  const keep = options.current.filter((name) => options.streaming.has(name));
+  const joining = [...options.streaming.values()]
+    .filter(
+      (s) => !keep.includes(s.name) && s.flushLsn !== null && lsnToNumber(options.primaryLsn) - lsnToNumber(s.flushLsn) <= JOIN_LAG_BYTES,
+    )
+    .map((s) => s.name);
+  return [...keep, ...joining].sort();
+}
+
+/**
+ * Members of the set the primary now waits for (quorum or sync) that have no
+ * join point yet: the primary's LSN of this check becomes theirs.
+ */
+export function standbysToJoin(state: ClusterState, streaming: ReadonlyMap<string, StandbySeen>): string[] {
+  return state.syncSet.filter((name) => {
+    const seen = streaming.get(name);
+    return (
+      !state.eligible.includes(name) && state.joining[name] === undefined && (seen?.syncState === "quorum" || seen?.syncState === "sync")
+    );
+  });
+}
+
+/** Joining standbys that flushed past their join point: they hold every commit acknowledged since, and become eligible. */
+export function standbysCaughtUp(state: ClusterState, streaming: ReadonlyMap<string, StandbySeen>): string[] {
+  return Object.entries(state.joining)
+    .filter(([name, lsn]) => {
+      const seen = streaming.get(name);
+      return seen?.flushLsn != null && lsnToNumber(seen.flushLsn) >= lsnToNumber(lsn);
+    })
+    .map(([name]) => name);
+}
+
+/**
+ * Whether the preferred node, streaming from the primary, is in sync enough
+ * to fail back to: eligible (synchronous mode), or within the failover lag
+ * limit (asynchronous mode).
+ */
+export function preferredInSync(options: {
+  synchronous: boolean;
+  preferred: string;
+  eligible: readonly string[];
+  standbys: readonly StandbySeen[];
+  primaryLsn: string;
+  maximumLagBytes: number;
+}): boolean {
+  const seen = options.standbys.find((s) => s.name === options.preferred && s.state === "streaming");
+  if (seen?.flushLsn == null) return false;
+  return options.synchronous
+    ? options.eligible.includes(options.preferred)
+    : lsnToNumber(options.primaryLsn) - lsnToNumber(seen.flushLsn) <= options.maximumLagBytes;
+}

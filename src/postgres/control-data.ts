@@ -1,0 +1,24 @@
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+
+/**
+ * pg_controldata of a stopped node: its control file says how the server
+ * last stopped and where its last checkpoint is, which is what rejoin and
+ * switchover need to know before they start it again.
+ */
+export async function readControlData(driver: NodeDriver, node: NodeRef, options: { allowFailure?: boolean } = {}): Promise<string> {
+  const result = await driver.exec(node, ["pg_controldata", "-D", driver.dataDirectory(node)], {
+    mode: "offline",
+    allowFailure: options.allowFailure ?? false,
+  });
+  return result.stdout;
+}
+
+/** "Latest checkpoint location" (after a clean stop, the shutdown checkpoint); null when absent. */
+export function latestCheckpointLocation(controlData: string): string | null {
+  return /Latest checkpoint location:\s+([0-9A-F]+\/[0-9A-F]+)/.exec(controlData)?.[1] ?? null;
+}
+
+/** Whether the node was a standby when it stopped (in archive recovery, or shut down in recovery). */
+export function stoppedAsStandby(controlData: string): boolean {
+  return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(controlData);
+}

@@ -1,0 +1,174 @@
+import { chooseCandidate, ineligibility, lostBytesOf, type CandidateRules } from "../../src/failover/candidate";
+import type { ClusterState } from "../../src/failover/cluster-state";
+import {
+  afterMissedCheck,
+  coolDown,
+  desiredSynchronousSet,
+  holdOffAfter,
+  JOIN_LAG_BYTES,
+  preferredInSync,
+  replicasConfirmLoss,
+  RETRY_AFTER_MS,
+  standbysCaughtUp,
+  standbysToJoin,
+} from "../../src/failover/monitor-rules";
+import type { StandbySeen } from "../../src/failover/primary-check";
+import { ErrorCode, RelevoError } from "../../src/errors";
+import type { NodeFacts } from "../../src/postgres/node-facts";
+
+const replica = (name: string, lsn: string | null): NodeFacts => ({
+  node: { name, host: "127.0.0.1", port: 1 },
+  inRecovery: true,
+  readOnly: true,
+  lsn,
+  timeline: 1,
+  receiver: null,
+});
+
+const synchronousRules: CandidateRules = {
+  to: null,
+  force: false,
+  synchronous: true,
+  eligible: ["node2"],
+  lastPrimaryLsn: "0/5000000",
+  maximumLagBytes: 1024,
+  preferred: "node1",
+};
+const asynchronousRules: CandidateRules = { ...synchronousRules, synchronous: false, eligible: [] };
+
+describe("failover candidate (pure)", () => {
+  test("synchronous mode promotes only an in-sync standby, even when another is further ahead", () => {
+    const choice = chooseCandidate([replica("node3", "0/6000000"), replica("node2", "0/5000000")], synchronousRules);
+    expect(choice).toEqual({ ok: true, node: replica("node2", null).node, lostBytes: 0 });
+  });
+
+  test("nobody eligible: no candidate, with every replica's reason", () => {
+    const choice = chooseCandidate([replica("node3", "0/6000000")], { ...synchronousRules, eligible: [] });
+    expect(choice.ok).toBe(false);
+    expect(!choice.ok && choice.reason).toBe(
+      "no eligible replica: node3 is not known to hold every acknowledged commit (not an in-sync standby)",
+    );
+    expect(chooseCandidate([], synchronousRules)).toEqual({ ok: false, reason: "no replica answers: nothing can be promoted" });
+  });
+
+  test("force promotes the most advanced replica whatever the records say", () => {
+    const choice = chooseCandidate([replica("node2", "0/4000000"), replica("node3", "0/4800000")], {
+      ...synchronousRules,
+      eligible: [],
+      force: true,
+    });
+    expect(choice.ok && choice.node.name).toBe("node3");
+    expect(choice.ok && choice.lostBytes).toBe(0x5000000 - 0x4800000);
+  });
+
+  test("asynchronous mode: within the lag limit of the old primary's last LSN, else refused; unknown lag is refused", () => {
+    expect(ineligibility(replica("node2", "0/4FFFC00"), asynchronousRules)).toBeNull();
+    expect(ineligibility(replica("node2", "0/4FFFBFF"), asynchronousRules)).toBe("node2 was 1025 bytes behind (limit 1024)");
+    expect(ineligibility(replica("node2", "0/4000000"), { ...asynchronousRules, lastPrimaryLsn: null })).toBe(
+      "node2's lag behind the old primary is unknown",
+    );
+    expect(lostBytesOf(replica("node2", "0/6000000"), "0/5000000")).toBe(0);
+  });
+
+  test("an operator's choice is honoured only if it answers as a replica and is eligible", () => {
+    const replicas = [replica("node2", "0/5000000"), replica("node3", "0/6000000")];
+    expect(chooseCandidate(replicas, { ...synchronousRules, to: "node2" })).toMatchObject({ ok: true, node: { name: "node2" } });
+    expect(chooseCandidate(replicas, { ...synchronousRules, to: "node3" })).toEqual({
+      ok: false,
+      reason: "node3 is not known to hold every acknowledged commit (not an in-sync standby); failover with force to promote it anyway",
+    });
+    expect(chooseCandidate(replicas, { ...synchronousRules, to: "node4" })).toEqual({
+      ok: false,
+      reason: "node4 does not answer as a replica",
+    });
+  });
+});
+
+describe("failover monitor rules (pure)", () => {
+  test("a failure is judged only past the threshold and outside maintenance", () => {
+    expect(afterMissedCheck({ failures: 2, threshold: 3, maintenance: false })).toEqual({ go: false, reason: "missed 2 of 3 checks" });
+    expect(afterMissedCheck({ failures: 3, threshold: 3, maintenance: true })).toEqual({
+      go: false,
+      reason: "maintenance mode holds automatic failover back",
+    });
+    expect(afterMissedCheck({ failures: 3, threshold: 3, maintenance: false })).toEqual({ go: true });
+  });
+
+  test("the replicas confirm the loss only when one answers and none still streams from the primary", () => {
+    expect(replicasConfirmLoss([true, null])).toEqual({ go: true });
+    expect(replicasConfirmLoss([true, false]).go).toBe(false);
+    expect(replicasConfirmLoss([null, null])).toEqual({
+      go: false,
+      reason: "primary unreachable, and so is every replica: no failover (nothing to promote)",
+    });
+    expect(replicasConfirmLoss([])).toMatchObject({ go: false });
+  });
+
+  test("cool-down: held off for a while after a try; an engine outage only until the engine answers", () => {
+    const plain = holdOffAfter(new Error("boom"), 1000);
+    expect(plain).toEqual({ until: 1000 + RETRY_AFTER_MS, untilDriverAnswers: false });
+    expect(coolDown(plain, 1001)).toBe("cooling");
+    expect(coolDown(plain, 1000 + RETRY_AFTER_MS)).toBe("clear");
+    expect(coolDown(undefined, 0)).toBe("clear");
+    const engine = holdOffAfter(new RelevoError(ErrorCode.DockerUnavailable, "engine gone"), 0);
+    expect(coolDown(engine, 1)).toBe("ask-driver");
+    expect(coolDown(holdOffAfter(null, 0), 1)).toBe("cooling");
+  });
+
+  const seen = (name: string, flushLsn: string | null, syncState: string | null = "async"): StandbySeen => ({
+    name,
+    state: "streaming",
+    flushLsn,
+    syncState,
+  });
+
+  test("the synchronous set keeps streaming members and admits standbys close enough; none in asynchronous mode", () => {
+    const streaming = new Map([
+      ["node3", seen("node3", "0/1000000")],
+      ["node2", seen("node2", "0/1000000")],
+      ["node4", seen("node4", null)],
+    ]);
+    const primaryLsn = `0/${(0x1000000 + JOIN_LAG_BYTES).toString(16).toUpperCase()}`;
+    expect(desiredSynchronousSet({ synchronous: true, current: ["node5"], streaming, primaryLsn })).toEqual(["node2", "node3"]);
+    const tooFar = `0/${(0x1000000 + JOIN_LAG_BYTES + 1).toString(16).toUpperCase()}`;
+    expect(desiredSynchronousSet({ synchronous: true, current: ["node3"], streaming, primaryLsn: tooFar })).toEqual(["node3"]);
+    expect(desiredSynchronousSet({ synchronous: false, current: ["node3"], streaming, primaryLsn })).toEqual([]);
+  });
+
+  test("a member the primary waits for gets a join point, and becomes eligible once flushed past it", () => {
+    const state: ClusterState = {
+      primary: "node1",
+      epoch: 1,
+      fenced: [],
+      syncSet: ["node2", "node3", "node4"],
+      eligible: ["node4"],
+      joining: { node3: "0/3000000" },
+      updatedAt: "2026-01-01T00:00:00Z",
+    };
+    const streaming = new Map([
+      ["node2", seen("node2", "0/2000000", "quorum")],
+      ["node3", seen("node3", "0/3000000", "quorum")],
+      ["node4", seen("node4", "0/3000000", "quorum")],
+    ]);
+    expect(standbysToJoin(state, streaming)).toEqual(["node2"]);
+    expect(standbysCaughtUp(state, streaming)).toEqual(["node3"]);
+    expect(standbysCaughtUp(state, new Map([["node3", seen("node3", "0/2FFFFFF")]]))).toEqual([]);
+    expect(standbysToJoin(state, new Map([["node2", seen("node2", "0/2000000", "async")]]))).toEqual([]);
+  });
+
+  test("failback waits for the preferred node to be in sync: eligible, or within the lag limit when asynchronous", () => {
+    const base = {
+      synchronous: true,
+      preferred: "node1",
+      eligible: ["node1"],
+      standbys: [seen("node1", "0/1000000")],
+      primaryLsn: "0/1000400",
+      maximumLagBytes: 1024,
+    };
+    expect(preferredInSync(base)).toBe(true);
+    expect(preferredInSync({ ...base, eligible: [] })).toBe(false);
+    expect(preferredInSync({ ...base, synchronous: false, eligible: [] })).toBe(true);
+    expect(preferredInSync({ ...base, synchronous: false, primaryLsn: "0/1000401" })).toBe(false);
+    expect(preferredInSync({ ...base, standbys: [{ ...seen("node1", "0/1000000"), state: "catchup" }] })).toBe(false);
+  });
+});
