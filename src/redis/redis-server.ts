@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { spawnHostTool } from "../util/host-tool";
 import { access, mkdir, readFile, writeFile, chmod } from "node:fs/promises";
 import { constants } from "node:fs";
 import path from "node:path";
@@ -44,7 +44,7 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   const configFile = path.join(dir, "redis.conf");
   await writeFile(configFile, redisConf(options, dir), { mode: 0o600 });
   await chmod(configFile, 0o600);
-  const child = spawn(bin, [configFile], { detached: true, stdio: "ignore" });
+  const child = spawnHostTool(bin, [configFile], { detached: true });
   child.unref();
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   const deadline = Date.now() + options.startTimeoutMs;

@@ -1,5 +1,6 @@
+import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import path from "node:path";
 import type { Credentials } from "../postgres/connection";
 import { withNodeClient } from "../postgres/connection";
@@ -217,7 +218,7 @@ export class WalArchiver {
   private receive(target: NodeRef): Promise<string> {
     const { repository, replication, identity, pgBinDir } = this.options;
     return new Promise((resolve) => {
-      const child = spawn(
+      const child = spawnHostTool(
         path.join(pgBinDir, "pg_receivewal"),
         [
           "-D",
@@ -231,12 +232,7 @@ export class WalArchiver {
           // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.
           "--synchronous",
         ],
-        {
-          env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C.UTF-8", PGPASSWORD: replication.password },
-          uid: identity?.uid,
-          gid: identity?.gid,
-          stdio: ["ignore", "ignore", "pipe"],
-        },
+        { env: { PGPASSWORD: replication.password }, identity, stdio: ["ignore", "ignore", "pipe"] },
       );
       this.child = child;
       let stderr = "";

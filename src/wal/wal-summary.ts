@@ -1,5 +1,5 @@
+import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -359,7 +359,7 @@ export class WalSummarizer {
     const builder = new SummaryBuilder();
     const nextSegmentRecord = endLsn === null ? recordLineOfSegment(segment + 1) : null;
     return new Promise((resolve) => {
-      const child = spawn(
+      const child = spawnHostTool(
         path.join(this.options.pgBinDir, "pg_waldump"),
         [
           `--path=${walDir}`,
@@ -367,7 +367,7 @@ export class WalSummarizer {
           `--start=${segmentStartLsn(segment)}`,
           `--end=${endLsn ?? segmentStartLsn(segment + 2)}`,
         ],
-        { stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C" } },
+        { stdio: ["ignore", "pipe", "pipe"] },
       );
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));

@@ -1,3 +1,4 @@
+import { hostToolEnvironment } from "../../util/host-tool";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, fchownSync, openSync, unlinkSync, writeSync } from "node:fs";
@@ -30,7 +31,7 @@ export function runCommand(file: string, args: readonly string[], options: RunOp
     const stdinFd = options.stdin === undefined ? null : stdinFile(options.stdin, options.identity);
     const child = spawn(file, args, {
       cwd: options.cwd ?? "/",
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C.UTF-8", LC_ALL: "C.UTF-8", ...options.env },
+      env: hostToolEnvironment(options.env),
       uid: options.identity?.uid,
       gid: options.identity?.gid,
       detached: options.detached ?? false,
