@@ -1,3 +1,5 @@
+import { slotNameFor } from "../postgres/replication-config";
+import { isFenced } from "../postgres/fence-marker";
 import type { Client } from "pg";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
@@ -7,7 +9,6 @@ import type { Secrets } from "../secrets/secrets-store";
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import {
   APP_DATABASE,
-  FENCE_MARKER,
   INCLUDE_LINE,
   MANAGED_CONF,
   MARKER_FILE,
@@ -21,7 +22,6 @@ import {
   type NodeMarker,
 } from "../postgres/managed-settings";
 import { assertPortFree } from "../util/ports";
-import { slotNameFor } from "./members";
 import { sleep } from "../util/sleep";
 
 export type BootstrapConfig = Pick<
@@ -139,7 +139,7 @@ async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBo
   const state = await driver.state(node);
   // A fenced node stays down until it is rejoined as a replica (rewound
   // first): started as it is, it would be a second primary.
-  if ((await driver.readFile(node, FENCE_MARKER)) !== null || deps.fenced?.has(node.name)) {
+  if ((await isFenced(driver, node)) || deps.fenced?.has(node.name)) {
     if (state.phase === "running" || state.phase === "paused") await driver.kill(node);
     return { phase: "fenced", node };
   }

@@ -13,8 +13,3 @@ export function clusterMembers(config: Pick<RelevoConfig, "host" | "primaryPort"
   }
   return nodes;
 }
-
-/** Each replica streams over a physical slot of its own on the primary. */
-export function slotNameFor(node: NodeRef): string {
-  return `relevo_${node.name.replace(/[^a-z0-9_]/g, "_")}`;
-}

@@ -1,14 +1,13 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
-import { dropSlot, setSynchronousStandbys } from "../postgres/replication-config";
+import { dropSlot, setSynchronousStandbys, slotNameFor } from "../postgres/replication-config";
 import { isPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
 import { without } from "../failover/cluster-state";
 import { newEntry, type OperationContext } from "../failover/operation-context";
 import type { RunningOperation } from "../failover/operation-journal";
 import { seedReplica } from "./bootstrap";
-import { slotNameFor } from "./members";
 
 /**
  * Adding and removing replicas. Each is a journaled operation like a

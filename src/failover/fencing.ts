@@ -1,15 +1,9 @@
-import { FENCE_MARKER } from "../postgres/managed-settings";
+import { markFenced } from "../postgres/fence-marker";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { editStoppedNodeConf, FENCE_SETTING } from "../postgres/replication-config";
 
 export type FenceMethod = "absent" | "already-stopped" | "stopped" | "killed";
-
-export interface FenceMarker {
-  readonly fencedAt: string;
-  readonly reason: string;
-}
 
 /**
  * Makes sure a node takes no write: stopped through the driver (immediate
@@ -65,15 +59,4 @@ export async function fenceNode(
   }
   await markFenced(driver, node, reason);
   return method;
-}
-
-/** The read-only setting and the marker on a stopped node's data directory. */
-export async function markFenced(driver: NodeDriver, node: NodeRef, reason: string): Promise<void> {
-  await editStoppedNodeConf(driver, node, { [FENCE_SETTING]: "on" });
-  const marker: FenceMarker = { fencedAt: new Date().toISOString(), reason };
-  await driver.writeFile(node, FENCE_MARKER, JSON.stringify(marker, null, 2) + "\n");
-}
-
-export async function isFenced(driver: NodeDriver, node: NodeRef): Promise<boolean> {
-  return (await driver.readFile(node, FENCE_MARKER)) !== null;
 }

@@ -1,8 +1,13 @@
-import { slotNameFor } from "../cluster/members";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
-import { configureStoppedStandby, ensureReservedSlot, repointRunningStandby, setSynchronousStandbys } from "../postgres/replication-config";
+import {
+  configureStoppedStandby,
+  ensureReservedSlot,
+  repointRunningStandby,
+  setSynchronousStandbys,
+  slotNameFor,
+} from "../postgres/replication-config";
 import { initialState, without } from "./cluster-state";
 import type { OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";

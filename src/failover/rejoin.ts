@@ -1,14 +1,13 @@
 import { seedReplica, waitForStreaming, writeManagedFiles, writeMarker } from "../cluster/bootstrap";
-import { slotNameFor } from "../cluster/members";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
 import { readControlData, stoppedAsStandby } from "../postgres/control-data";
-import { FENCE_MARKER, ROLE_REWIND } from "../postgres/managed-settings";
+import { markFenced, removeFenceMarker } from "../postgres/fence-marker";
+import { ROLE_REWIND } from "../postgres/managed-settings";
 import { streamsFrom } from "../postgres/node-facts";
-import { configureStoppedStandby, ensureReservedSlot, STANDBY_SIGNAL } from "../postgres/replication-config";
+import { configureStoppedStandby, ensureReservedSlot, slotNameFor, STANDBY_SIGNAL } from "../postgres/replication-config";
 import { StaleWriterError, initialState, without, type StateGuard } from "./cluster-state";
-import { markFenced } from "./fencing";
 import { newEntry, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 
@@ -143,7 +142,7 @@ async function startAsStandby(
   const { deps } = context;
   await clearSlots(context, node);
   await configureStoppedStandby(deps.driver, node, primary, deps.secrets.replicationPassword);
-  await deps.driver.removeFiles(node, [FENCE_MARKER]);
+  await removeFenceMarker(deps.driver, node);
   await deps.driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
   await waitForStreaming({ config: { ...deps.config, startTimeoutMs: options.streamingTimeoutMs }, secrets: deps.secrets }, node);
 }

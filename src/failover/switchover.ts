@@ -3,9 +3,8 @@ import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { latestCheckpointLocation, readControlData } from "../postgres/control-data";
 import { lsnToNumber } from "../postgres/lsn";
-import { FENCE_MARKER } from "../postgres/managed-settings";
+import { unfence } from "../postgres/fence-marker";
 import { streamsFrom } from "../postgres/node-facts";
-import { editStoppedNodeConf, FENCE_SETTING } from "../postgres/replication-config";
 import { sleep } from "../util/sleep";
 import type { StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
@@ -86,7 +85,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
       if (!(await waitForReceipt(context, target, finalLsn))) {
         // Nothing changed yet: the old primary goes back to work, the journal closed first.
         const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`;
-        await unfence(context, from);
+        await unfence(deps.driver, from);
         const record = recordOf(operation.entry, "failed", why);
         await operation.finish();
         await deps.driver.start(from, { timeoutMs: deps.config.startTimeoutMs });
@@ -127,12 +126,6 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     if (operation.settled) throw error; // the clean abort above
     return context.failed(operation, error, { pastNoReturn: operation.entry.times.stopped !== undefined });
   }
-}
-
-/** Takes a fence off a node that is to run again as it was (a switchover called off). */
-async function unfence(context: OperationContext, node: NodeRef): Promise<void> {
-  await editStoppedNodeConf(context.deps.driver, node, { [FENCE_SETTING]: null });
-  await context.deps.driver.removeFiles(node, [FENCE_MARKER]);
 }
 
 /** The stopped node's last checkpoint (its shutdown checkpoint after a clean stop). */

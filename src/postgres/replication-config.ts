@@ -1,5 +1,4 @@
 import type { Client } from "pg";
-import { slotNameFor } from "../cluster/members";
 import { ROLE_REPLICATION } from "./managed-settings";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 
@@ -10,6 +9,11 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
  * source's postgresql.auto.conf, so every rejoin writes them again.
  */
 export const AUTO_CONF = "postgresql.auto.conf";
+
+/** Each replica streams over a physical slot of its own on the primary. */
+export function slotNameFor(node: NodeRef): string {
+  return `relevo_${node.name.replace(/[^a-z0-9_]/g, "_")}`;
+}
 export const STANDBY_SIGNAL = "standby.signal";
 /** Written into a fenced node's postgresql.auto.conf: if anything restarts it, read-write clients move on. */
 export const FENCE_SETTING = "default_transaction_read_only";
