@@ -24,7 +24,8 @@ import {
 import { blockCount } from "./relation-files";
 import type { Repository } from "../storage/repository";
 import type { WalArchiver } from "../wal/wal-archiver";
-import { changesSince, referenceOnHistory, serverHistory, type TimelineStep } from "../wal/wal-changes";
+import { changesSince, referenceOnHistory } from "../wal/wal-changes";
+import { serverHistory, type TimelineStep } from "../postgres/timelines";
 import type { WalSummarizer } from "../wal/wal-summary";
 
 export interface CopyProgress {

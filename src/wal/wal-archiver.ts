@@ -11,7 +11,7 @@ import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "../storage/repository";
 import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
-import { serverHistory, type TimelineStep } from "./wal-changes";
+import { serverHistory, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
 import { mkdir, readdir, rename } from "node:fs/promises";

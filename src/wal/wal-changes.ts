@@ -1,42 +1,11 @@
 import { lsnToNumber } from "../postgres/lsn";
-import type { Client } from "pg";
 import os from "node:os";
 import { forEachParallel } from "../storage/copy-file";
 
 import { mergeSummaries, type ChangeSet } from "../backup/change-plan";
 import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
-import { historyFileName, SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";
-
-/** One timeline of a history, and the LSN its successor branched off at (null: the newest). */
-export interface TimelineStep {
-  readonly timeline: number;
-  readonly switchLsn: string | null;
-}
-
-/**
- * The timelines that lead to `timeline`, oldest first, from its .history
- * file ("<parent>\t<switch LSN>\t<reason>" per ancestor). Pure.
- */
-export function timelinePath(timeline: number, history: string | null): TimelineStep[] {
-  const steps: TimelineStep[] = [];
-  for (const line of (history ?? "").split("\n")) {
-    const match = /^\s*(\d+)\s+([0-9A-Fa-f]+\/[0-9A-Fa-f]+)/.exec(line);
-    if (match) steps.push({ timeline: Number(match[1]), switchLsn: match[2]!.toUpperCase() });
-  }
-  return [...steps, { timeline, switchLsn: null }];
-}
-
-/**
- * Which timeline's file holds a segment's WAL on the way along `path`: the
- * first timeline whose switch comes at or after the segment's end (the
- * segment a switch falls in is on the new timeline, which copies the old
- * one's records up to the switch). Pure.
- */
-export function timelineOfSegment(path: readonly TimelineStep[], segment: number): number {
-  const segmentEnd = (segment + 1) * SEGMENT_SIZE;
-  for (const step of path) if (step.switchLsn === null || lsnToNumber(step.switchLsn) >= segmentEnd) return step.timeline;
-  return path[path.length - 1]!.timeline;
-}
+import { SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";
+import { timelineOfSegment, type TimelineStep } from "../postgres/timelines";
 
 /** pg_waldump processes at once when a backup summarises segments itself. */
 const SUMMARY_PARALLELISM = Math.max(1, Math.min(4, os.availableParallelism()));
@@ -85,13 +54,6 @@ export function referenceOnHistory(
   if (reference.timeline === timeline) return null;
   const found = stepsFrom(steps, { timeline: reference.timeline, stopLsn: reference.stopLsn ?? "0/0" }, timeline);
   return typeof found === "string" ? `${found} (reference ${reference.id})` : null;
-}
-
-/** The history of `timeline` as the server holds it (pg_wal/<timeline>.history; superuser). */
-export async function serverHistory(client: Pick<Client, "query">, timeline: number): Promise<TimelineStep[]> {
-  if (timeline === 1) return timelinePath(1, null);
-  const file = `pg_wal/${historyFileName(timeline)}`;
-  return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
 }
 
 /**

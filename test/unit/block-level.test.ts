@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
 import { layeredContent } from "../../src/storage/layered-content";
-import { referenceOnHistory, timelineOfSegment, timelinePath } from "../../src/wal/wal-changes";
+import { referenceOnHistory } from "../../src/wal/wal-changes";
+import { timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
 import { divergedFiles } from "../../src/wal/wal-archiver";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
