@@ -1,0 +1,137 @@
+import { BackupProgressRecorder } from "../backup/backup-progress";
+import { BackupService } from "../backup/backup-service";
+import type { TopologyCollector } from "../cluster/topology-collector";
+import { publisherOf } from "../events/redis-pubsub";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { OsIdentity } from "../nodes/os-user";
+import type { Credentials } from "../postgres/connection";
+import { ROLE_REPLICATION } from "../postgres/managed-settings";
+import { LeaderRole, RedisLease } from "../redis/redis-lease";
+import type { Secrets } from "../secrets/secrets-store";
+import { Repository } from "../storage/repository";
+import { ArchiveMonitor } from "../wal/archive-monitor";
+import { WalArchiver } from "../wal/wal-archiver";
+import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
+import type { StartContext } from "./cleanups";
+import type { RedisAndEvents } from "./redis-and-events";
+
+export interface Storage {
+  /** PostgreSQL's OS user (see openRepository). */
+  readonly pgIdentity: OsIdentity | null;
+  readonly repository: Repository;
+}
+
+/** The backup repository, its WAL archive owned by PostgreSQL's OS user. */
+export async function openRepository(options: StartContext & { readonly driver: NodeDriver }): Promise<Storage> {
+  const { config, driver } = options;
+  // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads
+  // (the image's postgres uid for containers, whatever this machine's is).
+  const pgIdentity = await driver.fileOwner();
+  const repository = new Repository(config.repository, pgIdentity);
+  await repository.ensure();
+  return { pgIdentity, repository };
+}
+
+export interface WalArchive {
+  readonly archiver: WalArchiver;
+  readonly walSummarizer: WalSummarizer;
+}
+
+/** The WAL archiver and summarizer, run by whichever service instance holds their lease. */
+export function startWalArchiver(
+  options: StartContext & {
+    readonly secrets: Secrets;
+    readonly redis: RedisAndEvents;
+    readonly storage: Storage;
+    readonly superuser: Credentials;
+  },
+): WalArchive {
+  const { config, logger, cleanups, secrets, redis, storage, superuser } = options;
+  const archiver = new WalArchiver({
+    repository: storage.repository,
+    pgBinDir: config.pgBinDir,
+    identity: storage.pgIdentity,
+    superuser,
+    replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication" },
+    nodeTimeoutMs: config.nodeTimeoutMs,
+    events: redis.events,
+    logger,
+  });
+  const walSummarizer = walSummarizerFor(storage.repository, config, logger);
+  // One archiver across service instances (a slot serves one receiver at a time anyway).
+  const archiverRole = new LeaderRole(
+    new RedisLease(redis.client, redis.keys.leases.walArchiver, config.leaseTtlMs, redis.instanceId),
+    {
+      name: "wal-archiver",
+      start: () => {
+        archiver.start();
+        walSummarizer.start();
+      },
+      stop: async () => {
+        await walSummarizer.stop();
+        await archiver.stop();
+      },
+    },
+    config.leaseTtlMs,
+    logger,
+  );
+  archiverRole.start();
+  cleanups.push(() => archiverRole.stop());
+  return { archiver, walSummarizer };
+}
+
+export interface Backups {
+  readonly backups: BackupService;
+  readonly archiveMonitor: ArchiveMonitor;
+}
+
+/** The backup service (one backup at a time across instances) and the monitor that raises an archive falling behind. */
+export function startBackups(
+  options: StartContext & {
+    readonly driver: NodeDriver;
+    readonly redis: RedisAndEvents;
+    readonly nodes: readonly NodeRef[];
+    readonly repository: Repository;
+    readonly archive: WalArchive;
+    readonly superuser: Credentials;
+    readonly collector: TopologyCollector;
+  },
+): Backups {
+  const { config, logger, cleanups, driver, redis, nodes, repository, archive, superuser, collector } = options;
+  const backups = new BackupService({
+    clusterName: config.clusterName,
+    summarizer: archive.walSummarizer,
+    maxSlotWalKeepSize: config.maxSlotWalKeepSize,
+    driver,
+    repository,
+    archiver: archive.archiver,
+    superuser,
+    events: redis.events,
+    logger,
+    compression: config.backupCompression,
+    parallelism: config.backupParallelism,
+    archiveTimeoutMs: config.archiveTimeoutMs,
+    startTimeoutMs: config.startTimeoutMs,
+    host: config.host,
+    retentionFull: config.retentionFull,
+    topology: () => collector.latest,
+    nodes,
+    sourcePolicy: config.backupSource,
+    progress: new BackupProgressRecorder(redis.client, redis.keys, publisherOf(redis.pubSub)),
+    maxSourceLagBytes: config.lagAlertBytes,
+    lease: new RedisLease(redis.client, redis.keys.leases.backup, config.leaseTtlMs, redis.instanceId),
+  });
+  cleanups.push(() => backups.waitForIdle());
+
+  const archiveMonitor = new ArchiveMonitor({
+    backups,
+    events: redis.events,
+    logger,
+    topology: () => collector.latest,
+    intervalMs: config.archiveCheckIntervalMs,
+    maxLagBytes: config.archiveMaxLagBytes,
+  });
+  archiveMonitor.start();
+  cleanups.push(() => archiveMonitor.stop());
+  return { backups, archiveMonitor };
+}

@@ -1,0 +1,66 @@
+import { OperationJournal } from "../failover/operation-journal";
+import { FailoverOperations } from "../failover/operations";
+import { FailoverService } from "../failover/failover-service";
+import type { NodeDriver } from "../nodes/node-driver";
+import { RedisLease } from "../redis/redis-lease";
+import type { Secrets } from "../secrets/secrets-store";
+import type { StartContext } from "./cleanups";
+import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
+import type { RedisAndEvents } from "./redis-and-events";
+
+/**
+ * Failover: the recorded cluster state reconciled with the cluster as
+ * bootstrap found it (see FailoverService.reconcile), then the monitor,
+ * which runs in whichever instance holds its lease.
+ */
+export async function startFailover(
+  options: StartContext & {
+    readonly driver: NodeDriver;
+    readonly secrets: Secrets;
+    readonly redis: RedisAndEvents;
+    readonly members: Members;
+    readonly cluster: BootstrappedCluster;
+    readonly topology: Topology;
+  },
+): Promise<FailoverService> {
+  const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology } = options;
+  const { client, keys, instanceId, events } = redis;
+  const { collector } = topology;
+  const journal = new OperationJournal(client, keys.operation, config.leaseTtlMs, instanceId, logger);
+  const operations = new FailoverOperations({
+    config,
+    membership: members.membership,
+    driver,
+    secrets,
+    superuser: cluster.superuser,
+    redis: client,
+    keys,
+    store: cluster.store,
+    journal,
+    events,
+    logger,
+    bootstrap: cluster.bootstrap,
+    refreshTopology: () => collector.pollNow(),
+  });
+  const failover = new FailoverService({
+    redis: client,
+    keys,
+    nodes: members.nodes,
+    store: cluster.store,
+    journal,
+    operations,
+    events,
+    logger,
+    lease: new RedisLease(client, keys.leases.failoverMonitor, config.leaseTtlMs, instanceId),
+    leaseTtlMs: config.leaseTtlMs,
+    database: topology.database,
+    monitor: { config, driver, superuser: cluster.superuser, topology: () => collector.latest },
+  });
+  await failover.reconcile(
+    collector.latest,
+    cluster.outcomes.some((outcome) => outcome.phase === "initialized"),
+  );
+  failover.start();
+  cleanups.push(() => failover.stop());
+  return failover;
+}

@@ -1,0 +1,157 @@
+import { bootstrapCluster, type BootstrapDeps, type NodeBootstrapOutcome } from "../cluster/bootstrap";
+import { Membership } from "../cluster/membership";
+import { TopologyCollector } from "../cluster/topology-collector";
+import { PrimaryDatabase } from "../db/primary-database";
+import { ClusterStateStore } from "../failover/cluster-state";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Credentials } from "../postgres/connection";
+import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "../postgres/managed-settings";
+import { publisherOf } from "../events/redis-pubsub";
+import { repositorySeeder } from "../restore/replica-seed";
+import type { Secrets } from "../secrets/secrets-store";
+import type { Repository } from "../storage/repository";
+import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
+import { outcomeEvent } from "./bootstrap-events";
+import type { Cleanup, StartContext } from "./cleanups";
+import type { RedisAndEvents } from "./redis-and-events";
+
+/** How far back events are consolidated again on a new primary (an asynchronous primary may have died before they reached its replica). */
+const RECONSOLIDATE_WINDOW_MS = 5 * 60 * 1000;
+
+export interface Members {
+  readonly membership: Membership;
+  /** One list shared by every component, changed in place when a replica is added or removed (see Membership). */
+  readonly nodes: NodeRef[];
+  /** Stops every node; a stop told to keep the nodes takes it out of the cleanups. */
+  readonly stopNodes: Cleanup;
+}
+
+/** The cluster's members, followed as other instances on this home change them, and the nodes' stop among the cleanups. */
+export async function followMembership(options: StartContext & { readonly driver: NodeDriver }): Promise<Members> {
+  const { config, logger, cleanups, driver } = options;
+  const membership = await Membership.load(config);
+  const nodes = membership.nodes;
+  // Another instance on this home may add or remove a replica: follow its record.
+  const membershipTimer = setInterval(() => {
+    membership.refresh().catch((error: Error) => logger.warn({ err: error.message }, "membership not re-read"));
+  }, config.topologyPollIntervalMs);
+  membershipTimer.unref();
+  cleanups.push(() => clearInterval(membershipTimer));
+  const stopNodes = async (): Promise<void> => {
+    for (const node of [...nodes].reverse()) await driver.stop(node, { mode: "fast", timeoutMs: 60000 });
+    // Then, best effort, what the driver kept beside them (a failure here must not leave a node running).
+    for (const node of nodes) {
+      await driver
+        .releaseHelpers(node)
+        .catch((error: Error) => logger.warn({ node: node.name, err: error.message }, "the node's helpers were not removed"));
+    }
+  };
+  cleanups.push(stopNodes);
+  return { membership, nodes, stopNodes };
+}
+
+export interface BootstrappedCluster {
+  readonly store: ClusterStateStore;
+  /** What bootstrap was given, for failover to seed a replica again with. */
+  readonly bootstrap: BootstrapDeps;
+  readonly outcomes: readonly NodeBootstrapOutcome[];
+  readonly superuser: Credentials;
+}
+
+/**
+ * Every node initialised, seeded or started (fenced ones left stopped), a
+ * new primary's archive slot made, and what was done recorded as events.
+ */
+export async function bootstrapNodes(
+  options: StartContext & {
+    readonly driver: NodeDriver;
+    readonly secrets: Secrets;
+    readonly redis: RedisAndEvents;
+    readonly nodes: readonly NodeRef[];
+    readonly repository: Repository;
+  },
+): Promise<BootstrappedCluster> {
+  const { config, logger, driver, secrets, redis, nodes, repository } = options;
+  const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
+  const recordedFences = new Set((await store.read().catch(() => null))?.fenced ?? []);
+  const bootstrap: BootstrapDeps = {
+    config,
+    driver,
+    secrets,
+    logger,
+    seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
+    fenced: recordedFences,
+  };
+  const outcomes = await bootstrapCluster(bootstrap, nodes);
+  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+  // A primary made just now gets the archiver's slot before the service
+  // answers, so WAL is kept from here on for the archiver (the leader of the
+  // instances), whenever it comes to stream it. Best effort: the archiver
+  // makes the slot itself too.
+  const initialized = outcomes.find((outcome) => outcome.phase === "initialized");
+  if (initialized) {
+    await ensureArchiveSlot(initialized.node, superuser, config.nodeTimeoutMs).catch((error: Error) =>
+      logger.warn({ node: initialized.node.name, err: error.message }, "the archiver's slot is left to the archiver"),
+    );
+  }
+  for (const outcome of outcomes) {
+    const event = outcomeEvent(outcome);
+    if (event) await redis.events.emit(event);
+  }
+  return { store, bootstrap, outcomes, superuser };
+}
+
+export interface Topology {
+  /** The application database on whichever node is the primary. */
+  readonly database: PrimaryDatabase;
+  readonly collector: TopologyCollector;
+}
+
+/**
+ * The topology collector, polled once before the service answers; on a new
+ * primary the archiver and the application database follow it, and the
+ * last minutes of events are consolidated again.
+ */
+export async function startTopology(
+  options: StartContext & {
+    readonly driver: NodeDriver;
+    readonly secrets: Secrets;
+    readonly redis: RedisAndEvents;
+    readonly nodes: readonly NodeRef[];
+    readonly superuser: Credentials;
+    readonly archiver: WalArchiver;
+    /** Does nothing until the consolidator runs. */
+    readonly replayRecentEvents: (windowMs: number) => void;
+  },
+): Promise<Topology> {
+  const { config, logger, cleanups, driver, secrets, redis, nodes, superuser, archiver, replayRecentEvents } = options;
+  const database = new PrimaryDatabase(
+    { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE },
+    config.nodeTimeoutMs,
+    logger,
+  );
+  cleanups.push(() => database.close());
+  const collector = new TopologyCollector({
+    clusterName: config.clusterName,
+    nodes,
+    driver,
+    credentials: superuser,
+    redis: redis.client,
+    keys: redis.keys,
+    publisher: publisherOf(redis.pubSub),
+    events: redis.events,
+    logger,
+    pollIntervalMs: config.topologyPollIntervalMs,
+    nodeTimeoutMs: config.nodeTimeoutMs,
+    lagAlertBytes: config.lagAlertBytes,
+    onPrimary: async (primary) => {
+      archiver.follow(primary);
+      await database.follow(primary);
+      if (primary) replayRecentEvents(RECONSOLIDATE_WINDOW_MS);
+    },
+  });
+  collector.start();
+  cleanups.push(() => collector.stop());
+  await collector.pollNow();
+  return { database, collector };
+}

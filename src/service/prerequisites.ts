@@ -1,0 +1,21 @@
+import { createNodeDriver } from "../nodes/create-driver";
+import type { NodeDriver } from "../nodes/node-driver";
+import { loadOrCreateSecrets, type Secrets } from "../secrets/secrets-store";
+import { assertPortFree } from "../util/ports";
+import type { StartContext } from "./cleanups";
+
+export interface Prerequisites {
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+}
+
+/** The node driver (its prerequisites met), the secrets of this home, and the API's port free. */
+export async function checkPrerequisites({ config, cleanups }: StartContext): Promise<Prerequisites> {
+  const driver = createNodeDriver(config);
+  // Last of the cleanups: the driver's open connections (the Docker driver's file agents).
+  cleanups.push(() => driver.close());
+  await driver.checkPrerequisites();
+  const secrets = await loadOrCreateSecrets(config.home);
+  await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
+  return { driver, secrets };
+}

@@ -1,0 +1,76 @@
+import type Redis from "ioredis";
+import { randomUUID } from "node:crypto";
+import os from "node:os";
+import type { PrimaryDatabase } from "../db/primary-database";
+import { Consolidator } from "../events/consolidator";
+import { EventLog } from "../events/event-log";
+import { createRedisPubSub, publisherOf, type RedisPubSub } from "../events/redis-pubsub";
+import { redisKeys, type RedisKeys } from "../redis/keys";
+import { createRedisClient, parseRedisUrl, type RedisEndpoint } from "../redis/redis-client";
+import { ensureRedisServer, requireExternalRedis } from "../redis/redis-server";
+import type { Secrets } from "../secrets/secrets-store";
+import type { Cleanup, StartContext } from "./cleanups";
+
+export interface RedisAndEvents {
+  readonly endpoint: RedisEndpoint;
+  /** Stops Relevo's own Redis (nothing for an external one); a stop told to keep Redis takes it out of the cleanups. */
+  readonly stopServer: Cleanup;
+  /** The connection for commands. */
+  readonly client: Redis;
+  /** The consolidator's own connection: it blocks on the event stream. */
+  readonly blockingClient: Redis;
+  /** The topology reader's connection for cache invalidations. */
+  readonly invalidationClient: Redis;
+  readonly keys: RedisKeys;
+  /** Names this process in the leases it holds. */
+  readonly instanceId: string;
+  readonly pubSub: RedisPubSub;
+  readonly events: EventLog;
+}
+
+/** Redis (Relevo's own, or the one RELEVO_REDIS_URL names), the connections to it, and the event log on it. */
+export async function startRedisAndEvents(options: StartContext & { readonly secrets: Secrets }): Promise<RedisAndEvents> {
+  const { config, logger, cleanups, secrets } = options;
+  // Relevo's own Redis, or one run by someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
+  const endpoint = config.redisUrl
+    ? parseRedisUrl(config.redisUrl)
+    : { host: config.host, port: config.redisPort, password: secrets.redisPassword };
+  const server = config.redisUrl
+    ? await requireExternalRedis(endpoint, config.startTimeoutMs, logger)
+    : await ensureRedisServer({
+        home: config.home,
+        host: config.host,
+        port: config.redisPort,
+        password: secrets.redisPassword,
+        bin: config.redisServerBin,
+        startTimeoutMs: config.startTimeoutMs,
+        logger,
+      });
+  const stopServer = (): Promise<void> => server.stop();
+  cleanups.push(stopServer);
+
+  const client = createRedisClient(endpoint, { name: "commands" });
+  const blockingClient = createRedisClient(endpoint, { name: "consolidator", blocking: true });
+  const subscriberClient = createRedisClient(endpoint, { name: "subscriber", queueWhileOffline: true });
+  const invalidationClient = createRedisClient(endpoint, { name: "invalidations", queueWhileOffline: true });
+  cleanups.push(() => {
+    for (const each of [client, blockingClient, subscriberClient, invalidationClient]) each.disconnect();
+  });
+  await client.ping().catch(() => undefined);
+  const keys = redisKeys(config.clusterName);
+  const instanceId = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const pubSub = createRedisPubSub(client, subscriberClient);
+  const events = new EventLog(client, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
+  return { endpoint, stopServer, client, blockingClient, invalidationClient, keys, instanceId, pubSub, events };
+}
+
+/** Copies the event stream into the database (the primary's, whichever that is). */
+export function startConsolidator(
+  options: StartContext & { readonly redis: RedisAndEvents; readonly database: PrimaryDatabase },
+): Consolidator {
+  const { logger, cleanups, redis, database } = options;
+  const consolidator = new Consolidator(redis.blockingClient, redis.keys, database, logger);
+  consolidator.start();
+  cleanups.push(() => consolidator.stop());
+  return consolidator;
+}

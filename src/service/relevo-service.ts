@@ -1,0 +1,114 @@
+import type Redis from "ioredis";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import type { RunningApi } from "../api/server";
+import type { BackupService } from "../backup/backup-service";
+import type { NodeBootstrapOutcome } from "../cluster/bootstrap";
+import type { TopologyCollector } from "../cluster/topology-collector";
+import type { PrimaryDatabase } from "../db/primary-database";
+import type { Consolidator } from "../events/consolidator";
+import type { EventLog } from "../events/event-log";
+import type { FailoverService } from "../failover/failover-service";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { RedisKeys } from "../redis/keys";
+import type { BackupScheduler } from "../scheduler/backup-scheduler";
+import type { Secrets } from "../secrets/secrets-store";
+import { mintToken } from "../secrets/tokens";
+import type { Repository } from "../storage/repository";
+import { projectRoot } from "../util/project-root";
+import type { ArchiveMonitor } from "../wal/archive-monitor";
+import type { WalArchiver } from "../wal/wal-archiver";
+import type { WalSummarizer } from "../wal/wal-summary";
+import type { WalArchive, Storage } from "./backups-and-archive";
+import type { Cleanups } from "./cleanups";
+import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
+import type { RedisAndEvents } from "./redis-and-events";
+import { stopService, type StopOptions } from "./stop";
+
+export interface RelevoService {
+  readonly apiUrl: string;
+  readonly operatorToken: string;
+  readonly nodes: readonly NodeRef[];
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+  readonly keys: RedisKeys;
+  readonly redis: Redis;
+  readonly events: EventLog;
+  readonly collector: TopologyCollector;
+  readonly database: PrimaryDatabase;
+  readonly consolidator: Consolidator;
+  readonly repository: Repository;
+  readonly archiver: WalArchiver;
+  readonly walSummarizer: WalSummarizer;
+  readonly backups: BackupService;
+  readonly scheduler: BackupScheduler;
+  readonly archiveMonitor: ArchiveMonitor;
+  readonly failover: FailoverService;
+  readonly outcomes: readonly NodeBootstrapOutcome[];
+  /** Stops the API, the collector, the consolidator and (unless told) Redis and every node. */
+  stop(options?: StopOptions): Promise<void>;
+}
+
+const RELEVO_VERSION: string = (JSON.parse(readFileSync(path.join(projectRoot(), "package.json"), "utf8")) as { version: string }).version;
+
+/** The last step of a start: `service:started` recorded, with the version, pid and driver. */
+export async function announceStarted({ events, driver }: { readonly events: EventLog; readonly driver: NodeDriver }): Promise<void> {
+  await events.emit({
+    kind: "service:started",
+    severity: "info",
+    node: null,
+    message: `Relevo ${RELEVO_VERSION} started (pid ${process.pid}, ${driver.kind} driver)`,
+    data: { version: RELEVO_VERSION, pid: process.pid, driver: driver.kind },
+  });
+}
+
+/** What the start steps started, as the service its callers hold; stop runs once, however often it is called. */
+export function runningService(parts: {
+  readonly cleanups: Cleanups;
+  readonly driver: NodeDriver;
+  readonly secrets: Secrets;
+  readonly redis: RedisAndEvents;
+  readonly members: Members;
+  readonly storage: Storage;
+  readonly cluster: BootstrappedCluster;
+  readonly archive: WalArchive;
+  readonly topology: Topology;
+  readonly backups: BackupService;
+  readonly archiveMonitor: ArchiveMonitor;
+  readonly scheduler: BackupScheduler;
+  readonly failover: FailoverService;
+  readonly consolidator: Consolidator;
+  readonly api: RunningApi;
+}): RelevoService {
+  const { cleanups, driver, secrets, redis, members, storage, cluster, archive, topology } = parts;
+  const { backups, archiveMonitor, scheduler, failover, consolidator, api } = parts;
+  let stopping: Promise<void> | null = null;
+  return {
+    apiUrl: api.url,
+    operatorToken: mintToken(secrets.tokenKey, "operator"),
+    nodes: members.nodes,
+    driver,
+    secrets,
+    keys: redis.keys,
+    redis: redis.client,
+    events: redis.events,
+    collector: topology.collector,
+    database: topology.database,
+    consolidator,
+    repository: storage.repository,
+    archiver: archive.archiver,
+    walSummarizer: archive.walSummarizer,
+    backups,
+    scheduler,
+    archiveMonitor,
+    failover,
+    outcomes: cluster.outcomes,
+    stop: (options = {}) => {
+      stopping ??= stopService(
+        { cleanups, redis, stopNodes: members.stopNodes, api, collector: topology.collector, consolidator },
+        options,
+      );
+      return stopping;
+    },
+  };
+}

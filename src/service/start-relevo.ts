@@ -1,0 +1,76 @@
+import type { RelevoConfig } from "../config/config";
+import type { Logger } from "../log";
+import { startApi } from "./api";
+import { openRepository, startBackups, startWalArchiver } from "./backups-and-archive";
+import { Cleanups, type StartContext } from "./cleanups";
+import { startFailover } from "./failover";
+import { bootstrapNodes, followMembership, startTopology } from "./nodes-and-topology";
+import { checkPrerequisites } from "./prerequisites";
+import { startConsolidator, startRedisAndEvents } from "./redis-and-events";
+import { announceStarted, runningService, type RelevoService } from "./relevo-service";
+import { startScheduler } from "./scheduler";
+
+/**
+ * The composition root: starts everything in dependency order and, when a
+ * step fails, stops what the earlier steps started, so a failed start leaves
+ * nothing running. Each step pushes the cleanups of what it starts (see
+ * Cleanups); a stop unwinds them in reverse (see stopService).
+ */
+export async function startRelevo(config: RelevoConfig, logger: Logger): Promise<RelevoService> {
+  const cleanups = new Cleanups(logger);
+  const context: StartContext = { config, logger, cleanups };
+  try {
+    const { driver, secrets } = await checkPrerequisites(context);
+    const redis = await startRedisAndEvents({ ...context, secrets });
+    const members = await followMembership({ ...context, driver });
+    const { nodes } = members;
+    const storage = await openRepository({ ...context, driver });
+    const { repository } = storage;
+    const cluster = await bootstrapNodes({ ...context, driver, secrets, redis, nodes, repository });
+    const { superuser } = cluster;
+    const archive = startWalArchiver({ ...context, secrets, redis, storage, superuser });
+
+    // Set once the consolidator exists: a new primary gets the last minutes of events again.
+    let replayRecentEvents: ((windowMs: number) => void) | null = null;
+    const topology = await startTopology({
+      ...context,
+      driver,
+      secrets,
+      redis,
+      nodes,
+      superuser,
+      archiver: archive.archiver,
+      replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),
+    });
+    const { collector } = topology;
+
+    const { backups, archiveMonitor } = startBackups({ ...context, driver, redis, nodes, repository, archive, superuser, collector });
+    const scheduler = await startScheduler({ ...context, redis, backups });
+    const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology });
+    const consolidator = startConsolidator({ ...context, redis, database: topology.database });
+    replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
+    const api = await startApi({ ...context, secrets, redis, nodes, collector, backups, scheduler, failover });
+    await announceStarted({ events: redis.events, driver });
+
+    return runningService({
+      cleanups,
+      driver,
+      secrets,
+      redis,
+      members,
+      storage,
+      cluster,
+      archive,
+      topology,
+      backups,
+      archiveMonitor,
+      scheduler,
+      failover,
+      consolidator,
+      api,
+    });
+  } catch (error) {
+    await cleanups.unwind();
+    throw error;
+  }
+}
