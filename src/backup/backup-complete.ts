@@ -1,0 +1,71 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import { syncFileSystem } from "../storage/copy-file";
+import type { Repository } from "../storage/repository";
+import type { BackupSession } from "./backup-session";
+import type { StoppedBackup } from "./backup-stop";
+import type { BackupManifest, ManifestEntry } from "./manifest";
+import { blockCount } from "./relation-files";
+
+/** The backup's content flushed to disk before its manifest says it is complete. */
+export async function syncBackupContent(options: {
+  readonly repository: Repository;
+  readonly logger: Logger;
+  readonly id: string;
+}): Promise<void> {
+  const { repository, logger, id } = options;
+  const syncStartedAtMs = Date.now();
+  await syncFileSystem(repository.backupDir(id));
+  logger.info({ id, syncMs: Date.now() - syncStartedAtMs }, "backup's content on disk");
+}
+
+/** Pure: the manifest of a completed backup, its entries sorted by path and its totals counted. */
+export function completedManifest(
+  manifest: BackupManifest,
+  options: { readonly stopped: StoppedBackup; readonly entries: readonly ManifestEntry[] },
+): BackupManifest {
+  const { stopped } = options;
+  const sorted = [...options.entries].sort((a, b) => a.path.localeCompare(b.path));
+  const stored = sorted.filter((entry) => entry.type === "file" && entry.stored);
+  return {
+    ...manifest,
+    status: "completed",
+    timeline: stopped.timeline,
+    startLsn: stopped.startLsn,
+    stopLsn: stopped.stopLsn,
+    stoppedAt: stopped.stoppedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    backupLabel: stopped.backupLabel,
+    tablespaceMap: stopped.tablespaceMap,
+    sizeBytes: sorted.reduce((sum, entry) => sum + entry.size, 0),
+    storedBytes: stored.reduce((sum, entry) => sum + entry.stored!.bytes, 0),
+    fileCount: sorted.filter((entry) => entry.type === "file").length,
+    filesStored: stored.filter((entry) => !entry.blocks).length,
+    blocksStored: sorted.reduce((sum, entry) => sum + (entry.blocks ? blockCount(entry.blocks) : 0), 0),
+    files: sorted,
+  };
+}
+
+/**
+ * A failed backup leaves its manifest marked failed and no content. The
+ * error to throw: the session's own when it was lost (the rest follows from
+ * it), with the backup's id.
+ */
+export async function failBackup(options: {
+  readonly repository: Repository;
+  readonly session: BackupSession;
+  readonly manifest: BackupManifest;
+  readonly error: unknown;
+}): Promise<RelevoError> {
+  const { repository, session, manifest, error } = options;
+  const id = manifest.id;
+  await session.end();
+  const cause = session.failure ?? (error as Error);
+  const reason = cause.message;
+  const failed: BackupManifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
+  await repository.removeBackupContent(id).catch(() => undefined);
+  await repository.writeManifest(failed).catch(() => undefined);
+  // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
+  const code = cause instanceof RelevoError && cause.code === ErrorCode.DockerUnavailable ? cause.code : ErrorCode.CommandFailed;
+  return new RelevoError(code, `backup ${id} failed: ${reason}`, { cause: error, details: { backupId: id } });
+}
