@@ -1,31 +1,25 @@
 import type { Credentials } from "../postgres/connection";
 import { ErrorCode, RelevoError } from "../errors";
-import { redisCall } from "../redis/redis-client";
 import type { EventLog } from "../events/event-log";
-import type { BackupRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { backupChain } from "./backup-chain";
-import { takeBackup } from "./take-backup";
+import { backupCatalogedEvent, backupExpiredEvent, backupVerifiedEvent } from "./backup-events";
+import { BackupRunner } from "./backup-runner";
 import type { BackupManifest, BackupType, Compression } from "./manifest";
 import type { RecoveryTarget } from "../restore/recovery-target";
 import type { Repository } from "../storage/repository";
 import { restoreBackup } from "../restore/restore";
 import { verifyBackup } from "./verify";
-import { progressFigures, type BackupProgress, type BackupProgressRecorder } from "./backup-progress";
-import { chooseBackupSource, type BackupSourcePolicy } from "./backup-source";
+import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
+import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { withNodeClient } from "../postgres/connection";
 import { planRetention } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
 import { chooseBackupIn } from "../restore/choose-backup";
-import { captureReferencePoint } from "./reference-point";
 import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
-import type { LeaseHolder, RedisLease } from "../redis/redis-lease";
-
-/** Writers wait at most this long for the reference point's table locks. */
-const REFERENCE_LOCK_TIMEOUT_MS = 5000;
+import type { RedisLease } from "../redis/redis-lease";
 
 export interface BackupServiceDeps {
   readonly clusterName: string;
@@ -55,20 +49,19 @@ export interface BackupServiceDeps {
 }
 
 /**
- * Runs backups one at a time (a second request while one runs is
- * BACKUP_IN_PROGRESS), records each state change as an event, and restores.
+ * Backups as the API, the scheduler and the CLI see them: runs (one at a
+ * time, see BackupRunner), the catalog the repository holds, retention,
+ * restores and verification.
  */
 export class BackupService {
-  private running: { id: string | null; done: Promise<BackupManifest> } | null = null;
-  /** Reference points being taken, by backup id, for verify to wait on (see trackReferencePoint). */
-  private readonly referencing = new Map<string, Promise<void>>();
-  /** Work started after backups completed (reference points, retention), for waitForIdle. */
-  private readonly afterwork = new Set<Promise<void>>();
+  private readonly runner: BackupRunner;
 
-  constructor(private readonly deps: BackupServiceDeps) {}
+  constructor(private readonly deps: BackupServiceDeps) {
+    this.runner = new BackupRunner(deps, { expire: () => this.expire() });
+  }
 
   get runningId(): string | null {
-    return this.running?.id ?? null;
+    return this.runner.runningId;
   }
 
   /**
@@ -76,136 +69,7 @@ export class BackupService {
    * `done` resolves when it has completed (or rejects when it failed).
    */
   async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
-    if (this.running) {
-      throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
-    }
-    const snapshot = this.deps.topology();
-    const chosen = chooseBackupSource(snapshot, this.deps.sourcePolicy, this.deps.maxSourceLagBytes);
-    const slot: { id: string | null; done: Promise<BackupManifest> } = {
-      id: null,
-      done: Promise.resolve(null as unknown as BackupManifest),
-    };
-    this.running = slot; // taken before the first await: one backup per instance
-    let lease: LeaseHolder | null;
-    try {
-      lease = await redisCall("backup lease", () => this.deps.lease.tryAcquire());
-    } catch (error) {
-      this.running = null;
-      throw error;
-    }
-    if (!lease) {
-      this.running = null;
-      throw new RelevoError(ErrorCode.BackupInProgress, "a backup is running in another Relevo instance; wait for it to finish");
-    }
-    const stopRenewing = this.deps.lease.keepAlive(this.deps.logger, () =>
-      this.deps.logger.error({}, "backup lease lost while a backup runs"),
-    );
-    const source = this.deps.nodes.find((node) => node.name === chosen.node)!;
-    const primary = this.deps.nodes.find((node) => node.name === snapshot?.primary)!;
-    let announce!: (manifest: BackupManifest) => void;
-    const started = new Promise<BackupManifest>((resolve) => (announce = resolve));
-    const { events } = this.deps;
-    const startedAtMs = Date.now();
-    const finalProgress = (manifest: BackupManifest, phase: "completed" | "failed"): void => {
-      const done = {
-        phase: "copying" as const,
-        filesDone: manifest.fileCount,
-        filesTotal: manifest.fileCount,
-        bytesDone: manifest.sizeBytes,
-        bytesTotal: manifest.sizeBytes,
-      };
-      this.deps.progress.record(
-        { ...progressFigures(manifest.id, done, startedAtMs, Date.now()), phase, etaSeconds: null },
-        { final: true },
-      );
-    };
-    let reference: BackupManifest | null;
-    try {
-      reference = type === "full" ? null : await this.referenceFor(type);
-    } catch (error) {
-      stopRenewing();
-      void this.deps.lease.release().catch(() => undefined);
-      this.running = null;
-      throw error;
-    }
-    slot.done = takeBackup(this.deps, {
-      type,
-      reference,
-      source,
-      compression: this.deps.compression,
-      parallelism: this.deps.parallelism,
-      archiveTimeoutMs: this.deps.archiveTimeoutMs,
-      switchWalOnPrimary: async () => {
-        await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
-      },
-      onProgress: (progress) => {
-        if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
-      },
-      onStart: async (manifest) => {
-        slot.id = manifest.id;
-        await events.emit({
-          kind: "backup:started",
-          severity: "info",
-          node: source.name,
-          message: `backup ${manifest.id} (${type}) started from ${source.name}`,
-          data: backupRecord(manifest),
-        });
-        announce(manifest);
-      },
-    })
-      .then(async (manifest) => {
-        finalProgress(manifest, "completed");
-        this.trackReferencePoint(manifest.id, primary);
-        const durationMs = Date.parse(manifest.finishedAt!) - Date.parse(manifest.startedAt);
-        await events.emit({
-          kind: "backup:completed",
-          severity: "info",
-          node: source.name,
-          message: `backup ${manifest.id} completed: ${manifest.sizeBytes} bytes, ${manifest.storedBytes} stored, ${durationMs} ms`,
-          data: { ...backupRecord(manifest), durationMs },
-        });
-        // Retention after every backup, off the backup's own time (waitForIdle awaits it).
-        this.trackAfterwork(
-          this.expire()
-            .then(() => undefined)
-            .catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")),
-        );
-        return manifest;
-      })
-      .catch(async (error: Error) => {
-        const failed = slot.id ? await this.deps.repository.readManifest(slot.id) : null;
-        if (failed) {
-          finalProgress(failed, "failed");
-          await events.emit({
-            kind: "backup:failed",
-            severity: "critical",
-            node: source.name,
-            message: error.message,
-            data: backupRecord(failed),
-          });
-        }
-        throw error;
-      })
-      .finally(() => {
-        stopRenewing();
-        void this.deps.lease.release().catch(() => undefined);
-        if (this.running === slot) this.running = null;
-      });
-    const first = await Promise.race([started, slot.done]);
-    slot.done.catch(() => undefined); // the caller may not wait for completion
-    return { manifest: first, done: slot.done };
-  }
-
-  /**
-   * What a differential (the newest full) or an incremental (the newest
-   * backup of any type) builds on; null when there is none (it is then taken
-   * as a full).
-   */
-  private async referenceFor(type: "differential" | "incremental"): Promise<BackupManifest | null> {
-    const completed = (await this.list()).filter(
-      (manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"),
-    );
-    return completed[completed.length - 1] ?? null;
+    return this.runner.start(type);
   }
 
   /** Live progress of a backup (kept a day after it ended); null when none is known. */
@@ -252,13 +116,7 @@ export class BackupService {
       const expired: BackupManifest = { ...manifest, status: "expired" };
       await this.deps.repository.writeManifest(expired);
       await this.deps.repository.removeBackupContent(id);
-      await this.deps.events.emit({
-        kind: "backup:expired",
-        severity: "info",
-        node: null,
-        message: `backup ${id} expired by retention`,
-        data: backupRecord(expired),
-      });
+      await this.deps.events.emit(backupExpiredEvent(expired));
     }
     const walSegmentsRemoved = plan.walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(plan.walBefore);
     return { expired: [...plan.expire], walSegmentsRemoved };
@@ -277,21 +135,12 @@ export class BackupService {
   }
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
-    await this.referencing.get(id);
+    await this.runner.referencePointOf(id);
     const manifest = await this.get(id);
     if (manifest.status !== "completed")
       throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
     const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, manifest, options);
-    const ok = verification.contentOk && (verification.restoreTest?.ok ?? true);
-    await this.deps.events.emit({
-      kind: "backup:verified",
-      severity: ok ? "info" : "critical",
-      node: null,
-      message: ok
-        ? `backup ${id} verified${verification.restoreTest ? ", restore test passed" : ""}`
-        : `backup ${id} failed verification: ${verification.badFiles.length ? `damaged ${verification.badFiles.slice(0, 5).join(", ")}` : verification.restoreTest?.error}`,
-      data: { id, ok, badFiles: [...verification.badFiles], restoreTested: verification.restoreTest !== null },
-    });
+    await this.deps.events.emit(backupVerifiedEvent(id, verification));
     return this.get(id);
   }
 
@@ -302,70 +151,12 @@ export class BackupService {
    */
   async rescan(): Promise<number> {
     const manifests = await this.list();
-    for (const manifest of manifests) {
-      await this.deps.events.emit({
-        kind: "backup:cataloged",
-        severity: "info",
-        node: null,
-        message: `backup ${manifest.id} (${manifest.status}) read from the repository`,
-        data: backupRecord(manifest),
-      });
-    }
+    for (const manifest of manifests) await this.deps.events.emit(backupCatalogedEvent(manifest));
     return manifests.length;
   }
 
+  /** Waits for the running backup and what follows a completed one (reference point, retention). */
   async waitForIdle(): Promise<void> {
-    await this.running?.done.catch(() => undefined);
-    await Promise.all(this.afterwork);
+    await this.runner.waitForIdle();
   }
-
-  private trackAfterwork(work: Promise<void>): void {
-    this.afterwork.add(work);
-    void work.finally(() => this.afterwork.delete(work));
-  }
-
-  /**
-   * After a backup completed: a restore point named after it and every
-   * table's checksum at that point, written into its manifest for the
-   * restore test. It runs after the backup counts (checksumming a large
-   * database takes a while) and does not hold up the next backup; a
-   * verification of that backup waits for it.
-   */
-  private trackReferencePoint(id: string, primary: NodeRef): void {
-    const work = (async () => {
-      try {
-        const point = await captureReferencePoint(primary, this.deps.superuser, `relevo-${id}`, REFERENCE_LOCK_TIMEOUT_MS);
-        const current = await this.deps.repository.readManifest(id);
-        if (current?.status === "completed") await this.deps.repository.writeManifest({ ...current, referencePoint: point });
-        this.deps.logger.info({ id, lsn: point.lsn, tables: point.tables.length }, "reference point recorded for the restore test");
-      } catch (error) {
-        this.deps.logger.warn(
-          { id, err: (error as Error).message },
-          "no reference point for the restore test (it checks with pg_amcheck only)",
-        );
-      } finally {
-        this.referencing.delete(id);
-      }
-    })();
-    this.referencing.set(id, work);
-    this.trackAfterwork(work);
-  }
-}
-
-export function backupRecord(manifest: BackupManifest): BackupRecord {
-  return {
-    id: manifest.id,
-    type: manifest.type,
-    status: manifest.status,
-    source: manifest.source,
-    reference: manifest.reference,
-    timeline: manifest.timeline || null,
-    startLsn: manifest.status === "completed" ? manifest.startLsn : null,
-    stopLsn: manifest.stopLsn,
-    sizeBytes: manifest.status === "completed" ? manifest.sizeBytes : null,
-    storedBytes: manifest.status === "completed" ? manifest.storedBytes : null,
-    error: manifest.error,
-    startedAt: manifest.startedAt,
-    finishedAt: manifest.finishedAt,
-  };
 }

@@ -1,0 +1,235 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { NodeRef } from "../nodes/node-driver";
+import { withNodeClient } from "../postgres/connection";
+import { redisCall } from "../redis/redis-client";
+import type { LeaseHolder } from "../redis/redis-lease";
+import { backupCompletedEvent, backupFailedEvent, backupStartedEvent } from "./backup-events";
+import { progressFigures } from "./backup-progress";
+import type { BackupServiceDeps } from "./backup-service";
+import { chooseBackupSource } from "./backup-source";
+import type { BackupManifest, BackupType } from "./manifest";
+import { captureReferencePoint } from "./reference-point";
+import { takeBackup } from "./take-backup";
+
+/** Writers wait at most this long for the reference point's table locks. */
+const REFERENCE_LOCK_TIMEOUT_MS = 5000;
+
+/** The backup this instance runs: its id once it has started, and its completion. */
+interface RunningBackup {
+  id: string | null;
+  done: Promise<BackupManifest>;
+}
+
+/** One backup run, as its steps see it. */
+interface Run {
+  readonly type: BackupType;
+  readonly slot: RunningBackup;
+  readonly source: NodeRef;
+  readonly primary: NodeRef;
+  readonly startedAtMs: number;
+}
+
+/**
+ * Runs backups one at a time (a second request while one runs is
+ * BACKUP_IN_PROGRESS, in this instance or, by the backup lease, in
+ * another), records each state change as an event and its progress, and
+ * after each completed backup takes its reference point and applies
+ * retention.
+ */
+export class BackupRunner {
+  private running: RunningBackup | null = null;
+  /** Reference points being taken, by backup id, for verify to wait on (see trackReferencePoint). */
+  private readonly referencing = new Map<string, Promise<void>>();
+  /** Work started after backups completed (reference points, retention), for waitForIdle. */
+  private readonly afterwork = new Set<Promise<void>>();
+
+  constructor(
+    private readonly deps: BackupServiceDeps,
+    /** Applied after every completed backup. */
+    private readonly retention: { expire(): Promise<unknown> },
+  ) {}
+
+  get runningId(): string | null {
+    return this.running?.id ?? null;
+  }
+
+  /**
+   * Starts a backup and resolves once it has started (its id is known);
+   * `done` resolves when it has completed (or rejects when it failed).
+   */
+  async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
+    if (this.running) {
+      throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
+    }
+    const snapshot = this.deps.topology();
+    const chosen = chooseBackupSource(snapshot, this.deps.sourcePolicy, this.deps.maxSourceLagBytes);
+    const slot: RunningBackup = { id: null, done: Promise.resolve(null as unknown as BackupManifest) };
+    this.running = slot; // taken before the first await: one backup per instance
+    const stopRenewing = await this.holdLease();
+    const end = (): void => {
+      stopRenewing();
+      void this.deps.lease.release().catch(() => undefined);
+      if (this.running === slot) this.running = null;
+    };
+    const run: Run = {
+      type,
+      slot,
+      source: this.deps.nodes.find((node) => node.name === chosen.node)!,
+      primary: this.deps.nodes.find((node) => node.name === snapshot?.primary)!,
+      startedAtMs: Date.now(),
+    };
+    let reference: BackupManifest | null;
+    try {
+      reference = type === "full" ? null : await this.referenceFor(type);
+    } catch (error) {
+      end();
+      throw error;
+    }
+    let announce!: (manifest: BackupManifest) => void;
+    const started = new Promise<BackupManifest>((resolve) => (announce = resolve));
+    slot.done = this.take(run, { reference, announce })
+      .then((manifest) => this.completed(run, manifest))
+      .catch((error: Error) => this.failed(run, error))
+      .finally(end);
+    const first = await Promise.race([started, slot.done]);
+    slot.done.catch(() => undefined); // the caller may not wait for completion
+    return { manifest: first, done: slot.done };
+  }
+
+  /** The reference point of a backup that just completed, while it is being taken (verify waits for it). */
+  referencePointOf(id: string): Promise<void> | undefined {
+    return this.referencing.get(id);
+  }
+
+  async waitForIdle(): Promise<void> {
+    await this.running?.done.catch(() => undefined);
+    await Promise.all(this.afterwork);
+  }
+
+  /**
+   * The backup lease, held while the backup runs so that one runs at a time
+   * across service instances; returns what stops renewing it. Without it the
+   * slot this instance took is given back.
+   */
+  private async holdLease(): Promise<() => void> {
+    let lease: LeaseHolder | null;
+    try {
+      lease = await redisCall("backup lease", () => this.deps.lease.tryAcquire());
+    } catch (error) {
+      this.running = null;
+      throw error;
+    }
+    if (!lease) {
+      this.running = null;
+      throw new RelevoError(ErrorCode.BackupInProgress, "a backup is running in another Relevo instance; wait for it to finish");
+    }
+    return this.deps.lease.keepAlive(this.deps.logger, () => this.deps.logger.error({}, "backup lease lost while a backup runs"));
+  }
+
+  /**
+   * What a differential (the newest full) or an incremental (the newest
+   * backup of any type) builds on; null when there is none (it is then taken
+   * as a full).
+   */
+  private async referenceFor(type: "differential" | "incremental"): Promise<BackupManifest | null> {
+    const completed = (await this.deps.repository.listManifests()).filter(
+      (manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"),
+    );
+    return completed[completed.length - 1] ?? null;
+  }
+
+  private take(
+    run: Run,
+    options: { readonly reference: BackupManifest | null; readonly announce: (manifest: BackupManifest) => void },
+  ): Promise<BackupManifest> {
+    const { type, slot, source, primary, startedAtMs } = run;
+    return takeBackup(this.deps, {
+      type,
+      reference: options.reference,
+      source,
+      compression: this.deps.compression,
+      parallelism: this.deps.parallelism,
+      archiveTimeoutMs: this.deps.archiveTimeoutMs,
+      switchWalOnPrimary: async () => {
+        await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
+      },
+      onProgress: (progress) => {
+        if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
+      },
+      onStart: async (manifest) => {
+        slot.id = manifest.id;
+        await this.deps.events.emit(backupStartedEvent(manifest, { asked: type, source }));
+        options.announce(manifest);
+      },
+    });
+  }
+
+  private async completed(run: Run, manifest: BackupManifest): Promise<BackupManifest> {
+    this.recordFinalProgress(run, manifest, "completed");
+    this.trackReferencePoint(manifest.id, run.primary);
+    await this.deps.events.emit(backupCompletedEvent(manifest, run.source));
+    // Retention after every backup, off the backup's own time (waitForIdle awaits it).
+    this.trackAfterwork(
+      this.retention
+        .expire()
+        .then(() => undefined)
+        .catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")),
+    );
+    return manifest;
+  }
+
+  private async failed(run: Run, error: Error): Promise<never> {
+    const manifest = run.slot.id ? await this.deps.repository.readManifest(run.slot.id) : null;
+    if (manifest) {
+      this.recordFinalProgress(run, manifest, "failed");
+      await this.deps.events.emit(backupFailedEvent(manifest, { source: run.source, error }));
+    }
+    throw error;
+  }
+
+  private recordFinalProgress(run: Run, manifest: BackupManifest, phase: "completed" | "failed"): void {
+    const done = {
+      phase: "copying" as const,
+      filesDone: manifest.fileCount,
+      filesTotal: manifest.fileCount,
+      bytesDone: manifest.sizeBytes,
+      bytesTotal: manifest.sizeBytes,
+    };
+    this.deps.progress.record(
+      { ...progressFigures(manifest.id, done, run.startedAtMs, Date.now()), phase, etaSeconds: null },
+      { final: true },
+    );
+  }
+
+  private trackAfterwork(work: Promise<void>): void {
+    this.afterwork.add(work);
+    void work.finally(() => this.afterwork.delete(work));
+  }
+
+  /**
+   * After a backup completed: a restore point named after it and every
+   * table's checksum at that point, written into its manifest for the
+   * restore test. It runs after the backup counts (checksumming a large
+   * database takes a while) and does not hold up the next backup; a
+   * verification of that backup waits for it.
+   */
+  private trackReferencePoint(id: string, primary: NodeRef): void {
+    const work = (async () => {
+      try {
+        const point = await captureReferencePoint(primary, this.deps.superuser, `relevo-${id}`, REFERENCE_LOCK_TIMEOUT_MS);
+        const current = await this.deps.repository.readManifest(id);
+        if (current?.status === "completed") await this.deps.repository.writeManifest({ ...current, referencePoint: point });
+        this.deps.logger.info({ id, lsn: point.lsn, tables: point.tables.length }, "reference point recorded for the restore test");
+      } catch (error) {
+        this.deps.logger.warn(
+          { id, err: (error as Error).message },
+          "no reference point for the restore test (it checks with pg_amcheck only)",
+        );
+      } finally {
+        this.referencing.delete(id);
+      }
+    })();
+    this.referencing.set(id, work);
+    this.trackAfterwork(work);
+  }
+}
