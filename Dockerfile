@@ -1,7 +1,9 @@
 # Relevo's API and controller as a container, for the compose stack
 # (docker-compose.yml): it drives the PostgreSQL node containers through the
 # Docker socket mounted into it.
-FROM node:20-bookworm-slim
+# Node 24 LTS on Debian 12 (bookworm): plain node:24 is Debian 13, which has no
+# postgresql-15 package.
+FROM node:24-bookworm-slim
 
 # PostgreSQL 15's own tools, run by Relevo itself: pg_receivewal (the WAL
 # archive) and pg_waldump (the WAL summaries behind incremental backups). The

@@ -6,7 +6,8 @@ module.exports = {
   testMatch: ["**/*.test.ts"],
   transform: {
     "^.+\\.tsx?$": ["ts-jest", { tsconfig: "tsconfig.json", diagnostics: { warnOnly: false } }],
-    // agenda 6 and its Redis backend are ES modules only: Jest 30 on Node 20 cannot require them untransformed.
+    // agenda 6 and its Redis backend are ES modules only. Jest 30 requires ES modules natively only on
+    // Node 24.9+ and with --experimental-vm-modules; compiled to CommonJS here, they load on Node 22 and 24 alike.
     "node_modules/(agenda|@agendajs/redis-backend)/.+\\.js$": ["ts-jest", { tsconfig: "tsconfig.jest.json", diagnostics: false }],
   },
   transformIgnorePatterns: ["/node_modules/(?!(agenda|@agendajs/redis-backend)/)"],
