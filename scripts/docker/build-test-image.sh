@@ -5,7 +5,8 @@
 # postgres image's layout where a driver relies on it (PGDATA, the postgres
 # user as uid 999, an entrypoint that runs the server as PID 1, SIGINT to stop
 # = fast shutdown). JIT (LLVM, +150 MB) is left out unless WITH_JIT=1.
-# Needs a running Docker engine (scripts/docker/start-engine.sh) and root.
+# Needs a running Docker engine and root; scripts/setup.sh test runs it when
+# the image is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/relevo-image-XXXXXX)

@@ -7,8 +7,8 @@ export const TEST_IMAGE = process.env.RELEVO_TEST_DOCKER_IMAGE ?? "relevo-test/p
 
 /**
  * Fails the suite, loudly, when no Docker engine answers or the test image is
- * missing: the Docker suites are never skipped quietly (CI starts the engine
- * and builds the image in .ci/run).
+ * missing: the Docker suites are never skipped quietly (`npm test` starts the
+ * engine and builds the image first, in scripts/setup.sh).
  */
 export async function requireDockerEngine(): Promise<void> {
   const docker = new Docker({ socketPath: "/var/run/docker.sock" });
@@ -17,13 +17,13 @@ export async function requireDockerEngine(): Promise<void> {
   } catch (error) {
     throw new Error(
       `the Docker suites need a Docker engine on /var/run/docker.sock and none answers (${(error as Error).message}): ` +
-        `run scripts/docker/start-engine.sh (as .ci/run does)`,
+        `run scripts/setup.sh test (as npm test does)`,
     );
   }
   try {
     await docker.getImage(TEST_IMAGE).inspect();
   } catch {
-    throw new Error(`the Docker suites need the image ${TEST_IMAGE}: run scripts/docker/build-test-image.sh (as .ci/run does)`);
+    throw new Error(`the Docker suites need the image ${TEST_IMAGE}: run scripts/setup.sh test (as npm test does)`);
   }
 }
 

@@ -98,7 +98,7 @@ export function translateEngineError(error: unknown, context: EngineContext & { 
     return new RelevoError(
       ErrorCode.DockerUnavailable,
       `the Docker engine at ${context.endpoint} does not answer (${e.code}) while trying to ${context.action}: start it ` +
-        `(scripts/docker/start-engine.sh on Debian), or set RELEVO_DOCKER_HOST` +
+        `(on Debian, as root, scripts/setup.sh test starts one), or set RELEVO_DOCKER_HOST` +
         // A TLS engine that refuses this client's certificate resets the connection after the handshake.
         (context.tls && e.code === "ECONNRESET"
           ? `; over TLS, also check that the engine trusts the client certificate in RELEVO_DOCKER_CERT_PATH`
@@ -130,7 +130,7 @@ export function imageMissing(image: string, cause?: unknown): RelevoError {
   return new RelevoError(
     ErrorCode.ImageMissing,
     `image ${image} is not on the Docker engine: pull it (docker pull ${image}), build the test image ` +
-      `(scripts/docker/build-test-image.sh), or set RELEVO_DOCKER_IMAGE`,
+      `(scripts/setup.sh test builds it), or set RELEVO_DOCKER_IMAGE`,
     { cause, details: { env: "RELEVO_DOCKER_IMAGE", image } },
   );
 }
