@@ -73,7 +73,8 @@ export class FailoverService {
    * is a replica, and that primary, which carries no fence, is recorded. A
    * fenced node is never adopted this way.
    */
-  async reconcile(snapshot: ClusterSnapshot | null, initialised: boolean): Promise<void> {
+  async reconcile(options: { snapshot: ClusterSnapshot | null; initialised: boolean }): Promise<void> {
+    const { snapshot, initialised } = options;
     if (initialised) {
       await this.deps.store.clear();
       await this.deps.journal.clear();

@@ -56,10 +56,10 @@ export async function startFailover(
     database: topology.database,
     monitor: { config, driver, superuser: cluster.superuser, topology: () => collector.latest },
   });
-  await failover.reconcile(
-    collector.latest,
-    cluster.outcomes.some((outcome) => outcome.phase === "initialized"),
-  );
+  await failover.reconcile({
+    snapshot: collector.latest,
+    initialised: cluster.outcomes.some((outcome) => outcome.phase === "initialized"),
+  });
   failover.start();
   cleanups.push(() => failover.stop());
   return failover;
