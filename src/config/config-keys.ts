@@ -3,8 +3,8 @@ import { z } from "zod";
 /**
  * Every configuration key: its environment variable, default and meaning.
  * This table is the single source for `loadConfig`, for `relevo config`, and
- * for the README's configuration section (a test checks the README lists
- * every variable).
+ * for docs/configuration.md (a test checks that page lists every variable
+ * with its default).
  */
 const port = z.coerce.number().int().min(1).max(65535);
 const positiveInt = z.coerce.number().int().positive();

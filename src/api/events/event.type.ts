@@ -17,7 +17,7 @@ export class EventActor {
 @ObjectType({ description: "Something that happened in the cluster. Kept in Redis first, consolidated into PostgreSQL (table events)." })
 export class ClusterEvent {
   @Field(() => ID) id!: string;
-  @Field({ description: "e.g. node:down, replication:streaming-lost, api:mutation (see the README for the list)." }) kind!: string;
+  @Field({ description: "e.g. node:down, replication:streaming-lost, api:mutation (see docs/events.md for the list)." }) kind!: string;
   @Field(() => SeverityGql) severity!: SeverityGql;
   @Field(() => String, { nullable: true }) node!: string | null;
   @Field() message!: string;

@@ -412,7 +412,7 @@ export class DockerDriver implements NodeDriver {
     return this.files.removeFiles(node, relativePaths);
   }
 
-  /** The container names this driver gives a node (for messages and the README). */
+  /** The container names this driver gives a node (for messages and docs/docker.md). */
   static namesOf(cluster: string, node: string): { container: string; tools: string; volume: string } {
     const naming = { cluster, node };
     return { container: containerName(naming, "node"), tools: containerName(naming, "tools"), volume: volumeName(naming) };
