@@ -104,7 +104,7 @@ const restore = program
   .enablePositionalOptions()
   .option("--to <dir>", "directory for the copy")
   .option("--port <n>", "port for the copy")
-  .option("--backup <id>", "the backup (default: the newest completed)")
+  .option("--backup <id>", "the backup (default: the newest completed one that ends before the target)")
   .option("--time <iso8601>", "recover to this time")
   .option("--lsn <lsn>", "recover to this LSN")
   .option("--name <restore point>", "recover to this named restore point")
@@ -162,7 +162,7 @@ program
 program
   .command("replica <add|remove> <name>")
   .description(
-    "add: seed a new streaming replica (from the newest backup, else pg_basebackup); remove: stop one, delete its data and its slot",
+    "add: seed a new streaming replica (pg_basebackup; the newest backup with RELEVO_REPLICA_SEED=repository); remove: stop one, delete its data and its slot",
   )
   .action((action: string, name: string) => run(() => replicaCommand(config(), { action, name }, output)));
 

@@ -15,7 +15,7 @@ import { seedReplica } from "./bootstrap";
  * both change what the primary waits for and which slots it keeps.
  */
 
-/** Seeds a new replica of the primary (from the repository when a backup exists, else pg_basebackup) and makes it a member. */
+/** Seeds a new replica of the primary (pg_basebackup, or the repository with RELEVO_REPLICA_SEED=repository) and makes it a member. */
 export async function addReplica(context: OperationContext, name: string): Promise<NodeRef> {
   const { deps } = context;
   await context.refuseWhileBusy();

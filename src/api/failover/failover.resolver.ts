@@ -71,7 +71,7 @@ export class FailoverResolver {
   @Authorized("operator")
   @Mutation(() => ReplicaMember, {
     description:
-      "Seeds a new streaming replica of the primary (from the repository when a backup exists, else pg_basebackup) on the next free port, over a slot of its own, and makes it a member; waits until it streams. BAD_USER_INPUT for an invalid or taken name.",
+      "Seeds a new streaming replica of the primary (pg_basebackup; from the newest backup and the archive when RELEVO_REPLICA_SEED=repository) on the next free port, over a slot of its own, and makes it a member; waits until it streams. BAD_USER_INPUT for an invalid or taken name.",
   })
   async addReplica(@Arg("name", () => String) name: string): Promise<ReplicaMember> {
     const node = await this.services.failover.addReplica(name);
