@@ -13,6 +13,12 @@ export default tseslint.config(
       globals: { ...globals.node },
       parserOptions: { project: ["./tsconfig.check.json"], tsconfigRootDir: import.meta.dirname },
     },
+    rules: {
+      // Unused on purpose: a `_`-prefixed parameter (a resolver's decorated
+      // argument that only declares the GraphQL schema's argument) and a
+      // property taken out of an object so that `...rest` goes without it.
+      "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", ignoreRestSiblings: true }],
+    },
   },
   {
     files: ["**/*.js", "**/*.mjs", "**/*.cjs"],
