@@ -1,5 +1,5 @@
 import type { ApolloServerPlugin } from "@apollo/server";
-import { Kind } from "graphql";
+import { Kind, OperationTypeNode } from "graphql";
 import { ErrorCode, isRelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { ApiContext } from "./context";
@@ -13,7 +13,7 @@ export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiCon
     async requestDidStart() {
       return {
         async willSendResponse({ operation, contextValue, errors }) {
-          if (operation?.operation !== "mutation") return;
+          if (operation?.operation !== OperationTypeNode.MUTATION) return;
           const fields = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
           const codes = (errors ?? []).map((error) => {
             const original = error.originalError;

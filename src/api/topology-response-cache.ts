@@ -1,6 +1,6 @@
 import type { ApolloServerPlugin } from "@apollo/server";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Kind } from "graphql";
+import { Kind, OperationTypeNode } from "graphql";
 import type { ClusterSnapshot } from "../cluster/topology";
 import type { TopologyReader } from "../cluster/topology-reader";
 import type { TokenVerifier } from "../secrets/tokens";
@@ -60,7 +60,7 @@ export class TopologyResponseCache {
         const before = await this.topology.read().catch(() => null);
         return {
           willSendResponse: async ({ operation, response, errors }) => {
-            if (!before || operation?.operation !== "query" || (errors?.length ?? 0) > 0) return;
+            if (!before || operation?.operation !== OperationTypeNode.QUERY || (errors?.length ?? 0) > 0) return;
             if (response.body.kind !== "single" || response.body.singleResult.errors) return;
             if (response.http.status !== undefined && response.http.status !== 200) return;
             const readsOnlySnapshot = operation.selectionSet.selections.every(

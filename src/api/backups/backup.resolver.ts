@@ -1,5 +1,6 @@
 import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
 import { BACKUP_PROGRESS_TOPIC, type BackupProgress } from "../../backup/backup-progress";
+import type { BackupStatus, BackupType } from "../../backup/manifest";
 import { redisCall } from "../../redis/redis-client";
 import { IsOptional, Max, Min } from "class-validator";
 import { recoveryTargetFrom } from "../../restore/recovery-target";
@@ -49,8 +50,10 @@ export class BackupResolver {
     const since = args.since ? Date.parse(args.since) : -Infinity;
     const until = args.until ? Date.parse(args.until) : Infinity;
     if (Number.isNaN(since) || Number.isNaN(until)) throw new RelevoError(ErrorCode.BadUserInput, "since / until must be ISO 8601 times");
+    const type: BackupType | null | undefined = args.type;
+    const status: BackupStatus | null | undefined = args.status;
     const all = (await this.services.backups.list())
-      .filter((m) => (!args.type || m.type === args.type) && (!args.status || m.status === args.status))
+      .filter((m) => (!type || m.type === type) && (!status || m.status === status))
       .filter((m) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
       .reverse();
     const start = args.after ? all.findIndex((m) => m.id === args.after) + 1 : 0;

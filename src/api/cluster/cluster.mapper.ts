@@ -1,6 +1,6 @@
 import { connectionUriWithoutCredentials } from "../../postgres/connection";
 import type { ClusterSnapshot, NodeSnapshot } from "../../cluster/topology";
-import type { Cluster, Node } from "./cluster.type";
+import { NodeRoleGql, type Cluster, type Node } from "./cluster.type";
 
 /** The database the client connection strings name: `postgres` exists in every cluster. */
 const CLIENT_DATABASE = "postgres";
@@ -30,7 +30,7 @@ export function toCluster(snapshot: ClusterSnapshot): Cluster {
     primary,
     primaryEndpoint: primary ? { host: primary.host, port: primary.port } : null,
     ...connectionStrings(snapshot),
-    replicas: nodes.filter((node) => node.name !== snapshot.primary && node.role === "replica"),
+    replicas: nodes.filter((node) => node.name !== snapshot.primary && node.role === NodeRoleGql.REPLICA),
     nodes,
     health: snapshot.health,
     healthReasons: [...snapshot.healthReasons],
