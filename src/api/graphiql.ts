@@ -29,7 +29,7 @@ export function graphiqlLandingPagePlugin(): ApolloServerPlugin {
     defaultQuery: DEFAULT_QUERY,
     headers: JSON.stringify({ Authorization: "Bearer <token>" }, null, 2),
     shouldPersistHeaders: true,
-  } as Parameters<typeof renderGraphiQL>[0]);
+  });
   return {
     async serverWillStart() {
       return {

@@ -1,6 +1,7 @@
 import os from "node:os";
 import type Redis from "ioredis";
 import type { PrimaryDatabase, PrismaClient } from "../db/primary-database";
+import type { Prisma } from "../generated/prisma/client";
 import type { Logger } from "../log";
 import { sleep } from "../util/sleep";
 import { decode } from "./event-log";
@@ -159,14 +160,15 @@ export class Consolidator {
       }
     }
     await prisma.event.createMany({
-      data: events.map((event) => ({
+      data: events.map((event): Prisma.EventCreateManyInput => ({
         id: event.id,
         streamId: event.streamId,
         kind: event.kind,
         severity: event.severity,
         node: event.node,
         message: event.message,
-        data: event.data as object,
+        // Plain JSON; its interfaces lack the index signature Prisma's JSON input type asks for.
+        data: event.data as Prisma.InputJsonObject,
         actorId: event.actor?.id ?? null,
         actorRole: event.actor?.role ?? null,
         occurredAt: new Date(event.occurredAt),

@@ -180,7 +180,8 @@ async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target:
       }
       await forEachParallel(group.files, parallelism, async ({ base, entry }) => {
         const stored = base.entry.stored!;
-        const range = data.subarray(stored.offset!, stored.offset! + stored.bytes);
+        const offset = stored.offset!;
+        const range = data.subarray(offset, offset + stored.bytes);
         if (range.length !== stored.bytes) throw damaged(base.manifest, base.entry, "its bundle is truncated");
         let content: Buffer;
         try {

@@ -74,7 +74,7 @@ export class BackupScheduler {
       return copy;
     };
     const backend = new RedisBackend({
-      redis: options.redis as never,
+      redis: options.redis,
       keyPrefix: options.keys.prefix,
       channelName: options.keys.channel,
     });

@@ -140,7 +140,7 @@ export class SummaryBuilder {
     const blocks: WalSegmentSummary["blocks"] = {};
     for (const [relation, forks] of [...this.blocks].sort(([a], [b]) => a.localeCompare(b))) {
       blocks[relation] = {};
-      for (const [fork, set] of forks) blocks[relation]![fork] = ranges([...set].sort((a, b) => a - b));
+      for (const [fork, set] of forks) blocks[relation][fork] = ranges([...set].sort((a, b) => a - b));
     }
     return {
       formatVersion: 1,

@@ -85,7 +85,7 @@ export class BackupResolver {
       "Progress of running backups (of one, with id): a few updates a second at most, and a last one with phase completed or failed.",
   })
   backupProgress(@Root() progress: BackupProgress, @Arg("id", () => ID, { nullable: true }) _id?: string): BackupProgressGql {
-    return progress as BackupProgressGql;
+    return progress;
   }
 
   @Authorized("operator")

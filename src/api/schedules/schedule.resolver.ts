@@ -30,7 +30,7 @@ export class ScheduleResolver {
   @Authorized("viewer")
   @Query(() => [Schedule], { description: "Scheduled backups and verification." })
   async schedules(): Promise<Schedule[]> {
-    return (await this.services.scheduler.list()) as Schedule[];
+    return this.services.scheduler.list();
   }
 
   @Authorized("operator")

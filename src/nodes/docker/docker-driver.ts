@@ -303,7 +303,7 @@ export class DockerDriver implements NodeDriver {
 
   private async logTail(container: Docker.Container): Promise<string> {
     try {
-      const logs = demultiplexBuffer((await container.logs({ stdout: true, stderr: true, tail: 8 })) as unknown as Buffer);
+      const logs = demultiplexBuffer(await container.logs({ stdout: true, stderr: true, tail: 8 }));
       return logs.trim().split("\n").slice(-5).join(" | ") || "no log";
     } catch (error) {
       return `no log (${engineMessage(error)})`;

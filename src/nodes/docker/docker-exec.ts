@@ -49,9 +49,9 @@ export async function startContainerCommand(
     AttachStderr: true,
     Tty: false,
   });
-  const connection = (await exec.start({ hijack: true, stdin: hasStdin })) as Duplex;
+  const connection = await exec.start({ hijack: true, stdin: hasStdin });
   let stderr = "";
-  const stdinDone = hasStdin ? feedStdin(connection, options.stdin!) : Promise.resolve();
+  const stdinDone = hasStdin ? feedStdin(connection, options.stdin) : Promise.resolve();
   stdinDone.catch(() => connection.destroy());
   let settle!: () => void;
   const drained = new Promise<void>((resolve) => (settle = resolve));

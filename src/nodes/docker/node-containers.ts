@@ -110,7 +110,7 @@ export class NodeContainers {
       try {
         await container.start();
         const { StatusCode } = (await container.wait()) as { StatusCode: number };
-        const logs = demultiplexBuffer((await container.logs({ stdout: true, stderr: true })) as unknown as Buffer);
+        const logs = demultiplexBuffer(await container.logs({ stdout: true, stderr: true }));
         if (StatusCode !== 0)
           throw new RelevoError(ErrorCode.MissingBinary, `image ${this.options.image} has no PostgreSQL for Relevo: ${logs.trim()}`);
         return logs;
