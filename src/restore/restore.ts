@@ -254,7 +254,7 @@ async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: n
         target,
         deps.superuser,
         5000,
-        async (client) => (await client.query("SELECT pg_is_in_recovery() AS r")).rows[0].r as boolean,
+        async (client) => (await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r")).rows[0]!.r,
       );
       if (!inRecovery) return;
       last = "still in recovery";

@@ -77,7 +77,7 @@ export async function changesSince(
   const startsSegment = lsnToNumber(current.startLsn) % SEGMENT_SIZE <= LONG_PAGE_HEADER_BYTES;
   const last = segmentNumber(current.startLsn) - (startsSegment ? 1 : 0);
   const segments = Array.from({ length: Math.max(0, last - first + 1) }, (_, index) => first + index);
-  const summaries: WalSegmentSummary[] = new Array(segments.length);
+  const summaries = new Array<WalSegmentSummary>(segments.length);
   // Whole segments from their stored summaries (made now if the periodic
   // pass has not yet: one pg_waldump per core); the segment this backup
   // starts in only up to its start, not stored.
