@@ -117,19 +117,20 @@ export async function storeChunks(source: ChunkSource, target: string, compressi
 /** Runs `work` over `items` with at most `parallelism` at a time. */
 export async function forEachParallel<T>(items: readonly T[], parallelism: number, work: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  let failure: unknown = null;
+  // What `work` threw, in order: the first is rethrown once the running items end.
+  const failures: unknown[] = [];
   const worker = async (): Promise<void> => {
-    while (failure === null && next < items.length) {
+    while (failures.length === 0 && next < items.length) {
       const item = items[next++]!;
       try {
         await work(item);
       } catch (error) {
-        failure ??= error;
+        failures.push(error);
       }
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, parallelism) }, worker));
-  if (failure !== null) throw failure;
+  if (failures.length > 0) throw failures[0];
 }
 
 /** Content decoded from stored bytes: LZ4 several frames at once, gzip through zlib. */

@@ -204,15 +204,15 @@ export class ContainerFiles {
     segments?: readonly number[],
   ): Promise<boolean> {
     const started = await this.startStream(node, cmd);
-    let consumed: unknown = null;
+    let failure: { readonly error: unknown } | null = null;
     try {
       await consumeInChunks(started.stdout, options, consume, segments);
     } catch (error) {
-      consumed = error;
+      failure = { error };
     }
     const end = await started.finished;
     if (end.exitCode === ABSENT) return false;
-    if (consumed !== null) throw consumed;
+    if (failure !== null) throw failure.error;
     if (end.exitCode !== 0) throw this.failed(node, what, end);
     return true;
   }

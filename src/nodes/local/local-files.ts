@@ -88,11 +88,12 @@ async function pumpReads(
   if (!handle) return false;
   const free: Buffer[] = Array.from({ length: Math.max(1, options.inFlight) }, () => Buffer.allocUnsafeSlow(options.chunkSize));
   const outstanding = new Set<Promise<void>>();
-  let failure: unknown = null;
+  // What the consumers threw, in order: the first is rethrown once reading stops.
+  const failures: unknown[] = [];
   try {
-    while (failure === null) {
-      while (free.length === 0 && failure === null) await Promise.race(outstanding);
-      if (failure !== null) break;
+    while (failures.length === 0) {
+      while (free.length === 0 && failures.length === 0) await Promise.race(outstanding);
+      if (failures.length > 0) break;
       const buffer = free.pop()!;
       const read = next(buffer);
       if (!read) {
@@ -111,7 +112,7 @@ async function pumpReads(
           outstanding.delete(consumed);
         },
         (error: unknown) => {
-          failure ??= error;
+          failures.push(error);
           outstanding.delete(consumed);
         },
       );
@@ -121,7 +122,7 @@ async function pumpReads(
   } finally {
     await handle.close();
   }
-  if (failure !== null) throw failure;
+  if (failures.length > 0) throw failures[0];
   return true;
 }
 
