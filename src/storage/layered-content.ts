@@ -106,7 +106,7 @@ export async function* layeredContent(
     yield* assemble(size, blocks, sortedBoundaries, layers, baseReader, layerReaders);
   } finally {
     // After an error (or a consumer that stopped early) every source is let go; after success they are at their end already.
-    await Promise.allSettled([baseReader, ...layerReaders].map((reader) => reader?.close()));
+    await Promise.allSettled([baseReader, ...layerReaders].filter((reader) => reader !== null).map((reader) => reader.close()));
   }
 }
 
