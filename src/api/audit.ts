@@ -10,8 +10,8 @@ import type { ApiContext } from "./context";
  */
 export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiContext> {
   return {
-    async requestDidStart() {
-      return {
+    requestDidStart() {
+      return Promise.resolve({
         async willSendResponse({ operation, contextValue, errors }) {
           if (operation?.operation !== OperationTypeNode.MUTATION) return;
           const fields = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
@@ -28,7 +28,7 @@ export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiCon
             actor: { id: contextValue.identity.id, role: contextValue.identity.role },
           });
         },
-      };
+      });
     },
   };
 }

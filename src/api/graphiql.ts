@@ -31,12 +31,10 @@ export function graphiqlLandingPagePlugin(): ApolloServerPlugin {
     shouldPersistHeaders: true,
   });
   return {
-    async serverWillStart() {
-      return {
-        async renderLandingPage() {
-          return { html };
-        },
-      };
+    serverWillStart() {
+      return Promise.resolve({
+        renderLandingPage: () => Promise.resolve({ html }),
+      });
     },
   };
 }

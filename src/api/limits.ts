@@ -9,6 +9,7 @@ import {
 } from "graphql";
 import { fieldExtensionsEstimator, getComplexity, simpleEstimator } from "graphql-query-complexity";
 import { ErrorCode } from "../errors";
+import { promiseTry } from "../util/promise-try";
 import { codedGraphQLError } from "./errors";
 
 /** Depth of an operation's selections, fragments followed, introspection (`__schema`…) not counted. */
@@ -48,18 +49,20 @@ export function queryLimitsPlugin(schema: GraphQLSchema, limits: { maxDepth: num
   // repeat the same few queries, and cost analysis walks the whole document.
   const accepted = new WeakMap<DocumentNode, Set<string>>();
   return {
-    async requestDidStart() {
-      return {
-        async didResolveOperation({ document, operation, request }) {
-          if (!operation || isIntrospectionOnly(operation)) return;
-          const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
-          if (accepted.get(document)?.has(key)) return;
-          checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
-          let keys = accepted.get(document);
-          if (!keys) accepted.set(document, (keys = new Set()));
-          if (keys.size < 100) keys.add(key);
-        },
-      };
+    requestDidStart() {
+      return Promise.resolve({
+        // A refusal is thrown, and must reach Apollo as a rejection.
+        didResolveOperation: ({ document, operation, request }) =>
+          promiseTry(() => {
+            if (!operation || isIntrospectionOnly(operation)) return;
+            const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
+            if (accepted.get(document)?.has(key)) return;
+            checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+            let keys = accepted.get(document);
+            if (!keys) accepted.set(document, (keys = new Set()));
+            if (keys.size < 100) keys.add(key);
+          }),
+      });
     },
   };
 }

@@ -8,6 +8,7 @@ import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import type { PubSub } from "type-graphql";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import { promiseTry } from "../util/promise-try";
 import { authenticate } from "./auth/auth";
 import { mutationAuditPlugin } from "./audit";
 import type { ApiContext, ApiServices } from "./context";
@@ -84,12 +85,12 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       // No HTTP caching of this API's answers; without it Apollo does not wrap every field resolver.
       ApolloServerPluginCacheControlDisabled(),
       {
-        async serverWillStart() {
-          return {
+        serverWillStart() {
+          return Promise.resolve({
             async drainServer() {
               await wsCleanup.dispose();
             },
-          };
+          });
         },
       },
       queryLimitsPlugin(schema, options),
@@ -103,14 +104,15 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     "/graphql",
     express.json({ limit: MAX_BODY_BYTES }),
     expressMiddleware(apollo, {
-      context: async ({ req }): Promise<ApiContext> => {
-        try {
-          return { identity: authenticate(services.tokens, req.headers.authorization) };
-        } catch (error) {
-          if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
-          throw error;
-        }
-      },
+      context: ({ req }): Promise<ApiContext> =>
+        promiseTry(() => {
+          try {
+            return { identity: authenticate(services.tokens, req.headers.authorization) };
+          } catch (error) {
+            if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
+            throw error;
+          }
+        }),
     }),
   );
   app.use(healthRoutes(services));

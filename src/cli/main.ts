@@ -29,7 +29,7 @@ function config(): RelevoConfig {
   return loadConfig(process.env);
 }
 
-async function run(action: () => Promise<void>): Promise<void> {
+async function run(action: () => Promise<void> | void): Promise<void> {
   try {
     await action();
   } catch (error) {
@@ -175,7 +175,7 @@ program
   .command("config")
   .description("list every configuration key, its environment variable and default")
   .action(() =>
-    run(async () => {
+    run(() => {
       for (const row of describeConfig()) output.out(`${row.env.padEnd(34)} ${row.default.padEnd(28)} ${row.doc}`);
     }),
   );

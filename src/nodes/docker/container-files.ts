@@ -145,7 +145,7 @@ export class ContainerFiles {
     const read = await this.viaAgent(
       node,
       (agent) => agent.readSmall(file, AGENT_READ_LIMIT),
-      async (): Promise<SmallFileRead> => ({ state: "too-large", size: -1 }),
+      () => Promise.resolve<SmallFileRead>({ state: "too-large", size: -1 }),
     );
     if (read.state === "absent") return null;
     if (read.state === "read") return read.content;

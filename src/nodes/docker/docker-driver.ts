@@ -3,6 +3,7 @@ import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { ErrorCode, RelevoError } from "../../errors";
+import { promiseTry } from "../../util/promise-try";
 import { sleep } from "../../util/sleep";
 import type {
   ByteRange,
@@ -61,8 +62,8 @@ export class DockerDriver implements NodeDriver {
     await this.containers.facts();
   }
 
-  async close(): Promise<void> {
-    this.files.close();
+  close(): Promise<void> {
+    return promiseTry(() => this.files.close());
   }
 
   async releaseHelpers(node: NodeRef): Promise<void> {

@@ -97,8 +97,8 @@ export class LocalDriver implements NodeDriver {
     // Tools run as processes of their own, to their end: nothing is kept beside a node.
   }
 
-  async fileOwner(): Promise<OsIdentity | null> {
-    return this.identity;
+  fileOwner(): Promise<OsIdentity | null> {
+    return Promise.resolve(this.identity);
   }
 
   private nodeDir(node: NodeRef): string {
