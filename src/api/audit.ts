@@ -17,7 +17,8 @@ export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiCon
           const fields = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
           const codes = (errors ?? []).map((error) => {
             const original = error.originalError;
-            return isRelevoError(original) ? original.code : String(error.extensions?.code ?? ErrorCode.Internal);
+            const code = error.extensions?.code;
+            return isRelevoError(original) ? original.code : typeof code === "string" ? code : ErrorCode.Internal;
           });
           await events.emit({
             kind: "api:mutation",
