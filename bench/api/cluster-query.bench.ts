@@ -26,8 +26,8 @@ const QUERY =
 async function startService(env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; url: string; token: string }> {
   const child = spawn(process.execPath, [path.join(projectRoot(), "bin/relevo"), "up"], { env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
-  child.stdout!.on("data", (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
   const deadline = Date.now() + 120000;
   while (!/Operator token:\s+\S+/.test(output)) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`relevo up did not start: ${output}`);
@@ -44,7 +44,7 @@ async function startService(env: NodeJS.ProcessEnv): Promise<{ child: ChildProce
 async function startBareServer(port: number, responseBody: string): Promise<ChildProcess> {
   const script = `require("http").createServer((q,r)=>{q.resume();q.on("end",()=>{r.setHeader("content-type","application/json; charset=utf-8");r.end(process.env.BODY)})}).listen(${port},"127.0.0.1",()=>console.log("ready"))`;
   const child = spawn(process.execPath, ["-e", script], { env: { BODY: responseBody }, stdio: ["ignore", "pipe", "inherit"] });
-  await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
+  await new Promise<void>((resolve) => child.stdout.once("data", () => resolve()));
   return child;
 }
 

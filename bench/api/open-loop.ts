@@ -122,7 +122,6 @@ export async function runOpenLoop(options: OpenLoopOptions): Promise<OpenLoopRes
   let completed = 0;
   let errors = 0;
   let non2xx = 0;
-  let timeouts = 0;
   let sent = 0;
   const idle: Connection[] = [];
   const all = new Set<Connection>();
@@ -172,7 +171,7 @@ export async function runOpenLoop(options: OpenLoopOptions): Promise<OpenLoopRes
   });
   const deadline = performance.now() + (options.timeoutMs ?? 10000);
   while (completed < total && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-  timeouts = total - completed;
+  const timeouts = total - completed;
   for (const open of all) open.close();
   return { sent, completed, errors, non2xx, timeouts, latencies, sendLag, elapsedMs: performance.now() - start };
 }

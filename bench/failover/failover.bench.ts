@@ -25,7 +25,6 @@ import path from "node:path";
 import { Client } from "pg";
 import { findFreePort } from "../../src/util/ports";
 import { loadConfig } from "../../src/config/config";
-import type { FailoverRecord } from "../../src/events/event-map";
 import { createLogger } from "../../src/log";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { startRelevo, type RelevoService } from "../../src/service";
@@ -127,9 +126,9 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
         (await service.failover.state())?.primary === replica && !(await service.failover.operation()) ? true : undefined,
       );
       const acknowledgedAt = writer.acknowledgedSoFar();
-      await until("writes on the new primary", async () => (writer.acknowledgedSoFar() > acknowledgedAt + 20 ? true : undefined));
+      await until("writes on the new primary", () => Promise.resolve(writer.acknowledgedSoFar() > acknowledgedAt + 20 ? true : undefined));
       const report = await writer.stop();
-      const [record] = (await service.failover.failovers(1)) as FailoverRecord[];
+      const [record] = await service.failover.failovers(1);
       const present = new Set((await sql<{ id: number }>(node(replica), password, "SELECT id FROM acked")).map((row) => row.id));
       kills.push({
         promotionMs: Date.parse(record!.promotedAt!) - killedAt,
