@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { Readable } from "node:stream";
 import { Client } from "pg";
 import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";

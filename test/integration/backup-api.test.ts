@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
 import path from "node:path";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import Docker from "dockerode";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
 import { promisify } from "node:util";

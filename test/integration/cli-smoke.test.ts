@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import Docker from "dockerode";
 import { readdir } from "node:fs/promises";
 import path from "node:path";

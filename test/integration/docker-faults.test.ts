@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import Docker from "dockerode";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";

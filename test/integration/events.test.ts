@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 

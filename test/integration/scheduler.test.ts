@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { configKeys } from "../../src/config/config-keys";
 import { eventually, useTestCluster } from "../helpers/service";

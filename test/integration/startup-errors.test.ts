@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import net from "node:net";

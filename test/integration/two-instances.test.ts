@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { freePort } from "../helpers/ports";
 import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
 import { graphqlRequest } from "../helpers/graphql-client";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { parseRedisUrl } from "../../src/redis/redis-client";
 import { describeConfig, loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { bannerToken } from "../../src/cli/commands";
 import { mintToken, roleAllows, verifyToken } from "../../src/secrets/tokens";
 
