@@ -52,8 +52,11 @@ export async function startTestCluster(label: string, overrides: ConfigOverrides
   };
 }
 
-/** Polls `check` until it returns a value (not undefined) or the time is up. */
-export async function eventually<T>(check: () => Promise<T | undefined>, options: { timeoutMs?: number; what?: string } = {}): Promise<T> {
+/** Polls `check` (synchronous, or async) until it returns a value (not undefined) or the time is up. */
+export async function eventually<T>(
+  check: () => T | undefined | Promise<T | undefined>,
+  options: { timeoutMs?: number; what?: string } = {},
+): Promise<T> {
   const deadline = Date.now() + (options.timeoutMs ?? 30000);
   let lastError: unknown;
   while (Date.now() < deadline) {

@@ -83,7 +83,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
       const again = await startRelevo(loadConfig({}, { ...config }), createLogger({ level: "silent" }));
       try {
         const topology = await eventually(
-          async () => {
+          () => {
             const latest = again.collector.latest;
             return latest?.primary === "node1" && latest.nodes.find((node) => node.name === "node2")?.replication?.state === "streaming"
               ? latest
@@ -136,7 +136,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
 
       const again = await startRelevo(loadConfig({}, { ...config }), createLogger({ level: "silent" }));
       try {
-        await eventually(async () => (again.collector.latest?.primary === "node1" ? true : undefined), { what: "the rebuilt primary" });
+        await eventually(() => (again.collector.latest?.primary === "node1" ? true : undefined), { what: "the rebuilt primary" });
         // The newest backup (the incremental) ended after the new timeline branched off: nothing on this history to build on.
         const next = await (await again.backups.start("incremental")).done;
         expect(next).toMatchObject({

@@ -120,7 +120,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     const before = await state();
     const since = Date.now();
     const writer = startLibpqWriter(running.service.nodes, running.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
 
     await endpoint.cut();
     const outage = await topologyOnce(running, (seen) => seen.nodes.every((n) => n.driver.state === "UNKNOWN"), "nodes shown UNKNOWN");
@@ -174,7 +174,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
     await sql(node("node1"), "CREATE TABLE acked_again (id int PRIMARY KEY)"); // the writer's ids start at 1 again
     const writer = startLibpqWriter(running.service.nodes, running.service.secrets.superuserPassword, "acked_again");
-    await eventually(async () => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
     const since = Date.now();
     await endpoint.cut();
     // The crash happens where Relevo cannot see it: through the engine's own socket.
@@ -198,7 +198,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     });
     expect((await events("node:fenced", since)).map((e) => e.node)).toEqual(["node1"]);
     const ackedAtPromotion = writer.acknowledgedSoFar();
-    await eventually(async () => (writer.acknowledgedSoFar() > ackedAtPromotion + 5 ? true : undefined), { what: "writes on node2" });
+    await eventually(() => (writer.acknowledgedSoFar() > ackedAtPromotion + 5 ? true : undefined), { what: "writes on node2" });
     const report = await writer.stop();
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked_again")).map((r) => r.id));
     expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);

@@ -124,7 +124,7 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     try {
       await docker.getContainer(before).remove({ force: true });
       const seen = await eventually(
-        async () => {
+        () => {
           const snapshot = cluster.service.collector.latest;
           const replica = snapshot?.nodes.find((n) => n.name === "node2");
           return replica && !replica.reachable && replica.driver.container === null ? replica : undefined;
@@ -158,7 +158,7 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     const fenced = await events("node:fenced", since);
     expect(fenced.map((e) => e.node)).toContain("node1");
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
     expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);

@@ -65,7 +65,7 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     expect(fenced.map((e) => e.node)).toContain("node1");
     expect((fenced[0]!.data as { method: string }).method).toBe("killed");
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     // Every acknowledged write is on node2; none could land on node1.
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
@@ -112,7 +112,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await expect(sql(node("node1"), "INSERT INTO acked (id) VALUES (42)")).rejects.toThrow(/read-only transaction/);
     // A libpq writer asking for read-write never lands on it.
     const writer = startLibpqWriter([node("node1"), node("node2")], cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     const onNew = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
     expect(report.acknowledged.every((id) => onNew.has(id))).toBe(true);
@@ -217,11 +217,11 @@ describe("asynchronous mode", () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     expect((await sql<{ s: string }>(node("node1"), "SELECT current_setting('synchronous_standby_names') AS s"))[0]!.s).toBe("");
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes" });
+    await eventually(() => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes" });
     await cluster.service.driver.kill(node("node1"));
     await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
     const after = writer.acknowledgedSoFar();
-    await eventually(async () => (writer.acknowledgedSoFar() > after + 10 ? true : undefined), { what: "writes on node2" });
+    await eventually(() => (writer.acknowledgedSoFar() > after + 10 ? true : undefined), { what: "writes on node2" });
     const report = await writer.stop();
     const [record] = await cluster.service.failover.failovers(1);
     expect(record).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1", to: "node2", status: "completed" });

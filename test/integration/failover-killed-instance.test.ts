@@ -39,7 +39,7 @@ describe("the instance running a failover is killed half-way", () => {
     let output = "";
     started.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
     started.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
-    await eventually(async () => (/Operator token:/.test(output) ? true : undefined), {
+    await eventually(() => (/Operator token:/.test(output) ? true : undefined), {
       what: `the second instance up (${output})`,
       timeoutMs: 60000,
     });

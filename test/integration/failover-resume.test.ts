@@ -27,10 +27,9 @@ describe("a failover left half-done by a dead instance", () => {
   });
 
   test("one monitor between the two instances; a concurrent operation is OPERATION_IN_PROGRESS", async () => {
-    await eventually(
-      async () => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined),
-      { what: "one leader" },
-    );
+    await eventually(() => ([first.service.failover.leading, second!.failover.leading].filter(Boolean).length === 1 ? true : undefined), {
+      what: "one leader",
+    });
     await eventually(async () => ((await first.service.failover.state())?.eligible.includes("node2") ? true : undefined), {
       what: "node2 eligible",
     });
@@ -109,11 +108,11 @@ describe("a failover left half-done by a dead instance", () => {
       },
     );
     await first.service.failover.addReplica("node3");
-    await eventually(async () => (second!.nodes.some((n) => n.name === "node3") ? true : undefined), {
+    await eventually(() => (second!.nodes.some((n) => n.name === "node3") ? true : undefined), {
       what: "node3 known to the second instance",
     });
     await second!.failover.removeReplica("node3");
-    await eventually(async () => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), {
+    await eventually(() => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), {
       what: "node3 forgotten by the first instance",
     });
   });

@@ -34,7 +34,7 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
 
   test("kill -9 of the primary (its process group, or its container): a replica is promoted, no acknowledged row is lost, the other follows it", async () => {
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 50 ? true : undefined), { what: "writes flowing" });
+    await eventually(() => (writer.acknowledgedSoFar() > 50 ? true : undefined), { what: "writes flowing" });
     const killedAt = Date.now();
     await cluster.service.driver.kill(node("node1"));
     const after = await eventually(
@@ -46,7 +46,7 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
     );
     const promoted = node(after.primary);
     const acknowledgedAtKill = writer.acknowledgedSoFar();
-    await eventually(async () => (writer.acknowledgedSoFar() > acknowledgedAtKill + 20 ? true : undefined), {
+    await eventually(() => (writer.acknowledgedSoFar() > acknowledgedAtKill + 20 ? true : undefined), {
       what: "writes on the new primary",
     });
     const report = await writer.stop();
@@ -136,11 +136,11 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
     const start = Date.now();
     await sql(node((await state()).primary), "TRUNCATE acked");
     const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
-    await eventually(async () => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes flowing" });
+    await eventually(() => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes flowing" });
     const record = await cluster.service.failover.failback();
     expect(record).toMatchObject({ kind: "failback", to: "node1", status: "completed", lostBytes: 0 });
     const acknowledgedAtFailback = writer.acknowledgedSoFar();
-    await eventually(async () => (writer.acknowledgedSoFar() > acknowledgedAtFailback + 20 ? true : undefined), {
+    await eventually(() => (writer.acknowledgedSoFar() > acknowledgedAtFailback + 20 ? true : undefined), {
       what: "writes after failback",
     });
     const report = await writer.stop();

@@ -28,7 +28,7 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
 
     await (await redisServer()).stop();
     // "While Redis is down" as the service sees it: its connections have noticed.
-    await eventually(async () => (cluster.service.redis.status !== "ready" ? true : undefined), { what: "the service to see Redis gone" });
+    await eventually(() => (cluster.service.redis.status !== "ready" ? true : undefined), { what: "the service to see Redis gone" });
     const started = Date.now();
     const during = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
     expect(Date.now() - started).toBeLessThan(3000);
@@ -40,7 +40,7 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
 
     // The collector keeps watching: the replica going down is noticed and kept for Redis.
     await cluster.service.driver.stop(cluster.service.nodes[1]!, { mode: "fast", timeoutMs: 30000 });
-    await eventually(async () => (cluster.service.events.bufferedCount > 0 ? true : undefined), { what: "node:down buffered" });
+    await eventually(() => (cluster.service.events.bufferedCount > 0 ? true : undefined), { what: "node:down buffered" });
 
     const restarted = await redisServer();
     expect(restarted.started).toBe(true);

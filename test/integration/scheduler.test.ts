@@ -92,7 +92,7 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
     const before = new Set((await cluster.service.backups.list()).map((m) => m.id));
     await cluster.service.failover.setMaintenance(true); // an outage to wait out, not to fail over
     await cluster.service.driver.stop(primary, { mode: "fast", timeoutMs: 30000 });
-    await eventually(async () => (cluster.service.collector.latest?.primary === null ? true : undefined), {
+    await eventually(() => (cluster.service.collector.latest?.primary === null ? true : undefined), {
       what: "the primary seen down",
     });
     await graphqlRequest(cluster.url, `mutation { runScheduleNow(name: "full-backup") }`, { token: cluster.token("operator") });

@@ -37,7 +37,7 @@ describe("topology reads: served locally between changes, never stale", () => {
     await eventually(async () => ((await writer.ping().catch(() => null)) === "PONG" ? true : undefined));
     await writer.set(keys.topology, JSON.stringify(snapshot("first")));
     reader = new TopologyReader(commands, invalidations, keys, logger);
-    await eventually(async () => (commands.status === "ready" && invalidations.status === "ready" ? true : undefined));
+    await eventually(() => (commands.status === "ready" && invalidations.status === "ready" ? true : undefined));
     await reader.start();
   });
 
