@@ -134,7 +134,6 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await sql(node("node2"), "INSERT INTO acked (id) VALUES (3000000)");
     const waited = Date.now() - started;
     expect((await state()).eligible).not.toContain("node1");
-    // eslint-disable-next-line no-console
     console.log(`a commit waited ${waited} ms for the dead synchronous replica`);
     const since = Date.now();
     await cluster.service.driver.kill(node("node2"));
@@ -229,7 +228,6 @@ describe("asynchronous mode", () => {
     expect(record!.lostBytes!).toBeLessThanOrEqual(cluster.config.failoverMaximumLagBytes);
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
     const lost = report.acknowledged.filter((id) => !present.has(id));
-    // eslint-disable-next-line no-console
     console.log(`asynchronous failover: ${lost.length} acknowledged rows lost, ${record!.lostBytes} bytes reported`);
     if (record!.lostBytes === 0) expect(lost).toEqual([]);
     // The catalog has the record once the new primary consolidated it.

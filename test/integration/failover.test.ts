@@ -69,7 +69,6 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
     }
     const completed = events.find((e) => e.kind === "failover:completed")!;
     expect(completed.data).toMatchObject({ kind: "failover", trigger: "automatic", from: "node1", to: promoted.name, status: "completed" });
-    // eslint-disable-next-line no-console
     console.log(
       `kill -9 → first write ${firstWriteAfterKill - killedAt} ms; acknowledged ${report.acknowledged.length}, lost ${lost.length}`,
     );
@@ -153,7 +152,6 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
         what: `${name} following node1`,
       });
     }
-    // eslint-disable-next-line no-console
     console.log(`failback took ${record.durationMs} ms; longest write gap ${report.longestGapMs} ms (${Date.now() - start} ms in all)`);
   });
 
