@@ -18,6 +18,7 @@ export async function requireDockerEngine(): Promise<void> {
     throw new Error(
       `the Docker suites need a Docker engine on /var/run/docker.sock and none answers (${(error as Error).message}): ` +
         `run scripts/setup.sh test (as npm test does)`,
+      { cause: error },
     );
   }
   try {
