@@ -46,7 +46,7 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       });
       await client.connect();
       try {
-        return (await client.query(text)).rows;
+        return (await client.query<Record<string, unknown>>(text)).rows;
       } finally {
         await client.end();
       }
@@ -142,11 +142,11 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(copies.length).toBe(6);
       expect(mostHeld).toBe(2);
       expect(Buffer.concat(copies).equals(content)).toBe(true);
-      expect(await driver.readChunks(node, "stream-test/missing", { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(false);
+      expect(await driver.readChunks(node, "stream-test/missing", { chunkSize: 1024, inFlight: 1 }, () => Promise.resolve())).toBe(false);
       await expect(
-        driver.readChunks(node, "stream-test/big.bin", { chunkSize: 1024 * 1024, inFlight: 2 }, async () => {
-          throw new Error("consumer failed");
-        }),
+        driver.readChunks(node, "stream-test/big.bin", { chunkSize: 1024 * 1024, inFlight: 2 }, () =>
+          Promise.reject(new Error("consumer failed")),
+        ),
       ).rejects.toThrow("consumer failed");
       // Ranges: in order, split into buffer-sized pieces, past the end read as zeros.
       const ranged: Buffer[] = [];
@@ -156,13 +156,10 @@ export function describeDriverConformance(target: ConformanceTarget): void {
         { offset: content.length - 4, length: 10 },
       ];
       expect(
-        await driver.readRanges(
-          node,
-          "stream-test/big.bin",
-          ranges,
-          { chunkSize: 1024 * 1024, inFlight: 2 },
-          async (chunk) => void ranged.push(Buffer.from(chunk)),
-        ),
+        await driver.readRanges(node, "stream-test/big.bin", ranges, { chunkSize: 1024 * 1024, inFlight: 2 }, (chunk) => {
+          ranged.push(Buffer.from(chunk));
+          return Promise.resolve();
+        }),
       ).toBe(true);
       expect(ranged.every((chunk) => chunk.length <= 1024 * 1024)).toBe(true);
       expect(
@@ -170,7 +167,7 @@ export function describeDriverConformance(target: ConformanceTarget): void {
           Buffer.concat([...ranges.map((r) => content.subarray(r.offset, r.offset + r.length)), Buffer.alloc(6)]),
         ),
       ).toBe(true);
-      expect(await driver.readRanges(node, "stream-test/missing", ranges, { chunkSize: 1024, inFlight: 1 }, async () => undefined)).toBe(
+      expect(await driver.readRanges(node, "stream-test/missing", ranges, { chunkSize: 1024, inFlight: 1 }, () => Promise.resolve())).toBe(
         false,
       );
       await driver.makeDirectory(node, "stream-test/a/b");
