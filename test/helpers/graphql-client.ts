@@ -8,7 +8,7 @@ export interface GraphQLResponse<T = Record<string, unknown>> {
 }
 
 /** POST /graphql as a real HTTP client would. */
-export async function graphqlRequest<T = Record<string, any>>(
+export async function graphqlRequest<T = Record<string, unknown>>(
   url: string,
   query: string,
   options: { token?: string | null; variables?: Record<string, unknown> } = {},

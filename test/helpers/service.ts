@@ -87,7 +87,7 @@ export function useTestCluster(label: string, overrides: ConfigOverrides = {}): 
   return new Proxy({} as TestCluster, {
     get: (_target, property) => {
       if (!cluster) throw new Error(`test cluster ${label} did not start`);
-      return Reflect.get(cluster, property);
+      return Reflect.get(cluster, property) as unknown;
     },
   });
 }

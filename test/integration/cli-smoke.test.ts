@@ -2,6 +2,7 @@ import { expect } from "@jest/globals";
 import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
+import type { ClusterSnapshot } from "../../src/cluster/topology";
 import { isPortFree } from "../../src/util/ports";
 import { projectRoot } from "../../src/util/project-root";
 import { graphqlRequest } from "../helpers/graphql-client";
@@ -84,12 +85,12 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
       ],
     });
 
-    const status = JSON.parse((await execFileAsync("node", [BIN, "status", "--json"], { env })).stdout);
-    expect(status.nodes.map((n: { name: string; role: string; reachable: boolean }) => [n.name, n.role, n.reachable])).toEqual([
+    const status = JSON.parse((await execFileAsync("node", [BIN, "status", "--json"], { env })).stdout) as ClusterSnapshot;
+    expect(status.nodes.map((n) => [n.name, n.role, n.reachable])).toEqual([
       ["node1", "primary", true],
       ["node2", "replica", true],
     ]);
-    expect(status.nodes[0].driver).toMatchObject({
+    expect(status.nodes[0]!.driver).toMatchObject({
       kind: "local",
       pid: expect.any(Number),
       dataDirectory: path.join(env.RELEVO_HOME!, "nodes", "node1", "data"),
@@ -134,7 +135,7 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
     expect(await failing("switchover", "--to", "node9")).toMatchObject({ code: 64, stderr: expect.stringContaining("NOT_FOUND") });
     expect(await failing("failover")).toMatchObject({ code: 1, stderr: expect.stringContaining("PRECONDITION_FAILED") });
     expect((await relevo("switchover", "--to", "node2")).stdout).toMatch(/switchover \S+: node1 → node2 completed/);
-    expect(JSON.parse((await relevo("status", "--json")).stdout).primary).toBe("node2");
+    expect((JSON.parse((await relevo("status", "--json")).stdout) as ClusterSnapshot).primary).toBe("node2");
     expect((await relevo("failback")).stdout).toMatch(/failback \S+: node2 → node1 completed/);
     expect((await relevo("rejoin", "node2")).stdout).toContain("node2 rejoined as a replica (restart)");
     expect((await relevo("replica", "add", "extra")).stdout).toMatch(/extra added as a streaming replica on port \d+/);
