@@ -27,6 +27,11 @@ interface ComposeService {
   network_mode?: string;
 }
 
+interface ComposeFile {
+  services: Record<string, ComposeService>;
+  volumes: Record<string, { name?: string } | null>;
+}
+
 /**
  * The compose stack's node services, as `docker compose up` makes them, from
  * docker-compose.yml itself: its entrypoint, user, labels, volumes and
@@ -37,7 +42,7 @@ interface ComposeService {
  * as the stack's; Relevo gets the stack's environment for the relevo service.
  */
 describe("the docker-compose stack: its node containers adopted, external Redis, the repository as a volume", () => {
-  let compose: { services: Record<string, ComposeService>; volumes: Record<string, { name?: string } | null> };
+  let compose: ComposeFile;
   const cluster = `cmp-${Date.now().toString(36).slice(-5)}`;
   const made: Record<string, string> = {};
   let redis: RedisServerHandle;
@@ -46,7 +51,7 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
 
   beforeAll(async () => {
     await requireDockerEngine();
-    compose = parse(await readFile(path.join(projectRoot(), "docker-compose.yml"), "utf8"), { merge: true });
+    compose = parse(await readFile(path.join(projectRoot(), "docker-compose.yml"), "utf8"), { merge: true }) as ComposeFile;
     const home = await tempHome("compose");
     const repository = path.join(home, "repository");
     await mkdir(repository, { recursive: true, mode: 0o711 });
@@ -85,7 +90,7 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
         StopSignal: definition.stop_signal,
         HostConfig: { NetworkMode: definition.network_mode, RestartPolicy: { Name: definition.restart ?? "no" }, Mounts: mounts },
       });
-      made[definition.labels!["io.relevo.node"]!] = container.id;
+      made[definition.labels["io.relevo.node"]!] = container.id;
       await container.start();
     }
     const redisPort = await freePort();
@@ -124,7 +129,7 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
 
   test("before Relevo, the node containers have nothing to run and say so; Relevo adopts them (same ids, no restart policy) and the replica streams", async () => {
     for (const id of Object.values(made)) {
-      const logs = demultiplexBuffer((await docker.getContainer(id).logs({ stdout: true, stderr: true })) as unknown as Buffer);
+      const logs = demultiplexBuffer(await docker.getContainer(id).logs({ stdout: true, stderr: true }));
       expect(logs).toContain("waiting for Relevo to initialise this node");
     }
     for (const [name, id] of Object.entries(made)) {
@@ -184,7 +189,7 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     await eventually(async () => (!(await replica.inspect()).State.Running ? true : undefined), {
       what: "the emptied replica's container to exit",
     });
-    const logs = demultiplexBuffer((await replica.logs({ stdout: true, stderr: true, since })) as unknown as Buffer);
+    const logs = demultiplexBuffer(await replica.logs({ stdout: true, stderr: true, since }));
     expect(logs).toContain("waiting for Relevo to initialise this node");
   });
 });
