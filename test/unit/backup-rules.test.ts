@@ -9,6 +9,9 @@ import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from ".
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/wal-summary";
 import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
+import { chooseBackupSource } from "../../src/backup/backup-source";
+import { progressBar } from "../../src/cli/backup-commands";
+import { chooseBackup } from "../../src/restore/choose-backup";
 
 const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupManifest => ({
   formatVersion: MANIFEST_VERSION,
@@ -155,7 +158,6 @@ describe("recovery window (pure)", () => {
 });
 
 describe("backup source (pure)", () => {
-  const { chooseBackupSource } = require("../../src/backup/backup-source") as typeof import("../../src/backup/backup-source");
   const node = (name: string, role: "primary" | "replica", state: string | null, lagBytes: number | null, reachable = true) =>
     ({ name, role, reachable, replication: state ? { state, lagBytes } : null }) as never;
   const snapshot = (nodes: never[]) =>
@@ -187,7 +189,6 @@ describe("backup source (pure)", () => {
 });
 
 describe("CLI progress bar (pure)", () => {
-  const { progressBar } = require("../../src/cli/backup-commands") as typeof import("../../src/cli/backup-commands");
   test("shows the share done, the rate, the ETA and the phase", () => {
     expect(progressBar({ phase: "copying", bytesDone: 50, bytesTotal: 100, bytesPerSecond: 2 * 1024 * 1024, etaSeconds: 3 }, 10)).toBe(
       "[#####.....]  50%  2 MB/s  ETA 3 s  copying   ",
@@ -199,7 +200,6 @@ describe("CLI progress bar (pure)", () => {
 });
 
 describe("choosing the backup a restore starts from (pure)", () => {
-  const { chooseBackup } = require("../../src/restore/choose-backup") as typeof import("../../src/restore/choose-backup");
   const backups = [
     manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }),
     manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" }),

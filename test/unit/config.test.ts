@@ -1,4 +1,5 @@
 import { expect } from "@jest/globals";
+import path from "node:path";
 import { parseRedisUrl } from "../../src/redis/redis-client";
 import { describeConfig, loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
@@ -15,7 +16,7 @@ describe("configuration", () => {
       driver: "local",
       host: "127.0.0.1",
     });
-    expect(config.home).toBe(require("node:path").resolve("./.relevo"));
+    expect(config.home).toBe(path.resolve("./.relevo"));
   });
 
   test("environment variables override defaults, overrides override the environment", () => {
