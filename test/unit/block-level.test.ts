@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { Readable } from "node:stream";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
 import { layeredContent } from "../../src/storage/layered-content";
 import { referenceOnHistory } from "../../src/wal/wal-changes";
@@ -36,8 +37,11 @@ async function collect(source: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-async function* chunked(data: Buffer, size: number): AsyncGenerator<Buffer> {
-  for (let at = 0; at < data.length; at += size) yield data.subarray(at, at + size);
+/** `data` as an async source of `size`-byte chunks, like a decoder's output. */
+function chunked(data: Buffer, size: number): Readable {
+  const chunks: Buffer[] = [];
+  for (let at = 0; at < data.length; at += size) chunks.push(data.subarray(at, at + size));
+  return Readable.from(chunks);
 }
 
 describe("relation files", () => {

@@ -64,7 +64,7 @@ describe("stored content codecs", () => {
           .digest("hex"),
       );
       expect((await decompressed(createReadStream(target), compression)).equals(content)).toBe(true);
-      expect(await storeChunks(async () => false, path.join(dir, "gone"), compression)).toBeNull();
+      expect(await storeChunks(() => Promise.resolve(false), path.join(dir, "gone"), compression)).toBeNull();
       expect(await readdir(dir)).toEqual(["file"]);
     },
   );
