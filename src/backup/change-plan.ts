@@ -1,6 +1,6 @@
 import type { ManifestEntry } from "./manifest";
 import { BLOCK_SIZE, blockCount, rangesBelow, rangesInSegment, relationFileOf, unionRanges, type BlockRanges } from "./relation-files";
-import type { WalSegmentSummary } from "../wal/wal-summary";
+import type { WalSegmentSummary } from "../wal/waldump-summary";
 
 /**
  * What changed in the cluster since a reference backup's start, from the WAL

@@ -4,7 +4,8 @@ import type { BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
 import type { Repository } from "../storage/repository";
-import type { RestorePointRecord, WalSummarizer } from "../wal/wal-summary";
+import type { WalSummarizer } from "../wal/wal-summary";
+import type { RestorePointRecord } from "../wal/waldump-summary";
 
 /**
  * The backup a restore starts from: the one named, or the newest completed

@@ -3,7 +3,8 @@ import os from "node:os";
 import { forEachParallel } from "../storage/copy-file";
 
 import { mergeSummaries, type ChangeSet } from "../backup/change-plan";
-import type { WalSegmentSummary, WalSummarizer } from "./wal-summary";
+import type { WalSummarizer } from "./wal-summary";
+import type { WalSegmentSummary } from "./waldump-summary";
 import { SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";
 import { timelineOfSegment, type TimelineStep } from "../postgres/timelines";
 

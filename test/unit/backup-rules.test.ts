@@ -6,7 +6,7 @@ import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSet
 import { recoveryWindow } from "../../src/restore/recovery-window";
 import { planRetention } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
-import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/wal-summary";
+import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
 import { checksumMismatches } from "../../src/backup/reference-point";
 import { ErrorCode } from "../../src/errors";
 import { chooseBackupSource } from "../../src/backup/backup-source";

@@ -7,7 +7,7 @@ import { timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
 import { divergedFiles } from "../../src/wal/wal-archiver";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
-import type { WalSegmentSummary } from "../../src/wal/wal-summary";
+import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 
 const MB = 1024 * 1024;
 
