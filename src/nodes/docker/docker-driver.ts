@@ -4,7 +4,6 @@ import path from "node:path";
 import type { Readable } from "node:stream";
 import { ErrorCode, RelevoError } from "../../errors";
 import { promiseTry } from "../../util/promise-try";
-import { sleep } from "../../util/sleep";
 import type {
   ByteRange,
   ChunkedReadOptions,
@@ -21,10 +20,11 @@ import type {
 import type { OsIdentity } from "../os-user";
 import { ContainerFiles } from "./container-files";
 import { LABELS, PG_USER, PGDATA, containerName, stopSignalFor, volumeName } from "./container-spec";
-import { engineMessage, isStatus } from "./docker-client";
-import { demultiplexBuffer, runContainerCommand } from "./docker-exec";
-import { readCommand, removeCommand } from "./file-commands";
+import { isStatus } from "./docker-client";
+import { runContainerCommand } from "./docker-exec";
+import { removeCommand } from "./file-commands";
 import { NodeContainers, type DockerDriverOptions } from "./node-containers";
+import { signalContainer, waitStopped, waitUntilReady } from "./container-lifecycle";
 
 export type { DockerDriverOptions, RepositoryMount } from "./node-containers";
 
@@ -36,8 +36,9 @@ export type { DockerDriverOptions, RepositoryMount } from "./node-containers";
  * node's container while the server runs, in its tools container otherwise
  * (see container-spec.ts). Nothing of a data directory is ever held whole in
  * memory: reads and writes stream through exec. The containers and storage
- * are node-containers.ts', the file operations container-files.ts'; this
- * class is the lifecycle and the tools.
+ * are node-containers.ts', the file operations container-files.ts', waiting
+ * on and signalling a container container-lifecycle.ts'; this class is the
+ * lifecycle and the tools.
  */
 export class DockerDriver implements NodeDriver {
   readonly kind = "docker" as const;
@@ -115,8 +116,8 @@ export class DockerDriver implements NodeDriver {
       const nodeContainer = await this.containers.find(node, "node");
       const adopted = nodeContainer !== null && nodeContainer.Config.Labels?.[LABELS.home] !== this.options.home;
       if (adopted) {
-        await this.signal(this.docker.getContainer(nodeContainer.Id), "SIGKILL");
-        if (!(await this.waitStopped(this.docker.getContainer(nodeContainer.Id), 10000))) {
+        await signalContainer(this.containers, this.docker.getContainer(nodeContainer.Id), "SIGKILL");
+        if (!(await waitStopped(this.containers, this.docker.getContainer(nodeContainer.Id), 10000))) {
           throw new RelevoError(
             ErrorCode.Timeout,
             `node ${node.name}: container ${nodeContainer.Name} survived SIGKILL for 10 s; its data is left as it is`,
@@ -198,43 +199,7 @@ export class DockerDriver implements NodeDriver {
         if (!isStatus(error, 304)) throw error; // 304: already started
       }
     });
-    await this.waitUntilReady(node, container, options.timeoutMs);
-  }
-
-  /**
-   * Ready as pg_ctl -w means it: postmaster.pid's status line says "ready"
-   * (or "standby" for a hot standby). A container that exits meanwhile
-   * failed to start: its log says why.
-   */
-  private async waitUntilReady(node: NodeRef, container: Docker.Container, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (true) {
-      const info = await this.containers.engine("inspect a starting container", () => container.inspect());
-      if (!info.State.Running) {
-        throw new RelevoError(
-          ErrorCode.CommandFailed,
-          `node ${node.name} did not start (container exited with ${info.State.ExitCode}): ${await this.logTail(container)}`,
-          {
-            details: { container: info.Name, exitCode: info.State.ExitCode },
-          },
-        );
-      }
-      const pidFile = await runContainerCommand(container, readCommand(path.posix.join(PGDATA, "postmaster.pid")), { user: PG_USER }).catch(
-        () => null,
-      );
-      const lines = pidFile?.exitCode === 0 ? pidFile.stdout.toString("utf8").split("\n") : [];
-      // A killed server's postmaster.pid says "ready" too: only this start's counts (line 3, its start time).
-      const startedAt = Math.floor(Date.parse(info.State.StartedAt) / 1000);
-      const current = Number(lines[2]) >= startedAt;
-      if (current && (lines[7]?.trim() === "ready" || lines[7]?.trim() === "standby")) return;
-      if (Date.now() > deadline) {
-        throw new RelevoError(
-          ErrorCode.Timeout,
-          `node ${node.name} did not accept connections within ${timeoutMs} ms: ${await this.logTail(container)}`,
-        );
-      }
-      await sleep(100);
-    }
+    await waitUntilReady(this.containers, node, container, options.timeoutMs);
   }
 
   async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {
@@ -242,8 +207,8 @@ export class DockerDriver implements NodeDriver {
     if (!info?.State.Running) return;
     const container = this.docker.getContainer(info.Id);
     if (info.State.Paused) await this.resume(node);
-    await this.signal(container, stopSignalFor(options.mode));
-    if (!(await this.waitStopped(container, options.timeoutMs))) {
+    await signalContainer(this.containers, container, stopSignalFor(options.mode));
+    if (!(await waitStopped(this.containers, container, options.timeoutMs))) {
       throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not stop (${options.mode}) within ${options.timeoutMs} ms`);
     }
     this.files.stopAgentsOf(info.Id);
@@ -254,38 +219,11 @@ export class DockerDriver implements NodeDriver {
     if (!info?.State.Running) return;
     const container = this.docker.getContainer(info.Id);
     // SIGKILL to PID 1 of a container ends every process in it: no backend outlives the postmaster.
-    await this.signal(container, "SIGKILL");
+    await signalContainer(this.containers, container, "SIGKILL");
     if (info.State.Paused) await this.containers.engine("thaw a killed container", () => container.unpause()).catch(() => undefined);
-    if (!(await this.waitStopped(container, 10000)))
+    if (!(await waitStopped(this.containers, container, 10000)))
       throw new RelevoError(ErrorCode.Timeout, `node ${node.name}: container ${info.Name} survived SIGKILL for 10 s`);
     this.files.stopAgentsOf(info.Id);
-  }
-
-  private async signal(container: Docker.Container, signal: string): Promise<void> {
-    await this.containers.engine(`send ${signal}`, async () => {
-      try {
-        await container.kill({ signal });
-      } catch (error) {
-        if (!isStatus(error, 409)) throw error; // 409: not running any more
-      }
-    });
-  }
-
-  private async waitStopped(container: Docker.Container, timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() <= deadline) {
-      const info = await this.containers.engine("inspect a stopping container", async () => {
-        try {
-          return await container.inspect();
-        } catch (error) {
-          if (isStatus(error, 404)) return null;
-          throw error;
-        }
-      });
-      if (!info?.State.Running) return true;
-      await sleep(50);
-    }
-    return false;
   }
 
   async pause(node: NodeRef): Promise<void> {
@@ -300,15 +238,6 @@ export class DockerDriver implements NodeDriver {
     const info = await this.containers.find(node, "node");
     if (!info?.State.Paused) return;
     await this.containers.engine(`unpause ${info.Name}`, () => this.docker.getContainer(info.Id).unpause());
-  }
-
-  private async logTail(container: Docker.Container): Promise<string> {
-    try {
-      const logs = demultiplexBuffer(await container.logs({ stdout: true, stderr: true, tail: 8 }));
-      return logs.trim().split("\n").slice(-5).join(" | ") || "no log";
-    } catch (error) {
-      return `no log (${engineMessage(error)})`;
-    }
   }
 
   // --------------------------------------------------------------------- tools
