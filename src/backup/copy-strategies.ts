@@ -44,7 +44,11 @@ async function store(
   const { bundles } = target;
   if (expectedBytes <= BUNDLE_FILE_LIMIT) {
     const parts: Buffer[] = [];
-    if (!(await read(async (chunk) => void parts.push(Buffer.from(chunk))))) return null;
+    const collect = (chunk: Uint8Array): Promise<void> => {
+      parts.push(Buffer.from(chunk));
+      return Promise.resolve();
+    };
+    if (!(await read(collect))) return null;
     const content = Buffer.concat(parts);
     if (content.length <= BUNDLE_FILE_LIMIT) return bundles.add(content);
     return store(target, file, content.length, async (consume) => (await consume(content), true));
