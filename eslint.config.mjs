@@ -21,6 +21,24 @@ export default tseslint.config(
     },
   },
   {
+    // The ground floor (PostgreSQL facts, Redis, events, the database, small
+    // helpers) never reaches up into the domains or the edges that build on it.
+    files: ["src/postgres/**", "src/redis/**", "src/events/**", "src/db/**", "src/util/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              regex: "^\\.\\./(cluster|backup|failover|wal|storage|restore|scheduler|api|cli|service)(/|$)",
+              message: "infrastructure must not import a domain (docs/architecture.md, Layers)",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ["**/*.js", "**/*.mjs", "**/*.cjs"],
     ...tseslint.configs.disableTypeChecked,
   },
