@@ -4,7 +4,7 @@ import type { NodeRef } from "../nodes/node-driver";
 
 /** What decides whether a replica may be promoted by a failover. */
 export interface CandidateRules {
-  /** Promote this one (an operator's choice), or the most advanced eligible one when null. */
+  /** Promote this one (an operator's choice), or the most advanced eligible one when null or empty. */
   readonly to: string | null;
   /** Promote even a replica that may lack acknowledged commits. */
   readonly force: boolean;
@@ -50,7 +50,8 @@ export function ineligibility(fact: NodeFacts, rules: CandidateRules): string | 
  */
 export function chooseCandidate(replicas: readonly NodeFacts[], rules: CandidateRules): CandidateChoice {
   if (replicas.length === 0) return { ok: false, reason: "no replica answers: nothing can be promoted" };
-  if (rules.to !== null) {
+  // An empty name (failover(to: "")) asks for no one in particular.
+  if (rules.to) {
     const fact = replicas.find((candidate) => candidate.node.name === rules.to);
     if (!fact) return { ok: false, reason: `${rules.to} does not answer as a replica` };
     const why = ineligibility(fact, rules);

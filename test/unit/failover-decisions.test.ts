@@ -77,6 +77,8 @@ describe("failover candidate (pure)", () => {
       ok: false,
       reason: "node3 is not known to hold every acknowledged commit (not an in-sync standby); failover with force to promote it anyway",
     });
+    expect(chooseCandidate(replicas, { ...synchronousRules, to: "" })).toMatchObject({ ok: true, node: { name: "node2" } });
+    expect(chooseCandidate(replicas, { ...synchronousRules, to: "", force: true })).toMatchObject({ ok: true, node: { name: "node3" } });
     expect(chooseCandidate(replicas, { ...synchronousRules, to: "node4" })).toEqual({
       ok: false,
       reason: "node4 does not answer as a replica",
