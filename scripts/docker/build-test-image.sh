@@ -99,4 +99,7 @@ tar -C "$ROOT" --numeric-owner -cf - . | docker import \
 
 # 7. docker import --change does not accept STOPSIGNAL (daemon 20.10):
 #    add it with a one-line Dockerfile (no registry access needed).
-printf 'FROM %s\nSTOPSIGNAL SIGINT\n' "$IMAGE-base" | docker build -q -t "$IMAGE" -
+#    The label records what the image was built from (RELEVO_BUILD, see
+#    scripts/setup.sh): a change of these scripts or of the PostgreSQL
+#    packages makes setup.sh build it again.
+printf 'FROM %s\nSTOPSIGNAL SIGINT\nLABEL org.relevo.build=%s\n' "$IMAGE-base" "${RELEVO_BUILD:-unknown}" | docker build -q -t "$IMAGE" -
