@@ -35,15 +35,12 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await driver.destroy(node).catch(() => undefined);
     });
 
+    /** A client of the node's superuser; `limits` bound its connect or its queries. */
+    const nodeClient = (limits: { connectionTimeoutMillis?: number; query_timeout?: number }): Client =>
+      new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", ...limits });
+
     const sql = async (text: string): Promise<unknown[]> => {
-      const client = new Client({
-        host: node.host,
-        port: node.port,
-        user: "postgres",
-        password: PASSWORD,
-        database: "postgres",
-        connectionTimeoutMillis: 3000,
-      });
+      const client = nodeClient({ connectionTimeoutMillis: 3000 });
       await client.connect();
       try {
         return (await client.query<Record<string, unknown>>(text)).rows;
@@ -201,28 +198,14 @@ export function describeDriverConformance(target: ConformanceTarget): void {
     });
 
     test("pause freezes the whole server (new and open connections time out), resume thaws it", async () => {
-      const open = new Client({
-        host: node.host,
-        port: node.port,
-        user: "postgres",
-        password: PASSWORD,
-        database: "postgres",
-        query_timeout: 1000,
-      });
+      const open = nodeClient({ query_timeout: 1000 });
       await open.connect();
       await driver.pause(node);
       expect((await driver.state(node)).phase).toBe("paused");
       // The backend serving an open connection is frozen too.
       await expect(open.query("SELECT 1")).rejects.toThrow(/timeout/i);
       open.end().catch(() => undefined);
-      const client = new Client({
-        host: node.host,
-        port: node.port,
-        user: "postgres",
-        password: PASSWORD,
-        database: "postgres",
-        connectionTimeoutMillis: 1000,
-      });
+      const client = nodeClient({ connectionTimeoutMillis: 1000 });
       await expect(client.connect()).rejects.toThrow();
       await driver.resume(node);
       expect((await driver.state(node)).phase).toBe("running");

@@ -14,16 +14,7 @@ import {
 } from "../../src/failover/monitor-rules";
 import type { StandbySeen } from "../../src/failover/primary-check";
 import { ErrorCode, RelevoError } from "../../src/errors";
-import type { NodeFacts } from "../../src/postgres/node-facts";
-
-const replica = (name: string, lsn: string | null): NodeFacts => ({
-  node: { name, host: "127.0.0.1", port: 1 },
-  inRecovery: true,
-  readOnly: true,
-  lsn,
-  timeline: 1,
-  receiver: null,
-});
+import { replicaFacts } from "../helpers/node-facts";
 
 const synchronousRules: CandidateRules = {
   to: null,
@@ -38,12 +29,12 @@ const asynchronousRules: CandidateRules = { ...synchronousRules, synchronous: fa
 
 describe("failover candidate (pure)", () => {
   test("synchronous mode promotes only an in-sync standby, even when another is further ahead", () => {
-    const choice = chooseCandidate([replica("node3", "0/6000000"), replica("node2", "0/5000000")], synchronousRules);
-    expect(choice).toEqual({ ok: true, node: replica("node2", null).node, lostBytes: 0 });
+    const choice = chooseCandidate([replicaFacts("node3", "0/6000000"), replicaFacts("node2", "0/5000000")], synchronousRules);
+    expect(choice).toEqual({ ok: true, node: replicaFacts("node2", null).node, lostBytes: 0 });
   });
 
   test("nobody eligible: no candidate, with every replica's reason", () => {
-    const choice = chooseCandidate([replica("node3", "0/6000000")], { ...synchronousRules, eligible: [] });
+    const choice = chooseCandidate([replicaFacts("node3", "0/6000000")], { ...synchronousRules, eligible: [] });
     expect(choice.ok).toBe(false);
     expect(!choice.ok && choice.reason).toBe(
       "no eligible replica: node3 is not known to hold every acknowledged commit (not an in-sync standby)",
@@ -52,7 +43,7 @@ describe("failover candidate (pure)", () => {
   });
 
   test("force promotes the most advanced replica whatever the records say", () => {
-    const choice = chooseCandidate([replica("node2", "0/4000000"), replica("node3", "0/4800000")], {
+    const choice = chooseCandidate([replicaFacts("node2", "0/4000000"), replicaFacts("node3", "0/4800000")], {
       ...synchronousRules,
       eligible: [],
       force: true,
@@ -62,16 +53,16 @@ describe("failover candidate (pure)", () => {
   });
 
   test("asynchronous mode: within the lag limit of the old primary's last LSN, else refused; unknown lag is refused", () => {
-    expect(ineligibility(replica("node2", "0/4FFFC00"), asynchronousRules)).toBeNull();
-    expect(ineligibility(replica("node2", "0/4FFFBFF"), asynchronousRules)).toBe("node2 was 1025 bytes behind (limit 1024)");
-    expect(ineligibility(replica("node2", "0/4000000"), { ...asynchronousRules, lastPrimaryLsn: null })).toBe(
+    expect(ineligibility(replicaFacts("node2", "0/4FFFC00"), asynchronousRules)).toBeNull();
+    expect(ineligibility(replicaFacts("node2", "0/4FFFBFF"), asynchronousRules)).toBe("node2 was 1025 bytes behind (limit 1024)");
+    expect(ineligibility(replicaFacts("node2", "0/4000000"), { ...asynchronousRules, lastPrimaryLsn: null })).toBe(
       "node2's lag behind the old primary is unknown",
     );
-    expect(lostBytesOf(replica("node2", "0/6000000"), "0/5000000")).toBe(0);
+    expect(lostBytesOf(replicaFacts("node2", "0/6000000"), "0/5000000")).toBe(0);
   });
 
   test("an operator's choice is honoured only if it answers as a replica and is eligible", () => {
-    const replicas = [replica("node2", "0/5000000"), replica("node3", "0/6000000")];
+    const replicas = [replicaFacts("node2", "0/5000000"), replicaFacts("node3", "0/6000000")];
     expect(chooseCandidate(replicas, { ...synchronousRules, to: "node2" })).toMatchObject({ ok: true, node: { name: "node2" } });
     expect(chooseCandidate(replicas, { ...synchronousRules, to: "node3" })).toEqual({
       ok: false,

@@ -1,25 +1,20 @@
 import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
-import { byMostAdvanced, type NodeFacts } from "../../src/postgres/node-facts";
+import { byMostAdvanced } from "../../src/postgres/node-facts";
 import { withName, without } from "../../src/failover/cluster-state";
-
-const facts = (name: string, lsn: string | null): NodeFacts => ({
-  node: { name, host: "127.0.0.1", port: 1 },
-  inRecovery: true,
-  readOnly: true,
-  lsn,
-  timeline: 1,
-  receiver: null,
-});
+import { replicaFacts } from "../helpers/node-facts";
 
 describe("failover rules (pure)", () => {
   test("the most advanced replica comes first; the preferred one among equals, then by name", () => {
-    const ranked = [facts("node3", "0/3000100"), facts("node2", "0/3000200"), facts("node4", "0/3000200"), facts("node5", null)].sort(
-      byMostAdvanced("node4"),
-    );
+    const ranked = [
+      replicaFacts("node3", "0/3000100"),
+      replicaFacts("node2", "0/3000200"),
+      replicaFacts("node4", "0/3000200"),
+      replicaFacts("node5", null),
+    ].sort(byMostAdvanced("node4"));
     expect(ranked.map((f) => f.node.name)).toEqual(["node4", "node2", "node3", "node5"]);
-    expect([facts("b", "1/0"), facts("a", "1/0")].sort(byMostAdvanced("node1")).map((f) => f.node.name)).toEqual(["a", "b"]);
+    expect([replicaFacts("b", "1/0"), replicaFacts("a", "1/0")].sort(byMostAdvanced("node1")).map((f) => f.node.name)).toEqual(["a", "b"]);
     // LSNs compare as numbers, not strings.
-    expect([facts("x", "0/FFFFFFFF"), facts("y", "1/0")].sort(byMostAdvanced("z"))[0]!.node.name).toBe("y");
+    expect([replicaFacts("x", "0/FFFFFFFF"), replicaFacts("y", "1/0")].sort(byMostAdvanced("z"))[0]!.node.name).toBe("y");
   });
 
   test("every standby of the synchronous set must confirm a commit", () => {
