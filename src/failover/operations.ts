@@ -1,12 +1,13 @@
-import { addReplica, removeReplica, runAddReplica, runRemoveReplica } from "../cluster/replicas";
+import { addReplica, removeReplica } from "../cluster/replicas";
 import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import type { ClusterState, StateGuard } from "./cluster-state";
-import { failover, runFailover, type FailoverRequest } from "./failover";
+import { failover, type FailoverRequest } from "./failover";
 import { OperationContext, type FailoverOperationsDeps } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
-import { rejoin, runRejoin, type RejoinMethod, type RejoinRequest } from "./rejoin";
-import { runSwitchover, switchover, type SwitchoverRequest } from "./switchover";
+import { rejoin, type RejoinMethod, type RejoinRequest } from "./rejoin";
+import { resumeOperation } from "./resume";
+import { switchover, type SwitchoverRequest } from "./switchover";
 
 export type { FailoverOperationsDeps, OperationsConfig } from "./operation-context";
 export type { FailoverRequest } from "./failover";
@@ -66,30 +67,8 @@ export class FailoverOperations {
   }
 
   /** Runs an operation adopted from a dead instance's journal to its end. */
-  async resume(operation: RunningOperation): Promise<void> {
-    const { logger } = this.context.deps;
-    logger.warn(
-      { operation: operation.entry.id, kind: operation.entry.kind, stage: operation.entry.stage },
-      "resuming an operation another instance left unfinished",
-    );
-    const run = async (): Promise<unknown> => {
-      switch (operation.entry.kind) {
-        case "failover":
-          return runFailover(this.context, operation);
-        case "switchover":
-        case "failback":
-          return runSwitchover(this.context, operation);
-        case "rejoin":
-          return runRejoin(this.context, operation);
-        case "add-replica":
-          return runAddReplica(this.context, operation);
-        case "remove-replica":
-          return runRemoveReplica(this.context, operation);
-      }
-    };
-    await this.context
-      .tracked(operation, run)
-      .catch((error: Error) => logger.error({ operation: operation.entry.id, err: error.message }, "resumed operation failed"));
+  resume(operation: RunningOperation): Promise<void> {
+    return resumeOperation(this.context, operation);
   }
 
   /** Waits (at most `timeoutMs`) for the operations running here. */
