@@ -1,4 +1,4 @@
-import { lsnToNumber } from "../postgres/lsn";
+import { bytesBehind } from "../postgres/lsn";
 import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-driver";
 
 /**
@@ -190,5 +190,5 @@ function normaliseState(state: string): ReplicationState {
 /** Received but not yet replayed, when the primary cannot be asked. */
 function localLagBytes(probe: NodeState): number | null {
   if (probe.receivedLsn === null || probe.replayedLsn === null) return null;
-  return Math.max(0, lsnToNumber(probe.receivedLsn) - lsnToNumber(probe.replayedLsn));
+  return bytesBehind(probe.receivedLsn, probe.replayedLsn);
 }

@@ -1,4 +1,4 @@
-import { lsnBytes } from "../postgres/lsn";
+import { bytesBehind } from "../postgres/lsn";
 import { byMostAdvanced, type NodeFacts } from "../postgres/node-facts";
 import type { NodeRef } from "../nodes/node-driver";
 
@@ -25,9 +25,7 @@ export type CandidateChoice =
 
 /** Bytes a replica lacks of what the old primary had (null when either LSN is unknown). */
 export function lostBytesOf(fact: NodeFacts, lastPrimaryLsn: string | null): number | null {
-  const last = lsnBytes(lastPrimaryLsn);
-  const have = lsnBytes(fact.lsn);
-  return last === null || have === null ? null : Math.max(0, last - have);
+  return lastPrimaryLsn === null || fact.lsn === null ? null : bytesBehind(lastPrimaryLsn, fact.lsn);
 }
 
 /** Why `fact`'s replica may not be promoted under `rules`; null when it may. */

@@ -1,5 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
-import { lsnToNumber } from "../postgres/lsn";
+import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import type { ClusterState } from "./cluster-state";
 import type { StandbySeen } from "./primary-check";
 
@@ -75,9 +75,7 @@ export function desiredSynchronousSet(options: {
   if (!options.synchronous) return [];
   const keep = options.current.filter((name) => options.streaming.has(name));
   const joining = [...options.streaming.values()]
-    .filter(
-      (s) => !keep.includes(s.name) && s.flushLsn !== null && lsnToNumber(options.primaryLsn) - lsnToNumber(s.flushLsn) <= JOIN_LAG_BYTES,
-    )
+    .filter((s) => !keep.includes(s.name) && s.flushLsn !== null && bytesBehind(options.primaryLsn, s.flushLsn) <= JOIN_LAG_BYTES)
     .map((s) => s.name);
   return [...keep, ...joining].sort();
 }
@@ -122,5 +120,5 @@ export function preferredInSync(options: {
   if (seen?.flushLsn == null) return false;
   return options.synchronous
     ? options.eligible.includes(options.preferred)
-    : lsnToNumber(options.primaryLsn) - lsnToNumber(seen.flushLsn) <= options.maximumLagBytes;
+    : bytesBehind(options.primaryLsn, seen.flushLsn) <= options.maximumLagBytes;
 }

@@ -2,7 +2,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { latestCheckpointLocation, readControlData } from "../postgres/control-data";
-import { lsnToNumber } from "../postgres/lsn";
+import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import { unfence } from "../postgres/fence-marker";
 import { streamsFrom } from "../postgres/node-facts";
 import { sleep } from "../util/sleep";
@@ -46,7 +46,7 @@ export async function switchover(context: OperationContext, request: SwitchoverR
   if (!streamsFrom(targetFacts, from)) {
     throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is not a replica streaming from ${from.name}; rejoin it first`);
   }
-  const lag = lsnToNumber(primaryFacts.lsn!) - lsnToNumber(targetFacts!.lsn ?? "0/0");
+  const lag = bytesBehind(primaryFacts.lsn!, targetFacts!.lsn ?? "0/0");
   if (lag > SWITCHOVER_MAX_LAG_BYTES) {
     throw new RelevoError(
       ErrorCode.PreconditionFailed,

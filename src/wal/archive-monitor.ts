@@ -1,4 +1,4 @@
-import { lsnToNumber } from "../postgres/lsn";
+import { bytesBehind } from "../postgres/lsn";
 import type { ClusterSnapshot } from "../cluster/topology";
 
 import type { EventLog } from "../events/event-log";
@@ -60,7 +60,7 @@ export class ArchiveMonitor {
     const snapshot = this.options.topology();
     const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
     if (!primary?.currentLsn || !window.latest) return;
-    const lagBytes = Math.max(0, lsnToNumber(primary.currentLsn) - lsnToNumber(window.latest.lsn));
+    const lagBytes = bytesBehind(primary.currentLsn, window.latest.lsn);
     // The segment being written is never complete: only what lies beyond it counts.
     const behind = lagBytes > this.options.maxLagBytes + SEGMENT_SIZE;
     if (behind && !this.lagging) {
