@@ -8,11 +8,7 @@ import { progressFigures } from "./backup-progress";
 import type { BackupServiceDeps } from "./backup-service";
 import { chooseBackupSource } from "./backup-source";
 import type { BackupManifest, BackupType } from "./manifest";
-import { captureReferencePoint } from "./reference-point";
 import { takeBackup } from "./take-backup";
-
-/** Writers wait at most this long for the reference point's table locks. */
-const REFERENCE_LOCK_TIMEOUT_MS = 5000;
 
 /** The backup this instance runs: its id once it has started, and its completion. */
 interface RunningBackup {
@@ -33,14 +29,13 @@ interface Run {
  * Runs backups one at a time (a second request while one runs is
  * BACKUP_IN_PROGRESS, in this instance or, by the backup lease, in
  * another), records each state change as an event and its progress, and
- * after each completed backup takes its reference point and applies
- * retention.
+ * applies retention after each completed backup. Nothing is read from the
+ * tables afterwards: the reference point a restore test compares with is
+ * taken by the restore test, on a replica (see referencePointFor).
  */
 export class BackupRunner {
   private running: RunningBackup | null = null;
-  /** Reference points being taken, by backup id, for verify to wait on (see trackReferencePoint). */
-  private readonly referencing = new Map<string, Promise<void>>();
-  /** Work started after backups completed (reference points, retention), for waitForIdle. */
+  /** Work started after backups completed (retention), for waitForIdle. */
   private readonly afterwork = new Set<Promise<void>>();
 
   constructor(
@@ -94,11 +89,6 @@ export class BackupRunner {
     const first = await Promise.race([started, slot.done]);
     slot.done.catch(() => undefined); // the caller may not wait for completion
     return { manifest: first, done: slot.done };
-  }
-
-  /** The reference point of a backup that just completed, while it is being taken (verify waits for it). */
-  referencePointOf(id: string): Promise<void> | undefined {
-    return this.referencing.get(id);
   }
 
   async waitForIdle(): Promise<void> {
@@ -166,7 +156,6 @@ export class BackupRunner {
 
   private async completed(run: Run, manifest: BackupManifest): Promise<BackupManifest> {
     this.recordFinalProgress(run, manifest, "completed");
-    this.trackReferencePoint(manifest.id, run.primary);
     await this.deps.events.emit(backupCompletedEvent(manifest, run.source));
     // Retention after every backup, off the backup's own time (waitForIdle awaits it).
     this.trackAfterwork(
@@ -204,32 +193,5 @@ export class BackupRunner {
   private trackAfterwork(work: Promise<void>): void {
     this.afterwork.add(work);
     void work.finally(() => this.afterwork.delete(work));
-  }
-
-  /**
-   * After a backup completed: a restore point named after it and every
-   * table's checksum at that point, written into its manifest for the
-   * restore test. It runs after the backup counts (checksumming a large
-   * database takes a while) and does not hold up the next backup; a
-   * verification of that backup waits for it.
-   */
-  private trackReferencePoint(id: string, primary: NodeRef): void {
-    const work = (async () => {
-      try {
-        const point = await captureReferencePoint(primary, this.deps.superuser, `relevo-${id}`, REFERENCE_LOCK_TIMEOUT_MS);
-        const current = await this.deps.repository.readManifest(id);
-        if (current?.status === "completed") await this.deps.repository.writeManifest({ ...current, referencePoint: point });
-        this.deps.logger.info({ id, lsn: point.lsn, tables: point.tables.length }, "reference point recorded for the restore test");
-      } catch (error) {
-        this.deps.logger.warn(
-          { id, err: (error as Error).message },
-          "no reference point for the restore test (it checks with pg_amcheck only)",
-        );
-      } finally {
-        this.referencing.delete(id);
-      }
-    })();
-    this.referencing.set(id, work);
-    this.trackAfterwork(work);
   }
 }

@@ -20,6 +20,7 @@ import { chooseBackupIn } from "../restore/choose-backup";
 import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RedisLease } from "../redis/redis-lease";
+import type { FailoverEligibility } from "./reference-source";
 
 export interface BackupServiceDeps {
   readonly clusterName: string;
@@ -46,6 +47,8 @@ export interface BackupServiceDeps {
   readonly progress: BackupProgressRecorder;
   /** Held while a backup runs, so that one runs at a time across service instances. */
   readonly lease: RedisLease;
+  /** Which replicas a failover would promote now: a restore test never pauses the only one (see chooseReferenceReplica). */
+  readonly failoverEligibility: () => Promise<FailoverEligibility>;
 }
 
 /**
@@ -135,7 +138,6 @@ export class BackupService {
   }
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
-    await this.runner.referencePointOf(id);
     const manifest = await this.get(id);
     if (manifest.status !== "completed")
       throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
@@ -155,7 +157,7 @@ export class BackupService {
     return manifests.length;
   }
 
-  /** Waits for the running backup and what follows a completed one (reference point, retention). */
+  /** Waits for the running backup and what follows a completed one (retention). */
   async waitForIdle(): Promise<void> {
     await this.runner.waitForIdle();
   }

@@ -101,9 +101,10 @@ export interface BackupManifest {
   readonly fileCount: number;
   readonly error: string | null;
   /**
-   * A restore point taken right after the backup completed, with every
-   * table's checksum at that point (see reference-point); the restore test
-   * restores to it and compares. Absent when it could not be taken.
+   * The point the restore test restores to, with every table's checksum at
+   * that point (see reference-point): taken on a replica by the first
+   * restore test that needs it (older manifests: right after the backup, on
+   * the primary). Absent until then, or when none could be taken.
    */
   readonly referencePoint?: ReferencePoint | null;
   /** The latest verification, if any. */
@@ -125,6 +126,8 @@ export interface Verification {
     readonly error: string | null;
     /** Tables compared with the backup's reference point (0 when it has none). */
     readonly tablesCompared?: number;
+    /** Why no reference point was compared (the restore test ran pg_amcheck only); absent or null when one was. */
+    readonly referenceMissing?: string | null;
   } | null;
 }
 

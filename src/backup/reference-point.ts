@@ -1,6 +1,13 @@
 import { Client } from "pg";
 import { clientConfig, type Credentials } from "../postgres/connection";
+import { bytesBehind } from "../postgres/lsn";
+import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
+import { isRecoveryConflict, lastReplayedLsn, pauseReplay, resumeReplay } from "../postgres/replay-pause";
+import { segmentName, segmentNumber } from "../postgres/wal-names";
+import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
+import type { RecoveryTarget } from "../restore/recovery-target";
+import { sleep } from "../util/sleep";
 
 /** One table's content, summarised the same way on the source and on a restored copy. */
 export interface TableChecksum {
@@ -12,18 +19,49 @@ export interface TableChecksum {
   readonly checksum: string;
 }
 
-/**
- * A named restore point taken right after a backup, with the checksum of
- * every table as of exactly that point: the restore test restores to it and
- * compares.
- */
-export interface ReferencePoint {
+interface ReferenceCommon {
+  /** relevo-<backup id>. */
   readonly name: string;
   readonly lsn: string;
-  /** The WAL segment holding the restore point (switched right after, so it is archived soon). */
+  /** The last WAL segment a restore to the point reads (closed right after, so it is archived soon). */
   readonly walFile: string;
   readonly createdAt: string;
   readonly tables: readonly TableChecksum[];
+}
+
+/**
+ * What manifests recorded before references were taken on a replica (no
+ * `kind`): a named restore point taken on the primary, under SHARE locks,
+ * right after the backup; restored to by name.
+ */
+export interface RestorePointReference extends ReferenceCommon {
+  readonly kind?: "restore-point";
+}
+
+/**
+ * A standby paused at `lsn` (the end of the last record it replayed) and
+ * its tables checksummed under snapshots opened while paused: exactly what a
+ * restore to `lsn`, exclusive, on `timeline` holds.
+ */
+export interface ReplayPauseReference extends ReferenceCommon {
+  readonly kind: "replay-pause";
+  /** The replica paused to take it. */
+  readonly node: string;
+  readonly timeline: number;
+}
+
+/** What the restore test restores to and compares with. */
+export type ReferencePoint = RestorePointReference | ReplayPauseReference;
+
+/**
+ * Pure: where a restore to the reference stops. A paused standby's snapshot
+ * holds every record that ends at or before `lsn` and none after, so
+ * recovery stops before the record starting at `lsn` (inclusive would
+ * replay it too, perhaps a commit the snapshot did not see).
+ */
+export function referenceRecovery(point: ReferencePoint): { target: RecoveryTarget; timeline: number | "latest" } {
+  if (point.kind === "replay-pause") return { target: { kind: "lsn", lsn: point.lsn, inclusive: false }, timeline: point.timeline };
+  return { target: { kind: "name", name: point.name }, timeline: "latest" };
 }
 
 /** The tables compared: permanent ordinary tables (and partitions) outside the system schemas. */
@@ -51,72 +89,133 @@ async function connect(node: NodeRef, credentials: Credentials, database: string
   return client;
 }
 
-async function databasesOf(node: NodeRef, credentials: Credentials): Promise<string[]> {
-  const client = await connect(node, credentials, credentials.database);
-  try {
-    return (
-      await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")
-    ).rows.map((row) => row.datname);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
+async function databasesOf(client: Client): Promise<string[]> {
+  return (
+    await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")
+  ).rows.map((row) => row.datname);
 }
 
-async function checksumsIn(client: Client, database: string): Promise<TableChecksum[]> {
-  const result: TableChecksum[] = [];
-  for (const { name } of (await client.query<{ name: string }>(TABLES_SQL)).rows) result.push(await tableChecksum(client, database, name));
-  return result;
+export interface CaptureOptions {
+  /** A streaming replica that a failover does not depend on alone (see chooseReferenceReplica). */
+  readonly replica: NodeRef;
+  /** Asked only to mark the point in the WAL and close the segment: no lock, no read of a table. */
+  readonly primary: NodeRef;
+  readonly credentials: Credentials;
+  /** relevo-<backup id>: the restore point's name on the primary. */
+  readonly name: string;
+  /** The backup's stop LSN: the point is at or past it (a restore cannot stop before consistency). */
+  readonly notBefore: string;
+  /** How long the replica may take to replay up to `notBefore`, and to pause. */
+  readonly timeoutMs: number;
+  /** Tries after a conflict with recovery cancelled a checksum (default 3). */
+  readonly attempts?: number;
 }
 
 /**
- * Takes the restore point `name` on the primary and the checksums of the
- * state it names. Exactness under concurrent writers: in every database one
- * session takes SHARE locks on all its tables (writers wait; at most
- * `lockTimeoutMs`) and exports its snapshot, a second session adopts that
- * snapshot; only then is the restore point written and the locks released.
- * The checksums are computed on the adopted snapshots while writers go on.
- * A table created after the locks may exist at the point and not here:
- * only the tables recorded are compared.
+ * The reference the restore test compares with, at no cost to the primary:
+ * on a replica that has replayed past the backup's stop, replay is paused
+ * (until pg_get_wal_replay_pause_state() says paused), L = the last replayed
+ * LSN, one REPEATABLE READ transaction is opened per database and its first
+ * query run (a standby's snapshot follows the commit records replayed, so it
+ * sees exactly what a restore to L sees; transactions in flight are invisible
+ * in both), and replay resumes at once; the checksums are then computed
+ * under those snapshots. A checksum cancelled by a conflict with recovery is
+ * taken again, at a new point. The primary only writes a restore point named
+ * after the backup and switches WAL, so the segments up to L are archived.
  */
-export async function captureReferencePoint(
-  primary: NodeRef,
-  credentials: Credentials,
-  name: string,
-  lockTimeoutMs: number,
-): Promise<ReferencePoint> {
-  const lockers: Client[] = [];
-  const readers: Array<{ database: string; client: Client }> = [];
-  try {
-    for (const database of await databasesOf(primary, credentials)) {
-      const locker = await connect(primary, credentials, database);
-      lockers.push(locker);
-      // Listed before the transaction: in REPEATABLE READ the first query
-      // fixes the snapshot, and it must come after the locks (LOCK takes none).
-      const tables = (await locker.query<{ name: string }>(TABLES_SQL)).rows.map((row) => row.name);
-      await locker.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
-      await locker.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.floor(lockTimeoutMs))}`);
-      if (tables.length > 0) await locker.query(`LOCK TABLE ${tables.join(", ")} IN SHARE MODE`);
-      const snapshot = (await locker.query<{ id: string }>("SELECT pg_export_snapshot() AS id")).rows[0]!.id;
-      const reader = await connect(primary, credentials, database);
-      readers.push({ database, client: reader });
-      await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-      await reader.query(`SET TRANSACTION SNAPSHOT '${snapshot.replace(/'/g, "''")}'`);
+export async function captureReferencePoint(options: CaptureOptions): Promise<ReplayPauseReference> {
+  const attempts = options.attempts ?? 3;
+  await waitForReplay(options);
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      const { lsn, timeline, tables } = await checksumsAtPausedReplay(options);
+      const mark = await markOnPrimary(options);
+      if (mark.timeline !== timeline) {
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `${options.replica.name} receives timeline ${timeline}, the primary writes ${mark.timeline}: no reference point on it`,
+        );
+      }
+      return { kind: "replay-pause", ...mark, lsn, node: options.replica.name, createdAt: new Date().toISOString(), tables };
+    } catch (error) {
+      if (attempt >= attempts || !isRecoveryConflict(error)) throw error;
     }
-    const point = (
-      await lockers[0]!.query<{ lsn: string; file: string }>(
-        "SELECT lsn::text, pg_walfile_name(lsn) AS file FROM pg_create_restore_point($1) AS lsn",
-        [name],
+  }
+}
+
+async function waitForReplay(options: CaptureOptions): Promise<void> {
+  const control = await connect(options.replica, options.credentials, options.credentials.database);
+  try {
+    const deadline = Date.now() + options.timeoutMs;
+    for (;;) {
+      const replayed = await lastReplayedLsn(control);
+      if (bytesBehind(options.notBefore, replayed) === 0) return;
+      if (Date.now() > deadline) {
+        throw new RelevoError(
+          ErrorCode.Timeout,
+          `${options.replica.name} did not replay up to the backup's stop (${options.notBefore}, at ${replayed}) within ${options.timeoutMs} ms`,
+        );
+      }
+      await sleep(100);
+    }
+  } finally {
+    await control.end().catch(() => undefined);
+  }
+}
+
+/** Paused replay, one snapshot per database, resumed replay; then the checksums under those snapshots. */
+async function checksumsAtPausedReplay(
+  options: CaptureOptions,
+): Promise<{ lsn: string; timeline: number | null; tables: TableChecksum[] }> {
+  const { replica, credentials } = options;
+  const control = await connect(replica, credentials, credentials.database);
+  const readers: Array<{ database: string; client: Client; tables: string[] }> = [];
+  try {
+    // Connected before the pause, which lasts only as long as the first query of each.
+    for (const database of await databasesOf(control))
+      readers.push({ database, client: await connect(replica, credentials, database), tables: [] });
+    let lsn: string;
+    let timeline: number | null;
+    try {
+      await pauseReplay(control, options.timeoutMs);
+      lsn = await lastReplayedLsn(control);
+      timeline = (await control.query<{ tli: number | null }>("SELECT received_tli AS tli FROM pg_stat_wal_receiver")).rows[0]?.tli ?? null;
+      for (const reader of readers) {
+        await reader.client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+        // The first query fixes the snapshot: the tables are those of the point.
+        reader.tables = (await reader.client.query<{ name: string }>(TABLES_SQL)).rows.map((row) => row.name);
+      }
+    } finally {
+      await resumeReplay(control);
+    }
+    const tables: TableChecksum[] = [];
+    for (const reader of readers)
+      for (const table of reader.tables) tables.push(await tableChecksum(reader.client, reader.database, table));
+    return { lsn, timeline, tables };
+  } finally {
+    for (const client of [control, ...readers.map((reader) => reader.client)]) await client.end().catch(() => undefined);
+  }
+}
+
+/**
+ * A restore point on the primary (a WAL record after L, so recovery finds
+ * the record that ends it) and a segment switch, so that every segment up to
+ * it is archived soon, even on an idle primary. Neither locks nor reads a
+ * table.
+ */
+async function markOnPrimary(options: CaptureOptions): Promise<{ name: string; walFile: string; timeline: number }> {
+  const client = await connect(options.primary, options.credentials, options.credentials.database);
+  try {
+    const row = (
+      await client.query<{ lsn: string; timeline: number }>(
+        `SELECT pg_create_restore_point($1)::text AS lsn, ${CURRENT_TIMELINE_SQL} AS timeline`,
+        [options.name],
       )
     ).rows[0]!;
-    const createdAt = new Date().toISOString();
-    for (const locker of lockers) await locker.query("COMMIT");
-    // Close the segment, so that the restore test does not wait for it to fill.
-    await lockers[0]!.query("SELECT pg_switch_wal()");
-    const tables: TableChecksum[] = [];
-    for (const { database, client } of readers) tables.push(...(await checksumsIn(client, database)));
-    return { name, lsn: point.lsn, walFile: point.file, createdAt, tables };
+    await client.query("SELECT pg_switch_wal()");
+    return { name: options.name, walFile: segmentName(row.timeline, segmentNumber(row.lsn)), timeline: row.timeline };
   } finally {
-    for (const client of [...lockers, ...readers.map((reader) => reader.client)]) await client.end().catch(() => undefined);
+    await client.end().catch(() => undefined);
   }
 }
 

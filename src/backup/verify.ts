@@ -3,15 +3,16 @@ import { backupChain, storedContentLength } from "./backup-chain";
 import type { NodeRef } from "../nodes/node-driver";
 import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "../storage/copy-file";
 import type { StoredSummary } from "../storage/lz4-worker-decode";
-import { checksumMismatches, checksumsOn } from "./reference-point";
+import { checksumMismatches, checksumsOn, referenceRecovery } from "./reference-point";
+import { referencePointFor, type ReferenceDeps } from "./take-reference";
 import type { WalArchiver } from "../wal/wal-archiver";
-import { parseSegmentName } from "../postgres/wal-names";
+import { parseSegmentName, segmentStartLsn } from "../postgres/wal-names";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "../storage/repository";
 import { restoreBackup, type RestoreDeps } from "../restore/restore";
 
 /** What a restore needs, plus where scratch nodes listen and how fast to go. */
-export interface VerifyDeps extends RestoreDeps {
+export interface VerifyDeps extends RestoreDeps, ReferenceDeps {
   readonly host: string;
   /** The restore test waits until the reference point's WAL is archived. */
   readonly archiver: WalArchiver;
@@ -25,8 +26,10 @@ export interface VerifyDeps extends RestoreDeps {
  * checksums (stored bytes, content) compared with the manifest; (b) on
  * request, a restore test: the backup is restored into a scratch node on a
  * free port, started until consistent, checked with pg_amcheck (heap and
- * B-tree consistency of every database), then removed. The result is written
- * into the manifest.
+ * B-tree consistency of every database), every table compared with the
+ * backup's reference point (taken now on a replica when it has none, see
+ * referencePointFor), then removed. The result is written into the manifest.
+ * Nothing here locks or reads a table on the primary.
  */
 export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, options: { restoreTest: boolean }): Promise<Verification> {
   const badFiles: string[] = [];
@@ -49,7 +52,13 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
     );
   }
   badFiles.sort();
-  const restoreTest = options.restoreTest && badFiles.length === 0 ? await runRestoreTest(deps, manifest) : null;
+  let verified = manifest;
+  let restoreTest: Verification["restoreTest"] = null;
+  if (options.restoreTest && badFiles.length === 0) {
+    const reference = await referencePointFor(deps, manifest);
+    verified = reference.manifest;
+    restoreTest = await runRestoreTest(deps, verified, reference.missing);
+  }
   const verification: Verification = {
     checkedAt: new Date().toISOString(),
     contentOk: badFiles.length === 0,
@@ -59,7 +68,7 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
         ? { ok: false, durationMs: 0, error: "not attempted: stored content is damaged" }
         : restoreTest,
   };
-  await deps.repository.writeManifest({ ...manifest, verification });
+  await deps.repository.writeManifest({ ...verified, verification });
   return verification;
 }
 
@@ -87,19 +96,31 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
   );
 }
 
-async function runRestoreTest(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {
+async function runRestoreTest(
+  deps: VerifyDeps,
+  manifest: BackupManifest,
+  referenceMissing: string | null,
+): Promise<NonNullable<Verification["restoreTest"]>> {
+  return { ...(await restoreAndCompare(deps, manifest)), referenceMissing };
+}
+
+/** The restore test itself: restored to the reference point (or to consistency), pg_amcheck, the tables compared. */
+async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {
   const started = Date.now();
   const scratch: NodeRef = { name: `verify-${manifest.id.toLowerCase()}`, host: deps.host, port: await findFreePort(deps.host) };
   const reference = manifest.referencePoint ?? null;
   try {
     if (reference) {
       const segment = parseSegmentName(reference.walFile);
-      if (segment) await deps.archiver.waitForArchived(segment.timeline, reference.lsn, reference.lsn, deps.archiveTimeoutMs);
+      if (segment)
+        await deps.archiver.waitForArchived(segment.timeline, reference.lsn, segmentStartLsn(segment.segment), deps.archiveTimeoutMs);
     }
+    const recovery = reference ? referenceRecovery(reference) : { target: { kind: "immediate" } as const, timeline: "latest" as const };
     await restoreBackup(deps, {
       manifest,
       target: scratch,
-      recoveryTarget: reference ? { kind: "name", name: reference.name } : { kind: "immediate" },
+      recoveryTarget: recovery.target,
+      timeline: recovery.timeline,
       parallelism: deps.parallelism,
       startTimeoutMs: deps.startTimeoutMs,
     });

@@ -5,7 +5,8 @@ export type RecoveryTarget =
   | { readonly kind: "latest" }
   | { readonly kind: "immediate" } // as soon as the backup is consistent
   | { readonly kind: "time"; readonly time: string }
-  | { readonly kind: "lsn"; readonly lsn: string }
+  /** inclusive (default true): the record starting at the LSN is replayed too. */
+  | { readonly kind: "lsn"; readonly lsn: string; readonly inclusive?: boolean }
   | { readonly kind: "name"; readonly name: string };
 
 const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
@@ -69,7 +70,10 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
     case "lsn":
       if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(target.lsn))
         throw new RelevoError(ErrorCode.BadUserInput, `not an LSN: ${target.lsn}`);
-      lines.push(`recovery_target_lsn = ${quote(target.lsn)}`, "recovery_target_inclusive = true");
+      lines.push(
+        `recovery_target_lsn = ${quote(target.lsn)}`,
+        `recovery_target_inclusive = ${target.inclusive === false ? "false" : "true"}`,
+      );
       break;
     case "name":
       lines.push(`recovery_target_name = ${quote(target.name)}`);

@@ -26,6 +26,8 @@ export interface RestoreOptions {
   /** A node that does not exist yet: the restored copy. */
   readonly target: NodeRef;
   readonly recoveryTarget: RecoveryTarget;
+  /** The timeline recovery follows to its target (default: the latest in the archive). */
+  readonly timeline?: number | "latest";
   readonly parallelism: number;
   readonly startTimeoutMs: number;
 }
@@ -57,7 +59,7 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
       MANAGED_CONF,
       managedConf({ clusterName: deps.clusterName, maxSlotWalKeepSize: deps.maxSlotWalKeepSize }, target) +
         "# Recovery of a restored copy\n" +
-        recoverySettings({ walDir: repository.walDir, target: options.recoveryTarget }),
+        recoverySettings({ walDir: repository.walDir, target: options.recoveryTarget, timeline: options.timeline }),
     );
     const copiedAtMs = Date.now();
     await driver.start(target, { timeoutMs: options.startTimeoutMs });

@@ -1,6 +1,7 @@
 import { BackupProgressRecorder } from "../backup/backup-progress";
 import { BackupService } from "../backup/backup-service";
 import type { TopologyCollector } from "../cluster/topology-collector";
+import type { ClusterStateStore } from "../failover/cluster-state";
 import { publisherOf } from "../events/redis-pubsub";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
@@ -95,9 +96,11 @@ export function startBackups(
     readonly archive: WalArchive;
     readonly superuser: Credentials;
     readonly collector: TopologyCollector;
+    /** The recorded cluster state: which replicas a failover would promote. */
+    readonly clusterState: ClusterStateStore;
   },
 ): Backups {
-  const { config, logger, cleanups, driver, redis, nodes, repository, archive, superuser, collector } = options;
+  const { config, logger, cleanups, driver, redis, nodes, repository, archive, superuser, collector, clusterState } = options;
   const backups = new BackupService({
     clusterName: config.clusterName,
     summarizer: archive.walSummarizer,
@@ -120,6 +123,11 @@ export function startBackups(
     progress: new BackupProgressRecorder(redis.client, redis.keys, publisherOf(redis.pubSub)),
     maxSourceLagBytes: config.lagAlertBytes,
     lease: new RedisLease(redis.client, redis.keys.leases.backup, config.leaseTtlMs, redis.instanceId),
+    failoverEligibility: async () => ({
+      synchronous: config.synchronous,
+      eligible: (await clusterState.read())?.eligible ?? [],
+      maximumLagBytes: config.failoverMaximumLagBytes,
+    }),
   });
   cleanups.push(() => backups.waitForIdle());
 

@@ -44,7 +44,17 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     });
     const { collector } = topology;
 
-    const { backups, archiveMonitor } = startBackups({ ...context, driver, redis, nodes, repository, archive, superuser, collector });
+    const { backups, archiveMonitor } = startBackups({
+      ...context,
+      driver,
+      redis,
+      nodes,
+      repository,
+      archive,
+      superuser,
+      collector,
+      clusterState: cluster.store,
+    });
     const scheduler = await startScheduler({ ...context, redis, backups });
     const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });

@@ -13,7 +13,7 @@ const run = promisify(execFile);
 export function backupHelpers(cluster: TestCluster) {
   const primary = (): NodeRef => cluster.service.nodes[0]!;
 
-  /** A backup of `type` taken while a writer inserts (into table `ledger`); waits for it and its reference point. */
+  /** A backup of `type` taken while a writer inserts (into table `ledger`); waits for it and for retention after it. */
   async function backupUnderWriter(type: BackupType): Promise<BackupManifest> {
     const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
     try {
@@ -25,7 +25,10 @@ export function backupHelpers(cluster: TestCluster) {
     }
   }
 
-  /** Verifies a backup with a restore test (restored to its reference point, every table's checksum compared); returns the tables compared. */
+  /**
+   * Verifies a backup with a restore test (restored to its reference point,
+   * taken on a replica, every table's checksum compared); returns the tables compared.
+   */
   async function restoreTest(id: string): Promise<number> {
     const verified = await cluster.service.backups.verify(id, { restoreTest: true });
     expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [], restoreTest: { ok: true, error: null } });

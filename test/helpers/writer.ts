@@ -1,16 +1,28 @@
 import { Client } from "pg";
 import type { NodeRef } from "../../src/nodes/node-driver";
 
-/** A writer that inserts into `table` (note, pad) until stopped, like an application during a backup. */
-export function startWriter(node: NodeRef, password: string, table = "ledger"): { stop(): Promise<number> } {
+/**
+ * A writer that inserts into `table` (note, pad) until stopped, like an
+ * application during a backup. `slowestMs` is the longest an INSERT took in
+ * the server, from receiving the statement to the row inserted (lock waits
+ * included; not the commit's flush, nor this process's own event loop, which
+ * the service under test shares).
+ */
+export function startWriter(node: NodeRef, password: string, table = "ledger"): { stop(): Promise<number>; readonly slowestMs: number } {
   let running = true;
   let written = 0;
+  let slowestMs = 0;
   const done = (async () => {
     const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres" });
     await client.connect();
     try {
       while (running) {
-        await client.query(`INSERT INTO ${table} (note, pad) VALUES ($1, repeat('x', 500))`, [`row ${written}`]);
+        const inserted = await client.query<{ ms: number }>(
+          `INSERT INTO ${table} (note, pad) VALUES ($1, repeat('x', 500))
+           RETURNING extract(epoch FROM clock_timestamp() - statement_timestamp())::float8 * 1000 AS ms`,
+          [`row ${written}`],
+        );
+        slowestMs = Math.max(slowestMs, inserted.rows[0]!.ms);
         written += 1;
       }
     } finally {
@@ -18,6 +30,9 @@ export function startWriter(node: NodeRef, password: string, table = "ledger"): 
     }
   })();
   return {
+    get slowestMs() {
+      return slowestMs;
+    },
     stop: async () => {
       running = false;
       await done;

@@ -12,12 +12,13 @@ import { backupHelpers } from "../helpers/backups";
 /**
  * full → changes → differential → changes → incremental → changes →
  * incremental, a writer running during every backup; each backup restored
- * to its reference point (taken right after it) by the restore test, which
- * compares every table's checksum with the source's at that point; the last
+ * to its reference point (taken by the restore test, on the second replica)
+ * and every table's checksum compared with the source's at that point; the last
  * restored to a quiet point and compared with the source by pg_dumpall.
  */
 describe("differential and incremental backups: block-level, from the WAL", () => {
-  const cluster = useTestCluster("chain");
+  // Two replicas: the restore test pauses one that is not the only failover candidate.
+  const cluster = useTestCluster("chain", { replicaCount: 2 });
   const primary = () => cluster.service.nodes[0]!;
   const sql = <T = Record<string, unknown>>(text: string, database = "postgres") =>
     sqlOn<T>(primary(), cluster.service.secrets, text, [], database);

@@ -19,14 +19,15 @@ const run = promisify(execFile);
 
 /**
  * The backup domain's scenario on every driver: a full and an incremental,
- * each taken under a writer and restore-tested (every table's checksum at the
- * backup's reference point); then the chain restored to a quiet named point
+ * each taken under a writer and restore-tested (every table's checksum at a
+ * reference point taken on a replica); then the chain restored to a quiet named point
  * matches the source in pg_dumpall. On Docker every byte goes through
  * `docker exec` and the restored copies are containers reading the mounted
  * WAL archive.
  */
 describeOnEachDriver("backups restore exactly", (driver, overrides) => {
-  const cluster = useTestCluster("backup-each", overrides);
+  // Two replicas: the restore test pauses one that is not the only failover candidate.
+  const cluster = useTestCluster("backup-each", { ...overrides, replicaCount: 2 });
   const primary = () => cluster.service.nodes[0]!;
   const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary(), cluster.service.secrets, text);
   const restored: NodeRef[] = [];

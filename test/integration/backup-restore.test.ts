@@ -1,4 +1,7 @@
 import { expect } from "@jest/globals";
+import { Client } from "pg";
+import type { BackupManifest } from "../../src/backup/manifest";
+import { lsnToNumber } from "../../src/postgres/lsn";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
@@ -8,12 +11,19 @@ import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
 
+/** The reference point's checksum of ledger, computed the same way on the primary. */
+const LEDGER_SUM =
+  "SELECT count(*)::text AS rows, coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text AS checksum FROM ONLY public.ledger t";
+
+const LEDGER_CHANGED = "SELECT count(*)::int AS n FROM ledger WHERE note = 'changed after the backup'";
+
 /** Ordered-content checksum of a table: equal only if every row is. */
 const TABLE_CHECKSUM = (table: string) =>
   `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) AS sum FROM ${table} t`;
 
 describe("full backup and point-in-time restore", () => {
-  const cluster = useTestCluster("backup");
+  // Two replicas: the restore test takes its reference point on one that is not the only failover candidate.
+  const cluster = useTestCluster("backup", { replicaCount: 2 });
   const primary = () => cluster.service.nodes[0]!;
   const sql = <T = Record<string, unknown>>(node: NodeRef, text: string, params: unknown[] = []) =>
     sqlOn<T>(node, cluster.service.secrets, text, params);
@@ -93,11 +103,15 @@ describe("full backup and point-in-time restore", () => {
     const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
     const { done } = await cluster.service.backups.start("full");
     const manifest = await done;
-    // Verify waits for the reference point the backup records after completing.
+    await cluster.service.backups.waitForIdle();
+    // No reference point after the backup: the restore test takes it, on a replica.
+    expect((await cluster.service.backups.get(manifest.id)).referencePoint).toBeUndefined();
     const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
     await writer.stop();
     const recorded = verified.referencePoint!;
-    expect(recorded.name).toBe(`relevo-${manifest.id}`);
+    expect(recorded).toMatchObject({ kind: "replay-pause", name: `relevo-${manifest.id}`, timeline: 1 });
+    expect(["node2", "node3"]).toContain(recorded.kind === "replay-pause" ? recorded.node : null);
+    expect(lsnToNumber(recorded.lsn)).toBeGreaterThanOrEqual(lsnToNumber(manifest.stopLsn!));
     expect(recorded.tables).toEqual(expect.arrayContaining([expect.objectContaining({ database: "postgres", table: "public.ledger" })]));
     expect(recorded.tables.some((table) => table.database === "relevo")).toBe(true); // every database, Relevo's own included
     expect(verified.verification).toMatchObject({
@@ -111,27 +125,108 @@ describe("full backup and point-in-time restore", () => {
     expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
   });
 
-  test("the restore test names a table whose content differs from the reference point", async () => {
-    const manifest = await cluster.service.backups.latestCompleted();
-    const point = manifest.referencePoint!;
-    // As if the backup had lost a row of ledger: the recorded count no longer matches what the restore produces.
-    const tampered = point.tables.map((table) =>
-      table.table === "public.ledger" && table.database === "postgres" ? { ...table, rows: table.rows + 1 } : table,
-    );
-    await cluster.service.repository.writeManifest({ ...manifest, referencePoint: { ...point, tables: tampered } });
+  test("the restore test reaches a reference taken after the backup, and names a row changed at the same row count", async () => {
+    const backup = await (await cluster.service.backups.start("incremental")).done;
+    const before = (await sql<{ checksum: string; rows: string }>(primary(), LEDGER_SUM))[0]!;
+    // A row changed after the backup: the reference (taken by the restore test) holds it, so must the restore.
+    await sql(primary(), "UPDATE ledger SET note = 'changed after the backup' WHERE id = (SELECT min(id) FROM ledger)");
+    const after = (await sql<{ checksum: string; rows: string }>(primary(), LEDGER_SUM))[0]!;
+    expect(after.rows).toBe(before.rows);
+    expect(after.checksum).not.toBe(before.checksum);
+    for (const replica of cluster.service.nodes.slice(1)) {
+      await eventually(async () => ((await sql<{ n: number }>(replica, LEDGER_CHANGED))[0]!.n === 1 ? true : undefined));
+    }
+    const verified = await cluster.service.backups.verify(backup.id, { restoreTest: true });
+    const point = verified.referencePoint!;
+    const ledger = (entry: { database: string; table: string }) => entry.database === "postgres" && entry.table === "public.ledger";
+    expect(point.tables.find(ledger)).toEqual({
+      database: "postgres",
+      table: "public.ledger",
+      rows: Number(after.rows),
+      checksum: after.checksum,
+    });
+    expect(verified.verification?.restoreTest).toMatchObject({ ok: true, error: null, referenceMissing: null });
+
+    // As if the restore had lost the change: the reference says the row is as it was before, same row count.
+    const tampered = point.tables.map((table) => (ledger(table) ? { ...table, checksum: before.checksum } : table));
+    await cluster.service.repository.writeManifest({ ...verified, referencePoint: { ...point, tables: tampered } });
     try {
-      const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
-      expect(verified.verification?.restoreTest).toMatchObject({
+      const again = await cluster.service.backups.verify(backup.id, { restoreTest: true });
+      expect(again.verification?.restoreTest).toMatchObject({
         ok: false,
         error: expect.stringContaining("postgres: public.ledger differs"),
       });
     } finally {
-      await cluster.service.repository.writeManifest({ ...manifest, referencePoint: point, verification: null });
+      await cluster.service.repository.writeManifest({ ...verified, verification: null });
+    }
+  });
+
+  test("a backup and its restore test never make a writer wait, even behind a session idle in a transaction", async () => {
+    // Idle in a transaction that inserted into ledger and holds a row lock:
+    // a SHARE lock request on ledger would wait for it, and every INSERT behind that request.
+    const idle = new Client({
+      host: primary().host,
+      port: primary().port,
+      user: "postgres",
+      password: cluster.service.secrets.superuserPassword,
+    });
+    await idle.connect();
+    try {
+      await idle.query("BEGIN");
+      await idle.query("INSERT INTO ledger (note) VALUES ('idle in transaction')");
+      await idle.query("SELECT id FROM ledger WHERE id = (SELECT min(id) FROM ledger) FOR UPDATE");
+      const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
+      let backup: BackupManifest;
+      try {
+        backup = await (await cluster.service.backups.start("incremental")).done;
+        await cluster.service.backups.waitForIdle();
+      } finally {
+        expect(await writer.stop()).toBeGreaterThan(0);
+      }
+      expect(writer.slowestMs).toBeLessThan(200);
+      // Nor does the reference point the restore test takes wait for that transaction (on a replica, it is just in flight).
+      const verified = await cluster.service.backups.verify(backup.id, { restoreTest: true });
+      expect(verified.verification?.restoreTest).toMatchObject({ ok: true, error: null, referenceMissing: null });
+      expect(verified.referencePoint?.tables.length).toBeGreaterThan(0);
+    } finally {
+      await idle.end().catch(() => undefined);
+    }
+  });
+
+  test("a backup of a quiet database reads no table on the primary and logs no full-page images there", async () => {
+    // Never read since it was written: a scan would read every block and set every hint bit (a full-page image each, with checksums).
+    await sql(primary(), "CREATE TABLE quiet AS SELECT g AS id, repeat('q', 400) AS pad FROM generate_series(1, 40000) g");
+    const lsn = await switchWal();
+    await cluster.service.archiver.waitForArchived(1, lsn, lsn, 60000);
+    const costs = async () =>
+      (
+        await sql<{ blocks: string; fpi: string }>(
+          primary(),
+          "SELECT (SELECT sum(blks_read + blks_hit) FROM pg_stat_database)::text AS blocks, (SELECT wal_fpi FROM pg_stat_wal)::text AS fpi",
+        )
+      )[0]!;
+    // What autovacuum reads and writes meanwhile is not the backup's cost.
+    await sql(primary(), "ALTER SYSTEM SET autovacuum = off");
+    await sql(primary(), "SELECT pg_reload_conf()");
+    try {
+      const before = await costs();
+      await (
+        await cluster.service.backups.start("incremental")
+      ).done;
+      await cluster.service.backups.waitForIdle();
+      const after = await costs();
+      expect(Number(after.blocks) - Number(before.blocks)).toBeLessThan(1000);
+      expect(Number(after.fpi) - Number(before.fpi)).toBeLessThan(100);
+    } finally {
+      await sql(primary(), "ALTER SYSTEM RESET autovacuum");
+      await sql(primary(), "SELECT pg_reload_conf()");
     }
   });
 
   test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {
-    const manifest = await cluster.service.backups.latestCompleted();
+    const manifest = (await cluster.service.backups.list())
+      .filter((backup) => backup.type === "full" && backup.status === "completed")
+      .at(-1)!;
     const victim = manifest.files.find((f) => f.type === "file" && f.path.startsWith("base/") && f.size > 8192)!;
     const { readFile, writeFile } = await import("node:fs/promises");
     const storedFile = cluster.service.repository.storedPath(manifest.id, victim.stored!.path);

@@ -7,7 +7,8 @@ import { recoveryWindow } from "../../src/restore/recovery-window";
 import { planRetention } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
-import { checksumMismatches } from "../../src/backup/reference-point";
+import { checksumMismatches, referenceRecovery, type ReferencePoint } from "../../src/backup/reference-point";
+import { chooseReferenceReplica } from "../../src/backup/reference-source";
 import { ErrorCode } from "../../src/errors";
 import { chooseBackupSource } from "../../src/backup/backup-source";
 import { progressBar } from "../../src/cli/backup-commands";
@@ -237,6 +238,71 @@ describe("choosing the backup a restore starts from (pure)", () => {
       expect.objectContaining({ code: ErrorCode.PreconditionFailed }),
     );
     expect(() => chooseBackup(backups, archived, "F9", { kind: "latest" })).toThrow(expect.objectContaining({ code: ErrorCode.NotFound }));
+  });
+});
+
+describe("where a reference point is taken (pure)", () => {
+  const node = (name: string, role: "primary" | "replica", state: string | null, lagBytes: number | null, reachable = true) =>
+    ({ name, role, reachable, replication: state ? { state, lagBytes } : null }) as never;
+  const snapshot = (nodes: never[]) =>
+    ({ name: "c", primary: "node1", health: "healthy", healthReasons: [], collectedAt: "t", nodes }) as never;
+  const asynchronous = { synchronous: false, eligible: [], maximumLagBytes: 1000 };
+
+  test("never the only replica a failover could promote; then never the primary", () => {
+    const one = snapshot([node("node1", "primary", null, null), node("node2", "replica", "streaming", 0)]);
+    expect(chooseReferenceReplica(one, asynchronous)).toEqual({
+      ok: false,
+      reason: "node2 is the only replica a failover could promote: its replay is not paused",
+    });
+    expect(chooseReferenceReplica(snapshot([node("node1", "primary", null, null)]), asynchronous)).toEqual({
+      ok: false,
+      reason: "no replica is streaming",
+    });
+    expect(chooseReferenceReplica(null, asynchronous)).toMatchObject({ ok: false });
+  });
+
+  test("two candidates: the least lagging; a replica no failover would promote comes first", () => {
+    const two = [
+      node("node1", "primary", null, null),
+      node("node2", "replica", "streaming", 500),
+      node("node3", "replica", "streaming", 10),
+    ];
+    expect(chooseReferenceReplica(snapshot(two), asynchronous)).toEqual({ ok: true, node: "node3" });
+    // Synchronous: only node2 holds every acknowledged commit; node3 is paused, not it.
+    expect(chooseReferenceReplica(snapshot(two), { synchronous: true, eligible: ["node2"], maximumLagBytes: 0 })).toEqual({
+      ok: true,
+      node: "node3",
+    });
+    expect(chooseReferenceReplica(snapshot(two), { synchronous: true, eligible: ["node3"], maximumLagBytes: 0 })).toEqual({
+      ok: true,
+      node: "node2",
+    });
+    // Asynchronous: node2 lags past the failover's limit, so it is the one to pause.
+    const lagging = [
+      node("node1", "primary", null, null),
+      node("node2", "replica", "streaming", 5000),
+      node("node3", "replica", "streaming", 0),
+    ];
+    expect(chooseReferenceReplica(snapshot(lagging), asynchronous)).toEqual({ ok: true, node: "node2" });
+    // A replica that does not stream is never paused, and does not count as a second candidate once unreachable.
+    const down = [
+      node("node1", "primary", null, null),
+      node("node2", "replica", "streaming", 0),
+      node("node3", "replica", "streaming", 0, false),
+    ];
+    expect(chooseReferenceReplica(snapshot(down), asynchronous)).toMatchObject({ ok: false });
+  });
+
+  test("a replica's reference is restored to its LSN, exclusive, on its timeline; an older one by name", () => {
+    const common = { name: "relevo-x", lsn: "0/9006910", walFile: "000000010000000000000009", createdAt: "t", tables: [] };
+    const paused: ReferencePoint = { ...common, kind: "replay-pause", node: "node3", timeline: 2 };
+    expect(referenceRecovery(paused)).toEqual({ target: { kind: "lsn", lsn: "0/9006910", inclusive: false }, timeline: 2 });
+    expect(referenceRecovery(common)).toEqual({ target: { kind: "name", name: "relevo-x" }, timeline: "latest" });
+    const settings = recoverySettings({ walDir: "/r", ...referenceRecovery(paused) });
+    expect(settings).toContain("recovery_target_lsn = '0/9006910'");
+    expect(settings).toContain("recovery_target_inclusive = false");
+    expect(settings).toContain("recovery_target_timeline = '2'");
+    expect(recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "0/1" } })).toContain("recovery_target_inclusive = true");
   });
 });
 

@@ -49,7 +49,11 @@ export function toBackup(
           ...manifest.verification,
           badFiles: [...manifest.verification.badFiles],
           restoreTest: manifest.verification.restoreTest
-            ? { ...manifest.verification.restoreTest, tablesCompared: manifest.verification.restoreTest.tablesCompared ?? 0 }
+            ? {
+                ...manifest.verification.restoreTest,
+                tablesCompared: manifest.verification.restoreTest.tablesCompared ?? 0,
+                referenceMissing: manifest.verification.restoreTest.referenceMissing ?? null,
+              }
             : null,
         }
       : null,
@@ -57,6 +61,7 @@ export function toBackup(
       ? {
           name: manifest.referencePoint.name,
           lsn: manifest.referencePoint.lsn,
+          takenOn: manifest.referencePoint.kind === "replay-pause" ? manifest.referencePoint.node : null,
           createdAt: manifest.referencePoint.createdAt,
           tables: manifest.referencePoint.tables.length,
         }

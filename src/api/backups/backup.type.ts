@@ -97,7 +97,7 @@ export class Backup {
 
 @ObjectType({
   description:
-    "A restore test: the backup restored into a scratch node (to its reference point when it has one), started, checked with pg_amcheck and every table's checksum compared with the reference point's, removed.",
+    "A restore test: the backup restored into a scratch node (to its reference point when it has one or one can be taken on a replica), started, checked with pg_amcheck and every table's checksum compared with the reference point's, removed.",
 })
 export class RestoreTestResult {
   @Field() ok!: boolean;
@@ -105,12 +105,29 @@ export class RestoreTestResult {
   @Field(() => String, { nullable: true }) error!: string | null;
   @Field(() => Int, { description: "Tables compared with the reference point (0: the backup has none; pg_amcheck only)." })
   tablesCompared!: number;
+  @Field(() => String, {
+    nullable: true,
+    description:
+      "Why no reference point was compared (pg_amcheck only): e.g. no replica other than the only failover candidate. Null when one was.",
+  })
+  referenceMissing!: string | null;
 }
 
-@ObjectType({ description: "A restore point taken right after the backup, with every table's checksum at that point." })
+@ObjectType({
+  description:
+    "The point a restore test restores to, with every table's checksum at that point: taken by the first restore test, on a replica whose replay was paused for a moment (older backups: a restore point taken on the primary right after the backup).",
+})
 export class ReferencePointGql {
-  @Field({ description: "The restore point's name (recovery_target_name)." }) name!: string;
-  @Field() lsn!: string;
+  @Field({ description: "relevo-<backup id>: the restore point marking it in the WAL." }) name!: string;
+  @Field({
+    description: "Where recovery stops: before the record starting here (a replica's), or at the named restore point (older backups).",
+  })
+  lsn!: string;
+  @Field(() => String, {
+    nullable: true,
+    description: "The replica paused to take it; null for a reference taken on the primary (older backups).",
+  })
+  takenOn!: string | null;
   @Field({ description: "ISO 8601." }) createdAt!: string;
   @Field(() => Int, { description: "Tables with a recorded checksum." }) tables!: number;
 }
