@@ -1,4 +1,5 @@
 import { bytesBehind } from "../postgres/lsn";
+import { nodeClusterName } from "../postgres/managed-settings";
 import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-driver";
 
 /**
@@ -80,10 +81,11 @@ export interface NodeObservation {
 /** Turns one round of observations into a snapshot. Pure. */
 export function buildSnapshot(
   clusterName: string,
-  observations: readonly NodeObservation[],
+  observed: readonly NodeObservation[],
   lagAlertBytes: number,
   now: string,
 ): ClusterSnapshot {
+  const observations = observed.map((o) => identityChecked(clusterName, o));
   const primaries = observations.filter((o) => "role" in o.probe && o.probe.role === "primary");
   const primaryProbe = primaries.length === 1 && "role" in primaries[0]!.probe ? primaries[0]!.probe : null;
   const nodes = observations.map((o) => nodeSnapshot(o, primaries[0]?.name ?? null, primaryProbe));
@@ -104,6 +106,26 @@ export function buildSnapshot(
     healthReasons: reasons,
     nodes,
     collectedAt: now,
+  };
+}
+
+/**
+ * What answered on a member's port is that member only if it says so
+ * (cluster_name): a restored copy, or any other server, on a stopped
+ * member's port is not the member. It is reported as the member being
+ * unreachable, never as a primary or a replica of the cluster.
+ */
+function identityChecked(clusterName: string, o: NodeObservation): NodeObservation {
+  if (!("role" in o.probe)) return o;
+  const expected = nodeClusterName(clusterName, o.name);
+  if (o.probe.clusterName === expected) return o;
+  return {
+    ...o,
+    probe: {
+      error:
+        `port ${o.port} is answered by another server (cluster_name "${o.probe.clusterName}", not "${expected}"), ` +
+        `e.g. a restored copy: ${o.name} is not running there`,
+    },
   };
 }
 

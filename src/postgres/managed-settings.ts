@@ -20,6 +20,15 @@ export interface NodeMarker {
 }
 
 /**
+ * The cluster_name a node of Relevo's runs with: its identity as the server
+ * itself reports it, so that whatever answers on a member's port can be told
+ * from that member (a restored copy carries its own name).
+ */
+export function nodeClusterName(clusterName: string, nodeName: string): string {
+  return `${clusterName}-${nodeName}`;
+}
+
+/**
  * Settings Relevo owns, in `relevo.conf`, included from postgresql.conf and
  * rewritten at every start (so a changed port takes effect). pg_basebackup
  * copies the file to replicas; each node then gets its own.
@@ -36,7 +45,7 @@ export function managedConf(
   return [
     "# Managed by Relevo and rewritten at every start: put your own settings in",
     "# postgresql.conf (before the include) or use ALTER SYSTEM.",
-    `cluster_name = '${config.clusterName}-${node.name}'`,
+    `cluster_name = '${nodeClusterName(config.clusterName, node.name)}'`,
     `listen_addresses = '${node.host}'`,
     `port = ${node.port}`,
     // TCP only: identical on every driver, and no socket path length limits.

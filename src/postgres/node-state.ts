@@ -19,6 +19,8 @@ export interface SlotStatus {
 export interface NodeState {
   readonly role: NodeRole;
   readonly version: string;
+  /** The server's cluster_name: who answers (see nodeClusterName), whatever port it was asked on. */
+  readonly clusterName: string;
   /** transaction_read_only: a fenced node restarted by hand answers writable = false. */
   readonly readOnly: boolean;
   readonly timeline: number | null;
@@ -49,7 +51,7 @@ export interface NodeState {
 }
 
 const ROLE_SQL = `SELECT pg_is_in_recovery() AS in_recovery, current_setting('server_version') AS version,
-       current_setting('transaction_read_only') = 'on' AS read_only`;
+       current_setting('cluster_name') AS cluster_name, current_setting('transaction_read_only') = 'on' AS read_only`;
 
 /**
  * Timeline of the WAL being written (a primary's): the checkpoint's timeline
@@ -119,6 +121,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
     return {
       role: "primary",
       version: role.version,
+      clusterName: role.cluster_name,
       readOnly: role.read_only,
       timeline: primary.timeline,
       currentLsn: primary.current_lsn,
@@ -136,6 +139,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
   return {
     role: "replica",
     version: role.version,
+    clusterName: role.cluster_name,
     readOnly: role.read_only,
     timeline: receiverRow?.received_tli ?? replica.checkpoint_timeline,
     currentLsn: replica.replayed_lsn,
@@ -167,6 +171,7 @@ function first<Row extends object>(result: QueryResult<Row>): Row {
 interface RoleRow {
   in_recovery: boolean;
   version: string;
+  cluster_name: string;
   read_only: boolean;
 }
 interface SlotRow {

@@ -14,6 +14,7 @@ const driver = {
 const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
   role: "primary",
   version: "15.18",
+  clusterName: "",
   readOnly: false,
   timeline: 1,
   currentLsn: "0/3000000",
@@ -28,6 +29,7 @@ const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
 const replicaProbe = (status: string | null): NodeState => ({
   role: "replica",
   version: "15.18",
+  clusterName: "",
   readOnly: true,
   timeline: 1,
   currentLsn: "0/2000000",
@@ -39,11 +41,17 @@ const replicaProbe = (status: string | null): NodeState => ({
   senders: [],
   slots: [],
 });
-const observe = (name: string, probe: NodeObservation["probe"], fallbackRole: "primary" | "replica" = "replica"): NodeObservation => ({
+/** Node `name` of cluster "c" answering as itself (its cluster_name), unless `answeredBy` says who does. */
+const observe = (
+  name: string,
+  probe: NodeObservation["probe"],
+  fallbackRole: "primary" | "replica" = "replica",
+  answeredBy = `c-${name}`,
+): NodeObservation => ({
   name,
   host: "127.0.0.1",
   port: 1,
-  probe,
+  probe: "role" in probe ? { ...probe, clusterName: answeredBy } : probe,
   driver,
   fallbackRole,
   checkedAt: "t",
@@ -104,6 +112,26 @@ describe("topology snapshot (pure)", () => {
     expect(lagging.healthReasons).toEqual(["node2 lags 5000 bytes"]);
     const split = buildSnapshot("c", [observe("node1", primaryProbe([])), observe("node2", primaryProbe([]))], 1000, "now");
     expect(split).toMatchObject({ health: "critical", primary: null, healthReasons: ["more than one primary: node1, node2"] });
+  });
+
+  test("a restored copy answering on a stopped member's port is not that member: unreachable, never a (second) primary", () => {
+    const snapshot = buildSnapshot(
+      "c",
+      [observe("node1", primaryProbe([])), observe("node2", primaryProbe([]), "replica", "c-copy-0123456789")],
+      1000,
+      "now",
+    );
+    expect(snapshot).toMatchObject({ primary: "node1", health: "degraded", healthReasons: ["node2 is unreachable"] });
+    expect(snapshot.nodes[1]).toMatchObject({
+      name: "node2",
+      reachable: false,
+      roleConfirmed: false,
+      role: "replica",
+    });
+    expect(snapshot.nodes[1]!.error).toContain('port 1 is answered by another server (cluster_name "c-copy-0123456789", not "c-node2")');
+    // With the member that is the primary stopped, the copy on its port is no primary either.
+    const alone = buildSnapshot("c", [observe("node1", primaryProbe([]), "primary", "c-inspect")], 1000, "now");
+    expect(alone).toMatchObject({ primary: null, health: "critical", healthReasons: ["no reachable primary", "node1 is unreachable"] });
   });
 
   test("LSNs compare as 64-bit positions", () => {
