@@ -27,6 +27,10 @@ export enum ErrorCode {
   ImageMissing = "IMAGE_MISSING",
   ContainerConflict = "CONTAINER_CONFLICT",
   NodeMissing = "NODE_MISSING",
+  /** A new node or restored copy would be made where something already is (a directory, a node's storage): never overwritten. */
+  TargetNotEmpty = "TARGET_NOT_EMPTY",
+  /** `restore stop` given a directory that does not hold a restored copy (e.g. a member's). */
+  NotARestoredCopy = "NOT_A_RESTORED_COPY",
   Internal = "INTERNAL",
 }
 
@@ -74,9 +78,11 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.DataDirIncompatible:
     case ErrorCode.DataDirNotOurs:
     case ErrorCode.ContainerConflict:
+    case ErrorCode.TargetNotEmpty:
       return 73; // EX_CANTCREAT
     case ErrorCode.NotFound:
     case ErrorCode.BadUserInput:
+    case ErrorCode.NotARestoredCopy:
       return 64; // EX_USAGE
     case ErrorCode.ServiceUnavailable:
     case ErrorCode.BackupInProgress:

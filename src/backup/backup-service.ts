@@ -130,6 +130,7 @@ export class BackupService {
     await restoreBackup(this.deps, {
       manifest,
       target: options.target,
+      members: this.deps.nodes,
       recoveryTarget: options.recoveryTarget,
       parallelism: this.deps.parallelism,
       startTimeoutMs: this.deps.startTimeoutMs,

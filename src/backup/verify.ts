@@ -19,6 +19,8 @@ export interface VerifyDeps extends RestoreDeps, ReferenceDeps {
   readonly archiveTimeoutMs: number;
   readonly parallelism: number;
   readonly startTimeoutMs: number;
+  /** The cluster's members: a scratch node never takes one's port, even a stopped one's. */
+  readonly nodes: readonly NodeRef[];
 }
 
 /**
@@ -107,7 +109,11 @@ async function runRestoreTest(
 /** The restore test itself: restored to the reference point (or to consistency), pg_amcheck, the tables compared. */
 async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {
   const started = Date.now();
-  const scratch: NodeRef = { name: `verify-${manifest.id.toLowerCase()}`, host: deps.host, port: await findFreePort(deps.host) };
+  const scratch: NodeRef = {
+    name: `verify-${manifest.id.toLowerCase()}`,
+    host: deps.host,
+    port: await findFreePortExcept(deps.host, deps.nodes),
+  };
   const reference = manifest.referencePoint ?? null;
   try {
     if (reference) {
@@ -121,6 +127,7 @@ async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Pr
       target: scratch,
       recoveryTarget: recovery.target,
       timeline: recovery.timeline,
+      members: deps.nodes,
       parallelism: deps.parallelism,
       startTimeoutMs: deps.startTimeoutMs,
     });
@@ -162,5 +169,13 @@ async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Pr
     return { ok: false, durationMs: Date.now() - started, error: (error as Error).message };
   } finally {
     await deps.driver.destroy(scratch).catch(() => undefined);
+  }
+}
+
+/** A free port that is no member's: a stopped member's port is free, and a scratch node there would pass for that member. */
+async function findFreePortExcept(host: string, members: readonly NodeRef[]): Promise<number> {
+  for (;;) {
+    const port = await findFreePort(host);
+    if (!members.some((node) => node.port === port)) return port;
   }
 }

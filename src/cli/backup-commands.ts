@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { Repository } from "../storage/repository";
 import { restoreBackup } from "../restore/restore";
@@ -9,7 +10,9 @@ import { chooseBackupIn } from "../restore/choose-backup";
 import { walSummarizerFor } from "../wal/wal-summary";
 import { recoveryTargetFrom } from "../restore/recovery-target";
 import { connectionUri } from "../postgres/connection";
-import { ROLE_SUPERUSER } from "../postgres/managed-settings";
+import { MARKER_FILE, ROLE_SUPERUSER } from "../postgres/managed-settings";
+import { loadMembers } from "../cluster/membership";
+import { assertNoMemberPort, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
@@ -146,13 +149,16 @@ export async function restoreCommand(
   const directory = path.resolve(options.to);
   const target = { name: copyNodeName(directory), host: config.host, port: options.port };
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+  const members = await loadMembers(config);
+  assertNoMemberPort(members, target);
+  await takeEmptyDirectory(directory);
   const manifest = await usingDriver(copyDriver(config, directory), async (driver) => {
     await driver.checkPrerequisites();
     const repository = new Repository(config.repository, await driver.fileOwner());
     const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
     await restoreBackup(
       { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-      { manifest: chosen, target, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
+      { manifest: chosen, target, members, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
     );
     return chosen;
   });
@@ -182,14 +188,53 @@ export async function restoreClusterCommand(
   output.out(`cluster rebuilt from backup ${recovered.manifest.id}; its nodes are running: start Relevo with relevo up`);
 }
 
+/**
+ * `relevo restore stop --to <dir>`: stops the copy in that directory, and
+ * nothing else: what runs there must be a restored copy by its marker, never
+ * a member (whose directory the driver would stop just the same).
+ */
 export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
   const directory = path.resolve(options.to);
-  await usingDriver(copyDriver(config, directory), async (driver) => {
+  const members = await loadMembers(config);
+  const stopped = await usingDriver(copyDriver(config, directory), async (driver) => {
     const copy = { name: copyNodeName(directory), host: config.host, port: 0 };
-    await driver.stop(copy, { mode: "fast", timeoutMs: 60000 });
-    await driver.releaseHelpers(copy).catch((error: Error) => output.out(`(its helper container was not removed: ${error.message})`));
+    try {
+      if ((await driver.state(copy)).phase === "absent") return false;
+      assertRestoredCopy(directory, parseMarkerFacts(await driver.readFile(copy, MARKER_FILE)), members);
+      await driver.stop(copy, { mode: "fast", timeoutMs: 60000 });
+      return true;
+    } finally {
+      await driver.releaseHelpers(copy).catch((error: Error) => output.out(`(its helper container was not removed: ${error.message})`));
+    }
   });
-  output.out(`stopped the copy in ${directory}`);
+  output.out(stopped ? `stopped the copy in ${directory}` : `no restored copy in ${directory}: nothing to stop`);
+}
+
+/**
+ * A restore writes only into a new or empty directory: anything there is
+ * someone's, and a failed restore removes its directory. An empty one is
+ * removed first, so that every driver sees a node that does not exist yet.
+ */
+async function takeEmptyDirectory(directory: string): Promise<void> {
+  let entries: string[];
+  try {
+    entries = await readdir(directory);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return;
+    if (code === "ENOTDIR") throw notEmpty(directory, "it is a file");
+    throw error;
+  }
+  if (entries.length > 0) throw notEmpty(directory, `it holds ${entries.slice(0, 3).join(", ")}${entries.length > 3 ? ", …" : ""}`);
+  await rmdir(directory);
+}
+
+function notEmpty(directory: string, why: string): RelevoError {
+  return new RelevoError(
+    ErrorCode.TargetNotEmpty,
+    `${directory} is not empty (${why}): a restore writes only into a new or empty directory; choose another or empty it; nothing was written`,
+    { details: { directory } },
+  );
 }
 
 /** A restored copy's node: named after its directory (on Docker its container's name, so two copies never clash). */

@@ -23,7 +23,8 @@ export async function addReplica(context: OperationContext, name: string): Promi
   const primary = context.node(state.primary);
   let port = deps.membership.nextPort();
   while (!(await isPortFree(primary.host, port))) port += 1;
-  deps.membership.plan(name, port); // checks the name
+  const planned = deps.membership.plan(name, port); // checks the name
+  await assertNothingThere(context, planned);
   const operation = await deps.journal.begin(
     newEntry({
       kind: "add-replica",
@@ -35,6 +36,24 @@ export async function addReplica(context: OperationContext, name: string): Promi
     }),
   );
   return context.tracked(operation, () => runAddReplica(context, operation));
+}
+
+/**
+ * A new replica's storage must not exist yet: what is there under a name
+ * that is no member's is someone's (a restored copy made with that name or
+ * in that directory, a stranger's data), and the seed would destroy it. Only
+ * a resumed addition clears what its own dead run left (runAddReplica).
+ */
+async function assertNothingThere(context: OperationContext, node: NodeRef): Promise<void> {
+  const { driver } = context.deps;
+  const state = await driver.state(node);
+  if (state.phase === "absent") return;
+  throw new RelevoError(
+    ErrorCode.TargetNotEmpty,
+    `${node.name} is not a member, but a node of that name already exists here (${state.phase}, data in ${driver.dataDirectory(node)}), ` +
+      `e.g. a restored copy: nothing was touched; stop and remove it, or choose another name`,
+    { details: { node: node.name } },
+  );
 }
 
 /** Runs (or resumes) the addition of a replica from its journal. */

@@ -62,6 +62,7 @@ export async function recoverCluster(
     {
       manifest,
       target: primary,
+      members: nodes,
       recoveryTarget: options.recoveryTarget,
       parallelism: config.backupParallelism,
       startTimeoutMs: config.startTimeoutMs,

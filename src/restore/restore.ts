@@ -11,6 +11,7 @@ import { layeredContent } from "../storage/layered-content";
 import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "../storage/repository";
+import { assertNoMemberPort } from "./copy-placement";
 
 export interface RestoreDeps {
   readonly clusterName: string;
@@ -25,6 +26,8 @@ export interface RestoreOptions {
   readonly manifest: BackupManifest;
   /** A node that does not exist yet: the restored copy. */
   readonly target: NodeRef;
+  /** The cluster's members: the copy never takes one's port (see assertNoMemberPort). */
+  readonly members: readonly NodeRef[];
   readonly recoveryTarget: RecoveryTarget;
   /** The timeline recovery follows to its target (default: the latest in the archive). */
   readonly timeline?: number | "latest";
@@ -43,9 +46,15 @@ export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions):
   const manifest = options.manifest;
   const target = options.target;
   assertRestorable(manifest);
+  assertNoMemberPort(options.members, target);
   const state = await driver.state(target);
+  // Never written over: what is there is someone's (a copy, a node, a stranger's files), and a failed restore removes its target.
   if (state.phase !== "absent") {
-    throw new RelevoError(ErrorCode.PreconditionFailed, `restore target ${target.name} already exists; choose another name or remove it`);
+    throw new RelevoError(
+      ErrorCode.TargetNotEmpty,
+      `restore target ${target.name} already exists (${state.phase}, data in ${driver.dataDirectory(target)}); choose another name or remove it`,
+      { details: { target: target.name } },
+    );
   }
   const startedAtMs = Date.now();
   await driver.provision(target);

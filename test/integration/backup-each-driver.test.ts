@@ -2,7 +2,9 @@ import { expect } from "@jest/globals";
 import Docker from "dockerode";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { restoreCommand } from "../../src/cli/backup-commands";
+import { createLogger } from "../../src/log";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
@@ -73,9 +75,11 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
     expect(copy).toEqual(source);
   });
 
-  test("CLI: restore --to a directory starts a copy there (on Docker a container on it); restore stop stops it", async () => {
+  test("CLI: restore --to an empty directory starts a copy there (on Docker a container on it); restore stop stops it", async () => {
     const env = cliEnvFor(cluster.config);
+    // An empty directory is a new one: taken.
     const dir = path.join(await tempHome("cli-copy"), "copy");
+    await mkdir(dir);
     const port = await freePort();
     const bin = path.join(projectRoot(), "bin/relevo");
     const restored = await run("node", [bin, "restore", "--to", dir, "--port", String(port), "--backup", incremental.id], { env });
@@ -92,6 +96,18 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
       });
       expect(running.map((info) => info.Names)).toEqual([]);
     }
+  });
+
+  test("CLI: restore --to a directory that is not empty is refused before anything is written, whichever driver", async () => {
+    const dir = path.join(await tempHome("cli-not-empty"), "copy");
+    await mkdir(dir);
+    await writeFile(path.join(dir, "notes.txt"), "mine\n");
+    const output = { out: () => undefined, terminal: false };
+    await expect(
+      restoreCommand(cluster.config, { to: dir, port: await freePort() }, createLogger({ level: "silent" }), output),
+    ).rejects.toMatchObject({ code: "TARGET_NOT_EMPTY", message: expect.stringContaining(`${dir} is not empty (it holds notes.txt)`) });
+    expect(await readdir(dir)).toEqual(["notes.txt"]);
+    expect(await readFile(path.join(dir, "notes.txt"), "utf8")).toBe("mine\n");
   });
 
   test("CLI: status --json shows every node with the driver's view (its container on Docker)", async () => {

@@ -10,6 +10,8 @@ import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
+import path from "node:path";
+import { restoreStopCommand } from "../../src/cli/backup-commands";
 
 /** The reference point's checksum of ledger, computed the same way on the primary. */
 const LEDGER_SUM =
@@ -334,6 +336,58 @@ describe("full backup and point-in-time restore", () => {
     const window = await cluster.service.backups.recoveryWindow();
     expect(window.gaps).toEqual([]);
     expect(window.earliest?.timeline).toBe(1);
+  });
+
+  // The collisions below use the copy the first test restored (restore1, running) and the replica node2.
+  test("a restored copy's name is no new replica's: addReplica and a second restore are refused, the copy untouched", async () => {
+    const copy = restoredCopies[0]!;
+    const before = (await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("ledger")))[0]!;
+    await expect(cluster.service.failover.addReplica(copy.name)).rejects.toMatchObject({
+      code: "TARGET_NOT_EMPTY",
+      message: expect.stringContaining(`${copy.name} is not a member, but a node of that name already exists here`),
+    });
+    await expect(
+      cluster.service.backups.restore({ target: { ...copy, port: await freePort() }, recoveryTarget: { kind: "immediate" } }),
+    ).rejects.toMatchObject({ code: "TARGET_NOT_EMPTY" });
+    expect(cluster.service.nodes.map((node) => node.name)).not.toContain(copy.name);
+    expect(await cluster.service.driver.state(copy)).toMatchObject({ phase: "running" });
+    expect((await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("ledger")))[0]).toEqual(before);
+  });
+
+  test("a restored copy never takes a stopped member's port: refused, nothing made, the member starts again on it", async () => {
+    const replica = cluster.service.nodes[1]!;
+    const copy: NodeRef = { name: "on-a-member-port", host: replica.host, port: replica.port };
+    restoredCopies.push(copy);
+    await cluster.service.driver.stop(replica, { mode: "fast", timeoutMs: 60000 });
+    try {
+      await expect(cluster.service.backups.restore({ target: copy, recoveryTarget: { kind: "immediate" } })).rejects.toMatchObject({
+        code: "PORT_IN_USE",
+        message: expect.stringContaining(`port ${replica.port} is ${replica.name}'s, a member of the cluster (even while it is stopped)`),
+      });
+      expect(await cluster.service.driver.state(copy)).toEqual({ phase: "absent" });
+    } finally {
+      await cluster.service.driver.start(replica, { timeoutMs: 60000 });
+    }
+    expect(await sql(replica, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: true }]);
+  });
+
+  test("restore stop --to a member's directory is refused and the member keeps running; a copy's directory is stopped", async () => {
+    const replica = cluster.service.nodes[1]!;
+    const lines: string[] = [];
+    const output = { out: (line: string) => void lines.push(line), terminal: false };
+    const memberDirectory = path.dirname(cluster.service.driver.dataDirectory(replica));
+    await expect(restoreStopCommand(cluster.config, { to: memberDirectory }, output)).rejects.toMatchObject({
+      code: "NOT_A_RESTORED_COPY",
+      message: expect.stringContaining(`${memberDirectory} is the data directory of ${replica.name}, a member of the cluster`),
+    });
+    expect(await cluster.service.driver.state(replica)).toMatchObject({ phase: "running" });
+    expect(await sql(replica, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: true }]);
+    expect(lines).toEqual([]);
+    // The copy restore1's directory: its marker says it was restored, and it is no member.
+    const copy = restoredCopies[0]!;
+    await restoreStopCommand(cluster.config, { to: path.dirname(cluster.service.driver.dataDirectory(copy)) }, output);
+    expect(await cluster.service.driver.state(copy)).toEqual({ phase: "stopped" });
+    expect(lines).toEqual([expect.stringMatching(/^stopped the copy in /)]);
   });
 
   test("the primary dies while a backup runs: the backup is failed, the repository consistent, the next backup succeeds", async () => {
