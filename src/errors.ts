@@ -22,6 +22,7 @@ export enum ErrorCode {
   BackupInProgress = "BACKUP_IN_PROGRESS",
   OperationInProgress = "OPERATION_IN_PROGRESS",
   NoEligibleReplica = "NO_ELIGIBLE_REPLICA",
+  PromotionUnsafe = "PROMOTION_UNSAFE",
   NotImplemented = "NOT_IMPLEMENTED",
   DockerUnavailable = "DOCKER_UNAVAILABLE",
   ImageMissing = "IMAGE_MISSING",

@@ -1,5 +1,6 @@
-import { slotNameFor } from "../postgres/replication-config";
-import { isFenced } from "../postgres/fence-marker";
+import { slotNameFor, STANDBY_SIGNAL } from "../postgres/replication-config";
+import { isFenced, markFenced } from "../postgres/fence-marker";
+import { readNodeFacts } from "../postgres/node-facts";
 import type { Client } from "pg";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
@@ -49,6 +50,8 @@ export interface BootstrapDeps {
   readonly seedFromRepository?: (node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>;
   /** Nodes the failover state records as fenced: left stopped even when their data directory lost its marker (a rewind cut short). */
   readonly fenced?: ReadonlySet<string>;
+  /** The primary the failover state records: started first, so a second would-be primary finds it writable and stays fenced. */
+  readonly recordedPrimary?: string | null;
 }
 
 /** What happened to each node, for the caller's events and the CLI's output. */
@@ -57,7 +60,7 @@ export type NodeBootstrapOutcome =
   | { readonly phase: "seeded"; readonly node: NodeRef; readonly upstream: string; readonly from: "primary" | "repository" }
   | { readonly phase: "started"; readonly node: NodeRef }
   | { readonly phase: "already-running"; readonly node: NodeRef }
-  | { readonly phase: "fenced"; readonly node: NodeRef };
+  | { readonly phase: "fenced"; readonly node: NodeRef; readonly reason?: string };
 
 export function superuserCredentials(secrets: Secrets, database = "postgres"): Credentials {
   return { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database };
@@ -74,8 +77,8 @@ export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly Node
   await deps.driver.checkPrerequisites();
   const outcomes: NodeBootstrapOutcome[] = [];
   const empty: NodeRef[] = [];
-  for (const node of nodes) {
-    if (await hasData(deps, node)) outcomes.push(await startExisting(deps, node));
+  for (const node of startingOrder(deps, nodes)) {
+    if (await hasData(deps, node)) outcomes.push(await startExisting(deps, node, nodes));
     else empty.push(node);
   }
   for (const node of empty) {
@@ -115,7 +118,27 @@ async function hasData(deps: BootstrapDeps, node: NodeRef): Promise<boolean> {
   return false;
 }
 
-async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBootstrapOutcome> {
+/**
+ * The recorded primary first, then the others in their order: of two nodes
+ * that would both start as primaries, the one the record names comes up and
+ * the other, finding it writable, is fenced (see startExisting).
+ */
+function startingOrder(deps: BootstrapDeps, nodes: readonly NodeRef[]): NodeRef[] {
+  const recorded = deps.recordedPrimary ? nodes.find((node) => node.name === deps.recordedPrimary) : undefined;
+  return recorded ? [recorded, ...nodes.filter((node) => node !== recorded)] : [...nodes];
+}
+
+/** A member other than `node` that answers as a primary (not in recovery), or null. */
+async function writableMember(deps: BootstrapDeps, node: NodeRef, members: readonly NodeRef[]): Promise<NodeRef | null> {
+  for (const member of members) {
+    if (member.name === node.name) continue;
+    const facts = await readNodeFacts(member, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs);
+    if (facts && !facts.inRecovery) return member;
+  }
+  return null;
+}
+
+async function startExisting(deps: BootstrapDeps, node: NodeRef, members: readonly NodeRef[]): Promise<NodeBootstrapOutcome> {
   const { driver } = deps;
   const version = (await driver.readFile(node, "PG_VERSION"))?.toString("utf8").trim();
   if (version !== "15") {
@@ -146,6 +169,16 @@ async function startExisting(deps: BootstrapDeps, node: NodeRef): Promise<NodeBo
   if (state.phase === "running" || state.phase === "paused") {
     if (state.phase === "paused") await driver.resume(node);
     return { phase: "already-running", node };
+  }
+  // Without standby.signal it would start writable: never while another member is (two primaries, whichever the record names).
+  if ((await driver.readFile(node, STANDBY_SIGNAL)) === null) {
+    const writable = await writableMember(deps, node, members);
+    if (writable) {
+      const reason = `it would start as a primary while ${writable.name} is writable`;
+      await markFenced(driver, node, reason);
+      deps.logger.warn({ node: node.name, writable: writable.name }, "node left stopped and fenced: it would be a second primary");
+      return { phase: "fenced", node, reason };
+    }
   }
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(deps.config, node));
   await writeManagedFiles(deps, node);

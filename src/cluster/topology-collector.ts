@@ -92,13 +92,29 @@ export class TopologyCollector {
     }
   }
 
+  /** The failover monitor's reason for holding a failover back, if it holds one (any instance may run the monitor). */
+  private async heldBack(): Promise<string | null> {
+    try {
+      const raw = await this.deps.redis.get(this.deps.keys.failoverHeldBack);
+      return raw === null ? null : ((JSON.parse(raw) as { reason?: string }).reason ?? null);
+    } catch {
+      return null; // Redis away: the snapshot is built from the nodes alone
+    }
+  }
+
   private async poll(): Promise<ClusterSnapshot> {
     this.closeRemovedProbers();
     const previous = this.latestSnapshot;
     const observations = await Promise.all(
       this.deps.nodes.map((node) => observeNode(node, this.proberFor(node), this.deps.driver, previous)),
     );
-    const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString());
+    const next = buildSnapshot(
+      this.deps.clusterName,
+      observations,
+      this.deps.lagAlertBytes,
+      new Date().toISOString(),
+      await this.heldBack(),
+    );
     this.latestSnapshot = next;
     const changes = topologyChanges(previous, next, this.deps.lagAlertBytes);
     if (previous?.primary !== next.primary || previous === null) {

@@ -78,12 +78,17 @@ export interface NodeObservation {
   readonly checkedAt: string;
 }
 
-/** Turns one round of observations into a snapshot. Pure. */
+/**
+ * Turns one round of observations into a snapshot. Pure. `heldBack`: why the
+ * failover monitor holds a failover back (the members contradict the
+ * recorded state), a reason of health that the nodes alone do not show.
+ */
 export function buildSnapshot(
   clusterName: string,
   observed: readonly NodeObservation[],
   lagAlertBytes: number,
   now: string,
+  heldBack: string | null = null,
 ): ClusterSnapshot {
   const observations = observed.map((o) => identityChecked(clusterName, o));
   const primaries = observations.filter((o) => "role" in o.probe && o.probe.role === "primary");
@@ -98,6 +103,7 @@ export function buildSnapshot(
     else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes)
       reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
   }
+  if (heldBack !== null) reasons.push(`failover held back: ${heldBack}`);
   const health: ClusterHealth = primaries.length !== 1 ? "critical" : reasons.length > 0 ? "degraded" : "healthy";
   return {
     name: clusterName,

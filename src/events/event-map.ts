@@ -40,6 +40,7 @@ export interface EventMap {
   "node:removed": { slotDropped: boolean };
   "cluster:split-brain": { writable: string[]; recordedPrimary: string };
   "cluster:maintenance": { enabled: boolean };
+  "cluster:failover-held-back": { reason: string; recordedPrimary: string };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
 }
 
@@ -146,5 +147,6 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "node:removed",
   "cluster:split-brain",
   "cluster:maintenance",
+  "cluster:failover-held-back",
   "replication:sync-changed",
 ];

@@ -15,7 +15,7 @@ import type { RedisKeys } from "../redis/keys";
 
 export interface FailoverServiceDeps {
   readonly redis: Redis;
-  readonly keys: Pick<RedisKeys, "maintenance" | "primaryLsn" | "leases">;
+  readonly keys: Pick<RedisKeys, "maintenance" | "primaryLsn" | "failoverHeldBack" | "leases">;
   readonly nodes: readonly NodeRef[];
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
@@ -28,7 +28,17 @@ export interface FailoverServiceDeps {
   readonly database: PrimaryDatabase;
   readonly monitor: Omit<
     FailoverMonitorDeps,
-    "guard" | "store" | "journal" | "operations" | "redis" | "maintenanceKey" | "primaryLsnKey" | "events" | "logger" | "nodes"
+    | "guard"
+    | "store"
+    | "journal"
+    | "operations"
+    | "redis"
+    | "maintenanceKey"
+    | "primaryLsnKey"
+    | "heldBackKey"
+    | "events"
+    | "logger"
+    | "nodes"
   >;
 }
 
@@ -46,6 +56,7 @@ export class FailoverService {
       redis: deps.redis,
       maintenanceKey: this.maintenanceKey,
       primaryLsnKey: deps.keys.primaryLsn,
+      heldBackKey: deps.keys.failoverHeldBack,
       store: deps.store,
       journal: deps.journal,
       operations: deps.operations,

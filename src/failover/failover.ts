@@ -1,7 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
-import { readNodeFacts, type NodeFacts } from "../postgres/node-facts";
+import { readNodeFacts, readNodePosition, type NodeFacts, type NodePosition } from "../postgres/node-facts";
 import { chooseCandidate } from "./candidate";
 import { initialState, withName, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
@@ -9,6 +9,7 @@ import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { JournalEntry, RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 import { followNewPrimary, promote } from "./promotion";
+import { promotionHazard } from "./promotion-guard";
 
 export interface FailoverRequest {
   readonly to?: string | null;
@@ -65,8 +66,8 @@ export async function runFailover(context: OperationContext, operation: RunningO
       await context.emitStage("failover:detected", operation, "warning", `${entry.trigger} failover: primary ${from.name} ${entry.reason}`);
     }
     if (!operation.entry.times.fenced) {
-      // Nobody to promote: leave the old primary alone (it may come back) rather than fence it for nothing.
-      await candidateFor(context, operation.entry);
+      // Nobody to promote, or promoting would be unsafe: leave the old primary alone (it may come back) rather than fence it for nothing.
+      await refuseUnsafePromotion(context, (await candidateFor(context, operation.entry)).node, from);
       operation.assertHeld();
       const method = await fenceNode(deps.driver, from, `failover ${entry.id}`, deps.logger);
       await deps.store.update(operation.guard, (state) => ({
@@ -90,6 +91,7 @@ export async function runFailover(context: OperationContext, operation: RunningO
           ? { node: context.node(operation.entry.to), lostBytes: null }
           : await candidateFor(context, operation.entry);
       target = choice.node;
+      await refuseUnsafePromotion(context, target, from);
       if (!operation.entry.times.promoting) {
         await operation.record({ stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes } }, "promoting");
         await context.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
@@ -116,6 +118,28 @@ export async function runFailover(context: OperationContext, operation: RunningO
   } catch (error) {
     return context.failed(operation, error, { pastNoReturn: operation.entry.times.promoting !== undefined });
   }
+}
+
+/**
+ * Every member is asked where it stands, right before the promotion: the
+ * recorded state may be stale, the members are not (see promotionHazard).
+ * A member that does not answer cannot object; one that answers and
+ * contradicts the promotion stops it before anything is changed.
+ */
+async function refuseUnsafePromotion(context: OperationContext, target: NodeRef, from: NodeRef): Promise<void> {
+  const { config, superuser, membership } = context.deps;
+  const positions = (await Promise.all(membership.nodes.map((node) => readNodePosition(node, superuser, config.nodeTimeoutMs)))).filter(
+    (position): position is NodePosition => position !== null,
+  );
+  const candidate = positions.find((position) => position.node.name === target.name);
+  // A target that does not answer is promote()'s to report; a target already promoted (a resumed operation) is the primary.
+  if (!candidate) return;
+  const hazard = promotionHazard(candidate, positions, {
+    replacing: from,
+    liveWithinMs: config.failoverCheckIntervalMs * config.failoverFailureThreshold,
+  });
+  if (hazard)
+    throw new RelevoError(ErrorCode.PromotionUnsafe, `${target.name} not promoted: ${hazard}`, { details: { node: target.name } });
 }
 
 /** The replica to promote now: reachable, eligible (unless forced), the most advanced (see chooseCandidate). */

@@ -1,5 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import { bytesBehind, lsnToNumber } from "../postgres/lsn";
+import type { NodeRef } from "../nodes/node-driver";
+import { isSender, type NodePosition } from "../postgres/node-facts";
 import type { ClusterState } from "./cluster-state";
 import type { StandbySeen } from "./primary-check";
 
@@ -23,17 +25,57 @@ export function afterMissedCheck(options: { failures: number; threshold: number;
   return { go: true };
 }
 
+/** The monitor holds back; `stale` when the members contradict the recorded state (reported in health and events). */
+export type LossVerdict = { readonly go: true } | { readonly go: false; readonly reason: string; readonly stale: boolean };
+
 /**
- * The replicas' word on the primary (true: lost it; false: still streams
- * from it; null: did not answer). A failure counts only when at least one
- * replica answers and none still streams from it: Relevo alone losing the
- * primary is a network problem between them, not a dead primary.
+ * The members' word on the recorded primary, read from each of them (null:
+ * it did not answer). A failure counts only when at least one replica that
+ * is not fenced answers, none still hears from the primary (streaming and
+ * heard from within `liveWithinMs`), and no member contradicts the recorded
+ * state: a member that is writable, or that streams from a live sender
+ * other than the recorded primary, means the record is stale (or a second
+ * primary runs), and promoting on it would make two primaries. Fenced
+ * members count for that too: a stale record may call the real primary
+ * fenced. Relevo alone losing the primary is a network problem, not a dead
+ * primary.
  */
-export function replicasConfirmLoss(views: readonly (boolean | null)[]): Verdict {
-  const answered = views.filter((view): view is boolean => view !== null);
-  if (answered.length === 0) return { go: false, reason: "primary unreachable, and so is every replica: no failover (nothing to promote)" };
-  if (answered.some((lost) => !lost)) {
-    return { go: false, reason: "primary unreachable from Relevo but a replica still streams from it: no failover" };
+export function replicasConfirmLoss(options: {
+  readonly primary: NodeRef;
+  readonly members: ReadonlyArray<{ readonly node: NodeRef; readonly position: NodePosition | null; readonly fenced: boolean }>;
+  readonly liveWithinMs: number;
+}): LossVerdict {
+  const { primary } = options;
+  const answered = options.members.filter((member) => member.node.name !== primary.name && member.position !== null);
+  for (const { node, position } of answered) {
+    if (!position!.inRecovery) {
+      return {
+        go: false,
+        stale: true,
+        reason: `${node.name} is writable but ${primary.name} is the recorded primary: the recorded state is stale or a second primary runs; no failover`,
+      };
+    }
+    const receiver = position!.receiver;
+    const live = receiver?.status === "streaming" && (receiver.silentMs === null || receiver.silentMs <= options.liveWithinMs);
+    if (live && !isSender(receiver, primary)) {
+      const sender = answered.find((other) => isSender(receiver, other.node))?.node.name ?? `${receiver.senderHost}:${receiver.senderPort}`;
+      return {
+        go: false,
+        stale: true,
+        reason: `${node.name} streams from ${sender}, not from the recorded primary ${primary.name}: the recorded state is stale; no failover`,
+      };
+    }
+  }
+  const replicas = answered.filter((member) => !member.fenced);
+  if (replicas.length === 0) {
+    return { go: false, stale: false, reason: "primary unreachable, and so is every replica: no failover (nothing to promote)" };
+  }
+  const stillStreaming = replicas.some(({ position }) => {
+    const receiver = position!.receiver;
+    return receiver?.status === "streaming" && (receiver.silentMs === null || receiver.silentMs <= options.liveWithinMs);
+  });
+  if (stillStreaming) {
+    return { go: false, stale: false, reason: "primary unreachable from Relevo but a replica still streams from it: no failover" };
   }
   return { go: true };
 }

@@ -11,7 +11,8 @@ import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
 import type { FailoverOperations } from "./operations";
 import { recordPrimaryLsn } from "./primary-lsn";
-import { PrimaryChecker, replicaLostPrimary, type PrimaryCheck } from "./primary-check";
+import { PrimaryChecker, type PrimaryCheck } from "./primary-check";
+import { readNodePosition } from "../postgres/node-facts";
 import {
   afterMissedCheck,
   coolDown,
@@ -47,6 +48,8 @@ export interface FailoverMonitorDeps {
   readonly maintenanceKey: string;
   /** Where the last LSN seen on the primary is kept (the loss bound of an asynchronous failover, from any instance). */
   readonly primaryLsnKey: string;
+  /** Where the reason a failover is held back is kept while it holds (read into the cluster's health). */
+  readonly heldBackKey: string;
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
   readonly operations: FailoverOperations;
@@ -74,6 +77,8 @@ export class FailoverMonitor {
   private readonly checker: PrimaryChecker;
   private readonly retryAfter = new Map<string, HoldOff>();
   private preferredInSyncSince: number | null = null;
+  /** The reason reported last for holding a failover back (an event when it changes, not every round). */
+  private heldBackReason: string | null = null;
 
   constructor(private readonly deps: FailoverMonitorDeps) {
     this.checker = new PrimaryChecker(deps.superuser, deps.config.failoverCheckIntervalMs);
@@ -138,6 +143,7 @@ export class FailoverMonitor {
     if (check.ok) {
       if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
       this.failures = 0;
+      await this.heldBack(primary, null);
       await recordPrimaryLsn(this.deps.redis, this.deps.primaryLsnKey, primary.name, check.lsn);
       await this.keepSynchronousSet(state, primary, check, guard);
       await this.fenceSecondPrimaries(state, guard);
@@ -158,17 +164,53 @@ export class FailoverMonitor {
     });
   }
 
-  /** The replicas that answer agree the primary is gone (at least one answers, none still streams from it). */
+  /**
+   * The other members agree the primary is gone (see replicasConfirmLoss):
+   * every member is asked, fenced ones too, since the recorded state may be
+   * the stale one. A contradiction is reported in health and events.
+   */
   private async replicasLostPrimary(state: ClusterState, primary: NodeRef): Promise<boolean> {
-    const replicas = this.deps.nodes.filter((node) => node.name !== primary.name && !state.fenced.includes(node.name));
-    const views = await Promise.all(
-      replicas.map((replica) =>
-        replicaLostPrimary(replica, primary, this.deps.superuser, this.detectionWindowMs, this.deps.config.failoverCheckIntervalMs),
-      ),
+    const others = this.deps.nodes.filter((node) => node.name !== primary.name);
+    const members = await Promise.all(
+      others.map(async (node) => ({
+        node,
+        fenced: state.fenced.includes(node.name),
+        position: await readNodePosition(node, this.deps.superuser, this.deps.config.failoverCheckIntervalMs),
+      })),
     );
-    const verdict = replicasConfirmLoss(views);
+    const verdict = replicasConfirmLoss({ primary, members, liveWithinMs: this.detectionWindowMs });
     if (!verdict.go) this.deps.logger.warn({ node: primary.name }, verdict.reason);
+    await this.heldBack(primary, verdict.go || !verdict.stale ? null : verdict.reason);
     return verdict.go;
+  }
+
+  /**
+   * Reports (or clears, `reason` null) why a failover of a lost primary is
+   * held back: kept in Redis for the cluster's health, expiring unless the
+   * monitor keeps seeing it, and an event when the reason changes.
+   */
+  private async heldBack(primary: NodeRef, reason: string | null): Promise<void> {
+    const expiresMs = Math.max(5000, 3 * this.detectionWindowMs);
+    if (reason === null) {
+      if (this.heldBackReason !== null) await this.deps.redis.del(this.deps.heldBackKey);
+      this.heldBackReason = null;
+      return;
+    }
+    await this.deps.redis.set(
+      this.deps.heldBackKey,
+      JSON.stringify({ reason, primary: primary.name, at: new Date().toISOString() }),
+      "PX",
+      expiresMs,
+    );
+    if (reason === this.heldBackReason) return;
+    this.heldBackReason = reason;
+    await this.deps.events.emit({
+      kind: "cluster:failover-held-back",
+      severity: "critical",
+      node: primary.name,
+      message: `failover of ${primary.name} held back: ${reason}`,
+      data: { reason, recordedPrimary: primary.name },
+    });
   }
 
   /**

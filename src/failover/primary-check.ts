@@ -1,5 +1,5 @@
 import { Client } from "pg";
-import { clientConfig, withNodeClient, type Credentials } from "../postgres/connection";
+import { clientConfig, type Credentials } from "../postgres/connection";
 import type { NodeRef } from "../nodes/node-driver";
 
 /** One standby as the primary sees it. */
@@ -88,29 +88,5 @@ export class PrimaryChecker {
     if (!client) return;
     client.connection?.stream?.destroy();
     client.end().catch(() => undefined);
-  }
-}
-
-/** A replica's view of its upstream: has it lost the primary (no WAL receiver streaming, or silence longer than `windowMs`)? null when the replica does not answer. */
-export async function replicaLostPrimary(
-  replica: NodeRef,
-  primary: NodeRef,
-  credentials: Credentials,
-  windowMs: number,
-  timeoutMs: number,
-): Promise<boolean | null> {
-  try {
-    return await withNodeClient(replica, credentials, timeoutMs, async (client) => {
-      const row = (
-        await client.query<{ status: string | null; sender_port: number | null; silent_ms: number | null }>(
-          `SELECT status, sender_port, (extract(epoch FROM now() - last_msg_receipt_time) * 1000)::float8 AS silent_ms FROM pg_stat_wal_receiver`,
-        )
-      ).rows[0];
-      if (!row || row.status !== "streaming") return true;
-      if (row.sender_port !== null && row.sender_port !== primary.port) return true;
-      return row.silent_ms !== null && row.silent_ms > windowMs;
-    });
-  } catch {
-    return null;
   }
 }

@@ -1,6 +1,7 @@
 import { lsnBytes } from "./lsn";
 import { withNodeClient, type Credentials } from "./connection";
 import { readNodeState, type NodeState } from "./node-state";
+import { serverHistory, type TimelineStep } from "./timelines";
 import type { NodeRef } from "../nodes/node-driver";
 
 /** What an operation needs to know of one node, read from PostgreSQL now. */
@@ -12,8 +13,19 @@ export interface NodeFacts {
   readonly lsn: string | null;
   /** Primary: the timeline it writes; replica: the one it receives (else its last checkpoint's). */
   readonly timeline: number | null;
-  /** Replica: the WAL receiver's status and the port it streams from. */
-  readonly receiver: { readonly status: string; readonly senderPort: number | null } | null;
+  /** Replica: the WAL receiver's status, the server it streams from, and how long that server has been silent. */
+  readonly receiver: {
+    readonly status: string;
+    readonly senderHost: string | null;
+    readonly senderPort: number | null;
+    readonly silentMs: number | null;
+  } | null;
+}
+
+/** A node's facts and the history of its timeline: where it stands among the cluster's branches. */
+export interface NodePosition extends NodeFacts {
+  /** Its timeline's ancestry, oldest first (null: the history file could not be read). */
+  readonly history: readonly TimelineStep[] | null;
 }
 
 /** The facts an operation decides on, out of the node's state (the same read the topology polls). */
@@ -25,7 +37,15 @@ export function factsOf(node: NodeRef, state: NodeState): NodeFacts {
     readOnly: state.readOnly,
     lsn: inRecovery ? (state.receivedLsn ?? state.replayedLsn) : state.currentLsn,
     timeline: state.timeline,
-    receiver: state.receiver === null ? null : { status: state.receiver.status, senderPort: state.receiver.senderPort },
+    receiver:
+      state.receiver === null
+        ? null
+        : {
+            status: state.receiver.status,
+            senderHost: state.receiver.senderHost,
+            senderPort: state.receiver.senderPort,
+            silentMs: state.receiver.silentMs,
+          },
   };
 }
 
@@ -38,9 +58,34 @@ export async function readNodeFacts(node: NodeRef, credentials: Credentials, tim
   }
 }
 
+/**
+ * The node's facts and its timeline's history (a second read, of the
+ * history file, only past timeline 1); null when it does not answer.
+ */
+export async function readNodePosition(node: NodeRef, credentials: Credentials, timeoutMs: number): Promise<NodePosition | null> {
+  try {
+    return await withNodeClient(node, credentials, timeoutMs, async (client) => {
+      const facts = factsOf(node, await readNodeState(client));
+      const history = facts.timeline === null ? null : await serverHistory(client, facts.timeline).catch(() => null);
+      return { ...facts, history };
+    });
+  } catch {
+    return null;
+  }
+}
+
 /** A standby whose WAL receiver streams from `primary`. */
 export function streamsFrom(facts: NodeFacts | null, primary: NodeRef): boolean {
-  return facts !== null && facts.inRecovery && facts.receiver?.status === "streaming" && facts.receiver.senderPort === primary.port;
+  return facts !== null && facts.inRecovery && facts.receiver?.status === "streaming" && isSender(facts.receiver, primary);
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"]);
+
+/** Whether a WAL receiver's sender is `node` (its port, and its host unless both are this host's loopback). */
+export function isSender(receiver: { readonly senderHost: string | null; readonly senderPort: number | null }, node: NodeRef): boolean {
+  if (receiver.senderPort !== node.port) return false;
+  const host = receiver.senderHost;
+  return host === null || host === node.host || (LOOPBACK.has(host) && LOOPBACK.has(node.host)) || host.startsWith("/");
 }
 
 /** Most advanced first (received LSN), then `preferred`, then by name: a stable choice between equals. */

@@ -36,6 +36,8 @@ export interface NodeState {
     readonly senderPort: number | null;
     readonly slotName: string | null;
     readonly lastMessageAt: string | null;
+    /** Milliseconds since the last message from the sender, by the node's own clock (null: none yet). */
+    readonly silentMs: number | null;
   } | null;
   /** pg_stat_replication rows (primary): one per connected standby. */
   readonly senders: ReadonlyArray<{
@@ -84,7 +86,8 @@ SELECT pg_last_wal_receive_lsn()::text AS received_lsn,
        (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline`;
 
 const RECEIVER_SQL = `
-SELECT status, received_tli, sender_host, sender_port, slot_name, last_msg_receipt_time
+SELECT status, received_tli, sender_host, sender_port, slot_name, last_msg_receipt_time,
+       (extract(epoch FROM now() - last_msg_receipt_time) * 1000)::float8 AS silent_ms
   FROM pg_stat_wal_receiver`;
 
 const SLOTS_SQL = `
@@ -154,6 +157,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
           senderPort: receiverRow.sender_port,
           slotName: receiverRow.slot_name,
           lastMessageAt: receiverRow.last_msg_receipt_time ? new Date(receiverRow.last_msg_receipt_time).toISOString() : null,
+          silentMs: receiverRow.silent_ms,
         }
       : null,
     senders: [],
@@ -209,4 +213,5 @@ interface ReceiverRow {
   sender_port: number | null;
   slot_name: string | null;
   last_msg_receipt_time: Date | null;
+  silent_ms: number | null;
 }

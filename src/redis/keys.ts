@@ -19,6 +19,8 @@ export interface RedisKeys {
   readonly primaryLsn: string;
   /** Present while automatic failover, rejoin and failback are held back. */
   readonly maintenance: string;
+  /** Why the monitor holds a failover back although the primary is lost (JSON, expires): a health reason. */
+  readonly failoverHeldBack: string;
   /** Leases that keep a piece of work to one instance at a time (redis-lease). */
   readonly leases: {
     readonly walArchiver: string;
@@ -59,6 +61,7 @@ export function redisKeys(clusterName: string): RedisKeys {
     clusterState: `${prefix}:cluster-state`,
     primaryLsn: `${prefix}:primary-lsn`,
     maintenance: `${prefix}:maintenance`,
+    failoverHeldBack: `${prefix}:failover-held-back`,
     leases: {
       walArchiver: `${prefix}:lease:wal-archiver`,
       backup: `${prefix}:lease:backup`,

@@ -32,8 +32,8 @@ export function outcomeEvent(outcome: NodeBootstrapOutcome): EventDraft | null {
         kind: "node:fenced",
         severity: "warning",
         node,
-        message: `${node} is fenced: left stopped until it rejoins as a replica`,
-        data: { method: "already-stopped", reason: "fenced before this start" },
+        message: `${node} is fenced${outcome.reason ? ` (${outcome.reason})` : ""}: left stopped until it rejoins as a replica`,
+        data: { method: "already-stopped", reason: outcome.reason ?? "fenced before this start" },
       };
     default:
       throw new UnreachableCaseError(outcome);

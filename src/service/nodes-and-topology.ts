@@ -2,7 +2,7 @@ import { bootstrapCluster, type BootstrapDeps, type NodeBootstrapOutcome } from 
 import { Membership } from "../cluster/membership";
 import { TopologyCollector } from "../cluster/topology-collector";
 import { PrimaryDatabase } from "../db/primary-database";
-import { ClusterStateStore } from "../failover/cluster-state";
+import { ClusterStateStore, withName } from "../failover/cluster-state";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "../postgres/managed-settings";
@@ -73,16 +73,24 @@ export async function bootstrapNodes(
 ): Promise<BootstrappedCluster> {
   const { config, logger, driver, secrets, redis, nodes, repository } = options;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
-  const recordedFences = new Set((await store.read().catch(() => null))?.fenced ?? []);
+  const recorded = await store.read().catch(() => null);
   const bootstrap: BootstrapDeps = {
     config,
     driver,
     secrets,
     logger,
     seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
-    fenced: recordedFences,
+    fenced: new Set(recorded?.fenced ?? []),
+    recordedPrimary: recorded?.primary ?? null,
   };
   const outcomes = await bootstrapCluster(bootstrap, nodes);
+  // A node bootstrap fenced now (it would have been a second primary) is recorded fenced, so the monitor rejoins it as a replica.
+  for (const outcome of outcomes) {
+    if (outcome.phase !== "fenced" || !recorded || recorded.fenced.includes(outcome.node.name)) continue;
+    await store
+      .update(null, (current) => ({ ...(current ?? recorded), fenced: withName((current ?? recorded).fenced, outcome.node.name) }))
+      .catch((error: Error) => logger.warn({ node: outcome.node.name, err: error.message }, "fence not recorded"));
+  }
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   // A primary made just now gets the archiver's slot before the service
   // answers, so WAL is kept from here on for the archiver (the leader of the

@@ -14,7 +14,8 @@ import {
 } from "../../src/failover/monitor-rules";
 import type { StandbySeen } from "../../src/failover/primary-check";
 import { ErrorCode, RelevoError } from "../../src/errors";
-import { replicaFacts } from "../helpers/node-facts";
+import type { NodePosition } from "../../src/postgres/node-facts";
+import { position, replicaFacts, testNode } from "../helpers/node-facts";
 
 const synchronousRules: CandidateRules = {
   to: null,
@@ -87,14 +88,56 @@ describe("failover monitor rules (pure)", () => {
     expect(afterMissedCheck({ failures: 3, threshold: 3, maintenance: false })).toEqual({ go: true });
   });
 
-  test("the replicas confirm the loss only when one answers and none still streams from the primary", () => {
-    expect(replicasConfirmLoss([true, null])).toEqual({ go: true });
-    expect(replicasConfirmLoss([true, false]).go).toBe(false);
-    expect(replicasConfirmLoss([null, null])).toEqual({
-      go: false,
-      reason: "primary unreachable, and so is every replica: no failover (nothing to promote)",
+  describe("the members confirm the loss of the recorded primary", () => {
+    const primary = testNode("node1");
+    const member = (p: NodePosition | null, name = p?.node.name ?? "node9", fenced = false) => ({
+      node: testNode(name),
+      position: p,
+      fenced,
     });
-    expect(replicasConfirmLoss([])).toMatchObject({ go: false });
+    const judge = (...members: ReturnType<typeof member>[]) => replicasConfirmLoss({ primary, members, liveWithinMs: 3000 });
+
+    test("when a replica answers and none still hears from the primary", () => {
+      expect(judge(member(position("node2", { streamsFrom: null })), member(null, "node3"))).toEqual({ go: true });
+      // Streaming from the primary, but silent past the detection window: a frozen primary.
+      expect(judge(member(position("node2", { streamsFrom: "node1", silentMs: 5000 })))).toEqual({ go: true });
+    });
+
+    test("not while a replica still streams from it, nor when no replica answers", () => {
+      expect(judge(member(position("node2", { streamsFrom: null })), member(position("node3", { streamsFrom: "node1" })))).toMatchObject({
+        go: false,
+        stale: false,
+      });
+      expect(judge(member(null, "node2"), member(null, "node3"))).toEqual({
+        go: false,
+        stale: false,
+        reason: "primary unreachable, and so is every replica: no failover (nothing to promote)",
+      });
+      expect(judge()).toMatchObject({ go: false });
+      // A fenced member that answers is no replica to promote.
+      expect(judge(member(position("node2", { streamsFrom: null }), "node2", true))).toMatchObject({ go: false, stale: false });
+    });
+
+    test("never while another member is writable: the recorded state is stale", () => {
+      const verdict = judge(member(position("node2", { primary: true })), member(position("node3", { streamsFrom: null })));
+      expect(verdict).toMatchObject({ go: false, stale: true });
+      expect(verdict.go === false && verdict.reason).toMatch(/^node2 is writable but node1 is the recorded primary/);
+      // Even one the record calls fenced: a stale record may fence the real primary.
+      expect(
+        judge(member(position("node2", { primary: true }), "node2", true), member(position("node3", { streamsFrom: null }))),
+      ).toMatchObject({
+        go: false,
+        stale: true,
+      });
+    });
+
+    test("never while a replica streams from a live sender other than the recorded primary", () => {
+      const verdict = judge(member(null, "node2"), member(position("node3", { streamsFrom: "node2" })));
+      expect(verdict).toMatchObject({ go: false, stale: true });
+      expect(verdict.go === false && verdict.reason).toMatch(/^node3 streams from 127\.0\.0\.1:5002, not from the recorded primary node1/);
+      // A sender silent past the window is not live.
+      expect(judge(member(position("node3", { streamsFrom: "node2", silentMs: 9000 })))).toEqual({ go: true });
+    });
   });
 
   test("cool-down: held off for a while after a try; an engine outage only until the engine answers", () => {

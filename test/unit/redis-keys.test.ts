@@ -15,6 +15,7 @@ describe("Redis keys", () => {
       clusterState: "relevo:c:cluster-state",
       primaryLsn: "relevo:c:primary-lsn",
       maintenance: "relevo:c:maintenance",
+      failoverHeldBack: "relevo:c:failover-held-back",
       leases: {
         walArchiver: "relevo:c:lease:wal-archiver",
         backup: "relevo:c:lease:backup",

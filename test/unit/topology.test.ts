@@ -37,7 +37,9 @@ const replicaProbe = (status: string | null): NodeState => ({
   replayedLsn: "0/2000000",
   lastReplayAt: null,
   replayLagSeconds: 1.5,
-  receiver: status ? { status, senderHost: "127.0.0.1", senderPort: 1, slotName: "relevo_node2", lastMessageAt: null } : null,
+  receiver: status
+    ? { status, senderHost: "127.0.0.1", senderPort: 1, slotName: "relevo_node2", lastMessageAt: null, silentMs: null }
+    : null,
   senders: [],
   slots: [],
 });
