@@ -4,7 +4,9 @@ import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { DockerDriver } from "../../src/nodes/docker/docker-driver";
 import { startRelevo } from "../../src/service";
-import { dockerOverrides, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
+import { mkdir, rm } from "node:fs/promises";
+import { createNodeDriver, usingDriver } from "../../src/nodes/create-driver";
+import { dockerOverrides, removeDockerObjectsOf, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
 import { failoverHelpers } from "../helpers/failover";
 import { processesMentioning } from "../helpers/processes";
 import { eventually, testConfig, useTestCluster } from "../helpers/service";
@@ -53,6 +55,29 @@ describe("Docker start-up errors: a clear code, a message naming the fix, nothin
       expect(await processesMentioning(config.home)).toEqual([]);
     } finally {
       await stranger.remove({ force: true, v: true });
+    }
+  });
+
+  test("containers left by a data home that no longer exists: relevo up refuses them with CONTAINER_CONFLICT naming that home", async () => {
+    const overrides = dockerOverrides("gone-home");
+    const gone = await testConfig("docker-gone-home", overrides);
+    const node1 = { name: "node1", host: gone.host, port: gone.primaryPort };
+    // The old home's node container (and tools container) bind-mount its repository, as the service makes them.
+    await mkdir(gone.repository, { recursive: true });
+    await usingDriver(createNodeDriver(gone), (driver) => driver.provision(node1));
+    await rm(gone.home, { recursive: true, force: true });
+    const config = await testConfig("docker-new-home", overrides); // same cluster name, another home
+    try {
+      await expect(startRelevo(config, silent)).rejects.toMatchObject({
+        code: ErrorCode.ContainerConflict,
+        message: expect.stringMatching(new RegExp(`made by the Relevo data home ${gone.home}, which no longer exists.*docker rm -f`)),
+      });
+      expect(await processesMentioning(config.home)).toEqual([]);
+      // Left alone: the operator decides what becomes of it.
+      const name = DockerDriver.namesOf(config.clusterName, "node1").container;
+      expect((await docker.getContainer(name).inspect()).Config.Labels["io.relevo.home"]).toBe(gone.home);
+    } finally {
+      await removeDockerObjectsOf([gone.home, config.home]);
     }
   });
 });

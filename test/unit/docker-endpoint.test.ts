@@ -10,6 +10,7 @@ import {
   nodeContainerSpec,
   stopSignalFor,
   toolsContainerSpec,
+  vanishedHome,
   volumeName,
 } from "../../src/nodes/docker/container-spec";
 import { parseListing, readRangesCommand, writeCommand } from "../../src/nodes/docker/file-commands";
@@ -23,6 +24,15 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
     expect(modem("")).toMatchObject({ socketPath: "/var/run/docker.sock" });
     expect(modem("unix:///run/user/1000/docker.sock")).toMatchObject({ socketPath: "/run/user/1000/docker.sock" });
     expect(modem("tcp://10.1.2.3:2375")).toMatchObject({ protocol: "http", host: "10.1.2.3", port: 2375 });
+  });
+
+  test("a container is left behind by a vanished home only when its home label names another home that does not exist", () => {
+    const exists = (home: string): boolean => home === "/homes/live";
+    const labels = (home?: string): Record<string, string> => ({ "io.relevo.cluster": "c", ...(home ? { "io.relevo.home": home } : {}) });
+    expect(vanishedHome(labels("/homes/gone"), "/homes/new", exists)).toBe("/homes/gone");
+    expect(vanishedHome(labels("/homes/live"), "/homes/new", exists)).toBeNull(); // another live home: adopted as before
+    expect(vanishedHome(labels("/homes/new"), "/homes/new", exists)).toBeNull(); // our own (even while our home is being made)
+    expect(vanishedHome(labels(), "/homes/new", exists)).toBeNull(); // docker compose's: no home label
   });
 
   test("TLS client certificates are read from the directory and checked at once", async () => {

@@ -44,6 +44,19 @@ export function labelFilter(naming: NodeNaming, role: ContainerRole): Record<str
   return { label: [`${LABELS.cluster}=${naming.cluster}`, `${LABELS.node}=${naming.node}`, `${LABELS.role}=${role}`] };
 }
 
+/**
+ * The data home a container was made by, when that is another home and it
+ * no longer exists here (its labels name it); null otherwise. Such a
+ * container is not adoptable: its mounts name that home's paths (the WAL
+ * archive), so the engine would refuse to start it ("bind source path does
+ * not exist"). Containers without the label (docker compose's) are adoptable. Pure.
+ */
+export function vanishedHome(labels: Readonly<Record<string, string>>, ownHome: string, exists: (home: string) => boolean): string | null {
+  const home = labels[LABELS.home];
+  if (!home || home === ownHome || exists(home)) return null;
+  return home;
+}
+
 /** A mount as the Engine API takes it. */
 export interface MountSpec {
   readonly Type: "volume" | "bind";

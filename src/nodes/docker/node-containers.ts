@@ -13,6 +13,7 @@ import {
   labelFilter,
   nodeContainerSpec,
   toolsContainerSpec,
+  vanishedHome,
   volumeName,
   type ContainerRole,
   type MountSpec,
@@ -144,6 +145,7 @@ export class NodeContainers {
       );
     }
     if (listed.length === 0) return null;
+    this.refuseLeftBehind(node, listed[0]!);
     const info = await this.engine(`inspect the container of node ${node.name}`, async () => {
       try {
         return await this.docker.getContainer(listed[0]!.Id).inspect();
@@ -155,6 +157,24 @@ export class NodeContainers {
     // Whenever a node's container is seen, running or not: no restart policy may outlive Relevo's first look.
     if (info && role === "node") await this.adopt(node, info);
     return info;
+  }
+
+  /**
+   * A container left by a data home that has since been deleted (same
+   * cluster name, another home): refused, not adopted, with what to do.
+   */
+  private refuseLeftBehind(node: NodeRef, listed: Docker.ContainerInfo): void {
+    const home = vanishedHome(listed.Labels ?? {}, this.options.home, existsSync);
+    if (home === null) return;
+    const container = listed.Names[0]?.replace(/^\//, "") ?? listed.Id;
+    const volume = volumeName(this.naming(node));
+    throw new RelevoError(
+      ErrorCode.ContainerConflict,
+      `container ${container} of node ${node.name} of cluster ${this.options.clusterName} was made by the Relevo data home ${home}, ` +
+        `which no longer exists: it is not adopted (it mounts that home's paths). Remove it (docker rm -f ${container}; ` +
+        `docker volume rm ${volume} too unless its data is wanted), or set RELEVO_CLUSTER_NAME to another name`,
+      { details: { container, home } },
+    );
   }
 
   async volumeExists(node: NodeRef): Promise<boolean> {
