@@ -6,7 +6,7 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { backupChain } from "./backup-chain";
 import { backupCatalogedEvent, backupExpiredEvent, backupVerifiedEvent } from "./backup-events";
 import { BackupRunner } from "./backup-runner";
-import type { BackupManifest, BackupType, Compression } from "./manifest";
+import { assertBackupId, type BackupManifest, type BackupType, type Compression } from "./manifest";
 import type { RecoveryTarget } from "../restore/recovery-target";
 import type { Repository } from "../storage/repository";
 import { restoreBackup } from "../restore/restore";
@@ -77,6 +77,7 @@ export class BackupService {
 
   /** Live progress of a backup (kept a day after it ended); null when none is known. */
   async progress(id: string): Promise<BackupProgress | null> {
+    assertBackupId(id);
     return this.deps.progress.read(id);
   }
 

@@ -1,3 +1,4 @@
+import { ErrorCode, RelevoError } from "../errors";
 import type { ReferencePoint } from "./reference-point";
 
 /**
@@ -138,6 +139,30 @@ export function backupId(type: BackupType, at: Date): string {
     .replace(/[-:]/g, "")
     .replace(/\.\d+Z$/, "Z");
   return `${stamp}-${type === "full" ? "F" : type === "differential" ? "D" : "I"}`;
+}
+
+/** What backupId makes, and nothing else: an id is also a directory name under backups/. */
+const BACKUP_ID = /^\d{8}T\d{6}Z-[FDI]$/;
+
+export function isBackupId(id: string): boolean {
+  return BACKUP_ID.test(id);
+}
+
+/**
+ * Refuses anything that is not a backup id (BAD_USER_INPUT) before it
+ * becomes a path: "../../x" would otherwise name a directory outside the
+ * repository.
+ */
+export function assertBackupId(id: string): void {
+  if (!isBackupId(id)) {
+    throw new RelevoError(
+      ErrorCode.BadUserInput,
+      `${JSON.stringify(id.slice(0, 100))} is not a backup id (ids look like 20261125T224500Z-F)`,
+      {
+        details: { field: "id" },
+      },
+    );
+  }
 }
 
 /** START WAL LOCATION of a backup_label (the redo point). */

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { Repository } from "../storage/repository";
+import { assertBackupId } from "../backup/manifest";
 import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
 import { seededFrom } from "../restore/replica-seed";
@@ -85,6 +86,7 @@ export async function backupVerifyCommand(
   options: { id: string; restoreTest: boolean },
   output: Output,
 ): Promise<void> {
+  assertBackupId(options.id);
   const { verifyBackup } = await callApi<{
     verifyBackup: {
       id: string;

@@ -1,6 +1,6 @@
 import { lsnToNumber } from "../postgres/lsn";
 import { ErrorCode, RelevoError } from "../errors";
-import type { BackupManifest } from "../backup/manifest";
+import { assertBackupId, type BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
 import type { Repository } from "../storage/repository";
@@ -72,6 +72,7 @@ export async function chooseBackupIn(
   backupId: string | undefined,
   target: RecoveryTarget,
 ): Promise<BackupManifest> {
+  if (backupId) assertBackupId(backupId); // BAD_USER_INPUT, whatever the target
   const restorePoints = target.kind === "name" && !backupId ? await summarizer.restorePoints() : [];
   return chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), backupId, target, restorePoints);
 }

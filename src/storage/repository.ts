@@ -1,7 +1,8 @@
 import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
-import { READABLE_MANIFEST_VERSIONS, type BackupManifest } from "../backup/manifest";
+import { ErrorCode, RelevoError } from "../errors";
+import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
 import { parseSegmentName } from "../postgres/wal-names";
 
 /**
@@ -43,12 +44,20 @@ export class Repository {
     if (this.walOwner) await chown(this.walDir, this.walOwner.uid, this.walOwner.gid);
   }
 
+  /** Every path of a backup goes through here: an id that is not one (BAD_USER_INPUT) never becomes a path. */
   backupDir(id: string): string {
+    assertBackupId(id);
     return path.join(this.backupsDir, id);
   }
 
   storedPath(id: string, relative: string): string {
-    return path.join(this.backupDir(id), relative);
+    const directory = this.backupDir(id);
+    const stored = path.join(directory, relative);
+    // A manifest's stored paths are Relevo's own; one that leaves its backup's directory is a damaged (or forged) manifest.
+    if (!stored.startsWith(directory + path.sep)) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id}'s manifest names ${relative}, outside the backup's directory`);
+    }
+    return stored;
   }
 
   async writeManifest(manifest: BackupManifest): Promise<void> {
@@ -66,8 +75,9 @@ export class Repository {
   }
 
   async readManifest(id: string): Promise<BackupManifest | null> {
+    const file = path.join(this.backupDir(id), "manifest.json");
     try {
-      const manifest = JSON.parse(await readFile(path.join(this.backupDir(id), "manifest.json"), "utf8")) as BackupManifest;
+      const manifest = JSON.parse(await readFile(file, "utf8")) as BackupManifest;
       return READABLE_MANIFEST_VERSIONS.includes(manifest.formatVersion) ? manifest : null;
     } catch {
       return null;
@@ -76,7 +86,7 @@ export class Repository {
 
   /** Every backup with a manifest, oldest first. */
   async listManifests(): Promise<BackupManifest[]> {
-    const ids = await readdir(this.backupsDir).catch(() => [] as string[]);
+    const ids = (await readdir(this.backupsDir).catch(() => [] as string[])).filter(isBackupId);
     const manifests = await Promise.all(ids.sort().map((id) => this.readManifest(id)));
     return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
   }

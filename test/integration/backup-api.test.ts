@@ -1,6 +1,7 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
+import { copyFile, mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
@@ -111,8 +112,41 @@ describe("backups through GraphQL and the CLI", () => {
       token: cluster.token("viewer"),
     });
     expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
-    const missing = await graphqlRequest(cluster.url, `{ backup(id: "nope") { id } }`, { token: cluster.token("viewer") });
+    const missing = await graphqlRequest(cluster.url, `{ backup(id: "20000101T000000Z-F") { id } }`, { token: cluster.token("viewer") });
     expect(missing.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+  });
+
+  test("what is not a backup id is BAD_USER_INPUT everywhere, and never read as a path (../../x outside the repository)", async () => {
+    // A manifest planted beside the repository, where backups/../../outside leads.
+    const outside = path.join(cluster.config.repository, "backups", "../../outside");
+    await mkdir(outside, { recursive: true });
+    await copyFile(path.join(cluster.config.repository, "backups", backupId, "manifest.json"), path.join(outside, "manifest.json"));
+    const operator = cluster.token("operator");
+    const codeOf = async (query: string, variables: Record<string, unknown>): Promise<unknown> =>
+      (await graphqlRequest(cluster.url, query, { token: operator, variables })).errors?.[0]?.extensions?.code;
+    for (const id of ["../../outside", "nope"]) {
+      expect(await codeOf(`query($id: ID!) { backup(id: $id) { id } }`, { id })).toBe("BAD_USER_INPUT");
+      expect(await codeOf(`mutation($id: ID!) { verifyBackup(id: $id) { id } }`, { id })).toBe("BAD_USER_INPUT");
+      expect(
+        await codeOf(`mutation($input: RestoreInput!) { restoreBackup(input: $input) { name } }`, {
+          input: { backupId: id, name: "bad-id-copy", port: await freePort() },
+        }),
+      ).toBe("BAD_USER_INPUT");
+    }
+    const dir = path.join(await tempHome("cli-bad-id"), "copy");
+    for (const args of [
+      ["restore", "--to", dir, "--port", String(await freePort()), "--backup", "../../outside"],
+      ["backup", "verify", "../../outside"],
+    ]) {
+      const failed = await run("node", [BIN, ...args], { env: cliEnv() }).then(
+        () => null,
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(failed).toMatchObject({ code: 64, stderr: expect.stringContaining("is not a backup id") });
+    }
+    // Nothing was written beside the repository either (a verification would record itself in that manifest).
+    const planted = JSON.parse(await readFile(path.join(outside, "manifest.json"), "utf8")) as { verification?: unknown };
+    expect(planted.verification ?? null).toBeNull();
   });
 
   test("restoreBackup to a restore point: a running standalone copy with the data", async () => {

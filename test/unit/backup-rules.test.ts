@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import type { BackupManifest } from "../../src/backup/manifest";
-import { backupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
+import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
 import { planRetention } from "../../src/backup/retention";
@@ -83,6 +83,11 @@ describe("WAL names and labels (pure)", () => {
 
   test("backup ids sort by time; labels give the redo LSN and timeline", () => {
     expect(backupId("full", new Date("2026-11-25T22:45:00.123Z"))).toBe("20261125T224500Z-F");
+    expect(isBackupId(backupId("incremental", new Date()))).toBe(true);
+    for (const notAnId of ["../../x", "20261125T224500Z-F/..", "20261125T224500Z-F/../../x", "", "nope", "20261125T224500Z-X"]) {
+      expect(isBackupId(notAnId)).toBe(false);
+      expect(() => assertBackupId(notAnId)).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+    }
     const label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n";
     expect(labelStartLsn(label)).toBe("0/2000028");
     expect(labelTimeline(label)).toBe(1);
