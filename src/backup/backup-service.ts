@@ -115,15 +115,24 @@ export class BackupService {
    */
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
     const plan = planRetention(await this.list(), this.deps.retentionFull);
+    const expired: string[] = [];
     for (const id of plan.expire) {
-      const manifest = await this.get(id);
-      const expired: BackupManifest = { ...manifest, status: "expired" };
-      await this.deps.repository.writeManifest(expired);
-      await this.deps.repository.removeBackupContent(id);
-      await this.deps.events.emit(backupExpiredEvent(expired));
+      // Each backup under its lock: a verification or restore of it (or of one built on it) finishes first.
+      const held = await this.deps.repository.lockBackups([id], { purpose: "expiry" });
+      try {
+        const manifest = await this.get(id);
+        if (manifest.status !== "completed") continue; // expired by another instance meanwhile
+        const record: BackupManifest = { ...manifest, status: "expired" };
+        await this.deps.repository.writeManifest(record);
+        await this.deps.repository.removeBackupContent(id);
+        await this.deps.events.emit(backupExpiredEvent(record));
+        expired.push(id);
+      } finally {
+        await held.release();
+      }
     }
     const walSegmentsRemoved = plan.walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(plan.walBefore);
-    return { expired: [...plan.expire], walSegmentsRemoved };
+    return { expired, walSegmentsRemoved };
   }
 
   async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
@@ -140,10 +149,8 @@ export class BackupService {
   }
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
-    const manifest = await this.get(id);
-    if (manifest.status !== "completed")
-      throw new RelevoError(ErrorCode.PreconditionFailed, `backup ${id} is ${manifest.status}: only completed backups can be verified`);
-    const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, manifest, options);
+    assertBackupId(id);
+    const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, id, options);
     await this.deps.events.emit(backupVerifiedEvent(id, verification));
     return this.get(id);
   }

@@ -9,7 +9,10 @@ import type { WalArchiver } from "../wal/wal-archiver";
 import { parseSegmentName, segmentStartLsn } from "../postgres/wal-names";
 import type { BackupManifest, ManifestEntry, Verification } from "./manifest";
 import type { Repository } from "../storage/repository";
-import { restoreBackup, type RestoreDeps } from "../restore/restore";
+import { restoreLockedBackup, type RestoreDeps } from "../restore/restore";
+import { withLockedBackup, type LockedBackup } from "./backup-lock";
+import { ErrorCode, RelevoError } from "../errors";
+import { randomBytes } from "node:crypto";
 
 /** What a restore needs, plus where scratch nodes listen and how fast to go. */
 export interface VerifyDeps extends RestoreDeps, ReferenceDeps {
@@ -31,9 +34,25 @@ export interface VerifyDeps extends RestoreDeps, ReferenceDeps {
  * B-tree consistency of every database), every table compared with the
  * backup's reference point (taken now on a replica when it has none, see
  * referencePointFor), then removed. The result is written into the manifest.
- * Nothing here locks or reads a table on the primary.
+ * Nothing here locks or reads a table on the primary. Only a completed
+ * backup is verified (PRECONDITION_FAILED otherwise, also when it was
+ * expired while this waited for its lock).
  */
-export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, options: { restoreTest: boolean }): Promise<Verification> {
+export async function verifyBackup(deps: VerifyDeps, id: string, options: { restoreTest: boolean }): Promise<Verification> {
+  // Under the backup's lock: a second verification (the schedule's and the API's) waits for this one, and an
+  // expiry cannot run in between, so the result is never written over an expired backup.
+  return withLockedBackup(deps, id, options.restoreTest ? "verification with a restore test" : "verification", (locked) =>
+    verifyLockedBackup(deps, locked, options),
+  );
+}
+
+async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, options: { restoreTest: boolean }): Promise<Verification> {
+  const manifest = locked.manifest;
+  if (manifest.status !== "completed")
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      `backup ${manifest.id} is ${manifest.status}: only completed backups can be verified`,
+    );
   const badFiles: string[] = [];
   // A differential or incremental is only as good as the backups it builds on: their content is checked too.
   let chain: BackupManifest[];
@@ -59,7 +78,7 @@ export async function verifyBackup(deps: VerifyDeps, manifest: BackupManifest, o
   if (options.restoreTest && badFiles.length === 0) {
     const reference = await referencePointFor(deps, manifest);
     verified = reference.manifest;
-    restoreTest = await runRestoreTest(deps, verified, reference.missing);
+    restoreTest = await runRestoreTest(deps, { ...locked, manifest: verified }, reference.missing);
   }
   const verification: Verification = {
     checkedAt: new Date().toISOString(),
@@ -100,17 +119,19 @@ async function storedFileMatches(repository: Repository, id: string, entry: Mani
 
 async function runRestoreTest(
   deps: VerifyDeps,
-  manifest: BackupManifest,
+  locked: LockedBackup,
   referenceMissing: string | null,
 ): Promise<NonNullable<Verification["restoreTest"]>> {
-  return { ...(await restoreAndCompare(deps, manifest)), referenceMissing };
+  return { ...(await restoreAndCompare(deps, locked)), referenceMissing };
 }
 
 /** The restore test itself: restored to the reference point (or to consistency), pg_amcheck, the tables compared. */
-async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Promise<NonNullable<Verification["restoreTest"]>> {
+async function restoreAndCompare(deps: VerifyDeps, locked: LockedBackup): Promise<NonNullable<Verification["restoreTest"]>> {
   const started = Date.now();
+  const manifest = locked.manifest;
+  // A name of its own: a scratch node is never another verification's, and only its own is removed afterwards.
   const scratch: NodeRef = {
-    name: `verify-${manifest.id.toLowerCase()}`,
+    name: `verify-${manifest.id.toLowerCase()}-${randomBytes(3).toString("hex")}`,
     host: deps.host,
     port: await findFreePortExcept(deps.host, deps.nodes),
   };
@@ -122,8 +143,8 @@ async function restoreAndCompare(deps: VerifyDeps, manifest: BackupManifest): Pr
         await deps.archiver.waitForArchived(segment.timeline, reference.lsn, segmentStartLsn(segment.segment), deps.archiveTimeoutMs);
     }
     const recovery = reference ? referenceRecovery(reference) : { target: { kind: "immediate" } as const, timeline: "latest" as const };
-    await restoreBackup(deps, {
-      manifest,
+    await restoreLockedBackup(deps, {
+      locked,
       target: scratch,
       recoveryTarget: recovery.target,
       timeline: recovery.timeline,

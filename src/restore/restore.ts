@@ -12,6 +12,7 @@ import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "../storage/repository";
 import { assertNoMemberPort } from "./copy-placement";
+import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
 
 export interface RestoreDeps {
   readonly clusterName: string;
@@ -40,10 +41,27 @@ export interface RestoreOptions {
  * checksum as it is written, writes the backup_label and the recovery
  * settings, starts PostgreSQL and waits until recovery has reached the
  * target and the copy is promoted. A failed restore removes what it wrote.
+ * It holds the backup's repository lock (and its chain's) throughout, so no
+ * expiry takes its content away meanwhile.
  */
 export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions): Promise<void> {
+  const { manifest, ...rest } = options;
+  await withLockedBackup(deps, manifest.id, `restore into ${options.target.name}`, (locked) =>
+    restoreLockedBackup(deps, { ...rest, locked }),
+  );
+}
+
+/**
+ * restoreBackup for a caller that holds the backup's lock already (a
+ * verification's restore test): the backup is the one locked, as read under
+ * the lock.
+ */
+export async function restoreLockedBackup(
+  deps: RestoreDeps,
+  options: Omit<RestoreOptions, "manifest"> & { readonly locked: LockedBackup },
+): Promise<void> {
   const { driver, repository } = deps;
-  const manifest = options.manifest;
+  const manifest = options.locked.manifest;
   const target = options.target;
   assertRestorable(manifest);
   assertNoMemberPort(options.members, target);
@@ -120,18 +138,31 @@ async function materialise(deps: RestoreDeps, manifest: BackupManifest, target: 
   await driver.writeFile(target, MARKER_FILE, JSON.stringify({ ...marker, restoredFrom: manifest.id }, null, 2) + "\n");
 }
 
+export interface SeedOptions {
+  readonly manifest: BackupManifest;
+  readonly node: NodeRef;
+  readonly upstream: NodeRef;
+  readonly slot: string;
+  readonly replication: Credentials;
+  readonly parallelism: number;
+}
+
 /**
  * A new replica from the repository instead of from the primary (which then
  * only streams what the backup and the archive do not have): the backup is
  * materialised into the (absent) node, set up as a standby of `upstream` over
  * its slot, with the archive as restore_command to catch up first. Not
  * started: the caller starts it as it starts any node. The settings go to
- * postgresql.auto.conf, where pg_basebackup -R puts them too.
+ * postgresql.auto.conf, where pg_basebackup -R puts them too. Holds the
+ * backup's lock while it reads the backup, as restoreBackup does.
  */
-export async function seedStandbyFromBackup(
-  deps: RestoreDeps,
-  options: { manifest: BackupManifest; node: NodeRef; upstream: NodeRef; slot: string; replication: Credentials; parallelism: number },
-): Promise<void> {
+export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<void> {
+  await withLockedBackup(deps, options.manifest.id, `seed replica ${options.node.name}`, (locked) =>
+    seedLockedStandby(deps, { ...options, manifest: locked.manifest }),
+  );
+}
+
+async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promise<void> {
   const { driver, repository } = deps;
   const { manifest, node, upstream } = options;
   assertRestorable(manifest);

@@ -4,6 +4,7 @@ import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
 import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
 import { parseSegmentName } from "../postgres/wal-names";
+import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -16,6 +17,7 @@ import { parseSegmentName } from "../postgres/wal-names";
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
  *                                        range each (manifest: offset, bytes)
+ *   <root>/locks/<id>.lock               who verifies, restores or expires that backup now
  *
  * Every write is temp + rename, so an interrupted backup leaves no torn file;
  * a backup without a completed manifest is not a backup.
@@ -25,6 +27,8 @@ export class Repository {
   readonly backupsDir: string;
   /** One summary per archived segment (see wal-summary): <segment>.json. */
   readonly walSummaryDir: string;
+  /** Verification, restore and expiry of a backup take its lock (see BackupLocks). */
+  readonly locks: BackupLocks;
 
   constructor(
     readonly root: string,
@@ -33,6 +37,13 @@ export class Repository {
     this.walDir = path.join(root, "wal");
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
+    this.locks = new BackupLocks(root);
+  }
+
+  /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
+  async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
+    for (const id of ids) assertBackupId(id);
+    return this.locks.acquire(ids, options);
   }
 
   async ensure(): Promise<void> {

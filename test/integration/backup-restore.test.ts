@@ -2,6 +2,9 @@ import { expect } from "@jest/globals";
 import { Client } from "pg";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { lsnToNumber } from "../../src/postgres/lsn";
+import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { backupId } from "../../src/backup/manifest";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
@@ -225,6 +228,19 @@ describe("full backup and point-in-time restore", () => {
     }
   });
 
+  test("two verifications of one backup at once (the schedule's and the API's): they take turns, each on its own scratch node, both prove it", async () => {
+    const newest = await cluster.service.backups.latestCompleted();
+    const [one, two] = await Promise.all([
+      cluster.service.backups.verify(newest.id, { restoreTest: true }),
+      cluster.service.backups.verify(newest.id, { restoreTest: true }),
+    ]);
+    for (const verified of [one, two])
+      expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true, error: null } });
+    const { readdir } = await import("node:fs/promises");
+    expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
+    expect(existsSync(`${cluster.service.repository.root}/locks/${newest.id}.lock`)).toBe(false); // released
+  });
+
   test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {
     const manifest = (await cluster.service.backups.list())
       .filter((backup) => backup.type === "full" && backup.status === "completed")
@@ -430,5 +446,28 @@ describe("full backup and point-in-time restore", () => {
     restoredCopies.push(copy);
     await cluster.service.backups.restore({ backupId: kept[0]!.id, target: copy, recoveryTarget: { kind: "immediate" } });
     expect(await sql(copy, "SELECT count(*)::int AS n FROM pitr")).toEqual([{ n: 2 }]);
+  });
+
+  test("a verification and an expiry of one backup at once: the expiry waits for it, and the backup ends expired, never completed again", async () => {
+    const oldest = (await cluster.service.backups.list()).find((m) => m.status === "completed" && m.type === "full")!;
+    // A newer full (its manifest only) puts the oldest kept full beyond RELEVO_RETENTION_FULL.
+    const newest = await cluster.service.backups.latestCompleted();
+    const newer = { ...newest, id: backupId("full", new Date(Date.now() + 1000)), startedAt: new Date(Date.now() + 1000).toISOString() };
+    await cluster.service.repository.writeManifest(newer);
+    try {
+      const verifying = cluster.service.backups.verify(oldest.id, { restoreTest: false });
+      const expiring = cluster.service.backups.expire();
+      const [verified, expiry] = await Promise.allSettled([verifying, expiring]);
+      // Whichever took the lock first: a verification of the completed backup, or a refusal of an expired one.
+      if (verified.status === "rejected") expect(verified.reason).toMatchObject({ code: ErrorCode.PreconditionFailed });
+      else expect(verified.value.verification).toMatchObject({ contentOk: true, badFiles: [] });
+      expect(expiry).toMatchObject({ status: "fulfilled", value: { expired: [oldest.id] } });
+      const after = await cluster.service.backups.get(oldest.id);
+      expect(after.status).toBe("expired");
+      const { readdir } = await import("node:fs/promises");
+      expect(await readdir(cluster.service.repository.backupDir(oldest.id))).toEqual(["manifest.json"]);
+    } finally {
+      await rm(cluster.service.repository.backupDir(newer.id), { recursive: true, force: true });
+    }
   });
 });

@@ -126,7 +126,7 @@ export class BackupResolver {
   @Authorized("operator")
   @Mutation(() => Backup, {
     description:
-      "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node (to its reference point), starts it, runs pg_amcheck, compares every table's checksum with the reference point's and removes it. Waits for the result.",
+      "Re-reads every stored file against the manifest's checksums; with restoreTest, also restores the backup into a scratch node (to its reference point), starts it, runs pg_amcheck, compares every table's checksum with the reference point's and removes it. Waits for the result; a verification, restore or expiry of the same backup running meanwhile finishes first (PRECONDITION_FAILED if it expired the backup).",
   })
   async verifyBackup(
     @Arg("id", () => ID) id: string,

@@ -1,0 +1,54 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
+import type { Repository } from "../storage/repository";
+import { backupChain } from "./backup-chain";
+import type { BackupManifest } from "./manifest";
+
+/** A backup whose lock (and its chain's) the holder has: its manifest as read under the lock. */
+export interface LockedBackup {
+  readonly manifest: BackupManifest;
+  /** The backups locked: this one and those it builds on. */
+  readonly ids: readonly string[];
+}
+
+/**
+ * Runs `work` holding the repository lock of a backup and of every backup
+ * it builds on (a restore reads them all; expiring the full under a
+ * differential would pull its content away), across processes. The
+ * manifest is read again once the locks are held: what a verification or
+ * restore sees is what no expiry can change until it is done. Verification,
+ * restore and expiry of one backup therefore run one after another.
+ */
+export async function withLockedBackup<T>(
+  options: { readonly repository: Repository; readonly logger: Logger },
+  id: string,
+  purpose: string,
+  work: (locked: LockedBackup) => Promise<T>,
+): Promise<T> {
+  const { repository, logger } = options;
+  const before = await readOrNotFound(repository, id);
+  // A broken chain is locked as far as it goes; the work under the lock reports it.
+  const chain = await backupChain(repository, before).catch(() => [before]);
+  const held = await repository.lockBackups(
+    chain.map((link) => link.id),
+    {
+      purpose,
+      onWait: (waitedFor, holder) =>
+        logger.info(
+          { backupId: waitedFor, holder: { purpose: holder.purpose, pid: holder.pid, host: holder.host, since: holder.since } },
+          `${purpose} of backup ${id} waits for another holder of backup ${waitedFor}'s lock`,
+        ),
+    },
+  );
+  try {
+    return await work({ manifest: await readOrNotFound(repository, id), ids: held.ids });
+  } finally {
+    await held.release();
+  }
+}
+
+async function readOrNotFound(repository: Repository, id: string): Promise<BackupManifest> {
+  const manifest = await repository.readManifest(id);
+  if (!manifest) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
+  return manifest;
+}
