@@ -1,3 +1,4 @@
+import type { Client } from "pg";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 
 /**
@@ -21,4 +22,14 @@ export function latestCheckpointLocation(controlData: string): string | null {
 /** Whether the node was a standby when it stopped (in archive recovery, or shut down in recovery). */
 export function stoppedAsStandby(controlData: string): boolean {
   return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(controlData);
+}
+
+/**
+ * The system identifier of a running node: initdb draws it once, every
+ * physical copy (replica, backup, restore, PITR) keeps it, so it names the
+ * cluster whatever its timeline. A bigint, kept as text (it exceeds 2^53).
+ */
+export async function readSystemIdentifier(client: Pick<Client, "query">): Promise<string> {
+  const result = await client.query<{ id: string }>("SELECT system_identifier::text AS id FROM pg_control_system()");
+  return result.rows[0]!.id;
 }

@@ -1,5 +1,6 @@
 import { latestCheckpointLocation, stoppedAsStandby } from "../../src/postgres/control-data";
 import { bytesBehind, lsnBytes, lsnFromNumber, lsnToNumber } from "../../src/postgres/lsn";
+import { walSegmentSystemIdentifier } from "../../src/postgres/wal-page-header";
 
 describe("PostgreSQL facts (pure)", () => {
   test("LSNs convert to byte positions and back, across the 32-bit boundary", () => {
@@ -24,5 +25,19 @@ describe("PostgreSQL facts (pure)", () => {
     expect(stoppedAsStandby("Database cluster state:               in archive recovery")).toBe(true);
     expect(stoppedAsStandby(primary)).toBe(false);
     expect(stoppedAsStandby("")).toBe(false);
+  });
+
+  test("a WAL segment's first page names its cluster's system identifier; zeros or a short page name none", () => {
+    // The first 40 bytes of 000000010000000000000001 just after an initdb whose
+    // pg_controldata printed "Database system identifier: 7716129010877082573".
+    const header = Buffer.from("10d102000100000000000001000000000000000000000000cd2b6a1e7432156b0000000100200000", "hex");
+    expect(walSegmentSystemIdentifier(header)).toBe("7716129010877082573");
+    // A segment pg_receivewal preallocated and has not written yet.
+    expect(walSegmentSystemIdentifier(Buffer.alloc(40))).toBeNull();
+    expect(walSegmentSystemIdentifier(header.subarray(0, 30))).toBeNull();
+    // A page without the long header (any page but a segment's first).
+    const shortHeader = Buffer.from(header);
+    shortHeader.writeUInt16LE(0, 2);
+    expect(walSegmentSystemIdentifier(shortHeader)).toBeNull();
   });
 });
