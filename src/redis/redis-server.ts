@@ -7,6 +7,8 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
+import type { RelevoConfig } from "../config/config";
+import { parseRedisUrl, type RedisEndpoint } from "./redis-client";
 
 export interface RedisServerOptions {
   readonly home: string;
@@ -60,6 +62,33 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   }
   child.kill("SIGKILL");
   throw new RelevoError(ErrorCode.Timeout, `Redis did not answer within ${options.startTimeoutMs} ms: ${await logTail(dir)}`);
+}
+
+/**
+ * The cluster's Redis: the one RELEVO_REDIS_URL names (waited for, never
+ * started or stopped), else Relevo's own (started unless it runs already;
+ * `handle.started` says whether this call started it).
+ */
+export async function clusterRedisServer(
+  config: Pick<RelevoConfig, "redisUrl" | "home" | "host" | "redisPort" | "redisServerBin" | "startTimeoutMs">,
+  password: string,
+  logger: Logger,
+): Promise<{ endpoint: RedisEndpoint; handle: RedisServerHandle }> {
+  if (config.redisUrl) {
+    const endpoint = parseRedisUrl(config.redisUrl);
+    return { endpoint, handle: await requireExternalRedis(endpoint, config.startTimeoutMs, logger) };
+  }
+  const endpoint = { host: config.host, port: config.redisPort, password };
+  const handle = await ensureRedisServer({
+    home: config.home,
+    host: config.host,
+    port: config.redisPort,
+    password,
+    bin: config.redisServerBin,
+    startTimeoutMs: config.startTimeoutMs,
+    logger,
+  });
+  return { endpoint, handle };
 }
 
 /**

@@ -6,8 +6,8 @@ import { Consolidator } from "../events/consolidator";
 import { EventLog } from "../events/event-log";
 import { createRedisPubSub, publisherOf, type RedisPubSub } from "../events/redis-pubsub";
 import { redisKeys, type RedisKeys } from "../redis/keys";
-import { createRedisClient, parseRedisUrl, type RedisEndpoint } from "../redis/redis-client";
-import { ensureRedisServer, requireExternalRedis } from "../redis/redis-server";
+import { createRedisClient, type RedisEndpoint } from "../redis/redis-client";
+import { clusterRedisServer } from "../redis/redis-server";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Cleanup, StartContext } from "./cleanups";
 
@@ -32,20 +32,7 @@ export interface RedisAndEvents {
 export async function startRedisAndEvents(options: StartContext & { readonly secrets: Secrets }): Promise<RedisAndEvents> {
   const { config, logger, cleanups, secrets } = options;
   // Relevo's own Redis, or one run by someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
-  const endpoint = config.redisUrl
-    ? parseRedisUrl(config.redisUrl)
-    : { host: config.host, port: config.redisPort, password: secrets.redisPassword };
-  const server = config.redisUrl
-    ? await requireExternalRedis(endpoint, config.startTimeoutMs, logger)
-    : await ensureRedisServer({
-        home: config.home,
-        host: config.host,
-        port: config.redisPort,
-        password: secrets.redisPassword,
-        bin: config.redisServerBin,
-        startTimeoutMs: config.startTimeoutMs,
-        logger,
-      });
+  const { endpoint, handle: server } = await clusterRedisServer(config, secrets.redisPassword, logger);
   const stopServer = (): Promise<void> => server.stop();
   cleanups.push(stopServer);
 
