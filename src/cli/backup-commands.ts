@@ -18,7 +18,9 @@ import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
-import type { NodeDriver } from "../nodes/node-driver";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import { recordRebuiltCluster } from "../failover/rebuilt-cluster";
+import { withClusterRedis } from "./cluster-redis";
 import { readSecrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
 import { callApi } from "./api-client";
@@ -180,10 +182,16 @@ export async function restoreClusterCommand(
   const recoveryTarget = recoveryTargetFrom(options);
   await assertPortFree(config.host, config.apiPort, "the API (is relevo up running? stop it first)", "RELEVO_API_PORT");
   const secrets = await readSecrets(config.home);
-  const recovered = await usingDriver(createNodeDriver(config), async (driver) => {
-    const repository = new Repository(config.repository, await driver.fileOwner());
-    return recoverCluster({ config, driver, repository, secrets, logger }, { backupId: options.backup, recoveryTarget });
-  });
+  // The recorded state lives in Redis: reached first, so that nothing is rebuilt that it cannot be told about.
+  const recovered = await withClusterRedis(config, secrets, logger, (redis, keys) =>
+    usingDriver(createNodeDriver(config), async (driver) => {
+      const repository = new Repository(config.repository, await driver.fileOwner());
+      const recordRebuilt = async (primary: NodeRef): Promise<void> => {
+        await recordRebuiltCluster(redis, keys, primary.name);
+      };
+      return recoverCluster({ config, driver, repository, secrets, logger, recordRebuilt }, { backupId: options.backup, recoveryTarget });
+    }),
+  );
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }

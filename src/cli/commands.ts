@@ -9,7 +9,7 @@ import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import { readSecrets } from "../secrets/secrets-store";
 import { mintToken, ROLES, type Role } from "../secrets/tokens";
-import { startRelevo } from "../service";
+import { startRelevo, type StartOptions } from "../service";
 import { formatStatus } from "./format-status";
 
 export interface Output {
@@ -28,8 +28,8 @@ export function bannerToken(token: string, output: Output): string {
 }
 
 /** `relevo up`: the embedded default in the foreground until SIGINT / SIGTERM. */
-export async function upCommand(config: RelevoConfig, logger: Logger, output: Output): Promise<void> {
-  const service = await startRelevo(config, logger);
+export async function upCommand(config: RelevoConfig, options: StartOptions, logger: Logger, output: Output): Promise<void> {
+  const service = await startRelevo(config, logger, options);
   output.out(
     [
       "",

@@ -47,10 +47,16 @@ program.name("relevo").description("PostgreSQL primary/replica cluster: topology
 program
   .command("up")
   .description("start the embedded default (nodes, Redis, API) in the foreground; Ctrl-C stops it")
-  .action(() =>
+  .option(
+    "--new-cluster",
+    "when every node lost its data but this data home had a cluster: initialise a new, empty one " +
+      "(the old backups and WAL archive are moved aside) instead of refusing; to rebuild the old one, use relevo restore --cluster",
+    false,
+  )
+  .action((options: { newCluster: boolean }) =>
     run(async () => {
       const cfg = config();
-      await upCommand(cfg, createLogger({ level: cfg.logLevel }), output);
+      await upCommand(cfg, { newCluster: options.newCluster }, createLogger({ level: cfg.logLevel }), output);
     }),
   );
 

@@ -52,6 +52,12 @@ export interface BootstrapDeps {
   readonly fenced?: ReadonlySet<string>;
   /** The primary the failover state records: started first, so a second would-be primary finds it writable and stays fenced. */
   readonly recordedPrimary?: string | null;
+  /**
+   * Asked before the first node of a cluster without data is initialised
+   * (initdb): throws to refuse, when the data home already had a cluster
+   * whose nodes were lost (see initialisationDecision).
+   */
+  readonly beforeInitialise?: (node: NodeRef) => Promise<void>;
 }
 
 /** What happened to each node, for the caller's events and the CLI's output. */
@@ -93,6 +99,7 @@ export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly Node
           `node ${node.name} has no data and no running primary can seed it; start the primary first`,
         );
       }
+      await deps.beforeInitialise?.(node);
       outcomes.push(await initializePrimary(deps, node));
     } else {
       outcomes.push(await seedReplica(deps, node, primary));

@@ -22,6 +22,8 @@ export interface TopologyCollectorDeps {
   readonly pollIntervalMs: number;
   readonly nodeTimeoutMs: number;
   readonly lagAlertBytes: number;
+  /** Reasons, seen by the service rather than on a node, why the cluster is not healthy (see buildSnapshot). */
+  readonly serviceReasons?: () => readonly string[];
   /** Told about every new primary (or its loss), e.g. to rebuild database pools. */
   readonly onPrimary?: (primary: NodeRef | null) => Promise<void> | void;
 }
@@ -93,12 +95,13 @@ export class TopologyCollector {
   }
 
   /** The failover monitor's reason for holding a failover back, if it holds one (any instance may run the monitor). */
-  private async heldBack(): Promise<string | null> {
+  private async heldBack(): Promise<string[]> {
     try {
       const raw = await this.deps.redis.get(this.deps.keys.failoverHeldBack);
-      return raw === null ? null : ((JSON.parse(raw) as { reason?: string }).reason ?? null);
+      const reason = raw === null ? undefined : (JSON.parse(raw) as { reason?: string }).reason;
+      return reason ? [`failover held back: ${reason}`] : [];
     } catch {
-      return null; // Redis away: the snapshot is built from the nodes alone
+      return []; // Redis away: the snapshot is built from the nodes alone
     }
   }
 
@@ -108,13 +111,10 @@ export class TopologyCollector {
     const observations = await Promise.all(
       this.deps.nodes.map((node) => observeNode(node, this.proberFor(node), this.deps.driver, previous)),
     );
-    const next = buildSnapshot(
-      this.deps.clusterName,
-      observations,
-      this.deps.lagAlertBytes,
-      new Date().toISOString(),
-      await this.heldBack(),
-    );
+    const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString(), [
+      ...(this.deps.serviceReasons?.() ?? []),
+      ...(await this.heldBack()),
+    ]);
     this.latestSnapshot = next;
     const changes = topologyChanges(previous, next, this.deps.lagAlertBytes);
     if (previous?.primary !== next.primary || previous === null) {

@@ -79,16 +79,18 @@ export interface NodeObservation {
 }
 
 /**
- * Turns one round of observations into a snapshot. Pure. `heldBack`: why the
- * failover monitor holds a failover back (the members contradict the
- * recorded state), a reason of health that the nodes alone do not show.
+ * Turns one round of observations into a snapshot. `serviceReasons`: what
+ * else keeps the cluster from being healthy, seen by the service rather
+ * than on a node (the WAL archive refusing the primary's WAL, a failover
+ * the monitor holds back because the members contradict the recorded
+ * state). Pure.
  */
 export function buildSnapshot(
   clusterName: string,
   observed: readonly NodeObservation[],
   lagAlertBytes: number,
   now: string,
-  heldBack: string | null = null,
+  serviceReasons: readonly string[] = [],
 ): ClusterSnapshot {
   const observations = observed.map((o) => identityChecked(clusterName, o));
   const primaries = observations.filter((o) => "role" in o.probe && o.probe.role === "primary");
@@ -103,7 +105,7 @@ export function buildSnapshot(
     else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes)
       reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
   }
-  if (heldBack !== null) reasons.push(`failover held back: ${heldBack}`);
+  reasons.push(...serviceReasons);
   const health: ClusterHealth = primaries.length !== 1 ? "critical" : reasons.length > 0 ? "degraded" : "healthy";
   return {
     name: clusterName,

@@ -20,6 +20,7 @@ export interface EventMap {
   "archive:failing": { error: string };
   "archive:gap": { timeline: number; from: string; to: string };
   "archive:lagging": { lagBytes: number };
+  "archive:foreign-cluster": { systemIdentifier: string; archiveSystemIdentifier: string; archiveSource: string };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -127,6 +128,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:failing",
   "archive:gap",
   "archive:lagging",
+  "archive:foreign-cluster",
   "backup:started",
   "backup:completed",
   "backup:failed",

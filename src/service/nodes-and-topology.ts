@@ -1,4 +1,8 @@
-import { bootstrapCluster, type BootstrapDeps, type NodeBootstrapOutcome } from "../cluster/bootstrap";
+import { bootstrapCluster, findWritablePrimary, type BootstrapDeps, type NodeBootstrapOutcome } from "../cluster/bootstrap";
+import { initialisationDecision, knownCluster, recordIdentity } from "../cluster/cluster-identity";
+import { ErrorCode, RelevoError, UnreachableCaseError } from "../errors";
+import { withNodeClient } from "../postgres/connection";
+import { readSystemIdentifier } from "../postgres/control-data";
 import { Membership } from "../cluster/membership";
 import { TopologyCollector } from "../cluster/topology-collector";
 import { PrimaryDatabase } from "../db/primary-database";
@@ -60,7 +64,10 @@ export interface BootstrappedCluster {
 
 /**
  * Every node initialised, seeded or started (fenced ones left stopped), a
- * new primary's archive slot made, and what was done recorded as events.
+ * new primary's archive slot made, the cluster's system identifier recorded
+ * in the data home, and what was done recorded as events. A data home that
+ * already had a cluster never gets a new, empty one: initialising is refused
+ * unless `newCluster` says to start over.
  */
 export async function bootstrapNodes(
   options: StartContext & {
@@ -69,6 +76,8 @@ export async function bootstrapNodes(
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly repository: Repository;
+    /** relevo up --new-cluster: initialise although the data home had a cluster (its repository content set aside). */
+    readonly newCluster: boolean;
   },
 ): Promise<BootstrappedCluster> {
   const { config, logger, driver, secrets, redis, nodes, repository } = options;
@@ -82,6 +91,28 @@ export async function bootstrapNodes(
     seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
     fenced: new Set(recorded?.fenced ?? []),
     recordedPrimary: recorded?.primary ?? null,
+    beforeInitialise: async (node) => {
+      const decision = initialisationDecision(await knownCluster(config.home, repository), { newCluster: options.newCluster });
+      switch (decision.phase) {
+        case "initialise":
+          return;
+        case "refuse":
+          throw new RelevoError(ErrorCode.PreconditionFailed, decision.message, {
+            details: { node: node.name, remedy: "relevo restore --cluster" },
+          });
+        case "start-over": {
+          const label = `${new Date().toISOString().replace(/[:.]/g, "-")}-${decision.known.systemIdentifier ?? "unknown"}`;
+          const aside = await repository.setAside(label);
+          logger.warn(
+            { aside, evidence: decision.known.evidence },
+            "starting over: the previous cluster's backups and WAL archive set aside",
+          );
+          return;
+        }
+        default:
+          throw new UnreachableCaseError(decision);
+      }
+    },
   };
   const outcomes = await bootstrapCluster(bootstrap, nodes);
   // A node bootstrap fenced now (it would have been a second primary) is recorded fenced, so the monitor rejoins it as a replica.
@@ -92,6 +123,7 @@ export async function bootstrapNodes(
       .catch((error: Error) => logger.warn({ node: outcome.node.name, err: error.message }, "fence not recorded"));
   }
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+  await recordClusterIdentity({ config, logger, secrets, superuser }, outcomes);
   // A primary made just now gets the archiver's slot before the service
   // answers, so WAL is kept from here on for the archiver (the leader of the
   // instances), whenever it comes to stream it. Best effort: the archiver
@@ -107,6 +139,29 @@ export async function bootstrapNodes(
     if (event) await redis.events.emit(event);
   }
   return { store, bootstrap, outcomes, superuser };
+}
+
+/**
+ * The primary's system identifier into the data home (see cluster-identity),
+ * so that the home remembers its cluster if every node is lost. Best effort:
+ * without a reachable primary it waits for the next start.
+ */
+async function recordClusterIdentity(
+  options: Pick<StartContext, "config" | "logger"> & { readonly secrets: Secrets; readonly superuser: Credentials },
+  outcomes: readonly NodeBootstrapOutcome[],
+): Promise<void> {
+  const { config, logger, secrets, superuser } = options;
+  try {
+    const candidates = outcomes.filter((outcome) => outcome.phase !== "fenced").map((outcome) => outcome.node);
+    const primary = await findWritablePrimary({ config, secrets }, candidates);
+    if (!primary) return;
+    const systemIdentifier = await withNodeClient(primary, superuser, config.nodeTimeoutMs, readSystemIdentifier);
+    if (await recordIdentity(config.home, config.clusterName, systemIdentifier)) {
+      logger.info({ systemIdentifier, node: primary.name }, "cluster's system identifier recorded in the data home");
+    }
+  } catch (error) {
+    logger.warn({ err: (error as Error).message }, "the cluster's system identifier was not recorded in the data home");
+  }
 }
 
 export interface Topology {
@@ -152,6 +207,7 @@ export async function startTopology(
     pollIntervalMs: config.topologyPollIntervalMs,
     nodeTimeoutMs: config.nodeTimeoutMs,
     lagAlertBytes: config.lagAlertBytes,
+    serviceReasons: () => (archiver.refusal ? [archiver.refusal] : []),
     onPrimary: async (primary) => {
       archiver.follow(primary);
       await database.follow(primary);

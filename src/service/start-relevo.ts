@@ -16,7 +16,16 @@ import { startScheduler } from "./scheduler";
  * nothing running. Each step pushes the cleanups of what it starts (see
  * Cleanups); a stop unwinds them in reverse (see stopService).
  */
-export async function startRelevo(config: RelevoConfig, logger: Logger): Promise<RelevoService> {
+export interface StartOptions {
+  /**
+   * relevo up --new-cluster: when no node has data although the data home
+   * had a cluster, initialise a new, empty one (the old repository content
+   * is set aside) instead of refusing.
+   */
+  readonly newCluster?: boolean;
+}
+
+export async function startRelevo(config: RelevoConfig, logger: Logger, options: StartOptions = {}): Promise<RelevoService> {
   const cleanups = new Cleanups(logger);
   const context: StartContext = { config, logger, cleanups };
   try {
@@ -26,7 +35,15 @@ export async function startRelevo(config: RelevoConfig, logger: Logger): Promise
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver });
     const { repository } = storage;
-    const cluster = await bootstrapNodes({ ...context, driver, secrets, redis, nodes, repository });
+    const cluster = await bootstrapNodes({
+      ...context,
+      driver,
+      secrets,
+      redis,
+      nodes,
+      repository,
+      newCluster: options.newCluster ?? false,
+    });
     const { superuser } = cluster;
     const archive = startWalArchiver({ ...context, secrets, redis, storage, superuser });
 

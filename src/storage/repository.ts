@@ -18,6 +18,9 @@ import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-lo
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
  *                                        range each (manifest: offset, bytes)
  *   <root>/locks/<id>.lock               who verifies, restores or expires that backup now
+ *   <root>/superseded/<label>/       a previous cluster's wal/, wal-summary/ and
+ *                                    backups/, set aside when the data home
+ *                                    started over (relevo up --new-cluster)
  *
  * Every write is temp + rename, so an interrupted backup leaves no torn file;
  * a backup without a completed manifest is not a backup.
@@ -53,6 +56,25 @@ export class Repository {
     await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.walDir, { recursive: true, mode: 0o700 });
     if (this.walOwner) await chown(this.walDir, this.walOwner.uid, this.walOwner.gid);
+  }
+
+  /**
+   * Moves the archive, its summaries and the backups to
+   * `<root>/superseded/<label>/` (kept, never read again by Relevo) and
+   * starts an empty repository: a new cluster started over in this data home
+   * must not mix its WAL and backups with the old cluster's. Returns where
+   * they went.
+   */
+  async setAside(label: string): Promise<string> {
+    const aside = path.join(this.root, "superseded", label);
+    await mkdir(aside, { recursive: true, mode: 0o700 });
+    for (const directory of [this.walDir, this.walSummaryDir, this.backupsDir]) {
+      await rename(directory, path.join(aside, path.basename(directory))).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== "ENOENT") throw error;
+      });
+    }
+    await this.ensure();
+    return aside;
   }
 
   /** Every path of a backup goes through here: an id that is not one (BAD_USER_INPUT) never becomes a path. */

@@ -16,8 +16,13 @@ import { serverHistory, type TimelineStep } from "../postgres/timelines";
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
 import { mkdir, readdir, rename } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
+import { readSystemIdentifier } from "../postgres/control-data";
+import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
 
 export const ARCHIVE_SLOT = "relevo_archive";
+
+/** How often a refused primary is looked at again (the operator may fix the repository meanwhile; a change of primary wakes it at once). */
+const REFUSED_RECHECK_MS = 5000;
 
 /**
  * Creates the archiver's slot on `primary` unless it exists, reserving WAL at
@@ -81,12 +86,18 @@ export class WalArchiver {
   private stopped = true;
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
+  private refused: { readonly key: string; readonly reason: string } | null = null;
 
   constructor(private readonly options: WalArchiverOptions) {}
 
   /** Whether this archiver is started (in this instance). */
   get running(): boolean {
     return !this.stopped;
+  }
+
+  /** Why the archiver refuses the primary's WAL (another cluster's than the archive's), for the cluster's health; null while it does not. */
+  get refusal(): string | null {
+    return this.refused?.reason ?? null;
   }
 
   start(): void {
@@ -141,10 +152,15 @@ export class WalArchiver {
     while (!this.stopped) {
       const target = this.target;
       if (!target) {
+        this.refused = null;
         await this.idle(1000);
         continue;
       }
       try {
+        if (await this.refusesWalOf(target)) {
+          await this.idle(REFUSED_RECHECK_MS);
+          continue;
+        }
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
         await this.setAsideDivergedWal(target);
         const exit = await this.receive(target);
@@ -166,6 +182,38 @@ export class WalArchiver {
         continue;
       }
     }
+  }
+
+  /**
+   * Whether the archive belongs to another cluster than `target` (another
+   * system identifier): its WAL is then not streamed (no slot, no
+   * pg_receivewal), an `archive:foreign-cluster` event says so once, and
+   * `refusal` gives the cluster's health its reason until the archive or the
+   * primary changes. Without this the archiver would loop quietly on a
+   * history it cannot follow.
+   */
+  private async refusesWalOf(target: NodeRef): Promise<boolean> {
+    const { repository, superuser, nodeTimeoutMs, events, logger } = this.options;
+    const systemIdentifier = await withNodeClient(target, superuser, nodeTimeoutMs, readSystemIdentifier);
+    const archive = await archiveIdentity(repository);
+    const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.walDir);
+    if (reason === null || archive === null) {
+      this.refused = null;
+      return false;
+    }
+    const key = `${target.name}:${systemIdentifier}:${archive.systemIdentifier}`;
+    if (this.refused?.key !== key) {
+      this.refused = { key, reason };
+      logger.error({ node: target.name, systemIdentifier, archiveSystemIdentifier: archive.systemIdentifier }, reason);
+      await events.emit({
+        kind: "archive:foreign-cluster",
+        severity: "critical",
+        node: target.name,
+        message: reason,
+        data: { systemIdentifier, archiveSystemIdentifier: archive.systemIdentifier, archiveSource: archive.source },
+      });
+    }
+    return true;
   }
 
   /**

@@ -136,6 +136,13 @@ describe("topology snapshot (pure)", () => {
     expect(alone).toMatchObject({ primary: null, health: "critical", healthReasons: ["no reachable primary", "node1 is unreachable"] });
   });
 
+  test("a reason the service sees (the archive refusing the primary's WAL) degrades a cluster whose nodes are all well", () => {
+    const nodes = [observe("node1", primaryProbe([sender])), observe("node2", replicaProbe("streaming"))];
+    const refused = buildSnapshot("c", nodes, 1000, "now", ["the WAL archive refuses node1"]);
+    expect(refused).toMatchObject({ primary: "node1", health: "degraded", healthReasons: ["the WAL archive refuses node1"] });
+    expect(buildSnapshot("c", nodes, 1000, "now", []).health).toBe("healthy");
+  });
+
   test("LSNs compare as 64-bit positions", () => {
     expect(lsnToNumber("1/0") - lsnToNumber("0/FFFFFFFF")).toBe(1);
   });

@@ -1,0 +1,66 @@
+import { open, readdir } from "node:fs/promises";
+import path from "node:path";
+import { parseSegmentName } from "../postgres/wal-names";
+import { WAL_LONG_HEADER_BYTES, walSegmentSystemIdentifier } from "../postgres/wal-page-header";
+import type { Repository } from "../storage/repository";
+
+/** Whose the repository's content is: the system identifier it records, and where that was read. */
+export interface ArchiveIdentity {
+  readonly systemIdentifier: string;
+  /** For messages: the segment whose header, or the backup whose manifest, names it. */
+  readonly source: string;
+}
+
+/** How many of the newest segments are tried for a header (the newest may be a .partial not written yet). */
+const SEGMENTS_TRIED = 8;
+
+/**
+ * The cluster the repository belongs to: the system identifier in the first
+ * page of its newest archived segment (the archive is the truth about what
+ * it holds), else in its newest backup's manifest; null for an empty
+ * repository.
+ */
+export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
+  const names = (await readdir(repository.walDir).catch(() => [] as string[]))
+    .filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null)
+    .sort()
+    .reverse();
+  for (const name of names.slice(0, SEGMENTS_TRIED)) {
+    const systemIdentifier = await segmentSystemIdentifier(path.join(repository.walDir, name));
+    if (systemIdentifier) return { systemIdentifier, source: `WAL segment ${name}` };
+  }
+  const manifests = await repository.listManifests();
+  const newest = manifests[manifests.length - 1];
+  return newest ? { systemIdentifier: newest.systemIdentifier, source: `backup ${newest.id}` } : null;
+}
+
+async function segmentSystemIdentifier(file: string): Promise<string | null> {
+  const handle = await open(file, "r").catch(() => null);
+  if (!handle) return null;
+  try {
+    const header = Buffer.alloc(WAL_LONG_HEADER_BYTES);
+    const { bytesRead } = await handle.read(header, 0, header.length, 0);
+    return walSegmentSystemIdentifier(header.subarray(0, bytesRead));
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Why the archiver must not stream `node`'s WAL into this archive, or null
+ * when it may: WAL of another cluster (another system identifier) next to
+ * the archive's would be replayed by no restore, and would hide the
+ * archive's own history. Pure.
+ */
+export function foreignWalRefusal(
+  node: { readonly name: string; readonly systemIdentifier: string },
+  archive: ArchiveIdentity | null,
+  walDir: string,
+): string | null {
+  if (archive === null || archive.systemIdentifier === node.systemIdentifier) return null;
+  return (
+    `the WAL archive refuses ${node.name}: its system identifier ${node.systemIdentifier} is not the archive's ` +
+    `${archive.systemIdentifier} (${archive.source} in ${walDir}), so it is another cluster; point RELEVO_REPOSITORY ` +
+    `at this cluster's repository, or rebuild the archive's cluster with relevo restore --cluster`
+  );
+}

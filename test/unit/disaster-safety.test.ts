@@ -1,0 +1,50 @@
+import { initialisationDecision } from "../../src/cluster/cluster-identity";
+import { initialState } from "../../src/failover/cluster-state";
+import { rebuiltState } from "../../src/failover/rebuilt-cluster";
+import { nodeLoss } from "../../src/restore/disaster-recovery";
+import { foreignWalRefusal } from "../../src/wal/archive-identity";
+
+describe("a lost cluster is rebuilt, never replaced (pure)", () => {
+  test("relevo up initialises a data home that knows no cluster; one that does is refused, naming restore --cluster and the start-over flag", () => {
+    expect(initialisationDecision(null, { newCluster: false })).toEqual({ phase: "initialise" });
+    const known = { systemIdentifier: "7716129010877082573", evidence: ["2 completed backups in /r/backups"] };
+    const refused = initialisationDecision(known, { newCluster: false });
+    const message = refused.phase === "refuse" ? refused.message : "";
+    expect(refused.phase).toBe("refuse");
+    expect(message).toContain("relevo restore --cluster");
+    expect(message).toContain("relevo up --new-cluster");
+    expect(message).toContain("2 completed backups in /r/backups");
+    expect(initialisationDecision(known, { newCluster: true })).toEqual({ phase: "start-over", known });
+  });
+
+  test("a node is lost for restore --cluster without storage, or stopped with no PG_VERSION; otherwise it survives", () => {
+    expect(nodeLoss({ phase: "absent", hasVersion: false })).toBe("lost");
+    expect(nodeLoss({ phase: "stopped", hasVersion: false })).toBe("lost-with-remains");
+    expect(nodeLoss({ phase: "stopped", hasVersion: true })).toBe("survives");
+    expect(nodeLoss({ phase: "running", hasVersion: false })).toBe("survives");
+    expect(nodeLoss({ phase: "paused", hasVersion: true })).toBe("survives");
+  });
+
+  test("the archiver refuses WAL of another system identifier than the archive's, and only that", () => {
+    const archive = { systemIdentifier: "111", source: "WAL segment 000000020000000000000005" };
+    expect(foreignWalRefusal({ name: "node1", systemIdentifier: "111" }, archive, "/r/wal")).toBeNull();
+    expect(foreignWalRefusal({ name: "node1", systemIdentifier: "222" }, null, "/r/wal")).toBeNull();
+    const refusal = foreignWalRefusal({ name: "node1", systemIdentifier: "222" }, archive, "/r/wal");
+    expect(refusal).toContain("node1");
+    expect(refusal).toContain("222");
+    expect(refusal).toContain("111 (WAL segment 000000020000000000000005 in /r/wal)");
+  });
+
+  test("a rebuilt cluster's recorded state: the restored primary, nothing fenced, no synchronous set, the epoch going on", () => {
+    const old = {
+      ...initialState("node2"),
+      epoch: 4,
+      fenced: ["node1"],
+      syncSet: ["node1"],
+      eligible: ["node1"],
+      joining: { node3: "0/5" },
+    };
+    expect(rebuiltState(old, "node1")).toEqual({ primary: "node1", epoch: 5, fenced: [], syncSet: [], eligible: [], joining: {} });
+    expect(rebuiltState(null, "node1").epoch).toBe(1);
+  });
+});
