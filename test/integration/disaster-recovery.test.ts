@@ -276,6 +276,22 @@ describeOnEachDriver(
       expect(reason).toContain("relevo restore --cluster");
       expect(service.collector.latest?.health).toBe("degraded");
     });
+
+    test("relevo up --new-cluster starts over: an empty cluster, the old backups and archive moved aside, the new archive its own", async () => {
+      await again!.stop({ reason: "test finished" });
+      again = null;
+      for (const each of nodes) await loseDataDirectory(driver, config, first.service.driver, each);
+      again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
+      const service = again;
+      await eventually(() => (service.collector.latest?.primary === "node1" ? true : undefined), { what: "the new primary" });
+      expect(await sql(node("node1"), "SELECT to_regclass('precious') IS NULL AS empty")).toEqual([{ empty: true }]);
+      const [aside] = await readdir(path.join(config.repository, "superseded"));
+      expect(await readdir(path.join(config.repository, "superseded", aside!, "backups"))).toHaveLength(1);
+      expect(await readdir(path.join(config.repository, "backups"))).toEqual([]);
+      // The new cluster's WAL is archived: nothing of the old one is left to refuse it.
+      await archiverHasReceived(node("node1"), secrets, "the new cluster's WAL");
+      expect(service.collector.latest?.healthReasons.filter((text) => text.includes("WAL archive"))).toEqual([]);
+    });
   },
 );
 
