@@ -1,6 +1,8 @@
 import { slotNameFor, STANDBY_SIGNAL } from "../postgres/replication-config";
 import { isFenced, markFenced } from "../postgres/fence-marker";
 import { readNodeFacts } from "../postgres/node-facts";
+import { historyTimelines, newestOnEveryHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
+import { historyFileName } from "../postgres/wal-names";
 import type { Client } from "pg";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
@@ -83,7 +85,7 @@ export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly Node
   await deps.driver.checkPrerequisites();
   const outcomes: NodeBootstrapOutcome[] = [];
   const empty: NodeRef[] = [];
-  for (const node of startingOrder(deps, nodes)) {
+  for (const node of await startingOrder(deps, nodes)) {
     if (await hasData(deps, node)) outcomes.push(await startExisting(deps, node, nodes));
     else empty.push(node);
   }
@@ -126,20 +128,51 @@ async function hasData(deps: BootstrapDeps, node: NodeRef): Promise<boolean> {
 }
 
 /**
- * The recorded primary first, then the others in their order: of two nodes
- * that would both start as primaries, the one the record names comes up and
- * the other, finding it writable, is fenced (see startExisting).
+ * Which node starts first: of two stopped nodes that would both start as
+ * primaries (no standby.signal, no fence), the one whose timeline history
+ * holds the other's (the newest promotion) comes up, and the other, finding
+ * it writable, is fenced (see startExisting). The data directories decide,
+ * not the recorded state, which may be stale; the recorded primary comes
+ * first only when they cannot (one such node, or diverged histories).
  */
-function startingOrder(deps: BootstrapDeps, nodes: readonly NodeRef[]): NodeRef[] {
-  const recorded = deps.recordedPrimary ? nodes.find((node) => node.name === deps.recordedPrimary) : undefined;
-  return recorded ? [recorded, ...nodes.filter((node) => node !== recorded)] : [...nodes];
+async function startingOrder(deps: BootstrapDeps, nodes: readonly NodeRef[]): Promise<NodeRef[]> {
+  const recorded = nodes.find((node) => node.name === deps.recordedPrimary);
+  const first = (leader: NodeRef | undefined): NodeRef[] => (leader ? [leader, ...nodes.filter((node) => node !== leader)] : [...nodes]);
+  const wouldBePrimaries: NodeRef[] = [];
+  for (const node of nodes) if (await wouldStartWritable(deps, node)) wouldBePrimaries.push(node);
+  if (wouldBePrimaries.length < 2) return first(recorded);
+  const histories = await Promise.all(wouldBePrimaries.map(async (node) => ({ key: node, path: await storedHistory(deps.driver, node) })));
+  const newest = newestOnEveryHistory(histories);
+  if (!newest) {
+    deps.logger.warn(
+      { nodes: wouldBePrimaries.map((node) => node.name), recorded: recorded?.name },
+      "nodes that would start as primaries have diverged histories: the recorded primary starts first, the others stay fenced",
+    );
+  }
+  return first(newest ?? recorded);
+}
+
+/** A stopped node with data that would start writable: no standby.signal, no fence of either kind. */
+async function wouldStartWritable(deps: BootstrapDeps, node: NodeRef): Promise<boolean> {
+  const { driver } = deps;
+  if ((await driver.state(node)).phase !== "stopped" || deps.fenced?.has(node.name)) return false;
+  if ((await driver.readFile(node, "PG_VERSION")) === null || (await driver.readFile(node, STANDBY_SIGNAL)) !== null) return false;
+  return !(await isFenced(driver, node));
+}
+
+/** A stopped node's timeline history, from the newest .history file in its pg_wal (timeline 1 when there is none). */
+async function storedHistory(driver: NodeDriver, node: NodeRef): Promise<TimelineStep[]> {
+  const timelines = historyTimelines((await driver.listFiles(node, "pg_wal")).map((entry) => entry.path));
+  const newest = Math.max(1, ...timelines);
+  if (newest === 1) return timelinePath(1, null);
+  return timelinePath(newest, (await driver.readFile(node, `pg_wal/${historyFileName(newest)}`))?.toString("utf8") ?? null);
 }
 
 /** A member other than `node` that answers as a primary (not in recovery), or null. */
 async function writableMember(deps: BootstrapDeps, node: NodeRef, members: readonly NodeRef[]): Promise<NodeRef | null> {
   for (const member of members) {
     if (member.name === node.name) continue;
-    const facts = await readNodeFacts(member, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs);
+    const facts = await readNodeFacts(member, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, deps.config.clusterName);
     if (facts && !facts.inRecovery) return member;
   }
   return null;

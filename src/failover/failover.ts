@@ -29,7 +29,7 @@ export async function failover(context: OperationContext, request: FailoverReque
   if (request.to) context.node(request.to);
   if (request.to === from.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${from.name} is already the primary`);
   if (request.trigger === "manual" && !request.force) {
-    const facts = await readNodeFacts(from, deps.superuser, 2000);
+    const facts = await readNodeFacts(from, deps.superuser, 2000, deps.config.clusterName);
     if (facts && !facts.inRecovery) {
       throw new RelevoError(
         ErrorCode.PreconditionFailed,
@@ -128,9 +128,9 @@ export async function runFailover(context: OperationContext, operation: RunningO
  */
 async function refuseUnsafePromotion(context: OperationContext, target: NodeRef, from: NodeRef): Promise<void> {
   const { config, superuser, membership } = context.deps;
-  const positions = (await Promise.all(membership.nodes.map((node) => readNodePosition(node, superuser, config.nodeTimeoutMs)))).filter(
-    (position): position is NodePosition => position !== null,
-  );
+  const positions = (
+    await Promise.all(membership.nodes.map((node) => readNodePosition(node, superuser, config.nodeTimeoutMs, config.clusterName)))
+  ).filter((position): position is NodePosition => position !== null);
   const candidate = positions.find((position) => position.node.name === target.name);
   // A target that does not answer is promote()'s to report; a target already promoted (a resumed operation) is the primary.
   if (!candidate) return;

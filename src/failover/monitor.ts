@@ -28,6 +28,7 @@ import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/rep
 
 export type MonitorConfig = Pick<
   RelevoConfig,
+  | "clusterName"
   | "synchronous"
   | "failoverCheckIntervalMs"
   | "failoverFailureThreshold"
@@ -175,7 +176,7 @@ export class FailoverMonitor {
       others.map(async (node) => ({
         node,
         fenced: state.fenced.includes(node.name),
-        position: await readNodePosition(node, this.deps.superuser, this.deps.config.failoverCheckIntervalMs),
+        position: await readNodePosition(node, this.deps.superuser, this.deps.config.failoverCheckIntervalMs, this.deps.config.clusterName),
       })),
     );
     const verdict = replicasConfirmLoss({ primary, members, liveWithinMs: this.detectionWindowMs });

@@ -116,7 +116,7 @@ export class OperationContext {
 
   /** The node's facts now (null when it does not answer within the node timeout). */
   facts(node: NodeRef): Promise<NodeFacts | null> {
-    return readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs);
+    return readNodeFacts(node, this.deps.superuser, this.deps.config.nodeTimeoutMs, this.deps.config.clusterName);
   }
 
   /** The recorded state; made from the observed primary when none is recorded yet. */

@@ -1,7 +1,6 @@
 import type { NodeRef } from "../nodes/node-driver";
-import { lsnToNumber } from "../postgres/lsn";
 import { isSender, type NodePosition } from "../postgres/node-facts";
-import type { TimelineStep } from "../postgres/timelines";
+import { isAncestorPath } from "../postgres/timelines";
 
 /**
  * Whether promoting a node is safe given what every member says of itself
@@ -66,16 +65,4 @@ export function branchConflict(member: NodePosition, candidate: NodePosition): s
     return `${member.node.name} is on timeline ${member.timeline} of another history than ${candidate.node.name}'s: the cluster has branched`;
   }
   return null;
-}
-
-/** Whether `path` (a timeline's ancestry) is `of`, or the start of it: the same timelines, left at the same LSNs. */
-export function isAncestorPath(path: readonly TimelineStep[], of: readonly TimelineStep[]): boolean {
-  if (path.length > of.length) return false;
-  return path.every((step, index) => {
-    const other = of[index]!;
-    if (step.timeline !== other.timeline) return false;
-    // The last step of `path` is its own timeline (no switch yet); it only has to lie on `of`.
-    if (index === path.length - 1) return true;
-    return step.switchLsn !== null && other.switchLsn !== null && lsnToNumber(step.switchLsn) === lsnToNumber(other.switchLsn);
-  });
 }

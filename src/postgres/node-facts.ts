@@ -2,6 +2,7 @@ import { lsnBytes } from "./lsn";
 import { withNodeClient, type Credentials } from "./connection";
 import { readNodeState, type NodeState } from "./node-state";
 import { serverHistory, type TimelineStep } from "./timelines";
+import { nodeClusterName } from "./managed-settings";
 import type { NodeRef } from "../nodes/node-driver";
 
 /** What an operation needs to know of one node, read from PostgreSQL now. */
@@ -49,23 +50,48 @@ export function factsOf(node: NodeRef, state: NodeState): NodeFacts {
   };
 }
 
-/** The node's facts; null when it does not answer within `timeoutMs`. */
-export async function readNodeFacts(node: NodeRef, credentials: Credentials, timeoutMs: number): Promise<NodeFacts | null> {
+/**
+ * The node's facts; null when it does not answer within `timeoutMs`, or
+ * when what answers on its port is not it: its cluster_name is not
+ * `<clusterName>-<node>` (a restored copy, another cluster's server on a
+ * stopped member's port is no member, and no word of it counts).
+ */
+export async function readNodeFacts(
+  node: NodeRef,
+  credentials: Credentials,
+  timeoutMs: number,
+  clusterName: string,
+): Promise<NodeFacts | null> {
   try {
-    return await withNodeClient(node, credentials, timeoutMs, async (client) => factsOf(node, await readNodeState(client)));
+    return await withNodeClient(node, credentials, timeoutMs, async (client) => {
+      const state = await readNodeState(client);
+      return isMember(state, clusterName, node) ? factsOf(node, state) : null;
+    });
   } catch {
     return null;
   }
 }
 
+function isMember(state: NodeState, clusterName: string, node: NodeRef): boolean {
+  return state.clusterName === nodeClusterName(clusterName, node.name);
+}
+
 /**
  * The node's facts and its timeline's history (a second read, of the
- * history file, only past timeline 1); null when it does not answer.
+ * history file, only past timeline 1); null when it does not answer, or is
+ * not the member (see readNodeFacts).
  */
-export async function readNodePosition(node: NodeRef, credentials: Credentials, timeoutMs: number): Promise<NodePosition | null> {
+export async function readNodePosition(
+  node: NodeRef,
+  credentials: Credentials,
+  timeoutMs: number,
+  clusterName: string,
+): Promise<NodePosition | null> {
   try {
     return await withNodeClient(node, credentials, timeoutMs, async (client) => {
-      const facts = factsOf(node, await readNodeState(client));
+      const state = await readNodeState(client);
+      if (!isMember(state, clusterName, node)) return null;
+      const facts = factsOf(node, state);
       const history = facts.timeline === null ? null : await serverHistory(client, facts.timeline).catch(() => null);
       return { ...facts, history };
     });

@@ -47,3 +47,30 @@ export async function serverHistory(client: Pick<Client, "query">, timeline: num
   const file = `pg_wal/${historyFileName(timeline)}`;
   return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
 }
+
+/** Whether `path` (a timeline's ancestry) is `of`, or the start of it: the same timelines, left at the same LSNs. */
+export function isAncestorPath(path: readonly TimelineStep[], of: readonly TimelineStep[]): boolean {
+  if (path.length > of.length) return false;
+  return path.every((step, index) => {
+    const other = of[index]!;
+    if (step.timeline !== other.timeline) return false;
+    // The last step of `path` is its own timeline (no switch yet); it only has to lie on `of`.
+    if (index === path.length - 1) return true;
+    return step.switchLsn !== null && other.switchLsn !== null && lsnToNumber(step.switchLsn) === lsnToNumber(other.switchLsn);
+  });
+}
+
+/**
+ * Of several histories, the one every other lies on (its timeline is the
+ * newest, and the others are its past): its key; null when they diverged
+ * (no such one), or when there is nothing to choose. Pure.
+ */
+export function newestOnEveryHistory<K>(histories: ReadonlyArray<{ readonly key: K; readonly path: readonly TimelineStep[] }>): K | null {
+  const newest = histories.find((candidate) => histories.every((other) => isAncestorPath(other.path, candidate.path)));
+  return newest?.key ?? null;
+}
+
+/** The timeline numbers of the .history files among `names` (file names in pg_wal or an archive). */
+export function historyTimelines(names: readonly string[]): number[] {
+  return names.map((name) => /(?:^|\/)([0-9A-F]{8})\.history$/.exec(name)?.[1]).flatMap((hex) => (hex ? [parseInt(hex, 16)] : []));
+}

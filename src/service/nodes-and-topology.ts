@@ -118,9 +118,15 @@ export async function bootstrapNodes(
   // A node bootstrap fenced now (it would have been a second primary) is recorded fenced, so the monitor rejoins it as a replica.
   for (const outcome of outcomes) {
     if (outcome.phase !== "fenced" || !recorded || recorded.fenced.includes(outcome.node.name)) continue;
+    // Only over the state read before bootstrap, and no operation begun since: another instance's change of primary is never undone.
     await store
-      .update(null, (current) => ({ ...(current ?? recorded), fenced: withName((current ?? recorded).fenced, outcome.node.name) }))
-      .catch((error: Error) => logger.warn({ node: outcome.node.name, err: error.message }, "fence not recorded"));
+      .update(null, (current) => ({ ...(current ?? recorded), fenced: withName((current ?? recorded).fenced, outcome.node.name) }), {
+        epoch: recorded.epoch,
+        unlessKey: redis.keys.operation.lock,
+      })
+      .catch((error: Error) =>
+        logger.warn({ node: outcome.node.name, err: error.message }, "fence not recorded (the state changed meanwhile)"),
+      );
   }
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   await recordClusterIdentity({ config, logger, secrets, superuser }, outcomes);

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "@jest/globals";
-import { branchConflict, isAncestorPath, promotionHazard } from "../../src/failover/promotion-guard";
+import { branchConflict, promotionHazard } from "../../src/failover/promotion-guard";
+import { historyTimelines, isAncestorPath, newestOnEveryHistory } from "../../src/postgres/timelines";
 import { position, testNode } from "../helpers/node-facts";
 
 const options = { replacing: testNode("node1"), liveWithinMs: 3000 };
@@ -75,5 +76,25 @@ describe("promotion guard (pure)", () => {
     expect(
       branchConflict({ ...position("node2", { history: timeline3 }), history: null }, position("node3", { history: timeline2 })),
     ).not.toBeNull();
+  });
+
+  test("of stopped would-be primaries, the one whose history holds every other's starts first; none when they diverged", () => {
+    const one = [{ timeline: 1, switchLsn: null }];
+    expect(
+      newestOnEveryHistory([
+        { key: "node1", path: one },
+        { key: "node2", path: timeline2 },
+        { key: "node3", path: timeline3 },
+      ]),
+    ).toBe("node3");
+    expect(
+      newestOnEveryHistory([
+        { key: "node2", path: timeline2 },
+        { key: "node4", path: otherTimeline2 },
+      ]),
+    ).toBeNull();
+    expect(
+      historyTimelines(["pg_wal/00000002.history", "pg_wal/000000010000000000000003", "pg_wal/0000000A.history", "x.history"]),
+    ).toEqual([2, 10]);
   });
 });
