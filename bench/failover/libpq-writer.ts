@@ -14,6 +14,8 @@ export interface WriterReport {
   readonly ackTimes: number[];
   /** When each acknowledged INSERT was started (its psql spawned), in order. */
   readonly ackStarts: number[];
+  /** The port of the node that acknowledged each INSERT, in order. */
+  readonly ackPorts: number[];
 }
 
 /**
@@ -26,7 +28,7 @@ export function startLibpqWriter(
   nodes: readonly NodeRef[],
   password: string,
   table = "acked",
-): { stop(): Promise<WriterReport>; acknowledgedSoFar(): number } {
+): { stop(): Promise<WriterReport>; acknowledgedSoFar(): number; firstAckFrom(port: number, since: number): number | null } {
   const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(",");
   const uri = `postgresql://postgres@${hosts}/postgres?target_session_attrs=read-write&connect_timeout=1`;
   let running = true;
@@ -35,13 +37,18 @@ export function startLibpqWriter(
   const acknowledged: number[] = [];
   const ackTimes: number[] = [];
   const ackStarts: number[] = [];
-  const insert = (id: number): Promise<boolean> =>
+  const ackPorts: number[] = [];
+  /** The port of the node that acknowledged the INSERT, or null when it was not acknowledged. */
+  const insert = (id: number): Promise<number | null> =>
     new Promise((resolve) => {
       execFile(
         PSQL,
-        [uri, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", `INSERT INTO ${table} (id) VALUES (${id}) RETURNING id`],
+        [uri, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", `INSERT INTO ${table} (id) VALUES (${id}) RETURNING id, current_setting('port')`],
         { env: { ...process.env, PGPASSWORD: password }, timeout: 10000 },
-        (error, stdout) => resolve(!error && stdout.trim() === String(id)),
+        (error, stdout) => {
+          const [acknowledged, port] = stdout.trim().split("|");
+          resolve(!error && acknowledged === String(id) ? Number(port) : null);
+        },
       );
     });
   const done = (async () => {
@@ -50,10 +57,12 @@ export function startLibpqWriter(
       const id = next++;
       attempts += 1;
       const startedAt = Date.now();
-      if (await insert(id)) {
+      const port = await insert(id);
+      if (port !== null) {
         acknowledged.push(id);
         ackTimes.push(Date.now());
         ackStarts.push(startedAt);
+        ackPorts.push(port);
       } else {
         failures += 1;
         await new Promise((resolve) => setTimeout(resolve, 20));
@@ -62,12 +71,17 @@ export function startLibpqWriter(
   })();
   return {
     acknowledgedSoFar: () => acknowledged.length,
+    /** When the node on `port` first acknowledged an INSERT started at or after `since` (ms since epoch), or null. */
+    firstAckFrom: (port, since) => {
+      const index = ackPorts.findIndex((from, i) => from === port && ackStarts[i]! >= since);
+      return index === -1 ? null : ackTimes[index]!;
+    },
     stop: async () => {
       running = false;
       await done;
       let longestGapMs = 0;
       for (let i = 1; i < ackTimes.length; i += 1) longestGapMs = Math.max(longestGapMs, ackTimes[i]! - ackTimes[i - 1]!);
-      return { acknowledged, attempts, failures, longestGapMs, ackTimes, ackStarts };
+      return { acknowledged, attempts, failures, longestGapMs, ackTimes, ackStarts, ackPorts };
     },
   };
 }

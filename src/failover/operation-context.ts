@@ -26,7 +26,7 @@ export interface FailoverOperationsDeps {
   readonly secrets: Secrets;
   readonly superuser: Credentials;
   readonly redis: Redis;
-  readonly keys: Pick<RedisKeys, "primaryLsn" | "leases">;
+  readonly keys: Pick<RedisKeys, "primaryLsn" | "leases" | "maintenance">;
   readonly store: ClusterStateStore;
   readonly journal: OperationJournal;
   readonly events: EventLog;

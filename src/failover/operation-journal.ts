@@ -191,20 +191,33 @@ export class RunningOperation {
 
   /** Records progress; throws StaleWriterError when another instance took the operation over. */
   async record(change: Partial<Pick<JournalEntry, "stage" | "to" | "facts">>, stamp?: string): Promise<JournalEntry> {
-    if (this.lost) throw new StaleWriterError("operation journal not written");
     const next: JournalEntry = {
       ...this.current,
       ...change,
       facts: { ...this.current.facts, ...(change.facts ?? {}) },
       times: stamp ? { ...this.current.times, [stamp]: new Date().toISOString() } : this.current.times,
     };
-    const written = (await this.redis.eval(WRITE, 2, this.lockKey, this.entryKey, this.holder, JSON.stringify(next))) as number;
+    await this.write(next);
+    return next;
+  }
+
+  /**
+   * Writes a whole new entry under the same lock: the operation is handed
+   * over to another one (a switchover whose new primary died, to the
+   * failover that replaces it), with no moment where the journal is free.
+   */
+  async replace(entry: JournalEntry): Promise<void> {
+    await this.write(entry);
+  }
+
+  private async write(entry: JournalEntry): Promise<void> {
+    if (this.lost) throw new StaleWriterError("operation journal not written");
+    const written = (await this.redis.eval(WRITE, 2, this.lockKey, this.entryKey, this.holder, JSON.stringify(entry))) as number;
     if (written !== 1) {
       this.lost = true;
       throw new StaleWriterError("operation journal not written");
     }
-    this.current = next;
-    return next;
+    this.current = entry;
   }
 
   /** Removes the entry and the lock (still ours only). */

@@ -1,6 +1,8 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
+import type { NodeFacts } from "../postgres/node-facts";
+import { sleep } from "../util/sleep";
 import {
   configureStoppedStandby,
   ensureReservedSlot,
@@ -13,52 +15,109 @@ import type { OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { recordPrimaryLsn } from "./primary-lsn";
 
+export interface PromoteOptions {
+  /**
+   * Standbys the new primary's commits wait for from its very first one,
+   * recorded as the synchronous set and as eligible in the same state write
+   * as the new primary. Only for standbys that hold everything `target`
+   * holds and already stream from it: the cleanly stopped old primary of a
+   * switchover. Empty (a failover): commits wait for nobody until the
+   * monitor adds standbys back as they catch up.
+   */
+  readonly commitsWaitFor?: readonly string[];
+}
+
 /**
  * Promotes `target` (idempotent: a node already out of recovery is not
- * promoted again), clears what it inherited of the old primary's
- * synchronous and standby settings, checks it accepts writes, and records it
- * as the primary.
+ * promoted again), with its synchronous standbys set before `pg_promote`,
+ * records it as the primary the moment it is out of recovery, clears what it
+ * inherited of the old primary's standby settings, and checks it accepts
+ * writes.
  */
-export async function promote(context: OperationContext, target: NodeRef, operation: RunningOperation): Promise<void> {
+export async function promote(
+  context: OperationContext,
+  target: NodeRef,
+  operation: RunningOperation,
+  options: PromoteOptions = {},
+): Promise<void> {
   const { deps } = context;
+  const waitFor = [...(options.commitsWaitFor ?? [])].sort();
   operation.assertHeld();
   const before = await context.facts(target);
   await withNodeClient(target, deps.superuser, Math.max(deps.config.startTimeoutMs, 60000), async (client) => {
     const inRecovery = (await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r")).rows[0]!.r;
     if (inRecovery) {
+      // Written (ALTER SYSTEM works on a standby, where the setting waits
+      // unused) and loaded before the promotion: the first commit of the new
+      // timeline already waits for them. Set afterwards, commits acknowledged
+      // in between would be held by this node alone.
+      await setSynchronousStandbys(client, waitFor);
       const promoted = (await client.query<{ ok: boolean }>("SELECT pg_promote(true, 60) AS ok")).rows[0]!.ok;
       if (!promoted) throw new RelevoError(ErrorCode.Timeout, `${target.name} did not finish promotion within 60 s`);
     }
-    // Commits must not wait for standbys that follow nobody yet; the
-    // monitor adds them back as they catch up.
-    await setSynchronousStandbys(client, []);
+    // Recorded at once: it may acknowledge commits from now on, and should it
+    // die the next moment, a failover must know it as the primary to replace.
+    const lsn = (await client.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")).rows[0]!.lsn;
+    // Its first known LSN: the loss bound should it die before the monitor's first check of it.
+    await recordPrimaryLsn(deps.redis, deps.keys.primaryLsn, target.name, lsn);
+    await recordAsPrimary(context, operation, target, waitFor);
+    // Again after it (idempotent), for a node found promoted already.
+    await setSynchronousStandbys(client, waitFor);
     await client.query("ALTER SYSTEM RESET primary_conninfo");
     await client.query("ALTER SYSTEM RESET primary_slot_name");
     await client.query("ALTER SYSTEM RESET default_transaction_read_only");
     await client.query("SELECT pg_reload_conf()");
   });
-  const facts = await context.facts(target);
-  if (!facts || facts.inRecovery || facts.readOnly)
-    throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not accept writes after promotion`);
+  const facts = await writableWithin(context, target, WRITABLE_TIMEOUT_MS);
+  if (!facts) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not accept writes after promotion`);
   // A promotion starts a new timeline; the same one means the node was already a primary of its own.
   if (before?.inRecovery && before.timeline !== null && facts.timeline !== null && facts.timeline <= before.timeline) {
     throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
   }
-  // The new primary's first known LSN: the loss bound should it die before the monitor's first check of it.
-  if (facts.lsn) await recordPrimaryLsn(deps.redis, deps.keys.primaryLsn, target.name, facts.lsn);
-  await deps.store.update(operation.guard, (state) => {
+}
+
+/**
+ * The new primary, the standbys its commits wait for as the synchronous set,
+ * and the same as eligible, in one state write: no moment where the new
+ * primary is recorded but the standby its commits wait for is not known to
+ * hold them.
+ */
+async function recordAsPrimary(
+  context: OperationContext,
+  operation: RunningOperation,
+  target: NodeRef,
+  waitFor: readonly string[],
+): Promise<void> {
+  await context.deps.store.update(operation.guard, (state) => {
     const base = state ?? initialState(target.name);
     if (base.primary === target.name) return base;
     return {
       ...base,
       primary: target.name,
       epoch: base.epoch + 1,
-      syncSet: [],
-      eligible: [],
+      syncSet: [...waitFor],
+      eligible: [...waitFor],
       joining: {},
       fenced: without(base.fenced, target.name),
     };
   });
+}
+
+/**
+ * How long a promoted node has to show it accepts writes: a reload reaches
+ * new sessions only once the postmaster has read it, and a loaded machine
+ * may miss one check's deadline.
+ */
+const WRITABLE_TIMEOUT_MS = 10000;
+
+async function writableWithin(context: OperationContext, node: NodeRef, timeoutMs: number): Promise<NodeFacts | null> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const facts = await context.facts(node);
+    if (facts && !facts.inRecovery && !facts.readOnly) return facts;
+    if (Date.now() >= deadline) return null;
+    await sleep(50);
+  }
 }
 
 /**

@@ -128,11 +128,7 @@ async function restartElseRewind(
   }
 }
 
-/**
- * Starts a stopped node as a standby of `primary` over its slot: the slots
- * it had as a primary cleared, conninfo and standby.signal written, the
- * fence lifted (standby.signal keeps it from writing); waits until it streams.
- */
+/** Starts a stopped node as a standby of `primary` (see startStandby) and waits until it streams. */
 async function startAsStandby(
   context: OperationContext,
   node: NodeRef,
@@ -140,11 +136,22 @@ async function startAsStandby(
   options: { streamingTimeoutMs: number },
 ): Promise<void> {
   const { deps } = context;
+  await startStandby(context, node, primary);
+  await waitForStreaming({ config: { ...deps.config, startTimeoutMs: options.streamingTimeoutMs }, secrets: deps.secrets }, node);
+}
+
+/**
+ * Starts a stopped node as a standby of `upstream` over its slot there, without
+ * waiting for it to stream: the slots it had as a primary cleared, conninfo
+ * and standby.signal written, the fence lifted (standby.signal keeps it from
+ * writing).
+ */
+export async function startStandby(context: OperationContext, node: NodeRef, upstream: NodeRef): Promise<void> {
+  const { deps } = context;
   await clearSlots(context, node);
-  await configureStoppedStandby(deps.driver, node, primary, deps.secrets.replicationPassword);
+  await configureStoppedStandby(deps.driver, node, upstream, deps.secrets.replicationPassword);
   await removeFenceMarker(deps.driver, node);
   await deps.driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
-  await waitForStreaming({ config: { ...deps.config, startTimeoutMs: options.streamingTimeoutMs }, secrets: deps.secrets }, node);
 }
 
 /**

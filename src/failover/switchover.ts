@@ -3,15 +3,15 @@ import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { latestCheckpointLocation, readControlData } from "../postgres/control-data";
 import { bytesBehind, lsnToNumber } from "../postgres/lsn";
-import { unfence } from "../postgres/fence-marker";
 import { streamsFrom } from "../postgres/node-facts";
 import { sleep } from "../util/sleep";
-import type { StateGuard } from "./cluster-state";
+import { StaleWriterError, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { followNewPrimary, promote } from "./promotion";
-import { restartAsStandby } from "./rejoin";
+import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
+import { failoverTakesOver, recordedPrimaryLost } from "./takeover";
 
 /** A replica promoted only when it is at most this far behind (switchover, failback). */
 const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
@@ -27,7 +27,11 @@ export interface SwitchoverRequest {
   readonly lease?: StateGuard | null;
 }
 
-/** Planned change of primary, losing nothing: clean stop, catch-up confirmed, promotion, old primary restarted as a standby. */
+/**
+ * Planned change of primary, losing nothing: clean stop, catch-up confirmed,
+ * the old primary started again as a standby of the target, then the
+ * promotion, whose first commit already waits for the old primary.
+ */
 export async function switchover(context: OperationContext, request: SwitchoverRequest): Promise<FailoverRecord> {
   const { deps } = context;
   const kind = request.kind ?? "switchover";
@@ -60,7 +64,14 @@ export async function switchover(context: OperationContext, request: SwitchoverR
   return context.tracked(operation, () => runSwitchover(context, operation));
 }
 
-/** Runs (or resumes) a switchover or failback from its journal. */
+/**
+ * Runs (or resumes) a switchover or failback from its journal: the old
+ * primary stopped cleanly and fenced, the target's receipt of its last
+ * record confirmed, the old primary started as the target's standby, the
+ * target promoted (its commits waiting for the old primary from the first),
+ * the other replicas repointed. Should the new primary die before the end,
+ * a failover takes the journal over.
+ */
 export async function runSwitchover(context: OperationContext, operation: RunningOperation): Promise<FailoverRecord> {
   const { deps } = context;
   const entry = operation.entry;
@@ -70,46 +81,29 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     const kind = entry.kind as "switchover" | "failback";
     if (!entry.times.stopped) await context.emitStage("failover:detected", operation, "info", `${kind}: ${from.name} → ${target.name}`);
     if (!operation.entry.times.promoted) {
-      // Stopped again when resumed (idempotent): whatever happened since, it takes no write now.
-      // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
-      operation.assertHeld();
-      await deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
-      // Fenced while stopped: should the service die now, nothing starts it as a primary.
-      await fenceNode(deps.driver, from, `${kind} ${entry.id}`, deps.logger);
-      if (!operation.entry.times.stopped) await operation.record({ stage: "stopped" }, "stopped");
-      const finalLsn = await lastCheckpoint(context, from);
-      if (!operation.entry.times.fenced) {
-        await operation.record({ stage: "caught-up", facts: { finalLsn } }, "fenced");
-        await context.emitStage("failover:fenced", operation, "info", `${from.name} stopped cleanly at ${finalLsn}`);
+      if (!(await promotedAlready(context, operation, target))) {
+        const finalLsn = await stopOldPrimary(context, operation, from);
+        if (!(await waitForReceipt(context, target, finalLsn))) await callOff(context, operation, { from, target, finalLsn });
+        if (!operation.entry.times.promoting) {
+          await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
+          await context.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
+        }
+        operation.assertHeld();
+        const following = await followTargetBeforePromotion(context, from, target);
+        await operation.record({ facts: { oldPrimaryFollows: following ? "yes" : "no" } });
       }
-      if (!(await waitForReceipt(context, target, finalLsn))) {
-        // Nothing changed yet: the old primary goes back to work, the journal closed first.
-        const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`;
-        await unfence(deps.driver, from);
-        const record = recordOf(operation.entry, "failed", why);
-        await operation.finish();
-        await deps.driver.start(from, { timeoutMs: deps.config.startTimeoutMs });
-        await deps.events.emit({
-          kind: "failover:failed",
-          severity: "warning",
-          node: from.name,
-          message: `${kind} ${entry.id} abandoned: ${why}`,
-          data: record,
-        });
-        throw new RelevoError(ErrorCode.PreconditionFailed, why);
-      }
-      if (!operation.entry.times.promoting) {
-        await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
-        await context.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
-      }
-      await promote(context, target, operation);
+      // Synchronous mode: from its first commit, the new primary waits for
+      // the old one, which holds everything it holds: the old primary is
+      // eligible at once, and a new primary dying a moment later has a
+      // replica to fail over to that lacks no acknowledged commit.
+      const waitsForOld = deps.config.synchronous && operation.entry.facts.oldPrimaryFollows === "yes";
+      await promote(context, target, operation, { commitsWaitFor: waitsForOld ? [from.name] : [] });
       await operation.record({ stage: "promoted" }, "promoted");
       await context.emitStage("failover:promoted", operation, "info", `${target.name} promoted: it accepts writes`);
     }
     await followNewPrimary(context, target, { skip: [from.name] });
-    // The old primary stopped cleanly at a point the new one has: it follows without a rewind.
     operation.assertHeld();
-    const method = await restartAsStandby(context, from, target);
+    const method = await oldPrimaryFollowing(context, from, target);
     await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
     const record = recordOf(operation.entry, "completed", null);
     await deps.events.emit({
@@ -123,9 +117,77 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     await deps.refreshTopology().catch(() => undefined);
     return record;
   } catch (error) {
-    if (operation.settled) throw error; // the clean abort above
+    if (operation.settled) throw error; // called off
+    const lost = !(error instanceof StaleWriterError) && (await recordedPrimaryLost(context, context.node(entry.to!)).catch(() => false));
+    if (lost) return failoverTakesOver(context, operation, error as Error);
     return context.failed(operation, error, { pastNoReturn: operation.entry.times.stopped !== undefined });
   }
+}
+
+/**
+ * A resumed switchover whose target was promoted already (by the instance
+ * that died): nothing before the promotion is done again. Stopping the old
+ * primary now would only hold the new primary's commits back.
+ */
+async function promotedAlready(context: OperationContext, operation: RunningOperation, target: NodeRef): Promise<boolean> {
+  if (operation.entry.facts.oldPrimaryFollows === undefined) return false;
+  const facts = await context.facts(target);
+  return facts !== null && !facts.inRecovery;
+}
+
+/**
+ * Stops the old primary cleanly (again when resumed, idempotent: whatever
+ * happened since, it takes no write now) and fences it while stopped; its
+ * last checkpoint, which the target must receive.
+ */
+async function stopOldPrimary(context: OperationContext, operation: RunningOperation, from: NodeRef): Promise<string> {
+  const { deps } = context;
+  const entry = operation.entry;
+  operation.assertHeld();
+  // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
+  await deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
+  // Fenced while stopped: should the service die now, nothing starts it as a primary.
+  await fenceNode(deps.driver, from, `${entry.kind} ${entry.id}`, deps.logger);
+  if (!operation.entry.times.stopped) await operation.record({ stage: "stopped" }, "stopped");
+  const finalLsn = await lastCheckpoint(context, from);
+  if (!operation.entry.times.fenced) {
+    await operation.record({ stage: "caught-up", facts: { finalLsn } }, "fenced");
+    await context.emitStage("failover:fenced", operation, "info", `${from.name} stopped cleanly at ${finalLsn}`);
+  }
+  return finalLsn;
+}
+
+/**
+ * The target did not receive the old primary's last record: the switchover
+ * is called off and the old primary goes back to work, the journal closed
+ * first. Only while the target is known to be a standby still: a target
+ * that may have been promoted (a resumed run) leaves the journal to be
+ * resumed, never two primaries.
+ */
+async function callOff(
+  context: OperationContext,
+  operation: RunningOperation,
+  nodes: { from: NodeRef; target: NodeRef; finalLsn: string },
+): Promise<never> {
+  const { deps } = context;
+  const { from, target, finalLsn } = nodes;
+  const entry = operation.entry;
+  const targetFacts = await context.facts(target);
+  if (!targetFacts?.inRecovery) {
+    throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer as a standby and has not received ${finalLsn}`);
+  }
+  const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`;
+  const record = recordOf(entry, "failed", why);
+  await operation.finish();
+  await restoreAsPrimary(context, from, target);
+  await deps.events.emit({
+    kind: "failover:failed",
+    severity: "warning",
+    node: from.name,
+    message: `${entry.kind} ${entry.id} abandoned: ${why}`,
+    data: record,
+  });
+  throw new RelevoError(ErrorCode.PreconditionFailed, why);
 }
 
 /** The stopped node's last checkpoint (its shutdown checkpoint after a clean stop). */

@@ -73,7 +73,10 @@ export async function editStoppedNodeConf(
 /**
  * Makes a stopped node a standby of `primary` over its own slot: conninfo and
  * slot written, synchronous settings and the fence removed (a standby is
- * never writable), standby.signal present.
+ * never writable), standby.signal present. `recovery_target_timeline =
+ * 'latest'` (PostgreSQL's default, written so that no inherited setting
+ * pins it): a standby whose upstream is itself a standby follows that
+ * upstream's promotion onto the new timeline over the same connection.
  */
 export async function configureStoppedStandby(
   driver: NodeDriver,
@@ -84,6 +87,7 @@ export async function configureStoppedStandby(
   await editStoppedNodeConf(driver, node, {
     primary_conninfo: standbyConninfo(primary, node, replicationPassword),
     primary_slot_name: slotNameFor(node),
+    recovery_target_timeline: "latest",
     synchronous_standby_names: null,
     [FENCE_SETTING]: null,
   });

@@ -1,0 +1,76 @@
+import type { FailoverRecord } from "../events/event-map";
+import type { NodeRef } from "../nodes/node-driver";
+import { sleep } from "../util/sleep";
+import { runFailover } from "./failover";
+import { afterMissedCheck, replicasConfirmLoss } from "./monitor-rules";
+import { newEntry, recordOf, type OperationContext } from "./operation-context";
+import type { RunningOperation } from "./operation-journal";
+import { PrimaryChecker, replicaLostPrimary } from "./primary-check";
+import { lastSeenPrimaryLsn } from "./primary-lsn";
+
+/**
+ * Whether the recorded primary is lost, judged as the monitor judges it:
+ * `RELEVO_FAILOVER_FAILURE_THRESHOLD` checks in a row fail, one every
+ * `RELEVO_FAILOVER_CHECK_INTERVAL_MS`, and the replicas that answer have lost
+ * it too. For an operation that finds the primary it just promoted gone
+ * before it finished: the monitor leaves the cluster alone while an
+ * operation holds the journal, so the operation judges for it, in the same
+ * window. False at the first check that answers, and in maintenance mode
+ * (no automatic failover then).
+ */
+export async function recordedPrimaryLost(context: OperationContext, primary: NodeRef): Promise<boolean> {
+  const { deps } = context;
+  const state = await context.state();
+  if (state.primary !== primary.name) return false;
+  if ((await deps.redis.get(deps.keys.maintenance)) === "1") return false;
+  const intervalMs = deps.config.failoverCheckIntervalMs;
+  const checker = new PrimaryChecker(deps.superuser, intervalMs);
+  try {
+    for (let failures = 1; ; failures += 1) {
+      const started = Date.now();
+      if ((await checker.check(primary)).ok) return false;
+      if (afterMissedCheck({ failures, threshold: deps.config.failoverFailureThreshold, maintenance: false }).go) break;
+      await sleep(Math.max(0, intervalMs - (Date.now() - started)));
+    }
+  } finally {
+    checker.close();
+  }
+  const windowMs = intervalMs * deps.config.failoverFailureThreshold;
+  const replicas = deps.membership.nodes.filter((node) => node.name !== primary.name && !state.fenced.includes(node.name));
+  const views = await Promise.all(replicas.map((replica) => replicaLostPrimary(replica, primary, deps.superuser, windowMs, intervalMs)));
+  const verdict = replicasConfirmLoss(views);
+  if (!verdict.go) deps.logger.warn({ node: primary.name }, verdict.reason);
+  return verdict.go;
+}
+
+/**
+ * The new primary of a switchover or failback died before it finished: a
+ * failover takes the journal over (the same lock, a new entry), as the
+ * monitor would have started one had the switchover finished. The
+ * switchover ends as failed, saying so; what is returned is the failover's
+ * record.
+ */
+export async function failoverTakesOver(context: OperationContext, operation: RunningOperation, cause: Error): Promise<FailoverRecord> {
+  const { deps } = context;
+  const entry = operation.entry;
+  const lost = entry.to!;
+  const why = `the new primary ${lost} stopped answering before the ${entry.kind} finished (${cause.message})`;
+  await deps.events.emit({
+    kind: "failover:failed",
+    severity: "critical",
+    node: lost,
+    message: `${entry.kind} ${entry.id}: ${why}; a failover takes over`,
+    data: recordOf(entry, "failed", `${why}; a failover takes over`),
+  });
+  const seen = await lastSeenPrimaryLsn(deps.redis, deps.keys.primaryLsn);
+  await operation.replace(
+    newEntry({
+      kind: "failover",
+      trigger: "automatic",
+      from: lost,
+      reason: `${why}, in ${entry.kind} ${entry.id}`,
+      facts: { lastPrimaryLsn: seen?.node === lost ? seen.lsn : null },
+    }),
+  );
+  return runFailover(context, operation);
+}
