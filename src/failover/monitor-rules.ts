@@ -2,7 +2,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import type { NodeRef } from "../nodes/node-driver";
 import { isSender, type NodePosition } from "../postgres/node-facts";
-import type { ClusterState } from "./cluster-state";
+import { withName, type ClusterState } from "./cluster-state";
 import type { StandbySeen } from "./primary-check";
 
 /**
@@ -143,6 +143,21 @@ export function standbysCaughtUp(state: ClusterState, streaming: ReadonlyMap<str
       return seen?.flushLsn != null && lsnToNumber(seen.flushLsn) >= lsnToNumber(lsn);
     })
     .map(([name]) => name);
+}
+
+/** The state with `joinNow` given `lsn` as their join point and `caughtUp` made eligible (members of the set only). */
+export function joinProgress(
+  state: ClusterState,
+  progress: { joinNow: readonly string[]; caughtUp: readonly string[]; lsn: string },
+): ClusterState {
+  const joining = { ...state.joining };
+  let eligible = state.eligible;
+  for (const name of progress.joinNow) joining[name] = progress.lsn;
+  for (const name of progress.caughtUp) {
+    delete joining[name];
+    if (state.syncSet.includes(name)) eligible = withName(eligible, name);
+  }
+  return { ...state, joining, eligible };
 }
 
 /**

@@ -20,10 +20,9 @@ import {
   holdOffAfter,
   preferredInSync,
   replicasConfirmLoss,
-  standbysCaughtUp,
-  standbysToJoin,
   type HoldOff,
 } from "./monitor-rules";
+import { pollJoiningStandbys } from "./sync-join";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
 export type MonitorConfig = Pick<
@@ -114,6 +113,7 @@ export class FailoverMonitor {
   }
 
   private async tick(): Promise<void> {
+    const started = Date.now();
     const guard = this.deps.guard();
     if (!guard) return;
     // Never adopt an operation this instance still runs (its own lock may have lapsed during a stall).
@@ -146,7 +146,7 @@ export class FailoverMonitor {
       this.failures = 0;
       await this.heldBack(primary, null);
       await recordPrimaryLsn(this.deps.redis, this.deps.primaryLsnKey, primary.name, check.lsn);
-      await this.keepSynchronousSet(state, primary, check, guard);
+      await this.keepSynchronousSet(state, primary, check, guard, started + this.deps.config.failoverCheckIntervalMs);
       await this.fenceSecondPrimaries(state, guard);
       if (!maintenance) await this.rejoinFenced(state);
       if (!maintenance) await this.failBackWhenDue(state, check);
@@ -219,11 +219,13 @@ export class FailoverMonitor {
    * standby that stopped streaming leaves the set (first its eligibility, in
    * the recorded state, then the primary's setting, so no commit is ever
    * acknowledged without it while it still counts as eligible). A streaming
-   * standby close enough joins it: the primary's setting first; then, on a
-   * later check, once the primary reports it as a synchronous standby (the
-   * setting is in force), the primary's LSN of that check is its join point;
-   * it becomes eligible once it has flushed that far, holding every commit
-   * acknowledged before and waiting for it since. Asynchronous mode: no set.
+   * standby close enough joins it: the primary's setting first; then,
+   * polling the primary every JOIN_POLL_MS until the next check, once the
+   * primary reports it as a synchronous standby (the setting is in force),
+   * the primary's LSN read after that report is its join point; it becomes
+   * eligible at the first poll where it has flushed that far, holding every
+   * commit acknowledged before and waiting for it since (see sync-join.ts).
+   * Asynchronous mode: no set.
    * Every write is refused if an operation began or the primary changed
    * since the check.
    */
@@ -232,6 +234,7 @@ export class FailoverMonitor {
     primary: NodeRef,
     check: Extract<PrimaryCheck, { ok: true }>,
     guard: StateGuard,
+    roundEndsAt: number,
   ): Promise<void> {
     const conditions = { unlessKey: this.deps.journal.lockName, epoch: state.epoch };
     const known = new Set(this.deps.nodes.map((node) => node.name));
@@ -276,28 +279,19 @@ export class FailoverMonitor {
             : `commits wait for ${desired.join(", ")}${removed.length > 0 ? `; ${removed.join(", ")} left the set` : ""}`,
         data: { standbys: desired, added, removed },
       });
-      return; // the new setting is judged on the next check
     }
-    if (check.synchronousStandbyNames !== wanted) return;
     // Members the primary now waits for get their join point; joined ones that flushed past it become eligible.
-    const joinNow = standbysToJoin(state, streaming);
-    const caughtUp = standbysCaughtUp(state, streaming);
-    if (joinNow.length === 0 && caughtUp.length === 0) return;
-    await this.deps.store.update(
+    await pollJoiningStandbys(state, {
+      primary,
+      credentials: this.deps.superuser,
+      timeoutMs: this.deps.config.nodeTimeoutMs,
+      wanted,
+      counts: (name) => known.has(name) && !state.fenced.includes(name),
+      until: roundEndsAt,
+      store: this.deps.store,
       guard,
-      (current) => {
-        const base = current ?? state;
-        const joining = { ...base.joining };
-        let eligible = base.eligible;
-        for (const name of joinNow) joining[name] = check.lsn;
-        for (const name of caughtUp) {
-          delete joining[name];
-          if (base.syncSet.includes(name)) eligible = withName(eligible, name);
-        }
-        return { ...base, joining, eligible };
-      },
       conditions,
-    );
+    });
   }
 
   /** Any writable node other than the recorded primary is fenced at once. */

@@ -100,4 +100,21 @@ describe("the new primary killed soon after a switchover or failback (synchronou
       await settled("node2", "node1");
     },
   );
+
+  test("a standby that joins the set is eligible within one check interval: the primary is polled every 100 ms while it joins", async () => {
+    await cluster.service.driver.kill(node("node1"));
+    await eventually(async () => (!(await state()).syncSet.includes("node1") ? true : undefined), { what: "node1 out of the set" });
+    expect(await cluster.service.failover.rejoin("node1")).toBe("restart");
+    let joinedAt: number | null = null;
+    const eligibleAt = await eventually(
+      async () => {
+        const current = await state();
+        if (joinedAt === null && current.syncSet.includes("node1")) joinedAt = Date.now();
+        return current.eligible.includes("node1") ? Date.now() : undefined;
+      },
+      { what: "node1 eligible again" },
+    );
+    console.log(`node1 eligible ${eligibleAt - joinedAt!} ms after it joined the synchronous set`);
+    expect(eligibleAt - joinedAt!).toBeLessThan(cluster.config.failoverCheckIntervalMs);
+  });
 });

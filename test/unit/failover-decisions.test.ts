@@ -6,6 +6,7 @@ import {
   desiredSynchronousSet,
   holdOffAfter,
   JOIN_LAG_BYTES,
+  joinProgress,
   preferredInSync,
   replicasConfirmLoss,
   RETRY_AFTER_MS,
@@ -190,6 +191,28 @@ describe("failover monitor rules (pure)", () => {
     expect(standbysCaughtUp(state, streaming)).toEqual(["node3"]);
     expect(standbysCaughtUp(state, new Map([["node3", seen("node3", "0/2FFFFFF")]]))).toEqual([]);
     expect(standbysToJoin(state, new Map([["node2", seen("node2", "0/2000000", "async")]]))).toEqual([]);
+  });
+
+  test("join progress: a join point for those the primary now waits for, eligibility for those flushed past theirs", () => {
+    const state: ClusterState = {
+      primary: "node1",
+      epoch: 3,
+      fenced: [],
+      syncSet: ["node2", "node3"],
+      eligible: [],
+      joining: { node3: "0/3000000" },
+      updatedAt: "2026-01-01T00:00:00Z",
+    };
+    // One poll: node2 reported synchronous (join point: the LSN read after that report), node3 flushed past its point.
+    const next = joinProgress(state, { joinNow: ["node2"], caughtUp: ["node3"], lsn: "0/3000100" });
+    expect(next).toMatchObject({ joining: { node2: "0/3000100" }, eligible: ["node3"], epoch: 3 });
+    // The next poll: node2 flushed that far, eligible at once; a name outside the set never becomes eligible.
+    const streaming = new Map([["node2", seen("node2", "0/3000100", "quorum")]]);
+    expect(standbysCaughtUp(next, streaming)).toEqual(["node2"]);
+    expect(joinProgress(next, { joinNow: [], caughtUp: ["node2", "node9"], lsn: "0/3000200" })).toMatchObject({
+      joining: {},
+      eligible: ["node2", "node3"],
+    });
   });
 
   test("failback waits for the preferred node to be in sync: eligible, or within the lag limit when asynchronous", () => {

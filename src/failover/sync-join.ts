@@ -1,0 +1,94 @@
+import type { Client } from "pg";
+import type { NodeRef } from "../nodes/node-driver";
+import { withNodeClient, type Credentials } from "../postgres/connection";
+import { sleep } from "../util/sleep";
+import { StaleWriterError, type ClusterState, type ClusterStateStore, type StateGuard, type WriteConditions } from "./cluster-state";
+import { joinProgress, standbysCaughtUp, standbysToJoin } from "./monitor-rules";
+import type { StandbySeen } from "./primary-check";
+
+/**
+ * How often the primary is polled while a member of the synchronous set is
+ * not eligible yet: a standby that joined is eligible at the first poll that
+ * shows it holds every acknowledged commit, so a primary dying right after a
+ * standby joined finds it eligible.
+ */
+export const JOIN_POLL_MS = 100;
+
+export interface JoinPolling {
+  readonly primary: NodeRef;
+  readonly credentials: Credentials;
+  readonly timeoutMs: number;
+  /** synchronous_standby_names as the monitor set it: joins are judged only once the primary runs with it. */
+  readonly wanted: string;
+  /** Whether a standby of that name counts (a member of the cluster, not fenced). */
+  readonly counts: (name: string) => boolean;
+  /** Polls until then (the monitor's next check), or until nobody is joining. */
+  readonly until: number;
+  readonly store: ClusterStateStore;
+  readonly guard: StateGuard;
+  /** The monitor's: refused once an operation began or the primary changed. */
+  readonly conditions: WriteConditions;
+}
+
+/**
+ * Synchronous mode: polls the primary every JOIN_POLL_MS while a member of
+ * the set is not eligible. A member the primary reports as a synchronous
+ * standby (`sync` or `quorum` in pg_stat_replication) gets as its join point
+ * the primary's LSN read after that report (every commit acknowledged since
+ * waited for it, and none acknowledged before lies past that LSN: it was
+ * flushed first); at the first later poll where its flush_lsn is at or past
+ * that point, it holds every acknowledged commit and becomes eligible.
+ * Returns the state as last written; stops quietly when the primary does not
+ * answer (the monitor's next check judges that).
+ */
+export async function pollJoiningStandbys(state: ClusterState, polling: JoinPolling): Promise<ClusterState> {
+  if (!someoneJoining(state)) return state;
+  try {
+    await withNodeClient(polling.primary, polling.credentials, polling.timeoutMs, async (client) => {
+      while (someoneJoining(state) && Date.now() < polling.until) {
+        const started = Date.now();
+        // The standbys first, then the LSN: a join point read after the report that the primary waits for it.
+        const standbys = await readStandbys(client);
+        const primary = await readPrimary(client);
+        if (primary.inRecovery) return;
+        if (primary.synchronousStandbyNames === polling.wanted) {
+          const streaming = new Map(standbys.filter((s) => s.state === "streaming" && polling.counts(s.name)).map((s) => [s.name, s]));
+          const joinNow = standbysToJoin(state, streaming);
+          const caughtUp = standbysCaughtUp(state, streaming);
+          if (joinNow.length > 0 || caughtUp.length > 0) {
+            state = await polling.store.update(
+              polling.guard,
+              (current) => joinProgress(current ?? state, { joinNow, caughtUp, lsn: primary.lsn }),
+              polling.conditions,
+            );
+          }
+        }
+        await sleep(Math.min(Math.max(0, JOIN_POLL_MS - (Date.now() - started)), Math.max(0, polling.until - Date.now())));
+      }
+    });
+  } catch (error) {
+    if (error instanceof StaleWriterError) throw error;
+  }
+  return state;
+}
+
+function someoneJoining(state: ClusterState): boolean {
+  return state.syncSet.some((name) => !state.eligible.includes(name));
+}
+
+async function readStandbys(client: Client): Promise<StandbySeen[]> {
+  const result = await client.query<StandbySeen>(
+    `SELECT application_name AS name, state, flush_lsn::text AS "flushLsn", sync_state AS "syncState"
+       FROM pg_stat_replication WHERE application_name <> 'relevo_archiver'`,
+  );
+  return result.rows;
+}
+
+async function readPrimary(client: Client): Promise<{ inRecovery: boolean; lsn: string; synchronousStandbyNames: string }> {
+  const result = await client.query<{ inRecovery: boolean; lsn: string; synchronousStandbyNames: string }>(
+    `SELECT pg_is_in_recovery() AS "inRecovery",
+            CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_lsn()::text END AS lsn,
+            current_setting('synchronous_standby_names') AS "synchronousStandbyNames"`,
+  );
+  return result.rows[0]!;
+}
