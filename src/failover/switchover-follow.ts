@@ -61,16 +61,24 @@ export async function followTargetBeforePromotion(context: OperationContext, fro
 }
 
 /**
- * After the promotion: the old primary follows the new timeline (restarted,
- * else rewound, when it does not). Throws as soon as the new primary stops
+ * After the promotion: the old primary follows the new timeline — started
+ * before the promotion, it is given the time to cross the timeline switch;
+ * else (or when it does not) it is restarted as a standby, rewound when it
+ * cannot follow as it is. Throws as soon as the new primary stops
  * answering: whether a failover takes over is judged next.
  */
-export async function oldPrimaryFollowing(context: OperationContext, from: NodeRef, target: NodeRef): Promise<RejoinMethod> {
+export async function oldPrimaryFollowing(
+  context: OperationContext,
+  from: NodeRef,
+  target: NodeRef,
+  options: { startedBefore: boolean },
+): Promise<RejoinMethod> {
   const answers = async () => {
     const facts = await context.facts(target);
     if (!facts || facts.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `the new primary ${target.name} does not answer`);
   };
-  if (await streamingWithin(context, from, target, { timeoutMs: FOLLOW_TIMEOUT_MS, whilePolling: answers })) return "restart";
+  const timeoutMs = options.startedBefore ? FOLLOW_TIMEOUT_MS : 0;
+  if (await streamingWithin(context, from, target, { timeoutMs, whilePolling: answers })) return "restart";
   await answers();
   return restartAsStandby(context, from, target);
 }
@@ -95,7 +103,7 @@ export async function restoreAsPrimary(context: OperationContext, from: NodeRef,
   await deps.driver.start(from, { timeoutMs: deps.config.startTimeoutMs });
 }
 
-/** Polls until `node` streams from `upstream`; false after `timeoutMs`. */
+/** Polls until `node` streams from `upstream` (at least once); false after `timeoutMs`. */
 async function streamingWithin(
   context: OperationContext,
   node: NodeRef,
@@ -103,10 +111,10 @@ async function streamingWithin(
   options: { timeoutMs: number; whilePolling?: () => Promise<void> },
 ): Promise<boolean> {
   const deadline = Date.now() + options.timeoutMs;
-  while (Date.now() < deadline) {
+  for (;;) {
     if (streamsFrom(await context.facts(node), upstream)) return true;
+    if (Date.now() >= deadline) return false;
     await options.whilePolling?.();
     await sleep(POLL_MS);
   }
-  return false;
 }

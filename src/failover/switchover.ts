@@ -89,7 +89,9 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
           await context.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
         }
         operation.assertHeld();
-        const following = await followTargetBeforePromotion(context, from, target);
+        // Asynchronous mode: commits wait for nobody, so the old primary's
+        // start would only lengthen the write gap; it follows afterwards.
+        const following = deps.config.synchronous && (await followTargetBeforePromotion(context, from, target));
         await operation.record({ facts: { oldPrimaryFollows: following ? "yes" : "no" } });
       }
       // Synchronous mode: from its first commit, the new primary waits for
@@ -103,7 +105,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     }
     await followNewPrimary(context, target, { skip: [from.name] });
     operation.assertHeld();
-    const method = await oldPrimaryFollowing(context, from, target);
+    const method = await oldPrimaryFollowing(context, from, target, { startedBefore: operation.entry.facts.oldPrimaryFollows === "yes" });
     await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
     const record = recordOf(operation.entry, "completed", null);
     await deps.events.emit({
