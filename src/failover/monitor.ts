@@ -12,16 +12,8 @@ import type { OperationJournal } from "./operation-journal";
 import type { FailoverOperations } from "./operations";
 import { recordPrimaryLsn } from "./primary-lsn";
 import { PrimaryChecker, type PrimaryCheck } from "./primary-check";
-import { readNodePosition } from "../postgres/node-facts";
-import {
-  afterMissedCheck,
-  coolDown,
-  desiredSynchronousSet,
-  holdOffAfter,
-  preferredInSync,
-  replicasConfirmLoss,
-  type HoldOff,
-} from "./monitor-rules";
+import { membersConfirmLoss } from "./loss-confirmation";
+import { afterMissedCheck, coolDown, desiredSynchronousSet, holdOffAfter, preferredInSync, type HoldOff } from "./monitor-rules";
 import { pollJoiningStandbys } from "./sync-join";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
@@ -171,15 +163,15 @@ export class FailoverMonitor {
    * the stale one. A contradiction is reported in health and events.
    */
   private async replicasLostPrimary(state: ClusterState, primary: NodeRef): Promise<boolean> {
-    const others = this.deps.nodes.filter((node) => node.name !== primary.name);
-    const members = await Promise.all(
-      others.map(async (node) => ({
-        node,
-        fenced: state.fenced.includes(node.name),
-        position: await readNodePosition(node, this.deps.superuser, this.deps.config.failoverCheckIntervalMs, this.deps.config.clusterName),
-      })),
-    );
-    const verdict = replicasConfirmLoss({ primary, members, liveWithinMs: this.detectionWindowMs });
+    const verdict = await membersConfirmLoss({
+      primary,
+      nodes: this.deps.nodes,
+      fenced: state.fenced,
+      superuser: this.deps.superuser,
+      clusterName: this.deps.config.clusterName,
+      liveWithinMs: this.detectionWindowMs,
+      timeoutMs: this.deps.config.failoverCheckIntervalMs,
+    });
     if (!verdict.go) this.deps.logger.warn({ node: primary.name }, verdict.reason);
     await this.heldBack(primary, verdict.go || !verdict.stale ? null : verdict.reason);
     return verdict.go;

@@ -2,10 +2,11 @@ import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
 import { runFailover } from "./failover";
-import { afterMissedCheck, replicasConfirmLoss } from "./monitor-rules";
+import { membersConfirmLoss } from "./loss-confirmation";
+import { afterMissedCheck } from "./monitor-rules";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
-import { PrimaryChecker, replicaLostPrimary } from "./primary-check";
+import { PrimaryChecker } from "./primary-check";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 
 /**
@@ -35,10 +36,15 @@ export async function recordedPrimaryLost(context: OperationContext, primary: No
   } finally {
     checker.close();
   }
-  const windowMs = intervalMs * deps.config.failoverFailureThreshold;
-  const replicas = deps.membership.nodes.filter((node) => node.name !== primary.name && !state.fenced.includes(node.name));
-  const views = await Promise.all(replicas.map((replica) => replicaLostPrimary(replica, primary, deps.superuser, windowMs, intervalMs)));
-  const verdict = replicasConfirmLoss(views);
+  const verdict = await membersConfirmLoss({
+    primary,
+    nodes: deps.membership.nodes,
+    fenced: state.fenced,
+    superuser: deps.superuser,
+    clusterName: deps.config.clusterName,
+    liveWithinMs: intervalMs * deps.config.failoverFailureThreshold,
+    timeoutMs: intervalMs,
+  });
   if (!verdict.go) deps.logger.warn({ node: primary.name }, verdict.reason);
   return verdict.go;
 }
