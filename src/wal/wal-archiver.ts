@@ -14,10 +14,11 @@ import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../p
 import { serverHistory, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
-import { mkdir, readdir, rename } from "node:fs/promises";
+import { chown, mkdir, readdir, rename, writeFile } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
+import { timelineBoundaryPlaceholder } from "./receive-start";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -162,7 +163,8 @@ export class WalArchiver {
           continue;
         }
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
-        await this.setAsideDivergedWal(target);
+        const history = await this.setAsideDivergedWal(target);
+        if (history) await this.startNextTimelineAtBoundary(target, history);
         const exit = await this.receive(target);
         if (this.stopped || this.target !== target) continue;
         throw new Error(exit);
@@ -223,9 +225,10 @@ export class WalArchiver {
    * received everything the archive holds), the primary refuses that start.
    * The archive's files past the branch point, of timelines off the
    * primary's history, move to wal/diverged/<time>/ (kept, not replayed) and
-   * the archive resumes at the branch point.
+   * the archive resumes at the branch point. Returns the primary's history
+   * when the archive follows it (null: unreadable, or an older timeline).
    */
-  private async setAsideDivergedWal(target: NodeRef): Promise<void> {
+  private async setAsideDivergedWal(target: NodeRef): Promise<TimelineStep[] | null> {
     let history: TimelineStep[];
     try {
       history = await withNodeClient(target, this.options.superuser, this.options.nodeTimeoutMs, async (client) => {
@@ -237,7 +240,7 @@ export class WalArchiver {
         { node: target.name, err: (error as Error).message },
         "the primary's timeline history is unreadable: archive left as it is",
       );
-      return;
+      return null;
     }
     const names = await readdir(this.options.repository.walDir).catch(() => [] as string[]);
     const timeline = history[history.length - 1]!.timeline;
@@ -249,16 +252,36 @@ export class WalArchiver {
         { node: target.name, timeline, newestArchived },
         "the node's timeline is older than the archive's: archive left as it is",
       );
-      return;
+      return null;
     }
     const diverged = divergedFiles(names, history);
-    if (diverged.length === 0) return;
+    if (diverged.length === 0) return history;
     const aside = path.join(this.options.repository.walDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
     await mkdir(aside, { recursive: true, mode: 0o700 });
     for (const name of diverged) await rename(path.join(this.options.repository.walDir, name), path.join(aside, name));
     this.options.logger.warn(
       { node: target.name, files: diverged.length, aside, timeline },
       "archived WAL off the primary's history set aside; the archive resumes at its branch point",
+    );
+    return history;
+  }
+
+  /**
+   * When the archive ends exactly where its timeline was left (see
+   * timelineBoundaryPlaceholder), an empty .partial of the next timeline
+   * makes pg_receivewal start there instead of asking for the old timeline's
+   * end for ever.
+   */
+  private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
+    const { walDir } = this.options.repository;
+    const placeholder = timelineBoundaryPlaceholder(await readdir(walDir).catch(() => [] as string[]), history);
+    if (placeholder === null) return;
+    // Written as the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
+    await writeFile(path.join(walDir, placeholder), "", { flag: "wx", mode: 0o600 });
+    if (this.options.identity) await chown(path.join(walDir, placeholder), this.options.identity.uid, this.options.identity.gid);
+    this.options.logger.info(
+      { node: target.name, placeholder },
+      "the archive ends at a timeline switch: streaming resumes on the next timeline",
     );
   }
 

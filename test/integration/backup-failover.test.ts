@@ -1,4 +1,11 @@
 import type { NodeRef } from "../../src/nodes/node-driver";
+import { historyFileName, SEGMENT_SIZE } from "../../src/postgres/wal-names";
+import { lsnToNumber } from "../../src/postgres/lsn";
+import { serverHistory } from "../../src/postgres/timelines";
+import { withNodeClient } from "../../src/postgres/connection";
+import { CURRENT_TIMELINE_SQL } from "../../src/postgres/node-state";
+import { superuserCredentials } from "../../src/cluster/bootstrap";
+import { failoverHelpers } from "../helpers/failover";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
@@ -41,5 +48,46 @@ describe("the WAL archive across a failover", () => {
     copy = { name: "after-failover", host: "127.0.0.1", port: await freePort() };
     await cluster.service.backups.restore({ backupId: backup.id, target: copy, recoveryTarget: { kind: "name", name: "after-failover" } });
     expect(await sql(copy, "SELECT id FROM story ORDER BY id")).toEqual([{ id: 1 }, { id: 2 }]);
+  });
+
+  test("the primary killed right after a segment switch: the archive goes on, on the new timeline", async () => {
+    const { node, state, primaryNow } = failoverHelpers(cluster);
+    const old = node(await primaryNow());
+    const survivor = cluster.service.nodes.find((n) => n.name !== old.name)!;
+    await eventually(async () => ((await state()).eligible.includes(survivor.name) ? true : undefined), {
+      what: `${survivor.name} eligible`,
+      timeoutMs: 60000,
+    });
+    const oldTimeline = (await cluster.service.collector.pollNow()).nodes.find((n) => n.name === old.name)!.timeline!;
+    await sql(old, "CREATE TABLE IF NOT EXISTS boundary (id int PRIMARY KEY)");
+    await sql(old, "INSERT INTO boundary VALUES (1)");
+    // The old primary's last record is a segment switch (as after a backup):
+    // its timeline ends exactly on a segment boundary.
+    const switched = (await sql<{ lsn: string }>(old, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    await cluster.service.archiver.waitForArchived(oldTimeline, switched, switched, 30000);
+    await eventually(
+      async () =>
+        (await sql<{ ok: boolean }>(survivor, `SELECT pg_last_wal_replay_lsn() >= '${switched}' AS ok`))[0]!.ok ? true : undefined,
+      { what: `${survivor.name} replayed the switch` },
+    );
+    await cluster.service.driver.kill(old);
+    await eventually(async () => ((await primaryNow()) === survivor.name ? true : undefined), { what: "failover", timeoutMs: 60000 });
+
+    const history = await withNodeClient(survivor, superuserCredentials(cluster.service.secrets), 10000, async (client) => {
+      const timeline = (await client.query<{ t: number }>(`SELECT ${CURRENT_TIMELINE_SQL} AS t`)).rows[0]!.t;
+      return serverHistory(client, timeline);
+    });
+    const left = history.find((step) => step.timeline === oldTimeline)!;
+    // The scenario's premise: the new timeline branched off exactly at a segment boundary.
+    expect(lsnToNumber(left.switchLsn!) % SEGMENT_SIZE).toBe(0);
+    const newTimeline = history[history.length - 1]!.timeline;
+    expect(newTimeline).toBeGreaterThan(oldTimeline);
+
+    await sql(survivor, "INSERT INTO boundary VALUES (2)");
+    const after = (await sql<{ lsn: string }>(survivor, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    await cluster.service.archiver.waitForArchived(newTimeline, after, after, 30000);
+    expect((await cluster.service.backups.recoveryWindow()).gaps).toEqual([]);
+    const { readdir } = await import("node:fs/promises");
+    expect(await readdir(cluster.service.repository.walDir)).toContain(historyFileName(newTimeline));
   });
 });

@@ -5,6 +5,7 @@ import { layeredContent } from "../../src/storage/layered-content";
 import { referenceOnHistory } from "../../src/wal/wal-changes";
 import { timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
 import { divergedFiles } from "../../src/wal/wal-archiver";
+import { receiveStart, timelineBoundaryPlaceholder } from "../../src/wal/receive-start";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
@@ -298,5 +299,36 @@ describe("archived WAL off the primary's history", () => {
       "000000030000000000000009",
     ]);
     expect(divergedFiles(["000000010000000000000004", "000000010000000000000005.partial"], timelinePath(1, null))).toEqual([]);
+  });
+});
+
+describe("where pg_receivewal resumes after a failover", () => {
+  test("after the newest complete segment, at the start of a newer .partial, on that file's timeline", () => {
+    expect(receiveStart([])).toBeNull();
+    expect(receiveStart(["000000010000000000000004", "00000002.history", "000000010000000000000003"])).toEqual({ timeline: 1, segment: 5 });
+    expect(receiveStart(["000000010000000000000004", "000000020000000000000005.partial"])).toEqual({ timeline: 2, segment: 5 });
+    expect(receiveStart(["000000010000000000000005.partial", "000000010000000000000005"])).toEqual({ timeline: 1, segment: 6 });
+  });
+
+  test("an archive ending exactly at its timeline's switch point resumes on the next timeline", () => {
+    // Timeline 3: branched off 1 at 0/5000000 and off 2 at 0/8000A00.
+    const history = timelinePath(3, "1\t0/5000000\tno recovery target specified\n2\t0/8000A00\tno recovery target specified\n");
+    expect(timelineBoundaryPlaceholder(["000000010000000000000003", "000000010000000000000004"], history)).toBe(
+      "000000020000000000000005.partial",
+    );
+    // Inside a segment: the new timeline's copy of it is served; nothing needed.
+    expect(timelineBoundaryPlaceholder(["000000020000000000000007"], history)).toBeNull();
+    // Before the switch, after it, or once the next timeline is begun: nothing needed.
+    expect(timelineBoundaryPlaceholder(["000000010000000000000003"], history)).toBeNull();
+    expect(timelineBoundaryPlaceholder(["000000010000000000000004", "000000020000000000000005.partial"], history)).toBeNull();
+    expect(timelineBoundaryPlaceholder(["000000030000000000000009"], history)).toBeNull();
+    // An empty archive, or a timeline off the history, is not this function's case.
+    expect(timelineBoundaryPlaceholder([], history)).toBeNull();
+    expect(timelineBoundaryPlaceholder(["000000040000000000000004"], history)).toBeNull();
+  });
+
+  test("a timeline left where it began is passed over too", () => {
+    const history = timelinePath(3, "1\t0/5000000\tno recovery target specified\n2\t0/5000000\tno recovery target specified\n");
+    expect(timelineBoundaryPlaceholder(["000000010000000000000004"], history)).toBe("000000030000000000000005.partial");
   });
 });

@@ -1,0 +1,61 @@
+import { lsnToNumber } from "../postgres/lsn";
+import { parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
+import type { TimelineStep } from "../postgres/timelines";
+
+/** Where pg_receivewal starts streaming: the start of `segment`, on `timeline`. */
+export interface ReceiveStart {
+  readonly timeline: number;
+  readonly segment: number;
+}
+
+/**
+ * Where pg_receivewal resumes in an archive directory holding `names`, as
+ * its FindStreamingStart decides: the newest segment (then the higher
+ * timeline, then a complete file over a .partial); after it when it is
+ * complete, at its start when it is a .partial; on its timeline. Null for
+ * an archive without segments. Pure.
+ */
+export function receiveStart(names: readonly string[]): ReceiveStart | null {
+  let newest: { timeline: number; segment: number; partial: boolean } | null = null;
+  for (const name of names) {
+    const partial = name.endsWith(".partial");
+    const parsed = parseSegmentName(partial ? name.slice(0, -".partial".length) : name);
+    if (!parsed) continue;
+    if (
+      newest === null ||
+      parsed.segment > newest.segment ||
+      (parsed.segment === newest.segment && parsed.timeline > newest.timeline) ||
+      (parsed.segment === newest.segment && parsed.timeline === newest.timeline && newest.partial && !partial)
+    ) {
+      newest = { ...parsed, partial };
+    }
+  }
+  if (newest === null) return null;
+  return { timeline: newest.timeline, segment: newest.partial ? newest.segment : newest.segment + 1 };
+}
+
+/**
+ * The empty `.partial` file that moves pg_receivewal's start onto the next
+ * timeline of `history` when the archive ends exactly where its timeline was
+ * left (a switch point on a segment boundary: the old primary's last record
+ * was a segment switch, as after a backup); null when no such file is needed.
+ *
+ * Why: asked to start a timeline at its very end, the server answers
+ * START_REPLICATION with the next timeline instead of a stream, which
+ * pg_receivewal (15) takes for an error; restarted, it asks the same again,
+ * for ever. PostgreSQL copies no segment to the new timeline at a boundary,
+ * so nothing in the archive names the new timeline's first segment:
+ * pg_receivewal starts a .partial it finds empty from its beginning, on its
+ * timeline (and fetches that timeline's .history first). Pure.
+ */
+export function timelineBoundaryPlaceholder(names: readonly string[], history: readonly TimelineStep[]): string | null {
+  const start = receiveStart(names);
+  if (start === null) return null;
+  const startLsn = start.segment * SEGMENT_SIZE;
+  let index = history.findIndex((step) => step.timeline === start.timeline);
+  if (index < 0) return null;
+  const from = index;
+  // A timeline left where it began (no WAL of its own) is passed over too.
+  while (history[index]!.switchLsn !== null && lsnToNumber(history[index]!.switchLsn!) === startLsn) index += 1;
+  return index === from ? null : `${segmentName(history[index]!.timeline, start.segment)}.partial`;
+}
