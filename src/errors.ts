@@ -32,6 +32,8 @@ export enum ErrorCode {
   TargetNotEmpty = "TARGET_NOT_EMPTY",
   /** `restore stop` given a directory that does not hold a restored copy (e.g. a member's). */
   NotARestoredCopy = "NOT_A_RESTORED_COPY",
+  /** A lock file (a backup's in the repository) stayed held by another process past the wait allowed. */
+  LockHeld = "LOCK_HELD",
   Internal = "INTERNAL",
 }
 
@@ -88,6 +90,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.ServiceUnavailable:
     case ErrorCode.BackupInProgress:
     case ErrorCode.OperationInProgress:
+    case ErrorCode.LockHeld:
       return 75; // EX_TEMPFAIL
     default:
       return 1;

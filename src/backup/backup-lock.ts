@@ -12,20 +12,34 @@ export interface LockedBackup {
 }
 
 /**
+ * How long a verification or restore waits for another holder of a backup's
+ * lock by default: longer than a restore test may run (its node start and
+ * checks are bounded by the start timeout, 30 min at most), so a wait only
+ * ends in LOCK_HELD when the holder is stuck.
+ */
+export const BACKUP_LOCK_WAIT_MS = 35 * 60_000;
+
+/**
  * Runs `work` holding the repository lock of a backup and of every backup
  * it builds on (a restore reads them all; expiring the full under a
  * differential would pull its content away), across processes. The
  * manifest is read again once the locks are held: what a verification or
  * restore sees is what no expiry can change until it is done. Verification,
  * restore and expiry of one backup therefore run one after another.
+ * A wait is bounded (`lock.waitMs`).
  */
 export async function withLockedBackup<T>(
   options: { readonly repository: Repository; readonly logger: Logger },
-  id: string,
-  purpose: string,
+  lock: {
+    readonly id: string;
+    readonly purpose: string;
+    /** How long to wait for another holder (default BACKUP_LOCK_WAIT_MS; 0 tries once), then LOCK_HELD. */
+    readonly waitMs?: number;
+  },
   work: (locked: LockedBackup) => Promise<T>,
 ): Promise<T> {
   const { repository, logger } = options;
+  const { id, purpose } = lock;
   const before = await readOrNotFound(repository, id);
   // A broken chain is locked as far as it goes; the work under the lock reports it.
   const chain = await backupChain(repository, before).catch(() => [before]);
@@ -33,6 +47,7 @@ export async function withLockedBackup<T>(
     chain.map((link) => link.id),
     {
       purpose,
+      waitMs: lock.waitMs ?? BACKUP_LOCK_WAIT_MS,
       onWait: (waitedFor, holder) =>
         logger.info(
           { backupId: waitedFor, holder: { purpose: holder.purpose, pid: holder.pid, host: holder.host, since: holder.since } },

@@ -34,6 +34,17 @@ export function planRetention(manifests: readonly BackupManifest[], keepFull: nu
   return { expire: completed.filter((m) => !keptIds.has(m.id)).map((m) => m.id), walBefore: oldestStart(kept) };
 }
 
+/**
+ * The WAL bound once some backups the plan expires were skipped (another
+ * process held their lock: they stay completed until the next expiry): their
+ * WAL is kept with them. Pure.
+ */
+export function walBeforeSparing(plan: RetentionPlan, spared: readonly BackupManifest[]): number | null {
+  const sparedStart = oldestStart(spared);
+  if (sparedStart === null) return plan.walBefore;
+  return plan.walBefore === null ? null : Math.min(plan.walBefore, sparedStart);
+}
+
 function oldestStart(manifests: readonly BackupManifest[]): number | null {
   if (manifests.length === 0) return null;
   return Math.min(...manifests.map((m) => segmentNumber(m.startLsn)));

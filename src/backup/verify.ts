@@ -41,9 +41,8 @@ export interface VerifyDeps extends RestoreDeps, ReferenceDeps {
 export async function verifyBackup(deps: VerifyDeps, id: string, options: { restoreTest: boolean }): Promise<Verification> {
   // Under the backup's lock: a second verification (the schedule's and the API's) waits for this one, and an
   // expiry cannot run in between, so the result is never written over an expired backup.
-  return withLockedBackup(deps, id, options.restoreTest ? "verification with a restore test" : "verification", (locked) =>
-    verifyLockedBackup(deps, locked, options),
-  );
+  const purpose = options.restoreTest ? "verification with a restore test" : "verification";
+  return withLockedBackup(deps, { id, purpose }, (locked) => verifyLockedBackup(deps, locked, options));
 }
 
 async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, options: { restoreTest: boolean }): Promise<Verification> {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { readdir, rmdir } from "node:fs/promises";
+import { mkdir, readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { Repository } from "../storage/repository";
 import { assertBackupId } from "../backup/manifest";
@@ -9,13 +9,14 @@ import { seededFrom } from "../restore/replica-seed";
 import { assertPortFree } from "../util/ports";
 import { chooseBackupIn } from "../restore/choose-backup";
 import { walSummarizerFor } from "../wal/wal-summary";
-import { recoveryTargetFrom } from "../restore/recovery-target";
+import { recoveryTargetFrom, type RecoveryTarget } from "../restore/recovery-target";
 import { connectionUri } from "../postgres/connection";
 import { MARKER_FILE, ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { loadMembers } from "../cluster/membership";
 import { assertNoMemberPort, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
 import type { RelevoConfig } from "../config/config";
-import { ErrorCode, RelevoError } from "../errors";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import { acquireFileLock, type HeldFileLock } from "../storage/file-lock";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
@@ -149,8 +150,24 @@ export async function restoreCommand(
   output: Output,
 ): Promise<void> {
   const recoveryTarget = recoveryTargetFrom(options);
-  const secrets = await readSecrets(config.home);
   const directory = path.resolve(options.to);
+  // Claimed first: a second restore into the directory is refused before it reads or writes anything.
+  const claim = await claimRestoreTarget(directory);
+  try {
+    await restoreClaimedCopy(config, { ...options, directory, recoveryTarget }, logger, output);
+  } finally {
+    await claim.release();
+  }
+}
+
+async function restoreClaimedCopy(
+  config: RelevoConfig,
+  options: { to: string; port: number; backup?: string; directory: string; recoveryTarget: RecoveryTarget },
+  logger: Logger,
+  output: Output,
+): Promise<void> {
+  const { directory, recoveryTarget } = options;
+  const secrets = await readSecrets(config.home);
   const target = { name: copyNodeName(directory), host: config.host, port: options.port };
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   const members = await loadMembers(config);
@@ -218,6 +235,25 @@ export async function restoreStopCommand(config: RelevoConfig, options: { to: st
     }
   });
   output.out(stopped ? `stopped the copy in ${directory}` : `no restored copy in ${directory}: nothing to stop`);
+}
+
+/**
+ * Claims `directory` for this restore alone: the lock file
+ * `<directory>.restore.lock` beside it, created exclusively and held until
+ * the restore ends, so two restores into one new directory cannot both find
+ * it empty and write into it (the second is refused, nothing written). It
+ * sits beside the directory, not in it: the driver must find the directory
+ * absent. A claim left by a restore that crashed is broken (see file-lock).
+ */
+async function claimRestoreTarget(directory: string): Promise<HeldFileLock> {
+  await mkdir(path.dirname(directory), { recursive: true });
+  try {
+    return await acquireFileLock(`${directory}.restore.lock`, { purpose: `restore into ${directory}`, waitMs: 0 });
+  } catch (error) {
+    if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
+    const holder = error.details.holder as { pid: number; host: string };
+    throw notEmpty(directory, `another restore into it is under way, pid ${holder.pid} on ${holder.host}`);
+  }
 }
 
 /**

@@ -11,7 +11,8 @@ import type { Repository } from "../storage/repository";
  * With RELEVO_REPLICA_SEED=repository, what bootstrap seeds new replicas
  * with: the newest completed backup and the archive, instead of a
  * pg_basebackup that reads the whole primary. Undefined (pg_basebackup) with
- * the default, or when no backup exists yet (the seeder says so).
+ * the default; the seeder returns false (pg_basebackup) when no backup exists
+ * yet or the newest is locked by a restore or verification.
  */
 export function repositorySeeder(
   config: Pick<RelevoConfig, "replicaSeed" | "clusterName" | "maxSlotWalKeepSize" | "backupParallelism">,
@@ -25,7 +26,8 @@ export function repositorySeeder(
       deps.logger.warn({ node: node.name }, "no completed backup to seed the replica from: seeding it from the primary");
       return false;
     }
-    await seedStandbyFromBackup(
+    // False when the backup is locked (a restore test, a CLI restore): seeded from the primary then (logged).
+    return seedStandbyFromBackup(
       {
         clusterName: config.clusterName,
         maxSlotWalKeepSize: config.maxSlotWalKeepSize,
@@ -43,7 +45,6 @@ export function repositorySeeder(
         parallelism: config.backupParallelism,
       },
     );
-    return true;
   };
 }
 

@@ -1,6 +1,6 @@
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../postgres/managed-settings";
-import { ErrorCode, RelevoError } from "../errors";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
@@ -46,7 +46,7 @@ export interface RestoreOptions {
  */
 export async function restoreBackup(deps: RestoreDeps, options: RestoreOptions): Promise<void> {
   const { manifest, ...rest } = options;
-  await withLockedBackup(deps, manifest.id, `restore into ${options.target.name}`, (locked) =>
+  await withLockedBackup(deps, { id: manifest.id, purpose: `restore into ${options.target.name}` }, (locked) =>
     restoreLockedBackup(deps, { ...rest, locked }),
   );
 }
@@ -154,12 +154,21 @@ export interface SeedOptions {
  * its slot, with the archive as restore_command to catch up first. Not
  * started: the caller starts it as it starts any node. The settings go to
  * postgresql.auto.conf, where pg_basebackup -R puts them too. Holds the
- * backup's lock while it reads the backup, as restoreBackup does.
+ * backup's lock while it reads the backup, as restoreBackup does; false
+ * (nothing done) when another holds it.
  */
-export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<void> {
-  await withLockedBackup(deps, options.manifest.id, `seed replica ${options.node.name}`, (locked) =>
-    seedLockedStandby(deps, { ...options, manifest: locked.manifest }),
-  );
+export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<boolean> {
+  const lock = { id: options.manifest.id, purpose: `seed replica ${options.node.name}`, waitMs: 0 };
+  try {
+    await withLockedBackup(deps, lock, (locked) => seedLockedStandby(deps, { ...options, manifest: locked.manifest }));
+    return true;
+  } catch (error) {
+    // Seeding runs inside a journaled addReplica or reseed, during which failover checks pause: never wait for a
+    // restore test or a CLI restore that may hold the backup for half an hour. The primary seeds the replica instead.
+    if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
+    deps.logger.warn({ node: options.node.name, backupId: options.manifest.id, details: error.details }, error.message);
+    return false;
+  }
 }
 
 async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promise<void> {

@@ -1,11 +1,14 @@
 import { expect } from "@jest/globals";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdir, writeFile } from "node:fs/promises";
+import { access, mkdir, stat, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { BackupLocks, type HeldBackupLocks, type LockHolder } from "../../src/storage/backup-locks";
+import { restoreCommand } from "../../src/cli/backup-commands";
+import { loadConfig } from "../../src/config/config";
+import { createLogger } from "../../src/log";
 import { projectRoot } from "../../src/util/project-root";
 import { tempHome } from "../helpers/home";
 import { eventually } from "../helpers/service";
@@ -21,7 +24,7 @@ async function holderProcess(root: string): Promise<ChildProcess> {
   const module = path.join(projectRoot(), "dist/src/storage/backup-locks.js");
   const script =
     `const { BackupLocks } = require(${JSON.stringify(module)});` +
-    `new BackupLocks(${JSON.stringify(root)}).acquire([${JSON.stringify(ID)}], { purpose: "verification" })` +
+    `new BackupLocks(${JSON.stringify(root)}).acquire([${JSON.stringify(ID)}], { purpose: "verification", waitMs: 0 })` +
     `.then(() => { console.log("held"); setInterval(() => {}, 1000); });`;
   const child = spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] });
   const lines = createInterface({ input: child.stdout });
@@ -37,7 +40,12 @@ describe("backup locks in the repository: across processes, never left held by a
     const locks = new BackupLocks(root);
     const waitedFor: LockHolder[] = [];
     let held: HeldBackupLocks | null = null;
-    const acquiring = locks.acquire([ID], { purpose: "expiry", pollMs: 50, onWait: (_id, holder) => waitedFor.push(holder) });
+    const acquiring = locks.acquire([ID], {
+      purpose: "expiry",
+      waitMs: 20_000,
+      pollMs: 50,
+      onWait: (_id, holder) => waitedFor.push(holder),
+    });
     void acquiring.then((locked) => (held = locked));
     try {
       await eventually(() => (waitedFor.length > 0 ? true : undefined), { timeoutMs: 10000 });
@@ -57,10 +65,10 @@ describe("backup locks in the repository: across processes, never left held by a
   test("in one process, two holders of one backup take turns; locks on several backups are taken in one order", async () => {
     const locks = new BackupLocks(await tempHome("locks-turns"));
     const other = "20261126T000000Z-D";
-    const first = await locks.acquire([other, ID], { purpose: "restore" });
+    const first = await locks.acquire([other, ID], { purpose: "restore", waitMs: 0 });
     expect(first.ids).toEqual([ID, other]);
     let second: HeldBackupLocks | null = null;
-    const acquiring = locks.acquire([ID], { purpose: "verification", pollMs: 20 }).then((locked) => (second = locked));
+    const acquiring = locks.acquire([ID], { purpose: "verification", waitMs: 20_000, pollMs: 20 }).then((locked) => (second = locked));
     await eventually(async () => ((await locks.holder(ID))?.purpose === "restore" ? true : undefined));
     expect(second).toBeNull();
     await first.release();
@@ -83,8 +91,136 @@ describe("backup locks in the repository: across processes, never left held by a
       token: "dead",
     };
     await writeFile(path.join(locks.directory, `${ID}.lock`), JSON.stringify(stale));
-    const held = await locks.acquire([ID], { purpose: "expiry" });
+    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 0 });
     expect(await locks.holder(ID)).toMatchObject({ purpose: "expiry" });
     await held.release();
+  });
+});
+
+/** A lock file as a holder on another host leaves it: that host's name, its refresh interval. */
+async function remoteLock(locks: BackupLocks, refreshMs: number): Promise<string> {
+  await mkdir(locks.directory, { recursive: true });
+  const holder: LockHolder = {
+    host: "elsewhere.invalid",
+    pid: 4242,
+    processStart: "77",
+    purpose: "restore into copy1",
+    since: new Date().toISOString(),
+    token: "remote",
+    refreshMs,
+  };
+  const file = locks.fileOf(ID);
+  await writeFile(file, JSON.stringify(holder));
+  return file;
+}
+
+describe("backup locks: bounded waits, holders on other hosts, racing breakers", () => {
+  test("a holder on another host that keeps touching its lock is waited for until the deadline, then LOCK_HELD names the file and holder", async () => {
+    const locks = new BackupLocks(await tempHome("locks-remote-live"));
+    const file = await remoteLock(locks, 100);
+    // That host's holder, alive: it touches the file more often than its refresh interval.
+    const touching = setInterval(() => void utimes(file, new Date(), new Date()).catch(() => undefined), 50);
+    const waitedFor: LockHolder[] = [];
+    try {
+      await expect(
+        locks.acquire([ID], { purpose: "verification", waitMs: 1000, pollMs: 20, onWait: (_id, holder) => waitedFor.push(holder) }),
+      ).rejects.toMatchObject({
+        code: "LOCK_HELD",
+        message: expect.stringContaining(`lock ${file} is held by pid 4242 on elsewhere.invalid, restore into copy1`),
+        details: { lockFile: file, holder: { host: "elsewhere.invalid", pid: 4242 } },
+      });
+    } finally {
+      clearInterval(touching);
+    }
+    expect(waitedFor).toHaveLength(1);
+    expect(await locks.holder(ID)).toMatchObject({ token: "remote" });
+  });
+
+  test("a holder on another host that stopped touching its lock is gone after three of its intervals: the lock is broken", async () => {
+    const locks = new BackupLocks(await tempHome("locks-remote-dead"));
+    await remoteLock(locks, 100);
+    const started = Date.now();
+    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 10_000, pollMs: 20 });
+    // Never broken before three silent intervals as this process saw them.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(await locks.holder(ID)).toMatchObject({ pid: process.pid, purpose: "expiry" });
+    await held.release();
+  });
+
+  test("tried once (waitMs 0), a held lock is LOCK_HELD at once; a holder touches its lock while it holds it", async () => {
+    const locks = new BackupLocks(await tempHome("locks-refresh"), { refreshMs: 50 });
+    const held = await locks.acquire([ID], { purpose: "restore", waitMs: 0 });
+    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
+    const file = locks.fileOf(ID);
+    await utimes(file, new Date(0), new Date(0));
+    await eventually(async () => ((await stat(file)).mtimeMs > Date.now() - 60_000 ? true : undefined), { timeoutMs: 5000 });
+    await held.release();
+    expect(await locks.holder(ID)).toBeNull();
+  });
+
+  test("many processes race to break one dead holder's lock, again after each holder dies: exactly one holder at any time", async () => {
+    const root = await tempHome("locks-race");
+    const locks = new BackupLocks(root);
+    await mkdir(locks.directory, { recursive: true });
+    const gone = spawn("true");
+    await once(gone, "exit");
+    const dead: LockHolder = { host: os.hostname(), pid: gone.pid!, processStart: "", purpose: "crashed", since: "", token: "dead" };
+    await writeFile(locks.fileOf(ID), JSON.stringify(dead));
+    const go = path.join(root, "go");
+    const inside = path.join(root, "inside");
+    const module = path.join(projectRoot(), "dist/src/storage/backup-locks.js");
+    // Each takes the lock, proves it is alone in it (an exclusive marker file), then dies holding it: the rest race
+    // to break a dead holder's lock once more.
+    const script =
+      `const fs = require("fs"); const { BackupLocks } = require(${JSON.stringify(module)});` +
+      `console.log("ready");` +
+      `const start = () => fs.existsSync(${JSON.stringify(go)}) ? take() : setTimeout(start, 5);` +
+      `const take = () => new BackupLocks(${JSON.stringify(root)}).acquire([${JSON.stringify(ID)}], { purpose: "race", waitMs: 60000, pollMs: 1 }).then(() => {` +
+      `  try { fs.writeFileSync(${JSON.stringify(inside)}, String(process.pid), { flag: "wx" }); } catch { console.log("overlap"); }` +
+      `  setTimeout(() => { fs.rmSync(${JSON.stringify(inside)}, { force: true }); console.log("alone"); process.exit(0); }, 20);` +
+      `});` +
+      `start();`;
+    const children = Array.from({ length: 8 }, () => spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] }));
+    try {
+      const outputs = children.map((child) => {
+        const lines: string[] = [];
+        createInterface({ input: child.stdout }).on("line", (line) => lines.push(line));
+        return { lines, exited: once(child, "exit") };
+      });
+      await eventually(() => (outputs.every((output) => output.lines.includes("ready")) ? true : undefined), { timeoutMs: 30_000 });
+      await writeFile(go, "");
+      await Promise.all(outputs.map((output) => output.exited));
+      expect(outputs.map((output) => output.lines.filter((line) => line !== "ready"))).toEqual(children.map(() => ["alone"]));
+      // The last holder died holding it: broken once more, by this process.
+      const held = await locks.acquire([ID], { purpose: "after the race", waitMs: 10_000 });
+      await held.release();
+      await expect(access(`${locks.fileOf(ID)}.break`)).rejects.toMatchObject({ code: "ENOENT" });
+    } finally {
+      for (const child of children) child.kill("SIGKILL");
+    }
+  });
+
+  test("relevo restore --to a directory another restore has claimed is TARGET_NOT_EMPTY, nothing read or written", async () => {
+    const home = await tempHome("locks-restore-claim");
+    const directory = path.join(home, "copy");
+    const module = path.join(projectRoot(), "dist/src/storage/file-lock.js");
+    const script =
+      `require(${JSON.stringify(module)}).acquireFileLock(${JSON.stringify(`${directory}.restore.lock`)}, { purpose: "restore", waitMs: 0 })` +
+      `.then(() => { console.log("held"); setInterval(() => {}, 1000); });`;
+    const child = spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+    try {
+      const [line] = (await once(createInterface({ input: child.stdout }), "line")) as [string];
+      expect(line).toBe("held");
+      const config = loadConfig({ RELEVO_HOME: home });
+      await expect(
+        restoreCommand(config, { to: directory, port: 1 }, createLogger({ level: "silent" }), { out: () => undefined, terminal: false }),
+      ).rejects.toMatchObject({
+        code: "TARGET_NOT_EMPTY",
+        message: expect.stringContaining(`another restore into it is under way, pid ${child.pid}`),
+      });
+      await expect(access(directory)).rejects.toMatchObject({ code: "ENOENT" });
+    } finally {
+      child.kill("SIGKILL");
+    }
   });
 });

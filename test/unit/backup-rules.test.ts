@@ -4,7 +4,7 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
-import { planRetention } from "../../src/backup/retention";
+import { planRetention, walBeforeSparing } from "../../src/backup/retention";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
 import { checksumMismatches, referenceRecovery, type ReferencePoint } from "../../src/backup/reference-point";
@@ -136,6 +136,13 @@ describe("retention (pure)", () => {
     expect(planRetention(backups, 2)).toEqual({ expire: ["F1", "I2"], walBefore: 5 });
     expect(planRetention(backups, 3)).toEqual({ expire: [], walBefore: 1 });
     expect(planRetention([manifest("F1", { status: "failed" })], 1)).toEqual({ expire: [], walBefore: null });
+  });
+
+  test("a backup expiry skipped (another held its lock) keeps its WAL until the next expiry", () => {
+    const plan = { expire: ["F1", "I2"], walBefore: 5 };
+    expect(walBeforeSparing(plan, [])).toBe(5);
+    expect(walBeforeSparing(plan, [manifest("I2", { type: "incremental", startLsn: "0/2000028" })])).toBe(2);
+    expect(walBeforeSparing({ expire: [], walBefore: null }, [manifest("F1", { startLsn: "0/1000028" })])).toBeNull();
   });
 });
 
