@@ -21,6 +21,7 @@ import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RedisLease } from "../redis/redis-lease";
 import type { FailoverEligibility } from "./reference-source";
+import type { PauseMarker } from "./reference-point";
 
 export interface BackupServiceDeps {
   readonly clusterName: string;
@@ -49,6 +50,8 @@ export interface BackupServiceDeps {
   readonly lease: RedisLease;
   /** Which replicas a failover would promote now: a restore test never pauses the only one (see chooseReferenceReplica). */
   readonly failoverEligibility: () => Promise<FailoverEligibility>;
+  /** Marks a replica while a restore test's reference point holds its replay paused. */
+  readonly pauseMarker: PauseMarker;
 }
 
 /**

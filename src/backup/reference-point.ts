@@ -95,6 +95,38 @@ async function databasesOf(client: Client): Promise<string[]> {
   ).rows.map((row) => row.datname);
 }
 
+/**
+ * How long a capture waits for replay to pause. The startup process
+ * normally stops within milliseconds; it may take longer while replay
+ * waits out a conflict with a standby query.
+ */
+const PAUSE_WAIT_MS = 30_000;
+
+/**
+ * How long the replica's pause marker lives: past the longest a capture
+ * holds replay paused (the wait for the pause, then one short query per
+ * database), so that the replay pause watch leaves a capture at work alone,
+ * and resumes a replica within about this long after a capture's service died.
+ */
+export const PAUSE_MARKER_TTL_MS = 2 * PAUSE_WAIT_MS;
+
+/** Marks a replica while a capture holds its replay paused (see ReplayPauseMarkers). */
+export interface PauseMarker {
+  hold(node: string, ttlMs: number): Promise<void>;
+  release(node: string): Promise<void>;
+}
+
+/**
+ * Replay moved while the snapshots were being opened: someone resumed it
+ * (the replay pause watch, after the marker expired, or an operator). The
+ * snapshots may then see past L; the capture is taken again.
+ */
+class ReplayMovedError extends RelevoError {
+  constructor(node: string, from: string, to: string) {
+    super(ErrorCode.PreconditionFailed, `${node} replayed on from ${from} to ${to} while it should have been paused`);
+  }
+}
+
 export interface CaptureOptions {
   /** A streaming replica that a failover does not depend on alone (see chooseReferenceReplica). */
   readonly replica: NodeRef;
@@ -107,6 +139,8 @@ export interface CaptureOptions {
   readonly notBefore: string;
   /** How long the replica may take to replay up to `notBefore`, and to pause. */
   readonly timeoutMs: number;
+  /** Marks the replica while its replay is paused, so that nothing resumes it meanwhile. */
+  readonly marker: PauseMarker;
   /** Tries after a conflict with recovery cancelled a checksum (default 3). */
   readonly attempts?: number;
 }
@@ -138,7 +172,7 @@ export async function captureReferencePoint(options: CaptureOptions): Promise<Re
       }
       return { kind: "replay-pause", ...mark, lsn, node: options.replica.name, createdAt: new Date().toISOString(), tables };
     } catch (error) {
-      if (attempt >= attempts || !isRecoveryConflict(error)) throw error;
+      if (attempt >= attempts || !(isRecoveryConflict(error) || error instanceof ReplayMovedError)) throw error;
     }
   }
 }
@@ -176,8 +210,10 @@ async function checksumsAtPausedReplay(
       readers.push({ database, client: await connect(replica, credentials, database), tables: [] });
     let lsn: string;
     let timeline: number | null;
+    // Marked before the pause and cleared after the resume: a pause without the mark is nobody's (see ReplayPauseWatch).
+    await options.marker.hold(replica.name, PAUSE_MARKER_TTL_MS);
     try {
-      await pauseReplay(control, options.timeoutMs);
+      await pauseReplay(control, Math.min(options.timeoutMs, PAUSE_WAIT_MS));
       lsn = await lastReplayedLsn(control);
       timeline = (await control.query<{ tli: number | null }>("SELECT received_tli AS tli FROM pg_stat_wal_receiver")).rows[0]?.tli ?? null;
       for (const reader of readers) {
@@ -185,8 +221,12 @@ async function checksumsAtPausedReplay(
         // The first query fixes the snapshot: the tables are those of the point.
         reader.tables = (await reader.client.query<{ name: string }>(TABLES_SQL)).rows.map((row) => row.name);
       }
+      // Every snapshot was opened at L only if replay did not move meanwhile.
+      const after = await lastReplayedLsn(control);
+      if (after !== lsn) throw new ReplayMovedError(replica.name, lsn, after);
     } finally {
       await resumeReplay(control);
+      await options.marker.release(replica.name).catch(() => undefined);
     }
     const tables: TableChecksum[] = [];
     for (const reader of readers)

@@ -4,7 +4,7 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import type { Repository } from "../storage/repository";
 import type { BackupManifest } from "./manifest";
-import { captureReferencePoint } from "./reference-point";
+import { captureReferencePoint, type PauseMarker } from "./reference-point";
 import { chooseReferenceReplica, type FailoverEligibility } from "./reference-source";
 
 export interface ReferenceDeps {
@@ -17,6 +17,8 @@ export interface ReferenceDeps {
   readonly failoverEligibility: () => Promise<FailoverEligibility>;
   /** How long a replica may take to replay up to the backup's stop. */
   readonly archiveTimeoutMs: number;
+  /** Marks the replica while its replay is paused (see ReplayPauseMarkers). */
+  readonly pauseMarker: PauseMarker;
 }
 
 const nodeRef = (snapshot: ClusterSnapshot, name: string): NodeRef => {
@@ -51,6 +53,7 @@ export async function referencePointFor(
       name: `relevo-${manifest.id}`,
       notBefore: manifest.stopLsn!,
       timeoutMs: deps.archiveTimeoutMs,
+      marker: deps.pauseMarker,
     });
     const recorded: BackupManifest = { ...manifest, referencePoint: point };
     await deps.repository.writeManifest(recorded);

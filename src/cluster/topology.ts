@@ -8,6 +8,7 @@ import type { DriverKind, NodeProcessState, ContainerView } from "../nodes/node-
  */
 export type { NodeRole, NodeState, SlotStatus } from "../postgres/node-state";
 import type { NodeRole, NodeState, SlotStatus } from "../postgres/node-state";
+import type { ReplayPauseState } from "../postgres/replay-pause";
 
 export type ReplicationState = "streaming" | "catchup" | "startup" | "backup" | "stopping" | "stopped" | "unknown";
 
@@ -21,6 +22,8 @@ export interface ReplicationStatus {
   readonly replayLagSeconds: number | null;
   readonly syncState: string | null;
   readonly lastMessageAt: string | null;
+  /** The replica's own replay pause state; null when it did not answer. */
+  readonly replayPause: ReplayPauseState | null;
 }
 
 export interface DriverView {
@@ -182,6 +185,7 @@ const EMPTY_REPLICATION: ReplicationStatus = {
   replayLagSeconds: null,
   syncState: null,
   lastMessageAt: null,
+  replayPause: null,
 };
 
 /**
@@ -209,6 +213,7 @@ function replicationOf(name: string, probe: NodeState, primaryName: string | nul
     replayLagSeconds: sender?.replayLagSeconds ?? probe.replayLagSeconds,
     syncState: sender?.syncState ?? null,
     lastMessageAt: probe.receiver?.lastMessageAt ?? null,
+    replayPause: probe.replayPause,
   };
 }
 

@@ -39,6 +39,7 @@ export interface EventMap {
   "node:rejoined": { method: "rewind" | "reseed" | "restart"; upstream: string; durationMs: number };
   "node:rejoin-failed": { error: string };
   "node:removed": { slotDropped: boolean };
+  "node:replay-resumed": { state: string; pausedForMs: number };
   "cluster:split-brain": { writable: string[]; recordedPrimary: string };
   "cluster:maintenance": { enabled: boolean };
   "cluster:failover-held-back": { reason: string; recordedPrimary: string };
@@ -147,6 +148,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "node:rejoined",
   "node:rejoin-failed",
   "node:removed",
+  "node:replay-resumed",
   "cluster:split-brain",
   "cluster:maintenance",
   "cluster:failover-held-back",

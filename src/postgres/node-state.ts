@@ -1,4 +1,5 @@
 import type { Client, QueryResult } from "pg";
+import { REPLAY_PAUSE_STATE_SQL, type ReplayPauseState } from "./replay-pause";
 
 /**
  * What PostgreSQL says of one node, read in one place for the topology
@@ -29,6 +30,12 @@ export interface NodeState {
   readonly replayedLsn: string | null;
   readonly lastReplayAt: string | null;
   readonly replayLagSeconds: number | null;
+  /**
+   * Replicas: whether WAL replay is paused (a reference point being taken
+   * pauses it for a moment; a pause left behind is resumed by the replay
+   * pause watch). Null on a primary.
+   */
+  readonly replayPause: ReplayPauseState | null;
   /** WAL receiver (replicas): status and the upstream it streams from. */
   readonly receiver: {
     readonly status: string;
@@ -83,7 +90,8 @@ SELECT pg_last_wal_receive_lsn()::text AS received_lsn,
        pg_last_xact_replay_timestamp() AS last_replay_at,
        CASE WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END AS replay_lag,
-       (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline`;
+       (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline,
+       ${REPLAY_PAUSE_STATE_SQL} AS replay_pause`;
 
 const RECEIVER_SQL = `
 SELECT status, received_tli, sender_host, sender_port, slot_name, last_msg_receipt_time,
@@ -132,6 +140,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
       replayedLsn: null,
       lastReplayAt: null,
       replayLagSeconds: null,
+      replayPause: null,
       receiver: null,
       senders,
       slots,
@@ -150,6 +159,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
     replayedLsn: replica.replayed_lsn,
     lastReplayAt: replica.last_replay_at ? new Date(replica.last_replay_at).toISOString() : null,
     replayLagSeconds: replica.replay_lag,
+    replayPause: replica.replay_pause,
     receiver: receiverRow
       ? {
           status: receiverRow.status,
@@ -205,6 +215,7 @@ interface ReplicaRow {
   last_replay_at: Date | null;
   replay_lag: number | null;
   checkpoint_timeline: number | null;
+  replay_pause: ReplayPauseState;
 }
 interface ReceiverRow {
   status: string;

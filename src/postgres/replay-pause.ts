@@ -14,13 +14,24 @@ export async function pauseReplay(client: Client, timeoutMs: number): Promise<vo
   await client.query("SELECT pg_wal_replay_pause()");
   const deadline = Date.now() + timeoutMs;
   for (let polls = 1; ; polls += 1) {
-    const state = (await client.query<{ state: string }>("SELECT pg_get_wal_replay_pause_state() AS state")).rows[0]!.state;
+    const state = await replayPauseState(client);
     if (state === "paused") return;
     if (Date.now() > deadline) {
       throw new RelevoError(ErrorCode.Timeout, `WAL replay did not pause within ${timeoutMs} ms (state: ${state})`);
     }
     await sleep(Math.min(100, 5 * polls));
   }
+}
+
+/** pg_get_wal_replay_pause_state(): "pause requested" until the startup process has stopped between two records. */
+export type ReplayPauseState = "not paused" | "pause requested" | "paused";
+
+/** SQL for a standby's replay pause state (an error on a primary: recovery is not in progress). */
+export const REPLAY_PAUSE_STATE_SQL = "pg_get_wal_replay_pause_state()";
+
+/** A standby's replay pause state. */
+export async function replayPauseState(client: Pick<Client, "query">): Promise<ReplayPauseState> {
+  return (await client.query<{ state: ReplayPauseState }>(`SELECT ${REPLAY_PAUSE_STATE_SQL} AS state`)).rows[0]!.state;
 }
 
 /** Resumes replay (a no-op when it is not paused). */

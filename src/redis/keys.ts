@@ -41,6 +41,11 @@ export interface RedisKeys {
   };
   /** A running backup's progress (a hash per backup id). */
   backupProgress(backupId: string): string;
+  /**
+   * Present (expiring) while a reference point's capture pauses `node`'s WAL
+   * replay: the replay pause watch resumes a paused replica only without it.
+   */
+  replayPauseMarker(node: string): string;
 }
 
 /** Pub/sub topics (shared by every instance through Redis). */
@@ -77,5 +82,6 @@ export function redisKeys(clusterName: string): RedisKeys {
       channel: `${prefix}:agenda:notifications`,
     },
     backupProgress: (backupId) => `${prefix}:backup-progress:${backupId}`,
+    replayPauseMarker: (node) => `${prefix}:replay-pause:${node}`,
   };
 }

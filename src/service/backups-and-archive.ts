@@ -1,5 +1,6 @@
 import { BackupProgressRecorder } from "../backup/backup-progress";
 import { BackupService } from "../backup/backup-service";
+import { ReplayPauseMarkers } from "../cluster/replay-pause-markers";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import type { ClusterStateStore } from "../failover/cluster-state";
 import { publisherOf } from "../events/redis-pubsub";
@@ -128,6 +129,7 @@ export function startBackups(
       eligible: (await clusterState.read())?.eligible ?? [],
       maximumLagBytes: config.failoverMaximumLagBytes,
     }),
+    pauseMarker: new ReplayPauseMarkers(redis.client, redis.keys),
   });
   cleanups.push(() => backups.waitForIdle());
 

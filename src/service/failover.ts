@@ -1,3 +1,5 @@
+import { ReplayPauseMarkers } from "../cluster/replay-pause-markers";
+import { ReplayPauseWatch } from "../cluster/replay-pause-watch";
 import { OperationJournal } from "../failover/operation-journal";
 import { FailoverOperations } from "../failover/operations";
 import { FailoverService } from "../failover/failover-service";
@@ -11,7 +13,8 @@ import type { RedisAndEvents } from "./redis-and-events";
 /**
  * Failover: the recorded cluster state reconciled with the cluster as
  * bootstrap found it (see FailoverService.reconcile), then the monitor,
- * which runs in whichever instance holds its lease.
+ * which runs in whichever instance holds its lease, and the replay pause
+ * watch, which acts in that instance too.
  */
 export async function startFailover(
   options: StartContext & {
@@ -62,5 +65,20 @@ export async function startFailover(
   });
   failover.start();
   cleanups.push(() => failover.stop());
+  const replayPauseWatch = new ReplayPauseWatch({
+    nodes: members.nodes,
+    superuser: cluster.superuser,
+    redis: client,
+    maintenanceKey: keys.maintenance,
+    markers: new ReplayPauseMarkers(client, keys),
+    events,
+    logger,
+    topology: () => collector.latest,
+    leading: () => failover.leading,
+    intervalMs: config.topologyPollIntervalMs,
+    nodeTimeoutMs: config.nodeTimeoutMs,
+  });
+  replayPauseWatch.start();
+  cleanups.push(() => replayPauseWatch.stop());
   return failover;
 }

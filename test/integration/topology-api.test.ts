@@ -107,6 +107,49 @@ describe("topology over GraphQL", () => {
     expect(response.data).toEqual({ node: { name: "node2", role: "REPLICA" } });
   });
 
+  test("a replica's replay left paused shows as PAUSED, is resumed within 10 s, and says so in an event", async () => {
+    const replica = cluster.service.nodes[1]!;
+    const pauseState = async () =>
+      (await sqlOn<{ state: string }>(replica, cluster.service.secrets, "SELECT pg_get_wal_replay_pause_state() AS state"))[0]!.state;
+    // As a reference point's capture would leave it if its service died between the pause and the resume.
+    await sqlOn(replica, cluster.service.secrets, "SELECT pg_wal_replay_pause()");
+    const pausedAt = Date.now();
+    const seen = await eventually(
+      async () => {
+        const answer = await graphqlRequest<{ node: { replication: { replayPause: string } } }>(
+          cluster.url,
+          `{ node(name: "node2") { replication { replayPause } } }`,
+          { token: cluster.token("viewer") },
+        );
+        return answer.data?.node.replication.replayPause === "PAUSED" ? "PAUSED" : undefined;
+      },
+      { timeoutMs: 5000, what: "node2 shown with its replay paused" },
+    );
+    expect(seen).toBe("PAUSED");
+    await eventually(async () => ((await pauseState()) === "not paused" ? true : undefined), {
+      timeoutMs: 10000,
+      what: "node2's replay resumed",
+    });
+    expect(Date.now() - pausedAt).toBeLessThan(10000);
+    const event = await eventually(async () => {
+      const response = await graphqlRequest<{ events: { edges: Array<{ node: { node: string; data: { state: string } } }> } }>(
+        cluster.url,
+        `{ events(first: 5, kinds: ["node:replay-resumed"]) { edges { node { node data } } } }`,
+        { token: cluster.token("viewer") },
+      );
+      return response.data?.events.edges[0]?.node;
+    });
+    expect(event).toMatchObject({ node: "node2", data: { state: "paused" } });
+    // Replay goes on: a row written now reaches the replica.
+    await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE after_resume AS SELECT 1 AS one");
+    await eventually(async () =>
+      (await sqlOn<{ found: boolean }>(replica, cluster.service.secrets, "SELECT to_regclass('after_resume') IS NOT NULL AS found"))[0]!
+        .found
+        ? true
+        : undefined,
+    );
+  });
+
   test("load-balancer health routes answer without a token", async () => {
     const status = async (path: string) => (await fetch(cluster.url.replace("/graphql", path))).status;
     expect(await status("/nodes/node1/primary")).toBe(200);

@@ -22,6 +22,7 @@ const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
   replayedLsn: null,
   lastReplayAt: null,
   replayLagSeconds: null,
+  replayPause: null,
   receiver: null,
   senders,
   slots: [],
@@ -37,6 +38,7 @@ const replicaProbe = (status: string | null): NodeState => ({
   replayedLsn: "0/2000000",
   lastReplayAt: null,
   replayLagSeconds: 1.5,
+  replayPause: "not paused",
   receiver: status
     ? { status, senderHost: "127.0.0.1", senderPort: 1, slotName: "relevo_node2", lastMessageAt: null, silentMs: null }
     : null,
@@ -83,6 +85,7 @@ describe("topology snapshot (pure)", () => {
       lagBytes: 100,
       replayLagSeconds: 0.2,
       syncState: "async",
+      replayPause: "not paused",
     });
   });
 

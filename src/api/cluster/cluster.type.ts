@@ -20,6 +20,17 @@ registerEnumType(ReplicationStateGql, {
   description: "A replica's WAL streaming state (pg_stat_replication.state, or its WAL receiver's status).",
 });
 
+export enum ReplayPauseGql {
+  NOT_PAUSED = "not paused",
+  PAUSE_REQUESTED = "pause requested",
+  PAUSED = "paused",
+}
+registerEnumType(ReplayPauseGql, {
+  name: "ReplayPause",
+  description:
+    "A replica's WAL replay (pg_get_wal_replay_pause_state()). A restore test pauses a replica for a moment to take its reference point; a pause nobody holds is resumed within seconds (event node:replay-resumed).",
+});
+
 export enum ClusterHealthGql {
   HEALTHY = "healthy",
   DEGRADED = "degraded",
@@ -74,6 +85,9 @@ export class Replication {
 
   @Field(() => String, { nullable: true, description: "When the replica last heard from its upstream (ISO 8601)." })
   lastMessageAt!: string | null;
+
+  @Field(() => ReplayPauseGql, { nullable: true, description: "Whether the replica's WAL replay is paused; null when it did not answer." })
+  replayPause!: ReplayPauseGql | null;
 }
 
 @ObjectType({ description: "A replication slot on a node." })
