@@ -41,6 +41,24 @@ export function timelineOfSegment(path: readonly TimelineStep[], segment: number
   return path[path.length - 1]!.timeline;
 }
 
+/**
+ * The archived segment files that hold the WAL from `fromLsn` to `toLsn`
+ * along `path` (see timelineOfSegment): a point on an ancestor timeline,
+ * before the branch, is read from the ancestor's files. Pure.
+ */
+export function segmentFilesAlong(
+  path: readonly TimelineStep[],
+  fromLsn: string,
+  toLsn: string,
+): Array<{ readonly timeline: number; readonly segment: number }> {
+  const files: Array<{ timeline: number; segment: number }> = [];
+  const last = Math.floor(lsnToNumber(toLsn) / SEGMENT_SIZE);
+  for (let segment = Math.floor(lsnToNumber(fromLsn) / SEGMENT_SIZE); segment <= last; segment += 1) {
+    files.push({ timeline: timelineOfSegment(path, segment), segment });
+  }
+  return files;
+}
+
 /** The history of `timeline` as the server holds it (pg_wal/<timeline>.history; superuser). */
 export async function serverHistory(client: Pick<Client, "query">, timeline: number): Promise<TimelineStep[]> {
   if (timeline === 1) return timelinePath(1, null);

@@ -10,11 +10,11 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "../storage/repository";
-import { parseSegmentName, SEGMENT_SIZE, segmentName, segmentNumber } from "../postgres/wal-names";
-import { serverHistory, type TimelineStep } from "../postgres/timelines";
+import { historyFileName, parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
+import { segmentFilesAlong, serverHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
-import { chown, mkdir, readdir, rename, writeFile } from "node:fs/promises";
+import { chown, mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
@@ -123,18 +123,22 @@ export class WalArchiver {
   }
 
   /**
-   * Resolves once every segment from `fromLsn` to `toLsn` on `timeline` is
-   * archived complete; TIMEOUT otherwise.
+   * Resolves once every segment from `fromLsn` to `toLsn`, along the history
+   * of `timeline`, is archived complete; TIMEOUT otherwise. Along the
+   * history: right after a failover a point before the branch (a backup's
+   * stop, a reference point taken on a replica that had not replayed past
+   * it) is in the old timeline's files; the new timeline's files start at
+   * the segment the branch falls in.
    */
   async waitForArchived(timeline: number, fromLsn: string, toLsn: string, timeoutMs: number): Promise<void> {
-    const first = segmentNumber(fromLsn);
-    const last = segmentNumber(toLsn);
     const deadline = Date.now() + timeoutMs;
     let polls = 0;
     for (;;) {
-      const archived = (await this.options.repository.archivedSegments()).get(timeline) ?? new Set<number>();
-      const missing: string[] = [];
-      for (let segment = first; segment <= last; segment += 1) if (!archived.has(segment)) missing.push(segmentName(timeline, segment));
+      const path = await this.archivedHistory(timeline);
+      const archived = await this.options.repository.archivedSegments();
+      const missing = segmentFilesAlong(path, fromLsn, toLsn)
+        .filter((file) => !archived.get(file.timeline)?.has(file.segment))
+        .map((file) => segmentName(file.timeline, file.segment));
       if (missing.length === 0) return;
       if (Date.now() > deadline) {
         throw new RelevoError(
@@ -146,6 +150,17 @@ export class WalArchiver {
       // at first (every backup waits here), then settle to a few times a second.
       await sleep(Math.min(250, 20 * ++polls));
     }
+  }
+
+  /**
+   * The history of `timeline` from its archived .history file (pg_receivewal
+   * fetches it before the timeline's first segment); `timeline` alone while
+   * there is none.
+   */
+  private async archivedHistory(timeline: number): Promise<TimelineStep[]> {
+    if (timeline === 1) return timelinePath(1, null);
+    const history = await readFile(path.join(this.options.repository.walDir, historyFileName(timeline)), "utf8").catch(() => null);
+    return timelinePath(timeline, history);
   }
 
   private async run(): Promise<void> {

@@ -3,7 +3,7 @@ import { Readable } from "node:stream";
 import { mergeSummaries, pageLsn, planFile } from "../../src/backup/change-plan";
 import { layeredContent } from "../../src/storage/layered-content";
 import { referenceOnHistory } from "../../src/wal/wal-changes";
-import { timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
+import { segmentFilesAlong, timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
 import { divergedFiles } from "../../src/wal/wal-archiver";
 import { receiveStart, timelineBoundaryPlaceholder } from "../../src/wal/receive-start";
 import type { ManifestEntry } from "../../src/backup/manifest";
@@ -263,6 +263,19 @@ describe("the WAL between a reference and a backup, along the timeline history",
 
   test("each segment is read from the timeline that holds all of it: the one a switch falls in from the new timeline", () => {
     expect([3, 4, 5, 6, 7, 8, 9].map((segment) => timelineOfSegment(path, segment))).toEqual([1, 1, 2, 2, 2, 3, 3]);
+  });
+
+  test("the files a span of WAL is read from follow the history: an ancestor's before the branch", () => {
+    // From a point on timeline 1 (a reference taken just after the failover, on a replica not yet past the branch) to one on 3.
+    expect(segmentFilesAlong(path, "0/4000100", "0/9000010")).toEqual([
+      { timeline: 1, segment: 4 },
+      { timeline: 2, segment: 5 },
+      { timeline: 2, segment: 6 },
+      { timeline: 2, segment: 7 },
+      { timeline: 3, segment: 8 },
+      { timeline: 3, segment: 9 },
+    ]);
+    expect(segmentFilesAlong(timelinePath(1, null), "0/3000000", "0/3FFFFFF")).toEqual([{ timeline: 1, segment: 3 }]);
   });
 });
 
