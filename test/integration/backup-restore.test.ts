@@ -448,7 +448,7 @@ describe("full backup and point-in-time restore", () => {
     expect(await sql(copy, "SELECT count(*)::int AS n FROM pitr")).toEqual([{ n: 2 }]);
   });
 
-  test("a verification and an expiry of one backup at once: the expiry waits for it, and the backup ends expired, never completed again", async () => {
+  test("a verification and an expiry of one backup at once: one at a time, and the backup ends expired, never completed again", async () => {
     const oldest = (await cluster.service.backups.list()).find((m) => m.status === "completed" && m.type === "full")!;
     // A newer full (its manifest only) puts the oldest kept full beyond RELEVO_RETENTION_FULL.
     const newest = await cluster.service.backups.latestCompleted();
@@ -461,7 +461,12 @@ describe("full backup and point-in-time restore", () => {
       // Whichever took the lock first: a verification of the completed backup, or a refusal of an expired one.
       if (verified.status === "rejected") expect(verified.reason).toMatchObject({ code: ErrorCode.PreconditionFailed });
       else expect(verified.value.verification).toMatchObject({ contentOk: true, badFiles: [] });
-      expect(expiry).toMatchObject({ status: "fulfilled", value: { expired: [oldest.id] } });
+      expect(expiry.status).toBe("fulfilled");
+      if (expiry.status === "fulfilled" && !expiry.value.expired.includes(oldest.id)) {
+        // The verification held the lock: the expiry skipped the backup rather than wait, and the next one expires it.
+        expect(verified.status).toBe("fulfilled");
+        expect(await cluster.service.backups.expire()).toMatchObject({ expired: [oldest.id] });
+      }
       const after = await cluster.service.backups.get(oldest.id);
       expect(after.status).toBe("expired");
       const { readdir } = await import("node:fs/promises");
