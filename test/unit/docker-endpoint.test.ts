@@ -33,6 +33,7 @@ describe("Docker driver: endpoint, container specs, file commands", () => {
     expect(vanishedHome(labels("/homes/live"), "/homes/new", exists)).toBeNull(); // another live home: adopted as before
     expect(vanishedHome(labels("/homes/new"), "/homes/new", exists)).toBeNull(); // our own (even while our home is being made)
     expect(vanishedHome(labels(), "/homes/new", exists)).toBeNull(); // docker compose's: no home label
+    expect(vanishedHome(labels("adopted"), "/homes/new", exists)).toBeNull(); // a label that names no path Relevo writes
   });
 
   test("TLS client certificates are read from the directory and checked at once", async () => {

@@ -1,3 +1,4 @@
+import path from "node:path";
 import type Docker from "dockerode";
 
 /**
@@ -53,7 +54,8 @@ export function labelFilter(naming: NodeNaming, role: ContainerRole): Record<str
  */
 export function vanishedHome(labels: Readonly<Record<string, string>>, ownHome: string, exists: (home: string) => boolean): string | null {
   const home = labels[LABELS.home];
-  if (!home || home === ownHome || exists(home)) return null;
+  // Relevo labels its containers with its home's absolute path; any other value (a compose file's, a hand-made label) names no home.
+  if (!home || !path.isAbsolute(home) || home === ownHome || exists(home)) return null;
   return home;
 }
 
