@@ -26,8 +26,12 @@ export async function pauseReplay(client: Client, timeoutMs: number): Promise<vo
 /** pg_get_wal_replay_pause_state(): "pause requested" until the startup process has stopped between two records. */
 export type ReplayPauseState = "not paused" | "pause requested" | "paused";
 
-/** SQL for a standby's replay pause state (an error on a primary: recovery is not in progress). */
-export const REPLAY_PAUSE_STATE_SQL = "pg_get_wal_replay_pause_state()";
+/**
+ * SQL for a standby's replay pause state. pg_get_wal_replay_pause_state()
+ * raises an error once recovery has ended, so a node promoted between two
+ * queries of one probe would read as unreachable: a primary is not paused.
+ */
+export const REPLAY_PAUSE_STATE_SQL = "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END";
 
 /** A standby's replay pause state. */
 export async function replayPauseState(client: Pick<Client, "query">): Promise<ReplayPauseState> {
