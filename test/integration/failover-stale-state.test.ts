@@ -26,9 +26,10 @@ describe("a stale recorded state (rolled back to before a failover)", () => {
     return names;
   };
   let before = "";
+  // Generous: once, in a full CI run, stopping the restarted service (three nodes, Redis) outlasted the default 120 s.
   afterAll(async () => {
     await current?.stop();
-  });
+  }, 300_000);
 
   beforeAll(async () => {
     current = await startTestCluster("stale-state", { replicaCount: 2, leaseTtlMs: 2000 });
