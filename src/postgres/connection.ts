@@ -34,8 +34,25 @@ export async function withNodeClient<T>(
   try {
     return await work(client);
   } finally {
-    await client.end().catch(() => undefined);
+    await closeWithin(client, timeoutMs);
   }
+}
+
+/**
+ * Ends a connection politely, or destroys its socket when the server does
+ * not answer the goodbye within `timeoutMs`: a hung (frozen, paused) server
+ * never does, and an await on it would hang its caller for good — the
+ * failover monitor's round among them.
+ */
+async function closeWithin(client: Client, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = client.end().then(
+    () => true,
+    () => true,
+  );
+  const gaveUp = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+  const polite = await Promise.race([ended, gaveUp]).finally(() => clearTimeout(timer));
+  if (!polite) client.connection?.stream?.destroy();
 }
 
 /** libpq connection URI (for operators and libpq clients, never logged). */
