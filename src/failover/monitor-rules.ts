@@ -1,7 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import type { NodeRef } from "../nodes/node-driver";
-import { isSender, type NodePosition } from "../postgres/node-facts";
+import { hearsLiveSender, isSender, type NodePosition } from "../postgres/node-facts";
 import { withName, type ClusterState } from "./cluster-state";
 import type { StandbySeen } from "./primary-check";
 
@@ -56,8 +56,7 @@ export function replicasConfirmLoss(options: {
       };
     }
     const receiver = position!.receiver;
-    const live = receiver?.status === "streaming" && (receiver.silentMs === null || receiver.silentMs <= options.liveWithinMs);
-    if (live && !isSender(receiver, primary)) {
+    if (hearsLiveSender(receiver, options.liveWithinMs) && !isSender(receiver, primary)) {
       const sender = answered.find((other) => isSender(receiver, other.node))?.node.name ?? `${receiver.senderHost}:${receiver.senderPort}`;
       return {
         go: false,
@@ -70,10 +69,7 @@ export function replicasConfirmLoss(options: {
   if (replicas.length === 0) {
     return { go: false, stale: false, reason: "primary unreachable, and so is every replica: no failover (nothing to promote)" };
   }
-  const stillStreaming = replicas.some(({ position }) => {
-    const receiver = position!.receiver;
-    return receiver?.status === "streaming" && (receiver.silentMs === null || receiver.silentMs <= options.liveWithinMs);
-  });
+  const stillStreaming = replicas.some(({ position }) => hearsLiveSender(position!.receiver, options.liveWithinMs));
   if (stillStreaming) {
     return { go: false, stale: false, reason: "primary unreachable from Relevo but a replica still streams from it: no failover" };
   }

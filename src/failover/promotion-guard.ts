@@ -1,5 +1,5 @@
 import type { NodeRef } from "../nodes/node-driver";
-import { isSender, type NodePosition } from "../postgres/node-facts";
+import { hearsLiveSender, isSender, type NodePosition } from "../postgres/node-facts";
 import { isAncestorPath } from "../postgres/timelines";
 
 /**
@@ -41,8 +41,7 @@ export function promotionHazard(candidate: NodePosition, members: readonly NodeP
 /** The candidate's live upstream other than the primary being replaced, named; null when it hears from none. */
 function liveSender(candidate: NodePosition, others: readonly NodePosition[], options: PromotionGuardOptions): string | null {
   const receiver = candidate.receiver;
-  if (!candidate.inRecovery || receiver?.status !== "streaming") return null;
-  if (receiver.silentMs !== null && receiver.silentMs > options.liveWithinMs) return null;
+  if (!candidate.inRecovery || !hearsLiveSender(receiver, options.liveWithinMs)) return null;
   if (isSender(receiver, options.replacing)) return null;
   const member = others.find((other) => isSender(receiver, other.node));
   return member ? member.node.name : `${receiver.senderHost ?? "?"}:${receiver.senderPort ?? "?"}, not a member`;

@@ -100,6 +100,13 @@ export async function readNodePosition(
   }
 }
 
+type Receiver = NonNullable<NodeFacts["receiver"]>;
+
+/** A WAL receiver streaming and heard from within `windowMs`: its sender is alive (a silent one's may be frozen). */
+export function hearsLiveSender(receiver: NodeFacts["receiver"], windowMs: number): receiver is Receiver {
+  return receiver?.status === "streaming" && (receiver.silentMs === null || receiver.silentMs <= windowMs);
+}
+
 /** A standby whose WAL receiver streams from `primary`. */
 export function streamsFrom(facts: NodeFacts | null, primary: NodeRef): boolean {
   return facts !== null && facts.inRecovery && facts.receiver?.status === "streaming" && isSender(facts.receiver, primary);
