@@ -124,9 +124,10 @@ export async function runFailover(context: OperationContext, operation: RunningO
  * Every member is asked where it stands, right before the promotion: the
  * recorded state may be stale, the members are not (see promotionHazard).
  * A member that does not answer cannot object; one that answers and
- * contradicts the promotion stops it before anything is changed.
+ * contradicts the promotion stops it before anything is changed. A
+ * switchover or failback asks too, before it stops the primary.
  */
-async function refuseUnsafePromotion(context: OperationContext, target: NodeRef, from: NodeRef): Promise<void> {
+export async function refuseUnsafePromotion(context: OperationContext, target: NodeRef, from: NodeRef): Promise<void> {
   const { config, superuser, membership } = context.deps;
   const positions = (
     await Promise.all(membership.nodes.map((node) => readNodePosition(node, superuser, config.nodeTimeoutMs, config.clusterName)))

@@ -82,7 +82,7 @@ export async function promote(
  * primary is recorded but the standby its commits wait for is not known to
  * hold them.
  */
-async function recordAsPrimary(
+export async function recordAsPrimary(
   context: OperationContext,
   operation: RunningOperation,
   target: NodeRef,

@@ -46,7 +46,14 @@ export async function followTargetBeforePromotion(context: OperationContext, fro
       await context.stopQuietly(from);
       await startStandby(context, from, target);
     }
-    if (await streamingWithin(context, from, target, { timeoutMs: FOLLOW_TIMEOUT_MS })) return true;
+    // The target asked now and then, not at every poll: a target that died is found within a quarter second, and the write gap stays short.
+    let askedAt = Date.now();
+    const targetAnswers = async () => {
+      if (Date.now() - askedAt < 250) return;
+      askedAt = Date.now();
+      if (!(await context.facts(target))?.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer`);
+    };
+    if (await streamingWithin(context, from, target, { timeoutMs: FOLLOW_TIMEOUT_MS, whilePolling: targetAnswers })) return true;
     deps.logger.warn(
       { node: from.name, upstream: target.name },
       "old primary does not stream from the target: promoting without waiting for it",
@@ -56,6 +63,11 @@ export async function followTargetBeforePromotion(context: OperationContext, fro
       { node: from.name, err: (error as Error).message },
       "old primary not started as a standby: promoting without waiting for it",
     );
+  }
+  // A target that died meanwhile is not promoted without anyone waiting: the
+  // switchover is called off (see runSwitchover), the old primary restarted.
+  if (!(await context.facts(target))?.inRecovery) {
+    throw new RelevoError(ErrorCode.CommandFailed, `${target.name} stopped answering as a standby before its promotion`);
   }
   return false;
 }

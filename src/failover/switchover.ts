@@ -6,12 +6,13 @@ import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import { streamsFrom } from "../postgres/node-facts";
 import { sleep } from "../util/sleep";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
+import { refuseUnsafePromotion } from "./failover";
 import { fenceNode } from "./fencing";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
-import { followNewPrimary, promote } from "./promotion";
+import { followNewPrimary, promote, recordAsPrimary } from "./promotion";
 import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
-import { failoverTakesOver, recordedPrimaryLost } from "./takeover";
+import { failoverTakesOver, missesEveryCheck, newPrimaryLost } from "./takeover";
 
 /** A replica promoted only when it is at most this far behind (switchover, failback). */
 const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
@@ -57,6 +58,8 @@ export async function switchover(context: OperationContext, request: SwitchoverR
       `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`,
     );
   }
+  // The recorded state names the primary; the members must not contradict it (another writable, another branch of history).
+  await refuseUnsafePromotion(context, target, from);
   const operation = await deps.journal.begin(
     newEntry({ kind, trigger: request.trigger ?? "manual", from: from.name, to: target.name, reason: `${kind} requested` }),
     request.lease ?? null,
@@ -83,7 +86,10 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     if (!operation.entry.times.promoted) {
       if (!(await promotedAlready(context, operation, target))) {
         const finalLsn = await stopOldPrimary(context, operation, from);
-        if (!(await waitForReceipt(context, target, finalLsn))) await callOff(context, operation, { from, target, finalLsn });
+        if (!(await waitForReceipt(context, target, finalLsn))) {
+          const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms`;
+          await callOff(context, operation, { from, target, why });
+        }
         if (!operation.entry.times.promoting) {
           await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
           await context.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
@@ -120,10 +126,41 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     return record;
   } catch (error) {
     if (operation.settled) throw error; // called off
-    const lost = !(error instanceof StaleWriterError) && (await recordedPrimaryLost(context, context.node(entry.to!)).catch(() => false));
-    if (lost) return failoverTakesOver(context, operation, error as Error);
-    return context.failed(operation, error, { pastNoReturn: operation.entry.times.stopped !== undefined });
+    const pastNoReturn = operation.entry.times.stopped !== undefined;
+    if (!pastNoReturn || error instanceof StaleWriterError) return context.failed(operation, error, { pastNoReturn });
+    const target = context.node(entry.to!);
+    if (operation.entry.facts.oldPrimaryFollows === undefined) {
+      // pg_promote runs only once this is recorded: the target is no primary
+      // of this operation's making, and the old primary holds everything.
+      // Resumed, the switchover would wait for a dead target forever.
+      if (await missesEveryCheck(context, target).catch(() => false)) {
+        await callOff(context, operation, {
+          from: context.node(entry.from),
+          target,
+          why: `${target.name} stopped answering before its promotion (${(error as Error).message})`,
+        });
+      }
+    } else if (await newPrimaryLost(context, target).catch(() => false)) {
+      await recordPromotionTakenOver(context, operation, target);
+      return failoverTakesOver(context, operation, error as Error);
+    }
+    return context.failed(operation, error, { pastNoReturn });
   }
+}
+
+/**
+ * The target may have been promoted (pg_promote ran, or was about to) and
+ * is gone before the state said so: it is recorded now as promote() would
+ * have recorded it — the primary, with the old primary as its synchronous
+ * and eligible set when its commits waited for it — so that the failover
+ * that takes over replaces the right primary and knows who holds its
+ * acknowledged commits.
+ */
+async function recordPromotionTakenOver(context: OperationContext, operation: RunningOperation, target: NodeRef): Promise<void> {
+  const { deps } = context;
+  if ((await context.state()).primary === target.name) return;
+  const waitedForOld = deps.config.synchronous && operation.entry.facts.oldPrimaryFollows === "yes";
+  await recordAsPrimary(context, operation, target, waitedForOld ? [operation.entry.from] : []);
 }
 
 /**
@@ -134,7 +171,11 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
 async function promotedAlready(context: OperationContext, operation: RunningOperation, target: NodeRef): Promise<boolean> {
   if (operation.entry.facts.oldPrimaryFollows === undefined) return false;
   const facts = await context.facts(target);
-  return facts !== null && !facts.inRecovery;
+  // pg_promote may have run: a target that does not answer is judged (a
+  // failover may take over, with the old primary still its standby), never
+  // worked around by stopping the old primary again.
+  if (facts === null) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer; it may have been promoted`);
+  return !facts.inRecovery;
 }
 
 /**
@@ -169,16 +210,16 @@ async function stopOldPrimary(context: OperationContext, operation: RunningOpera
 async function callOff(
   context: OperationContext,
   operation: RunningOperation,
-  nodes: { from: NodeRef; target: NodeRef; finalLsn: string },
+  nodes: { from: NodeRef; target: NodeRef; why: string },
 ): Promise<never> {
   const { deps } = context;
-  const { from, target, finalLsn } = nodes;
+  const { from, target } = nodes;
   const entry = operation.entry;
   const targetFacts = await context.facts(target);
-  if (!targetFacts?.inRecovery) {
-    throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer as a standby and has not received ${finalLsn}`);
+  if (targetFacts ? !targetFacts.inRecovery : entry.facts.oldPrimaryFollows !== undefined) {
+    throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer as a standby: ${nodes.why}`);
   }
-  const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms; ${from.name} restarted as the primary`;
+  const why = `${nodes.why}; ${from.name} restarted as the primary`;
   const record = recordOf(entry, "failed", why);
   await operation.finish();
   await restoreAsPrimary(context, from, target);

@@ -10,32 +10,42 @@ import { PrimaryChecker } from "./primary-check";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 
 /**
- * Whether the recorded primary is lost, judged as the monitor judges it:
- * `RELEVO_FAILOVER_FAILURE_THRESHOLD` checks in a row fail, one every
- * `RELEVO_FAILOVER_CHECK_INTERVAL_MS`, and the replicas that answer have lost
- * it too. For an operation that finds the primary it just promoted gone
- * before it finished: the monitor leaves the cluster alone while an
- * operation holds the journal, so the operation judges for it, in the same
- * window. False at the first check that answers, and in maintenance mode
- * (no automatic failover then).
+ * Whether `node` misses `RELEVO_FAILOVER_FAILURE_THRESHOLD` checks in a row,
+ * one every `RELEVO_FAILOVER_CHECK_INTERVAL_MS`, as the monitor counts them:
+ * false at the first check that answers.
  */
-export async function recordedPrimaryLost(context: OperationContext, primary: NodeRef): Promise<boolean> {
+export async function missesEveryCheck(context: OperationContext, node: NodeRef): Promise<boolean> {
   const { deps } = context;
-  const state = await context.state();
-  if (state.primary !== primary.name) return false;
-  if ((await deps.redis.get(deps.keys.maintenance)) === "1") return false;
   const intervalMs = deps.config.failoverCheckIntervalMs;
   const checker = new PrimaryChecker(deps.superuser, intervalMs);
   try {
     for (let failures = 1; ; failures += 1) {
       const started = Date.now();
-      if ((await checker.check(primary)).ok) return false;
-      if (afterMissedCheck({ failures, threshold: deps.config.failoverFailureThreshold, maintenance: false }).go) break;
+      if ((await checker.check(node)).ok) return false;
+      if (afterMissedCheck({ failures, threshold: deps.config.failoverFailureThreshold, maintenance: false }).go) return true;
       await sleep(Math.max(0, intervalMs - (Date.now() - started)));
     }
   } finally {
     checker.close();
   }
+}
+
+/**
+ * Whether the new primary of a switchover or failback is lost, judged as
+ * the monitor judges a primary: every check missed (missesEveryCheck), and
+ * the members that answer have lost it too. For an operation that finds the
+ * node it promoted — or may have promoted: `pg_promote` may have run before
+ * the state recorded it — gone before it finished: the monitor leaves the
+ * cluster alone while an operation holds the journal, so the operation
+ * judges for it, in the same window. False in maintenance mode (no
+ * automatic failover then).
+ */
+export async function newPrimaryLost(context: OperationContext, primary: NodeRef): Promise<boolean> {
+  const { deps } = context;
+  if ((await deps.redis.get(deps.keys.maintenance)) === "1") return false;
+  if (!(await missesEveryCheck(context, primary))) return false;
+  const state = await context.state();
+  const intervalMs = deps.config.failoverCheckIntervalMs;
   const verdict = await membersConfirmLoss({
     primary,
     nodes: deps.membership.nodes,

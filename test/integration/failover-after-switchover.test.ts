@@ -2,6 +2,8 @@ import { startLibpqWriter } from "../helpers/libpq-writer";
 import { failoverHelpers } from "../helpers/failover";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sleep } from "../../src/util/sleep";
+import { ErrorCode } from "../../src/errors";
+import type { JournalEntry } from "../../src/failover/operation-journal";
 
 /**
  * How long past the detection window (RELEVO_FAILOVER_FAILURE_THRESHOLD
@@ -100,6 +102,72 @@ describe("the new primary killed soon after a switchover or failback (synchronou
       await settled("node2", "node1");
     },
   );
+
+  /**
+   * node1, the target of a switchover, killed inside the operation at a
+   * moment the recorded state cannot show: before its promotion (the old
+   * primary being started as its standby: the switchover is called off and
+   * node2 restarted as the primary it was), and once pg_promote is under way
+   * but before the state records node1 (a failover takes the journal over,
+   * node1 recorded as the primary it may have become, node2 — its standby,
+   * holding its every commit — promoted). Either way a primary again within
+   * the window, nothing acknowledged lost, the journal free.
+   */
+  const windows = [
+    {
+      moment: "before its promotion",
+      reached: (entry: JournalEntry) => entry.stage === "promoting" && entry.facts.oldPrimaryFollows === undefined,
+      outcome: "called off",
+    },
+    {
+      moment: "between pg_promote and the state that records it",
+      reached: (entry: JournalEntry) => entry.facts.oldPrimaryFollows === "yes",
+      outcome: "taken over",
+    },
+  ];
+  test.each(windows)("the switchover's target killed $moment: $outcome, node2 the primary, no acknowledged write lost", async (window) => {
+    const detectionWindowMs = cluster.config.failoverCheckIntervalMs * cluster.config.failoverFailureThreshold;
+    await sql(node("node2"), "TRUNCATE acked");
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes flowing" });
+    const operation = cluster.service.failover.switchover("node1").catch((error: Error) => error);
+    for (;;) {
+      const entry = await cluster.service.failover.operation();
+      if (entry && window.reached(entry)) break;
+      if (entry?.times.promoted) throw new Error("the switchover promoted node1 before the test saw the moment to kill it");
+      await sleep(2);
+    }
+    const killedAt = Date.now();
+    await cluster.service.driver.kill(node("node1"));
+    // The state was not written yet, nor can be now: node1 answers nothing.
+    expect((await state()).primary).toBe("node2");
+
+    const outcome = await operation;
+    const primaryAt = await eventually(
+      async () => {
+        const facts = await sql<{ r: boolean }>(node("node2"), "SELECT pg_is_in_recovery() AS r").catch(() => null);
+        const idle = (await cluster.service.failover.operation()) === null;
+        return idle && (await state()).primary === "node2" && facts?.[0]?.r === false ? Date.now() : undefined;
+      },
+      { what: "node2 the primary again", timeoutMs: 60000 },
+    );
+    const acknowledgedThen = writer.acknowledgedSoFar();
+    await eventually(() => (writer.acknowledgedSoFar() > acknowledgedThen + 5 ? true : undefined), { what: "writes on node2" });
+    const report = await writer.stop();
+    const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((row) => row.id));
+    console.log(`switchover target killed ${window.moment}: node2 the primary ${primaryAt - killedAt} ms after the kill`);
+    expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    if (window.outcome === "called off") {
+      expect(outcome).toMatchObject({ code: ErrorCode.PreconditionFailed });
+      expect((outcome as Error).message).toContain("restarted as the primary");
+    } else {
+      expect(outcome).toMatchObject({ kind: "failover", from: "node1", to: "node2", status: "completed" });
+    }
+    // Within the window, plus the time a restart or a promotion takes on a loaded machine.
+    expect(primaryAt - killedAt).toBeLessThanOrEqual(detectionWindowMs + DETECTION_ALLOWANCE_MS + 10000);
+    if (window.outcome === "called off") await cluster.service.failover.rejoin("node1");
+    await settled("node2", "node1");
+  });
 
   test("a standby that joins the set is eligible within one check interval: the primary is polled every 100 ms while it joins", async () => {
     await cluster.service.driver.kill(node("node1"));
