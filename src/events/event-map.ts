@@ -43,6 +43,7 @@ export interface EventMap {
   "cluster:split-brain": { writable: string[]; recordedPrimary: string };
   "cluster:maintenance": { enabled: boolean };
   "cluster:failover-held-back": { reason: string; recordedPrimary: string };
+  "cluster:primary-adopted": { adopted: string; recordedPrimary: string; reason: string };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
 }
 
@@ -152,5 +153,6 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "cluster:split-brain",
   "cluster:maintenance",
   "cluster:failover-held-back",
+  "cluster:primary-adopted",
   "replication:sync-changed",
 ];

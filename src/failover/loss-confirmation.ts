@@ -1,13 +1,14 @@
 import type { NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { readNodePosition } from "../postgres/node-facts";
-import { replicasConfirmLoss, type LossVerdict } from "./monitor-rules";
+import { replicasConfirmLoss, type LossVerdict, type MemberAnswer } from "./monitor-rules";
 
 /**
  * Asks every member but the recorded primary where it stands — fenced ones
  * too, since the recorded state may be the stale one — and judges whether
- * they confirm its loss (see replicasConfirmLoss). The monitor's question,
- * and an operation's that finds the primary it just promoted gone.
+ * they confirm its loss (see replicasConfirmLoss), with what each said. The
+ * monitor's question, and an operation's that finds the primary it just
+ * promoted gone.
  */
 export async function membersConfirmLoss(options: {
   readonly primary: NodeRef;
@@ -18,7 +19,7 @@ export async function membersConfirmLoss(options: {
   /** A sender heard from within this long is alive (the detection window). */
   readonly liveWithinMs: number;
   readonly timeoutMs: number;
-}): Promise<LossVerdict> {
+}): Promise<LossVerdict & { readonly members: readonly MemberAnswer[] }> {
   const { primary } = options;
   const members = await Promise.all(
     options.nodes
@@ -29,5 +30,5 @@ export async function membersConfirmLoss(options: {
         position: await readNodePosition(node, options.superuser, options.timeoutMs, options.clusterName),
       })),
   );
-  return replicasConfirmLoss({ primary, members, liveWithinMs: options.liveWithinMs });
+  return { ...replicasConfirmLoss({ primary, members, liveWithinMs: options.liveWithinMs }), members };
 }

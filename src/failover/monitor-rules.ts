@@ -42,7 +42,7 @@ export type LossVerdict = { readonly go: true } | { readonly go: false; readonly
  */
 export function replicasConfirmLoss(options: {
   readonly primary: NodeRef;
-  readonly members: ReadonlyArray<{ readonly node: NodeRef; readonly position: NodePosition | null; readonly fenced: boolean }>;
+  readonly members: readonly MemberAnswer[];
   readonly liveWithinMs: number;
 }): LossVerdict {
   const { primary } = options;
@@ -74,6 +74,41 @@ export function replicasConfirmLoss(options: {
     return { go: false, stale: false, reason: "primary unreachable from Relevo but a replica still streams from it: no failover" };
   }
   return { go: true };
+}
+
+/** A member's word, as the monitor asked it (position null: it did not answer). */
+export interface MemberAnswer {
+  readonly node: NodeRef;
+  readonly position: NodePosition | null;
+  readonly fenced: boolean;
+}
+
+/**
+ * The primary the members show, when the recorded one is lost and they
+ * contradict the record (see replicasConfirmLoss): exactly one member is
+ * writable (and not left read-only by a fence), and at least one other
+ * member answers and every one that does streams from it, heard within
+ * `liveWithinMs`. That is the primary the cluster already runs on (the
+ * record was rolled back, or a write was lost): the record is brought to
+ * it rather than leaving it unmanaged. Null otherwise: two writable members,
+ * or a writable one nobody follows, is a split brain or an unknown, which an
+ * operator must look at.
+ */
+export function primaryToAdopt(options: {
+  readonly recorded: NodeRef;
+  readonly members: readonly MemberAnswer[];
+  readonly liveWithinMs: number;
+}): NodeRef | null {
+  const answered = options.members.filter((member) => member.node.name !== options.recorded.name && member.position !== null);
+  const writable = answered.filter(({ position }) => !position!.inRecovery);
+  if (writable.length !== 1 || writable[0]!.position!.readOnly) return null;
+  const primary = writable[0]!.node;
+  const witnesses = answered.filter((member) => member.node.name !== primary.name);
+  if (witnesses.length === 0) return null;
+  const follow = witnesses.every(
+    ({ position }) => hearsLiveSender(position!.receiver, options.liveWithinMs) && isSender(position!.receiver, primary),
+  );
+  return follow ? primary : null;
 }
 
 /**

@@ -13,9 +13,20 @@ import type { FailoverOperations } from "./operations";
 import { recordPrimaryLsn } from "./primary-lsn";
 import { PrimaryChecker, type PrimaryCheck } from "./primary-check";
 import { membersConfirmLoss } from "./loss-confirmation";
-import { afterMissedCheck, coolDown, desiredSynchronousSet, holdOffAfter, preferredInSync, type HoldOff } from "./monitor-rules";
+import {
+  afterMissedCheck,
+  coolDown,
+  desiredSynchronousSet,
+  holdOffAfter,
+  preferredInSync,
+  primaryToAdopt,
+  type HoldOff,
+} from "./monitor-rules";
 import { pollJoiningStandbys } from "./sync-join";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
+
+/** How many detection windows the members must show the same primary before a stale record is brought to it. */
+const ADOPT_AFTER_WINDOWS = 2;
 
 export type MonitorConfig = Pick<
   RelevoConfig,
@@ -71,6 +82,8 @@ export class FailoverMonitor {
   private preferredInSyncSince: number | null = null;
   /** The reason reported last for holding a failover back (an event when it changes, not every round). */
   private heldBackReason: string | null = null;
+  /** The primary the members have shown since `since`, while the record is stale (see primaryToAdopt). */
+  private adoptable: { node: string; since: number } | null = null;
 
   constructor(private readonly deps: FailoverMonitorDeps) {
     this.checker = new PrimaryChecker(deps.superuser, deps.config.failoverCheckIntervalMs);
@@ -134,6 +147,7 @@ export class FailoverMonitor {
     const check = await this.checker.check(primary);
     const maintenance = (await this.deps.redis.get(this.deps.maintenanceKey)) === "1";
     if (check.ok) {
+      this.adoptable = null;
       if (this.failures > 0) this.deps.logger.info({ node: primary.name, failures: this.failures }, "primary answers again");
       this.failures = 0;
       await this.heldBack(primary, null);
@@ -174,7 +188,67 @@ export class FailoverMonitor {
     });
     if (!verdict.go) this.deps.logger.warn({ node: primary.name }, verdict.reason);
     await this.heldBack(primary, verdict.go || !verdict.stale ? null : verdict.reason);
+    const adopt =
+      !verdict.go && verdict.stale
+        ? primaryToAdopt({ recorded: primary, members: verdict.members, liveWithinMs: this.detectionWindowMs })
+        : null;
+    // Adopted only once the members have shown the same primary for two
+    // detection windows: never on a passing picture, and the reason stays in
+    // health meanwhile for an operator to see.
+    if (adopt === null || this.adoptable?.node !== adopt.name) {
+      this.adoptable = adopt ? { node: adopt.name, since: Date.now() } : null;
+    } else if (Date.now() - this.adoptable.since >= ADOPT_AFTER_WINDOWS * this.detectionWindowMs) {
+      this.adoptable = null;
+      await this.adoptPrimary(state, primary, adopt, verdict.go ? "" : verdict.reason);
+    }
     return verdict.go;
+  }
+
+  /**
+   * The record brought to the primary the members run on (see
+   * primaryToAdopt): it becomes the recorded primary, the one recorded
+   * before is fenced (its data may hold commits of a branch the cluster left;
+   * rejoined, it is rewound onto the adopted primary's history), and the
+   * synchronous and eligible sets start empty — nothing is known of what the
+   * standbys hold of the adopted primary until they join again. Refused
+   * (nothing written) if an operation began or the record changed since it
+   * was read.
+   */
+  private async adoptPrimary(state: ClusterState, recorded: NodeRef, adopted: NodeRef, why: string): Promise<void> {
+    const guard = this.deps.guard();
+    if (!guard) return;
+    await this.deps.store.update(
+      guard,
+      (current) => {
+        const base = current ?? state;
+        return {
+          ...base,
+          primary: adopted.name,
+          epoch: base.epoch + 1,
+          syncSet: [],
+          eligible: [],
+          joining: {},
+          fenced: withName(
+            base.fenced.filter((name) => name !== adopted.name),
+            recorded.name,
+          ),
+        };
+      },
+      { unlessKey: this.deps.journal.lockName, epoch: state.epoch },
+    );
+    this.failures = 0;
+    await this.heldBack(recorded, null);
+    this.deps.logger.warn(
+      { recorded: recorded.name, adopted: adopted.name },
+      "recorded state stale: the primary the members follow adopted",
+    );
+    await this.deps.events.emit({
+      kind: "cluster:primary-adopted",
+      severity: "critical",
+      node: adopted.name,
+      message: `the recorded state named ${recorded.name} the primary, but ${adopted.name} is the one the members follow (${why}): ${adopted.name} recorded as the primary, ${recorded.name} fenced`,
+      data: { adopted: adopted.name, recordedPrimary: recorded.name, reason: why },
+    });
   }
 
   /**

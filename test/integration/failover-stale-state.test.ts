@@ -32,7 +32,8 @@ describe("a stale recorded state (rolled back to before a failover)", () => {
   }, 300_000);
 
   beforeAll(async () => {
-    current = await startTestCluster("stale-state", { replicaCount: 2, leaseTtlMs: 2000 });
+    // No automatic rejoin: the old primary stays as the failover left it, for the restart case below.
+    current = await startTestCluster("stale-state", { replicaCount: 2, leaseTtlMs: 2000, autoRejoin: false });
     await eventually(async () => ((await state()).eligible.length === 2 ? true : undefined), { what: "both replicas eligible" });
     before = (await cluster.service.redis.get(cluster.service.keys.clusterState))!;
     // A real failover: node1 dies, node2 (or node3) is promoted, the other follows it, node1 is fenced.
@@ -49,7 +50,7 @@ describe("a stale recorded state (rolled back to before a failover)", () => {
     await cluster.service.redis.set(cluster.service.keys.clusterState, before);
   });
 
-  test("the monitor promotes no second primary, and says why in health and events", async () => {
+  test("the monitor promotes no second primary, says why in health and events, and adopts the primary the members follow", async () => {
     const promotedBefore = await writable();
     expect(promotedBefore).toHaveLength(1);
     const since = Date.now();
@@ -73,16 +74,27 @@ describe("a stale recorded state (rolled back to before a failover)", () => {
       { what: "the reason in the cluster's health" },
     );
     expect(health.health).not.toBe("healthy");
-    // Several detection windows later: still one primary, no promotion begun.
+    // The other replica streams from the real primary: the record is brought to it, the old primary fenced.
+    const adopted = await eventually(async () => (await events("cluster:primary-adopted", since))[0], { what: "the primary adopted" });
+    expect(adopted.node).toBe(promotedBefore[0]);
+    const record = await state();
+    expect(record).toMatchObject({ primary: promotedBefore[0], syncSet: [], eligible: [] });
+    expect(record.fenced).toContain("node1");
+    // Several detection windows later: still one primary, no promotion begun, the record managed again.
     const { failoverCheckIntervalMs, failoverFailureThreshold } = cluster.config;
     await new Promise((resolve) => setTimeout(resolve, 4 * failoverCheckIntervalMs * failoverFailureThreshold));
     expect(await events("failover:promoting", since)).toEqual([]);
     expect(await writable()).toEqual(promotedBefore);
-    expect((await state()).primary).toBe("node1");
+    expect((await state()).primary).toBe(promotedBefore[0]);
+    // The remaining replica joins the adopted primary's synchronous set again and becomes eligible.
+    await eventually(async () => ((await state()).eligible.length === 1 ? true : undefined), { what: "the other replica eligible again" });
   });
 
-  test("an operator's forced failover is refused with PROMOTION_UNSAFE, nothing changed", async () => {
+  test("an operator's forced failover on a stale record is refused with PROMOTION_UNSAFE, nothing changed", async () => {
     const primaries = await writable();
+    // The record rolled back again, with nobody to adopt the real primary meanwhile.
+    await cluster.service.failover.stop();
+    await cluster.service.redis.set(cluster.service.keys.clusterState, before);
     const reply = await graphqlRequest(cluster.url, "mutation { failover(force: true) { id status } }", {
       token: cluster.token("operator"),
     });

@@ -8,6 +8,7 @@ import {
   JOIN_LAG_BYTES,
   joinProgress,
   preferredInSync,
+  primaryToAdopt,
   replicasConfirmLoss,
   RETRY_AFTER_MS,
   standbysCaughtUp,
@@ -138,6 +139,48 @@ describe("failover monitor rules (pure)", () => {
       expect(verdict.go === false && verdict.reason).toMatch(/^node3 streams from 127\.0\.0\.1:5002, not from the recorded primary node1/);
       // A sender silent past the window is not live.
       expect(judge(member(position("node3", { streamsFrom: "node2", silentMs: 9000 })))).toEqual({ go: true });
+    });
+
+    describe("the primary the members run on is adopted when the record is stale", () => {
+      const adopt = (...members: ReturnType<typeof member>[]) => primaryToAdopt({ recorded: primary, members, liveWithinMs: 3000 })?.name;
+
+      test("one writable member that every other answering member streams from", () => {
+        expect(
+          adopt(member(null, "node1"), member(position("node2", { primary: true })), member(position("node3", { streamsFrom: "node2" }))),
+        ).toBe("node2");
+        // Recorded fenced (a stale record may fence the real primary): adopted all the same.
+        expect(
+          adopt(member(position("node2", { primary: true }), "node2", true), member(position("node3", { streamsFrom: "node2" }))),
+        ).toBe("node2");
+      });
+
+      test("not without a witness, nor with one that does not follow it, nor with two writable members", () => {
+        expect(adopt(member(position("node2", { primary: true })), member(null, "node3"))).toBeUndefined();
+        expect(adopt(member(position("node2", { primary: true })), member(position("node3", { streamsFrom: null })))).toBeUndefined();
+        expect(
+          adopt(member(position("node2", { primary: true })), member(position("node3", { streamsFrom: "node2", silentMs: 9000 }))),
+        ).toBeUndefined();
+        expect(
+          adopt(
+            member(position("node2", { primary: true })),
+            member(position("node3", { primary: true })),
+            member(position("node4", { streamsFrom: "node2" })),
+          ),
+        ).toBeUndefined();
+        // A member streaming from a third node: the picture is not one cluster on one primary.
+        expect(
+          adopt(
+            member(position("node2", { primary: true })),
+            member(position("node3", { streamsFrom: "node2" })),
+            member(position("node4", { streamsFrom: "node5" })),
+          ),
+        ).toBeUndefined();
+      });
+
+      test("not a writable member left read-only (a fenced node started by hand)", () => {
+        const readOnlyPrimary = { ...position("node2", { primary: true }), readOnly: true };
+        expect(adopt(member(readOnlyPrimary), member(position("node3", { streamsFrom: "node2" })))).toBeUndefined();
+      });
     });
   });
 
