@@ -7,6 +7,10 @@
 # and an integration test. Prints one line per mutant and a summary; exits 1
 # when a mutant survived (its test passed) or could not be applied.
 #
+# `bash scripts/mutants.sh --baseline [name ...]` runs each mutant's test on
+# HEAD unchanged and expects it to PASS: a test that fails for another reason
+# (a -t filter that skips the tests it depends on) would "kill" any mutant.
+#
 # A patch file starts with header lines, then the diff (git apply skips the
 # text before the first "diff --git"):
 #   Breaks: what the patch breaks, in words
@@ -24,6 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+baseline=0
+if [ "${1:-}" = "--baseline" ]; then baseline=1; shift; fi
 if [ $# -gt 0 ]; then
   patches=()
   for name in "$@"; do patches+=("$mutants_dir/${name%.patch}.patch"); done
@@ -46,14 +52,22 @@ for patch in "${patches[@]}"; do
   test_args=$(header "$patch" Test)
   drivers=$(header "$patch" Drivers)
   git -C "$tree" checkout --quiet -- . && git -C "$tree" clean -fdq -e node_modules -e src/generated
-  if [ -z "$test_args" ] || ! git -C "$tree" apply "$patch"; then
+  if [ -z "$test_args" ] || { [ $baseline = 0 ] && ! git -C "$tree" apply "$patch"; }; then
     printf '%-44s %s\n' "$name" "NOT APPLIED (no Test: header or the patch no longer applies)" | tee -a "$results"
     survived=1
     continue
   fi
   started=$(date +%s)
   log="$scratch/$name.log"
-  if ! (cd "$tree" && npx tsc -p tsconfig.json) >"$log" 2>&1; then
+  if [ $baseline = 1 ]; then
+    if (cd "$tree" && npx tsc -p tsconfig.json && eval "RELEVO_TEST_DRIVERS=${drivers:-${RELEVO_TEST_DRIVERS:-}} node node_modules/jest/bin/jest.js --runInBand $test_args") >"$log" 2>&1; then
+      outcome="baseline passes"
+    else
+      outcome="BASELINE FAILS"
+      survived=1
+      cp "$log" "/tmp/relevo-mutant-$name.baseline.log"
+    fi
+  elif ! (cd "$tree" && npx tsc -p tsconfig.json) >"$log" 2>&1; then
     outcome="BROKEN (does not compile)"
     survived=1
   elif (cd "$tree" && eval "RELEVO_TEST_DRIVERS=${drivers:-${RELEVO_TEST_DRIVERS:-}} node node_modules/jest/bin/jest.js --runInBand $test_args") >>"$log" 2>&1; then
@@ -66,5 +80,9 @@ for patch in "${patches[@]}"; do
   printf '%-44s %-28s %4ss  %s\n' "$name" "$outcome" "$(( $(date +%s) - started ))" "$(header "$patch" Breaks)" | tee -a "$results"
 done
 echo
+if [ $baseline = 1 ]; then
+  echo "baseline: $(grep -c 'baseline passes' "$results") pass, $(grep -c -E 'BASELINE FAILS|NOT APPLIED|no such' "$results") do not, of ${#patches[@]}"
+  exit $survived
+fi
 echo "mutants: $(grep -c ' killed' "$results") killed, $(grep -c -E 'SURVIVED|NOT APPLIED|BROKEN|no such' "$results") not killed, of ${#patches[@]}"
 exit $survived

@@ -180,17 +180,18 @@ describe("full backup and point-in-time restore", () => {
       await idle.query("BEGIN");
       await idle.query("INSERT INTO ledger (note) VALUES ('idle in transaction')");
       await idle.query("SELECT id FROM ledger WHERE id = (SELECT min(id) FROM ledger) FOR UPDATE");
+      // The writer runs through the backup and its restore test, whose reference point is taken then.
       const writer = startWriter(primary(), cluster.service.secrets.superuserPassword);
-      let backup: BackupManifest;
+      let verified: BackupManifest;
       try {
-        backup = await (await cluster.service.backups.start("incremental")).done;
+        const backup = await (await cluster.service.backups.start("incremental")).done;
         await cluster.service.backups.waitForIdle();
+        // Nor does the reference point the restore test takes wait for that transaction (on a replica, it is just in flight).
+        verified = await cluster.service.backups.verify(backup.id, { restoreTest: true });
       } finally {
         expect(await writer.stop()).toBeGreaterThan(0);
       }
       expect(writer.slowestMs).toBeLessThan(200);
-      // Nor does the reference point the restore test takes wait for that transaction (on a replica, it is just in flight).
-      const verified = await cluster.service.backups.verify(backup.id, { restoreTest: true });
       expect(verified.verification?.restoreTest).toMatchObject({ ok: true, error: null, referenceMissing: null });
       expect(verified.referencePoint?.tables.length).toBeGreaterThan(0);
     } finally {
@@ -230,14 +231,30 @@ describe("full backup and point-in-time restore", () => {
 
   test("two verifications of one backup at once (the schedule's and the API's): they take turns, each on its own scratch node, both prove it", async () => {
     const newest = await cluster.service.backups.latestCompleted();
+    const { readdir } = await import("node:fs/promises");
+    const scratchNodes = async () => (await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"));
+    // Taking turns: never two scratch nodes at once (each has a name of its own, so only the lock keeps them apart).
+    const seen = new Set<string>();
+    let most = 0;
+    let running = true;
+    const watching = (async () => {
+      while (running) {
+        const now = await scratchNodes();
+        now.forEach((name) => seen.add(name));
+        most = Math.max(most, now.length);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
     const [one, two] = await Promise.all([
       cluster.service.backups.verify(newest.id, { restoreTest: true }),
       cluster.service.backups.verify(newest.id, { restoreTest: true }),
-    ]);
+    ]).finally(() => (running = false));
+    await watching;
     for (const verified of [one, two])
       expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true, error: null } });
-    const { readdir } = await import("node:fs/promises");
-    expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
+    expect(seen.size).toBe(2);
+    expect(most).toBe(1);
+    expect(await scratchNodes()).toEqual([]);
     expect(existsSync(`${cluster.service.repository.root}/locks/${newest.id}.lock`)).toBe(false); // released
   });
 
