@@ -1,7 +1,9 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
+import { withNodeClient } from "../postgres/connection";
 import { latestCheckpointLocation, readControlData } from "../postgres/control-data";
+import { ensureReservedSlot, setSynchronousStandbys, slotNameFor } from "../postgres/replication-config";
 import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import { streamsFrom } from "../postgres/node-facts";
 import { sleep } from "../util/sleep";
@@ -85,6 +87,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     if (!entry.times.stopped) await context.emitStage("failover:detected", operation, "info", `${kind}: ${from.name} → ${target.name}`);
     if (!operation.entry.times.promoted) {
       if (!(await promotedAlready(context, operation, target))) {
+        if (deps.config.synchronous && !operation.entry.times.stopped) await commitsWillWaitForOld(context, from, target);
         const finalLsn = await stopOldPrimary(context, operation, from);
         if (!(await waitForReceipt(context, target, finalLsn))) {
           const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms`;
@@ -161,6 +164,24 @@ async function recordPromotionTakenOver(context: OperationContext, operation: Ru
   if ((await context.state()).primary === target.name) return;
   const waitedForOld = deps.config.synchronous && operation.entry.facts.oldPrimaryFollows === "yes";
   await recordAsPrimary(context, operation, target, waitedForOld ? [operation.entry.from] : []);
+}
+
+/**
+ * Before writes stop: the target's commits set to wait for the old primary
+ * (its slot there made first), and that setting put in force. A reload
+ * reaches commits only once the checkpointer has read it — which it puts off
+ * while a restartpoint runs behind schedule — so a CHECKPOINT (a restartpoint
+ * on a standby) follows: it returns only after the checkpointer has been
+ * through its loop, the reload read. Done here, its cost is the switchover's
+ * length, not the write gap's.
+ */
+async function commitsWillWaitForOld(context: OperationContext, from: NodeRef, target: NodeRef): Promise<void> {
+  const { deps } = context;
+  await withNodeClient(target, deps.superuser, Math.max(deps.config.nodeTimeoutMs, 60000), async (client) => {
+    await ensureReservedSlot(client, slotNameFor(from));
+    await setSynchronousStandbys(client, [from.name]);
+    await client.query("CHECKPOINT");
+  });
 }
 
 /**
