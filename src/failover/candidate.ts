@@ -28,6 +28,16 @@ export function lostBytesOf(fact: NodeFacts, lastPrimaryLsn: string | null): num
   return lastPrimaryLsn === null || fact.lsn === null ? null : bytesBehind(lastPrimaryLsn, fact.lsn);
 }
 
+/**
+ * What a promoted node lacks of the old primary's WAL: the bytes between
+ * what it had received and the furthest point the old primary is known to
+ * have reached (its last checkpoint, the last LSN seen on it, the end of its
+ * WAL; unknown ones null). 0 when it has all of them.
+ */
+export function lostBytesAtPromotion(oldPrimaryReached: readonly (string | null)[], received: string): number {
+  return Math.max(0, ...oldPrimaryReached.map((lsn) => (lsn === null ? 0 : bytesBehind(lsn, received))));
+}
+
 /** Why `fact`'s replica may not be promoted under `rules`; null when it may. */
 export function ineligibility(fact: NodeFacts, rules: CandidateRules): string | null {
   if (rules.force) return null;

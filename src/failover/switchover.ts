@@ -8,10 +8,12 @@ import { bytesBehind, lsnToNumber } from "../postgres/lsn";
 import { streamsFrom } from "../postgres/node-facts";
 import { sleep } from "../util/sleep";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
+import { lostBytesAtPromotion } from "./candidate";
 import { refuseUnsafePromotion } from "./failover";
 import { fenceNode } from "./fencing";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
+import { lastSeenPrimaryLsn } from "./primary-lsn";
 import { followNewPrimary, promote, recordAsPrimary } from "./promotion";
 import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
 import { failoverTakesOver, missesEveryCheck, newPrimaryLost } from "./takeover";
@@ -89,12 +91,16 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
       if (!(await promotedAlready(context, operation, target))) {
         if (deps.config.synchronous && !operation.entry.times.stopped) await commitsWillWaitForOld(context, from, target);
         const finalLsn = await stopOldPrimary(context, operation, from);
-        if (!(await waitForReceipt(context, target, finalLsn))) {
+        const received = await waitForReceipt(context, target, finalLsn);
+        if (received === null) {
           const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms`;
           await callOff(context, operation, { from, target, why });
         }
         if (!operation.entry.times.promoting) {
-          await operation.record({ stage: "promoting", facts: { lostBytes: 0 } }, "promoting");
+          // Nothing, unless the old primary had been seen further than its last checkpoint (it did not stop cleanly).
+          const seen = await lastSeenPrimaryLsn(deps.redis, deps.keys.primaryLsn);
+          const lostBytes = lostBytesAtPromotion([finalLsn, seen?.node === from.name ? seen.lsn : null], received!);
+          await operation.record({ stage: "promoting", facts: { lostBytes } }, "promoting");
           await context.emitStage("failover:promoting", operation, "info", `promoting ${target.name}`);
         }
         operation.assertHeld();
@@ -261,13 +267,14 @@ async function lastCheckpoint(context: OperationContext, node: NodeRef): Promise
   return location;
 }
 
-async function waitForReceipt(context: OperationContext, node: NodeRef, lsn: string): Promise<boolean> {
+/** What `node` has received once it is past `lsn`; null when it is not within the time limit. */
+async function waitForReceipt(context: OperationContext, node: NodeRef, lsn: string): Promise<string | null> {
   const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
   while (Date.now() < deadline) {
     const facts = await context.facts(node);
     // Past the checkpoint record's start: the record itself was received.
-    if (facts?.lsn && lsnToNumber(facts.lsn) > lsnToNumber(lsn)) return true;
+    if (facts?.lsn && lsnToNumber(facts.lsn) > lsnToNumber(lsn)) return facts.lsn;
     await sleep(20);
   }
-  return false;
+  return null;
 }

@@ -1,4 +1,4 @@
-import { chooseCandidate, ineligibility, lostBytesOf, type CandidateRules } from "../../src/failover/candidate";
+import { chooseCandidate, ineligibility, lostBytesAtPromotion, lostBytesOf, type CandidateRules } from "../../src/failover/candidate";
 import type { ClusterState } from "../../src/failover/cluster-state";
 import {
   afterMissedCheck,
@@ -62,6 +62,16 @@ describe("failover candidate (pure)", () => {
       "node2's lag behind the old primary is unknown",
     );
     expect(lostBytesOf(replicaFacts("node2", "0/6000000"), "0/5000000")).toBe(0);
+  });
+
+  test("the loss at a promotion: what the old primary is known to have reached that the promoted node had not received", () => {
+    // A switchover: the target received past the old primary's shutdown checkpoint, the furthest it reached.
+    expect(lostBytesAtPromotion(["0/5000028", "0/5000000"], "0/50000A0")).toBe(0);
+    // Seen further than its last checkpoint (it did not stop cleanly): the difference is lost.
+    expect(lostBytesAtPromotion(["0/5000028", "0/5000100"], "0/50000A0")).toBe(0x60);
+    // The furthest known point counts, whichever it is; unknown ones do not.
+    expect(lostBytesAtPromotion(["0/6000000", null, "0/5800000"], "0/5000000")).toBe(0x1000000);
+    expect(lostBytesAtPromotion([null], "0/5000000")).toBe(0);
   });
 
   test("an operator's choice is honoured only if it answers as a replica and is eligible", () => {
