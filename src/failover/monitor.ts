@@ -89,6 +89,15 @@ export class FailoverMonitor {
     this.checker = new PrimaryChecker(deps.superuser, deps.config.failoverCheckIntervalMs);
   }
 
+  /**
+   * Consecutive checks of the recorded primary that failed (0 once one
+   * answers): how far the monitor is into judging it lost, whatever then
+   * holds a failover back.
+   */
+  get missedChecks(): number {
+    return this.failures;
+  }
+
   get detectionWindowMs(): number {
     return this.deps.config.failoverCheckIntervalMs * this.deps.config.failoverFailureThreshold;
   }

@@ -3,10 +3,67 @@ import { failoverHelpers } from "../helpers/failover";
 import { eventually, useTestCluster } from "../helpers/service";
 import { createLogger } from "../../src/log";
 import { startRelevo, type RelevoService } from "../../src/service";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { hbaNetworkFor } from "../../src/postgres/managed-settings";
+import { Client } from "pg";
+import { lastSeenPrimaryLsn } from "../../src/failover/primary-lsn";
+import { bytesBehind, lsnToNumber } from "../../src/postgres/lsn";
 
 describe("a frozen primary (SIGSTOP of its process group)", () => {
   const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
-  const { node, sql, state, events, streamingFrom } = failoverHelpers(cluster);
+  const { node, sql, state, events, streamingFrom, primaryNow } = failoverHelpers(cluster);
+  const monitorCounts = () => ({
+    threshold: cluster.config.failoverFailureThreshold,
+    missedChecks: () => cluster.service.failover.monitor.missedChecks,
+  });
+
+  /**
+   * `target` refuses `roles` over TCP from now on (pg_hba.conf, reloaded)
+   * and their open sessions end, walsenders included: a reload alone affects
+   * only new connections, and the monitor keeps its check connection open.
+   * Returns the undoing.
+   */
+  const refuseRoles = async (target: NodeRef, roles: readonly string[]): Promise<() => Promise<void>> => {
+    const { driver } = cluster.service;
+    const hba = (await driver.readFile(target, "pg_hba.conf"))!.toString("utf8");
+    const network = hbaNetworkFor(target.host);
+    const reload = async () => {
+      await driver.exec(target, ["pg_ctl", "reload", "-D", driver.dataDirectory(target)], { mode: "online" });
+    };
+    // Opened before the refusal: the session that ends the others.
+    const admin = new Client({
+      host: target.host,
+      port: target.port,
+      user: "postgres",
+      password: cluster.service.secrets.superuserPassword,
+    });
+    await admin.connect();
+    try {
+      const rejects = roles.map((role) => `host all ${role} ${network} reject\nhost replication ${role} ${network} reject\n`).join("");
+      await driver.writeFile(target, "pg_hba.conf", `${rejects}${hba}`);
+      await reload();
+      // A reload is a signal: in force once a new session is refused.
+      await eventually(
+        async () =>
+          (await sql(target, "SELECT 1").then(
+            () => false,
+            (error: Error) => /pg_hba/.test(error.message),
+          )) || undefined,
+        {
+          what: "the refusal in force",
+        },
+      );
+      await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND usename = ANY($1)", [
+        [...roles],
+      ]);
+    } finally {
+      await admin.end();
+    }
+    return async () => {
+      await driver.writeFile(target, "pg_hba.conf", hba);
+      await reload();
+    };
+  };
 
   beforeAll(async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
@@ -27,26 +84,20 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
 
   test("the primary refuses Relevo alone while its replica still streams from it: no failover", async () => {
     const since = Date.now();
-    const hba = (await cluster.service.driver.readFile(node("node1"), "pg_hba.conf"))!.toString("utf8");
+    const { threshold, missedChecks } = monitorCounts();
     // Relevo's checks connect as postgres; the replica streams as replicator.
-    await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", `host all postgres 127.0.0.1/32 reject\n${hba}`);
-    const reload = async () => {
-      await cluster.service.driver.exec(node("node1"), ["pg_ctl", "reload", "-D", cluster.service.driver.dataDirectory(node("node1"))], {
-        mode: "online",
-      });
-    };
-    await reload();
+    const restore = await refuseRoles(node("node1"), ["postgres"]);
     try {
-      await new Promise((resolve) => setTimeout(resolve, 5000)); // more than the detection window
+      // The checks really fail (their kept connection was ended, new ones are refused), past the threshold, twice.
+      await eventually(() => (missedChecks() > threshold ? true : undefined), { what: "checks of node1 missed past the threshold" });
+      expect(await streamingFrom(node("node2"))).toBe(node("node1").port);
       expect((await state()).primary).toBe("node1");
       expect(await events("failover:detected", since)).toEqual([]);
     } finally {
-      await cluster.service.driver.writeFile(node("node1"), "pg_hba.conf", hba);
-      await reload();
+      await restore();
     }
-    await eventually(async () => ((await sql(node("node1"), "SELECT 1 AS one")).length === 1 ? true : undefined), {
-      what: "node1 answering Relevo again",
-    });
+    await eventually(() => (missedChecks() === 0 ? true : undefined), { what: "node1 answering Relevo's checks again" });
+    expect(await events("failover:detected", since)).toEqual([]);
   });
 
   test("frozen for longer: node2 takes over; the old primary is killed, takes no write, then rejoins", async () => {
@@ -91,6 +142,21 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
       what: "replicated",
     });
   });
+
+  test("the primary refuses Relevo and its replica alike: the replica is promoted", async () => {
+    // node2 is the primary now, node1 its replica.
+    await eventually(async () => ((await state()).eligible.includes("node1") ? true : undefined), { what: "node1 eligible" });
+    const since = Date.now();
+    const restore = await refuseRoles(node("node2"), ["postgres", "replicator"]);
+    try {
+      await eventually(async () => ((await primaryNow()) === "node1" ? true : undefined), { what: "node1 promoted", timeoutMs: 60000 });
+    } finally {
+      await restore().catch(() => undefined); // node2 is fenced (stopped) by now
+    }
+    const detected = await events("failover:detected", since);
+    expect(detected.map((e) => e.node)).toEqual(["node2"]);
+    expect(detected[0]!.message).toMatch(/no replica streams from it/);
+  });
 });
 
 describe("fencing holds, and a stale replica is never promoted (synchronous, no automatic rejoin)", () => {
@@ -130,11 +196,16 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await eventually(async () => ((await state()).eligible.includes("node1") ? true : undefined), { what: "node1 eligible" });
     await cluster.service.driver.kill(node("node1"));
     const started = Date.now();
-    // This commit waits for node1 until it leaves the synchronous set.
-    await sql(node("node2"), "INSERT INTO acked (id) VALUES (3000000)");
+    // This commit waits for node1 until it leaves the synchronous set: within
+    // the detection window, plus the monitor's round that takes it out. (A
+    // wait cut short by statement_timeout still commits, and fails the bound.)
+    const { failoverCheckIntervalMs, failoverFailureThreshold } = cluster.config;
+    const bound = failoverCheckIntervalMs * failoverFailureThreshold + failoverCheckIntervalMs;
+    await sql(node("node2"), `SET statement_timeout = ${2 * bound}; INSERT INTO acked (id) VALUES (3000000)`);
     const waited = Date.now() - started;
-    expect((await state()).eligible).not.toContain("node1");
     console.log(`a commit waited ${waited} ms for the dead synchronous replica`);
+    expect(waited).toBeLessThanOrEqual(bound);
+    expect((await state()).eligible).not.toContain("node1");
     const since = Date.now();
     await cluster.service.driver.kill(node("node2"));
     await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 }); // reachable, but stale
@@ -146,9 +217,40 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     expect(failed.message).toMatch(/no eligible replica/);
     expect((await state()).primary).toBe("node2");
     expect((await sql<{ r: boolean }>(node("node1"), "SELECT pg_is_in_recovery() AS r"))[0]!.r).toBe(true);
+    // An operator's choice of the stale replica is refused alike, before anything is fenced.
+    await expect(cluster.service.failover.failover({ to: "node1" })).rejects.toMatchObject({ code: "NO_ELIGIBLE_REPLICA" });
+    expect((await state()).fenced).not.toContain("node2");
     // The old primary was not fenced (there was nobody to promote): it comes back as it was.
     await cluster.service.driver.start(node("node2"), { timeoutMs: 30000 });
     expect((await sql(node("node2"), "SELECT 1 FROM acked WHERE id = 3000000")).length).toBe(1);
+  });
+
+  test("failover --to a stale replica with force: promoted, and what it lacks reported in bytes", async () => {
+    // No automatic failover under the operator's feet.
+    await cluster.service.failover.setMaintenance(true);
+    await cluster.service.driver.stop(node("node1"), { mode: "fast", timeoutMs: 30000 });
+    await sql(node("node2"), "INSERT INTO acked (id) VALUES (3000001)");
+    const written = (await sql<{ lsn: string }>(node("node2"), "SELECT pg_current_wal_lsn()::text AS lsn"))[0]!.lsn;
+    // The monitor has seen it (the loss bound of a failover).
+    await eventually(
+      async () => {
+        const seen = await lastSeenPrimaryLsn(cluster.service.redis, cluster.service.keys.primaryLsn);
+        return seen?.node === "node2" && lsnToNumber(seen.lsn) >= lsnToNumber(written) ? true : undefined;
+      },
+      { what: "node2's LSN seen by the monitor" },
+    );
+    await cluster.service.driver.kill(node("node2"));
+    await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 }); // a standby with nobody to stream from
+    const stale = (await sql<{ lsn: string }>(node("node1"), "SELECT pg_last_wal_replay_lsn()::text AS lsn"))[0]!.lsn;
+    await expect(cluster.service.failover.failover({ to: "node1" })).rejects.toMatchObject({ code: "NO_ELIGIBLE_REPLICA" });
+    const record = await cluster.service.failover.failover({ to: "node1", force: true });
+    expect(record).toMatchObject({ kind: "failover", trigger: "manual", from: "node2", to: "node1", status: "completed" });
+    // At least what node2 had written when the monitor last saw it, which node1 never received.
+    expect(record.lostBytes).toBeGreaterThanOrEqual(bytesBehind(written, stale));
+    expect(bytesBehind(written, stale)).toBeGreaterThan(0);
+    expect(await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 3000001")).toEqual([]);
+    expect((await state()).primary).toBe("node1");
+    await cluster.service.failover.setMaintenance(false);
   });
 });
 
