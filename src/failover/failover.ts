@@ -2,7 +2,8 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { readNodeFacts, readNodePosition, type NodeFacts, type NodePosition } from "../postgres/node-facts";
-import { chooseCandidate } from "./candidate";
+import { readEndOfWal } from "../postgres/wal-end";
+import { chooseCandidate, lostBytesAtPromotion } from "./candidate";
 import { initialState, withName, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
@@ -88,12 +89,15 @@ export async function runFailover(context: OperationContext, operation: RunningO
     if (!operation.entry.times.promoted) {
       const choice =
         operation.entry.to && operation.entry.times.promoting
-          ? { node: context.node(operation.entry.to), lostBytes: null }
+          ? { node: context.node(operation.entry.to), lostBytes: null, lsn: null }
           : await candidateFor(context, operation.entry);
       target = choice.node;
       await refuseUnsafePromotion(context, target, from);
       if (!operation.entry.times.promoting) {
-        await operation.record({ stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes } }, "promoting");
+        await operation.record(
+          { stage: "promoting", to: target.name, facts: { lostBytes: choice.lostBytes, promotedFrom: choice.lsn } },
+          "promoting",
+        );
         await context.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
       }
       await promote(context, target, operation);
@@ -103,7 +107,7 @@ export async function runFailover(context: OperationContext, operation: RunningO
       target = context.node(operation.entry.to!);
     }
     await followNewPrimary(context, target, { skip: [from.name] });
-    await operation.record({ stage: "completed" }, "completed");
+    await operation.record({ stage: "completed", facts: await lossFromOldPrimaryWal(context, operation, from) }, "completed");
     const record = recordOf(operation.entry, "completed", null);
     await deps.events.emit({
       kind: "failover:completed",
@@ -143,8 +147,39 @@ export async function refuseUnsafePromotion(context: OperationContext, target: N
     throw new RelevoError(ErrorCode.PromotionUnsafe, `${target.name} not promoted: ${hazard}`, { details: { node: target.name } });
 }
 
+/**
+ * The loss measured against the fenced old primary's own WAL, read once the
+ * promoted node accepts writes (it lengthens no write gap): the last LSN the
+ * monitor saw may be up to a check old, and commits acknowledged since then
+ * that the promoted node never received are lost too. Kept as it was when
+ * that WAL cannot be read (a node that was stopped, not killed, or whose
+ * storage is gone).
+ */
+async function lossFromOldPrimaryWal(
+  context: OperationContext,
+  operation: RunningOperation,
+  from: NodeRef,
+): Promise<JournalEntry["facts"]> {
+  const { deps } = context;
+  const { facts } = operation.entry;
+  if (typeof facts.promotedFrom !== "string") return {};
+  const walEnd = await readEndOfWal(deps.driver, from, { timeoutMs: deps.config.nodeTimeoutMs * 10 }).catch((error: Error) => {
+    deps.logger.warn(
+      { node: from.name, err: error.message },
+      "the old primary's WAL could not be read: loss measured from its last LSN seen",
+    );
+    return null;
+  });
+  if (walEnd === null) return {};
+  const lastSeen = typeof facts.lastPrimaryLsn === "string" ? facts.lastPrimaryLsn : null;
+  return { oldPrimaryWalEnd: walEnd, lostBytes: lostBytesAtPromotion([walEnd, lastSeen], facts.promotedFrom) };
+}
+
 /** The replica to promote now: reachable, eligible (unless forced), the most advanced (see chooseCandidate). */
-async function candidateFor(context: OperationContext, entry: JournalEntry): Promise<{ node: NodeRef; lostBytes: number | null }> {
+async function candidateFor(
+  context: OperationContext,
+  entry: JournalEntry,
+): Promise<{ node: NodeRef; lostBytes: number | null; lsn: string | null }> {
   const { config } = context.deps;
   const state = await context.state();
   const replicas = context.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
@@ -161,5 +196,5 @@ async function candidateFor(context: OperationContext, entry: JournalEntry): Pro
     preferred: config.preferredPrimary,
   });
   if (!choice.ok) throw new RelevoError(ErrorCode.NoEligibleReplica, choice.reason);
-  return { node: choice.node, lostBytes: choice.lostBytes };
+  return { node: choice.node, lostBytes: choice.lostBytes, lsn: facts.find((fact) => fact.node.name === choice.node.name)?.lsn ?? null };
 }

@@ -1,6 +1,7 @@
 import { latestCheckpointLocation, stoppedAsStandby } from "../../src/postgres/control-data";
 import { bytesBehind, lsnBytes, lsnFromNumber, lsnToNumber } from "../../src/postgres/lsn";
 import { walSegmentSystemIdentifier } from "../../src/postgres/wal-page-header";
+import { endOfWalIn } from "../../src/postgres/wal-end";
 
 describe("PostgreSQL facts (pure)", () => {
   test("LSNs convert to byte positions and back, across the 32-bit boundary", () => {
@@ -25,6 +26,20 @@ describe("PostgreSQL facts (pure)", () => {
     expect(stoppedAsStandby("Database cluster state:               in archive recovery")).toBe(true);
     expect(stoppedAsStandby(primary)).toBe(false);
     expect(stoppedAsStandby("")).toBe(false);
+  });
+
+  test("pg_waldump's last word: where a stopped node's WAL ends", () => {
+    const torn = "pg_waldump: error: error in WAL record at 0/1559F90: invalid record length at 0/1559FC8: wanted 24, got 0\n";
+    expect(endOfWalIn(torn, "0/1000028")).toBe("0/1559FC8");
+    // Ending on a page whose header is not written names only the last record read.
+    const zeroed =
+      "pg_waldump: error: error in WAL record at 0/3FFFF80: invalid magic number 0000 in log segment 000000010000000000000004, offset 0";
+    expect(endOfWalIn(zeroed, "0/3000028")).toBe("0/3FFFF80");
+    // Never before where the reading started; nothing said, nothing known.
+    expect(endOfWalIn("pg_waldump: error: error in WAL record at 0/10: invalid record length at 0/20: wanted 24, got 0", "0/100")).toBe(
+      "0/100",
+    );
+    expect(endOfWalIn('pg_waldump: error: could not find file "000000010000000000000009"', "0/9000028")).toBeNull();
   });
 
   test("a WAL segment's first page names its cluster's system identifier; zeros or a short page name none", () => {
