@@ -302,6 +302,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(0),
     doc: "Asynchronous mode: a replica is promoted automatically only if its last known lag was under this many bytes (a forced failover ignores it).",
   },
+  switchoverCatchUpTimeoutMs: {
+    env: "RELEVO_SWITCHOVER_CATCH_UP_TIMEOUT_MS",
+    default: "30000",
+    schema: z.coerce.number().int().min(100).max(3600000),
+    doc: "How long a switchover or failback waits for the target to receive the stopped primary's last record (ms); past it the switchover is called off and the old primary restarted unchanged.",
+  },
   preferredPrimary: {
     env: "RELEVO_PREFERRED_PRIMARY",
     default: "node1",

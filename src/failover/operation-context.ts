@@ -16,7 +16,8 @@ import { settlesWithin } from "../util/sleep";
 import { ClusterStateStore, StaleWriterError, initialState, type ClusterState } from "./cluster-state";
 import { operationInProgress, type JournalEntry, type OperationJournal, type RunningOperation } from "./operation-journal";
 
-export type OperationsConfig = BootstrapConfig & Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary">;
+export type OperationsConfig = BootstrapConfig &
+  Pick<RelevoConfig, "synchronous" | "failoverMaximumLagBytes" | "preferredPrimary" | "switchoverCatchUpTimeoutMs">;
 
 export interface FailoverOperationsDeps {
   readonly config: OperationsConfig;

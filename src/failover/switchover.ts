@@ -4,8 +4,7 @@ import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
 import { latestCheckpointLocation, readControlData } from "../postgres/control-data";
 import { ensureReservedSlot, setSynchronousStandbys, slotNameFor } from "../postgres/replication-config";
-import { bytesBehind, lsnToNumber } from "../postgres/lsn";
-import { streamsFrom } from "../postgres/node-facts";
+import { lsnToNumber } from "../postgres/lsn";
 import { sleep } from "../util/sleep";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 import { lostBytesAtPromotion } from "./candidate";
@@ -16,12 +15,8 @@ import type { RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 import { followNewPrimary, promote, recordAsPrimary } from "./promotion";
 import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
+import { switchoverRefusal } from "./switchover-rules";
 import { failoverTakesOver, missesEveryCheck, newPrimaryLost } from "./takeover";
-
-/** A replica promoted only when it is at most this far behind (switchover, failback). */
-const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
-/** How long a switchover waits for the target to receive the old primary's last record. */
-const CATCH_UP_TIMEOUT_MS = 30000;
 
 export interface SwitchoverRequest {
   readonly to: string;
@@ -49,19 +44,8 @@ export async function switchover(context: OperationContext, request: SwitchoverR
     throw new RelevoError(ErrorCode.BackupInProgress, `a backup is running; wait for it to finish before a ${kind}`);
   }
   const [primaryFacts, targetFacts] = await Promise.all([context.facts(from), context.facts(target)]);
-  if (!primaryFacts || primaryFacts.inRecovery) {
-    throw new RelevoError(ErrorCode.PreconditionFailed, `the primary ${from.name} does not answer as a primary: use failover`);
-  }
-  if (!streamsFrom(targetFacts, from)) {
-    throw new RelevoError(ErrorCode.PreconditionFailed, `${target.name} is not a replica streaming from ${from.name}; rejoin it first`);
-  }
-  const lag = bytesBehind(primaryFacts.lsn!, targetFacts!.lsn ?? "0/0");
-  if (lag > SWITCHOVER_MAX_LAG_BYTES) {
-    throw new RelevoError(
-      ErrorCode.PreconditionFailed,
-      `${target.name} is ${lag} bytes behind (at most ${SWITCHOVER_MAX_LAG_BYTES} for a ${kind}); retry once it has caught up`,
-    );
-  }
+  const refusal = switchoverRefusal({ kind, from, target, primaryFacts, targetFacts });
+  if (refusal) throw refusal;
   // The recorded state names the primary; the members must not contradict it (another writable, another branch of history).
   await refuseUnsafePromotion(context, target, from);
   const operation = await deps.journal.begin(
@@ -93,7 +77,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
         const finalLsn = await stopOldPrimary(context, operation, from);
         const received = await waitForReceipt(context, target, finalLsn);
         if (received === null) {
-          const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${CATCH_UP_TIMEOUT_MS} ms`;
+          const why = `${target.name} did not receive ${from.name}'s last record (${finalLsn}) within ${deps.config.switchoverCatchUpTimeoutMs} ms`;
           await callOff(context, operation, { from, target, why });
         }
         if (!operation.entry.times.promoting) {
@@ -269,7 +253,7 @@ async function lastCheckpoint(context: OperationContext, node: NodeRef): Promise
 
 /** What `node` has received once it is past `lsn`; null when it is not within the time limit. */
 async function waitForReceipt(context: OperationContext, node: NodeRef, lsn: string): Promise<string | null> {
-  const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
+  const deadline = Date.now() + context.deps.config.switchoverCatchUpTimeoutMs;
   while (Date.now() < deadline) {
     const facts = await context.facts(node);
     // Past the checkpoint record's start: the record itself was received.

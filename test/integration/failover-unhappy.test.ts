@@ -1,0 +1,249 @@
+import { ErrorCode, RelevoError } from "../../src/errors";
+import { isFenced } from "../../src/postgres/fence-marker";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { failoverHelpers } from "../helpers/failover";
+import { startLibpqWriter } from "../helpers/libpq-writer";
+import { eventually, useTestCluster } from "../helpers/service";
+
+/**
+ * The failover machinery's unhappy paths, on one two-node cluster (local
+ * driver): switchovers refused or called off, a primary dying with no
+ * replica to promote, maintenance mode, a rejoin that fails, pg_rewind that
+ * fails. Each test leaves node1 the primary and node2 its eligible replica.
+ */
+describe("failover's unhappy paths", () => {
+  const cluster = useTestCluster("failover-unhappy", {
+    // The catch-up limit of a switchover, shortened so that calling one off costs seconds, not half a minute.
+    switchoverCatchUpTimeoutMs: 2000,
+    // Maintenance must be what holds a failback back: without it, one would start a second after node1 is in sync.
+    autoFailback: true,
+    autoFailbackAfterMs: 1000,
+  });
+  const { node, sql, state, events, primaryNow, streamingFrom } = failoverHelpers(cluster);
+  const failover = () => cluster.service.failover;
+
+  /** node1 the primary, no operation in flight, node2 streaming from it and eligible. */
+  const baseline = async () =>
+    eventually(
+      async () => {
+        const current = await state();
+        return current.primary === "node1" &&
+          current.eligible.includes("node2") &&
+          (await failover().operation()) === null &&
+          (await streamingFrom(node("node2"))) === node("node1").port
+          ? true
+          : undefined;
+      },
+      { what: "node1 primary, node2 streaming and eligible", timeoutMs: 60000 },
+    );
+
+  /**
+   * Freezes `standby`'s WAL receiver (SIGSTOP), as a stalled link would:
+   * pg_stat_wal_receiver still says streaming, but nothing more is received
+   * or acknowledged. Returns the thaw (idempotent).
+   */
+  const freezeReceiver = async (standby: NodeRef): Promise<() => void> => {
+    const pid = (await sql<{ pid: number | null }>(standby, "SELECT pid FROM pg_stat_wal_receiver"))[0]?.pid;
+    if (!pid) throw new Error(`${standby.name} has no WAL receiver to freeze`);
+    process.kill(pid, "SIGSTOP");
+    let frozen = true;
+    return () => {
+      if (frozen) process.kill(pid, "SIGCONT");
+      frozen = false;
+    };
+  };
+
+  const refusal = async (promise: Promise<unknown>): Promise<RelevoError> => {
+    const outcome = await promise.then(
+      () => new Error("it was not refused"),
+      (error: Error) => error,
+    );
+    expect(outcome).toBeInstanceOf(RelevoError);
+    return outcome as RelevoError;
+  };
+
+  beforeAll(async () => {
+    await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    await baseline();
+  });
+
+  test("a switchover to a target not streaming, or more than 16 MiB behind, is refused with PRECONDITION_FAILED; nothing changes", async () => {
+    const since = Date.now();
+    await cluster.service.driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 });
+    try {
+      const stopped = await refusal(failover().switchover("node2"));
+      expect(stopped.code).toBe(ErrorCode.PreconditionFailed);
+      expect(stopped.message).toMatch(/node2 is not a replica streaming from node1/);
+    } finally {
+      await cluster.service.driver.start(node("node2"), { timeoutMs: 30000 });
+    }
+    await eventually(async () => ((await streamingFrom(node("node2"))) === node("node1").port ? true : undefined), {
+      what: "node2 streaming again",
+    });
+
+    const thaw = await freezeReceiver(node("node2"));
+    try {
+      // Two segment switches with a write between them: the primary is at
+      // least 16 MiB past anything node2 has received. synchronous_commit =
+      // local: these commits must not wait for the frozen standby.
+      await sql(
+        node("node1"),
+        `SET synchronous_commit = local;
+         CREATE TABLE filler (n int); SELECT pg_switch_wal();
+         INSERT INTO filler VALUES (1); SELECT pg_switch_wal();
+         INSERT INTO filler VALUES (2); SELECT pg_switch_wal();`,
+      );
+      const behind = await refusal(failover().switchover("node2"));
+      expect(behind.code).toBe(ErrorCode.PreconditionFailed);
+      expect(behind.message).toMatch(/node2 is \d+ bytes behind \(at most 16777216 for a switchover\)/);
+    } finally {
+      thaw();
+    }
+    // Refused before anything began: no journal, no stage, node1 writing as before.
+    expect(await events("failover:detected", since)).toEqual([]);
+    expect(await failover().operation()).toBeNull();
+    expect((await state()).primary).toBe("node1");
+    await sql(node("node1"), "DROP TABLE filler");
+    await baseline();
+  });
+
+  test("a switchover whose target does not receive the last record in time is called off: the old primary is unfenced and restarted unchanged, nothing lost", async () => {
+    const since = Date.now();
+    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    let thaw: (() => void) | null = null;
+    try {
+      await eventually(() => (writer.acknowledgedSoFar() >= 20 ? true : undefined), { what: "writes before the switchover" });
+      // node2 streams (the precondition holds) but will not receive node1's shutdown checkpoint.
+      thaw = await freezeReceiver(node("node2"));
+      const calledOff = await refusal(failover().switchover("node2"));
+      expect(calledOff.code).toBe(ErrorCode.PreconditionFailed);
+      expect(calledOff.message).toMatch(/node2 did not receive node1's last record \(.+\) within 2000 ms; node1 restarted as the primary/);
+      // Before node2 comes back: node1 is the primary again on its own, writable, its fence lifted; the journal is closed.
+      expect(await failover().operation()).toBeNull();
+      const recorded = await state();
+      expect(recorded.primary).toBe("node1");
+      expect(recorded.fenced).toEqual([]);
+      expect(await isFenced(cluster.service.driver, node("node1"))).toBe(false);
+      const [role] = await sql<{ recovery: boolean; readOnly: string }>(
+        node("node1"),
+        "SELECT pg_is_in_recovery() AS recovery, current_setting('default_transaction_read_only') AS \"readOnly\"",
+      );
+      expect(role).toEqual({ recovery: false, readOnly: "off" });
+      const failed = await events("failover:failed", since);
+      expect(failed).toHaveLength(1);
+      expect(failed[0]).toMatchObject({ node: "node1", data: { kind: "switchover", status: "failed" } });
+      expect(await events("failover:promoted", since)).toEqual([]);
+    } finally {
+      thaw?.();
+    }
+    const calledOffAt = Date.now();
+    // Writes go on on node1 (once node2 streams again, or has left the synchronous set).
+    await eventually(() => (writer.firstAckFrom(node("node1").port, calledOffAt) !== null ? true : undefined), {
+      what: "a write acknowledged by node1 after the switchover was called off",
+    });
+    const report = await writer.stop();
+    const present = new Set((await sql<{ id: number }>(node("node1"), "SELECT id FROM acked")).map((row) => row.id));
+    expect(report.acknowledged.length).toBeGreaterThan(20);
+    expect(report.acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    expect(new Set(report.ackPorts)).toEqual(new Set([node("node1").port]));
+    await baseline();
+  });
+
+  test("the primary dies with no eligible replica: one failover:failed (no eligible replica), the old primary left unfenced, no new try within the hold-off", async () => {
+    // node2 stops acknowledging: it leaves the synchronous set, so it is no longer eligible.
+    const thaw = await freezeReceiver(node("node2"));
+    try {
+      await eventually(async () => (!(await state()).eligible.includes("node2") ? true : undefined), { what: "node2 no longer eligible" });
+    } finally {
+      thaw();
+    }
+    const since = Date.now();
+    await cluster.service.driver.kill(node("node1"));
+    try {
+      const failed = await eventually(
+        async () => {
+          const found = await events("failover:failed", since);
+          return found.length > 0 ? found[0]! : undefined;
+        },
+        { what: "failover:failed", timeoutMs: 30000 },
+      );
+      expect(failed).toMatchObject({ node: "node1", data: { kind: "failover", trigger: "automatic", status: "failed" } });
+      expect((failed.data as { error: string }).error).toMatch(/no eligible replica: node2/);
+      // Checks keep failing, and a retry would come after one more detection window (3 × 1000 ms): the hold-off (30 s) keeps it back.
+      await new Promise((resolve) => setTimeout(resolve, 5000));
+      expect(await events("failover:detected", since)).toHaveLength(1);
+      expect(await events("failover:failed", since)).toHaveLength(1);
+      // Nothing happened to the old primary: not fenced, still the recorded primary, free to come back.
+      const recorded = await state();
+      expect(recorded.primary).toBe("node1");
+      expect(recorded.fenced).toEqual([]);
+      expect(await isFenced(cluster.service.driver, node("node1"))).toBe(false);
+    } finally {
+      await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 });
+    }
+    await baseline();
+  });
+
+  test("maintenance mode: no automatic failback; a split brain is still fenced and not rejoined; a failed rejoin is node:rejoin-failed; once off, the node is rejoined (pg_rewind failing: reseeded) and failed back", async () => {
+    const since = Date.now();
+    await failover().setMaintenance(true);
+    try {
+      const switched = await failover().switchover("node2");
+      expect(switched).toMatchObject({ status: "completed", to: "node2" });
+      // node1 is in sync, and would be failed back to after 1 s: maintenance holds it.
+      await eventually(async () => ((await state()).eligible.includes("node1") ? true : undefined), { what: "node1 eligible" });
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      expect((await state()).eligible).toContain("node1");
+      expect(await primaryNow()).toBe("node2");
+      expect((await events("failover:detected", since)).map((e) => (e.data as { kind: string }).kind)).toEqual(["switchover"]);
+
+      // A second writable node: fenced at once, maintenance or not.
+      await sql(node("node1"), "SELECT pg_promote()");
+      const fencedEvent = await eventually(async () => (await events("node:fenced", since)).find((e) => e.node === "node1"), {
+        what: "node1 fenced as a split brain",
+      });
+      expect(fencedEvent.data).toMatchObject({ reason: "split brain" });
+      expect((await events("cluster:split-brain", since)).map((e) => e.node)).toEqual(["node1"]);
+      expect((await state()).fenced).toEqual(["node1"]);
+      // Several rounds later: still fenced, not rejoined.
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      expect((await state()).fenced).toEqual(["node1"]);
+      expect(await events("node:rejoined", since)).toEqual([]);
+      expect((await cluster.service.driver.state(node("node1"))).phase).toBe("stopped");
+
+      // A manual rejoin while the primary does not answer fails, and says so.
+      await cluster.service.driver.pause(node("node2"));
+      try {
+        await expect(failover().rejoin("node1")).rejects.toThrow();
+      } finally {
+        await cluster.service.driver.resume(node("node2"));
+      }
+      const rejoinFailed = await events("node:rejoin-failed", since);
+      expect(rejoinFailed.map((e) => e.node)).toEqual(["node1"]);
+      expect(rejoinFailed[0]).toMatchObject({ severity: "critical" });
+      expect(await failover().operation()).toBeNull();
+      expect((await state()).fenced).toEqual(["node1"]);
+
+      // node1's WAL lost: pg_rewind (its crash recovery first) cannot run, so the rejoin must seed it again.
+      const wal = await cluster.service.driver.listFiles(node("node1"), "pg_wal");
+      const segments = wal.filter((entry) => /^pg_wal\/[0-9A-F]{24}$/.test(entry.path)).map((entry) => entry.path);
+      expect(segments.length).toBeGreaterThan(0);
+      await cluster.service.driver.removeFiles(node("node1"), segments);
+    } finally {
+      await failover().setMaintenance(false);
+    }
+    const rejoined = await eventually(async () => (await events("node:rejoined", since)).find((e) => e.node === "node1"), {
+      what: "node1 rejoined once maintenance is off",
+      timeoutMs: 60000,
+    });
+    expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node2" });
+    // And, node1 in sync again, the automatic failback maintenance held back.
+    await eventually(async () => ((await primaryNow()) === "node1" ? true : undefined), {
+      what: "failed back to node1",
+      timeoutMs: 60000,
+    });
+    const completed = (await events("failover:completed", since)).map((e) => e.data as { kind: string; trigger: string });
+    expect(completed).toEqual(expect.arrayContaining([expect.objectContaining({ kind: "failback", trigger: "automatic" })]));
+    await baseline();
+  });
+});
