@@ -197,6 +197,31 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     // Still the adopted container: Relevo restarted it, the engine did not.
     expect((await cluster.service.driver.describe(node("node1"))).containerId).toBe(adoptedId);
   });
+
+  test("a replica whose container and volume are both gone: its rejoin fails with NODE_MISSING, node:rejoin-failed, nothing made again", async () => {
+    const primary = (await state()).primary;
+    const lost = primary === "node1" ? "node2" : "node1";
+    const since = Date.now();
+    const labels = [`io.relevo.cluster=${overrides.clusterName}`, `io.relevo.node=${lost}`];
+    const containers = await docker.listContainers({ all: true, filters: { label: labels } });
+    const inspected = await docker.getContainer((await cluster.service.driver.describe(node(lost))).containerId!).inspect();
+    const volume = inspected.Mounts.find((mount) => mount.Destination === "/var/lib/postgresql/data")!.Name!;
+    for (const container of containers) await docker.getContainer(container.Id).remove({ force: true });
+    await docker.getVolume(volume).remove();
+    expect((await cluster.service.driver.state(node(lost))).phase).toBe("absent");
+
+    const refused = await cluster.service.failover.rejoin(lost).then(
+      () => null,
+      (error: { code?: string }) => error,
+    );
+    expect(refused?.code).toBe(ErrorCode.NodeMissing);
+    expect((await events("node:rejoin-failed", since)).map((e) => e.node)).toEqual([lost]);
+    // Nothing half-done: no operation left, the primary as it was, and no container or volume made for the lost node.
+    expect(await cluster.service.failover.operation()).toBeNull();
+    expect((await state()).primary).toBe(primary);
+    expect(await docker.listContainers({ all: true, filters: { label: labels } })).toEqual([]);
+    expect((await docker.listVolumes({ filters: { label: labels } })).Volumes ?? []).toEqual([]);
+  });
 });
 
 describe("Docker: a fenced primary's container started by hand (no automatic rejoin)", () => {
