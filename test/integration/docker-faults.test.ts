@@ -237,21 +237,28 @@ describe("Docker: a fenced primary's container started by hand (no automatic rej
     // The engine restarts nothing by itself (no restart policy)…
     await new Promise((resolve) => setTimeout(resolve, 3000));
     expect((await docker.getContainer(container).inspect()).State.Running).toBe(false);
-    // …and an operator's `docker start` brings back a read-only server, fenced again at once.
-    const since = Date.now();
-    await docker.getContainer(container).start();
-    const refused = await eventually(
-      async () =>
-        sql(node("node1"), "INSERT INTO acked (id) VALUES (42)").then(
-          () => "accepted",
-          (error: Error) => (/read-only/.test(error.message) ? error.message : undefined),
-        ),
-      {
-        what: "node1 answering read-only",
-        timeoutMs: 30000,
-      },
-    ).catch(() => "fenced before it answered");
-    expect(refused).not.toBe("accepted");
+    // …and an operator's `docker start` while no Relevo watches (the monitor stopped, as with the service
+    // down) brings back a server that only its fence keeps from writing: it must refuse, on node1 itself.
+    await cluster.service.failover.stop();
+    let refused: string;
+    let since: number;
+    try {
+      await docker.getContainer(container).start();
+      refused = await eventually(
+        async () =>
+          sql(node("node1"), "INSERT INTO acked (id) VALUES (42)").then(
+            () => "accepted",
+            (error: Error) => (/read-only/.test(error.message) ? error.message : undefined),
+          ),
+        { what: "node1 answering the write", timeoutMs: 30000 },
+      );
+      expect(await sql(node("node1"), "SELECT id FROM acked WHERE id = 42")).toEqual([]);
+    } finally {
+      since = Date.now();
+      cluster.service.failover.start();
+    }
+    expect(refused).toMatch(/read-only transaction/);
+    // The monitor back: node1 is a second primary, fenced again at once.
     await eventually(async () => (!(await docker.getContainer(container).inspect()).State.Running ? true : undefined), {
       what: "node1 fenced again",
       timeoutMs: 30000,
