@@ -1,10 +1,29 @@
+import { expect } from "@jest/globals";
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { EventKind } from "../../src/events/event-map";
 import type { NodeRef } from "../../src/nodes/node-driver";
+import { bytesBehind } from "../../src/postgres/lsn";
+import { SEGMENT_SIZE } from "../../src/postgres/wal-names";
+import { projectRoot } from "../../src/util/project-root";
+import { cliEnvFor } from "../helpers/cli-env";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
+const run = promisify(execFile);
+/** How far the archive may trail here: small, so that three WAL switches (no data written) are past it. */
+const ARCHIVE_MAX_LAG_BYTES = 1 << 20;
+
 describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
-  const cluster = useTestCluster("backup-replica", { backupSource: "replica" });
+  const cluster = useTestCluster("backup-replica", { backupSource: "replica", archiveMaxLagBytes: ARCHIVE_MAX_LAG_BYTES });
+  const sql = <T = Record<string, unknown>>(node: NodeRef, text: string) => sqlOn<T>(node, cluster.service.secrets, text);
+  const eventsSince = async (kind: EventKind, since: number) =>
+    (await cluster.service.events.page({ first: 50, kinds: [kind] })).events.filter((event) => Date.parse(event.occurredAt) >= since);
+  /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
+  const switchWal = async (): Promise<string> =>
+    (await sql<{ lsn: string }>(cluster.service.nodes[0]!, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
   let copy: NodeRef | null = null;
 
   afterAll(async () => {
@@ -80,5 +99,141 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     expect(page.events).toHaveLength(1);
     expect(page.events[0]).toMatchObject({ kind: "archive:gap", severity: "critical", data: { timeline: 1, from: missing, to: missing } });
     expect((await cluster.service.backups.recoveryWindow()).gaps).toEqual([{ timeline: 1, from: missing, to: missing }]);
+  });
+
+  test("the archiver failing to stream is a critical archive:failing event, once; it streams again once it may", async () => {
+    const primary = cluster.service.nodes[0]!;
+    const archiver = cluster.service.archiver;
+    const since = Date.now();
+    // pg_receivewal logs in as the replication role; the replica's open stream is not touched.
+    await sql(primary, "ALTER ROLE replicator NOLOGIN");
+    try {
+      // Failures are counted from the archiver's start: restarted, it has none yet.
+      await archiver.stop();
+      archiver.start();
+      const failing = await eventually(async () => (await eventsSince("archive:failing", since))[0], {
+        what: "archive:failing",
+        timeoutMs: 20000,
+      });
+      expect(failing).toMatchObject({
+        severity: "critical",
+        node: primary.name,
+        data: { error: expect.stringContaining('role "replicator" is not permitted to log in') },
+      });
+      // Past its fourth and fifth failures (0.5 + 1 + 1.5 + 2 s after the start): still one event.
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, since + 6000 - Date.now())));
+      expect(await eventsSince("archive:failing", since)).toHaveLength(1);
+    } finally {
+      await sql(primary, "ALTER ROLE replicator LOGIN");
+    }
+    const lsn = await switchWal();
+    await archiver.waitForArchived(1, lsn, lsn, 30000);
+  });
+
+  test("an archive trailing the primary past RELEVO_ARCHIVE_MAX_LAG_BYTES is an archive:lagging warning, once until it caught up", async () => {
+    const primary = cluster.service.nodes[0]!;
+    const archiver = cluster.service.archiver;
+    const monitor = cluster.service.archiveMonitor;
+    /** The archive caught up with the primary, and the monitor has seen it so. */
+    const caughtUp = async (): Promise<void> => {
+      const lsn = await switchWal();
+      await archiver.waitForArchived(1, lsn, lsn, 30000);
+      await cluster.service.collector.pollNow();
+      await monitor.check();
+    };
+    /** The archiver stopped while the primary closes three segments; the monitor looks twice. */
+    const lagBehind = async (): Promise<void> => {
+      await archiver.stop();
+      for (let i = 0; i < 3; i += 1) {
+        await sql(primary, "INSERT INTO lag_marks VALUES (1)");
+        await switchWal();
+      }
+      await cluster.service.collector.pollNow();
+      await monitor.check();
+      await monitor.check();
+      archiver.start();
+    };
+    await sql(primary, "CREATE TABLE lag_marks (n int)"); // something to write before each switch
+    await caughtUp();
+    const since = Date.now();
+    await lagBehind();
+    const lagging = await eventsSince("archive:lagging", since);
+    expect(lagging).toHaveLength(1);
+    expect(lagging[0]).toMatchObject({ severity: "warning", node: primary.name });
+    expect((lagging[0]!.data as { lagBytes: number }).lagBytes).toBeGreaterThan(ARCHIVE_MAX_LAG_BYTES + SEGMENT_SIZE);
+    // Caught up, then behind again: a second warning.
+    await caughtUp();
+    expect(await eventsSince("archive:lagging", since)).toHaveLength(1);
+    await lagBehind();
+    expect(await eventsSince("archive:lagging", since)).toHaveLength(2);
+    await caughtUp();
+  });
+
+  test("an index corrupted behind valid page checksums: only the restore test's pg_amcheck finds it; relevo backup verify exits 0, with --restore-test non-zero", async () => {
+    const [primary, replica] = cluster.service.nodes as [NodeRef, NodeRef];
+    const driver = cluster.service.driver;
+    await sql(primary, "CREATE TABLE amchecked AS SELECT g AS id FROM generate_series(1, 20000) g");
+    await sql(primary, "CREATE INDEX amchecked_id ON amchecked (id)");
+    // The replica restarts from a restartpoint past the index's creation, so replay never rewrites its pages.
+    await sql(primary, "CHECKPOINT");
+    const { file, lsn } = (
+      await sql<{ file: string; lsn: string }>(
+        primary,
+        "SELECT pg_relation_filepath('amchecked_id') AS file, pg_current_wal_lsn()::text AS lsn",
+      )
+    )[0]!;
+    await eventually(async () => {
+      const replayed = (await sql<{ lsn: string }>(replica, "SELECT pg_last_wal_replay_lsn()::text AS lsn"))[0]!.lsn;
+      return bytesBehind(lsn, replayed) === 0 ? true : undefined;
+    });
+    await cluster.service.failover.setMaintenance(true); // the replica is down on purpose
+    try {
+      await driver.stop(replica, { mode: "fast", timeoutMs: 60000 });
+      // Block 1 is the index's leftmost leaf: swapping its first two data items' line pointers (offsets 2
+      // and 3, after the high key) puts two keys out of order, which reading the page does not notice.
+      const index = (await driver.readFile(replica, file))!;
+      const leaf = 8192;
+      const second = index.subarray(leaf + 28, leaf + 32);
+      const third = Buffer.from(index.subarray(leaf + 32, leaf + 36));
+      index.copyWithin(leaf + 32, leaf + 28, leaf + 32);
+      third.copy(second);
+      await driver.writeFile(replica, file, index);
+      // New page checksums over the damage: the backup copies it as good data, its content checksums agree.
+      // (--no-sync: a test node, and the server reads the files back from the page cache.)
+      for (const step of ["--disable", "--enable"])
+        await driver.exec(replica, ["pg_checksums", step, "--no-sync", "-D", driver.dataDirectory(replica)], {
+          mode: "offline",
+          timeoutMs: 120000,
+        });
+      await driver.start(replica, { timeoutMs: 60000 });
+    } finally {
+      await cluster.service.failover.setMaintenance(false);
+    }
+    await cluster.service.collector.pollNow();
+    try {
+      const backup = await (await cluster.service.backups.start("full")).done;
+      expect(backup).toMatchObject({ status: "completed", source: replica.name });
+      const bin = path.join(projectRoot(), "bin/relevo");
+      const contentOnly = await run("node", [bin, "backup", "verify", backup.id], { env: cliEnvFor(cluster.config) });
+      expect(contentOnly.stdout).toContain("content: ok");
+      const restoreTested = await run("node", [bin, "backup", "verify", "--restore-test", backup.id], {
+        env: cliEnvFor(cluster.config),
+      }).then(
+        () => null,
+        (error: { code: number; stdout: string; stderr: string }) => error,
+      );
+      expect(restoreTested).toMatchObject({
+        code: 1,
+        stdout: expect.stringMatching(/content: ok\nrestore test: FAILED: pg_amcheck: .*amchecked_id/),
+        stderr: expect.stringContaining(`backup ${backup.id} failed verification`),
+      });
+      expect((await cluster.service.backups.get(backup.id)).verification).toMatchObject({
+        contentOk: true,
+        badFiles: [],
+        restoreTest: { ok: false, error: expect.stringMatching(/^pg_amcheck: .*item order invariant violated for index "amchecked_id"/) },
+      });
+    } finally {
+      await sql(primary, "DROP TABLE amchecked"); // the damaged index with it, on the replica too
+    }
   });
 });
