@@ -1,10 +1,12 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { copyFile, mkdir, readFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
+import { backupId as newBackupId } from "../../src/backup/manifest";
+import { segmentNumber } from "../../src/postgres/wal-names";
 import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
@@ -172,6 +174,30 @@ describe("backups through GraphQL and the CLI", () => {
     }
   });
 
+  test("restoreBackup to an LSN: the commit before it is there, the one after it is not", async () => {
+    const primary = cluster.service.nodes[0]!;
+    await sqlOn(primary, cluster.service.secrets, "INSERT INTO api_data VALUES (-3, 'before the LSN')");
+    // Where WAL has been written to: past the commit of -3, before anything of -4.
+    const { lsn } = (await sqlOn<{ lsn: string }>(primary, cluster.service.secrets, "SELECT pg_current_wal_lsn()::text AS lsn"))[0]!;
+    await sqlOn(primary, cluster.service.secrets, "INSERT INTO api_data VALUES (-4, 'after the LSN')");
+    const switched = (await sqlOn<{ lsn: string }>(primary, cluster.service.secrets, "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
+    const copy = { name: "api-lsn-copy", host: "127.0.0.1", port: await freePort() };
+    const response = await graphqlRequest<{ restoreBackup: { name: string } }>(
+      cluster.url,
+      `mutation($input: RestoreInput!) { restoreBackup(input: $input) { name } }`,
+      { token: cluster.token("operator"), variables: { input: { name: copy.name, port: copy.port, lsn } } },
+    );
+    try {
+      expect(response.errors).toBeUndefined();
+      expect(await sqlOn(copy, cluster.service.secrets, "SELECT id FROM api_data WHERE id IN (-3, -4) ORDER BY id DESC")).toEqual([
+        { id: -3 },
+      ]);
+    } finally {
+      await cluster.service.driver.destroy(copy);
+    }
+  });
+
   test("CLI: backup list --json, and restore --to/--port prints a URI that works; restore stop stops it", async () => {
     const listed = JSON.parse((await run("node", [BIN, "backup", "list", "--json"], { env: cliEnv() })).stdout) as Array<{
       id: string;
@@ -290,5 +316,39 @@ describe("backups through GraphQL and the CLI", () => {
     const id = created.stdout.trim();
     expect(id).toMatch(/^\d{8}T\d{6}Z-F$/);
     expect((await cluster.service.backups.get(id)).status).toBe("completed");
+  });
+
+  test("expireBackups applies retention now: fulls beyond RELEVO_RETENTION_FULL expire, content and older WAL gone; a viewer may not", async () => {
+    const denied = await graphqlRequest(cluster.url, `mutation { expireBackups { expired } }`, { token: cluster.token("viewer") });
+    expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    const repository = cluster.service.repository;
+    const completed = (await cluster.service.backups.list()).filter((m) => m.status === "completed").map((m) => m.id);
+    expect(completed.length).toBeGreaterThan(0);
+    // Two newer fulls (manifests only, RELEVO_RETENTION_FULL defaults to 2) put every real backup beyond retention.
+    const newest = await cluster.service.backups.latestCompleted();
+    const newer = [1, 2].map((n) => {
+      const at = new Date(Date.now() + n * 1000);
+      return { ...newest, id: newBackupId("full", at), startedAt: at.toISOString() };
+    });
+    for (const manifest of newer) await repository.writeManifest(manifest);
+    try {
+      const oldestKept = segmentNumber(newest.startLsn);
+      const walBefore = (await repository.archivedSegmentList()).filter((segment) => segment.segment < oldestKept).length;
+      const response = await graphqlRequest<{ expireBackups: { expired: string[]; walSegmentsRemoved: number } }>(
+        cluster.url,
+        `mutation { expireBackups { expired walSegmentsRemoved } }`,
+        { token: cluster.token("operator") },
+      );
+      expect(response.errors).toBeUndefined();
+      expect([...response.data!.expireBackups.expired].sort()).toEqual([...completed].sort());
+      expect(response.data!.expireBackups.walSegmentsRemoved).toBe(walBefore);
+      for (const id of completed) {
+        expect((await cluster.service.backups.get(id)).status).toBe("expired");
+        expect(await readdir(repository.backupDir(id))).toEqual(["manifest.json"]);
+      }
+      expect((await repository.archivedSegmentList()).every((segment) => segment.segment >= oldestKept)).toBe(true);
+    } finally {
+      for (const manifest of newer) await rm(repository.backupDir(manifest.id), { recursive: true, force: true });
+    }
   });
 });

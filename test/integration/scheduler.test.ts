@@ -161,4 +161,34 @@ describe("scheduled backups (Agenda on Relevo's Redis)", () => {
     });
     expect(unknown.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
   });
+
+  test("deleteSchedule removes a job's schedule (no cron, no next run); updateSchedule makes it again; a viewer may not", async () => {
+    const denied = await graphqlRequest(cluster.url, `mutation { deleteSchedule(name: "differential-backup") { name } }`, {
+      token: cluster.token("viewer"),
+    });
+    expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    const deleted = await graphqlRequest<{ deleteSchedule: ScheduleRow[] }>(
+      cluster.url,
+      `mutation { deleteSchedule(name: "differential-backup") { ${SCHEDULE_FIELDS} } }`,
+      { token: cluster.token("operator") },
+    );
+    expect(deleted.errors).toBeUndefined();
+    expect(deleted.data!.deleteSchedule.find((row) => row.name === "differential-backup")).toMatchObject({ cron: null, nextRunAt: null });
+    // Only that one: the others keep their schedules.
+    expect((await schedules()).filter((row) => row.cron !== null).map((row) => row.name)).toEqual([
+      "full-backup",
+      "incremental-backup",
+      "verify-newest",
+    ]);
+    await graphqlRequest(cluster.url, `mutation { updateSchedule(name: "differential-backup", cron: "0 3 * * 1-6") { name } }`, {
+      token: cluster.token("operator"),
+    });
+    const back = (await schedules()).find((row) => row.name === "differential-backup")!;
+    expect(back.cron).toBe("0 3 * * 1-6");
+    expect(Date.parse(back.nextRunAt!)).toBeGreaterThan(Date.now());
+    const unknown = await graphqlRequest(cluster.url, `mutation { deleteSchedule(name: "nightly-dance") { name } }`, {
+      token: cluster.token("operator"),
+    });
+    expect(unknown.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+  });
 });
