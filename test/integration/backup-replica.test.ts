@@ -155,6 +155,8 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     };
     await sql(primary, "CREATE TABLE lag_marks (n int)"); // something to write before each switch
     await caughtUp();
+    // The lag is measured from the recovery window's end: there is one only from the first backup on (taken above).
+    expect((await cluster.service.backups.recoveryWindow()).latest).not.toBeNull();
     const since = Date.now();
     await lagBehind();
     const lagging = await eventsSince("archive:lagging", since);
@@ -209,7 +211,15 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     } finally {
       await cluster.service.failover.setMaintenance(false);
     }
-    await cluster.service.collector.pollNow();
+    // The backup is taken from a replica seen streaming: wait until the restarted one is.
+    await eventually(
+      async () => {
+        await cluster.service.collector.pollNow();
+        const seen = cluster.service.collector.latest?.nodes.find((node) => node.name === replica.name);
+        return seen?.reachable && seen.replication?.state === "streaming" ? true : undefined;
+      },
+      { what: `${replica.name} streaming again`, timeoutMs: 60000 },
+    );
     try {
       const backup = await (await cluster.service.backups.start("full")).done;
       expect(backup).toMatchObject({ status: "completed", source: replica.name });
