@@ -36,10 +36,19 @@ export function subscriptionClient(url: string, token: string): Client {
   });
 }
 
-/** Collects subscription payloads; `next(predicate)` waits for a matching one. */
+/**
+ * Collects subscription payloads; `next(predicate)` waits for a matching one.
+ * Errors are collected too, not dropped: an error sent by the server (a
+ * failed authorisation, a resolver that threw, a closed socket) ends the
+ * subscription, and a test that then waits for a payload would only see a
+ * time-out. `errors` holds them (a payload's GraphQL errors and the
+ * subscription's own), each waiting `next` fails at once naming them, and a
+ * suite asserts `errors` empty when it is done.
+ */
 export class SubscriptionRecorder<T> {
   readonly received: T[] = [];
-  private waiters: Array<{ predicate: (value: T) => boolean; resolve: (value: T) => void }> = [];
+  readonly errors: unknown[] = [];
+  private waiters: Array<{ predicate: (value: T) => boolean; resolve: (value: T) => void; reject: (error: Error) => void }> = [];
   readonly dispose: () => void;
 
   constructor(client: Client, query: string, variables: Record<string, unknown> = {}) {
@@ -47,6 +56,8 @@ export class SubscriptionRecorder<T> {
       { query, variables },
       {
         next: (result) => {
+          if (result.errors?.length) this.fail(result.errors);
+          if (result.data === undefined || result.data === null) return;
           const value = result.data as T;
           this.received.push(value);
           this.waiters = this.waiters.filter((waiter) => {
@@ -55,7 +66,7 @@ export class SubscriptionRecorder<T> {
             return false;
           });
         },
-        error: () => undefined,
+        error: (error) => this.fail(error),
         complete: () => undefined,
       },
     );
@@ -64,6 +75,7 @@ export class SubscriptionRecorder<T> {
   next(predicate: (value: T) => boolean, timeoutMs = 30000): Promise<T> {
     const existing = this.received.find(predicate);
     if (existing) return Promise.resolve(existing);
+    if (this.errors.length > 0) return Promise.reject(this.failure());
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
         () =>
@@ -76,7 +88,36 @@ export class SubscriptionRecorder<T> {
           clearTimeout(timer);
           resolve(value);
         },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
       });
     });
   }
+
+  private fail(error: unknown): void {
+    this.errors.push(error);
+    const failure = this.failure();
+    for (const waiter of this.waiters) waiter.reject(failure);
+    this.waiters = [];
+  }
+
+  private failure(): Error {
+    return new Error(`the subscription failed: ${describeErrors(this.errors)}`);
+  }
+}
+
+/** What a subscription error says: GraphQL errors, an Error, or the CloseEvent of the socket. */
+export function describeErrors(errors: readonly unknown[]): string {
+  return errors
+    .map((error) => {
+      if (error instanceof Error) return error.message;
+      if (error && typeof error === "object" && "code" in error && "reason" in error) {
+        const closed = error as { code: number; reason: string };
+        return `socket closed ${closed.code} ${closed.reason}`;
+      }
+      return JSON.stringify(error);
+    })
+    .join("; ");
 }

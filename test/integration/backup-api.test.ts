@@ -250,6 +250,7 @@ describe("backups through GraphQL and the CLI", () => {
         { what: "the backup's completed record in PostgreSQL", timeoutMs: 60000 },
       );
       expect(rows).toEqual([{ status: "completed" }]);
+      expect(updates.errors).toEqual([]);
     } finally {
       updates.dispose();
       await client.dispose();
@@ -275,6 +276,7 @@ describe("backups through GraphQL and the CLI", () => {
       const kinds = events.received.filter((e) => e.backupEvents.data.id === id).map((e) => e.backupEvents.kind);
       expect(kinds).toEqual(["backup:started", "backup:completed"]);
       expect(events.received.every((e) => /^(backup|schedule):/.test(e.backupEvents.kind))).toBe(true);
+      expect(events.errors).toEqual([]);
     } finally {
       events.dispose();
       await client.dispose();
@@ -305,6 +307,7 @@ describe("backups through GraphQL and the CLI", () => {
         },
       );
       expect(shown.data!.backup.progress.phase).toBe("completed");
+      expect(updates.errors).toEqual([]);
     } finally {
       updates.dispose();
       await client.dispose();

@@ -202,6 +202,8 @@ describe("topology over GraphQL", () => {
         payload.topologyChanged.nodes.some((n) => n.name === "node2" && n.replication?.state === "STREAMING"),
       );
       expect(back.topologyChanged.health).toBe("HEALTHY");
+      expect(topology.errors).toEqual([]);
+      expect(events.errors).toEqual([]);
     } finally {
       topology.dispose();
       events.dispose();
