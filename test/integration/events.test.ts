@@ -1,4 +1,8 @@
+import { randomUUID } from "node:crypto";
 import { expect } from "@jest/globals";
+import type { FailoverRecord } from "../../src/events/event-map";
+import { CONSOLIDATOR_GROUP } from "../../src/redis/keys";
+import { graphqlRequest } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
@@ -14,6 +18,29 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       [],
       "relevo",
     );
+
+  /**
+   * The consolidator has read the whole stream and acknowledged all it read:
+   * its group's last delivered entry is the stream's last, and nothing is
+   * pending. A replay is finished then, whatever it wrote.
+   */
+  const consolidatorCaughtUp = async (): Promise<boolean> => {
+    const { redis, keys } = cluster.service;
+    const stream = fieldsOf((await redis.xinfo("STREAM", keys.events)) as unknown[]);
+    const groups = ((await redis.xinfo("GROUPS", keys.events)) as unknown[][]).map(fieldsOf);
+    const group = groups.find((entry) => entry.name === CONSOLIDATOR_GROUP);
+    return group !== undefined && group["last-delivered-id"] === stream["last-generated-id"] && Number(group.pending) === 0;
+  };
+
+  const failovers = async () => {
+    const response = await graphqlRequest<{ failovers: Array<{ id: string; kind: string; from: string; to: string | null }> }>(
+      cluster.url,
+      "{ failovers(limit: 5) { id kind from to } }",
+      { token: cluster.token("viewer") },
+    );
+    expect(response.errors).toBeUndefined();
+    return response.data!.failovers;
+  };
 
   test("migrations are recorded in _prisma_migrations the way prisma migrate deploy records them", async () => {
     await eventually(async () => ((await eventRows()).length > 0 ? true : undefined));
@@ -51,10 +78,21 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       });
       emitted.push(event!.id);
     }
+    // A switchover that finished while the primary was down: its record is in the stream only.
+    const switchover = finishedSwitchover(new Date(Date.now() - 60000));
+    await cluster.service.events.emit({
+      kind: "failover:completed",
+      severity: "info",
+      node: "node2",
+      message: "outage test switchover completed",
+      data: switchover,
+    });
     // The consolidator has tried and failed: the entries are pending, not acknowledged.
     await new Promise((resolve) => setTimeout(resolve, 2500));
     const pending = (await cluster.service.redis.xpending(cluster.service.keys.events, "consolidator")) as [number, ...unknown[]];
     expect(Number(pending[0])).toBeGreaterThanOrEqual(1);
+    // The failovers query lists what PostgreSQL does not have yet, from the stream.
+    expect(await failovers()).toEqual([{ id: switchover.id, kind: "SWITCHOVER", from: "node1", to: "node2" }]);
 
     await cluster.service.driver.start(primary(), { timeoutMs: 60000 });
     await cluster.service.failover.setMaintenance(false);
@@ -74,9 +112,34 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       },
       { what: "nothing pending" },
     );
+    // Consolidated, the record is listed once; an older one that only PostgreSQL still has (its events
+    // trimmed from the stream long ago) is merged in, newest first.
+    await eventually(
+      async () => {
+        const rows = await sqlOn(primary(), cluster.service.secrets, "SELECT id FROM failovers WHERE id = $1", [switchover.id], "relevo");
+        return rows.length === 1 ? true : undefined;
+      },
+      { what: "the switchover's record consolidated" },
+    );
+    const older = finishedSwitchover(new Date(Date.now() - 3600000));
+    await sqlOn(
+      primary(),
+      cluster.service.secrets,
+      `INSERT INTO failovers (id, kind, trigger, from_node, to_node, status, reason, started_at, finished_at)
+       VALUES ($1, 'switchover', 'manual', 'node2', 'node1', 'completed', 'older', $2, $2)`,
+      [older.id, older.startedAt],
+      "relevo",
+    );
+    expect(await failovers()).toEqual([
+      { id: switchover.id, kind: "SWITCHOVER", from: "node1", to: "node2" },
+      { id: older.id, kind: "SWITCHOVER", from: "node2", to: "node1" },
+    ]);
+
     // A replay of the whole stream (e.g. a new consumer group after a crash) writes nothing twice.
     await cluster.service.redis.xgroup("SETID", cluster.service.keys.events, "consolidator", "0");
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    await eventually(async () => ((await consolidatorCaughtUp()) ? true : undefined), {
+      what: "the replay read and acknowledged to the end of the stream",
+    });
     const again = await eventRows(`message LIKE 'outage test event %'`);
     expect(again).toHaveLength(emitted.length);
     const total = await sqlOn<{ c: string }>(
@@ -90,3 +153,30 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     cluster.service.collector.start();
   });
 });
+
+/** XINFO's flat [field, value, field, value…] reply as an object. */
+function fieldsOf(reply: unknown[]): Record<string, unknown> {
+  const fields: Record<string, unknown> = {};
+  for (let i = 0; i + 1 < reply.length; i += 2) fields[String(reply[i])] = reply[i + 1];
+  return fields;
+}
+
+function finishedSwitchover(startedAt: Date): FailoverRecord {
+  const finishedAt = new Date(startedAt.getTime() + 2000).toISOString();
+  return {
+    id: randomUUID(),
+    kind: "switchover",
+    trigger: "manual",
+    from: "node1",
+    to: "node2",
+    status: "completed",
+    reason: "events test",
+    error: null,
+    lostBytes: 0,
+    startedAt: startedAt.toISOString(),
+    fencedAt: null,
+    promotedAt: finishedAt,
+    finishedAt,
+    durationMs: 2000,
+  };
+}
