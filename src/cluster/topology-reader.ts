@@ -54,9 +54,20 @@ export class TopologyReader {
     this.redis.on("close", reset);
     this.invalidations.on("close", reset);
     this.redis.on("ready", () => void this.enableTracking());
-    this.invalidations.on("ready", () => void this.enableTracking());
+    // ioredis emits "ready" before it subscribes the connection again, and only a subscribed listener can be
+    // found: a PING sent after that SUBSCRIBE is answered after it.
+    this.invalidations.on("ready", () => setImmediate(() => void this.afterResubscribe()));
+    // Found by its name (below), and named again on every reconnect: ioredis renames a connection from its
+    // options when it connects, so a name set by command alone is lost with the first reconnect, and tracking
+    // (which needs the listener's id) would never be turned on again.
+    this.invalidations.options.connectionName = this.listenerName;
     await this.invalidations.client("SETNAME", this.listenerName).catch(() => undefined);
     await this.invalidations.subscribe(INVALIDATE_CHANNEL).catch(() => undefined);
+    await this.enableTracking();
+  }
+
+  private async afterResubscribe(): Promise<void> {
+    await this.invalidations.ping().catch(() => undefined);
     await this.enableTracking();
   }
 
@@ -91,6 +102,9 @@ export class TopologyReader {
       const line = list.split("\n").find((entry) => entry.includes(` name=${this.listenerName} `));
       const id = line ? /(?:^|\s)id=(\d+)/.exec(line)?.[1] : undefined;
       if (!id) return; // not subscribed yet: its "ready" will call again
+      // Off first: this connection may still track for the listener's previous id, and Redis refuses to register
+      // the same prefix twice (or to change the redirection) while tracking is on.
+      await this.redis.call("CLIENT", "TRACKING", "OFF");
       await this.redis.call("CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", this.keys.topology);
       this.invalidate();
       this.tracking = true;
