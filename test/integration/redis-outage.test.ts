@@ -17,15 +17,27 @@ function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
   });
 }
 
-describe("Redis unavailable: clear errors, nothing crashes, everything resumes", () => {
+describe("Redis unavailable: clear errors, nothing crashes, nothing decided, everything resumes", () => {
   const cluster = useTestCluster("redis-outage");
 
   const redisServer = () => redisServerOf(cluster);
 
-  test("while Redis is down the API answers SERVICE_UNAVAILABLE at once; events wait and are consolidated after", async () => {
+  const [node1, node2] = [() => cluster.service.nodes[0]!, () => cluster.service.nodes[1]!];
+  const synchronousStandbys = async (): Promise<string> =>
+    (await sqlOn<{ names: string }>(node1(), cluster.service.secrets, "SELECT current_setting('synchronous_standby_names') AS names"))[0]!
+      .names;
+  const inRecovery = async (): Promise<boolean> =>
+    (await sqlOn<{ r: boolean }>(node1(), cluster.service.secrets, "SELECT pg_is_in_recovery() AS r"))[0]!.r;
+
+  test("while Redis is down the API answers SERVICE_UNAVAILABLE at once; the monitor keeps the synchronous set and the roles; events wait and are consolidated after", async () => {
     const before = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") });
     expect(before.data).toEqual({ cluster: { name: "test" } });
+    // The monitor has put node2 in the synchronous set: what it must leave alone while Redis is down.
+    const syncSet = await eventually(async () => ((await synchronousStandbys()).includes("node2") ? synchronousStandbys() : undefined), {
+      what: "node2 in the synchronous set",
+    });
 
+    const outageBegan = new Date();
     await (await redisServer()).stop();
     // "While Redis is down" as the service sees it: its connections have noticed.
     await eventually(() => (cluster.service.redis.status !== "ready" ? true : undefined), { what: "the service to see Redis gone" });
@@ -39,8 +51,17 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
     expect((await fetch(cluster.url.replace("/graphql", "/health"))).status).toBe(503);
 
     // The collector keeps watching: the replica going down is noticed and kept for Redis.
-    await cluster.service.driver.stop(cluster.service.nodes[1]!, { mode: "fast", timeoutMs: 30000 });
+    await cluster.service.driver.stop(node2(), { mode: "fast", timeoutMs: 30000 });
     await eventually(() => (cluster.service.events.bufferedCount > 0 ? true : undefined), { what: "node:down buffered" });
+
+    // The failover monitor decides nothing without Redis, where its state lives: over a whole detection window
+    // after node2 went (the monitor drops a synchronous standby that stopped streaming at its next check when Redis
+    // is up), the synchronous set stays as recorded, though its standby is gone, and node1 stays the primary.
+    const { failoverCheckIntervalMs, failoverFailureThreshold } = cluster.config;
+    await new Promise((resolve) => setTimeout(resolve, failoverCheckIntervalMs * (failoverFailureThreshold + 1)));
+    expect(await synchronousStandbys()).toBe(syncSet);
+    expect(await inRecovery()).toBe(false);
+    const outageEnded = new Date();
 
     const restarted = await redisServer();
     expect(restarted.started).toBe(true);
@@ -75,7 +96,16 @@ describe("Redis unavailable: clear errors, nothing crashes, everything resumes",
     );
     expect(rows).toEqual([{ kind: "node:down" }]);
     expect(cluster.service.events.bufferedCount).toBe(0);
-    await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
+    // Nor did it decide anything it could not record: no change of the set, no failover, during the outage.
+    const decided = await sqlOn(
+      node1(),
+      cluster.service.secrets,
+      `SELECT kind, message FROM events WHERE (kind LIKE 'failover:%' OR kind = 'replication:sync-changed') AND occurred_at BETWEEN $1 AND $2`,
+      [outageBegan, outageEnded],
+      "relevo",
+    );
+    expect(decided).toEqual([]);
+    await cluster.service.driver.start(node2(), { timeoutMs: 60000 });
   });
 });
 
