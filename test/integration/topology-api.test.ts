@@ -1,7 +1,11 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { expect } from "@jest/globals";
 import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+
+const execFileAsync = promisify(execFile);
 
 const CLUSTER_QUERY = `query {
   cluster {
@@ -87,19 +91,27 @@ describe("topology over GraphQL", () => {
           body: JSON.stringify({ query: "{ cluster { collectedAt nodes { name checkedAt } } }" }),
         })
       ).text();
-    const first = await ask();
-    const second = await ask();
     const collectedAt = (text: string) => (JSON.parse(text) as { data: { cluster: { collectedAt: string } } }).data.cluster.collectedAt;
-    if (collectedAt(first) === collectedAt(second)) expect(second).toBe(first);
-    // Every poll writes a new snapshot (new collectedAt): the answer follows it.
-    const later = await eventually(
-      async () => {
-        const text = await ask();
-        return collectedAt(text) !== collectedAt(first) ? text : undefined;
-      },
-      { timeoutMs: 5000 },
-    );
-    expect(new Date(collectedAt(later)).getTime()).toBeGreaterThan(new Date(collectedAt(first)).getTime());
+    // No poll in between: the snapshot stays the same for as long as the collector is stopped.
+    await cluster.service.collector.stop();
+    try {
+      const first = await ask();
+      const second = await ask();
+      expect(second).toBe(first);
+      // A new snapshot (a poll writes one, with a new collectedAt) is answered at once: the cached answer is
+      // dropped with the snapshot it came from, not after some time of its own (the reader's own bound is 1 s).
+      await cluster.service.collector.pollNow();
+      const later = await eventually(
+        async () => {
+          const text = await ask();
+          return collectedAt(text) !== collectedAt(first) ? text : undefined;
+        },
+        { timeoutMs: 1000, what: "the answer for the new snapshot" },
+      );
+      expect(new Date(collectedAt(later)).getTime()).toBeGreaterThan(new Date(collectedAt(first)).getTime());
+    } finally {
+      cluster.service.collector.start();
+    }
   });
 
   test("node(name) returns one node", async () => {
@@ -150,11 +162,32 @@ describe("topology over GraphQL", () => {
     );
   });
 
+  test("the reader connection string reaches the replica through libpq", async () => {
+    const response = await graphqlRequest<{ cluster: { readerConnectionString: string } }>(
+      cluster.url,
+      "{ cluster { readerConnectionString } }",
+      { token: cluster.token("viewer") },
+    );
+    const uri = response.data!.cluster.readerConnectionString;
+    expect(uri).not.toContain(cluster.service.secrets.superuserPassword);
+    // Both nodes are listed, the primary first: only target_session_attrs sends libpq to the standby.
+    const { stdout } = await execFileAsync(
+      `${cluster.config.pgBinDir}/psql`,
+      [uri, "-XAtc", "SELECT current_setting('port'), pg_is_in_recovery()"],
+      {
+        env: { ...process.env, PGUSER: "postgres", PGPASSWORD: cluster.service.secrets.superuserPassword },
+      },
+    );
+    expect(stdout.trim()).toBe(`${cluster.config.replicaPort}|t`);
+  });
+
   test("load-balancer health routes answer without a token", async () => {
     const status = async (path: string) => (await fetch(cluster.url.replace("/graphql", path))).status;
     expect(await status("/nodes/node1/primary")).toBe(200);
     expect(await status("/nodes/node1/replica")).toBe(503);
     expect(await status("/nodes/node2/replica")).toBe(200);
+    // A lag bound the replica meets (what lag a bound refuses is unit-tested: test/unit/health-routes.test.ts).
+    expect(await status("/nodes/node2/replica?maxLagBytes=1073741824")).toBe(200);
     expect(await status("/nodes/node2/primary")).toBe(503);
     expect(await status("/nodes/nope/primary")).toBe(404);
     expect(await status("/health")).toBe(200);
