@@ -93,19 +93,31 @@ describe("two Relevo instances on one cluster", () => {
 
   test("when the instance running the archiver stops, the other takes over within the lease's time to live", async () => {
     expect([first.service.archiver.running, second!.archiver.running].filter(Boolean)).toHaveLength(1);
+    let survivor: RelevoService;
     if (first.service.archiver.running) {
       // The first instance owns Redis and the nodes: it stops its service part only, and the second carries on.
       await first.service.stop({ reason: "test", keepNodes: true, keepRedis: true });
-      const survivor = second!;
+      survivor = second!;
       second = null;
       first = { ...first, stop: () => survivor.stop({ reason: "test finished" }) };
     } else {
       await second!.stop({ reason: "test", keepNodes: true, keepRedis: true });
       second = null;
+      survivor = first.service;
     }
+    // The stopping instance gave the lease up: the other takes it at its next attempt, every third of the time to
+    // live, well within the time to live (15 s allowed before let an instance that tried only every 6 s pass).
+    const stoppedAt = Date.now();
+    const { leaseTtlMs } = first.config;
+    await eventually(() => (survivor.archiver.running ? true : undefined), {
+      what: "the other instance running the archiver",
+      timeoutMs: 5 * leaseTtlMs, // the bound is asserted below, with the time it took
+    });
+    expect(Date.now() - stoppedAt).toBeLessThan(leaseTtlMs);
+    // Then its pg_receivewal connects and streams (the slot is free once the stopped one's sender has exited).
     await eventually(async () => ((await archiverSessions().catch(() => 0)) === 1 ? true : undefined), {
-      what: "the archiver running in the other instance",
-      timeoutMs: 15000,
+      what: "the archiver streaming from the other instance",
+      timeoutMs: 10000,
     });
   });
 });
