@@ -1,7 +1,7 @@
 import { lsnBytes } from "./lsn";
 import { withNodeClient, type Credentials } from "./connection";
 import { readNodeState, type NodeState } from "./node-state";
-import { serverHistory, type TimelineStep } from "./timelines";
+import { readReachedTimeline, serverHistory, type TimelineStep } from "./timelines";
 import { nodeClusterName } from "./managed-settings";
 import type { NodeRef } from "../nodes/node-driver";
 
@@ -12,7 +12,11 @@ export interface NodeFacts {
   readonly readOnly: boolean;
   /** Primary: its current LSN; replica: the last LSN received (else replayed). */
   readonly lsn: string | null;
-  /** Primary: the timeline it writes; replica: the one it receives (else its last checkpoint's). */
+  /**
+   * Primary: the timeline it writes; replica: the one it receives (else its
+   * last restartpoint's here, a lower bound; readNodePosition derives the
+   * one reached, see reachedTimeline).
+   */
   readonly timeline: number | null;
   /** Replica: the WAL receiver's status, the server it streams from, and how long that server has been silent. */
   readonly receiver: {
@@ -92,8 +96,15 @@ export async function readNodePosition(
       const state = await readNodeState(client);
       if (!isMember(state, clusterName, node)) return null;
       const facts = factsOf(node, state);
-      const history = facts.timeline === null ? null : await serverHistory(client, facts.timeline).catch(() => null);
-      return { ...facts, history };
+      if (facts.timeline === null) return { ...facts, history: null };
+      // A standby's restartpoint timeline lags a switch it has followed: compared as it is, it would call a newer promotion a branch.
+      const reached =
+        state.timelineFromRestartpoint === true
+          ? await readReachedTimeline(client, { restartpointTimeline: facts.timeline, lsn: facts.lsn }).catch(() => null)
+          : null;
+      const timeline = reached?.timeline ?? facts.timeline;
+      const history = reached?.history ?? (await serverHistory(client, timeline).catch(() => null));
+      return { ...facts, timeline, history };
     });
   } catch {
     return null;

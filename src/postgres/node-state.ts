@@ -25,6 +25,13 @@ export interface NodeState {
   /** transaction_read_only: a fenced node restarted by hand answers writable = false. */
   readonly readOnly: boolean;
   readonly timeline: number | null;
+  /**
+   * A replica without a running WAL receiver: `timeline` is its last
+   * restartpoint's (pg_control), which lags the timeline replayed until the
+   * next restartpoint (up to checkpoint_timeout after a switch): a lower
+   * bound, see readReachedTimeline.
+   */
+  readonly timelineFromRestartpoint?: boolean;
   readonly currentLsn: string | null;
   readonly receivedLsn: string | null;
   readonly replayedLsn: string | null;
@@ -135,6 +142,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
       clusterName: role.cluster_name,
       readOnly: role.read_only,
       timeline: primary.timeline,
+      timelineFromRestartpoint: false,
       currentLsn: primary.current_lsn,
       receivedLsn: null,
       replayedLsn: null,
@@ -154,6 +162,7 @@ export async function readNodeState(client: Client): Promise<NodeState> {
     clusterName: role.cluster_name,
     readOnly: role.read_only,
     timeline: receiverRow?.received_tli ?? replica.checkpoint_timeline,
+    timelineFromRestartpoint: (receiverRow?.received_tli ?? null) === null,
     currentLsn: replica.replayed_lsn,
     receivedLsn: replica.received_lsn,
     replayedLsn: replica.replayed_lsn,

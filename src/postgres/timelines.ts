@@ -1,6 +1,6 @@
 import type { Client } from "pg";
 import { lsnToNumber } from "./lsn";
-import { historyFileName, SEGMENT_SIZE } from "./wal-names";
+import { historyFileName, parseSegmentName, SEGMENT_SIZE } from "./wal-names";
 
 /**
  * Timelines and their histories. Each promotion starts a new timeline whose
@@ -64,6 +64,58 @@ export async function serverHistory(client: Pick<Client, "query">, timeline: num
   if (timeline === 1) return timelinePath(1, null);
   const file = `pg_wal/${historyFileName(timeline)}`;
   return timelinePath(timeline, (await client.query<{ content: string }>("SELECT pg_read_file($1) AS content", [file])).rows[0]!.content);
+}
+
+/**
+ * The timeline a standby without a running WAL receiver has reached. Its
+ * control file names the timeline of its last restartpoint, which lags a
+ * timeline switch it has since followed until its checkpointer's next
+ * restartpoint (a standby restarted after a switchover or failback keeps
+ * the old number for up to checkpoint_timeout), and the receiver's
+ * received_tli is gone with the receiver. Its pg_wal says more: the newest
+ * timeline whose history passes through the restartpoint's timeline, whose
+ * branch point the standby's WAL has reached (`lsn`: received, else
+ * replayed: a promotion replays all of it), and whose WAL it holds (a
+ * segment file of that timeline: a standby that refused a branch, having
+ * gone past its branch point on the old timeline, may keep its history
+ * file, fetched by the receiver, but never streams its WAL). Pure.
+ */
+export function reachedTimeline(options: {
+  readonly restartpointTimeline: number;
+  readonly lsn: string | null;
+  /** The histories of the timelines of pg_wal's .history files (see timelinePath). */
+  readonly histories: ReadonlyArray<readonly TimelineStep[]>;
+  /** The timelines of pg_wal's segment files. */
+  readonly segmentTimelines: ReadonlySet<number>;
+}): { readonly timeline: number; readonly history: readonly TimelineStep[] | null } {
+  const { restartpointTimeline, lsn } = options;
+  let reached: { timeline: number; history: readonly TimelineStep[] | null } = { timeline: restartpointTimeline, history: null };
+  if (lsn === null) return reached;
+  for (const path of options.histories) {
+    const timeline = path[path.length - 1]!.timeline;
+    const branchPoint = path.length > 1 ? path[path.length - 2]!.switchLsn : null;
+    if (timeline <= reached.timeline || branchPoint === null) continue;
+    if (!path.some((step) => step.timeline === restartpointTimeline)) continue;
+    if (lsnToNumber(branchPoint) > lsnToNumber(lsn) || !options.segmentTimelines.has(timeline)) continue;
+    reached = { timeline, history: path };
+  }
+  return reached;
+}
+
+/**
+ * A standby's reached timeline and its history, read from its pg_wal (see
+ * reachedTimeline; superuser). `history` is null when the restartpoint's
+ * own timeline is the newest reached: serverHistory reads that one.
+ */
+export async function readReachedTimeline(
+  client: Pick<Client, "query">,
+  options: { readonly restartpointTimeline: number; readonly lsn: string | null },
+): Promise<{ readonly timeline: number; readonly history: readonly TimelineStep[] | null }> {
+  const names = (await client.query<{ name: string }>("SELECT name FROM pg_ls_waldir()")).rows.map((row) => row.name);
+  const segmentTimelines = new Set(names.flatMap((name) => parseSegmentName(name)?.timeline ?? []));
+  const newer = historyTimelines(names).filter((timeline) => timeline > options.restartpointTimeline);
+  const histories = await Promise.all(newer.map((timeline) => serverHistory(client, timeline)));
+  return reachedTimeline({ ...options, histories, segmentTimelines });
 }
 
 /** Whether `path` (a timeline's ancestry) is `of`, or the start of it: the same timelines, left at the same LSNs. */

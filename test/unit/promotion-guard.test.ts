@@ -1,6 +1,6 @@
 import { describe, expect, test } from "@jest/globals";
 import { branchConflict, promotionHazard } from "../../src/failover/promotion-guard";
-import { historyTimelines, isAncestorPath, newestOnEveryHistory } from "../../src/postgres/timelines";
+import { historyTimelines, isAncestorPath, newestOnEveryHistory, reachedTimeline } from "../../src/postgres/timelines";
 import { position, testNode } from "../helpers/node-facts";
 
 const options = { replacing: testNode("node1"), liveWithinMs: 3000 };
@@ -96,5 +96,35 @@ describe("promotion guard (pure)", () => {
     expect(
       historyTimelines(["pg_wal/00000002.history", "pg_wal/000000010000000000000003", "pg_wal/0000000A.history", "x.history"]),
     ).toEqual([2, 10]);
+  });
+
+  test("a standby whose restartpoint lags a switch it followed stands on the timeline it reached, and does not block a failover", () => {
+    // After a failback to timeline 3: node2, the old primary restarted as a standby, still has timeline 2 in its control file; node3 made a restartpoint on 3.
+    const histories = [timeline2, timeline3];
+    const followed = reachedTimeline({ restartpointTimeline: 2, lsn: "0/5000000", histories, segmentTimelines: new Set([2, 3]) });
+    expect(followed).toEqual({ timeline: 3, history: timeline3 });
+    const candidate = { ...position("node2", { streamsFrom: null, history: timeline3 }), timeline: followed.timeline };
+    const members = [candidate, position("node3", { streamsFrom: null, history: timeline3 })];
+    expect(promotionHazard(candidate, members, options)).toBeNull();
+    // Not before its WAL reached the branch point; not a branch it refused (its history fetched, none of its WAL); not a branch off another timeline.
+    const at = (lsn: string, segments: number[], restartpointTimeline = 2): number =>
+      reachedTimeline({ restartpointTimeline, lsn, histories, segmentTimelines: new Set(segments) }).timeline;
+    expect(at("0/3F00000", [2, 3])).toBe(2);
+    expect(at("0/5000000", [2])).toBe(2);
+    expect(
+      reachedTimeline({
+        restartpointTimeline: 2,
+        lsn: "0/5000000",
+        histories: [
+          [
+            { timeline: 1, switchLsn: "0/3000000" },
+            { timeline: 3, switchLsn: null },
+          ],
+        ],
+        segmentTimelines: new Set([2, 3]),
+      }).timeline,
+    ).toBe(2);
+    expect(at("0/5000000", [1, 2, 3], 1)).toBe(3);
+    expect(reachedTimeline({ restartpointTimeline: 2, lsn: null, histories, segmentTimelines: new Set([3]) }).timeline).toBe(2);
   });
 });
