@@ -86,7 +86,11 @@ export class FailoverMonitor {
   private adoptable: { node: string; since: number } | null = null;
 
   constructor(private readonly deps: FailoverMonitorDeps) {
-    this.checker = new PrimaryChecker(deps.superuser, deps.config.failoverCheckIntervalMs);
+    this.checker = new PrimaryChecker({
+      credentials: deps.superuser,
+      timeoutMs: deps.config.failoverCheckIntervalMs,
+      clusterName: deps.config.clusterName,
+    });
   }
 
   /**

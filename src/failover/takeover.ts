@@ -17,7 +17,7 @@ import { lastSeenPrimaryLsn } from "./primary-lsn";
 export async function missesEveryCheck(context: OperationContext, node: NodeRef): Promise<boolean> {
   const { deps } = context;
   const intervalMs = deps.config.failoverCheckIntervalMs;
-  const checker = new PrimaryChecker(deps.superuser, intervalMs);
+  const checker = new PrimaryChecker({ credentials: deps.superuser, timeoutMs: intervalMs, clusterName: deps.config.clusterName });
   try {
     for (let failures = 1; ; failures += 1) {
       const started = Date.now();

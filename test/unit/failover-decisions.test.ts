@@ -14,7 +14,7 @@ import {
   standbysCaughtUp,
   standbysToJoin,
 } from "../../src/failover/monitor-rules";
-import type { StandbySeen } from "../../src/failover/primary-check";
+import { primaryVerdict, type StandbySeen } from "../../src/failover/primary-check";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import type { NodePosition } from "../../src/postgres/node-facts";
 import { position, replicaFacts, testNode } from "../helpers/node-facts";
@@ -282,5 +282,28 @@ describe("failover monitor rules (pure)", () => {
     expect(preferredInSync({ ...base, synchronous: false, eligible: [] })).toBe(true);
     expect(preferredInSync({ ...base, synchronous: false, primaryLsn: "0/1000401" })).toBe(false);
     expect(preferredInSync({ ...base, standbys: [{ ...seen("node1", "0/1000000"), state: "catchup" }] })).toBe(false);
+  });
+});
+
+describe("the monitor's check of the primary (pure)", () => {
+  const row = { in_recovery: false, cluster_name: "main-node1", lsn: "0/5000000", sync_names: "", standbys: [] };
+
+  test("only the member itself answers as the primary: another server on its port fails the check", () => {
+    expect(primaryVerdict(row, testNode("node1"), "main")).toEqual({
+      ok: true,
+      lsn: "0/5000000",
+      synchronousStandbyNames: "",
+      standbys: [],
+    });
+    // A restored copy of node1, or another home's node1, on the dead primary's port.
+    expect(primaryVerdict({ ...row, cluster_name: "main-restored-1" }, testNode("node1"), "main")).toEqual({
+      ok: false,
+      error: "what answers on node1's port is not node1 (cluster_name main-restored-1, not main-node1)",
+    });
+    expect(primaryVerdict(row, testNode("node1"), "other").ok).toBe(false);
+    expect(primaryVerdict({ ...row, in_recovery: true }, testNode("node1"), "main")).toEqual({
+      ok: false,
+      error: "node1 is in recovery (not a primary)",
+    });
   });
 });
