@@ -85,6 +85,7 @@ export async function bootstrapCluster(deps: BootstrapDeps, nodes: readonly Node
   await deps.driver.checkPrerequisites();
   const outcomes: NodeBootstrapOutcome[] = [];
   const empty: NodeRef[] = [];
+  await killRunningFenced(deps, nodes);
   for (const node of await startingOrder(deps, nodes)) {
     if (await hasData(deps, node)) outcomes.push(await startExisting(deps, node, nodes));
     else empty.push(node);
@@ -168,12 +169,33 @@ async function storedHistory(driver: NodeDriver, node: NodeRef): Promise<Timelin
   return timelinePath(newest, (await driver.readFile(node, `pg_wal/${historyFileName(newest)}`))?.toString("utf8") ?? null);
 }
 
-/** A member other than `node` that answers as a primary (not in recovery), or null. */
+/**
+ * A fenced node found running (started by hand) is killed before anything
+ * else is decided, as startExisting would kill it in its turn: it answers
+ * not in recovery, and were it still running when the recorded primary's
+ * turn came, the legitimate primary would be fenced in its place.
+ */
+async function killRunningFenced(deps: BootstrapDeps, nodes: readonly NodeRef[]): Promise<void> {
+  const { driver } = deps;
+  for (const node of nodes) {
+    const phase = (await driver.state(node)).phase;
+    if (phase !== "running" && phase !== "paused") continue;
+    if (!deps.fenced?.has(node.name) && !(await isFenced(driver, node))) continue;
+    await driver.kill(node);
+    deps.logger.warn({ node: node.name }, "fenced node found running: killed before the others start");
+  }
+}
+
+/**
+ * A member other than `node` that is a primary: answers not in recovery and
+ * read-write, and is not fenced (a fenced node started by hand answers
+ * read-only, and is nobody's primary); null when there is none.
+ */
 async function writableMember(deps: BootstrapDeps, node: NodeRef, members: readonly NodeRef[]): Promise<NodeRef | null> {
   for (const member of members) {
-    if (member.name === node.name) continue;
+    if (member.name === node.name || deps.fenced?.has(member.name)) continue;
     const facts = await readNodeFacts(member, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, deps.config.clusterName);
-    if (facts && !facts.inRecovery) return member;
+    if (facts && !facts.inRecovery && !facts.readOnly && !(await isFenced(deps.driver, member))) return member;
   }
   return null;
 }

@@ -9,6 +9,7 @@ import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { connectionUri } from "../../src/postgres/connection";
 import { describeOnEachDriver } from "../helpers/drivers";
+import { FENCE_MARKER } from "../../src/postgres/managed-settings";
 
 const run = promisify(execFile);
 
@@ -123,4 +124,36 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const { stdout } = await run("psql", [uri, "-Atc", "SELECT pg_is_in_recovery(), current_setting('port')"]);
     expect(stdout.trim()).toBe(`f|${primary().port}`);
   });
+
+  // Last: it takes the cluster apart (node2 is left fenced). The decision is the driver's neither way: one driver is enough.
+  (driver === "local" ? test : test.skip)(
+    "a fenced node started by hand (writable, read-only) does not get the recorded primary fenced in its place",
+    async () => {
+      const { driver } = cluster.service;
+      await cluster.service.failover.stop();
+      // Fenced, then started by hand as a primary: promoted here, read-only and marked as a fence leaves it.
+      await sqlOn(replica(), cluster.service.secrets, "SELECT pg_promote()");
+      await sqlOn(replica(), cluster.service.secrets, "ALTER SYSTEM SET default_transaction_read_only = on");
+      await sqlOn(replica(), cluster.service.secrets, "SELECT pg_reload_conf()");
+      await driver.writeFile(replica(), FENCE_MARKER, JSON.stringify({ fencedAt: new Date().toISOString(), reason: "test" }));
+      expect(
+        await sqlOn(replica(), cluster.service.secrets, "SELECT pg_is_in_recovery() AS r, current_setting('transaction_read_only') AS ro"),
+      ).toEqual([{ r: false, ro: "on" }]);
+      await driver.stop(primary(), { mode: "fast", timeoutMs: 60_000 });
+      const outcomes = await bootstrapCluster(
+        {
+          config: cluster.config,
+          driver,
+          secrets: cluster.service.secrets,
+          logger: createLogger({ level: "silent" }),
+          recordedPrimary: primary().name,
+          fenced: new Set(),
+        },
+        cluster.service.nodes,
+      );
+      expect(outcomes.map((o) => `${o.node.name}:${o.phase}`)).toEqual(["node1:started", "node2:fenced"]);
+      expect((await driver.state(replica())).phase).toBe("stopped");
+      expect(await sqlOn(primary(), cluster.service.secrets, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: false }]);
+    },
+  );
 });
