@@ -20,7 +20,7 @@ import { acquireFileLock, type HeldFileLock } from "../storage/file-lock";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import { recordRebuiltCluster } from "../failover/rebuilt-cluster";
+import { recordRebuiltCluster, refuseWhileInstanceLive } from "../failover/rebuilt-cluster";
 import { withClusterRedis } from "./cluster-redis";
 import { readSecrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
@@ -192,7 +192,7 @@ async function restoreClaimedCopy(
 /** `relevo restore --cluster`: see recoverCluster. The service must not be running meanwhile. */
 export async function restoreClusterCommand(
   config: RelevoConfig,
-  options: { backup?: string; time?: string; lsn?: string; name?: string },
+  options: { backup?: string; time?: string; lsn?: string; name?: string; force?: boolean },
   logger: Logger,
   output: Output,
 ): Promise<void> {
@@ -200,15 +200,17 @@ export async function restoreClusterCommand(
   await assertPortFree(config.host, config.apiPort, "the API (is relevo up running? stop it first)", "RELEVO_API_PORT");
   const secrets = await readSecrets(config.home);
   // The recorded state lives in Redis: reached first, so that nothing is rebuilt that it cannot be told about.
-  const recovered = await withClusterRedis(config, secrets, logger, (redis, keys) =>
-    usingDriver(createNodeDriver(config), async (driver) => {
+  const recovered = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
+    // The API port proves only that no instance runs here: one elsewhere on the same Redis holds its leases.
+    await refuseWhileInstanceLive(redis, keys, { force: options.force ?? false });
+    return usingDriver(createNodeDriver(config), async (driver) => {
       const repository = new Repository(config.repository, await driver.fileOwner());
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };
       return recoverCluster({ config, driver, repository, secrets, logger, recordRebuilt }, { backupId: options.backup, recoveryTarget });
-    }),
-  );
+    });
+  });
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }

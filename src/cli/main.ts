@@ -119,22 +119,33 @@ const restore = program
     "disaster recovery: restore the primary from the repository, then seed the replicas from it (Relevo must be stopped)",
     false,
   )
-  .action((options: { to?: string; port?: string; backup?: string; time?: string; lsn?: string; name?: string; cluster: boolean }) =>
-    run(async () => {
-      if (options.cluster) {
-        if (options.to || options.port)
-          throw new RelevoError(
-            ErrorCode.BadUserInput,
-            "relevo restore --cluster restores the cluster's own nodes: --to and --port do not apply",
-          );
-        await restoreClusterCommand(config(), options, createLogger({ level: "warn" }), output);
-        return;
-      }
-      if (!options.to || !options.port || !/^\d+$/.test(options.port))
-        throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
-      const cfg = config();
-      await restoreCommand(cfg, { ...options, to: options.to, port: Number(options.port) }, createLogger({ level: "warn" }), output);
-    }),
+  .option("--force", "with --cluster: also while another instance's leases or operation lock are held (it is known to be dead)", false)
+  .action(
+    (options: {
+      to?: string;
+      port?: string;
+      backup?: string;
+      time?: string;
+      lsn?: string;
+      name?: string;
+      cluster: boolean;
+      force: boolean;
+    }) =>
+      run(async () => {
+        if (options.cluster) {
+          if (options.to || options.port)
+            throw new RelevoError(
+              ErrorCode.BadUserInput,
+              "relevo restore --cluster restores the cluster's own nodes: --to and --port do not apply",
+            );
+          await restoreClusterCommand(config(), options, createLogger({ level: "warn" }), output);
+          return;
+        }
+        if (!options.to || !options.port || !/^\d+$/.test(options.port))
+          throw new RelevoError(ErrorCode.BadUserInput, "relevo restore needs --to <dir> and --port <n>");
+        const cfg = config();
+        await restoreCommand(cfg, { ...options, to: options.to, port: Number(options.port) }, createLogger({ level: "warn" }), output);
+      }),
   );
 restore
   .command("stop")

@@ -121,6 +121,8 @@ export async function recoverCluster(
     );
     return { manifest, outcomes };
   } catch (error) {
+    // A state not recorded says what to do itself: "run relevo up" would act on the lost cluster's record.
+    if (error instanceof RelevoError && error.details.stateRecorded === false) throw error;
     throw new RelevoError(
       ErrorCode.CommandFailed,
       `the primary ${primary.name} was restored from backup ${manifest.id}, but bringing up the cluster failed: ${(error as Error).message}; ` +
