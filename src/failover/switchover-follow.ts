@@ -12,6 +12,7 @@ import {
   STANDBY_SIGNAL,
 } from "../postgres/replication-config";
 import { sleep } from "../util/sleep";
+import type { ClusterState, StateGuard } from "./cluster-state";
 import type { OperationContext } from "./operation-context";
 import { restartAsStandby, startStandby, type RejoinMethod } from "./rejoin";
 
@@ -83,16 +84,87 @@ export async function oldPrimaryFollowing(
   context: OperationContext,
   from: NodeRef,
   target: NodeRef,
-  options: { startedBefore: boolean },
+  options: { readonly startedBefore: boolean; readonly guard: StateGuard },
 ): Promise<RejoinMethod> {
+  const { config } = context.deps;
   const answers = async () => {
     const facts = await context.facts(target);
     if (!facts || facts.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `the new primary ${target.name} does not answer`);
   };
-  const timeoutMs = options.startedBefore ? FOLLOW_TIMEOUT_MS : 0;
-  if (await streamingWithin(context, from, target, { timeoutMs, whilePolling: answers })) return "restart";
+  const waits = followWaits({
+    startedBefore: options.startedBefore,
+    followTimeoutMs: FOLLOW_TIMEOUT_MS,
+    detectionWindowMs: config.failoverCheckIntervalMs * config.failoverFailureThreshold,
+  });
+  if (await streamingWithin(context, from, target, { timeoutMs: waits.beforeLeavingMs, whilePolling: answers })) return "restart";
+  await answers();
+  // Not streaming for the detection window: the new primary's commits stop
+  // waiting for it before it is restarted, rewound or reseeded (minutes,
+  // perhaps), as the monitor would take it out (the monitor does nothing
+  // while this operation holds the journal). Streaming again, it rejoins
+  // the set the monitor's way, with a join point.
+  await stopWaitingFor(context, { standby: from, primary: target, guard: options.guard });
+  if (await streamingWithin(context, from, target, { timeoutMs: waits.afterLeavingMs, whilePolling: answers })) return "restart";
   await answers();
   return restartAsStandby(context, from, target);
+}
+
+/**
+ * How long the old primary is given to stream from the new primary before
+ * the new primary's commits stop waiting for it (the detection window, the
+ * bound a standby that stops streaming leaves the set within), and after,
+ * before it is restarted: FOLLOW_TIMEOUT_MS in all when it was started
+ * before the promotion, none when it was not (it is not running). Pure.
+ */
+export function followWaits(options: {
+  readonly startedBefore: boolean;
+  readonly followTimeoutMs: number;
+  readonly detectionWindowMs: number;
+}): { readonly beforeLeavingMs: number; readonly afterLeavingMs: number } {
+  if (!options.startedBefore) return { beforeLeavingMs: 0, afterLeavingMs: 0 };
+  const beforeLeavingMs = Math.min(options.detectionWindowMs, options.followTimeoutMs);
+  return { beforeLeavingMs, afterLeavingMs: options.followTimeoutMs - beforeLeavingMs };
+}
+
+/** The recorded state without `name` among the eligible (and joining) standbys: the first step out of the set. Pure. */
+export function outOfEligible(state: ClusterState, name: string): ClusterState {
+  const joining = { ...state.joining };
+  delete joining[name];
+  return { ...state, eligible: state.eligible.filter((other) => other !== name), joining };
+}
+
+/**
+ * `standby` out of the synchronous set, in an order that never lets it be
+ * promoted without every acknowledged commit: out of the eligible replicas
+ * first, then out of the recorded set, then out of the primary's
+ * synchronous_standby_names (from then on commits no longer wait for it).
+ * Nothing when it is in neither.
+ */
+async function stopWaitingFor(
+  context: OperationContext,
+  options: { readonly standby: NodeRef; readonly primary: NodeRef; readonly guard: StateGuard },
+): Promise<void> {
+  const { deps } = context;
+  const { standby, primary, guard } = options;
+  const before = await context.state();
+  if (!before.syncSet.includes(standby.name) && !before.eligible.includes(standby.name)) return;
+  await deps.store.update(guard, (current) => outOfEligible(current ?? before, standby.name));
+  const remaining = before.syncSet.filter((name) => name !== standby.name);
+  await deps.store.update(guard, (current) => ({
+    ...(current ?? before),
+    syncSet: (current ?? before).syncSet.filter((name) => name !== standby.name),
+  }));
+  await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => setSynchronousStandbys(client, remaining));
+  await deps.events.emit({
+    kind: "replication:sync-changed",
+    severity: "warning",
+    node: primary.name,
+    message:
+      remaining.length === 0
+        ? `commits no longer wait for a standby (${standby.name} does not stream from ${primary.name} and may not be promoted until it caught up)`
+        : `commits wait for ${remaining.join(", ")}; ${standby.name} left the set`,
+    data: { standbys: remaining, added: [], removed: [standby.name] },
+  });
 }
 
 /**

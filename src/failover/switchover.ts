@@ -104,7 +104,10 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     }
     await followNewPrimary(context, target, { skip: [from.name] });
     operation.assertHeld();
-    const method = await oldPrimaryFollowing(context, from, target, { startedBefore: operation.entry.facts.oldPrimaryFollows === "yes" });
+    const method = await oldPrimaryFollowing(context, from, target, {
+      startedBefore: operation.entry.facts.oldPrimaryFollows === "yes",
+      guard: operation.guard,
+    });
     await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
     const record = recordOf(operation.entry, "completed", null);
     await deps.events.emit({

@@ -15,6 +15,7 @@ import {
   standbysToJoin,
 } from "../../src/failover/monitor-rules";
 import { primaryVerdict, type StandbySeen } from "../../src/failover/primary-check";
+import { followWaits, outOfEligible } from "../../src/failover/switchover-follow";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import type { NodePosition } from "../../src/postgres/node-facts";
 import { position, replicaFacts, testNode } from "../helpers/node-facts";
@@ -305,5 +306,36 @@ describe("the monitor's check of the primary (pure)", () => {
       ok: false,
       error: "node1 is in recovery (not a primary)",
     });
+  });
+});
+
+describe("an old primary that does not follow after a switchover (pure)", () => {
+  test("the new primary's commits stop waiting for it after the detection window, not after the follow timeout and a restart", () => {
+    expect(followWaits({ startedBefore: true, followTimeoutMs: 10000, detectionWindowMs: 3000 })).toEqual({
+      beforeLeavingMs: 3000,
+      afterLeavingMs: 7000,
+    });
+    expect(followWaits({ startedBefore: true, followTimeoutMs: 10000, detectionWindowMs: 30000 })).toEqual({
+      beforeLeavingMs: 10000,
+      afterLeavingMs: 0,
+    });
+    // Not started before the promotion: nothing to wait for (it was never in the set).
+    expect(followWaits({ startedBefore: false, followTimeoutMs: 10000, detectionWindowMs: 3000 })).toEqual({
+      beforeLeavingMs: 0,
+      afterLeavingMs: 0,
+    });
+  });
+
+  test("it leaves the eligible replicas first (never promoted without every acknowledged commit), the recorded set after", () => {
+    const state: ClusterState = {
+      primary: "node2",
+      epoch: 4,
+      fenced: [],
+      syncSet: ["node1", "node3"],
+      eligible: ["node1", "node3"],
+      joining: { node1: "0/5000000" },
+      updatedAt: "2026-01-01T00:00:00.000Z",
+    };
+    expect(outOfEligible(state, "node1")).toEqual({ ...state, eligible: ["node3"], joining: {} });
   });
 });
