@@ -3,6 +3,7 @@ import path from "node:path";
 import { parseSegmentName } from "../postgres/wal-names";
 import { WAL_LONG_HEADER_BYTES, walSegmentSystemIdentifier } from "../postgres/wal-page-header";
 import type { Repository } from "../storage/repository";
+import type { BackupManifest } from "../backup/manifest";
 
 /** Whose the repository's content is: the system identifier it records, and where that was read. */
 export interface ArchiveIdentity {
@@ -17,8 +18,8 @@ const SEGMENTS_TRIED = 8;
 /**
  * The cluster the repository belongs to: the system identifier in the first
  * page of its newest archived segment (the archive is the truth about what
- * it holds), else in its newest backup's manifest; null for an empty
- * repository.
+ * it holds), else in its newest completed backup's manifest; null for an
+ * empty repository.
  */
 export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
   const names = (await readdir(repository.walDir).catch(() => [] as string[]))
@@ -29,8 +30,18 @@ export async function archiveIdentity(repository: Repository): Promise<ArchiveId
     const systemIdentifier = await segmentSystemIdentifier(path.join(repository.walDir, name));
     if (systemIdentifier) return { systemIdentifier, source: `WAL segment ${name}` };
   }
-  const manifests = await repository.listManifests();
-  const newest = manifests[manifests.length - 1];
+  return manifestIdentity(await repository.listManifests());
+}
+
+/**
+ * The identity the manifests vouch for: the newest completed backup's. A
+ * backup that failed before it reached the primary (connection refused, no
+ * source) is written with an empty system identifier, which names no
+ * cluster: taken for the archive's, it would make every primary foreign.
+ * Pure; `manifests` oldest first.
+ */
+export function manifestIdentity(manifests: readonly Pick<BackupManifest, "id" | "status" | "systemIdentifier">[]): ArchiveIdentity | null {
+  const newest = manifests.filter((manifest) => manifest.status === "completed" && manifest.systemIdentifier !== "").at(-1);
   return newest ? { systemIdentifier: newest.systemIdentifier, source: `backup ${newest.id}` } : null;
 }
 
@@ -57,7 +68,9 @@ export function foreignWalRefusal(
   archive: ArchiveIdentity | null,
   walDir: string,
 ): string | null {
-  if (archive === null || archive.systemIdentifier === node.systemIdentifier) return null;
+  // An empty identifier names no cluster (a failed backup's manifest, an unreadable node): nothing to compare.
+  if (archive === null || archive.systemIdentifier === "" || node.systemIdentifier === "") return null;
+  if (archive.systemIdentifier === node.systemIdentifier) return null;
   return (
     `the WAL archive refuses ${node.name}: its system identifier ${node.systemIdentifier} is not the archive's ` +
     `${archive.systemIdentifier} (${archive.source} in ${walDir}), so it is another cluster; point RELEVO_REPOSITORY ` +

@@ -2,7 +2,7 @@ import { initialisationDecision } from "../../src/cluster/cluster-identity";
 import { initialState } from "../../src/failover/cluster-state";
 import { rebuiltState } from "../../src/failover/rebuilt-cluster";
 import { nodeLoss } from "../../src/restore/disaster-recovery";
-import { foreignWalRefusal } from "../../src/wal/archive-identity";
+import { foreignWalRefusal, manifestIdentity } from "../../src/wal/archive-identity";
 
 describe("a lost cluster is rebuilt, never replaced (pure)", () => {
   test("relevo up initialises a data home that knows no cluster; one that does is refused, naming restore --cluster and the start-over flag", () => {
@@ -33,6 +33,19 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
     expect(refusal).toContain("node1");
     expect(refusal).toContain("222");
     expect(refusal).toContain("111 (WAL segment 000000020000000000000005 in /r/wal)");
+  });
+
+  test("the archive's identity from manifests: the newest completed one with a system identifier, never a failed backup's empty one", () => {
+    const completed = { id: "20260101T000000Z-F", status: "completed" as const, systemIdentifier: "111" };
+    // Failed before it reached the primary: written with no system identifier.
+    const failed = { id: "20260102T000000Z-I", status: "failed" as const, systemIdentifier: "" };
+    expect(manifestIdentity([completed, failed])).toEqual({ systemIdentifier: "111", source: "backup 20260101T000000Z-F" });
+    expect(manifestIdentity([failed])).toBeNull();
+    expect(manifestIdentity([{ ...completed, systemIdentifier: "" }])).toBeNull();
+    // And an empty identifier is never a reason to refuse a primary.
+    expect(
+      foreignWalRefusal({ name: "node1", systemIdentifier: "111" }, { systemIdentifier: "", source: "backup x" }, "/r/wal"),
+    ).toBeNull();
   });
 
   test("a rebuilt cluster's recorded state: the restored primary, nothing fenced, no synchronous set, the epoch going on", () => {
