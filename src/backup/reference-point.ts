@@ -110,10 +110,12 @@ const PAUSE_WAIT_MS = 30_000;
  */
 export const PAUSE_MARKER_TTL_MS = 2 * PAUSE_WAIT_MS;
 
-/** Marks a replica while a capture holds its replay paused (see ReplayPauseMarkers). */
+/** Marks a replica while a capture holds its replay paused, one capture at a time (see ReplayPauseMarkers). */
 export interface PauseMarker {
-  hold(node: string, ttlMs: number): Promise<void>;
-  release(node: string): Promise<void>;
+  /** Resolves with this capture's token once the replica is its own; waits up to `waitMs` for another capture. */
+  hold(node: string, options: { ttlMs: number; waitMs: number }): Promise<string>;
+  /** Clears the mark if it is still this token's. */
+  release(node: string, token: string): Promise<void>;
 }
 
 /**
@@ -211,7 +213,8 @@ async function checksumsAtPausedReplay(
     let lsn: string;
     let timeline: number | null;
     // Marked before the pause and cleared after the resume: a pause without the mark is nobody's (see ReplayPauseWatch).
-    await options.marker.hold(replica.name, PAUSE_MARKER_TTL_MS);
+    // Another capture on this replica (another backup's verification) pauses for a moment: this one waits its turn.
+    const token = await options.marker.hold(replica.name, { ttlMs: PAUSE_MARKER_TTL_MS, waitMs: PAUSE_WAIT_MS });
     try {
       await pauseReplay(control, Math.min(options.timeoutMs, PAUSE_WAIT_MS));
       lsn = await lastReplayedLsn(control);
@@ -225,8 +228,13 @@ async function checksumsAtPausedReplay(
       const after = await lastReplayedLsn(control);
       if (after !== lsn) throw new ReplayMovedError(replica.name, lsn, after);
     } finally {
-      await resumeReplay(control);
-      await options.marker.release(replica.name).catch(() => undefined);
+      // The mark is cleared even when the resume fails (the connection dropped): left, it would keep the replay
+      // pause watch from resuming the replica until it expires. A release failure never hides the resume's error.
+      try {
+        await resumeReplay(control);
+      } finally {
+        await options.marker.release(replica.name, token).catch(() => undefined);
+      }
     }
     const tables: TableChecksum[] = [];
     for (const reader of readers)

@@ -12,6 +12,12 @@ import { createLogger } from "../../src/log";
 import { projectRoot } from "../../src/util/project-root";
 import { tempHome } from "../helpers/home";
 import { eventually } from "../helpers/service";
+import { freePort } from "../helpers/ports";
+import { ReplayPauseMarkers } from "../../src/cluster/replay-pause-markers";
+import { redisKeys } from "../../src/redis/keys";
+import { createRedisClient } from "../../src/redis/redis-client";
+import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
+import type Redis from "ioredis";
 
 const ID = "20261125T224500Z-F";
 
@@ -222,5 +228,45 @@ describe("backup locks: bounded waits, holders on other hosts, racing breakers",
     } finally {
       child.kill("SIGKILL");
     }
+  });
+});
+
+describe("a replica's replay pause marker: one capture at a time, cleared by its owner only", () => {
+  let server: RedisServerHandle;
+  let redis: Redis;
+  let markers: ReplayPauseMarkers;
+  const keys = redisKeys("markers");
+
+  beforeAll(async () => {
+    const endpoint = { host: "127.0.0.1", port: await freePort(), password: "markers-test-password-0123" };
+    const logger = createLogger({ level: "silent" });
+    server = await ensureRedisServer({ home: await tempHome("markers"), ...endpoint, bin: "redis-server", startTimeoutMs: 30000, logger });
+    redis = createRedisClient(endpoint, { name: "markers" });
+    await eventually(async () => ((await redis.ping().catch(() => null)) === "PONG" ? true : undefined));
+    markers = new ReplayPauseMarkers(redis, keys);
+  });
+
+  afterAll(async () => {
+    redis.disconnect();
+    await server.stop();
+  });
+
+  test("a second capture on the replica waits for the first's release; a capture whose mark expired never clears the next one's", async () => {
+    const first = await markers.hold("node2", { ttlMs: 10_000, waitMs: 0 });
+    let second: string | null = null;
+    const holding = markers.hold("node2", { ttlMs: 300, waitMs: 10_000, pollMs: 20 }).then((token) => (second = token));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(second).toBeNull();
+    await markers.release("node2", first);
+    await holding;
+    expect(await redis.get(keys.replayPauseMarker("node2"))).toBe(second);
+    // The second's mark expires (its service died); a third capture marks; the second's late release leaves it.
+    await eventually(async () => ((await markers.held("node2")) ? undefined : true), { timeoutMs: 5000 });
+    const third = await markers.hold("node2", { ttlMs: 10_000, waitMs: 0 });
+    await markers.release("node2", second!);
+    expect(await redis.get(keys.replayPauseMarker("node2"))).toBe(third);
+    await expect(markers.hold("node2", { ttlMs: 10_000, waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
+    await markers.release("node2", third);
+    expect(await markers.held("node2")).toBe(false);
   });
 });
