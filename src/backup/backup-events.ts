@@ -97,3 +97,20 @@ export function backupCatalogedEvent(manifest: BackupManifest): EventDraft<"back
     data: backupRecord(manifest),
   };
 }
+
+/** Expiry left a backup past retention because another holds its lock, and has for long (see heldBackTooLong). */
+export function backupExpiryHeldBackEvent(
+  id: string,
+  holder: { purpose: string; host: string; pid: number; since: string },
+  heldForMs: number,
+): EventDraft<"backup:expiry-held-back"> {
+  return {
+    kind: "backup:expiry-held-back",
+    severity: "warning",
+    node: null,
+    message:
+      `backup ${id} is past retention but not expired: its lock has been held for ${Math.round(heldForMs / 60_000)} min ` +
+      `(${holder.purpose}, pid ${holder.pid} on ${holder.host}); it and the WAL it needs stay until that holder lets go`,
+    data: { id, holder, heldForMs },
+  };
+}

@@ -20,6 +20,18 @@ export interface LockedBackup {
 export const BACKUP_LOCK_WAIT_MS = 35 * 60_000;
 
 /**
+ * Whether a backup that expiry found locked has been held for long enough
+ * to tell the operator: longer than any verification or restore may wait
+ * for it (BACKUP_LOCK_WAIT_MS), so the holder is stuck, and the backup and
+ * the WAL it needs are kept until it lets go. `since` is the holder's own
+ * clock, close enough at this scale. Pure.
+ */
+export function heldBackTooLong(since: string, now: number): boolean {
+  const sinceMs = Date.parse(since);
+  return Number.isFinite(sinceMs) && now - sinceMs > BACKUP_LOCK_WAIT_MS;
+}
+
+/**
  * Runs `work` holding the repository lock of a backup and of every backup
  * it builds on (a restore reads them all; expiring the full under a
  * differential would pull its content away), across processes. The

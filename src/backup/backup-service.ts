@@ -4,7 +4,8 @@ import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { backupChain } from "./backup-chain";
-import { backupCatalogedEvent, backupExpiredEvent, backupVerifiedEvent } from "./backup-events";
+import { backupCatalogedEvent, backupExpiredEvent, backupExpiryHeldBackEvent, backupVerifiedEvent } from "./backup-events";
+import { heldBackTooLong } from "./backup-lock";
 import { BackupRunner } from "./backup-runner";
 import { assertBackupId, type BackupManifest, type BackupType, type Compression } from "./manifest";
 import type { RecoveryTarget } from "../restore/recovery-target";
@@ -122,10 +123,13 @@ export class BackupService {
     const skipped: BackupManifest[] = [];
     for (const id of plan.expire) {
       // Each backup under its lock, tried once: one a verification or restore holds (up to half an hour for a restore
-      // test) is left completed, with its WAL, and expired by the next expiry; never waited for.
+      // test) is left completed, with its WAL, and expired by the next expiry; never waited for. A dead holder's lock
+      // is broken by a later expiry (the lock code remembers it untouched across runs); a live holder stuck on it for
+      // longer than any verification may run is reported.
       const held = await this.deps.repository.lockBackups([id], { purpose: "expiry", waitMs: 0 }).catch(async (error: unknown) => {
         if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
         this.deps.logger.info({ backupId: id, details: error.details }, `backup ${id} is not expired this time: ${error.message}`);
+        await this.reportHeldBack(id, error.details);
         skipped.push(await this.get(id));
         return null;
       });
@@ -145,6 +149,14 @@ export class BackupService {
     const walBefore = walBeforeSparing(plan, skipped);
     const walSegmentsRemoved = walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(walBefore);
     return { expired, walSegmentsRemoved };
+  }
+
+  private async reportHeldBack(id: string, details: Record<string, unknown> | undefined): Promise<void> {
+    const holder = details?.["holder"] as { purpose: string; host: string; pid: number; since: string } | undefined;
+    if (!holder || !heldBackTooLong(holder.since, Date.now())) return;
+    const event = backupExpiryHeldBackEvent(id, holder, Date.now() - Date.parse(holder.since));
+    this.deps.logger.warn({ backupId: id, holder }, event.message);
+    await this.deps.events.emit(event);
   }
 
   async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {

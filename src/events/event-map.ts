@@ -26,6 +26,7 @@ export interface EventMap {
   "backup:failed": BackupRecord;
   "backup:verified": { id: string; ok: boolean; badFiles: string[]; restoreTested: boolean };
   "backup:expired": BackupRecord;
+  "backup:expiry-held-back": { id: string; holder: { purpose: string; host: string; pid: number; since: string }; heldForMs: number };
   "backup:cataloged": BackupRecord;
   "schedule:skipped": { name: string; reason: string };
   "schedule:failed": { name: string; error: string; attempt: number; retryInMs: number | null };
@@ -136,6 +137,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:failed",
   "backup:verified",
   "backup:expired",
+  "backup:expiry-held-back",
   "backup:cataloged",
   "schedule:skipped",
   "schedule:failed",

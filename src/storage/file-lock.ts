@@ -1,9 +1,17 @@
 import { randomBytes } from "node:crypto";
-import { link, readFile, stat, unlink, utimes, writeFile } from "node:fs/promises";
+import { link, readFile, readlink, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { ErrorCode, RelevoError } from "../errors";
 import { sleep } from "../util/sleep";
-import { LOCK_REFRESH_MS, breakerIsStale, decideOnHeldLock } from "./lock-decision";
+import {
+  LOCK_REFRESH_MS,
+  breakerIsStale,
+  decideOnHeldLock,
+  holderOnThisHost,
+  nextSighting,
+  type HostIdentity,
+  type LockSighting,
+} from "./lock-decision";
 
 /**
  * A lock that is a file, held across processes and hosts sharing a
@@ -20,7 +28,7 @@ import { LOCK_REFRESH_MS, breakerIsStale, decideOnHeldLock } from "./lock-decisi
  */
 
 /** Who holds a lock: the content of its file. */
-export interface LockHolder {
+export interface LockHolder extends HostIdentity {
   readonly host: string;
   readonly pid: number;
   /** The holder process's start time (clock ticks after boot, /proc/<pid>/stat), "" when unknown. */
@@ -53,8 +61,9 @@ export interface HeldFileLock {
 
 /** Takes the lock file `file`, waiting up to `options.waitMs` while a live holder has it. */
 export async function acquireFileLock(file: string, options: FileLockOptions): Promise<HeldFileLock> {
+  const here = await thisHost();
   const me: LockHolder = {
-    host: os.hostname(),
+    ...here,
     pid: process.pid,
     processStart: await processStart(process.pid),
     purpose: options.purpose,
@@ -64,16 +73,17 @@ export async function acquireFileLock(file: string, options: FileLockOptions): P
   };
   const started = Date.now();
   let announced = false;
-  // The file as last seen, and since when (this process's clock): another host's clock is never compared with ours.
-  let seen: { token: string; mtimeMs: number; sinceMs: number } | null = null;
   for (;;) {
-    if (await createLockFile(file, me)) return holdLock(file, me);
+    if (await createLockFile(file, me)) {
+      sightings.delete(file);
+      return holdLock(file, me);
+    }
     const found = await readLockFile(file);
     if (found === null) continue; // released meanwhile
     const now = Date.now();
-    if (seen === null || seen.token !== found.holder.token || seen.mtimeMs !== found.mtimeMs)
-      seen = { token: found.holder.token, mtimeMs: found.mtimeMs, sinceMs: now };
-    const sameHost = found.holder.host === os.hostname();
+    const seen = nextSighting(sightings.get(file), { token: found.holder.token, mtimeMs: found.mtimeMs }, now);
+    sightings.set(file, seen);
+    const sameHost = holderOnThisHost(here, found.holder);
     const decision = decideOnHeldLock({
       sameHost,
       processAlive: sameHost && (await processAlive(found.holder)),
@@ -95,6 +105,25 @@ export async function acquireFileLock(file: string, options: FileLockOptions): P
         continue;
     }
   }
+}
+
+/**
+ * Each held lock file as this process last saw it (see nextSighting), kept
+ * across attempts: a dead remote holder is only ever found by watching its
+ * file stay untouched, and a taker that tries once per run must be able to
+ * do that across runs. One entry per lock file found held; dropped once this
+ * process takes the lock.
+ */
+const sightings = new Map<string, LockSighting>();
+
+/** This process's host identity (see HostIdentity); the boot id and pid namespace are "" without /proc. */
+export async function thisHost(): Promise<Required<HostIdentity>> {
+  const bootId = await readFile("/proc/sys/kernel/random/boot_id", "utf8").then(
+    (text) => text.trim(),
+    () => "",
+  );
+  const pidNamespace = await readlink("/proc/self/ns/pid").catch(() => "");
+  return { host: os.hostname(), hostId: `${bootId}/${pidNamespace}` };
 }
 
 /** Who holds the lock file now; null when nobody does. */
@@ -166,7 +195,7 @@ async function readLockFile(file: string): Promise<{ holder: LockHolder; mtimeMs
     return { holder: JSON.parse(text) as LockHolder, mtimeMs };
   } catch {
     // Never written half (see createLockFile): a file that does not parse was not made by a holder.
-    const holder = { host: os.hostname(), pid: 0, processStart: "", purpose: "unreadable lock file", since: "", token: "" };
+    const holder = { ...(await thisHost()), pid: 0, processStart: "", purpose: "unreadable lock file", since: "", token: "" };
     return { holder, mtimeMs };
   }
 }

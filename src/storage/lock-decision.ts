@@ -33,6 +33,45 @@ export interface HeldLockObservation {
 
 export type HeldLockDecision = "break" | "wait" | "give-up";
 
+/** The lock file as this process last saw it, and since when (its own clock). */
+export interface LockSighting {
+  readonly token: string;
+  readonly mtimeMs: number;
+  readonly sinceMs: number;
+}
+
+/**
+ * This sighting of a held lock, given the one before (kept across attempts
+ * by the same process): the same holder with an untouched file keeps its
+ * first-seen time, so a taker that tries once per run (expiry, waitMs 0)
+ * still sees a dead remote holder's lock stay untouched across runs and
+ * breaks it. Pure.
+ */
+export function nextSighting(previous: LockSighting | undefined, found: { token: string; mtimeMs: number }, now: number): LockSighting {
+  if (previous && previous.token === found.token && previous.mtimeMs === found.mtimeMs) return previous;
+  return { token: found.token, mtimeMs: found.mtimeMs, sinceMs: now };
+}
+
+/**
+ * Which host a process runs on, as far as its pids mean anything: the host
+ * name, the kernel's boot id and the pid namespace. Two containers with one
+ * hostname (compose's hostname:, network_mode: host) share the name but not
+ * the pid namespace; a host rebooted keeps its name but not its boot id.
+ * Either way a pid from there means nothing here.
+ */
+export interface HostIdentity {
+  readonly host: string;
+  /** `<boot id>/<pid namespace>`; absent in lock files written before it was recorded. */
+  readonly hostId?: string;
+}
+
+/** Whether the holder's pid can be checked from here: same host name, boot and pid namespace. Pure. */
+export function holderOnThisHost(me: Required<HostIdentity>, holder: HostIdentity): boolean {
+  // A holder that did not record its host id is judged by its refreshes, as on another host: never a pid
+  // checked in a namespace it may not be in.
+  return holder.host === me.host && holder.hostId === me.hostId;
+}
+
 export function decideOnHeldLock(observation: HeldLockObservation): HeldLockDecision {
   if (holderGone(observation)) return "break";
   return observation.waitedMs >= observation.waitMs ? "give-up" : "wait";

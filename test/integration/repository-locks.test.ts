@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { BackupLocks, type HeldBackupLocks, type LockHolder } from "../../src/storage/backup-locks";
+import { thisHost } from "../../src/storage/file-lock";
 import { restoreCommand } from "../../src/cli/backup-commands";
 import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
@@ -89,7 +90,7 @@ describe("backup locks in the repository: across processes, never left held by a
     const locks = new BackupLocks(root);
     await mkdir(locks.directory, { recursive: true });
     const stale: LockHolder = {
-      host: os.hostname(),
+      ...(await thisHost()),
       pid: process.pid,
       processStart: "1",
       purpose: "verification",
@@ -153,6 +154,36 @@ describe("backup locks: bounded waits, holders on other hosts, racing breakers",
     await held.release();
   });
 
+  test("tried once per run (waitMs 0, as expiry does), a holder on another host that stopped touching its lock is broken on a later run", async () => {
+    const locks = new BackupLocks(await tempHome("locks-remote-dead-once"));
+    await remoteLock(locks, 100);
+    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
+    // The next run, more than three of its refresh intervals later: the file never changed meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 0 });
+    expect(await locks.holder(ID)).toMatchObject({ pid: process.pid, purpose: "expiry" });
+    await held.release();
+  });
+
+  test("a holder with this host's name but another pid namespace or boot is judged by its refreshes, never by a pid here", async () => {
+    const locks = new BackupLocks(await tempHome("locks-other-namespace"));
+    await mkdir(locks.directory, { recursive: true });
+    const here = await thisHost();
+    // Pid 1 in its own container: here it is another process (or none), which says nothing about that holder.
+    const holder: LockHolder = {
+      ...here,
+      hostId: "another-boot/pid:[1]",
+      pid: 1,
+      processStart: "",
+      purpose: "restore test",
+      since: "",
+      token: "ns",
+    };
+    await writeFile(locks.fileOf(ID), JSON.stringify(holder));
+    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
+    expect(await locks.holder(ID)).toMatchObject({ token: "ns" });
+  });
+
   test("tried once (waitMs 0), a held lock is LOCK_HELD at once; a holder touches its lock while it holds it", async () => {
     const locks = new BackupLocks(await tempHome("locks-refresh"), { refreshMs: 50 });
     const held = await locks.acquire([ID], { purpose: "restore", waitMs: 0 });
@@ -170,7 +201,7 @@ describe("backup locks: bounded waits, holders on other hosts, racing breakers",
     await mkdir(locks.directory, { recursive: true });
     const gone = spawn("true");
     await once(gone, "exit");
-    const dead: LockHolder = { host: os.hostname(), pid: gone.pid!, processStart: "", purpose: "crashed", since: "", token: "dead" };
+    const dead: LockHolder = { ...(await thisHost()), pid: gone.pid!, processStart: "", purpose: "crashed", since: "", token: "dead" };
     await writeFile(locks.fileOf(ID), JSON.stringify(dead));
     const go = path.join(root, "go");
     const inside = path.join(root, "inside");
