@@ -1,10 +1,11 @@
-import { chmod, chown, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
 import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
 import { parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
+import { chownNoFollow } from "../util/owned-files";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -55,7 +56,7 @@ export class Repository {
     await chmod(this.root, 0o711);
     await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.walDir, { recursive: true, mode: 0o700 });
-    if (this.walOwner) await chown(this.walDir, this.walOwner.uid, this.walOwner.gid);
+    await chownNoFollow(this.walDir, this.walOwner);
   }
 
   /**

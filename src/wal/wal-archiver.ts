@@ -14,7 +14,8 @@ import { historyFileName, parseSegmentName, SEGMENT_SIZE, segmentName } from "..
 import { segmentFilesAlong, serverHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
-import { chown, mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename } from "node:fs/promises";
+import { createOwnedFile } from "../util/owned-files";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
@@ -291,9 +292,9 @@ export class WalArchiver {
     const { walDir } = this.options.repository;
     const placeholder = timelineBoundaryPlaceholder(await readdir(walDir).catch(() => [] as string[]), history);
     if (placeholder === null) return;
-    // Written as the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
-    await writeFile(path.join(walDir, placeholder), "", { flag: "wx", mode: 0o600 });
-    if (this.options.identity) await chown(path.join(walDir, placeholder), this.options.identity.uid, this.options.identity.gid);
+    // Owned by the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
+    // wal/ is that user's to write: created new and chowned through its handle, never by a path it may have swapped.
+    await createOwnedFile(path.join(walDir, placeholder), "", { mode: 0o600, owner: this.options.identity ?? null });
     this.options.logger.info(
       { node: target.name, placeholder },
       "the archive ends at a timeline switch: streaming resumes on the next timeline",

@@ -1,6 +1,7 @@
 import type Docker from "dockerode";
 import { existsSync } from "node:fs";
-import { chown, mkdir } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
+import { chownNoFollow } from "../../util/owned-files";
 import { ErrorCode, RelevoError } from "../../errors";
 import type { NodeRef } from "../node-driver";
 import type { OsIdentity } from "../os-user";
@@ -240,7 +241,7 @@ export class NodeContainers {
     if (mounts[0]!.Type === "bind") {
       // A bind source must exist; the image's postgres user must own it (PostgreSQL wants its data directory 0700, its own).
       await mkdir(mounts[0]!.Source, { recursive: true, mode: 0o700 });
-      if (process.getuid?.() === 0) await chown(mounts[0]!.Source, owner.uid, owner.gid);
+      if (process.getuid?.() === 0) await chownNoFollow(mounts[0]!.Source, owner);
     } else {
       await this.engine(`create the volume of node ${node.name}`, () =>
         this.docker.createVolume({

@@ -1,4 +1,5 @@
-import { access, chmod, chown, mkdir, readFile, rm } from "node:fs/promises";
+import { access, chmod, mkdir, readFile, rm } from "node:fs/promises";
+import { chownNoFollow } from "../../util/owned-files";
 import { constants } from "node:fs";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../../errors";
@@ -119,7 +120,7 @@ export class LocalDriver implements NodeDriver {
     await chmod(this.nodesRoot, 0o755);
     const dir = this.nodeDir(node);
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    if (this.identity) await chown(dir, this.identity.uid, this.identity.gid);
+    await chownNoFollow(dir, this.identity);
     const probe = await runCommand("/usr/bin/test", ["-w", dir], { identity: this.identity, allowFailure: true });
     if (probe.exitCode !== 0) {
       throw new RelevoError(

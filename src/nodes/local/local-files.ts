@@ -1,4 +1,5 @@
-import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
+import { lstat, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
+import { chownNoFollow, createOwnedFile, openOwnedTemp } from "../../util/owned-files";
 import type { Readable } from "node:stream";
 import path from "node:path";
 import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
@@ -145,19 +146,13 @@ export async function readSmallLocalFile(file: string, maxBytes: number): Promis
   }
 }
 
-/** Creates a file that must not exist yet (O_EXCL), owned by the PostgreSQL user; its directory must exist. */
+/** Creates a file that must not exist yet (O_EXCL, never a symlink), owned by the PostgreSQL user; its directory must exist. */
 export async function writeNewFile(
   file: string,
   content: string | Buffer,
   options: { mode: number; identity: OsIdentity | null },
 ): Promise<void> {
-  const handle = await open(file, "wx", options.mode);
-  try {
-    await handle.writeFile(content);
-    if (options.identity) await handle.chown(options.identity.uid, options.identity.gid);
-  } finally {
-    await handle.close();
-  }
+  await createOwnedFile(file, content, { mode: options.mode, owner: options.identity });
 }
 
 /** Temp file + rename, so a reader never sees half a file; owned by the PostgreSQL user. */
@@ -167,9 +162,14 @@ export async function writeFileAtomic(
   options: { mode: number; identity: OsIdentity | null },
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
+  // The temp name is in a directory the PostgreSQL user writes: created new, never through a symlink (see owned-files).
   const temp = `${file}.relevo-tmp-${process.pid}`;
-  await writeFile(temp, content, { mode: options.mode });
-  if (options.identity) await chown(temp, options.identity.uid, options.identity.gid);
+  const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
+  try {
+    await handle.writeFile(content);
+  } finally {
+    await handle.close();
+  }
   await rename(temp, file);
 }
 
@@ -221,7 +221,7 @@ export async function writeStreamAtomic(
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const temp = `${file}.relevo-tmp-${process.pid}`;
-  const handle = await open(temp, "w", options.mode);
+  const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
   try {
     let position = 0;
     for await (const chunk of source) {
@@ -230,7 +230,6 @@ export async function writeStreamAtomic(
       position += chunk.length;
     }
     if (options.durable) await handle.sync();
-    if (options.identity) await handle.chown(options.identity.uid, options.identity.gid);
     await handle.close();
     await rename(temp, file);
   } catch (error) {
@@ -251,7 +250,8 @@ export async function makeDirectoryOwned(
     current = path.join(current, part);
     try {
       await mkdir(current, { mode: options.mode });
-      if (options.identity) await chown(current, options.identity.uid, options.identity.gid);
+      // Swapped for a symlink since the mkdir: ELOOP, never a chown of the link's target.
+      await chownNoFollow(current, options.identity);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
     }
