@@ -7,6 +7,7 @@ import { Membership } from "../cluster/membership";
 import { TopologyCollector } from "../cluster/topology-collector";
 import { PrimaryDatabase } from "../db/primary-database";
 import { ClusterStateStore, withName } from "../failover/cluster-state";
+import { recordRebuiltCluster } from "../failover/rebuilt-cluster";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "../postgres/managed-settings";
@@ -83,13 +84,16 @@ export async function bootstrapNodes(
   const { config, logger, driver, secrets, redis, nodes, repository } = options;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
   const recorded = await store.read().catch(() => null);
+  // Cleared when the cluster starts over: nothing recorded about the old cluster's nodes holds for the new one.
+  const fenced = new Set(recorded?.fenced ?? []);
+  let startedOver = false;
   const bootstrap: BootstrapDeps = {
     config,
     driver,
     secrets,
     logger,
     seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
-    fenced: new Set(recorded?.fenced ?? []),
+    fenced,
     recordedPrimary: recorded?.primary ?? null,
     beforeInitialise: async (node) => {
       const decision = initialisationDecision(await knownCluster(config.home, repository), { newCluster: options.newCluster });
@@ -107,6 +111,12 @@ export async function bootstrapNodes(
             { aside, evidence: decision.known.evidence },
             "starting over: the previous cluster's backups and WAL archive set aside",
           );
+          // Like a cluster rebuilt by restore --cluster, every node is new: the old cluster's fences, synchronous and
+          // eligible sets, its primary's last LSN and a journaled operation (resumed on new nodes it would act on
+          // nothing it knew) are dropped, and the node initialised now is recorded as the primary.
+          await recordRebuiltCluster(redis.client, redis.keys, node.name);
+          fenced.clear();
+          startedOver = true;
           return;
         }
         default:
@@ -117,7 +127,7 @@ export async function bootstrapNodes(
   const outcomes = await bootstrapCluster(bootstrap, nodes);
   // A node bootstrap fenced now (it would have been a second primary) is recorded fenced, so the monitor rejoins it as a replica.
   for (const outcome of outcomes) {
-    if (outcome.phase !== "fenced" || !recorded || recorded.fenced.includes(outcome.node.name)) continue;
+    if (outcome.phase !== "fenced" || !recorded || startedOver || recorded.fenced.includes(outcome.node.name)) continue;
     // Only over the state read before bootstrap, and no operation begun since: another instance's change of primary is never undone.
     await store
       .update(null, (current) => ({ ...(current ?? recorded), fenced: withName((current ?? recorded).fenced, outcome.node.name) }), {

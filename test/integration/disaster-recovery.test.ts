@@ -6,6 +6,8 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { loadConfig, type RelevoConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
+import { withClusterRedis } from "../../src/cli/cluster-redis";
+import { ClusterStateStore } from "../../src/failover/cluster-state";
 import { volumeName } from "../../src/nodes/docker/container-spec";
 import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";
 import type { Secrets } from "../../src/secrets/secrets-store";
@@ -281,9 +283,19 @@ describeOnEachDriver(
       await again!.stop({ reason: "test finished" });
       again = null;
       for (const each of nodes) await loseDataDirectory(driver, config, first.service.driver, each);
+      await recordOldClusterState(config, secrets);
       again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
       const service = again;
       await eventually(() => (service.collector.latest?.primary === "node1" ? true : undefined), { what: "the new primary" });
+      // Nothing recorded about the old cluster's nodes holds for the new one.
+      expect(await service.failover.state()).toMatchObject({ primary: "node1", fenced: [], syncSet: [] });
+      expect(await service.failover.operation()).toBeNull();
+      await eventually(
+        () => (service.collector.latest?.nodes.find((each) => each.name === "node2")?.role === "replica" ? true : undefined),
+        {
+          what: "node2, fenced in the old cluster, a replica of the new one",
+        },
+      );
       expect(await sql(node("node1"), "SELECT to_regclass('precious') IS NULL AS empty")).toEqual([{ empty: true }]);
       const [aside] = await readdir(path.join(config.repository, "superseded"));
       expect(await readdir(path.join(config.repository, "superseded", aside!, "backups"))).toHaveLength(1);
@@ -294,6 +306,20 @@ describeOnEachDriver(
     });
   },
 );
+
+/** The old cluster's recorded state as a failover left it: node2 fenced and in the sets, an operation journaled, a last LSN. */
+async function recordOldClusterState(config: RelevoConfig, secrets: Secrets): Promise<void> {
+  await withClusterRedis(config, secrets, createLogger({ level: "silent" }), async (redis, keys) => {
+    const store = new ClusterStateStore(redis, keys.clusterState);
+    await store.update(null, (current) => ({ ...current!, fenced: ["node2"], syncSet: ["node2"], eligible: ["node2"] }));
+    const entry = { id: "old", kind: "failover", trigger: "automatic", from: "node1", to: "node2", force: false, reason: "old cluster" };
+    await redis.set(
+      keys.operation.entry,
+      JSON.stringify({ ...entry, stage: "promoting", startedAt: new Date().toISOString(), times: {}, facts: {} }),
+    );
+    await redis.set(keys.primaryLsn, "0/5000000");
+  });
+}
 
 /** Waits until the WAL archiver has received (flushed) everything `primary` has written so far. */
 async function archiverHasReceived(primary: NodeRef, secrets: Secrets, what: string): Promise<void> {
