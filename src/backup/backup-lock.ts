@@ -54,7 +54,8 @@ export async function withLockedBackup<T>(
   const { id, purpose } = lock;
   const before = await readOrNotFound(repository, id);
   // A broken chain is locked as far as it goes; the work under the lock reports it.
-  const chain = await backupChain(repository, before).catch(() => [before]);
+  const chainBefore = await backupChain(repository, before).catch(() => null);
+  const chain = chainBefore ?? [before];
   const held = await repository.lockBackups(
     chain.map((link) => link.id),
     {
@@ -68,10 +69,40 @@ export async function withLockedBackup<T>(
     },
   );
   try {
-    return await work({ manifest: await readOrNotFound(repository, id), ids: held.ids });
+    const manifest = await readOrNotFound(repository, id);
+    if (chainBefore !== null) {
+      // The chain again, as the locks hold it now: while this waited, an expiry may have let a backup it builds on
+      // go. That is no damage of this backup (no failed verification is written): it is refused like itself expired.
+      const after = await backupChain(repository, manifest).then(
+        (links) => links.map((link) => link.id),
+        (error: Error) => error,
+      );
+      const change = chainChange(
+        chainBefore.map((link) => link.id),
+        after,
+      );
+      if (change !== null)
+        throw new RelevoError(ErrorCode.PreconditionFailed, `${purpose} of backup ${id}: ${change} while it waited for its lock`, {
+          details: { backupId: id },
+        });
+    }
+    return await work({ manifest, ids: held.ids });
   } finally {
     await held.release();
   }
+}
+
+/**
+ * How a backup's chain changed between the look before its locks were
+ * taken (every link completed) and the look under them, or null when it is
+ * the same: a link no longer completed (expired meanwhile), or other links.
+ * Pure.
+ */
+export function chainChange(before: readonly string[], after: readonly string[] | Error): string | null {
+  if (after instanceof Error) return `its chain changed (${after.message})`;
+  if (before.length !== after.length || before.some((id, index) => after[index] !== id))
+    return `its chain changed from ${before.join(" ← ")} to ${after.join(" ← ")}`;
+  return null;
 }
 
 async function readOrNotFound(repository: Repository, id: string): Promise<BackupManifest> {

@@ -15,7 +15,7 @@ import { verifyBackup } from "./verify";
 import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
 import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { planRetention, walBeforeSparing } from "./retention";
+import { expiryGroups, planRetention, walBeforeSparing } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
 import { chooseBackupIn } from "../restore/choose-backup";
 import type { WalArchiver } from "../wal/wal-archiver";
@@ -118,30 +118,39 @@ export class BackupService {
    * no kept backup needs.
    */
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
-    const plan = planRetention(await this.list(), this.deps.retentionFull);
+    const manifests = await this.list();
+    const plan = planRetention(manifests, this.deps.retentionFull);
     const expired: string[] = [];
     const skipped: BackupManifest[] = [];
-    for (const id of plan.expire) {
-      // Each backup under its lock, tried once: one a verification or restore holds (up to half an hour for a restore
-      // test) is left completed, with its WAL, and expired by the next expiry; never waited for. A dead holder's lock
-      // is broken by a later expiry (the lock code remembers it untouched across runs); a live holder stuck on it for
-      // longer than any verification may run is reported.
-      const held = await this.deps.repository.lockBackups([id], { purpose: "expiry", waitMs: 0 }).catch(async (error: unknown) => {
+    for (const group of expiryGroups(plan, manifests)) {
+      // A full and its dependents under their locks, taken together and tried once: a group any of whose backups a
+      // verification or restore holds (up to half an hour for a restore test) is left completed, with its WAL, and
+      // expired by the next expiry; never waited for. A dead holder's lock is broken by a later expiry (the lock code
+      // remembers it untouched across runs); a live holder stuck on it for longer than any verification may run is
+      // reported.
+      const full = group[group.length - 1]!;
+      const held = await this.deps.repository.lockBackups(group, { purpose: "expiry", waitMs: 0 }).catch(async (error: unknown) => {
         if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
-        this.deps.logger.info({ backupId: id, details: error.details }, `backup ${id} is not expired this time: ${error.message}`);
-        await this.reportHeldBack(id, error.details);
-        skipped.push(await this.get(id));
+        this.deps.logger.info(
+          { backupIds: group, details: error.details },
+          `backup ${full} and its dependents are not expired this time: ${error.message}`,
+        );
+        await this.reportHeldBack(full, error.details);
+        for (const id of group) skipped.push(await this.get(id));
         return null;
       });
       if (held === null) continue;
       try {
-        const manifest = await this.get(id);
-        if (manifest.status !== "completed") continue; // expired by another instance meanwhile
-        const record: BackupManifest = { ...manifest, status: "expired" };
-        await this.deps.repository.writeManifest(record);
-        await this.deps.repository.removeBackupContent(id);
-        await this.deps.events.emit(backupExpiredEvent(record));
-        expired.push(id);
+        // Newest first: no completed backup is ever left building on an expired one, even by a crash in between.
+        for (const id of group) {
+          const manifest = await this.get(id);
+          if (manifest.status !== "completed") continue; // expired by another instance meanwhile
+          const record: BackupManifest = { ...manifest, status: "expired" };
+          await this.deps.repository.writeManifest(record);
+          await this.deps.repository.removeBackupContent(id);
+          await this.deps.events.emit(backupExpiredEvent(record));
+          expired.push(id);
+        }
       } finally {
         await held.release();
       }

@@ -35,6 +35,35 @@ export function planRetention(manifests: readonly BackupManifest[], keepFull: nu
 }
 
 /**
+ * The plan's backups in the groups expiry takes together: each full with
+ * the differentials and incrementals that build on it (directly or through
+ * one another), newest first, so the dependents are marked expired before
+ * the full. Expired one by one, a verification or restore of a dependent
+ * that waited on the full's lock would find its chain broken, and a crash
+ * between the full and its dependents would leave completed backups with no
+ * full under them. Pure.
+ */
+export function expiryGroups(plan: RetentionPlan, manifests: readonly BackupManifest[]): string[][] {
+  const expiring = new Set(plan.expire);
+  const byId = new Map(manifests.map((manifest) => [manifest.id, manifest]));
+  const rootOf = (id: string): string => {
+    let current = id;
+    for (;;) {
+      const reference = byId.get(current)?.reference;
+      if (!reference || !expiring.has(reference) || reference === id) return current;
+      current = reference;
+    }
+  };
+  const groups = new Map<string, string[]>();
+  for (const id of plan.expire) {
+    const root = rootOf(id);
+    groups.set(root, [...(groups.get(root) ?? []), id]);
+  }
+  const startOf = (id: string): string => byId.get(id)?.startedAt ?? "";
+  return [...groups.values()].map((ids) => [...ids].sort((a, b) => startOf(b).localeCompare(startOf(a))));
+}
+
+/**
  * The WAL bound once some backups the plan expires were skipped (another
  * process held their lock: they stay completed until the next expiry): their
  * WAL is kept with them. Pure.

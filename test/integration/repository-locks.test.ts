@@ -19,6 +19,10 @@ import { redisKeys } from "../../src/redis/keys";
 import { createRedisClient } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import type Redis from "ioredis";
+import { Repository } from "../../src/storage/repository";
+import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
+import type { BackupManifest } from "../../src/backup/manifest";
+import { newManifest } from "../../src/backup/backup-start";
 
 const ID = "20261125T224500Z-F";
 
@@ -299,5 +303,48 @@ describe("a replica's replay pause marker: one capture at a time, cleared by its
     await expect(markers.hold("node2", { ttlMs: 10_000, waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
     await markers.release("node2", third);
     expect(await markers.held("node2")).toBe(false);
+  });
+});
+
+describe("expiry against a verification of a dependent", () => {
+  /** A completed backup's manifest (no files: only its chain is checked). */
+  const manifest = (type: "full" | "differential", startedAt: string, reference: string | null): BackupManifest => ({
+    ...newManifest({
+      clusterName: "c",
+      type,
+      source: { name: "node1", host: "127.0.0.1", port: 1 },
+      compression: "gzip",
+      startedAt: new Date(startedAt),
+    }),
+    status: "completed",
+    reference,
+  });
+
+  test("a verification that waited for the full's lock while expiry let the full go is refused, and writes no failed verification", async () => {
+    const repository = new Repository(await tempHome("locks-expiry-race"), null);
+    await repository.ensure();
+    const full = manifest("full", "2026-11-01T00:00:00Z", null);
+    const differential = manifest("differential", "2026-11-02T00:00:00Z", full.id);
+    await repository.writeManifest(full);
+    await repository.writeManifest(differential);
+    // Expiry holds the full: the verification of its differential waits for that lock.
+    const expiry = await repository.lockBackups([full.id], { purpose: "expiry", waitMs: 0 });
+    // Only the content check runs (no restore test): it needs the repository, nothing of a cluster.
+    const logged: string[] = [];
+    const logger = createLogger({ level: "info", destination: { write: (line: string) => void logged.push(line) } });
+    const deps = { repository, logger, parallelism: 1 } as unknown as VerifyDeps;
+    const verifying = verifyBackup(deps, differential.id, { restoreTest: false });
+    const outcome = verifying.then(
+      () => null,
+      (error: unknown) => error,
+    );
+    await eventually(() =>
+      logged.some((line) => line.includes(`waits for another holder of backup ${full.id}'s lock`)) ? true : undefined,
+    );
+    await repository.writeManifest({ ...full, status: "expired" });
+    await expiry.release();
+    expect(await outcome).toMatchObject({ code: "PRECONDITION_FAILED", message: expect.stringContaining(`${full.id}, which is expired`) });
+    expect((await repository.readManifest(differential.id))?.verification).toBeUndefined();
+    expect(await repository.locks.holder(differential.id)).toBeNull();
   });
 });

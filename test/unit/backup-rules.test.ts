@@ -4,7 +4,8 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
-import { planRetention, walBeforeSparing } from "../../src/backup/retention";
+import { expiryGroups, planRetention, walBeforeSparing } from "../../src/backup/retention";
+import { chainChange } from "../../src/backup/backup-lock";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
 import { checksumMismatches, referenceRecovery, type ReferencePoint } from "../../src/backup/reference-point";
@@ -143,6 +144,32 @@ describe("retention (pure)", () => {
     expect(walBeforeSparing(plan, [])).toBe(5);
     expect(walBeforeSparing(plan, [manifest("I2", { type: "incremental", startLsn: "0/2000028" })])).toBe(2);
     expect(walBeforeSparing({ expire: [], walBefore: null }, [manifest("F1", { startLsn: "0/1000028" })])).toBeNull();
+  });
+});
+
+describe("expiry against a dependent's verification or restore (pure)", () => {
+  test("a full is expired with its dependents in one group, the dependents first", () => {
+    const backups = [
+      manifest("F1"),
+      manifest("D2", { type: "differential", reference: "F1" }),
+      manifest("I3", { type: "incremental", reference: "D2" }),
+      manifest("F4"),
+      manifest("F5"),
+      manifest("F6"),
+    ];
+    const plan = planRetention(backups, 2);
+    expect(plan.expire).toEqual(["F1", "D2", "I3", "F4"]);
+    expect(expiryGroups(plan, backups)).toEqual([["I3", "D2", "F1"], ["F4"]]);
+    // A dependent whose full is gone already (a crash between them, before groups) is a group of its own.
+    expect(expiryGroups({ expire: ["I3"], walBefore: null }, backups)).toEqual([["I3"]]);
+  });
+
+  test("a chain that changed while its locks were awaited is named; the same chain is no change", () => {
+    expect(chainChange(["F1", "D2"], ["F1", "D2"])).toBeNull();
+    expect(chainChange(["F1", "D2"], new Error("backup D2 is not restorable: it builds on F1, which is expired"))).toContain(
+      "which is expired",
+    );
+    expect(chainChange(["F1", "D2"], ["F9", "D2"])).toContain("F1 ← D2 to F9 ← D2");
   });
 });
 
