@@ -62,6 +62,8 @@ export interface BackupServiceDeps {
  */
 export class BackupService {
   private readonly runner: BackupRunner;
+  /** Verifications under way, for waitForIdle: a restore test's scratch node is removed before the service stops. */
+  private readonly verifications = new Set<Promise<unknown>>();
 
   constructor(private readonly deps: BackupServiceDeps) {
     this.runner = new BackupRunner(deps, { expire: () => this.expire() });
@@ -183,6 +185,14 @@ export class BackupService {
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
     assertBackupId(id);
+    const running = this.verifyAndReport(id, options);
+    const settled = running.catch(() => undefined);
+    this.verifications.add(settled);
+    void settled.finally(() => this.verifications.delete(settled));
+    return running;
+  }
+
+  private async verifyAndReport(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
     const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, id, options);
     await this.deps.events.emit(backupVerifiedEvent(id, verification));
     return this.get(id);
@@ -199,8 +209,15 @@ export class BackupService {
     return manifests.length;
   }
 
-  /** Waits for the running backup and what follows a completed one (retention). */
+  /**
+   * Waits for the running backup, what follows a completed one (retention),
+   * and every verification under way: stopped before a restore test ends,
+   * its scratch node (a detached postmaster, a container) would outlive the
+   * service, and the test, cut off by the shutdown, would record a false
+   * "not restorable".
+   */
   async waitForIdle(): Promise<void> {
     await this.runner.waitForIdle();
+    await Promise.all(this.verifications);
   }
 }

@@ -188,7 +188,12 @@ async function restoreAndCompare(deps: VerifyDeps, locked: LockedBackup): Promis
   } catch (error) {
     return { ok: false, durationMs: Date.now() - started, error: (error as Error).message };
   } finally {
-    await deps.driver.destroy(scratch).catch(() => undefined);
+    // A scratch node left behind holds a full-size data directory (and, local, maybe a running postmaster): say so.
+    await deps.driver
+      .destroy(scratch)
+      .catch((error: Error) =>
+        deps.logger.warn({ node: scratch.name, err: error.message }, `the restore test's scratch node ${scratch.name} was not removed`),
+      );
   }
 }
 

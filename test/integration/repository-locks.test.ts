@@ -23,6 +23,7 @@ import { Repository } from "../../src/storage/repository";
 import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { newManifest } from "../../src/backup/backup-start";
+import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-service";
 
 const ID = "20261125T224500Z-F";
 
@@ -306,7 +307,7 @@ describe("a replica's replay pause marker: one capture at a time, cleared by its
   });
 });
 
-describe("expiry against a verification of a dependent", () => {
+describe("expiry and the service's stop against a verification under way", () => {
   /** A completed backup's manifest (no files: only its chain is checked). */
   const manifest = (type: "full" | "differential", startedAt: string, reference: string | null): BackupManifest => ({
     ...newManifest({
@@ -346,5 +347,28 @@ describe("expiry against a verification of a dependent", () => {
     expect(await outcome).toMatchObject({ code: "PRECONDITION_FAILED", message: expect.stringContaining(`${full.id}, which is expired`) });
     expect((await repository.readManifest(differential.id))?.verification).toBeUndefined();
     expect(await repository.locks.holder(differential.id)).toBeNull();
+  });
+
+  test("the service's stop (waitForIdle) waits for a verification under way, so its scratch node is removed before the service goes", async () => {
+    const repository = new Repository(await tempHome("locks-idle"), null);
+    await repository.ensure();
+    const full = manifest("full", "2026-11-01T00:00:00Z", null);
+    await repository.writeManifest(full);
+    const logger = createLogger({ level: "silent" });
+    // Events are not under test here: a sink.
+    const deps = { repository, logger, parallelism: 1, events: { emit: () => Promise.resolve() } } as unknown as BackupServiceDeps;
+    const service = new BackupService(deps);
+    // Another holder of the backup's lock keeps the verification under way until it lets go.
+    const other = await repository.lockBackups([full.id], { purpose: "restore", waitMs: 0 });
+    const verifying = service.verify(full.id, { restoreTest: false });
+    let idle = false;
+    const stopping = service.waitForIdle().then(() => (idle = true));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(idle).toBe(false);
+    await other.release();
+    await stopping;
+    // Idle only once the verification was done: its result is written.
+    expect((await repository.readManifest(full.id))?.verification).toMatchObject({ contentOk: true });
+    await verifying;
   });
 });
