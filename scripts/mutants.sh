@@ -22,6 +22,10 @@ root=$(pwd)
 mutants_dir="$root/test/mutants"
 results=$(mktemp)
 scratch=$(mktemp -d /tmp/relevo-mutants.XXXXXX)
+# Every mutant's log is kept, killed ones too: a kill for the wrong reason
+# (a timeout under load, a set-up failure) is only seen by reading it.
+logs=/tmp/relevo-mutant-logs/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$logs"
 cleanup() {
   git -C "$root" worktree remove --force "$scratch/tree" >/dev/null 2>&1 || true
   rm -rf "$scratch"
@@ -58,14 +62,13 @@ for patch in "${patches[@]}"; do
     continue
   fi
   started=$(date +%s)
-  log="$scratch/$name.log"
+  log="$logs/$name.log"
   if [ $baseline = 1 ]; then
     if (cd "$tree" && npx tsc -p tsconfig.json && eval "RELEVO_TEST_DRIVERS=${drivers:-${RELEVO_TEST_DRIVERS:-}} node node_modules/jest/bin/jest.js --runInBand $test_args") >"$log" 2>&1; then
       outcome="baseline passes"
     else
       outcome="BASELINE FAILS"
       survived=1
-      cp "$log" "/tmp/relevo-mutant-$name.baseline.log"
     fi
   elif ! (cd "$tree" && npx tsc -p tsconfig.json) >"$log" 2>&1; then
     outcome="BROKEN (does not compile)"
@@ -73,13 +76,13 @@ for patch in "${patches[@]}"; do
   elif (cd "$tree" && eval "RELEVO_TEST_DRIVERS=${drivers:-${RELEVO_TEST_DRIVERS:-}} node node_modules/jest/bin/jest.js --runInBand $test_args") >>"$log" 2>&1; then
     outcome="SURVIVED (the test passed)"
     survived=1
-    cp "$log" "/tmp/relevo-mutant-$name.log"
   else
     outcome="killed"
   fi
   printf '%-44s %-28s %4ss  %s\n' "$name" "$outcome" "$(( $(date +%s) - started ))" "$(header "$patch" Breaks)" | tee -a "$results"
 done
 echo
+echo "logs: $logs"
 if [ $baseline = 1 ]; then
   echo "baseline: $(grep -c 'baseline passes' "$results") pass, $(grep -c -E 'BASELINE FAILS|NOT APPLIED|no such' "$results") do not, of ${#patches[@]}"
   exit $survived
