@@ -32,8 +32,9 @@ export async function createOwnedFile(file: string, content: string | Buffer, op
 
 /**
  * Opens a temporary file for writing, new and owned by `owner`: whatever
- * stood at its name (a crashed writer's leftover, or a symlink) is removed
- * first, and a name taken again meanwhile is EEXIST, never followed.
+ * stood at its name (a leftover, or a symlink) is removed first, and a name
+ * taken again meanwhile is EEXIST, never followed. Callers pass a name of
+ * their own (random), so no other writer shares it.
  */
 export async function openOwnedTemp(file: string, options: { mode: number; owner: FileOwner }): Promise<FileHandle> {
   await rm(file, { force: true });

@@ -46,6 +46,15 @@ describe("root never writes or chowns through a symlink in a directory the Postg
     expect(await stat(path.join(dir, "base.file"))).toMatchObject({ uid: 4242, gid: 4243 });
   });
 
+  test("two writes of one file at once: both succeed, and the file holds one of them whole", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "owned-files-"));
+    const file = path.join(dir, "postgresql.auto.conf");
+    const contents = Array.from({ length: 8 }, (_, i) => `write ${i}\n`.repeat(1000));
+    await Promise.all(contents.map((content) => writeFileAtomic(file, content, { mode: 0o600, identity: null })));
+    expect(contents).toContain(await readFile(file, "utf8"));
+    expect((await readdir(dir)).filter((name) => name.includes("relevo-tmp"))).toEqual([]);
+  });
+
   asRoot("a new file (the archive's timeline placeholder) is never created through a symlink at its name", async () => {
     const { dir, victim, link } = await plantedLink();
     const placeholder = path.join(dir, "000000020000000000000005.partial");

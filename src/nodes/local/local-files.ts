@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { lstat, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { chownNoFollow, createOwnedFile, openOwnedTemp } from "../../util/owned-files";
 import type { Readable } from "node:stream";
@@ -156,6 +157,15 @@ export async function writeNewFile(
 }
 
 /** Temp file + rename, so a reader never sees half a file; owned by the PostgreSQL user. */
+/**
+ * A temporary name beside `file` that nobody can guess nor share: two
+ * writes of one file at once (or two processes) each write their own, and
+ * the last rename wins whole.
+ */
+function temporaryName(file: string): string {
+  return `${file}.relevo-tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
 export async function writeFileAtomic(
   file: string,
   content: string | Buffer,
@@ -163,7 +173,7 @@ export async function writeFileAtomic(
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   // The temp name is in a directory the PostgreSQL user writes: created new, never through a symlink (see owned-files).
-  const temp = `${file}.relevo-tmp-${process.pid}`;
+  const temp = temporaryName(file);
   const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
   try {
     await handle.writeFile(content);
@@ -220,7 +230,7 @@ export async function writeStreamAtomic(
   options: { mode: number; identity: OsIdentity | null; durable: boolean },
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
-  const temp = `${file}.relevo-tmp-${process.pid}`;
+  const temp = temporaryName(file);
   const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
   try {
     let position = 0;
