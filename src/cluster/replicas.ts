@@ -42,7 +42,8 @@ export async function addReplica(context: OperationContext, name: string): Promi
  * A new replica's storage must not exist yet: what is there under a name
  * that is no member's is someone's (a restored copy made with that name or
  * in that directory, a stranger's data), and the seed would destroy it. Only
- * a resumed addition clears what its own dead run left (runAddReplica).
+ * a resumed addition that had begun its seed clears what its own dead run
+ * left (runAddReplica).
  */
 async function assertNothingThere(context: OperationContext, node: NodeRef): Promise<void> {
   const { driver } = context.deps;
@@ -62,9 +63,16 @@ export async function runAddReplica(context: OperationContext, operation: Runnin
   const entry = operation.entry;
   const primary = context.node((await context.state()).primary);
   const node: NodeRef = { name: entry.from, host: primary.host, port: Number(entry.facts.port) };
-  // A seed cut short by a dead instance left half a node: start again from nothing.
   operation.assertHeld();
-  if (!deps.membership.find(node.name)) await deps.driver.destroy(node);
+  if (!deps.membership.find(node.name)) {
+    // A seed cut short by a dead instance left half a node: start again from
+    // nothing. Only then: before this operation began seeding, whatever is
+    // there came since the check (a restored copy under that name) and is
+    // someone else's.
+    if (entry.facts.seeding === "begun") await deps.driver.destroy(node);
+    else await assertNothingThere(context, node);
+  }
+  if (entry.facts.seeding !== "begun") await operation.record({ facts: { seeding: "begun" } });
   const outcome = await seedReplica(deps.bootstrap, node, primary);
   await deps.membership.add(node);
   await operation.finish();

@@ -8,6 +8,9 @@ import { freePort } from "../helpers/ports";
 import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { ErrorCode } from "../../src/errors";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
 
 /** Two service instances; the one running a failover dies half-way through it. */
 describe("a failover left half-done by a dead instance", () => {
@@ -115,5 +118,36 @@ describe("a failover left half-done by a dead instance", () => {
     await eventually(() => (!first.service.nodes.some((n) => n.name === "node3") ? true : undefined), {
       what: "node3 forgotten by the first instance",
     });
+  });
+  test("a resumed addition whose seed never began destroys nothing: what appeared under the name since is kept, the addition refused", async () => {
+    const { redis, keys, driver } = first.service;
+    const stranger: NodeRef = { name: "node7", host: "127.0.0.1", port: await freePort() };
+    // Someone's data under that name, made after the addition's check (a restored copy, say).
+    const directory = driver.dataDirectory(stranger);
+    await mkdir(directory, { recursive: true });
+    await writeFile(path.join(directory, "keep-me"), "someone's data");
+    const dead = new OperationJournal(redis, keys.operation, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
+    const operation = await dead.begin({
+      id: "00000000-0000-4000-8000-000000000007",
+      kind: "add-replica",
+      trigger: "manual",
+      from: "node7",
+      to: (await first.service.failover.state())!.primary,
+      force: false,
+      reason: "replica added by an operator (test)",
+      stage: "begun",
+      startedAt: new Date().toISOString(),
+      times: {},
+      facts: { port: stranger.port },
+    });
+    operation.abandon(); // the instance dies before it began the seed
+
+    await eventually(async () => ((await first.service.failover.operation()) === null ? true : undefined), {
+      what: "the addition resumed and ended",
+      timeoutMs: 30000,
+    });
+    expect(await readFile(path.join(directory, "keep-me"), "utf8")).toBe("someone's data");
+    expect(first.service.nodes.some((node) => node.name === "node7")).toBe(false);
+    await rm(path.dirname(directory), { recursive: true, force: true });
   });
 });
