@@ -1,7 +1,7 @@
 import { loadConfig } from "../../src/config/config";
 import { ClusterStateStore, withName } from "../../src/failover/cluster-state";
 import { fenceNode } from "../../src/failover/fencing";
-import { OperationJournal } from "../../src/failover/operation-journal";
+import { OperationJournal, type JournalEntry } from "../../src/failover/operation-journal";
 import { createLogger } from "../../src/log";
 import { startRelevo, type RelevoService } from "../../src/service";
 import { freePort } from "../helpers/ports";
@@ -24,6 +24,15 @@ describe("a failover left half-done by a dead instance", () => {
       createLogger({ level: first.config.logLevel }),
     );
   });
+  /** An operation begun by an instance that then dies (its journal lock not renewed once the caller abandons it). */
+  const beginAsDeadInstance = (entry: Pick<JournalEntry, "id" | "kind" | "trigger" | "from" | "to" | "reason" | "facts">) =>
+    new OperationJournal(
+      first.service.redis,
+      first.service.keys.operation,
+      first.config.leaseTtlMs,
+      "dead-instance",
+      createLogger({ level: "silent" }),
+    ).begin({ ...entry, force: false, stage: "begun", startedAt: new Date().toISOString(), times: {} });
   afterAll(async () => {
     await second?.stop({ reason: "test finished", keepNodes: true, keepRedis: true });
     await first?.stop();
@@ -60,18 +69,13 @@ describe("a failover left half-done by a dead instance", () => {
     await sqlOn(node1, secrets, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY)");
     await sqlOn(node1, secrets, "INSERT INTO acked VALUES (1)");
     // What an instance had done when it died: journaled the failover, fenced the primary, recorded the fence.
-    const dead = new OperationJournal(redis, keys.operation, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
-    const operation = await dead.begin({
+    const operation = await beginAsDeadInstance({
       id: "00000000-0000-4000-8000-000000000001",
       kind: "failover",
       trigger: "automatic",
       from: "node1",
       to: null,
-      force: false,
       reason: "missed 3 checks (test)",
-      stage: "begun",
-      startedAt: new Date().toISOString(),
-      times: {},
       facts: { lastPrimaryLsn: null },
     });
     await operation.record({ stage: "detected" }, "detected");
@@ -120,24 +124,19 @@ describe("a failover left half-done by a dead instance", () => {
     });
   });
   test("a resumed addition whose seed never began destroys nothing: what appeared under the name since is kept, the addition refused", async () => {
-    const { redis, keys, driver } = first.service;
+    const { driver } = first.service;
     const stranger: NodeRef = { name: "node7", host: "127.0.0.1", port: await freePort() };
     // Someone's data under that name, made after the addition's check (a restored copy, say).
     const directory = driver.dataDirectory(stranger);
     await mkdir(directory, { recursive: true });
     await writeFile(path.join(directory, "keep-me"), "someone's data");
-    const dead = new OperationJournal(redis, keys.operation, first.config.leaseTtlMs, "dead-instance", createLogger({ level: "silent" }));
-    const operation = await dead.begin({
+    const operation = await beginAsDeadInstance({
       id: "00000000-0000-4000-8000-000000000007",
       kind: "add-replica",
       trigger: "manual",
       from: "node7",
       to: (await first.service.failover.state())!.primary,
-      force: false,
       reason: "replica added by an operator (test)",
-      stage: "begun",
-      startedAt: new Date().toISOString(),
-      times: {},
       facts: { port: stranger.port },
     });
     operation.abandon(); // the instance dies before it began the seed
