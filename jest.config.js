@@ -19,8 +19,8 @@ module.exports = {
   // Integration suites each own their cluster; run one at a time on 2 cores.
   maxWorkers: 1,
   verbose: true,
-  // A handle some suite leaks (a Redis client retrying, a timer) must not keep
-  // CI waiting after the last test: Jest still names the run's outcome, and
-  // prints that it forced the exit.
-  forceExit: true,
+  // No forceExit: a handle some suite leaks (a Redis client retrying, a timer)
+  // is a defect to fix, not to hide. The watchdog fails the run, naming what
+  // is left, if the process has not ended shortly after the last test.
+  globalTeardown: "<rootDir>/test/helpers/exit-watchdog.ts",
 };
