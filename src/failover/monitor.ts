@@ -22,11 +22,13 @@ import {
   primaryToAdopt,
   type HoldOff,
 } from "./monitor-rules";
-import { pollJoiningStandbys } from "./sync-join";
+import { CommitWaitConfirmation, pollJoiningStandbys } from "./sync-join";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
 /** How many detection windows the members must show the same primary before a stale record is brought to it. */
 const ADOPT_AFTER_WINDOWS = 2;
+/** The CHECKPOINT that confirms commits wait (see CommitWaitConfirmation) may write all of a busy primary's dirty buffers. */
+const CONFIRMING_CHECKPOINT_TIMEOUT_MS = 5 * 60 * 1000;
 
 export type MonitorConfig = Pick<
   RelevoConfig,
@@ -84,12 +86,18 @@ export class FailoverMonitor {
   private heldBackReason: string | null = null;
   /** The primary the members have shown since `since`, while the record is stale (see primaryToAdopt). */
   private adoptable: { node: string; since: number } | null = null;
+  /** Whether the primary's commits are known to wait for the synchronous set (see CommitWaitConfirmation). */
+  private readonly commitWait: CommitWaitConfirmation;
 
   constructor(private readonly deps: FailoverMonitorDeps) {
     this.checker = new PrimaryChecker({
       credentials: deps.superuser,
       timeoutMs: deps.config.failoverCheckIntervalMs,
       clusterName: deps.config.clusterName,
+    });
+    this.commitWait = new CommitWaitConfirmation(async (primary) => {
+      // A checkpoint on a busy primary may take minutes; its own connection, not the round's.
+      await withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, (client) => client.query("CHECKPOINT"));
     });
   }
 
@@ -127,6 +135,7 @@ export class FailoverMonitor {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     await this.ticking;
+    await this.commitWait.settled(5000);
     this.checker.close();
   }
 
@@ -341,6 +350,7 @@ export class FailoverMonitor {
       );
     }
     const wanted = synchronousStandbyNames(desired);
+    this.commitWait.observe(primary.name, check.synchronousStandbyNames);
     if (check.synchronousStandbyNames !== wanted) {
       await withNodeClient(primary, this.deps.superuser, this.deps.config.nodeTimeoutMs, (client) =>
         setSynchronousStandbys(client, desired),
@@ -370,6 +380,7 @@ export class FailoverMonitor {
       store: this.deps.store,
       guard,
       conditions,
+      commitWait: this.commitWait,
     });
   }
 

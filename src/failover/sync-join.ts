@@ -14,6 +14,90 @@ import type { StandbySeen } from "./primary-check";
  */
 export const JOIN_POLL_MS = 100;
 
+/**
+ * Whether the primary's commits really wait for its synchronous standbys.
+ * PostgreSQL decides that on a flag (`sync_standbys_defined`) that only the
+ * checkpointer updates, when it processes a reload — and a spread checkpoint
+ * running behind schedule (heavy WAL, as right after a promotion) leaves the
+ * reload pending until it ends. Meanwhile `pg_stat_replication` already
+ * reports the standby `sync`/`quorum` (computed from the backend's own copy
+ * of the setting), yet commits return without waiting for it: a join point
+ * read then would make eligible a standby that misses commits acknowledged
+ * after it. So after the setting goes from empty to a set (or on a primary
+ * this monitor has not confirmed it on), a CHECKPOINT is requested on a
+ * connection opened after the reload: it returns once a checkpoint that
+ * started after the request has finished, and the checkpointer processes a
+ * pending reload before starting one. Only then are join points taken.
+ * The CHECKPOINT runs in the background (it may take long on a busy
+ * primary), never in the monitor's round.
+ */
+export class CommitWaitConfirmation {
+  private confirmedOn: string | null = null;
+  private pending: Promise<void> | null = null;
+  private pendingFor: string | null = null;
+  /** Bumped by every forget(): a checkpoint requested before it confirms nothing. */
+  private generation = 0;
+
+  constructor(private readonly checkpoint: (primary: NodeRef) => Promise<void>) {}
+
+  /**
+   * What the monitor saw this round: the setting `names` on `primary`. An
+   * empty setting (commits wait for nobody) or another primary than the one
+   * confirmed means nothing is confirmed any more.
+   */
+  observe(primary: string, names: string): void {
+    if (names === "" || (this.confirmedOn !== null && this.confirmedOn !== primary)) this.forget();
+  }
+
+  /** The setting just went from empty to a set: commits wait only once a checkpoint has confirmed it. */
+  forget(): void {
+    this.generation += 1;
+    this.confirmedOn = null;
+    this.pendingFor = null;
+  }
+
+  /** Whether commits on `primary` are known to wait for its setting. */
+  confirmed(primary: string): boolean {
+    return this.confirmedOn === primary;
+  }
+
+  /** Requests the confirming checkpoint on `primary`, unless confirmed or under way; a failure is tried again next time. */
+  request(primary: NodeRef): void {
+    if (this.confirmedOn === primary.name || this.pendingFor === primary.name) return;
+    const generation = this.generation;
+    this.pendingFor = primary.name;
+    const run = this.checkpoint(primary).then(
+      () => {
+        if (this.generation !== generation) return;
+        this.confirmedOn = primary.name;
+        this.pendingFor = null;
+      },
+      () => {
+        if (this.generation === generation) this.pendingFor = null;
+      },
+    );
+    this.pending = run;
+    void run.finally(() => {
+      if (this.pending === run) this.pending = null;
+    });
+  }
+
+  /**
+   * Waits for a checkpoint under way, up to `withinMs` (the monitor's stop:
+   * no connection left open, yet no shutdown held for minutes by a busy
+   * primary's checkpoint, which completes without us).
+   */
+  async settled(withinMs: number): Promise<void> {
+    const deadline = Date.now() + withinMs;
+    while (this.pending && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - Date.now())));
+      await Promise.race([this.pending, expired]);
+      clearTimeout(timer);
+    }
+  }
+}
+
 export interface JoinPolling {
   readonly primary: NodeRef;
   readonly credentials: Credentials;
@@ -28,6 +112,8 @@ export interface JoinPolling {
   readonly guard: StateGuard;
   /** The monitor's: refused once an operation began or the primary changed. */
   readonly conditions: WriteConditions;
+  /** Join points are taken only once commits are known to wait (see CommitWaitConfirmation). */
+  readonly commitWait: CommitWaitConfirmation;
 }
 
 /**
@@ -43,6 +129,7 @@ export interface JoinPolling {
  */
 export async function pollJoiningStandbys(state: ClusterState, polling: JoinPolling): Promise<ClusterState> {
   if (!someoneJoining(state)) return state;
+  polling.commitWait.request(polling.primary);
   try {
     await withNodeClient(polling.primary, polling.credentials, polling.timeoutMs, async (client) => {
       while (someoneJoining(state) && Date.now() < polling.until) {
@@ -51,7 +138,7 @@ export async function pollJoiningStandbys(state: ClusterState, polling: JoinPoll
         const standbys = await readStandbys(client);
         const primary = await readPrimary(client);
         if (primary.inRecovery) return;
-        if (primary.synchronousStandbyNames === polling.wanted) {
+        if (primary.synchronousStandbyNames === polling.wanted && polling.commitWait.confirmed(polling.primary.name)) {
           const streaming = new Map(standbys.filter((s) => s.state === "streaming" && polling.counts(s.name)).map((s) => [s.name, s]));
           const joinNow = standbysToJoin(state, streaming);
           const caughtUp = standbysCaughtUp(state, streaming);

@@ -1,0 +1,92 @@
+import { CommitWaitConfirmation } from "../../src/failover/sync-join";
+import { testNode } from "../helpers/node-facts";
+
+/**
+ * The bookkeeping of when the monitor may take join points: only after a
+ * checkpoint requested once the synchronous setting was reloaded has
+ * finished (the checkpointer, which decides whether commits wait at all, has
+ * then read the setting). The checkpoints here are ones the test finishes by
+ * hand; the monitor's real CHECKPOINT runs in the failover suites.
+ */
+class Checkpoints {
+  readonly requested: string[] = [];
+  private readonly open: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  readonly run = (primary: { name: string }): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      this.requested.push(primary.name);
+      this.open.push({ resolve, reject });
+    });
+  finish(index: number): Promise<void> {
+    this.open[index]!.resolve();
+    return new Promise((resolve) => setImmediate(resolve));
+  }
+  fail(index: number): Promise<void> {
+    this.open[index]!.reject(new Error("connection refused"));
+    return new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+const node1 = testNode("node1");
+const node2 = testNode("node2");
+
+describe("commits are known to wait for the synchronous set only after a checkpoint that followed the setting", () => {
+  test("a set that went from empty is unconfirmed until the checkpoint requested after it finishes", async () => {
+    const checkpoints = new Checkpoints();
+    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    commitWait.observe("node1", "");
+    expect(commitWait.confirmed("node1")).toBe(false);
+    commitWait.request(node1);
+    commitWait.request(node1); // one checkpoint at a time
+    expect(checkpoints.requested).toEqual(["node1"]);
+    expect(commitWait.confirmed("node1")).toBe(false);
+    await checkpoints.finish(0);
+    expect(commitWait.confirmed("node1")).toBe(true);
+    commitWait.observe("node1", 'ANY 1 ("node2")');
+    commitWait.request(node1);
+    expect(checkpoints.requested).toEqual(["node1"]); // confirmed: nothing more to ask
+  });
+
+  test("a checkpoint requested before the setting went empty confirms nothing", async () => {
+    const checkpoints = new Checkpoints();
+    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    commitWait.request(node1);
+    commitWait.observe("node1", ""); // the set emptied meanwhile (every standby left)
+    await checkpoints.finish(0);
+    expect(commitWait.confirmed("node1")).toBe(false);
+    commitWait.request(node1);
+    expect(checkpoints.requested).toEqual(["node1", "node1"]);
+    await checkpoints.finish(1);
+    expect(commitWait.confirmed("node1")).toBe(true);
+  });
+
+  test("another primary is unconfirmed; a failed checkpoint is asked for again", async () => {
+    const checkpoints = new Checkpoints();
+    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    commitWait.request(node1);
+    await checkpoints.finish(0);
+    commitWait.observe("node2", 'ANY 1 ("node1")'); // a failover or switchover made node2 the primary
+    expect(commitWait.confirmed("node2")).toBe(false);
+    expect(commitWait.confirmed("node1")).toBe(false);
+    commitWait.request(node2);
+    await checkpoints.fail(1);
+    expect(commitWait.confirmed("node2")).toBe(false);
+    commitWait.request(node2);
+    expect(checkpoints.requested).toEqual(["node1", "node2", "node2"]);
+    await checkpoints.finish(2);
+    expect(commitWait.confirmed("node2")).toBe(true);
+    await commitWait.settled(1000);
+  });
+
+  test("stopping waits for a checkpoint under way, but not past its bound", async () => {
+    const checkpoints = new Checkpoints();
+    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    commitWait.request(node1);
+    const started = Date.now();
+    await commitWait.settled(200);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    const settling = commitWait.settled(5000);
+    await checkpoints.finish(0);
+    await settling;
+    expect(commitWait.confirmed("node1")).toBe(true);
+  });
+});
