@@ -87,6 +87,39 @@ export async function runAddReplica(context: OperationContext, operation: Runnin
   return node;
 }
 
+/**
+ * A replica about to go (removed, or seeded again) stops counting first —
+ * out of the eligible replicas and the synchronous set in the recorded
+ * state — then the primary's commits stop waiting for it; so no commit is
+ * ever acknowledged without it while it still counts as eligible, and none
+ * waits for it while it is gone. Returns the primary. Idempotent.
+ */
+export async function leaveSynchronousSet(
+  context: OperationContext,
+  operation: RunningOperation,
+  name: string,
+  options: { unfence: boolean },
+): Promise<NodeRef> {
+  const { deps } = context;
+  const state = await deps.store.update(operation.guard, (current) => {
+    const base = current!;
+    const joining = { ...base.joining };
+    delete joining[name];
+    return {
+      ...base,
+      eligible: without(base.eligible, name),
+      syncSet: without(base.syncSet, name),
+      fenced: options.unfence ? without(base.fenced, name) : base.fenced,
+      joining,
+    };
+  });
+  const primary = context.node(state.primary);
+  await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) =>
+    setSynchronousStandbys(client, deps.config.synchronous ? state.syncSet : []),
+  );
+  return primary;
+}
+
 /** Stops a replica, removes its data and its slot on the primary, and forgets it. */
 export async function removeReplica(context: OperationContext, name: string): Promise<void> {
   await context.refuseWhileBusy();
@@ -106,23 +139,7 @@ export async function runRemoveReplica(context: OperationContext, operation: Run
   const node = deps.membership.find(operation.entry.from);
   // Resumed after the member was already forgotten: it is done.
   if (!node) return;
-  // First it stops counting (eligibility, synchronous set), then commits stop waiting for it, then it goes.
-  const state = await deps.store.update(operation.guard, (current) => {
-    const base = current!;
-    const joining = { ...base.joining };
-    delete joining[node.name];
-    return {
-      ...base,
-      eligible: without(base.eligible, node.name),
-      syncSet: without(base.syncSet, node.name),
-      fenced: without(base.fenced, node.name),
-      joining,
-    };
-  });
-  const primary = context.node(state.primary);
-  await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) =>
-    setSynchronousStandbys(client, deps.config.synchronous ? state.syncSet : []),
-  );
+  const primary = await leaveSynchronousSet(context, operation, node.name, { unfence: true });
   operation.assertHeld();
   await context.stopQuietly(node);
   await deps.driver.destroy(node);

@@ -5,7 +5,7 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { NodeProber } from "./node-probe";
-import { buildSnapshot, type ClusterSnapshot } from "./topology";
+import { buildSnapshot, operationHealthReasons, type ClusterSnapshot } from "./topology";
 import { observeNode } from "./topology-observe";
 import { isTopologyChange, topologyChanges } from "./topology-changes";
 
@@ -94,12 +94,19 @@ export class TopologyCollector {
     }
   }
 
-  /** The failover monitor's reason for holding a failover back, if it holds one (any instance may run the monitor). */
+  /**
+   * The failover monitor's reason for holding a failover back, if it holds
+   * one (any instance may run the monitor), and an operation in flight that
+   * leaves a member out (see operationHealthReasons).
+   */
   private async heldBack(): Promise<string[]> {
     try {
-      const raw = await this.deps.redis.get(this.deps.keys.failoverHeldBack);
-      const reason = raw === null ? undefined : (JSON.parse(raw) as { reason?: string }).reason;
-      return reason ? [`failover held back: ${reason}`] : [];
+      const [raw, operation] = await this.deps.redis.mget(this.deps.keys.failoverHeldBack, this.deps.keys.operation.entry);
+      const reason = raw == null ? undefined : (JSON.parse(raw) as { reason?: string }).reason;
+      return [
+        ...(reason ? [`failover held back: ${reason}`] : []),
+        ...operationHealthReasons(operation == null ? null : (JSON.parse(operation) as { kind?: string; from?: string; reason?: string })),
+      ];
     } catch {
       return []; // Redis away: the snapshot is built from the nodes alone
     }

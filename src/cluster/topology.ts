@@ -108,6 +108,10 @@ export function buildSnapshot(
     else if (node.role === "replica" && (node.replication?.lagBytes ?? 0) > lagAlertBytes)
       reasons.push(`${node.name} lags ${node.replication?.lagBytes} bytes`);
   }
+  // A lost slot reserves nothing: its holder (a replica, the archiver) cannot stream from where it was until repaired.
+  for (const slot of primaryProbe?.slots ?? []) {
+    if (slot.walStatus === "lost") reasons.push(`slot ${slot.name} on ${primaries[0]!.name} was invalidated (max_slot_wal_keep_size)`);
+  }
   reasons.push(...serviceReasons);
   const health: ClusterHealth = primaries.length !== 1 ? "critical" : reasons.length > 0 ? "degraded" : "healthy";
   return {
@@ -118,6 +122,18 @@ export function buildSnapshot(
     nodes,
     collectedAt: now,
   };
+}
+
+/**
+ * The health reason of an operation in flight (the journal's entry, as read
+ * from Redis), for those that leave a member out while they run: a reseed.
+ * Pure.
+ */
+export function operationHealthReasons(
+  entry: { readonly kind?: string; readonly from?: string; readonly reason?: string } | null,
+): string[] {
+  if (entry?.kind !== "reseed") return [];
+  return [`${entry.from} is being seeded again: ${entry.reason}`];
 }
 
 /**

@@ -46,6 +46,7 @@ export interface EventMap {
   "cluster:failover-held-back": { reason: string; recordedPrimary: string };
   "cluster:primary-adopted": { adopted: string; recordedPrimary: string; reason: string };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
+  "replication:slot-lost": { slot: string; upstream: string; action: "bridge" | "reseed"; reason: string };
 }
 
 /**
@@ -157,4 +158,5 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "cluster:failover-held-back",
   "cluster:primary-adopted",
   "replication:sync-changed",
+  "replication:slot-lost",
 ];

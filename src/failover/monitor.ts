@@ -23,6 +23,7 @@ import {
   type HoldOff,
 } from "./monitor-rules";
 import { CommitWaitConfirmation, pollJoiningStandbys } from "./sync-join";
+import { LostSlotRepair, type LostSlotRepairDeps } from "./lost-slot-repair";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
 
 /** How many detection windows the members must show the same primary before a stale record is brought to it. */
@@ -63,6 +64,8 @@ export interface FailoverMonitorDeps {
   readonly topology: () => ClusterSnapshot | null;
   /** The monitor's lease, for guarded writes of the cluster state. */
   readonly guard: () => StateGuard | null;
+  /** The WAL archive, which may carry a replica whose slot was lost (see LostSlotRepair). */
+  readonly archive: LostSlotRepairDeps["archive"];
 }
 
 /**
@@ -71,8 +74,8 @@ export interface FailoverMonitorDeps {
  * Relevo and the primary alone is not a failure), keeps the synchronous
  * standby set to the replicas that are streaming (so a dead replica does not
  * stall commits, and one that left is not promoted until it caught up again),
- * fences any second writable node, rejoins fenced nodes and fails back when
- * told to. Operations run detached: checks go on meanwhile.
+ * fences any second writable node, rejoins fenced nodes, repairs replicas
+ * whose slot was lost (LostSlotRepair) and fails back when told to. Operations run detached: checks go on meanwhile.
  */
 export class FailoverMonitor {
   private timer: NodeJS.Timeout | null = null;
@@ -80,6 +83,7 @@ export class FailoverMonitor {
   private ticking: Promise<void> = Promise.resolve();
   private failures = 0;
   private readonly checker: PrimaryChecker;
+  private readonly lostSlots: LostSlotRepair;
   private readonly retryAfter = new Map<string, HoldOff>();
   private preferredInSyncSince: number | null = null;
   /** The reason reported last for holding a failover back (an event when it changes, not every round). */
@@ -99,6 +103,7 @@ export class FailoverMonitor {
       // A checkpoint on a busy primary may take minutes; its own connection, not the round's.
       await withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, (client) => client.query("CHECKPOINT"));
     });
+    this.lostSlots = new LostSlotRepair({ ...deps, nodeTimeoutMs: deps.config.nodeTimeoutMs });
   }
 
   /**
@@ -177,6 +182,7 @@ export class FailoverMonitor {
       await this.keepSynchronousSet(state, primary, check, guard, started + this.deps.config.failoverCheckIntervalMs);
       await this.fenceSecondPrimaries(state, guard);
       if (!maintenance) await this.rejoinFenced(state);
+      if (!maintenance) await this.lostSlots.repair(state, guard);
       if (!maintenance) await this.failBackWhenDue(state, check);
       return;
     }

@@ -4,7 +4,7 @@ import type { Logger } from "../log";
 import type { RedisKeys } from "../redis/keys";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 
-export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica";
+export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica" | "reseed";
 
 /** What an operation needs to be run again by another instance: its parameters and how far it got. */
 export interface JournalEntry {

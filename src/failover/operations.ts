@@ -6,6 +6,7 @@ import { failover, type FailoverRequest } from "./failover";
 import { OperationContext, type FailoverOperationsDeps } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { rejoin, type RejoinMethod, type RejoinRequest } from "./rejoin";
+import { reseed, type ReseedRequest } from "./reseed";
 import { resumeOperation } from "./resume";
 import { switchover, type SwitchoverRequest } from "./switchover";
 
@@ -56,6 +57,11 @@ export class FailoverOperations {
 
   rejoin(name: string, request: RejoinRequest = {}): Promise<RejoinMethod> {
     return rejoin(this.context, name, request);
+  }
+
+  /** Seeds a replica again that cannot stream as it is (its slot lost). */
+  reseed(name: string, request: ReseedRequest): Promise<void> {
+    return reseed(this.context, name, request);
   }
 
   addReplica(name: string): Promise<NodeRef> {

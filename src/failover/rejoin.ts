@@ -72,18 +72,28 @@ export async function runRejoin(context: OperationContext, operation: RunningOpe
     await deps.refreshTopology().catch(() => undefined);
     return method;
   } catch (error) {
-    if (error instanceof StaleWriterError) throw error;
-    await operation.finish().catch(() => undefined);
-    const message = (error as Error).message;
-    await deps.events.emit({
-      kind: "node:rejoin-failed",
-      severity: "critical",
-      node: name,
-      message: `${name} did not rejoin: ${message}`,
-      data: { error: message },
-    });
-    throw error;
+    return rejoinFailed(context, operation, error, `${name} did not rejoin`);
   }
+}
+
+/**
+ * A rejoin (or reseed) that failed: over, its journal closed, a
+ * `node:rejoin-failed` event saying `what` and why; rethrows. Another
+ * instance's lock (StaleWriterError) is only let go: the operation is
+ * theirs now.
+ */
+export async function rejoinFailed(context: OperationContext, operation: RunningOperation, error: unknown, what: string): Promise<never> {
+  if (error instanceof StaleWriterError) throw error;
+  await operation.finish().catch(() => undefined);
+  const message = (error as Error).message;
+  await context.deps.events.emit({
+    kind: "node:rejoin-failed",
+    severity: "critical",
+    node: operation.entry.from,
+    message: `${what}: ${message}`,
+    data: { error: message },
+  });
+  throw error;
 }
 
 /** A cleanly stopped old primary restarted as a standby of `primary`; rewound if it cannot follow as it is. */

@@ -3,6 +3,7 @@ import { runFailover } from "./failover";
 import type { OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { runRejoin } from "./rejoin";
+import { runReseed } from "./reseed";
 import { runSwitchover } from "./switchover";
 
 /**
@@ -29,6 +30,8 @@ export async function resumeOperation(context: OperationContext, operation: Runn
         return runAddReplica(context, operation);
       case "remove-replica":
         return runRemoveReplica(context, operation);
+      case "reseed":
+        return runReseed(context, operation);
     }
   };
   await context

@@ -12,6 +12,7 @@ import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import { Repository } from "../storage/repository";
 import { ArchiveMonitor } from "../wal/archive-monitor";
+import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
 import type { StartContext } from "./cleanups";
@@ -36,6 +37,8 @@ export async function openRepository(options: StartContext & { readonly driver: 
 
 export interface WalArchive {
   readonly archiver: WalArchiver;
+  /** The archive's gaps this instance reported (for events once, and the cluster's health). */
+  readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
 }
 
@@ -49,6 +52,7 @@ export function startWalArchiver(
   },
 ): WalArchive {
   const { config, logger, cleanups, secrets, redis, storage, superuser } = options;
+  const gaps = new ArchiveGaps(redis.events);
   const archiver = new WalArchiver({
     repository: storage.repository,
     pgBinDir: config.pgBinDir,
@@ -57,6 +61,7 @@ export function startWalArchiver(
     replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication" },
     nodeTimeoutMs: config.nodeTimeoutMs,
     events: redis.events,
+    gaps,
     logger,
   });
   const walSummarizer = walSummarizerFor(storage.repository, config, logger);
@@ -79,7 +84,7 @@ export function startWalArchiver(
   );
   archiverRole.start();
   cleanups.push(() => archiverRole.stop());
-  return { archiver, walSummarizer };
+  return { archiver, gaps, walSummarizer };
 }
 
 export interface Backups {
@@ -136,6 +141,7 @@ export function startBackups(
   const archiveMonitor = new ArchiveMonitor({
     backups,
     events: redis.events,
+    gaps: archive.gaps,
     logger,
     topology: () => collector.latest,
     intervalMs: config.archiveCheckIntervalMs,

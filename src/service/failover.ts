@@ -6,6 +6,7 @@ import { FailoverService } from "../failover/failover-service";
 import type { NodeDriver } from "../nodes/node-driver";
 import { RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
+import type { Repository } from "../storage/repository";
 import type { StartContext } from "./cleanups";
 import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
 import type { RedisAndEvents } from "./redis-and-events";
@@ -24,9 +25,11 @@ export async function startFailover(
     readonly members: Members;
     readonly cluster: BootstrappedCluster;
     readonly topology: Topology;
+    /** The WAL archive a replica whose slot was lost may catch up from. */
+    readonly repository: Repository;
   },
 ): Promise<FailoverService> {
-  const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology } = options;
+  const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology, repository } = options;
   const { client, keys, instanceId, events } = redis;
   const { collector } = topology;
   const journal = new OperationJournal(client, keys.operation, config.leaseTtlMs, instanceId, logger);
@@ -57,7 +60,16 @@ export async function startFailover(
     lease: new RedisLease(client, keys.leases.failoverMonitor, config.leaseTtlMs, instanceId),
     leaseTtlMs: config.leaseTtlMs,
     database: topology.database,
-    monitor: { config, driver, superuser: cluster.superuser, topology: () => collector.latest },
+    monitor: {
+      config,
+      driver,
+      superuser: cluster.superuser,
+      topology: () => collector.latest,
+      archive: {
+        walDir: repository.walDir,
+        segments: async () => new Set([...(await repository.archivedSegments()).values()].flatMap((segments) => [...segments])),
+      },
+    },
   });
   await failover.reconcile({
     snapshot: collector.latest,

@@ -16,6 +16,7 @@ import { repositorySeeder } from "../restore/replica-seed";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
+import type { ArchiveGaps } from "../wal/archive-gaps";
 import { outcomeEvent } from "./bootstrap-events";
 import type { Cleanup, StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
@@ -199,11 +200,13 @@ export async function startTopology(
     readonly nodes: readonly NodeRef[];
     readonly superuser: Credentials;
     readonly archiver: WalArchiver;
+    /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
+    readonly archiveGaps: ArchiveGaps;
     /** Does nothing until the consolidator runs. */
     readonly replayRecentEvents: (windowMs: number) => void;
   },
 ): Promise<Topology> {
-  const { config, logger, cleanups, driver, secrets, redis, nodes, superuser, archiver, replayRecentEvents } = options;
+  const { config, logger, cleanups, driver, secrets, redis, nodes, superuser, archiver, archiveGaps, replayRecentEvents } = options;
   const database = new PrimaryDatabase(
     { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE },
     config.nodeTimeoutMs,
@@ -223,7 +226,7 @@ export async function startTopology(
     pollIntervalMs: config.topologyPollIntervalMs,
     nodeTimeoutMs: config.nodeTimeoutMs,
     lagAlertBytes: config.lagAlertBytes,
-    serviceReasons: () => (archiver.refusal ? [archiver.refusal] : []),
+    serviceReasons: () => [...(archiver.refusal ? [archiver.refusal] : []), ...archiveGaps.healthReasons()],
     onPrimary: async (primary) => {
       archiver.follow(primary);
       await database.follow(primary);

@@ -57,6 +57,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       nodes,
       superuser,
       archiver: archive.archiver,
+      archiveGaps: archive.gaps,
       replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),
     });
     const { collector } = topology;
@@ -73,7 +74,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       clusterState: cluster.store,
     });
     const scheduler = await startScheduler({ ...context, redis, backups });
-    const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology });
+    const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
     const api = await startApi({ ...context, secrets, redis, nodes, collector, backups, scheduler, failover });

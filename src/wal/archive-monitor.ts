@@ -4,12 +4,14 @@ import type { ClusterSnapshot } from "../cluster/topology";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { BackupService } from "../backup/backup-service";
-import type { ArchiveGap } from "../restore/recovery-window";
 import { SEGMENT_SIZE } from "../postgres/wal-names";
+import type { ArchiveGaps } from "./archive-gaps";
 
 export interface ArchiveMonitorOptions {
   readonly backups: BackupService;
   readonly events: EventLog;
+  /** The gaps reported (shared with the archiver, which reports the hole a lost slot leaves). */
+  readonly gaps: ArchiveGaps;
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
   readonly intervalMs: number;
@@ -25,7 +27,6 @@ export interface ArchiveMonitorOptions {
  */
 export class ArchiveMonitor {
   private timer: NodeJS.Timeout | null = null;
-  private readonly reportedGaps = new Set<string>();
   private lagging = false;
 
   constructor(private readonly options: ArchiveMonitorOptions) {}
@@ -45,18 +46,8 @@ export class ArchiveMonitor {
 
   async check(): Promise<void> {
     const window = await this.options.backups.recoveryWindow();
-    for (const gap of window.gaps) {
-      const key = gapKey(gap);
-      if (this.reportedGaps.has(key)) continue;
-      this.reportedGaps.add(key);
-      await this.options.events.emit({
-        kind: "archive:gap",
-        severity: "critical",
-        node: null,
-        message: `the WAL archive misses ${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""} (timeline ${gap.timeline}): point-in-time recovery cannot cross it; take a full backup`,
-        data: { timeline: gap.timeline, from: gap.from, to: gap.to },
-      });
-    }
+    for (const gap of window.gaps) await this.options.gaps.report(gap, "");
+    this.options.gaps.settle(await this.options.backups.list());
     const snapshot = this.options.topology();
     const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
     if (!primary?.currentLsn || !window.latest) return;
@@ -74,8 +65,4 @@ export class ArchiveMonitor {
     }
     this.lagging = behind;
   }
-}
-
-function gapKey(gap: ArchiveGap): string {
-  return `${gap.timeline}:${gap.from}:${gap.to}`;
 }

@@ -59,3 +59,42 @@ export function timelineBoundaryPlaceholder(names: readonly string[], history: r
   while (history[index]!.switchLsn !== null && lsnToNumber(history[index]!.switchLsn!) === startLsn) index += 1;
   return index === from ? null : `${segmentName(history[index]!.timeline, start.segment)}.partial`;
 }
+
+/** Where the archive stands when its slot was lost: the missing segments, and the placeholder that resumes it past them. */
+export interface LostSlotGap {
+  readonly gap: { readonly timeline: number; readonly from: string; readonly to: string };
+  /** An empty `<segment>.partial` at the first segment the primary still has: pg_receivewal starts there (see receiveStart). */
+  readonly placeholder: string;
+}
+
+/**
+ * The hole a lost archive slot leaves: from where pg_receivewal would resume
+ * in the archive holding `names` (the segment after its last complete one,
+ * or the .partial it was receiving, whose complete file will never come) up
+ * to the segment before `resumeLsn` — the restart_lsn of the slot made
+ * again, the oldest WAL the primary still holds. Each segment is named on
+ * the timeline of `history` it lies on. Null when nothing is missing (an
+ * empty archive starts wherever the slot does).
+ *
+ * Why a placeholder: asked to resume where the archive ends, the primary
+ * answers "requested WAL segment … has already been removed", at every
+ * restart; an empty .partial of the resume segment moves pg_receivewal's
+ * start past the hole. Pure.
+ */
+export function lostSlotGap(names: readonly string[], history: readonly TimelineStep[], resumeLsn: string): LostSlotGap | null {
+  const start = receiveStart(names);
+  if (start === null) return null;
+  const resume = Math.floor(lsnToNumber(resumeLsn) / SEGMENT_SIZE);
+  if (start.segment >= resume) return null;
+  const timelineAt = (segment: number): number =>
+    (history.find((step) => step.switchLsn === null || lsnToNumber(step.switchLsn) > segment * SEGMENT_SIZE) ?? history.at(-1)!).timeline;
+  const last = resume - 1;
+  return {
+    gap: {
+      timeline: timelineAt(last),
+      from: segmentName(timelineAt(start.segment), start.segment),
+      to: segmentName(timelineAt(last), last),
+    },
+    placeholder: `${segmentName(timelineAt(resume), resume)}.partial`,
+  };
+}

@@ -14,12 +14,14 @@ import { historyFileName, parseSegmentName, SEGMENT_SIZE, segmentName } from "..
 import { segmentFilesAlong, serverHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
+import { ensureReservedSlot } from "../postgres/replication-config";
 import { mkdir, readdir, readFile, rename } from "node:fs/promises";
 import { createOwnedFile } from "../util/owned-files";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
-import { timelineBoundaryPlaceholder } from "./receive-start";
+import { lostSlotGap, timelineBoundaryPlaceholder } from "./receive-start";
+import type { ArchiveGaps } from "./archive-gaps";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -63,6 +65,8 @@ export interface WalArchiverOptions {
   readonly replication: Credentials;
   readonly nodeTimeoutMs: number;
   readonly events: EventLog;
+  /** The archive's gaps: a lost slot's hole is reported here (an event, and the cluster's health). */
+  readonly gaps: ArchiveGaps;
   readonly logger: Logger;
 }
 
@@ -89,6 +93,8 @@ export class WalArchiver {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private refused: { readonly key: string; readonly reason: string } | null = null;
+  /** The primary on which the archive's slot was found lost, until the hole it left is reported (see resumePastLostSlot). */
+  private slotLostOn: string | null = null;
 
   constructor(private readonly options: WalArchiverOptions) {}
 
@@ -180,6 +186,7 @@ export class WalArchiver {
         }
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
         const history = await this.setAsideDivergedWal(target);
+        if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
         const exit = await this.receive(target);
         if (this.stopped || this.target !== target) continue;
@@ -280,6 +287,56 @@ export class WalArchiver {
       "archived WAL off the primary's history set aside; the archive resumes at its branch point",
     );
     return history;
+  }
+
+  /**
+   * The archiver's slot invalidated by max_slot_wal_keep_size (the archiver
+   * was down or stalled while more WAL than that was written): the primary
+   * removed WAL the archive never got, and pg_receivewal, resuming where the
+   * archive ends, would be refused for ever ("requested WAL segment … has
+   * already been removed"). The slot is made again (reserving from the
+   * primary's last checkpoint, the oldest WAL it surely still has), the
+   * hole reported once as `archive:gap` (point-in-time recovery cannot cross
+   * it), and an empty .partial of the new slot's first segment makes
+   * pg_receivewal resume there (see lostSlotGap).
+   */
+  private async resumePastLostSlot(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
+    const { superuser, nodeTimeoutMs, repository, identity, logger } = this.options;
+    const resumeLsn = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
+      const slot = await client.query<{ wal_status: string | null; active: boolean }>(
+        "SELECT wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
+        [ARCHIVE_SLOT],
+      );
+      if (slot.rows[0]?.wal_status === "lost") {
+        // The walsender PostgreSQL ended when it invalidated the slot may still be exiting: dropped on a later round then.
+        if (slot.rows[0].active)
+          throw new Error(`the archive slot ${ARCHIVE_SLOT} on ${target.name} is lost and still held by a walsender`);
+        // Remembered until the hole is reported: should the slot be made again by the next round's ensureArchiveSlot
+        // (this round failing after the drop), the hole is still found then.
+        this.slotLostOn = target.name;
+        await client.query("SELECT pg_drop_replication_slot($1)", [ARCHIVE_SLOT]);
+      }
+      if (this.slotLostOn !== target.name) return null;
+      await ensureReservedSlot(client, ARCHIVE_SLOT);
+      const made = await client.query<{ lsn: string }>("SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1", [
+        ARCHIVE_SLOT,
+      ]);
+      return made.rows[0]!.lsn;
+    });
+    if (resumeLsn === null) return;
+    const hole = lostSlotGap(await readdir(repository.walDir).catch(() => [] as string[]), history, resumeLsn);
+    logger.error(
+      { node: target.name, resumeLsn, gap: hole?.gap ?? null },
+      "the archive's slot was lost: slot made again, archiving resumes",
+    );
+    if (hole === null) {
+      this.slotLostOn = null; // the primary still has the WAL where the archive ends: nothing missing
+      return;
+    }
+    // Owned by the archive's owner, as pg_receivewal (maybe run as the PostgreSQL OS user) must write it.
+    await createOwnedFile(path.join(repository.walDir, hole.placeholder), "", { mode: 0o600, owner: identity ?? null });
+    await this.options.gaps.report(hole.gap, `its slot on ${target.name} was lost (max_slot_wal_keep_size)`);
+    this.slotLostOn = null;
   }
 
   /**

@@ -282,4 +282,89 @@ describe("failover's unhappy paths", () => {
     expect(completed).toEqual(expect.arrayContaining([expect.objectContaining({ kind: "failback", trigger: "automatic" })]));
     await baseline();
   });
+
+  test("slots invalidated by max_slot_wal_keep_size: the archive's is one archive:gap, made again, and archiving resumes past the hole; the replica's, which the archive cannot carry, is seeded again and streams with every row", async () => {
+    await baseline();
+    const since = Date.now();
+    const primary = node("node1");
+    const { archiver, repository, driver } = cluster.service;
+    const completeSegments = async () =>
+      (await readdir(repository.walDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
+    const slots = async () =>
+      sql<{ slot_name: string; wal_status: string | null }>(primary, "SELECT slot_name, wal_status FROM pg_replication_slots");
+    // PostgreSQL's limit, lowered for the test: a slot may hold back one segment.
+    await sql(primary, "ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'");
+    await sql(primary, "SELECT pg_reload_conf()");
+    try {
+      // Both holders away: the archiver stopped (its slot kept, as when its instance dies meanwhile), node2 stopped.
+      await archiver.stop();
+      await driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 });
+      const archivedUpTo = Math.max(...(await completeSegments()).map((parsed) => parsed.segment));
+      let id = (await sql<{ next: number }>(primary, "SELECT coalesce(max(id), 0) + 1 AS next FROM acked"))[0]!.next;
+      await eventually(
+        async () => {
+          await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
+          await sql(primary, "SELECT pg_switch_wal()");
+          await sql(primary, "CHECKPOINT");
+          const now = await slots();
+          return now.length === 2 && now.every((slot) => slot.wal_status === "lost") ? true : undefined;
+        },
+        { what: "the archiver's and node2's slots lost" },
+      );
+      const timeline = parseInt(
+        (await sql<{ file: string }>(primary, "SELECT pg_walfile_name(pg_current_wal_lsn()) AS file"))[0]!.file.slice(0, 8),
+        16,
+      );
+
+      archiver.start();
+      await driver.start(node("node2"), { timeoutMs: 30000 });
+
+      // The archive: the hole reported at once, from the segment after the last one archived complete.
+      const gapEvent = await eventually(async () => (await events("archive:gap", since))[0], { what: "archive:gap" });
+      const gap = gapEvent.data as { timeline: number; from: string; to: string };
+      expect(gapEvent.severity).toBe("critical");
+      expect(gap.timeline).toBe(timeline);
+      expect(parseSegmentName(gap.from)).toEqual({ timeline, segment: archivedUpTo + 1 });
+      const resumedAt = parseSegmentName(gap.to)!.segment + 1;
+      expect(resumedAt).toBeGreaterThan(archivedUpTo + 1);
+      // Archiving resumes past it, on a slot made again; the hole stays a hole.
+      await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
+      await sql(primary, "SELECT pg_switch_wal()");
+      await eventually(async () => ((await completeSegments()).some((parsed) => parsed.segment === resumedAt) ? true : undefined), {
+        what: `segment ${resumedAt} archived`,
+      });
+      expect((await completeSegments()).filter((parsed) => parsed.segment > archivedUpTo && parsed.segment < resumedAt)).toEqual([]);
+      expect((await slots()).find((slot) => slot.slot_name === "relevo_archive")?.wal_status).not.toBe("lost");
+      // Found again by the archive monitor, it is not reported twice; the health says so until a full backup.
+      await cluster.service.archiveMonitor.check();
+      expect((await cluster.service.backups.recoveryWindow()).gaps).toContainEqual(gap);
+      expect((await events("archive:gap", since)).length).toBe(1);
+      const snapshot = await cluster.service.collector.pollNow();
+      expect(snapshot.healthReasons.some((reason) => reason.startsWith(`the WAL archive has a gap (${gap.from}`))).toBe(true);
+
+      // The replica: it cannot stream, and the archive cannot carry it across the hole: seeded again.
+      const slotLost = await eventually(async () => (await events("replication:slot-lost", since)).find((e) => e.node === "node2"), {
+        what: "replication:slot-lost for node2",
+      });
+      expect(slotLost).toMatchObject({ severity: "critical", data: { slot: "relevo_node2", upstream: "node1", action: "reseed" } });
+      const rejoined = await eventually(async () => (await events("node:rejoined", since)).find((e) => e.node === "node2"), {
+        what: "node2 seeded again",
+        timeoutMs: 60000,
+      });
+      expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node1" });
+      expect(await streamingFrom(node("node2"))).toBe(primary.port);
+      const rows = "SELECT count(*)::int AS count, max(id) AS last FROM acked";
+      const onPrimary = (await sql(primary, rows))[0];
+      expect(onPrimary).toMatchObject({ last: id - 1 });
+      await eventually(async () => (JSON.stringify((await sql(node("node2"), rows))[0]) === JSON.stringify(onPrimary) ? true : undefined), {
+        what: "every row on node2",
+      });
+    } finally {
+      await sql(primary, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+      await sql(primary, "SELECT pg_reload_conf()");
+      archiver.start();
+      if ((await cluster.service.driver.state(node("node2"))).phase === "stopped") await driver.start(node("node2"), { timeoutMs: 30000 });
+    }
+    await baseline();
+  });
 });

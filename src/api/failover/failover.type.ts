@@ -34,11 +34,12 @@ export enum FailoverOperationKindGql {
   REJOIN = "rejoin",
   ADD_REPLICA = "add-replica",
   REMOVE_REPLICA = "remove-replica",
+  RESEED = "reseed",
 }
 registerEnumType(FailoverOperationKindGql, {
   name: "FailoverOperationKind",
   description:
-    "What the operation in flight does; REJOIN brings a fenced node back as a replica, ADD_REPLICA / REMOVE_REPLICA change the members.",
+    "What the operation in flight does; REJOIN brings a fenced node back as a replica, ADD_REPLICA / REMOVE_REPLICA change the members, RESEED seeds a replica again whose slot was lost.",
 });
 
 @ObjectType({ description: "A change of primary (failover, switchover or failback) and how it went." })

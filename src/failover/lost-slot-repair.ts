@@ -1,0 +1,110 @@
+import type { ClusterSnapshot } from "../cluster/topology";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NodeRef } from "../nodes/node-driver";
+import { withNodeClient, type Credentials } from "../postgres/connection";
+import { slotNameFor } from "../postgres/replication-config";
+import { restoreCommandFor } from "../restore/recovery-target";
+import { ARCHIVE_SLOT } from "../wal/wal-archiver";
+import type { ClusterState, StateGuard } from "./cluster-state";
+import { lostSlotRepairs, type SlotRepair } from "./lost-slot-rules";
+import { coolDown, holdOffAfter, type HoldOff } from "./monitor-rules";
+import type { FailoverOperations } from "./operations";
+
+export interface LostSlotRepairDeps {
+  readonly nodes: readonly NodeRef[];
+  readonly superuser: Credentials;
+  readonly nodeTimeoutMs: number;
+  readonly operations: FailoverOperations;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly topology: () => ClusterSnapshot | null;
+  /** The WAL archive: where the nodes' restore_command reads it, and the segments it holds complete. */
+  readonly archive: { readonly walDir: string; readonly segments: () => Promise<ReadonlySet<number>> };
+}
+
+/**
+ * The failover monitor's repair of replicas whose slot on the primary was
+ * lost (see lost-slot-rules.ts for what PostgreSQL does then, and the
+ * decision): a replica the archive can carry is given it as its
+ * restore_command; one it cannot is seeded again, as a journaled operation.
+ * Run by the monitor on a round where the primary answered, no operation is
+ * in flight and no maintenance holds automatic repairs back.
+ */
+export class LostSlotRepair {
+  /** When each replica was bridged, until it streams again or is reseeded. */
+  private readonly bridgedAt = new Map<string, number>();
+  private readonly retryAfter = new Map<string, HoldOff>();
+
+  constructor(private readonly deps: LostSlotRepairDeps) {}
+
+  async repair(state: ClusterState, guard: StateGuard): Promise<void> {
+    const snapshot = this.deps.topology();
+    // Only a snapshot taken since the record last changed: never act on a picture of the cluster from before a change of primary.
+    if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
+    for (const name of this.bridgedAt.keys()) {
+      if (snapshot.nodes.find((node) => node.name === name)?.replication?.state === "streaming") this.bridgedAt.delete(name);
+    }
+    const primary = snapshot.nodes.find((node) => node.name === state.primary);
+    if (!primary?.slots.some((slot) => slot.walStatus === "lost")) return; // the archive is read only when a slot is lost
+    const repairs = lostSlotRepairs({
+      snapshot,
+      recordedPrimary: state.primary,
+      fenced: state.fenced,
+      slotOf: (name) => slotNameFor(this.node(name)),
+      archiveSlot: ARCHIVE_SLOT,
+      archivedSegments: await this.deps.archive.segments(),
+      bridgedAt: this.bridgedAt,
+      now: Date.now(),
+    });
+    for (const repair of repairs) {
+      if (repair.action === "bridge") await this.bridge(repair, state.primary);
+      else if (await this.reseed(repair, state.primary, guard)) return; // one operation at a time
+    }
+  }
+
+  private node(name: string): NodeRef {
+    return this.deps.nodes.find((node) => node.name === name) ?? { name, host: "", port: 0 };
+  }
+
+  /**
+   * restore_command is reloadable (PostgreSQL 15): the replica's startup
+   * process, failing to stream, reads the archive next, replays it, and
+   * streams from where it ends over the same slot (which is reserved again
+   * once streamed from). Kept afterwards: the archive may carry it again.
+   */
+  private async bridge(repair: SlotRepair, primary: string): Promise<void> {
+    const node = this.node(repair.node);
+    this.bridgedAt.set(node.name, Date.now());
+    await this.slotLost(repair, primary);
+    await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
+      await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(restoreCommandFor(this.deps.archive.walDir))}`);
+      await client.query("SELECT pg_reload_conf()");
+    });
+    this.deps.logger.warn({ node: node.name, slot: repair.slot }, "slot lost: the replica catches up from the archive");
+  }
+
+  /** Starts the reseed (detached, as the monitor's operations are); false while one failed recently. */
+  private async reseed(repair: SlotRepair, primary: string, guard: StateGuard): Promise<boolean> {
+    const key = repair.node;
+    if (coolDown(this.retryAfter.get(key), Date.now()) !== "clear") return false;
+    this.retryAfter.set(key, holdOffAfter(null, Date.now()));
+    this.bridgedAt.delete(repair.node);
+    await this.slotLost(repair, primary);
+    void this.deps.operations.reseed(repair.node, { reason: repair.reason, lease: guard }).catch((error: Error) => {
+      this.retryAfter.set(key, holdOffAfter(error, Date.now()));
+      this.deps.logger.error({ node: repair.node, err: error.message }, "reseed of a replica whose slot was lost failed");
+    });
+    return true;
+  }
+
+  private async slotLost(repair: SlotRepair, primary: string): Promise<void> {
+    await this.deps.events.emit({
+      kind: "replication:slot-lost",
+      severity: "critical",
+      node: repair.node,
+      message: `${repair.node} cannot stream: ${repair.reason}; ${repair.action === "bridge" ? "it catches up from the archive" : "seeding it again"}`,
+      data: { slot: repair.slot, upstream: primary, action: repair.action, reason: repair.reason },
+    });
+  }
+}

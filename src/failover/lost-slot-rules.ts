@@ -1,0 +1,94 @@
+import type { ClusterSnapshot } from "../cluster/topology";
+import { segmentNumber } from "../postgres/wal-names";
+
+/**
+ * What the monitor does about a replica whose slot on the primary PostgreSQL
+ * invalidated (`wal_status = 'lost'`: it held back more than
+ * max_slot_wal_keep_size, and the primary removed the WAL the replica
+ * needs). Pure: the monitor reads the snapshot and the archive, and acts.
+ *
+ * What PostgreSQL 15 does meanwhile: the replica runs, read-only, and its WAL
+ * receiver fails for ever ("requested WAL segment … has already been
+ * removed"); it never catches up. With a restore_command that finds the
+ * missing WAL in the archive it does catch up: it replays the archive, then
+ * streams over the lost slot from where the archive ends, which the primary
+ * still has, and the slot is reserved again. Replicas seeded by
+ * pg_basebackup have no restore_command, so:
+ *
+ * - `bridge`: the archive holds every segment from the one the replica
+ *   needs next up to the archiver's position (its slot's restart_lsn, from
+ *   which the primary keeps WAL for it): the replica is given the archive
+ *   as its restore_command, and catches up by itself. Nothing is destroyed.
+ * - `reseed`: the archive cannot bridge it (a gap, or its own slot lost
+ *   too), or the bridge did not make it stream within BRIDGE_WAIT_MS: it is
+ *   seeded again from scratch.
+ */
+export type SlotRepair =
+  | { readonly action: "bridge"; readonly node: string; readonly slot: string; readonly reason: string }
+  | { readonly action: "reseed"; readonly node: string; readonly slot: string; readonly reason: string };
+
+/** How long a bridged replica has to stream before it is reseeded instead. */
+export const BRIDGE_WAIT_MS = 30000;
+
+export interface LostSlotInputs {
+  readonly snapshot: ClusterSnapshot;
+  /** The recorded primary: nothing is done unless the snapshot shows the same one. */
+  readonly recordedPrimary: string;
+  /** Fenced nodes are the rejoin's, not this repair's. */
+  readonly fenced: readonly string[];
+  /** The slot each replica streams over on the primary. */
+  readonly slotOf: (node: string) => string;
+  /** The archiver's slot on the primary. */
+  readonly archiveSlot: string;
+  /** Segment numbers the archive holds complete (any timeline). */
+  readonly archivedSegments: ReadonlySet<number>;
+  /** When each replica was bridged (ms), while it is not streaming yet. */
+  readonly bridgedAt: ReadonlyMap<string, number>;
+  readonly now: number;
+}
+
+/**
+ * The repairs due: one per running replica that does not stream and whose
+ * slot on the primary is lost. Never the primary, never a fenced node, never
+ * on a snapshot that names another primary than the record.
+ */
+export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
+  const { snapshot } = inputs;
+  if (snapshot.primary !== inputs.recordedPrimary) return [];
+  const primary = snapshot.nodes.find((node) => node.name === snapshot.primary);
+  if (!primary?.reachable) return [];
+  const lost = new Set(primary.slots.filter((slot) => slot.walStatus === "lost").map((slot) => slot.name));
+  const archiver = primary.slots.find((slot) => slot.name === inputs.archiveSlot && slot.walStatus !== "lost");
+  const repairs: SlotRepair[] = [];
+  for (const node of snapshot.nodes) {
+    if (node.name === primary.name || inputs.fenced.includes(node.name)) continue;
+    if (!node.reachable || node.role !== "replica" || node.replication?.state === "streaming") continue;
+    const slot = inputs.slotOf(node.name);
+    if (!lost.has(slot)) continue;
+    const why = `its slot ${slot} on ${primary.name} was invalidated (more WAL held back than max_slot_wal_keep_size)`;
+    const bridgedAt = inputs.bridgedAt.get(node.name);
+    if (bridgedAt !== undefined) {
+      if (inputs.now - bridgedAt < BRIDGE_WAIT_MS) continue; // give the archive time to carry it
+      repairs.push({ action: "reseed", node: node.name, slot, reason: `${why}, and replaying the archive did not bring it back` });
+    } else if (archiveBridges(inputs.archivedSegments, node.replayedLsn, archiver?.restartLsn ?? null)) {
+      repairs.push({ action: "bridge", node: node.name, slot, reason: `${why}; the archive holds the WAL it needs` });
+    } else {
+      repairs.push({ action: "reseed", node: node.name, slot, reason: `${why}, and the archive does not hold the WAL it needs` });
+    }
+  }
+  return repairs;
+}
+
+/**
+ * Whether the archive holds, complete, every segment from the one
+ * `replayedLsn` lies in up to the one before the archiver's slot's
+ * `restart_lsn`: from there on the primary keeps the WAL (for the
+ * archiver), so the replica streams on once it has replayed the archive.
+ * Not when either position is unknown (no archiver slot, or a lost one).
+ */
+export function archiveBridges(archived: ReadonlySet<number>, replayedLsn: string | null, archiverRestartLsn: string | null): boolean {
+  if (replayedLsn === null || archiverRestartLsn === null) return false;
+  const kept = segmentNumber(archiverRestartLsn);
+  for (let segment = segmentNumber(replayedLsn); segment < kept; segment += 1) if (!archived.has(segment)) return false;
+  return true;
+}

@@ -1,0 +1,185 @@
+import type { BackupManifest } from "../../src/backup/manifest";
+import { buildSnapshot, operationHealthReasons, type NodeObservation, type NodeState, type SlotStatus } from "../../src/cluster/topology";
+import { archiveBridges, BRIDGE_WAIT_MS, lostSlotRepairs, type LostSlotInputs } from "../../src/failover/lost-slot-rules";
+import { openGaps } from "../../src/wal/archive-gaps";
+import { lostSlotGap } from "../../src/wal/receive-start";
+
+const driver = {
+  kind: "local" as const,
+  state: "running" as const,
+  pid: 1,
+  dataDirectory: "/d",
+  containerId: null,
+  container: null,
+  error: null,
+};
+const slot = (name: string, walStatus: string, restartLsn: string | null = null): SlotStatus => ({
+  name,
+  type: "physical",
+  active: false,
+  restartLsn,
+  walStatus,
+  retainedBytes: null,
+});
+const state = (role: "primary" | "replica", overrides: Partial<NodeState> = {}): NodeState => ({
+  role,
+  version: "15",
+  clusterName: "",
+  readOnly: role === "replica",
+  timeline: 1,
+  currentLsn: "0/9000000",
+  receivedLsn: role === "replica" ? "0/3000000" : null,
+  replayedLsn: role === "replica" ? "0/3000100" : null,
+  lastReplayAt: null,
+  replayLagSeconds: null,
+  replayPause: null,
+  receiver: null,
+  senders: [],
+  slots: [],
+  ...overrides,
+});
+const observe = (name: string, probe: NodeObservation["probe"]): NodeObservation => ({
+  name,
+  host: "127.0.0.1",
+  port: 1,
+  probe: "role" in probe ? { ...probe, clusterName: `c-${name}` } : probe,
+  driver,
+  fallbackRole: "replica",
+  checkedAt: "t",
+});
+const streaming = {
+  status: "streaming",
+  senderHost: "127.0.0.1",
+  senderPort: 1,
+  slotName: "relevo_node2",
+  lastMessageAt: null,
+  silentMs: 0,
+};
+
+/** node1 the primary with `slots`; node2 a replica (not streaming unless said so). */
+const inputs = (
+  slots: SlotStatus[],
+  overrides: Partial<LostSlotInputs> & { node2?: NodeState | { error: string } } = {},
+): LostSlotInputs => ({
+  snapshot: buildSnapshot(
+    "c",
+    [observe("node1", state("primary", { slots })), observe("node2", overrides.node2 ?? state("replica"))],
+    1e9,
+    "now",
+  ),
+  recordedPrimary: "node1",
+  fenced: [],
+  slotOf: (name) => `relevo_${name}`,
+  archiveSlot: "relevo_archive",
+  archivedSegments: new Set([1, 2, 3, 4, 5, 6, 7, 8]),
+  bridgedAt: new Map(),
+  now: 100000,
+  ...overrides,
+});
+
+describe("a replica whose slot was lost (pure)", () => {
+  const archiver = slot("relevo_archive", "reserved", "0/9000100");
+
+  test("the archive holds what it needs up to the archiver's position: bridged from the archive, nothing destroyed", () => {
+    expect(lostSlotRepairs(inputs([slot("relevo_node2", "lost"), archiver]))).toEqual([
+      expect.objectContaining({ action: "bridge", node: "node2", slot: "relevo_node2" }),
+    ]);
+  });
+
+  test("a hole in the archive, or the archiver's slot lost too: seeded again", () => {
+    const hole = inputs([slot("relevo_node2", "lost"), archiver], { archivedSegments: new Set([1, 2, 3, 5, 6, 7, 8]) });
+    expect(lostSlotRepairs(hole)).toEqual([expect.objectContaining({ action: "reseed", node: "node2" })]);
+    const archiverLost = inputs([slot("relevo_node2", "lost"), slot("relevo_archive", "lost")]);
+    expect(lostSlotRepairs(archiverLost)).toEqual([expect.objectContaining({ action: "reseed", node: "node2" })]);
+    // Made again past a hole: the archiver's new slot starts where the archive has nothing before it.
+    const resumedPastHole = inputs([slot("relevo_node2", "lost"), slot("relevo_archive", "reserved", "0/C000028")]);
+    expect(lostSlotRepairs(resumedPastHole)).toEqual([expect.objectContaining({ action: "reseed" })]);
+  });
+
+  test("a bridge given time, then seeded again if it still does not stream", () => {
+    const bridged = (sinceMs: number) =>
+      lostSlotRepairs(inputs([slot("relevo_node2", "lost"), archiver], { bridgedAt: new Map([["node2", 100000 - sinceMs]]) }));
+    expect(bridged(BRIDGE_WAIT_MS - 1)).toEqual([]);
+    expect(bridged(BRIDGE_WAIT_MS)).toEqual([expect.objectContaining({ action: "reseed", node: "node2" })]);
+  });
+
+  test("nothing for a streaming replica, a fenced or unreachable one, a slot not lost, or a snapshot naming another primary", () => {
+    const lost = [slot("relevo_node2", "lost"), archiver];
+    expect(lostSlotRepairs(inputs(lost, { node2: state("replica", { receiver: streaming }) }))).toEqual([]);
+    expect(lostSlotRepairs(inputs(lost, { fenced: ["node2"] }))).toEqual([]);
+    expect(lostSlotRepairs(inputs(lost, { node2: { error: "connection refused" } }))).toEqual([]);
+    expect(lostSlotRepairs(inputs([slot("relevo_node2", "unreserved"), archiver]))).toEqual([]);
+    expect(lostSlotRepairs(inputs(lost, { recordedPrimary: "node2" }))).toEqual([]);
+  });
+
+  test("never the primary: its own slots are not a replica's", () => {
+    // A slot named after the primary (left from when it was a replica) does not make it a candidate.
+    expect(lostSlotRepairs(inputs([slot("relevo_node1", "lost"), archiver])).map((repair) => repair.node)).toEqual([]);
+  });
+
+  test("the archive bridges only every segment from the one needed to the archiver's", () => {
+    const archived = new Set([3, 4, 5]);
+    expect(archiveBridges(archived, "0/3000100", "0/6000028")).toBe(true);
+    expect(archiveBridges(archived, "0/3000100", "0/7000028")).toBe(false);
+    expect(archiveBridges(archived, "0/2000100", "0/6000028")).toBe(false);
+    expect(archiveBridges(archived, null, "0/6000028")).toBe(false);
+    expect(archiveBridges(archived, "0/3000100", null)).toBe(false);
+  });
+});
+
+describe("the archive's slot lost (pure)", () => {
+  const history = [
+    { timeline: 1, switchLsn: "0/5800000" },
+    { timeline: 2, switchLsn: null },
+  ];
+
+  test("the hole runs from the segment after the last complete one (or the .partial's) to the one before the new slot's", () => {
+    expect(
+      lostSlotGap(["000000010000000000000002", "000000010000000000000003.partial"], [{ timeline: 1, switchLsn: null }], "0/7000028"),
+    ).toEqual({
+      gap: { timeline: 1, from: "000000010000000000000003", to: "000000010000000000000006" },
+      placeholder: "000000010000000000000007.partial",
+    });
+    // Each segment named on the timeline it lies on.
+    expect(lostSlotGap(["000000010000000000000003"], history, "0/8000028")).toEqual({
+      gap: { timeline: 2, from: "000000010000000000000004", to: "000000020000000000000007" },
+      placeholder: "000000020000000000000008.partial",
+    });
+  });
+
+  test("nothing missing: the primary still has the WAL where the archive ends, or the archive is empty", () => {
+    expect(lostSlotGap(["000000010000000000000006"], [{ timeline: 1, switchLsn: null }], "0/7000028")).toBeNull();
+    expect(lostSlotGap([], [{ timeline: 1, switchLsn: null }], "0/7000028")).toBeNull();
+  });
+
+  test("a gap stays open until a completed full backup starts past it", () => {
+    const gap = { timeline: 1, from: "000000010000000000000003", to: "000000010000000000000006" };
+    const backup = (type: BackupManifest["type"], startLsn: string, status: BackupManifest["status"] = "completed") =>
+      ({ type, startLsn, status }) as BackupManifest;
+    expect(openGaps([gap], [])).toEqual([gap]);
+    expect(openGaps([gap], [backup("full", "0/6000028")])).toEqual([gap]);
+    expect(openGaps([gap], [backup("incremental", "0/7000028"), backup("full", "0/7000028", "failed")])).toEqual([gap]);
+    expect(openGaps([gap], [backup("full", "0/7000028")])).toEqual([]);
+  });
+});
+
+describe("health while a slot is lost (pure)", () => {
+  test("a lost slot on the primary is a reason; so is a reseed in flight", () => {
+    const snapshot = buildSnapshot(
+      "c",
+      [
+        observe("node1", state("primary", { slots: [slot("relevo_node2", "lost")] })),
+        observe("node2", state("replica", { receiver: streaming })),
+      ],
+      1e9,
+      "now",
+    );
+    expect(snapshot.health).toBe("degraded");
+    expect(snapshot.healthReasons).toEqual(["slot relevo_node2 on node1 was invalidated (max_slot_wal_keep_size)"]);
+    expect(operationHealthReasons({ kind: "reseed", from: "node2", reason: "its slot was lost" })).toEqual([
+      "node2 is being seeded again: its slot was lost",
+    ]);
+    expect(operationHealthReasons({ kind: "rejoin", from: "node2", reason: "automatic rejoin" })).toEqual([]);
+    expect(operationHealthReasons(null)).toEqual([]);
+  });
+});
