@@ -283,6 +283,81 @@ describe("failover's unhappy paths", () => {
     await baseline();
   });
 
+  /**
+   * Lowers max_slot_wal_keep_size on node1 to one segment, runs `away` (the
+   * slots' holders stopped), then writes rows and switches segments, with a
+   * checkpoint each (PostgreSQL invalidates slots at checkpoints), until
+   * every slot in `lost` is. Returns the next free row id; the setting is
+   * put back by the returned reset.
+   */
+  const loseSlots = async (lost: readonly string[], away: () => Promise<void>) => {
+    const primary = node("node1");
+    await sql(primary, "ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'");
+    await sql(primary, "SELECT pg_reload_conf()");
+    const reset = async () => {
+      await sql(primary, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+      await sql(primary, "SELECT pg_reload_conf()");
+    };
+    await away();
+    let id = (await sql<{ next: number }>(primary, "SELECT coalesce(max(id), 0) + 1 AS next FROM acked"))[0]!.next;
+    await eventually(
+      async () => {
+        await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
+        await sql(primary, "SELECT pg_switch_wal()");
+        await sql(primary, "CHECKPOINT");
+        const statuses = await sql<{ slot_name: string; wal_status: string | null }>(
+          primary,
+          "SELECT slot_name, wal_status FROM pg_replication_slots",
+        );
+        return lost.every((name) => statuses.some((slot) => slot.slot_name === name && slot.wal_status === "lost")) ? true : undefined;
+      },
+      { what: `slots ${lost.join(", ")} lost` },
+    );
+    return { nextId: id, reset };
+  };
+
+  /** node2 has every row node1 has. */
+  const everyRowOnNode2 = async () => {
+    const rows = "SELECT count(*)::int AS count, max(id) AS last FROM acked";
+    const onPrimary = (await sql(node("node1"), rows))[0];
+    await eventually(async () => (JSON.stringify((await sql(node("node2"), rows))[0]) === JSON.stringify(onPrimary) ? true : undefined), {
+      what: "every row on node2",
+    });
+    return onPrimary as { count: number; last: number };
+  };
+
+  test("a replica's slot invalidated by max_slot_wal_keep_size while the archive holds what it missed: it catches up from the archive and streams again, not seeded again", async () => {
+    await baseline();
+    const since = Date.now();
+    const { driver, repository } = cluster.service;
+    const { nextId, reset } = await loseSlots(["relevo_node2"], () => driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 }));
+    try {
+      await driver.start(node("node2"), { timeoutMs: 30000 });
+      const slotLost = await eventually(async () => (await events("replication:slot-lost", since)).find((e) => e.node === "node2"), {
+        what: "replication:slot-lost for node2",
+      });
+      expect(slotLost).toMatchObject({ severity: "critical", data: { slot: "relevo_node2", upstream: "node1", action: "bridge" } });
+      await eventually(async () => ((await streamingFrom(node("node2"))) === node("node1").port ? true : undefined), {
+        what: "node2 streaming again",
+      });
+      expect(await everyRowOnNode2()).toMatchObject({ last: nextId - 1 });
+      // The same node, bridged: its restore_command reads the archive, its slot is reserved again, nothing was seeded.
+      expect((await sql<{ command: string }>(node("node2"), "SELECT current_setting('restore_command') AS command"))[0]!.command).toContain(
+        repository.walDir,
+      );
+      const status = await sql<{ wal_status: string }>(
+        node("node1"),
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'relevo_node2'",
+      );
+      expect(status[0]?.wal_status).not.toBe("lost");
+      expect((await events("replication:slot-lost", since)).map((e) => (e.data as { action: string }).action)).toEqual(["bridge"]);
+      expect(await events("node:rejoined", since)).toEqual([]);
+    } finally {
+      await reset();
+    }
+    await baseline();
+  });
+
   test("slots invalidated by max_slot_wal_keep_size: the archive's is one archive:gap, made again, and archiving resumes past the hole; the replica's, which the archive cannot carry, is seeded again and streams with every row", async () => {
     await baseline();
     const since = Date.now();
@@ -290,32 +365,19 @@ describe("failover's unhappy paths", () => {
     const { archiver, repository, driver } = cluster.service;
     const completeSegments = async () =>
       (await readdir(repository.walDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
-    const slots = async () =>
-      sql<{ slot_name: string; wal_status: string | null }>(primary, "SELECT slot_name, wal_status FROM pg_replication_slots");
-    // PostgreSQL's limit, lowered for the test: a slot may hold back one segment.
-    await sql(primary, "ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'");
-    await sql(primary, "SELECT pg_reload_conf()");
-    try {
-      // Both holders away: the archiver stopped (its slot kept, as when its instance dies meanwhile), node2 stopped.
+    let archivedUpTo = -1;
+    // Both holders away: the archiver stopped (its slot kept, as when its instance dies meanwhile), node2 stopped.
+    const { nextId, reset } = await loseSlots(["relevo_archive", "relevo_node2"], async () => {
       await archiver.stop();
       await driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 });
-      const archivedUpTo = Math.max(...(await completeSegments()).map((parsed) => parsed.segment));
-      let id = (await sql<{ next: number }>(primary, "SELECT coalesce(max(id), 0) + 1 AS next FROM acked"))[0]!.next;
-      await eventually(
-        async () => {
-          await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
-          await sql(primary, "SELECT pg_switch_wal()");
-          await sql(primary, "CHECKPOINT");
-          const now = await slots();
-          return now.length === 2 && now.every((slot) => slot.wal_status === "lost") ? true : undefined;
-        },
-        { what: "the archiver's and node2's slots lost" },
-      );
+      archivedUpTo = Math.max(...(await completeSegments()).map((parsed) => parsed.segment));
+    });
+    let id = nextId;
+    try {
       const timeline = parseInt(
         (await sql<{ file: string }>(primary, "SELECT pg_walfile_name(pg_current_wal_lsn()) AS file"))[0]!.file.slice(0, 8),
         16,
       );
-
       archiver.start();
       await driver.start(node("node2"), { timeoutMs: 30000 });
 
@@ -334,7 +396,11 @@ describe("failover's unhappy paths", () => {
         what: `segment ${resumedAt} archived`,
       });
       expect((await completeSegments()).filter((parsed) => parsed.segment > archivedUpTo && parsed.segment < resumedAt)).toEqual([]);
-      expect((await slots()).find((slot) => slot.slot_name === "relevo_archive")?.wal_status).not.toBe("lost");
+      const archiveSlot = await sql<{ wal_status: string }>(
+        primary,
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'relevo_archive'",
+      );
+      expect(archiveSlot[0]?.wal_status).not.toBe("lost");
       // Found again by the archive monitor, it is not reported twice; the health says so until a full backup.
       await cluster.service.archiveMonitor.check();
       expect((await cluster.service.backups.recoveryWindow()).gaps).toContainEqual(gap);
@@ -353,17 +419,11 @@ describe("failover's unhappy paths", () => {
       });
       expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node1" });
       expect(await streamingFrom(node("node2"))).toBe(primary.port);
-      const rows = "SELECT count(*)::int AS count, max(id) AS last FROM acked";
-      const onPrimary = (await sql(primary, rows))[0];
-      expect(onPrimary).toMatchObject({ last: id - 1 });
-      await eventually(async () => (JSON.stringify((await sql(node("node2"), rows))[0]) === JSON.stringify(onPrimary) ? true : undefined), {
-        what: "every row on node2",
-      });
+      expect(await everyRowOnNode2()).toMatchObject({ last: id - 1 });
     } finally {
-      await sql(primary, "ALTER SYSTEM RESET max_slot_wal_keep_size");
-      await sql(primary, "SELECT pg_reload_conf()");
+      await reset();
       archiver.start();
-      if ((await cluster.service.driver.state(node("node2"))).phase === "stopped") await driver.start(node("node2"), { timeoutMs: 30000 });
+      if ((await driver.state(node("node2"))).phase === "stopped") await driver.start(node("node2"), { timeoutMs: 30000 });
     }
     await baseline();
   });
