@@ -302,7 +302,9 @@ describe("failover's unhappy paths", () => {
     let id = (await sql<{ next: number }>(primary, "SELECT coalesce(max(id), 0) + 1 AS next FROM acked"))[0]!.next;
     await eventually(
       async () => {
-        await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
+        // Committed locally: a stopped standby would hold the commit back until the monitor drops it from the
+        // synchronous set (a detection window), which is not what these tests are about.
+        await sql(primary, `SET synchronous_commit = local; INSERT INTO acked (id) VALUES (${id++})`);
         await sql(primary, "SELECT pg_switch_wal()");
         await sql(primary, "CHECKPOINT");
         const statuses = await sql<{ slot_name: string; wal_status: string | null }>(
@@ -390,7 +392,7 @@ describe("failover's unhappy paths", () => {
       const resumedAt = parseSegmentName(gap.to)!.segment + 1;
       expect(resumedAt).toBeGreaterThan(archivedUpTo + 1);
       // Archiving resumes past it, on a slot made again; the hole stays a hole.
-      await sql(primary, `INSERT INTO acked (id) VALUES (${id++})`);
+      await sql(primary, `SET synchronous_commit = local; INSERT INTO acked (id) VALUES (${id++})`);
       await sql(primary, "SELECT pg_switch_wal()");
       await eventually(async () => ((await completeSegments()).some((parsed) => parsed.segment === resumedAt) ? true : undefined), {
         what: `segment ${resumedAt} archived`,
