@@ -64,7 +64,9 @@ export class LostSlotRepair {
   }
 
   private node(name: string): NodeRef {
-    return this.deps.nodes.find((node) => node.name === name) ?? { name, host: "", port: 0 };
+    const node = this.deps.nodes.find((member) => member.name === name);
+    if (!node) throw new Error(`${name} is in the topology but not a member`);
+    return node;
   }
 
   /**
