@@ -74,3 +74,24 @@ export function chooseCandidate(replicas: readonly NodeFacts[], rules: Candidate
   }
   return { ok: false, reason: `no eligible replica: ${reasons.join("; ")}` };
 }
+
+/**
+ * The replica to promote (chooseCandidate); when none may be, the cleanly
+ * stopped old primary of a switchover or failback whose new primary is
+ * lost, under the same rules: its WAL, read where it stopped, is its
+ * position. It holds every commit acknowledged before the switchover; what
+ * it lacks is what the lost new primary wrote since, the loss an
+ * asynchronous failover is allowed within the lag limit — and in
+ * synchronous mode it is eligible only when recorded so (the new primary's
+ * commits waited for it), else only forced. Pure.
+ */
+export function chooseCandidateOrStoppedOldPrimary(
+  replicas: readonly NodeFacts[],
+  stoppedOldPrimary: NodeFacts | null,
+  rules: CandidateRules,
+): CandidateChoice {
+  const choice = chooseCandidate(replicas, rules);
+  if (choice.ok || stoppedOldPrimary === null) return choice;
+  if (rules.to && rules.to !== stoppedOldPrimary.node.name) return choice;
+  return chooseCandidate([...replicas, stoppedOldPrimary], rules);
+}

@@ -3,9 +3,10 @@ import type { FailoverRecord } from "../events/event-map";
 import type { NodeRef } from "../nodes/node-driver";
 import { readNodeFacts, readNodePosition, type NodeFacts, type NodePosition } from "../postgres/node-facts";
 import { readEndOfWal } from "../postgres/wal-end";
-import { chooseCandidate, lostBytesAtPromotion } from "./candidate";
+import { chooseCandidateOrStoppedOldPrimary, lostBytesAtPromotion } from "./candidate";
 import { initialState, withName, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
+import { startToPromote, stoppedOldPrimaryFacts } from "./old-primary-candidate";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { JournalEntry, RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
@@ -89,9 +90,11 @@ export async function runFailover(context: OperationContext, operation: RunningO
     if (!operation.entry.times.promoted) {
       const choice =
         operation.entry.to && operation.entry.times.promoting
-          ? { node: context.node(operation.entry.to), lostBytes: null, lsn: null }
+          ? { node: context.node(operation.entry.to), lostBytes: null, lsn: null, stopped: false }
           : await candidateFor(context, operation.entry);
       target = choice.node;
+      // The old primary a switchover left stopped: started as a standby of nobody, to be promoted as any replica is.
+      if (choice.stopped) await startToPromote(context, target, from);
       await refuseUnsafePromotion(context, target, from);
       if (!operation.entry.times.promoting) {
         await operation.record(
@@ -175,18 +178,24 @@ async function lossFromOldPrimaryWal(
   return { oldPrimaryWalEnd: walEnd, lostBytes: lostBytesAtPromotion([walEnd, lastSeen], facts.promotedFrom) };
 }
 
-/** The replica to promote now: reachable, eligible (unless forced), the most advanced (see chooseCandidate). */
+/**
+ * The replica to promote now: reachable, eligible (unless forced), the most
+ * advanced (see chooseCandidate) — else the old primary a switchover or
+ * failback left stopped, under the same rules (`stopped`: it must be
+ * started first; see chooseCandidateOrStoppedOldPrimary).
+ */
 async function candidateFor(
   context: OperationContext,
   entry: JournalEntry,
-): Promise<{ node: NodeRef; lostBytes: number | null; lsn: string | null }> {
+): Promise<{ node: NodeRef; lostBytes: number | null; lsn: string | null; stopped: boolean }> {
   const { config } = context.deps;
   const state = await context.state();
   const replicas = context.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));
   const facts = (await Promise.all(replicas.map((node) => context.facts(node)))).filter(
     (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
   );
-  const choice = chooseCandidate(facts, {
+  const stoppedOldPrimary = await stoppedOldPrimaryFacts(context, [entry.from, ...state.fenced]);
+  const choice = chooseCandidateOrStoppedOldPrimary(facts, stoppedOldPrimary, {
     to: entry.to,
     force: entry.force,
     synchronous: config.synchronous,
@@ -196,5 +205,6 @@ async function candidateFor(
     preferred: config.preferredPrimary,
   });
   if (!choice.ok) throw new RelevoError(ErrorCode.NoEligibleReplica, choice.reason);
-  return { node: choice.node, lostBytes: choice.lostBytes, lsn: facts.find((fact) => fact.node.name === choice.node.name)?.lsn ?? null };
+  const chosen = [...facts, ...(stoppedOldPrimary ? [stoppedOldPrimary] : [])].find((fact) => fact.node.name === choice.node.name);
+  return { node: choice.node, lostBytes: choice.lostBytes, lsn: chosen?.lsn ?? null, stopped: chosen === stoppedOldPrimary };
 }

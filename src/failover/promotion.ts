@@ -115,6 +115,8 @@ async function writableWithin(context: OperationContext, node: NodeRef, timeoutM
   for (;;) {
     const facts = await context.facts(node);
     if (facts && !facts.inRecovery && !facts.readOnly) return facts;
+    // A server that is not running will not accept writes: waiting out the deadline would only hold back the failover that takes over.
+    if (facts === null && (await context.deps.driver.state(node)).phase === "stopped") return null;
     if (Date.now() >= deadline) return null;
     await sleep(50);
   }

@@ -1,7 +1,8 @@
 import { ErrorCode, RelevoError } from "../errors";
-import type { NodeRef } from "../nodes/node-driver";
+import type { NodeProcessState, NodeRef } from "../nodes/node-driver";
 import { bytesBehind } from "../postgres/lsn";
 import { streamsFrom, type NodeFacts } from "../postgres/node-facts";
+import type { LossVerdict, MemberAnswer } from "./monitor-rules";
 
 /** A replica is switched over to only when it is at most this far behind (switchover, failback). */
 export const SWITCHOVER_MAX_LAG_BYTES = 16 * 1024 * 1024;
@@ -37,4 +38,45 @@ export function switchoverRefusal(options: {
     );
   }
   return null;
+}
+
+/** The reason a switchover or failback writes into the fence marker of the old primary it stops (see stopOldPrimary). */
+export function switchoverFenceReason(kind: "switchover" | "failback", id: string): string {
+  return `${kind} ${id}`;
+}
+
+/**
+ * Whether a fence marker's reason says a switchover or failback stopped the
+ * node as its old primary — not a failover, a split brain, a rejoin or a
+ * start-up, whose nodes may hold a branch of history of their own. The
+ * marker leaves with the first start as a standby of the target (or when
+ * the switchover is called off), so a node still carrying it never followed
+ * the target. Pure.
+ */
+export function fencedBySwitchover(reason: string | null | undefined): boolean {
+  return /^(switchover|failback) [0-9a-f-]{36}$/.test(reason ?? "");
+}
+
+/**
+ * Whether the new primary of a switchover or failback is confirmed lost,
+ * once every check of it failed: the members' verdict (see
+ * replicasConfirmLoss), or — when no member but the switchover's stopped
+ * old primary is left to ask (two nodes) — the driver's word that the new
+ * primary's server is not running. A stopped old primary witnesses
+ * nothing, and without it the cluster would wait for a dead node for ever;
+ * a server that is still running or frozen (it may resume) is not lost on
+ * Relevo's word alone. Pure.
+ */
+export function newPrimaryLossConfirmed(options: {
+  readonly verdict: LossVerdict;
+  readonly members: readonly MemberAnswer[];
+  /** The switchover's old primary, when it is stopped as the switchover left it (see fencedBySwitchover). */
+  readonly stoppedOldPrimary: string | null;
+  readonly newPrimaryPhase: NodeProcessState["phase"];
+}): boolean {
+  const { verdict, members, stoppedOldPrimary, newPrimaryPhase } = options;
+  if (verdict.go) return true;
+  if (verdict.stale || stoppedOldPrimary === null) return false;
+  if (newPrimaryPhase !== "stopped" && newPrimaryPhase !== "absent") return false;
+  return members.every((member) => member.position === null || member.fenced);
 }

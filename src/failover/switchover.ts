@@ -15,7 +15,7 @@ import type { RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 import { followNewPrimary, promote, recordAsPrimary } from "./promotion";
 import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
-import { switchoverRefusal } from "./switchover-rules";
+import { switchoverFenceReason, switchoverRefusal } from "./switchover-rules";
 import { failoverTakesOver, missesEveryCheck, newPrimaryLost } from "./takeover";
 
 export interface SwitchoverRequest {
@@ -136,7 +136,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
           why: `${target.name} stopped answering before its promotion (${(error as Error).message})`,
         });
       }
-    } else if (await newPrimaryLost(context, target).catch(() => false)) {
+    } else if (await newPrimaryLost(context, target, { oldPrimary: context.node(entry.from) }).catch(() => false)) {
       await recordPromotionTakenOver(context, operation, target);
       return failoverTakesOver(context, operation, error as Error);
     }
@@ -204,7 +204,7 @@ async function stopOldPrimary(context: OperationContext, operation: RunningOpera
   // A fast shutdown sends every WAL record, its shutdown checkpoint included, to connected standbys.
   await deps.driver.stop(from, { mode: "fast", timeoutMs: 60000 });
   // Fenced while stopped: should the service die now, nothing starts it as a primary.
-  await fenceNode(deps.driver, from, `${entry.kind} ${entry.id}`, deps.logger);
+  await fenceNode(deps.driver, from, switchoverFenceReason(entry.kind as "switchover" | "failback", entry.id), deps.logger);
   if (!operation.entry.times.stopped) await operation.record({ stage: "stopped" }, "stopped");
   const finalLsn = await lastCheckpoint(context, from);
   if (!operation.entry.times.fenced) {

@@ -4,10 +4,12 @@ import { sleep } from "../util/sleep";
 import { runFailover } from "./failover";
 import { membersConfirmLoss } from "./loss-confirmation";
 import { afterMissedCheck } from "./monitor-rules";
+import { leftStoppedBySwitchover } from "./old-primary-candidate";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { PrimaryChecker } from "./primary-check";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
+import { newPrimaryLossConfirmed } from "./switchover-rules";
 
 /**
  * Whether `node` misses `RELEVO_FAILOVER_FAILURE_THRESHOLD` checks in a row,
@@ -33,14 +35,20 @@ export async function missesEveryCheck(context: OperationContext, node: NodeRef)
 /**
  * Whether the new primary of a switchover or failback is lost, judged as
  * the monitor judges a primary: every check missed (missesEveryCheck), and
- * the members that answer have lost it too. For an operation that finds the
- * node it promoted — or may have promoted: `pg_promote` may have run before
- * the state recorded it — gone before it finished: the monitor leaves the
- * cluster alone while an operation holds the journal, so the operation
- * judges for it, in the same window. False in maintenance mode (no
- * automatic failover then).
+ * the members that answer have lost it too — or, when none is left to ask
+ * but the old primary the switchover stopped, the driver shows the new
+ * primary's server down (see newPrimaryLossConfirmed). For an operation
+ * that finds the node it promoted — or may have promoted: `pg_promote` may
+ * have run before the state recorded it — gone before it finished: the
+ * monitor leaves the cluster alone while an operation holds the journal,
+ * so the operation judges for it, in the same window. False in maintenance
+ * mode (no automatic failover then).
  */
-export async function newPrimaryLost(context: OperationContext, primary: NodeRef): Promise<boolean> {
+export async function newPrimaryLost(
+  context: OperationContext,
+  primary: NodeRef,
+  options: { readonly oldPrimary: NodeRef },
+): Promise<boolean> {
   const { deps } = context;
   if ((await deps.redis.get(deps.keys.maintenance)) === "1") return false;
   if (!(await missesEveryCheck(context, primary))) return false;
@@ -55,8 +63,14 @@ export async function newPrimaryLost(context: OperationContext, primary: NodeRef
     liveWithinMs: intervalMs * deps.config.failoverFailureThreshold,
     timeoutMs: intervalMs,
   });
-  if (!verdict.go) deps.logger.warn({ node: primary.name }, verdict.reason);
-  return verdict.go;
+  const lost = newPrimaryLossConfirmed({
+    verdict,
+    members: verdict.members,
+    stoppedOldPrimary: (await leftStoppedBySwitchover(context, options.oldPrimary)) ? options.oldPrimary.name : null,
+    newPrimaryPhase: (await deps.driver.state(primary)).phase,
+  });
+  if (!lost && !verdict.go) deps.logger.warn({ node: primary.name }, verdict.reason);
+  return lost;
 }
 
 /**

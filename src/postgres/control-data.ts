@@ -19,6 +19,21 @@ export function latestCheckpointLocation(controlData: string): string | null {
   return /Latest checkpoint location:\s+([0-9A-F]+\/[0-9A-F]+)/.exec(controlData)?.[1] ?? null;
 }
 
+/**
+ * Whether the node was a primary stopped cleanly (a smart or fast shutdown:
+ * "shut down", not "in production" after a crash): its WAL ends with its
+ * shutdown checkpoint, which every standby streaming from it received.
+ */
+export function stoppedCleanlyAsPrimary(controlData: string): boolean {
+  return /Database cluster state:\s+shut down\s*$/m.test(controlData);
+}
+
+/** The timeline of the node's last checkpoint (for a primary stopped cleanly: the timeline it wrote). */
+export function latestCheckpointTimeline(controlData: string): number | null {
+  const timeline = /Latest checkpoint's TimeLineID:\s+(\d+)/.exec(controlData)?.[1];
+  return timeline ? Number(timeline) : null;
+}
+
 /** Whether the node was a standby when it stopped (in archive recovery, or shut down in recovery). */
 export function stoppedAsStandby(controlData: string): boolean {
   return /Database cluster state:\s+(in archive recovery|shut down in recovery)/.test(controlData);

@@ -20,6 +20,17 @@ export async function markFenced(driver: NodeDriver, node: NodeRef, reason: stri
   await driver.writeFile(node, FENCE_MARKER, JSON.stringify(marker, null, 2) + "\n");
 }
 
+/** The marker, when the node has one (null too when it cannot be parsed: a marker still fences, see isFenced). */
+export async function readFenceMarker(driver: NodeDriver, node: NodeRef): Promise<FenceMarker | null> {
+  const content = await driver.readFile(node, FENCE_MARKER);
+  if (content === null) return null;
+  try {
+    return JSON.parse(content.toString("utf8")) as FenceMarker;
+  } catch {
+    return null;
+  }
+}
+
 export async function isFenced(driver: NodeDriver, node: NodeRef): Promise<boolean> {
   return (await driver.readFile(node, FENCE_MARKER)) !== null;
 }

@@ -1,8 +1,15 @@
 import { ErrorCode } from "../../src/errors";
 import type { NodeFacts } from "../../src/postgres/node-facts";
-import { SWITCHOVER_MAX_LAG_BYTES, switchoverRefusal } from "../../src/failover/switchover-rules";
+import { chooseCandidate, chooseCandidateOrStoppedOldPrimary, type CandidateRules } from "../../src/failover/candidate";
+import {
+  fencedBySwitchover,
+  newPrimaryLossConfirmed,
+  SWITCHOVER_MAX_LAG_BYTES,
+  switchoverFenceReason,
+  switchoverRefusal,
+} from "../../src/failover/switchover-rules";
 import { lsnFromNumber } from "../../src/postgres/lsn";
-import { testNode } from "../helpers/node-facts";
+import { position, testNode } from "../helpers/node-facts";
 
 const from = testNode("node1");
 const target = testNode("node2");
@@ -46,5 +53,116 @@ describe("switchover preconditions (pure)", () => {
   test("a primary that does not answer as one: refused, pointing at failover", () => {
     expect(refusal(null, standby(primaryLsn))?.message).toMatch(/does not answer as a primary: use failover/);
     expect(refusal({ ...primaryAt(primaryLsn), inRecovery: true }, standby(primaryLsn))?.code).toBe(ErrorCode.PreconditionFailed);
+  });
+});
+
+describe("a switchover's new primary lost with its old primary left stopped (pure)", () => {
+  /** node1, the old primary, stopped where its WAL ends at `lsn` (a stand-in: it does not answer). */
+  const stoppedOldPrimary = (lsn: string): NodeFacts => ({
+    node: from,
+    inRecovery: false,
+    readOnly: true,
+    lsn,
+    timeline: 1,
+    receiver: null,
+  });
+  const node3 = (lsn: string): NodeFacts => ({ ...standby(lsn), node: testNode("node3") });
+  const rules: CandidateRules = {
+    to: null,
+    force: false,
+    synchronous: false,
+    eligible: [],
+    // The lost new primary's LSN at its promotion, a little past the old primary's shutdown checkpoint.
+    lastPrimaryLsn: "0/5000200",
+    maximumLagBytes: 1048576,
+    preferred: "node1",
+  };
+
+  test("asynchronous: no replica to promote, the stopped old primary is chosen within the lag limit, its loss in bytes", () => {
+    expect(chooseCandidate([], rules)).toMatchObject({ ok: false });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), rules)).toEqual({ ok: true, node: from, lostBytes: 256 });
+    // Under the same rules as any candidate: past the limit, or with the lag unknown, it is not promoted unforced.
+    const tooFar = chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/4000000"), rules);
+    expect(tooFar).toEqual({ ok: false, reason: "no eligible replica: node1 was 16777728 bytes behind (limit 1048576)" });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), { ...rules, lastPrimaryLsn: null })).toMatchObject({
+      ok: false,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/4000000"), { ...rules, force: true })).toMatchObject({
+      ok: true,
+      node: from,
+    });
+  });
+
+  test("synchronous: the stopped old primary only when recorded eligible (the new primary's commits waited for it), else only forced", () => {
+    const synchronous = { ...rules, synchronous: true };
+    const notEligible = chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), synchronous);
+    expect(notEligible).toEqual({
+      ok: false,
+      reason: "no eligible replica: node1 is not known to hold every acknowledged commit (not an in-sync standby)",
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), { ...synchronous, eligible: ["node1"] })).toMatchObject({
+      ok: true,
+      node: from,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), { ...synchronous, force: true })).toMatchObject({
+      ok: true,
+      node: from,
+    });
+  });
+
+  test("a replica that may be promoted goes first; the old primary only when none may, or when asked for by name", () => {
+    expect(chooseCandidateOrStoppedOldPrimary([node3("0/5000200")], stoppedOldPrimary("0/5000100"), rules)).toMatchObject({
+      node: { name: "node3" },
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([node3("0/100")], stoppedOldPrimary("0/5000100"), rules)).toMatchObject({
+      ok: true,
+      node: from,
+    });
+    expect(
+      chooseCandidateOrStoppedOldPrimary([node3("0/5000200")], stoppedOldPrimary("0/5000100"), { ...rules, to: "node1" }),
+    ).toMatchObject({
+      ok: true,
+      node: from,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([node3("0/100")], stoppedOldPrimary("0/5000100"), { ...rules, to: "node3" })).toMatchObject({
+      ok: false,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], null, rules)).toEqual({
+      ok: false,
+      reason: "no replica answers: nothing can be promoted",
+    });
+  });
+
+  test("only a marker a switchover or failback wrote names its stopped old primary", () => {
+    const id = "5c1e0f7e-3c1b-4a43-9d0e-2f1c7a9b8e01";
+    expect(fencedBySwitchover(switchoverFenceReason("switchover", id))).toBe(true);
+    expect(fencedBySwitchover(switchoverFenceReason("failback", id))).toBe(true);
+    for (const other of [`failover ${id}`, "second primary (split brain)", "rejoining", "", null, undefined]) {
+      expect(fencedBySwitchover(other)).toBe(false);
+    }
+  });
+
+  test("the new primary is lost with nobody left to ask only when the old primary is stopped as the switchover left it and the new primary's server is down", () => {
+    const nobodyAnswers = { go: false as const, stale: false, reason: "primary unreachable, and so is every replica" };
+    const silent = [{ node: from, position: null, fenced: false }];
+    const judge = (options: Partial<Parameters<typeof newPrimaryLossConfirmed>[0]>) =>
+      newPrimaryLossConfirmed({
+        verdict: nobodyAnswers,
+        members: silent,
+        stoppedOldPrimary: "node1",
+        newPrimaryPhase: "stopped",
+        ...options,
+      });
+    expect(judge({})).toBe(true);
+    expect(judge({ newPrimaryPhase: "absent" })).toBe(true);
+    // Frozen or running: it may answer again; a stopped old primary witnesses nothing.
+    expect(judge({ newPrimaryPhase: "paused" })).toBe(false);
+    expect(judge({ newPrimaryPhase: "running" })).toBe(false);
+    expect(judge({ stoppedOldPrimary: null })).toBe(false);
+    // A replica that answers decides, as for the monitor.
+    const streaming = [{ node: testNode("node3"), position: position("node3", { streamsFrom: "node2" }), fenced: false }];
+    expect(judge({ members: streaming, verdict: { go: false, stale: false, reason: "a replica still streams from it" } })).toBe(false);
+    expect(judge({ verdict: { go: false, stale: true, reason: "node3 is writable" } })).toBe(false);
+    expect(judge({ verdict: { go: true }, stoppedOldPrimary: null, newPrimaryPhase: "running" })).toBe(true);
   });
 });

@@ -1,0 +1,99 @@
+import { ErrorCode, RelevoError } from "../errors";
+import type { NodeRef } from "../nodes/node-driver";
+import { latestCheckpointTimeline, readControlData, stoppedCleanlyAsPrimary } from "../postgres/control-data";
+import { readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
+import type { NodeFacts } from "../postgres/node-facts";
+import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-config";
+import { historyTimelines } from "../postgres/timelines";
+import { readEndOfWal } from "../postgres/wal-end";
+import { historyFileName } from "../postgres/wal-names";
+import type { OperationContext } from "./operation-context";
+import { fencedBySwitchover } from "./switchover-rules";
+
+/**
+ * Whether `node` is the old primary of a switchover or failback as that
+ * operation left it: stopped, cleanly, as a primary, fenced by it — never
+ * started again as the target's standby. Its WAL ends with its shutdown
+ * checkpoint, which the target received before its promotion.
+ */
+export async function leftStoppedBySwitchover(context: OperationContext, node: NodeRef): Promise<boolean> {
+  const { driver } = context.deps;
+  if ((await driver.state(node)).phase !== "stopped") return false;
+  if (!fencedBySwitchover((await readFenceMarker(driver, node))?.reason)) return false;
+  return stoppedCleanlyAsPrimary(await readControlData(driver, node, { allowFailure: true }));
+}
+
+/**
+ * The member left stopped by a switchover or failback (see
+ * leftStoppedBySwitchover), other than `exclude`, as a failover candidate:
+ * its position is the end of its WAL, read offline. Null when there is
+ * none, or its WAL cannot be read.
+ */
+export async function stoppedOldPrimaryFacts(context: OperationContext, exclude: readonly string[]): Promise<NodeFacts | null> {
+  const { deps } = context;
+  for (const node of deps.membership.nodes) {
+    if (exclude.includes(node.name) || !(await leftStoppedBySwitchover(context, node))) continue;
+    const walEnd = await readEndOfWal(deps.driver, node, { timeoutMs: deps.config.nodeTimeoutMs * 10 }).catch(() => null);
+    if (walEnd === null) return null;
+    const timeline = latestCheckpointTimeline(await readControlData(deps.driver, node));
+    return { node, inRecovery: false, readOnly: true, lsn: walEnd, timeline, receiver: null };
+  }
+  return null;
+}
+
+/**
+ * The stopped old primary made ready to be promoted like any replica:
+ * started as a standby of nobody (standby.signal, no upstream) on its own
+ * timeline (`recovery_target_timeline = 'current'`: it replays its own WAL
+ * and waits), so that pg_promote gives it a new timeline and the recorded
+ * state, the archive and the other nodes see a change of primary as after
+ * any failover. Before that, the history files of the timelines the lost
+ * new primary made are copied into its pg_wal: PostgreSQL picks one past
+ * the newest history it finds, and without them it would pick the lost
+ * primary's own timeline again — two different histories under one
+ * number, the archive's WAL of one taken for the other's.
+ */
+export async function startToPromote(context: OperationContext, node: NodeRef, lost: NodeRef): Promise<void> {
+  const { deps } = context;
+  const { driver } = deps;
+  const control = await readControlData(driver, node);
+  const timeline = latestCheckpointTimeline(control) ?? 1;
+  await copyNewerHistories(context, { node, lost, timeline });
+  await editStoppedNodeConf(driver, node, {
+    primary_conninfo: null,
+    primary_slot_name: null,
+    recovery_target_timeline: "current",
+    synchronous_standby_names: null,
+  });
+  await driver.writeFile(node, STANDBY_SIGNAL, "");
+  // Read-only still (default_transaction_read_only: promote() resets it), and a standby: the marker may go.
+  await removeFenceMarker(driver, node);
+  await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
+}
+
+/**
+ * The lost primary's history files past `timeline` into `node`'s pg_wal.
+ * When its storage cannot be read, the one history it is known to have
+ * made is written in its place: a switchover's target branched off the
+ * old primary's timeline exactly where the old primary's WAL ends (it
+ * received all of it, and nothing else).
+ */
+async function copyNewerHistories(context: OperationContext, options: { node: NodeRef; lost: NodeRef; timeline: number }): Promise<void> {
+  const { driver, logger } = context.deps;
+  const { node, lost, timeline } = options;
+  const names = (await driver.listFiles(lost, "pg_wal").catch(() => [])).map((entry) => entry.path);
+  let copied = 0;
+  for (const newer of historyTimelines(names).filter((number) => number > timeline)) {
+    const file = `pg_wal/${historyFileName(newer)}`;
+    const content = await driver.readFile(lost, file).catch(() => null);
+    if (content === null) continue;
+    await driver.writeFile(node, file, content);
+    copied += 1;
+  }
+  if (copied > 0) return;
+  const walEnd = await readEndOfWal(driver, node, { timeoutMs: context.deps.config.nodeTimeoutMs * 10 });
+  if (walEnd === null) throw new RelevoError(ErrorCode.CommandFailed, `the end of ${node.name}'s WAL cannot be read: it is not promoted`);
+  const own = timeline > 1 ? ((await driver.readFile(node, `pg_wal/${historyFileName(timeline)}`))?.toString("utf8") ?? "") : "";
+  logger.warn({ node: node.name, lost: lost.name }, "the lost primary's timeline history is unreadable: written from the switch point");
+  await driver.writeFile(node, `pg_wal/${historyFileName(timeline + 1)}`, `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`);
+}
