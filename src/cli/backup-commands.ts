@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, readdir, rmdir } from "node:fs/promises";
+import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { Repository } from "../storage/repository";
 import { assertBackupId } from "../backup/manifest";
@@ -15,8 +15,9 @@ import { MARKER_FILE, ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { loadMembers } from "../cluster/membership";
 import { assertNoMemberPort, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
 import type { RelevoConfig } from "../config/config";
-import { ErrorCode, RelevoError, isRelevoError } from "../errors";
-import { acquireFileLock, type HeldFileLock } from "../storage/file-lock";
+import { ErrorCode, RelevoError } from "../errors";
+import type { HeldFileLock } from "../storage/file-lock";
+import { claimNodeTarget } from "../restore/target-claim";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
@@ -151,38 +152,55 @@ export async function restoreCommand(
 ): Promise<void> {
   const recoveryTarget = recoveryTargetFrom(options);
   const directory = path.resolve(options.to);
-  // Claimed first: a second restore into the directory is refused before it reads or writes anything.
-  const claim = await claimRestoreTarget(directory);
-  try {
-    await restoreClaimedCopy(config, { ...options, directory, recoveryTarget }, logger, output);
-  } finally {
-    await claim.release();
-  }
+  const target = { name: copyNodeName(directory), host: config.host, port: options.port };
+  await usingDriver(copyDriver(config, directory), async (driver) => {
+    // Claimed first, as every restore claims its target (<dir>.restore.lock): a second restore into the directory is
+    // refused before this one reads or writes anything, the empty directory's removal included.
+    const claimed = await claimNodeTarget(driver, target, { purpose: `restore into ${directory}` });
+    try {
+      await restoreClaimedCopy(config, { ...options, directory, recoveryTarget, target, driver, claimed }, logger, output);
+    } finally {
+      await claimed.release();
+    }
+  });
 }
 
 async function restoreClaimedCopy(
   config: RelevoConfig,
-  options: { to: string; port: number; backup?: string; directory: string; recoveryTarget: RecoveryTarget },
+  options: {
+    to: string;
+    port: number;
+    backup?: string;
+    directory: string;
+    recoveryTarget: RecoveryTarget;
+    target: NodeRef;
+    driver: NodeDriver;
+    claimed: HeldFileLock;
+  },
   logger: Logger,
   output: Output,
 ): Promise<void> {
-  const { directory, recoveryTarget } = options;
+  const { directory, recoveryTarget, target, driver } = options;
   const secrets = await readSecrets(config.home);
-  const target = { name: copyNodeName(directory), host: config.host, port: options.port };
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
   const members = await loadMembers(config);
   assertNoMemberPort(members, target);
   await takeEmptyDirectory(directory);
-  const manifest = await usingDriver(copyDriver(config, directory), async (driver) => {
-    await driver.checkPrerequisites();
-    const repository = new Repository(config.repository, await driver.fileOwner());
-    const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
-    await restoreBackup(
-      { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-      { manifest: chosen, target, members, recoveryTarget, parallelism: config.backupParallelism, startTimeoutMs: config.startTimeoutMs },
-    );
-    return chosen;
-  });
+  await driver.checkPrerequisites();
+  const repository = new Repository(config.repository, await driver.fileOwner());
+  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
+  await restoreBackup(
+    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+    {
+      manifest,
+      target,
+      members,
+      recoveryTarget,
+      parallelism: config.backupParallelism,
+      startTimeoutMs: config.startTimeoutMs,
+      claimed: options.claimed,
+    },
+  );
   output.out(
     `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
   );
@@ -237,25 +255,6 @@ export async function restoreStopCommand(config: RelevoConfig, options: { to: st
     }
   });
   output.out(stopped ? `stopped the copy in ${directory}` : `no restored copy in ${directory}: nothing to stop`);
-}
-
-/**
- * Claims `directory` for this restore alone: the lock file
- * `<directory>.restore.lock` beside it, created exclusively and held until
- * the restore ends, so two restores into one new directory cannot both find
- * it empty and write into it (the second is refused, nothing written). It
- * sits beside the directory, not in it: the driver must find the directory
- * absent. A claim left by a restore that crashed is broken (see file-lock).
- */
-async function claimRestoreTarget(directory: string): Promise<HeldFileLock> {
-  await mkdir(path.dirname(directory), { recursive: true });
-  try {
-    return await acquireFileLock(`${directory}.restore.lock`, { purpose: `restore into ${directory}`, waitMs: 0 });
-  } catch (error) {
-    if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
-    const holder = error.details.holder as { pid: number; host: string };
-    throw notEmpty(directory, `another restore into it is under way, pid ${holder.pid} on ${holder.host}`);
-  }
 }
 
 /**

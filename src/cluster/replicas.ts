@@ -8,6 +8,8 @@ import { without } from "../failover/cluster-state";
 import { newEntry, type OperationContext } from "../failover/operation-context";
 import type { RunningOperation } from "../failover/operation-journal";
 import { seedReplica } from "./bootstrap";
+import { withClaimedTarget } from "../restore/target-claim";
+import { LOCK_REFRESH_MS, REMOTE_HOLDER_SILENT_INTERVALS } from "../storage/lock-decision";
 
 /**
  * Adding and removing replicas. Each is a journaled operation like a
@@ -35,8 +37,15 @@ export async function addReplica(context: OperationContext, name: string): Promi
       facts: { port },
     }),
   );
-  return context.tracked(operation, () => runAddReplica(context, operation));
+  return context.tracked(operation, () => runAddReplica(context, operation, { claimWaitMs: 0 }));
 }
+
+/**
+ * How long a resumed addition waits for the claim on its node's name: its
+ * dead runner's claim, on another host, is only known dead once its file has
+ * stayed untouched for REMOTE_HOLDER_SILENT_INTERVALS refreshes.
+ */
+const RESUMED_CLAIM_WAIT_MS = (REMOTE_HOLDER_SILENT_INTERVALS + 1) * LOCK_REFRESH_MS;
 
 /**
  * A new replica's storage must not exist yet: what is there under a name
@@ -57,13 +66,35 @@ async function assertNothingThere(context: OperationContext, node: NodeRef): Pro
   );
 }
 
-/** Runs (or resumes) the addition of a replica from its journal. */
-export async function runAddReplica(context: OperationContext, operation: RunningOperation): Promise<NodeRef> {
+/**
+ * Runs (or resumes) the addition of a replica from its journal. The node's
+ * name is claimed (claimNodeTarget) from the check that nothing is there
+ * until the node is a member, as a restore claims its copy's: a restoreBackup
+ * of that name at once is refused, or refuses this, and neither destroys the
+ * other's data.
+ */
+export async function runAddReplica(
+  context: OperationContext,
+  operation: RunningOperation,
+  options: { claimWaitMs?: number } = {},
+): Promise<NodeRef> {
   const { deps } = context;
   const entry = operation.entry;
   const primary = context.node((await context.state()).primary);
   const node: NodeRef = { name: entry.from, host: primary.host, port: Number(entry.facts.port) };
   operation.assertHeld();
+  const claim = { purpose: `add replica ${node.name}`, waitMs: options.claimWaitMs ?? RESUMED_CLAIM_WAIT_MS };
+  return withClaimedTarget(deps.driver, node, claim, () => addClaimedReplica(context, operation, node, primary));
+}
+
+async function addClaimedReplica(
+  context: OperationContext,
+  operation: RunningOperation,
+  node: NodeRef,
+  primary: NodeRef,
+): Promise<NodeRef> {
+  const { deps } = context;
+  const entry = operation.entry;
   if (!deps.membership.find(node.name)) {
     // A seed cut short by a dead instance left half a node: start again from
     // nothing. Only then: before this operation began seeding, whatever is

@@ -137,6 +137,14 @@ export interface NodeDriver {
   /** The data directory as PostgreSQL tools run by `exec` see it. */
   dataDirectory(node: NodeRef): string;
 
+  /**
+   * A file of this host, beside the node's storage and never in it, whose
+   * exclusive creation claims the node's name while the node is being made
+   * (a restore, a new replica): see claimNodeTarget. Shared by every process
+   * of this data home (and, for a copy, of that directory).
+   */
+  claimFile(node: NodeRef): string;
+
   start(node: NodeRef, options: { timeoutMs: number }): Promise<void>;
   stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void>;
   /** SIGKILL to the server and every process it started; returns once all are gone. */

@@ -13,6 +13,8 @@ import { recoverySettings, standbySettings, stripUpstreamSettings, type Recovery
 import type { Repository } from "../storage/repository";
 import { assertNoMemberPort } from "./copy-placement";
 import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
+import type { HeldFileLock } from "../storage/file-lock";
+import { withClaimedTarget } from "./target-claim";
 
 export interface RestoreDeps {
   readonly clusterName: string;
@@ -34,6 +36,12 @@ export interface RestoreOptions {
   readonly timeline?: number | "latest";
   readonly parallelism: number;
   readonly startTimeoutMs: number;
+  /**
+   * The target's name claimed already by the caller (claimNodeTarget), who
+   * had to before it looked at the target (the CLI empties a directory
+   * first); otherwise the restore claims it itself.
+   */
+  readonly claimed?: HeldFileLock;
 }
 
 /**
@@ -60,11 +68,23 @@ export async function restoreLockedBackup(
   deps: RestoreDeps,
   options: Omit<RestoreOptions, "manifest"> & { readonly locked: LockedBackup },
 ): Promise<void> {
+  const { driver } = deps;
+  assertRestorable(options.locked.manifest);
+  assertNoMemberPort(options.members, options.target);
+  // Claimed from the check that the target is absent to the end: a second restore (or replica) of that name at once
+  // would also find it absent, write into the same storage, and, failing, destroy this one's copy.
+  await withClaimedTarget(driver, options.target, { purpose: `restore into ${options.target.name}`, claimed: options.claimed }, () =>
+    restoreClaimedTarget(deps, options),
+  );
+}
+
+async function restoreClaimedTarget(
+  deps: RestoreDeps,
+  options: Omit<RestoreOptions, "manifest"> & { readonly locked: LockedBackup },
+): Promise<void> {
   const { driver, repository } = deps;
   const manifest = options.locked.manifest;
   const target = options.target;
-  assertRestorable(manifest);
-  assertNoMemberPort(options.members, target);
   const state = await driver.state(target);
   // Never written over: what is there is someone's (a copy, a node, a stranger's files), and a failed restore removes its target.
   if (state.phase !== "absent") {

@@ -387,6 +387,36 @@ describe("full backup and point-in-time restore", () => {
     expect((await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("ledger")))[0]).toEqual(before);
   });
 
+  test("two restores into one new name at once (a retried request, two operators): one makes the copy, the other is refused and destroys nothing", async () => {
+    // Two full backups, each its own chain: the restores do not take turns on a backup's lock, as two of one backup would.
+    const fulls = (await cluster.service.backups.list()).filter((backup) => backup.status === "completed" && backup.type === "full");
+    while (fulls.length < 2) fulls.unshift(await (await cluster.service.backups.start("full")).done);
+    const contenders = fulls.slice(-2);
+    const copies: NodeRef[] = [];
+    while (copies.length < contenders.length) copies.push({ name: "raced", host: "127.0.0.1", port: await freePort() });
+    restoredCopies.push(copies[0]!);
+    const outcomes = await Promise.allSettled(
+      contenders.map((backup, index) =>
+        cluster.service.backups.restore({ backupId: backup.id, target: copies[index]!, recoveryTarget: { kind: "immediate" } }),
+      ),
+    );
+    const won = outcomes.flatMap((outcome, index) => (outcome.status === "fulfilled" ? [index] : []));
+    const lost = outcomes.flatMap((outcome) => (outcome.status === "rejected" ? [outcome.reason as unknown] : []));
+    expect(lost).toEqual([expect.objectContaining({ code: "TARGET_NOT_EMPTY", message: expect.stringContaining("raced") })]);
+    expect(won).toHaveLength(1);
+    // The winner's copy is whole, its own backup's, and serves reads and writes.
+    const winner = copies[won[0]!]!;
+    expect(await cluster.service.driver.state(winner)).toMatchObject({ phase: "running" });
+    const marker = JSON.parse((await cluster.service.driver.readFile(winner, "relevo.node.json"))!.toString("utf8")) as {
+      restoredFrom: string;
+    };
+    expect(marker.restoredFrom).toBe(contenders[won[0]!]!.id);
+    await sql(winner, "CREATE TABLE served AS SELECT g FROM generate_series(1, 10) g");
+    expect(await sql(winner, "SELECT count(*)::int AS n, pg_is_in_recovery() AS r FROM served")).toEqual([{ n: 10, r: false }]);
+    // Its claim on the name (beside nodes/raced) ended with the restore.
+    expect(existsSync(path.join(cluster.config.home, "nodes", "raced.restore.lock"))).toBe(false);
+  });
+
   test("a restored copy never takes a stopped member's port: refused, nothing made, the member starts again on it", async () => {
     const replica = cluster.service.nodes[1]!;
     const copy: NodeRef = { name: "on-a-member-port", host: replica.host, port: replica.port };

@@ -258,7 +258,7 @@ describe("backup locks: bounded waits, holders on other hosts, racing breakers",
         restoreCommand(config, { to: directory, port: 1 }, createLogger({ level: "silent" }), { out: () => undefined, terminal: false }),
       ).rejects.toMatchObject({
         code: "TARGET_NOT_EMPTY",
-        message: expect.stringContaining(`another restore into it is under way, pid ${child.pid}`),
+        message: expect.stringContaining(`${directory}/data) is being made by another process, pid ${child.pid}`),
       });
       await expect(access(directory)).rejects.toMatchObject({ code: "ENOENT" });
     } finally {

@@ -114,6 +114,11 @@ export class LocalDriver implements NodeDriver {
     return path.join(this.nodeDir(node), "data");
   }
 
+  claimFile(node: NodeRef): string {
+    // Beside the node's folder (nodes/<name>.restore.lock), so that the folder itself stays absent until it is made.
+    return `${this.nodeDir(node)}.restore.lock`;
+  }
+
   async provision(node: NodeRef): Promise<void> {
     // The PostgreSQL user must traverse every parent of its data directory.
     await mkdir(this.nodesRoot, { recursive: true, mode: 0o755 });
