@@ -1,5 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
-import type { NodeRef } from "../nodes/node-driver";
+import type { NodeProcessState, NodeRef } from "../nodes/node-driver";
 
 /**
  * Where a restored copy may go, and what a directory must hold for `restore
@@ -23,6 +23,25 @@ export function assertNoMemberPort(members: readonly NodeRef[], target: NodeRef)
       `a restored copy never takes a member's port; choose another port`,
     { details: { port: target.port, member: member.name } },
   );
+}
+
+/**
+ * Whether a restore may write into its target as found: only into a node
+ * that does not exist (whatever is there is someone's, and a failed restore
+ * removes its target). The one exception, asked for explicitly by disaster
+ * recovery alone: storage that exists with an empty data directory and no
+ * server, which is what is left of a lost node in a container Relevo
+ * adopted (docker compose made it; destroy() empties its volume and leaves
+ * it). Pure.
+ */
+export function restoreTargetAccepted(facts: {
+  readonly phase: NodeProcessState["phase"];
+  /** The data directory's entries, when the storage exists (null: not looked at). */
+  readonly dataEntries: number | null;
+  readonly acceptEmptyStorage: boolean;
+}): boolean {
+  if (facts.phase === "absent") return true;
+  return facts.acceptEmptyStorage && facts.phase === "stopped" && facts.dataEntries === 0;
 }
 
 /** Relevo's marker in a data directory, as far as `restore stop` needs it. */

@@ -93,6 +93,8 @@ export async function recoverCluster(
       recoveryTarget: options.recoveryTarget,
       parallelism: config.backupParallelism,
       startTimeoutMs: config.startTimeoutMs,
+      // A lost node's adopted container (docker compose's) outlives destroy() with its volume emptied: rebuilt in it.
+      acceptEmptyStorage: true,
     },
   );
   try {

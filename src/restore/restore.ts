@@ -11,7 +11,7 @@ import { layeredContent } from "../storage/layered-content";
 import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "../storage/repository";
-import { assertNoMemberPort } from "./copy-placement";
+import { assertNoMemberPort, restoreTargetAccepted } from "./copy-placement";
 import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
@@ -42,6 +42,13 @@ export interface RestoreOptions {
    * first); otherwise the restore claims it itself.
    */
   readonly claimed?: HeldFileLock;
+  /**
+   * Disaster recovery only: the target's storage may exist if its data
+   * directory is empty (a lost node's adopted container, its volume emptied
+   * by destroy()); see restoreTargetAccepted. Every other restore refuses
+   * any storage that exists.
+   */
+  readonly acceptEmptyStorage?: boolean;
 }
 
 /**
@@ -86,8 +93,9 @@ async function restoreClaimedTarget(
   const manifest = options.locked.manifest;
   const target = options.target;
   const state = await driver.state(target);
+  const dataEntries = state.phase === "stopped" && options.acceptEmptyStorage ? (await driver.listFiles(target, ".")).length : null;
   // Never written over: what is there is someone's (a copy, a node, a stranger's files), and a failed restore removes its target.
-  if (state.phase !== "absent") {
+  if (!restoreTargetAccepted({ phase: state.phase, dataEntries, acceptEmptyStorage: options.acceptEmptyStorage ?? false })) {
     throw new RelevoError(
       ErrorCode.TargetNotEmpty,
       `restore target ${target.name} already exists (${state.phase}, data in ${driver.dataDirectory(target)}); choose another name or remove it`,

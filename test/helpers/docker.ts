@@ -58,3 +58,60 @@ export async function removeDockerObjectsOf(homes: readonly string[]): Promise<v
         .catch(() => undefined);
   }
 }
+
+/** A node container as docker compose makes it (see makeComposeNodeContainer). */
+export interface ComposeNodeContainer {
+  readonly id: string;
+  readonly volume: string;
+  /** Removes it, every container on its volume (Relevo's tools container too) and then the volume. */
+  remove(): Promise<void>;
+}
+
+/**
+ * What docker compose makes for a node before Relevo ever runs: a container
+ * carrying the node's labels — another home's, so Relevo adopts it and never
+ * deletes it — with a volume of its own and a restart policy; with
+ * `repository`, that directory mounted read-only at the same path, as compose
+ * mounts the repository volume (a restore's restore_command reads it).
+ */
+export async function makeComposeNodeContainer(
+  clusterName: string,
+  node: string,
+  options: { repository?: string } = {},
+): Promise<ComposeNodeContainer> {
+  const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+  const volume = `${clusterName}-compose-${node}`;
+  await docker.createVolume({ Name: volume, Labels: { "io.relevo.home": "adopted" } });
+  const made = await docker.createContainer({
+    name: `${clusterName}-compose-${node}-1`,
+    Image: TEST_IMAGE,
+    Cmd: ["postgres"],
+    User: "postgres",
+    Labels: { "io.relevo.cluster": clusterName, "io.relevo.node": node, "io.relevo.role": "node", "io.relevo.home": "adopted" },
+    HostConfig: {
+      NetworkMode: "host",
+      RestartPolicy: { Name: "unless-stopped" },
+      Mounts: [
+        { Type: "volume", Source: volume, Target: "/var/lib/postgresql/data" },
+        ...(options.repository ? [{ Type: "bind" as const, Source: options.repository, Target: options.repository, ReadOnly: true }] : []),
+      ],
+    },
+  });
+  return {
+    id: made.id,
+    volume,
+    remove: async () => {
+      const filters = { label: [`io.relevo.cluster=${clusterName}`, `io.relevo.node=${node}`] };
+      for (const container of await docker.listContainers({ all: true, filters })) {
+        await docker
+          .getContainer(container.Id)
+          .remove({ force: true, v: true })
+          .catch(() => undefined);
+      }
+      await docker
+        .getVolume(volume)
+        .remove({ force: true })
+        .catch(() => undefined);
+    },
+  };
+}

@@ -1,7 +1,8 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tempHome } from "../helpers/home";
 import path from "node:path";
 import { promisify } from "node:util";
 import { loadConfig, type RelevoConfig } from "../../src/config/config";
@@ -13,7 +14,7 @@ import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";
 import type { Secrets } from "../../src/secrets/secrets-store";
 import { startRelevo, type RelevoService } from "../../src/service";
 import { projectRoot } from "../../src/util/project-root";
-import { TEST_IMAGE } from "../helpers/docker";
+import { makeComposeNodeContainer, TEST_IMAGE, type ComposeNodeContainer } from "../helpers/docker";
 import { describeOnEachDriver, type TestDriver } from "../helpers/drivers";
 import { failoverHelpers } from "../helpers/failover";
 import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
@@ -173,9 +174,21 @@ describeOnEachDriver(
     const sql = <T = Record<string, unknown>>(node: NodeRef, text: string) => sqlOn<T>(node, secrets, text);
     const node = (name: string): NodeRef => nodes.find((candidate) => candidate.name === name)!;
 
+    // On Docker node1's container is compose's, adopted by Relevo (review B, finding 4): recovery must rebuild the
+    // node inside it (its volume emptied, the container kept), as it rebuilds the others in containers of its own.
+    let composed: ComposeNodeContainer | null = null;
+    const volumeOf = (each: NodeRef): string =>
+      each.name === "node1" && composed ? composed.volume : volumeName({ cluster: config.clusterName, node: each.name });
+
     beforeAll(async () => {
+      const home = await tempHome("lost-disk");
+      if (driver === "docker") {
+        const repository = path.join(home, "repository");
+        await mkdir(repository, { recursive: true });
+        composed = await makeComposeNodeContainer(String(overrides.clusterName), "node1", { repository });
+      }
       // No rejoin: node1 stays fenced, as an operator would find it after a failover.
-      first = await startTestCluster("lost-disk", { autoRejoin: false, ...overrides });
+      first = await startTestCluster("lost-disk", { autoRejoin: false, home, ...overrides });
       ({ config } = first);
       nodes = [...first.service.nodes];
       secrets = first.service.secrets;
@@ -184,7 +197,7 @@ describeOnEachDriver(
       } finally {
         await first.stop();
       }
-      for (const each of nodes) await loseDataDirectory(driver, config, first.service.driver, each);
+      for (const each of nodes) await loseDataDirectory(driver, volumeOf(each), first.service.driver, each);
     }, 240000);
 
     /** Rows on node1, a full backup, node1 killed and fenced by the failover to node2, more rows on node2 (in the archive's timeline 2 only). */
@@ -218,6 +231,7 @@ describeOnEachDriver(
 
     afterAll(async () => {
       await again?.stop({ reason: "test finished" });
+      await composed?.remove();
     });
 
     test("relevo up refuses to initialise a new cluster in place of the lost one, naming relevo restore --cluster, and creates nothing", async () => {
@@ -239,6 +253,8 @@ describeOnEachDriver(
       const recovered = await run("node", [BIN, "restore", "--cluster"], { env: cliEnvFor(config), timeout: 240000 });
       expect(recovered.stdout).toMatch(/node1: restored from the repository, primary\nnode2: seeded from/);
       expect(await sql(node("node1"), "SELECT count(*)::int AS n, max(id) AS max FROM precious")).toEqual([{ n: rows, max: rows }]);
+      // Docker: node1 was rebuilt in compose's container, still the one compose made.
+      if (composed) expect((await first.service.driver.describe(node("node1"))).containerId).toBe(composed.id);
     }, 300000);
 
     test("relevo up then runs node1, fenced before the loss, as the primary: it takes writes, and the recorded state says so", async () => {
@@ -282,7 +298,7 @@ describeOnEachDriver(
     test("relevo up --new-cluster starts over: an empty cluster, the old backups and archive moved aside, the new archive its own", async () => {
       await again!.stop({ reason: "test finished" });
       again = null;
-      for (const each of nodes) await loseDataDirectory(driver, config, first.service.driver, each);
+      for (const each of nodes) await loseDataDirectory(driver, volumeOf(each), first.service.driver, each);
       await recordOldClusterState(config, secrets);
       again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
       const service = again;
@@ -334,12 +350,11 @@ async function archiverHasReceived(primary: NodeRef, secrets: Secrets, what: str
 }
 
 /** The disk is gone: local, the node's data directory (its folder and server log stay); Docker, its volume's content (the container stays). */
-async function loseDataDirectory(driver: TestDriver, config: RelevoConfig, nodeDriver: NodeDriver, node: NodeRef): Promise<void> {
+async function loseDataDirectory(driver: TestDriver, volume: string, nodeDriver: NodeDriver, node: NodeRef): Promise<void> {
   if (driver === "local") {
     await rm(nodeDriver.dataDirectory(node), { recursive: true, force: true });
     return;
   }
-  const volume = volumeName({ cluster: config.clusterName, node: node.name });
   await run("docker", [
     "run",
     "--rm",

@@ -6,7 +6,7 @@ import { DockerDriver } from "../../src/nodes/docker/docker-driver";
 import { startRelevo } from "../../src/service";
 import { mkdir, rm } from "node:fs/promises";
 import { createNodeDriver, usingDriver } from "../../src/nodes/create-driver";
-import { dockerOverrides, removeDockerObjectsOf, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
+import { dockerOverrides, makeComposeNodeContainer, removeDockerObjectsOf, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
 import { failoverHelpers } from "../helpers/failover";
 import { processesMentioning } from "../helpers/processes";
 import { eventually, testConfig, useTestCluster } from "../helpers/service";
@@ -89,26 +89,7 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
   // What docker compose makes: a node container with Relevo's labels, a
   // volume of its own and a restart policy, before Relevo ever runs.
   beforeAll(async () => {
-    const volume = `${overrides.clusterName}-compose-node1`;
-    await docker.createVolume({ Name: volume, Labels: { "io.relevo.home": "adopted" } });
-    const made = await docker.createContainer({
-      name: `${overrides.clusterName}-compose-primary-1`,
-      Image: TEST_IMAGE,
-      Cmd: ["postgres"],
-      User: "postgres",
-      Labels: {
-        "io.relevo.cluster": String(overrides.clusterName),
-        "io.relevo.node": "node1",
-        "io.relevo.role": "node",
-        "io.relevo.home": "adopted",
-      },
-      HostConfig: {
-        NetworkMode: "host",
-        RestartPolicy: { Name: "unless-stopped" },
-        Mounts: [{ Type: "volume", Source: volume, Target: "/var/lib/postgresql/data" }],
-      },
-    });
-    adoptedId = made.id;
+    adoptedId = (await makeComposeNodeContainer(String(overrides.clusterName), "node1")).id;
   });
 
   afterAll(async () => {
@@ -123,7 +104,7 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
         .catch(() => undefined);
     }
     await docker
-      .getVolume(`${overrides.clusterName}-compose-node1`)
+      .getVolume(`${String(overrides.clusterName)}-compose-node1`)
       .remove({ force: true })
       .catch(() => undefined);
   });

@@ -2,6 +2,7 @@ import { initialisationDecision } from "../../src/cluster/cluster-identity";
 import { initialState } from "../../src/failover/cluster-state";
 import { rebuiltState } from "../../src/failover/rebuilt-cluster";
 import { nodeLoss } from "../../src/restore/disaster-recovery";
+import { restoreTargetAccepted } from "../../src/restore/copy-placement";
 import { foreignWalRefusal, manifestIdentity } from "../../src/wal/archive-identity";
 
 describe("a lost cluster is rebuilt, never replaced (pure)", () => {
@@ -23,6 +24,16 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
     expect(nodeLoss({ phase: "stopped", hasVersion: true })).toBe("survives");
     expect(nodeLoss({ phase: "running", hasVersion: false })).toBe("survives");
     expect(nodeLoss({ phase: "paused", hasVersion: true })).toBe("survives");
+  });
+
+  test("a restore writes only into an absent node; disaster recovery alone also into existing storage with an empty data directory", () => {
+    expect(restoreTargetAccepted({ phase: "absent", dataEntries: null, acceptEmptyStorage: false })).toBe(true);
+    expect(restoreTargetAccepted({ phase: "stopped", dataEntries: 0, acceptEmptyStorage: false })).toBe(false);
+    // An adopted container whose volume destroy() emptied: rebuilt in place by disaster recovery.
+    expect(restoreTargetAccepted({ phase: "stopped", dataEntries: 0, acceptEmptyStorage: true })).toBe(true);
+    expect(restoreTargetAccepted({ phase: "stopped", dataEntries: 3, acceptEmptyStorage: true })).toBe(false);
+    expect(restoreTargetAccepted({ phase: "stopped", dataEntries: null, acceptEmptyStorage: true })).toBe(false);
+    expect(restoreTargetAccepted({ phase: "running", dataEntries: 0, acceptEmptyStorage: true })).toBe(false);
   });
 
   test("the archiver refuses WAL of another system identifier than the archive's, and only that", () => {
