@@ -229,6 +229,9 @@ export async function restoreClusterCommand(
       return recoverCluster({ config, driver, repository, secrets, logger, recordRebuilt }, { backupId: options.backup, recoveryTarget });
     });
   });
+  for (const remains of recovered.setAside) {
+    output.out(`${remains.node}: its data directory held files but no PG_VERSION: kept, not deleted, in ${remains.keptIn}`);
+  }
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);
   }

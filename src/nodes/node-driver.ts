@@ -133,6 +133,16 @@ export interface NodeDriver {
   provision(node: NodeRef): Promise<void>;
   /** Removes the node and all its data; the server must be stopped or is killed. */
   destroy(node: NodeRef): Promise<void>;
+  /**
+   * Keeps what is left of a stopped node's storage under another name (its
+   * name + `.` + `suffix`), never deleting any of it, so that the node is
+   * absent and can be made again: remains that are not a cluster may still
+   * be recovered by hand. Returns where they are now. A driver that cannot
+   * rename its storage (Docker: a volume has no rename) refuses with
+   * PRECONDITION_FAILED, naming the storage and what to do, and touches
+   * nothing.
+   */
+  setAside(node: NodeRef, suffix: string): Promise<string>;
 
   /** The data directory as PostgreSQL tools run by `exec` see it. */
   dataDirectory(node: NodeRef): string;

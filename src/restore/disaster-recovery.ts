@@ -16,6 +16,7 @@ import type { Repository } from "../storage/repository";
 import { repositorySeeder } from "./replica-seed";
 import { restoreBackup } from "./restore";
 import { ensureArchiveSlot } from "../wal/wal-archiver";
+import { isPortFree } from "../util/ports";
 
 export interface ClusterRecoveryDeps {
   readonly config: RelevoConfig;
@@ -36,6 +37,13 @@ export interface ClusterRecoveryDeps {
 export interface ClusterRecovery {
   readonly manifest: BackupManifest;
   readonly outcomes: readonly NodeBootstrapOutcome[];
+  /** Lost nodes whose data directory held files but no PG_VERSION: where those remains are kept. */
+  readonly setAside: readonly SetAsideRemains[];
+}
+
+export interface SetAsideRemains {
+  readonly node: string;
+  readonly keptIn: string;
 }
 
 /**
@@ -47,7 +55,9 @@ export interface ClusterRecovery {
  * and the other members are seeded from it as new replicas. Relevo manages
  * the result as before. Refused while any node still has data: that is not a
  * disaster, and nothing is overwritten. A node whose data directory is gone
- * or holds no cluster (no PG_VERSION) is lost, whatever is left around it.
+ * or empty is lost, whatever is left around it; one whose data directory
+ * holds files but no PG_VERSION is lost too, its remains set aside first
+ * (see nodeLoss, NodeDriver.setAside), never deleted.
  */
 export async function recoverCluster(
   deps: ClusterRecoveryDeps,
@@ -57,21 +67,30 @@ export async function recoverCluster(
   const nodes = await loadMembers(config);
   const surviving: string[] = [];
   const remains: NodeRef[] = [];
+  const damaged: NodeRef[] = [];
   for (const node of nodes) {
-    const state = await driver.state(node);
-    const hasVersion = state.phase === "absent" ? false : (await driver.readFile(node, "PG_VERSION")) !== null;
-    const loss = nodeLoss({ phase: state.phase, hasVersion });
-    if (loss === "survives") surviving.push(`${node.name} (${driver.dataDirectory(node)})`);
-    else if (loss === "lost-with-remains") remains.push(node);
+    const loss = nodeLoss(await lossFacts(driver, node));
+    if (loss.phase === "survives") surviving.push(`${node.name} (${driver.dataDirectory(node)}: ${loss.why})`);
+    else if (loss.phase === "lost-with-remains") remains.push(node);
+    else if (loss.phase === "damaged") damaged.push(node);
   }
   if (surviving.length > 0) {
     throw new RelevoError(
       ErrorCode.PreconditionFailed,
       `relevo restore --cluster rebuilds a cluster whose every node is lost, and ${surviving.join(", ")} still exist: ` +
-        `start them with relevo up, or move them away first`,
+        `start them with relevo up, or stop them, or move them away first`,
     );
   }
   const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backupId, options.recoveryTarget);
+  // A data directory that holds files but no PG_VERSION may still be recovered by hand: never deleted, set aside
+  // first (the driver refuses, touching nothing, when it cannot), before anything else is removed.
+  const setAside: SetAsideRemains[] = [];
+  const suffix = `lost-${compactUtc(new Date())}`;
+  for (const node of damaged) {
+    const keptIn = await driver.setAside(node, suffix);
+    logger.warn({ node: node.name, keptIn }, "a lost node's data directory held files but no PG_VERSION: kept aside, not deleted");
+    setAside.push({ node: node.name, keptIn });
+  }
   // What is left of a lost node (its folder and server log, its container,
   // an emptied volume) goes: the node is made again from the repository.
   for (const node of remains) {
@@ -121,7 +140,7 @@ export async function recoverCluster(
       },
       nodes,
     );
-    return { manifest, outcomes };
+    return { manifest, outcomes, setAside };
   } catch (error) {
     // A state not recorded says what to do itself: "run relevo up" would act on the lost cluster's record.
     if (error instanceof RelevoError && error.details.stateRecorded === false) throw error;
@@ -134,14 +153,59 @@ export async function recoverCluster(
   }
 }
 
+/** What disaster recovery reads of a node to judge it lost (see nodeLoss). */
+export interface NodeLossFacts {
+  readonly phase: NodeProcessState["phase"];
+  readonly hasVersion: boolean;
+  /** Entries in its data directory (0 when the directory is missing). */
+  readonly dataEntries: number;
+  /** Something answers on the node's port (a server whose pid file is gone, or not the driver's to see). */
+  readonly portAnswers: boolean;
+}
+
+async function lossFacts(driver: NodeDriver, node: NodeRef): Promise<NodeLossFacts> {
+  const state = await driver.state(node);
+  if (state.phase === "absent") return { phase: state.phase, hasVersion: false, dataEntries: 0, portAnswers: false };
+  const hasVersion = (await driver.readFile(node, "PG_VERSION")) !== null;
+  const lookCloser = state.phase === "stopped" && !hasVersion;
+  return {
+    phase: state.phase,
+    hasVersion,
+    dataEntries: lookCloser ? (await driver.listFiles(node, ".")).length : 0,
+    portAnswers: lookCloser && !(await isPortFree(node.host, node.port)),
+  };
+}
+
+export type NodeLoss =
+  /** No storage at all. */
+  | { readonly phase: "lost" }
+  /** Storage left (a folder and server log, a container, a volume) with the data directory missing or empty: removed. */
+  | { readonly phase: "lost-with-remains" }
+  /** A data directory holding files but no PG_VERSION: not a cluster, yet perhaps recoverable by hand; set aside, never deleted. */
+  | { readonly phase: "damaged" }
+  | { readonly phase: "survives"; readonly why: string };
+
 /**
  * Whether a node is lost, for disaster recovery: a node without storage, or
- * whose data directory is missing or holds no PG_VERSION (no PostgreSQL
- * cluster: the disk that held it is gone) and no server runs. Anything else
- * survives and is never overwritten. Pure.
+ * whose data directory is missing or empty, and no server runs on it. A data
+ * directory that holds files but no PG_VERSION (what relevo up refuses as
+ * DATA_DIR_NOT_OURS) is lost too, but its remains are set aside, never
+ * deleted. A server running, by the driver's word or answering on the node's
+ * port, or a PG_VERSION: the node survives, and nothing is overwritten. Pure.
  */
-export function nodeLoss(facts: { phase: NodeProcessState["phase"]; hasVersion: boolean }): "lost" | "lost-with-remains" | "survives" {
-  if (facts.phase === "absent") return "lost";
-  if (facts.phase === "stopped" && !facts.hasVersion) return "lost-with-remains";
-  return "survives";
+export function nodeLoss(facts: NodeLossFacts): NodeLoss {
+  if (facts.phase === "absent") return { phase: "lost" };
+  if (facts.phase === "running" || facts.phase === "paused") return { phase: "survives", why: `its server is ${facts.phase}` };
+  if (facts.hasVersion) return { phase: "survives", why: "it holds a PostgreSQL cluster" };
+  if (facts.portAnswers) return { phase: "survives", why: "a server answers on its port" };
+  if (facts.dataEntries === 0) return { phase: "lost-with-remains" };
+  return { phase: "damaged" };
+}
+
+/** 2026-12-06T16:00:41.123Z as 20261206T160041Z: a file name's time. */
+function compactUtc(date: Date): string {
+  return date
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
 }

@@ -249,9 +249,52 @@ describeOnEachDriver(
       for (const each of nodes) expect(await first.service.driver.readFile(each, "PG_VERSION")).toBeNull();
     });
 
-    test("relevo restore --cluster counts nodes without a data directory as lost and rebuilds every row, those of the failover's timeline too", async () => {
+    // node2's data directory comes back holding files but no PG_VERSION (what relevo up refuses as DATA_DIR_NOT_OURS):
+    // remains that may still be recovered by hand (review B, finding 5).
+    test("remains that are no cluster are never deleted: refused while a server runs on them, named on Docker", async () => {
+      const nodeDriver = first.service.driver;
+      const node2 = node("node2");
+      const refusal = async (): Promise<string> => {
+        const refused = await run("node", [BIN, "restore", "--cluster"], { env: cliEnvFor(config) }).then(
+          () => "",
+          (error: { code: number; stderr: string }) => (error.code === 1 ? error.stderr : `exit ${error.code}: ${error.stderr}`),
+        );
+        return refused;
+      };
+      if (driver === "docker") {
+        await inVolume(volumeOf(node2), ["sh", "-c", "mkdir /lost/base && echo kept > /lost/base/remains"]);
+        expect(await refusal()).toContain(`node node2's volume ${volumeOf(node2)} holds files but no PG_VERSION`);
+        expect((await nodeDriver.readFile(node2, "base/remains"))?.toString()).toBe("kept\n");
+        await loseDataDirectory(driver, volumeOf(node2), nodeDriver, node2);
+        return;
+      }
+      // A real server on node2's port whose PG_VERSION is then lost: the driver sees it by its pid file, and the
+      // command refuses rather than take the node for lost (and its directory for remains).
+      await nodeDriver.exec(node2, ["initdb", "-D", nodeDriver.dataDirectory(node2), "-U", "postgres", "-A", "trust", "--no-sync"], {
+        mode: "offline",
+      });
+      const conf = (await nodeDriver.readFile(node2, "postgresql.conf"))!.toString();
+      await nodeDriver.writeFile(node2, "postgresql.conf", `${conf}\nport = ${node2.port}\nlisten_addresses = '127.0.0.1'\n`);
+      await nodeDriver.start(node2, { timeoutMs: 60000 });
+      try {
+        await nodeDriver.removeFiles(node2, ["PG_VERSION"]);
+        expect(await nodeDriver.state(node2)).toMatchObject({ phase: "running" });
+        expect(await refusal()).toMatch(/node2 \(\S+: its server is running\) still exist/);
+      } finally {
+        await nodeDriver.kill(node2);
+      }
+      expect(await nodeDriver.readFile(node2, "global/pg_control")).not.toBeNull();
+    });
+
+    test("relevo restore --cluster counts nodes without a data directory as lost, keeps remains that are no cluster, and rebuilds every row, those of the failover's timeline too", async () => {
       const recovered = await run("node", [BIN, "restore", "--cluster"], { env: cliEnvFor(config), timeout: 240000 });
       expect(recovered.stdout).toMatch(/node1: restored from the repository, primary\nnode2: seeded from/);
+      if (driver === "local") {
+        // node2's remains (a data directory without PG_VERSION) were moved aside, whole, and said so.
+        const kept = /node2: its data directory held files but no PG_VERSION: kept, not deleted, in (\S+)/.exec(recovered.stdout)?.[1];
+        expect(kept).toMatch(new RegExp(`^${path.join(config.home, "nodes", "node2")}\\.lost-\\d{8}T\\d{6}Z$`));
+        expect(await readdir(path.join(kept!, "data", "global"))).toContain("pg_control");
+      }
       expect(await sql(node("node1"), "SELECT count(*)::int AS n, max(id) AS max FROM precious")).toEqual([{ n: rows, max: rows }]);
       // Docker: node1 was rebuilt in compose's container, still the one compose made.
       if (composed) expect((await first.service.driver.describe(node("node1"))).containerId).toBe(composed.id);
@@ -355,19 +398,10 @@ async function loseDataDirectory(driver: TestDriver, volume: string, nodeDriver:
     await rm(nodeDriver.dataDirectory(node), { recursive: true, force: true });
     return;
   }
-  await run("docker", [
-    "run",
-    "--rm",
-    "--user",
-    "0",
-    "-v",
-    `${volume}:/lost`,
-    "--entrypoint",
-    "find",
-    TEST_IMAGE,
-    "/lost",
-    "-mindepth",
-    "1",
-    "-delete",
-  ]);
+  await inVolume(volume, ["find", "/lost", "-mindepth", "1", "-delete"]);
+}
+
+/** Runs a command as root in a one-off container with the volume at /lost (what an operator's hand, or a disk, does to it). */
+async function inVolume(volume: string, [command, ...args]: string[]): Promise<void> {
+  await run("docker", ["run", "--rm", "--user", "0", "-v", `${volume}:/lost`, "--entrypoint", command!, TEST_IMAGE, ...args]);
 }

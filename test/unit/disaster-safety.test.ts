@@ -18,12 +18,17 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
     expect(initialisationDecision(known, { newCluster: true })).toEqual({ phase: "start-over", known });
   });
 
-  test("a node is lost for restore --cluster without storage, or stopped with no PG_VERSION; otherwise it survives", () => {
-    expect(nodeLoss({ phase: "absent", hasVersion: false })).toBe("lost");
-    expect(nodeLoss({ phase: "stopped", hasVersion: false })).toBe("lost-with-remains");
-    expect(nodeLoss({ phase: "stopped", hasVersion: true })).toBe("survives");
-    expect(nodeLoss({ phase: "running", hasVersion: false })).toBe("survives");
-    expect(nodeLoss({ phase: "paused", hasVersion: true })).toBe("survives");
+  test("a node is lost for restore --cluster without storage, or with its data directory missing or empty and no server; otherwise it survives", () => {
+    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, portAnswers: false };
+    expect(nodeLoss({ ...stopped, phase: "absent" })).toEqual({ phase: "lost" });
+    expect(nodeLoss(stopped)).toEqual({ phase: "lost-with-remains" });
+    expect(nodeLoss({ ...stopped, hasVersion: true, dataEntries: 20 })).toMatchObject({ phase: "survives" });
+    expect(nodeLoss({ ...stopped, phase: "paused" })).toMatchObject({ phase: "survives" });
+    // What relevo up calls DATA_DIR_NOT_OURS (files, no PG_VERSION) is never deleted: its remains are set aside.
+    expect(nodeLoss({ ...stopped, dataEntries: 3 })).toEqual({ phase: "damaged" });
+    // A server still on it, by its pid file or its port, is no loss at all.
+    expect(nodeLoss({ ...stopped, phase: "running", dataEntries: 3 })).toEqual({ phase: "survives", why: "its server is running" });
+    expect(nodeLoss({ ...stopped, dataEntries: 3, portAnswers: true })).toEqual({ phase: "survives", why: "a server answers on its port" });
   });
 
   test("a restore writes only into an absent node; disaster recovery alone also into existing storage with an empty data directory", () => {

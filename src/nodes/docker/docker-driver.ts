@@ -157,6 +157,30 @@ export class DockerDriver implements NodeDriver {
     });
   }
 
+  /**
+   * Refused, always: the engine cannot rename a volume (nor the mount of a
+   * container Relevo adopted), and copying the remains into a new volume
+   * could fill the disk that is already in trouble. The operator is told
+   * which storage holds them and what to do; nothing is touched.
+   */
+  async setAside(node: NodeRef): Promise<string> {
+    const info = await this.containers.find(node, "node");
+    const mount = info?.Mounts.find((each) => each.Destination === PGDATA);
+    const directory = this.options.dataDirectories?.[node.name];
+    const storage = directory
+      ? `directory ${directory}`
+      : mount?.Type === "bind"
+        ? `directory ${mount.Source}`
+        : `volume ${mount?.Name ?? volumeName(this.containers.naming(node))}`;
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      `node ${node.name}'s ${storage} holds files but no PG_VERSION: it may still be recovered by hand, and Relevo never deletes it, ` +
+        `nor can it rename it on Docker: copy out what you need, then empty it (or remove it${info ? ` and container ${info.Name.replace(/^\//, "")}` : ""}), ` +
+        `and run relevo restore --cluster again`,
+      { details: { node: node.name, storage } },
+    );
+  }
+
   async state(node: NodeRef): Promise<NodeProcessState> {
     return this.stateOf(node, await this.containers.find(node, "node"));
   }

@@ -1,4 +1,4 @@
-import { access, chmod, mkdir, readFile, rm } from "node:fs/promises";
+import { access, chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
 import { chownNoFollow } from "../../util/owned-files";
 import { constants } from "node:fs";
 import path from "node:path";
@@ -143,6 +143,18 @@ export class LocalDriver implements NodeDriver {
     await rm(this.nodeDir(node), { recursive: true, force: true });
   }
 
+  async setAside(node: NodeRef, suffix: string): Promise<string> {
+    const state = await this.state(node);
+    if (state.phase === "running" || state.phase === "paused") {
+      throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} runs (pid ${state.pid}): its storage is not set aside`);
+    }
+    const aside = `${this.nodeDir(node)}.${suffix}`;
+    // Beside it, in the same file system: a rename, nothing copied or deleted. A name taken already is never replaced.
+    if (existsSync(aside)) throw new RelevoError(ErrorCode.PreconditionFailed, `cannot set ${node.name}'s remains aside: ${aside} exists`);
+    await rename(this.nodeDir(node), aside);
+    return aside;
+  }
+
   async start(node: NodeRef, options: { timeoutMs: number }): Promise<void> {
     const state = await this.state(node);
     if (state.phase === "running") return;
@@ -221,14 +233,15 @@ export class LocalDriver implements NodeDriver {
   }
 
   async state(node: NodeRef): Promise<NodeProcessState> {
-    const versionFile = await readOptionalFile(path.join(this.dataDirectory(node), "PG_VERSION"));
     const dirExists = await access(this.nodeDir(node)).then(
       () => true,
       () => false,
     );
     if (!dirExists) return { phase: "absent" };
+    // By the postmaster's pid file alone: a server still runs on a data directory whose PG_VERSION is gone (a damaged
+    // disk, a hand's mistake), and must never be taken for a stopped node whose remains may be removed.
     const pid = await this.postmasterPid(node);
-    if (pid === null || versionFile === null) return { phase: "stopped" };
+    if (pid === null) return { phase: "stopped" };
     const stat = await readProcStat(pid);
     if (!stat) return { phase: "stopped" };
     return stat.state === "T" ? { phase: "paused", pid } : { phase: "running", pid };
