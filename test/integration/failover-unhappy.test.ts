@@ -485,8 +485,9 @@ describe("a switchover's new primary lost while the old primary is still stopped
       what: "node2 streaming from node1",
     });
     const { operation } = await switchoverRecorded();
-    await cluster.service.driver.kill(node("node2"));
+    // Before the kill: the switchover's own run may see node2 gone, and say so, before kill() has returned.
     const killedAt = Date.now();
+    await cluster.service.driver.kill(node("node2"));
     // The moment this test is about: node1 not yet started as node2's standby.
     expect((await cluster.service.driver.state(node("node1"))).phase).toBe("stopped");
 
