@@ -99,9 +99,18 @@ export class FailoverMonitor {
       timeoutMs: deps.config.failoverCheckIntervalMs,
       clusterName: deps.config.clusterName,
     });
-    this.commitWait = new CommitWaitConfirmation(async (primary) => {
-      // A checkpoint on a busy primary may take minutes; its own connection, not the round's.
-      await withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, (client) => client.query("CHECKPOINT"));
+    this.commitWait = new CommitWaitConfirmation(async (primary, stopping) => {
+      // A checkpoint on a busy primary may take minutes; its own connection, not the round's, ended on stop.
+      await withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, async (client) => {
+        const end = (): void => void client.connection?.stream?.destroy();
+        if (stopping.aborted) throw new Error("the monitor stopped");
+        stopping.addEventListener("abort", end, { once: true });
+        try {
+          await client.query("CHECKPOINT");
+        } finally {
+          stopping.removeEventListener("abort", end);
+        }
+      });
     });
     this.lostSlots = new LostSlotRepair({ ...deps, nodeTimeoutMs: deps.config.nodeTimeoutMs });
   }

@@ -38,7 +38,10 @@ export class CommitWaitConfirmation {
   /** Bumped by every forget(): a checkpoint requested before it confirms nothing. */
   private generation = 0;
 
-  constructor(private readonly checkpoint: (primary: NodeRef) => Promise<void>) {}
+  /** Aborted on stop: a checkpoint under way ends its connection rather than outlive the monitor. */
+  private stopping = new AbortController();
+
+  constructor(private readonly checkpoint: (primary: NodeRef, stopping: AbortSignal) => Promise<void>) {}
 
   /**
    * What the monitor saw this round: the setting `names` on `primary`. An
@@ -66,7 +69,7 @@ export class CommitWaitConfirmation {
     if (this.confirmedOn === primary.name || this.pendingFor === primary.name) return;
     const generation = this.generation;
     this.pendingFor = primary.name;
-    const run = this.checkpoint(primary).then(
+    const run = this.checkpoint(primary, this.stopping.signal).then(
       () => {
         if (this.generation !== generation) return;
         this.confirmedOn = primary.name;
@@ -83,9 +86,10 @@ export class CommitWaitConfirmation {
   }
 
   /**
-   * Waits for a checkpoint under way, up to `withinMs` (the monitor's stop:
-   * no connection left open, yet no shutdown held for minutes by a busy
-   * primary's checkpoint, which completes without us).
+   * The monitor's stop: waits for a checkpoint under way up to `withinMs`,
+   * then aborts it (its connection ended: the server finishes the
+   * checkpoint without us), so neither a connection is left open nor a
+   * shutdown held for minutes by a busy primary's checkpoint.
    */
   async settled(withinMs: number): Promise<void> {
     const deadline = Date.now() + withinMs;
@@ -95,6 +99,11 @@ export class CommitWaitConfirmation {
       await Promise.race([this.pending, expired]);
       clearTimeout(timer);
     }
+    if (!this.pending) return;
+    this.stopping.abort();
+    while (this.pending) await this.pending;
+    // A monitor started again asks again, on a signal of its own.
+    this.stopping = new AbortController();
   }
 }
 

@@ -11,10 +11,16 @@ import { testNode } from "../helpers/node-facts";
 class Checkpoints {
   readonly requested: string[] = [];
   private readonly open: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
-  readonly run = (primary: { name: string }): Promise<void> =>
+  readonly aborted: string[] = [];
+  readonly run = (primary: { name: string }, stopping: AbortSignal): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       this.requested.push(primary.name);
       this.open.push({ resolve, reject });
+      // As the monitor's does: the connection ended, the query fails.
+      stopping.addEventListener("abort", () => {
+        this.aborted.push(primary.name);
+        reject(new Error("Connection terminated"));
+      });
     });
   finish(index: number): Promise<void> {
     this.open[index]!.resolve();
@@ -77,16 +83,29 @@ describe("commits are known to wait for the synchronous set only after a checkpo
     await commitWait.settled(1000);
   });
 
-  test("stopping waits for a checkpoint under way, but not past its bound", async () => {
-    const checkpoints = new Checkpoints();
-    const commitWait = new CommitWaitConfirmation(checkpoints.run);
-    commitWait.request(node1);
-    const started = Date.now();
-    await commitWait.settled(200);
-    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
-    const settling = commitWait.settled(5000);
-    await checkpoints.finish(0);
+  test("stopping waits for a checkpoint under way up to its bound, then ends it", async () => {
+    const finishing = new Checkpoints();
+    const waited = new CommitWaitConfirmation(finishing.run);
+    waited.request(node1);
+    const settling = waited.settled(5000);
+    await finishing.finish(0);
     await settling;
-    expect(commitWait.confirmed("node1")).toBe(true);
+    expect(waited.confirmed("node1")).toBe(true);
+    expect(finishing.aborted).toEqual([]);
+
+    const hanging = new Checkpoints();
+    const stopped = new CommitWaitConfirmation(hanging.run);
+    stopped.request(node1);
+    const started = Date.now();
+    await stopped.settled(200);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    expect(hanging.aborted).toEqual(["node1"]);
+    expect(stopped.confirmed("node1")).toBe(false);
+    // Started again, the monitor asks again, and is not aborted by the old stop.
+    stopped.request(node1);
+    expect(hanging.requested).toEqual(["node1", "node1"]);
+    await hanging.finish(1);
+    expect(stopped.confirmed("node1")).toBe(true);
+    expect(hanging.aborted).toEqual(["node1"]);
   });
 });
