@@ -99,7 +99,8 @@ export class DockerDriver implements NodeDriver {
     // A copy kept in a directory of this host is claimed beside it, as on the local driver; a node by its volume's
     // name (the engine's names are per cluster, and the processes that make this cluster's nodes share this home).
     const directory = this.options.dataDirectories?.[node.name];
-    if (directory) return `${directory}.restore.lock`;
+    // The data directory is <dir>/data: the claim goes beside <dir> (never inside, where it would make <dir> not empty).
+    if (directory) return `${path.dirname(directory)}.restore.lock`;
     return path.join(this.options.home, "nodes", `${volumeName(this.containers.naming(node))}.restore.lock`);
   }
 
