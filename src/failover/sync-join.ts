@@ -93,15 +93,15 @@ export class CommitWaitConfirmation {
    */
   async settled(withinMs: number): Promise<void> {
     const deadline = Date.now() + withinMs;
-    while (this.pending && Date.now() < deadline) {
+    while (this.pending !== null && Date.now() < deadline) {
       let timer: NodeJS.Timeout | undefined;
       const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - Date.now())));
       await Promise.race([this.pending, expired]);
       clearTimeout(timer);
     }
-    if (!this.pending) return;
+    if (this.pending === null) return;
     this.stopping.abort();
-    while (this.pending) await this.pending;
+    while (this.pending !== null) await this.pending;
     // A monitor started again asks again, on a signal of its own.
     this.stopping = new AbortController();
   }
