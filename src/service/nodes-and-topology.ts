@@ -13,6 +13,7 @@ import type { Credentials } from "../postgres/connection";
 import { APP_DATABASE, ROLE_APP, ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { publisherOf } from "../events/redis-pubsub";
 import { repositorySeeder } from "../restore/replica-seed";
+import { redisCall } from "../redis/redis-client";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
@@ -84,7 +85,8 @@ export async function bootstrapNodes(
 ): Promise<BootstrappedCluster> {
   const { config, logger, driver, secrets, redis, nodes, repository } = options;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
-  const recorded = await store.read().catch(() => null);
+  // Never "nothing recorded" for a read that failed: the recorded primary and fences decide what may start.
+  const recorded = await redisCall("the cluster's recorded state", () => store.read());
   // Cleared when the cluster starts over: nothing recorded about the old cluster's nodes holds for the new one.
   const fenced = new Set(recorded?.fenced ?? []);
   let startedOver = false;

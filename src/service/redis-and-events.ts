@@ -1,6 +1,7 @@
 import type Redis from "ioredis";
 import { randomUUID } from "node:crypto";
 import os from "node:os";
+import { ErrorCode, RelevoError } from "../errors";
 import type { PrimaryDatabase } from "../db/primary-database";
 import { Consolidator } from "../events/consolidator";
 import { EventLog } from "../events/event-log";
@@ -43,7 +44,9 @@ export async function startRedisAndEvents(options: StartContext & { readonly sec
   cleanups.push(() => {
     for (const each of [client, blockingClient, subscriberClient, invalidationClient]) each.disconnect();
   });
-  await client.ping().catch(() => undefined);
+  // Connected before anything reads the recorded state: with no offline queue, a read sent while the client still
+  // connects fails, and a start that took that for "nothing recorded" would ignore the recorded primary and fences.
+  await untilReady(client, REDIS_READY_TIMEOUT_MS, endpoint);
   const keys = redisKeys(config.clusterName);
   const instanceId = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const pubSub = createRedisPubSub(client, subscriberClient);
@@ -60,4 +63,27 @@ export function startConsolidator(
   consolidator.start();
   cleanups.push(() => consolidator.stop());
   return consolidator;
+}
+
+/** How long the start waits for its Redis connection: Redis was found answering (or started) just before. */
+const REDIS_READY_TIMEOUT_MS = 10_000;
+
+async function untilReady(client: Redis, timeoutMs: number, endpoint: RedisEndpoint): Promise<void> {
+  if (client.status === "ready") return;
+  let timer: NodeJS.Timeout | undefined;
+  let onReady: (() => void) | undefined;
+  const ready = await Promise.race([
+    new Promise<boolean>((resolve) => client.once("ready", (onReady = () => resolve(true)))),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+  ]).finally(() => {
+    clearTimeout(timer);
+    if (onReady) client.off("ready", onReady);
+  });
+  if (!ready) {
+    throw new RelevoError(
+      ErrorCode.ServiceUnavailable,
+      `Redis at ${endpoint.host}:${endpoint.port} did not accept a connection within ${timeoutMs / 1000} s: ` +
+        "the cluster's recorded state cannot be read; check Redis and start again",
+    );
+  }
 }
