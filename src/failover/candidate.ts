@@ -76,22 +76,49 @@ export function chooseCandidate(replicas: readonly NodeFacts[], rules: Candidate
 }
 
 /**
+ * The old primary a switchover or failback left stopped, as a candidate:
+ * its facts (its position: the end of its WAL, read where it stopped), and
+ * where the lost new primary's own WAL ends, read offline (null when it
+ * cannot be read, or the node may still be writing).
+ */
+export interface StoppedOldPrimary {
+  readonly facts: NodeFacts;
+  readonly lostPrimaryWalEnd: string | null;
+}
+
+/**
  * The replica to promote (chooseCandidate); when none may be, the cleanly
  * stopped old primary of a switchover or failback whose new primary is
  * lost, under the same rules: its WAL, read where it stopped, is its
  * position. It holds every commit acknowledged before the switchover; what
  * it lacks is what the lost new primary wrote since, the loss an
- * asynchronous failover is allowed within the lag limit — and in
- * synchronous mode it is eligible only when recorded so (the new primary's
- * commits waited for it), else only forced. Pure.
+ * asynchronous failover is allowed within the lag limit — measured to the
+ * furthest of the new primary's last LSN seen and the end of its own WAL:
+ * the LSN seen may be as old as the new primary's promotion (nothing is
+ * recorded while the switchover runs), and the new primary may have
+ * written much since. When that WAL cannot be read the loss is unknown:
+ * not eligible unless forced. In synchronous mode it is eligible only when
+ * recorded so (the new primary's commits waited for it), else only forced.
+ * Pure.
  */
 export function chooseCandidateOrStoppedOldPrimary(
   replicas: readonly NodeFacts[],
-  stoppedOldPrimary: NodeFacts | null,
+  stoppedOldPrimary: StoppedOldPrimary | null,
   rules: CandidateRules,
 ): CandidateChoice {
   const choice = chooseCandidate(replicas, rules);
   if (choice.ok || stoppedOldPrimary === null) return choice;
-  if (rules.to && rules.to !== stoppedOldPrimary.node.name) return choice;
-  return chooseCandidate([...replicas, stoppedOldPrimary], rules);
+  const { facts, lostPrimaryWalEnd } = stoppedOldPrimary;
+  if (rules.to && rules.to !== facts.node.name) return choice;
+  const ownRules = { ...rules, lastPrimaryLsn: lostPrimaryWalEnd === null ? null : furthestLsn(rules.lastPrimaryLsn, lostPrimaryWalEnd) };
+  const own = chooseCandidate([facts], ownRules);
+  if (own.ok) return own;
+  const unreadable = lostPrimaryWalEnd === null && !rules.synchronous ? " (the end of the lost primary's WAL cannot be read)" : "";
+  if (rules.to || replicas.length === 0) return { ok: false, reason: `${own.reason}${unreadable}` };
+  return { ok: false, reason: `${choice.reason}; ${ineligibility(facts, ownRules)}${unreadable}` };
+}
+
+/** The further of two LSNs, the first possibly unknown. */
+function furthestLsn(known: string | null, other: string): string {
+  return known !== null && bytesBehind(known, other) > 0 ? known : other;
 }

@@ -194,7 +194,10 @@ async function candidateFor(
   const facts = (await Promise.all(replicas.map((node) => context.facts(node)))).filter(
     (fact): fact is NodeFacts => fact !== null && fact.inRecovery,
   );
-  const stoppedOldPrimary = await stoppedOldPrimaryFacts(context, [entry.from, ...state.fenced]);
+  const stoppedOldPrimary = await stoppedOldPrimaryFacts(context, {
+    lost: context.node(entry.from),
+    exclude: [entry.from, ...state.fenced],
+  });
   const choice = chooseCandidateOrStoppedOldPrimary(facts, stoppedOldPrimary, {
     to: entry.to,
     force: entry.force,
@@ -205,6 +208,6 @@ async function candidateFor(
     preferred: config.preferredPrimary,
   });
   if (!choice.ok) throw new RelevoError(ErrorCode.NoEligibleReplica, choice.reason);
-  const chosen = [...facts, ...(stoppedOldPrimary ? [stoppedOldPrimary] : [])].find((fact) => fact.node.name === choice.node.name);
-  return { node: choice.node, lostBytes: choice.lostBytes, lsn: chosen?.lsn ?? null, stopped: chosen === stoppedOldPrimary };
+  const chosen = [...facts, ...(stoppedOldPrimary ? [stoppedOldPrimary.facts] : [])].find((fact) => fact.node.name === choice.node.name);
+  return { node: choice.node, lostBytes: choice.lostBytes, lsn: chosen?.lsn ?? null, stopped: chosen === stoppedOldPrimary?.facts };
 }

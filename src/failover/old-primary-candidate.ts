@@ -2,11 +2,11 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { latestCheckpointTimeline, readControlData, stoppedCleanlyAsPrimary } from "../postgres/control-data";
 import { readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
-import type { NodeFacts } from "../postgres/node-facts";
 import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-config";
 import { historyTimelines } from "../postgres/timelines";
 import { readEndOfWal } from "../postgres/wal-end";
 import { historyFileName } from "../postgres/wal-names";
+import type { StoppedOldPrimary } from "./candidate";
 import type { OperationContext } from "./operation-context";
 import { fencedBySwitchover } from "./switchover-rules";
 
@@ -26,19 +26,38 @@ export async function leftStoppedBySwitchover(context: OperationContext, node: N
 /**
  * The member left stopped by a switchover or failback (see
  * leftStoppedBySwitchover), other than `exclude`, as a failover candidate:
- * its position is the end of its WAL, read offline. Null when there is
- * none, or its WAL cannot be read.
+ * its position is the end of its WAL, read offline; with where the lost
+ * new primary's WAL ends (see endOfLostPrimaryWal), what it lacks. Null
+ * when there is none, or its WAL cannot be read.
  */
-export async function stoppedOldPrimaryFacts(context: OperationContext, exclude: readonly string[]): Promise<NodeFacts | null> {
+export async function stoppedOldPrimaryFacts(
+  context: OperationContext,
+  options: { readonly lost: NodeRef; readonly exclude: readonly string[] },
+): Promise<StoppedOldPrimary | null> {
   const { deps } = context;
   for (const node of deps.membership.nodes) {
-    if (exclude.includes(node.name) || !(await leftStoppedBySwitchover(context, node))) continue;
+    if (options.exclude.includes(node.name) || !(await leftStoppedBySwitchover(context, node))) continue;
     const walEnd = await readEndOfWal(deps.driver, node, { timeoutMs: deps.config.nodeTimeoutMs * 10 }).catch(() => null);
     if (walEnd === null) return null;
     const timeline = latestCheckpointTimeline(await readControlData(deps.driver, node));
-    return { node, inRecovery: false, readOnly: true, lsn: walEnd, timeline, receiver: null };
+    return {
+      facts: { node, inRecovery: false, readOnly: true, lsn: walEnd, timeline, receiver: null },
+      lostPrimaryWalEnd: await endOfLostPrimaryWal(context, options.lost),
+    };
   }
   return null;
+}
+
+/**
+ * Where the lost new primary's WAL ends, read offline: the furthest it
+ * wrote, what the stopped old primary lacks at most. Null when it cannot be
+ * told: its storage is gone or unreadable, or its server still runs (its
+ * WAL may still grow; once fenced, it is read again before the promotion).
+ */
+async function endOfLostPrimaryWal(context: OperationContext, lost: NodeRef): Promise<string | null> {
+  const { deps } = context;
+  if ((await deps.driver.state(lost)).phase === "running") return null;
+  return readEndOfWal(deps.driver, lost, { timeoutMs: deps.config.nodeTimeoutMs * 10 }).catch(() => null);
 }
 
 /**

@@ -1,6 +1,11 @@
 import { ErrorCode } from "../../src/errors";
 import type { NodeFacts } from "../../src/postgres/node-facts";
-import { chooseCandidate, chooseCandidateOrStoppedOldPrimary, type CandidateRules } from "../../src/failover/candidate";
+import {
+  chooseCandidate,
+  chooseCandidateOrStoppedOldPrimary,
+  type CandidateRules,
+  type StoppedOldPrimary,
+} from "../../src/failover/candidate";
 import {
   fencedBySwitchover,
   newPrimaryLossConfirmed,
@@ -57,14 +62,13 @@ describe("switchover preconditions (pure)", () => {
 });
 
 describe("a switchover's new primary lost with its old primary left stopped (pure)", () => {
-  /** node1, the old primary, stopped where its WAL ends at `lsn` (a stand-in: it does not answer). */
-  const stoppedOldPrimary = (lsn: string): NodeFacts => ({
-    node: from,
-    inRecovery: false,
-    readOnly: true,
-    lsn,
-    timeline: 1,
-    receiver: null,
+  /**
+   * node1, the old primary, stopped where its WAL ends at `lsn` (a stand-in: it does not answer); the
+   * lost new primary's WAL read offline ending at `lostPrimaryWalEnd` (by default where it was promoted).
+   */
+  const stoppedOldPrimary = (lsn: string, lostPrimaryWalEnd: string | null = "0/5000200"): StoppedOldPrimary => ({
+    facts: { node: from, inRecovery: false, readOnly: true, lsn, timeline: 1, receiver: null },
+    lostPrimaryWalEnd,
   });
   const node3 = (lsn: string): NodeFacts => ({ ...standby(lsn), node: testNode("node3") });
   const rules: CandidateRules = {
@@ -84,12 +88,51 @@ describe("a switchover's new primary lost with its old primary left stopped (pur
     // Under the same rules as any candidate: past the limit, or with the lag unknown, it is not promoted unforced.
     const tooFar = chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/4000000"), rules);
     expect(tooFar).toEqual({ ok: false, reason: "no eligible replica: node1 was 16777728 bytes behind (limit 1048576)" });
-    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), { ...rules, lastPrimaryLsn: null })).toMatchObject({
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", null), { ...rules, lastPrimaryLsn: null })).toMatchObject({
       ok: false,
+    });
+    // No LSN seen, but the lost primary's WAL read: measured to its end.
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100"), { ...rules, lastPrimaryLsn: null })).toMatchObject({
+      ok: true,
+      lostBytes: 256,
     });
     expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/4000000"), { ...rules, force: true })).toMatchObject({
       ok: true,
       node: from,
+    });
+  });
+
+  test("asynchronous: its loss is measured to the end of the lost new primary's own WAL, not to the LSN seen at its promotion", () => {
+    // node2 wrote 2 MiB after its promotion (recorded at 0/5000200): node1 lacks all of it, past the 1 MiB limit.
+    const wroteSince = chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", "0/5200200"), rules);
+    expect(wroteSince).toEqual({ ok: false, reason: "no eligible replica: node1 was 2097408 bytes behind (limit 1048576)" });
+    // Within the limit, the loss reported is to that end; an LSN seen past the WAL's end still counts.
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", "0/5000300"), rules)).toEqual({
+      ok: true,
+      node: from,
+      lostBytes: 512,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", "0/5000000"), rules)).toMatchObject({ lostBytes: 256 });
+    // A replica passed over and the old primary too far: both reasons.
+    const node3Behind = chooseCandidateOrStoppedOldPrimary([node3("0/100")], stoppedOldPrimary("0/5000100", "0/5200200"), rules);
+    expect(node3Behind.ok).toBe(false);
+    expect(!node3Behind.ok && node3Behind.reason).toMatch(
+      /^no eligible replica: node3 was \d+ bytes behind.*; node1 was 2097408 bytes behind/,
+    );
+    // That WAL unreadable: the loss is unknown, not eligible unless forced.
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", null), rules)).toEqual({
+      ok: false,
+      reason: "no eligible replica: node1's lag behind the old primary is unknown (the end of the lost primary's WAL cannot be read)",
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", "0/5200200"), { ...rules, force: true })).toEqual({
+      ok: true,
+      node: from,
+      lostBytes: 2097408,
+    });
+    expect(chooseCandidateOrStoppedOldPrimary([], stoppedOldPrimary("0/5000100", null), { ...rules, force: true })).toEqual({
+      ok: true,
+      node: from,
+      lostBytes: null,
     });
   });
 
