@@ -88,13 +88,20 @@ export async function runFailover(context: OperationContext, operation: RunningO
     }
     let target: NodeRef;
     if (!operation.entry.times.promoted) {
-      const choice =
-        operation.entry.to && operation.entry.times.promoting
-          ? { node: context.node(operation.entry.to), lostBytes: null, lsn: null, stopped: false }
-          : await candidateFor(context, operation.entry);
+      const choice = chosenBefore(context, operation.entry) ?? (await candidateFor(context, operation.entry));
       target = choice.node;
-      // The old primary a switchover left stopped: started as a standby of nobody, to be promoted as any replica is.
-      if (choice.stopped) await startToPromote(context, target, from);
+      if (choice.stopped) {
+        // The old primary a switchover left stopped: started as a standby of nobody, to be promoted as any replica is.
+        // The choice is recorded first: a start that fails, or an instance that dies, leaves it to be resumed.
+        if (operation.entry.facts.preparedOldPrimary !== target.name) {
+          operation.assertHeld();
+          await operation.record({
+            to: target.name,
+            facts: { preparedOldPrimary: target.name, lostBytes: choice.lostBytes, promotedFrom: choice.lsn },
+          });
+        }
+        await startToPromote(context, { node: target, lost: from, failoverId: entry.id });
+      }
       await refuseUnsafePromotion(context, target, from);
       if (!operation.entry.times.promoting) {
         await operation.record(
@@ -123,7 +130,9 @@ export async function runFailover(context: OperationContext, operation: RunningO
     await deps.refreshTopology().catch(() => undefined);
     return record;
   } catch (error) {
-    return context.failed(operation, error, { pastNoReturn: operation.entry.times.promoting !== undefined });
+    // Past no return once promoting, or once the stopped old primary is being made ready (it cannot run as it was).
+    const pastNoReturn = operation.entry.times.promoting !== undefined || typeof operation.entry.facts.preparedOldPrimary === "string";
+    return context.failed(operation, error, { pastNoReturn });
   }
 }
 
@@ -178,16 +187,41 @@ async function lossFromOldPrimaryWal(
   return { oldPrimaryWalEnd: walEnd, lostBytes: lostBytesAtPromotion([walEnd, lastSeen], facts.promotedFrom) };
 }
 
+interface Chosen {
+  readonly node: NodeRef;
+  readonly lostBytes: number | null;
+  /** The chosen node's position when chosen (recorded as `promotedFrom`). */
+  readonly lsn: string | null;
+  /** The old primary a switchover left stopped: it must be started first. */
+  readonly stopped: boolean;
+}
+
+/**
+ * The target a resumed run already chose, from its journal: once promoting,
+ * or once it began to make the switchover's stopped old primary ready (its
+ * marker and control file may no longer say what they said when it was
+ * chosen): that preparation and start are run again until the promotion
+ * is recorded (by then the node ran). Null when nothing was chosen yet.
+ */
+function chosenBefore(context: OperationContext, entry: JournalEntry): Chosen | null {
+  const prepared = entry.to !== null && entry.facts.preparedOldPrimary === entry.to;
+  if (!entry.to || !(entry.times.promoting || prepared)) return null;
+  const { lostBytes, promotedFrom } = entry.facts;
+  return {
+    node: context.node(entry.to),
+    lostBytes: typeof lostBytes === "number" ? lostBytes : null,
+    lsn: typeof promotedFrom === "string" ? promotedFrom : null,
+    stopped: prepared && !entry.times.promoting,
+  };
+}
+
 /**
  * The replica to promote now: reachable, eligible (unless forced), the most
  * advanced (see chooseCandidate) — else the old primary a switchover or
  * failback left stopped, under the same rules (`stopped`: it must be
  * started first; see chooseCandidateOrStoppedOldPrimary).
  */
-async function candidateFor(
-  context: OperationContext,
-  entry: JournalEntry,
-): Promise<{ node: NodeRef; lostBytes: number | null; lsn: string | null; stopped: boolean }> {
+async function candidateFor(context: OperationContext, entry: JournalEntry): Promise<Chosen> {
   const { config } = context.deps;
   const state = await context.state();
   const replicas = context.deps.membership.nodes.filter((node) => node.name !== entry.from && !state.fenced.includes(node.name));

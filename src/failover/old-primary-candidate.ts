@@ -1,26 +1,28 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
-import { latestCheckpointTimeline, readControlData, stoppedCleanlyAsPrimary } from "../postgres/control-data";
-import { readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
+import { latestCheckpointTimeline, readControlData } from "../postgres/control-data";
+import { markFenced, readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
 import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-config";
 import { historyTimelines } from "../postgres/timelines";
 import { readEndOfWal } from "../postgres/wal-end";
 import { historyFileName } from "../postgres/wal-names";
 import type { StoppedOldPrimary } from "./candidate";
 import type { OperationContext } from "./operation-context";
-import { fencedBySwitchover } from "./switchover-rules";
+import { leftAsStoppedOldPrimary, takeoverPreparedReason } from "./switchover-rules";
 
 /**
  * Whether `node` is the old primary of a switchover or failback as that
- * operation left it: stopped, cleanly, as a primary, fenced by it — never
- * started again as the target's standby. Its WAL ends with its shutdown
+ * operation left it: stopped, fenced by it, never started again as the
+ * target's standby — or stopped while a failover was making it ready for
+ * promotion (see leftAsStoppedOldPrimary). Its WAL ends with its shutdown
  * checkpoint, which the target received before its promotion.
  */
 export async function leftStoppedBySwitchover(context: OperationContext, node: NodeRef): Promise<boolean> {
   const { driver } = context.deps;
   if ((await driver.state(node)).phase !== "stopped") return false;
-  if (!fencedBySwitchover((await readFenceMarker(driver, node))?.reason)) return false;
-  return stoppedCleanlyAsPrimary(await readControlData(driver, node, { allowFailure: true }));
+  const marker = await readFenceMarker(driver, node);
+  if (marker === null) return false;
+  return leftAsStoppedOldPrimary(marker.reason, await readControlData(driver, node, { allowFailure: true }));
 }
 
 /**
@@ -71,23 +73,37 @@ async function endOfLostPrimaryWal(context: OperationContext, lost: NodeRef): Pr
  * the newest history it finds, and without them it would pick the lost
  * primary's own timeline again — two different histories under one
  * number, the archive's WAL of one taken for the other's.
+ *
+ * The failover records its choice before this runs, and this runs again
+ * when it is resumed: first the marker says the node is being prepared
+ * (it stays fenced, and still known as the switchover's old primary should
+ * the start fail or the instance die), and goes only once the node runs,
+ * in recovery. Already running (a resumed run past the start), it is only
+ * unmarked.
  */
-export async function startToPromote(context: OperationContext, node: NodeRef, lost: NodeRef): Promise<void> {
+export async function startToPromote(
+  context: OperationContext,
+  options: { readonly node: NodeRef; readonly lost: NodeRef; readonly failoverId: string },
+): Promise<void> {
   const { deps } = context;
   const { driver } = deps;
-  const control = await readControlData(driver, node);
-  const timeline = latestCheckpointTimeline(control) ?? 1;
-  await copyNewerHistories(context, { node, lost, timeline });
-  await editStoppedNodeConf(driver, node, {
-    primary_conninfo: null,
-    primary_slot_name: null,
-    recovery_target_timeline: "current",
-    synchronous_standby_names: null,
-  });
-  await driver.writeFile(node, STANDBY_SIGNAL, "");
-  // Read-only still (default_transaction_read_only: promote() resets it), and a standby: the marker may go.
+  const { node, lost } = options;
+  if ((await driver.state(node)).phase !== "running") {
+    await markFenced(driver, node, takeoverPreparedReason(options.failoverId));
+    const control = await readControlData(driver, node);
+    const timeline = latestCheckpointTimeline(control) ?? 1;
+    await copyNewerHistories(context, { node, lost, timeline });
+    await editStoppedNodeConf(driver, node, {
+      primary_conninfo: null,
+      primary_slot_name: null,
+      recovery_target_timeline: "current",
+      synchronous_standby_names: null,
+    });
+    await driver.writeFile(node, STANDBY_SIGNAL, "");
+    await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
+  }
+  // Running as a standby, read-only still (default_transaction_read_only: promote() resets it): the marker may go.
   await removeFenceMarker(driver, node);
-  await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
 }
 
 /**

@@ -1,5 +1,6 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeProcessState, NodeRef } from "../nodes/node-driver";
+import { stoppedAsStandby, stoppedCleanlyAsPrimary } from "../postgres/control-data";
 import { bytesBehind } from "../postgres/lsn";
 import { streamsFrom, type NodeFacts } from "../postgres/node-facts";
 import type { LossVerdict, MemberAnswer } from "./monitor-rules";
@@ -55,6 +56,36 @@ export function switchoverFenceReason(kind: "switchover" | "failback", id: strin
  */
 export function fencedBySwitchover(reason: string | null | undefined): boolean {
   return /^(switchover|failback) [0-9a-f-]{36}$/.test(reason ?? "");
+}
+
+/**
+ * The reason written into the marker of a switchover's stopped old primary
+ * when failover `id` begins to make it ready for promotion (see
+ * startToPromote): it stays fenced, and still known as that old primary,
+ * until it runs as a standby of nobody.
+ */
+export function takeoverPreparedReason(failoverId: string): string {
+  return `prepared for takeover ${failoverId}`;
+}
+
+/**
+ * Whether a stopped node is the old primary of a switchover or failback as
+ * that operation left it, from its fence marker's reason and its control
+ * file: fenced by the switchover and stopped cleanly as a primary (its WAL
+ * ends with the shutdown checkpoint the target received) — or already
+ * being made ready for promotion by a failover that did not see it run
+ * (takeoverPreparedReason): a start that failed, or an instance that died,
+ * leaves it stopped as a standby (a standby writes no WAL of its own, so
+ * its WAL still ends where the switchover left it), and a resumed or later
+ * failover must still find it, or the cluster is left without a primary.
+ * Pure.
+ */
+export function leftAsStoppedOldPrimary(markerReason: string | null | undefined, controlData: string): boolean {
+  if (fencedBySwitchover(markerReason)) return stoppedCleanlyAsPrimary(controlData);
+  if (/^prepared for takeover [0-9a-f-]{36}$/.test(markerReason ?? "")) {
+    return stoppedCleanlyAsPrimary(controlData) || stoppedAsStandby(controlData);
+  }
+  return false;
 }
 
 /**

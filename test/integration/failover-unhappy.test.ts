@@ -1,7 +1,8 @@
 import { ErrorCode, RelevoError } from "../../src/errors";
 import { readdir } from "node:fs/promises";
+import { createServer } from "node:net";
 import path from "node:path";
-import { isFenced } from "../../src/postgres/fence-marker";
+import { isFenced, readFenceMarker } from "../../src/postgres/fence-marker";
 import { parseSegmentName, segmentName, segmentNumber } from "../../src/postgres/wal-names";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { failoverHelpers } from "../helpers/failover";
@@ -449,7 +450,8 @@ describe("failover's unhappy paths", () => {
  */
 describe("a switchover's new primary lost while the old primary is still stopped (asynchronous, two nodes)", () => {
   // No automatic rejoin: the lost node's rewind is another test's subject, and would only lengthen this one.
-  const cluster = useTestCluster("unhappy-async", { synchronous: false, autoRejoin: false });
+  // A short lease: a failover left in the journal is adopted and resumed within seconds.
+  const cluster = useTestCluster("unhappy-async", { synchronous: false, autoRejoin: false, leaseTtlMs: 2000 });
   const { node, sql, state, events, streamingFrom } = failoverHelpers(cluster);
 
   /**
@@ -478,7 +480,7 @@ describe("a switchover's new primary lost while the old primary is still stopped
     }
   };
 
-  test("node2 killed once recorded as the primary: node1 is promoted within the window on a timeline of its own, every write acknowledged before the switchover there, the loss in bytes", async () => {
+  test("node2 killed once recorded as the primary: node1 is promoted on a timeline of its own, every write acknowledged before the switchover there, the loss in bytes — its first start failing (port taken), the failover is resumed, not stranded", async () => {
     const detectionWindowMs = cluster.config.failoverCheckIntervalMs * cluster.config.failoverFailureThreshold;
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY); INSERT INTO acked SELECT generate_series(1, 100)");
     await eventually(async () => ((await streamingFrom(node("node2"))) === node("node1").port ? true : undefined), {
@@ -490,19 +492,34 @@ describe("a switchover's new primary lost while the old primary is still stopped
     await cluster.service.driver.kill(node("node2"));
     // The moment this test is about: node1 not yet started as node2's standby.
     expect((await cluster.service.driver.state(node("node1"))).phase).toBe("stopped");
+    // node1's port taken until the failover's start of node1 has failed (connections refused at once, so no check waits on it).
+    const squatter = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve, reject) => squatter.once("error", reject).listen(node("node1").port, node("node1").host, resolve));
 
-    const outcome = await operation;
-    const writableAt = Date.now();
-    expect(outcome).toMatchObject({ kind: "failover", from: "node2", to: "node1", status: "completed" });
-    const lostBytes = (outcome as { lostBytes: number | null }).lostBytes;
-    // What node2 wrote after node1's last record (its promotion's own records at least), within the lag limit.
-    expect(lostBytes).toBeGreaterThan(0);
-    expect(lostBytes).toBeLessThanOrEqual(cluster.config.failoverMaximumLagBytes);
+    const outcome = await operation.finally(() => new Promise<void>((resolve) => squatter.close(() => resolve())));
+    expect(outcome).toBeInstanceOf(RelevoError);
+    expect((outcome as RelevoError).message).toMatch(/node1 did not start/);
     const detected = (await events("failover:detected", killedAt)).find((event) => (event.data as { kind?: string }).kind === "failover");
     expect(detected).toBeDefined();
     expect(Date.parse(detected!.occurredAt) - killedAt).toBeLessThanOrEqual(detectionWindowMs + DETECTION_ALLOWANCE_MS);
-    // Within the window, plus the time a start and a promotion take on a loaded machine.
-    expect(writableAt - killedAt).toBeLessThanOrEqual(detectionWindowMs + DETECTION_ALLOWANCE_MS + 10000);
+    // The choice was recorded before node1 was touched, and node1 is still marked as the switchover's old primary, fenced.
+    expect(await cluster.service.failover.operation()).toMatchObject({ kind: "failover", from: "node2", to: "node1" });
+    expect((await readFenceMarker(cluster.service.driver, node("node1")))?.reason).toMatch(/^prepared for takeover /);
+
+    // Left in the journal past its point of no return: adopted once its lease lapses, and resumed to the end.
+    const completed = await eventually(
+      async () => (await events("failover:completed", killedAt)).find((event) => (event.data as { kind?: string }).kind === "failover"),
+      { what: "the resumed failover completed", timeoutMs: 30000 },
+    );
+    expect(completed.data).toMatchObject({ from: "node2", to: "node1", status: "completed" });
+    // Within the window, plus the failed start, the lapse of the lease, a check, and a start and a promotion on a loaded machine.
+    const { leaseTtlMs, failoverCheckIntervalMs } = cluster.config;
+    const bound = detectionWindowMs + DETECTION_ALLOWANCE_MS + leaseTtlMs + failoverCheckIntervalMs + 10000;
+    expect(Date.parse(completed.occurredAt) - killedAt).toBeLessThanOrEqual(bound);
+    const lostBytes = (completed.data as { lostBytes: number | null }).lostBytes;
+    // What node2 wrote after node1's last record (its promotion's own records at least), within the lag limit.
+    expect(lostBytes).toBeGreaterThan(0);
+    expect(lostBytes).toBeLessThanOrEqual(cluster.config.failoverMaximumLagBytes);
 
     await sql(node("node1"), "INSERT INTO acked VALUES (101)");
     expect((await sql<{ n: number }>(node("node1"), "SELECT count(*)::int AS n FROM acked"))[0]!.n).toBe(101);

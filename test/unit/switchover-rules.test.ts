@@ -8,10 +8,12 @@ import {
 } from "../../src/failover/candidate";
 import {
   fencedBySwitchover,
+  leftAsStoppedOldPrimary,
   newPrimaryLossConfirmed,
   SWITCHOVER_MAX_LAG_BYTES,
   switchoverFenceReason,
   switchoverRefusal,
+  takeoverPreparedReason,
 } from "../../src/failover/switchover-rules";
 import { lsnFromNumber } from "../../src/postgres/lsn";
 import { position, testNode } from "../helpers/node-facts";
@@ -182,6 +184,26 @@ describe("a switchover's new primary lost with its old primary left stopped (pur
     expect(fencedBySwitchover(switchoverFenceReason("failback", id))).toBe(true);
     for (const other of [`failover ${id}`, "second primary (split brain)", "rejoining", "", null, undefined]) {
       expect(fencedBySwitchover(other)).toBe(false);
+    }
+  });
+
+  test("a stopped node is the switchover's old primary when its marker says so and it stopped cleanly as a primary, or while a failover prepares it", () => {
+    const id = "5c1e0f7e-3c1b-4a43-9d0e-2f1c7a9b8e01";
+    const control = (state: string) => `Database cluster state:               ${state}\nLatest checkpoint's TimeLineID:       1\n`;
+    const bySwitchover = switchoverFenceReason("switchover", id);
+    expect(leftAsStoppedOldPrimary(bySwitchover, control("shut down"))).toBe(true);
+    for (const state of ["in production", "shut down in recovery", "in archive recovery"]) {
+      expect(leftAsStoppedOldPrimary(bySwitchover, control(state))).toBe(false);
+    }
+    // Being prepared for promotion when its start failed or the instance died: still it, stopped as a standby or not started at all.
+    const prepared = takeoverPreparedReason(id);
+    for (const state of ["shut down", "shut down in recovery", "in archive recovery"]) {
+      expect(leftAsStoppedOldPrimary(prepared, control(state))).toBe(true);
+    }
+    // Promoted since, or a marker of another kind, or none: not it.
+    expect(leftAsStoppedOldPrimary(prepared, control("in production"))).toBe(false);
+    for (const other of [`failover ${id}`, "rejoining", "", null, undefined]) {
+      expect(leftAsStoppedOldPrimary(other, control("shut down"))).toBe(false);
     }
   });
 
