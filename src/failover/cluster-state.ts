@@ -23,6 +23,12 @@ export interface ClusterState {
   readonly eligible: readonly string[];
   /** A replica added to the sync set becomes eligible once it has flushed this LSN (primary's LSN right after the change). */
   readonly joining: Readonly<Record<string, string>>;
+  /**
+   * Replicas a reseed destroyed and has not seeded again yet: the monitor
+   * seeds them again (see lost-slot-rules.ts) until one succeeds, whichever
+   * instance runs it. Absent in a state written before it existed.
+   */
+  readonly reseeding?: readonly string[];
   readonly updatedAt: string;
 }
 

@@ -46,7 +46,9 @@ export class LostSlotRepair {
       if (snapshot.nodes.find((node) => node.name === name)?.replication?.state === "streaming") this.bridgedAt.delete(name);
     }
     const primary = snapshot.nodes.find((node) => node.name === state.primary);
-    if (!primary?.slots.some((slot) => slot.walStatus === "lost")) return; // the archive is read only when a slot is lost
+    const reseeding = state.reseeding ?? [];
+    // The archive is read only when a slot is lost, or a reseed left a node destroyed.
+    if (!primary?.slots.some((slot) => slot.walStatus === "lost") && reseeding.length === 0) return;
     const repairs = lostSlotRepairs({
       snapshot,
       recordedPrimary: state.primary,
@@ -54,12 +56,13 @@ export class LostSlotRepair {
       slotOf: (name) => slotNameFor(this.node(name)),
       archiveSlot: ARCHIVE_SLOT,
       archivedSegments: await this.deps.archive.segments(),
+      reseeding,
       bridgedAt: this.bridgedAt,
       now: Date.now(),
     });
     for (const repair of repairs) {
       if (repair.action === "bridge") await this.bridge(repair, state.primary);
-      else if (await this.reseed(repair, state.primary, guard)) return; // one operation at a time
+      else if (await this.reseed(repair, state.primary, guard, { again: reseeding.includes(repair.node) })) return; // one at a time
     }
   }
 
@@ -86,17 +89,26 @@ export class LostSlotRepair {
     this.deps.logger.warn({ node: node.name, slot: repair.slot }, "slot lost: the replica catches up from the archive");
   }
 
-  /** Starts the reseed (detached, as the monitor's operations are); false while one failed recently. */
-  private async reseed(repair: SlotRepair, primary: string, guard: StateGuard): Promise<boolean> {
+  /**
+   * Starts the reseed (detached, as the monitor's operations are); false while
+   * one failed recently. `again`: a node an earlier reseed left destroyed,
+   * whose slot-lost event was sent then.
+   */
+  private async reseed(repair: SlotRepair, primary: string, guard: StateGuard, options: { again: boolean }): Promise<boolean> {
     const key = repair.node;
     if (coolDown(this.retryAfter.get(key), Date.now()) !== "clear") return false;
     this.retryAfter.set(key, holdOffAfter(null, Date.now()));
     this.bridgedAt.delete(repair.node);
-    await this.slotLost(repair, primary);
-    void this.deps.operations.reseed(repair.node, { reason: repair.reason, lease: guard }).catch((error: Error) => {
-      this.retryAfter.set(key, holdOffAfter(error, Date.now()));
-      this.deps.logger.error({ node: repair.node, err: error.message }, "reseed of a replica whose slot was lost failed");
-    });
+    if (options.again) this.deps.logger.warn({ node: repair.node }, "a reseed left this replica destroyed: seeding it again");
+    else await this.slotLost(repair, primary);
+    void this.deps.operations.reseed(repair.node, { reason: repair.reason, lease: guard }).then(
+      // Held off only after a failure: a reseed that worked is no reason to wait before the node's next one.
+      () => this.retryAfter.delete(key),
+      (error: Error) => {
+        this.retryAfter.set(key, holdOffAfter(error, Date.now()));
+        this.deps.logger.error({ node: repair.node, err: error.message }, "reseed of a replica whose slot was lost failed");
+      },
+    );
     return true;
   }
 

@@ -42,15 +42,22 @@ export interface LostSlotInputs {
   readonly archiveSlot: string;
   /** Segment numbers the archive holds complete (any timeline). */
   readonly archivedSegments: ReadonlySet<number>;
+  /**
+   * Replicas a reseed destroyed and did not seed again (the recorded
+   * state's): seeded again whatever the snapshot shows of them, since a
+   * destroyed node answers nothing and its slot was dropped.
+   */
+  readonly reseeding: readonly string[];
   /** When each replica was bridged (ms), while it is not streaming yet. */
   readonly bridgedAt: ReadonlyMap<string, number>;
   readonly now: number;
 }
 
 /**
- * The repairs due: one per running replica that does not stream and whose
- * slot on the primary is lost. Never the primary, never a fenced node, never
- * on a snapshot that names another primary than the record.
+ * The repairs due: a reseed of every replica a reseed left destroyed, and
+ * one repair per running replica that does not stream and whose slot on the
+ * primary is lost. Never the primary, never a fenced node, never on a
+ * snapshot that names another primary than the record.
  */
 export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
   const { snapshot } = inputs;
@@ -59,9 +66,16 @@ export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
   if (!primary?.reachable) return [];
   const lost = new Set(primary.slots.filter((slot) => slot.walStatus === "lost").map((slot) => slot.name));
   const archiver = primary.slots.find((slot) => slot.name === inputs.archiveSlot && slot.walStatus !== "lost");
-  const repairs: SlotRepair[] = [];
+  const repairs: SlotRepair[] = inputs.reseeding
+    .filter((name) => name !== primary.name)
+    .map((name) => ({
+      action: "reseed",
+      node: name,
+      slot: inputs.slotOf(name),
+      reason: "a reseed destroyed it and did not seed it again",
+    }));
   for (const node of snapshot.nodes) {
-    if (node.name === primary.name || inputs.fenced.includes(node.name)) continue;
+    if (node.name === primary.name || inputs.fenced.includes(node.name) || inputs.reseeding.includes(node.name)) continue;
     if (!node.reachable || node.role !== "replica" || node.replication?.state === "streaming") continue;
     const slot = inputs.slotOf(node.name);
     if (!lost.has(slot)) continue;

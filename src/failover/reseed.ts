@@ -3,7 +3,7 @@ import { leaveSynchronousSet } from "../cluster/replicas";
 import { ErrorCode, RelevoError } from "../errors";
 import { withNodeClient } from "../postgres/connection";
 import { dropSlot, slotNameFor } from "../postgres/replication-config";
-import type { StateGuard } from "./cluster-state";
+import { without, withName, type StateGuard } from "./cluster-state";
 import { newEntry, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { rejoinFailed } from "./rejoin";
@@ -43,6 +43,14 @@ export async function reseed(context: OperationContext, name: string, request: R
  * lost slot go, and it is seeded again over a new slot. A run cut short
  * anywhere is run again from the start: the node's data is a replica's,
  * which the seed replaces whole.
+ *
+ * Before the node is destroyed it is recorded in the cluster state's
+ * `reseeding`, and it leaves that list only once seeded: a reseed that
+ * fails past the destroy (the primary's connection, pg_basebackup, the
+ * start) closes its journal like any failed rejoin — it must not hold the
+ * journal, which would keep a failover from running — and the monitor, in
+ * whichever instance leads, seeds the node again after its hold-off (see
+ * lostSlotRepairs), never leaving a member absent.
  */
 export async function runReseed(context: OperationContext, operation: RunningOperation): Promise<void> {
   const { deps } = context;
@@ -54,12 +62,20 @@ export async function runReseed(context: OperationContext, operation: RunningOpe
     if (primary.name === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary now: not reseeded`);
     await operation.record({ stage: "reseeding" });
     operation.assertHeld();
+    await deps.store.update(operation.guard, (state) => ({ ...state!, reseeding: withName(state!.reseeding ?? [], node.name) }));
     await context.stopQuietly(node);
     await deps.driver.destroy(node);
     // The lost slot reserves nothing: made again (reserving WAL from now) by the seed.
     await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node)));
     operation.assertHeld();
-    await seedReplica(deps.bootstrap, node, primary);
+    await seedReplica(deps.bootstrap, node, primary).catch(async (error: unknown) => {
+      // A seed that failed once it made the new slot leaves a slot nothing consumes, holding WAL until the next try.
+      await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node))).catch(
+        () => undefined,
+      );
+      throw error;
+    });
+    await deps.store.update(operation.guard, (state) => ({ ...state!, reseeding: without(state!.reseeding ?? [], node.name) }));
     await operation.finish();
     await deps.events.emit({
       kind: "node:rejoined",

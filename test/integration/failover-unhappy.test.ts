@@ -5,6 +5,8 @@ import path from "node:path";
 import { isFenced, readFenceMarker } from "../../src/postgres/fence-marker";
 import { parseSegmentName, segmentName, segmentNumber } from "../../src/postgres/wal-names";
 import type { NodeRef } from "../../src/nodes/node-driver";
+import type { FailoverOperations } from "../../src/failover/operations";
+import { ROLE_REPLICATION } from "../../src/postgres/managed-settings";
 import { failoverHelpers } from "../helpers/failover";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -435,6 +437,37 @@ describe("failover's unhappy paths", () => {
       archiver.start();
       if ((await driver.state(node("node2"))).phase === "stopped") await driver.start(node("node2"), { timeoutMs: 30000 });
     }
+    await baseline();
+  });
+
+  test("a reseed that fails once it destroyed the replica (pg_basebackup refused): the node stays recorded, its new slot dropped, and the monitor seeds it again", async () => {
+    await baseline();
+    const since = Date.now();
+    const primary = node("node1");
+    const { driver } = cluster.service;
+    // The monitor's operations, as its lost-slot repair calls them (not part of the service's surface).
+    const { operations } = (failover() as unknown as { deps: { operations: FailoverOperations } }).deps;
+    // Maintenance holds the monitor's repairs back until pg_basebackup may log in again: one failure, then one retry.
+    await failover().setMaintenance(true);
+    try {
+      await sql(primary, `ALTER ROLE ${ROLE_REPLICATION} NOLOGIN`);
+      await expect(operations.reseed("node2", { reason: "a test" })).rejects.toThrow(/pg_basebackup|not permitted to log in/);
+      expect((await events("node:rejoin-failed", since)).map((event) => event.node)).toEqual(["node2"]);
+      expect((await driver.state(node("node2"))).phase).toBe("absent");
+      expect((await state()).reseeding).toEqual(["node2"]);
+      expect(await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_node2'")).toEqual([]);
+    } finally {
+      await sql(primary, `ALTER ROLE ${ROLE_REPLICATION} LOGIN`);
+      await failover().setMaintenance(false);
+    }
+    const rejoined = await eventually(async () => (await events("node:rejoined", since)).find((e) => e.node === "node2"), {
+      what: "node2 seeded again by the monitor",
+      timeoutMs: 60000,
+    });
+    expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node1" });
+    expect((await state()).reseeding).toEqual([]);
+    expect(await streamingFrom(node("node2"))).toBe(primary.port);
+    await everyRowOnNode2();
     await baseline();
   });
 });

@@ -72,6 +72,7 @@ const inputs = (
   slotOf: (name) => `relevo_${name}`,
   archiveSlot: "relevo_archive",
   archivedSegments: new Set([1, 2, 3, 4, 5, 6, 7, 8]),
+  reseeding: [],
   bridgedAt: new Map(),
   now: 100000,
   ...overrides,
@@ -110,6 +111,18 @@ describe("a replica whose slot was lost (pure)", () => {
     expect(lostSlotRepairs(inputs(lost, { node2: { error: "connection refused" } }))).toEqual([]);
     expect(lostSlotRepairs(inputs([slot("relevo_node2", "unreserved"), archiver]))).toEqual([]);
     expect(lostSlotRepairs(inputs(lost, { recordedPrimary: "node2" }))).toEqual([]);
+  });
+
+  test("a replica a failed reseed left destroyed (unreachable, its slot dropped) is seeded again, and only it", () => {
+    const destroyed = inputs([archiver], { node2: { error: "connection refused" }, reseeding: ["node2"] });
+    expect(lostSlotRepairs(destroyed)).toEqual([
+      { action: "reseed", node: "node2", slot: "relevo_node2", reason: "a reseed destroyed it and did not seed it again" },
+    ]);
+    // Recorded while its slot is lost too: one reseed, not two.
+    expect(lostSlotRepairs(inputs([slot("relevo_node2", "lost"), archiver], { reseeding: ["node2"] }))).toHaveLength(1);
+    // Never the primary, nor on a snapshot of another primary.
+    expect(lostSlotRepairs(inputs([archiver], { reseeding: ["node1"] }))).toEqual([]);
+    expect(lostSlotRepairs(inputs([archiver], { reseeding: ["node2"], recordedPrimary: "node2" }))).toEqual([]);
   });
 
   test("never the primary: its own slots are not a replica's", () => {
