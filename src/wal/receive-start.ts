@@ -98,3 +98,14 @@ export function lostSlotGap(names: readonly string[], history: readonly Timeline
     placeholder: `${segmentName(timelineAt(resume), resume)}.partial`,
   };
 }
+
+/**
+ * Whether pg_receivewal was refused because the primary no longer has the
+ * WAL it asked for (PostgreSQL's walsender: "requested WAL segment … has
+ * already been removed"): the archive ends before the oldest WAL the
+ * primary still has, a hole no retry fills. The server's text, in English:
+ * Relevo's initdb runs with --locale=C.UTF-8, so lc_messages is C. Pure.
+ */
+export function walRemovedBeforeArchive(stderr: string): boolean {
+  return /requested WAL segment [0-9A-F]{24} has already been removed/.test(stderr);
+}

@@ -1,6 +1,7 @@
 import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
 import type { ChildProcess } from "node:child_process";
+import type { Client } from "pg";
 import path from "node:path";
 import type { Credentials } from "../postgres/connection";
 import { withNodeClient } from "../postgres/connection";
@@ -20,10 +21,19 @@ import { createOwnedFile } from "../util/owned-files";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
-import { lostSlotGap, timelineBoundaryPlaceholder } from "./receive-start";
+import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
 
 export const ARCHIVE_SLOT = "relevo_archive";
+
+/** Makes the archive's slot unless it exists (reserving WAL at once) and returns its restart_lsn: the oldest WAL the primary keeps for the archive. */
+async function archiveSlotStart(client: Client): Promise<string> {
+  await ensureReservedSlot(client, ARCHIVE_SLOT);
+  const slot = await client.query<{ lsn: string }>("SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1", [
+    ARCHIVE_SLOT,
+  ]);
+  return slot.rows[0]!.lsn;
+}
 
 /** How often a refused primary is looked at again (the operator may fix the repository meanwhile; a change of primary wakes it at once). */
 const REFUSED_RECHECK_MS = 5000;
@@ -93,8 +103,6 @@ export class WalArchiver {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private refused: { readonly key: string; readonly reason: string } | null = null;
-  /** The primary on which the archive's slot was found lost, until the hole it left is reported (see resumePastLostSlot). */
-  private slotLostOn: string | null = null;
 
   constructor(private readonly options: WalArchiverOptions) {}
 
@@ -190,7 +198,8 @@ export class WalArchiver {
         if (history) await this.startNextTimelineAtBoundary(target, history);
         const exit = await this.receive(target);
         if (this.stopped || this.target !== target) continue;
-        throw new Error(exit);
+        if (history && walRemovedBeforeArchive(exit.stderr) && (await this.resumePastRemovedWal(target, history))) continue;
+        throw new Error(exit.reason);
       } catch (error) {
         failures += 1;
         if (failures === 3) {
@@ -295,48 +304,66 @@ export class WalArchiver {
    * removed WAL the archive never got, and pg_receivewal, resuming where the
    * archive ends, would be refused for ever ("requested WAL segment … has
    * already been removed"). The slot is made again (reserving from the
-   * primary's last checkpoint, the oldest WAL it surely still has), the
-   * hole reported once as `archive:gap` (point-in-time recovery cannot cross
-   * it), and an empty .partial of the new slot's first segment makes
-   * pg_receivewal resume there (see lostSlotGap).
+   * primary's last checkpoint, the oldest WAL it surely still has) and the
+   * archive resumed past the hole (resumePastHole).
+   *
+   * Nothing is remembered across rounds: an archiver that dies after the
+   * drop (or one in another instance, after the lease moved) finds a slot
+   * that is not lost, and the hole through pg_receivewal's refusal instead
+   * (resumePastRemovedWal).
    */
   private async resumePastLostSlot(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { superuser, nodeTimeoutMs, repository, identity, logger } = this.options;
+    const { superuser, nodeTimeoutMs } = this.options;
     const resumeLsn = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
       const slot = await client.query<{ wal_status: string | null; active: boolean }>(
         "SELECT wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
         [ARCHIVE_SLOT],
       );
-      if (slot.rows[0]?.wal_status === "lost") {
-        // The walsender PostgreSQL ended when it invalidated the slot may still be exiting: dropped on a later round then.
-        if (slot.rows[0].active)
-          throw new Error(`the archive slot ${ARCHIVE_SLOT} on ${target.name} is lost and still held by a walsender`);
-        // Remembered until the hole is reported: should the slot be made again by the next round's ensureArchiveSlot
-        // (this round failing after the drop), the hole is still found then.
-        this.slotLostOn = target.name;
-        await client.query("SELECT pg_drop_replication_slot($1)", [ARCHIVE_SLOT]);
-      }
-      if (this.slotLostOn !== target.name) return null;
-      await ensureReservedSlot(client, ARCHIVE_SLOT);
-      const made = await client.query<{ lsn: string }>("SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1", [
-        ARCHIVE_SLOT,
-      ]);
-      return made.rows[0]!.lsn;
+      if (slot.rows[0]?.wal_status !== "lost") return null;
+      // The walsender PostgreSQL ended when it invalidated the slot may still be exiting: dropped on a later round then.
+      if (slot.rows[0].active) throw new Error(`the archive slot ${ARCHIVE_SLOT} on ${target.name} is lost and still held by a walsender`);
+      await client.query("SELECT pg_drop_replication_slot($1)", [ARCHIVE_SLOT]);
+      return archiveSlotStart(client);
     });
-    if (resumeLsn === null) return;
+    if (resumeLsn !== null)
+      await this.resumePastHole(target, history, resumeLsn, `its slot on ${target.name} was lost (max_slot_wal_keep_size)`);
+  }
+
+  /**
+   * pg_receivewal was refused the WAL where the archive ends: the primary
+   * removed it (the archive's slot lost and made again by an archiver that
+   * died before resuming past the hole, or dropped by hand). The primary's
+   * word is the durable fact: whichever archiver streams next hears it, and
+   * resumes from the oldest WAL the archive's slot keeps. False when the
+   * archive reaches that far (then the refusal is another matter).
+   */
+  private async resumePastRemovedWal(target: NodeRef, history: readonly TimelineStep[]): Promise<boolean> {
+    const { superuser, nodeTimeoutMs } = this.options;
+    const resumeLsn = await withNodeClient(target, superuser, nodeTimeoutMs, archiveSlotStart);
+    return this.resumePastHole(target, history, resumeLsn, `${target.name} had removed WAL the archive lacks (its slot lost or dropped)`);
+  }
+
+  /**
+   * When the archive ends before `resumeLsn` (the oldest WAL the primary
+   * keeps for it), the hole is reported as `archive:gap` (point-in-time
+   * recovery cannot cross it; once per gap, see ArchiveGaps) and an empty
+   * .partial of the first segment the primary has makes pg_receivewal
+   * resume there (see lostSlotGap). Should the report fail after the
+   * placeholder, the archive monitor finds the gap between archived
+   * segments later. False when nothing is missing.
+   */
+  private async resumePastHole(target: NodeRef, history: readonly TimelineStep[], resumeLsn: string, cause: string): Promise<boolean> {
+    const { repository, identity, logger } = this.options;
     const hole = lostSlotGap(await readdir(repository.walDir).catch(() => [] as string[]), history, resumeLsn);
     logger.error(
-      { node: target.name, resumeLsn, gap: hole?.gap ?? null },
-      "the archive's slot was lost: slot made again, archiving resumes",
+      { node: target.name, resumeLsn, gap: hole?.gap ?? null, cause },
+      "the archive's WAL is gone on the primary: archiving resumes",
     );
-    if (hole === null) {
-      this.slotLostOn = null; // the primary still has the WAL where the archive ends: nothing missing
-      return;
-    }
+    if (hole === null) return false;
     // Owned by the archive's owner, as pg_receivewal (maybe run as the PostgreSQL OS user) must write it.
     await createOwnedFile(path.join(repository.walDir, hole.placeholder), "", { mode: 0o600, owner: identity ?? null });
-    await this.options.gaps.report(hole.gap, `its slot on ${target.name} was lost (max_slot_wal_keep_size)`);
-    this.slotLostOn = null;
+    await this.options.gaps.report(hole.gap, cause);
+    return true;
   }
 
   /**
@@ -358,8 +385,8 @@ export class WalArchiver {
     );
   }
 
-  /** Runs pg_receivewal until it exits; returns why. */
-  private receive(target: NodeRef): Promise<string> {
+  /** Runs pg_receivewal until it exits; returns why, and the end of what it wrote to stderr. */
+  private receive(target: NodeRef): Promise<{ readonly reason: string; readonly stderr: string }> {
     const { repository, replication, identity, pgBinDir } = this.options;
     return new Promise((resolve) => {
       const child = spawnHostTool(
@@ -381,10 +408,10 @@ export class WalArchiver {
       this.child = child;
       let stderr = "";
       child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
-      child.on("error", (error) => resolve(error.message));
+      child.on("error", (error) => resolve({ reason: error.message, stderr }));
       child.on("exit", (code, signal) => {
         this.child = null;
-        resolve(`pg_receivewal exited (${signal ?? code}): ${stderr.trim().split("\n").pop() ?? ""}`);
+        resolve({ reason: `pg_receivewal exited (${signal ?? code}): ${stderr.trim().split("\n").pop() ?? ""}`, stderr });
       });
     });
   }

@@ -328,6 +328,10 @@ describe("failover's unhappy paths", () => {
     return { nextId: id, reset };
   };
 
+  /** The archive's complete segments. */
+  const completeSegments = async () =>
+    (await readdir(cluster.service.repository.walDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
+
   /** node2 has every row node1 has. */
   const everyRowOnNode2 = async () => {
     const rows = "SELECT count(*)::int AS count, max(id) AS last FROM acked";
@@ -374,9 +378,7 @@ describe("failover's unhappy paths", () => {
     await baseline();
     const since = Date.now();
     const primary = node("node1");
-    const { archiver, repository, driver } = cluster.service;
-    const completeSegments = async () =>
-      (await readdir(repository.walDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
+    const { archiver, driver } = cluster.service;
     let archivedUpTo = -1;
     // Both holders away: the archiver stopped (its slot kept, as when its instance dies meanwhile), node2 stopped.
     const { nextId, reset } = await loseSlots(["relevo_archive", "relevo_node2"], async () => {
@@ -436,6 +438,59 @@ describe("failover's unhappy paths", () => {
       await reset();
       archiver.start();
       if ((await driver.state(node("node2"))).phase === "stopped") await driver.start(node("node2"), { timeoutMs: 30000 });
+    }
+    await baseline();
+  });
+
+  test("the archive's slot gone while the archiver is away (its instance died right after dropping the lost slot) and the WAL past the archive's end removed: a fresh archiver reports the hole once as archive:gap and resumes past it", async () => {
+    await baseline();
+    const since = Date.now();
+    const primary = node("node1");
+    const { archiver } = cluster.service;
+    await archiver.stop();
+    let id = (await sql<{ next: number }>(primary, "SELECT coalesce(max(id), 0) + 1 AS next FROM acked"))[0]!.next;
+    try {
+      const archivedUpTo = Math.max(...(await completeSegments()).map((parsed) => parsed.segment));
+      const timeline = parseInt(
+        (await sql<{ file: string }>(primary, "SELECT pg_walfile_name(pg_current_wal_lsn()) AS file"))[0]!.file.slice(0, 8),
+        16,
+      );
+      // pg_receivewal's walsender may take a moment to exit: the slot is dropped once it is inactive.
+      await eventually(
+        async () => {
+          await sql(
+            primary,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'relevo_archive' AND NOT active",
+          );
+          return (await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_archive'")).length === 0
+            ? true
+            : undefined;
+        },
+        { what: "the archive's slot dropped" },
+      );
+      const firstMissing = segmentName(timeline, archivedUpTo + 1);
+      await eventually(
+        async () => {
+          await sql(primary, `SET synchronous_commit = local; INSERT INTO acked (id) VALUES (${id++})`);
+          await sql(primary, "SELECT pg_switch_wal()");
+          await sql(primary, "CHECKPOINT");
+          return (await sql(primary, `SELECT 1 FROM pg_ls_waldir() WHERE name = '${firstMissing}'`)).length === 0 ? true : undefined;
+        },
+        { what: `${firstMissing} removed from node1's pg_wal` },
+      );
+      archiver.start();
+      const gapEvent = await eventually(async () => (await events("archive:gap", since))[0], { what: "archive:gap" });
+      const gap = gapEvent.data as { timeline: number; from: string; to: string };
+      expect(gap.from).toBe(firstMissing);
+      const resumedAt = parseSegmentName(gap.to)!.segment + 1;
+      await sql(primary, `SET synchronous_commit = local; INSERT INTO acked (id) VALUES (${id++})`);
+      await sql(primary, "SELECT pg_switch_wal()");
+      await eventually(async () => ((await completeSegments()).some((parsed) => parsed.segment === resumedAt) ? true : undefined), {
+        what: `segment ${resumedAt} archived`,
+      });
+      expect((await events("archive:gap", since)).length).toBe(1);
+    } finally {
+      archiver.start();
     }
     await baseline();
   });

@@ -2,7 +2,7 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { buildSnapshot, operationHealthReasons, type NodeObservation, type NodeState, type SlotStatus } from "../../src/cluster/topology";
 import { archiveBridges, BRIDGE_WAIT_MS, lostSlotRepairs, type LostSlotInputs } from "../../src/failover/lost-slot-rules";
 import { openGaps } from "../../src/wal/archive-gaps";
-import { lostSlotGap } from "../../src/wal/receive-start";
+import { lostSlotGap, walRemovedBeforeArchive } from "../../src/wal/receive-start";
 
 const driver = {
   kind: "local" as const,
@@ -163,6 +163,16 @@ describe("the archive's slot lost (pure)", () => {
   test("nothing missing: the primary still has the WAL where the archive ends, or the archive is empty", () => {
     expect(lostSlotGap(["000000010000000000000006"], [{ timeline: 1, switchLsn: null }], "0/7000028")).toBeNull();
     expect(lostSlotGap([], [{ timeline: 1, switchLsn: null }], "0/7000028")).toBeNull();
+  });
+
+  test("the primary's refusal of WAL it removed is the hole's trigger; other ends of pg_receivewal are not", () => {
+    expect(
+      walRemovedBeforeArchive(
+        "pg_receivewal: error: unexpected termination of replication stream: ERROR:  requested WAL segment 000000010000000000000004 has already been removed\n",
+      ),
+    ).toBe(true);
+    expect(walRemovedBeforeArchive("pg_receivewal: error: could not connect to server: Connection refused")).toBe(false);
+    expect(walRemovedBeforeArchive('pg_receivewal: error: replication slot "relevo_archive" does not exist')).toBe(false);
   });
 
   test("a gap stays open until a completed full backup starts past it", () => {
