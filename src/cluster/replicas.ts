@@ -141,6 +141,8 @@ export async function leaveSynchronousSet(
       eligible: without(base.eligible, name),
       syncSet: without(base.syncSet, name),
       fenced: options.unfence ? without(base.fenced, name) : base.fenced,
+      // A replica removed (unfence: it leaves the cluster) is not seeded again by the monitor either.
+      reseeding: options.unfence ? without(base.reseeding ?? [], name) : base.reseeding,
       joining,
     };
   });

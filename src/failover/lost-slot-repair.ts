@@ -46,7 +46,8 @@ export class LostSlotRepair {
       if (snapshot.nodes.find((node) => node.name === name)?.replication?.state === "streaming") this.bridgedAt.delete(name);
     }
     const primary = snapshot.nodes.find((node) => node.name === state.primary);
-    const reseeding = state.reseeding ?? [];
+    // Members only: a record naming a node no longer in the cluster must not stop every round's repair.
+    const reseeding = (state.reseeding ?? []).filter((name) => this.deps.nodes.some((node) => node.name === name));
     // The archive is read only when a slot is lost, or a reseed left a node destroyed.
     if (!primary?.slots.some((slot) => slot.walStatus === "lost") && reseeding.length === 0) return;
     const repairs = lostSlotRepairs({
