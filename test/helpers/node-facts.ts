@@ -40,3 +40,14 @@ export function position(
           },
   };
 }
+
+/** The local driver's view of a node that runs: what topology snapshots are built from in unit tests. */
+export const runningLocalDriver = {
+  kind: "local" as const,
+  state: "running" as const,
+  pid: 1,
+  dataDirectory: "/d",
+  containerId: null,
+  container: null,
+  error: null,
+};

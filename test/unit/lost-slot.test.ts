@@ -3,16 +3,8 @@ import { buildSnapshot, operationHealthReasons, type NodeObservation, type NodeS
 import { archiveBridges, BRIDGE_WAIT_MS, lostSlotRepairs, type LostSlotInputs } from "../../src/failover/lost-slot-rules";
 import { openGaps } from "../../src/wal/archive-gaps";
 import { lostSlotGap, walRemovedBeforeArchive } from "../../src/wal/receive-start";
+import { runningLocalDriver as driver } from "../helpers/node-facts";
 
-const driver = {
-  kind: "local" as const,
-  state: "running" as const,
-  pid: 1,
-  dataDirectory: "/d",
-  containerId: null,
-  container: null,
-  error: null,
-};
 const slot = (name: string, walStatus: string, restartLsn: string | null = null): SlotStatus => ({
   name,
   type: "physical",

@@ -1,16 +1,8 @@
 import { lsnToNumber } from "../../src/postgres/lsn";
 import { buildSnapshot, type NodeObservation, type NodeState } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
+import { runningLocalDriver as driver } from "../helpers/node-facts";
 
-const driver = {
-  kind: "local" as const,
-  state: "running" as const,
-  pid: 1,
-  dataDirectory: "/d",
-  containerId: null,
-  container: null,
-  error: null,
-};
 const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
   role: "primary",
   version: "15.18",
