@@ -441,6 +441,8 @@ export class FailoverMonitor {
   private async rejoinFenced(state: ClusterState): Promise<void> {
     if (!this.deps.config.autoRejoin) return;
     for (const name of state.fenced) {
+      // A node a rejoin left destroyed is the lost-slot repair's to seed again (see destroyAndSeed).
+      if (state.reseeding?.includes(name)) continue;
       if (await this.coolingDown(`rejoin:${name}`)) continue;
       const node = this.deps.nodes.find((candidate) => candidate.name === name);
       if (!node || (await this.deps.driver.state(node)).phase === "absent") continue;

@@ -1,4 +1,4 @@
-import { seedReplica, waitForStreaming, writeManagedFiles, writeMarker } from "../cluster/bootstrap";
+import { waitForStreaming, writeManagedFiles, writeMarker } from "../cluster/bootstrap";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
@@ -10,6 +10,7 @@ import { configureStoppedStandby, ensureReservedSlot, slotNameFor, STANDBY_SIGNA
 import { StaleWriterError, initialState, without, type StateGuard } from "./cluster-state";
 import { newEntry, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
+import { destroyAndSeed } from "./seed-again";
 
 export type RejoinMethod = "rewind" | "reseed" | "restart";
 
@@ -55,7 +56,7 @@ export async function runRejoin(context: OperationContext, operation: RunningOpe
       await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => ensureReservedSlot(client, slotNameFor(node)));
       await operation.record({ stage: "rejoining" });
       operation.assertHeld();
-      method = await rejoinStopped(context, node, primary);
+      method = await rejoinStopped(context, operation, node, primary);
     }
     await deps.store.update(operation.guard, (state) => ({
       ...(state ?? initialState(primary.name)),
@@ -97,10 +98,15 @@ export async function rejoinFailed(context: OperationContext, operation: Running
 }
 
 /** A cleanly stopped old primary restarted as a standby of `primary`; rewound if it cannot follow as it is. */
-export async function restartAsStandby(context: OperationContext, node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+export async function restartAsStandby(
+  context: OperationContext,
+  operation: RunningOperation,
+  node: NodeRef,
+  primary: NodeRef,
+): Promise<RejoinMethod> {
   if (streamsFrom(await context.facts(node), primary)) return "restart";
   await context.stopQuietly(node);
-  return restartElseRewind(context, node, primary, { streamingTimeoutMs: context.deps.config.startTimeoutMs });
+  return restartElseRewind(context, operation, node, primary, { streamingTimeoutMs: context.deps.config.startTimeoutMs });
 }
 
 /**
@@ -113,15 +119,21 @@ export async function restartAsStandby(context: OperationContext, node: NodeRef,
  * (the fenced old primary) is rewound. If the restart does not stream, the
  * node is stopped cleanly (shut down in recovery) and rewound.
  */
-async function rejoinStopped(context: OperationContext, node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+async function rejoinStopped(
+  context: OperationContext,
+  operation: RunningOperation,
+  node: NodeRef,
+  primary: NodeRef,
+): Promise<RejoinMethod> {
   const controlData = await readControlData(context.deps.driver, node, { allowFailure: true });
-  if (!stoppedAsStandby(controlData)) return rewindOrReseed(context, node, primary);
-  return restartElseRewind(context, node, primary, { streamingTimeoutMs: RESTART_STREAMING_TIMEOUT_MS });
+  if (!stoppedAsStandby(controlData)) return rewindOrReseed(context, operation, node, primary);
+  return restartElseRewind(context, operation, node, primary, { streamingTimeoutMs: RESTART_STREAMING_TIMEOUT_MS });
 }
 
 /** A stopped node restarted as a standby of `primary`; rewound (else re-seeded) when it does not stream within `streamingTimeoutMs`. */
 async function restartElseRewind(
   context: OperationContext,
+  operation: RunningOperation,
   node: NodeRef,
   primary: NodeRef,
   options: { streamingTimeoutMs: number },
@@ -134,7 +146,7 @@ async function restartElseRewind(
       { node: node.name, err: (error as Error).message },
       "node does not stream after a restart as a standby: rewinding it",
     );
-    return rewindOrReseed(context, node, primary);
+    return rewindOrReseed(context, operation, node, primary);
   }
 }
 
@@ -168,9 +180,16 @@ export async function startStandby(context: OperationContext, node: NodeRef, ups
  * pg_rewind against the primary, then the node's own files written again
  * (pg_rewind copies the source's configuration, marker included) and the
  * node started as a standby over its slot. When pg_rewind fails, the node
- * is seeded again from scratch (repository or pg_basebackup).
+ * is seeded again from scratch (repository or pg_basebackup), recorded
+ * first as being re-made (see destroyAndSeed): a seed that fails leaves it
+ * to the monitor to seed again, never absent for good.
  */
-async function rewindOrReseed(context: OperationContext, node: NodeRef, primary: NodeRef): Promise<RejoinMethod> {
+async function rewindOrReseed(
+  context: OperationContext,
+  operation: RunningOperation,
+  node: NodeRef,
+  primary: NodeRef,
+): Promise<RejoinMethod> {
   const { deps } = context;
   const { driver } = deps;
   await context.stopQuietly(node);
@@ -194,8 +213,7 @@ async function rewindOrReseed(context: OperationContext, node: NodeRef, primary:
   const output = `${rewind.stdout}\n${rewind.stderr}`.trim().split("\n").slice(-6).join(" | ");
   if (rewind.exitCode !== 0) {
     deps.logger.warn({ node: node.name, exitCode: rewind.exitCode, output }, "pg_rewind failed: seeding the node again");
-    await driver.destroy(node);
-    await seedReplica(deps.bootstrap, node, primary);
+    await destroyAndSeed(context, operation, node, primary);
     return "reseed";
   }
   deps.logger.info({ node: node.name, output }, "pg_rewind finished");

@@ -1,12 +1,10 @@
-import { seedReplica } from "../cluster/bootstrap";
 import { leaveSynchronousSet } from "../cluster/replicas";
 import { ErrorCode, RelevoError } from "../errors";
-import { withNodeClient } from "../postgres/connection";
-import { dropSlot, slotNameFor } from "../postgres/replication-config";
-import { without, withName, type StateGuard } from "./cluster-state";
+import { type StateGuard } from "./cluster-state";
 import { newEntry, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { rejoinFailed } from "./rejoin";
+import { destroyAndSeed } from "./seed-again";
 
 export interface ReseedRequest {
   /** Why the replica cannot go on as it is (its slot lost): the journal's reason and the events'. */
@@ -45,12 +43,9 @@ export async function reseed(context: OperationContext, name: string, request: R
  * which the seed replaces whole.
  *
  * Before the node is destroyed it is recorded in the cluster state's
- * `reseeding`, and it leaves that list only once seeded: a reseed that
- * fails past the destroy (the primary's connection, pg_basebackup, the
- * start) closes its journal like any failed rejoin — it must not hold the
- * journal, which would keep a failover from running — and the monitor, in
- * whichever instance leads, seeds the node again after its hold-off (see
- * lostSlotRepairs), never leaving a member absent.
+ * `reseeding` (see destroyAndSeed): a reseed that fails past the destroy
+ * closes its journal like any failed rejoin, and the monitor seeds the node
+ * again after its hold-off, never leaving a member absent.
  */
 export async function runReseed(context: OperationContext, operation: RunningOperation): Promise<void> {
   const { deps } = context;
@@ -62,20 +57,7 @@ export async function runReseed(context: OperationContext, operation: RunningOpe
     if (primary.name === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary now: not reseeded`);
     await operation.record({ stage: "reseeding" });
     operation.assertHeld();
-    await deps.store.update(operation.guard, (state) => ({ ...state!, reseeding: withName(state!.reseeding ?? [], node.name) }));
-    await context.stopQuietly(node);
-    await deps.driver.destroy(node);
-    // The lost slot reserves nothing: made again (reserving WAL from now) by the seed.
-    await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node)));
-    operation.assertHeld();
-    await seedReplica(deps.bootstrap, node, primary).catch(async (error: unknown) => {
-      // A seed that failed once it made the new slot leaves a slot nothing consumes, holding WAL until the next try.
-      await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node))).catch(
-        () => undefined,
-      );
-      throw error;
-    });
-    await deps.store.update(operation.guard, (state) => ({ ...state!, reseeding: without(state!.reseeding ?? [], node.name) }));
+    await destroyAndSeed(context, operation, node, primary);
     await operation.finish();
     await deps.events.emit({
       kind: "node:rejoined",

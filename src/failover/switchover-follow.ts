@@ -14,6 +14,7 @@ import {
 import { sleep } from "../util/sleep";
 import type { ClusterState, StateGuard } from "./cluster-state";
 import type { OperationContext } from "./operation-context";
+import type { RunningOperation } from "./operation-journal";
 import { restartAsStandby, startStandby, type RejoinMethod } from "./rejoin";
 
 /**
@@ -84,7 +85,7 @@ export async function oldPrimaryFollowing(
   context: OperationContext,
   from: NodeRef,
   target: NodeRef,
-  options: { readonly startedBefore: boolean; readonly guard: StateGuard },
+  options: { readonly startedBefore: boolean; readonly operation: RunningOperation },
 ): Promise<RejoinMethod> {
   const { config } = context.deps;
   const answers = async () => {
@@ -103,10 +104,10 @@ export async function oldPrimaryFollowing(
   // perhaps), as the monitor would take it out (the monitor does nothing
   // while this operation holds the journal). Streaming again, it rejoins
   // the set the monitor's way, with a join point.
-  await stopWaitingFor(context, { standby: from, primary: target, guard: options.guard });
+  await stopWaitingFor(context, { standby: from, primary: target, guard: options.operation.guard });
   if (await streamingWithin(context, from, target, { timeoutMs: waits.afterLeavingMs, whilePolling: answers })) return "restart";
   await answers();
-  return restartAsStandby(context, from, target);
+  return restartAsStandby(context, options.operation, from, target);
 }
 
 /**

@@ -106,7 +106,7 @@ export async function runSwitchover(context: OperationContext, operation: Runnin
     operation.assertHeld();
     const method = await oldPrimaryFollowing(context, from, target, {
       startedBefore: operation.entry.facts.oldPrimaryFollows === "yes",
-      guard: operation.guard,
+      operation,
     });
     await operation.record({ stage: "completed", facts: { oldPrimaryRejoin: method } }, "completed");
     const record = recordOf(operation.entry, "completed", null);

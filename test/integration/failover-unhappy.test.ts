@@ -495,22 +495,22 @@ describe("failover's unhappy paths", () => {
     await baseline();
   });
 
-  test("a reseed that fails once it destroyed the replica (pg_basebackup refused): the node stays recorded, its new slot dropped, and the monitor seeds it again", async () => {
-    await baseline();
-    const since = Date.now();
+  /**
+   * Runs `failing` with maintenance on (it holds the monitor's rejoins and
+   * repairs back, not its fencing) and pg_basebackup refused (the
+   * replication role may not log in): a seed of node2 fails there. Then
+   * both lifted, node2 must be seeded again by the monitor, once: streaming
+   * from node1 with every row, no longer recorded as being re-made.
+   */
+  const seedRefusedThenSeededAgain = async (since: number, failing: () => Promise<void>) => {
     const primary = node("node1");
-    const { driver } = cluster.service;
-    // The monitor's operations, as its lost-slot repair calls them (not part of the service's surface).
-    const { operations } = (failover() as unknown as { deps: { operations: FailoverOperations } }).deps;
-    // Maintenance holds the monitor's repairs back until pg_basebackup may log in again: one failure, then one retry.
     await failover().setMaintenance(true);
     try {
       await sql(primary, `ALTER ROLE ${ROLE_REPLICATION} NOLOGIN`);
-      await expect(operations.reseed("node2", { reason: "a test" })).rejects.toThrow(/pg_basebackup|not permitted to log in/);
+      await failing();
       expect((await events("node:rejoin-failed", since)).map((event) => event.node)).toEqual(["node2"]);
-      expect((await driver.state(node("node2"))).phase).toBe("absent");
+      expect((await cluster.service.driver.state(node("node2"))).phase).toBe("absent");
       expect((await state()).reseeding).toEqual(["node2"]);
-      expect(await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_node2'")).toEqual([]);
     } finally {
       await sql(primary, `ALTER ROLE ${ROLE_REPLICATION} LOGIN`);
       await failover().setMaintenance(false);
@@ -523,6 +523,37 @@ describe("failover's unhappy paths", () => {
     expect((await state()).reseeding).toEqual([]);
     expect(await streamingFrom(node("node2"))).toBe(primary.port);
     await everyRowOnNode2();
+  };
+
+  test("a reseed that fails once it destroyed the replica (pg_basebackup refused): the node stays recorded, its new slot dropped, and the monitor seeds it again", async () => {
+    await baseline();
+    const since = Date.now();
+    // The monitor's operations, as its lost-slot repair calls them (not part of the service's surface).
+    const { operations } = (failover() as unknown as { deps: { operations: FailoverOperations } }).deps;
+    await seedRefusedThenSeededAgain(since, async () => {
+      await expect(operations.reseed("node2", { reason: "a test" })).rejects.toThrow(/pg_basebackup|not permitted to log in/);
+      expect(await sql(node("node1"), "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_node2'")).toEqual([]);
+    });
+    await baseline();
+  });
+
+  test("a rejoin whose pg_rewind fails and whose seed fails too (pg_basebackup refused): the fenced node stays recorded, and the monitor seeds it again and lifts its fence", async () => {
+    await baseline();
+    const since = Date.now();
+    const { driver } = cluster.service;
+    await seedRefusedThenSeededAgain(since, async () => {
+      // node2 writable: fenced as a split brain (stopped at once, so its control file is a primary's), its WAL lost so pg_rewind cannot run.
+      await sql(node("node2"), "SELECT pg_promote()");
+      await eventually(async () => ((await state()).fenced.includes("node2") ? true : undefined), { what: "node2 fenced" });
+      const wal = await driver.listFiles(node("node2"), "pg_wal");
+      await driver.removeFiles(
+        node("node2"),
+        wal.filter((entry) => /^pg_wal\/[0-9A-F]{24}$/.test(entry.path)).map((entry) => entry.path),
+      );
+      await expect(failover().rejoin("node2")).rejects.toThrow(/pg_basebackup|not permitted to log in/);
+      expect((await state()).fenced).toEqual(["node2"]);
+    });
+    expect((await state()).fenced).toEqual([]);
     await baseline();
   });
 });
