@@ -7,7 +7,7 @@ import { slotNameFor } from "../postgres/replication-config";
 import { restoreCommandFor } from "../restore/recovery-target";
 import { ARCHIVE_SLOT } from "../wal/wal-archiver";
 import type { ClusterState, StateGuard } from "./cluster-state";
-import { lostSlotRepairs, type SlotRepair } from "./lost-slot-rules";
+import { bridgeBegun, bridgeSeen, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
 import { coolDown, holdOffAfter, type HoldOff } from "./monitor-rules";
 import type { FailoverOperations } from "./operations";
 
@@ -32,8 +32,8 @@ export interface LostSlotRepairDeps {
  * in flight and no maintenance holds automatic repairs back.
  */
 export class LostSlotRepair {
-  /** When each replica was bridged, until it streams again or is reseeded. */
-  private readonly bridgedAt = new Map<string, number>();
+  /** Each replica bridged and its progress, until it streams again or is reseeded. */
+  private readonly bridges = new Map<string, Bridge>();
   private readonly retryAfter = new Map<string, HoldOff>();
 
   constructor(private readonly deps: LostSlotRepairDeps) {}
@@ -42,8 +42,10 @@ export class LostSlotRepair {
     const snapshot = this.deps.topology();
     // Only a snapshot taken since the record last changed: never act on a picture of the cluster from before a change of primary.
     if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
-    for (const name of this.bridgedAt.keys()) {
-      if (snapshot.nodes.find((node) => node.name === name)?.replication?.state === "streaming") this.bridgedAt.delete(name);
+    for (const [name, bridge] of this.bridges) {
+      const seen = snapshot.nodes.find((node) => node.name === name);
+      if (seen?.replication?.state === "streaming") this.bridges.delete(name);
+      else this.bridges.set(name, bridgeSeen(bridge, seen?.replayedLsn ?? null, Date.parse(snapshot.collectedAt)));
     }
     const primary = snapshot.nodes.find((node) => node.name === state.primary);
     // Members only: a record naming a node no longer in the cluster must not stop every round's repair.
@@ -58,11 +60,12 @@ export class LostSlotRepair {
       archiveSlot: ARCHIVE_SLOT,
       archivedSegments: await this.deps.archive.segments(),
       reseeding,
-      bridgedAt: this.bridgedAt,
+      bridges: this.bridges,
       now: Date.now(),
     });
     for (const repair of repairs) {
-      if (repair.action === "bridge") await this.bridge(repair, state.primary);
+      const replayedLsn = snapshot.nodes.find((node) => node.name === repair.node)?.replayedLsn ?? null;
+      if (repair.action === "bridge") await this.bridge(repair, state.primary, replayedLsn);
       else if (await this.reseed(repair, state.primary, guard, { again: reseeding.includes(repair.node) })) return; // one at a time
     }
   }
@@ -78,15 +81,19 @@ export class LostSlotRepair {
    * process, failing to stream, reads the archive next, replays it, and
    * streams from where it ends over the same slot (which is reserved again
    * once streamed from). Kept afterwards: the archive may carry it again.
+   * Recorded as bridged (its progress judged from then on) only once the
+   * reload returned: a replica that did not take the setting is bridged
+   * again next round, not reseeded for failing to replay an archive it was
+   * never given.
    */
-  private async bridge(repair: SlotRepair, primary: string): Promise<void> {
+  private async bridge(repair: SlotRepair, primary: string, replayedLsn: string | null): Promise<void> {
     const node = this.node(repair.node);
-    this.bridgedAt.set(node.name, Date.now());
-    await this.slotLost(repair, primary);
     await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
       await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(restoreCommandFor(this.deps.archive.walDir))}`);
       await client.query("SELECT pg_reload_conf()");
     });
+    this.bridges.set(node.name, bridgeBegun(replayedLsn, Date.now()));
+    await this.slotLost(repair, primary);
     this.deps.logger.warn({ node: node.name, slot: repair.slot }, "slot lost: the replica catches up from the archive");
   }
 
@@ -99,7 +106,7 @@ export class LostSlotRepair {
     const key = repair.node;
     if (coolDown(this.retryAfter.get(key), Date.now()) !== "clear") return false;
     this.retryAfter.set(key, holdOffAfter(null, Date.now()));
-    this.bridgedAt.delete(repair.node);
+    this.bridges.delete(repair.node);
     if (options.again) this.deps.logger.warn({ node: repair.node }, "a reseed left this replica destroyed: seeding it again");
     else await this.slotLost(repair, primary);
     void this.deps.operations.reseed(repair.node, { reason: repair.reason, lease: guard }).then(

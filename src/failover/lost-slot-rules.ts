@@ -1,4 +1,5 @@
 import type { ClusterSnapshot } from "../cluster/topology";
+import { lsnToNumber } from "../postgres/lsn";
 import { segmentNumber } from "../postgres/wal-names";
 
 /**
@@ -20,15 +21,56 @@ import { segmentNumber } from "../postgres/wal-names";
  *   which the primary keeps WAL for it): the replica is given the archive
  *   as its restore_command, and catches up by itself. Nothing is destroyed.
  * - `reseed`: the archive cannot bridge it (a gap, or its own slot lost
- *   too), or the bridge did not make it stream within BRIDGE_WAIT_MS: it is
- *   seeded again from scratch.
+ *   too), or the bridge does not carry it (see bridgeGivenUp): it is seeded
+ *   again from scratch.
  */
 export type SlotRepair =
   | { readonly action: "bridge"; readonly node: string; readonly slot: string; readonly reason: string }
   | { readonly action: "reseed"; readonly node: string; readonly slot: string; readonly reason: string };
 
-/** How long a bridged replica has to stream before it is reseeded instead. */
-export const BRIDGE_WAIT_MS = 30000;
+/**
+ * A bridged replica whose replay has not advanced for this long is reseeded:
+ * restore_command found nothing more it could replay.
+ */
+export const BRIDGE_STALL_MS = 30000;
+/**
+ * However it advances, a bridge that has not brought the replica back to
+ * streaming after this long is given up: the replica replays the archive
+ * more slowly than the primary writes, and would never catch up. A slot is
+ * lost only past max_slot_wal_keep_size (4GB by default), so a bridge
+ * replays gigabytes, one `cp` per segment: minutes, not seconds.
+ */
+export const BRIDGE_CAP_MS = 2 * 60 * 60 * 1000;
+
+/** A bridged replica's way through the archive, as the monitor has seen it. */
+export interface Bridge {
+  /** When it was given the archive (ms): once ALTER SYSTEM and pg_reload_conf() returned. */
+  readonly since: number;
+  /** The furthest replay position seen (null: none known yet). */
+  readonly replayedLsn: string | null;
+  /** When that position was first seen (ms): the replica's last progress. */
+  readonly progressAt: number;
+}
+
+export function bridgeBegun(replayedLsn: string | null, now: number): Bridge {
+  return { since: now, replayedLsn, progressAt: now };
+}
+
+/** The bridge after one more look at the replica's replay position: progress only when it moved forward. */
+export function bridgeSeen(bridge: Bridge, replayedLsn: string | null, now: number): Bridge {
+  if (replayedLsn === null) return bridge;
+  if (bridge.replayedLsn !== null && lsnToNumber(replayedLsn) <= lsnToNumber(bridge.replayedLsn)) return bridge;
+  return { ...bridge, replayedLsn, progressAt: now };
+}
+
+/** Why a bridge is given up (its replica to be reseeded), or null while it still carries the replica. */
+export function bridgeGivenUp(bridge: Bridge, now: number): string | null {
+  if (now - bridge.progressAt >= BRIDGE_STALL_MS)
+    return `replaying the archive has not advanced it for ${Math.round((now - bridge.progressAt) / 1000)} s`;
+  if (now - bridge.since >= BRIDGE_CAP_MS)
+    return `replaying the archive has not brought it back to streaming in ${Math.round((now - bridge.since) / 60000)} min`;
+  return null;
+}
 
 export interface LostSlotInputs {
   readonly snapshot: ClusterSnapshot;
@@ -48,8 +90,8 @@ export interface LostSlotInputs {
    * destroyed node answers nothing and its slot was dropped.
    */
   readonly reseeding: readonly string[];
-  /** When each replica was bridged (ms), while it is not streaming yet. */
-  readonly bridgedAt: ReadonlyMap<string, number>;
+  /** Each replica bridged and not streaming yet, with its progress so far. */
+  readonly bridges: ReadonlyMap<string, Bridge>;
   readonly now: number;
 }
 
@@ -80,10 +122,11 @@ export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
     const slot = inputs.slotOf(node.name);
     if (!lost.has(slot)) continue;
     const why = `its slot ${slot} on ${primary.name} was invalidated (more WAL held back than max_slot_wal_keep_size)`;
-    const bridgedAt = inputs.bridgedAt.get(node.name);
-    if (bridgedAt !== undefined) {
-      if (inputs.now - bridgedAt < BRIDGE_WAIT_MS) continue; // give the archive time to carry it
-      repairs.push({ action: "reseed", node: node.name, slot, reason: `${why}, and replaying the archive did not bring it back` });
+    const bridge = inputs.bridges.get(node.name);
+    if (bridge !== undefined) {
+      const givenUp = bridgeGivenUp(bridge, inputs.now);
+      if (givenUp === null) continue; // the archive still carries it
+      repairs.push({ action: "reseed", node: node.name, slot, reason: `${why}, and ${givenUp}` });
     } else if (archiveBridges(inputs.archivedSegments, node.replayedLsn, archiver?.restartLsn ?? null)) {
       repairs.push({ action: "bridge", node: node.name, slot, reason: `${why}; the archive holds the WAL it needs` });
     } else {

@@ -1,6 +1,20 @@
 import type { BackupManifest } from "../../src/backup/manifest";
 import { buildSnapshot, operationHealthReasons, type NodeObservation, type NodeState, type SlotStatus } from "../../src/cluster/topology";
-import { archiveBridges, BRIDGE_WAIT_MS, lostSlotRepairs, type LostSlotInputs } from "../../src/failover/lost-slot-rules";
+import { createServer } from "node:net";
+import type { EventLog } from "../../src/events/event-log";
+import { LostSlotRepair } from "../../src/failover/lost-slot-repair";
+import {
+  archiveBridges,
+  BRIDGE_CAP_MS,
+  BRIDGE_STALL_MS,
+  bridgeBegun,
+  bridgeSeen,
+  lostSlotRepairs,
+  type Bridge,
+  type LostSlotInputs,
+} from "../../src/failover/lost-slot-rules";
+import type { FailoverOperations } from "../../src/failover/operations";
+import { createLogger } from "../../src/log";
 import { openGaps } from "../../src/wal/archive-gaps";
 import { lostSlotGap, walRemovedBeforeArchive } from "../../src/wal/receive-start";
 import { runningLocalDriver as driver } from "../helpers/node-facts";
@@ -65,7 +79,7 @@ const inputs = (
   archiveSlot: "relevo_archive",
   archivedSegments: new Set([1, 2, 3, 4, 5, 6, 7, 8]),
   reseeding: [],
-  bridgedAt: new Map(),
+  bridges: new Map(),
   now: 100000,
   ...overrides,
 });
@@ -89,11 +103,28 @@ describe("a replica whose slot was lost (pure)", () => {
     expect(lostSlotRepairs(resumedPastHole)).toEqual([expect.objectContaining({ action: "reseed" })]);
   });
 
-  test("a bridge given time, then seeded again if it still does not stream", () => {
-    const bridged = (sinceMs: number) =>
-      lostSlotRepairs(inputs([slot("relevo_node2", "lost"), archiver], { bridgedAt: new Map([["node2", 100000 - sinceMs]]) }));
-    expect(bridged(BRIDGE_WAIT_MS - 1)).toEqual([]);
-    expect(bridged(BRIDGE_WAIT_MS)).toEqual([expect.objectContaining({ action: "reseed", node: "node2" })]);
+  test("a bridged replica whose replay advances is given time; one whose replay stalls for 30 s, or that is not back after the cap, is seeded again", () => {
+    const judged = (bridge: Bridge, now: number) =>
+      lostSlotRepairs(inputs([slot("relevo_node2", "lost"), archiver], { bridges: new Map([["node2", bridge]]), now }));
+    // Replaying segment after segment: a minute after the bridge, still carried.
+    let bridge = bridgeBegun("0/3000100", 0);
+    bridge = bridgeSeen(bridge, "0/5000000", 20000);
+    bridge = bridgeSeen(bridge, "0/8000000", 45000);
+    expect(judged(bridge, 60000)).toEqual([]);
+    // Then nothing more replayed (the same position, an older one, none known): stalled since 45 s.
+    expect(bridgeSeen(bridge, "0/8000000", 50000)).toBe(bridge);
+    expect(bridgeSeen(bridge, "0/7000000", 55000)).toBe(bridge);
+    expect(bridgeSeen(bridge, null, 60000)).toBe(bridge);
+    expect(judged(bridge, 45000 + BRIDGE_STALL_MS - 1)).toEqual([]);
+    const stalled = judged(bridge, 45000 + BRIDGE_STALL_MS);
+    expect(stalled.map(({ action, node }) => ({ action, node }))).toEqual([{ action: "reseed", node: "node2" }]);
+    expect(stalled[0]!.reason).toMatch(/has not advanced it for 30 s$/);
+    // Still advancing, but slower than the primary writes: given up at the cap.
+    const endless: Bridge = { since: 0, replayedLsn: "0/9000000", progressAt: BRIDGE_CAP_MS - 1000 };
+    expect(judged(endless, BRIDGE_CAP_MS - 1)).toEqual([]);
+    const capped = judged(endless, BRIDGE_CAP_MS);
+    expect(capped.map(({ action }) => action)).toEqual(["reseed"]);
+    expect(capped[0]!.reason).toMatch(/back to streaming in 120 min$/);
   });
 
   test("nothing for a streaming replica, a fenced or unreachable one, a slot not lost, or a snapshot naming another primary", () => {
@@ -129,6 +160,41 @@ describe("a replica whose slot was lost (pure)", () => {
     expect(archiveBridges(archived, "0/2000100", "0/6000028")).toBe(false);
     expect(archiveBridges(archived, null, "0/6000028")).toBe(false);
     expect(archiveBridges(archived, "0/3000100", null)).toBe(false);
+  });
+});
+
+describe("the monitor's bridge of a replica whose slot was lost", () => {
+  test("a replica that did not take the archive (ALTER SYSTEM refused: it does not answer) is bridged again next round, and reported only once bridged", async () => {
+    // A port nothing listens on: every connection to node2 is refused at once.
+    const closed = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as { port: number };
+        server.close(() => resolve(port));
+      });
+    });
+    const emitted: string[] = [];
+    const reseeded: string[] = [];
+    const snapshot = { ...inputs([slot("relevo_node2", "lost"), slot("relevo_archive", "reserved", "0/9000100")]).snapshot };
+    const repairs = new LostSlotRepair({
+      nodes: [
+        { name: "node1", host: "127.0.0.1", port: closed },
+        { name: "node2", host: "127.0.0.1", port: closed },
+      ],
+      superuser: { user: "postgres", password: "unused", database: "postgres" },
+      nodeTimeoutMs: 2000,
+      operations: { reseed: (name: string) => Promise.resolve(void reseeded.push(name)) } as unknown as FailoverOperations,
+      events: { emit: (event: { kind: string }) => Promise.resolve(void emitted.push(event.kind)) } as unknown as EventLog,
+      logger: createLogger({ level: "silent" }),
+      topology: () => ({ ...snapshot, collectedAt: new Date().toISOString() }),
+      archive: { walDir: "/archive", segments: () => Promise.resolve(new Set([1, 2, 3, 4, 5, 6, 7, 8])) },
+    });
+    const recorded = { primary: "node1", epoch: 1, fenced: [], syncSet: [], eligible: [], joining: {}, updatedAt: "2000-01-01T00:00:00Z" };
+    const guard = { key: "lock", value: "holder" };
+    await expect(repairs.repair(recorded, guard)).rejects.toThrow(/ECONNREFUSED|connect/);
+    // Not counted as bridged: tried again (not left waiting out a bridge it never had), and no slot-lost event said it was bridged.
+    await expect(repairs.repair(recorded, guard)).rejects.toThrow(/ECONNREFUSED|connect/);
+    expect(emitted).toEqual([]);
+    expect(reseeded).toEqual([]);
   });
 });
 
