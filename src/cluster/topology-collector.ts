@@ -5,7 +5,7 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { NodeProber } from "./node-probe";
-import { buildSnapshot, operationHealthReasons, type ClusterSnapshot } from "./topology";
+import { buildSnapshot, membersBeingRemade, operationHealthReasons, type ClusterSnapshot, type OperationSeen } from "./topology";
 import { observeNode } from "./topology-observe";
 import { isTopologyChange, topologyChanges } from "./topology-changes";
 
@@ -95,32 +95,39 @@ export class TopologyCollector {
   }
 
   /**
-   * The failover monitor's reason for holding a failover back, if it holds
-   * one (any instance may run the monitor), and an operation in flight that
-   * leaves a member out (see operationHealthReasons).
+   * What the failover side records that the snapshot shows: its reason for
+   * holding a failover back, if it holds one (any instance may run the
+   * monitor), and the members being re-made, by an operation in flight or
+   * recorded as destroyed and not seeded yet (see membersBeingRemade), with
+   * their health reasons.
    */
-  private async heldBack(): Promise<string[]> {
+  private async recordedFacts(): Promise<{ reasons: string[]; reseeding: string[] }> {
     try {
-      const [raw, operation] = await this.deps.redis.mget(this.deps.keys.failoverHeldBack, this.deps.keys.operation.entry);
+      const { failoverHeldBack, operation, clusterState } = this.deps.keys;
+      const [raw, entry, state] = await this.deps.redis.mget(failoverHeldBack, operation.entry, clusterState);
       const reason = raw == null ? undefined : (JSON.parse(raw) as { reason?: string }).reason;
-      return [
-        ...(reason ? [`failover held back: ${reason}`] : []),
-        ...operationHealthReasons(operation == null ? null : (JSON.parse(operation) as { kind?: string; from?: string; reason?: string })),
-      ];
+      const inFlight = entry == null ? null : (JSON.parse(entry) as OperationSeen);
+      const recorded = state == null ? [] : ((JSON.parse(state) as { reseeding?: string[] }).reseeding ?? []);
+      return {
+        reasons: [...(reason ? [`failover held back: ${reason}`] : []), ...operationHealthReasons(inFlight, recorded)],
+        reseeding: membersBeingRemade(inFlight, recorded),
+      };
     } catch {
-      return []; // Redis away: the snapshot is built from the nodes alone
+      return { reasons: [], reseeding: [] }; // Redis away: the snapshot is built from the nodes alone
     }
   }
 
   private async poll(): Promise<ClusterSnapshot> {
     this.closeRemovedProbers();
     const previous = this.latestSnapshot;
-    const observations = await Promise.all(
-      this.deps.nodes.map((node) => observeNode(node, this.proberFor(node), this.deps.driver, previous)),
-    );
+    const [observed, recorded] = await Promise.all([
+      Promise.all(this.deps.nodes.map((node) => observeNode(node, this.proberFor(node), this.deps.driver, previous))),
+      this.recordedFacts(),
+    ]);
+    const observations = observed.map((o) => ({ ...o, reseeding: recorded.reseeding.includes(o.name) }));
     const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString(), [
       ...(this.deps.serviceReasons?.() ?? []),
-      ...(await this.heldBack()),
+      ...recorded.reasons,
     ]);
     this.latestSnapshot = next;
     const changes = topologyChanges(previous, next, this.deps.lagAlertBytes);

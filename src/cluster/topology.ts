@@ -57,6 +57,11 @@ export interface NodeSnapshot {
   readonly slots: readonly SlotStatus[];
   readonly driver: DriverView;
   readonly checkedAt: string;
+  /**
+   * Being re-made: a reseed in flight, or destroyed to be seeded again and
+   * not seeded yet (the recorded state's `reseeding`, see membersBeingRemade).
+   */
+  readonly reseeding: boolean;
 }
 
 export type ClusterHealth = "healthy" | "degraded" | "critical";
@@ -79,6 +84,8 @@ export interface NodeObservation {
   /** Role to assume when the node cannot be asked (last snapshot, or its standby.signal). */
   readonly fallbackRole: NodeRole;
   readonly checkedAt: string;
+  /** Being re-made (see NodeSnapshot.reseeding); false when not said. */
+  readonly reseeding?: boolean;
 }
 
 /**
@@ -124,16 +131,35 @@ export function buildSnapshot(
   };
 }
 
+/** The operation in flight, as the journal's entry read from Redis says it. */
+export type OperationSeen = { readonly kind?: string; readonly from?: string; readonly reason?: string } | null;
+
 /**
- * The health reason of an operation in flight (the journal's entry, as read
- * from Redis), for those that leave a member out while they run: a reseed.
- * Pure.
+ * The members being re-made: the one a reseed in flight seeds again, and
+ * those the recorded state lists as destroyed to be seeded again and not
+ * seeded yet (`reseeding`: a reseed, or a rejoin whose pg_rewind failed,
+ * that failed past the destroy; the failover monitor seeds them again).
+ * Sorted. Pure.
  */
-export function operationHealthReasons(
-  entry: { readonly kind?: string; readonly from?: string; readonly reason?: string } | null,
-): string[] {
-  if (entry?.kind !== "reseed") return [];
-  return [`${entry.from} is being seeded again: ${entry.reason}`];
+export function membersBeingRemade(entry: OperationSeen, recordedReseeding: readonly string[]): string[] {
+  const names = new Set(recordedReseeding);
+  if (entry?.kind === "reseed" && entry.from) names.add(entry.from);
+  return [...names].sort();
+}
+
+/**
+ * The health reasons of members being re-made (see membersBeingRemade): a
+ * reseed in flight with its reason, and each other member recorded as
+ * destroyed and not seeded yet. Pure.
+ */
+export function operationHealthReasons(entry: OperationSeen, recordedReseeding: readonly string[] = []): string[] {
+  const inFlight = entry?.kind === "reseed" ? entry.from : undefined;
+  return [
+    ...(inFlight === undefined ? [] : [`${inFlight} is being seeded again: ${entry!.reason}`]),
+    ...recordedReseeding
+      .filter((name) => name !== inFlight)
+      .map((name) => `${name} was destroyed to be seeded again and is not seeded yet: the failover monitor seeds it again`),
+  ];
 }
 
 /**
@@ -157,7 +183,7 @@ function identityChecked(clusterName: string, o: NodeObservation): NodeObservati
 }
 
 function nodeSnapshot(o: NodeObservation, primaryName: string | null, primaryProbe: NodeState | null): NodeSnapshot {
-  const base = { name: o.name, host: o.host, port: o.port, driver: o.driver, checkedAt: o.checkedAt };
+  const base = { name: o.name, host: o.host, port: o.port, driver: o.driver, checkedAt: o.checkedAt, reseeding: o.reseeding ?? false };
   if (!("role" in o.probe)) {
     return {
       ...base,

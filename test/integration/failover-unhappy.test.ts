@@ -8,6 +8,7 @@ import type { NodeRef } from "../../src/nodes/node-driver";
 import type { FailoverOperations } from "../../src/failover/operations";
 import { ROLE_REPLICATION } from "../../src/postgres/managed-settings";
 import { failoverHelpers } from "../helpers/failover";
+import { graphqlRequest } from "../helpers/graphql-client";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sleep } from "../../src/util/sleep";
@@ -495,6 +496,16 @@ describe("failover's unhappy paths", () => {
     await baseline();
   });
 
+  /** The topology as the API shows it: which nodes are being re-made, and the health reasons. */
+  const remade = async () => {
+    const response = await graphqlRequest<{ cluster: { healthReasons: string[]; nodes: Array<{ name: string; reseeding: boolean }> } }>(
+      cluster.url,
+      "{ cluster { healthReasons nodes { name reseeding } } }",
+      { token: cluster.token("viewer") },
+    );
+    return response.data!.cluster;
+  };
+
   /**
    * Runs `failing` with maintenance on (it holds the monitor's rejoins and
    * repairs back, not its fencing) and pg_basebackup refused (the
@@ -511,6 +522,13 @@ describe("failover's unhappy paths", () => {
       expect((await events("node:rejoin-failed", since)).map((event) => event.node)).toEqual(["node2"]);
       expect((await cluster.service.driver.state(node("node2"))).phase).toBe("absent");
       expect((await state()).reseeding).toEqual(["node2"]);
+      // Shown: on the node in the API's topology, and as a health reason.
+      await eventually(async () => ((await remade()).nodes.find((n) => n.name === "node2")?.reseeding ? true : undefined), {
+        what: "node2 shown as being re-made",
+      });
+      expect((await remade()).healthReasons).toContain(
+        "node2 was destroyed to be seeded again and is not seeded yet: the failover monitor seeds it again",
+      );
     } finally {
       await sql(primary, `ALTER ROLE ${ROLE_REPLICATION} LOGIN`);
       await failover().setMaintenance(false);
@@ -523,6 +541,7 @@ describe("failover's unhappy paths", () => {
     expect((await state()).reseeding).toEqual([]);
     expect(await streamingFrom(node("node2"))).toBe(primary.port);
     await everyRowOnNode2();
+    await eventually(async () => ((await remade()).nodes.every((n) => !n.reseeding) ? true : undefined), { what: "no node shown re-made" });
   };
 
   test("a reseed that fails once it destroyed the replica (pg_basebackup refused): the node stays recorded, its new slot dropped, and the monitor seeds it again", async () => {

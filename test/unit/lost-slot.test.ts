@@ -1,5 +1,12 @@
 import type { BackupManifest } from "../../src/backup/manifest";
-import { buildSnapshot, operationHealthReasons, type NodeObservation, type NodeState, type SlotStatus } from "../../src/cluster/topology";
+import {
+  buildSnapshot,
+  membersBeingRemade,
+  operationHealthReasons,
+  type NodeObservation,
+  type NodeState,
+  type SlotStatus,
+} from "../../src/cluster/topology";
 import { createServer } from "node:net";
 import type { EventLog } from "../../src/events/event-log";
 import { LostSlotRepair } from "../../src/failover/lost-slot-repair";
@@ -262,5 +269,36 @@ describe("health while a slot is lost (pure)", () => {
     ]);
     expect(operationHealthReasons({ kind: "rejoin", from: "node2", reason: "automatic rejoin" })).toEqual([]);
     expect(operationHealthReasons(null)).toEqual([]);
+  });
+
+  test("members being re-made: a reseed in flight, and those a failed seed left destroyed, each a reason and flagged on its node", () => {
+    const reseed = { kind: "reseed", from: "node2", reason: "its slot was lost" };
+    const rejoin = { kind: "rejoin", from: "node3", reason: "automatic rejoin" };
+    // node3 left destroyed by a rejoin whose seed failed, while node2's reseed runs: both re-made, each said once.
+    expect(membersBeingRemade(reseed, ["node3"])).toEqual(["node2", "node3"]);
+    expect(operationHealthReasons(reseed, ["node2", "node3"])).toEqual([
+      "node2 is being seeded again: its slot was lost",
+      "node3 was destroyed to be seeded again and is not seeded yet: the failover monitor seeds it again",
+    ]);
+    // A rejoin in flight re-makes nothing by itself; what the state records is still re-made.
+    expect(membersBeingRemade(rejoin, [])).toEqual([]);
+    expect(membersBeingRemade(rejoin, ["node3"])).toEqual(["node3"]);
+    expect(operationHealthReasons(null, ["node3"])).toHaveLength(1);
+    // On the node: the observation's flag, false when not said.
+    const snapshot = buildSnapshot(
+      "c",
+      [
+        observe("node1", state("primary")),
+        { ...observe("node2", { error: "connection refused" }), reseeding: true },
+        observe("node3", state("replica")),
+      ],
+      1e9,
+      "now",
+    );
+    expect(snapshot.nodes.map((node) => [node.name, node.reseeding])).toEqual([
+      ["node1", false],
+      ["node2", true],
+      ["node3", false],
+    ]);
   });
 });

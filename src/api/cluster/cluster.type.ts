@@ -149,6 +149,11 @@ export class Node {
   @Field(() => [ReplicationSlot]) slots!: ReplicationSlot[];
   @Field(() => NodeDriverView) driver!: NodeDriverView;
   @Field({ description: "When this node was last polled (ISO 8601)." }) checkedAt!: string;
+  @Field({
+    description:
+      "True while the node is being re-made: seeded again from scratch by a reseed in flight, or destroyed to be seeded again and not seeded yet (the failover monitor seeds it again).",
+  })
+  reseeding!: boolean;
 }
 
 @ObjectType({ description: "Where a PostgreSQL server listens." })
