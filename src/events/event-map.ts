@@ -21,6 +21,7 @@ export interface EventMap {
   "archive:gap": { timeline: number; from: string; to: string };
   "archive:lagging": { lagBytes: number };
   "archive:foreign-cluster": { systemIdentifier: string; archiveSystemIdentifier: string; archiveSource: string };
+  "archive:timeline-reused": { timeline: number; files: string[]; setAside: string };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -133,6 +134,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:gap",
   "archive:lagging",
   "archive:foreign-cluster",
+  "archive:timeline-reused",
   "backup:started",
   "backup:completed",
   "backup:failed",

@@ -6,7 +6,7 @@ import { readEndOfWal } from "../postgres/wal-end";
 import { chooseCandidateOrStoppedOldPrimary, lostBytesAtPromotion } from "./candidate";
 import { initialState, withName, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
-import { startToPromote, stoppedOldPrimaryFacts } from "./old-primary-candidate";
+import { archivedNames, setAsideReusedTimelines, startToPromote, stoppedOldPrimaryFacts } from "./old-primary-candidate";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { JournalEntry, RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
@@ -110,7 +110,11 @@ export async function runFailover(context: OperationContext, operation: RunningO
         );
         await context.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
       }
-      await promote(context, target, operation);
+      // The stopped old primary's new timeline is checked against the archive as it was before this promotion.
+      const prepared = operation.entry.facts.preparedOldPrimary === target.name;
+      const archivedBefore = prepared ? await archivedNames(context) : [];
+      const promoted = await promote(context, target, operation);
+      if (prepared && promoted.promotedNow) await setAsideReusedTimelines(context, { node: target, ...promoted, archivedBefore });
       await operation.record({ stage: "promoted" }, "promoted");
       await context.emitStage("failover:promoted", operation, "warning", `${target.name} promoted: it accepts writes`);
     } else {

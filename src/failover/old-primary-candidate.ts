@@ -1,9 +1,11 @@
+import { mkdir, readdir, readFile, rename } from "node:fs/promises";
+import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { latestCheckpointTimeline, readControlData } from "../postgres/control-data";
 import { markFenced, readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
 import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-config";
-import { historyTimelines } from "../postgres/timelines";
+import { filesOfTimelinesFrom, historiesToCopy, timelineAfterPromotion } from "../postgres/timelines";
 import { readEndOfWal } from "../postgres/wal-end";
 import { historyFileName } from "../postgres/wal-names";
 import type { StoppedOldPrimary } from "./candidate";
@@ -107,28 +109,80 @@ export async function startToPromote(
 }
 
 /**
- * The lost primary's history files past `timeline` into `node`'s pg_wal.
- * When its storage cannot be read, the one history it is known to have
- * made is written in its place: a switchover's target branched off the
- * old primary's timeline exactly where the old primary's WAL ends (it
- * received all of it, and nothing else).
+ * The history files past `timeline` that the lost primary's pg_wal or the
+ * archive holds, into `node`'s pg_wal (see historiesToCopy: an abandoned
+ * branch's history may be only in the archive). When the lost primary's
+ * storage cannot be read, the one history it is known to have made is
+ * written in its place, under the number the node would pick otherwise: a
+ * switchover's target branched off the old primary's timeline exactly where
+ * the old primary's WAL ends (it received all of it, and nothing else).
  */
 async function copyNewerHistories(context: OperationContext, options: { node: NodeRef; lost: NodeRef; timeline: number }): Promise<void> {
-  const { driver, logger } = context.deps;
+  const { driver, logger, archiveWalDir } = context.deps;
   const { node, lost, timeline } = options;
-  const names = (await driver.listFiles(lost, "pg_wal").catch(() => [])).map((entry) => entry.path);
-  let copied = 0;
-  for (const newer of historyTimelines(names).filter((number) => number > timeline)) {
-    const file = `pg_wal/${historyFileName(newer)}`;
-    const content = await driver.readFile(lost, file).catch(() => null);
+  const lostNode = (await driver.listFiles(lost, "pg_wal").catch(() => [])).map((entry) => entry.path);
+  const archive = await archivedNames(context);
+  const copied: number[] = [];
+  let fromLostNode = 0;
+  for (const history of historiesToCopy({ own: timeline, lostNode, archive })) {
+    const name = historyFileName(history.timeline);
+    const content =
+      history.from === "lost-node"
+        ? await driver.readFile(lost, `pg_wal/${name}`).catch(() => null)
+        : await readFile(path.join(archiveWalDir, name)).catch(() => null);
     if (content === null) continue;
-    await driver.writeFile(node, file, content);
-    copied += 1;
+    await driver.writeFile(node, `pg_wal/${name}`, content);
+    copied.push(history.timeline);
+    if (history.from === "lost-node") fromLostNode += 1;
   }
-  if (copied > 0) return;
+  if (fromLostNode > 0) return;
   const walEnd = await readEndOfWal(driver, node, { timeoutMs: context.deps.config.nodeTimeoutMs * 10 });
   if (walEnd === null) throw new RelevoError(ErrorCode.CommandFailed, `the end of ${node.name}'s WAL cannot be read: it is not promoted`);
   const own = timeline > 1 ? ((await driver.readFile(node, `pg_wal/${historyFileName(timeline)}`))?.toString("utf8") ?? "") : "";
   logger.warn({ node: node.name, lost: lost.name }, "the lost primary's timeline history is unreadable: written from the switch point");
-  await driver.writeFile(node, `pg_wal/${historyFileName(timeline + 1)}`, `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`);
+  const presumed = timelineAfterPromotion(timeline, copied);
+  await driver.writeFile(node, `pg_wal/${historyFileName(presumed)}`, `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`);
+}
+
+/** The archive's file names (none when it cannot be read). */
+export async function archivedNames(context: OperationContext): Promise<string[]> {
+  return readdir(context.deps.archiveWalDir).catch(() => [] as string[]);
+}
+
+/**
+ * After the stopped old primary's promotion: its new timeline must be above
+ * every timeline the archive held before it (`archivedBefore`). It is,
+ * unless a history was missing both from the lost primary and from the
+ * archive (see copyNewerHistories). If not, the node stays the primary —
+ * its data is what the cluster has, and fencing it would leave no primary —
+ * but the archive's files of its timeline and above, a branch the cluster
+ * no longer follows, are moved to wal/diverged/<time>/ (kept, never
+ * replayed, as the archiver does with WAL off the primary's history)
+ * before the archiver streams the new timeline: the archive never holds two
+ * histories under one number. A critical `archive:timeline-reused` says so.
+ */
+export async function setAsideReusedTimelines(
+  context: OperationContext,
+  options: { readonly node: NodeRef; readonly timeline: number | null; readonly archivedBefore: readonly string[] },
+): Promise<void> {
+  const { deps } = context;
+  const { node, timeline } = options;
+  if (timeline === null) return; // promote() saw it writable on no known timeline: nothing to compare
+  const files = filesOfTimelinesFrom(options.archivedBefore, timeline);
+  if (files.length === 0) return;
+  const setAside = path.join(deps.archiveWalDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
+  await mkdir(setAside, { recursive: true, mode: 0o700 });
+  for (const name of files) {
+    await rename(path.join(deps.archiveWalDir, name), path.join(setAside, name)).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+    });
+  }
+  deps.logger.error({ node: node.name, timeline, files: files.length, setAside }, "promoted onto a timeline the archive held: set aside");
+  await deps.events.emit({
+    kind: "archive:timeline-reused",
+    severity: "critical",
+    node: node.name,
+    message: `${node.name} was promoted onto timeline ${timeline}, which the archive already held files of (or of a later one): a timeline history was missing; the archive's ${files.length} files of timeline ${timeline} and above moved to ${setAside}`,
+    data: { timeline, files, setAside },
+  });
 }

@@ -32,6 +32,12 @@ export interface FailoverOperationsDeps {
   readonly journal: OperationJournal;
   readonly events: EventLog;
   readonly logger: Logger;
+  /**
+   * The WAL archive's directory (the repository's wal/): the timeline
+   * histories a stopped old primary must know before it is promoted, and the
+   * branches whose number it must not share.
+   */
+  readonly archiveWalDir: string;
   /** Everything bootstrap needs to seed a replica again (rejoin's fallback). */
   readonly bootstrap: BootstrapDeps;
   /** Polls the topology now (after a change of primary, so readers see it at once). */

@@ -32,14 +32,15 @@ export interface PromoteOptions {
  * promoted again), with its synchronous standbys set before `pg_promote`,
  * records it as the primary the moment it is out of recovery, clears what it
  * inherited of the old primary's standby settings, and checks it accepts
- * writes.
+ * writes. Returns whether this call promoted it (it was in recovery before)
+ * and the timeline it is on.
  */
 export async function promote(
   context: OperationContext,
   target: NodeRef,
   operation: RunningOperation,
   options: PromoteOptions = {},
-): Promise<void> {
+): Promise<{ readonly promotedNow: boolean; readonly timeline: number | null }> {
   const { deps } = context;
   const waitFor = [...(options.commitsWaitFor ?? [])].sort();
   operation.assertHeld();
@@ -74,6 +75,7 @@ export async function promote(
   if (before?.inRecovery && before.timeline !== null && facts.timeline !== null && facts.timeline <= before.timeline) {
     throw new RelevoError(ErrorCode.CommandFailed, `${target.name} is on timeline ${facts.timeline} after promotion, not on a new one`);
   }
+  return { promotedNow: before?.inRecovery === true, timeline: facts.timeline };
 }
 
 /**

@@ -144,3 +144,47 @@ export function newestOnEveryHistory<K>(histories: ReadonlyArray<{ readonly key:
 export function historyTimelines(names: readonly string[]): number[] {
   return names.map((name) => /(?:^|\/)([0-9A-F]{8})\.history$/.exec(name)?.[1]).flatMap((hex) => (hex ? [parseInt(hex, 16)] : []));
 }
+
+/**
+ * The history files a stopped node must find in its pg_wal before it is
+ * promoted. PostgreSQL picks the timeline after the newest it finds by
+ * probing its own + 1, + 2, … and stopping at the first history it cannot
+ * find (in pg_wal, or through restore_command): a history missing there
+ * makes it pick a number that may be taken already, two histories under one
+ * number. So every timeline above `own` whose history the lost primary's
+ * pg_wal (`lostNode`) or the archive (`archive`) holds, each read from the
+ * lost node when it has it (the history it made), else from the archive;
+ * oldest first. Pure.
+ */
+export function historiesToCopy(options: {
+  readonly own: number;
+  readonly lostNode: readonly string[];
+  readonly archive: readonly string[];
+}): Array<{ readonly timeline: number; readonly from: "lost-node" | "archive" }> {
+  const fromLost = new Set(historyTimelines(options.lostNode).filter((timeline) => timeline > options.own));
+  const fromArchive = historyTimelines(options.archive).filter((timeline) => timeline > options.own && !fromLost.has(timeline));
+  return [
+    ...[...fromLost].map((timeline) => ({ timeline, from: "lost-node" as const })),
+    ...fromArchive.map((timeline) => ({ timeline, from: "archive" as const })),
+  ].sort((a, b) => a.timeline - b.timeline);
+}
+
+/** The timeline PostgreSQL picks when a node on `own` whose pg_wal holds histories of `known` timelines is promoted (see historiesToCopy). Pure. */
+export function timelineAfterPromotion(own: number, known: readonly number[]): number {
+  let next = own + 1;
+  while (known.includes(next)) next += 1;
+  return next;
+}
+
+/**
+ * The files among `names` (an archive's) of a timeline numbered `timeline`
+ * or above: segments, partial segments and histories. Read before a node
+ * was promoted to `timeline`, they are another branch's (the node's own
+ * files came later), under a number the node now uses or above it. Pure.
+ */
+export function filesOfTimelinesFrom(names: readonly string[], timeline: number): string[] {
+  return names.filter((name) => {
+    const hex = /^([0-9A-F]{8})(?:[0-9A-F]{16}(?:\.partial)?|\.history)$/.exec(name)?.[1];
+    return hex !== undefined && parseInt(hex, 16) >= timeline;
+  });
+}

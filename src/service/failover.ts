@@ -46,6 +46,7 @@ export async function startFailover(
     events,
     logger,
     bootstrap: cluster.bootstrap,
+    archiveWalDir: repository.walDir,
     refreshTopology: () => collector.pollNow(),
   });
   const failover = new FailoverService({

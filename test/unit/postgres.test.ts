@@ -2,6 +2,7 @@ import { latestCheckpointLocation, stoppedAsStandby } from "../../src/postgres/c
 import { bytesBehind, lsnBytes, lsnFromNumber, lsnToNumber } from "../../src/postgres/lsn";
 import { walSegmentSystemIdentifier } from "../../src/postgres/wal-page-header";
 import { endOfWalIn } from "../../src/postgres/wal-end";
+import { filesOfTimelinesFrom, historiesToCopy, timelineAfterPromotion } from "../../src/postgres/timelines";
 
 describe("PostgreSQL facts (pure)", () => {
   test("LSNs convert to byte positions and back, across the 32-bit boundary", () => {
@@ -54,5 +55,48 @@ describe("PostgreSQL facts (pure)", () => {
     const shortHeader = Buffer.from(header);
     shortHeader.writeUInt16LE(0, 2);
     expect(walSegmentSystemIdentifier(shortHeader)).toBeNull();
+  });
+});
+
+describe("a stopped old primary's timeline against the archive's (pure)", () => {
+  test("every history above its own, from the lost node or else the archive: an abandoned branch's, found only in the archive, is copied too", () => {
+    // The lost node chose 4 because 3 (an abandoned branch) was in the archive; its pg_wal holds 2 and 4, not 3.
+    const copies = historiesToCopy({
+      own: 2,
+      lostNode: ["pg_wal/00000002.history", "pg_wal/00000004.history", "pg_wal/000000040000000000000007"],
+      archive: ["00000002.history", "00000003.history", "00000004.history", "000000030000000000000006", "00000001.history"],
+    });
+    expect(copies).toEqual([
+      { timeline: 3, from: "archive" },
+      { timeline: 4, from: "lost-node" },
+    ]);
+    // Then it picks 5, above every timeline made before; with the lost node's alone it would have picked 3 again.
+    expect(
+      timelineAfterPromotion(
+        2,
+        copies.map((copy) => copy.timeline),
+      ),
+    ).toBe(5);
+    expect(timelineAfterPromotion(2, [4])).toBe(3);
+    expect(historiesToCopy({ own: 4, lostNode: [], archive: ["00000003.history"] })).toEqual([]);
+  });
+
+  test("after the promotion, the archive's files of its timeline and above (read before it) are another branch's", () => {
+    const archive = [
+      "000000020000000000000005",
+      "00000003.history",
+      "000000030000000000000006",
+      "000000030000000000000007.partial",
+      "00000004.history",
+      "archive-identity.json",
+      "diverged",
+    ];
+    expect(filesOfTimelinesFrom(archive, 3)).toEqual([
+      "00000003.history",
+      "000000030000000000000006",
+      "000000030000000000000007.partial",
+      "00000004.history",
+    ]);
+    expect(filesOfTimelinesFrom(archive, 5)).toEqual([]);
   });
 });
