@@ -302,6 +302,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(0),
     doc: "Asynchronous mode: a replica is promoted automatically only if its last known lag was under this many bytes (a forced failover ignores it).",
   },
+  commitWaitCheckpointIntervalMs: {
+    env: "RELEVO_COMMIT_WAIT_CHECKPOINT_INTERVAL_MS",
+    default: "30000",
+    schema: z.coerce.number().int().min(0).max(3600000),
+    doc: "Synchronous mode: the least time between two CHECKPOINTs the failover monitor requests on one primary to confirm that its commits wait for a standby that joined (ms). A standby flapping in and out of the set would otherwise cause an immediate checkpoint each time; until the next is allowed, a checkpoint the server ran after the setting changed confirms it, and the standby becomes eligible only once confirmed.",
+  },
   switchoverCatchUpTimeoutMs: {
     env: "RELEVO_SWITCHOVER_CATCH_UP_TIMEOUT_MS",
     default: "30000",

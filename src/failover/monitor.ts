@@ -6,6 +6,7 @@ import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
+import { confirmReloadByCheckpoint } from "../postgres/checkpoint-after-reload";
 import { ClusterStateStore, initialState, withName, type ClusterState, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
 import type { OperationJournal } from "./operation-journal";
@@ -43,6 +44,7 @@ export type MonitorConfig = Pick<
   | "autoFailbackAfterMs"
   | "autoRejoin"
   | "nodeTimeoutMs"
+  | "commitWaitCheckpointIntervalMs"
 >;
 
 export interface FailoverMonitorDeps {
@@ -99,19 +101,21 @@ export class FailoverMonitor {
       timeoutMs: deps.config.failoverCheckIntervalMs,
       clusterName: deps.config.clusterName,
     });
-    this.commitWait = new CommitWaitConfirmation(async (primary, stopping) => {
-      // A checkpoint on a busy primary may take minutes; its own connection, not the round's, ended on stop.
-      await withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, async (client) => {
-        const end = (): void => void client.connection?.stream?.destroy();
-        if (stopping.aborted) throw new Error("the monitor stopped");
-        stopping.addEventListener("abort", end, { once: true });
-        try {
-          await client.query("CHECKPOINT");
-        } finally {
-          stopping.removeEventListener("abort", end);
-        }
-      });
-    });
+    this.commitWait = new CommitWaitConfirmation(
+      (primary, { signal, mayCheckpoint }) =>
+        // A checkpoint on a busy primary may take minutes; its own connection, not the round's, ended on stop.
+        withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, async (client) => {
+          const end = (): void => void client.connection?.stream?.destroy();
+          if (signal.aborted) throw new Error("the monitor stopped");
+          signal.addEventListener("abort", end, { once: true });
+          try {
+            return await confirmReloadByCheckpoint(client, { mayCheckpoint });
+          } finally {
+            signal.removeEventListener("abort", end);
+          }
+        }),
+      { checkpointIntervalMs: deps.config.commitWaitCheckpointIntervalMs },
+    );
     this.lostSlots = new LostSlotRepair({ ...deps, nodeTimeoutMs: deps.config.nodeTimeoutMs });
   }
 

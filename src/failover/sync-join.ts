@@ -1,6 +1,7 @@
 import type { Client } from "pg";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient, type Credentials } from "../postgres/connection";
+import type { ReloadConfirmation } from "../postgres/checkpoint-after-reload";
 import { sleep } from "../util/sleep";
 import { StaleWriterError, type ClusterState, type ClusterStateStore, type StateGuard, type WriteConditions } from "./cluster-state";
 import { joinProgress, standbysCaughtUp, standbysToJoin } from "./monitor-rules";
@@ -15,6 +16,16 @@ import type { StandbySeen } from "./primary-check";
 export const JOIN_POLL_MS = 100;
 
 /**
+ * One confirmation on `primary` (see CommitWaitConfirmation): whether a
+ * checkpoint since the reload was found, one was run (only when
+ * `mayCheckpoint`), or neither. `signal` aborts it when the monitor stops.
+ */
+export type ConfirmCommitWait = (
+  primary: NodeRef,
+  options: { readonly signal: AbortSignal; readonly mayCheckpoint: boolean },
+) => Promise<ReloadConfirmation>;
+
+/**
  * Whether the primary's commits really wait for its synchronous standbys.
  * PostgreSQL decides that on a flag (`sync_standbys_defined`) that only the
  * checkpointer updates, when it processes a reload — and a spread checkpoint
@@ -24,12 +35,20 @@ export const JOIN_POLL_MS = 100;
  * of the setting), yet commits return without waiting for it: a join point
  * read then would make eligible a standby that misses commits acknowledged
  * after it. So after the setting goes from empty to a set (or on a primary
- * this monitor has not confirmed it on), a CHECKPOINT is requested on a
- * connection opened after the reload: it returns once a checkpoint that
- * started after the request has finished, and the checkpointer processes a
- * pending reload before starting one. Only then are join points taken.
- * The CHECKPOINT runs in the background (it may take long on a busy
- * primary), never in the monitor's round.
+ * this monitor has not confirmed it on), the checkpointer is shown to have
+ * processed the reload, on a connection opened after it: by a checkpoint
+ * that began after the reload and has completed (one the server ran by
+ * itself), else by a CHECKPOINT (see confirmReloadByCheckpoint). Only then
+ * are join points taken. The confirmation runs in the background (a
+ * CHECKPOINT may take long on a busy primary), never in the monitor's round.
+ *
+ * A standby flapping in and out of the set would request an immediate
+ * CHECKPOINT at each return, every few seconds, each writing every dirty
+ * buffer at full speed and making the next writes log full-page images: so
+ * at most one CHECKPOINT is requested per `checkpointIntervalMs` on one
+ * primary. Until another is allowed, each request only looks for a checkpoint
+ * that followed the reload; the standby stays ineligible meanwhile (the
+ * cautious side: it is not promoted while its commits may not have waited).
  */
 export class CommitWaitConfirmation {
   private confirmedOn: string | null = null;
@@ -37,11 +56,16 @@ export class CommitWaitConfirmation {
   private pendingFor: string | null = null;
   /** Bumped by every forget(): a checkpoint requested before it confirms nothing. */
   private generation = 0;
+  /** The last CHECKPOINT requested: on which primary, and when it was asked for. */
+  private lastCheckpoint: { primary: string; at: number } | null = null;
 
   /** Aborted on stop: a checkpoint under way ends its connection rather than outlive the monitor. */
   private stopping = new AbortController();
 
-  constructor(private readonly checkpoint: (primary: NodeRef, stopping: AbortSignal) => Promise<void>) {}
+  constructor(
+    private readonly confirm: ConfirmCommitWait,
+    private readonly options: { readonly checkpointIntervalMs: number; readonly now?: () => number },
+  ) {}
 
   /**
    * What the monitor saw this round: the setting `names` on `primary`. An
@@ -64,15 +88,22 @@ export class CommitWaitConfirmation {
     return this.confirmedOn === primary;
   }
 
-  /** Requests the confirming checkpoint on `primary`, unless confirmed or under way; a failure is tried again next time. */
+  /**
+   * Requests the confirmation on `primary`, unless confirmed or under way; a
+   * failure, or a confirmation that found no checkpoint and was not allowed
+   * one yet, is tried again at the next request.
+   */
   request(primary: NodeRef): void {
     if (this.confirmedOn === primary.name || this.pendingFor === primary.name) return;
     const generation = this.generation;
+    const askedAt = (this.options.now ?? Date.now)();
+    const mayCheckpoint = checkpointAllowed(this.lastCheckpoint, primary.name, askedAt, this.options.checkpointIntervalMs);
     this.pendingFor = primary.name;
-    const run = this.checkpoint(primary, this.stopping.signal).then(
-      () => {
+    const run = this.confirm(primary, { signal: this.stopping.signal, mayCheckpoint }).then(
+      (outcome) => {
+        if (outcome === "checkpointed") this.lastCheckpoint = { primary: primary.name, at: askedAt };
         if (this.generation !== generation) return;
-        this.confirmedOn = primary.name;
+        if (outcome !== "unconfirmed") this.confirmedOn = primary.name;
         this.pendingFor = null;
       },
       () => {
@@ -105,6 +136,16 @@ export class CommitWaitConfirmation {
     // A monitor started again asks again, on a signal of its own.
     this.stopping = new AbortController();
   }
+}
+
+/** Whether a CHECKPOINT may be requested on `primary` at `now`: none on it within the last `intervalMs`. Pure. */
+export function checkpointAllowed(
+  last: { readonly primary: string; readonly at: number } | null,
+  primary: string,
+  now: number,
+  intervalMs: number,
+): boolean {
+  return last === null || last.primary !== primary || now - last.at >= intervalMs;
 }
 
 export interface JoinPolling {

@@ -33,6 +33,9 @@ export async function testConfig(label: string, overrides: ConfigOverrides = {})
       scheduleDifferentialBackup: "off",
       scheduleIncrementalBackup: "off",
       scheduleVerify: "off",
+      // No rate limit on the monitor's confirming CHECKPOINTs: a test that takes a standby out of the set and back
+      // within 30 s would otherwise wait out the interval (the limit itself is unit-tested in commit-wait.test.ts).
+      commitWaitCheckpointIntervalMs: 0,
       logLevel: process.env.RELEVO_TEST_LOG_LEVEL ?? "silent",
       ...overrides,
     },

@@ -10,6 +10,9 @@ import { lastSeenPrimaryLsn } from "../../src/failover/primary-lsn";
 import { bytesBehind, lsnToNumber } from "../../src/postgres/lsn";
 import { CURRENT_TIMELINE_SQL } from "../../src/postgres/node-state";
 import { readEndOfWal } from "../../src/postgres/wal-end";
+import { withNodeClient } from "../../src/postgres/connection";
+import { superuserCredentials } from "../../src/cluster/bootstrap";
+import { confirmReloadByCheckpoint } from "../../src/postgres/checkpoint-after-reload";
 
 describe("a frozen primary (SIGSTOP of its process group)", () => {
   const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
@@ -168,6 +171,62 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
   beforeAll(async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+  });
+
+  /** Facts of node1's checkpoints: the last one's start (seconds), how many were requested, the last reload. */
+  const checkpointFacts = async () =>
+    (
+      await sql<{ startedAt: Date; requested: string; reloadedAt: Date }>(
+        node("node1"),
+        `SELECT (pg_control_checkpoint()).checkpoint_time AS "startedAt", checkpoints_req::text AS requested,
+                pg_conf_load_time() AS "reloadedAt" FROM pg_stat_bgwriter`,
+      )
+    )[0]!;
+
+  test("the confirming checkpoint: one found since the reload is enough; none, a CHECKPOINT only when allowed; given up, the server ends its session", async () => {
+    const primary = node("node1");
+    const confirmOnce = (mayCheckpoint: boolean) =>
+      withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, (client) =>
+        confirmReloadByCheckpoint(client, { mayCheckpoint }),
+      );
+    // A checkpoint that began two whole seconds after the last reload confirms it: no CHECKPOINT of its own.
+    await eventually(
+      async () =>
+        Math.floor(Date.now() / 1000) >= Math.floor((await checkpointFacts()).reloadedAt.getTime() / 1000) + 2 ? true : undefined,
+      { what: "two seconds past the reload" },
+    );
+    await sql(primary, "CHECKPOINT");
+    const checkpointed = await checkpointFacts();
+    expect(await confirmOnce(true)).toBe("found-checkpoint");
+    // A reload since: the last checkpoint does not show it was processed; a CHECKPOINT does, when one may run.
+    await sql(primary, "SELECT pg_reload_conf()");
+    expect(await confirmOnce(false)).toBe("unconfirmed");
+    expect((await checkpointFacts()).requested).toBe(checkpointed.requested);
+    expect(await confirmOnce(true)).toBe("checkpointed");
+    expect(Number((await checkpointFacts()).requested)).toBe(Number(checkpointed.requested) + 1);
+    // The checkpointer frozen, a CHECKPOINT waits; its caller gives up (the monitor stopping) and ends the connection.
+    await sql(primary, "SELECT pg_reload_conf()");
+    const checkpointer = (await sql<{ pid: number }>(primary, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"))[0]!
+      .pid;
+    const waiting = () =>
+      sql<{ pid: number }>(
+        primary,
+        "SELECT pid FROM pg_stat_activity WHERE query = 'CHECKPOINT' AND state = 'active' AND pid <> pg_backend_pid()",
+      );
+    process.kill(checkpointer, "SIGSTOP");
+    try {
+      const abandoned = withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, async (client) => {
+        const confirming = confirmReloadByCheckpoint(client, { mayCheckpoint: true });
+        await eventually(async () => ((await waiting()).length === 1 ? true : undefined), { what: "the CHECKPOINT waiting" });
+        client.connection.stream.destroy();
+        return confirming;
+      });
+      await expect(abandoned).rejects.toThrow();
+      // The server notices the closed connection within client_connection_check_interval and ends the session.
+      await eventually(async () => ((await waiting()).length === 0 ? true : undefined), { what: "the session ended", timeoutMs: 5000 });
+    } finally {
+      process.kill(checkpointer, "SIGCONT");
+    }
   });
 
   test("the old primary restarted by hand after a failover accepts no write and is fenced again", async () => {

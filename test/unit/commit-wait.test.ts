@@ -1,4 +1,5 @@
-import { CommitWaitConfirmation } from "../../src/failover/sync-join";
+import { CommitWaitConfirmation, type ConfirmCommitWait } from "../../src/failover/sync-join";
+import { checkpointFollowedReload, type ReloadConfirmation } from "../../src/postgres/checkpoint-after-reload";
 import { testNode } from "../helpers/node-facts";
 
 /**
@@ -10,20 +11,23 @@ import { testNode } from "../helpers/node-facts";
  */
 class Checkpoints {
   readonly requested: string[] = [];
-  private readonly open: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  /** Whether each request was allowed to run a CHECKPOINT. */
+  readonly allowed: boolean[] = [];
+  private readonly open: Array<{ resolve: (outcome: ReloadConfirmation) => void; reject: (error: Error) => void }> = [];
   readonly aborted: string[] = [];
-  readonly run = (primary: { name: string }, stopping: AbortSignal): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
+  readonly run: ConfirmCommitWait = (primary, { signal, mayCheckpoint }) =>
+    new Promise<ReloadConfirmation>((resolve, reject) => {
       this.requested.push(primary.name);
+      this.allowed.push(mayCheckpoint);
       this.open.push({ resolve, reject });
       // As the monitor's does: the connection ended, the query fails.
-      stopping.addEventListener("abort", () => {
+      signal.addEventListener("abort", () => {
         this.aborted.push(primary.name);
         reject(new Error("Connection terminated"));
       });
     });
-  finish(index: number): Promise<void> {
-    this.open[index]!.resolve();
+  finish(index: number, outcome: ReloadConfirmation = "checkpointed"): Promise<void> {
+    this.open[index]!.resolve(outcome);
     return new Promise((resolve) => setImmediate(resolve));
   }
   fail(index: number): Promise<void> {
@@ -32,13 +36,16 @@ class Checkpoints {
   }
 }
 
+/** No rate limit: what the monitor does with RELEVO_COMMIT_WAIT_CHECKPOINT_INTERVAL_MS=0. */
+const UNLIMITED = { checkpointIntervalMs: 0 };
+
 const node1 = testNode("node1");
 const node2 = testNode("node2");
 
 describe("commits are known to wait for the synchronous set only after a checkpoint that followed the setting", () => {
   test("a set that went from empty is unconfirmed until the checkpoint requested after it finishes", async () => {
     const checkpoints = new Checkpoints();
-    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    const commitWait = new CommitWaitConfirmation(checkpoints.run, UNLIMITED);
     commitWait.observe("node1", "");
     expect(commitWait.confirmed("node1")).toBe(false);
     commitWait.request(node1);
@@ -54,7 +61,7 @@ describe("commits are known to wait for the synchronous set only after a checkpo
 
   test("a checkpoint requested before the setting went empty confirms nothing", async () => {
     const checkpoints = new Checkpoints();
-    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    const commitWait = new CommitWaitConfirmation(checkpoints.run, UNLIMITED);
     commitWait.request(node1);
     commitWait.observe("node1", ""); // the set emptied meanwhile (every standby left)
     await checkpoints.finish(0);
@@ -67,7 +74,7 @@ describe("commits are known to wait for the synchronous set only after a checkpo
 
   test("another primary is unconfirmed; a failed checkpoint is asked for again", async () => {
     const checkpoints = new Checkpoints();
-    const commitWait = new CommitWaitConfirmation(checkpoints.run);
+    const commitWait = new CommitWaitConfirmation(checkpoints.run, UNLIMITED);
     commitWait.request(node1);
     await checkpoints.finish(0);
     commitWait.observe("node2", 'ANY 1 ("node1")'); // a failover or switchover made node2 the primary
@@ -85,7 +92,7 @@ describe("commits are known to wait for the synchronous set only after a checkpo
 
   test("stopping waits for a checkpoint under way up to its bound, then ends it", async () => {
     const finishing = new Checkpoints();
-    const waited = new CommitWaitConfirmation(finishing.run);
+    const waited = new CommitWaitConfirmation(finishing.run, UNLIMITED);
     waited.request(node1);
     const settling = waited.settled(5000);
     await finishing.finish(0);
@@ -94,7 +101,7 @@ describe("commits are known to wait for the synchronous set only after a checkpo
     expect(finishing.aborted).toEqual([]);
 
     const hanging = new Checkpoints();
-    const stopped = new CommitWaitConfirmation(hanging.run);
+    const stopped = new CommitWaitConfirmation(hanging.run, UNLIMITED);
     stopped.request(node1);
     const started = Date.now();
     await stopped.settled(200);
@@ -107,5 +114,56 @@ describe("commits are known to wait for the synchronous set only after a checkpo
     await hanging.finish(1);
     expect(stopped.confirmed("node1")).toBe(true);
     expect(hanging.aborted).toEqual(["node1"]);
+  });
+
+  test("a flapping standby gets at most one CHECKPOINT per interval; meanwhile a checkpoint found since the reload confirms", async () => {
+    const checkpoints = new Checkpoints();
+    let now = 1_000_000;
+    const commitWait = new CommitWaitConfirmation(checkpoints.run, { checkpointIntervalMs: 30000, now: () => now });
+    commitWait.request(node1);
+    await checkpoints.finish(0, "checkpointed");
+    expect(commitWait.confirmed("node1")).toBe(true);
+    // The standby leaves (the set empties) and returns 5 s later: no second CHECKPOINT yet.
+    now += 5000;
+    commitWait.observe("node1", "");
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, false]);
+    await checkpoints.finish(1, "unconfirmed");
+    expect(commitWait.confirmed("node1")).toBe(false);
+    // Asked again next round, still within the interval: a checkpoint the server ran since the reload confirms.
+    now += 1000;
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, false, false]);
+    await checkpoints.finish(2, "found-checkpoint");
+    expect(commitWait.confirmed("node1")).toBe(true);
+    // A found checkpoint does not count as one requested: the interval still runs from the first.
+    commitWait.observe("node1", "");
+    now += 20000; // 26 s after the CHECKPOINT
+    commitWait.request(node1);
+    await checkpoints.finish(3, "unconfirmed");
+    now += 4000; // 30 s after it
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, false, false, false, true]);
+    // Another primary is never held back by this one's CHECKPOINT.
+    commitWait.observe("node2", 'ANY 1 ("node1")');
+    await checkpoints.finish(4, "checkpointed");
+    commitWait.request(node2);
+    expect(checkpoints.allowed.at(-1)).toBe(true);
+    await checkpoints.finish(5, "checkpointed");
+    expect(commitWait.confirmed("node2")).toBe(true);
+  });
+
+  test("a checkpoint confirms a reload only if it began at least two whole seconds after it (checkpoint_time is in seconds)", () => {
+    const at = (iso: string) => new Date(iso);
+    const reloadedAt = at("2026-12-06T10:00:10.999Z");
+    // Possibly decided before the checkpointer had the reload pending: 11.000 is 1 ms later.
+    expect(checkpointFollowedReload({ reloadedAt, checkpointStartedAt: at("2026-12-06T10:00:11Z") })).toBe(false);
+    expect(checkpointFollowedReload({ reloadedAt, checkpointStartedAt: at("2026-12-06T10:00:10Z") })).toBe(false);
+    expect(checkpointFollowedReload({ reloadedAt, checkpointStartedAt: at("2026-12-06T09:59:00Z") })).toBe(false);
+    // Began at 12.000 or later: at least a second after the reload.
+    expect(checkpointFollowedReload({ reloadedAt, checkpointStartedAt: at("2026-12-06T10:00:12Z") })).toBe(true);
+    expect(checkpointFollowedReload({ reloadedAt: at("2026-12-06T10:00:10.000Z"), checkpointStartedAt: at("2026-12-06T10:00:12Z") })).toBe(
+      true,
+    );
   });
 });
