@@ -10,6 +10,8 @@ import { lastSeenPrimaryLsn } from "../../src/failover/primary-lsn";
 import { bytesBehind, lsnToNumber } from "../../src/postgres/lsn";
 import { CURRENT_TIMELINE_SQL } from "../../src/postgres/node-state";
 import { readEndOfWal } from "../../src/postgres/wal-end";
+import { ClusterStateStore, initialState } from "../../src/failover/cluster-state";
+import { CommitWaitConfirmation, pollJoiningStandbys } from "../../src/failover/sync-join";
 import { withNodeClient } from "../../src/postgres/connection";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { confirmReloadByCheckpoint } from "../../src/postgres/checkpoint-after-reload";
@@ -182,6 +184,73 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
                 pg_conf_load_time() AS "reloadedAt" FROM pg_stat_bgwriter`,
       )
     )[0]!;
+
+  test("join points wait for the confirmation that commits wait: none while it is pending, one once it is done", async () => {
+    const primary = node("node1");
+    const wanted = (await sql<{ names: string }>(primary, "SELECT current_setting('synchronous_standby_names') AS names"))[0]!.names;
+    expect(wanted).toContain("node2");
+    // A state of its own (the service's monitor keeps its own): node2 in the set, not yet eligible.
+    const key = "relevo-test:join-probe:state";
+    const store = new ClusterStateStore(cluster.service.redis, key);
+    const guard = { key, value: "" };
+    await store.update(guard, () => ({ ...initialState("node1"), syncSet: ["node2"] }));
+    let confirm = (): void => undefined;
+    const confirming = new Promise<void>((resolve) => (confirm = resolve));
+    const commitWait = new CommitWaitConfirmation(
+      async (target, { mayCheckpoint }) => {
+        await confirming;
+        return withNodeClient(target, superuserCredentials(cluster.service.secrets), 30000, (client) =>
+          confirmReloadByCheckpoint(client, { mayCheckpoint }),
+        );
+      },
+      { checkpointIntervalMs: 0 },
+    );
+    const polling = (forMs: number) => ({
+      primary,
+      credentials: superuserCredentials(cluster.service.secrets),
+      timeoutMs: 5000,
+      wanted,
+      counts: (name: string) => name === "node2",
+      until: Date.now() + forMs,
+      store,
+      guard,
+      conditions: {},
+      commitWait,
+    });
+    try {
+      // node2 streams and the primary reports it synchronous, but nothing confirmed its commits wait: no join point.
+      const pending = await pollJoiningStandbys((await store.read())!, polling(500));
+      expect(pending).toMatchObject({ joining: {}, eligible: [] });
+      confirm();
+      await eventually(() => (commitWait.confirmed("node1") ? true : undefined), { what: "the confirmation" });
+      const joined = await pollJoiningStandbys((await store.read())!, polling(5000));
+      // A join point taken, then reached: eligible (its join point dropped once reached).
+      expect(joined).toMatchObject({ eligible: ["node2"], joining: {} });
+    } finally {
+      await commitWait.settled(1000);
+      await cluster.service.redis.del(key);
+    }
+  });
+
+  test("a standby that left the set (it emptied) and returns is eligible again only after a checkpoint that followed the new setting", async () => {
+    await cluster.service.driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 });
+    await eventually(async () => ((await state()).syncSet.length === 0 ? true : undefined), { what: "the set emptied" });
+    await eventually(
+      async () =>
+        (await sql<{ names: string }>(node("node1"), "SELECT current_setting('synchronous_standby_names') AS names"))[0]!.names === ""
+          ? true
+          : undefined,
+      { what: "node1 waits for nobody" },
+    );
+    const before = await checkpointFacts();
+    await cluster.service.driver.start(node("node2"), { timeoutMs: 30000 });
+    await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible again" });
+    const after = await checkpointFacts();
+    // The monitor confirmed anew (the empty set un-confirmed node1): a checkpoint began once the set was back in node1's setting.
+    expect(Number(after.requested)).toBeGreaterThan(Number(before.requested));
+    expect(Math.floor(after.startedAt.getTime() / 1000)).toBeGreaterThanOrEqual(Math.floor(after.reloadedAt.getTime() / 1000));
+    expect(after.reloadedAt.getTime()).toBeGreaterThan(before.reloadedAt.getTime());
+  });
 
   test("the confirming checkpoint: one found since the reload is enough; none, a CHECKPOINT only when allowed; given up, the server ends its session", async () => {
     const primary = node("node1");
