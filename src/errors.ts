@@ -30,6 +30,8 @@ export enum ErrorCode {
   NodeMissing = "NODE_MISSING",
   /** A new node or restored copy would be made where something already is (a directory, a node's storage): never overwritten. */
   TargetNotEmpty = "TARGET_NOT_EMPTY",
+  /** A restored copy's directory is a member's node directory, or inside it, or holds it (resolved through links). */
+  TargetIsMember = "TARGET_IS_MEMBER",
   /** `restore stop` given a directory that does not hold a restored copy (e.g. a member's). */
   NotARestoredCopy = "NOT_A_RESTORED_COPY",
   /** A lock file (a backup's in the repository) stayed held by another process past the wait allowed. */
@@ -82,6 +84,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.DataDirNotOurs:
     case ErrorCode.ContainerConflict:
     case ErrorCode.TargetNotEmpty:
+    case ErrorCode.TargetIsMember:
       return 73; // EX_CANTCREAT
     case ErrorCode.NotFound:
     case ErrorCode.BadUserInput:

@@ -13,7 +13,8 @@ import { recoveryTargetFrom, type RecoveryTarget } from "../restore/recovery-tar
 import { connectionUri } from "../postgres/connection";
 import { MARKER_FILE, ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { loadMembers } from "../cluster/membership";
-import { assertNoMemberPort, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
+import { assertNoMemberPort, assertNotMemberDirectory, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
+import { resolveRealPath } from "../util/real-path";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { HeldFileLock } from "../storage/file-lock";
@@ -154,6 +155,9 @@ export async function restoreCommand(
   const directory = path.resolve(options.to);
   const target = { name: copyNodeName(directory), host: config.host, port: options.port };
   await usingDriver(copyDriver(config, directory), async (driver) => {
+    // Never a member's directory, however spelled: its claim file would be the member's own, and a reseed making the
+    // member again would write where the copy does.
+    await refuseMemberDirectory(directory, await loadMembers(config), driver);
     // Claimed first, as every restore claims its target (<dir>.restore.lock): a second restore into the directory is
     // refused before this one reads or writes anything, the empty directory's removal included.
     const claimed = await claimNodeTarget(driver, target, { purpose: `restore into ${directory}` });
@@ -258,6 +262,16 @@ export async function restoreStopCommand(config: RelevoConfig, options: { to: st
     }
   });
   output.out(stopped ? `stopped the copy in ${directory}` : `no restored copy in ${directory}: nothing to stop`);
+}
+
+/** See assertNotMemberDirectory: both sides compared as real paths. */
+async function refuseMemberDirectory(directory: string, members: readonly NodeRef[], driver: NodeDriver): Promise<void> {
+  const places: Array<{ name: string; directory: string }> = [];
+  for (const member of members) {
+    const place = driver.nodeDirectory(member);
+    if (place !== null) places.push({ name: member.name, directory: await resolveRealPath(place) });
+  }
+  assertNotMemberDirectory(await resolveRealPath(directory), places);
 }
 
 /**

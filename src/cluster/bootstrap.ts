@@ -25,6 +25,8 @@ import {
   type NodeMarker,
 } from "../postgres/managed-settings";
 import { assertPortFree } from "../util/ports";
+import { withClaimedTarget } from "../restore/target-claim";
+import type { HeldFileLock } from "../storage/file-lock";
 import { sleep } from "../util/sleep";
 
 export type BootstrapConfig = Pick<
@@ -285,7 +287,26 @@ async function initializePrimary(deps: BootstrapDeps, node: NodeRef): Promise<No
   return { phase: "initialized", node };
 }
 
-export async function seedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
+/**
+ * A replica made (or made again) from the running primary. Its name is
+ * claimed while it is made (claimNodeTarget), as a restore claims its copy's:
+ * a `relevo restore --to` its directory, or any other maker of that name,
+ * is refused meanwhile, and neither destroys the other's files. A caller
+ * that claimed it already (an addition, a reseed: from before it destroyed
+ * anything) hands its claim on.
+ */
+export async function seedReplica(
+  deps: BootstrapDeps,
+  node: NodeRef,
+  primary: NodeRef,
+  options: { readonly claimed?: HeldFileLock } = {},
+): Promise<NodeBootstrapOutcome> {
+  return withClaimedTarget(deps.driver, node, { purpose: `seed replica ${node.name}`, claimed: options.claimed }, () =>
+    seedClaimedReplica(deps, node, primary),
+  );
+}
+
+async function seedClaimedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
   const { driver, secrets, logger, config } = deps;
   const slot = slotNameFor(node);
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));

@@ -9,6 +9,7 @@ import { newEntry, type OperationContext } from "../failover/operation-context";
 import type { RunningOperation } from "../failover/operation-journal";
 import { seedReplica } from "./bootstrap";
 import { withClaimedTarget } from "../restore/target-claim";
+import type { HeldFileLock } from "../storage/file-lock";
 import { LOCK_REFRESH_MS, REMOTE_HOLDER_SILENT_INTERVALS } from "../storage/lock-decision";
 
 /**
@@ -84,14 +85,13 @@ export async function runAddReplica(
   const node: NodeRef = { name: entry.from, host: primary.host, port: Number(entry.facts.port) };
   operation.assertHeld();
   const claim = { purpose: `add replica ${node.name}`, waitMs: options.claimWaitMs ?? RESUMED_CLAIM_WAIT_MS };
-  return withClaimedTarget(deps.driver, node, claim, () => addClaimedReplica(context, operation, node, primary));
+  return withClaimedTarget(deps.driver, node, claim, (claimed) => addClaimedReplica(context, operation, { node, primary, claimed }));
 }
 
 async function addClaimedReplica(
   context: OperationContext,
   operation: RunningOperation,
-  node: NodeRef,
-  primary: NodeRef,
+  { node, primary, claimed }: { node: NodeRef; primary: NodeRef; claimed: HeldFileLock },
 ): Promise<NodeRef> {
   const { deps } = context;
   const entry = operation.entry;
@@ -104,7 +104,7 @@ async function addClaimedReplica(
     else await assertNothingThere(context, node);
   }
   if (entry.facts.seeding !== "begun") await operation.record({ facts: { seeding: "begun" } });
-  const outcome = await seedReplica(deps.bootstrap, node, primary);
+  const outcome = await seedReplica(deps.bootstrap, node, primary, { claimed });
   await deps.membership.add(node);
   await operation.finish();
   await deps.events.emit({

@@ -1,4 +1,5 @@
 import { waitForStreaming, writeManagedFiles, writeMarker } from "../cluster/bootstrap";
+import { withClaimedTarget } from "../restore/target-claim";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
@@ -213,7 +214,10 @@ async function rewindOrReseed(
   const output = `${rewind.stdout}\n${rewind.stderr}`.trim().split("\n").slice(-6).join(" | ");
   if (rewind.exitCode !== 0) {
     deps.logger.warn({ node: node.name, exitCode: rewind.exitCode, output }, "pg_rewind failed: seeding the node again");
-    await destroyAndSeed(context, operation, node, primary);
+    // The name claimed from the destroy on (see seedReplica).
+    await withClaimedTarget(deps.driver, node, { purpose: `reseed ${node.name}` }, (claimed) =>
+      destroyAndSeed(context, operation, node, primary, { claimed }),
+    );
     return "reseed";
   }
   deps.logger.info({ node: node.name, output }, "pg_rewind finished");

@@ -5,6 +5,8 @@ import { newEntry, type OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { rejoinFailed } from "./rejoin";
 import { destroyAndSeed } from "./seed-again";
+import { claimNodeTarget } from "../restore/target-claim";
+import type { HeldFileLock } from "../storage/file-lock";
 
 export interface ReseedRequest {
   /** Why the replica cannot go on as it is (its slot lost): the journal's reason and the events'. */
@@ -51,13 +53,16 @@ export async function runReseed(context: OperationContext, operation: RunningOpe
   const { deps } = context;
   const name = operation.entry.from;
   const started = Date.now();
+  let claimed: HeldFileLock | null = null;
   try {
     const node = context.node(name);
+    // The name claimed before anything is touched, until the node is made again (see seedReplica).
+    claimed = await claimNodeTarget(deps.driver, node, { purpose: `reseed ${node.name}` });
     const primary = await leaveSynchronousSet(context, operation, node.name, { unfence: false });
     if (primary.name === node.name) throw new RelevoError(ErrorCode.PreconditionFailed, `${node.name} is the primary now: not reseeded`);
     await operation.record({ stage: "reseeding" });
     operation.assertHeld();
-    await destroyAndSeed(context, operation, node, primary);
+    await destroyAndSeed(context, operation, node, primary, { claimed });
     await operation.finish();
     await deps.events.emit({
       kind: "node:rejoined",
@@ -69,5 +74,7 @@ export async function runReseed(context: OperationContext, operation: RunningOpe
     await deps.refreshTopology().catch(() => undefined);
   } catch (error) {
     return rejoinFailed(context, operation, error, `${name} was not seeded again`);
+  } finally {
+    await claimed?.release();
   }
 }

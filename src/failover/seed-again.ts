@@ -1,5 +1,6 @@
 import { seedReplica } from "../cluster/bootstrap";
 import type { NodeRef } from "../nodes/node-driver";
+import type { HeldFileLock } from "../storage/file-lock";
 import { withNodeClient } from "../postgres/connection";
 import { dropSlot, slotNameFor } from "../postgres/replication-config";
 import { without, withName } from "./cluster-state";
@@ -30,6 +31,7 @@ export async function destroyAndSeed(
   operation: RunningOperation,
   node: NodeRef,
   primary: NodeRef,
+  options: { readonly claimed?: HeldFileLock } = {},
 ): Promise<void> {
   const { deps } = context;
   operation.assertHeld();
@@ -39,7 +41,7 @@ export async function destroyAndSeed(
   // The old slot reserves nothing the new copy needs (a lost one reserves nothing at all): made again, reserving WAL from now, by the seed.
   await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node)));
   operation.assertHeld();
-  await seedReplica(deps.bootstrap, node, primary).catch(async (error: unknown) => {
+  await seedReplica(deps.bootstrap, node, primary, { claimed: options.claimed }).catch(async (error: unknown) => {
     // A seed that failed once it made the new slot leaves a slot nothing consumes, holding WAL until the next try.
     await withNodeClient(primary, deps.superuser, deps.config.nodeTimeoutMs, (client) => dropSlot(client, slotNameFor(node))).catch(
       () => undefined,

@@ -155,6 +155,15 @@ export interface NodeDriver {
    */
   claimFile(node: NodeRef): string;
 
+  /**
+   * The directory of this host that holds the node's storage (its data
+   * directory and what the driver keeps beside it), whether or not it
+   * exists now; null when the storage is no directory of this host (a
+   * Docker volume). A restored copy never goes there (see
+   * assertNotMemberDirectory).
+   */
+  nodeDirectory(node: NodeRef): string | null;
+
   start(node: NodeRef, options: { timeoutMs: number }): Promise<void>;
   stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void>;
   /** SIGKILL to the server and every process it started; returns once all are gone. */

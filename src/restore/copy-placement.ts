@@ -1,3 +1,4 @@
+import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeProcessState, NodeRef } from "../nodes/node-driver";
 
@@ -22,6 +23,32 @@ export function assertNoMemberPort(members: readonly NodeRef[], target: NodeRef)
     `port ${target.port} is ${member.name}'s, a member of the cluster (even while it is stopped): ` +
       `a restored copy never takes a member's port; choose another port`,
     { details: { port: target.port, member: member.name } },
+  );
+}
+
+/**
+ * A copy made in a directory of this host (`relevo restore --to`) never goes
+ * into a member's node directory, nor inside it, nor around it: the member's
+ * own seed (a reseed destroys it first, so it may be absent) would write
+ * into the same place, claiming the same lock file, and whichever failed
+ * would destroy the other's files; and a failed restore removes its whole
+ * directory. `directory` and each member's are real paths (resolveRealPath),
+ * so no spelling (a link, `..`) slips past. Pure.
+ */
+export function assertNotMemberDirectory(
+  directory: string,
+  members: ReadonlyArray<{ readonly name: string; readonly directory: string }>,
+): void {
+  const within = (inner: string, outer: string): boolean =>
+    inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+  const member = members.find((candidate) => within(directory, candidate.directory) || within(candidate.directory, directory));
+  if (!member) return;
+  const where = directory === member.directory ? "is" : within(directory, member.directory) ? "is inside" : "holds";
+  throw new RelevoError(
+    ErrorCode.TargetIsMember,
+    `${directory} ${where} the node directory of ${member.name}, a member of the cluster (${member.directory}): ` +
+      `a restored copy never goes there; choose another directory; nothing was written`,
+    { details: { directory, member: member.name } },
   );
 }
 

@@ -44,16 +44,20 @@ export async function claimNodeTarget(driver: NodeDriver, node: NodeRef, options
   }
 }
 
-/** Runs `work` while `node`'s name is claimed (see claimNodeTarget); `claimed` is a claim the caller took already. */
+/**
+ * Runs `work` while `node`'s name is claimed (see claimNodeTarget); `claimed`
+ * is a claim the caller took already. `work` gets the claim, to hand on to
+ * what it calls (seedReplica), which would otherwise claim the name again.
+ */
 export async function withClaimedTarget<T>(
   driver: NodeDriver,
   node: NodeRef,
   options: TargetClaimOptions & { readonly claimed?: HeldFileLock },
-  work: () => Promise<T>,
+  work: (claim: HeldFileLock) => Promise<T>,
 ): Promise<T> {
   const claim = options.claimed ?? (await claimNodeTarget(driver, node, options));
   try {
-    return await work();
+    return await work(claim);
   } finally {
     // A claim the caller took is the caller's to release.
     if (!options.claimed) await claim.release();

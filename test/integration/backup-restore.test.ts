@@ -3,7 +3,7 @@ import { Client } from "pg";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { lsnToNumber } from "../../src/postgres/lsn";
 import { existsSync } from "node:fs";
-import { rm } from "node:fs/promises";
+import { rm, symlink } from "node:fs/promises";
 import { backupId } from "../../src/backup/manifest";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
@@ -14,7 +14,8 @@ import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
 import path from "node:path";
-import { restoreStopCommand } from "../../src/cli/backup-commands";
+import { restoreCommand, restoreStopCommand } from "../../src/cli/backup-commands";
+import { createLogger } from "../../src/log";
 
 /** The reference point's checksum of ledger, computed the same way on the primary. */
 const LEDGER_SUM =
@@ -433,6 +434,25 @@ describe("full backup and point-in-time restore", () => {
     } finally {
       await cluster.service.driver.start(replica, { timeoutMs: 60000 });
     }
+    expect(await sql(replica, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: true }]);
+  });
+
+  test("restore --to a member's node directory, or a link to it, is TARGET_IS_MEMBER: nothing written, the member untouched", async () => {
+    const replica = cluster.service.nodes[1]!;
+    const memberDirectory = path.dirname(cluster.service.driver.dataDirectory(replica));
+    const link = path.join(cluster.config.home, "member-link");
+    await symlink(memberDirectory, link);
+    const lines: string[] = [];
+    const output = { out: (line: string) => void lines.push(line), terminal: false };
+    for (const to of [memberDirectory, link, path.join(link, "data")]) {
+      await expect(
+        restoreCommand(cluster.config, { to, port: await freePort() }, createLogger({ level: "silent" }), output),
+      ).rejects.toMatchObject({
+        code: "TARGET_IS_MEMBER",
+        message: expect.stringContaining(`the node directory of ${replica.name}, a member of the cluster`),
+      });
+    }
+    expect(lines).toEqual([]);
     expect(await sql(replica, "SELECT pg_is_in_recovery() AS r")).toEqual([{ r: true }]);
   });
 

@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import { readdir } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -7,6 +8,7 @@ import { parseSegmentName, segmentName, segmentNumber } from "../../src/postgres
 import type { NodeRef } from "../../src/nodes/node-driver";
 import type { FailoverOperations } from "../../src/failover/operations";
 import { ROLE_REPLICATION } from "../../src/postgres/managed-settings";
+import { claimNodeTarget } from "../../src/restore/target-claim";
 import { failoverHelpers } from "../helpers/failover";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { startLibpqWriter } from "../helpers/libpq-writer";
@@ -494,6 +496,31 @@ describe("failover's unhappy paths", () => {
       archiver.start();
     }
     await baseline();
+  });
+
+  test("a reseed of a replica whose name another process claims (a restore into its directory) is refused before the replica is touched", async () => {
+    await baseline();
+    const { driver } = cluster.service;
+    const { operations } = (failover() as unknown as { deps: { operations: FailoverOperations } }).deps;
+    const before = await state();
+    const claim = await claimNodeTarget(driver, node("node2"), { purpose: "restore into its directory (a test)" });
+    try {
+      await expect(operations.reseed("node2", { reason: "a test" })).rejects.toMatchObject({
+        code: ErrorCode.TargetNotEmpty,
+        message: expect.stringContaining("is being made by another process"),
+      });
+    } finally {
+      await claim.release();
+    }
+    // Nothing changed: node2 runs, streams, and stays in the set and eligible.
+    expect(await streamingFrom(node("node2"))).toBe(node("node1").port);
+    const after = await state();
+    expect({ syncSet: after.syncSet, eligible: after.eligible, reseeding: after.reseeding ?? [] }).toEqual({
+      syncSet: before.syncSet,
+      eligible: before.eligible,
+      reseeding: before.reseeding ?? [],
+    });
+    expect(before.eligible).toContain("node2");
   });
 
   /** The topology as the API shows it: which nodes are being re-made, and the health reasons. */

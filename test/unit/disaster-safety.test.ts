@@ -1,8 +1,14 @@
+import { expect } from "@jest/globals";
 import { initialisationDecision } from "../../src/cluster/cluster-identity";
 import { initialState } from "../../src/failover/cluster-state";
 import { rebuiltState } from "../../src/failover/rebuilt-cluster";
 import { nodeLoss } from "../../src/restore/disaster-recovery";
-import { restoreTargetAccepted } from "../../src/restore/copy-placement";
+import { assertNotMemberDirectory, restoreTargetAccepted } from "../../src/restore/copy-placement";
+import { resolveRealPath } from "../../src/util/real-path";
+import { ErrorCode, RelevoError } from "../../src/errors";
+import { mkdir, mkdtemp, realpath, rm, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { foreignWalRefusal, manifestIdentity } from "../../src/wal/archive-identity";
 
 describe("a lost cluster is rebuilt, never replaced (pure)", () => {
@@ -75,5 +81,59 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
     };
     expect(rebuiltState(old, "node1")).toEqual({ primary: "node1", epoch: 5, fenced: [], syncSet: [], eligible: [], joining: {} });
     expect(rebuiltState(null, "node1").epoch).toBe(1);
+  });
+});
+
+describe("a restored copy's directory is never a member's, however spelled", () => {
+  let root = "";
+  beforeAll(async () => {
+    root = await realpath(await mkdtemp(path.join(tmpdir(), "relevo-copy-place-")));
+    await mkdir(path.join(root, "home", "nodes", "node1", "data"), { recursive: true });
+    // node2's directory is absent, as while a reseed makes it again.
+    await symlink(path.join(root, "home", "nodes"), path.join(root, "nodes-link"));
+  });
+  afterAll(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const members = async () => [
+    { name: "node1", directory: await resolveRealPath(path.join(root, "home", "nodes", "node1")) },
+    { name: "node2", directory: await resolveRealPath(path.join(root, "home", "nodes", "node2")) },
+  ];
+  const refusal = async (to: string) => {
+    try {
+      assertNotMemberDirectory(await resolveRealPath(to), await members());
+      return null;
+    } catch (error) {
+      return error as RelevoError;
+    }
+  };
+
+  test("a member's directory, through a link or `..`, present or absent, inside or around it, is TARGET_IS_MEMBER", async () => {
+    for (const to of [
+      path.join(root, "home", "nodes", "node1"),
+      path.join(root, "nodes-link", "node1"),
+      path.join(root, "nodes-link", "node2"), // absent: resolved through its existing parent
+      path.join(root, "home", "nodes", "node3", "..", "node2"),
+      path.join(root, "nodes-link", "node1", "data"),
+      path.join(root, "nodes-link", "node2", "copy"),
+    ]) {
+      const error = await refusal(to);
+      expect(error).toBeInstanceOf(RelevoError);
+      expect(error).toMatchObject({
+        code: ErrorCode.TargetIsMember,
+        message: expect.stringMatching(/the node directory of node[12], a member/),
+      });
+    }
+    expect(await refusal(path.join(root, "nodes-link"))).toMatchObject({
+      code: ErrorCode.TargetIsMember,
+      message: expect.stringContaining(" holds "),
+    });
+  });
+
+  test("a directory beside the members (a name that merely starts like one) is accepted", async () => {
+    expect(await refusal(path.join(root, "nodes-link", "node10"))).toBeNull();
+    expect(await refusal(path.join(root, "nodes-link", "node1-copy"))).toBeNull();
+    expect(await refusal(path.join(root, "elsewhere", "copy"))).toBeNull();
   });
 });

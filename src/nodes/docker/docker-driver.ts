@@ -95,6 +95,12 @@ export class DockerDriver implements NodeDriver {
     return PGDATA;
   }
 
+  nodeDirectory(node: NodeRef): string | null {
+    // A copy's data directory is bind-mounted from <dir>/data; a node's is a volume, in no directory of this host.
+    const directory = this.options.dataDirectories?.[node.name];
+    return directory ? path.dirname(directory) : null;
+  }
+
   claimFile(node: NodeRef): string {
     // A copy kept in a directory of this host is claimed beside it, as on the local driver; a node by its volume's
     // name (the engine's names are per cluster, and the processes that make this cluster's nodes share this home).

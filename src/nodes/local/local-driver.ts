@@ -114,6 +114,10 @@ export class LocalDriver implements NodeDriver {
     return path.join(this.nodeDir(node), "data");
   }
 
+  nodeDirectory(node: NodeRef): string {
+    return this.nodeDir(node);
+  }
+
   claimFile(node: NodeRef): string {
     // Beside the node's folder (nodes/<name>.restore.lock), so that the folder itself stays absent until it is made.
     return `${this.nodeDir(node)}.restore.lock`;
