@@ -227,6 +227,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
       // A join point taken, then reached: eligible (its join point dropped once reached).
       expect(joined).toMatchObject({ eligible: ["node2"], joining: {} });
     } finally {
+      confirm(); // a confirmation still held back would keep settled() waiting
       await commitWait.settled(1000);
       await cluster.service.redis.del(key);
     }
