@@ -11,6 +11,11 @@ import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { expect } from "@jest/globals";
+import { claimNodeTarget } from "../../src/restore/target-claim";
+import { runAddReplica } from "../../src/cluster/replicas";
+import { newEntry, type OperationContext } from "../../src/failover/operation-context";
+import type { FailoverOperations } from "../../src/failover/operations";
 
 /** Two service instances; the one running a failover dies half-way through it. */
 describe("a failover left half-done by a dead instance", () => {
@@ -147,6 +152,42 @@ describe("a failover left half-done by a dead instance", () => {
     });
     expect(await readFile(path.join(directory, "keep-me"), "utf8")).toBe("someone's data");
     expect(first.service.nodes.some((node) => node.name === "node7")).toBe(false);
+    await rm(path.dirname(directory), { recursive: true, force: true });
+  });
+
+  test("an addition whose seed had begun, run again while another process claims the name (a restore making a copy there): refused at once, the copy's files kept", async () => {
+    const { driver } = first.service;
+    const copy: NodeRef = { name: "node8", host: "127.0.0.1", port: await freePort() };
+    // The restore's claim, and what it wrote so far.
+    const claim = await claimNodeTarget(driver, copy, { purpose: "restore into node8 (a test)" });
+    const directory = driver.dataDirectory(copy);
+    await mkdir(directory, { recursive: true });
+    await writeFile(path.join(directory, "keep-me"), "the copy's data");
+    // The addition as the monitor resumes it (its seed begun: it clears its own half-made node), without the wait a
+    // resumed one allows a dead runner's claim on another host.
+    const { operations } = (first.service.failover as unknown as { deps: { operations: FailoverOperations } }).deps;
+    const context = (operations as unknown as { context: OperationContext }).context;
+    const operation = await context.deps.journal.begin(
+      newEntry({
+        kind: "add-replica",
+        trigger: "manual",
+        from: copy.name,
+        to: (await first.service.failover.state())!.primary,
+        reason: "replica added by an operator (test)",
+        facts: { port: copy.port, seeding: "begun" },
+      }),
+    );
+    try {
+      await expect(runAddReplica(context, operation, { claimWaitMs: 0 })).rejects.toMatchObject({
+        code: ErrorCode.TargetNotEmpty,
+        message: expect.stringContaining("is being made by another process"),
+      });
+    } finally {
+      await operation.finish();
+      await claim.release();
+    }
+    expect(await readFile(path.join(directory, "keep-me"), "utf8")).toBe("the copy's data");
+    expect(first.service.nodes.some((node) => node.name === copy.name)).toBe(false);
     await rm(path.dirname(directory), { recursive: true, force: true });
   });
 });
