@@ -1,7 +1,8 @@
 import { mkdir, readdir, readFile, rename } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
-import type { NodeRef } from "../nodes/node-driver";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Logger } from "../log";
 import { latestCheckpointTimeline, readControlData } from "../postgres/control-data";
 import { markFenced, readFenceMarker, removeFenceMarker } from "../postgres/fence-marker";
 import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-config";
@@ -94,7 +95,8 @@ export async function startToPromote(
     await markFenced(driver, node, takeoverPreparedReason(options.failoverId));
     const control = await readControlData(driver, node);
     const timeline = latestCheckpointTimeline(control) ?? 1;
-    await copyNewerHistories(context, { node, lost, timeline });
+    const walEnd = () => readEndOfWal(driver, node, { timeoutMs: deps.config.nodeTimeoutMs * 10 });
+    await copyNewerHistories({ driver, logger: deps.logger, walEnd, archiveWalDir: deps.archiveWalDir }, { node, lost, timeline });
     await editStoppedNodeConf(driver, node, {
       primary_conninfo: null,
       primary_slot_name: null,
@@ -116,12 +118,22 @@ export async function startToPromote(
  * written in its place, under the number the node would pick otherwise: a
  * switchover's target branched off the old primary's timeline exactly where
  * the old primary's WAL ends (it received all of it, and nothing else).
+ * `walEnd` reads where `node`'s WAL ends (pg_waldump: read only when
+ * needed); `archiveWalDir` is the archive's WAL directory.
  */
-async function copyNewerHistories(context: OperationContext, options: { node: NodeRef; lost: NodeRef; timeline: number }): Promise<void> {
-  const { driver, logger, archiveWalDir } = context.deps;
+export async function copyNewerHistories(
+  io: {
+    readonly driver: NodeDriver;
+    readonly logger: Logger;
+    readonly walEnd: () => Promise<string | null>;
+    readonly archiveWalDir: string;
+  },
+  options: { node: NodeRef; lost: NodeRef; timeline: number },
+): Promise<void> {
+  const { driver, logger, archiveWalDir } = io;
   const { node, lost, timeline } = options;
   const lostNode = (await driver.listFiles(lost, "pg_wal").catch(() => [])).map((entry) => entry.path);
-  const archive = await archivedNames(context);
+  const archive = await archivedNames(archiveWalDir);
   const copied: number[] = [];
   let fromLostNode = 0;
   for (const history of historiesToCopy({ own: timeline, lostNode, archive })) {
@@ -136,7 +148,7 @@ async function copyNewerHistories(context: OperationContext, options: { node: No
     if (history.from === "lost-node") fromLostNode += 1;
   }
   if (fromLostNode > 0) return;
-  const walEnd = await readEndOfWal(driver, node, { timeoutMs: context.deps.config.nodeTimeoutMs * 10 });
+  const walEnd = await io.walEnd();
   if (walEnd === null) throw new RelevoError(ErrorCode.CommandFailed, `the end of ${node.name}'s WAL cannot be read: it is not promoted`);
   const own = timeline > 1 ? ((await driver.readFile(node, `pg_wal/${historyFileName(timeline)}`))?.toString("utf8") ?? "") : "";
   logger.warn({ node: node.name, lost: lost.name }, "the lost primary's timeline history is unreadable: written from the switch point");
@@ -145,8 +157,8 @@ async function copyNewerHistories(context: OperationContext, options: { node: No
 }
 
 /** The archive's file names (none when it cannot be read). */
-export async function archivedNames(context: OperationContext): Promise<string[]> {
-  return readdir(context.deps.archiveWalDir).catch(() => [] as string[]);
+export async function archivedNames(archiveWalDir: string): Promise<string[]> {
+  return readdir(archiveWalDir).catch(() => [] as string[]);
 }
 
 /**
