@@ -234,7 +234,7 @@ export async function restoreClusterCommand(
     });
   });
   for (const remains of recovered.setAside) {
-    output.out(`${remains.node}: its data directory held files but no PG_VERSION: kept, not deleted, in ${remains.keptIn}`);
+    output.out(`${remains.node}: ${remains.why}: kept, not deleted, in ${remains.keptIn}`);
   }
   for (const outcome of recovered.outcomes) {
     output.out(`${outcome.node.name}: ${outcome.phase === "seeded" ? seededFrom(outcome) : "restored from the repository, primary"}`);

@@ -143,6 +143,15 @@ export interface NodeDriver {
    * nothing.
    */
   setAside(node: NodeRef, suffix: string): Promise<string>;
+  /**
+   * What the node's storage holds outside its data directory that the
+   * driver did not put there (an operator's `data.broken`, a copy of
+   * pg_wal kept beside it), as paths for messages; [] when nothing (or no
+   * storage). destroy() would delete it: a caller that only means to remove
+   * a lost node's own leftovers sets such storage aside instead. The data
+   * directory's content is the caller's to judge (listFiles).
+   */
+  foreignRemains(node: NodeRef): Promise<string[]>;
 
   /** The data directory as PostgreSQL tools run by `exec` see it. */
   dataDirectory(node: NodeRef): string;

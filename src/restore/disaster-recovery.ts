@@ -37,13 +37,15 @@ export interface ClusterRecoveryDeps {
 export interface ClusterRecovery {
   readonly manifest: BackupManifest;
   readonly outcomes: readonly NodeBootstrapOutcome[];
-  /** Lost nodes whose data directory held files but no PG_VERSION: where those remains are kept. */
+  /** Lost nodes whose storage held what Relevo did not make (see nodeLoss): where those remains are kept. */
   readonly setAside: readonly SetAsideRemains[];
 }
 
 export interface SetAsideRemains {
   readonly node: string;
   readonly keptIn: string;
+  /** What made them worth keeping ("its data directory held files but no PG_VERSION"). */
+  readonly why: string;
 }
 
 /**
@@ -55,9 +57,11 @@ export interface SetAsideRemains {
  * and the other members are seeded from it as new replicas. Relevo manages
  * the result as before. Refused while any node still has data: that is not a
  * disaster, and nothing is overwritten. A node whose data directory is gone
- * or empty is lost, whatever is left around it; one whose data directory
- * holds files but no PG_VERSION is lost too, its remains set aside first
- * (see nodeLoss, NodeDriver.setAside), never deleted.
+ * or empty is lost; what is left of it is removed when it is only Relevo's
+ * own (the local driver's folder and server log, a container, an emptied
+ * volume), and set aside otherwise (see nodeLoss, NodeDriver.setAside): a
+ * data directory holding files but no PG_VERSION, or anything else in the
+ * node's storage, is never deleted.
  */
 export async function recoverCluster(
   deps: ClusterRecoveryDeps,
@@ -67,12 +71,12 @@ export async function recoverCluster(
   const nodes = await loadMembers(config);
   const surviving: string[] = [];
   const remains: NodeRef[] = [];
-  const damaged: NodeRef[] = [];
+  const damaged: { readonly node: NodeRef; readonly why: string }[] = [];
   for (const node of nodes) {
     const loss = nodeLoss(await lossFacts(driver, node));
     if (loss.phase === "survives") surviving.push(`${node.name} (${driver.dataDirectory(node)}: ${loss.why})`);
     else if (loss.phase === "lost-with-remains") remains.push(node);
-    else if (loss.phase === "damaged") damaged.push(node);
+    else if (loss.phase === "damaged") damaged.push({ node, why: loss.why });
   }
   if (surviving.length > 0) {
     throw new RelevoError(
@@ -82,17 +86,18 @@ export async function recoverCluster(
     );
   }
   const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backupId, options.recoveryTarget);
-  // A data directory that holds files but no PG_VERSION may still be recovered by hand: never deleted, set aside
-  // first (the driver refuses, touching nothing, when it cannot), before anything else is removed.
+  // Remains that are not only Relevo's may still be recovered by hand: never deleted, set aside first (the driver
+  // refuses, touching nothing, when it cannot), before anything else is removed.
   const setAside: SetAsideRemains[] = [];
   const suffix = `lost-${compactUtc(new Date())}`;
-  for (const node of damaged) {
+  for (const { node, why } of damaged) {
     const keptIn = await driver.setAside(node, suffix);
-    logger.warn({ node: node.name, keptIn }, "a lost node's data directory held files but no PG_VERSION: kept aside, not deleted");
-    setAside.push({ node: node.name, keptIn });
+    logger.warn({ node: node.name, keptIn, why }, "a lost node's remains are not only Relevo's: kept aside, not deleted");
+    setAside.push({ node: node.name, keptIn, why });
   }
-  // What is left of a lost node (its folder and server log, its container,
-  // an emptied volume) goes: the node is made again from the repository.
+  // What is left of a lost node that is only Relevo's (its folder and server
+  // log, its container, an emptied volume) goes: the node is made again from
+  // the repository.
   for (const node of remains) {
     logger.warn(
       { node: node.name, dataDirectory: driver.dataDirectory(node) },
@@ -159,19 +164,22 @@ export interface NodeLossFacts {
   readonly hasVersion: boolean;
   /** Entries in its data directory (0 when the directory is missing). */
   readonly dataEntries: number;
+  /** What its storage holds beside the data directory that the driver did not put there (NodeDriver.foreignRemains). */
+  readonly foreignRemains: readonly string[];
   /** Something answers on the node's port (a server whose pid file is gone, or not the driver's to see). */
   readonly portAnswers: boolean;
 }
 
 async function lossFacts(driver: NodeDriver, node: NodeRef): Promise<NodeLossFacts> {
   const state = await driver.state(node);
-  if (state.phase === "absent") return { phase: state.phase, hasVersion: false, dataEntries: 0, portAnswers: false };
+  if (state.phase === "absent") return { phase: state.phase, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
   const hasVersion = (await driver.readFile(node, "PG_VERSION")) !== null;
   const lookCloser = state.phase === "stopped" && !hasVersion;
   return {
     phase: state.phase,
     hasVersion,
     dataEntries: lookCloser ? (await driver.listFiles(node, ".")).length : 0,
+    foreignRemains: lookCloser ? await driver.foreignRemains(node) : [],
     portAnswers: lookCloser && !(await isPortFree(node.host, node.port)),
   };
 }
@@ -179,18 +187,23 @@ async function lossFacts(driver: NodeDriver, node: NodeRef): Promise<NodeLossFac
 export type NodeLoss =
   /** No storage at all. */
   | { readonly phase: "lost" }
-  /** Storage left (a folder and server log, a container, a volume) with the data directory missing or empty: removed. */
+  /** Storage left that is only Relevo's (a folder and server log, a container, a volume) with the data directory missing or empty: removed. */
   | { readonly phase: "lost-with-remains" }
-  /** A data directory holding files but no PG_VERSION: not a cluster, yet perhaps recoverable by hand; set aside, never deleted. */
-  | { readonly phase: "damaged" }
+  /**
+   * Remains that are not only Relevo's: a data directory holding files but no PG_VERSION (not a cluster, yet perhaps
+   * recoverable by hand), or anything else in the node's storage; set aside, never deleted.
+   */
+  | { readonly phase: "damaged"; readonly why: string }
   | { readonly phase: "survives"; readonly why: string };
 
 /**
  * Whether a node is lost, for disaster recovery: a node without storage, or
- * whose data directory is missing or empty, and no server runs on it. A data
- * directory that holds files but no PG_VERSION (what relevo up refuses as
- * DATA_DIR_NOT_OURS) is lost too, but its remains are set aside, never
- * deleted. A server running, by the driver's word or answering on the node's
+ * whose data directory is missing or empty, and no server runs on it. Its
+ * remains are removed only when they are Relevo's own; a data directory that
+ * holds files but no PG_VERSION (what relevo up refuses as
+ * DATA_DIR_NOT_OURS), or storage holding anything the driver did not put
+ * there (an operator's `data.broken` beside an emptied data directory), is
+ * set aside, never deleted. A server running, by the driver's word or answering on the node's
  * port, or a PG_VERSION: the node survives, and nothing is overwritten. Pure.
  */
 export function nodeLoss(facts: NodeLossFacts): NodeLoss {
@@ -198,8 +211,10 @@ export function nodeLoss(facts: NodeLossFacts): NodeLoss {
   if (facts.phase === "running" || facts.phase === "paused") return { phase: "survives", why: `its server is ${facts.phase}` };
   if (facts.hasVersion) return { phase: "survives", why: "it holds a PostgreSQL cluster" };
   if (facts.portAnswers) return { phase: "survives", why: "a server answers on its port" };
-  if (facts.dataEntries === 0) return { phase: "lost-with-remains" };
-  return { phase: "damaged" };
+  if (facts.dataEntries > 0) return { phase: "damaged", why: "its data directory held files but no PG_VERSION" };
+  if (facts.foreignRemains.length > 0)
+    return { phase: "damaged", why: `its storage held what Relevo did not put there (${facts.foreignRemains.join(", ")})` };
+  return { phase: "lost-with-remains" };
 }
 
 /** 2026-12-06T16:00:41.123Z as 20261206T160041Z: a file name's time. */

@@ -53,6 +53,7 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(await driver.state(node)).toEqual({ phase: "absent" });
       expect(await driver.readFile(node, "PG_VERSION")).toBeNull();
       expect(await driver.listFiles(node, ".")).toEqual([]);
+      expect(await driver.foreignRemains(node)).toEqual([]);
     });
 
     test("provision is idempotent and leaves an empty, stopped node", async () => {
@@ -218,6 +219,8 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await driver.stop(node, { mode: "fast", timeoutMs: 30000 });
       const control = await driver.exec(node, ["pg_controldata", driver.dataDirectory(node)], { mode: "offline" });
       expect(control.stdout).toMatch(/Database cluster state:\s+shut down/);
+      // Everything a node's life left in its storage (a server log among it) is the driver's own.
+      expect(await driver.foreignRemains(node)).toEqual([]);
     });
 
     test("releasing a stopped node's helpers keeps its data; offline work afterwards makes what it needs again", async () => {

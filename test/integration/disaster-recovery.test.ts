@@ -287,6 +287,12 @@ describeOnEachDriver(
     });
 
     test("relevo restore --cluster counts nodes without a data directory as lost, keeps remains that are no cluster, and rebuilds every row, those of the failover's timeline too", async () => {
+      // Local: while troubleshooting, the operator kept a copy beside node1's (lost, emptied) data directory (review 10, finding 6).
+      const operatorsCopy = path.join(config.home, "nodes", "node1", "data.broken");
+      if (driver === "local") {
+        await mkdir(operatorsCopy);
+        await writeFile(path.join(operatorsCopy, "notes"), "kept by hand\n");
+      }
       const recovered = await run("node", [BIN, "restore", "--cluster"], { env: cliEnvFor(config), timeout: 240000 });
       expect(recovered.stdout).toMatch(/node1: restored from the repository, primary\nnode2: seeded from/);
       if (driver === "local") {
@@ -294,6 +300,13 @@ describeOnEachDriver(
         const kept = /node2: its data directory held files but no PG_VERSION: kept, not deleted, in (\S+)/.exec(recovered.stdout)?.[1];
         expect(kept).toMatch(new RegExp(`^${path.join(config.home, "nodes", "node2")}\\.lost-\\d{8}T\\d{6}Z$`));
         expect(await readdir(path.join(kept!, "data", "global"))).toContain("pg_control");
+        // node1's folder held more than Relevo's own: set aside too, the operator's copy in it, not deleted with the folder.
+        const node1Kept = new RegExp(
+          `node1: its storage held what Relevo did not put there \\(${operatorsCopy}\\): kept, not deleted, in (\\S+)`,
+        );
+        const keptNode1 = node1Kept.exec(recovered.stdout)?.[1];
+        expect(keptNode1).toMatch(new RegExp(`^${path.join(config.home, "nodes", "node1")}\\.lost-\\d{8}T\\d{6}Z$`));
+        expect(await readFile(path.join(keptNode1!, "data.broken", "notes"), "utf8")).toBe("kept by hand\n");
       }
       expect(await sql(node("node1"), "SELECT count(*)::int AS n, max(id) AS max FROM precious")).toEqual([{ n: rows, max: rows }]);
       // Docker: node1 was rebuilt in compose's container, still the one compose made.

@@ -2,6 +2,7 @@ import { expect } from "@jest/globals";
 import { initialisationDecision } from "../../src/cluster/cluster-identity";
 import { initialState } from "../../src/failover/cluster-state";
 import { rebuiltState } from "../../src/failover/rebuilt-cluster";
+import { foreignEntries } from "../../src/nodes/local/node-folder";
 import { nodeLoss } from "../../src/restore/disaster-recovery";
 import { assertNotMemberDirectory, restoreTargetAccepted } from "../../src/restore/copy-placement";
 import { resolveRealPath } from "../../src/util/real-path";
@@ -25,16 +26,53 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
   });
 
   test("a node is lost for restore --cluster without storage, or with its data directory missing or empty and no server; otherwise it survives", () => {
-    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, portAnswers: false };
+    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
     expect(nodeLoss({ ...stopped, phase: "absent" })).toEqual({ phase: "lost" });
     expect(nodeLoss(stopped)).toEqual({ phase: "lost-with-remains" });
     expect(nodeLoss({ ...stopped, hasVersion: true, dataEntries: 20 })).toMatchObject({ phase: "survives" });
     expect(nodeLoss({ ...stopped, phase: "paused" })).toMatchObject({ phase: "survives" });
     // What relevo up calls DATA_DIR_NOT_OURS (files, no PG_VERSION) is never deleted: its remains are set aside.
-    expect(nodeLoss({ ...stopped, dataEntries: 3 })).toEqual({ phase: "damaged" });
+    expect(nodeLoss({ ...stopped, dataEntries: 3 })).toEqual({ phase: "damaged", why: "its data directory held files but no PG_VERSION" });
     // A server still on it, by its pid file or its port, is no loss at all.
     expect(nodeLoss({ ...stopped, phase: "running", dataEntries: 3 })).toEqual({ phase: "survives", why: "its server is running" });
     expect(nodeLoss({ ...stopped, dataEntries: 3, portAnswers: true })).toEqual({ phase: "survives", why: "a server answers on its port" });
+  });
+
+  test("a lost node's storage holding anything Relevo did not put there is set aside, never removed, even with its data directory gone", () => {
+    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
+    // The operator moved data/ to data.broken while troubleshooting: the data directory is missing, the folder is not Relevo's alone.
+    expect(nodeLoss({ ...stopped, foreignRemains: ["/h/nodes/node1/data.broken"] })).toEqual({
+      phase: "damaged",
+      why: "its storage held what Relevo did not put there (/h/nodes/node1/data.broken)",
+    });
+    // A server answering still wins: nothing is touched at all.
+    expect(nodeLoss({ ...stopped, foreignRemains: ["/h/nodes/node1/x"], portAnswers: true })).toMatchObject({ phase: "survives" });
+  });
+
+  test("the local driver's own files in a node folder are data/ (a directory) and postgresql.log (a file); anything else is foreign", () => {
+    expect(foreignEntries([])).toEqual([]);
+    expect(
+      foreignEntries([
+        { name: "data", type: "directory" },
+        { name: "postgresql.log", type: "file" },
+      ]),
+    ).toEqual([]);
+    expect(
+      foreignEntries([
+        { name: "postgresql.log", type: "file" },
+        { name: "pg_wal.copy", type: "directory" },
+        { name: "data.broken", type: "directory" },
+        { name: "notes.txt", type: "file" },
+      ]),
+    ).toEqual(["data.broken", "notes.txt", "pg_wal.copy"]);
+    // Not the driver's layout: a data/ that is a symlink (moved to another disk) or a file, a log that is a directory.
+    expect(
+      foreignEntries([
+        { name: "data", type: "symlink" },
+        { name: "postgresql.log", type: "directory" },
+      ]),
+    ).toEqual(["data", "postgresql.log"]);
+    expect(foreignEntries([{ name: "data", type: "file" }])).toEqual(["data"]);
   });
 
   test("a restore writes only into an absent node; disaster recovery alone also into existing storage with an empty data directory", () => {

@@ -188,6 +188,17 @@ export class DockerDriver implements NodeDriver {
     );
   }
 
+  /**
+   * Nothing, ever: the volume (or the directory a node's container mounts)
+   * is the data directory itself, mounted at PGDATA, so whatever it holds is
+   * the data directory's content, and a caller counts it there (files but no
+   * PG_VERSION: set aside, which this driver refuses, never deleted).
+   * destroy() removes nothing beyond it but Relevo's own container.
+   */
+  foreignRemains(): Promise<string[]> {
+    return Promise.resolve([]);
+  }
+
   async state(node: NodeRef): Promise<NodeProcessState> {
     return this.stateOf(node, await this.containers.find(node, "node"));
   }

@@ -1,4 +1,4 @@
-import { access, chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
+import { access, chmod, mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import { chownNoFollow } from "../../util/owned-files";
 import { constants } from "node:fs";
 import path from "node:path";
@@ -35,6 +35,7 @@ import { resolvePostgresIdentity, type OsIdentity } from "../os-user";
 import { processesInGroup, processTree, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
 import { runCommand } from "./run-command";
+import { DATA_DIRECTORY, SERVER_LOG, foreignEntries, type FolderEntry } from "./node-folder";
 import { existsSync, readFileSync } from "node:fs";
 
 function ownProcessGroup(): number {
@@ -107,11 +108,11 @@ export class LocalDriver implements NodeDriver {
   }
 
   private logFile(node: NodeRef): string {
-    return path.join(this.nodeDir(node), "postgresql.log");
+    return path.join(this.nodeDir(node), SERVER_LOG);
   }
 
   dataDirectory(node: NodeRef): string {
-    return path.join(this.nodeDir(node), "data");
+    return path.join(this.nodeDir(node), DATA_DIRECTORY);
   }
 
   nodeDirectory(node: NodeRef): string {
@@ -157,6 +158,19 @@ export class LocalDriver implements NodeDriver {
     if (existsSync(aside)) throw new RelevoError(ErrorCode.PreconditionFailed, `cannot set ${node.name}'s remains aside: ${aside} exists`);
     await rename(this.nodeDir(node), aside);
     return aside;
+  }
+
+  async foreignRemains(node: NodeRef): Promise<string[]> {
+    const dir = this.nodeDir(node);
+    const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return [];
+      throw error;
+    });
+    const folder: FolderEntry[] = entries.map((entry) => ({
+      name: entry.name,
+      type: entry.isSymbolicLink() ? "symlink" : entry.isDirectory() ? "directory" : entry.isFile() ? "file" : "other",
+    }));
+    return foreignEntries(folder).map((name) => path.join(dir, name));
   }
 
   async start(node: NodeRef, options: { timeoutMs: number }): Promise<void> {
