@@ -4,7 +4,7 @@ import { recordIdentity } from "../cluster/cluster-identity";
 import { withNodeClient } from "../postgres/connection";
 import { readSystemIdentifier } from "../postgres/control-data";
 import type { RelevoConfig } from "../config/config";
-import { ErrorCode, RelevoError } from "../errors";
+import { ErrorCode, RelevoError, UnreachableCaseError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeProcessState, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
@@ -16,7 +16,7 @@ import type { Repository } from "../storage/repository";
 import { repositorySeeder } from "./replica-seed";
 import { restoreBackup } from "./restore";
 import { ensureArchiveSlot } from "../wal/wal-archiver";
-import { isPortFree } from "../util/ports";
+import { probePort, type PortProbe } from "../postgres/port-probe";
 
 export interface ClusterRecoveryDeps {
   readonly config: RelevoConfig;
@@ -70,19 +70,33 @@ export async function recoverCluster(
   const { config, driver, repository, logger } = deps;
   const nodes = await loadMembers(config);
   const surviving: string[] = [];
+  const undecided: string[] = [];
   const remains: NodeRef[] = [];
   const damaged: { readonly node: NodeRef; readonly why: string }[] = [];
   for (const node of nodes) {
-    const loss = nodeLoss(await lossFacts(driver, node));
+    const loss = nodeLoss(await lossFacts(driver, node, config.nodeTimeoutMs));
     if (loss.phase === "survives") surviving.push(`${node.name} (${driver.dataDirectory(node)}: ${loss.why})`);
+    else if (loss.phase === "undecided") undecided.push(`${node.name} (port ${node.port} on ${node.host}: ${loss.why})`);
     else if (loss.phase === "lost-with-remains") remains.push(node);
     else if (loss.phase === "damaged") damaged.push({ node, why: loss.why });
   }
-  if (surviving.length > 0) {
+  if (surviving.length > 0 || undecided.length > 0) {
+    const reasons = [
+      ...(surviving.length > 0
+        ? [`${surviving.join(", ")} still exist: start them with relevo up, or stop them, or move them away first`]
+        : []),
+      // A server of the node may still run there, its files gone from under it; and no node is rebuilt on a port another program holds.
+      ...(undecided.length > 0
+        ? [
+            `${undecided.join(", ")} cannot be told lost: stop what answers there, or make the address reachable from this host, ` +
+              `and run the command again`,
+          ]
+        : []),
+    ];
     throw new RelevoError(
       ErrorCode.PreconditionFailed,
-      `relevo restore --cluster rebuilds a cluster whose every node is lost, and ${surviving.join(", ")} still exist: ` +
-        `start them with relevo up, or stop them, or move them away first`,
+      `relevo restore --cluster rebuilds a cluster whose every node is lost, and ${reasons.join("; ")} (nothing was touched)`,
+      { details: { surviving, undecided } },
     );
   }
   const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backupId, options.recoveryTarget);
@@ -166,21 +180,24 @@ export interface NodeLossFacts {
   readonly dataEntries: number;
   /** What its storage holds beside the data directory that the driver did not put there (NodeDriver.foreignRemains). */
   readonly foreignRemains: readonly string[];
-  /** Something answers on the node's port (a server whose pid file is gone, or not the driver's to see). */
-  readonly portAnswers: boolean;
+  /**
+   * What answers on the node's address (a server whose pid file or whole folder is gone, or not the driver's to
+   * see); asked only of a node that holds no cluster and whose server the driver does not see.
+   */
+  readonly port: PortProbe;
 }
 
-async function lossFacts(driver: NodeDriver, node: NodeRef): Promise<NodeLossFacts> {
+async function lossFacts(driver: NodeDriver, node: NodeRef, timeoutMs: number): Promise<NodeLossFacts> {
   const state = await driver.state(node);
-  if (state.phase === "absent") return { phase: state.phase, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
-  const hasVersion = (await driver.readFile(node, "PG_VERSION")) !== null;
-  const lookCloser = state.phase === "stopped" && !hasVersion;
+  const stored = state.phase !== "absent";
+  const hasVersion = stored && (await driver.readFile(node, "PG_VERSION")) !== null;
+  const lookCloser = (state.phase === "stopped" || state.phase === "absent") && !hasVersion;
   return {
     phase: state.phase,
     hasVersion,
-    dataEntries: lookCloser ? (await driver.listFiles(node, ".")).length : 0,
-    foreignRemains: lookCloser ? await driver.foreignRemains(node) : [],
-    portAnswers: lookCloser && !(await isPortFree(node.host, node.port)),
+    dataEntries: lookCloser && stored ? (await driver.listFiles(node, ".")).length : 0,
+    foreignRemains: lookCloser && stored ? await driver.foreignRemains(node) : [],
+    port: lookCloser ? await probePort(node.host, node.port, { timeoutMs }) : { answer: "nothing" },
   };
 }
 
@@ -194,7 +211,12 @@ export type NodeLoss =
    * recoverable by hand), or anything else in the node's storage; set aside, never deleted.
    */
   | { readonly phase: "damaged"; readonly why: string }
-  | { readonly phase: "survives"; readonly why: string };
+  | { readonly phase: "survives"; readonly why: string }
+  /**
+   * Its port answers, but not as PostgreSQL, or cannot be asked: neither lost (a server of the node may run there,
+   * its files gone from under it) nor surviving. Refused, naming why, and nothing is touched: the operator decides.
+   */
+  | { readonly phase: "undecided"; readonly why: string };
 
 /**
  * Whether a node is lost, for disaster recovery: a node without storage, or
@@ -203,14 +225,28 @@ export type NodeLoss =
  * holds files but no PG_VERSION (what relevo up refuses as
  * DATA_DIR_NOT_OURS), or storage holding anything the driver did not put
  * there (an operator's `data.broken` beside an emptied data directory), is
- * set aside, never deleted. A server running, by the driver's word or answering on the node's
- * port, or a PG_VERSION: the node survives, and nothing is overwritten. Pure.
+ * set aside, never deleted. A server running, by the driver's word or
+ * answering as PostgreSQL on the node's port, or a PG_VERSION: the node
+ * survives, and nothing is overwritten. A port that answers otherwise, or
+ * cannot be asked, leaves the node undecided: never taken for lost without
+ * saying why. Pure.
  */
 export function nodeLoss(facts: NodeLossFacts): NodeLoss {
-  if (facts.phase === "absent") return { phase: "lost" };
   if (facts.phase === "running" || facts.phase === "paused") return { phase: "survives", why: `its server is ${facts.phase}` };
   if (facts.hasVersion) return { phase: "survives", why: "it holds a PostgreSQL cluster" };
-  if (facts.portAnswers) return { phase: "survives", why: "a server answers on its port" };
+  switch (facts.port.answer) {
+    case "postgres":
+      return { phase: "survives", why: "a PostgreSQL server answers on its port" };
+    case "other":
+      return { phase: "undecided", why: `something answers on its port, but not as PostgreSQL: ${facts.port.detail}` };
+    case "unknown":
+      return { phase: "undecided", why: `whether a server answers on its port cannot be told: ${facts.port.detail}` };
+    case "nothing":
+      break;
+    default:
+      throw new UnreachableCaseError(facts.port);
+  }
+  if (facts.phase === "absent") return { phase: "lost" };
   if (facts.dataEntries > 0) return { phase: "damaged", why: "its data directory held files but no PG_VERSION" };
   if (facts.foreignRemains.length > 0)
     return { phase: "damaged", why: `its storage held what Relevo did not put there (${facts.foreignRemains.join(", ")})` };

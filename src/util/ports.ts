@@ -1,7 +1,13 @@
 import net from "node:net";
 import { ErrorCode, RelevoError } from "../errors";
 
-/** True when something accepts connections or holds the port on `host`. */
+/**
+ * Whether this process could listen on `host`:`port` right now: a bind test,
+ * for a port about to be bound on this machine (a node's, Redis's, the
+ * API's). Any bind failure reads as not free, EADDRINUSE or not (an address
+ * not of this machine, a privileged port): it does not say that something
+ * answers there (see postgres/port-probe.ts for that).
+ */
 export function isPortFree(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const server = net.createServer();

@@ -1,7 +1,9 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tempHome } from "../helpers/home";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -276,11 +278,24 @@ describeOnEachDriver(
       const conf = (await nodeDriver.readFile(node2, "postgresql.conf"))!.toString();
       await nodeDriver.writeFile(node2, "postgresql.conf", `${conf}\nport = ${node2.port}\nlisten_addresses = '127.0.0.1'\n`);
       await nodeDriver.start(node2, { timeoutMs: 60000 });
+      const data = nodeDriver.dataDirectory(node2);
+      const elsewhere = `${path.dirname(data)}-elsewhere`;
+      // Review 10, finding 7: a port is asked by a connection, as a client would, not by a bind test.
+      const notPostgres = createServer((socket) => socket.end("SSH-2.0-OpenSSH_9.2\r\n"));
       try {
         await nodeDriver.removeFiles(node2, ["PG_VERSION"]);
         expect(await nodeDriver.state(node2)).toMatchObject({ phase: "running" });
         expect(await refusal()).toMatch(/node2 \(\S+: its server is running\) still exist/);
+        // The running server's data directory moved away (the pid file with it): the driver sees nothing, the port
+        // answers as PostgreSQL. node1's port is held by another program: neither lost nor surviving, said so.
+        await rename(data, elsewhere);
+        await new Promise<void>((resolve) => notPostgres.listen(node("node1").port, node("node1").host, resolve));
+        const refused = await refusal();
+        expect(refused).toMatch(/node2 \(\S+: a PostgreSQL server answers on its port\) still exist/);
+        expect(refused).toMatch(/node1 \(port \d+ on \S+: something answers on its port, but not as PostgreSQL: .*\) cannot be told lost/);
       } finally {
+        notPostgres.close();
+        if (existsSync(elsewhere)) await rename(elsewhere, data);
         await nodeDriver.kill(node2);
       }
       expect(await nodeDriver.readFile(node2, "global/pg_control")).not.toBeNull();

@@ -2,17 +2,23 @@ import { expect } from "@jest/globals";
 import { initialisationDecision } from "../../src/cluster/cluster-identity";
 import { initialState } from "../../src/failover/cluster-state";
 import { rebuiltState } from "../../src/failover/rebuilt-cluster";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { foreignEntries } from "../../src/nodes/local/node-folder";
-import { nodeLoss } from "../../src/restore/disaster-recovery";
+import { nodeLoss, type NodeLossFacts } from "../../src/restore/disaster-recovery";
 import { assertNotMemberDirectory, restoreTargetAccepted } from "../../src/restore/copy-placement";
 import { resolveRealPath } from "../../src/util/real-path";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import { mkdir, mkdtemp, realpath, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { connectFailure, probePort, sslRequestReply } from "../../src/postgres/port-probe";
+import { findFreePort } from "../../src/util/ports";
 import { foreignWalRefusal, manifestIdentity } from "../../src/wal/archive-identity";
 
 describe("a lost cluster is rebuilt, never replaced (pure)", () => {
+  /** A stopped node with no cluster, nothing in its data directory or beside it, nothing on its port. */
+  const stopped: NodeLossFacts = { phase: "stopped", hasVersion: false, dataEntries: 0, foreignRemains: [], port: { answer: "nothing" } };
+
   test("relevo up initialises a data home that knows no cluster; one that does is refused, naming restore --cluster and the start-over flag", () => {
     expect(initialisationDecision(null, { newCluster: false })).toEqual({ phase: "initialise" });
     const known = { systemIdentifier: "7716129010877082573", evidence: ["2 completed backups in /r/backups"] };
@@ -26,7 +32,6 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
   });
 
   test("a node is lost for restore --cluster without storage, or with its data directory missing or empty and no server; otherwise it survives", () => {
-    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
     expect(nodeLoss({ ...stopped, phase: "absent" })).toEqual({ phase: "lost" });
     expect(nodeLoss(stopped)).toEqual({ phase: "lost-with-remains" });
     expect(nodeLoss({ ...stopped, hasVersion: true, dataEntries: 20 })).toMatchObject({ phase: "survives" });
@@ -35,18 +40,38 @@ describe("a lost cluster is rebuilt, never replaced (pure)", () => {
     expect(nodeLoss({ ...stopped, dataEntries: 3 })).toEqual({ phase: "damaged", why: "its data directory held files but no PG_VERSION" });
     // A server still on it, by its pid file or its port, is no loss at all.
     expect(nodeLoss({ ...stopped, phase: "running", dataEntries: 3 })).toEqual({ phase: "survives", why: "its server is running" });
-    expect(nodeLoss({ ...stopped, dataEntries: 3, portAnswers: true })).toEqual({ phase: "survives", why: "a server answers on its port" });
+    expect(nodeLoss({ ...stopped, dataEntries: 3, port: { answer: "postgres" } })).toEqual({
+      phase: "survives",
+      why: "a PostgreSQL server answers on its port",
+    });
+    // Without storage at all, the port is asked too: a server whose whole folder went from under it still runs.
+    expect(nodeLoss({ ...stopped, phase: "absent", port: { answer: "postgres" } })).toMatchObject({ phase: "survives" });
   });
 
   test("a lost node's storage holding anything Relevo did not put there is set aside, never removed, even with its data directory gone", () => {
-    const stopped = { phase: "stopped" as const, hasVersion: false, dataEntries: 0, foreignRemains: [], portAnswers: false };
     // The operator moved data/ to data.broken while troubleshooting: the data directory is missing, the folder is not Relevo's alone.
     expect(nodeLoss({ ...stopped, foreignRemains: ["/h/nodes/node1/data.broken"] })).toEqual({
       phase: "damaged",
       why: "its storage held what Relevo did not put there (/h/nodes/node1/data.broken)",
     });
     // A server answering still wins: nothing is touched at all.
-    expect(nodeLoss({ ...stopped, foreignRemains: ["/h/nodes/node1/x"], portAnswers: true })).toMatchObject({ phase: "survives" });
+    expect(nodeLoss({ ...stopped, foreignRemains: ["/h/nodes/node1/x"], port: { answer: "postgres" } })).toMatchObject({
+      phase: "survives",
+    });
+  });
+
+  test("a port that answers, but not as PostgreSQL, or cannot be asked, leaves the node undecided, saying why: never taken for lost", () => {
+    expect(nodeLoss({ ...stopped, port: { answer: "other", detail: "it answered with byte 0x53" } })).toEqual({
+      phase: "undecided",
+      why: "something answers on its port, but not as PostgreSQL: it answered with byte 0x53",
+    });
+    expect(
+      nodeLoss({ ...stopped, phase: "absent", port: { answer: "unknown", detail: "the connection failed with EHOSTUNREACH" } }),
+    ).toEqual({
+      phase: "undecided",
+      why: "whether a server answers on its port cannot be told: the connection failed with EHOSTUNREACH",
+    });
+    expect(nodeLoss({ ...stopped, phase: "absent" })).toEqual({ phase: "lost" });
   });
 
   test("the local driver's own files in a node folder are data/ (a directory) and postgresql.log (a file); anything else is foreign", () => {
@@ -173,5 +198,59 @@ describe("a restored copy's directory is never a member's, however spelled", () 
     expect(await refusal(path.join(root, "nodes-link", "node10"))).toBeNull();
     expect(await refusal(path.join(root, "nodes-link", "node1-copy"))).toBeNull();
     expect(await refusal(path.join(root, "elsewhere", "copy"))).toBeNull();
+  });
+});
+
+describe("what answers on a lost node's port: a connection and PostgreSQL's SSLRequest, not a bind test", () => {
+  const servers: Server[] = [];
+  const sockets: Socket[] = [];
+  afterAll(async () => {
+    sockets.forEach((socket) => socket.destroy());
+    await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  });
+  /** A real server on a loopback port that does `onConnection` with each client. */
+  const listening = async (onConnection: (socket: Socket) => void): Promise<number> => {
+    const server = createServer((socket) => {
+      sockets.push(socket);
+      onConnection(socket);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return (server.address() as AddressInfo).port;
+  };
+
+  test("nothing listening: the connection is refused, and only that says nothing answers", async () => {
+    expect(await probePort("127.0.0.1", await findFreePort("127.0.0.1"), { timeoutMs: 2000 })).toEqual({ answer: "nothing" });
+  });
+
+  test("another program on the port: it answers, but not as PostgreSQL (an SSH banner, though it starts with 'S')", async () => {
+    const port = await listening((socket) => socket.end("SSH-2.0-OpenSSH_9.2\r\n"));
+    expect(await probePort("127.0.0.1", port, { timeoutMs: 2000 })).toEqual({
+      answer: "other",
+      detail: "it answered PostgreSQL's SSLRequest with 21 bytes starting 0x53, not as PostgreSQL",
+    });
+  });
+
+  test("a program that accepts and says nothing (a frozen server looks the same): not PostgreSQL's answer, after the timeout", async () => {
+    const port = await listening(() => undefined);
+    const probe = await probePort("127.0.0.1", port, { timeoutMs: 300 });
+    expect(probe.answer).toBe("other");
+    expect(probe.answer === "other" ? probe.detail : "").toContain("did not answer PostgreSQL's SSLRequest within 300 ms");
+  });
+
+  test("an address that cannot be reached or resolved: unknown, with the reason, never 'a server answers'", async () => {
+    expect(await probePort("no-such-host.invalid", 5432, { timeoutMs: 2000 })).toMatchObject({ answer: "unknown" });
+    // A bind error (what isPortFree reads as "in use") is no answer from a server: only a refusal or a reply decides.
+    expect(connectFailure("EADDRNOTAVAIL")).toEqual({ answer: "unknown", detail: "the connection failed with EADDRNOTAVAIL" });
+    expect(connectFailure("ECONNREFUSED")).toEqual({ answer: "nothing" });
+  });
+
+  test("PostgreSQL's replies to an SSLRequest: the one byte 'S' or 'N', or an ErrorResponse; anything else, or none, is not PostgreSQL", () => {
+    for (const reply of ["S", "N"]) expect(sslRequestReply(Buffer.from(reply))).toEqual({ answer: "postgres" });
+    const error = Buffer.concat([Buffer.from("E"), Buffer.from([0, 0, 0, 12]), Buffer.from("SFATAL\0\0")]);
+    expect(sslRequestReply(error)).toEqual({ answer: "postgres" });
+    expect(sslRequestReply(Buffer.from("SSH-2.0"))).toMatchObject({ answer: "other" });
+    expect(sslRequestReply(Buffer.from("H"))).toMatchObject({ answer: "other" });
+    expect(sslRequestReply(null)).toMatchObject({ answer: "other" });
   });
 });
