@@ -23,6 +23,7 @@ import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
 import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
+import { afterRound, connectTimeoutSeconds, streamedAfterMs } from "./archiver-failures";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -179,6 +180,7 @@ export class WalArchiver {
   }
 
   private async run(): Promise<void> {
+    // The failure streak (see archiver-failures.ts): rounds in a row that did not stream.
     let failures = 0;
     while (!this.stopped) {
       const target = this.target;
@@ -187,6 +189,7 @@ export class WalArchiver {
         await this.idle(1000);
         continue;
       }
+      let ranMs = 0;
       try {
         if (await this.refusesWalOf(target)) {
           await this.idle(REFUSED_RECHECK_MS);
@@ -196,13 +199,16 @@ export class WalArchiver {
         const history = await this.setAsideDivergedWal(target);
         if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
+        const receiveStarted = Date.now();
         const exit = await this.receive(target);
+        ranMs = Date.now() - receiveStarted;
         if (this.stopped || this.target !== target) continue;
         if (history && walRemovedBeforeArchive(exit.stderr) && (await this.resumePastRemovedWal(target, history))) continue;
         throw new Error(exit.reason);
       } catch (error) {
-        failures += 1;
-        if (failures === 3) {
+        const step = afterRound(failures, { ranMs, streamedAfterMs: streamedAfterMs(this.options.nodeTimeoutMs) });
+        failures = step.failures;
+        if (step.failing) {
           await this.options.events.emit({
             kind: "archive:failing",
             severity: "critical",
@@ -211,8 +217,8 @@ export class WalArchiver {
             data: { error: (error as Error).message },
           });
         }
-        this.options.logger.warn({ node: target.name, err: (error as Error).message }, "WAL archiver restarting");
-        await this.idle(Math.min(500 * failures, 5000));
+        this.options.logger.warn({ node: target.name, err: (error as Error).message, failures, ranMs }, "WAL archiver restarting");
+        await this.idle(step.retryInMs);
         continue;
       }
     }
@@ -397,7 +403,9 @@ export class WalArchiver {
           "-S",
           ARCHIVE_SLOT,
           "-d",
-          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver`,
+          // connect_timeout: a connection attempt never lasts long enough to pass for streaming (see streamedAfterMs).
+          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver ` +
+            `connect_timeout=${connectTimeoutSeconds(this.options.nodeTimeoutMs)}`,
           "--no-password",
           "--no-loop",
           // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.

@@ -108,7 +108,7 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     // pg_receivewal logs in as the replication role; the replica's open stream is not touched.
     await sql(primary, "ALTER ROLE replicator NOLOGIN");
     try {
-      // Failures are counted from the archiver's start: restarted, it has none yet.
+      // NOLOGIN leaves the archiver's open stream alone: restarted, pg_receivewal logs in again (and fails).
       await archiver.stop();
       archiver.start();
       const failing = await eventually(async () => (await eventsSince("archive:failing", since))[0], {

@@ -23,6 +23,7 @@ import {
 import type { FailoverOperations } from "../../src/failover/operations";
 import { createLogger } from "../../src/log";
 import { openGaps } from "../../src/wal/archive-gaps";
+import { afterRound, connectTimeoutSeconds, streamedAfterMs } from "../../src/wal/archiver-failures";
 import { lostSlotGap, walRemovedBeforeArchive } from "../../src/wal/receive-start";
 import { runningLocalDriver as driver } from "../helpers/node-facts";
 
@@ -300,5 +301,44 @@ describe("health while a slot is lost (pure)", () => {
       ["node2", true],
       ["node3", false],
     ]);
+  });
+});
+
+describe("the archiver's failure streak (pure)", () => {
+  const round = (ranMs: number) => ({ ranMs, streamedAfterMs: 10_000 });
+  /** The `failing` verdicts of rounds run in turn (each: how long pg_receivewal ran). */
+  const failingAfter = (runs: readonly number[]): boolean[] => {
+    let failures = 0;
+    return runs.map((ranMs) => {
+      const step = afterRound(failures, round(ranMs));
+      failures = step.failures;
+      return step.failing;
+    });
+  };
+
+  test("archive:failing on the third failure in a row, once per streak; a round that streamed ends the streak", () => {
+    expect(failingAfter([0, 0, 0, 0, 0])).toEqual([false, false, true, false, false]);
+    // Streamed for a minute, then three failures again (a primary restarted, then refusing): a second event.
+    expect(failingAfter([0, 0, 0, 0, 60_000, 0, 0, 0])).toEqual([false, false, true, false, false, false, false, true]);
+    // Failures with streaming between them are no streak: never reported.
+    expect(failingAfter([0, 0, 60_000, 0, 0, 60_000, 0, 0])).not.toContain(true);
+    // A run shorter than the bound did not stream (a refused start point ends pg_receivewal at once).
+    expect(failingAfter([500, 500, 500])).toEqual([false, false, true]);
+  });
+
+  test("the retry waits 0.5 s more per failure of the streak, up to 5 s, and 0.5 s again once it streamed", () => {
+    expect(afterRound(0, round(0))).toEqual({ failures: 1, failing: false, retryInMs: 500 });
+    expect(afterRound(1, round(0)).retryInMs).toBe(1000);
+    expect(afterRound(20, round(0)).retryInMs).toBe(5000);
+    expect(afterRound(20, round(60_000))).toEqual({ failures: 0, failing: false, retryInMs: 500 });
+  });
+
+  test("streaming is told from a run longer than pg_receivewal's connect_timeout can last, whatever RELEVO_NODE_TIMEOUT_MS is", () => {
+    for (const nodeTimeoutMs of [100, 2000, 9000, 60_000]) {
+      expect(streamedAfterMs(nodeTimeoutMs)).toBeGreaterThan(connectTimeoutSeconds(nodeTimeoutMs) * 1000);
+      expect(streamedAfterMs(nodeTimeoutMs)).toBeGreaterThanOrEqual(10_000);
+    }
+    expect(connectTimeoutSeconds(100)).toBe(2); // libpq's minimum
+    expect(connectTimeoutSeconds(2500)).toBe(3);
   });
 });

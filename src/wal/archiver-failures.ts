@@ -1,0 +1,50 @@
+/**
+ * The WAL archiver's failure streak: the rounds in a row in which it could
+ * not stream from the primary (the primary unreachable, pg_receivewal
+ * refused its login, a start point, a timeline). The third failure of a
+ * streak is an `archive:failing` event, once per streak; a round that
+ * streamed ends the streak. Pure.
+ */
+
+/** The failure of a streak that is reported. */
+export const FAILING_AT = 3;
+
+/**
+ * How long pg_receivewal must have run before it exited for its round to
+ * count as streaming. Every way it fails to stream ends it at once, or
+ * within its connect_timeout (at most `nodeTimeoutMs`, see
+ * connectTimeoutSeconds): a refused connection or login, a start point or
+ * timeline the primary refuses, WAL already removed. One that ran longer got
+ * past all of them, and received what the primary sent until it ended (a
+ * primary restarted or gone, a network cut).
+ */
+export function streamedAfterMs(nodeTimeoutMs: number): number {
+  return Math.max(10_000, 3 * nodeTimeoutMs);
+}
+
+/** pg_receivewal's connect_timeout (whole seconds, libpq's minimum 2): a connection never hangs long enough to pass for streaming. */
+export function connectTimeoutSeconds(nodeTimeoutMs: number): number {
+  return Math.max(2, Math.ceil(nodeTimeoutMs / 1000));
+}
+
+export interface FailedRound {
+  /** How long pg_receivewal ran before it exited; 0 when the round failed before it started it. */
+  readonly ranMs: number;
+  readonly streamedAfterMs: number;
+}
+
+export interface StreakStep {
+  /** The streak's failures after this round: 0 when the round streamed. */
+  readonly failures: number;
+  /** Whether this round makes the `archive:failing` event (the streak's third failure, once per streak). */
+  readonly failing: boolean;
+  /** How long to wait before the next round: 0.5 s more per failure of the streak, at most 5 s. */
+  readonly retryInMs: number;
+}
+
+/** The streak after a round that ended (pg_receivewal exited, or the round failed before it), `failures` the streak before it. */
+export function afterRound(failures: number, round: FailedRound): StreakStep {
+  const streamed = round.ranMs >= round.streamedAfterMs;
+  const next = streamed ? 0 : failures + 1;
+  return { failures: next, failing: next === FAILING_AT, retryInMs: Math.min(500 * Math.max(next, 1), 5000) };
+}
