@@ -23,7 +23,7 @@ export interface TopologyCollectorDeps {
   readonly nodeTimeoutMs: number;
   readonly lagAlertBytes: number;
   /** Reasons, seen by the service rather than on a node, why the cluster is not healthy (see buildSnapshot). */
-  readonly serviceReasons?: () => readonly string[];
+  readonly serviceReasons?: () => readonly string[] | Promise<readonly string[]>;
   /** Told about every new primary (or its loss), e.g. to rebuild database pools. */
   readonly onPrimary?: (primary: NodeRef | null) => Promise<void> | void;
 }
@@ -126,7 +126,7 @@ export class TopologyCollector {
     ]);
     const observations = observed.map((o) => ({ ...o, reseeding: recorded.reseeding.includes(o.name) }));
     const next = buildSnapshot(this.deps.clusterName, observations, this.deps.lagAlertBytes, new Date().toISOString(), [
-      ...(this.deps.serviceReasons?.() ?? []),
+      ...((await this.deps.serviceReasons?.()) ?? []),
       ...recorded.reasons,
     ]);
     this.latestSnapshot = next;

@@ -21,6 +21,8 @@ export interface RedisKeys {
   readonly maintenance: string;
   /** Why the monitor holds a failover back although the primary is lost (JSON, expires): a health reason. */
   readonly failoverHeldBack: string;
+  /** The WAL archive's gaps, a hash of one JSON field per gap (wal/archive-gaps): reported once, a health reason until settled. */
+  readonly archiveGaps: string;
   /** Leases that keep a piece of work to one instance at a time (redis-lease). */
   readonly leases: {
     readonly walArchiver: string;
@@ -67,6 +69,7 @@ export function redisKeys(clusterName: string): RedisKeys {
     primaryLsn: `${prefix}:primary-lsn`,
     maintenance: `${prefix}:maintenance`,
     failoverHeldBack: `${prefix}:failover-held-back`,
+    archiveGaps: `${prefix}:archive-gaps`,
     leases: {
       walArchiver: `${prefix}:lease:wal-archiver`,
       backup: `${prefix}:lease:backup`,

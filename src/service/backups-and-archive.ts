@@ -37,7 +37,7 @@ export async function openRepository(options: StartContext & { readonly driver: 
 
 export interface WalArchive {
   readonly archiver: WalArchiver;
-  /** The archive's gaps this instance reported (for events once, and the cluster's health). */
+  /** The archive's gaps, kept in Redis for every instance (for events once, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
 }
@@ -52,7 +52,7 @@ export function startWalArchiver(
   },
 ): WalArchive {
   const { config, logger, cleanups, secrets, redis, storage, superuser } = options;
-  const gaps = new ArchiveGaps(redis.events);
+  const gaps = new ArchiveGaps(redis.client, redis.keys.archiveGaps, redis.events);
   const archiver = new WalArchiver({
     repository: storage.repository,
     pgBinDir: config.pgBinDir,

@@ -228,7 +228,7 @@ export async function startTopology(
     pollIntervalMs: config.topologyPollIntervalMs,
     nodeTimeoutMs: config.nodeTimeoutMs,
     lagAlertBytes: config.lagAlertBytes,
-    serviceReasons: () => [...(archiver.refusal ? [archiver.refusal] : []), ...archiveGaps.healthReasons()],
+    serviceReasons: async () => [...(archiver.refusal ? [archiver.refusal] : []), ...(await archiveGaps.healthReasons())],
     onPrimary: async (primary) => {
       archiver.follow(primary);
       await database.follow(primary);

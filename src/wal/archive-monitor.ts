@@ -10,7 +10,7 @@ import type { ArchiveGaps } from "./archive-gaps";
 export interface ArchiveMonitorOptions {
   readonly backups: BackupService;
   readonly events: EventLog;
-  /** The gaps reported (shared with the archiver, which reports the hole a lost slot leaves). */
+  /** The gaps reported (shared with the archiver, which reports the hole a lost slot leaves, and through Redis with every instance). */
   readonly gaps: ArchiveGaps;
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
@@ -47,7 +47,7 @@ export class ArchiveMonitor {
   async check(): Promise<void> {
     const window = await this.options.backups.recoveryWindow();
     for (const gap of window.gaps) await this.options.gaps.report(gap, "");
-    this.options.gaps.settle(await this.options.backups.list());
+    await this.options.gaps.settle(await this.options.backups.list());
     const snapshot = this.options.topology();
     const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
     if (!primary?.currentLsn || !window.latest) return;

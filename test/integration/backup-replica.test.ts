@@ -2,11 +2,13 @@ import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
+import type { BackupManifest } from "../../src/backup/manifest";
 import type { EventKind } from "../../src/events/event-map";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { bytesBehind } from "../../src/postgres/lsn";
 import { SEGMENT_SIZE } from "../../src/postgres/wal-names";
 import { projectRoot } from "../../src/util/project-root";
+import { ArchiveGaps } from "../../src/wal/archive-gaps";
 import { cliEnvFor } from "../helpers/cli-env";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -99,6 +101,24 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     expect(page.events).toHaveLength(1);
     expect(page.events[0]).toMatchObject({ kind: "archive:gap", severity: "critical", data: { timeline: 1, from: missing, to: missing } });
     expect((await cluster.service.backups.recoveryWindow()).gaps).toEqual([{ timeline: 1, from: missing, to: missing }]);
+
+    // Review 10, finding 12: the gap is kept in Redis. Another instance (or this one restarted) knows it at once:
+    // its health names it, and finding it again reports nothing.
+    const { redis, keys, events } = cluster.service;
+    const otherInstance = new ArchiveGaps(redis, keys.archiveGaps, events);
+    const reason = `the WAL archive has a gap (${missing}): point-in-time recovery cannot cross it; take a full backup`;
+    expect(await otherInstance.healthReasons()).toEqual([reason]);
+    await otherInstance.report({ timeline: 1, from: missing, to: missing }, "");
+    expect((await cluster.service.events.page({ first: 10, kinds: ["archive:gap"] })).events).toHaveLength(1);
+    expect((await cluster.service.collector.pollNow()).healthReasons).toContain(reason);
+    // A completed full backup started past it (as any instance's archive monitor settles it): no instance names it,
+    // and the monitor, still seeing it in the recovery window (the older backups are kept), does not report it again.
+    const pastTheGap = { status: "completed", type: "full", startLsn: segments[2]! } as BackupManifest;
+    await otherInstance.settle([pastTheGap]);
+    expect(await otherInstance.healthReasons()).toEqual([]);
+    await cluster.service.archiveMonitor.check();
+    expect((await cluster.service.collector.pollNow()).healthReasons).not.toContain(reason);
+    expect((await cluster.service.events.page({ first: 10, kinds: ["archive:gap"] })).events).toHaveLength(1);
   });
 
   test("the archiver failing to stream is a critical archive:failing event, once; it streams again once it may", async () => {

@@ -22,7 +22,7 @@ import {
 } from "../../src/failover/lost-slot-rules";
 import type { FailoverOperations } from "../../src/failover/operations";
 import { createLogger } from "../../src/log";
-import { openGaps } from "../../src/wal/archive-gaps";
+import { openGaps, settledBy } from "../../src/wal/archive-gaps";
 import { afterRound, connectTimeoutSeconds, streamedAfterMs } from "../../src/wal/archiver-failures";
 import { lostSlotGap, walRemovedBeforeArchive } from "../../src/wal/receive-start";
 import { runningLocalDriver as driver } from "../helpers/node-facts";
@@ -249,6 +249,11 @@ describe("the archive's slot lost (pure)", () => {
     expect(openGaps([gap], [backup("full", "0/6000028")])).toEqual([gap]);
     expect(openGaps([gap], [backup("incremental", "0/7000028"), backup("full", "0/7000028", "failed")])).toEqual([gap]);
     expect(openGaps([gap], [backup("full", "0/7000028")])).toEqual([]);
+    // Kept in Redis: a gap a full backup started past is settled once, and a settled one never again.
+    const record = { ...gap, cause: "", reportedAt: "2026-12-06T00:00:00Z", settled: false };
+    expect(settledBy([record], [backup("full", "0/7000028")])).toEqual([record]);
+    expect(settledBy([record], [backup("full", "0/6000028")])).toEqual([]);
+    expect(settledBy([{ ...record, settled: true }], [backup("full", "0/7000028")])).toEqual([]);
   });
 });
 

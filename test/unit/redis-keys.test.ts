@@ -16,6 +16,7 @@ describe("Redis keys", () => {
       primaryLsn: "relevo:c:primary-lsn",
       maintenance: "relevo:c:maintenance",
       failoverHeldBack: "relevo:c:failover-held-back",
+      archiveGaps: "relevo:c:archive-gaps",
       leases: {
         walArchiver: "relevo:c:lease:wal-archiver",
         backup: "relevo:c:lease:backup",
