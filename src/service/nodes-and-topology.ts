@@ -118,6 +118,8 @@ export async function bootstrapNodes(
           // eligible sets, its primary's last LSN and a journaled operation (resumed on new nodes it would act on
           // nothing it knew) are dropped, and the node initialised now is recorded as the primary.
           await recordRebuiltCluster(redis.client, redis.keys, node.name);
+          // The gaps recorded were the set-aside archive's: the new cluster's archive starts without any.
+          await redis.client.del(redis.keys.archiveGaps);
           fenced.clear();
           startedOver = true;
           return;

@@ -394,7 +394,7 @@ describeOnEachDriver(
   },
 );
 
-/** The old cluster's recorded state as a failover left it: node2 fenced and in the sets, an operation journaled, a last LSN. */
+/** The old cluster's recorded state as a failover left it: node2 fenced and in the sets, an operation journaled, a last LSN, an archive gap. */
 async function recordOldClusterState(config: RelevoConfig, secrets: Secrets): Promise<void> {
   await withClusterRedis(config, secrets, createLogger({ level: "silent" }), async (redis, keys) => {
     const store = new ClusterStateStore(redis, keys.clusterState);
@@ -405,6 +405,9 @@ async function recordOldClusterState(config: RelevoConfig, secrets: Secrets): Pr
       JSON.stringify({ ...entry, stage: "promoting", startedAt: new Date().toISOString(), times: {}, facts: {} }),
     );
     await redis.set(keys.primaryLsn, "0/5000000");
+    // A gap of the old cluster's archive, not yet behind a full backup: the new cluster's archive has none.
+    const gap = { timeline: 1, from: "000000010000000000000003", to: "000000010000000000000003" };
+    await redis.hset(keys.archiveGaps, `1:${gap.from}:${gap.to}`, JSON.stringify({ ...gap, cause: "", reportedAt: "", settled: false }));
   });
 }
 
