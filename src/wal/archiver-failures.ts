@@ -11,20 +11,18 @@ export const FAILING_AT = 3;
 
 /**
  * How long pg_receivewal must have run before it exited for its round to
- * count as streaming. Every way it fails to stream ends it at once, or
- * within its connect_timeout (at most `nodeTimeoutMs`, see
- * connectTimeoutSeconds): a refused connection or login, a start point or
- * timeline the primary refuses, WAL already removed. One that ran longer got
- * past all of them, and received what the primary sent until it ended (a
- * primary restarted or gone, a network cut).
+ * count as streaming. Every way it fails to stream ends it at once: a
+ * refused connection or login, a start point or timeline the primary
+ * refuses, WAL already removed. One that ran longer got past all of them,
+ * and received what the primary sent until it ended (a primary restarted or
+ * gone, a network cut). A connection attempt that hangs longer (no route,
+ * SYN unanswered) would pass for streaming: pg_receivewal gets no
+ * connect_timeout, which shifts the race between its first status report
+ * (its start point, which moves a physical slot's restart_lsn back) and the
+ * walsender's refusal of removed WAL that resumePastRemovedWal reads.
  */
 export function streamedAfterMs(nodeTimeoutMs: number): number {
   return Math.max(10_000, 3 * nodeTimeoutMs);
-}
-
-/** pg_receivewal's connect_timeout (whole seconds, libpq's minimum 2): a connection never hangs long enough to pass for streaming. */
-export function connectTimeoutSeconds(nodeTimeoutMs: number): number {
-  return Math.max(2, Math.ceil(nodeTimeoutMs / 1000));
 }
 
 export interface FailedRound {

@@ -23,7 +23,7 @@ import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
 import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
-import { afterRound, connectTimeoutSeconds, streamedAfterMs } from "./archiver-failures";
+import { afterRound, streamedAfterMs } from "./archiver-failures";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -403,9 +403,7 @@ export class WalArchiver {
           "-S",
           ARCHIVE_SLOT,
           "-d",
-          // connect_timeout: a connection attempt never lasts long enough to pass for streaming (see streamedAfterMs).
-          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver ` +
-            `connect_timeout=${connectTimeoutSeconds(this.options.nodeTimeoutMs)}`,
+          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver`,
           "--no-password",
           "--no-loop",
           // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.
