@@ -96,7 +96,10 @@ export async function startToPromote(
     const control = await readControlData(driver, node);
     const timeline = latestCheckpointTimeline(control) ?? 1;
     const walEnd = () => readEndOfWal(driver, node, { timeoutMs: deps.config.nodeTimeoutMs * 10 });
-    await copyNewerHistories({ driver, logger: deps.logger, walEnd, archiveWalDir: deps.archiveWalDir }, { node, lost, timeline });
+    await copyNewerHistories(
+      { driver, logger: deps.logger, walEnd, archiveWalDir: deps.archiveWalDir, addArchiveHistory: deps.addArchiveHistory },
+      { node, lost, timeline },
+    );
     await editStoppedNodeConf(driver, node, {
       primary_conninfo: null,
       primary_slot_name: null,
@@ -118,6 +121,14 @@ export async function startToPromote(
  * written in its place, under the number the node would pick otherwise: a
  * switchover's target branched off the old primary's timeline exactly where
  * the old primary's WAL ends (it received all of it, and nothing else).
+ * That history is added to the archive too (`addArchiveHistory`): when the
+ * archive held histories past `timeline` already (the lost primary's own,
+ * archived before it was lost, or an abandoned branch's), the one written
+ * here takes a number above them, the node is promoted one above that, and
+ * a number missing from the archive would end PostgreSQL's search for the
+ * newest timeline there: every later restore to 'latest' from an older
+ * backup would follow the branch below the hole and miss every commit made
+ * since this promotion.
  * `walEnd` reads where `node`'s WAL ends (pg_waldump: read only when
  * needed); `archiveWalDir` is the archive's WAL directory.
  */
@@ -127,6 +138,7 @@ export async function copyNewerHistories(
     readonly logger: Logger;
     readonly walEnd: () => Promise<string | null>;
     readonly archiveWalDir: string;
+    readonly addArchiveHistory: (timeline: number, content: string) => Promise<unknown>;
   },
   options: { node: NodeRef; lost: NodeRef; timeline: number },
 ): Promise<void> {
@@ -153,7 +165,16 @@ export async function copyNewerHistories(
   const own = timeline > 1 ? ((await driver.readFile(node, `pg_wal/${historyFileName(timeline)}`))?.toString("utf8") ?? "") : "";
   logger.warn({ node: node.name, lost: lost.name }, "the lost primary's timeline history is unreadable: written from the switch point");
   const presumed = timelineAfterPromotion(timeline, copied);
-  await driver.writeFile(node, `pg_wal/${historyFileName(presumed)}`, `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`);
+  const content = `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`;
+  // Not added (the repository unwritable): the node is promoted all the same — a cluster without a primary is
+  // worse — and the archiver's own failures are reported; the hole is named here.
+  const archived = await io.addArchiveHistory(presumed, content).catch((error: Error) => error);
+  if (archived instanceof Error)
+    logger.error(
+      { node: node.name, timeline: presumed, err: archived.message },
+      "the written timeline history is not in the archive: restores to 'latest' from older backups stop below it",
+    );
+  await driver.writeFile(node, `pg_wal/${historyFileName(presumed)}`, content);
 }
 
 /** The archive's file names (none when it cannot be read). */

@@ -38,6 +38,8 @@ export interface FailoverOperationsDeps {
    * branches whose number it must not share.
    */
   readonly archiveWalDir: string;
+  /** Adds a timeline history to the archive unless it holds that number (see Repository.addWalHistory). */
+  readonly addArchiveHistory: (timeline: number, content: string) => Promise<unknown>;
   /** Everything bootstrap needs to seed a replica again (rejoin's fallback). */
   readonly bootstrap: BootstrapDeps;
   /** Polls the topology now (after a change of primary, so readers see it at once). */

@@ -47,6 +47,7 @@ export async function startFailover(
     logger,
     bootstrap: cluster.bootstrap,
     archiveWalDir: repository.walDir,
+    addArchiveHistory: (timeline, content) => repository.addWalHistory(timeline, content),
     refreshTopology: () => collector.pollNow(),
   });
   const failover = new FailoverService({

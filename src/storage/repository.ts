@@ -5,7 +5,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
 import { parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
-import { chownNoFollow } from "../util/owned-files";
+import { chownNoFollow, createOwnedFile } from "../util/owned-files";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -48,6 +48,27 @@ export class Repository {
   async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
     for (const id of ids) assertBackupId(id);
     return this.locks.acquire(ids, options);
+  }
+
+  /**
+   * Adds a timeline history file to the archive unless one of that name is
+   * there (an archived history is that timeline's own and is never
+   * replaced), owned like the archiver's files so that a restore_command
+   * running as the PostgreSQL user can read it. For a history written
+   * outside the archiver (see copyNewerHistories): PostgreSQL's search for
+   * the newest timeline stops at the first number it cannot find, so a
+   * history missing from the archive hides every later timeline from a
+   * restore.
+   */
+  async addWalHistory(timeline: number, content: string): Promise<"added" | "present"> {
+    const name = `${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`;
+    try {
+      await createOwnedFile(path.join(this.walDir, name), content, { mode: 0o600, owner: this.walOwner });
+      return "added";
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "EEXIST") return "present";
+      throw error;
+    }
   }
 
   async ensure(): Promise<void> {

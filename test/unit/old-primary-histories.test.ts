@@ -1,8 +1,9 @@
 import { expect } from "@jest/globals";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { copyNewerHistories } from "../../src/failover/old-primary-candidate";
+import { Repository } from "../../src/storage/repository";
 import { createLogger } from "../../src/log";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { testNode } from "../helpers/node-facts";
@@ -22,8 +23,10 @@ describe("the lost primary's timeline histories, for the old primary promoted in
   const node2 = testNode("node2");
   const ownHistory = "1\t0/3000060\tno recovery target specified\n";
   const logger = createLogger({ level: "silent" });
-  // The repository's WAL directory: empty here (the archive's histories are historiesToCopy's unit tests').
-  const archiveDir = () => path.join(home, "repository", "wal");
+  let repository: Repository;
+  const archiveDir = () => repository.walDir;
+  const addArchiveHistory = (timeline: number, content: string) => repository.addWalHistory(timeline, content);
+  const archived = async () => (await readdir(repository.walDir)).sort();
   const historyOf = (node: string, timeline: number) =>
     readFile(path.join(home, "nodes", node, "data", "pg_wal", `0000000${timeline}.history`), "utf8");
 
@@ -32,6 +35,8 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres" });
     await mkdir(path.join(home, "nodes", "node1", "data", "pg_wal"), { recursive: true });
     await writeFile(path.join(home, "nodes", "node1", "data", "pg_wal", "00000002.history"), ownHistory);
+    repository = new Repository(path.join(home, "repository"), null);
+    await repository.ensure();
   });
   afterEach(async () => {
     await rm(home, { recursive: true, force: true });
@@ -43,9 +48,32 @@ describe("the lost primary's timeline histories, for the old primary promoted in
       asked.push("walEnd");
       return Promise.resolve("0/5000028");
     };
-    await copyNewerHistories({ driver, logger, walEnd, archiveWalDir: archiveDir() }, { node: node1, lost: node2, timeline: 2 });
+    await copyNewerHistories(
+      { driver, logger, walEnd, archiveWalDir: archiveDir(), addArchiveHistory },
+      { node: node1, lost: node2, timeline: 2 },
+    );
     expect(asked).toEqual(["walEnd"]);
     expect(await historyOf("node1", 3)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
+    // In the archive too: a restore to 'latest' finds every number up to node1's next.
+    expect(await archived()).toEqual(["00000003.history"]);
+    expect(await readFile(path.join(repository.walDir, "00000003.history"), "utf8")).toBe(
+      `${ownHistory}2\t0/5000028\tpromotion of node2\n`,
+    );
+  });
+
+  test("node2's pg_wal unreadable, its history archived already: the one written from the switch point takes the next number, in the archive too (no hole before node1's timeline)", async () => {
+    const node2History = `${ownHistory}2\t0/5000028\tno recovery target specified\n`;
+    await writeFile(path.join(repository.walDir, "00000003.history"), node2History);
+    const walEnd = () => Promise.resolve("0/5000028");
+    await copyNewerHistories(
+      { driver, logger, walEnd, archiveWalDir: archiveDir(), addArchiveHistory },
+      { node: node1, lost: node2, timeline: 2 },
+    );
+    expect(await historyOf("node1", 3)).toBe(node2History);
+    expect(await historyOf("node1", 4)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
+    // node1 will be promoted onto 5: the archive holds 3 and 4, so PostgreSQL's search for the newest timeline reaches 5.
+    expect(await archived()).toEqual(["00000003.history", "00000004.history"]);
+    expect(await readFile(path.join(repository.walDir, "00000003.history"), "utf8")).toBe(node2History);
   });
 
   test("node2's histories readable: those past node1's timeline are copied as they are, nothing written from the switch point", async () => {
@@ -54,7 +82,10 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     await writeFile(path.join(home, "nodes", "node2", "data", "pg_wal", "00000002.history"), ownHistory);
     await writeFile(path.join(home, "nodes", "node2", "data", "pg_wal", "00000003.history"), node2History);
     const walEnd = () => Promise.reject(new Error("not needed: node2's history was read"));
-    await copyNewerHistories({ driver, logger, walEnd, archiveWalDir: archiveDir() }, { node: node1, lost: node2, timeline: 2 });
+    await copyNewerHistories(
+      { driver, logger, walEnd, archiveWalDir: archiveDir(), addArchiveHistory },
+      { node: node1, lost: node2, timeline: 2 },
+    );
     expect(await historyOf("node1", 3)).toBe(node2History);
     expect(await historyOf("node1", 2)).toBe(ownHistory);
   });
@@ -62,10 +93,11 @@ describe("the lost primary's timeline histories, for the old primary promoted in
   test("node1's WAL end unreadable as well: COMMAND_FAILED, nothing written, node1 not promoted", async () => {
     await expect(
       copyNewerHistories(
-        { driver, logger, walEnd: () => Promise.resolve(null), archiveWalDir: archiveDir() },
+        { driver, logger, walEnd: () => Promise.resolve(null), archiveWalDir: archiveDir(), addArchiveHistory },
         { node: node1, lost: node2, timeline: 2 },
       ),
     ).rejects.toMatchObject({ code: "COMMAND_FAILED", message: expect.stringContaining("node1's WAL cannot be read") });
     await expect(historyOf("node1", 3)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await archived()).toEqual([]);
   });
 });
