@@ -1,6 +1,8 @@
+import "reflect-metadata";
 import { lsnToNumber } from "../../src/postgres/lsn";
 import { buildSnapshot, type NodeObservation, type NodeState } from "../../src/cluster/topology";
 import { topologyChanges, isTopologyChange } from "../../src/cluster/topology-changes";
+import { toNode } from "../../src/api/cluster/cluster.mapper";
 import { runningLocalDriver as driver } from "../helpers/node-facts";
 
 const primaryProbe = (senders: NodeState["senders"]): NodeState => ({
@@ -136,6 +138,13 @@ describe("topology snapshot (pure)", () => {
     const refused = buildSnapshot("c", nodes, 1000, "now", ["the WAL archive refuses node1"]);
     expect(refused).toMatchObject({ primary: "node1", health: "degraded", healthReasons: ["the WAL archive refuses node1"] });
     expect(buildSnapshot("c", nodes, 1000, "now", []).health).toBe("healthy");
+  });
+
+  test("a node snapshot published by an earlier version (no reseeding field) answers false, not a null in a non-null field", () => {
+    const snapshot = buildSnapshot("c", [observe("node1", primaryProbe([sender]))], 1000, "now");
+    const { reseeding: _dropped, ...earlier } = snapshot.nodes[0]!;
+    expect(toNode(earlier as (typeof snapshot.nodes)[0] & object).reseeding).toBe(false);
+    expect(toNode({ ...snapshot.nodes[0]!, reseeding: true }).reseeding).toBe(true);
   });
 
   test("LSNs compare as 64-bit positions", () => {

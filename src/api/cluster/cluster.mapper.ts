@@ -5,9 +5,15 @@ import { NodeRoleGql, type Cluster, type Node } from "./cluster.type";
 /** The database the client connection strings name: `postgres` exists in every cluster. */
 const CLIENT_DATABASE = "postgres";
 
-/** Domain snapshot → GraphQL objects. Enum values are the domain's own strings. */
+/**
+ * Domain snapshot → GraphQL objects. Enum values are the domain's own
+ * strings. The snapshot may come from an instance of an earlier version
+ * (published to Redis, read by every instance): a field it did not have yet
+ * gets its "not said" value rather than a null in a non-null field, which
+ * would fail every query selecting it.
+ */
 export function toNode(node: NodeSnapshot): Node {
-  return node as unknown as Node;
+  return { ...node, reseeding: node.reseeding ?? false } as unknown as Node;
 }
 
 /**
