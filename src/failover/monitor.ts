@@ -102,14 +102,14 @@ export class FailoverMonitor {
       clusterName: deps.config.clusterName,
     });
     this.commitWait = new CommitWaitConfirmation(
-      (primary, { signal, mayCheckpoint }) =>
+      (primary, { signal, ...confirmation }) =>
         // A checkpoint on a busy primary may take minutes; its own connection, not the round's, ended on stop.
         withNodeClient(primary, deps.superuser, CONFIRMING_CHECKPOINT_TIMEOUT_MS, async (client) => {
           const end = (): void => void client.connection?.stream?.destroy();
           if (signal.aborted) throw new Error("the monitor stopped");
           signal.addEventListener("abort", end, { once: true });
           try {
-            return await confirmReloadByCheckpoint(client, { mayCheckpoint });
+            return await confirmReloadByCheckpoint(client, confirmation);
           } finally {
             signal.removeEventListener("abort", end);
           }

@@ -19,10 +19,12 @@ export const JOIN_POLL_MS = 100;
  * One confirmation on `primary` (see CommitWaitConfirmation): whether a
  * checkpoint since the reload was found, one was run (only when
  * `mayCheckpoint`), or neither. `signal` aborts it when the monitor stops.
+ * It calls `checkpointIssued` right before it sends a CHECKPOINT (see
+ * confirmReloadByCheckpoint): the rate limit counts from there.
  */
 export type ConfirmCommitWait = (
   primary: NodeRef,
-  options: { readonly signal: AbortSignal; readonly mayCheckpoint: boolean },
+  options: { readonly signal: AbortSignal; readonly mayCheckpoint: boolean; readonly checkpointIssued: () => void },
 ) => Promise<ReloadConfirmation>;
 
 /**
@@ -49,6 +51,11 @@ export type ConfirmCommitWait = (
  * primary. Until another is allowed, each request only looks for a checkpoint
  * that followed the reload; the standby stays ineligible meanwhile (the
  * cautious side: it is not promoted while its commits may not have waited).
+ * The interval runs from when a CHECKPOINT was sent, whatever its outcome:
+ * one that failed, timed out or was given up is still carried out by the
+ * server's checkpointer, and asking again at once would queue another
+ * immediate checkpoint right behind it, on exactly the busy primaries whose
+ * checkpoints take long.
  */
 export class CommitWaitConfirmation {
   private confirmedOn: string | null = null;
@@ -56,7 +63,7 @@ export class CommitWaitConfirmation {
   private pendingFor: string | null = null;
   /** Bumped by every forget(): a checkpoint requested before it confirms nothing. */
   private generation = 0;
-  /** The last CHECKPOINT requested: on which primary, and when it was asked for. */
+  /** The last CHECKPOINT sent: on which primary, and when. */
   private lastCheckpoint: { primary: string; at: number } | null = null;
 
   /** Aborted on stop: a checkpoint under way ends its connection rather than outlive the monitor. */
@@ -99,9 +106,11 @@ export class CommitWaitConfirmation {
     const askedAt = (this.options.now ?? Date.now)();
     const mayCheckpoint = checkpointAllowed(this.lastCheckpoint, primary.name, askedAt, this.options.checkpointIntervalMs);
     this.pendingFor = primary.name;
-    const run = this.confirm(primary, { signal: this.stopping.signal, mayCheckpoint }).then(
+    const checkpointIssued = (): void => {
+      this.lastCheckpoint = { primary: primary.name, at: (this.options.now ?? Date.now)() };
+    };
+    const run = this.confirm(primary, { signal: this.stopping.signal, mayCheckpoint, checkpointIssued }).then(
       (outcome) => {
-        if (outcome === "checkpointed") this.lastCheckpoint = { primary: primary.name, at: askedAt };
         if (this.generation !== generation) return;
         if (outcome !== "unconfirmed") this.confirmedOn = primary.name;
         this.pendingFor = null;

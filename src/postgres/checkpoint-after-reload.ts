@@ -39,14 +39,23 @@ export type ReloadConfirmation = "found-checkpoint" | "checkpointed" | "unconfir
  * connection, and the server ends the session at once rather than keep it
  * waiting, for minutes on a busy primary, for a checkpoint nobody awaits
  * (the checkpoint itself goes on: it is the checkpointer's).
+ *
+ * `checkpointIssued` is called right before the CHECKPOINT is sent: from
+ * then on the server checkpoints whatever becomes of this call (it fails,
+ * times out or is given up), so a caller that limits how often it asks
+ * counts it from there, not from a CHECKPOINT that returned.
  */
-export async function confirmReloadByCheckpoint(client: Client, options: { readonly mayCheckpoint: boolean }): Promise<ReloadConfirmation> {
+export async function confirmReloadByCheckpoint(
+  client: Client,
+  options: { readonly mayCheckpoint: boolean; readonly checkpointIssued: () => void },
+): Promise<ReloadConfirmation> {
   const { rows } = await client.query<{ reloadedAt: Date; checkpointStartedAt: Date }>(
     `SELECT pg_conf_load_time() AS "reloadedAt", (pg_control_checkpoint()).checkpoint_time AS "checkpointStartedAt"`,
   );
   if (checkpointFollowedReload(rows[0]!)) return "found-checkpoint";
   if (!options.mayCheckpoint) return "unconfirmed";
   await client.query("SET client_connection_check_interval = '1s'");
+  options.checkpointIssued();
   await client.query("CHECKPOINT");
   return "checkpointed";
 }

@@ -197,10 +197,10 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     let confirm = (): void => undefined;
     const confirming = new Promise<void>((resolve) => (confirm = resolve));
     const commitWait = new CommitWaitConfirmation(
-      async (target, { mayCheckpoint }) => {
+      async (target, { mayCheckpoint, checkpointIssued }) => {
         await confirming;
         return withNodeClient(target, superuserCredentials(cluster.service.secrets), 30000, (client) =>
-          confirmReloadByCheckpoint(client, { mayCheckpoint }),
+          confirmReloadByCheckpoint(client, { mayCheckpoint, checkpointIssued }),
         );
       },
       { checkpointIntervalMs: 0 },
@@ -255,9 +255,12 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
 
   test("the confirming checkpoint: one found since the reload is enough; none, a CHECKPOINT only when allowed; given up, the server ends its session", async () => {
     const primary = node("node1");
+    // Each CHECKPOINT the confirmation reports sent (the monitor's rate limit counts from there).
+    let issued = 0;
+    const checkpointIssued = (): void => void (issued += 1);
     const confirmOnce = (mayCheckpoint: boolean) =>
       withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, (client) =>
-        confirmReloadByCheckpoint(client, { mayCheckpoint }),
+        confirmReloadByCheckpoint(client, { mayCheckpoint, checkpointIssued }),
       );
     // A checkpoint that began two whole seconds after the last reload confirms it: no CHECKPOINT of its own.
     await eventually(
@@ -272,8 +275,10 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await sql(primary, "SELECT pg_reload_conf()");
     expect(await confirmOnce(false)).toBe("unconfirmed");
     expect((await checkpointFacts()).requested).toBe(checkpointed.requested);
+    expect(issued).toBe(0);
     expect(await confirmOnce(true)).toBe("checkpointed");
     expect(Number((await checkpointFacts()).requested)).toBe(Number(checkpointed.requested) + 1);
+    expect(issued).toBe(1);
     // The checkpointer frozen, a CHECKPOINT waits; its caller gives up (the monitor stopping) and ends the connection.
     await sql(primary, "SELECT pg_reload_conf()");
     const checkpointer = (await sql<{ pid: number }>(primary, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"))[0]!
@@ -286,8 +291,10 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     process.kill(checkpointer, "SIGSTOP");
     try {
       const abandoned = withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, async (client) => {
-        const confirming = confirmReloadByCheckpoint(client, { mayCheckpoint: true });
+        const confirming = confirmReloadByCheckpoint(client, { mayCheckpoint: true, checkpointIssued });
         await eventually(async () => ((await waiting()).length === 1 ? true : undefined), { what: "the CHECKPOINT waiting" });
+        // Reported sent before it returned: a CHECKPOINT given up on still counts.
+        expect(issued).toBe(2);
         client.connection.stream.destroy();
         return confirming;
       });

@@ -13,25 +13,41 @@ class Checkpoints {
   readonly requested: string[] = [];
   /** Whether each request was allowed to run a CHECKPOINT. */
   readonly allowed: boolean[] = [];
-  private readonly open: Array<{ resolve: (outcome: ReloadConfirmation) => void; reject: (error: Error) => void }> = [];
+  private readonly open: Array<{
+    resolve: (outcome: ReloadConfirmation) => void;
+    reject: (error: Error) => void;
+    checkpointIssued: () => void;
+  }> = [];
   readonly aborted: string[] = [];
-  readonly run: ConfirmCommitWait = (primary, { signal, mayCheckpoint }) =>
+  readonly run: ConfirmCommitWait = (primary, { signal, mayCheckpoint, checkpointIssued }) =>
     new Promise<ReloadConfirmation>((resolve, reject) => {
       this.requested.push(primary.name);
       this.allowed.push(mayCheckpoint);
-      this.open.push({ resolve, reject });
-      // As the monitor's does: the connection ended, the query fails.
-      signal.addEventListener("abort", () => {
+      // As the monitor's does: the connection ended, the query fails (a confirmation already over has no connection).
+      const abort = (): void => {
         this.aborted.push(primary.name);
         reject(new Error("Connection terminated"));
-      });
+      };
+      const settle =
+        <T>(then: (value: T) => void) =>
+        (value: T) => {
+          signal.removeEventListener("abort", abort);
+          then(value);
+        };
+      signal.addEventListener("abort", abort);
+      this.open.push({ resolve: settle(resolve), reject: settle(reject), checkpointIssued });
     });
+  /** Sends the CHECKPOINT, as confirmReloadByCheckpoint reports it before it waits for the checkpoint. */
+  issue(index: number): void {
+    this.open[index]!.checkpointIssued();
+  }
   finish(index: number, outcome: ReloadConfirmation = "checkpointed"): Promise<void> {
+    if (outcome === "checkpointed") this.issue(index);
     this.open[index]!.resolve(outcome);
     return new Promise((resolve) => setImmediate(resolve));
   }
-  fail(index: number): Promise<void> {
-    this.open[index]!.reject(new Error("connection refused"));
+  fail(index: number, error = new Error("connection refused")): Promise<void> {
+    this.open[index]!.reject(error);
     return new Promise((resolve) => setImmediate(resolve));
   }
 }
@@ -151,6 +167,39 @@ describe("commits are known to wait for the synchronous set only after a checkpo
     expect(checkpoints.allowed.at(-1)).toBe(true);
     await checkpoints.finish(5, "checkpointed");
     expect(commitWait.confirmed("node2")).toBe(true);
+  });
+
+  test("a CHECKPOINT sent counts against the interval whatever became of it: failed, timed out or given up on stop", async () => {
+    const checkpoints = new Checkpoints();
+    let now = 1_000_000;
+    const commitWait = new CommitWaitConfirmation(checkpoints.run, { checkpointIntervalMs: 30000, now: () => now });
+    // Refused before any CHECKPOINT was sent (the primary did not answer): the next round may send one.
+    commitWait.request(node1);
+    await checkpoints.fail(0);
+    now += 1000;
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, true]);
+    // Sent, then the statement timeout ends the wait: the server still checkpoints, so none again within the interval.
+    checkpoints.issue(1);
+    await checkpoints.fail(1, new Error("canceling statement due to statement timeout"));
+    expect(commitWait.confirmed("node1")).toBe(false);
+    now += 5000;
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, true, false]);
+    await checkpoints.finish(2, "unconfirmed");
+    // 30 s after it was sent: another.
+    now += 25000;
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, true, false, true]);
+    // Sent, then the monitor stops and ends its connection: started again, it does not send another at once.
+    checkpoints.issue(3);
+    await commitWait.settled(0);
+    expect(checkpoints.aborted).toEqual(["node1"]);
+    now += 1000;
+    commitWait.request(node1);
+    expect(checkpoints.allowed).toEqual([true, true, false, true, false]);
+    await checkpoints.finish(4, "unconfirmed");
+    expect(commitWait.confirmed("node1")).toBe(false);
   });
 
   test("a checkpoint confirms a reload only if it began at least two whole seconds after it (checkpoint_time is in seconds)", () => {
