@@ -5,7 +5,14 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { NodeProber } from "./node-probe";
-import { buildSnapshot, membersBeingRemade, operationHealthReasons, type ClusterSnapshot, type OperationSeen } from "./topology";
+import {
+  buildSnapshot,
+  membersBeingRemade,
+  operationHealthReasons,
+  type ClusterSnapshot,
+  type OperationSeen,
+  type RecordedRemade,
+} from "./topology";
 import { observeNode } from "./topology-observe";
 import { isTopologyChange, topologyChanges } from "./topology-changes";
 
@@ -107,7 +114,7 @@ export class TopologyCollector {
       const [raw, entry, state] = await this.deps.redis.mget(failoverHeldBack, operation.entry, clusterState);
       const reason = raw == null ? undefined : (JSON.parse(raw) as { reason?: string }).reason;
       const inFlight = entry == null ? null : (JSON.parse(entry) as OperationSeen);
-      const recorded = state == null ? [] : ((JSON.parse(state) as { reseeding?: string[] }).reseeding ?? []);
+      const recorded = state == null ? {} : (JSON.parse(state) as RecordedRemade);
       return {
         reasons: [...(reason ? [`failover held back: ${reason}`] : []), ...operationHealthReasons(inFlight, recorded)],
         reseeding: membersBeingRemade(inFlight, recorded),

@@ -134,29 +134,39 @@ export function buildSnapshot(
 /** The operation in flight, as the journal's entry read from Redis says it. */
 export type OperationSeen = { readonly kind?: string; readonly from?: string; readonly reason?: string } | null;
 
+/** What the recorded cluster state says of the members being re-made (its JSON as read from Redis; fields absent in older records). */
+export interface RecordedRemade {
+  readonly primary?: string;
+  readonly reseeding?: readonly string[];
+}
+
 /**
  * The members being re-made: the one a reseed in flight seeds again, and
  * those the recorded state lists as destroyed to be seeded again and not
  * seeded yet (`reseeding`: a reseed, or a rejoin whose pg_rewind failed,
  * that failed past the destroy; the failover monitor seeds them again).
+ * Never the recorded primary: a record left stale by a member made again
+ * another way, and promoted since, must not call the primary destroyed.
  * Sorted. Pure.
  */
-export function membersBeingRemade(entry: OperationSeen, recordedReseeding: readonly string[]): string[] {
-  const names = new Set(recordedReseeding);
+export function membersBeingRemade(entry: OperationSeen, recorded: RecordedRemade): string[] {
+  const names = new Set(recorded.reseeding ?? []);
   if (entry?.kind === "reseed" && entry.from) names.add(entry.from);
+  if (recorded.primary !== undefined) names.delete(recorded.primary);
   return [...names].sort();
 }
 
 /**
  * The health reasons of members being re-made (see membersBeingRemade): a
  * reseed in flight with its reason, and each other member recorded as
- * destroyed and not seeded yet. Pure.
+ * destroyed and not seeded yet. Never the recorded primary. Pure.
  */
-export function operationHealthReasons(entry: OperationSeen, recordedReseeding: readonly string[] = []): string[] {
-  const inFlight = entry?.kind === "reseed" ? entry.from : undefined;
+export function operationHealthReasons(entry: OperationSeen, recorded: RecordedRemade = {}): string[] {
+  const remade = membersBeingRemade(entry, recorded);
+  const inFlight = entry?.kind === "reseed" && entry.from !== undefined && remade.includes(entry.from) ? entry.from : undefined;
   return [
     ...(inFlight === undefined ? [] : [`${inFlight} is being seeded again: ${entry!.reason}`]),
-    ...recordedReseeding
+    ...remade
       .filter((name) => name !== inFlight)
       .map((name) => `${name} was destroyed to be seeded again and is not seeded yet: the failover monitor seeds it again`),
   ];

@@ -6,10 +6,13 @@ import { withNodeClient, type Credentials } from "../postgres/connection";
 import { slotNameFor } from "../postgres/replication-config";
 import { restoreCommandFor } from "../restore/recovery-target";
 import { ARCHIVE_SLOT } from "../wal/wal-archiver";
-import type { ClusterState, StateGuard } from "./cluster-state";
+import { without, type ClusterState, type ClusterStateStore, type StateGuard } from "./cluster-state";
 import { bridgeBegun, bridgeSeen, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
 import { coolDown, holdOffAfter, type HoldOff } from "./monitor-rules";
 import type { FailoverOperations } from "./operations";
+
+/** A repair that acts on the replica (not only on the record). */
+type ReplicaRepair = Exclude<SlotRepair, { readonly action: "unrecord" }>;
 
 export interface LostSlotRepairDeps {
   readonly nodes: readonly NodeRef[];
@@ -19,6 +22,9 @@ export interface LostSlotRepairDeps {
   readonly events: EventLog;
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
+  /** The recorded state, and the operation lock: a record is dropped only while no operation owns the state. */
+  readonly store: ClusterStateStore;
+  readonly journal: { readonly lockName: string };
   /** The WAL archive: where the nodes' restore_command reads it, and the segments it holds complete. */
   readonly archive: { readonly walDir: string; readonly segments: () => Promise<ReadonlySet<number>> };
 }
@@ -66,6 +72,7 @@ export class LostSlotRepair {
     for (const repair of repairs) {
       const replayedLsn = snapshot.nodes.find((node) => node.name === repair.node)?.replayedLsn ?? null;
       if (repair.action === "bridge") await this.bridge(repair, state.primary, replayedLsn);
+      else if (repair.action === "unrecord") await this.unrecord(repair, state, guard);
       else if (await this.reseed(repair, state.primary, guard, { again: reseeding.includes(repair.node) })) return; // one at a time
     }
   }
@@ -86,7 +93,7 @@ export class LostSlotRepair {
    * again next round, not reseeded for failing to replay an archive it was
    * never given.
    */
-  private async bridge(repair: SlotRepair, primary: string, replayedLsn: string | null): Promise<void> {
+  private async bridge(repair: ReplicaRepair, primary: string, replayedLsn: string | null): Promise<void> {
     const node = this.node(repair.node);
     await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
       await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(restoreCommandFor(this.deps.archive.walDir))}`);
@@ -98,11 +105,30 @@ export class LostSlotRepair {
   }
 
   /**
+   * Drops a member made again some other way from the record of those a
+   * reseed left destroyed. Written under the monitor's lease, refused if an
+   * operation took the state or the primary changed since the round read it.
+   */
+  private async unrecord(repair: SlotRepair, state: ClusterState, guard: StateGuard): Promise<void> {
+    const conditions = { unlessKey: this.deps.journal.lockName, epoch: state.epoch };
+    await this.deps.store.update(
+      guard,
+      (current) => {
+        const base = current ?? state;
+        return { ...base, reseeding: without(base.reseeding ?? [], repair.node) };
+      },
+      conditions,
+    );
+    this.retryAfter.delete(repair.node);
+    this.deps.logger.info({ node: repair.node, reason: repair.reason }, "recorded as destroyed, but streams: no longer to be seeded again");
+  }
+
+  /**
    * Starts the reseed (detached, as the monitor's operations are); false while
    * one failed recently. `again`: a node an earlier reseed left destroyed,
    * whose slot-lost event was sent then.
    */
-  private async reseed(repair: SlotRepair, primary: string, guard: StateGuard, options: { again: boolean }): Promise<boolean> {
+  private async reseed(repair: ReplicaRepair, primary: string, guard: StateGuard, options: { again: boolean }): Promise<boolean> {
     const key = repair.node;
     if (coolDown(this.retryAfter.get(key), Date.now()) !== "clear") return false;
     this.retryAfter.set(key, holdOffAfter(null, Date.now()));
@@ -120,7 +146,7 @@ export class LostSlotRepair {
     return true;
   }
 
-  private async slotLost(repair: SlotRepair, primary: string): Promise<void> {
+  private async slotLost(repair: ReplicaRepair, primary: string): Promise<void> {
     await this.deps.events.emit({
       kind: "replication:slot-lost",
       severity: "critical",

@@ -23,10 +23,16 @@ import { segmentNumber } from "../postgres/wal-names";
  * - `reseed`: the archive cannot bridge it (a gap, or its own slot lost
  *   too), or the bridge does not carry it (see bridgeGivenUp): it is seeded
  *   again from scratch.
+ * - `unrecord`: a member the state records as destroyed and not seeded yet
+ *   (`reseeding`) streams from the primary over its slot: something else
+ *   made it again (bootstrap's seed at `relevo up`, a resumed rejoin whose
+ *   pg_rewind worked). Only the record is wrong: it is dropped from it,
+ *   and the healthy replica is not destroyed and copied a second time.
  */
 export type SlotRepair =
   | { readonly action: "bridge"; readonly node: string; readonly slot: string; readonly reason: string }
-  | { readonly action: "reseed"; readonly node: string; readonly slot: string; readonly reason: string };
+  | { readonly action: "reseed"; readonly node: string; readonly slot: string; readonly reason: string }
+  | { readonly action: "unrecord"; readonly node: string; readonly slot: string; readonly reason: string };
 
 /**
  * A bridged replica whose replay has not advanced for this long is reseeded:
@@ -86,8 +92,8 @@ export interface LostSlotInputs {
   readonly archivedSegments: ReadonlySet<number>;
   /**
    * Replicas a reseed destroyed and did not seed again (the recorded
-   * state's): seeded again whatever the snapshot shows of them, since a
-   * destroyed node answers nothing and its slot was dropped.
+   * state's): seeded again unless the snapshot shows them streaming from
+   * the primary (see remadeElsewhere).
    */
   readonly reseeding: readonly string[];
   /** Each replica bridged and not streaming yet, with its progress so far. */
@@ -96,10 +102,11 @@ export interface LostSlotInputs {
 }
 
 /**
- * The repairs due: a reseed of every replica a reseed left destroyed, and
- * one repair per running replica that does not stream and whose slot on the
- * primary is lost. Never the primary, never a fenced node, never on a
- * snapshot that names another primary than the record.
+ * The repairs due: for every replica a reseed left destroyed, a reseed, or
+ * the record dropped if it streams again; and one repair per running
+ * replica that does not stream and whose slot on the primary is lost.
+ * Never the primary, never a fenced node, never on a snapshot that names
+ * another primary than the record.
  */
 export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
   const { snapshot } = inputs;
@@ -110,12 +117,12 @@ export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
   const archiver = primary.slots.find((slot) => slot.name === inputs.archiveSlot && slot.walStatus !== "lost");
   const repairs: SlotRepair[] = inputs.reseeding
     .filter((name) => name !== primary.name)
-    .map((name) => ({
-      action: "reseed",
-      node: name,
-      slot: inputs.slotOf(name),
-      reason: "a reseed destroyed it and did not seed it again",
-    }));
+    .map((name) => {
+      const slot = inputs.slotOf(name);
+      return remadeElsewhere(snapshot, name, slot)
+        ? { action: "unrecord", node: name, slot, reason: `it streams from ${primary.name} over ${slot}: made again since` }
+        : { action: "reseed", node: name, slot, reason: "a reseed destroyed it and did not seed it again" };
+    });
   for (const node of snapshot.nodes) {
     if (node.name === primary.name || inputs.fenced.includes(node.name) || inputs.reseeding.includes(node.name)) continue;
     if (!node.reachable || node.role !== "replica" || node.replication?.state === "streaming") continue;
@@ -134,6 +141,23 @@ export function lostSlotRepairs(inputs: LostSlotInputs): SlotRepair[] {
     }
   }
   return repairs;
+}
+
+/**
+ * Whether a member recorded as destroyed is in fact a working replica of
+ * the snapshot's primary: it answers as a replica, streams from that
+ * primary, and its slot there is present, in use and not lost. Anything
+ * less (no answer, not streaming, another slot) leaves it to be seeded
+ * again: a member half made by a failed seed must not be taken for a done
+ * one.
+ */
+export function remadeElsewhere(snapshot: ClusterSnapshot, name: string, slot: string): boolean {
+  const node = snapshot.nodes.find((member) => member.name === name);
+  const primary = snapshot.nodes.find((member) => member.name === snapshot.primary);
+  if (!node?.reachable || node.role !== "replica" || primary === undefined) return false;
+  if (node.replication?.state !== "streaming" || node.replication.upstream !== primary.name) return false;
+  // Active: a walsender consumes it now, so the stream the replica reports is this primary's, over this slot.
+  return primary.slots.some((held) => held.name === slot && held.active && held.walStatus !== "lost");
 }
 
 /**

@@ -9,6 +9,7 @@ import {
 } from "../../src/cluster/topology";
 import { createServer } from "node:net";
 import type { EventLog } from "../../src/events/event-log";
+import type { ClusterStateStore } from "../../src/failover/cluster-state";
 import { LostSlotRepair } from "../../src/failover/lost-slot-repair";
 import {
   archiveBridges,
@@ -156,6 +157,23 @@ describe("a replica whose slot was lost (pure)", () => {
     expect(lostSlotRepairs(inputs([archiver], { reseeding: ["node2"], recordedPrimary: "node2" }))).toEqual([]);
   });
 
+  test("a member recorded as destroyed that streams from the primary over its slot (made again another way): the record dropped, not reseeded", () => {
+    const held = { ...slot("relevo_node2", "reserved", "0/9000000"), active: true };
+    // Seeded by `relevo up`, or rewound by a resumed rejoin: a healthy replica, not to be destroyed and copied again.
+    const remade = lostSlotRepairs(inputs([held, archiver], { node2: state("replica", { receiver: streaming }), reseeding: ["node2"] }));
+    expect(remade.map(({ action, node, slot: name }) => ({ action, node, slot: name }))).toEqual([
+      { action: "unrecord", node: "node2", slot: "relevo_node2" },
+    ]);
+    expect(remade[0]!.reason).toMatch(/streams from node1 over relevo_node2/);
+    // Anything less is a half-made member: answering but not streaming, streaming without its slot, its slot lost.
+    const reseeded = (overrides: Partial<LostSlotInputs> & { node2?: NodeState }, slots: SlotStatus[] = [held, archiver]) =>
+      lostSlotRepairs(inputs(slots, { reseeding: ["node2"], ...overrides })).map(({ action }) => action);
+    expect(reseeded({ node2: state("replica") })).toEqual(["reseed"]);
+    expect(reseeded({ node2: state("replica", { receiver: streaming }) }, [archiver])).toEqual(["reseed"]);
+    expect(reseeded({ node2: state("replica", { receiver: streaming }) }, [{ ...held, walStatus: "lost" }, archiver])).toEqual(["reseed"]);
+    expect(reseeded({ node2: state("replica", { receiver: streaming }) }, [{ ...held, active: false }, archiver])).toEqual(["reseed"]);
+  });
+
   test("never the primary: its own slots are not a replica's", () => {
     // A slot named after the primary (left from when it was a replica) does not make it a candidate.
     expect(lostSlotRepairs(inputs([slot("relevo_node1", "lost"), archiver])).map((repair) => repair.node)).toEqual([]);
@@ -195,6 +213,9 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
       logger: createLogger({ level: "silent" }),
       topology: () => ({ ...snapshot, collectedAt: new Date().toISOString() }),
       archive: { walDir: "/archive", segments: () => Promise.resolve(new Set([1, 2, 3, 4, 5, 6, 7, 8])) },
+      // Never written: no member is recorded as destroyed, so there is no record to drop.
+      store: {} as ClusterStateStore,
+      journal: { lockName: "lock" },
     });
     const recorded = { primary: "node1", epoch: 1, fenced: [], syncSet: [], eligible: [], joining: {}, updatedAt: "2000-01-01T00:00:00Z" };
     const guard = { key: "lock", value: "holder" };
@@ -281,15 +302,21 @@ describe("health while a slot is lost (pure)", () => {
     const reseed = { kind: "reseed", from: "node2", reason: "its slot was lost" };
     const rejoin = { kind: "rejoin", from: "node3", reason: "automatic rejoin" };
     // node3 left destroyed by a rejoin whose seed failed, while node2's reseed runs: both re-made, each said once.
-    expect(membersBeingRemade(reseed, ["node3"])).toEqual(["node2", "node3"]);
-    expect(operationHealthReasons(reseed, ["node2", "node3"])).toEqual([
+    expect(membersBeingRemade(reseed, { reseeding: ["node3"] })).toEqual(["node2", "node3"]);
+    expect(operationHealthReasons(reseed, { reseeding: ["node2", "node3"] })).toEqual([
       "node2 is being seeded again: its slot was lost",
       "node3 was destroyed to be seeded again and is not seeded yet: the failover monitor seeds it again",
     ]);
     // A rejoin in flight re-makes nothing by itself; what the state records is still re-made.
-    expect(membersBeingRemade(rejoin, [])).toEqual([]);
-    expect(membersBeingRemade(rejoin, ["node3"])).toEqual(["node3"]);
-    expect(operationHealthReasons(null, ["node3"])).toHaveLength(1);
+    expect(membersBeingRemade(rejoin, {})).toEqual([]);
+    expect(membersBeingRemade(rejoin, { reseeding: ["node3"] })).toEqual(["node3"]);
+    expect(operationHealthReasons(null, { reseeding: ["node3"] })).toHaveLength(1);
+    // A recorded member promoted since (the record went stale: it was made again another way): the primary is never called destroyed.
+    const promoted = { primary: "node3", reseeding: ["node3"] };
+    expect(membersBeingRemade(null, promoted)).toEqual([]);
+    expect(operationHealthReasons(null, promoted)).toEqual([]);
+    expect(membersBeingRemade(reseed, { primary: "node2", reseeding: ["node3"] })).toEqual(["node3"]);
+    expect(operationHealthReasons(reseed, { primary: "node2" })).toEqual([]);
     // On the node: the observation's flag, false when not said.
     const snapshot = buildSnapshot(
       "c",
