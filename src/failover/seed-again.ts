@@ -1,4 +1,5 @@
 import { seedReplica } from "../cluster/bootstrap";
+import { leaveSynchronousSet } from "../cluster/replicas";
 import type { NodeRef } from "../nodes/node-driver";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withNodeClient } from "../postgres/connection";
@@ -22,6 +23,13 @@ import type { RunningOperation } from "./operation-journal";
  * closed on failure as usual: an operation kept in it would keep a failover
  * from running.
  *
+ * First of all the node leaves the synchronous and eligible sets (and the
+ * primary's synchronous_standby_names): commits must not wait through a
+ * full copy for a node being destroyed, nor may it be promoted. Done here,
+ * not left to callers, so that every route to a destroy (a reseed, a
+ * manual rejoin of a replica still in the set) leaves the set first; a
+ * caller that did it already costs one idempotent write.
+ *
  * Once seeded the node holds only the primary's data: it is no longer
  * fenced either (a fenced old primary whose rejoin left it destroyed is
  * seeded again by the monitor's reseed, which has nothing else to unfence it).
@@ -35,6 +43,7 @@ export async function destroyAndSeed(
 ): Promise<void> {
   const { deps } = context;
   operation.assertHeld();
+  await leaveSynchronousSet(context, operation, node.name, { unfence: false });
   await deps.store.update(operation.guard, (state) => ({ ...state!, reseeding: withName(state!.reseeding ?? [], node.name) }));
   await context.stopQuietly(node);
   await deps.driver.destroy(node);
