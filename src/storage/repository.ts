@@ -3,7 +3,7 @@ import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
 import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
-import { parseSegmentName } from "../postgres/wal-names";
+import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 import { chownNoFollow, createOwnedFile } from "../util/owned-files";
 
@@ -61,9 +61,8 @@ export class Repository {
    * restore.
    */
   async addWalHistory(timeline: number, content: string): Promise<"added" | "present"> {
-    const name = `${timeline.toString(16).toUpperCase().padStart(8, "0")}.history`;
     try {
-      await createOwnedFile(path.join(this.walDir, name), content, { mode: 0o600, owner: this.walOwner });
+      await createOwnedFile(path.join(this.walDir, historyFileName(timeline)), content, { mode: 0o600, owner: this.walOwner });
       return "added";
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "EEXIST") return "present";
