@@ -469,10 +469,38 @@ describe("asynchronous mode", () => {
     await sql(node("node2"), "SELECT pg_reload_conf()");
     await eventually(async () => ((await streamingFrom(node("node2"))) === null ? true : undefined), { what: "node2 not streaming" });
     const [received] = (await sql<{ lsn: string }>(node("node2"), "SELECT pg_last_wal_receive_lsn()::text AS lsn")).map((row) => row.lsn);
-    const [flushed] = (
-      await sql<{ lsn: string }>(node("node1"), "INSERT INTO acked (id) VALUES (-1) RETURNING pg_current_wal_flush_lsn()::text AS lsn")
-    ).map((row) => row.lsn);
-    await cluster.service.driver.kill(node("node1"));
+    // The last write must be one the monitor cannot have seen, or a loss measured only to the last LSN it saw would
+    // pass: the postmaster is frozen (no new connection is accepted), every other open session ended (the monitor's
+    // check connection too), and only then is the row written, on a session opened before, and node1 killed.
+    const last = new Client({ host: node("node1").host, port: node("node1").port, ...superuserCredentials(cluster.service.secrets) });
+    await last.connect();
+    let flushed: string;
+    try {
+      const pidFile = (await last.query<{ text: string }>("SELECT pg_read_file('postmaster.pid') AS text")).rows[0]!.text;
+      process.kill(Number(pidFile.split("\n")[0]), "SIGSTOP");
+      await last.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+      );
+      await eventually(
+        async () => {
+          const others = await last.query(
+            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+          );
+          return others.rowCount === 0 ? true : undefined;
+        },
+        { what: "every other session on node1 ended" },
+      );
+      const seenBefore = await lastSeenPrimaryLsn(cluster.service.redis, cluster.service.keys.primaryLsn);
+      flushed = (await last.query<{ lsn: string }>("INSERT INTO acked (id) VALUES (-1) RETURNING pg_current_wal_flush_lsn()::text AS lsn"))
+        .rows[0]!.lsn;
+      // The precondition that makes the loss assertion below decisive: the monitor's last LSN is short of this write.
+      expect(seenBefore?.node).toBe("node1");
+      expect(lsnToNumber(seenBefore!.lsn)).toBeLessThan(lsnToNumber(flushed));
+    } finally {
+      last.on("error", () => undefined);
+      await cluster.service.driver.kill(node("node1"));
+      await last.end().catch(() => undefined);
+    }
     await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
     const after = writer.acknowledgedSoFar();
     await eventually(() => (writer.acknowledgedSoFar() > after + 10 ? true : undefined), { what: "writes on node2" });
@@ -486,8 +514,8 @@ describe("asynchronous mode", () => {
     // Lost rows are lost bytes: at most what the dead primary's WAL holds past where node2 left its timeline.
     const walEnd = await readEndOfWal(cluster.service.driver, node("node1"), { timeoutMs: 30000 });
     const [switchPoint] = (await sql<{ lsn: string }>(node("node2"), SWITCH_POINT_SQL)).map((row) => row.lsn);
-    // At least up to a point node1 had flushed before it died (the last LSN the monitor saw may be older).
-    expect(record!.lostBytes).toBeGreaterThanOrEqual(bytesBehind(flushed!, received!));
+    // At least up to the row node1 flushed last, which the monitor never saw.
+    expect(record!.lostBytes).toBeGreaterThanOrEqual(bytesBehind(flushed, received!));
     expect(record!.lostBytes).toBeGreaterThan(0);
     expect(record!.lostBytes).toBeLessThanOrEqual(bytesBehind(walEnd!, switchPoint!));
     expect(record!.lostBytes!).toBeLessThanOrEqual(cluster.config.failoverMaximumLagBytes);
