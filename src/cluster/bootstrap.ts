@@ -28,6 +28,7 @@ import { assertPortFree } from "../util/ports";
 import { withClaimedTarget } from "../restore/target-claim";
 import type { HeldFileLock } from "../storage/file-lock";
 import { sleep } from "../util/sleep";
+import { conninfoString } from "../postgres/config-values";
 
 export type BootstrapConfig = Pick<
   RelevoConfig,
@@ -339,7 +340,7 @@ async function copyFromPrimary(deps: BootstrapDeps, node: NodeRef, primary: Node
       "-D",
       driver.dataDirectory(node),
       "-d",
-      `host=${primary.host} port=${primary.port} user=${ROLE_REPLICATION} application_name=${node.name}`,
+      conninfoString({ host: primary.host, port: primary.port, user: ROLE_REPLICATION, application_name: node.name }),
       // -R writes standby.signal and primary_conninfo (with application_name,
       // so the primary's pg_stat_replication and synchronous_standby_names
       // can name this node); -S streams over the node's own slot, so the

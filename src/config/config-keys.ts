@@ -59,8 +59,9 @@ export const configKeys = {
   host: {
     env: "RELEVO_HOST",
     default: "127.0.0.1",
-    schema: z.string().min(1),
-    doc: "Address every server Relevo starts listens on (nodes, Redis, API).",
+    // It is written into every node's listen_addresses, pg_hba.conf and connection strings: an address, nothing more.
+    schema: z.string().regex(/^[A-Za-z0-9.:-]+$/, "an IP address or a host name"),
+    doc: "Address every server Relevo starts listens on (nodes, Redis, API): an IP address or a host name.",
   },
   apiPort: {
     env: "RELEVO_API_PORT",

@@ -3,6 +3,7 @@ import { withClaimedTarget } from "../restore/target-claim";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
+import { conninfoString } from "../postgres/config-values";
 import { readControlData, stoppedAsStandby } from "../postgres/control-data";
 import { markFenced, removeFenceMarker } from "../postgres/fence-marker";
 import { ROLE_REWIND } from "../postgres/managed-settings";
@@ -207,7 +208,7 @@ async function rewindOrReseed(
       "--target-pgdata",
       driver.dataDirectory(node),
       "--source-server",
-      `host=${primary.host} port=${primary.port} user=${ROLE_REWIND} dbname=postgres connect_timeout=5`,
+      conninfoString({ host: primary.host, port: primary.port, user: ROLE_REWIND, dbname: "postgres", connect_timeout: 5 }),
     ],
     { mode: "offline", env: { PGPASSWORD: deps.secrets.rewindPassword }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
   );

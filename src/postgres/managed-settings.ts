@@ -1,5 +1,6 @@
 import type { RelevoConfig } from "../config/config";
 import type { NodeRef } from "../nodes/node-driver";
+import { configString } from "./config-values";
 
 /** Roles Relevo creates on the primary (see bootstrap). */
 export const ROLE_SUPERUSER = "postgres";
@@ -45,8 +46,8 @@ export function managedConf(
   return [
     "# Managed by Relevo and rewritten at every start: put your own settings in",
     "# postgresql.conf (before the include) or use ALTER SYSTEM.",
-    `cluster_name = '${nodeClusterName(config.clusterName, node.name)}'`,
-    `listen_addresses = '${node.host}'`,
+    `cluster_name = ${configString(nodeClusterName(config.clusterName, node.name), "cluster_name")}`,
+    `listen_addresses = ${configString(node.host, "listen_addresses")}`,
     `port = ${node.port}`,
     // TCP only: identical on every driver, and no socket path length limits.
     "unix_socket_directories = ''",
@@ -57,7 +58,7 @@ export function managedConf(
     "max_replication_slots = 16",
     // A dead replica's slot would otherwise retain WAL until the disk is full;
     // past this size the slot is invalidated and the replica must be reseeded.
-    `max_slot_wal_keep_size = '${config.maxSlotWalKeepSize}'`,
+    `max_slot_wal_keep_size = ${configString(config.maxSlotWalKeepSize, "max_slot_wal_keep_size")}`,
     "hot_standby = on",
     // Replicas tell the primary which rows their queries still need.
     "hot_standby_feedback = on",
@@ -99,4 +100,4 @@ export function hbaNetworkFor(host: string): string {
   return host.includes(":") ? `${host}/128` : `${host}/32`;
 }
 
-export const INCLUDE_LINE = `include_if_exists = '${MANAGED_CONF}'`;
+export const INCLUDE_LINE = `include_if_exists = ${configString(MANAGED_CONF)}`;

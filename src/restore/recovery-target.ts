@@ -1,4 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
+import { commandPathWord, configString, hasControlCharacter } from "../postgres/config-values";
 
 /** Where recovery stops (PostgreSQL's recovery_target_* settings). */
 export type RecoveryTarget =
@@ -9,16 +10,40 @@ export type RecoveryTarget =
   | { readonly kind: "lsn"; readonly lsn: string; readonly inclusive?: boolean }
   | { readonly kind: "name"; readonly name: string };
 
-const quote = (value: string): string => `'${value.replace(/'/g, "''")}'`;
+/**
+ * Longest restore point name PostgreSQL takes: pg_create_restore_point and
+ * recovery_target_name both refuse MAXFNAMELEN (64) bytes or more.
+ */
+const RESTORE_POINT_NAME_MAX_BYTES = 63;
+
+/**
+ * A restore point name an operator gives (restore --name, the API's
+ * restorePoint): it ends up in the restored copy's configuration, so no
+ * control character (a newline would start a setting of its own) and no
+ * backslash (PostgreSQL's configuration parser reads escapes in it; names
+ * Relevo could not tell apart from what was meant are refused rather than
+ * guessed). Quotes are fine: they are written doubled.
+ */
+export function assertRestorePointName(name: string): void {
+  const refuse = (why: string): never => {
+    throw new RelevoError(ErrorCode.BadUserInput, `restore point name ${JSON.stringify(name)} ${why}`, { details: { field: "name" } });
+  };
+  if (name.length === 0) refuse("is empty");
+  if (hasControlCharacter(name)) refuse("contains a newline or another control character");
+  if (name.includes("\\")) refuse("contains a backslash");
+  if (Buffer.byteLength(name, "utf8") > RESTORE_POINT_NAME_MAX_BYTES) refuse(`is longer than ${RESTORE_POINT_NAME_MAX_BYTES} bytes`);
+}
 
 /**
  * Copies from the archive. The segment the archiver was still receiving is
  * kept as <name>.partial (pg_receivewal): when the complete one is not there,
  * its received part is replayed too, so a restore "to the latest" loses
- * nothing received.
+ * nothing received. The archive's path is one shell word whatever it holds
+ * (see commandPathWord).
  */
 export function restoreCommandFor(walDir: string): string {
-  return `cp "${walDir}/%f" "%p" 2>/dev/null || cp "${walDir}/%f.partial" "%p"`;
+  const dir = commandPathWord(`${walDir}/`, "the WAL archive's path");
+  return `cp ${dir}%f "%p" 2>/dev/null || cp ${dir}%f.partial "%p"`;
 }
 
 /**
@@ -28,9 +53,9 @@ export function restoreCommandFor(walDir: string): string {
  */
 export function standbySettings(options: { walDir: string; conninfo: string; slot: string }): string {
   return [
-    `primary_conninfo = ${quote(options.conninfo)}`,
-    `primary_slot_name = ${quote(options.slot)}`,
-    `restore_command = ${quote(restoreCommandFor(options.walDir))}`,
+    `primary_conninfo = ${configString(options.conninfo)}`,
+    `primary_slot_name = ${configString(options.slot, "primary_slot_name")}`,
+    `restore_command = ${configString(restoreCommandFor(options.walDir))}`,
     "recovery_target_timeline = 'latest'",
     "",
   ].join("\n");
@@ -44,8 +69,8 @@ export function standbySettings(options: { walDir: string; conninfo: string; slo
  */
 export function recoverySettings(options: { walDir: string; target: RecoveryTarget; timeline?: number | "latest" }): string {
   const lines = [
-    `restore_command = ${quote(restoreCommandFor(options.walDir))}`,
-    `recovery_target_timeline = ${quote(String(options.timeline ?? "latest"))}`,
+    `restore_command = ${configString(restoreCommandFor(options.walDir))}`,
+    `recovery_target_timeline = ${configString(String(options.timeline ?? "latest"))}`,
     "recovery_target_action = 'promote'",
     "archive_mode = off",
     "primary_conninfo = ''",
@@ -63,7 +88,7 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
       if (Number.isNaN(Date.parse(target.time))) throw new RelevoError(ErrorCode.BadUserInput, `not a time: ${target.time} (use ISO 8601)`);
       // PostgreSQL's own timestamp syntax: its recovery_target_time check refuses the ISO 8601 'T…Z' form.
       lines.push(
-        `recovery_target_time = ${quote(new Date(target.time).toISOString().replace("T", " ").replace("Z", "+00"))}`,
+        `recovery_target_time = ${configString(new Date(target.time).toISOString().replace("T", " ").replace("Z", "+00"))}`,
         "recovery_target_inclusive = true",
       );
       break;
@@ -71,12 +96,13 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
       if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(target.lsn))
         throw new RelevoError(ErrorCode.BadUserInput, `not an LSN: ${target.lsn}`);
       lines.push(
-        `recovery_target_lsn = ${quote(target.lsn)}`,
+        `recovery_target_lsn = ${configString(target.lsn)}`,
         `recovery_target_inclusive = ${target.inclusive === false ? "false" : "true"}`,
       );
       break;
     case "name":
-      lines.push(`recovery_target_name = ${quote(target.name)}`);
+      assertRestorePointName(target.name);
+      lines.push(`recovery_target_name = ${configString(target.name, "recovery_target_name")}`);
       break;
   }
   return lines.join("\n") + "\n";
@@ -102,7 +128,10 @@ export function recoveryTargetFrom(choice: {
     throw new RelevoError(ErrorCode.BadUserInput, "give at most one recovery target: a time, an LSN, a restore point name, or immediate");
   if (choice.time) return { kind: "time", time: choice.time };
   if (choice.lsn) return { kind: "lsn", lsn: choice.lsn };
-  if (choice.name) return { kind: "name", name: choice.name };
+  if (choice.name) {
+    assertRestorePointName(choice.name);
+    return { kind: "name", name: choice.name };
+  }
   if (choice.immediate) return { kind: "immediate" };
   return { kind: "latest" };
 }

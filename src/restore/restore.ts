@@ -1,4 +1,5 @@
 import { withNodeClient, type Credentials } from "../postgres/connection";
+import { conninfoString } from "../postgres/config-values";
 import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../postgres/managed-settings";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
@@ -207,7 +208,13 @@ async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promi
   try {
     await materialise(deps, manifest, node, options.parallelism);
     const autoConf = (await driver.readFile(node, "postgresql.auto.conf"))?.toString("utf8") ?? "";
-    const conninfo = `host=${upstream.host} port=${upstream.port} user=${options.replication.user} password=${options.replication.password} application_name=${node.name}`;
+    const conninfo = conninfoString({
+      host: upstream.host,
+      port: upstream.port,
+      user: options.replication.user,
+      password: options.replication.password,
+      application_name: node.name,
+    });
     await driver.writeFile(
       node,
       "postgresql.auto.conf",

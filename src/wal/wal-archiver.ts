@@ -24,6 +24,7 @@ import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
 import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
+import { conninfoString } from "../postgres/config-values";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -403,7 +404,7 @@ export class WalArchiver {
           "-S",
           ARCHIVE_SLOT,
           "-d",
-          `host=${target.host} port=${target.port} user=${replication.user} application_name=relevo_archiver`,
+          conninfoString({ host: target.host, port: target.port, user: replication.user, application_name: "relevo_archiver" }),
           "--no-password",
           "--no-loop",
           // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.

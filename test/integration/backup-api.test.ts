@@ -151,6 +151,18 @@ describe("backups through GraphQL and the CLI", () => {
     expect(planted.verification ?? null).toBeNull();
   });
 
+  test("restoreBackup to a restore point named with a newline or a backslash is BAD_USER_INPUT, and nothing is restored", async () => {
+    // The injection reproduced in issue 14: `\'` ends PostgreSQL's quoted value, the newline starts a setting of one's own.
+    for (const restorePoint of ["x\\'\nrestore_command = 'touch /tmp/relevo-pwned'\n#", "back\\slash"]) {
+      const response = await graphqlRequest(cluster.url, `mutation($input: RestoreInput!) { restoreBackup(input: $input) { name } }`, {
+        token: cluster.token("operator"),
+        variables: { input: { name: "bad-point-copy", port: await freePort(), restorePoint } },
+      });
+      expect(response.errors?.[0]?.extensions?.code).toBe("BAD_USER_INPUT");
+    }
+    expect((await cluster.service.driver.state({ name: "bad-point-copy", host: "127.0.0.1", port: 1 })).phase).toBe("absent");
+  });
+
   test("restoreBackup to a restore point: a running standalone copy with the data", async () => {
     const primary = cluster.service.nodes[0]!;
     await sqlOn(primary, cluster.service.secrets, "INSERT INTO api_data VALUES (-1, 'before the point')");

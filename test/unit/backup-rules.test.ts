@@ -98,7 +98,7 @@ describe("WAL names and labels (pure)", () => {
 describe("recovery settings (pure)", () => {
   test("a copy replays from the archive, promotes at the target and cannot touch the live cluster", () => {
     const settings = recoverySettings({ walDir: "/repo/wal", target: { kind: "time", time: "2026-11-25T10:00:00Z" } });
-    expect(settings).toContain(`restore_command = 'cp "/repo/wal/%f" "%p" 2>/dev/null || cp "/repo/wal/%f.partial" "%p"'`);
+    expect(settings).toContain(`restore_command = 'cp ''/repo/wal/''%f "%p" 2>/dev/null || cp ''/repo/wal/''%f.partial "%p"'`);
     expect(settings).toContain("recovery_target_time = '2026-11-25 10:00:00.000+00'");
     expect(settings).toContain("recovery_target_action = 'promote'");
     for (const line of ["archive_mode = off", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"])
@@ -440,7 +440,7 @@ describe("standby settings for a replica seeded from the repository", () => {
       [
         "primary_conninfo = 'host=h port=1 user=replicator password=it''s application_name=node2'",
         "primary_slot_name = 'relevo_node2'",
-        `restore_command = 'cp "/repo/wal/%f" "%p" 2>/dev/null || cp "/repo/wal/%f.partial" "%p"'`,
+        `restore_command = 'cp ''/repo/wal/''%f "%p" 2>/dev/null || cp ''/repo/wal/''%f.partial "%p"'`,
         "recovery_target_timeline = 'latest'",
         "",
       ].join("\n"),

@@ -45,7 +45,7 @@ describe("failover rules (pure)", () => {
       { name: "node2", host: "127.0.0.1", port: 5433 },
       "p'w\\d",
     );
-    expect(conninfo).toBe("host='127.0.0.1' port=5432 user=replicator password='p\\'w\\\\d' application_name='node2' connect_timeout=2");
+    expect(conninfo).toBe("host='127.0.0.1' port=5432 user='replicator' password='p\\'w\\\\d' application_name='node2' connect_timeout=2");
   });
 
   test("set helpers keep lists sorted and free of duplicates", () => {

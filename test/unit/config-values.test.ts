@@ -1,0 +1,151 @@
+import { expect } from "@jest/globals";
+import { execFile } from "node:child_process";
+import { chown, mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { restoreCommand } from "../../src/cli/backup-commands";
+import { loadConfig } from "../../src/config/config";
+import { ErrorCode } from "../../src/errors";
+import { createLogger } from "../../src/log";
+import { resolvePostgresIdentity } from "../../src/nodes/os-user";
+import { commandPathWord, configString, conninfoString, conninfoValue } from "../../src/postgres/config-values";
+import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
+import { recoverySettings, recoveryTargetFrom, restoreCommandFor } from "../../src/restore/recovery-target";
+import { hostToolEnvironment } from "../../src/util/host-tool";
+
+/**
+ * Values Relevo writes into PostgreSQL's configuration, read back by
+ * PostgreSQL's own parser: `postgres -C <setting> -D <dir>` reads the
+ * directory's postgresql.conf (and postgresql.auto.conf) exactly as a server
+ * start would, prints the setting and exits (≈0.1 s, no initdb, no server).
+ */
+const config = loadConfig({});
+const identity = resolvePostgresIdentity(config.pgOsUser);
+const run = promisify(execFile);
+
+async function scratchDirectory(files: Record<string, string>): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "config-values-"));
+  for (const [name, content] of Object.entries(files)) await writeFile(path.join(dir, name), content, { mode: 0o600 });
+  if (identity) {
+    await chown(dir, identity.uid, identity.gid);
+    for (const name of Object.keys(files)) await chown(path.join(dir, name), identity.uid, identity.gid);
+  }
+  return dir;
+}
+
+/** What PostgreSQL reads for `setting` from the directory's configuration files. */
+async function postgresReads(dir: string, setting: string): Promise<string> {
+  const { stdout } = await run(path.join(config.pgBinDir, "postgres"), ["-C", setting, "-D", dir], {
+    env: hostToolEnvironment(),
+    uid: identity?.uid,
+    gid: identity?.gid,
+  });
+  return stdout.replace(/\n$/, "");
+}
+
+/** Strings that end a naively quoted value early, or would be read as escapes, comments, further settings or shell. */
+const HOSTILE = [
+  "it's",
+  "a\\'' restore_command = 'touch /tmp/pwned' #",
+  "\\",
+  "ends with a backslash\\",
+  "\\n is two characters here, \\t too, \\101 and \\x41",
+  "'' doubled '''' quotes",
+  "# not a comment = 'x'",
+  '$(touch /tmp/pwned) `id` "double" %f %p %%',
+  "trailing spaces   ",
+  "ünïcødé ✓",
+];
+
+describe("configuration values read back by PostgreSQL's own parser", () => {
+  test("configString: every hostile string comes back exactly, and no setting is added", async () => {
+    const lines = HOSTILE.map((value, index) => `relevo.v${index} = ${configString(value)}`);
+    const dir = await scratchDirectory({ "postgresql.conf": `${lines.join("\n")}\n` });
+    const read = await Promise.all(HOSTILE.map((_, index) => postgresReads(dir, `relevo.v${index}`)));
+    expect(read).toEqual(HOSTILE);
+    expect(await postgresReads(dir, "restore_command")).toBe("");
+  });
+
+  test("postgresql.auto.conf edits and a standby's settings: conninfo, synchronous names, restore_command come back as written", async () => {
+    const walDir = "/repo/it's a $(wal) 100% dir";
+    const conninfo = standbyConninfo(
+      { name: "node1", host: "127.0.0.1", port: 15432 },
+      { name: "node2", host: "127.0.0.1", port: 15433 },
+      "pa'ss\\word",
+    );
+    const names = synchronousStandbyNames(["node2", 'we"ird']);
+    const autoConf = editAutoConf("", {
+      primary_conninfo: conninfo,
+      synchronous_standby_names: names,
+      restore_command: restoreCommandFor(walDir),
+    });
+    const dir = await scratchDirectory({ "postgresql.conf": "", "postgresql.auto.conf": autoConf });
+    expect(await postgresReads(dir, "primary_conninfo")).toBe(conninfo);
+    expect(await postgresReads(dir, "synchronous_standby_names")).toBe(names);
+    expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
+    expect(conninfo).toBe(
+      "host='127.0.0.1' port=15432 user='replicator' password='pa\\'ss\\\\word' application_name='node2' connect_timeout=2",
+    );
+    expect(names).toBe('ANY 2 ("node2", "we""ird")');
+  });
+
+  test("the restored copy's settings: an accepted restore point name comes back exactly from postgres -C recovery_target_name", async () => {
+    const name = "before it's migrated: #1 = 'v2' %f";
+    const walDir = "/repo/wal";
+    const dir = await scratchDirectory({ "postgresql.conf": recoverySettings({ walDir, target: recoveryTargetFrom({ name }) }) });
+    expect(await postgresReads(dir, "recovery_target_name")).toBe(name);
+    expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
+    expect(await postgresReads(dir, "archive_mode")).toBe("off");
+  });
+
+  test("restore_command copies from the archive's own path, however odd, once PostgreSQL substituted %f and %p", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), "config-values-"));
+    const walDir = path.join(root, `it's "a" $(x) 100%f dir`);
+    await mkdir(walDir);
+    await writeFile(path.join(walDir, "000000010000000000000001"), "segment");
+    // PostgreSQL's substitution (RestoreArchivedFile → BuildRestoreCommand): %f, %p, and %% for a percent sign.
+    const command = restoreCommandFor(walDir).replace(/%([fp%])/g, (_, letter: string) =>
+      letter === "f" ? "000000010000000000000001" : letter === "p" ? path.join(root, "RECOVERYXLOG") : "%",
+    );
+    await run("sh", ["-c", command]);
+    expect(await readFile(path.join(root, "RECOVERYXLOG"), "utf8")).toBe("segment");
+  });
+
+  test("a value with a newline, a carriage return, NUL or another control character is refused, never written", () => {
+    for (const value of ["a\nrestore_command = 'x'", "a\rb", "a\u0000b", "a\tb", "a\u007fb"]) {
+      for (const quote of [configString, conninfoValue, commandPathWord]) {
+        expect(() => quote(value)).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+      }
+      expect(() => conninfoString({ password: value })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+      expect(() => editAutoConf("", { primary_conninfo: value })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+    }
+  });
+});
+
+describe("restore point names an operator gives", () => {
+  const hostile = ["a\\'\nrestore_command = 'touch /tmp/pwned'", "line\nbreak", "back\\slash", "nul\u0000", "tab\there", "x".repeat(64)];
+
+  test("a newline, a backslash, any control character or more than 63 bytes: BAD_USER_INPUT, from the API's and the CLI's parser and the writer alike", () => {
+    for (const name of hostile) {
+      expect(() => recoveryTargetFrom({ name })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+      expect(() => recoverySettings({ walDir: "/repo/wal", target: { kind: "name", name } })).toThrow(
+        expect.objectContaining({ code: ErrorCode.BadUserInput }),
+      );
+    }
+    expect(recoveryTargetFrom({ name: "x".repeat(63) })).toEqual({ kind: "name", name: "x".repeat(63) });
+  });
+
+  test("relevo restore --name with a newline is refused before anything is claimed or written", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "config-values-home-"));
+    const to = path.join(home, "copy");
+    const printed: string[] = [];
+    const output = { out: (line: string) => void printed.push(line), terminal: false };
+    await expect(
+      restoreCommand(loadConfig({ RELEVO_HOME: home }), { to, port: 1, name: hostile[0] }, createLogger({ level: "silent" }), output),
+    ).rejects.toMatchObject({ code: ErrorCode.BadUserInput });
+    await expect(stat(to)).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(stat(`${to}.restore.lock`)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(printed).toEqual([]);
+  });
+});
