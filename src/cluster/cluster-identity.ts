@@ -1,4 +1,5 @@
-import { chmod, readFile, rename, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
+import { replaceFileDurably } from "../util/durable-file";
 import path from "node:path";
 import { z } from "zod";
 import type { Repository } from "../storage/repository";
@@ -42,10 +43,7 @@ export async function recordIdentity(home: string, cluster: string, systemIdenti
   if (current?.systemIdentifier === systemIdentifier && current.cluster === cluster) return false;
   const record: RecordedIdentity = { cluster, systemIdentifier, recordedAt: new Date().toISOString() };
   const file = identityFile(home);
-  const temp = `${file}.tmp-${process.pid}`;
-  await writeFile(temp, JSON.stringify(record, null, 2) + "\n", { mode: 0o600 });
-  await chmod(temp, 0o600);
-  await rename(temp, file);
+  await replaceFileDurably(file, JSON.stringify(record, null, 2) + "\n", { mode: 0o600 });
   return true;
 }
 

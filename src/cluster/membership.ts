@@ -1,4 +1,5 @@
-import { chmod, readFile, rename, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
+import { replaceFileDurably } from "../util/durable-file";
 import path from "node:path";
 import { z } from "zod";
 import type { RelevoConfig } from "../config/config";
@@ -120,8 +121,5 @@ async function readChanges(home: string): Promise<MembershipChanges> {
 
 async function writeChanges(home: string, changes: MembershipChanges): Promise<void> {
   const file = path.join(home, MEMBERSHIP_FILE);
-  const temp = `${file}.tmp-${process.pid}`;
-  await writeFile(temp, JSON.stringify(changes, null, 2) + "\n", { mode: 0o600 });
-  await chmod(temp, 0o600);
-  await rename(temp, file);
+  await replaceFileDurably(file, JSON.stringify(changes, null, 2) + "\n", { mode: 0o600 });
 }

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import { ErrorCode, RelevoError } from "../errors";
+import { replaceFileDurably } from "../util/durable-file";
 
 /**
  * Generated on first start, stored in `<home>/secrets.json` with mode 0600,
@@ -75,9 +76,7 @@ export async function loadOrCreateSecrets(home: string): Promise<Secrets> {
   }
   const secrets = generate();
   const file = secretsFile(home);
-  const temp = `${file}.tmp-${process.pid}`;
-  await writeFile(temp, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600, flag: "wx" });
-  await chmod(temp, 0o600);
-  await rename(temp, file);
+  // Durable before any node is given a password from it: a crash must not leave nodes whose passwords nobody kept.
+  await replaceFileDurably(file, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600 });
   return secrets;
 }

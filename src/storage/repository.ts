@@ -1,4 +1,4 @@
-import { chmod, mkdir, open, readFile, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
@@ -6,6 +6,7 @@ import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupMani
 import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 import { chownNoFollow, createOwnedFile } from "../util/owned-files";
+import { replaceFileDurably } from "../util/durable-file";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -117,15 +118,8 @@ export class Repository {
   async writeManifest(manifest: BackupManifest): Promise<void> {
     const file = path.join(this.backupDir(manifest.id), "manifest.json");
     await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-    const temp = `${file}.tmp-${process.pid}`;
-    const handle = await open(temp, "w", 0o600);
-    try {
-      await handle.writeFile(JSON.stringify(manifest, null, 1) + "\n");
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, file);
+    // Durable, the directory entry included: a backup whose manifest a crash took back would be lost.
+    await replaceFileDurably(file, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
   }
 
   async readManifest(id: string): Promise<BackupManifest | null> {

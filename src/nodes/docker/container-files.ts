@@ -322,9 +322,9 @@ export class ContainerFiles {
     if (options.fresh) return "written";
     await this.viaAgent(
       node,
-      (agent) => agent.rename(target, file),
+      (agent) => agent.rename(target, file, { durable: options.durable }),
       async () => {
-        const moved = await this.run(node, renameCommand(target, file));
+        const moved = await this.run(node, renameCommand(target, file, { durable: options.durable }));
         if (moved.exitCode !== 0) {
           await discard();
           throw this.failed(node, `write ${relativePath}`, moved);

@@ -17,6 +17,9 @@ import { startContainerCommand, type StartedCommand } from "./docker-exec";
  * bytes: the file's size is taken on the open file and its content cut or
  * zero-padded to it (its bytes then /dev/zero's, one full block of dd), so the stream never loses step even when the file
  * changes meanwhile (a relation is read again from the WAL on restore).
+ * A durable write (A) fsyncs the file, renames it, then fsyncs its
+ * directory (the new name lives in the directory's data); a rename (M, or N
+ * with the directory fsynced) finishes a write streamed over an exec.
  * Status 0 done, 1 failed (the caller asks again over an exec of its own, for
  * the real error), 3 absent, 4 larger than asked (the number is its size),
  * 5 exists (a fresh write's file is there already).
@@ -46,14 +49,14 @@ while IFS= read -r op && IFS= read -r arg && IFS= read -r path; do
     fi
     if head -c "$size" | { cat > "$target" 2>/dev/null || { cat > /dev/null; exit 1; }; } && chmod "$mode" "$target" 2>/dev/null; then
       if [ "$op" = F ]; then echo "0 0"
-      elif sync -- "$target" 2>/dev/null && mv -f -- "$target" "$path" 2>/dev/null; then echo "0 0"
+      elif sync -- "$target" 2>/dev/null && mv -f -- "$target" "$path" 2>/dev/null && sync -- "$(dirname -- "$path")" 2>/dev/null; then echo "0 0"
       else rm -f -- "$target"; echo "1 0"; fi
     else
       rm -f -- "$target"; echo "1 0"
     fi
     ;;
-  M)
-    if mv -f -- "$arg" "$path" 2>/dev/null; then echo "0 0"; else echo "1 0"; fi
+  M|N)
+    if mv -f -- "$arg" "$path" 2>/dev/null && { [ "$op" = M ] || sync -- "$(dirname -- "$path")" 2>/dev/null; }; then echo "0 0"; else echo "1 0"; fi
     ;;
   D)
     if chmod 700 -- "$PGDATA" 2>/dev/null && mkdir -p -- "$path" 2>/dev/null && chmod "$arg" -- "$path" 2>/dev/null; then echo "0 0"; else echo "1 0"; fi
@@ -178,8 +181,9 @@ export class FileAgent {
     if (answer.status !== 0) throw new AgentUnavailable(`make directory ${directory}: status ${answer.status}`, true);
   }
 
-  async rename(from: string, to: string): Promise<void> {
-    const answer = await this.ask(["M", from, to], null, false);
+  /** `durable`: the directory is fsynced after the rename (N), so the new name survives a crash. */
+  async rename(from: string, to: string, options: { durable: boolean }): Promise<void> {
+    const answer = await this.ask([options.durable ? "N" : "M", from, to], null, false);
     if (answer.status !== 0) throw new AgentUnavailable(`rename ${from}: status ${answer.status}`, true);
   }
 

@@ -64,8 +64,9 @@ export function writeCommand(target: string, options: { mode: number; fresh: boo
   return sh(`umask 077; ${create}cat > "$1" && chmod "$2" "$1"${sync}`, target, options.mode.toString(8));
 }
 
-export function renameCommand(from: string, to: string): string[] {
-  return ["mv", "-f", "--", from, to];
+/** `durable`: the directory is fsynced after the rename, so the new name survives a crash. */
+export function renameCommand(from: string, to: string, options: { durable: boolean }): string[] {
+  return options.durable ? sh(`mv -f -- "$1" "$2" && sync -- "$(dirname -- "$2")"`, from, to) : ["mv", "-f", "--", from, to];
 }
 
 export function makeDirectoryCommand(root: string, directory: string, mode: number): string[] {

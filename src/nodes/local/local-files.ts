@@ -1,6 +1,6 @@
-import { randomBytes } from "node:crypto";
 import { lstat, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { chownNoFollow, createOwnedFile, openOwnedTemp } from "../../util/owned-files";
+import { publishDurably, temporaryNameFor } from "../../util/durable-file";
 import type { Readable } from "node:stream";
 import path from "node:path";
 import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
@@ -156,16 +156,14 @@ export async function writeNewFile(
   await createOwnedFile(file, content, { mode: options.mode, owner: options.identity });
 }
 
-/** Temp file + rename, so a reader never sees half a file; owned by the PostgreSQL user. */
 /**
- * A temporary name beside `file` that nobody can guess nor share: two
- * writes of one file at once (or two processes) each write their own, and
- * the last rename wins whole.
+ * Temp file + fsync + rename + fsync of the directory (publishDurably), so
+ * a reader never sees half a file and a crash never loses one Relevo has
+ * acted on (a fence marker, standby.signal, a restored copy's settings);
+ * owned by the PostgreSQL user. The temporary name is one nobody can guess
+ * nor share: two writes of one file at once each write their own, and the
+ * last rename wins whole.
  */
-function temporaryName(file: string): string {
-  return `${file}.relevo-tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
-}
-
 export async function writeFileAtomic(
   file: string,
   content: string | Buffer,
@@ -173,14 +171,16 @@ export async function writeFileAtomic(
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   // The temp name is in a directory the PostgreSQL user writes: created new, never through a symlink (see owned-files).
-  const temp = temporaryName(file);
+  const temp = temporaryNameFor(file);
   const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
   try {
     await handle.writeFile(content);
-  } finally {
-    await handle.close();
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    await rm(temp, { force: true });
+    throw error;
   }
-  await rename(temp, file);
+  await publishDurably(handle, temp, file);
 }
 
 export async function listTree(root: string, relativeDir: string): Promise<FileEntry[]> {
@@ -223,14 +223,14 @@ export async function openOptionalReadStream(file: string): Promise<Readable | n
   return handle?.createReadStream({ highWaterMark: 1024 * 1024 }) ?? null;
 }
 
-/** Stream to a temp file, fsync, rename: a reader never sees half a file. */
+/** Stream to a temp file, then (durable) publishDurably or (not) a plain rename: a reader never sees half a file. */
 export async function writeStreamAtomic(
   file: string,
   source: AsyncIterable<Buffer>,
   options: { mode: number; identity: OsIdentity | null; durable: boolean },
 ): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
-  const temp = temporaryName(file);
+  const temp = temporaryNameFor(file);
   const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
   try {
     let position = 0;
@@ -239,14 +239,17 @@ export async function writeStreamAtomic(
       while (done < chunk.length) done += (await handle.write(chunk, done, chunk.length - done, position + done)).bytesWritten;
       position += chunk.length;
     }
-    if (options.durable) await handle.sync();
-    await handle.close();
-    await rename(temp, file);
+    if (!options.durable) {
+      await handle.close();
+      await rename(temp, file);
+      return;
+    }
   } catch (error) {
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
     throw error;
   }
+  await publishDurably(handle, temp, file);
 }
 
 /** mkdir -p, every created level owned by the PostgreSQL user. */

@@ -1,0 +1,70 @@
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { open, rename, rm, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+
+/**
+ * A file Relevo acts on after a crash must be there after the crash: the
+ * fence marker (a fenced node must never start as a primary again),
+ * standby.signal, a restored copy's configuration, secrets.json (the
+ * passwords the nodes were given). A rename is atomic but not durable: until
+ * the file's data and then its directory are flushed, a power loss can leave
+ * the old file, an empty one, or none. So: write a temporary file, fsync it,
+ * rename it over the file, fsync the directory (the rename lives in the
+ * directory's own data).
+ */
+
+/** fsync of a directory: makes the names created, renamed or removed in it durable. */
+export async function syncDirectory(directory: string): Promise<void> {
+  // O_NOFOLLOW: the directory may be one the PostgreSQL user can write a link into; fsync only reads, but never through a link.
+  const handle = await open(directory, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * The last steps of a durable replace, for a caller that wrote `temp`
+ * through `handle`: the data flushed, the handle closed, the temp renamed
+ * over `file`, the directory flushed. The temp is removed if any step fails.
+ */
+export async function publishDurably(handle: FileHandle, temp: string, file: string): Promise<void> {
+  try {
+    await handle.sync();
+    await handle.close();
+    await rename(temp, file);
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    await rm(temp, { force: true });
+    throw error;
+  }
+  await syncDirectory(path.dirname(file));
+}
+
+/** A temporary name beside `file` nobody else uses (two writers, or a leftover, never share one). */
+export function temporaryNameFor(file: string): string {
+  return `${file}.relevo-tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
+/**
+ * Replaces `file` (Relevo's own: secrets.json, members.json,
+ * cluster-identity.json) with `content`, durably: see above. The temp is
+ * created new (O_EXCL | O_NOFOLLOW) with `mode`, so nothing at its name is
+ * followed or reused.
+ */
+export async function replaceFileDurably(file: string, content: string | Buffer, options: { mode: number }): Promise<void> {
+  const temp = temporaryNameFor(file);
+  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, options.mode);
+  try {
+    await handle.writeFile(content);
+    // The mode asked for, whatever the umask took off at creation.
+    await handle.chmod(options.mode);
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    await rm(temp, { force: true });
+    throw error;
+  }
+  await publishDurably(handle, temp, file);
+}
