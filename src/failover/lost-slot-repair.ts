@@ -10,6 +10,7 @@ import { without, type ClusterState, type ClusterStateStore, type StateGuard } f
 import { bridgeBegun, bridgeSeen, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
 import { coolDown, holdOffAfter, type HoldOff } from "./monitor-rules";
 import type { FailoverOperations } from "./operations";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /** A repair that acts on the replica (not only on the record). */
 type ReplicaRepair = Exclude<SlotRepair, { readonly action: "unrecord" }>;
@@ -67,7 +68,7 @@ export class LostSlotRepair {
       archivedSegments: await this.deps.archive.segments(),
       reseeding,
       bridges: this.bridges,
-      now: Date.now(),
+      now: monotonicNowMs(),
     });
     for (const repair of repairs) {
       const replayedLsn = snapshot.nodes.find((node) => node.name === repair.node)?.replayedLsn ?? null;
@@ -99,7 +100,7 @@ export class LostSlotRepair {
       await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(restoreCommandFor(this.deps.archive.walDir))}`);
       await client.query("SELECT pg_reload_conf()");
     });
-    this.bridges.set(node.name, bridgeBegun(replayedLsn, Date.now()));
+    this.bridges.set(node.name, bridgeBegun(replayedLsn, monotonicNowMs()));
     await this.slotLost(repair, primary);
     this.deps.logger.warn({ node: node.name, slot: repair.slot }, "slot lost: the replica catches up from the archive");
   }
@@ -130,8 +131,8 @@ export class LostSlotRepair {
    */
   private async reseed(repair: ReplicaRepair, primary: string, guard: StateGuard, options: { again: boolean }): Promise<boolean> {
     const key = repair.node;
-    if (coolDown(this.retryAfter.get(key), Date.now()) !== "clear") return false;
-    this.retryAfter.set(key, holdOffAfter(null, Date.now()));
+    if (coolDown(this.retryAfter.get(key), monotonicNowMs()) !== "clear") return false;
+    this.retryAfter.set(key, holdOffAfter(null, monotonicNowMs()));
     this.bridges.delete(repair.node);
     if (options.again) this.deps.logger.warn({ node: repair.node }, "a reseed left this replica destroyed: seeding it again");
     else await this.slotLost(repair, primary);
@@ -139,7 +140,7 @@ export class LostSlotRepair {
       // Held off only after a failure: a reseed that worked is no reason to wait before the node's next one.
       () => this.retryAfter.delete(key),
       (error: Error) => {
-        this.retryAfter.set(key, holdOffAfter(error, Date.now()));
+        this.retryAfter.set(key, holdOffAfter(error, monotonicNowMs()));
         this.deps.logger.error({ node: repair.node, err: error.message }, "reseed of a replica whose slot was lost failed");
       },
     );

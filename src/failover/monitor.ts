@@ -26,6 +26,7 @@ import {
 import { CommitWaitConfirmation, pollJoiningStandbys } from "./sync-join";
 import { LostSlotRepair, type LostSlotRepairDeps } from "./lost-slot-repair";
 import { setSynchronousStandbys, synchronousStandbyNames } from "../postgres/replication-config";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /** How many detection windows the members must show the same primary before a stale record is brought to it. */
 const ADOPT_AFTER_WINDOWS = 2;
@@ -138,11 +139,12 @@ export class FailoverMonitor {
     this.failures = 0;
     const loop = (): void => {
       if (!this.running) return;
-      const started = Date.now();
+      const started = monotonicNowMs();
       this.ticking = this.tick()
         .catch((error: Error) => this.deps.logger.warn({ err: error.message }, "failover monitor check failed"))
         .finally(() => {
-          if (this.running) this.timer = setTimeout(loop, Math.max(0, this.deps.config.failoverCheckIntervalMs - (Date.now() - started)));
+          if (this.running)
+            this.timer = setTimeout(loop, Math.max(0, this.deps.config.failoverCheckIntervalMs - (monotonicNowMs() - started)));
         });
     };
     loop();
@@ -158,7 +160,7 @@ export class FailoverMonitor {
   }
 
   private async tick(): Promise<void> {
-    const started = Date.now();
+    const started = monotonicNowMs();
     const guard = this.deps.guard();
     if (!guard) return;
     // Never adopt an operation this instance still runs (its own lock may have lapsed during a stall).
@@ -237,8 +239,8 @@ export class FailoverMonitor {
     // detection windows: never on a passing picture, and the reason stays in
     // health meanwhile for an operator to see.
     if (adopt === null || this.adoptable?.node !== adopt.name) {
-      this.adoptable = adopt ? { node: adopt.name, since: Date.now() } : null;
-    } else if (Date.now() - this.adoptable.since >= ADOPT_AFTER_WINDOWS * this.detectionWindowMs) {
+      this.adoptable = adopt ? { node: adopt.name, since: monotonicNowMs() } : null;
+    } else if (monotonicNowMs() - this.adoptable.since >= ADOPT_AFTER_WINDOWS * this.detectionWindowMs) {
       this.adoptable = null;
       await this.adoptPrimary(state, primary, adopt, verdict.go ? "" : verdict.reason);
     }
@@ -477,8 +479,8 @@ export class FailoverMonitor {
       this.preferredInSyncSince = null;
       return;
     }
-    this.preferredInSyncSince ??= Date.now();
-    if (Date.now() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || (await this.coolingDown("failback"))) return;
+    this.preferredInSyncSince ??= monotonicNowMs();
+    if (monotonicNowMs() - this.preferredInSyncSince < this.deps.config.autoFailbackAfterMs || (await this.coolingDown("failback"))) return;
     this.holdOff("failback", null);
     this.preferredInSyncSince = null;
     void this.deps.operations.failback({ trigger: "automatic", lease: this.deps.guard() }).catch((error: Error) => {
@@ -489,11 +491,11 @@ export class FailoverMonitor {
 
   /** `error`: why the operation failed (null: it was just started, and is not started again meanwhile). */
   private holdOff(key: string, error: unknown): void {
-    this.retryAfter.set(key, holdOffAfter(error, Date.now()));
+    this.retryAfter.set(key, holdOffAfter(error, monotonicNowMs()));
   }
 
   private async coolingDown(key: string): Promise<boolean> {
-    const cooling = coolDown(this.retryAfter.get(key), Date.now());
+    const cooling = coolDown(this.retryAfter.get(key), monotonicNowMs());
     if (cooling !== "ask-driver") return cooling === "cooling";
     // Bounded: an engine that hangs rather than refuses must not stall the monitor's round.
     let timer: NodeJS.Timeout | undefined;

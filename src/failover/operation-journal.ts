@@ -2,6 +2,8 @@ import type Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { RedisKeys } from "../redis/keys";
+import { leaseLapsed } from "../redis/redis-lease";
+import { monotonicNowMs } from "../util/monotonic-clock";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 
 export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica" | "reseed";
@@ -95,6 +97,7 @@ export class OperationJournal {
    */
   async begin(entry: JournalEntry, lease: StateGuard | null = null): Promise<RunningOperation> {
     const holder = await this.nextHolder();
+    const sentAtMs = monotonicNowMs();
     const taken = (await this.redis.eval(
       BEGIN,
       3,
@@ -110,7 +113,7 @@ export class OperationJournal {
       if (lease && (await this.redis.get(lease.key)) !== lease.value) throw new StaleWriterError("operation not begun");
       throw operationInProgress(await this.current());
     }
-    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger);
+    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger, sentAtMs);
   }
 
   /** Takes over an operation whose runner stopped renewing its lock; null when there is none (or another instance took it). */
@@ -118,6 +121,7 @@ export class OperationJournal {
     const entry = await this.current();
     if (!entry) return null;
     const holder = await this.nextHolder();
+    const sentAtMs = monotonicNowMs();
     const taken = (await this.redis.eval(ADOPT, 2, this.lockKey, this.entryKey, holder, String(this.ttlMs))) as number;
     if (taken !== 1) return null;
     const fresh = await this.current();
@@ -125,7 +129,7 @@ export class OperationJournal {
       await this.redis.eval(FINISH, 2, this.lockKey, this.entryKey, holder);
       return null;
     }
-    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, fresh, this.logger);
+    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, fresh, this.logger, sentAtMs);
   }
 
   private async nextHolder(): Promise<string> {
@@ -137,7 +141,6 @@ export class OperationJournal {
 export class RunningOperation {
   private renewal: NodeJS.Timeout;
   private lost = false;
-  private renewedAt = Date.now();
   private closed = false;
 
   constructor(
@@ -148,17 +151,20 @@ export class RunningOperation {
     private readonly ttlMs: number,
     private current: JournalEntry,
     private readonly logger: Logger,
+    /** When the request that took the lock was sent (monotonic ms): the lock is surely ours for a time to live from then. */
+    private confirmedSentAtMs: number,
   ) {
     this.renewal = setInterval(
       () => {
+        const sentAtMs = monotonicNowMs();
         (this.redis.eval(RENEW, 1, this.lockKey, this.holder, String(this.ttlMs)) as Promise<number>)
           .then((ours) => {
             if (ours !== 1) this.lost = true;
-            else this.renewedAt = Date.now();
+            else this.confirmedSentAtMs = Math.max(this.confirmedSentAtMs, sentAtMs);
           })
           .catch((error: Error) => {
             // Unrenewed for a whole time to live, the lock may be another's by now.
-            if (Date.now() - this.renewedAt > this.ttlMs) this.lost = true;
+            if (this.lapsed()) this.lost = true;
             this.logger.warn({ err: error.message }, "operation lock not renewed: Redis unavailable");
           });
       },
@@ -169,6 +175,11 @@ export class RunningOperation {
 
   get entry(): JournalEntry {
     return this.current;
+  }
+
+  /** No renewal confirmed for a time to live, on the monotonic clock (see leaseLapsed): a wall-clock step changes nothing. */
+  private lapsed(): boolean {
+    return leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs });
   }
 
   /** The lock, for writes to the cluster state made by this operation. */
@@ -183,7 +194,7 @@ export class RunningOperation {
 
   /** Throws StaleWriterError when the lock may no longer be ours: checked before every step that changes a node. */
   assertHeld(): void {
-    if (this.lost || Date.now() - this.renewedAt > this.ttlMs) {
+    if (this.lost || this.lapsed()) {
       this.lost = true;
       throw new StaleWriterError("operation step not taken");
     }

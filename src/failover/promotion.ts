@@ -14,6 +14,7 @@ import { initialState, without } from "./cluster-state";
 import type { OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { recordPrimaryLsn } from "./primary-lsn";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 export interface PromoteOptions {
   /**
@@ -113,13 +114,13 @@ export async function recordAsPrimary(
 const WRITABLE_TIMEOUT_MS = 10000;
 
 async function writableWithin(context: OperationContext, node: NodeRef, timeoutMs: number): Promise<NodeFacts | null> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = monotonicNowMs() + timeoutMs;
   for (;;) {
     const facts = await context.facts(node);
     if (facts && !facts.inRecovery && !facts.readOnly) return facts;
     // A server that is not running will not accept writes: waiting out the deadline would only hold back the failover that takes over.
     if (facts === null && (await context.deps.driver.state(node)).phase === "stopped") return null;
-    if (Date.now() >= deadline) return null;
+    if (monotonicNowMs() >= deadline) return null;
     await sleep(50);
   }
 }

@@ -16,6 +16,7 @@ import type { ClusterState, StateGuard } from "./cluster-state";
 import type { OperationContext } from "./operation-context";
 import type { RunningOperation } from "./operation-journal";
 import { restartAsStandby, startStandby, type RejoinMethod } from "./rejoin";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /**
  * How long the old primary, started as a standby of the target, has to
@@ -49,10 +50,10 @@ export async function followTargetBeforePromotion(context: OperationContext, fro
       await startStandby(context, from, target);
     }
     // The target asked now and then, not at every poll: a target that died is found within a quarter second, and the write gap stays short.
-    let askedAt = Date.now();
+    let askedAt = monotonicNowMs();
     const targetAnswers = async () => {
-      if (Date.now() - askedAt < 250) return;
-      askedAt = Date.now();
+      if (monotonicNowMs() - askedAt < 250) return;
+      askedAt = monotonicNowMs();
       if (!(await context.facts(target))?.inRecovery) throw new RelevoError(ErrorCode.CommandFailed, `${target.name} does not answer`);
     };
     if (await streamingWithin(context, from, target, { timeoutMs: FOLLOW_TIMEOUT_MS, whilePolling: targetAnswers })) return true;
@@ -195,10 +196,10 @@ async function streamingWithin(
   upstream: NodeRef,
   options: { timeoutMs: number; whilePolling?: () => Promise<void> },
 ): Promise<boolean> {
-  const deadline = Date.now() + options.timeoutMs;
+  const deadline = monotonicNowMs() + options.timeoutMs;
   for (;;) {
     if (streamsFrom(await context.facts(node), upstream)) return true;
-    if (Date.now() >= deadline) return false;
+    if (monotonicNowMs() >= deadline) return false;
     await options.whilePolling?.();
     await sleep(POLL_MS);
   }

@@ -17,6 +17,7 @@ import { followNewPrimary, promote, recordAsPrimary } from "./promotion";
 import { followTargetBeforePromotion, oldPrimaryFollowing, restoreAsPrimary } from "./switchover-follow";
 import { switchoverFenceReason, switchoverRefusal } from "./switchover-rules";
 import { failoverTakesOver, missesEveryCheck, newPrimaryLost } from "./takeover";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 export interface SwitchoverRequest {
   readonly to: string;
@@ -256,8 +257,8 @@ async function lastCheckpoint(context: OperationContext, node: NodeRef): Promise
 
 /** What `node` has received once it is past `lsn`; null when it is not within the time limit. */
 async function waitForReceipt(context: OperationContext, node: NodeRef, lsn: string): Promise<string | null> {
-  const deadline = Date.now() + context.deps.config.switchoverCatchUpTimeoutMs;
-  while (Date.now() < deadline) {
+  const deadline = monotonicNowMs() + context.deps.config.switchoverCatchUpTimeoutMs;
+  while (monotonicNowMs() < deadline) {
     const facts = await context.facts(node);
     // Past the checkpoint record's start: the record itself was received.
     if (facts?.lsn && lsnToNumber(facts.lsn) > lsnToNumber(lsn)) return facts.lsn;

@@ -6,6 +6,7 @@ import { sleep } from "../util/sleep";
 import { StaleWriterError, type ClusterState, type ClusterStateStore, type StateGuard, type WriteConditions } from "./cluster-state";
 import { joinProgress, standbysCaughtUp, standbysToJoin } from "./monitor-rules";
 import type { StandbySeen } from "./primary-check";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /**
  * How often the primary is polled while a member of the synchronous set is
@@ -103,11 +104,11 @@ export class CommitWaitConfirmation {
   request(primary: NodeRef): void {
     if (this.confirmedOn === primary.name || this.pendingFor === primary.name) return;
     const generation = this.generation;
-    const askedAt = (this.options.now ?? Date.now)();
+    const askedAt = (this.options.now ?? monotonicNowMs)();
     const mayCheckpoint = checkpointAllowed(this.lastCheckpoint, primary.name, askedAt, this.options.checkpointIntervalMs);
     this.pendingFor = primary.name;
     const checkpointIssued = (): void => {
-      this.lastCheckpoint = { primary: primary.name, at: (this.options.now ?? Date.now)() };
+      this.lastCheckpoint = { primary: primary.name, at: (this.options.now ?? monotonicNowMs)() };
     };
     const run = this.confirm(primary, { signal: this.stopping.signal, mayCheckpoint, checkpointIssued }).then(
       (outcome) => {
@@ -132,10 +133,10 @@ export class CommitWaitConfirmation {
    * shutdown held for minutes by a busy primary's checkpoint.
    */
   async settled(withinMs: number): Promise<void> {
-    const deadline = Date.now() + withinMs;
-    while (this.pending !== null && Date.now() < deadline) {
+    const deadline = monotonicNowMs() + withinMs;
+    while (this.pending !== null && monotonicNowMs() < deadline) {
       let timer: NodeJS.Timeout | undefined;
-      const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - Date.now())));
+      const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - monotonicNowMs())));
       await Promise.race([this.pending, expired]);
       clearTimeout(timer);
     }
@@ -191,8 +192,8 @@ export async function pollJoiningStandbys(state: ClusterState, polling: JoinPoll
   polling.commitWait.request(polling.primary);
   try {
     await withNodeClient(polling.primary, polling.credentials, polling.timeoutMs, async (client) => {
-      while (someoneJoining(state) && Date.now() < polling.until) {
-        const started = Date.now();
+      while (someoneJoining(state) && monotonicNowMs() < polling.until) {
+        const started = monotonicNowMs();
         // The standbys first, then the LSN: a join point read after the report that the primary waits for it.
         const standbys = await readStandbys(client);
         const primary = await readPrimary(client);
@@ -209,7 +210,7 @@ export async function pollJoiningStandbys(state: ClusterState, polling: JoinPoll
             );
           }
         }
-        await sleep(Math.min(Math.max(0, JOIN_POLL_MS - (Date.now() - started)), Math.max(0, polling.until - Date.now())));
+        await sleep(Math.min(Math.max(0, JOIN_POLL_MS - (monotonicNowMs() - started)), Math.max(0, polling.until - monotonicNowMs())));
       }
     });
   } catch (error) {

@@ -10,6 +10,7 @@ import type { RunningOperation } from "./operation-journal";
 import { PrimaryChecker } from "./primary-check";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
 import { newPrimaryLossConfirmed } from "./switchover-rules";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /**
  * Whether `node` misses `RELEVO_FAILOVER_FAILURE_THRESHOLD` checks in a row,
@@ -22,10 +23,10 @@ export async function missesEveryCheck(context: OperationContext, node: NodeRef)
   const checker = new PrimaryChecker({ credentials: deps.superuser, timeoutMs: intervalMs, clusterName: deps.config.clusterName });
   try {
     for (let failures = 1; ; failures += 1) {
-      const started = Date.now();
+      const started = monotonicNowMs();
       if ((await checker.check(node)).ok) return false;
       if (afterMissedCheck({ failures, threshold: deps.config.failoverFailureThreshold, maintenance: false }).go) return true;
-      await sleep(Math.max(0, intervalMs - (Date.now() - started)));
+      await sleep(Math.max(0, intervalMs - (monotonicNowMs() - started)));
     }
   } finally {
     checker.close();

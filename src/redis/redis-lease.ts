@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type Redis from "ioredis";
 import type { Logger } from "../log";
+import { monotonicNowMs } from "../util/monotonic-clock";
 
 /** Extends the lease if it is still ours; 1 when it was. */
 const RENEW = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end`;
@@ -15,6 +16,18 @@ export interface LeaseHolder {
 }
 
 /**
+ * Whether a lease may have lapsed, on this process's monotonic clock (see
+ * monotonic-clock.ts). Redis keeps the key for the time to live from when
+ * it received the last acquisition or renewal, which is after this process
+ * sent it: the lease is surely ours until `confirmedSentAtMs + ttlMs`, the
+ * sending time of the last request Redis confirmed, and may be another's
+ * from then on. Pure.
+ */
+export function leaseLapsed(options: { readonly confirmedSentAtMs: number; readonly nowMs: number; readonly ttlMs: number }): boolean {
+  return options.nowMs - options.confirmedSentAtMs >= options.ttlMs;
+}
+
+/**
  * One holder at a time across service instances: a Redis key set with NX and
  * a time to live, renewed by its holder every third of that (only while the
  * value is still its own: a Lua check-and-extend), released the same way.
@@ -23,6 +36,8 @@ export interface LeaseHolder {
  */
 export class RedisLease {
   private held: LeaseHolder | null = null;
+  /** When the last acquisition or renewal Redis confirmed was sent (monotonic ms). */
+  private confirmedSentAtMs = 0;
 
   constructor(
     private readonly redis: Redis,
@@ -40,17 +55,21 @@ export class RedisLease {
     if (this.held) return null;
     const fencingToken = await this.redis.incr(`${this.key}:fencing`);
     const holder = `${this.instance}#${fencingToken}`;
+    const sentAtMs = monotonicNowMs();
     const taken = await this.redis.set(this.key, holder, "PX", this.ttlMs, "NX");
     if (taken !== "OK") return null;
     this.held = { holder, fencingToken };
+    this.confirmedSentAtMs = sentAtMs;
     return this.held;
   }
 
   /** Extends the lease; false when it is no longer ours (expired, or taken by another). */
   async renew(): Promise<boolean> {
     if (!this.held) return false;
+    const sentAtMs = monotonicNowMs();
     const extended = (await this.redis.eval(RENEW, 1, this.key, this.held.holder, String(this.ttlMs))) as number;
     if (extended !== 1) this.held = null;
+    else this.confirmedSentAtMs = Math.max(this.confirmedSentAtMs, sentAtMs);
     return extended === 1;
   }
 
@@ -65,24 +84,35 @@ export class RedisLease {
     return this.redis.get(this.key);
   }
 
-  /** Renews every third of the time to live until the returned function is called; `onLost` when another took it. */
+  /**
+   * Renews every third of the time to live until the returned function is
+   * called; `onLost` (once, and renewals end) when another took it, or when
+   * no renewal was confirmed for a whole time to live (Redis restarted, slow,
+   * or reachable from other instances only): it may be another's by now, so
+   * this instance steps down, whatever the wall clock says meanwhile.
+   */
   keepAlive(logger: Logger, onLost: () => void): () => void {
-    let renewedAt = Date.now();
-    const timer = setInterval(
+    let timer: NodeJS.Timeout | undefined = undefined;
+    let lost = false;
+    const lose = (): void => {
+      clearInterval(timer);
+      // A renewal still pending when the lease lapsed answers later: told once.
+      if (lost) return;
+      lost = true;
+      this.held = null;
+      onLost();
+    };
+    const lapsed = (): boolean => leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs });
+    timer = setInterval(
       () => {
+        if (lapsed()) return lose();
         this.renew()
           .then((ours) => {
-            if (!ours) onLost();
-            else renewedAt = Date.now();
+            if (!ours) lose();
           })
           .catch((error: Error) => {
             logger.warn({ key: this.key, err: error.message }, "lease not renewed: Redis unavailable");
-            // Unrenewed for a whole time to live, it may be another's by now (Redis
-            // restarted, or reachable from other instances only): step down.
-            if (Date.now() - renewedAt > this.ttlMs) {
-              this.held = null;
-              onLost();
-            }
+            if (lapsed()) lose();
           });
       },
       Math.max(100, Math.floor(this.ttlMs / 3)),
