@@ -1,4 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
+import { hasControlCharacter } from "../util/control-characters";
 
 /**
  * Every value Relevo writes into a PostgreSQL configuration file
@@ -15,15 +16,6 @@ import { ErrorCode, RelevoError } from "../errors";
  * as well, and a value may hold no line break at all: the lexer ends a
  * quoted value at one, and nothing Relevo writes needs one.
  */
-
-/** Whether `value` holds a control character (U+0000–U+001F, U+007F): a newline or carriage return would start a new setting, NUL would cut the value short. */
-export function hasControlCharacter(value: string): boolean {
-  for (let index = 0; index < value.length; index++) {
-    const code = value.charCodeAt(index);
-    if (code < 0x20 || code === 0x7f) return true;
-  }
-  return false;
-}
 
 /** Refuses a value holding a control character (newline, carriage return, NUL, tab…), naming what it was for. */
 export function assertNoControlCharacters(value: string, what: string): void {

@@ -7,6 +7,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
+import { hasControlCharacter } from "../util/control-characters";
 import type { RelevoConfig } from "../config/config";
 import { parseRedisUrl, type RedisEndpoint } from "./redis-client";
 
@@ -132,17 +133,30 @@ export async function requireExternalRedis(
   );
 }
 
-function redisConf(options: RedisServerOptions, dir: string): string {
+/**
+ * One argument of a redis.conf line, double-quoted as Redis's config parser
+ * (sdssplitargs) reads it back: `\` and `"` escaped, no control character
+ * (a newline would start a directive of its own). The data home's path is
+ * the operator's to choose, spaces included.
+ */
+export function redisConfigWord(value: string): string {
+  if (hasControlCharacter(value)) {
+    throw new RelevoError(ErrorCode.InvalidConfig, `${JSON.stringify(value)} cannot go into redis.conf: it holds a control character`);
+  }
+  return `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+}
+
+export function redisConf(options: RedisServerOptions, dir: string): string {
   return [
     "# Written by Relevo at every start.",
-    `bind ${options.host}`,
+    `bind ${redisConfigWord(options.host)}`,
     `port ${options.port}`,
     "protected-mode yes",
-    `requirepass ${options.password}`,
-    `dir ${dir}`,
+    `requirepass ${redisConfigWord(options.password)}`,
+    `dir ${redisConfigWord(dir)}`,
     "daemonize no",
-    `pidfile ${path.join(dir, "redis.pid")}`,
-    `logfile ${path.join(dir, "redis.log")}`,
+    `pidfile ${redisConfigWord(path.join(dir, "redis.pid"))}`,
+    `logfile ${redisConfigWord(path.join(dir, "redis.log"))}`,
     // Events and in-flight metadata wait here while the primary is down: keep them across restarts.
     "appendonly yes",
     "appendfsync everysec",

@@ -1,5 +1,6 @@
 import { ErrorCode, RelevoError } from "../errors";
-import { commandPathWord, configString, hasControlCharacter } from "../postgres/config-values";
+import { commandPathWord, configString } from "../postgres/config-values";
+import { hasControlCharacter } from "../util/control-characters";
 
 /** Where recovery stops (PostgreSQL's recovery_target_* settings). */
 export type RecoveryTarget =

@@ -12,7 +12,10 @@ import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { commandPathWord, configString, conninfoString, conninfoValue } from "../../src/postgres/config-values";
 import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
 import { recoverySettings, recoveryTargetFrom, restoreCommandFor } from "../../src/restore/recovery-target";
+import { ensureRedisServer } from "../../src/redis/redis-server";
 import { hostToolEnvironment } from "../../src/util/host-tool";
+import Redis from "ioredis";
+import { freePort } from "../helpers/ports";
 
 /**
  * Values Relevo writes into PostgreSQL's configuration, read back by
@@ -147,5 +150,23 @@ describe("restore point names an operator gives", () => {
     await expect(stat(to)).rejects.toMatchObject({ code: "ENOENT" });
     await expect(stat(`${to}.restore.lock`)).rejects.toMatchObject({ code: "ENOENT" });
     expect(printed).toEqual([]);
+  });
+});
+
+describe("redis.conf, read back by Redis", () => {
+  test("a data home with spaces, quotes and a backslash, and a password with a quote: Relevo's Redis starts with them exactly", async () => {
+    const home = path.join(await mkdtemp(path.join(os.tmpdir(), "config-values-")), `it's a "home" \\ dir`);
+    const password = 'pa"ss\\word';
+    const options = { home, host: "127.0.0.1", port: await freePort(), password, bin: config.redisServerBin, startTimeoutMs: 10000 };
+    const server = await ensureRedisServer({ ...options, logger: createLogger({ level: "silent" }) });
+    const client = new Redis({ host: options.host, port: options.port, password, lazyConnect: true, maxRetriesPerRequest: 0 });
+    try {
+      await client.connect();
+      expect(await client.config("GET", "dir")).toEqual(["dir", path.join(home, "redis")]);
+      expect(await client.config("GET", "requirepass")).toEqual(["requirepass", password]);
+    } finally {
+      client.disconnect();
+      await server.stop();
+    }
   });
 });
