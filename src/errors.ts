@@ -36,6 +36,10 @@ export enum ErrorCode {
   NotARestoredCopy = "NOT_A_RESTORED_COPY",
   /** A lock file (a backup's in the repository) stayed held by another process past the wait allowed. */
   LockHeld = "LOCK_HELD",
+  /** A token (or a client address without one) ran more API operations than RELEVO_API_RATE_LIMIT_* allow; retry after the time given. */
+  RateLimited = "RATE_LIMITED",
+  /** A mutation sent over the WebSocket: mutations are accepted over HTTP only, where each is audited. */
+  MutationOverWebSocket = "MUTATION_OVER_WEBSOCKET",
   Internal = "INTERNAL",
 }
 
@@ -94,6 +98,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.BackupInProgress:
     case ErrorCode.OperationInProgress:
     case ErrorCode.LockHeld:
+    case ErrorCode.RateLimited:
       return 75; // EX_TEMPFAIL
     default:
       return 1;

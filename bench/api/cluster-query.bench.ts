@@ -79,6 +79,9 @@ async function main(): Promise<void> {
     RELEVO_REPLICA_PORT: String(await findFreePort("127.0.0.1")),
     RELEVO_REDIS_PORT: String(await findFreePort("127.0.0.1")),
     RELEVO_LOG_LEVEL: "warn",
+    // One token sends the whole load: its rate limit (checked in Redis on every request) stays on, above the rate sent.
+    RELEVO_API_RATE_LIMIT_PER_SECOND: String(RATE * 2),
+    RELEVO_API_RATE_LIMIT_BURST: String(RATE * 2),
   };
   const body = JSON.stringify({ query: QUERY });
   const service = await startService(env);

@@ -1,16 +1,85 @@
 import type { ApolloServerPlugin } from "@apollo/server";
 import {
+  GraphQLError,
   Kind,
+  OperationTypeNode,
+  getOperationAST,
+  parse,
+  validate,
   type DocumentNode,
   type FragmentDefinitionNode,
   type OperationDefinitionNode,
   type SelectionSetNode,
   type GraphQLSchema,
 } from "graphql";
-import { fieldExtensionsEstimator, getComplexity, simpleEstimator } from "graphql-query-complexity";
+import { fieldExtensionsEstimator, getComplexity, simpleEstimator, type ComplexityEstimatorArgs } from "graphql-query-complexity";
 import { ErrorCode } from "../errors";
 import { promiseTry } from "../util/promise-try";
 import { codedGraphQLError } from "./errors";
+
+/**
+ * The API's admission rules, one module for every way in (POST /graphql
+ * through Apollo's plugin, the WebSocket through `admitOperation`): how big a
+ * request may be, how deep and costly an operation, and what each field
+ * costs. The per-client rate limit is rate-limit.ts.
+ */
+
+/** Largest HTTP request body and largest WebSocket message (a bigger frame closes the socket, before or after connection_init). */
+export const MAX_REQUEST_BYTES = 256 * 1024;
+
+export interface OperationLimits {
+  readonly maxDepth: number;
+  readonly maxComplexity: number;
+}
+
+/**
+ * Fixed costs of the fields whose work does not show in their page size:
+ * a request of many aliases of a cheap-looking field must not run that work
+ * once per alias (issue 14: 1200 aliases of a filtered `events` kept the
+ * event loop the failover monitor shares busy for 13.8 s). The resolvers also
+ * share that work inside one request (request-memo.ts); these costs bound
+ * what distinct arguments can still make them repeat.
+ */
+export const FIELD_COSTS = {
+  /** `backups`: reads and parses every manifest of the repository. */
+  backupCatalog: 25,
+  /** `backup(id)`: its manifest, its chain's manifests, its progress in Redis. */
+  oneBackup: 10,
+  /** `recoveryWindow`: every manifest, and a stat of every archived WAL segment. */
+  recoveryWindow: 50,
+  /** An event-stream scan with a filter (`events(kinds:|node:)`, `failovers`): up to 50 000 entries read and decoded. */
+  eventScan: 50,
+} as const;
+
+/**
+ * A list field's page size as the cost estimator must count it: the
+ * argument clamped to what the field accepts, so that an out-of-range value
+ * (refused later by the field's own validation) can neither inflate nor,
+ * negative, cancel the cost of the operation's other fields.
+ */
+export function countedPageSize(value: unknown, bounds: { readonly defaultSize: number; readonly maxSize: number }): number {
+  const size = typeof value === "number" && Number.isFinite(value) ? Math.trunc(value) : bounds.defaultSize;
+  return Math.min(Math.max(size, 1), bounds.maxSize);
+}
+
+/**
+ * The `complexity` of a paged field: one, plus its fixed cost, plus its
+ * selection once per item of the page.
+ */
+export function pagedFieldCost(options: {
+  readonly sizeArgument: string;
+  readonly defaultSize: number;
+  readonly maxSize: number;
+  readonly fixed?: (args: Record<string, unknown>) => number;
+}): (estimate: ComplexityEstimatorArgs) => number {
+  return ({ args, childComplexity }) =>
+    1 + (options.fixed?.(args) ?? 0) + childComplexity * countedPageSize(args[options.sizeArgument], options);
+}
+
+/** Whether an event query filters the stream (and so may scan far past its page). */
+export function filtersEventStream(args: Record<string, unknown>): boolean {
+  return (Array.isArray(args.kinds) && args.kinds.length > 0) || (typeof args.node === "string" && args.node !== "");
+}
 
 /** Depth of an operation's selections, fragments followed, introspection (`__schema`…) not counted. */
 export function operationDepth(operation: OperationDefinitionNode, fragments: Map<string, FragmentDefinitionNode>): number {
@@ -43,7 +112,7 @@ function isIntrospectionOnly(operation: OperationDefinitionNode): boolean {
  * than `maxComplexity` (one per field; list fields with a page size multiply
  * their children by it), so one request cannot exhaust the server.
  */
-export function queryLimitsPlugin(schema: GraphQLSchema, limits: { maxDepth: number; maxComplexity: number }): ApolloServerPlugin {
+export function queryLimitsPlugin(schema: GraphQLSchema, limits: OperationLimits): ApolloServerPlugin {
   // Apollo reuses the parsed DocumentNode of a query it has seen, so the
   // verdict for (document, operation, variables) can be remembered: clients
   // repeat the same few queries, and cost analysis walks the whole document.
@@ -73,7 +142,7 @@ export function checkLimits(
   operation: OperationDefinitionNode,
   variables: Record<string, unknown>,
   operationName: string | undefined | null,
-  limits: { maxDepth: number; maxComplexity: number },
+  limits: OperationLimits,
 ): void {
   const fragments = new Map(
     document.definitions.filter((d): d is FragmentDefinitionNode => d.kind === Kind.FRAGMENT_DEFINITION).map((d) => [d.name.value, d]),
@@ -98,4 +167,74 @@ export function checkLimits(
       maxComplexity: limits.maxComplexity,
     });
   }
+}
+
+export type Admission =
+  | {
+      readonly phase: "admitted";
+      readonly document: DocumentNode;
+      readonly operation: OperationDefinitionNode;
+    }
+  | { readonly phase: "refused"; readonly errors: readonly GraphQLError[] };
+
+/**
+ * What Apollo does for POST /graphql before executing, for a path that has
+ * no Apollo (the WebSocket): parse, validate against the schema, pick the
+ * operation, and apply the same depth and cost limits, refusing with the
+ * same codes (GraphQL's GRAPHQL_PARSE_FAILED / GRAPHQL_VALIDATION_FAILED,
+ * then QUERY_TOO_DEEP / QUERY_TOO_COMPLEX).
+ */
+export function admitOperation(
+  schema: GraphQLSchema,
+  request: { readonly query: string; readonly operationName?: string | null; readonly variables?: Record<string, unknown> | null },
+  limits: OperationLimits,
+): Admission {
+  let document: DocumentNode;
+  try {
+    document = parse(request.query);
+  } catch (error) {
+    const syntax = error instanceof GraphQLError ? error : new GraphQLError(String(error));
+    return refused([
+      new GraphQLError(syntax.message, {
+        source: syntax.source,
+        positions: syntax.positions,
+        extensions: { code: "GRAPHQL_PARSE_FAILED" },
+      }),
+    ]);
+  }
+  const invalid = validate(schema, document);
+  if (invalid.length > 0) {
+    return refused(
+      invalid.map((error) => new GraphQLError(error.message, { nodes: error.nodes, extensions: { code: "GRAPHQL_VALIDATION_FAILED" } })),
+    );
+  }
+  const operation = getOperationAST(document, request.operationName);
+  if (!operation) {
+    return refused([
+      codedGraphQLError(
+        ErrorCode.BadUserInput,
+        request.operationName
+          ? `no operation named ${request.operationName} in the document`
+          : "the document has several operations: name one",
+      ),
+    ]);
+  }
+  if (!isIntrospectionOnly(operation)) {
+    try {
+      checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+    } catch (error) {
+      if (error instanceof GraphQLError) return refused([error]);
+      throw error;
+    }
+  }
+  return { phase: "admitted", document, operation };
+}
+
+function refused(errors: readonly GraphQLError[]): Admission {
+  return { phase: "refused", errors };
+}
+
+/** Whether an admitted operation changes something (a mutation). */
+export function isMutation(operation: OperationDefinitionNode): boolean {
+  return operation.operation === OperationTypeNode.MUTATION;
 }

@@ -4,8 +4,6 @@ import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHt
 import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/disabled";
 import { expressMiddleware } from "@as-integrations/express5";
 import express from "express";
-import { useServer } from "graphql-ws/use/ws";
-import { WebSocketServer } from "ws";
 import type { PubSub } from "type-graphql";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import { promiseTry } from "../util/promise-try";
@@ -15,15 +13,18 @@ import type { ApiContext, ApiServices } from "./context";
 import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
-import { queryLimitsPlugin } from "./limits";
+import { MAX_REQUEST_BYTES, queryLimitsPlugin } from "./limits";
+import { RateLimiter, rateLimitedClient, rateLimitedError, type RateLimitOptions } from "./rate-limit";
 import { createSchema } from "./schema";
 import { TopologyResponseCache } from "./topology-response-cache";
+import { serveGraphqlOverWebSocket } from "./websocket";
 
 export interface ApiServerOptions {
   readonly host: string;
   readonly port: number;
   readonly maxDepth: number;
   readonly maxComplexity: number;
+  readonly rateLimit: RateLimitOptions;
 }
 
 export interface RunningApi {
@@ -43,11 +44,24 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   const responseCache = new TopologyResponseCache(services.topology, services.tokens);
   const app = express();
   const httpServer = http.createServer((req, res) => void handle(req, res));
+  const limits = { maxDepth: options.maxDepth, maxComplexity: options.maxComplexity };
+  const rateLimiter = new RateLimiter(services.redis, services.keys.rateLimit, options.rateLimit, services.logger);
+  const formatError = createFormatError(services.logger);
   // POST /graphql bodies are read here so that a cached topology answer
   // skips Express entirely; body-parser sees `_body` and does not read again.
+  // The rate limit comes first, before the body is even read.
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    if (isGraphqlOperation(req)) {
+      const verdict = await rateLimiter.take(rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress));
+      if (verdict.phase === "limited") {
+        const error = rateLimitedError(verdict.retryAfterSeconds);
+        res.writeHead(429, { "content-type": "application/json; charset=utf-8", "retry-after": String(verdict.retryAfterSeconds) });
+        res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
+        return;
+      }
+    }
     if (req.method === "POST" && req.url === "/graphql" && (req.headers["content-type"] ?? "").startsWith("application/json")) {
-      const body = await readJsonBody(req, MAX_BODY_BYTES);
+      const body = await readJsonBody(req, MAX_REQUEST_BYTES);
       if (body.phase === "invalid") {
         res.writeHead(400, { "content-type": "application/json; charset=utf-8" });
         res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
@@ -58,25 +72,17 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     }
     app(req, res);
   };
-  const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql" });
-  const wsCleanup = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
-    {
-      schema,
-      onConnect: (ctx) => {
-        try {
-          ctx.extra.identity = authenticate(services.tokens, authorizationFromParams(ctx.connectionParams));
-          return true;
-        } catch {
-          return false; // closes with 4403 Forbidden
-        }
-      },
-      context: (ctx): ApiContext => ({ identity: ctx.extra.identity! }),
-    },
-    wsServer,
-  );
+  const wsCleanup = serveGraphqlOverWebSocket(httpServer, {
+    schema,
+    tokens: services.tokens,
+    limits,
+    rateLimiter,
+    formatError,
+    logger: services.logger,
+  });
   const apollo = new ApolloServer<ApiContext>({
     schema,
-    formatError: createFormatError(services.logger),
+    formatError,
     includeStacktraceInErrorResponses: false,
     // Relevo owns shutdown order (API, collector, consolidator, Redis, nodes).
     stopOnTerminationSignals: false,
@@ -93,7 +99,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
           });
         },
       },
-      queryLimitsPlugin(schema, options),
+      queryLimitsPlugin(schema, limits),
       mutationAuditPlugin(services.events),
       responseCache.plugin(),
       graphiqlLandingPagePlugin(),
@@ -102,7 +108,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   await apollo.start();
   app.use(
     "/graphql",
-    express.json({ limit: MAX_BODY_BYTES }),
+    express.json({ limit: MAX_REQUEST_BYTES }),
     expressMiddleware(apollo, {
       context: ({ req }): Promise<ApiContext> =>
         promiseTry(() => {
@@ -129,7 +135,12 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   };
 }
 
-const MAX_BODY_BYTES = 256 * 1024;
+/** A request that runs a GraphQL operation (POST, or GET with a query), not the GraphiQL page or a health route. */
+function isGraphqlOperation(req: http.IncomingMessage): boolean {
+  const url = new URL(req.url ?? "/", "http://relevo");
+  if (url.pathname !== "/graphql") return false;
+  return req.method === "POST" || (req.method === "GET" && url.searchParams.has("query"));
+}
 
 type BodyRead = { readonly phase: "parsed"; readonly value: unknown } | { readonly phase: "invalid"; readonly reason: string };
 
@@ -151,13 +162,6 @@ function readJsonBody(req: http.IncomingMessage, limit: number): Promise<BodyRea
     });
     req.on("error", () => resolve({ phase: "invalid", reason: "request body could not be read" }));
   });
-}
-
-function authorizationFromParams(params: Record<string, unknown> | undefined): string | undefined {
-  if (!params) return undefined;
-  const headers = (params.headers ?? {}) as Record<string, unknown>;
-  const value = params.authorization ?? params.Authorization ?? headers.authorization ?? headers.Authorization;
-  return typeof value === "string" ? value : undefined;
 }
 
 function listen(server: http.Server, options: ApiServerOptions): Promise<void> {

@@ -157,7 +157,19 @@ export const configKeys = {
     env: "RELEVO_API_MAX_COMPLEXITY",
     default: "5000",
     schema: positiveInt,
-    doc: "Largest estimated cost (one per field, lists multiplied by their page size) of a GraphQL operation.",
+    doc: "Largest estimated cost of a GraphQL operation: one per field, lists multiplied by their page size, plus a fixed cost for a field that reads the backup catalog or scans the event stream (see docs/api.md#limits).",
+  },
+  apiRateLimitPerSecond: {
+    env: "RELEVO_API_RATE_LIMIT_PER_SECOND",
+    default: "50",
+    schema: z.coerce.number().min(0).max(100000),
+    doc: "GraphQL operations a token (or, without a valid token, a client address) may run per second, sustained, over HTTP and WebSocket together; 0 turns the limit off.",
+  },
+  apiRateLimitBurst: {
+    env: "RELEVO_API_RATE_LIMIT_BURST",
+    default: "500",
+    schema: z.coerce.number().int().min(1).max(1000000),
+    doc: "Operations a token may run at once above the sustained rate before it is answered RATE_LIMITED (the token bucket's size).",
   },
   eventsMaxLength: {
     env: "RELEVO_EVENTS_MAX_LENGTH",

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type Redis from "ioredis";
+import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { redisCall } from "../redis/redis-client";
 import type { ClusterEvent, EventDraft, EventKind } from "./event-map";
@@ -25,7 +26,47 @@ export interface EventPage {
 
 const MAX_BUFFERED = 10000;
 const SCAN_BATCH = 500;
-const MAX_SCANNED = 50000;
+/** Stream entries one page may scan, and one EventStreamReads may read in all. */
+export const MAX_SCANNED = 50000;
+
+interface StreamBatch {
+  /** Decoded entries, newest first; null for an entry that is not an event. */
+  readonly events: ReadonlyArray<ClusterEvent | null>;
+  readonly lastStreamId: string;
+}
+
+/**
+ * The stream batches read for one API request, shared by its pages: aliases
+ * that page from the same point (whatever their filters) read and decode the
+ * stream once. A request's distinct reads are bounded in all by MAX_SCANNED
+ * entries, which one page's scan never exceeds alone: past it the request is
+ * refused with QUERY_TOO_COMPLEX instead of keeping the event loop (which
+ * the failover monitor shares) busy.
+ */
+export class EventStreamReads {
+  private readonly batches = new Map<string, Promise<StreamBatch>>();
+  private requested = 0;
+
+  batch(end: string, count: number, read: () => Promise<Array<[string, string[]]>>): Promise<StreamBatch> {
+    const key = `${end} ${count}`;
+    const known = this.batches.get(key);
+    if (known) return known;
+    if (this.requested + count > MAX_SCANNED) {
+      throw new RelevoError(
+        ErrorCode.QueryTooComplex,
+        `the event queries of this request would read more than ${MAX_SCANNED} stream entries; ask for fewer pages, or page with after`,
+        { details: { maxScanned: MAX_SCANNED } },
+      );
+    }
+    this.requested += count;
+    const pending = read().then((entries) => ({
+      events: entries.map(([streamId, fields]) => decode(streamId, fields)),
+      lastStreamId: entries[entries.length - 1]?.[0] ?? "",
+    }));
+    this.batches.set(key, pending);
+    return pending;
+  }
+}
 
 /**
  * The events stream: every event is appended to a Redis stream (the
@@ -67,25 +108,32 @@ export class EventLog {
     return this.buffered.length;
   }
 
-  async page(options: EventPageOptions): Promise<EventPage> {
-    return redisCall("reading events", async () => {
-      const matches: ClusterEvent[] = [];
-      let end = options.after ? `(${options.after}` : "+";
-      let scanned = 0;
-      while (matches.length <= options.first && scanned < MAX_SCANNED) {
-        const batch = await this.redis.xrevrange(this.keys.events, end, "-", "COUNT", SCAN_BATCH);
-        if (batch.length === 0) break;
-        scanned += batch.length;
-        for (const [streamId, fields] of batch) {
-          const event = decode(streamId, fields);
-          if (event && matchesFilter(event, options)) matches.push(event);
-          if (matches.length > options.first) break;
-        }
-        end = `(${batch[batch.length - 1]![0]}`;
-        if (batch.length < SCAN_BATCH) break;
+  /**
+   * A page of events, newest first. Without a filter it reads just the page
+   * (and one more, for hasNextPage); with one it scans back in batches, at
+   * most MAX_SCANNED entries. `reads` shares the batches between the pages
+   * one request asks for (see EventStreamReads).
+   */
+  async page(options: EventPageOptions, reads: EventStreamReads = new EventStreamReads()): Promise<EventPage> {
+    const filtered = (options.kinds?.length ?? 0) > 0 || Boolean(options.node);
+    const matches: ClusterEvent[] = [];
+    let end = options.after ? `(${options.after}` : "+";
+    let scanned = 0;
+    while (matches.length <= options.first && scanned < MAX_SCANNED) {
+      const count = filtered ? SCAN_BATCH : Math.min(SCAN_BATCH, options.first + 1 - matches.length);
+      const batch = await reads.batch(end, count, () =>
+        redisCall("reading events", () => this.redis.xrevrange(this.keys.events, end, "-", "COUNT", count)),
+      );
+      if (batch.events.length === 0) break;
+      scanned += batch.events.length;
+      for (const event of batch.events) {
+        if (event && matchesFilter(event, options)) matches.push(event);
+        if (matches.length > options.first) break;
       }
-      return { events: matches.slice(0, options.first), hasNextPage: matches.length > options.first };
-    });
+      end = `(${batch.lastStreamId}`;
+      if (batch.events.length < count) break;
+    }
+    return { events: matches.slice(0, options.first), hasNextPage: matches.length > options.first };
   }
 
   private async append(pending: { draft: EventDraft; id: string; occurredAt: string }): Promise<ClusterEvent> {

@@ -1,5 +1,5 @@
 import type Redis from "ioredis";
-import type { EventLog } from "../events/event-log";
+import type { EventLog, EventStreamReads } from "../events/event-log";
 import type { EventKind, FailoverRecord } from "../events/event-map";
 import type { PrimaryDatabase } from "../db/primary-database";
 import type { Logger } from "../log";
@@ -183,9 +183,10 @@ export class FailoverService {
    * merged with the finishing events still in Redis (one that happened while
    * the database was unreachable is not consolidated yet).
    */
-  async failovers(limit: number): Promise<FailoverRecord[]> {
+  /** `reads`: the stream batches an API request shares between its event reads (see EventStreamReads). */
+  async failovers(limit: number, reads?: EventStreamReads): Promise<FailoverRecord[]> {
     const byId = new Map<string, FailoverRecord>();
-    const page = await this.deps.events.page({ first: limit, kinds: FINISHED_KINDS });
+    const page = await this.deps.events.page({ first: limit, kinds: FINISHED_KINDS }, reads);
     for (const event of page.events) byId.set((event.data as FailoverRecord).id, event.data as FailoverRecord);
     try {
       const prisma = await this.deps.database.client();

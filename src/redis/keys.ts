@@ -41,6 +41,8 @@ export interface RedisKeys {
     readonly prefix: string;
     readonly channel: string;
   };
+  /** The API's token buckets (rate-limit): `<rateLimit>:token:<id>` or `<rateLimit>:address:<ip>`, each a hash that expires. */
+  readonly rateLimit: string;
   /** A running backup's progress (a hash per backup id). */
   backupProgress(backupId: string): string;
   /**
@@ -70,6 +72,7 @@ export function redisKeys(clusterName: string): RedisKeys {
     maintenance: `${prefix}:maintenance`,
     failoverHeldBack: `${prefix}:failover-held-back`,
     archiveGaps: `${prefix}:archive-gaps`,
+    rateLimit: `${prefix}:rate-limit`,
     leases: {
       walArchiver: `${prefix}:lease:wal-archiver`,
       backup: `${prefix}:lease:backup`,

@@ -40,7 +40,13 @@ export async function startApi(
       failover,
     },
     redis.pubSub,
-    { host: config.host, port: config.apiPort, maxDepth: config.apiMaxDepth, maxComplexity: config.apiMaxComplexity },
+    {
+      host: config.host,
+      port: config.apiPort,
+      maxDepth: config.apiMaxDepth,
+      maxComplexity: config.apiMaxComplexity,
+      rateLimit: { perSecond: config.apiRateLimitPerSecond, burst: config.apiRateLimitBurst },
+    },
   );
   cleanups.push(() => api.stop());
   return api;

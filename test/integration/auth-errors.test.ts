@@ -1,10 +1,32 @@
-import { graphqlRequest, subscriptionClient } from "../helpers/graphql-client";
+import type { Client } from "graphql-ws";
+import WebSocket from "ws";
+import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
 import { mintToken } from "../../src/secrets/tokens";
 import { sqlOn } from "../helpers/sql";
 
+/** One operation over graphql-ws: its result, or the errors the server sent instead (an `error` message). */
+function overWebSocket(client: Client, query: string): Promise<Omit<GraphQLResponse, "status">> {
+  return new Promise((resolve) => {
+    let result: Omit<GraphQLResponse, "status"> = {};
+    client.subscribe(
+      { query },
+      {
+        next: (value) => (result = value as Omit<GraphQLResponse, "status">),
+        error: (error) => resolve({ errors: Array.isArray(error) ? (error as GraphQLResponse["errors"]) : [{ message: String(error) }] }),
+        complete: () => resolve(result),
+      },
+    );
+  });
+}
+
+const codesAndMessages = (response: Omit<GraphQLResponse, "status">) =>
+  (response.errors ?? []).map((error) => ({ code: error.extensions?.code, message: error.message }));
+
 describe("API auth, errors and limits", () => {
-  const cluster = useTestCluster("auth", { apiMaxDepth: 4, apiMaxComplexity: 400 });
+  // A slow refill (one operation per 5 s) and a small bucket, so that the rate-limit test can empty a token's bucket
+  // with a few dozen requests and find it still empty over the WebSocket; every other test's token stays far below.
+  const cluster = useTestCluster("auth", { apiMaxDepth: 4, apiMaxComplexity: 400, apiRateLimitPerSecond: 0.2, apiRateLimitBurst: 40 });
 
   test("no token: UNAUTHENTICATED with HTTP 401, for queries and introspection alike", async () => {
     for (const query of ["{ cluster { name } }", "{ __schema { queryType { name } } }"]) {
@@ -145,5 +167,93 @@ describe("API auth, errors and limits", () => {
     });
     await client.dispose();
     expect(outcome).toBe("4403");
+  });
+
+  test("over the WebSocket the HTTP path's rules hold: the same refusals, with the same codes and messages", async () => {
+    const token = cluster.token("viewer");
+    const client = subscriptionClient(cluster.url, token);
+    try {
+      for (const query of [
+        `{ events(first: 1) { edges { node { actor { id } } } } }`, // QUERY_TOO_DEEP (the limit is 4)
+        `{ events(first: 500) { edges { node { id kind message } } } }`, // QUERY_TOO_COMPLEX (the limit is 400)
+        `{ ${Array.from({ length: 20 }, (_, i) => `a${i}: backups(first: 1) { totalCount }`).join(" ")} }`, // the catalog's cost
+        `{ cluster { noSuchField } }`, // GRAPHQL_VALIDATION_FAILED
+        `{ cluster { name `, // GRAPHQL_PARSE_FAILED
+        `{ node(name: "node9") { name } }`, // NOT_FOUND, from the resolver
+        `{ events(first: 5, kinds: ["no:such-kind"]) { edges { cursor } } }`, // BAD_USER_INPUT, from argument validation
+      ]) {
+        const overHttp = codesAndMessages(await graphqlRequest(cluster.url, query, { token }));
+        expect(overHttp).not.toEqual([]);
+        expect([query, codesAndMessages(await overWebSocket(client, query))]).toEqual([query, overHttp]);
+      }
+      const allowed = await overWebSocket(client, `{ cluster { name primary { name } } }`);
+      expect(allowed).toEqual({ data: { cluster: { name: "test", primary: { name: "node1" } } } });
+    } finally {
+      await client.dispose();
+    }
+  });
+
+  test("a mutation over the WebSocket is refused with MUTATION_OVER_WEBSOCKET and does not run", async () => {
+    const operator = cluster.token("operator");
+    const client = subscriptionClient(cluster.url, operator);
+    try {
+      const refused = await overWebSocket(client, "mutation { setMaintenance(enabled: true) }");
+      expect(codesAndMessages(refused).map((error) => error.code)).toEqual(["MUTATION_OVER_WEBSOCKET"]);
+      const state = await graphqlRequest<{ failoverState: { maintenance: boolean } }>(cluster.url, "{ failoverState { maintenance } }", {
+        token: operator,
+      });
+      expect(state.data?.failoverState.maintenance).toBe(false);
+    } finally {
+      await client.dispose();
+      // Only if the refusal failed: no later test may run in maintenance mode.
+      await graphqlRequest(cluster.url, "mutation { setMaintenance(enabled: false) }", { token: operator });
+    }
+  });
+
+  test("a 1 MiB frame before connection_init closes the socket (1009) instead of being read", async () => {
+    const socket = new WebSocket(cluster.url.replace(/^http/, "ws"), "graphql-transport-ws");
+    await new Promise((resolve, reject) => socket.once("open", resolve).once("error", reject));
+    const outcome = new Promise<string>((resolve) => {
+      socket.once("message", (data: Buffer) => resolve(`answered ${data.toString().slice(0, 40)}`));
+      socket.once("close", (code) => resolve(`closed ${code}`));
+    });
+    // A ping is the one message graphql-ws answers before connection_init: a server that read this frame would pong.
+    socket.send(JSON.stringify({ type: "ping", payload: { padding: "x".repeat(1024 * 1024) } }));
+    expect(await outcome).toBe("closed 1009");
+    socket.terminate();
+  });
+
+  test("past its burst a token is RATE_LIMITED: HTTP 429 with Retry-After, and over the WebSocket too", async () => {
+    const token = cluster.token("viewer");
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        fetch(cluster.url, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+          body: JSON.stringify({ query: "{ cluster { name } }" }),
+        }),
+      ),
+    );
+    const statuses = responses.map((response) => response.status);
+    // The bucket holds 40; at one operation per 5 s nothing refills meanwhile worth counting.
+    expect(statuses.filter((status) => status === 200).length).toBeGreaterThanOrEqual(40);
+    const limited = responses.filter((response) => response.status === 429);
+    expect(limited.length).toBeGreaterThanOrEqual(9);
+    const retryAfter = Number(limited[0]!.headers.get("retry-after"));
+    expect(retryAfter).toBeGreaterThanOrEqual(1);
+    expect(retryAfter).toBeLessThanOrEqual(5);
+    const body = (await limited[0]!.json()) as GraphQLResponse;
+    expect(body.errors?.[0]?.extensions).toMatchObject({ code: "RATE_LIMITED", retryAfterSeconds: retryAfter });
+    for (const response of responses) if (!response.bodyUsed) await response.body?.cancel();
+
+    const client = subscriptionClient(cluster.url, token);
+    try {
+      const overWs = await overWebSocket(client, "{ cluster { name } }");
+      expect(codesAndMessages(overWs).map((error) => error.code)).toEqual(["RATE_LIMITED"]);
+    } finally {
+      await client.dispose();
+    }
+    // Another token has its own bucket.
+    expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") })).status).toBe(200);
   });
 });

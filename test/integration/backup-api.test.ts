@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { copyFile, mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
@@ -364,6 +364,43 @@ describe("backups through GraphQL and the CLI", () => {
       expect((await repository.archivedSegmentList()).every((segment) => segment.segment >= oldestKept)).toBe(true);
     } finally {
       for (const manifest of newer) await rm(repository.backupDir(manifest.id), { recursive: true, force: true });
+    }
+  });
+
+  test("1000 aliases of backups are refused by their cost; the largest request the limit accepts answers within 1 s with 200 backups", async () => {
+    // Issue 14: each alias read and parsed every manifest. 200 manifests seeded beside the real ones, as the catalog
+    // holds them (a real backup's, without its file list: this measures the API's work per alias, not JSON size).
+    const repository = cluster.service.repository;
+    const template = { ...(await cluster.service.backups.list()).at(-1)!, files: [] };
+    const seeded = Array.from({ length: 200 }, (_, n) => {
+      const at = new Date(Date.UTC(2099, 0, 1) + n * 1000);
+      return { ...template, id: newBackupId("full", at), startedAt: at.toISOString() };
+    });
+    await Promise.all(
+      seeded.map(async (manifest) => {
+        await mkdir(repository.backupDir(manifest.id), { recursive: true });
+        await writeFile(path.join(repository.backupDir(manifest.id), "manifest.json"), JSON.stringify(manifest));
+      }),
+    );
+    try {
+      const token = cluster.token("viewer");
+      const aliases = (count: number) =>
+        `{ ${Array.from({ length: count }, (_, i) => `a${i}: backups(first: 1) { totalCount }`).join(" ")} }`;
+      const refused = await graphqlRequest(cluster.url, aliases(1000), { token });
+      expect(refused.errors?.[0]?.extensions).toMatchObject({ code: "QUERY_TOO_COMPLEX", maxComplexity: 5000 });
+      expect(refused.data ?? null).toBeNull();
+      // Each alias costs 1 + 25 (the catalog read) + 1 (totalCount, once per item of a page of 1): 185 fit in 5000.
+      expect((await graphqlRequest(cluster.url, aliases(186), { token })).errors?.[0]?.extensions?.code).toBe("QUERY_TOO_COMPLEX");
+      const started = performance.now();
+      const accepted = await graphqlRequest<Record<string, { totalCount: number }>>(cluster.url, aliases(185), { token });
+      const elapsedMs = performance.now() - started;
+      expect(accepted.errors).toBeUndefined();
+      const counts = new Set(Object.values(accepted.data!).map((connection) => connection.totalCount));
+      expect([...counts]).toEqual([(await cluster.service.backups.list()).length]);
+      expect([...counts][0]).toBeGreaterThanOrEqual(200);
+      expect(elapsedMs).toBeLessThan(1000);
+    } finally {
+      await Promise.all(seeded.map((manifest) => rm(repository.backupDir(manifest.id), { recursive: true, force: true })));
     }
   });
 });

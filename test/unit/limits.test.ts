@@ -1,5 +1,9 @@
-import { Kind, parse, type FragmentDefinitionNode, type OperationDefinitionNode } from "graphql";
-import { operationDepth } from "../../src/api/limits";
+import "reflect-metadata";
+import { createPubSub } from "@graphql-yoga/subscription";
+import { Kind, parse, type FragmentDefinitionNode, type GraphQLSchema, type OperationDefinitionNode } from "graphql";
+import { admitOperation, countedPageSize, isMutation, operationDepth } from "../../src/api/limits";
+import { buildRelevoSchema } from "../../src/api/schema";
+import { configKeys } from "../../src/config/config-keys";
 
 function depth(query: string): number {
   const document = parse(query);
@@ -21,5 +25,67 @@ describe("query depth", () => {
   test("introspection fields do not count; fragment cycles do not loop", () => {
     expect(depth("{ __schema { types { fields { type { ofType { name } } } } } a }")).toBe(1);
     expect(depth("{ a { ...F } } fragment F on T { b { ...F } }")).toBe(2);
+  });
+});
+
+describe("admission: one set of rules for HTTP and the WebSocket", () => {
+  // The defaults a service runs with (RELEVO_API_MAX_DEPTH, RELEVO_API_MAX_COMPLEXITY).
+  const limits = { maxDepth: Number(configKeys.apiMaxDepth.default), maxComplexity: Number(configKeys.apiMaxComplexity.default) };
+  let schema: GraphQLSchema;
+  beforeAll(async () => {
+    schema = await buildRelevoSchema({ pubSub: createPubSub() });
+  });
+
+  const aliases = (count: number, field: string): string => `{ ${Array.from({ length: count }, (_, i) => `a${i}: ${field}`).join(" ")} }`;
+  const refusal = (query: string, variables: Record<string, unknown> = {}): unknown => {
+    const admission = admitOperation(schema, { query, variables }, limits);
+    return admission.phase === "refused" ? admission.errors.map((error) => error.extensions.code) : "admitted";
+  };
+
+  test("1000 aliases of a field that reads the catalog or scans the stream are refused by their cost, before any work", () => {
+    // Issue 14: 1200 aliases of `events(first: 1, kinds: …)` were under the limit and kept the event loop busy 13.8 s.
+    for (const field of [
+      "backups(first: 1) { totalCount }",
+      `events(first: 1, kinds: ["archive:gap"]) { edges { cursor } }`,
+      `events(first: 1, node: "node1") { edges { cursor } }`,
+      "failovers(limit: 1) { id }",
+      "recoveryWindow { gaps { __typename } }",
+      `backup(id: "20261125T224500Z-F") { id }`,
+    ]) {
+      expect([field, refusal(aliases(1000, field))]).toEqual([field, ["QUERY_TOO_COMPLEX"]]);
+      expect([field, refusal(aliases(1, field))]).toEqual([field, "admitted"]);
+    }
+    // What reads only a page is charged by its page: many small unfiltered pages stay allowed.
+    expect(refusal(aliases(100, "events(first: 1) { edges { cursor } }"))).toBe("admitted");
+  });
+
+  test("an out-of-range page size counts as the largest allowed: a negative one cannot cancel the cost of other fields", () => {
+    const expensive = aliases(190, "backups(first: 1) { totalCount }").slice(1, -1);
+    expect(refusal(`{ ${expensive} }`)).toEqual(["QUERY_TOO_COMPLEX"]);
+    for (const size of [-1000000, -1, 0]) {
+      expect(refusal(`{ cancel: events(first: ${size}) { edges { node { id kind message } } } ${expensive} }`)).toEqual([
+        "QUERY_TOO_COMPLEX",
+      ]);
+      expect(refusal(`query($n: Int!) { cancel: backups(first: $n) { edges { cursor } } ${expensive} }`, { n: size })).toEqual([
+        "QUERY_TOO_COMPLEX",
+      ]);
+    }
+    expect(countedPageSize(1e9, { defaultSize: 20, maxSize: 200 })).toBe(200);
+    expect(countedPageSize(undefined, { defaultSize: 20, maxSize: 200 })).toBe(20);
+  });
+
+  test("parse, validation, depth and operation choice give the codes Apollo gives over HTTP", () => {
+    expect(refusal("{ cluster { name ")).toEqual(["GRAPHQL_PARSE_FAILED"]);
+    expect(refusal("{ cluster { noSuchField } }")).toEqual(["GRAPHQL_VALIDATION_FAILED"]);
+    expect(refusal("{ events(first: 1) { edges { node { actor { id } } } } }")).toEqual("admitted");
+    expect(
+      admitOperation(schema, { query: "{ events(first: 1) { edges { node { actor { id } } } } }" }, { ...limits, maxDepth: 4 }),
+    ).toMatchObject({
+      phase: "refused",
+      errors: [{ extensions: { code: "QUERY_TOO_DEEP", depth: 5, maxDepth: 4 } }],
+    });
+    expect(refusal("query A { cluster { name } } query B { cluster { name } }")).toEqual(["BAD_USER_INPUT"]);
+    const admitted = admitOperation(schema, { query: "mutation M { refreshTopology { name } }" }, limits);
+    expect(admitted.phase === "admitted" && isMutation(admitted.operation)).toBe(true);
   });
 });

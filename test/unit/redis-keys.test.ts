@@ -17,6 +17,7 @@ describe("Redis keys", () => {
       maintenance: "relevo:c:maintenance",
       failoverHeldBack: "relevo:c:failover-held-back",
       archiveGaps: "relevo:c:archive-gaps",
+      rateLimit: "relevo:c:rate-limit",
       leases: {
         walArchiver: "relevo:c:lease:wal-archiver",
         backup: "relevo:c:lease:backup",

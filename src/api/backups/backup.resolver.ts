@@ -1,11 +1,13 @@
-import { Arg, Args, ArgsType, Authorized, Field, ID, Int, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
+import { Arg, Args, ArgsType, Authorized, Ctx, Field, ID, Int, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
 import { BACKUP_PROGRESS_TOPIC, type BackupProgress } from "../../backup/backup-progress";
 import type { BackupStatus, BackupType } from "../../backup/manifest";
 import { redisCall } from "../../redis/redis-client";
 import { IsOptional, Max, Min } from "class-validator";
 import { recoveryTargetFrom } from "../../restore/recovery-target";
 import { ErrorCode, RelevoError } from "../../errors";
-import type { ApiServices } from "../context";
+import type { ApiContext, ApiServices } from "../context";
+import { FIELD_COSTS, pagedFieldCost } from "../limits";
+import { perRequest } from "../request-memo";
 import { toBackup } from "./backup.mapper";
 import {
   Backup,
@@ -44,15 +46,16 @@ export class BackupResolver {
   @Authorized("viewer")
   @Query(() => BackupConnection, {
     description: "Backups in the repository, newest first.",
-    complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.first ?? 20),
+    complexity: pagedFieldCost({ sizeArgument: "first", defaultSize: 20, maxSize: 200, fixed: () => FIELD_COSTS.backupCatalog }),
   })
-  async backups(@Args(() => BackupsArgs) args: BackupsArgs): Promise<BackupConnection> {
+  async backups(@Args(() => BackupsArgs) args: BackupsArgs, @Ctx() context: ApiContext): Promise<BackupConnection> {
     const since = args.since ? Date.parse(args.since) : -Infinity;
     const until = args.until ? Date.parse(args.until) : Infinity;
     if (Number.isNaN(since) || Number.isNaN(until)) throw new RelevoError(ErrorCode.BadUserInput, "since / until must be ISO 8601 times");
     const type: BackupType | null | undefined = args.type;
     const status: BackupStatus | null | undefined = args.status;
-    const all = (await this.services.backups.list())
+    // Every alias of `backups` in a request filters the one listing of the repository.
+    const all = (await perRequest(context, "backup-list", () => this.services.backups.list()))
       .filter((m) => (!type || m.type === type) && (!status || m.status === status))
       .filter((m) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
       .reverse();
@@ -66,15 +69,20 @@ export class BackupResolver {
   }
 
   @Authorized("viewer")
-  @Query(() => Backup, { description: "One backup; NOT_FOUND when the repository has no such backup." })
-  async backup(@Arg("id", () => ID) id: string): Promise<Backup> {
-    const manifest = await this.services.backups.get(id);
-    const progress = await redisCall("reading backup progress", () => this.services.backups.progress(id));
-    return toBackup(
-      manifest,
-      progress,
-      manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null,
-    );
+  @Query(() => Backup, {
+    description: "One backup; NOT_FOUND when the repository has no such backup.",
+    complexity: ({ childComplexity }) => 1 + FIELD_COSTS.oneBackup + childComplexity,
+  })
+  async backup(@Arg("id", () => ID) id: string, @Ctx() context: ApiContext): Promise<Backup> {
+    return perRequest(context, `backup:${id}`, async () => {
+      const manifest = await this.services.backups.get(id);
+      const progress = await redisCall("reading backup progress", () => this.services.backups.progress(id));
+      return toBackup(
+        manifest,
+        progress,
+        manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null,
+      );
+    });
   }
 
   @Authorized("viewer")
@@ -102,9 +110,10 @@ export class BackupResolver {
   @Query(() => RecoveryWindowGql, {
     name: "recoveryWindow",
     description: "The span a point-in-time restore can reach, and any gap in the archive.",
+    complexity: ({ childComplexity }) => 1 + FIELD_COSTS.recoveryWindow + childComplexity,
   })
-  async recoveryWindow(): Promise<RecoveryWindowGql> {
-    const window = await this.services.backups.recoveryWindow();
+  async recoveryWindow(@Ctx() context: ApiContext): Promise<RecoveryWindowGql> {
+    const window = await perRequest(context, "recovery-window", () => this.services.backups.recoveryWindow());
     return { earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
   }
 

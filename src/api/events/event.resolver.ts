@@ -1,7 +1,10 @@
-import { Arg, Args, Authorized, ID, Query, Resolver, Root, Subscription } from "type-graphql";
+import { Arg, Args, Authorized, Ctx, ID, Query, Resolver, Root, Subscription } from "type-graphql";
 import type { ClusterEvent as DomainEvent, EventKind } from "../../events/event-map";
+import { EventStreamReads } from "../../events/event-log";
 import { EVENTS_TOPIC } from "../../redis/keys";
-import type { ApiServices } from "../context";
+import type { ApiContext, ApiServices } from "../context";
+import { FIELD_COSTS, filtersEventStream, pagedFieldCost } from "../limits";
+import { perRequest } from "../request-memo";
 import { ClusterEventsSubscriptionArgs, EventsArgs } from "./event.args";
 import { ClusterEvent, ClusterEventConnection } from "./event.type";
 
@@ -26,15 +29,18 @@ export class EventResolver {
   @Authorized("viewer")
   @Query(() => ClusterEventConnection, {
     description: "Recent events, newest first, from the Redis stream (older ones are in PostgreSQL's events table).",
-    complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.first ?? 50),
+    complexity: pagedFieldCost({
+      sizeArgument: "first",
+      defaultSize: 50,
+      maxSize: 500,
+      fixed: (args) => (filtersEventStream(args) ? FIELD_COSTS.eventScan : 0),
+    }),
   })
-  async events(@Args(() => EventsArgs) args: EventsArgs): Promise<ClusterEventConnection> {
-    const page = await this.services.events.page({
-      first: args.first,
-      after: args.after,
-      kinds: (args.kinds ?? null) as EventKind[] | null,
-      node: args.node,
-    });
+  async events(@Args(() => EventsArgs) args: EventsArgs, @Ctx() context: ApiContext): Promise<ClusterEventConnection> {
+    const page = await this.services.events.page(
+      { first: args.first, after: args.after, kinds: (args.kinds ?? null) as EventKind[] | null, node: args.node },
+      perRequest(context, "event-stream-reads", () => new EventStreamReads()),
+    );
     const edges = page.events.map((event) => ({ cursor: event.streamId, node: toEvent(event) }));
     return { edges, pageInfo: { hasNextPage: page.hasNextPage, endCursor: edges[edges.length - 1]?.cursor ?? null } };
   }

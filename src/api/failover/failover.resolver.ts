@@ -1,6 +1,9 @@
 import { Arg, Args, Authorized, Ctx, Mutation, Query, Resolver } from "type-graphql";
 import { redisCall } from "../../redis/redis-client";
+import { EventStreamReads } from "../../events/event-log";
 import type { ApiContext, ApiServices } from "../context";
+import { FIELD_COSTS, pagedFieldCost } from "../limits";
+import { perRequest } from "../request-memo";
 import { FailoversArgs } from "./failover.args";
 import { toFailover, toFailoverState } from "./failover.mapper";
 import { Failover, FailoverState, ReplicaMember } from "./failover.type";
@@ -13,10 +16,16 @@ export class FailoverResolver {
   @Query(() => [Failover], {
     description:
       "Finished failovers, switchovers and failbacks, newest first: the consolidated Failover records, with recent ones not yet consolidated read from the events stream.",
-    complexity: ({ args, childComplexity }) => 1 + childComplexity * Number(args.limit ?? 20),
+    complexity: pagedFieldCost({ sizeArgument: "limit", defaultSize: 20, maxSize: 200, fixed: () => FIELD_COSTS.eventScan }),
   })
-  async failovers(@Args(() => FailoversArgs) args: FailoversArgs): Promise<Failover[]> {
-    return (await this.services.failover.failovers(args.limit)).map(toFailover);
+  async failovers(@Args(() => FailoversArgs) args: FailoversArgs, @Ctx() context: ApiContext): Promise<Failover[]> {
+    const records = await perRequest(context, `failovers:${args.limit}`, () =>
+      this.services.failover.failovers(
+        args.limit,
+        perRequest(context, "event-stream-reads", () => new EventStreamReads()),
+      ),
+    );
+    return records.map(toFailover);
   }
 
   @Authorized("viewer")

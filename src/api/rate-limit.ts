@@ -1,0 +1,118 @@
+import type { GraphQLError } from "graphql";
+import type Redis from "ioredis";
+import { ErrorCode } from "../errors";
+import type { Logger } from "../log";
+import type { TokenVerifier } from "../secrets/tokens";
+import { authenticate } from "./auth/auth";
+import { codedGraphQLError } from "./errors";
+
+export interface RateLimitOptions {
+  /** Operations per second a bucket refills; 0 turns the limit off. */
+  readonly perSecond: number;
+  /** The bucket's size: what a client may spend at once. */
+  readonly burst: number;
+}
+
+export type RateVerdict = { readonly phase: "allowed" } | { readonly phase: "limited"; readonly retryAfterSeconds: number };
+
+/**
+ * A token bucket per key, kept in Redis so that every instance of the
+ * service draws from the same one. One script does the refill, the take and
+ * the expiry atomically, with Redis's own clock (instances' clocks may
+ * disagree; the bucket must not). The bucket is a hash of its tokens and the
+ * time they were counted; it expires once it would be full again anyway.
+ */
+const TOKEN_BUCKET_SCRIPT = `
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local per_second = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * per_second / 1000)
+local wait_ms = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait_ms = math.ceil((1 - tokens) * 1000 / per_second)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / per_second) + 1000)
+return wait_ms
+`;
+
+/**
+ * The per-client rate limit of the API: one operation (an HTTP request, a
+ * WebSocket subscribe message) takes one token from the client's bucket.
+ * The cost limit bounds the work of one operation; this bounds how many a
+ * client runs, so together they bound the work one token can cause.
+ */
+export class RateLimiter {
+  private scriptSha: string | null = null;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keyPrefix: string,
+    private readonly options: RateLimitOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  /**
+   * Takes one token from `client`'s bucket. When Redis cannot answer, the
+   * operation is let through: whatever it needs of Redis fails fast on its
+   * own (SERVICE_UNAVAILABLE), and what it does not need (a cached topology
+   * answer) must keep working through a Redis outage.
+   */
+  async take(client: RateLimitedClient): Promise<RateVerdict> {
+    if (this.options.perSecond <= 0) return { phase: "allowed" };
+    const key = `${this.keyPrefix}:${client.kind}:${client.id}`;
+    const args = [String(this.options.perSecond), String(this.options.burst)];
+    let waitMs: number;
+    try {
+      waitMs = Number(await this.evaluate(key, args));
+    } catch (error) {
+      this.logger.debug({ err: (error as Error).message }, "rate limit not checked: Redis is unavailable");
+      return { phase: "allowed" };
+    }
+    return waitMs > 0 ? { phase: "limited", retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) } : { phase: "allowed" };
+  }
+
+  private async evaluate(key: string, args: string[]): Promise<unknown> {
+    if (this.scriptSha) {
+      try {
+        return await this.redis.evalsha(this.scriptSha, 1, key, ...args);
+      } catch (error) {
+        // Redis restarted without its script cache: load it again below.
+        if (!(error as Error).message.includes("NOSCRIPT")) throw error;
+      }
+    }
+    this.scriptSha = (await this.redis.script("LOAD", TOKEN_BUCKET_SCRIPT)) as string;
+    return this.redis.evalsha(this.scriptSha, 1, key, ...args);
+  }
+}
+
+/** Whose bucket an operation draws from: a token's id, or the address of a client without a valid token. */
+export type RateLimitedClient = { readonly kind: "token"; readonly id: string } | { readonly kind: "address"; readonly id: string };
+
+/** The bucket of an HTTP request: its token's when the token is valid, else its address's (so bad tokens cannot mint buckets). */
+export function rateLimitedClient(
+  tokens: TokenVerifier,
+  authorization: string | undefined,
+  address: string | undefined,
+): RateLimitedClient {
+  try {
+    return { kind: "token", id: authenticate(tokens, authorization).id };
+  } catch {
+    return { kind: "address", id: address ?? "unknown" };
+  }
+}
+
+/** RATE_LIMITED, saying when to retry (HTTP also answers 429 with Retry-After). */
+export function rateLimitedError(retryAfterSeconds: number): GraphQLError {
+  return codedGraphQLError(
+    ErrorCode.RateLimited,
+    `too many API operations for this token; retry after ${retryAfterSeconds} s (RELEVO_API_RATE_LIMIT_PER_SECOND, RELEVO_API_RATE_LIMIT_BURST)`,
+    { retryAfterSeconds },
+  );
+}

@@ -1,0 +1,112 @@
+import type http from "node:http";
+import type { GraphQLFormattedError, GraphQLSchema } from "graphql";
+import { GraphQLError } from "graphql";
+import { useServer } from "graphql-ws/use/ws";
+import { WebSocketServer } from "ws";
+import { ErrorCode } from "../errors";
+import type { Logger } from "../log";
+import type { TokenVerifier } from "../secrets/tokens";
+import { authenticate } from "./auth/auth";
+import type { ApiContext } from "./context";
+import { codedGraphQLError } from "./errors";
+import { MAX_REQUEST_BYTES, admitOperation, isMutation, type OperationLimits } from "./limits";
+import { rateLimitedError, type RateLimiter } from "./rate-limit";
+
+export interface WebSocketApiOptions {
+  readonly schema: GraphQLSchema;
+  readonly tokens: TokenVerifier;
+  readonly limits: OperationLimits;
+  readonly rateLimiter: RateLimiter;
+  readonly logger: Logger;
+  /** The HTTP path's formatError: the same masking on both paths. */
+  readonly formatError: (formatted: GraphQLFormattedError, error: unknown) => GraphQLFormattedError;
+}
+
+/**
+ * How long a socket may stay open without `connection_init` (graphql-ws then
+ * closes it with 4408): all an unauthenticated socket may do meanwhile is
+ * ping, in frames of at most MAX_REQUEST_BYTES.
+ */
+const CONNECTION_INIT_WAIT_MS = 3000;
+
+/**
+ * GraphQL over WebSocket (graphql-ws) on the HTTP server's /graphql, under
+ * the same admission as POST /graphql: frames of at most MAX_REQUEST_BYTES
+ * (a bigger one closes the socket with 1009, before connection_init too, so
+ * nobody buffers 100 MiB unauthenticated), a token in connection_init, then
+ * for each operation the rate limit, parse, validation, depth and cost limits
+ * (admitOperation), and errors formatted by the one formatError.
+ *
+ * Mutations are refused here (MUTATION_OVER_WEBSOCKET): they are accepted
+ * over HTTP only, where each goes through the mutation audit; the socket
+ * is for subscriptions (and queries, as GraphiQL sends them).
+ */
+export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebSocketApiOptions): { dispose(): void | Promise<void> } {
+  const { schema, tokens, limits, rateLimiter, formatError, logger } = options;
+  const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql", maxPayload: MAX_REQUEST_BYTES });
+  const format = (errors: readonly GraphQLError[]): GraphQLFormattedError[] => errors.map((error) => formatError(error.toJSON(), error));
+  const server = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
+    {
+      schema,
+      connectionInitWaitTimeout: CONNECTION_INIT_WAIT_MS,
+      onConnect: (ctx) => {
+        try {
+          ctx.extra.identity = authenticate(tokens, authorizationFromParams(ctx.connectionParams));
+          return true;
+        } catch {
+          return false; // closes with 4403 Forbidden
+        }
+      },
+      onSubscribe: async (ctx, _id, payload) => {
+        // graphql-ws refuses a subscribe message before the connection is acknowledged, so the identity is set.
+        const identity = ctx.extra.identity!;
+        const verdict = await rateLimiter.take({ kind: "token", id: identity.id });
+        if (verdict.phase === "limited") return [rateLimitedError(verdict.retryAfterSeconds)];
+        const admission = admitOperation(schema, payload, limits);
+        if (admission.phase === "refused") return admission.errors;
+        if (isMutation(admission.operation)) {
+          return [
+            codedGraphQLError(
+              ErrorCode.MutationOverWebSocket,
+              "mutations are accepted over HTTP only (POST /graphql), where each is audited; use the WebSocket for subscriptions and queries",
+            ),
+          ];
+        }
+        const contextValue: ApiContext = { identity };
+        return {
+          schema,
+          document: admission.document,
+          operationName: payload.operationName,
+          variableValues: payload.variables,
+          contextValue,
+        };
+      },
+      onError: (_ctx, _id, _payload, errors) => format(errors),
+      onNext: (_ctx, _id, _payload, _args, result) =>
+        result.errors ? { ...result, errors: format(result.errors.map((error) => toGraphQLError(error))) } : undefined,
+    },
+    wsServer,
+  );
+  // A socket's errors are its peer's doing (an oversize frame, a protocol violation, a reset), and ws has already
+  // closed it (1009 for a frame over maxPayload). graphql-ws prints each to the console with its stack as an
+  // "internal error", which would let any client write to the service's output at will: replace that listener
+  // (registered by graphql-ws's own "connection" handler, which runs before this one).
+  wsServer.on("connection", (socket) => {
+    socket.removeAllListeners("error");
+    socket.on("error", (error: Error & { code?: string }) =>
+      logger.debug({ code: error.code, err: error.message }, "WebSocket closed on a client error"),
+    );
+  });
+  return server;
+}
+
+function toGraphQLError(error: GraphQLError | Error): GraphQLError {
+  return error instanceof GraphQLError ? error : new GraphQLError(error.message, { originalError: error });
+}
+
+function authorizationFromParams(params: Record<string, unknown> | undefined): string | undefined {
+  if (!params) return undefined;
+  const headers = (params.headers ?? {}) as Record<string, unknown>;
+  const value = params.authorization ?? params.Authorization ?? headers.authorization ?? headers.Authorization;
+  return typeof value === "string" ? value : undefined;
+}
