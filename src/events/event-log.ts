@@ -45,24 +45,31 @@ interface StreamBatch {
  */
 export class EventStreamReads {
   private readonly batches = new Map<string, Promise<StreamBatch>>();
-  private requested = 0;
+  /**
+   * Entries read so far. Counted as they arrive, not as asked for, so that a
+   * short stream does not look long; reads started together may pass the
+   * bound by one batch each, which the fields' cost limit keeps to a few.
+   */
+  private entriesRead = 0;
 
   batch(end: string, count: number, read: () => Promise<Array<[string, string[]]>>): Promise<StreamBatch> {
     const key = `${end} ${count}`;
     const known = this.batches.get(key);
     if (known) return known;
-    if (this.requested + count > MAX_SCANNED) {
+    if (this.entriesRead + count > MAX_SCANNED) {
       throw new RelevoError(
         ErrorCode.QueryTooComplex,
         `the event queries of this request would read more than ${MAX_SCANNED} stream entries; ask for fewer pages, or page with after`,
         { details: { maxScanned: MAX_SCANNED } },
       );
     }
-    this.requested += count;
-    const pending = read().then((entries) => ({
-      events: entries.map(([streamId, fields]) => decode(streamId, fields)),
-      lastStreamId: entries[entries.length - 1]?.[0] ?? "",
-    }));
+    const pending = read().then((entries) => {
+      this.entriesRead += entries.length;
+      return {
+        events: entries.map(([streamId, fields]) => decode(streamId, fields)),
+        lastStreamId: entries[entries.length - 1]?.[0] ?? "",
+      };
+    });
     this.batches.set(key, pending);
     return pending;
   }
