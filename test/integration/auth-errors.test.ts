@@ -238,7 +238,7 @@ describe("API auth, errors and limits", () => {
     // The bucket holds 40; at one operation per 5 s nothing refills meanwhile worth counting.
     expect(statuses.filter((status) => status === 200).length).toBeGreaterThanOrEqual(40);
     const limited = responses.filter((response) => response.status === 429);
-    expect(limited.length).toBeGreaterThanOrEqual(9);
+    expect(limited.length).toBeGreaterThanOrEqual(5);
     const retryAfter = Number(limited[0]!.headers.get("retry-after"));
     expect(retryAfter).toBeGreaterThanOrEqual(1);
     expect(retryAfter).toBeLessThanOrEqual(5);
