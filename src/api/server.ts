@@ -14,7 +14,7 @@ import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
 import { MAX_REQUEST_BYTES, queryLimitsPlugin } from "./limits";
-import { RateLimiter, rateLimitedClient, rateLimitedError, type RateLimitOptions } from "./rate-limit";
+import { RateLimiter, rateLimitedClient, rateLimitedError, runsGraphqlOperation, type RateLimitOptions } from "./rate-limit";
 import { createSchema } from "./schema";
 import { TopologyResponseCache } from "./topology-response-cache";
 import { serveGraphqlOverWebSocket } from "./websocket";
@@ -43,7 +43,14 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   const schema = await createSchema(services, pubSub);
   const responseCache = new TopologyResponseCache(services.topology, services.tokens);
   const app = express();
-  const httpServer = http.createServer((req, res) => void handle(req, res));
+  // An error escaping `handle` would be an unhandled rejection, which ends the process (and the failover monitor in it).
+  const httpServer = http.createServer((req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      services.logger.error({ err: error instanceof Error ? error.message : String(error) }, "unexpected error answering an HTTP request");
+      if (!res.headersSent) res.writeHead(500, { "content-type": "application/json; charset=utf-8" });
+      res.end(JSON.stringify({ errors: [{ message: "internal error", extensions: { code: ErrorCode.Internal } }] }));
+    });
+  });
   const limits = { maxDepth: options.maxDepth, maxComplexity: options.maxComplexity };
   const rateLimiter = new RateLimiter(services.redis, services.keys.rateLimit, options.rateLimit, services.logger);
   const formatError = createFormatError(services.logger);
@@ -51,7 +58,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   // skips Express entirely; body-parser sees `_body` and does not read again.
   // The rate limit comes first, before the body is even read.
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    if (isGraphqlOperation(req)) {
+    if (runsGraphqlOperation(req.method, req.url)) {
       const verdict = await rateLimiter.take(rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress));
       if (verdict.phase === "limited") {
         const error = rateLimitedError(verdict.retryAfterSeconds);
@@ -133,13 +140,6 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       await new Promise<void>((resolve) => httpServer.close(() => resolve()));
     },
   };
-}
-
-/** A request that runs a GraphQL operation (POST, or GET with a query), not the GraphiQL page or a health route. */
-function isGraphqlOperation(req: http.IncomingMessage): boolean {
-  const url = new URL(req.url ?? "/", "http://relevo");
-  if (url.pathname !== "/graphql") return false;
-  return req.method === "POST" || (req.method === "GET" && url.searchParams.has("query"));
 }
 
 type BodyRead = { readonly phase: "parsed"; readonly value: unknown } | { readonly phase: "invalid"; readonly reason: string };

@@ -1,4 +1,5 @@
 import type { Client } from "graphql-ws";
+import net from "node:net";
 import WebSocket from "ws";
 import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -255,5 +256,22 @@ describe("API auth, errors and limits", () => {
     }
     // Another token has its own bucket.
     expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") })).status).toBe(200);
+  });
+
+  test("a request target no URL parser accepts (`//`) is answered, and the service lives on", async () => {
+    const { port } = new URL(cluster.url);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect({ host: "127.0.0.1", port: Number(port) }, () =>
+        socket.write("POST // HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+      );
+      let received = "";
+      socket.on("data", (chunk: Buffer) => (received += chunk.toString()));
+      socket.on("end", () => resolve(received));
+      socket.on("error", reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 \d{3} /);
+    expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") })).data).toEqual({
+      cluster: { name: "test" },
+    });
   });
 });
