@@ -175,7 +175,7 @@ export const configKeys = {
     env: "RELEVO_EVENTS_MAX_LENGTH",
     default: "100000",
     schema: z.coerce.number().int().min(1000),
-    doc: "Events kept in the Redis stream (older ones remain in PostgreSQL's `events` table).",
+    doc: "Events kept in the Redis stream once consolidated (older ones remain in PostgreSQL's `events` table); events not consolidated yet are kept up to 5 times this.",
   },
   repository: {
     env: "RELEVO_REPOSITORY",

@@ -14,6 +14,12 @@ export interface ConsolidatorOptions {
   /** Pending entries of a consumer silent this long are taken over (a crashed instance). */
   readonly claimIdleMs?: number;
   readonly retryDelayMs?: number;
+  /**
+   * Events the stream keeps once consolidated (RELEVO_EVENTS_MAX_LENGTH); 0:
+   * the consolidator never trims. Only the consolidator trims to this: it
+   * knows what is consolidated (appending trims only far beyond it).
+   */
+  readonly keepLength?: number;
 }
 
 type StreamReply = Array<[string, Array<[string, string[]]>]> | null;
@@ -39,7 +45,7 @@ export class Consolidator {
     private readonly logger: Logger,
     options: ConsolidatorOptions = {},
   ) {
-    this.options = { batchSize: 200, blockMs: 1000, claimIdleMs: 30000, retryDelayMs: 1000, ...options };
+    this.options = { batchSize: 200, blockMs: 1000, claimIdleMs: 30000, retryDelayMs: 1000, keepLength: 0, ...options };
   }
 
   get consolidatedCount(): number {
@@ -77,12 +83,27 @@ export class Consolidator {
         await this.write(events);
         await this.redis.xack(this.keys.events, CONSOLIDATOR_GROUP, ...events.map((event) => event.streamId));
         this.consolidated += events.length;
+        if (!pendingFirst && events.length < this.options.batchSize) await this.trim();
       } catch (error) {
         pendingFirst = true;
         this.logger.warn({ err: (error as Error).message }, "events not consolidated yet; retrying");
         await sleep(this.options.retryDelayMs);
       }
     }
+  }
+
+  /**
+   * Trims the stream to `keepLength` once everything in it is consolidated:
+   * this consumer read all there was (a short batch) and no consumer of the
+   * group holds an entry unacknowledged. MAXLEN keeps the newest entries, so
+   * what arrives meanwhile is kept; trimming while entries are pending could
+   * drop one PostgreSQL does not have (an audit flood used to evict them).
+   */
+  private async trim(): Promise<void> {
+    if (this.options.keepLength <= 0) return;
+    const [pending] = (await this.redis.xpending(this.keys.events, CONSOLIDATOR_GROUP)) as [number | string, ...unknown[]];
+    if (Number(pending) > 0) return;
+    await this.redis.xtrim(this.keys.events, "MAXLEN", "~", this.options.keepLength);
   }
 
   private groupReady = false;

@@ -25,6 +25,14 @@ export interface EventPage {
 }
 
 const MAX_BUFFERED = 10000;
+/**
+ * The stream keeps `maxLength` events once they are consolidated (the
+ * consolidator trims it, see Consolidator.trim), and up to this many times
+ * that while they are not (the primary away): appending never trims away
+ * what PostgreSQL does not have yet, unless the backlog outgrows this bound
+ * (Redis's memory is finite too).
+ */
+export const UNCONSOLIDATED_LENGTH_FACTOR = 5;
 const SCAN_BATCH = 500;
 /** Stream entries one page may scan, and one EventStreamReads may read in all. */
 export const MAX_SCANNED = 50000;
@@ -145,7 +153,8 @@ export class EventLog {
 
   private async append(pending: { draft: EventDraft; id: string; occurredAt: string }): Promise<ClusterEvent> {
     const body = JSON.stringify({ ...pending.draft, id: pending.id, occurredAt: pending.occurredAt, actor: pending.draft.actor ?? null });
-    const streamId = await this.redis.xadd(this.keys.events, "MAXLEN", "~", String(this.maxLength), "*", "event", body);
+    const bound = String(this.maxLength * UNCONSOLIDATED_LENGTH_FACTOR);
+    const streamId = await this.redis.xadd(this.keys.events, "MAXLEN", "~", bound, "*", "event", body);
     const event = decode(streamId!, ["event", body])!;
     this.publisher.publish(this.keys.eventsChannel, event);
     return event;

@@ -58,8 +58,8 @@ export async function startRedisAndEvents(options: StartContext & { readonly sec
 export function startConsolidator(
   options: StartContext & { readonly redis: RedisAndEvents; readonly database: PrimaryDatabase },
 ): Consolidator {
-  const { logger, cleanups, redis, database } = options;
-  const consolidator = new Consolidator(redis.blockingClient, redis.keys, database, logger);
+  const { config, logger, cleanups, redis, database } = options;
+  const consolidator = new Consolidator(redis.blockingClient, redis.keys, database, logger, { keepLength: config.eventsMaxLength });
   consolidator.start();
   cleanups.push(() => consolidator.stop());
   return consolidator;

@@ -7,7 +7,8 @@ import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("events: Redis first, consolidated into the primary exactly once", () => {
-  const cluster = useTestCluster("events");
+  // The smallest stream bound: the outage test outgrows it.
+  const cluster = useTestCluster("events", { eventsMaxLength: 1000 });
 
   const primary = () => cluster.service.nodes[0]!;
   const eventRows = (where = "true") =>
@@ -78,6 +79,11 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       });
       emitted.push(event!.id);
     }
+    // A burst past the stream's bound (1000) while nothing can be consolidated: trimming must not evict
+    // the outage events above, which PostgreSQL does not have yet.
+    for (let i = 0; i < 1500; i += 1) {
+      await cluster.service.events.emit({ kind: "node:up", severity: "info", node: "node2", message: `burst ${i}`, data: {} });
+    }
     // A switchover that finished while the primary was down: its record is in the stream only.
     const switchover = finishedSwitchover(new Date(Date.now() - 60000));
     await cluster.service.events.emit({
@@ -112,6 +118,10 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       },
       { what: "nothing pending" },
     );
+    // Consolidated, the stream is trimmed back to its bound (MAXLEN ~: within a stream node of 100 entries).
+    await eventually(async () => ((await cluster.service.redis.xlen(cluster.service.keys.events)) <= 1100 ? true : undefined), {
+      what: "the stream trimmed to RELEVO_EVENTS_MAX_LENGTH once consolidated",
+    });
     // Consolidated, the record is listed once; an older one that only PostgreSQL still has (its events
     // trimmed from the stream long ago) is merged in, newest first.
     await eventually(
