@@ -13,6 +13,10 @@ export enum ErrorCode {
   Timeout = "TIMEOUT",
   NotFound = "NOT_FOUND",
   Unauthenticated = "UNAUTHENTICATED",
+  /** The bearer token's expiry (signed into it) has passed: mint a new one. HTTP 401; a WebSocket closes with 4401. */
+  TokenExpired = "TOKEN_EXPIRED",
+  /** The bearer token was revoked (`relevo token revoke`). HTTP 401; a WebSocket closes with 4401. */
+  TokenRevoked = "TOKEN_REVOKED",
   Forbidden = "FORBIDDEN",
   BadUserInput = "BAD_USER_INPUT",
   QueryTooDeep = "QUERY_TOO_DEEP",

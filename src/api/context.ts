@@ -8,7 +8,9 @@ import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
 import type { RedisKeys } from "../redis/keys";
 import type { Logger } from "../log";
-import type { TokenIdentity, TokenVerifier } from "../secrets/tokens";
+import type { RelevoError } from "../errors";
+import type { TokenAccess } from "../secrets/token-access";
+import type { TokenIdentity } from "../secrets/tokens";
 
 /** Everything resolvers may use, injected when the schema is built. */
 export interface ApiServices {
@@ -17,7 +19,7 @@ export interface ApiServices {
   readonly events: EventLog;
   readonly collector: TopologyCollector;
   readonly topology: TopologyReader;
-  readonly tokens: TokenVerifier;
+  readonly tokens: TokenAccess;
   readonly logger: Logger;
   readonly backups: BackupService;
   readonly nodes: readonly NodeRef[];
@@ -28,4 +30,6 @@ export interface ApiServices {
 /** Per request (or per WebSocket connection). */
 export interface ApiContext {
   readonly identity: TokenIdentity;
+  /** Set when the token was refused after the connection was made (expired, revoked): every field throws it. */
+  readonly refusal?: RelevoError;
 }

@@ -6,6 +6,8 @@ import type { Logger } from "../log";
 
 const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.Unauthenticated]: 401,
+  [ErrorCode.TokenExpired]: 401,
+  [ErrorCode.TokenRevoked]: 401,
 };
 
 /** A GraphQL error that carries one of our codes. */

@@ -2,7 +2,7 @@ import type { GraphQLError } from "graphql";
 import type Redis from "ioredis";
 import { ErrorCode } from "../errors";
 import type { Logger } from "../log";
-import type { TokenVerifier } from "../secrets/tokens";
+import type { TokenAccess } from "../secrets/token-access";
 import { authenticate } from "./auth/auth";
 import { codedGraphQLError } from "./errors";
 
@@ -97,7 +97,7 @@ export type RateLimitedClient = { readonly kind: "token"; readonly id: string } 
 
 /** The bucket of an HTTP request: its token's when the token is valid, else its address's (so bad tokens cannot mint buckets). */
 export function rateLimitedClient(
-  tokens: TokenVerifier,
+  tokens: TokenAccess,
   authorization: string | undefined,
   address: string | undefined,
 ): RateLimitedClient {

@@ -3,7 +3,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Kind, OperationTypeNode } from "graphql";
 import type { ClusterSnapshot } from "../cluster/topology";
 import type { TopologyReader } from "../cluster/topology-reader";
-import type { TokenVerifier } from "../secrets/tokens";
+import type { TokenAccess } from "../secrets/token-access";
+import { bearerToken } from "./auth/auth";
 import type { ApiContext } from "./context";
 
 /** Root fields whose answer is a pure function of the topology snapshot. */
@@ -32,7 +33,7 @@ export class TopologyResponseCache {
 
   constructor(
     private readonly topology: TopologyReader,
-    private readonly tokens: TokenVerifier,
+    private readonly tokens: TokenAccess,
   ) {}
 
   /**
@@ -81,10 +82,15 @@ export class TopologyResponseCache {
   private keyFor(req: IncomingMessage, parsed: unknown): string | null {
     const body = parsed as { query?: unknown; variables?: unknown; operationName?: unknown } | null;
     if (!body || typeof body.query !== "string") return null;
-    const match = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization?.trim() ?? "");
-    const identity = match ? this.tokens.verify(match[1]!) : null;
-    if (!identity) return null;
-    return cacheKey(body.query, body.variables ?? null, typeof body.operationName === "string" ? body.operationName : null, identity.role);
+    const token = bearerToken(req.headers.authorization);
+    const check = token === null ? null : this.tokens.check(token);
+    if (check?.phase !== "accepted") return null; // Apollo refuses it, with the reason
+    return cacheKey(
+      body.query,
+      body.variables ?? null,
+      typeof body.operationName === "string" ? body.operationName : null,
+      check.identity.role,
+    );
   }
 }
 

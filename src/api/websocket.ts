@@ -5,8 +5,8 @@ import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { ErrorCode } from "../errors";
 import type { Logger } from "../log";
-import type { TokenVerifier } from "../secrets/tokens";
-import { authenticate } from "./auth/auth";
+import type { TokenAccess } from "../secrets/token-access";
+import { connectSocket, SocketSessions } from "./auth/socket-sessions";
 import type { ApiContext } from "./context";
 import { codedGraphQLError } from "./errors";
 import { MAX_REQUEST_BYTES, admitOperation, isMutation, type OperationLimits } from "./limits";
@@ -14,7 +14,7 @@ import { rateLimitedError, type RateLimiter } from "./rate-limit";
 
 export interface WebSocketApiOptions {
   readonly schema: GraphQLSchema;
-  readonly tokens: TokenVerifier;
+  readonly tokens: TokenAccess;
   readonly limits: OperationLimits;
   readonly rateLimiter: RateLimiter;
   readonly logger: Logger;
@@ -44,22 +44,20 @@ const CONNECTION_INIT_WAIT_MS = 3000;
 export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebSocketApiOptions): { dispose(): void | Promise<void> } {
   const { schema, tokens, limits, rateLimiter, formatError, logger } = options;
   const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql", maxPayload: MAX_REQUEST_BYTES });
+  const sessions = new SocketSessions(tokens);
   const format = (errors: readonly GraphQLError[]): GraphQLFormattedError[] => errors.map((error) => formatError(error.toJSON(), error));
   const server = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
     {
       schema,
       connectionInitWaitTimeout: CONNECTION_INIT_WAIT_MS,
-      onConnect: (ctx) => {
-        try {
-          ctx.extra.identity = authenticate(tokens, authorizationFromParams(ctx.connectionParams));
-          return true;
-        } catch {
-          return false; // closes with 4403 Forbidden
-        }
-      },
+      // A missing or forged token closes with 4403; an expired or revoked one with 4401 and its code (see connectSocket).
+      onConnect: (ctx) => connectSocket(sessions, tokens, ctx),
       onSubscribe: async (ctx, _id, payload) => {
         // graphql-ws refuses a subscribe message before the connection is acknowledged, so the identity is set.
         const identity = ctx.extra.identity!;
+        // The token is checked again for every operation: it may have expired or been revoked since connection_init.
+        const refusal = sessions.recheck(ctx.extra.socket);
+        if (refusal) return [codedGraphQLError(refusal.code, refusal.message)];
         const verdict = await rateLimiter.take({ kind: "token", id: identity.id });
         if (verdict.phase === "limited") return [rateLimitedError(verdict.retryAfterSeconds)];
         const admission = admitOperation(schema, payload, limits);
@@ -97,16 +95,14 @@ export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebS
       logger.debug({ code: error.code, err: error.message }, "WebSocket closed on a client error"),
     );
   });
-  return server;
+  return {
+    dispose: async () => {
+      sessions.dispose();
+      await server.dispose();
+    },
+  };
 }
 
 function toGraphQLError(error: GraphQLError | Error): GraphQLError {
   return error instanceof GraphQLError ? error : new GraphQLError(error.message, { originalError: error });
-}
-
-function authorizationFromParams(params: Record<string, unknown> | undefined): string | undefined {
-  if (!params) return undefined;
-  const headers = (params.headers ?? {}) as Record<string, unknown>;
-  const value = params.authorization ?? params.Authorization ?? headers.authorization ?? headers.Authorization;
-  return typeof value === "string" ? value : undefined;
 }

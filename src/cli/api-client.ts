@@ -2,19 +2,26 @@ import http from "node:http";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSecrets } from "../secrets/secrets-store";
-import { mintToken } from "../secrets/tokens";
+import { CLI_TOKEN_TTL_MS, mintToken } from "../secrets/tokens";
 
 /**
  * The CLI's commands that act on the running service go through its GraphQL
  * API, with an operator token minted from the data home's key, so that they
  * obey the same rules (one backup at a time, audit events) as any client.
+ * The token lives 15 minutes, is never shown nor recorded (one per command
+ * would fill the registry), and is checked when each request starts: a
+ * mutation that runs longer (a re-seed) is not cut short.
  */
 export async function callApi<T>(config: RelevoConfig, query: string, variables: Record<string, unknown> = {}): Promise<T> {
   const secrets = await readSecrets(config.home);
   const url = `http://${config.host}:${config.apiPort}/graphql`;
   let text: string;
   try {
-    text = await post(url, { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator")}` }, JSON.stringify({ query, variables }));
+    text = await post(
+      url,
+      { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator", { ttlMs: CLI_TOKEN_TTL_MS }).token}` },
+      JSON.stringify({ query, variables }),
+    );
   } catch (error) {
     throw new RelevoError(ErrorCode.ServiceUnavailable, `Relevo's API does not answer at ${url}: is \`relevo up\` running?`, {
       cause: error,

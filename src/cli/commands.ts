@@ -8,7 +8,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import { readSecrets } from "../secrets/secrets-store";
-import { mintToken, ROLES, type Role } from "../secrets/tokens";
+import { issueToken } from "../secrets/token-registry";
 import { startRelevo, type StartOptions } from "../service";
 import { formatStatus } from "./format-status";
 
@@ -30,12 +30,16 @@ export function bannerToken(token: string, output: Output): string {
 /** `relevo up`: the embedded default in the foreground until SIGINT / SIGTERM. */
 export async function upCommand(config: RelevoConfig, options: StartOptions, logger: Logger, output: Output): Promise<void> {
   const service = await startRelevo(config, logger, options);
+  // Minted (and recorded) only when it is shown: one a log would never show is one nobody can revoke knowingly.
+  const banner = output.terminal
+    ? (await issueToken(config.home, service.secrets.tokenKey, { role: "operator", ttlMs: config.tokenTtl, label: "relevo up" })).token
+    : "";
   output.out(
     [
       "",
       `Relevo is up: cluster ${config.clusterName}, ${service.nodes.length} nodes (${service.driver.kind} driver)`,
       `  GraphQL and GraphiQL: ${service.apiUrl}`,
-      `  Operator token:       ${bannerToken(service.operatorToken, output)}`,
+      `  Operator token:       ${bannerToken(banner, output)}`,
       `  (GraphiQL: Headers tab → { "Authorization": "Bearer <token>" }; more tokens: relevo token --role viewer)`,
       `  Data home:            ${config.home}`,
       `Press Ctrl-C to stop the API${config.redisUrl ? "" : ", Redis"} and PostgreSQL.`,
@@ -75,14 +79,6 @@ export async function statusCommand(config: RelevoConfig, options: { json: boole
     }),
   );
   output.out(options.json ? JSON.stringify(snapshot, null, 2) : formatStatus(snapshot));
-}
-
-export async function tokenCommand(config: RelevoConfig, options: { role: string }, output: Output): Promise<void> {
-  if (!ROLES.includes(options.role as Role)) {
-    throw new RelevoError(ErrorCode.BadUserInput, `unknown role "${options.role}": use ${ROLES.join(" or ")}`);
-  }
-  const secrets = await readSecrets(config.home);
-  output.out(mintToken(secrets.tokenKey, options.role as Role));
 }
 
 export async function urlCommand(

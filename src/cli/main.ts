@@ -20,7 +20,8 @@ import {
   switchoverCommand,
 } from "./failover-commands";
 import { createLogger } from "../log";
-import { statusCommand, tokenCommand, upCommand, urlCommand, type Output } from "./commands";
+import { statusCommand, upCommand, urlCommand, type Output } from "./commands";
+import { tokenCommand, tokenListCommand, tokenRevokeCommand, tokenRotateKeyCommand } from "./token-commands";
 
 const output: Output = { out: (text) => process.stdout.write(text + "\n"), terminal: process.stdout.isTTY === true };
 
@@ -66,11 +67,26 @@ program
   .option("--json", "machine-readable output", false)
   .action((options: { json: boolean }) => run(() => statusCommand(config(), options, output)));
 
-program
+const token = program
   .command("token")
-  .description("print a new API token for this data home")
+  .description("print a new API token for this data home (recorded by id, never the token: see token list)")
+  .enablePositionalOptions()
   .option("--role <role>", "viewer or operator", "operator")
-  .action((options: { role: string }) => run(() => tokenCommand(config(), options, output)));
+  .option("--ttl <duration>", "lifetime: a whole number and s, m, h or d, at most 366d (default RELEVO_TOKEN_TTL, 30d)")
+  .action((options: { role: string; ttl?: string }) => run(() => tokenCommand(config(), options, output)));
+token
+  .command("list")
+  .description("tokens minted for this data home: id, role, state, created, expires (never the token)")
+  .option("--json", "machine-readable output", false)
+  .action((options: { json: boolean }) => run(() => tokenListCommand(config(), options, output)));
+token
+  .command("revoke <id>")
+  .description("revoke a token by its id: running services refuse it within a second and close its WebSockets")
+  .action((id: string) => run(() => tokenRevokeCommand(config(), { id }, output)));
+token
+  .command("rotate-key")
+  .description("replace the key that signs tokens: every token minted before is refused")
+  .action(() => run(() => tokenRotateKeyCommand(config(), output)));
 
 program
   .command("url [node]")

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { parseDuration } from "./duration";
 
 /**
  * Every configuration key: its environment variable, default and meaning.
@@ -11,6 +12,11 @@ const positiveInt = z.coerce.number().int().positive();
 const booleanFlag = z
   .enum(["true", "false", "1", "0", "on", "off", "yes", "no"])
   .transform((value) => ["true", "1", "on", "yes"].includes(value));
+const duration = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms === null) ctx.addIssue({ code: "custom", message: "a duration: a whole number and s, m, h or d (e.g. 30d)" });
+  return ms ?? 0;
+});
 const cronOrOff = z.string().regex(/^(off|(\S+\s+){4}\S+)$/, "a 5-field cron expression (UTC) or off");
 
 export const configKeys = {
@@ -176,6 +182,12 @@ export const configKeys = {
     default: "100000",
     schema: z.coerce.number().int().min(1000),
     doc: "Events kept in the Redis stream once consolidated (older ones remain in PostgreSQL's `events` table); events not consolidated yet are kept up to 5 times this.",
+  },
+  tokenTtl: {
+    env: "RELEVO_TOKEN_TTL",
+    default: "30d",
+    schema: duration,
+    doc: "Lifetime of an API token minted by `relevo token` (without --ttl) or for `relevo up`'s banner (s, m, h or d; at most 366d).",
   },
   repository: {
     env: "RELEVO_REPOSITORY",

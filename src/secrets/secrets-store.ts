@@ -80,3 +80,19 @@ export async function loadOrCreateSecrets(home: string): Promise<Secrets> {
   await replaceFileDurably(file, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600 });
   return secrets;
 }
+
+/**
+ * Replaces the token key: every token minted before stops verifying (a
+ * running service reads the new key within a second, see TokenAccess). The
+ * file is replaced atomically and durably (replaceFileDurably).
+ */
+export async function rotateTokenKey(home: string): Promise<void> {
+  const secrets = await readSecrets(home);
+  await replaceFileDurably(
+    secretsFile(home),
+    JSON.stringify({ ...secrets, tokenKey: randomBytes(32).toString("base64url") }, null, 2) + "\n",
+    {
+      mode: 0o600,
+    },
+  );
+}

@@ -6,7 +6,7 @@ import type { FailoverService } from "../failover/failover-service";
 import type { NodeRef } from "../nodes/node-driver";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
-import { TokenVerifier } from "../secrets/tokens";
+import { TokenAccess } from "../secrets/token-access";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -22,9 +22,11 @@ export async function startApi(
     readonly failover: FailoverService;
   },
 ): Promise<RunningApi> {
-  const { config, logger, cleanups, secrets, redis, nodes, collector, backups, scheduler, failover } = options;
+  const { config, logger, cleanups, redis, nodes, collector, backups, scheduler, failover } = options;
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
+  const tokens = await TokenAccess.open({ home: config.home, logger });
+  cleanups.push(() => tokens.close());
   const api = await startApiServer(
     {
       redis: redis.client,
@@ -32,7 +34,7 @@ export async function startApi(
       events: redis.events,
       collector,
       topology,
-      tokens: new TokenVerifier(secrets.tokenKey),
+      tokens,
       logger,
       backups,
       nodes,

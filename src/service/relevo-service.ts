@@ -13,7 +13,6 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { RedisKeys } from "../redis/keys";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
-import { mintToken } from "../secrets/tokens";
 import type { Repository } from "../storage/repository";
 import { projectRoot } from "../util/project-root";
 import type { ArchiveMonitor } from "../wal/archive-monitor";
@@ -27,7 +26,6 @@ import { stopService, type StopOptions } from "./stop";
 
 export interface RelevoService {
   readonly apiUrl: string;
-  readonly operatorToken: string;
   readonly nodes: readonly NodeRef[];
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
@@ -85,7 +83,6 @@ export function runningService(parts: {
   let stopping: Promise<void> | null = null;
   return {
     apiUrl: api.url,
-    operatorToken: mintToken(secrets.tokenKey, "operator"),
     nodes: members.nodes,
     driver,
     secrets,

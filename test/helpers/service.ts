@@ -50,7 +50,7 @@ export async function startTestCluster(label: string, overrides: ConfigOverrides
     config,
     service,
     url: service.apiUrl,
-    token: (role) => mintToken(service.secrets.tokenKey, role),
+    token: (role) => mintToken(service.secrets.tokenKey, role).token,
     stop: () => service.stop({ reason: "test finished" }),
   };
 }

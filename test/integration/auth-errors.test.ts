@@ -3,6 +3,7 @@ import net from "node:net";
 import WebSocket from "ws";
 import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
+import { issueToken, revokeToken } from "../../src/secrets/token-registry";
 import { mintToken } from "../../src/secrets/tokens";
 import { sqlOn } from "../helpers/sql";
 
@@ -65,7 +66,7 @@ describe("API auth, errors and limits", () => {
   });
 
   test("a token signed with another key, or tampered with, is UNAUTHENTICATED", async () => {
-    const foreign = mintToken("another-data-home-key-0123456789abcdef", "operator");
+    const foreign = mintToken("another-data-home-key-0123456789abcdef", "operator").token;
     const tampered = cluster.token("viewer").replace("viewer", "operator");
     for (const token of [foreign, tampered, "garbage"]) {
       const response = await graphqlRequest(cluster.url, "{ cluster { name } }", { token });
@@ -76,7 +77,7 @@ describe("API auth, errors and limits", () => {
   test("a viewer token on a mutation: FORBIDDEN; an operator token runs it", async () => {
     const denied = await graphqlRequest(cluster.url, "mutation { refreshTopology { name } }", { token: cluster.token("viewer") });
     expect(denied.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
-    expect(denied.data).toBeNull();
+    expect(denied.data ?? null).toBeNull();
     const allowed = await graphqlRequest(cluster.url, "mutation { refreshTopology { name health } }", { token: cluster.token("operator") });
     expect(allowed.errors).toBeUndefined();
     expect(allowed.data).toEqual({ refreshTopology: { name: "test", health: "HEALTHY" } });
@@ -106,6 +107,48 @@ describe("API auth, errors and limits", () => {
     expect(rows[0]!.message).not.toContain(token); // the id, never the token
     expect(rows[1]).toMatchObject({ actor_role: "viewer", data: { operation: "Denied" } });
     expect(rows[1]!.message).toContain("FORBIDDEN");
+  });
+
+  test("an expired token is refused: TOKEN_EXPIRED, HTTP 401", async () => {
+    const { token } = mintToken(cluster.service.secrets.tokenKey, "viewer", { ttlMs: 1000, now: Date.now() - 60_000 });
+    const response = await graphqlRequest(cluster.url, "{ cluster { name } }", { token });
+    expect(response.status).toBe(401);
+    expect(response.errors?.[0]?.extensions?.code).toBe("TOKEN_EXPIRED");
+  });
+
+  test("a revoked token is refused on its next request and its open subscription is closed; an expiring one's too", async () => {
+    const home = cluster.config.home;
+    const key = cluster.service.secrets.tokenKey;
+    const revoked = await issueToken(home, key, { role: "viewer", ttlMs: 3_600_000, label: "test" });
+    const expiring = await issueToken(home, key, { role: "viewer", ttlMs: 2000, label: "test" });
+    const closed = (token: string) => {
+      const client = subscriptionClient(cluster.url, token);
+      const outcome = new Promise<string>((resolve) => {
+        client.subscribe(
+          { query: "subscription { topologyChanged { name } }" },
+          {
+            next: () => undefined,
+            error: (e) => resolve(`${(e as { code?: number }).code} ${(e as { reason?: string }).reason}`),
+            complete: () => resolve("complete"),
+          },
+        );
+      });
+      return { client, outcome };
+    };
+    const onRevoked = closed(revoked.token);
+    const onExpiring = closed(expiring.token);
+    try {
+      expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: revoked.token })).errors).toBeUndefined();
+      await new Promise((resolve) => setTimeout(resolve, 300)); // both sockets open and subscribed
+      await revokeToken(home, revoked.identity.id);
+      expect(await onRevoked.outcome).toBe("4401 TOKEN_REVOKED");
+      const refused = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: revoked.token });
+      expect(refused.status).toBe(401);
+      expect(refused.errors?.[0]?.extensions?.code).toBe("TOKEN_REVOKED");
+      expect(await onExpiring.outcome).toBe("4401 TOKEN_EXPIRED");
+    } finally {
+      await Promise.all([onRevoked.client.dispose(), onExpiring.client.dispose()]);
+    }
   });
 
   test("unknown node: NOT_FOUND naming the nodes that exist", async () => {

@@ -1,22 +1,61 @@
+import { createHmac } from "node:crypto";
+import { mkdtemp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { expect } from "@jest/globals";
 import { bannerToken } from "../../src/cli/commands";
-import { mintToken, roleAllows, verifyToken } from "../../src/secrets/tokens";
+import { tokenState } from "../../src/cli/token-commands";
+import { formatDuration, parseDuration } from "../../src/config/duration";
+import { createLogger } from "../../src/log";
+import { loadOrCreateSecrets, readSecrets, rotateTokenKey } from "../../src/secrets/secrets-store";
+import { TokenAccess } from "../../src/secrets/token-access";
+import { issueToken, readTokenFacts, revokeToken, tokenRecords } from "../../src/secrets/token-registry";
+import { mintToken, readToken, roleAllows, tokenRefusal } from "../../src/secrets/tokens";
 
 const KEY = "unit-test-key-0123456789abcdefghijklmnop";
+const HOUR = 3_600_000;
 
 describe("API tokens", () => {
-  test("a minted token verifies to its role and a short id", () => {
-    const token = mintToken(KEY, "viewer");
-    expect(verifyToken(KEY, token)).toEqual({ role: "viewer", id: expect.stringMatching(/^[0-9a-f]{12}$/) });
-    expect(token).toContain(verifyToken(KEY, token)!.id);
+  test("a minted token reads back as its role, a short id and its expiry, which is signed", () => {
+    const now = Date.parse("2026-12-01T00:00:00Z");
+    const { token, identity } = mintToken(KEY, "viewer", { ttlMs: 2 * HOUR, now });
+    expect(identity).toEqual({ role: "viewer", id: expect.stringMatching(/^[0-9a-f]{12}$/), expiresAt: now + 2 * HOUR });
+    expect(readToken(KEY, token)).toEqual({ phase: "signed", identity });
+    expect(token).toContain(identity.id);
+    // Moving the expiry by a second breaks the signature.
+    const later = token.replace(`.${(now + 2 * HOUR) / 1000}.`, `.${(now + 2 * HOUR) / 1000 + 1}.`);
+    expect(later).not.toBe(token);
+    expect(readToken(KEY, later)).toEqual({ phase: "invalid" });
   });
 
   test("another key, a changed role or a changed signature do not verify", () => {
-    const token = mintToken(KEY, "viewer");
-    expect(verifyToken(`${KEY}x`, token)).toBeNull();
-    expect(verifyToken(KEY, token.replace(".viewer.", ".operator."))).toBeNull();
-    expect(verifyToken(KEY, `${token.slice(0, -1)}${token.endsWith("A") ? "B" : "A"}`)).toBeNull();
-    expect(verifyToken(KEY, "")).toBeNull();
+    const { token } = mintToken(KEY, "viewer");
+    expect(readToken(`${KEY}x`, token).phase).toBe("invalid");
+    expect(readToken(KEY, token.replace(".viewer.", ".operator.")).phase).toBe("invalid");
+    expect(readToken(KEY, `${token.slice(0, -1)}${token.endsWith("A") ? "B" : "A"}`).phase).toBe("invalid");
+    expect(readToken(KEY, "").phase).toBe("invalid");
+  });
+
+  test("a token of the format before expiry is recognised (good signature) but not accepted as signed", () => {
+    const body = "rlv.operator.0123456789ab";
+    const legacy = `${body}.${createHmac("sha256", KEY).update(body).digest("base64url")}`;
+    expect(readToken(KEY, legacy)).toEqual({ phase: "legacy" });
+    expect(readToken(`${KEY}x`, legacy)).toEqual({ phase: "invalid" });
+  });
+
+  test("refusal: expired at its expiry, revoked when its id is listed, else accepted", () => {
+    const identity = mintToken(KEY, "viewer", { ttlMs: HOUR, now: 0 }).identity;
+    expect(tokenRefusal(identity, { now: HOUR - 1, revoked: new Set() })).toBeNull();
+    expect(tokenRefusal(identity, { now: HOUR, revoked: new Set() })).toBe("expired");
+    expect(tokenRefusal(identity, { now: 1, revoked: new Set([identity.id]) })).toBe("revoked");
+  });
+
+  test("durations: whole numbers of s, m, h, d; anything else is not one", () => {
+    expect(parseDuration("90s")).toBe(90_000);
+    expect(parseDuration("15m")).toBe(900_000);
+    expect(parseDuration("30d")).toBe(30 * 24 * HOUR);
+    for (const bad of ["", "0s", "1.5h", "10", "-1d", "1w", "1d2h"]) expect(parseDuration(bad)).toBeNull();
+    expect(formatDuration(366 * 24 * HOUR)).toBe("366d");
   });
 
   test("operator includes viewer, not the other way round", () => {
@@ -26,11 +65,56 @@ describe("API tokens", () => {
   });
 
   test("relevo up's banner shows the operator token to a terminal only (anything else may be a log)", () => {
-    const token = mintToken(KEY, "operator");
+    const { token } = mintToken(KEY, "operator");
     const written: string[] = [];
     expect(bannerToken(token, { out: (text) => written.push(text), terminal: true })).toBe(token);
     const piped = bannerToken(token, { out: (text) => written.push(text), terminal: false });
     expect(piped).not.toContain(token);
     expect(piped).toContain("relevo token");
+  });
+});
+
+describe("the token registry and TokenAccess, on a real data home", () => {
+  const logger = createLogger({ level: "silent" });
+
+  test("minted tokens are listed by id without the token; revocation and key rotation are refused within one look", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-"));
+    const { tokenKey } = await loadOrCreateSecrets(home);
+    const viewer = await issueToken(home, tokenKey, { role: "viewer", ttlMs: HOUR, label: "test" });
+    const operator = await issueToken(home, tokenKey, { role: "operator", ttlMs: HOUR, label: "test" });
+    const expired = mintToken(tokenKey, "viewer", { ttlMs: 1000, now: Date.now() - 60_000 });
+    const access = await TokenAccess.open({ home, logger, pollMs: 60_000 });
+    try {
+      expect(access.check(viewer.token)).toEqual({ phase: "accepted", identity: viewer.identity });
+      const refusedExpired = access.check(expired.token);
+      expect(refusedExpired.phase === "refused" && refusedExpired.error.code).toBe("TOKEN_EXPIRED");
+
+      await revokeToken(home, viewer.identity.id);
+      await access.refresh();
+      const refusedRevoked = access.check(viewer.token);
+      expect(refusedRevoked.phase === "refused" && refusedRevoked.error.code).toBe("TOKEN_REVOKED");
+      expect(access.check(operator.token).phase).toBe("accepted");
+      await expect(revokeToken(home, "0123456789ab")).rejects.toMatchObject({ code: "NOT_FOUND" });
+      await expect(revokeToken(home, "../x")).rejects.toMatchObject({ code: "BAD_USER_INPUT" });
+
+      const records = tokenRecords(await readTokenFacts(home));
+      expect(records.map((record) => [record.id, record.role, tokenState(record, Date.now())])).toEqual([
+        [viewer.identity.id, "viewer", "revoked"],
+        [operator.identity.id, "operator", "valid"],
+      ]);
+      const registry = JSON.stringify(await readTokenFacts(home));
+      for (const { token } of [viewer, operator]) expect(registry).not.toContain(token.split(".").pop());
+
+      const generation = access.keyGeneration;
+      await rotateTokenKey(home);
+      await access.refresh();
+      expect(access.keyGeneration).toBe(generation + 1);
+      const rotated = access.check(operator.token);
+      expect(rotated.phase === "refused" && rotated.error.code).toBe("UNAUTHENTICATED");
+      const fresh = mintToken((await readSecrets(home)).tokenKey, "operator");
+      expect(access.check(fresh.token).phase).toBe("accepted");
+    } finally {
+      access.close();
+    }
   });
 });

@@ -1,27 +1,40 @@
 import type { AuthChecker } from "type-graphql";
 import { ErrorCode, RelevoError } from "../../errors";
-import { roleAllows, type Role, type TokenIdentity, type TokenVerifier } from "../../secrets/tokens";
+import type { TokenAccess } from "../../secrets/token-access";
+import { roleAllows, type Role, type TokenIdentity } from "../../secrets/tokens";
 import type { ApiContext } from "../context";
 
 /**
  * Every GraphQL request needs a bearer token; this runs before any field
  * resolves. Role checks per field are `@Authorized(role)` (see authChecker).
+ * Refusals: UNAUTHENTICATED (none, forged, another home's, or from before
+ * tokens expired), TOKEN_EXPIRED, TOKEN_REVOKED; all HTTP 401.
  */
-export function authenticate(tokens: TokenVerifier, authorization: string | undefined | null): TokenIdentity {
-  const match = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? "");
-  if (!match) {
+export function authenticate(tokens: TokenAccess, authorization: string | undefined | null): TokenIdentity {
+  const token = bearerToken(authorization);
+  if (token === null) {
     throw new RelevoError(
       ErrorCode.Unauthenticated,
       "a bearer token is required: send `Authorization: Bearer <token>` (see `relevo token`)",
     );
   }
-  const identity = tokens.verify(match[1]!);
-  if (!identity) throw new RelevoError(ErrorCode.Unauthenticated, "the bearer token is not valid for this Relevo data home");
-  return identity;
+  const check = tokens.check(token);
+  if (check.phase === "refused") throw check.error;
+  return check.identity;
 }
 
-/** `@Authorized("operator")`: the token's role must be at least the one named. */
+export function bearerToken(authorization: string | undefined | null): string | null {
+  const match = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? "");
+  return match ? match[1]! : null;
+}
+
+/**
+ * `@Authorized("operator")`: the token's role must be at least the one named.
+ * Every root field is `@Authorized`, so a context whose token was refused
+ * after it was made (an open WebSocket's, see SocketSessions) resolves nothing.
+ */
 export const authChecker: AuthChecker<ApiContext, Role> = ({ context }, roles) => {
+  if (context.refusal) throw context.refusal;
   const required: Role = roles.includes("operator") ? "operator" : "viewer";
   if (!roleAllows(context.identity.role, required)) {
     throw new RelevoError(ErrorCode.Forbidden, `this needs an ${required} token; yours is a ${context.identity.role} token`);

@@ -1,0 +1,160 @@
+import { constants } from "node:fs";
+import { open, readFile } from "node:fs/promises";
+import path from "node:path";
+import { ErrorCode, RelevoError } from "../errors";
+import { mintToken, type MintedToken, type Role } from "./tokens";
+
+/**
+ * The tokens minted for a data home and their revocations, in
+ * `<home>/tokens.jsonl` (mode 0600): one JSON line per fact, appended and
+ * fsynced, never rewritten, so two CLI commands at once cannot lose each
+ * other's line and a crash leaves at most a torn last line (skipped). It
+ * holds ids, roles and times, never a token or its signature. It lives
+ * beside `secrets.json` because revoking is the other half of minting: who
+ * can read the key can mint, who can write here can revoke, and a Redis
+ * lost or restored from an old file cannot un-revoke a token. Running
+ * services read it through TokenAccess.
+ */
+export type TokenFact =
+  | {
+      readonly op: "minted";
+      readonly at: string;
+      readonly id: string;
+      readonly role: Role;
+      readonly expiresAt: string;
+      readonly label: string;
+    }
+  | { readonly op: "revoked"; readonly at: string; readonly id: string }
+  | { readonly op: "key-rotated"; readonly at: string };
+
+export interface TokenRecord {
+  readonly id: string;
+  readonly role: Role;
+  readonly label: string;
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly revokedAt: string | null;
+  /** The token key was replaced after it was minted: it no longer verifies. */
+  readonly keyRotatedAt: string | null;
+}
+
+export function tokenRegistryFile(home: string): string {
+  return path.join(home, "tokens.jsonl");
+}
+
+export async function readTokenFacts(home: string): Promise<TokenFact[]> {
+  let text: string;
+  try {
+    text = await readFile(tokenRegistryFile(home), "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw error;
+  }
+  return text.split("\n").flatMap((line) => {
+    try {
+      const fact = JSON.parse(line) as TokenFact;
+      return typeof fact === "object" && fact !== null && typeof fact.op === "string" ? [fact] : [];
+    } catch {
+      return []; // an empty or torn line
+    }
+  });
+}
+
+/** The registry as `relevo token list` shows it: every minted token, oldest first. Pure. */
+export function tokenRecords(facts: readonly TokenFact[]): TokenRecord[] {
+  const records = new Map<string, TokenRecord>();
+  for (const fact of facts) {
+    switch (fact.op) {
+      case "minted":
+        records.set(fact.id, {
+          id: fact.id,
+          role: fact.role,
+          label: fact.label,
+          createdAt: fact.at,
+          expiresAt: fact.expiresAt,
+          revokedAt: null,
+          keyRotatedAt: null,
+        });
+        break;
+      case "revoked": {
+        const record = records.get(fact.id);
+        if (record && record.revokedAt === null) records.set(fact.id, { ...record, revokedAt: fact.at });
+        break;
+      }
+      case "key-rotated":
+        for (const [id, record] of records) if (record.keyRotatedAt === null) records.set(id, { ...record, keyRotatedAt: fact.at });
+        break;
+    }
+  }
+  return [...records.values()];
+}
+
+/** Every id revoked, minted here or not (a token minted by hand with the key can be revoked too). Pure. */
+export function revokedIds(facts: readonly TokenFact[]): Set<string> {
+  return new Set(facts.flatMap((fact) => (fact.op === "revoked" ? [fact.id] : [])));
+}
+
+/** Mints a token and records it (id, role, times, label; never the token). */
+export async function issueToken(
+  home: string,
+  key: string,
+  options: { role: Role; ttlMs: number; label: string; now?: number },
+): Promise<MintedToken> {
+  const now = options.now ?? Date.now();
+  const minted = mintToken(key, options.role, { ttlMs: options.ttlMs, now });
+  await appendTokenFact(home, {
+    op: "minted",
+    at: new Date(now).toISOString(),
+    id: minted.identity.id,
+    role: minted.identity.role,
+    expiresAt: new Date(minted.identity.expiresAt).toISOString(),
+    label: options.label,
+  });
+  return minted;
+}
+
+/**
+ * Revokes a token by id: services reading this home refuse it from their
+ * next look (within a second) and close its WebSockets. An id the registry
+ * does not know is refused (a typo must not look like a revocation); a
+ * token revoked already is left as it is.
+ */
+export async function revokeToken(home: string, id: string, now = Date.now()): Promise<{ record: TokenRecord; alreadyRevoked: boolean }> {
+  if (!/^[0-9a-f]{12}$/.test(id)) {
+    throw new RelevoError(ErrorCode.BadUserInput, `"${id}" is not a token id (12 hex digits, as \`relevo token list\` shows)`);
+  }
+  const record = tokenRecords(await readTokenFacts(home)).find((candidate) => candidate.id === id);
+  if (!record)
+    throw new RelevoError(ErrorCode.NotFound, `no token with id ${id} was minted for this data home (see \`relevo token list\`)`);
+  if (record.revokedAt !== null) return { record, alreadyRevoked: true };
+  const at = new Date(now).toISOString();
+  await appendTokenFact(home, { op: "revoked", at, id });
+  return { record: { ...record, revokedAt: at }, alreadyRevoked: false };
+}
+
+/**
+ * Appends one fact and fsyncs it: a revocation acknowledged to the operator
+ * survives a crash. O_APPEND makes each line one write at the end, also
+ * with two writers; O_NOFOLLOW refuses a symlink planted at the name.
+ */
+export async function appendTokenFact(home: string, fact: TokenFact): Promise<void> {
+  const file = tokenRegistryFile(home);
+  const flags = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
+  const handle = await open(file, flags, 0o600);
+  try {
+    await handle.write(`${JSON.stringify(fact)}\n`);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await syncDirectory(home); // the file's name, when this line created it
+}
+
+async function syncDirectory(directory: string): Promise<void> {
+  const handle = await open(directory, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
