@@ -1,35 +1,86 @@
 import type { ApolloServerPlugin } from "@apollo/server";
-import { Kind, OperationTypeNode } from "graphql";
+import { Kind, OperationTypeNode, type GraphQLError, type OperationDefinitionNode } from "graphql";
 import { ErrorCode, isRelevoError } from "../errors";
+import type { EventDraft } from "../events/event-map";
 import type { EventLog } from "../events/event-log";
+import type { TokenIdentity } from "../secrets/tokens";
 import type { ApiContext } from "./context";
+import type { RefusalCounter } from "./refusal-counter";
+
+/**
+ * Refusals that happen before anything runs: the token, its role, the
+ * limits. A mutation refused for one of these is counted (RefusalCounter),
+ * not recorded one event per request: a viewer sending thousands of them
+ * must not fill the stream and the `events` table. (RATE_LIMITED is the
+ * admission limits' refusal.)
+ */
+const REFUSAL_CODES = new Set<string>([
+  ErrorCode.Forbidden,
+  ErrorCode.Unauthenticated,
+  ErrorCode.TokenExpired,
+  ErrorCode.TokenRevoked,
+  ErrorCode.QueryTooDeep,
+  ErrorCode.QueryTooComplex,
+  "RATE_LIMITED",
+]);
+
+/** At most this many distinct field names in an `api:mutation` event (the schema has fewer mutations). */
+const MAX_FIELDS = 32;
+const MAX_OPERATION_NAME = 100;
+
+export type MutationAudit =
+  | { readonly phase: "refused"; readonly codes: readonly string[] }
+  | { readonly phase: "recorded"; readonly draft: EventDraft<"api:mutation"> };
+
+/**
+ * What a finished mutation leaves in the audit trail: refused before it ran
+ * (every error a refusal) → counted; else one `api:mutation` event of bounded
+ * size, whatever the request's size: its distinct root fields (aliases
+ * counted, not listed), the distinct error codes, the operation name cut
+ * short. Pure.
+ */
+export function mutationAudit(operation: OperationDefinitionNode, identity: TokenIdentity, errorCodes: readonly string[]): MutationAudit {
+  const codes = [...new Set(errorCodes)].sort();
+  if (codes.length > 0 && codes.every((code) => REFUSAL_CODES.has(code))) return { phase: "refused", codes };
+  const called = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
+  const fields = [...new Set(called)].sort().slice(0, MAX_FIELDS);
+  const operationName = operation.name?.value.slice(0, MAX_OPERATION_NAME) ?? null;
+  const ran = fields.join(", ") + (called.length > fields.length ? ` (${called.length} calls)` : "");
+  return {
+    phase: "recorded",
+    draft: {
+      kind: "api:mutation",
+      severity: "info",
+      node: null,
+      message: `${identity.role} ${identity.id} ran ${ran}${codes.length ? ` (failed: ${codes.join(", ")})` : ""}`,
+      data: { operation: operationName, fields, calls: called.length },
+      actor: { id: identity.id, role: identity.role },
+    },
+  };
+}
 
 /**
  * Every mutation becomes an `api:mutation` event naming the token (its id,
- * never the token) and role: who did what, when, and whether it worked.
+ * never the token) and role: who did what, when, and whether it worked;
+ * refused ones are counted per token (see mutationAudit).
  */
-export function mutationAuditPlugin(events: EventLog): ApolloServerPlugin<ApiContext> {
+export function mutationAuditPlugin(events: EventLog, refusals: RefusalCounter): ApolloServerPlugin<ApiContext> {
   return {
     requestDidStart() {
       return Promise.resolve({
         async willSendResponse({ operation, contextValue, errors }) {
           if (operation?.operation !== OperationTypeNode.MUTATION) return;
-          const fields = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
-          const codes = (errors ?? []).map((error) => {
-            const original = error.originalError;
-            const code = error.extensions?.code;
-            return isRelevoError(original) ? original.code : typeof code === "string" ? code : ErrorCode.Internal;
-          });
-          await events.emit({
-            kind: "api:mutation",
-            severity: "info",
-            node: null,
-            message: `${contextValue.identity.role} ${contextValue.identity.id} ran ${fields.join(", ")}${codes.length ? ` (failed: ${codes.join(", ")})` : ""}`,
-            data: { operation: operation.name?.value ?? null, fields },
-            actor: { id: contextValue.identity.id, role: contextValue.identity.role },
-          });
+          const audit = mutationAudit(operation, contextValue.identity, (errors ?? []).map(errorCode));
+          if (audit.phase === "refused") refusals.count(contextValue.identity, audit.codes);
+          else await events.emit(audit.draft);
         },
       });
     },
   };
+}
+
+function errorCode(error: GraphQLError): string {
+  const original = error.originalError;
+  const code = error.extensions?.code;
+  return isRelevoError(original) ? original.code : typeof code === "string" ? code : ErrorCode.Internal;
 }

@@ -3,6 +3,7 @@ import type Redis from "ioredis";
 import { ErrorCode } from "../errors";
 import type { Logger } from "../log";
 import type { TokenAccess } from "../secrets/token-access";
+import type { TokenIdentity } from "../secrets/tokens";
 import { authenticate } from "./auth/auth";
 import { codedGraphQLError } from "./errors";
 
@@ -93,16 +94,14 @@ export class RateLimiter {
 }
 
 /** Whose bucket an operation draws from: a token's id, or the address of a client without a valid token. */
-export type RateLimitedClient = { readonly kind: "token"; readonly id: string } | { readonly kind: "address"; readonly id: string };
+export type RateLimitedClient =
+  { readonly kind: "token"; readonly id: string; readonly identity: TokenIdentity } | { readonly kind: "address"; readonly id: string };
 
 /** The bucket of an HTTP request: its token's when the token is valid, else its address's (so bad tokens cannot mint buckets). */
-export function rateLimitedClient(
-  tokens: TokenAccess,
-  authorization: string | undefined,
-  address: string | undefined,
-): RateLimitedClient {
+export function rateLimitedClient(tokens: TokenAccess, authorization: string | undefined, address: string | undefined): RateLimitedClient {
   try {
-    return { kind: "token", id: authenticate(tokens, authorization).id };
+    const identity = authenticate(tokens, authorization);
+    return { kind: "token", id: identity.id, identity };
   } catch {
     return { kind: "address", id: address ?? "unknown" };
   }

@@ -9,6 +9,8 @@ import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import { promiseTry } from "../util/promise-try";
 import { authenticate } from "./auth/auth";
 import { mutationAuditPlugin } from "./audit";
+import { mutationRoleGatePlugin, refuseMutationEarly } from "./auth/mutation-gate";
+import { RefusalCounter } from "./refusal-counter";
 import type { ApiContext, ApiServices } from "./context";
 import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
@@ -25,6 +27,8 @@ export interface ApiServerOptions {
   readonly maxDepth: number;
   readonly maxComplexity: number;
   readonly rateLimit: RateLimitOptions;
+  /** Refused requests are reported per token once per this window (RefusalCounter). */
+  readonly refusalWindowMs: number;
 }
 
 export interface RunningApi {
@@ -42,6 +46,7 @@ export interface RunningApi {
 export async function startApiServer(services: ApiServices, pubSub: PubSub, options: ApiServerOptions): Promise<RunningApi> {
   const schema = await createSchema(services, pubSub);
   const responseCache = new TopologyResponseCache(services.topology, services.tokens);
+  const refusals = new RefusalCounter(services.events, options.refusalWindowMs);
   const app = express();
   // An error escaping `handle` would be an unhandled rejection, which ends the process (and the failover monitor in it).
   const httpServer = http.createServer((req, res) => {
@@ -59,8 +64,11 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   // The rate limit comes first, before the body is even read.
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     if (runsGraphqlOperation(req.method, req.url)) {
-      const verdict = await rateLimiter.take(rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress));
+      const client = rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress);
+      const verdict = await rateLimiter.take(client);
       if (verdict.phase === "limited") {
+        // Counted like every refusal of a token (RefusalCounter), not recorded one by one.
+        if (client.kind === "token") refusals.count(client.identity, [ErrorCode.RateLimited]);
         const error = rateLimitedError(verdict.retryAfterSeconds);
         res.writeHead(429, { "content-type": "application/json; charset=utf-8", "retry-after": String(verdict.retryAfterSeconds) });
         res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
@@ -74,6 +82,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
         res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
         return;
       }
+      if (refuseMutationEarly(services.tokens, refusals, req, res, body.value)) return;
       Object.assign(req, { body: body.value, _body: true });
       if (await responseCache.serve(req, res, body.value)) return;
     }
@@ -84,6 +93,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     tokens: services.tokens,
     limits,
     rateLimiter,
+    refusals,
     formatError,
     logger: services.logger,
   });
@@ -107,7 +117,8 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
         },
       },
       queryLimitsPlugin(schema, limits),
-      mutationAuditPlugin(services.events),
+      mutationRoleGatePlugin(),
+      mutationAuditPlugin(services.events, refusals),
       responseCache.plugin(),
       graphiqlLandingPagePlugin(),
     ],
@@ -137,6 +148,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     port,
     stop: async () => {
       await apollo.stop();
+      await refusals.flush();
       await new Promise<void>((resolve) => httpServer.close(() => resolve()));
     },
   };

@@ -11,12 +11,15 @@ import type { ApiContext } from "./context";
 import { codedGraphQLError } from "./errors";
 import { MAX_REQUEST_BYTES, admitOperation, isMutation, type OperationLimits } from "./limits";
 import { rateLimitedError, type RateLimiter } from "./rate-limit";
+import type { RefusalCounter } from "./refusal-counter";
 
 export interface WebSocketApiOptions {
   readonly schema: GraphQLSchema;
   readonly tokens: TokenAccess;
   readonly limits: OperationLimits;
   readonly rateLimiter: RateLimiter;
+  /** Refused operations are counted per token, as over HTTP. */
+  readonly refusals: RefusalCounter;
   readonly logger: Logger;
   /** The HTTP path's formatError: the same masking on both paths. */
   readonly formatError: (formatted: GraphQLFormattedError, error: unknown) => GraphQLFormattedError;
@@ -42,7 +45,7 @@ const CONNECTION_INIT_WAIT_MS = 3000;
  * is for subscriptions (and queries, as GraphiQL sends them).
  */
 export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebSocketApiOptions): { dispose(): void | Promise<void> } {
-  const { schema, tokens, limits, rateLimiter, formatError, logger } = options;
+  const { schema, tokens, limits, rateLimiter, refusals, formatError, logger } = options;
   const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql", maxPayload: MAX_REQUEST_BYTES });
   const sessions = new SocketSessions(tokens);
   const format = (errors: readonly GraphQLError[]): GraphQLFormattedError[] => errors.map((error) => formatError(error.toJSON(), error));
@@ -58,17 +61,24 @@ export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebS
         // The token is checked again for every operation: it may have expired or been revoked since connection_init.
         const refusal = sessions.recheck(ctx.extra.socket);
         if (refusal) return [codedGraphQLError(refusal.code, refusal.message)];
-        const verdict = await rateLimiter.take({ kind: "token", id: identity.id });
-        if (verdict.phase === "limited") return [rateLimitedError(verdict.retryAfterSeconds)];
+        const verdict = await rateLimiter.take({ kind: "token", id: identity.id, identity });
+        const refused = (errors: readonly GraphQLError[]): readonly GraphQLError[] => {
+          refusals.count(
+            identity,
+            errors.map((error) => String(error.extensions.code ?? ErrorCode.BadUserInput)),
+          );
+          return errors;
+        };
+        if (verdict.phase === "limited") return refused([rateLimitedError(verdict.retryAfterSeconds)]);
         const admission = admitOperation(schema, payload, limits);
-        if (admission.phase === "refused") return admission.errors;
+        if (admission.phase === "refused") return refused(admission.errors);
         if (isMutation(admission.operation)) {
-          return [
+          return refused([
             codedGraphQLError(
               ErrorCode.MutationOverWebSocket,
               "mutations are accepted over HTTP only (POST /graphql), where each is audited; use the WebSocket for subscriptions and queries",
             ),
-          ];
+          ]);
         }
         const contextValue: ApiContext = { identity };
         return {

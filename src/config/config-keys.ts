@@ -177,6 +177,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1).max(1000000),
     doc: "Operations a token may run at once above the sustained rate before it is answered RATE_LIMITED (the token bucket's size).",
   },
+  apiRefusalWindowMs: {
+    env: "RELEVO_API_REFUSAL_WINDOW_MS",
+    default: "60000",
+    schema: z.coerce.number().int().min(100).max(3600000),
+    doc: "Refused API requests (a viewer's mutation, a query over the limits) are counted per token: one `api:refused` event at the first, one with the count at the end of this window.",
+  },
   eventsMaxLength: {
     env: "RELEVO_EVENTS_MAX_LENGTH",
     default: "100000",

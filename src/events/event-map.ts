@@ -16,7 +16,8 @@ export interface EventMap {
   "replication:lag-high": { lagBytes: number; thresholdBytes: number };
   "replication:lag-normal": { lagBytes: number; thresholdBytes: number };
   "cluster:primary-changed": { from: string | null; to: string | null };
-  "api:mutation": { operation: string | null; fields: string[] };
+  "api:mutation": { operation: string | null; fields: string[]; calls: number };
+  "api:refused": { count: number; codes: string[]; first: boolean; windowMs: number };
   "archive:failing": { error: string };
   "archive:gap": { timeline: number; from: string; to: string };
   "archive:lagging": { lagBytes: number };
@@ -130,6 +131,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "replication:lag-normal",
   "cluster:primary-changed",
   "api:mutation",
+  "api:refused",
   "archive:failing",
   "archive:gap",
   "archive:lagging",

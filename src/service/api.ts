@@ -48,6 +48,7 @@ export async function startApi(
       maxDepth: config.apiMaxDepth,
       maxComplexity: config.apiMaxComplexity,
       rateLimit: { perSecond: config.apiRateLimitPerSecond, burst: config.apiRateLimitBurst },
+      refusalWindowMs: config.apiRefusalWindowMs,
     },
   );
   cleanups.push(() => api.stop());

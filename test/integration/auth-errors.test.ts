@@ -3,6 +3,7 @@ import net from "node:net";
 import WebSocket from "ws";
 import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
+import { decode } from "../../src/events/event-log";
 import { issueToken, revokeToken } from "../../src/secrets/token-registry";
 import { mintToken } from "../../src/secrets/tokens";
 import { sqlOn } from "../helpers/sql";
@@ -27,8 +28,15 @@ const codesAndMessages = (response: Omit<GraphQLResponse, "status">) =>
 
 describe("API auth, errors and limits", () => {
   // A slow refill (one operation per 5 s) and a small bucket, so that the rate-limit test can empty a token's bucket
-  // with a few dozen requests and find it still empty over the WebSocket; every other test's token stays far below.
-  const cluster = useTestCluster("auth", { apiMaxDepth: 4, apiMaxComplexity: 400, apiRateLimitPerSecond: 0.2, apiRateLimitBurst: 40 });
+  // with a few dozen requests and find it still empty over the WebSocket; the flood test's requests past the bucket
+  // are refused RATE_LIMITED and counted like the others. A short refusal window: the flood test sees a window close.
+  const cluster = useTestCluster("auth", {
+    apiMaxDepth: 4,
+    apiMaxComplexity: 400,
+    apiRateLimitPerSecond: 0.2,
+    apiRateLimitBurst: 40,
+    apiRefusalWindowMs: 1000,
+  });
 
   test("no token: UNAUTHENTICATED with HTTP 401, for queries and introspection alike", async () => {
     for (const query of ["{ cluster { name } }", "{ __schema { queryType { name } } }"]) {
@@ -83,30 +91,71 @@ describe("API auth, errors and limits", () => {
     expect(allowed.data).toEqual({ refreshTopology: { name: "test", health: "HEALTHY" } });
   });
 
-  test("every mutation is recorded as an event with the token's id and role, consolidated into PostgreSQL", async () => {
+  test("every mutation is recorded as an event with the token's id and role, consolidated; a refused one is counted", async () => {
     const token = cluster.token("operator");
     const tokenId = token.split(".")[2]!;
     await graphqlRequest(cluster.url, "mutation Audited { refreshTopology { name } }", { token });
     const viewerToken = cluster.token("viewer");
     await graphqlRequest(cluster.url, "mutation Denied { refreshTopology { name } }", { token: viewerToken });
     const rows = await eventually(async () => {
-      const found = await sqlOn<{ actor_id: string; actor_role: string; data: unknown; message: string }>(
+      const found = await sqlOn<{ kind: string; actor_id: string; actor_role: string; data: unknown; message: string }>(
         cluster.service.nodes[0]!,
         cluster.service.secrets,
-        "SELECT actor_id, actor_role, data, message FROM events WHERE kind = 'api:mutation' AND actor_id = ANY($1) ORDER BY occurred_at",
+        "SELECT kind, actor_id, actor_role, data, message FROM events WHERE kind LIKE 'api:%' AND actor_id = ANY($1) ORDER BY occurred_at",
         [[tokenId, viewerToken.split(".")[2]]],
         "relevo",
       );
       return found.length === 2 ? found : undefined;
     });
     expect(rows[0]).toMatchObject({
+      kind: "api:mutation",
       actor_id: tokenId,
       actor_role: "operator",
-      data: { fields: ["refreshTopology"], operation: "Audited" },
+      data: { fields: ["refreshTopology"], operation: "Audited", calls: 1 },
     });
     expect(rows[0]!.message).not.toContain(token); // the id, never the token
-    expect(rows[1]).toMatchObject({ actor_role: "viewer", data: { operation: "Denied" } });
-    expect(rows[1]!.message).toContain("FORBIDDEN");
+    expect(rows[1]).toMatchObject({ kind: "api:refused", actor_role: "viewer", data: { count: 1, codes: ["FORBIDDEN"], first: true } });
+  });
+
+  test("a viewer's flood of 100 requests of 2000 aliased mutations: at most 2 events per window, counted exactly", async () => {
+    const viewer = cluster.token("viewer");
+    const id = viewer.split(".")[2]!;
+    const flood = `mutation { ${Array.from({ length: 2000 }, (_, i) => `a${i}: refreshTopology { name }`).join(" ")} }`;
+    const { redis, keys } = cluster.service;
+    const started = Date.now();
+    for (let i = 0; i < 100; i += 1) {
+      const response = await graphqlRequest(cluster.url, flood, { token: viewer });
+      expect(response.errors).toHaveLength(1); // one refusal, not one per alias
+    }
+    const windows = Math.ceil((Date.now() - started) / 1000) + 1;
+    // The last window closes a second after its first refusal.
+    const ofToken = async () =>
+      ((await redis.xrange(keys.events, `${started}-0`, "+")) as Array<[string, string[]]>)
+        .map(([streamId, fields]) => ({ event: decode(streamId, fields)!, bytes: fields.join("").length }))
+        .filter(({ event }) => event.actor?.id === id);
+    const atOnce = await ofToken();
+    expect(atOnce.filter(({ event }) => event.kind === "api:mutation")).toHaveLength(0);
+    expect(atOnce.length).toBeLessThanOrEqual(2 * windows);
+    const reported = await eventually(async () => {
+      const found = await ofToken();
+      const total = found.reduce((sum, { event }) => sum + (event.data as { count: number }).count, 0);
+      return total === 100 ? found : undefined;
+    });
+    // The cap: at most two events per token and window, each small, none an api:mutation.
+    expect(reported.length).toBeLessThanOrEqual(2 * windows);
+    expect(reported.every(({ event }) => event.kind === "api:refused")).toBe(true);
+    expect(Math.max(...reported.map(({ bytes }) => bytes))).toBeLessThan(1024);
+    const rows = await eventually(async () => {
+      const found = await sqlOn<{ n: string }>(
+        cluster.service.nodes[0]!,
+        cluster.service.secrets,
+        "SELECT count(*) AS n FROM events WHERE actor_id = $1",
+        [id],
+        "relevo",
+      );
+      return Number(found[0]!.n) === reported.length ? found : undefined;
+    });
+    expect(Number(rows[0]!.n)).toBeLessThanOrEqual(2 * windows);
   });
 
   test("an expired token is refused: TOKEN_EXPIRED, HTTP 401", async () => {

@@ -3,6 +3,8 @@ import { mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "@jest/globals";
+import { parse, type OperationDefinitionNode } from "graphql";
+import { mutationAudit } from "../../src/api/audit";
 import { bannerToken } from "../../src/cli/commands";
 import { tokenState } from "../../src/cli/token-commands";
 import { formatDuration, parseDuration } from "../../src/config/duration";
@@ -116,5 +118,28 @@ describe("the token registry and TokenAccess, on a real data home", () => {
     } finally {
       access.close();
     }
+  });
+});
+
+describe("the mutation audit", () => {
+  const identity = mintToken(KEY, "operator").identity;
+  const operationOf = (text: string): OperationDefinitionNode => parse(text).definitions[0] as OperationDefinitionNode;
+  const aliased = (n: number): string =>
+    `mutation ${"Flood".repeat(100)} { ${Array.from({ length: n }, (_, i) => `a${i}: refreshTopology { name }`).join(" ")} }`;
+
+  test("a mutation refused before it ran is counted, not recorded", () => {
+    expect(mutationAudit(operationOf(aliased(3)), identity, ["FORBIDDEN"])).toEqual({ phase: "refused", codes: ["FORBIDDEN"] });
+    expect(mutationAudit(operationOf(aliased(3)), identity, Array(3).fill("QUERY_TOO_COMPLEX")).phase).toBe("refused");
+    expect(mutationAudit(operationOf(aliased(3)), identity, ["FORBIDDEN", "INTERNAL"]).phase).toBe("recorded");
+  });
+
+  test("a recorded mutation's event has a fixed size, however many aliases the request had", () => {
+    const small = mutationAudit(operationOf("mutation Audited { refreshTopology { name } }"), identity, []);
+    expect(small).toMatchObject({ phase: "recorded", draft: { data: { operation: "Audited", fields: ["refreshTopology"], calls: 1 } } });
+    const audit = mutationAudit(operationOf(aliased(2500)), identity, Array(2500).fill("PRECONDITION_FAILED"));
+    if (audit.phase !== "recorded") throw new Error("expected a recorded mutation");
+    expect(audit.draft.data).toEqual({ operation: "Flood".repeat(20), fields: ["refreshTopology"], calls: 2500 });
+    expect(audit.draft.message).toContain("(2500 calls)");
+    expect(JSON.stringify(audit.draft).length).toBeLessThan(1024);
   });
 });
