@@ -189,6 +189,12 @@ export const configKeys = {
     schema: z.coerce.number().int().min(1000),
     doc: "Events kept in the Redis stream once consolidated (older ones remain in PostgreSQL's `events` table); events not consolidated yet are kept up to 5 times this.",
   },
+  eventsRetention: {
+    env: "RELEVO_EVENTS_RETENTION",
+    default: "30d",
+    schema: duration,
+    doc: "How long PostgreSQL's `events` table keeps an event (s, m, h or d); older rows are deleted by the scheduled job `prune-events`, hourly.",
+  },
   tokenTtl: {
     env: "RELEVO_TOKEN_TTL",
     default: "30d",

@@ -18,6 +18,18 @@ export const SCHEDULED_JOBS = {
 
 export type ScheduledJobName = keyof typeof SCHEDULED_JOBS;
 
+/**
+ * A job that keeps Relevo's own records tidy (the events table's retention):
+ * run by Agenda like the schedules (once across instances), but fixed, not
+ * listed or changed through the API.
+ */
+export interface HousekeepingJob {
+  readonly name: string;
+  /** 5-field cron expression, UTC. */
+  readonly cron: string;
+  readonly run: () => Promise<void>;
+}
+
 export interface ScheduleView {
   readonly name: ScheduledJobName;
   readonly description: string;
@@ -49,6 +61,7 @@ export interface BackupSchedulerOptions {
   /** Retries of a failed run (exponential backoff from retryDelayMs) before it waits for its next time. */
   readonly retries?: number;
   readonly retryDelayMs?: number;
+  readonly housekeeping?: readonly HousekeepingJob[];
 }
 
 /**
@@ -125,10 +138,14 @@ export class BackupScheduler {
         }),
       definition,
     );
+    for (const job of options.housekeeping ?? []) this.agenda.define(job.name, (run: Job) => this.run(run, job.run), definition);
   }
 
   async start(): Promise<void> {
     await this.agenda.start();
+    for (const job of this.options.housekeeping ?? []) {
+      await this.agenda.every(job.cron, job.name, undefined, { timezone: "UTC", skipImmediate: true });
+    }
     for (const name of Object.keys(SCHEDULED_JOBS) as ScheduledJobName[]) {
       const cron = this.options.cron[name];
       if (cron === "off") continue;
@@ -203,6 +220,14 @@ export class BackupScheduler {
   /** Runs a job now, once (its schedule is unchanged). */
   async runNow(name: string): Promise<void> {
     await this.agenda.now(this.known(name));
+  }
+
+  /** Runs a housekeeping job now, once, through Agenda (as its schedule would). */
+  async runHousekeepingNow(name: string): Promise<void> {
+    if (!(this.options.housekeeping ?? []).some((job) => job.name === name)) {
+      throw new RelevoError(ErrorCode.NotFound, `no housekeeping job named "${name}"`);
+    }
+    await this.agenda.now(name);
   }
 
   private known(name: string): ScheduledJobName {

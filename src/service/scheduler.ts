@@ -1,14 +1,27 @@
 import { createRedisClient } from "../redis/redis-client";
 import type { BackupService } from "../backup/backup-service";
-import { BackupScheduler } from "../scheduler/backup-scheduler";
+import type { PrimaryDatabase } from "../db/primary-database";
+import { pruneEvents } from "../events/event-retention";
+import { BackupScheduler, type HousekeepingJob } from "../scheduler/backup-scheduler";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
-/** Scheduled backups and verification, on a Redis connection of the scheduler's own. */
+/** The events table's retention (RELEVO_EVENTS_RETENTION), hourly. */
+export const PRUNE_EVENTS_JOB = "prune-events";
+
+/** Scheduled backups and verification, and housekeeping, on a Redis connection of the scheduler's own. */
 export async function startScheduler(
-  options: StartContext & { readonly redis: RedisAndEvents; readonly backups: BackupService },
+  options: StartContext & { readonly redis: RedisAndEvents; readonly backups: BackupService; readonly database: PrimaryDatabase },
 ): Promise<BackupScheduler> {
-  const { config, logger, cleanups, redis, backups } = options;
+  const { config, logger, cleanups, redis, backups, database } = options;
+  const pruneOldEvents: HousekeepingJob = {
+    name: PRUNE_EVENTS_JOB,
+    cron: "17 * * * *",
+    run: async () => {
+      const deleted = await pruneEvents(database, { olderThan: new Date(Date.now() - config.eventsRetention) });
+      if (deleted > 0) logger.info({ deleted, retention: config.eventsRetention }, "events past their retention deleted");
+    },
+  };
   const agendaRedis = createRedisClient(redis.endpoint, { name: "agenda", queueWhileOffline: true });
   cleanups.push(() => agendaRedis.disconnect());
   const scheduler = new BackupScheduler({
@@ -27,6 +40,7 @@ export async function startScheduler(
     lockLifetimeMs: config.schedulerLockLifetimeMs,
     retries: config.scheduleRetries,
     retryDelayMs: config.scheduleRetryDelayMs,
+    housekeeping: [pruneOldEvents],
   });
   await scheduler.start();
   cleanups.push(() => scheduler.stop());

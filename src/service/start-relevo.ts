@@ -73,7 +73,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       collector,
       clusterState: cluster.store,
     });
-    const scheduler = await startScheduler({ ...context, redis, backups });
+    const scheduler = await startScheduler({ ...context, redis, backups, database: topology.database });
     const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);

@@ -2,13 +2,14 @@ import { randomUUID } from "node:crypto";
 import { expect } from "@jest/globals";
 import type { FailoverRecord } from "../../src/events/event-map";
 import { CONSOLIDATOR_GROUP } from "../../src/redis/keys";
+import { PRUNE_EVENTS_JOB } from "../../src/service/scheduler";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 describe("events: Redis first, consolidated into the primary exactly once", () => {
-  // The smallest stream bound: the outage test outgrows it.
-  const cluster = useTestCluster("events", { eventsMaxLength: 1000 });
+  // The smallest stream bound: the outage test outgrows it. A quick scheduler poll: the retention job runs at once.
+  const cluster = useTestCluster("events", { eventsMaxLength: 1000, schedulerPollMs: 500 });
 
   const primary = () => cluster.service.nodes[0]!;
   const eventRows = (where = "true") =>
@@ -58,7 +59,12 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       finished: true,
       checksum: expect.stringMatching(/^[0-9a-f]{64}$/),
     });
-    expect(rows).toEqual([applied("20261125000000_events"), applied("20261125010000_backups"), applied("20261126000000_failovers")]);
+    expect(rows).toEqual([
+      applied("20261125000000_events"),
+      applied("20261125010000_backups"),
+      applied("20261126000000_failovers"),
+      applied("20261206000000_events_occurred_at"),
+    ]);
   });
 
   test("events emitted while the primary is down wait in Redis and land once it is back, each exactly once", async () => {
@@ -161,6 +167,32 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     );
     expect(total[0]).toEqual({ c: expect.any(String), d: total[0]!.c });
     cluster.service.collector.start();
+  });
+
+  test("the events table keeps RELEVO_EVENTS_RETENTION (30d): the scheduled prune-events job deletes older rows only", async () => {
+    const insert = (id: string, ageMs: number) =>
+      sqlOn(
+        primary(),
+        cluster.service.secrets,
+        `INSERT INTO events (id, stream_id, kind, severity, message, occurred_at) VALUES ($1, $2, 'node:up', 'info', 'retention test', $3)`,
+        [id, `0-${randomUUID()}`, new Date(Date.now() - ageMs)],
+        "relevo",
+      );
+    const day = 86_400_000;
+    const [old, older, recent] = [randomUUID(), randomUUID(), randomUUID()];
+    await insert(old, 31 * day);
+    await insert(older, 400 * day);
+    await insert(recent, 29 * day);
+    await cluster.service.scheduler.runHousekeepingNow(PRUNE_EVENTS_JOB);
+    const left = await eventually(
+      async () => {
+        const rows = await eventRows(`id IN ('${old}', '${older}', '${recent}')`);
+        return rows.length === 1 ? rows : undefined;
+      },
+      { what: "old events pruned" },
+    );
+    expect(left.map((row) => row.id)).toEqual([recent]);
+    expect((await eventRows("kind = 'service:started'")).length).toBe(1); // today's events stay
   });
 });
 
