@@ -86,10 +86,13 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
       emitted.push(event!.id);
     }
     // A burst past the stream's bound (1000) while nothing can be consolidated: trimming must not evict
-    // the outage events above, which PostgreSQL does not have yet.
-    for (let i = 0; i < 1500; i += 1) {
-      await cluster.service.events.emit({ kind: "node:up", severity: "info", node: "node2", message: `burst ${i}`, data: {} });
-    }
+    // the outage events above, which PostgreSQL does not have yet (MAXLEN ~ at 1000 would drop the
+    // stream's first two nodes of 100 entries, the outage events among them). Sent at once: pipelined.
+    await Promise.all(
+      Array.from({ length: 1200 }, (_, i) =>
+        cluster.service.events.emit({ kind: "node:up", severity: "info", node: "node2", message: `burst ${i}`, data: {} }),
+      ),
+    );
     // A switchover that finished while the primary was down: its record is in the stream only.
     const switchover = finishedSwitchover(new Date(Date.now() - 60000));
     await cluster.service.events.emit({
