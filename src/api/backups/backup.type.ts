@@ -184,7 +184,11 @@ export class RestoreInput {
   @IsOptional()
   lsn?: string | null;
 
-  @Field(() => String, { nullable: true, description: "Recover to this named restore point (pg_create_restore_point)." })
+  @Field(() => String, {
+    nullable: true,
+    description:
+      "Recover to this named restore point (pg_create_restore_point): no control character nor backslash, at most 63 bytes (BAD_USER_INPUT otherwise).",
+  })
   @IsOptional()
   restorePoint?: string | null;
 
