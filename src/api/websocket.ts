@@ -65,7 +65,7 @@ export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebS
         const refused = (errors: readonly GraphQLError[]): readonly GraphQLError[] => {
           refusals.count(
             identity,
-            errors.map((error) => String(error.extensions.code ?? ErrorCode.BadUserInput)),
+            errors.map((error) => (typeof error.extensions.code === "string" ? error.extensions.code : ErrorCode.BadUserInput)),
           );
           return errors;
         };
