@@ -7,7 +7,7 @@ import { backupChain } from "./backup-chain";
 import { backupCatalogedEvent, backupExpiredEvent, backupExpiryHeldBackEvent, backupVerifiedEvent } from "./backup-events";
 import { heldBackTooLong } from "./backup-lock";
 import { BackupRunner } from "./backup-runner";
-import { assertBackupId, type BackupManifest, type BackupType, type Compression } from "./manifest";
+import { assertBackupId, type BackupManifest, type BackupType, type Compression, type ManifestSummary } from "./manifest";
 import type { RecoveryTarget } from "../restore/recovery-target";
 import type { Repository } from "../storage/repository";
 import { restoreBackup } from "../restore/restore";
@@ -94,6 +94,11 @@ export class BackupService {
 
   async list(): Promise<BackupManifest[]> {
     return this.deps.repository.listManifests();
+  }
+
+  /** Every backup, oldest first, without file lists: a stat per backup once its manifest has been read (see listManifestSummaries). */
+  async listSummaries(): Promise<ManifestSummary[]> {
+    return this.deps.repository.listManifestSummaries();
   }
 
   async get(id: string): Promise<BackupManifest> {

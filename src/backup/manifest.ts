@@ -132,6 +132,28 @@ export interface Verification {
   } | null;
 }
 
+/**
+ * A manifest without its file list: what a listing shows. The list is most
+ * of a manifest (an entry per file of the data directory), and a catalog of
+ * hundreds of backups need not hold it; the counts it gave are kept.
+ */
+export type ManifestSummary = Omit<BackupManifest, "files"> & { readonly filesStored: number; readonly blocksStored: number };
+
+/** Files stored whole, and blocks stored by block-level entries (older manifests: counted from the file list). */
+export function storedCounts(manifest: BackupManifest | ManifestSummary): { filesStored: number; blocksStored: number } {
+  return {
+    filesStored:
+      manifest.filesStored ??
+      ("files" in manifest ? manifest.files.filter((entry) => entry.type === "file" && entry.stored && !entry.blocks).length : 0),
+    blocksStored: manifest.blocksStored ?? 0,
+  };
+}
+
+export function summarizeManifest(manifest: BackupManifest): ManifestSummary {
+  const { files: _files, ...rest } = manifest;
+  return { ...rest, ...storedCounts(manifest) };
+}
+
 /** Sortable, unique enough, readable: 20261125T224500Z-F. */
 export function backupId(type: BackupType, at: Date): string {
   const stamp = at

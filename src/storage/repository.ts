@@ -2,7 +2,14 @@ import { chmod, mkdir, readFile, readdir, rename, rm, stat } from "node:fs/promi
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
-import { READABLE_MANIFEST_VERSIONS, assertBackupId, isBackupId, type BackupManifest } from "../backup/manifest";
+import {
+  READABLE_MANIFEST_VERSIONS,
+  assertBackupId,
+  isBackupId,
+  summarizeManifest,
+  type BackupManifest,
+  type ManifestSummary,
+} from "../backup/manifest";
 import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 import { chownNoFollow, createOwnedFile } from "../util/owned-files";
@@ -34,6 +41,9 @@ export class Repository {
   readonly walSummaryDir: string;
   /** Verification, restore and expiry of a backup take its lock (see BackupLocks). */
   readonly locks: BackupLocks;
+
+  /** Manifest summaries by backup id, with the identity of the file each was read from (listManifestSummaries). */
+  private readonly summaries = new Map<string, { readonly identity: string; readonly summary: ManifestSummary | null }>();
 
   constructor(
     readonly root: string,
@@ -137,6 +147,34 @@ export class Repository {
     const ids = (await readdir(this.backupsDir).catch(() => [] as string[])).filter(isBackupId);
     const manifests = await Promise.all(ids.sort().map((id) => this.readManifest(id)));
     return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
+  }
+
+  /**
+   * Every backup with a manifest, oldest first, without file lists (the
+   * API's listing). A manifest is parsed once per version of its file: the
+   * summary is kept with the file's identity (inode, size, change times),
+   * which writeManifest's rename always changes, so a listing re-reads only
+   * what changed and otherwise costs a stat per backup.
+   */
+  async listManifestSummaries(): Promise<ManifestSummary[]> {
+    const ids = (await readdir(this.backupsDir).catch(() => [] as string[])).filter(isBackupId).sort();
+    const summaries = await Promise.all(ids.map((id) => this.manifestSummary(id)));
+    const listed = new Set(ids);
+    for (const id of this.summaries.keys()) if (!listed.has(id)) this.summaries.delete(id);
+    return summaries.filter((summary): summary is ManifestSummary => summary !== null);
+  }
+
+  private async manifestSummary(id: string): Promise<ManifestSummary | null> {
+    const info = await stat(path.join(this.backupDir(id), "manifest.json"), { bigint: true }).catch(() => null);
+    if (!info) return null;
+    // Stat before reading: a manifest replaced in between is kept under the older identity, and read again next time.
+    const identity = `${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
+    const known = this.summaries.get(id);
+    if (known?.identity === identity) return known.summary;
+    const manifest = await this.readManifest(id);
+    const summary = manifest ? summarizeManifest(manifest) : null;
+    this.summaries.set(id, { identity, summary });
+    return summary;
   }
 
   /** One stored object of a backup (see storedPath). */

@@ -1,7 +1,6 @@
 import { expect } from "@jest/globals";
 import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
-import type { BackupManifest } from "../../src/backup/manifest";
-import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline, MANIFEST_VERSION } from "../../src/backup/manifest";
+import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
 import { expiryGroups, planRetention, walBeforeSparing } from "../../src/backup/retention";
@@ -14,33 +13,7 @@ import { ErrorCode } from "../../src/errors";
 import { chooseBackupSource } from "../../src/backup/backup-source";
 import { progressBar } from "../../src/cli/backup-commands";
 import { chooseBackup } from "../../src/restore/choose-backup";
-
-const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupManifest => ({
-  formatVersion: MANIFEST_VERSION,
-  id,
-  type: "full",
-  status: "completed",
-  reference: null,
-  cluster: "c",
-  systemIdentifier: "1",
-  pgVersion: "15",
-  source: "node1",
-  timeline: 1,
-  startLsn: "0/1000028",
-  stopLsn: "0/1000100",
-  startedAt: `2026-11-0${id.slice(-1)}T00:00:00.000Z`,
-  stoppedAt: `2026-11-0${id.slice(-1)}T00:01:00.000Z`,
-  finishedAt: `2026-11-0${id.slice(-1)}T00:01:05.000Z`,
-  backupLabel: "",
-  tablespaceMap: null,
-  compression: "gzip",
-  sizeBytes: 1,
-  storedBytes: 1,
-  fileCount: 1,
-  error: null,
-  files: [],
-  ...overrides,
-});
+import { manifest } from "../helpers/manifest-fixture";
 
 describe("what a backup copies (pure)", () => {
   const entry = (path: string, type: "file" | "directory" = "file") => ({ path, type });

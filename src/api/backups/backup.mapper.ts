@@ -1,13 +1,6 @@
 import type { BackupProgress } from "../../backup/backup-progress";
-import type { BackupManifest } from "../../backup/manifest";
+import { storedCounts, type BackupManifest, type ManifestSummary } from "../../backup/manifest";
 import type { Backup, BackupChainLink } from "./backup.type";
-
-function storedCounts(manifest: BackupManifest): { filesStored: number; blocksStored: number } {
-  return {
-    filesStored: manifest.filesStored ?? manifest.files.filter((entry) => entry.type === "file" && entry.stored && !entry.blocks).length,
-    blocksStored: manifest.blocksStored ?? 0,
-  };
-}
 
 export function toChainLink(manifest: BackupManifest): BackupChainLink {
   return {
@@ -20,7 +13,7 @@ export function toChainLink(manifest: BackupManifest): BackupChainLink {
 }
 
 export function toBackup(
-  manifest: BackupManifest,
+  manifest: BackupManifest | ManifestSummary,
   progress: BackupProgress | null = null,
   chain: readonly BackupManifest[] | null = null,
 ): Backup {

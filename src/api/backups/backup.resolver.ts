@@ -55,7 +55,7 @@ export class BackupResolver {
     const type: BackupType | null | undefined = args.type;
     const status: BackupStatus | null | undefined = args.status;
     // Every alias of `backups` in a request filters the one listing of the repository.
-    const all = (await perRequest(context, "backup-list", () => this.services.backups.list()))
+    const all = (await perRequest(context, "backup-list", () => this.services.backups.listSummaries()))
       .filter((m) => (!type || m.type === type) && (!status || m.status === status))
       .filter((m) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
       .reverse();
