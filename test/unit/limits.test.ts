@@ -2,6 +2,7 @@ import "reflect-metadata";
 import { createPubSub } from "@graphql-yoga/subscription";
 import { Kind, parse, type FragmentDefinitionNode, type GraphQLSchema, type OperationDefinitionNode } from "graphql";
 import { admitOperation, countedPageSize, isMutation, operationDepth } from "../../src/api/limits";
+import { runsGraphqlOperation } from "../../src/api/rate-limit";
 import { buildRelevoSchema } from "../../src/api/schema";
 import { configKeys } from "../../src/config/config-keys";
 
@@ -87,5 +88,28 @@ describe("admission: one set of rules for HTTP and the WebSocket", () => {
     expect(refusal("query A { cluster { name } } query B { cluster { name } }")).toEqual(["BAD_USER_INPUT"]);
     const admitted = admitOperation(schema, { query: "mutation M { refreshTopology { name } }" }, limits);
     expect(admitted.phase === "admitted" && isMutation(admitted.operation)).toBe(true);
+  });
+});
+
+describe("which HTTP requests the rate limit counts", () => {
+  test("GraphQL operations: POST /graphql, and GET /graphql with a query", () => {
+    expect(runsGraphqlOperation("POST", "/graphql")).toBe(true);
+    expect(runsGraphqlOperation("POST", "/graphql?x=1")).toBe(true);
+    expect(runsGraphqlOperation("GET", "/graphql?query=%7B%20cluster%20%7B%20name%20%7D%20%7D")).toBe(true);
+  });
+
+  test("not the GraphiQL page, the health routes or other paths", () => {
+    expect(runsGraphqlOperation("GET", "/graphql")).toBe(false);
+    expect(runsGraphqlOperation("GET", "/health")).toBe(false);
+    expect(runsGraphqlOperation("GET", "/nodes/node1/primary")).toBe(false);
+    expect(runsGraphqlOperation("POST", "/graphqlx")).toBe(false);
+  });
+
+  test("any request target a client may send is read without throwing", () => {
+    // `new URL` throws on each of these; an exception there would be an unhandled rejection in the request handler.
+    for (const target of ["//", "//:", "//[::1/graphql", "http://[", "/graphql?%%%", "*", "", undefined]) {
+      expect(() => runsGraphqlOperation("GET", target)).not.toThrow();
+    }
+    expect(runsGraphqlOperation("GET", "/graphql?%%%&query=x")).toBe(true);
   });
 });
