@@ -118,6 +118,22 @@ describe("files Relevo acts on after a crash are written durably", () => {
     expect((await readdir(home)).filter((name) => name.includes("relevo-tmp"))).toEqual([]);
   });
 
+  test("every file of Relevo's own that it acts on after a crash is replaced through replaceFileDurably, never by a bare rename", async () => {
+    for (const file of [
+      "src/secrets/secrets-store.ts",
+      "src/cluster/membership.ts",
+      "src/cluster/cluster-identity.ts",
+      "src/storage/repository.ts",
+    ]) {
+      const source = await readFile(path.join(projectRoot(), file), "utf8");
+      expect({ file, durable: source.includes("replaceFileDurably(") }).toEqual({ file, durable: true });
+    }
+    for (const file of ["src/secrets/secrets-store.ts", "src/cluster/membership.ts", "src/cluster/cluster-identity.ts"]) {
+      const source = await readFile(path.join(projectRoot(), file), "utf8");
+      expect({ file, renames: /\brename\(/.test(source) }).toEqual({ file, renames: false });
+    }
+  });
+
   test("replaceFileDurably replaces a symlink at the name, never writes through it", async () => {
     const dir = await scratch();
     const victim = path.join(dir, "victim");
