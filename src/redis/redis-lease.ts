@@ -46,7 +46,9 @@ export class RedisLease {
     private readonly instance: string = randomUUID(),
   ) {}
 
+  /** The lease while it is surely this instance's; null once it may have lapsed, even before keepAlive notices. */
   get current(): LeaseHolder | null {
+    if (this.held && leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs })) return null;
     return this.held;
   }
 
