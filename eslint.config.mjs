@@ -4,6 +4,20 @@ import js from "@eslint/js";
 import globals from "globals";
 import tseslint from "typescript-eslint";
 
+/** pg's Client and Pool, whose connections would answer a cleartext or MD5 password request. */
+const pgClients = {
+  name: "pg",
+  importNames: ["Client", "Pool", "default", "native"],
+  allowTypeImports: true,
+  message: "open PostgreSQL connections with NodeClient (src/postgres/node-client.ts): it refuses cleartext and MD5 password requests",
+};
+
+const prismaPgAdapter = {
+  name: "@prisma/adapter-pg",
+  allowTypeImports: true,
+  message: "build Prisma's adapter with primaryAdapter (src/db/primary-database.ts): its pool is made of NodeClients",
+};
+
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "src/generated/**", "coverage/**"] },
   js.configs.recommended,
@@ -37,6 +51,19 @@ export default tseslint.config(
         },
       ],
     },
+  },
+  {
+    // Every PostgreSQL connection Relevo opens is a NodeClient, which never
+    // sends a password in clear or as MD5 (docs/security.md, "Who gets a
+    // password"): pg's own Client and Pool only in that file, Prisma's pg
+    // adapter only where it is given NodeClient. Types stay importable.
+    files: ["src/**"],
+    ignores: ["src/postgres/node-client.ts", "src/db/primary-database.ts"],
+    rules: { "@typescript-eslint/no-restricted-imports": ["error", { paths: [pgClients, prismaPgAdapter] }] },
+  },
+  {
+    files: ["src/db/primary-database.ts"],
+    rules: { "@typescript-eslint/no-restricted-imports": ["error", { paths: [pgClients] }] },
   },
   {
     files: ["**/*.js", "**/*.mjs", "**/*.cjs"],

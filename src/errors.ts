@@ -44,6 +44,10 @@ export enum ErrorCode {
   RateLimited = "RATE_LIMITED",
   /** A mutation sent over the WebSocket: mutations are accepted over HTTP only, where each is audited. */
   MutationOverWebSocket = "MUTATION_OVER_WEBSOCKET",
+  /** What answers on a node's port asked for a cleartext or MD5 password: nothing was sent (docs/security.md). */
+  AuthMethodRefused = "AUTH_METHOD_REFUSED",
+  /** What answers on the embedded Redis's port is not Relevo's own Redis: no password was sent (docs/security.md). */
+  RedisNotOurs = "REDIS_NOT_OURS",
   Internal = "INTERNAL",
 }
 
@@ -88,6 +92,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.ImageMissing:
       return 69; // EX_UNAVAILABLE
     case ErrorCode.PortInUse:
+    case ErrorCode.RedisNotOurs:
     case ErrorCode.DataDirIncompatible:
     case ErrorCode.DataDirNotOurs:
     case ErrorCode.ContainerConflict:

@@ -1,4 +1,5 @@
-import { Client } from "pg";
+import type { Client } from "pg";
+import { NodeClient } from "../postgres/node-client";
 import { clientConfig, type Credentials } from "../postgres/connection";
 import type { NodeRef } from "../nodes/node-driver";
 
@@ -12,7 +13,7 @@ export class BackupSession {
   private lost: Error | null = null;
 
   constructor(options: { readonly source: NodeRef; readonly superuser: Credentials }) {
-    this.client = new Client({
+    this.client = new NodeClient({
       ...clientConfig(options.source, options.superuser, 60000),
       statement_timeout: 0,
       query_timeout: undefined,

@@ -1,4 +1,5 @@
-import { Client } from "pg";
+import type { Client } from "pg";
+import { NodeClient } from "../postgres/node-client";
 import { clientConfig, type Credentials } from "../postgres/connection";
 import { bytesBehind } from "../postgres/lsn";
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
@@ -83,7 +84,11 @@ async function tableChecksum(client: Client, database: string, table: string): P
 }
 
 async function connect(node: NodeRef, credentials: Credentials, database: string): Promise<Client> {
-  const client = new Client({ ...clientConfig(node, { ...credentials, database }, 30000), statement_timeout: 0, query_timeout: undefined });
+  const client = new NodeClient({
+    ...clientConfig(node, { ...credentials, database }, 30000),
+    statement_timeout: 0,
+    query_timeout: undefined,
+  });
   client.on("error", () => undefined); // a dropped session fails the query in progress
   await client.connect();
   return client;

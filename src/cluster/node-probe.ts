@@ -1,4 +1,5 @@
-import { Client } from "pg";
+import type { Client } from "pg";
+import { NodeClient } from "../postgres/node-client";
 import type { NodeRef } from "../nodes/node-driver";
 import { clientConfig, type Credentials } from "../postgres/connection";
 import { readNodeState, type NodeState } from "../postgres/node-state";
@@ -35,7 +36,7 @@ export class NodeProber {
 
   private async connection(): Promise<Client> {
     if (this.client) return this.client;
-    const client = new Client(clientConfig(this.node, this.credentials, this.timeoutMs));
+    const client = new NodeClient(clientConfig(this.node, this.credentials, this.timeoutMs));
     client.on("error", () => {
       if (this.client === client) this.client = null;
     });

@@ -4,6 +4,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
 import { clientConfig, withNodeClient, type Credentials } from "../postgres/connection";
+import { NodeClient } from "../postgres/node-client";
 import { applyMigrations } from "./migrate";
 
 export type { PrismaClient };
@@ -34,8 +35,7 @@ export class PrimaryDatabase {
     this.current = null;
     await previous?.prisma.$disconnect().catch(() => undefined);
     if (node === null) return;
-    const adapter = new PrismaPg({ ...clientConfig(node, this.credentials, this.timeoutMs), max: 4, idleTimeoutMillis: 10000 });
-    this.current = { node, prisma: new PrismaClient({ adapter }), migrated: false };
+    this.current = { node, prisma: new PrismaClient({ adapter: primaryAdapter(node, this.credentials, this.timeoutMs) }), migrated: false };
     this.logger.info({ node: node.name }, "database client follows the primary");
   }
 
@@ -53,4 +53,13 @@ export class PrimaryDatabase {
   async close(): Promise<void> {
     await this.follow(null);
   }
+}
+
+/**
+ * Prisma's adapter for `node`: a pg.Pool of NodeClients (pg.Pool takes the
+ * class its connections are made of), so the records' connections refuse a
+ * cleartext or MD5 password request as every other connection of Relevo's.
+ */
+export function primaryAdapter(node: NodeRef, credentials: Credentials, timeoutMs: number): PrismaPg {
+  return new PrismaPg({ ...clientConfig(node, credentials, timeoutMs), Client: NodeClient, max: 4, idleTimeoutMillis: 10000 });
 }

@@ -1,4 +1,5 @@
-import { Client } from "pg";
+import type { Client } from "pg";
+import { NodeClient } from "../postgres/node-client";
 import { clientConfig, type Credentials } from "../postgres/connection";
 import { nodeClusterName } from "../postgres/managed-settings";
 import type { NodeRef } from "../nodes/node-driver";
@@ -92,7 +93,7 @@ export class PrimaryChecker {
 
   private async connection(node: NodeRef): Promise<Client> {
     if (this.client) return this.client;
-    const client = new Client(clientConfig(node, this.credentials, this.timeoutMs));
+    const client = new NodeClient(clientConfig(node, this.credentials, this.timeoutMs));
     client.on("error", () => {
       if (this.client === client) this.client = null;
     });

@@ -1,5 +1,6 @@
-import { Client, type ClientConfig } from "pg";
+import type { Client } from "pg";
 import type { NodeRef } from "../nodes/node-driver";
+import { NodeClient, type NodeClientConfig } from "./node-client";
 
 export interface Credentials {
   readonly user: string;
@@ -7,8 +8,10 @@ export interface Credentials {
   readonly database: string;
 }
 
-export function clientConfig(node: NodeRef, credentials: Credentials, timeoutMs: number): ClientConfig {
+/** The configuration of a NodeClient (or of Prisma's pool of them) for `node`. */
+export function clientConfig(node: NodeRef, credentials: Credentials, timeoutMs: number): NodeClientConfig {
   return {
+    nodeName: node.name,
     host: node.host,
     port: node.port,
     user: credentials.user,
@@ -28,7 +31,7 @@ export async function withNodeClient<T>(
   timeoutMs: number,
   work: (client: Client) => Promise<T>,
 ): Promise<T> {
-  const client = new Client(clientConfig(node, credentials, timeoutMs));
+  const client = new NodeClient(clientConfig(node, credentials, timeoutMs));
   client.on("error", () => undefined); // a dropped connection surfaces through the pending query
   await client.connect();
   try {

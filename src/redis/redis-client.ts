@@ -1,16 +1,29 @@
 import Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
+import { OwnRedisConnector } from "./redis-peer";
 
 export interface RedisEndpoint {
   readonly host: string;
   readonly port: number;
   readonly password: string;
+  /**
+   * RELEVO_REDIS_URL's server, run by someone else (maybe in another
+   * container): its connections cannot be proven Relevo's and are not.
+   * Absent or false: Relevo's own Redis, every connection proven to be run
+   * by Relevo's own user before AUTH is sent (redis-peer.ts).
+   */
+  readonly external?: boolean;
 }
 
 /** The endpoint of RELEVO_REDIS_URL (redis://[:password@]host[:port]). Pure. */
 export function parseRedisUrl(url: string): RedisEndpoint {
   const parsed = new URL(url);
-  return { host: parsed.hostname, port: Number(parsed.port || 6379), password: decodeURIComponent(parsed.password) };
+  return { host: parsed.hostname, port: Number(parsed.port || 6379), password: decodeURIComponent(parsed.password), external: true };
+}
+
+/** The connector of the endpoint's connections: the proving one for Relevo's own Redis. */
+export function connectorFor(endpoint: Pick<RedisEndpoint, "external">): { Connector?: typeof OwnRedisConnector } {
+  return endpoint.external ? {} : { Connector: OwnRedisConnector };
 }
 
 /**
@@ -27,6 +40,7 @@ export function createRedisClient(
     host: endpoint.host,
     port: endpoint.port,
     password: endpoint.password,
+    ...connectorFor(endpoint),
     connectionName: `relevo:${options.name}`,
     enableOfflineQueue: options.queueWhileOffline ?? false,
     maxRetriesPerRequest: options.blocking || options.queueWhileOffline ? null : 1,

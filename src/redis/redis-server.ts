@@ -3,13 +3,13 @@ import { access, mkdir, readFile, writeFile, chmod } from "node:fs/promises";
 import { constants } from "node:fs";
 import path from "node:path";
 import Redis from "ioredis";
-import { ErrorCode, RelevoError } from "../errors";
+import { ErrorCode, isRelevoError, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
 import { hasControlCharacter } from "../util/control-characters";
 import type { RelevoConfig } from "../config/config";
-import { parseRedisUrl, type RedisEndpoint } from "./redis-client";
+import { connectorFor, parseRedisUrl, type RedisEndpoint } from "./redis-client";
 
 export interface RedisServerOptions {
   readonly home: string;
@@ -33,7 +33,10 @@ export interface RedisServerHandle {
  * bound to the configured address, password from the secrets file (in a 0600
  * config file, never on the command line where `ps` would show it). It runs in
  * a session of its own so a Ctrl-C on Relevo's terminal does not reach it;
- * Relevo stops it last, after everything that writes to it.
+ * Relevo stops it last, after everything that writes to it. A server
+ * already on its port is adopted only when the kernel shows it is run by
+ * Relevo's own user (redis-peer.ts), before AUTH is sent: a stranger's is
+ * refused with REDIS_NOT_OURS and gets nothing.
  */
 export async function ensureRedisServer(options: RedisServerOptions): Promise<RedisServerHandle> {
   const dir = path.join(options.home, "redis");
@@ -56,7 +59,11 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
     if (earlyExit !== undefined) {
       throw new RelevoError(ErrorCode.CommandFailed, `redis-server exited with code ${earlyExit} while starting: ${await logTail(dir)}`);
     }
-    if (await answersPing(options)) {
+    const answers = await answersPing(options).catch((error: unknown) => {
+      child.kill("SIGKILL"); // a stranger took the port first: ours could not bind it
+      throw error;
+    });
+    if (answers) {
       options.logger.info({ port: options.port, pid: child.pid }, "Redis started");
       return { started: true, stop: () => shutdown(options) };
     }
@@ -165,12 +172,17 @@ export function redisConf(options: RedisServerOptions, dir: string): string {
   ].join("\n");
 }
 
-/** A one-shot connection: no retries, no queue, closed by the caller. */
-function oneShotClient(options: RedisServerOptions): Redis {
+/**
+ * A one-shot connection to Relevo's own Redis: no retries, no queue, closed
+ * by the caller; proven to be run by Relevo's own user before AUTH is sent
+ * (OwnRedisConnector). `refusal` is the proof's typed error, when it failed.
+ */
+function oneShotClient(options: RedisServerOptions): { client: Redis; refusal: () => RelevoError | null } {
   const client = new Redis({
     host: options.host,
     port: options.port,
     password: options.password,
+    ...connectorFor({ external: false }),
     lazyConnect: true,
     disconnectTimeout: 100,
     enableOfflineQueue: false,
@@ -178,16 +190,29 @@ function oneShotClient(options: RedisServerOptions): Redis {
     retryStrategy: () => null,
     connectTimeout: 1000,
   });
-  client.on("error", () => undefined);
-  return client;
+  let refusal: RelevoError | null = null;
+  // ioredis reports the connector's refusal as an error before the connect fails with its own.
+  client.on("error", (error) => {
+    if (isRelevoError(error) && error.code === ErrorCode.RedisNotOurs) refusal = error;
+  });
+  return { client, refusal: () => refusal };
 }
 
+/**
+ * Whether Relevo's own Redis answers on its port: false when nothing does;
+ * REDIS_NOT_OURS when something run by another user holds the port (it
+ * got no password, and is not taken for a Redis that is down either: a
+ * start would fail on its port).
+ */
 async function answersPing(options: RedisServerOptions): Promise<boolean> {
-  const client = oneShotClient(options);
+  const { client, refusal } = oneShotClient(options);
   try {
     await client.connect();
     return (await client.ping()) === "PONG";
-  } catch {
+  } catch (error) {
+    const refused = refusal();
+    if (refused) throw refused;
+    if (isRelevoError(error)) throw error;
     return false;
   } finally {
     client.disconnect();
@@ -195,7 +220,7 @@ async function answersPing(options: RedisServerOptions): Promise<boolean> {
 }
 
 async function shutdown(options: RedisServerOptions): Promise<void> {
-  const client = oneShotClient(options);
+  const { client } = oneShotClient(options); // a stranger now on the port is refused: nothing to shut down
   try {
     await client.connect();
     await client.call("SHUTDOWN").catch(() => undefined); // the connection closes as the server exits

@@ -1,0 +1,61 @@
+import { Client, type ClientConfig } from "pg";
+import { ErrorCode, RelevoError } from "../errors";
+
+/** The password exchanges a node-postgres client would answer and Relevo's refuses. */
+export type RefusedAuthMethod = "cleartext password" | "MD5 password";
+
+export interface NodeClientConfig extends ClientConfig {
+  /** The node this connection is for, named in a refusal (else host:port). */
+  readonly nodeName?: string;
+}
+
+/**
+ * The only `pg` Client Relevo opens (an ESLint rule keeps it so; Prisma's
+ * pool is given it as its `Client`). It never sends a password in clear nor
+ * as MD5: whoever listens on a member's port — a stopped member's port
+ * taken by another local user, a server started by hand — could ask for
+ * either, and node-postgres would answer with the superuser's password
+ * (cleartext) or a hash that replays as it (MD5: the hash of password and
+ * user is the secret; the salt is the asker's). Every Relevo node asks for
+ * SCRAM-SHA-256 (initdb --auth=scram-sha-256, Relevo's pg_hba.conf), which
+ * never reveals the password and proves the server knows it, so a request
+ * for either is a stranger's: the connection is cut before anything more is
+ * written and connect() fails with AUTH_METHOD_REFUSED.
+ *
+ * libpq 16 has `require_auth=scram-sha-256` for this; libpq 15 and
+ * node-postgres have no such option, hence this subclass.
+ */
+export class NodeClient extends Client {
+  constructor(config: NodeClientConfig = {}) {
+    // Passed on whole, never copied: pg.Pool hands its clients an options
+    // object whose password is not enumerable (a spread would drop it).
+    // pg ignores `nodeName`.
+    super(config);
+    const target = config.nodeName ?? `${config.host ?? "localhost"}:${config.port ?? 5432}`;
+    const connection = this.connection as RefusableConnection;
+    // The last barrier: the Connection's `password` method writes the
+    // PasswordMessage of cleartext and MD5 exchanges (SCRAM goes through
+    // sendSASL* instead). pg's own handlers still run after the refusal
+    // below and would call it; here it writes nothing.
+    connection.password = () => undefined;
+    const refuse = (method: RefusedAuthMethod) => () => {
+      // Listeners run in order and ours is first: the connect callback gets
+      // this error (pg reports only the first), then the socket goes.
+      connection.emit("error", authMethodRefused(target, method));
+      connection.stream.destroy();
+    };
+    connection.prependListener("authenticationCleartextPassword", refuse("cleartext password"));
+    connection.prependListener("authenticationMD5Password", refuse("MD5 password"));
+  }
+}
+
+/** The part of pg's Connection this client changes (its `password` is untyped in @types/pg). */
+type RefusableConnection = Client["connection"] & { password: (password: string) => void };
+
+export function authMethodRefused(target: string, method: RefusedAuthMethod): RelevoError {
+  return new RelevoError(
+    ErrorCode.AuthMethodRefused,
+    `what answers on ${target}'s port asked for a ${method}; Relevo authenticates to PostgreSQL with SCRAM-SHA-256 only and sent nothing: another program may be listening on that port`,
+    { details: { node: target, method } },
+  );
+}

@@ -1,0 +1,165 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createConnection, createServer, type AddressInfo, type Socket } from "node:net";
+import { createInterface } from "node:readline";
+
+/**
+ * Strangers listening where Relevo expects its own servers: each records
+ * every byte a client sends it, so a test can say what a stranger got.
+ */
+export interface FakeServer {
+  readonly port: number;
+  /** Everything received from clients, in order, once what was sent so far has all arrived. */
+  received(): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/**
+ * How a fake PostgreSQL asks for the password: AuthenticationCleartextPassword
+ * (3), AuthenticationMD5Password (5), or SASL with SCRAM-SHA-256 (10), whose
+ * server-first message it sends as a server would (it cannot check the
+ * client's proof, and closes after it).
+ */
+export type PasswordRequest = "cleartext" | "md5" | "scram";
+
+/**
+ * A "PostgreSQL" that reads the startup packet (answering 'N' to an
+ * SSLRequest), then asks for a password the way `request` says, and
+ * records whatever the client sends after that — a password, if it
+ * answered.
+ */
+export async function fakePostgres(request: PasswordRequest): Promise<FakeServer> {
+  const afterRequest: Buffer[] = [];
+  const sockets = new Set<Socket>();
+  const closed: Promise<void>[] = [];
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    closed.push(new Promise((resolve) => socket.once("close", () => resolve())));
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    let pending = Buffer.alloc(0);
+    let asked = false;
+    let afterThisRequest = Buffer.alloc(0);
+    let serverFirstSent = false;
+    socket.on("data", (chunk: Buffer) => {
+      if (asked) {
+        afterRequest.push(chunk);
+        afterThisRequest = Buffer.concat([afterThisRequest, chunk]);
+        if (request === "scram") serverFirstSent = answerScram(socket, afterThisRequest, serverFirstSent);
+        return;
+      }
+      pending = Buffer.concat([pending, chunk]);
+      while (!asked && pending.length >= 8 && pending.length >= pending.readInt32BE(0)) {
+        const length = pending.readInt32BE(0);
+        const code = pending.readInt32BE(4);
+        pending = pending.subarray(length);
+        if (code === 80877103) {
+          socket.write("N"); // SSLRequest: no TLS here
+          continue;
+        }
+        socket.write(
+          request === "cleartext"
+            ? authRequest(3)
+            : request === "md5"
+              ? authRequest(5, Buffer.from([1, 2, 3, 4]))
+              : authRequest(10, Buffer.from("SCRAM-SHA-256\0\0")),
+        );
+        asked = true;
+        if (pending.length > 0) afterRequest.push(pending);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    // A client's bytes have all arrived once its connection closed (the refusing client closes it at once).
+    // Bounded: a client that hangs on (an old, answering one waits for the fake's reply) fails the test, not the run.
+    received: async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, 5000)));
+      await Promise.race([Promise.all(closed), bound]).finally(() => clearTimeout(timer));
+      return Buffer.concat(afterRequest);
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/**
+ * SCRAM's server-first message once the client's first message (its nonce)
+ * is in, and the end once its final message (its proof) is. Whether the
+ * server-first message has been sent, before and after.
+ */
+function answerScram(socket: Socket, received: Buffer, serverFirstSent: boolean): boolean {
+  const text = received.toString("latin1");
+  if (text.includes("c=biws")) {
+    socket.end();
+    return true;
+  }
+  const nonce = /n,,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];
+  if (serverFirstSent || !nonce) return serverFirstSent;
+  socket.write(authRequest(11, Buffer.from(`r=${nonce}fake-server-nonce,s=${Buffer.alloc(16, 7).toString("base64")},i=4096`)));
+  return true;
+}
+
+function authRequest(code: number, salt?: Buffer): Buffer {
+  const message = Buffer.alloc(9 + (salt?.length ?? 0));
+  message.write("R", 0);
+  message.writeInt32BE(8 + (salt?.length ?? 0), 1);
+  message.writeInt32BE(code, 5);
+  salt?.copy(message, 9);
+  return message;
+}
+
+/**
+ * A "Redis" run by another OS user (`uid`, e.g. nobody's; spawning as
+ * another user takes root): answers +PONG to a PING and +OK to anything
+ * else, AUTH included, and reports every byte it gets.
+ */
+export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
+  const script = `
+    const net = require("node:net");
+    const server = net.createServer((socket) => {
+      socket.on("error", () => undefined);
+      socket.on("data", (chunk) => {
+        process.stdout.write(JSON.stringify({ data: chunk.toString("base64") }) + "\\n");
+        socket.write(chunk.toString().toUpperCase().includes("PING") ? "+PONG\\r\\n" : "+OK\\r\\n");
+      });
+    });
+    server.listen(0, "127.0.0.1", () => process.stdout.write(JSON.stringify({ port: server.address().port }) + "\\n"));
+  `;
+  const child = spawn(process.execPath, ["-e", script], { uid, gid: uid, stdio: ["ignore", "pipe", "inherit"], cwd: "/" });
+  const received: Buffer[] = [];
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("exit", (code) => reject(new Error(`the fake Redis exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const message = JSON.parse(line) as { port?: number; data?: string };
+      if (message.port) resolve(message.port);
+      if (message.data) received.push(Buffer.from(message.data, "base64"));
+    });
+  });
+  // The child reports each chunk before it answers it: once a marker sent now is reported, so is everything before.
+  const drained = async (): Promise<Buffer> => {
+    const seen = received.length;
+    const marker = createConnection(port, "127.0.0.1");
+    marker.on("error", () => undefined);
+    marker.write(MARKER);
+    while (!received.slice(seen).some((chunk) => chunk.toString() === MARKER)) await new Promise((resolve) => setTimeout(resolve, 10));
+    marker.destroy();
+    return Buffer.concat(received.filter((chunk) => chunk.toString() !== MARKER));
+  };
+  return { port, received: drained, close: () => stopChild(child) };
+}
+
+const MARKER = "*1\r\n$11\r\nTEST-MARKER\r\n";
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    child.once("exit", () => resolve());
+    child.kill("SIGKILL");
+  });
+}

@@ -1,0 +1,212 @@
+import { expect } from "@jest/globals";
+import { mkdtemp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { BackupSession } from "../../src/backup/backup-session";
+import { observeClusterOnce } from "../../src/cluster/topology-observe";
+import { primaryAdapter } from "../../src/db/primary-database";
+import { PrismaClient } from "../../src/generated/prisma/client";
+import { ErrorCode, type RelevoError } from "../../src/errors";
+import { PrimaryChecker } from "../../src/failover/primary-check";
+import { createLogger } from "../../src/log";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { withNodeClient } from "../../src/postgres/connection";
+import { readNodeFacts } from "../../src/postgres/node-facts";
+import { createRedisClient } from "../../src/redis/redis-client";
+import { canonicalAddress, parseTcpTable, serverEndOwner } from "../../src/redis/redis-peer";
+import { ensureRedisServer } from "../../src/redis/redis-server";
+import { fakePostgres, fakeRedisOfAnotherUser, type FakeServer, type PasswordRequest } from "../helpers/fake-servers";
+
+/**
+ * Issue 14, defect 2: whoever listens on a member's port (a stopped member's
+ * port taken by another local user) or on Redis's port must not get a
+ * password. Each case puts a stranger there and reads what it received.
+ */
+const PASSWORD = "the-superuser-password-nobody-else-knows";
+const superuser = { user: "postgres", password: PASSWORD, database: "postgres" };
+const nodeOn = (port: number): NodeRef => ({ name: "node2", host: "127.0.0.1", port });
+
+describe("PostgreSQL: a cleartext or MD5 password request gets no password, and a stable error", () => {
+  let server: FakeServer | null = null;
+  const stranger = async (request: PasswordRequest): Promise<FakeServer> => (server = await fakePostgres(request));
+  afterEach(async () => {
+    await server?.close();
+    server = null;
+  });
+
+  /** What the stranger got must not hold the password, nor anything at all (MD5's hash replays as the password). */
+  const expectNothingSent = async (fake: FakeServer) => {
+    const received = await fake.received();
+    expect(received.toString("latin1")).not.toContain(PASSWORD);
+    expect(received.length).toBe(0);
+  };
+
+  const refusal = (request: PasswordRequest) =>
+    expect.objectContaining({
+      code: ErrorCode.AuthMethodRefused,
+      message: expect.stringContaining(`node2's port asked for a ${request === "cleartext" ? "cleartext" : "MD5"} password`),
+    });
+
+  /** What `work` ended with, value or error: what the stranger got is asserted first, as it is the point. */
+  const outcomeOf = (work: Promise<unknown>): Promise<unknown> =>
+    work.then(
+      (value) => value,
+      (error: unknown) => error,
+    );
+
+  test("SCRAM-SHA-256 goes on to the client's proof (never the password), alone and from Prisma's pool of NodeClients", async () => {
+    const fake = await stranger("scram");
+    const alone = await outcomeOf(withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")));
+    const prisma = new PrismaClient({ adapter: primaryAdapter(nodeOn(fake.port), superuser, 2000) });
+    await outcomeOf(prisma.$queryRawUnsafe("SELECT 1")).finally(() => prisma.$disconnect());
+    const received = (await fake.received()).toString("latin1");
+    expect(received).not.toContain(PASSWORD);
+    // Each connection sent its client-final message with a proof: the password was there to compute it (pg.Pool
+    // hands its clients a password that is not enumerable; a client that copied its options would have lost it).
+    expect(received.match(/c=biws,r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
+    expect(String(alone)).not.toMatch(/AUTH_METHOD_REFUSED|asked for a/);
+  });
+
+  describe.each<PasswordRequest>(["cleartext", "md5"])("asked for a %s password", (request) => {
+    test("withNodeClient, every short connection's way in (operations, migrations, restores): refused with AUTH_METHOD_REFUSED", async () => {
+      const fake = await stranger(request);
+      const outcome = await outcomeOf(withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")));
+      await expectNothingSent(fake);
+      expect(outcome).toEqual(refusal(request));
+    });
+
+    test("the topology's observation of a stopped member whose port a stranger took (the collector's prober, `relevo status`)", async () => {
+      const fake = await stranger(request);
+      const home = await mkdtemp(path.join(os.tmpdir(), "strangers-"));
+      const driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres", nodeDirectories: {} });
+      const snapshot = await observeClusterOnce({
+        clusterName: "strangers",
+        nodes: [nodeOn(fake.port)],
+        driver,
+        credentials: superuser,
+        timeoutMs: 2000,
+        lagAlertBytes: 1 << 20,
+      }).finally(() => driver.close());
+      await expectNothingSent(fake);
+      expect(snapshot.nodes[0]).toMatchObject({
+        name: "node2",
+        reachable: false,
+        error: expect.stringContaining("node2's port asked for a"),
+      });
+    });
+
+    test("the failover monitor's check of the primary and an operation's read of a node's facts", async () => {
+      const fake = await stranger(request);
+      const checker = new PrimaryChecker({ credentials: superuser, timeoutMs: 2000, clusterName: "strangers" });
+      const check = await checker.check(nodeOn(fake.port));
+      checker.close();
+      const facts = await readNodeFacts(nodeOn(fake.port), superuser, 2000, "strangers");
+      await expectNothingSent(fake);
+      expect(check).toEqual({ ok: false, error: expect.stringContaining("port asked for a") });
+      expect(facts).toBeNull();
+    });
+
+    test("the records' Prisma pool (primaryAdapter) and a backup's session", async () => {
+      const fake = await stranger(request);
+      const prisma = new PrismaClient({ adapter: primaryAdapter(nodeOn(fake.port), superuser, 2000) });
+      const query = await outcomeOf(prisma.$queryRawUnsafe("SELECT 1")).finally(() => prisma.$disconnect());
+      const session = new BackupSession({ source: nodeOn(fake.port), superuser });
+      const connected = await outcomeOf(session.connect()).finally(() => session.end());
+      await expectNothingSent(fake);
+      expect(String(query)).toMatch(/asked for a/);
+      expect(connected).toEqual(refusal(request));
+    });
+  });
+});
+
+const asRoot = process.getuid?.() === 0 ? test : test.skip;
+const NOBODY = 65534;
+const logger = createLogger({ level: "silent" });
+
+describe("Redis: a stranger answering PONG on the embedded Redis's port gets no password", () => {
+  // One stranger for both cases (a process of its own, run as nobody); each case reads what it got during it.
+  let fake: FakeServer;
+  let before = 0;
+  beforeAll(async () => {
+    if (process.getuid?.() === 0) fake = await fakeRedisOfAnotherUser(NOBODY);
+  });
+  afterAll(() => fake?.close());
+  beforeEach(async () => {
+    before = fake ? (await fake.received()).length : 0;
+  });
+  const receivedDuringTest = async () => (await fake.received()).subarray(before);
+
+  asRoot("Relevo's start refuses to adopt it (REDIS_NOT_OURS) and sends it nothing, AUTH included", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "strangers-"));
+    const adoption = ensureRedisServer({
+      home,
+      host: "127.0.0.1",
+      port: fake.port,
+      password: PASSWORD,
+      bin: "redis-server",
+      startTimeoutMs: 5000,
+      logger,
+    });
+    const outcome = await adoption.then(
+      (handle) => handle,
+      (error: unknown) => error,
+    );
+    expect((await receivedDuringTest()).toString()).toBe("");
+    expect(outcome).toEqual(
+      expect.objectContaining({
+        code: ErrorCode.RedisNotOurs,
+        message: expect.stringContaining(`it is run by uid ${NOBODY}, not by Relevo's own user`),
+      }),
+    );
+  });
+
+  asRoot("a service's client (reconnecting after its Redis went away, to whatever took the port) sends it nothing", async () => {
+    const client = createRedisClient({ host: "127.0.0.1", port: fake.port, password: PASSWORD }, { name: "strangers" });
+    const errors: Error[] = [];
+    client.on("error", (error: Error) => errors.push(error));
+    try {
+      const pinged = await client.ping().catch((error: Error) => error);
+      // The refusal is reported as the client's error (it goes on retrying, as after any failed connection).
+      const refused = () => errors.some((error) => (error as RelevoError).code === ErrorCode.RedisNotOurs);
+      for (let waited = 0; waited < 3000 && !refused() && pinged !== "PONG"; waited += 20)
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      expect((await receivedDuringTest()).toString()).toBe("");
+      expect(pinged).toBeInstanceOf(Error);
+      expect(refused()).toBe(true);
+    } finally {
+      client.disconnect();
+    }
+  });
+});
+
+describe("Redis: the kernel's word on who owns a connection's server end (pure)", () => {
+  // /proc/net/tcp and tcp6 as the kernel writes them: a listener, the server's end (uid 65534) and the client's (uid 0).
+  const tcp = [
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+    "   0: 0100007F:1A0B 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1111 1 0 100 0 0 10 0",
+    "   1: 0100007F:1A0B 0100007F:D431 01 00000000:00000000 00:00000000 00000000 65534        0 0 1 0 20 4 30 10 -1",
+    "   2: 0100007F:D431 0100007F:1A0B 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0 20 4 30 10 -1",
+  ].join("\n");
+  const tcp6 = [
+    "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+    "   0: 00000000000000000000000001000000:1A0C 00000000000000000000000001000000:D432 01 00000000:00000000 00:00000000 00000000     0        0 3 1",
+    "   1: 0000000000000000FFFF00000100007F:1A0D 0000000000000000FFFF00000100007F:D433 01 00000000:00000000 00:00000000 00000000   101        0 4 1",
+  ].join("\n");
+  const rows = parseTcpTable(`${tcp}\n${tcp6}`);
+
+  test("the server's end, not the client's nor the listener, answers for the connection", () => {
+    const connection = { client: { address: "127.0.0.1", port: 0xd431 }, server: { address: "127.0.0.1", port: 0x1a0b } };
+    expect(serverEndOwner(rows, connection)).toBe(65534);
+    expect(serverEndOwner(rows, { client: connection.server, server: connection.client })).toBe(0);
+  });
+
+  test("IPv6 loopback and an IPv4 peer of a dual-stack listener are found; an unknown connection is null", () => {
+    expect(serverEndOwner(rows, { client: { address: "::1", port: 0xd432 }, server: { address: "::1", port: 0x1a0c } })).toBe(0);
+    expect(
+      serverEndOwner(rows, { client: { address: "127.0.0.1", port: 0xd433 }, server: { address: "::ffff:127.0.0.1", port: 0x1a0d } }),
+    ).toBe(101);
+    expect(serverEndOwner(rows, { client: { address: "127.0.0.1", port: 1 }, server: { address: "127.0.0.1", port: 0x1a0b } })).toBeNull();
+    expect(canonicalAddress("fe80::1:2")).toBe("fe80:0:0:0:0:0:1:2");
+  });
+});
