@@ -5,7 +5,6 @@ import path from "node:path";
 import { BackupSession } from "../../src/backup/backup-session";
 import { observeClusterOnce } from "../../src/cluster/topology-observe";
 import { primaryAdapter } from "../../src/db/primary-database";
-import { PrismaClient } from "../../src/generated/prisma/client";
 import { ErrorCode, type RelevoError } from "../../src/errors";
 import { PrimaryChecker } from "../../src/failover/primary-check";
 import { createLogger } from "../../src/log";
@@ -58,8 +57,7 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
   test("SCRAM-SHA-256 goes on to the client's proof (never the password), alone and from Prisma's pool of NodeClients", async () => {
     const fake = await stranger("scram");
     const alone = await outcomeOf(withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")));
-    const prisma = new PrismaClient({ adapter: primaryAdapter(nodeOn(fake.port), superuser, 2000) });
-    await outcomeOf(prisma.$queryRawUnsafe("SELECT 1")).finally(() => prisma.$disconnect());
+    await outcomeOf(throughPrismaPool(nodeOn(fake.port), "SELECT 1"));
     const received = (await fake.received()).toString("latin1");
     expect(received).not.toContain(PASSWORD);
     // Each connection sent its client-final message with a proof: the password was there to compute it (pg.Pool
@@ -67,6 +65,16 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
     expect(received.match(/c=biws,r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
     expect(String(alone)).not.toMatch(/AUTH_METHOD_REFUSED|asked for a/);
   });
+
+  /** SQL through the adapter PrimaryDatabase gives Prisma (its pg.Pool), without starting a Prisma client. */
+  const throughPrismaPool = async (node: NodeRef, sql: string): Promise<void> => {
+    const adapter = await primaryAdapter(node, superuser, 2000).connect();
+    try {
+      await adapter.executeScript(sql);
+    } finally {
+      await adapter.dispose();
+    }
+  };
 
   describe.each<PasswordRequest>(["cleartext", "md5"])("asked for a %s password", (request) => {
     test("withNodeClient, every short connection's way in (operations, migrations, restores): refused with AUTH_METHOD_REFUSED", async () => {
@@ -109,8 +117,7 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
 
     test("the records' Prisma pool (primaryAdapter) and a backup's session", async () => {
       const fake = await stranger(request);
-      const prisma = new PrismaClient({ adapter: primaryAdapter(nodeOn(fake.port), superuser, 2000) });
-      const query = await outcomeOf(prisma.$queryRawUnsafe("SELECT 1")).finally(() => prisma.$disconnect());
+      const query = await outcomeOf(throughPrismaPool(nodeOn(fake.port), "SELECT 1"));
       const session = new BackupSession({ source: nodeOn(fake.port), superuser });
       const connected = await outcomeOf(session.connect()).finally(() => session.end());
       await expectNothingSent(fake);
