@@ -78,8 +78,9 @@ describe("configuration", () => {
       host: "127.0.0.1",
       port: 16379,
       password: "s@cret",
+      external: true, // not proven to be run by Relevo's own user, as its own Redis is (docs/security.md)
     });
-    expect(parseRedisUrl("redis://redis")).toEqual({ host: "redis", port: 6379, password: "" });
+    expect(parseRedisUrl("redis://redis")).toEqual({ host: "redis", port: 6379, password: "", external: true });
     expect(() => loadConfig({ RELEVO_REDIS_URL: "http://127.0.0.1:6379" })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_REDIS_URL") }),
     );
