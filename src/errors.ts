@@ -44,7 +44,7 @@ export enum ErrorCode {
   RateLimited = "RATE_LIMITED",
   /** A mutation sent over the WebSocket: mutations are accepted over HTTP only, where each is audited. */
   MutationOverWebSocket = "MUTATION_OVER_WEBSOCKET",
-  /** What answers on a node's port asked for a cleartext or MD5 password: nothing was sent (docs/security.md). */
+  /** What answers on a node's port asked for a cleartext or MD5 password (nothing was sent), or let Relevo in without SCRAM's proof (docs/security.md). */
   AuthMethodRefused = "AUTH_METHOD_REFUSED",
   /** What answers on the embedded Redis's port is not Relevo's own Redis: no password was sent (docs/security.md). */
   RedisNotOurs = "REDIS_NOT_OURS",

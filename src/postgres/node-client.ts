@@ -1,8 +1,12 @@
 import { Client, type ClientConfig } from "pg";
 import { ErrorCode, RelevoError } from "../errors";
 
-/** The password exchanges a node-postgres client would answer and Relevo's refuses. */
-export type RefusedAuthMethod = "cleartext password" | "MD5 password";
+/**
+ * The authentications a node-postgres client would go along with and
+ * Relevo's refuses: two that take the password, and two that let a
+ * stranger in without proving it knows the password's verifier.
+ */
+export type RefusedAuthMethod = "cleartext password" | "MD5 password" | "session without SCRAM" | "SCRAM without the server's proof";
 
 export interface NodeClientConfig extends ClientConfig {
   /** The node this connection is for, named in a refusal (else host:port). */
@@ -15,12 +19,14 @@ export interface NodeClientConfig extends ClientConfig {
  * as MD5: whoever listens on a member's port — a stopped member's port
  * taken by another local user, a server started by hand — could ask for
  * either, and node-postgres would answer with the superuser's password
- * (cleartext) or a hash that replays as it (MD5: the hash of password and
- * user is the secret; the salt is the asker's). Every Relevo node asks for
- * SCRAM-SHA-256 (initdb --auth=scram-sha-256, Relevo's pg_hba.conf), which
- * never reveals the password and proves the server knows it, so a request
- * for either is a stranger's: the connection is cut before anything more is
- * written and connect() fails with AUTH_METHOD_REFUSED.
+ * (cleartext) or a salted hash of it (MD5: guesses can be tested against
+ * it offline, and a stranger in the middle can relay it to any server
+ * that accepts MD5). Every Relevo node asks for SCRAM-SHA-256 (initdb
+ * --auth=scram-sha-256, Relevo's pg_hba.conf), which never reveals the
+ * password and in which the server proves it knows its verifier, so a
+ * request for either is a stranger's: the connection is cut before
+ * anything more is written and connect() fails with AUTH_METHOD_REFUSED.
+ * So is a session the server opens without that proof (below).
  *
  * libpq 16 has `require_auth=scram-sha-256` for this; libpq 15 and
  * node-postgres have no such option, hence this subclass.
@@ -46,6 +52,18 @@ export class NodeClient extends Client {
     };
     connection.prependListener("authenticationCleartextPassword", refuse("cleartext password"));
     connection.prependListener("authenticationMD5Password", refuse("MD5 password"));
+    // SCRAM's last message carries the server's proof, which pg verifies
+    // (failing the connect if it is wrong) as it handles that message,
+    // before the next one is read. A server that says AuthenticationOk
+    // without it (or without asking for any password: `trust`) has proved
+    // nothing, and would be believed about the member whose port it holds.
+    let sasl: "none" | "started" | "proved" = "none";
+    connection.on("authenticationSASL", () => (sasl = "started"));
+    connection.on("authenticationSASLFinal", () => (sasl = "proved"));
+    connection.prependListener("authenticationOk", () => {
+      if (sasl === "proved") return;
+      refuse(sasl === "none" ? "session without SCRAM" : "SCRAM without the server's proof")();
+    });
   }
 }
 
@@ -53,9 +71,13 @@ export class NodeClient extends Client {
 type RefusableConnection = Client["connection"] & { password: (password: string) => void };
 
 export function authMethodRefused(target: string, method: RefusedAuthMethod): RelevoError {
+  const what =
+    method === "cleartext password" || method === "MD5 password"
+      ? `asked for a ${method}; Relevo authenticates to PostgreSQL with SCRAM-SHA-256 only and sent nothing`
+      : `let Relevo in without proving it knows the password (${method}); Relevo's nodes always do`;
   return new RelevoError(
     ErrorCode.AuthMethodRefused,
-    `what answers on ${target}'s port asked for a ${method}; Relevo authenticates to PostgreSQL with SCRAM-SHA-256 only and sent nothing: another program may be listening on that port`,
+    `what answers on ${target}'s port ${what}: another program may be listening on that port`,
     { details: { node: target, method } },
   );
 }

@@ -14,19 +14,17 @@ export interface FakeServer {
 }
 
 /**
- * How a fake PostgreSQL asks for the password: AuthenticationCleartextPassword
- * (3), AuthenticationMD5Password (5), or SASL with SCRAM-SHA-256 (10), whose
- * server-first message it sends as a server would (it cannot check the
- * client's proof, and closes after it).
+ * How a fake PostgreSQL authenticates: asks for a password in clear
+ * (AuthenticationCleartextPassword, 3) or as MD5 (5); SCRAM-SHA-256 (SASL,
+ * 10) whose server-first message it sends as a server would, then, unable
+ * to give the server's proof, either closes or lets the client in without
+ * it; or lets the client in at once (`trust`).
  */
-export type PasswordRequest = "cleartext" | "md5" | "scram";
+export type PasswordRequest = "cleartext" | "md5" | "scram" | "scram-without-proof" | "trust";
 
-/**
- * A "PostgreSQL" that reads the startup packet (answering 'N' to an
- * SSLRequest), then asks for a password the way `request` says, and
- * records whatever the client sends after that — a password, if it
- * answered.
- */
+/** AuthenticationOk, then ReadyForQuery (idle): the client is in. */
+const letIn = Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]);
+
 export async function fakePostgres(request: PasswordRequest): Promise<FakeServer> {
   const afterRequest: Buffer[] = [];
   const sockets = new Set<Socket>();
@@ -44,7 +42,7 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
       if (asked) {
         afterRequest.push(chunk);
         afterThisRequest = Buffer.concat([afterThisRequest, chunk]);
-        if (request === "scram") serverFirstSent = answerScram(socket, afterThisRequest, serverFirstSent);
+        if (request.startsWith("scram")) serverFirstSent = answerScram(socket, afterThisRequest, serverFirstSent, request);
         return;
       }
       pending = Buffer.concat([pending, chunk]);
@@ -61,7 +59,9 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
             ? authRequest(3)
             : request === "md5"
               ? authRequest(5, Buffer.from([1, 2, 3, 4]))
-              : authRequest(10, Buffer.from("SCRAM-SHA-256\0\0")),
+              : request === "trust"
+                ? letIn
+                : authRequest(10, Buffer.from("SCRAM-SHA-256\0\0")),
         );
         asked = true;
         if (pending.length > 0) afterRequest.push(pending);
@@ -92,10 +92,11 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
  * is in, and the end once its final message (its proof) is. Whether the
  * server-first message has been sent, before and after.
  */
-function answerScram(socket: Socket, received: Buffer, serverFirstSent: boolean): boolean {
+function answerScram(socket: Socket, received: Buffer, serverFirstSent: boolean, request: PasswordRequest): boolean {
   const text = received.toString("latin1");
   if (text.includes("c=biws")) {
-    socket.end();
+    if (request === "scram-without-proof") socket.write(letIn);
+    else socket.end();
     return true;
   }
   const nonce = /n,,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];

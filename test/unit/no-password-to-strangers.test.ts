@@ -76,6 +76,26 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
     }
   };
 
+  test.each<[PasswordRequest, string]>([
+    ["trust", "session without SCRAM"],
+    ["scram-without-proof", "SCRAM without the server's proof"],
+  ])(
+    "a server that lets Relevo in without proving it knows the password (%s) is refused: it could pass for the member",
+    async (request, method) => {
+      const fake = await stranger(request);
+      const outcome = await outcomeOf(withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")));
+      expect(await readNodeFacts(nodeOn(fake.port), superuser, 2000, "strangers")).toBeNull();
+      expect((await fake.received()).toString("latin1")).not.toContain(PASSWORD);
+      expect(outcome).toEqual(
+        expect.objectContaining({
+          code: ErrorCode.AuthMethodRefused,
+          details: { node: "node2", method },
+          message: expect.stringContaining("without proving"),
+        }),
+      );
+    },
+  );
+
   describe.each<PasswordRequest>(["cleartext", "md5"])("asked for a %s password", (request) => {
     test("withNodeClient, every short connection's way in (operations, migrations, restores): refused with AUTH_METHOD_REFUSED", async () => {
       const fake = await stranger(request);
