@@ -28,6 +28,9 @@ const EMPTIED_DIRECTORIES = new Set([
   "pg_subtrans",
 ]);
 
+/** What every temporary file name of Relevo's contains (durable-file.ts, the Docker file agent, container-files.ts). */
+const RELEVO_TEMP_MARK = ".relevo-tmp-";
+
 export function isExcluded(entry: Pick<FileEntry, "path" | "type">, unloggedRelations: ReadonlySet<string>): boolean {
   const parts = entry.path.split("/");
   const name = parts[parts.length - 1]!;
@@ -35,6 +38,9 @@ export function isExcluded(entry: Pick<FileEntry, "path" | "type">, unloggedRela
   if (parts.length > 1 && EMPTIED_DIRECTORIES.has(parts[0]!)) return true;
   if (name.startsWith("pgsql_tmp") || parts.some((part) => part.startsWith("pgsql_tmp"))) return true;
   if (name === "pg_internal.init") return true; // relcache init file, rebuilt at start
+  // A temporary file of Relevo's own that a crash left before its rename (see durable-file.ts): it may hold a password
+  // (a postgresql.auto.conf's primary_conninfo) and is nothing PostgreSQL reads. Never copied into the repository.
+  if (entry.type === "file" && name.includes(RELEVO_TEMP_MARK)) return true;
   if (entry.type !== "file") return false;
   if (/^t\d+_\d+/.test(name)) return true; // temporary relations
   const relation = /^(\d+)(?:_(fsm|vm|init))?(?:\.\d+)?$/.exec(name);

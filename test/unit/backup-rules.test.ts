@@ -29,6 +29,9 @@ describe("what a backup copies (pure)", () => {
       "base/5/pgsql_tmp/pgsql_tmp123.0",
       "global/pg_internal.init",
       "base/5/t3_16384",
+      // Relevo's own temporary files left by a crash before their rename (one may hold the replication password).
+      "postgresql.auto.conf.relevo-tmp-123-0a1b2c3d4e5f",
+      "standby.signal.relevo-tmp-77",
     ]) {
       expect(isExcluded(entry(path), new Set())).toBe(true);
     }
