@@ -34,14 +34,21 @@ export type MutationAudit =
 
 /**
  * What a finished mutation leaves in the audit trail: refused before it ran
- * (every error a refusal) → counted; else one `api:mutation` event of bounded
+ * (nothing executed, and every error a refusal) → counted; else one
+ * `api:mutation` event of bounded
  * size, whatever the request's size: its distinct root fields (aliases
  * counted, not listed), the distinct error codes, the operation name cut
  * short. Pure.
  */
-export function mutationAudit(operation: OperationDefinitionNode, identity: TokenIdentity, errorCodes: readonly string[]): MutationAudit {
-  const codes = [...new Set(errorCodes)].sort();
-  if (codes.length > 0 && codes.every((code) => REFUSAL_CODES.has(code))) return { phase: "refused", codes };
+export function mutationAudit(
+  operation: OperationDefinitionNode,
+  identity: TokenIdentity,
+  outcome: { readonly errorCodes: readonly string[]; readonly executed: boolean },
+): MutationAudit {
+  const codes = [...new Set(outcome.errorCodes)].sort();
+  // Judged by whether anything ran, not by the codes alone: an alias that ran next to one refused with a refusal's code
+  // must still leave its api:mutation event.
+  if (!outcome.executed && codes.length > 0 && codes.every((code) => REFUSAL_CODES.has(code))) return { phase: "refused", codes };
   const called = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
   const fields = [...new Set(called)].sort().slice(0, MAX_FIELDS);
   const operationName = operation.name?.value.slice(0, MAX_OPERATION_NAME) ?? null;
@@ -68,9 +75,11 @@ export function mutationAuditPlugin(events: EventLog, refusals: RefusalCounter):
   return {
     requestDidStart() {
       return Promise.resolve({
-        async willSendResponse({ operation, contextValue, errors }) {
+        async willSendResponse({ operation, contextValue, errors, response }) {
           if (operation?.operation !== OperationTypeNode.MUTATION) return;
-          const audit = mutationAudit(operation, contextValue.identity, (errors ?? []).map(errorCode));
+          // Execution leaves a `data` entry (null too, when a non-null root field failed); a refusal before it leaves none.
+          const executed = response.body.kind === "single" ? response.body.singleResult.data !== undefined : true;
+          const audit = mutationAudit(operation, contextValue.identity, { errorCodes: (errors ?? []).map(errorCode), executed });
           if (audit.phase === "refused") refusals.count(contextValue.identity, audit.codes);
           else await events.emit(audit.draft);
         },

@@ -128,15 +128,24 @@ describe("the mutation audit", () => {
     `mutation ${"Flood".repeat(100)} { ${Array.from({ length: n }, (_, i) => `a${i}: refreshTopology { name }`).join(" ")} }`;
 
   test("a mutation refused before it ran is counted, not recorded", () => {
-    expect(mutationAudit(operationOf(aliased(3)), identity, ["FORBIDDEN"])).toEqual({ phase: "refused", codes: ["FORBIDDEN"] });
-    expect(mutationAudit(operationOf(aliased(3)), identity, Array(3).fill("QUERY_TOO_COMPLEX")).phase).toBe("refused");
-    expect(mutationAudit(operationOf(aliased(3)), identity, ["FORBIDDEN", "INTERNAL"]).phase).toBe("recorded");
+    const refused = (errorCodes: string[]) => ({ errorCodes, executed: false });
+    expect(mutationAudit(operationOf(aliased(3)), identity, refused(["FORBIDDEN"]))).toEqual({ phase: "refused", codes: ["FORBIDDEN"] });
+    expect(mutationAudit(operationOf(aliased(3)), identity, refused(Array<string>(3).fill("QUERY_TOO_COMPLEX"))).phase).toBe("refused");
+    expect(mutationAudit(operationOf(aliased(3)), identity, refused(["FORBIDDEN", "INTERNAL"])).phase).toBe("recorded");
+  });
+
+  test("a mutation that ran is recorded even when every error it has carries a refusal's code", () => {
+    // One alias ran, another failed with FORBIDDEN at execution: the one that ran must not pass for a refusal.
+    expect(mutationAudit(operationOf(aliased(2)), identity, { errorCodes: ["FORBIDDEN"], executed: true }).phase).toBe("recorded");
   });
 
   test("a recorded mutation's event has a fixed size, however many aliases the request had", () => {
-    const small = mutationAudit(operationOf("mutation Audited { refreshTopology { name } }"), identity, []);
+    const small = mutationAudit(operationOf("mutation Audited { refreshTopology { name } }"), identity, { errorCodes: [], executed: true });
     expect(small).toMatchObject({ phase: "recorded", draft: { data: { operation: "Audited", fields: ["refreshTopology"], calls: 1 } } });
-    const audit = mutationAudit(operationOf(aliased(2500)), identity, Array(2500).fill("PRECONDITION_FAILED"));
+    const audit = mutationAudit(operationOf(aliased(2500)), identity, {
+      errorCodes: Array(2500).fill("PRECONDITION_FAILED"),
+      executed: true,
+    });
     if (audit.phase !== "recorded") throw new Error("expected a recorded mutation");
     expect(audit.draft.data).toEqual({ operation: "Flood".repeat(20), fields: ["refreshTopology"], calls: 2500 });
     expect(audit.draft.message).toContain("(2500 calls)");
