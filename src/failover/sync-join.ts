@@ -166,7 +166,7 @@ export interface JoinPolling {
   readonly wanted: string;
   /** Whether a standby of that name counts (a member of the cluster, not fenced). */
   readonly counts: (name: string) => boolean;
-  /** Polls until then (the monitor's next check), or until nobody is joining. */
+  /** Polls until then (the monitor's next check; monotonicNowMs, not the wall clock), or until nobody is joining. */
   readonly until: number;
   readonly store: ClusterStateStore;
   readonly guard: StateGuard;

@@ -15,6 +15,7 @@ import { CommitWaitConfirmation, pollJoiningStandbys } from "../../src/failover/
 import { withNodeClient } from "../../src/postgres/connection";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { confirmReloadByCheckpoint } from "../../src/postgres/checkpoint-after-reload";
+import { monotonicNowMs } from "../../src/util/monotonic-clock";
 
 describe("a frozen primary (SIGSTOP of its process group)", () => {
   const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
@@ -211,7 +212,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
       timeoutMs: 5000,
       wanted,
       counts: (name: string) => name === "node2",
-      until: Date.now() + forMs,
+      until: monotonicNowMs() + forMs,
       store,
       guard,
       conditions: {},
