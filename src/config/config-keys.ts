@@ -12,7 +12,8 @@ const positiveInt = z.coerce.number().int().positive();
 const booleanFlag = z
   .enum(["true", "false", "1", "0", "on", "off", "yes", "no"])
   .transform((value) => ["true", "1", "on", "yes"].includes(value));
-const duration = z.string().transform((text, ctx) => {
+/** A period as operators write it (`30d`); parsed into milliseconds. */
+export const durationSchema = z.string().transform((text, ctx) => {
   const ms = parseDuration(text);
   if (ms === null) ctx.addIssue({ code: "custom", message: "a duration: a whole number and s, m, h or d (e.g. 30d)" });
   return ms ?? 0;
@@ -192,13 +193,13 @@ export const configKeys = {
   eventsRetention: {
     env: "RELEVO_EVENTS_RETENTION",
     default: "30d",
-    schema: duration,
+    schema: durationSchema,
     doc: "How long PostgreSQL's `events` table keeps an event (s, m, h or d); older rows are deleted by the scheduled job `prune-events`, hourly.",
   },
   tokenTtl: {
     env: "RELEVO_TOKEN_TTL",
     default: "30d",
-    schema: duration,
+    schema: durationSchema,
     doc: "Lifetime of an API token minted by `relevo token` (without --ttl) or for `relevo up`'s banner (s, m, h or d; at most 366d).",
   },
   repository: {

@@ -1,7 +1,8 @@
 import path from "node:path";
 import { z } from "zod";
 import { ErrorCode, RelevoError } from "../errors";
-import { configKeys, type ConfigKey } from "./config-keys";
+import { configKeys, durationSchema, type ConfigKey } from "./config-keys";
+import { formatDuration } from "./duration";
 
 export type RelevoConfig = {
   readonly [K in ConfigKey]: z.infer<(typeof configKeys)[K]["schema"]>;
@@ -19,7 +20,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   for (const key of Object.keys(configKeys) as ConfigKey[]) {
     const descriptor = configKeys[key];
     const override = overrides[key];
-    const raw = override !== undefined ? String(override) : (env[descriptor.env] ?? descriptor.default);
+    const raw =
+      override !== undefined ? overrideText(override, descriptor.schema === durationSchema) : (env[descriptor.env] ?? descriptor.default);
     const parsed = descriptor.schema.safeParse(raw.trim());
     if (!parsed.success) {
       const reason = parsed.error.issues.map((issue) => issue.message).join("; ");
@@ -73,4 +75,13 @@ export function describeConfig(): Array<{ key: ConfigKey; env: string; default: 
     default: configKeys[key].default,
     doc: configKeys[key].doc,
   }));
+}
+
+/**
+ * An override as the text its key parses. A period given as a number is
+ * milliseconds, as a loaded configuration holds it (a test or a tool that
+ * passes a loaded configuration back in as overrides).
+ */
+function overrideText(override: string | number | boolean, isDuration: boolean): string {
+  return isDuration && typeof override === "number" ? formatDuration(override) : String(override);
 }

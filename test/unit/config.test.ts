@@ -26,6 +26,13 @@ describe("configuration", () => {
     expect(config.home).toBe("/tmp/x");
   });
 
+  test("a loaded configuration given back as overrides loads as itself (periods in milliseconds included)", () => {
+    const config = loadConfig({ RELEVO_EVENTS_RETENTION: "7d", RELEVO_TOKEN_TTL: "90m" });
+    const again = loadConfig({}, { ...config });
+    expect(again).toEqual(config);
+    expect(again.eventsRetention).toBe(7 * 86_400_000);
+  });
+
   test.each([
     ["RELEVO_API_PORT", "not-a-port"],
     ["RELEVO_PRIMARY_PORT", "70000"],
