@@ -115,12 +115,16 @@ function authRequest(code: number, salt?: Buffer): Buffer {
 }
 
 /**
- * A "Redis" run by another OS user (`uid`, e.g. nobody's; spawning as
+ * A "Redis" run by another OS user (`uid`, e.g. nobody's; becoming
  * another user takes root): answers +PONG to a PING and +OK to anything
  * else, AUTH included, and reports every byte it gets.
  */
 export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
+  // Started as root and dropped to \`uid\` before the socket exists (the socket's owner is who made it): the node
+  // binary may live where \`uid\` cannot execute it (the pinned Node under /root/.cache, as in CI).
   const script = `
+    process.setgid(${uid});
+    process.setuid(${uid});
     const net = require("node:net");
     const server = net.createServer((socket) => {
       socket.on("error", () => undefined);
@@ -131,7 +135,7 @@ export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
     });
     server.listen(0, "127.0.0.1", () => process.stdout.write(JSON.stringify({ port: server.address().port }) + "\\n"));
   `;
-  const child = spawn(process.execPath, ["-e", script], { uid, gid: uid, stdio: ["ignore", "pipe", "inherit"], cwd: "/" });
+  const child = spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"], cwd: "/" });
   const received: Buffer[] = [];
   const port = await new Promise<number>((resolve, reject) => {
     child.once("error", reject);
