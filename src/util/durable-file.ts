@@ -28,9 +28,11 @@ export async function syncDirectory(directory: string): Promise<void> {
 /**
  * The last steps of a durable replace, for a caller that wrote `temp`
  * through `handle`: the data flushed, the handle closed, the temp renamed
- * over `file`, the directory flushed. The temp is removed if any step fails.
+ * over `file`, the directory flushed (through `directory`, the caller's
+ * handle on it, when given: a path like /proc/self/fd/<fd>/name has no
+ * directory name to open). The temp is removed if any step fails.
  */
-export async function publishDurably(handle: FileHandle, temp: string, file: string): Promise<void> {
+export async function publishDurably(handle: FileHandle, temp: string, file: string, directory?: FileHandle): Promise<void> {
   try {
     await handle.sync();
     await handle.close();
@@ -40,7 +42,8 @@ export async function publishDurably(handle: FileHandle, temp: string, file: str
     await rm(temp, { force: true });
     throw error;
   }
-  await syncDirectory(path.dirname(file));
+  if (directory) await directory.sync();
+  else await syncDirectory(path.dirname(file));
 }
 
 /** A temporary name beside `file` nobody else uses (two writers, or a leftover, never share one). */

@@ -1,11 +1,17 @@
 import { expect } from "@jest/globals";
-import { mkdtemp, readFile, readdir, stat, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
-import { writeFileAtomic, writeStreamAtomic } from "../../src/nodes/local/local-files";
+import { type GuardedPath, writeFileAtomic, writeStreamAtomic } from "../../src/nodes/local/local-files";
 import { createOwnedFile } from "../../src/util/owned-files";
 import { projectRoot } from "../../src/util/project-root";
+import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { SERVER_LOG } from "../../src/nodes/local/node-folder";
+import { resolvePostgresIdentity } from "../../src/nodes/os-user";
+import { AUTO_CONF, editStoppedNodeConf } from "../../src/postgres/replication-config";
+import { configKeys } from "../../src/config/config-keys";
+import { ErrorCode, type RelevoError } from "../../src/errors";
 
 /**
  * Root writing for the PostgreSQL user into a directory that user can write
@@ -15,6 +21,11 @@ import { projectRoot } from "../../src/util/project-root";
  */
 const postgresUser = { uid: 4242, gid: 4243, name: "postgres" };
 const asRoot = process.getuid?.() === 0 ? test : test.skip;
+
+/** A file as local-files takes it: its directory the anchor (these tests plant links at the last component). */
+function at(file: string): GuardedPath {
+  return { anchor: path.dirname(file), below: [path.basename(file)] };
+}
 
 function chunks(...buffers: Buffer[]): AsyncIterable<Buffer> {
   return Readable.from(buffers);
@@ -32,9 +43,9 @@ describe("root never writes or chowns through a symlink in a directory the Postg
     const { dir, victim, link } = await plantedLink();
     const file = path.join(dir, "postgresql.auto.conf");
     await link(`${file}.relevo-tmp-${process.pid}`);
-    await writeFileAtomic(file, "primary_conninfo = ''\n", { mode: 0o600, identity: postgresUser });
+    await writeFileAtomic(at(file), "primary_conninfo = ''\n", { mode: 0o600, identity: postgresUser });
     await link(`${path.join(dir, "base.file")}.relevo-tmp-${process.pid}`).catch(() => undefined);
-    await writeStreamAtomic(path.join(dir, "base.file"), chunks(Buffer.from("block")), {
+    await writeStreamAtomic(at(path.join(dir, "base.file")), chunks(Buffer.from("block")), {
       mode: 0o600,
       identity: postgresUser,
       durable: false,
@@ -50,7 +61,7 @@ describe("root never writes or chowns through a symlink in a directory the Postg
     const dir = await mkdtemp(path.join(os.tmpdir(), "owned-files-"));
     const file = path.join(dir, "postgresql.auto.conf");
     const contents = Array.from({ length: 8 }, (_, i) => `write ${i}\n`.repeat(1000));
-    await Promise.all(contents.map((content) => writeFileAtomic(file, content, { mode: 0o600, identity: null })));
+    await Promise.all(contents.map((content) => writeFileAtomic(at(file), content, { mode: 0o600, identity: null })));
     expect(contents).toContain(await readFile(file, "utf8"));
     expect((await readdir(dir)).filter((name) => name.includes("relevo-tmp"))).toEqual([]);
   });
@@ -78,5 +89,92 @@ describe("root never writes or chowns through a symlink in a directory the Postg
     };
     await walk(path.join(projectRoot(), "src"));
     expect(offenders).toEqual([]);
+  });
+});
+
+/**
+ * Root reading, and working below, a node's folder: the PostgreSQL user owns
+ * `nodes/<name>` and everything in it, so any name there (the last one, or
+ * `data` itself) may be a symlink it planted at a root-only file such as
+ * secrets.json. Nothing is read, quoted, written or removed through it.
+ */
+describe("root never follows a symlink below a local node's folder", () => {
+  const secret = "token_key=the-key-that-mints-operator-tokens";
+  const node = { name: "n1", host: "127.0.0.1", port: 5432 };
+
+  async function nodeHome(): Promise<{ home: string; data: string; victim: string; driver: LocalDriver }> {
+    const home = await mkdtemp(path.join(os.tmpdir(), "guarded-node-"));
+    const data = path.join(home, "nodes", node.name, "data");
+    await mkdir(data, { recursive: true });
+    const victim = path.join(home, "secrets.json");
+    await writeFile(victim, `{\n${secret}\n}\n`, { mode: 0o600 });
+    return { home, data, victim, driver: new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres" }) };
+  }
+
+  /** Every regular file below `dir`, with its content. */
+  async function contents(dir: string): Promise<string[]> {
+    const found: string[] = [];
+    for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+      if (entry.isFile()) found.push(await readFile(path.join(entry.parentPath, entry.name), "utf8"));
+    }
+    return found;
+  }
+
+  asRoot(
+    "a symlink at postgresql.auto.conf: editing the stopped node's settings refuses, and the target's lines stay out of it",
+    async () => {
+      const { data, victim, driver } = await nodeHome();
+      await symlink(victim, path.join(data, AUTO_CONF));
+      await expect(editStoppedNodeConf(driver, node, { primary_slot_name: "relevo_n1" })).rejects.toMatchObject({
+        code: ErrorCode.DataDirNotOurs,
+      });
+      await expect(driver.readSmallFile(node, AUTO_CONF, 1 << 20)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      expect((await contents(data)).join("\n")).not.toContain(secret);
+      expect(await readFile(victim, "utf8")).toContain(secret);
+    },
+  );
+
+  asRoot("a symlink at the server log: a failed start's error does not quote the target", async () => {
+    const { home, victim, driver } = await nodeHome();
+    await symlink(victim, path.join(home, "nodes", node.name, SERVER_LOG));
+    // An empty data directory: pg_ctl fails, and the error is built from the log's tail.
+    const failure = await driver.start(node, { timeoutMs: 2000 }).catch((error: unknown) => error as RelevoError);
+    expect(failure).toMatchObject({ code: ErrorCode.CommandFailed });
+    expect(failure?.message).not.toContain(secret);
+    expect(failure?.message).toContain("server log not read");
+  });
+
+  asRoot("`data` replaced by a symlink to another directory: file work refuses, and nothing is written or removed there", async () => {
+    const { home, data, driver } = await nodeHome();
+    const elsewhere = path.join(home, "elsewhere");
+    await mkdir(elsewhere);
+    await writeFile(path.join(elsewhere, "recovery.signal"), "");
+    await rm(data, { recursive: true });
+    await symlink(elsewhere, data);
+    const refused = { code: ErrorCode.DataDirNotOurs };
+    await expect(driver.writeFile(node, "standby.signal", "")).rejects.toMatchObject(refused);
+    await expect(driver.writeFile(node, "relevo.fence", "", { fresh: true })).rejects.toMatchObject(refused);
+    await expect(driver.removeFiles(node, ["recovery.signal"])).rejects.toMatchObject(refused);
+    await expect(driver.readFile(node, "recovery.signal")).rejects.toMatchObject(refused);
+    await expect(driver.listFiles(node, ".")).rejects.toMatchObject(refused);
+    expect(await readdir(elsewhere)).toEqual(["recovery.signal"]);
+    // The node's folder itself a link: refused the same way.
+    await rm(path.join(home, "nodes", node.name), { recursive: true });
+    await symlink(elsewhere, path.join(home, "nodes", node.name));
+    await expect(driver.writeFile(node, "standby.signal", "")).rejects.toMatchObject(refused);
+    expect(await readdir(elsewhere)).toEqual(["recovery.signal"]);
+  });
+
+  asRoot("plain directories: the same calls work, and missing directories on the way are made for the PostgreSQL user", async () => {
+    const { data, driver } = await nodeHome();
+    await driver.writeFile(node, "base/1/PG_VERSION", "15\n");
+    expect(await driver.readFile(node, "base/1/PG_VERSION")).toEqual(Buffer.from("15\n"));
+    expect((await driver.listFiles(node, "base")).map((entry) => [entry.path, entry.type])).toEqual([
+      ["base/1", "directory"],
+      ["base/1/PG_VERSION", "file"],
+    ]);
+    expect(await stat(path.join(data, "base"))).toMatchObject({ uid: resolvePostgresIdentity("postgres")?.uid });
+    await driver.removeFiles(node, ["base"]);
+    expect(await readdir(data)).toEqual([]);
   });
 });

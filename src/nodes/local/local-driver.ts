@@ -1,8 +1,8 @@
-import { access, chmod, mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
+import { access, chmod, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { chownNoFollow } from "../../util/owned-files";
 import { constants } from "node:fs";
 import path from "node:path";
-import { ErrorCode, RelevoError } from "../../errors";
+import { ErrorCode, isRelevoError, RelevoError } from "../../errors";
 import type {
   DriverNodeView,
   ExecOptions,
@@ -27,6 +27,7 @@ import {
   readSmallLocalFile,
   removeInside,
   resolveInside,
+  type GuardedPath,
   writeFileAtomic,
   writeNewFile,
   writeStreamAtomic,
@@ -117,6 +118,24 @@ export class LocalDriver implements NodeDriver {
 
   nodeDirectory(node: NodeRef): string {
     return this.nodeDir(node);
+  }
+
+  /**
+   * `below` the node's folder, for root's file work there: the PostgreSQL
+   * user owns that folder and may make any name in it a symlink, so the
+   * walk starts at the folder's parent (the data home's nodes/, root's) and
+   * follows no link from there on (see local-files, guarded-directory).
+   */
+  private inFolder(node: NodeRef, below: readonly string[]): GuardedPath {
+    const dir = this.nodeDir(node);
+    return { anchor: path.dirname(dir), below: [path.basename(dir), ...below] };
+  }
+
+  /** A path in the node's data directory (refused if it escapes it), as inFolder. */
+  private inData(node: NodeRef, relativePath: string): GuardedPath {
+    const data = this.dataDirectory(node);
+    const inside = path.relative(data, resolveInside(data, relativePath));
+    return this.inFolder(node, [DATA_DIRECTORY, ...inside.split(path.sep).filter(Boolean)]);
   }
 
   claimFile(node: NodeRef): string {
@@ -230,7 +249,7 @@ export class LocalDriver implements NodeDriver {
     // pid in postmaster.pid for a live server and refuse to start. Every
     // process of the group is dead, so the lock file is stale: remove it.
     for (let waited = 0; waited < 500 && existsSync(`/proc/${pid}`); waited += 50) await sleep(50);
-    if (existsSync(`/proc/${pid}`)) await rm(path.join(this.dataDirectory(node), "postmaster.pid"), { force: true });
+    if (existsSync(`/proc/${pid}`)) await removeInside([this.inData(node, "postmaster.pid")]);
   }
 
   async pause(node: NodeRef): Promise<void> {
@@ -291,7 +310,7 @@ export class LocalDriver implements NodeDriver {
   }
 
   async readFile(node: NodeRef, relativePath: string): Promise<Buffer | null> {
-    return readOptionalFile(resolveInside(this.dataDirectory(node), relativePath));
+    return readOptionalFile(this.inData(node, relativePath));
   }
 
   async readChunks(
@@ -300,7 +319,7 @@ export class LocalDriver implements NodeDriver {
     options: ChunkedReadOptions,
     consume: (chunk: Buffer) => Promise<void>,
   ): Promise<boolean> {
-    return readLocalChunks(resolveInside(this.dataDirectory(node), relativePath), options, consume);
+    return readLocalChunks(this.inData(node, relativePath), options, consume);
   }
 
   async readRanges(
@@ -310,11 +329,11 @@ export class LocalDriver implements NodeDriver {
     options: ChunkedReadOptions,
     consume: (chunk: Buffer) => Promise<void>,
   ): Promise<boolean> {
-    return readLocalRanges(resolveInside(this.dataDirectory(node), relativePath), ranges, options, consume);
+    return readLocalRanges(this.inData(node, relativePath), ranges, options, consume);
   }
 
   async readSmallFile(node: NodeRef, relativePath: string, maxBytes: number): Promise<SmallFileRead> {
-    return readSmallLocalFile(resolveInside(this.dataDirectory(node), relativePath), maxBytes);
+    return readSmallLocalFile(this.inData(node, relativePath), maxBytes);
   }
 
   async writeFile(
@@ -323,14 +342,14 @@ export class LocalDriver implements NodeDriver {
     content: string | Buffer,
     options: { mode?: number; fresh?: boolean } = {},
   ): Promise<void> {
-    const file = resolveInside(this.dataDirectory(node), relativePath);
+    const file = this.inData(node, relativePath);
     const settings = { mode: options.mode ?? 0o600, identity: this.identity };
     if (options.fresh) await writeNewFile(file, content, settings);
     else await writeFileAtomic(file, content, settings);
   }
 
   async openRead(node: NodeRef, relativePath: string): Promise<Readable | null> {
-    return openOptionalReadStream(resolveInside(this.dataDirectory(node), relativePath));
+    return openOptionalReadStream(this.inData(node, relativePath));
   }
 
   async writeStream(
@@ -339,7 +358,7 @@ export class LocalDriver implements NodeDriver {
     source: AsyncIterable<Buffer>,
     options: { mode?: number; durable?: boolean } = {},
   ): Promise<void> {
-    await writeStreamAtomic(resolveInside(this.dataDirectory(node), relativePath), source, {
+    await writeStreamAtomic(this.inData(node, relativePath), source, {
       mode: options.mode ?? 0o600,
       identity: this.identity,
       durable: options.durable ?? true,
@@ -347,23 +366,25 @@ export class LocalDriver implements NodeDriver {
   }
 
   async makeDirectory(node: NodeRef, relativePath: string, options: { mode?: number } = {}): Promise<void> {
-    resolveInside(this.dataDirectory(node), relativePath);
+    const target = this.inData(node, relativePath);
     // The data directory itself first (PostgreSQL insists on 0700 and its own user).
-    await makeDirectoryOwned(this.nodeDir(node), "data", { mode: 0o700, identity: this.identity });
-    await makeDirectoryOwned(this.dataDirectory(node), relativePath, { mode: options.mode ?? 0o700, identity: this.identity });
+    await makeDirectoryOwned(this.inData(node, "."), { mode: 0o700, identity: this.identity });
+    await makeDirectoryOwned(target, { mode: options.mode ?? 0o700, identity: this.identity });
   }
 
   async listFiles(node: NodeRef, relativeDir: string): Promise<FileEntry[]> {
-    return listTree(this.dataDirectory(node), relativeDir);
+    const data = this.dataDirectory(node);
+    const prefix = path.relative(data, resolveInside(data, relativeDir)).split(path.sep).join("/");
+    return listTree(this.inData(node, relativeDir), prefix);
   }
 
   async removeFiles(node: NodeRef, relativePaths: readonly string[]): Promise<void> {
-    await removeInside(this.dataDirectory(node), relativePaths);
+    await removeInside(relativePaths.map((relativePath) => this.inData(node, relativePath)));
   }
 
   /** The postmaster's pid from postmaster.pid, if that process is a live postgres. */
   private async postmasterPid(node: NodeRef): Promise<number | null> {
-    const content = await readOptionalFile(path.join(this.dataDirectory(node), "postmaster.pid"));
+    const content = await readOptionalFile(this.inData(node, "postmaster.pid"));
     const pid = Number(content?.toString("utf8").split("\n")[0]);
     if (!Number.isInteger(pid) || pid <= 0) return null;
     // A stale file after a crash may name a pid the kernel has since reused.
@@ -390,10 +411,11 @@ export class LocalDriver implements NodeDriver {
 
   private async logTail(node: NodeRef): Promise<string> {
     try {
-      const text = await readFile(this.logFile(node), "utf8");
-      return text.trim().split("\n").slice(-5).join(" | ");
-    } catch {
-      return "no server log";
+      // Read as root from the folder the PostgreSQL user owns: a link there (to secrets.json, say) is refused, never quoted.
+      const text = (await readOptionalFile(this.inFolder(node, [SERVER_LOG])))?.toString("utf8");
+      return text === undefined ? "no server log" : text.trim().split("\n").slice(-5).join(" | ");
+    } catch (error) {
+      return isRelevoError(error) ? `server log not read: ${error.message}` : "no server log";
     }
   }
 }

@@ -1,36 +1,67 @@
-import { lstat, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
-import { chownNoFollow, createOwnedFile, openOwnedTemp } from "../../util/owned-files";
+import { lstat, readdir, rename, rm, type FileHandle } from "node:fs/promises";
+import { createOwnedFile, openOwnedTemp } from "../../util/owned-files";
 import { publishDurably, temporaryNameFor } from "../../util/durable-file";
+import { openGuardedDirectory, openRegularFile, type GuardedDirectory } from "../../util/guarded-directory";
 import type { Readable } from "node:stream";
 import path from "node:path";
 import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
 import type { OsIdentity } from "../os-user";
-import { resolveInside } from "../data-paths";
 
 export { resolveInside } from "../data-paths";
 
-export async function readOptionalFile(file: string): Promise<Buffer | null> {
+/**
+ * A file or directory below a node's folder, which the PostgreSQL OS user
+ * owns: `anchor` is a directory root trusts (the data home's `nodes/`),
+ * `below` the components from there, the last one the file itself. Every
+ * function here walks them with guarded-directory, never through a symlink.
+ */
+export interface GuardedPath {
+  readonly anchor: string;
+  readonly below: readonly string[];
+}
+
+/** The directory holding `target`, opened through no symlink; null when it does not exist. */
+function openParent(target: GuardedPath, options: { create?: { mode: number; owner: OsIdentity | null } } = {}) {
+  return openGuardedDirectory(target.anchor, target.below.slice(0, -1), options);
+}
+
+function nameOf(target: GuardedPath): string {
+  return target.below[target.below.length - 1]!;
+}
+
+/** Runs `use` on the directory holding `target` (created when `create` says so), then closes it; null when it is absent. */
+async function inParent<T>(
+  target: GuardedPath,
+  use: (directory: GuardedDirectory, name: string) => Promise<T>,
+  options: { create?: { mode: number; owner: OsIdentity | null } } = {},
+): Promise<T | null> {
+  const directory = await openParent(target, options);
+  if (!directory) return null;
   try {
-    return await readFile(file);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw error;
+    return await use(directory, nameOf(target));
+  } finally {
+    await directory.close();
   }
 }
 
-/** Opens a file for reading; null when it does not exist. */
-async function openIfExists(file: string): Promise<FileHandle | null> {
+/** Opens a regular file for reading, never through a symlink; null when it (or its directory) does not exist. */
+async function openIfExists(target: GuardedPath): Promise<FileHandle | null> {
+  return (await inParent(target, (directory, name) => openRegularFile(directory, name))) ?? null;
+}
+
+export async function readOptionalFile(target: GuardedPath): Promise<Buffer | null> {
+  const handle = await openIfExists(target);
+  if (!handle) return null;
   try {
-    return await open(file, "r");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw error;
+    return await handle.readFile();
+  } finally {
+    await handle.close();
   }
 }
 
 /** See NodeDriver.readChunks: a fixed set of buffers, reused. */
 export async function readLocalChunks(
-  file: string,
+  file: GuardedPath,
   options: ChunkedReadOptions,
   consume: (chunk: Buffer) => Promise<void>,
 ): Promise<boolean> {
@@ -49,7 +80,7 @@ export async function readLocalChunks(
 
 /** See NodeDriver.readRanges: the ranges in pieces of at most one buffer, past the end read as zeros. */
 export async function readLocalRanges(
-  file: string,
+  file: GuardedPath,
   ranges: ReadonlyArray<ByteRange>,
   options: ChunkedReadOptions,
   consume: (chunk: Buffer) => Promise<void>,
@@ -80,7 +111,7 @@ export async function readLocalRanges(
  * to make of a read: use it, use the whole wanted length, or stop.
  */
 async function pumpReads(
-  file: string,
+  file: GuardedPath,
   options: ChunkedReadOptions,
   consume: (chunk: Buffer) => Promise<void>,
   next: (buffer: Buffer) => { position: number; length: number } | null,
@@ -128,7 +159,7 @@ async function pumpReads(
   return true;
 }
 
-export async function readSmallLocalFile(file: string, maxBytes: number): Promise<SmallFileRead> {
+export async function readSmallLocalFile(file: GuardedPath, maxBytes: number): Promise<SmallFileRead> {
   const handle = await openIfExists(file);
   if (!handle) return { state: "absent" };
   try {
@@ -149,11 +180,19 @@ export async function readSmallLocalFile(file: string, maxBytes: number): Promis
 
 /** Creates a file that must not exist yet (O_EXCL, never a symlink), owned by the PostgreSQL user; its directory must exist. */
 export async function writeNewFile(
-  file: string,
+  file: GuardedPath,
   content: string | Buffer,
   options: { mode: number; identity: OsIdentity | null },
 ): Promise<void> {
-  await createOwnedFile(file, content, { mode: options.mode, owner: options.identity });
+  const done = await inParent(file, (directory, name) =>
+    createOwnedFile(directory.at(name), content, { mode: options.mode, owner: options.identity }).then(() => true),
+  );
+  if (!done) throw Object.assign(new Error(`ENOENT: no directory for ${file.below.join("/")}`), { code: "ENOENT" });
+}
+
+/** Missing directories on the way to a file written: made like makeDirectory's, 0700 and the PostgreSQL user's. */
+function creatingParents(identity: OsIdentity | null): { create: { mode: number; owner: OsIdentity | null } } {
+  return { create: { mode: 0o700, owner: identity } };
 }
 
 /**
@@ -165,28 +204,58 @@ export async function writeNewFile(
  * last rename wins whole.
  */
 export async function writeFileAtomic(
-  file: string,
+  file: GuardedPath,
   content: string | Buffer,
   options: { mode: number; identity: OsIdentity | null },
 ): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  // The temp name is in a directory the PostgreSQL user writes: created new, never through a symlink (see owned-files).
-  const temp = temporaryNameFor(file);
-  const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
-  try {
-    await handle.writeFile(content);
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await rm(temp, { force: true });
-    throw error;
-  }
-  await publishDurably(handle, temp, file);
+  await replaceThroughTemp(file, { ...options, durable: true }, (handle) => handle.writeFile(content));
 }
 
-export async function listTree(root: string, relativeDir: string): Promise<FileEntry[]> {
-  const start = resolveInside(root, relativeDir);
+/**
+ * What both writers share: a temp file beside `file`, filled by `fill`,
+ * then published (durable) or renamed (not); removed if anything fails.
+ * The temp name is in a directory the PostgreSQL user writes: created new,
+ * never through a symlink, and owned by that user (see owned-files).
+ */
+async function replaceThroughTemp(
+  file: GuardedPath,
+  options: { mode: number; identity: OsIdentity | null; durable: boolean },
+  fill: (handle: FileHandle) => Promise<void>,
+): Promise<void> {
+  await inParent(
+    file,
+    async (directory, name) => {
+      const temp = directory.at(temporaryNameFor(name));
+      const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
+      try {
+        await fill(handle);
+        if (!options.durable) {
+          await handle.close();
+          await rename(temp, directory.at(name));
+          return;
+        }
+      } catch (error) {
+        await handle.close().catch(() => undefined);
+        await rm(temp, { force: true });
+        throw error;
+      }
+      await publishDurably(handle, temp, directory.at(name), directory.handle);
+    },
+    creatingParents(options.identity),
+  );
+}
+
+/**
+ * Every entry below `start` (a directory), by lstat: a symlink is listed as
+ * one, never entered. `start` itself is opened through no symlink; the walk
+ * below it goes by name from that handle (see guarded-directory).
+ */
+export async function listTree(start: GuardedPath, prefix: string): Promise<FileEntry[]> {
+  const top = await openGuardedDirectory(start.anchor, start.below);
+  if (!top) return [];
   const result: FileEntry[] = [];
-  const walk = async (dir: string): Promise<void> => {
+  const walk = async (relative: string): Promise<void> => {
+    const dir = relative ? top.at(relative) : top.at(".");
     let names: string[];
     try {
       names = await readdir(dir);
@@ -199,25 +268,31 @@ export async function listTree(root: string, relativeDir: string): Promise<FileE
     // One directory's entries stat'ed at once: a data directory has a thousand files or more.
     const infos = await Promise.all(names.map((name) => lstat(path.join(dir, name)).catch(() => null)));
     for (const [index, name] of names.entries()) {
-      const full = path.join(dir, name);
       const info = infos[index];
       if (!info) continue; // removed while we walked (temp files, WAL recycling)
+      const entry = relative ? `${relative}/${name}` : name;
       const type = info.isSymbolicLink() ? "symlink" : info.isDirectory() ? "directory" : "file";
-      result.push({ path: path.relative(root, full).split(path.sep).join("/"), type, size: info.size, mtimeMs: info.mtimeMs });
-      if (type === "directory") await walk(full);
+      result.push({ path: prefix ? `${prefix}/${entry}` : entry, type, size: info.size, mtimeMs: info.mtimeMs });
+      if (type === "directory") await walk(entry);
     }
   };
-  await walk(start);
+  try {
+    await walk("");
+  } finally {
+    await top.close();
+  }
   return result;
 }
 
-export async function removeInside(root: string, relativePaths: readonly string[]): Promise<void> {
-  for (const relativePath of relativePaths) {
-    await rm(resolveInside(root, relativePath), { recursive: true, force: true });
+/** Removes each (recursively), the directories on the way opened through no symlink; an absent one is no error. */
+export async function removeInside(targets: readonly GuardedPath[]): Promise<void> {
+  for (const target of targets) {
+    // rm removes a symlink at the name itself, never what it points to; below a removed directory it goes by name.
+    await inParent(target, (directory, name) => rm(directory.at(name), { recursive: true, force: true }));
   }
 }
 
-export async function openOptionalReadStream(file: string): Promise<Readable | null> {
+export async function openOptionalReadStream(file: GuardedPath): Promise<Readable | null> {
   const handle = await openIfExists(file);
   // 1 MiB reads: with the default 64 KiB, per-chunk overhead halves a backup's throughput.
   return handle?.createReadStream({ highWaterMark: 1024 * 1024 }) ?? null;
@@ -225,48 +300,22 @@ export async function openOptionalReadStream(file: string): Promise<Readable | n
 
 /** Stream to a temp file, then (durable) publishDurably or (not) a plain rename: a reader never sees half a file. */
 export async function writeStreamAtomic(
-  file: string,
+  file: GuardedPath,
   source: AsyncIterable<Buffer>,
   options: { mode: number; identity: OsIdentity | null; durable: boolean },
 ): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  const temp = temporaryNameFor(file);
-  const handle = await openOwnedTemp(temp, { mode: options.mode, owner: options.identity });
-  try {
+  await replaceThroughTemp(file, options, async (handle) => {
     let position = 0;
     for await (const chunk of source) {
       let done = 0;
       while (done < chunk.length) done += (await handle.write(chunk, done, chunk.length - done, position + done)).bytesWritten;
       position += chunk.length;
     }
-    if (!options.durable) {
-      await handle.close();
-      await rename(temp, file);
-      return;
-    }
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await rm(temp, { force: true });
-    throw error;
-  }
-  await publishDurably(handle, temp, file);
+  });
 }
 
-/** mkdir -p, every created level owned by the PostgreSQL user. */
-export async function makeDirectoryOwned(
-  root: string,
-  relativePath: string,
-  options: { mode: number; identity: OsIdentity | null },
-): Promise<void> {
-  let current = root;
-  for (const part of relativePath.split("/").filter((p) => p && p !== ".")) {
-    current = path.join(current, part);
-    try {
-      await mkdir(current, { mode: options.mode });
-      // Swapped for a symlink since the mkdir: ELOOP, never a chown of the link's target.
-      await chownNoFollow(current, options.identity);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-    }
-  }
+/** mkdir -p, every level created owned by the PostgreSQL user, none followed through a symlink. */
+export async function makeDirectoryOwned(target: GuardedPath, options: { mode: number; identity: OsIdentity | null }): Promise<void> {
+  const directory = await openGuardedDirectory(target.anchor, target.below, { create: { mode: options.mode, owner: options.identity } });
+  await directory?.close();
 }

@@ -1,0 +1,143 @@
+import { constants } from "node:fs";
+import { mkdir, open, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { ErrorCode, RelevoError } from "../errors";
+import type { FileOwner } from "./owned-files";
+
+/**
+ * Root's file work below a directory the PostgreSQL OS user controls. That
+ * user owns a local node's folder (`nodes/<name>`): it can replace `data`,
+ * or any directory on the way to a file, by a symlink at any moment, and
+ * O_NOFOLLOW covers only a path's last component. So no path there is
+ * resolved by name from the top: the walk starts at an anchor root trusts
+ * (the data home's `nodes/`, root's), then opens each component below it
+ * with O_DIRECTORY | O_NOFOLLOW *relative to the handle of the one above*,
+ * and the file work happens relative to the last handle.
+ *
+ * Node has no openat(2); Linux's /proc/self/fd/<fd> stands in for it: a
+ * path through it starts at the very directory the handle holds (the magic
+ * link is not resolved by name), whatever the names above point to since.
+ * So each step is the openat the kernel would do: no check-then-use window
+ * for the directories walked, and a symlink anywhere on the way is refused
+ * (ELOOP), never followed. What remains (docs/security.md): a recursive
+ * removal, and a listing's walk into subdirectories, go on by name below the
+ * handle; a file hard-linked into such a directory is a file there (the
+ * kernel's fs.protected_hardlinks, on by default, keeps that user from
+ * linking files it cannot write).
+ */
+export interface GuardedDirectory {
+  /** The directory's path as configured, for messages only: never opened by it. */
+  readonly shown: string;
+  readonly handle: FileHandle;
+  /** A path naming `name` in the directory held open, resolved from the handle rather than from any name above it. */
+  at(name: string): string;
+  close(): Promise<void>;
+}
+
+const OPEN_DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** A symlink (or something other than a directory or file) where Relevo works as root: refused, never followed. */
+export function linkRefused(shown: string, cause: unknown): RelevoError {
+  return new RelevoError(
+    ErrorCode.DataDirNotOurs,
+    `${shown} is a symlink or not a plain ${(cause as NodeJS.ErrnoException).code === "ENOTDIR" ? "directory" : "file"}: ` +
+      `Relevo, running as root, never follows a link in a directory the PostgreSQL OS user can write`,
+    { cause, details: { path: shown } },
+  );
+}
+
+function handleFor(handle: FileHandle, shown: string): GuardedDirectory {
+  return {
+    shown,
+    handle,
+    at: (name) => `/proc/self/fd/${handle.fd}/${name}`,
+    close: () => handle.close(),
+  };
+}
+
+/**
+ * Opens `anchor` (trusted: followed like any path root owns), then each of
+ * `below` from it, never through a symlink. An absent component: null, or,
+ * with `create`, made (owned by `create.owner`, through its handle).
+ */
+export async function openGuardedDirectory(
+  anchor: string,
+  below: readonly string[],
+  options: { create?: { mode: number; owner: FileOwner } } = {},
+): Promise<GuardedDirectory | null> {
+  let current: GuardedDirectory;
+  try {
+    current = handleFor(await open(anchor, constants.O_RDONLY | constants.O_DIRECTORY), anchor);
+  } catch (error) {
+    // Nothing below an absent anchor (no node made yet); one to make things in must exist.
+    if ((error as NodeJS.ErrnoException).code === "ENOENT" && !options.create) return null;
+    throw error;
+  }
+  try {
+    for (const part of below) {
+      if (!part || part === "." || part === ".." || part.includes("/")) throw new Error(`not a path component: "${part}"`);
+      const shown = path.join(current.shown, part);
+      const next = await openComponent(current, part, shown, options.create);
+      await current.close();
+      if (!next) return null;
+      current = next;
+    }
+    return current;
+  } catch (error) {
+    await current.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+async function openComponent(
+  parent: GuardedDirectory,
+  part: string,
+  shown: string,
+  create: { mode: number; owner: FileOwner } | undefined,
+): Promise<GuardedDirectory | null> {
+  let made = false;
+  for (;;) {
+    try {
+      const handle = handleFor(await open(parent.at(part), OPEN_DIRECTORY), shown);
+      if (made && create?.owner) await handle.handle.chown(create.owner.uid, create.owner.gid);
+      return handle;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ELOOP" || code === "ENOTDIR") throw linkRefused(shown, error);
+      if (code !== "ENOENT") throw error;
+      if (!create || made) return null;
+    }
+    // mkdir never follows a symlink at its name (EEXIST): made, or raced by another maker, it is opened again above.
+    await mkdir(parent.at(part), { mode: create.mode }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "EEXIST") throw error;
+    });
+    made = true;
+  }
+}
+
+/**
+ * Opens `name` in `directory` to read: never through a symlink (O_NOFOLLOW)
+ * and only a regular file (fstat of what was opened: not a FIFO that would
+ * block, nor a device). null: absent.
+ */
+export async function openRegularFile(directory: GuardedDirectory, name: string): Promise<FileHandle | null> {
+  const shown = path.join(directory.shown, name);
+  let handle: FileHandle;
+  try {
+    handle = await open(directory.at(name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return null;
+    if (code === "ELOOP") throw linkRefused(shown, error);
+    throw error;
+  }
+  const info = await handle.stat().catch(async (error: unknown) => {
+    await handle.close();
+    throw error;
+  });
+  if (!info.isFile()) {
+    await handle.close();
+    throw linkRefused(shown, Object.assign(new Error("not a regular file"), { code: info.isDirectory() ? "EISDIR" : "EINVAL" }));
+  }
+  return handle;
+}
