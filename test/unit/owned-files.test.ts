@@ -144,6 +144,21 @@ describe("root never follows a symlink below a local node's folder", () => {
     expect(failure?.message).toContain("server log not read");
   });
 
+  asRoot("a data file swapped for a symlink after a backup listed it: the backup's readers refuse it", async () => {
+    const { data, victim, driver } = await nodeHome();
+    await mkdir(path.join(data, "base", "1"), { recursive: true });
+    await symlink(victim, path.join(data, "base", "1", "1259"));
+    const refused = { code: ErrorCode.DataDirNotOurs };
+    const read: Buffer[] = [];
+    const options = { chunkSize: 8192, inFlight: 2 };
+    const keep = (chunk: Buffer) => Promise.resolve(void read.push(Buffer.from(chunk)));
+    await expect(driver.readChunks(node, "base/1/1259", options, keep)).rejects.toMatchObject(refused);
+    await expect(driver.readRanges(node, "base/1/1259", [{ offset: 0, length: 100 }], options, keep)).rejects.toMatchObject(refused);
+    await expect(driver.openRead(node, "base/1/1259")).rejects.toMatchObject(refused);
+    expect(read).toEqual([]);
+    expect(await driver.listFiles(node, "base")).toMatchObject([{ path: "base/1" }, { path: "base/1/1259", type: "symlink" }]);
+  });
+
   asRoot("`data` replaced by a symlink to another directory: file work refuses, and nothing is written or removed there", async () => {
     const { home, data, driver } = await nodeHome();
     const elsewhere = path.join(home, "elsewhere");
