@@ -37,10 +37,10 @@ export interface GuardedDirectory {
 const OPEN_DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
 /** A symlink (or something other than a directory or file) where Relevo works as root: refused, never followed. */
-export function linkRefused(shown: string, cause: unknown): RelevoError {
+function linkRefused(shown: string, expected: "directory" | "regular file", cause: unknown): RelevoError {
   return new RelevoError(
     ErrorCode.DataDirNotOurs,
-    `${shown} is a symlink or not a plain ${(cause as NodeJS.ErrnoException).code === "ENOTDIR" ? "directory" : "file"}: ` +
+    `${shown} is a symlink or not a ${expected}: ` +
       `Relevo, running as root, never follows a link in a directory the PostgreSQL OS user can write`,
     { cause, details: { path: shown } },
   );
@@ -97,21 +97,28 @@ async function openComponent(
 ): Promise<GuardedDirectory | null> {
   let made = false;
   for (;;) {
+    let opened: GuardedDirectory;
     try {
-      const handle = handleFor(await open(parent.at(part), OPEN_DIRECTORY), shown);
-      if (made && create?.owner) await handle.handle.chown(create.owner.uid, create.owner.gid);
-      return handle;
+      opened = handleFor(await open(parent.at(part), OPEN_DIRECTORY), shown);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === "ELOOP" || code === "ENOTDIR") throw linkRefused(shown, error);
+      if (code === "ELOOP" || code === "ENOTDIR") throw linkRefused(shown, "directory", error);
       if (code !== "ENOENT") throw error;
       if (!create || made) return null;
+      // mkdir never follows a symlink at its name (EEXIST): made, or raced by another maker, it is opened again.
+      await mkdir(parent.at(part), { mode: create.mode }).catch((failure: NodeJS.ErrnoException) => {
+        if (failure.code !== "EEXIST") throw failure;
+      });
+      made = true;
+      continue;
     }
-    // mkdir never follows a symlink at its name (EEXIST): made, or raced by another maker, it is opened again above.
-    await mkdir(parent.at(part), { mode: create.mode }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "EEXIST") throw error;
-    });
-    made = true;
+    // Given away through the handle: what was opened, whatever its name points to since.
+    if (made && create?.owner)
+      await opened.handle.chown(create.owner.uid, create.owner.gid).catch(async (error: unknown) => {
+        await opened.close();
+        throw error;
+      });
+    return opened;
   }
 }
 
@@ -128,7 +135,7 @@ export async function openRegularFile(directory: GuardedDirectory, name: string)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return null;
-    if (code === "ELOOP") throw linkRefused(shown, error);
+    if (code === "ELOOP") throw linkRefused(shown, "regular file", error);
     throw error;
   }
   const info = await handle.stat().catch(async (error: unknown) => {
@@ -137,7 +144,7 @@ export async function openRegularFile(directory: GuardedDirectory, name: string)
   });
   if (!info.isFile()) {
     await handle.close();
-    throw linkRefused(shown, Object.assign(new Error("not a regular file"), { code: info.isDirectory() ? "EISDIR" : "EINVAL" }));
+    throw linkRefused(shown, "regular file", new Error(`fstat: mode ${info.mode.toString(8)}`));
   }
   return handle;
 }
