@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { open, readFile } from "node:fs/promises";
+import { open, readFile, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
 import { mintToken, type MintedToken, type Role } from "./tokens";
@@ -135,19 +135,37 @@ export async function revokeToken(home: string, id: string, now = Date.now()): P
 /**
  * Appends one fact and fsyncs it: a revocation acknowledged to the operator
  * survives a crash. O_APPEND makes each line one write at the end, also
- * with two writers; O_NOFOLLOW refuses a symlink planted at the name.
+ * with two writers; O_NOFOLLOW refuses a symlink planted at the name. A
+ * torn last line (a crash or a full disk mid-write) is ended first: written
+ * straight after it, this fact would join it in one unreadable line and be
+ * skipped, a revocation reported done and never read.
  */
 export async function appendTokenFact(home: string, fact: TokenFact): Promise<void> {
   const file = tokenRegistryFile(home);
-  const flags = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
+  const flags = constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
   const handle = await open(file, flags, 0o600);
   try {
-    await handle.write(`${JSON.stringify(fact)}\n`);
+    const line = `${(await endsTorn(handle)) ? "\n" : ""}${JSON.stringify(fact)}\n`;
+    const bytes = Buffer.from(line, "utf8");
+    // A short write (a full disk) is continued, not taken for the whole line.
+    for (let offset = 0; offset < bytes.length;) {
+      const { bytesWritten } = await handle.write(bytes, offset, bytes.length - offset);
+      offset += bytesWritten;
+    }
     await handle.sync();
   } finally {
     await handle.close();
   }
   await syncDirectory(home); // the file's name, when this line created it
+}
+
+/** Whether the file is not empty and does not end in a newline: its last line is torn. */
+async function endsTorn(handle: FileHandle): Promise<boolean> {
+  const { size } = await handle.stat();
+  if (size === 0) return false;
+  const last = Buffer.alloc(1);
+  await handle.read(last, 0, 1, size - 1);
+  return last[0] !== 0x0a;
 }
 
 async function syncDirectory(directory: string): Promise<void> {

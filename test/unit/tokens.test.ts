@@ -1,5 +1,5 @@
 import { createHmac } from "node:crypto";
-import { mkdtemp } from "node:fs/promises";
+import { appendFile, mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "@jest/globals";
@@ -11,7 +11,7 @@ import { formatDuration, parseDuration } from "../../src/config/duration";
 import { createLogger } from "../../src/log";
 import { loadOrCreateSecrets, readSecrets, rotateTokenKey } from "../../src/secrets/secrets-store";
 import { TokenAccess } from "../../src/secrets/token-access";
-import { issueToken, readTokenFacts, revokeToken, tokenRecords } from "../../src/secrets/token-registry";
+import { issueToken, readTokenFacts, revokedIds, revokeToken, tokenRecords, tokenRegistryFile } from "../../src/secrets/token-registry";
 import { mintToken, readToken, roleAllows, tokenRefusal } from "../../src/secrets/tokens";
 
 const KEY = "unit-test-key-0123456789abcdefghijklmnop";
@@ -118,6 +118,19 @@ describe("the token registry and TokenAccess, on a real data home", () => {
     } finally {
       access.close();
     }
+  });
+});
+
+describe("the token registry after a torn last line", () => {
+  test("a revocation appended after a torn line is still read", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-torn-"));
+    const { tokenKey } = await loadOrCreateSecrets(home);
+    const viewer = await issueToken(home, tokenKey, { role: "viewer", ttlMs: HOUR, label: "torn" });
+    await appendFile(tokenRegistryFile(home), '{"op":"mi'); // a crash mid-line
+    await revokeToken(home, viewer.identity.id);
+    expect(revokedIds(await readTokenFacts(home))).toEqual(new Set([viewer.identity.id]));
+    const later = await issueToken(home, tokenKey, { role: "operator", ttlMs: HOUR, label: "after" });
+    expect(tokenRecords(await readTokenFacts(home)).map((record) => record.id)).toEqual([viewer.identity.id, later.identity.id]);
   });
 });
 
