@@ -2,8 +2,7 @@ import type Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { RedisKeys } from "../redis/keys";
-import { leaseLapsed } from "../redis/redis-lease";
-import { monotonicNowMs } from "../util/monotonic-clock";
+import { laterInstant, leaseInstantNow, leaseLapsed, type LeaseInstant } from "../redis/redis-lease";
 import { StaleWriterError, type StateGuard } from "./cluster-state";
 
 export type OperationKind = "failover" | "switchover" | "failback" | "rejoin" | "add-replica" | "remove-replica" | "reseed";
@@ -97,7 +96,7 @@ export class OperationJournal {
    */
   async begin(entry: JournalEntry, lease: StateGuard | null = null): Promise<RunningOperation> {
     const holder = await this.nextHolder();
-    const sentAtMs = monotonicNowMs();
+    const sentAt = leaseInstantNow();
     const taken = (await this.redis.eval(
       BEGIN,
       3,
@@ -113,7 +112,7 @@ export class OperationJournal {
       if (lease && (await this.redis.get(lease.key)) !== lease.value) throw new StaleWriterError("operation not begun");
       throw operationInProgress(await this.current());
     }
-    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger, sentAtMs);
+    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, entry, this.logger, sentAt);
   }
 
   /** Takes over an operation whose runner stopped renewing its lock; null when there is none (or another instance took it). */
@@ -121,7 +120,7 @@ export class OperationJournal {
     const entry = await this.current();
     if (!entry) return null;
     const holder = await this.nextHolder();
-    const sentAtMs = monotonicNowMs();
+    const sentAt = leaseInstantNow();
     const taken = (await this.redis.eval(ADOPT, 2, this.lockKey, this.entryKey, holder, String(this.ttlMs))) as number;
     if (taken !== 1) return null;
     const fresh = await this.current();
@@ -129,7 +128,7 @@ export class OperationJournal {
       await this.redis.eval(FINISH, 2, this.lockKey, this.entryKey, holder);
       return null;
     }
-    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, fresh, this.logger, sentAtMs);
+    return new RunningOperation(this.redis, this.lockKey, this.entryKey, holder, this.ttlMs, fresh, this.logger, sentAt);
   }
 
   private async nextHolder(): Promise<string> {
@@ -151,16 +150,16 @@ export class RunningOperation {
     private readonly ttlMs: number,
     private current: JournalEntry,
     private readonly logger: Logger,
-    /** When the request that took the lock was sent (monotonic ms): the lock is surely ours for a time to live from then. */
-    private confirmedSentAtMs: number,
+    /** When the request that took the lock was sent: the lock is surely ours for a time to live from then. */
+    private confirmedSentAt: LeaseInstant,
   ) {
     this.renewal = setInterval(
       () => {
-        const sentAtMs = monotonicNowMs();
+        const sentAt = leaseInstantNow();
         (this.redis.eval(RENEW, 1, this.lockKey, this.holder, String(this.ttlMs)) as Promise<number>)
           .then((ours) => {
             if (ours !== 1) this.lost = true;
-            else this.confirmedSentAtMs = Math.max(this.confirmedSentAtMs, sentAtMs);
+            else this.confirmedSentAt = laterInstant(this.confirmedSentAt, sentAt);
           })
           .catch((error: Error) => {
             // Unrenewed for a whole time to live, the lock may be another's by now.
@@ -177,9 +176,14 @@ export class RunningOperation {
     return this.current;
   }
 
-  /** No renewal confirmed for a time to live, on the monotonic clock (see leaseLapsed): a wall-clock step changes nothing. */
+  /**
+   * No renewal confirmed for a time to live on either clock (see
+   * leaseLapsed): a wall clock stepped forward lapses the lock at once, as
+   * Redis expires the key at once; one stepped back is still bounded by the
+   * monotonic clock.
+   */
   private lapsed(): boolean {
-    return leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs });
+    return leaseLapsed({ confirmedSentAt: this.confirmedSentAt, now: leaseInstantNow(), ttlMs: this.ttlMs });
   }
 
   /** The lock, for writes to the cluster state made by this operation. */

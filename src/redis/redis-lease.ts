@@ -16,15 +16,43 @@ export interface LeaseHolder {
 }
 
 /**
- * Whether a lease may have lapsed, on this process's monotonic clock (see
- * monotonic-clock.ts). Redis keeps the key for the time to live from when
- * it received the last acquisition or renewal, which is after this process
- * sent it: the lease is surely ours until `confirmedSentAtMs + ttlMs`, the
- * sending time of the last request Redis confirmed, and may be another's
- * from then on. Pure.
+ * A moment on both clocks a lease is measured by: this process's monotonic
+ * clock (see monotonic-clock.ts) and the wall clock, by which Redis expires
+ * a key (it stores the expiry as a Unix time).
  */
-export function leaseLapsed(options: { readonly confirmedSentAtMs: number; readonly nowMs: number; readonly ttlMs: number }): boolean {
-  return options.nowMs - options.confirmedSentAtMs >= options.ttlMs;
+export interface LeaseInstant {
+  readonly monotonicMs: number;
+  readonly wallMs: number;
+}
+
+export function leaseInstantNow(): LeaseInstant {
+  return { monotonicMs: monotonicNowMs(), wallMs: Date.now() };
+}
+
+/** The later of two sends Redis confirmed, by the monotonic clock (the wall clock may have stepped back in between). Pure. */
+export function laterInstant(a: LeaseInstant, b: LeaseInstant): LeaseInstant {
+  return b.monotonicMs > a.monotonicMs ? b : a;
+}
+
+/**
+ * Whether a lease may have lapsed. Redis keeps the key for the time to live
+ * from when it received the last acquisition or renewal, which is after this
+ * process sent it: the lease is surely ours until a time to live after
+ * `confirmedSentAt`, the sending of the last request Redis confirmed, and may
+ * be another's from then on. Lapsed when EITHER clock says a time to live
+ * passed: the monotonic one covers a wall clock stepped back (which would
+ * keep the key in Redis for as long as the step, and a holder measuring on
+ * the wall clock acting for that long after Redis became unreachable); the
+ * wall clock covers one stepped forward, since Redis (on this host's clock)
+ * then drops the key at once and another instance may take it. Pure.
+ */
+export function leaseLapsed(options: {
+  readonly confirmedSentAt: LeaseInstant;
+  readonly now: LeaseInstant;
+  readonly ttlMs: number;
+}): boolean {
+  const { confirmedSentAt, now, ttlMs } = options;
+  return now.monotonicMs - confirmedSentAt.monotonicMs >= ttlMs || now.wallMs - confirmedSentAt.wallMs >= ttlMs;
 }
 
 /**
@@ -36,8 +64,8 @@ export function leaseLapsed(options: { readonly confirmedSentAtMs: number; reado
  */
 export class RedisLease {
   private held: LeaseHolder | null = null;
-  /** When the last acquisition or renewal Redis confirmed was sent (monotonic ms). */
-  private confirmedSentAtMs = 0;
+  /** When the last acquisition or renewal Redis confirmed was sent. */
+  private confirmedSentAt: LeaseInstant = { monotonicMs: 0, wallMs: 0 };
 
   constructor(
     private readonly redis: Redis,
@@ -48,7 +76,7 @@ export class RedisLease {
 
   /** The lease while it is surely this instance's; null once it may have lapsed, even before keepAlive notices. */
   get current(): LeaseHolder | null {
-    if (this.held && leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs })) return null;
+    if (this.held && this.lapsed()) return null;
     return this.held;
   }
 
@@ -57,22 +85,26 @@ export class RedisLease {
     if (this.held) return null;
     const fencingToken = await this.redis.incr(`${this.key}:fencing`);
     const holder = `${this.instance}#${fencingToken}`;
-    const sentAtMs = monotonicNowMs();
+    const sentAt = leaseInstantNow();
     const taken = await this.redis.set(this.key, holder, "PX", this.ttlMs, "NX");
     if (taken !== "OK") return null;
     this.held = { holder, fencingToken };
-    this.confirmedSentAtMs = sentAtMs;
+    this.confirmedSentAt = sentAt;
     return this.held;
   }
 
   /** Extends the lease; false when it is no longer ours (expired, or taken by another). */
   async renew(): Promise<boolean> {
     if (!this.held) return false;
-    const sentAtMs = monotonicNowMs();
+    const sentAt = leaseInstantNow();
     const extended = (await this.redis.eval(RENEW, 1, this.key, this.held.holder, String(this.ttlMs))) as number;
     if (extended !== 1) this.held = null;
-    else this.confirmedSentAtMs = Math.max(this.confirmedSentAtMs, sentAtMs);
+    else this.confirmedSentAt = laterInstant(this.confirmedSentAt, sentAt);
     return extended === 1;
+  }
+
+  private lapsed(): boolean {
+    return leaseLapsed({ confirmedSentAt: this.confirmedSentAt, now: leaseInstantNow(), ttlMs: this.ttlMs });
   }
 
   async release(): Promise<void> {
@@ -104,17 +136,16 @@ export class RedisLease {
       this.held = null;
       onLost();
     };
-    const lapsed = (): boolean => leaseLapsed({ confirmedSentAtMs: this.confirmedSentAtMs, nowMs: monotonicNowMs(), ttlMs: this.ttlMs });
     timer = setInterval(
       () => {
-        if (lapsed()) return lose();
+        if (this.lapsed()) return lose();
         this.renew()
           .then((ours) => {
             if (!ours) lose();
           })
           .catch((error: Error) => {
             logger.warn({ key: this.key, err: error.message }, "lease not renewed: Redis unavailable");
-            if (lapsed()) lose();
+            if (this.lapsed()) lose();
           });
       },
       Math.max(100, Math.floor(this.ttlMs / 3)),

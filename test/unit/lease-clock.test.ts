@@ -3,25 +3,26 @@ import Redis from "ioredis";
 import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { StaleWriterError } from "../../src/failover/cluster-state";
-import { RunningOperation, type JournalEntry } from "../../src/failover/operation-journal";
+import { OperationJournal, RunningOperation, type JournalEntry } from "../../src/failover/operation-journal";
 import { createLogger } from "../../src/log";
-import { leaseLapsed, RedisLease } from "../../src/redis/redis-lease";
+import { laterInstant, leaseInstantNow, leaseLapsed, RedisLease } from "../../src/redis/redis-lease";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { loadConfig } from "../../src/config/config";
 import { mkdtemp, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "../helpers/ports";
-import { monotonicNowMs } from "../../src/util/monotonic-clock";
 
 /**
  * A lease (the failover monitor's, the archiver's, an operation's lock) is
- * held for a time to live from when Redis last confirmed it; whether it may
- * have lapsed is measured on the monotonic clock, so a wall clock stepped by
- * NTP, an operator or a resumed virtual machine neither keeps a lease held
- * after Redis let it go nor throws one away that is still ours.
+ * held for a time to live from when Redis last confirmed it, and may have
+ * lapsed once either clock says so: the monotonic one, so a wall clock
+ * stepped back by NTP, an operator or a resumed virtual machine does not keep
+ * a lease held after Redis let it go; and the wall clock, by which Redis
+ * expires the key, so a step forward (Redis drops the key at once) stops the
+ * holder at once too.
  */
-describe("leases on the monotonic clock", () => {
+describe("leases on both clocks", () => {
   // Only Date is faked, to step the wall clock: timers and performance.now() run for real.
   beforeAll(() => {
     jest.useFakeTimers({
@@ -41,26 +42,39 @@ describe("leases on the monotonic clock", () => {
   });
   afterAll(() => jest.useRealTimers());
 
-  test("held until a time to live after the last confirmed request was sent; lapsed from then (pure)", () => {
-    expect(leaseLapsed({ confirmedSentAtMs: 1000, nowMs: 1000, ttlMs: 5000 })).toBe(false);
-    expect(leaseLapsed({ confirmedSentAtMs: 1000, nowMs: 5999, ttlMs: 5000 })).toBe(false);
-    expect(leaseLapsed({ confirmedSentAtMs: 1000, nowMs: 6000, ttlMs: 5000 })).toBe(true);
+  const entry: JournalEntry = {
+    id: "op-1",
+    kind: "failover",
+    trigger: "automatic",
+    from: "node1",
+    to: null,
+    force: false,
+    reason: "a test",
+    stage: "begun",
+    startedAt: new Date().toISOString(),
+    times: {},
+    facts: {},
+  };
+
+  test("held until a time to live after the last confirmed request was sent, on either clock; lapsed from then (pure)", () => {
+    const sent = { monotonicMs: 1000, wallMs: 1_000_000 };
+    const after = (monotonicMs: number, wallMs: number): boolean =>
+      leaseLapsed({ confirmedSentAt: sent, now: { monotonicMs: 1000 + monotonicMs, wallMs: 1_000_000 + wallMs }, ttlMs: 5000 });
+    expect(after(0, 0)).toBe(false);
+    expect(after(4999, 4999)).toBe(false);
+    expect(after(5000, 5000)).toBe(true);
+    // The wall clock stepped forward an hour: Redis (on this host's clock) expired the key already.
+    expect(after(10, 3_600_010)).toBe(true);
+    // Stepped back an hour: held while the monotonic clock says so, lapsed once it does not.
+    expect(after(4999, -3_595_001)).toBe(false);
+    expect(after(5000, -3_595_000)).toBe(true);
+    // Of two confirmed sends, the later by the monotonic clock counts, whatever the wall clock did in between.
+    const stepped = { monotonicMs: 2000, wallMs: 1000 };
+    expect(laterInstant(sent, stepped)).toBe(stepped);
+    expect(laterInstant(stepped, sent)).toBe(stepped);
   });
 
   describe("an operation's lock while Redis cannot be reached and the wall clock steps", () => {
-    const entry: JournalEntry = {
-      id: "op-1",
-      kind: "failover",
-      trigger: "automatic",
-      from: "node1",
-      to: null,
-      force: false,
-      reason: "a test",
-      stage: "begun",
-      startedAt: new Date().toISOString(),
-      times: {},
-      facts: {},
-    };
     let redis: Redis;
     const operations: RunningOperation[] = [];
 
@@ -88,17 +102,11 @@ describe("leases on the monotonic clock", () => {
         ttlMs,
         entry,
         createLogger({ level: "silent" }),
-        monotonicNowMs(),
+        leaseInstantNow(),
       );
       operations.push(operation);
       return operation;
     };
-
-    test("stepped forward an hour: the lock taken a moment ago is still held", () => {
-      const operation = running(5000);
-      jest.setSystemTime(Date.now() + 3_600_000);
-      expect(() => operation.assertHeld()).not.toThrow();
-    });
 
     test("stepped back an hour: no renewal for a time to live, and the lock is no longer held", async () => {
       const operation = running(300);
@@ -148,6 +156,40 @@ describe("leases on the monotonic clock", () => {
       } finally {
         process.kill(pid, "SIGCONT");
         stop();
+      }
+    });
+
+    test("the wall clock stepped forward an hour: the lease is not current at once (Redis expired it by that clock)", async () => {
+      const lease = new RedisLease(client, "test:lease:forward", 30_000);
+      expect(await lease.tryAcquire()).not.toBeNull();
+      jest.setSystemTime(Date.now() + 3_600_000);
+      try {
+        expect(lease.current).toBeNull();
+      } finally {
+        jest.setSystemTime(Date.now() - 3_600_000);
+        await lease.release();
+      }
+    });
+
+    test("the wall clock stepped forward an hour: Redis drops the operation lock, another adopts it, this holder stops at once", async () => {
+      const keys = { lock: "test:forward:lock", entry: "test:forward:entry", fencing: "test:forward:fencing" };
+      const silent = createLogger({ level: "silent" });
+      // A time to live far longer than the test: no renewal runs before the holder must have stopped.
+      const mine = await new OperationJournal(client, keys, 30_000, "me", silent).begin(entry);
+      const theirs = new OperationJournal(client, keys, 30_000, "other", silent);
+      try {
+        expect(await theirs.adoptAbandoned()).toBeNull();
+        jest.setSystemTime(Date.now() + 3_600_000);
+        // This Redis runs on the real clock, so its expiry by the stepped one is modelled: the key is gone.
+        await client.del(keys.lock);
+        const adopted = await theirs.adoptAbandoned();
+        expect(adopted?.entry.id).toBe(entry.id);
+        adopted?.abandon();
+        expect(() => mine.assertHeld()).toThrow(StaleWriterError);
+      } finally {
+        jest.setSystemTime(Date.now() - 3_600_000);
+        mine.abandon();
+        await client.del(keys.lock, keys.entry);
       }
     });
 
