@@ -13,6 +13,12 @@ export interface TokenAccessOptions {
   readonly logger: Logger;
   /** How often the home's token registry and key are looked at for changes. */
   readonly pollMs?: number;
+  /**
+   * Looks in a row at which the key or the registry could not be read after
+   * which every token is refused (3, i.e. some 3 s): a revocation that
+   * cannot be read must not leave the revoked token accepted.
+   */
+  readonly failClosedAfterLooks?: number;
   readonly now?: () => number;
 }
 
@@ -24,6 +30,9 @@ export interface TokenAccessOptions {
  * changes (a stat each `pollMs`), so `relevo token revoke` and
  * `relevo token rotate-key` take effect within a second without a restart;
  * listeners hear of revocations and rotations to close open WebSockets.
+ * Revocations fail closed: when either file stays unreadable for a few
+ * looks, every token is refused (and open WebSockets closed) until it can be
+ * read again.
  */
 export class TokenAccess {
   /** Signature checks of recent tokens: an HMAC per request is measurable at 1000 req/s. Valid ones only, bounded. */
@@ -35,6 +44,10 @@ export class TokenAccess {
   private seen = "";
   private timer: NodeJS.Timeout | null = null;
   private refreshing: Promise<void> | null = null;
+  /** Looks in a row that could not read the key or the registry. */
+  private failedLooks = 0;
+  /** Set while every token is refused: the files stayed unreadable. */
+  private unreadable: RelevoError | null = null;
   private readonly now: () => number;
 
   private constructor(private readonly options: TokenAccessOptions) {
@@ -57,6 +70,7 @@ export class TokenAccess {
 
   /** The token as sent (without `Bearer `). */
   check(token: string): TokenCheck {
+    if (this.unreadable) return { phase: "refused", error: this.unreadable };
     let identity = this.memo.get(token);
     if (!identity) {
       const reading = readToken(this.key, token);
@@ -76,6 +90,7 @@ export class TokenAccess {
 
   /** An identity accepted earlier (an open WebSocket's), checked again now. */
   recheck(identity: TokenIdentity): TokenCheck {
+    if (this.unreadable) return { phase: "refused", error: this.unreadable };
     switch (tokenRefusal(identity, { now: this.now(), revoked: this.revoked })) {
       case "expired":
         return refused(
@@ -118,7 +133,10 @@ export class TokenAccess {
   private async reload(): Promise<void> {
     try {
       const version = await fileVersions([secretsFile(this.options.home), tokenRegistryFile(this.options.home)]);
-      if (version === this.seen) return;
+      if (version === this.seen) {
+        if (this.readable()) this.notify();
+        return;
+      }
       const [secrets, facts] = await Promise.all([readSecrets(this.options.home), readTokenFacts(this.options.home)]);
       const keyChanged = this.key !== "" && secrets.tokenKey !== this.key;
       if (secrets.tokenKey !== this.key) {
@@ -129,12 +147,49 @@ export class TokenAccess {
       this.revoked = revokedIds(facts);
       this.seen = version;
       if (keyChanged) this.options.logger.warn("the token key was rotated: every token minted before is refused");
-      for (const listener of this.listeners) listener();
+      this.readable();
+      this.notify();
     } catch (error) {
       if (this.key === "") throw error; // at start: no key, no API
-      // Keep what was read last (a file being replaced); the next look tries again.
-      this.options.logger.warn({ err: (error as Error).message }, "token registry not re-read; keeping the last one");
+      this.unreadableLook(error as Error);
     }
+  }
+
+  /** A look read both files (or found them unchanged): true when tokens were all refused until now. */
+  private readable(): boolean {
+    this.failedLooks = 0;
+    if (!this.unreadable) return false;
+    this.unreadable = null;
+    this.options.logger.warn("the token key and registry are readable again: tokens are checked again");
+    return true;
+  }
+
+  private notify(): void {
+    for (const listener of this.listeners) listener();
+  }
+
+  /**
+   * Keeps what was read last for a few looks (a file being replaced), then
+   * refuses every token. Logged at the first failed look and when tokens
+   * start being refused, not at every look.
+   */
+  private unreadableLook(error: Error): void {
+    this.failedLooks += 1;
+    const files = `${secretsFile(this.options.home)}, ${tokenRegistryFile(this.options.home)}`;
+    if (this.failedLooks === 1) {
+      this.options.logger.warn({ err: error.message, files }, "token key or registry not re-read; keeping the last one for now");
+    }
+    if (this.unreadable || this.failedLooks < (this.options.failClosedAfterLooks ?? 3)) return;
+    // The reason stays in the service log: a client is told no path or error of this host.
+    this.unreadable = new RelevoError(
+      ErrorCode.Unauthenticated,
+      "this Relevo service cannot read its token key or token registry (revocations), so it refuses every token until it can: see the service log",
+    );
+    this.options.logger.error(
+      { err: error.message, files, looks: this.failedLooks },
+      "token key or registry unreadable: every token is refused until they can be read (check their owner and mode)",
+    );
+    this.notify();
   }
 }
 

@@ -1,7 +1,8 @@
 import { constants } from "node:fs";
-import { open, readFile, type FileHandle } from "node:fs/promises";
+import { open, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
+import { secretsFile } from "./secrets-store";
 import { mintToken, type MintedToken, type Role } from "./tokens";
 
 /**
@@ -138,13 +139,15 @@ export async function revokeToken(home: string, id: string, now = Date.now()): P
  * with two writers; O_NOFOLLOW refuses a symlink planted at the name. A
  * torn last line (a crash or a full disk mid-write) is ended first: written
  * straight after it, this fact would join it in one unreadable line and be
- * skipped, a revocation reported done and never read.
+ * skipped, a revocation reported done and never read. The file has
+ * `secrets.json`'s owner (see ownedLikeSecrets).
  */
 export async function appendTokenFact(home: string, fact: TokenFact): Promise<void> {
   const file = tokenRegistryFile(home);
   const flags = constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
   const handle = await open(file, flags, 0o600);
   try {
+    await ownedLikeSecrets(home, handle);
     const line = `${(await endsTorn(handle)) ? "\n" : ""}${JSON.stringify(fact)}\n`;
     const bytes = Buffer.from(line, "utf8");
     // A short write (a full disk) is continued, not taken for the whole line.
@@ -157,6 +160,42 @@ export async function appendTokenFact(home: string, fact: TokenFact): Promise<vo
     await handle.close();
   }
   await syncDirectory(home); // the file's name, when this line created it
+}
+
+/**
+ * The services of this home read the registry as the user that owns
+ * `secrets.json` (they read the key there too). A registry this command
+ * creates (as root, say) is given that owner; one that already has another
+ * owner is refused, nothing appended: a service that cannot read it would
+ * never see the fact (and would refuse every token, see TokenAccess).
+ */
+async function ownedLikeSecrets(home: string, handle: FileHandle): Promise<void> {
+  let secrets: { uid: number; gid: number };
+  try {
+    secrets = await stat(secretsFile(home));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // no key yet: no service reads this home
+    throw error;
+  }
+  const registry = await handle.stat();
+  if (registry.uid === secrets.uid) return;
+  const file = tokenRegistryFile(home);
+  if (registry.size === 0) {
+    try {
+      await handle.chown(secrets.uid, secrets.gid);
+      return;
+    } catch (error) {
+      await unlink(file).catch(() => undefined); // the empty file this command just made
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `${file} could not be given the owner of secrets.json (uid ${secrets.uid}): ${(error as Error).message}; run the command as that user or as root`,
+      );
+    }
+  }
+  throw new RelevoError(
+    ErrorCode.PreconditionFailed,
+    `${file} is owned by uid ${registry.uid} but secrets.json by uid ${secrets.uid}: the services of this home may not be able to read it, so nothing was recorded; give it the owner of secrets.json (chown ${secrets.uid}:${secrets.gid} ${file}) and run the command again`,
+  );
 }
 
 /** Whether the file is not empty and does not end in a newline: its last line is torn. */

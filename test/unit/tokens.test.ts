@@ -1,5 +1,5 @@
 import { createHmac } from "node:crypto";
-import { appendFile, mkdtemp } from "node:fs/promises";
+import { appendFile, chown, mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "@jest/globals";
@@ -9,7 +9,7 @@ import { bannerToken } from "../../src/cli/commands";
 import { tokenState } from "../../src/cli/token-commands";
 import { formatDuration, parseDuration } from "../../src/config/duration";
 import { createLogger } from "../../src/log";
-import { loadOrCreateSecrets, readSecrets, rotateTokenKey } from "../../src/secrets/secrets-store";
+import { loadOrCreateSecrets, readSecrets, rotateTokenKey, secretsFile } from "../../src/secrets/secrets-store";
 import { TokenAccess } from "../../src/secrets/token-access";
 import { issueToken, readTokenFacts, revokedIds, revokeToken, tokenRecords, tokenRegistryFile } from "../../src/secrets/token-registry";
 import { mintToken, readToken, roleAllows, tokenRefusal } from "../../src/secrets/tokens";
@@ -131,6 +131,68 @@ describe("the token registry after a torn last line", () => {
     expect(revokedIds(await readTokenFacts(home))).toEqual(new Set([viewer.identity.id]));
     const later = await issueToken(home, tokenKey, { role: "operator", ttlMs: HOUR, label: "after" });
     expect(tokenRecords(await readTokenFacts(home)).map((record) => record.id)).toEqual([viewer.identity.id, later.identity.id]);
+  });
+});
+
+describe("revocations fail closed, on a real data home", () => {
+  test("a registry unreadable for three looks refuses every token (logged twice, not at every look), and recovers", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-unreadable-"));
+    const { tokenKey } = await loadOrCreateSecrets(home);
+    const viewer = await issueToken(home, tokenKey, { role: "viewer", ttlMs: HOUR, label: "test" });
+    const logged: Array<{ level: number; msg: string }> = [];
+    const logger = createLogger({
+      level: "warn",
+      destination: { write: (line: string) => void logged.push(JSON.parse(line) as { level: number; msg: string }) },
+    });
+    const access = await TokenAccess.open({ home, logger, pollMs: 60_000 });
+    let changes = 0;
+    access.onChange(() => (changes += 1));
+    try {
+      // Running as root, a mode cannot make a file unreadable: a directory at its name can.
+      const registry = tokenRegistryFile(home);
+      const lines = await readFile(registry, "utf8");
+      await rm(registry);
+      await mkdir(registry);
+      await access.refresh();
+      await access.refresh();
+      expect(access.check(viewer.token).phase).toBe("accepted"); // a file being replaced: the last one read is kept
+      await access.refresh();
+      const refused = access.check(viewer.token);
+      expect(refused.phase === "refused" && [refused.error.code, refused.error.message]).toEqual([
+        "UNAUTHENTICATED",
+        expect.stringContaining("cannot read its token key or token registry"),
+      ]);
+      expect(refused.phase === "refused" && refused.error.message).not.toContain(home);
+      expect(access.recheck(viewer.identity).phase).toBe("refused"); // open WebSockets, told through onChange
+      expect(changes).toBe(1);
+      for (let look = 0; look < 5; look += 1) await access.refresh();
+      expect(logged.map((line) => line.level)).toEqual([40, 50]);
+
+      await rmdir(registry);
+      await writeFile(registry, lines, { mode: 0o600 });
+      await access.refresh();
+      expect(access.check(viewer.token).phase).toBe("accepted");
+      expect(changes).toBe(2);
+    } finally {
+      access.close();
+    }
+  });
+
+  test("the registry gets secrets.json's owner; one owned by another user is refused and left as it was", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-owner-"));
+    const { tokenKey } = await loadOrCreateSecrets(home);
+    const service = { uid: 4242, gid: 4343 }; // the user the services of this home run as
+    await chown(secretsFile(home), service.uid, service.gid);
+    const viewer = await issueToken(home, tokenKey, { role: "viewer", ttlMs: HOUR, label: "test" });
+    expect(await stat(tokenRegistryFile(home))).toMatchObject(service);
+
+    await chown(tokenRegistryFile(home), 0, 0); // e.g. rewritten by hand as root
+    const before = await readFile(tokenRegistryFile(home), "utf8");
+    await expect(revokeToken(home, viewer.identity.id)).rejects.toMatchObject({
+      code: "PRECONDITION_FAILED",
+      message: expect.stringContaining("owned by uid 0 but secrets.json by uid 4242"),
+    });
+    expect(await readFile(tokenRegistryFile(home), "utf8")).toBe(before);
   });
 });
 
