@@ -92,18 +92,10 @@ export class Consolidator {
     }
   }
 
-  /**
-   * Trims the stream to `keepLength` once everything in it is consolidated:
-   * this consumer read all there was (a short batch) and no consumer of the
-   * group holds an entry unacknowledged. MAXLEN keeps the newest entries, so
-   * what arrives meanwhile is kept; trimming while entries are pending could
-   * drop one PostgreSQL does not have (an audit flood used to evict them).
-   */
+  /** Trims the stream to `keepLength` once everything in it is consolidated (see trimConsolidated). */
   private async trim(): Promise<void> {
     if (this.options.keepLength <= 0) return;
-    const [pending] = (await this.redis.xpending(this.keys.events, CONSOLIDATOR_GROUP)) as [number | string, ...unknown[]];
-    if (Number(pending) > 0) return;
-    await this.redis.xtrim(this.keys.events, "MAXLEN", "~", this.options.keepLength);
+    await trimConsolidated(this.redis, { stream: this.keys.events, group: CONSOLIDATOR_GROUP, keepLength: this.options.keepLength });
   }
 
   private groupReady = false;
@@ -197,6 +189,39 @@ export class Consolidator {
       skipDuplicates: true,
     });
   }
+}
+
+/**
+ * Checks and trims in one step (a script runs alone): the group has no entry
+ * pending and none after its last delivered one, so every entry in the
+ * stream is acknowledged, and only then MAXLEN drops the oldest. Checked in
+ * separate round trips, entries appended in between were neither delivered
+ * nor pending, and a burst larger than the bound lost its oldest before
+ * PostgreSQL had them. -1: not trimmed.
+ */
+const TRIM_CONSOLIDATED = `
+for _, fields in ipairs(redis.call("XINFO", "GROUPS", KEYS[1])) do
+  local group = {}
+  for i = 1, #fields, 2 do group[fields[i]] = fields[i + 1] end
+  if group["name"] == ARGV[1] then
+    if tonumber(group["pending"]) ~= 0 then return -1 end
+    if #redis.call("XRANGE", KEYS[1], "(" .. group["last-delivered-id"], "+", "COUNT", 1) > 0 then return -1 end
+    return redis.call("XTRIM", KEYS[1], "MAXLEN", "~", ARGV[2])
+  end
+end
+return -1`;
+
+/**
+ * Trims a stream to about `keepLength` entries when `group` has read and
+ * acknowledged every entry in it; null when it has not (nothing removed).
+ * The entries removed are then all in PostgreSQL.
+ */
+export async function trimConsolidated(
+  redis: Redis,
+  options: { readonly stream: string; readonly group: string; readonly keepLength: number },
+): Promise<number | null> {
+  const removed = (await redis.eval(TRIM_CONSOLIDATED, 1, options.stream, options.group, String(options.keepLength))) as number;
+  return removed < 0 ? null : removed;
 }
 
 const BACKUP_RECORD_KINDS = new Set<string>(["backup:started", "backup:completed", "backup:failed", "backup:expired", "backup:cataloged"]);

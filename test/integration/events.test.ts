@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { expect } from "@jest/globals";
+import { trimConsolidated } from "../../src/events/consolidator";
 import type { FailoverRecord } from "../../src/events/event-map";
 import { CONSOLIDATOR_GROUP } from "../../src/redis/keys";
 import { PRUNE_EVENTS_JOB } from "../../src/service/scheduler";
@@ -170,6 +171,43 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     );
     expect(total[0]).toEqual({ c: expect.any(String), d: total[0]!.c });
     cluster.service.collector.start();
+  });
+
+  test("the stream is trimmed only when every entry in it was delivered to the group and acknowledged", async () => {
+    const { redis } = cluster.service;
+    const stream = `relevo-test:trim:${randomUUID()}`;
+    const trim = () => trimConsolidated(redis, { stream, group: CONSOLIDATOR_GROUP, keepLength: 100 });
+    const append = async (count: number) => {
+      const pipeline = redis.pipeline();
+      for (let i = 0; i < count; i += 1) pipeline.xadd(stream, "*", "n", String(i));
+      await pipeline.exec();
+    };
+    const readAll = async () => {
+      const reply = (await redis.call("XREADGROUP", "GROUP", CONSOLIDATOR_GROUP, "test", "COUNT", 1000, "STREAMS", stream, ">")) as Array<
+        [string, Array<[string, string[]]>]
+      >;
+      return reply[0]![1].map(([id]) => id);
+    };
+    try {
+      await redis.xgroup("CREATE", stream, CONSOLIDATOR_GROUP, "0", "MKSTREAM");
+      await append(300);
+      await redis.xack(stream, CONSOLIDATOR_GROUP, ...(await readAll()));
+      // A burst larger than the bound arrives after the read (during the PostgreSQL write): not
+      // delivered, so not pending either — XPENDING alone would have let MAXLEN drop its oldest.
+      await append(300);
+      expect(Number(((await redis.xpending(stream, CONSOLIDATOR_GROUP)) as [number])[0])).toBe(0);
+      expect(await trim()).toBeNull();
+      expect(await redis.xlen(stream)).toBe(600);
+      const delivered = await readAll(); // delivered, not yet acknowledged
+      expect(await trim()).toBeNull();
+      await redis.xack(stream, CONSOLIDATOR_GROUP, ...delivered);
+      expect(await trim()).toBeGreaterThan(0);
+      const kept = await redis.xlen(stream);
+      expect(kept >= 100 && kept < 300).toBe(true); // MAXLEN ~: within a stream node of 100 entries
+      expect((await redis.xrevrange(stream, "+", "-", "COUNT", 1))[0]![0]).toBe(delivered.at(-1));
+    } finally {
+      await redis.del(stream);
+    }
   });
 
   test("the events table keeps RELEVO_EVENTS_RETENTION (30d): the scheduled prune-events job deletes older rows only", async () => {
