@@ -82,7 +82,8 @@ token
 token
   .command("revoke <id>")
   .description("revoke a token by its id: running services refuse it within a second and close its WebSockets")
-  .action((id: string) => run(() => tokenRevokeCommand(config(), { id }, output)));
+  .option("--force", "record the revocation of an id the registry does not know (the CLI's own tokens, or minted by hand)", false)
+  .action((id: string, options: { force: boolean }) => run(() => tokenRevokeCommand(config(), { id, force: options.force }, output)));
 token
   .command("rotate-key")
   .description("replace the key that signs tokens: every token minted before is refused")

@@ -57,13 +57,14 @@ export function tokenState(record: TokenRecord, now: number): "valid" | "expired
   return "valid";
 }
 
-/** `relevo token revoke <id>`. */
-export async function tokenRevokeCommand(config: RelevoConfig, options: { id: string }, output: Output): Promise<void> {
-  const { record, alreadyRevoked } = await revokeToken(config.home, options.id);
+/** `relevo token revoke <id> [--force]`. */
+export async function tokenRevokeCommand(config: RelevoConfig, options: { id: string; force?: boolean }, output: Output): Promise<void> {
+  const { record, alreadyRevoked } = await revokeToken(config.home, options.id, { force: options.force });
+  const token = record ? `token ${record.id} (${record.role})` : `token ${options.id} (not in the registry)`;
   output.out(
     alreadyRevoked
-      ? `token ${record.id} (${record.role}) was revoked already, at ${record.revokedAt}`
-      : `token ${record.id} (${record.role}) revoked: running services refuse it within a second and close its WebSockets`,
+      ? `${token} was revoked already${record?.revokedAt ? `, at ${record.revokedAt}` : ""}`
+      : `${token} revoked: running services refuse it within a second and close its WebSockets`,
   );
 }
 

@@ -117,20 +117,32 @@ export async function issueToken(
 /**
  * Revokes a token by id: services reading this home refuse it from their
  * next look (within a second) and close its WebSockets. An id the registry
- * does not know is refused (a typo must not look like a revocation); a
- * token revoked already is left as it is.
+ * does not know is refused (a typo must not look like a revocation) unless
+ * `force`: a token the registry never saw (the CLI's own, minted for each
+ * command; one minted by hand with the key) can be revoked by the id in its
+ * text. A token revoked already is left as it is. `record`: null for a
+ * token the registry does not know.
  */
-export async function revokeToken(home: string, id: string, now = Date.now()): Promise<{ record: TokenRecord; alreadyRevoked: boolean }> {
+export async function revokeToken(
+  home: string,
+  id: string,
+  options: { readonly force?: boolean; readonly now?: number } = {},
+): Promise<{ record: TokenRecord | null; alreadyRevoked: boolean }> {
   if (!/^[0-9a-f]{12}$/.test(id)) {
     throw new RelevoError(ErrorCode.BadUserInput, `"${id}" is not a token id (12 hex digits, as \`relevo token list\` shows)`);
   }
-  const record = tokenRecords(await readTokenFacts(home)).find((candidate) => candidate.id === id);
-  if (!record)
-    throw new RelevoError(ErrorCode.NotFound, `no token with id ${id} was minted for this data home (see \`relevo token list\`)`);
-  if (record.revokedAt !== null) return { record, alreadyRevoked: true };
-  const at = new Date(now).toISOString();
+  const facts = await readTokenFacts(home);
+  const record = tokenRecords(facts).find((candidate) => candidate.id === id) ?? null;
+  if (!record && !options.force) {
+    throw new RelevoError(
+      ErrorCode.NotFound,
+      `no token with id ${id} was minted for this data home (see \`relevo token list\`); to revoke one it never recorded (the CLI's own, or one minted by hand), add --force`,
+    );
+  }
+  if (revokedIds(facts).has(id)) return { record, alreadyRevoked: true };
+  const at = new Date(options.now ?? Date.now()).toISOString();
   await appendTokenFact(home, { op: "revoked", at, id });
-  return { record: { ...record, revokedAt: at }, alreadyRevoked: false };
+  return { record: record && { ...record, revokedAt: at }, alreadyRevoked: false };
 }
 
 /**

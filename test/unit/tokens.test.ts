@@ -134,6 +134,28 @@ describe("the token registry after a torn last line", () => {
   });
 });
 
+describe("revoking a token the registry never recorded", () => {
+  test("refused without --force (a typo is not a revocation); with it, recorded and the token refused", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-force-"));
+    const { tokenKey } = await loadOrCreateSecrets(home);
+    const unrecorded = mintToken(tokenKey, "operator", { ttlMs: 15 * 60_000 }); // as the CLI mints for each command
+    await expect(revokeToken(home, unrecorded.identity.id)).rejects.toMatchObject({
+      code: "NOT_FOUND",
+      message: expect.stringContaining("--force"),
+    });
+    expect(await readTokenFacts(home)).toEqual([]);
+    expect(await revokeToken(home, unrecorded.identity.id, { force: true })).toEqual({ record: null, alreadyRevoked: false });
+    expect(await revokeToken(home, unrecorded.identity.id, { force: true })).toEqual({ record: null, alreadyRevoked: true });
+    const access = await TokenAccess.open({ home, logger: createLogger({ level: "silent" }), pollMs: 60_000 });
+    try {
+      const refused = access.check(unrecorded.token);
+      expect(refused.phase === "refused" && refused.error.code).toBe("TOKEN_REVOKED");
+    } finally {
+      access.close();
+    }
+  });
+});
+
 describe("revocations fail closed, on a real data home", () => {
   test("a registry unreadable for three looks refuses every token (logged twice, not at every look), and recovers", async () => {
     const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-unreadable-"));
