@@ -1,6 +1,7 @@
 import { createNodeDriver } from "../nodes/create-driver";
 import type { NodeDriver } from "../nodes/node-driver";
 import { loadOrCreateSecrets, type Secrets } from "../secrets/secrets-store";
+import { removeAbandonedTemporaries } from "../util/durable-file";
 import { assertPortFree } from "../util/ports";
 import type { StartContext } from "./cleanups";
 
@@ -10,12 +11,15 @@ export interface Prerequisites {
 }
 
 /** The node driver (its prerequisites met), the secrets of this home, and the API's port free. */
-export async function checkPrerequisites({ config, cleanups }: StartContext): Promise<Prerequisites> {
+export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
   const driver = createNodeDriver(config);
   // Last of the cleanups: the driver's open connections (the Docker driver's file agents).
   cleanups.push(() => driver.close());
   await driver.checkPrerequisites();
   const secrets = await loadOrCreateSecrets(config.home);
+  // A crash mid-write leaves secrets.json's temporary (every password) beside it: not for long.
+  const removed = await removeAbandonedTemporaries(config.home);
+  if (removed.length > 0) logger.info({ files: removed }, "removed temporary files a crash left in the data home");
   await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
   return { driver, secrets };
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { open, rename, rm, type FileHandle } from "node:fs/promises";
+import { open, readdir, rename, rm, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 
 /**
@@ -49,6 +49,41 @@ export async function publishDurably(handle: FileHandle, temp: string, file: str
 /** A temporary name beside `file` nobody else uses (two writers, or a leftover, never share one). */
 export function temporaryNameFor(file: string): string {
   return `${file}.relevo-tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
+const TEMPORARY_NAME = /\.relevo-tmp-(\d+)-[0-9a-f]{12}$/;
+
+/** The process that wrote a temporary file of temporaryNameFor, or null when `name` is not one. Pure. */
+export function temporaryWriter(name: string): number | null {
+  const match = TEMPORARY_NAME.exec(name);
+  return match ? Number(match[1]) : null;
+}
+
+/**
+ * Removes the temporary files a crash left in `directory` (between their
+ * creation and their rename): `secrets.json`'s holds every password. Only
+ * regular files (a link of that name is left alone; unlink would not follow
+ * it anyway) of a writer that is gone: a live one (another relevo command)
+ * is about to rename its own. Returns the names removed.
+ */
+export async function removeAbandonedTemporaries(directory: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const entry of await readdir(directory, { withFileTypes: true })) {
+    const writer = temporaryWriter(entry.name);
+    if (writer === null || !entry.isFile() || processAlive(writer)) continue;
+    await unlink(path.join(directory, entry.name)).catch(() => undefined); // gone already: as wanted
+    removed.push(entry.name);
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"; // alive, another user's
+  }
 }
 
 /**

@@ -3,6 +3,7 @@ import { existsSync, readFileSync, readlinkSync } from "node:fs";
 import { chmod, mkdtemp, open, readFile, readdir, stat, symlink, writeFile, type FileHandle } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { isExcluded } from "../../src/backup/exclusions";
 import { recordIdentity } from "../../src/cluster/cluster-identity";
 import { loadConfig } from "../../src/config/config";
 import { renameCommand, writeCommand } from "../../src/nodes/docker/file-commands";
@@ -10,7 +11,7 @@ import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { markFenced } from "../../src/postgres/fence-marker";
 import { configureStoppedStandby } from "../../src/postgres/replication-config";
 import { loadOrCreateSecrets } from "../../src/secrets/secrets-store";
-import { replaceFileDurably } from "../../src/util/durable-file";
+import { removeAbandonedTemporaries, replaceFileDurably } from "../../src/util/durable-file";
 import { projectRoot } from "../../src/util/project-root";
 
 /**
@@ -153,5 +154,30 @@ describe("files Relevo acts on after a crash are written durably", () => {
     // The file agent's own writes (most small files go through it): fsync, rename, fsync of the directory, in that order.
     const agent = await readFile(path.join(projectRoot(), "src/nodes/docker/file-agent.ts"), "utf8");
     expect(agent).toContain('sync -- "$target" 2>/dev/null && mv -f -- "$target" "$path" 2>/dev/null && sync -- "$(dirname -- "$path")"');
+  });
+
+  test("temporary files a crash left are removed at start (a live writer's, a link and other files are not), and never backed up", async () => {
+    const home = await scratch();
+    const outside = path.join(await scratch(), "outside");
+    await writeFile(outside, "not Relevo's");
+    const gone = 4_194_305; // above the largest pid_max: no process has it
+    const names = {
+      abandoned: `secrets.json.relevo-tmp-${gone}-0123456789ab`,
+      live: `members.json.relevo-tmp-${process.pid}-0123456789ab`,
+      link: `cluster-identity.json.relevo-tmp-${gone}-ba9876543210`,
+      other: "secrets.json",
+    };
+    await writeFile(path.join(home, names.abandoned), '{"passwords":"..."}');
+    await writeFile(path.join(home, names.live), "{}");
+    await symlink(outside, path.join(home, names.link));
+    await writeFile(path.join(home, names.other), "{}");
+    expect(await removeAbandonedTemporaries(home)).toEqual([names.abandoned]);
+    expect((await readdir(home)).sort()).toEqual([names.live, names.link, names.other].sort());
+    expect(await readFile(outside, "utf8")).toBe("not Relevo's");
+
+    const file = (name: string) => ({ path: name, type: "file" as const });
+    expect(isExcluded(file(`postgresql.auto.conf.relevo-tmp-${gone}-0123456789ab`), new Set())).toBe(true);
+    expect(isExcluded(file(`global/x.relevo-tmp-1-0123456789ab`), new Set())).toBe(true);
+    expect(isExcluded(file("postgresql.auto.conf.relevo-tmp-old"), new Set())).toBe(false);
   });
 });
