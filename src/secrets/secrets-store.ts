@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import { ErrorCode, RelevoError } from "../errors";
@@ -88,11 +88,11 @@ export async function loadOrCreateSecrets(home: string): Promise<Secrets> {
  */
 export async function rotateTokenKey(home: string): Promise<void> {
   const secrets = await readSecrets(home);
+  // Its owner kept: run as root, a root-owned file would be one the service (another user) cannot read.
+  const { uid, gid } = await stat(secretsFile(home));
   await replaceFileDurably(
     secretsFile(home),
     JSON.stringify({ ...secrets, tokenKey: randomBytes(32).toString("base64url") }, null, 2) + "\n",
-    {
-      mode: 0o600,
-    },
+    { mode: 0o600, owner: { uid, gid } },
   );
 }

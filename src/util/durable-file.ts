@@ -90,15 +90,20 @@ function processAlive(pid: number): boolean {
  * Replaces `file` (Relevo's own: secrets.json, members.json,
  * cluster-identity.json) with `content`, durably: see above. The temp is
  * created new (O_EXCL | O_NOFOLLOW) with `mode`, so nothing at its name is
- * followed or reused.
+ * followed or reused; `owner`: given to it before it takes the name.
  */
-export async function replaceFileDurably(file: string, content: string | Buffer, options: { mode: number }): Promise<void> {
+export async function replaceFileDurably(
+  file: string,
+  content: string | Buffer,
+  options: { mode: number; owner?: { readonly uid: number; readonly gid: number } },
+): Promise<void> {
   const temp = temporaryNameFor(file);
   const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, options.mode);
   try {
     await handle.writeFile(content);
     // The mode asked for, whatever the umask took off at creation.
     await handle.chmod(options.mode);
+    if (options.owner) await handle.chown(options.owner.uid, options.owner.gid);
   } catch (error) {
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });

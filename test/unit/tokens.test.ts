@@ -200,13 +200,16 @@ describe("revocations fail closed, on a real data home", () => {
     }
   });
 
-  test("the registry gets secrets.json's owner; one owned by another user is refused and left as it was", async () => {
+  test("the registry gets secrets.json's owner, which a key rotation keeps; a registry owned by another user is refused, left as it was", async () => {
     const home = await mkdtemp(path.join(os.tmpdir(), "relevo-tokens-owner-"));
     const { tokenKey } = await loadOrCreateSecrets(home);
     const service = { uid: 4242, gid: 4343 }; // the user the services of this home run as
     await chown(secretsFile(home), service.uid, service.gid);
     const viewer = await issueToken(home, tokenKey, { role: "viewer", ttlMs: HOUR, label: "test" });
     expect(await stat(tokenRegistryFile(home))).toMatchObject(service);
+
+    await rotateTokenKey(home); // as root: secrets.json keeps its owner, so the service still reads the key
+    expect(await stat(secretsFile(home))).toMatchObject(service);
 
     await chown(tokenRegistryFile(home), 0, 0); // e.g. rewritten by hand as root
     const before = await readFile(tokenRegistryFile(home), "utf8");
