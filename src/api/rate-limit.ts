@@ -115,16 +115,3 @@ export function rateLimitedError(retryAfterSeconds: number): GraphQLError {
     { retryAfterSeconds },
   );
 }
-
-/**
- * Whether an HTTP request runs a GraphQL operation (POST /graphql, or GET
- * with a query), and so takes a token: not the GraphiQL page, not the
- * health routes (load balancers poll them). The request target is the
- * client's own text, anything at all ("//" is one `new URL` throws on):
- * read without a parser that can throw.
- */
-export function runsGraphqlOperation(method: string | undefined, target: string | undefined): boolean {
-  const [pathname = "", query = ""] = (target ?? "").split("?", 2);
-  if (pathname !== "/graphql") return false;
-  return method === "POST" || (method === "GET" && new URLSearchParams(query).has("query"));
-}

@@ -16,7 +16,8 @@ import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
 import { MAX_REQUEST_BYTES, queryLimitsPlugin } from "./limits";
-import { RateLimiter, rateLimitedClient, rateLimitedError, runsGraphqlOperation, type RateLimitOptions } from "./rate-limit";
+import { GRAPHQL_PATH, isJsonContentType, targetsGraphqlPath } from "./graphql-route";
+import { RateLimiter, rateLimitedClient, rateLimitedError, type RateLimitOptions } from "./rate-limit";
 import { createSchema } from "./schema";
 import { TopologyResponseCache } from "./topology-response-cache";
 import { serveGraphqlOverWebSocket } from "./websocket";
@@ -48,6 +49,9 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   const responseCache = new TopologyResponseCache(services.topology, services.tokens);
   const refusals = new RefusalCounter(services.events, options.refusalWindowMs);
   const app = express();
+  // Apollo's routes match GRAPHQL_PATH only, exactly (see graphql-route.ts); the router reads these when it is made.
+  app.set("case sensitive routing", true);
+  app.set("strict routing", true);
   // An error escaping `handle` would be an unhandled rejection, which ends the process (and the failover monitor in it).
   const httpServer = http.createServer((req, res) => {
     handle(req, res).catch((error: unknown) => {
@@ -59,32 +63,40 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   const limits = { maxDepth: options.maxDepth, maxComplexity: options.maxComplexity };
   const rateLimiter = new RateLimiter(services.redis, services.keys.rateLimit, options.rateLimit, services.logger);
   const formatError = createFormatError(services.logger);
-  // POST /graphql bodies are read here so that a cached topology answer
+  // Every request that reaches Apollo takes one token from its client's bucket, once: in `handle` for
+  // GRAPHQL_PATH (before the body is read), and again on Apollo's own routes for any request `handle` did not
+  // charge, so that no spelling of a target can reach Apollo uncounted.
+  const charged = new WeakSet<http.IncomingMessage>();
+  const chargeRateLimit = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<boolean> => {
+    if (charged.has(req)) return true;
+    charged.add(req);
+    const client = rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress);
+    const verdict = await rateLimiter.take(client);
+    if (verdict.phase === "allowed") return true;
+    // Counted like every refusal of a token (RefusalCounter), not recorded one by one.
+    if (client.kind === "token") refusals.count(client.identity, [ErrorCode.RateLimited]);
+    const error = rateLimitedError(verdict.retryAfterSeconds);
+    res.writeHead(429, { "content-type": "application/json; charset=utf-8", "retry-after": String(verdict.retryAfterSeconds) });
+    res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
+    return false;
+  };
+  // JSON bodies for GRAPHQL_PATH are read here so that a cached topology answer
   // skips Express entirely; body-parser sees `_body` and does not read again.
   // The rate limit comes first, before the body is even read.
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    if (runsGraphqlOperation(req.method, req.url)) {
-      const client = rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress);
-      const verdict = await rateLimiter.take(client);
-      if (verdict.phase === "limited") {
-        // Counted like every refusal of a token (RefusalCounter), not recorded one by one.
-        if (client.kind === "token") refusals.count(client.identity, [ErrorCode.RateLimited]);
-        const error = rateLimitedError(verdict.retryAfterSeconds);
-        res.writeHead(429, { "content-type": "application/json; charset=utf-8", "retry-after": String(verdict.retryAfterSeconds) });
-        res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
-        return;
+    if (targetsGraphqlPath(req.url)) {
+      if (!(await chargeRateLimit(req, res))) return;
+      if (req.method === "POST" && isJsonContentType(req.headers["content-type"])) {
+        const body = await readJsonBody(req, MAX_REQUEST_BYTES);
+        if (body.phase === "invalid") {
+          res.writeHead(400, { "content-type": "application/json; charset=utf-8" });
+          res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
+          return;
+        }
+        if (refuseMutationEarly(services.tokens, refusals, req, res, body.value)) return;
+        Object.assign(req, { body: body.value, _body: true });
+        if (await responseCache.serve(req, res, body.value)) return;
       }
-    }
-    if (req.method === "POST" && req.url === "/graphql" && (req.headers["content-type"] ?? "").startsWith("application/json")) {
-      const body = await readJsonBody(req, MAX_REQUEST_BYTES);
-      if (body.phase === "invalid") {
-        res.writeHead(400, { "content-type": "application/json; charset=utf-8" });
-        res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
-        return;
-      }
-      if (refuseMutationEarly(services.tokens, refusals, req, res, body.value)) return;
-      Object.assign(req, { body: body.value, _body: true });
-      if (await responseCache.serve(req, res, body.value)) return;
     }
     app(req, res);
   };
@@ -103,6 +115,8 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     includeStacktraceInErrorResponses: false,
     // Relevo owns shutdown order (API, collector, consolidator, Redis, nodes).
     stopOnTerminationSignals: false,
+    // No automatic persisted queries: a hash sent by GET would run a registered query without a `query` to see.
+    persistedQueries: false,
     plugins: [
       ApolloServerPluginDrainHttpServer({ httpServer }),
       // No HTTP caching of this API's answers; without it Apollo does not wrap every field resolver.
@@ -124,21 +138,22 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     ],
   });
   await apollo.start();
-  app.use(
-    "/graphql",
-    express.json({ limit: MAX_REQUEST_BYTES }),
-    expressMiddleware(apollo, {
-      context: ({ req }): Promise<ApiContext> =>
-        promiseTry(() => {
-          try {
-            return { identity: authenticate(services.tokens, req.headers.authorization) };
-          } catch (error) {
-            if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
-            throw error;
-          }
-        }),
-    }),
-  );
+  const rateLimited: express.RequestHandler = (req, res, next) => {
+    chargeRateLimit(req, res).then((allowed) => (allowed ? next() : undefined), next);
+  };
+  const graphql = expressMiddleware(apollo, {
+    context: ({ req }): Promise<ApiContext> =>
+      promiseTry(() => {
+        try {
+          return { identity: authenticate(services.tokens, req.headers.authorization) };
+        } catch (error) {
+          if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
+          throw error;
+        }
+      }),
+  });
+  app.post(GRAPHQL_PATH, rateLimited, express.json({ limit: MAX_REQUEST_BYTES }), graphql);
+  app.get(GRAPHQL_PATH, rateLimited, graphql);
   app.use(healthRoutes(services));
   await listen(httpServer, options);
   const address = httpServer.address();

@@ -1,4 +1,5 @@
 import type { Client } from "graphql-ws";
+import { createHash } from "node:crypto";
 import net from "node:net";
 import WebSocket from "ws";
 import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
@@ -348,6 +349,34 @@ describe("API auth, errors and limits", () => {
     }
     // Another token has its own bucket.
     expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") })).status).toBe(200);
+  });
+
+  test("past its burst no other spelling of the path reaches Apollo: /GRAPHQL, /graphql/, a persisted query by GET", async () => {
+    const token = cluster.token("viewer");
+    const headers = { "content-type": "application/json", authorization: `Bearer ${token}` };
+    const query = "{ cluster { name } }";
+    const persistedQuery = { version: 1, sha256Hash: createHash("sha256").update(query).digest("hex") };
+    // Registering a query for automatic persisted queries (refused now: they are off) takes one token like any POST.
+    await (await fetch(cluster.url, { method: "POST", headers, body: JSON.stringify({ query, extensions: { persistedQuery } }) })).text();
+    const flood = await Promise.all(
+      Array.from({ length: 45 }, () => fetch(cluster.url, { method: "POST", headers, body: JSON.stringify({ query }) })),
+    );
+    for (const response of flood) await response.text();
+    expect(flood.filter((response) => response.status === 429).length).toBeGreaterThanOrEqual(5); // the bucket (40) is empty
+    const { origin } = new URL(cluster.url);
+    const apqTarget = `/graphql?extensions=${encodeURIComponent(JSON.stringify({ persistedQuery }))}`;
+    const attempts: Array<[string, RequestInit]> = [
+      ["/GRAPHQL", { method: "POST", headers, body: JSON.stringify({ query }) }],
+      ["/graphql/", { method: "POST", headers, body: JSON.stringify({ query }) }],
+      ["/graphql/x", { method: "POST", headers, body: JSON.stringify({ query }) }],
+      ["/graphql?x", { method: "POST", headers: { ...headers, "content-type": "Application/JSON" }, body: JSON.stringify({ query }) }],
+      [apqTarget, { method: "GET", headers: { authorization: `Bearer ${token}`, "apollo-require-preflight": "true" } }],
+    ];
+    for (const [target, init] of attempts) {
+      const response = await fetch(`${origin}${target}`, init);
+      await response.text();
+      expect([target, [404, 429].includes(response.status)]).toEqual([target, true]);
+    }
   });
 
   test("a request target no URL parser accepts (`//`) is answered, and the service lives on", async () => {

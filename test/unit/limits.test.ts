@@ -2,7 +2,7 @@ import "reflect-metadata";
 import { createPubSub } from "@graphql-yoga/subscription";
 import { Kind, parse, type FragmentDefinitionNode, type GraphQLSchema, type OperationDefinitionNode } from "graphql";
 import { admitOperation, countedPageSize, isMutation, operationDepth } from "../../src/api/limits";
-import { runsGraphqlOperation } from "../../src/api/rate-limit";
+import { isJsonContentType, targetsGraphqlPath } from "../../src/api/graphql-route";
 import { buildRelevoSchema } from "../../src/api/schema";
 import { configKeys } from "../../src/config/config-keys";
 
@@ -91,25 +91,30 @@ describe("admission: one set of rules for HTTP and the WebSocket", () => {
   });
 });
 
-describe("which HTTP requests the rate limit counts", () => {
-  test("GraphQL operations: POST /graphql, and GET /graphql with a query", () => {
-    expect(runsGraphqlOperation("POST", "/graphql")).toBe(true);
-    expect(runsGraphqlOperation("POST", "/graphql?x=1")).toBe(true);
-    expect(runsGraphqlOperation("GET", "/graphql?query=%7B%20cluster%20%7B%20name%20%7D%20%7D")).toBe(true);
-  });
-
-  test("not the GraphiQL page, the health routes or other paths", () => {
-    expect(runsGraphqlOperation("GET", "/graphql")).toBe(false);
-    expect(runsGraphqlOperation("GET", "/health")).toBe(false);
-    expect(runsGraphqlOperation("GET", "/nodes/node1/primary")).toBe(false);
-    expect(runsGraphqlOperation("POST", "/graphqlx")).toBe(false);
+describe("the one GraphQL path, matched exactly", () => {
+  test("GRAPHQL_PATH with any query string; no other spelling (Express would route those to a mount path)", () => {
+    expect(targetsGraphqlPath("/graphql")).toBe(true);
+    expect(targetsGraphqlPath("/graphql?x")).toBe(true);
+    expect(targetsGraphqlPath("/graphql?query=%7B%20cluster%20%7B%20name%20%7D%20%7D")).toBe(true);
+    for (const target of ["/GRAPHQL", "/GraphQL", "/graphql/", "/graphql/x", "/graphqlx", "/%67raphql", "//graphql", "/health"]) {
+      expect([target, targetsGraphqlPath(target)]).toEqual([target, false]);
+    }
   });
 
   test("any request target a client may send is read without throwing", () => {
     // `new URL` throws on each of these; an exception there would be an unhandled rejection in the request handler.
     for (const target of ["//", "//:", "//[::1/graphql", "http://[", "/graphql?%%%", "*", "", undefined]) {
-      expect(() => runsGraphqlOperation("GET", target)).not.toThrow();
+      expect(() => targetsGraphqlPath(target)).not.toThrow();
     }
-    expect(runsGraphqlOperation("GET", "/graphql?%%%&query=x")).toBe(true);
+    expect(targetsGraphqlPath("/graphql?%%%&query=x")).toBe(true);
+  });
+
+  test("a JSON body is recognised as body-parser recognises it: any case, parameters ignored", () => {
+    for (const header of ["application/json", "Application/JSON", "application/json; charset=utf-8", " APPLICATION/JSON ;charset=UTF-8"]) {
+      expect([header, isJsonContentType(header)]).toEqual([header, true]);
+    }
+    for (const header of ["text/plain", "application/jsonx", "application/graphql", "", undefined]) {
+      expect([header, isJsonContentType(header)]).toEqual([header, false]);
+    }
   });
 });
