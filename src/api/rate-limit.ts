@@ -44,6 +44,23 @@ return wait_ms
 `;
 
 /**
+ * How long an operation waits for its rate-limit answer before it is let
+ * through unchecked: every HTTP request and WebSocket operation waits on
+ * the take, so without a bound a frozen Redis would hang the whole API.
+ * Far above a healthy local round trip (well under a millisecond).
+ */
+export const RATE_LIMIT_WAIT_MS = 150;
+
+/** `pending`'s outcome, or a rejection once `ms` passed without one (a late outcome is then ignored). */
+function answeredWithin<T>(pending: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`Redis did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([pending, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
  * The per-client rate limit of the API: one operation (an HTTP request, a
  * WebSocket subscribe message) takes one token from the client's bucket.
  * The cost limit bounds the work of one operation; this bounds how many a
@@ -63,7 +80,10 @@ export class RateLimiter {
    * Takes one token from `client`'s bucket. When Redis cannot answer, the
    * operation is let through: whatever it needs of Redis fails fast on its
    * own (SERVICE_UNAVAILABLE), and what it does not need (a cached topology
-   * answer) must keep working through a Redis outage.
+   * answer) must keep working through a Redis outage. "Cannot answer"
+   * includes a Redis that is connected but silent (stopped, swapping, stuck
+   * in a long command): the connection is up, so the command neither fails
+   * nor times out by itself; after RATE_LIMIT_WAIT_MS the take gives up.
    */
   async take(client: RateLimitedClient): Promise<RateVerdict> {
     if (this.options.perSecond <= 0) return { phase: "allowed" };
@@ -71,7 +91,7 @@ export class RateLimiter {
     const args = [String(this.options.perSecond), String(this.options.burst)];
     let waitMs: number;
     try {
-      waitMs = Number(await this.evaluate(key, args));
+      waitMs = Number(await answeredWithin(this.evaluate(key, args), RATE_LIMIT_WAIT_MS));
     } catch (error) {
       this.logger.debug({ err: (error as Error).message }, "rate limit not checked: Redis is unavailable");
       return { phase: "allowed" };
