@@ -81,7 +81,12 @@ export function filtersEventStream(args: Record<string, unknown>): boolean {
   return (Array.isArray(args.kinds) && args.kinds.length > 0) || (typeof args.node === "string" && args.node !== "");
 }
 
-/** Depth of an operation's selections, fragments followed, introspection (`__schema`…) not counted. */
+/**
+ * Depth of an operation's selections, fragments followed, introspection
+ * (`__schema`…) not counted: GraphiQL's schema query is deeper than any data
+ * query. Its nesting is bounded by graphql-js's introspection depth rule, and
+ * its work by the cost limit (INTROSPECTION_COST).
+ */
 export function operationDepth(operation: OperationDefinitionNode, fragments: Map<string, FragmentDefinitionNode>): number {
   const depthOf = (selectionSet: SelectionSetNode | undefined, seen: Set<string>): number => {
     if (!selectionSet) return 0;
@@ -103,8 +108,19 @@ export function operationDepth(operation: OperationDefinitionNode, fragments: Ma
   return depthOf(operation.selectionSet, new Set());
 }
 
-function isIntrospectionOnly(operation: OperationDefinitionNode): boolean {
-  return operation.selectionSet.selections.every((selection) => selection.kind === Kind.FIELD && selection.name.value.startsWith("__"));
+/**
+ * What a root introspection field (`__schema`, `__type`) costs on top of its
+ * selection, counted like any other field's. Introspection is not exempt
+ * from the cost limit (review 12: 1100 aliases of a deep `__schema`, 250 KiB,
+ * kept the event loop busy some 6 s and made a 66 MB answer; graphql-js's
+ * own introspection depth rule does not count aliases). One of them walks the
+ * whole schema: this lets a few run in one request (GraphiQL's query, which
+ * has one, costs well under the default limit) and not hundreds.
+ */
+export const INTROSPECTION_COST = 200;
+
+function introspectionEstimator({ field, childComplexity }: ComplexityEstimatorArgs): number | void {
+  if (field.name === "__schema" || field.name === "__type") return 1 + INTROSPECTION_COST + childComplexity;
 }
 
 /**
@@ -123,7 +139,7 @@ export function queryLimitsPlugin(schema: GraphQLSchema, limits: OperationLimits
         // A refusal is thrown, and must reach Apollo as a rejection.
         didResolveOperation: ({ document, operation, request }) =>
           promiseTry(() => {
-            if (!operation || isIntrospectionOnly(operation)) return;
+            if (!operation) return;
             const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
             if (accepted.get(document)?.has(key)) return;
             checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
@@ -135,6 +151,11 @@ export function queryLimitsPlugin(schema: GraphQLSchema, limits: OperationLimits
     },
   };
 }
+
+/** Fields (fragments expanded) the cost estimate visits before it refuses the operation outright. */
+const MAX_COUNTED_FIELDS = 10000;
+/** graphql-query-complexity's message when it visited more than maxQueryNodes. */
+const QUERY_NODES_EXCEEDED = "Query exceeds the maximum allowed number of nodes.";
 
 export function checkLimits(
   schema: GraphQLSchema,
@@ -154,13 +175,23 @@ export function checkLimits(
       maxDepth: limits.maxDepth,
     });
   }
-  const complexity = getComplexity({
-    schema,
-    query: document,
-    variables,
-    operationName: operationName ?? undefined,
-    estimators: [fieldExtensionsEstimator(), simpleEstimator({ defaultComplexity: 1 })],
-  });
+  let complexity: number;
+  try {
+    complexity = getComplexity({
+      schema,
+      query: document,
+      variables,
+      operationName: operationName ?? undefined,
+      maxQueryNodes: MAX_COUNTED_FIELDS,
+      estimators: [introspectionEstimator, fieldExtensionsEstimator(), simpleEstimator({ defaultComplexity: 1 })],
+    });
+  } catch (error) {
+    // graphql-query-complexity stops counting there, with an error of no code: it is a refusal by cost like the others.
+    if (!(error instanceof GraphQLError) || error.message !== QUERY_NODES_EXCEEDED) throw error;
+    throw codedGraphQLError(ErrorCode.QueryTooComplex, `query has more than ${MAX_COUNTED_FIELDS} fields to count; ask for fewer`, {
+      maxComplexity: limits.maxComplexity,
+    });
+  }
   if (complexity > limits.maxComplexity) {
     throw codedGraphQLError(ErrorCode.QueryTooComplex, `query cost ${complexity} exceeds the limit of ${limits.maxComplexity}`, {
       complexity,
@@ -219,13 +250,11 @@ export function admitOperation(
       ),
     ]);
   }
-  if (!isIntrospectionOnly(operation)) {
-    try {
-      checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
-    } catch (error) {
-      if (error instanceof GraphQLError) return refused([error]);
-      throw error;
-    }
+  try {
+    checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+  } catch (error) {
+    if (error instanceof GraphQLError) return refused([error]);
+    throw error;
   }
   return { phase: "admitted", document, operation };
 }

@@ -222,7 +222,7 @@ describe("API auth, errors and limits", () => {
       expect(response.errors?.[0]?.extensions).toMatchObject({ code: "QUERY_TOO_DEEP", depth: 5, maxDepth: 4 });
       expect(response.data ?? null).toBeNull();
     }
-    // Introspection is exempt (GraphiQL's own schema query is deeper than any data query).
+    // Introspection is exempt from the depth limit (GraphiQL's own schema query is deeper than any data query), not from cost.
     const introspection = await graphqlRequest(cluster.url, `{ __schema { types { fields { type { ofType { ofType { name } } } } } } }`, {
       token: cluster.token("viewer"),
     });

@@ -1,7 +1,16 @@
 import "reflect-metadata";
 import { createPubSub } from "@graphql-yoga/subscription";
-import { Kind, parse, type FragmentDefinitionNode, type GraphQLSchema, type OperationDefinitionNode } from "graphql";
-import { admitOperation, countedPageSize, isMutation, operationDepth } from "../../src/api/limits";
+import {
+  Kind,
+  getIntrospectionQuery,
+  getOperationAST,
+  parse,
+  type FragmentDefinitionNode,
+  type GraphQLError,
+  type GraphQLSchema,
+  type OperationDefinitionNode,
+} from "graphql";
+import { MAX_REQUEST_BYTES, admitOperation, countedPageSize, isMutation, operationDepth, queryLimitsPlugin } from "../../src/api/limits";
 import { isJsonContentType, targetsGraphqlPath } from "../../src/api/graphql-route";
 import { buildRelevoSchema } from "../../src/api/schema";
 import { configKeys } from "../../src/config/config-keys";
@@ -58,6 +67,42 @@ describe("admission: one set of rules for HTTP and the WebSocket", () => {
     }
     // What reads only a page is charged by its page: many small unfiltered pages stay allowed.
     expect(refusal(aliases(100, "events(first: 1) { edges { cursor } }"))).toBe("admitted");
+  });
+
+  test("introspection is not exempt from cost: 1100 aliases of a deep `__schema` are refused on both paths; GraphiQL's is not", async () => {
+    // Review 12: 250 KiB of these ran 5 s and answered 66 MB; graphql-js's introspection depth rule does not count aliases.
+    const deep =
+      "__schema { types { name kind description fields(includeDeprecated: true) { name description " +
+      "args { name type { name } } type { name kind ofType { name kind ofType { name } } } } } }";
+    const overHttp = async (query: string): Promise<unknown> => {
+      const document = parse(query);
+      const operation = getOperationAST(document)!;
+      const listener = await queryLimitsPlugin(schema, limits).requestDidStart!({} as never);
+      try {
+        await listener!.didResolveOperation!({ document, operation, request: { query, variables: {} } } as never);
+        return "admitted";
+      } catch (error) {
+        return [(error as GraphQLError).extensions.code];
+      }
+    };
+    const flood = aliases(1100, deep);
+    expect(flood.length).toBeLessThan(MAX_REQUEST_BYTES);
+    expect(refusal(flood)).toEqual(["QUERY_TOO_COMPLEX"]);
+    expect(await overHttp(flood)).toEqual(["QUERY_TOO_COMPLEX"]);
+    // Under the estimator's field count too, by their fixed cost: 30 schema walks, or 1100 of one type.
+    for (const query of [aliases(30, deep), aliases(1100, `__type(name: "Query") { name }`)]) {
+      expect(refusal(query)).toEqual(["QUERY_TOO_COMPLEX"]);
+      expect(await overHttp(query)).toEqual(["QUERY_TOO_COMPLEX"]);
+    }
+    // GraphiQL asks for the schema with getIntrospectionQuery (with these options on, in its newer versions).
+    for (const query of [
+      getIntrospectionQuery(),
+      getIntrospectionQuery({ inputValueDeprecation: true, schemaDescription: true, specifiedByUrl: true, directiveIsRepeatable: true }),
+      `{ ${deep} }`,
+    ]) {
+      expect(refusal(query)).toBe("admitted");
+      expect(await overHttp(query)).toBe("admitted");
+    }
   });
 
   test("an out-of-range page size counts as the largest allowed: a negative one cannot cancel the cost of other fields", () => {
