@@ -1,4 +1,4 @@
-import type { ApolloServerPlugin } from "@apollo/server";
+import type { ApolloServerPlugin, BaseContext } from "@apollo/server";
 import {
   GraphQLError,
   Kind,
@@ -14,7 +14,6 @@ import {
 } from "graphql";
 import { fieldExtensionsEstimator, getComplexity, simpleEstimator, type ComplexityEstimatorArgs } from "graphql-query-complexity";
 import { ErrorCode } from "../errors";
-import { promiseTry } from "../util/promise-try";
 import { codedGraphQLError } from "./errors";
 
 /**
@@ -128,25 +127,39 @@ function introspectionEstimator({ field, childComplexity }: ComplexityEstimatorA
  * than `maxComplexity` (one per field; list fields with a page size multiply
  * their children by it), so one request cannot exhaust the server.
  */
-export function queryLimitsPlugin(schema: GraphQLSchema, limits: OperationLimits): ApolloServerPlugin {
+export function queryLimitsPlugin<TContext extends BaseContext>(
+  schema: GraphQLSchema,
+  limits: OperationLimits,
+  options: {
+    /** Runs with the cost of each admitted operation (the rate limit's rest of it); a rejection refuses the operation. */
+    readonly onAdmitted?: (admitted: {
+      readonly cost: number;
+      readonly operation: OperationDefinitionNode;
+      readonly contextValue: TContext;
+    }) => Promise<void>;
+  } = {},
+): ApolloServerPlugin<TContext> {
   // Apollo reuses the parsed DocumentNode of a query it has seen, so the
-  // verdict for (document, operation, variables) can be remembered: clients
-  // repeat the same few queries, and cost analysis walks the whole document.
-  const accepted = new WeakMap<DocumentNode, Set<string>>();
+  // verdict for (document, operation, variables) can be remembered, with its
+  // cost: clients repeat the same few queries, and cost analysis walks the
+  // whole document.
+  const accepted = new WeakMap<DocumentNode, Map<string, number>>();
   return {
     requestDidStart() {
       return Promise.resolve({
-        // A refusal is thrown, and must reach Apollo as a rejection.
-        didResolveOperation: ({ document, operation, request }) =>
-          promiseTry(() => {
-            if (!operation) return;
-            const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
-            if (accepted.get(document)?.has(key)) return;
-            checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
-            let keys = accepted.get(document);
-            if (!keys) accepted.set(document, (keys = new Set()));
-            if (keys.size < 100) keys.add(key);
-          }),
+        // A refusal is thrown, and reaches Apollo as a rejection (an async function).
+        didResolveOperation: async ({ document, operation, request, contextValue }) => {
+          if (!operation) return;
+          const key = `${request.operationName ?? ""}\u0000${JSON.stringify(request.variables ?? {})}`;
+          let cost = accepted.get(document)?.get(key);
+          if (cost === undefined) {
+            cost = checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+            let costs = accepted.get(document);
+            if (!costs) accepted.set(document, (costs = new Map<string, number>()));
+            if (costs.size < 100) costs.set(key, cost);
+          }
+          await options.onAdmitted?.({ cost, operation, contextValue });
+        },
       });
     },
   };
@@ -164,7 +177,7 @@ export function checkLimits(
   variables: Record<string, unknown>,
   operationName: string | undefined | null,
   limits: OperationLimits,
-): void {
+): number {
   const fragments = new Map(
     document.definitions.filter((d): d is FragmentDefinitionNode => d.kind === Kind.FRAGMENT_DEFINITION).map((d) => [d.name.value, d]),
   );
@@ -198,6 +211,7 @@ export function checkLimits(
       maxComplexity: limits.maxComplexity,
     });
   }
+  return complexity;
 }
 
 export type Admission =
@@ -205,6 +219,8 @@ export type Admission =
       readonly phase: "admitted";
       readonly document: DocumentNode;
       readonly operation: OperationDefinitionNode;
+      /** Its estimated cost (the rate limit charges by it). */
+      readonly cost: number;
     }
   | { readonly phase: "refused"; readonly errors: readonly GraphQLError[] };
 
@@ -250,13 +266,14 @@ export function admitOperation(
       ),
     ]);
   }
+  let cost: number;
   try {
-    checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
+    cost = checkLimits(schema, document, operation, request.variables ?? {}, request.operationName, limits);
   } catch (error) {
     if (error instanceof GraphQLError) return refused([error]);
     throw error;
   }
-  return { phase: "admitted", document, operation };
+  return { phase: "admitted", document, operation, cost };
 }
 
 function refused(errors: readonly GraphQLError[]): Admission {

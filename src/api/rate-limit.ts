@@ -8,10 +8,28 @@ import { authenticate } from "./auth/auth";
 import { codedGraphQLError } from "./errors";
 
 export interface RateLimitOptions {
-  /** Operations per second a bucket refills; 0 turns the limit off. */
+  /** Tokens per second a bucket refills (an operation takes at least one); 0 turns the limit off. */
   readonly perSecond: number;
   /** The bucket's size: what a client may spend at once. */
   readonly burst: number;
+}
+
+/**
+ * The cost (limits.ts) one bucket token pays for. Operations differ a
+ * thousandfold in work (a cached `cluster` answer; 100 aliases of a filtered
+ * `events` that decode up to 50 000 stream entries, some 200 ms of the event
+ * loop), so counting operations alone let one token keep the event loop
+ * busy at the default rate (review 12). Charged by cost, a token's event-loop
+ * time per second is bounded by `perSecond * COST_PER_RATE_TOKEN` cost
+ * units: at the defaults (50/s) one operation of the largest cost allowed
+ * (5000) every two seconds, while ordinary queries (cost under 50) still
+ * take one token each.
+ */
+export const COST_PER_RATE_TOKEN = 50;
+
+/** The bucket tokens an operation of `cost` takes in all: one per COST_PER_RATE_TOKEN, at least one. Pure. */
+export function rateTokensFor(cost: number): number {
+  return Math.max(1, Math.ceil(cost / COST_PER_RATE_TOKEN));
 }
 
 export type RateVerdict = { readonly phase: "allowed" } | { readonly phase: "limited"; readonly retryAfterSeconds: number };
@@ -28,15 +46,16 @@ local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local per_second = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * per_second / 1000)
 local wait_ms = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if tokens >= wanted then
+  tokens = tokens - wanted
 else
-  wait_ms = math.ceil((1 - tokens) * 1000 / per_second)
+  wait_ms = math.ceil((wanted - tokens) * 1000 / per_second)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / per_second) + 1000)
@@ -61,10 +80,12 @@ function answeredWithin<T>(pending: Promise<T>, ms: number): Promise<T> {
 }
 
 /**
- * The per-client rate limit of the API: one operation (an HTTP request, a
- * WebSocket subscribe message) takes one token from the client's bucket.
- * The cost limit bounds the work of one operation; this bounds how many a
- * client runs, so together they bound the work one token can cause.
+ * The per-client rate limit of the API: an operation (an HTTP request, a
+ * WebSocket subscribe message) takes one token from the client's bucket on
+ * arrival, before it is read further, and once its cost is known (after the
+ * cost limit admitted it) the rest of `rateTokensFor(cost)`. The cost limit
+ * bounds the work of one operation; this bounds the work a client runs per
+ * second.
  */
 export class RateLimiter {
   private scriptSha: string | null = null;
@@ -77,7 +98,9 @@ export class RateLimiter {
   ) {}
 
   /**
-   * Takes one token from `client`'s bucket. When Redis cannot answer, the
+   * Takes `count` tokens from `client`'s bucket, all or none (at most the
+   * bucket's size: an operation costlier than a full bucket still runs from
+   * a full one). When Redis cannot answer, the
    * operation is let through: whatever it needs of Redis fails fast on its
    * own (SERVICE_UNAVAILABLE), and what it does not need (a cached topology
    * answer) must keep working through a Redis outage. "Cannot answer"
@@ -85,10 +108,10 @@ export class RateLimiter {
    * in a long command): the connection is up, so the command neither fails
    * nor times out by itself; after RATE_LIMIT_WAIT_MS the take gives up.
    */
-  async take(client: RateLimitedClient): Promise<RateVerdict> {
-    if (this.options.perSecond <= 0) return { phase: "allowed" };
+  async take(client: RateLimitedClient, count = 1): Promise<RateVerdict> {
+    if (this.options.perSecond <= 0 || count <= 0) return { phase: "allowed" };
     const key = `${this.keyPrefix}:${client.kind}:${client.id}`;
-    const args = [String(this.options.perSecond), String(this.options.burst)];
+    const args = [String(this.options.perSecond), String(this.options.burst), String(Math.min(count, this.options.burst))];
     let waitMs: number;
     try {
       waitMs = Number(await answeredWithin(this.evaluate(key, args), RATE_LIMIT_WAIT_MS));
@@ -97,6 +120,14 @@ export class RateLimiter {
       return { phase: "allowed" };
     }
     return waitMs > 0 ? { phase: "limited", retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) } : { phase: "allowed" };
+  }
+
+  /**
+   * The rest of what an admitted operation of `cost` takes: it took one
+   * token on arrival, before its cost was known.
+   */
+  takeRestOfCost(identity: TokenIdentity, cost: number): Promise<RateVerdict> {
+    return this.take({ kind: "token", id: identity.id, identity }, rateTokensFor(cost) - 1);
   }
 
   private async evaluate(key: string, args: string[]): Promise<unknown> {
@@ -127,11 +158,15 @@ export function rateLimitedClient(tokens: TokenAccess, authorization: string | u
   }
 }
 
-/** RATE_LIMITED, saying when to retry (HTTP also answers 429 with Retry-After). */
-export function rateLimitedError(retryAfterSeconds: number): GraphQLError {
+/**
+ * RATE_LIMITED, saying when to retry. `overHttp`: for Apollo, which then
+ * answers 429 with Retry-After (and strips `http` from the extensions).
+ */
+export function rateLimitedError(retryAfterSeconds: number, options: { readonly overHttp?: boolean } = {}): GraphQLError {
+  const http = options.overHttp ? { http: { status: 429, headers: new Map([["retry-after", String(retryAfterSeconds)]]) } } : {};
   return codedGraphQLError(
     ErrorCode.RateLimited,
     `too many API operations for this token; retry after ${retryAfterSeconds} s (RELEVO_API_RATE_LIMIT_PER_SECOND, RELEVO_API_RATE_LIMIT_BURST)`,
-    { retryAfterSeconds },
+    { retryAfterSeconds, ...http },
   );
 }

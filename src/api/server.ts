@@ -4,6 +4,7 @@ import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHt
 import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/disabled";
 import { expressMiddleware } from "@as-integrations/express5";
 import express from "express";
+import { OperationTypeNode } from "graphql";
 import type { PubSub } from "type-graphql";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import { promiseTry } from "../util/promise-try";
@@ -130,7 +131,16 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
           });
         },
       },
-      queryLimitsPlugin(schema, limits),
+      queryLimitsPlugin<ApiContext>(schema, limits, {
+        // The request took one token on arrival; an operation takes the rest of its cost once it is known.
+        onAdmitted: async ({ cost, operation, contextValue }) => {
+          const verdict = await rateLimiter.takeRestOfCost(contextValue.identity, cost);
+          if (verdict.phase === "allowed") return;
+          // A refused mutation is counted by the audit plugin; anything else here.
+          if (operation.operation !== OperationTypeNode.MUTATION) refusals.count(contextValue.identity, [ErrorCode.RateLimited]);
+          throw rateLimitedError(verdict.retryAfterSeconds, { overHttp: true });
+        },
+      }),
       mutationRoleGatePlugin(),
       mutationAuditPlugin(services.events, refusals),
       responseCache.plugin(),

@@ -72,6 +72,9 @@ export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebS
         if (verdict.phase === "limited") return refused([rateLimitedError(verdict.retryAfterSeconds)]);
         const admission = admitOperation(schema, payload, limits);
         if (admission.phase === "refused") return refused(admission.errors);
+        // The rest of the operation's cost, now that it is known (one token was taken on arrival).
+        const charged = await rateLimiter.takeRestOfCost(identity, admission.cost);
+        if (charged.phase === "limited") return refused([rateLimitedError(charged.retryAfterSeconds)]);
         if (isMutation(admission.operation)) {
           return refused([
             codedGraphQLError(

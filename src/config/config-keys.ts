@@ -170,13 +170,13 @@ export const configKeys = {
     env: "RELEVO_API_RATE_LIMIT_PER_SECOND",
     default: "50",
     schema: z.coerce.number().min(0).max(100000),
-    doc: "GraphQL operations a token (or, without a valid token, a client address) may run per second, sustained, over HTTP and WebSocket together; 0 turns the limit off.",
+    doc: "Rate-limit units a token (or, without a valid token, a client address) may spend per second, sustained, over HTTP and WebSocket together: a GraphQL operation takes one per 50 of its estimated cost, at least one (see docs/api.md#limits); 0 turns the limit off.",
   },
   apiRateLimitBurst: {
     env: "RELEVO_API_RATE_LIMIT_BURST",
     default: "500",
     schema: z.coerce.number().int().min(1).max(1000000),
-    doc: "Operations a token may run at once above the sustained rate before it is answered RATE_LIMITED (the token bucket's size).",
+    doc: "Rate-limit units a token may spend at once above the sustained rate before it is answered RATE_LIMITED (the token bucket's size).",
   },
   apiRefusalWindowMs: {
     env: "RELEVO_API_REFUSAL_WINDOW_MS",

@@ -379,6 +379,24 @@ describe("API auth, errors and limits", () => {
     }
   });
 
+  test("an operation takes from its bucket by its cost, the rest once its cost is known: 429 without running", async () => {
+    const token = cluster.token("viewer");
+    // 1 + 190 × 2 = 381: 8 units (one per 50 of cost); the bucket holds 40 and refills one per 5 s.
+    const heavy = "{ events(first: 190) { edges { cursor } } }";
+    const cheap = "{ cluster { name } }";
+    const statuses: number[] = [];
+    for (const query of [heavy, heavy, heavy, heavy, cheap, cheap, cheap, cheap, cheap]) {
+      statuses.push((await graphqlRequest(cluster.url, query, { token })).status);
+    }
+    expect(statuses).toEqual(Array.from({ length: 9 }, () => 200)); // 37 units
+    // One more unit on arrival (38), then the rest of its cost (7) is more than the bucket holds: refused, and not taken.
+    const refused = await graphqlRequest(cluster.url, heavy, { token });
+    expect(refused.status).toBe(429);
+    expect(refused.errors?.[0]?.extensions).toMatchObject({ code: "RATE_LIMITED" });
+    expect(refused.data ?? null).toBeNull();
+    expect((await graphqlRequest(cluster.url, cheap, { token })).status).toBe(200);
+  });
+
   test("a request target no URL parser accepts (`//`) is answered, and the service lives on", async () => {
     const { port } = new URL(cluster.url);
     const answer = await new Promise<string>((resolve, reject) => {
