@@ -108,18 +108,21 @@ export function operationDepth(operation: OperationDefinitionNode, fragments: Ma
 }
 
 /**
- * What a root introspection field (`__schema`, `__type`) costs on top of its
- * selection, counted like any other field's. Introspection is not exempt
- * from the cost limit (review 12: 1100 aliases of a deep `__schema`, 250 KiB,
- * kept the event loop busy some 6 s and made a 66 MB answer; graphql-js's
- * own introspection depth rule does not count aliases). One of them walks the
- * whole schema: this lets a few run in one request (GraphiQL's query, which
- * has one, costs well under the default limit) and not hundreds.
+ * What an introspection field that walks the schema costs on top of its
+ * selection, counted like any other field's: the root fields `__schema` and
+ * `__type`, and `__schema`'s `types` (every type, aliases of it inside one
+ * `__schema` walk it again each). Introspection is not exempt from the cost
+ * limit (review 12: 1100 aliases of a deep `__schema`, 250 KiB, kept the
+ * event loop busy some 6 s and made a 66 MB answer; graphql-js's own
+ * introspection depth rule does not count aliases). This lets a few walks
+ * run in one request (GraphiQL's query, which has one, costs some 630, well
+ * under the default limit) and not hundreds.
  */
 export const INTROSPECTION_COST = 200;
 
-function introspectionEstimator({ field, childComplexity }: ComplexityEstimatorArgs): number | void {
-  if (field.name === "__schema" || field.name === "__type") return 1 + INTROSPECTION_COST + childComplexity;
+function introspectionEstimator({ type, field, childComplexity }: ComplexityEstimatorArgs): number | void {
+  const walksSchema = field.name === "__schema" || field.name === "__type" || (type.name === "__Schema" && field.name === "types");
+  if (walksSchema) return 1 + INTROSPECTION_COST + childComplexity;
 }
 
 /**
