@@ -178,6 +178,8 @@ describe("files Relevo acts on after a crash are written durably", () => {
     const file = (name: string) => ({ path: name, type: "file" as const });
     expect(isExcluded(file(`postgresql.auto.conf.relevo-tmp-${gone}-0123456789ab`), new Set())).toBe(true);
     expect(isExcluded(file(`global/x.relevo-tmp-1-0123456789ab`), new Set())).toBe(true);
-    expect(isExcluded(file("postgresql.auto.conf.relevo-tmp-old"), new Set())).toBe(false);
+    // The Docker driver's temporary names (the file agent's `.relevo-tmp-$$`, container-files' `.relevo-tmp-<hex>`) too.
+    expect(isExcluded(file("postgresql.auto.conf.relevo-tmp-4242"), new Set())).toBe(true);
+    expect(isExcluded(file("standby.signal.relevo-tmp-0a1b2c3d4e5f"), new Set())).toBe(true);
   });
 });
