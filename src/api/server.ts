@@ -162,8 +162,10 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
         }
       }),
   });
-  app.post(GRAPHQL_PATH, rateLimited, express.json({ limit: MAX_REQUEST_BYTES }), graphql);
-  app.get(GRAPHQL_PATH, rateLimited, graphql);
+  // The JSON parser on GET too: Apollo's middleware answers 500 when it finds no req.body, and the parser sets one.
+  const json = express.json({ limit: MAX_REQUEST_BYTES });
+  app.post(GRAPHQL_PATH, rateLimited, json, graphql);
+  app.get(GRAPHQL_PATH, rateLimited, json, graphql);
   app.use(healthRoutes(services));
   await listen(httpServer, options);
   const address = httpServer.address();
