@@ -6,6 +6,9 @@ import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../hel
 import { eventually, useTestCluster } from "../helpers/service";
 import { decode } from "../../src/events/event-log";
 import { issueToken, revokeToken } from "../../src/secrets/token-registry";
+import { readSecrets, rotateTokenKey, secretsFile } from "../../src/secrets/secrets-store";
+import { replaceFileDurably } from "../../src/util/durable-file";
+import { readFile } from "node:fs/promises";
 import { mintToken } from "../../src/secrets/tokens";
 import { sqlOn } from "../helpers/sql";
 
@@ -416,5 +419,44 @@ describe("API auth, errors and limits", () => {
     expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: cluster.token("viewer") })).data).toEqual({
       cluster: { name: "test" },
     });
+  });
+
+  // Last in the file: a new key invalidates every token minted before it, cluster.token()'s too; the old key is put back.
+  test("a rotated token key closes a socket opened with the old key and refuses its token; a token of the new key works", async () => {
+    const home = cluster.config.home;
+    const saved = await readFile(secretsFile(home));
+    const old = await issueToken(home, cluster.service.secrets.tokenKey, { role: "viewer", ttlMs: 3_600_000, label: "test" });
+    const client = subscriptionClient(cluster.url, old.token);
+    const outcome = new Promise<string>((resolve) => {
+      client.subscribe(
+        { query: "subscription { topologyChanged { name } }" },
+        {
+          next: () => undefined,
+          error: (e) => resolve(`${(e as { code?: number }).code} ${(e as { reason?: string }).reason}`),
+          complete: () => resolve("complete"),
+        },
+      );
+    });
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300)); // the socket open and subscribed
+      await rotateTokenKey(home);
+      expect(await outcome).toBe("4401 UNAUTHENTICATED");
+      const refused = await graphqlRequest(cluster.url, "{ cluster { name } }", { token: old.token });
+      expect(refused.status).toBe(401);
+      expect(refused.errors?.[0]?.extensions?.code).toBe("UNAUTHENTICATED");
+      const fresh = mintToken((await readSecrets(home)).tokenKey, "viewer");
+      expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: fresh.token })).data).toEqual({
+        cluster: { name: "test" },
+      });
+    } finally {
+      await client.dispose();
+      await replaceFileDurably(secretsFile(home), saved, { mode: 0o600 });
+      await eventually(
+        async () => ((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: old.token })).data ? true : undefined),
+        {
+          what: "the old key back",
+        },
+      );
+    }
   });
 });
