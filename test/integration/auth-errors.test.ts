@@ -169,27 +169,29 @@ describe("API auth, errors and limits", () => {
     expect(response.errors?.[0]?.extensions?.code).toBe("TOKEN_EXPIRED");
   });
 
+  /** A subscription opened with `token`, and how it ended: "<close code> <reason>", or "complete". */
+  const subscriptionUntilClosed = (token: string) => {
+    const client = subscriptionClient(cluster.url, token);
+    const outcome = new Promise<string>((resolve) => {
+      client.subscribe(
+        { query: "subscription { topologyChanged { name } }" },
+        {
+          next: () => undefined,
+          error: (e) => resolve(`${(e as { code?: number }).code} ${(e as { reason?: string }).reason}`),
+          complete: () => resolve("complete"),
+        },
+      );
+    });
+    return { client, outcome };
+  };
+
   test("a revoked token is refused on its next request and its open subscription is closed; an expiring one's too", async () => {
     const home = cluster.config.home;
     const key = cluster.service.secrets.tokenKey;
     const revoked = await issueToken(home, key, { role: "viewer", ttlMs: 3_600_000, label: "test" });
     const expiring = await issueToken(home, key, { role: "viewer", ttlMs: 2000, label: "test" });
-    const closed = (token: string) => {
-      const client = subscriptionClient(cluster.url, token);
-      const outcome = new Promise<string>((resolve) => {
-        client.subscribe(
-          { query: "subscription { topologyChanged { name } }" },
-          {
-            next: () => undefined,
-            error: (e) => resolve(`${(e as { code?: number }).code} ${(e as { reason?: string }).reason}`),
-            complete: () => resolve("complete"),
-          },
-        );
-      });
-      return { client, outcome };
-    };
-    const onRevoked = closed(revoked.token);
-    const onExpiring = closed(expiring.token);
+    const onRevoked = subscriptionUntilClosed(revoked.token);
+    const onExpiring = subscriptionUntilClosed(expiring.token);
     try {
       expect((await graphqlRequest(cluster.url, "{ cluster { name } }", { token: revoked.token })).errors).toBeUndefined();
       await new Promise((resolve) => setTimeout(resolve, 300)); // both sockets open and subscribed
@@ -426,17 +428,7 @@ describe("API auth, errors and limits", () => {
     const home = cluster.config.home;
     const saved = await readFile(secretsFile(home));
     const old = await issueToken(home, cluster.service.secrets.tokenKey, { role: "viewer", ttlMs: 3_600_000, label: "test" });
-    const client = subscriptionClient(cluster.url, old.token);
-    const outcome = new Promise<string>((resolve) => {
-      client.subscribe(
-        { query: "subscription { topologyChanged { name } }" },
-        {
-          next: () => undefined,
-          error: (e) => resolve(`${(e as { code?: number }).code} ${(e as { reason?: string }).reason}`),
-          complete: () => resolve("complete"),
-        },
-      );
-    });
+    const { client, outcome } = subscriptionUntilClosed(old.token);
     try {
       await new Promise((resolve) => setTimeout(resolve, 300)); // the socket open and subscribed
       await rotateTokenKey(home);
