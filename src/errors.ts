@@ -42,6 +42,8 @@ export enum ErrorCode {
   LockHeld = "LOCK_HELD",
   /** A token (or a client address without one) ran more API operations than RELEVO_API_RATE_LIMIT_* allow; retry after the time given. */
   RateLimited = "RATE_LIMITED",
+  /** A WebSocket over RELEVO_API_MAX_WEBSOCKETS, its token's or its address's share of them, or a socket's operations over their bound. */
+  TooManyConnections = "TOO_MANY_CONNECTIONS",
   /** A mutation sent over the WebSocket: mutations are accepted over HTTP only, where each is audited. */
   MutationOverWebSocket = "MUTATION_OVER_WEBSOCKET",
   /** What answers on a node's port asked for a cleartext or MD5 password (nothing was sent), or let Relevo in without SCRAM's proof (docs/security.md). */
@@ -108,6 +110,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.OperationInProgress:
     case ErrorCode.LockHeld:
     case ErrorCode.RateLimited:
+    case ErrorCode.TooManyConnections:
       return 75; // EX_TEMPFAIL
     default:
       return 1;

@@ -21,7 +21,7 @@ const REFUSAL_CODES = new Set<string>([
   ErrorCode.TokenRevoked,
   ErrorCode.QueryTooDeep,
   ErrorCode.QueryTooComplex,
-  "RATE_LIMITED",
+  ErrorCode.RateLimited,
 ]);
 
 /** At most this many distinct field names in an `api:mutation` event (the schema has fewer mutations). */
@@ -69,18 +69,28 @@ export function mutationAudit(
 /**
  * Every mutation becomes an `api:mutation` event naming the token (its id,
  * never the token) and role: who did what, when, and whether it worked;
- * refused ones are counted per token (see mutationAudit).
+ * refused ones are counted per token (see mutationAudit). A query or
+ * subscription refused by the admission rules before it ran (its role,
+ * depth, cost, rate) is counted the same way; one that fails GraphQL's own
+ * parsing or validation is a client's mistake, answered but not counted
+ * (its size was charged to the rate limit on arrival).
  */
 export function mutationAuditPlugin(events: EventLog, refusals: RefusalCounter): ApolloServerPlugin<ApiContext> {
   return {
     requestDidStart() {
       return Promise.resolve({
         async willSendResponse({ operation, contextValue, errors, response }) {
-          if (operation?.operation !== OperationTypeNode.MUTATION) return;
           // Execution leaves a `data` entry (null too, when a non-null root field failed); a refusal before it leaves none.
           const executed = response.body.kind === "single" ? response.body.singleResult.data !== undefined : true;
+          if (operation?.operation !== OperationTypeNode.MUTATION) {
+            const codes = [...new Set((errors ?? []).map(errorCode))].sort();
+            if (!executed && codes.length > 0 && codes.every((code) => REFUSAL_CODES.has(code))) {
+              refusals.count({ kind: "token", identity: contextValue.identity }, codes);
+            }
+            return;
+          }
           const audit = mutationAudit(operation, contextValue.identity, { errorCodes: (errors ?? []).map(errorCode), executed });
-          if (audit.phase === "refused") refusals.count(contextValue.identity, audit.codes);
+          if (audit.phase === "refused") refusals.count({ kind: "token", identity: contextValue.identity }, audit.codes);
           else await events.emit(audit.draft);
         },
       });

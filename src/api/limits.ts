@@ -26,6 +26,17 @@ import { codedGraphQLError } from "./errors";
 /** Largest HTTP request body and largest WebSocket message (a bigger frame closes the socket, before or after connection_init). */
 export const MAX_REQUEST_BYTES = 256 * 1024;
 
+/**
+ * Lexical tokens a GraphQL document may have (graphql's `maxTokens`): the
+ * parser stops there, so validation (quadratic in aliases of one field in
+ * the worst case) never sees more. A 2000-alias document has about 12 000;
+ * GraphiQL's introspection query under 1000.
+ */
+export const MAX_DOCUMENT_TOKENS = 15_000;
+
+/** The parse options of every path: Apollo's, the WebSocket's, the early mutation refusal's. */
+export const PARSE_OPTIONS = { maxTokens: MAX_DOCUMENT_TOKENS } as const;
+
 export interface OperationLimits {
   readonly maxDepth: number;
   readonly maxComplexity: number;
@@ -241,7 +252,7 @@ export function admitOperation(
 ): Admission {
   let document: DocumentNode;
   try {
-    document = parse(request.query);
+    document = parse(request.query, PARSE_OPTIONS);
   } catch (error) {
     const syntax = error instanceof GraphQLError ? error : new GraphQLError(String(error));
     return refused([

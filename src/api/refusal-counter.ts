@@ -1,22 +1,47 @@
 import type { EventLog } from "../events/event-log";
 import type { TokenIdentity } from "../secrets/tokens";
 
+/**
+ * Who a refused request is counted against: the token it came with when that
+ * token was accepted (a viewer's mutation, a query over the limits), or else
+ * the address it came from (no token, a forged, expired or revoked one, a
+ * rate-limited address) — a refusal before any token is accepted has no
+ * other name, and a token the request names but that was refused is the
+ * requester's claim, not a fact.
+ */
+export type RefusedParty =
+  | { readonly kind: "token"; readonly identity: Pick<TokenIdentity, "id" | "role"> }
+  | { readonly kind: "address"; readonly address: string };
+
+/**
+ * Parties counted one by one in a window. Addresses are anyone's to vary
+ * (every IPv6 address of a /64), so the windows are bounded: past this
+ * many, refusals from parties without a window share one, reported as
+ * "others". The counts stay exact; only the names past the bound are lost.
+ */
+export const MAX_COUNTED_PARTIES = 1000;
+
+type Counted = RefusedParty | { readonly kind: "others" };
+
 interface Window {
-  readonly identity: Pick<TokenIdentity, "id" | "role">;
-  readonly openedAt: number;
-  /** Refusals after the first (which was reported when the window opened). */
+  readonly party: Counted;
+  /** Refusals not reported yet (the first of a party is reported when its window opens). */
   count: number;
   readonly codes: Set<string>;
   readonly timer: NodeJS.Timeout;
 }
 
+const OTHERS_KEY = "others";
+
 /**
- * Refused requests, counted per token rather than recorded one by one: the
- * first refusal of a token opens a window and is reported at once (an
+ * Refused requests, counted per party rather than recorded one by one: the
+ * first refusal of a party opens a window and is reported at once (an
  * `api:refused` event: someone is trying), the ones after it in the window
  * are only counted and reported in one `api:refused` event when the window
- * closes. So a token costs the stream at most two events per window however
- * many requests it sends, and the counts are exact.
+ * closes. So a party costs the stream at most two events per window however
+ * many requests it sends, the whole counter at most two per window for each
+ * of MAX_COUNTED_PARTIES parties plus two for the others, and the counts are
+ * exact.
  */
 export class RefusalCounter {
   private readonly windows = new Map<string, Window>();
@@ -24,46 +49,87 @@ export class RefusalCounter {
   constructor(
     private readonly events: Pick<EventLog, "emit">,
     private readonly windowMs: number,
+    private readonly maxParties = MAX_COUNTED_PARTIES,
   ) {}
 
-  count(identity: Pick<TokenIdentity, "id" | "role">, codes: readonly string[]): void {
-    const open = this.windows.get(identity.id);
-    if (open) {
-      open.count += 1;
-      for (const code of codes) open.codes.add(code);
-      return;
-    }
-    const timer = setTimeout(() => void this.close(identity.id), this.windowMs);
+  count(party: RefusedParty, codes: readonly string[]): void {
+    const own = this.windows.get(partyKey(party));
+    if (own) return add(own, codes);
+    const named = this.windows.size - (this.windows.has(OTHERS_KEY) ? 1 : 0);
+    if (named < this.maxParties) return this.open(party, codes);
+    const others = this.windows.get(OTHERS_KEY);
+    if (others) return add(others, codes);
+    this.open({ kind: "others" }, codes);
+  }
+
+  private open(party: Counted, codes: readonly string[]): void {
+    const key = partyKey(party);
+    const timer = setTimeout(() => void this.close(key), this.windowMs);
     timer.unref();
-    this.windows.set(identity.id, { identity, openedAt: Date.now(), count: 0, codes: new Set(codes), timer });
-    void this.report(identity, { count: 1, codes: [...codes].sort(), first: true });
+    this.windows.set(key, { party, count: 0, codes: new Set(codes), timer });
+    void this.report(party, { count: 1, codes: [...codes].sort(), first: true });
   }
 
   /** Reports every open window now (at stop). */
   async flush(): Promise<void> {
-    await Promise.all([...this.windows.keys()].map((id) => this.close(id)));
+    await Promise.all([...this.windows.keys()].map((key) => this.close(key)));
   }
 
-  private async close(id: string): Promise<void> {
-    const window = this.windows.get(id);
+  private async close(key: string): Promise<void> {
+    const window = this.windows.get(key);
     if (!window) return;
     clearTimeout(window.timer);
-    this.windows.delete(id);
-    if (window.count > 0) await this.report(window.identity, { count: window.count, codes: [...window.codes].sort(), first: false });
+    this.windows.delete(key);
+    if (window.count > 0) await this.report(window.party, { count: window.count, codes: [...window.codes].sort(), first: false });
   }
 
-  private async report(
-    identity: Pick<TokenIdentity, "id" | "role">,
-    refused: { count: number; codes: string[]; first: boolean },
-  ): Promise<void> {
-    const what = refused.first ? "a request refused" : `${refused.count} more requests refused in ${Math.round(this.windowMs / 1000)} s`;
-    await this.events.emit({
-      kind: "api:refused",
-      severity: "warning",
-      node: null,
-      message: `${identity.role} ${identity.id}: ${what} (${refused.codes.join(", ")})`,
-      data: { count: refused.count, codes: refused.codes, first: refused.first, windowMs: this.windowMs },
-      actor: { id: identity.id, role: identity.role },
-    });
+  private async report(party: Counted, refused: { count: number; codes: string[]; first: boolean }): Promise<void> {
+    const seconds = Math.round(this.windowMs / 1000);
+    const what = refused.first ? "a request refused" : `${refused.count} more requests refused in ${seconds} s`;
+    const codes = refused.codes.join(", ");
+    const data = { count: refused.count, codes: refused.codes, first: refused.first, windowMs: this.windowMs };
+    const common = { kind: "api:refused" as const, severity: "warning" as const, node: null };
+    switch (party.kind) {
+      case "token":
+        await this.events.emit({
+          ...common,
+          message: `${party.identity.role} ${party.identity.id}: ${what} (${codes})`,
+          data,
+          actor: { id: party.identity.id, role: party.identity.role },
+        });
+        return;
+      case "address":
+        await this.events.emit({
+          ...common,
+          message: `address ${party.address}, no accepted token: ${what} (${codes})`,
+          data: { ...data, address: party.address },
+        });
+        return;
+      case "others": {
+        const count = refused.first ? "a request" : `${refused.count} more requests`;
+        await this.events.emit({
+          ...common,
+          message: `${count} refused from parties beyond the ${this.maxParties} counted by name in ${seconds} s (${codes})`,
+          data: { ...data, others: true },
+        });
+        return;
+      }
+    }
+  }
+}
+
+function add(window: Window, codes: readonly string[]): void {
+  window.count += 1;
+  for (const code of codes) window.codes.add(code);
+}
+
+function partyKey(party: Counted): string {
+  switch (party.kind) {
+    case "token":
+      return `token:${party.identity.id}`;
+    case "address":
+      return `address:${party.address}`;
+    case "others":
+      return OTHERS_KEY;
   }
 }

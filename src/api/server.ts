@@ -4,7 +4,6 @@ import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHt
 import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/disabled";
 import { expressMiddleware } from "@as-integrations/express5";
 import express from "express";
-import { OperationTypeNode } from "graphql";
 import type { PubSub } from "type-graphql";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import { promiseTry } from "../util/promise-try";
@@ -16,11 +15,20 @@ import type { ApiContext, ApiServices } from "./context";
 import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
-import { MAX_REQUEST_BYTES, queryLimitsPlugin } from "./limits";
+import { MAX_REQUEST_BYTES, PARSE_OPTIONS, queryLimitsPlugin } from "./limits";
 import { GRAPHQL_PATH, isJsonContentType, targetsGraphqlPath } from "./graphql-route";
-import { RateLimiter, rateLimitedClient, rateLimitedError, type RateLimitOptions } from "./rate-limit";
+import {
+  RateLimiter,
+  clientAddress,
+  rateLimitedClient,
+  rateTokensForDocument,
+  type RateLimitedClient,
+  rateLimitedError,
+  type RateLimitOptions,
+} from "./rate-limit";
 import { createSchema } from "./schema";
 import { TopologyResponseCache } from "./topology-response-cache";
+import type { SocketLimits } from "./socket-admission";
 import { serveGraphqlOverWebSocket } from "./websocket";
 
 export interface ApiServerOptions {
@@ -29,8 +37,9 @@ export interface ApiServerOptions {
   readonly maxDepth: number;
   readonly maxComplexity: number;
   readonly rateLimit: RateLimitOptions;
-  /** Refused requests are reported per token once per this window (RefusalCounter). */
+  /** Refused requests are reported per token (or address) once per this window (RefusalCounter). */
   readonly refusalWindowMs: number;
+  readonly socketLimits: SocketLimits;
 }
 
 export interface RunningApi {
@@ -67,15 +76,25 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   // Every request that reaches Apollo takes one token from its client's bucket, once: in `handle` for
   // GRAPHQL_PATH (before the body is read), and again on Apollo's own routes for any request `handle` did not
   // charge, so that no spelling of a target can reach Apollo uncounted.
-  const charged = new WeakSet<http.IncomingMessage>();
+  const clients = new WeakMap<http.IncomingMessage, RateLimitedClient>();
   const chargeRateLimit = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<boolean> => {
-    if (charged.has(req)) return true;
-    charged.add(req);
-    const client = rateLimitedClient(services.tokens, req.headers.authorization, req.socket.remoteAddress);
-    const verdict = await rateLimiter.take(client);
+    if (clients.has(req)) return true;
+    const client = rateLimitedClient(services.tokens, req.headers.authorization, clientAddress(req));
+    clients.set(req, client);
+    return take(client, 1, res);
+  };
+  // What a request's body costs beyond its first token, once its size is known (rateTokensForDocument).
+  const chargeBody = (req: http.IncomingMessage, res: http.ServerResponse, bytes: number): Promise<boolean> => {
+    const client = clients.get(req);
+    return client ? take(client, rateTokensForDocument(bytes) - 1, res) : Promise.resolve(true);
+  };
+  const take = async (client: RateLimitedClient, count: number, res: http.ServerResponse): Promise<boolean> => {
+    const verdict = await rateLimiter.take(client, count);
     if (verdict.phase === "allowed") return true;
-    // Counted like every refusal of a token (RefusalCounter), not recorded one by one.
-    if (client.kind === "token") refusals.count(client.identity, [ErrorCode.RateLimited]);
+    // Counted like every refusal (RefusalCounter), not recorded one by one: against the token, or without one the address.
+    refusals.count(client.kind === "token" ? { kind: "token", identity: client.identity } : { kind: "address", address: client.id }, [
+      ErrorCode.RateLimited,
+    ]);
     const error = rateLimitedError(verdict.retryAfterSeconds);
     res.writeHead(429, { "content-type": "application/json; charset=utf-8", "retry-after": String(verdict.retryAfterSeconds) });
     res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
@@ -89,8 +108,12 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       if (!(await chargeRateLimit(req, res))) return;
       if (req.method === "POST" && isJsonContentType(req.headers["content-type"])) {
         const body = await readJsonBody(req, MAX_REQUEST_BYTES);
+        // A body cut short was not parsed (no work to charge); the connection closes after the answer.
+        if (body.phase !== "invalid" || !body.tooLarge) {
+          if (!(await chargeBody(req, res, body.bytes))) return;
+        }
         if (body.phase === "invalid") {
-          res.writeHead(400, { "content-type": "application/json; charset=utf-8" });
+          res.writeHead(400, { "content-type": "application/json; charset=utf-8", ...(body.tooLarge ? { connection: "close" } : {}) });
           res.end(JSON.stringify({ errors: [{ message: body.reason, extensions: { code: ErrorCode.BadUserInput } }] }));
           return;
         }
@@ -107,6 +130,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     limits,
     rateLimiter,
     refusals,
+    socketLimits: options.socketLimits,
     formatError,
     logger: services.logger,
   });
@@ -118,6 +142,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     stopOnTerminationSignals: false,
     // No automatic persisted queries: a hash sent by GET would run a registered query without a `query` to see.
     persistedQueries: false,
+    parseOptions: PARSE_OPTIONS,
     plugins: [
       ApolloServerPluginDrainHttpServer({ httpServer }),
       // No HTTP caching of this API's answers; without it Apollo does not wrap every field resolver.
@@ -133,11 +158,10 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       },
       queryLimitsPlugin<ApiContext>(schema, limits, {
         // The request took one token on arrival; an operation takes the rest of its cost once it is known.
-        onAdmitted: async ({ cost, operation, contextValue }) => {
+        onAdmitted: async ({ cost, contextValue }) => {
           const verdict = await rateLimiter.takeRestOfCost(contextValue.identity, cost);
           if (verdict.phase === "allowed") return;
-          // A refused mutation is counted by the audit plugin; anything else here.
-          if (operation.operation !== OperationTypeNode.MUTATION) refusals.count(contextValue.identity, [ErrorCode.RateLimited]);
+          // Counted by the audit plugin, as every refusal before execution.
           throw rateLimitedError(verdict.retryAfterSeconds, { overHttp: true });
         },
       }),
@@ -157,8 +181,10 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
         try {
           return { identity: authenticate(services.tokens, req.headers.authorization) };
         } catch (error) {
-          if (isRelevoError(error)) throw codedGraphQLError(error.code, error.message);
-          throw error;
+          if (!isRelevoError(error)) throw error;
+          // No token accepted, so no token to count it against: its address.
+          refusals.count({ kind: "address", address: clientAddress(req) }, [error.code]);
+          throw codedGraphQLError(error.code, error.message);
         }
       }),
   });
@@ -181,7 +207,14 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   };
 }
 
-type BodyRead = { readonly phase: "parsed"; readonly value: unknown } | { readonly phase: "invalid"; readonly reason: string };
+/** A JSON body as read, and how many bytes came (all of them, also past the limit: they were received). */
+type BodyRead = (
+  | { readonly phase: "parsed"; readonly value: unknown }
+  /** `tooLarge`: the rest of the body was left unread, so the connection must close after the answer. */
+  | { readonly phase: "invalid"; readonly reason: string; readonly tooLarge?: boolean }
+) & {
+  readonly bytes: number;
+};
 
 function readJsonBody(req: http.IncomingMessage, limit: number): Promise<BodyRead> {
   return new Promise((resolve) => {
@@ -189,17 +222,20 @@ function readJsonBody(req: http.IncomingMessage, limit: number): Promise<BodyRea
     let size = 0;
     req.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size <= limit) chunks.push(chunk);
+      if (size <= limit) return void chunks.push(chunk);
+      // Not one byte more is read: the answer closes the connection (see tooLarge).
+      req.pause();
+      req.removeAllListeners("data");
+      resolve({ phase: "invalid", reason: `request body larger than ${limit} bytes`, bytes: size, tooLarge: true });
     });
     req.on("end", () => {
-      if (size > limit) return resolve({ phase: "invalid", reason: `request body larger than ${limit} bytes` });
       try {
-        resolve({ phase: "parsed", value: JSON.parse(Buffer.concat(chunks).toString("utf8")) });
+        resolve({ phase: "parsed", value: JSON.parse(Buffer.concat(chunks).toString("utf8")), bytes: size });
       } catch {
-        resolve({ phase: "invalid", reason: "request body is not valid JSON" });
+        resolve({ phase: "invalid", reason: "request body is not valid JSON", bytes: size });
       }
     });
-    req.on("error", () => resolve({ phase: "invalid", reason: "request body could not be read" }));
+    req.on("error", () => resolve({ phase: "invalid", reason: "request body could not be read", bytes: size }));
   });
 }
 

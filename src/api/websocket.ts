@@ -10,7 +10,9 @@ import { connectSocket, SocketSessions } from "./auth/socket-sessions";
 import type { ApiContext } from "./context";
 import { codedGraphQLError } from "./errors";
 import { MAX_REQUEST_BYTES, admitOperation, isMutation, type OperationLimits } from "./limits";
-import { rateLimitedError, type RateLimiter } from "./rate-limit";
+import { GRAPHQL_PATH } from "./graphql-route";
+import { clientAddress, rateLimitedError, rateTokensForDocument, type RateLimiter } from "./rate-limit";
+import { SocketAdmission, type SocketLimits } from "./socket-admission";
 import type { RefusalCounter } from "./refusal-counter";
 
 export interface WebSocketApiOptions {
@@ -18,8 +20,9 @@ export interface WebSocketApiOptions {
   readonly tokens: TokenAccess;
   readonly limits: OperationLimits;
   readonly rateLimiter: RateLimiter;
-  /** Refused operations are counted per token, as over HTTP. */
+  /** Refused operations are counted per token (without an accepted token, per address), as over HTTP. */
   readonly refusals: RefusalCounter;
+  readonly socketLimits: SocketLimits;
   readonly logger: Logger;
   /** The HTTP path's formatError: the same masking on both paths. */
   readonly formatError: (formatted: GraphQLFormattedError, error: unknown) => GraphQLFormattedError;
@@ -45,30 +48,70 @@ const CONNECTION_INIT_WAIT_MS = 3000;
  * is for subscriptions (and queries, as GraphiQL sends them).
  */
 export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebSocketApiOptions): { dispose(): void | Promise<void> } {
-  const { schema, tokens, limits, rateLimiter, refusals, formatError, logger } = options;
-  const wsServer = new WebSocketServer({ server: httpServer, path: "/graphql", maxPayload: MAX_REQUEST_BYTES });
+  const { schema, tokens, limits, rateLimiter, refusals, socketLimits, formatError, logger } = options;
+  const socketAdmission = new SocketAdmission(socketLimits);
+  const wsServer = new WebSocketServer({
+    server: httpServer,
+    path: GRAPHQL_PATH,
+    maxPayload: MAX_REQUEST_BYTES,
+    // Before the handshake: a socket over the bounds is answered with an HTTP status and never becomes a WebSocket.
+    verifyClient: (info: { req: http.IncomingMessage }, done: (admitted: boolean, status?: number, message?: string) => void) => {
+      const address = clientAddress(info.req);
+      const verdict = socketAdmission.admitUpgrade(info.req, address);
+      if (verdict.phase === "admitted") return done(true);
+      refusals.count({ kind: "address", address }, [ErrorCode.TooManyConnections]);
+      done(false, verdict.status, verdict.message);
+    },
+  });
   const sessions = new SocketSessions(tokens);
   const format = (errors: readonly GraphQLError[]): GraphQLFormattedError[] => errors.map((error) => formatError(error.toJSON(), error));
   const server = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(
     {
       schema,
       connectionInitWaitTimeout: CONNECTION_INIT_WAIT_MS,
-      // A missing or forged token closes with 4403; an expired or revoked one with 4401 and its code (see connectSocket).
-      onConnect: (ctx) => connectSocket(sessions, tokens, ctx),
+      // A missing or forged token closes with 4403; an expired or revoked one with 4401 and its code; one
+      // token's socket over its share with 1013 (see connectSocket).
+      onConnect: (ctx) => {
+        const connection = connectSocket(sessions, tokens, ctx, socketLimits.maxSocketsPerToken);
+        if (connection.phase === "admitted") {
+          socketAdmission.authenticated(ctx.extra.request);
+          return true;
+        }
+        const { refusal, identity } = connection;
+        refusals.count(identity ? { kind: "token", identity } : { kind: "address", address: clientAddress(ctx.extra.request) }, [
+          refusal.code,
+        ]);
+        return false;
+      },
       onSubscribe: async (ctx, _id, payload) => {
         // graphql-ws refuses a subscribe message before the connection is acknowledged, so the identity is set.
         const identity = ctx.extra.identity!;
         // The token is checked again for every operation: it may have expired or been revoked since connection_init.
         const refusal = sessions.recheck(ctx.extra.socket);
-        if (refusal) return [codedGraphQLError(refusal.code, refusal.message)];
-        const verdict = await rateLimiter.take({ kind: "token", id: identity.id, identity });
+        if (refusal) {
+          // The socket is closed; the refusal is counted against the address, as one over HTTP would be.
+          refusals.count({ kind: "address", address: clientAddress(ctx.extra.request) }, [refusal.code]);
+          return [codedGraphQLError(refusal.code, refusal.message)];
+        }
         const refused = (errors: readonly GraphQLError[]): readonly GraphQLError[] => {
           refusals.count(
-            identity,
+            { kind: "token", identity },
             errors.map((error) => (typeof error.extensions.code === "string" ? error.extensions.code : ErrorCode.BadUserInput)),
           );
           return errors;
         };
+        // graphql-ws has recorded this operation already: it counts itself.
+        const running = Object.keys(ctx.subscriptions).length;
+        if (running > socketLimits.maxOperationsPerSocket) {
+          return refused([
+            codedGraphQLError(
+              ErrorCode.TooManyConnections,
+              `this WebSocket runs ${socketLimits.maxOperationsPerSocket} operations already: complete one first, or open another socket`,
+            ),
+          ]);
+        }
+        // The document's size is work before its cost is known (parse, validation): charged on arrival.
+        const verdict = await rateLimiter.take({ kind: "token", id: identity.id, identity }, rateTokensForDocument(payload.query.length));
         if (verdict.phase === "limited") return refused([rateLimitedError(verdict.retryAfterSeconds)]);
         const admission = admitOperation(schema, payload, limits);
         if (admission.phase === "refused") return refused(admission.errors);

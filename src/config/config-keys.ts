@@ -182,7 +182,19 @@ export const configKeys = {
     env: "RELEVO_API_REFUSAL_WINDOW_MS",
     default: "60000",
     schema: z.coerce.number().int().min(100).max(3600000),
-    doc: "Refused API requests (a viewer's mutation, a query over the limits) are counted per token: one `api:refused` event at the first, one with the count at the end of this window.",
+    doc: "Refused API requests (a viewer's mutation, a query over the limits, a request without an accepted token) are counted per token, or per address without one: one `api:refused` event at the first, one with the count at the end of this window.",
+  },
+  apiMaxWebSockets: {
+    env: "RELEVO_API_MAX_WEBSOCKETS",
+    default: "1000",
+    schema: z.coerce.number().int().min(1).max(100000),
+    doc: "WebSockets the API keeps open at once, with or without a token; one more is answered HTTP 503 (TOO_MANY_CONNECTIONS) before its handshake. Sockets of one address that have not yet sent an accepted `connection_init` count at most 16 of them (HTTP 429).",
+  },
+  apiMaxWebSocketsPerToken: {
+    env: "RELEVO_API_MAX_WEBSOCKETS_PER_TOKEN",
+    default: "32",
+    schema: z.coerce.number().int().min(1).max(100000),
+    doc: "WebSockets one token may hold open; one more is closed with 1013 (Try Again Later) and TOO_MANY_CONNECTIONS. Each socket runs at most 100 operations at once.",
   },
   eventsMaxLength: {
     env: "RELEVO_EVENTS_MAX_LENGTH",

@@ -17,7 +17,7 @@ export interface EventMap {
   "replication:lag-normal": { lagBytes: number; thresholdBytes: number };
   "cluster:primary-changed": { from: string | null; to: string | null };
   "api:mutation": { operation: string | null; fields: string[]; calls: number };
-  "api:refused": { count: number; codes: string[]; first: boolean; windowMs: number };
+  "api:refused": { count: number; codes: string[]; first: boolean; windowMs: number; address?: string; others?: boolean };
   "archive:failing": { error: string };
   "archive:gap": { timeline: number; from: string; to: string };
   "archive:lagging": { lagBytes: number };

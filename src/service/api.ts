@@ -1,4 +1,5 @@
 import { startApiServer, type RunningApi } from "../api/server";
+import { MAX_OPERATIONS_PER_SOCKET, MAX_PENDING_SOCKETS_PER_ADDRESS } from "../api/socket-admission";
 import type { BackupService } from "../backup/backup-service";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import { TopologyReader } from "../cluster/topology-reader";
@@ -49,6 +50,12 @@ export async function startApi(
       maxComplexity: config.apiMaxComplexity,
       rateLimit: { perSecond: config.apiRateLimitPerSecond, burst: config.apiRateLimitBurst },
       refusalWindowMs: config.apiRefusalWindowMs,
+      socketLimits: {
+        maxSockets: config.apiMaxWebSockets,
+        maxSocketsPerToken: config.apiMaxWebSocketsPerToken,
+        maxPendingPerAddress: MAX_PENDING_SOCKETS_PER_ADDRESS,
+        maxOperationsPerSocket: MAX_OPERATIONS_PER_SOCKET,
+      },
     },
   );
   cleanups.push(() => api.stop());

@@ -6,6 +6,7 @@ import { roleAllows } from "../../secrets/tokens";
 import type { TokenAccess } from "../../secrets/token-access";
 import type { ApiContext } from "../context";
 import { codedGraphQLError } from "../errors";
+import { PARSE_OPTIONS } from "../limits";
 import type { RefusalCounter } from "../refusal-counter";
 import { bearerToken } from "./auth";
 
@@ -55,12 +56,15 @@ export function refuseMutationEarly(
   if (check?.phase !== "accepted" || roleAllows(check.identity.role, "operator")) return false;
   let operation;
   try {
-    operation = getOperationAST(parse(query, { noLocation: true }), typeof operationName === "string" ? operationName : undefined);
+    operation = getOperationAST(
+      parse(query, { ...PARSE_OPTIONS, noLocation: true }),
+      typeof operationName === "string" ? operationName : undefined,
+    );
   } catch {
     return false;
   }
   if (operation?.operation !== OperationTypeNode.MUTATION) return false;
-  refusals.count(check.identity, [ErrorCode.Forbidden]);
+  refusals.count({ kind: "token", identity: check.identity }, [ErrorCode.Forbidden]);
   const message = `mutations need an operator token; yours is a ${check.identity.role} token`;
   const answer = Buffer.from(`${JSON.stringify({ errors: [{ message, extensions: { code: ErrorCode.Forbidden } }] })}\n`);
   res.writeHead(200, { "content-type": "application/json; charset=utf-8", "content-length": answer.length });

@@ -1,7 +1,8 @@
 import type { WebSocket } from "ws";
-import { ErrorCode, isRelevoError, type RelevoError } from "../../errors";
+import { ErrorCode, RelevoError, isRelevoError } from "../../errors";
 import type { TokenAccess } from "../../secrets/token-access";
 import type { TokenIdentity } from "../../secrets/tokens";
+import { TRY_AGAIN_LATER_CLOSE_CODE } from "../socket-admission";
 import { authenticate } from "./auth";
 
 /** graphql-ws's close code for authentication (CloseCode.Unauthorized); the reason names our error code. */
@@ -37,6 +38,13 @@ export class SocketSessions {
 
   get size(): number {
     return this.sessions.size;
+  }
+
+  /** The open sockets of the token `id`. */
+  countOf(id: string): number {
+    let count = 0;
+    for (const session of this.sessions.values()) if (session.identity.id === id) count += 1;
+    return count;
   }
 
   admit(socket: WebSocket, identity: TokenIdentity): void {
@@ -91,25 +99,44 @@ export function refuse(socket: WebSocket, refusal: RelevoError): void {
   socket.close(TOKEN_REFUSED_CLOSE_CODE, refusal.code);
 }
 
+export type SocketConnection =
+  | { readonly phase: "admitted"; readonly identity: TokenIdentity }
+  /** `identity`: the token, when it was accepted and the socket refused for a limit. */
+  | { readonly phase: "refused"; readonly refusal: RelevoError; readonly identity?: TokenIdentity };
+
 /**
  * graphql-ws's onConnect: authenticates connection_init's token and admits
- * the socket. A missing or forged token answers false (graphql-ws closes
- * with 4403 Forbidden); an expired or revoked one closes with 4401 and its code.
+ * the socket. A missing or forged token is refused and graphql-ws closes
+ * the socket with 4403 Forbidden; an expired or revoked one closes with 4401
+ * and its code; a token that already has `maxSocketsPerToken` sockets open
+ * closes with 1013 (Try Again Later) and TOO_MANY_CONNECTIONS.
  */
 export function connectSocket(
   sessions: SocketSessions,
   tokens: TokenAccess,
   ctx: { connectionParams?: Readonly<Record<string, unknown>>; extra: { socket: WebSocket; identity?: TokenIdentity } },
-): boolean {
+  maxSocketsPerToken: number,
+): SocketConnection {
+  let identity: TokenIdentity;
   try {
-    const identity = authenticate(tokens, authorizationFromParams(ctx.connectionParams));
-    ctx.extra.identity = identity;
-    sessions.admit(ctx.extra.socket, identity);
-    return true;
+    identity = authenticate(tokens, authorizationFromParams(ctx.connectionParams));
   } catch (error) {
-    if (isRelevoError(error) && error.code !== ErrorCode.Unauthenticated) refuse(ctx.extra.socket, error);
-    return false;
+    // Fail closed: whatever went wrong, the socket is not admitted.
+    const refusal = isRelevoError(error) ? error : new RelevoError(ErrorCode.Unauthenticated, "the token could not be checked");
+    if (refusal.code !== ErrorCode.Unauthenticated) refuse(ctx.extra.socket, refusal);
+    return { phase: "refused", refusal };
   }
+  if (sessions.countOf(identity.id) >= maxSocketsPerToken) {
+    const refusal = new RelevoError(
+      ErrorCode.TooManyConnections,
+      `this token has ${maxSocketsPerToken} WebSockets open already (RELEVO_API_MAX_WEBSOCKETS_PER_TOKEN)`,
+    );
+    ctx.extra.socket.close(TRY_AGAIN_LATER_CLOSE_CODE, refusal.code);
+    return { phase: "refused", refusal, identity };
+  }
+  ctx.extra.identity = identity;
+  sessions.admit(ctx.extra.socket, identity);
+  return { phase: "admitted", identity };
 }
 
 function authorizationFromParams(params: Readonly<Record<string, unknown>> | undefined): string | undefined {
