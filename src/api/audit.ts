@@ -8,11 +8,11 @@ import type { ApiContext } from "./context";
 import type { RefusalCounter } from "./refusal-counter";
 
 /**
- * Refusals that happen before anything runs: the token, its role, the
- * limits. A mutation refused for one of these is counted (RefusalCounter),
- * not recorded one event per request: a viewer sending thousands of them
- * must not fill the stream and the `events` table. (RATE_LIMITED is the
- * admission limits' refusal.)
+ * The admission rules' refusals, before anything runs: the token, its role,
+ * the limits, the rate. A query or subscription stopped by one of these is
+ * counted (RefusalCounter); one stopped by GraphQL's own parsing or
+ * validation is a client's mistake, not counted. (A mutation that did not
+ * run is counted whatever stopped it: see mutationAudit.)
  */
 const REFUSAL_CODES = new Set<string>([
   ErrorCode.Forbidden,
@@ -33,9 +33,10 @@ export type MutationAudit =
   | { readonly phase: "recorded"; readonly draft: EventDraft<"api:mutation"> };
 
 /**
- * What a finished mutation leaves in the audit trail: refused before it ran
- * (nothing executed, and every error a refusal) → counted; else one
- * `api:mutation` event of bounded
+ * What a finished mutation leaves in the audit trail: stopped before it ran
+ * (nothing executed: a refusal, a GET answered 405, anything) → counted, for
+ * nothing happened but the request, and a request per event would let any
+ * token fill the stream (review 13); else one `api:mutation` event of bounded
  * size, whatever the request's size: its distinct root fields (aliases
  * counted, not listed), the distinct error codes, the operation name cut
  * short. Pure.
@@ -46,9 +47,9 @@ export function mutationAudit(
   outcome: { readonly errorCodes: readonly string[]; readonly executed: boolean },
 ): MutationAudit {
   const codes = [...new Set(outcome.errorCodes)].sort();
-  // Judged by whether anything ran, not by the codes alone: an alias that ran next to one refused with a refusal's code
-  // must still leave its api:mutation event.
-  if (!outcome.executed && codes.length > 0 && codes.every((code) => REFUSAL_CODES.has(code))) return { phase: "refused", codes };
+  // Judged by whether anything ran, not by the codes: an alias that ran next to one refused with a refusal's code
+  // must still leave its api:mutation event, and one that did not run leaves none, whatever stopped it.
+  if (!outcome.executed) return { phase: "refused", codes: codes.length > 0 ? codes : [ErrorCode.Internal] };
   const called = operation.selectionSet.selections.flatMap((s) => (s.kind === Kind.FIELD ? [s.name.value] : []));
   const fields = [...new Set(called)].sort().slice(0, MAX_FIELDS);
   const operationName = operation.name?.value.slice(0, MAX_OPERATION_NAME) ?? null;

@@ -8,7 +8,6 @@ import type { TopologyReader } from "../cluster/topology-reader";
 import type { EventLog } from "../events/event-log";
 import type { RedisKeys } from "../redis/keys";
 import type { Logger } from "../log";
-import type { RelevoError } from "../errors";
 import type { TokenAccess } from "../secrets/token-access";
 import type { TokenIdentity } from "../secrets/tokens";
 
@@ -30,6 +29,4 @@ export interface ApiServices {
 /** Per request (or per WebSocket connection). */
 export interface ApiContext {
   readonly identity: TokenIdentity;
-  /** Set when the token was refused after the connection was made (expired, revoked): every field throws it. */
-  readonly refusal?: RelevoError;
 }

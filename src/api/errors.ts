@@ -8,6 +8,9 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.Unauthenticated]: 401,
   [ErrorCode.TokenExpired]: 401,
   [ErrorCode.TokenRevoked]: 401,
+  // The client's request is at fault, not the server: never a 500 (review 13).
+  [ErrorCode.QueryTooDeep]: 400,
+  [ErrorCode.QueryTooComplex]: 400,
 };
 
 /** A GraphQL error that carries one of our codes. */

@@ -23,6 +23,21 @@ export function targetsGraphqlPath(target: string | undefined): boolean {
 }
 
 /**
+ * A request target in origin form (`/path?query`). HTTP/1.1 lets a client
+ * send the absolute form (`http://host/graphql`), which Express routes by
+ * its path: everything decided before Express (targetsGraphqlPath) must see
+ * that same path, so the server rewrites the target first (review 13).
+ * Anything else is returned as it is. Pure.
+ */
+export function originForm(target: string | undefined): string {
+  const text = target ?? "";
+  const absolute = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(text);
+  if (!absolute) return text;
+  const rest = text.slice(absolute[0].length);
+  return rest.startsWith("/") ? rest : `/${rest}`;
+}
+
+/**
  * Whether a Content-Type is JSON as body-parser reads it (its media type
  * `application/json`, in any case, parameters ignored): a body the JSON
  * parser would read must not skip what is decided on the parsed body.

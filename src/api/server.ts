@@ -16,7 +16,7 @@ import { codedGraphQLError, createFormatError } from "./errors";
 import { graphiqlLandingPagePlugin } from "./graphiql";
 import { healthRoutes } from "./health-routes";
 import { MAX_REQUEST_BYTES, PARSE_OPTIONS, queryLimitsPlugin } from "./limits";
-import { GRAPHQL_PATH, isJsonContentType, targetsGraphqlPath } from "./graphql-route";
+import { GRAPHQL_PATH, isJsonContentType, originForm, targetsGraphqlPath } from "./graphql-route";
 import {
   RateLimiter,
   clientAddress,
@@ -104,6 +104,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   // skips Express entirely; body-parser sees `_body` and does not read again.
   // The rate limit comes first, before the body is even read.
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    req.url = originForm(req.url);
     if (targetsGraphqlPath(req.url)) {
       if (!(await chargeRateLimit(req, res))) return;
       if (req.method === "POST" && isJsonContentType(req.headers["content-type"])) {

@@ -25,6 +25,11 @@ export interface EventPage {
 }
 
 const MAX_BUFFERED = 10000;
+
+/** An event of the API's (`api:refused`, `api:mutation`): the first dropped from a full buffer. */
+function isApiEvent(kind: string): boolean {
+  return kind.startsWith("api:");
+}
 /**
  * The stream keeps `maxLength` events once they are consolidated (the
  * consolidator trims it, see Consolidator.trim), and up to this many times
@@ -161,11 +166,13 @@ export class EventLog {
   }
 
   private enqueue(pending: { draft: EventDraft; id: string; occurredAt: string }): void {
-    if (this.buffered.length >= MAX_BUFFERED) {
-      const dropped = this.buffered.shift();
-      this.logger.error({ kind: dropped?.draft.kind }, "event buffer full while Redis is unavailable: oldest event dropped");
-    }
     this.buffered.push(pending);
+    if (this.buffered.length <= MAX_BUFFERED) return;
+    // The API's events go first: any client can cause them (refusals counted per address), and they must not
+    // push out what the cluster did during the outage (a node:down, a failover's steps).
+    const apiEvent = this.buffered.findIndex((buffered) => isApiEvent(buffered.draft.kind));
+    const [dropped] = this.buffered.splice(apiEvent >= 0 ? apiEvent : 0, 1);
+    this.logger.error({ kind: dropped?.draft.kind }, "event buffer full while Redis is unavailable: an event dropped");
   }
 
   private async flush(): Promise<void> {
@@ -173,8 +180,11 @@ export class EventLog {
     this.flushing = true;
     try {
       while (this.buffered.length > 0) {
-        await this.append(this.buffered[0]!);
-        this.buffered.shift();
+        const next = this.buffered[0]!;
+        await this.append(next);
+        // By identity, not position: a full buffer may have dropped events meanwhile (enqueue).
+        const index = this.buffered.indexOf(next);
+        if (index >= 0) this.buffered.splice(index, 1);
       }
     } catch {
       // Redis went away again; the next "ready" resumes

@@ -1,5 +1,6 @@
 import type { Client } from "graphql-ws";
 import { createHash } from "node:crypto";
+import http from "node:http";
 import net from "node:net";
 import WebSocket from "ws";
 import { graphqlRequest, subscriptionClient, type GraphQLResponse } from "../helpers/graphql-client";
@@ -27,6 +28,85 @@ function overWebSocket(client: Client, query: string): Promise<Omit<GraphQLRespo
   });
 }
 
+/**
+ * An HTTP request to the API from a loopback address of the test's choosing
+ * (all of 127.0.0.0/8 is loopback): refusals counted per address can then
+ * be told from the other tests'.
+ */
+function requestFrom(
+  localAddress: string,
+  url: string,
+  options: { method: "GET" | "POST"; path?: string; token?: string; body?: string; headers?: Record<string, string> },
+): Promise<{ status: number; body: string }> {
+  const target = new URL(url);
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      {
+        host: target.hostname,
+        port: target.port,
+        path: options.path ?? target.pathname,
+        method: options.method,
+        localAddress,
+        headers: {
+          ...(options.body ? { "content-type": "application/json" } : {}),
+          ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+          ...options.headers,
+        },
+      },
+      (response) => {
+        let body = "";
+        response.on("data", (chunk: Buffer) => (body += chunk.toString()));
+        response.on("end", () => resolve({ status: response.statusCode ?? 0, body }));
+      },
+    );
+    request.on("error", reject);
+    request.end(options.body);
+  });
+}
+
+/**
+ * A raw graphql-transport-ws socket from `localAddress`: how its upgrade was
+ * answered (`open`, or the HTTP status), and for an open one, after
+ * connection_init with `token` (when given), `ack` or how it was closed.
+ */
+async function socketFrom(
+  localAddress: string,
+  url: string,
+  token?: string,
+): Promise<{ socket: WebSocket; upgrade: "open" | number; init?: string }> {
+  const socket = new WebSocket(url.replace(/^http/, "ws"), "graphql-transport-ws", { localAddress });
+  const upgrade = await new Promise<"open" | number>((resolve, reject) => {
+    socket.once("open", () => resolve("open"));
+    socket.once("unexpected-response", (_request, response) => {
+      resolve(response.statusCode ?? 0);
+      response.resume();
+    });
+    socket.once("error", reject);
+  });
+  if (upgrade !== "open" || token === undefined) return { socket, upgrade };
+  const init = await new Promise<string>((resolve) => {
+    socket.once("message", (data: Buffer) => resolve(String((JSON.parse(data.toString()) as { type: string }).type)));
+    socket.once("close", (code, reason) => resolve(`closed ${code} ${reason.toString()}`));
+    socket.send(JSON.stringify({ type: "connection_init", payload: { authorization: `Bearer ${token}` } }));
+  });
+  return { socket, upgrade, init: init === "connection_ack" ? "ack" : init };
+}
+
+/** Closes sockets and waits until the server has seen each close. */
+async function closeAll(sockets: readonly WebSocket[]): Promise<void> {
+  await Promise.all(
+    sockets.map(
+      (socket) =>
+        new Promise<void>((resolve) => {
+          if (socket.readyState === WebSocket.CLOSED) return resolve();
+          socket.once("close", () => resolve());
+          socket.terminate();
+        }),
+    ),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 100)); // the server's side of each TCP close
+}
+
 const codesAndMessages = (response: Omit<GraphQLResponse, "status">) =>
   (response.errors ?? []).map((error) => ({ code: error.extensions?.code, message: error.message }));
 
@@ -40,6 +120,144 @@ describe("API auth, errors and limits", () => {
     apiRateLimitPerSecond: 0.2,
     apiRateLimitBurst: 40,
     apiRefusalWindowMs: 1000,
+    apiMaxWebSockets: 40,
+    apiMaxWebSocketsPerToken: 3,
+  });
+
+  /** The api:refused events since `since` (ms) counted against `address`. */
+  const refusedFrom = async (address: string, since: number) =>
+    ((await cluster.service.redis.xrange(cluster.service.keys.events, `${since}-0`, "+")) as Array<[string, string[]]>)
+      .map(([streamId, fields]) => decode(streamId, fields)!)
+      .filter((event) => event.kind === "api:refused" && (event.data as { address?: string }).address === address);
+  const countOf = (events: Awaited<ReturnType<typeof refusedFrom>>) =>
+    events.reduce((sum, event) => sum + (event.data as { count: number }).count, 0);
+
+  test("requests without an accepted token are counted per address: at most 2 events a window, exactly", async () => {
+    const address = "127.0.0.2";
+    const home = cluster.config.home;
+    const key = cluster.service.secrets.tokenKey;
+    const revoked = await issueToken(home, key, { role: "viewer", ttlMs: 3_600_000, label: "test" });
+    await revokeToken(home, revoked.identity.id);
+    // The service looks at the registry every second (from the default address: not counted against this test's).
+    await eventually(async () =>
+      (await graphqlRequest(cluster.url, "{ cluster { name } }", { token: revoked.token })).status === 401 ? true : undefined,
+    );
+    const expired = mintToken(key, "viewer", { ttlMs: 1000, now: Date.now() - 60_000 }).token;
+    const body = JSON.stringify({ query: "{ cluster { name } }" });
+    const started = Date.now();
+    const statuses: number[] = [];
+    for (const token of [undefined, "rlv.viewer.0123456789ab.9999999999.forged", expired, revoked.token]) {
+      for (let i = 0; i < 5; i += 1) statuses.push((await requestFrom(address, cluster.url, { method: "POST", token, body })).status);
+    }
+    expect(statuses).toEqual(Array<number>(20).fill(401));
+    const windows = Math.ceil((Date.now() - started) / 1000) + 1;
+    const reported = await eventually(async () => {
+      const found = await refusedFrom(address, started);
+      return countOf(found) === 20 ? found : undefined;
+    });
+    expect(reported.length).toBeLessThanOrEqual(2 * windows);
+    expect(reported.every((event) => event.actor === null && event.node === null)).toBe(true);
+    expect([...new Set(reported.flatMap((event) => (event.data as { codes: string[] }).codes))].sort()).toEqual([
+      "TOKEN_EXPIRED",
+      "TOKEN_REVOKED",
+      "UNAUTHENTICATED",
+    ]);
+  });
+
+  test("WebSockets are bounded before their token: 16 of an address wait for connection_init, the 17th is a 429", async () => {
+    const address = "127.0.0.3";
+    const started = Date.now();
+    const opened = [];
+    for (let i = 0; i < 16; i += 1) opened.push(await socketFrom(address, cluster.url));
+    try {
+      expect(opened.map(({ upgrade }) => upgrade)).toEqual(Array<string>(16).fill("open"));
+      const refused = await socketFrom(address, cluster.url);
+      expect(refused.upgrade).toBe(429);
+      // Another address is not this one's share.
+      const other = await socketFrom("127.0.0.4", cluster.url);
+      expect(other.upgrade).toBe("open");
+      opened.push(other);
+    } finally {
+      await closeAll(opened.map(({ socket }) => socket));
+    }
+    // Closed sockets give their share back.
+    const again = await socketFrom(address, cluster.url, cluster.token("viewer"));
+    expect(again.init).toBe("ack");
+    await closeAll([again.socket]);
+    const counted = await eventually(async () => {
+      const found = await refusedFrom(address, started);
+      return countOf(found) === 1 ? found : undefined;
+    });
+    expect((counted[0]!.data as { codes: string[] }).codes).toEqual(["TOO_MANY_CONNECTIONS"]);
+  });
+
+  test("one token holds at most RELEVO_API_MAX_WEBSOCKETS_PER_TOKEN sockets: one more is closed 1013", async () => {
+    const token = cluster.token("viewer");
+    const sockets = [];
+    try {
+      for (let i = 0; i < 3; i += 1) sockets.push(await socketFrom("127.0.0.5", cluster.url, token));
+      expect(sockets.map(({ init }) => init)).toEqual(["ack", "ack", "ack"]);
+      const fourth = await socketFrom("127.0.0.5", cluster.url, token);
+      sockets.push(fourth);
+      expect(fourth.init).toBe("closed 1013 TOO_MANY_CONNECTIONS");
+      // Another token is not this one's share; and a closed socket gives its place back.
+      const other = await socketFrom("127.0.0.5", cluster.url, cluster.token("viewer"));
+      sockets.push(other);
+      expect(other.init).toBe("ack");
+      await closeAll([sockets[0]!.socket]);
+      const replaced = await socketFrom("127.0.0.5", cluster.url, token);
+      sockets.push(replaced);
+      expect(replaced.init).toBe("ack");
+    } finally {
+      await closeAll(sockets.map(({ socket }) => socket));
+    }
+  });
+
+  test("at most RELEVO_API_MAX_WEBSOCKETS sockets are open at once: one more is a 503 before its handshake", async () => {
+    const sockets = [];
+    let refusedAt: number | undefined;
+    try {
+      // One address each, so that no address's share refuses first (graphql-ws closes them after 3 s: be quicker).
+      for (let i = 1; i <= 41 && refusedAt === undefined; i += 1) {
+        const opened = await socketFrom(`127.0.1.${i}`, cluster.url);
+        if (opened.upgrade === "open") sockets.push(opened);
+        else refusedAt = opened.upgrade === 503 ? i : -opened.upgrade;
+      }
+      // The other tests' sockets are closed: this one opened the 40 itself.
+      expect([refusedAt, sockets.length]).toEqual([41, 40]);
+    } finally {
+      await closeAll(sockets.map(({ socket }) => socket));
+    }
+    const after = await socketFrom("127.0.1.41", cluster.url, cluster.token("viewer"));
+    expect(after.init).toBe("ack");
+    await closeAll([after.socket]);
+  });
+
+  test("a viewer's mutations sent by GET are refused without running and counted, never recorded one by one", async () => {
+    const viewer = cluster.token("viewer");
+    const id = viewer.split(".")[2]!;
+    const started = Date.now();
+    const query = encodeURIComponent(`mutation { ${Array.from({ length: 50 }, (_, i) => `a${i}: refreshTopology { name }`).join(" ")} }`);
+    const statuses = [];
+    for (let i = 0; i < 20; i += 1) {
+      const answer = await requestFrom("127.0.0.6", cluster.url, {
+        method: "GET",
+        path: `/graphql?query=${query}`,
+        token: viewer,
+        headers: { "apollo-require-preflight": "true" },
+      });
+      statuses.push(answer.status);
+    }
+    expect(new Set(statuses)).toEqual(new Set([405]));
+    const ofToken = async () =>
+      ((await cluster.service.redis.xrange(cluster.service.keys.events, `${started}-0`, "+")) as Array<[string, string[]]>)
+        .map(([streamId, fields]) => decode(streamId, fields)!)
+        .filter((event) => event.actor?.id === id);
+    const reported = await eventually(async () => {
+      const found = await ofToken();
+      return countOf(found) === 20 ? found : undefined;
+    });
+    expect(reported.every((event) => event.kind === "api:refused")).toBe(true);
   });
 
   test("no token: UNAUTHENTICATED with HTTP 401, for queries and introspection alike", async () => {

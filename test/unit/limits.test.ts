@@ -19,7 +19,11 @@ import {
   operationDepth,
   queryLimitsPlugin,
 } from "../../src/api/limits";
-import { isJsonContentType, targetsGraphqlPath } from "../../src/api/graphql-route";
+import express from "express";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import net from "node:net";
+import { GRAPHQL_PATH, isJsonContentType, originForm, targetsGraphqlPath } from "../../src/api/graphql-route";
 import { buildRelevoSchema } from "../../src/api/schema";
 import { configKeys } from "../../src/config/config-keys";
 
@@ -122,6 +126,22 @@ describe("admission: one set of rules for HTTP and the WebSocket", () => {
     }
   });
 
+  test("fragments that each spread the next one twice, 40 deep, are refused on both paths, in work linear in the document", async () => {
+    // Review 13 H2: 22 levels (1.2 KB) froze the event loop 7 s; each level doubled it, so without the fragment
+    // depths remembered this test would not end (2^40 visits), where it takes milliseconds now.
+    let query = "query { ...F0 }\n";
+    for (let i = 0; i < 40; i += 1) query += `fragment F${i} on Query { ...F${i + 1} ... on Query { ...F${i + 1} } }\n`;
+    query += "fragment F40 on Query { cluster { name } }\n";
+    expect(refusal(query)).toEqual(["QUERY_TOO_COMPLEX"]);
+    const document = parse(query);
+    const listener = await queryLimitsPlugin(schema, limits).requestDidStart!({} as never);
+    await expect(
+      listener!.didResolveOperation!({ document, operation: getOperationAST(document)!, request: { query, variables: {} } } as never),
+    ).rejects.toMatchObject({ extensions: { code: "QUERY_TOO_COMPLEX" } });
+    // The depth is still the deepest path: the fragments' own nesting.
+    expect(depth(query)).toBe(2);
+  });
+
   test("a document of more than MAX_DOCUMENT_TOKENS tokens is refused by the parser, which stops there", () => {
     // `{ a0: __typename … __typename }`: three tokens an alias, one for each brace and the last field. (Distinct
     // aliases: graphql's own overlapping-fields budget aborts validation of many fields of one name.)
@@ -183,6 +203,43 @@ describe("the one GraphQL path, matched exactly", () => {
       expect(() => targetsGraphqlPath(target)).not.toThrow();
     }
     expect(targetsGraphqlPath("/graphql?%%%&query=x")).toBe(true);
+  });
+
+  test("a target in absolute form is read by its path, as Express routes it", async () => {
+    // Review 13 L8: `POST http://host/graphql` reached Apollo through Express but skipped what is decided before it.
+    // The server's own router, as the API sets it up, on a loopback port: which targets reach GRAPHQL_PATH.
+    const app = express();
+    app.set("case sensitive routing", true);
+    app.set("strict routing", true);
+    app.get(GRAPHQL_PATH, (_req, res) => void res.status(200).end());
+    app.use((_req, res) => void res.status(404).end());
+    const server = http.createServer(app);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address() as AddressInfo;
+    const routedByExpress = (target: string): Promise<boolean> =>
+      new Promise((resolve, reject) => {
+        const socket = net.connect(port, "127.0.0.1", () => socket.end(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+        let answer = "";
+        socket.on("data", (chunk: Buffer) => (answer += chunk.toString()));
+        socket.on("end", () => resolve(answer.startsWith("HTTP/1.1 200")));
+        socket.on("error", reject);
+      });
+    try {
+      for (const target of [
+        "http://127.0.0.1:4000/graphql",
+        "HTTP://host/graphql?query=x",
+        "https://host/graphql/",
+        "http://host",
+        "http://host?x=/graphql",
+        "/graphql",
+        "//graphql",
+      ]) {
+        expect([target, targetsGraphqlPath(originForm(target))]).toEqual([target, await routedByExpress(target)]);
+      }
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    expect(originForm("http://127.0.0.1:4000/graphql?query=x")).toBe("/graphql?query=x");
   });
 
   test("a JSON body is recognised as body-parser recognises it: any case, parameters ignored", () => {

@@ -30,11 +30,10 @@ export function bearerToken(authorization: string | undefined | null): string | 
 
 /**
  * `@Authorized("operator")`: the token's role must be at least the one named.
- * Every root field is `@Authorized`, so a context whose token was refused
- * after it was made (an open WebSocket's, see SocketSessions) resolves nothing.
+ * (A WebSocket whose token is refused after it was opened is closed, and its
+ * operations with it: see SocketSessions.)
  */
 export const authChecker: AuthChecker<ApiContext, Role> = ({ context }, roles) => {
-  if (context.refusal) throw context.refusal;
   const required: Role = roles.includes("operator") ? "operator" : "viewer";
   if (!roleAllows(context.identity.role, required)) {
     throw new RelevoError(ErrorCode.Forbidden, `this needs an ${required} token; yours is a ${context.identity.role} token`);
