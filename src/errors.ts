@@ -50,6 +50,8 @@ export enum ErrorCode {
   AuthMethodRefused = "AUTH_METHOD_REFUSED",
   /** What answers on the embedded Redis's port is not Relevo's own Redis: no password was sent (docs/security.md). */
   RedisNotOurs = "REDIS_NOT_OURS",
+  /** What answers on the API's port is not Relevo's own service: the CLI sent it no token (docs/security.md). */
+  ApiNotOurs = "API_NOT_OURS",
   Internal = "INTERNAL",
 }
 
@@ -95,6 +97,7 @@ export function exitCodeFor(error: unknown): number {
       return 69; // EX_UNAVAILABLE
     case ErrorCode.PortInUse:
     case ErrorCode.RedisNotOurs:
+    case ErrorCode.ApiNotOurs:
     case ErrorCode.DataDirIncompatible:
     case ErrorCode.DataDirNotOurs:
     case ErrorCode.ContainerConflict:

@@ -1,8 +1,9 @@
 import http from "node:http";
 import type { RelevoConfig } from "../config/config";
-import { ErrorCode, RelevoError } from "../errors";
+import { ErrorCode, isRelevoError, RelevoError } from "../errors";
 import { readSecrets } from "../secrets/secrets-store";
 import { CLI_TOKEN_TTL_MS, mintToken } from "../secrets/tokens";
+import { apiTrustedUids, OwnApiAgent } from "./api-peer";
 
 /**
  * The CLI's commands that act on the running service go through its GraphQL
@@ -10,22 +11,28 @@ import { CLI_TOKEN_TTL_MS, mintToken } from "../secrets/tokens";
  * obey the same rules (one backup at a time, audit events) as any client.
  * The token lives 15 minutes, is never shown nor recorded (one per command
  * would fill the registry), and is checked when each request starts: a
- * mutation that runs longer (a re-seed) is not cut short.
+ * mutation that runs longer (a re-seed) is not cut short. The token is
+ * written only on a connection proven to be served by Relevo's own service
+ * (api-peer.ts): a stranger on the API's port gets nothing (API_NOT_OURS).
  */
 export async function callApi<T>(config: RelevoConfig, query: string, variables: Record<string, unknown> = {}): Promise<T> {
   const secrets = await readSecrets(config.home);
+  const agent = new OwnApiAgent({ trustedUids: await apiTrustedUids(config.home) });
   const url = `http://${config.host}:${config.apiPort}/graphql`;
   let text: string;
   try {
     text = await post(
       url,
-      { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator", { ttlMs: CLI_TOKEN_TTL_MS }).token}` },
+      { agent, headers: { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator", { ttlMs: CLI_TOKEN_TTL_MS }).token}` } },
       JSON.stringify({ query, variables }),
     );
   } catch (error) {
+    if (isRelevoError(error)) throw error; // API_NOT_OURS: said as it is
     throw new RelevoError(ErrorCode.ServiceUnavailable, `Relevo's API does not answer at ${url}: is \`relevo up\` running?`, {
       cause: error,
     });
+  } finally {
+    agent.destroy();
   }
   const body = JSON.parse(text) as { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> };
   const first = body.errors?.[0];
@@ -44,11 +51,15 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
  * rejoinNode (a re-seed) or verifyBackup with a restore test answer only when
  * they are done. node:http waits as long as the connection lives.
  */
-function post(url: string, headers: Record<string, string>, body: string): Promise<string> {
+function post(url: string, options: { agent: http.Agent; headers: Record<string, string> }, body: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const request = http.request(
       url,
-      { method: "POST", headers: { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      {
+        method: "POST",
+        agent: options.agent,
+        headers: { ...options.headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+      },
       (response) => {
         const chunks: Buffer[] = [];
         response.on("data", (chunk: Buffer) => chunks.push(chunk));

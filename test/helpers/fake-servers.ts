@@ -115,11 +115,23 @@ function authRequest(code: number, salt?: Buffer): Buffer {
 }
 
 /**
- * A "Redis" run by another OS user (`uid`, e.g. nobody's; becoming
- * another user takes root): answers +PONG to a PING and +OK to anything
- * else, AUTH included, and reports every byte it gets.
+ * What a stranger run by another OS user answers: as a "Redis" (+PONG to a
+ * PING, +OK to anything else, AUTH included), or as an "API" (an HTTP 200
+ * with `{"data":{}}` to whatever comes first, then the connection closed).
  */
-export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
+export type StrangerAnswer = "redis" | "http";
+
+const ANSWERS: Record<StrangerAnswer, string> = {
+  redis: `socket.write(chunk.toString().toUpperCase().includes("PING") ? "+PONG\\r\\n" : "+OK\\r\\n");`,
+  http: `if (!answered) socket.end("HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 11\\r\\nconnection: close\\r\\n\\r\\n{\\"data\\":{}}");
+        answered = true;`,
+};
+
+/**
+ * A server run by another OS user (`uid`, e.g. nobody's; becoming another
+ * user takes root), answering as `answer` says, reporting every byte it gets.
+ */
+export async function fakeServerOfAnotherUser(uid: number, answer: StrangerAnswer): Promise<FakeServer> {
   // Started as root and dropped to \`uid\` before the socket exists (the socket's owner is who made it): the node
   // binary may live where \`uid\` cannot execute it (the pinned Node under /root/.cache, as in CI).
   const script = `
@@ -127,10 +139,11 @@ export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
     process.setuid(${uid});
     const net = require("node:net");
     const server = net.createServer((socket) => {
+      let answered = false;
       socket.on("error", () => undefined);
       socket.on("data", (chunk) => {
         process.stdout.write(JSON.stringify({ data: chunk.toString("base64") }) + "\\n");
-        socket.write(chunk.toString().toUpperCase().includes("PING") ? "+PONG\\r\\n" : "+OK\\r\\n");
+        ${ANSWERS[answer]}
       });
     });
     server.listen(0, "127.0.0.1", () => process.stdout.write(JSON.stringify({ port: server.address().port }) + "\\n"));
@@ -139,7 +152,7 @@ export async function fakeRedisOfAnotherUser(uid: number): Promise<FakeServer> {
   const received: Buffer[] = [];
   const port = await new Promise<number>((resolve, reject) => {
     child.once("error", reject);
-    child.once("exit", (code) => reject(new Error(`the fake Redis exited with ${code}`)));
+    child.once("exit", (code) => reject(new Error(`the fake ${answer} server exited with ${code}`)));
     createInterface({ input: child.stdout }).on("line", (line) => {
       const message = JSON.parse(line) as { port?: number; data?: string };
       if (message.port) resolve(message.port);

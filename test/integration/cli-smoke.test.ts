@@ -3,8 +3,10 @@ import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child
 import path from "node:path";
 import { promisify } from "node:util";
 import type { ClusterSnapshot } from "../../src/cluster/topology";
+import { loadOrCreateSecrets } from "../../src/secrets/secrets-store";
 import { isPortFree } from "../../src/util/ports";
 import { projectRoot } from "../../src/util/project-root";
+import { fakeServerOfAnotherUser } from "../helpers/fake-servers";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
@@ -143,5 +145,37 @@ describe("README smoke test: relevo up, the CLI, SIGTERM", () => {
     expect((await relevo("maintenance", "off")).stdout).toContain("maintenance off");
     expect(await terminate(child)).toBe(0);
     expect(await processesMentioning(env.RELEVO_HOME!)).toEqual([]);
+  });
+});
+
+/**
+ * Review 13, M4: while `relevo up` is stopped, any local user may listen on
+ * the API's port. The CLI's commands mint an operator token for each call;
+ * it must reach only Relevo's own service (the test above runs them against
+ * it), never a stranger.
+ */
+describe("the CLI sends its operator token to no stranger on the API's port", () => {
+  const asRoot = process.getuid?.() === 0 ? test : test.skip;
+
+  asRoot("backup create against a server run as nobody: exit 73 with API_NOT_OURS, and no authorization header reached it", async () => {
+    const stranger = await fakeServerOfAnotherUser(65534, "http");
+    try {
+      const home = await tempHome("stranger-api");
+      await loadOrCreateSecrets(home);
+      const env = { ...process.env, RELEVO_HOME: home, RELEVO_API_PORT: String(stranger.port), RELEVO_LOG_LEVEL: "warn" };
+      const outcome = await execFileAsync("node", [BIN, "backup", "create"], { env, timeout: 60000 }).then(
+        () => ({ code: 0, stderr: "" }),
+        (error: { code: number; stderr: string }) => error,
+      );
+      const received = (await stranger.received()).toString("latin1");
+      expect(received).not.toMatch(/authorization/i);
+      expect(received).toBe("");
+      expect(outcome).toMatchObject({
+        code: 73,
+        stderr: expect.stringMatching(/relevo: error \[API_NOT_OURS\]: .*run by uid 65534.*No token was sent/),
+      });
+    } finally {
+      await stranger.close();
+    }
   });
 });

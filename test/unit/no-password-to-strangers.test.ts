@@ -1,11 +1,13 @@
 import { expect } from "@jest/globals";
-import { mkdtemp } from "node:fs/promises";
+import { chown, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { BackupSession } from "../../src/backup/backup-session";
 import { observeClusterOnce } from "../../src/cluster/topology-observe";
 import { primaryAdapter } from "../../src/db/primary-database";
-import { ErrorCode, type RelevoError } from "../../src/errors";
+import { callApi } from "../../src/cli/api-client";
+import { loadConfig } from "../../src/config/config";
+import { ErrorCode, exitCodeFor, type RelevoError } from "../../src/errors";
 import { PrimaryChecker } from "../../src/failover/primary-check";
 import { createLogger } from "../../src/log";
 import type { NodeRef } from "../../src/nodes/node-driver";
@@ -13,9 +15,10 @@ import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { withNodeClient } from "../../src/postgres/connection";
 import { readNodeFacts } from "../../src/postgres/node-facts";
 import { createRedisClient } from "../../src/redis/redis-client";
-import { canonicalAddress, parseTcpTable, serverEndOwner } from "../../src/redis/redis-peer";
 import { ensureRedisServer } from "../../src/redis/redis-server";
-import { fakePostgres, fakeRedisOfAnotherUser, type FakeServer, type PasswordRequest } from "../helpers/fake-servers";
+import { loadOrCreateSecrets, secretsFile } from "../../src/secrets/secrets-store";
+import { canonicalAddress, parseTcpTable, serverEndOwner } from "../../src/util/local-peer";
+import { fakePostgres, fakeServerOfAnotherUser, type FakeServer, type PasswordRequest } from "../helpers/fake-servers";
 
 /**
  * Issue 14, defect 2: whoever listens on a member's port (a stopped member's
@@ -156,7 +159,7 @@ describe("Redis: a stranger answering PONG on the embedded Redis's port gets no 
   let fake: FakeServer;
   let before = 0;
   beforeAll(async () => {
-    if (process.getuid?.() === 0) fake = await fakeRedisOfAnotherUser(NOBODY);
+    if (process.getuid?.() === 0) fake = await fakeServerOfAnotherUser(NOBODY, "redis");
   });
   afterAll(() => fake?.close());
   beforeEach(async () => {
@@ -207,7 +210,55 @@ describe("Redis: a stranger answering PONG on the embedded Redis's port gets no 
   });
 });
 
-describe("Redis: the kernel's word on who owns a connection's server end (pure)", () => {
+describe("the CLI's operator token: a stranger on the API's port (Relevo stopped) gets none", () => {
+  // A stranger run as nobody, answering any request with HTTP 200; a data home whose secrets.json is root's (as `relevo up` made it).
+  let fake: FakeServer;
+  let home: string;
+  let before = 0;
+  beforeAll(async () => {
+    if (process.getuid?.() !== 0) return;
+    fake = await fakeServerOfAnotherUser(NOBODY, "http");
+    home = await mkdtemp(path.join(os.tmpdir(), "strangers-api-"));
+    await loadOrCreateSecrets(home);
+  });
+  afterAll(async () => {
+    await fake?.close();
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+  beforeEach(async () => {
+    before = fake ? (await fake.received()).length : 0;
+  });
+  const receivedDuringTest = async () => (await fake.received()).subarray(before).toString("latin1");
+  const createBackup = () =>
+    callApi(loadConfig({ RELEVO_HOME: home, RELEVO_API_PORT: String(fake.port) }), "mutation { createBackup(type: FULL) { id } }").then(
+      (value) => value,
+      (error: unknown) => error,
+    );
+
+  asRoot("a command (backup create) is refused with API_NOT_OURS, exit 73, and the stranger gets no byte, no token", async () => {
+    const outcome = await createBackup();
+    expect(await receivedDuringTest()).toBe("");
+    expect(outcome).toEqual(
+      expect.objectContaining({
+        code: ErrorCode.ApiNotOurs,
+        message: expect.stringMatching(/is run by uid 65534, not by a user who can read the data home's secrets.*No token was sent/),
+      }),
+    );
+    expect(exitCodeFor(outcome)).toBe(73);
+  });
+
+  asRoot("the same server, run by the owner of secrets.json (who could read the key anyway), gets the request and its token", async () => {
+    await chown(secretsFile(home), NOBODY, NOBODY);
+    try {
+      expect(await createBackup()).toEqual({});
+      expect(await receivedDuringTest()).toMatch(/^POST \/graphql HTTP\/1\.1\r\n[\s\S]*authorization: Bearer rlv\.operator\./i);
+    } finally {
+      await chown(secretsFile(home), 0, 0);
+    }
+  });
+});
+
+describe("the kernel's word on who owns a connection's server end (pure)", () => {
   // /proc/net/tcp and tcp6 as the kernel writes them: a listener, the server's end (uid 65534) and the client's (uid 0).
   const tcp = [
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
