@@ -109,11 +109,20 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
   return lines.join("\n") + "\n";
 }
 
+/**
+ * A line setting one of the upstream settings, as PostgreSQL's parser
+ * (guc-file.l) reads it: names in any case, and `=` optional (`name 'value'`
+ * and `name'value'` set it too). A longer name that merely starts like one
+ * of these (`primary_conninfo_x`) is another setting.
+ */
+const UPSTREAM_SETTING =
+  /^\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_command|restore_command)(?![A-Za-z0-9_\u0080-\uffff])/i;
+
 /** postgresql.auto.conf without what ties a copy to its source (pg_basebackup -R wrote these). */
 export function stripUpstreamSettings(autoConf: string): string {
   return autoConf
     .split("\n")
-    .filter((line) => !/^\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_command|restore_command)\s*=/.test(line))
+    .filter((line) => !UPSTREAM_SETTING.test(line))
     .join("\n");
 }
 

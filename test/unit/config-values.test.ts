@@ -11,7 +11,7 @@ import { createLogger } from "../../src/log";
 import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { commandPathWord, configString, conninfoString, conninfoValue } from "../../src/postgres/config-values";
 import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
-import { recoverySettings, recoveryTargetFrom, restoreCommandFor } from "../../src/restore/recovery-target";
+import { recoverySettings, recoveryTargetFrom, restoreCommandFor, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { ensureRedisServer } from "../../src/redis/redis-server";
 import { hostToolEnvironment } from "../../src/util/host-tool";
 import Redis from "ioredis";
@@ -100,6 +100,29 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
     expect(await postgresReads(dir, "recovery_target_name")).toBe(name);
     expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
     expect(await postgresReads(dir, "archive_mode")).toBe("off");
+  });
+
+  test("a restored copy's postgresql.auto.conf loses every upstream setting PostgreSQL would read: any case, without `=`", async () => {
+    // One form per setting (the last line of a name wins); each is read by PostgreSQL before the strip, none after.
+    const planted: Record<string, [line: string, value: string]> = {
+      primary_conninfo: ["PRIMARY_CONNINFO 'host=stranger password=y'", "host=stranger password=y"],
+      primary_slot_name: ["  Primary_Slot_Name\t'relevo_node2'", "relevo_node2"],
+      restore_command: ["restore_command'cp /x %p'", "cp /x %p"],
+      archive_command: ["Archive_Command = '/bin/true'", "/bin/true"],
+      synchronous_standby_names: ["synchronous_standby_names='*'", "*"],
+    };
+    const kept = ["# primary_conninfo = 'a comment'", "cluster_name = 'kept'"];
+    const autoConf = [...Object.values(planted).map(([line]) => line), ...kept, ""].join("\n");
+    const settings = Object.keys(planted);
+    const before = await scratchDirectory({ "postgresql.conf": "", "postgresql.auto.conf": autoConf });
+    expect(await Promise.all(settings.map((setting) => postgresReads(before, setting)))).toEqual(
+      Object.values(planted).map(([, value]) => value),
+    );
+    const stripped = stripUpstreamSettings(autoConf);
+    expect(stripped).toBe([...kept, ""].join("\n"));
+    const after = await scratchDirectory({ "postgresql.conf": "", "postgresql.auto.conf": stripped });
+    expect(await Promise.all(settings.map((setting) => postgresReads(after, setting)))).toEqual(settings.map(() => ""));
+    expect(await postgresReads(after, "cluster_name")).toBe("kept");
   });
 
   test("restore_command copies from the archive's own path, however odd, once PostgreSQL substituted %f and %p", async () => {
