@@ -18,8 +18,8 @@ export async function startScheduler(
     name: PRUNE_EVENTS_JOB,
     cron: "17 * * * *",
     run: async () => {
-      const deleted = await pruneEvents(database, { olderThan: new Date(Date.now() - config.eventsRetention) });
-      if (deleted > 0) logger.info({ deleted, retention: config.eventsRetention }, "events past their retention deleted");
+      const { deleted, cutoff } = await pruneEvents(database, { now: new Date(), retentionMs: config.eventsRetention });
+      if (deleted > 0) logger.info({ deleted, retention: config.eventsRetention, cutoff }, "events past their retention deleted");
     },
   };
   const agendaRedis = createRedisClient(redis.endpoint, { name: "agenda", queueWhileOffline: true });

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { expect } from "@jest/globals";
 import { trimConsolidated } from "../../src/events/consolidator";
+import { pruneEvents } from "../../src/events/event-retention";
 import type { FailoverRecord } from "../../src/events/event-map";
 import { CONSOLIDATOR_GROUP } from "../../src/redis/keys";
 import { PRUNE_EVENTS_JOB } from "../../src/service/scheduler";
@@ -34,6 +35,16 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     const group = groups.find((entry) => entry.name === CONSOLIDATOR_GROUP);
     return group !== undefined && group["last-delivered-id"] === stream["last-generated-id"] && Number(group.pending) === 0;
   };
+
+  /** A consolidated event row that occurred `ageMs` ago, as the consolidator would have written it. */
+  const insertEvent = (id: string, ageMs: number) =>
+    sqlOn(
+      primary(),
+      cluster.service.secrets,
+      `INSERT INTO events (id, stream_id, kind, severity, message, occurred_at) VALUES ($1, $2, 'node:up', 'info', 'retention test', $3)`,
+      [id, `0-${randomUUID()}`, new Date(Date.now() - ageMs)],
+      "relevo",
+    );
 
   const failovers = async () => {
     const response = await graphqlRequest<{ failovers: Array<{ id: string; kind: string; from: string; to: string | null }> }>(
@@ -211,19 +222,11 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
   });
 
   test("the events table keeps RELEVO_EVENTS_RETENTION (30d): the scheduled prune-events job deletes older rows only", async () => {
-    const insert = (id: string, ageMs: number) =>
-      sqlOn(
-        primary(),
-        cluster.service.secrets,
-        `INSERT INTO events (id, stream_id, kind, severity, message, occurred_at) VALUES ($1, $2, 'node:up', 'info', 'retention test', $3)`,
-        [id, `0-${randomUUID()}`, new Date(Date.now() - ageMs)],
-        "relevo",
-      );
     const day = 86_400_000;
     const [old, older, recent] = [randomUUID(), randomUUID(), randomUUID()];
-    await insert(old, 31 * day);
-    await insert(older, 400 * day);
-    await insert(recent, 29 * day);
+    await insertEvent(old, 31 * day);
+    await insertEvent(older, 400 * day);
+    await insertEvent(recent, 29 * day);
     await cluster.service.scheduler.runHousekeepingNow(PRUNE_EVENTS_JOB);
     const left = await eventually(
       async () => {
@@ -234,6 +237,25 @@ describe("events: Redis first, consolidated into the primary exactly once", () =
     );
     expect(left.map((row) => row.id)).toEqual([recent]);
     expect((await eventRows("kind = 'service:started'")).length).toBe(1); // today's events stay
+  });
+
+  test("a wall clock stepped 400 days forward prunes no more than the retention before the newest event (review 13, L9)", async () => {
+    await eventually(async () => ((await eventRows("kind = 'service:started'")).length === 1 ? true : undefined), {
+      what: "today's start event consolidated (the newest event)",
+    });
+    const day = 86_400_000;
+    const [old, recent] = [randomUUID(), randomUUID()];
+    await insertEvent(old, 31 * day);
+    await insertEvent(recent, 29 * day);
+    const { deleted, cutoff } = await pruneEvents(cluster.service.database, {
+      now: new Date(Date.now() + 400 * day),
+      retentionMs: 30 * day,
+    });
+    // Only the event past 30 days before the newest (today's) goes: the 29-day-old one and today's stay.
+    expect(deleted).toBe(1);
+    expect(cutoff!.getTime()).toBeLessThan(Date.now() - 29 * day);
+    expect((await eventRows(`id IN ('${old}', '${recent}')`)).map((row) => row.id)).toEqual([recent]);
+    expect((await eventRows("kind = 'service:started'")).length).toBe(1);
   });
 });
 
