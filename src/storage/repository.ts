@@ -13,7 +13,7 @@ import {
 import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 import { chownNoFollow, createOwnedFile } from "../util/owned-files";
-import { replaceFileDurably } from "../util/durable-file";
+import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -127,8 +127,9 @@ export class Repository {
 
   async writeManifest(manifest: BackupManifest): Promise<void> {
     const file = path.join(this.backupDir(manifest.id), "manifest.json");
-    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-    // Durable, the directory entry included: a backup whose manifest a crash took back would be lost.
+    // Durable, the directory entries included (backups/<id>/ is new for a new backup): a backup whose manifest a crash
+    // took back would be lost.
+    await makeDirectoriesDurably(path.dirname(file), { mode: 0o700 });
     await replaceFileDurably(file, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
   }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { open, readdir, rename, rm, unlink, type FileHandle } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 
 /**
@@ -23,6 +23,40 @@ export async function syncDirectory(directory: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * mkdir of one directory, its entry then flushed in its parent (through
+ * `parent`, the caller's handle on it, when given): the rename of a file
+ * published durably into it lives in the new directory's own data, and is
+ * lost with the directory if a crash takes the directory's entry back. One
+ * that exists already (another maker raced this one) has its parent
+ * flushed too: its maker may not have done so yet. Returns whether this
+ * call made it.
+ */
+export async function makeDirectoryDurably(directory: string, options: { mode: number; parent?: FileHandle }): Promise<boolean> {
+  let made = true;
+  await mkdir(directory, { mode: options.mode }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "EEXIST") throw error;
+    made = false;
+  });
+  if (options.parent) await options.parent.sync();
+  else await syncDirectory(path.dirname(directory));
+  return made;
+}
+
+/**
+ * `directory` and its missing parents (mkdir -p, with `mode`), each new
+ * one's entry flushed in its parent, top down (see makeDirectoryDurably).
+ * Nothing is flushed when nothing was made.
+ */
+export async function makeDirectoriesDurably(directory: string, options: { mode: number }): Promise<void> {
+  const target = path.resolve(directory);
+  const first = await mkdir(target, { recursive: true, mode: options.mode });
+  if (first === undefined) return;
+  const made = [path.resolve(first)];
+  for (const part of path.relative(made[0]!, target).split(path.sep).filter(Boolean)) made.push(path.join(made.at(-1)!, part));
+  for (const directory of made) await syncDirectory(path.dirname(directory));
 }
 
 /**

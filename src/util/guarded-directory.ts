@@ -1,7 +1,8 @@
 import { constants } from "node:fs";
-import { mkdir, open, type FileHandle } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
+import { makeDirectoryDurably } from "./durable-file";
 import type { FileOwner } from "./owned-files";
 
 /**
@@ -105,10 +106,9 @@ async function openComponent(
       if (code === "ELOOP" || code === "ENOTDIR") throw linkRefused(shown, "directory", error);
       if (code !== "ENOENT") throw error;
       if (!create || made) return null;
-      // mkdir never follows a symlink at its name (EEXIST): made, or raced by another maker, it is opened again.
-      await mkdir(parent.at(part), { mode: create.mode }).catch((failure: NodeJS.ErrnoException) => {
-        if (failure.code !== "EEXIST") throw failure;
-      });
+      // mkdir never follows a symlink at its name (EEXIST): made, or raced by another maker, it is opened again. Its
+      // entry is flushed in the parent: a durable file published into it must not lose its directory in a crash.
+      await makeDirectoryDurably(parent.at(part), { mode: create.mode, parent: parent.handle });
       made = true;
       continue;
     }

@@ -8,11 +8,14 @@ import { recordIdentity } from "../../src/cluster/cluster-identity";
 import { loadConfig } from "../../src/config/config";
 import { renameCommand, writeCommand } from "../../src/nodes/docker/file-commands";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { writeFileAtomic } from "../../src/nodes/local/local-files";
 import { markFenced } from "../../src/postgres/fence-marker";
 import { configureStoppedStandby } from "../../src/postgres/replication-config";
 import { loadOrCreateSecrets } from "../../src/secrets/secrets-store";
+import { Repository } from "../../src/storage/repository";
 import { removeAbandonedTemporaries, replaceFileDurably } from "../../src/util/durable-file";
 import { projectRoot } from "../../src/util/project-root";
+import { manifest as manifestFixture } from "../helpers/manifest-fixture";
 
 /**
  * A file Relevo acts on after a crash (the fence marker, standby.signal, a
@@ -94,6 +97,42 @@ describe("files Relevo acts on after a crash are written durably", () => {
       standby.stop();
     }
     expect(standby.flushes.slice(-2)).toEqual(durableReplaceOf(signal));
+  });
+
+  test("a directory made on the way to a durable file has its entry fsynced in its parent first: a new backup's manifest, a node's file", async () => {
+    // The repository never set up (ensure): repository/, backups/ and backups/<id>/ are all made by writeManifest.
+    const top = await scratch();
+    const root = path.join(top, "repository");
+    const id = "20261101T000000Z-F";
+    const manifestFile = path.join(root, "backups", id, "manifest.json");
+    const backup = await recordingFlushes({ [manifestFile]: id });
+    try {
+      await new Repository(root, null).writeManifest(manifestFixture(id));
+    } finally {
+      backup.stop();
+    }
+    const directoryEntry = (parent: string, file: string) => ({ flushed: parent, published: { [file]: false } });
+    expect(backup.flushes).toEqual([
+      directoryEntry(top, manifestFile),
+      directoryEntry(root, manifestFile),
+      directoryEntry(path.join(root, "backups"), manifestFile),
+      ...durableReplaceOf(manifestFile),
+    ]);
+
+    // The local driver's durable write below a node's folder, through the guarded walk (local-files' creatingParents).
+    const anchor = await scratch();
+    const nodeFile = path.join(anchor, "made", "on-the-way", "standby.signal");
+    const node = await recordingFlushes({ [nodeFile]: "written" });
+    try {
+      await writeFileAtomic({ anchor, below: ["made", "on-the-way", "standby.signal"] }, "written", { mode: 0o600, identity: null });
+    } finally {
+      node.stop();
+    }
+    expect(node.flushes).toEqual([
+      directoryEntry(anchor, nodeFile),
+      directoryEntry(path.join(anchor, "made"), nodeFile),
+      ...durableReplaceOf(nodeFile),
+    ]);
   });
 
   test("secrets.json and cluster-identity.json: fsynced, renamed, directory fsynced; mode 0600; no temporary file left", async () => {
