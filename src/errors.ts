@@ -52,6 +52,8 @@ export enum ErrorCode {
   RedisNotOurs = "REDIS_NOT_OURS",
   /** What answers on the API's port is not Relevo's own service: the CLI sent it no token (docs/security.md). */
   ApiNotOurs = "API_NOT_OURS",
+  /** The CA of RELEVO_TLS_CA_FILE / RELEVO_TLS_CA_KEY_FILE (or the data home's) cannot sign: unreadable, not a CA, expired, or the key is not the certificate's. */
+  TlsCaInvalid = "TLS_CA_INVALID",
   Internal = "INTERNAL",
 }
 
@@ -90,6 +92,7 @@ export function exitCodeFor(error: unknown): number {
   if (!isRelevoError(error)) return 1;
   switch (error.code) {
     case ErrorCode.InvalidConfig:
+    case ErrorCode.TlsCaInvalid:
       return 78; // EX_CONFIG
     case ErrorCode.MissingBinary:
     case ErrorCode.DockerUnavailable:

@@ -124,6 +124,18 @@ export const configKeys = {
     schema: z.string().regex(/^$|^redis:\/\/(:[^@]*@)?[^:/@]+(:\d+)?\/?$/, "redis://[:password@]host[:port]"),
     doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port; Relevo then neither starts nor stops one. Empty: Relevo runs its own on RELEVO_REDIS_PORT. Never logged.",
   },
+  tlsCaFile: {
+    env: "RELEVO_TLS_CA_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "PEM certificate of a CA of your own (a self-signed root, or an intermediate followed by its chain) that issues every node's certificate; with RELEVO_TLS_CA_KEY_FILE. Empty: Relevo makes its own CA once, in `<RELEVO_HOME>/tls/`. Clients are given this file as their trust bundle (`sslrootcert`).",
+  },
+  tlsCaKeyFile: {
+    env: "RELEVO_TLS_CA_KEY_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "The unencrypted PEM private key (EC P-256 or P-384, or RSA) of RELEVO_TLS_CA_FILE's CA; set both or neither. Never logged, never copied.",
+  },
   maxSlotWalKeepSize: {
     env: "RELEVO_MAX_SLOT_WAL_KEEP_SIZE",
     default: "4GB",

@@ -41,8 +41,26 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   config.dockerCertPath =
     config.dockerCertPath ||
     (env.DOCKER_TLS_VERIFY && env.DOCKER_TLS_VERIFY !== "0" ? (env.DOCKER_CERT_PATH ?? path.join(env.HOME ?? "/root", ".docker")) : "");
+  validateTlsCa(config);
   validatePorts(config);
   return Object.freeze(config);
+}
+
+/** A CA of one's own is a certificate and its key: both or neither; paths resolved once, here. */
+function validateTlsCa(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }): void {
+  const given = [config.tlsCaFile, config.tlsCaKeyFile].filter((file) => file !== "").length;
+  if (given === 1) {
+    const missing = config.tlsCaFile === "" ? configKeys.tlsCaFile.env : configKeys.tlsCaKeyFile.env;
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: set both ${configKeys.tlsCaFile.env} and ${configKeys.tlsCaKeyFile.env} (a CA's certificate and its key), or neither; ${missing} is empty`,
+      { details: { env: missing } },
+    );
+  }
+  if (given === 2) {
+    config.tlsCaFile = path.resolve(config.tlsCaFile);
+    config.tlsCaKeyFile = path.resolve(config.tlsCaKeyFile);
+  }
 }
 
 /** Nodes, Redis and the API must not be configured onto the same port. */

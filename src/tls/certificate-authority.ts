@@ -1,0 +1,129 @@
+import { chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
+import path from "node:path";
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import { replaceFileDurably, syncDirectory, temporaryNameFor } from "../util/durable-file";
+import { caSigner, createCa, issueCertificate, type CaSigner, type IssuedCertificate } from "./certificate-issuer";
+import { clientCertificateRequest, serverCertificateRequest } from "./certificate-requests";
+
+export type { IssuedCertificate } from "./certificate-issuer";
+
+/** The settings the CA is found by: RELEVO_TLS_CA_FILE and RELEVO_TLS_CA_KEY_FILE, else the data home's own. */
+export type CaSettings = Pick<RelevoConfig, "home" | "clusterName" | "tlsCaFile" | "tlsCaKeyFile">;
+
+/** The folder of the data home holding the CA Relevo made itself. */
+export const OWN_CA_DIRECTORY = "tls";
+
+/**
+ * Where the CA's certificate and key are: the configured files, or
+ * `<home>/tls/ca.crt` and `ca.key`. The certificate file is also every
+ * client's trust bundle on this host (libpq's `sslrootcert`). Pure.
+ */
+export function caFiles(settings: Pick<CaSettings, "home" | "tlsCaFile" | "tlsCaKeyFile">): {
+  readonly certificateFile: string;
+  readonly keyFile: string;
+  readonly configured: boolean;
+} {
+  if (settings.tlsCaFile !== "") return { certificateFile: settings.tlsCaFile, keyFile: settings.tlsCaKeyFile, configured: true };
+  const directory = path.join(settings.home, OWN_CA_DIRECTORY);
+  return { certificateFile: path.join(directory, "ca.crt"), keyFile: path.join(directory, "ca.key"), configured: false };
+}
+
+/**
+ * Relevo's CA: issues every server's and client's certificate. The
+ * certificate (the whole file, when it holds a chain) is what clients
+ * trust; the key never leaves this object but as signatures.
+ */
+export class CertificateAuthority {
+  private constructor(
+    /** The CA certificate's file on Relevo's host: `sslrootcert` of libpq clients run here, `ca` of Node's. */
+    readonly certificateFile: string,
+    /** That file's content: copied beside every server (its ssl_ca_file) and into containers. */
+    readonly certificatePem: string,
+    private readonly signer: CaSigner,
+    private readonly clock: () => Date,
+  ) {}
+
+  /**
+   * Reads the configured CA, or the data home's, making the latter once
+   * (ECDSA P-256, five years) when there is none. TLS_CA_INVALID when what
+   * is found cannot sign; INVALID_CONFIG when a configured file is missing.
+   */
+  static async load(settings: CaSettings, options: { readonly clock?: () => Date } = {}): Promise<CertificateAuthority> {
+    const clock = options.clock ?? ((): Date => new Date());
+    const files = caFiles(settings);
+    if (!files.configured) await createOwnCaOnce(settings, clock());
+    const certificatePem = await readCaFile(files.certificateFile, files.configured ? "RELEVO_TLS_CA_FILE" : null);
+    const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null);
+    const signer = await caSigner({ certificatePem, keyPem, now: clock() });
+    return new CertificateAuthority(files.certificateFile, certificatePem, signer, clock);
+  }
+
+  /** A server certificate for every address the server is reached at (IP addresses as iPAddress, host names as dNSName). */
+  issueServerCertificate(options: { readonly commonName: string; readonly addresses: readonly string[] }): Promise<IssuedCertificate> {
+    return issueCertificate(this.signer, serverCertificateRequest({ ...options, now: this.clock() }));
+  }
+
+  /** A client certificate whose CN is `user` (PostgreSQL's `cert` authentication, Redis's tls-auth-clients). */
+  issueClientCertificate(options: { readonly user: string }): Promise<IssuedCertificate> {
+    return issueCertificate(this.signer, clientCertificateRequest({ ...options, now: this.clock() }));
+  }
+}
+
+/**
+ * Makes `<home>/tls/` with a new CA unless it exists. The two files are
+ * written durably into a temporary folder renamed into place, so two
+ * processes starting at once never issue under two different CAs: the
+ * second rename fails and that process reads the first one's CA.
+ */
+async function createOwnCaOnce(settings: CaSettings, now: Date): Promise<void> {
+  const directory = caFilesDirectory(settings.home);
+  // 0711 like the home: the PostgreSQL OS user may read ca.crt by its name (ssl_ca_file is copied, but tools name this one).
+  await mkdir(settings.home, { recursive: true, mode: 0o711 });
+  if (await exists(directory)) return;
+  const temp = temporaryNameFor(directory);
+  await mkdir(temp, { mode: 0o711 });
+  try {
+    await chmod(temp, 0o711); // whatever the umask took off
+    const ca = await createCa({ commonName: `Relevo CA ${settings.clusterName}`, now });
+    await replaceFileDurably(path.join(temp, "ca.key"), ca.keyPem, { mode: 0o600 });
+    await replaceFileDurably(path.join(temp, "ca.crt"), ca.certificatePem, { mode: 0o644 });
+    await rename(temp, directory);
+  } catch (error) {
+    await rm(temp, { recursive: true, force: true });
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOTEMPTY" || code === "EEXIST") return; // another process made it first: its CA is the one
+    throw error;
+  }
+  await syncDirectory(settings.home);
+}
+
+function caFilesDirectory(home: string): string {
+  return path.join(home, OWN_CA_DIRECTORY);
+}
+
+async function exists(file: string): Promise<boolean> {
+  return readFile(path.join(file, "ca.crt")).then(
+    () => true,
+    (error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? false : Promise.reject(error)),
+  );
+}
+
+async function readCaFile(file: string, env: string | null): Promise<string> {
+  try {
+    return await readFile(file, "utf8");
+  } catch (cause) {
+    const reason = (cause as NodeJS.ErrnoException).code ?? "unreadable";
+    if (env !== null) {
+      throw new RelevoError(ErrorCode.InvalidConfig, `invalid configuration: ${env}=${JSON.stringify(file)} cannot be read (${reason})`, {
+        cause,
+        details: { env },
+      });
+    }
+    throw new RelevoError(
+      ErrorCode.TlsCaInvalid,
+      `the data home's CA file ${file} cannot be read (${reason}): restore it from a copy, or remove ${path.dirname(file)} to make a new CA (every certificate is then re-issued at the next start)`,
+      { cause },
+    );
+  }
+}

@@ -1,0 +1,199 @@
+import { expect } from "@jest/globals";
+import { execFileSync } from "node:child_process";
+import { X509Certificate, createPrivateKey } from "node:crypto";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { once } from "node:events";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import tls from "node:tls";
+import { loadConfig } from "../../src/config/config";
+import { ErrorCode } from "../../src/errors";
+import { CertificateAuthority, caFiles } from "../../src/tls/certificate-authority";
+import {
+  LEAF_VALIDITY_DAYS,
+  clientCertificateRequest,
+  randomSerialNumber,
+  serverCertificateRequest,
+  subjectAltNamesFor,
+} from "../../src/tls/certificate-requests";
+
+const DAY_MS = 86_400_000;
+
+describe("what a certificate carries (pure)", () => {
+  test("IP addresses become iPAddress entries, host names dNSName ones, each once", () => {
+    expect(subjectAltNamesFor(["127.0.0.1", "::1", "Node1.Example.org.", "localhost", "127.0.0.1", "node1.example.org"])).toEqual([
+      { type: "ip", value: "127.0.0.1" },
+      { type: "ip", value: "::1" },
+      { type: "dns", value: "node1.example.org" },
+      { type: "dns", value: "localhost" },
+    ]);
+  });
+
+  test.each(["", "a b", "host,DNS:evil", "-leading.example", "127.0.0.1/32"])("%j is no address: BAD_USER_INPUT", (address) => {
+    expect(() => subjectAltNamesFor([address])).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
+  });
+
+  test("a server certificate needs an address; a common name cannot add attributes", () => {
+    const now = new Date();
+    expect(() => serverCertificateRequest({ commonName: "node1", addresses: [], now })).toThrow(
+      expect.objectContaining({ code: ErrorCode.BadUserInput }),
+    );
+    expect(() => clientCertificateRequest({ user: "replicator,O=evil", now })).toThrow(
+      expect.objectContaining({ code: ErrorCode.BadUserInput }),
+    );
+  });
+
+  test("leaf validity is about a year from a little before now; serials are positive and differ", () => {
+    const now = new Date("2026-01-01T00:00:00Z");
+    const request = serverCertificateRequest({ commonName: "node1", addresses: ["127.0.0.1"], now });
+    expect(request.notBefore.getTime()).toBeLessThan(now.getTime());
+    expect(request.notAfter.getTime()).toBe(now.getTime() + LEAF_VALIDITY_DAYS * DAY_MS);
+    const serials = new Set(Array.from({ length: 50 }, () => randomSerialNumber()));
+    expect(serials.size).toBe(50);
+    for (const serial of serials) expect(parseInt(serial.slice(0, 2), 16)).toBeLessThan(0x80);
+    expect(randomSerialNumber(() => Buffer.alloc(16, 0xff))).toMatch(/^7f/);
+  });
+});
+
+describe("Relevo's CA", () => {
+  let home: string;
+  beforeEach(async () => {
+    home = await mkdtemp(path.join(os.tmpdir(), "relevo-tls-"));
+  });
+  afterEach(async () => {
+    await rm(home, { recursive: true, force: true });
+  });
+  const settings = (extra: Record<string, string> = {}) => loadConfig({ RELEVO_HOME: home, ...extra });
+
+  test("is made once in the data home, its key 0600, and read back by every later load (two at once included)", async () => {
+    const [first, second] = await Promise.all([CertificateAuthority.load(settings()), CertificateAuthority.load(settings())]);
+    expect(first.certificatePem).toBe(second.certificatePem);
+    const files = caFiles(settings());
+    expect(first.certificateFile).toBe(files.certificateFile);
+    expect(files.certificateFile).toBe(path.join(home, "tls", "ca.crt"));
+    expect((await stat(files.keyFile)).mode & 0o777).toBe(0o600);
+    expect((await stat(files.certificateFile)).mode & 0o777).toBe(0o644);
+    expect((await stat(path.dirname(files.keyFile))).mode & 0o777).toBe(0o711);
+    const again = await CertificateAuthority.load(settings());
+    expect(again.certificatePem).toBe(first.certificatePem);
+    const ca = new X509Certificate(first.certificatePem);
+    expect(ca.ca).toBe(true);
+    expect(createPrivateKey(await readFile(files.keyFile)).asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+    expect(new Date(ca.validTo).getTime() - Date.now()).toBeGreaterThan(4 * 365 * DAY_MS);
+  });
+
+  test("a server certificate names its IP addresses and host names and passes a verify-full TLS handshake", async () => {
+    const ca = await CertificateAuthority.load(settings());
+    const server = await ca.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1", "localhost"] });
+    const certificate = new X509Certificate(server.certificatePem);
+    expect(certificate.subjectAltName).toBe("IP Address:127.0.0.1, DNS:localhost");
+    expect(certificate.verify(new X509Certificate(ca.certificatePem).publicKey)).toBe(true);
+    expect(certificate.ca).toBe(false);
+    expect(certificate.checkPrivateKey(createPrivateKey(server.keyPem))).toBe(true);
+
+    // Node's checkServerIdentity matches an IP address against iPAddress entries only, as libpq 15 does.
+    expect(await handshake(server, ca.certificatePem, "127.0.0.1")).toBe("verified");
+    expect(await handshake(server, ca.certificatePem, "localhost")).toBe("verified");
+    const other = await CertificateAuthority.load(loadConfig({ RELEVO_HOME: path.join(home, "other") }));
+    expect(await handshake(server, other.certificatePem, "127.0.0.1")).toMatch(/self-signed|unable to verify|local issuer/i);
+    const elsewhere = await ca.issueServerCertificate({ commonName: "node2", addresses: ["127.0.0.2"] });
+    expect(await handshake(elsewhere, ca.certificatePem, "127.0.0.1")).toMatch(/IP: 127.0.0.1 is not in the cert's list/);
+  });
+
+  test("a client certificate's CN is the user", async () => {
+    const ca = await CertificateAuthority.load(settings());
+    const client = await ca.issueClientCertificate({ user: "replicator" });
+    const certificate = new X509Certificate(client.certificatePem);
+    expect(certificate.subject).toBe("CN=replicator");
+    expect(certificate.keyUsage).toEqual(["1.3.6.1.5.5.7.3.2"]); // clientAuth
+    expect(certificate.subjectAltName).toBeUndefined();
+  });
+
+  test.each([
+    ["EC P-256", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]],
+    ["RSA", ["-newkey", "rsa:2048"]],
+  ])("a CA of one's own (%s, made with openssl) issues certificates that verify against it", async (_kind, keyArgs) => {
+    const { certificateFile, keyFile } = opensslCa(home, keyArgs);
+    const config = settings({ RELEVO_TLS_CA_FILE: certificateFile, RELEVO_TLS_CA_KEY_FILE: keyFile });
+    const ca = await CertificateAuthority.load(config);
+    expect(ca.certificateFile).toBe(certificateFile);
+    const server = await ca.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1"] });
+    expect(await handshake(server, await readFile(certificateFile, "utf8"), "127.0.0.1")).toBe("verified");
+    await expect(stat(path.join(home, "tls"))).rejects.toMatchObject({ code: "ENOENT" }); // no CA of Relevo's made beside it
+  });
+
+  test("a CA of one's own that cannot sign is refused with a code, naming what is wrong", async () => {
+    const first = opensslCa(path.join(home, "a"), ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    const second = opensslCa(path.join(home, "b"), ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    const load = (certificateFile: string, keyFile: string) =>
+      CertificateAuthority.load(settings({ RELEVO_TLS_CA_FILE: certificateFile, RELEVO_TLS_CA_KEY_FILE: keyFile }));
+    await expect(load(first.certificateFile, second.keyFile)).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("is not the key of"),
+    });
+    const ours = await CertificateAuthority.load(settings());
+    const leaf = await ours.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1"] });
+    await writeFile(path.join(home, "leaf.crt"), leaf.certificatePem);
+    await writeFile(path.join(home, "leaf.key"), leaf.keyPem);
+    await expect(load(path.join(home, "leaf.crt"), path.join(home, "leaf.key"))).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("not a CA certificate"),
+    });
+    await expect(load(path.join(home, "missing.crt"), first.keyFile)).rejects.toMatchObject({
+      code: ErrorCode.InvalidConfig,
+      message: expect.stringContaining("RELEVO_TLS_CA_FILE"),
+    });
+  });
+
+  test("a CA file without its key (or the reverse) is INVALID_CONFIG naming the empty one", () => {
+    expect(() => loadConfig({ RELEVO_TLS_CA_FILE: "/ca.crt" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_TLS_CA_KEY_FILE is empty") }),
+    );
+    expect(() => loadConfig({ RELEVO_TLS_CA_KEY_FILE: "/ca.key" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_TLS_CA_FILE is empty") }),
+    );
+    expect(loadConfig({ RELEVO_TLS_CA_FILE: "ca.crt", RELEVO_TLS_CA_KEY_FILE: "ca.key" }).tlsCaFile).toBe(path.resolve("ca.crt"));
+  });
+});
+
+/** An operator's CA, made as the docs say (openssl req -x509 marks it CA:TRUE). */
+function opensslCa(directory: string, keyArgs: string[]): { certificateFile: string; keyFile: string } {
+  execFileSync("mkdir", ["-p", directory]);
+  const certificateFile = path.join(directory, "ca.crt");
+  const keyFile = path.join(directory, "ca.key");
+  execFileSync(
+    "openssl",
+    ["req", "-x509", ...keyArgs, "-nodes", "-days", "30", "-subj", "/CN=Operator CA", "-keyout", keyFile, "-out", certificateFile],
+    {
+      stdio: "ignore",
+    },
+  );
+  return { certificateFile, keyFile };
+}
+
+/** A TLS server with `server`'s certificate on loopback, and a client trusting `caPem` that verifies `servername` (verify-full). */
+async function handshake(server: { certificatePem: string; keyPem: string }, caPem: string, host: string): Promise<string> {
+  const listener = tls.createServer({ cert: server.certificatePem, key: server.keyPem }, (socket) => socket.end());
+  listener.listen(0, "127.0.0.1");
+  await once(listener, "listening");
+  const { port } = listener.address() as AddressInfo;
+  try {
+    return await new Promise<string>((resolve) => {
+      const socket = tls.connect({
+        host: "127.0.0.1",
+        port,
+        ca: caPem,
+        servername: host === "127.0.0.1" ? undefined : host,
+        checkServerIdentity: (_h, cert) => tls.checkServerIdentity(host, cert),
+      });
+      socket.once("secureConnect", () => {
+        socket.destroy();
+        resolve("verified");
+      });
+      socket.once("error", (error: Error) => resolve(error.message));
+    });
+  } finally {
+    listener.close();
+  }
+}
