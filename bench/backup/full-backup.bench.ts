@@ -24,6 +24,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { connectionUri } from "../../src/postgres/connection";
+import { libpqTlsEnvironment, uriTlsParameters } from "../../src/postgres/tls-settings";
 import { findFreePort } from "../../src/util/ports";
 import { loadConfig } from "../../src/config/config";
 import type { BackupManifest } from "../../src/backup/manifest";
@@ -44,6 +45,7 @@ async function pgBackRestContender(
   dataDirectory: string,
   port: number,
   password: string,
+  tlsEnv: Record<string, string>,
 ): Promise<{ backup(type: "full" | "diff" | "incr"): Promise<{ ms: number; bytes: number }> }> {
   const dir = await mkdtemp(path.join(parent, "pgbackrest-"));
   const identity = resolvePostgresIdentity("postgres");
@@ -65,7 +67,7 @@ async function pgBackRestContender(
     run(PGBACKREST, [...options, ...extra, command], {
       uid: identity?.uid,
       gid: identity?.gid,
-      env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password },
+      env: { ...process.env, PGHOST: "127.0.0.1", PGPASSWORD: password, ...tlsEnv },
     });
   await pgbackrest("stanza-create");
   return {
@@ -118,18 +120,24 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
   });
   const service = await startRelevo(config, createLogger({ level: config.logLevel }));
   const primary = service.nodes[0]!;
-  const superuser = { user: "postgres", password: service.secrets.superuserPassword, database: "postgres" };
-  const env = { ...process.env, PGPASSWORD: service.secrets.superuserPassword };
+  const superuser = { user: "postgres", password: service.secrets.superuserPassword, database: "postgres", trustedCa: service.trustedCa };
+  // libpq's own variables: pgbench and psql verify the nodes as Relevo does.
+  const tlsEnv = libpqTlsEnvironment(service.caFile);
+  const env = { ...process.env, PGPASSWORD: service.secrets.superuserPassword, ...tlsEnv };
   try {
     process.stderr.write(`pgbench -i -s ${SCALE}…\n`);
     await run("pgbench", ["-i", "-q", "-s", String(SCALE), "-h", primary.host, "-p", String(primary.port), "-U", "postgres", "postgres"], {
       env,
       maxBuffer: 1 << 26,
     });
-    await run("psql", [connectionUri([primary], superuser), "-c", "CHECKPOINT"]);
+    await run("psql", [connectionUri([primary], superuser, uriTlsParameters(service.caFile)), "-c", "CHECKPOINT"]);
     const dbBytes = Number(
       (
-        await run("psql", [connectionUri([primary], superuser), "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database"])
+        await run("psql", [
+          connectionUri([primary], superuser, uriTlsParameters(service.caFile)),
+          "-Atc",
+          "SELECT sum(pg_database_size(datname)) FROM pg_database",
+        ])
       ).stdout.trim(),
     );
 
@@ -137,7 +145,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     // replaying and the archiver receiving a gigabyte of WAL would otherwise
     // slow down whichever contender goes first.
     const psql = async (node: typeof primary, query: string): Promise<string> =>
-      (await run("psql", [connectionUri([node], superuser), "-Atc", query])).stdout.trim();
+      (await run("psql", [connectionUri([node], superuser, uriTlsParameters(service.caFile)), "-Atc", query])).stdout.trim();
     const loadedLsn = await psql(primary, "SELECT pg_current_wal_lsn()");
     await psql(primary, "SELECT pg_switch_wal()");
     await service.archiver.waitForArchived(1, loadedLsn, loadedLsn, 600000);
@@ -172,7 +180,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
             "--no-manifest",
             ...extra,
           ],
-          { env: { ...process.env, PGPASSWORD: service.secrets.replicationPassword } },
+          { env: { ...process.env, PGPASSWORD: service.secrets.replicationPassword, ...tlsEnv } },
         ),
       );
       const bytes = await directoryBytes(dir);
@@ -185,7 +193,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; dbMb: string
     // so --archive-check=n (Relevo's own archive holds the WAL).
     const pgbackrest =
       driver === "local" && existsSync(PGBACKREST)
-        ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword)
+        ? await pgBackRestContender(home, service.driver.dataDirectory(primary), primary.port, service.secrets.superuserPassword, tlsEnv)
         : null;
     // Untimed first pass: every contender then reads from the same warm page cache
     // (whoever went first would otherwise pay for reading the database from disk).

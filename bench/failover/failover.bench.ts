@@ -42,14 +42,15 @@ async function until<T>(what: string, check: () => Promise<T | undefined>, timeo
   throw new Error(`timed out waiting for ${what}`);
 }
 
-async function sql<T>(node: NodeRef, password: string, text: string): Promise<T[]> {
+async function sql<T>(node: NodeRef, access: { password: string; trustedCa: string }, text: string): Promise<T[]> {
   const client = new Client({
     host: node.host,
     port: node.port,
     user: "postgres",
-    password,
+    password: access.password,
     database: "postgres",
     connectionTimeoutMillis: 3000,
+    ssl: { ca: access.trustedCa, rejectUnauthorized: true },
   });
   await client.connect();
   try {
@@ -104,7 +105,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
     logLevel: process.env.BENCH_LOG_LEVEL ?? "silent",
   });
   const service = await startRelevo(config, createLogger({ level: config.logLevel }));
-  const password = service.secrets.superuserPassword;
+  const password = { password: service.secrets.superuserPassword, trustedCa: service.trustedCa };
   const node = (name: string): NodeRef => service.nodes.find((n) => n.name === name)!;
   const kills: Array<{ promotionMs: number; firstWriteMs: number; lost: number; acknowledged: number }> = [];
   const gaps = { switchover: [] as number[], failback: [] as number[] };
@@ -117,7 +118,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
       const primary = await settled(service, run % 2 === 1 ? "node2" : "node1");
       const replica = primary === "node1" ? "node2" : "node1";
       await sql(node(primary), password, "TRUNCATE acked");
-      const writer = startLibpqWriter(service.nodes, password);
+      const writer = startLibpqWriter(service);
       await new Promise((resolve) => setTimeout(resolve, 2000));
       const killedAt = Date.now();
       await service.driver.kill(node(primary));
@@ -149,7 +150,7 @@ async function measure(driver: BenchDriver): Promise<{ rows: Row[]; checks: stri
         const primary = await settled(service, kind === "switchover" ? "node2" : "node1");
         const target = primary === "node1" ? "node2" : "node1";
         await sql(node(primary), password, "TRUNCATE acked");
-        const writer = startLibpqWriter(service.nodes, password);
+        const writer = startLibpqWriter(service);
         await new Promise((resolve) => setTimeout(resolve, 1000));
         const from = Date.now();
         if (kind === "switchover") await service.failover.switchover(target);

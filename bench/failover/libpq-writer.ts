@@ -1,3 +1,4 @@
+import { uriTlsParameters } from "../../src/postgres/tls-settings";
 import { execFile } from "node:child_process";
 import type { NodeRef } from "../../src/nodes/node-driver";
 
@@ -25,12 +26,18 @@ export interface WriterReport {
  * logging every acknowledged id.
  */
 export function startLibpqWriter(
-  nodes: readonly NodeRef[],
-  password: string,
+  cluster: {
+    readonly nodes: readonly NodeRef[];
+    readonly secrets: { readonly superuserPassword: string };
+    /** The CA's certificate file: every connection verify-full, as `relevo url` prints it. */
+    readonly caFile: string;
+  },
   table = "acked",
 ): { stop(): Promise<WriterReport>; acknowledgedSoFar(): number; firstAckFrom(port: number, since: number): number | null } {
-  const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(",");
-  const uri = `postgresql://postgres@${hosts}/postgres?target_session_attrs=read-write&connect_timeout=1`;
+  const password = cluster.secrets.superuserPassword;
+  const hosts = cluster.nodes.map((node) => `${node.host}:${node.port}`).join(",");
+  const tls = new URLSearchParams(uriTlsParameters(cluster.caFile)).toString();
+  const uri = `postgresql://postgres@${hosts}/postgres?target_session_attrs=read-write&connect_timeout=1&${tls}`;
   let running = true;
   let attempts = 0;
   let failures = 0;

@@ -24,6 +24,8 @@ export interface ApiServices {
   readonly nodes: readonly NodeRef[];
   readonly scheduler: BackupScheduler;
   readonly failover: FailoverService;
+  /** The CA certificate's file on Relevo's host, named (sslrootcert) in the connection strings the API shows. */
+  readonly caFile: string;
 }
 
 /** Per request (or per WebSocket connection). */

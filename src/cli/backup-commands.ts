@@ -21,6 +21,9 @@ import type { HeldFileLock } from "../storage/file-lock";
 import { claimNodeTarget } from "../restore/target-claim";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
+import { uriTlsParameters } from "../postgres/tls-settings";
+import { CertificateAuthority, readTrustedCa } from "../tls/certificate-authority";
+import { nodeTlsSource } from "../tls/node-tls";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { recordRebuiltCluster, refuseWhileInstanceLive } from "../failover/rebuilt-cluster";
 import { withClusterRedis } from "./cluster-redis";
@@ -154,7 +157,7 @@ export async function restoreCommand(
   const recoveryTarget = recoveryTargetFrom(options);
   const directory = path.resolve(options.to);
   const target = { name: copyNodeName(directory), host: config.host, port: options.port };
-  await usingDriver(copyDriver(config, directory), async (driver) => {
+  await usingDriver(await copyDriver(config, directory), async (driver) => {
     // Never a member's directory, however spelled: its claim file would be the member's own, and a reseed making the
     // member again would write where the copy does.
     await refuseMemberDirectory(directory, await loadMembers(config), driver);
@@ -186,7 +189,8 @@ async function restoreClaimedCopy(
 ): Promise<void> {
   const { directory, recoveryTarget, target, driver } = options;
   const secrets = await readSecrets(config.home);
-  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
+  const trust = await readTrustedCa(config);
+  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: trust.pem };
   const members = await loadMembers(config);
   assertNoMemberPort(members, target);
   await takeEmptyDirectory(directory);
@@ -208,7 +212,7 @@ async function restoreClaimedCopy(
   output.out(
     `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
   );
-  output.out(connectionUri([target], superuser));
+  output.out(connectionUri([target], superuser, uriTlsParameters(trust.file)));
 }
 
 /** `relevo restore --cluster`: see recoverCluster. The service must not be running meanwhile. */
@@ -225,12 +229,16 @@ export async function restoreClusterCommand(
   const recovered = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
     // The API port proves only that no instance runs here: one elsewhere on the same Redis holds its leases.
     await refuseWhileInstanceLive(redis, keys, { force: options.force ?? false });
-    return usingDriver(createNodeDriver(config), async (driver) => {
+    const ca = await CertificateAuthority.load(config);
+    return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca) }), async (driver) => {
       const repository = new Repository(config.repository, await driver.fileOwner());
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };
-      return recoverCluster({ config, driver, repository, secrets, logger, recordRebuilt }, { backupId: options.backup, recoveryTarget });
+      return recoverCluster(
+        { config, driver, repository, secrets, trustedCa: ca.certificatePem, logger, recordRebuilt },
+        { backupId: options.backup, recoveryTarget },
+      );
     });
   });
   for (const remains of recovered.setAside) {
@@ -250,7 +258,7 @@ export async function restoreClusterCommand(
 export async function restoreStopCommand(config: RelevoConfig, options: { to: string }, output: Output): Promise<void> {
   const directory = path.resolve(options.to);
   const members = await loadMembers(config);
-  const stopped = await usingDriver(copyDriver(config, directory), async (driver) => {
+  const stopped = await usingDriver(await copyDriver(config, directory), async (driver) => {
     const copy = { name: copyNodeName(directory), host: config.host, port: 0 };
     try {
       if ((await driver.state(copy)).phase === "absent") return false;
@@ -306,7 +314,8 @@ function copyNodeName(directory: string): string {
   return `copy-${createHash("sha256").update(directory).digest("hex").slice(0, 10)}`;
 }
 
-/** The configured driver, with the copy's data in the directory given (bind-mounted on Docker). */
-function copyDriver(config: RelevoConfig, directory: string): NodeDriver {
-  return createNodeDriver(config, { [copyNodeName(directory)]: directory });
+/** The configured driver, with the copy's data in the directory given (bind-mounted on Docker); the copy's certificate from the home's CA. */
+async function copyDriver(config: RelevoConfig, directory: string): Promise<NodeDriver> {
+  const ca = await CertificateAuthority.load(config);
+  return createNodeDriver(config, { tls: nodeTlsSource(ca), directories: { [copyNodeName(directory)]: directory } });
 }

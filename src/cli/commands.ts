@@ -8,6 +8,9 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { createNodeDriver, usingDriver } from "../nodes/create-driver";
 import { readSecrets } from "../secrets/secrets-store";
+import { uriTlsParameters } from "../postgres/tls-settings";
+import { readTrustedCa } from "../tls/certificate-authority";
+import { trustOnlyTlsSource } from "../tls/node-tls";
 import { issueToken } from "../secrets/token-registry";
 import { startRelevo, type StartOptions } from "../service";
 import { formatStatus } from "./format-status";
@@ -67,13 +70,15 @@ export async function upCommand(config: RelevoConfig, options: StartOptions, log
 
 export async function statusCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
   const secrets = await readSecrets(config.home);
+  const trust = await readTrustedCa(config);
   const nodes = await loadMembers(config);
-  const snapshot = await usingDriver(createNodeDriver(config), (driver) =>
+  // No node is started here: the driver is given no certificates to issue.
+  const snapshot = await usingDriver(createNodeDriver(config, { tls: trustOnlyTlsSource(trust.pem) }), (driver) =>
     observeClusterOnce({
       clusterName: config.clusterName,
       nodes,
       driver,
-      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" },
+      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: trust.pem },
       timeoutMs: config.nodeTimeoutMs,
       lagAlertBytes: config.lagAlertBytes,
     }),
@@ -87,11 +92,13 @@ export async function urlCommand(
   output: Output,
 ): Promise<void> {
   const secrets = await readSecrets(config.home);
+  const trust = await readTrustedCa(config);
   const nodes = await loadMembers(config);
-  const credentials = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: options.database };
+  const credentials = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: options.database, trustedCa: trust.pem };
+  const tls = uriTlsParameters(trust.file);
   if (options.multiHost) {
     // libpq tries the hosts in order and keeps the one that accepts writes.
-    output.out(connectionUri(nodes, credentials, { target_session_attrs: "read-write", connect_timeout: "5" }));
+    output.out(connectionUri(nodes, credentials, { target_session_attrs: "read-write", connect_timeout: "5", ...tls }));
     return;
   }
   let node = options.node ? nodes.find((candidate) => candidate.name === options.node) : undefined;
@@ -99,7 +106,7 @@ export async function urlCommand(
     throw new RelevoError(ErrorCode.NotFound, `no node named "${options.node}"; nodes are ${nodes.map((n) => n.name).join(", ")}`);
   }
   if (!node) {
-    const primary = await findWritablePrimary({ config, secrets }, nodes);
+    const primary = await findWritablePrimary({ config, secrets, trustedCa: trust.pem }, nodes);
     if (!primary)
       throw new RelevoError(
         ErrorCode.ServiceUnavailable,
@@ -107,5 +114,5 @@ export async function urlCommand(
       );
     node = primary;
   }
-  output.out(connectionUri([node], credentials));
+  output.out(connectionUri([node], credentials, tls));
 }

@@ -29,6 +29,7 @@ import { withClaimedTarget } from "../restore/target-claim";
 import type { HeldFileLock } from "../storage/file-lock";
 import { sleep } from "../util/sleep";
 import { conninfoString } from "../postgres/config-values";
+import { libpqTlsParameters } from "../postgres/tls-settings";
 
 export type BootstrapConfig = Pick<
   RelevoConfig,
@@ -46,6 +47,8 @@ export interface BootstrapDeps {
   readonly config: BootstrapConfig;
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
+  /** The CA's certificate (PEM): Relevo's connections to the nodes verify them against it. */
+  readonly trustedCa: string;
   readonly logger: Logger;
   /**
    * Seeds a new replica from the backup repository instead of the primary
@@ -73,8 +76,11 @@ export type NodeBootstrapOutcome =
   | { readonly phase: "already-running"; readonly node: NodeRef }
   | { readonly phase: "fenced"; readonly node: NodeRef; readonly reason?: string };
 
-export function superuserCredentials(secrets: Secrets, database = "postgres"): Credentials {
-  return { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database };
+export function superuserCredentials(
+  access: { readonly secrets: Secrets; readonly trustedCa: string },
+  database = "postgres",
+): Credentials {
+  return { user: ROLE_SUPERUSER, password: access.secrets.superuserPassword, database, trustedCa: access.trustedCa };
 }
 
 /**
@@ -197,7 +203,7 @@ async function killRunningFenced(deps: BootstrapDeps, nodes: readonly NodeRef[])
 async function writableMember(deps: BootstrapDeps, node: NodeRef, members: readonly NodeRef[]): Promise<NodeRef | null> {
   for (const member of members) {
     if (member.name === node.name || deps.fenced?.has(member.name)) continue;
-    const facts = await readNodeFacts(member, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, deps.config.clusterName);
+    const facts = await readNodeFacts(member, superuserCredentials(deps), deps.config.nodeTimeoutMs, deps.config.clusterName);
     if (facts && !facts.inRecovery && !facts.readOnly && !(await isFenced(deps.driver, member))) return member;
   }
   return null;
@@ -279,7 +285,7 @@ async function initializePrimary(deps: BootstrapDeps, node: NodeRef): Promise<No
     await writeMarker(deps, node);
     await writeManagedFiles(deps, node);
     await driver.start(node, { timeoutMs: deps.config.startTimeoutMs });
-    await withNodeClient(node, superuserCredentials(secrets), deps.config.nodeTimeoutMs, (client) => createRoles(client, secrets));
+    await withNodeClient(node, superuserCredentials(deps), deps.config.nodeTimeoutMs, (client) => createRoles(client, secrets));
   } catch (error) {
     await driver.destroy(node).catch(() => undefined);
     throw error;
@@ -308,10 +314,10 @@ export async function seedReplica(
 }
 
 async function seedClaimedReplica(deps: BootstrapDeps, node: NodeRef, primary: NodeRef): Promise<NodeBootstrapOutcome> {
-  const { driver, secrets, logger, config } = deps;
+  const { driver, logger, config } = deps;
   const slot = slotNameFor(node);
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));
-  await withNodeClient(primary, superuserCredentials(secrets), config.nodeTimeoutMs, (client) => ensureSlot(client, slot));
+  await withNodeClient(primary, superuserCredentials(deps), config.nodeTimeoutMs, (client) => ensureSlot(client, slot));
   const fromRepository = deps.seedFromRepository ? await deps.seedFromRepository(node, primary, slot) : false;
   if (!fromRepository) await driver.provision(node);
   try {
@@ -340,7 +346,14 @@ async function copyFromPrimary(deps: BootstrapDeps, node: NodeRef, primary: Node
       "-D",
       driver.dataDirectory(node),
       "-d",
-      conninfoString({ host: primary.host, port: primary.port, user: ROLE_REPLICATION, application_name: node.name }),
+      // -R writes these into the replica's primary_conninfo: its WAL receiver verifies the primary as this does.
+      conninfoString({
+        host: primary.host,
+        port: primary.port,
+        user: ROLE_REPLICATION,
+        application_name: node.name,
+        ...libpqTlsParameters(driver.tlsPaths(node).ca),
+      }),
       // -R writes standby.signal and primary_conninfo (with application_name,
       // so the primary's pg_stat_replication and synchronous_standby_names
       // can name this node); -S streams over the node's own slot, so the
@@ -359,7 +372,7 @@ async function copyFromPrimary(deps: BootstrapDeps, node: NodeRef, primary: Node
 }
 
 export async function writeManagedFiles(deps: BootstrapDeps, node: NodeRef): Promise<void> {
-  await deps.driver.writeFile(node, MANAGED_CONF, managedConf(deps.config, node));
+  await deps.driver.writeFile(node, MANAGED_CONF, managedConf(deps.config, node, deps.driver.tlsPaths(node)));
   await deps.driver.writeFile(node, "pg_hba.conf", managedHba(hbaNetworkFor(node.host)));
 }
 
@@ -384,12 +397,12 @@ function portEnvFor(config: BootstrapConfig, node: NodeRef): string {
 
 /** The running node that accepts writes (not in recovery), if any. */
 export async function findWritablePrimary(
-  deps: { readonly config: Pick<BootstrapConfig, "nodeTimeoutMs">; readonly secrets: Secrets },
+  deps: { readonly config: Pick<BootstrapConfig, "nodeTimeoutMs">; readonly secrets: Secrets; readonly trustedCa: string },
   nodes: readonly NodeRef[],
 ): Promise<NodeRef | null> {
   for (const node of nodes) {
     try {
-      const inRecovery = await withNodeClient(node, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, async (client) => {
+      const inRecovery = await withNodeClient(node, superuserCredentials(deps), deps.config.nodeTimeoutMs, async (client) => {
         const result = await client.query<{ in_recovery: boolean }>("SELECT pg_is_in_recovery() AS in_recovery");
         return result.rows[0]!.in_recovery;
       });
@@ -435,12 +448,12 @@ export async function ensureSlot(client: Client, slot: string): Promise<void> {
   );
 }
 
-export async function waitForStreaming(deps: Pick<BootstrapDeps, "config" | "secrets">, node: NodeRef): Promise<void> {
+export async function waitForStreaming(deps: Pick<BootstrapDeps, "config" | "secrets" | "trustedCa">, node: NodeRef): Promise<void> {
   const deadline = Date.now() + deps.config.startTimeoutMs;
   let last = "not connected";
   while (Date.now() < deadline) {
     try {
-      last = await withNodeClient(node, superuserCredentials(deps.secrets), deps.config.nodeTimeoutMs, async (client) => {
+      last = await withNodeClient(node, superuserCredentials(deps), deps.config.nodeTimeoutMs, async (client) => {
         const result = await client.query<{ status: string }>("SELECT status FROM pg_stat_wal_receiver");
         return result.rows[0]?.status ?? "no WAL receiver";
       });

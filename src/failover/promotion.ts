@@ -143,7 +143,7 @@ export async function followNewPrimary(context: OperationContext, primary: NodeR
       const facts = await context.facts(node);
       if (facts?.inRecovery) {
         await withNodeClient(node, deps.superuser, deps.config.nodeTimeoutMs, (client) =>
-          repointRunningStandby(client, node, primary, deps.secrets.replicationPassword),
+          repointRunningStandby(client, node, primary, deps.secrets.replicationPassword, deps.driver.tlsPaths(node).ca),
         );
       } else if (facts === null && (await deps.driver.state(node)).phase === "stopped") {
         await configureStoppedStandby(deps.driver, node, primary, deps.secrets.replicationPassword);

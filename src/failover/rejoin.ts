@@ -4,6 +4,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient } from "../postgres/connection";
 import { conninfoString } from "../postgres/config-values";
+import { libpqTlsParameters } from "../postgres/tls-settings";
 import { readControlData, stoppedAsStandby } from "../postgres/control-data";
 import { markFenced, removeFenceMarker } from "../postgres/fence-marker";
 import { ROLE_REWIND } from "../postgres/managed-settings";
@@ -161,7 +162,10 @@ async function startAsStandby(
 ): Promise<void> {
   const { deps } = context;
   await startStandby(context, node, primary);
-  await waitForStreaming({ config: { ...deps.config, startTimeoutMs: options.streamingTimeoutMs }, secrets: deps.secrets }, node);
+  await waitForStreaming(
+    { config: { ...deps.config, startTimeoutMs: options.streamingTimeoutMs }, secrets: deps.secrets, trustedCa: deps.superuser.trustedCa },
+    node,
+  );
 }
 
 /**
@@ -208,7 +212,14 @@ async function rewindOrReseed(
       "--target-pgdata",
       driver.dataDirectory(node),
       "--source-server",
-      conninfoString({ host: primary.host, port: primary.port, user: ROLE_REWIND, dbname: "postgres", connect_timeout: 5 }),
+      conninfoString({
+        host: primary.host,
+        port: primary.port,
+        user: ROLE_REWIND,
+        dbname: "postgres",
+        connect_timeout: 5,
+        ...libpqTlsParameters(driver.tlsPaths(node).ca),
+      }),
     ],
     { mode: "offline", env: { PGPASSWORD: deps.secrets.rewindPassword }, allowFailure: true, timeoutMs: 30 * 60 * 1000 },
   );

@@ -3,7 +3,7 @@ import type { RelevoConfig } from "../config/config";
 import { UnreachableCaseError } from "../errors";
 import { DockerDriver } from "./docker/docker-driver";
 import { LocalDriver } from "./local/local-driver";
-import type { NodeDriver } from "./node-driver";
+import type { NodeDriver, NodeTlsSource } from "./node-driver";
 
 export type DriverConfig = Pick<
   RelevoConfig,
@@ -20,15 +20,26 @@ export type DriverConfig = Pick<
 >;
 
 /**
- * The driver of the configuration; `directories` puts nodes' data in
- * directories of this machine instead of the driver's usual place (a
- * restored copy the operator put elsewhere): node name → directory that
- * holds (local) or is (docker) its data directory.
+ * The driver of the configuration. `tls`: the nodes' certificates (see
+ * nodeTlsSource). `directories` puts nodes' data in directories of this
+ * machine instead of the driver's usual place (a restored copy the operator
+ * put elsewhere): node name → directory that holds (local) or is (docker)
+ * its data directory.
  */
-export function createNodeDriver(config: DriverConfig, directories: Readonly<Record<string, string>> = {}): NodeDriver {
+export function createNodeDriver(
+  config: DriverConfig,
+  options: { readonly tls: NodeTlsSource; readonly directories?: Readonly<Record<string, string>> },
+): NodeDriver {
+  const directories = options.directories ?? {};
   switch (config.driver) {
     case "local":
-      return new LocalDriver({ home: config.home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser, nodeDirectories: directories });
+      return new LocalDriver({
+        home: config.home,
+        pgBinDir: config.pgBinDir,
+        pgOsUser: config.pgOsUser,
+        nodeDirectories: directories,
+        tls: options.tls,
+      });
     case "docker":
       return new DockerDriver({
         endpoint: { host: config.dockerHost, certPath: config.dockerCertPath },
@@ -39,6 +50,7 @@ export function createNodeDriver(config: DriverConfig, directories: Readonly<Rec
           ? { kind: "volume", name: config.dockerRepositoryVolume, path: config.repository }
           : { kind: "bind", path: config.repository },
         dataDirectories: Object.fromEntries(Object.entries(directories).map(([name, directory]) => [name, path.join(directory, "data")])),
+        tls: options.tls,
       });
     default:
       throw new UnreachableCaseError(config.driver);

@@ -27,6 +27,32 @@ export interface NodeRef {
 
 export type StopMode = "smart" | "fast" | "immediate";
 
+/** A node's TLS files as its server and the tools run beside it see them. */
+export interface NodeTlsPaths {
+  readonly certificate: string;
+  readonly key: string;
+  /** The CA's certificate: the server's ssl_ca_file, and the tools' sslrootcert. */
+  readonly ca: string;
+}
+
+/** A server certificate and its key (PEM). */
+export interface ServerCertificate {
+  readonly certificatePem: string;
+  readonly keyPem: string;
+}
+
+/**
+ * Where a driver gets the nodes' TLS material: the CA's certificate, and a
+ * new server certificate for every address a node is reached at. A driver
+ * issues one before every start of a server, so a node made, seeded,
+ * rewound or restored by any path, and a node of a cluster from before
+ * TLS, starts with its own current certificate.
+ */
+export interface NodeTlsSource {
+  readonly caPem: string;
+  serverCertificate(node: NodeRef): Promise<ServerCertificate>;
+}
+
 /** The driver's view of a node's server process (or container). */
 export type NodeProcessState =
   | { readonly phase: "absent" } // no storage at all: never provisioned, or destroyed
@@ -155,6 +181,16 @@ export interface NodeDriver {
 
   /** The data directory as PostgreSQL tools run by `exec` see it. */
   dataDirectory(node: NodeRef): string;
+
+  /**
+   * Where the node's server finds its certificate, key and CA, and the
+   * tools `exec` runs its CA: outside the data directory, which
+   * pg_basebackup, pg_rewind, backups and restores copy. The driver writes
+   * them (from its NodeTlsSource) before every start of the server, the
+   * key 0600 owned by the server's user; `exec` runs every tool with
+   * libpq's sslmode=verify-full, sslrootcert=<ca> and channel_binding=require.
+   */
+  tlsPaths(node: NodeRef): NodeTlsPaths;
 
   /**
    * A file of this host, beside the node's storage and never in it, whose

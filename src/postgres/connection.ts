@@ -6,11 +6,22 @@ export interface Credentials {
   readonly user: string;
   readonly password: string;
   readonly database: string;
+  /** The CA's certificate (PEM) a node's certificate must be signed by: the only trust anchor, the system's are not used. */
+  readonly trustedCa: string;
 }
 
-/** The configuration of a NodeClient (or of Prisma's pool of them) for `node`. */
+/**
+ * The configuration of a NodeClient (or of Prisma's pool of them) for
+ * `node`: TLS, verify-full. Node's TLS checks the chain against the CA
+ * alone and the certificate against the host connected to (an IP address
+ * against its iPAddress entries, a name against its dNSName ones, as libpq
+ * does); SCRAM-SHA-256-PLUS binds the authentication to that certificate,
+ * so a SCRAM exchange cannot be relayed through another TLS session.
+ */
 export function clientConfig(node: NodeRef, credentials: Credentials, timeoutMs: number): NodeClientConfig {
   return {
+    ssl: { ca: credentials.trustedCa, rejectUnauthorized: true },
+    enableChannelBinding: true,
     nodeName: node.name,
     host: node.host,
     port: node.port,

@@ -1,6 +1,7 @@
 import type { RelevoConfig } from "../config/config";
-import type { NodeRef } from "../nodes/node-driver";
+import type { NodeRef, NodeTlsPaths } from "../nodes/node-driver";
 import { configString } from "./config-values";
+import { serverTlsSettings } from "./tls-settings";
 
 /** Roles Relevo creates on the primary (see bootstrap). */
 export const ROLE_SUPERUSER = "postgres";
@@ -31,13 +32,16 @@ export function nodeClusterName(clusterName: string, nodeName: string): string {
 
 /**
  * Settings Relevo owns, in `relevo.conf`, included from postgresql.conf and
- * rewritten at every start (so a changed port takes effect). pg_basebackup
- * copies the file to replicas; each node then gets its own.
+ * rewritten at every start (so a changed port takes effect, and a node of a
+ * cluster from before TLS comes up with it). pg_basebackup copies the file
+ * to replicas; each node then gets its own. `tls`: the node's TLS files as
+ * its server sees them (NodeDriver.tlsPaths).
  */
 export function managedConf(
   config: Pick<RelevoConfig, "clusterName" | "maxSlotWalKeepSize"> &
     Partial<Pick<RelevoConfig, "failoverCheckIntervalMs" | "failoverFailureThreshold">>,
   node: NodeRef,
+  tls: NodeTlsPaths,
 ): string {
   // A replica must lose a hung primary within the failover detection window:
   // its WAL receiver asks for a reply after half the timeout of silence and
@@ -70,6 +74,8 @@ export function managedConf(
     "wal_receiver_status_interval = '1s'",
     // A repointed or restarted standby tries its primary again quickly.
     "wal_retrieve_retry_interval = '1s'",
+    // Every connection is TLS (pg_hba.conf has hostssl lines only), with the node's own certificate.
+    ...serverTlsSettings(tls),
     "logging_collector = off",
     "log_line_prefix = '%m [%p] %q%u@%d '",
     "",
@@ -80,13 +86,14 @@ export function managedConf(
  * Only what is needed: replication for `replicator`, pg_rewind's normal login
  * for `rewinder` (it reads files through SQL functions), Prisma's `relevo`
  * role on its own database, and the superuser for Relevo's administration.
+ * `hostssl` only: a connection without TLS matches no line and is refused.
  */
 export function managedHba(network: string): string {
   const rows = [
-    ["host", "replication", ROLE_REPLICATION, network],
-    ["host", "postgres", ROLE_REWIND, network],
-    ["host", APP_DATABASE, ROLE_APP, network],
-    ["host", "all", ROLE_SUPERUSER, network],
+    ["hostssl", "replication", ROLE_REPLICATION, network],
+    ["hostssl", "postgres", ROLE_REWIND, network],
+    ["hostssl", APP_DATABASE, ROLE_APP, network],
+    ["hostssl", "all", ROLE_SUPERUSER, network],
   ];
   return [
     "# Managed by Relevo. TYPE DATABASE USER ADDRESS METHOD",

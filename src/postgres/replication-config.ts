@@ -1,6 +1,7 @@
 import type { Client } from "pg";
 import { ROLE_REPLICATION } from "./managed-settings";
 import { configLine, configString, conninfoString } from "./config-values";
+import { libpqTlsParameters } from "./tls-settings";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 
 /**
@@ -19,8 +20,15 @@ export const STANDBY_SIGNAL = "standby.signal";
 /** Written into a fenced node's postgresql.auto.conf: if anything restarts it, read-write clients move on. */
 export const FENCE_SETTING = "default_transaction_read_only";
 
-/** A standby's primary_conninfo: its own name as application_name, so synchronous_standby_names and pg_stat_replication name it. */
-export function standbyConninfo(primary: NodeRef, standby: NodeRef, replicationPassword: string): string {
+/**
+ * A standby's primary_conninfo: its own name as application_name, so
+ * synchronous_standby_names and pg_stat_replication name it; TLS with
+ * verify-full against `caFile` (the CA as the standby's server sees it,
+ * NodeDriver.tlsPaths) and channel binding, so its WAL receiver, which
+ * retries a dead primary's port every few seconds, gives a stranger there
+ * no password.
+ */
+export function standbyConninfo(primary: NodeRef, standby: NodeRef, replicationPassword: string, caFile: string): string {
   return conninfoString({
     host: primary.host,
     port: primary.port,
@@ -28,6 +36,7 @@ export function standbyConninfo(primary: NodeRef, standby: NodeRef, replicationP
     password: replicationPassword,
     application_name: standby.name,
     connect_timeout: 2,
+    ...libpqTlsParameters(caFile),
   });
 }
 
@@ -82,7 +91,7 @@ export async function configureStoppedStandby(
   replicationPassword: string,
 ): Promise<void> {
   await editStoppedNodeConf(driver, node, {
-    primary_conninfo: standbyConninfo(primary, node, replicationPassword),
+    primary_conninfo: standbyConninfo(primary, node, replicationPassword, driver.tlsPaths(node).ca),
     primary_slot_name: slotNameFor(node),
     recovery_target_timeline: "latest",
     synchronous_standby_names: null,
@@ -92,9 +101,17 @@ export async function configureStoppedStandby(
   await driver.writeFile(node, STANDBY_SIGNAL, "");
 }
 
-/** Points a running standby at `primary`; the WAL receiver restarts on reload. */
-export async function repointRunningStandby(client: Client, node: NodeRef, primary: NodeRef, replicationPassword: string): Promise<void> {
-  await client.query(`ALTER SYSTEM SET primary_conninfo = ${client.escapeLiteral(standbyConninfo(primary, node, replicationPassword))}`);
+/** Points a running standby at `primary`; the WAL receiver restarts on reload. `caFile`: as the standby's server sees it. */
+export async function repointRunningStandby(
+  client: Client,
+  node: NodeRef,
+  primary: NodeRef,
+  replicationPassword: string,
+  caFile: string,
+): Promise<void> {
+  await client.query(
+    `ALTER SYSTEM SET primary_conninfo = ${client.escapeLiteral(standbyConninfo(primary, node, replicationPassword, caFile))}`,
+  );
   await client.query(`ALTER SYSTEM SET primary_slot_name = ${client.escapeLiteral(slotNameFor(node))}`);
   await client.query("SELECT pg_reload_conf()");
 }

@@ -23,6 +23,8 @@ export interface ClusterRecoveryDeps {
   readonly driver: NodeDriver;
   readonly repository: Repository;
   readonly secrets: Secrets;
+  /** The CA's certificate (PEM) the nodes' certificates are checked against. */
+  readonly trustedCa: string;
   readonly logger: Logger;
   /**
    * Makes the recorded cluster state (Redis) agree with the rebuilt cluster
@@ -120,7 +122,7 @@ export async function recoverCluster(
     await driver.destroy(node);
   }
   const primary = nodes[0]!;
-  const superuser = superuserCredentials(deps.secrets);
+  const superuser = superuserCredentials(deps);
   logger.info({ backup: manifest.id, node: primary.name, target: options.recoveryTarget }, "restoring the primary from the repository");
   await restoreBackup(
     { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
@@ -154,8 +156,9 @@ export async function recoverCluster(
         config,
         driver,
         secrets: deps.secrets,
+        trustedCa: deps.trustedCa,
         logger,
-        seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, logger }),
+        seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, trustedCa: deps.trustedCa, logger }),
       },
       nodes,
     );

@@ -16,7 +16,7 @@ import type { Repository } from "../storage/repository";
  */
 export function repositorySeeder(
   config: Pick<RelevoConfig, "replicaSeed" | "clusterName" | "maxSlotWalKeepSize" | "backupParallelism">,
-  deps: { driver: NodeDriver; repository: Repository; secrets: Secrets; logger: Logger },
+  deps: { driver: NodeDriver; repository: Repository; secrets: Secrets; trustedCa: string; logger: Logger },
 ): ((node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>) | undefined {
   if (config.replicaSeed !== "repository") return undefined;
   return async (node, upstream, slot) => {
@@ -33,7 +33,7 @@ export function repositorySeeder(
         maxSlotWalKeepSize: config.maxSlotWalKeepSize,
         driver: deps.driver,
         repository: deps.repository,
-        superuser: superuserCredentials(deps.secrets),
+        superuser: superuserCredentials(deps),
         logger: deps.logger,
       },
       {
@@ -41,7 +41,12 @@ export function repositorySeeder(
         node,
         upstream,
         slot,
-        replication: { user: ROLE_REPLICATION, password: deps.secrets.replicationPassword, database: "replication" },
+        replication: {
+          user: ROLE_REPLICATION,
+          password: deps.secrets.replicationPassword,
+          database: "replication",
+          trustedCa: deps.trustedCa,
+        },
         parallelism: config.backupParallelism,
       },
     );

@@ -1,5 +1,6 @@
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { conninfoString } from "../postgres/config-values";
+import { libpqTlsParameters } from "../postgres/tls-settings";
 import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../postgres/managed-settings";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
@@ -113,7 +114,7 @@ async function restoreClaimedTarget(
     await driver.writeFile(
       target,
       MANAGED_CONF,
-      managedConf({ clusterName: deps.clusterName, maxSlotWalKeepSize: deps.maxSlotWalKeepSize }, target) +
+      managedConf({ clusterName: deps.clusterName, maxSlotWalKeepSize: deps.maxSlotWalKeepSize }, target, driver.tlsPaths(target)) +
         "# Recovery of a restored copy\n" +
         recoverySettings({ walDir: repository.walDir, target: options.recoveryTarget, timeline: options.timeline }),
     );
@@ -214,6 +215,7 @@ async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promi
       user: options.replication.user,
       password: options.replication.password,
       application_name: node.name,
+      ...libpqTlsParameters(driver.tlsPaths(node).ca),
     });
     await driver.writeFile(
       node,

@@ -8,6 +8,7 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
 import { TokenAccess } from "../secrets/token-access";
+import { caFiles } from "../tls/certificate-authority";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -41,6 +42,7 @@ export async function startApi(
       nodes,
       scheduler,
       failover,
+      caFile: caFiles(config).certificateFile,
     },
     redis.pubSub,
     {

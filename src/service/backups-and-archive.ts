@@ -46,19 +46,23 @@ export interface WalArchive {
 export function startWalArchiver(
   options: StartContext & {
     readonly secrets: Secrets;
+    readonly trustedCa: string;
+    /** The CA's certificate file on this host, for pg_receivewal. */
+    readonly caFile: string;
     readonly redis: RedisAndEvents;
     readonly storage: Storage;
     readonly superuser: Credentials;
   },
 ): WalArchive {
-  const { config, logger, cleanups, secrets, redis, storage, superuser } = options;
+  const { config, logger, cleanups, secrets, trustedCa, caFile, redis, storage, superuser } = options;
   const gaps = new ArchiveGaps(redis.client, redis.keys.archiveGaps, redis.events);
   const archiver = new WalArchiver({
     repository: storage.repository,
     pgBinDir: config.pgBinDir,
     identity: storage.pgIdentity,
     superuser,
-    replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication" },
+    replication: { user: ROLE_REPLICATION, password: secrets.replicationPassword, database: "replication", trustedCa },
+    caFile,
     nodeTimeoutMs: config.nodeTimeoutMs,
     events: redis.events,
     gaps,

@@ -76,6 +76,7 @@ export async function bootstrapNodes(
   options: StartContext & {
     readonly driver: NodeDriver;
     readonly secrets: Secrets;
+    readonly trustedCa: string;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly repository: Repository;
@@ -83,7 +84,7 @@ export async function bootstrapNodes(
     readonly newCluster: boolean;
   },
 ): Promise<BootstrappedCluster> {
-  const { config, logger, driver, secrets, redis, nodes, repository } = options;
+  const { config, logger, driver, secrets, trustedCa, redis, nodes, repository } = options;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
   // Never "nothing recorded" for a read that failed: the recorded primary and fences decide what may start.
   const recorded = await redisCall("the cluster's recorded state", () => store.read());
@@ -94,8 +95,9 @@ export async function bootstrapNodes(
     config,
     driver,
     secrets,
+    trustedCa,
     logger,
-    seedFromRepository: repositorySeeder(config, { driver, repository, secrets, logger }),
+    seedFromRepository: repositorySeeder(config, { driver, repository, secrets, trustedCa, logger }),
     fenced,
     recordedPrimary: recorded?.primary ?? null,
     beforeInitialise: async (node) => {
@@ -143,8 +145,8 @@ export async function bootstrapNodes(
         logger.warn({ node: outcome.node.name, err: error.message }, "fence not recorded (the state changed meanwhile)"),
       );
   }
-  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres" };
-  await recordClusterIdentity({ config, logger, secrets, superuser }, outcomes);
+  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa };
+  await recordClusterIdentity({ config, logger, secrets, trustedCa, superuser }, outcomes);
   // A primary made just now gets the archiver's slot before the service
   // answers, so WAL is kept from here on for the archiver (the leader of the
   // instances), whenever it comes to stream it. Best effort: the archiver
@@ -168,13 +170,17 @@ export async function bootstrapNodes(
  * without a reachable primary it waits for the next start.
  */
 async function recordClusterIdentity(
-  options: Pick<StartContext, "config" | "logger"> & { readonly secrets: Secrets; readonly superuser: Credentials },
+  options: Pick<StartContext, "config" | "logger"> & {
+    readonly secrets: Secrets;
+    readonly trustedCa: string;
+    readonly superuser: Credentials;
+  },
   outcomes: readonly NodeBootstrapOutcome[],
 ): Promise<void> {
-  const { config, logger, secrets, superuser } = options;
+  const { config, logger, secrets, trustedCa, superuser } = options;
   try {
     const candidates = outcomes.filter((outcome) => outcome.phase !== "fenced").map((outcome) => outcome.node);
-    const primary = await findWritablePrimary({ config, secrets }, candidates);
+    const primary = await findWritablePrimary({ config, secrets, trustedCa }, candidates);
     if (!primary) return;
     const systemIdentifier = await withNodeClient(primary, superuser, config.nodeTimeoutMs, readSystemIdentifier);
     if (await recordIdentity(config.home, config.clusterName, systemIdentifier)) {
@@ -200,6 +206,7 @@ export async function startTopology(
   options: StartContext & {
     readonly driver: NodeDriver;
     readonly secrets: Secrets;
+    readonly trustedCa: string;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly superuser: Credentials;
@@ -210,9 +217,10 @@ export async function startTopology(
     readonly replayRecentEvents: (windowMs: number) => void;
   },
 ): Promise<Topology> {
-  const { config, logger, cleanups, driver, secrets, redis, nodes, superuser, archiver, archiveGaps, replayRecentEvents } = options;
+  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, archiveGaps, replayRecentEvents } =
+    options;
   const database = new PrimaryDatabase(
-    { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE },
+    { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE, trustedCa },
     config.nodeTimeoutMs,
     logger,
   );

@@ -1,4 +1,6 @@
 import { createNodeDriver } from "../nodes/create-driver";
+import { CertificateAuthority } from "../tls/certificate-authority";
+import { nodeTlsSource } from "../tls/node-tls";
 import type { NodeDriver } from "../nodes/node-driver";
 import { loadOrCreateSecrets, type Secrets } from "../secrets/secrets-store";
 import { removeAbandonedTemporaries } from "../util/durable-file";
@@ -8,11 +10,14 @@ import type { StartContext } from "./cleanups";
 export interface Prerequisites {
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
+  /** Relevo's CA: the nodes' certificates, and the trust of every connection to them. */
+  readonly ca: CertificateAuthority;
 }
 
-/** The node driver (its prerequisites met), the secrets of this home, and the API's port free. */
+/** The node driver (its prerequisites met), the secrets and the CA of this home, and the API's port free. */
 export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
-  const driver = createNodeDriver(config);
+  const ca = await CertificateAuthority.load(config);
+  const driver = createNodeDriver(config, { tls: nodeTlsSource(ca) });
   // Last of the cleanups: the driver's open connections (the Docker driver's file agents).
   cleanups.push(() => driver.close());
   await driver.checkPrerequisites();
@@ -21,5 +26,5 @@ export async function checkPrerequisites({ config, cleanups, logger }: StartCont
   const removed = await removeAbandonedTemporaries(config.home);
   if (removed.length > 0) logger.info({ files: removed }, "removed temporary files a crash left in the data home");
   await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
-  return { driver, secrets };
+  return { driver, secrets, ca };
 }

@@ -13,6 +13,7 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { RedisKeys } from "../redis/keys";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
+import type { CertificateAuthority } from "../tls/certificate-authority";
 import type { Repository } from "../storage/repository";
 import { projectRoot } from "../util/project-root";
 import type { ArchiveMonitor } from "../wal/archive-monitor";
@@ -29,6 +30,10 @@ export interface RelevoService {
   readonly nodes: readonly NodeRef[];
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
+  /** The CA's certificate (PEM): what every connection to a node verifies it against. */
+  readonly trustedCa: string;
+  /** The CA's certificate file on this host (libpq's sslrootcert). */
+  readonly caFile: string;
   readonly keys: RedisKeys;
   readonly redis: Redis;
   readonly events: EventLog;
@@ -65,6 +70,7 @@ export function runningService(parts: {
   readonly cleanups: Cleanups;
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
+  readonly ca: CertificateAuthority;
   readonly redis: RedisAndEvents;
   readonly members: Members;
   readonly storage: Storage;
@@ -78,7 +84,7 @@ export function runningService(parts: {
   readonly consolidator: Consolidator;
   readonly api: RunningApi;
 }): RelevoService {
-  const { cleanups, driver, secrets, redis, members, storage, cluster, archive, topology } = parts;
+  const { cleanups, driver, secrets, ca, redis, members, storage, cluster, archive, topology } = parts;
   const { backups, archiveMonitor, scheduler, failover, consolidator, api } = parts;
   let stopping: Promise<void> | null = null;
   return {
@@ -86,6 +92,8 @@ export function runningService(parts: {
     nodes: members.nodes,
     driver,
     secrets,
+    trustedCa: ca.certificatePem,
+    caFile: ca.certificateFile,
     keys: redis.keys,
     redis: redis.client,
     events: redis.events,

@@ -29,7 +29,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
   const cleanups = new Cleanups(logger);
   const context: StartContext = { config, logger, cleanups };
   try {
-    const { driver, secrets } = await checkPrerequisites(context);
+    const { driver, secrets, ca } = await checkPrerequisites(context);
+    const trustedCa = ca.certificatePem;
     const redis = await startRedisAndEvents({ ...context, secrets });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
@@ -39,13 +40,14 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       ...context,
       driver,
       secrets,
+      trustedCa,
       redis,
       nodes,
       repository,
       newCluster: options.newCluster ?? false,
     });
     const { superuser } = cluster;
-    const archive = startWalArchiver({ ...context, secrets, redis, storage, superuser });
+    const archive = startWalArchiver({ ...context, secrets, trustedCa, caFile: ca.certificateFile, redis, storage, superuser });
 
     // Set once the consolidator exists: a new primary gets the last minutes of events again.
     let replayRecentEvents: ((windowMs: number) => void) | null = null;
@@ -53,6 +55,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       ...context,
       driver,
       secrets,
+      trustedCa,
       redis,
       nodes,
       superuser,
@@ -84,6 +87,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       cleanups,
       driver,
       secrets,
+      ca,
       redis,
       members,
       storage,

@@ -30,6 +30,29 @@ export function caFiles(settings: Pick<CaSettings, "home" | "tlsCaFile" | "tlsCa
 }
 
 /**
+ * The CA's certificate alone, for a client that only verifies servers (the
+ * CLI's `status` and `url`): read, never made. PRECONDITION_FAILED when the
+ * data home has no CA yet (`relevo up` makes it).
+ */
+export async function readTrustedCa(
+  settings: Pick<CaSettings, "home" | "tlsCaFile" | "tlsCaKeyFile">,
+): Promise<{ file: string; pem: string }> {
+  const files = caFiles(settings);
+  try {
+    return { file: files.certificateFile, pem: await readFile(files.certificateFile, "utf8") };
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code !== "ENOENT") throw cause;
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      files.configured
+        ? `RELEVO_TLS_CA_FILE=${JSON.stringify(files.certificateFile)} does not exist`
+        : `no CA in ${settings.home}: run \`relevo up\` first (or set RELEVO_HOME)`,
+      { cause, details: { env: files.configured ? "RELEVO_TLS_CA_FILE" : "RELEVO_HOME" } },
+    );
+  }
+}
+
+/**
  * Relevo's CA: issues every server's and client's certificate. The
  * certificate (the whole file, when it holds a chain) is what clients
  * trust; the key never leaves this object but as signatures.

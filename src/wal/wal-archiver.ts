@@ -25,6 +25,7 @@ import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } fro
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
 import { conninfoString } from "../postgres/config-values";
+import { libpqTlsParameters } from "../postgres/tls-settings";
 
 export const ARCHIVE_SLOT = "relevo_archive";
 
@@ -75,6 +76,8 @@ export interface WalArchiverOptions {
   readonly identity: OsIdentity | null;
   readonly superuser: Credentials;
   readonly replication: Credentials;
+  /** The CA's certificate file on this host (pg_receivewal's sslrootcert): readable by `identity`. */
+  readonly caFile: string;
   readonly nodeTimeoutMs: number;
   readonly events: EventLog;
   /** The archive's gaps: a lost slot's hole is reported here (an event, and the cluster's health). */
@@ -394,7 +397,7 @@ export class WalArchiver {
 
   /** Runs pg_receivewal until it exits; returns why, and the end of what it wrote to stderr. */
   private receive(target: NodeRef): Promise<{ readonly reason: string; readonly stderr: string }> {
-    const { repository, replication, identity, pgBinDir } = this.options;
+    const { repository, replication, identity, pgBinDir, caFile } = this.options;
     return new Promise((resolve) => {
       const child = spawnHostTool(
         path.join(pgBinDir, "pg_receivewal"),
@@ -404,7 +407,13 @@ export class WalArchiver {
           "-S",
           ARCHIVE_SLOT,
           "-d",
-          conninfoString({ host: target.host, port: target.port, user: replication.user, application_name: "relevo_archiver" }),
+          conninfoString({
+            host: target.host,
+            port: target.port,
+            user: replication.user,
+            application_name: "relevo_archiver",
+            ...libpqTlsParameters(caFile),
+          }),
           "--no-password",
           "--no-loop",
           // Flush every write and report it at once: the archive is never behind what the primary confirmed to it.

@@ -1,3 +1,4 @@
+import { libpqTlsEnvironment } from "../../src/postgres/tls-settings";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import type { BackupManifest, BackupType } from "../../src/backup/manifest";
@@ -64,7 +65,10 @@ export function backupHelpers(cluster: TestCluster) {
     const { stdout } = await run(
       "/usr/lib/postgresql/15/bin/pg_dumpall",
       ["-h", node.host, "-p", String(node.port), "-U", "postgres", "--no-role-passwords", `--exclude-database=${APP_DATABASE}`],
-      { env: { ...process.env, PGPASSWORD: cluster.service.secrets.superuserPassword }, maxBuffer: 1 << 28 },
+      {
+        env: { ...process.env, PGPASSWORD: cluster.service.secrets.superuserPassword, ...libpqTlsEnvironment(cluster.service.caFile) },
+        maxBuffer: 1 << 28,
+      },
     );
     return stdout.split("\n").filter((line) => !/^(SELECT pg_catalog\.setval\(|\\(un)?restrict )/.test(line));
   }

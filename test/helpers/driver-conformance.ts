@@ -1,14 +1,19 @@
 import { expect } from "@jest/globals";
 import { Readable } from "node:stream";
 import { Client } from "pg";
-import type { NodeDriver, NodeRef } from "../../src/nodes/node-driver";
+import type { NodeDriver, NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
 import { ErrorCode } from "../../src/errors";
+import { loadConfig } from "../../src/config/config";
+import { CertificateAuthority } from "../../src/tls/certificate-authority";
+import { nodeTlsSource } from "../../src/tls/node-tls";
+import { serverTlsSettings } from "../../src/postgres/tls-settings";
+import { tempHome } from "./home";
 import { freePort } from "./ports";
 
 export interface ConformanceTarget {
   readonly label: string;
-  /** A fresh driver over a data home of its own. */
-  makeDriver(): Promise<NodeDriver>;
+  /** A fresh driver over a data home of its own, issuing the nodes' certificates from `tls`. */
+  makeDriver(tls: NodeTlsSource): Promise<NodeDriver>;
 }
 
 const PASSWORD = "conformance-password-0123456789";
@@ -24,9 +29,11 @@ export function describeDriverConformance(target: ConformanceTarget): void {
   describe(`NodeDriver conformance: ${target.label}`, () => {
     let driver: NodeDriver;
     let node: NodeRef;
+    let ca: CertificateAuthority;
 
     beforeAll(async () => {
-      driver = await target.makeDriver();
+      ca = await CertificateAuthority.load(loadConfig({}, { home: await tempHome("conformance-ca") }));
+      driver = await target.makeDriver(nodeTlsSource(ca));
       node = { name: "conformance1", host: "127.0.0.1", port: await freePort() };
       await driver.checkPrerequisites();
     });
@@ -35,9 +42,17 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await driver.destroy(node).catch(() => undefined);
     });
 
-    /** A client of the node's superuser; `limits` bound its connect or its queries. */
-    const nodeClient = (limits: { connectionTimeoutMillis?: number; query_timeout?: number }): Client =>
-      new Client({ host: node.host, port: node.port, user: "postgres", password: PASSWORD, database: "postgres", ...limits });
+    /** A client of the node's superuser, TLS verify-full against `trusted` (the driver's CA); `limits` bound its connect or its queries. */
+    const nodeClient = (limits: { connectionTimeoutMillis?: number; query_timeout?: number }, trusted = ca.certificatePem): Client =>
+      new Client({
+        host: node.host,
+        port: node.port,
+        user: "postgres",
+        password: PASSWORD,
+        database: "postgres",
+        ssl: { ca: trusted, rejectUnauthorized: true },
+        ...limits,
+      });
 
     const sql = async (text: string): Promise<unknown[]> => {
       const client = nodeClient({ connectionTimeoutMillis: 3000 });
@@ -103,7 +118,8 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       await driver.writeFile(
         node,
         "postgresql.conf",
-        `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`,
+        // TLS with the files the driver writes before each start, where it says they are (outside the data directory).
+        `${conf}\nport = ${node.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n${serverTlsSettings(driver.tlsPaths(node)).join("\n")}\n`,
       );
     });
 
@@ -182,6 +198,13 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect(state.phase).toBe("running");
       await driver.start(node, { timeoutMs: 60000 });
       expect(await sql("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+      // The server took the certificate, the key (PostgreSQL refuses a key others may read, or another user's) and the
+      // CA the driver wrote before the start; a client verifying the host against the CA gets TLS.
+      expect(await sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).toEqual([{ ssl: true }]);
+      // Outside the data directory: nothing a base backup, a rewind or a backup copies holds them.
+      const { certificate, key, ca: caFile } = driver.tlsPaths(node);
+      const tlsNames = [certificate, key, caFile].map((file) => file.split("/").pop());
+      expect((await driver.listFiles(node, ".")).filter((entry) => tlsNames.includes(entry.path.split("/").pop()))).toEqual([]);
       const view = await driver.describe(node);
       expect(view).toMatchObject({ driver: driver.kind, state, dataDirectory: driver.dataDirectory(node) });
     });

@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createConnection, createServer, type AddressInfo, type Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import type { Duplex } from "node:stream";
 import { createInterface } from "node:readline";
 
 /**
@@ -25,20 +27,27 @@ export type PasswordRequest = "cleartext" | "md5" | "scram" | "scram-without-pro
 /** AuthenticationOk, then ReadyForQuery (idle): the client is in. */
 const letIn = Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]);
 
-export async function fakePostgres(request: PasswordRequest): Promise<FakeServer> {
+/**
+ * `tls`: the certificate and key the stranger answers an SSLRequest with
+ * (one a client trusts: a node's key read by whoever runs as the
+ * PostgreSQL OS user); without, it answers "N" (no TLS), as a plain
+ * stranger would.
+ */
+export async function fakePostgres(request: PasswordRequest, options: { tls?: { cert: string; key: string } } = {}): Promise<FakeServer> {
   const afterRequest: Buffer[] = [];
   const sockets = new Set<Socket>();
   const closed: Promise<void>[] = [];
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    closed.push(new Promise((resolve) => socket.once("close", () => resolve())));
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => undefined);
+  const server = createServer((raw) => {
+    sockets.add(raw);
+    closed.push(new Promise((resolve) => raw.once("close", () => resolve())));
+    raw.on("close", () => sockets.delete(raw));
+    raw.on("error", () => undefined);
+    let socket: Duplex = raw;
     let pending = Buffer.alloc(0);
     let asked = false;
     let afterThisRequest = Buffer.alloc(0);
     let serverFirstSent = false;
-    socket.on("data", (chunk: Buffer) => {
+    const onData = (chunk: Buffer): void => {
       if (asked) {
         afterRequest.push(chunk);
         afterThisRequest = Buffer.concat([afterThisRequest, chunk]);
@@ -50,6 +59,16 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
         const length = pending.readInt32BE(0);
         const code = pending.readInt32BE(4);
         pending = pending.subarray(length);
+        if (code === 80877103 && options.tls) {
+          // SSLRequest: "S", then the rest of the conversation over TLS (what is recorded is what TLS carried).
+          raw.write("S");
+          raw.removeListener("data", onData);
+          const secure = new TLSSocket(raw, { isServer: true, cert: options.tls.cert, key: options.tls.key });
+          secure.on("error", () => undefined);
+          secure.on("data", onData);
+          socket = secure;
+          return;
+        }
         if (code === 80877103) {
           socket.write("N"); // SSLRequest: no TLS here
           continue;
@@ -66,7 +85,8 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
         asked = true;
         if (pending.length > 0) afterRequest.push(pending);
       }
-    });
+    };
+    raw.on("data", onData);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
@@ -92,14 +112,15 @@ export async function fakePostgres(request: PasswordRequest): Promise<FakeServer
  * is in, and the end once its final message (its proof) is. Whether the
  * server-first message has been sent, before and after.
  */
-function answerScram(socket: Socket, received: Buffer, serverFirstSent: boolean, request: PasswordRequest): boolean {
+function answerScram(socket: Duplex, received: Buffer, serverFirstSent: boolean, request: PasswordRequest): boolean {
   const text = received.toString("latin1");
-  if (text.includes("c=biws")) {
+  // The client-final message: "c=biws" (n,,: no channel binding) or "c=eSws" (y,,: the client could bind, the server offered no PLUS).
+  if (/c=(biws|eSws),r=/.test(text)) {
     if (request === "scram-without-proof") socket.write(letIn);
     else socket.end();
     return true;
   }
-  const nonce = /n,,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];
+  const nonce = /[ny],,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];
   if (serverFirstSent || !nonce) return serverFirstSent;
   socket.write(authRequest(11, Buffer.from(`r=${nonce}fake-server-nonce,s=${Buffer.alloc(16, 7).toString("base64")},i=4096`)));
   return true;

@@ -4,6 +4,7 @@ import { mintToken, type Role } from "../../src/secrets/tokens";
 import { startRelevo, type RelevoService } from "../../src/service";
 import { tempHome } from "./home";
 import { freePort } from "./ports";
+import { trustCa } from "./tls";
 
 export interface TestCluster {
   readonly config: RelevoConfig;
@@ -46,6 +47,7 @@ export async function testConfig(label: string, overrides: ConfigOverrides = {})
 export async function startTestCluster(label: string, overrides: ConfigOverrides = {}): Promise<TestCluster> {
   const config = await testConfig(label, overrides);
   const service = await startRelevo(config, createLogger({ level: config.logLevel }));
+  trustCa(service.trustedCa);
   return {
     config,
     service,

@@ -1,6 +1,7 @@
 import { Client } from "pg";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import type { Secrets } from "../../src/secrets/secrets-store";
+import { testClientSsl } from "./tls";
 
 /** Runs SQL on a node as the superuser, like an operator with `relevo url` would. */
 export async function sqlOn<T = Record<string, unknown>>(
@@ -17,6 +18,7 @@ export async function sqlOn<T = Record<string, unknown>>(
     password: secrets.superuserPassword,
     database,
     connectionTimeoutMillis: 5000,
+    ssl: testClientSsl(),
   });
   await client.connect();
   try {

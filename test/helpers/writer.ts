@@ -1,5 +1,6 @@
 import { Client } from "pg";
 import type { NodeRef } from "../../src/nodes/node-driver";
+import { testClientSsl } from "./tls";
 
 /**
  * A writer that inserts into `table` (note, pad) until stopped, like an
@@ -13,7 +14,7 @@ export function startWriter(node: NodeRef, password: string, table = "ledger"): 
   let written = 0;
   let slowestMs = 0;
   const done = (async () => {
-    const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres" });
+    const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres", ssl: testClientSsl() });
     await client.connect();
     try {
       while (running) {

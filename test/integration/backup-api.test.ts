@@ -220,7 +220,7 @@ describe("backups through GraphQL and the CLI", () => {
     const port = await freePort();
     const restored = await run("node", [BIN, "restore", "--to", dir, "--port", String(port), "--backup", backupId], { env: cliEnv() });
     const uri = restored.stdout.trim().split("\n").pop()!;
-    expect(uri).toMatch(new RegExp(`^postgresql://postgres:.*@127\\.0\\.0\\.1:${port}/postgres$`));
+    expect(uri).toMatch(new RegExp(`^postgresql://postgres:.*@127\\.0\\.0\\.1:${port}/postgres\\?sslmode=verify-full&sslrootcert=[^&]+$`));
     expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM api_data WHERE id > 0"])).stdout.trim()).toBe("50000");
     await run("node", [BIN, "restore", "stop", "--to", dir], { env: cliEnv() });
     await expect(run("psql", [uri, "-Atc", "SELECT 1"])).rejects.toBeTruthy();

@@ -104,7 +104,7 @@ describe("the WAL archive across a failover", () => {
     await cluster.service.driver.kill(old);
     await eventually(async () => ((await primaryNow()) === survivor.name ? true : undefined), { what: "failover", timeoutMs: 60000 });
 
-    const history = await withNodeClient(survivor, superuserCredentials(cluster.service.secrets), 10000, async (client) => {
+    const history = await withNodeClient(survivor, superuserCredentials(cluster.service), 10000, async (client) => {
       const timeline = (await client.query<{ t: number }>(`SELECT ${CURRENT_TIMELINE_SQL} AS t`)).rows[0]!.t;
       return serverHistory(client, timeline);
     });

@@ -1,3 +1,4 @@
+import { testClientSsl } from "../helpers/tls";
 import { expect } from "@jest/globals";
 import { Client } from "pg";
 import type { BackupManifest } from "../../src/backup/manifest";
@@ -175,6 +176,7 @@ describe("full backup and point-in-time restore", () => {
       port: primary().port,
       user: "postgres",
       password: cluster.service.secrets.superuserPassword,
+      ssl: testClientSsl(),
     });
     await idle.connect();
     try {

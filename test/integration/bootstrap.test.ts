@@ -1,3 +1,10 @@
+import { libpqTlsParameters, uriTlsParameters } from "../../src/postgres/tls-settings";
+import { Client } from "pg";
+import type { PeerCertificate, TLSSocket } from "node:tls";
+import { loadConfig } from "../../src/config/config";
+import { CertificateAuthority } from "../../src/tls/certificate-authority";
+import { tempHome } from "../helpers/home";
+import { testClientSsl } from "../helpers/tls";
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
@@ -75,7 +82,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       cluster.service.secrets,
       "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules ORDER BY line_number",
     );
-    expect(hba.every((rule) => rule.auth_method === "scram-sha-256" && rule.type === "host")).toBe(true);
+    expect(hba.every((rule) => rule.auth_method === "scram-sha-256" && rule.type === "hostssl")).toBe(true);
     expect(hba.map((rule) => `${rule.database.join(",")}:${rule.user_name.join(",")}`)).toEqual([
       "replication:replicator",
       "postgres:rewinder",
@@ -102,12 +109,92 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     expect((await stat(secretsFile(cluster.config.home))).mode & 0o777).toBe(0o600);
   });
 
+  test("TLS on every node: a plaintext login is refused, a client trusting another CA fails verify-full, the CA's passes", async () => {
+    const password = { PGPASSWORD: cluster.service.secrets.superuserPassword };
+    const credentials = { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" };
+    for (const node of [primary(), replica()]) {
+      const uri = (params: Record<string, string>) => connectionUri([node], { ...credentials, trustedCa: "" }, params);
+      // hostssl lines only: without TLS no line of pg_hba.conf matches.
+      await expect(
+        run("psql", [uri({ sslmode: "disable" }), "-XAtc", "SELECT 1"], { env: { ...process.env, ...password } }),
+      ).rejects.toMatchObject({
+        stderr: expect.stringMatching(/no pg_hba\.conf entry for host .* no encryption/),
+      });
+      const other = await CertificateAuthority.load(loadConfig({}, { home: await tempHome("other-ca") }));
+      await expect(run("psql", [uri(uriTlsParameters(other.certificateFile)), "-XAtc", "SELECT 1"])).rejects.toMatchObject({
+        stderr: expect.stringMatching(/certificate verify failed/),
+      });
+      // verify-full with channel binding, as Relevo's tools connect: the session is TLS.
+      const { stdout } = await run("psql", [
+        uri({ ...libpqTlsParameters(cluster.service.caFile) }),
+        "-XAtc",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+      ]);
+      expect(stdout.trim()).toBe("t");
+    }
+  });
+
+  test("replication, the archiver's stream and Relevo's own sessions run over TLS (pg_stat_ssl)", async () => {
+    const sessions = await eventually(async () => {
+      const rows = await sqlOn<{ application_name: string; ssl: boolean }>(
+        primary(),
+        cluster.service.secrets,
+        "SELECT r.application_name, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) ORDER BY 1",
+      );
+      return rows.some((row) => row.application_name === "relevo_archiver") ? rows : undefined;
+    });
+    expect(sessions).toEqual([
+      { application_name: "node2", ssl: true },
+      { application_name: "relevo_archiver", ssl: true },
+    ]);
+    // Prisma's pool on database relevo keeps its sessions open: Relevo's NodeClients, with TLS.
+    const relevo = await eventually(async () => {
+      const rows = await sqlOn<{ ssl: boolean }>(
+        primary(),
+        cluster.service.secrets,
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'relevo'",
+      );
+      return rows.length > 0 ? rows : undefined;
+    });
+    expect(relevo.every((row) => row.ssl)).toBe(true);
+  });
+
+  test("each node serves a certificate of its own, for its address, its key outside the data directory", async () => {
+    const serials = new Set<string>();
+    for (const node of [primary(), replica()]) {
+      const served = await new Promise<PeerCertificate>((resolve, reject) => {
+        const client = new Client({
+          host: node.host,
+          port: node.port,
+          user: "postgres",
+          password: cluster.service.secrets.superuserPassword,
+          ssl: testClientSsl(),
+        });
+        client
+          .connect()
+          .then(() => {
+            const socket = (client as unknown as { connection: { stream: TLSSocket } }).connection.stream;
+            resolve(socket.getPeerCertificate());
+          })
+          .catch(reject)
+          .finally(() => void client.end());
+      });
+      expect(served.subject.CN).toBe(node.name);
+      expect(served.subjectaltname).toBe(`IP Address:${node.host}`);
+      serials.add(served.serialNumber);
+      const paths = cluster.service.driver.tlsPaths(node);
+      expect(paths.key.startsWith(cluster.service.driver.dataDirectory(node))).toBe(false);
+    }
+    expect(serials.size).toBe(2);
+  });
+
   test("bootstrap again is idempotent: nodes already running are left as they are", async () => {
     const outcomes = await bootstrapCluster(
       {
         config: cluster.config,
         driver: cluster.service.driver,
         secrets: cluster.service.secrets,
+        trustedCa: cluster.service.trustedCa,
         logger: createLogger({ level: "silent" }),
       },
       cluster.service.nodes,
@@ -118,8 +205,8 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
   test("libpq clients reach the primary through a multi-host URI with target_session_attrs=read-write", async () => {
     const uri = connectionUri(
       [replica(), primary()],
-      { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" },
-      { target_session_attrs: "read-write" },
+      { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres", trustedCa: cluster.service.trustedCa },
+      { target_session_attrs: "read-write", ...uriTlsParameters(cluster.service.caFile) },
     );
     const { stdout } = await run("psql", [uri, "-Atc", "SELECT pg_is_in_recovery(), current_setting('port')"]);
     expect(stdout.trim()).toBe(`f|${primary().port}`);
@@ -145,6 +232,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
           config: cluster.config,
           driver,
           secrets: cluster.service.secrets,
+          trustedCa: cluster.service.trustedCa,
           logger: createLogger({ level: "silent" }),
           recordedPrimary: primary().name,
           fenced: new Set(),

@@ -6,8 +6,8 @@ import { tempHome } from "../helpers/home";
 
 describeDriverConformance({
   label: "docker",
-  makeDriver: async () => {
+  makeDriver: async (tls) => {
     await requireDockerEngine();
-    return createNodeDriver(loadConfig({}, { home: await tempHome("docker-driver"), ...dockerOverrides("conf") }));
+    return createNodeDriver(loadConfig({}, { home: await tempHome("docker-driver"), ...dockerOverrides("conf") }), { tls });
   },
 });

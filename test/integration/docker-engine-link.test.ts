@@ -119,7 +119,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     const { node, sql, state, events } = failoverHelpers(running);
     const before = await state();
     const since = Date.now();
-    const writer = startLibpqWriter(running.service.nodes, running.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(running.service);
     await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
 
     await endpoint.cut();
@@ -173,7 +173,7 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     const { node, sql, state, events, primaryNow } = failoverHelpers(running);
     await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
     await sql(node("node1"), "CREATE TABLE acked_again (id int PRIMARY KEY)"); // the writer's ids start at 1 again
-    const writer = startLibpqWriter(running.service.nodes, running.service.secrets.superuserPassword, "acked_again");
+    const writer = startLibpqWriter(running.service, "acked_again");
     await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
     const since = Date.now();
     await endpoint.cut();

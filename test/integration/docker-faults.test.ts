@@ -6,6 +6,7 @@ import { DockerDriver } from "../../src/nodes/docker/docker-driver";
 import { startRelevo } from "../../src/service";
 import { mkdir, rm } from "node:fs/promises";
 import { createNodeDriver, usingDriver } from "../../src/nodes/create-driver";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { dockerOverrides, makeComposeNodeContainer, removeDockerObjectsOf, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
 import { failoverHelpers } from "../helpers/failover";
 import { processesMentioning } from "../helpers/processes";
@@ -64,7 +65,7 @@ describe("Docker start-up errors: a clear code, a message naming the fix, nothin
     const node1 = { name: "node1", host: gone.host, port: gone.primaryPort };
     // The old home's node container (and tools container) bind-mount its repository, as the service makes them.
     await mkdir(gone.repository, { recursive: true });
-    await usingDriver(createNodeDriver(gone), (driver) => driver.provision(node1));
+    await usingDriver(createNodeDriver(gone, { tls: trustOnlyTlsSource("") }), (driver) => driver.provision(node1));
     await rm(gone.home, { recursive: true, force: true });
     const config = await testConfig("docker-new-home", overrides); // same cluster name, another home
     try {
@@ -163,7 +164,7 @@ describe("Docker: adopted containers, containers removed behind Relevo's back, a
     );
     const fenced = await events("node:fenced", since);
     expect(fenced.map((e) => e.node)).toContain("node1");
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     const present = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));

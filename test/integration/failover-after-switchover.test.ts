@@ -56,7 +56,7 @@ describe("the new primary killed soon after a switchover or failback (synchronou
     async ({ kind, delayMs }) => {
       const detectionWindowMs = cluster.config.failoverCheckIntervalMs * cluster.config.failoverFailureThreshold;
       await sql(node("node2"), "TRUNCATE acked");
-      const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+      const writer = startLibpqWriter(cluster.service);
       await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes flowing" });
       const begun = Date.now();
       const operation = (kind === "switchover" ? cluster.service.failover.switchover("node1") : cluster.service.failover.failback()).catch(
@@ -128,7 +128,7 @@ describe("the new primary killed soon after a switchover or failback (synchronou
   test.each(windows)("the switchover's target killed $moment: $outcome, node2 the primary, no acknowledged write lost", async (window) => {
     const detectionWindowMs = cluster.config.failoverCheckIntervalMs * cluster.config.failoverFailureThreshold;
     await sql(node("node2"), "TRUNCATE acked");
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes flowing" });
     const operation = cluster.service.failover.switchover("node1").catch((error: Error) => error);
     for (;;) {

@@ -1,3 +1,4 @@
+import { testClientSsl } from "../helpers/tls";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { failoverHelpers } from "../helpers/failover";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -44,6 +45,7 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
       port: target.port,
       user: "postgres",
       password: cluster.service.secrets.superuserPassword,
+      ssl: testClientSsl(),
     });
     await admin.connect();
     try {
@@ -123,7 +125,7 @@ describe("a frozen primary (SIGSTOP of its process group)", () => {
     const fenced = await events("node:fenced", since);
     expect(fenced.map((e) => e.node)).toContain("node1");
     expect((fenced[0]!.data as { method: string }).method).toBe("killed");
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 10 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     // Every acknowledged write is on node2; none could land on node1.
@@ -200,7 +202,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     const commitWait = new CommitWaitConfirmation(
       async (target, { mayCheckpoint, checkpointIssued }) => {
         await confirming;
-        return withNodeClient(target, superuserCredentials(cluster.service.secrets), 30000, (client) =>
+        return withNodeClient(target, superuserCredentials(cluster.service), 30000, (client) =>
           confirmReloadByCheckpoint(client, { mayCheckpoint, checkpointIssued }),
         );
       },
@@ -208,7 +210,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     );
     const polling = (forMs: number) => ({
       primary,
-      credentials: superuserCredentials(cluster.service.secrets),
+      credentials: superuserCredentials(cluster.service),
       timeoutMs: 5000,
       wanted,
       counts: (name: string) => name === "node2",
@@ -260,7 +262,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     let issued = 0;
     const checkpointIssued = (): void => void (issued += 1);
     const confirmOnce = (mayCheckpoint: boolean) =>
-      withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, (client) =>
+      withNodeClient(primary, superuserCredentials(cluster.service), 30000, (client) =>
         confirmReloadByCheckpoint(client, { mayCheckpoint, checkpointIssued }),
       );
     // A checkpoint that began two whole seconds after the last reload confirms it: no CHECKPOINT of its own.
@@ -291,7 +293,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
       );
     process.kill(checkpointer, "SIGSTOP");
     try {
-      const abandoned = withNodeClient(primary, superuserCredentials(cluster.service.secrets), 30000, async (client) => {
+      const abandoned = withNodeClient(primary, superuserCredentials(cluster.service), 30000, async (client) => {
         const confirming = confirmReloadByCheckpoint(client, { mayCheckpoint: true, checkpointIssued });
         await eventually(async () => ((await waiting()).length === 1 ? true : undefined), { what: "the CHECKPOINT waiting" });
         // Reported sent before it returned: a CHECKPOINT given up on still counts.
@@ -316,7 +318,7 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await cluster.service.driver.start(node("node1"), { timeoutMs: 30000 });
     await expect(sql(node("node1"), "INSERT INTO acked (id) VALUES (42)")).rejects.toThrow(/read-only transaction/);
     // A libpq writer asking for read-write never lands on it.
-    const writer = startLibpqWriter([node("node1"), node("node2")], cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter({ ...cluster.service, nodes: [node("node1"), node("node2")] });
     await eventually(() => (writer.acknowledgedSoFar() > 5 ? true : undefined), { what: "writes" });
     const report = await writer.stop();
     const onNew = new Set((await sql<{ id: number }>(node("node2"), "SELECT id FROM acked")).map((r) => r.id));
@@ -463,7 +465,7 @@ describe("asynchronous mode", () => {
   test("kill -9: promoted within the lag bound; the loss is reported", async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     expect((await sql<{ s: string }>(node("node1"), "SELECT current_setting('synchronous_standby_names') AS s"))[0]!.s).toBe("");
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes flowing" });
     // node2 stops receiving: what node1 acknowledges from now on is certainly lost.
     await sql(node("node2"), "ALTER SYSTEM SET primary_conninfo = ''");
@@ -473,7 +475,12 @@ describe("asynchronous mode", () => {
     // The last write must be one the monitor cannot have seen, or a loss measured only to the last LSN it saw would
     // pass: the postmaster is frozen (no new connection is accepted), every other open session ended (the monitor's
     // check connection too), and only then is the row written, on a session opened before, and node1 killed.
-    const last = new Client({ host: node("node1").host, port: node("node1").port, ...superuserCredentials(cluster.service.secrets) });
+    const last = new Client({
+      host: node("node1").host,
+      port: node("node1").port,
+      ...superuserCredentials(cluster.service),
+      ssl: testClientSsl(),
+    });
     await last.connect();
     let flushed: string;
     try {

@@ -157,7 +157,7 @@ describe("failover's unhappy paths", () => {
 
   test("a switchover whose target does not receive the last record in time is called off: the old primary is unfenced and restarted unchanged, nothing lost", async () => {
     const since = Date.now();
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     let thaw: (() => void) | null = null;
     try {
       await eventually(() => (writer.acknowledgedSoFar() >= 5 ? true : undefined), { what: "writes before the switchover" });

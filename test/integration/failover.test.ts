@@ -43,7 +43,7 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
 
   test("kill -9 of the primary (its process group, or its container): a replica is promoted, no acknowledged row is lost, the other follows it", async () => {
     const timelineBefore = await timelineOf(node("node1"));
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 50 ? true : undefined), { what: "writes flowing" });
     const killedAt = Date.now();
     await cluster.service.driver.kill(node("node1"));
@@ -144,7 +144,7 @@ describeOnEachDriver("failover, rejoin and failback (synchronous, three nodes)",
     });
     const start = Date.now();
     await sql(node((await state()).primary), "TRUNCATE acked");
-    const writer = startLibpqWriter(cluster.service.nodes, cluster.service.secrets.superuserPassword);
+    const writer = startLibpqWriter(cluster.service);
     await eventually(() => (writer.acknowledgedSoFar() > 30 ? true : undefined), { what: "writes flowing" });
     const record = await cluster.service.failover.failback();
     expect(record).toMatchObject({ kind: "failback", to: "node1", status: "completed", lostBytes: 0 });

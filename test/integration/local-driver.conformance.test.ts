@@ -5,5 +5,5 @@ import { tempHome } from "../helpers/home";
 
 describeDriverConformance({
   label: "local",
-  makeDriver: async () => createNodeDriver(loadConfig({}, { home: await tempHome("driver") })),
+  makeDriver: async (tls) => createNodeDriver(loadConfig({}, { home: await tempHome("driver") }), { tls }),
 });

@@ -76,6 +76,7 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
       { name: "node1", host: "127.0.0.1", port: 15432 },
       { name: "node2", host: "127.0.0.1", port: 15433 },
       "pa'ss\\word",
+      "/home/it's a\\home/nodes/node2/tls/ca.crt",
     );
     const names = synchronousStandbyNames(["node2", 'we"ird']);
     const autoConf = editAutoConf("", {
@@ -88,7 +89,8 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
     expect(await postgresReads(dir, "synchronous_standby_names")).toBe(names);
     expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
     expect(conninfo).toBe(
-      "host='127.0.0.1' port=15432 user='replicator' password='pa\\'ss\\\\word' application_name='node2' connect_timeout=2",
+      "host='127.0.0.1' port=15432 user='replicator' password='pa\\'ss\\\\word' application_name='node2' connect_timeout=2 " +
+        "sslmode='verify-full' sslrootcert='/home/it\\'s a\\\\home/nodes/node2/tls/ca.crt' channel_binding='require'",
     );
     expect(names).toBe('ANY 2 ("node2", "we""ird")');
   });

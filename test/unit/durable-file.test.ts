@@ -9,6 +9,7 @@ import { loadConfig } from "../../src/config/config";
 import { renameCommand, writeCommand } from "../../src/nodes/docker/file-commands";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { writeFileAtomic } from "../../src/nodes/local/local-files";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { markFenced } from "../../src/postgres/fence-marker";
 import { configureStoppedStandby } from "../../src/postgres/replication-config";
 import { loadOrCreateSecrets } from "../../src/secrets/secrets-store";
@@ -68,7 +69,7 @@ describe("files Relevo acts on after a crash are written durably", () => {
     const home = await scratch();
     await chmod(home, 0o711); // the PostgreSQL user traverses it, as it does a data home
     const config = loadConfig({ RELEVO_HOME: home });
-    const driver = new LocalDriver({ home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser });
+    const driver = new LocalDriver({ home, pgBinDir: config.pgBinDir, pgOsUser: config.pgOsUser, tls: trustOnlyTlsSource("") });
     const node = { name: "node1", host: "127.0.0.1", port: 1 };
     await driver.provision(node);
     await driver.makeDirectory(node, ".");

@@ -44,8 +44,12 @@ describe("failover rules (pure)", () => {
       { name: "node1", host: "127.0.0.1", port: 5432 },
       { name: "node2", host: "127.0.0.1", port: 5433 },
       "p'w\\d",
+      "/home/nodes/node2/tls/ca.crt",
     );
-    expect(conninfo).toBe("host='127.0.0.1' port=5432 user='replicator' password='p\\'w\\\\d' application_name='node2' connect_timeout=2");
+    expect(conninfo).toBe(
+      "host='127.0.0.1' port=5432 user='replicator' password='p\\'w\\\\d' application_name='node2' connect_timeout=2 " +
+        "sslmode='verify-full' sslrootcert='/home/nodes/node2/tls/ca.crt' channel_binding='require'",
+    );
   });
 
   test("set helpers keep lists sorted and free of duplicates", () => {

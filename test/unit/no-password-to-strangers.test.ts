@@ -12,7 +12,10 @@ import { PrimaryChecker } from "../../src/failover/primary-check";
 import { createLogger } from "../../src/log";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
-import { withNodeClient } from "../../src/postgres/connection";
+import { withNodeClient, type Credentials } from "../../src/postgres/connection";
+import { loadConfig } from "../../src/config/config";
+import { CertificateAuthority } from "../../src/tls/certificate-authority";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { readNodeFacts } from "../../src/postgres/node-facts";
 import { createRedisClient } from "../../src/redis/redis-client";
 import { ensureRedisServer } from "../../src/redis/redis-server";
@@ -26,12 +29,28 @@ import { fakePostgres, fakeServerOfAnotherUser, type FakeServer, type PasswordRe
  * password. Each case puts a stranger there and reads what it received.
  */
 const PASSWORD = "the-superuser-password-nobody-else-knows";
-const superuser = { user: "postgres", password: PASSWORD, database: "postgres" };
 const nodeOn = (port: number): NodeRef => ({ name: "node2", host: "127.0.0.1", port });
+/**
+ * The strangers below hold a certificate Relevo trusts: whoever runs as the
+ * PostgreSQL OS user can read a node's key. TLS does not stop them then;
+ * NodeClient's refusals do. (A stranger without one is refused by TLS
+ * before any authentication: see the last case.)
+ */
+let ca: CertificateAuthority;
+let strangerTls: { cert: string; key: string };
+let superuser: Credentials;
+beforeAll(async () => {
+  const home = await mkdtemp(path.join(os.tmpdir(), "strangers-ca-"));
+  ca = await CertificateAuthority.load(loadConfig({}, { home }));
+  const issued = await ca.issueServerCertificate({ commonName: "node2", addresses: ["127.0.0.1"] });
+  strangerTls = { cert: issued.certificatePem, key: issued.keyPem };
+  superuser = { user: "postgres", password: PASSWORD, database: "postgres", trustedCa: ca.certificatePem };
+  await rm(home, { recursive: true, force: true });
+});
 
 describe("PostgreSQL: a cleartext or MD5 password request gets no password, and a stable error", () => {
   let server: FakeServer | null = null;
-  const stranger = async (request: PasswordRequest): Promise<FakeServer> => (server = await fakePostgres(request));
+  const stranger = async (request: PasswordRequest): Promise<FakeServer> => (server = await fakePostgres(request, { tls: strangerTls }));
   afterEach(async () => {
     await server?.close();
     server = null;
@@ -65,7 +84,7 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
     expect(received).not.toContain(PASSWORD);
     // Each connection sent its client-final message with a proof: the password was there to compute it (pg.Pool
     // hands its clients a password that is not enumerable; a client that copied its options would have lost it).
-    expect(received.match(/c=biws,r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
+    expect(received.match(/c=(biws|eSws),r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
     expect(String(alone)).not.toMatch(/AUTH_METHOD_REFUSED|asked for a/);
   });
 
@@ -110,7 +129,13 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
     test("the topology's observation of a stopped member whose port a stranger took (the collector's prober, `relevo status`)", async () => {
       const fake = await stranger(request);
       const home = await mkdtemp(path.join(os.tmpdir(), "strangers-"));
-      const driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres", nodeDirectories: {} });
+      const driver = new LocalDriver({
+        home,
+        pgBinDir: "/usr/lib/postgresql/15/bin",
+        pgOsUser: "postgres",
+        nodeDirectories: {},
+        tls: trustOnlyTlsSource(ca.certificatePem),
+      });
       const snapshot = await observeClusterOnce({
         clusterName: "strangers",
         nodes: [nodeOn(fake.port)],
@@ -147,6 +172,41 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
       expect(String(query)).toMatch(/asked for a/);
       expect(connected).toEqual(refusal(request));
     });
+  });
+});
+
+describe("PostgreSQL over TLS: a stranger without a certificate of Relevo's CA gets nothing at all", () => {
+  test.each<PasswordRequest>(["cleartext", "md5", "scram", "trust"])(
+    "one that refuses TLS (asking for %s next) gets no byte past the SSLRequest, and no connection",
+    async (request) => {
+      const plain = await fakePostgres(request);
+      try {
+        const outcome = await withNodeClient(nodeOn(plain.port), superuser, 2000, () => Promise.resolve("connected")).catch(
+          (error: unknown) => error,
+        );
+        expect((await plain.received()).length).toBe(0);
+        expect(String(outcome)).toMatch(/does not support SSL/);
+      } finally {
+        await plain.close();
+      }
+    },
+  );
+
+  test("one whose certificate another CA signed fails verify-full before authenticating", async () => {
+    const home = await mkdtemp(path.join(os.tmpdir(), "strangers-other-ca-"));
+    const other = await CertificateAuthority.load(loadConfig({}, { home }));
+    const forged = await other.issueServerCertificate({ commonName: "node2", addresses: ["127.0.0.1"] });
+    await rm(home, { recursive: true, force: true });
+    const fake = await fakePostgres("cleartext", { tls: { cert: forged.certificatePem, key: forged.keyPem } });
+    try {
+      const outcome = await withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")).catch(
+        (error: unknown) => error,
+      );
+      expect((await fake.received()).length).toBe(0);
+      expect(String(outcome)).toMatch(/self-signed certificate|unable to verify|unable to get local issuer/);
+    } finally {
+      await fake.close();
+    }
   });
 });
 

@@ -6,6 +6,7 @@ import { copyNewerHistories } from "../../src/failover/old-primary-candidate";
 import { Repository } from "../../src/storage/repository";
 import { createLogger } from "../../src/log";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { testNode } from "../helpers/node-facts";
 
 /**
@@ -32,7 +33,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
 
   beforeEach(async () => {
     home = await mkdtemp(path.join(tmpdir(), "relevo-histories-"));
-    driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres" });
+    driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres", tls: trustOnlyTlsSource("") });
     await mkdir(path.join(home, "nodes", "node1", "data", "pg_wal"), { recursive: true });
     await writeFile(path.join(home, "nodes", "node1", "data", "pg_wal", "00000002.history"), ownHistory);
     repository = new Repository(path.join(home, "repository"), null);

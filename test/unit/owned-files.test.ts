@@ -7,6 +7,7 @@ import { type GuardedPath, writeFileAtomic, writeStreamAtomic } from "../../src/
 import { createOwnedFile } from "../../src/util/owned-files";
 import { projectRoot } from "../../src/util/project-root";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { testNodeTls } from "../helpers/tls";
 import { SERVER_LOG } from "../../src/nodes/local/node-folder";
 import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { AUTO_CONF, editStoppedNodeConf } from "../../src/postgres/replication-config";
@@ -108,7 +109,12 @@ describe("root never follows a symlink below a local node's folder", () => {
     await mkdir(data, { recursive: true });
     const victim = path.join(home, "secrets.json");
     await writeFile(victim, `{\n${secret}\n}\n`, { mode: 0o600 });
-    return { home, data, victim, driver: new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres" }) };
+    return {
+      home,
+      data,
+      victim,
+      driver: new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres", tls: await testNodeTls() }),
+    };
   }
 
   /** Every regular file below `dir`, with its content. */

@@ -1,4 +1,5 @@
 import { connectionUriWithoutCredentials } from "../../postgres/connection";
+import { uriTlsParameters } from "../../postgres/tls-settings";
 import type { ClusterSnapshot, NodeSnapshot } from "../../cluster/topology";
 import { NodeRoleGql, type Cluster, type Node } from "./cluster.type";
 
@@ -20,22 +21,31 @@ export function toNode(node: NodeSnapshot): Node {
  * Client connection strings: every node listed, libpq picks by
  * target_session_attrs (PostgreSQL 14+ libpq for prefer-standby), so they
  * stay valid across a failover. No credentials: they are shown to viewers.
+ * TLS, verify-full, against the CA's file (its path on Relevo's host: a
+ * client elsewhere copies it and changes sslrootcert).
  */
-function connectionStrings(snapshot: ClusterSnapshot): Pick<Cluster, "writerConnectionString" | "readerConnectionString"> {
+function connectionStrings(snapshot: ClusterSnapshot, caFile: string): Pick<Cluster, "writerConnectionString" | "readerConnectionString"> {
+  const tls = uriTlsParameters(caFile);
   return {
-    writerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, { target_session_attrs: "read-write" }),
-    readerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, { target_session_attrs: "prefer-standby" }),
+    writerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, {
+      target_session_attrs: "read-write",
+      ...tls,
+    }),
+    readerConnectionString: connectionUriWithoutCredentials(snapshot.nodes, CLIENT_DATABASE, {
+      target_session_attrs: "prefer-standby",
+      ...tls,
+    }),
   };
 }
 
-export function toCluster(snapshot: ClusterSnapshot): Cluster {
+export function toCluster(snapshot: ClusterSnapshot, options: { readonly caFile: string }): Cluster {
   const nodes = snapshot.nodes.map(toNode);
   const primary = nodes.find((node) => node.name === snapshot.primary) ?? null;
   return {
     name: snapshot.name,
     primary,
     primaryEndpoint: primary ? { host: primary.host, port: primary.port } : null,
-    ...connectionStrings(snapshot),
+    ...connectionStrings(snapshot, options.caFile),
     replicas: nodes.filter((node) => node.name !== snapshot.primary && node.role === NodeRoleGql.REPLICA),
     nodes,
     health: snapshot.health,

@@ -14,7 +14,7 @@ export class ClusterResolver {
   @Authorized("viewer")
   @Query(() => Cluster, { description: "The cluster's topology, as last polled (every RELEVO_TOPOLOGY_POLL_INTERVAL_MS)." })
   async cluster(): Promise<Cluster> {
-    return toCluster(await this.snapshot());
+    return toCluster(await this.snapshot(), this.services);
   }
 
   @Authorized("viewer")
@@ -31,7 +31,7 @@ export class ClusterResolver {
   @Authorized("operator")
   @Mutation(() => Cluster, { description: "Polls every node now instead of waiting for the next round, and returns the result." })
   async refreshTopology(): Promise<Cluster> {
-    return toCluster(await this.services.collector.pollNow());
+    return toCluster(await this.services.collector.pollNow(), this.services);
   }
 
   @Authorized("viewer")
@@ -40,7 +40,7 @@ export class ClusterResolver {
     description: "The topology each time a role, reachability, streaming state, lag threshold crossing or the health changes.",
   })
   topologyChanged(@Root() snapshot: ClusterSnapshot): Cluster {
-    return toCluster(snapshot);
+    return toCluster(snapshot, this.services);
   }
 
   private async snapshot(): Promise<ClusterSnapshot> {

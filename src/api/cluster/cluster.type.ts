@@ -170,12 +170,12 @@ export class Cluster {
   primaryEndpoint!: Endpoint | null;
   @Field({
     description:
-      "libpq URI listing every node, with target_session_attrs=read-write: reaches whichever node is the primary. No credentials: bring your own (PGUSER, PGPASSWORD or .pgpass).",
+      "libpq URI listing every node, with target_session_attrs=read-write: reaches whichever node is the primary. TLS: sslmode=verify-full with sslrootcert naming the CA's certificate file on Relevo's host (copy it and change the path elsewhere). No credentials: bring your own (PGUSER, PGPASSWORD or .pgpass).",
   })
   writerConnectionString!: string;
   @Field({
     description:
-      "libpq URI listing every node, with target_session_attrs=prefer-standby: a replica when one answers, else the primary. No credentials.",
+      "libpq URI listing every node, with target_session_attrs=prefer-standby: a replica when one answers, else the primary. TLS as writerConnectionString. No credentials.",
   })
   readerConnectionString!: string;
   @Field(() => [Node]) replicas!: Node[];

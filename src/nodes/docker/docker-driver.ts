@@ -14,6 +14,7 @@ import type {
   NodeDriver,
   NodeProcessState,
   NodeRef,
+  NodeTlsPaths,
   SmallFileRead,
   StopMode,
 } from "../node-driver";
@@ -25,6 +26,8 @@ import { runContainerCommand } from "./docker-exec";
 import { removeCommand } from "./file-commands";
 import { NodeContainers, type DockerDriverOptions } from "./node-containers";
 import { signalContainer, waitStopped, waitUntilReady } from "./container-lifecycle";
+import { containerTlsPaths } from "./tls-files";
+import { libpqTlsEnvironment } from "../../postgres/tls-settings";
 
 export type { DockerDriverOptions, RepositoryMount } from "./node-containers";
 
@@ -93,6 +96,10 @@ export class DockerDriver implements NodeDriver {
 
   dataDirectory(): string {
     return PGDATA;
+  }
+
+  tlsPaths(): NodeTlsPaths {
+    return containerTlsPaths();
   }
 
   nodeDirectory(node: NodeRef): string | null {
@@ -242,6 +249,7 @@ export class DockerDriver implements NodeDriver {
     }
     const info = await this.containers.locked(node, () => this.containers.ensureNodeContainer(node));
     const container = this.docker.getContainer(info.Id);
+    await this.containers.putTlsFiles(node, container, await this.options.tls.serverCertificate(node));
     await this.containers.engine(`start container ${info.Name}`, async () => {
       try {
         await container.start();
@@ -300,7 +308,9 @@ export class DockerDriver implements NodeDriver {
     if (options.mode === "offline") await this.clearStaleLock(node);
     // `timeout` inside the container: the Engine API cannot kill an exec'ed process.
     const cmd = options.timeoutMs ? ["timeout", "-s", "KILL", `${Math.ceil(options.timeoutMs / 1000)}s`, tool, ...args] : [tool, ...args];
-    const result = await this.files.run(node, cmd, { env: options.env, stdin: options.stdin });
+    // Every tool that connects verifies the server (verify-full) against the CA in its container.
+    const env = { ...libpqTlsEnvironment(containerTlsPaths().ca), ...options.env };
+    const result = await this.files.run(node, cmd, { env, stdin: options.stdin });
     const stdout = result.stdout.toString("utf8");
     if (options.timeoutMs && result.exitCode === 137) {
       throw new RelevoError(ErrorCode.Timeout, `${tool} did not finish within ${options.timeoutMs} ms on node ${node.name}`);

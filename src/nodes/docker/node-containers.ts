@@ -1,12 +1,14 @@
+import path from "node:path";
 import type Docker from "dockerode";
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { chownNoFollow } from "../../util/owned-files";
 import { ErrorCode, RelevoError } from "../../errors";
-import type { NodeRef } from "../node-driver";
+import type { NodeRef, NodeTlsSource, ServerCertificate } from "../node-driver";
 import type { OsIdentity } from "../os-user";
 import { connectDocker, imageMissing, isStatus, translateEngineError, type DockerEndpoint, type EngineContext } from "./docker-client";
 import { demultiplexBuffer } from "./docker-exec";
+import { TLS_DIRECTORY, tlsArchive } from "./tls-files";
 import {
   LABELS,
   PG_USER,
@@ -39,6 +41,8 @@ export interface DockerDriverOptions {
    * node name → directory. Relevo must run on that host.
    */
   readonly dataDirectories?: Readonly<Record<string, string>>;
+  /** The nodes' certificates, put into each node's container before every start (see tls-files.ts). */
+  readonly tls: NodeTlsSource;
 }
 
 /**
@@ -320,8 +324,20 @@ export class NodeContainers {
     }
     const container = this.docker.getContainer(info.Id);
     if (info.State.Paused) await this.engine("unpause the tools container", () => container.unpause());
-    else if (!info.State.Running) await this.engine(`start the tools container of node ${node.name}`, () => container.start());
+    else if (!info.State.Running) {
+      // The CA its tools (pg_basebackup, pg_rewind) verify servers with; no key: it runs no server.
+      await this.putTlsFiles(node, container, null);
+      await this.engine(`start the tools container of node ${node.name}`, () => container.start());
+    }
     return container;
+  }
+
+  /** The node's TLS files (the CA alone without `server`) put into `container`'s file system, running or not. */
+  async putTlsFiles(node: NodeRef, container: Docker.Container, server: ServerCertificate | null): Promise<void> {
+    const archive = await tlsArchive({ caPem: this.options.tls.caPem, server, owner: (await this.facts()).owner });
+    await this.engine(`put the TLS files of node ${node.name} into its container`, () =>
+      container.putArchive(archive, { path: path.posix.dirname(TLS_DIRECTORY) }),
+    );
   }
 
   /** Where a command on the data directory runs: the node's container while it runs, else its tools container. */

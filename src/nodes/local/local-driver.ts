@@ -11,6 +11,8 @@ import type {
   NodeDriver,
   NodeProcessState,
   NodeRef,
+  NodeTlsPaths,
+  NodeTlsSource,
   SmallFileRead,
   StopMode,
   ChunkedReadOptions,
@@ -36,7 +38,8 @@ import { resolvePostgresIdentity, type OsIdentity } from "../os-user";
 import { processesInGroup, processTree, readCommandLine, readProcStat } from "./proc";
 import { sleep } from "../../util/sleep";
 import { runCommand } from "./run-command";
-import { DATA_DIRECTORY, SERVER_LOG, foreignEntries, type FolderEntry } from "./node-folder";
+import { DATA_DIRECTORY, SERVER_LOG, TLS_DIRECTORY, TLS_FILES, foreignEntries, type FolderEntry } from "./node-folder";
+import { libpqTlsEnvironment } from "../../postgres/tls-settings";
 import { existsSync, readFileSync } from "node:fs";
 
 function ownProcessGroup(): number {
@@ -51,6 +54,8 @@ export interface LocalDriverOptions {
   readonly pgOsUser: string;
   /** Nodes kept outside `<home>/nodes` (e.g. a restored copy the operator put elsewhere): name → directory. */
   readonly nodeDirectories?: Readonly<Record<string, string>>;
+  /** The nodes' certificates, written into each node's folder before every start. */
+  readonly tls: NodeTlsSource;
 }
 
 const REQUIRED_TOOLS = ["initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind", "pg_controldata", "psql"];
@@ -118,6 +123,39 @@ export class LocalDriver implements NodeDriver {
 
   nodeDirectory(node: NodeRef): string {
     return this.nodeDir(node);
+  }
+
+  tlsPaths(node: NodeRef): NodeTlsPaths {
+    const directory = path.join(this.nodeDir(node), TLS_DIRECTORY);
+    return {
+      certificate: path.join(directory, TLS_FILES.certificate),
+      key: path.join(directory, TLS_FILES.key),
+      ca: path.join(directory, TLS_FILES.ca),
+    };
+  }
+
+  /**
+   * The node's TLS files, written as root into `<node>/tls/` (0700, the
+   * PostgreSQL user's) the way every file of the folder is: through no
+   * link, owned by that user, atomically and durably. The key 0600:
+   * PostgreSQL refuses a key others can read.
+   */
+  private async writeTls(node: NodeRef): Promise<void> {
+    const issued = await this.options.tls.serverCertificate(node);
+    await this.writeTrust(node);
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.certificate]), issued.certificatePem, {
+      mode: 0o644,
+      identity: this.identity,
+    });
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.key]), issued.keyPem, { mode: 0o600, identity: this.identity });
+  }
+
+  /** The CA's certificate alone: what the tools `exec` runs verify servers with. */
+  private async writeTrust(node: NodeRef): Promise<void> {
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.ca]), this.options.tls.caPem, {
+      mode: 0o644,
+      identity: this.identity,
+    });
   }
 
   /**
@@ -199,6 +237,7 @@ export class LocalDriver implements NodeDriver {
     if (state.phase === "absent") {
       throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} has no data directory; it must be created first`);
     }
+    await this.writeTls(node);
     try {
       await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
         timeoutMs: options.timeoutMs + 5000,
@@ -298,11 +337,13 @@ export class LocalDriver implements NodeDriver {
     if (!tool || tool.includes("/")) {
       throw new RelevoError(ErrorCode.BadUserInput, `exec takes a PostgreSQL tool name, got "${tool ?? ""}"`);
     }
+    // Every tool that connects verifies the server (verify-full) against the CA, which is there before it runs.
+    await this.writeTrust(node);
     // Both modes run the same way here; the distinction matters to the Docker driver.
     return runCommand(path.join(this.options.pgBinDir, tool), args, {
       identity: this.identity,
       cwd: this.nodeDir(node),
-      env: options.env,
+      env: { ...libpqTlsEnvironment(this.tlsPaths(node).ca), ...options.env },
       stdin: options.stdin,
       timeoutMs: options.timeoutMs,
       allowFailure: options.allowFailure,
