@@ -1,6 +1,12 @@
-import type { ConnectionOptions } from "node:tls";
+import { execFile } from "node:child_process";
+import { readFile, readdir } from "node:fs/promises";
+import path from "node:path";
+import type { ConnectionOptions, PeerCertificate, TLSSocket } from "node:tls";
+import { promisify } from "node:util";
+import { Client } from "pg";
 import { loadConfig } from "../../src/config/config";
-import type { NodeTlsSource } from "../../src/nodes/node-driver";
+import { DockerDriver } from "../../src/nodes/docker/docker-driver";
+import type { NodeDriver, NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { nodeTlsSource } from "../../src/tls/node-tls";
 import { tempHome } from "./home";
@@ -36,4 +42,39 @@ export function testNodeTls(): Promise<NodeTlsSource> {
     trustCa(ca.certificatePem);
     return nodeTlsSource(ca);
   })());
+}
+
+/** The key a node's server runs with, read where its driver put it (the container's file system on Docker). */
+export async function nodeServerKey(driver: NodeDriver, clusterName: string, node: NodeRef): Promise<string> {
+  const keyFile = driver.tlsPaths(node).key;
+  if (driver.kind === "local") return readFile(keyFile, "utf8");
+  const container = DockerDriver.namesOf(clusterName, node.name).container;
+  return (await promisify(execFile)("docker", ["exec", container, "cat", keyFile])).stdout;
+}
+
+/** The certificate `node` presents to a TLS client (verify-full against this file's CAs). */
+export async function servedCertificate(node: NodeRef, password: string): Promise<PeerCertificate> {
+  const client = new Client({ host: node.host, port: node.port, user: "postgres", password, database: "postgres", ssl: testClientSsl() });
+  await client.connect();
+  try {
+    return (client as unknown as { connection: { stream: TLSSocket } }).connection.stream.getPeerCertificate();
+  } finally {
+    await client.end();
+  }
+}
+
+/** Every regular file below `directory` whose bytes hold `needle` (paths relative to it). */
+export async function filesHolding(directory: string, needle: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const entry of await readdir(directory, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const file = path.join(entry.parentPath, entry.name);
+    if ((await readFile(file)).includes(needle)) found.push(path.relative(directory, file));
+  }
+  return found;
+}
+
+/** The body of a PEM key (its base64, on one line): what would be found of it in a copy. */
+export function pemBodyLine(pem: string): string {
+  return pem.split("\n").find((line) => line.length > 0 && !line.startsWith("-----"))!;
 }

@@ -15,6 +15,7 @@ import { freePort } from "../helpers/ports";
 import { useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { backupHelpers } from "../helpers/backups";
+import { filesHolding, nodeServerKey, pemBodyLine, servedCertificate } from "../helpers/tls";
 
 const run = promisify(execFile);
 
@@ -102,6 +103,18 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
       try {
         const uri = restored.stdout.trim().split("\n").pop()!;
         expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM later"])).stdout.trim()).toBe("1000");
+        // The copy serves a certificate of its own (its own name, for its address), never a member's; and no member's
+        // key is in the copy's files (restored byte for byte from the backups) nor in the repository.
+        const password = cluster.service.secrets.superuserPassword;
+        const copyCertificate = await servedCertificate({ name: "copy", host: primary().host, port }, password);
+        expect(copyCertificate.subject.CN).toMatch(/^copy-/);
+        expect(copyCertificate.subjectaltname).toBe(`IP Address:${primary().host}`);
+        for (const member of cluster.service.nodes) {
+          expect((await servedCertificate(member, password)).serialNumber).not.toBe(copyCertificate.serialNumber);
+          const key = pemBodyLine(await nodeServerKey(cluster.service.driver, cluster.config.clusterName, member));
+          expect(await filesHolding(path.join(dir, "data"), key)).toEqual([]);
+          expect(await filesHolding(cluster.config.repository, key)).toEqual([]);
+        }
         const [source, copy] = [await comparableDump(primary()), await comparableDump({ name: "each-copy", host: primary().host, port })];
         expect(source.length).toBeGreaterThan(100_000);
         expect(copy).toEqual(source);

@@ -1,10 +1,8 @@
 import { libpqTlsParameters, uriTlsParameters } from "../../src/postgres/tls-settings";
-import { Client } from "pg";
-import type { PeerCertificate, TLSSocket } from "node:tls";
 import { loadConfig } from "../../src/config/config";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
-import { testClientSsl } from "../helpers/tls";
+import { servedCertificate } from "../helpers/tls";
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
@@ -162,23 +160,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
   test("each node serves a certificate of its own, for its address, its key outside the data directory", async () => {
     const serials = new Set<string>();
     for (const node of [primary(), replica()]) {
-      const served = await new Promise<PeerCertificate>((resolve, reject) => {
-        const client = new Client({
-          host: node.host,
-          port: node.port,
-          user: "postgres",
-          password: cluster.service.secrets.superuserPassword,
-          ssl: testClientSsl(),
-        });
-        client
-          .connect()
-          .then(() => {
-            const socket = (client as unknown as { connection: { stream: TLSSocket } }).connection.stream;
-            resolve(socket.getPeerCertificate());
-          })
-          .catch(reject)
-          .finally(() => void client.end());
-      });
+      const served = await servedCertificate(node, cluster.service.secrets.superuserPassword);
       expect(served.subject.CN).toBe(node.name);
       expect(served.subjectaltname).toBe(`IP Address:${node.host}`);
       serials.add(served.serialNumber);
