@@ -1,4 +1,4 @@
-import { testClientSsl } from "../helpers/tls";
+import { nodeServerKey, servedCertificate, testClientSsl } from "../helpers/tls";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { failoverHelpers } from "../helpers/failover";
 import { eventually, useTestCluster } from "../helpers/service";
@@ -402,6 +402,8 @@ describe("rejoin when pg_rewind cannot run", () => {
   test("the old primary is seeded again", async () => {
     await sql(node("node1"), "CREATE TABLE acked (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     await eventually(async () => ((await state()).eligible.includes("node2") ? true : undefined), { what: "node2 eligible" });
+    const password = cluster.service.secrets.superuserPassword;
+    const before = await servedCertificate(node("node1"), password);
     await cluster.service.driver.kill(node("node1"));
     await eventually(async () => ((await primaryNow()) === "node2" ? true : undefined), { what: "node2 promoted", timeoutMs: 60000 });
     // pg_rewind connects as rewinder: with a password it does not know, it cannot run.
@@ -418,6 +420,13 @@ describe("rejoin when pg_rewind cannot run", () => {
     });
     const rejoined = (await cluster.service.events.page({ first: 100, kinds: ["node:rejoined"] })).events[0]!;
     expect(rejoined.data).toMatchObject({ method: "reseed", upstream: "node2" });
+    // Seeded again by pg_basebackup from node2, node1 serves a new certificate of its own, with a key of its own.
+    const after = await servedCertificate(node("node1"), password);
+    expect(after.subject.CN).toBe("node1");
+    expect(after.serialNumber).not.toBe(before.serialNumber);
+    expect(after.serialNumber).not.toBe((await servedCertificate(node("node2"), password)).serialNumber);
+    const keyOf = (name: string) => nodeServerKey(cluster.service.driver, cluster.config.clusterName, node(name));
+    expect(await keyOf("node1")).not.toBe(await keyOf("node2"));
   });
 });
 
