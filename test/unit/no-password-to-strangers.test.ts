@@ -13,7 +13,6 @@ import { createLogger } from "../../src/log";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { withNodeClient, type Credentials } from "../../src/postgres/connection";
-import { loadConfig } from "../../src/config/config";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { readNodeFacts } from "../../src/postgres/node-facts";
