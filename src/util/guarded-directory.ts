@@ -20,9 +20,9 @@ import type { FileOwner } from "./owned-files";
  * link is not resolved by name), whatever the names above point to since.
  * So each step is the openat the kernel would do: no check-then-use window
  * for the directories walked, and a symlink anywhere on the way is refused
- * (ELOOP), never followed. What remains (docs/security.md): a recursive
- * removal, and a listing's walk into subdirectories, go on by name below the
- * handle; a file hard-linked into such a directory is a file there (the
+ * (ELOOP), never followed. A recursive removal goes on through handles too
+ * (guarded-removal). What remains (docs/security.md): a listing's walk into
+ * subdirectories goes on by name below the handle; a file hard-linked into such a directory is a file there (the
  * kernel's fs.protected_hardlinks, on by default, keeps that user from
  * linking files it cannot write).
  */
@@ -47,7 +47,8 @@ function linkRefused(shown: string, expected: "directory" | "regular file", caus
   );
 }
 
-function handleFor(handle: FileHandle, shown: string): GuardedDirectory {
+/** A directory handle as a GuardedDirectory: `shown` names it in messages only. */
+export function guardedHandle(handle: FileHandle, shown: string): GuardedDirectory {
   return {
     shown,
     handle,
@@ -68,7 +69,7 @@ export async function openGuardedDirectory(
 ): Promise<GuardedDirectory | null> {
   let current: GuardedDirectory;
   try {
-    current = handleFor(await open(anchor, constants.O_RDONLY | constants.O_DIRECTORY), anchor);
+    current = guardedHandle(await open(anchor, constants.O_RDONLY | constants.O_DIRECTORY), anchor);
   } catch (error) {
     // Nothing below an absent anchor (no node made yet); one to make things in must exist.
     if ((error as NodeJS.ErrnoException).code === "ENOENT" && !options.create) return null;
@@ -100,7 +101,7 @@ async function openComponent(
   for (;;) {
     let opened: GuardedDirectory;
     try {
-      opened = handleFor(await open(parent.at(part), OPEN_DIRECTORY), shown);
+      opened = guardedHandle(await open(parent.at(part), OPEN_DIRECTORY), shown);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === "ELOOP" || code === "ENOTDIR") throw linkRefused(shown, "directory", error);

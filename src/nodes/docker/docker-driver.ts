@@ -1,5 +1,5 @@
 import type Docker from "dockerode";
-import { rm } from "node:fs/promises";
+import { removeGuarded } from "../../util/guarded-removal";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { ErrorCode, RelevoError } from "../../errors";
@@ -160,7 +160,8 @@ export class DockerDriver implements NodeDriver {
           this.docker.getContainer(nodeContainer.Id).remove({ force: true, v: false }),
         );
       const directory = this.options.dataDirectories?.[node.name];
-      if (directory) return rm(directory, { recursive: true, force: true });
+      // A host directory the container's postgres user writes (and may fill with links): removed through handles (guarded-removal).
+      if (directory) return removeGuarded({ anchor: path.dirname(directory), below: [path.basename(directory)] });
       await this.containers.engine(`remove the volume of node ${node.name}`, async () => {
         try {
           await this.docker.getVolume(volumeName(this.containers.naming(node))).remove({ force: true });

@@ -1,4 +1,4 @@
-import { access, chmod, mkdir, readdir, rename, rm } from "node:fs/promises";
+import { access, chmod, mkdir, readdir, rename } from "node:fs/promises";
 import { chownNoFollow } from "../../util/owned-files";
 import { constants } from "node:fs";
 import path from "node:path";
@@ -202,7 +202,8 @@ export class LocalDriver implements NodeDriver {
   async destroy(node: NodeRef): Promise<void> {
     const state = await this.state(node);
     if (state.phase === "running" || state.phase === "paused") await this.kill(node);
-    await rm(this.nodeDir(node), { recursive: true, force: true });
+    // The folder is the PostgreSQL user's: removed through handles, never by name below it (guarded-removal).
+    await removeInside([this.inFolder(node, [])]);
   }
 
   async setAside(node: NodeRef, suffix: string): Promise<string> {

@@ -2,6 +2,7 @@ import { lstat, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { createOwnedFile, openOwnedTemp } from "../../util/owned-files";
 import { publishDurably, temporaryNameFor } from "../../util/durable-file";
 import { openGuardedDirectory, openRegularFile, type GuardedDirectory } from "../../util/guarded-directory";
+import { removeEntry } from "../../util/guarded-removal";
 import type { Readable } from "node:stream";
 import path from "node:path";
 import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
@@ -284,12 +285,13 @@ export async function listTree(start: GuardedPath, prefix: string): Promise<File
   return result;
 }
 
-/** Removes each (recursively), the directories on the way opened through no symlink; an absent one is no error. */
+/**
+ * Removes each (recursively), the directories on the way opened through no
+ * symlink; an absent one is no error. Not Node's rm: it walks below by name
+ * (see guarded-removal, which walks through handles).
+ */
 export async function removeInside(targets: readonly GuardedPath[]): Promise<void> {
-  for (const target of targets) {
-    // rm removes a symlink at the name itself, never what it points to; below a removed directory it goes by name.
-    await inParent(target, (directory, name) => rm(directory.at(name), { recursive: true, force: true }));
-  }
+  for (const target of targets) await inParent(target, removeEntry);
 }
 
 export async function openOptionalReadStream(file: GuardedPath): Promise<Readable | null> {
