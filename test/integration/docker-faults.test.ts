@@ -4,7 +4,8 @@ import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { DockerDriver } from "../../src/nodes/docker/docker-driver";
 import { startRelevo } from "../../src/service";
-import { mkdir, rm } from "node:fs/promises";
+import { chown, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { createNodeDriver, usingDriver } from "../../src/nodes/create-driver";
 import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { dockerOverrides, makeComposeNodeContainer, removeDockerObjectsOf, requireDockerEngine, TEST_IMAGE } from "../helpers/docker";
@@ -80,6 +81,30 @@ describe("Docker start-up errors: a clear code, a message naming the fix, nothin
     } finally {
       await removeDockerObjectsOf([gone.home, config.home]);
     }
+  });
+});
+
+describe("Docker: a restored copy's bind-mounted data directory", () => {
+  test("destroy removes it from the host, root's entries too; a link in it is removed, never followed", async () => {
+    const config = await testConfig("docker-copy-rm", dockerOverrides("copyrm"));
+    const place = path.join(config.home, "copy");
+    const data = path.join(place, "data");
+    const victim = path.join(config.home, "root-only");
+    await mkdir(victim, { mode: 0o700 });
+    await writeFile(path.join(victim, "precious"), "root's");
+    // As the container's user leaves it (the image's postgres), with a directory root made (base/1) and links planted in it.
+    await mkdir(path.join(data, "base", "1"), { recursive: true, mode: 0o700 });
+    await writeFile(path.join(data, "base", "1", "1259"), "block");
+    await mkdir(path.join(data, "pg_replslot"), { mode: 0o700 });
+    await symlink(victim, path.join(data, "pg_replslot", "slot1"));
+    await symlink(path.join(victim, "precious"), path.join(data, "standby.signal"));
+    const owner = { uid: 101, gid: 104 };
+    for (const dir of [data, path.join(data, "base"), path.join(data, "pg_replslot")]) await chown(dir, owner.uid, owner.gid);
+    await usingDriver(createNodeDriver(config, { copy: place }), (driver) => driver.destroy({ name: "copy", host: "127.0.0.1", port: 1 }));
+    await expect(lstat(data)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await readdir(place)).toEqual([]);
+    expect(await readdir(victim)).toEqual(["precious"]);
+    expect(await readFile(path.join(victim, "precious"), "utf8")).toBe("root's");
   });
 });
 
