@@ -100,7 +100,9 @@ describe("Docker: a restored copy's bind-mounted data directory", () => {
     await symlink(path.join(victim, "precious"), path.join(data, "standby.signal"));
     const owner = { uid: 101, gid: 104 };
     for (const dir of [data, path.join(data, "base"), path.join(data, "pg_replslot")]) await chown(dir, owner.uid, owner.gid);
-    await usingDriver(createNodeDriver(config, { copy: place }), (driver) => driver.destroy({ name: "copy", host: "127.0.0.1", port: 1 }));
+    await usingDriver(createNodeDriver(config, { tls: trustOnlyTlsSource(""), directories: { copy: place } }), (driver) =>
+      driver.destroy({ name: "copy", host: "127.0.0.1", port: 1 }),
+    );
     await expect(lstat(data)).rejects.toMatchObject({ code: "ENOENT" });
     expect(await readdir(place)).toEqual([]);
     expect(await readdir(victim)).toEqual(["precious"]);

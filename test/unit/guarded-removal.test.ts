@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { ErrorCode } from "../../src/errors";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { resolvePostgresIdentity, type OsIdentity } from "../../src/nodes/os-user";
 import { configKeys } from "../../src/config/config-keys";
 
@@ -75,7 +76,7 @@ async function nodeHome(): Promise<{ home: string; data: string; victim: string;
   await mkdir(data, { recursive: true, mode: 0o700 });
   await chmod(path.join(home, "nodes"), 0o755);
   for (const dir of [folder, data]) await chown(dir, identity.uid, identity.gid);
-  const driver = new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres" });
+  const driver = new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres", tls: trustOnlyTlsSource("") });
   return { home, data, victim, identity, driver };
 }
 
