@@ -5,6 +5,7 @@ import { redisKeys, type RedisKeys } from "../redis/keys";
 import { createRedisClient } from "../redis/redis-client";
 import { clusterRedisServer } from "../redis/redis-server";
 import type { Secrets } from "../secrets/secrets-store";
+import { CertificateAuthority } from "../tls/certificate-authority";
 
 /**
  * The cluster's Redis for a command run while the service is stopped:
@@ -17,7 +18,9 @@ export async function withClusterRedis<T>(
   logger: Logger,
   work: (redis: Redis, keys: RedisKeys) => Promise<T>,
 ): Promise<T> {
-  const { endpoint, handle } = await clusterRedisServer(config, secrets.redisPassword, logger);
+  // Relevo's own Redis asks for a client certificate: this command issues itself one from the CA.
+  const ca = await CertificateAuthority.load(config);
+  const { endpoint, handle } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca }, logger);
   // Queued while connecting: the server answered just now.
   const client = createRedisClient(endpoint, { name: "cli", queueWhileOffline: true });
   try {

@@ -121,8 +121,28 @@ export const configKeys = {
   redisUrl: {
     env: "RELEVO_REDIS_URL",
     default: "",
-    schema: z.string().regex(/^$|^redis:\/\/(:[^@]*@)?[^:/@]+(:\d+)?\/?$/, "redis://[:password@]host[:port]"),
-    doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port; Relevo then neither starts nor stops one. Empty: Relevo runs its own on RELEVO_REDIS_PORT. Never logged.",
+    schema: z.string().regex(/^$|^rediss?:\/\/(:[^@]*@)?[^:/@]+(:\d+)?\/?$/, "redis[s]://[:password@]host[:port]"),
+    // It carries Redis's password: an invalid value is not quoted back.
+    secret: true,
+    doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port (plain TCP) or rediss://… (TLS, see RELEVO_REDIS_CA_FILE); Relevo then neither starts nor stops one. Empty: Relevo runs its own, TLS only, on RELEVO_REDIS_PORT. Never logged.",
+  },
+  redisCaFile: {
+    env: "RELEVO_REDIS_CA_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "With a rediss:// RELEVO_REDIS_URL: PEM file of the CA(s) that issued that server's certificate (its address is checked against the certificate too). Empty: Node's bundled root CAs.",
+  },
+  redisCertFile: {
+    env: "RELEVO_REDIS_CERT_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "With a rediss:// RELEVO_REDIS_URL: PEM client certificate Relevo presents to that server (one with tls-auth-clients); with RELEVO_REDIS_KEY_FILE.",
+  },
+  redisKeyFile: {
+    env: "RELEVO_REDIS_KEY_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "The unencrypted PEM private key of RELEVO_REDIS_CERT_FILE; set both or neither. Never logged.",
   },
   tlsCaFile: {
     env: "RELEVO_TLS_CA_FILE",

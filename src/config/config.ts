@@ -25,11 +25,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
     const parsed = descriptor.schema.safeParse(raw.trim());
     if (!parsed.success) {
       const reason = parsed.error.issues.map((issue) => issue.message).join("; ");
-      throw new RelevoError(
-        ErrorCode.InvalidConfig,
-        `invalid configuration: ${descriptor.env}=${JSON.stringify(raw)} (${key}): ${reason}`,
-        { details: { key, env: descriptor.env } },
-      );
+      const shown = "secret" in descriptor ? "<not shown>" : JSON.stringify(raw);
+      throw new RelevoError(ErrorCode.InvalidConfig, `invalid configuration: ${descriptor.env}=${shown} (${key}): ${reason}`, {
+        details: { key, env: descriptor.env },
+      });
     }
     values[key] = parsed.data;
   }
@@ -42,6 +41,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
     config.dockerCertPath ||
     (env.DOCKER_TLS_VERIFY && env.DOCKER_TLS_VERIFY !== "0" ? (env.DOCKER_CERT_PATH ?? path.join(env.HOME ?? "/root", ".docker")) : "");
   validateTlsCa(config);
+  validateExternalRedisTls(config);
   validatePorts(config);
   return Object.freeze(config);
 }
@@ -61,6 +61,33 @@ function validateTlsCa(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }):
     config.tlsCaFile = path.resolve(config.tlsCaFile);
     config.tlsCaKeyFile = path.resolve(config.tlsCaKeyFile);
   }
+}
+
+/**
+ * RELEVO_REDIS_CA_FILE, _CERT_FILE and _KEY_FILE are the TLS of a rediss://
+ * RELEVO_REDIS_URL: given for anything else they would be silently unused;
+ * a certificate goes with its key. Paths resolved once, here.
+ */
+function validateExternalRedisTls(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }): void {
+  const files = (["redisCaFile", "redisCertFile", "redisKeyFile"] as const).filter((key) => config[key] !== "");
+  if (files.length === 0) return;
+  if (!config.redisUrl.startsWith("rediss://")) {
+    const env = configKeys[files[0]!].env;
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: ${env} is for a Redis reached over TLS, and ${configKeys.redisUrl.env} is ${config.redisUrl === "" ? "empty (Relevo's own Redis uses Relevo's CA)" : "not a rediss:// URL"}: unset ${env}, or give a rediss:// URL`,
+      { details: { env } },
+    );
+  }
+  if ((config.redisCertFile === "") !== (config.redisKeyFile === "")) {
+    const missing = config.redisCertFile === "" ? configKeys.redisCertFile.env : configKeys.redisKeyFile.env;
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: set both ${configKeys.redisCertFile.env} and ${configKeys.redisKeyFile.env} (a client certificate and its key), or neither; ${missing} is empty`,
+      { details: { env: missing } },
+    );
+  }
+  for (const key of files) config[key] = path.resolve(config[key]);
 }
 
 /** Nodes, Redis and the API must not be configured onto the same port. */

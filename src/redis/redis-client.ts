@@ -1,6 +1,7 @@
-import Redis from "ioredis";
+import Redis, { type RedisOptions } from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import { OwnRedisConnector } from "./redis-peer";
+import { clientTlsOptions, type RedisClientTls } from "./redis-tls";
 
 export interface RedisEndpoint {
   readonly host: string;
@@ -13,12 +14,39 @@ export interface RedisEndpoint {
    * by Relevo's own user before AUTH is sent (redis-peer.ts).
    */
   readonly external?: boolean;
+  /**
+   * TLS: what the client presents and trusts. Relevo's own Redis always has
+   * it (its client certificate, its CA); RELEVO_REDIS_URL's when it is a
+   * rediss:// URL. Absent: plain TCP (a redis:// URL).
+   */
+  readonly tls?: RedisClientTls;
 }
 
-/** The endpoint of RELEVO_REDIS_URL (redis://[:password@]host[:port]). Pure. */
+/**
+ * The endpoint of RELEVO_REDIS_URL (redis:// or rediss://, [:password@]host[:port]):
+ * a rediss:// one with TLS that trusts Node's root CAs until the caller adds
+ * RELEVO_REDIS_CA_FILE and the client certificate. Pure.
+ */
 export function parseRedisUrl(url: string): RedisEndpoint {
   const parsed = new URL(url);
-  return { host: parsed.hostname, port: Number(parsed.port || 6379), password: decodeURIComponent(parsed.password), external: true };
+  return {
+    host: parsed.hostname,
+    port: Number(parsed.port || 6379),
+    password: decodeURIComponent(parsed.password),
+    external: true,
+    ...(parsed.protocol === "rediss:" ? { tls: {} } : {}),
+  };
+}
+
+/** ioredis's connection options of an endpoint: address, password, TLS, and the proving connector for Relevo's own. */
+export function connectionOptions(endpoint: RedisEndpoint): RedisOptions {
+  return {
+    host: endpoint.host,
+    port: endpoint.port,
+    password: endpoint.password,
+    ...(endpoint.tls ? { tls: clientTlsOptions(endpoint.tls) } : {}),
+    ...connectorFor(endpoint),
+  };
 }
 
 /** The connector of the endpoint's connections: the proving one for Relevo's own Redis. */
@@ -37,10 +65,7 @@ export function createRedisClient(
   options: { name: string; blocking?: boolean; queueWhileOffline?: boolean },
 ): Redis {
   const client = new Redis({
-    host: endpoint.host,
-    port: endpoint.port,
-    password: endpoint.password,
-    ...connectorFor(endpoint),
+    ...connectionOptions(endpoint),
     connectionName: `relevo:${options.name}`,
     enableOfflineQueue: options.queueWhileOffline ?? false,
     maxRetriesPerRequest: options.blocking || options.queueWhileOffline ? null : 1,

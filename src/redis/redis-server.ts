@@ -1,5 +1,5 @@
 import { spawnHostTool } from "../util/host-tool";
-import { access, mkdir, readFile, writeFile, chmod } from "node:fs/promises";
+import { access, mkdir, open, readFile, writeFile, chmod } from "node:fs/promises";
 import { constants } from "node:fs";
 import path from "node:path";
 import Redis from "ioredis";
@@ -9,7 +9,9 @@ import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
 import { hasControlCharacter } from "../util/control-characters";
 import type { RelevoConfig } from "../config/config";
-import { connectorFor, parseRedisUrl, type RedisEndpoint } from "./redis-client";
+import { readConfiguredFile } from "../config/configured-file";
+import { connectionOptions, parseRedisUrl, type RedisEndpoint } from "./redis-client";
+import { ensureRedisServerCertificate, ownRedisTls, redisTlsFiles, type OwnRedisTls, type RedisCertificateIssuer } from "./redis-tls";
 
 export interface RedisServerOptions {
   readonly home: string;
@@ -19,6 +21,8 @@ export interface RedisServerOptions {
   readonly bin: string;
   readonly startTimeoutMs: number;
   readonly logger: Logger;
+  /** TLS only: the server's certificate from Relevo's CA, and what Relevo's clients present (redis-tls.ts). */
+  readonly tls: OwnRedisTls;
 }
 
 export interface RedisServerHandle {
@@ -31,7 +35,8 @@ export interface RedisServerHandle {
 /**
  * Relevo's own Redis: append-only persistence on, data under the data home,
  * bound to the configured address, password from the secrets file (in a 0600
- * config file, never on the command line where `ps` would show it). It runs in
+ * config file, never on the command line where `ps` would show it), TLS only
+ * with a client certificate asked of every client (redis-tls.ts). It runs in
  * a session of its own so a Ctrl-C on Relevo's terminal does not reach it;
  * Relevo stops it last, after everything that writes to it. A server
  * already on its port is adopted only when the kernel shows it is run by
@@ -47,17 +52,28 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   }
   const bin = await resolveBinary(options.bin);
   await assertPortFree(options.host, options.port, "Redis", "RELEVO_REDIS_PORT");
+  const { issued } = await ensureRedisServerCertificate({ redisDirectory: dir, issuer: options.tls.issuer, addresses: [options.host] });
+  if (issued) options.logger.info({ reason: issued }, "Redis's server certificate issued");
   const configFile = path.join(dir, "redis.conf");
   await writeFile(configFile, redisConf(options, dir), { mode: 0o600 });
   await chmod(configFile, 0o600);
-  const child = spawnHostTool(bin, [configFile], { detached: true });
+  // A configuration error (a redis-server built without TLS) is written to stderr before the log file is opened.
+  const stderrFile = path.join(dir, "redis.stderr");
+  const stderr = await open(stderrFile, "w", 0o600);
+  const child = spawnHostTool(bin, [configFile], { detached: true, stdio: ["ignore", "ignore", stderr.fd] });
+  await stderr.close();
   child.unref();
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   const deadline = Date.now() + options.startTimeoutMs;
   while (Date.now() < deadline) {
     const earlyExit = await Promise.race([exited, sleep(100).then(() => undefined)]);
     if (earlyExit !== undefined) {
-      throw new RelevoError(ErrorCode.CommandFailed, `redis-server exited with code ${earlyExit} while starting: ${await logTail(dir)}`);
+      const complaint = await readFile(stderrFile, "utf8").catch(() => "");
+      if (withoutTls(complaint)) throw redisWithoutTls(bin, complaint);
+      throw new RelevoError(
+        ErrorCode.CommandFailed,
+        `redis-server exited with code ${earlyExit} while starting: ${complaint.trim().split("\n").slice(-3).join(" | ") || (await logTail(dir))}`,
+      );
     }
     const answers = await answersPing(options).catch((error: unknown) => {
       child.kill("SIGKILL"); // a stranger took the port first: ours could not bind it
@@ -78,43 +94,61 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
  * `handle.started` says whether this call started it).
  */
 export async function clusterRedisServer(
-  config: Pick<RelevoConfig, "redisUrl" | "home" | "host" | "redisPort" | "redisServerBin" | "startTimeoutMs">,
-  password: string,
+  config: ExternalRedisSettings & Pick<RelevoConfig, "home" | "host" | "redisPort" | "redisServerBin" | "startTimeoutMs">,
+  credentials: { readonly password: string; readonly issuer: RedisCertificateIssuer },
   logger: Logger,
 ): Promise<{ endpoint: RedisEndpoint; handle: RedisServerHandle }> {
   if (config.redisUrl) {
-    const endpoint = parseRedisUrl(config.redisUrl);
+    const endpoint = await externalRedisEndpoint(config);
     return { endpoint, handle: await requireExternalRedis(endpoint, config.startTimeoutMs, logger) };
   }
-  const endpoint = { host: config.host, port: config.redisPort, password };
+  const tls = await ownRedisTls(credentials.issuer);
+  const endpoint = { host: config.host, port: config.redisPort, password: credentials.password, tls: tls.client };
   const handle = await ensureRedisServer({
     home: config.home,
     host: config.host,
     port: config.redisPort,
-    password,
+    password: credentials.password,
     bin: config.redisServerBin,
     startTimeoutMs: config.startTimeoutMs,
     logger,
+    tls,
   });
   return { endpoint, handle };
+}
+
+type ExternalRedisSettings = Pick<RelevoConfig, "redisUrl" | "redisCaFile" | "redisCertFile" | "redisKeyFile">;
+
+/**
+ * RELEVO_REDIS_URL's endpoint: a rediss:// one trusts RELEVO_REDIS_CA_FILE
+ * (else Node's root CAs) and presents RELEVO_REDIS_CERT_FILE and
+ * RELEVO_REDIS_KEY_FILE when given (src/config checked that they go
+ * together, and with rediss:// only). A file that cannot be read is
+ * INVALID_CONFIG naming its variable.
+ */
+export async function externalRedisEndpoint(config: ExternalRedisSettings): Promise<RedisEndpoint> {
+  const endpoint = parseRedisUrl(config.redisUrl);
+  if (!endpoint.tls) return endpoint;
+  const optional = (file: string, env: string): Promise<string | undefined> =>
+    file === "" ? Promise.resolve(undefined) : readConfiguredFile(file, env);
+  const [ca, cert, key] = await Promise.all([
+    optional(config.redisCaFile, "RELEVO_REDIS_CA_FILE"),
+    optional(config.redisCertFile, "RELEVO_REDIS_CERT_FILE"),
+    optional(config.redisKeyFile, "RELEVO_REDIS_KEY_FILE"),
+  ]);
+  return { ...endpoint, tls: { ca, cert, key } };
 }
 
 /**
  * A Redis server run by someone else (RELEVO_REDIS_URL): waited for until it
  * answers (a compose stack starts it beside Relevo), never started or stopped.
  */
-export async function requireExternalRedis(
-  endpoint: { host: string; port: number; password: string },
-  timeoutMs: number,
-  logger: Logger,
-): Promise<RedisServerHandle> {
+export async function requireExternalRedis(endpoint: RedisEndpoint, timeoutMs: number, logger: Logger): Promise<RedisServerHandle> {
   const deadline = Date.now() + timeoutMs;
   let why = "no answer";
   while (Date.now() < deadline) {
     const client = new Redis({
-      host: endpoint.host,
-      port: endpoint.port,
-      password: endpoint.password,
+      ...connectionOptions(endpoint),
       lazyConnect: true,
       connectTimeout: 1000,
       maxRetriesPerRequest: 0,
@@ -153,11 +187,19 @@ export function redisConfigWord(value: string): string {
   return `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
-export function redisConf(options: RedisServerOptions, dir: string): string {
+export function redisConf(options: Pick<RedisServerOptions, "host" | "port" | "password">, dir: string): string {
+  const tls = redisTlsFiles(dir);
   return [
     "# Written by Relevo at every start.",
     `bind ${redisConfigWord(options.host)}`,
-    `port ${options.port}`,
+    // TLS only: no plain port; every client presents a certificate of Relevo's CA and verifies the server's.
+    "port 0",
+    `tls-port ${options.port}`,
+    `tls-cert-file ${redisConfigWord(tls.certificateFile)}`,
+    `tls-key-file ${redisConfigWord(tls.keyFile)}`,
+    `tls-ca-cert-file ${redisConfigWord(tls.caFile)}`,
+    "tls-auth-clients yes",
+    `tls-protocols "TLSv1.2 TLSv1.3"`,
     "protected-mode yes",
     `requirepass ${redisConfigWord(options.password)}`,
     `dir ${redisConfigWord(dir)}`,
@@ -179,10 +221,7 @@ export function redisConf(options: RedisServerOptions, dir: string): string {
  */
 function oneShotClient(options: RedisServerOptions): { client: Redis; refusal: () => RelevoError | null } {
   const client = new Redis({
-    host: options.host,
-    port: options.port,
-    password: options.password,
-    ...connectorFor({ external: false }),
+    ...connectionOptions({ host: options.host, port: options.port, password: options.password, tls: options.tls.client }),
     lazyConnect: true,
     disconnectTimeout: 100,
     enableOfflineQueue: false,
@@ -261,6 +300,24 @@ async function resolveBinary(bin: string): Promise<string> {
   throw new RelevoError(
     ErrorCode.MissingBinary,
     `${bin} not found: install Debian's redis-server (apt-get install -y redis-server) or set RELEVO_REDIS_SERVER_BIN`,
+    { details: { env: "RELEVO_REDIS_SERVER_BIN" } },
+  );
+}
+
+/**
+ * Whether redis-server's complaint at start says it knows no TLS directive:
+ * a build without TLS (BUILD_TLS=no) reads `tls-port` as a bad directive. Pure.
+ */
+export function withoutTls(stderr: string): boolean {
+  return /Bad directive/i.test(stderr) && /\btls-/.test(stderr);
+}
+
+function redisWithoutTls(bin: string, stderr: string): RelevoError {
+  const version = /Redis \d+\.\d+\.\d+/.exec(stderr)?.[0] ?? "this redis-server";
+  return new RelevoError(
+    ErrorCode.MissingBinary,
+    `${bin} (${version}) was built without TLS, and Relevo's Redis serves TLS only: install a redis-server 6 or later built with TLS ` +
+      "(Debian's redis-server is), set RELEVO_REDIS_SERVER_BIN to one, or use a Redis of your own with RELEVO_REDIS_URL",
     { details: { env: "RELEVO_REDIS_SERVER_BIN" } },
   );
 }

@@ -10,6 +10,7 @@ import { redisKeys, type RedisKeys } from "../redis/keys";
 import { createRedisClient, type RedisEndpoint } from "../redis/redis-client";
 import { clusterRedisServer } from "../redis/redis-server";
 import type { Secrets } from "../secrets/secrets-store";
+import type { CertificateAuthority } from "../tls/certificate-authority";
 import type { Cleanup, StartContext } from "./cleanups";
 
 export interface RedisAndEvents {
@@ -30,10 +31,13 @@ export interface RedisAndEvents {
 }
 
 /** Redis (Relevo's own, or the one RELEVO_REDIS_URL names), the connections to it, and the event log on it. */
-export async function startRedisAndEvents(options: StartContext & { readonly secrets: Secrets }): Promise<RedisAndEvents> {
-  const { config, logger, cleanups, secrets } = options;
-  // Relevo's own Redis, or one run by someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
-  const { endpoint, handle: server } = await clusterRedisServer(config, secrets.redisPassword, logger);
+export async function startRedisAndEvents(
+  options: StartContext & { readonly secrets: Secrets; readonly ca: CertificateAuthority },
+): Promise<RedisAndEvents> {
+  const { config, logger, cleanups, secrets, ca } = options;
+  // Relevo's own Redis (TLS, certificates from Relevo's CA), or one run by someone else (RELEVO_REDIS_URL),
+  // which it then neither starts nor stops.
+  const { endpoint, handle: server } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca }, logger);
   const stopServer = (): Promise<void> => server.stop();
   cleanups.push(stopServer);
 

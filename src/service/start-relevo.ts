@@ -31,7 +31,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
   try {
     const { driver, secrets, ca } = await checkPrerequisites(context);
     const trustedCa = ca.certificatePem;
-    const redis = await startRedisAndEvents({ ...context, secrets });
+    const redis = await startRedisAndEvents({ ...context, secrets, ca });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver });

@@ -9,11 +9,12 @@ import { DockerDriver } from "../../src/nodes/docker/docker-driver";
 import type { NodeDriver, NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { nodeTlsSource } from "../../src/tls/node-tls";
+import { ownRedisTls, type OwnRedisTls } from "../../src/redis/redis-tls";
 import { tempHome } from "./home";
 
 /** Where the CAs of a test file's clusters are listed (one module registry per file). */
 const TRUST_KEY = "__relevoTestTrustedCas";
-const SOURCE_KEY = "__relevoTestNodeTls";
+const CA_KEY = "__relevoTestCa";
 
 function registry(): string[] {
   const global = globalThis as unknown as Record<string, string[] | undefined>;
@@ -34,13 +35,13 @@ export function testClientSsl(): ConnectionOptions {
   return { ca: [...registry()], rejectUnauthorized: true };
 }
 
-/** A CA of the test file's own (made once, in a temporary home), as the nodes' certificate source of a driver a test builds. */
-export function testNodeTls(): Promise<NodeTlsSource> {
-  const global = globalThis as unknown as Record<string, Promise<NodeTlsSource> | undefined>;
-  return (global[SOURCE_KEY] ??= (async () => {
+/** A CA of the test file's own, made once in a temporary home, and trusted by the file's test clients. */
+export function testCa(): Promise<CertificateAuthority> {
+  const global = globalThis as unknown as Record<string, Promise<CertificateAuthority> | undefined>;
+  return (global[CA_KEY] ??= (async () => {
     const ca = await CertificateAuthority.load(loadConfig({}, { home: await tempHome("test-ca") }));
     trustCa(ca.certificatePem);
-    return nodeTlsSource(ca);
+    return ca;
   })());
 }
 
@@ -77,4 +78,18 @@ export async function filesHolding(directory: string, needle: string): Promise<s
 /** The body of a PEM key (its base64, on one line): what would be found of it in a copy. */
 export function pemBodyLine(pem: string): string {
   return pem.split("\n").find((line) => line.length > 0 && !line.startsWith("-----"))!;
+}
+
+/** The test file's CA as the nodes' certificate source of a driver a test builds. */
+export async function testNodeTls(): Promise<NodeTlsSource> {
+  return nodeTlsSource(await testCa());
+}
+
+/**
+ * TLS for a Redis a test starts itself (ensureRedisServer's `tls`): its
+ * server certificate from the test file's CA, and a client certificate of
+ * that CA for the test's clients (`redisTls.client` in their endpoint).
+ */
+export async function testRedisTls(): Promise<OwnRedisTls> {
+  return ownRedisTls(await testCa());
 }

@@ -1,6 +1,6 @@
 import Docker from "dockerode";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parse } from "yaml";
 import { createLogger } from "../../src/log";
@@ -11,6 +11,7 @@ import { failoverHelpers } from "../helpers/failover";
 import { freePort } from "../helpers/ports";
 import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
 import { tempHome } from "../helpers/home";
+import { testRedisTls } from "../helpers/tls";
 import { demultiplexBuffer } from "../../src/nodes/docker/docker-exec";
 
 const docker = new Docker({ socketPath: "/var/run/docker.sock" });
@@ -94,15 +95,24 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
       await container.start();
     }
     const redisPort = await freePort();
+    const redisHome = await tempHome("compose-redis");
+    const redisTls = await testRedisTls();
     redis = await ensureRedisServer({
-      home: await tempHome("compose-redis"),
+      home: redisHome,
       host: "127.0.0.1",
       port: redisPort,
       password: "compose-redis-password",
       bin: "redis-server",
       startTimeoutMs: 30000,
       logger: createLogger({ level: "silent" }),
+      tls: redisTls,
     });
+    // Reached as an external Redis over TLS (rediss://, its CA and a client certificate in files), as an operator's own.
+    const tlsFile = async (name: string, content: string | undefined): Promise<string> => {
+      const file = path.join(redisHome, name);
+      await writeFile(file, content ?? "", { mode: 0o600 });
+      return file;
+    };
     const environment = compose.services.relevo!.environment!;
     expect(environment).toMatchObject({ RELEVO_DRIVER: "docker", RELEVO_DOCKER_REPOSITORY_VOLUME: "relevo-repository" });
     stack = await startTestCluster("compose", {
@@ -112,7 +122,10 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
       clusterName: cluster,
       repository,
       dockerRepositoryVolume: repositoryVolume,
-      redisUrl: `redis://:compose-redis-password@127.0.0.1:${redisPort}`,
+      redisUrl: `rediss://:compose-redis-password@127.0.0.1:${redisPort}`,
+      redisCaFile: await tlsFile("external-ca.crt", redisTls.client.ca),
+      redisCertFile: await tlsFile("external-client.crt", redisTls.client.cert),
+      redisKeyFile: await tlsFile("external-client.key", redisTls.client.key),
       leaseTtlMs: 2000,
     });
   });

@@ -3,9 +3,11 @@ import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis
 import { graphqlRequest } from "../helpers/graphql-client";
 import { eventually, startTestCluster, useTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { ownRedisTls } from "../../src/redis/redis-tls";
+import { CertificateAuthority } from "../../src/tls/certificate-authority";
 
-/** The cluster's Redis server: adopted when running, started when not. */
-function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
+/** The cluster's Redis server: adopted when running, started when not (TLS, certificates from the cluster's CA). */
+async function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
   return ensureRedisServer({
     home: cluster.config.home,
     host: cluster.config.host,
@@ -14,6 +16,7 @@ function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
     bin: cluster.config.redisServerBin,
     startTimeoutMs: 30000,
     logger: createLogger({ level: "silent" }),
+    tls: await ownRedisTls(await CertificateAuthority.load(cluster.config)),
   });
 }
 

@@ -24,6 +24,7 @@ import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { newManifest } from "../../src/backup/backup-start";
 import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-service";
+import { testRedisTls } from "../helpers/tls";
 
 const ID = "20261125T224500Z-F";
 
@@ -276,8 +277,16 @@ describe("a replica's replay pause marker: one capture at a time, cleared by its
   beforeAll(async () => {
     const endpoint = { host: "127.0.0.1", port: await freePort(), password: "markers-test-password-0123" };
     const logger = createLogger({ level: "silent" });
-    server = await ensureRedisServer({ home: await tempHome("markers"), ...endpoint, bin: "redis-server", startTimeoutMs: 30000, logger });
-    redis = createRedisClient(endpoint, { name: "markers" });
+    const tls = await testRedisTls();
+    server = await ensureRedisServer({
+      home: await tempHome("markers"),
+      ...endpoint,
+      bin: "redis-server",
+      startTimeoutMs: 30000,
+      logger,
+      tls,
+    });
+    redis = createRedisClient({ ...endpoint, tls: tls.client }, { name: "markers" });
     await eventually(async () => ((await redis.ping().catch(() => null)) === "PONG" ? true : undefined));
     markers = new ReplayPauseMarkers(redis, keys);
   });

@@ -1,6 +1,6 @@
 import { redisKeys } from "../../src/redis/keys";
 import { createLogger } from "../../src/log";
-import { createRedisClient } from "../../src/redis/redis-client";
+import { createRedisClient, type RedisEndpoint } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { TopologyReader } from "../../src/cluster/topology-reader";
 import type { ClusterSnapshot } from "../../src/cluster/topology";
@@ -8,6 +8,7 @@ import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
 import { eventually } from "../helpers/service";
 import type Redis from "ioredis";
+import { testRedisTls } from "../helpers/tls";
 
 const snapshot = (collectedAt: string): ClusterSnapshot => ({
   name: "t",
@@ -22,15 +23,23 @@ describe("topology reads: served locally between changes, never stale", () => {
   const logger = createLogger({ level: "silent" });
   const keys = redisKeys("reader");
   let server: RedisServerHandle;
-  let endpoint: { host: string; port: number; password: string };
+  let endpoint: RedisEndpoint;
   let writer: Redis;
   let commands: Redis;
   let invalidations: Redis;
   let reader: TopologyReader;
 
   beforeAll(async () => {
-    endpoint = { host: "127.0.0.1", port: await freePort(), password: "reader-test-password-0123" };
-    server = await ensureRedisServer({ home: await tempHome("reader"), ...endpoint, bin: "redis-server", startTimeoutMs: 30000, logger });
+    const tls = await testRedisTls();
+    endpoint = { host: "127.0.0.1", port: await freePort(), password: "reader-test-password-0123", tls: tls.client };
+    server = await ensureRedisServer({
+      home: await tempHome("reader"),
+      ...endpoint,
+      bin: "redis-server",
+      startTimeoutMs: 30000,
+      logger,
+      tls,
+    });
     writer = createRedisClient(endpoint, { name: "writer" });
     commands = createRedisClient(endpoint, { name: "commands" });
     invalidations = createRedisClient(endpoint, { name: "invalidations", queueWhileOffline: true });

@@ -14,6 +14,7 @@ import { createRedisClient } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { eventually } from "../helpers/service";
 import { freePort } from "../helpers/ports";
+import { testRedisTls } from "../helpers/tls";
 
 describe("socket admission before the handshake", () => {
   const limits = { maxSockets: 3, maxSocketsPerToken: 2, maxPendingPerAddress: 2, maxOperationsPerSocket: 5 };
@@ -35,14 +36,23 @@ describe("refusals counted, and the API's events under a Redis outage, on a real
   const logger = createLogger({ level: "silent" });
   const keys = redisKeys("refusals");
 
-  const startRedis = () =>
-    ensureRedisServer({ home, host: "127.0.0.1", port, password, bin: loadConfig({}).redisServerBin, startTimeoutMs: 10000, logger });
+  const startRedis = async () =>
+    ensureRedisServer({
+      home,
+      host: "127.0.0.1",
+      port,
+      password,
+      bin: loadConfig({}).redisServerBin,
+      startTimeoutMs: 10000,
+      logger,
+      tls: await testRedisTls(),
+    });
 
   beforeAll(async () => {
     home = await mkdtemp(path.join(os.tmpdir(), "api-refusals-"));
     port = await freePort();
     server = await startRedis();
-    redis = createRedisClient({ host: "127.0.0.1", port, password }, { name: "api-refusals-test" });
+    redis = createRedisClient({ host: "127.0.0.1", port, password, tls: (await testRedisTls()).client }, { name: "api-refusals-test" });
     if (redis.status !== "ready") await new Promise((resolve) => redis.once("ready", resolve));
   });
 

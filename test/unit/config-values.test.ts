@@ -16,6 +16,8 @@ import { ensureRedisServer } from "../../src/redis/redis-server";
 import { hostToolEnvironment } from "../../src/util/host-tool";
 import Redis from "ioredis";
 import { freePort } from "../helpers/ports";
+import { testRedisTls } from "../helpers/tls";
+import { connectionOptions } from "../../src/redis/redis-client";
 
 /**
  * Values Relevo writes into PostgreSQL's configuration, read back by
@@ -183,8 +185,9 @@ describe("redis.conf, read back by Redis", () => {
     const home = path.join(await mkdtemp(path.join(os.tmpdir(), "config-values-")), `it's a "home" \\ dir`);
     const password = 'pa"ss\\word';
     const options = { home, host: "127.0.0.1", port: await freePort(), password, bin: config.redisServerBin, startTimeoutMs: 10000 };
-    const server = await ensureRedisServer({ ...options, logger: createLogger({ level: "silent" }) });
-    const client = new Redis({ host: options.host, port: options.port, password, lazyConnect: true, maxRetriesPerRequest: 0 });
+    const tls = await testRedisTls();
+    const server = await ensureRedisServer({ ...options, logger: createLogger({ level: "silent" }), tls });
+    const client = new Redis({ ...connectionOptions({ ...options, tls: tls.client }), lazyConnect: true, maxRetriesPerRequest: 0 });
     try {
       await client.connect();
       expect(await client.config("GET", "dir")).toEqual(["dir", path.join(home, "redis")]);

@@ -1,6 +1,7 @@
 import { expect } from "@jest/globals";
 import path from "node:path";
 import { parseRedisUrl } from "../../src/redis/redis-client";
+import { externalRedisEndpoint } from "../../src/redis/redis-server";
 import { describeConfig, loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
 
@@ -91,5 +92,48 @@ describe("configuration", () => {
     expect(() => loadConfig({ RELEVO_REDIS_URL: "http://127.0.0.1:6379" })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_REDIS_URL") }),
     );
+  });
+
+  test("an invalid RELEVO_REDIS_URL is not quoted back: it carries Redis's password", () => {
+    expect(() => loadConfig({ RELEVO_REDIS_URL: "http://:hunter2-secret@127.0.0.1:6379" })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.not.stringContaining("hunter2-secret") as unknown }),
+    );
+  });
+
+  test("rediss:// is TLS (Node's root CAs until RELEVO_REDIS_CA_FILE is read); its files go with rediss:// only, cert with key", () => {
+    expect(parseRedisUrl("rediss://:pw@redis.example.org:6380")).toEqual({
+      host: "redis.example.org",
+      port: 6380,
+      password: "pw",
+      external: true,
+      tls: {},
+    });
+    const config = loadConfig({
+      RELEVO_REDIS_URL: "rediss://:pw@redis.example.org:6380",
+      RELEVO_REDIS_CA_FILE: "ca.pem",
+      RELEVO_REDIS_CERT_FILE: "/etc/relevo/redis-client.crt",
+      RELEVO_REDIS_KEY_FILE: "/etc/relevo/redis-client.key",
+    });
+    expect(config.redisCaFile).toBe(path.resolve("ca.pem"));
+    const invalid = (env: NodeJS.ProcessEnv, named: string) =>
+      expect(() => loadConfig(env)).toThrow(
+        expect.objectContaining({ code: ErrorCode.InvalidConfig, details: { env: named }, message: expect.stringContaining(named) }),
+      );
+    // Relevo's own Redis (no URL) takes its TLS from Relevo's CA; a plain redis:// URL has none.
+    invalid({ RELEVO_REDIS_CA_FILE: "ca.pem" }, "RELEVO_REDIS_CA_FILE");
+    invalid(
+      { RELEVO_REDIS_URL: "redis://:pw@127.0.0.1:6379", RELEVO_REDIS_CERT_FILE: "c.pem", RELEVO_REDIS_KEY_FILE: "k.pem" },
+      "RELEVO_REDIS_CERT_FILE",
+    );
+    invalid({ RELEVO_REDIS_URL: "rediss://:pw@127.0.0.1:6379", RELEVO_REDIS_CERT_FILE: "c.pem" }, "RELEVO_REDIS_KEY_FILE");
+    invalid({ RELEVO_REDIS_URL: "rediss://:pw@127.0.0.1:6379", RELEVO_REDIS_KEY_FILE: "k.pem" }, "RELEVO_REDIS_CERT_FILE");
+  });
+
+  test("an unreadable RELEVO_REDIS_CA_FILE stops the start with INVALID_CONFIG naming it", async () => {
+    const config = loadConfig({ RELEVO_REDIS_URL: "rediss://:pw@127.0.0.1:6379", RELEVO_REDIS_CA_FILE: "/nonexistent/ca.pem" });
+    await expect(externalRedisEndpoint(config)).rejects.toMatchObject({
+      code: ErrorCode.InvalidConfig,
+      details: { env: "RELEVO_REDIS_CA_FILE" },
+    });
   });
 });

@@ -12,6 +12,8 @@ import { mkdtemp, readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "../helpers/ports";
+import { testRedisTls } from "../helpers/tls";
+import { connectionOptions } from "../../src/redis/redis-client";
 
 /**
  * A lease (the failover monitor's, the archiver's, an operation's lock) is
@@ -134,8 +136,9 @@ describe("leases on both clocks", () => {
         bin: config.redisServerBin,
         startTimeoutMs: 10000,
         logger: createLogger({ level: "silent" }),
+        tls: await testRedisTls(),
       });
-      client = new Redis({ host: "127.0.0.1", port, password });
+      client = new Redis(connectionOptions({ host: "127.0.0.1", port, password, tls: (await testRedisTls()).client }));
     });
 
     afterAll(async () => {

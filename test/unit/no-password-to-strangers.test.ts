@@ -21,6 +21,7 @@ import { ensureRedisServer } from "../../src/redis/redis-server";
 import { loadOrCreateSecrets, secretsFile } from "../../src/secrets/secrets-store";
 import { canonicalAddress, parseTcpTable, serverEndOwner } from "../../src/util/local-peer";
 import { fakePostgres, fakeServerOfAnotherUser, type FakeServer, type PasswordRequest } from "../helpers/fake-servers";
+import { testRedisTls } from "../helpers/tls";
 
 /**
  * Issue 14, defect 2: whoever listens on a member's port (a stopped member's
@@ -236,6 +237,7 @@ describe("Redis: a stranger answering PONG on the embedded Redis's port gets no 
       bin: "redis-server",
       startTimeoutMs: 5000,
       logger,
+      tls: await testRedisTls(),
     });
     const outcome = await adoption.then(
       (handle) => handle,
@@ -251,7 +253,9 @@ describe("Redis: a stranger answering PONG on the embedded Redis's port gets no 
   });
 
   asRoot("a service's client (reconnecting after its Redis went away, to whatever took the port) sends it nothing", async () => {
-    const client = createRedisClient({ host: "127.0.0.1", port: fake.port, password: PASSWORD }, { name: "strangers" });
+    // Over TLS, as every client of Relevo's own Redis: the proof comes before the handshake's first byte.
+    const tls = (await testRedisTls()).client;
+    const client = createRedisClient({ host: "127.0.0.1", port: fake.port, password: PASSWORD, tls }, { name: "strangers" });
     const errors: Error[] = [];
     client.on("error", (error: Error) => errors.push(error));
     try {

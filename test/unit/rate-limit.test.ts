@@ -14,6 +14,7 @@ import { createLogger } from "../../src/log";
 import { createRedisClient } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { freePort } from "../helpers/ports";
+import { testRedisTls } from "../helpers/tls";
 
 describe("what an operation takes from its bucket: its cost", () => {
   test("one token per COST_PER_RATE_TOKEN of cost, at least one", () => {
@@ -59,8 +60,9 @@ describe("the API's rate limit on a real Redis", () => {
       bin: loadConfig({}).redisServerBin,
       startTimeoutMs: 10000,
       logger: createLogger({ level: "silent" }),
+      tls: await testRedisTls(),
     });
-    redis = createRedisClient({ host: "127.0.0.1", port, password }, { name: "rate-limit-test" });
+    redis = createRedisClient({ host: "127.0.0.1", port, password, tls: (await testRedisTls()).client }, { name: "rate-limit-test" });
     // The service's client has no offline queue: wait until it is connected.
     if (redis.status !== "ready") await new Promise((resolve) => redis.once("ready", resolve));
   });
