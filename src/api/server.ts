@@ -1,4 +1,5 @@
 import http from "node:http";
+import https from "node:https";
 import { ApolloServer } from "@apollo/server";
 import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHttpServer";
 import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/disabled";
@@ -7,6 +8,7 @@ import express from "express";
 import type { PubSub } from "type-graphql";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import { promiseTry } from "../util/promise-try";
+import { apiUrl } from "../config/api-transport";
 import { authenticate } from "./auth/auth";
 import { mutationAuditPlugin } from "./audit";
 import { mutationRoleGatePlugin, refuseMutationEarly } from "./auth/mutation-gate";
@@ -40,6 +42,8 @@ export interface ApiServerOptions {
   /** Refused requests are reported per token (or address) once per this window (RefusalCounter). */
   readonly refusalWindowMs: number;
   readonly socketLimits: SocketLimits;
+  /** HTTPS (and wss://) with this certificate and key (PEM); absent: plain HTTP (see src/config/api-transport.ts). */
+  readonly tls?: { readonly certificatePem: string; readonly keyPem: string };
 }
 
 export interface RunningApi {
@@ -50,7 +54,8 @@ export interface RunningApi {
 
 /**
  * One HTTP server for everything: POST /graphql (Apollo), GraphiQL on GET
- * /graphql, graphql-ws subscriptions on the same path, and the health routes.
+ * /graphql, graphql-ws subscriptions on the same path, and the health routes;
+ * HTTPS when given a certificate (the WebSocket is then wss:// on the same port).
  * (startStandaloneServer hides its HTTP server, so it cannot share the port
  * with graphql-ws.)
  */
@@ -63,13 +68,16 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   app.set("case sensitive routing", true);
   app.set("strict routing", true);
   // An error escaping `handle` would be an unhandled rejection, which ends the process (and the failover monitor in it).
-  const httpServer = http.createServer((req, res) => {
+  const answer = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     handle(req, res).catch((error: unknown) => {
       services.logger.error({ err: error instanceof Error ? error.message : String(error) }, "unexpected error answering an HTTP request");
       if (!res.headersSent) res.writeHead(500, { "content-type": "application/json; charset=utf-8" });
       res.end(JSON.stringify({ errors: [{ message: "internal error", extensions: { code: ErrorCode.Internal } }] }));
     });
-  });
+  };
+  const httpServer: http.Server = options.tls
+    ? https.createServer({ cert: options.tls.certificatePem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, answer)
+    : http.createServer(answer);
   const limits = { maxDepth: options.maxDepth, maxComplexity: options.maxComplexity };
   const rateLimiter = new RateLimiter(services.redis, services.keys.rateLimit, options.rateLimit, services.logger);
   const formatError = createFormatError(services.logger);
@@ -198,7 +206,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   return {
-    url: `http://${options.host}:${port}/graphql`,
+    url: apiUrl({ host: options.host, port, https: options.tls !== undefined }),
     port,
     stop: async () => {
       await apollo.stop();

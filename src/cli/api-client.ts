@@ -1,8 +1,11 @@
 import http from "node:http";
+import { rootCertificates } from "node:tls";
+import { apiTransport, apiUrl, isHttps } from "../config/api-transport";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, isRelevoError, RelevoError } from "../errors";
 import { readSecrets } from "../secrets/secrets-store";
 import { CLI_TOKEN_TTL_MS, mintToken } from "../secrets/tokens";
+import { readTrustedCa } from "../tls/certificate-authority";
 import { apiTrustedUids, OwnApiAgent } from "./api-peer";
 
 /**
@@ -17,12 +20,18 @@ import { apiTrustedUids, OwnApiAgent } from "./api-peer";
  */
 export async function callApi<T>(config: RelevoConfig, query: string, variables: Record<string, unknown> = {}): Promise<T> {
   const secrets = await readSecrets(config.home);
-  const agent = new OwnApiAgent({ trustedUids: await apiTrustedUids(config.home) });
-  const url = `http://${config.host}:${config.apiPort}/graphql`;
+  const transport = apiTransport(config);
+  const url = apiUrl({ host: config.host, port: config.apiPort, https: isHttps(transport) });
+  // HTTPS: the agent proves the server's uid first, then verifies its certificate against `trust` and the host.
+  const trust = isHttps(transport) ? await apiTrust(config, transport.phase === "https-files") : undefined;
+  const agent = new OwnApiAgent({
+    trustedUids: await apiTrustedUids(config.home),
+    tls: trust ? { ca: trust, host: config.host } : undefined,
+  });
   let text: string;
   try {
     text = await post(
-      url,
+      { host: config.host, port: config.apiPort },
       { agent, headers: { authorization: `Bearer ${mintToken(secrets.tokenKey, "operator", { ttlMs: CLI_TOKEN_TTL_MS }).token}` } },
       JSON.stringify({ query, variables }),
     );
@@ -46,16 +55,35 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
 }
 
 /**
+ * What the CLI trusts for an HTTPS API: Relevo's CA (RELEVO_TLS_CA_FILE or
+ * the data home's), which issues the API's certificate under RELEVO_API_TLS=on;
+ * with the operator's own certificate (RELEVO_API_TLS_CERT_FILE), also
+ * Node's root CAs, since that one may come from any CA.
+ */
+async function apiTrust(config: RelevoConfig, ownCertificate: boolean): Promise<string[]> {
+  const ca = (await readTrustedCa(config)).pem;
+  return ownCertificate ? [...rootCertificates, ca] : [ca];
+}
+
+/**
  * POST with node:http rather than fetch: fetch (undici) gives up on a
  * response whose headers take more than 300 s, and mutations such as
  * rejoinNode (a re-seed) or verifyBackup with a restore test answer only when
- * they are done. node:http waits as long as the connection lives.
+ * they are done. node:http waits as long as the connection lives. Over
+ * HTTPS too: the agent hands over a TLS socket it opened on the proven
+ * connection, so the request itself speaks HTTP on it.
  */
-function post(url: string, options: { agent: http.Agent; headers: Record<string, string> }, body: string): Promise<string> {
+function post(
+  target: { readonly host: string; readonly port: number },
+  options: { agent: OwnApiAgent; headers: Record<string, string> },
+  body: string,
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const request = http.request(
-      url,
       {
+        host: target.host,
+        port: target.port,
+        path: "/graphql",
         method: "POST",
         agent: options.agent,
         headers: { ...options.headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) },

@@ -1,6 +1,7 @@
 import { stat } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
+import tls from "node:tls";
 import type { Duplex } from "node:stream";
 import { ErrorCode, RelevoError } from "../errors";
 import { secretsFile } from "../secrets/secrets-store";
@@ -22,9 +23,11 @@ import { judgeLocalPeer, ownUid, peerOf, socketConnected, type PeerEndpoint, typ
  * host has its server end listed here, so a stranger who took the port on
  * a public address is refused the same way. A server end the kernel does
  * not list (a service in another network namespace or on another host) is
- * refused too: the token would travel in clear to a server nobody proved
- * (the API has no TLS yet). Such a client mints a token with `relevo token`
- * and sends it itself, over a network it trusts (docs/security.md).
+ * refused too, over HTTPS as well: Relevo's CA also issues the nodes'
+ * certificates, whose keys the PostgreSQL user reads, so a certificate alone
+ * does not prove the server is Relevo's service. Such a client mints a token
+ * with `relevo token` and sends it itself (docs/security.md). Over HTTPS the
+ * agent then verifies the server's certificate on the proven connection.
  */
 
 /** The uids whose servers may receive a token minted from `home`'s key: each could read the key itself. */
@@ -43,10 +46,12 @@ const CONNECT_TIMEOUT_MS = 10000;
  */
 export class OwnApiAgent extends http.Agent {
   private readonly trustedUids: readonly number[];
+  private readonly tls: ApiTls | undefined;
 
-  constructor(options: { readonly trustedUids: readonly number[] }) {
+  constructor(options: { readonly trustedUids: readonly number[]; readonly tls?: ApiTls }) {
     super({ keepAlive: false });
     this.trustedUids = options.trustedUids;
+    this.tls = options.tls;
   }
 
   /** Asynchronous creation (node:http's documented contract): the request waits for `callback`, its headers buffered. */
@@ -58,7 +63,7 @@ export class OwnApiAgent extends http.Agent {
       if (!(await socketConnected(socket, CONNECT_TIMEOUT_MS))) return; // its error went to `failed`
       const verdict = await judgeLocalPeer(socket, this.trustedUids);
       socket.off("error", failed); // from here on the request listens for the socket's errors
-      if (verdict.phase === "trusted") return callback(null, socket);
+      if (verdict.phase === "trusted") return this.tls ? this.secure(socket, this.tls, callback) : callback(null, socket);
       socket.destroy();
       callback(apiNotOurs(peerOf(socket), verdict, this.trustedUids), socket);
     };
@@ -68,6 +73,36 @@ export class OwnApiAgent extends http.Agent {
     });
     return undefined;
   }
+
+  /**
+   * TLS on the proven connection, the server's certificate verified against
+   * `tls.ca` and `tls.host` (Node's identity check: an IP address against
+   * the certificate's iPAddress entries) before the request writes anything.
+   */
+  private secure(socket: net.Socket, apiTls: ApiTls, callback: (error: Error | null, socket: Duplex) => void): void {
+    const secured = tls.connect({
+      socket,
+      ca: [...apiTls.ca],
+      host: apiTls.host,
+      ...(net.isIP(apiTls.host) ? {} : { servername: apiTls.host }),
+      rejectUnauthorized: true,
+    });
+    const failed = (error: Error) => {
+      secured.destroy();
+      callback(error, secured);
+    };
+    secured.once("error", failed);
+    secured.once("secureConnect", () => {
+      secured.off("error", failed);
+      callback(null, secured);
+    });
+  }
+}
+
+/** An HTTPS API: the CAs its certificate is checked against, and the host it must name. */
+export interface ApiTls {
+  readonly ca: readonly string[];
+  readonly host: string;
 }
 
 function apiNotOurs(server: PeerEndpoint, verdict: Exclude<PeerVerdict, { phase: "trusted" }>, trusted: readonly number[]): RelevoError {

@@ -1,4 +1,5 @@
 import { findWritablePrimary } from "../cluster/bootstrap";
+import { apiTransport } from "../config/api-transport";
 import { loadMembers } from "../cluster/membership";
 import { connectionUri } from "../postgres/connection";
 import { ROLE_SUPERUSER } from "../postgres/managed-settings";
@@ -42,6 +43,9 @@ export async function upCommand(config: RelevoConfig, options: StartOptions, log
       "",
       `Relevo is up: cluster ${config.clusterName}, ${service.nodes.length} nodes (${service.driver.kind} driver)`,
       `  GraphQL and GraphiQL: ${service.apiUrl}`,
+      ...(apiTransport(config).phase === "http-plaintext-accepted"
+        ? [`  WARNING: the API is plain HTTP on ${config.host} (RELEVO_API_TLS=off): tokens travel in clear`]
+        : []),
       `  Operator token:       ${bannerToken(banner, output)}`,
       `  (GraphiQL: Headers tab → { "Authorization": "Bearer <token>" }; more tokens: relevo token --role viewer)`,
       `  Data home:            ${config.home}`,

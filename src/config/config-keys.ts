@@ -76,6 +76,24 @@ export const configKeys = {
     schema: port,
     doc: "Port of the GraphQL API, GraphiQL and health endpoints.",
   },
+  apiTls: {
+    env: "RELEVO_API_TLS",
+    default: "auto",
+    schema: z.enum(["auto", "on", "off"]),
+    doc: "HTTPS for the API (and its WebSocket). `auto`: HTTPS when RELEVO_API_TLS_CERT_FILE is set, else plain HTTP on a loopback RELEVO_HOST and a refused start on any other. `on`: HTTPS, with the files when set, else a certificate Relevo's CA issues for RELEVO_HOST at each start. `off`: plain HTTP, also on a non-loopback address (warned at start: tokens travel in clear).",
+  },
+  apiTlsCertFile: {
+    env: "RELEVO_API_TLS_CERT_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "PEM certificate (and its chain) the API serves HTTPS with; with RELEVO_API_TLS_KEY_FILE. Its names must include the address clients use (the CLI uses RELEVO_HOST).",
+  },
+  apiTlsKeyFile: {
+    env: "RELEVO_API_TLS_KEY_FILE",
+    default: "",
+    schema: z.string(),
+    doc: "The unencrypted PEM private key of RELEVO_API_TLS_CERT_FILE; set both or neither. Never logged.",
+  },
   primaryPort: {
     env: "RELEVO_PRIMARY_PORT",
     default: "15432",

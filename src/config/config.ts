@@ -42,6 +42,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
     (env.DOCKER_TLS_VERIFY && env.DOCKER_TLS_VERIFY !== "0" ? (env.DOCKER_CERT_PATH ?? path.join(env.HOME ?? "/root", ".docker")) : "");
   validateTlsCa(config);
   validateExternalRedisTls(config);
+  validateApiTls(config);
   validatePorts(config);
   return Object.freeze(config);
 }
@@ -88,6 +89,29 @@ function validateExternalRedisTls(config: { -readonly [K in ConfigKey]: RelevoCo
     );
   }
   for (const key of files) config[key] = path.resolve(config[key]);
+}
+
+/** The API's own certificate is a certificate and its key, and contradicts RELEVO_API_TLS=off. Paths resolved once, here. */
+function validateApiTls(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }): void {
+  const { apiTls, apiTlsCertFile, apiTlsKeyFile } = configKeys;
+  if ((config.apiTlsCertFile === "") !== (config.apiTlsKeyFile === "")) {
+    const missing = config.apiTlsCertFile === "" ? apiTlsCertFile.env : apiTlsKeyFile.env;
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: set both ${apiTlsCertFile.env} and ${apiTlsKeyFile.env} (the API's certificate and its key), or neither; ${missing} is empty`,
+      { details: { env: missing } },
+    );
+  }
+  if (config.apiTlsCertFile === "") return;
+  if (config.apiTls === "off") {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: ${apiTls.env}=off, but ${apiTlsCertFile.env} is set: unset one of them`,
+      { details: { env: apiTls.env } },
+    );
+  }
+  config.apiTlsCertFile = path.resolve(config.apiTlsCertFile);
+  config.apiTlsKeyFile = path.resolve(config.apiTlsKeyFile);
 }
 
 /** Nodes, Redis and the API must not be configured onto the same port. */

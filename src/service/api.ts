@@ -8,7 +8,12 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
 import { TokenAccess } from "../secrets/token-access";
-import { caFiles } from "../tls/certificate-authority";
+import { apiTransport } from "../config/api-transport";
+import type { RelevoConfig } from "../config/config";
+import { readConfiguredFile } from "../config/configured-file";
+import { UnreachableCaseError } from "../errors";
+import type { Logger } from "../log";
+import { caFiles, type CertificateAuthority } from "../tls/certificate-authority";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -16,6 +21,7 @@ import type { RedisAndEvents } from "./redis-and-events";
 export async function startApi(
   options: StartContext & {
     readonly secrets: Secrets;
+    readonly ca: CertificateAuthority;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly collector: TopologyCollector;
@@ -24,7 +30,8 @@ export async function startApi(
     readonly failover: FailoverService;
   },
 ): Promise<RunningApi> {
-  const { config, logger, cleanups, redis, nodes, collector, backups, scheduler, failover } = options;
+  const { config, logger, cleanups, ca, redis, nodes, collector, backups, scheduler, failover } = options;
+  const tls = await apiCertificate(config, ca, logger);
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
   const tokens = await TokenAccess.open({ home: config.home, logger });
@@ -58,8 +65,43 @@ export async function startApi(
         maxPendingPerAddress: MAX_PENDING_SOCKETS_PER_ADDRESS,
         maxOperationsPerSocket: MAX_OPERATIONS_PER_SOCKET,
       },
+      tls,
     },
   );
   cleanups.push(() => api.stop());
   return api;
+}
+
+/**
+ * The API's certificate and key, by its transport (src/config/api-transport.ts):
+ * the operator's files, or one Relevo's CA issues for the API's addresses at
+ * each start (kept in memory only); none for plain HTTP, which off loopback
+ * is said loudly (RELEVO_API_TLS=off).
+ */
+async function apiCertificate(
+  config: RelevoConfig,
+  ca: CertificateAuthority,
+  logger: Logger,
+): Promise<{ certificatePem: string; keyPem: string } | undefined> {
+  const transport = apiTransport(config);
+  switch (transport.phase) {
+    case "https-files":
+      return {
+        certificatePem: await readConfiguredFile(transport.certificateFile, "RELEVO_API_TLS_CERT_FILE"),
+        keyPem: await readConfiguredFile(transport.keyFile, "RELEVO_API_TLS_KEY_FILE"),
+      };
+    case "https-issued":
+      return ca.issueServerCertificate({ commonName: "api", addresses: transport.addresses });
+    case "http-loopback":
+      return undefined;
+    case "http-plaintext-accepted":
+      logger.warn(
+        { host: config.host, env: "RELEVO_API_TLS" },
+        `THE API IS PLAIN HTTP ON ${config.host}, AN ADDRESS OTHER MACHINES CAN REACH (RELEVO_API_TLS=off): ` +
+          "bearer tokens and every answer travel in clear; set RELEVO_API_TLS=on or give RELEVO_API_TLS_CERT_FILE",
+      );
+      return undefined;
+    default:
+      throw new UnreachableCaseError(transport);
+  }
 }

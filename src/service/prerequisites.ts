@@ -1,3 +1,4 @@
+import { apiTransport } from "../config/api-transport";
 import { createNodeDriver } from "../nodes/create-driver";
 import { CertificateAuthority } from "../tls/certificate-authority";
 import { nodeTlsSource } from "../tls/node-tls";
@@ -16,6 +17,8 @@ export interface Prerequisites {
 
 /** The node driver (its prerequisites met), the secrets and the CA of this home, and the API's port free. */
 export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
+  // A plain API on an address other machines reach is refused before anything starts (RELEVO_API_TLS).
+  apiTransport(config);
   const ca = await CertificateAuthority.load(config);
   const driver = createNodeDriver(config, { tls: nodeTlsSource(ca) });
   // Last of the cleanups: the driver's open connections (the Docker driver's file agents).

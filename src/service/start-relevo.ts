@@ -80,7 +80,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
-    const api = await startApi({ ...context, secrets, redis, nodes, collector, backups, scheduler, failover });
+    const api = await startApi({ ...context, secrets, ca, redis, nodes, collector, backups, scheduler, failover });
     await announceStarted({ events: redis.events, driver });
 
     return runningService({

@@ -12,6 +12,7 @@ export function cliEnvFor(config: RelevoConfig, extra: Record<string, string> = 
     RELEVO_PRIMARY_PORT: String(config.primaryPort),
     RELEVO_REPLICA_PORT: String(config.replicaPort),
     RELEVO_REDIS_PORT: String(config.redisPort),
+    RELEVO_API_TLS: config.apiTls,
     RELEVO_LOG_LEVEL: "warn",
     ...extra,
   };

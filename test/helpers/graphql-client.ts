@@ -1,10 +1,65 @@
 import { createClient, type Client } from "graphql-ws";
+import http from "node:http";
+import https from "node:https";
 import WebSocket from "ws";
+import { testClientSsl } from "./tls";
 
 export interface GraphQLResponse<T = Record<string, unknown>> {
   status: number;
   data?: T | null;
   errors?: Array<{ message: string; extensions?: { code?: string } & Record<string, unknown>; path?: string[] }>;
+}
+
+/** A response as a test reads it (a subset of fetch's). */
+export interface TestResponse {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+}
+
+/**
+ * fetch for the test's API: over https (the API with RELEVO_API_TLS=on)
+ * the server is verified against the test file's CAs, as the CLI verifies
+ * it (Node's fetch takes no CA of its own); over http, fetch itself.
+ * `ca` overrides the trust (a client trusting another CA).
+ */
+export async function testFetch(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string; ca?: string[] } = {},
+): Promise<TestResponse> {
+  if (!url.startsWith("https:")) {
+    const response = await fetch(url, init);
+    return {
+      status: response.status,
+      headers: Object.fromEntries(response.headers.entries()),
+      text: () => response.text(),
+      json: () => response.json(),
+    };
+  }
+  const { ca, ...rest } = init;
+  const body = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }>((resolve, reject) => {
+    const request = https.request(
+      url,
+      { method: rest.method ?? "GET", headers: rest.headers, ca: ca ?? testClientSsl().ca },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.push(chunk));
+        response.on("end", () =>
+          resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }),
+        );
+        response.on("error", reject);
+      },
+    );
+    request.on("error", reject);
+    request.end(rest.body);
+  });
+  return {
+    status: body.status,
+    headers: body.headers,
+    text: () => Promise.resolve(body.text),
+    json: () => Promise.resolve(JSON.parse(body.text)),
+  };
 }
 
 /** POST /graphql as a real HTTP client would. */
@@ -13,7 +68,7 @@ export async function graphqlRequest<T = Record<string, unknown>>(
   query: string,
   options: { token?: string | null; variables?: Record<string, unknown> } = {},
 ): Promise<GraphQLResponse<T>> {
-  const response = await fetch(url, {
+  const response = await testFetch(url, {
     method: "POST",
     headers: {
       "content-type": "application/json",
@@ -29,7 +84,7 @@ export async function graphqlRequest<T = Record<string, unknown>>(
 export function subscriptionClient(url: string, token: string): Client {
   return createClient({
     url: url.replace(/^http/, "ws"),
-    webSocketImpl: WebSocket,
+    webSocketImpl: url.startsWith("https:") ? trustingWebSocket(testClientSsl().ca as string[]) : WebSocket,
     connectionParams: { authorization: `Bearer ${token}` },
     retryAttempts: 0,
     lazy: true,
@@ -120,4 +175,13 @@ export function describeErrors(errors: readonly unknown[]): string {
       return JSON.stringify(error);
     })
     .join("; ");
+}
+
+/** A WebSocket class (for graphql-ws) whose wss:// connections verify the server against `ca`. */
+export function trustingWebSocket(ca: string[]): typeof WebSocket {
+  return class extends WebSocket {
+    constructor(address: string | URL, protocols?: string | string[]) {
+      super(address, protocols, { ca });
+    }
+  } as typeof WebSocket;
 }

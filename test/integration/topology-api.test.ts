@@ -1,9 +1,14 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { expect } from "@jest/globals";
-import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
+import { loadConfig } from "../../src/config/config";
+import { callApi } from "../../src/cli/api-client";
+import { CertificateAuthority } from "../../src/tls/certificate-authority";
+import { graphqlRequest, subscriptionClient, SubscriptionRecorder, testFetch, trustingWebSocket } from "../helpers/graphql-client";
+import { tempHome } from "../helpers/home";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { createClient } from "graphql-ws";
 
 const execFileAsync = promisify(execFile);
 
@@ -47,7 +52,8 @@ type ClusterData = {
 };
 
 describe("topology over GraphQL", () => {
-  const cluster = useTestCluster("topology");
+  // HTTPS with a certificate from the cluster's CA (RELEVO_API_TLS=on): every query here goes over https, the subscriptions over wss.
+  const cluster = useTestCluster("topology", { apiTls: "on" });
 
   test("the cluster query reports one primary and one streaming replica with lag figures", async () => {
     await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 1000) g");
@@ -85,7 +91,7 @@ describe("topology over GraphQL", () => {
   test("a repeated topology query answers the same bytes until the topology changes, then the new state", async () => {
     const ask = async (): Promise<string> =>
       (
-        await fetch(cluster.url, {
+        await testFetch(cluster.url, {
           method: "POST",
           headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
           body: JSON.stringify({ query: "{ cluster { collectedAt nodes { name checkedAt } } }" }),
@@ -181,8 +187,48 @@ describe("topology over GraphQL", () => {
     expect(stdout.trim()).toBe(`${cluster.config.replicaPort}|t`);
   });
 
+  test("the API is HTTPS: the CLI's client (verifying against the CA) works; plain http and a client trusting another CA do not", async () => {
+    expect(cluster.url).toBe(`https://127.0.0.1:${cluster.config.apiPort}/graphql`);
+    // The CLI's commands (relevo backup, failover…) go through callApi: https with the data home's CA.
+    expect(await callApi(cluster.config, "{ cluster { name } }")).toEqual({ cluster: { name: "test" } });
+    // Plain HTTP to the same port: the server answers a TLS handshake only.
+    const plain = await fetch(cluster.url.replace(/^https/, "http"), {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${cluster.token("viewer")}` },
+      body: JSON.stringify({ query: "{ cluster { name } }" }),
+    }).then(
+      (response) => response.status,
+      (error: Error) => (error.cause as Error | undefined)?.message ?? error.message,
+    );
+    expect(plain).toMatch(/socket|closed|reset|other side/i);
+    // A client that trusts another CA refuses the server before it sends its token, over https and wss alike.
+    const stranger = await CertificateAuthority.load(loadConfig({}, { home: await tempHome("topology-stranger-ca") }));
+    await expect(testFetch(cluster.url, { method: "POST", ca: [stranger.certificatePem], body: "{}" })).rejects.toThrow(
+      /unable to verify the first certificate/,
+    );
+    const socket = createClient({
+      url: cluster.url.replace(/^https/, "wss"),
+      webSocketImpl: trustingWebSocket([stranger.certificatePem]),
+      connectionParams: { authorization: `Bearer ${cluster.token("viewer")}` },
+      retryAttempts: 0,
+      lazy: true,
+    });
+    try {
+      const failure = await new Promise<unknown>((resolve) => {
+        socket.subscribe(
+          { query: "subscription { topologyChanged { health } }" },
+          { next: () => undefined, error: resolve, complete: () => resolve(null) },
+        );
+      });
+      // ws's ErrorEvent, carrying the TLS client's refusal.
+      expect((failure as { message?: string }).message).toBe("unable to verify the first certificate");
+    } finally {
+      await socket.dispose();
+    }
+  });
+
   test("load-balancer health routes answer without a token", async () => {
-    const status = async (path: string) => (await fetch(cluster.url.replace("/graphql", path))).status;
+    const status = async (path: string) => (await testFetch(cluster.url.replace("/graphql", path))).status;
     expect(await status("/nodes/node1/primary")).toBe(200);
     expect(await status("/nodes/node1/replica")).toBe(503);
     expect(await status("/nodes/node2/replica")).toBe(200);
@@ -194,7 +240,7 @@ describe("topology over GraphQL", () => {
   });
 
   test("GraphiQL is served from local assets, without a CDN", async () => {
-    const response = await fetch(cluster.url, { headers: { accept: "text/html" } });
+    const response = await testFetch(cluster.url, { headers: { accept: "text/html" } });
     expect(response.status).toBe(200);
     const html = await response.text();
     expect(html).toContain("graphiql");
@@ -228,7 +274,7 @@ describe("topology over GraphQL", () => {
       const replica = response.data!.cluster.nodes.find((n) => n.name === "node2")!;
       expect(replica).toMatchObject({ reachable: false, role: "REPLICA", driver: { state: "STOPPED", pid: null } });
       expect(response.data!.cluster.health).toBe("DEGRADED");
-      expect((await fetch(cluster.url.replace("/graphql", "/nodes/node2/replica"))).status).toBe(503);
+      expect((await testFetch(cluster.url.replace("/graphql", "/nodes/node2/replica"))).status).toBe(503);
 
       await cluster.service.driver.start(cluster.service.nodes[1]!, { timeoutMs: 60000 });
       const back = await topology.next((payload) =>
