@@ -11,9 +11,13 @@ import { sleep } from "./sleep";
  * that would tell the real server from a stranger.
  *
  * The proof is the kernel's word, not the server's: once a TCP connection
- * is made, /proc/net/tcp (tcp6) lists the server's end of it with the uid
- * of the socket's owner (an accepted socket inherits the listener's). A
- * stranger cannot fake the uid without being that user, and the check is
+ * is made, /proc/net/tcp (tcp6) lists the server's end of it, and the
+ * listening socket it came through, each with the uid of its owner. The
+ * listener answers for the connection: before Linux 6.17 a connection the
+ * server has not accept()ed yet is listed as root's (it has no socket file
+ * yet), so a stranger that accepts a moment late would pass a check of the
+ * connection's row alone (review 14); a listener always has its owner's.
+ * A stranger cannot fake the uid without being that user, and the check is
  * made on the very connection that is then used, so there is no window
  * between proof and secret. What it does not prove: which of that user's
  * processes it is. A server in another network namespace (a container, or
@@ -25,8 +29,14 @@ import { sleep } from "./sleep";
 export interface TcpSocketRow {
   readonly local: { readonly address: string; readonly port: number };
   readonly remote: { readonly address: string; readonly port: number };
+  /** The kernel's TCP state (0x0A: listening). */
+  readonly state: number;
   readonly uid: number;
 }
+
+const TCP_LISTEN = 0x0a;
+/** A listener bound to every address, IPv4 and IPv6, as parseTcpTable writes them. */
+const WILDCARD_ADDRESSES = new Set(["0.0.0.0", "0:0:0:0:0:0:0:0"]);
 
 /** The rows of /proc/net/tcp or /proc/net/tcp6 (the kernel's hex, bytes of each 32-bit word in host order). Pure. */
 export function parseTcpTable(text: string): TcpSocketRow[] {
@@ -37,7 +47,8 @@ export function parseTcpTable(text: string): TcpSocketRow[] {
     const local = parseEndpoint(fields[1]!);
     const remote = parseEndpoint(fields[2]!);
     const uid = Number(fields[7]);
-    if (local && remote && Number.isInteger(uid)) rows.push({ local, remote, uid });
+    const state = parseInt(fields[3]!, 16);
+    if (local && remote && Number.isInteger(uid) && Number.isInteger(state)) rows.push({ local, remote, state, uid });
   }
   return rows;
 }
@@ -70,9 +81,14 @@ export function canonicalAddress(address: string): string {
 }
 
 /**
- * The uid owning the server's end of the connection whose client end is
- * `client` and server end `server`; null when the table has no such row
- * (not yet there, or the server is in another network namespace). Pure.
+ * The uid answering for the server's end of the connection whose client
+ * end is `client` and server end `server`; null when the table has no such
+ * connection (not yet there, or the server is in another network
+ * namespace). The listener the connection came through answers (its own
+ * address's, else a wildcard one's on that port): the connection's row may
+ * say root before the server accepted it (kernels before 6.17). A
+ * connection row of another owner than root and the listener's (the socket
+ * handed to another user's process) answers for itself. Pure.
  */
 export function serverEndOwner(
   rows: readonly TcpSocketRow[],
@@ -80,8 +96,16 @@ export function serverEndOwner(
 ): number | null {
   const same = (a: { address: string; port: number }, b: { address: string; port: number }) =>
     a.port === b.port && canonicalAddress(a.address) === canonicalAddress(b.address);
-  const row = rows.find((candidate) => same(candidate.local, connection.server) && same(candidate.remote, connection.client));
-  return row ? row.uid : null;
+  const row = rows.find(
+    (candidate) => candidate.state !== TCP_LISTEN && same(candidate.local, connection.server) && same(candidate.remote, connection.client),
+  );
+  if (!row) return null;
+  const listeners = rows.filter((candidate) => candidate.state === TCP_LISTEN && candidate.local.port === connection.server.port);
+  const listener =
+    listeners.find((candidate) => same(candidate.local, connection.server)) ??
+    listeners.find((candidate) => WILDCARD_ADDRESSES.has(candidate.local.address));
+  if (!listener) return row.uid; // no queue without a listener: the connection was accepted, its row is its owner's
+  return row.uid === 0 || row.uid === listener.uid ? listener.uid : row.uid;
 }
 
 /**

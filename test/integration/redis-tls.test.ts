@@ -97,7 +97,8 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
 
   test("a client presenting another CA's certificate is refused", async () => {
     const foreign = await stranger.issueClientCertificate({ user: "relevo" });
-    expect(await ping({ ca: ownClient.ca, cert: foreign.certificatePem, key: foreign.keyPem })).toMatch(/unknown ca/);
+    // TLS 1.3: the server's alert (unknown ca) races the reset; under load the client may see only the reset.
+    expect(await ping({ ca: ownClient.ca, cert: foreign.certificatePem, key: foreign.keyPem })).toMatch(/unknown ca|ECONNRESET/);
   });
 
   test("a client trusting another CA refuses the server (it sends nothing past the handshake)", async () => {

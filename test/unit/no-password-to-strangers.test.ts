@@ -350,4 +350,25 @@ describe("the kernel's word on who owns a connection's server end (pure)", () =>
     expect(serverEndOwner(rows, { client: { address: "127.0.0.1", port: 1 }, server: { address: "127.0.0.1", port: 0x1a0b } })).toBeNull();
     expect(canonicalAddress("fe80::1:2")).toBe("fe80:0:0:0:0:0:1:2");
   });
+
+  test("a connection not yet accepted (listed as root's before Linux 6.17) answers by its listener's owner", () => {
+    // Review 14: a stranger that accepts late had its connection listed as uid 0, which root trusts.
+    const early = parseTcpTable(
+      [
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+        "   0: 0100007F:1A0E 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1111 1 0 100 0 0 10 0",
+        "   1: 0100007F:1A0E 0100007F:D434 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1",
+        "   2: 00000000:1A0F 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1112 1 0 100 0 0 10 0",
+        "   3: 0100007F:1A0F 0100007F:D435 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1",
+        "   4: 0100007F:1A10 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1113 1 0 100 0 0 10 0",
+        "   5: 0100007F:1A10 0100007F:D436 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1",
+      ].join("\n"),
+    );
+    const server = (port: number) => ({ address: "127.0.0.1", port });
+    expect(serverEndOwner(early, { client: { address: "127.0.0.1", port: 0xd434 }, server: server(0x1a0e) })).toBe(65534);
+    // Through a listener on every address.
+    expect(serverEndOwner(early, { client: { address: "127.0.0.1", port: 0xd435 }, server: server(0x1a0f) })).toBe(65534);
+    // Root's own listener: root's.
+    expect(serverEndOwner(early, { client: { address: "127.0.0.1", port: 0xd436 }, server: server(0x1a10) })).toBe(0);
+  });
 });
