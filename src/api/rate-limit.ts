@@ -1,7 +1,7 @@
 import type { GraphQLError } from "graphql";
 import type { IncomingMessage } from "node:http";
 import type Redis from "ioredis";
-import { ErrorCode } from "../errors";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { TokenAccess } from "../secrets/token-access";
 import type { TokenIdentity } from "../secrets/tokens";
@@ -161,17 +161,24 @@ export class RateLimiter {
   }
 }
 
-/** Whose bucket an operation draws from: a token's id, or the address of a client without a valid token. */
+/**
+ * Whose bucket an operation draws from: a token's id, or the address of a
+ * client without a valid token (`refusal`: why its token, if any, was not
+ * accepted).
+ */
 export type RateLimitedClient =
-  { readonly kind: "token"; readonly id: string; readonly identity: TokenIdentity } | { readonly kind: "address"; readonly id: string };
+  | { readonly kind: "token"; readonly id: string; readonly identity: TokenIdentity }
+  | { readonly kind: "address"; readonly id: string; readonly refusal?: RelevoError };
 
 /** The bucket of an HTTP request: its token's when the token is valid, else its address's (so bad tokens cannot mint buckets). */
 export function rateLimitedClient(tokens: TokenAccess, authorization: string | undefined, address: string): RateLimitedClient {
   try {
     const identity = authenticate(tokens, authorization);
     return { kind: "token", id: identity.id, identity };
-  } catch {
-    return { kind: "address", id: address };
+  } catch (error) {
+    // Fail closed: whatever went wrong, the request has no accepted token.
+    const refusal = isRelevoError(error) ? error : new RelevoError(ErrorCode.Unauthenticated, "the token could not be checked");
+    return { kind: "address", id: address, refusal };
   }
 }
 

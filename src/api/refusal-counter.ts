@@ -14,12 +14,15 @@ export type RefusedParty =
   | { readonly kind: "address"; readonly address: string };
 
 /**
- * Parties counted one by one in a window. Addresses are anyone's to vary
- * (every IPv6 address of a /64), so the windows are bounded: past this
- * many, refusals from parties without a window share one, reported as
- * "others". The counts stay exact; only the names past the bound are lost.
+ * Parties counted by name in a window, per kind. Tokens are scarce (each
+ * is minted by an operator); addresses are anyone's to vary (all of
+ * 127.0.0.0/8 for a local user, every IPv6 address of a /64), so few are
+ * named (review 14: a bound of 1000 let a client without a token write
+ * 2000 events a minute). Past its kind's bound, a party's refusals share
+ * one window, reported as "others". The counts stay exact; only the names
+ * past the bound are lost.
  */
-export const MAX_COUNTED_PARTIES = 1000;
+export const MAX_NAMED_PARTIES = { tokens: 1000, addresses: 20 } as const;
 
 type Counted = RefusedParty | { readonly kind: "others" };
 
@@ -40,23 +43,24 @@ const OTHERS_KEY = "others";
  * are only counted and reported in one `api:refused` event when the window
  * closes. So a party costs the stream at most two events per window however
  * many requests it sends, the whole counter at most two per window for each
- * of MAX_COUNTED_PARTIES parties plus two for the others, and the counts are
- * exact.
+ * party named (MAX_NAMED_PARTIES) plus two for the others, and the counts
+ * are exact.
  */
 export class RefusalCounter {
   private readonly windows = new Map<string, Window>();
+  private readonly named = { token: 0, address: 0 };
 
   constructor(
     private readonly events: Pick<EventLog, "emit">,
     private readonly windowMs: number,
-    private readonly maxParties = MAX_COUNTED_PARTIES,
+    private readonly bounds: { readonly tokens: number; readonly addresses: number } = MAX_NAMED_PARTIES,
   ) {}
 
   count(party: RefusedParty, codes: readonly string[]): void {
     const own = this.windows.get(partyKey(party));
     if (own) return add(own, codes);
-    const named = this.windows.size - (this.windows.has(OTHERS_KEY) ? 1 : 0);
-    if (named < this.maxParties) return this.open(party, codes);
+    const bound = party.kind === "token" ? this.bounds.tokens : this.bounds.addresses;
+    if (this.named[party.kind] < bound) return this.open(party, codes);
     const others = this.windows.get(OTHERS_KEY);
     if (others) return add(others, codes);
     this.open({ kind: "others" }, codes);
@@ -66,6 +70,7 @@ export class RefusalCounter {
     const key = partyKey(party);
     const timer = setTimeout(() => void this.close(key), this.windowMs);
     timer.unref();
+    if (party.kind !== "others") this.named[party.kind] += 1;
     this.windows.set(key, { party, count: 0, codes: new Set(codes), timer });
     void this.report(party, { count: 1, codes: [...codes].sort(), first: true });
   }
@@ -80,6 +85,7 @@ export class RefusalCounter {
     if (!window) return;
     clearTimeout(window.timer);
     this.windows.delete(key);
+    if (window.party.kind !== "others") this.named[window.party.kind] -= 1;
     if (window.count > 0) await this.report(window.party, { count: window.count, codes: [...window.codes].sort(), first: false });
   }
 
@@ -109,7 +115,7 @@ export class RefusalCounter {
         const count = refused.first ? "a request" : `${refused.count} more requests`;
         await this.events.emit({
           ...common,
-          message: `${count} refused from parties beyond the ${this.maxParties} counted by name in ${seconds} s (${codes})`,
+          message: `${count} refused from tokens or addresses beyond the ${this.bounds.tokens} and ${this.bounds.addresses} counted by name in ${seconds} s (${codes})`,
           data: { ...data, others: true },
         });
         return;

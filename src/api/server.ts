@@ -108,6 +108,12 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     res.end(JSON.stringify({ errors: [{ message: error.message, extensions: error.extensions }] }));
     return false;
   };
+  const refuseUnauthenticated = (client: Extract<RateLimitedClient, { kind: "address" }>, res: http.ServerResponse): void => {
+    const refusal = client.refusal ?? new RelevoError(ErrorCode.Unauthenticated, "a bearer token is required");
+    refusals.count({ kind: "address", address: client.id }, [refusal.code]);
+    res.writeHead(401, { "content-type": "application/json; charset=utf-8", connection: "close" });
+    res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: refusal.code } }] }));
+  };
   // JSON bodies for GRAPHQL_PATH are read here so that a cached topology answer
   // skips Express entirely; body-parser sees `_body` and does not read again.
   // The rate limit comes first, before the body is even read.
@@ -116,9 +122,16 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
     if (targetsGraphqlPath(req.url)) {
       if (!(await chargeRateLimit(req, res))) return;
       if (req.method === "POST" && isJsonContentType(req.headers["content-type"])) {
+        // Without an accepted token nothing of the body is read (review 14: a body that never ends held up to
+        // 256 KiB for minutes): answered as Apollo would, counted, and the connection closed.
+        const client = clients.get(req);
+        if (client?.kind === "address") return refuseUnauthenticated(client, res);
+        // Its declared size is charged before it is read; a chunked body's once it has arrived.
+        const declared = declaredLength(req);
+        if (declared !== null && !(await chargeBody(req, res, Math.min(declared, MAX_REQUEST_BYTES)))) return;
         const body = await readJsonBody(req, MAX_REQUEST_BYTES);
         // A body cut short was not parsed (no work to charge); the connection closes after the answer.
-        if (body.phase !== "invalid" || !body.tooLarge) {
+        if (declared === null && (body.phase !== "invalid" || !body.tooLarge)) {
           if (!(await chargeBody(req, res, body.bytes))) return;
         }
         if (body.phase === "invalid") {
@@ -202,6 +215,10 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   app.post(GRAPHQL_PATH, rateLimited, json, graphql);
   app.get(GRAPHQL_PATH, rateLimited, json, graphql);
   app.use(healthRoutes(services));
+  // A request must arrive whole in bounded time: its headers within 10 s, its body within 30 s (Node's defaults,
+  // 60 s and 300 s, let a client that sends slowly hold a connection and its buffered body for minutes).
+  httpServer.headersTimeout = REQUEST_HEADERS_TIMEOUT_MS;
+  httpServer.requestTimeout = REQUEST_TIMEOUT_MS;
   await listen(httpServer, options);
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : options.port;
@@ -224,6 +241,16 @@ type BodyRead = (
 ) & {
   readonly bytes: number;
 };
+
+const REQUEST_HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+
+/** A request's Content-Length when it declares a valid one; null for a chunked body (or a malformed header). */
+function declaredLength(req: http.IncomingMessage): number | null {
+  const header = req.headers["content-length"];
+  if (header === undefined || !/^\d{1,15}$/.test(header)) return null;
+  return Number(header);
+}
 
 function readJsonBody(req: http.IncomingMessage, limit: number): Promise<BodyRead> {
   return new Promise((resolve) => {

@@ -15,6 +15,13 @@ export interface SocketLimits {
   readonly maxSocketsPerToken: number;
   /** Sockets of one address that have not yet sent an accepted connection_init (at most 3 s each). */
   readonly maxPendingPerAddress: number;
+  /**
+   * Sockets without an accepted token, of all addresses together: a share
+   * of maxSockets, so that sockets opened without a token (from as many
+   * addresses as 127.0.0.0/8 gives a local user) never take the room of
+   * authenticated ones (review 14).
+   */
+  readonly maxPending: number;
   /** Operations (subscriptions, queries) one socket runs at once. */
   readonly maxOperationsPerSocket: number;
 }
@@ -23,6 +30,11 @@ export interface SocketLimits {
 export const MAX_PENDING_SOCKETS_PER_ADDRESS = 16;
 /** Operations one socket runs at once: far more than GraphiQL or a dashboard opens. */
 export const MAX_OPERATIONS_PER_SOCKET = 100;
+
+/** The share of RELEVO_API_MAX_WEBSOCKETS that sockets without an accepted token may hold: a quarter. */
+export function maxPendingSockets(maxSockets: number): number {
+  return Math.max(1, Math.floor(maxSockets / 4));
+}
 
 /** The close code of a socket refused for a limit: WebSocket's "Try Again Later"; the reason is TOO_MANY_CONNECTIONS. */
 export const TRY_AGAIN_LATER_CLOSE_CODE = 1013;
@@ -44,6 +56,7 @@ interface Tracked {
 export class SocketAdmission {
   private readonly tracked = new Map<Socket, Tracked>();
   private readonly pendingByAddress = new Map<string, number>();
+  private pending = 0;
 
   constructor(private readonly limits: SocketLimits) {}
 
@@ -53,7 +66,11 @@ export class SocketAdmission {
 
   /** At the upgrade request, before the handshake: counts the socket when it is admitted. */
   admitUpgrade(request: Pick<IncomingMessage, "socket">, address: string): UpgradeVerdict {
-    const verdict = upgradeVerdict(this.limits, { open: this.tracked.size, pendingOfAddress: this.pendingByAddress.get(address) ?? 0 });
+    const verdict = upgradeVerdict(this.limits, {
+      open: this.tracked.size,
+      pending: this.pending,
+      pendingOfAddress: this.pendingByAddress.get(address) ?? 0,
+    });
     if (verdict.phase === "refused") return verdict;
     const socket = request.socket;
     this.tracked.set(socket, { address, pending: true });
@@ -75,6 +92,7 @@ export class SocketAdmission {
   }
 
   private addPending(address: string, delta: number): void {
+    this.pending += delta;
     const count = (this.pendingByAddress.get(address) ?? 0) + delta;
     if (count > 0) this.pendingByAddress.set(address, count);
     else this.pendingByAddress.delete(address);
@@ -82,12 +100,22 @@ export class SocketAdmission {
 }
 
 /** Whether one more socket may open, from the counts now. Pure. */
-export function upgradeVerdict(limits: SocketLimits, counts: { readonly open: number; readonly pendingOfAddress: number }): UpgradeVerdict {
+export function upgradeVerdict(
+  limits: SocketLimits,
+  counts: { readonly open: number; readonly pending: number; readonly pendingOfAddress: number },
+): UpgradeVerdict {
   if (counts.open >= limits.maxSockets) {
     return {
       phase: "refused",
       status: 503,
       message: `TOO_MANY_CONNECTIONS: ${limits.maxSockets} WebSockets are open (RELEVO_API_MAX_WEBSOCKETS); retry later`,
+    };
+  }
+  if (counts.pending >= limits.maxPending) {
+    return {
+      phase: "refused",
+      status: 503,
+      message: `TOO_MANY_CONNECTIONS: ${limits.maxPending} WebSockets have not sent an accepted connection_init yet; retry later`,
     };
   }
   if (counts.pendingOfAddress >= limits.maxPendingPerAddress) {

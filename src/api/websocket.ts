@@ -2,7 +2,7 @@ import type http from "node:http";
 import type { GraphQLFormattedError, GraphQLSchema } from "graphql";
 import { GraphQLError } from "graphql";
 import { useServer } from "graphql-ws/use/ws";
-import { WebSocketServer } from "ws";
+import { WebSocketServer, type ServerOptions } from "ws";
 import { ErrorCode } from "../errors";
 import type { Logger } from "../log";
 import type { TokenAccess } from "../secrets/token-access";
@@ -34,6 +34,8 @@ export interface WebSocketApiOptions {
  * ping, in frames of at most MAX_REQUEST_BYTES.
  */
 const CONNECTION_INIT_WAIT_MS = 3000;
+/** How long a closing socket waits for its peer's close frame before it is destroyed. */
+const WEBSOCKET_CLOSE_TIMEOUT_MS = 1000;
 
 /**
  * GraphQL over WebSocket (graphql-ws) on the HTTP server's /graphql, under
@@ -50,10 +52,14 @@ const CONNECTION_INIT_WAIT_MS = 3000;
 export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebSocketApiOptions): { dispose(): void | Promise<void> } {
   const { schema, tokens, limits, rateLimiter, refusals, socketLimits, formatError, logger } = options;
   const socketAdmission = new SocketAdmission(socketLimits);
-  const wsServer = new WebSocketServer({
+  // ws 8.23 takes closeTimeout; its type declarations do not list it yet.
+  const serverOptions: ServerOptions & { readonly closeTimeout: number } = {
     server: httpServer,
     path: GRAPHQL_PATH,
     maxPayload: MAX_REQUEST_BYTES,
+    // A peer that does not answer a close (one graphql-ws sends after 3 s without connection_init) holds its slot
+    // until this: ws's 30 s default let a silent client keep its sockets ten times longer than the init bound.
+    closeTimeout: WEBSOCKET_CLOSE_TIMEOUT_MS,
     // Before the handshake: a socket over the bounds is answered with an HTTP status and never becomes a WebSocket.
     verifyClient: (info: { req: http.IncomingMessage }, done: (admitted: boolean, status?: number, message?: string) => void) => {
       const address = clientAddress(info.req);
@@ -62,7 +68,8 @@ export function serveGraphqlOverWebSocket(httpServer: http.Server, options: WebS
       refusals.count({ kind: "address", address }, [ErrorCode.TooManyConnections]);
       done(false, verdict.status, verdict.message);
     },
-  });
+  };
+  const wsServer = new WebSocketServer(serverOptions);
   const sessions = new SocketSessions(tokens);
   const format = (errors: readonly GraphQLError[]): GraphQLFormattedError[] => errors.map((error) => formatError(error.toJSON(), error));
   const server = useServer<Record<string, unknown>, { identity?: ApiContext["identity"] }>(

@@ -238,7 +238,7 @@ export const configKeys = {
     env: "RELEVO_API_MAX_WEBSOCKETS",
     default: "1000",
     schema: z.coerce.number().int().min(1).max(100000),
-    doc: "WebSockets the API keeps open at once, with or without a token; one more is answered HTTP 503 (TOO_MANY_CONNECTIONS) before its handshake. Sockets of one address that have not yet sent an accepted `connection_init` count at most 16 of them (HTTP 429).",
+    doc: "WebSockets the API keeps open at once, with or without a token; one more is answered HTTP 503 (TOO_MANY_CONNECTIONS) before its handshake. At most a quarter of them may be without an accepted `connection_init` (HTTP 503), 16 of one address (HTTP 429).",
   },
   apiMaxWebSocketsPerToken: {
     env: "RELEVO_API_MAX_WEBSOCKETS_PER_TOKEN",

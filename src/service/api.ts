@@ -1,5 +1,5 @@
 import { startApiServer, type RunningApi } from "../api/server";
-import { MAX_OPERATIONS_PER_SOCKET, MAX_PENDING_SOCKETS_PER_ADDRESS } from "../api/socket-admission";
+import { MAX_OPERATIONS_PER_SOCKET, MAX_PENDING_SOCKETS_PER_ADDRESS, maxPendingSockets } from "../api/socket-admission";
 import type { BackupService } from "../backup/backup-service";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import { TopologyReader } from "../cluster/topology-reader";
@@ -63,6 +63,7 @@ export async function startApi(
         maxSockets: config.apiMaxWebSockets,
         maxSocketsPerToken: config.apiMaxWebSocketsPerToken,
         maxPendingPerAddress: MAX_PENDING_SOCKETS_PER_ADDRESS,
+        maxPending: maxPendingSockets(config.apiMaxWebSockets),
         maxOperationsPerSocket: MAX_OPERATIONS_PER_SOCKET,
       },
       tls,

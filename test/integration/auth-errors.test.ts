@@ -120,7 +120,7 @@ describe("API auth, errors and limits", () => {
     apiRateLimitPerSecond: 0.2,
     apiRateLimitBurst: 40,
     apiRefusalWindowMs: 1000,
-    apiMaxWebSockets: 40,
+    apiMaxWebSockets: 80,
     apiMaxWebSocketsPerToken: 3,
   });
 
@@ -213,22 +213,45 @@ describe("API auth, errors and limits", () => {
     }
   });
 
-  test("at most RELEVO_API_MAX_WEBSOCKETS sockets are open at once: one more is a 503 before its handshake", async () => {
-    const sockets = [];
+  test("sockets without an accepted token hold at most a quarter of the API's: one more is a 503; authenticated ones stay", async () => {
+    const authenticated = await socketFrom("127.0.2.1", cluster.url, cluster.token("viewer"));
+    expect(authenticated.init).toBe("ack");
+    const sockets = [authenticated];
     let refusedAt: number | undefined;
     try {
       // One address each, so that no address's share refuses first (graphql-ws closes them after 3 s: be quicker).
-      for (let i = 1; i <= 41 && refusedAt === undefined; i += 1) {
+      for (let i = 1; i <= 21 && refusedAt === undefined; i += 1) {
         const opened = await socketFrom(`127.0.1.${i}`, cluster.url);
         if (opened.upgrade === "open") sockets.push(opened);
         else refusedAt = opened.upgrade === 503 ? i : -opened.upgrade;
       }
-      // The other tests' sockets are closed: this one opened the 40 itself.
-      expect([refusedAt, sockets.length]).toEqual([41, 40]);
+      // The other tests' sockets are closed: this one opened the 20 (80 / 4) itself.
+      expect([refusedAt, sockets.length - 1]).toEqual([21, 20]);
+      // The authenticated socket is not one of them, and stays open.
+      expect(authenticated.socket.readyState).toBe(WebSocket.OPEN);
     } finally {
       await closeAll(sockets.map(({ socket }) => socket));
     }
-    const after = await socketFrom("127.0.1.41", cluster.url, cluster.token("viewer"));
+    const after = await socketFrom("127.0.1.21", cluster.url, cluster.token("viewer"));
+    expect(after.init).toBe("ack");
+    await closeAll([after.socket]);
+  });
+
+  test("at most RELEVO_API_MAX_WEBSOCKETS sockets are open at once: one more is a 503 before its handshake", async () => {
+    const sockets = [];
+    try {
+      let token = "";
+      for (let i = 0; i < 80; i += 1) {
+        if (i % 3 === 0) token = cluster.token("viewer"); // 3 sockets a token: its share
+        sockets.push(await socketFrom(`127.0.3.${1 + i}`, cluster.url, token));
+      }
+      expect(sockets.filter(({ init }) => init === "ack")).toHaveLength(80);
+      const refused = await socketFrom("127.0.4.1", cluster.url);
+      expect(refused.upgrade).toBe(503);
+    } finally {
+      await closeAll(sockets.map(({ socket }) => socket));
+    }
+    const after = await socketFrom("127.0.4.1", cluster.url, cluster.token("viewer"));
     expect(after.init).toBe("ack");
     await closeAll([after.socket]);
   });
@@ -281,6 +304,24 @@ describe("API auth, errors and limits", () => {
       expect(response.status).toBe(401);
       expect(response.errors?.[0]?.extensions?.code).toBe("UNAUTHENTICATED");
     }
+  });
+
+  test("a POST without an accepted token is answered 401 before its body is read, and its connection closed", async () => {
+    // Review 14: a body that never ends was read (and held, up to 256 KiB) for minutes before the token was looked at.
+    const target = new URL(cluster.url);
+    const socket = net.connect(Number(target.port), target.hostname);
+    const answered = new Promise<{ head: string; closed: boolean }>((resolve) => {
+      let text = "";
+      socket.on("data", (chunk: Buffer) => (text += chunk.toString()));
+      socket.on("close", () => resolve({ head: text.split("\r\n")[0]!, closed: true }));
+    });
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write(
+      "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer forged\r\nContent-Length: 200000\r\n\r\n",
+    );
+    socket.write(`{"query": "${"x".repeat(1000)}`); // and never the rest
+    const { head, closed } = await answered;
+    expect([head, closed]).toEqual(["HTTP/1.1 401 Unauthorized", true]);
   });
 
   test("a body that is not JSON is a 400 with BAD_USER_INPUT", async () => {

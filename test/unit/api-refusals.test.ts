@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { RefusalCounter } from "../../src/api/refusal-counter";
-import { upgradeVerdict } from "../../src/api/socket-admission";
+import { maxPendingSockets, upgradeVerdict } from "../../src/api/socket-admission";
 import { loadConfig } from "../../src/config/config";
 import { EventLog, decode } from "../../src/events/event-log";
 import type { ClusterEvent } from "../../src/events/event-map";
@@ -17,13 +17,15 @@ import { freePort } from "../helpers/ports";
 import { testRedisTls } from "../helpers/tls";
 
 describe("socket admission before the handshake", () => {
-  const limits = { maxSockets: 3, maxSocketsPerToken: 2, maxPendingPerAddress: 2, maxOperationsPerSocket: 5 };
+  const limits = { maxSockets: 8, maxSocketsPerToken: 2, maxPendingPerAddress: 2, maxPending: 3, maxOperationsPerSocket: 5 };
 
-  test("the API's bound is a 503, an address's a 429, checked in that order", () => {
-    expect(upgradeVerdict(limits, { open: 2, pendingOfAddress: 1 })).toEqual({ phase: "admitted" });
-    expect(upgradeVerdict(limits, { open: 3, pendingOfAddress: 0 })).toMatchObject({ phase: "refused", status: 503 });
-    expect(upgradeVerdict(limits, { open: 2, pendingOfAddress: 2 })).toMatchObject({ phase: "refused", status: 429 });
-    expect(upgradeVerdict(limits, { open: 3, pendingOfAddress: 2 })).toMatchObject({ phase: "refused", status: 503 });
+  test("the API's bound and its share for sockets without a token are a 503, an address's a 429, in that order", () => {
+    expect(upgradeVerdict(limits, { open: 2, pending: 1, pendingOfAddress: 1 })).toEqual({ phase: "admitted" });
+    expect(upgradeVerdict(limits, { open: 8, pending: 0, pendingOfAddress: 0 })).toMatchObject({ phase: "refused", status: 503 });
+    expect(upgradeVerdict(limits, { open: 4, pending: 3, pendingOfAddress: 0 })).toMatchObject({ phase: "refused", status: 503 });
+    expect(upgradeVerdict(limits, { open: 4, pending: 2, pendingOfAddress: 2 })).toMatchObject({ phase: "refused", status: 429 });
+    expect(upgradeVerdict(limits, { open: 8, pending: 3, pendingOfAddress: 2 })).toMatchObject({ phase: "refused", status: 503 });
+    expect([maxPendingSockets(1000), maxPendingSockets(3), maxPendingSockets(1)]).toEqual([250, 1, 1]);
   });
 });
 
@@ -68,30 +70,33 @@ describe("refusals counted, and the API's events under a Redis outage, on a real
 
   test("past its bound of parties a window counts the others together, exactly; each party's first is reported at once", async () => {
     const started = Date.now();
-    const counter = new RefusalCounter(newEventLog(), 60_000, 3);
+    const counter = new RefusalCounter(newEventLog(), 60_000, { tokens: 1, addresses: 3 });
     const addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"];
     for (const address of addresses) counter.count({ kind: "address", address }, ["UNAUTHENTICATED"]);
     for (const address of addresses) counter.count({ kind: "address", address }, ["TOKEN_EXPIRED"]);
-    // A token's refusals are its own party; it arrives past the bound too, so it is one of the others.
+    // Tokens have a bound of their own: the first is named though the addresses' bound is reached; the second is not.
     counter.count({ kind: "token", identity: { id: "0123456789ab", role: "viewer" } }, ["FORBIDDEN"]);
+    counter.count({ kind: "token", identity: { id: "ba9876543210", role: "viewer" } }, ["FORBIDDEN"]);
     const firsts = await eventually(async () => {
       const found = await eventsSince(started);
-      return found.length === 4 ? found : undefined;
+      return found.length === 5 ? found : undefined;
     });
-    expect(firsts.map((event) => (event.data as { address?: string }).address ?? "others")).toEqual([
+    expect(firsts.map((event) => (event.data as { address?: string }).address ?? event.actor?.id ?? "others")).toEqual([
       "10.0.0.1",
       "10.0.0.2",
       "10.0.0.3",
       "others",
+      "0123456789ab",
     ]);
     await counter.flush();
     const all = await eventsSince(started);
     const counted = (party: string) =>
       all
-        .filter((event) => ((event.data as { address?: string }).address ?? "others") === party)
+        .filter((event) => ((event.data as { address?: string }).address ?? event.actor?.id ?? "others") === party)
         .reduce((sum, event) => sum + (event.data as { count: number }).count, 0);
-    expect(["10.0.0.1", "10.0.0.2", "10.0.0.3", "others"].map(counted)).toEqual([2, 2, 2, 5]);
-    expect(all.length).toBeLessThanOrEqual(8);
+    // The others: two refusals of each of two addresses past the bound, and the second token's one.
+    expect(["10.0.0.1", "10.0.0.2", "10.0.0.3", "0123456789ab", "others"].map(counted)).toEqual([2, 2, 2, 1, 5]);
+    expect(all.length).toBeLessThanOrEqual(10);
     const others = all.filter((event) => (event.data as { others?: boolean }).others);
     expect(others.every((event) => event.actor === null && !event.message.includes("10.0.0.4"))).toBe(true);
     expect([...new Set(others.flatMap((event) => (event.data as { codes: string[] }).codes))].sort()).toEqual([
