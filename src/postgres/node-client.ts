@@ -6,7 +6,8 @@ import { ErrorCode, RelevoError } from "../errors";
  * Relevo's refuses: two that take the password, and two that let a
  * stranger in without proving it knows the password's verifier.
  */
-export type RefusedAuthMethod = "cleartext password" | "MD5 password" | "session without SCRAM" | "SCRAM without the server's proof";
+export type RefusedAuthMethod =
+  "cleartext password" | "MD5 password" | "session without SCRAM" | "SCRAM without the server's proof" | "SCRAM without channel binding";
 
 export interface NodeClientConfig extends ClientConfig {
   /** The node this connection is for, named in a refusal (else host:port). */
@@ -59,6 +60,14 @@ export class NodeClient extends Client {
     // nothing, and would be believed about the member whose port it holds.
     let sasl: "none" | "started" | "proved" = "none";
     connection.on("authenticationSASL", () => (sasl = "started"));
+    // Over TLS, SCRAM is bound to the server's certificate (SCRAM-SHA-256-PLUS), as libpq's
+    // channel_binding=require: a server that does not offer it is not one of Relevo's nodes, which always do
+    // over TLS (pg would fall back to plain SCRAM, whose exchange could be relayed to another server).
+    if (config.ssl && config.enableChannelBinding) {
+      connection.prependListener("authenticationSASL", (message: { mechanisms?: string[] }) => {
+        if (!message.mechanisms?.includes("SCRAM-SHA-256-PLUS")) refuse("SCRAM without channel binding")();
+      });
+    }
     connection.on("authenticationSASLFinal", () => (sasl = "proved"));
     connection.prependListener("authenticationOk", () => {
       if (sasl === "proved") return;
@@ -74,7 +83,9 @@ export function authMethodRefused(target: string, method: RefusedAuthMethod): Re
   const what =
     method === "cleartext password" || method === "MD5 password"
       ? `asked for a ${method}; Relevo authenticates to PostgreSQL with SCRAM-SHA-256 only and sent nothing`
-      : `let Relevo in without proving it knows the password (${method}); Relevo's nodes always do`;
+      : method === "SCRAM without channel binding"
+        ? "offered SCRAM without channel binding over TLS (Relevo's nodes offer SCRAM-SHA-256-PLUS); Relevo sent nothing"
+        : `let Relevo in without proving it knows the password (${method}); Relevo's nodes always do`;
   return new RelevoError(
     ErrorCode.AuthMethodRefused,
     `what answers on ${target}'s port ${what}: another program may be listening on that port`,

@@ -117,12 +117,18 @@ export function recoverySettings(options: { walDir: string; target: RecoveryTarg
  */
 const UPSTREAM_SETTING =
   /^\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_command|restore_command)(?![A-Za-z0-9_\u0080-\uffff])/i;
+/**
+ * An include directive, which the parser honours in postgresql.auto.conf
+ * too: a file it names could set any of the above again (review 14). ALTER
+ * SYSTEM never writes one, so a copy loses nothing it should keep.
+ */
+const INCLUDE_DIRECTIVE = /^\s*(include|include_if_exists|include_dir)(?![A-Za-z0-9_\u0080-\uffff])/i;
 
-/** postgresql.auto.conf without what ties a copy to its source (pg_basebackup -R wrote these). */
+/** postgresql.auto.conf without what ties a copy to its source (pg_basebackup -R wrote these), nor any include. */
 export function stripUpstreamSettings(autoConf: string): string {
   return autoConf
     .split("\n")
-    .filter((line) => !UPSTREAM_SETTING.test(line))
+    .filter((line) => !UPSTREAM_SETTING.test(line) && !INCLUDE_DIRECTIVE.test(line))
     .join("\n");
 }
 

@@ -1,4 +1,4 @@
-import { chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
+import { chmod, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
@@ -77,7 +77,7 @@ export class CertificateAuthority {
     const files = caFiles(settings);
     if (!files.configured) await createOwnCaOnce(settings, clock());
     const certificatePem = await readCaFile(files.certificateFile, files.configured ? "RELEVO_TLS_CA_FILE" : null);
-    const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null);
+    const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null, { secret: true });
     const signer = await caSigner({ certificatePem, keyPem, now: clock() });
     return new CertificateAuthority(files.certificateFile, certificatePem, signer, clock);
   }
@@ -132,10 +132,29 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
-async function readCaFile(file: string, env: string | null): Promise<string> {
+/**
+ * A CA file's text. `secret` (the key): refused when its group or others
+ * may read it, as ssh refuses a private key (review 14): whoever can read
+ * the CA's key can issue a certificate Relevo trusts for any address.
+ */
+async function readCaFile(file: string, env: string | null, options: { readonly secret?: boolean } = {}): Promise<string> {
   try {
-    return await readFile(file, "utf8");
+    const handle = await open(file, "r");
+    try {
+      const { mode } = await handle.stat();
+      if (options.secret && (mode & 0o077) !== 0) {
+        throw new RelevoError(
+          ErrorCode.TlsCaInvalid,
+          `the CA's key ${file} may be read by its group or others (mode ${(mode & 0o777).toString(8)}): chmod 600 it${env ? ` (${env})` : ""}`,
+          { details: env ? { env } : {} },
+        );
+      }
+      return await handle.readFile("utf8");
+    } finally {
+      await handle.close();
+    }
   } catch (cause) {
+    if (cause instanceof RelevoError) throw cause;
     const reason = (cause as NodeJS.ErrnoException).code ?? "unreadable";
     if (env !== null) {
       throw new RelevoError(ErrorCode.InvalidConfig, `invalid configuration: ${env}=${JSON.stringify(file)} cannot be read (${reason})`, {

@@ -20,9 +20,11 @@ export interface FakeServer {
  * (AuthenticationCleartextPassword, 3) or as MD5 (5); SCRAM-SHA-256 (SASL,
  * 10) whose server-first message it sends as a server would, then, unable
  * to give the server's proof, either closes or lets the client in without
- * it; or lets the client in at once (`trust`).
+ * it; or lets the client in at once (`trust`). Over TLS it offers
+ * SCRAM-SHA-256-PLUS (channel binding) too, as PostgreSQL does, unless
+ * `scram-without-channel-binding`.
  */
-export type PasswordRequest = "cleartext" | "md5" | "scram" | "scram-without-proof" | "trust";
+export type PasswordRequest = "cleartext" | "md5" | "scram" | "scram-without-proof" | "scram-without-channel-binding" | "trust";
 
 /** AuthenticationOk, then ReadyForQuery (idle): the client is in. */
 const letIn = Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]);
@@ -80,7 +82,14 @@ export async function fakePostgres(request: PasswordRequest, options: { tls?: { 
               ? authRequest(5, Buffer.from([1, 2, 3, 4]))
               : request === "trust"
                 ? letIn
-                : authRequest(10, Buffer.from("SCRAM-SHA-256\0\0")),
+                : authRequest(
+                    10,
+                    Buffer.from(
+                      socket !== raw && request !== "scram-without-channel-binding"
+                        ? "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+                        : "SCRAM-SHA-256\0\0",
+                    ),
+                  ),
         );
         asked = true;
         if (pending.length > 0) afterRequest.push(pending);
@@ -114,13 +123,14 @@ export async function fakePostgres(request: PasswordRequest, options: { tls?: { 
  */
 function answerScram(socket: Duplex, received: Buffer, serverFirstSent: boolean, request: PasswordRequest): boolean {
   const text = received.toString("latin1");
-  // The client-final message: "c=biws" (n,,: no channel binding) or "c=eSws" (y,,: the client could bind, the server offered no PLUS).
-  if (/c=(biws|eSws),r=/.test(text)) {
+  // The client-final message: "c=biws" (n,,: no channel binding), "c=eSws" (y,,: the client could bind, the server
+  // offered no PLUS), or "c=cD10bHMt…" (p=tls-server-end-point,,: bound to the certificate, over TLS).
+  if (/c=(biws|eSws|cD1[A-Za-z0-9+/=]+),r=/.test(text)) {
     if (request === "scram-without-proof") socket.write(letIn);
     else socket.end();
     return true;
   }
-  const nonce = /[ny],,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];
+  const nonce = /(?:[ny]|p=[a-z-]+),,n=[^,]*,r=([A-Za-z0-9+/=]+)/.exec(text)?.[1];
   if (serverFirstSent || !nonce) return serverFirstSent;
   socket.write(authRequest(11, Buffer.from(`r=${nonce}fake-server-nonce,s=${Buffer.alloc(16, 7).toString("base64")},i=4096`)));
   return true;

@@ -129,6 +129,26 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
     expect(await postgresReads(after, "cluster_name")).toBe("kept");
   });
 
+  test("an include in postgresql.auto.conf cannot carry upstream settings past the strip", async () => {
+    // Review 14 L6: the parser honours include directives there too.
+    const planted = "restore_command = 'cp /x %p'\nprimary_conninfo = 'host=elsewhere'\n";
+    for (const directive of ["include 'planted.conf'", "INCLUDE_IF_EXISTS = 'planted.conf'", "include_dir 'planted.d'"]) {
+      const files = { "postgresql.conf": "", "postgresql.auto.conf": `cluster_name = 'kept'\n${directive}\n`, "planted.conf": planted };
+      const before = await scratchDirectory(files);
+      if (directive.startsWith("include_dir")) {
+        await mkdir(path.join(before, "planted.d"));
+        await writeFile(path.join(before, "planted.d", "a.conf"), planted);
+        if (identity) await chown(path.join(before, "planted.d"), identity.uid, identity.gid);
+      }
+      expect([directive, await postgresReads(before, "restore_command")]).toEqual([directive, "cp /x %p"]);
+      const stripped = stripUpstreamSettings(files["postgresql.auto.conf"]);
+      expect(stripped).toBe("cluster_name = 'kept'\n");
+      const after = await scratchDirectory({ ...files, "postgresql.auto.conf": stripped });
+      expect(await postgresReads(after, "restore_command")).toBe("");
+      expect(await postgresReads(after, "cluster_name")).toBe("kept");
+    }
+  });
+
   test("restore_command copies from the archive's own path, however odd, once PostgreSQL substituted %f and %p", async () => {
     const root = await mkdtemp(path.join(os.tmpdir(), "config-values-"));
     const walDir = path.join(root, `it's "a" $(x) 100%f dir`);

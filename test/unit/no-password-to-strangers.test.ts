@@ -84,7 +84,8 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
     expect(received).not.toContain(PASSWORD);
     // Each connection sent its client-final message with a proof: the password was there to compute it (pg.Pool
     // hands its clients a password that is not enumerable; a client that copied its options would have lost it).
-    expect(received.match(/c=(biws|eSws),r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
+    // Over TLS, bound to the certificate: the channel-binding header `p=tls-server-end-point` (base64 "cD10bHMt…").
+    expect(received.match(/c=cD10bHMtc2VydmVyLWVuZC1wb2ludC[A-Za-z0-9+/=]*,r=[^,]+,p=[A-Za-z0-9+/=]+/g)?.length).toBeGreaterThanOrEqual(2);
     expect(String(alone)).not.toMatch(/AUTH_METHOD_REFUSED|asked for a/);
   });
 
@@ -117,6 +118,16 @@ describe("PostgreSQL: a cleartext or MD5 password request gets no password, and 
       );
     },
   );
+
+  test("a TLS server that does not offer SCRAM with channel binding is refused before the client's first SCRAM message", async () => {
+    // Review 14 L7: pg falls back to plain SCRAM when no -PLUS is offered; Relevo's nodes always offer it over TLS.
+    const fake = await stranger("scram-without-channel-binding");
+    const outcome = await outcomeOf(withNodeClient(nodeOn(fake.port), superuser, 2000, () => Promise.resolve("connected")));
+    await expectNothingSent(fake);
+    expect(outcome).toEqual(
+      expect.objectContaining({ code: ErrorCode.AuthMethodRefused, details: { node: "node2", method: "SCRAM without channel binding" } }),
+    );
+  });
 
   describe.each<PasswordRequest>(["cleartext", "md5"])("asked for a %s password", (request) => {
     test("withNodeClient, every short connection's way in (operations, migrations, restores): refused with AUTH_METHOD_REFUSED", async () => {

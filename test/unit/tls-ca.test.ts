@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -135,11 +135,18 @@ describe("Relevo's CA", () => {
     const ours = await CertificateAuthority.load(settings());
     const leaf = await ours.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1"] });
     await writeFile(path.join(home, "leaf.crt"), leaf.certificatePem);
-    await writeFile(path.join(home, "leaf.key"), leaf.keyPem);
+    await writeFile(path.join(home, "leaf.key"), leaf.keyPem, { mode: 0o600 });
     await expect(load(path.join(home, "leaf.crt"), path.join(home, "leaf.key"))).rejects.toMatchObject({
       code: ErrorCode.TlsCaInvalid,
       message: expect.stringContaining("not a CA certificate"),
     });
+    // A key its group or others may read is refused, as ssh refuses one (review 14).
+    await chmod(first.keyFile, 0o640);
+    await expect(load(first.certificateFile, first.keyFile)).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("chmod 600"),
+    });
+    await chmod(first.keyFile, 0o600);
     await expect(load(path.join(home, "missing.crt"), first.keyFile)).rejects.toMatchObject({
       code: ErrorCode.InvalidConfig,
       message: expect.stringContaining("RELEVO_TLS_CA_FILE"),
