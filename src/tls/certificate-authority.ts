@@ -3,16 +3,17 @@ import path from "node:path";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import { replaceFileDurably, syncDirectory, temporaryNameFor } from "../util/durable-file";
-import { caSigner, createCa, issueCertificate, type CaSigner, type IssuedCertificate } from "./certificate-issuer";
+import { completeCaSwap, OWN_CA_DIRECTORY, readCaRotation } from "./own-ca-files";
+import { caSigner, createCa, crossCertificate, issueCertificate, type CaSigner, type IssuedCertificate } from "./certificate-issuer";
 import { clientCertificateRequest, serverCertificateRequest } from "./certificate-requests";
+import { firstCertificate, joinCertificates } from "./pem-bundle";
 
 export type { IssuedCertificate } from "./certificate-issuer";
 
 /** The settings the CA is found by: RELEVO_TLS_CA_FILE and RELEVO_TLS_CA_KEY_FILE, else the data home's own. */
 export type CaSettings = Pick<RelevoConfig, "home" | "clusterName" | "tlsCaFile" | "tlsCaKeyFile">;
 
-/** The folder of the data home holding the CA Relevo made itself. */
-export const OWN_CA_DIRECTORY = "tls";
+export { OWN_CA_DIRECTORY } from "./own-ca-files";
 
 /**
  * Where the CA's certificate and key are: the configured files, or
@@ -53,43 +54,81 @@ export async function readTrustedCa(
 }
 
 /**
- * Relevo's CA: issues every server's and client's certificate. The
- * certificate (the whole file, when it holds a chain) is what clients
- * trust; the key never leaves this object but as signatures.
+ * Relevo's CA: issues every server's and client's certificate. The first
+ * certificate of its file signs; the whole file (the CA and its chain, or
+ * the new and the old CA during a CA rotation) is what clients trust. The
+ * key never leaves this object but as signatures. Immutable: a changed CA
+ * is another load (see LiveAuthority).
  */
 export class CertificateAuthority {
   private constructor(
-    /** The CA certificate's file on Relevo's host: `sslrootcert` of libpq clients run here, `ca` of Node's. */
+    /** The CA's file on Relevo's host: `sslrootcert` of libpq clients run here. */
     readonly certificateFile: string,
-    /** That file's content: copied beside every server (its ssl_ca_file) and into containers. */
+    /** That file's content, the trust bundle: copied beside every server (its ssl_ca_file) and into containers, `ca` of Node's clients. */
     readonly certificatePem: string,
+    /** The certificate that signs: the file's first. */
+    readonly signerPem: string,
+    /**
+     * What a server sends after its own certificate: during a CA rotation,
+     * the new CA certified by the old one (see crossCertificate); else "".
+     */
+    readonly chainPem: string,
+    /** RELEVO_TLS_CA_FILE's, not Relevo's own: not Relevo's to rotate. */
+    readonly configured: boolean,
     private readonly signer: CaSigner,
     private readonly clock: () => Date,
   ) {}
 
   /**
    * Reads the configured CA, or the data home's, making the latter once
-   * (ECDSA P-256, five years) when there is none. TLS_CA_INVALID when what
+   * (ECDSA P-256, five years) when there is none, and finishing a CA
+   * rotation's swap of files a crash interrupted. TLS_CA_INVALID when what
    * is found cannot sign; INVALID_CONFIG when a configured file is missing.
    */
   static async load(settings: CaSettings, options: { readonly clock?: () => Date } = {}): Promise<CertificateAuthority> {
     const clock = options.clock ?? ((): Date => new Date());
     const files = caFiles(settings);
-    if (!files.configured) await createOwnCaOnce(settings, clock());
+    if (!files.configured) {
+      await createOwnCaOnce(settings, clock());
+      await completeCaSwap(settings.home);
+    }
     const certificatePem = await readCaFile(files.certificateFile, files.configured ? "RELEVO_TLS_CA_FILE" : null);
     const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null, { secret: true });
-    const signer = await caSigner({ certificatePem, keyPem, now: clock() });
-    return new CertificateAuthority(files.certificateFile, certificatePem, signer, clock);
+    const signerPem = firstCertificate(certificatePem, files.certificateFile);
+    const signer = await caSigner({ certificatePem: signerPem, keyPem, now: clock() });
+    const chainPem = files.configured ? "" : ((await readCaRotation(settings.home))?.crossCertificatePem ?? "");
+    return new CertificateAuthority(files.certificateFile, certificatePem, signerPem, chainPem, files.configured, signer, clock);
   }
 
-  /** A server certificate for every address the server is reached at (IP addresses as iPAddress, host names as dNSName). */
-  issueServerCertificate(options: { readonly commonName: string; readonly addresses: readonly string[] }): Promise<IssuedCertificate> {
-    return issueCertificate(this.signer, serverCertificateRequest({ ...options, now: this.clock() }));
+  /** When the signing CA's certificate expires. */
+  get notAfter(): Date {
+    return this.signer.certificate.notAfter;
+  }
+
+  /**
+   * A server certificate for every address the server is reached at (IP
+   * addresses as iPAddress, host names as dNSName); its file holds the
+   * chain after it (chainPem) while a CA rotation runs.
+   */
+  async issueServerCertificate(options: {
+    readonly commonName: string;
+    readonly addresses: readonly string[];
+  }): Promise<IssuedCertificate> {
+    const issued = await issueCertificate(this.signer, serverCertificateRequest({ ...options, now: this.clock() }));
+    return {
+      ...issued,
+      certificatePem: this.chainPem === "" ? issued.certificatePem : joinCertificates([issued.certificatePem, this.chainPem]),
+    };
   }
 
   /** A client certificate whose CN is `user` (PostgreSQL's `cert` authentication, Redis's tls-auth-clients). */
   issueClientCertificate(options: { readonly user: string }): Promise<IssuedCertificate> {
     return issueCertificate(this.signer, clientCertificateRequest({ ...options, now: this.clock() }));
+  }
+
+  /** `successorPem` (a new CA) certified by this CA, or null when this CA may not vouch for another (see crossCertificate). */
+  crossCertify(successorPem: string): Promise<string | null> {
+    return crossCertificate({ issuer: this.signer, successorPem, now: this.clock() });
   }
 }
 
@@ -121,7 +160,7 @@ async function createOwnCaOnce(settings: CaSettings, now: Date): Promise<void> {
   await syncDirectory(settings.home);
 }
 
-function caFilesDirectory(home: string): string {
+export function caFilesDirectory(home: string): string {
   return path.join(home, OWN_CA_DIRECTORY);
 }
 

@@ -33,7 +33,11 @@ export interface CaSigner {
   readonly algorithm: SigningAlgorithm | RsaSigningAlgorithm;
 }
 
-/** A new self-signed CA (pathLength 0: it signs leaf certificates only). */
+/**
+ * A new self-signed CA. pathLength 1: beside its leaf certificates it may
+ * vouch for one CA, its successor at a CA rotation (crossCertificate), so
+ * that a client holding only this CA still verifies a leaf of the next one.
+ */
 export async function createCa(options: { readonly commonName: string; readonly now: Date }): Promise<IssuedCertificate> {
   const keys = await webcrypto.subtle.generateKey(P256, true, ["sign", "verify"]);
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
@@ -43,12 +47,47 @@ export async function createCa(options: { readonly commonName: string; readonly 
     keys,
     signingAlgorithm: P256,
     extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.BasicConstraintsExtension(true, 1, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
   return { certificatePem: certificate.toString("pem"), keyPem: await pkcs8Pem(keys.privateKey), notAfter: certificate.notAfter };
+}
+
+/**
+ * `successor` (a CA's certificate, PEM) signed by `issuer`: the same
+ * subject and key, issued by the old CA. A server that sends it after its
+ * leaf is verified by clients that trust only the old CA (leaf → this →
+ * old CA) as by those that trust the new one (OpenSSL looks in its trust
+ * store first). Null when `issuer` may not vouch for another CA
+ * (pathLength 0, as CAs made before rotation existed): clients then need
+ * the new CA itself.
+ */
+export async function crossCertificate(options: {
+  readonly issuer: CaSigner;
+  readonly successorPem: string;
+  readonly now: Date;
+}): Promise<string | null> {
+  if (options.issuer.certificate.getExtension(x509.BasicConstraintsExtension)?.pathLength === 0) return null;
+  const successor = new x509.X509Certificate(options.successorPem);
+  const certificate = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerialNumber(),
+    subject: successor.subject,
+    issuer: options.issuer.certificate.subject,
+    notBefore: successor.notBefore,
+    notAfter: new Date(Math.min(successor.notAfter.getTime(), options.issuer.certificate.notAfter.getTime())),
+    publicKey: successor.publicKey,
+    signingKey: options.issuer.privateKey,
+    signingAlgorithm: options.issuer.algorithm,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(successor.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(options.issuer.certificate, false),
+    ],
+  });
+  return certificate.toString("pem");
 }
 
 /**

@@ -2,12 +2,10 @@ import { expect } from "@jest/globals";
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { once } from "node:events";
-import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import tls from "node:tls";
 import { loadConfig } from "../../src/config/config";
+import { handshake } from "../helpers/tls-handshake";
 import { ErrorCode } from "../../src/errors";
 import { CertificateAuthority, caFiles } from "../../src/tls/certificate-authority";
 import {
@@ -177,30 +175,4 @@ function opensslCa(directory: string, keyArgs: string[]): { certificateFile: str
     },
   );
   return { certificateFile, keyFile };
-}
-
-/** A TLS server with `server`'s certificate on loopback, and a client trusting `caPem` that verifies `servername` (verify-full). */
-async function handshake(server: { certificatePem: string; keyPem: string }, caPem: string, host: string): Promise<string> {
-  const listener = tls.createServer({ cert: server.certificatePem, key: server.keyPem }, (socket) => socket.end());
-  listener.listen(0, "127.0.0.1");
-  await once(listener, "listening");
-  const { port } = listener.address() as AddressInfo;
-  try {
-    return await new Promise<string>((resolve) => {
-      const socket = tls.connect({
-        host: "127.0.0.1",
-        port,
-        ca: caPem,
-        servername: host === "127.0.0.1" ? undefined : host,
-        checkServerIdentity: (_h, cert) => tls.checkServerIdentity(host, cert),
-      });
-      socket.once("secureConnect", () => {
-        socket.destroy();
-        resolve("verified");
-      });
-      socket.once("error", (error: Error) => resolve(error.message));
-    });
-  } finally {
-    listener.close();
-  }
 }
