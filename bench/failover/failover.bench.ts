@@ -1,3 +1,4 @@
+import type { TrustAnchors } from "../../src/postgres/connection";
 /**
  * bench/failover: a two-node cluster with the default settings (synchronous,
  * checks every 1000 ms, 3 missed checks), a writer inserting through a
@@ -42,7 +43,7 @@ async function until<T>(what: string, check: () => Promise<T | undefined>, timeo
   throw new Error(`timed out waiting for ${what}`);
 }
 
-async function sql<T>(node: NodeRef, access: { password: string; trustedCa: string }, text: string): Promise<T[]> {
+async function sql<T>(node: NodeRef, access: { password: string; trustedCa: TrustAnchors }, text: string): Promise<T[]> {
   const client = new Client({
     host: node.host,
     port: node.port,
@@ -50,7 +51,7 @@ async function sql<T>(node: NodeRef, access: { password: string; trustedCa: stri
     password: access.password,
     database: "postgres",
     connectionTimeoutMillis: 3000,
-    ssl: { ca: access.trustedCa, rejectUnauthorized: true },
+    ssl: { ca: access.trustedCa.pem, rejectUnauthorized: true },
   });
   await client.connect();
   try {

@@ -1,4 +1,5 @@
 import type Redis from "ioredis";
+import type { CertificateRotation } from "../cluster/certificate-rotation";
 import type { BackupService } from "../backup/backup-service";
 import type { FailoverService } from "../failover/failover-service";
 import type { NodeRef } from "../nodes/node-driver";
@@ -24,6 +25,8 @@ export interface ApiServices {
   readonly nodes: readonly NodeRef[];
   readonly scheduler: BackupScheduler;
   readonly failover: FailoverService;
+  /** Certificate rotation (rotateCertificates, finishCaRotation). */
+  readonly certificates: CertificateRotation;
   /** The CA certificate's file on Relevo's host, named (sslrootcert) in the connection strings the API shows. */
   readonly caFile: string;
 }

@@ -3,13 +3,14 @@ import type { GraphQLSchema } from "graphql";
 import { buildSchema, type ContainerType, type PubSub } from "type-graphql";
 import { authChecker } from "./auth/auth";
 import { BackupResolver } from "./backups/backup.resolver";
+import { CertificateResolver } from "./certificates/certificate.resolver";
 import { ScheduleResolver } from "./schedules/schedule.resolver";
 import { ClusterResolver } from "./cluster/cluster.resolver";
 import type { ApiServices } from "./context";
 import { EventResolver } from "./events/event.resolver";
 import { FailoverResolver } from "./failover/failover.resolver";
 
-export const RESOLVERS = [ClusterResolver, EventResolver, BackupResolver, ScheduleResolver, FailoverResolver] as const;
+export const RESOLVERS = [ClusterResolver, EventResolver, BackupResolver, ScheduleResolver, FailoverResolver, CertificateResolver] as const;
 
 /** The one schema definition, for the server and for the committed SDL alike. */
 export function buildRelevoSchema(options: { pubSub: PubSub; container?: ContainerType }): Promise<GraphQLSchema> {

@@ -10,7 +10,7 @@ import { assertPortFree } from "../util/ports";
 import { chooseBackupIn } from "../restore/choose-backup";
 import { walSummarizerFor } from "../wal/wal-summary";
 import { recoveryTargetFrom, type RecoveryTarget } from "../restore/recovery-target";
-import { connectionUri } from "../postgres/connection";
+import { connectionUri, fixedTrust } from "../postgres/connection";
 import { MARKER_FILE, ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { loadMembers } from "../cluster/membership";
 import { assertNoMemberPort, assertNotMemberDirectory, assertRestoredCopy, parseMarkerFacts } from "../restore/copy-placement";
@@ -190,7 +190,7 @@ async function restoreClaimedCopy(
   const { directory, recoveryTarget, target, driver } = options;
   const secrets = await readSecrets(config.home);
   const trust = await readTrustedCa(config);
-  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: trust.pem };
+  const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: fixedTrust(trust.pem) };
   const members = await loadMembers(config);
   assertNoMemberPort(members, target);
   await takeEmptyDirectory(directory);
@@ -236,7 +236,7 @@ export async function restoreClusterCommand(
         await recordRebuiltCluster(redis, keys, primary.name);
       };
       return recoverCluster(
-        { config, driver, repository, secrets, trustedCa: ca.certificatePem, logger, recordRebuilt },
+        { config, driver, repository, secrets, trustedCa: fixedTrust(ca.certificatePem), logger, recordRebuilt },
         { backupId: options.backup, recoveryTarget },
       );
     });

@@ -1,7 +1,7 @@
 import { findWritablePrimary } from "../cluster/bootstrap";
 import { apiTransport } from "../config/api-transport";
 import { loadMembers } from "../cluster/membership";
-import { connectionUri } from "../postgres/connection";
+import { connectionUri, fixedTrust } from "../postgres/connection";
 import { ROLE_SUPERUSER } from "../postgres/managed-settings";
 import { observeClusterOnce } from "../cluster/topology-observe";
 import type { RelevoConfig } from "../config/config";
@@ -82,7 +82,7 @@ export async function statusCommand(config: RelevoConfig, options: { json: boole
       clusterName: config.clusterName,
       nodes,
       driver,
-      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: trust.pem },
+      credentials: { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: fixedTrust(trust.pem) },
       timeoutMs: config.nodeTimeoutMs,
       lagAlertBytes: config.lagAlertBytes,
     }),
@@ -98,7 +98,12 @@ export async function urlCommand(
   const secrets = await readSecrets(config.home);
   const trust = await readTrustedCa(config);
   const nodes = await loadMembers(config);
-  const credentials = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: options.database, trustedCa: trust.pem };
+  const credentials = {
+    user: ROLE_SUPERUSER,
+    password: secrets.superuserPassword,
+    database: options.database,
+    trustedCa: fixedTrust(trust.pem),
+  };
   const tls = uriTlsParameters(trust.file);
   if (options.multiHost) {
     // libpq tries the hosts in order and keeps the one that accepts writes.
@@ -110,7 +115,7 @@ export async function urlCommand(
     throw new RelevoError(ErrorCode.NotFound, `no node named "${options.node}"; nodes are ${nodes.map((n) => n.name).join(", ")}`);
   }
   if (!node) {
-    const primary = await findWritablePrimary({ config, secrets, trustedCa: trust.pem }, nodes);
+    const primary = await findWritablePrimary({ config, secrets, trustedCa: fixedTrust(trust.pem) }, nodes);
     if (!primary)
       throw new RelevoError(
         ErrorCode.ServiceUnavailable,

@@ -19,6 +19,7 @@ import {
   replicaCommand,
   switchoverCommand,
 } from "./failover-commands";
+import { certificatesFinishCaRotationCommand, certificatesListCommand, certificatesRotateCommand } from "./certificate-commands";
 import { createLogger } from "../log";
 import { statusCommand, upCommand, urlCommand, type Output } from "./commands";
 import { tokenCommand, tokenListCommand, tokenRevokeCommand, tokenRotateKeyCommand } from "./token-commands";
@@ -204,6 +205,26 @@ program
   .command("maintenance <on|off>")
   .description("on: no automatic failover, rejoin or failback until off (manual commands still work)")
   .action((mode: string) => run(() => maintenanceCommand(config(), { mode }, output)));
+
+const certificates = program
+  .command("certificates")
+  .description("the TLS certificates Relevo's CA issued: list them, rotate them without a restart, rotate the CA");
+certificates
+  .command("rotate")
+  .description(
+    "re-issue every node's certificate and reload it without a restart (through the running service), checking each serves the new one",
+  )
+  .option("--ca", "rotate Relevo's own CA first: the old CA stays trusted beside the new one until finish-ca-rotation", false)
+  .action((options: { ca: boolean }) => run(() => certificatesRotateCommand(config(), options, output)));
+certificates
+  .command("finish-ca-rotation")
+  .description("drop the old CA from every trust bundle once every member holds a certificate of the new one")
+  .action(() => run(() => certificatesFinishCaRotationCommand(config(), output)));
+certificates
+  .command("list")
+  .description("the CA (and, during a CA rotation, the old one) and each member's certificate: subject, SANs, serial, notAfter, issuer")
+  .option("--json", "as JSON", false)
+  .action((options: { json: boolean }) => run(() => certificatesListCommand(config(), options, output)));
 
 program
   .command("config")

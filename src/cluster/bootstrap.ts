@@ -9,7 +9,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
-import { withNodeClient, type Credentials } from "../postgres/connection";
+import { withNodeClient, type Credentials, type TrustAnchors } from "../postgres/connection";
 import {
   APP_DATABASE,
   INCLUDE_LINE,
@@ -48,7 +48,7 @@ export interface BootstrapDeps {
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
   /** The CA's certificate (PEM): Relevo's connections to the nodes verify them against it. */
-  readonly trustedCa: string;
+  readonly trustedCa: TrustAnchors;
   readonly logger: Logger;
   /**
    * Seeds a new replica from the backup repository instead of the primary
@@ -77,7 +77,7 @@ export type NodeBootstrapOutcome =
   | { readonly phase: "fenced"; readonly node: NodeRef; readonly reason?: string };
 
 export function superuserCredentials(
-  access: { readonly secrets: Secrets; readonly trustedCa: string },
+  access: { readonly secrets: Secrets; readonly trustedCa: TrustAnchors },
   database = "postgres",
 ): Credentials {
   return { user: ROLE_SUPERUSER, password: access.secrets.superuserPassword, database, trustedCa: access.trustedCa };
@@ -397,7 +397,7 @@ function portEnvFor(config: BootstrapConfig, node: NodeRef): string {
 
 /** The running node that accepts writes (not in recovery), if any. */
 export async function findWritablePrimary(
-  deps: { readonly config: Pick<BootstrapConfig, "nodeTimeoutMs">; readonly secrets: Secrets; readonly trustedCa: string },
+  deps: { readonly config: Pick<BootstrapConfig, "nodeTimeoutMs">; readonly secrets: Secrets; readonly trustedCa: TrustAnchors },
   nodes: readonly NodeRef[],
 ): Promise<NodeRef | null> {
   for (const node of nodes) {

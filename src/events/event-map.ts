@@ -49,6 +49,8 @@ export interface EventMap {
   "cluster:primary-adopted": { adopted: string; recordedPrimary: string; reason: string };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
   "replication:slot-lost": { slot: string; upstream: string; action: "bridge" | "reseed"; reason: string };
+  "tls:rotated": { ca: "kept" | "begun" | "finished"; renewed: string[]; pending: string[]; refused: string[]; failed: string[] };
+  "tls:expiring": { holder: string; serial: string; notAfter: string; action: "renewed" | "renewal-failed" | "at-next-start" | "reported" };
 }
 
 /**
@@ -163,4 +165,6 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "cluster:primary-adopted",
   "replication:sync-changed",
   "replication:slot-lost",
+  "tls:rotated",
+  "tls:expiring",
 ];

@@ -35,10 +35,15 @@ export interface NodeTlsPaths {
   readonly ca: string;
 }
 
-/** A server certificate and its key (PEM). */
+/** A server certificate and its key (PEM); the certificate's file may hold its chain after it. */
 export interface ServerCertificate {
   readonly certificatePem: string;
   readonly keyPem: string;
+}
+
+/** A node's TLS files: its server's certificate and key, and the CA certificates it and its tools trust. */
+export interface NodeTlsFiles extends ServerCertificate {
+  readonly caPem: string;
 }
 
 /**
@@ -49,6 +54,7 @@ export interface ServerCertificate {
  * TLS, starts with its own current certificate.
  */
 export interface NodeTlsSource {
+  /** The CA certificates every server and tool trusts, as they are now (a CA rotation changes them). */
   readonly caPem: string;
   serverCertificate(node: NodeRef): Promise<ServerCertificate>;
 }
@@ -191,6 +197,19 @@ export interface NodeDriver {
    * libpq's sslmode=verify-full, sslrootcert=<ca> and channel_binding=require.
    */
   tlsPaths(node: NodeRef): NodeTlsPaths;
+
+  /**
+   * A new server certificate from the driver's NodeTlsSource and the CA
+   * certificates as they are now, written where tlsPaths says by the same
+   * path a start takes, the server running or not (a running server takes
+   * them at its next configuration reload; its tools' trust is current at
+   * once). Returns the files it replaced (null: the node had none), for
+   * installTls to put back should the server refuse the new ones.
+   */
+  renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }>;
+
+  /** Writes `files` as the node's TLS files (what renewTls replaced, put back). */
+  installTls(node: NodeRef, files: NodeTlsFiles): Promise<void>;
 
   /**
    * A file of this host, beside the node's storage and never in it, whose

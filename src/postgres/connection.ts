@@ -6,8 +6,22 @@ export interface Credentials {
   readonly user: string;
   readonly password: string;
   readonly database: string;
-  /** The CA's certificate (PEM) a node's certificate must be signed by: the only trust anchor, the system's are not used. */
-  readonly trustedCa: string;
+  /** The CA certificates (PEM) a node's certificate must be signed by: the only trust anchors, the system's are not used. */
+  readonly trustedCa: TrustAnchors;
+}
+
+/**
+ * The CA certificates a client trusts, read at each new connection: one
+ * CA, or the new and the old one during a CA rotation (a LiveAuthority's
+ * `trust` changes under a running service without a restart).
+ */
+export interface TrustAnchors {
+  readonly pem: string;
+}
+
+/** Trust that never changes (a CLI command's, a test's). */
+export function fixedTrust(pem: string): TrustAnchors {
+  return { pem };
 }
 
 /**
@@ -19,8 +33,16 @@ export interface Credentials {
  * so a SCRAM exchange cannot be relayed through another TLS session.
  */
 export function clientConfig(node: NodeRef, credentials: Credentials, timeoutMs: number): NodeClientConfig {
+  const trust = credentials.trustedCa;
   return {
-    ssl: { ca: credentials.trustedCa, rejectUnauthorized: true },
+    // A getter: pg copies `ssl` into the TLS options at each connect (Object.assign), so a long-lived
+    // pool (Prisma's) trusts what the CA is at that moment, not at its creation.
+    ssl: {
+      get ca(): string {
+        return trust.pem;
+      },
+      rejectUnauthorized: true,
+    },
     enableChannelBinding: true,
     nodeName: node.name,
     host: node.host,

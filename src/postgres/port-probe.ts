@@ -21,7 +21,7 @@ export type PortProbe =
   | { readonly answer: "unknown"; readonly detail: string };
 
 /** SSLRequest: length 8, then the code 1234 5679 (80877103). */
-const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+export const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 /** A failed connection, by its error code: only a refusal says that nothing listens. Pure. */
 export function connectFailure(code: string | undefined): PortProbe {

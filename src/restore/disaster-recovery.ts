@@ -1,7 +1,7 @@
 import { bootstrapCluster, superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
 import { loadMembers } from "../cluster/membership";
 import { recordIdentity } from "../cluster/cluster-identity";
-import { withNodeClient } from "../postgres/connection";
+import { withNodeClient, type TrustAnchors } from "../postgres/connection";
 import { readSystemIdentifier } from "../postgres/control-data";
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError, UnreachableCaseError } from "../errors";
@@ -24,7 +24,7 @@ export interface ClusterRecoveryDeps {
   readonly repository: Repository;
   readonly secrets: Secrets;
   /** The CA's certificate (PEM) the nodes' certificates are checked against. */
-  readonly trustedCa: string;
+  readonly trustedCa: TrustAnchors;
   readonly logger: Logger;
   /**
    * Makes the recorded cluster state (Redis) agree with the rebuilt cluster

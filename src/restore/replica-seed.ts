@@ -1,3 +1,4 @@
+import type { TrustAnchors } from "../postgres/connection";
 import { superuserCredentials, type NodeBootstrapOutcome } from "../cluster/bootstrap";
 import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import type { RelevoConfig } from "../config/config";
@@ -16,7 +17,7 @@ import type { Repository } from "../storage/repository";
  */
 export function repositorySeeder(
   config: Pick<RelevoConfig, "replicaSeed" | "clusterName" | "maxSlotWalKeepSize" | "backupParallelism">,
-  deps: { driver: NodeDriver; repository: Repository; secrets: Secrets; trustedCa: string; logger: Logger },
+  deps: { driver: NodeDriver; repository: Repository; secrets: Secrets; trustedCa: TrustAnchors; logger: Logger },
 ): ((node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>) | undefined {
   if (config.replicaSeed !== "repository") return undefined;
   return async (node, upstream, slot) => {

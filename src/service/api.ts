@@ -1,6 +1,7 @@
 import { startApiServer, type RunningApi } from "../api/server";
 import { MAX_OPERATIONS_PER_SOCKET, MAX_PENDING_SOCKETS_PER_ADDRESS, maxPendingSockets } from "../api/socket-admission";
 import type { BackupService } from "../backup/backup-service";
+import type { CertificateRotation } from "../cluster/certificate-rotation";
 import type { TopologyCollector } from "../cluster/topology-collector";
 import { TopologyReader } from "../cluster/topology-reader";
 import type { FailoverService } from "../failover/failover-service";
@@ -28,9 +29,10 @@ export async function startApi(
     readonly backups: BackupService;
     readonly scheduler: BackupScheduler;
     readonly failover: FailoverService;
+    readonly certificates: CertificateRotation;
   },
 ): Promise<RunningApi> {
-  const { config, logger, cleanups, ca, redis, nodes, collector, backups, scheduler, failover } = options;
+  const { config, logger, cleanups, ca, redis, nodes, collector, backups, scheduler, failover, certificates } = options;
   const tls = await apiCertificate(config, ca, logger);
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
@@ -49,6 +51,7 @@ export async function startApi(
       nodes,
       scheduler,
       failover,
+      certificates,
       caFile: caFiles(config).certificateFile,
     },
     redis.pubSub,

@@ -6,7 +6,7 @@ import type { ClusterStateStore } from "../failover/cluster-state";
 import { publisherOf } from "../events/redis-pubsub";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
-import type { Credentials } from "../postgres/connection";
+import type { Credentials, TrustAnchors } from "../postgres/connection";
 import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
@@ -46,7 +46,7 @@ export interface WalArchive {
 export function startWalArchiver(
   options: StartContext & {
     readonly secrets: Secrets;
-    readonly trustedCa: string;
+    readonly trustedCa: TrustAnchors;
     /** The CA's certificate file on this host, for pg_receivewal. */
     readonly caFile: string;
     readonly redis: RedisAndEvents;

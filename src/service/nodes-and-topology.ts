@@ -1,7 +1,7 @@
 import { bootstrapCluster, findWritablePrimary, type BootstrapDeps, type NodeBootstrapOutcome } from "../cluster/bootstrap";
 import { initialisationDecision, knownCluster, recordIdentity } from "../cluster/cluster-identity";
 import { ErrorCode, RelevoError, UnreachableCaseError } from "../errors";
-import { withNodeClient } from "../postgres/connection";
+import { withNodeClient, type TrustAnchors } from "../postgres/connection";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { Membership } from "../cluster/membership";
 import { TopologyCollector } from "../cluster/topology-collector";
@@ -76,7 +76,7 @@ export async function bootstrapNodes(
   options: StartContext & {
     readonly driver: NodeDriver;
     readonly secrets: Secrets;
-    readonly trustedCa: string;
+    readonly trustedCa: TrustAnchors;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly repository: Repository;
@@ -172,7 +172,7 @@ export async function bootstrapNodes(
 async function recordClusterIdentity(
   options: Pick<StartContext, "config" | "logger"> & {
     readonly secrets: Secrets;
-    readonly trustedCa: string;
+    readonly trustedCa: TrustAnchors;
     readonly superuser: Credentials;
   },
   outcomes: readonly NodeBootstrapOutcome[],
@@ -206,7 +206,7 @@ export async function startTopology(
   options: StartContext & {
     readonly driver: NodeDriver;
     readonly secrets: Secrets;
-    readonly trustedCa: string;
+    readonly trustedCa: TrustAnchors;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly superuser: Credentials;

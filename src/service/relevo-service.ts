@@ -1,3 +1,4 @@
+import type { TrustAnchors } from "../postgres/connection";
 import type Redis from "ioredis";
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -13,7 +14,7 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { RedisKeys } from "../redis/keys";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
-import type { CertificateAuthority } from "../tls/certificate-authority";
+import type { LiveAuthority } from "../tls/live-authority";
 import type { Repository } from "../storage/repository";
 import { projectRoot } from "../util/project-root";
 import type { ArchiveMonitor } from "../wal/archive-monitor";
@@ -21,6 +22,7 @@ import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { WalArchive, Storage } from "./backups-and-archive";
 import type { Cleanups } from "./cleanups";
+import type { CertificateRotation } from "../cluster/certificate-rotation";
 import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
 import type { RedisAndEvents } from "./redis-and-events";
 import { stopService, type StopOptions } from "./stop";
@@ -30,8 +32,8 @@ export interface RelevoService {
   readonly nodes: readonly NodeRef[];
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
-  /** The CA's certificate (PEM): what every connection to a node verifies it against. */
-  readonly trustedCa: string;
+  /** The CA's certificates (PEM), as they are now: what every connection to a node verifies it against. */
+  readonly trustedCa: TrustAnchors;
   /** The CA's certificate file on this host (libpq's sslrootcert). */
   readonly caFile: string;
   readonly keys: RedisKeys;
@@ -47,6 +49,7 @@ export interface RelevoService {
   readonly scheduler: BackupScheduler;
   readonly archiveMonitor: ArchiveMonitor;
   readonly failover: FailoverService;
+  readonly certificates: CertificateRotation;
   readonly outcomes: readonly NodeBootstrapOutcome[];
   /** Stops the API, the collector, the consolidator and (unless told) Redis and every node. */
   stop(options?: StopOptions): Promise<void>;
@@ -70,7 +73,7 @@ export function runningService(parts: {
   readonly cleanups: Cleanups;
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
-  readonly ca: CertificateAuthority;
+  readonly ca: LiveAuthority;
   readonly redis: RedisAndEvents;
   readonly members: Members;
   readonly storage: Storage;
@@ -81,19 +84,20 @@ export function runningService(parts: {
   readonly archiveMonitor: ArchiveMonitor;
   readonly scheduler: BackupScheduler;
   readonly failover: FailoverService;
+  readonly certificates: CertificateRotation;
   readonly consolidator: Consolidator;
   readonly api: RunningApi;
 }): RelevoService {
   const { cleanups, driver, secrets, ca, redis, members, storage, cluster, archive, topology } = parts;
-  const { backups, archiveMonitor, scheduler, failover, consolidator, api } = parts;
+  const { backups, archiveMonitor, scheduler, failover, certificates, consolidator, api } = parts;
   let stopping: Promise<void> | null = null;
   return {
     apiUrl: api.url,
     nodes: members.nodes,
     driver,
     secrets,
-    trustedCa: ca.certificatePem,
-    caFile: ca.certificateFile,
+    trustedCa: ca.trust,
+    caFile: ca.authority.certificateFile,
     keys: redis.keys,
     redis: redis.client,
     events: redis.events,
@@ -107,6 +111,7 @@ export function runningService(parts: {
     scheduler,
     archiveMonitor,
     failover,
+    certificates,
     outcomes: cluster.outcomes,
     stop: (options = {}) => {
       stopping ??= stopService(

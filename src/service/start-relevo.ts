@@ -1,6 +1,7 @@
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
 import { startApi } from "./api";
+import { startCertificates } from "./certificates";
 import { openRepository, startBackups, startWalArchiver } from "./backups-and-archive";
 import { Cleanups, type StartContext } from "./cleanups";
 import { startFailover } from "./failover";
@@ -30,8 +31,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
   const context: StartContext = { config, logger, cleanups };
   try {
     const { driver, secrets, ca } = await checkPrerequisites(context);
-    const trustedCa = ca.certificatePem;
-    const redis = await startRedisAndEvents({ ...context, secrets, ca });
+    const trustedCa = ca.trust;
+    // Redis's and the API's certificates are issued at start by the CA of that moment (not yet rotated in place).
+    const redis = await startRedisAndEvents({ ...context, secrets, ca: ca.authority });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver });
@@ -47,7 +49,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       newCluster: options.newCluster ?? false,
     });
     const { superuser } = cluster;
-    const archive = startWalArchiver({ ...context, secrets, trustedCa, caFile: ca.certificateFile, redis, storage, superuser });
+    const archive = startWalArchiver({ ...context, secrets, trustedCa, caFile: ca.authority.certificateFile, redis, storage, superuser });
 
     // Set once the consolidator exists: a new primary gets the last minutes of events again.
     let replayRecentEvents: ((windowMs: number) => void) | null = null;
@@ -78,9 +80,10 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     });
     const scheduler = await startScheduler({ ...context, redis, backups, database: topology.database });
     const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
+    const certificates = await startCertificates({ ...context, ca, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
-    const api = await startApi({ ...context, secrets, ca, redis, nodes, collector, backups, scheduler, failover });
+    const api = await startApi({ ...context, secrets, ca: ca.authority, redis, nodes, collector, backups, scheduler, failover, certificates });
     await announceStarted({ events: redis.events, driver });
 
     return runningService({
@@ -98,6 +101,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       archiveMonitor,
       scheduler,
       failover,
+      certificates,
       consolidator,
       api,
     });

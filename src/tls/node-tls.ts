@@ -1,6 +1,8 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef, NodeTlsSource } from "../nodes/node-driver";
 import type { CertificateAuthority } from "./certificate-authority";
+import { nodeHolder, recordIssued } from "./issued-certificates";
+import type { LiveAuthority } from "./live-authority";
 
 /**
  * Every address a node is reached at, each a subjectAltName of its
@@ -11,11 +13,23 @@ export function nodeAddresses(node: Pick<NodeRef, "host">, extra: readonly strin
   return [node.host, ...extra];
 }
 
-/** The drivers' source of the nodes' certificates: a new one per start, issued by `ca`, named after the node. */
-export function nodeTlsSource(ca: CertificateAuthority): NodeTlsSource {
+/**
+ * The drivers' source of the nodes' certificates: a new one per start (and
+ * per rotation), issued by the CA current at that moment, named after the
+ * node. `recordIn`: the data home whose record of issued certificates each
+ * issue updates (the service's nodes; not a restored copy's).
+ */
+export function nodeTlsSource(ca: CertificateAuthority | LiveAuthority, options: { readonly recordIn?: string } = {}): NodeTlsSource {
+  const current = (): CertificateAuthority => ("authority" in ca ? ca.authority : ca);
   return {
-    caPem: ca.certificatePem,
-    serverCertificate: (node) => ca.issueServerCertificate({ commonName: node.name, addresses: nodeAddresses(node) }),
+    get caPem(): string {
+      return current().certificatePem;
+    },
+    serverCertificate: async (node) => {
+      const issued = await current().issueServerCertificate({ commonName: node.name, addresses: nodeAddresses(node) });
+      if (options.recordIn !== undefined) await recordIssued(options.recordIn, nodeHolder(node.name), issued.certificatePem);
+      return issued;
+    },
   };
 }
 

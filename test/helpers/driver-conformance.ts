@@ -1,3 +1,6 @@
+import { X509Certificate } from "node:crypto";
+import { fixedTrust } from "../../src/postgres/connection";
+import { servedCertificate } from "../../src/postgres/served-certificate";
 import { expect } from "@jest/globals";
 import { Readable } from "node:stream";
 import { Client } from "pg";
@@ -207,6 +210,27 @@ export function describeDriverConformance(target: ConformanceTarget): void {
       expect((await driver.listFiles(node, ".")).filter((entry) => tlsNames.includes(entry.path.split("/").pop()))).toEqual([]);
       const view = await driver.describe(node);
       expect(view).toMatchObject({ driver: driver.kind, state, dataDirectory: driver.dataDirectory(node) });
+    });
+
+    test("renewTls writes a new certificate beside the running server and returns what it replaced; installTls puts that back", async () => {
+      const first = await driver.renewTls(node);
+      expect(first.previous).not.toBeNull();
+      expect(first.previous!.keyPem).not.toBe(first.installed.keyPem);
+      expect(first.installed.caPem).toBe(ca.certificatePem);
+      // What it reads back is what it wrote, byte for byte.
+      expect((await driver.renewTls(node)).previous).toEqual(first.installed);
+      await driver.installTls(node, first.previous!);
+      const again = await driver.renewTls(node);
+      expect(again.previous).toEqual(first.previous);
+      // A reload takes the files the driver wrote: new clients get the new certificate, with no restart.
+      await sql("SELECT pg_reload_conf()");
+      const wanted = new X509Certificate(again.installed.certificatePem).serialNumber;
+      const deadline = Date.now() + 10_000;
+      let served = "";
+      while (served !== wanted && Date.now() < deadline) {
+        served = new X509Certificate(await servedCertificate(node, { trust: fixedTrust(ca.certificatePem), timeoutMs: 3000 })).serialNumber;
+      }
+      expect(served).toBe(wanted);
     });
 
     test("exec (online) surfaces exit codes and stderr", async () => {

@@ -47,7 +47,7 @@ export async function testConfig(label: string, overrides: ConfigOverrides = {})
 export async function startTestCluster(label: string, overrides: ConfigOverrides = {}): Promise<TestCluster> {
   const config = await testConfig(label, overrides);
   const service = await startRelevo(config, createLogger({ level: config.logLevel }));
-  trustCa(service.trustedCa);
+  trustCa(service.trustedCa.pem);
   return {
     config,
     service,

@@ -6,7 +6,7 @@ import { promisify } from "node:util";
 import { Client } from "pg";
 import { loadConfig } from "../../src/config/config";
 import { DockerDriver } from "../../src/nodes/docker/docker-driver";
-import type { NodeDriver, NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
+import type { NodeDriver, NodeRef, NodeTlsPaths, NodeTlsSource } from "../../src/nodes/node-driver";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { nodeTlsSource } from "../../src/tls/node-tls";
 import { ownRedisTls, type OwnRedisTls } from "../../src/redis/redis-tls";
@@ -46,11 +46,16 @@ export function testCa(): Promise<CertificateAuthority> {
 }
 
 /** The key a node's server runs with, read where its driver put it (the container's file system on Docker). */
-export async function nodeServerKey(driver: NodeDriver, clusterName: string, node: NodeRef): Promise<string> {
-  const keyFile = driver.tlsPaths(node).key;
-  if (driver.kind === "local") return readFile(keyFile, "utf8");
+export function nodeServerKey(driver: NodeDriver, clusterName: string, node: NodeRef): Promise<string> {
+  return nodeTlsFile(driver, clusterName, node, "key");
+}
+
+/** One of a node's TLS files (see NodeDriver.tlsPaths), read where its driver put it. */
+export async function nodeTlsFile(driver: NodeDriver, clusterName: string, node: NodeRef, which: keyof NodeTlsPaths): Promise<string> {
+  const file = driver.tlsPaths(node)[which];
+  if (driver.kind === "local") return readFile(file, "utf8");
   const container = DockerDriver.namesOf(clusterName, node.name).container;
-  return (await promisify(execFile)("docker", ["exec", container, "cat", keyFile])).stdout;
+  return (await promisify(execFile)("docker", ["exec", container, "cat", file])).stdout;
 }
 
 /** The certificate `node` presents to a TLS client (verify-full against this file's CAs). */

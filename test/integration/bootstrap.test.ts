@@ -1,3 +1,18 @@
+import { X509Certificate } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { nodeCertificateHolder } from "../../src/cluster/node-certificate";
+import { createNodeDriver } from "../../src/nodes/create-driver";
+import type { NodeTlsSource } from "../../src/nodes/node-driver";
+import { withNodeClient } from "../../src/postgres/connection";
+import { describeOutcome } from "../../src/tls/certificate-holder";
+import { nodeTlsSource } from "../../src/tls/node-tls";
+import { splitCertificates } from "../../src/tls/pem-bundle";
+import { projectRoot } from "../../src/util/project-root";
+import { libpqLogin, postmasterStart, servedSerial } from "../helpers/certificates";
+import { cliEnvFor } from "../helpers/cli-env";
+import { nodeTlsFile, trustCa } from "../helpers/tls";
+import { startWriter } from "../helpers/writer";
 import { libpqTlsParameters, uriTlsParameters } from "../../src/postgres/tls-settings";
 import { loadConfig } from "../../src/config/config";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
@@ -12,11 +27,12 @@ import { createLogger } from "../../src/log";
 import { secretsFile } from "../../src/secrets/secrets-store";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
-import { connectionUri } from "../../src/postgres/connection";
+import { connectionUri, fixedTrust } from "../../src/postgres/connection";
 import { describeOnEachDriver } from "../helpers/drivers";
 import { FENCE_MARKER } from "../../src/postgres/managed-settings";
 
 const run = promisify(execFile);
+const BIN = path.join(projectRoot(), "bin/relevo");
 
 describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, overrides) => {
   const cluster = useTestCluster("bootstrap", overrides);
@@ -111,7 +127,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const password = { PGPASSWORD: cluster.service.secrets.superuserPassword };
     const credentials = { user: "postgres", password: cluster.service.secrets.superuserPassword, database: "postgres" };
     for (const node of [primary(), replica()]) {
-      const uri = (params: Record<string, string>) => connectionUri([node], { ...credentials, trustedCa: "" }, params);
+      const uri = (params: Record<string, string>) => connectionUri([node], { ...credentials, trustedCa: fixedTrust("") }, params);
       // hostssl lines only: without TLS no line of pg_hba.conf matches.
       await expect(
         run("psql", [uri({ sslmode: "disable" }), "-XAtc", "SELECT 1"], { env: { ...process.env, ...password } }),
@@ -193,6 +209,139 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const { stdout } = await run("psql", [uri, "-Atc", "SELECT pg_is_in_recovery(), current_setting('port')"]);
     expect(stdout.trim()).toBe(`f|${primary().port}`);
   });
+
+  test("certificates rotate under a writer: every acknowledged row kept, no restart, each node serves a new serial", async () => {
+    const { secrets } = cluster.service;
+    const nodes = [primary(), replica()];
+    const startedBefore = await Promise.all(nodes.map((node) => postmasterStart(node, secrets)));
+    const serialsBefore = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
+    await sqlOn(primary(), secrets, "CREATE TABLE rotation_ledger (id bigserial PRIMARY KEY, note text, pad text)");
+    const writer = startWriter(primary(), secrets.superuserPassword, "rotation_ledger");
+    const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) });
+    const written = await writer.stop();
+    expect(written).toBeGreaterThan(0);
+    expect(rotated.stdout).toMatch(/node:node1: renewed, serves [0-9A-F]+ \(was [0-9A-F]+\)/);
+    expect(rotated.stdout).toMatch(/node:node2: renewed/);
+
+    const serialsAfter = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
+    for (const [index, serial] of serialsAfter.entries()) {
+      expect(serial).not.toBe(serialsBefore[index]);
+      expect(rotated.stdout).toContain(`serves ${serial}`);
+    }
+    expect(await Promise.all(nodes.map((node) => postmasterStart(node, secrets)))).toEqual(startedBefore);
+    const count = "SELECT count(*)::int AS n FROM rotation_ledger";
+    expect((await sqlOn<{ n: number }>(primary(), secrets, count))[0]!.n).toBe(written);
+    await eventually(async () => ((await sqlOn<{ n: number }>(replica(), secrets, count))[0]!.n === written ? true : undefined));
+    // The replica kept streaming; the list shows what each node serves.
+    expect(await sqlOn(replica(), secrets, "SELECT status FROM pg_stat_wal_receiver")).toEqual([{ status: "streaming" }]);
+    const listed = JSON.parse((await run("node", [BIN, "certificates", "list", "--json"], { env: cliEnvFor(cluster.config) })).stdout) as {
+      members: Array<{ name: string; certificate: { serial: string; subject: string; subjectAltNames: string[] } }>;
+    };
+    expect(listed.members.map((member) => [member.name, member.certificate.serial, member.certificate.subject])).toEqual(
+      nodes.map((node, index) => [node.name, serialsAfter[index], `CN=${node.name}`]),
+    );
+  });
+
+  test("a certificate PostgreSQL refuses on reload: the node keeps serving its previous one, its files are put back, it is reported", async () => {
+    const { secrets } = cluster.service;
+    const ca = await CertificateAuthority.load(cluster.config);
+    const good = nodeTlsSource(ca);
+    // A certificate with another certificate's key: PostgreSQL logs "private key file does not match" and keeps its context.
+    const mismatched: NodeTlsSource = {
+      get caPem() {
+        return good.caPem;
+      },
+      serverCertificate: async (node) => ({
+        certificatePem: (await good.serverCertificate(node)).certificatePem,
+        keyPem: (await good.serverCertificate(node)).keyPem,
+      }),
+    };
+    const faultyDriver = createNodeDriver(cluster.config, { tls: mismatched });
+    try {
+      const before = await servedSerial(replica(), secrets);
+      const holder = nodeCertificateHolder(
+        {
+          driver: faultyDriver,
+          superuser: { user: "postgres", password: secrets.superuserPassword, database: "postgres", trustedCa: cluster.service.trustedCa },
+          timeoutMs: cluster.config.nodeTimeoutMs,
+          home: cluster.config.home,
+        },
+        replica(),
+      );
+      const outcome = await holder.renew();
+      expect(outcome).toMatchObject({ phase: "refused", holder: "node:node2", serial: before });
+      expect(describeOutcome(outcome)).toMatch(/^node:node2: REFUSED, PostgreSQL did not load the new certificate/);
+      expect(await servedSerial(replica(), secrets)).toBe(before);
+      // The files are the previous ones again: the node's next reload or start meets no bad file.
+      const file = await nodeTlsFile(cluster.service.driver, cluster.config.clusterName, replica(), "certificate");
+      expect(new X509Certificate(file).serialNumber.toUpperCase()).toBe(before);
+      await sqlOn(replica(), secrets, "SELECT pg_reload_conf()");
+      expect(await servedSerial(replica(), secrets)).toBe(before);
+      expect(await sqlOn(replica(), secrets, "SELECT status FROM pg_stat_wal_receiver")).toEqual([{ status: "streaming" }]);
+    } finally {
+      await faultyDriver.close();
+    }
+  });
+
+  // The CA is the same whatever the driver: one driver is enough (registered on the local driver only, not skipped on the other).
+  if (driver === "local")
+    test("CA rotation: old-CA and new-CA clients both pass during the bundle; once finished only the new; replication never broke", async () => {
+      const { secrets } = cluster.service;
+      const nodes = [primary(), replica()];
+      const clients = await tempHome("ca-clients");
+      const oldCaFile = path.join(clients, "old-ca.crt");
+      const newCaFile = path.join(clients, "new-ca.crt");
+      const oldCa = (await readFile(cluster.service.caFile, "utf8")).trim() + "\n";
+      await writeFile(oldCaFile, oldCa);
+      const receiverBefore = await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver");
+      const startedBefore = await Promise.all(nodes.map((node) => postmasterStart(node, secrets)));
+
+      const begun = await run("node", [BIN, "certificates", "rotate", "--ca"], { env: cliEnvFor(cluster.config) });
+      expect(begun.stdout).toContain("every member holds a certificate of the new CA");
+      const bundle = splitCertificates(await readFile(cluster.service.caFile, "utf8"));
+      expect(bundle).toHaveLength(2);
+      expect(bundle[1]!.trim()).toBe(oldCa.trim());
+      await writeFile(newCaFile, bundle[0]!);
+      trustCa(bundle[0]!);
+      for (const node of nodes) {
+        expect(await libpqLogin(node, secrets, oldCaFile)).toBe("ok");
+        expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
+      }
+      const listed = (await run("node", [BIN, "certificates", "list"], { env: cliEnvFor(cluster.config) })).stdout;
+      expect(listed).toMatch(/CA rotation under way since/);
+      expect(listed.match(/CA \((signs|trusted)\)/g)).toEqual(["CA (signs)", "CA (trusted)"]);
+
+      const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) });
+      expect(finished.stdout).toContain("CA rotation finished");
+      expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toEqual([bundle[0]]);
+      for (const node of nodes) {
+        expect(await libpqLogin(node, secrets, oldCaFile)).toMatch(/certificate verify failed/);
+        expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
+        // Relevo's own clients trust the new CA alone now, without a restart.
+        const superuser = {
+          user: "postgres",
+          password: secrets.superuserPassword,
+          database: "postgres",
+          trustedCa: cluster.service.trustedCa,
+        };
+        expect(
+          await withNodeClient(node, superuser, 5000, async (client) => (await client.query<{ one: number }>("SELECT 1 AS one")).rows),
+        ).toEqual([{ one: 1 }]);
+      }
+      expect(cluster.service.trustedCa.pem).toBe(bundle[0]);
+      // Replication never broke: the same WAL receiver streams, no postmaster restarted, and a new row reaches the replica.
+      expect(await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver")).toEqual(receiverBefore);
+      expect(await Promise.all(nodes.map((node) => postmasterStart(node, secrets)))).toEqual(startedBefore);
+      await sqlOn(primary(), secrets, "INSERT INTO rotation_ledger (note) VALUES ('after the CA rotation')");
+      await eventually(async () =>
+        (await sqlOn(replica(), secrets, "SELECT 1 FROM rotation_ledger WHERE note = 'after the CA rotation'")).length > 0
+          ? true
+          : undefined,
+      );
+      await expect(run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) })).rejects.toMatchObject({
+        stderr: expect.stringContaining("PRECONDITION_FAILED"),
+      });
+    });
 
   // Last: it takes the cluster apart (node2 is left fenced). The decision is the driver's neither way: one driver is enough
   // (registered on the local driver only, not skipped on the other).

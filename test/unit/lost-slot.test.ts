@@ -1,3 +1,4 @@
+import { fixedTrust } from "../../src/postgres/connection";
 import type { BackupManifest } from "../../src/backup/manifest";
 import {
   buildSnapshot,
@@ -206,7 +207,7 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
         { name: "node1", host: "127.0.0.1", port: closed },
         { name: "node2", host: "127.0.0.1", port: closed },
       ],
-      superuser: { user: "postgres", password: "unused", database: "postgres", trustedCa: "" },
+      superuser: { user: "postgres", password: "unused", database: "postgres", trustedCa: fixedTrust("") },
       nodeTimeoutMs: 2000,
       operations: { reseed: (name: string) => Promise.resolve(void reseeded.push(name)) } as unknown as FailoverOperations,
       events: { emit: (event: { kind: string }) => Promise.resolve(void emitted.push(event.kind)) } as unknown as EventLog,

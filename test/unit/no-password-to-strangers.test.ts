@@ -1,3 +1,4 @@
+import { fixedTrust } from "../../src/postgres/connection";
 import { expect } from "@jest/globals";
 import { chown, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
@@ -44,7 +45,7 @@ beforeAll(async () => {
   ca = await CertificateAuthority.load(loadConfig({}, { home }));
   const issued = await ca.issueServerCertificate({ commonName: "node2", addresses: ["127.0.0.1"] });
   strangerTls = { cert: issued.certificatePem, key: issued.keyPem };
-  superuser = { user: "postgres", password: PASSWORD, database: "postgres", trustedCa: ca.certificatePem };
+  superuser = { user: "postgres", password: PASSWORD, database: "postgres", trustedCa: fixedTrust(ca.certificatePem) };
   await rm(home, { recursive: true, force: true });
 });
 

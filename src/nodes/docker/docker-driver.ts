@@ -14,6 +14,7 @@ import type {
   NodeDriver,
   NodeProcessState,
   NodeRef,
+  NodeTlsFiles,
   NodeTlsPaths,
   SmallFileRead,
   StopMode,
@@ -26,7 +27,7 @@ import { runContainerCommand } from "./docker-exec";
 import { removeCommand } from "./file-commands";
 import { NodeContainers, type DockerDriverOptions } from "./node-containers";
 import { signalContainer, waitStopped, waitUntilReady } from "./container-lifecycle";
-import { containerTlsPaths } from "./tls-files";
+import { containerTlsPaths, TLS_DIRECTORY, tlsFilesFromArchive } from "./tls-files";
 import { libpqTlsEnvironment } from "../../postgres/tls-settings";
 
 export type { DockerDriverOptions, RepositoryMount } from "./node-containers";
@@ -100,6 +101,46 @@ export class DockerDriver implements NodeDriver {
 
   tlsPaths(): NodeTlsPaths {
     return containerTlsPaths();
+  }
+
+  async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {
+    const previous = await this.readTls(node);
+    const installed = await this.issueTls(node);
+    await this.installTls(node, installed);
+    return { previous, installed };
+  }
+
+  /** A new certificate for the node and the CA certificates as they are now. */
+  private async issueTls(node: NodeRef): Promise<NodeTlsFiles> {
+    const issued = await this.options.tls.serverCertificate(node);
+    return { certificatePem: issued.certificatePem, keyPem: issued.keyPem, caPem: this.options.tls.caPem };
+  }
+
+  /**
+   * Into the node's container (a node without one gets its files when it
+   * is made and started), and the CA certificates into its tools
+   * container if it has one: its pg_basebackup and pg_rewind trust what
+   * the servers now present.
+   */
+  async installTls(node: NodeRef, files: NodeTlsFiles): Promise<void> {
+    const info = await this.containers.find(node, "node");
+    if (info) await this.containers.putTlsFiles(node, this.docker.getContainer(info.Id), files, files.caPem);
+    const tools = await this.containers.find(node, "tools");
+    if (tools) await this.containers.putTlsFiles(node, this.docker.getContainer(tools.Id), null, files.caPem);
+  }
+
+  /** The node container's TLS files, read through the engine's archive API; null without a container or the files. */
+  private async readTls(node: NodeRef): Promise<NodeTlsFiles | null> {
+    const info = await this.containers.find(node, "node");
+    if (!info) return null;
+    const container = this.docker.getContainer(info.Id);
+    const archive = await this.containers.engine(`read the TLS files of node ${node.name}`, () =>
+      // 404: a container made before TLS, or never started: no files yet.
+      container
+        .getArchive({ path: TLS_DIRECTORY })
+        .catch((error: unknown) => (isStatus(error, 404) ? null : Promise.reject(error as Error))),
+    );
+    return archive === null ? null : tlsFilesFromArchive(archive);
   }
 
   nodeDirectory(node: NodeRef): string | null {
@@ -250,7 +291,7 @@ export class DockerDriver implements NodeDriver {
     }
     const info = await this.containers.locked(node, () => this.containers.ensureNodeContainer(node));
     const container = this.docker.getContainer(info.Id);
-    await this.containers.putTlsFiles(node, container, await this.options.tls.serverCertificate(node));
+    await this.installTls(node, await this.issueTls(node));
     await this.containers.engine(`start container ${info.Name}`, async () => {
       try {
         await container.start();

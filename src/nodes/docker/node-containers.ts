@@ -332,9 +332,18 @@ export class NodeContainers {
     return container;
   }
 
-  /** The node's TLS files (the CA alone without `server`) put into `container`'s file system, running or not. */
-  async putTlsFiles(node: NodeRef, container: Docker.Container, server: ServerCertificate | null): Promise<void> {
-    const archive = await tlsArchive({ caPem: this.options.tls.caPem, server, owner: (await this.facts()).owner });
+  /**
+   * The node's TLS files (the CA certificates alone without `server`) put
+   * into `container`'s file system, running or not; `caPem`: the CA
+   * certificates as the source has them now, unless given.
+   */
+  async putTlsFiles(
+    node: NodeRef,
+    container: Docker.Container,
+    server: ServerCertificate | null,
+    caPem: string = this.options.tls.caPem,
+  ): Promise<void> {
+    const archive = await tlsArchive({ caPem, server, owner: (await this.facts()).owner });
     await this.engine(`put the TLS files of node ${node.name} into its container`, () =>
       container.putArchive(archive, { path: path.posix.dirname(TLS_DIRECTORY) }),
     );

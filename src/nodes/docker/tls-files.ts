@@ -1,6 +1,6 @@
 import path from "node:path";
-import { pack } from "tar-stream";
-import type { NodeTlsPaths, ServerCertificate } from "../node-driver";
+import { extract, pack } from "tar-stream";
+import type { NodeTlsFiles, NodeTlsPaths, ServerCertificate } from "../node-driver";
 import type { OsIdentity } from "../os-user";
 import { PGDATA } from "./container-spec";
 
@@ -46,4 +46,25 @@ export async function tlsArchive(options: { caPem: string; server: ServerCertifi
   const chunks: Buffer[] = [];
   for await (const chunk of archive) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
+}
+
+/**
+ * The node's TLS files from the archive of TLS_DIRECTORY the engine
+ * returns (its entries named `relevo-tls/…`); null without a certificate
+ * and a key.
+ */
+export async function tlsFilesFromArchive(archive: NodeJS.ReadableStream): Promise<NodeTlsFiles | null> {
+  const files = new Map<string, string>();
+  const reader = extract();
+  archive.pipe(reader);
+  for await (const entry of reader) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of entry) chunks.push(chunk as Buffer);
+    if (entry.header.type === "file") files.set(path.posix.basename(entry.header.name), Buffer.concat(chunks).toString("utf8"));
+  }
+  const paths = containerTlsPaths();
+  const certificatePem = files.get(path.posix.basename(paths.certificate));
+  const keyPem = files.get(path.posix.basename(paths.key));
+  if (certificatePem === undefined || keyPem === undefined) return null;
+  return { certificatePem, keyPem, caPem: files.get(path.posix.basename(paths.ca)) ?? "" };
 }

@@ -11,6 +11,7 @@ import type {
   NodeDriver,
   NodeProcessState,
   NodeRef,
+  NodeTlsFiles,
   NodeTlsPaths,
   NodeTlsSource,
   SmallFileRead,
@@ -134,25 +135,45 @@ export class LocalDriver implements NodeDriver {
     };
   }
 
+  async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {
+    const previous = await this.readTls(node);
+    const installed = await this.issueTls(node);
+    await this.installTls(node, installed);
+    return { previous, installed };
+  }
+
   /**
    * The node's TLS files, written as root into `<node>/tls/` (0700, the
    * PostgreSQL user's) the way every file of the folder is: through no
    * link, owned by that user, atomically and durably. The key 0600:
    * PostgreSQL refuses a key others can read.
    */
-  private async writeTls(node: NodeRef): Promise<void> {
-    const issued = await this.options.tls.serverCertificate(node);
-    await this.writeTrust(node);
-    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.certificate]), issued.certificatePem, {
+  async installTls(node: NodeRef, files: NodeTlsFiles): Promise<void> {
+    await this.writeTrust(node, files.caPem);
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.certificate]), files.certificatePem, {
       mode: 0o644,
       identity: this.identity,
     });
-    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.key]), issued.keyPem, { mode: 0o600, identity: this.identity });
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.key]), files.keyPem, { mode: 0o600, identity: this.identity });
   }
 
-  /** The CA's certificate alone: what the tools `exec` runs verify servers with. */
-  private async writeTrust(node: NodeRef): Promise<void> {
-    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.ca]), this.options.tls.caPem, {
+  /** A new certificate for the node and the CA certificates as they are now. */
+  private async issueTls(node: NodeRef): Promise<NodeTlsFiles> {
+    const issued = await this.options.tls.serverCertificate(node);
+    return { certificatePem: issued.certificatePem, keyPem: issued.keyPem, caPem: this.options.tls.caPem };
+  }
+
+  private async readTls(node: NodeRef): Promise<NodeTlsFiles | null> {
+    const read = async (file: string): Promise<string | null> =>
+      (await readOptionalFile(this.inFolder(node, [TLS_DIRECTORY, file])))?.toString("utf8") ?? null;
+    const [certificatePem, keyPem, caPem] = await Promise.all([read(TLS_FILES.certificate), read(TLS_FILES.key), read(TLS_FILES.ca)]);
+    if (certificatePem === null || keyPem === null) return null;
+    return { certificatePem, keyPem, caPem: caPem ?? this.options.tls.caPem };
+  }
+
+  /** The CA's certificates alone: what the tools `exec` runs verify servers with. */
+  private async writeTrust(node: NodeRef, caPem: string = this.options.tls.caPem): Promise<void> {
+    await writeFileAtomic(this.inFolder(node, [TLS_DIRECTORY, TLS_FILES.ca]), caPem, {
       mode: 0o644,
       identity: this.identity,
     });
@@ -238,7 +259,7 @@ export class LocalDriver implements NodeDriver {
     if (state.phase === "absent") {
       throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} has no data directory; it must be created first`);
     }
-    await this.writeTls(node);
+    await this.installTls(node, await this.issueTls(node));
     try {
       await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
         timeoutMs: options.timeoutMs + 5000,

@@ -1,0 +1,122 @@
+import type { RelevoConfig } from "../config/config";
+import { loadMembers } from "../cluster/membership";
+import { ErrorCode, RelevoError } from "../errors";
+import { readTrustedCa } from "../tls/certificate-authority";
+import { certificateFacts, nodeHolder, readIssued, type CertificateFacts, type IssuedRecord } from "../tls/issued-certificates";
+import { readCaRotation } from "../tls/own-ca-files";
+import { splitCertificates } from "../tls/pem-bundle";
+import { callApi } from "./api-client";
+import type { Output } from "./commands";
+
+const REPORT_FIELDS = "ca renewals { holder phase serial previousSerial reason } awaitingNewCa";
+
+interface RenewalRow {
+  holder: string;
+  phase: "RENEWED" | "PENDING" | "REFUSED" | "FAILED";
+  serial: string | null;
+  previousSerial: string | null;
+  reason: string | null;
+}
+
+export interface ReportRow {
+  ca: "KEPT" | "BEGUN" | "FINISHED";
+  renewals: RenewalRow[];
+  awaitingNewCa: string[] | null;
+}
+
+/** The report's lines: one per holder, then the CA rotation's state. Pure. */
+export function describeReport(report: ReportRow): string[] {
+  const lines = report.renewals.map((row) => {
+    switch (row.phase) {
+      case "RENEWED":
+        return `${row.holder}: renewed, serves ${row.serial ?? "?"}${row.previousSerial ? ` (was ${row.previousSerial})` : ""}`;
+      case "PENDING":
+        return `${row.holder}: ${row.reason ?? "pending"}`;
+      case "REFUSED":
+        return `${row.holder}: REFUSED: ${row.reason ?? ""}; still serves ${row.serial ?? "its previous certificate"}`;
+      case "FAILED":
+        return `${row.holder}: FAILED: ${row.reason ?? ""}`;
+    }
+  });
+  if (report.ca === "BEGUN")
+    lines.push("a new CA signs; the old one stays trusted beside it until `relevo certificates finish-ca-rotation`");
+  if (report.ca === "FINISHED") lines.push("CA rotation finished: the old CA is trusted no more");
+  if (report.awaitingNewCa !== null) {
+    lines.push(
+      report.awaitingNewCa.length === 0
+        ? "every member holds a certificate of the new CA: `relevo certificates finish-ca-rotation` may drop the old one"
+        : `not yet on the new CA: ${report.awaitingNewCa.join(", ")} (a stopped member gets its certificate when it starts)`,
+    );
+  }
+  return lines;
+}
+
+/** Prints the report; a holder that refused or failed its renewal makes the command fail (after every line is out). */
+export function printRotationReport(row: ReportRow, output: Output): void {
+  for (const line of describeReport(row)) output.out(line);
+  const refused = row.renewals.filter((renewal) => renewal.phase === "REFUSED").map((renewal) => renewal.holder);
+  const failed = row.renewals.filter((renewal) => renewal.phase === "FAILED").map((renewal) => renewal.holder);
+  if (refused.length > 0) {
+    throw new RelevoError(
+      ErrorCode.TlsReloadRefused,
+      `${refused.join(", ")} refused the new certificate and still serve the previous one: see the node's PostgreSQL log`,
+    );
+  }
+  if (failed.length > 0) throw new RelevoError(ErrorCode.CommandFailed, `${failed.join(", ")} not renewed: see above`);
+}
+
+/** `relevo certificates rotate [--ca]`: through the running service, which reloads the nodes and its own clients' trust. */
+export async function certificatesRotateCommand(config: RelevoConfig, options: { ca: boolean }, output: Output): Promise<void> {
+  const { rotateCertificates } = await callApi<{ rotateCertificates: ReportRow }>(
+    config,
+    `mutation($ca: Boolean!) { rotateCertificates(ca: $ca) { ${REPORT_FIELDS} } }`,
+    { ca: options.ca },
+  );
+  printRotationReport(rotateCertificates, output);
+}
+
+export async function certificatesFinishCaRotationCommand(config: RelevoConfig, output: Output): Promise<void> {
+  const { finishCaRotation } = await callApi<{ finishCaRotation: ReportRow }>(config, `mutation { finishCaRotation { ${REPORT_FIELDS} } }`);
+  printRotationReport(finishCaRotation, output);
+}
+
+export interface CertificateListing {
+  readonly caFile: string;
+  /** The trust bundle's certificates: the first signs; during a CA rotation the old one follows. */
+  readonly authorities: readonly (CertificateFacts & { readonly role: "signs" | "trusted" })[];
+  readonly caRotationSince: string | null;
+  /** What the members were last issued (null: nothing recorded yet, e.g. never started since TLS). */
+  readonly members: readonly { readonly name: string; readonly certificate: IssuedRecord | null }[];
+}
+
+/** `relevo certificates list`: from the data home, the service running or not. */
+export async function certificatesListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
+  const trust = await readTrustedCa(config);
+  const records = new Map((await readIssued(config.home)).map((record) => [record.holder, record]));
+  const listing: CertificateListing = {
+    caFile: trust.file,
+    authorities: splitCertificates(trust.pem).map((pem, index) => ({ ...certificateFacts(pem), role: index === 0 ? "signs" : "trusted" })),
+    caRotationSince: (await readCaRotation(config.home))?.startedAt ?? null,
+    members: (await loadMembers(config)).map((node) => ({ name: node.name, certificate: records.get(nodeHolder(node.name)) ?? null })),
+  };
+  if (options.json) output.out(JSON.stringify(listing, null, 2));
+  else for (const line of formatListing(listing)) output.out(line);
+}
+
+/** Pure. */
+export function formatListing(listing: CertificateListing): string[] {
+  const lines = [`CA file ${listing.caFile}${listing.caRotationSince ? ` (CA rotation under way since ${listing.caRotationSince})` : ""}`];
+  for (const ca of listing.authorities) {
+    lines.push(`  CA ${ca.role === "signs" ? "(signs)" : "(trusted)"} ${ca.subject}  serial ${ca.serial}  notAfter ${ca.notAfter}`);
+  }
+  for (const member of listing.members) {
+    const certificate = member.certificate;
+    lines.push(
+      certificate === null
+        ? `${nodeHolder(member.name)}  no certificate recorded (issued at its next start)`
+        : `${certificate.holder}  ${certificate.subject}  SANs ${certificate.subjectAltNames.join(", ")}  serial ${certificate.serial}  ` +
+            `notAfter ${certificate.notAfter}  issuer ${certificate.issuer}`,
+    );
+  }
+  return lines;
+}

@@ -1,0 +1,159 @@
+import type { RelevoConfig } from "../config/config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { Credentials } from "../postgres/connection";
+import { beginCaRotation, finishCaRotation } from "../tls/ca-rotation";
+import { describeOutcome, renewAll, type CertificateHolder, type RenewalOutcome } from "../tls/certificate-holder";
+import { certificateFacts, expiresSoon, nodeHolder, readIssued, type IssuedRecord } from "../tls/issued-certificates";
+import type { LiveAuthority } from "../tls/live-authority";
+import { readCaRotation } from "../tls/own-ca-files";
+import { nodeCertificateHolder } from "./node-certificate";
+
+export interface CertificateRotationDeps {
+  readonly config: Pick<RelevoConfig, "home" | "clusterName" | "tlsCaFile" | "tlsCaKeyFile" | "nodeTimeoutMs">;
+  readonly ca: LiveAuthority;
+  readonly driver: NodeDriver;
+  /** The members, as membership keeps them (changed in place). */
+  readonly nodes: readonly NodeRef[];
+  readonly superuser: Credentials;
+  readonly events: EventLog;
+  readonly logger: Logger;
+}
+
+export type CaStep = "kept" | "begun" | "finished";
+
+export interface RotationReport {
+  readonly ca: CaStep;
+  readonly outcomes: readonly RenewalOutcome[];
+  /** While a CA rotation is under way: the members not yet holding a certificate of the new CA (it cannot be finished before). */
+  readonly awaiting: readonly string[] | null;
+}
+
+/**
+ * `relevo certificates rotate` in the service: every holder of a
+ * certificate re-issued from the CA as its files say now and reloaded, one
+ * at a time; a CA rotation begun (`ca`) or finished on the way. One
+ * rotation at a time in this service.
+ */
+export class CertificateRotation {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly deps: CertificateRotationDeps) {}
+
+  /** Every certificate re-issued and reloaded; with `ca`, under a new CA first (see beginCaRotation). */
+  rotate(options: { readonly ca: boolean }): Promise<RotationReport> {
+    return this.serially(async () => {
+      if (options.ca) await beginCaRotation(this.deps.config);
+      // Re-read in any case: the operator may have replaced RELEVO_TLS_CA_FILE's files, or begun a CA rotation.
+      await this.deps.ca.reload();
+      return this.renewEverything(options.ca ? "begun" : "kept");
+    });
+  }
+
+  /**
+   * Drops the old CA from every bundle once every member holds a
+   * certificate of the new one (running members are renewed first);
+   * PRECONDITION_FAILED naming those that do not (a stopped member gets
+   * one at its next start).
+   */
+  finishCaRotation(): Promise<RotationReport> {
+    return this.serially(async () => {
+      await this.deps.ca.reload();
+      const before = await this.renewAll();
+      const awaiting = await this.awaitingNewCa();
+      if (awaiting.length > 0) {
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `the old CA stays trusted until every member holds a certificate of the new one; not yet: ${awaiting.join(", ")} ` +
+            `(a stopped member gets one when it starts; a refused or failed renewal is retried by \`relevo certificates rotate\`)`,
+          { details: { awaiting, outcomes: before.map(describeOutcome) } },
+        );
+      }
+      await finishCaRotation(this.deps.config);
+      await this.deps.ca.reload();
+      // Again: the servers stop sending the new CA certified by the old, and their trust files lose the old CA.
+      return this.renewEverything("finished");
+    });
+  }
+
+  /**
+   * The expiry check (at start and every few hours): a CA within
+   * EXPIRY_WARNING_DAYS of its end is reported; a member's certificate is
+   * renewed (running) or left to its next start, and reported either way.
+   */
+  async checkExpiry(now: Date = new Date()): Promise<void> {
+    const authority = this.deps.ca.authority;
+    if (expiresSoon(authority.notAfter, now)) {
+      await this.expiring({
+        holder: "ca",
+        serial: certificateFacts(authority.signerPem).serial,
+        notAfter: authority.notAfter.toISOString(),
+        action: "reported",
+      });
+    }
+    const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
+    for (const node of this.deps.nodes) {
+      const record = records.get(nodeHolder(node.name));
+      if (!record || !expiresSoon(record.notAfter, now)) continue;
+      const [outcome] = await this.serially(() => renewAll([this.holderOf(node)]));
+      const action = outcome?.phase === "renewed" ? "renewed" : outcome?.phase === "pending" ? "at-next-start" : "renewal-failed";
+      await this.expiring({ holder: record.holder, serial: record.serial, notAfter: record.notAfter, action });
+    }
+  }
+
+  private async expiring(data: {
+    holder: string;
+    serial: string;
+    notAfter: string;
+    action: "renewed" | "renewal-failed" | "at-next-start" | "reported";
+  }): Promise<void> {
+    await this.deps.events.emit({
+      kind: "tls:expiring",
+      severity: data.action === "renewed" ? "info" : "warning",
+      node: data.holder.startsWith("node:") ? data.holder.slice("node:".length) : null,
+      message: `the certificate of ${data.holder} (${data.serial}) expires at ${data.notAfter}: ${data.action}`,
+      data,
+    });
+  }
+
+  private holderOf(node: NodeRef): CertificateHolder {
+    const { driver, superuser, config } = this.deps;
+    return nodeCertificateHolder({ driver, superuser, timeoutMs: config.nodeTimeoutMs, home: config.home }, node);
+  }
+
+  private renewAll(): Promise<RenewalOutcome[]> {
+    return renewAll(this.deps.nodes.map((node) => this.holderOf(node)));
+  }
+
+  private async renewEverything(ca: CaStep): Promise<RotationReport> {
+    const outcomes = await this.renewAll();
+    const awaiting = (await readCaRotation(this.deps.config.home)) === null ? null : await this.awaitingNewCa();
+    const names = (phase: RenewalOutcome["phase"]): string[] =>
+      outcomes.filter((outcome) => outcome.phase === phase).map((outcome) => outcome.holder);
+    const troubled = names("refused").length + names("failed").length > 0;
+    for (const outcome of outcomes) this.deps.logger.info({ outcome }, describeOutcome(outcome));
+    await this.deps.events.emit({
+      kind: "tls:rotated",
+      severity: troubled ? "warning" : "info",
+      node: null,
+      message: `certificates rotated (CA ${ca}): ${outcomes.map(describeOutcome).join("; ")}`,
+      data: { ca, renewed: names("renewed"), pending: names("pending"), refused: names("refused"), failed: names("failed") },
+    });
+    return { ca, outcomes, awaiting };
+  }
+
+  /** Members whose recorded certificate is not the current CA's. */
+  private async awaitingNewCa(): Promise<string[]> {
+    const signer = certificateFacts(this.deps.ca.authority.signerPem).subject;
+    const records = new Map<string, IssuedRecord>((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
+    return this.deps.nodes.map((node) => nodeHolder(node.name)).filter((holder) => records.get(holder)?.issuer !== signer);
+  }
+
+  private serially<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.queue.catch(() => undefined).then(work);
+    this.queue = next;
+    return next;
+  }
+}

@@ -1,0 +1,35 @@
+import type { TrustAnchors } from "../postgres/connection";
+import { CertificateAuthority, type CaSettings } from "./certificate-authority";
+
+/**
+ * The CA a running service issues and trusts with, re-read when a rotation
+ * changed its files. Everything that connects to a node reads `trust` at
+ * each new connection (a TLS session already open stays as it is), and the
+ * drivers' certificate source reads `authority` at each issue, so a
+ * rotation reaches them without a restart.
+ */
+export class LiveAuthority {
+  readonly trust: TrustAnchors;
+
+  constructor(
+    private current: CertificateAuthority,
+    private readonly settings: CaSettings,
+  ) {
+    const live = (): CertificateAuthority => this.current;
+    this.trust = {
+      get pem(): string {
+        return live().certificatePem;
+      },
+    };
+  }
+
+  get authority(): CertificateAuthority {
+    return this.current;
+  }
+
+  /** Reads the CA's files again (a rotation changed them, or the operator replaced RELEVO_TLS_CA_FILE's). */
+  async reload(): Promise<CertificateAuthority> {
+    this.current = await CertificateAuthority.load(this.settings);
+    return this.current;
+  }
+}
