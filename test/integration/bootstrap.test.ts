@@ -1,3 +1,5 @@
+import type { ClusterEvent } from "../../src/events/event-map";
+import { LEAF_VALIDITY_DAYS } from "../../src/tls/certificate-requests";
 import { X509Certificate } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -217,7 +219,8 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const serialsBefore = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
     await sqlOn(primary(), secrets, "CREATE TABLE rotation_ledger (id bigserial PRIMARY KEY, note text, pad text)");
     const writer = startWriter(primary(), secrets.superuserPassword, "rotation_ledger");
-    const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) });
+    // The writer stops whatever the rotation's fate: a failed test leaves no client behind.
+    const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) }).finally(() => writer.stop());
     const written = await writer.stop();
     expect(written).toBeGreaterThan(0);
     expect(rotated.stdout).toMatch(/node:node1: renewed, serves [0-9A-F]+ \(was [0-9A-F]+\)/);
@@ -281,6 +284,22 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     } finally {
       await faultyDriver.close();
     }
+  });
+
+  test("a member's certificate within 30 days of its end is renewed in place and reported (tls:expiring); a far CA is not", async () => {
+    const { secrets } = cluster.service;
+    const nodes = [primary(), replica()];
+    const before = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
+    // As if the service had run 355 days since the nodes' certificates (a year each) were issued.
+    await cluster.service.certificates.checkExpiry(new Date(Date.now() + (LEAF_VALIDITY_DAYS - 10) * 86_400_000));
+    const after = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
+    expect(after[0]).not.toBe(before[0]);
+    expect(after[1]).not.toBe(before[1]);
+    const events = (await cluster.service.events.page({ first: 50, kinds: ["tls:expiring"] })).events as ClusterEvent<"tls:expiring">[];
+    expect(events.map((event) => [event.data.holder, event.data.serial, event.data.action]).sort()).toEqual([
+      ["node:node1", before[0], "renewed"],
+      ["node:node2", before[1], "renewed"],
+    ]);
   });
 
   // The CA is the same whatever the driver: one driver is enough (registered on the local driver only, not skipped on the other).
