@@ -230,7 +230,8 @@ export async function restoreClusterCommand(
     // The API port proves only that no instance runs here: one elsewhere on the same Redis holds its leases.
     await refuseWhileInstanceLive(redis, keys, { force: options.force ?? false });
     const ca = await CertificateAuthority.load(config);
-    return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca) }), async (driver) => {
+    // The members made again: what each is issued is recorded, as the service's starts record it.
+    return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) }), async (driver) => {
       const repository = new Repository(config.repository, await driver.fileOwner());
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);

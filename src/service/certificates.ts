@@ -11,7 +11,8 @@ const EXPIRY_CHECK_INTERVAL_MS = 12 * 60 * 60 * 1000;
 
 /**
  * Certificate rotation (the API's rotateCertificates) and the expiry check:
- * once now, then every EXPIRY_CHECK_INTERVAL_MS.
+ * once now, then every EXPIRY_CHECK_INTERVAL_MS; and the CA's files
+ * followed every topology poll interval.
  */
 export async function startCertificates(
   options: StartContext & {
@@ -30,5 +31,14 @@ export async function startCertificates(
   const timer = setInterval(() => void check(), EXPIRY_CHECK_INTERVAL_MS);
   timer.unref();
   cleanups.push(() => clearInterval(timer));
+  // Another instance on this data home may rotate the CA: its trust file is followed, as members.json is.
+  const follow = setInterval(() => {
+    ca.reloadIfChanged().then(
+      (reloaded) => reloaded && logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded"),
+      (error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"),
+    );
+  }, config.topologyPollIntervalMs);
+  follow.unref();
+  cleanups.push(() => clearInterval(follow));
   return rotation;
 }

@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import type { TrustAnchors } from "../postgres/connection";
 import { CertificateAuthority, type CaSettings } from "./certificate-authority";
 
@@ -31,5 +32,17 @@ export class LiveAuthority {
   async reload(): Promise<CertificateAuthority> {
     this.current = await CertificateAuthority.load(this.settings);
     return this.current;
+  }
+
+  /**
+   * Reloads when the trust file changed: another instance on this data
+   * home began or finished a CA rotation (both rewrite ca.crt). True when
+   * it reloaded.
+   */
+  async reloadIfChanged(): Promise<boolean> {
+    const text = await readFile(this.current.certificateFile, "utf8").catch(() => null);
+    if (text === null || text === this.current.certificatePem) return false;
+    await this.reload();
+    return true;
   }
 }

@@ -9,6 +9,7 @@ import { ErrorCode } from "../../src/errors";
 import { beginCaRotation, finishCaRotation } from "../../src/tls/ca-rotation";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { createCa } from "../../src/tls/certificate-issuer";
+import { LiveAuthority } from "../../src/tls/live-authority";
 import {
   certificateFacts,
   expiresSoon,
@@ -80,6 +81,22 @@ describe("CA rotation of Relevo's own CA", () => {
       /unable to (verify the first certificate|get local issuer certificate)/,
     );
     await expect(finishCaRotation(settings())).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
+  });
+
+  test("a running service's trust follows a rotation another instance made (reloadIfChanged)", async () => {
+    const live = new LiveAuthority(await CertificateAuthority.load(settings()), settings());
+    const trust = live.trust;
+    const before = trust.pem;
+    expect(await live.reloadIfChanged()).toBe(false);
+    await beginCaRotation(settings());
+    expect(await live.reloadIfChanged()).toBe(true);
+    expect(trust.pem).not.toBe(before);
+    expect(splitCertificates(trust.pem)).toHaveLength(2);
+    expect(live.authority.chainPem).not.toBe("");
+    await finishCaRotation(settings());
+    expect(await live.reloadIfChanged()).toBe(true);
+    expect(splitCertificates(trust.pem)).toEqual([live.authority.signerPem]);
+    expect(live.authority.chainPem).toBe("");
   });
 
   test("a crash between the rotation's record and its renames is completed at the next load; one before the record is undone", async () => {
