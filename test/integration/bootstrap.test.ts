@@ -225,6 +225,9 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     expect(written).toBeGreaterThan(0);
     expect(rotated.stdout).toMatch(/node:node1: renewed, serves [0-9A-F]+ \(was [0-9A-F]+\)/);
     expect(rotated.stdout).toMatch(/node:node2: renewed/);
+    // Through the API, audited like every mutation.
+    const audited = (await cluster.service.events.page({ first: 20, kinds: ["api:mutation"] })).events as ClusterEvent<"api:mutation">[];
+    expect(audited.some((event) => event.data.fields.includes("rotateCertificates"))).toBe(true);
 
     const serialsAfter = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
     for (const [index, serial] of serialsAfter.entries()) {
@@ -357,6 +360,30 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       );
       await expect(run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) })).rejects.toMatchObject({
         stderr: expect.stringContaining("PRECONDITION_FAILED"),
+      });
+    });
+
+  if (driver === "local")
+    test("a CA rotation is not finished while a stopped member holds the old CA's certificate; its start re-issues it", async () => {
+      const { secrets } = cluster.service;
+      await cluster.service.driver.stop(replica(), { mode: "fast", timeoutMs: 60_000 });
+      const begun = await run("node", [BIN, "certificates", "rotate", "--ca"], { env: cliEnvFor(cluster.config) });
+      expect(begun.stdout).toMatch(/node:node2: stopped: gets a certificate of the current CA at its next start/);
+      expect(begun.stdout).toMatch(/not yet on the new CA: node:node2/);
+      trustCa(splitCertificates(await readFile(cluster.service.caFile, "utf8"))[0]!);
+      const refused = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) }).then(
+        () => "finished",
+        (error: Error & { stderr: string }) => error.stderr,
+      );
+      expect(refused).toMatch(/PRECONDITION_FAILED.*not yet: node:node2/);
+      // Still the bundle: nothing was dropped.
+      expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toHaveLength(2);
+      await cluster.service.driver.start(replica(), { timeoutMs: 60_000 });
+      const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) });
+      expect(finished.stdout).toMatch(/node:node2: renewed/);
+      await eventually(async () => {
+        const receiver = await sqlOn<{ status: string }>(replica(), secrets, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
+        return receiver[0]?.status === "streaming" ? true : undefined;
       });
     });
 
