@@ -252,7 +252,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const { secrets } = cluster.service;
     const ca = await CertificateAuthority.load(cluster.config);
     const good = nodeTlsSource(ca);
-    // A certificate with another certificate's key: PostgreSQL logs "private key file does not match" and keeps its context.
+    // A certificate with another certificate's key: PostgreSQL logs "check of private key failed" and keeps its context.
     const mismatched: NodeTlsSource = {
       get caPem() {
         return good.caPem;
