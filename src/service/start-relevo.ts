@@ -83,7 +83,18 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const certificates = await startCertificates({ ...context, ca, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
-    const api = await startApi({ ...context, secrets, ca: ca.authority, redis, nodes, collector, backups, scheduler, failover, certificates });
+    const api = await startApi({
+      ...context,
+      secrets,
+      ca: ca.authority,
+      redis,
+      nodes,
+      collector,
+      backups,
+      scheduler,
+      failover,
+      certificates,
+    });
     await announceStarted({ events: redis.events, driver });
 
     return runningService({
