@@ -112,7 +112,7 @@ export async function runFailover(context: OperationContext, operation: RunningO
       }
       // The stopped old primary's new timeline is checked against the archive as it was before this promotion.
       const prepared = operation.entry.facts.preparedOldPrimary === target.name;
-      const archivedBefore = prepared ? await archivedNames(context.deps.archiveWalDir) : [];
+      const archivedBefore = prepared ? await archivedNames(context.deps.archive) : [];
       const promoted = await promote(context, target, operation);
       if (prepared && promoted.promotedNow) await setAsideReusedTimelines(context, { node: target, ...promoted, archivedBefore });
       await operation.record({ stage: "promoted" }, "promoted");

@@ -1,5 +1,3 @@
-import { mkdir, readdir, readFile, rename } from "node:fs/promises";
-import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Logger } from "../log";
@@ -9,6 +7,7 @@ import { editStoppedNodeConf, STANDBY_SIGNAL } from "../postgres/replication-con
 import { filesOfTimelinesFrom, historiesToCopy, timelineAfterPromotion } from "../postgres/timelines";
 import { readEndOfWal } from "../postgres/wal-end";
 import { historyFileName } from "../postgres/wal-names";
+import { divergedFolder, type WalArchive } from "../storage/wal-archive";
 import type { StoppedOldPrimary } from "./candidate";
 import type { OperationContext } from "./operation-context";
 import { leftAsStoppedOldPrimary, takeoverPreparedReason } from "./switchover-rules";
@@ -96,10 +95,7 @@ export async function startToPromote(
     const control = await readControlData(driver, node);
     const timeline = latestCheckpointTimeline(control) ?? 1;
     const walEnd = () => readEndOfWal(driver, node, { timeoutMs: deps.config.nodeTimeoutMs * 10 });
-    await copyNewerHistories(
-      { driver, logger: deps.logger, walEnd, archiveWalDir: deps.archiveWalDir, addArchiveHistory: deps.addArchiveHistory },
-      { node, lost, timeline },
-    );
+    await copyNewerHistories({ driver, logger: deps.logger, walEnd, archive: deps.archive }, { node, lost, timeline });
     await editStoppedNodeConf(driver, node, {
       primary_conninfo: null,
       primary_slot_name: null,
@@ -121,7 +117,7 @@ export async function startToPromote(
  * written in its place, under the number the node would pick otherwise: a
  * switchover's target branched off the old primary's timeline exactly where
  * the old primary's WAL ends (it received all of it, and nothing else).
- * That history is added to the archive too (`addArchiveHistory`): when the
+ * That history is added to the archive too (`archive.addHistory`): when the
  * archive held histories past `timeline` already (the lost primary's own,
  * archived before it was lost, or an abandoned branch's), the one written
  * here takes a number above them, the node is promoted one above that, and
@@ -130,22 +126,22 @@ export async function startToPromote(
  * backup would follow the branch below the hole and miss every commit made
  * since this promotion.
  * `walEnd` reads where `node`'s WAL ends (pg_waldump: read only when
- * needed); `archiveWalDir` is the archive's WAL directory.
+ * needed). The archive's histories are read through its handle: one planted
+ * there as a link is refused, never read (nor copied into `node`'s pg_wal).
  */
 export async function copyNewerHistories(
   io: {
     readonly driver: NodeDriver;
     readonly logger: Logger;
     readonly walEnd: () => Promise<string | null>;
-    readonly archiveWalDir: string;
-    readonly addArchiveHistory: (timeline: number, content: string) => Promise<unknown>;
+    readonly archive: Pick<WalArchive, "names" | "read" | "addHistory">;
   },
   options: { node: NodeRef; lost: NodeRef; timeline: number },
 ): Promise<void> {
-  const { driver, logger, archiveWalDir } = io;
+  const { driver, logger } = io;
   const { node, lost, timeline } = options;
   const lostNode = (await driver.listFiles(lost, "pg_wal").catch(() => [])).map((entry) => entry.path);
-  const archive = await archivedNames(archiveWalDir);
+  const archive = await archivedNames(io.archive);
   const copied: number[] = [];
   let fromLostNode = 0;
   for (const history of historiesToCopy({ own: timeline, lostNode, archive })) {
@@ -153,7 +149,10 @@ export async function copyNewerHistories(
     const content =
       history.from === "lost-node"
         ? await driver.readFile(lost, `pg_wal/${name}`).catch(() => null)
-        : await readFile(path.join(archiveWalDir, name)).catch(() => null);
+        : await io.archive.read(name).catch((error: Error) => {
+            logger.error({ node: node.name, history: name, err: error.message }, "an archived timeline history is unreadable: not copied");
+            return null;
+          });
     if (content === null) continue;
     await driver.writeFile(node, `pg_wal/${name}`, content);
     copied.push(history.timeline);
@@ -168,7 +167,7 @@ export async function copyNewerHistories(
   const content = `${own}${timeline}\t${walEnd}\tpromotion of ${lost.name}\n`;
   // Not added (the repository unwritable): the node is promoted all the same — a cluster without a primary is
   // worse — and the archiver's own failures are reported; the hole is named here.
-  const archived = await io.addArchiveHistory(presumed, content).catch((error: Error) => error);
+  const archived = await io.archive.addHistory(presumed, content).catch((error: Error) => error);
   if (archived instanceof Error)
     logger.error(
       { node: node.name, timeline: presumed, err: archived.message },
@@ -178,8 +177,8 @@ export async function copyNewerHistories(
 }
 
 /** The archive's file names (none when it cannot be read). */
-export async function archivedNames(archiveWalDir: string): Promise<string[]> {
-  return readdir(archiveWalDir).catch(() => [] as string[]);
+export async function archivedNames(archive: Pick<WalArchive, "names">): Promise<string[]> {
+  return archive.names().catch(() => [] as string[]);
 }
 
 /**
@@ -203,13 +202,8 @@ export async function setAsideReusedTimelines(
   if (timeline === null) return; // promote() saw it writable on no known timeline: nothing to compare
   const files = filesOfTimelinesFrom(options.archivedBefore, timeline);
   if (files.length === 0) return;
-  const setAside = path.join(deps.archiveWalDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
-  await mkdir(setAside, { recursive: true, mode: 0o700 });
-  for (const name of files) {
-    await rename(path.join(deps.archiveWalDir, name), path.join(setAside, name)).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-    });
-  }
+  // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed.
+  const { path: setAside } = await deps.archive.setAside(files, divergedFolder());
   deps.logger.error({ node: node.name, timeline, files: files.length, setAside }, "promoted onto a timeline the archive held: set aside");
   await deps.events.emit({
     kind: "archive:timeline-reused",

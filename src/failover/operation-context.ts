@@ -8,6 +8,7 @@ import type { EventLog } from "../events/event-log";
 import type { EventKind, FailoverRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
+import type { WalArchive } from "../storage/wal-archive";
 import type { Credentials } from "../postgres/connection";
 import { readNodeFacts, type NodeFacts } from "../postgres/node-facts";
 import type { RedisKeys } from "../redis/keys";
@@ -33,13 +34,12 @@ export interface FailoverOperationsDeps {
   readonly events: EventLog;
   readonly logger: Logger;
   /**
-   * The WAL archive's directory (the repository's wal/): the timeline
-   * histories a stopped old primary must know before it is promoted, and the
-   * branches whose number it must not share.
+   * The WAL archive (the repository's wal/, worked in through handles): the
+   * timeline histories a stopped old primary must know before it is
+   * promoted, the one written for it (see WalArchive.addHistory), and the
+   * branches whose number it must not share, set aside.
    */
-  readonly archiveWalDir: string;
-  /** Adds a timeline history to the archive unless it holds that number (see Repository.addWalHistory). */
-  readonly addArchiveHistory: (timeline: number, content: string) => Promise<unknown>;
+  readonly archive: WalArchive;
   /** Everything bootstrap needs to seed a replica again (rejoin's fallback). */
   readonly bootstrap: BootstrapDeps;
   /** Polls the topology now (after a change of primary, so readers see it at once). */

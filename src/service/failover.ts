@@ -46,8 +46,7 @@ export async function startFailover(
     events,
     logger,
     bootstrap: cluster.bootstrap,
-    archiveWalDir: repository.walDir,
-    addArchiveHistory: (timeline, content) => repository.addWalHistory(timeline, content),
+    archive: repository.wal,
     refreshTopology: () => collector.pollNow(),
   });
   const failover = new FailoverService({

@@ -10,9 +10,10 @@ import {
   type BackupManifest,
   type ManifestSummary,
 } from "../backup/manifest";
-import { historyFileName, parseSegmentName } from "../postgres/wal-names";
+import { parseSegmentName } from "../postgres/wal-names";
+import { WalArchive } from "./wal-archive";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
-import { chownNoFollow, createOwnedFile } from "../util/owned-files";
+import { chownNoFollow } from "../util/owned-files";
 import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
 
 /**
@@ -20,7 +21,10 @@ import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file
  *
  *   <root>/wal/                      the WAL archive: segments and .history files,
  *                                    named by PostgreSQL (timeline in the name),
- *                                    owned by the PostgreSQL OS user (restore_command reads it)
+ *                                    owned by the PostgreSQL OS user (pg_receivewal writes it,
+ *                                    restore_command reads it): root works there only
+ *                                    through handles (see WalArchive)
+ *   <root>/wal/diverged/<time>/      WAL off the cluster's history, set aside (root's, 0700)
  *   <root>/wal-summary/<segment>.json   what each archived segment changed (blocks per relation)
  *   <root>/backups/<id>/manifest.json
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
@@ -35,7 +39,10 @@ import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file
  * a backup without a completed manifest is not a backup.
  */
 export class Repository {
+  /** The WAL archive's path (pg_receivewal's -D, restore_command, messages); root works in it through `wal` only. */
   readonly walDir: string;
+  /** The WAL archive as root works in it: never through a link its owner, the PostgreSQL OS user, planted (see WalArchive). */
+  readonly wal: WalArchive;
   readonly backupsDir: string;
   /** One summary per archived segment (see wal-summary): <segment>.json. */
   readonly walSummaryDir: string;
@@ -49,7 +56,8 @@ export class Repository {
     readonly root: string,
     private readonly walOwner: OsIdentity | null,
   ) {
-    this.walDir = path.join(root, "wal");
+    this.wal = new WalArchive(root, walOwner);
+    this.walDir = this.wal.path;
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
     this.locks = new BackupLocks(root);
@@ -59,26 +67,6 @@ export class Repository {
   async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
     for (const id of ids) assertBackupId(id);
     return this.locks.acquire(ids, options);
-  }
-
-  /**
-   * Adds a timeline history file to the archive unless one of that name is
-   * there (an archived history is that timeline's own and is never
-   * replaced), owned like the archiver's files so that a restore_command
-   * running as the PostgreSQL user can read it. For a history written
-   * outside the archiver (see copyNewerHistories): PostgreSQL's search for
-   * the newest timeline stops at the first number it cannot find, so a
-   * history missing from the archive hides every later timeline from a
-   * restore.
-   */
-  async addWalHistory(timeline: number, content: string): Promise<"added" | "present"> {
-    try {
-      await createOwnedFile(path.join(this.walDir, historyFileName(timeline)), content, { mode: 0o600, owner: this.walOwner });
-      return "added";
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "EEXIST") return "present";
-      throw error;
-    }
   }
 
   async ensure(): Promise<void> {
@@ -95,7 +83,9 @@ export class Repository {
    * `<root>/superseded/<label>/` (kept, never read again by Relevo) and
    * starts an empty repository: a new cluster started over in this data home
    * must not mix its WAL and backups with the old cluster's. Returns where
-   * they went.
+   * they went. By name, and safely so: every name used here (superseded/,
+   * wal, wal-summary, backups) is an entry of the repository's root, root's
+   * own, and rename moves `wal` itself, never anything its owner put in it.
    */
   async setAside(label: string): Promise<string> {
     const aside = path.join(this.root, "superseded", label);
@@ -187,16 +177,14 @@ export class Repository {
     for (const part of ["data", "bundles"]) await rm(path.join(this.backupDir(id), part), { recursive: true, force: true });
   }
 
-  /** Complete archived segments with the time each was archived (its mtime). */
+  /** Complete archived segments (regular files: a link is not one) with the time each was archived (its mtime). */
   async archivedSegmentList(): Promise<Array<{ timeline: number; segment: number; archivedAt: string; name: string }>> {
-    const result: Array<{ timeline: number; segment: number; archivedAt: string; name: string }> = [];
-    for (const name of await readdir(this.walDir).catch(() => [] as string[])) {
-      const parsed = parseSegmentName(name);
-      if (!parsed) continue;
-      const info = await stat(path.join(this.walDir, name)).catch(() => null);
-      if (info) result.push({ ...parsed, archivedAt: info.mtime.toISOString(), name });
-    }
-    return result;
+    const names = (await this.wal.names().catch(() => [] as string[])).filter((name) => parseSegmentName(name) !== null);
+    return (await this.wal.files(names)).map((file) => ({
+      ...parseSegmentName(file.name)!,
+      archivedAt: file.modifiedAt.toISOString(),
+      name: file.name,
+    }));
   }
 
   /** Removes archived segments numbered below `segment` (any timeline); never .history files. */
@@ -204,7 +192,7 @@ export class Repository {
     let removed = 0;
     for (const entry of await this.archivedSegmentList()) {
       if (entry.segment < segment) {
-        await rm(path.join(this.walDir, entry.name), { force: true });
+        await this.wal.remove(entry.name);
         await rm(path.join(this.walSummaryDir, `${entry.name}.json`), { force: true });
         removed += 1;
       }
@@ -215,7 +203,7 @@ export class Repository {
   /** Complete archived segments (not .partial), as timeline → set of segment numbers. */
   async archivedSegments(): Promise<Map<number, Set<number>>> {
     const result = new Map<number, Set<number>>();
-    for (const name of await readdir(this.walDir).catch(() => [] as string[])) {
+    for (const name of await this.wal.names().catch(() => [] as string[])) {
       const parsed = parseSegmentName(name);
       if (!parsed) continue;
       if (!result.has(parsed.timeline)) result.set(parsed.timeline, new Set());

@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { open, type FileHandle } from "node:fs/promises";
+import { open, readdir, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
 import { makeDirectoryDurably } from "./durable-file";
@@ -7,11 +7,13 @@ import type { FileOwner } from "./owned-files";
 
 /**
  * Root's file work below a directory the PostgreSQL OS user controls. That
- * user owns a local node's folder (`nodes/<name>`): it can replace `data`,
- * or any directory on the way to a file, by a symlink at any moment, and
- * O_NOFOLLOW covers only a path's last component. So no path there is
- * resolved by name from the top: the walk starts at an anchor root trusts
- * (the data home's `nodes/`, root's), then opens each component below it
+ * user owns a local node's folder (`nodes/<name>`) and the repository's WAL
+ * archive (`wal/`, where pg_receivewal writes as that user): it can replace
+ * `data`, `wal/diverged`, or any directory on the way to a file, by a
+ * symlink at any moment, and O_NOFOLLOW covers only a path's last
+ * component. So no path there is resolved by name from the top: the walk
+ * starts at an anchor root trusts (the data home's `nodes/`, the
+ * repository's root, both root's), then opens each component below it
  * with O_DIRECTORY | O_NOFOLLOW *relative to the handle of the one above*,
  * and the file work happens relative to the last handle.
  *
@@ -67,28 +69,64 @@ export async function openGuardedDirectory(
   below: readonly string[],
   options: { create?: { mode: number; owner: FileOwner } } = {},
 ): Promise<GuardedDirectory | null> {
-  let current: GuardedDirectory;
+  let top: GuardedDirectory;
   try {
-    current = guardedHandle(await open(anchor, constants.O_RDONLY | constants.O_DIRECTORY), anchor);
+    top = guardedHandle(await open(anchor, constants.O_RDONLY | constants.O_DIRECTORY), anchor);
   } catch (error) {
     // Nothing below an absent anchor (no node made yet); one to make things in must exist.
     if ((error as NodeJS.ErrnoException).code === "ENOENT" && !options.create) return null;
     throw error;
   }
+  if (below.length === 0) return top;
+  try {
+    return await openGuardedBelow(top, below, options);
+  } finally {
+    await top.close();
+  }
+}
+
+/**
+ * Opens each of `below` (one at least) from `start`, a directory already
+ * held, never through a symlink, as openGuardedDirectory does from its
+ * anchor; `start` stays open (the caller's). An absent component: null, or,
+ * with `create`, made.
+ */
+export async function openGuardedBelow(
+  start: GuardedDirectory,
+  below: readonly string[],
+  options: { create?: { mode: number; owner: FileOwner } } = {},
+): Promise<GuardedDirectory | null> {
+  let current: GuardedDirectory | null = null;
   try {
     for (const part of below) {
-      if (!part || part === "." || part === ".." || part.includes("/")) throw new Error(`not a path component: "${part}"`);
-      const shown = path.join(current.shown, part);
-      const next = await openComponent(current, part, shown, options.create);
-      await current.close();
-      if (!next) return null;
+      assertEntryName(part);
+      const parent: GuardedDirectory = current ?? start;
+      const next = await openComponent(parent, part, path.join(parent.shown, part), options.create);
+      await current?.close();
       current = next;
+      if (!next) return null;
     }
+    if (!current) throw new Error("openGuardedBelow: no component to open");
     return current;
   } catch (error) {
-    await current.close().catch(() => undefined);
+    await current?.close().catch(() => undefined);
     throw error;
   }
+}
+
+/**
+ * A name of one entry in a directory held open: at(name) resolves it from
+ * the handle, so "..", "." or a "/" would leave that directory (or name
+ * the directory itself). Every name a caller passes is checked here.
+ */
+export function assertEntryName(name: string): void {
+  if (!name || name === "." || name === ".." || name.includes("/") || name.includes("\0"))
+    throw new Error(`not a path component: "${name}"`);
+}
+
+/** The names in a directory held open (readdir of the handle, not of any name above it). */
+export function listEntryNames(directory: GuardedDirectory): Promise<string[]> {
+  return readdir(`/proc/self/fd/${directory.handle.fd}`);
 }
 
 async function openComponent(
@@ -129,6 +167,7 @@ async function openComponent(
  * block, nor a device). null: absent.
  */
 export async function openRegularFile(directory: GuardedDirectory, name: string): Promise<FileHandle | null> {
+  assertEntryName(name);
   const shown = path.join(directory.shown, name);
   let handle: FileHandle;
   try {
@@ -148,4 +187,22 @@ export async function openRegularFile(directory: GuardedDirectory, name: string)
     throw linkRefused(shown, "regular file", new Error(`fstat: mode ${info.mode.toString(8)}`));
   }
   return handle;
+}
+
+/** The content of the regular file `name` in `directory` (see openRegularFile); null: absent. */
+export async function readRegularFile(
+  directory: GuardedDirectory,
+  name: string,
+  options: { maxBytes?: number } = {},
+): Promise<Buffer | null> {
+  const handle = await openRegularFile(directory, name);
+  if (!handle) return null;
+  try {
+    if (options.maxBytes === undefined) return await handle.readFile();
+    const buffer = Buffer.alloc(options.maxBytes);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
 }

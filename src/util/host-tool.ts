@@ -18,6 +18,8 @@ export interface HostToolOptions {
   /** Runs as this OS user (the PostgreSQL user when Relevo runs as root). */
   readonly identity?: { readonly uid: number; readonly gid: number } | null;
   readonly stdio?: StdioOptions;
+  /** Open files the child gets as its descriptors 3, 4, … (after stdio). */
+  readonly descriptors?: readonly number[];
   /** New session, so that a Ctrl-C on Relevo's terminal does not reach the child. */
   readonly detached?: boolean;
   readonly cwd?: string;
@@ -37,6 +39,11 @@ export function spawnHostTool(file: string, args: readonly string[], options: Ho
     uid: options.identity?.uid,
     gid: options.identity?.gid,
     detached: options.detached ?? false,
-    stdio: options.stdio ?? "ignore",
+    stdio: withDescriptors(options.stdio ?? "ignore", options.descriptors ?? []),
   });
+}
+
+function withDescriptors(stdio: StdioOptions, descriptors: readonly number[]): StdioOptions {
+  if (descriptors.length === 0) return stdio;
+  return [...(Array.isArray(stdio) ? stdio : [stdio, stdio, stdio]), ...descriptors];
 }

@@ -1,5 +1,3 @@
-import { open, readdir } from "node:fs/promises";
-import path from "node:path";
 import { parseSegmentName } from "../postgres/wal-names";
 import { WAL_LONG_HEADER_BYTES, walSegmentSystemIdentifier } from "../postgres/wal-page-header";
 import type { Repository } from "../storage/repository";
@@ -22,12 +20,12 @@ const SEGMENTS_TRIED = 8;
  * empty repository.
  */
 export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
-  const names = (await readdir(repository.walDir).catch(() => [] as string[]))
+  const names = (await repository.wal.names().catch(() => [] as string[]))
     .filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null)
     .sort()
     .reverse();
   for (const name of names.slice(0, SEGMENTS_TRIED)) {
-    const systemIdentifier = await segmentSystemIdentifier(path.join(repository.walDir, name));
+    const systemIdentifier = await segmentSystemIdentifier(repository, name);
     if (systemIdentifier) return { systemIdentifier, source: `WAL segment ${name}` };
   }
   return manifestIdentity(await repository.listManifests());
@@ -45,16 +43,14 @@ export function manifestIdentity(manifests: readonly Pick<BackupManifest, "id" |
   return newest ? { systemIdentifier: newest.systemIdentifier, source: `backup ${newest.id}` } : null;
 }
 
-async function segmentSystemIdentifier(file: string): Promise<string | null> {
-  const handle = await open(file, "r").catch(() => null);
-  if (!handle) return null;
-  try {
-    const header = Buffer.alloc(WAL_LONG_HEADER_BYTES);
-    const { bytesRead } = await handle.read(header, 0, header.length, 0);
-    return walSegmentSystemIdentifier(header.subarray(0, bytesRead));
-  } finally {
-    await handle.close();
-  }
+/**
+ * The system identifier in an archived segment's header; null when it cannot
+ * be read. A link at its name is refused (never followed: wal/ is the
+ * PostgreSQL user's) and so counts as unreadable, like any file not a segment.
+ */
+async function segmentSystemIdentifier(repository: Repository, name: string): Promise<string | null> {
+  const header = await repository.wal.read(name, { maxBytes: WAL_LONG_HEADER_BYTES }).catch(() => null);
+  return header ? walSegmentSystemIdentifier(header) : null;
 }
 
 /**

@@ -11,13 +11,12 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "../storage/repository";
-import { historyFileName, parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
+import { parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
 import { segmentFilesAlong, serverHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
 
 import { CURRENT_TIMELINE_SQL } from "../postgres/node-state";
 import { ensureReservedSlot } from "../postgres/replication-config";
-import { mkdir, readdir, readFile, rename } from "node:fs/promises";
-import { createOwnedFile } from "../util/owned-files";
+import { divergedFolder } from "../storage/wal-archive";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
@@ -175,12 +174,12 @@ export class WalArchiver {
   /**
    * The history of `timeline` from its archived .history file (pg_receivewal
    * fetches it before the timeline's first segment); `timeline` alone while
-   * there is none.
+   * there is none. A link at its name is refused (DATA_DIR_NOT_OURS), never
+   * read: the file is the PostgreSQL user's to write.
    */
   private async archivedHistory(timeline: number): Promise<TimelineStep[]> {
     if (timeline === 1) return timelinePath(1, null);
-    const history = await readFile(path.join(this.options.repository.walDir, historyFileName(timeline)), "utf8").catch(() => null);
-    return timelinePath(timeline, history);
+    return timelinePath(timeline, await this.options.repository.wal.readHistory(timeline));
   }
 
   private async run(): Promise<void> {
@@ -284,7 +283,7 @@ export class WalArchiver {
       );
       return null;
     }
-    const names = await readdir(this.options.repository.walDir).catch(() => [] as string[]);
+    const names = await this.options.repository.wal.names();
     const timeline = history[history.length - 1]!.timeline;
     const newestArchived = Math.max(0, ...names.map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.timeline ?? 0));
     // A node behind the archive's newest timeline is not the primary of the
@@ -298,11 +297,10 @@ export class WalArchiver {
     }
     const diverged = divergedFiles(names, history);
     if (diverged.length === 0) return history;
-    const aside = path.join(this.options.repository.walDir, "diverged", new Date().toISOString().replace(/[:.]/g, "-"));
-    await mkdir(aside, { recursive: true, mode: 0o700 });
-    for (const name of diverged) await rename(path.join(this.options.repository.walDir, name), path.join(aside, name));
+    // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed.
+    const aside = await this.options.repository.wal.setAside(diverged, divergedFolder());
     this.options.logger.warn(
-      { node: target.name, files: diverged.length, aside, timeline },
+      { node: target.name, files: aside.moved.length, aside: aside.path, timeline },
       "archived WAL off the primary's history set aside; the archive resumes at its branch point",
     );
     return history;
@@ -363,15 +361,15 @@ export class WalArchiver {
    * segments later. False when nothing is missing.
    */
   private async resumePastHole(target: NodeRef, history: readonly TimelineStep[], resumeLsn: string, cause: string): Promise<boolean> {
-    const { repository, identity, logger } = this.options;
-    const hole = lostSlotGap(await readdir(repository.walDir).catch(() => [] as string[]), history, resumeLsn);
+    const { repository, logger } = this.options;
+    const hole = lostSlotGap(await repository.wal.names(), history, resumeLsn);
     logger.error(
       { node: target.name, resumeLsn, gap: hole?.gap ?? null, cause },
       "the archive's WAL is gone on the primary: archiving resumes",
     );
     if (hole === null) return false;
     // Owned by the archive's owner, as pg_receivewal (maybe run as the PostgreSQL OS user) must write it.
-    await createOwnedFile(path.join(repository.walDir, hole.placeholder), "", { mode: 0o600, owner: identity ?? null });
+    await repository.wal.create(hole.placeholder, "");
     await this.options.gaps.report(hole.gap, cause);
     return true;
   }
@@ -383,12 +381,12 @@ export class WalArchiver {
    * end for ever.
    */
   private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { walDir } = this.options.repository;
-    const placeholder = timelineBoundaryPlaceholder(await readdir(walDir).catch(() => [] as string[]), history);
+    const { wal } = this.options.repository;
+    const placeholder = timelineBoundaryPlaceholder(await wal.names(), history);
     if (placeholder === null) return;
     // Owned by the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
     // wal/ is that user's to write: created new and chowned through its handle, never by a path it may have swapped.
-    await createOwnedFile(path.join(walDir, placeholder), "", { mode: 0o600, owner: this.options.identity ?? null });
+    await wal.create(placeholder, "");
     this.options.logger.info(
       { node: target.name, placeholder },
       "the archive ends at a timeline switch: streaming resumes on the next timeline",

@@ -2,6 +2,7 @@ import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import type { WalArchive } from "../storage/wal-archive";
 import path from "node:path";
 
 import type { RelevoConfig } from "../config/config";
@@ -14,7 +15,7 @@ import { SummaryBuilder, recordLineOfSegment, type RestorePointRecord, type WalS
 /** The summariser of a repository's archive, as configured. */
 export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
   return new WalSummarizer({
-    walDir: repository.walDir,
+    archive: repository.wal,
     summaryDir: repository.walSummaryDir,
     pgBinDir: config.pgBinDir,
     logger,
@@ -23,7 +24,8 @@ export function walSummarizerFor(repository: Repository, config: RelevoConfig, l
 }
 
 export interface WalSummarizerOptions {
-  readonly walDir: string;
+  /** The archive's segments, read through its handle (see summarize). */
+  readonly archive: WalArchive;
   readonly summaryDir: string;
   readonly pgBinDir: string;
   readonly logger: Logger;
@@ -91,7 +93,7 @@ export class WalSummarizer {
   private async summarizeNow(): Promise<string[]> {
     await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
     const done = new Set((await readdir(this.options.summaryDir)).map((name) => name.replace(/\.json$/, "")));
-    const names = await readdir(this.options.walDir).catch(() => [] as string[]);
+    const names = await this.options.archive.names().catch(() => [] as string[]);
     const receiving = new Set(names.filter((name) => name.endsWith(".partial")).map((name) => name.slice(0, -".partial".length)));
     const archived = names.map((name) => ({ name, parsed: parseSegmentName(name) }));
     const segments = archived.filter((entry) => entry.parsed !== null).map((entry) => ({ name: entry.name, ...entry.parsed! }));
@@ -123,7 +125,7 @@ export class WalSummarizer {
     const stored = await this.read(name);
     // An incomplete one (a final segment pg_waldump could not read) is tried again.
     if (stored?.complete) return stored;
-    const summary = await this.summarizeWhole(timeline, segment, await readdir(this.options.walDir).catch(() => [] as string[]));
+    const summary = await this.summarizeWhole(timeline, segment, await this.options.archive.names().catch(() => [] as string[]));
     if (summary.complete) await this.store(summary);
     return summary;
   }
@@ -137,13 +139,13 @@ export class WalSummarizer {
   private async summarizeWhole(timeline: number, segment: number, names: readonly string[]): Promise<WalSegmentSummary> {
     const name = segmentName(timeline, segment);
     const next = segmentName(timeline, segment + 1);
-    if (names.includes(next)) return this.summarize(name, timeline, segment);
+    if (names.includes(next)) return this.summarize(name, timeline, segment, { successor: next });
     const later = names
       .map((file) => ({ file, parsed: parseSegmentName(file) }))
       .filter(({ parsed }) => parsed && parsed.segment === segment + 1 && parsed.timeline > timeline)
       .sort((a, b) => a.parsed!.timeline - b.parsed!.timeline)[0]?.file;
     const successor = names.includes(`${next}.partial`) ? `${next}.partial` : later;
-    return successor ? this.summarizeBeforeSuccessor(name, next, successor, timeline, segment) : this.summarize(name, timeline, segment);
+    return this.summarize(name, timeline, segment, { successor: successor ?? null });
   }
 
   /** Written whole or not at all; a concurrent writer of the same summary (another pass, a backup) writes the same content. */
@@ -160,24 +162,41 @@ export class WalSummarizer {
    * not stored: for the segment a backup starts in, which is not final yet.
    */
   summarizeUpTo(timeline: number, segment: number, endLsn: string): Promise<WalSegmentSummary> {
-    return this.summarize(segmentName(timeline, segment), timeline, segment, endLsn);
+    return this.summarize(segmentName(timeline, segment), timeline, segment, { successor: null, endLsn });
   }
 
-  /** pg_waldump reads segments by name from one directory: the segment, and `successor` linked under the next segment's name. */
-  private async summarizeBeforeSuccessor(
+  /**
+   * pg_waldump reads segments by name from one directory, and as root (it
+   * runs as Relevo): given wal/, it would open whatever a name there points
+   * to, and wal/ is the PostgreSQL user's, who may plant a link to any
+   * file. So Relevo opens the segment (and `successor`, read under the next
+   * segment's name) itself through the archive's handle, never through a
+   * link and only a regular file, hands the open files to pg_waldump as its
+   * descriptors 3 and 4, and points it at a directory of its own (root's,
+   * in wal-summary/) whose only entries are links to /proc/self/fd/3 and 4:
+   * the child's own descriptors, the very files Relevo opened. One
+   * directory and two links per segment: no process beyond pg_waldump.
+   */
+  private async summarize(
     name: string,
-    next: string,
-    successor: string,
     timeline: number,
     segment: number,
+    options: { readonly successor: string | null; readonly endLsn?: string },
   ): Promise<WalSegmentSummary> {
-    const dir = path.join(this.options.summaryDir, `.receiving-${process.pid}-${randomBytes(4).toString("hex")}`);
-    await mkdir(dir, { mode: 0o700 });
+    const { successor, endLsn = null } = options;
+    const held = await this.options.archive.openFiles(successor ? [name, successor] : [name]).catch((error: Error) => error);
+    if (held instanceof Error) return new SummaryBuilder().build(name, timeline, false, held.message);
+    const dir = path.join(this.options.summaryDir, `.reading-${process.pid}-${randomBytes(4).toString("hex")}`);
     try {
-      await symlink(path.join(this.options.walDir, name), path.join(dir, name));
-      await symlink(path.join(this.options.walDir, successor), path.join(dir, next));
-      return await this.summarize(name, timeline, segment, null, dir);
+      if (!held.files[0]) return new SummaryBuilder().build(name, timeline, false, `${name} is not in the archive`);
+      const descriptors = held.files.filter((file) => file !== null).map((file) => file.fd);
+      await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
+      await mkdir(dir, { mode: 0o700 });
+      await symlink("/proc/self/fd/3", path.join(dir, name));
+      if (descriptors.length > 1) await symlink("/proc/self/fd/4", path.join(dir, segmentName(timeline, segment + 1)));
+      return await this.runWaldump({ name, timeline, segment, endLsn, dir, descriptors });
     } finally {
+      await held.close();
       await rm(dir, { recursive: true, force: true });
     }
   }
@@ -192,25 +211,28 @@ export class WalSummarizer {
    * segment was then read whole). With `endLsn` (a record boundary inside
    * the segment: a backup's start), it reads the records before it.
    */
-  private summarize(
-    name: string,
-    timeline: number,
-    segment: number,
-    endLsn: string | null = null,
-    walDir = this.options.walDir,
-  ): Promise<WalSegmentSummary> {
+  private runWaldump(options: {
+    readonly name: string;
+    readonly timeline: number;
+    readonly segment: number;
+    readonly endLsn: string | null;
+    /** The directory of links to the child's descriptors (see summarize). */
+    readonly dir: string;
+    readonly descriptors: readonly number[];
+  }): Promise<WalSegmentSummary> {
+    const { name, timeline, segment, endLsn, dir } = options;
     const builder = new SummaryBuilder();
     const nextSegmentRecord = endLsn === null ? recordLineOfSegment(segment + 1) : null;
     return new Promise((resolve) => {
       const child = spawnHostTool(
         path.join(this.options.pgBinDir, "pg_waldump"),
         [
-          `--path=${walDir}`,
+          `--path=${dir}`,
           `--timeline=${timeline}`,
           `--start=${segmentStartLsn(segment)}`,
           `--end=${endLsn ?? segmentStartLsn(segment + 2)}`,
         ],
-        { stdio: ["ignore", "pipe", "pipe"] },
+        { stdio: ["ignore", "pipe", "pipe"], descriptors: options.descriptors },
       );
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));

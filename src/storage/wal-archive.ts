@@ -1,0 +1,216 @@
+import { lstat, rename } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import path from "node:path";
+import {
+  assertEntryName,
+  listEntryNames,
+  openGuardedBelow,
+  openGuardedDirectory,
+  openRegularFile,
+  readRegularFile,
+  type GuardedDirectory,
+} from "../util/guarded-directory";
+import { removeEntry } from "../util/guarded-removal";
+import { createOwnedFile, type FileOwner } from "../util/owned-files";
+import { historyFileName } from "../postgres/wal-names";
+
+/** An archived file's name and when it was archived (its mtime). */
+export interface ArchivedFile {
+  readonly name: string;
+  readonly modifiedAt: Date;
+}
+
+/** Segment files held open for a reader that takes descriptors (pg_waldump, see WalSummarizer); close() releases them. */
+export interface HeldWalFiles {
+  /** In the order asked; null where the archive has no such file. */
+  readonly files: ReadonlyArray<FileHandle | null>;
+  close(): Promise<void>;
+}
+
+/** Where set-aside WAL goes below wal/: `diverged/<time>` (kept, never replayed). */
+export function divergedFolder(now: Date = new Date()): string[] {
+  return ["diverged", now.toISOString().replace(/[:.]/g, "-")];
+}
+
+/**
+ * The repository's WAL archive, `<repository>/wal/`, as root works in it.
+ *
+ * pg_receivewal writes there as the PostgreSQL OS user, so that user owns
+ * `wal/` and may swap any name in it (a segment, a history file,
+ * `diverged/`) for a symlink at any moment, e.g. through `COPY … TO
+ * PROGRAM`. Root acting by name would then create, move, read or write
+ * wherever the link points: a file named like a segment moved into
+ * /etc/cron.d, secrets.json read as a timeline history. So every operation
+ * here first opens `wal/` from the repository's root (root's) with
+ * O_DIRECTORY | O_NOFOLLOW (guarded-directory), then works relative to
+ * that handle: files opened O_NOFOLLOW and fstat'ed (a regular file, or
+ * DATA_DIR_NOT_OURS), created O_EXCL | O_NOFOLLOW, renamed and removed
+ * through handles, a set-aside directory made and opened the same way. One
+ * handle per operation: the archiver lists and reads here often.
+ */
+export class WalArchive {
+  /** `<repository>/wal`: for pg_receivewal's -D, restore_command and messages; root never resolves a name below it from here. */
+  readonly path: string;
+
+  constructor(
+    private readonly repositoryRoot: string,
+    /** Who owns what root adds (the archive's owner, so that a restore_command run as that user reads it); null: root's own. */
+    private readonly owner: FileOwner,
+  ) {
+    this.path = path.join(repositoryRoot, "wal");
+  }
+
+  /** Runs `use` on `wal/` opened through no link; `absent()` when the archive does not exist yet. */
+  private async within<T>(use: (wal: GuardedDirectory) => Promise<T>, absent: () => T): Promise<T> {
+    const wal = await openGuardedDirectory(this.repositoryRoot, ["wal"]);
+    if (!wal) return absent();
+    try {
+      return await use(wal);
+    } finally {
+      await wal.close();
+    }
+  }
+
+  /** Every name in the archive (segments, .partial, .history, diverged/ …); none when there is no archive. */
+  names(): Promise<string[]> {
+    return this.within(
+      (wal) => listEntryNames(wal),
+      () => [],
+    );
+  }
+
+  /** The regular files among `names` with their mtimes; links and anything else are not archived files (lstat: never followed). */
+  files(names: readonly string[]): Promise<ArchivedFile[]> {
+    return this.within(
+      async (wal) => {
+        const found: ArchivedFile[] = [];
+        for (const name of names) {
+          assertEntryName(name);
+          const info = await lstat(wal.at(name)).catch(() => null);
+          if (info?.isFile()) found.push({ name, modifiedAt: info.mtime });
+        }
+        return found;
+      },
+      () => [],
+    );
+  }
+
+  /**
+   * A file's content (the first `maxBytes` only, when given); null when it is
+   * absent. A link or anything but a regular file: DATA_DIR_NOT_OURS, never read.
+   */
+  read(name: string, options: { maxBytes?: number } = {}): Promise<Buffer | null> {
+    return this.within(
+      (wal) => readRegularFile(wal, name, options),
+      () => null,
+    );
+  }
+
+  /** Timeline `timeline`'s history as archived; null when the archive has none. */
+  async readHistory(timeline: number): Promise<string | null> {
+    return (await this.read(historyFileName(timeline)))?.toString("utf8") ?? null;
+  }
+
+  /**
+   * Opens `names` for a reader that takes descriptors, each as read() would
+   * (never through a link); absent ones are null. The caller closes them.
+   */
+  openFiles(names: readonly string[]): Promise<HeldWalFiles> {
+    return this.within(
+      async (wal) => {
+        const files: Array<FileHandle | null> = [];
+        const close = async () => {
+          for (const file of files) await file?.close();
+        };
+        try {
+          for (const name of names) files.push(await openRegularFile(wal, name));
+        } catch (error) {
+          await close();
+          throw error;
+        }
+        return { files, close };
+      },
+      () => ({ files: names.map(() => null), close: () => Promise.resolve() }),
+    );
+  }
+
+  /**
+   * Creates `name` with `content`, owned by the archive's owner, unless
+   * something of that name is there (an archived file is never replaced;
+   * a link there is not followed either: "present").
+   */
+  create(name: string, content: string | Buffer): Promise<"added" | "present"> {
+    return this.within(
+      async (wal) => {
+        assertEntryName(name);
+        try {
+          await createOwnedFile(wal.at(name), content, { mode: 0o600, owner: this.owner });
+          return "added" as const;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === "EEXIST") return "present" as const;
+          throw error;
+        }
+      },
+      () => {
+        throw new Error(`the WAL archive ${this.path} does not exist`);
+      },
+    );
+  }
+
+  /**
+   * Adds a timeline history file to the archive unless one of that name is
+   * there (an archived history is that timeline's own and is never
+   * replaced), owned like the archiver's files so that a restore_command
+   * running as the PostgreSQL user can read it. For a history written
+   * outside the archiver (see copyNewerHistories): PostgreSQL's search for
+   * the newest timeline stops at the first number it cannot find, so a
+   * history missing from the archive hides every later timeline from a
+   * restore.
+   */
+  addHistory(timeline: number, content: string): Promise<"added" | "present"> {
+    return this.create(historyFileName(timeline), content);
+  }
+
+  /** Removes `name` (a file, a link itself, or a directory through handles); absent: nothing to do. */
+  remove(name: string): Promise<void> {
+    return this.within(
+      (wal) => removeEntry(wal, name),
+      () => undefined,
+    );
+  }
+
+  /**
+   * Moves `names` into `folder` below wal/ (made for root, 0700, when
+   * absent), kept and never replayed; a name gone meanwhile is skipped. A
+   * link on the way to `folder` (`wal/diverged` planted as one) is refused
+   * with DATA_DIR_NOT_OURS before anything is made or moved. A name that is
+   * itself a link moves as the link (rename never follows its operands).
+   * Returns where they went (for messages) and what moved.
+   */
+  setAside(names: readonly string[], folder: readonly string[]): Promise<{ readonly path: string; readonly moved: string[] }> {
+    return this.within(
+      async (wal) => {
+        for (const name of names) assertEntryName(name);
+        const aside = await openGuardedBelow(wal, folder, { create: { mode: 0o700, owner: null } });
+        if (!aside) throw new Error(`${path.join(this.path, ...folder)} could not be made`);
+        try {
+          const moved: string[] = [];
+          for (const name of names) {
+            const done = await rename(wal.at(name), aside.at(name)).then(
+              () => true,
+              (error: NodeJS.ErrnoException) => {
+                if (error.code === "ENOENT") return false;
+                throw error;
+              },
+            );
+            if (done) moved.push(name);
+          }
+          return { path: path.join(this.path, ...folder), moved };
+        } finally {
+          await aside.close();
+        }
+      },
+      () => ({ path: path.join(this.path, ...folder), moved: [] }),
+    );
+  }
+}
