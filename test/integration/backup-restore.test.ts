@@ -235,8 +235,12 @@ describe("full backup and point-in-time restore", () => {
   test("two verifications of one backup at once (the schedule's and the API's): they take turns, each on its own scratch node, both prove it", async () => {
     const newest = await cluster.service.backups.latestCompleted();
     const { readdir } = await import("node:fs/promises");
+    // A node is a directory: the claim on its name (`<name>.restore.lock`) and that file's temporary name while it
+    // is written durably are files beside it, not other nodes.
     const scratchNodes = async () =>
-      (await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-") && !name.endsWith(".restore.lock"));
+      (await readdir(`${cluster.config.home}/nodes`, { withFileTypes: true }))
+        .filter((entry) => entry.isDirectory() && entry.name.startsWith("verify-"))
+        .map((entry) => entry.name);
     // Taking turns: never two scratch nodes at once (each has a name of its own, so only the lock keeps them apart).
     const seen = new Set<string>();
     let most = 0;
