@@ -61,9 +61,15 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   const stderrFile = path.join(dir, "redis.stderr");
   const stderr = await open(stderrFile, "w", 0o600);
   const child = spawnHostTool(bin, [configFile], { detached: true, stdio: ["ignore", "ignore", stderr.fd] });
+  // Listened for before anything is awaited: a redis-server that stops at once (a configuration it refuses) may
+  // exit while the close below yields, and an "exit" emitted with no listener is gone (the start then timed out).
+  // A spawn that fails (the binary cannot be run) ends it the same way.
+  const exited = new Promise<number | null>((resolve) => {
+    child.once("exit", (code) => resolve(code));
+    child.once("error", () => resolve(null));
+  });
   await stderr.close();
   child.unref();
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   const deadline = Date.now() + options.startTimeoutMs;
   while (Date.now() < deadline) {
     const earlyExit = await Promise.race([exited, sleep(100).then(() => undefined)]);

@@ -25,14 +25,18 @@ afterEach(async () => {
 });
 
 /**
- * Runs as the PostgreSQL user: for `seconds`, swaps `<dir>/<name>` (a
+ * Runs as the PostgreSQL user (started as root, it drops to that user itself: CI's Node lives in root's
+ * home, which that user cannot reach to run it): for `seconds`, swaps `<dir>/<name>` (a
  * directory it owns) for a symlink to `victim` and back, then prints how many
  * times it put the link in place. Root's removal of `<dir>/<name>` meets the
  * link at any step of its walk.
  */
 const SWAPPER = `
 const fs = require("fs");
-const [dir, name, victim, seconds] = process.argv.slice(1);
+const [dir, name, victim, seconds, uid, gid] = process.argv.slice(1);
+process.setgroups([]);
+process.setgid(Number(gid));
+process.setuid(Number(uid));
 const at = dir + "/" + name, hold = dir + "/.held";
 const end = process.hrtime.bigint() + BigInt(Number(seconds) * 1e9);
 const spin = () => { const until = process.hrtime.bigint() + 100000n; while (process.hrtime.bigint() < until); };
@@ -49,11 +53,15 @@ process.stdout.write(String(linked));
 `;
 
 function swapper(options: { dir: string; name: string; victim: string; seconds: number; identity: OsIdentity }): Promise<number> {
-  const child = spawn(process.execPath, ["-e", SWAPPER, options.dir, options.name, options.victim, String(options.seconds)], {
-    uid: options.identity.uid,
-    gid: options.identity.gid,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const args = [
+    options.dir,
+    options.name,
+    options.victim,
+    String(options.seconds),
+    String(options.identity.uid),
+    String(options.identity.gid),
+  ];
+  const child = spawn(process.execPath, ["-e", SWAPPER, ...args], { stdio: ["ignore", "pipe", "inherit"] });
   let output = "";
   child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
   return new Promise((resolve, reject) => {
