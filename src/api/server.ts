@@ -43,13 +43,26 @@ export interface ApiServerOptions {
   readonly refusalWindowMs: number;
   readonly socketLimits: SocketLimits;
   /** HTTPS (and wss://) with this certificate and key (PEM); absent: plain HTTP (see src/config/api-transport.ts). */
-  readonly tls?: { readonly certificatePem: string; readonly keyPem: string };
+  readonly tls?: ApiCertificate;
 }
 
 export interface RunningApi {
   readonly url: string;
   readonly port: number;
+  /**
+   * HTTPS only: the certificate and key given to every TLS connection
+   * accepted from now on (a rotation; connections open keep theirs).
+   * INVALID_CONFIG, and the previous pair kept, when they do not make a
+   * TLS context.
+   */
+  readonly replaceCertificate: ((tls: ApiCertificate) => void) | null;
   stop(): Promise<void>;
+}
+
+/** The API's certificate (its chain after it) and key, PEM. */
+export interface ApiCertificate {
+  readonly certificatePem: string;
+  readonly keyPem: string;
 }
 
 /**
@@ -75,9 +88,9 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
       res.end(JSON.stringify({ errors: [{ message: "internal error", extensions: { code: ErrorCode.Internal } }] }));
     });
   };
-  const httpServer: http.Server = options.tls
-    ? https.createServer({ cert: options.tls.certificatePem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, answer)
-    : http.createServer(answer);
+  const secure = (tls: ApiCertificate): https.ServerOptions => ({ cert: tls.certificatePem, key: tls.keyPem, minVersion: "TLSv1.2" });
+  const httpsServer = options.tls ? https.createServer(secure(options.tls), answer) : null;
+  const httpServer: http.Server = httpsServer ?? http.createServer(answer);
   const limits = { maxDepth: options.maxDepth, maxComplexity: options.maxComplexity };
   const rateLimiter = new RateLimiter(services.redis, services.keys.rateLimit, options.rateLimit, services.logger);
   const formatError = createFormatError(services.logger);
@@ -225,6 +238,7 @@ export async function startApiServer(services: ApiServices, pubSub: PubSub, opti
   return {
     url: apiUrl({ host: options.host, port, https: options.tls !== undefined }),
     port,
+    replaceCertificate: httpsServer && ((tls: ApiCertificate) => replaceSecureContext(httpsServer, secure(tls))),
     stop: async () => {
       await apollo.stop();
       await refusals.flush();
@@ -296,4 +310,19 @@ function listen(server: http.Server, options: ApiServerOptions): Promise<void> {
       resolve();
     });
   });
+}
+
+/** setSecureContext, whose failure (a key of another certificate, a malformed PEM) leaves the previous context in place. */
+function replaceSecureContext(server: https.Server, options: https.ServerOptions): void {
+  try {
+    server.setSecureContext(options);
+  } catch (error) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `the API's new certificate and key do not make a TLS context: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
+  }
 }

@@ -44,7 +44,7 @@ export function describeReport(report: ReportRow): string[] {
   if (report.awaitingNewCa !== null) {
     lines.push(
       report.awaitingNewCa.length === 0
-        ? "every member holds a certificate of the new CA: `relevo certificates finish-ca-rotation` may drop the old one"
+        ? "every member, Redis and the API hold certificates of the new CA: `relevo certificates finish-ca-rotation` may drop the old one"
         : `not yet on the new CA: ${report.awaitingNewCa.join(", ")} (a stopped member gets its certificate when it starts)`,
     );
   }
@@ -87,6 +87,8 @@ export interface CertificateListing {
   readonly caRotationSince: string | null;
   /** What the members were last issued (null: nothing recorded yet, e.g. never started since TLS). */
   readonly members: readonly { readonly name: string; readonly certificate: IssuedRecord | null }[];
+  /** What the service's own servers were last issued: Relevo's Redis (`redis:server`). */
+  readonly services: readonly IssuedRecord[];
 }
 
 /** `relevo certificates list`: from the data home, the service running or not. */
@@ -98,6 +100,7 @@ export async function certificatesListCommand(config: RelevoConfig, options: { j
     authorities: splitCertificates(trust.pem).map((pem, index) => ({ ...certificateFacts(pem), role: index === 0 ? "signs" : "trusted" })),
     caRotationSince: (await readCaRotation(config.home))?.startedAt ?? null,
     members: (await loadMembers(config)).map((node) => ({ name: node.name, certificate: records.get(nodeHolder(node.name)) ?? null })),
+    services: [...records.values()].filter((record) => !record.holder.startsWith("node:")),
   };
   if (options.json) output.out(JSON.stringify(listing, null, 2));
   else for (const line of formatListing(listing)) output.out(line);
@@ -109,14 +112,16 @@ export function formatListing(listing: CertificateListing): string[] {
   for (const ca of listing.authorities) {
     lines.push(`  CA ${ca.role === "signs" ? "(signs)" : "(trusted)"} ${ca.subject}  serial ${ca.serial}  notAfter ${ca.notAfter}`);
   }
+  const describe = (certificate: IssuedRecord): string =>
+    `${certificate.holder}  ${certificate.subject}  SANs ${certificate.subjectAltNames.join(", ")}  serial ${certificate.serial}  ` +
+    `notAfter ${certificate.notAfter}  issuer ${certificate.issuer}`;
   for (const member of listing.members) {
-    const certificate = member.certificate;
     lines.push(
-      certificate === null
+      member.certificate === null
         ? `${nodeHolder(member.name)}  no certificate recorded (issued at its next start)`
-        : `${certificate.holder}  ${certificate.subject}  SANs ${certificate.subjectAltNames.join(", ")}  serial ${certificate.serial}  ` +
-            `notAfter ${certificate.notAfter}  issuer ${certificate.issuer}`,
+        : describe(member.certificate),
     );
   }
+  for (const service of listing.services) lines.push(describe(service));
   return lines;
 }

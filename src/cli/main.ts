@@ -218,7 +218,7 @@ certificates
   .action((options: { ca: boolean }) => run(() => certificatesRotateCommand(config(), options, output)));
 certificates
   .command("finish-ca-rotation")
-  .description("drop the old CA from every trust bundle once every member holds a certificate of the new one")
+  .description("drop the old CA from every trust bundle once every member, Redis and the API hold certificates of the new one")
   .action(() => run(() => certificatesFinishCaRotationCommand(config(), output)));
 certificates
   .command("list")

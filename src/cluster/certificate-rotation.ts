@@ -39,8 +39,36 @@ export interface RotationReport {
  */
 export class CertificateRotation {
   private queue: Promise<unknown> = Promise.resolve();
+  /** Holders beyond the members, renewed by every rotation after them: Redis's, the API's. */
+  private readonly services: CertificateHolder[] = [];
+  /** This instance's own certificates, renewed when another instance changed the CA's files (see followCaChange). */
+  private readonly followers: CertificateHolder[] = [];
 
   constructor(private readonly deps: CertificateRotationDeps) {}
+
+  /**
+   * A holder beyond the members: `rotate`, renewed by every rotation and by
+   * the expiry check; `followCa`, renewed when this instance finds that the
+   * CA's files changed under it (another instance rotated).
+   */
+  include(holder: CertificateHolder, options: { readonly rotate: boolean; readonly followCa: boolean }): void {
+    if (options.rotate) this.services.push(holder);
+    if (options.followCa) this.followers.push(holder);
+  }
+
+  /**
+   * After this instance re-read the CA's files that another instance
+   * changed: the certificates only this instance holds (its API's, its
+   * Redis client certificate) re-issued by the CA as it is now, so that
+   * they are still trusted once the old CA goes.
+   */
+  followCaChange(): Promise<RenewalOutcome[]> {
+    return this.serially(async () => {
+      const outcomes = await renewAll(this.followers);
+      for (const outcome of outcomes) this.deps.logger.info({ outcome }, describeOutcome(outcome));
+      return outcomes;
+    });
+  }
 
   /** Every certificate re-issued and reloaded; with `ca`, under a new CA first (see beginCaRotation). */
   rotate(options: { readonly ca: boolean }): Promise<RotationReport> {
@@ -94,12 +122,14 @@ export class CertificateRotation {
       });
     }
     const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
-    for (const node of this.deps.nodes) {
-      const record = records.get(nodeHolder(node.name));
-      if (!record || !expiresSoon(record.notAfter, now)) continue;
-      const [outcome] = await this.serially(() => renewAll([this.holderOf(node)]));
+    const holders = [...this.allHolders(), ...this.followers.filter((holder) => !this.services.includes(holder))];
+    for (const holder of holders) {
+      if (holder.fromRelevoCa === false) continue;
+      const facts = holder.held ? certificateFacts(holder.held()) : records.get(holder.holder);
+      if (!facts || !expiresSoon(facts.notAfter, now)) continue;
+      const [outcome] = await this.serially(() => renewAll([holder]));
       const action = outcome?.phase === "renewed" ? "renewed" : outcome?.phase === "pending" ? "at-next-start" : "renewal-failed";
-      await this.expiring({ holder: record.holder, serial: record.serial, notAfter: record.notAfter, action });
+      await this.expiring({ holder: holder.holder, serial: facts.serial, notAfter: facts.notAfter, action });
     }
   }
 
@@ -123,8 +153,13 @@ export class CertificateRotation {
     return nodeCertificateHolder({ driver, superuser, timeoutMs: config.nodeTimeoutMs, home: config.home }, node);
   }
 
+  /** The members' servers, then the service's own holders (Redis, the API): what a rotation renews, in that order. */
+  private allHolders(): CertificateHolder[] {
+    return [...this.deps.nodes.map((node) => this.holderOf(node)), ...this.services];
+  }
+
   private renewAll(): Promise<RenewalOutcome[]> {
-    return renewAll(this.deps.nodes.map((node) => this.holderOf(node)));
+    return renewAll(this.allHolders());
   }
 
   private async renewEverything(ca: CaStep): Promise<RotationReport> {
@@ -144,11 +179,20 @@ export class CertificateRotation {
     return { ca, outcomes, awaiting };
   }
 
-  /** Members whose recorded certificate is not the current CA's. */
+  /**
+   * Holders whose certificate is not the current CA's: a member by its
+   * record (a stopped one too), a service's holder by what it holds (or its
+   * record). The operator's own API certificate is not waited for.
+   */
   private async awaitingNewCa(): Promise<string[]> {
     const signer = certificateFacts(this.deps.ca.authority.signerPem).subject;
     const records = new Map<string, IssuedRecord>((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
-    return this.deps.nodes.map((node) => nodeHolder(node.name)).filter((holder) => records.get(holder)?.issuer !== signer);
+    const members = this.deps.nodes.map((node) => nodeHolder(node.name)).filter((holder) => records.get(holder)?.issuer !== signer);
+    const services = this.services
+      .filter((holder) => holder.fromRelevoCa !== false)
+      .filter((holder) => (holder.held ? certificateFacts(holder.held()).issuer : records.get(holder.holder)?.issuer) !== signer)
+      .map((holder) => holder.holder);
+    return [...members, ...services];
   }
 
   private serially<T>(work: () => Promise<T>): Promise<T> {

@@ -43,6 +43,8 @@ export interface RedisKeys {
   };
   /** The API's token buckets (rate-limit): `<rateLimit>:token:<id>` or `<rateLimit>:address:<ip>`, each a hash that expires. */
   readonly rateLimit: string;
+  /** Taken (SET NX, expiring) by the instance that checks the certificates' expiry this interval. */
+  readonly expiryCheck: string;
   /** A running backup's progress (a hash per backup id). */
   backupProgress(backupId: string): string;
   /**
@@ -73,6 +75,7 @@ export function redisKeys(clusterName: string): RedisKeys {
     failoverHeldBack: `${prefix}:failover-held-back`,
     archiveGaps: `${prefix}:archive-gaps`,
     rateLimit: `${prefix}:rate-limit`,
+    expiryCheck: `${prefix}:tls:expiry-check`,
     leases: {
       walArchiver: `${prefix}:lease:wal-archiver`,
       backup: `${prefix}:lease:backup`,

@@ -11,6 +11,8 @@ import { hasControlCharacter } from "../util/control-characters";
 import type { RelevoConfig } from "../config/config";
 import { readConfiguredFile } from "../config/configured-file";
 import { connectionOptions, parseRedisUrl, type RedisEndpoint } from "./redis-client";
+import { recordIssued } from "../tls/issued-certificates";
+import { REDIS_SERVER_HOLDER } from "./redis-certificate";
 import { ensureRedisServerCertificate, ownRedisTls, redisTlsFiles, type OwnRedisTls, type RedisCertificateIssuer } from "./redis-tls";
 
 export interface RedisServerOptions {
@@ -32,6 +34,11 @@ export interface RedisServerHandle {
   stop(): Promise<void>;
 }
 
+/** Where Relevo's own Redis keeps its configuration, data, log and TLS files: `<home>/redis`. Pure. */
+export function redisDirectory(home: string): string {
+  return path.join(home, "redis");
+}
+
 /**
  * Relevo's own Redis: append-only persistence on, data under the data home,
  * bound to the configured address, password from the secrets file (in a 0600
@@ -44,7 +51,7 @@ export interface RedisServerHandle {
  * refused with REDIS_NOT_OURS and gets nothing.
  */
 export async function ensureRedisServer(options: RedisServerOptions): Promise<RedisServerHandle> {
-  const dir = path.join(options.home, "redis");
+  const dir = redisDirectory(options.home);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   if (await answersPing(options)) {
     options.logger.info({ port: options.port }, "reusing the running Redis server");
@@ -54,6 +61,8 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
   await assertPortFree(options.host, options.port, "Redis", "RELEVO_REDIS_PORT");
   const { issued } = await ensureRedisServerCertificate({ redisDirectory: dir, issuer: options.tls.issuer, addresses: [options.host] });
   if (issued) options.logger.info({ reason: issued }, "Redis's server certificate issued");
+  // What Redis serves from this start, in the record of issued certificates (certificates list, the expiry check).
+  await recordIssued(options.home, REDIS_SERVER_HOLDER, await readFile(redisTlsFiles(dir).certificateFile, "utf8"));
   const configFile = path.join(dir, "redis.conf");
   await writeFile(configFile, redisConf(options, dir), { mode: 0o600 });
   await chmod(configFile, 0o600);
@@ -97,16 +106,16 @@ export async function ensureRedisServer(options: RedisServerOptions): Promise<Re
 /**
  * The cluster's Redis: the one RELEVO_REDIS_URL names (waited for, never
  * started or stopped), else Relevo's own (started unless it runs already;
- * `handle.started` says whether this call started it).
+ * `handle.started` says whether this call started it; `own`, its TLS).
  */
 export async function clusterRedisServer(
   config: ExternalRedisSettings & Pick<RelevoConfig, "home" | "host" | "redisPort" | "redisServerBin" | "startTimeoutMs">,
   credentials: { readonly password: string; readonly issuer: RedisCertificateIssuer },
   logger: Logger,
-): Promise<{ endpoint: RedisEndpoint; handle: RedisServerHandle }> {
+): Promise<{ endpoint: RedisEndpoint; handle: RedisServerHandle; own: OwnRedisTls | null }> {
   if (config.redisUrl) {
     const endpoint = await externalRedisEndpoint(config);
-    return { endpoint, handle: await requireExternalRedis(endpoint, config.startTimeoutMs, logger) };
+    return { endpoint, handle: await requireExternalRedis(endpoint, config.startTimeoutMs, logger), own: null };
   }
   const tls = await ownRedisTls(credentials.issuer);
   const endpoint = { host: config.host, port: config.redisPort, password: credentials.password, tls: tls.client };
@@ -120,7 +129,7 @@ export async function clusterRedisServer(
     logger,
     tls,
   });
-  return { endpoint, handle };
+  return { endpoint, handle, own: tls };
 }
 
 type ExternalRedisSettings = Pick<RelevoConfig, "redisUrl" | "redisCaFile" | "redisCertFile" | "redisKeyFile">;

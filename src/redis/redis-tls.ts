@@ -23,10 +23,10 @@ export interface RedisClientTls {
 /** What issues the certificates of Relevo's own Redis: Relevo's CA. */
 export type RedisCertificateIssuer = Pick<CertificateAuthority, "certificatePem" | "issueServerCertificate" | "issueClientCertificate">;
 
-/** Relevo's own Redis's TLS: the issuer of its server certificate, and what Relevo's clients present to it. */
+/** Relevo's own Redis's TLS: the issuer of its server certificate, and what Relevo's clients present (renewed in place). */
 export interface OwnRedisTls {
   readonly issuer: RedisCertificateIssuer;
-  readonly client: RedisClientTls;
+  readonly client: OwnRedisClientCertificate;
 }
 
 /** The common name of the server certificate; Redis 7.0 does not map a client certificate to a user, so clients are "relevo". */
@@ -34,18 +34,68 @@ const SERVER_NAME = "redis";
 const CLIENT_NAME = "relevo";
 
 /**
- * A client certificate for this process's Redis connections, held in
- * memory only (issued at each start: nothing to protect on disk, and a
- * rotation gives new connections a new one the same way).
+ * This process's client certificate for its Redis connections, held in
+ * memory only (nothing to protect on disk). A rotation, or another
+ * instance's change of the CA, renews it in place: every connection made
+ * after (ioredis reconnects included) presents the new one and trusts the
+ * CA as it is now; a connection already open stays as it is.
  */
-export async function ownRedisTls(issuer: RedisCertificateIssuer): Promise<OwnRedisTls> {
-  const client = await issuer.issueClientCertificate({ user: CLIENT_NAME });
-  return { issuer, client: { ca: issuer.certificatePem, cert: client.certificatePem, key: client.keyPem } };
+export class OwnRedisClientCertificate implements RedisClientTls {
+  private constructor(private current: { readonly ca: string; readonly cert: string; readonly key: string }) {}
+
+  static async issue(issuer: RedisCertificateIssuer): Promise<OwnRedisClientCertificate> {
+    return new OwnRedisClientCertificate(await issueClient(issuer));
+  }
+
+  get ca(): string {
+    return this.current.ca;
+  }
+
+  get cert(): string {
+    return this.current.cert;
+  }
+
+  get key(): string {
+    return this.current.key;
+  }
+
+  /** A new certificate from `issuer` (the CA as it is now); returns it (PEM) for the caller's report. */
+  async renew(issuer: RedisCertificateIssuer): Promise<string> {
+    this.current = await issueClient(issuer);
+    return this.current.cert;
+  }
 }
 
-/** ioredis's `tls` option (Node's tls.connect options): verification on, always. */
+async function issueClient(issuer: RedisCertificateIssuer): Promise<{ ca: string; cert: string; key: string }> {
+  const client = await issuer.issueClientCertificate({ user: CLIENT_NAME });
+  return { ca: issuer.certificatePem, cert: client.certificatePem, key: client.keyPem };
+}
+
+/** This process's Redis TLS: a client certificate issued now by `issuer`. */
+export async function ownRedisTls(issuer: RedisCertificateIssuer): Promise<OwnRedisTls> {
+  return { issuer, client: await OwnRedisClientCertificate.issue(issuer) };
+}
+
+/**
+ * ioredis's `tls` option (Node's tls.connect options): verification on,
+ * always. What it presents and trusts is read at each connection (the
+ * connectors spread these options then), so a renewed client certificate
+ * reaches reconnections.
+ */
 export function clientTlsOptions(tls: RedisClientTls): ConnectionOptions {
-  return { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, minVersion: "TLSv1.2" };
+  return {
+    get ca() {
+      return tls.ca;
+    },
+    get cert() {
+      return tls.cert;
+    },
+    get key() {
+      return tls.key;
+    },
+    rejectUnauthorized: true,
+    minVersion: "TLSv1.2",
+  };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { startApiServer, type RunningApi } from "../api/server";
+import { startApiServer, type ApiCertificate, type RunningApi } from "../api/server";
 import { MAX_OPERATIONS_PER_SOCKET, MAX_PENDING_SOCKETS_PER_ADDRESS, maxPendingSockets } from "../api/socket-admission";
 import type { BackupService } from "../backup/backup-service";
 import type { CertificateRotation } from "../cluster/certificate-rotation";
@@ -14,7 +14,10 @@ import type { RelevoConfig } from "../config/config";
 import { readConfiguredFile } from "../config/configured-file";
 import { UnreachableCaseError } from "../errors";
 import type { Logger } from "../log";
-import { caFiles, type CertificateAuthority } from "../tls/certificate-authority";
+import type { CertificateHolder, RenewalOutcome } from "../tls/certificate-holder";
+import { caFiles } from "../tls/certificate-authority";
+import { certificateFacts } from "../tls/issued-certificates";
+import type { LiveAuthority } from "../tls/live-authority";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -22,7 +25,7 @@ import type { RedisAndEvents } from "./redis-and-events";
 export async function startApi(
   options: StartContext & {
     readonly secrets: Secrets;
-    readonly ca: CertificateAuthority;
+    readonly ca: LiveAuthority;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly collector: TopologyCollector;
@@ -33,7 +36,7 @@ export async function startApi(
   },
 ): Promise<RunningApi> {
   const { config, logger, cleanups, ca, redis, nodes, collector, backups, scheduler, failover, certificates } = options;
-  const tls = await apiCertificate(config, ca, logger);
+  const tls = await apiCertificate(config, ca.authority, logger);
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
   const tokens = await TokenAccess.open({ home: config.home, logger });
@@ -73,7 +76,51 @@ export async function startApi(
     },
   );
   cleanups.push(() => api.stop());
+  if (tls && api.replaceCertificate) {
+    const fromRelevoCa = apiTransport(config).phase === "https-issued";
+    certificates.include(apiCertificateHolder({ config, ca, port: api.port, replace: api.replaceCertificate, first: tls }), {
+      rotate: true,
+      // Issued in memory by this instance: another instance's CA rotation must reach it too.
+      followCa: fromRelevoCa,
+    });
+  }
   return api;
+}
+
+/**
+ * The API's HTTPS certificate as a holder: issued again by the CA as it is
+ * now (or, when it is the operator's, RELEVO_API_TLS_CERT_FILE and
+ * RELEVO_API_TLS_KEY_FILE read again) and given to the connections
+ * accepted from then on, without a restart. A pair that does not make a
+ * TLS context is refused and the previous one kept.
+ */
+function apiCertificateHolder(options: {
+  readonly config: RelevoConfig;
+  readonly ca: LiveAuthority;
+  readonly port: number;
+  readonly replace: (tls: ApiCertificate) => void;
+  readonly first: ApiCertificate;
+}): CertificateHolder {
+  const holder = `api:${options.port}`;
+  let current = options.first;
+  const fromRelevoCa = apiTransport(options.config).phase === "https-issued";
+  return {
+    holder,
+    fromRelevoCa,
+    held: () => current.certificatePem,
+    renew: async (): Promise<RenewalOutcome> => {
+      const next = await apiCertificate(options.config, options.ca.authority);
+      const previousSerial = certificateFacts(current.certificatePem).serial;
+      if (next === undefined) return { phase: "failed", holder, reason: "the API no longer has a certificate to serve" };
+      try {
+        options.replace(next);
+      } catch (error) {
+        return { phase: "refused", holder, reason: (error as Error).message, serial: previousSerial };
+      }
+      current = next;
+      return { phase: "renewed", holder, serial: certificateFacts(next.certificatePem).serial, previousSerial };
+    },
+  };
 }
 
 /**
@@ -84,9 +131,9 @@ export async function startApi(
  */
 async function apiCertificate(
   config: RelevoConfig,
-  ca: CertificateAuthority,
-  logger: Logger,
-): Promise<{ certificatePem: string; keyPem: string } | undefined> {
+  ca: Pick<LiveAuthority["authority"], "issueServerCertificate">,
+  logger?: Logger,
+): Promise<ApiCertificate | undefined> {
   const transport = apiTransport(config);
   switch (transport.phase) {
     case "https-files":
@@ -99,7 +146,7 @@ async function apiCertificate(
     case "http-loopback":
       return undefined;
     case "http-plaintext-accepted":
-      logger.warn(
+      logger?.warn(
         { host: config.host, env: "RELEVO_API_TLS" },
         `THE API IS PLAIN HTTP ON ${config.host}, AN ADDRESS OTHER MACHINES CAN REACH (RELEVO_API_TLS=off): ` +
           "bearer tokens and every answer travel in clear; set RELEVO_API_TLS=on or give RELEVO_API_TLS_CERT_FILE",

@@ -25,18 +25,34 @@ export async function startCertificates(
 ): Promise<CertificateRotation> {
   const { config, logger, cleanups, ca, driver, members, superuser, redis } = options;
   const rotation = new CertificateRotation({ config, ca, driver, nodes: members.nodes, superuser, events: redis.events, logger });
-  const check = (): Promise<void> =>
-    rotation.checkExpiry().catch((error: Error) => logger.warn({ err: error.message }, "the certificates' expiry was not checked"));
+  if (redis.certificates) {
+    rotation.include(redis.certificates.server, { rotate: true, followCa: false });
+    rotation.include(redis.certificates.client, { rotate: false, followCa: true });
+  }
+  // One instance checks per interval (they share the members and Redis): the one that takes the key first.
+  const check = async (): Promise<void> => {
+    try {
+      const key = redis.keys.expiryCheck;
+      if ((await redis.client.set(key, redis.instanceId, "PX", EXPIRY_CHECK_INTERVAL_MS / 2, "NX")) !== "OK") return;
+      await rotation.checkExpiry();
+    } catch (error) {
+      logger.warn({ err: (error as Error).message }, "the certificates' expiry was not checked");
+    }
+  };
   await check();
   const timer = setInterval(() => void check(), EXPIRY_CHECK_INTERVAL_MS);
   timer.unref();
   cleanups.push(() => clearInterval(timer));
   // Another instance on this data home may rotate the CA: its trust file is followed, as members.json is.
   const follow = setInterval(() => {
-    ca.reloadIfChanged().then(
-      (reloaded) => reloaded && logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded"),
-      (error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"),
-    );
+    ca.reloadIfChanged()
+      .then(async (reloaded) => {
+        if (!reloaded) return;
+        logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded");
+        // This instance's own certificates (its API's, its Redis client certificate) from the CA as it is now.
+        await rotation.followCaChange();
+      })
+      .catch((error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"));
   }, config.topologyPollIntervalMs);
   follow.unref();
   cleanups.push(() => clearInterval(follow));

@@ -8,9 +8,11 @@ import { EventLog } from "../events/event-log";
 import { createRedisPubSub, publisherOf, type RedisPubSub } from "../events/redis-pubsub";
 import { redisKeys, type RedisKeys } from "../redis/keys";
 import { createRedisClient, type RedisEndpoint } from "../redis/redis-client";
-import { clusterRedisServer } from "../redis/redis-server";
+import { clusterRedisServer, redisDirectory } from "../redis/redis-server";
 import type { Secrets } from "../secrets/secrets-store";
-import type { CertificateAuthority } from "../tls/certificate-authority";
+import { redisCertificateHolder, redisClientCertificateHolder } from "../redis/redis-certificate";
+import type { CertificateHolder } from "../tls/certificate-holder";
+import type { LiveAuthority } from "../tls/live-authority";
 import type { Cleanup, StartContext } from "./cleanups";
 
 export interface RedisAndEvents {
@@ -28,16 +30,26 @@ export interface RedisAndEvents {
   readonly instanceId: string;
   readonly pubSub: RedisPubSub;
   readonly events: EventLog;
+  /**
+   * Relevo's own Redis's certificates as holders (null for RELEVO_REDIS_URL's):
+   * `server`, its server certificate with this process's client
+   * certificate; `client`, the latter alone (another instance rotated).
+   */
+  readonly certificates: { readonly server: CertificateHolder; readonly client: CertificateHolder } | null;
 }
 
 /** Redis (Relevo's own, or the one RELEVO_REDIS_URL names), the connections to it, and the event log on it. */
 export async function startRedisAndEvents(
-  options: StartContext & { readonly secrets: Secrets; readonly ca: CertificateAuthority },
+  options: StartContext & { readonly secrets: Secrets; readonly ca: LiveAuthority },
 ): Promise<RedisAndEvents> {
   const { config, logger, cleanups, secrets, ca } = options;
   // Relevo's own Redis (TLS, certificates from Relevo's CA), or one run by someone else (RELEVO_REDIS_URL),
   // which it then neither starts nor stops.
-  const { endpoint, handle: server } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca }, logger);
+  const {
+    endpoint,
+    handle: server,
+    own,
+  } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca.authority }, logger);
   const stopServer = (): Promise<void> => server.stop();
   cleanups.push(stopServer);
 
@@ -55,7 +67,20 @@ export async function startRedisAndEvents(
   const instanceId = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const pubSub = createRedisPubSub(client, subscriberClient);
   const events = new EventLog(client, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
-  return { endpoint, stopServer, client, blockingClient, invalidationClient, keys, instanceId, pubSub, events };
+  const issuer = (): LiveAuthority["authority"] => ca.authority;
+  const certificates = own && {
+    server: redisCertificateHolder({
+      redisDirectory: redisDirectory(config.home),
+      issuer,
+      addresses: [config.host],
+      endpoint,
+      client: own.client,
+      commands: client,
+      home: config.home,
+    }),
+    client: redisClientCertificateHolder({ issuer, client: own.client }),
+  };
+  return { endpoint, stopServer, client, blockingClient, invalidationClient, keys, instanceId, pubSub, events, certificates };
 }
 
 /** Copies the event stream into the database (the primary's, whichever that is). */

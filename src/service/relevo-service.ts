@@ -25,6 +25,7 @@ import type { Cleanups } from "./cleanups";
 import type { CertificateRotation } from "../cluster/certificate-rotation";
 import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
 import type { RedisAndEvents } from "./redis-and-events";
+import type { RedisEndpoint } from "../redis/redis-client";
 import { stopService, type StopOptions } from "./stop";
 
 export interface RelevoService {
@@ -38,6 +39,8 @@ export interface RelevoService {
   readonly caFile: string;
   readonly keys: RedisKeys;
   readonly redis: Redis;
+  /** Where the cluster's Redis is, and the TLS this process's connections to it present and trust (as they are now). */
+  readonly redisEndpoint: RedisEndpoint;
   readonly events: EventLog;
   readonly collector: TopologyCollector;
   readonly database: PrimaryDatabase;
@@ -100,6 +103,7 @@ export function runningService(parts: {
     caFile: ca.authority.certificateFile,
     keys: redis.keys,
     redis: redis.client,
+    redisEndpoint: redis.endpoint,
     events: redis.events,
     collector: topology.collector,
     database: topology.database,

@@ -32,8 +32,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
   try {
     const { driver, secrets, ca } = await checkPrerequisites(context);
     const trustedCa = ca.trust;
-    // Redis's and the API's certificates are issued at start by the CA of that moment (not yet rotated in place).
-    const redis = await startRedisAndEvents({ ...context, secrets, ca: ca.authority });
+    const redis = await startRedisAndEvents({ ...context, secrets, ca });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver });
@@ -86,7 +85,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const api = await startApi({
       ...context,
       secrets,
-      ca: ca.authority,
+      ca,
       redis,
       nodes,
       collector,

@@ -12,6 +12,14 @@ export interface CertificateHolder {
   /** Its name in the record of issued certificates and in reports: `node:node1`. */
   readonly holder: string;
   renew(): Promise<RenewalOutcome>;
+  /**
+   * The certificate it holds now (PEM), for one held in memory rather than
+   * recorded in the data home (the API's, a process's Redis client
+   * certificate): what the expiry check and a CA rotation's finish read.
+   */
+  readonly held?: () => string;
+  /** False for a certificate Relevo's CA did not issue (the operator's API certificate): renewed by re-reading, never awaited by a CA rotation. */
+  readonly fromRelevoCa?: boolean;
 }
 
 export type RenewalOutcome =

@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
-import type { ConnectionOptions, PeerCertificate, TLSSocket } from "node:tls";
+import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 import { Client } from "pg";
 import { loadConfig } from "../../src/config/config";
@@ -97,4 +97,17 @@ export async function testNodeTls(): Promise<NodeTlsSource> {
  */
 export async function testRedisTls(): Promise<OwnRedisTls> {
   return ownRedisTls(await testCa());
+}
+
+/** The serial (upper-case hex) of the certificate a TLS server (the API) presents to a new client verifying it against `ca`. */
+export function servedTlsSerial(host: string, port: number, ca: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tlsConnect({ host, port, ca, rejectUnauthorized: true }, () => {
+      const serial = socket.getPeerX509Certificate()?.serialNumber.toUpperCase();
+      socket.destroy();
+      if (serial === undefined) reject(new Error(`${host}:${port} presented no certificate`));
+      else resolve(serial);
+    });
+    socket.once("error", reject);
+  });
 }

@@ -20,6 +20,8 @@ import { loadConfig } from "../../src/config/config";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
 import { servedCertificate } from "../helpers/tls";
+import { servedRedisCertificate } from "../../src/redis/redis-certificate";
+import { certificateFacts } from "../../src/tls/issued-certificates";
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
@@ -225,6 +227,10 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     expect(written).toBeGreaterThan(0);
     expect(rotated.stdout).toMatch(/node:node1: renewed, serves [0-9A-F]+ \(was [0-9A-F]+\)/);
     expect(rotated.stdout).toMatch(/node:node2: renewed/);
+    // Relevo's Redis too, without a restart: CONFIG SET of its TLS files, then a new connection is served the new one.
+    const redisServed = certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial;
+    expect(rotated.stdout).toContain(`redis:server: renewed, serves ${redisServed}`);
+    expect(await cluster.service.redis.ping()).toBe("PONG");
     // Through the API, audited like every mutation.
     const audited = (await cluster.service.events.page({ first: 20, kinds: ["api:mutation"] })).events as ClusterEvent<"api:mutation">[];
     expect(audited.some((event) => event.data.fields.includes("rotateCertificates"))).toBe(true);
@@ -293,75 +299,100 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const { secrets } = cluster.service;
     const nodes = [primary(), replica()];
     const before = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
+    const redisBefore = certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial;
+    const redisClientBefore = certificateFacts(cluster.service.redisEndpoint.tls!.cert!).serial;
     // As if the service had run 355 days since the nodes' certificates (a year each) were issued.
     await cluster.service.certificates.checkExpiry(new Date(Date.now() + (LEAF_VALIDITY_DAYS - 10) * 86_400_000));
     const after = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
     expect(after[0]).not.toBe(before[0]);
     expect(after[1]).not.toBe(before[1]);
+    // Redis's server certificate and this process's client certificate for it, renewed the same way.
+    expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial).not.toBe(redisBefore);
+    expect(certificateFacts(cluster.service.redisEndpoint.tls!.cert!).serial).not.toBe(redisClientBefore);
     const events = (await cluster.service.events.page({ first: 50, kinds: ["tls:expiring"] })).events as ClusterEvent<"tls:expiring">[];
     expect(events.map((event) => [event.data.holder, event.data.serial, event.data.action]).sort()).toEqual([
       ["node:node1", before[0], "renewed"],
       ["node:node2", before[1], "renewed"],
+      // This process's client certificate was re-issued with the server's (one renewal, no event of its own).
+      ["redis:server", redisBefore, "renewed"],
     ]);
   });
 
-  // The CA is the same whatever the driver: one driver is enough (registered on the local driver only, not skipped on the other).
-  if (driver === "local")
-    test("CA rotation: old-CA and new-CA clients both pass during the bundle; once finished only the new; replication never broke", async () => {
-      const { secrets } = cluster.service;
-      const nodes = [primary(), replica()];
-      const clients = await tempHome("ca-clients");
-      const oldCaFile = path.join(clients, "old-ca.crt");
-      const newCaFile = path.join(clients, "new-ca.crt");
-      const oldCa = (await readFile(cluster.service.caFile, "utf8")).trim() + "\n";
-      await writeFile(oldCaFile, oldCa);
-      const receiverBefore = await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver");
-      const startedBefore = await Promise.all(nodes.map((node) => postmasterStart(node, secrets)));
+  // On both drivers: a Docker node's trust files and chain travel through the engine.
+  test("CA rotation: old-CA and new-CA clients both pass during the bundle; once finished only the new; replication never broke", async () => {
+    const { secrets } = cluster.service;
+    const nodes = [primary(), replica()];
+    const clients = await tempHome("ca-clients");
+    const oldCaFile = path.join(clients, "old-ca.crt");
+    const newCaFile = path.join(clients, "new-ca.crt");
+    const oldCa = (await readFile(cluster.service.caFile, "utf8")).trim() + "\n";
+    await writeFile(oldCaFile, oldCa);
+    const receiverBefore = await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver");
+    const startedBefore = await Promise.all(nodes.map((node) => postmasterStart(node, secrets)));
+    // A Redis client of the old CA alone (its trust, and a client certificate it issued), as another process holds one.
+    const oldAuthority = await CertificateAuthority.load(cluster.config);
+    const oldClientCertificate = await oldAuthority.issueClientCertificate({ user: "relevo" });
+    const oldRedisClient = {
+      ...cluster.service.redisEndpoint,
+      tls: { ca: oldCa, cert: oldClientCertificate.certificatePem, key: oldClientCertificate.keyPem },
+    };
+    const redisRunId = async (): Promise<string> => /run_id:(\w+)/.exec(await cluster.service.redis.info("server"))![1]!;
+    const redisBefore = await redisRunId();
 
-      const begun = await run("node", [BIN, "certificates", "rotate", "--ca"], { env: cliEnvFor(cluster.config) });
-      expect(begun.stdout).toContain("every member holds a certificate of the new CA");
-      const bundle = splitCertificates(await readFile(cluster.service.caFile, "utf8"));
-      expect(bundle).toHaveLength(2);
-      expect(bundle[1]!.trim()).toBe(oldCa.trim());
-      await writeFile(newCaFile, bundle[0]!);
-      trustCa(bundle[0]!);
-      for (const node of nodes) {
-        expect(await libpqLogin(node, secrets, oldCaFile)).toBe("ok");
-        expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
-      }
-      const listed = (await run("node", [BIN, "certificates", "list"], { env: cliEnvFor(cluster.config) })).stdout;
-      expect(listed).toMatch(/CA rotation under way since/);
-      expect(listed.match(/CA \((signs|trusted)\)/g)).toEqual(["CA (signs)", "CA (trusted)"]);
+    const begun = await run("node", [BIN, "certificates", "rotate", "--ca"], { env: cliEnvFor(cluster.config) });
+    expect(begun.stdout).toMatch(/redis:server: renewed/);
+    expect(begun.stdout).toContain("every member, Redis and the API hold certificates of the new CA");
+    const bundle = splitCertificates(await readFile(cluster.service.caFile, "utf8"));
+    expect(bundle).toHaveLength(2);
+    expect(bundle[1]!.trim()).toBe(oldCa.trim());
+    await writeFile(newCaFile, bundle[0]!);
+    trustCa(bundle[0]!);
+    for (const node of nodes) {
+      expect(await libpqLogin(node, secrets, oldCaFile)).toBe("ok");
+      expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
+    }
+    // Redis serves the new CA's certificate (verified by an old-CA client through the cross certificate) and takes both CAs' clients.
+    expect(certificateFacts(await servedRedisCertificate(oldRedisClient)).issuer).toBe(certificateFacts(bundle[0]!).subject);
+    expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).issuer).toBe(certificateFacts(bundle[0]!).subject);
+    const listed = (await run("node", [BIN, "certificates", "list"], { env: cliEnvFor(cluster.config) })).stdout;
+    expect(listed).toMatch(/CA rotation under way since/);
+    expect(listed.match(/CA \((signs|trusted)\)/g)).toEqual(["CA (signs)", "CA (trusted)"]);
 
-      const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) });
-      expect(finished.stdout).toContain("CA rotation finished");
-      expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toEqual([bundle[0]]);
-      for (const node of nodes) {
-        expect(await libpqLogin(node, secrets, oldCaFile)).toMatch(/certificate verify failed/);
-        expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
-        // Relevo's own clients trust the new CA alone now, without a restart.
-        const superuser = {
-          user: "postgres",
-          password: secrets.superuserPassword,
-          database: "postgres",
-          trustedCa: cluster.service.trustedCa,
-        };
-        expect(
-          await withNodeClient(node, superuser, 5000, async (client) => (await client.query<{ one: number }>("SELECT 1 AS one")).rows),
-        ).toEqual([{ one: 1 }]);
-      }
-      expect(cluster.service.trustedCa.pem).toBe(bundle[0]);
-      // Replication never broke: the same WAL receiver streams, no postmaster restarted, and a new row reaches the replica.
-      expect(await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver")).toEqual(receiverBefore);
-      expect(await Promise.all(nodes.map((node) => postmasterStart(node, secrets)))).toEqual(startedBefore);
-      await sqlOn(primary(), secrets, "CREATE TABLE ca_rotation_check AS SELECT 'after the CA rotation' AS note");
-      await eventually(async () =>
-        (await sqlOn(replica(), secrets, "SELECT 1 FROM pg_tables WHERE tablename = 'ca_rotation_check'")).length > 0 ? true : undefined,
-      );
-      await expect(run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) })).rejects.toMatchObject({
-        stderr: expect.stringContaining("PRECONDITION_FAILED"),
-      });
+    const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) });
+    expect(finished.stdout).toContain("CA rotation finished");
+    expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toEqual([bundle[0]]);
+    for (const node of nodes) {
+      expect(await libpqLogin(node, secrets, oldCaFile)).toMatch(/certificate verify failed/);
+      expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
+      // Relevo's own clients trust the new CA alone now, without a restart.
+      const superuser = {
+        user: "postgres",
+        password: secrets.superuserPassword,
+        database: "postgres",
+        trustedCa: cluster.service.trustedCa,
+      };
+      expect(
+        await withNodeClient(node, superuser, 5000, async (client) => (await client.query<{ one: number }>("SELECT 1 AS one")).rows),
+      ).toEqual([{ one: 1 }]);
+    }
+    expect(cluster.service.trustedCa.pem).toBe(bundle[0]);
+    // Redis trusts the new CA alone now: the old CA's client is refused; the service's connections, made again, are
+    // admitted (their client certificate was re-issued by the new CA), and Redis never restarted.
+    await expect(servedRedisCertificate(oldRedisClient)).rejects.toThrow();
+    await cluster.service.redis.call("CLIENT", "KILL", "TYPE", "normal");
+    await eventually(async () => ((await cluster.service.redis.ping().catch(() => null)) === "PONG" ? true : undefined));
+    expect(await redisRunId()).toBe(redisBefore);
+    // Replication never broke: the same WAL receiver streams, no postmaster restarted, and a new row reaches the replica.
+    expect(await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver")).toEqual(receiverBefore);
+    expect(await Promise.all(nodes.map((node) => postmasterStart(node, secrets)))).toEqual(startedBefore);
+    await sqlOn(primary(), secrets, "CREATE TABLE ca_rotation_check AS SELECT 'after the CA rotation' AS note");
+    await eventually(async () =>
+      (await sqlOn(replica(), secrets, "SELECT 1 FROM pg_tables WHERE tablename = 'ca_rotation_check'")).length > 0 ? true : undefined,
+    );
+    await expect(run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) })).rejects.toMatchObject({
+      stderr: expect.stringContaining("PRECONDITION_FAILED"),
     });
+  });
 
   if (driver === "local")
     test("a CA rotation is not finished while a stopped member holds the old CA's certificate; its start re-issues it", async () => {

@@ -9,8 +9,14 @@ import { tempHome } from "../helpers/home";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { createClient } from "graphql-ws";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { projectRoot } from "../../src/util/project-root";
+import { cliEnvFor } from "../helpers/cli-env";
+import { servedTlsSerial } from "../helpers/tls";
 
 const execFileAsync = promisify(execFile);
+const BIN = path.join(projectRoot(), "bin/relevo");
 
 const CLUSTER_QUERY = `query {
   cluster {
@@ -225,6 +231,29 @@ describe("topology over GraphQL", () => {
       expect((failure as { message?: string }).message).toMatch(/^unable to verify the first certificate/);
     } finally {
       await socket.dispose();
+    }
+  });
+
+  test("certificates rotate: the API serves a new certificate of the CA without a restart; a subscription open across it keeps delivering", async () => {
+    const ca = await readFile(cluster.service.caFile, "utf8");
+    const before = await servedTlsSerial("127.0.0.1", cluster.config.apiPort, ca);
+    const client = subscriptionClient(cluster.url, cluster.token("viewer"));
+    const events = new SubscriptionRecorder<{ clusterEvents: { kind: string } }>(
+      client,
+      `subscription { clusterEvents(kinds: ["tls:rotated"]) { kind } }`,
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 500)); // let the subscription register
+      const { stdout } = await execFileAsync("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) });
+      const after = await servedTlsSerial("127.0.0.1", cluster.config.apiPort, ca);
+      expect(after).not.toBe(before);
+      expect(stdout).toContain(`api:${cluster.config.apiPort}: renewed, serves ${after} (was ${before})`);
+      // The socket opened before the rotation (on the previous certificate) delivers the rotation's own event.
+      expect(await events.next(() => true)).toEqual({ clusterEvents: { kind: "tls:rotated" } });
+      expect(await callApi(cluster.config, "{ cluster { name } }")).toEqual({ cluster: { name: "test" } });
+    } finally {
+      events.dispose();
+      await client.dispose();
     }
   });
 

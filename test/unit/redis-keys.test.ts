@@ -18,6 +18,7 @@ describe("Redis keys", () => {
       failoverHeldBack: "relevo:c:failover-held-back",
       archiveGaps: "relevo:c:archive-gaps",
       rateLimit: "relevo:c:rate-limit",
+      expiryCheck: "relevo:c:tls:expiry-check",
       leases: {
         walArchiver: "relevo:c:lease:wal-archiver",
         backup: "relevo:c:lease:backup",
