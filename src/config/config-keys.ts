@@ -49,7 +49,7 @@ export const configKeys = {
     env: "RELEVO_DOCKER_HOST",
     default: "",
     schema: z.string(),
-    doc: "Docker engine (docker driver): unix:///path/to/docker.sock or tcp://host:port; empty means DOCKER_HOST, else the local socket /var/run/docker.sock.",
+    doc: "Docker engine (docker driver): unix:///path/to/docker.sock or tcp://host:port (plain TCP on loopback only, else with RELEVO_DOCKER_CERT_PATH); empty means DOCKER_HOST, else the local socket /var/run/docker.sock.",
   },
   dockerCertPath: {
     env: "RELEVO_DOCKER_CERT_PATH",

@@ -18,12 +18,16 @@ import { makeTlsMaterial } from "../helpers/engine-forwarder";
 
 /** The engine endpoint and what the driver asks of the engine, as data (no engine needed). */
 describe("Docker driver: endpoint, container specs, file commands", () => {
-  test("a socket path or unix:// URL, or tcp:// without TLS", () => {
+  test("a socket path or unix:// URL, or tcp:// without TLS on loopback only", () => {
     const modem = (host: string, certPath = "") =>
       (connectDocker({ host, certPath }) as unknown as { modem: Record<string, unknown> }).modem;
     expect(modem("")).toMatchObject({ socketPath: "/var/run/docker.sock" });
     expect(modem("unix:///run/user/1000/docker.sock")).toMatchObject({ socketPath: "/run/user/1000/docker.sock" });
-    expect(modem("tcp://10.1.2.3:2375")).toMatchObject({ protocol: "http", host: "10.1.2.3", port: 2375 });
+    expect(modem("tcp://127.0.0.1:2375")).toMatchObject({ protocol: "http", host: "127.0.0.1", port: 2375 });
+    // Off loopback the engine's API (root on its host) would travel in clear: TLS client certificates are required.
+    for (const host of ["tcp://10.1.2.3:2375", "tcp://docker.example:2375", "tcp://[2001:db8::1]:2375"]) {
+      expect(() => connectDocker({ host, certPath: "" })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG" }));
+    }
   });
 
   test("a container is left behind by a vanished home only when its home label names another home that does not exist", () => {

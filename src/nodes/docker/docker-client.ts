@@ -2,6 +2,7 @@ import Docker from "dockerode";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { createSecureContext } from "node:tls";
+import { isLoopback } from "../../config/api-transport";
 import { ErrorCode, RelevoError } from "../../errors";
 
 export interface DockerEndpoint {
@@ -11,13 +12,26 @@ export interface DockerEndpoint {
   readonly certPath: string;
 }
 
-/** A dockerode client for an endpoint (socket, or TCP with TLS as the docker CLI takes it). */
+/**
+ * A dockerode client for an endpoint (socket, or TCP with TLS as the docker
+ * CLI takes it). Plain TCP only to a loopback address: INVALID_CONFIG
+ * otherwise.
+ */
 export function connectDocker(endpoint: DockerEndpoint): Docker {
   const host = endpoint.host.trim();
   if (host === "" || host.startsWith("unix://") || host.startsWith("/")) {
     return new Docker({ socketPath: host === "" ? "/var/run/docker.sock" : host.replace(/^unix:\/\//, "") });
   }
   const url = new URL(host.replace(/^tcp:/, endpoint.certPath ? "https:" : "http:"));
+  // An engine's API is root on its host: in clear off loopback, anyone on the path could drive it.
+  if (!endpoint.certPath && !isLoopback(url.hostname.replace(/^\[|\]$/g, ""))) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `RELEVO_DOCKER_HOST=${host} is plain TCP to an address other machines can reach: the engine's API would travel in clear ` +
+        `and unauthenticated; give its TLS client certificates in RELEVO_DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), or use a socket`,
+      { details: { env: "RELEVO_DOCKER_HOST" } },
+    );
+  }
   const tls = endpoint.certPath ? clientCertificates(endpoint.certPath) : {};
   return new Docker({
     protocol: endpoint.certPath ? "https" : "http",
