@@ -76,6 +76,9 @@ export class CertificateRotation {
       if (options.ca) await beginCaRotation(this.deps.config);
       // Re-read in any case: the operator may have replaced RELEVO_TLS_CA_FILE's files, or begun a CA rotation.
       await this.deps.ca.reload();
+      // Every member trusts the bundle before any server presents a certificate of the new CA: a replica's WAL
+      // receiver reconnecting to a renewed primary then verifies it even without a cross certificate.
+      await this.extendTrust();
       return this.renewEverything(options.ca ? "begun" : "kept");
     });
   }
@@ -90,7 +93,11 @@ export class CertificateRotation {
     return this.serially(async () => {
       await this.deps.ca.reload();
       const before = await this.renewAll();
-      const awaiting = await this.awaitingNewCa();
+      // A renewal that failed or was refused may have left a member serving what no record shows: not finished over it.
+      const troubled = before
+        .filter((outcome) => outcome.phase === "failed" || outcome.phase === "refused")
+        .map((outcome) => outcome.holder);
+      const awaiting = [...new Set([...(await this.awaitingNewCa()), ...troubled])];
       if (awaiting.length > 0) {
         throw new RelevoError(
           ErrorCode.PreconditionFailed,
@@ -151,6 +158,20 @@ export class CertificateRotation {
   private holderOf(node: NodeRef): CertificateHolder {
     const { driver, superuser, config } = this.deps;
     return nodeCertificateHolder({ driver, superuser, timeoutMs: config.nodeTimeoutMs, home: config.home }, node);
+  }
+
+  /** The CA certificates as they are now beside every running member's certificate (see NodeDriver.extendTrust). */
+  private async extendTrust(): Promise<void> {
+    for (const node of this.deps.nodes) {
+      try {
+        if ((await this.deps.driver.state(node)).phase === "running") await this.deps.driver.extendTrust(node);
+      } catch (error) {
+        this.deps.logger.warn(
+          { node: node.name, err: (error as Error).message },
+          "the CA bundle was not written beside the node's certificate",
+        );
+      }
+    }
   }
 
   /** The members' servers, then the service's own holders (Redis, the API): what a rotation renews, in that order. */

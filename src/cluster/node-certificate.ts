@@ -39,8 +39,13 @@ export function nodeCertificateHolder(deps: NodeCertificateDeps, node: NodeRef):
       const served = await reloadAndRead(deps, node, loadedBefore);
       const previousSerial = previous === null ? null : certificateFacts(previous.certificatePem).serial;
       const serial = certificateFacts(installed.certificatePem).serial;
-      if (certificateFacts(served).serial === serial) return { phase: "renewed", holder, serial, previousSerial };
-      await putBack(deps, node, previous);
+      if (certificateFacts(served).serial === serial) {
+        // Recorded once served, not when issued: a CA rotation's finish reads this record.
+        await recordIssued(deps.home, holder, installed.certificatePem);
+        return { phase: "renewed", holder, serial, previousSerial };
+      }
+      // The trust stays the new one: during a CA rotation the previous file may hold the old CA alone.
+      await putBack(deps, node, previous && { ...previous, caPem: installed.caPem });
       return {
         phase: "refused",
         holder,
@@ -51,7 +56,7 @@ export function nodeCertificateHolder(deps: NodeCertificateDeps, node: NodeRef):
   };
 }
 
-/** The previous files back, reloaded, recorded as what the node serves. */
+/** The previous certificate and key back (with the current trust), reloaded, recorded as what the node serves. */
 async function putBack(deps: NodeCertificateDeps, node: NodeRef, previous: NodeTlsFiles | null): Promise<void> {
   if (previous === null) return;
   await deps.driver.installTls(node, previous);

@@ -57,6 +57,13 @@ export interface NodeTlsSource {
   /** The CA certificates every server and tool trusts, as they are now (a CA rotation changes them). */
   readonly caPem: string;
   serverCertificate(node: NodeRef): Promise<ServerCertificate>;
+  /**
+   * Told by a driver once a start put a node's files in place
+   * (`certificatePem`: what the server starts with): the record of what
+   * each member serves. A renewal of a running node is recorded by its
+   * holder once the node is seen serving it (src/cluster/node-certificate.ts).
+   */
+  installed?(node: NodeRef, certificatePem: string): Promise<void>;
 }
 
 /** The driver's view of a node's server process (or container). */
@@ -210,6 +217,14 @@ export interface NodeDriver {
 
   /** Writes `files` as the node's TLS files (what renewTls replaced, put back). */
   installTls(node: NodeRef, files: NodeTlsFiles): Promise<void>;
+
+  /**
+   * The CA certificates as they are now written beside the node's own
+   * certificate and key, which stay: a CA rotation's first step, so that
+   * every member's tools and WAL receiver trust the new CA before any
+   * server presents a certificate of it. Nothing for a node without files.
+   */
+  extendTrust(node: NodeRef): Promise<void>;
 
   /**
    * A file of this host, beside the node's storage and never in it, whose

@@ -44,15 +44,16 @@ export async function startCertificates(
   timer.unref();
   cleanups.push(() => clearInterval(timer));
   // Another instance on this data home may rotate the CA: its trust file is followed, as members.json is.
+  // Whoever notices first (this timer, or a node's start issuing its certificate), this instance's own certificates
+  // (its API's, its Redis client certificate) follow, from the CA as it is now.
+  ca.onChangedElsewhere(async () => {
+    logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded");
+    await rotation
+      .followCaChange()
+      .catch((error: Error) => logger.warn({ err: error.message }, "this instance's certificates did not follow"));
+  });
   const follow = setInterval(() => {
-    ca.reloadIfChanged()
-      .then(async (reloaded) => {
-        if (!reloaded) return;
-        logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded");
-        // This instance's own certificates (its API's, its Redis client certificate) from the CA as it is now.
-        await rotation.followCaChange();
-      })
-      .catch((error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"));
+    ca.reloadIfChanged().catch((error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"));
   }, config.topologyPollIntervalMs);
   follow.unref();
   cleanups.push(() => clearInterval(follow));

@@ -35,6 +35,8 @@ export interface RelevoService {
   readonly secrets: Secrets;
   /** The CA's certificates (PEM), as they are now: what every connection to a node verifies it against. */
   readonly trustedCa: TrustAnchors;
+  /** The CA as this service issues and trusts with now (a rotation reloads it). */
+  readonly authority: LiveAuthority;
   /** The CA's certificate file on this host (libpq's sslrootcert). */
   readonly caFile: string;
   readonly keys: RedisKeys;
@@ -100,6 +102,7 @@ export function runningService(parts: {
     driver,
     secrets,
     trustedCa: ca.trust,
+    authority: ca,
     caFile: ca.authority.certificateFile,
     keys: redis.keys,
     redis: redis.client,

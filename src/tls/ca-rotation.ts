@@ -1,9 +1,18 @@
 import { ErrorCode, RelevoError } from "../errors";
 import { replaceFileDurably, syncDirectory } from "../util/durable-file";
+import { randomBytes } from "node:crypto";
 import { rename } from "node:fs/promises";
 import { CertificateAuthority, caFiles, type CaSettings } from "./certificate-authority";
 import { createCa } from "./certificate-issuer";
-import { ownCaPaths, readCaRotation, removeCaRotation, writeCaRotation, type CaRotationState } from "./own-ca-files";
+import {
+  completeCaSwapLocked,
+  ownCaPaths,
+  readCaRotation,
+  removeCaRotation,
+  withCaRotationLock,
+  writeCaRotation,
+  type CaRotationState,
+} from "./own-ca-files";
 import { joinCertificates } from "./pem-bundle";
 
 /**
@@ -29,6 +38,14 @@ function configuredCaRefusal(settings: CaSettings): RelevoError {
 /** Makes a new CA and puts it in place beside the old one; PRECONDITION_FAILED while a rotation is under way. */
 export async function beginCaRotation(settings: CaSettings, options: { readonly now?: Date } = {}): Promise<CaRotationState> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
+  return withCaRotationLock(settings.home, async () => {
+    // A swap a crash left half done is completed first (the load below then finds nothing to do, so takes no lock).
+    await completeCaSwapLocked(settings.home);
+    return beginLocked(settings, options.now ?? new Date());
+  });
+}
+
+async function beginLocked(settings: CaSettings, now: Date): Promise<CaRotationState> {
   const running = await readCaRotation(settings.home);
   if (running !== null) {
     throw new RelevoError(
@@ -36,9 +53,10 @@ export async function beginCaRotation(settings: CaSettings, options: { readonly 
       `a CA rotation is under way since ${running.startedAt}: finish it first (relevo certificates finish-ca-rotation)`,
     );
   }
-  const now = options.now ?? new Date();
   const current = await CertificateAuthority.load(settings);
-  const stamp = now.toISOString().replace(/[-:]/g, "").replace(/\..*$/, "");
+  // The name tells CAs apart (a member's record is compared by its issuer's name): the time, and a random part
+  // for two rotations within one second.
+  const stamp = `${now.toISOString().replace(/[-:]/g, "").replace(/\..*$/, "")}-${randomBytes(3).toString("hex")}`;
   const next = await createCa({ commonName: `Relevo CA ${settings.clusterName} ${stamp}`, now });
   const state: CaRotationState = {
     phase: "bundle",
@@ -64,10 +82,13 @@ export async function beginCaRotation(settings: CaSettings, options: { readonly 
  */
 export async function finishCaRotation(settings: CaSettings): Promise<void> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
-  if ((await readCaRotation(settings.home)) === null) {
-    throw new RelevoError(ErrorCode.PreconditionFailed, "no CA rotation is under way (relevo certificates rotate --ca begins one)");
-  }
-  const current = await CertificateAuthority.load(settings);
-  await replaceFileDurably(ownCaPaths(settings.home).certificate, current.signerPem, { mode: 0o644 });
-  await removeCaRotation(settings.home);
+  await withCaRotationLock(settings.home, async () => {
+    await completeCaSwapLocked(settings.home);
+    if ((await readCaRotation(settings.home)) === null) {
+      throw new RelevoError(ErrorCode.PreconditionFailed, "no CA rotation is under way (relevo certificates rotate --ca begins one)");
+    }
+    const current = await CertificateAuthority.load(settings);
+    await replaceFileDurably(ownCaPaths(settings.home).certificate, current.signerPem, { mode: 0o644 });
+    await removeCaRotation(settings.home);
+  });
 }

@@ -11,6 +11,7 @@ import { CertificateAuthority, type CaSettings } from "./certificate-authority";
  */
 export class LiveAuthority {
   readonly trust: TrustAnchors;
+  private readonly followers: Array<() => Promise<void>> = [];
 
   constructor(
     private current: CertificateAuthority,
@@ -37,12 +38,23 @@ export class LiveAuthority {
   /**
    * Reloads when the trust file changed: another instance on this data
    * home began or finished a CA rotation (both rewrite ca.crt). True when
-   * it reloaded.
+   * it reloaded; then every follower is told (see onChangedElsewhere).
    */
   async reloadIfChanged(): Promise<boolean> {
     const text = await readFile(this.current.certificateFile, "utf8").catch(() => null);
     if (text === null || text === this.current.certificatePem) return false;
     await this.reload();
+    // Not awaited: a follower may queue behind a rotation in progress, which may itself be issuing through here.
+    for (const follower of this.followers) void follower();
     return true;
+  }
+
+  /**
+   * `follower` is started after each reload reloadIfChanged makes (not
+   * awaited; it handles its own failures): what this process holds of the
+   * CA it had (its own certificates) follows.
+   */
+  onChangedElsewhere(follower: () => Promise<void>): void {
+    this.followers.push(follower);
   }
 }

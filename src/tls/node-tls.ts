@@ -2,7 +2,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef, NodeTlsSource } from "../nodes/node-driver";
 import type { CertificateAuthority } from "./certificate-authority";
 import { nodeHolder, recordIssued } from "./issued-certificates";
-import type { LiveAuthority } from "./live-authority";
+import { LiveAuthority } from "./live-authority";
 
 /**
  * Every address a node is reached at, each a subjectAltName of its
@@ -16,8 +16,10 @@ export function nodeAddresses(node: Pick<NodeRef, "host">, extra: readonly strin
 /**
  * The drivers' source of the nodes' certificates: a new one per start (and
  * per rotation), issued by the CA current at that moment, named after the
- * node. `recordIn`: the data home whose record of issued certificates each
- * issue updates (the service's nodes; not a restored copy's).
+ * node. `recordIn`: the data home whose record of issued certificates a
+ * start's files update (the service's nodes; not a restored copy's): what
+ * is in place, never what was only issued (a renewal whose files were not
+ * written must not count as the new CA's).
  */
 export function nodeTlsSource(ca: CertificateAuthority | LiveAuthority, options: { readonly recordIn?: string } = {}): NodeTlsSource {
   const current = (): CertificateAuthority => ("authority" in ca ? ca.authority : ca);
@@ -26,9 +28,12 @@ export function nodeTlsSource(ca: CertificateAuthority | LiveAuthority, options:
       return current().certificatePem;
     },
     serverCertificate: async (node) => {
-      const issued = await current().issueServerCertificate({ commonName: node.name, addresses: nodeAddresses(node) });
-      if (options.recordIn !== undefined) await recordIssued(options.recordIn, nodeHolder(node.name), issued.certificatePem);
-      return issued;
+      // Another instance may have rotated the CA since the last poll: a node started now must not get the old one's.
+      if (ca instanceof LiveAuthority) await ca.reloadIfChanged();
+      return current().issueServerCertificate({ commonName: node.name, addresses: nodeAddresses(node) });
+    },
+    installed: async (node, certificatePem) => {
+      if (options.recordIn !== undefined) await recordIssued(options.recordIn, nodeHolder(node.name), certificatePem);
     },
   };
 }

@@ -1,6 +1,7 @@
-import { readFile, rename, rm } from "node:fs/promises";
+import { access, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
+import { acquireFileLock } from "../storage/file-lock";
 import { replaceFileDurably, syncDirectory } from "../util/durable-file";
 
 /**
@@ -74,12 +75,55 @@ export async function removeCaRotation(home: string): Promise<void> {
 }
 
 /**
+ * Held across processes (src/storage/file-lock.ts) while a CA rotation
+ * begins or finishes, and while a load completes a swap: without it a
+ * load in another process could drop the next CA's files a begin had just
+ * written (rotation.json not yet there), leaving a rotation recorded whose
+ * CA is gone, and two begins at once would each make a CA.
+ */
+export function withCaRotationLock<T>(home: string, work: () => Promise<T>): Promise<T> {
+  return acquireFileLock(path.join(ownCaPaths(home).directory, "rotation.lock"), {
+    purpose: "CA rotation",
+    waitMs: CA_LOCK_WAIT_MS,
+  }).then(async (lock) => {
+    try {
+      return await work();
+    } finally {
+      await lock.release();
+    }
+  });
+}
+
+/** A begin or finish takes well under a second: a holder longer than this is stuck, and the caller is told who. */
+const CA_LOCK_WAIT_MS = 30_000;
+
+/**
  * Finishes what a crash interrupted: with `rotation.json` written, the
  * next CA's files are renamed into place (the key first, so a key without
  * its certificate is never left); without it the rotation never began,
- * and the next CA's files are dropped.
+ * and the next CA's files are dropped. Nothing to do (and no lock taken)
+ * when there are no next CA's files; else under the rotation's lock, so a
+ * begin in progress elsewhere is waited for, not undone.
  */
 export async function completeCaSwap(home: string): Promise<void> {
+  const paths = ownCaPaths(home);
+  const pending = async (): Promise<boolean> =>
+    (
+      await Promise.all(
+        [paths.nextKey, paths.nextCertificate].map((file) =>
+          access(file).then(
+            () => true,
+            () => false,
+          ),
+        ),
+      )
+    ).some(Boolean);
+  if (!(await pending())) return;
+  await withCaRotationLock(home, () => completeCaSwapLocked(home));
+}
+
+/** completeCaSwap's work, for a caller that holds the rotation's lock. */
+export async function completeCaSwapLocked(home: string): Promise<void> {
   const paths = ownCaPaths(home);
   const begun = (await readCaRotation(home)) !== null;
   let changed = false;

@@ -5,7 +5,6 @@ import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { nodeCertificateHolder } from "../../src/cluster/node-certificate";
 import { createNodeDriver } from "../../src/nodes/create-driver";
-import type { NodeTlsSource } from "../../src/nodes/node-driver";
 import { withNodeClient } from "../../src/postgres/connection";
 import { describeOutcome } from "../../src/tls/certificate-holder";
 import { nodeTlsSource } from "../../src/tls/node-tls";
@@ -14,6 +13,8 @@ import { projectRoot } from "../../src/util/project-root";
 import { libpqLogin, postmasterStart, servedSerial } from "../helpers/certificates";
 import { cliEnvFor } from "../helpers/cli-env";
 import { nodeTlsFile, trustCa } from "../helpers/tls";
+import { CertificateRotation } from "../../src/cluster/certificate-rotation";
+import type { NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
 import { startWriter } from "../helpers/writer";
 import { libpqTlsParameters, uriTlsParameters } from "../../src/postgres/tls-settings";
 import { loadConfig } from "../../src/config/config";
@@ -416,6 +417,55 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
         const receiver = await sqlOn<{ status: string }>(replica(), secrets, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
         return receiver[0]?.status === "streaming" ? true : undefined;
       });
+    });
+
+  if (driver === "local")
+    test("a renewal that fails before its files are in place: the member stays awaited, finish refuses, the bundle and the member's trust stay", async () => {
+      const { config, service } = cluster;
+      // The service's own CA and driver, as its rotation has them.
+      const live = service.authority;
+      const real = service.driver;
+      // The service's driver, except that node2's renewal fails after its certificate was issued (a write that fails).
+      const failing = new Proxy(real, {
+        get(target, property, receiver) {
+          if (property === "renewTls") {
+            return async (node: NodeRef) => {
+              if (node.name !== replica().name) return target.renewTls(node);
+              await nodeTlsSource(live, { recordIn: config.home }).serverCertificate(node);
+              throw new Error("the files could not be written");
+            };
+          }
+          const value = Reflect.get(target, property, receiver) as unknown;
+          return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const superuser = { user: "postgres", password: service.secrets.superuserPassword, database: "postgres", trustedCa: live.trust };
+      const rotation = new CertificateRotation({
+        config,
+        ca: live,
+        driver: failing,
+        nodes: service.nodes,
+        superuser,
+        events: service.events,
+        logger: createLogger({ level: "silent" }),
+      });
+      const begun = await rotation.rotate({ ca: true });
+      expect(begun.outcomes.find((outcome) => outcome.holder === "node:node2")).toMatchObject({ phase: "failed" });
+      expect(begun.awaiting).toEqual(["node:node2"]);
+      // The member's trust got the bundle first, whatever its certificate's fate: it verifies servers of either CA.
+      expect(splitCertificates(await nodeTlsFile(real, config.clusterName, replica(), "ca"))).toHaveLength(2);
+      await expect(rotation.finishCaRotation()).rejects.toMatchObject({
+        code: "PRECONDITION_FAILED",
+        message: expect.stringContaining("node:node2"),
+      });
+      expect(splitCertificates(await readFile(service.caFile, "utf8"))).toHaveLength(2);
+      trustCa(splitCertificates(await readFile(service.caFile, "utf8"))[0]!);
+      expect(
+        await withNodeClient(replica(), superuser, 5000, async (client) => (await client.query<{ one: number }>("SELECT 1 AS one")).rows),
+      ).toEqual([{ one: 1 }]);
+      // With the files written, the same rotation finishes.
+      const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(config) });
+      expect(finished.stdout).toMatch(/node:node2: renewed/);
     });
 
   // Last: it takes the cluster apart (node2 is left fenced). The decision is the driver's neither way: one driver is enough

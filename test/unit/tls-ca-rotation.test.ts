@@ -122,6 +122,26 @@ describe("CA rotation of Relevo's own CA", () => {
     expect(splitCertificates(loaded.certificatePem)).toHaveLength(2);
   });
 
+  test("two begins and two loads at once: one rotation begins, the other begin is refused, and the signing CA is the one certified", async () => {
+    const old = await CertificateAuthority.load(settings());
+    const attempts = await Promise.allSettled([
+      beginCaRotation(settings()),
+      CertificateAuthority.load(settings()),
+      beginCaRotation(settings()),
+      CertificateAuthority.load(settings()),
+    ]);
+    const begins = [attempts[0]!, attempts[2]!];
+    expect(begins.filter((attempt) => attempt.status === "fulfilled")).toHaveLength(1);
+    expect(begins.find((attempt) => attempt.status === "rejected")).toMatchObject({ reason: { code: ErrorCode.PreconditionFailed } });
+    expect([attempts[1]!.status, attempts[3]!.status]).toEqual(["fulfilled", "fulfilled"]);
+    const loaded = await CertificateAuthority.load(settings());
+    const state = (await readCaRotation(home))!;
+    expect(splitCertificates(loaded.certificatePem)).toEqual([loaded.signerPem, old.signerPem]);
+    // The cross certificate the servers send is for the key that signs now: clients of the old CA verify the new leaves.
+    const cross = new X509Certificate(state.crossCertificatePem!);
+    expect(cross.publicKey.equals(new X509Certificate(loaded.signerPem).publicKey)).toBe(true);
+  });
+
   test("a configured CA is not Relevo's to rotate; its file may hold the new CA first and the old one after it", async () => {
     const make = (name: string) => {
       const key = path.join(home, `${name}.key`);

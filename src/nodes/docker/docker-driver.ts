@@ -103,6 +103,11 @@ export class DockerDriver implements NodeDriver {
     return containerTlsPaths();
   }
 
+  async extendTrust(node: NodeRef): Promise<void> {
+    const current = await this.readTls(node);
+    if (current !== null) await this.installTls(node, { ...current, caPem: this.options.tls.caPem });
+  }
+
   async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {
     const previous = await this.readTls(node);
     const installed = await this.issueTls(node);
@@ -291,7 +296,9 @@ export class DockerDriver implements NodeDriver {
     }
     const info = await this.containers.locked(node, () => this.containers.ensureNodeContainer(node));
     const container = this.docker.getContainer(info.Id);
-    await this.installTls(node, await this.issueTls(node));
+    const files = await this.issueTls(node);
+    await this.installTls(node, files);
+    await this.options.tls.installed?.(node, files.certificatePem);
     await this.containers.engine(`start container ${info.Name}`, async () => {
       try {
         await container.start();

@@ -135,6 +135,11 @@ export class LocalDriver implements NodeDriver {
     };
   }
 
+  async extendTrust(node: NodeRef): Promise<void> {
+    const current = await this.readTls(node);
+    if (current !== null) await this.installTls(node, { ...current, caPem: this.options.tls.caPem });
+  }
+
   async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {
     const previous = await this.readTls(node);
     const installed = await this.issueTls(node);
@@ -259,7 +264,9 @@ export class LocalDriver implements NodeDriver {
     if (state.phase === "absent") {
       throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} has no data directory; it must be created first`);
     }
-    await this.installTls(node, await this.issueTls(node));
+    const files = await this.issueTls(node);
+    await this.installTls(node, files);
+    await this.options.tls.installed?.(node, files.certificatePem);
     try {
       await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
         timeoutMs: options.timeoutMs + 5000,
