@@ -130,10 +130,10 @@ describe("CA rotation of Relevo's own CA", () => {
       beginCaRotation(settings()),
       CertificateAuthority.load(settings()),
     ]);
-    const begins = [attempts[0]!, attempts[2]!];
+    const begins = [attempts[0], attempts[2]];
     expect(begins.filter((attempt) => attempt.status === "fulfilled")).toHaveLength(1);
     expect(begins.find((attempt) => attempt.status === "rejected")).toMatchObject({ reason: { code: ErrorCode.PreconditionFailed } });
-    expect([attempts[1]!.status, attempts[3]!.status]).toEqual(["fulfilled", "fulfilled"]);
+    expect([attempts[1].status, attempts[3].status]).toEqual(["fulfilled", "fulfilled"]);
     const loaded = await CertificateAuthority.load(settings());
     const state = (await readCaRotation(home))!;
     expect(splitCertificates(loaded.certificatePem)).toEqual([loaded.signerPem, old.signerPem]);
