@@ -145,7 +145,7 @@ export async function externalRedisEndpoint(config: ExternalRedisSettings): Prom
   const endpoint = parseRedisUrl(config.redisUrl);
   if (!endpoint.tls) return endpoint;
   const optional = (file: string, env: string): Promise<string | undefined> =>
-    file === "" ? Promise.resolve(undefined) : readConfiguredFile(file, env);
+    file === "" ? Promise.resolve(undefined) : readConfiguredFile(file, env, { secret: env === "RELEVO_REDIS_KEY_FILE" });
   const [ca, cert, key] = await Promise.all([
     optional(config.redisCaFile, "RELEVO_REDIS_CA_FILE"),
     optional(config.redisCertFile, "RELEVO_REDIS_CERT_FILE"),

@@ -139,7 +139,7 @@ async function apiCertificate(
     case "https-files":
       return {
         certificatePem: await readConfiguredFile(transport.certificateFile, "RELEVO_API_TLS_CERT_FILE"),
-        keyPem: await readConfiguredFile(transport.keyFile, "RELEVO_API_TLS_KEY_FILE"),
+        keyPem: await readConfiguredFile(transport.keyFile, "RELEVO_API_TLS_KEY_FILE", { secret: true }),
       };
     case "https-issued":
       return ca.issueServerCertificate({ commonName: "api", addresses: transport.addresses });

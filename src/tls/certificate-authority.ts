@@ -1,6 +1,7 @@
 import { chmod, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import type { RelevoConfig } from "../config/config";
+import { fileModeProblem } from "../config/configured-file";
 import { ErrorCode, RelevoError } from "../errors";
 import { replaceFileDurably, syncDirectory, temporaryNameFor } from "../util/durable-file";
 import { completeCaSwap, OWN_CA_DIRECTORY, readCaRotation } from "./own-ca-files";
@@ -180,12 +181,14 @@ async function readCaFile(file: string, env: string | null, options: { readonly 
   try {
     const handle = await open(file, "r");
     try {
-      const { mode } = await handle.stat();
-      if (options.secret && (mode & 0o077) !== 0) {
+      const problem = fileModeProblem(await handle.stat(), { secret: options.secret ?? false, ownUid: process.getuid?.() ?? 0 });
+      if (problem !== null) {
         throw new RelevoError(
           ErrorCode.TlsCaInvalid,
-          `the CA's key ${file} may be read by its group or others (mode ${(mode & 0o777).toString(8)}): chmod 600 it${env ? ` (${env})` : ""}`,
-          { details: env ? { env } : {} },
+          `the CA's ${options.secret ? "key" : "certificate"} ${file} is refused: ${problem}${env ? ` (${env})` : ""}`,
+          {
+            details: env ? { env } : {},
+          },
         );
       }
       return await handle.readFile("utf8");

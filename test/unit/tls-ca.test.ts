@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { loadConfig } from "../../src/config/config";
@@ -145,6 +145,19 @@ describe("Relevo's CA", () => {
       message: expect.stringContaining("chmod 600"),
     });
     await chmod(first.keyFile, 0o600);
+    // A trust file others may write (whoever appends a CA is trusted), or a key another user owns, is refused too.
+    await chmod(first.certificateFile, 0o666);
+    await expect(load(first.certificateFile, first.keyFile)).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("chmod go-w"),
+    });
+    await chmod(first.certificateFile, 0o644);
+    await chown(first.keyFile, 65534, 65534);
+    await expect(load(first.certificateFile, first.keyFile)).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("owned by uid 65534"),
+    });
+    await chown(first.keyFile, 0, 0);
     await expect(load(path.join(home, "missing.crt"), first.keyFile)).rejects.toMatchObject({
       code: ErrorCode.InvalidConfig,
       message: expect.stringContaining("RELEVO_TLS_CA_FILE"),
