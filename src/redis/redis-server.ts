@@ -234,7 +234,12 @@ export function redisConf(options: Pick<RedisServerOptions, "host" | "port" | "p
  * by the caller; proven to be run by Relevo's own user before AUTH is sent
  * (OwnRedisConnector). `refusal` is the proof's typed error, when it failed.
  */
-function oneShotClient(options: RedisServerOptions): { client: Redis; refusal: () => RelevoError | null } {
+function oneShotClient(options: RedisServerOptions): {
+  client: Redis;
+  refusal: () => RelevoError | null;
+  /** The connection's errors' messages, in order (a TLS failure's among them). */
+  errors: () => readonly string[];
+} {
   const client = new Redis({
     ...connectionOptions({ host: options.host, port: options.port, password: options.password, tls: options.tls.client }),
     lazyConnect: true,
@@ -245,11 +250,18 @@ function oneShotClient(options: RedisServerOptions): { client: Redis; refusal: (
     connectTimeout: 1000,
   });
   let refusal: RelevoError | null = null;
+  const errors: string[] = [];
   // ioredis reports the connector's refusal as an error before the connect fails with its own.
-  client.on("error", (error) => {
+  client.on("error", (error: Error) => {
+    errors.push(error.message);
     if (isRelevoError(error) && error.code === ErrorCode.RedisNotOurs) refusal = error;
   });
-  return { client, refusal: () => refusal };
+  return { client, refusal: () => refusal, errors: () => errors };
+}
+
+/** What a TLS client says when the handshake failed over certificates (the server's not verified, or ours refused). Pure. */
+export function tlsCertificateFailure(messages: readonly string[]): string | null {
+  return messages.find((message) => /unknown ca|certificate|verify|bad certificate|altname/i.test(message)) ?? null;
 }
 
 /**
@@ -259,7 +271,7 @@ function oneShotClient(options: RedisServerOptions): { client: Redis; refusal: (
  * start would fail on its port).
  */
 async function answersPing(options: RedisServerOptions): Promise<boolean> {
-  const { client, refusal } = oneShotClient(options);
+  const { client, refusal, errors } = oneShotClient(options);
   try {
     await client.connect();
     return (await client.ping()) === "PONG";
@@ -267,6 +279,10 @@ async function answersPing(options: RedisServerOptions): Promise<boolean> {
     const refused = refusal();
     if (refused) throw refused;
     if (isRelevoError(error)) throw error;
+    // Proven Relevo's own user's (the proof passed), yet the certificates do not match: a Redis started with
+    // another CA's, not a free port (the start would then fail on it with PORT_IN_USE, which misleads).
+    const tlsFailure = tlsCertificateFailure([...errors(), (error as Error).message]);
+    if (tlsFailure !== null) throw redisOfAnotherCa(options, tlsFailure);
     return false;
   } finally {
     client.disconnect();
@@ -340,4 +356,15 @@ function redisWithoutTls(bin: string, stderr: string): RelevoError {
 async function logTail(dir: string): Promise<string> {
   const text = await readFile(path.join(dir, "redis.log"), "utf8").catch(() => "");
   return text.trim().split("\n").slice(-3).join(" | ") || "no log";
+}
+
+function redisOfAnotherCa(options: RedisServerOptions, reason: string): RelevoError {
+  return new RelevoError(
+    ErrorCode.PreconditionFailed,
+    `a Redis run by Relevo's own user answers on port ${options.port}, but its TLS handshake with this process failed (${reason}): ` +
+      `it runs with certificates of another CA (the CA was rotated or RELEVO_TLS_CA_FILE replaced while it ran, or it is another ` +
+      `data home's). A running service renews it with \`relevo certificates rotate\`; else stop it once (its pid is in ` +
+      `${path.join(redisDirectory(options.home), "redis.pid")}) and start again: it then gets certificates of the current CA`,
+    { details: { env: "RELEVO_REDIS_PORT", port: options.port } },
+  );
 }

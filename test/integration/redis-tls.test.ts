@@ -1,3 +1,4 @@
+import { expect } from "@jest/globals";
 import Redis from "ioredis";
 import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -104,6 +105,26 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
   test("a client trusting another CA refuses the server (it sends nothing past the handshake)", async () => {
     const answer = await ping({ ...ownClient, ca: stranger.certificatePem });
     expect(answer).toMatch(/self-signed certificate in certificate chain/);
+  });
+
+  test("a start meeting a Redis of ours with another CA's certificates says so (PRECONDITION_FAILED), not PORT_IN_USE", async () => {
+    const otherCa = ensureRedisServer({
+      home,
+      host: "127.0.0.1",
+      port,
+      password,
+      bin: "redis-server",
+      startTimeoutMs: 30000,
+      logger,
+      tls: await ownRedisTls(stranger),
+    });
+    await expect(otherCa).rejects.toMatchObject({
+      code: ErrorCode.PreconditionFailed,
+      message: expect.stringMatching(
+        /its TLS handshake with this process failed \(.*certificate.*\): it runs with certificates of another CA/,
+      ),
+    });
+    expect(await ping(ownClient)).toBe("PONG");
   });
 
   test("a client reaching the server under an address its certificate does not name refuses it", async () => {
