@@ -1,6 +1,7 @@
 import type { RelevoConfig } from "../config/config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
+import type { ClusterEvent } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
@@ -23,6 +24,17 @@ export interface CertificateRotationDeps {
 }
 
 export type CaStep = "kept" | "begun" | "finished";
+
+type ExpiringAction = ClusterEvent<"tls:expiring">["data"]["action"];
+
+/**
+ * How long before its end Relevo's own CA is rotated (begun) by the expiry
+ * check: leaves live a year but never past their CA, so a CA in its last
+ * year issues ever shorter leaves; three months leave the operator time to
+ * hand clients the new ca.crt and finish.
+ */
+export const CA_ROTATION_LEAD_DAYS = 90;
+const DAY_MS = 86_400_000;
 
 export interface RotationReport {
   readonly ca: CaStep;
@@ -114,19 +126,29 @@ export class CertificateRotation {
   }
 
   /**
-   * The expiry check (at start and every few hours): a CA within
-   * EXPIRY_WARNING_DAYS of its end is reported; a member's certificate is
-   * renewed (running) or left to its next start, and reported either way.
+   * The expiry check (at start and every few hours): Relevo's own CA
+   * within CA_ROTATION_LEAD_DAYS of its end gets a CA rotation begun (the
+   * old CA stays trusted beside the new one until the operator finishes
+   * it: nothing breaks, and no leaf is cut short at the CA's end); a
+   * configured CA within EXPIRY_WARNING_DAYS is reported. A member's
+   * certificate is renewed (running) or left to its next start, and
+   * reported either way.
    */
   async checkExpiry(now: Date = new Date()): Promise<void> {
     const authority = this.deps.ca.authority;
-    if (expiresSoon(authority.notAfter, now)) {
-      await this.expiring({
-        holder: "ca",
-        serial: certificateFacts(authority.signerPem).serial,
-        notAfter: authority.notAfter.toISOString(),
-        action: "reported",
-      });
+    const caFacts = { holder: "ca", serial: certificateFacts(authority.signerPem).serial, notAfter: authority.notAfter.toISOString() };
+    const rotating = (await readCaRotation(this.deps.config.home)) !== null;
+    if (!authority.configured && !rotating && authority.notAfter.getTime() - now.getTime() < CA_ROTATION_LEAD_DAYS * DAY_MS) {
+      const begun = await this.rotate({ ca: true }).then(
+        () => true,
+        (error: Error) => {
+          this.deps.logger.warn({ err: error.message }, "the CA's rotation was not begun");
+          return false;
+        },
+      );
+      await this.expiring({ ...caFacts, action: begun ? "rotation-begun" : "reported" });
+    } else if (expiresSoon(authority.notAfter, now)) {
+      await this.expiring({ ...caFacts, action: "reported" });
     }
     const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
     const holders = [...this.allHolders(), ...this.followers.filter((holder) => !this.services.includes(holder))];
@@ -140,12 +162,7 @@ export class CertificateRotation {
     }
   }
 
-  private async expiring(data: {
-    holder: string;
-    serial: string;
-    notAfter: string;
-    action: "renewed" | "renewal-failed" | "at-next-start" | "reported";
-  }): Promise<void> {
+  private async expiring(data: { holder: string; serial: string; notAfter: string; action: ExpiringAction }): Promise<void> {
     await this.deps.events.emit({
       kind: "tls:expiring",
       severity: data.action === "renewed" ? "info" : "warning",

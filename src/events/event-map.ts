@@ -50,7 +50,12 @@ export interface EventMap {
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
   "replication:slot-lost": { slot: string; upstream: string; action: "bridge" | "reseed"; reason: string };
   "tls:rotated": { ca: "kept" | "begun" | "finished"; renewed: string[]; pending: string[]; refused: string[]; failed: string[] };
-  "tls:expiring": { holder: string; serial: string; notAfter: string; action: "renewed" | "renewal-failed" | "at-next-start" | "reported" };
+  "tls:expiring": {
+    holder: string;
+    serial: string;
+    notAfter: string;
+    action: "renewed" | "renewal-failed" | "at-next-start" | "reported" | "rotation-begun";
+  };
 }
 
 /**

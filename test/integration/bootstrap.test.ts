@@ -296,7 +296,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     }
   });
 
-  test("a member's certificate within 30 days of its end is renewed in place and reported (tls:expiring); a far CA is not", async () => {
+  test("a member's certificate within 30 days of its end is renewed in place and reported (tls:expiring); the CA gets a rotation begun three months before its end", async () => {
     const { secrets } = cluster.service;
     const nodes = [primary(), replica()];
     const before = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
@@ -317,6 +317,14 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       // This process's client certificate was re-issued with the server's (one renewal, no event of its own).
       ["redis:server", redisBefore, "renewed"],
     ]);
+    // Three months before the CA's own end, a CA rotation is begun (the old CA stays trusted until the operator finishes).
+    const caEnd = cluster.service.authority.authority.notAfter.getTime();
+    await cluster.service.certificates.checkExpiry(new Date(caEnd - 60 * 86_400_000));
+    const caEvents = (await cluster.service.events.page({ first: 50, kinds: ["tls:expiring"] })).events as ClusterEvent<"tls:expiring">[];
+    expect(caEvents.filter((event) => event.data.holder === "ca").map((event) => event.data.action)).toEqual(["rotation-begun"]);
+    expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toHaveLength(2);
+    trustCa(splitCertificates(await readFile(cluster.service.caFile, "utf8"))[0]!);
+    expect((await cluster.service.certificates.finishCaRotation()).ca).toBe("finished");
   });
 
   // On both drivers: a Docker node's trust files and chain travel through the engine.
