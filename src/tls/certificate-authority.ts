@@ -96,7 +96,15 @@ export class CertificateAuthority {
     const certificatePem = await readCaFile(files.certificateFile, files.configured ? "RELEVO_TLS_CA_FILE" : null);
     const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null, { secret: true });
     const signerPem = firstCertificate(certificatePem, files.certificateFile);
-    const signer = await caSigner({ certificatePem: signerPem, keyPem, now: clock() });
+    const signer = await caSigner({ certificatePem: signerPem, keyPem, now: clock() }).catch((error: unknown) => {
+      if (files.configured || !(error instanceof RelevoError) || !/expired/.test(error.message)) throw error;
+      throw new RelevoError(
+        ErrorCode.TlsCaInvalid,
+        `${error.message}: move ${path.dirname(files.certificateFile)} aside, and the next start makes a new CA and issues every ` +
+          "certificate again (clients then need the new ca.crt)",
+        { cause: error },
+      );
+    });
     const chainPem = files.configured ? "" : ((await readCaRotation(settings.home))?.crossCertificatePem ?? "");
     return new CertificateAuthority(files.certificateFile, certificatePem, signerPem, chainPem, files.configured, signer, clock);
   }

@@ -64,6 +64,15 @@ describe("Relevo's CA", () => {
   });
   const settings = (extra: Record<string, string> = {}) => loadConfig({ RELEVO_HOME: home, ...extra });
 
+  test("an own CA that expired is refused at load, saying how to make a new one", async () => {
+    const sixYearsAgo = new Date(Date.now() - 6 * 365 * 86_400_000);
+    await CertificateAuthority.load(settings(), { clock: () => sixYearsAgo });
+    await expect(CertificateAuthority.load(settings())).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringMatching(/expired on .*: move .*tls aside, and the next start makes a new CA/),
+    });
+  });
+
   test("is made once in the data home, its key 0600, and read back by every later load (two at once included)", async () => {
     const [first, second] = await Promise.all([CertificateAuthority.load(settings()), CertificateAuthority.load(settings())]);
     expect(first.certificatePem).toBe(second.certificatePem);
