@@ -55,13 +55,14 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
 }
 
 /**
- * What the CLI trusts for an HTTPS API: Relevo's CA (RELEVO_TLS_CA_FILE or
- * the data home's), which issues the API's certificate under RELEVO_API_TLS=on;
+ * What the CLI trusts for an HTTPS API: the services CA (always the data
+ * home's), which issues the API's certificate under RELEVO_API_TLS=on, and
+ * never the nodes' CA, whose leaves' keys the PostgreSQL OS user reads;
  * with the operator's own certificate (RELEVO_API_TLS_CERT_FILE), also
  * Node's root CAs, since that one may come from any CA.
  */
-async function apiTrust(config: RelevoConfig, ownCertificate: boolean): Promise<string[]> {
-  const ca = (await readTrustedCa(config)).pem;
+export async function apiTrust(config: RelevoConfig, ownCertificate: boolean): Promise<string[]> {
+  const ca = (await readTrustedCa(config, "services")).pem;
   return ownCertificate ? [...rootCertificates, ca] : [ca];
 }
 

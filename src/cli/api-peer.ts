@@ -23,9 +23,10 @@ import { judgeLocalPeer, ownUid, peerOf, socketConnected, type PeerEndpoint, typ
  * host has its server end listed here, so a stranger who took the port on
  * a public address is refused the same way. A server end the kernel does
  * not list (a service in another network namespace or on another host) is
- * refused too, over HTTPS as well: Relevo's CA also issues the nodes'
- * certificates, whose keys the PostgreSQL user reads, so a certificate alone
- * does not prove the server is Relevo's service. Such a client mints a token
+ * refused too, over HTTPS as well: the certificate is checked against the
+ * services CA alone (a node's certificate, whose key the PostgreSQL user
+ * reads, is refused), but the uid proof costs nothing here and also covers
+ * the operator's own certificate (RELEVO_API_TLS_CERT_FILE). Such a client mints a token
  * with `relevo token` and sends it itself (docs/security.md). Over HTTPS the
  * agent then verifies the server's certificate on the proven connection.
  */

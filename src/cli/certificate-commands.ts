@@ -1,7 +1,7 @@
 import type { RelevoConfig } from "../config/config";
 import { loadMembers } from "../cluster/membership";
-import { ErrorCode, RelevoError } from "../errors";
-import { readTrustedCa } from "../tls/certificate-authority";
+import { ErrorCode, isRelevoError, RelevoError } from "../errors";
+import { caFiles, readTrustedCa, type CaRole } from "../tls/certificate-authority";
 import { certificateFacts, nodeHolder, readIssued, type CertificateFacts, type IssuedRecord } from "../tls/issued-certificates";
 import { readCaRotation } from "../tls/own-ca-files";
 import { splitCertificates } from "../tls/pem-bundle";
@@ -80,25 +80,32 @@ export async function certificatesFinishCaRotationCommand(config: RelevoConfig, 
   printRotationReport(finishCaRotation, output);
 }
 
-export interface CertificateListing {
+/** One CA's trust file: its certificates (the first signs; during a CA rotation the old one follows). */
+export interface CaListing {
   readonly caFile: string;
-  /** The trust bundle's certificates: the first signs; during a CA rotation the old one follows. */
   readonly authorities: readonly (CertificateFacts & { readonly role: "signs" | "trusted" })[];
   readonly caRotationSince: string | null;
+}
+
+/** The nodes' CA at the top level; the services CA (the API's and Redis's certificates) beside it. */
+export interface CertificateListing extends CaListing {
+  /** Null in a data home the service has not started in since the services CA exists (the next start makes it). */
+  readonly servicesCa: CaListing | null;
   /** What the members were last issued (null: nothing recorded yet, e.g. never started since TLS). */
   readonly members: readonly { readonly name: string; readonly certificate: IssuedRecord | null }[];
-  /** What the service's own servers were last issued: Relevo's Redis (`redis:server`). */
+  /** What the service's own servers were last issued (by the services CA): Relevo's Redis (`redis:server`). */
   readonly services: readonly IssuedRecord[];
 }
 
 /** `relevo certificates list`: from the data home, the service running or not. */
 export async function certificatesListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
-  const trust = await readTrustedCa(config);
   const records = new Map((await readIssued(config.home)).map((record) => [record.holder, record]));
   const listing: CertificateListing = {
-    caFile: trust.file,
-    authorities: splitCertificates(trust.pem).map((pem, index) => ({ ...certificateFacts(pem), role: index === 0 ? "signs" : "trusted" })),
-    caRotationSince: (await readCaRotation(config.home))?.startedAt ?? null,
+    ...(await listCa(config, "nodes")),
+    servicesCa: await listCa(config, "services").catch((error: Error) => {
+      if (isRelevoError(error) && error.code === ErrorCode.PreconditionFailed) return null; // no services CA yet
+      throw error;
+    }),
     members: (await loadMembers(config)).map((node) => ({ name: node.name, certificate: records.get(nodeHolder(node.name)) ?? null })),
     services: [...records.values()].filter((record) => !record.holder.startsWith("node:")),
   };
@@ -106,12 +113,29 @@ export async function certificatesListCommand(config: RelevoConfig, options: { j
   else for (const line of formatListing(listing)) output.out(line);
 }
 
+async function listCa(config: RelevoConfig, role: CaRole): Promise<CaListing> {
+  const trust = await readTrustedCa(config, role);
+  return {
+    caFile: trust.file,
+    authorities: splitCertificates(trust.pem).map((pem, index) => ({ ...certificateFacts(pem), role: index === 0 ? "signs" : "trusted" })),
+    caRotationSince: caFiles(config, role).configured ? null : ((await readCaRotation(config.home, role))?.startedAt ?? null),
+  };
+}
+
 /** Pure. */
 export function formatListing(listing: CertificateListing): string[] {
-  const lines = [`CA file ${listing.caFile}${listing.caRotationSince ? ` (CA rotation under way since ${listing.caRotationSince})` : ""}`];
-  for (const ca of listing.authorities) {
-    lines.push(`  CA ${ca.role === "signs" ? "(signs)" : "(trusted)"} ${ca.subject}  serial ${ca.serial}  notAfter ${ca.notAfter}`);
-  }
+  const lines: string[] = [];
+  const describeCa = (what: string, ca: CaListing): void => {
+    lines.push(`${what} ${ca.caFile}${ca.caRotationSince ? ` (CA rotation under way since ${ca.caRotationSince})` : ""}`);
+    for (const authority of ca.authorities) {
+      lines.push(
+        `  CA ${authority.role === "signs" ? "(signs)" : "(trusted)"} ${authority.subject}  serial ${authority.serial}  notAfter ${authority.notAfter}`,
+      );
+    }
+  };
+  describeCa("CA file", listing);
+  if (listing.servicesCa === null) lines.push("services CA: none yet (made at the next `relevo up`)");
+  else describeCa("services CA file", listing.servicesCa);
   const describe = (certificate: IssuedRecord): string =>
     `${certificate.holder}  ${certificate.subject}  SANs ${certificate.subjectAltNames.join(", ")}  serial ${certificate.serial}  ` +
     `notAfter ${certificate.notAfter}  issuer ${certificate.issuer}`;

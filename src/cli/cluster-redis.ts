@@ -18,8 +18,8 @@ export async function withClusterRedis<T>(
   logger: Logger,
   work: (redis: Redis, keys: RedisKeys) => Promise<T>,
 ): Promise<T> {
-  // Relevo's own Redis asks for a client certificate: this command issues itself one from the CA.
-  const ca = await CertificateAuthority.load(config);
+  // Relevo's own Redis asks for a client certificate: this command issues itself one from the services CA.
+  const ca = await CertificateAuthority.load(config, { role: "services" });
   const { endpoint, handle } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca }, logger);
   // Queued while connecting: the server answered just now.
   const client = createRedisClient(endpoint, { name: "cli", queueWhileOffline: true });

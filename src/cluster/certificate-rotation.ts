@@ -9,12 +9,15 @@ import { beginCaRotation, finishCaRotation } from "../tls/ca-rotation";
 import { describeOutcome, renewAll, type CertificateHolder, type RenewalOutcome } from "../tls/certificate-holder";
 import { certificateFacts, expiresSoon, nodeHolder, readIssued, type IssuedRecord } from "../tls/issued-certificates";
 import type { LiveAuthority } from "../tls/live-authority";
-import { readCaRotation } from "../tls/own-ca-files";
+import { caRotationsUnderWay } from "../tls/own-ca-files";
 import { nodeCertificateHolder } from "./node-certificate";
 
 export interface CertificateRotationDeps {
   readonly config: Pick<RelevoConfig, "home" | "clusterName" | "tlsCaFile" | "tlsCaKeyFile" | "nodeTimeoutMs">;
+  /** The nodes' CA: the members' certificates. */
   readonly ca: LiveAuthority;
+  /** The services CA: the certificates of the holders beyond the members (Redis's, the API's). */
+  readonly servicesCa: LiveAuthority;
   readonly driver: NodeDriver;
   /** The members, as membership keeps them (changed in place). */
   readonly nodes: readonly NodeRef[];
@@ -87,7 +90,7 @@ export class CertificateRotation {
     return this.serially(async () => {
       if (options.ca) await beginCaRotation(this.deps.config);
       // Re-read in any case: the operator may have replaced RELEVO_TLS_CA_FILE's files, or begun a CA rotation.
-      await this.deps.ca.reload();
+      await this.reloadCas();
       // Every member trusts the bundle before any server presents a certificate of the new CA: a replica's WAL
       // receiver reconnecting to a renewed primary then verifies it even without a cross certificate.
       await this.extendTrust();
@@ -103,7 +106,7 @@ export class CertificateRotation {
    */
   finishCaRotation(): Promise<RotationReport> {
     return this.serially(async () => {
-      await this.deps.ca.reload();
+      await this.reloadCas();
       const before = await this.renewAll();
       // A renewal that failed or was refused may have left a member serving what no record shows: not finished over it.
       const troubled = before
@@ -119,7 +122,7 @@ export class CertificateRotation {
         );
       }
       await finishCaRotation(this.deps.config);
-      await this.deps.ca.reload();
+      await this.reloadCas();
       // Again: the servers stop sending the new CA certified by the old, and their trust files lose the old CA.
       return this.renewEverything("finished");
     });
@@ -135,20 +138,37 @@ export class CertificateRotation {
    * reported either way.
    */
   async checkExpiry(now: Date = new Date()): Promise<void> {
-    const authority = this.deps.ca.authority;
-    const caFacts = { holder: "ca", serial: certificateFacts(authority.signerPem).serial, notAfter: authority.notAfter.toISOString() };
-    const rotating = (await readCaRotation(this.deps.config.home)) !== null;
-    if (!authority.configured && !rotating && authority.notAfter.getTime() - now.getTime() < CA_ROTATION_LEAD_DAYS * DAY_MS) {
-      const begun = await this.rotate({ ca: true }).then(
+    const cas = [
+      ["ca", this.deps.ca.authority],
+      ["services-ca", this.deps.servicesCa.authority],
+    ] as const;
+    const due = cas.filter(([, authority]) => authority.notAfter.getTime() - now.getTime() < CA_ROTATION_LEAD_DAYS * DAY_MS);
+    // Begun only where it breaks nothing: Relevo's own CAs (a configured one is the operator's), none under way, and a
+    // CA that may certify its successor (one of pathLength 0 gives no cross certificate: clients holding only the old
+    // CA would fail at once).
+    const mayBegin =
+      due.length > 0 &&
+      !this.deps.ca.authority.configured &&
+      (await caRotationsUnderWay(this.deps.config.home)).length === 0 &&
+      cas.every(([, authority]) => authority.certifiesSuccessor);
+    const begun =
+      mayBegin &&
+      (await this.rotate({ ca: true }).then(
         () => true,
         (error: Error) => {
           this.deps.logger.warn({ err: error.message }, "the CA's rotation was not begun");
           return false;
         },
-      );
-      await this.expiring({ ...caFacts, action: begun ? "rotation-begun" : "reported" });
-    } else if (expiresSoon(authority.notAfter, now)) {
-      await this.expiring({ ...caFacts, action: "reported" });
+      ));
+    for (const [holder, authority] of cas) {
+      const isDue = due.some(([dueHolder]) => dueHolder === holder);
+      if (!(begun && isDue) && !expiresSoon(authority.notAfter, now)) continue;
+      await this.expiring({
+        holder,
+        serial: certificateFacts(authority.signerPem).serial,
+        notAfter: authority.notAfter.toISOString(),
+        action: begun && isDue ? "rotation-begun" : "reported",
+      });
     }
     const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
     const holders = [...this.allHolders(), ...this.followers.filter((holder) => !this.services.includes(holder))];
@@ -202,7 +222,7 @@ export class CertificateRotation {
 
   private async renewEverything(ca: CaStep): Promise<RotationReport> {
     const outcomes = await this.renewAll();
-    const awaiting = (await readCaRotation(this.deps.config.home)) === null ? null : await this.awaitingNewCa();
+    const awaiting = (await caRotationsUnderWay(this.deps.config.home)).length === 0 ? null : await this.awaitingNewCa();
     const names = (phase: RenewalOutcome["phase"]): string[] =>
       outcomes.filter((outcome) => outcome.phase === phase).map((outcome) => outcome.holder);
     const troubled = names("refused").length + names("failed").length > 0;
@@ -218,19 +238,27 @@ export class CertificateRotation {
   }
 
   /**
-   * Holders whose certificate is not the current CA's: a member by its
-   * record (a stopped one too), a service's holder by what it holds (or its
-   * record). The operator's own API certificate is not waited for.
+   * Holders whose certificate is not their CA's as it is now: a member by
+   * its record (a stopped one too) against the nodes' CA, a service's
+   * holder by what it holds (or its record) against the services CA. The
+   * operator's own API certificate is not waited for.
    */
   private async awaitingNewCa(): Promise<string[]> {
     const signer = certificateFacts(this.deps.ca.authority.signerPem).subject;
+    const servicesSigner = certificateFacts(this.deps.servicesCa.authority.signerPem).subject;
     const records = new Map<string, IssuedRecord>((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
     const members = this.deps.nodes.map((node) => nodeHolder(node.name)).filter((holder) => records.get(holder)?.issuer !== signer);
     const services = this.services
       .filter((holder) => holder.fromRelevoCa !== false)
-      .filter((holder) => (holder.held ? certificateFacts(holder.held()).issuer : records.get(holder.holder)?.issuer) !== signer)
+      .filter((holder) => (holder.held ? certificateFacts(holder.held()).issuer : records.get(holder.holder)?.issuer) !== servicesSigner)
       .map((holder) => holder.holder);
     return [...members, ...services];
+  }
+
+  /** Both CAs read again from their files (a rotation changed them, or the operator replaced RELEVO_TLS_CA_FILE's). */
+  private async reloadCas(): Promise<void> {
+    await this.deps.ca.reload();
+    await this.deps.servicesCa.reload();
   }
 
   private serially<T>(work: () => Promise<T>): Promise<T> {

@@ -80,7 +80,7 @@ export const configKeys = {
     env: "RELEVO_API_TLS",
     default: "auto",
     schema: z.enum(["auto", "on", "off"]),
-    doc: "HTTPS for the API (and its WebSocket). `auto`: HTTPS when RELEVO_API_TLS_CERT_FILE is set, else plain HTTP on a loopback RELEVO_HOST and a refused start on any other. `on`: HTTPS, with the files when set, else a certificate Relevo's CA issues for RELEVO_HOST at each start. `off`: plain HTTP, also on a non-loopback address (warned at start: tokens travel in clear).",
+    doc: "HTTPS for the API (and its WebSocket). `auto`: HTTPS when RELEVO_API_TLS_CERT_FILE is set, else plain HTTP on a loopback RELEVO_HOST and a refused start on any other. `on`: HTTPS, with the files when set, else a certificate Relevo's services CA issues for RELEVO_HOST at each start. `off`: plain HTTP, also on a non-loopback address (warned at start: tokens travel in clear).",
   },
   apiTlsCertFile: {
     env: "RELEVO_API_TLS_CERT_FILE",
@@ -166,7 +166,7 @@ export const configKeys = {
     env: "RELEVO_TLS_CA_FILE",
     default: "",
     schema: z.string(),
-    doc: "PEM certificate of a CA of your own (a self-signed root, or an intermediate followed by its chain) that issues every node's certificate; with RELEVO_TLS_CA_KEY_FILE. Empty: Relevo makes its own CA once, in `<RELEVO_HOME>/tls/`. Clients are given this file as their trust bundle (`sslrootcert`).",
+    doc: "PEM certificate of a CA of your own (a self-signed root, or an intermediate followed by its chain) that issues every node's certificate; with RELEVO_TLS_CA_KEY_FILE. Empty: Relevo makes its own CA once, in `<RELEVO_HOME>/tls/`. Clients are given this file as their trust bundle (`sslrootcert`). The nodes' CA only: the API's and Redis's certificates come from Relevo's own services CA (`<RELEVO_HOME>/tls/services-ca.crt`) either way.",
   },
   tlsCaKeyFile: {
     env: "RELEVO_TLS_CA_KEY_FILE",

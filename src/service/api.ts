@@ -25,7 +25,8 @@ import type { RedisAndEvents } from "./redis-and-events";
 export async function startApi(
   options: StartContext & {
     readonly secrets: Secrets;
-    readonly ca: LiveAuthority;
+    /** The services CA: it issues the API's certificate under RELEVO_API_TLS=on (never the nodes' CA: see prerequisites.ts). */
+    readonly servicesCa: LiveAuthority;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly collector: TopologyCollector;
@@ -35,8 +36,8 @@ export async function startApi(
     readonly certificates: CertificateRotation;
   },
 ): Promise<RunningApi> {
-  const { config, logger, cleanups, ca, redis, nodes, collector, backups, scheduler, failover, certificates } = options;
-  const tls = await apiCertificate(config, ca.authority, logger);
+  const { config, logger, cleanups, servicesCa, redis, nodes, collector, backups, scheduler, failover, certificates } = options;
+  const tls = await apiCertificate(config, servicesCa.authority, logger);
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
   const tokens = await TokenAccess.open({ home: config.home, logger });
@@ -78,7 +79,7 @@ export async function startApi(
   cleanups.push(() => api.stop());
   if (tls && api.replaceCertificate) {
     const fromRelevoCa = apiTransport(config).phase === "https-issued";
-    certificates.include(apiCertificateHolder({ config, ca, port: api.port, replace: api.replaceCertificate, first: tls }), {
+    certificates.include(apiCertificateHolder({ config, servicesCa, port: api.port, replace: api.replaceCertificate, first: tls }), {
       rotate: true,
       // Issued in memory by this instance: another instance's CA rotation must reach it too.
       followCa: fromRelevoCa,
@@ -88,7 +89,7 @@ export async function startApi(
 }
 
 /**
- * The API's HTTPS certificate as a holder: issued again by the CA as it is
+ * The API's HTTPS certificate as a holder: issued again by the services CA as it is
  * now (or, when it is the operator's, RELEVO_API_TLS_CERT_FILE and
  * RELEVO_API_TLS_KEY_FILE read again) and given to the connections
  * accepted from then on, without a restart. A pair that does not make a
@@ -96,7 +97,7 @@ export async function startApi(
  */
 function apiCertificateHolder(options: {
   readonly config: RelevoConfig;
-  readonly ca: LiveAuthority;
+  readonly servicesCa: LiveAuthority;
   readonly port: number;
   readonly replace: (tls: ApiCertificate) => void;
   readonly first: ApiCertificate;
@@ -109,7 +110,7 @@ function apiCertificateHolder(options: {
     fromRelevoCa,
     held: () => current.certificatePem,
     renew: async (): Promise<RenewalOutcome> => {
-      const next = await apiCertificate(options.config, options.ca.authority);
+      const next = await apiCertificate(options.config, options.servicesCa.authority);
       const previousSerial = certificateFacts(current.certificatePem).serial;
       if (next === undefined) return { phase: "failed", holder, reason: "the API no longer has a certificate to serve" };
       try {
@@ -125,7 +126,7 @@ function apiCertificateHolder(options: {
 
 /**
  * The API's certificate and key, by its transport (src/config/api-transport.ts):
- * the operator's files, or one Relevo's CA issues for the API's addresses at
+ * the operator's files, or one the services CA issues for the API's addresses at
  * each start (kept in memory only); none for plain HTTP, which off loopback
  * is said loudly (RELEVO_API_TLS=off).
  */

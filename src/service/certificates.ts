@@ -17,14 +17,24 @@ const EXPIRY_CHECK_INTERVAL_MS = 12 * 60 * 60 * 1000;
 export async function startCertificates(
   options: StartContext & {
     readonly ca: LiveAuthority;
+    readonly servicesCa: LiveAuthority;
     readonly driver: NodeDriver;
     readonly members: Members;
     readonly superuser: Credentials;
     readonly redis: RedisAndEvents;
   },
 ): Promise<CertificateRotation> {
-  const { config, logger, cleanups, ca, driver, members, superuser, redis } = options;
-  const rotation = new CertificateRotation({ config, ca, driver, nodes: members.nodes, superuser, events: redis.events, logger });
+  const { config, logger, cleanups, ca, servicesCa, driver, members, superuser, redis } = options;
+  const rotation = new CertificateRotation({
+    config,
+    ca,
+    servicesCa,
+    driver,
+    nodes: members.nodes,
+    superuser,
+    events: redis.events,
+    logger,
+  });
   if (redis.certificates) {
     rotation.include(redis.certificates.server, { rotate: true, followCa: false });
     rotation.include(redis.certificates.client, { rotate: false, followCa: true });
@@ -43,17 +53,23 @@ export async function startCertificates(
   const timer = setInterval(() => void check(), EXPIRY_CHECK_INTERVAL_MS);
   timer.unref();
   cleanups.push(() => clearInterval(timer));
-  // Another instance on this data home may rotate the CA: its trust file is followed, as members.json is.
-  // Whoever notices first (this timer, or a node's start issuing its certificate), this instance's own certificates
-  // (its API's, its Redis client certificate) follow, from the CA as it is now.
-  ca.onChangedElsewhere(async () => {
+  // Another instance on this data home may rotate the CAs: their trust files are followed, as members.json is.
+  // Whoever notices first (this timer, or a node's start issuing its certificate) reloads; this instance's own
+  // certificates (its API's, its Redis client certificate, both of the services CA) then follow.
+  ca.onChangedElsewhere(() => {
     logger.info({ caFile: ca.authority.certificateFile }, "the CA's files changed: reloaded");
+    return Promise.resolve();
+  });
+  servicesCa.onChangedElsewhere(async () => {
+    logger.info({ caFile: servicesCa.authority.certificateFile }, "the CA's files changed: reloaded");
     await rotation
       .followCaChange()
       .catch((error: Error) => logger.warn({ err: error.message }, "this instance's certificates did not follow"));
   });
   const follow = setInterval(() => {
-    ca.reloadIfChanged().catch((error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"));
+    for (const authority of [ca, servicesCa]) {
+      authority.reloadIfChanged().catch((error: Error) => logger.warn({ err: error.message }, "the CA's files were not re-read"));
+    }
   }, config.topologyPollIntervalMs);
   follow.unref();
   cleanups.push(() => clearInterval(follow));

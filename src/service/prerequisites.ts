@@ -12,15 +12,25 @@ import type { StartContext } from "./cleanups";
 export interface Prerequisites {
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
-  /** Relevo's CA, as it is now (a rotation changes it): the nodes' certificates, and the trust of every connection to them. */
+  /** The nodes' CA, as it is now (a rotation changes it): the nodes' certificates, and the trust of every connection to them. */
   readonly ca: LiveAuthority;
+  /**
+   * The services CA, as it is now: the API's and Redis's certificates and
+   * Redis's client certificates, and the only CA Relevo's Redis clients
+   * trust. Apart from the nodes' so that a node's key, which the PostgreSQL
+   * OS user reads, is never a key of a certificate the API's or Redis's
+   * clients accept (review 15, H1).
+   */
+  readonly servicesCa: LiveAuthority;
 }
 
-/** The node driver (its prerequisites met), the secrets and the CA of this home, and the API's port free. */
+/** The node driver (its prerequisites met), the secrets and the CAs of this home, and the API's port free. */
 export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
   // A plain API on an address other machines reach is refused before anything starts (RELEVO_API_TLS).
   apiTransport(config);
   const ca = new LiveAuthority(await CertificateAuthority.load(config), config);
+  // A data home from before the services CA gets it here (the load makes it beside the nodes' CA).
+  const servicesCa = new LiveAuthority(await CertificateAuthority.load(config, { role: "services" }), config);
   // Every certificate the service's driver issues is recorded in the data home (relevo certificates list, CA rotation).
   const driver = createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) });
   // Last of the cleanups: the driver's open connections (the Docker driver's file agents).
@@ -31,5 +41,5 @@ export async function checkPrerequisites({ config, cleanups, logger }: StartCont
   const removed = await removeAbandonedTemporaries(config.home);
   if (removed.length > 0) logger.info({ files: removed }, "removed temporary files a crash left in the data home");
   await assertPortFree(config.host, config.apiPort, "the API", "RELEVO_API_PORT");
-  return { driver, secrets, ca };
+  return { driver, secrets, ca, servicesCa };
 }

@@ -40,16 +40,16 @@ export interface RedisAndEvents {
 
 /** Redis (Relevo's own, or the one RELEVO_REDIS_URL names), the connections to it, and the event log on it. */
 export async function startRedisAndEvents(
-  options: StartContext & { readonly secrets: Secrets; readonly ca: LiveAuthority },
+  options: StartContext & { readonly secrets: Secrets; readonly servicesCa: LiveAuthority },
 ): Promise<RedisAndEvents> {
-  const { config, logger, cleanups, secrets, ca } = options;
-  // Relevo's own Redis (TLS, certificates from Relevo's CA), or one run by someone else (RELEVO_REDIS_URL),
-  // which it then neither starts nor stops.
+  const { config, logger, cleanups, secrets, servicesCa } = options;
+  // Relevo's own Redis (TLS, certificates from the services CA, which its clients trust alone), or one run by
+  // someone else (RELEVO_REDIS_URL), which it then neither starts nor stops.
   const {
     endpoint,
     handle: server,
     own,
-  } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: ca.authority }, logger);
+  } = await clusterRedisServer(config, { password: secrets.redisPassword, issuer: servicesCa.authority }, logger);
   const stopServer = (): Promise<void> => server.stop();
   cleanups.push(stopServer);
 
@@ -67,7 +67,7 @@ export async function startRedisAndEvents(
   const instanceId = `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const pubSub = createRedisPubSub(client, subscriberClient);
   const events = new EventLog(client, keys, publisherOf(pubSub), config.eventsMaxLength, logger);
-  const issuer = (): LiveAuthority["authority"] => ca.authority;
+  const issuer = (): LiveAuthority["authority"] => servicesCa.authority;
   const certificates = own && {
     server: redisCertificateHolder({
       redisDirectory: redisDirectory(config.home),

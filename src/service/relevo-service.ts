@@ -33,12 +33,16 @@ export interface RelevoService {
   readonly nodes: readonly NodeRef[];
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
-  /** The CA's certificates (PEM), as they are now: what every connection to a node verifies it against. */
+  /** The nodes' CA's certificates (PEM), as they are now: what every connection to a node verifies it against. */
   readonly trustedCa: TrustAnchors;
-  /** The CA as this service issues and trusts with now (a rotation reloads it). */
+  /** The nodes' CA as this service issues and trusts with now (a rotation reloads it). */
   readonly authority: LiveAuthority;
-  /** The CA's certificate file on this host (libpq's sslrootcert). */
+  /** The nodes' CA's certificate file on this host (libpq's sslrootcert). */
   readonly caFile: string;
+  /** The services CA's certificate file: what a client of the API (HTTPS) or of Relevo's Redis trusts, alone. */
+  readonly servicesCaFile: string;
+  /** The services CA as this service issues and trusts with now. */
+  readonly servicesAuthority: LiveAuthority;
   readonly keys: RedisKeys;
   readonly redis: Redis;
   /** Where the cluster's Redis is, and the TLS this process's connections to it present and trust (as they are now). */
@@ -79,6 +83,7 @@ export function runningService(parts: {
   readonly driver: NodeDriver;
   readonly secrets: Secrets;
   readonly ca: LiveAuthority;
+  readonly servicesCa: LiveAuthority;
   readonly redis: RedisAndEvents;
   readonly members: Members;
   readonly storage: Storage;
@@ -93,7 +98,7 @@ export function runningService(parts: {
   readonly consolidator: Consolidator;
   readonly api: RunningApi;
 }): RelevoService {
-  const { cleanups, driver, secrets, ca, redis, members, storage, cluster, archive, topology } = parts;
+  const { cleanups, driver, secrets, ca, servicesCa, redis, members, storage, cluster, archive, topology } = parts;
   const { backups, archiveMonitor, scheduler, failover, certificates, consolidator, api } = parts;
   let stopping: Promise<void> | null = null;
   return {
@@ -104,6 +109,8 @@ export function runningService(parts: {
     trustedCa: ca.trust,
     authority: ca,
     caFile: ca.authority.certificateFile,
+    servicesCaFile: servicesCa.authority.certificateFile,
+    servicesAuthority: servicesCa,
     keys: redis.keys,
     redis: redis.client,
     redisEndpoint: redis.endpoint,

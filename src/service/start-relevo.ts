@@ -30,9 +30,9 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
   const cleanups = new Cleanups(logger);
   const context: StartContext = { config, logger, cleanups };
   try {
-    const { driver, secrets, ca } = await checkPrerequisites(context);
+    const { driver, secrets, ca, servicesCa } = await checkPrerequisites(context);
     const trustedCa = ca.trust;
-    const redis = await startRedisAndEvents({ ...context, secrets, ca });
+    const redis = await startRedisAndEvents({ ...context, secrets, servicesCa });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver });
@@ -79,13 +79,13 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     });
     const scheduler = await startScheduler({ ...context, redis, backups, database: topology.database });
     const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
-    const certificates = await startCertificates({ ...context, ca, driver, members, superuser, redis });
+    const certificates = await startCertificates({ ...context, ca, servicesCa, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
     const api = await startApi({
       ...context,
       secrets,
-      ca,
+      servicesCa,
       redis,
       nodes,
       collector,
@@ -101,6 +101,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       driver,
       secrets,
       ca,
+      servicesCa,
       redis,
       members,
       storage,

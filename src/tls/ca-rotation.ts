@@ -5,18 +5,23 @@ import { rename } from "node:fs/promises";
 import { CertificateAuthority, caFiles, type CaSettings } from "./certificate-authority";
 import { createCa } from "./certificate-issuer";
 import {
+  CA_ROLES,
+  caCommonName,
+  caRotationsUnderWay,
   completeCaSwapLocked,
   ownCaPaths,
   readCaRotation,
   removeCaRotation,
   withCaRotationLock,
   writeCaRotation,
+  type CaRole,
   type CaRotationState,
 } from "./own-ca-files";
 import { joinCertificates } from "./pem-bundle";
 
 /**
- * A CA rotation of the CA Relevo made itself, in two steps. Begin: a new
+ * A CA rotation of the CAs Relevo made itself (the nodes' and the
+ * services', each on its own files, together), in two steps. Begin: a new
  * CA signs from now on; the trust file (`ca.crt`) holds the new and the old
  * CA, and the new CA certified by the old one travels after every server
  * certificate, so clients holding either CA verify the servers. Finish,
@@ -35,40 +40,50 @@ function configuredCaRefusal(settings: CaSettings): RelevoError {
   );
 }
 
-/** Makes a new CA and puts it in place beside the old one; PRECONDITION_FAILED while a rotation is under way. */
-export async function beginCaRotation(settings: CaSettings, options: { readonly now?: Date } = {}): Promise<CaRotationState> {
+/**
+ * Makes a new CA for each of Relevo's own CAs (the nodes' and the
+ * services') and puts it in place beside the old one; PRECONDITION_FAILED
+ * while a rotation of either is under way.
+ */
+export async function beginCaRotation(
+  settings: CaSettings,
+  options: { readonly now?: Date } = {},
+): Promise<Record<CaRole, CaRotationState>> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
   return withCaRotationLock(settings.home, async () => {
-    // A swap a crash left half done is completed first (the load below then finds nothing to do, so takes no lock).
-    await completeCaSwapLocked(settings.home);
-    return beginLocked(settings, options.now ?? new Date());
+    // A swap a crash left half done is completed first (the loads below then find nothing to do, so take no lock).
+    for (const role of CA_ROLES) await completeCaSwapLocked(settings.home, role);
+    for (const role of CA_ROLES) {
+      const running = await readCaRotation(settings.home, role);
+      if (running !== null) {
+        throw new RelevoError(
+          ErrorCode.PreconditionFailed,
+          `a CA rotation is under way since ${running.startedAt}: finish it first (relevo certificates finish-ca-rotation)`,
+        );
+      }
+    }
+    const now = options.now ?? new Date();
+    return { nodes: await beginOne(settings, "nodes", now), services: await beginOne(settings, "services", now) };
   });
 }
 
-async function beginLocked(settings: CaSettings, now: Date): Promise<CaRotationState> {
-  const running = await readCaRotation(settings.home);
-  if (running !== null) {
-    throw new RelevoError(
-      ErrorCode.PreconditionFailed,
-      `a CA rotation is under way since ${running.startedAt}: finish it first (relevo certificates finish-ca-rotation)`,
-    );
-  }
-  const current = await CertificateAuthority.load(settings);
+async function beginOne(settings: CaSettings, role: CaRole, now: Date): Promise<CaRotationState> {
+  const current = await CertificateAuthority.load(settings, { role });
   // The name tells CAs apart (a member's record is compared by its issuer's name): the time, and a random part
   // for two rotations within one second.
   const stamp = `${now.toISOString().replace(/[-:]/g, "").replace(/\..*$/, "")}-${randomBytes(3).toString("hex")}`;
-  const next = await createCa({ commonName: `Relevo CA ${settings.clusterName} ${stamp}`, now });
+  const next = await createCa({ commonName: `${caCommonName(role, settings.clusterName)} ${stamp}`, now });
   const state: CaRotationState = {
     phase: "bundle",
     startedAt: now.toISOString(),
     previousCaPem: current.signerPem,
     crossCertificatePem: await current.crossCertify(next.certificatePem),
   };
-  const paths = ownCaPaths(settings.home);
+  const paths = ownCaPaths(settings.home, role);
   await replaceFileDurably(paths.nextKey, next.keyPem, { mode: 0o600 });
   await replaceFileDurably(paths.nextCertificate, joinCertificates([next.certificatePem, current.certificatePem]), { mode: 0o644 });
   // From here on the rotation has begun: a load after a crash completes the renames (completeCaSwap).
-  await writeCaRotation(settings.home, state);
+  await writeCaRotation(settings.home, state, role);
   await rename(paths.nextKey, paths.key);
   await rename(paths.nextCertificate, paths.certificate);
   await syncDirectory(paths.directory);
@@ -76,19 +91,23 @@ async function beginLocked(settings: CaSettings, now: Date): Promise<CaRotationS
 }
 
 /**
- * Drops the old CA from the trust file and ends the rotation. The trust
- * file first: a crash between the two leaves the rotation to be finished
- * again, never the old CA trusted with no rotation recorded.
+ * Drops the old CA from the trust file of each CA under rotation and ends
+ * its rotation. The trust file first: a crash between the two leaves the
+ * rotation to be finished again, never the old CA trusted with no rotation
+ * recorded. PRECONDITION_FAILED when neither CA is under rotation.
  */
 export async function finishCaRotation(settings: CaSettings): Promise<void> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
   await withCaRotationLock(settings.home, async () => {
-    await completeCaSwapLocked(settings.home);
-    if ((await readCaRotation(settings.home)) === null) {
+    for (const role of CA_ROLES) await completeCaSwapLocked(settings.home, role);
+    const roles = await caRotationsUnderWay(settings.home);
+    if (roles.length === 0) {
       throw new RelevoError(ErrorCode.PreconditionFailed, "no CA rotation is under way (relevo certificates rotate --ca begins one)");
     }
-    const current = await CertificateAuthority.load(settings);
-    await replaceFileDurably(ownCaPaths(settings.home).certificate, current.signerPem, { mode: 0o644 });
-    await removeCaRotation(settings.home);
+    for (const role of roles) {
+      const current = await CertificateAuthority.load(settings, { role });
+      await replaceFileDurably(ownCaPaths(settings.home, role).certificate, current.signerPem, { mode: 0o644 });
+      await removeCaRotation(settings.home, role);
+    }
   });
 }

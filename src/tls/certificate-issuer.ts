@@ -64,12 +64,17 @@ export async function createCa(options: { readonly commonName: string; readonly 
  * (pathLength 0, as CAs made before rotation existed): clients then need
  * the new CA itself.
  */
+/** Whether `issuer` may certify a successor CA: not a CA of pathLength 0 (made before CA rotation existed). */
+export function mayCertifySuccessor(issuer: CaSigner): boolean {
+  return issuer.certificate.getExtension(x509.BasicConstraintsExtension)?.pathLength !== 0;
+}
+
 export async function crossCertificate(options: {
   readonly issuer: CaSigner;
   readonly successorPem: string;
   readonly now: Date;
 }): Promise<string | null> {
-  if (options.issuer.certificate.getExtension(x509.BasicConstraintsExtension)?.pathLength === 0) return null;
+  if (!mayCertifySuccessor(options.issuer)) return null;
   const successor = new x509.X509Certificate(options.successorPem);
   const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: randomSerialNumber(),

@@ -3,8 +3,8 @@ import type { TrustAnchors } from "../postgres/connection";
 import { CertificateAuthority, type CaSettings } from "./certificate-authority";
 
 /**
- * The CA a running service issues and trusts with, re-read when a rotation
- * changed its files. Everything that connects to a node reads `trust` at
+ * A CA a running service issues and trusts with (one per role: the nodes',
+ * the services'), re-read when a rotation changed its files. Everything that connects to a node reads `trust` at
  * each new connection (a TLS session already open stays as it is), and the
  * drivers' certificate source reads `authority` at each issue, so a
  * rotation reaches them without a restart.
@@ -31,7 +31,7 @@ export class LiveAuthority {
 
   /** Reads the CA's files again (a rotation changed them, or the operator replaced RELEVO_TLS_CA_FILE's). */
   async reload(): Promise<CertificateAuthority> {
-    this.current = await CertificateAuthority.load(this.settings);
+    this.current = await CertificateAuthority.load(this.settings, { role: this.current.role });
     return this.current;
   }
 

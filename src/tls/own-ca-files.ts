@@ -5,14 +5,36 @@ import { acquireFileLock } from "../storage/file-lock";
 import { replaceFileDurably, syncDirectory } from "../util/durable-file";
 
 /**
- * The files of the CA Relevo makes itself, in `<home>/tls/`: `ca.key`,
- * `ca.crt` (the signing CA first, then, during a CA rotation, the old CA:
- * the trust bundle), and, while a CA rotation runs, `rotation.json`.
- * A rotation writes the new CA as `ca-next.key` and `ca-next.crt` first,
- * then `rotation.json`, then renames both into place: a load finds the
+ * The files of the CAs Relevo makes itself, in `<home>/tls/`. Two CAs, so
+ * that a node's key cannot pose as a service (review 15, H1): the nodes'
+ * CA (`ca.key`, `ca.crt`), which issues the nodes' certificates whose keys
+ * the PostgreSQL OS user reads, and the services CA (`services-ca.key`,
+ * `services-ca.crt`), which issues the API's and Redis's certificates and
+ * Redis's client certificates, and which the clients of the API and of
+ * Redis trust alone. Each CA's certificate file holds the signing CA first,
+ * then, during a CA rotation, the old CA (the trust bundle); while its
+ * rotation runs, its record (`rotation.json`, `services-rotation.json`).
+ * A rotation writes the new CA as `<stem>-next.key` and `<stem>-next.crt`
+ * first, then the record, then renames both into place: a load finds the
  * files of one CA whatever crash came between (completeCaSwap).
  */
 export const OWN_CA_DIRECTORY = "tls";
+
+/** Which of Relevo's two CAs: the nodes' (PostgreSQL's servers and clients), or the services' (the API, Redis). */
+export type CaRole = "nodes" | "services";
+
+export const CA_ROLES: readonly CaRole[] = ["nodes", "services"];
+
+/** Each role's file names in `tls/`: `<stem>.crt`, `<stem>.key`, `<stem>-next.*`, and its rotation's record. */
+const FILE_NAMES: Record<CaRole, { readonly stem: string; readonly rotation: string; readonly commonName: string }> = {
+  nodes: { stem: "ca", rotation: "rotation.json", commonName: "Relevo CA" },
+  services: { stem: "services-ca", rotation: "services-rotation.json", commonName: "Relevo services CA" },
+};
+
+/** The common name of a CA of `role` made for `clusterName` (a rotation's successor adds a time stamp). */
+export function caCommonName(role: CaRole, clusterName: string): string {
+  return `${FILE_NAMES[role].commonName} ${clusterName}`;
+}
 
 export interface OwnCaPaths {
   readonly directory: string;
@@ -23,15 +45,16 @@ export interface OwnCaPaths {
   readonly rotation: string;
 }
 
-export function ownCaPaths(home: string): OwnCaPaths {
+export function ownCaPaths(home: string, role: CaRole): OwnCaPaths {
   const directory = path.join(home, OWN_CA_DIRECTORY);
+  const { stem, rotation } = FILE_NAMES[role];
   return {
     directory,
-    certificate: path.join(directory, "ca.crt"),
-    key: path.join(directory, "ca.key"),
-    nextCertificate: path.join(directory, "ca-next.crt"),
-    nextKey: path.join(directory, "ca-next.key"),
-    rotation: path.join(directory, "rotation.json"),
+    certificate: path.join(directory, `${stem}.crt`),
+    key: path.join(directory, `${stem}.key`),
+    nextCertificate: path.join(directory, `${stem}-next.crt`),
+    nextKey: path.join(directory, `${stem}-next.key`),
+    rotation: path.join(directory, rotation),
   };
 }
 
@@ -50,9 +73,9 @@ export interface CaRotationState {
   readonly crossCertificatePem: string | null;
 }
 
-/** The rotation under way in `home`, or null. */
-export async function readCaRotation(home: string): Promise<CaRotationState | null> {
-  const text = await readFile(ownCaPaths(home).rotation, "utf8").catch((error: NodeJS.ErrnoException) =>
+/** The rotation of `role`'s CA under way in `home`, or null. */
+export async function readCaRotation(home: string, role: CaRole): Promise<CaRotationState | null> {
+  const text = await readFile(ownCaPaths(home, role).rotation, "utf8").catch((error: NodeJS.ErrnoException) =>
     error.code === "ENOENT" ? null : Promise.reject(error),
   );
   if (text === null) return null;
@@ -61,17 +84,24 @@ export async function readCaRotation(home: string): Promise<CaRotationState | nu
     if (state.phase !== "bundle" || typeof state.previousCaPem !== "string") throw new Error("unexpected content");
     return state;
   } catch (cause) {
-    throw new RelevoError(ErrorCode.TlsCaInvalid, `${ownCaPaths(home).rotation} cannot be read: restore it from a copy`, { cause });
+    throw new RelevoError(ErrorCode.TlsCaInvalid, `${ownCaPaths(home, role).rotation} cannot be read: restore it from a copy`, { cause });
   }
 }
 
-export async function writeCaRotation(home: string, state: CaRotationState): Promise<void> {
-  await replaceFileDurably(ownCaPaths(home).rotation, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+/** The roles whose CA rotation is under way in `home`. */
+export async function caRotationsUnderWay(home: string): Promise<CaRole[]> {
+  const running: CaRole[] = [];
+  for (const role of CA_ROLES) if ((await readCaRotation(home, role)) !== null) running.push(role);
+  return running;
 }
 
-export async function removeCaRotation(home: string): Promise<void> {
-  await rm(ownCaPaths(home).rotation, { force: true });
-  await syncDirectory(ownCaPaths(home).directory);
+export async function writeCaRotation(home: string, state: CaRotationState, role: CaRole): Promise<void> {
+  await replaceFileDurably(ownCaPaths(home, role).rotation, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+}
+
+export async function removeCaRotation(home: string, role: CaRole): Promise<void> {
+  await rm(ownCaPaths(home, role).rotation, { force: true });
+  await syncDirectory(ownCaPaths(home, role).directory);
 }
 
 /**
@@ -82,7 +112,8 @@ export async function removeCaRotation(home: string): Promise<void> {
  * CA is gone, and two begins at once would each make a CA.
  */
 export function withCaRotationLock<T>(home: string, work: () => Promise<T>): Promise<T> {
-  return acquireFileLock(path.join(ownCaPaths(home).directory, "rotation.lock"), {
+  // One lock for both CAs: a rotation begins and finishes them together.
+  return acquireFileLock(path.join(path.join(home, OWN_CA_DIRECTORY), "rotation.lock"), {
     purpose: "CA rotation",
     waitMs: CA_LOCK_WAIT_MS,
   }).then(async (lock) => {
@@ -105,8 +136,8 @@ const CA_LOCK_WAIT_MS = 30_000;
  * when there are no next CA's files; else under the rotation's lock, so a
  * begin in progress elsewhere is waited for, not undone.
  */
-export async function completeCaSwap(home: string): Promise<void> {
-  const paths = ownCaPaths(home);
+export async function completeCaSwap(home: string, role: CaRole): Promise<void> {
+  const paths = ownCaPaths(home, role);
   const pending = async (): Promise<boolean> =>
     (
       await Promise.all(
@@ -119,13 +150,13 @@ export async function completeCaSwap(home: string): Promise<void> {
       )
     ).some(Boolean);
   if (!(await pending())) return;
-  await withCaRotationLock(home, () => completeCaSwapLocked(home));
+  await withCaRotationLock(home, () => completeCaSwapLocked(home, role));
 }
 
 /** completeCaSwap's work, for a caller that holds the rotation's lock. */
-export async function completeCaSwapLocked(home: string): Promise<void> {
-  const paths = ownCaPaths(home);
-  const begun = (await readCaRotation(home)) !== null;
+export async function completeCaSwapLocked(home: string, role: CaRole): Promise<void> {
+  const paths = ownCaPaths(home, role);
+  const begun = (await readCaRotation(home, role)) !== null;
   let changed = false;
   for (const [next, current] of [
     [paths.nextKey, paths.key],

@@ -2,7 +2,7 @@ import { createClient, type Client } from "graphql-ws";
 import http from "node:http";
 import https from "node:https";
 import WebSocket from "ws";
-import { testClientSsl } from "./tls";
+import { testApiClientCas } from "./tls";
 
 export interface GraphQLResponse<T = Record<string, unknown>> {
   status: number;
@@ -41,7 +41,7 @@ export async function testFetch(
   const body = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }>((resolve, reject) => {
     const request = https.request(
       url,
-      { method: rest.method ?? "GET", headers: rest.headers, ca: ca ?? testClientSsl().ca },
+      { method: rest.method ?? "GET", headers: rest.headers, ca: ca ?? testApiClientCas() },
       (response) => {
         const chunks: Buffer[] = [];
         response.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -84,7 +84,7 @@ export async function graphqlRequest<T = Record<string, unknown>>(
 export function subscriptionClient(url: string, token: string): Client {
   return createClient({
     url: url.replace(/^http/, "ws"),
-    webSocketImpl: url.startsWith("https:") ? trustingWebSocket(testClientSsl().ca as string[]) : WebSocket,
+    webSocketImpl: url.startsWith("https:") ? trustingWebSocket(testApiClientCas()) : WebSocket,
     connectionParams: { authorization: `Bearer ${token}` },
     retryAttempts: 0,
     lazy: true,

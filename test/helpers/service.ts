@@ -1,10 +1,11 @@
+import { readFile } from "node:fs/promises";
 import { loadConfig, type ConfigOverrides, type RelevoConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
 import { mintToken, type Role } from "../../src/secrets/tokens";
 import { startRelevo, type RelevoService } from "../../src/service";
 import { tempHome } from "./home";
 import { freePort } from "./ports";
-import { trustCa } from "./tls";
+import { trustCa, trustServicesCa } from "./tls";
 
 export interface TestCluster {
   readonly config: RelevoConfig;
@@ -48,6 +49,7 @@ export async function startTestCluster(label: string, overrides: ConfigOverrides
   const config = await testConfig(label, overrides);
   const service = await startRelevo(config, createLogger({ level: config.logLevel }));
   trustCa(service.trustedCa.pem);
+  trustServicesCa(await readFile(service.servicesCaFile, "utf8"));
   return {
     config,
     service,

@@ -12,18 +12,29 @@ import { nodeTlsSource } from "../../src/tls/node-tls";
 import { ownRedisTls, type OwnRedisTls } from "../../src/redis/redis-tls";
 import { tempHome } from "./home";
 
-/** Where the CAs of a test file's clusters are listed (one module registry per file). */
+/** Where the CAs of a test file's clusters are listed (one module registry per file): the nodes', and apart the services'. */
 const TRUST_KEY = "__relevoTestTrustedCas";
+const SERVICES_TRUST_KEY = "__relevoTestTrustedServicesCas";
 const CA_KEY = "__relevoTestCa";
 
-function registry(): string[] {
+function registry(key: string = TRUST_KEY): string[] {
   const global = globalThis as unknown as Record<string, string[] | undefined>;
-  return (global[TRUST_KEY] ??= []);
+  return (global[key] ??= []);
 }
 
-/** Trusts `caPem` (a test cluster's CA) in this file's test clients from now on. */
+/** Trusts `caPem` (a test cluster's nodes' CA) in this file's test clients of the nodes from now on. */
 export function trustCa(caPem: string): void {
   if (!registry().includes(caPem)) registry().push(caPem);
+}
+
+/** Trusts `caPem` (a test cluster's services CA) in this file's test clients of the API from now on. */
+export function trustServicesCa(caPem: string): void {
+  if (!registry(SERVICES_TRUST_KEY).includes(caPem)) registry(SERVICES_TRUST_KEY).push(caPem);
+}
+
+/** What a test's client of an HTTPS API trusts: the services CAs of this file's clusters, as the CLI does (never a nodes' CA). */
+export function testApiClientCas(): string[] {
+  return [...registry(SERVICES_TRUST_KEY)];
 }
 
 /**

@@ -338,12 +338,13 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     await writeFile(oldCaFile, oldCa);
     const receiverBefore = await sqlOn(replica(), secrets, "SELECT pid FROM pg_stat_wal_receiver");
     const startedBefore = await Promise.all(nodes.map((node) => postmasterStart(node, secrets)));
-    // A Redis client of the old CA alone (its trust, and a client certificate it issued), as another process holds one.
-    const oldAuthority = await CertificateAuthority.load(cluster.config);
+    // A Redis client of the old services CA alone (its trust, and a client certificate it issued), as another process holds one.
+    const oldServicesCa = (await readFile(cluster.service.servicesCaFile, "utf8")).trim() + "\n";
+    const oldAuthority = await CertificateAuthority.load(cluster.config, { role: "services" });
     const oldClientCertificate = await oldAuthority.issueClientCertificate({ user: "relevo" });
     const oldRedisClient = {
       ...cluster.service.redisEndpoint,
-      tls: { ca: oldCa, cert: oldClientCertificate.certificatePem, key: oldClientCertificate.keyPem },
+      tls: { ca: oldServicesCa, cert: oldClientCertificate.certificatePem, key: oldClientCertificate.keyPem },
     };
     const redisRunId = async (): Promise<string> => /run_id:(\w+)/.exec(await cluster.service.redis.info("server"))![1]!;
     const redisBefore = await redisRunId();
@@ -360,16 +361,23 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       expect(await libpqLogin(node, secrets, oldCaFile)).toBe("ok");
       expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
     }
-    // Redis serves the new CA's certificate (verified by an old-CA client through the cross certificate) and takes both CAs' clients.
-    expect(certificateFacts(await servedRedisCertificate(oldRedisClient)).issuer).toBe(certificateFacts(bundle[0]!).subject);
-    expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).issuer).toBe(certificateFacts(bundle[0]!).subject);
+    // The services CA rotated beside the nodes': its bundle too holds the new and the old one.
+    const servicesBundle = splitCertificates(await readFile(cluster.service.servicesCaFile, "utf8"));
+    expect(servicesBundle).toHaveLength(2);
+    expect(servicesBundle[1]!.trim()).toBe(oldServicesCa.trim());
+    // Redis serves the new services CA's certificate (verified by an old-CA client through the cross certificate) and
+    // takes both CAs' clients.
+    const newServicesSubject = certificateFacts(servicesBundle[0]!).subject;
+    expect(certificateFacts(await servedRedisCertificate(oldRedisClient)).issuer).toBe(newServicesSubject);
+    expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).issuer).toBe(newServicesSubject);
     const listed = (await run("node", [BIN, "certificates", "list"], { env: cliEnvFor(cluster.config) })).stdout;
-    expect(listed).toMatch(/CA rotation under way since/);
-    expect(listed.match(/CA \((signs|trusted)\)/g)).toEqual(["CA (signs)", "CA (trusted)"]);
+    expect(listed.match(/CA rotation under way since/g)).toHaveLength(2);
+    expect(listed.match(/CA \((signs|trusted)\)/g)).toEqual(["CA (signs)", "CA (trusted)", "CA (signs)", "CA (trusted)"]);
 
     const finished = await run("node", [BIN, "certificates", "finish-ca-rotation"], { env: cliEnvFor(cluster.config) });
     expect(finished.stdout).toContain("CA rotation finished");
     expect(splitCertificates(await readFile(cluster.service.caFile, "utf8"))).toEqual([bundle[0]]);
+    expect(splitCertificates(await readFile(cluster.service.servicesCaFile, "utf8"))).toEqual([servicesBundle[0]]);
     for (const node of nodes) {
       expect(await libpqLogin(node, secrets, oldCaFile)).toMatch(/certificate verify failed/);
       expect(await libpqLogin(node, secrets, newCaFile)).toBe("ok");
@@ -385,7 +393,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       ).toEqual([{ one: 1 }]);
     }
     expect(cluster.service.trustedCa.pem).toBe(bundle[0]);
-    // Redis trusts the new CA alone now: the old CA's client is refused; the service's connections, made again, are
+    // Redis trusts the new services CA alone now: the old CA's client is refused; the service's connections, made again, are
     // admitted (their client certificate was re-issued by the new CA), and Redis never restarted.
     await expect(servedRedisCertificate(oldRedisClient)).rejects.toThrow();
     await cluster.service.redis.call("CLIENT", "KILL", "TYPE", "normal");
@@ -451,6 +459,7 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       const rotation = new CertificateRotation({
         config,
         ca: live,
+        servicesCa: service.servicesAuthority,
         driver: failing,
         nodes: service.nodes,
         superuser,

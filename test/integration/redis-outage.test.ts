@@ -16,7 +16,7 @@ async function redisServerOf(cluster: TestCluster): Promise<RedisServerHandle> {
     bin: cluster.config.redisServerBin,
     startTimeoutMs: 30000,
     logger: createLogger({ level: "silent" }),
-    tls: await ownRedisTls(await CertificateAuthority.load(cluster.config)),
+    tls: await ownRedisTls(await CertificateAuthority.load(cluster.config, { role: "services" })),
   });
 }
 

@@ -234,8 +234,8 @@ describe("topology over GraphQL", () => {
     }
   });
 
-  test("certificates rotate: the API serves a new certificate of the CA without a restart; a subscription open across it keeps delivering", async () => {
-    const ca = await readFile(cluster.service.caFile, "utf8");
+  test("certificates rotate: the API serves a new certificate of the services CA without a restart; a subscription open across it keeps delivering", async () => {
+    const ca = await readFile(cluster.service.servicesCaFile, "utf8");
     const before = await servedTlsSerial("127.0.0.1", cluster.config.apiPort, ca);
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
     const events = new SubscriptionRecorder<{ clusterEvents: { kind: string } }>(

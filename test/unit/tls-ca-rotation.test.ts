@@ -45,9 +45,9 @@ describe("CA rotation of Relevo's own CA", () => {
     expect(bundle).toHaveLength(2);
     expect(bundle[1]).toBe(old.signerPem);
     expect(current.signerPem).toBe(bundle[0]);
-    expect(state.previousCaPem).toBe(old.signerPem);
-    expect((await readCaRotation(home))?.phase).toBe("bundle");
-    expect((await stat(ownCaPaths(home).key)).mode & 0o777).toBe(0o600);
+    expect(state.nodes.previousCaPem).toBe(old.signerPem);
+    expect((await readCaRotation(home, "nodes"))?.phase).toBe("bundle");
+    expect((await stat(ownCaPaths(home, "nodes").key)).mode & 0o777).toBe(0o600);
 
     const leaf = await serve(current);
     // The leaf, then the new CA certified by the old one.
@@ -73,7 +73,7 @@ describe("CA rotation of Relevo's own CA", () => {
     const current = await CertificateAuthority.load(settings());
     expect(splitCertificates(current.certificatePem)).toEqual([current.signerPem]);
     expect(current.signerPem).not.toBe(old.signerPem);
-    expect(await readCaRotation(home)).toBeNull();
+    expect(await readCaRotation(home, "nodes")).toBeNull();
     const leaf = await serve(current);
     expect(splitCertificates(leaf.certificatePem)).toHaveLength(1);
     expect(await handshake(leaf, current.certificatePem, "127.0.0.1")).toBe("verified");
@@ -81,6 +81,44 @@ describe("CA rotation of Relevo's own CA", () => {
       /unable to (verify the first certificate|get local issuer certificate)/,
     );
     await expect(finishCaRotation(settings())).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
+  });
+
+  test("both CAs rotate together: the services CA gets its own bundle and cross certificate, and finishes with the nodes'", async () => {
+    const oldServices = await CertificateAuthority.load(settings(), { role: "services" });
+    const state = await beginCaRotation(settings());
+    expect(state.services.previousCaPem).toBe(oldServices.signerPem);
+    expect(await readCaRotation(home, "services")).not.toBeNull();
+    const services = await CertificateAuthority.load(settings(), { role: "services" });
+    const nodes = await CertificateAuthority.load(settings());
+    expect(splitCertificates(services.certificatePem)).toEqual([services.signerPem, oldServices.signerPem]);
+    expect(services.signerPem).not.toBe(nodes.signerPem);
+    const api = await services.issueServerCertificate({ commonName: "api", addresses: ["127.0.0.1"] });
+    // The API's new certificate still verifies for a client holding the old services CA alone, never for the nodes' CAs.
+    expect(await handshake(api, oldServices.signerPem, "127.0.0.1")).toBe("verified");
+    expect(await handshake(api, nodes.certificatePem, "127.0.0.1")).not.toBe("verified");
+    expect((await stat(ownCaPaths(home, "services").key)).mode & 0o777).toBe(0o600);
+    await finishCaRotation(settings());
+    expect(await readCaRotation(home, "services")).toBeNull();
+    expect(splitCertificates((await CertificateAuthority.load(settings(), { role: "services" })).certificatePem)).toEqual([
+      services.signerPem,
+    ]);
+  });
+
+  test("a rotation of one CA only (a crash between the two begins) is refused a new begin and finished alone", async () => {
+    await beginCaRotation(settings());
+    await finishCaRotation(settings());
+    // As if the services CA's begin had not run: only the nodes' rotation is recorded.
+    const nodesOnly = await readFile(ownCaPaths(home, "nodes").certificate, "utf8");
+    await writeCaRotation(
+      home,
+      { phase: "bundle", startedAt: new Date().toISOString(), previousCaPem: nodesOnly, crossCertificatePem: null },
+      "nodes",
+    );
+    await expect(beginCaRotation(settings())).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
+    const servicesBefore = await readFile(ownCaPaths(home, "services").certificate, "utf8");
+    await finishCaRotation(settings());
+    expect(await readCaRotation(home, "nodes")).toBeNull();
+    expect(await readFile(ownCaPaths(home, "services").certificate, "utf8")).toBe(servicesBefore);
   });
 
   test("a running service's trust follows a rotation another instance made (reloadIfChanged)", async () => {
@@ -101,7 +139,7 @@ describe("CA rotation of Relevo's own CA", () => {
 
   test("a crash between the rotation's record and its renames is completed at the next load; one before the record is undone", async () => {
     const old = await CertificateAuthority.load(settings());
-    const paths = ownCaPaths(home);
+    const paths = ownCaPaths(home, "nodes");
     const next = await createCa({ commonName: "Relevo CA next", now: new Date() });
     await writeFile(paths.nextKey, next.keyPem, { mode: 0o600 });
     await writeFile(paths.nextCertificate, joinCertificates([next.certificatePem, old.certificatePem]));
@@ -111,12 +149,16 @@ describe("CA rotation of Relevo's own CA", () => {
 
     await writeFile(paths.nextKey, next.keyPem, { mode: 0o600 });
     await writeFile(paths.nextCertificate, joinCertificates([next.certificatePem, old.certificatePem]));
-    await writeCaRotation(home, {
-      phase: "bundle",
-      startedAt: new Date().toISOString(),
-      previousCaPem: old.signerPem,
-      crossCertificatePem: null,
-    });
+    await writeCaRotation(
+      home,
+      {
+        phase: "bundle",
+        startedAt: new Date().toISOString(),
+        previousCaPem: old.signerPem,
+        crossCertificatePem: null,
+      },
+      "nodes",
+    );
     const loaded = await CertificateAuthority.load(settings());
     expect(loaded.signerPem).toBe(splitCertificates(next.certificatePem)[0]);
     expect(splitCertificates(loaded.certificatePem)).toHaveLength(2);
@@ -135,7 +177,7 @@ describe("CA rotation of Relevo's own CA", () => {
     expect(begins.find((attempt) => attempt.status === "rejected")).toMatchObject({ reason: { code: ErrorCode.PreconditionFailed } });
     expect([attempts[1].status, attempts[3].status]).toEqual(["fulfilled", "fulfilled"]);
     const loaded = await CertificateAuthority.load(settings());
-    const state = (await readCaRotation(home))!;
+    const state = (await readCaRotation(home, "nodes"))!;
     expect(splitCertificates(loaded.certificatePem)).toEqual([loaded.signerPem, old.signerPem]);
     // The cross certificate the servers send is for the key that signs now: clients of the old CA verify the new leaves.
     const cross = new X509Certificate(state.crossCertificatePem!);

@@ -1,13 +1,14 @@
 import { expect } from "@jest/globals";
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { chmod, chown, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { loadConfig } from "../../src/config/config";
 import { handshake } from "../helpers/tls-handshake";
 import { ErrorCode } from "../../src/errors";
 import { CertificateAuthority, caFiles } from "../../src/tls/certificate-authority";
+import { certificateFacts } from "../../src/tls/issued-certificates";
 import {
   LEAF_VALIDITY_DAYS,
   clientCertificateRequest,
@@ -171,6 +172,69 @@ describe("Relevo's CA", () => {
       code: ErrorCode.InvalidConfig,
       message: expect.stringContaining("RELEVO_TLS_CA_FILE"),
     });
+  });
+
+  test("the services CA is made beside the nodes' one (its key 0600), and neither verifies the other's leaves", async () => {
+    const [nodes, services] = await Promise.all([
+      CertificateAuthority.load(settings()),
+      CertificateAuthority.load(settings(), { role: "services" }),
+    ]);
+    const files = caFiles(settings(), "services");
+    expect(services.certificateFile).toBe(path.join(home, "tls", "services-ca.crt"));
+    expect((await stat(files.keyFile)).mode & 0o777).toBe(0o600);
+    expect((await stat(files.certificateFile)).mode & 0o777).toBe(0o644);
+    expect(certificateFacts(services.signerPem).subject).toBe("CN=Relevo services CA relevo");
+    expect(services.signerPem).not.toBe(nodes.signerPem);
+    expect((await CertificateAuthority.load(settings(), { role: "services" })).signerPem).toBe(services.signerPem);
+    const node = await nodes.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1"] });
+    const api = await services.issueServerCertificate({ commonName: "api", addresses: ["127.0.0.1"] });
+    expect(await handshake(node, services.certificatePem, "127.0.0.1")).toMatch(/unable to verify the first certificate/);
+    expect(await handshake(api, nodes.certificatePem, "127.0.0.1")).toMatch(/unable to verify the first certificate/);
+    expect(await handshake(api, services.certificatePem, "127.0.0.1")).toBe("verified");
+  });
+
+  test("a data home from before the services CA gets one at its next load, the same one for two loads at once", async () => {
+    const nodes = await CertificateAuthority.load(settings());
+    const files = caFiles(settings(), "services");
+    await rm(files.certificateFile);
+    await rm(files.keyFile);
+    const [first, second] = await Promise.all([
+      CertificateAuthority.load(settings(), { role: "services" }),
+      CertificateAuthority.load(settings(), { role: "services" }),
+    ]);
+    expect(first.signerPem).toBe(second.signerPem);
+    const leaf = await second.issueServerCertificate({ commonName: "api", addresses: ["127.0.0.1"] });
+    expect(await handshake(leaf, first.certificatePem, "127.0.0.1")).toBe("verified");
+    expect((await stat(files.keyFile)).mode & 0o777).toBe(0o600);
+    // The nodes' CA is untouched, and no temporary is left beside the files.
+    expect((await CertificateAuthority.load(settings())).signerPem).toBe(nodes.signerPem);
+    expect((await readdir(path.dirname(files.keyFile))).sort()).toEqual(["ca.crt", "ca.key", "services-ca.crt", "services-ca.key"]);
+  });
+
+  test("with RELEVO_TLS_CA_FILE, the services CA is still Relevo's own, made alone in the data home", async () => {
+    const { certificateFile, keyFile } = opensslCa(path.join(home, "operator"), ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    const config = settings({ RELEVO_TLS_CA_FILE: certificateFile, RELEVO_TLS_CA_KEY_FILE: keyFile });
+    const services = await CertificateAuthority.load(config, { role: "services" });
+    expect(services.configured).toBe(false);
+    expect(services.certificateFile).toBe(path.join(home, "tls", "services-ca.crt"));
+    expect(services.signerPem).not.toBe(await readFile(certificateFile, "utf8"));
+    expect((await readdir(path.join(home, "tls"))).sort()).toEqual(["services-ca.crt", "services-ca.key"]);
+  });
+
+  test("a services CA key left without its certificate (a start interrupted) is reported, never paired with a new certificate", async () => {
+    await CertificateAuthority.load(settings());
+    const files = caFiles(settings(), "services");
+    await rm(files.certificateFile);
+    const key = await readFile(files.keyFile, "utf8");
+    // A clock a second further at each look: the load waits out its 10 s for the certificate at once.
+    let now = Date.now();
+    const clock = () => new Date((now += 1000));
+    await expect(CertificateAuthority.load(settings(), { role: "services", clock })).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining(`remove ${files.keyFile}`),
+    });
+    expect(await readFile(files.keyFile, "utf8")).toBe(key);
+    await expect(stat(files.certificateFile)).rejects.toMatchObject({ code: "ENOENT" });
   });
 
   test("a CA file without its key (or the reverse) is INVALID_CONFIG naming the empty one", () => {
