@@ -193,10 +193,16 @@ describe("topology over GraphQL", () => {
     expect(stdout.trim()).toBe(`${cluster.config.replicaPort}|t`);
   });
 
-  test("the API is HTTPS: the CLI's client (verifying against the CA) works; plain http and a client trusting another CA do not", async () => {
+  test("the API is HTTPS: the CLI's client (verifying against the services CA) works; plain http and a client trusting another CA do not", async () => {
     expect(cluster.url).toBe(`https://127.0.0.1:${cluster.config.apiPort}/graphql`);
-    // The CLI's commands (relevo backup, failover…) go through callApi: https with the data home's CA.
+    // The CLI's commands (relevo backup, failover…) go through callApi: https with the data home's services CA.
     expect(await callApi(cluster.config, "{ cluster { name } }")).toEqual({ cluster: { name: "test" } });
+    // The API's certificate is the services CA's, never the nodes' (whose keys the PostgreSQL OS user reads): a client
+    // trusting the nodes' CA alone refuses it, one trusting the services CA alone (as the docs tell curl) accepts it.
+    const servicesCa = await readFile(cluster.service.servicesCaFile, "utf8");
+    const nodesCa = await readFile(cluster.service.caFile, "utf8");
+    expect(await servedTlsSerial("127.0.0.1", cluster.config.apiPort, servicesCa)).toMatch(/^[0-9A-F]+$/);
+    await expect(servedTlsSerial("127.0.0.1", cluster.config.apiPort, nodesCa)).rejects.toThrow(/unable to verify the first certificate/);
     // Plain HTTP to the same port: the server answers a TLS handshake only.
     const plain = await fetch(cluster.url.replace(/^https/, "http"), {
       method: "POST",
