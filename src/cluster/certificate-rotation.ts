@@ -79,6 +79,10 @@ export class CertificateRotation {
    */
   followCaChange(): Promise<RenewalOutcome[]> {
     return this.serially(async () => {
+      // While a CA rotation is under way the old CA stays trusted everywhere: this instance's certificates keep
+      // serving, and re-issuing them now could meet a Redis the rotating instance has not yet given the bundle. They
+      // follow the finish, when the old CA goes.
+      if ((await caRotationsUnderWay(this.deps.config.home)).length > 0) return [];
       const outcomes = await renewAll(this.followers);
       for (const outcome of outcomes) this.deps.logger.info({ outcome }, describeOutcome(outcome));
       return outcomes;
@@ -137,7 +141,12 @@ export class CertificateRotation {
    * certificate is renewed (running) or left to its next start, and
    * reported either way.
    */
-  async checkExpiry(now: Date = new Date()): Promise<void> {
+  async checkExpiry(now: Date = new Date(), options: { readonly shared: boolean } = { shared: true }): Promise<void> {
+    // `shared` false: another instance checks the members, Redis and the CAs this interval; this one its own only.
+    if (!options.shared) return this.checkHolders(this.followers, now);
+    // Another instance may have finished or begun a rotation a moment ago: judge the CAs as their files are.
+    await this.deps.ca.reloadIfChanged();
+    await this.deps.servicesCa.reloadIfChanged();
     const cas = [
       ["ca", this.deps.ca.authority],
       ["services-ca", this.deps.servicesCa.authority],
@@ -170,8 +179,12 @@ export class CertificateRotation {
         action: begun && isDue ? "rotation-begun" : "reported",
       });
     }
+    await this.checkHolders([...this.allHolders(), ...this.followers.filter((holder) => !this.services.includes(holder))], now);
+  }
+
+  /** Each holder's certificate within EXPIRY_WARNING_DAYS of its end renewed (or left to its next start) and reported. */
+  private async checkHolders(holders: readonly CertificateHolder[], now: Date): Promise<void> {
     const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
-    const holders = [...this.allHolders(), ...this.followers.filter((holder) => !this.services.includes(holder))];
     for (const holder of holders) {
       if (holder.fromRelevoCa === false) continue;
       const facts = holder.held ? certificateFacts(holder.held()) : records.get(holder.holder);
@@ -199,6 +212,14 @@ export class CertificateRotation {
 
   /** The CA certificates as they are now beside every running member's certificate (see NodeDriver.extendTrust). */
   private async extendTrust(): Promise<void> {
+    // Redis first: every instance's Redis client certificate depends on it.
+    for (const holder of this.services) {
+      try {
+        await holder.extendTrust?.();
+      } catch (error) {
+        this.deps.logger.warn({ holder: holder.holder, err: (error as Error).message }, "the CA bundle was not given to this server");
+      }
+    }
     for (const node of this.deps.nodes) {
       try {
         if ((await this.deps.driver.state(node)).phase === "running") await this.deps.driver.extendTrust(node);

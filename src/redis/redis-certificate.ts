@@ -6,7 +6,7 @@ import type { CertificateHolder, RenewalOutcome } from "../tls/certificate-holde
 import { certificateFacts, recordIssued } from "../tls/issued-certificates";
 import { replaceFileDurably } from "../util/durable-file";
 import { connectionOptions, type RedisEndpoint } from "./redis-client";
-import { ensureRedisServerCertificate, redisTlsFiles, type OwnRedisClientCertificate, type RedisCertificateIssuer } from "./redis-tls";
+import { ensureRedisServerCertificate, OwnRedisClientCertificate, redisTlsFiles, type RedisCertificateIssuer } from "./redis-tls";
 
 /** The holder's name of Relevo's own Redis's server certificate in the record of issued certificates. */
 export const REDIS_SERVER_HOLDER = "redis:server";
@@ -61,8 +61,10 @@ export function redisCertificateHolder(deps: RedisCertificateDeps): CertificateH
           serial: previousSerial,
         };
       }
-      await deps.client.renew(issuer);
-      const served = certificateFacts(await servedRedisCertificate(deps.endpoint)).serial;
+      // Checked with a client certificate of the CA as it is now (this process's may be of the CA it started with),
+      // before this process's own is renewed: a refusal leaves this process as it was.
+      const probe = await OwnRedisClientCertificate.issue(issuer);
+      const served = certificateFacts(await servedRedisCertificate({ ...deps.endpoint, tls: probe })).serial;
       if (served !== serial) {
         await putBack(deps, previous);
         return {
@@ -72,8 +74,14 @@ export function redisCertificateHolder(deps: RedisCertificateDeps): CertificateH
           serial: served,
         };
       }
+      await deps.client.renew(issuer);
       await recordIssued(deps.home, REDIS_SERVER_HOLDER, installed.certificate!);
       return { phase: "renewed", holder: REDIS_SERVER_HOLDER, serial, previousSerial };
+    },
+    extendTrust: async (): Promise<void> => {
+      const files = redisTlsFiles(deps.redisDirectory);
+      await replaceFileDurably(files.caFile, deps.issuer().certificatePem, { mode: 0o600 });
+      await deps.commands.call("CONFIG", "SET", "tls-ca-cert-file", files.caFile);
     },
   };
 }
@@ -86,6 +94,7 @@ export function redisCertificateHolder(deps: RedisCertificateDeps): CertificateH
 export function redisClientCertificateHolder(deps: Pick<RedisCertificateDeps, "issuer" | "client">): CertificateHolder {
   return {
     holder: REDIS_CLIENT_HOLDER,
+    held: () => deps.client.cert,
     renew: async (): Promise<RenewalOutcome> => {
       const previousSerial = certificateFacts(deps.client.cert).serial;
       const serial = certificateFacts(await deps.client.renew(deps.issuer())).serial;
@@ -94,11 +103,12 @@ export function redisClientCertificateHolder(deps: Pick<RedisCertificateDeps, "i
   };
 }
 
-/** The server's files as they are (null where missing): what a refused load puts back. */
+/** The server's files as they are (null where missing), and the operator's client pair: what a refused load puts back. */
 interface ServerFiles {
   readonly certificate: string | null;
   readonly key: string | null;
-  readonly ca: string | null;
+  readonly clientCertificate: string | null;
+  readonly clientKey: string | null;
 }
 
 async function readServerFiles(redisDirectory: string): Promise<ServerFiles> {
@@ -108,15 +118,28 @@ async function readServerFiles(redisDirectory: string): Promise<ServerFiles> {
       if (error.code === "ENOENT") return null;
       throw error;
     });
-  return { certificate: await read(files.certificateFile), key: await read(files.keyFile), ca: await read(files.caFile) };
+  return {
+    certificate: await read(files.certificateFile),
+    key: await read(files.keyFile),
+    clientCertificate: await read(files.clientCertificateFile),
+    clientKey: await read(files.clientKeyFile),
+  };
 }
 
-/** The previous files back (key first, as they were written), and loaded again. */
+/**
+ * The previous certificate and key back (keys first, as they were
+ * written), the operator's client pair too, and loaded again. The trust
+ * (the CA file) stays the current one: during a CA rotation it only grows.
+ */
 async function putBack(deps: RedisCertificateDeps, previous: ServerFiles): Promise<void> {
   const files = redisTlsFiles(deps.redisDirectory);
-  if (previous.key !== null) await replaceFileDurably(files.keyFile, previous.key, { mode: 0o600 });
-  if (previous.certificate !== null) await replaceFileDurably(files.certificateFile, previous.certificate, { mode: 0o600 });
-  if (previous.ca !== null) await replaceFileDurably(files.caFile, previous.ca, { mode: 0o600 });
+  const restore = async (file: string, content: string | null): Promise<void> => {
+    if (content !== null) await replaceFileDurably(file, content, { mode: 0o600 });
+  };
+  await restore(files.keyFile, previous.key);
+  await restore(files.certificateFile, previous.certificate);
+  await restore(files.clientKeyFile, previous.clientKey);
+  await restore(files.clientCertificateFile, previous.clientCertificate);
   await reloadTls(deps).catch(() => undefined); // it kept the previous context anyway
 }
 

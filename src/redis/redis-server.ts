@@ -240,8 +240,12 @@ function oneShotClient(options: RedisServerOptions): {
   /** The connection's errors' messages, in order (a TLS failure's among them). */
   errors: () => readonly string[];
 } {
+  const connection = connectionOptions({ host: options.host, port: options.port, password: options.password, tls: options.tls.client });
   const client = new Redis({
-    ...connectionOptions({ host: options.host, port: options.port, password: options.password, tls: options.tls.client }),
+    ...connection,
+    // TLS 1.2: Redis refuses a client certificate of another CA inside the handshake, which then fails with that
+    // reason; under TLS 1.3 the refusal comes after it, often as a bare reset that names nothing.
+    tls: { ...connection.tls, maxVersion: "TLSv1.2" },
     lazyConnect: true,
     disconnectTimeout: 100,
     enableOfflineQueue: false,
@@ -259,9 +263,16 @@ function oneShotClient(options: RedisServerOptions): {
   return { client, refusal: () => refusal, errors: () => errors };
 }
 
-/** What a TLS client says when the handshake failed over certificates (the server's not verified, or ours refused). Pure. */
+/**
+ * What a TLS client says when the handshake failed over certificates (the
+ * server's not verified, or ours refused), shortened to OpenSSL's reason
+ * ("tlsv1 alert unknown ca" → "unknown ca"). Pure.
+ */
 export function tlsCertificateFailure(messages: readonly string[]): string | null {
-  return messages.find((message) => /unknown ca|certificate|verify|bad certificate|altname/i.test(message)) ?? null;
+  const found = messages.find((message) => /unknown ca|certificate|verify|bad certificate|altname/i.test(message));
+  if (found === undefined) return null;
+  const line = found.split("\n")[0]!.trim();
+  return /SSL routines:[^:]*:(?:tlsv1 alert )?([^:]+)/.exec(line)?.[1] ?? line;
 }
 
 /**

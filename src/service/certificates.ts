@@ -39,12 +39,13 @@ export async function startCertificates(
     rotation.include(redis.certificates.server, { rotate: true, followCa: false });
     rotation.include(redis.certificates.client, { rotate: false, followCa: true });
   }
-  // One instance checks per interval (they share the members and Redis): the one that takes the key first.
+  // What the instances share (the members, Redis, the CAs) is checked by one of them per interval, the one that takes
+  // the key first; each checks its own certificates (its API's, its Redis client certificate) every time.
   const check = async (): Promise<void> => {
     try {
       const key = redis.keys.expiryCheck;
-      if ((await redis.client.set(key, redis.instanceId, "PX", EXPIRY_CHECK_INTERVAL_MS / 2, "NX")) !== "OK") return;
-      await rotation.checkExpiry();
+      const shared = (await redis.client.set(key, redis.instanceId, "PX", EXPIRY_CHECK_INTERVAL_MS / 2, "NX")) === "OK";
+      await rotation.checkExpiry(new Date(), { shared });
     } catch (error) {
       logger.warn({ err: (error as Error).message }, "the certificates' expiry was not checked");
     }

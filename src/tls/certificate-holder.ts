@@ -20,6 +20,12 @@ export interface CertificateHolder {
   readonly held?: () => string;
   /** False for a certificate Relevo's CA did not issue (the operator's API certificate): renewed by re-reading, never awaited by a CA rotation. */
   readonly fromRelevoCa?: boolean;
+  /**
+   * A CA rotation's first step for a server that checks client
+   * certificates (Redis): the CA bundle as it is now becomes its trust,
+   * before any client presents a certificate of the new CA.
+   */
+  extendTrust?(): Promise<void>;
 }
 
 export type RenewalOutcome =

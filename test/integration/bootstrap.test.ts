@@ -22,6 +22,7 @@ import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
 import { servedCertificate } from "../helpers/tls";
 import { servedRedisCertificate } from "../../src/redis/redis-certificate";
+import { OwnRedisClientCertificate } from "../../src/redis/redis-tls";
 import { certificateFacts } from "../../src/tls/issued-certificates";
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
@@ -303,7 +304,13 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const redisBefore = certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial;
     const redisClientBefore = certificateFacts(cluster.service.redisEndpoint.tls!.cert!).serial;
     // As if the service had run 355 days since the nodes' certificates (a year each) were issued.
-    await cluster.service.certificates.checkExpiry(new Date(Date.now() + (LEAF_VALIDITY_DAYS - 10) * 86_400_000));
+    const future = new Date(Date.now() + (LEAF_VALIDITY_DAYS - 10) * 86_400_000);
+    // An instance that did not take the shared check this interval renews its own certificates only.
+    await cluster.service.certificates.checkExpiry(future, { shared: false });
+    expect(await Promise.all(nodes.map((node) => servedSerial(node, secrets)))).toEqual(before);
+    expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial).toBe(redisBefore);
+    expect(certificateFacts(cluster.service.redisEndpoint.tls!.cert!).serial).not.toBe(redisClientBefore);
+    await cluster.service.certificates.checkExpiry(future);
     const after = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
     expect(after[0]).not.toBe(before[0]);
     expect(after[1]).not.toBe(before[1]);
@@ -311,12 +318,15 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     expect(certificateFacts(await servedRedisCertificate(cluster.service.redisEndpoint)).serial).not.toBe(redisBefore);
     expect(certificateFacts(cluster.service.redisEndpoint.tls!.cert!).serial).not.toBe(redisClientBefore);
     const events = (await cluster.service.events.page({ first: 50, kinds: ["tls:expiring"] })).events as ClusterEvent<"tls:expiring">[];
-    expect(events.map((event) => [event.data.holder, event.data.serial, event.data.action]).sort()).toEqual([
+    const rows = events.map((event) => [event.data.holder, event.data.serial, event.data.action]);
+    // The members' and Redis's once each; this process's client certificate by the instance's own check (and again by the
+    // shared one: any certificate issued now ends within 30 days of the simulated date).
+    expect(rows.filter(([holder]) => holder !== "redis:client").sort()).toEqual([
       ["node:node1", before[0], "renewed"],
       ["node:node2", before[1], "renewed"],
-      // This process's client certificate was re-issued with the server's (one renewal, no event of its own).
       ["redis:server", redisBefore, "renewed"],
     ]);
+    expect(rows).toContainEqual(["redis:client", redisClientBefore, "renewed"]);
     // Three months before the CA's own end, a CA rotation is begun (the old CA stays trusted until the operator finishes).
     const caEnd = cluster.service.authority.authority.notAfter.getTime();
     await cluster.service.certificates.checkExpiry(new Date(caEnd - 60 * 86_400_000));
@@ -395,7 +405,9 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     expect(cluster.service.trustedCa.pem).toBe(bundle[0]);
     // Redis trusts the new services CA alone now: the old CA's client is refused; the service's connections, made again, are
     // admitted (their client certificate was re-issued by the new CA), and Redis never restarted.
-    await expect(servedRedisCertificate(oldRedisClient)).rejects.toThrow();
+    // A client that verifies Redis (it trusts the new services CA) but presents the old CA's certificate: Redis refuses it.
+    await expect(servedRedisCertificate({ ...oldRedisClient, tls: { ...oldRedisClient.tls, ca: servicesBundle[0]! } })).rejects.toThrow();
+    expect(splitCertificates(await readFile(path.join(cluster.config.home, "redis", "tls", "ca.crt"), "utf8"))).toHaveLength(1);
     await cluster.service.redis.call("CLIENT", "KILL", "TYPE", "normal");
     await eventually(async () => ((await cluster.service.redis.ping().catch(() => null)) === "PONG" ? true : undefined));
     expect(await redisRunId()).toBe(redisBefore);
@@ -433,6 +445,35 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
         const receiver = await sqlOn<{ status: string }>(replica(), secrets, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
         return receiver[0]?.status === "streaming" ? true : undefined;
       });
+    });
+
+  if (driver === "local")
+    test("a CA rotation gives Redis the services bundle before any member is renewed: a new-CA client is admitted meanwhile", async () => {
+      const { service, config } = cluster;
+      const driverWithHook = service.driver as { renewTls: typeof service.driver.renewTls };
+      const realRenew = driverWithHook.renewTls.bind(service.driver);
+      let whileMembersRenew: string | null = null;
+      // Before the first member's renewal, another instance's Redis client certificate of the new services CA connects.
+      driverWithHook.renewTls = async (node: NodeRef) => {
+        if (whileMembersRenew === null) {
+          const services = await CertificateAuthority.load(config, { role: "services" });
+          const client = await OwnRedisClientCertificate.issue(services);
+          whileMembersRenew = await servedRedisCertificate({ ...service.redisEndpoint, tls: client }).then(
+            () => "admitted",
+            (error: Error) => `refused: ${error.message}`,
+          );
+        }
+        return realRenew(node);
+      };
+      try {
+        const begun = await service.certificates.rotate({ ca: true });
+        expect(whileMembersRenew).toBe("admitted");
+        expect(begun.outcomes.map((outcome) => outcome.phase)).not.toContain("failed");
+      } finally {
+        delete (driverWithHook as Partial<typeof driverWithHook>).renewTls;
+      }
+      trustCa(splitCertificates(await readFile(service.caFile, "utf8"))[0]!);
+      expect((await service.certificates.finishCaRotation()).ca).toBe("finished");
     });
 
   if (driver === "local")

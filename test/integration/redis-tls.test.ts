@@ -12,6 +12,7 @@ import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
 import { testCa, testRedisTls } from "../helpers/tls";
+import { joinCertificates } from "../../src/tls/pem-bundle";
 
 /**
  * Relevo's own Redis serves TLS only and asks every client for a
@@ -123,9 +124,42 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
     await expect(otherCa).rejects.toMatchObject({
       code: ErrorCode.PreconditionFailed,
       message: expect.stringMatching(
-        /its TLS handshake with this process failed \(.*certificate.*\): it runs with certificates of another CA/,
+        /its TLS handshake with this process failed \((unknown ca|.*certificate.*)\): it runs with certificates of another CA/,
       ),
     });
+    expect(await ping(ownClient)).toBe("PONG");
+  });
+
+  test("a start that verifies our Redis but holds a client certificate it does not trust says so every time, not PORT_IN_USE", async () => {
+    // A process after a CA rotation Redis has not followed: it trusts both CAs, its certificate is of the CA Redis does not know.
+    const ownCa = await testCa();
+    const issuer = {
+      certificatePem: joinCertificates([stranger.certificatePem, ownCa.certificatePem]),
+      issueServerCertificate: (options: Parameters<CertificateAuthority["issueServerCertificate"]>[0]) =>
+        stranger.issueServerCertificate(options),
+      issueClientCertificate: (options: Parameters<CertificateAuthority["issueClientCertificate"]>[0]) =>
+        stranger.issueClientCertificate(options),
+    };
+    const outcomes = new Set<string>();
+    for (let attempt = 0; attempt < 12; attempt += 1) {
+      const start = ensureRedisServer({
+        home,
+        host: "127.0.0.1",
+        port,
+        password,
+        bin: "redis-server",
+        startTimeoutMs: 30000,
+        logger,
+        tls: await ownRedisTls(issuer),
+      });
+      outcomes.add(
+        await start.then(
+          () => "started",
+          (error: { code?: string }) => error.code ?? "?",
+        ),
+      );
+    }
+    expect([...outcomes]).toEqual([ErrorCode.PreconditionFailed]);
     expect(await ping(ownClient)).toBe("PONG");
   });
 

@@ -104,8 +104,12 @@ export class DockerDriver implements NodeDriver {
   }
 
   async extendTrust(node: NodeRef): Promise<void> {
-    const current = await this.readTls(node);
-    if (current !== null) await this.installTls(node, { ...current, caPem: this.options.tls.caPem });
+    // The trust file alone (into the node's container and its tools'): a start writing the node's certificate and
+    // key meanwhile keeps what it wrote.
+    const info = await this.containers.find(node, "node");
+    if (info) await this.containers.putTlsFiles(node, this.docker.getContainer(info.Id), null, this.options.tls.caPem);
+    const tools = await this.containers.find(node, "tools");
+    if (tools) await this.containers.putTlsFiles(node, this.docker.getContainer(tools.Id), null, this.options.tls.caPem);
   }
 
   async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {

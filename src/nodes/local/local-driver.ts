@@ -136,8 +136,8 @@ export class LocalDriver implements NodeDriver {
   }
 
   async extendTrust(node: NodeRef): Promise<void> {
-    const current = await this.readTls(node);
-    if (current !== null) await this.installTls(node, { ...current, caPem: this.options.tls.caPem });
+    // The trust file alone: a start writing the node's certificate and key meanwhile keeps what it wrote.
+    if ((await this.readTls(node)) !== null) await this.writeTrust(node, this.options.tls.caPem);
   }
 
   async renewTls(node: NodeRef): Promise<{ readonly previous: NodeTlsFiles | null; readonly installed: NodeTlsFiles }> {
