@@ -7,7 +7,7 @@ import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { connectionOptions, type RedisEndpoint } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
-import { ownRedisTls, redisTlsFiles, type RedisClientTls } from "../../src/redis/redis-tls";
+import { ownRedisTls, redisTlsFiles, type OwnRedisTls, type RedisClientTls } from "../../src/redis/redis-tls";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
@@ -29,7 +29,8 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
   let ownClient: RedisClientTls;
   let stranger: CertificateAuthority;
 
-  const start = async (): Promise<RedisServerHandle> =>
+  /** ensureRedisServer on this file's home and port; `tls` another process's (default: the test CA's). */
+  const start = async (tls?: OwnRedisTls): Promise<RedisServerHandle> =>
     ensureRedisServer({
       home,
       host: "127.0.0.1",
@@ -38,7 +39,7 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
       bin: "redis-server",
       startTimeoutMs: 30000,
       logger,
-      tls: await testRedisTls(),
+      tls: tls ?? (await testRedisTls()),
     });
 
   /** PING with `tls` (none: plain TCP); the answer, or the error's message. */
@@ -111,16 +112,7 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
   });
 
   test("a start meeting a Redis of ours with another CA's certificates says so (PRECONDITION_FAILED), not PORT_IN_USE", async () => {
-    const otherCa = ensureRedisServer({
-      home,
-      host: "127.0.0.1",
-      port,
-      password,
-      bin: "redis-server",
-      startTimeoutMs: 30000,
-      logger,
-      tls: await ownRedisTls(stranger),
-    });
+    const otherCa = start(await ownRedisTls(stranger));
     await expect(otherCa).rejects.toMatchObject({
       code: ErrorCode.PreconditionFailed,
       message: expect.stringMatching(
@@ -142,18 +134,8 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
     };
     const outcomes = new Set<string>();
     for (let attempt = 0; attempt < 12; attempt += 1) {
-      const start = ensureRedisServer({
-        home,
-        host: "127.0.0.1",
-        port,
-        password,
-        bin: "redis-server",
-        startTimeoutMs: 30000,
-        logger,
-        tls: await ownRedisTls(issuer),
-      });
       outcomes.add(
-        await start.then(
+        await start(await ownRedisTls(issuer)).then(
           () => "started",
           (error: { code?: string }) => error.code ?? "?",
         ),
