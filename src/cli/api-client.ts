@@ -5,7 +5,9 @@ import type { RelevoConfig } from "../config/config";
 import { ErrorCode, isRelevoError, RelevoError } from "../errors";
 import { readSecrets } from "../secrets/secrets-store";
 import { CLI_TOKEN_TTL_MS, mintToken } from "../secrets/tokens";
+import { readConfiguredFile } from "../config/configured-file";
 import { readTrustedCa } from "../tls/certificate-authority";
+import { firstCertificate } from "../tls/pem-bundle";
 import { apiTrustedUids, OwnApiAgent } from "./api-peer";
 
 /**
@@ -23,10 +25,12 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
   const transport = apiTransport(config);
   const url = apiUrl({ host: config.host, port: config.apiPort, https: isHttps(transport) });
   // HTTPS: the agent proves the server's uid first, then verifies its certificate against `trust` and the host.
-  const trust = isHttps(transport) ? await apiTrust(config, transport.phase === "https-files") : undefined;
+  const trust = isHttps(transport)
+    ? await apiTrust(config, transport.phase === "https-files" ? transport.certificateFile : null)
+    : undefined;
   const agent = new OwnApiAgent({
     trustedUids: await apiTrustedUids(config.home),
-    tls: trust ? { ca: trust, host: config.host } : undefined,
+    tls: trust ? { ...trust, host: config.host } : undefined,
   });
   let text: string;
   try {
@@ -57,13 +61,20 @@ export async function callApi<T>(config: RelevoConfig, query: string, variables:
 /**
  * What the CLI trusts for an HTTPS API: the services CA (always the data
  * home's), which issues the API's certificate under RELEVO_API_TLS=on, and
- * never the nodes' CA, whose leaves' keys the PostgreSQL OS user reads;
- * with the operator's own certificate (RELEVO_API_TLS_CERT_FILE), also
- * Node's root CAs, since that one may come from any CA.
+ * never the nodes' CA, whose leaves' keys the PostgreSQL OS user reads.
+ * With the operator's own certificate (RELEVO_API_TLS_CERT_FILE, from any
+ * CA, a private one included), that very certificate, pinned: the CLI
+ * reads the file the API serves, and a partial chain lets the leaf itself
+ * be the anchor; Node's root CAs too, for a chain the file lacks.
  */
-export async function apiTrust(config: RelevoConfig, ownCertificate: boolean): Promise<string[]> {
+export async function apiTrust(
+  config: RelevoConfig,
+  ownCertificateFile: string | null,
+): Promise<{ ca: string[]; allowPartialTrustChain: boolean }> {
   const ca = (await readTrustedCa(config, "services")).pem;
-  return ownCertificate ? [...rootCertificates, ca] : [ca];
+  if (ownCertificateFile === null) return { ca: [ca], allowPartialTrustChain: false };
+  const pinned = firstCertificate(await readConfiguredFile(ownCertificateFile, "RELEVO_API_TLS_CERT_FILE"), ownCertificateFile);
+  return { ca: [...rootCertificates, ca, pinned], allowPartialTrustChain: true };
 }
 
 /**

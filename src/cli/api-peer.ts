@@ -84,6 +84,7 @@ export class OwnApiAgent extends http.Agent {
     const secured = tls.connect({
       socket,
       ca: [...apiTls.ca],
+      allowPartialTrustChain: apiTls.allowPartialTrustChain ?? false,
       host: apiTls.host,
       ...(net.isIP(apiTls.host) ? {} : { servername: apiTls.host }),
       rejectUnauthorized: true,
@@ -103,6 +104,8 @@ export class OwnApiAgent extends http.Agent {
 /** An HTTPS API: the CAs its certificate is checked against, and the host it must name. */
 export interface ApiTls {
   readonly ca: readonly string[];
+  /** The operator's own API certificate is pinned: it is in `ca`, and may be its own anchor. */
+  readonly allowPartialTrustChain?: boolean;
   readonly host: string;
 }
 

@@ -10,6 +10,7 @@ import { describeOutcome, renewAll, type CertificateHolder, type RenewalOutcome 
 import { certificateFacts, expiresSoon, nodeHolder, readIssued, type IssuedRecord } from "../tls/issued-certificates";
 import type { LiveAuthority } from "../tls/live-authority";
 import { caRotationsUnderWay } from "../tls/own-ca-files";
+import { splitCertificates } from "../tls/pem-bundle";
 import { nodeCertificateHolder } from "./node-certificate";
 
 export interface CertificateRotationDeps {
@@ -79,10 +80,11 @@ export class CertificateRotation {
    */
   followCaChange(): Promise<RenewalOutcome[]> {
     return this.serially(async () => {
-      // While a CA rotation is under way the old CA stays trusted everywhere: this instance's certificates keep
-      // serving, and re-issuing them now could meet a Redis the rotating instance has not yet given the bundle. They
-      // follow the finish, when the old CA goes.
-      if ((await caRotationsUnderWay(this.deps.config.home)).length > 0) return [];
+      // While a CA rotation is under way (the services CA's file is a bundle) the old CA stays trusted everywhere:
+      // this instance's certificates keep serving, and re-issuing them now could meet a Redis the rotating instance
+      // has not yet given the bundle. They follow the finish, when the old CA goes. Judged by the file that was just
+      // read, not by the rotation's record, which a finish removes only after rewriting the file.
+      if (splitCertificates(this.deps.servicesCa.authority.certificatePem).length > 1) return [];
       const outcomes = await renewAll(this.followers);
       for (const outcome of outcomes) this.deps.logger.info({ outcome }, describeOutcome(outcome));
       return outcomes;

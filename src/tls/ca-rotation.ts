@@ -50,6 +50,8 @@ export async function beginCaRotation(
   options: { readonly now?: Date } = {},
 ): Promise<Record<CaRole, CaRotationState>> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
+  // The CAs exist (made once) before the lock, whose file lives beside them in tls/.
+  await CertificateAuthority.load(settings);
   return withCaRotationLock(settings.home, async () => {
     // A swap a crash left half done is completed first (the loads below then find nothing to do, so take no lock).
     for (const role of CA_ROLES) await completeCaSwapLocked(settings.home, role);
@@ -98,6 +100,7 @@ async function beginOne(settings: CaSettings, role: CaRole, now: Date): Promise<
  */
 export async function finishCaRotation(settings: CaSettings): Promise<void> {
   if (caFiles(settings).configured) throw configuredCaRefusal(settings);
+  await CertificateAuthority.load(settings);
   await withCaRotationLock(settings.home, async () => {
     for (const role of CA_ROLES) await completeCaSwapLocked(settings.home, role);
     const roles = await caRotationsUnderWay(settings.home);

@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { once } from "node:events";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import https from "node:https";
 import path from "node:path";
 import tls from "node:tls";
@@ -14,6 +14,8 @@ import { ensureRedisServerCertificate, redisTlsFiles } from "../../src/redis/red
 import { loadOrCreateSecrets, readSecrets } from "../../src/secrets/secrets-store";
 import { CertificateAuthority, caFiles, type IssuedCertificate } from "../../src/tls/certificate-authority";
 import { testConfig } from "../helpers/service";
+import { tempHome } from "../helpers/home";
+import { loadConfig } from "../../src/config/config";
 
 const execFileAsync = promisify(execFile);
 
@@ -134,6 +136,25 @@ describe("the services CA: a node's certificate cannot pose as the API or Redis"
         // The CLI's own token (minted from the home's key), then the test's, twice.
         expect(seen).toHaveLength(3);
         expect(seen.slice(1)).toEqual([`Bearer ${token}`, `Bearer ${token}`]);
+      });
+    });
+    test("the operator's own API certificate (a private CA): the CLI pins it; a sibling of that CA in its place is refused", async () => {
+      // A company CA that is in no root store, which may also be RELEVO_TLS_CA_FILE and so sign the nodes' certificates.
+      const company = await CertificateAuthority.load(loadConfig({}, { home: await tempHome("company-ca") }));
+      const apiCertificate = await company.issueServerCertificate({ commonName: "api", addresses: ["127.0.0.1"] });
+      const files = await tempHome("operator-api-files");
+      const certificateFile = path.join(files, "api.crt");
+      const keyFile = path.join(files, "api.key");
+      await writeFile(certificateFile, apiCertificate.certificatePem, { mode: 0o644 });
+      await writeFile(keyFile, apiCertificate.keyPem, { mode: 0o600 });
+      const operatorConfig: RelevoConfig = { ...config, apiTlsCertFile: certificateFile, apiTlsKeyFile: keyFile };
+      await withHttpsServer(apiCertificate, async () => {
+        expect(await callApi(operatorConfig, "{ __typename }")).toEqual({ __typename: "Query" });
+      });
+      const sibling = await company.issueServerCertificate({ commonName: "node1", addresses: ["127.0.0.1"] });
+      await withHttpsServer(sibling, async (seen) => {
+        await expect(callApi(operatorConfig, "{ __typename }")).rejects.toMatchObject({ code: ErrorCode.ServiceUnavailable });
+        expect(seen).toEqual([]);
       });
     });
   });

@@ -22,6 +22,10 @@ import {
 import { ownCaPaths, readCaRotation, writeCaRotation } from "../../src/tls/own-ca-files";
 import { joinCertificates, splitCertificates } from "../../src/tls/pem-bundle";
 import { handshake } from "../helpers/tls-handshake";
+import { CertificateRotation } from "../../src/cluster/certificate-rotation";
+import type { EventLog } from "../../src/events/event-log";
+import { createLogger } from "../../src/log";
+import type { NodeDriver } from "../../src/nodes/node-driver";
 
 const DAY_MS = 86_400_000;
 
@@ -119,6 +123,41 @@ describe("CA rotation of Relevo's own CA", () => {
     await finishCaRotation(settings());
     expect(await readCaRotation(home, "nodes")).toBeNull();
     expect(await readFile(ownCaPaths(home, "services").certificate, "utf8")).toBe(servicesBefore);
+  });
+
+  test("an instance's own certificates follow a finish, judged by the services CA's file (the record may still be there)", async () => {
+    await CertificateAuthority.load(settings());
+    const nodes = new LiveAuthority(await CertificateAuthority.load(settings()), settings());
+    const services = new LiveAuthority(await CertificateAuthority.load(settings(), { role: "services" }), settings());
+    const rotation = new CertificateRotation({
+      config: settings(),
+      ca: nodes,
+      servicesCa: services,
+      // Neither is used by followCaChange: no member, no event.
+      driver: undefined as unknown as NodeDriver,
+      nodes: [],
+      superuser: { user: "postgres", password: "-", database: "postgres", trustedCa: nodes.trust },
+      events: undefined as unknown as EventLog,
+      logger: createLogger({ level: "silent" }),
+    });
+    let renewals = 0;
+    rotation.include(
+      {
+        holder: "api:1",
+        renew: () => Promise.resolve({ phase: "renewed", holder: "api:1", serial: String(++renewals), previousSerial: null }),
+      },
+      { rotate: false, followCa: true },
+    );
+    await beginCaRotation(settings());
+    await services.reload();
+    expect(await rotation.followCaChange()).toEqual([]);
+    // A finish's first step: the services CA's file holds the new CA alone; its rotation record is not removed yet.
+    const paths = ownCaPaths(home, "services");
+    await writeFile(paths.certificate, splitCertificates(await readFile(paths.certificate, "utf8"))[0]!);
+    expect(await readCaRotation(home, "services")).not.toBeNull();
+    await services.reload();
+    expect((await rotation.followCaChange()).map((outcome) => outcome.phase)).toEqual(["renewed"]);
+    expect(renewals).toBe(1);
   });
 
   test("a running service's trust follows a rotation another instance made (reloadIfChanged)", async () => {
