@@ -54,8 +54,6 @@ export enum ErrorCode {
   ApiNotOurs = "API_NOT_OURS",
   /** The CA of RELEVO_TLS_CA_FILE / RELEVO_TLS_CA_KEY_FILE (or the data home's) cannot sign: unreadable, not a CA, expired, or the key is not the certificate's. */
   TlsCaInvalid = "TLS_CA_INVALID",
-  /** A CA rotation asked of the CA of RELEVO_TLS_CA_FILE: the operator's, rotated by replacing its files (docs/security.md). */
-  TlsCaConfigured = "TLS_CA_CONFIGURED",
   /** A server did not take its new certificate on reload (a bad file): its previous files were put back, it serves those. */
   TlsReloadRefused = "TLS_RELOAD_REFUSED",
   Internal = "INTERNAL",
@@ -97,7 +95,6 @@ export function exitCodeFor(error: unknown): number {
   switch (error.code) {
     case ErrorCode.InvalidConfig:
     case ErrorCode.TlsCaInvalid:
-    case ErrorCode.TlsCaConfigured:
       return 78; // EX_CONFIG
     case ErrorCode.MissingBinary:
     case ErrorCode.DockerUnavailable:

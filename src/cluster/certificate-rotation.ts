@@ -153,15 +153,16 @@ export class CertificateRotation {
       ["ca", this.deps.ca.authority],
       ["services-ca", this.deps.servicesCa.authority],
     ] as const;
-    const due = cas.filter(([, authority]) => authority.notAfter.getTime() - now.getTime() < CA_ROTATION_LEAD_DAYS * DAY_MS);
+    // Relevo's own CAs only: a nodes' CA of RELEVO_TLS_CA_FILE is the operator's (reported below).
+    const own = cas.filter(([, authority]) => !authority.configured);
+    const due = own.filter(([, authority]) => authority.notAfter.getTime() - now.getTime() < CA_ROTATION_LEAD_DAYS * DAY_MS);
     // Begun only where it breaks nothing: Relevo's own CAs (a configured one is the operator's), none under way, and a
     // CA that may certify its successor (one of pathLength 0 gives no cross certificate: clients holding only the old
     // CA would fail at once).
     const mayBegin =
       due.length > 0 &&
-      !this.deps.ca.authority.configured &&
       (await caRotationsUnderWay(this.deps.config.home)).length === 0 &&
-      cas.every(([, authority]) => authority.certifiesSuccessor);
+      own.every(([, authority]) => authority.certifiesSuccessor);
     const begun =
       mayBegin &&
       (await this.rotate({ ca: true }).then(

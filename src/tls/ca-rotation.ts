@@ -29,27 +29,25 @@ import { joinCertificates } from "./pem-bundle";
  * bundle. Re-issuing and reloading is the caller's (certificate holders).
  */
 
-/** The refusal for a CA of RELEVO_TLS_CA_FILE: the operator's, rotated by replacing its files. */
-function configuredCaRefusal(settings: CaSettings): RelevoError {
-  return new RelevoError(
-    ErrorCode.TlsCaConfigured,
-    `the CA is RELEVO_TLS_CA_FILE=${JSON.stringify(settings.tlsCaFile)}, not Relevo's to rotate: put the new CA's certificate first in ` +
-      `that file with the old one after it, its key in RELEVO_TLS_CA_KEY_FILE, and run \`relevo certificates rotate\`; once every ` +
-      `certificate is re-issued, remove the old CA from the file and run \`relevo certificates rotate\` again (docs/security.md)`,
-    { details: { env: "RELEVO_TLS_CA_FILE" } },
-  );
+/**
+ * The CAs a rotation makes anew: both of Relevo's own, or the services CA
+ * alone beside a nodes' CA of RELEVO_TLS_CA_FILE (the operator's, rotated
+ * by replacing its files: docs/security.md). Pure.
+ */
+export function ownCaRoles(settings: Pick<CaSettings, "home" | "tlsCaFile" | "tlsCaKeyFile">): readonly CaRole[] {
+  return caFiles(settings).configured ? ["services"] : CA_ROLES;
 }
 
 /**
  * Makes a new CA for each of Relevo's own CAs (the nodes' and the
- * services') and puts it in place beside the old one; PRECONDITION_FAILED
+ * services', or the services' alone beside RELEVO_TLS_CA_FILE: see
+ * ownCaRoles) and puts it in place beside the old one; PRECONDITION_FAILED
  * while a rotation of either is under way.
  */
 export async function beginCaRotation(
   settings: CaSettings,
   options: { readonly now?: Date } = {},
-): Promise<Record<CaRole, CaRotationState>> {
-  if (caFiles(settings).configured) throw configuredCaRefusal(settings);
+): Promise<Partial<Record<CaRole, CaRotationState>>> {
   // The CAs exist (made once) before the lock, whose file lives beside them in tls/.
   await CertificateAuthority.load(settings);
   return withCaRotationLock(settings.home, async () => {
@@ -65,7 +63,9 @@ export async function beginCaRotation(
       }
     }
     const now = options.now ?? new Date();
-    return { nodes: await beginOne(settings, "nodes", now), services: await beginOne(settings, "services", now) };
+    const begun: Partial<Record<CaRole, CaRotationState>> = {};
+    for (const role of ownCaRoles(settings)) begun[role] = await beginOne(settings, role, now);
+    return begun;
   });
 }
 
@@ -99,7 +99,6 @@ async function beginOne(settings: CaSettings, role: CaRole, now: Date): Promise<
  * recorded. PRECONDITION_FAILED when neither CA is under rotation.
  */
 export async function finishCaRotation(settings: CaSettings): Promise<void> {
-  if (caFiles(settings).configured) throw configuredCaRefusal(settings);
   await CertificateAuthority.load(settings);
   await withCaRotationLock(settings.home, async () => {
     for (const role of CA_ROLES) await completeCaSwapLocked(settings.home, role);

@@ -49,7 +49,7 @@ describe("CA rotation of Relevo's own CA", () => {
     expect(bundle).toHaveLength(2);
     expect(bundle[1]).toBe(old.signerPem);
     expect(current.signerPem).toBe(bundle[0]);
-    expect(state.nodes.previousCaPem).toBe(old.signerPem);
+    expect(state.nodes?.previousCaPem).toBe(old.signerPem);
     expect((await readCaRotation(home, "nodes"))?.phase).toBe("bundle");
     expect((await stat(ownCaPaths(home, "nodes").key)).mode & 0o777).toBe(0o600);
 
@@ -90,7 +90,7 @@ describe("CA rotation of Relevo's own CA", () => {
   test("both CAs rotate together: the services CA gets its own bundle and cross certificate, and finishes with the nodes'", async () => {
     const oldServices = await CertificateAuthority.load(settings(), { role: "services" });
     const state = await beginCaRotation(settings());
-    expect(state.services.previousCaPem).toBe(oldServices.signerPem);
+    expect(state.services?.previousCaPem).toBe(oldServices.signerPem);
     expect(await readCaRotation(home, "services")).not.toBeNull();
     const services = await CertificateAuthority.load(settings(), { role: "services" });
     const nodes = await CertificateAuthority.load(settings());
@@ -223,7 +223,7 @@ describe("CA rotation of Relevo's own CA", () => {
     expect(cross.publicKey.equals(new X509Certificate(loaded.signerPem).publicKey)).toBe(true);
   });
 
-  test("a configured CA is not Relevo's to rotate; its file may hold the new CA first and the old one after it", async () => {
+  test("a configured CA is not Relevo's to rotate (the services CA beside it is); its file may hold the new CA first and the old one after it", async () => {
     const make = (name: string) => {
       const key = path.join(home, `${name}.key`);
       const certificate = path.join(home, `${name}.crt`);
@@ -238,10 +238,16 @@ describe("CA rotation of Relevo's own CA", () => {
     const bundle = path.join(home, "bundle.crt");
     await writeFile(bundle, (await readFile(newCa.certificate, "utf8")) + (await readFile(oldCa.certificate, "utf8")));
     const configured = settings({ RELEVO_TLS_CA_FILE: bundle, RELEVO_TLS_CA_KEY_FILE: newCa.key });
-    await expect(beginCaRotation(configured)).rejects.toMatchObject({
-      code: ErrorCode.TlsCaConfigured,
-      message: expect.stringContaining("RELEVO_TLS_CA_FILE"),
-    });
+    // `--ca` beside it rotates the services CA (Relevo's own) and leaves the operator's file as it is.
+    const servicesBefore = await CertificateAuthority.load(configured, { role: "services" });
+    const begun = await beginCaRotation(configured);
+    expect(Object.keys(begun)).toEqual(["services"]);
+    expect(await readFile(bundle, "utf8")).toBe((await readFile(newCa.certificate, "utf8")) + (await readFile(oldCa.certificate, "utf8")));
+    expect(splitCertificates((await CertificateAuthority.load(configured, { role: "services" })).certificatePem)[1]).toBe(
+      servicesBefore.signerPem,
+    );
+    await finishCaRotation(configured);
+    expect(await readCaRotation(home, "services")).toBeNull();
     const ca = await CertificateAuthority.load(configured);
     expect(certificateFacts(ca.signerPem).subject).toBe("CN=new-ca");
     const leaf = await serve(ca);

@@ -12,7 +12,7 @@ export class CertificateResolver {
   @Authorized("operator")
   @Mutation(() => CertificateRotationReport, {
     description:
-      "Re-issues every node's server certificate from the CA (its files re-read) and reloads each running node without a restart, checking that it serves the new one; a node that refuses it keeps its previous files (REFUSED). With ca: a new CA first (TLS_CA_CONFIGURED for a CA of RELEVO_TLS_CA_FILE), the old one kept in every trust bundle until finishCaRotation; PRECONDITION_FAILED while a CA rotation is under way.",
+      "Re-issues every node's server certificate from the CA (its files re-read) and reloads each running node without a restart, checking that it serves the new one; a node that refuses it keeps its previous files (REFUSED). With ca: new CAs of Relevo's own first (the services CA alone beside a nodes' CA of RELEVO_TLS_CA_FILE, the operator's), the old ones kept in every trust bundle until finishCaRotation; PRECONDITION_FAILED while a CA rotation is under way.",
   })
   async rotateCertificates(
     @Arg("ca", () => Boolean, { defaultValue: false, description: "Rotate the CA itself (Relevo's own CA only)." }) ca: boolean,
