@@ -374,8 +374,9 @@ function redisOfAnotherCa(options: RedisServerOptions, reason: string): RelevoEr
     ErrorCode.PreconditionFailed,
     `a Redis run by Relevo's own user answers on port ${options.port}, but its TLS handshake with this process failed (${reason}): ` +
       `it runs with certificates of another CA (the CA was rotated or RELEVO_TLS_CA_FILE replaced while it ran, or it is another ` +
-      `data home's). A running service renews it with \`relevo certificates rotate\`; else stop it once (its pid is in ` +
-      `${path.join(redisDirectory(options.home), "redis.pid")}) and start again: it then gets certificates of the current CA`,
+      `data home's, or left running by a Relevo before its CAs changed). Stop it once (its pid is in ` +
+      `${path.join(redisDirectory(options.home), "redis.pid")}) and start again: it then gets certificates of the current CA ` +
+      `(while a service of this version runs, \`relevo certificates rotate\` renews it in place)`,
     { details: { env: "RELEVO_REDIS_PORT", port: options.port } },
   );
 }

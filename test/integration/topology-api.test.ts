@@ -257,6 +257,12 @@ describe("topology over GraphQL", () => {
       // The socket opened before the rotation (on the previous certificate) delivers the rotation's own event.
       expect(await events.next(() => true)).toEqual({ clusterEvents: { kind: "tls:rotated" } });
       expect(await callApi(cluster.config, "{ cluster { name } }")).toEqual({ cluster: { name: "test" } });
+      // Near its end the API's certificate is renewed by this instance's own expiry check (not the shared one).
+      await cluster.service.certificates.checkExpiry(new Date(Date.now() + 355 * 86_400_000), { shared: false });
+      const renewed = await servedTlsSerial("127.0.0.1", cluster.config.apiPort, ca);
+      expect(renewed).not.toBe(after);
+      const expiring = (await cluster.service.events.page({ first: 20, kinds: ["tls:expiring"] })).events;
+      expect(expiring.map((event) => (event.data as { holder: string }).holder)).toContain(`api:${cluster.config.apiPort}`);
     } finally {
       events.dispose();
       await client.dispose();
