@@ -2,7 +2,7 @@ import type { RelevoConfig } from "../config/config";
 import { loadMembers } from "../cluster/membership";
 import { ErrorCode, isRelevoError, RelevoError } from "../errors";
 import { caFiles, readTrustedCa, type CaRole } from "../tls/certificate-authority";
-import { certificateFacts, nodeHolder, readIssued, type CertificateFacts, type IssuedRecord } from "../tls/issued-certificates";
+import { certificateFacts, nodeHolder, readIssuedByHolder, type CertificateFacts, type IssuedRecord } from "../tls/issued-certificates";
 import { readCaRotation } from "../tls/own-ca-files";
 import { splitCertificates } from "../tls/pem-bundle";
 import { callApi } from "./api-client";
@@ -99,7 +99,7 @@ export interface CertificateListing extends CaListing {
 
 /** `relevo certificates list`: from the data home, the service running or not. */
 export async function certificatesListCommand(config: RelevoConfig, options: { json: boolean }, output: Output): Promise<void> {
-  const records = new Map((await readIssued(config.home)).map((record) => [record.holder, record]));
+  const records = await readIssuedByHolder(config.home);
   const listing: CertificateListing = {
     ...(await listCa(config, "nodes")),
     servicesCa: await listCa(config, "services").catch((error: Error) => {

@@ -7,7 +7,14 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Credentials } from "../postgres/connection";
 import { beginCaRotation, finishCaRotation } from "../tls/ca-rotation";
 import { describeOutcome, renewAll, type CertificateHolder, type RenewalOutcome } from "../tls/certificate-holder";
-import { certificateFacts, expiresSoon, nodeHolder, readIssued, type IssuedRecord } from "../tls/issued-certificates";
+import {
+  certificateFacts,
+  expiresSoon,
+  nodeHolder,
+  readIssuedByHolder,
+  type CertificateFacts,
+  type IssuedRecord,
+} from "../tls/issued-certificates";
 import type { LiveAuthority } from "../tls/live-authority";
 import { caRotationsUnderWay } from "../tls/own-ca-files";
 import { splitCertificates } from "../tls/pem-bundle";
@@ -187,10 +194,10 @@ export class CertificateRotation {
 
   /** Each holder's certificate within EXPIRY_WARNING_DAYS of its end renewed (or left to its next start) and reported. */
   private async checkHolders(holders: readonly CertificateHolder[], now: Date): Promise<void> {
-    const records = new Map((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
+    const records = await readIssuedByHolder(this.deps.config.home);
     for (const holder of holders) {
       if (holder.fromRelevoCa === false) continue;
-      const facts = holder.held ? certificateFacts(holder.held()) : records.get(holder.holder);
+      const facts = heldFacts(holder, records);
       if (!facts || !expiresSoon(facts.notAfter, now)) continue;
       const [outcome] = await this.serially(() => renewAll([holder]));
       const action = outcome?.phase === "renewed" ? "renewed" : outcome?.phase === "pending" ? "at-next-start" : "renewal-failed";
@@ -270,11 +277,11 @@ export class CertificateRotation {
   private async awaitingNewCa(): Promise<string[]> {
     const signer = certificateFacts(this.deps.ca.authority.signerPem).subject;
     const servicesSigner = certificateFacts(this.deps.servicesCa.authority.signerPem).subject;
-    const records = new Map<string, IssuedRecord>((await readIssued(this.deps.config.home)).map((record) => [record.holder, record]));
+    const records = await readIssuedByHolder(this.deps.config.home);
     const members = this.deps.nodes.map((node) => nodeHolder(node.name)).filter((holder) => records.get(holder)?.issuer !== signer);
     const services = this.services
       .filter((holder) => holder.fromRelevoCa !== false)
-      .filter((holder) => (holder.held ? certificateFacts(holder.held()).issuer : records.get(holder.holder)?.issuer) !== servicesSigner)
+      .filter((holder) => heldFacts(holder, records)?.issuer !== servicesSigner)
       .map((holder) => holder.holder);
     return [...members, ...services];
   }
@@ -290,4 +297,9 @@ export class CertificateRotation {
     this.queue = next;
     return next;
   }
+}
+
+/** What a holder holds now: its certificate in memory, else what the data home recorded it was last issued. */
+function heldFacts(holder: CertificateHolder, records: ReadonlyMap<string, IssuedRecord>): CertificateFacts | undefined {
+  return holder.held ? certificateFacts(holder.held()) : records.get(holder.holder);
 }

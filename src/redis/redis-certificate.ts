@@ -1,12 +1,17 @@
 import Redis from "ioredis";
-import { readFile } from "node:fs/promises";
 import tls from "node:tls";
 import { ErrorCode, RelevoError } from "../errors";
 import type { CertificateHolder, RenewalOutcome } from "../tls/certificate-holder";
 import { certificateFacts, recordIssued } from "../tls/issued-certificates";
 import { replaceFileDurably } from "../util/durable-file";
 import { connectionOptions, type RedisEndpoint } from "./redis-client";
-import { ensureRedisServerCertificate, OwnRedisClientCertificate, redisTlsFiles, type RedisCertificateIssuer } from "./redis-tls";
+import {
+  ensureRedisServerCertificate,
+  OwnRedisClientCertificate,
+  readIfPresent,
+  redisTlsFiles,
+  type RedisCertificateIssuer,
+} from "./redis-tls";
 
 /** The holder's name of Relevo's own Redis's server certificate in the record of issued certificates. */
 export const REDIS_SERVER_HOLDER = "redis:server";
@@ -113,16 +118,11 @@ interface ServerFiles {
 
 async function readServerFiles(redisDirectory: string): Promise<ServerFiles> {
   const files = redisTlsFiles(redisDirectory);
-  const read = (file: string): Promise<string | null> =>
-    readFile(file, "utf8").catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "ENOENT") return null;
-      throw error;
-    });
   return {
-    certificate: await read(files.certificateFile),
-    key: await read(files.keyFile),
-    clientCertificate: await read(files.clientCertificateFile),
-    clientKey: await read(files.clientKeyFile),
+    certificate: await readIfPresent(files.certificateFile),
+    key: await readIfPresent(files.keyFile),
+    clientCertificate: await readIfPresent(files.clientCertificateFile),
+    clientKey: await readIfPresent(files.clientKeyFile),
   };
 }
 

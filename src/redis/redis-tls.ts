@@ -168,7 +168,8 @@ async function keepCertificate(
   return reason;
 }
 
-async function readIfPresent(file: string): Promise<string | null> {
+/** A file's text, or null when it does not exist. */
+export async function readIfPresent(file: string): Promise<string | null> {
   try {
     return await readFile(file, "utf8");
   } catch (error) {

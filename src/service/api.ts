@@ -78,12 +78,9 @@ export async function startApi(
   );
   cleanups.push(() => api.stop());
   if (tls && api.replaceCertificate) {
-    const fromRelevoCa = apiTransport(config).phase === "https-issued";
-    certificates.include(apiCertificateHolder({ config, servicesCa, port: api.port, replace: api.replaceCertificate, first: tls }), {
-      rotate: true,
-      // Issued in memory by this instance: another instance's CA rotation must reach it too.
-      followCa: fromRelevoCa,
-    });
+    const holder = apiCertificateHolder({ config, servicesCa, port: api.port, replace: api.replaceCertificate, first: tls });
+    // Issued in memory by this instance (not the operator's files): another instance's CA rotation must reach it too.
+    certificates.include(holder, { rotate: true, followCa: holder.fromRelevoCa !== false });
   }
   return api;
 }

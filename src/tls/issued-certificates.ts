@@ -86,6 +86,11 @@ export async function readIssued(home: string): Promise<IssuedRecord[]> {
   return records;
 }
 
+/** Every record, keyed by its holder. */
+export async function readIssuedByHolder(home: string): Promise<Map<string, IssuedRecord>> {
+  return new Map((await readIssued(home)).map((record) => [record.holder, record]));
+}
+
 /** Within this many days of its end a certificate is reported (`tls:expiring`) and a leaf re-issued. */
 export const EXPIRY_WARNING_DAYS = 30;
 
