@@ -8,7 +8,7 @@ import { splitCertificates } from "../tls/pem-bundle";
 import { callApi } from "./api-client";
 import type { Output } from "./commands";
 
-const REPORT_FIELDS = "ca renewals { holder phase serial previousSerial reason } awaitingNewCa";
+const REPORT_FIELDS = "ca renewals { holder phase serial previousSerial reason } awaitingNewCa oldCaTrustedBy";
 
 interface RenewalRow {
   holder: string;
@@ -22,6 +22,7 @@ export interface ReportRow {
   ca: "KEPT" | "BEGUN" | "FINISHED";
   renewals: RenewalRow[];
   awaitingNewCa: string[] | null;
+  oldCaTrustedBy: string[];
 }
 
 /** The report's lines: one per holder, then the CA rotation's state. Pure. */
@@ -40,7 +41,14 @@ export function describeReport(report: ReportRow): string[] {
   });
   if (report.ca === "BEGUN")
     lines.push("a new CA signs; the old one stays trusted beside it until `relevo certificates finish-ca-rotation`");
-  if (report.ca === "FINISHED") lines.push("CA rotation finished: the old CA is trusted no more");
+  if (report.ca === "FINISHED") {
+    lines.push(
+      report.oldCaTrustedBy.length === 0
+        ? "CA rotation finished: the old CA is trusted no more"
+        : `CA rotation finished, but ${report.oldCaTrustedBy.join(", ")} may still trust the old CA (not renewed): ` +
+            "run `relevo certificates rotate` once they are reachable",
+    );
+  }
   if (report.awaitingNewCa !== null) {
     lines.push(
       report.awaitingNewCa.length === 0

@@ -52,6 +52,13 @@ export interface RotationReport {
   readonly outcomes: readonly RenewalOutcome[];
   /** While a CA rotation is under way: the members not yet holding a certificate of the new CA (it cannot be finished before). */
   readonly awaiting: readonly string[] | null;
+  /**
+   * After a finish: the holders whose second renewal was refused or failed.
+   * Their trust files (a member's `ssl_ca_file`, Redis's CA file) may
+   * still hold the old CA beside the new one until a later `rotate`
+   * renews them; empty otherwise.
+   */
+  readonly oldCaTrustedBy: readonly string[];
 }
 
 /**
@@ -256,16 +263,29 @@ export class CertificateRotation {
     const awaiting = (await caRotationsUnderWay(this.deps.config.home)).length === 0 ? null : await this.awaitingNewCa();
     const names = (phase: RenewalOutcome["phase"]): string[] =>
       outcomes.filter((outcome) => outcome.phase === phase).map((outcome) => outcome.holder);
-    const troubled = names("refused").length + names("failed").length > 0;
+    const troubledHolders = [...names("refused"), ...names("failed")];
+    const troubled = troubledHolders.length > 0;
+    const oldCaTrustedBy = ca === "finished" ? troubledHolders : [];
     for (const outcome of outcomes) this.deps.logger.info({ outcome }, describeOutcome(outcome));
     await this.deps.events.emit({
       kind: "tls:rotated",
       severity: troubled ? "warning" : "info",
       node: null,
-      message: `certificates rotated (CA ${ca}): ${outcomes.map(describeOutcome).join("; ")}`,
-      data: { ca, renewed: names("renewed"), pending: names("pending"), refused: names("refused"), failed: names("failed") },
+      message:
+        `certificates rotated (CA ${ca}): ${outcomes.map(describeOutcome).join("; ")}` +
+        (oldCaTrustedBy.length > 0
+          ? `; the old CA may still be trusted by ${oldCaTrustedBy.join(", ")} until \`relevo certificates rotate\` renews them`
+          : ""),
+      data: {
+        ca,
+        renewed: names("renewed"),
+        pending: names("pending"),
+        refused: names("refused"),
+        failed: names("failed"),
+        oldCaTrustedBy,
+      },
     });
-    return { ca, outcomes, awaiting };
+    return { ca, outcomes, awaiting, oldCaTrustedBy };
   }
 
   /**

@@ -49,7 +49,15 @@ export interface EventMap {
   "cluster:primary-adopted": { adopted: string; recordedPrimary: string; reason: string };
   "replication:sync-changed": { standbys: string[]; added: string[]; removed: string[] };
   "replication:slot-lost": { slot: string; upstream: string; action: "bridge" | "reseed"; reason: string };
-  "tls:rotated": { ca: "kept" | "begun" | "finished"; renewed: string[]; pending: string[]; refused: string[]; failed: string[] };
+  "tls:rotated": {
+    ca: "kept" | "begun" | "finished";
+    renewed: string[];
+    pending: string[];
+    refused: string[];
+    failed: string[];
+    /** After a finish: holders whose renewal was refused or failed, so that their trust may still hold the old CA. */
+    oldCaTrustedBy: string[];
+  };
   "tls:expiring": {
     holder: string;
     serial: string;

@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { rename } from "node:fs/promises";
 import { CertificateAuthority, caFiles, type CaSettings } from "./certificate-authority";
 import { createCa } from "./certificate-issuer";
+import { certificateFacts } from "./issued-certificates";
 import {
   CA_ROLES,
   caCommonName,
@@ -74,7 +75,11 @@ async function beginOne(settings: CaSettings, role: CaRole, now: Date): Promise<
   // The name tells CAs apart (a member's record is compared by its issuer's name): the time, and a random part
   // for two rotations within one second.
   const stamp = `${now.toISOString().replace(/[-:]/g, "").replace(/\..*$/, "")}-${randomBytes(3).toString("hex")}`;
-  const next = await createCa({ commonName: `${caCommonName(role, settings.clusterName)} ${stamp}`, now });
+  const next = await createCa({
+    commonName: `${caCommonName(role, settings.clusterName)} ${stamp}`,
+    now,
+    validFrom: new Date(certificateFacts(current.signerPem).notBefore),
+  });
   const state: CaRotationState = {
     phase: "bundle",
     startedAt: now.toISOString(),

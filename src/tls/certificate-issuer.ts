@@ -37,13 +37,23 @@ export interface CaSigner {
  * A new self-signed CA. pathLength 1: beside its leaf certificates it may
  * vouch for one CA, its successor at a CA rotation (crossCertificate), so
  * that a client holding only this CA still verifies a leaf of the next one.
+ * `validFrom`, when earlier than its usual start (a little before `now`):
+ * a successor's start is its predecessor's, so that a rotation begun under
+ * a clock stepped forward does not leave a CA "not yet valid" once the
+ * clock is set right.
  */
-export async function createCa(options: { readonly commonName: string; readonly now: Date }): Promise<IssuedCertificate> {
+export async function createCa(options: {
+  readonly commonName: string;
+  readonly now: Date;
+  readonly validFrom?: Date;
+}): Promise<IssuedCertificate> {
   const keys = await webcrypto.subtle.generateKey(P256, true, ["sign", "verify"]);
+  const validity = caValidity(options.now);
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerialNumber(),
     name: `CN=${options.commonName}`,
-    ...caValidity(options.now),
+    notBefore: new Date(Math.min(validity.notBefore.getTime(), options.validFrom?.getTime() ?? Infinity)),
+    notAfter: validity.notAfter,
     keys,
     signingAlgorithm: P256,
     extensions: [

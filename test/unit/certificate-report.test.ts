@@ -15,6 +15,7 @@ describe("what `relevo certificates rotate` prints", () => {
         { holder: "node:node2", phase: "PENDING", serial: null, previousSerial: null, reason: "stopped: at its next start" },
       ],
       awaitingNewCa: ["node:node2"],
+      oldCaTrustedBy: [],
     };
     printRotationReport(report, { out: (line) => lines.push(line), terminal: false });
     expect(lines).toEqual([
@@ -31,6 +32,7 @@ describe("what `relevo certificates rotate` prints", () => {
       ca: "KEPT",
       renewals: [renewed, { holder: "node:node2", phase: "REFUSED", serial: "0C", previousSerial: null, reason: "not loaded" }],
       awaitingNewCa: null,
+      oldCaTrustedBy: [],
     };
     expect(() => printRotationReport(report, { out: (line) => lines.push(line), terminal: false })).toThrow(
       expect.objectContaining({ code: ErrorCode.TlsReloadRefused, message: expect.stringContaining("node:node2") }),
@@ -40,5 +42,24 @@ describe("what `relevo certificates rotate` prints", () => {
     expect(describeOutcome({ phase: "refused", holder: "node:node2", reason: "not loaded", serial: "0C" })).toBe(
       "node:node2: REFUSED, not loaded; still serves 0C",
     );
+  });
+
+  test("a finish whose renewal failed names who may still trust the old CA, and the command fails", () => {
+    const lines: string[] = [];
+    const report: ReportRow = {
+      ca: "FINISHED",
+      renewals: [renewed, { holder: "node:node2", phase: "FAILED", serial: null, previousSerial: null, reason: "unreachable" }],
+      awaitingNewCa: null,
+      oldCaTrustedBy: ["node:node2"],
+    };
+    expect(() => printRotationReport(report, { out: (line) => lines.push(line), terminal: false })).toThrow(
+      expect.objectContaining({ code: ErrorCode.CommandFailed }),
+    );
+    expect(lines).toEqual([
+      "node:node1: renewed, serves 0B (was 0A)",
+      "node:node2: FAILED: unreachable",
+      "CA rotation finished, but node:node2 may still trust the old CA (not renewed): run `relevo certificates rotate` once they are reachable",
+    ]);
+    expect(lines.join("\n")).not.toContain("trusted no more");
   });
 });

@@ -70,6 +70,21 @@ describe("CA rotation of Relevo's own CA", () => {
     await expect(beginCaRotation(settings())).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
   });
 
+  test("a rotation begun under a clock stepped forward leaves CAs valid once the clock is set right", async () => {
+    const old = await CertificateAuthority.load(settings());
+    const stepped = new Date(Date.now() + 400 * DAY_MS);
+    await beginCaRotation(settings(), { now: stepped });
+    const current = await CertificateAuthority.load(settings());
+    // The new CA starts when its predecessor did; its cross certificate too.
+    expect(certificateFacts(current.signerPem).notBefore).toBe(certificateFacts(old.signerPem).notBefore);
+    const cross = (await readCaRotation(home, "nodes"))!.crossCertificatePem!;
+    expect(certificateFacts(cross).notBefore).toBe(certificateFacts(old.signerPem).notBefore);
+    // A leaf issued now (the clock set right) verifies for clients of either CA.
+    const leaf = await serve(current);
+    expect(await handshake(leaf, current.signerPem, "127.0.0.1")).toBe("verified");
+    expect(await handshake(leaf, old.signerPem, "127.0.0.1")).toBe("verified");
+  });
+
   test("finished: the old CA leaves the trust file and the chain, and a client holding it alone fails", async () => {
     const old = await CertificateAuthority.load(settings());
     await beginCaRotation(settings());

@@ -35,6 +35,7 @@ function toReport(report: RotationReport): CertificateRotationReport {
     ca: report.ca as CaStepGql,
     renewals: report.outcomes.map(toRenewal),
     awaitingNewCa: report.awaiting ? [...report.awaiting] : null,
+    oldCaTrustedBy: [...report.oldCaTrustedBy],
   };
 }
 

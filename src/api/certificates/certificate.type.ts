@@ -55,4 +55,10 @@ export class CertificateRotationReport {
       "While a CA rotation is under way: the members not yet holding a certificate of the new CA (finishCaRotation waits for them).",
   })
   awaitingNewCa!: string[] | null;
+
+  @Field(() => [String], {
+    description:
+      "After finishCaRotation: the holders whose renewal was refused or failed, whose trust may still hold the old CA until rotateCertificates renews them. Empty otherwise.",
+  })
+  oldCaTrustedBy!: string[];
 }
