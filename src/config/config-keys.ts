@@ -142,7 +142,13 @@ export const configKeys = {
     schema: z.string().regex(/^$|^rediss?:\/\/(:[^@]*@)?[^:/@]+(:\d+)?\/?$/, "redis[s]://[:password@]host[:port]"),
     // It carries Redis's password: an invalid value is not quoted back.
     secret: true,
-    doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port (plain TCP) or rediss://… (TLS, see RELEVO_REDIS_CA_FILE); Relevo then neither starts nor stops one. Empty: Relevo runs its own, TLS only, on RELEVO_REDIS_PORT. Never logged.",
+    doc: "A Redis server run by someone else (e.g. the compose stack's), as redis://:password@host:port (plain TCP; a loopback address only, unless RELEVO_REDIS_TLS=off) or rediss://… (TLS, see RELEVO_REDIS_CA_FILE); Relevo then neither starts nor stops one. Empty: Relevo runs its own, TLS only, on RELEVO_REDIS_PORT. Never logged.",
+  },
+  redisTls: {
+    env: "RELEVO_REDIS_TLS",
+    default: "auto",
+    schema: z.enum(["auto", "off"]),
+    doc: "Whether a redis:// RELEVO_REDIS_URL (plain TCP) may name an address other machines can reach. `auto`: only a loopback address; any other is a refused start (Redis's password and Relevo's state would travel in clear). `off`: accepted, warned at start. Relevo's own Redis and rediss:// are TLS either way.",
   },
   redisCaFile: {
     env: "RELEVO_REDIS_CA_FILE",

@@ -1,6 +1,7 @@
 import path from "node:path";
 import { z } from "zod";
 import { ErrorCode, RelevoError } from "../errors";
+import { isLoopback } from "./api-transport";
 import { configKeys, durationSchema, type ConfigKey } from "./config-keys";
 import { formatDuration } from "./duration";
 
@@ -70,6 +71,26 @@ function validateTlsCa(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }):
  * a certificate goes with its key. Paths resolved once, here.
  */
 function validateExternalRedisTls(config: { -readonly [K in ConfigKey]: RelevoConfig[K] }): void {
+  const { redisTls, redisUrl } = configKeys;
+  if (config.redisTls === "off" && !config.redisUrl.startsWith("redis://")) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: ${redisTls.env}=off is for a redis:// ${redisUrl.env}, and ${redisUrl.env} is ${config.redisUrl === "" ? "empty (Relevo's own Redis is TLS only)" : "a rediss:// URL"}: unset ${redisTls.env}`,
+      { details: { env: redisTls.env } },
+    );
+  }
+  if (config.redisUrl.startsWith("redis://") && config.redisTls !== "off") {
+    const host = new URL(config.redisUrl).hostname;
+    if (!isLoopback(host)) {
+      throw new RelevoError(
+        ErrorCode.InvalidConfig,
+        `invalid configuration: ${redisUrl.env} is a redis:// URL (plain TCP) to ${host}, which is not a loopback address: ` +
+          `Redis's password and Relevo's state would travel in clear. Give a rediss:// URL (with RELEVO_REDIS_CA_FILE), ` +
+          `or set ${redisTls.env}=off to accept plaintext`,
+        { details: { env: redisUrl.env } },
+      );
+    }
+  }
   const files = (["redisCaFile", "redisCertFile", "redisKeyFile"] as const).filter((key) => config[key] !== "");
   if (files.length === 0) return;
   if (!config.redisUrl.startsWith("rediss://")) {

@@ -9,6 +9,7 @@ import { assertPortFree } from "../util/ports";
 import { sleep } from "../util/sleep";
 import { hasControlCharacter } from "../util/control-characters";
 import type { RelevoConfig } from "../config/config";
+import { isLoopback } from "../config/api-transport";
 import { readConfiguredFile } from "../config/configured-file";
 import { connectionOptions, parseRedisUrl, type RedisEndpoint } from "./redis-client";
 import { recordIssued } from "../tls/issued-certificates";
@@ -115,6 +116,13 @@ export async function clusterRedisServer(
 ): Promise<{ endpoint: RedisEndpoint; handle: RedisServerHandle; own: OwnRedisTls | null }> {
   if (config.redisUrl) {
     const endpoint = await externalRedisEndpoint(config);
+    // Accepted by RELEVO_REDIS_TLS=off only (loadConfig refuses it otherwise): said at every start.
+    if (!endpoint.tls && !isLoopback(endpoint.host)) {
+      logger.warn(
+        { host: endpoint.host, port: endpoint.port },
+        "RELEVO_REDIS_URL is plain TCP to an address other machines can reach (RELEVO_REDIS_TLS=off): Redis's password and Relevo's state travel in clear",
+      );
+    }
     return { endpoint, handle: await requireExternalRedis(endpoint, config.startTimeoutMs, logger), own: null };
   }
   const tls = await ownRedisTls(credentials.issuer);

@@ -94,6 +94,29 @@ describe("configuration", () => {
     );
   });
 
+  test("a redis:// RELEVO_REDIS_URL off loopback is refused unless RELEVO_REDIS_TLS=off accepts plaintext", () => {
+    for (const url of ["redis://:pw@10.0.0.5:6379", "redis://:pw@db.example.com:6379", "redis://redis"]) {
+      expect(() => loadConfig({ RELEVO_REDIS_URL: url })).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.InvalidConfig,
+          details: { env: "RELEVO_REDIS_URL" },
+          message: expect.stringMatching(/not a loopback address.*rediss:\/\/.*RELEVO_REDIS_TLS=off/),
+        }),
+      );
+      expect(loadConfig({ RELEVO_REDIS_URL: url, RELEVO_REDIS_TLS: "off" }).redisUrl).toBe(url);
+    }
+    // Loopback stays on the machine; rediss:// is TLS.
+    expect(loadConfig({ RELEVO_REDIS_URL: "redis://:pw@127.0.0.1:6379" }).redisTls).toBe("auto");
+    expect(loadConfig({ RELEVO_REDIS_URL: "redis://:pw@localhost:6379" }).redisTls).toBe("auto");
+    expect(loadConfig({ RELEVO_REDIS_URL: "rediss://:pw@db.example.com:6380" }).redisTls).toBe("auto");
+    // "off" means nothing beside Relevo's own Redis (TLS only) or a rediss:// URL: refused rather than ignored.
+    for (const env of [{}, { RELEVO_REDIS_URL: "rediss://:pw@db.example.com:6380" }]) {
+      expect(() => loadConfig({ ...env, RELEVO_REDIS_TLS: "off" })).toThrow(
+        expect.objectContaining({ code: ErrorCode.InvalidConfig, details: { env: "RELEVO_REDIS_TLS" } }),
+      );
+    }
+  });
+
   test("an invalid RELEVO_REDIS_URL is not quoted back: it carries Redis's password", () => {
     expect(() => loadConfig({ RELEVO_REDIS_URL: "http://:hunter2-secret@127.0.0.1:6379" })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.not.stringContaining("hunter2-secret") as unknown }),
