@@ -1,7 +1,15 @@
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { conninfoString } from "../postgres/config-values";
 import { libpqTlsParameters } from "../postgres/tls-settings";
-import { INCLUDE_LINE, MANAGED_CONF, MARKER_FILE, managedConf, type NodeMarker } from "../postgres/managed-settings";
+import {
+  INCLUDE_LINE,
+  MANAGED_CONF,
+  MARKER_FILE,
+  hbaNetworkFor,
+  managedConf,
+  managedHba,
+  type NodeMarker,
+} from "../postgres/managed-settings";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
@@ -111,6 +119,9 @@ async function restoreClaimedTarget(
     await driver.writeFile(target, "recovery.signal", "");
     const postgresqlConf = (await driver.readFile(target, "postgresql.conf"))?.toString("utf8") ?? "";
     if (!postgresqlConf.includes(INCLUDE_LINE)) await driver.writeFile(target, "postgresql.conf", `${postgresqlConf}\n${INCLUDE_LINE}\n`);
+    // Relevo's pg_hba.conf, not the backup's: a backup taken before TLS, or of a pg_hba.conf edited by hand, would
+    // otherwise give the copy lines that admit plaintext logins.
+    await driver.writeFile(target, "pg_hba.conf", managedHba(hbaNetworkFor(target.host)));
     await driver.writeFile(
       target,
       MANAGED_CONF,

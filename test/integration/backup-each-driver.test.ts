@@ -64,7 +64,18 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
       await sql("INSERT INTO toasty SELECT g, repeat('t', 3000) FROM generate_series(1, 20) g");
       await sql("CREATE TABLE later (id int PRIMARY KEY)");
       await sql("INSERT INTO later SELECT generate_series(1, 1000)");
-      incremental = await backupUnderWriter("incremental");
+      // The backup holds a pg_hba.conf as a release before TLS (or a hand edit) left it: a line that admits plaintext.
+      // A copy restored from it must get Relevo's own (hostssl only) all the same (the CLI's restore below checks).
+      const { driver } = cluster.service;
+      const managedHba = (await driver.readFile(primary(), "pg_hba.conf"))!.toString("utf8");
+      await driver.writeFile(primary(), "pg_hba.conf", `${managedHba}host all all 0.0.0.0/0 scram-sha-256\n`);
+      await sql("SELECT pg_reload_conf()");
+      try {
+        incremental = await backupUnderWriter("incremental");
+      } finally {
+        await driver.writeFile(primary(), "pg_hba.conf", managedHba);
+        await sql("SELECT pg_reload_conf()");
+      }
       expect(incremental).toMatchObject({ type: "incremental", status: "completed" });
       expect(incremental.blocksStored).toBeGreaterThan(0);
       await restoreTest(incremental.id);
@@ -103,6 +114,13 @@ describeOnEachDriver("backups restore exactly", (driver, overrides) => {
       try {
         const uri = restored.stdout.trim().split("\n").pop()!;
         expect((await run("psql", [uri, "-Atc", "SELECT count(*) FROM later"])).stdout.trim()).toBe("1000");
+        // The backup's pg_hba.conf admitted plaintext; the copy's is Relevo's: a login without TLS is refused.
+        const plaintext = new URL(uri);
+        plaintext.search = "";
+        plaintext.searchParams.set("sslmode", "disable");
+        await expect(run("psql", [plaintext.toString(), "-XAtc", "SELECT 1"])).rejects.toMatchObject({
+          stderr: expect.stringMatching(/no pg_hba\.conf entry for host .* no encryption/),
+        });
         // The copy serves a certificate of its own (its own name, for its address), never a member's; and no member's
         // key is in the copy's files (restored byte for byte from the backups) nor in the repository.
         const password = cluster.service.secrets.superuserPassword;
