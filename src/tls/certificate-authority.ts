@@ -126,13 +126,10 @@ export class CertificateAuthority {
     const keyPem = await readCaFile(files.keyFile, files.configured ? "RELEVO_TLS_CA_KEY_FILE" : null, { secret: true });
     const signerPem = firstCertificate(certificatePem, files.certificateFile);
     const signer = await caSigner({ certificatePem: signerPem, keyPem, now: clock() }).catch((error: unknown) => {
-      if (files.configured || !(error instanceof RelevoError) || !/expired/.test(error.message)) throw error;
-      throw new RelevoError(
-        ErrorCode.TlsCaInvalid,
-        `${error.message}: move ${path.dirname(files.certificateFile)} aside, and the next start makes a new CA and issues every ` +
-          "certificate again (clients then need the new ca.crt)",
-        { cause: error },
-      );
+      if (files.configured || !(error instanceof RelevoError)) throw error;
+      // Relevo's own CA: no variable of the operator's to name; its files, and for an expired one how to make a new one.
+      const remedy = /expired/.test(error.message) ? `: ${expiredOwnCaRemedy(settings.home, role)}` : "";
+      throw new RelevoError(error.code, `${error.message}${remedy}`, { cause: error, details: { file: files.certificateFile } });
     });
     const chainPem = files.configured ? "" : ((await readCaRotation(settings.home, role))?.crossCertificatePem ?? "");
     return new CertificateAuthority(files.certificateFile, certificatePem, signerPem, chainPem, files.configured, role, signer, clock);
@@ -321,4 +318,19 @@ async function readCaFile(file: string, env: string | null, options: { readonly 
       { cause },
     );
   }
+}
+
+/**
+ * How to replace Relevo's own CA that expired: its files removed (not the
+ * other CA's, which may be valid still), and who then needs the new
+ * certificate. Pure.
+ */
+export function expiredOwnCaRemedy(home: string, role: CaRole): string {
+  const paths = ownCaPaths(home, role);
+  const files = [paths.certificate, paths.key, paths.rotation].map((file) => path.basename(file));
+  return role === "nodes"
+    ? `remove ${files.join(", ")} from ${paths.directory} (the last if present), and the next start makes a new nodes' CA and ` +
+        "issues every node's certificate again (PostgreSQL clients then need the new ca.crt)"
+    : `remove ${files.join(", ")} from ${paths.directory} (the last if present), and the next start makes a new services CA and ` +
+        "issues the API's and Redis's certificates again (clients of the API and of Redis then need the new services-ca.crt)";
 }

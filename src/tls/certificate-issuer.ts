@@ -130,8 +130,19 @@ export async function caSigner(options: {
   }
   const constraints = certificate.getExtension(x509.BasicConstraintsExtension);
   if (!constraints?.ca) throw invalidCa(`${certificate.subject} is not a CA certificate (no basicConstraints CA:TRUE)`);
+  // What a verifier checks of the issuer, refused here rather than by every client of every leaf it would issue.
+  const usages = certificate.getExtension(x509.KeyUsagesExtension);
+  if (usages && (usages.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
+    throw invalidCa(`${certificate.subject} may not sign certificates (its keyUsage lacks keyCertSign)`);
+  }
   if (certificate.notAfter.getTime() <= options.now.getTime()) {
     throw invalidCa(`the CA certificate ${certificate.subject} expired on ${certificate.notAfter.toISOString()}`);
+  }
+  if (certificate.notBefore.getTime() > options.now.getTime()) {
+    throw invalidCa(
+      `the CA certificate ${certificate.subject} is not valid before ${certificate.notBefore.toISOString()} ` +
+        `(now ${options.now.toISOString()}): check this machine's clock, or give a CA valid now`,
+    );
   }
   const algorithm = signingAlgorithmFor(key);
   const privateKey = await webcrypto.subtle.importKey("pkcs8", key.export({ type: "pkcs8", format: "der" }), algorithm, true, ["sign"]);

@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { chmod, chown, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { loadConfig } from "../../src/config/config";
@@ -65,13 +65,59 @@ describe("Relevo's CA", () => {
   });
   const settings = (extra: Record<string, string> = {}) => loadConfig({ RELEVO_HOME: home, ...extra });
 
-  test("an own CA that expired is refused at load, saying how to make a new one", async () => {
+  test("an own CA that expired is refused at load, saying which files to remove; the other CA stays", async () => {
     const sixYearsAgo = new Date(Date.now() - 6 * 365 * 86_400_000);
+    // Both CAs made six years ago; the services CA then replaced by a valid one.
     await CertificateAuthority.load(settings(), { clock: () => sixYearsAgo });
+    const tlsDirectory = path.join(home, "tls");
+    await rm(path.join(tlsDirectory, "services-ca.crt"));
+    await rm(path.join(tlsDirectory, "services-ca.key"));
+    const services = await CertificateAuthority.load(settings(), { role: "services" });
     await expect(CertificateAuthority.load(settings())).rejects.toMatchObject({
       code: ErrorCode.TlsCaInvalid,
-      message: expect.stringMatching(/expired on .*: move .*tls aside, and the next start makes a new CA/),
+      details: { file: path.join(tlsDirectory, "ca.crt") },
+      message: expect.stringMatching(
+        /expired on .*: remove ca\.crt, ca\.key, rotation\.json from .*tls \(the last if present\), and the next start makes a new nodes' CA.*need the new ca\.crt/,
+      ),
     });
+    // Done as said: a new nodes' CA; the services CA (still valid) is the same.
+    await rm(path.join(tlsDirectory, "ca.crt"));
+    await rm(path.join(tlsDirectory, "ca.key"));
+    const renewed = await CertificateAuthority.load(settings());
+    expect(renewed.notAfter.getTime()).toBeGreaterThan(Date.now() + 4 * 365 * 86_400_000);
+    expect((await CertificateAuthority.load(settings(), { role: "services" })).certificatePem).toBe(services.certificatePem);
+  });
+
+  test("an expired services CA names its own files and its own clients", async () => {
+    const sixYearsAgo = new Date(Date.now() - 6 * 365 * 86_400_000);
+    await CertificateAuthority.load(settings(), { role: "services", clock: () => sixYearsAgo });
+    await expect(CertificateAuthority.load(settings(), { role: "services" })).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringMatching(
+        /remove services-ca\.crt, services-ca\.key, services-rotation\.json from .*new services CA.*clients of the API and of Redis then need the new services-ca\.crt/,
+      ),
+    });
+  });
+
+  test("a CA that is not valid yet (a clock behind), or whose keyUsage forbids signing certificates, is refused", async () => {
+    const inAWeek = new Date(Date.now() + 7 * 86_400_000);
+    await CertificateAuthority.load(settings(), { clock: () => inAWeek });
+    await expect(CertificateAuthority.load(settings())).rejects.toMatchObject({
+      code: ErrorCode.TlsCaInvalid,
+      message: expect.stringContaining("is not valid before"),
+    });
+    const directory = path.join(home, "no-cert-sign");
+    await mkdir(directory);
+    const certificateFile = path.join(directory, "ca.crt");
+    const keyFile = path.join(directory, "ca.key");
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", keyFile, "-out", certificateFile,
+      "-days", "30", "-subj", "/CN=no cert sign", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,digitalSignature",
+    ], { stdio: "ignore" }); // prettier-ignore
+    await chmod(keyFile, 0o600);
+    await expect(
+      CertificateAuthority.load(settings({ RELEVO_TLS_CA_FILE: certificateFile, RELEVO_TLS_CA_KEY_FILE: keyFile })),
+    ).rejects.toMatchObject({ code: ErrorCode.TlsCaInvalid, message: expect.stringContaining("lacks keyCertSign") });
   });
 
   test("is made once in the data home, its key 0600, and read back by every later load (two at once included)", async () => {
