@@ -4,7 +4,8 @@ import { withNodeClient, type Credentials } from "../postgres/connection";
 import { servedCertificate } from "../postgres/served-certificate";
 import { sleep } from "../util/sleep";
 import type { CertificateHolder, RenewalOutcome } from "../tls/certificate-holder";
-import { certificateFacts, nodeHolder, recordIssued } from "../tls/issued-certificates";
+import { certificateFacts, nodeHolder, recordIssued, withHolderLock } from "../tls/issued-certificates";
+import { MEMBER_LOCK_WAIT_MS } from "../tls/node-tls";
 
 export interface NodeCertificateDeps {
   readonly driver: NodeDriver;
@@ -29,30 +30,35 @@ export function nodeCertificateHolder(deps: NodeCertificateDeps, node: NodeRef):
   const holder = nodeHolder(node.name);
   return {
     holder,
-    renew: async (): Promise<RenewalOutcome> => {
-      const state = await deps.driver.state(node);
-      if (state.phase !== "running") {
-        return { phase: "pending", holder, reason: `${state.phase}: gets a certificate of the current CA at its next start` };
-      }
-      const loadedBefore = await confLoadTime(deps, node);
-      const { previous, installed } = await deps.driver.renewTls(node);
-      const served = await reloadAndRead(deps, node, loadedBefore);
-      const previousSerial = previous === null ? null : certificateFacts(previous.certificatePem).serial;
-      const serial = certificateFacts(installed.certificatePem).serial;
-      if (certificateFacts(served).serial === serial) {
-        // Recorded once served, not when issued: a CA rotation's finish reads this record.
-        await recordIssued(deps.home, holder, installed.certificatePem);
-        return { phase: "renewed", holder, serial, previousSerial };
-      }
-      // The trust stays the new one: during a CA rotation the previous file may hold the old CA alone.
-      await putBack(deps, node, previous && { ...previous, caPem: installed.caPem });
-      return {
-        phase: "refused",
-        holder,
-        reason: `PostgreSQL did not load the new certificate ${serial} (see its log: "SSL configuration was not reloaded"); the previous files were put back`,
-        serial: certificateFacts(served).serial,
-      };
-    },
+    // Under the member's lock, across instances: a start of the node or another renewal waits (see withHolderLock).
+    renew: (): Promise<RenewalOutcome> =>
+      withHolderLock(deps.home, holder, { purpose: `renewal of ${holder}`, waitMs: MEMBER_LOCK_WAIT_MS }, () => renewLocked(deps, node)),
+  };
+}
+
+async function renewLocked(deps: NodeCertificateDeps, node: NodeRef): Promise<RenewalOutcome> {
+  const holder = nodeHolder(node.name);
+  const state = await deps.driver.state(node);
+  if (state.phase !== "running") {
+    return { phase: "pending", holder, reason: `${state.phase}: gets a certificate of the current CA at its next start` };
+  }
+  const loadedBefore = await confLoadTime(deps, node);
+  const { previous, installed } = await deps.driver.renewTls(node);
+  const served = await reloadAndRead(deps, node, loadedBefore);
+  const previousSerial = previous === null ? null : certificateFacts(previous.certificatePem).serial;
+  const serial = certificateFacts(installed.certificatePem).serial;
+  if (certificateFacts(served).serial === serial) {
+    // Recorded once served, not when issued: a CA rotation's finish reads this record.
+    await recordIssued(deps.home, holder, installed.certificatePem);
+    return { phase: "renewed", holder, serial, previousSerial };
+  }
+  // The trust stays the new one: during a CA rotation the previous file may hold the old CA alone.
+  await putBack(deps, node, previous && { ...previous, caPem: installed.caPem });
+  return {
+    phase: "refused",
+    holder,
+    reason: `PostgreSQL did not load the new certificate ${serial} (see its log: "SSL configuration was not reloaded"); the previous files were put back`,
+    serial: certificateFacts(served).serial,
   };
 }
 

@@ -64,6 +64,13 @@ export interface NodeTlsSource {
    * holder once the node is seen serving it (src/cluster/node-certificate.ts).
    */
   installed?(node: NodeRef, certificatePem: string): Promise<void>;
+  /**
+   * `work` (a start: the node's files written, then its server started on
+   * them) while no renewal of that node's certificate runs in any process
+   * sharing the data home (see withHolderLock); `work` alone without a
+   * record to keep.
+   */
+  exclusive?<T>(node: NodeRef, work: () => Promise<T>): Promise<T>;
 }
 
 /** The driver's view of a node's server process (or container). */

@@ -2,6 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
+import { acquireFileLock } from "../storage/file-lock";
 import { replaceFileDurably } from "../util/durable-file";
 import { splitCertificates } from "./pem-bundle";
 
@@ -65,6 +66,32 @@ function recordFile(home: string, holder: string): string {
   if (!/^[a-z]+:[A-Za-z0-9_.-]{1,64}$/.test(holder))
     throw new RelevoError(ErrorCode.BadUserInput, `${JSON.stringify(holder)} is no holder`);
   return path.join(home, ISSUED_DIRECTORY, `${holder.replace(":", "-")}.json`);
+}
+
+/**
+ * Held across the processes sharing the data home while a holder's
+ * certificate files are replaced and read: a node's start (its files
+ * written, then the postmaster reading them) and a renewal of it (new
+ * files, the reload, what it serves checked, recorded or put back). Without
+ * it two instances renewing one member, or a renewal meeting a restart,
+ * could leave a postmaster with one pair's certificate and the other's key,
+ * or a record naming a certificate the member does not serve. LOCK_HELD
+ * past `waitMs`.
+ */
+export async function withHolderLock<T>(
+  home: string,
+  holder: string,
+  options: { readonly purpose: string; readonly waitMs: number },
+  work: () => Promise<T>,
+): Promise<T> {
+  const file = recordFile(home, holder).replace(/\.json$/, ".lock");
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const lock = await acquireFileLock(file, { purpose: options.purpose, waitMs: options.waitMs });
+  try {
+    return await work();
+  } finally {
+    await lock.release();
+  }
 }
 
 /** Records that `holder` now has `certificatePem` (durably: the CA rotation's finish relies on it). */

@@ -1,7 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { NodeRef, NodeTlsSource } from "../nodes/node-driver";
 import type { CertificateAuthority } from "./certificate-authority";
-import { nodeHolder, recordIssued } from "./issued-certificates";
+import { nodeHolder, recordIssued, withHolderLock } from "./issued-certificates";
 import { LiveAuthority } from "./live-authority";
 
 /**
@@ -35,6 +35,10 @@ export function nodeTlsSource(ca: CertificateAuthority | LiveAuthority, options:
     installed: async (node, certificatePem) => {
       if (options.recordIn !== undefined) await recordIssued(options.recordIn, nodeHolder(node.name), certificatePem);
     },
+    exclusive: <T>(node: NodeRef, work: () => Promise<T>): Promise<T> =>
+      options.recordIn === undefined
+        ? work()
+        : withHolderLock(options.recordIn, nodeHolder(node.name), { purpose: `start of ${node.name}`, waitMs: MEMBER_LOCK_WAIT_MS }, work),
   };
 }
 
@@ -51,3 +55,10 @@ export function trustOnlyTlsSource(caPem: string): NodeTlsSource {
       ),
   };
 }
+
+/**
+ * How long a start waits for a renewal of its node (or the reverse). A
+ * renewal is a reload and a few checks, each bounded by the node timeout;
+ * a start lasts as long as its server takes to accept connections.
+ */
+export const MEMBER_LOCK_WAIT_MS = 300_000;

@@ -43,3 +43,48 @@ export function startWriter(node: NodeRef, password: string, table = "ledger"): 
     },
   };
 }
+
+/**
+ * A client as an application's pool behaves across a certificate rotation:
+ * a new verify-full session to each of `nodes` in turn, one query, closed,
+ * until stopped. Every failure is kept (a node serving a pair that does not
+ * verify, a reload that refused a session): what an open session would never
+ * see.
+ */
+export function startReconnecter(
+  nodes: readonly NodeRef[],
+  password: string,
+): { stop(): Promise<{ sessions: number; failures: string[] }> } {
+  let running = true;
+  let sessions = 0;
+  const failures: string[] = [];
+  const done = (async () => {
+    for (let turn = 0; running; turn += 1) {
+      const node = nodes[turn % nodes.length]!;
+      const client = new Client({
+        host: node.host,
+        port: node.port,
+        user: "postgres",
+        password,
+        database: "postgres",
+        ssl: testClientSsl(),
+      });
+      try {
+        await client.connect();
+        await client.query("SELECT 1");
+        sessions += 1;
+      } catch (error) {
+        failures.push(`${node.name}: ${(error as Error).message}`);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return { sessions, failures };
+    },
+  };
+}

@@ -15,7 +15,7 @@ import { cliEnvFor } from "../helpers/cli-env";
 import { nodeTlsFile, trustCa } from "../helpers/tls";
 import { CertificateRotation } from "../../src/cluster/certificate-rotation";
 import type { NodeRef, NodeTlsSource } from "../../src/nodes/node-driver";
-import { startWriter } from "../helpers/writer";
+import { startReconnecter, startWriter } from "../helpers/writer";
 import { libpqTlsParameters, uriTlsParameters } from "../../src/postgres/tls-settings";
 import { loadConfig } from "../../src/config/config";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
@@ -23,7 +23,7 @@ import { tempHome } from "../helpers/home";
 import { servedCertificate } from "../helpers/tls";
 import { servedRedisCertificate } from "../../src/redis/redis-certificate";
 import { OwnRedisClientCertificate } from "../../src/redis/redis-tls";
-import { certificateFacts } from "../../src/tls/issued-certificates";
+import { certificateFacts, withHolderLock } from "../../src/tls/issued-certificates";
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
@@ -223,10 +223,17 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
     const serialsBefore = await Promise.all(nodes.map((node) => servedSerial(node, secrets)));
     await sqlOn(primary(), secrets, "CREATE TABLE rotation_ledger (id bigserial PRIMARY KEY, note text, pad text)");
     const writer = startWriter(primary(), secrets.superuserPassword, "rotation_ledger");
-    // The writer stops whatever the rotation's fate: a failed test leaves no client behind.
-    const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) }).finally(() => writer.stop());
+    // Beside the open session, new ones all along (as a pool makes them): none may fail while the files change.
+    const reconnecter = startReconnecter(nodes, secrets.superuserPassword);
+    // Both stop whatever the rotation's fate: a failed test leaves no client behind.
+    const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(cluster.config) }).finally(() =>
+      Promise.all([writer.stop(), reconnecter.stop()]),
+    );
     const written = await writer.stop();
     expect(written).toBeGreaterThan(0);
+    const reconnected = await reconnecter.stop();
+    expect(reconnected.failures).toEqual([]);
+    expect(reconnected.sessions).toBeGreaterThan(10);
     expect(rotated.stdout).toMatch(/node:node1: renewed, serves [0-9A-F]+ \(was [0-9A-F]+\)/);
     expect(rotated.stdout).toMatch(/node:node2: renewed/);
     // Relevo's Redis too, without a restart: CONFIG SET of its TLS files, then a new connection is served the new one.
@@ -547,6 +554,43 @@ describeOnEachDriver("bootstrap: a primary and a streaming replica", (driver, ov
       const rotated = await run("node", [BIN, "certificates", "rotate"], { env: cliEnvFor(config) });
       expect(rotated.stdout).toMatch(/node:node2: renewed/);
       expect(splitCertificates(await nodeTlsFile(real, config.clusterName, replica(), "ca"))).toHaveLength(1);
+    });
+
+  if (driver === "local")
+    test("a member's renewal and its start each wait while another process holds that member's certificate lock", async () => {
+      const { config, service } = cluster;
+      const { secrets } = service;
+      const node = replica();
+      const holder = `node:${node.name}`;
+      const lockFile = path.join(config.home, "certificates", "node-node2.lock");
+      const before = await servedSerial(node, secrets);
+      // Another instance renewing node2 (or starting it): this instance's rotation renews node1, then waits for node2.
+      const { rotation } = await withHolderLock(config.home, holder, { purpose: "another instance", waitMs: 1000 }, async () => {
+        let settled = false;
+        const pending = service.certificates.rotate({ ca: false }).finally(() => (settled = true));
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        expect(settled).toBe(false);
+        expect(await servedSerial(node, secrets)).toBe(before);
+        expect(JSON.parse(await readFile(lockFile, "utf8"))).toMatchObject({ purpose: "another instance" });
+        return { rotation: pending };
+      });
+      const report = await rotation;
+      expect(report.outcomes.find((outcome) => outcome.holder === holder)).toMatchObject({ phase: "renewed" });
+      expect(await servedSerial(node, secrets)).not.toBe(before);
+      // A start waits the same way: its files are not written while another process renews the node.
+      await service.driver.stop(node, { mode: "fast", timeoutMs: 30_000 });
+      const { start } = await withHolderLock(config.home, holder, { purpose: "another instance", waitMs: 1000 }, async () => {
+        const pending = service.driver.start(node, { timeoutMs: 60_000 });
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        expect((await service.driver.state(node)).phase).toBe("stopped");
+        return { start: pending };
+      });
+      await start;
+      expect((await service.driver.state(node)).phase).toBe("running");
+      await eventually(async () => {
+        const receiver = await sqlOn<{ status: string }>(node, secrets, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
+        return receiver[0]?.status === "streaming" ? true : undefined;
+      });
     });
 
   // Last: it takes the cluster apart (node2 is left fenced). The decision is the driver's neither way: one driver is enough

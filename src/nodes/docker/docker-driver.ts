@@ -300,17 +300,21 @@ export class DockerDriver implements NodeDriver {
     }
     const info = await this.containers.locked(node, () => this.containers.ensureNodeContainer(node));
     const container = this.docker.getContainer(info.Id);
-    const files = await this.issueTls(node);
-    await this.installTls(node, files);
-    await this.options.tls.installed?.(node, files.certificatePem);
-    await this.containers.engine(`start container ${info.Name}`, async () => {
-      try {
-        await container.start();
-      } catch (error) {
-        if (!isStatus(error, 304)) throw error; // 304: already started
-      }
-    });
-    await waitUntilReady(this.containers, node, container, options.timeoutMs);
+    const startOnNewFiles = async (): Promise<void> => {
+      const files = await this.issueTls(node);
+      await this.installTls(node, files);
+      await this.options.tls.installed?.(node, files.certificatePem);
+      await this.containers.engine(`start container ${info.Name}`, async () => {
+        try {
+          await container.start();
+        } catch (error) {
+          if (!isStatus(error, 304)) throw error; // 304: already started
+        }
+      });
+      await waitUntilReady(this.containers, node, container, options.timeoutMs);
+    };
+    // No renewal of this node's certificate in between: the postmaster reads a certificate and key of one pair.
+    await (this.options.tls.exclusive ? this.options.tls.exclusive(node, startOnNewFiles) : startOnNewFiles());
   }
 
   async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {

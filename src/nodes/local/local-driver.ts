@@ -264,20 +264,24 @@ export class LocalDriver implements NodeDriver {
     if (state.phase === "absent") {
       throw new RelevoError(ErrorCode.PreconditionFailed, `node ${node.name} has no data directory; it must be created first`);
     }
-    const files = await this.issueTls(node);
-    await this.installTls(node, files);
-    await this.options.tls.installed?.(node, files.certificatePem);
-    try {
-      await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
-        timeoutMs: options.timeoutMs + 5000,
-        detached: true,
-      });
-    } catch (error) {
-      throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not start: ${await this.logTail(node)}`, {
-        cause: error,
-        details: { logFile: this.logFile(node) },
-      });
-    }
+    const startOnNewFiles = async (): Promise<void> => {
+      const files = await this.issueTls(node);
+      await this.installTls(node, files);
+      await this.options.tls.installed?.(node, files.certificatePem);
+      try {
+        await this.pgCtl(node, ["start", "-w", "-t", String(Math.ceil(options.timeoutMs / 1000)), "-l", this.logFile(node)], {
+          timeoutMs: options.timeoutMs + 5000,
+          detached: true,
+        });
+      } catch (error) {
+        throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name} did not start: ${await this.logTail(node)}`, {
+          cause: error,
+          details: { logFile: this.logFile(node) },
+        });
+      }
+    };
+    // No renewal of this node's certificate in between: the postmaster reads a certificate and key of one pair.
+    await (this.options.tls.exclusive ? this.options.tls.exclusive(node, startOnNewFiles) : startOnNewFiles());
   }
 
   async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {
