@@ -5,11 +5,12 @@ import path from "node:path";
 import { loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
-import { connectionOptions, type RedisEndpoint } from "../../src/redis/redis-client";
+import { connectionOptions } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import { ownRedisTls, redisTlsFiles, type OwnRedisTls, type RedisClientTls } from "../../src/redis/redis-tls";
 import { CertificateAuthority } from "../../src/tls/certificate-authority";
 import { tempHome } from "../helpers/home";
+import { pingRedis } from "../helpers/redis-ping";
 import { freePort } from "../helpers/ports";
 import { testCa, testRedisTls } from "../helpers/tls";
 import { joinCertificates } from "../../src/tls/pem-bundle";
@@ -43,26 +44,8 @@ describe("Relevo's own Redis over TLS, with client certificates", () => {
     });
 
   /** PING with `tls` (none: plain TCP); the answer, or the error's message. */
-  const ping = async (tls: RedisClientTls | undefined, options: { proven?: boolean; host?: string } = {}): Promise<string> => {
-    const endpoint: RedisEndpoint = { host: options.host ?? "127.0.0.1", port, password, tls, external: !(options.proven ?? true) };
-    const client = new Redis({
-      ...connectionOptions(endpoint),
-      family: 4,
-      lazyConnect: true,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null,
-    });
-    const errors: string[] = [];
-    client.on("error", (error: Error) => errors.push(error.message));
-    try {
-      await client.connect();
-      return await client.ping();
-    } catch (error) {
-      return [(error as Error).message, ...errors].join("; ");
-    } finally {
-      client.disconnect();
-    }
-  };
+  const ping = (tls: RedisClientTls | undefined, options: { proven?: boolean; host?: string } = {}): Promise<string> =>
+    pingRedis({ host: options.host ?? "127.0.0.1", port, password, tls, external: !(options.proven ?? true) });
 
   beforeAll(async () => {
     home = await tempHome("redis-tls");

@@ -10,14 +10,13 @@ import type { RelevoConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
 import { withClusterRedis } from "../../src/cli/cluster-redis";
 import { createLogger } from "../../src/log";
-import Redis from "ioredis";
-import { connectionOptions } from "../../src/redis/redis-client";
 import { ensureRedisServer } from "../../src/redis/redis-server";
-import { ensureRedisServerCertificate, ownRedisTls, redisTlsFiles, type RedisClientTls } from "../../src/redis/redis-tls";
+import { ensureRedisServerCertificate, ownRedisTls, redisTlsFiles } from "../../src/redis/redis-tls";
 import { loadOrCreateSecrets, readSecrets } from "../../src/secrets/secrets-store";
 import { CertificateAuthority, caFiles, type IssuedCertificate } from "../../src/tls/certificate-authority";
 import { testConfig } from "../helpers/service";
 import { tempHome } from "../helpers/home";
+import { pingRedis } from "../helpers/redis-ping";
 import { loadConfig } from "../../src/config/config";
 
 const execFileAsync = promisify(execFile);
@@ -257,26 +256,14 @@ describe("the services CA: a node's certificate cannot pose as the API or Redis"
       tls: await ownRedisTls(servicesCa),
     });
     /** PING as a client presenting `certificate` and verifying the server against the services CA; the answer or the error. */
-    const ping = async (certificate: IssuedCertificate): Promise<string> => {
-      const tls: RedisClientTls = { ca: servicesCa.certificatePem, cert: certificate.certificatePem, key: certificate.keyPem };
-      const client = new Redis({
-        ...connectionOptions({ host: "127.0.0.1", port: config.redisPort, password, tls, external: false }),
-        family: 4,
-        lazyConnect: true,
-        maxRetriesPerRequest: 0,
-        retryStrategy: () => null,
+    const ping = (certificate: IssuedCertificate): Promise<string> =>
+      pingRedis({
+        host: "127.0.0.1",
+        port: config.redisPort,
+        password,
+        tls: { ca: servicesCa.certificatePem, cert: certificate.certificatePem, key: certificate.keyPem },
+        external: false,
       });
-      const errors: string[] = [];
-      client.on("error", (error: Error) => errors.push(error.message));
-      try {
-        await client.connect();
-        return await client.ping();
-      } catch (error) {
-        return [(error as Error).message, ...errors].join("; ");
-      } finally {
-        client.disconnect();
-      }
-    };
     try {
       expect(await ping(await servicesCa.issueClientCertificate({ user: "relevo" }))).toBe("PONG");
       // What the PostgreSQL OS user could get issued (a client certificate of the nodes' CA) is not admitted: TLS 1.3's
