@@ -56,6 +56,12 @@ export enum ErrorCode {
   TlsCaInvalid = "TLS_CA_INVALID",
   /** A server did not take its new certificate on reload (a bad file): its previous files were put back, it serves those. */
   TlsReloadRefused = "TLS_RELOAD_REFUSED",
+  /** A repository's storage did not answer, or kept failing (timeouts, 5xx, throttling) past its retries. */
+  RepositoryUnavailable = "REPOSITORY_UNAVAILABLE",
+  /** A repository's storage refused Relevo: credentials, permissions, a bucket that does not exist, a clock too far off. */
+  RepositoryAccessDenied = "REPOSITORY_ACCESS_DENIED",
+  /** An object of a repository failed its check on read (a checksum, a tag, a length): damaged, truncated or not Relevo's. */
+  RepositoryCorrupt = "REPOSITORY_CORRUPT",
   Internal = "INTERNAL",
 }
 
@@ -119,7 +125,12 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.LockHeld:
     case ErrorCode.RateLimited:
     case ErrorCode.TooManyConnections:
+    case ErrorCode.RepositoryUnavailable:
       return 75; // EX_TEMPFAIL
+    case ErrorCode.RepositoryAccessDenied:
+      return 77; // EX_NOPERM
+    case ErrorCode.RepositoryCorrupt:
+      return 65; // EX_DATAERR
     default:
       return 1;
   }

@@ -1,0 +1,102 @@
+import { once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import S3rver from "s3rver";
+import { tempHome } from "./home";
+
+// The AWS SDK's credential chain would otherwise ask the EC2 instance metadata address, which tests never contact
+// (every test store is given its credentials; this is the safety net).
+process.env.AWS_EC2_METADATA_DISABLED = "true";
+
+export interface S3TestServer {
+  /** http://127.0.0.1:<port> */
+  readonly endpoint: string;
+  readonly port: number;
+  /** Where s3rver keeps the buckets' objects (tests corrupt or remove objects there). */
+  readonly directory: string;
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  /** Stops it (the objects stay in `directory`); `start` again serves them on the same port. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
+}
+
+/**
+ * A real S3-protocol server (s3rver) on loopback, on a free port, with
+ * `buckets` made: the object store the repository tests talk to. Its
+ * signature check is on: a request signed with other credentials is
+ * refused, as by AWS.
+ */
+export async function startS3Server(options: { readonly buckets: readonly string[] }): Promise<S3TestServer> {
+  const directory = await tempHome("s3rver");
+  let port = 0;
+  let server: S3rver | null = null;
+  const start = async (): Promise<void> => {
+    server = new S3rver({
+      address: "127.0.0.1",
+      port,
+      directory,
+      silent: true,
+      configureBuckets: options.buckets.map((name) => ({ name })),
+    });
+    port = (await server.run()).port;
+  };
+  await start();
+  return {
+    get endpoint() {
+      return `http://127.0.0.1:${port}`;
+    },
+    get port() {
+      return port;
+    },
+    directory,
+    // s3rver's own fixed pair: its signature check uses it.
+    accessKeyId: "S3RVER",
+    secretAccessKey: "S3RVER",
+    stop: async () => {
+      await server?.close();
+      server = null;
+    },
+    start,
+  };
+}
+
+export interface HttpRecorder {
+  /** http://127.0.0.1:<port>: every request is forwarded to the target as it came. */
+  readonly endpoint: string;
+  /** "METHOD /path?query" of each request forwarded so far. */
+  readonly requests: readonly string[];
+  close(): Promise<void>;
+}
+
+/**
+ * A pass-through HTTP proxy in front of `target` (an S3 server) that
+ * records what each request asked: a test can see what Relevo sent where
+ * the server's answers do not show it (an abort s3rver cannot carry out).
+ */
+export async function recordRequests(target: { readonly port: number }): Promise<HttpRecorder> {
+  const requests: string[] = [];
+  const server = http.createServer((request, response) => {
+    requests.push(`${request.method} ${request.url}`);
+    const forwarded = http.request(
+      { host: "127.0.0.1", port: target.port, method: request.method, path: request.url, headers: request.headers },
+      (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(response);
+      },
+    );
+    forwarded.on("error", () => response.destroy());
+    request.pipe(forwarded);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    requests,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -1,0 +1,305 @@
+import { expect } from "@jest/globals";
+import { CreateMultipartUploadCommand, S3Client, UploadPartCommand } from "@aws-sdk/client-s3";
+import { createHash, randomBytes } from "node:crypto";
+import { readdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { ErrorCode } from "../../src/errors";
+import { DirectoryStore } from "../../src/repository/directory-store";
+import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store";
+import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
+import { FileUploadRegistry } from "../../src/repository/upload-registry";
+import { tempHome } from "../helpers/home";
+import { freePort } from "../helpers/ports";
+import { createLogger } from "../../src/log";
+import { recordRequests, startS3Server, type S3TestServer } from "../helpers/s3-server";
+
+const MiB = 1024 * 1024;
+const logger = createLogger({ level: "silent" });
+const BUCKET = "relevo-conformance";
+
+/** What a kind of store needs to be made in a test: a fresh store under its own prefix (or directory). */
+interface StoreKind {
+  readonly name: "directory" | "s3";
+  make(label: string): Promise<{ store: ObjectStore; uploads: FileUploadRegistry }>;
+}
+
+let s3: S3TestServer;
+
+function s3Settings(label: string, extra: Partial<S3StoreSettings> = {}): S3StoreSettings {
+  return {
+    bucket: BUCKET,
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    uriStyle: "path",
+    prefix: `${label}/`,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    caPem: "",
+    requestChecksums: false,
+    requestTimeoutMs: 10_000,
+    maxAttempts: 3,
+    partSizeBytes: 5 * MiB,
+    partsInFlight: 2,
+    ...extra,
+  };
+}
+
+const kinds: StoreKind[] = [
+  {
+    name: "directory",
+    make: async (label) => {
+      const home = await tempHome(`store-${label}`);
+      return { store: new DirectoryStore(path.join(home, "repository")), uploads: new FileUploadRegistry(path.join(home, "uploads.json")) };
+    },
+  },
+  {
+    name: "s3",
+    make: async (label) => {
+      const uploads = new FileUploadRegistry(path.join(await tempHome(`uploads-${label}`), "uploads.json"));
+      return { store: await S3Store.open(s3Settings(label), uploads, logger), uploads };
+    },
+  },
+];
+
+/** `size` random bytes as a stream of 64 KiB chunks, and their SHA-256. */
+function randomStream(size: number): { stream: Readable; sha256: string } {
+  const content = randomBytes(size);
+  const chunks: Buffer[] = [];
+  for (let offset = 0; offset < size; offset += 65_536) chunks.push(content.subarray(offset, offset + 65_536));
+  return { stream: Readable.from(chunks), sha256: createHash("sha256").update(content).digest("hex") };
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** The keys listed under `prefix`, sorted (a store promises no order). */
+async function keys(store: ObjectStore, prefix: string): Promise<string[]> {
+  const listed: ObjectInfo[] = [];
+  for await (const info of store.list(prefix)) listed.push(info);
+  return listed.map((info) => info.key).sort();
+}
+
+beforeAll(async () => {
+  s3 = await startS3Server({ buckets: [BUCKET] });
+});
+
+afterAll(async () => {
+  await s3?.stop();
+});
+
+/**
+ * The ObjectStore contract (src/repository/object-store.ts), unchanged for
+ * every implementation: a directory, and S3 (a real S3-protocol server,
+ * s3rver, on loopback).
+ */
+describe.each(kinds)("object store conformance: $name", (kind) => {
+  let store: ObjectStore;
+  let uploads: FileUploadRegistry;
+  let label = 0;
+
+  beforeEach(async () => {
+    label += 1;
+    ({ store, uploads } = await kind.make(`${kind.name}-${label}`));
+  });
+
+  afterEach(async () => {
+    await store.close();
+  });
+
+  test("a put object is read back whole, by head and by byte range; a later put replaces it whole", async () => {
+    const content = Buffer.from("0123456789abcdef".repeat(1000));
+    const put = await store.put("backups/b1/manifest.json", content);
+    expect(put).toMatchObject({ key: "backups/b1/manifest.json", size: content.length });
+    expect(Math.abs(put.modifiedAt.getTime() - Date.now())).toBeLessThan(60_000);
+    expect(await readAll(await store.get("backups/b1/manifest.json"))).toEqual(content);
+    expect(await store.head("backups/b1/manifest.json")).toMatchObject({ key: "backups/b1/manifest.json", size: content.length });
+    expect((await readAll(await store.get("backups/b1/manifest.json", { range: { start: 10, end: 20 } }))).toString()).toBe("abcdef0123");
+    expect((await readAll(await store.get("backups/b1/manifest.json", { range: { start: 15_990, end: 16_000 } }))).toString()).toBe(
+      "6789abcdef",
+    );
+    await store.put("backups/b1/manifest.json", Buffer.from("short"));
+    expect((await readAll(await store.get("backups/b1/manifest.json"))).toString()).toBe("short");
+    expect(await store.head("backups/b1/manifest.json")).toMatchObject({ size: 5 });
+  });
+
+  test("a stream larger than several parts is stored with its progress reported, and read back byte for byte", async () => {
+    const size = 17 * MiB + 12_345;
+    const { stream, sha256 } = randomStream(size);
+    const progress: number[] = [];
+    const put = await store.put("wal/000000010000000000000001", stream, { onProgress: (bytes) => progress.push(bytes) });
+    expect(put.size).toBe(size);
+    expect(progress.at(-1)).toBe(size);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    const read = await readAll(await store.get("wal/000000010000000000000001"));
+    expect(createHash("sha256").update(read).digest("hex")).toBe(sha256);
+    // A range that spans two parts.
+    const across = await readAll(await store.get("wal/000000010000000000000001", { range: { start: 5 * MiB - 10, end: 5 * MiB + 10 } }));
+    expect(across).toEqual(read.subarray(5 * MiB - 10, 5 * MiB + 10));
+    expect(await uploads.open()).toEqual([]);
+  });
+
+  test("a missing object: get is NOT_FOUND, head null; a range outside the object is refused", async () => {
+    await expect(store.get("backups/none/manifest.json")).rejects.toMatchObject({ code: ErrorCode.NotFound });
+    expect(await store.head("backups/none/manifest.json")).toBeNull();
+    await store.put("a/ten", Buffer.from("0123456789"));
+    await expect(store.get("a/ten", { range: { start: 5, end: 11 } })).rejects.toMatchObject({ code: ErrorCode.Internal });
+    await expect(store.get("a/ten", { range: { start: 10, end: 12 } })).rejects.toMatchObject({ code: ErrorCode.Internal });
+  });
+
+  test("list by prefix: every object below it, nothing else", async () => {
+    for (const key of ["backups/10/m", "backups/1/m", "backups/1/data/x", "backups/2/m", "backups-old/m", "wal/a", "backupsX"]) {
+      await store.put(key, Buffer.from(key));
+    }
+    expect(await keys(store, "backups/")).toEqual(["backups/1/data/x", "backups/1/m", "backups/10/m", "backups/2/m"]);
+    expect(await keys(store, "backups/1")).toEqual(["backups/1/data/x", "backups/1/m", "backups/10/m"]);
+    expect(await keys(store, "backups/1/")).toEqual(["backups/1/data/x", "backups/1/m"]);
+    expect(await keys(store, "backups")).toEqual([
+      "backups-old/m",
+      "backups/1/data/x",
+      "backups/1/m",
+      "backups/10/m",
+      "backups/2/m",
+      "backupsX",
+    ]);
+    expect(await keys(store, "nothing/")).toEqual([]);
+    expect((await keys(store, "")).length).toBe(7);
+  });
+
+  test("delete removes the objects named; one already absent is no error", async () => {
+    await store.put("wal/a", Buffer.from("a"));
+    await store.put("wal/b", Buffer.from("b"));
+    await store.delete(["wal/a", "wal/missing"]);
+    expect(await keys(store, "wal/")).toEqual(["wal/b"]);
+  });
+
+  test("a put whose stream fails, or that is aborted, leaves nothing under the key and no open upload", async () => {
+    const failing = new Readable({ read() {} });
+    failing.push(randomBytes(6 * MiB));
+    setTimeout(() => failing.destroy(new Error("the source broke")), 200);
+    await expect(store.put("wal/broken", failing)).rejects.toThrow();
+    expect(await store.head("wal/broken")).toBeNull();
+
+    const controller = new AbortController();
+    const endless = new Readable({
+      read() {
+        this.push(randomBytes(MiB));
+      },
+    });
+    setTimeout(() => controller.abort(), 300);
+    await expect(store.put("wal/aborted", endless, { signal: controller.signal })).rejects.toThrow();
+    expect(await store.head("wal/aborted")).toBeNull();
+    expect(await keys(store, "wal/")).toEqual([]);
+    expect(await uploads.open()).toEqual([]);
+  });
+
+  test("keys that are not keys are refused before any I/O", async () => {
+    for (const key of ["", "../x", "a/../b", ".hidden", "a//b", "/abs", "a/", "a/.tmp", "a b", "a\nb"]) {
+      await expect(store.put(key, Buffer.from("x"))).rejects.toMatchObject({ code: ErrorCode.Internal });
+      await expect(store.get(key)).rejects.toMatchObject({ code: ErrorCode.Internal });
+    }
+  });
+});
+
+describe("S3 store: what only object storage can do wrong", () => {
+  test("wrong credentials and a missing bucket are REPOSITORY_ACCESS_DENIED; a store that does not answer, REPOSITORY_UNAVAILABLE", async () => {
+    const uploads = new FileUploadRegistry(path.join(await tempHome("s3-faults"), "uploads.json"));
+    // An access key the server does not know (s3rver checks the key's id, not the signature's secret).
+    const wrongKey = await S3Store.open(s3Settings("faults", { accessKeyId: "NOT-OURS" }), uploads, logger);
+    await expect(wrongKey.put("a/b", Buffer.from("x"))).rejects.toMatchObject({
+      code: ErrorCode.RepositoryAccessDenied,
+      message: expect.stringContaining("check the access key") as unknown,
+    });
+    await wrongKey.close();
+    const noBucket = await S3Store.open(s3Settings("faults", { bucket: "no-such-bucket" }), uploads, logger);
+    await expect(noBucket.put("a/b", Buffer.from("x"))).rejects.toMatchObject({
+      code: ErrorCode.RepositoryAccessDenied,
+      message: expect.stringContaining("the bucket no-such-bucket does not exist") as unknown,
+    });
+    await noBucket.close();
+    const nobody = await S3Store.open(
+      s3Settings("faults", { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2, requestTimeoutMs: 2000 }),
+      uploads,
+      logger,
+    );
+    await expect(nobody.get("a/b")).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
+    await nobody.close();
+  });
+
+  test("two prefixes in one bucket are two repositories: neither lists the other's objects", async () => {
+    const uploads = new FileUploadRegistry(path.join(await tempHome("s3-prefixes"), "uploads.json"));
+    const first = await S3Store.open(s3Settings("cluster-a"), uploads, logger);
+    const second = await S3Store.open(s3Settings("cluster-ab"), uploads, logger);
+    await first.put("wal/x", Buffer.from("a"));
+    await second.put("wal/x", Buffer.from("b"));
+    expect(await keys(first, "")).toEqual(["wal/x"]);
+    expect((await readAll(await second.get("wal/x"))).toString()).toBe("b");
+    await Promise.all([first.close(), second.close()]);
+  });
+
+  test("a multipart upload a crash abandoned is aborted when the store is opened again", async () => {
+    const home = await tempHome("s3-abandoned");
+    const uploads = new FileUploadRegistry(path.join(home, "uploads.json"));
+    // The crashed process: it began an upload (recorded, as S3Store records one) and sent a part, then died.
+    const raw = new S3Client({
+      endpoint: s3.endpoint,
+      region: "us-east-1",
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    });
+    const begun = await raw.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: "abandoned/wal/partial" }));
+    await uploads.begun({ uploadId: begun.UploadId!, bucketKey: "abandoned/wal/partial", begunAt: new Date().toISOString() });
+    await raw.send(
+      new UploadPartCommand({
+        Bucket: BUCKET,
+        Key: "abandoned/wal/partial",
+        UploadId: begun.UploadId!,
+        PartNumber: 1,
+        Body: randomBytes(1024),
+      }),
+    );
+    raw.destroy();
+    // Opened again, through a proxy that shows what was asked: the abort of that upload, by its id. (s3rver answers an
+    // abort 405, as a server that cannot abort: the record is dropped all the same, with a warning, not retried for ever.)
+    const recorder = await recordRequests(s3);
+    try {
+      const store = await S3Store.open({ ...s3Settings("abandoned"), endpoint: recorder.endpoint }, uploads, logger);
+      const abort = new RegExp(`^DELETE /${BUCKET}/abandoned/wal/partial\\?uploadId=${begun.UploadId!}(&|$)`);
+      expect(recorder.requests.filter((request) => abort.test(request))).toHaveLength(1);
+      expect(await uploads.open()).toEqual([]);
+      expect(await store.head("wal/partial")).toBeNull();
+      await store.close();
+    } finally {
+      await recorder.close();
+    }
+  });
+
+  test("an upload this process runs is recorded before its first part, and forgotten once complete", async () => {
+    const uploads = new FileUploadRegistry(path.join(await tempHome("s3-recorded"), "uploads.json"));
+    const store = await S3Store.open(s3Settings("recorded"), uploads, logger);
+    let seenWhileRunning: unknown[] = [];
+    const { stream } = randomStream(11 * MiB);
+    await store.put("wal/big", stream, {
+      onProgress: () => {
+        if (seenWhileRunning.length === 0) void uploads.open().then((open) => (seenWhileRunning = open));
+      },
+    });
+    expect(seenWhileRunning).toEqual([expect.objectContaining({ bucketKey: "recorded/wal/big" })]);
+    expect(await uploads.open()).toEqual([]);
+    await store.close();
+  });
+});
+
+describe("directory store: what only a file system can leave behind", () => {
+  test("a temporary file a crash left beside an object is never listed nor read as one", async () => {
+    const home = await tempHome("dir-temp");
+    const store = new DirectoryStore(path.join(home, "repository"));
+    await store.put("wal/a", Buffer.from("a"));
+    await writeFile(path.join(home, "repository", "wal", "b.relevo-tmp-999999-0123456789ab"), "torn");
+    expect(await keys(store, "wal/")).toEqual(["wal/a"]);
+    expect((await readdir(path.join(home, "repository", "wal"))).sort()).toEqual(["a", "b.relevo-tmp-999999-0123456789ab"]);
+  });
+});
