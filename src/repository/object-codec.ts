@@ -1,0 +1,283 @@
+import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { ErrorCode, RelevoError } from "../errors";
+import type { ByteRange, ObjectStore } from "./object-store";
+
+/**
+ * How Relevo stores an object's bytes: a header, then the content in
+ * chunks of CHUNK_SIZE bytes (the last one shorter, maybe empty), each
+ * followed by what proves it. Unencrypted, a SHA-256 over the object's key,
+ * the chunk's index, whether it is the last, and the chunk; encrypted, the
+ * chunk in AES-256-GCM under the data key the header names, with a random
+ * nonce before it and the key, index and last-chunk flag as associated
+ * data. Either way a chunk is checked before any byte of it is released; a
+ * chunk moved to another place or object, a dropped chunk and a truncated
+ * object all fail the check (REPOSITORY_CORRUPT); and since every chunk but
+ * the last has one stored size, a byte range is read by fetching only the
+ * chunks that hold it.
+ *
+ *   header (32 bytes): "RLVO" | version 1 | mode (0 checksum, 1 aes-256-gcm) | 2 reserved
+ *                      | chunk size (u32 BE) | data key id (16 bytes, zero when unencrypted) | 4 reserved
+ *   chunk:             checksum: data | sha256(…)[0..16]
+ *                      encrypted: nonce (12) | ciphertext | GCM tag (16)
+ */
+export const CHUNK_SIZE = 1024 * 1024;
+export const HEADER_SIZE = 32;
+const MAGIC = Buffer.from("RLVO");
+const VERSION = 1;
+const TAG_SIZE = 16;
+const NONCE_SIZE = 12;
+
+/** A data key: what encrypts the objects of one backup (or of the archive), wrapped in the repository by its key. */
+export interface DataKey {
+  /** 16 bytes: which key, written in each object's header. */
+  readonly id: Buffer;
+  /** 32 bytes, AES-256. */
+  readonly key: Buffer;
+}
+
+export type ObjectMode = { readonly encrypted: false } | { readonly encrypted: true; readonly dataKey: DataKey };
+
+/** Finds the data key an object's header names (null: not one of this repository's keys). */
+export type DataKeyLookup = (id: Buffer) => Promise<DataKey | null>;
+
+interface Header {
+  readonly encrypted: boolean;
+  readonly chunkSize: number;
+  readonly keyId: Buffer;
+}
+
+/** Per-chunk overhead on top of its data. */
+function overhead(encrypted: boolean): number {
+  return encrypted ? NONCE_SIZE + TAG_SIZE : TAG_SIZE;
+}
+
+function encodeHeader(mode: ObjectMode, chunkSize: number): Buffer {
+  const header = Buffer.alloc(HEADER_SIZE);
+  MAGIC.copy(header, 0);
+  header.writeUInt8(VERSION, 4);
+  header.writeUInt8(mode.encrypted ? 1 : 0, 5);
+  header.writeUInt32BE(chunkSize, 8);
+  if (mode.encrypted) mode.dataKey.id.copy(header, 12);
+  return header;
+}
+
+function decodeHeader(bytes: Buffer, key: string): Header {
+  if (bytes.length < HEADER_SIZE || !bytes.subarray(0, 4).equals(MAGIC) || bytes.readUInt8(4) !== VERSION) {
+    throw corrupt(key, "it does not start with Relevo's object header");
+  }
+  const mode = bytes.readUInt8(5);
+  const chunkSize = bytes.readUInt32BE(8);
+  if (mode > 1 || chunkSize === 0 || chunkSize > 64 * CHUNK_SIZE) throw corrupt(key, "its header is not one Relevo writes");
+  return { encrypted: mode === 1, chunkSize, keyId: Buffer.from(bytes.subarray(12, 28)) };
+}
+
+/** What a chunk's proof covers besides its data: the object, the chunk's place, and whether it ends the object. */
+function associatedData(key: string, index: number, last: boolean): Buffer {
+  const place = Buffer.alloc(9);
+  place.writeBigUInt64BE(BigInt(index), 0);
+  place.writeUInt8(last ? 1 : 0, 8);
+  return Buffer.concat([Buffer.from(key, "utf8"), Buffer.from([0]), place]);
+}
+
+function checksum(key: string, index: number, last: boolean, data: Buffer): Buffer {
+  return createHash("sha256")
+    .update(associatedData(key, index, last))
+    .update(data)
+    .digest()
+    .subarray(0, TAG_SIZE);
+}
+
+function sealChunk(mode: ObjectMode, key: string, index: number, last: boolean, data: Buffer): Buffer {
+  if (!mode.encrypted) return Buffer.concat([data, checksum(key, index, last, data)]);
+  const nonce = randomBytes(NONCE_SIZE);
+  const cipher = createCipheriv("aes-256-gcm", mode.dataKey.key, nonce);
+  cipher.setAAD(associatedData(key, index, last));
+  const sealed = Buffer.concat([cipher.update(data), cipher.final()]);
+  return Buffer.concat([nonce, sealed, cipher.getAuthTag()]);
+}
+
+function openChunk(header: Header, dataKey: DataKey | null, key: string, index: number, last: boolean, stored: Buffer): Buffer {
+  if (stored.length < overhead(header.encrypted)) throw corrupt(key, `chunk ${index} is cut short`);
+  if (!header.encrypted) {
+    const data = stored.subarray(0, stored.length - TAG_SIZE);
+    if (!timingSafeEqual(checksum(key, index, last, data), stored.subarray(stored.length - TAG_SIZE))) {
+      throw corrupt(key, `chunk ${index} fails its checksum`);
+    }
+    return data;
+  }
+  const decipher = createDecipheriv("aes-256-gcm", dataKey!.key, stored.subarray(0, NONCE_SIZE));
+  decipher.setAAD(associatedData(key, index, last));
+  decipher.setAuthTag(stored.subarray(stored.length - TAG_SIZE));
+  try {
+    return Buffer.concat([decipher.update(stored.subarray(NONCE_SIZE, stored.length - TAG_SIZE)), decipher.final()]);
+  } catch {
+    throw corrupt(key, `chunk ${index} fails its authentication tag`);
+  }
+}
+
+/**
+ * The stored form of a stream: header, then each chunk sealed. A full
+ * chunk is held until the next byte shows whether it is the last.
+ */
+export function encodeObject(key: string, mode: ObjectMode, options: { readonly chunkSize?: number } = {}): Transform {
+  const chunkSize = options.chunkSize ?? CHUNK_SIZE;
+  let pending: Buffer = Buffer.alloc(0);
+  let index = 0;
+  let started = false;
+  const start = (stream: Transform): void => {
+    if (!started) stream.push(encodeHeader(mode, chunkSize));
+    started = true;
+  };
+  return new Transform({
+    transform(data: Buffer, _encoding, done: TransformCallback) {
+      start(this);
+      pending = pending.length === 0 ? data : Buffer.concat([pending, data]);
+      while (pending.length > chunkSize) {
+        this.push(sealChunk(mode, key, index, false, pending.subarray(0, chunkSize)));
+        index += 1;
+        pending = pending.subarray(chunkSize);
+      }
+      done();
+    },
+    flush(done: TransformCallback) {
+      start(this);
+      this.push(sealChunk(mode, key, index, true, pending));
+      done();
+    },
+  });
+}
+
+/**
+ * The content of a stored stream, each chunk checked before it is passed
+ * on. `firstIndex`: the stream starts at that chunk (a range read); the
+ * object's header is given then, as `header`, and the stream's last chunk
+ * is the object's last only if `endsObject`.
+ */
+function decodeChunks(options: {
+  readonly key: string;
+  readonly lookup: DataKeyLookup;
+  readonly header?: Header;
+  readonly firstIndex?: number;
+  readonly endsObject?: boolean;
+}): Transform {
+  let header = options.header ?? null;
+  let dataKey: DataKey | null = null;
+  let pending: Buffer = Buffer.alloc(0);
+  let index = options.firstIndex ?? 0;
+  const key = options.key;
+  const ready = async (): Promise<void> => {
+    if (header?.encrypted && dataKey === null) {
+      dataKey = await options.lookup(header.keyId);
+      if (dataKey === null) throw keyMissing(key);
+    }
+  };
+  return new Transform({
+    transform(data: Buffer, _encoding, done: TransformCallback) {
+      pending = pending.length === 0 ? data : Buffer.concat([pending, data]);
+      void (async () => {
+        if (header === null) {
+          if (pending.length < HEADER_SIZE) return;
+          header = decodeHeader(pending, key);
+          pending = pending.subarray(HEADER_SIZE);
+        }
+        await ready();
+        const stored = header.chunkSize + overhead(header.encrypted);
+        while (pending.length > stored) {
+          this.push(openChunk(header, dataKey, key, index, false, pending.subarray(0, stored)));
+          index += 1;
+          pending = pending.subarray(stored);
+        }
+      })().then(() => done(), done);
+    },
+    flush(done: TransformCallback) {
+      void (async () => {
+        if (header === null) throw corrupt(key, "it is shorter than its header");
+        await ready();
+        if (pending.length > 0 || options.endsObject !== false) {
+          this.push(openChunk(header, dataKey, key, index, options.endsObject !== false, pending));
+        }
+      })().then(() => done(), done);
+    },
+  });
+}
+
+/** Writes `content` under `key` in Relevo's stored form (see above). */
+export async function putObject(
+  store: ObjectStore,
+  key: string,
+  content: Readable | Buffer,
+  mode: ObjectMode,
+  options: { readonly signal?: AbortSignal; readonly onProgress?: (bytesStored: number) => void; readonly chunkSize?: number } = {},
+): Promise<void> {
+  const encoder = encodeObject(key, mode, { chunkSize: options.chunkSize });
+  if (Buffer.isBuffer(content)) encoder.end(content);
+  else content.pipe(encoder);
+  if (!Buffer.isBuffer(content)) content.once("error", (error) => encoder.destroy(error));
+  await store.put(key, encoder, { signal: options.signal, onProgress: options.onProgress });
+}
+
+/** The whole content under `key`, each chunk checked as it arrives. */
+export async function getObject(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<Readable> {
+  const stored = await store.get(key);
+  const decoder = decodeChunks({ key, lookup });
+  stored.once("error", (error) => decoder.destroy(error));
+  return stored.pipe(decoder);
+}
+
+/** The whole content under `key` in memory (a manifest, a summary). */
+export async function readObject(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of await getObject(store, key, lookup)) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Bytes `range` of the content under `key`: the header and the object's
+ * size first, then only the chunks that hold the range, each checked.
+ */
+export async function getObjectRange(store: ObjectStore, key: string, range: ByteRange, lookup: DataKeyLookup): Promise<Buffer> {
+  const info = await store.head(key);
+  if (!info) throw new RelevoError(ErrorCode.NotFound, `${store.location}: no object ${key}`, { details: { key } });
+  if (info.size < HEADER_SIZE) throw corrupt(key, "it is shorter than its header");
+  const header = decodeHeader(await readAll(await store.get(key, { range: { start: 0, end: HEADER_SIZE } })), key);
+  const stored = header.chunkSize + overhead(header.encrypted);
+  const body = info.size - HEADER_SIZE;
+  const chunks = Math.max(1, Math.ceil(body / stored));
+  const contentSize = body - chunks * overhead(header.encrypted);
+  if (contentSize < 0) throw corrupt(key, "it is shorter than its chunks' proofs");
+  if (!(range.start >= 0 && range.start < range.end && range.end <= contentSize)) {
+    throw new RelevoError(
+      ErrorCode.Internal,
+      `${store.location}: bytes ${range.start}-${range.end} are not within ${key} (${contentSize} bytes)`,
+    );
+  }
+  const first = Math.floor(range.start / header.chunkSize);
+  const last = Math.floor((range.end - 1) / header.chunkSize);
+  const storedStart = HEADER_SIZE + first * stored;
+  const storedEnd = Math.min(HEADER_SIZE + (last + 1) * stored, info.size);
+  const decoder = decodeChunks({ key, lookup, header, firstIndex: first, endsObject: last === chunks - 1 });
+  const part = await store.get(key, { range: { start: storedStart, end: storedEnd } });
+  part.once("error", (error) => decoder.destroy(error));
+  const content = await readAll(part.pipe(decoder));
+  const offset = range.start - first * header.chunkSize;
+  return content.subarray(offset, offset + (range.end - range.start));
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function corrupt(key: string, why: string): RelevoError {
+  return new RelevoError(ErrorCode.RepositoryCorrupt, `stored object ${key} is damaged or not Relevo's: ${why}`, { details: { key } });
+}
+
+function keyMissing(key: string): RelevoError {
+  return new RelevoError(
+    ErrorCode.RepositoryCorrupt,
+    `stored object ${key} is encrypted with a data key this repository does not hold (another repository's, or its key list is damaged)`,
+    { details: { key } },
+  );
+}
