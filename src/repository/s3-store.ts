@@ -14,6 +14,7 @@ import { NodeHttpHandler } from "@smithy/node-http-handler";
 import https from "node:https";
 import http from "node:http";
 import { Readable } from "node:stream";
+import type { S3RepositorySettings } from "../config/repository-config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import {
@@ -28,29 +29,23 @@ import {
 } from "./object-store";
 import type { UploadRegistry } from "./upload-registry";
 
-export interface S3StoreSettings {
-  readonly bucket: string;
-  /** The service's URL (`https://…`; `http://` only on loopback, checked by the configuration); "" for AWS's own. */
-  readonly endpoint: string;
-  readonly region: string;
-  /** `path`: https://endpoint/bucket/key (MinIO, Ceph, s3rver); `host`: https://bucket.endpoint/key (AWS). */
-  readonly uriStyle: "path" | "host";
-  /** Keys of this repository live under it ("" or segments ending in `/`). */
-  readonly prefix: string;
-  /** Both or neither: without them the AWS SDK's default credential chain (environment, profile, web identity). */
-  readonly accessKeyId: string;
-  readonly secretAccessKey: string;
-  /** PEM of the CA(s) to trust for the endpoint beside Node's roots; "" none. */
+/**
+ * Where the bucket is and how to reach it, as the repository's variables
+ * give it (see repository-config.ts), with what the store needs besides.
+ */
+export type S3StoreSettings = Pick<
+  S3RepositorySettings,
+  "bucket" | "endpoint" | "region" | "uriStyle" | "prefix" | "accessKeyId" | "secretAccessKey" | "requestChecksums"
+> & {
+  /** PEM of the CA(s) to trust for the endpoint beside Node's roots (RELEVO_REPO<n>_S3_CA_FILE read); "" none. */
   readonly caPem: string;
-  /** The SDK's own request checksums on every request (servers that accept trailing checksums), else only where required. */
-  readonly requestChecksums: boolean;
   readonly requestTimeoutMs: number;
   /** Attempts per request (the SDK's standard retry: exponential backoff with jitter on 5xx, throttling and network errors). */
   readonly maxAttempts: number;
   /** A stream is uploaded in parts of this size, this many at a time: its memory is about their product. */
   readonly partSizeBytes: number;
   readonly partsInFlight: number;
-}
+};
 
 /**
  * An ObjectStore in an S3-compatible bucket, through the AWS SDK. Nothing
