@@ -122,7 +122,7 @@ function openChunk(header: Header, dataKey: DataKey | null, key: string, index: 
  */
 export function encodeObject(key: string, mode: ObjectMode, options: { readonly chunkSize?: number } = {}): Transform {
   const chunkSize = options.chunkSize ?? CHUNK_SIZE;
-  let pending: Buffer = Buffer.alloc(0);
+  const pending = new ByteQueue();
   let index = 0;
   let started = false;
   const start = (stream: Transform): void => {
@@ -132,17 +132,16 @@ export function encodeObject(key: string, mode: ObjectMode, options: { readonly 
   return new Transform({
     transform(data: Buffer, _encoding, done: TransformCallback) {
       start(this);
-      pending = pending.length === 0 ? data : Buffer.concat([pending, data]);
+      pending.push(data);
       while (pending.length > chunkSize) {
-        this.push(sealChunk(mode, key, index, false, pending.subarray(0, chunkSize)));
+        this.push(sealChunk(mode, key, index, false, pending.take(chunkSize)));
         index += 1;
-        pending = pending.subarray(chunkSize);
       }
       done();
     },
     flush(done: TransformCallback) {
       start(this);
-      this.push(sealChunk(mode, key, index, true, pending));
+      this.push(sealChunk(mode, key, index, true, pending.take(pending.length)));
       done();
     },
   });
@@ -163,7 +162,7 @@ function decodeChunks(options: {
 }): Transform {
   let header = options.header ?? null;
   let dataKey: DataKey | null = null;
-  let pending: Buffer = Buffer.alloc(0);
+  const pending = new ByteQueue();
   let index = options.firstIndex ?? 0;
   const key = options.key;
   const ready = async (): Promise<void> => {
@@ -174,19 +173,17 @@ function decodeChunks(options: {
   };
   return new Transform({
     transform(data: Buffer, _encoding, done: TransformCallback) {
-      pending = pending.length === 0 ? data : Buffer.concat([pending, data]);
+      pending.push(data);
       void (async () => {
         if (header === null) {
           if (pending.length < HEADER_SIZE) return;
-          header = decodeHeader(pending, key);
-          pending = pending.subarray(HEADER_SIZE);
+          header = decodeHeader(pending.take(HEADER_SIZE), key);
         }
         await ready();
         const stored = header.chunkSize + overhead(header.encrypted);
         while (pending.length > stored) {
-          this.push(openChunk(header, dataKey, key, index, false, pending.subarray(0, stored)));
+          this.push(openChunk(header, dataKey, key, index, false, pending.take(stored)));
           index += 1;
-          pending = pending.subarray(stored);
         }
       })().then(() => done(), done);
     },
@@ -195,7 +192,7 @@ function decodeChunks(options: {
         if (header === null) throw corrupt(key, "it is shorter than its header");
         await ready();
         if (pending.length > 0 || options.endsObject !== false) {
-          this.push(openChunk(header, dataKey, key, index, options.endsObject !== false, pending));
+          this.push(openChunk(header, dataKey, key, index, options.endsObject !== false, pending.take(pending.length)));
         }
       })().then(() => done(), done);
     },
@@ -262,6 +259,43 @@ export async function getObjectRange(store: ObjectStore, key: string, range: Byt
   const content = await readAll(part.pipe(decoder));
   const offset = range.start - first * header.chunkSize;
   return content.subarray(offset, offset + (range.end - range.start));
+}
+
+/**
+ * Bytes received in pieces, taken in chunks: each chunk is copied once
+ * (joining the pieces it spans), not once per piece that arrives.
+ */
+class ByteQueue {
+  private readonly pieces: Buffer[] = [];
+  length = 0;
+
+  push(piece: Buffer): void {
+    if (piece.length === 0) return;
+    this.pieces.push(piece);
+    this.length += piece.length;
+  }
+
+  /** The first `size` bytes (at most what is held), removed. */
+  take(size: number): Buffer {
+    const wanted = Math.min(size, this.length);
+    const parts: Buffer[] = [];
+    let gathered = 0;
+    while (gathered < wanted) {
+      const piece = this.pieces[0]!;
+      const needed = wanted - gathered;
+      if (piece.length <= needed) {
+        parts.push(piece);
+        this.pieces.shift();
+        gathered += piece.length;
+      } else {
+        parts.push(piece.subarray(0, needed));
+        this.pieces[0] = piece.subarray(needed);
+        gathered += needed;
+      }
+    }
+    this.length -= wanted;
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, wanted);
+  }
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {
