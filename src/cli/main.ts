@@ -21,6 +21,7 @@ import {
 } from "./failover-commands";
 import { certificatesFinishCaRotationCommand, certificatesListCommand, certificatesRotateCommand } from "./certificate-commands";
 import { createLogger } from "../log";
+import { repoCheckCommand, repoListCommand } from "./repository-commands";
 import { statusCommand, upCommand, urlCommand, type Output } from "./commands";
 import { tokenCommand, tokenListCommand, tokenRevokeCommand, tokenRotateKeyCommand } from "./token-commands";
 
@@ -225,6 +226,25 @@ certificates
   .description("the CA (and, during a CA rotation, the old one) and each member's certificate: subject, SANs, serial, notAfter, issuer")
   .option("--json", "as JSON", false)
   .action((options: { json: boolean }) => run(() => certificatesListCommand(config(), options, output)));
+
+const repo = program
+  .command("repo")
+  .description("the backup repositories the configuration names (RELEVO_REPO<n>_…): list them, check their storage from this host");
+repo
+  .command("list")
+  .description("each repository: its number, type and place, whether it is encrypted, its retention (never a credential)")
+  .option("--json", "as JSON", false)
+  .action((options: { json: boolean }) => run(() => repoListCommand(config(), options, output)));
+repo
+  .command("check")
+  .description(
+    "write, read (whole and a range), list and delete a probe object in each repository's storage, and compare its clock: reports what is wrong (credentials, bucket, permissions, clock skew)",
+  )
+  .option("--repo <n>", "only repository n")
+  .option("--json", "as JSON", false)
+  .action((options: { repo?: string; json: boolean }) =>
+    run(() => repoCheckCommand(config(), options, output, createLogger({ level: "warn" }))),
+  );
 
 program
   .command("config")

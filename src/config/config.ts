@@ -4,7 +4,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import { isLoopback } from "./api-transport";
 import { configKeys, durationSchema, type ConfigKey } from "./config-keys";
 import { formatDuration } from "./duration";
-import { loadRepositories, type DirectoryRepositorySettings, type RepositorySettings } from "./repository-config";
+import { loadRepositories, type RepositorySettings } from "./repository-config";
 
 export type RelevoConfig = {
   readonly [K in ConfigKey]: z.infer<(typeof configKeys)[K]["schema"]>;
@@ -40,9 +40,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   const config = values as { -readonly [K in keyof RelevoConfig]: RelevoConfig[K] };
   config.home = path.resolve(config.home);
   config.repositories = loadRepositories(env, { home: config.home, repository: config.repository });
-  assertRepositoriesInUse(config.repositories);
   // Repository 1's directory (RELEVO_REPO1_PATH, RELEVO_REPOSITORY or the default): where today's repository lives.
-  config.repository = (config.repositories[0] as DirectoryRepositorySettings).path;
+  // (An S3 repository 1 keeps the default path here; the service refuses to start on it: assertRepositoriesInUse.)
+  const first = config.repositories[0]!;
+  config.repository = first.type === "dir" ? first.path : path.join(config.home, "repository");
   // The docker CLI's own variables, when Relevo's are not set.
   config.dockerHost = config.dockerHost || env.DOCKER_HOST || "";
   config.dockerCertPath =
@@ -53,27 +54,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   validateApiTls(config);
   validatePorts(config);
   return Object.freeze(config);
-}
-
-/**
- * Until backups and the WAL archive move onto the object store contract
- * (src/repository/), only repository 1 as a directory is used: any other
- * repository configured would be silently ignored, so it is refused.
- */
-function assertRepositoriesInUse(repositories: readonly RepositorySettings[]): void {
-  const unused = repositories.filter(
-    (repository) => !(repository.index === 1 && repository.type === "dir" && repository.cipherPass === ""),
-  );
-  if (unused.length > 0) {
-    const first = unused[0]!;
-    throw new RelevoError(
-      ErrorCode.NotImplemented,
-      `repo${first.index}: ${first.index === 1 ? (first.type === "s3" ? "an S3 repository" : "an encrypted repository") : "a second repository"} is not used yet ` +
-        "(backups and the WAL archive still go to repository 1's directory only): unset its RELEVO_REPO" +
-        `${first.index}_ variables`,
-      { details: { env: `RELEVO_REPO${first.index}_TYPE` } },
-    );
-  }
 }
 
 /** A CA of one's own is a certificate and its key: both or neither; paths resolved once, here. */

@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import path from "node:path";
 import { loadConfig } from "../../src/config/config";
-import { describeRepository, loadRepositories } from "../../src/config/repository-config";
+import { assertRepositoriesInUse, describeRepository, loadRepositories } from "../../src/config/repository-config";
 import { ErrorCode } from "../../src/errors";
 
 const home = "/var/lib/relevo";
@@ -116,15 +116,18 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     expectInvalid({ RELEVO_REPO1_RETENTION_DAYS: "7d" }, "RELEVO_REPO1_RETENTION_DAYS");
   });
 
-  test("until the repository moves onto object storage, loadConfig refuses a repository it would not use", () => {
+  test("until the repository moves onto object storage, the service refuses a repository it would not use; loadConfig takes it", () => {
     expect(loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_PATH: "/srv/repo" }).repository).toBe("/srv/repo");
-    expect(loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_RETENTION_FULL: "3" }).repository).toBe(path.join(home, "repository"));
+    const plain = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_RETENTION_FULL: "3" });
+    expect(plain.repository).toBe(path.join(home, "repository"));
+    expect(() => assertRepositoriesInUse(plain.repositories)).not.toThrow();
     for (const env of [
       { RELEVO_REPO2_PATH: "/srv/second" },
       { RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket" },
       { RELEVO_REPO1_CIPHER_PASS: "a long enough cipher pass" },
     ]) {
-      expect(() => loadConfig({ RELEVO_HOME: home, ...env })).toThrow(
+      const config = loadConfig({ RELEVO_HOME: home, ...env });
+      expect(() => assertRepositoriesInUse(config.repositories)).toThrow(
         expect.objectContaining({ code: ErrorCode.NotImplemented, message: expect.stringContaining("not used yet") }),
       );
     }
