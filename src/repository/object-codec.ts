@@ -231,9 +231,22 @@ export async function readObject(store: ObjectStore, key: string, lookup: DataKe
 
 /**
  * Bytes `range` of the content under `key`: the header and the object's
- * size first, then only the chunks that hold the range, each checked.
+ * size first, then only the chunks that hold the range, each checked. For
+ * many ranges of one object (the small files of a bundle), open it once
+ * with openObjectReader.
  */
 export async function getObjectRange(store: ObjectStore, key: string, range: ByteRange, lookup: DataKeyLookup): Promise<Buffer> {
+  return (await openObjectReader(store, key, lookup)).read(range);
+}
+
+/** One stored object opened for range reads: its size and header read once. */
+export interface ObjectReader {
+  /** The content's size (the stored object's less its header and the chunks' proofs). */
+  readonly contentSize: number;
+  read(range: ByteRange): Promise<Buffer>;
+}
+
+export async function openObjectReader(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<ObjectReader> {
   const info = await store.head(key);
   if (!info) throw new RelevoError(ErrorCode.NotFound, `${store.location}: no object ${key}`, { details: { key } });
   if (info.size < HEADER_SIZE) throw corrupt(key, "it is shorter than its header");
@@ -243,22 +256,27 @@ export async function getObjectRange(store: ObjectStore, key: string, range: Byt
   const chunks = Math.max(1, Math.ceil(body / stored));
   const contentSize = body - chunks * overhead(header.encrypted);
   if (contentSize < 0) throw corrupt(key, "it is shorter than its chunks' proofs");
-  if (!(range.start >= 0 && range.start < range.end && range.end <= contentSize)) {
-    throw new RelevoError(
-      ErrorCode.Internal,
-      `${store.location}: bytes ${range.start}-${range.end} are not within ${key} (${contentSize} bytes)`,
-    );
-  }
-  const first = Math.floor(range.start / header.chunkSize);
-  const last = Math.floor((range.end - 1) / header.chunkSize);
-  const storedStart = HEADER_SIZE + first * stored;
-  const storedEnd = Math.min(HEADER_SIZE + (last + 1) * stored, info.size);
-  const decoder = decodeChunks({ key, lookup, header, firstIndex: first, endsObject: last === chunks - 1 });
-  const part = await store.get(key, { range: { start: storedStart, end: storedEnd } });
-  part.once("error", (error) => decoder.destroy(error));
-  const content = await readAll(part.pipe(decoder));
-  const offset = range.start - first * header.chunkSize;
-  return content.subarray(offset, offset + (range.end - range.start));
+  return {
+    contentSize,
+    read: async (range) => {
+      if (!(range.start >= 0 && range.start < range.end && range.end <= contentSize)) {
+        throw new RelevoError(
+          ErrorCode.Internal,
+          `${store.location}: bytes ${range.start}-${range.end} are not within ${key} (${contentSize} bytes)`,
+        );
+      }
+      const first = Math.floor(range.start / header.chunkSize);
+      const last = Math.floor((range.end - 1) / header.chunkSize);
+      const storedStart = HEADER_SIZE + first * stored;
+      const storedEnd = Math.min(HEADER_SIZE + (last + 1) * stored, info.size);
+      const decoder = decodeChunks({ key, lookup, header, firstIndex: first, endsObject: last === chunks - 1 });
+      const part = await store.get(key, { range: { start: storedStart, end: storedEnd } });
+      part.once("error", (error) => decoder.destroy(error));
+      const content = await readAll(part.pipe(decoder));
+      const offset = range.start - first * header.chunkSize;
+      return content.subarray(offset, offset + (range.end - range.start));
+    },
+  };
 }
 
 /**

@@ -5,10 +5,12 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
+import type { ObjectStore } from "../../src/repository/object-store";
 import {
   HEADER_SIZE,
   getObject,
   getObjectRange,
+  openObjectReader,
   putObject,
   readObject,
   type DataKey,
@@ -119,6 +121,43 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
     const second = bytes.subarray(HEADER_SIZE + stored, HEADER_SIZE + 2 * stored);
     return Buffer.concat([bytes.subarray(0, HEADER_SIZE), second, first, bytes.subarray(HEADER_SIZE + 2 * stored)]);
   }
+});
+
+describe("range reads of one object", () => {
+  test("an opened reader serves many ranges with the size and header read once, each range reading only its chunks", async () => {
+    const inner = new DirectoryStore(path.join(await tempHome("codec-reader"), "store"));
+    const requests: string[] = [];
+    // The real store, with each request it serves written down.
+    const store: ObjectStore = {
+      location: inner.location,
+      put: (key, body, options) => inner.put(key, body, options),
+      get: (key, options) => {
+        requests.push(`get ${options?.range ? `${options.range.start}-${options.range.end}` : "whole"}`);
+        return inner.get(key, options);
+      },
+      head: (key) => {
+        requests.push("head");
+        return inner.head(key);
+      },
+      list: (prefix) => inner.list(prefix),
+      delete: (keys) => inner.delete(keys),
+      close: () => inner.close(),
+    };
+    const content = randomBytes(10 * CHUNK);
+    await putObject(store, "o/bundle", content, { encrypted: false }, { chunkSize: CHUNK });
+    const reader = await openObjectReader(store, "o/bundle", lookup);
+    expect(reader.contentSize).toBe(content.length);
+    expect(await reader.read({ start: 3 * CHUNK + 5, end: 3 * CHUNK + 9 })).toEqual(content.subarray(3 * CHUNK + 5, 3 * CHUNK + 9));
+    expect(await reader.read({ start: 9 * CHUNK, end: 10 * CHUNK })).toEqual(content.subarray(9 * CHUNK));
+    const stored = CHUNK + 16;
+    expect(requests).toEqual([
+      "head",
+      `get 0-${HEADER_SIZE}`,
+      `get ${HEADER_SIZE + 3 * stored}-${HEADER_SIZE + 4 * stored}`,
+      `get ${HEADER_SIZE + 9 * stored}-${HEADER_SIZE + 10 * stored}`,
+    ]);
+    await expect(reader.read({ start: 10 * CHUNK - 1, end: 10 * CHUNK + 1 })).rejects.toMatchObject({ code: ErrorCode.Internal });
+  });
 });
 
 describe("encrypted objects and keys", () => {
