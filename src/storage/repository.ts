@@ -123,10 +123,19 @@ export class Repository {
     await replaceFileDurably(file, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
   }
 
+  /**
+   * The backup's manifest; null when it has none, or one this version
+   * cannot read (not a backup for it). A manifest that cannot be read for
+   * another reason (EIO, EACCES) is an error, never taken for absent: the
+   * archive's identity, the retention plan and `relevo up`'s refusal to
+   * start an empty cluster over a repository all rest on what is listed.
+   */
   async readManifest(id: string): Promise<BackupManifest | null> {
     const file = path.join(this.backupDir(id), "manifest.json");
+    const text = await readFile(file, "utf8").catch(absentAsNull);
+    if (text === null) return null;
     try {
-      const manifest = JSON.parse(await readFile(file, "utf8")) as BackupManifest;
+      const manifest = JSON.parse(text) as BackupManifest;
       return READABLE_MANIFEST_VERSIONS.includes(manifest.formatVersion) ? manifest : null;
     } catch {
       return null;
@@ -135,7 +144,7 @@ export class Repository {
 
   /** Every backup with a manifest, oldest first. */
   async listManifests(): Promise<BackupManifest[]> {
-    const ids = (await readdir(this.backupsDir).catch(() => [] as string[])).filter(isBackupId);
+    const ids = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
     const manifests = await Promise.all(ids.sort().map((id) => this.readManifest(id)));
     return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
   }
@@ -148,7 +157,7 @@ export class Repository {
    * what changed and otherwise costs a stat per backup.
    */
   async listManifestSummaries(): Promise<ManifestSummary[]> {
-    const ids = (await readdir(this.backupsDir).catch(() => [] as string[])).filter(isBackupId).sort();
+    const ids = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId).sort();
     const summaries = await Promise.all(ids.map((id) => this.manifestSummary(id)));
     const listed = new Set(ids);
     for (const id of this.summaries.keys()) if (!listed.has(id)) this.summaries.delete(id);
@@ -156,7 +165,7 @@ export class Repository {
   }
 
   private async manifestSummary(id: string): Promise<ManifestSummary | null> {
-    const info = await stat(path.join(this.backupDir(id), "manifest.json"), { bigint: true }).catch(() => null);
+    const info = await stat(path.join(this.backupDir(id), "manifest.json"), { bigint: true }).catch(absentAsNull);
     if (!info) return null;
     // Stat before reading: a manifest replaced in between is kept under the older identity, and read again next time.
     const identity = `${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
@@ -179,7 +188,8 @@ export class Repository {
 
   /** Complete archived segments (regular files: a link is not one) with the time each was archived (its mtime). */
   async archivedSegmentList(): Promise<Array<{ timeline: number; segment: number; archivedAt: string; name: string }>> {
-    const names = (await this.wal.names().catch(() => [] as string[])).filter((name) => parseSegmentName(name) !== null);
+    // No archive is no segment (WalArchive says so); an archive that cannot be read is an error, not an empty one.
+    const names = (await this.wal.names()).filter((name) => parseSegmentName(name) !== null);
     return (await this.wal.files(names)).map((file) => ({
       ...parseSegmentName(file.name)!,
       archivedAt: file.modifiedAt.toISOString(),
@@ -203,7 +213,7 @@ export class Repository {
   /** Complete archived segments (not .partial), as timeline → set of segment numbers. */
   async archivedSegments(): Promise<Map<number, Set<number>>> {
     const result = new Map<number, Set<number>>();
-    for (const name of await this.wal.names().catch(() => [] as string[])) {
+    for (const name of await this.wal.names()) {
       const parsed = parseSegmentName(name);
       if (!parsed) continue;
       if (!result.has(parsed.timeline)) result.set(parsed.timeline, new Set());
@@ -211,4 +221,10 @@ export class Repository {
     }
     return result;
   }
+}
+
+/** For a read's failure: null when the file (or a directory on its path) is not there; any other failure thrown as it is. */
+function absentAsNull(error: NodeJS.ErrnoException): null {
+  if (error.code === "ENOENT" || error.code === "ENOTDIR") return null;
+  throw error;
 }

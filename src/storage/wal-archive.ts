@@ -86,7 +86,11 @@ export class WalArchive {
         const found: ArchivedFile[] = [];
         for (const name of names) {
           assertEntryName(name);
-          const info = await lstat(wal.at(name)).catch(() => null);
+          // Removed meanwhile (expiry): not archived any more. Any other failure is not "absent".
+          const info = await lstat(wal.at(name)).catch((error: NodeJS.ErrnoException) => {
+            if (error.code === "ENOENT") return null;
+            throw error;
+          });
           if (info?.isFile()) found.push({ name, modifiedAt: info.mtime });
         }
         return found;

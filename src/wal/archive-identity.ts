@@ -20,7 +20,9 @@ const SEGMENTS_TRIED = 8;
  * empty repository.
  */
 export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
-  const names = (await repository.wal.names().catch(() => [] as string[]))
+  // No archive is no name (WalArchive says so); one that cannot be read is an error: taken for empty, it would let
+  // another cluster's WAL in.
+  const names = (await repository.wal.names())
     .filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null)
     .sort()
     .reverse();

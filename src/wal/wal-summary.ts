@@ -76,7 +76,12 @@ export class WalSummarizer {
   /** Every named restore point in the archive's summaries (the pending segments summarised first), by LSN. */
   async restorePoints(): Promise<RestorePointRecord[]> {
     await this.summarizePending();
-    const names = (await readdir(this.options.summaryDir).catch(() => [] as string[])).filter((name) => name.endsWith(".json"));
+    const names = (
+      await readdir(this.options.summaryDir).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "ENOENT") return [] as string[];
+        throw error;
+      })
+    ).filter((name) => name.endsWith(".json"));
     const points: RestorePointRecord[] = [];
     for (const name of names) points.push(...((await this.read(name.slice(0, -".json".length)))?.restorePoints ?? []));
     return points.sort((a, b) => lsnToNumber(a.lsn) - lsnToNumber(b.lsn));
@@ -93,7 +98,7 @@ export class WalSummarizer {
   private async summarizeNow(): Promise<string[]> {
     await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
     const done = new Set((await readdir(this.options.summaryDir)).map((name) => name.replace(/\.json$/, "")));
-    const names = await this.options.archive.names().catch(() => [] as string[]);
+    const names = await this.options.archive.names();
     const receiving = new Set(names.filter((name) => name.endsWith(".partial")).map((name) => name.slice(0, -".partial".length)));
     const archived = names.map((name) => ({ name, parsed: parseSegmentName(name) }));
     const segments = archived.filter((entry) => entry.parsed !== null).map((entry) => ({ name: entry.name, ...entry.parsed! }));
@@ -125,7 +130,7 @@ export class WalSummarizer {
     const stored = await this.read(name);
     // An incomplete one (a final segment pg_waldump could not read) is tried again.
     if (stored?.complete) return stored;
-    const summary = await this.summarizeWhole(timeline, segment, await this.options.archive.names().catch(() => [] as string[]));
+    const summary = await this.summarizeWhole(timeline, segment, await this.options.archive.names());
     if (summary.complete) await this.store(summary);
     return summary;
   }

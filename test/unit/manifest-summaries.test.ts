@@ -1,5 +1,5 @@
 import { expect } from "@jest/globals";
-import { rm, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { Repository } from "../../src/storage/repository";
@@ -52,5 +52,20 @@ describe("the repository's listing for the API (listManifestSummaries)", () => {
     await writeFile(path.join(repository.backupDir("20261102T000000Z-F"), "manifest.json"), "{ damaged");
     const third = await repository.listManifestSummaries();
     expect(third.map((summary) => [summary.id, summary.error])).toEqual([["20261101T000000Z-F", "edited"]]);
+  });
+});
+
+describe("what the repository cannot read is not taken for absent", () => {
+  test("a manifest that cannot be read (here a directory in its place: EISDIR) fails the listing; a missing one is no backup", async () => {
+    const root = path.join(await tempHome("unreadable"), "repository");
+    const repository = new Repository(root, null);
+    expect(await repository.listManifests()).toEqual([]);
+    await repository.writeManifest(manifest("20261101T000000Z-F"));
+    expect(await repository.readManifest("20261102T000000Z-F")).toBeNull();
+    await mkdir(path.join(root, "backups", "20261102T000000Z-F", "manifest.json"), { recursive: true });
+    // Taken for absent, the backup would silently leave the listing (the archive's identity, retention, `relevo up`).
+    await expect(repository.readManifest("20261102T000000Z-F")).rejects.toMatchObject({ code: "EISDIR" });
+    await expect(repository.listManifests()).rejects.toMatchObject({ code: "EISDIR" });
+    await expect(repository.listManifestSummaries()).rejects.toMatchObject({ code: "EISDIR" });
   });
 });
