@@ -7,6 +7,7 @@ import { Readable } from "node:stream";
 import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store";
+import { RepositoryStore } from "../../src/repository/repository-store";
 import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
 import { FileUploadRegistry } from "../../src/repository/upload-registry";
 import { tempHome } from "../helpers/home";
@@ -227,6 +228,24 @@ describe("S3 store: what only object storage can do wrong", () => {
     );
     await expect(nobody.get("a/b")).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
     await nobody.close();
+  });
+
+  test("through RepositoryStore, an absent document is null but a store that does not answer is REPOSITORY_UNAVAILABLE, never null", async () => {
+    const uploads = new FileUploadRegistry(path.join(await tempHome("s3-facade"), "uploads.json"));
+    const store = await S3Store.open(s3Settings("facade", { maxAttempts: 2, requestTimeoutMs: 2000 }), uploads, logger);
+    const repository = new RepositoryStore(store);
+    await repository.writeJson("manifests/20261207T093000Z-F", { id: "20261207T093000Z-F" });
+    expect(await repository.readJson("manifests/20261207T093000Z-F")).toEqual({ id: "20261207T093000Z-F" });
+    expect(await repository.readJson("manifests/20261207T093100Z-F")).toBeNull();
+    await s3.stop();
+    try {
+      // Taken for absent, an archive's identity or a repository's backups would vanish while the store is down.
+      await expect(repository.readJson("manifests/20261207T093000Z-F")).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
+      await expect(repository.list("manifests/")).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
+    } finally {
+      await s3.start();
+      await store.close();
+    }
   });
 
   test("two prefixes in one bucket are two repositories: neither lists the other's objects", async () => {

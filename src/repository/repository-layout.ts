@@ -1,0 +1,87 @@
+import { ErrorCode, RelevoError } from "../errors";
+import { assertBackupId } from "../backup/manifest";
+import { parseSegmentName } from "../postgres/wal-names";
+
+/**
+ * Where each thing lives in a repository, as object keys: the same in a
+ * directory and in a bucket. Pure.
+ *
+ *   repository.json                       what the repository is (format, cluster, generation)
+ *   keys/…                                an encrypted repository's salt, key check and wrapped data keys
+ *   <generation>manifests/<backup id>     one manifest per backup, apart from content: listing them lists no content
+ *   <generation>backups/<id>/data/<n>     a large file's content, by sequence (never a data-directory path)
+ *   <generation>backups/<id>/bundles/<n>  small files' contents, one range each
+ *   <generation>archive/<TTTTTTTTLLLLLLLL>/<segment>   WAL, 256 segments to a group (a listing stays short)
+ *   <generation>archive/<TTTTTTTT>.history             timeline histories
+ *   <generation>wal-summary/<segment>     what each archived segment changed
+ *
+ * A generation ("" for the first cluster, then `g<N>/`) is what a cluster
+ * started over in the same repository writes under: the previous one's
+ * objects stay, unread, and nothing is moved (a move is a full copy on S3).
+ */
+export const REPOSITORY_DESCRIPTOR_KEY = "repository.json";
+export const KEYS_PREFIX = "keys/";
+
+export function generationPrefix(generation: number): string {
+  if (!Number.isSafeInteger(generation) || generation < 0) throw layoutDefect(`generation ${generation}`);
+  return generation === 0 ? "" : `g${generation}/`;
+}
+
+export function manifestsPrefix(generation: number): string {
+  return `${generationPrefix(generation)}manifests/`;
+}
+
+export function manifestKey(generation: number, backupId: string): string {
+  assertBackupId(backupId);
+  return `${manifestsPrefix(generation)}${backupId}`;
+}
+
+export function backupContentPrefix(generation: number, backupId: string): string {
+  assertBackupId(backupId);
+  return `${generationPrefix(generation)}backups/${backupId}/`;
+}
+
+/** A large file's content: the `sequence`-th stored by that backup. */
+export function dataKey(generation: number, backupId: string, sequence: number): string {
+  return `${backupContentPrefix(generation, backupId)}data/${sequenceName(sequence)}`;
+}
+
+export function bundleKey(generation: number, backupId: string, sequence: number): string {
+  return `${backupContentPrefix(generation, backupId)}bundles/${sequenceName(sequence)}`;
+}
+
+export function archivePrefix(generation: number): string {
+  return `${generationPrefix(generation)}archive/`;
+}
+
+/** An archived WAL segment (`000000010000000A000000FF`) or timeline history (`00000002.history`). */
+export function archiveKey(generation: number, walFileName: string): string {
+  if (/^[0-9A-F]{8}\.history$/.test(walFileName)) return `${archivePrefix(generation)}${walFileName}`;
+  if (parseSegmentName(walFileName) === null) throw layoutDefect(`WAL file name ${JSON.stringify(walFileName)}`);
+  return `${archivePrefix(generation)}${walFileName.slice(0, 16)}/${walFileName}`;
+}
+
+/** The WAL file an archive key holds, or null when the key is not one (another object under the prefix). Pure. */
+export function walFileNameOf(generation: number, key: string): string | null {
+  const prefix = archivePrefix(generation);
+  if (!key.startsWith(prefix)) return null;
+  const rest = key.slice(prefix.length);
+  if (/^[0-9A-F]{8}\.history$/.test(rest)) return rest;
+  const match = /^([0-9A-F]{16})\/([0-9A-F]{24})$/.exec(rest);
+  return match && match[2]!.startsWith(match[1]!) && parseSegmentName(match[2]!) !== null ? match[2]! : null;
+}
+
+export function walSummaryKey(generation: number, segmentName: string): string {
+  if (parseSegmentName(segmentName) === null) throw layoutDefect(`segment name ${JSON.stringify(segmentName)}`);
+  return `${generationPrefix(generation)}wal-summary/${segmentName}`;
+}
+
+/** Sequence numbers as fixed-width names, so that keys sort as the numbers do. */
+function sequenceName(sequence: number): string {
+  if (!Number.isSafeInteger(sequence) || sequence < 0 || sequence > 99_999_999) throw layoutDefect(`sequence ${sequence}`);
+  return String(sequence).padStart(8, "0");
+}
+
+function layoutDefect(what: string): RelevoError {
+  return new RelevoError(ErrorCode.Internal, `${what} has no place in a repository`);
+}
