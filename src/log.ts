@@ -24,6 +24,11 @@ export function createLogger(options: { level: string; destination?: pino.Destin
           "*.connectionString",
           "env",
           "*.env",
+          // A repository's credentials and cipher pass (RELEVO_REPO<n>_…), wherever a settings object is logged.
+          "secretAccessKey",
+          "*.secretAccessKey",
+          "cipherPass",
+          "*.cipherPass",
         ],
         censor: "[redacted]",
       },

@@ -19,7 +19,15 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { createLogger } from "../../src/log";
 import { DirectoryStore } from "../../src/repository/directory-store";
-import { getObject, openObjectReader, putObject, type DataKeyLookup, type ObjectMode } from "../../src/repository/object-codec";
+import {
+  getObject,
+  openObjectReader,
+  putObject,
+  UNENCRYPTED,
+  type DataKeyLookup,
+  type ObjectMode,
+  type ReadPolicy,
+} from "../../src/repository/object-codec";
 import type { ObjectStore } from "../../src/repository/object-store";
 import { newDataKey } from "../../src/repository/repository-keys";
 import { S3Store } from "../../src/repository/s3-store";
@@ -31,6 +39,7 @@ const RANGES = Number(process.env.BENCH_RANGES ?? 200);
 const BUCKET = "relevo-bench";
 const dataKey = newDataKey();
 const lookup: DataKeyLookup = (id) => Promise.resolve(id.equals(dataKey.id) ? dataKey : null);
+const policies: Record<"checked" | "encrypted", ReadPolicy> = { checked: UNENCRYPTED, encrypted: { encrypted: true, lookup } };
 
 /** SIZE_MIB of incompressible bytes, as 1 MiB pieces cut from 16 MiB of random data (nothing here compresses). */
 function content(): Readable {
@@ -93,13 +102,13 @@ async function measure(store: ObjectStore, format: "raw" | "checked" | "encrypte
     else await putObject(store, key, content(), mode);
   });
   const getStarted = performance.now();
-  const read = format === "raw" ? await drain(await store.get(key)) : await drain(await getObject(store, key, lookup));
+  const read = format === "raw" ? await drain(await store.get(key)) : await drain(await getObject(store, key, policies[format]));
   const getMs = performance.now() - getStarted;
   if (read !== SIZE_MIB * MiB) throw new Error(`read ${read} bytes of ${SIZE_MIB * MiB}`);
   const serverMs = serverPid === null ? 0 : (await cpuMs(serverPid)) - serverBefore;
   const rangeStarted = performance.now();
   // As a restore reads the small files of a bundle: the object opened once, then one range per file.
-  const reader = format === "raw" ? null : await openObjectReader(store, key, lookup);
+  const reader = format === "raw" ? null : await openObjectReader(store, key, policies[format]);
   for (let i = 0; i < RANGES; i += 1) {
     const start = Math.floor(Math.random() * (SIZE_MIB * MiB - 8192));
     if (reader === null) await drain(await store.get(key, { range: { start, end: start + 8192 } }));

@@ -1,5 +1,6 @@
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
+import { isIP } from "node:net";
 import { isLoopback } from "./api-transport";
 
 /**
@@ -88,8 +89,13 @@ export function loadRepositories(
 ): RepositorySettings[] {
   const byIndex = new Map<number, Map<Variable, string>>();
   for (const [name, raw] of Object.entries(env)) {
+    if (raw === undefined) continue;
+    // RELEVO_REPO_1_PATH, RELEVO_REPO1PATH, RELEVO_REPOS…: a typo that would leave a repository half configured.
+    if (name.startsWith("RELEVO_REPO") && name !== "RELEVO_REPOSITORY" && !/^RELEVO_REPO\d+_/.test(name)) {
+      throw invalid(name, "not a repository variable: RELEVO_REPO<n>_<NAME>, n from 1 (e.g. RELEVO_REPO1_PATH)");
+    }
     const match = /^RELEVO_REPO(\d+)_(.+)$/.exec(name);
-    if (!match || raw === undefined) continue;
+    if (!match) continue;
     const index = Number(match[1]);
     if (!(Number.isInteger(index) && index >= 1 && index <= MAX_REPOSITORIES) || match[1]!.startsWith("0")) {
       throw invalid(name, `repositories are numbered 1 to ${MAX_REPOSITORIES}`);
@@ -99,7 +105,8 @@ export function loadRepositories(
       throw invalid(name, `not a repository variable; known: ${Object.keys(VARIABLES).join(", ")}`);
     }
     if (!byIndex.has(index)) byIndex.set(index, new Map());
-    byIndex.get(index)!.set(variable, raw.trim());
+    // Secrets as given (a pass may end in a space); the rest trimmed.
+    byIndex.get(index)!.set(variable, SECRET_VARIABLES.has(variable) ? raw : raw.trim());
   }
   if (!byIndex.has(1)) byIndex.set(1, new Map());
   return [...byIndex.keys()].sort((a, b) => a - b).map((index) => repository(index, byIndex.get(index)!, defaults));
@@ -141,6 +148,16 @@ function repository(
   if (endpoint !== "") checkEndpoint(endpoint, name("S3_ENDPOINT"));
   const uriStyle = value("S3_URI_STYLE") || "host";
   if (uriStyle !== "host" && uriStyle !== "path") throw invalid(name("S3_URI_STYLE"), "host or path");
+  if (uriStyle === "host" && endpoint !== "") {
+    const host = new URL(endpoint).hostname.replace(/^\[|\]$/g, "");
+    // Host style puts the bucket's name in front of the endpoint's: an address or localhost would become a DNS name.
+    if (isIP(host) !== 0 || isLoopback(host)) {
+      throw invalid(
+        name("S3_URI_STYLE"),
+        `path, with an endpoint that is an address or localhost (${host}): host style would ask DNS for ${bucket}.${host}`,
+      );
+    }
+  }
   const [accessKeyId, secretAccessKey] = [value("S3_ACCESS_KEY_ID"), value("S3_SECRET_ACCESS_KEY")];
   if ((accessKeyId === "") !== (secretAccessKey === "")) {
     const missing = accessKeyId === "" ? "S3_ACCESS_KEY_ID" : "S3_SECRET_ACCESS_KEY";

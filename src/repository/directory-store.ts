@@ -1,7 +1,8 @@
 import { constants, createReadStream } from "node:fs";
-import { open, readdir, rm, stat } from "node:fs/promises";
+import { open, readdir, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { addAbortSignal, type Readable } from "node:stream";
+import { ErrorCode, RelevoError } from "../errors";
 import { makeDirectoriesDurably, publishDurably, temporaryNameFor, temporaryWriter } from "../util/durable-file";
 import {
   assertKeyPrefix,
@@ -32,6 +33,14 @@ export class DirectoryStore implements ObjectStore {
   }
 
   async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<ObjectInfo> {
+    try {
+      return await this.putFile(key, body, options);
+    } catch (error) {
+      throw this.failure(key, error);
+    }
+  }
+
+  private async putFile(key: string, body: Readable | Buffer, options: PutOptions): Promise<ObjectInfo> {
     const file = this.fileOf(key);
     await makeDirectoriesDurably(path.dirname(file), { mode: 0o700 });
     const temp = temporaryNameFor(file);
@@ -60,9 +69,8 @@ export class DirectoryStore implements ObjectStore {
   async get(key: string, options: { readonly range?: ByteRange; readonly signal?: AbortSignal } = {}): Promise<Readable> {
     const file = this.fileOf(key);
     // Opened first, then checked through the handle: a put replacing the file in between is read whole, old or new.
-    const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "ENOENT" || error.code === "ENOTDIR") throw objectNotFound(this, key);
-      throw error;
+    const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW).catch((error: unknown) => {
+      throw this.failure(key, error);
     });
     try {
       const info = await handle.stat();
@@ -82,7 +90,11 @@ export class DirectoryStore implements ObjectStore {
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
-    const info = await stat(this.fileOf(key)).catch(() => null);
+    const info = await stat(this.fileOf(key)).catch((error: unknown) => {
+      const failure = this.failure(key, error);
+      if (failure.code === ErrorCode.NotFound) return null;
+      throw failure;
+    });
     return info?.isFile() ? { key, size: info.size, modifiedAt: info.mtime } : null;
   }
 
@@ -95,7 +107,26 @@ export class DirectoryStore implements ObjectStore {
   }
 
   async delete(keys: readonly string[]): Promise<void> {
-    for (const key of keys) await rm(this.fileOf(key), { force: true });
+    for (const key of keys) {
+      const file = this.fileOf(key);
+      await rm(file, { force: true }).catch((error: unknown) => {
+        throw this.failure(key, error);
+      });
+      // Directories the key's segments made, now empty, go too (as on S3, where a prefix is only its objects).
+      for (
+        let directory = path.dirname(file);
+        directory !== this.root && directory.startsWith(this.root);
+        directory = path.dirname(directory)
+      ) {
+        if (
+          !(await rmdir(directory).then(
+            () => true,
+            () => false,
+          ))
+        )
+          break; // not empty (or gone): its parents are not either
+      }
+    }
   }
 
   close(): Promise<void> {
@@ -105,9 +136,10 @@ export class DirectoryStore implements ObjectStore {
   /** Entries below `directoryKey` ("" the root) whose keys start with `prefix`, in key order. */
   private async *walk(directoryKey: string, prefix: string): AsyncIterable<ObjectInfo> {
     const directory = directoryKey === "" ? this.root : path.join(this.root, ...directoryKey.split("/"));
-    const entries = await readdir(directory, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "ENOENT" || error.code === "ENOTDIR") return [];
-      throw error;
+    const entries = await readdir(directory, { withFileTypes: true }).catch((error: unknown) => {
+      const failure = this.failure(directoryKey, error);
+      if (failure.code === ErrorCode.NotFound) return [];
+      throw failure;
     });
     // Key order: "a/b" sorts as the string "a/b", so a directory's entries sort by name with "/" after it.
     const named = entries
@@ -122,6 +154,20 @@ export class DirectoryStore implements ObjectStore {
         if (info) yield { key, size: info.size, modifiedAt: info.mtime };
       }
     }
+  }
+
+  /** A file system's failure as a store's: absent NOT_FOUND, refused ACCESS_DENIED, anything else UNAVAILABLE. */
+  private failure(key: string, error: unknown): RelevoError {
+    if (error instanceof RelevoError) return error;
+    const code = (error as NodeJS.ErrnoException).code;
+    // Not the file system's (an abort, the source stream's own failure): passed on as it is.
+    if (typeof code !== "string" || !code.startsWith("E")) throw error;
+    if (code === "ENOENT" || code === "ENOTDIR") return objectNotFound(this, key);
+    const reason = `${this.location}: ${key || "."}: ${(error as Error).message}`;
+    if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
+      return new RelevoError(ErrorCode.RepositoryAccessDenied, reason, { cause: error, details: { repository: this.location } });
+    }
+    return new RelevoError(ErrorCode.RepositoryUnavailable, reason, { cause: error, details: { repository: this.location } });
   }
 
   private fileOf(key: string): string {

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { Transform, pipeline, type Readable, type TransformCallback } from "node:stream";
 import { ErrorCode, RelevoError } from "../errors";
 import type { ByteRange, ObjectStore } from "./object-store";
 
@@ -41,10 +41,23 @@ export type ObjectMode = { readonly encrypted: false } | { readonly encrypted: t
 /** Finds the data key an object's header names (null: not one of this repository's keys). */
 export type DataKeyLookup = (id: Buffer) => Promise<DataKey | null>;
 
+/**
+ * How a reader expects the repository's objects to be: the repository says
+ * so, never the object. An object whose header names another mode is
+ * refused (REPOSITORY_CORRUPT), so that whoever can write to the store
+ * cannot replace an encrypted object with a merely checksummed one of
+ * their making, whose check needs no key.
+ */
+export type ReadPolicy = { readonly encrypted: false } | { readonly encrypted: true; readonly lookup: DataKeyLookup };
+
+export const UNENCRYPTED: ReadPolicy = { encrypted: false };
+
 interface Header {
   readonly encrypted: boolean;
   readonly chunkSize: number;
   readonly keyId: Buffer;
+  /** The header's bytes: every chunk's proof covers them (mode, chunk size and key id cannot change unnoticed). */
+  readonly raw: Buffer;
 }
 
 /** Per-chunk overhead on top of its data. */
@@ -69,30 +82,30 @@ function decodeHeader(bytes: Buffer, key: string): Header {
   const mode = bytes.readUInt8(5);
   const chunkSize = bytes.readUInt32BE(8);
   if (mode > 1 || chunkSize === 0 || chunkSize > 64 * CHUNK_SIZE) throw corrupt(key, "its header is not one Relevo writes");
-  return { encrypted: mode === 1, chunkSize, keyId: Buffer.from(bytes.subarray(12, 28)) };
+  return { encrypted: mode === 1, chunkSize, keyId: Buffer.from(bytes.subarray(12, 28)), raw: Buffer.from(bytes.subarray(0, HEADER_SIZE)) };
 }
 
-/** What a chunk's proof covers besides its data: the object, the chunk's place, and whether it ends the object. */
-function associatedData(key: string, index: number, last: boolean): Buffer {
+/** What a chunk's proof covers besides its data: the object's header and key, the chunk's place, whether it ends the object. */
+function associatedData(header: Buffer, key: string, index: number, last: boolean): Buffer {
   const place = Buffer.alloc(9);
   place.writeBigUInt64BE(BigInt(index), 0);
   place.writeUInt8(last ? 1 : 0, 8);
-  return Buffer.concat([Buffer.from(key, "utf8"), Buffer.from([0]), place]);
+  return Buffer.concat([header, Buffer.from(key, "utf8"), Buffer.from([0]), place]);
 }
 
-function checksum(key: string, index: number, last: boolean, data: Buffer): Buffer {
+function checksum(header: Buffer, key: string, index: number, last: boolean, data: Buffer): Buffer {
   return createHash("sha256")
-    .update(associatedData(key, index, last))
+    .update(associatedData(header, key, index, last))
     .update(data)
     .digest()
     .subarray(0, TAG_SIZE);
 }
 
-function sealChunk(mode: ObjectMode, key: string, index: number, last: boolean, data: Buffer): Buffer {
-  if (!mode.encrypted) return Buffer.concat([data, checksum(key, index, last, data)]);
+function sealChunk(mode: ObjectMode, header: Buffer, key: string, index: number, last: boolean, data: Buffer): Buffer {
+  if (!mode.encrypted) return Buffer.concat([data, checksum(header, key, index, last, data)]);
   const nonce = randomBytes(NONCE_SIZE);
   const cipher = createCipheriv("aes-256-gcm", mode.dataKey.key, nonce);
-  cipher.setAAD(associatedData(key, index, last));
+  cipher.setAAD(associatedData(header, key, index, last));
   const sealed = Buffer.concat([cipher.update(data), cipher.final()]);
   return Buffer.concat([nonce, sealed, cipher.getAuthTag()]);
 }
@@ -101,13 +114,13 @@ function openChunk(header: Header, dataKey: DataKey | null, key: string, index: 
   if (stored.length < overhead(header.encrypted)) throw corrupt(key, `chunk ${index} is cut short`);
   if (!header.encrypted) {
     const data = stored.subarray(0, stored.length - TAG_SIZE);
-    if (!timingSafeEqual(checksum(key, index, last, data), stored.subarray(stored.length - TAG_SIZE))) {
+    if (!timingSafeEqual(checksum(header.raw, key, index, last, data), stored.subarray(stored.length - TAG_SIZE))) {
       throw corrupt(key, `chunk ${index} fails its checksum`);
     }
     return data;
   }
   const decipher = createDecipheriv("aes-256-gcm", dataKey!.key, stored.subarray(0, NONCE_SIZE));
-  decipher.setAAD(associatedData(key, index, last));
+  decipher.setAAD(associatedData(header.raw, key, index, last));
   decipher.setAuthTag(stored.subarray(stored.length - TAG_SIZE));
   try {
     return Buffer.concat([decipher.update(stored.subarray(NONCE_SIZE, stored.length - TAG_SIZE)), decipher.final()]);
@@ -124,9 +137,10 @@ export function encodeObject(key: string, mode: ObjectMode, options: { readonly 
   const chunkSize = options.chunkSize ?? CHUNK_SIZE;
   const pending = new ByteQueue();
   let index = 0;
+  const header = encodeHeader(mode, chunkSize);
   let started = false;
   const start = (stream: Transform): void => {
-    if (!started) stream.push(encodeHeader(mode, chunkSize));
+    if (!started) stream.push(header);
     started = true;
   };
   return new Transform({
@@ -134,14 +148,14 @@ export function encodeObject(key: string, mode: ObjectMode, options: { readonly 
       start(this);
       pending.push(data);
       while (pending.length > chunkSize) {
-        this.push(sealChunk(mode, key, index, false, pending.take(chunkSize)));
+        this.push(sealChunk(mode, header, key, index, false, pending.take(chunkSize)));
         index += 1;
       }
       done();
     },
     flush(done: TransformCallback) {
       start(this);
-      this.push(sealChunk(mode, key, index, true, pending.take(pending.length)));
+      this.push(sealChunk(mode, header, key, index, true, pending.take(pending.length)));
       done();
     },
   });
@@ -155,7 +169,7 @@ export function encodeObject(key: string, mode: ObjectMode, options: { readonly 
  */
 function decodeChunks(options: {
   readonly key: string;
-  readonly lookup: DataKeyLookup;
+  readonly policy: ReadPolicy;
   readonly header?: Header;
   readonly firstIndex?: number;
   readonly endsObject?: boolean;
@@ -166,8 +180,16 @@ function decodeChunks(options: {
   let index = options.firstIndex ?? 0;
   const key = options.key;
   const ready = async (): Promise<void> => {
-    if (header?.encrypted && dataKey === null) {
-      dataKey = await options.lookup(header.keyId);
+    if (header === null) return;
+    const policy = options.policy;
+    if (header.encrypted !== policy.encrypted) {
+      throw corrupt(
+        key,
+        header.encrypted ? "it is encrypted, in a repository that is not" : "it is not encrypted, in an encrypted repository",
+      );
+    }
+    if (policy.encrypted && dataKey === null) {
+      dataKey = await policy.lookup(header.keyId);
       if (dataKey === null) throw keyMissing(key);
     }
   };
@@ -199,7 +221,10 @@ function decodeChunks(options: {
   });
 }
 
-/** Writes `content` under `key` in Relevo's stored form (see above). */
+/**
+ * Writes `content` under `key` in Relevo's stored form (see above). A put
+ * that fails destroys `content`: nothing is left reading it.
+ */
 export async function putObject(
   store: ObjectStore,
   key: string,
@@ -209,24 +234,29 @@ export async function putObject(
 ): Promise<void> {
   const encoder = encodeObject(key, mode, { chunkSize: options.chunkSize });
   if (Buffer.isBuffer(content)) encoder.end(content);
-  else content.pipe(encoder);
-  if (!Buffer.isBuffer(content)) content.once("error", (error) => encoder.destroy(error));
-  await store.put(key, encoder, { signal: options.signal, onProgress: options.onProgress });
+  else pipeline(content, encoder, () => undefined); // an error of either destroys both; put sees the encoder's
+  try {
+    await store.put(key, encoder, { signal: options.signal, onProgress: options.onProgress });
+  } catch (error) {
+    encoder.destroy();
+    if (!Buffer.isBuffer(content)) content.destroy();
+    throw error;
+  }
 }
 
-/** The whole content under `key`, each chunk checked as it arrives. */
-export async function getObject(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<Readable> {
+/**
+ * The whole content under `key`, each chunk checked as it arrives; the
+ * object's stream is destroyed with the content's (an error, or a reader
+ * that stops early), so no file or connection stays open.
+ */
+export async function getObject(store: ObjectStore, key: string, policy: ReadPolicy): Promise<Readable> {
   const stored = await store.get(key);
-  const decoder = decodeChunks({ key, lookup });
-  stored.once("error", (error) => decoder.destroy(error));
-  return stored.pipe(decoder);
+  return pipeline(stored, decodeChunks({ key, policy }), () => undefined);
 }
 
 /** The whole content under `key` in memory (a manifest, a summary). */
-export async function readObject(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of await getObject(store, key, lookup)) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+export async function readObject(store: ObjectStore, key: string, policy: ReadPolicy): Promise<Buffer> {
+  return readAll(await getObject(store, key, policy));
 }
 
 /**
@@ -235,8 +265,8 @@ export async function readObject(store: ObjectStore, key: string, lookup: DataKe
  * many ranges of one object (the small files of a bundle), open it once
  * with openObjectReader.
  */
-export async function getObjectRange(store: ObjectStore, key: string, range: ByteRange, lookup: DataKeyLookup): Promise<Buffer> {
-  return (await openObjectReader(store, key, lookup)).read(range);
+export async function getObjectRange(store: ObjectStore, key: string, range: ByteRange, policy: ReadPolicy): Promise<Buffer> {
+  return (await openObjectReader(store, key, policy)).read(range);
 }
 
 /** One stored object opened for range reads: its size and header read once. */
@@ -246,7 +276,7 @@ export interface ObjectReader {
   read(range: ByteRange): Promise<Buffer>;
 }
 
-export async function openObjectReader(store: ObjectStore, key: string, lookup: DataKeyLookup): Promise<ObjectReader> {
+export async function openObjectReader(store: ObjectStore, key: string, policy: ReadPolicy): Promise<ObjectReader> {
   const info = await store.head(key);
   if (!info) throw new RelevoError(ErrorCode.NotFound, `${store.location}: no object ${key}`, { details: { key } });
   if (info.size < HEADER_SIZE) throw corrupt(key, "it is shorter than its header");
@@ -269,10 +299,9 @@ export async function openObjectReader(store: ObjectStore, key: string, lookup: 
       const last = Math.floor((range.end - 1) / header.chunkSize);
       const storedStart = HEADER_SIZE + first * stored;
       const storedEnd = Math.min(HEADER_SIZE + (last + 1) * stored, info.size);
-      const decoder = decodeChunks({ key, lookup, header, firstIndex: first, endsObject: last === chunks - 1 });
+      const decoder = decodeChunks({ key, policy, header, firstIndex: first, endsObject: last === chunks - 1 });
       const part = await store.get(key, { range: { start: storedStart, end: storedEnd } });
-      part.once("error", (error) => decoder.destroy(error));
-      const content = await readAll(part.pipe(decoder));
+      const content = await readAll(pipeline(part, decoder, () => undefined));
       const offset = range.start - first * header.chunkSize;
       return content.subarray(offset, offset + (range.end - range.start));
     },

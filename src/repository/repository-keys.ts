@@ -12,8 +12,18 @@ import type { DataKey } from "./object-codec";
  * opens one backup. The pass and every unwrapped key stay in memory.
  */
 
-/** scrypt's cost: 2^15 × 8 × 128 bytes = 32 MiB and about a tenth of a second, once per process and repository. */
-const SCRYPT = { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
+/**
+ * scrypt's cost, as OWASP recommends at least: N = 2^17, r = 8, p = 1 (128
+ * MiB and about half a second, once per process and repository). Recorded
+ * with the salt, so that a later version may raise it for new repositories
+ * and still open the old ones.
+ */
+export interface ScryptParameters {
+  readonly N: number;
+  readonly r: number;
+  readonly p: number;
+}
+export const SCRYPT_PARAMETERS: ScryptParameters = { N: 2 ** 17, r: 8, p: 1 };
 const NONCE_SIZE = 12;
 const TAG_SIZE = 16;
 /** What a repository stores to tell a right pass from a wrong one before any data key is tried. */
@@ -27,9 +37,10 @@ export function newDataKey(): DataKey {
   return { id: randomBytes(16), key: randomBytes(32) };
 }
 
-export function deriveRepositoryKey(cipherPass: string, salt: Buffer): Promise<Buffer> {
+export function deriveRepositoryKey(cipherPass: string, salt: Buffer, parameters: ScryptParameters = SCRYPT_PARAMETERS): Promise<Buffer> {
+  const maxmem = 128 * parameters.N * parameters.r * 2;
   return new Promise((resolve, reject) =>
-    scrypt(cipherPass.normalize("NFC"), salt, 32, SCRYPT, (error, key) => (error ? reject(error) : resolve(key))),
+    scrypt(cipherPass.normalize("NFC"), salt, 32, { ...parameters, maxmem }, (error, key) => (error ? reject(error) : resolve(key))),
   );
 }
 

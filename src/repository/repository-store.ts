@@ -5,10 +5,11 @@ import {
   openObjectReader,
   putObject,
   readObject,
+  UNENCRYPTED,
   type DataKey,
-  type DataKeyLookup,
   type ObjectMode,
   type ObjectReader,
+  type ReadPolicy,
 } from "./object-codec";
 import type { ObjectInfo, ObjectStore, PutOptions } from "./object-store";
 
@@ -23,8 +24,8 @@ import type { ObjectInfo, ObjectStore, PutOptions } from "./object-store";
 export class RepositoryStore {
   constructor(
     readonly store: ObjectStore,
-    /** The data keys this repository holds (an unencrypted repository: none). */
-    private readonly lookup: DataKeyLookup = () => Promise.resolve(null),
+    /** Whether the repository is encrypted (and its data keys): what every object read must be, whatever its header says. */
+    private readonly policy: ReadPolicy = UNENCRYPTED,
   ) {}
 
   get location(): string {
@@ -33,12 +34,12 @@ export class RepositoryStore {
 
   /** `value` as JSON under `key` (a manifest, a summary): replaced whole, in one put. */
   async writeJson(key: string, value: unknown, options: { readonly dataKey?: DataKey } = {}): Promise<void> {
-    await putObject(this.store, key, Buffer.from(`${JSON.stringify(value, null, 1)}\n`), modeOf(options.dataKey));
+    await putObject(this.store, key, Buffer.from(`${JSON.stringify(value, null, 1)}\n`), this.modeOf(key, options.dataKey));
   }
 
   /** The JSON document under `key`, or null when there is none. */
   async readJson<T>(key: string): Promise<T | null> {
-    const bytes = await absentAsNull(readObject(this.store, key, this.lookup));
+    const bytes = await absentAsNull(readObject(this.store, key, this.policy));
     if (bytes === null) return null;
     try {
       return JSON.parse(bytes.toString("utf8")) as T;
@@ -49,17 +50,20 @@ export class RepositoryStore {
   }
 
   async putStream(key: string, content: Readable, options: PutOptions & { readonly dataKey?: DataKey } = {}): Promise<void> {
-    await putObject(this.store, key, content, modeOf(options.dataKey), { signal: options.signal, onProgress: options.onProgress });
+    await putObject(this.store, key, content, this.modeOf(key, options.dataKey), {
+      signal: options.signal,
+      onProgress: options.onProgress,
+    });
   }
 
   /** The content under `key`, each chunk checked before it is passed on; NOT_FOUND when absent. */
   getStream(key: string): Promise<Readable> {
-    return getObject(this.store, key, this.lookup);
+    return getObject(this.store, key, this.policy);
   }
 
   /** The object opened for range reads (its size and header read once); NOT_FOUND when absent. */
   openReader(key: string): Promise<ObjectReader> {
-    return openObjectReader(this.store, key, this.lookup);
+    return openObjectReader(this.store, key, this.policy);
   }
 
   async exists(key: string): Promise<boolean> {
@@ -73,16 +77,23 @@ export class RepositoryStore {
     return found.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
+  /** An object is written as the repository is: encrypted (under `dataKey`) in an encrypted one, never otherwise. */
+  private modeOf(key: string, dataKey: DataKey | undefined): ObjectMode {
+    if (this.policy.encrypted !== (dataKey !== undefined)) {
+      throw new RelevoError(
+        ErrorCode.Internal,
+        `${this.location}: ${key} would be written ${dataKey ? "encrypted into a repository that is not" : "unencrypted into an encrypted repository"}`,
+      );
+    }
+    return dataKey ? { encrypted: true, dataKey } : { encrypted: false };
+  }
+
   /** Every object under `prefix` deleted (a backup's content); returns how many. */
   async deleteAll(prefix: string): Promise<number> {
     const keys = (await this.list(prefix)).map((info) => info.key);
     await this.store.delete(keys);
     return keys.length;
   }
-}
-
-function modeOf(dataKey: DataKey | undefined): ObjectMode {
-  return dataKey ? { encrypted: true, dataKey } : { encrypted: false };
 }
 
 /** `read`'s value, or null when its object is absent (NOT_FOUND); every other failure thrown. */

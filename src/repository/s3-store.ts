@@ -2,6 +2,7 @@ import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
@@ -27,6 +28,7 @@ import {
   type ObjectStore,
   type PutOptions,
 } from "./object-store";
+import { processRuns, thisProcess } from "../storage/file-lock";
 import type { UploadRegistry } from "./upload-registry";
 
 /**
@@ -59,12 +61,19 @@ export class S3Store implements ObjectStore {
   private readonly client: S3Client;
   /** Uploads this process runs now: not abandoned, whatever the registry says. */
   private readonly running = new Set<string>();
+  /** This process, as the registry names an upload's owner. */
+  private readonly owner = thisProcess();
+
+  /** The settings without the secret (the client holds the credentials): nothing printed or logged of the store shows it. */
+  private readonly settings: Omit<S3StoreSettings, "secretAccessKey">;
 
   private constructor(
-    private readonly settings: S3StoreSettings,
+    settings: S3StoreSettings,
     private readonly uploads: UploadRegistry,
     private readonly logger: Logger,
   ) {
+    const { secretAccessKey: _secret, ...withoutSecret } = settings;
+    this.settings = withoutSecret;
     const endpointText = settings.endpoint === "" ? "" : ` at ${settings.endpoint}`;
     this.location = `s3://${settings.bucket}/${settings.prefix}${endpointText}`;
     const agentOptions = { keepAlive: true, maxSockets: Math.max(8, settings.partsInFlight * 2) };
@@ -93,7 +102,12 @@ export class S3Store implements ObjectStore {
           const output = result.output as CreateMultipartUploadCommandOutput;
           if (output.UploadId && output.Key) {
             this.running.add(output.UploadId);
-            await this.uploads.begun({ uploadId: output.UploadId, bucketKey: output.Key, begunAt: new Date().toISOString() });
+            await this.uploads.begun({
+              uploadId: output.UploadId,
+              bucketKey: output.Key,
+              begunAt: new Date().toISOString(),
+              owner: await this.owner,
+            });
           }
         }
         return result;
@@ -105,12 +119,20 @@ export class S3Store implements ObjectStore {
   /** The store, with the uploads an earlier process abandoned aborted first. */
   static async open(settings: S3StoreSettings, uploads: UploadRegistry, logger: Logger): Promise<S3Store> {
     const store = new S3Store(settings, uploads, logger);
-    await store.abortAbandoned();
+    try {
+      // The bucket asked for first: a HEAD of an object cannot tell a missing bucket from a missing object.
+      await store.call("", () => store.client.send(new HeadBucketCommand({ Bucket: settings.bucket })), { bucket: true });
+      await store.abortAbandoned();
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
     return store;
   }
 
   async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<ObjectInfo> {
     const bucketKey = this.bucketKeyOf(key);
+    options.signal?.throwIfAborted();
     if (Buffer.isBuffer(body) && body.length <= this.settings.partSizeBytes) {
       await this.call(key, () =>
         this.client.send(new PutObjectCommand({ Bucket: this.settings.bucket, Key: bucketKey, Body: body, ContentLength: body.length }), {
@@ -130,11 +152,18 @@ export class S3Store implements ObjectStore {
       if (options.onProgress) upload.on("httpUploadProgress", (progress) => options.onProgress!(progress.loaded ?? 0));
       const abort = (): void => void upload.abort().catch(() => undefined);
       options.signal?.addEventListener("abort", abort, { once: true });
+      let completed = false;
       try {
         await this.call(key, () => upload.done());
+        completed = true;
       } finally {
         options.signal?.removeEventListener("abort", abort);
-        if (upload.uploadId) await this.forget(upload.uploadId);
+        if (upload.uploadId) {
+          this.running.delete(upload.uploadId);
+          // Forgotten once it completed, or once its abort is confirmed (lib-storage aborts a failed one; asked again
+          // here, its answer known); an abort the store did not answer leaves it recorded, for the next open.
+          if (completed || (await this.abortUpload(bucketKey, upload.uploadId))) await this.uploads.ended(upload.uploadId);
+        }
       }
     }
     const info = await this.head(key);
@@ -157,7 +186,9 @@ export class S3Store implements ObjectStore {
     ).catch((error: unknown) => {
       // 416: the range starts past the object's end.
       if (range && error instanceof S3ServiceException && error.$metadata.httpStatusCode === 416) {
-        throw rangeOutside(this, key, range, Number.NaN);
+        throw new RelevoError(ErrorCode.Internal, `${this.location}: bytes ${range.start}-${range.end} start past the end of ${key}`, {
+          details: { key },
+        });
       }
       throw error;
     });
@@ -219,38 +250,38 @@ export class S3Store implements ObjectStore {
   async abortAbandoned(): Promise<number> {
     let aborted = 0;
     for (const upload of await this.uploads.open()) {
-      if (this.running.has(upload.uploadId)) continue;
-      try {
-        await this.client.send(
-          new AbortMultipartUploadCommand({ Bucket: this.settings.bucket, Key: upload.bucketKey, UploadId: upload.uploadId }),
-        );
-      } catch (error) {
-        const status = error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined;
-        if (status === 405 || status === 501) {
-          // A server that cannot abort uploads (s3rver): asking again would not help.
-          this.logger.warn(
-            { repository: this.location, key: upload.bucketKey, uploadId: upload.uploadId },
-            "this S3 server cannot abort a multipart upload an earlier process abandoned: its parts stay stored until removed with the server's own tools",
-          );
-        } else if (!(error instanceof S3ServiceException && (error.name === "NoSuchUpload" || status === 404))) {
-          // Kept for the next open: the store may be unreachable now.
-          this.logger.warn(
-            { repository: this.location, uploadId: upload.uploadId, err: (error as Error).message },
-            "an abandoned multipart upload was not aborted",
-          );
-          continue;
-        }
-        // Otherwise gone already (completed, aborted, expired by a lifecycle rule): nothing left to abort.
-      }
+      // This process's own, or another's that still runs (the service while `relevo repo check` opens the store).
+      if (this.running.has(upload.uploadId) || (await processRuns(upload.owner))) continue;
+      if (!(await this.abortUpload(upload.bucketKey, upload.uploadId))) continue; // kept for the next open
       await this.uploads.ended(upload.uploadId);
       aborted += 1;
     }
     return aborted;
   }
 
-  private async forget(uploadId: string): Promise<void> {
-    this.running.delete(uploadId);
-    await this.uploads.ended(uploadId);
+  /**
+   * Aborts a multipart upload; whether it is over: aborted, gone already
+   * (completed, aborted, expired by a lifecycle rule), or on a server that
+   * cannot abort one (s3rver answers 405: asking again would not help).
+   * False when the store did not answer: the record stays, for a later try.
+   */
+  private async abortUpload(bucketKey: string, uploadId: string): Promise<boolean> {
+    try {
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.settings.bucket, Key: bucketKey, UploadId: uploadId }));
+      return true;
+    } catch (error) {
+      const status = error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined;
+      if (status === 405 || status === 501) {
+        this.logger.warn(
+          { repository: this.location, key: bucketKey, uploadId },
+          "this S3 server cannot abort a multipart upload: its parts stay stored until removed with the server's own tools",
+        );
+        return true;
+      }
+      if (error instanceof S3ServiceException && (error.name === "NoSuchUpload" || status === 404)) return true;
+      this.logger.warn({ repository: this.location, uploadId, err: (error as Error).message }, "a multipart upload was not aborted");
+      return false;
+    }
   }
 
   private bucketKeyOf(key: string): string {
@@ -258,23 +289,28 @@ export class S3Store implements ObjectStore {
     return `${this.settings.prefix}${key}`;
   }
 
-  /** `request`, its failures as Relevo's codes: a missing object NOT_FOUND, a refusal ACCESS_DENIED, the rest UNAVAILABLE. */
-  private async call<T>(key: string, request: () => Promise<T>): Promise<T> {
+  /**
+   * `request`, its failures as Relevo's codes: a missing object NOT_FOUND, a
+   * refusal ACCESS_DENIED, the rest UNAVAILABLE. `bucket`: the request is of
+   * the bucket itself (its 404 is a missing bucket).
+   */
+  private async call<T>(key: string, request: () => Promise<T>, options: { readonly bucket?: boolean } = {}): Promise<T> {
     try {
       return await request();
     } catch (error) {
-      throw this.translate(key, error);
+      throw this.translate(key, error, options.bucket ?? false);
     }
   }
 
-  private translate(key: string, error: unknown): unknown {
+  private translate(key: string, error: unknown, ofBucket: boolean): unknown {
     if (error instanceof RelevoError || (error instanceof Error && error.name === "AbortError")) return error;
     if (error instanceof S3ServiceException) {
       const status = error.$metadata.httpStatusCode;
-      if (error.name === "NoSuchKey" || error.name === "NotFound" || (status === 404 && error.name !== "NoSuchBucket")) {
+      const noBucket = error.name === "NoSuchBucket" || (ofBucket && status === 404);
+      if (!noBucket && (error.name === "NoSuchKey" || error.name === "NotFound" || status === 404)) {
         return objectNotFound(this, key);
       }
-      if (error.name === "NoSuchBucket") {
+      if (noBucket) {
         return accessDenied(this, `the bucket ${this.settings.bucket} does not exist`, error);
       }
       if (error.name === "RequestTimeTooSkewed") {

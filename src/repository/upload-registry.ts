@@ -1,6 +1,10 @@
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import { acquireFileLock, type ProcessIdentity } from "../storage/file-lock";
 import { replaceFileDurably } from "../util/durable-file";
+
+/** A change to the record is a read and a small write: a holder past this is stuck. */
+const REGISTRY_LOCK_WAIT_MS = 30_000;
 
 /**
  * The multipart uploads an S3 store has begun and not yet completed or
@@ -22,12 +26,15 @@ export interface OpenUpload {
   /** The object's key in the bucket (the store's prefix included). */
   readonly bucketKey: string;
   readonly begunAt: string;
+  /** The process that runs it: an upload is abandoned only once that process is gone (another may share the file). */
+  readonly owner: ProcessIdentity;
 }
 
 /**
- * An UploadRegistry in a file of the data home (0600, replaced durably):
- * one process writes it (the service that owns the repository), so writes
- * are queued in order within the process.
+ * An UploadRegistry in a file of the data home (0600, replaced durably).
+ * Several processes may share it (the service, `relevo repo check`): each
+ * change is made under a lock file beside it, and queued in order within
+ * the process.
  */
 export class FileUploadRegistry implements UploadRegistry {
   private queue: Promise<unknown> = Promise.resolve();
@@ -52,7 +59,12 @@ export class FileUploadRegistry implements UploadRegistry {
       .catch(() => undefined)
       .then(async () => {
         await mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
-        await replaceFileDurably(this.file, `${JSON.stringify(edit(await this.read()), null, 1)}\n`, { mode: 0o600 });
+        const lock = await acquireFileLock(`${this.file}.lock`, { purpose: "multipart upload record", waitMs: REGISTRY_LOCK_WAIT_MS });
+        try {
+          await replaceFileDurably(this.file, `${JSON.stringify(edit(await this.read()), null, 1)}\n`, { mode: 0o600 });
+        } finally {
+          await lock.release();
+        }
       });
     this.queue = next;
     return next;

@@ -126,6 +126,26 @@ export async function thisHost(): Promise<Required<HostIdentity>> {
   return { host: os.hostname(), hostId: `${bootId}/${pidNamespace}` };
 }
 
+/** A process as a lock file names it: host, pid and start time (a reused pid is another process). */
+export interface ProcessIdentity extends Required<HostIdentity> {
+  readonly pid: number;
+  readonly processStart: string;
+}
+
+/** This process, as ProcessIdentity. */
+export async function thisProcess(): Promise<ProcessIdentity> {
+  return { ...(await thisHost()), pid: process.pid, processStart: await processStart(process.pid) };
+}
+
+/**
+ * Whether `owner` still runs. A process of another host (or pid namespace)
+ * cannot be checked from here: it is taken to run.
+ */
+export async function processRuns(owner: ProcessIdentity): Promise<boolean> {
+  if (!holderOnThisHost(await thisHost(), owner)) return true;
+  return processAlive({ ...owner, purpose: "", since: "", token: "" });
+}
+
 /** Who holds the lock file now; null when nobody does. */
 export async function lockHolder(file: string): Promise<LockHolder | null> {
   return (await readLockFile(file))?.holder ?? null;

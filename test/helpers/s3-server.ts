@@ -74,10 +74,15 @@ export interface HttpRecorder {
  * records what each request asked: a test can see what Relevo sent where
  * the server's answers do not show it (an abort s3rver cannot carry out).
  */
-export async function recordRequests(target: { readonly port: number }): Promise<HttpRecorder> {
+export async function recordRequests(
+  target: { readonly port: number },
+  options: { readonly onRequest?: (request: string) => void } = {},
+): Promise<HttpRecorder> {
   const requests: string[] = [];
   const server = http.createServer((request, response) => {
     requests.push(`${request.method} ${request.url}`);
+    // Before it is forwarded: what the test reads here is the state when the server had not yet seen the request.
+    options.onRequest?.(`${request.method} ${request.url}`);
     const forwarded = http.request(
       { host: "127.0.0.1", port: target.port, method: request.method, path: request.url, headers: request.headers },
       (answer) => {

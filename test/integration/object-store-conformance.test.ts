@@ -1,6 +1,9 @@
 import { expect } from "@jest/globals";
 import { CreateMultipartUploadCommand, S3Client, UploadPartCommand } from "@aws-sdk/client-s3";
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import { readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -10,6 +13,7 @@ import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store"
 import { RepositoryStore } from "../../src/repository/repository-store";
 import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
 import { FileUploadRegistry } from "../../src/repository/upload-registry";
+import { thisProcess } from "../../src/storage/file-lock";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
 import { createLogger } from "../../src/log";
@@ -209,25 +213,22 @@ describe("S3 store: what only object storage can do wrong", () => {
   test("wrong credentials and a missing bucket are REPOSITORY_ACCESS_DENIED; a store that does not answer, REPOSITORY_UNAVAILABLE", async () => {
     const uploads = new FileUploadRegistry(path.join(await tempHome("s3-faults"), "uploads.json"));
     // An access key the server does not know (s3rver checks the key's id, not the signature's secret).
-    const wrongKey = await S3Store.open(s3Settings("faults", { accessKeyId: "NOT-OURS" }), uploads, logger);
-    await expect(wrongKey.put("a/b", Buffer.from("x"))).rejects.toMatchObject({
+    await expect(S3Store.open(s3Settings("faults", { accessKeyId: "NOT-OURS" }), uploads, logger)).rejects.toMatchObject({
       code: ErrorCode.RepositoryAccessDenied,
       message: expect.stringContaining("check the access key") as unknown,
     });
-    await wrongKey.close();
-    const noBucket = await S3Store.open(s3Settings("faults", { bucket: "no-such-bucket" }), uploads, logger);
-    await expect(noBucket.put("a/b", Buffer.from("x"))).rejects.toMatchObject({
+    // Found at open (a HEAD of an object cannot tell a missing bucket from a missing object).
+    await expect(S3Store.open(s3Settings("faults", { bucket: "no-such-bucket" }), uploads, logger)).rejects.toMatchObject({
       code: ErrorCode.RepositoryAccessDenied,
       message: expect.stringContaining("the bucket no-such-bucket does not exist") as unknown,
     });
-    await noBucket.close();
-    const nobody = await S3Store.open(
-      s3Settings("faults", { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2, requestTimeoutMs: 2000 }),
-      uploads,
-      logger,
-    );
-    await expect(nobody.get("a/b")).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
-    await nobody.close();
+    await expect(
+      S3Store.open(
+        s3Settings("faults", { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2, requestTimeoutMs: 2000 }),
+        uploads,
+        logger,
+      ),
+    ).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
   });
 
   test("through RepositoryStore, an absent document is null but a store that does not answer is REPOSITORY_UNAVAILABLE, never null", async () => {
@@ -259,9 +260,21 @@ describe("S3 store: what only object storage can do wrong", () => {
     await Promise.all([first.close(), second.close()]);
   });
 
-  test("a multipart upload a crash abandoned is aborted when the store is opened again", async () => {
+  test("a multipart upload a crash abandoned is aborted when the store is opened again; one a live process runs is left alone", async () => {
     const home = await tempHome("s3-abandoned");
     const uploads = new FileUploadRegistry(path.join(home, "uploads.json"));
+    // The crashed process: a real one, gone now (its pid names no process).
+    const crashed = spawn(process.execPath, ["-e", ""]);
+    await once(crashed, "exit");
+    const gone = { ...(await thisProcess()), pid: crashed.pid!, processStart: "" };
+    // Another process's upload in progress (the service, while an operator's `relevo repo check` opens the store).
+    const running = {
+      uploadId: "upload-of-a-live-process",
+      bucketKey: "abandoned/wal/other",
+      begunAt: new Date().toISOString(),
+      owner: await thisProcess(),
+    };
+    await uploads.begun(running);
     // The crashed process: it began an upload (recorded, as S3Store records one) and sent a part, then died.
     const raw = new S3Client({
       endpoint: s3.endpoint,
@@ -270,7 +283,7 @@ describe("S3 store: what only object storage can do wrong", () => {
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     });
     const begun = await raw.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: "abandoned/wal/partial" }));
-    await uploads.begun({ uploadId: begun.UploadId!, bucketKey: "abandoned/wal/partial", begunAt: new Date().toISOString() });
+    await uploads.begun({ uploadId: begun.UploadId!, bucketKey: "abandoned/wal/partial", begunAt: new Date().toISOString(), owner: gone });
     await raw.send(
       new UploadPartCommand({
         Bucket: BUCKET,
@@ -288,7 +301,8 @@ describe("S3 store: what only object storage can do wrong", () => {
       const store = await S3Store.open({ ...s3Settings("abandoned"), endpoint: recorder.endpoint }, uploads, logger);
       const abort = new RegExp(`^DELETE /${BUCKET}/abandoned/wal/partial\\?uploadId=${begun.UploadId!}(&|$)`);
       expect(recorder.requests.filter((request) => abort.test(request))).toHaveLength(1);
-      expect(await uploads.open()).toEqual([]);
+      expect(recorder.requests.filter((request) => request.includes("upload-of-a-live-process"))).toEqual([]);
+      expect(await uploads.open()).toEqual([running]);
       expect(await store.head("wal/partial")).toBeNull();
       await store.close();
     } finally {
@@ -297,18 +311,27 @@ describe("S3 store: what only object storage can do wrong", () => {
   });
 
   test("an upload this process runs is recorded before its first part, and forgotten once complete", async () => {
-    const uploads = new FileUploadRegistry(path.join(await tempHome("s3-recorded"), "uploads.json"));
-    const store = await S3Store.open(s3Settings("recorded"), uploads, logger);
-    let seenWhileRunning: unknown[] = [];
-    const { stream } = randomStream(11 * MiB);
-    await store.put("wal/big", stream, {
-      onProgress: () => {
-        if (seenWhileRunning.length === 0) void uploads.open().then((open) => (seenWhileRunning = open));
+    const registryFile = path.join(await tempHome("s3-recorded"), "uploads.json");
+    const uploads = new FileUploadRegistry(registryFile);
+    // What the record held when the store's first part reached the server (read as the request passes the proxy).
+    let atFirstPart: unknown = "no part seen";
+    const recorder = await recordRequests(s3, {
+      onRequest: (request) => {
+        if (atFirstPart === "no part seen" && /^PUT .*[?&]partNumber=1(&|$)/.test(request)) {
+          atFirstPart = JSON.parse(readFileSync(registryFile, "utf8")) as unknown;
+        }
       },
     });
-    expect(seenWhileRunning).toEqual([expect.objectContaining({ bucketKey: "recorded/wal/big" })]);
-    expect(await uploads.open()).toEqual([]);
-    await store.close();
+    try {
+      const store = await S3Store.open({ ...s3Settings("recorded"), endpoint: recorder.endpoint }, uploads, logger);
+      const { stream } = randomStream(11 * MiB);
+      await store.put("wal/big", stream);
+      expect(atFirstPart).toEqual([expect.objectContaining({ bucketKey: "recorded/wal/big" })]);
+      expect(await uploads.open()).toEqual([]);
+      await store.close();
+    } finally {
+      await recorder.close();
+    }
   });
 });
 

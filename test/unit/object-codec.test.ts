@@ -16,6 +16,8 @@ import {
   type DataKey,
   type DataKeyLookup,
   type ObjectMode,
+  type ReadPolicy,
+  UNENCRYPTED,
 } from "../../src/repository/object-codec";
 import {
   cipherPassWrong,
@@ -33,6 +35,7 @@ import { tempHome } from "../helpers/home";
 const CHUNK = 64;
 const dataKey = newDataKey();
 const lookup: DataKeyLookup = (id) => Promise.resolve(id.equals(dataKey.id) ? dataKey : null);
+const encrypted: ReadPolicy = { encrypted: true, lookup };
 const modes: Array<[string, ObjectMode]> = [
   ["checksummed", { encrypted: false }],
   ["encrypted", { encrypted: true, dataKey }],
@@ -46,6 +49,8 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
     store = new DirectoryStore(root);
   });
   const file = (key: string): string => path.join(root, ...key.split("/"));
+  // What the repository expects of its objects: the mode they were written in.
+  const policy: ReadPolicy = mode.encrypted ? encrypted : UNENCRYPTED;
   // A chunk's stored overhead: 16 bytes of checksum, or 12 of nonce and 16 of tag.
   const overhead = mode.encrypted ? 28 : 16;
 
@@ -54,7 +59,7 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
     // Streamed in uneven pieces: chunking does not depend on how the source is cut.
     const pieces = [content.subarray(0, 5), content.subarray(5, 100), content.subarray(100)].filter((piece) => piece.length > 0);
     await putObject(store, "o/content", Readable.from(pieces), mode, { chunkSize: CHUNK });
-    expect(await readObject(store, "o/content", lookup)).toEqual(content);
+    expect(await readObject(store, "o/content", policy)).toEqual(content);
     for (const [start, end] of [
       [0, 1],
       [0, size],
@@ -64,7 +69,7 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
       [10, size - 3],
     ] as const) {
       if (!(start >= 0 && start < end && end <= size)) continue;
-      expect(await getObjectRange(store, "o/content", { start, end }, lookup)).toEqual(content.subarray(start, end));
+      expect(await getObjectRange(store, "o/content", { start, end }, policy)).toEqual(content.subarray(start, end));
     }
   });
 
@@ -89,13 +94,16 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
     ["the object cut mid-chunk", 3, (bytes: Buffer) => bytes.subarray(0, bytes.length - 10)],
     ["two chunks swapped", 0, (bytes: Buffer) => swapFirstTwoChunks(bytes)],
     ["a header not Relevo's", 0, (bytes: Buffer) => flip(bytes, 0)],
+    ["the header's mode switched (a downgrade or upgrade)", 0, (bytes: Buffer) => setByte(bytes, 5, bytes[5] === 1 ? 0 : 1)],
+    ["the header's key id changed", 0, (bytes: Buffer) => flip(bytes, 20)],
+    ["a reserved header byte changed", 0, (bytes: Buffer) => flip(bytes, 30)],
   ])("%s is refused, and no byte of chunk %i on is released", async (_damage, spoiled, damage) => {
     const content = randomBytes(3 * CHUNK + 20);
     await putObject(store, "o/damaged", content, mode, { chunkSize: CHUNK });
     await writeFile(file("o/damaged"), damage(await readFile(file("o/damaged"))));
     const released: Buffer[] = [];
     const failure = await (async () => {
-      for await (const chunk of await getObject(store, "o/damaged", lookup)) released.push(chunk as Buffer);
+      for await (const chunk of await getObject(store, "o/damaged", policy)) released.push(chunk as Buffer);
     })().then(
       () => null,
       (error: unknown) => error,
@@ -109,7 +117,7 @@ describe.each(modes)("stored objects, %s", (_name, mode) => {
   test("an object copied under another key fails its check there (each chunk is bound to its key)", async () => {
     await putObject(store, "o/original", randomBytes(100), mode, { chunkSize: CHUNK });
     await store.put("o/copy", await readFile(file("o/original")));
-    await expect(readObject(store, "o/copy", lookup)).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    await expect(readObject(store, "o/copy", policy)).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
   });
 
   function lastChunkLength(bytes: Buffer): number {
@@ -145,7 +153,7 @@ describe("range reads of one object", () => {
     };
     const content = randomBytes(10 * CHUNK);
     await putObject(store, "o/bundle", content, { encrypted: false }, { chunkSize: CHUNK });
-    const reader = await openObjectReader(store, "o/bundle", lookup);
+    const reader = await openObjectReader(store, "o/bundle", UNENCRYPTED);
     expect(reader.contentSize).toBe(content.length);
     expect(await reader.read({ start: 3 * CHUNK + 5, end: 3 * CHUNK + 9 })).toEqual(content.subarray(3 * CHUNK + 5, 3 * CHUNK + 9));
     expect(await reader.read({ start: 9 * CHUNK, end: 10 * CHUNK })).toEqual(content.subarray(9 * CHUNK));
@@ -165,7 +173,7 @@ describe("encrypted objects and keys", () => {
     const store = new DirectoryStore(path.join(await tempHome("codec-keys"), "store"));
     const other: DataKey = newDataKey();
     await putObject(store, "o/other", Buffer.from("x"), { encrypted: true, dataKey: other });
-    await expect(readObject(store, "o/other", lookup)).rejects.toMatchObject({
+    await expect(readObject(store, "o/other", encrypted)).rejects.toMatchObject({
       code: ErrorCode.RepositoryCorrupt,
       message: expect.stringContaining("data key this repository does not hold") as unknown,
     });
@@ -195,5 +203,11 @@ describe("encrypted objects and keys", () => {
 function flip(bytes: Buffer, at: number): Buffer {
   const copy = Buffer.from(bytes);
   copy[at] = copy[at]! ^ 0xff;
+  return copy;
+}
+
+function setByte(bytes: Buffer, at: number, value: number): Buffer {
+  const copy = Buffer.from(bytes);
+  copy[at] = value;
   return copy;
 }

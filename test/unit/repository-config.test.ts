@@ -100,7 +100,9 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     expectInvalid({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "http://10.0.0.5:9000" }, "RELEVO_REPO2_S3_ENDPOINT");
     expectInvalid({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "https://user:pw@s3.example.com" }, "RELEVO_REPO2_S3_ENDPOINT", "pw@");
     expectInvalid({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "ftp://s3.example.com" }, "RELEVO_REPO2_S3_ENDPOINT");
-    expect(load({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "http://127.0.0.1:9000" })[1]).toMatchObject({ endpoint: "http://127.0.0.1:9000" });
+    expect(load({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "http://127.0.0.1:9000", RELEVO_REPO2_S3_URI_STYLE: "path" })[1]).toMatchObject({
+      endpoint: "http://127.0.0.1:9000",
+    });
     expectInvalid({ ...s3, RELEVO_REPO2_S3_URI_STYLE: "virtual" }, "RELEVO_REPO2_S3_URI_STYLE");
     expectInvalid({ ...s3, RELEVO_REPO2_S3_PREFIX: "a/../b" }, "RELEVO_REPO2_S3_PREFIX");
     expectInvalid({ ...s3, RELEVO_REPO2_S3_SECRET_ACCESS_KEY: "only-the-secret" }, "RELEVO_REPO2_S3_ACCESS_KEY_ID", "only-the-secret");
@@ -113,6 +115,17 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
       "hidden-secret",
     );
     expectInvalid({ RELEVO_REPO1_RETENTION_FULL: "0" }, "RELEVO_REPO1_RETENTION_FULL");
+    // Typos of the numbered names are refused, not ignored (RELEVO_REPOSITORY is the old name of repository 1's path).
+    expectInvalid({ RELEVO_REPO_1_PATH: "/x" }, "RELEVO_REPO_1_PATH");
+    expectInvalid({ RELEVO_REPO1PATH: "/x" }, "RELEVO_REPO1PATH");
+    // Host style in front of an address or localhost would ask DNS for <bucket>.<address>.
+    expectInvalid({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "http://localhost:9000" }, "RELEVO_REPO2_S3_URI_STYLE");
+    expectInvalid({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "https://10.0.0.5" }, "RELEVO_REPO2_S3_URI_STYLE");
+    expect(load({ ...s3, RELEVO_REPO2_S3_ENDPOINT: "https://10.0.0.5", RELEVO_REPO2_S3_URI_STYLE: "path" })[1]).toMatchObject({
+      uriStyle: "path",
+    });
+    // A secret is taken as given: a pass that ends in a space keeps it.
+    expect(load({ RELEVO_REPO1_CIPHER_PASS: "  pass with spaces  " })[0]).toMatchObject({ cipherPass: "  pass with spaces  " });
     expectInvalid({ RELEVO_REPO1_RETENTION_DAYS: "7d" }, "RELEVO_REPO1_RETENTION_DAYS");
   });
 

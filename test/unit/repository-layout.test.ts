@@ -51,11 +51,24 @@ describe("the repository's objects through RepositoryStore", () => {
   test("JSON documents round-trip, encrypted or not; an absent one is null; a damaged one is REPOSITORY_CORRUPT, never null", async () => {
     const root = path.join(await tempHome("repository-store"), "repository");
     const key = newDataKey();
-    const store = new RepositoryStore(new DirectoryStore(root), (id) => Promise.resolve(id.equals(key.id) ? key : null));
-    await store.writeJson("manifests/20261207T093000Z-F", { id: "20261207T093000Z-F", status: "completed" });
+    const store = new RepositoryStore(new DirectoryStore(root), {
+      encrypted: true,
+      lookup: (id) => Promise.resolve(id.equals(key.id) ? key : null),
+    });
+    await store.writeJson("manifests/20261207T093000Z-F", { id: "20261207T093000Z-F", status: "completed" }, { dataKey: key });
     await store.writeJson("manifests/20261207T093100Z-F", { id: "20261207T093100Z-F" }, { dataKey: key });
     expect(await store.readJson("manifests/20261207T093000Z-F")).toEqual({ id: "20261207T093000Z-F", status: "completed" });
     expect(await store.readJson("manifests/20261207T093100Z-F")).toEqual({ id: "20261207T093100Z-F" });
+    // Written as the repository is, or not at all; and read as the repository is, whatever a header says.
+    await expect(store.writeJson("manifests/20261207T093200Z-F", {})).rejects.toMatchObject({ code: ErrorCode.Internal });
+    const plain = new RepositoryStore(new DirectoryStore(root));
+    await plain.writeJson("manifests/20261207T093200Z-F", { id: "forged, checksummed: its check needs no key" });
+    await expect(store.readJson("manifests/20261207T093200Z-F")).rejects.toMatchObject({
+      code: ErrorCode.RepositoryCorrupt,
+      message: expect.stringContaining("not encrypted, in an encrypted repository"),
+    });
+    await expect(plain.readJson("manifests/20261207T093000Z-F")).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    await plain.store.delete(["manifests/20261207T093200Z-F"]);
     expect(await store.readJson("manifests/20261207T093200Z-F")).toBeNull();
     expect((await store.list("manifests/")).map((info) => info.key)).toEqual([
       "manifests/20261207T093000Z-F",
