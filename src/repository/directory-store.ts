@@ -1,4 +1,4 @@
-import { constants, createReadStream } from "node:fs";
+import { constants, createReadStream, type BigIntStats } from "node:fs";
 import { open, readdir, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { addAbortSignal, type Readable } from "node:stream";
@@ -62,8 +62,7 @@ export class DirectoryStore implements ObjectStore {
       throw error;
     }
     await publishDurably(handle, temp, file);
-    const info = await stat(file);
-    return { key, size: info.size, modifiedAt: info.mtime };
+    return objectInfo(key, await stat(file, { bigint: true }));
   }
 
   async get(key: string, options: { readonly range?: ByteRange; readonly signal?: AbortSignal } = {}): Promise<Readable> {
@@ -90,12 +89,12 @@ export class DirectoryStore implements ObjectStore {
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
-    const info = await stat(this.fileOf(key)).catch((error: unknown) => {
+    const info = await stat(this.fileOf(key), { bigint: true }).catch((error: unknown) => {
       const failure = this.failure(key, error);
       if (failure.code === ErrorCode.NotFound) return null;
       throw failure;
     });
-    return info?.isFile() ? { key, size: info.size, modifiedAt: info.mtime } : null;
+    return info?.isFile() ? objectInfo(key, info) : null;
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
@@ -150,8 +149,8 @@ export class DirectoryStore implements ObjectStore {
       if (entry.isDirectory()) {
         if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) yield* this.walk(key, prefix);
       } else if (entry.isFile() && key.startsWith(prefix)) {
-        const info = await stat(path.join(directory, entry.name)).catch(() => null);
-        if (info) yield { key, size: info.size, modifiedAt: info.mtime };
+        const info = await stat(path.join(directory, entry.name), { bigint: true }).catch(() => null); // removed meanwhile
+        if (info) yield objectInfo(key, info);
       }
     }
   }
@@ -179,4 +178,14 @@ export class DirectoryStore implements ObjectStore {
 /** Where an entry sorts among keys: a directory's keys all start with its name and "/". */
 function sortKey(named: { readonly entry: { isDirectory(): boolean }; readonly key: string }): string {
   return named.entry.isDirectory() ? `${named.key}/` : named.key;
+}
+
+/** A file's ObjectInfo: its etag from the inode and times, which a put (a new file renamed into place) always changes. */
+function objectInfo(key: string, info: BigIntStats): ObjectInfo {
+  return {
+    key,
+    size: Number(info.size),
+    modifiedAt: new Date(Number(info.mtimeMs)),
+    etag: `${info.ino}-${info.size}-${info.mtimeNs}-${info.ctimeNs}`,
+  };
 }

@@ -51,8 +51,15 @@ export interface PutOptions {
 export interface ObjectInfo {
   readonly key: string;
   readonly size: number;
-  /** When the object was written (the store's clock). */
+  /** When the object was written (the store's clock; on S3 to the second). */
   readonly modifiedAt: Date;
+  /**
+   * Tells versions of the object apart: it changes whenever different
+   * content is written under the key (even of the same size within the same
+   * second), and may stay when the same bytes are written again (S3's ETag
+   * of a simple upload is their MD5). What a cache of parsed objects keys on.
+   */
+  readonly etag: string;
 }
 
 /** Bytes `start` to `end`, `end` excluded. */

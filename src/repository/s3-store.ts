@@ -209,7 +209,7 @@ export class S3Store implements ObjectStore {
     const bucketKey = this.bucketKeyOf(key);
     try {
       const output = await this.call(key, () => this.client.send(new HeadObjectCommand({ Bucket: this.settings.bucket, Key: bucketKey })));
-      return { key, size: output.ContentLength ?? 0, modifiedAt: output.LastModified ?? new Date(0) };
+      return { key, size: output.ContentLength ?? 0, modifiedAt: output.LastModified ?? new Date(0), etag: output.ETag ?? "" };
     } catch (error) {
       if (error instanceof RelevoError && error.code === ErrorCode.NotFound) return null;
       throw error;
@@ -227,7 +227,12 @@ export class S3Store implements ObjectStore {
       );
       for (const entry of page.Contents ?? []) {
         if (!entry.Key?.startsWith(this.settings.prefix)) continue;
-        yield { key: entry.Key.slice(this.settings.prefix.length), size: entry.Size ?? 0, modifiedAt: entry.LastModified ?? new Date(0) };
+        yield {
+          key: entry.Key.slice(this.settings.prefix.length),
+          size: entry.Size ?? 0,
+          modifiedAt: entry.LastModified ?? new Date(0),
+          etag: entry.ETag ?? "",
+        };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
