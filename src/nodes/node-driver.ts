@@ -73,6 +73,11 @@ export interface NodeTlsSource {
   exclusive?<T>(node: NodeRef, work: () => Promise<T>): Promise<T>;
 }
 
+/** `work` under `tls`'s exclusive hold on `node` (see NodeTlsSource.exclusive), or alone when it keeps none. */
+export function exclusivelyFor<T>(tls: NodeTlsSource, node: NodeRef, work: () => Promise<T>): Promise<T> {
+  return tls.exclusive ? tls.exclusive(node, work) : work();
+}
+
 /** The driver's view of a node's server process (or container). */
 export type NodeProcessState =
   | { readonly phase: "absent" } // no storage at all: never provisioned, or destroyed

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import os from "node:os";
-import type { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { ObjectStore } from "./object-store";
 
@@ -77,12 +77,12 @@ export async function checkRepository(store: ObjectStore, options: { readonly no
       return `the store's time is within ${Math.max(1, Math.round(Math.abs(skewMs) / 1000))} s of this host's`;
     });
     await step("read", async () => {
-      const read = await readAll(await store.get(key));
+      const read = await buffer(await store.get(key));
       if (!read.equals(probe)) throw corrupt(store, key, "read back different bytes");
       return "read back whole, byte for byte";
     });
     await step("range", async () => {
-      const read = await readAll(await store.get(key, { range: { start: 1000, end: 5096 } }));
+      const read = await buffer(await store.get(key, { range: { start: 1000, end: 5096 } }));
       if (!read.equals(probe.subarray(1000, 5096))) throw corrupt(store, key, "a byte range came back different");
       return "a byte range read back";
     });
@@ -107,22 +107,12 @@ export async function checkRepository(store: ObjectStore, options: { readonly no
   return { steps, failure };
 }
 
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
 function corrupt(store: ObjectStore, key: string, what: string): RelevoError {
   return new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${key} ${what}: the store does not keep what it is given`);
 }
 
+/** The stores give their failures Relevo's codes already (DirectoryStore, S3Store); anything else is an unavailable store. */
 function asRelevoError(error: unknown, store: ObjectStore): RelevoError {
   if (isRelevoError(error)) return error;
-  const code = (error as NodeJS.ErrnoException).code;
-  // A directory: the file system's refusals.
-  if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
-    return new RelevoError(ErrorCode.RepositoryAccessDenied, `${store.location}: ${(error as Error).message}`, { cause: error });
-  }
   return new RelevoError(ErrorCode.RepositoryUnavailable, `${store.location}: ${(error as Error).message}`, { cause: error });
 }

@@ -1,7 +1,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { Transform, pipeline, type Readable, type TransformCallback } from "node:stream";
 import { ErrorCode, RelevoError } from "../errors";
-import type { ByteRange, ObjectStore } from "./object-store";
+import { buffer } from "node:stream/consumers";
+import { rangeOutside, rangeWithin, type ByteRange, type ObjectStore } from "./object-store";
 
 /**
  * How Relevo stores an object's bytes: a header, then the content in
@@ -256,7 +257,7 @@ export async function getObject(store: ObjectStore, key: string, policy: ReadPol
 
 /** The whole content under `key` in memory (a manifest, a summary). */
 export async function readObject(store: ObjectStore, key: string, policy: ReadPolicy): Promise<Buffer> {
-  return readAll(await getObject(store, key, policy));
+  return buffer(await getObject(store, key, policy));
 }
 
 /**
@@ -280,7 +281,7 @@ export async function openObjectReader(store: ObjectStore, key: string, policy: 
   const info = await store.head(key);
   if (!info) throw new RelevoError(ErrorCode.NotFound, `${store.location}: no object ${key}`, { details: { key } });
   if (info.size < HEADER_SIZE) throw corrupt(key, "it is shorter than its header");
-  const header = decodeHeader(await readAll(await store.get(key, { range: { start: 0, end: HEADER_SIZE } })), key);
+  const header = decodeHeader(await buffer(await store.get(key, { range: { start: 0, end: HEADER_SIZE } })), key);
   const stored = header.chunkSize + overhead(header.encrypted);
   const body = info.size - HEADER_SIZE;
   const chunks = Math.max(1, Math.ceil(body / stored));
@@ -289,19 +290,14 @@ export async function openObjectReader(store: ObjectStore, key: string, policy: 
   return {
     contentSize,
     read: async (range) => {
-      if (!(range.start >= 0 && range.start < range.end && range.end <= contentSize)) {
-        throw new RelevoError(
-          ErrorCode.Internal,
-          `${store.location}: bytes ${range.start}-${range.end} are not within ${key} (${contentSize} bytes)`,
-        );
-      }
+      if (!rangeWithin(range, contentSize)) throw rangeOutside(store, key, range, contentSize);
       const first = Math.floor(range.start / header.chunkSize);
       const last = Math.floor((range.end - 1) / header.chunkSize);
       const storedStart = HEADER_SIZE + first * stored;
       const storedEnd = Math.min(HEADER_SIZE + (last + 1) * stored, info.size);
       const decoder = decodeChunks({ key, policy, header, firstIndex: first, endsObject: last === chunks - 1 });
       const part = await store.get(key, { range: { start: storedStart, end: storedEnd } });
-      const content = await readAll(pipeline(part, decoder, () => undefined));
+      const content = await buffer(pipeline(part, decoder, () => undefined));
       const offset = range.start - first * header.chunkSize;
       return content.subarray(offset, offset + (range.end - range.start));
     },
@@ -343,12 +339,6 @@ class ByteQueue {
     this.length -= wanted;
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, wanted);
   }
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
 }
 
 function corrupt(key: string, why: string): RelevoError {

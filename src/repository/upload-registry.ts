@@ -1,6 +1,6 @@
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import { acquireFileLock, type ProcessIdentity } from "../storage/file-lock";
+import { withFileLock, type ProcessIdentity } from "../storage/file-lock";
 import { replaceFileDurably } from "../util/durable-file";
 
 /** A change to the record is a read and a small write: a holder past this is stuck. */
@@ -59,12 +59,9 @@ export class FileUploadRegistry implements UploadRegistry {
       .catch(() => undefined)
       .then(async () => {
         await mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
-        const lock = await acquireFileLock(`${this.file}.lock`, { purpose: "multipart upload record", waitMs: REGISTRY_LOCK_WAIT_MS });
-        try {
+        await withFileLock(`${this.file}.lock`, { purpose: "multipart upload record", waitMs: REGISTRY_LOCK_WAIT_MS }, async () => {
           await replaceFileDurably(this.file, `${JSON.stringify(edit(await this.read()), null, 1)}\n`, { mode: 0o600 });
-        } finally {
-          await lock.release();
-        }
+        });
       });
     this.queue = next;
     return next;

@@ -126,6 +126,16 @@ export async function thisHost(): Promise<Required<HostIdentity>> {
   return { host: os.hostname(), hostId: `${bootId}/${pidNamespace}` };
 }
 
+/** `work` while holding the lock file `file` (see acquireFileLock), released however `work` ends. */
+export async function withFileLock<T>(file: string, options: FileLockOptions, work: () => Promise<T>): Promise<T> {
+  const lock = await acquireFileLock(file, options);
+  try {
+    return await work();
+  } finally {
+    await lock.release();
+  }
+}
+
 /** A process as a lock file names it: host, pid and start time (a reused pid is another process). */
 export interface ProcessIdentity extends Required<HostIdentity> {
   readonly pid: number;

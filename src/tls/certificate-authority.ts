@@ -328,9 +328,12 @@ async function readCaFile(file: string, env: string | null, options: { readonly 
 export function expiredOwnCaRemedy(home: string, role: CaRole): string {
   const paths = ownCaPaths(home, role);
   const files = [paths.certificate, paths.key, paths.rotation].map((file) => path.basename(file));
-  return role === "nodes"
-    ? `remove ${files.join(", ")} from ${paths.directory} (the last if present), and the next start makes a new nodes' CA and ` +
-        "issues every node's certificate again (PostgreSQL clients then need the new ca.crt)"
-    : `remove ${files.join(", ")} from ${paths.directory} (the last if present), and the next start makes a new services CA and ` +
-        "issues the API's and Redis's certificates again (clients of the API and of Redis then need the new services-ca.crt)";
+  const [made, clients] =
+    role === "nodes"
+      ? ["a new nodes' CA and issues every node's certificate again", "PostgreSQL clients then need the new ca.crt"]
+      : [
+          "a new services CA and issues the API's and Redis's certificates again",
+          "clients of the API and of Redis then need the new services-ca.crt",
+        ];
+  return `remove ${files.join(", ")} from ${paths.directory} (the last if present), and the next start makes ${made} (${clients})`;
 }

@@ -2,7 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
-import { acquireFileLock } from "../storage/file-lock";
+import { withFileLock } from "../storage/file-lock";
 import { replaceFileDurably } from "../util/durable-file";
 import { splitCertificates } from "./pem-bundle";
 
@@ -86,12 +86,7 @@ export async function withHolderLock<T>(
 ): Promise<T> {
   const file = recordFile(home, holder).replace(/\.json$/, ".lock");
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const lock = await acquireFileLock(file, { purpose: options.purpose, waitMs: options.waitMs });
-  try {
-    return await work();
-  } finally {
-    await lock.release();
-  }
+  return withFileLock(file, options, work);
 }
 
 /** Records that `holder` now has `certificatePem` (durably: the CA rotation's finish relies on it). */

@@ -1,7 +1,7 @@
 import { access, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
-import { acquireFileLock } from "../storage/file-lock";
+import { withFileLock } from "../storage/file-lock";
 import { replaceFileDurably, syncDirectory } from "../util/durable-file";
 
 /**
@@ -113,16 +113,7 @@ export async function removeCaRotation(home: string, role: CaRole): Promise<void
  */
 export function withCaRotationLock<T>(home: string, work: () => Promise<T>): Promise<T> {
   // One lock for both CAs: a rotation begins and finishes them together.
-  return acquireFileLock(path.join(path.join(home, OWN_CA_DIRECTORY), "rotation.lock"), {
-    purpose: "CA rotation",
-    waitMs: CA_LOCK_WAIT_MS,
-  }).then(async (lock) => {
-    try {
-      return await work();
-    } finally {
-      await lock.release();
-    }
-  });
+  return withFileLock(path.join(home, OWN_CA_DIRECTORY, "rotation.lock"), { purpose: "CA rotation", waitMs: CA_LOCK_WAIT_MS }, work);
 }
 
 /** A begin or finish takes well under a second: a holder longer than this is stuck, and the caller is told who. */

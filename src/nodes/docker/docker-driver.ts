@@ -19,6 +19,7 @@ import type {
   SmallFileRead,
   StopMode,
 } from "../node-driver";
+import { exclusivelyFor } from "../node-driver";
 import type { OsIdentity } from "../os-user";
 import { ContainerFiles } from "./container-files";
 import { LABELS, PG_USER, PGDATA, containerName, stopSignalFor, volumeName } from "./container-spec";
@@ -314,7 +315,7 @@ export class DockerDriver implements NodeDriver {
       await waitUntilReady(this.containers, node, container, options.timeoutMs);
     };
     // No renewal of this node's certificate in between: the postmaster reads a certificate and key of one pair.
-    await (this.options.tls.exclusive ? this.options.tls.exclusive(node, startOnNewFiles) : startOnNewFiles());
+    await exclusivelyFor(this.options.tls, node, startOnNewFiles);
   }
 
   async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {

@@ -19,6 +19,7 @@ import type {
   ChunkedReadOptions,
   ByteRange,
 } from "../node-driver";
+import { exclusivelyFor } from "../node-driver";
 import type { Readable } from "node:stream";
 import {
   listTree,
@@ -281,7 +282,7 @@ export class LocalDriver implements NodeDriver {
       }
     };
     // No renewal of this node's certificate in between: the postmaster reads a certificate and key of one pair.
-    await (this.options.tls.exclusive ? this.options.tls.exclusive(node, startOnNewFiles) : startOnNewFiles());
+    await exclusivelyFor(this.options.tls, node, startOnNewFiles);
   }
 
   async stop(node: NodeRef, options: { mode: StopMode; timeoutMs: number }): Promise<void> {
