@@ -15,6 +15,8 @@ import { WalArchive } from "./wal-archive";
 import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
 import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
+import { DirectoryStore } from "../repository/directory-store";
+import { RepositoryStore } from "../repository/repository-store";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -48,6 +50,14 @@ export class Repository {
   readonly walSummaryDir: string;
   /** Verification, restore and expiry of a backup take its lock (see BackupLocks). */
   readonly locks: BackupLocks;
+  /**
+   * The repository's objects (src/repository/repository-layout.ts says
+   * where each lives): what moves off the host goes through here, never
+   * by path. A directory store over `root` until object storage is wired.
+   */
+  readonly objects: RepositoryStore;
+  /** Which cluster's objects are read and written here (repository-layout's generation); 0 until clusters start over by generation. */
+  readonly generation = 0;
 
   /** Manifest summaries by backup id, with the identity of the file each was read from (listManifestSummaries). */
   private readonly summaries = new Map<string, { readonly identity: string; readonly summary: ManifestSummary | null }>();
@@ -61,6 +71,7 @@ export class Repository {
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
     this.locks = new BackupLocks(root);
+    this.objects = new RepositoryStore(new DirectoryStore(root));
   }
 
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
