@@ -15,7 +15,7 @@ import { verifyBackup } from "./verify";
 import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
 import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { expiryGroups, planRetention, walBeforeSparing } from "./retention";
+import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
 import { chooseBackupIn } from "../restore/choose-backup";
 import type { WalArchiver } from "../wal/wal-archiver";
@@ -38,7 +38,8 @@ export interface BackupServiceDeps {
   readonly parallelism: number;
   readonly archiveTimeoutMs: number;
   readonly startTimeoutMs: number;
-  readonly retentionFull: number;
+  /** What expiry keeps (the count and time rules; `now` is taken at each expiry). */
+  readonly retention: Omit<RetentionPolicy, "now">;
   /** Address scratch nodes (restore tests) listen on. */
   readonly host: string;
   /** The latest topology, to choose the node a backup is copied from. */
@@ -126,7 +127,7 @@ export class BackupService {
    */
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
     const manifests = await this.list();
-    const plan = planRetention(manifests, this.deps.retentionFull);
+    const plan = planRetention(manifests, { ...this.deps.retention, now: new Date() });
     const expired: string[] = [];
     const skipped: BackupManifest[] = [];
     for (const group of expiryGroups(plan, manifests)) {

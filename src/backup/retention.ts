@@ -8,30 +8,78 @@ export interface RetentionPlan {
   readonly walBefore: number | null;
 }
 
+/** What a repository keeps (RELEVO_RETENTION_FULL / RELEVO_REPO<n>_RETENTION_FULL and _RETENTION_DAYS). */
+export interface RetentionPolicy {
+  /** The newest this many completed full backups are kept, with everything that builds on them. */
+  readonly keepFull: number;
+  /** Whatever restores to any point of the last this many days is kept; null: no time rule. */
+  readonly keepDays: number | null;
+  /** The time the days count back from. */
+  readonly now: Date;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
 /**
- * Which backups and WAL to let go, keeping the newest `keepFull` completed
- * full backups and everything that depends on them (a differential or
- * incremental is kept with the full it builds on). Pure.
+ * Which backups and WAL to let go. A completed backup is kept when either
+ * rule keeps it, and with it every backup it builds on:
  *
- * WAL: a backup needs the archive from its own start (redo) LSN onward, on
- * its timeline and every later one, so segments numbered below the oldest
- * kept backup's start segment can go, whatever their timeline. `.history`
- * files are never removed (they are tiny and recovery needs every one).
+ * - count: the newest `keepFull` full backups, with every differential or
+ *   incremental that builds on them;
+ * - time: every backup consistent within the last `keepDays` days, and the
+ *   newest one consistent before that window began (the anchor a restore to
+ *   the window's first moment replays from). Without such an anchor nothing
+ *   is let go: the oldest backup is still needed to reach the window's start
+ *   as closely as the archive allows.
+ *
+ * A backup is consistent from its stop (the end of its WAL), so that is the
+ * time the window is judged on. WAL: a backup needs the archive from its own
+ * start (redo) LSN onward, on its timeline and every later one, so segments
+ * numbered below the oldest kept backup's start segment can go, whatever
+ * their timeline. `.history` files are never removed (they are tiny and
+ * recovery needs every one). Pure.
  */
-export function planRetention(manifests: readonly BackupManifest[], keepFull: number): RetentionPlan {
+export function planRetention(manifests: readonly BackupManifest[], policy: RetentionPolicy): RetentionPlan {
   const completed = manifests.filter((m) => m.status === "completed").sort((a, b) => a.startedAt.localeCompare(b.startedAt));
-  const fulls = completed.filter((m) => m.type === "full");
-  if (fulls.length <= keepFull) return { expire: [], walBefore: oldestStart(completed) };
-  const keptFulls = new Set(fulls.slice(fulls.length - keepFull).map((m) => m.id));
   const byId = new Map(completed.map((m) => [m.id, m]));
-  const rootOf = (manifest: BackupManifest): string => {
+  const chainOf = (manifest: BackupManifest): BackupManifest[] => {
+    const chain = [manifest];
+    const seen = new Set([manifest.id]);
     let current = manifest;
-    while (current.reference && byId.has(current.reference)) current = byId.get(current.reference)!;
-    return current.id;
+    while (current.reference && byId.has(current.reference) && !seen.has(current.reference)) {
+      current = byId.get(current.reference)!;
+      seen.add(current.id);
+      chain.push(current);
+    }
+    return chain;
   };
-  const kept = completed.filter((m) => keptFulls.has(rootOf(m)));
-  const keptIds = new Set(kept.map((m) => m.id));
+  const keptIds = new Set<string>();
+  const keep = (manifest: BackupManifest): void => {
+    for (const link of chainOf(manifest)) keptIds.add(link.id);
+  };
+
+  const fulls = completed.filter((m) => m.type === "full");
+  const keptFulls = new Set(fulls.slice(Math.max(0, fulls.length - policy.keepFull)).map((m) => m.id));
+  for (const manifest of completed) if (keptFulls.has(chainOf(manifest).at(-1)!.id)) keep(manifest);
+
+  if (policy.keepDays !== null) {
+    const windowStart = policy.now.getTime() - policy.keepDays * DAY_MS;
+    const before = completed.filter((m) => consistentAt(m) <= windowStart);
+    const anchor = before.sort((a, b) => consistentAt(a) - consistentAt(b)).at(-1);
+    if (!anchor) for (const manifest of completed) keep(manifest);
+    else {
+      keep(anchor);
+      for (const manifest of completed) if (consistentAt(manifest) > windowStart) keep(manifest);
+    }
+  }
+
+  const kept = completed.filter((m) => keptIds.has(m.id));
   return { expire: completed.filter((m) => !keptIds.has(m.id)).map((m) => m.id), walBefore: oldestStart(kept) };
+}
+
+/** When a backup became restorable: its stop (a completed backup has one; older manifests fall back to its finish). */
+function consistentAt(manifest: BackupManifest): number {
+  return Date.parse(manifest.stoppedAt ?? manifest.finishedAt ?? manifest.startedAt);
 }
 
 /**

@@ -241,6 +241,11 @@ function invalid(variable: string, expected: string, options: { readonly secret?
  * start refuses it (`relevo repo list` and `relevo repo check` take them:
  * a store can be checked before it is used).
  */
+/** What expiry keeps in a repository: its own rules, its count falling back to the cluster's RELEVO_RETENTION_FULL. Pure. */
+export function retentionOf(settings: RepositorySettings, clusterKeepFull: number): { keepFull: number; keepDays: number | null } {
+  return { keepFull: settings.retentionFull ?? clusterKeepFull, keepDays: settings.retentionDays };
+}
+
 export function assertRepositoriesInUse(repositories: readonly RepositorySettings[]): void {
   const unused = repositories.filter(
     (repository) => !(repository.index === 1 && repository.type === "dir" && repository.cipherPass === ""),

@@ -11,6 +11,7 @@ import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import { Repository } from "../storage/repository";
+import { retentionOf } from "../config/repository-config";
 import { ArchiveMonitor } from "../wal/archive-monitor";
 import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
@@ -126,7 +127,8 @@ export function startBackups(
     archiveTimeoutMs: config.archiveTimeoutMs,
     startTimeoutMs: config.startTimeoutMs,
     host: config.host,
-    retentionFull: config.retentionFull,
+    // Backups and the archive go to repository 1 alone until several are wired (issue 16).
+    retention: retentionOf(config.repositories[0]!, config.retentionFull),
     topology: () => collector.latest,
     nodes,
     sourcePolicy: config.backupSource,

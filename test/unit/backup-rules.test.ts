@@ -3,7 +3,7 @@ import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
-import { expiryGroups, planRetention, walBeforeSparing } from "../../src/backup/retention";
+import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "../../src/backup/retention";
 import { chainChange } from "../../src/backup/backup-lock";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
@@ -101,6 +101,8 @@ describe("recovery settings (pure)", () => {
   });
 });
 
+const byCount = (keepFull: number): RetentionPolicy => ({ keepFull, keepDays: null, now: new Date() });
+
 describe("retention (pure)", () => {
   test("keeps the newest N fulls with their dependents; WAL before the oldest kept start can go", () => {
     const backups = [
@@ -110,9 +112,42 @@ describe("retention (pure)", () => {
       manifest("I4", { type: "incremental", reference: "F3", startLsn: "0/6000028" }),
       manifest("F5", { startLsn: "0/9000028" }),
     ];
-    expect(planRetention(backups, 2)).toEqual({ expire: ["F1", "I2"], walBefore: 5 });
-    expect(planRetention(backups, 3)).toEqual({ expire: [], walBefore: 1 });
-    expect(planRetention([manifest("F1", { status: "failed" })], 1)).toEqual({ expire: [], walBefore: null });
+    expect(planRetention(backups, byCount(2))).toEqual({ expire: ["F1", "I2"], walBefore: 5 });
+    expect(planRetention(backups, byCount(3))).toEqual({ expire: [], walBefore: 1 });
+    expect(planRetention([manifest("F1", { status: "failed" })], byCount(1))).toEqual({ expire: [], walBefore: null });
+  });
+
+  test("by days: whatever is consistent in the window, the newest backup before it, and what each builds on", () => {
+    // Consistent (stopped) on day n of November at 00:01; WAL starts at segment n.
+    const backups = [
+      manifest("F1", { startLsn: "0/1000028" }),
+      manifest("D2", { type: "differential", reference: "F1", startLsn: "0/2000028" }),
+      manifest("F3", { startLsn: "0/3000028" }),
+      manifest("D4", { type: "differential", reference: "F3", startLsn: "0/4000028" }),
+      manifest("D5", { type: "differential", reference: "F3", startLsn: "0/5000028" }),
+      manifest("I6", { type: "incremental", reference: "D5", startLsn: "0/6000028" }),
+    ];
+    const at = (day: number, time = "12:00:00"): Date => new Date(`2026-11-0${day}T${time}.000Z`);
+    // Window from Nov 4 12:00: D4 is the anchor; D5 and I6 are in it; F3 is what they build on. F1, D2 go.
+    expect(planRetention(backups, { keepFull: 1, keepDays: 2, now: at(6) })).toEqual({ expire: ["F1", "D2"], walBefore: 3 });
+    // Window from Nov 5 12:00: D5 is the anchor; D4 is not needed by the window, but the count keeps F3 with all it has.
+    expect(planRetention(backups, { keepFull: 1, keepDays: 1, now: at(6) })).toEqual({ expire: ["F1", "D2"], walBefore: 3 });
+    // A differential the window does not need goes, although the full under it stays (the anchor builds on it).
+    const older = [
+      manifest("F1", { startLsn: "0/1000028" }),
+      manifest("D2", { type: "differential", reference: "F1", startLsn: "0/2000028" }),
+      manifest("D3", { type: "differential", reference: "F1", startLsn: "0/3000028" }),
+      manifest("F4", { startLsn: "0/4000028" }),
+    ];
+    expect(planRetention(older, { keepFull: 1, keepDays: 1, now: at(4) })).toEqual({ expire: ["D2"], walBefore: 1 });
+    // A backup is restorable from its stop: one stopped a moment after the window began is in it, not the anchor.
+    expect(planRetention(backups, { keepFull: 1, keepDays: 1, now: at(6, "00:00:59") }).expire).toEqual(["F1", "D2"]);
+    // No backup before the window: all kept (the oldest is the closest a restore gets to the window's start).
+    expect(planRetention(backups, { keepFull: 1, keepDays: 30, now: at(6) })).toEqual({ expire: [], walBefore: 1 });
+    // Either rule keeps: the count keeps F1's chain although the window does not need it.
+    expect(planRetention(backups, { keepFull: 2, keepDays: 1, now: at(6) })).toEqual({ expire: [], walBefore: 1 });
+    // Without a time rule, the count alone.
+    expect(planRetention(backups, { keepFull: 1, keepDays: null, now: at(6) }).expire).toEqual(["F1", "D2"]);
   });
 
   test("a backup expiry skipped (another held its lock) keeps its WAL until the next expiry", () => {
@@ -133,7 +168,7 @@ describe("expiry against a dependent's verification or restore (pure)", () => {
       manifest("F5"),
       manifest("F6"),
     ];
-    const plan = planRetention(backups, 2);
+    const plan = planRetention(backups, byCount(2));
     expect(plan.expire).toEqual(["F1", "D2", "I3", "F4"]);
     expect(expiryGroups(plan, backups)).toEqual([["I3", "D2", "F1"], ["F4"]]);
     // A dependent whose full is gone already (a crash between them, before groups) is a group of its own.
