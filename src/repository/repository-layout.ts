@@ -22,6 +22,15 @@ import { parseSegmentName } from "../postgres/wal-names";
 export const REPOSITORY_DESCRIPTOR_KEY = "repository.json";
 export const KEYS_PREFIX = "keys/";
 
+/**
+ * Where a first cluster's backups and WAL live, and a directory
+ * repository's legacy backups: a repository with anything under one has
+ * content (encryption can no longer be turned on). The legacy `wal/` is
+ * not here: it is the PostgreSQL user's, never walked by a store (the
+ * repository checks it through its guarded handles).
+ */
+export const REPOSITORY_CONTENT_PREFIXES: readonly string[] = ["manifests/", "backups/", "archive/", "wal-summary/"];
+
 export function generationPrefix(generation: number): string {
   if (!Number.isSafeInteger(generation) || generation < 0) throw layoutDefect(`generation ${generation}`);
   return generation === 0 ? "" : `g${generation}/`;

@@ -11,6 +11,8 @@ import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store";
 import { RepositoryStore } from "../../src/repository/repository-store";
+import { assertNotEncrypted, KEYRING_KEY, RepositoryKeyring, wrappedDataKeyKey } from "../../src/repository/repository-keyring";
+import { putObject, readObject, UNENCRYPTED } from "../../src/repository/object-codec";
 import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
 import { FileUploadRegistry } from "../../src/repository/upload-registry";
 import { thisProcess } from "../../src/storage/file-lock";
@@ -220,6 +222,112 @@ describe.each(kinds)("object store conformance: $name", (kind) => {
       await expect(store.put(key, Buffer.from("x"))).rejects.toMatchObject({ code: ErrorCode.Internal });
       await expect(store.get(key)).rejects.toMatchObject({ code: ErrorCode.Internal });
     }
+  });
+});
+
+/** scrypt made cheap for tests that open keyrings many times; the production cost is used once below. */
+const TEST_SCRYPT = { N: 2 ** 12, r: 8, p: 1 };
+const PASS = "correct horse battery staple";
+const VARIABLE = "RELEVO_REPO1_CIPHER_PASS";
+
+/** An encrypted repository's keys (repository-keyring.ts) on each kind of store. */
+describe.each(kinds)("encrypted repository keys: $name", (kind) => {
+  let store: ObjectStore;
+  let label = 0;
+  const open = (options: Partial<Parameters<typeof RepositoryKeyring.open>[1]> = {}): Promise<RepositoryKeyring> =>
+    RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, settleMs: 50, scrypt: TEST_SCRYPT, ...options });
+
+  beforeEach(async () => {
+    label += 1;
+    ({ store } = await kind.make(`${kind.name}-keys-${label}`));
+  });
+
+  afterEach(async () => {
+    await store.close();
+  });
+
+  test("a new keyring encrypts under a data key that another opening with the pass reads; the pass is stored nowhere", async () => {
+    const made = await RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, settleMs: 50 });
+    const dataKey = await made.newDataKey();
+    await new RepositoryStore(store, made.policy).writeJson("manifests/m1", { secret: "table contents" }, { dataKey });
+
+    const reopened = await RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: false });
+    expect(await new RepositoryStore(store, reopened.policy).readJson("manifests/m1")).toEqual({ secret: "table contents" });
+    // Stored: the keyring (at the production scrypt cost), one wrapped key, the object; no plaintext, no pass.
+    expect(await keys(store, "")).toEqual(["keys/data/" + dataKey.id.toString("hex"), "keys/keyring", "manifests/m1"]);
+    for (const key of await keys(store, "")) {
+      const stored = await readAll(await store.get(key));
+      expect(stored.includes(Buffer.from(PASS))).toBe(false);
+      expect(stored.includes(Buffer.from("table contents"))).toBe(false);
+      expect(stored.includes(dataKey.key)).toBe(false);
+    }
+    expect(JSON.parse((await readObject(store, KEYRING_KEY, UNENCRYPTED)).toString())).toMatchObject({
+      scrypt: { N: 2 ** 17, r: 8, p: 1 },
+    });
+    // An unencrypted reader is refused by the repository's rule, whatever it is told: the object is not checksummed only.
+    await expect(new RepositoryStore(store).readJson("manifests/m1")).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    await expect(assertNotEncrypted(store, VARIABLE)).rejects.toMatchObject({
+      code: ErrorCode.RepositoryAccessDenied,
+      details: { env: VARIABLE },
+    });
+  });
+
+  test("a wrong pass is REPOSITORY_ACCESS_DENIED naming the repository and its variable", async () => {
+    await open();
+    const wrong = open({ cipherPass: "not the right pass at all", create: false });
+    await expect(wrong).rejects.toMatchObject({
+      code: ErrorCode.RepositoryAccessDenied,
+      details: { repository: store.location, env: VARIABLE },
+    });
+    await expect(wrong).rejects.toThrow(/RELEVO_REPO1_CIPHER_PASS does not open/);
+  });
+
+  test("a pass for a repository with unencrypted content, or no keyring to read, is refused; nothing is written", async () => {
+    await expect(open({ create: false })).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
+    await new RepositoryStore(store).writeJson("manifests/m1", { plain: true });
+    await expect(open()).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed, details: { env: VARIABLE } });
+    expect(await keys(store, "")).toEqual(["manifests/m1"]);
+    await expect(assertNotEncrypted(store, VARIABLE)).resolves.toBeUndefined();
+  });
+
+  test("two processes making the keyring at once end with one: each reads what the other encrypted", async () => {
+    const [first, second] = await Promise.all([open({ settleMs: 300 }), open({ settleMs: 300 })]);
+    const fromFirst = await first.newDataKey();
+    const fromSecond = await second.newDataKey();
+    await new RepositoryStore(store, first.policy).writeJson("manifests/a", { by: "first" }, { dataKey: fromFirst });
+    await new RepositoryStore(store, second.policy).writeJson("manifests/b", { by: "second" }, { dataKey: fromSecond });
+    expect(await new RepositoryStore(store, second.policy).readJson("manifests/a")).toEqual({ by: "first" });
+    expect(await new RepositoryStore(store, first.policy).readJson("manifests/b")).toEqual({ by: "second" });
+  });
+
+  test("a keyring made again under the opened one stops new data keys; a missing or swapped wrapped key is REPOSITORY_CORRUPT", async () => {
+    const keyring = await open();
+    const dataKey = await keyring.newDataKey();
+    await new RepositoryStore(store, keyring.policy).writeJson("manifests/m1", { n: 1 }, { dataKey });
+    const other = await keyring.newDataKey();
+    await new RepositoryStore(store, keyring.policy).writeJson("manifests/m2", { n: 2 }, { dataKey: other });
+
+    // A reader that never saw the keys: the wrapped key is read from the store. Swapped for another id's, it does not open.
+    const reader = async (): Promise<RepositoryStore> => new RepositoryStore(store, (await open({ create: false })).policy);
+    const wrapped = await readAll(await store.get(wrappedDataKeyKey(other.id)));
+    await store.put(wrappedDataKeyKey(dataKey.id), wrapped);
+    await expect((await reader()).readJson("manifests/m1")).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    await store.delete([wrappedDataKeyKey(dataKey.id)]);
+    await expect((await reader()).readJson("manifests/m1")).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    expect(await (await reader()).readJson("manifests/m2")).toEqual({ n: 2 });
+
+    // The keyring replaced under an open one (another salt: made anew elsewhere, or put back by hand): no new key under
+    // the old repository key, which no later reader could open.
+    const stored = JSON.parse((await readObject(store, KEYRING_KEY, UNENCRYPTED)).toString()) as { salt: string };
+    const replaced = { ...stored, salt: randomBytes(16).toString("base64") };
+    await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(replaced)), { encrypted: false });
+    await expect(keyring.newDataKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+  });
+
+  test("a planted keyring asking scrypt for more than Relevo allows is refused before any work", async () => {
+    const planted = { format: 1, scrypt: { N: 2 ** 30, r: 8, p: 1 }, salt: "AAAA", check: "AAAA" };
+    await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(planted)), { encrypted: false });
+    await expect(open({ create: false })).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
   });
 });
 

@@ -1,0 +1,214 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import { putObject, readObject, UNENCRYPTED, type DataKey, type ReadPolicy } from "./object-codec";
+import type { ObjectStore } from "./object-store";
+import {
+  cipherPassWrong,
+  deriveRepositoryKey,
+  keyCheck,
+  keyCheckPasses,
+  newDataKey,
+  newSalt,
+  SCRYPT_PARAMETERS,
+  unwrapDataKey,
+  wrapDataKey,
+  type ScryptParameters,
+} from "./repository-keys";
+import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES } from "./repository-layout";
+
+/**
+ * An encrypted repository's keys as stored (see repository-keys.ts):
+ *
+ *   keys/keyring        {"format":1,"scrypt":{N,r,p},"salt":…,"check":…}: how the pass becomes the repository key,
+ *                       and a value sealed under that key that tells a right pass from a wrong one
+ *   keys/data/<id hex>  one data key, sealed under the repository key and bound to its id
+ *
+ * Both in the codec's checksummed form: neither holds a secret (a wrapped
+ * key opens only under the repository key), and both are read before any
+ * key is known. Every other object of an encrypted repository is
+ * encrypted, its header naming the data key it is under.
+ */
+export const KEYRING_KEY = `${KEYS_PREFIX}keyring`;
+
+export function wrappedDataKeyKey(id: Buffer): string {
+  return `${KEYS_PREFIX}data/${id.toString("hex")}`;
+}
+
+interface StoredKeyring {
+  readonly format: 1;
+  readonly scrypt: ScryptParameters;
+  readonly salt: string;
+  readonly check: string;
+}
+
+/** How long a new keyring is left before it is read back: another process making one at the same moment has written by then. */
+const KEYRING_SETTLE_MS = 1000;
+
+export interface KeyringOptions {
+  /** RELEVO_REPO<n>_CIPHER_PASS's value. */
+  readonly cipherPass: string;
+  /** RELEVO_REPO<n>_CIPHER_PASS, for messages. */
+  readonly variable: string;
+  /** Whether an empty repository gets a keyring now (the service; a restore only reads). */
+  readonly create: boolean;
+  readonly settleMs?: number;
+  /** scrypt's cost for a new keyring (tests lower it; an existing keyring's own is always used). */
+  readonly scrypt?: ScryptParameters;
+}
+
+/**
+ * The keys of an encrypted repository, opened with the operator's pass:
+ * the read policy every object is read under, and new data keys (one per
+ * backup, one for the archive) wrapped into the repository. Unwrapped keys
+ * are kept in memory only.
+ */
+export class RepositoryKeyring {
+  readonly policy: ReadPolicy;
+  private readonly known = new Map<string, Promise<DataKey | null>>();
+
+  private constructor(
+    private readonly store: ObjectStore,
+    private readonly repositoryKey: Buffer,
+    private readonly salt: string,
+  ) {
+    this.policy = { encrypted: true, lookup: (id) => this.lookup(id) };
+  }
+
+  /**
+   * Opens the keyring with `cipherPass`: REPOSITORY_ACCESS_DENIED naming the
+   * repository and the variable when the pass is not the one it was made
+   * with. An empty repository gets a new keyring when `create` is set; one
+   * with content but no keyring is unencrypted and stays so
+   * (PRECONDITION_FAILED: mixing would leave objects a reader cannot tell
+   * apart from forged ones).
+   */
+  static async open(store: ObjectStore, options: KeyringOptions): Promise<RepositoryKeyring> {
+    const stored = await readKeyring(store);
+    if (stored) return RepositoryKeyring.unlock(store, stored, options);
+    if (!options.create) {
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `${store.location}: ${options.variable} is set but the repository has no keys (it is not encrypted, or not made yet)`,
+        { details: { repository: store.location, env: options.variable } },
+      );
+    }
+    if (await hasContent(store)) {
+      throw new RelevoError(
+        ErrorCode.PreconditionFailed,
+        `${store.location} holds backups or WAL but no keyring: it is unencrypted (encryption applies to a new repository: ` +
+          `unset ${options.variable}, or point the repository at an empty location and take a full backup there), or its ` +
+          `${KEYRING_KEY} was lost`,
+        { details: { repository: store.location, env: options.variable } },
+      );
+    }
+    const parameters = options.scrypt ?? SCRYPT_PARAMETERS;
+    const salt = newSalt();
+    const repositoryKey = await deriveRepositoryKey(options.cipherPass, salt, parameters);
+    const made: StoredKeyring = {
+      format: 1,
+      scrypt: parameters,
+      salt: salt.toString("base64"),
+      check: keyCheck(repositoryKey).toString("base64"),
+    };
+    await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(made)), { encrypted: false });
+    // Two processes that found no keyring at the same moment each wrote one: the one stored last is the repository's.
+    // Read it back once both have written, and take it (the pass is the same, or the check refuses it). No data key
+    // exists yet, and newDataKey checks the salt again before it wraps one.
+    await sleep(options.settleMs ?? KEYRING_SETTLE_MS);
+    const settled = await readKeyring(store);
+    if (!settled) throw keyringVanished(store);
+    return settled.salt === made.salt
+      ? new RepositoryKeyring(store, repositoryKey, made.salt)
+      : RepositoryKeyring.unlock(store, settled, options);
+  }
+
+  private static async unlock(store: ObjectStore, stored: StoredKeyring, options: KeyringOptions): Promise<RepositoryKeyring> {
+    const repositoryKey = await deriveRepositoryKey(options.cipherPass, Buffer.from(stored.salt, "base64"), stored.scrypt);
+    if (!keyCheckPasses(repositoryKey, Buffer.from(stored.check, "base64"))) throw cipherPassWrong(store.location, options.variable);
+    return new RepositoryKeyring(store, repositoryKey, stored.salt);
+  }
+
+  /** A new data key, stored wrapped before it is returned: nothing is ever written under a key the repository lacks. */
+  async newDataKey(): Promise<DataKey> {
+    const stored = await readKeyring(this.store);
+    if (stored?.salt !== this.salt) throw keyringVanished(this.store);
+    const dataKey = newDataKey();
+    await putObject(this.store, wrappedDataKeyKey(dataKey.id), wrapDataKey(this.repositoryKey, dataKey), { encrypted: false });
+    this.known.set(dataKey.id.toString("hex"), Promise.resolve(dataKey));
+    return dataKey;
+  }
+
+  /** The data key an object's header names; null when the repository has none by that id. */
+  private lookup(id: Buffer): Promise<DataKey | null> {
+    const name = id.toString("hex");
+    let found = this.known.get(name);
+    if (!found) {
+      found = readObject(this.store, wrappedDataKeyKey(id), UNENCRYPTED).then(
+        (wrapped) => unwrapDataKey(this.repositoryKey, id, wrapped, this.store.location),
+        (error: unknown) => {
+          if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
+          throw error;
+        },
+      );
+      // A failed read is not remembered: the next read tries again.
+      found.catch(() => this.known.delete(name));
+      this.known.set(name, found);
+    }
+    return found;
+  }
+}
+
+/**
+ * Refuses an encrypted repository opened without a pass: its objects would
+ * all fail their checks, each reported as damage, when the configuration
+ * is what is wrong.
+ */
+export async function assertNotEncrypted(store: ObjectStore, variable: string): Promise<void> {
+  if ((await store.head(KEYRING_KEY)) === null) return;
+  throw new RelevoError(ErrorCode.RepositoryAccessDenied, `${store.location} is encrypted: set ${variable} to the pass it was made with`, {
+    details: { repository: store.location, env: variable },
+  });
+}
+
+async function readKeyring(store: ObjectStore): Promise<StoredKeyring | null> {
+  let bytes: Buffer;
+  try {
+    bytes = await readObject(store, KEYRING_KEY, UNENCRYPTED);
+  } catch (error) {
+    if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
+    throw error;
+  }
+  const parsed = parseKeyring(bytes);
+  if (!parsed) throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${KEYRING_KEY} is not a keyring Relevo can read`);
+  return parsed;
+}
+
+function parseKeyring(bytes: Buffer): StoredKeyring | null {
+  try {
+    const value = JSON.parse(bytes.toString("utf8")) as Partial<StoredKeyring>;
+    const { scrypt } = value;
+    const integer = (n: unknown, max: number): boolean => Number.isSafeInteger(n) && (n as number) >= 1 && (n as number) <= max;
+    if (value.format !== 1 || typeof value.salt !== "string" || typeof value.check !== "string" || !scrypt) return null;
+    // Bounded, so that a planted keyring cannot make every start spend gigabytes on scrypt.
+    if (!integer(scrypt.N, 2 ** 20) || !integer(scrypt.r, 32) || !integer(scrypt.p, 16)) return null;
+    return { format: 1, scrypt: { N: scrypt.N, r: scrypt.r, p: scrypt.p }, salt: value.salt, check: value.check };
+  } catch {
+    return null;
+  }
+}
+
+async function hasContent(store: ObjectStore): Promise<boolean> {
+  for (const prefix of REPOSITORY_CONTENT_PREFIXES) {
+    for await (const found of store.list(prefix)) {
+      if (found) return true;
+    }
+  }
+  return false;
+}
+
+function keyringVanished(store: ObjectStore): RelevoError {
+  return new RelevoError(
+    ErrorCode.RepositoryCorrupt,
+    `${store.location}: ${KEYRING_KEY} changed or went away while this process held it open (another process made the repository's keys again?)`,
+  );
+}
