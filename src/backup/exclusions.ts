@@ -1,4 +1,5 @@
 import type { FileEntry } from "../nodes/node-driver";
+import { NODE_WAL_DIRECTORY } from "../restore/node-wal";
 
 /**
  * What a physical backup must not copy (PostgreSQL docs, "Making a Base
@@ -28,6 +29,13 @@ const EMPTIED_DIRECTORIES = new Set([
   "pg_subtrans",
 ]);
 
+/**
+ * A node's own WAL directory, which Relevo feeds while it recovers (see
+ * node-wal.ts): WAL, not data, and the script that reads it. Not copied, not
+ * even empty; a restore makes it again when it needs it.
+ */
+const NOT_COPIED_DIRECTORIES = new Set([NODE_WAL_DIRECTORY]);
+
 /** What every temporary file name of Relevo's contains (durable-file.ts, the Docker file agent, container-files.ts). */
 const RELEVO_TEMP_MARK = ".relevo-tmp-";
 
@@ -36,6 +44,7 @@ export function isExcluded(entry: Pick<FileEntry, "path" | "type">, unloggedRela
   const name = parts[parts.length - 1]!;
   if (parts.length === 1 && entry.type === "file" && EXCLUDED_FILES.has(name)) return true;
   if (parts.length > 1 && EMPTIED_DIRECTORIES.has(parts[0]!)) return true;
+  if (NOT_COPIED_DIRECTORIES.has(parts[0]!)) return true;
   if (name.startsWith("pgsql_tmp") || parts.some((part) => part.startsWith("pgsql_tmp"))) return true;
   if (name === "pg_internal.init") return true; // relcache init file, rebuilt at start
   // A temporary file of Relevo's own that a crash left before its rename (see durable-file.ts): it may hold a password

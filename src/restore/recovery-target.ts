@@ -1,6 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import { commandPathWord, configString } from "../postgres/config-values";
 import { hasControlCharacter } from "../util/control-characters";
+import { nodeRestoreCommand } from "./node-wal";
 
 /** Where recovery stops (PostgreSQL's recovery_target_* settings). */
 export type RecoveryTarget =
@@ -63,14 +64,15 @@ export function standbySettings(options: { walDir: string; conninfo: string; slo
 }
 
 /**
- * Recovery settings for a restored copy. Pure. It replays from the WAL
- * archive (restore_command), follows the latest timeline (so a target after a
+ * Recovery settings for a restored copy. Pure. It replays the WAL Relevo
+ * feeds into its own directory (restore_command: see node-wal.ts; it never
+ * reads the repository), follows the latest timeline (so a target after a
  * failover is reachable), promotes at the target, and cannot touch the live
  * cluster: no archiving, no upstream, no slot, no synchronous standbys.
  */
-export function recoverySettings(options: { walDir: string; target: RecoveryTarget; timeline?: number | "latest" }): string {
+export function recoverySettings(options: { target: RecoveryTarget; timeline?: number | "latest" }): string {
   const lines = [
-    `restore_command = ${configString(restoreCommandFor(options.walDir))}`,
+    `restore_command = ${configString(nodeRestoreCommand("recovery"))}`,
     `recovery_target_timeline = ${configString(String(options.timeline ?? "latest"))}`,
     "recovery_target_action = 'promote'",
     "archive_mode = off",

@@ -25,6 +25,8 @@ import { assertNoMemberPort, restoreTargetAccepted } from "./copy-placement";
 import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
+import { WalFeeder } from "./wal-feeder";
+import { archiveWalSource, type WalSource } from "./wal-source";
 
 export interface RestoreDeps {
   readonly clusterName: string;
@@ -33,6 +35,8 @@ export interface RestoreDeps {
   readonly repository: Repository;
   readonly superuser: Credentials;
   readonly logger: Logger;
+  /** Where the WAL fed to the copy comes from; default: the repository's archive. */
+  readonly walSource?: WalSource;
 }
 
 export interface RestoreOptions {
@@ -127,12 +131,28 @@ async function restoreClaimedTarget(
       MANAGED_CONF,
       managedConf({ clusterName: deps.clusterName, maxSlotWalKeepSize: deps.maxSlotWalKeepSize }, target, driver.tlsPaths(target)) +
         "# Recovery of a restored copy\n" +
-        recoverySettings({ walDir: repository.walDir, target: options.recoveryTarget, timeline: options.timeline }),
+        recoverySettings({ target: options.recoveryTarget, timeline: options.timeline }),
     );
     const copiedAtMs = Date.now();
-    await driver.start(target, { timeoutMs: options.startTimeoutMs });
-    const startedServerAtMs = Date.now();
-    await waitForPromotion(deps, target, options.startTimeoutMs);
+    // The copy reads WAL only from its own directory, fed from here until it is promoted (see node-wal.ts).
+    const feeder = await WalFeeder.open({
+      driver,
+      node: target,
+      source: deps.walSource ?? archiveWalSource(repository.wal),
+      logger: deps.logger,
+      mode: "recovery",
+      timeline: options.timeline ?? "latest",
+      from: { timeline: manifest.timeline, lsn: manifest.startLsn },
+      parallel: Math.max(2, Math.min(options.parallelism, 8)),
+    });
+    let startedServerAtMs: number;
+    try {
+      await driver.start(target, { timeoutMs: options.startTimeoutMs });
+      startedServerAtMs = Date.now();
+      await waitForPromotion(deps, target, options.startTimeoutMs);
+    } finally {
+      await feeder.close();
+    }
     deps.logger.info(
       {
         backupId: manifest.id,

@@ -9,7 +9,10 @@ import { backupId } from "../../src/backup/manifest";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
-import { parseSegmentName, segmentName, segmentStartLsn } from "../../src/postgres/wal-names";
+import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
+import { restoreBackup } from "../../src/restore/restore";
+import { archiveWalSource, type WalSource } from "../../src/restore/wal-source";
+import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
@@ -104,6 +107,70 @@ describe("full backup and point-in-time restore", () => {
       recoveryTarget: { kind: "time", time: new Date(between.replace(" ", "T").replace(/\+00$/, "Z")).toISOString() },
     });
     expect(await sql(copy, "SELECT id FROM pitr ORDER BY id")).toEqual([{ id: 1 }]);
+  });
+
+  test("WAL fed slowly to a restored copy: its restore_command waits for each segment, and recovery reaches the end of the archive instead of promoting early", async () => {
+    await sql(primary(), "CREATE TABLE slow_feed (id int PRIMARY KEY, pad text)");
+    const backup = await (await cluster.service.backups.start("full")).done;
+    // Several segments after the backup's own WAL, each closed; the last row in the last one.
+    for (let batch = 1; batch <= 3; batch += 1) {
+      await sql(
+        primary(),
+        "INSERT INTO slow_feed SELECT g, repeat('x', 200) FROM generate_series($1::int * 1000 + 1, $1::int * 1000 + 1000) g",
+        [batch],
+      );
+      await switchWal();
+    }
+    await sql(primary(), "INSERT INTO slow_feed VALUES (999999, 'the last row')");
+    const last = await switchWal();
+    await cluster.service.archiver.waitForArchived(1, backup.stopLsn!, last, 60000);
+    const expected = (await sql<{ rows: number; sum: string }>(primary(), TABLE_CHECKSUM("slow_feed")))[0]!;
+    expect(expected.rows).toBe(3001);
+
+    // Every segment after the backup's end reaches the copy 2.5 s late: each time, the copy asks for one not there yet.
+    const archive = archiveWalSource(cluster.service.repository.wal);
+    const backupEnd = segmentNumber(backup.stopLsn!);
+    const delayed: string[] = [];
+    const slow: WalSource = {
+      list: () => archive.list(),
+      fetch: async (name) => {
+        const segment = parseSegmentName(name);
+        if (segment && segment.segment > backupEnd) {
+          delayed.push(name);
+          await new Promise((resolve) => setTimeout(resolve, 2500));
+        }
+        return archive.fetch(name);
+      },
+    };
+    const copy: NodeRef = { name: "restore-slow", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    const { service } = cluster;
+    await restoreBackup(
+      {
+        clusterName: cluster.config.clusterName,
+        maxSlotWalKeepSize: cluster.config.maxSlotWalKeepSize,
+        driver: service.driver,
+        repository: service.repository,
+        superuser: superuserCredentials(service),
+        logger: createLogger({ level: "warn" }),
+        walSource: slow,
+      },
+      {
+        manifest: backup,
+        target: copy,
+        members: service.nodes,
+        recoveryTarget: { kind: "latest" },
+        parallelism: 2,
+        startTimeoutMs: 180000,
+      },
+    );
+    expect(delayed.length).toBeGreaterThanOrEqual(3);
+    // Promoted only at the end of the archive: every row, the last included.
+    expect((await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("slow_feed")))[0]).toEqual(expected);
+    // The copy's WAL directory went with the feeder; the copy never had the repository's path.
+    expect(await service.driver.listFiles(copy, "relevo_wal")).toEqual([]);
+    const settings = await sql<{ setting: string }>(copy, "SELECT setting FROM pg_settings WHERE name = 'restore_command'");
+    expect(settings[0]!.setting).not.toContain(service.repository.root);
   });
 
   test("verification with a restore test, a writer running throughout: restored to the reference point, every table's checksum matches, recorded", async () => {

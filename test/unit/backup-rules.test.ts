@@ -32,6 +32,9 @@ describe("what a backup copies (pure)", () => {
       // Relevo's own temporary files left by a crash before their rename (one may hold the replication password).
       "postgresql.auto.conf.relevo-tmp-123-0a1b2c3d4e5f",
       "standby.signal.relevo-tmp-77",
+      // The node's own WAL directory, fed by Relevo during a recovery: WAL and its script, never data.
+      "relevo_wal/000000010000000000000003",
+      "relevo_wal/restore-wal.sh",
     ]) {
       expect(isExcluded(entry(path), new Set())).toBe(true);
     }
@@ -39,6 +42,7 @@ describe("what a backup copies (pure)", () => {
       expect(isExcluded(entry(path), new Set())).toBe(false);
     }
     expect(isExcluded(entry("pg_wal", "directory"), new Set())).toBe(false);
+    expect(isExcluded(entry("relevo_wal", "directory"), new Set())).toBe(true);
   });
 
   test("an unlogged relation keeps only its init fork", () => {
@@ -72,14 +76,16 @@ describe("WAL names and labels (pure)", () => {
 });
 
 describe("recovery settings (pure)", () => {
-  test("a copy replays from the archive, promotes at the target and cannot touch the live cluster", () => {
-    const settings = recoverySettings({ walDir: "/repo/wal", target: { kind: "time", time: "2026-11-25T10:00:00Z" } });
-    expect(settings).toContain(`restore_command = 'cp ''/repo/wal/''%f "%p" 2>/dev/null || cp ''/repo/wal/''%f.partial "%p"'`);
+  test("a copy replays what Relevo feeds into its own directory, promotes at the target and cannot touch the live cluster", () => {
+    const settings = recoverySettings({ target: { kind: "time", time: "2026-11-25T10:00:00Z" } });
+    // Its own relevo_wal/ (relative: PostgreSQL runs restore_command in the data directory), never the repository.
+    expect(settings).toContain(`restore_command = 'sh relevo_wal/restore-wal.sh "%f" "%p" recovery'`);
+    expect(settings).not.toContain("/wal/");
     expect(settings).toContain("recovery_target_time = '2026-11-25 10:00:00.000+00'");
     expect(settings).toContain("recovery_target_action = 'promote'");
     for (const line of ["archive_mode = off", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"])
       expect(settings).toContain(line);
-    expect(recoverySettings({ walDir: "/r", target: { kind: "name", name: "it's" } })).toContain("recovery_target_name = 'it''s'");
+    expect(recoverySettings({ target: { kind: "name", name: "it's" } })).toContain("recovery_target_name = 'it''s'");
   });
 
   test("targets: at most one, and well-formed", () => {
@@ -88,7 +94,7 @@ describe("recovery settings (pure)", () => {
     expect(() => recoveryTargetFrom({ lsn: "0/1", time: "2026-01-01T00:00:00Z" })).toThrow(
       expect.objectContaining({ code: ErrorCode.BadUserInput }),
     );
-    expect(() => recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "nonsense" } })).toThrow(
+    expect(() => recoverySettings({ target: { kind: "lsn", lsn: "nonsense" } })).toThrow(
       expect.objectContaining({ code: ErrorCode.BadUserInput }),
     );
   });
@@ -348,11 +354,11 @@ describe("where a reference point is taken (pure)", () => {
     const paused: ReferencePoint = { ...common, kind: "replay-pause", node: "node3", timeline: 2 };
     expect(referenceRecovery(paused)).toEqual({ target: { kind: "lsn", lsn: "0/9006910", inclusive: false }, timeline: 2 });
     expect(referenceRecovery(common)).toEqual({ target: { kind: "name", name: "relevo-x" }, timeline: "latest" });
-    const settings = recoverySettings({ walDir: "/r", ...referenceRecovery(paused) });
+    const settings = recoverySettings(referenceRecovery(paused));
     expect(settings).toContain("recovery_target_lsn = '0/9006910'");
     expect(settings).toContain("recovery_target_inclusive = false");
     expect(settings).toContain("recovery_target_timeline = '2'");
-    expect(recoverySettings({ walDir: "/r", target: { kind: "lsn", lsn: "0/1" } })).toContain("recovery_target_inclusive = true");
+    expect(recoverySettings({ target: { kind: "lsn", lsn: "0/1" } })).toContain("recovery_target_inclusive = true");
   });
 });
 

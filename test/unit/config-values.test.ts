@@ -12,6 +12,7 @@ import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { commandPathWord, configString, conninfoString, conninfoValue } from "../../src/postgres/config-values";
 import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
 import { recoverySettings, recoveryTargetFrom, restoreCommandFor, stripUpstreamSettings } from "../../src/restore/recovery-target";
+import { nodeRestoreCommand } from "../../src/restore/node-wal";
 import { ensureRedisServer } from "../../src/redis/redis-server";
 import { hostToolEnvironment } from "../../src/util/host-tool";
 import Redis from "ioredis";
@@ -99,10 +100,9 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
 
   test("the restored copy's settings: an accepted restore point name comes back exactly from postgres -C recovery_target_name", async () => {
     const name = "before it's migrated: #1 = 'v2' %f";
-    const walDir = "/repo/wal";
-    const dir = await scratchDirectory({ "postgresql.conf": recoverySettings({ walDir, target: recoveryTargetFrom({ name }) }) });
+    const dir = await scratchDirectory({ "postgresql.conf": recoverySettings({ target: recoveryTargetFrom({ name }) }) });
     expect(await postgresReads(dir, "recovery_target_name")).toBe(name);
-    expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
+    expect(await postgresReads(dir, "restore_command")).toBe(nodeRestoreCommand("recovery"));
     expect(await postgresReads(dir, "archive_mode")).toBe("off");
   });
 
@@ -179,9 +179,7 @@ describe("restore point names an operator gives", () => {
   test("a newline, a backslash, any control character or more than 63 bytes: BAD_USER_INPUT, from the API's and the CLI's parser and the writer alike", () => {
     for (const name of hostile) {
       expect(() => recoveryTargetFrom({ name })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
-      expect(() => recoverySettings({ walDir: "/repo/wal", target: { kind: "name", name } })).toThrow(
-        expect.objectContaining({ code: ErrorCode.BadUserInput }),
-      );
+      expect(() => recoverySettings({ target: { kind: "name", name } })).toThrow(expect.objectContaining({ code: ErrorCode.BadUserInput }));
     }
     expect(recoveryTargetFrom({ name: "x".repeat(63) })).toEqual({ kind: "name", name: "x".repeat(63) });
   });
