@@ -43,6 +43,14 @@ export type BootstrapConfig = Pick<
   | "failoverFailureThreshold"
 >;
 
+/**
+ * A replica seeded from the repository: what feeds it the archive's WAL
+ * while it catches up, closed once it streams (or its seeding failed).
+ */
+export interface SeededFromRepository {
+  close(): Promise<void>;
+}
+
 export interface BootstrapDeps {
   readonly config: BootstrapConfig;
   readonly driver: NodeDriver;
@@ -55,7 +63,7 @@ export interface BootstrapDeps {
    * (materialised, not started); false when there is no backup to seed from,
    * and pg_basebackup from the primary does it then.
    */
-  readonly seedFromRepository?: (node: NodeRef, upstream: NodeRef, slot: string) => Promise<boolean>;
+  readonly seedFromRepository?: (node: NodeRef, upstream: NodeRef, slot: string) => Promise<SeededFromRepository | null>;
   /** Nodes the failover state records as fenced: left stopped even when their data directory lost its marker (a rewind cut short). */
   readonly fenced?: ReadonlySet<string>;
   /** The primary the failover state records: started first, so a second would-be primary finds it writable and stays fenced. */
@@ -318,15 +326,25 @@ async function seedClaimedReplica(deps: BootstrapDeps, node: NodeRef, primary: N
   const slot = slotNameFor(node);
   await assertPortFree(node.host, node.port, `node ${node.name}`, portEnvFor(config, node));
   await withNodeClient(primary, superuserCredentials(deps), config.nodeTimeoutMs, (client) => ensureSlot(client, slot));
-  const fromRepository = deps.seedFromRepository ? await deps.seedFromRepository(node, primary, slot) : false;
+  const seeded = deps.seedFromRepository ? await deps.seedFromRepository(node, primary, slot) : null;
+  const fromRepository = seeded !== null;
   if (!fromRepository) await driver.provision(node);
   try {
-    if (fromRepository) logger.info({ node: node.name, upstream: primary.name, slot }, "replica seeded from the backup repository");
-    else await copyFromPrimary(deps, node, primary, slot);
-    await writeMarker(deps, node);
-    await writeManagedFiles(deps, node);
-    await driver.start(node, { timeoutMs: config.startTimeoutMs });
-    await waitForStreaming(deps, node);
+    try {
+      if (fromRepository) logger.info({ node: node.name, upstream: primary.name, slot }, "replica seeded from the backup repository");
+      else await copyFromPrimary(deps, node, primary, slot);
+      await writeMarker(deps, node);
+      await writeManagedFiles(deps, node);
+      await driver.start(node, { timeoutMs: config.startTimeoutMs });
+      await waitForStreaming(deps, node);
+    } finally {
+      // Streaming (or failed): the archive's WAL is fed no more; the standby's restore_command finds nothing from now on.
+      await seeded
+        ?.close()
+        .catch((error: Error) =>
+          logger.warn({ node: node.name, err: error.message }, "the archive fed to the new replica did not stop cleanly"),
+        );
+    }
   } catch (error) {
     await driver.destroy(node).catch(() => undefined);
     throw error;

@@ -57,12 +57,6 @@ export const configKeys = {
     schema: z.string(),
     doc: "Directory with ca.pem, cert.pem and key.pem for a TLS engine (docker driver); empty means DOCKER_CERT_PATH when DOCKER_TLS_VERIFY is set, else no TLS.",
   },
-  dockerRepositoryVolume: {
-    env: "RELEVO_DOCKER_REPOSITORY_VOLUME",
-    default: "",
-    schema: z.string().regex(/^$|^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "a Docker volume name"),
-    doc: "When Relevo itself runs in a container with its backup repository in this named volume: the node containers mount it (read-only) for the WAL archive. Empty: the repository directory is bind-mounted.",
-  },
   host: {
     env: "RELEVO_HOST",
     default: "127.0.0.1",

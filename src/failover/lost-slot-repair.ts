@@ -4,7 +4,7 @@ import type { Logger } from "../log";
 import type { NodeRef } from "../nodes/node-driver";
 import { withNodeClient, type Credentials } from "../postgres/connection";
 import { slotNameFor } from "../postgres/replication-config";
-import { restoreCommandFor } from "../restore/recovery-target";
+import { nodeRestoreCommand } from "../restore/node-wal";
 import { ARCHIVE_SLOT } from "../wal/wal-archiver";
 import { without, type ClusterState, type ClusterStateStore, type StateGuard } from "./cluster-state";
 import { bridgeBegun, bridgeSeen, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
@@ -26,8 +26,14 @@ export interface LostSlotRepairDeps {
   /** The recorded state, and the operation lock: a record is dropped only while no operation owns the state. */
   readonly store: ClusterStateStore;
   readonly journal: { readonly lockName: string };
-  /** The WAL archive: where the nodes' restore_command reads it, and the segments it holds complete. */
-  readonly archive: { readonly walDir: string; readonly segments: () => Promise<ReadonlySet<number>> };
+  /**
+   * The WAL archive: the segments it holds complete, and a feed of it into a
+   * replica's own relevo_wal/ (see WalFeeder), which its restore_command reads.
+   */
+  readonly archive: {
+    readonly segments: () => Promise<ReadonlySet<number>>;
+    readonly feed: (node: NodeRef) => Promise<{ close(): Promise<void> }>;
+  };
 }
 
 /**
@@ -42,8 +48,26 @@ export class LostSlotRepair {
   /** Each replica bridged and its progress, until it streams again or is reseeded. */
   private readonly bridges = new Map<string, Bridge>();
   private readonly retryAfter = new Map<string, HoldOff>();
+  /** The archive fed to each bridged replica, until it streams again or is reseeded. */
+  private readonly feeds = new Map<string, { close(): Promise<void> }>();
 
   constructor(private readonly deps: LostSlotRepairDeps) {}
+
+  /** Stops feeding every bridged replica (the monitor stops); a replica still lost is bridged again by the next monitor. */
+  async close(): Promise<void> {
+    for (const name of [...this.feeds.keys()]) await this.stopFeeding(name);
+    this.bridges.clear();
+  }
+
+  private async stopFeeding(name: string): Promise<void> {
+    const feed = this.feeds.get(name);
+    this.feeds.delete(name);
+    await feed
+      ?.close()
+      .catch((error: Error) =>
+        this.deps.logger.warn({ node: name, err: error.message }, "the archive fed to a bridged replica did not stop cleanly"),
+      );
+  }
 
   async repair(state: ClusterState, guard: StateGuard): Promise<void> {
     const snapshot = this.deps.topology();
@@ -51,8 +75,10 @@ export class LostSlotRepair {
     if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
     for (const [name, bridge] of this.bridges) {
       const seen = snapshot.nodes.find((node) => node.name === name);
-      if (seen?.replication?.state === "streaming") this.bridges.delete(name);
-      else this.bridges.set(name, bridgeSeen(bridge, seen?.replayedLsn ?? null, Date.parse(snapshot.collectedAt)));
+      if (seen?.replication?.state === "streaming") {
+        this.bridges.delete(name);
+        await this.stopFeeding(name);
+      } else this.bridges.set(name, bridgeSeen(bridge, seen?.replayedLsn ?? null, Date.parse(snapshot.collectedAt)));
     }
     const primary = snapshot.nodes.find((node) => node.name === state.primary);
     // Members only: a record naming a node no longer in the cluster must not stop every round's repair.
@@ -86,9 +112,11 @@ export class LostSlotRepair {
 
   /**
    * restore_command is reloadable (PostgreSQL 15): the replica's startup
-   * process, failing to stream, reads the archive next, replays it, and
-   * streams from where it ends over the same slot (which is reserved again
-   * once streamed from). Kept afterwards: the archive may carry it again.
+   * process, failing to stream, reads the archive next (fed into its own
+   * relevo_wal/ from here, the script there written before the setting
+   * names it), replays it, and streams from where it ends over the same
+   * slot (which is reserved again once streamed from). Kept afterwards: the
+   * archive may carry it again.
    * Recorded as bridged (its progress judged from then on) only once the
    * reload returned: a replica that did not take the setting is bridged
    * again next round, not reseeded for failing to replay an archive it was
@@ -96,10 +124,16 @@ export class LostSlotRepair {
    */
   private async bridge(repair: ReplicaRepair, primary: string, replayedLsn: string | null): Promise<void> {
     const node = this.node(repair.node);
-    await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
-      await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(restoreCommandFor(this.deps.archive.walDir))}`);
-      await client.query("SELECT pg_reload_conf()");
-    });
+    if (!this.feeds.has(node.name)) this.feeds.set(node.name, await this.deps.archive.feed(node));
+    try {
+      await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
+        await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(nodeRestoreCommand("standby"))}`);
+        await client.query("SELECT pg_reload_conf()");
+      });
+    } catch (error) {
+      await this.stopFeeding(node.name);
+      throw error;
+    }
     this.bridges.set(node.name, bridgeBegun(replayedLsn, monotonicNowMs()));
     await this.slotLost(repair, primary);
     this.deps.logger.warn({ node: node.name, slot: repair.slot }, "slot lost: the replica catches up from the archive");
@@ -134,6 +168,7 @@ export class LostSlotRepair {
     if (coolDown(this.retryAfter.get(key), monotonicNowMs()) !== "clear") return false;
     this.retryAfter.set(key, holdOffAfter(null, monotonicNowMs()));
     this.bridges.delete(repair.node);
+    await this.stopFeeding(repair.node);
     if (options.again) this.deps.logger.warn({ node: repair.node }, "a reseed left this replica destroyed: seeding it again");
     else await this.slotLost(repair, primary);
     void this.deps.operations.reseed(repair.node, { reason: repair.reason, lease: guard }).then(

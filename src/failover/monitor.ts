@@ -157,6 +157,7 @@ export class FailoverMonitor {
     await this.ticking;
     await this.commitWait.settled(5000);
     this.checker.close();
+    await this.lostSlots.close();
   }
 
   private async tick(): Promise<void> {

@@ -7,16 +7,7 @@ import type { NodeDriver, NodeTlsSource } from "./node-driver";
 
 export type DriverConfig = Pick<
   RelevoConfig,
-  | "driver"
-  | "home"
-  | "pgBinDir"
-  | "pgOsUser"
-  | "clusterName"
-  | "repository"
-  | "dockerImage"
-  | "dockerHost"
-  | "dockerCertPath"
-  | "dockerRepositoryVolume"
+  "driver" | "home" | "pgBinDir" | "pgOsUser" | "clusterName" | "dockerImage" | "dockerHost" | "dockerCertPath"
 >;
 
 /**
@@ -46,9 +37,6 @@ export function createNodeDriver(
         clusterName: config.clusterName,
         image: config.dockerImage,
         home: config.home,
-        repository: config.dockerRepositoryVolume
-          ? { kind: "volume", name: config.dockerRepositoryVolume, path: config.repository }
-          : { kind: "bind", path: config.repository },
         dataDirectories: Object.fromEntries(Object.entries(directories).map(([name, directory]) => [name, path.join(directory, "data")])),
         tls: options.tls,
       });

@@ -1,5 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
-import { commandPathWord, configString } from "../postgres/config-values";
+import { configString } from "../postgres/config-values";
 import { hasControlCharacter } from "../util/control-characters";
 import { nodeRestoreCommand } from "./node-wal";
 
@@ -37,27 +37,16 @@ export function assertRestorePointName(name: string): void {
 }
 
 /**
- * Copies from the archive. The segment the archiver was still receiving is
- * kept as <name>.partial (pg_receivewal): when the complete one is not there,
- * its received part is replayed too, so a restore "to the latest" loses
- * nothing received. The archive's path is one shell word whatever it holds
- * (see commandPathWord).
- */
-export function restoreCommandFor(walDir: string): string {
-  const dir = commandPathWord(`${walDir}/`, "the WAL archive's path");
-  return `cp ${dir}%f "%p" 2>/dev/null || cp ${dir}%f.partial "%p"`;
-}
-
-/**
  * A standby's settings, as pg_basebackup -R writes them (plus the archive,
- * to catch up from before it streams): its upstream with its own
+ * to catch up from before it streams: what Relevo feeds into its own
+ * relevo_wal/, see node-wal.ts): its upstream with its own
  * application_name, its slot, and the latest timeline. Pure.
  */
-export function standbySettings(options: { walDir: string; conninfo: string; slot: string }): string {
+export function standbySettings(options: { conninfo: string; slot: string }): string {
   return [
     `primary_conninfo = ${configString(options.conninfo)}`,
     `primary_slot_name = ${configString(options.slot, "primary_slot_name")}`,
-    `restore_command = ${configString(restoreCommandFor(options.walDir))}`,
+    `restore_command = ${configString(nodeRestoreCommand("standby"))}`,
     "recovery_target_timeline = 'latest'",
     "",
   ].join("\n");

@@ -212,28 +212,47 @@ export interface SeedOptions {
  * A new replica from the repository instead of from the primary (which then
  * only streams what the backup and the archive do not have): the backup is
  * materialised into the (absent) node, set up as a standby of `upstream` over
- * its slot, with the archive as restore_command to catch up first. Not
- * started: the caller starts it as it starts any node. The settings go to
- * postgresql.auto.conf, where pg_basebackup -R puts them too. Holds the
- * backup's lock while it reads the backup, as restoreBackup does; false
- * (nothing done) when another holds it.
+ * its slot, with restore_command reading its own relevo_wal/ to catch up
+ * first. Not started: the caller starts it as it starts any node, and closes
+ * the returned feeder, which fills relevo_wal/ from the archive meanwhile,
+ * once the standby streams. The settings go to postgresql.auto.conf, where
+ * pg_basebackup -R puts them too. Holds the backup's lock while it reads the
+ * backup, as restoreBackup does; null (nothing done) when another holds it.
  */
-export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<boolean> {
+export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<WalFeeder | null> {
   const lock = { id: options.manifest.id, purpose: `seed replica ${options.node.name}`, waitMs: 0 };
+  let manifest: BackupManifest;
   try {
-    await withLockedBackup(deps, lock, (locked) => seedLockedStandby(deps, { ...options, manifest: locked.manifest }));
-    return true;
+    manifest = await withLockedBackup(deps, lock, async (locked) => {
+      await seedLockedStandby(deps, { ...options, manifest: locked.manifest });
+      return locked.manifest;
+    });
   } catch (error) {
     // Seeding runs inside a journaled addReplica or reseed, during which failover checks pause: never wait for a
     // restore test or a CLI restore that may hold the backup for half an hour. The primary seeds the replica instead.
     if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
     deps.logger.warn({ node: options.node.name, backupId: options.manifest.id, details: error.details }, error.message);
-    return false;
+    return null;
+  }
+  try {
+    return await WalFeeder.open({
+      driver: deps.driver,
+      node: options.node,
+      source: deps.walSource ?? archiveWalSource(deps.repository.wal),
+      logger: deps.logger,
+      mode: "standby",
+      timeline: "latest",
+      from: { timeline: manifest.timeline, lsn: manifest.startLsn },
+      parallel: Math.max(2, Math.min(options.parallelism, 8)),
+    });
+  } catch (error) {
+    await deps.driver.destroy(options.node).catch(() => undefined);
+    throw error;
   }
 }
 
 async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promise<void> {
-  const { driver, repository } = deps;
+  const { driver } = deps;
   const { manifest, node, upstream } = options;
   assertRestorable(manifest);
   await driver.provision(node);
@@ -248,11 +267,7 @@ async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promi
       application_name: node.name,
       ...libpqTlsParameters(driver.tlsPaths(node).ca),
     });
-    await driver.writeFile(
-      node,
-      "postgresql.auto.conf",
-      `${autoConf.trimEnd()}\n${standbySettings({ walDir: repository.walDir, conninfo, slot: options.slot })}`,
-    );
+    await driver.writeFile(node, "postgresql.auto.conf", `${autoConf.trimEnd()}\n${standbySettings({ conninfo, slot: options.slot })}`);
     await driver.writeFile(node, "standby.signal", "");
   } catch (error) {
     await driver.destroy(node).catch(() => undefined);

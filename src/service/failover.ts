@@ -8,6 +8,8 @@ import { RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import type { StartContext } from "./cleanups";
+import { WalFeeder } from "../restore/wal-feeder";
+import { archiveWalSource } from "../restore/wal-source";
 import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -67,7 +69,17 @@ export async function startFailover(
       superuser: cluster.superuser,
       topology: () => collector.latest,
       archive: {
-        walDir: repository.walDir,
+        feed: (node) =>
+          WalFeeder.open({
+            driver,
+            node,
+            source: archiveWalSource(repository.wal),
+            logger,
+            mode: "standby",
+            timeline: "latest",
+            from: null,
+            parallel: Math.max(2, Math.min(config.backupParallelism, 8)),
+          }),
         segments: async () => new Set([...(await repository.archivedSegments()).values()].flatMap((segments) => [...segments])),
       },
     },

@@ -114,14 +114,13 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
       return file;
     };
     const environment = compose.services.relevo!.environment!;
-    expect(environment).toMatchObject({ RELEVO_DRIVER: "docker", RELEVO_DOCKER_REPOSITORY_VOLUME: "relevo-repository" });
+    expect(environment).toMatchObject({ RELEVO_DRIVER: "docker" });
     stack = await startTestCluster("compose", {
       home,
       driver: "docker",
       dockerImage: TEST_IMAGE,
       clusterName: cluster,
       repository,
-      dockerRepositoryVolume: repositoryVolume,
       redisUrl: `rediss://:compose-redis-password@127.0.0.1:${redisPort}`,
       redisCaFile: await tlsFile("external-ca.crt", redisTls.client.ca),
       redisCertFile: await tlsFile("external-client.crt", redisTls.client.cert),
@@ -165,12 +164,12 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true, error: null } });
     // Relevo ran no Redis of its own.
     expect(existsSync(path.join(stack.config.home, "redis"))).toBe(false);
-    // The archive is in the volume the nodes mount (owned by the image's postgres uid), and the restored copy read it there.
+    // The archive is Relevo's; no node container mounts it: the restore test's copy was fed its WAL through the driver.
     expect((await readdir(path.join(stack.config.repository, "wal"))).some((name) => /^[0-9A-F]{24}$/.test(name))).toBe(true);
     const copyMounts = (await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${cluster}`] } })).flatMap((c) =>
       c.Mounts.map((m) => m.Name),
     );
-    expect(copyMounts).toContain(repositoryVolume);
+    expect(copyMounts).not.toContain(repositoryVolume);
   });
 
   test("`docker compose up` again after Relevo stopped (its tools containers gone, the node containers started by the engine, not Relevo) runs the same nodes; Relevo finds them running", async () => {

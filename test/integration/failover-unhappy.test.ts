@@ -1,4 +1,5 @@
 import { expect } from "@jest/globals";
+import { nodeRestoreCommand } from "../../src/restore/node-wal";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import { readdir } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -360,10 +361,14 @@ describe("failover's unhappy paths", () => {
         what: "node2 streaming again",
       });
       expect(await everyRowOnNode2()).toMatchObject({ last: nextId - 1 });
-      // The same node, bridged: its restore_command reads the archive, its slot is reserved again, nothing was seeded.
-      expect((await sql<{ command: string }>(node("node2"), "SELECT current_setting('restore_command') AS command"))[0]!.command).toContain(
-        repository.walDir,
-      );
+      // The same node, bridged: its restore_command read what Relevo fed into its own relevo_wal/ (never the repository's
+      // path), the feed stopped once it streamed, its slot is reserved again, nothing was seeded.
+      const command = (await sql<{ command: string }>(node("node2"), "SELECT current_setting('restore_command') AS command"))[0]!.command;
+      expect(command).toBe(nodeRestoreCommand("standby"));
+      expect(command).not.toContain(repository.root);
+      await eventually(async () => ((await driver.readFile(node("node2"), "relevo_wal/expected"))?.length === 0 ? true : undefined), {
+        what: "the feed into node2 stopped",
+      });
       const status = await sql<{ wal_status: string }>(
         node("node1"),
         "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'relevo_node2'",

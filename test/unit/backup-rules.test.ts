@@ -446,10 +446,9 @@ describe("WAL segment summaries", () => {
 });
 
 describe("standby settings for a replica seeded from the repository", () => {
-  test("upstream, slot, archive and latest timeline, quoted as postgresql.conf wants", () => {
+  test("upstream, slot, its own WAL directory and latest timeline, quoted as postgresql.conf wants", () => {
     expect(
       standbySettings({
-        walDir: "/repo/wal",
         conninfo: "host=h port=1 user=replicator password=it's application_name=node2",
         slot: "relevo_node2",
       }),
@@ -457,7 +456,8 @@ describe("standby settings for a replica seeded from the repository", () => {
       [
         "primary_conninfo = 'host=h port=1 user=replicator password=it''s application_name=node2'",
         "primary_slot_name = 'relevo_node2'",
-        `restore_command = 'cp ''/repo/wal/''%f "%p" 2>/dev/null || cp ''/repo/wal/''%f.partial "%p"'`,
+        // Its own relevo_wal/, fed by Relevo until it streams: never the repository.
+        `restore_command = 'sh relevo_wal/restore-wal.sh "%f" "%p" standby'`,
         "recovery_target_timeline = 'latest'",
         "",
       ].join("\n"),

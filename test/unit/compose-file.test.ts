@@ -31,11 +31,11 @@ describe("docker-compose.yml", () => {
       expect(service.network_mode).toBe("host");
       expect(service.stop_signal).toBe("SIGINT");
       expect(service.labels!["io.relevo.cluster"]).toBe(compose.services.relevo!.environment!.RELEVO_CLUSTER_NAME);
-      // PGDATA in a volume named as Relevo names it; the WAL archive read-only where Relevo keeps it.
+      // PGDATA in a volume named as Relevo names it; nothing of the repository (a node never reads it).
       const node = service.labels!["io.relevo.node"]!;
       const [dataVolume] = service.volumes!.find((entry) => entry.endsWith(":/var/lib/postgresql/data"))!.split(":");
       expect(compose.volumes[dataVolume!]?.name).toBe(`relevo-relevo-${node}-data`);
-      expect(service.volumes).toContain(`repository:${compose.services.relevo!.environment!.RELEVO_REPOSITORY}:ro`);
+      expect(service.volumes!.filter((entry) => entry.startsWith("repository:"))).toEqual([]);
     }
   });
 
@@ -54,7 +54,7 @@ describe("docker-compose.yml", () => {
     const environment = relevo.environment!;
     expect(environment.RELEVO_DRIVER).toBe("docker");
     expect(environment.RELEVO_REDIS_URL).toMatch(/^redis:\/\/:\$\{REDIS_PASSWORD/);
-    expect(compose.volumes.repository?.name).toBe(environment.RELEVO_DOCKER_REPOSITORY_VOLUME);
+    expect(compose.volumes.repository?.name).toBe("relevo-repository");
     expect(relevo.volumes).toContain(`repository:${environment.RELEVO_REPOSITORY}`);
     // Every RELEVO_ variable it sets is a real configuration key.
     const known = new Set<string>(Object.values(configKeys).map((key) => key.env));

@@ -1,6 +1,6 @@
 import { expect } from "@jest/globals";
 import { execFile } from "node:child_process";
-import { chown, mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import { chown, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -11,8 +11,8 @@ import { createLogger } from "../../src/log";
 import { resolvePostgresIdentity } from "../../src/nodes/os-user";
 import { commandPathWord, configString, conninfoString, conninfoValue } from "../../src/postgres/config-values";
 import { editAutoConf, standbyConninfo, synchronousStandbyNames } from "../../src/postgres/replication-config";
-import { recoverySettings, recoveryTargetFrom, restoreCommandFor, stripUpstreamSettings } from "../../src/restore/recovery-target";
-import { nodeRestoreCommand } from "../../src/restore/node-wal";
+import { recoverySettings, recoveryTargetFrom, stripUpstreamSettings } from "../../src/restore/recovery-target";
+import { NODE_WAL_SCRIPT, nodeRestoreCommand, nodeWalScript } from "../../src/restore/node-wal";
 import { ensureRedisServer } from "../../src/redis/redis-server";
 import { hostToolEnvironment } from "../../src/util/host-tool";
 import Redis from "ioredis";
@@ -74,7 +74,6 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
   });
 
   test("postgresql.auto.conf edits and a standby's settings: conninfo, synchronous names, restore_command come back as written", async () => {
-    const walDir = "/repo/it's a $(wal) 100% dir";
     const conninfo = standbyConninfo(
       { name: "node1", host: "127.0.0.1", port: 15432 },
       { name: "node2", host: "127.0.0.1", port: 15433 },
@@ -85,12 +84,12 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
     const autoConf = editAutoConf("", {
       primary_conninfo: conninfo,
       synchronous_standby_names: names,
-      restore_command: restoreCommandFor(walDir),
+      restore_command: nodeRestoreCommand("standby"),
     });
     const dir = await scratchDirectory({ "postgresql.conf": "", "postgresql.auto.conf": autoConf });
     expect(await postgresReads(dir, "primary_conninfo")).toBe(conninfo);
     expect(await postgresReads(dir, "synchronous_standby_names")).toBe(names);
-    expect(await postgresReads(dir, "restore_command")).toBe(restoreCommandFor(walDir));
+    expect(await postgresReads(dir, "restore_command")).toBe(nodeRestoreCommand("standby"));
     expect(conninfo).toBe(
       "host='127.0.0.1' port=15432 user='replicator' password='pa\\'ss\\\\word' application_name='node2' connect_timeout=2 " +
         "sslmode='verify-full' sslrootcert='/home/it\\'s a\\\\home/nodes/node2/tls/ca.crt' channel_binding='require'",
@@ -149,17 +148,21 @@ describe("configuration values read back by PostgreSQL's own parser", () => {
     }
   });
 
-  test("restore_command copies from the archive's own path, however odd, once PostgreSQL substituted %f and %p", async () => {
+  test("restore_command copies from the node's own relevo_wal/, run in the data directory, whatever odd path that directory has", async () => {
     const root = await mkdtemp(path.join(os.tmpdir(), "config-values-"));
-    const walDir = path.join(root, `it's "a" $(x) 100%f dir`);
-    await mkdir(walDir);
-    await writeFile(path.join(walDir, "000000010000000000000001"), "segment");
+    // The data directory's path never enters the command: PostgreSQL runs restore_command there.
+    const pgdata = path.join(root, `it's "a" $(x) 100%f dir`);
+    await mkdir(path.join(pgdata, "relevo_wal"), { recursive: true });
+    await writeFile(path.join(pgdata, NODE_WAL_SCRIPT), nodeWalScript());
+    await writeFile(path.join(pgdata, "relevo_wal", "000000010000000000000001"), "segment");
     // PostgreSQL's substitution (RestoreArchivedFile → BuildRestoreCommand): %f, %p, and %% for a percent sign.
-    const command = restoreCommandFor(walDir).replace(/%([fp%])/g, (_, letter: string) =>
-      letter === "f" ? "000000010000000000000001" : letter === "p" ? path.join(root, "RECOVERYXLOG") : "%",
+    const command = nodeRestoreCommand("recovery").replace(/%([fp%])/g, (_, letter: string) =>
+      letter === "f" ? "000000010000000000000001" : letter === "p" ? "pg_wal/RECOVERYXLOG" : "%",
     );
-    await run("sh", ["-c", command]);
-    expect(await readFile(path.join(root, "RECOVERYXLOG"), "utf8")).toBe("segment");
+    await mkdir(path.join(pgdata, "pg_wal"));
+    await run("sh", ["-c", command], { cwd: pgdata });
+    expect(await readFile(path.join(pgdata, "pg_wal", "RECOVERYXLOG"), "utf8")).toBe("segment");
+    await rm(root, { recursive: true, force: true });
   });
 
   test("a value with a newline, a carriage return, NUL or another control character is refused, never written", () => {

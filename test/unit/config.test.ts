@@ -76,9 +76,6 @@ describe("configuration", () => {
     expect(() => loadConfig({ RELEVO_DRIVER: "kubernetes" })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidConfig, message: expect.stringContaining("RELEVO_DRIVER") }),
     );
-    expect(() => loadConfig({ RELEVO_DOCKER_REPOSITORY_VOLUME: "no/slashes" })).toThrow(
-      expect.objectContaining({ code: ErrorCode.InvalidConfig }),
-    );
   });
 
   test("RELEVO_REDIS_URL: an external Redis with its password; anything but redis:// is INVALID_CONFIG", () => {

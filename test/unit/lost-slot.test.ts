@@ -201,6 +201,7 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
     });
     const emitted: string[] = [];
     const reseeded: string[] = [];
+    const fed: string[] = [];
     const snapshot = { ...inputs([slot("relevo_node2", "lost"), slot("relevo_archive", "reserved", "0/9000100")]).snapshot };
     const repairs = new LostSlotRepair({
       nodes: [
@@ -213,7 +214,13 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
       events: { emit: (event: { kind: string }) => Promise.resolve(void emitted.push(event.kind)) } as unknown as EventLog,
       logger: createLogger({ level: "silent" }),
       topology: () => ({ ...snapshot, collectedAt: new Date().toISOString() }),
-      archive: { walDir: "/archive", segments: () => Promise.resolve(new Set([1, 2, 3, 4, 5, 6, 7, 8])) },
+      archive: {
+        segments: () => Promise.resolve(new Set([1, 2, 3, 4, 5, 6, 7, 8])),
+        feed: (node) => {
+          fed.push(`feed ${node.name}`);
+          return Promise.resolve({ close: () => Promise.resolve(void fed.push(`stop ${node.name}`)) });
+        },
+      },
       // Never written: no member is recorded as destroyed, so there is no record to drop.
       store: {} as ClusterStateStore,
       journal: { lockName: "lock" },
@@ -225,6 +232,8 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
     await expect(repairs.repair(recorded, guard)).rejects.toThrow(/ECONNREFUSED|connect/);
     expect(emitted).toEqual([]);
     expect(reseeded).toEqual([]);
+    // Its relevo_wal/ is fed before restore_command names the script there, and no longer once the setting was refused.
+    expect(fed).toEqual(["feed node2", "stop node2", "feed node2", "stop node2"]);
   });
 });
 

@@ -31,7 +31,7 @@ import { signalContainer, waitStopped, waitUntilReady } from "./container-lifecy
 import { containerTlsPaths, TLS_DIRECTORY, tlsFilesFromArchive } from "./tls-files";
 import { libpqTlsEnvironment } from "../../postgres/tls-settings";
 
-export type { DockerDriverOptions, RepositoryMount } from "./node-containers";
+export type { DockerDriverOptions } from "./node-containers";
 
 /**
  * Nodes as containers of a Docker engine, through its API (dockerode). One

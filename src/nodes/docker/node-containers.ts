@@ -23,18 +23,12 @@ import {
   type NodeNaming,
 } from "./container-spec";
 
-/** Where the nodes find the WAL archive (their restore_command copies from it): the same path as Relevo's. */
-export type RepositoryMount =
-  | { readonly kind: "bind"; readonly path: string } // Relevo runs on the engine's host
-  | { readonly kind: "volume"; readonly name: string; readonly path: string }; // Relevo runs in a container, repository in that volume
-
 export interface DockerDriverOptions {
   readonly endpoint: DockerEndpoint;
   readonly clusterName: string;
   readonly image: string;
   /** Relevo's data home: a label on what it creates. */
   readonly home: string;
-  readonly repository: RepositoryMount | null;
   /**
    * Nodes whose PGDATA is a directory of the engine's host, bind-mounted,
    * instead of a volume (a restored copy the operator put in a directory):
@@ -217,19 +211,12 @@ export class NodeContainers {
     return { Type: "volume", Source: volumeName(this.naming(node)), Target: PGDATA, ReadOnly: false };
   }
 
+  /**
+   * The node's data, nothing else: a node never reads the repository (Relevo
+   * feeds the WAL a recovery needs into its relevo_wal/, see node-wal.ts).
+   */
   private mountsFor(node: NodeRef, adopted: Docker.ContainerInspectInfo | null): MountSpec[] {
-    const mounts = [this.dataMount(node, adopted)];
-    const repository = this.options.repository;
-    // A bind source must exist (the service makes the repository before any node; a bare driver may have none).
-    if (repository && (repository.kind === "volume" || existsSync(repository.path))) {
-      mounts.push({
-        Type: repository.kind,
-        Source: repository.kind === "bind" ? repository.path : repository.name,
-        Target: repository.path,
-        ReadOnly: true,
-      });
-    }
-    return mounts;
+    return [this.dataMount(node, adopted)];
   }
 
   /**
