@@ -29,6 +29,21 @@ export function deliverableNames(names: readonly string[]): string[] {
 }
 
 /**
+ * The names among deliverableNames(names) that only a `.partial` backs: the
+ * segment the archiver is still receiving. Prefetched, its copy would stop
+ * where the receipt stood then, and a recovery reaching it later would end
+ * there although the complete segment had arrived meanwhile: fetched only
+ * when restore_command asks for it.
+ */
+export function receivingNames(names: readonly string[]): string[] {
+  const present = new Set(names);
+  return names.flatMap((name) => {
+    const partialOf = /^([0-9A-F]{24})\.partial$/.exec(name)?.[1];
+    return partialOf && !present.has(partialOf) ? [partialOf] : [];
+  });
+}
+
+/**
  * The timeline recovery ends on: the one asked, or with "latest" the newest
  * whose history the source holds (PostgreSQL probes for histories upward
  * the same way), never older than the backup's own.
@@ -50,6 +65,8 @@ export function historyNeeded(timeline: number): string | null {
 export interface FeedState {
   /** What the source can deliver (deliverableNames). */
   readonly available: ReadonlySet<string>;
+  /** Those of them still being received (receivingNames): fetched only when asked for. */
+  readonly receiving: ReadonlySet<string>;
   /** What is in the node's directory, or being written there. */
   readonly delivered: ReadonlySet<string>;
   /** The name restore_command asked for last; null before its first call. */
@@ -71,10 +88,11 @@ export interface FeedPlan {
 
 export function feedPlan(state: FeedState): FeedPlan {
   const fetch: string[] = [];
-  const want = (name: string): void => {
+  const want = (name: string, options: { asked: boolean } = { asked: false }): void => {
+    if (!options.asked && state.receiving.has(name)) return;
     if (state.available.has(name) && !state.delivered.has(name) && !fetch.includes(name)) fetch.push(name);
   };
-  if (state.wanted !== null) want(state.wanted);
+  if (state.wanted !== null) want(state.wanted, { asked: true });
   // Histories first: small, and PostgreSQL reads them before any segment (to build the timeline path, and to probe for newer timelines).
   for (const name of state.available) if (name.endsWith(".history")) want(name);
   const asked = state.wanted === null ? null : parseSegmentName(state.wanted);

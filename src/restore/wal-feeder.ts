@@ -46,6 +46,7 @@ const RETRY_AFTER_MS = 1000;
  */
 export class WalFeeder {
   private available = new Set<string>();
+  private receiving = new Set<string>();
   private readonly written = new Set<string>();
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly retryAt = new Map<string, number>();
@@ -134,6 +135,7 @@ export class WalFeeder {
     if (now - this.listedAt >= LIST_EVERY_MS || (unknown && now - this.listedAt >= LIST_AT_MOST_EVERY_MS)) await this.refresh();
     const plan = feedPlan({
       available: this.available,
+      receiving: this.receiving,
       delivered: new Set([...this.written, ...this.inFlight.keys()]),
       wanted: this.wanted,
       path: this.path,
@@ -158,9 +160,10 @@ export class WalFeeder {
 
   /** Lists the source again; rewrites `expected` and the path when they changed. */
   private async refresh(): Promise<void> {
-    const names = await this.options.source.list();
+    const { names, receiving } = await this.options.source.list();
     this.listedAt = Date.now();
     this.available = new Set(names);
+    this.receiving = new Set(receiving);
     const timeline = targetTimeline({ asked: this.options.timeline, fromTimeline: this.options.from?.timeline ?? 1, available: names });
     if (timeline !== this.pathTimeline) {
       const history = historyNeeded(timeline);

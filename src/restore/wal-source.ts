@@ -1,15 +1,24 @@
 import type { Readable } from "node:stream";
 import type { WalArchive } from "../storage/wal-archive";
-import { deliverableNames } from "./wal-feed-plan";
+import { deliverableNames, receivingNames } from "./wal-feed-plan";
 
 /**
  * Where a WalFeeder gets the WAL it writes into a node's directory. Today
  * the repository's `wal/` archive (archiveWalSource); the object store's
  * `archive/` later, behind the same two calls.
  */
+export interface WalListing {
+  readonly names: readonly string[];
+  readonly receiving: readonly string[];
+}
+
 export interface WalSource {
-  /** The segments and histories it can deliver, under the names a node asks for (see deliverableNames). */
-  list(): Promise<string[]>;
+  /**
+   * The segments and histories it can deliver, under the names a node asks
+   * for (see deliverableNames), and which of them are still being received
+   * (receivingNames).
+   */
+  list(): Promise<WalListing>;
   /** A file's content, streamed; null when it is not there (expired since it was listed). */
   fetch(name: string): Promise<Readable | null>;
 }
@@ -31,7 +40,10 @@ export function archiveWalSource(archive: WalArchive): WalSource {
     return file.createReadStream({ highWaterMark: 1024 * 1024, autoClose: true });
   };
   return {
-    list: async () => deliverableNames(await archive.names()),
+    list: async () => {
+      const names = await archive.names();
+      return { names: deliverableNames(names), receiving: receivingNames(names) };
+    },
     fetch: async (name) => (await open(name)) ?? (name.endsWith(".history") ? null : open(`${name}.partial`)),
   };
 }

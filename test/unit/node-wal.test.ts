@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { NODE_WAL_DIRECTORY, RECOVERY_ABORT_STATUS, nodeRestoreCommand, nodeWalScript } from "../../src/restore/node-wal";
-import { deliverableNames, expectedList, feedPlan, targetTimeline } from "../../src/restore/wal-feed-plan";
+import { deliverableNames, expectedList, feedPlan, receivingNames, targetTimeline } from "../../src/restore/wal-feed-plan";
 import { timelinePath } from "../../src/postgres/timelines";
 import { segmentName } from "../../src/postgres/wal-names";
 
@@ -25,22 +25,45 @@ describe("what a WAL feeder fetches and trims (pure)", () => {
         "000000010000000000000005.partial.relevo-tmp-1",
       ]),
     ).toEqual([seg(1, 3), seg(1, 4), "00000002.history"]);
+    expect(receivingNames([seg(1, 3), `${seg(1, 4)}.partial`, `${seg(1, 3)}.partial`])).toEqual([seg(1, 4)]);
+  });
+
+  test("the segment still being received is fetched only when asked for: prefetched, its copy would end where the receipt stood then", () => {
+    const available = new Set([seg(1, 2), seg(1, 3)]);
+    const receiving = new Set([seg(1, 3)]);
+    const none = new Set<string>();
+    expect(feedPlan({ available, receiving, delivered: none, wanted: seg(1, 2), path: path1, fromSegment: 2, ahead: 4 }).fetch).toEqual([
+      seg(1, 2),
+    ]);
+    expect(
+      feedPlan({ available, receiving, delivered: new Set([seg(1, 2)]), wanted: seg(1, 3), path: path1, fromSegment: 2, ahead: 4 }),
+    ).toEqual({ fetch: [seg(1, 3)], trim: [seg(1, 2)] });
   });
 
   test("before the first request: histories, then the backup's start segment and `ahead` more; nothing the source lacks", () => {
     const available = new Set(["00000002.history", ...[2, 3, 4, 5, 6].map((s) => seg(1, s))]);
-    const plan = feedPlan({ available, delivered: new Set(), wanted: null, path: path1, fromSegment: 2, ahead: 2 });
+    const plan = feedPlan({ available, receiving: new Set(), delivered: new Set(), wanted: null, path: path1, fromSegment: 2, ahead: 2 });
     expect(plan).toEqual({ fetch: ["00000002.history", seg(1, 2), seg(1, 3), seg(1, 4)], trim: [] });
   });
 
   test("the name asked comes first, even off the prefetched path; what is replayed before it is trimmed; what is there is not fetched again", () => {
     const available = new Set([2, 3, 4, 5, 6, 7].map((s) => seg(1, s)));
     const delivered = new Set([seg(1, 2), seg(1, 3), seg(1, 4)]);
-    const plan = feedPlan({ available, delivered, wanted: seg(1, 4), path: path1, fromSegment: 2, ahead: 2 });
+    const plan = feedPlan({ available, receiving: new Set(), delivered, wanted: seg(1, 4), path: path1, fromSegment: 2, ahead: 2 });
     expect(plan).toEqual({ fetch: [seg(1, 5), seg(1, 6)], trim: [seg(1, 2), seg(1, 3)] });
     // A history asked for (PostgreSQL probing for a newer timeline) is fetched when the source has it; it trims nothing.
     const withHistory = new Set([...available, "00000002.history"]);
-    expect(feedPlan({ available: withHistory, delivered, wanted: "00000002.history", path: path1, fromSegment: 2, ahead: 0 })).toEqual({
+    expect(
+      feedPlan({
+        available: withHistory,
+        receiving: new Set(),
+        delivered,
+        wanted: "00000002.history",
+        path: path1,
+        fromSegment: 2,
+        ahead: 0,
+      }),
+    ).toEqual({
       fetch: ["00000002.history", seg(1, 2)].filter((name) => !delivered.has(name)),
       trim: [],
     });
@@ -52,6 +75,7 @@ describe("what a WAL feeder fetches and trims (pure)", () => {
     const available = new Set([seg(1, 4), seg(1, 5), seg(2, 5), seg(2, 6), seg(1, 6), "00000002.history"]);
     const plan = feedPlan({
       available,
+      receiving: new Set(),
       delivered: new Set(["00000002.history"]),
       wanted: seg(1, 4),
       path: path2,
