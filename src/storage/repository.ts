@@ -41,7 +41,7 @@ import { RepositoryStore } from "../repository/repository-store";
  * a backup without a completed manifest is not a backup.
  */
 export class Repository {
-  /** The WAL archive's path (pg_receivewal's -D, restore_command, messages); root works in it through `wal` only. */
+  /** The WAL archive's path (pg_receivewal's -D, messages; no node reads it); root works in it through `wal` only. */
   readonly walDir: string;
   /** The WAL archive as root works in it: never through a link its owner, the PostgreSQL OS user, planted (see WalArchive). */
   readonly wal: WalArchive;

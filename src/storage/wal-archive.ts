@@ -49,12 +49,12 @@ export function divergedFolder(now: Date = new Date()): string[] {
  * handle per operation: the archiver lists and reads here often.
  */
 export class WalArchive {
-  /** `<repository>/wal`: for pg_receivewal's -D, restore_command and messages; root never resolves a name below it from here. */
+  /** `<repository>/wal`: for pg_receivewal's -D and messages (no node reads it); root never resolves a name below it from here. */
   readonly path: string;
 
   constructor(
     private readonly repositoryRoot: string,
-    /** Who owns what root adds (the archive's owner, so that a restore_command run as that user reads it); null: root's own. */
+    /** Who owns what root adds (the archive's owner, as pg_receivewal's own files are); null: root's own. */
     private readonly owner: FileOwner,
   ) {
     this.path = path.join(repositoryRoot, "wal");
@@ -164,8 +164,7 @@ export class WalArchive {
   /**
    * Adds a timeline history file to the archive unless one of that name is
    * there (an archived history is that timeline's own and is never
-   * replaced), owned like the archiver's files so that a restore_command
-   * running as the PostgreSQL user can read it. For a history written
+   * replaced), owned like the archiver's files. For a history written
    * outside the archiver (see copyNewerHistories): PostgreSQL's search for
    * the newest timeline stops at the first number it cannot find, so a
    * history missing from the archive hides every later timeline from a
