@@ -80,9 +80,30 @@ export function walFileNameOf(generation: number, key: string): string | null {
   return match && match[2]!.startsWith(match[1]!) && parseSegmentName(match[2]!) !== null ? match[2]! : null;
 }
 
+export function walSummaryPrefix(generation: number): string {
+  return `${generationPrefix(generation)}wal-summary/`;
+}
+
 export function walSummaryKey(generation: number, segmentName: string): string {
   if (parseSegmentName(segmentName) === null) throw layoutDefect(`segment name ${JSON.stringify(segmentName)}`);
-  return `${generationPrefix(generation)}wal-summary/${segmentName}`;
+  return `${walSummaryPrefix(generation)}${segmentName}`;
+}
+
+/**
+ * Where a directory repository kept a segment's summary before objects:
+ * plain JSON, no codec. Read when the segment has no summary object, and
+ * expired with it; never written.
+ */
+export function legacyWalSummaryKey(generation: number, segmentName: string): string {
+  return `${walSummaryKey(generation, segmentName)}.json`;
+}
+
+/** The segment a summary key (an object's or a legacy one's) is of, or null when the key is neither. Pure. */
+export function summarizedSegmentOf(generation: number, key: string): string | null {
+  const prefix = walSummaryPrefix(generation);
+  if (!key.startsWith(prefix)) return null;
+  const name = key.slice(prefix.length).replace(/\.json$/, "");
+  return parseSegmentName(name) === null ? null : name;
 }
 
 /** Sequence numbers as fixed-width names, so that keys sort as the numbers do. */

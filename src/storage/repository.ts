@@ -17,6 +17,7 @@ import { chownNoFollow } from "../util/owned-files";
 import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
 import { DirectoryStore } from "../repository/directory-store";
 import { RepositoryStore } from "../repository/repository-store";
+import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -27,7 +28,8 @@ import { RepositoryStore } from "../repository/repository-store";
  *                                    restore_command reads it): root works there only
  *                                    through handles (see WalArchive)
  *   <root>/wal/diverged/<time>/      WAL off the cluster's history, set aside (root's, 0700)
- *   <root>/wal-summary/<segment>.json   what each archived segment changed (blocks per relation)
+ *   <root>/wal-summary/<segment>      what each archived segment changed (blocks per relation): an object
+ *                                    (see `objects`); `<segment>.json`, plain JSON, from before objects, still read
  *   <root>/backups/<id>/manifest.json
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
@@ -46,7 +48,7 @@ export class Repository {
   /** The WAL archive as root works in it: never through a link its owner, the PostgreSQL OS user, planted (see WalArchive). */
   readonly wal: WalArchive;
   readonly backupsDir: string;
-  /** One summary per archived segment (see wal-summary): <segment>.json. */
+  /** The summaries' directory (see wal-summary), for the set-aside, which moves it by path: summaries are read and written through `objects`. */
   readonly walSummaryDir: string;
   /** Verification, restore and expiry of a backup take its lock (see BackupLocks). */
   readonly locks: BackupLocks;
@@ -214,7 +216,8 @@ export class Repository {
     for (const entry of await this.archivedSegmentList()) {
       if (entry.segment < segment) {
         await this.wal.remove(entry.name);
-        await rm(path.join(this.walSummaryDir, `${entry.name}.json`), { force: true });
+        // Its summary: the object, and the plain JSON one from before objects.
+        await this.objects.store.delete([walSummaryKey(this.generation, entry.name), legacyWalSummaryKey(this.generation, entry.name)]);
         removed += 1;
       }
     }

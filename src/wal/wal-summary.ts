@@ -1,9 +1,13 @@
 import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, rm, symlink } from "node:fs/promises";
+import { buffer } from "node:stream/consumers";
 import type { WalArchive } from "../storage/wal-archive";
 import path from "node:path";
+import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import type { RepositoryStore } from "../repository/repository-store";
+import { legacyWalSummaryKey, summarizedSegmentOf, walSummaryKey, walSummaryPrefix } from "../repository/repository-layout";
 
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
@@ -16,7 +20,9 @@ import { SummaryBuilder, recordLineOfSegment, type RestorePointRecord, type WalS
 export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
   return new WalSummarizer({
     archive: repository.wal,
-    summaryDir: repository.walSummaryDir,
+    objects: repository.objects,
+    generation: repository.generation,
+    scratchDir: path.join(config.home, "tmp"),
     pgBinDir: config.pgBinDir,
     logger,
     intervalMs: config.walSummaryIntervalMs,
@@ -26,7 +32,15 @@ export function walSummarizerFor(repository: Repository, config: RelevoConfig, l
 export interface WalSummarizerOptions {
   /** The archive's segments, read through its handle (see summarize). */
   readonly archive: WalArchive;
-  readonly summaryDir: string;
+  /** Where summaries are stored: one object per segment (repository-layout's walSummaryKey). */
+  readonly objects: RepositoryStore;
+  readonly generation: number;
+  /**
+   * A directory on Relevo's host, root's (`$RELEVO_HOME/tmp`), for
+   * pg_waldump's directory of descriptor links (see summarize): a tool is
+   * given a path, and a repository on object storage has none.
+   */
+  readonly scratchDir: string;
   readonly pgBinDir: string;
   readonly logger: Logger;
   readonly intervalMs: number;
@@ -76,28 +90,50 @@ export class WalSummarizer {
   /** Every named restore point in the archive's summaries (the pending segments summarised first), by LSN. */
   async restorePoints(): Promise<RestorePointRecord[]> {
     await this.summarizePending();
-    const names = (
-      await readdir(this.options.summaryDir).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === "ENOENT") return [] as string[];
-        throw error;
-      })
-    ).filter((name) => name.endsWith(".json"));
     const points: RestorePointRecord[] = [];
-    for (const name of names) points.push(...((await this.read(name.slice(0, -".json".length)))?.restorePoints ?? []));
+    for (const segment of await this.summarizedSegments()) points.push(...((await this.read(segment))?.restorePoints ?? []));
     return points.sort((a, b) => lsnToNumber(a.lsn) - lsnToNumber(b.lsn));
   }
 
+  /**
+   * The segment's stored summary, or null when it has none: its object, else
+   * the plain JSON file a directory repository kept before objects (never
+   * rewritten: it ages out with its segment). A summary that cannot be read
+   * is an error, not an absent one (which a backup would take for "nothing
+   * changed" no more than a restore would for "no restore point").
+   */
   async read(segment: string): Promise<WalSegmentSummary | null> {
+    const stored = await this.options.objects.readJson<WalSegmentSummary>(walSummaryKey(this.options.generation, segment));
+    return stored ?? this.readLegacy(segment);
+  }
+
+  private async readLegacy(segment: string): Promise<WalSegmentSummary | null> {
+    const key = legacyWalSummaryKey(this.options.generation, segment);
+    const { store } = this.options.objects;
+    const bytes = await store
+      .get(key)
+      .then((stream) => buffer(stream))
+      .catch((error: unknown) => {
+        if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
+        throw error;
+      });
+    if (bytes === null) return null;
     try {
-      return JSON.parse(await readFile(path.join(this.options.summaryDir, `${segment}.json`), "utf8")) as WalSegmentSummary;
-    } catch {
-      return null;
+      return JSON.parse(bytes.toString("utf8")) as WalSegmentSummary;
+    } catch (cause) {
+      throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${key} is not a JSON document`, { cause, details: { key } });
     }
   }
 
+  /** The segments with a stored summary, an object or a legacy file. */
+  private async summarizedSegments(): Promise<Set<string>> {
+    const { objects, generation } = this.options;
+    const listed = await objects.list(walSummaryPrefix(generation));
+    return new Set(listed.map((info) => summarizedSegmentOf(generation, info.key)).filter((name): name is string => name !== null));
+  }
+
   private async summarizeNow(): Promise<string[]> {
-    await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
-    const done = new Set((await readdir(this.options.summaryDir)).map((name) => name.replace(/\.json$/, "")));
+    const done = await this.summarizedSegments();
     const names = await this.options.archive.names();
     const receiving = new Set(names.filter((name) => name.endsWith(".partial")).map((name) => name.slice(0, -".partial".length)));
     const archived = names.map((name) => ({ name, parsed: parseSegmentName(name) }));
@@ -153,13 +189,9 @@ export class WalSummarizer {
     return this.summarize(name, timeline, segment, { successor: successor ?? null });
   }
 
-  /** Written whole or not at all; a concurrent writer of the same summary (another pass, a backup) writes the same content. */
+  /** Written whole or not at all (one put); a concurrent writer of the same summary (another pass, a backup) writes the same content. */
   private async store(summary: WalSegmentSummary): Promise<void> {
-    await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
-    const file = path.join(this.options.summaryDir, `${summary.segment}.json`);
-    const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-    await writeFile(temp, JSON.stringify(summary) + "\n", { mode: 0o600 });
-    await rename(temp, file);
+    await this.options.objects.writeJson(walSummaryKey(this.options.generation, summary.segment), summary);
   }
 
   /**
@@ -178,9 +210,10 @@ export class WalSummarizer {
    * segment's name) itself through the archive's handle, never through a
    * link and only a regular file, hands the open files to pg_waldump as its
    * descriptors 3 and 4, and points it at a directory of its own (root's,
-   * in wal-summary/) whose only entries are links to /proc/self/fd/3 and 4:
-   * the child's own descriptors, the very files Relevo opened. One
-   * directory and two links per segment: no process beyond pg_waldump.
+   * under $RELEVO_HOME/tmp, never in the repository) whose only entries are
+   * links to /proc/self/fd/3 and 4: the child's own descriptors, the very
+   * files Relevo opened. One directory and two links per segment: no
+   * process beyond pg_waldump.
    */
   private async summarize(
     name: string,
@@ -191,11 +224,11 @@ export class WalSummarizer {
     const { successor, endLsn = null } = options;
     const held = await this.options.archive.openFiles(successor ? [name, successor] : [name]).catch((error: Error) => error);
     if (held instanceof Error) return new SummaryBuilder().build(name, timeline, false, held.message);
-    const dir = path.join(this.options.summaryDir, `.reading-${process.pid}-${randomBytes(4).toString("hex")}`);
+    const dir = path.join(this.options.scratchDir, `waldump-${process.pid}-${randomBytes(4).toString("hex")}`);
     try {
       if (!held.files[0]) return new SummaryBuilder().build(name, timeline, false, `${name} is not in the archive`);
       const descriptors = held.files.filter((file) => file !== null).map((file) => file.fd);
-      await mkdir(this.options.summaryDir, { recursive: true, mode: 0o700 });
+      await mkdir(this.options.scratchDir, { recursive: true, mode: 0o700 });
       await mkdir(dir, { mode: 0o700 });
       await symlink("/proc/self/fd/3", path.join(dir, name));
       if (descriptors.length > 1) await symlink("/proc/self/fd/4", path.join(dir, segmentName(timeline, segment + 1)));

@@ -2,6 +2,7 @@ import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { parseSegmentName, segmentNumber } from "../../src/postgres/wal-names";
+import { walSummaryKey } from "../../src/repository/repository-layout";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";
@@ -156,13 +157,13 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     // Lose the archive between the last backup's start and now (and its summaries).
     const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
     await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
-    const { walDir, walSummaryDir } = cluster.service.repository;
+    const { walDir, objects, generation } = cluster.service.repository;
     const from = segmentNumber(backups.incr2!.startLsn);
     for (const name of await readdir(walDir)) {
       const segment = parseSegmentName(name)?.segment;
       if (segment !== undefined && segment >= from + 1 && segment <= segmentNumber(switched)) {
         await rm(path.join(walDir, name));
-        await rm(path.join(walSummaryDir, `${name}.json`), { force: true });
+        await objects.store.delete([walSummaryKey(generation, name)]);
       }
     }
     const incremental = await backupUnderWriter("incremental");

@@ -13,6 +13,7 @@ import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from ".
 import { restoreBackup } from "../../src/restore/restore";
 import { archiveWalSource, type WalSource } from "../../src/restore/wal-source";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
+import { legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
@@ -387,6 +388,10 @@ describe("full backup and point-in-time restore", () => {
       { what: `the summary of ${segment}`, timeoutMs: 30000 },
     );
     expect(summary).toMatchObject({ segment, timeline: 1, complete: true, error: null });
+    // Stored as the repository's object (what a bucket holds too), not as a file of its own.
+    const { objects, generation } = cluster.service.repository;
+    expect(await objects.readJson(walSummaryKey(generation, segment))).toEqual(summary);
+    expect(await objects.exists(legacyWalSummaryKey(generation, segment))).toBe(false);
     const touched = summary.blocks[relation]?.main ?? [];
     expect(touched.length).toBeGreaterThan(0);
     // The update touched the table's last blocks, not its first.

@@ -6,8 +6,10 @@ import {
   archiveKey,
   bundleKey,
   dataKey,
+  legacyWalSummaryKey,
   manifestKey,
   manifestsPrefix,
+  summarizedSegmentOf,
   walFileNameOf,
   walSummaryKey,
 } from "../../src/repository/repository-layout";
@@ -37,6 +39,18 @@ describe("the repository's key layout", () => {
     expect(walFileNameOf(0, "archive/000000010000000A/000000010000000A000000FF.partial")).toBeNull();
     expect(walFileNameOf(0, "g1/archive/00000002.history")).toBeNull();
     expect(walFileNameOf(0, manifestsPrefix(0) + "x")).toBeNull();
+  });
+
+  test("a summary key, an object's or a legacy file's, reads back as its segment; nothing else under the prefix does", () => {
+    const segment = "000000010000000A000000FF";
+    expect(legacyWalSummaryKey(0, segment)).toBe("wal-summary/000000010000000A000000FF.json");
+    expect(summarizedSegmentOf(0, walSummaryKey(0, segment))).toBe(segment);
+    expect(summarizedSegmentOf(0, legacyWalSummaryKey(0, segment))).toBe(segment);
+    expect(summarizedSegmentOf(2, walSummaryKey(2, segment))).toBe(segment);
+    expect(summarizedSegmentOf(0, walSummaryKey(2, segment))).toBeNull();
+    // A temporary file the legacy writer left, or anything that is not a segment's.
+    expect(summarizedSegmentOf(0, `wal-summary/${segment}.json.tmp-12-ab12cd34`)).toBeNull();
+    expect(summarizedSegmentOf(0, "wal-summary/notes")).toBeNull();
   });
 
   test("what is no backup id, segment or sequence has no place (a defect, refused)", () => {
