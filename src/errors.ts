@@ -38,7 +38,7 @@ export enum ErrorCode {
   TargetIsMember = "TARGET_IS_MEMBER",
   /** `restore stop` given a directory that does not hold a restored copy (e.g. a member's). */
   NotARestoredCopy = "NOT_A_RESTORED_COPY",
-  /** A lock file (a backup's in the repository) stayed held by another process past the wait allowed. */
+  /** A lock (a backup's repository lock in Redis, a lock file on the host) stayed held by another process past the wait allowed. */
   LockHeld = "LOCK_HELD",
   /** A token (or a client address without one) ran more API operations than RELEVO_API_RATE_LIMIT_* allow; retry after the time given. */
   RateLimited = "RATE_LIMITED",

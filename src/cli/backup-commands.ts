@@ -27,6 +27,7 @@ import { nodeTlsSource } from "../tls/node-tls";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { recordRebuiltCluster, refuseWhileInstanceLive } from "../failover/rebuilt-cluster";
 import { withClusterRedis } from "./cluster-redis";
+import { BackupLocks } from "../storage/backup-locks";
 import { readSecrets } from "../secrets/secrets-store";
 import { sleep } from "../util/sleep";
 import { callApi } from "./api-client";
@@ -193,22 +194,28 @@ async function restoreClaimedCopy(
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa: fixedTrust(trust.pem) };
   const members = await loadMembers(config);
   assertNoMemberPort(members, target);
-  await takeEmptyDirectory(directory);
-  await driver.checkPrerequisites();
-  const repository = new Repository(config.repository, await driver.fileOwner());
-  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
-  await restoreBackup(
-    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-    {
-      manifest,
-      target,
-      members,
-      recoveryTarget,
-      parallelism: config.backupParallelism,
-      startTimeoutMs: config.startTimeoutMs,
-      claimed: options.claimed,
-    },
-  );
+  // The backups' locks live in the cluster's Redis (the service's, shared with it when it runs; else Relevo's own,
+  // started for the while): reached before anything is made, so that a restore no expiry can undercut is all there is.
+  const manifest = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
+    await takeEmptyDirectory(directory);
+    await driver.checkPrerequisites();
+    const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
+    const repository = new Repository(config.repository, await driver.fileOwner(), { locks });
+    const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
+    await restoreBackup(
+      { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+      {
+        manifest: chosen,
+        target,
+        members,
+        recoveryTarget,
+        parallelism: config.backupParallelism,
+        startTimeoutMs: config.startTimeoutMs,
+        claimed: options.claimed,
+      },
+    );
+    return chosen;
+  });
   output.out(
     `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
   );
@@ -232,7 +239,8 @@ export async function restoreClusterCommand(
     const ca = await CertificateAuthority.load(config);
     // The members made again: what each is issued is recorded, as the service's starts record it.
     return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) }), async (driver) => {
-      const repository = new Repository(config.repository, await driver.fileOwner());
+      const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
+      const repository = new Repository(config.repository, await driver.fileOwner(), { locks });
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };

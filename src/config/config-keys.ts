@@ -346,7 +346,7 @@ export const configKeys = {
     env: "RELEVO_LEASE_TTL_MS",
     default: "10000",
     schema: z.coerce.number().int().min(1000).max(600000),
-    doc: "Time to live of the Redis leases that keep the WAL archiver, backups, the failover monitor and each failover operation's journal to one service instance at a time (ms); renewed every third of it, so another instance takes over a dead one's work after at most this long.",
+    doc: "Time to live of the Redis leases that keep the WAL archiver, backups, the failover monitor and each failover operation's journal to one service instance at a time, and of the backups' repository locks (verification, restore, expiry; the CLI's `relevo restore` too) (ms); renewed every third of it, so another instance takes over a dead one's work, and a dead holder's backup lock is free, after at most this long.",
   },
   scheduleRetries: {
     env: "RELEVO_SCHEDULE_RETRIES",

@@ -48,6 +48,11 @@ export interface RedisKeys {
   /** A running backup's progress (a hash per backup id). */
   backupProgress(backupId: string): string;
   /**
+   * The repository lock of a backup (storage/backup-locks): its holder,
+   * expiring unless renewed. Verification, restore and expiry take turns.
+   */
+  backupLock(backupId: string): string;
+  /**
    * Present (expiring) while a reference point's capture pauses `node`'s WAL
    * replay: the replay pause watch resumes a paused replica only without it.
    */
@@ -91,6 +96,7 @@ export function redisKeys(clusterName: string): RedisKeys {
       channel: `${prefix}:agenda:notifications`,
     },
     backupProgress: (backupId) => `${prefix}:backup-progress:${backupId}`,
+    backupLock: (backupId) => `${prefix}:backup-lock:${backupId}`,
     replayPauseMarker: (node) => `${prefix}:replay-pause:${node}`,
   };
 }

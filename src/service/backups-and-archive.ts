@@ -12,6 +12,7 @@ import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import { Repository } from "../storage/repository";
 import { retentionOf } from "../config/repository-config";
+import { BackupLocks } from "../storage/backup-locks";
 import { ArchiveMonitor } from "../wal/archive-monitor";
 import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
@@ -25,13 +26,16 @@ export interface Storage {
   readonly repository: Repository;
 }
 
-/** The backup repository, its WAL archive owned by PostgreSQL's OS user. */
-export async function openRepository(options: StartContext & { readonly driver: NodeDriver }): Promise<Storage> {
-  const { config, driver } = options;
+/** The backup repository, its WAL archive owned by PostgreSQL's OS user, its backups' locks in Redis. */
+export async function openRepository(
+  options: StartContext & { readonly driver: NodeDriver; readonly redis: RedisAndEvents },
+): Promise<Storage> {
+  const { config, driver, redis, logger } = options;
   // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads
   // (the image's postgres uid for containers, whatever this machine's is).
   const pgIdentity = await driver.fileOwner();
-  const repository = new Repository(config.repository, pgIdentity);
+  const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
+  const repository = new Repository(config.repository, pgIdentity, { locks });
   await repository.ensure();
   return { pgIdentity, repository };
 }

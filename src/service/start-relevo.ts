@@ -35,7 +35,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const redis = await startRedisAndEvents({ ...context, secrets, servicesCa });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
-    const storage = await openRepository({ ...context, driver });
+    const storage = await openRepository({ ...context, driver, redis });
     const { repository } = storage;
     const cluster = await bootstrapNodes({
       ...context,

@@ -12,7 +12,7 @@ import {
 } from "../backup/manifest";
 import { parseSegmentName } from "../postgres/wal-names";
 import { WalArchive } from "./wal-archive";
-import { BackupLocks, type HeldBackupLocks, type LockOptions } from "./backup-locks";
+import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
 import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
 import { DirectoryStore } from "../repository/directory-store";
@@ -34,7 +34,6 @@ import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-lay
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
  *                                        range each (manifest: offset, bytes)
- *   <root>/locks/<id>.lock               who verifies, restores or expires that backup now
  *   <root>/superseded/<label>/       a previous cluster's wal/, wal-summary/ and
  *                                    backups/, set aside when the data home
  *                                    started over (relevo up --new-cluster)
@@ -50,8 +49,12 @@ export class Repository {
   readonly backupsDir: string;
   /** The summaries' directory (see wal-summary), for the set-aside, which moves it by path: summaries are read and written through `objects`. */
   readonly walSummaryDir: string;
-  /** Verification, restore and expiry of a backup take its lock (see BackupLocks). */
-  readonly locks: BackupLocks;
+  /**
+   * Verification, restore and expiry of a backup take its lock (see
+   * BackupLocks), kept in Redis; null for a repository opened only to be
+   * read or written (tests, tools), whose lockBackups is a defect.
+   */
+  readonly locks: BackupLocks | null;
   /**
    * The repository's objects (src/repository/repository-layout.ts says
    * where each lives): what moves off the host goes through here, never
@@ -67,18 +70,20 @@ export class Repository {
   constructor(
     readonly root: string,
     private readonly walOwner: OsIdentity | null,
+    options: { readonly locks?: BackupLocks } = {},
   ) {
     this.wal = new WalArchive(root, walOwner);
     this.walDir = this.wal.path;
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
-    this.locks = new BackupLocks(root);
+    this.locks = options.locks ?? null;
     this.objects = new RepositoryStore(new DirectoryStore(root));
   }
 
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
   async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
     for (const id of ids) assertBackupId(id);
+    if (!this.locks) throw new RelevoError(ErrorCode.Internal, `the repository ${this.root} was opened without its locks (Redis)`);
     return this.locks.acquire(ids, options);
   }
 

@@ -332,7 +332,41 @@ describe("full backup and point-in-time restore", () => {
     expect(most).toBe(1);
     // No scratch node left, nor the claim on its name.
     expect((await readdir(`${cluster.config.home}/nodes`)).filter((name) => name.startsWith("verify-"))).toEqual([]);
-    expect(existsSync(`${cluster.service.repository.root}/locks/${newest.id}.lock`)).toBe(false); // released
+    expect(await cluster.service.repository.locks!.holder(newest.id)).toBeNull(); // released
+  });
+
+  test("relevo restore --to and the service share a backup's lock in Redis: the CLI waits while the service holds it, then restores", async () => {
+    const newest = await cluster.service.backups.latestCompleted();
+    const held = await cluster.service.repository.lockBackups([newest.id], { purpose: "expiry", waitMs: 0 });
+    const logged: string[] = [];
+    const logger = createLogger({ level: "info", destination: { write: (line: string) => void logged.push(line) } });
+    const lines: string[] = [];
+    const output = { out: (line: string) => void lines.push(line), terminal: false };
+    const to = path.join(cluster.config.home, "cli-locked-copy");
+    const restoring = restoreCommand(cluster.config, { to, port: await freePort(), backup: newest.id }, logger, output);
+    const outcome = restoring.then(
+      () => null,
+      (error: unknown) => error,
+    );
+    try {
+      const waiting = await eventually(
+        () => logged.find((line) => line.includes(`waits for another holder of backup ${newest.id}'s lock`)),
+        {
+          what: "the CLI's wait for the service's lock",
+          timeoutMs: 60000,
+        },
+      );
+      expect(JSON.parse(waiting)).toMatchObject({ holder: { purpose: "expiry", pid: process.pid } });
+      expect(lines).toEqual([]);
+      await held.release();
+      expect(await outcome).toBeNull();
+      expect(lines[0]).toContain(`restored backup ${newest.id} into ${to}/data`);
+      expect(await cluster.service.repository.locks!.holder(newest.id)).toBeNull();
+    } finally {
+      await held.release();
+      await outcome;
+      await restoreStopCommand(cluster.config, { to }, { out: () => undefined, terminal: false }).catch(() => undefined);
+    }
   });
 
   test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {

@@ -1,12 +1,11 @@
 import { expect } from "@jest/globals";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { access, mkdir, stat, utimes, writeFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { BackupLocks, type HeldBackupLocks, type LockHolder } from "../../src/storage/backup-locks";
-import { thisHost } from "../../src/storage/file-lock";
 import { restoreCommand } from "../../src/cli/backup-commands";
 import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
@@ -15,8 +14,8 @@ import { tempHome } from "../helpers/home";
 import { eventually } from "../helpers/service";
 import { freePort } from "../helpers/ports";
 import { ReplayPauseMarkers } from "../../src/cluster/replay-pause-markers";
-import { redisKeys } from "../../src/redis/keys";
-import { createRedisClient } from "../../src/redis/redis-client";
+import { redisKeys, type RedisKeys } from "../../src/redis/keys";
+import { createRedisClient, type RedisEndpoint } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import type Redis from "ioredis";
 import { Repository } from "../../src/storage/repository";
@@ -27,222 +26,213 @@ import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-s
 import { testRedisTls } from "../helpers/tls";
 
 const ID = "20261125T224500Z-F";
+const silent = createLogger({ level: "silent" });
+
+/**
+ * The repository's backup locks live in Redis (S3 has no lock): one real
+ * Redis server (Relevo's own, TLS and all) for this file, each test under a
+ * key prefix of its own.
+ */
+let server: RedisServerHandle;
+let endpoint: RedisEndpoint;
+let redis: Redis;
+let prefixes = 0;
+
+beforeAll(async () => {
+  const tls = await testRedisTls();
+  endpoint = { host: "127.0.0.1", port: await freePort(), password: "locks-test-password-0123", tls: tls.client };
+  server = await ensureRedisServer({
+    home: await tempHome("locks-redis"),
+    host: endpoint.host,
+    port: endpoint.port,
+    password: endpoint.password,
+    bin: "redis-server",
+    startTimeoutMs: 30000,
+    logger: silent,
+    tls,
+  });
+  redis = createRedisClient(endpoint, { name: "locks" });
+  await eventually(async () => ((await redis.ping().catch(() => null)) === "PONG" ? true : undefined));
+});
+
+afterAll(async () => {
+  redis.disconnect();
+  await server.stop();
+});
+
+function freshKeys(): RedisKeys {
+  prefixes += 1;
+  return redisKeys(`locks-${process.pid}-${prefixes}`);
+}
+
+/** This process's locks under `keys`, with a time to live of `ttlMs`. */
+function locksOn(keys: RedisKeys, ttlMs = 10_000, logger = silent): BackupLocks {
+  return new BackupLocks(redis, keys, { ttlMs, logger });
+}
 
 /**
  * Another process holding a backup's lock, as the CLI's `relevo restore` or a
- * second service instance does: the built module (dist/, as bin/relevo runs
- * it) takes the lock, says so, and holds it until killed.
+ * second service instance does: the built modules (dist/, as bin/relevo runs
+ * them) reach the same Redis, take the lock, say so, and hold it (renewing
+ * it) until killed.
  */
-async function holderProcess(root: string): Promise<ChildProcess> {
-  const module = path.join(projectRoot(), "dist/src/storage/backup-locks.js");
+async function holderProcess(keys: RedisKeys, ttlMs: number): Promise<ChildProcess> {
+  const module = (name: string): string => JSON.stringify(path.join(projectRoot(), "dist/src", name));
+  const plainEndpoint = { ...endpoint, tls: { ca: endpoint.tls!.ca, cert: endpoint.tls!.cert, key: endpoint.tls!.key } };
   const script =
-    `const { BackupLocks } = require(${JSON.stringify(module)});` +
-    `new BackupLocks(${JSON.stringify(root)}).acquire([${JSON.stringify(ID)}], { purpose: "verification", waitMs: 0 })` +
-    `.then(() => { console.log("held"); setInterval(() => {}, 1000); });`;
-  const child = spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] });
-  const lines = createInterface({ input: child.stdout });
-  const [line] = (await once(lines, "line")) as [string];
+    `const { BackupLocks } = require(${module("storage/backup-locks.js")});` +
+    `const { createRedisClient } = require(${module("redis/redis-client.js")});` +
+    `const { redisKeys } = require(${module("redis/keys.js")});` +
+    `const { createLogger } = require(${module("log.js")});` +
+    `const redis = createRedisClient(JSON.parse(process.env.LOCKS_TEST_REDIS), { name: "holder", queueWhileOffline: true });` +
+    `new BackupLocks(redis, redisKeys(${JSON.stringify(keys.prefix.slice("relevo:".length))}), { ttlMs: ${ttlMs}, logger: createLogger({ level: "silent" }) })` +
+    `.acquire([${JSON.stringify(ID)}], { purpose: "verification", waitMs: 0 })` +
+    `.then(() => console.log("held"), (error) => { console.log(error.message); process.exit(1); });`;
+  const child = spawn(process.execPath, ["-e", script], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, LOCKS_TEST_REDIS: JSON.stringify(plainEndpoint) },
+  });
+  const [line] = (await once(createInterface({ input: child.stdout }), "line")) as [string];
   expect(line).toBe("held");
   return child;
 }
 
-describe("backup locks in the repository: across processes, never left held by a crash", () => {
-  test("held by another process: the next holder waits, naming it; that process killed (SIGKILL), the lock is taken at once", async () => {
-    const root = await tempHome("locks-crash");
-    const child = await holderProcess(root);
-    const locks = new BackupLocks(root);
+describe("backup locks in Redis: across processes, never left held by a crash", () => {
+  test("held by another process: the next holder waits, naming it, for as long as it lives; killed (SIGKILL), the lock is free once its time to live runs out", async () => {
+    const keys = freshKeys();
+    const ttlMs = 2000;
+    const child = await holderProcess(keys, ttlMs);
+    const locks = locksOn(keys, ttlMs);
     const waitedFor: LockHolder[] = [];
     let held: HeldBackupLocks | null = null;
     const acquiring = locks.acquire([ID], {
       purpose: "expiry",
-      waitMs: 20_000,
+      waitMs: 60_000,
       pollMs: 50,
       onWait: (_id, holder) => waitedFor.push(holder),
     });
     void acquiring.then((locked) => (held = locked));
     try {
       await eventually(() => (waitedFor.length > 0 ? true : undefined), { timeoutMs: 10000 });
-      expect(waitedFor[0]).toMatchObject({ pid: child.pid, host: os.hostname(), purpose: "verification" });
+      expect(waitedFor).toEqual([expect.objectContaining({ pid: child.pid, host: os.hostname(), purpose: "verification" })]);
+      // Alive, the holder renews its lock: well past one time to live, it is still its.
+      await new Promise((resolve) => setTimeout(resolve, 2 * ttlMs));
       expect(held).toBeNull();
+      expect(await locks.holder(ID)).toMatchObject({ pid: child.pid });
       child.kill("SIGKILL");
       await once(child, "exit");
+      const killedAt = Date.now();
       const taken = await acquiring;
+      // Freed by its time to live (its last renewal at most a third of it before the kill), not by anything else.
+      const freedAfter = Date.now() - killedAt;
+      expect(freedAfter).toBeGreaterThanOrEqual(ttlMs / 2);
+      expect(freedAfter).toBeLessThan(ttlMs + 2000);
       expect(await locks.holder(ID)).toMatchObject({ pid: process.pid, purpose: "expiry" });
       await taken.release();
       expect(await locks.holder(ID)).toBeNull();
+      expect(await redis.exists(keys.backupLock(ID))).toBe(0);
     } finally {
       child.kill("SIGKILL");
     }
   });
 
   test("in one process, two holders of one backup take turns; locks on several backups are taken in one order", async () => {
-    const locks = new BackupLocks(await tempHome("locks-turns"));
+    const locks = locksOn(freshKeys());
     const other = "20261126T000000Z-D";
     const first = await locks.acquire([other, ID], { purpose: "restore", waitMs: 0 });
     expect(first.ids).toEqual([ID, other]);
     let second: HeldBackupLocks | null = null;
     const acquiring = locks.acquire([ID], { purpose: "verification", waitMs: 20_000, pollMs: 20 }).then((locked) => (second = locked));
-    await eventually(async () => ((await locks.holder(ID))?.purpose === "restore" ? true : undefined));
+    await new Promise((resolve) => setTimeout(resolve, 300));
     expect(second).toBeNull();
+    expect(await locks.holder(ID)).toMatchObject({ purpose: "restore" });
     await first.release();
     await acquiring;
     expect(await locks.holder(ID)).toMatchObject({ purpose: "verification" });
     expect(await locks.holder(other)).toBeNull();
     await second!.release();
   });
+});
 
-  test("a lock naming a live pid whose process started at another time (the pid was reused) is a dead holder's", async () => {
-    const root = await tempHome("locks-reused");
-    const locks = new BackupLocks(root);
-    await mkdir(locks.directory, { recursive: true });
-    const stale: LockHolder = {
-      ...(await thisHost()),
-      pid: process.pid,
-      processStart: "1",
-      purpose: "verification",
-      since: new Date(0).toISOString(),
-      token: "dead",
-    };
-    await writeFile(path.join(locks.directory, `${ID}.lock`), JSON.stringify(stale));
-    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 0 });
-    expect(await locks.holder(ID)).toMatchObject({ purpose: "expiry" });
+describe("backup locks in Redis: bounded waits, what a refusal says, renewals and releases", () => {
+  test("tried once (waitMs 0), a held lock is LOCK_HELD at once, naming its holder in the message and the details (never its token)", async () => {
+    const keys = freshKeys();
+    const locks = locksOn(keys);
+    const held = await locks.acquire([ID], { purpose: "restore into copy1", waitMs: 0 });
+    const waitedFor: LockHolder[] = [];
+    const started = Date.now();
+    const refusal = await locks.acquire([ID], { purpose: "expiry", waitMs: 0, onWait: (_id, holder) => waitedFor.push(holder) }).then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(waitedFor).toEqual([]);
+    expect(refusal).toMatchObject({
+      code: "LOCK_HELD",
+      message: expect.stringContaining(
+        `expiry: backup ${ID}'s lock is held by pid ${process.pid} on ${os.hostname()}, restore into copy1, since `,
+      ),
+      details: {
+        backupId: ID,
+        lockKey: keys.backupLock(ID),
+        holder: { host: os.hostname(), pid: process.pid, purpose: "restore into copy1", since: expect.any(String) },
+      },
+    });
+    expect((refusal as { details: { holder: object } }).details.holder).not.toHaveProperty("token");
     await held.release();
+  });
+
+  test("a wait is bounded: LOCK_HELD once waitMs has passed, the holder announced once", async () => {
+    const locks = locksOn(freshKeys());
+    const held = await locks.acquire([ID], { purpose: "verification", waitMs: 0 });
+    const waitedFor: LockHolder[] = [];
+    const started = Date.now();
+    await expect(
+      locks.acquire([ID], { purpose: "restore", waitMs: 800, pollMs: 20, onWait: (_id, holder) => waitedFor.push(holder) }),
+    ).rejects.toMatchObject({ code: "LOCK_HELD", message: expect.stringContaining("(waited 1 s)") });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(800);
+    expect(waitedFor).toEqual([expect.objectContaining({ purpose: "verification", pid: process.pid })]);
+    await held.release();
+  });
+
+  test("a holder keeps its lock for as long as it holds it, many times to live; the key is gone once released", async () => {
+    const keys = freshKeys();
+    const ttlMs = 300;
+    const locks = locksOn(keys, ttlMs);
+    const held = await locks.acquire([ID], { purpose: "restore", waitMs: 0 });
+    await new Promise((resolve) => setTimeout(resolve, 5 * ttlMs));
+    await expect(locksOn(keys, ttlMs).acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
+    expect(await redis.pttl(keys.backupLock(ID))).toBeGreaterThan(0);
+    await held.release();
+    expect(await redis.exists(keys.backupLock(ID))).toBe(0);
+  });
+
+  test("a holder whose lock lapsed (Redis lost it) says so, never takes it back, and its release leaves the next holder's lock alone", async () => {
+    const keys = freshKeys();
+    const ttlMs = 300;
+    const logged: string[] = [];
+    const logger = createLogger({ level: "info", destination: { write: (line: string) => void logged.push(line) } });
+    const first = await locksOn(keys, ttlMs, logger).acquire([ID], { purpose: "restore", waitMs: 0 });
+    await redis.del(keys.backupLock(ID)); // as a Redis restarted without its data would
+    const second = await locksOn(keys, ttlMs).acquire([ID], { purpose: "verification", waitMs: 0 });
+    await eventually(() => (logged.some((line) => line.includes(`backup ${ID}'s lock lapsed while held`)) ? true : undefined), {
+      timeoutMs: 5000,
+    });
+    await first.release();
+    expect(await locksOn(keys).holder(ID)).toMatchObject({ purpose: "verification" });
+    await new Promise((resolve) => setTimeout(resolve, 2 * ttlMs));
+    expect(await locksOn(keys).holder(ID)).toMatchObject({ purpose: "verification" });
+    await second.release();
+    expect(await locksOn(keys).holder(ID)).toBeNull();
+  });
+
+  test("a repository opened without its locks refuses to lock (a defect), rather than run unlocked", async () => {
+    const repository = new Repository(await tempHome("locks-none"), null);
+    await expect(repository.lockBackups([ID], { purpose: "restore", waitMs: 0 })).rejects.toMatchObject({ code: "INTERNAL" });
   });
 });
 
-/** A lock file as a holder on another host leaves it: that host's name, its refresh interval. */
-async function remoteLock(locks: BackupLocks, refreshMs: number): Promise<string> {
-  await mkdir(locks.directory, { recursive: true });
-  const holder: LockHolder = {
-    host: "elsewhere.invalid",
-    pid: 4242,
-    processStart: "77",
-    purpose: "restore into copy1",
-    since: new Date().toISOString(),
-    token: "remote",
-    refreshMs,
-  };
-  const file = locks.fileOf(ID);
-  await writeFile(file, JSON.stringify(holder));
-  return file;
-}
-
-describe("backup locks: bounded waits, holders on other hosts, racing breakers", () => {
-  test("a holder on another host that keeps touching its lock is waited for until the deadline, then LOCK_HELD names the file and holder", async () => {
-    const locks = new BackupLocks(await tempHome("locks-remote-live"));
-    const file = await remoteLock(locks, 100);
-    // That host's holder, alive: it touches the file more often than its refresh interval.
-    const touching = setInterval(() => void utimes(file, new Date(), new Date()).catch(() => undefined), 50);
-    const waitedFor: LockHolder[] = [];
-    try {
-      await expect(
-        locks.acquire([ID], { purpose: "verification", waitMs: 1000, pollMs: 20, onWait: (_id, holder) => waitedFor.push(holder) }),
-      ).rejects.toMatchObject({
-        code: "LOCK_HELD",
-        message: expect.stringContaining(`lock ${file} is held by pid 4242 on elsewhere.invalid, restore into copy1`),
-        details: { lockFile: file, holder: { host: "elsewhere.invalid", pid: 4242 } },
-      });
-    } finally {
-      clearInterval(touching);
-    }
-    expect(waitedFor).toHaveLength(1);
-    expect(await locks.holder(ID)).toMatchObject({ token: "remote" });
-  });
-
-  test("a holder on another host that stopped touching its lock is gone after three of its intervals: the lock is broken", async () => {
-    const locks = new BackupLocks(await tempHome("locks-remote-dead"));
-    await remoteLock(locks, 100);
-    const started = Date.now();
-    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 10_000, pollMs: 20 });
-    // Never broken before three silent intervals as this process saw them.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
-    expect(await locks.holder(ID)).toMatchObject({ pid: process.pid, purpose: "expiry" });
-    await held.release();
-  });
-
-  test("tried once per run (waitMs 0, as expiry does), a holder on another host that stopped touching its lock is broken on a later run", async () => {
-    const locks = new BackupLocks(await tempHome("locks-remote-dead-once"));
-    await remoteLock(locks, 100);
-    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
-    // The next run, more than three of its refresh intervals later: the file never changed meanwhile.
-    await new Promise((resolve) => setTimeout(resolve, 400));
-    const held = await locks.acquire([ID], { purpose: "expiry", waitMs: 0 });
-    expect(await locks.holder(ID)).toMatchObject({ pid: process.pid, purpose: "expiry" });
-    await held.release();
-  });
-
-  test("a holder with this host's name but another pid namespace or boot is judged by its refreshes, never by a pid here", async () => {
-    const locks = new BackupLocks(await tempHome("locks-other-namespace"));
-    await mkdir(locks.directory, { recursive: true });
-    const here = await thisHost();
-    // Pid 1 in its own container: here it is another process (or none), which says nothing about that holder.
-    const holder: LockHolder = {
-      ...here,
-      hostId: "another-boot/pid:[1]",
-      pid: 1,
-      processStart: "",
-      purpose: "restore test",
-      since: "",
-      token: "ns",
-    };
-    await writeFile(locks.fileOf(ID), JSON.stringify(holder));
-    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
-    expect(await locks.holder(ID)).toMatchObject({ token: "ns" });
-  });
-
-  test("tried once (waitMs 0), a held lock is LOCK_HELD at once; a holder touches its lock while it holds it", async () => {
-    const locks = new BackupLocks(await tempHome("locks-refresh"), { refreshMs: 50 });
-    const held = await locks.acquire([ID], { purpose: "restore", waitMs: 0 });
-    await expect(locks.acquire([ID], { purpose: "expiry", waitMs: 0 })).rejects.toMatchObject({ code: "LOCK_HELD" });
-    const file = locks.fileOf(ID);
-    await utimes(file, new Date(0), new Date(0));
-    await eventually(async () => ((await stat(file)).mtimeMs > Date.now() - 60_000 ? true : undefined), { timeoutMs: 5000 });
-    await held.release();
-    expect(await locks.holder(ID)).toBeNull();
-  });
-
-  test("many processes race to break one dead holder's lock, again after each holder dies: exactly one holder at any time", async () => {
-    const root = await tempHome("locks-race");
-    const locks = new BackupLocks(root);
-    await mkdir(locks.directory, { recursive: true });
-    const gone = spawn("true");
-    await once(gone, "exit");
-    const dead: LockHolder = { ...(await thisHost()), pid: gone.pid!, processStart: "", purpose: "crashed", since: "", token: "dead" };
-    await writeFile(locks.fileOf(ID), JSON.stringify(dead));
-    const go = path.join(root, "go");
-    const inside = path.join(root, "inside");
-    const module = path.join(projectRoot(), "dist/src/storage/backup-locks.js");
-    // Each takes the lock, proves it is alone in it (an exclusive marker file), then dies holding it: the rest race
-    // to break a dead holder's lock once more.
-    const script =
-      `const fs = require("fs"); const { BackupLocks } = require(${JSON.stringify(module)});` +
-      `console.log("ready");` +
-      `const start = () => fs.existsSync(${JSON.stringify(go)}) ? take() : setTimeout(start, 5);` +
-      `const take = () => new BackupLocks(${JSON.stringify(root)}).acquire([${JSON.stringify(ID)}], { purpose: "race", waitMs: 60000, pollMs: 1 }).then(() => {` +
-      `  try { fs.writeFileSync(${JSON.stringify(inside)}, String(process.pid), { flag: "wx" }); } catch { console.log("overlap"); }` +
-      `  setTimeout(() => { fs.rmSync(${JSON.stringify(inside)}, { force: true }); console.log("alone"); process.exit(0); }, 20);` +
-      `});` +
-      `start();`;
-    const children = Array.from({ length: 8 }, () => spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] }));
-    try {
-      const outputs = children.map((child) => {
-        const lines: string[] = [];
-        createInterface({ input: child.stdout }).on("line", (line) => lines.push(line));
-        return { lines, exited: once(child, "exit") };
-      });
-      await eventually(() => (outputs.every((output) => output.lines.includes("ready")) ? true : undefined), { timeoutMs: 30_000 });
-      await writeFile(go, "");
-      await Promise.all(outputs.map((output) => output.exited));
-      expect(outputs.map((output) => output.lines.filter((line) => line !== "ready"))).toEqual(children.map(() => ["alone"]));
-      // The last holder died holding it: broken once more, by this process.
-      const held = await locks.acquire([ID], { purpose: "after the race", waitMs: 10_000 });
-      await held.release();
-      await expect(access(`${locks.fileOf(ID)}.break`)).rejects.toMatchObject({ code: "ENOENT" });
-    } finally {
-      for (const child of children) child.kill("SIGKILL");
-    }
-  });
-
+describe("a restore's claim of its target (a lock file on the host, not the repository's lock)", () => {
   test("relevo restore --to a directory another restore has claimed is TARGET_NOT_EMPTY, nothing read or written", async () => {
     const home = await tempHome("locks-restore-claim");
     const directory = path.join(home, "copy");
@@ -269,31 +259,10 @@ describe("backup locks: bounded waits, holders on other hosts, racing breakers",
 });
 
 describe("a replica's replay pause marker: one capture at a time, cleared by its owner only", () => {
-  let server: RedisServerHandle;
-  let redis: Redis;
-  let markers: ReplayPauseMarkers;
   const keys = redisKeys("markers");
-
-  beforeAll(async () => {
-    const endpoint = { host: "127.0.0.1", port: await freePort(), password: "markers-test-password-0123" };
-    const logger = createLogger({ level: "silent" });
-    const tls = await testRedisTls();
-    server = await ensureRedisServer({
-      home: await tempHome("markers"),
-      ...endpoint,
-      bin: "redis-server",
-      startTimeoutMs: 30000,
-      logger,
-      tls,
-    });
-    redis = createRedisClient({ ...endpoint, tls: tls.client }, { name: "markers" });
-    await eventually(async () => ((await redis.ping().catch(() => null)) === "PONG" ? true : undefined));
+  let markers: ReplayPauseMarkers;
+  beforeAll(() => {
     markers = new ReplayPauseMarkers(redis, keys);
-  });
-
-  afterAll(async () => {
-    redis.disconnect();
-    await server.stop();
   });
 
   test("a second capture on the replica waits for the first's release; a capture whose mark expired never clears the next one's", async () => {
@@ -331,7 +300,7 @@ describe("expiry and the service's stop against a verification under way", () =>
   });
 
   test("a verification that waited for the full's lock while expiry let the full go is refused, and writes no failed verification", async () => {
-    const repository = new Repository(await tempHome("locks-expiry-race"), null);
+    const repository = new Repository(await tempHome("locks-expiry-race"), null, { locks: locksOn(freshKeys()) });
     await repository.ensure();
     const full = manifest("full", "2026-11-01T00:00:00Z", null);
     const differential = manifest("differential", "2026-11-02T00:00:00Z", full.id);
@@ -355,11 +324,11 @@ describe("expiry and the service's stop against a verification under way", () =>
     await expiry.release();
     expect(await outcome).toMatchObject({ code: "PRECONDITION_FAILED", message: expect.stringContaining(`${full.id}, which is expired`) });
     expect((await repository.readManifest(differential.id))?.verification).toBeUndefined();
-    expect(await repository.locks.holder(differential.id)).toBeNull();
+    expect(await repository.locks!.holder(differential.id)).toBeNull();
   });
 
   test("the service's stop (waitForIdle) waits for a verification under way, so its scratch node is removed before the service goes", async () => {
-    const repository = new Repository(await tempHome("locks-idle"), null);
+    const repository = new Repository(await tempHome("locks-idle"), null, { locks: locksOn(freshKeys()) });
     await repository.ensure();
     const full = manifest("full", "2026-11-01T00:00:00Z", null);
     await repository.writeManifest(full);

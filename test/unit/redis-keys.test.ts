@@ -6,7 +6,12 @@ describe("Redis keys", () => {
   // is a migration, not a refactoring.
   test("every key of a cluster keeps its name", () => {
     const keys = redisKeys("c");
-    expect({ ...keys, backupProgress: keys.backupProgress("B"), replayPauseMarker: keys.replayPauseMarker("node2") }).toEqual({
+    expect({
+      ...keys,
+      backupProgress: keys.backupProgress("B"),
+      backupLock: keys.backupLock("20261125T224500Z-F"),
+      replayPauseMarker: keys.replayPauseMarker("node2"),
+    }).toEqual({
       prefix: "relevo:c",
       events: "relevo:c:events",
       topology: "relevo:c:topology",
@@ -27,6 +32,7 @@ describe("Redis keys", () => {
       operation: { lock: "relevo:c:operation:lock", entry: "relevo:c:operation", fencing: "relevo:c:operation:fencing" },
       agenda: { prefix: "relevo:c:agenda:", channel: "relevo:c:agenda:notifications" },
       backupProgress: "relevo:c:backup-progress:B",
+      backupLock: "relevo:c:backup-lock:20261125T224500Z-F",
       replayPauseMarker: "relevo:c:replay-pause:node2",
     });
     expect([CONSOLIDATOR_GROUP, TOPOLOGY_TOPIC, EVENTS_TOPIC]).toEqual(["consolidator", "TOPOLOGY_CHANGED", "CLUSTER_EVENT"]);
