@@ -4,6 +4,7 @@ import type Redis from "ioredis";
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { RedisKeys } from "../redis/keys";
+import { redisCall } from "../redis/redis-client";
 import { settlesWithin, sleep } from "../util/sleep";
 
 /**
@@ -159,9 +160,11 @@ export class BackupLocks {
     const key = this.keys.backupLock(id);
     const started = Date.now();
     let announced = false;
+    // Redis unreachable: SERVICE_UNAVAILABLE (retry later), as every request that needs Redis.
+    const call = <T>(operation: () => Promise<T>): Promise<T> => redisCall(`backup ${id}'s lock`, operation);
     for (;;) {
-      if ((await this.redis.set(key, value, "PX", this.options.ttlMs, "NX")) === "OK") return;
-      const holder = await this.holder(id);
+      if ((await call(() => this.redis.set(key, value, "PX", this.options.ttlMs, "NX"))) === "OK") return;
+      const holder = await call(() => this.holder(id));
       if (holder === null) continue; // released or lapsed meanwhile
       const waitedMs = Date.now() - started;
       if (waitedMs >= options.waitMs) throw this.lockHeld(id, holder, options);

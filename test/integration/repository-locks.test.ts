@@ -226,6 +226,20 @@ describe("backup locks in Redis: bounded waits, what a refusal says, renewals an
     expect(await locksOn(keys).holder(ID)).toBeNull();
   });
 
+  test("Redis unreachable: taking a lock is SERVICE_UNAVAILABLE (retry later), never a bare connection error", async () => {
+    const nowhere = createRedisClient(
+      { host: "127.0.0.1", port: await freePort(), password: "unused", external: true },
+      { name: "nowhere" },
+    );
+    try {
+      await expect(
+        new BackupLocks(nowhere, freshKeys(), { ttlMs: 1000, logger: silent }).acquire([ID], { purpose: "restore", waitMs: 0 }),
+      ).rejects.toMatchObject({ code: "SERVICE_UNAVAILABLE", message: expect.stringContaining(`backup ${ID}'s lock`) });
+    } finally {
+      nowhere.disconnect();
+    }
+  });
+
   test("a repository opened without its locks refuses to lock (a defect), rather than run unlocked", async () => {
     const repository = new Repository(await tempHome("locks-none"), null);
     await expect(repository.lockBackups([ID], { purpose: "restore", waitMs: 0 })).rejects.toMatchObject({ code: "INTERNAL" });
