@@ -7,6 +7,9 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { BackupLocks, type HeldBackupLocks, type LockHolder } from "../../src/storage/backup-locks";
 import { restoreCommand } from "../../src/cli/backup-commands";
+import { withClusterRedis } from "../../src/cli/cluster-redis";
+import type { Secrets } from "../../src/secrets/secrets-store";
+import { connect } from "node:net";
 import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
 import { projectRoot } from "../../src/util/project-root";
@@ -243,6 +246,41 @@ describe("backup locks in Redis: bounded waits, what a refusal says, renewals an
   test("a repository opened without its locks refuses to lock (a defect), rather than run unlocked", async () => {
     const repository = new Repository(await tempHome("locks-none"), null);
     await expect(repository.lockBackups([ID], { purpose: "restore", waitMs: 0 })).rejects.toMatchObject({ code: "INTERNAL" });
+  });
+});
+
+describe("the cluster's Redis for relevo restore (withClusterRedis): started for the while, never stopped under another client", () => {
+  /** Whether anything accepts connections on the port. */
+  const listening = (port: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const socket = connect({ host: "127.0.0.1", port }, () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+
+  test("Relevo's own Redis, not running: started for the command and stopped after it, unless another client uses it by then", async () => {
+    const port = await freePort();
+    const config = loadConfig({ RELEVO_HOME: await tempHome("cli-redis"), RELEVO_REDIS_PORT: String(port) });
+    const secrets = { redisPassword: "cli-redis-test-password-0123" } as Secrets;
+    expect(await withClusterRedis(config, secrets, silent, (client) => client.ping())).toBe("PONG");
+    expect(await listening(port)).toBe(false);
+
+    // A `relevo up` started meanwhile adopts the command's Redis: it must outlive the command.
+    let adopter: Redis | null = null;
+    await withClusterRedis(config, secrets, silent, async (client) => {
+      adopter = client.duplicate();
+      await adopter.ping();
+    });
+    try {
+      expect(await adopter!.ping()).toBe("PONG");
+    } finally {
+      // Not awaited: the server exits without answering, and this client would send it again to a server gone.
+      void adopter!.call("SHUTDOWN").catch(() => undefined);
+      await eventually(async () => ((await listening(port)) ? undefined : true), { timeoutMs: 10000 });
+      adopter!.disconnect();
+    }
   });
 });
 
