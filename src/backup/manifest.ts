@@ -2,7 +2,7 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { ReferencePoint } from "./reference-point";
 
 /**
- * The repository's per-backup manifest (backups/<id>/manifest.json): the
+ * The repository's per-backup manifest (manifests/<id>; backups/<id>/manifest.json before): the
  * source of truth a catalog can be rebuilt from. Designed for the block-level
  * differential and incremental backups that come next: every file records
  * its length (restore truncates or extends to it) and where its content is

@@ -14,8 +14,9 @@ import { parseSegmentName } from "../postgres/wal-names";
 import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
-import { makeDirectoriesDurably, replaceFileDurably } from "../util/durable-file";
 import { DirectoryStore } from "../repository/directory-store";
+import type { ObjectInfo } from "../repository/object-store";
+import { manifestKey, manifestsPrefix } from "../repository/repository-layout";
 import { RepositoryStore } from "../repository/repository-store";
 import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 
@@ -30,11 +31,13 @@ import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-lay
  *   <root>/wal/diverged/<time>/      WAL off the cluster's history, set aside (root's, 0700)
  *   <root>/wal-summary/<segment>      what each archived segment changed (blocks per relation): an object
  *                                    (see `objects`); `<segment>.json`, plain JSON, from before objects, still read
- *   <root>/backups/<id>/manifest.json
+ *   <root>/manifests/<id>                a backup's manifest, a stored object (see `objects`)
+ *   <root>/backups/<id>/manifest.json    a backup's manifest as Relevo wrote it before manifests/:
+ *                                        read while it has no twin above, replaced by one when rewritten
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
  *                                        range each (manifest: offset, bytes)
- *   <root>/superseded/<label>/       a previous cluster's wal/, wal-summary/ and
+ *   <root>/superseded/<label>/       a previous cluster's wal/, wal-summary/, manifests/ and
  *                                    backups/, set aside when the data home
  *                                    started over (relevo up --new-cluster)
  *
@@ -64,8 +67,8 @@ export class Repository {
   /** Which cluster's objects are read and written here (repository-layout's generation); 0 until clusters start over by generation. */
   readonly generation = 0;
 
-  /** Manifest summaries by backup id, with the identity of the file each was read from (listManifestSummaries). */
-  private readonly summaries = new Map<string, { readonly identity: string; readonly summary: ManifestSummary | null }>();
+  /** Manifest summaries by backup id, with the version of the manifest each was read from (listManifestSummaries). */
+  private readonly summaries = new Map<string, { readonly version: string; readonly summary: ManifestSummary | null }>();
 
   constructor(
     readonly root: string,
@@ -102,13 +105,16 @@ export class Repository {
    * starts an empty repository: a new cluster started over in this data home
    * must not mix its WAL and backups with the old cluster's. Returns where
    * they went. By name, and safely so: every name used here (superseded/,
-   * wal, wal-summary, backups) is an entry of the repository's root, root's
-   * own, and rename moves `wal` itself, never anything its owner put in it.
+   * wal, wal-summary, manifests, backups) is an entry of the repository's
+   * root, root's own, and rename moves `wal` itself, never anything its
+   * owner put in it. (A directory's rename, until clusters start over by
+   * generation instead.)
    */
   async setAside(label: string): Promise<string> {
     const aside = path.join(this.root, "superseded", label);
     await mkdir(aside, { recursive: true, mode: 0o700 });
-    for (const directory of [this.walDir, this.walSummaryDir, this.backupsDir]) {
+    const manifestsDir = path.join(this.root, manifestsPrefix(this.generation).replace(/\/$/, ""));
+    for (const directory of [this.walDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
       await rename(directory, path.join(aside, path.basename(directory))).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== "ENOENT") throw error;
       });
@@ -133,66 +139,106 @@ export class Repository {
     return stored;
   }
 
+  /**
+   * Publishes the backup's manifest (created, or replaced whole: status,
+   * reference point, verification) as the object `manifests/<id>`. A
+   * legacy manifest file of the backup (see readManifest) is removed once
+   * its twin is written, so that a backup has one manifest; a crash in
+   * between leaves both, and the object is the one read.
+   */
   async writeManifest(manifest: BackupManifest): Promise<void> {
-    const file = path.join(this.backupDir(manifest.id), "manifest.json");
-    // Durable, the directory entries included (backups/<id>/ is new for a new backup): a backup whose manifest a crash
-    // took back would be lost.
-    await makeDirectoriesDurably(path.dirname(file), { mode: 0o700 });
-    await replaceFileDurably(file, JSON.stringify(manifest, null, 1) + "\n", { mode: 0o600 });
+    await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest);
+    await rm(this.legacyManifestFile(manifest.id), { force: true });
   }
 
   /**
    * The backup's manifest; null when it has none, or one this version
    * cannot read (not a backup for it). A manifest that cannot be read for
-   * another reason (EIO, EACCES) is an error, never taken for absent: the
-   * archive's identity, the retention plan and `relevo up`'s refusal to
-   * start an empty cluster over a repository all rest on what is listed.
+   * another reason (REPOSITORY_UNAVAILABLE, _CORRUPT; EIO, EACCES on a
+   * legacy file) is an error, never taken for absent: the archive's
+   * identity, the retention plan and `relevo up`'s refusal to start an
+   * empty cluster over a repository all rest on what is listed.
+   *
+   * A repository written before manifests became objects holds them as
+   * `backups/<id>/manifest.json`, plain JSON: one without a twin object is
+   * read by path (a directory repository's only), so that every backup
+   * taken before stays listed, restorable and expirable.
    */
   async readManifest(id: string): Promise<BackupManifest | null> {
-    const file = path.join(this.backupDir(id), "manifest.json");
-    const text = await readFile(file, "utf8").catch(absentAsNull);
-    if (text === null) return null;
-    try {
-      const manifest = JSON.parse(text) as BackupManifest;
-      return READABLE_MANIFEST_VERSIONS.includes(manifest.formatVersion) ? manifest : null;
-    } catch {
-      return null;
-    }
+    const key = manifestKey(this.generation, id);
+    const stored = await this.objects.readJson<BackupManifest>(key);
+    if (stored !== null) return readable(stored);
+    const text = await readFile(this.legacyManifestFile(id), "utf8").catch(absentAsNull);
+    if (text !== null) return parseLegacyManifest(text);
+    // Neither: unless writeManifest replaced the legacy file by its object in between (object first, then the file).
+    return readable(await this.objects.readJson<BackupManifest>(key));
   }
 
   /** Every backup with a manifest, oldest first. */
   async listManifests(): Promise<BackupManifest[]> {
-    const ids = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
-    const manifests = await Promise.all(ids.sort().map((id) => this.readManifest(id)));
+    const { ids } = await this.listManifestIds();
+    const manifests = await Promise.all(ids.map((id) => this.readManifest(id)));
     return manifests.filter((manifest): manifest is BackupManifest => manifest !== null);
   }
 
   /**
    * Every backup with a manifest, oldest first, without file lists (the
-   * API's listing). A manifest is parsed once per version of its file: the
-   * summary is kept with the file's identity (inode, size, change times),
-   * which writeManifest's rename always changes, so a listing re-reads only
-   * what changed and otherwise costs a stat per backup.
+   * API's listing). A manifest is parsed once per version: the summary is
+   * kept with the version it was read from (the object's etag, which a
+   * rewrite always changes, even to the same size within the same second;
+   * a legacy file's inode, size and change times), so a listing re-reads
+   * only what changed and otherwise costs one listing of manifests/.
    */
   async listManifestSummaries(): Promise<ManifestSummary[]> {
-    const ids = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId).sort();
-    const summaries = await Promise.all(ids.map((id) => this.manifestSummary(id)));
+    const { ids, objects } = await this.listManifestIds();
+    const summaries = await Promise.all(ids.map((id) => this.manifestSummary(id, objects.get(id) ?? null)));
     const listed = new Set(ids);
     for (const id of this.summaries.keys()) if (!listed.has(id)) this.summaries.delete(id);
     return summaries.filter((summary): summary is ManifestSummary => summary !== null);
   }
 
-  private async manifestSummary(id: string): Promise<ManifestSummary | null> {
-    const info = await stat(path.join(this.backupDir(id), "manifest.json"), { bigint: true }).catch(absentAsNull);
-    if (!info) return null;
-    // Stat before reading: a manifest replaced in between is kept under the older identity, and read again next time.
-    const identity = `${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
+  /**
+   * The ids that may have a manifest, sorted, with the manifest objects
+   * listed. Legacy directories first, objects second: a legacy manifest
+   * rewritten meanwhile (its object written, then its file removed) is in
+   * one listing or the other.
+   */
+  private async listManifestIds(): Promise<{ ids: string[]; objects: Map<string, ObjectInfo> }> {
+    const legacy = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
+    const prefix = manifestsPrefix(this.generation);
+    const objects = new Map<string, ObjectInfo>();
+    for (const info of await this.objects.list(prefix)) {
+      const id = info.key.slice(prefix.length);
+      if (isBackupId(id)) objects.set(id, info);
+    }
+    return { ids: [...new Set([...legacy, ...objects.keys()])].sort(), objects };
+  }
+
+  private async manifestSummary(id: string, object: ObjectInfo | null): Promise<ManifestSummary | null> {
+    // The version before reading: a manifest replaced in between is kept under the older version, and read again next time.
+    const version = object ? `object:${object.etag}` : await this.unlistedManifestVersion(id);
+    if (version === null) {
+      this.summaries.delete(id);
+      return null;
+    }
     const known = this.summaries.get(id);
-    if (known?.identity === identity) return known.summary;
+    if (known?.version === version) return known.summary;
     const manifest = await this.readManifest(id);
     const summary = manifest ? summarizeManifest(manifest) : null;
-    this.summaries.set(id, { identity, summary });
+    this.summaries.set(id, { version, summary });
     return summary;
+  }
+
+  /** The version of a manifest the objects' listing did not show: its legacy file's, or its object's written since; null when none. */
+  private async unlistedManifestVersion(id: string): Promise<string | null> {
+    const info = await stat(this.legacyManifestFile(id), { bigint: true }).catch(absentAsNull);
+    if (info) return `legacy:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
+    const object = await this.objects.store.head(manifestKey(this.generation, id));
+    return object ? `object:${object.etag}` : null;
+  }
+
+  private legacyManifestFile(id: string): string {
+    return path.join(this.backupDir(id), "manifest.json");
   }
 
   /** One stored object of a backup (see storedPath). */
@@ -239,6 +285,20 @@ export class Repository {
       result.get(parsed.timeline)!.add(parsed.segment);
     }
     return result;
+  }
+}
+
+/** The manifest if this version reads its format; null otherwise (not a backup for it). */
+function readable(manifest: BackupManifest | null): BackupManifest | null {
+  return manifest !== null && READABLE_MANIFEST_VERSIONS.includes(manifest.formatVersion) ? manifest : null;
+}
+
+/** A legacy manifest file's text: one that is not JSON (not Relevo's) is no backup, as it always was. */
+function parseLegacyManifest(text: string): BackupManifest | null {
+  try {
+    return readable(JSON.parse(text) as BackupManifest);
+  } catch {
+    return null;
   }
 }
 

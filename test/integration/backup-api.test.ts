@@ -1,12 +1,13 @@
 import { expect } from "@jest/globals";
 import { cliEnvFor } from "../helpers/cli-env";
 import { execFile } from "node:child_process";
-import { copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
 import { backupId as newBackupId } from "../../src/backup/manifest";
 import { segmentNumber } from "../../src/postgres/wal-names";
+import { backupContentPrefix, manifestKey } from "../../src/repository/repository-layout";
 import { graphqlRequest, subscriptionClient, SubscriptionRecorder } from "../helpers/graphql-client";
 import { tempHome } from "../helpers/home";
 import { freePort } from "../helpers/ports";
@@ -119,14 +120,19 @@ describe("backups through GraphQL and the CLI", () => {
   });
 
   test("what is not a backup id is BAD_USER_INPUT everywhere, and never read as a path (../../x outside the repository)", async () => {
-    // A manifest planted beside the repository, where backups/../../outside leads.
-    const outside = path.join(cluster.config.repository, "backups", "../../outside");
+    // Manifests planted beside the repository, where backups/../../outside (a legacy manifest file) and
+    // manifests/../../outside-object (a manifest object, copied from the real backup's) lead.
+    const repository = cluster.service.repository;
+    const outside = path.join(repository.root, "backups", "../../outside");
     await mkdir(outside, { recursive: true });
-    await copyFile(path.join(cluster.config.repository, "backups", backupId, "manifest.json"), path.join(outside, "manifest.json"));
+    await writeFile(path.join(outside, "manifest.json"), JSON.stringify(await cluster.service.backups.get(backupId), null, 1));
+    const outsideObject = path.join(repository.root, "manifests", "../../outside-object");
+    await copyFile(path.join(repository.root, "manifests", backupId), outsideObject);
+    const objectBefore = await readFile(outsideObject);
     const operator = cluster.token("operator");
     const codeOf = async (query: string, variables: Record<string, unknown>): Promise<unknown> =>
       (await graphqlRequest(cluster.url, query, { token: operator, variables })).errors?.[0]?.extensions?.code;
-    for (const id of ["../../outside", "nope"]) {
+    for (const id of ["../../outside", "../../outside-object", "nope"]) {
       expect(await codeOf(`query($id: ID!) { backup(id: $id) { id } }`, { id })).toBe("BAD_USER_INPUT");
       expect(await codeOf(`mutation($id: ID!) { verifyBackup(id: $id) { id } }`, { id })).toBe("BAD_USER_INPUT");
       expect(
@@ -139,6 +145,7 @@ describe("backups through GraphQL and the CLI", () => {
     for (const args of [
       ["restore", "--to", dir, "--port", String(await freePort()), "--backup", "../../outside"],
       ["backup", "verify", "../../outside"],
+      ["backup", "verify", "../../outside-object"],
     ]) {
       const failed = await run("node", [BIN, ...args], { env: cliEnv() }).then(
         () => null,
@@ -149,6 +156,7 @@ describe("backups through GraphQL and the CLI", () => {
     // Nothing was written beside the repository either (a verification would record itself in that manifest).
     const planted = JSON.parse(await readFile(path.join(outside, "manifest.json"), "utf8")) as { verification?: unknown };
     expect(planted.verification ?? null).toBeNull();
+    expect(await readFile(outsideObject)).toEqual(objectBefore);
   });
 
   test("restoreBackup to a restore point named with a newline or a backslash is BAD_USER_INPUT, and nothing is restored", async () => {
@@ -359,11 +367,11 @@ describe("backups through GraphQL and the CLI", () => {
       expect(response.data!.expireBackups.walSegmentsRemoved).toBe(walBefore);
       for (const id of completed) {
         expect((await cluster.service.backups.get(id)).status).toBe("expired");
-        expect(await readdir(repository.backupDir(id))).toEqual(["manifest.json"]);
+        expect(await repository.objects.list(backupContentPrefix(repository.generation, id))).toEqual([]);
       }
       expect((await repository.archivedSegmentList()).every((segment) => segment.segment >= oldestKept)).toBe(true);
     } finally {
-      for (const manifest of newer) await rm(repository.backupDir(manifest.id), { recursive: true, force: true });
+      await repository.objects.store.delete(newer.map((manifest) => manifestKey(repository.generation, manifest.id)));
     }
   });
 
@@ -376,12 +384,7 @@ describe("backups through GraphQL and the CLI", () => {
       const at = new Date(Date.UTC(2099, 0, 1) + n * 1000);
       return { ...template, id: newBackupId("full", at), startedAt: at.toISOString() };
     });
-    await Promise.all(
-      seeded.map(async (manifest) => {
-        await mkdir(repository.backupDir(manifest.id), { recursive: true });
-        await writeFile(path.join(repository.backupDir(manifest.id), "manifest.json"), JSON.stringify(manifest));
-      }),
-    );
+    await Promise.all(seeded.map((manifest) => repository.objects.writeJson(manifestKey(repository.generation, manifest.id), manifest)));
     try {
       const token = cluster.token("viewer");
       const aliases = (count: number) =>
@@ -400,7 +403,7 @@ describe("backups through GraphQL and the CLI", () => {
       expect([...counts][0]).toBeGreaterThanOrEqual(200);
       expect(elapsedMs).toBeLessThan(1000);
     } finally {
-      await Promise.all(seeded.map((manifest) => rm(repository.backupDir(manifest.id), { recursive: true, force: true })));
+      await repository.objects.store.delete(seeded.map((manifest) => manifestKey(repository.generation, manifest.id)));
     }
   });
 });

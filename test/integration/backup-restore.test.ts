@@ -4,8 +4,9 @@ import { Client } from "pg";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { lsnToNumber } from "../../src/postgres/lsn";
 import { existsSync } from "node:fs";
-import { rm, symlink } from "node:fs/promises";
+import { symlink } from "node:fs/promises";
 import { backupId } from "../../src/backup/manifest";
+import { backupContentPrefix, manifestKey } from "../../src/repository/repository-layout";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
@@ -39,6 +40,11 @@ describe("full backup and point-in-time restore", () => {
   const sql = <T = Record<string, unknown>>(node: NodeRef, text: string, params: unknown[] = []) =>
     sqlOn<T>(node, cluster.service.secrets, text, params);
   const restoredCopies: NodeRef[] = [];
+  /** What the repository holds of a backup beside its manifest (manifests/<id>): its content's objects. */
+  const contentOf = async (id: string): Promise<string[]> => {
+    const repository = cluster.service.repository;
+    return (await repository.objects.list(backupContentPrefix(repository.generation, id))).map((info) => info.key);
+  };
   /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
   const switchWal = async (): Promise<string> => (await sql<{ lsn: string }>(primary(), "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
 
@@ -596,8 +602,7 @@ describe("full backup and point-in-time restore", () => {
     const failed = await cluster.service.backups.get(manifest.id);
     expect(failed).toMatchObject({ status: "failed", files: [] });
     expect(failed.error).toBeTruthy();
-    const { readdir } = await import("node:fs/promises");
-    expect(await readdir(cluster.service.repository.backupDir(manifest.id))).toEqual(["manifest.json"]);
+    expect(await contentOf(manifest.id)).toEqual([]);
 
     await cluster.service.driver.start(primary(), { timeoutMs: 60000 });
     await cluster.service.failover.setMaintenance(false);
@@ -616,8 +621,7 @@ describe("full backup and point-in-time restore", () => {
     expect(kept).toHaveLength(2); // RELEVO_RETENTION_FULL defaults to 2
     const expired = completedOrExpired.filter((m) => m.status === "expired");
     expect(expired.length).toBeGreaterThanOrEqual(1);
-    const { readdir } = await import("node:fs/promises");
-    for (const gone of expired) expect(await readdir(cluster.service.repository.backupDir(gone.id))).toEqual(["manifest.json"]);
+    for (const gone of expired) expect(await contentOf(gone.id)).toEqual([]);
     const { segmentNumber } = await import("../../src/postgres/wal-names");
     const oldestKept = Math.min(...kept.map((m) => segmentNumber(m.startLsn)));
     const segments = await cluster.service.repository.archivedSegmentList();
@@ -650,10 +654,9 @@ describe("full backup and point-in-time restore", () => {
       }
       const after = await cluster.service.backups.get(oldest.id);
       expect(after.status).toBe("expired");
-      const { readdir } = await import("node:fs/promises");
-      expect(await readdir(cluster.service.repository.backupDir(oldest.id))).toEqual(["manifest.json"]);
+      expect(await contentOf(oldest.id)).toEqual([]);
     } finally {
-      await rm(cluster.service.repository.backupDir(newer.id), { recursive: true, force: true });
+      await cluster.service.repository.objects.store.delete([manifestKey(cluster.service.repository.generation, newer.id)]);
     }
   });
 });

@@ -386,7 +386,9 @@ describeOnEachDriver(
       expect(await sql(node("node1"), "SELECT to_regclass('precious') IS NULL AS empty")).toEqual([{ empty: true }]);
       const [aside] = await readdir(path.join(config.repository, "superseded"));
       expect(await readdir(path.join(config.repository, "superseded", aside!, "backups"))).toHaveLength(1);
+      expect(await readdir(path.join(config.repository, "superseded", aside!, "manifests"))).toHaveLength(1);
       expect(await readdir(path.join(config.repository, "backups"))).toEqual([]);
+      expect(await service.backups.list()).toEqual([]);
       // The new cluster's WAL is archived: nothing of the old one is left to refuse it.
       await archiverHasReceived(node("node1"), secrets, "the new cluster's WAL");
       expect(service.collector.latest?.healthReasons.filter((text) => text.includes("WAL archive"))).toEqual([]);

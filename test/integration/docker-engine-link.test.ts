@@ -1,11 +1,11 @@
 import { expect } from "@jest/globals";
 import Docker from "dockerode";
-import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { startRelevo } from "../../src/service";
 import { labelFilter } from "../../src/nodes/docker/container-spec";
+import { backupContentPrefix } from "../../src/repository/repository-layout";
 import { dockerOverrides, requireDockerEngine } from "../helpers/docker";
 import { makeTlsMaterial, startEngineForwarder, type EngineForwarder, type TlsMaterial } from "../helpers/engine-forwarder";
 import { failoverHelpers } from "../helpers/failover";
@@ -139,7 +139,8 @@ describe("Docker engine over TLS, and gone while the cluster runs", () => {
     const { manifest, done } = await running.service.backups.start("full");
     await expect(done).rejects.toMatchObject({ code: ErrorCode.DockerUnavailable });
     expect(await running.service.backups.get(manifest.id)).toMatchObject({ status: "failed", files: [] });
-    expect(await readdir(path.join(running.config.repository, "backups", manifest.id))).toEqual(["manifest.json"]);
+    const repository = running.service.repository;
+    expect(await repository.objects.list(backupContentPrefix(repository.generation, manifest.id))).toEqual([]);
 
     // Several detection windows without the engine: the primary answers, so nothing is failed over or fenced.
     await sleep(3 * running.config.failoverCheckIntervalMs * running.config.failoverFailureThreshold + 4000);

@@ -101,11 +101,11 @@ describe("files Relevo acts on after a crash are written durably", () => {
   });
 
   test("a directory made on the way to a durable file has its entry fsynced in its parent first: a new backup's manifest, a node's file", async () => {
-    // The repository never set up (ensure): repository/, backups/ and backups/<id>/ are all made by writeManifest.
+    // The repository never set up (ensure): repository/ and manifests/ are both made by writeManifest (manifests/<id>).
     const top = await scratch();
     const root = path.join(top, "repository");
     const id = "20261101T000000Z-F";
-    const manifestFile = path.join(root, "backups", id, "manifest.json");
+    const manifestFile = path.join(root, "manifests", id);
     const backup = await recordingFlushes({ [manifestFile]: id });
     try {
       await new Repository(root, null).writeManifest(manifestFixture(id));
@@ -116,7 +116,6 @@ describe("files Relevo acts on after a crash are written durably", () => {
     expect(backup.flushes).toEqual([
       directoryEntry(top, manifestFile),
       directoryEntry(root, manifestFile),
-      directoryEntry(path.join(root, "backups"), manifestFile),
       ...durableReplaceOf(manifestFile),
     ]);
 
@@ -160,14 +159,16 @@ describe("files Relevo acts on after a crash are written durably", () => {
   });
 
   test("every file of Relevo's own that it acts on after a crash is replaced through replaceFileDurably, never by a bare rename", async () => {
-    for (const file of [
-      "src/secrets/secrets-store.ts",
-      "src/cluster/membership.ts",
-      "src/cluster/cluster-identity.ts",
-      "src/storage/repository.ts",
-    ]) {
+    for (const [file, durableWrite] of [
+      ["src/secrets/secrets-store.ts", "replaceFileDurably("],
+      ["src/cluster/membership.ts", "replaceFileDurably("],
+      ["src/cluster/cluster-identity.ts", "replaceFileDurably("],
+      // Manifests are repository objects: a directory store's put is the same durable replace (its test above).
+      ["src/storage/repository.ts", "this.objects.writeJson("],
+      ["src/repository/directory-store.ts", "publishDurably("],
+    ] as const) {
       const source = await readFile(path.join(projectRoot(), file), "utf8");
-      expect({ file, durable: source.includes("replaceFileDurably(") }).toEqual({ file, durable: true });
+      expect({ file, durable: source.includes(durableWrite) }).toEqual({ file, durable: true });
     }
     for (const file of ["src/secrets/secrets-store.ts", "src/cluster/membership.ts", "src/cluster/cluster-identity.ts"]) {
       const source = await readFile(path.join(projectRoot(), file), "utf8");
