@@ -145,11 +145,18 @@ export class DirectoryStore implements ObjectStore {
       .filter((entry) => !entry.name.startsWith(".") && temporaryWriter(entry.name) === null)
       .map((entry) => ({ entry, key: directoryKey === "" ? entry.name : `${directoryKey}/${entry.name}` }))
       .sort((a, b) => (sortKey(a) < sortKey(b) ? -1 : 1));
+    // The directory's files stat'ed all at once, yielded in key order: one by one, a listing of a few hundred manifests
+    // costs as many round trips (the API lists them per request).
+    const stats = new Map(
+      named
+        .filter(({ entry, key }) => entry.isFile() && key.startsWith(prefix))
+        .map(({ entry, key }) => [key, stat(path.join(directory, entry.name), { bigint: true }).catch(() => null)] as const), // null: removed meanwhile
+    );
     for (const { entry, key } of named) {
       if (entry.isDirectory()) {
         if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) yield* this.walk(key, prefix);
-      } else if (entry.isFile() && key.startsWith(prefix)) {
-        const info = await stat(path.join(directory, entry.name), { bigint: true }).catch(() => null); // removed meanwhile
+      } else {
+        const info = await stats.get(key);
         if (info) yield objectInfo(key, info);
       }
     }
