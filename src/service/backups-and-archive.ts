@@ -17,6 +17,7 @@ import { ArchiveMonitor } from "../wal/archive-monitor";
 import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
+import { WalPusher } from "../wal/wal-pusher";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -47,7 +48,10 @@ export interface WalArchive {
   readonly walSummarizer: WalSummarizer;
 }
 
-/** The WAL archiver and summarizer, run by whichever service instance holds their lease. */
+/** How often the pusher looks for WAL received and not yet in the repository: a backup waits for its last segment's push. */
+const WAL_PUSH_INTERVAL_MS = 200;
+
+/** The WAL archiver, its pusher and summarizer, run by whichever service instance holds their lease. */
 export function startWalArchiver(
   options: StartContext & {
     readonly secrets: Secrets;
@@ -74,6 +78,16 @@ export function startWalArchiver(
     logger,
   });
   const walSummarizer = walSummarizerFor(storage.repository, config, logger);
+  const { repository } = storage;
+  const pusher = new WalPusher({
+    source: repository.wal,
+    objects: repository.objects,
+    generation: repository.generation,
+    index: repository.archive,
+    logger,
+    intervalMs: WAL_PUSH_INTERVAL_MS,
+    parallelism: config.backupParallelism,
+  });
   // One archiver across service instances (a slot serves one receiver at a time anyway).
   const archiverRole = new LeaderRole(
     new RedisLease(redis.client, redis.keys.leases.walArchiver, config.leaseTtlMs, redis.instanceId),
@@ -81,11 +95,13 @@ export function startWalArchiver(
       name: "wal-archiver",
       start: () => {
         archiver.start();
+        pusher.start();
         walSummarizer.start();
       },
       stop: async () => {
         await walSummarizer.stop();
         await archiver.stop();
+        await pusher.stop();
       },
     },
     config.leaseTtlMs,

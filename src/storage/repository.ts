@@ -16,9 +16,10 @@ import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
 import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo } from "../repository/object-store";
-import { manifestKey, manifestsPrefix } from "../repository/repository-layout";
+import { archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
 import { RepositoryStore } from "../repository/repository-store";
 import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
+import { WalIndex } from "../wal/wal-index";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -37,7 +38,8 @@ import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-lay
  *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
  *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
  *                                        range each (manifest: offset, bytes)
- *   <root>/superseded/<label>/       a previous cluster's wal/, wal-summary/, manifests/ and
+ *   <root>/archive/…                 the WAL pushed from wal/ (see WalPusher, and repository-layout)
+ *   <root>/superseded/<label>/       a previous cluster's wal/, archive/, wal-summary/, manifests/ and
  *                                    backups/, set aside when the data home
  *                                    started over (relevo up --new-cluster)
  *
@@ -66,6 +68,8 @@ export class Repository {
   readonly objects: RepositoryStore;
   /** Which cluster's objects are read and written here (repository-layout's generation); 0 until clusters start over by generation. */
   readonly generation = 0;
+  /** What the WAL archive in `objects` holds (see WalIndex): fed by the pusher, read wherever "archived" is asked. */
+  readonly archive: WalIndex;
 
   /** Manifest summaries by backup id, with the version of the manifest each was read from (listManifestSummaries). */
   private readonly summaries = new Map<string, { readonly version: string; readonly summary: ManifestSummary | null }>();
@@ -81,6 +85,7 @@ export class Repository {
     this.walSummaryDir = path.join(root, "wal-summary");
     this.locks = options.locks ?? null;
     this.objects = new RepositoryStore(new DirectoryStore(root));
+    this.archive = new WalIndex({ objects: this.objects, generation: this.generation });
   }
 
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
@@ -114,12 +119,14 @@ export class Repository {
     const aside = path.join(this.root, "superseded", label);
     await mkdir(aside, { recursive: true, mode: 0o700 });
     const manifestsDir = path.join(this.root, manifestsPrefix(this.generation).replace(/\/$/, ""));
-    for (const directory of [this.walDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
+    const archiveDir = path.join(this.root, archivePrefix(this.generation).replace(/\/$/, ""));
+    for (const directory of [this.walDir, archiveDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
       await rename(directory, path.join(aside, path.basename(directory))).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== "ENOENT") throw error;
       });
     }
     await this.ensure();
+    await this.archive.rebuild();
     return aside;
   }
 

@@ -1,0 +1,127 @@
+import { expect } from "@jest/globals";
+import { readdir, rename, writeFile } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
+import path from "node:path";
+import { createLogger } from "../../src/log";
+import { archiveKey } from "../../src/repository/repository-layout";
+import { Repository } from "../../src/storage/repository";
+import { WalIndex } from "../../src/wal/wal-index";
+import { pushableNames, WalPusher } from "../../src/wal/wal-pusher";
+import { tempHome } from "../helpers/home";
+
+/**
+ * The pusher moves what pg_receivewal received (complete segments and
+ * histories, never a `.partial`) into the repository's archive objects,
+ * and the repository's WAL index says what the archive holds without
+ * listing it at every question.
+ */
+const SEGMENT_3 = "000000010000000000000003";
+const SEGMENT_4 = "000000010000000000000004";
+const SEGMENT_5 = "000000010000000000000005";
+const SEGMENT_2_4 = "000000020000000000000004";
+const HISTORY_2 = "00000002.history";
+
+async function pusherHome(label: string): Promise<{ repository: Repository; pusher: WalPusher }> {
+  const home = await tempHome(label);
+  const repository = new Repository(path.join(home, "repository"), null);
+  await repository.ensure();
+  const pusher = new WalPusher({
+    source: repository.wal,
+    objects: repository.objects,
+    generation: repository.generation,
+    index: repository.archive,
+    logger: createLogger({ level: "silent" }),
+    intervalMs: 60_000,
+    parallelism: 3,
+  });
+  return { repository, pusher };
+}
+
+async function receive(repository: Repository, name: string, content: string): Promise<void> {
+  await writeFile(path.join(repository.walDir, name), content, { mode: 0o600 });
+}
+
+async function stored(repository: Repository, name: string): Promise<string> {
+  return (await buffer(await repository.objects.getStream(archiveKey(0, name)))).toString("utf8");
+}
+
+describe("which received WAL files are pushed", () => {
+  test("histories first, then complete segments oldest first; never a .partial, a pushed file or anything else", () => {
+    const names = [SEGMENT_5, `${SEGMENT_2_4}.partial`, HISTORY_2, SEGMENT_2_4, SEGMENT_4, SEGMENT_3, "diverged", "x.tmp"];
+    expect(pushableNames(names, (name) => name === SEGMENT_3)).toEqual([HISTORY_2, SEGMENT_4, SEGMENT_2_4, SEGMENT_5]);
+  });
+});
+
+describe("the WAL pusher", () => {
+  test("puts each complete segment and history at its archive key, once, and the index knows it", async () => {
+    const { repository, pusher } = await pusherHome("pusher-puts");
+    await receive(repository, SEGMENT_3, "three");
+    await receive(repository, SEGMENT_4, "four");
+    await receive(repository, HISTORY_2, "1\t0/4000000\tno recovery target specified\n");
+    await receive(repository, `${SEGMENT_5}.partial`, "five, being received");
+
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3, SEGMENT_4, HISTORY_2]); // sorted by name
+    expect(await stored(repository, SEGMENT_3)).toBe("three");
+    expect(await stored(repository, HISTORY_2)).toContain("0/4000000");
+    expect(await repository.objects.exists(archiveKey(0, SEGMENT_5))).toBe(false);
+    expect(await repository.archive.names()).toEqual([SEGMENT_3, SEGMENT_4, HISTORY_2]);
+    expect(await pusher.pushPending()).toEqual([]);
+
+    // pg_receivewal completes the segment: the next pass pushes it.
+    await rename(path.join(repository.walDir, `${SEGMENT_5}.partial`), path.join(repository.walDir, SEGMENT_5));
+    expect(await pusher.pushPending()).toEqual([SEGMENT_5]);
+  });
+
+  test("a history the archive holds with other content is never replaced", async () => {
+    const { repository, pusher } = await pusherHome("pusher-history");
+    await receive(repository, SEGMENT_3, "three");
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3]);
+    // Put since the index was built (it does not know it): the pusher's head finds it before any put.
+    await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from("the archive's own\n")]));
+    await receive(repository, HISTORY_2, "another branch\n");
+
+    expect(await pusher.pushPending()).toEqual([]);
+    expect(await stored(repository, HISTORY_2)).toBe("the archive's own\n");
+    // Refused once, not retried at every pass; the same content is taken as pushed.
+    expect(await pusher.pushPending()).toEqual([]);
+  });
+
+  test("a store that cannot be written fails the pass and records nothing; once writable, everything is pushed", async () => {
+    const { repository, pusher } = await pusherHome("pusher-unwritable");
+    await receive(repository, SEGMENT_3, "three");
+    // The archive's prefix taken by a file: no object can be put below it.
+    await writeFile(path.join(repository.root, "archive"), "not a directory", { mode: 0o600 });
+
+    await expect(pusher.pushPending()).rejects.toThrow();
+    expect(await readdir(repository.walDir)).toContain(SEGMENT_3);
+
+    await rename(path.join(repository.root, "archive"), path.join(repository.root, "not-archive"));
+    await repository.archive.rebuild();
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3]);
+    expect(await stored(repository, SEGMENT_3)).toBe("three");
+  });
+});
+
+describe("the repository's WAL index", () => {
+  test("is rebuilt from a listing, confirms a name it lacks with one head, and follows puts and deletions", async () => {
+    const { repository } = await pusherHome("wal-index");
+    let now = 0;
+    const index = new WalIndex({ objects: repository.objects, generation: 0, rebuildMs: 1000, now: () => now });
+    await repository.objects.putStream(archiveKey(0, SEGMENT_3), Readable.from([Buffer.from("three")]));
+    expect(await index.names()).toEqual([SEGMENT_3]);
+
+    // Put by another instance after the listing: the index does not list it, a head finds it.
+    await repository.objects.putStream(archiveKey(0, SEGMENT_4), Readable.from([Buffer.from("four")]));
+    expect(await index.has(SEGMENT_4)).toBe(false);
+    expect(await index.missing([SEGMENT_3, SEGMENT_4, SEGMENT_5])).toEqual([SEGMENT_5]);
+    expect(await index.has(SEGMENT_4)).toBe(true);
+
+    index.removed(SEGMENT_3);
+    expect([...(await index.segments()).get(1)!]).toEqual([4]);
+
+    // Past its age it lists again: what the listing shows is the truth.
+    now = 2000;
+    expect(await index.names()).toEqual([SEGMENT_3, SEGMENT_4]);
+  });
+});
