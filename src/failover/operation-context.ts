@@ -8,7 +8,7 @@ import type { EventLog } from "../events/event-log";
 import type { EventKind, FailoverRecord } from "../events/event-map";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
-import type { WalArchive } from "../storage/wal-archive";
+import type { ArchivedWal } from "../wal/archived-wal";
 import type { Credentials } from "../postgres/connection";
 import { readNodeFacts, type NodeFacts } from "../postgres/node-facts";
 import type { RedisKeys } from "../redis/keys";
@@ -34,12 +34,13 @@ export interface FailoverOperationsDeps {
   readonly events: EventLog;
   readonly logger: Logger;
   /**
-   * The WAL archive (the repository's wal/, worked in through handles): the
-   * timeline histories a stopped old primary must know before it is
-   * promoted, the one written for it (see WalArchive.addHistory), and the
-   * branches whose number it must not share, set aside.
+   * The WAL archive (the repository's archive objects and what the archiver
+   * received, see ArchivedWal): the timeline histories a stopped old primary
+   * must know before it is promoted, the one written for it (see
+   * ArchivedWal.addHistory), and the branches whose number it must not
+   * share, set aside.
    */
-  readonly archive: WalArchive;
+  readonly archive: Pick<ArchivedWal, "names" | "read" | "addHistory" | "setAside">;
   /** Everything bootstrap needs to seed a replica again (rejoin's fallback). */
   readonly bootstrap: BootstrapDeps;
   /** Polls the topology now (after a change of primary, so readers see it at once). */

@@ -14,6 +14,7 @@ import { parseSegmentName } from "../postgres/wal-names";
  *   <generation>archive/<TTTTTTTTLLLLLLLL>/<segment>   WAL, 256 segments to a group (a listing stays short)
  *   <generation>archive/<TTTTTTTT>.history             timeline histories
  *   <generation>wal-summary/<segment>     what each archived segment changed
+ *   <generation>diverged/<time>/<file>    archived WAL off the cluster's history, set aside (kept, never replayed)
  *
  * A generation ("" for the first cluster, then `g<N>/`) is what a cluster
  * started over in the same repository writes under: the previous one's
@@ -29,7 +30,7 @@ export const KEYS_PREFIX = "keys/";
  * not here: it is the PostgreSQL user's, never walked by a store (the
  * repository checks it through its guarded handles).
  */
-export const REPOSITORY_CONTENT_PREFIXES: readonly string[] = ["manifests/", "backups/", "archive/", "wal-summary/"];
+export const REPOSITORY_CONTENT_PREFIXES: readonly string[] = ["manifests/", "backups/", "archive/", "wal-summary/", "diverged/"];
 
 export function generationPrefix(generation: number): string {
   if (!Number.isSafeInteger(generation) || generation < 0) throw layoutDefect(`generation ${generation}`);
@@ -78,6 +79,16 @@ export function walFileNameOf(generation: number, key: string): string | null {
   if (/^[0-9A-F]{8}\.history$/.test(rest)) return rest;
   const match = /^([0-9A-F]{16})\/([0-9A-F]{24})$/.exec(rest);
   return match && match[2]!.startsWith(match[1]!) && parseSegmentName(match[2]!) !== null ? match[2]! : null;
+}
+
+/**
+ * Where an archived WAL file set aside at `folder` (a time, see
+ * divergedFolder) is kept: off the cluster's history, never replayed.
+ */
+export function divergedKey(generation: number, folder: string, walFileName: string): string {
+  if (!/^[0-9A-Za-z-]+$/.test(folder)) throw layoutDefect(`set-aside folder ${JSON.stringify(folder)}`);
+  archiveKey(generation, walFileName);
+  return `${generationPrefix(generation)}diverged/${folder}/${walFileName}`;
 }
 
 export function walSummaryPrefix(generation: number): string {

@@ -26,7 +26,7 @@ import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
 import { WalFeeder } from "./wal-feeder";
-import { archiveWalSource, type WalSource } from "./wal-source";
+import { repositoryWalSource, type WalSource } from "./wal-source";
 
 export interface RestoreDeps {
   readonly clusterName: string;
@@ -138,7 +138,7 @@ async function restoreClaimedTarget(
     const feeder = await WalFeeder.open({
       driver,
       node: target,
-      source: deps.walSource ?? archiveWalSource(repository.wal),
+      source: deps.walSource ?? repositoryWalSource(repository, repository.wal),
       logger: deps.logger,
       mode: "recovery",
       timeline: options.timeline ?? "latest",
@@ -238,7 +238,7 @@ export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOpti
     return await WalFeeder.open({
       driver: deps.driver,
       node: options.node,
-      source: deps.walSource ?? archiveWalSource(deps.repository.wal),
+      source: deps.walSource ?? repositoryWalSource(deps.repository, deps.repository.wal),
       logger: deps.logger,
       mode: "standby",
       timeline: "latest",

@@ -1,11 +1,14 @@
 import type { Readable } from "node:stream";
+import { archiveKey } from "../repository/repository-layout";
+import { absentAsNull } from "../repository/repository-store";
+import type { Repository } from "../storage/repository";
 import type { WalArchive } from "../storage/wal-archive";
 import { deliverableNames, receivingNames } from "./wal-feed-plan";
 
 /**
- * Where a WalFeeder gets the WAL it writes into a node's directory. Today
- * the repository's `wal/` archive (archiveWalSource); the object store's
- * `archive/` later, behind the same two calls.
+ * Where a WalFeeder gets the WAL it writes into a node's directory: the
+ * repository's archive objects (repositoryWalSource), with what the
+ * archiver received and has not pushed yet.
  */
 export interface WalListing {
   readonly names: readonly string[];
@@ -45,5 +48,36 @@ export function archiveWalSource(archive: WalArchive): WalSource {
       return { names: deliverableNames(names), receiving: receivingNames(names) };
     },
     fetch: async (name) => (await open(name)) ?? (name.endsWith(".history") ? null : open(`${name}.partial`)),
+  };
+}
+
+/**
+ * The repository's archive (`archive/…`, listed through its WalIndex,
+ * each file streamed from the store) as a source, with what `receiving`
+ * (the directory pg_receivewal writes, read through its guarded handles;
+ * null where this process has none) holds and the archive not yet: a
+ * segment received and not pushed, and the `.partial` being received,
+ * which only the receiving host has (a restore "to the latest" elsewhere
+ * ends at the last pushed segment).
+ */
+export function repositoryWalSource(
+  repository: Pick<Repository, "archive" | "objects" | "generation">,
+  receiving: WalArchive | null,
+): WalSource {
+  const received = receiving ? archiveWalSource(receiving) : null;
+  return {
+    list: async () => {
+      const archived = await repository.archive.names();
+      const local = received ? await received.list() : { names: [], receiving: [] };
+      const held = new Set(archived);
+      return {
+        names: [...new Set([...archived, ...local.names])].sort(),
+        receiving: local.receiving.filter((name) => !held.has(name)),
+      };
+    },
+    fetch: async (name) =>
+      // Not pushed (yet, or expired since listed): what the receiving directory has, if anything.
+      (await absentAsNull(repository.objects.getStream(archiveKey(repository.generation, name)))) ??
+      (received ? received.fetch(name) : null),
   };
 }

@@ -9,7 +9,7 @@ import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import type { StartContext } from "./cleanups";
 import { WalFeeder } from "../restore/wal-feeder";
-import { archiveWalSource } from "../restore/wal-source";
+import { repositoryWalSource } from "../restore/wal-source";
 import type { BootstrappedCluster, Members, Topology } from "./nodes-and-topology";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -48,7 +48,7 @@ export async function startFailover(
     events,
     logger,
     bootstrap: cluster.bootstrap,
-    archive: repository.wal,
+    archive: repository.archivedWal,
     refreshTopology: () => collector.pollNow(),
   });
   const failover = new FailoverService({
@@ -73,7 +73,7 @@ export async function startFailover(
           WalFeeder.open({
             driver,
             node,
-            source: archiveWalSource(repository.wal),
+            source: repositoryWalSource(repository, repository.wal),
             logger,
             mode: "standby",
             timeline: "latest",

@@ -2,6 +2,7 @@ import { chmod, mkdir, readFile, readdir, rename, rm, stat } from "node:fs/promi
 import path from "node:path";
 import type { OsIdentity } from "../nodes/os-user";
 import { ErrorCode, RelevoError } from "../errors";
+import { buffer } from "node:stream/consumers";
 import {
   READABLE_MANIFEST_VERSIONS,
   assertBackupId,
@@ -10,16 +11,17 @@ import {
   type BackupManifest,
   type ManifestSummary,
 } from "../backup/manifest";
-import { parseSegmentName } from "../postgres/wal-names";
+import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
 import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo } from "../repository/object-store";
-import { archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
-import { RepositoryStore } from "../repository/repository-store";
+import { archiveKey, archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
+import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
 import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 import { WalIndex } from "../wal/wal-index";
+import { ArchivedWal } from "../wal/archived-wal";
 
 /**
  * The backup repository, a directory (production: on another disk or host):
@@ -70,6 +72,8 @@ export class Repository {
   readonly generation = 0;
   /** What the WAL archive in `objects` holds (see WalIndex): fed by the pusher, read wherever "archived" is asked. */
   readonly archive: WalIndex;
+  /** The WAL received (`wal`) and archived (`objects`) together, as the archiver and failover decide over it (see ArchivedWal). */
+  readonly archivedWal: ArchivedWal;
 
   /** Manifest summaries by backup id, with the version of the manifest each was read from (listManifestSummaries). */
   private readonly summaries = new Map<string, { readonly version: string; readonly summary: ManifestSummary | null }>();
@@ -86,6 +90,7 @@ export class Repository {
     this.locks = options.locks ?? null;
     this.objects = new RepositoryStore(new DirectoryStore(root));
     this.archive = new WalIndex({ objects: this.objects, generation: this.generation });
+    this.archivedWal = new ArchivedWal({ receiving: this.wal, objects: this.objects, generation: this.generation, index: this.archive });
   }
 
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
@@ -268,30 +273,35 @@ export class Repository {
     }));
   }
 
-  /** Removes archived segments numbered below `segment` (any timeline); never .history files. */
+  /**
+   * Removes archived segments numbered below `segment` (any timeline), in
+   * the archive's objects and the receiving directory, with their
+   * summaries; never .history files. Returns how many segments went.
+   */
   async removeSegmentsBefore(segment: number): Promise<number> {
-    let removed = 0;
-    for (const entry of await this.archivedSegmentList()) {
-      if (entry.segment < segment) {
-        await this.wal.remove(entry.name);
-        // Its summary: the object, and the plain JSON one from before objects.
-        await this.objects.store.delete([walSummaryKey(this.generation, entry.name), legacyWalSummaryKey(this.generation, entry.name)]);
-        removed += 1;
-      }
+    const received = (await this.archivedSegmentList()).filter((entry) => entry.segment < segment).map((entry) => entry.name);
+    const archived = (await this.archive.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
+    const names = [...new Set([...received, ...archived])].sort();
+    for (const name of names) {
+      // The object first: a segment the index still names is one a restore may be promised.
+      await this.objects.store.delete([archiveKey(this.generation, name)]);
+      this.archive.removed(name);
+      if (received.includes(name)) await this.wal.remove(name);
+      // Its summary: the object, and the plain JSON one from before objects.
+      await this.objects.store.delete([walSummaryKey(this.generation, name), legacyWalSummaryKey(this.generation, name)]);
     }
-    return removed;
+    return names.length;
   }
 
-  /** Complete archived segments (not .partial), as timeline → set of segment numbers. */
-  async archivedSegments(): Promise<Map<number, Set<number>>> {
-    const result = new Map<number, Set<number>>();
-    for (const name of await this.wal.names()) {
-      const parsed = parseSegmentName(name);
-      if (!parsed) continue;
-      if (!result.has(parsed.timeline)) result.set(parsed.timeline, new Set());
-      result.get(parsed.timeline)!.add(parsed.segment);
-    }
-    return result;
+  /** Segments the repository's archive holds (pushed: see WalIndex), as timeline → set of segment numbers. */
+  archivedSegments(): Promise<Map<number, Set<number>>> {
+    return this.archive.segments();
+  }
+
+  /** Timeline `timeline`'s history as the repository's archive holds it; null when it holds none. */
+  async archivedHistory(timeline: number): Promise<string | null> {
+    const content = await objectOrNull(this.objects.getStream(archiveKey(this.generation, historyFileName(timeline))));
+    return content && (await buffer(content)).toString("utf8");
   }
 }
 

@@ -15,14 +15,14 @@ const SEGMENTS_TRIED = 8;
 
 /**
  * The cluster the repository belongs to: the system identifier in the first
- * page of its newest archived segment (the archive is the truth about what
- * it holds), else in its newest completed backup's manifest; null for an
- * empty repository.
+ * page of its newest archived or received segment (the archive is the truth
+ * about what it holds; an object's header by a range read), else in its
+ * newest completed backup's manifest; null for an empty repository.
  */
 export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
-  // No archive is no name (WalArchive says so); one that cannot be read is an error: taken for empty, it would let
-  // another cluster's WAL in.
-  const names = (await repository.wal.names())
+  // No archive is no name (WalArchive and WalIndex say so); one that cannot be read is an error: taken for empty, it
+  // would let another cluster's WAL in.
+  const names = (await repository.archivedWal.names())
     .filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null)
     .sort()
     .reverse();
@@ -47,11 +47,12 @@ export function manifestIdentity(manifests: readonly Pick<BackupManifest, "id" |
 
 /**
  * The system identifier in an archived segment's header; null when it cannot
- * be read. A link at its name is refused (never followed: wal/ is the
- * PostgreSQL user's) and so counts as unreadable, like any file not a segment.
+ * be read. A link at its name in the receiving directory is refused (never
+ * followed: it is the PostgreSQL user's) and so counts as unreadable, like
+ * any file not a segment.
  */
 async function segmentSystemIdentifier(repository: Repository, name: string): Promise<string | null> {
-  const header = await repository.wal.read(name, { maxBytes: WAL_LONG_HEADER_BYTES }).catch(() => null);
+  const header = await repository.archivedWal.readStart(name, WAL_LONG_HEADER_BYTES).catch(() => null);
   return header ? walSegmentSystemIdentifier(header) : null;
 }
 

@@ -154,10 +154,10 @@ export class WalArchiver {
     let polls = 0;
     for (;;) {
       const path = await this.archivedHistory(timeline);
-      const archived = await this.options.repository.archivedSegments();
-      const missing = segmentFilesAlong(path, fromLsn, toLsn)
-        .filter((file) => !archived.get(file.timeline)?.has(file.segment))
-        .map((file) => segmentName(file.timeline, file.segment));
+      // Archived = in the repository (pushed): asked of its index, a head for each name it lacks, never a listing per poll.
+      const missing = await this.options.repository.archive.missing(
+        segmentFilesAlong(path, fromLsn, toLsn).map((file) => segmentName(file.timeline, file.segment)),
+      );
       if (missing.length === 0) return;
       if (Date.now() > deadline) {
         throw new RelevoError(
@@ -172,14 +172,13 @@ export class WalArchiver {
   }
 
   /**
-   * The history of `timeline` from its archived .history file (pg_receivewal
-   * fetches it before the timeline's first segment); `timeline` alone while
-   * there is none. A link at its name is refused (DATA_DIR_NOT_OURS), never
-   * read: the file is the PostgreSQL user's to write.
+   * The history of `timeline` from the repository's archive (pg_receivewal
+   * fetches it before the timeline's first segment, the pusher puts it
+   * before segments); `timeline` alone while there is none.
    */
   private async archivedHistory(timeline: number): Promise<TimelineStep[]> {
     if (timeline === 1) return timelinePath(1, null);
-    return timelinePath(timeline, await this.options.repository.wal.readHistory(timeline));
+    return timelinePath(timeline, await this.options.repository.archivedHistory(timeline));
   }
 
   private async run(): Promise<void> {
@@ -283,7 +282,8 @@ export class WalArchiver {
       );
       return null;
     }
-    const names = await this.options.repository.wal.names();
+    // Received and archived alike: a receiving directory lost alone must not hide what the repository holds.
+    const names = await this.options.repository.archivedWal.names();
     const timeline = history[history.length - 1]!.timeline;
     const newestArchived = Math.max(0, ...names.map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.timeline ?? 0));
     // A node behind the archive's newest timeline is not the primary of the
@@ -297,8 +297,9 @@ export class WalArchiver {
     }
     const diverged = divergedFiles(names, history);
     if (diverged.length === 0) return history;
-    // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed.
-    const aside = await this.options.repository.wal.setAside(diverged, divergedFolder());
+    // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed;
+    // the archive's objects are re-put under diverged/<time>/ (no rename on object storage).
+    const aside = await this.options.repository.archivedWal.setAside(diverged, divergedFolder());
     this.options.logger.warn(
       { node: target.name, files: aside.moved.length, aside: aside.path, timeline },
       "archived WAL off the primary's history set aside; the archive resumes at its branch point",
@@ -362,7 +363,7 @@ export class WalArchiver {
    */
   private async resumePastHole(target: NodeRef, history: readonly TimelineStep[], resumeLsn: string, cause: string): Promise<boolean> {
     const { repository, logger } = this.options;
-    const hole = lostSlotGap(await repository.wal.names(), history, resumeLsn);
+    const hole = lostSlotGap(await repository.archivedWal.names(), history, resumeLsn);
     logger.error(
       { node: target.name, resumeLsn, gap: hole?.gap ?? null, cause },
       "the archive's WAL is gone on the primary: archiving resumes",
@@ -381,8 +382,8 @@ export class WalArchiver {
    * end for ever.
    */
   private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { wal } = this.options.repository;
-    const placeholder = timelineBoundaryPlaceholder(await wal.names(), history);
+    const { wal, archivedWal } = this.options.repository;
+    const placeholder = timelineBoundaryPlaceholder(await archivedWal.names(), history);
     if (placeholder === null) return;
     // Owned by the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
     // wal/ is that user's to write: created new and chowned through its handle, never by a path it may have swapped.

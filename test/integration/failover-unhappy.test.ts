@@ -15,6 +15,7 @@ import { graphqlRequest } from "../helpers/graphql-client";
 import { startLibpqWriter } from "../helpers/libpq-writer";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sleep } from "../../src/util/sleep";
+import { archivePrefix, walFileNameOf } from "../../src/repository/repository-layout";
 
 /**
  * How long past the detection window a failover may take to begin on a
@@ -105,6 +106,12 @@ describe("failover's unhappy paths", () => {
       { what: `the old timeline's segment ${segmentName(timeline - 1, segment)} set aside` },
     );
     expect(setAside.every((file) => parseSegmentName(file.replace(/\.partial$/, ""))?.timeline === timeline - 1)).toBe(true);
+    // Nor does the repository's archive hold a segment of the old timeline past the switch (pushed ones set aside too).
+    const { objects, generation } = cluster.service.repository;
+    const pushedPast = (await objects.list(archivePrefix(generation)))
+      .map((info) => parseSegmentName(walFileNameOf(generation, info.key) ?? ""))
+      .filter((parsed) => parsed !== null && parsed.timeline === timeline - 1 && parsed.segment >= segment);
+    expect(pushedPast).toEqual([]);
     await eventually(
       async () => ((await readdir(walDir)).some((name) => name.startsWith(segmentName(timeline, segment))) ? true : undefined),
       { what: `the archive resumed on timeline ${timeline} at segment ${segment}` },

@@ -47,7 +47,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
       asked.push("walEnd");
       return Promise.resolve("0/5000028");
     };
-    await copyNewerHistories({ driver, logger, walEnd, archive: repository.wal }, { node: node1, lost: node2, timeline: 2 });
+    await copyNewerHistories({ driver, logger, walEnd, archive: repository.archivedWal }, { node: node1, lost: node2, timeline: 2 });
     expect(asked).toEqual(["walEnd"]);
     expect(await historyOf("node1", 3)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
     // In the archive too: a restore to 'latest' finds every number up to node1's next.
@@ -61,7 +61,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     const node2History = `${ownHistory}2\t0/5000028\tno recovery target specified\n`;
     await writeFile(path.join(repository.walDir, "00000003.history"), node2History);
     const walEnd = () => Promise.resolve("0/5000028");
-    await copyNewerHistories({ driver, logger, walEnd, archive: repository.wal }, { node: node1, lost: node2, timeline: 2 });
+    await copyNewerHistories({ driver, logger, walEnd, archive: repository.archivedWal }, { node: node1, lost: node2, timeline: 2 });
     expect(await historyOf("node1", 3)).toBe(node2History);
     expect(await historyOf("node1", 4)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
     // node1 will be promoted onto 5: the archive holds 3 and 4, so PostgreSQL's search for the newest timeline reaches 5.
@@ -75,7 +75,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     await writeFile(path.join(home, "nodes", "node2", "data", "pg_wal", "00000002.history"), ownHistory);
     await writeFile(path.join(home, "nodes", "node2", "data", "pg_wal", "00000003.history"), node2History);
     const walEnd = () => Promise.reject(new Error("not needed: node2's history was read"));
-    await copyNewerHistories({ driver, logger, walEnd, archive: repository.wal }, { node: node1, lost: node2, timeline: 2 });
+    await copyNewerHistories({ driver, logger, walEnd, archive: repository.archivedWal }, { node: node1, lost: node2, timeline: 2 });
     expect(await historyOf("node1", 3)).toBe(node2History);
     expect(await historyOf("node1", 2)).toBe(ownHistory);
   });
@@ -83,7 +83,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
   test("node1's WAL end unreadable as well: COMMAND_FAILED, nothing written, node1 not promoted", async () => {
     await expect(
       copyNewerHistories(
-        { driver, logger, walEnd: () => Promise.resolve(null), archive: repository.wal },
+        { driver, logger, walEnd: () => Promise.resolve(null), archive: repository.archivedWal },
         { node: node1, lost: node2, timeline: 2 },
       ),
     ).rejects.toMatchObject({ code: "COMMAND_FAILED", message: expect.stringContaining("node1's WAL cannot be read") });

@@ -17,6 +17,7 @@ import { archiveIdentity } from "../../src/wal/archive-identity";
 import { WalArchiver, type WalArchiverOptions } from "../../src/wal/wal-archiver";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 import { testNode } from "../helpers/node-facts";
+import { pusherFor } from "../helpers/wal-pusher";
 
 /**
  * Root working in the repository's WAL archive, wal/: pg_receivewal writes
@@ -112,7 +113,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       const emitted: unknown[] = [];
       // Only what setAsideReusedTimelines uses: the archive, the log, the events (recorded here, none expected).
       const context = {
-        deps: { archive: repository.wal, logger, events: { emit: (event: unknown) => Promise.resolve(emitted.push(event)) } },
+        deps: { archive: repository.archivedWal, logger, events: { emit: (event: unknown) => Promise.resolve(emitted.push(event)) } },
       } as unknown as OperationContext;
       const archivedBefore = (await readdir(wal)).sort();
       await expect(setAsideReusedTimelines(context, { node: testNode("node1"), timeline: 2, archivedBefore })).rejects.toMatchObject({
@@ -137,17 +138,23 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
     expect((await lstat(path.join(wal, ...folder))).mode & 0o777).toBe(0o700);
   });
 
-  asRoot("a history file planted as a link to a root-only file: the archiver refuses it (DATA_DIR_NOT_OURS), never reads it", async () => {
-    const { wal, repository, rootOnlyFile } = await archiveHome();
-    await writeFile(rootOnlyFile, `1\t0/3000060\t${secret}\n`, { mode: 0o600 });
-    asPostgres("ln", "-s", rootOnlyFile, path.join(wal, "00000002.history"));
-    // waitForArchived reads the timeline's history and the archive's listing, nothing else of the archiver's options.
-    const archiver = new WalArchiver({ repository } as unknown as WalArchiverOptions);
-    await expect(archiver.waitForArchived(2, "0/3000060", "0/3000060", 200)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
-    await expect(repository.wal.readHistory(2)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
-    // Nor a name that leaves wal/.
-    await expect(repository.wal.read("../../secrets.json")).rejects.toThrow("not a path component");
-  });
+  asRoot(
+    "a history file planted as a link to a root-only file: the pusher refuses it (DATA_DIR_NOT_OURS), never reads or pushes it",
+    async () => {
+      const { wal, repository, rootOnlyFile } = await archiveHome();
+      await writeFile(rootOnlyFile, `1\t0/3000060\t${secret}\n`, { mode: 0o600 });
+      asPostgres("ln", "-s", rootOnlyFile, path.join(wal, "00000002.history"));
+      const pusher = pusherFor(repository);
+      await expect(pusher.pushPending()).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      expect(await repository.archivedHistory(2)).toBeNull();
+      // waitForArchived reads the timeline's history and the archive's index, nothing else of the archiver's options.
+      const archiver = new WalArchiver({ repository } as unknown as WalArchiverOptions);
+      await expect(archiver.waitForArchived(2, "0/3000060", "0/3000060", 200)).rejects.toMatchObject({ code: ErrorCode.Timeout });
+      await expect(repository.wal.readHistory(2)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      // Nor a name that leaves wal/.
+      await expect(repository.wal.read("../../secrets.json")).rejects.toThrow("not a path component");
+    },
+  );
 
   asRoot(
     "the lost primary's histories taken from the archive: one planted as a link to a root-only file is not copied into the old primary's pg_wal",
@@ -161,7 +168,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       asPostgres("ln", "-s", rootOnlyFile, path.join(wal, "00000003.history"));
       const driver = new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres", tls: trustOnlyTlsSource("") });
       await copyNewerHistories(
-        { driver, logger, walEnd: () => Promise.resolve("0/5000028"), archive: repository.wal },
+        { driver, logger, walEnd: () => Promise.resolve("0/5000028"), archive: repository.archivedWal },
         { node: testNode("node1"), lost: testNode("node2"), timeline: 2 },
       );
       const written = await Promise.all((await readdir(pgWal)).map((name) => readFile(path.join(pgWal, name), "utf8")));

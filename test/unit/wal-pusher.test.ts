@@ -1,14 +1,16 @@
 import { expect } from "@jest/globals";
-import { readdir, rename, writeFile } from "node:fs/promises";
+import { readdir, rename, rm, writeFile } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
-import { createLogger } from "../../src/log";
-import { archiveKey } from "../../src/repository/repository-layout";
+import { archiveKey, divergedKey } from "../../src/repository/repository-layout";
+import { divergedFolder } from "../../src/storage/wal-archive";
 import { Repository } from "../../src/storage/repository";
 import { WalIndex } from "../../src/wal/wal-index";
-import { pushableNames, WalPusher } from "../../src/wal/wal-pusher";
+import { archiveIdentity } from "../../src/wal/archive-identity";
+import { pushableNames, type WalPusher } from "../../src/wal/wal-pusher";
 import { tempHome } from "../helpers/home";
+import { pusherFor } from "../helpers/wal-pusher";
 
 /**
  * The pusher moves what pg_receivewal received (complete segments and
@@ -26,15 +28,7 @@ async function pusherHome(label: string): Promise<{ repository: Repository; push
   const home = await tempHome(label);
   const repository = new Repository(path.join(home, "repository"), null);
   await repository.ensure();
-  const pusher = new WalPusher({
-    source: repository.wal,
-    objects: repository.objects,
-    generation: repository.generation,
-    index: repository.archive,
-    logger: createLogger({ level: "silent" }),
-    intervalMs: 60_000,
-    parallelism: 3,
-  });
+  const pusher = pusherFor(repository);
   return { repository, pusher };
 }
 
@@ -123,5 +117,76 @@ describe("the repository's WAL index", () => {
     // Past its age it lists again: what the listing shows is the truth.
     now = 2000;
     expect(await index.names()).toEqual([SEGMENT_3, SEGMENT_4]);
+  });
+});
+
+describe("the WAL received and archived together (ArchivedWal)", () => {
+  test("names are the union; a set-aside moves the archive's objects under diverged/<time>/ and out of the index", async () => {
+    const { repository, pusher } = await pusherHome("archived-wal-aside");
+    await receive(repository, SEGMENT_3, "three");
+    await receive(repository, SEGMENT_4, "four");
+    await pusher.pushPending();
+    // The receiving directory lost its copy of segment 4 (wiped): the archive still names it.
+    await rm(path.join(repository.walDir, SEGMENT_4));
+    await receive(repository, `${SEGMENT_5}.partial`, "five");
+    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, SEGMENT_4, `${SEGMENT_5}.partial`]);
+
+    const folder = divergedFolder(new Date("2026-12-07T12:00:00.000Z"));
+    const aside = await repository.archivedWal.setAside([SEGMENT_4, `${SEGMENT_5}.partial`], folder);
+    expect(aside.moved).toEqual([SEGMENT_4, `${SEGMENT_5}.partial`]);
+    expect(await repository.objects.exists(archiveKey(0, SEGMENT_4))).toBe(false);
+    expect((await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_4)))).toString()).toBe("four");
+    expect(await repository.archive.names()).toEqual([SEGMENT_3]);
+    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, "diverged"]);
+  });
+
+  test("a history is added to the archive unless it holds one; the archive's is what is read", async () => {
+    const { repository } = await pusherHome("archived-wal-history");
+    expect(await repository.archivedWal.addHistory(2, "ours\n")).toBe("added");
+    expect(await repository.archivedHistory(2)).toBe("ours\n");
+    await repository.objects.putStream(archiveKey(0, "00000003.history"), Readable.from([Buffer.from("archived\n")]));
+    await repository.archivedWal.addHistory(3, "written later\n");
+    expect(await repository.archivedHistory(3)).toBe("archived\n");
+    expect(await repository.archivedWal.readHistory(3)).toBe("archived\n");
+  });
+});
+
+describe("expiry of archived WAL", () => {
+  test("removes the segments below the cut from the archive's objects, the index and the receiving directory; histories stay", async () => {
+    const { repository, pusher } = await pusherHome("archived-expiry");
+    for (const name of [SEGMENT_3, SEGMENT_4, SEGMENT_5, HISTORY_2]) await receive(repository, name, name);
+    await pusher.pushPending();
+    // Pushed, then gone from the receiving directory (trimmed): expired all the same.
+    await rm(path.join(repository.walDir, SEGMENT_3));
+
+    expect(await repository.removeSegmentsBefore(5)).toBe(2);
+    expect(await repository.archive.names()).toEqual([SEGMENT_5, HISTORY_2]);
+    expect((await repository.objects.list("archive/")).map((info) => info.key)).toEqual([
+      archiveKey(0, SEGMENT_5),
+      archiveKey(0, HISTORY_2),
+    ]);
+    expect((await readdir(repository.walDir)).sort()).toEqual([SEGMENT_5, HISTORY_2]);
+  });
+});
+
+describe("the archive's identity", () => {
+  /** A segment's first bytes as PostgreSQL writes them: a long page header naming `systemIdentifier`, 16 MiB segments. */
+  function segmentStart(systemIdentifier: bigint): string {
+    const header = Buffer.alloc(64);
+    header.writeUInt16LE(0xd110, 0);
+    header.writeUInt16LE(0x0002, 2);
+    header.writeBigUInt64LE(systemIdentifier, 24);
+    header.writeUInt32LE(16 * 1024 * 1024, 32);
+    return header.toString("latin1");
+  }
+
+  test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
+    const { repository, pusher } = await pusherHome("archived-identity");
+    await writeFile(path.join(repository.walDir, SEGMENT_3), Buffer.from(segmentStart(7001n), "latin1"), { mode: 0o600 });
+    await writeFile(path.join(repository.walDir, SEGMENT_4), Buffer.from(segmentStart(7002n), "latin1"), { mode: 0o600 });
+    await pusher.pushPending();
+    for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.walDir, name));
+
+    expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7002", source: `WAL segment ${SEGMENT_4}` });
   });
 });
