@@ -21,6 +21,10 @@ import { describeOnEachDriver, type TestDriver } from "../helpers/drivers";
 import { failoverHelpers } from "../helpers/failover";
 import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
+import { archiveKey, archivePrefix, walFileNameOf } from "../../src/repository/repository-layout";
+import { Repository } from "../../src/storage/repository";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -341,16 +345,20 @@ describeOnEachDriver(
     test("WAL of another cluster in the archive: the archiver refuses the primary with an event and a health reason, not a silent loop", async () => {
       await again!.stop({ reason: "test finished" });
       again = null;
-      const walDir = path.join(config.repository, "wal");
-      // A segment of a timeline ahead of the primary's, of another system identifier: the newest in the archive.
-      const newest = (await readdir(walDir))
-        .filter((name) => /^[0-9A-F]{24}$/.test(name))
+      // A segment of a timeline ahead of the primary's, of another system identifier: the newest in the repository's archive.
+      const { objects, generation } = new Repository(config.repository, null);
+      const newest = (await objects.list(archivePrefix(generation)))
+        .map((info) => walFileNameOf(generation, info.key))
+        .filter((name): name is string => name !== null && /^[0-9A-F]{24}$/.test(name))
         .sort()
         .pop()!;
-      const foreign = Buffer.from(await readFile(path.join(walDir, newest)));
+      const foreign = await buffer(await objects.getStream(archiveKey(generation, newest)));
       foreign.writeBigUInt64LE(foreign.readBigUInt64LE(24) ^ 0xffffn, 24);
       const timeline = parseInt(newest.slice(0, 8), 16) + 5;
-      await writeFile(path.join(walDir, timeline.toString(16).toUpperCase().padStart(8, "0") + newest.slice(8)), foreign);
+      await objects.putStream(
+        archiveKey(generation, timeline.toString(16).toUpperCase().padStart(8, "0") + newest.slice(8)),
+        Readable.from([foreign]),
+      );
 
       again = await startRelevo(loadConfig({}, { ...config }), quiet);
       const service = again;
