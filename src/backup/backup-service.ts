@@ -117,7 +117,7 @@ export class BackupService {
   }
 
   async recoveryWindow(): Promise<RecoveryWindow> {
-    return recoveryWindow(await this.list(), await this.deps.repository.archivedSegmentList());
+    return recoveryWindow(await this.list(), await this.deps.repository.archivedWalState());
   }
 
   /**

@@ -2,7 +2,7 @@ import { lsnToNumber } from "../postgres/lsn";
 import { ErrorCode, RelevoError } from "../errors";
 import { assertBackupId, type BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
-import { lsnWithin, recoveryWindow, type ArchivedSegment } from "./recovery-window";
+import { lsnWithin, recoveryWindow, type ArchivedWalState } from "./recovery-window";
 import type { Repository } from "../storage/repository";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RestorePointRecord } from "../wal/waldump-summary";
@@ -17,7 +17,7 @@ import type { RestorePointRecord } from "../wal/waldump-summary";
  */
 export function chooseBackup(
   manifests: readonly BackupManifest[],
-  archived: readonly ArchivedSegment[],
+  archived: ArchivedWalState,
   backupId: string | undefined,
   target: RecoveryTarget,
   restorePoints: readonly RestorePointRecord[] = [],
@@ -74,5 +74,26 @@ export async function chooseBackupIn(
 ): Promise<BackupManifest> {
   if (backupId) assertBackupId(backupId); // BAD_USER_INPUT, whatever the target
   const restorePoints = target.kind === "name" && !backupId ? await summarizer.restorePoints() : [];
-  return chooseBackup(await repository.listManifests(), await repository.archivedSegmentList(), backupId, target, restorePoints);
+  const archive = await repository.archivedWalState();
+  return chooseBackup(
+    await repository.listManifests(),
+    target.kind === "time" ? await withNewestTransactionEnd(archive, summarizer) : archive,
+    backupId,
+    target,
+    restorePoints,
+  );
+}
+
+/**
+ * The archive's state with the last transaction end of its newest segment,
+ * read now when no summary has it yet (a segment is summarised once its
+ * last record is readable, so the newest often is not): a time target just
+ * before the archive's end must not be refused for want of a summary.
+ * Every commit pg_waldump read is in the archived WAL, whole or not.
+ */
+async function withNewestTransactionEnd(archive: ArchivedWalState, summarizer: WalSummarizer): Promise<ArchivedWalState> {
+  const newest = [...archive.segments].sort((a, b) => b.segment - a.segment || b.timeline - a.timeline)[0];
+  if (!newest) return archive;
+  const at = (await summarizer.summaryOf(newest.timeline, newest.segment)).lastTransactionEndAt ?? null;
+  return at !== null && (archive.reachedAt === null || at > archive.reachedAt) ? { ...archive, reachedAt: at } : archive;
 }

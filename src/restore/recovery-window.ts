@@ -18,7 +18,12 @@ export interface ArchiveGap {
 export interface RecoveryWindow {
   /** The earliest point a restore can reach: the oldest completed backup's end. */
   readonly earliest: WindowPoint | null;
-  /** The end of the archived WAL on the newest timeline (time: when that segment was archived). */
+  /**
+   * The end of the archived WAL on the newest timeline; its time is the
+   * last commit or abort the archived WAL holds (see ArchivedWalState),
+   * never when a segment was written: a restore to a later time would not
+   * be reached.
+   */
   readonly latest: WindowPoint | null;
   readonly gaps: readonly ArchiveGap[];
 }
@@ -26,7 +31,13 @@ export interface RecoveryWindow {
 export interface ArchivedSegment {
   readonly timeline: number;
   readonly segment: number;
-  readonly archivedAt: string;
+}
+
+/** What the archive holds, as the window is computed from it. */
+export interface ArchivedWalState {
+  readonly segments: readonly ArchivedSegment[];
+  /** The time of the newest COMMIT or ABORT record in the archived WAL (its summaries); null when none is known. */
+  readonly reachedAt: string | null;
 }
 
 /**
@@ -34,7 +45,8 @@ export interface ArchivedSegment {
  * A gap is a missing segment on a timeline, after the oldest backup's start,
  * between two segments that are archived: recovery cannot cross it.
  */
-export function recoveryWindow(manifests: readonly BackupManifest[], archived: readonly ArchivedSegment[]): RecoveryWindow {
+export function recoveryWindow(manifests: readonly BackupManifest[], archive: ArchivedWalState): RecoveryWindow {
+  const archived = archive.segments;
   const completed = manifests
     .filter((m) => m.status === "completed" && m.stopLsn && m.stoppedAt)
     .sort((a, b) => a.startedAt.localeCompare(b.startedAt));
@@ -61,7 +73,12 @@ export function recoveryWindow(manifests: readonly BackupManifest[], archived: r
   const newest = byTimeline.get(newestTimeline)?.at(-1);
   const latest: WindowPoint | null =
     earliest && newest
-      ? { time: newest.archivedAt, lsn: lsnFromNumber((newest.segment + 1) * SEGMENT_SIZE), timeline: newestTimeline }
+      ? {
+          // No transaction end known past the backup's: its end is the latest time surely reached.
+          time: archive.reachedAt !== null && archive.reachedAt > earliest.time ? archive.reachedAt : earliest.time,
+          lsn: lsnFromNumber((newest.segment + 1) * SEGMENT_SIZE),
+          timeline: newestTimeline,
+        }
       : null;
   return { earliest, latest, gaps };
 }

@@ -21,6 +21,8 @@ import { archiveKey, archivePrefix, manifestKey, manifestsPrefix } from "../repo
 import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
 import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 import { WalIndex } from "../wal/wal-index";
+import type { WalSegmentSummary } from "../wal/waldump-summary";
+import type { ArchivedWalState } from "../restore/recovery-window";
 import { ArchivedWal } from "../wal/archived-wal";
 
 /**
@@ -262,15 +264,29 @@ export class Repository {
     for (const part of ["data", "bundles"]) await rm(path.join(this.backupDir(id), part), { recursive: true, force: true });
   }
 
-  /** Complete archived segments (regular files: a link is not one) with the time each was archived (its mtime). */
-  async archivedSegmentList(): Promise<Array<{ timeline: number; segment: number; archivedAt: string; name: string }>> {
-    // No archive is no segment (WalArchive says so); an archive that cannot be read is an error, not an empty one.
-    const names = (await this.wal.names()).filter((name) => parseSegmentName(name) !== null);
-    return (await this.wal.files(names)).map((file) => ({
-      ...parseSegmentName(file.name)!,
-      archivedAt: file.modifiedAt.toISOString(),
-      name: file.name,
-    }));
+  /** Segments the repository's archive holds (pushed: see WalIndex), oldest first. */
+  async archivedSegmentList(): Promise<Array<{ timeline: number; segment: number; name: string }>> {
+    return (await this.archive.names()).flatMap((name) => {
+      const parsed = parseSegmentName(name);
+      return parsed ? [{ ...parsed, name }] : [];
+    });
+  }
+
+  /**
+   * The archive's segments and the time its WAL reaches: the newest
+   * COMMIT or ABORT among the summaries of its newest segments (the
+   * newest ones may not be summarised yet; a segment without a
+   * transaction's end says nothing). Never an object's or file's time.
+   */
+  async archivedWalState(): Promise<ArchivedWalState> {
+    const segments = await this.archivedSegmentList();
+    const newestFirst = [...segments].sort((a, b) => b.segment - a.segment || b.timeline - a.timeline);
+    for (const segment of newestFirst.slice(0, REACHED_AT_SEGMENTS_READ)) {
+      // Newest first: the first transaction end found is the latest the archived WAL holds.
+      const summary = await this.objects.readJson<WalSegmentSummary>(walSummaryKey(this.generation, segment.name));
+      if (summary?.lastTransactionEndAt) return { segments, reachedAt: summary.lastTransactionEndAt };
+    }
+    return { segments, reachedAt: null };
   }
 
   /**
@@ -279,7 +295,7 @@ export class Repository {
    * summaries; never .history files. Returns how many segments went.
    */
   async removeSegmentsBefore(segment: number): Promise<number> {
-    const received = (await this.archivedSegmentList()).filter((entry) => entry.segment < segment).map((entry) => entry.name);
+    const received = (await this.wal.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     const archived = (await this.archive.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     const names = [...new Set([...received, ...archived])].sort();
     for (const name of names) {
@@ -304,6 +320,9 @@ export class Repository {
     return content && (await buffer(content)).toString("utf8");
   }
 }
+
+/** How many of the archive's newest segments' summaries are read for the time its WAL reaches (see archivedWalState). */
+const REACHED_AT_SEGMENTS_READ = 16;
 
 /** The manifest if this version reads its format; null otherwise (not a backup for it). */
 function readable(manifest: BackupManifest | null): BackupManifest | null {

@@ -270,7 +270,8 @@ export class WalSummarizer {
           `--start=${segmentStartLsn(segment)}`,
           `--end=${endLsn ?? segmentStartLsn(segment + 2)}`,
         ],
-        { stdio: ["ignore", "pipe", "pipe"], descriptors: options.descriptors },
+        // TZ=UTC: pg_waldump prints commit times in its own time zone (see transactionEndTime).
+        { stdio: ["ignore", "pipe", "pipe"], descriptors: options.descriptors, env: { TZ: "UTC" } },
       );
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));

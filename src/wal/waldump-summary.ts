@@ -26,6 +26,15 @@ export interface WalSegmentSummary {
   readonly databases: readonly string[];
   /** Named restore points (pg_create_restore_point) the segment holds, in order: a restore to a name starts from a backup before it. */
   readonly restorePoints?: readonly RestorePointRecord[];
+  /**
+   * The time of the segment's last COMMIT or ABORT record (UTC, ISO), null
+   * when it has none; absent in summaries written before it was recorded.
+   * The latest time a restore can be asked for comes from here, from the
+   * WAL itself: never from when a file or object was written (an upload is
+   * minutes late, and a target past the WAL's last commit makes
+   * PostgreSQL 15 end recovery with a FATAL).
+   */
+  readonly lastTransactionEndAt?: string | null;
   readonly records: number;
   /** pg_waldump read every record that starts in the segment without an error. */
   readonly complete: boolean;
@@ -33,6 +42,19 @@ export interface WalSegmentSummary {
 }
 
 const BLOCK_REFERENCE = "blkref #";
+
+/**
+ * The time a COMMIT or ABORT record of pg_waldump's output carries ("desc:
+ * COMMIT 2026-12-07 12:00:00.123456 UTC; …"), as ISO; null for any other
+ * line, or a time not in UTC (pg_waldump prints its own process's time
+ * zone: the summarizer runs it with TZ=UTC). Pure.
+ */
+export function transactionEndTime(line: string): string | null {
+  const match = /desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(\.\d+)? UTC\b/.exec(line);
+  if (!match) return null;
+  const fraction = (match[3] ?? ".0").slice(1).padEnd(3, "0").slice(0, 3);
+  return `${match[1]}T${match[2]}.${fraction}Z`;
+}
 
 function* linesStartingWith(text: string, marker: string): Generator<string> {
   for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
@@ -52,6 +74,7 @@ export class SummaryBuilder {
   private readonly truncated = new Set<string>();
   private readonly databases = new Set<string>();
   private readonly restorePoints: RestorePointRecord[] = [];
+  private lastTransactionEndAt: string | null = null;
   private records = 0;
   /** The main-fork set the previous reference went to, and "<relation> " to recognise it. */
   private last: { prefix: string; set: Set<number> } | null = null;
@@ -110,6 +133,10 @@ export class SummaryBuilder {
     for (const line of linesStartingWith(text, "rmgr: Database")) {
       for (const dir of line.matchAll(/(?:dir|to) (\d+\/\d+)/g)) this.databases.add(dir[1]!);
     }
+    for (const line of linesStartingWith(text, "rmgr: Transaction")) {
+      const at = transactionEndTime(line);
+      if (at !== null) this.lastTransactionEndAt = at;
+    }
     for (const line of linesStartingWith(text, "rmgr: XLOG")) {
       const point = /lsn: ([0-9A-F]+\/[0-9A-F]+),.* desc: RESTORE_POINT (.*)$/.exec(line);
       if (point) this.restorePoints.push({ name: point[2]!, lsn: point[1]! });
@@ -140,6 +167,7 @@ export class SummaryBuilder {
       truncated: [...this.truncated].sort(),
       databases: [...this.databases].sort(),
       restorePoints: [...this.restorePoints],
+      lastTransactionEndAt: this.lastTransactionEndAt,
       records: this.records,
       complete,
       error,

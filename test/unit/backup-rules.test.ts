@@ -193,24 +193,34 @@ describe("expiry against a dependent's verification or restore (pure)", () => {
 describe("recovery window (pure)", () => {
   const at = (n: number) => `2026-11-01T00:0${n}:00.000Z`;
   test("from the oldest backup's end to the newest archived segment; gaps on a timeline are reported", () => {
-    const window = recoveryWindow(
-      [manifest("F1", { startLsn: "0/2000028", stopLsn: "0/2000100" })],
-      [
-        { timeline: 1, segment: 1, archivedAt: at(0) },
-        { timeline: 1, segment: 2, archivedAt: at(1) },
-        { timeline: 1, segment: 3, archivedAt: at(2) },
-        { timeline: 1, segment: 6, archivedAt: at(3) },
-        { timeline: 2, segment: 6, archivedAt: at(4) },
-        { timeline: 2, segment: 7, archivedAt: at(5) },
-      ],
-    );
+    const segments = [
+      { timeline: 1, segment: 1 },
+      { timeline: 1, segment: 2 },
+      { timeline: 1, segment: 3 },
+      { timeline: 1, segment: 6 },
+      { timeline: 2, segment: 6 },
+      { timeline: 2, segment: 7 },
+    ];
+    const window = recoveryWindow([manifest("F1", { startLsn: "0/2000028", stopLsn: "0/2000100" })], { segments, reachedAt: at(5) });
     expect(window.earliest).toEqual({ time: "2026-11-01T00:01:00.000Z", lsn: "0/2000100", timeline: 1 });
     expect(window.latest).toEqual({ time: at(5), lsn: "0/8000000", timeline: 2 });
     expect(window.gaps).toEqual([{ timeline: 1, from: "000000010000000000000004", to: "000000010000000000000005" }]);
   });
 
+  test("the latest time is the WAL's last transaction end, never past it; none known past the backup: the backup's end", () => {
+    const backups = [manifest("F1", { startLsn: "0/2000028", stopLsn: "0/2000100" })];
+    const segments = [2, 3, 4].map((segment) => ({ timeline: 1, segment }));
+    expect(recoveryWindow(backups, { segments, reachedAt: at(7) }).latest?.time).toBe(at(7));
+    expect(recoveryWindow(backups, { segments, reachedAt: null }).latest?.time).toBe("2026-11-01T00:01:00.000Z");
+    expect(recoveryWindow(backups, { segments, reachedAt: at(0) }).latest?.time).toBe("2026-11-01T00:01:00.000Z");
+  });
+
   test("nothing recoverable without a completed backup", () => {
-    expect(recoveryWindow([], [{ timeline: 1, segment: 1, archivedAt: at(0) }])).toEqual({ earliest: null, latest: null, gaps: [] });
+    expect(recoveryWindow([], { segments: [{ timeline: 1, segment: 1 }], reachedAt: at(0) })).toEqual({
+      earliest: null,
+      latest: null,
+      gaps: [],
+    });
   });
 });
 
@@ -261,7 +271,7 @@ describe("choosing the backup a restore starts from (pure)", () => {
     manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }),
     manifest("F3", { startLsn: "0/3000028", stopLsn: "0/3000100" }),
   ];
-  const archived = [1, 2, 3, 4].map((segment) => ({ timeline: 1, segment, archivedAt: `2026-11-05T00:00:0${segment}.000Z` }));
+  const archived = { segments: [1, 2, 3, 4].map((segment) => ({ timeline: 1, segment })), reachedAt: "2026-11-05T00:00:04.000Z" };
 
   test("the newest completed backup that ends before a time or LSN target; the newest otherwise", () => {
     expect(chooseBackup(backups, archived, undefined, { kind: "time", time: "2026-11-02T00:00:00Z" }).id).toBe("F1");
@@ -394,6 +404,9 @@ describe("WAL segment summaries", () => {
       "rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0F001400, prev 0/0F001300, desc: TRUNCATE base/5/16414 to 0 blocks flags 7",
       "rmgr: Database    len (rec/tot):     42/    42, tx:        780, lsn: 0/0F001500, prev 0/0F001400, desc: CREATE copy dir 1663/1 to 1663/16390",
       "rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/0F001600, prev 0/0F001500, desc: RESTORE_POINT before the: migration",
+      "rmgr: Transaction len (rec/tot):     34/    34, tx:        781, lsn: 0/0F001700, prev 0/0F001600, desc: COMMIT 2026-12-07 12:00:01.123456 UTC",
+      "rmgr: Transaction len (rec/tot):     34/    34, tx:        782, lsn: 0/0F001800, prev 0/0F001700, desc: ABORT 2026-12-07 12:00:02.5 UTC",
+      "rmgr: Standby     len (rec/tot):     50/    50, tx:          0, lsn: 0/0F001900, prev 0/0F001800, desc: RUNNING_XACTS nextXid 783",
       "pg_waldump: error: error in WAL record at 0/10000000: invalid record length",
     ];
     const builder = new SummaryBuilder();
@@ -420,7 +433,9 @@ describe("WAL segment summaries", () => {
       truncated: ["base/5/16414"],
       databases: ["1663/1", "1663/16390"],
       restorePoints: [{ name: "before the: migration", lsn: "0/0F001600" }],
-      records: 7,
+      // The last COMMIT or ABORT's time, from the WAL: what the recoverable window's latest time is.
+      lastTransactionEndAt: "2026-12-07T12:00:02.500Z",
+      records: 10,
       complete: true,
       error: null,
     });
