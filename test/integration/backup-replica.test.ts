@@ -13,6 +13,7 @@ import { cliEnvFor } from "../helpers/cli-env";
 import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
+import { archiveKey } from "../../src/repository/repository-layout";
 
 const run = promisify(execFile);
 /** How far the archive may trail here: small, so that three WAL switches (no data written) are past it. */
@@ -93,7 +94,12 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     const { segmentName, segmentNumber } = await import("../../src/postgres/wal-names");
     const missing = segmentName(1, segmentNumber(segments[1]!));
     const { rm } = await import("node:fs/promises");
-    await rm(`${cluster.service.repository.walDir}/${missing}`);
+    // Lost from the repository's archive (and from what was received, or the pusher would put it again); the index,
+    // rebuilt from a listing every few minutes, is rebuilt now.
+    const { repository } = cluster.service;
+    await rm(`${repository.walDir}/${missing}`);
+    await repository.objects.store.delete([archiveKey(repository.generation, missing)]);
+    await repository.archive.rebuild();
 
     await cluster.service.archiveMonitor.check();
     await cluster.service.archiveMonitor.check();
