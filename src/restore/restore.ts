@@ -14,7 +14,8 @@ import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
-import { readFile } from "node:fs/promises";
+import { buffer } from "node:stream/consumers";
+import { openStoredBytes, readStoredObject } from "../storage/backup-content";
 import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "../storage/copy-file";
 import { backupChain, resolveChainFiles, storedContentLength, type ChainSource, type ResolvedFile } from "../backup/backup-chain";
 import { layeredContent } from "../storage/layered-content";
@@ -308,9 +309,9 @@ async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target:
     for (const group of bundles.values()) {
       let data: Buffer;
       try {
-        data = await readFile(deps.repository.storedPath(group.manifest.id, group.bundle));
+        data = await readStoredObject(deps.repository, group.manifest, group.bundle);
       } catch (error) {
-        throw damaged(group.manifest, group.files[0]!.base.entry, (error as Error).message);
+        throw await bundleUnreadable(deps, group, error);
       }
       await forEachParallel(group.files, parallelism, async ({ base, entry }) => {
         const stored = base.entry.stored!;
@@ -348,10 +349,13 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
       if (bytes !== storedContentLength(source.entry) || crc32Hex(crc) !== source.entry.crc32)
         throw damaged(source.manifest, source.entry, "it does not match its checksum");
     });
-    return tap(storedContentChunks(deps.repository.storedPath(source.manifest.id, stored.path), stored), (chunk) => {
-      crc = updateCrc32(crc, chunk);
-      bytes += chunk.length;
-    });
+    return tap(
+      storedContentChunks(() => openStoredBytes(deps.repository, source.manifest, stored), stored),
+      (chunk) => {
+        crc = updateCrc32(crc, chunk);
+        bytes += chunk.length;
+      },
+    );
   };
   const simple = file.layers.length === 0 && file.base.entry.size === file.entry.size;
   const content = simple
@@ -367,9 +371,50 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
   } catch (error) {
     // Named after the newest backup whose content the file needs (the message says which part failed).
     const restored = file.layers.length > 0 ? file.layers[file.layers.length - 1]!.manifest : file.base.manifest;
+    if (isRelevoError(error) && error.code === ErrorCode.RepositoryCorrupt) {
+      // Which file it was: the object's key alone names no file.
+      throw new RelevoError(
+        ErrorCode.RepositoryCorrupt,
+        `backup ${restored.id} is damaged: ${file.entry.path} could not be restored (${error.message})`,
+        {
+          cause: error,
+          details: { file: file.entry.path, files: [file.entry.path] },
+        },
+      );
+    }
     throw error instanceof RelevoError ? error : damaged(restored, file.entry, (error as Error).message);
   }
   for (const check of checks) check();
+}
+
+/**
+ * Why a bundle could not be read, naming its files: a bundle whose object
+ * fails its checks (REPOSITORY_CORRUPT) is read again file by file, by
+ * range, to name the files whose content is damaged (a damaged chunk of
+ * the object spoils every file in that MiB, not the whole bundle).
+ */
+async function bundleUnreadable(
+  deps: RestoreDeps,
+  group: { readonly manifest: BackupManifest; readonly files: readonly ResolvedFile[] },
+  error: unknown,
+): Promise<RelevoError> {
+  const why = (error as Error).message;
+  if (!(isRelevoError(error) && error.code === ErrorCode.RepositoryCorrupt))
+    return damaged(group.manifest, group.files[0]!.base.entry, why);
+  const bad: string[] = [];
+  for (const { base } of group.files) {
+    const readable = await (async () => buffer(await openStoredBytes(deps.repository, base.manifest, base.entry.stored!)))().then(
+      () => true,
+      () => false,
+    );
+    if (!readable) bad.push(base.entry.path);
+  }
+  const named = bad.length > 0 ? bad : [group.files[0]!.base.entry.path];
+  return new RelevoError(
+    ErrorCode.RepositoryCorrupt,
+    `backup ${group.manifest.id} is damaged: ${named.slice(0, 5).join(", ")}${named.length > 5 ? ` and ${named.length - 5} more` : ""} could not be restored (${why})`,
+    { cause: error, details: { file: named[0], files: named } },
+  );
 }
 
 function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): RelevoError {

@@ -19,6 +19,7 @@ import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
+import { flipContentByte } from "../helpers/backups";
 import path from "node:path";
 import { restoreCommand, restoreStopCommand } from "../../src/cli/backup-commands";
 import { createLogger } from "../../src/log";
@@ -375,32 +376,33 @@ describe("full backup and point-in-time restore", () => {
     }
   });
 
-  test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {
+  test("a flipped byte in the repository: verify names the file; the restore fails (REPOSITORY_CORRUPT), naming it, and leaves nothing behind", async () => {
     const manifest = (await cluster.service.backups.list())
       .filter((backup) => backup.type === "full" && backup.status === "completed")
       .at(-1)!;
     const victim = manifest.files.find((f) => f.type === "file" && f.path.startsWith("base/") && f.size > 8192)!;
-    const { readFile, writeFile } = await import("node:fs/promises");
-    const storedFile = cluster.service.repository.storedPath(manifest.id, victim.stored!.path);
-    const original = await readFile(storedFile);
-    const damaged = Buffer.from(original);
     // Mid-way through the victim's own range (small files share a bundle).
     const at = (victim.stored!.offset ?? 0) + Math.floor(victim.stored!.bytes / 2);
-    damaged[at] = damaged[at]! ^ 0xff;
-    await writeFile(storedFile, damaged);
+    const putBack = await flipContentByte(cluster.service.repository, manifest.id, victim.stored!.path, at);
     const copy: NodeRef = { name: "restore3", host: "127.0.0.1", port: await freePort() };
     try {
       const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
-      expect(verified.verification).toMatchObject({ contentOk: false, badFiles: [victim.path], restoreTest: { ok: false } });
+      // The object's check covers a MiB of its content at a time: the victim and whatever shares that MiB of its bundle.
+      expect(verified.verification).toMatchObject({ contentOk: false, restoreTest: { ok: false } });
+      expect(verified.verification!.badFiles).toContain(victim.path);
+      const sharing = manifest.files.filter((f) => f.stored && f.stored.path === victim.stored!.path).map((f) => f.path);
+      expect(sharing).toEqual(expect.arrayContaining(verified.verification!.badFiles as string[]));
       await expect(
         cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } }),
       ).rejects.toMatchObject({
-        code: ErrorCode.PreconditionFailed,
-        message: expect.stringContaining(victim.path),
+        code: ErrorCode.RepositoryCorrupt,
+        message: expect.stringContaining(`backup ${manifest.id} is damaged`),
+        // Every file of the damaged MiB (the message names the first few).
+        details: { files: expect.arrayContaining([victim.path]) },
       });
       expect(await cluster.service.driver.state(copy)).toEqual({ phase: "absent" });
     } finally {
-      await writeFile(storedFile, original);
+      await putBack();
     }
   });
 
