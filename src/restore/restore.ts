@@ -27,6 +27,7 @@ import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
 import { WalFeeder } from "./wal-feeder";
+import { NODE_WAL_DIRECTORY } from "./node-wal";
 import { archiveWalSource, type WalSource } from "./wal-source";
 
 export interface RestoreDeps {
@@ -152,8 +153,11 @@ async function restoreClaimedTarget(
       startedServerAtMs = Date.now();
       await waitForPromotion(deps, target, options.startTimeoutMs);
     } finally {
+      // Leaves a script that aborts recovery: a copy still running (the wait failed) must not promote on a missing one.
       await feeder.close();
     }
+    // Promoted: nothing runs restore_command any more.
+    await driver.removeFiles(target, [NODE_WAL_DIRECTORY]);
     deps.logger.info(
       {
         backupId: manifest.id,
@@ -165,7 +169,14 @@ async function restoreClaimedTarget(
       "backup restored and promoted",
     );
   } catch (error) {
-    await driver.destroy(target).catch(() => undefined);
+    await driver
+      .destroy(target)
+      .catch((destroyError: Error) =>
+        deps.logger.error(
+          { target: target.name, err: destroyError.message },
+          "the failed restore's copy was not removed: stop and remove it by hand",
+        ),
+      );
     throw error;
   }
   // The copy runs on by itself: what the driver kept beside it to write its files (a tools container) goes.
