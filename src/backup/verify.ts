@@ -89,6 +89,8 @@ async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, option
         ? { ok: false, durationMs: 0, error: "not attempted: stored content is damaged" }
         : restoreTest,
   };
+  // Lapsed meanwhile: an expiry may have taken the backup; no verdict is written over it (LOCK_LOST).
+  locked.lost.throwIfAborted();
   await deps.repository.writeManifest({ ...verified, verification });
   return verification;
 }

@@ -23,7 +23,7 @@ import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "../storage/repository";
 import { assertNoMemberPort, restoreTargetAccepted } from "./copy-placement";
-import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
+import { lockBackup, withLockedBackup, type HeldBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
 import { WalFeeder } from "./wal-feeder";
@@ -122,6 +122,7 @@ async function restoreClaimedTarget(
   await driver.provision(target);
   try {
     await materialise(deps, manifest, target, options.parallelism);
+    options.locked.lost.throwIfAborted();
     await driver.writeFile(target, "recovery.signal", "");
     const postgresqlConf = (await driver.readFile(target, "postgresql.conf"))?.toString("utf8") ?? "";
     if (!postgresqlConf.includes(INCLUDE_LINE)) await driver.writeFile(target, "postgresql.conf", `${postgresqlConf}\n${INCLUDE_LINE}\n`);
@@ -151,7 +152,9 @@ async function restoreClaimedTarget(
     try {
       await driver.start(target, { timeoutMs: options.startTimeoutMs });
       startedServerAtMs = Date.now();
-      await waitForPromotion(deps, target, options.startTimeoutMs);
+      await waitForPromotion(deps, target, options.startTimeoutMs, options.locked.lost);
+      // Lapsed before the promotion was seen: WAL the copy replayed may have been expired under it. Not trusted.
+      options.locked.lost.throwIfAborted();
     } finally {
       // Leaves a script that aborts recovery: a copy still running (the wait failed) must not promote on a missing one.
       await feeder.close();
@@ -226,19 +229,20 @@ export interface SeedOptions {
  * materialised into the (absent) node, set up as a standby of `upstream` over
  * its slot, with restore_command reading its own relevo_wal/ to catch up
  * first. Not started: the caller starts it as it starts any node, and closes
- * the returned feeder, which fills relevo_wal/ from the archive meanwhile,
- * once the standby streams. The settings go to postgresql.auto.conf, where
- * pg_basebackup -R puts them too. Holds the backup's lock while it reads the
- * backup, as restoreBackup does; null (nothing done) when another holds it.
+ * what this returns, a feeder that fills relevo_wal/ from the archive
+ * meanwhile, once the standby streams. The settings go to
+ * postgresql.auto.conf, where pg_basebackup -R puts them too. Holds the
+ * backup's lock, as restoreBackup does, from before it reads the backup
+ * until that close: the catch-up reads the archive from the backup's start,
+ * and an expiry skips a locked backup and keeps the WAL it needs (expired
+ * meanwhile, that WAL would be in neither the archive nor the slot, which
+ * was made later). Null (nothing done) when another holds the lock.
  */
-export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<WalFeeder | null> {
+export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<{ close(): Promise<void> } | null> {
   const lock = { id: options.manifest.id, purpose: `seed replica ${options.node.name}`, waitMs: 0 };
-  let manifest: BackupManifest;
+  let held: HeldBackup;
   try {
-    manifest = await withLockedBackup(deps, lock, async (locked) => {
-      await seedLockedStandby(deps, { ...options, manifest: locked.manifest });
-      return locked.manifest;
-    });
+    held = await lockBackup(deps, lock);
   } catch (error) {
     // Seeding runs inside a journaled addReplica or reseed, during which failover checks pause: never wait for a
     // restore test or a CLI restore that may hold the backup for half an hour. The primary seeds the replica instead.
@@ -246,21 +250,38 @@ export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOpti
     deps.logger.warn({ node: options.node.name, backupId: options.manifest.id, details: error.details }, error.message);
     return null;
   }
+  const manifest = held.manifest;
+  let feeder: WalFeeder;
   try {
-    return await WalFeeder.open({
-      driver: deps.driver,
-      node: options.node,
-      source: deps.walSource ?? archiveWalSource(deps.repository.wal),
-      logger: deps.logger,
-      mode: "standby",
-      timeline: "latest",
-      from: { timeline: manifest.timeline, lsn: manifest.startLsn },
-      parallel: Math.max(2, Math.min(options.parallelism, 8)),
-    });
+    await seedLockedStandby(deps, { ...options, manifest });
+    try {
+      feeder = await WalFeeder.open({
+        driver: deps.driver,
+        node: options.node,
+        source: deps.walSource ?? archiveWalSource(deps.repository.wal),
+        logger: deps.logger,
+        mode: "standby",
+        timeline: "latest",
+        from: { timeline: manifest.timeline, lsn: manifest.startLsn },
+        parallel: Math.max(2, Math.min(options.parallelism, 8)),
+      });
+    } catch (error) {
+      await deps.driver.destroy(options.node).catch(() => undefined);
+      throw error;
+    }
   } catch (error) {
-    await deps.driver.destroy(options.node).catch(() => undefined);
+    await held.release();
     throw error;
   }
+  return {
+    close: async () => {
+      try {
+        await feeder.close();
+      } finally {
+        await held.release();
+      }
+    },
+  };
 }
 
 async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promise<void> {
@@ -435,10 +456,11 @@ function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): R
 }
 
 /** Recovery ends with a promotion (recovery_target_action = promote). */
-async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: number): Promise<void> {
+async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: number, lockLost: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = "";
   while (Date.now() < deadline) {
+    lockLost.throwIfAborted();
     try {
       const inRecovery = await withNodeClient(
         target,

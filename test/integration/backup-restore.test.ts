@@ -11,7 +11,8 @@ import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
-import { restoreBackup } from "../../src/restore/restore";
+import { restoreBackup, seedStandbyFromBackup } from "../../src/restore/restore";
+import { ROLE_REPLICATION } from "../../src/postgres/managed-settings";
 import { archiveWalSource, type WalSource } from "../../src/restore/wal-source";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
@@ -48,6 +49,17 @@ describe("full backup and point-in-time restore", () => {
   };
   /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
   const switchWal = async (): Promise<string> => (await sql<{ lsn: string }>(primary(), "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+
+  /** What restoreBackup and seedStandbyFromBackup need of the service; `walSource` stands in for the archive. */
+  const restoreDeps = (options: { walSource?: WalSource; level?: "warn" | "silent" } = {}) => ({
+    clusterName: cluster.config.clusterName,
+    maxSlotWalKeepSize: cluster.config.maxSlotWalKeepSize,
+    driver: cluster.service.driver,
+    repository: cluster.service.repository,
+    superuser: superuserCredentials(cluster.service),
+    logger: createLogger({ level: options.level ?? "warn" }),
+    walSource: options.walSource,
+  });
 
   afterAll(async () => {
     for (const node of restoredCopies) await cluster.service.driver.destroy(node).catch(() => undefined);
@@ -153,25 +165,14 @@ describe("full backup and point-in-time restore", () => {
     const copy: NodeRef = { name: "restore-slow", host: "127.0.0.1", port: await freePort() };
     restoredCopies.push(copy);
     const { service } = cluster;
-    await restoreBackup(
-      {
-        clusterName: cluster.config.clusterName,
-        maxSlotWalKeepSize: cluster.config.maxSlotWalKeepSize,
-        driver: service.driver,
-        repository: service.repository,
-        superuser: superuserCredentials(service),
-        logger: createLogger({ level: "warn" }),
-        walSource: slow,
-      },
-      {
-        manifest: backup,
-        target: copy,
-        members: service.nodes,
-        recoveryTarget: { kind: "latest" },
-        parallelism: 2,
-        startTimeoutMs: 180000,
-      },
-    );
+    await restoreBackup(restoreDeps({ walSource: slow }), {
+      manifest: backup,
+      target: copy,
+      members: service.nodes,
+      recoveryTarget: { kind: "latest" },
+      parallelism: 2,
+      startTimeoutMs: 180000,
+    });
     expect(delayed.length).toBeGreaterThanOrEqual(3);
     // Promoted only at the end of the archive: every row, the last included.
     expect((await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("slow_feed")))[0]).toEqual(expected);
@@ -404,6 +405,88 @@ describe("full backup and point-in-time restore", () => {
     } finally {
       await putBack();
     }
+  });
+
+  test("a restore whose backup lock lapses (Redis lost it) stops with LOCK_LOST and destroys its copy, never reports a copy it no longer protects", async () => {
+    const { service } = cluster;
+    const backup = await (await service.backups.start("full")).done;
+    await switchWal();
+    const archive = archiveWalSource(service.repository.wal);
+    let lapsed = false;
+    const losing: WalSource = {
+      list: () => archive.list(),
+      fetch: async (name) => {
+        if (!lapsed && parseSegmentName(name)) {
+          lapsed = true;
+          await service.redis.del(service.keys.backupLock(backup.id)); // as a Redis restarted without its data would
+          // Long enough for a renewal to find the lock gone before the copy gets this segment.
+          await new Promise((resolve) => setTimeout(resolve, cluster.config.leaseTtlMs));
+        }
+        return archive.fetch(name);
+      },
+    };
+    const copy: NodeRef = { name: "restore-lapsed", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    const restoring = restoreBackup(restoreDeps({ walSource: losing, level: "silent" }), {
+      manifest: backup,
+      target: copy,
+      members: service.nodes,
+      recoveryTarget: { kind: "latest" },
+      parallelism: 2,
+      startTimeoutMs: 120000,
+    });
+    await expect(restoring).rejects.toMatchObject({ code: ErrorCode.LockLost, details: { backupId: backup.id } });
+    expect(lapsed).toBe(true);
+    expect(await service.driver.state(copy)).toEqual({ phase: "absent" });
+  });
+
+  test("a verification whose backup lock lapses stops with LOCK_LOST and writes no result", async () => {
+    const { service } = cluster;
+    const backup = await service.backups.latestCompleted();
+    const before = (await service.repository.readManifest(backup.id))!.verification ?? null;
+    const verifying = service.backups.verify(backup.id, { restoreTest: true });
+    const outcome = verifying.then(
+      () => null,
+      (error: unknown) => error,
+    );
+    await eventually(
+      async () => ((await service.repository.locks!.holder(backup.id))?.purpose.startsWith("verification") ? true : undefined),
+      {
+        what: "the verification's lock",
+        timeoutMs: 30000,
+      },
+    );
+    await service.redis.del(service.keys.backupLock(backup.id)); // as a Redis restarted without its data would
+    expect(await outcome).toMatchObject({ code: ErrorCode.LockLost, details: { backupId: backup.id } });
+    expect((await service.repository.readManifest(backup.id))!.verification ?? null).toEqual(before);
+  });
+
+  test("a replica seeded from the repository holds the backup's lock until its seeding closes (its catch-up reads the archive from the backup's start)", async () => {
+    const { service } = cluster;
+    const backup = await service.backups.latestCompleted();
+    const node: NodeRef = { name: "seeded-locked", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(node);
+    const seeded = await seedStandbyFromBackup(restoreDeps({ level: "silent" }), {
+      manifest: backup,
+      node,
+      upstream: primary(),
+      slot: "seeded_locked",
+      replication: {
+        ...superuserCredentials(service),
+        user: ROLE_REPLICATION,
+        password: service.secrets.replicationPassword,
+        database: "replication",
+      },
+      parallelism: 2,
+    });
+    expect(seeded).not.toBeNull();
+    try {
+      // Materialised and fed, not started: an expiry now skips the backup and keeps the WAL the catch-up reads.
+      expect(await service.repository.locks!.holder(backup.id)).toMatchObject({ purpose: `seed replica ${node.name}`, pid: process.pid });
+    } finally {
+      await seeded!.close();
+    }
+    expect(await service.repository.locks!.holder(backup.id)).toBeNull();
   });
 
   test("each archived segment is summarised once: the blocks an update touched, per relation file", async () => {
