@@ -24,7 +24,12 @@ export interface WalFeederOptions {
   readonly mode: NodeWalMode;
   /** The timeline recovery follows (recovery_target_timeline). */
   readonly timeline: number | "latest";
-  /** Where recovery starts (the backup's start): prefetched before the node asks; null: from its first request. */
+  /**
+   * Where recovery starts (the backup's start; a bridged replica's replay
+   * position): prefetched before the node asks, and no segment before it
+   * is listed in `expected`; null: the whole archive, fetched from the
+   * node's first request.
+   */
   readonly from: { readonly timeline: number; readonly lsn: string } | null;
   /** Segments kept ready beyond the one asked (default 8). */
   readonly ahead?: number;
