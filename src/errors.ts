@@ -40,6 +40,8 @@ export enum ErrorCode {
   NotARestoredCopy = "NOT_A_RESTORED_COPY",
   /** A lock (a backup's repository lock in Redis, a lock file on the host) stayed held by another process past the wait allowed. */
   LockHeld = "LOCK_HELD",
+  /** A backup's repository lock lapsed while its holder worked under it (Redis lost it, the process stalled): the work is stopped. */
+  LockLost = "LOCK_LOST",
   /** A token (or a client address without one) ran more API operations than RELEVO_API_RATE_LIMIT_* allow; retry after the time given. */
   RateLimited = "RATE_LIMITED",
   /** A WebSocket over RELEVO_API_MAX_WEBSOCKETS, its token's or its address's share of them, or a socket's operations over their bound. */
@@ -123,6 +125,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.BackupInProgress:
     case ErrorCode.OperationInProgress:
     case ErrorCode.LockHeld:
+    case ErrorCode.LockLost:
     case ErrorCode.RateLimited:
     case ErrorCode.TooManyConnections:
     case ErrorCode.RepositoryUnavailable:

@@ -1,23 +1,10 @@
 import { ErrorCode, RelevoError } from "../errors";
-import type { Logger } from "../log";
-import { syncFileSystem } from "../storage/copy-file";
+import { removeBackupContent } from "../storage/backup-content";
 import type { Repository } from "../storage/repository";
 import type { BackupSession } from "./backup-session";
 import type { StoppedBackup } from "./backup-stop";
 import type { BackupManifest, ManifestEntry } from "./manifest";
 import { blockCount } from "./relation-files";
-
-/** The backup's content flushed to disk before its manifest says it is complete. */
-export async function syncBackupContent(options: {
-  readonly repository: Repository;
-  readonly logger: Logger;
-  readonly id: string;
-}): Promise<void> {
-  const { repository, logger, id } = options;
-  const syncStartedAtMs = Date.now();
-  await syncFileSystem(repository.backupDir(id));
-  logger.info({ id, syncMs: Date.now() - syncStartedAtMs }, "backup's content on disk");
-}
 
 /** Pure: the manifest of a completed backup, its entries sorted by path and its totals counted. */
 export function completedManifest(
@@ -63,7 +50,7 @@ export async function failBackup(options: {
   const cause = session.failure ?? (error as Error);
   const reason = cause.message;
   const failed: BackupManifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
-  await repository.removeBackupContent(id).catch(() => undefined);
+  await removeBackupContent(repository, manifest).catch(() => undefined);
   await repository.writeManifest(failed).catch(() => undefined);
   // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
   const code = cause instanceof RelevoError && cause.code === ErrorCode.DockerUnavailable ? cause.code : ErrorCode.CommandFailed;

@@ -1,6 +1,7 @@
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 import { lsnToNumber } from "../postgres/lsn";
 import { BundleWriter } from "../storage/bundle-writer";
+import { BackupContentWriter } from "../storage/backup-content";
 import { forEachParallel } from "../storage/copy-file";
 import type { Repository } from "../storage/repository";
 import type { BackupSession } from "./backup-session";
@@ -68,8 +69,9 @@ export async function copyBackupFiles(options: {
   const sinceLsn = reference ? lsnToNumber(reference.startLsn) : 0;
   let filesDone = 0;
   let bytesDone = 0;
-  const bundles = new BundleWriter(repository.backupDir(id), options.compression);
-  const target: CopyTarget = { driver, source, bundles, repository, backupId: id };
+  const content = new BackupContentWriter(repository, id);
+  const bundles = new BundleWriter(content, options.compression);
+  const target: CopyTarget = { driver, source, bundles, content };
   // Largest first: the big relation files set the pace, the small ones fill in around them.
   const byDescendingSize = [...files].sort((a, b) => b.size - a.size);
   try {

@@ -9,6 +9,8 @@ export interface LockedBackup {
   readonly manifest: BackupManifest;
   /** The backups locked: this one and those it builds on. */
   readonly ids: readonly string[];
+  /** Aborted (LOCK_LOST) once one of the locks lapsed: see HeldBackupLocks.lost. */
+  readonly lost: AbortSignal;
 }
 
 /**
@@ -31,6 +33,11 @@ export function heldBackTooLong(since: string, now: number): boolean {
   return Number.isFinite(sinceMs) && now - sinceMs > BACKUP_LOCK_WAIT_MS;
 }
 
+/** A LockedBackup its holder releases itself: for a hold that outlives one call (a seeded replica's catch-up). */
+export interface HeldBackup extends LockedBackup {
+  release(): Promise<void>;
+}
+
 /**
  * Runs `work` holding the repository lock of a backup and of every backup
  * it builds on (a restore reads them all; expiring the full under a
@@ -50,6 +57,19 @@ export async function withLockedBackup<T>(
   },
   work: (locked: LockedBackup) => Promise<T>,
 ): Promise<T> {
+  const held = await lockBackup(options, lock);
+  try {
+    return await work(held);
+  } finally {
+    await held.release();
+  }
+}
+
+/** withLockedBackup's locking alone: the caller releases what it returns (on every path). */
+export async function lockBackup(
+  options: { readonly repository: Repository; readonly logger: Logger },
+  lock: { readonly id: string; readonly purpose: string; readonly waitMs?: number },
+): Promise<HeldBackup> {
   const { repository, logger } = options;
   const { id, purpose } = lock;
   const before = await readOrNotFound(repository, id);
@@ -86,9 +106,10 @@ export async function withLockedBackup<T>(
           details: { backupId: id },
         });
     }
-    return await work({ manifest, ids: held.ids });
-  } finally {
+    return { manifest, ids: held.ids, lost: held.lost, release: () => held.release() };
+  } catch (error) {
     await held.release();
+    throw error;
   }
 }
 

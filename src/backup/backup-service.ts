@@ -1,4 +1,5 @@
 import type { Credentials } from "../postgres/connection";
+import { removeBackupContent } from "../storage/backup-content";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
@@ -155,7 +156,7 @@ export class BackupService {
           if (manifest.status !== "completed") continue; // expired by another instance meanwhile
           const record: BackupManifest = { ...manifest, status: "expired" };
           await this.deps.repository.writeManifest(record);
-          await this.deps.repository.removeBackupContent(id);
+          await removeBackupContent(this.deps.repository, manifest);
           await this.deps.events.emit(backupExpiredEvent(record));
           expired.push(id);
         }

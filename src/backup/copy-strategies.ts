@@ -2,10 +2,10 @@ import { ErrorCode, RelevoError } from "../errors";
 import type { FileEntry, NodeDriver, NodeRef } from "../nodes/node-driver";
 import { BUNDLE_FILE_LIMIT, type BundleWriter } from "../storage/bundle-writer";
 import { pageLsn, type FilePlan } from "./change-plan";
-import { storeChunks, storedSuffix, type ChunkSource } from "../storage/copy-file";
+import { storeChunks, type ChunkSource } from "../storage/copy-file";
+import type { BackupContentWriter } from "../storage/backup-content";
 import type { StoredContent } from "./manifest";
 import { BLOCK_SIZE, blockCount, type BlockRanges } from "./relation-files";
-import type { Repository } from "../storage/repository";
 
 /**
  * How one file of a backup is stored, by its plan (see change-plan): whole,
@@ -20,8 +20,8 @@ export interface CopyTarget {
   readonly driver: NodeDriver;
   readonly source: NodeRef;
   readonly bundles: BundleWriter;
-  readonly repository: Repository;
-  readonly backupId: string;
+  /** Where each large file's content goes: an object of its own. */
+  readonly content: BackupContentWriter;
 }
 
 /** What became of one file: its stored content, and for a block-level entry which blocks. */
@@ -34,7 +34,7 @@ export interface CopiedEntry {
 
 const CHUNKS = { chunkSize: LARGE_FILE_CHUNK, inFlight: LARGE_FILE_CHUNKS_IN_FLIGHT };
 
-/** Content of up to BUNDLE_FILE_LIMIT bytes into a bundle, anything larger streamed into data/<path>. null when the file is gone. */
+/** Content of up to BUNDLE_FILE_LIMIT bytes into a bundle, anything larger streamed into an object data/<n>. null when the file is gone. */
 async function store(
   target: CopyTarget,
   file: FileEntry,
@@ -53,8 +53,8 @@ async function store(
     if (content.length <= BUNDLE_FILE_LIMIT) return bundles.add(content);
     return store(target, file, content.length, async (consume) => (await consume(content), true));
   }
-  const relative = `data/${file.path}${storedSuffix(bundles.compression)}`;
-  const copied = await storeChunks(read, target.repository.storedPath(target.backupId, relative), bundles.compression);
+  const relative = target.content.nextDataPath();
+  const copied = await storeChunks(read, (body, signal) => target.content.put(relative, body, { signal }), bundles.compression);
   if (copied === null) return null;
   return {
     size: copied.size,
@@ -118,7 +118,7 @@ async function copyScanned(target: CopyTarget, file: FileEntry, sinceLsn: number
   );
   if (stored === null) return null;
   if (kept.length === 0) {
-    await target.repository.removeStored(target.backupId, stored.stored.path);
+    await target.content.remove(stored.stored.path);
     return { size: file.size, blocks: [] };
   }
   return { size: file.size, crc32: stored.crc32, stored: stored.stored, blocks: kept };

@@ -8,23 +8,46 @@ import type { ReferencePoint } from "./reference-point";
  * its length (restore truncates or extends to it) and where its content is
  * stored; a later backup may store only some blocks and reference the rest.
  */
-export const MANIFEST_VERSION = 3;
-/** Versions this code reads: 2 is 3 without block-level entries. */
-export const READABLE_MANIFEST_VERSIONS: readonly number[] = [2, 3];
+export const MANIFEST_VERSION = 4;
+/**
+ * Versions this code reads: 2 is 3 without block-level entries; 4 is 3
+ * with its content as objects of the repository (see ContentForm).
+ */
+export const READABLE_MANIFEST_VERSIONS: readonly number[] = [2, 3, 4];
 
 export type BackupType = "full" | "differential" | "incremental";
 export type BackupStatus = "running" | "completed" | "failed" | "expired";
 export type Compression = "lz4" | "gzip" | "none";
 
+/**
+ * How a backup's content is stored. "object" (manifest version 4): each
+ * large file and each bundle is one object of the repository in Relevo's
+ * stored form (checked chunks, see object-codec), under a sequence key
+ * (`data/<n>`, `bundles/<n>` below the backup's content prefix), read
+ * through the repository's store. "file" (versions 2 and 3): raw files
+ * under `backups/<id>/` of a directory repository, named after the data
+ * directory's paths (`data/<path>.lz4`, `bundles/<nnnnn>`), read there by
+ * path so that backups taken before keep restoring. Pure.
+ */
+export type ContentForm = "object" | "file";
+
+export function contentFormOf(manifest: Pick<BackupManifest, "formatVersion">): ContentForm {
+  return manifest.formatVersion >= 4 ? "object" : "file";
+}
+
 export interface StoredContent {
-  /** Path under the backup's directory. */
+  /**
+   * Where the content is, relative to the backup: an object's key below the
+   * backup's content prefix (`data/<n>`, `bundles/<n>`), or, in a version 2
+   * or 3 manifest, a path under the backup's directory (see ContentForm).
+   */
   readonly path: string;
   /**
    * Where the content starts in that object: small files share bundles
    * (see BundleWriter). Absent: the object holds this content alone.
    */
   readonly offset?: number;
-  /** Length of the stored (compressed) content. */
+  /** Length of the stored (compressed) content: in an object, of its content (the object's checks not counted). */
   readonly bytes: number;
   readonly compression: Compression;
   /**
@@ -66,7 +89,7 @@ export interface ManifestEntry {
 }
 
 export interface BackupManifest {
-  readonly formatVersion: 2 | typeof MANIFEST_VERSION;
+  readonly formatVersion: 2 | 3 | typeof MANIFEST_VERSION;
   readonly id: string;
   readonly type: BackupType;
   readonly status: BackupStatus;

@@ -4,7 +4,7 @@ import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Repository } from "../storage/repository";
 import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
-import { completedManifest, failBackup, syncBackupContent } from "./backup-complete";
+import { completedManifest, failBackup } from "./backup-complete";
 import { copyBackupFiles, listBackupFiles } from "./backup-copy";
 import { BackupSession } from "./backup-session";
 import { decideType, inspectSource, newManifest, startBackup, typedManifest } from "./backup-start";
@@ -119,7 +119,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     const stopped = await stopBackup({ session, inRecovery: facts.inRecovery, switchWalOnPrimary });
     await waitForBackupWal({ archiver, logger, id, startedAt, started, copied, stopped, archiveTimeoutMs, onProgress });
 
-    await syncBackupContent({ repository, logger, id });
+    // Every content object is durable once its put resolved: the manifest may say the backup is complete.
     manifest = completedManifest(manifest, { stopped, entries: copied.entries });
     await repository.writeManifest(manifest);
     return manifest;

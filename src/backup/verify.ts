@@ -3,6 +3,7 @@ import { backupChain, storedContentLength } from "./backup-chain";
 import type { NodeRef } from "../nodes/node-driver";
 import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "../storage/copy-file";
 import type { StoredSummary } from "../storage/lz4-worker-decode";
+import { openStoredBytes, type ContentOwner } from "../storage/backup-content";
 import { checksumMismatches, checksumsOn, referenceRecovery } from "./reference-point";
 import { referencePointFor, type ReferenceDeps } from "./take-reference";
 import type { WalArchiver } from "../wal/wal-archiver";
@@ -66,7 +67,7 @@ async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, option
       link.files.filter((entry) => entry.type === "file" && !(entry.blocks && !entry.stored)),
       deps.parallelism,
       async (entry) => {
-        if (!(await storedFileMatches(deps.repository, link.id, entry)))
+        if (!(await storedFileMatches(deps.repository, link, entry)))
           badFiles.push(link.id === manifest.id ? entry.path : `${link.id}:${entry.path}`);
       },
     );
@@ -88,23 +89,26 @@ async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, option
         ? { ok: false, durationMs: 0, error: "not attempted: stored content is damaged" }
         : restoreTest,
   };
+  // Lapsed meanwhile: an expiry may have taken the backup; no verdict is written over it (LOCK_LOST).
+  locked.lost.throwIfAborted();
   await deps.repository.writeManifest({ ...verified, verification });
   return verification;
 }
 
-async function storedFileMatches(repository: Repository, id: string, entry: ManifestEntry): Promise<boolean> {
+async function storedFileMatches(repository: Repository, link: ContentOwner, entry: ManifestEntry): Promise<boolean> {
   if (!entry.stored) return false;
   const expected = entry.stored;
   let summary: StoredSummary | null = null;
   let content = 0;
   let contentBytes = 0;
   try {
-    for await (const chunk of storedContentChunks(repository.storedPath(id, expected.path), expected, (seen) => (summary = seen))) {
+    const open = () => openStoredBytes(repository, link, expected);
+    for await (const chunk of storedContentChunks(open, expected, (seen) => (summary = seen))) {
       content = updateCrc32(content, chunk);
       contentBytes += chunk.length;
     }
   } catch {
-    return false; // missing, unreadable or not decodable
+    return false; // missing, unreadable, failing its object's checks (REPOSITORY_CORRUPT) or not decodable
   }
   const stored = summary as StoredSummary | null;
   return (

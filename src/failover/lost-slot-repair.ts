@@ -7,7 +7,7 @@ import { slotNameFor } from "../postgres/replication-config";
 import { nodeRestoreCommand } from "../restore/node-wal";
 import { ARCHIVE_SLOT } from "../wal/wal-archiver";
 import { without, type ClusterState, type ClusterStateStore, type StateGuard } from "./cluster-state";
-import { bridgeBegun, bridgeSeen, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
+import { bridgeBegun, bridgeSeen, bridgesEnded, lostSlotRepairs, type Bridge, type SlotRepair } from "./lost-slot-rules";
 import { coolDown, holdOffAfter, type HoldOff } from "./monitor-rules";
 import type { FailoverOperations } from "./operations";
 import { monotonicNowMs } from "../util/monotonic-clock";
@@ -32,7 +32,13 @@ export interface LostSlotRepairDeps {
    */
   readonly archive: {
     readonly segments: () => Promise<ReadonlySet<number>>;
-    readonly feed: (node: NodeRef) => Promise<{ close(): Promise<void> }>;
+    /**
+     * `from`: the replica's replay position (null: unknown), where it reads
+     * the archive from: what the feeder lists and prefetches starts there,
+     * not at the archive's first segment (its `expected` list would grow
+     * with the archive, and be rewritten and grep'd all along).
+     */
+    readonly feed: (node: NodeRef, from: { readonly timeline: number; readonly lsn: string } | null) => Promise<{ close(): Promise<void> }>;
   };
 }
 
@@ -73,12 +79,20 @@ export class LostSlotRepair {
     const snapshot = this.deps.topology();
     // Only a snapshot taken since the record last changed: never act on a picture of the cluster from before a change of primary.
     if (!snapshot || Date.parse(snapshot.collectedAt) <= Date.parse(state.updatedAt)) return;
+    const ended = bridgesEnded({
+      bridged: this.bridges.keys(),
+      members: this.deps.nodes.map((node) => node.name),
+      snapshot,
+      primary: state.primary,
+      slotOf: (name) => slotNameFor(this.node(name)), // members only: bridgesEnded asks only of them
+    });
+    for (const name of ended) {
+      this.bridges.delete(name);
+      await this.stopFeeding(name);
+    }
     for (const [name, bridge] of this.bridges) {
       const seen = snapshot.nodes.find((node) => node.name === name);
-      if (seen?.replication?.state === "streaming") {
-        this.bridges.delete(name);
-        await this.stopFeeding(name);
-      } else this.bridges.set(name, bridgeSeen(bridge, seen?.replayedLsn ?? null, Date.parse(snapshot.collectedAt)));
+      this.bridges.set(name, bridgeSeen(bridge, seen?.replayedLsn ?? null, Date.parse(snapshot.collectedAt)));
     }
     const primary = snapshot.nodes.find((node) => node.name === state.primary);
     // Members only: a record naming a node no longer in the cluster must not stop every round's repair.
@@ -97,8 +111,8 @@ export class LostSlotRepair {
       now: monotonicNowMs(),
     });
     for (const repair of repairs) {
-      const replayedLsn = snapshot.nodes.find((node) => node.name === repair.node)?.replayedLsn ?? null;
-      if (repair.action === "bridge") await this.bridge(repair, state.primary, replayedLsn);
+      const seen = snapshot.nodes.find((node) => node.name === repair.node);
+      if (repair.action === "bridge") await this.bridge(repair, state.primary, seen?.replayedLsn ?? null, seen?.timeline ?? null);
       else if (repair.action === "unrecord") await this.unrecord(repair, state, guard);
       else if (await this.reseed(repair, state.primary, guard, { again: reseeding.includes(repair.node) })) return; // one at a time
     }
@@ -122,9 +136,10 @@ export class LostSlotRepair {
    * again next round, not reseeded for failing to replay an archive it was
    * never given.
    */
-  private async bridge(repair: ReplicaRepair, primary: string, replayedLsn: string | null): Promise<void> {
+  private async bridge(repair: ReplicaRepair, primary: string, replayedLsn: string | null, timeline: number | null): Promise<void> {
     const node = this.node(repair.node);
-    if (!this.feeds.has(node.name)) this.feeds.set(node.name, await this.deps.archive.feed(node));
+    const from = replayedLsn === null ? null : { timeline: timeline ?? 1, lsn: replayedLsn };
+    if (!this.feeds.has(node.name)) this.feeds.set(node.name, await this.deps.archive.feed(node, from));
     try {
       await withNodeClient(node, this.deps.superuser, this.deps.nodeTimeoutMs, async (client) => {
         await client.query(`ALTER SYSTEM SET restore_command = ${client.escapeLiteral(nodeRestoreCommand("standby"))}`);

@@ -69,6 +69,29 @@ export function bridgeSeen(bridge: Bridge, replayedLsn: string | null, now: numb
   return { ...bridge, replayedLsn, progressAt: now };
 }
 
+/**
+ * The bridged replicas whose bridge ends (its feed stopped, its record
+ * dropped): one that streams again; and one the archive no longer has to
+ * carry or cannot reach, i.e. no longer a member (removed), absent from the
+ * snapshot, or whose slot on the primary is not lost any more (streamed
+ * from again, dropped, or another primary). Its feeder would otherwise run
+ * on for good, listing the archive every second. Pure.
+ */
+export function bridgesEnded(inputs: {
+  readonly bridged: Iterable<string>;
+  readonly members: readonly string[];
+  readonly snapshot: ClusterSnapshot;
+  readonly primary: string;
+  readonly slotOf: (name: string) => string;
+}): string[] {
+  const primary = inputs.snapshot.nodes.find((node) => node.name === inputs.primary);
+  return [...inputs.bridged].filter((name) => {
+    const seen = inputs.snapshot.nodes.find((node) => node.name === name);
+    if (!inputs.members.includes(name) || !seen || seen.replication?.state === "streaming") return true;
+    return !primary?.slots.some((slot) => slot.name === inputs.slotOf(name) && slot.walStatus === "lost");
+  });
+}
+
 /** Why a bridge is given up (its replica to be reseeded), or null while it still carries the replica. */
 export function bridgeGivenUp(bridge: Bridge, now: number): string | null {
   if (now - bridge.progressAt >= BRIDGE_STALL_MS)

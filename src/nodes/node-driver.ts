@@ -101,6 +101,15 @@ export type SmallFileRead =
   | { readonly state: "read"; readonly content: Buffer }
   | { readonly state: "too-large"; readonly size: number };
 
+/**
+ * What a write does when the file's directory is missing: "create" makes it
+ * (and its parents, 0700, the PostgreSQL user's), "existing" fails (ENOENT).
+ * A writer that runs on after its directory may have been removed (a WAL
+ * feeder whose node was destroyed) says "existing": it must never bring
+ * back a data directory someone removed.
+ */
+export type WriteParents = "create" | "existing";
+
 export interface ExecOptions {
   /**
    * `online`: the tool talks to or lives next to the running server
@@ -280,9 +289,14 @@ export interface NodeDriver {
    * 0600 unless told. `fresh`: the file must not exist yet and nothing reads
    * the directory meanwhile (a restore filling a new data directory, whose
    * whole is discarded on failure): written in place, in fewer steps; an
-   * existing file is an error.
+   * existing file is an error. `parents` (default "create"): see WriteParents.
    */
-  writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number; fresh?: boolean }): Promise<void>;
+  writeFile(
+    node: NodeRef,
+    relativePath: string,
+    content: string | Buffer,
+    options?: { mode?: number; fresh?: boolean; parents?: WriteParents },
+  ): Promise<void>;
   /** Streams a file under the data directory (never whole into memory); null when it does not exist. */
   openRead(node: NodeRef, relativePath: string): Promise<Readable | null>;
   /**
@@ -317,7 +331,7 @@ export interface NodeDriver {
     node: NodeRef,
     relativePath: string,
     source: AsyncIterable<Buffer>,
-    options?: { mode?: number; durable?: boolean },
+    options?: { mode?: number; durable?: boolean; parents?: WriteParents },
   ): Promise<void>;
   /** Creates a directory (and its parents) under the data directory, owned by the PostgreSQL OS user. */
   makeDirectory(node: NodeRef, relativePath: string, options?: { mode?: number }): Promise<void>;

@@ -41,6 +41,9 @@ interface StoredKeyring {
   readonly check: string;
 }
 
+/** The most memory a stored keyring's scrypt parameters may ask for: twice the cost Relevo uses for new ones. */
+const MAX_SCRYPT_MEMORY = 256 * 1024 * 1024;
+
 /** How long a new keyring is left before it is read back: another process making one at the same moment has written by then. */
 const KEYRING_SETTLE_MS = 1000;
 
@@ -189,8 +192,10 @@ function parseKeyring(bytes: Buffer): StoredKeyring | null {
     const { scrypt } = value;
     const integer = (n: unknown, max: number): boolean => Number.isSafeInteger(n) && (n as number) >= 1 && (n as number) <= max;
     if (value.format !== 1 || typeof value.salt !== "string" || typeof value.check !== "string" || !scrypt) return null;
-    // Bounded, so that a planted keyring cannot make every start spend gigabytes on scrypt.
-    if (!integer(scrypt.N, 2 ** 20) || !integer(scrypt.r, 32) || !integer(scrypt.p, 16)) return null;
+    if (!integer(scrypt.N, 2 ** 20) || !integer(scrypt.r, 32) || !integer(scrypt.p, 4)) return null;
+    // scrypt wants N a power of two above 1; and bounded, so that a planted keyring cannot make every start spend more
+    // than MAX_SCRYPT_MEMORY (128·N·r bytes) on it.
+    if (scrypt.N < 2 || (scrypt.N & (scrypt.N - 1)) !== 0 || 128 * scrypt.N * scrypt.r > MAX_SCRYPT_MEMORY) return null;
     return { format: 1, scrypt: { N: scrypt.N, r: scrypt.r, p: scrypt.p }, salt: value.salt, check: value.check };
   } catch {
     return null;

@@ -59,7 +59,13 @@ if [ "$mode" = standby ]; then wait_s=${waitSeconds.standby}; else wait_s=${wait
 printf '%s\\n' "$f" > "${dir}/wanted.$$" && mv -f "${dir}/wanted.$$" "${dir}/wanted"
 ticks=$((wait_s * 10))
 while :; do
-  if [ -f "${dir}/$f" ]; then exec cp "${dir}/$f" "$p"; fi
+  if [ -f "${dir}/$f" ]; then
+    cp "${dir}/$f" "$p" && exit 0
+    # There but not copied (ENOSPC, EIO in pg_wal): neither "not yet" nor "not there"; a copy must not promote on it.
+    echo "relevo: $f could not be copied into pg_wal" >&2
+    [ "$mode" = standby ] && exit 1
+    exit ${RECOVERY_ABORT_STATUS}
+  fi
   # Not listed: Relevo will not deliver it (the end of the archive, or a timeline that does not exist).
   grep -qxF -- "$f" "${dir}/expected" 2>/dev/null || exit 1
   [ "$ticks" -gt 0 ] || break
@@ -69,6 +75,20 @@ done
 echo "relevo: $f was not delivered into ${dir}/ within $wait_s s" >&2
 [ "$mode" = standby ] && exit 1
 # A restored copy must not take this for the end of the archive and promote short of its target.
+exit ${RECOVERY_ABORT_STATUS}
+`;
+}
+
+/**
+ * What a restored copy's script becomes once its feeder closed: every call
+ * aborts recovery. A copy still running then (a restore that failed and has
+ * not destroyed it yet) must not find the script gone: `sh` exits 2 on a
+ * missing script, which PostgreSQL takes for "not in the archive", and the
+ * copy would promote short of its target.
+ */
+export function nodeWalAbortScript(): string {
+  return `# Written by Relevo: this copy's feeder stopped (docs/wal-archiving.md); recovery must not go on.
+echo "relevo: the WAL feeder of this copy stopped" >&2
 exit ${RECOVERY_ABORT_STATUS}
 `;
 }

@@ -14,7 +14,8 @@ import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import { sleep } from "../util/sleep";
-import { readFile } from "node:fs/promises";
+import { buffer } from "node:stream/consumers";
+import { openStoredBytes, readStoredObject } from "../storage/backup-content";
 import { contentCrc32, crc32Hex, decodeBuffer, forEachParallel, storedContentChunks, tap, updateCrc32 } from "../storage/copy-file";
 import { backupChain, resolveChainFiles, storedContentLength, type ChainSource, type ResolvedFile } from "../backup/backup-chain";
 import { layeredContent } from "../storage/layered-content";
@@ -22,10 +23,11 @@ import type { BackupManifest, ManifestEntry } from "../backup/manifest";
 import { recoverySettings, standbySettings, stripUpstreamSettings, type RecoveryTarget } from "./recovery-target";
 import type { Repository } from "../storage/repository";
 import { assertNoMemberPort, restoreTargetAccepted } from "./copy-placement";
-import { withLockedBackup, type LockedBackup } from "../backup/backup-lock";
+import { lockBackup, withLockedBackup, type HeldBackup, type LockedBackup } from "../backup/backup-lock";
 import type { HeldFileLock } from "../storage/file-lock";
 import { withClaimedTarget } from "./target-claim";
 import { WalFeeder } from "./wal-feeder";
+import { NODE_WAL_DIRECTORY } from "./node-wal";
 import { repositoryWalSource, type WalSource } from "./wal-source";
 
 export interface RestoreDeps {
@@ -120,6 +122,7 @@ async function restoreClaimedTarget(
   await driver.provision(target);
   try {
     await materialise(deps, manifest, target, options.parallelism);
+    options.locked.lost.throwIfAborted();
     await driver.writeFile(target, "recovery.signal", "");
     const postgresqlConf = (await driver.readFile(target, "postgresql.conf"))?.toString("utf8") ?? "";
     if (!postgresqlConf.includes(INCLUDE_LINE)) await driver.writeFile(target, "postgresql.conf", `${postgresqlConf}\n${INCLUDE_LINE}\n`);
@@ -149,10 +152,15 @@ async function restoreClaimedTarget(
     try {
       await driver.start(target, { timeoutMs: options.startTimeoutMs });
       startedServerAtMs = Date.now();
-      await waitForPromotion(deps, target, options.startTimeoutMs);
+      await waitForPromotion(deps, target, options.startTimeoutMs, options.locked.lost);
+      // Lapsed before the promotion was seen: WAL the copy replayed may have been expired under it. Not trusted.
+      options.locked.lost.throwIfAborted();
     } finally {
+      // Leaves a script that aborts recovery: a copy still running (the wait failed) must not promote on a missing one.
       await feeder.close();
     }
+    // Promoted: nothing runs restore_command any more.
+    await driver.removeFiles(target, [NODE_WAL_DIRECTORY]);
     deps.logger.info(
       {
         backupId: manifest.id,
@@ -164,7 +172,14 @@ async function restoreClaimedTarget(
       "backup restored and promoted",
     );
   } catch (error) {
-    await driver.destroy(target).catch(() => undefined);
+    await driver
+      .destroy(target)
+      .catch((destroyError: Error) =>
+        deps.logger.error(
+          { target: target.name, err: destroyError.message },
+          "the failed restore's copy was not removed: stop and remove it by hand",
+        ),
+      );
     throw error;
   }
   // The copy runs on by itself: what the driver kept beside it to write its files (a tools container) goes.
@@ -214,19 +229,20 @@ export interface SeedOptions {
  * materialised into the (absent) node, set up as a standby of `upstream` over
  * its slot, with restore_command reading its own relevo_wal/ to catch up
  * first. Not started: the caller starts it as it starts any node, and closes
- * the returned feeder, which fills relevo_wal/ from the archive meanwhile,
- * once the standby streams. The settings go to postgresql.auto.conf, where
- * pg_basebackup -R puts them too. Holds the backup's lock while it reads the
- * backup, as restoreBackup does; null (nothing done) when another holds it.
+ * what this returns, a feeder that fills relevo_wal/ from the archive
+ * meanwhile, once the standby streams. The settings go to
+ * postgresql.auto.conf, where pg_basebackup -R puts them too. Holds the
+ * backup's lock, as restoreBackup does, from before it reads the backup
+ * until that close: the catch-up reads the archive from the backup's start,
+ * and an expiry skips a locked backup and keeps the WAL it needs (expired
+ * meanwhile, that WAL would be in neither the archive nor the slot, which
+ * was made later). Null (nothing done) when another holds the lock.
  */
-export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<WalFeeder | null> {
+export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOptions): Promise<{ close(): Promise<void> } | null> {
   const lock = { id: options.manifest.id, purpose: `seed replica ${options.node.name}`, waitMs: 0 };
-  let manifest: BackupManifest;
+  let held: HeldBackup;
   try {
-    manifest = await withLockedBackup(deps, lock, async (locked) => {
-      await seedLockedStandby(deps, { ...options, manifest: locked.manifest });
-      return locked.manifest;
-    });
+    held = await lockBackup(deps, lock);
   } catch (error) {
     // Seeding runs inside a journaled addReplica or reseed, during which failover checks pause: never wait for a
     // restore test or a CLI restore that may hold the backup for half an hour. The primary seeds the replica instead.
@@ -234,21 +250,38 @@ export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOpti
     deps.logger.warn({ node: options.node.name, backupId: options.manifest.id, details: error.details }, error.message);
     return null;
   }
+  const manifest = held.manifest;
+  let feeder: WalFeeder;
   try {
-    return await WalFeeder.open({
-      driver: deps.driver,
-      node: options.node,
-      source: deps.walSource ?? repositoryWalSource(deps.repository, deps.repository.wal),
-      logger: deps.logger,
-      mode: "standby",
-      timeline: "latest",
-      from: { timeline: manifest.timeline, lsn: manifest.startLsn },
-      parallel: Math.max(2, Math.min(options.parallelism, 8)),
-    });
+    await seedLockedStandby(deps, { ...options, manifest });
+    try {
+      feeder = await WalFeeder.open({
+        driver: deps.driver,
+        node: options.node,
+        source: deps.walSource ?? repositoryWalSource(deps.repository, deps.repository.wal),
+        logger: deps.logger,
+        mode: "standby",
+        timeline: "latest",
+        from: { timeline: manifest.timeline, lsn: manifest.startLsn },
+        parallel: Math.max(2, Math.min(options.parallelism, 8)),
+      });
+    } catch (error) {
+      await deps.driver.destroy(options.node).catch(() => undefined);
+      throw error;
+    }
   } catch (error) {
-    await deps.driver.destroy(options.node).catch(() => undefined);
+    await held.release();
     throw error;
   }
+  return {
+    close: async () => {
+      try {
+        await feeder.close();
+      } finally {
+        await held.release();
+      }
+    },
+  };
 }
 
 async function seedLockedStandby(deps: RestoreDeps, options: SeedOptions): Promise<void> {
@@ -308,9 +341,9 @@ async function restoreFiles(deps: RestoreDeps, manifest: BackupManifest, target:
     for (const group of bundles.values()) {
       let data: Buffer;
       try {
-        data = await readFile(deps.repository.storedPath(group.manifest.id, group.bundle));
+        data = await readStoredObject(deps.repository, group.manifest, group.bundle);
       } catch (error) {
-        throw damaged(group.manifest, group.files[0]!.base.entry, (error as Error).message);
+        throw await bundleUnreadable(deps, group, error);
       }
       await forEachParallel(group.files, parallelism, async ({ base, entry }) => {
         const stored = base.entry.stored!;
@@ -348,10 +381,13 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
       if (bytes !== storedContentLength(source.entry) || crc32Hex(crc) !== source.entry.crc32)
         throw damaged(source.manifest, source.entry, "it does not match its checksum");
     });
-    return tap(storedContentChunks(deps.repository.storedPath(source.manifest.id, stored.path), stored), (chunk) => {
-      crc = updateCrc32(crc, chunk);
-      bytes += chunk.length;
-    });
+    return tap(
+      storedContentChunks(() => openStoredBytes(deps.repository, source.manifest, stored), stored),
+      (chunk) => {
+        crc = updateCrc32(crc, chunk);
+        bytes += chunk.length;
+      },
+    );
   };
   const simple = file.layers.length === 0 && file.base.entry.size === file.entry.size;
   const content = simple
@@ -367,9 +403,50 @@ async function restoreStreamedFile(deps: RestoreDeps, target: NodeRef, file: Res
   } catch (error) {
     // Named after the newest backup whose content the file needs (the message says which part failed).
     const restored = file.layers.length > 0 ? file.layers[file.layers.length - 1]!.manifest : file.base.manifest;
+    if (isRelevoError(error) && error.code === ErrorCode.RepositoryCorrupt) {
+      // Which file it was: the object's key alone names no file.
+      throw new RelevoError(
+        ErrorCode.RepositoryCorrupt,
+        `backup ${restored.id} is damaged: ${file.entry.path} could not be restored (${error.message})`,
+        {
+          cause: error,
+          details: { file: file.entry.path, files: [file.entry.path] },
+        },
+      );
+    }
     throw error instanceof RelevoError ? error : damaged(restored, file.entry, (error as Error).message);
   }
   for (const check of checks) check();
+}
+
+/**
+ * Why a bundle could not be read, naming its files: a bundle whose object
+ * fails its checks (REPOSITORY_CORRUPT) is read again file by file, by
+ * range, to name the files whose content is damaged (a damaged chunk of
+ * the object spoils every file in that MiB, not the whole bundle).
+ */
+async function bundleUnreadable(
+  deps: RestoreDeps,
+  group: { readonly manifest: BackupManifest; readonly files: readonly ResolvedFile[] },
+  error: unknown,
+): Promise<RelevoError> {
+  const why = (error as Error).message;
+  if (!(isRelevoError(error) && error.code === ErrorCode.RepositoryCorrupt))
+    return damaged(group.manifest, group.files[0]!.base.entry, why);
+  const bad: string[] = [];
+  for (const { base } of group.files) {
+    const readable = await (async () => buffer(await openStoredBytes(deps.repository, base.manifest, base.entry.stored!)))().then(
+      () => true,
+      () => false,
+    );
+    if (!readable) bad.push(base.entry.path);
+  }
+  const named = bad.length > 0 ? bad : [group.files[0]!.base.entry.path];
+  return new RelevoError(
+    ErrorCode.RepositoryCorrupt,
+    `backup ${group.manifest.id} is damaged: ${named.slice(0, 5).join(", ")}${named.length > 5 ? ` and ${named.length - 5} more` : ""} could not be restored (${why})`,
+    { cause: error, details: { file: named[0], files: named } },
+  );
 }
 
 function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): RelevoError {
@@ -379,10 +456,11 @@ function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): R
 }
 
 /** Recovery ends with a promotion (recovery_target_action = promote). */
-async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: number): Promise<void> {
+async function waitForPromotion(deps: RestoreDeps, target: NodeRef, timeoutMs: number, lockLost: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = "";
   while (Date.now() < deadline) {
+    lockLost.throwIfAborted();
     try {
       const inRecovery = await withNodeClient(
         target,

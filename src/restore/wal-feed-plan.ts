@@ -71,6 +71,13 @@ export interface FeedState {
   readonly delivered: ReadonlySet<string>;
   /** The name restore_command asked for last; null before its first call. */
   readonly wanted: string | null;
+  /**
+   * The segment it asked for last (null before): where replay stands while
+   * it asks for histories (PostgreSQL probes for newer timelines between
+   * segments), so a probe neither refetches the backup's first segments nor
+   * stops the trim.
+   */
+  readonly lastSegmentAsked?: string | null;
   /** The target timeline's path (timelinePath), to prefetch the files recovery will ask for. */
   readonly path: readonly TimelineStep[];
   /** The first segment recovery needs (the backup's start); prefetched from before the first request. */
@@ -95,7 +102,9 @@ export function feedPlan(state: FeedState): FeedPlan {
   if (state.wanted !== null) want(state.wanted, { asked: true });
   // Histories first: small, and PostgreSQL reads them before any segment (to build the timeline path, and to probe for newer timelines).
   for (const name of state.available) if (name.endsWith(".history")) want(name);
-  const asked = state.wanted === null ? null : parseSegmentName(state.wanted);
+  const asked =
+    (state.wanted === null ? null : parseSegmentName(state.wanted)) ??
+    (state.lastSegmentAsked ? parseSegmentName(state.lastSegmentAsked) : null);
   const base = asked?.segment ?? state.fromSegment;
   if (base !== null) {
     for (let segment = base; segment <= base + state.ahead; segment += 1)

@@ -69,7 +69,7 @@ export async function startFailover(
       superuser: cluster.superuser,
       topology: () => collector.latest,
       archive: {
-        feed: (node) =>
+        feed: (node, from) =>
           WalFeeder.open({
             driver,
             node,
@@ -77,7 +77,7 @@ export async function startFailover(
             logger,
             mode: "standby",
             timeline: "latest",
-            from: null,
+            from,
             parallel: Math.max(2, Math.min(config.backupParallelism, 8)),
           }),
         segments: async () => new Set([...(await repository.archivedSegments()).values()].flatMap((segments) => [...segments])),

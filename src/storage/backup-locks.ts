@@ -40,6 +40,14 @@ export interface LockHolder {
 /** Locks held on some backups; release them once done (also by `await using`). */
 export interface HeldBackupLocks extends AsyncDisposable {
   readonly ids: readonly string[];
+  /**
+   * Aborted once one of the locks lapsed while held (Redis lost it, this
+   * process stalled for longer than a time to live), its reason a
+   * LOCK_LOST error: from then on an expiry may take the backup's content
+   * and WAL away, so work that reads them (a restore, a verification)
+   * stops on it rather than go on unprotected.
+   */
+  readonly lost: AbortSignal;
   release(): Promise<void>;
 }
 
@@ -92,7 +100,19 @@ export class BackupLocks {
     };
     const value = JSON.stringify(me);
     const held: string[] = [];
-    const stopRenewing = this.keepAlive(held, value);
+    const lost = new AbortController();
+    const stopRenewing = this.keepAlive(held, value, (id) => {
+      if (!lost.signal.aborted)
+        lost.abort(
+          new RelevoError(
+            ErrorCode.LockLost,
+            `${options.purpose}: backup ${id}'s lock lapsed while held; stopped, as an expiry may take its content`,
+            {
+              details: { backupId: id, lockKey: this.keys.backupLock(id) },
+            },
+          ),
+        );
+    });
     let released = false;
     const release = async (): Promise<void> => {
       if (released) return;
@@ -109,11 +129,15 @@ export class BackupLocks {
       await release();
       throw error;
     }
-    return { ids: sorted, release, [Symbol.asyncDispose]: release };
+    return { ids: sorted, lost: lost.signal, release, [Symbol.asyncDispose]: release };
   }
 
-  /** Renews the locks in `held` (as it grows) every third of the time to live, until the returned function is called. */
-  private keepAlive(held: readonly string[], value: string): () => void {
+  /**
+   * Renews the locks in `held` (as it grows) every third of the time to
+   * live, until the returned function is called; `onLapsed` hears of each
+   * that lapsed.
+   */
+  private keepAlive(held: readonly string[], value: string, onLapsed: (id: string) => void): () => void {
     // One renewal pass at a time: while Redis does not answer, renewals do not pile up.
     let renewing: Promise<void> | null = null;
     const lost = new Set<string>();
@@ -121,7 +145,12 @@ export class BackupLocks {
       this.renew(
         held.filter((id) => !lost.has(id)),
         value,
-      ).then((lapsed) => lapsed.forEach((id) => lost.add(id)));
+      ).then((lapsed) =>
+        lapsed.forEach((id) => {
+          lost.add(id);
+          onLapsed(id);
+        }),
+      );
     const timer = setInterval(
       () => {
         renewing ??= renewAll().finally(() => (renewing = null));
@@ -182,7 +211,7 @@ export class BackupLocks {
       try {
         const renewed = (await this.redis.eval(RENEW, 1, this.keys.backupLock(id), value, String(ttlMs))) as number;
         if (renewed === 0) {
-          // Redis lost it, or this process stalled for longer than the time to live: the work goes on, unprotected.
+          // Redis lost it, or this process stalled for longer than the time to live: its holder is told (`lost`).
           lapsed.push(id);
           const other = await this.holder(id).catch(() => null);
           logger.error(

@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
-import { mkdir, open, type FileHandle } from "node:fs/promises";
-import path from "node:path";
+import { PassThrough } from "node:stream";
 import { promisify } from "node:util";
 import { gzip } from "node:zlib";
-import { contentCrc32 } from "./copy-file";
+import { contentCrc32, writeWithBackpressure } from "./copy-file";
+import type { BackupContentWriter } from "./backup-content";
 import { lz4Compress } from "./lz4-stream";
 import type { Compression, StoredContent } from "../backup/manifest";
 
@@ -21,21 +21,25 @@ export interface BundledFile {
   readonly stored: StoredContent;
 }
 
+/** Stored bytes buffered between the backup's workers and the bundle being written. */
+const BUNDLE_BUFFER_BYTES = 4 * 1024 * 1024;
+
 /**
  * Packs small files into a few large stored objects (bundles/<n>) instead of
  * one object each: a data directory holds about a thousand catalog files of
- * a few kilobytes, and creating, renaming and later opening a file apiece
- * cost more than reading them. Each file's compressed content is one
- * contiguous range of its bundle (offset, bytes), readable on its own.
+ * a few kilobytes, and storing, and later fetching, an object apiece cost
+ * more than reading them. Each file's compressed content is one contiguous
+ * range of its bundle's content (offset, bytes), readable on its own (a
+ * range read of the object). A bundle is streamed into its object as files
+ * are appended (one put, bounded memory) and complete once closed.
  * Appends are serialised; hashing and compression happen before, in parallel.
  */
 export class BundleWriter {
-  private current: { handle: FileHandle; relative: string; size: number } | null = null;
-  private sequence = 0;
+  private current: { body: PassThrough; relative: string; size: number; stored: Promise<void> } | null = null;
   private appending: Promise<unknown> = Promise.resolve();
 
   constructor(
-    private readonly backupDir: string,
+    private readonly content: BackupContentWriter,
     readonly compression: Compression,
   ) {}
 
@@ -53,35 +57,34 @@ export class BundleWriter {
     };
   }
 
-  /** Closes the open bundle. The caller syncs the file system before the manifest counts. */
+  /** Completes the open bundle: once this resolves, every bundle is stored (durably). */
   async close(): Promise<void> {
     await this.appending;
+    await this.finish();
+  }
+
+  private async finish(): Promise<void> {
     const current = this.current;
     this.current = null;
-    await current?.handle.close();
+    if (!current) return;
+    current.body.end();
+    await current.stored;
   }
 
   private async append(data: Buffer): Promise<{ relative: string; offset: number }> {
-    if (this.current && this.current.size + data.length > BUNDLE_TARGET_BYTES && this.current.size > 0) {
-      await this.current.handle.close();
-      this.current = null;
-    }
+    if (this.current && this.current.size + data.length > BUNDLE_TARGET_BYTES && this.current.size > 0) await this.finish();
     if (!this.current) {
-      this.sequence += 1;
-      const relative = `bundles/${String(this.sequence).padStart(5, "0")}`;
-      const file = path.join(this.backupDir, relative);
-      await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-      // "wx": a bundle is written once, never appended to by another run.
-      this.current = { handle: await open(file, "wx", 0o600), relative, size: 0 };
+      const relative = this.content.nextBundlePath();
+      const body = new PassThrough({ highWaterMark: BUNDLE_BUFFER_BYTES });
+      const stored = this.content.put(relative, body);
+      stored.catch(() => undefined); // awaited by finish(); a failure meanwhile fails the next append
+      this.current = { body, relative, size: 0, stored };
     }
+    const { body, relative, stored } = this.current;
     const offset = this.current.size;
-    let written = 0;
-    while (written < data.length) {
-      const { bytesWritten } = await this.current.handle.write(data, written, data.length - written, offset + written);
-      written += bytesWritten;
-    }
     this.current.size += data.length;
-    return { relative: this.current.relative, offset };
+    await writeWithBackpressure(body, data, stored);
+    return { relative, offset };
   }
 }
 

@@ -1,10 +1,6 @@
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { execFile } from "node:child_process";
-import { mkdir, open, rename, rm } from "node:fs/promises";
-import { promisify } from "node:util";
-import path from "node:path";
-import { Readable } from "node:stream";
+import { once } from "node:events";
+import { PassThrough, Readable, type Writable } from "node:stream";
 import { createGunzip, createGzip } from "node:zlib";
 import { crc32 } from "@node-rs/crc32";
 import { pipeline } from "node:stream/promises";
@@ -38,30 +34,29 @@ export function crc32Hex(value: number): string {
   return (value >>> 0).toString(16).padStart(8, "0");
 }
 
-/**
- * The stored (still compressed) bytes of one file, from its own object or
- * its range of a bundle. `storedPath` is where `stored.path` lives.
- */
-export function openStoredContent(storedPath: string, stored: StoredContent): Readable {
-  if (stored.bytes === 0) return Readable.from([]);
-  const start = stored.offset ?? 0;
-  return createReadStream(storedPath, { start, end: start + stored.bytes - 1, highWaterMark: 1024 * 1024 });
-}
-
 /** Feeds a file's chunks, in order, to `consume` (see NodeDriver.readChunks); false when the file is gone. */
 export type ChunkSource = (consume: (chunk: Buffer) => Promise<void>) => Promise<boolean>;
 
+/** Stores a body under the place its caller chose; aborted by `signal`, nothing is left there (see ObjectStore.put). */
+export type ContentPut = (body: Readable, signal: AbortSignal) => Promise<void>;
+
+/** Stored bytes buffered between the compressors and the object being written. */
+const PUT_BUFFER_BYTES = 4 * 1024 * 1024;
+
 /**
  * One large file into the repository from reused read buffers: CRC-32 of
- * the content; LZ4 frames compressed several at once and written in order
- * (gzip and none go through one stream); SHA-256 of what is stored; temp
- * file + rename. A chunk is handed back once what came of it is written, so
- * memory stays bounded by the source's buffers. null when the file is gone.
+ * the content; LZ4 frames compressed several at once and passed on in
+ * order (gzip and none go through one stream); SHA-256 of what is stored;
+ * all of it streamed through `put` into one object. A chunk is handed back
+ * once what came of it is taken by the object's stream, so memory stays
+ * bounded by the source's buffers and the stream's. null when the file is
+ * gone (the put aborted: no object left).
  */
-export async function storeChunks(source: ChunkSource, target: string, compression: Compression): Promise<CopiedFile | null> {
-  await mkdir(path.dirname(target), { recursive: true, mode: 0o700 });
-  const temp = `${target}.tmp-${process.pid}`;
-  const handle = await open(temp, "w", 0o600);
+export async function storeChunks(source: ChunkSource, put: ContentPut, compression: Compression): Promise<CopiedFile | null> {
+  const body = new PassThrough({ highWaterMark: PUT_BUFFER_BYTES });
+  const abort = new AbortController();
+  const stored = put(body, abort.signal);
+  stored.catch(() => undefined); // awaited below; a failure meanwhile surfaces through the writes
   let content = 0;
   let size = 0;
   const storedHash = createHash("sha256");
@@ -72,9 +67,8 @@ export async function storeChunks(source: ChunkSource, target: string, compressi
     written = written.then(async () => {
       const bytes = await data;
       storedHash.update(bytes);
-      let done = 0;
-      while (done < bytes.length) done += (await handle.write(bytes, done, bytes.length - done, storedBytes + done)).bytesWritten;
       storedBytes += bytes.length;
+      await writeWithBackpressure(body, bytes, stored);
     });
     return written;
   };
@@ -89,7 +83,8 @@ export async function storeChunks(source: ChunkSource, target: string, compressi
         case "lz4":
           return writeInOrder(lz4Frame(chunk));
         case "none":
-          return writeInOrder(Promise.resolve(chunk));
+          // The source reuses its buffer once this resolves; the object's stream may still hold the bytes.
+          return writeInOrder(Promise.resolve(Buffer.from(chunk)));
         case "gzip":
           // zlib calls back once it no longer needs the chunk.
           return new Promise<void>((resolve, reject) => gzip!.write(chunk, (error) => (error ? reject(error) : resolve())));
@@ -100,18 +95,31 @@ export async function storeChunks(source: ChunkSource, target: string, compressi
       await gzipEnded;
     }
     await written;
-    await handle.close();
     if (!found) {
-      await rm(temp, { force: true });
+      abort.abort();
+      await stored.catch(() => undefined);
       return null;
     }
-    await rename(temp, target);
+    body.end();
+    await stored;
   } catch (error) {
-    await handle.close().catch(() => undefined);
-    await rm(temp, { force: true });
+    abort.abort();
+    body.destroy();
+    await stored.catch(() => undefined);
     throw error;
   }
   return { size, crc32: crc32Hex(content), storedBytes, storedSha256: storedHash.digest("hex") };
+}
+
+/**
+ * Writes `bytes` to a stream an object is being stored from, waiting while
+ * it is full; fails with the put's error if the put ends first.
+ */
+export async function writeWithBackpressure(body: Writable, bytes: Buffer, put: Promise<void>): Promise<void> {
+  const putEnded = (): Promise<void> => put.then(() => Promise.reject(new Error("the object was stored before its content ended")));
+  if (body.destroyed) return putEnded(); // the put failed and let go of its body: its error
+  if (body.write(bytes)) return;
+  await Promise.race([once(body, "drain"), putEnded()]);
 }
 
 /** Runs `work` over `items` with at most `parallelism` at a time. */
@@ -149,28 +157,36 @@ export function decodedChunks(stored: AsyncIterable<Buffer>, compression: Compre
 }
 
 /**
- * A stored file's content, decoded, in chunks each valid until the next is
+ * A stored content, decoded, in chunks each valid until the next is
  * pulled; `onStored` gets the stored bytes' length and SHA-256 at the end.
- * A large file's LZ4 content is decoded in a worker thread (see lz4-worker-decode).
+ * `open` is called once the first chunk is wanted, and what it opened is
+ * let go when the reader stops (at the end, on an error, or early). A
+ * large file's LZ4 content is decoded in a worker thread, fed the stored
+ * bytes from here (see lz4-worker-decode).
  */
-export function storedContentChunks(
-  storedPath: string,
+export async function* storedContentChunks(
+  open: () => Promise<Readable>,
   stored: StoredContent,
   onStored?: (summary: StoredSummary) => void,
-): AsyncIterable<Buffer> {
-  // Large files are stored alone; a bundled small file is not worth a thread.
-  if (stored.compression === "lz4" && stored.offset === undefined)
-    return decodeLz4InWorker(storedPath, { start: 0, bytes: stored.bytes }, onStored);
-  const hash = createHash("sha256");
-  let storedBytes = 0;
-  const raw = tap(openStoredContent(storedPath, stored), (chunk) => {
-    hash.update(chunk);
-    storedBytes += chunk.length;
-  });
-  return (async function* () {
-    yield* decodedChunks(raw, stored.compression);
+): AsyncGenerator<Buffer> {
+  const raw = await open();
+  try {
+    // Large files are stored alone; a bundled small file is not worth a thread.
+    if (stored.compression === "lz4" && stored.offset === undefined) {
+      yield* decodeLz4InWorker(raw, onStored);
+      return;
+    }
+    const hash = createHash("sha256");
+    let storedBytes = 0;
+    const seen = tap(raw, (chunk) => {
+      hash.update(chunk);
+      storedBytes += chunk.length;
+    });
+    yield* decodedChunks(seen, stored.compression);
     onStored?.({ storedBytes, storedSha256: hash.digest("hex") });
-  })();
+  } finally {
+    raw.destroy();
+  }
 }
 
 /** Passes chunks through unchanged, showing each to `see` first. */
@@ -188,14 +204,4 @@ export async function decodeBuffer(stored: Buffer, compression: Compression): Pr
   const parts: Buffer[] = [];
   for await (const chunk of decodedChunks(Readable.from([stored]), compression)) parts.push(chunk);
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-}
-
-/** The file name suffix of stored content. */
-export function storedSuffix(compression: Compression): string {
-  return compression === "none" ? "" : `.${compression}`;
-}
-
-/** Flushes the whole file system holding `path` to disk (syncfs(2), through coreutils' `sync -f`). */
-export async function syncFileSystem(path: string): Promise<void> {
-  await promisify(execFile)("sync", ["-f", path]);
 }

@@ -39,9 +39,11 @@ import { ArchivedWal } from "../wal/archived-wal";
  *   <root>/manifests/<id>                a backup's manifest, a stored object (see `objects`)
  *   <root>/backups/<id>/manifest.json    a backup's manifest as Relevo wrote it before manifests/:
  *                                        read while it has no twin above, replaced by one when rewritten
- *   <root>/backups/<id>/data/<path>.lz4  a large file's content, compressed
- *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one
- *                                        range each (manifest: offset, bytes)
+ *   <root>/backups/<id>/data/<n>         a large file's content, compressed, one object (codec form)
+ *   <root>/backups/<id>/bundles/<n>      small files' compressed contents, one object,
+ *                                        a range of its content each (manifest: offset, bytes)
+ *   <root>/backups/<id>/data/<path>.lz4  version 2 and 3 backups: raw files by data directory path
+ *   <root>/backups/<id>/bundles/<nnnnn>  and raw bundles, read by path (see ContentForm)
  *   <root>/archive/…                 the WAL pushed from wal/ (see WalPusher, and repository-layout)
  *   <root>/superseded/<label>/       a previous cluster's wal/, archive/, wal-summary/, manifests/ and
  *                                    backups/, set aside when the data home
@@ -143,6 +145,7 @@ export class Repository {
     return path.join(this.backupsDir, id);
   }
 
+  /** A version 2 or 3 backup's stored file (see ContentForm); a later backup's content is objects (see backup-content). */
   storedPath(id: string, relative: string): string {
     const directory = this.backupDir(id);
     const stored = path.join(directory, relative);
@@ -253,15 +256,6 @@ export class Repository {
 
   private legacyManifestFile(id: string): string {
     return path.join(this.backupDir(id), "manifest.json");
-  }
-
-  /** One stored object of a backup (see storedPath). */
-  async removeStored(id: string, relative: string): Promise<void> {
-    await rm(this.storedPath(id, relative), { force: true });
-  }
-
-  async removeBackupContent(id: string): Promise<void> {
-    for (const part of ["data", "bundles"]) await rm(path.join(this.backupDir(id), part), { recursive: true, force: true });
   }
 
   /** Segments the repository's archive holds (pushed: see WalIndex), oldest first. */

@@ -1,7 +1,12 @@
 import { libpqTlsEnvironment } from "../../src/postgres/tls-settings";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import type { BackupManifest, BackupType } from "../../src/backup/manifest";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { BackupManifest, BackupType, ManifestEntry } from "../../src/backup/manifest";
+import { contentObjectKey, readStoredObject, removeBackupContent } from "../../src/storage/backup-content";
+import type { Repository } from "../../src/storage/repository";
+import { CHUNK_SIZE, HEADER_SIZE } from "../../src/repository/object-codec";
 import { APP_DATABASE } from "../../src/postgres/managed-settings";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import type { TestCluster } from "./service";
@@ -74,4 +79,64 @@ export function backupHelpers(cluster: TestCluster) {
   }
 
   return { primary, backupUnderWriter, restoreTest, quietPoint, comparableDump };
+}
+
+/** The file a content object of a directory repository is in (a test damages it there). */
+export function contentObjectFile(repository: Repository, id: string, relative: string): string {
+  return path.join(repository.root, ...contentObjectKey(repository, id, relative).split("/"));
+}
+
+/**
+ * Flips the byte at content offset `at` of a stored content object, in its
+ * file: past the object's header and the proofs of the chunks before it
+ * (object-codec's layout, unencrypted). Returns how to put it back.
+ */
+export async function flipContentByte(repository: Repository, id: string, relative: string, at: number): Promise<() => Promise<void>> {
+  const file = contentObjectFile(repository, id, relative);
+  const original = await readFile(file);
+  const damaged = Buffer.from(original);
+  const position = HEADER_SIZE + Math.floor(at / CHUNK_SIZE) * (CHUNK_SIZE + 16) + (at % CHUNK_SIZE);
+  damaged[position] = damaged[position]! ^ 0xff;
+  await writeFile(file, damaged);
+  return () => writeFile(file, original);
+}
+
+/**
+ * Rewrites a completed backup as the previous layout (manifest version 3)
+ * stored it, which repositories written before keep holding: each large
+ * file's content raw in `backups/<id>/data/<path>.<compression>`, each
+ * bundle raw in `backups/<id>/bundles/<nnnnn>` (offsets unchanged: they
+ * were offsets in the bundle's content then too), files 0600 in
+ * directories 0700; its objects removed. Returns the rewritten manifest.
+ */
+export async function asPreviousLayout(repository: Repository, manifest: BackupManifest): Promise<BackupManifest> {
+  const legacyPaths = new Map<string, string>();
+  const legacyPathOf = (entry: ManifestEntry): string => {
+    const stored = entry.stored!;
+    if (stored.offset === undefined) return `data/${entry.path}${stored.compression === "none" ? "" : `.${stored.compression}`}`;
+    const known = legacyPaths.get(stored.path) ?? `bundles/${String(legacyPaths.size + 1).padStart(5, "0")}`;
+    legacyPaths.set(stored.path, known);
+    return known;
+  };
+  const files: ManifestEntry[] = [];
+  // Read whole first (a test's backup is small): the objects and the old files share the backup's data/ and bundles/.
+  const contents = new Map<string, Buffer>();
+  for (const entry of manifest.files) {
+    if (!entry.stored) {
+      files.push(entry);
+      continue;
+    }
+    const legacy = legacyPathOf(entry);
+    if (!contents.has(legacy)) contents.set(legacy, await readStoredObject(repository, manifest, entry.stored.path));
+    files.push({ ...entry, stored: { ...entry.stored, path: legacy } });
+  }
+  await removeBackupContent(repository, manifest);
+  for (const [legacy, content] of contents) {
+    const file = repository.storedPath(manifest.id, legacy);
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    await writeFile(file, content, { mode: 0o600 });
+  }
+  const previous: BackupManifest = { ...manifest, formatVersion: 3, files };
+  await repository.writeManifest(previous);
+  return previous;
 }

@@ -8,7 +8,7 @@ import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";
 import { useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
-import { backupHelpers } from "../helpers/backups";
+import { asPreviousLayout, backupHelpers } from "../helpers/backups";
 
 /**
  * full → changes → differential → changes → incremental → changes →
@@ -59,6 +59,19 @@ describe("differential and incremental backups: block-level, from the WAL", () =
       promotedToFull: "no completed backup to build on",
     });
     expect(backups.full.id).toMatch(/-F$/);
+  });
+
+  test("a full of the previous layout (manifest version 3, raw files by path) verifies, and the chain builds on it", async () => {
+    const { repository } = cluster.service;
+    expect(backups.full!.formatVersion).toBe(4);
+    expect(backups.full!.files.some((entry) => entry.stored?.path.startsWith("data/") && entry.stored.offset === undefined)).toBe(true);
+    // As a repository written before holds it: the rest of this file's chain (a differential, incrementals,
+    // each restore-tested and the last restored and compared) builds on it, a version 4 child of a version 3 parent.
+    backups.full = await asPreviousLayout(repository, backups.full!);
+    expect(await repository.readManifest(backups.full.id)).toMatchObject({ formatVersion: 3 });
+    expect(await repository.objects.list(`backups/${backups.full.id}/data/0`)).toEqual([]);
+    const verified = await cluster.service.backups.verify(backups.full.id, { restoreTest: false });
+    expect(verified.verification).toMatchObject({ contentOk: true, badFiles: [] });
   });
 
   test("a differential after a 1% update, new data and a TRUNCATE stores the changed blocks, not the files", async () => {

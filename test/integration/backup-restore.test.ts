@@ -11,7 +11,8 @@ import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { mergeSummaries } from "../../src/backup/change-plan";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
-import { restoreBackup } from "../../src/restore/restore";
+import { restoreBackup, seedStandbyFromBackup } from "../../src/restore/restore";
+import { ROLE_REPLICATION } from "../../src/postgres/managed-settings";
 import { archiveWalSource, type WalSource } from "../../src/restore/wal-source";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
@@ -19,6 +20,7 @@ import { freePort } from "../helpers/ports";
 import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { startWriter } from "../helpers/writer";
+import { flipContentByte } from "../helpers/backups";
 import path from "node:path";
 import { restoreCommand, restoreStopCommand } from "../../src/cli/backup-commands";
 import { createLogger } from "../../src/log";
@@ -47,6 +49,17 @@ describe("full backup and point-in-time restore", () => {
   };
   /** Closes the current WAL segment; returns an LSN inside the segment just completed. */
   const switchWal = async (): Promise<string> => (await sql<{ lsn: string }>(primary(), "SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+
+  /** What restoreBackup and seedStandbyFromBackup need of the service; `walSource` stands in for the archive. */
+  const restoreDeps = (options: { walSource?: WalSource; level?: "warn" | "silent" } = {}) => ({
+    clusterName: cluster.config.clusterName,
+    maxSlotWalKeepSize: cluster.config.maxSlotWalKeepSize,
+    driver: cluster.service.driver,
+    repository: cluster.service.repository,
+    superuser: superuserCredentials(cluster.service),
+    logger: createLogger({ level: options.level ?? "warn" }),
+    walSource: options.walSource,
+  });
 
   afterAll(async () => {
     for (const node of restoredCopies) await cluster.service.driver.destroy(node).catch(() => undefined);
@@ -152,25 +165,14 @@ describe("full backup and point-in-time restore", () => {
     const copy: NodeRef = { name: "restore-slow", host: "127.0.0.1", port: await freePort() };
     restoredCopies.push(copy);
     const { service } = cluster;
-    await restoreBackup(
-      {
-        clusterName: cluster.config.clusterName,
-        maxSlotWalKeepSize: cluster.config.maxSlotWalKeepSize,
-        driver: service.driver,
-        repository: service.repository,
-        superuser: superuserCredentials(service),
-        logger: createLogger({ level: "warn" }),
-        walSource: slow,
-      },
-      {
-        manifest: backup,
-        target: copy,
-        members: service.nodes,
-        recoveryTarget: { kind: "latest" },
-        parallelism: 2,
-        startTimeoutMs: 180000,
-      },
-    );
+    await restoreBackup(restoreDeps({ walSource: slow }), {
+      manifest: backup,
+      target: copy,
+      members: service.nodes,
+      recoveryTarget: { kind: "latest" },
+      parallelism: 2,
+      startTimeoutMs: 180000,
+    });
     expect(delayed.length).toBeGreaterThanOrEqual(3);
     // Promoted only at the end of the archive: every row, the last included.
     expect((await sql<{ rows: number; sum: string }>(copy, TABLE_CHECKSUM("slow_feed")))[0]).toEqual(expected);
@@ -375,33 +377,116 @@ describe("full backup and point-in-time restore", () => {
     }
   });
 
-  test("a flipped byte in the repository: verify names the file; the restore fails, naming it, and leaves nothing behind", async () => {
+  test("a flipped byte in the repository: verify names the file; the restore fails (REPOSITORY_CORRUPT), naming it, and leaves nothing behind", async () => {
     const manifest = (await cluster.service.backups.list())
       .filter((backup) => backup.type === "full" && backup.status === "completed")
       .at(-1)!;
     const victim = manifest.files.find((f) => f.type === "file" && f.path.startsWith("base/") && f.size > 8192)!;
-    const { readFile, writeFile } = await import("node:fs/promises");
-    const storedFile = cluster.service.repository.storedPath(manifest.id, victim.stored!.path);
-    const original = await readFile(storedFile);
-    const damaged = Buffer.from(original);
     // Mid-way through the victim's own range (small files share a bundle).
     const at = (victim.stored!.offset ?? 0) + Math.floor(victim.stored!.bytes / 2);
-    damaged[at] = damaged[at]! ^ 0xff;
-    await writeFile(storedFile, damaged);
+    const putBack = await flipContentByte(cluster.service.repository, manifest.id, victim.stored!.path, at);
     const copy: NodeRef = { name: "restore3", host: "127.0.0.1", port: await freePort() };
     try {
       const verified = await cluster.service.backups.verify(manifest.id, { restoreTest: true });
-      expect(verified.verification).toMatchObject({ contentOk: false, badFiles: [victim.path], restoreTest: { ok: false } });
+      // The object's check covers a MiB of its content at a time: the victim and whatever shares that MiB of its bundle.
+      expect(verified.verification).toMatchObject({ contentOk: false, restoreTest: { ok: false } });
+      expect(verified.verification!.badFiles).toContain(victim.path);
+      const sharing = manifest.files.filter((f) => f.stored && f.stored.path === victim.stored!.path).map((f) => f.path);
+      expect(sharing).toEqual(expect.arrayContaining(verified.verification!.badFiles as string[]));
       await expect(
         cluster.service.backups.restore({ backupId: manifest.id, target: copy, recoveryTarget: { kind: "immediate" } }),
       ).rejects.toMatchObject({
-        code: ErrorCode.PreconditionFailed,
-        message: expect.stringContaining(victim.path),
+        code: ErrorCode.RepositoryCorrupt,
+        message: expect.stringContaining(`backup ${manifest.id} is damaged`),
+        // Every file of the damaged MiB (the message names the first few).
+        details: { files: expect.arrayContaining([victim.path]) },
       });
       expect(await cluster.service.driver.state(copy)).toEqual({ phase: "absent" });
     } finally {
-      await writeFile(storedFile, original);
+      await putBack();
     }
+  });
+
+  test("a restore whose backup lock lapses (Redis lost it) stops with LOCK_LOST and destroys its copy, never reports a copy it no longer protects", async () => {
+    const { service } = cluster;
+    const backup = await (await service.backups.start("full")).done;
+    await switchWal();
+    const archive = archiveWalSource(service.repository.wal);
+    let lapsed = false;
+    const losing: WalSource = {
+      list: () => archive.list(),
+      fetch: async (name) => {
+        if (!lapsed && parseSegmentName(name)) {
+          lapsed = true;
+          await service.redis.del(service.keys.backupLock(backup.id)); // as a Redis restarted without its data would
+          // Long enough for a renewal to find the lock gone before the copy gets this segment.
+          await new Promise((resolve) => setTimeout(resolve, cluster.config.leaseTtlMs));
+        }
+        return archive.fetch(name);
+      },
+    };
+    const copy: NodeRef = { name: "restore-lapsed", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(copy);
+    const restoring = restoreBackup(restoreDeps({ walSource: losing, level: "silent" }), {
+      manifest: backup,
+      target: copy,
+      members: service.nodes,
+      recoveryTarget: { kind: "latest" },
+      parallelism: 2,
+      startTimeoutMs: 120000,
+    });
+    await expect(restoring).rejects.toMatchObject({ code: ErrorCode.LockLost, details: { backupId: backup.id } });
+    expect(lapsed).toBe(true);
+    expect(await service.driver.state(copy)).toEqual({ phase: "absent" });
+  });
+
+  test("a verification whose backup lock lapses stops with LOCK_LOST and writes no result", async () => {
+    const { service } = cluster;
+    const backup = await service.backups.latestCompleted();
+    const before = (await service.repository.readManifest(backup.id))!.verification ?? null;
+    const verifying = service.backups.verify(backup.id, { restoreTest: true });
+    const outcome = verifying.then(
+      () => null,
+      (error: unknown) => error,
+    );
+    await eventually(
+      async () => ((await service.repository.locks!.holder(backup.id))?.purpose.startsWith("verification") ? true : undefined),
+      {
+        what: "the verification's lock",
+        timeoutMs: 30000,
+      },
+    );
+    await service.redis.del(service.keys.backupLock(backup.id)); // as a Redis restarted without its data would
+    expect(await outcome).toMatchObject({ code: ErrorCode.LockLost, details: { backupId: backup.id } });
+    expect((await service.repository.readManifest(backup.id))!.verification ?? null).toEqual(before);
+  });
+
+  test("a replica seeded from the repository holds the backup's lock until its seeding closes (its catch-up reads the archive from the backup's start)", async () => {
+    const { service } = cluster;
+    const backup = await service.backups.latestCompleted();
+    const node: NodeRef = { name: "seeded-locked", host: "127.0.0.1", port: await freePort() };
+    restoredCopies.push(node);
+    const seeded = await seedStandbyFromBackup(restoreDeps({ level: "silent" }), {
+      manifest: backup,
+      node,
+      upstream: primary(),
+      slot: "seeded_locked",
+      replication: {
+        ...superuserCredentials(service),
+        user: ROLE_REPLICATION,
+        password: service.secrets.replicationPassword,
+        database: "replication",
+      },
+      parallelism: 2,
+    });
+    expect(seeded).not.toBeNull();
+    try {
+      // Materialised and fed, not started: an expiry now skips the backup and keeps the WAL the catch-up reads.
+      expect(await service.repository.locks!.holder(backup.id)).toMatchObject({ purpose: `seed replica ${node.name}`, pid: process.pid });
+    } finally {
+      await seeded!.close();
+    }
+    expect(await service.repository.locks!.holder(backup.id)).toBeNull();
   });
 
   test("each archived segment is summarised once: the blocks an update touched, per relation file", async () => {

@@ -325,9 +325,18 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
   });
 
   test("a planted keyring asking scrypt for more than Relevo allows is refused before any work", async () => {
-    const planted = { format: 1, scrypt: { N: 2 ** 30, r: 8, p: 1 }, salt: "AAAA", check: "AAAA" };
-    await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(planted)), { encrypted: false });
-    await expect(open({ create: false })).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    // Each asks more than 256 MiB (128·N·r), more time (p), or what scrypt cannot do (N not a power of two).
+    for (const scrypt of [
+      { N: 2 ** 30, r: 8, p: 1 },
+      { N: 2 ** 20, r: 32, p: 1 },
+      { N: 2 ** 18, r: 16, p: 1 },
+      { N: 2 ** 17, r: 8, p: 16 },
+      { N: 3000, r: 8, p: 1 },
+    ]) {
+      const planted = { format: 1, scrypt, salt: "AAAA", check: "AAAA" };
+      await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(planted)), { encrypted: false });
+      await expect(open({ create: false })).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    }
   });
 });
 

@@ -221,6 +221,10 @@ describe("backup locks in Redis: bounded waits, what a refusal says, renewals an
     await eventually(() => (logged.some((line) => line.includes(`backup ${ID}'s lock lapsed while held`)) ? true : undefined), {
       timeoutMs: 5000,
     });
+    // Its holder is told: the work under it (a restore, a verification) stops on this signal.
+    expect(first.lost.aborted).toBe(true);
+    expect(first.lost.reason).toMatchObject({ code: "LOCK_LOST", details: { backupId: ID, lockKey: keys.backupLock(ID) } });
+    expect(second.lost.aborted).toBe(false);
     await first.release();
     expect(await locksOn(keys).holder(ID)).toMatchObject({ purpose: "verification" });
     await new Promise((resolve) => setTimeout(resolve, 2 * ttlMs));

@@ -1,30 +1,33 @@
 import { randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { writeFile, mkdir } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
 import { createHash } from "node:crypto";
 import { BundleWriter } from "../../src/storage/bundle-writer";
-import { contentCrc32, decodeBuffer, decodedChunks, openStoredContent, storeChunks } from "../../src/storage/copy-file";
-import type { Compression } from "../../src/backup/manifest";
+import { contentCrc32, decodeBuffer, storeChunks, storedContentChunks } from "../../src/storage/copy-file";
+import { BackupContentWriter, contentObjectKey, openStoredBytes, readStoredObject } from "../../src/storage/backup-content";
+import { Repository } from "../../src/storage/repository";
+import { ErrorCode } from "../../src/errors";
+import type { Compression, StoredContent } from "../../src/backup/manifest";
+import type { StoredSummary } from "../../src/storage/lz4-worker-decode";
 import { tempHome } from "../helpers/home";
+import { flipContentByte } from "../helpers/backups";
 
-async function readRange(file: string, offset: number, bytes: number): Promise<Buffer> {
-  const { open } = await import("node:fs/promises");
-  const handle = await open(file, "r");
-  try {
-    const buffer = Buffer.alloc(bytes);
-    await handle.read(buffer, 0, bytes, offset);
-    return buffer;
-  } finally {
-    await handle.close();
-  }
-}
+const ID = "20261201T000000Z-F";
+/** A backup of this code (version 4: content as objects) and one of the previous layout (version 3: raw files by path). */
+const CURRENT = { id: ID, formatVersion: 4 } as const;
+const LEGACY = { id: ID, formatVersion: 3 } as const;
 
-async function decompressed(source: Readable, compression: Compression): Promise<Buffer> {
+/** Every chunk of a stored content, decoded (a large LZ4 file: by the worker, fed from this thread). */
+async function contentOf(
+  open: () => Promise<Readable>,
+  stored: StoredContent,
+): Promise<{ content: Buffer; summary: StoredSummary | null }> {
+  let summary: StoredSummary | null = null;
   const chunks: Buffer[] = [];
-  for await (const chunk of decodedChunks(source, compression)) chunks.push(Buffer.from(chunk));
-  return Buffer.concat(chunks);
+  for await (const chunk of storedContentChunks(open, stored, (seen) => (summary = seen))) chunks.push(Buffer.from(chunk));
+  return { content: Buffer.concat(chunks), summary };
 }
 
 describe("stored content codecs", () => {
@@ -38,8 +41,7 @@ describe("stored content codecs", () => {
   test.each<Compression>(["lz4", "gzip", "none"])(
     "%s: stored from reused chunk buffers, then read back byte for byte",
     async (compression) => {
-      const dir = await tempHome("chunks");
-      const target = path.join(dir, "file");
+      const repository = new Repository(await tempHome("chunks"), null);
       // A source that reuses two buffers, as the drivers do, and checks that each is handed back before it is overwritten.
       const buffers = [Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024)];
       const busy = new Set<number>();
@@ -56,23 +58,40 @@ describe("stored content codecs", () => {
         await Promise.all(pending);
         return true;
       };
-      const stored = await storeChunks(source, target, compression);
+      const objects = new BackupContentWriter(repository, ID);
+      const relative = objects.nextDataPath();
+      expect(relative).toBe("data/00000001"); // a sequence, never the data directory's path
+      const stored = await storeChunks(source, (body, signal) => objects.put(relative, body, { signal }), compression);
       expect(stored).toMatchObject({ size: content.length, crc32: contentCrc32(content) });
-      expect(stored!.storedSha256).toBe(
-        createHash("sha256")
-          .update(await readFile(target))
-          .digest("hex"),
-      );
-      expect((await decompressed(createReadStream(target), compression)).equals(content)).toBe(true);
-      expect(await storeChunks(() => Promise.resolve(false), path.join(dir, "gone"), compression)).toBeNull();
-      expect(await readdir(dir)).toEqual(["file"]);
+      const storedBytes = await readStoredObject(repository, CURRENT, relative);
+      expect(storedBytes.length).toBe(stored!.storedBytes);
+      expect(stored!.storedSha256).toBe(createHash("sha256").update(storedBytes).digest("hex"));
+      const entry: StoredContent = { path: relative, bytes: stored!.storedBytes, compression, sha256: stored!.storedSha256 };
+      const read = await contentOf(() => openStoredBytes(repository, CURRENT, entry), entry);
+      expect(read.content.equals(content)).toBe(true);
+      expect(read.summary).toEqual({ storedBytes: stored!.storedBytes, storedSha256: stored!.storedSha256 });
+      // A file gone meanwhile: no object left behind.
+      const gone = objects.nextDataPath();
+      expect(
+        await storeChunks(
+          () => Promise.resolve(false),
+          (body, signal) => objects.put(gone, body, { signal }),
+          compression,
+        ),
+      ).toBeNull();
+      expect((await repository.objects.list("")).map((info) => info.key)).toEqual([contentObjectKey(repository, ID, relative)]);
+      // A flipped byte is caught by the object's own check, before any of its chunk is passed on: REPOSITORY_CORRUPT.
+      await flipContentByte(repository, ID, relative, Math.floor(stored!.storedBytes / 2));
+      await expect(contentOf(() => openStoredBytes(repository, CURRENT, entry), entry)).rejects.toMatchObject({
+        code: ErrorCode.RepositoryCorrupt,
+      });
     },
   );
 
   test.each<Compression>(["lz4", "gzip", "none"])(
     "%s: small files bundled together each read back from their own range",
     async (compression) => {
-      const dir = await tempHome("bundle");
+      const repository = new Repository(await tempHome("bundle"), null);
       const files = [
         Buffer.alloc(0),
         Buffer.from("pg_filenode.map"),
@@ -80,19 +99,24 @@ describe("stored content codecs", () => {
         randomBytes(700 * 1024),
         content.subarray(0, 1024 * 1024),
       ];
-      const writer = new BundleWriter(dir, compression);
+      const writer = new BundleWriter(new BackupContentWriter(repository, ID), compression);
       // Added concurrently, as the backup's workers do.
       const bundled = await Promise.all(files.map((file) => writer.add(file)));
       await writer.close();
-      expect(new Set(bundled.map((b) => b.stored.path)).size).toBe(1);
+      expect(new Set(bundled.map((b) => b.stored.path))).toEqual(new Set(["bundles/00000001"]));
+      const whole = await readStoredObject(repository, CURRENT, "bundles/00000001");
       for (const [index, file] of files.entries()) {
         const { stored, size, crc32 } = bundled[index]!;
         expect(size).toBe(file.length);
         expect(crc32).toBe(contentCrc32(file));
-        const range = await readRange(path.join(dir, stored.path), stored.offset!, stored.bytes);
+        // Offsets are offsets in the bundle's content: the whole object's, and a range read's, bytes agree.
+        const offset = stored.offset ?? -1;
+        expect(offset).toBeGreaterThanOrEqual(0);
+        const range = whole.subarray(offset, offset + stored.bytes);
         expect(stored.sha256).toBe(createHash("sha256").update(range).digest("hex"));
+        expect((await buffer(await openStoredBytes(repository, CURRENT, stored))).equals(range)).toBe(true);
         expect((await decodeBuffer(range, compression)).equals(file)).toBe(true);
-        expect((await decompressed(openStoredContent(path.join(dir, stored.path), stored), compression)).equals(file)).toBe(true);
+        expect((await contentOf(() => openStoredBytes(repository, CURRENT, stored), stored)).content.equals(file)).toBe(true);
       }
       // The ranges tile the bundle without overlap.
       const ranges = bundled.map((b) => [b.stored.offset!, b.stored.bytes] as const).sort((a, b) => a[0] - b[0]);
@@ -103,4 +127,32 @@ describe("stored content codecs", () => {
       }
     },
   );
+
+  test("a version 3 backup's content (raw files by path, as the previous layout wrote them) is still read by its path", async () => {
+    const repository = new Repository(await tempHome("legacy"), null);
+    const { lz4Compress } = await import("../../src/storage/lz4-stream");
+    const stored = await lz4Compress(content);
+    const bundle = Buffer.concat([Buffer.from("other file"), stored]);
+    const large = "data/base/1/1259.lz4";
+    await mkdir(path.dirname(repository.storedPath(ID, large)), { recursive: true });
+    await writeFile(repository.storedPath(ID, large), stored);
+    await mkdir(path.dirname(repository.storedPath(ID, "bundles/00001")), { recursive: true });
+    await writeFile(repository.storedPath(ID, "bundles/00001"), bundle);
+    const sha256 = createHash("sha256").update(stored).digest("hex");
+    const alone: StoredContent = { path: large, bytes: stored.length, compression: "lz4", sha256 };
+    const read = await contentOf(() => openStoredBytes(repository, LEGACY, alone), alone);
+    expect(read.content.equals(content)).toBe(true);
+    expect(read.summary).toEqual({ storedBytes: stored.length, storedSha256: sha256 });
+    const ranged: StoredContent = { path: "bundles/00001", offset: 10, bytes: stored.length, compression: "lz4", sha256 };
+    expect((await contentOf(() => openStoredBytes(repository, LEGACY, ranged), ranged)).content.equals(content)).toBe(true);
+    expect((await readStoredObject(repository, LEGACY, "bundles/00001")).equals(bundle)).toBe(true);
+    // A version 4 manifest naming such a path is refused before any read: its content is objects under sequence keys.
+    let refused: unknown = null;
+    try {
+      contentObjectKey(repository, ID, large);
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toMatchObject({ code: ErrorCode.PreconditionFailed });
+  });
 });

@@ -14,6 +14,7 @@ import type { ClusterStateStore } from "../../src/failover/cluster-state";
 import { LostSlotRepair } from "../../src/failover/lost-slot-repair";
 import {
   archiveBridges,
+  bridgesEnded,
   BRIDGE_CAP_MS,
   BRIDGE_STALL_MS,
   bridgeBegun,
@@ -180,6 +181,33 @@ describe("a replica whose slot was lost (pure)", () => {
     expect(lostSlotRepairs(inputs([slot("relevo_node1", "lost"), archiver])).map((repair) => repair.node)).toEqual([]);
   });
 
+  test("a bridge ends (its feed stopped) once its replica streams, is no member, is not in the snapshot, or its slot is not lost any more", () => {
+    const lost = [slot("relevo_node2", "lost"), slot("relevo_archive", "reserved", "0/9000100")];
+    const ended = (options: {
+      slots?: SlotStatus[];
+      node2?: NodeState | { error: string };
+      members?: string[];
+      primary?: string;
+      dropNode2?: boolean;
+    }) => {
+      const snapshot = inputs(options.slots ?? lost, { node2: options.node2 }).snapshot;
+      return bridgesEnded({
+        bridged: ["node2"],
+        members: options.members ?? ["node1", "node2"],
+        snapshot: options.dropNode2 ? { ...snapshot, nodes: snapshot.nodes.filter((node) => node.name !== "node2") } : snapshot,
+        primary: options.primary ?? "node1",
+        slotOf: (name) => `relevo_${name}`,
+      });
+    };
+    expect(ended({})).toEqual([]); // still carried by the archive
+    expect(ended({ node2: state("replica", { receiver: streaming }) })).toEqual(["node2"]);
+    expect(ended({ members: ["node1"] })).toEqual(["node2"]); // removed (removeReplica)
+    expect(ended({ dropNode2: true })).toEqual(["node2"]);
+    expect(ended({ slots: [slot("relevo_node2", "reserved"), slot("relevo_archive", "reserved", "0/9000100")] })).toEqual(["node2"]);
+    expect(ended({ slots: [slot("relevo_archive", "reserved", "0/9000100")] })).toEqual(["node2"]); // its slot dropped
+    expect(ended({ primary: "node3" })).toEqual(["node2"]); // another primary, whose slot for it is not lost
+  });
+
   test("the archive bridges only every segment from the one needed to the archiver's", () => {
     const archived = new Set([3, 4, 5]);
     expect(archiveBridges(archived, "0/3000100", "0/6000028")).toBe(true);
@@ -216,8 +244,8 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
       topology: () => ({ ...snapshot, collectedAt: new Date().toISOString() }),
       archive: {
         segments: () => Promise.resolve(new Set([1, 2, 3, 4, 5, 6, 7, 8])),
-        feed: (node) => {
-          fed.push(`feed ${node.name}`);
+        feed: (node, from) => {
+          fed.push(`feed ${node.name} from ${from?.lsn ?? "the archive's start"}`);
           return Promise.resolve({ close: () => Promise.resolve(void fed.push(`stop ${node.name}`)) });
         },
       },
@@ -233,7 +261,8 @@ describe("the monitor's bridge of a replica whose slot was lost", () => {
     expect(emitted).toEqual([]);
     expect(reseeded).toEqual([]);
     // Its relevo_wal/ is fed before restore_command names the script there, and no longer once the setting was refused.
-    expect(fed).toEqual(["feed node2", "stop node2", "feed node2", "stop node2"]);
+    // From its replay position on (its `expected` list does not grow with the whole archive).
+    expect(fed).toEqual(["feed node2 from 0/3000100", "stop node2", "feed node2 from 0/3000100", "stop node2"]);
   });
 });
 

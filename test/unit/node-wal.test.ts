@@ -1,9 +1,24 @@
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, truncate, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { Readable } from "node:stream";
 import { promisify } from "node:util";
-import { NODE_WAL_DIRECTORY, RECOVERY_ABORT_STATUS, nodeRestoreCommand, nodeWalScript } from "../../src/restore/node-wal";
+import { configKeys } from "../../src/config/config-keys";
+import { createLogger } from "../../src/log";
+import { LocalDriver } from "../../src/nodes/local/local-driver";
+import { resolvePostgresIdentity } from "../../src/nodes/os-user";
+import {
+  NODE_WAL_DIRECTORY,
+  RECOVERY_ABORT_STATUS,
+  nodeRestoreCommand,
+  nodeWalAbortScript,
+  nodeWalScript,
+} from "../../src/restore/node-wal";
+import { WalFeeder, type WalFeederOptions } from "../../src/restore/wal-feeder";
+import type { WalSource } from "../../src/restore/wal-source";
+import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { deliverableNames, expectedList, feedPlan, receivingNames, targetTimeline } from "../../src/restore/wal-feed-plan";
 import { timelinePath } from "../../src/postgres/timelines";
 import { segmentName } from "../../src/postgres/wal-names";
@@ -88,6 +103,22 @@ describe("what a WAL feeder fetches and trims (pure)", () => {
     expect(targetTimeline({ asked: "latest", fromTimeline: 3, available: [...available] })).toBe(3);
   });
 
+  test("while a history is wanted (a timeline probe between segments), the last segment asked stays the base: nothing replayed is fetched again", () => {
+    const available = new Set(["00000002.history", ...[2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22].map((segment) => seg(1, segment))]);
+    const plan = feedPlan({
+      available,
+      receiving: new Set(),
+      delivered: new Set(["00000002.history", seg(1, 19), seg(1, 20)]),
+      wanted: "00000003.history",
+      lastSegmentAsked: seg(1, 20),
+      path: path1,
+      fromSegment: 2,
+      ahead: 8,
+    });
+    expect(plan.fetch).toEqual([seg(1, 21), seg(1, 22)]);
+    expect(plan.trim).toEqual([seg(1, 19)]);
+  });
+
   test("expected: histories and segments from the backup's start on, one a line", () => {
     expect(expectedList([seg(1, 9), "00000002.history", seg(1, 1), seg(2, 10)], 9)).toBe(`${seg(1, 9)}\n00000002.history\n${seg(2, 10)}\n`);
     expect(expectedList([], null)).toBe("");
@@ -152,5 +183,121 @@ describe("a node's restore_command script (run by sh, as PostgreSQL runs it)", (
     expect(RECOVERY_ABORT_STATUS).toBeGreaterThan(125);
     expect(recovery.stderr).toContain(`${seg(1, 3)} was not delivered`);
     expect((await restore(seg(1, 3), "standby")).status).toBe(1);
+  });
+
+  test("a delivered file that cannot be copied (pg_wal failing) aborts a recovery, never reads as the end of the archive", async () => {
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, seg(1, 3)), "segment three");
+    await rm(path.join(pgdata, "pg_wal"), { recursive: true }); // cp fails as on ENOSPC or EIO
+    const recovery = await restore(seg(1, 3), "recovery");
+    expect(recovery.status).toBe(RECOVERY_ABORT_STATUS);
+    expect(recovery.stderr).toContain(`${seg(1, 3)} could not be copied`);
+    expect((await restore(seg(1, 3), "standby")).status).toBe(1);
+  });
+
+  test("a closed copy's script aborts every request", async () => {
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, "restore-wal.sh"), nodeWalAbortScript());
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, seg(1, 3)), "segment three");
+    expect((await restore(seg(1, 3), "recovery")).status).toBe(RECOVERY_ABORT_STATUS);
+  });
+});
+
+describe("a WAL feeder on a node's relevo_wal/ (local driver, no server)", () => {
+  let home: string;
+  let driver: LocalDriver;
+  let walDir: string;
+  const node = { name: "r1", host: "127.0.0.1", port: 1 };
+  const feeders: WalFeeder[] = [];
+  const open = async (source: WalSource, options: Partial<WalFeederOptions> = {}): Promise<WalFeeder> => {
+    const feeder = await WalFeeder.open({
+      driver,
+      node,
+      source,
+      logger: createLogger({ level: "silent" }),
+      mode: "standby",
+      timeline: "latest",
+      from: null,
+      ...options,
+    });
+    feeders.push(feeder);
+    return feeder;
+  };
+  const archive = (names: () => string[]): WalSource => ({
+    list: () => Promise.resolve({ names: names(), receiving: [] }),
+    fetch: (name) => Promise.resolve(names().includes(name) ? Readable.from([Buffer.from(`content of ${name}`)]) : null),
+  });
+  const expectedNow = async (): Promise<string> => readFile(path.join(walDir, "expected"), "utf8").catch(() => "(absent)");
+  const until = async (check: () => Promise<boolean>, ms: number): Promise<void> => {
+    const deadline = Date.now() + ms;
+    while (!(await check()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  };
+
+  beforeEach(async () => {
+    home = await mkdtemp(path.join(os.tmpdir(), "wal-feeder-"));
+    const identity = resolvePostgresIdentity("postgres")!;
+    const data = path.join(home, "nodes", node.name, "data");
+    await mkdir(data, { recursive: true, mode: 0o700 });
+    await chmod(path.join(home, "nodes"), 0o755);
+    for (const dir of [path.dirname(data), data]) await chown(dir, identity.uid, identity.gid);
+    driver = new LocalDriver({ home, pgBinDir: configKeys.pgBinDir.default, pgOsUser: "postgres", tls: trustOnlyTlsSource("") });
+    walDir = path.join(data, NODE_WAL_DIRECTORY);
+  });
+  afterEach(async () => {
+    for (const feeder of feeders.splice(0)) await feeder.close().catch(() => undefined);
+    await rm(home, { recursive: true, force: true });
+  });
+
+  test("in recovery mode a name once listed stays expected when a listing no longer has it: waited for, never the end of the archive", async () => {
+    let names = [seg(1, 3), seg(1, 4), seg(1, 5)];
+    await open(
+      archive(() => names),
+      { mode: "recovery", from: { timeline: 1, lsn: "0/3000028" }, ahead: 0 },
+    );
+    expect(await expectedNow()).toBe(`${seg(1, 3)}\n${seg(1, 4)}\n${seg(1, 5)}\n`);
+    names = [seg(1, 3), seg(1, 5), seg(1, 6)]; // 4 expired, or missed by a listing during a rename
+    await until(async () => (await expectedNow()).includes(seg(1, 6)), 5000);
+    expect(await expectedNow()).toBe(`${seg(1, 3)}\n${seg(1, 4)}\n${seg(1, 5)}\n${seg(1, 6)}\n`);
+  }, 15000);
+
+  test("a feeder whose node was destroyed stops: it never makes the data directory again", async () => {
+    let names = [seg(1, 3)];
+    await open(archive(() => names));
+    await driver.destroy(node);
+    expect(existsSync(path.join(home, "nodes", node.name))).toBe(false);
+    names = [seg(1, 3), seg(1, 4)]; // the archive grows: the feeder would write a new `expected`
+    await new Promise((resolve) => setTimeout(resolve, 1600));
+    expect(existsSync(path.join(home, "nodes", node.name))).toBe(false);
+  }, 15000);
+
+  test("a `wanted` the PostgreSQL user made huge is not read (bounded read): the feeder goes on following the archive", async () => {
+    let names = [seg(1, 3)];
+    await open(archive(() => names));
+    await writeFile(path.join(walDir, "wanted"), "");
+    await truncate(path.join(walDir, "wanted"), 3 * 1024 ** 3); // sparse: costs the PostgreSQL user nothing to make
+    names = [seg(1, 3), seg(1, 4)];
+    await until(async () => (await expectedNow()).includes(seg(1, 4)), 4000);
+    expect(await expectedNow()).toBe(`${seg(1, 3)}\n${seg(1, 4)}\n`);
+  }, 15000);
+
+  test("open() removes what an earlier feeder left in relevo_wal/", async () => {
+    await mkdir(walDir, { mode: 0o700 });
+    await writeFile(path.join(walDir, seg(1, 2)), "a stale .partial snapshot under its final name");
+    await writeFile(path.join(walDir, "restore-wal.sh.relevo-tmp-1"), "left by a crash");
+    await open(archive(() => [seg(1, 5)]));
+    expect((await readdir(walDir)).sort()).toEqual(["expected", "restore-wal.sh"]);
+  });
+
+  test("a restored copy's closed feeder leaves a script that aborts recovery, not a missing one (which reads as the end of the archive)", async () => {
+    const feeder = await open(
+      archive(() => [seg(1, 3)]),
+      { mode: "recovery", from: { timeline: 1, lsn: "0/3000028" } },
+    );
+    await feeder.close();
+    expect(await readdir(walDir)).toEqual(["restore-wal.sh"]);
+    const command = nodeRestoreCommand("recovery").replace("%f", seg(1, 3)).replace("%p", "pg_wal/RECOVERYXLOG");
+    const status = await run("sh", ["-c", command], { cwd: path.dirname(walDir) }).then(
+      () => 0,
+      (error: { code: number }) => error.code,
+    );
+    expect(status).toBe(RECOVERY_ABORT_STATUS);
   });
 });

@@ -4,7 +4,7 @@ import { Readable } from "node:stream";
 import { ErrorCode, RelevoError } from "../../errors";
 import { consumeInChunks } from "../chunked-stream";
 import { resolveInside } from "../data-paths";
-import type { ByteRange, ChunkedReadOptions, FileEntry, NodeRef, SmallFileRead } from "../node-driver";
+import type { ByteRange, ChunkedReadOptions, FileEntry, NodeRef, SmallFileRead, WriteParents } from "../node-driver";
 import { isStatus, translateEngineError } from "./docker-client";
 import { runContainerCommand, startContainerCommand, type ContainerCommandOptions } from "./docker-exec";
 import { AgentUnavailable, FileAgent } from "./file-agent";
@@ -259,20 +259,24 @@ export class ContainerFiles {
     node: NodeRef,
     relativePath: string,
     content: string | Buffer,
-    options: { mode?: number; fresh?: boolean } = {},
+    options: { mode?: number; fresh?: boolean; parents?: WriteParents } = {},
   ): Promise<void> {
     const file = this.inside(relativePath);
     const bytes = typeof content === "string" ? Buffer.from(content, "utf8") : content;
     const settings = { mode: options.mode ?? 0o600, fresh: options.fresh ?? false };
-    const outcome = await this.viaAgent(
-      node,
-      (agent) => agent.write(file, bytes, settings),
-      async (failure) => {
-        // A fresh write the agent answered as failed had made the file itself: removed, or asked again it would exist.
-        if (settings.fresh && failure?.answered) await this.run(node, removeCommand([file]));
-        return this.writeThroughExec(node, relativePath, bytes, { ...settings, durable: true });
-      },
-    );
+    // The agent's write makes missing parents: a write that must not goes over an exec of its own.
+    const outcome =
+      options.parents === "existing"
+        ? await this.writeThroughExec(node, relativePath, bytes, { ...settings, durable: true, parents: "existing" })
+        : await this.viaAgent(
+            node,
+            (agent) => agent.write(file, bytes, settings),
+            async (failure) => {
+              // A fresh write the agent answered as failed had made the file itself: removed, or asked again it would exist.
+              if (settings.fresh && failure?.answered) await this.run(node, removeCommand([file]));
+              return this.writeThroughExec(node, relativePath, bytes, { ...settings, durable: true });
+            },
+          );
     if (outcome === "exists")
       throw new RelevoError(ErrorCode.CommandFailed, `node ${node.name}: cannot write ${relativePath}: it exists already`);
   }
@@ -281,12 +285,13 @@ export class ContainerFiles {
     node: NodeRef,
     relativePath: string,
     source: AsyncIterable<Buffer>,
-    options: { mode?: number; durable?: boolean } = {},
+    options: { mode?: number; durable?: boolean; parents?: WriteParents } = {},
   ): Promise<void> {
     await this.writeThroughExec(node, relativePath, source, {
       mode: options.mode ?? 0o600,
       fresh: false,
       durable: options.durable ?? true,
+      parents: options.parents,
     });
   }
 
@@ -300,7 +305,7 @@ export class ContainerFiles {
     node: NodeRef,
     relativePath: string,
     input: Buffer | AsyncIterable<Buffer>,
-    options: { mode: number; fresh: boolean; durable: boolean },
+    options: { mode: number; fresh: boolean; durable: boolean; parents?: WriteParents },
   ): Promise<"written" | "exists"> {
     const file = this.inside(relativePath);
     const target = options.fresh ? file : `${file}.relevo-tmp-${randomBytes(6).toString("hex")}`;

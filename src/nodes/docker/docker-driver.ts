@@ -18,6 +18,7 @@ import type {
   NodeTlsPaths,
   SmallFileRead,
   StopMode,
+  WriteParents,
 } from "../node-driver";
 import { exclusivelyFor } from "../node-driver";
 import type { OsIdentity } from "../os-user";
@@ -435,7 +436,12 @@ export class DockerDriver implements NodeDriver {
     return this.files.readRanges(node, relativePath, ranges, options, consume);
   }
 
-  writeFile(node: NodeRef, relativePath: string, content: string | Buffer, options?: { mode?: number; fresh?: boolean }): Promise<void> {
+  writeFile(
+    node: NodeRef,
+    relativePath: string,
+    content: string | Buffer,
+    options?: { mode?: number; fresh?: boolean; parents?: WriteParents },
+  ): Promise<void> {
     return this.files.writeFile(node, relativePath, content, options);
   }
 
@@ -443,7 +449,7 @@ export class DockerDriver implements NodeDriver {
     node: NodeRef,
     relativePath: string,
     source: AsyncIterable<Buffer>,
-    options?: { mode?: number; durable?: boolean },
+    options?: { mode?: number; durable?: boolean; parents?: WriteParents },
   ): Promise<void> {
     return this.files.writeStream(node, relativePath, source, options);
   }

@@ -56,11 +56,16 @@ export const EXISTS = 5;
  * that broke off ends the command's input as if it were complete), or, when
  * `fresh`, the file itself, which must not exist (noclobber; EXISTS if it does).
  */
-export function writeCommand(target: string, options: { mode: number; fresh: boolean; durable: boolean }): string[] {
+export function writeCommand(
+  target: string,
+  options: { mode: number; fresh: boolean; durable: boolean; parents?: "create" | "existing" },
+): string[] {
   const sync = options.durable ? ` && sync -- "$1"` : "";
   const create = options.fresh
     ? `if ! ( set -C; : > "$1" ) 2>/dev/null; then if [ -e "$1" ]; then exit ${EXISTS}; fi; exit 1; fi; `
-    : `mkdir -p -- "$(dirname -- "$1")" || exit 1; `;
+    : options.parents === "existing"
+      ? ""
+      : `mkdir -p -- "$(dirname -- "$1")" || exit 1; `;
   return sh(`umask 077; ${create}cat > "$1" && chmod "$2" "$1"${sync}`, target, options.mode.toString(8));
 }
 

@@ -18,6 +18,7 @@ import type {
   StopMode,
   ChunkedReadOptions,
   ByteRange,
+  WriteParents,
 } from "../node-driver";
 import { exclusivelyFor } from "../node-driver";
 import type { Readable } from "node:stream";
@@ -415,10 +416,10 @@ export class LocalDriver implements NodeDriver {
     node: NodeRef,
     relativePath: string,
     content: string | Buffer,
-    options: { mode?: number; fresh?: boolean } = {},
+    options: { mode?: number; fresh?: boolean; parents?: WriteParents } = {},
   ): Promise<void> {
     const file = this.inData(node, relativePath);
-    const settings = { mode: options.mode ?? 0o600, identity: this.identity };
+    const settings = { mode: options.mode ?? 0o600, identity: this.identity, parents: options.parents };
     if (options.fresh) await writeNewFile(file, content, settings);
     else await writeFileAtomic(file, content, settings);
   }
@@ -431,12 +432,13 @@ export class LocalDriver implements NodeDriver {
     node: NodeRef,
     relativePath: string,
     source: AsyncIterable<Buffer>,
-    options: { mode?: number; durable?: boolean } = {},
+    options: { mode?: number; durable?: boolean; parents?: WriteParents } = {},
   ): Promise<void> {
     await writeStreamAtomic(this.inData(node, relativePath), source, {
       mode: options.mode ?? 0o600,
       identity: this.identity,
       durable: options.durable ?? true,
+      parents: options.parents,
     });
   }
 

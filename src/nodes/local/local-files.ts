@@ -5,7 +5,7 @@ import { openGuardedDirectory, openRegularFile, type GuardedDirectory } from "..
 import { removeEntry } from "../../util/guarded-removal";
 import type { Readable } from "node:stream";
 import path from "node:path";
-import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead } from "../node-driver";
+import type { ByteRange, ChunkedReadOptions, FileEntry, SmallFileRead, WriteParents } from "../node-driver";
 import type { OsIdentity } from "../os-user";
 
 export { resolveInside } from "../data-paths";
@@ -207,7 +207,7 @@ function creatingParents(identity: OsIdentity | null): { create: { mode: number;
 export async function writeFileAtomic(
   file: GuardedPath,
   content: string | Buffer,
-  options: { mode: number; identity: OsIdentity | null },
+  options: { mode: number; identity: OsIdentity | null; parents?: WriteParents },
 ): Promise<void> {
   await replaceThroughTemp(file, { ...options, durable: true }, (handle) => handle.writeFile(content));
 }
@@ -220,10 +220,10 @@ export async function writeFileAtomic(
  */
 async function replaceThroughTemp(
   file: GuardedPath,
-  options: { mode: number; identity: OsIdentity | null; durable: boolean },
+  options: { mode: number; identity: OsIdentity | null; durable: boolean; parents?: WriteParents },
   fill: (handle: FileHandle) => Promise<void>,
 ): Promise<void> {
-  await inParent(
+  const written = await inParent(
     file,
     async (directory, name) => {
       const temp = directory.at(temporaryNameFor(name));
@@ -233,7 +233,7 @@ async function replaceThroughTemp(
         if (!options.durable) {
           await handle.close();
           await rename(temp, directory.at(name));
-          return;
+          return true;
         }
       } catch (error) {
         await handle.close().catch(() => undefined);
@@ -241,9 +241,11 @@ async function replaceThroughTemp(
         throw error;
       }
       await publishDurably(handle, temp, directory.at(name), directory.handle);
+      return true;
     },
-    creatingParents(options.identity),
+    options.parents === "existing" ? {} : creatingParents(options.identity),
   );
+  if (written === null) throw Object.assign(new Error(`ENOENT: no directory for ${file.below.join("/")}`), { code: "ENOENT" });
 }
 
 /**
@@ -304,7 +306,7 @@ export async function openOptionalReadStream(file: GuardedPath): Promise<Readabl
 export async function writeStreamAtomic(
   file: GuardedPath,
   source: AsyncIterable<Buffer>,
-  options: { mode: number; identity: OsIdentity | null; durable: boolean },
+  options: { mode: number; identity: OsIdentity | null; durable: boolean; parents?: WriteParents },
 ): Promise<void> {
   await replaceThroughTemp(file, options, async (handle) => {
     let position = 0;

@@ -1,0 +1,114 @@
+import { createReadStream } from "node:fs";
+import { readFile, rm } from "node:fs/promises";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { buffer } from "node:stream/consumers";
+import { ErrorCode, RelevoError } from "../errors";
+import { contentFormOf, type BackupManifest, type StoredContent } from "../backup/manifest";
+import { backupContentPrefix, bundleKey, dataKey } from "../repository/repository-layout";
+import type { Repository } from "./repository";
+
+/** A content object's path as a manifest records it: `data/<n>` or `bundles/<n>` (repository-layout's sequence names). */
+const CONTENT_OBJECT = /^(data|bundles)\/\d{8}$/;
+
+/** Which backup a content belongs to, and in which form it was stored (see ContentForm). */
+export type ContentOwner = Pick<BackupManifest, "id" | "formatVersion">;
+
+/**
+ * The key of a content object of backup `id`. A manifest's paths are
+ * Relevo's own; one that is not a content object's (`../x`, another
+ * backup's) is a damaged or forged manifest.
+ */
+export function contentObjectKey(repository: Repository, id: string, relative: string): string {
+  if (!CONTENT_OBJECT.test(relative)) {
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      `backup ${id}'s manifest names ${relative}, which is not one of its content objects`,
+    );
+  }
+  return `${backupContentPrefix(repository.generation, id)}${relative}`;
+}
+
+/**
+ * The stored (still compressed) bytes of one content, streamed: its whole
+ * object, or its range of a bundle (an object read by range: only the
+ * chunks that hold it are fetched and checked). Content of a version 2 or
+ * 3 backup is read from its file by path.
+ */
+export async function openStoredBytes(repository: Repository, owner: ContentOwner, stored: StoredContent): Promise<Readable> {
+  if (stored.bytes === 0) return Readable.from([]);
+  const start = stored.offset ?? 0;
+  if (contentFormOf(owner) === "file") {
+    return createReadStream(repository.storedPath(owner.id, stored.path), {
+      start,
+      end: start + stored.bytes - 1,
+      highWaterMark: 1024 * 1024,
+    });
+  }
+  const key = contentObjectKey(repository, owner.id, stored.path);
+  if (stored.offset === undefined) return repository.objects.getStream(key);
+  const reader = await repository.objects.openReader(key);
+  return Readable.from([await reader.read({ start, end: start + stored.bytes })]);
+}
+
+/** A whole stored object (a bundle) in memory, checked. */
+export async function readStoredObject(repository: Repository, owner: ContentOwner, relative: string): Promise<Buffer> {
+  if (contentFormOf(owner) === "file") return readFile(repository.storedPath(owner.id, relative));
+  return buffer(await repository.objects.getStream(contentObjectKey(repository, owner.id, relative)));
+}
+
+/**
+ * Removes a backup's content (a failed or expired backup): its objects,
+ * listed and deleted through the store; a version 2 or 3 backup's files by
+ * path (only a directory repository ever held them).
+ */
+export async function removeBackupContent(repository: Repository, owner: ContentOwner): Promise<void> {
+  if (contentFormOf(owner) === "file") {
+    for (const part of ["data", "bundles"]) await rm(path.join(repository.backupDir(owner.id), part), { recursive: true, force: true });
+    return;
+  }
+  const prefix = backupContentPrefix(repository.generation, owner.id);
+  // Content only: the backup's prefix may also hold its legacy manifest.json, which stays.
+  for (const part of ["data/", "bundles/"]) await repository.objects.deleteAll(`${prefix}${part}`);
+}
+
+/**
+ * Where a backup being taken stores its content: each large file and each
+ * bundle one object, under the next sequence number (never a data
+ * directory's path: any file name fits, and keys are the same in a
+ * directory and a bucket). Every put is durable once it resolves.
+ */
+export class BackupContentWriter {
+  private dataObjects = 0;
+  private bundleObjects = 0;
+
+  constructor(
+    private readonly repository: Repository,
+    readonly backupId: string,
+  ) {}
+
+  /** The path (relative to the backup) of the next large file's object. */
+  nextDataPath(): string {
+    this.dataObjects += 1;
+    return this.relative(dataKey(this.repository.generation, this.backupId, this.dataObjects));
+  }
+
+  nextBundlePath(): string {
+    this.bundleObjects += 1;
+    return this.relative(bundleKey(this.repository.generation, this.backupId, this.bundleObjects));
+  }
+
+  /** Streams `body` into the object at `relative`, with bounded memory; aborted by `signal`, nothing is left there. */
+  put(relative: string, body: Readable, options: { readonly signal?: AbortSignal } = {}): Promise<void> {
+    return this.repository.objects.putStream(contentObjectKey(this.repository, this.backupId, relative), body, options);
+  }
+
+  /** An object stored just now that turned out not to be needed (a scan that kept no block). */
+  async remove(relative: string): Promise<void> {
+    await this.repository.objects.store.delete([contentObjectKey(this.repository, this.backupId, relative)]);
+  }
+
+  private relative(key: string): string {
+    return key.slice(backupContentPrefix(this.repository.generation, this.backupId).length);
+  }
+}
