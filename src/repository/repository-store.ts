@@ -97,7 +97,7 @@ export class RepositoryStore {
 }
 
 /** `read`'s value, or null when its object is absent (NOT_FOUND); every other failure thrown. */
-async function absentAsNull<T>(read: Promise<T>): Promise<T | null> {
+export async function absentAsNull<T>(read: Promise<T>): Promise<T | null> {
   try {
     return await read;
   } catch (error) {
