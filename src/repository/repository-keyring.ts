@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { ErrorCode, RelevoError, isRelevoError } from "../errors";
+import { ErrorCode, RelevoError } from "../errors";
 import { putObject, readObject, UNENCRYPTED, type DataKey, type ReadPolicy } from "./object-codec";
 import type { ObjectStore } from "./object-store";
+import { absentAsNull } from "./repository-store";
 import {
   cipherPassWrong,
   deriveRepositoryKey,
@@ -146,12 +147,8 @@ export class RepositoryKeyring {
     const name = id.toString("hex");
     let found = this.known.get(name);
     if (!found) {
-      found = readObject(this.store, wrappedDataKeyKey(id), UNENCRYPTED).then(
-        (wrapped) => unwrapDataKey(this.repositoryKey, id, wrapped, this.store.location),
-        (error: unknown) => {
-          if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
-          throw error;
-        },
+      found = absentAsNull(readObject(this.store, wrappedDataKeyKey(id), UNENCRYPTED)).then(
+        (wrapped) => wrapped && unwrapDataKey(this.repositoryKey, id, wrapped, this.store.location),
       );
       // A failed read is not remembered: the next read tries again.
       found.catch(() => this.known.delete(name));
@@ -174,13 +171,8 @@ export async function assertNotEncrypted(store: ObjectStore, variable: string): 
 }
 
 async function readKeyring(store: ObjectStore): Promise<StoredKeyring | null> {
-  let bytes: Buffer;
-  try {
-    bytes = await readObject(store, KEYRING_KEY, UNENCRYPTED);
-  } catch (error) {
-    if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
-    throw error;
-  }
+  const bytes = await absentAsNull(readObject(store, KEYRING_KEY, UNENCRYPTED));
+  if (bytes === null) return null;
   const parsed = parseKeyring(bytes);
   if (!parsed) throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${KEYRING_KEY} is not a keyring Relevo can read`);
   return parsed;

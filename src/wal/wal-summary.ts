@@ -5,8 +5,8 @@ import { mkdir, rm, symlink } from "node:fs/promises";
 import { buffer } from "node:stream/consumers";
 import type { WalArchive } from "../storage/wal-archive";
 import path from "node:path";
-import { ErrorCode, RelevoError, isRelevoError } from "../errors";
-import type { RepositoryStore } from "../repository/repository-store";
+import { ErrorCode, RelevoError } from "../errors";
+import { absentAsNull, type RepositoryStore } from "../repository/repository-store";
 import { legacyWalSummaryKey, summarizedSegmentOf, walSummaryKey, walSummaryPrefix } from "../repository/repository-layout";
 
 import type { RelevoConfig } from "../config/config";
@@ -110,13 +110,7 @@ export class WalSummarizer {
   private async readLegacy(segment: string): Promise<WalSegmentSummary | null> {
     const key = legacyWalSummaryKey(this.options.generation, segment);
     const { store } = this.options.objects;
-    const bytes = await store
-      .get(key)
-      .then((stream) => buffer(stream))
-      .catch((error: unknown) => {
-        if (isRelevoError(error) && error.code === ErrorCode.NotFound) return null;
-        throw error;
-      });
+    const bytes = await absentAsNull(store.get(key).then((stream) => buffer(stream)));
     if (bytes === null) return null;
     try {
       return JSON.parse(bytes.toString("utf8")) as WalSegmentSummary;
