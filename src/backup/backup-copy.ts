@@ -47,6 +47,8 @@ export async function copyBackupFiles(options: {
   readonly session: BackupSession;
   readonly source: NodeRef;
   readonly id: string;
+  /** The manifest's data key (an encrypted repository), which every content object is written under. */
+  readonly dataKeyId: string | undefined;
   readonly list: BackupFileList;
   readonly reference: BackupManifest | null;
   readonly changes: ChangeSet | null;
@@ -69,7 +71,7 @@ export async function copyBackupFiles(options: {
   const sinceLsn = reference ? lsnToNumber(reference.startLsn) : 0;
   let filesDone = 0;
   let bytesDone = 0;
-  const content = new BackupContentWriter(repository, id);
+  const content = new BackupContentWriter(repository, { id, dataKeyId: options.dataKeyId });
   const bundles = new BundleWriter(content, options.compression);
   const target: CopyTarget = { driver, source, bundles, content };
   // Largest first: the big relation files set the pace, the small ones fill in around them.

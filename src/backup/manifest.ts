@@ -133,6 +133,12 @@ export interface BackupManifest {
   readonly referencePoint?: ReferencePoint | null;
   /** The latest verification, if any. */
   readonly verification?: Verification | null;
+  /**
+   * In an encrypted repository, the id (hex) of the data key this backup's
+   * manifest and content objects are written under (the key itself is
+   * wrapped in the repository's `keys/data/`); absent otherwise.
+   */
+  readonly dataKeyId?: string;
   readonly files: readonly ManifestEntry[];
 }
 

@@ -80,7 +80,8 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     const facts = await inspectSource(session);
     const decided = decideType(options, facts);
     const { reference } = decided;
-    manifest = typedManifest(manifest, { decided, source: facts, startedAt });
+    // Its own data key in an encrypted repository: the manifest and every content object are written under it.
+    manifest = await repository.withNewDataKey(typedManifest(manifest, { decided, source: facts, startedAt }));
     const { id } = manifest;
     const started = await startBackup({ session, repository, manifest, onStart: options.onStart });
 
@@ -108,6 +109,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       session,
       source,
       id,
+      dataKeyId: manifest.dataKeyId,
       list,
       reference,
       changes: found?.changes ?? null,

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
-import { Repository } from "../storage/repository";
+import { openConfiguredRepository } from "../storage/open-repository";
 import { assertBackupId } from "../backup/manifest";
 import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
@@ -197,10 +197,16 @@ async function restoreClaimedCopy(
   // The backups' locks live in the cluster's Redis (the service's, shared with it when it runs; else Relevo's own,
   // started for the while): reached before anything is made, so that a restore no expiry can undercut is all there is.
   const manifest = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
-    await takeEmptyDirectory(directory);
     await driver.checkPrerequisites();
     const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
-    const repository = new Repository(config.repository, await driver.fileOwner(), { locks });
+    // Opened with its keys before the target is touched: a wrong or missing pass changes nothing.
+    const repository = await openConfiguredRepository({
+      settings: config.repositories[0]!,
+      walOwner: await driver.fileOwner(),
+      locks,
+      create: false,
+    });
+    await takeEmptyDirectory(directory);
     const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
     await restoreBackup(
       { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
@@ -240,7 +246,12 @@ export async function restoreClusterCommand(
     // The members made again: what each is issued is recorded, as the service's starts record it.
     return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) }), async (driver) => {
       const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
-      const repository = new Repository(config.repository, await driver.fileOwner(), { locks });
+      const repository = await openConfiguredRepository({
+        settings: config.repositories[0]!,
+        walOwner: await driver.fileOwner(),
+        locks,
+        create: false,
+      });
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };

@@ -234,27 +234,25 @@ function invalid(variable: string, expected: string, options: { readonly secret?
   );
 }
 
-/**
- * Until backups and the WAL archive move onto the object store contract
- * (src/repository/), only repository 1 as a directory is used: any other
- * repository configured would be silently ignored by the service, so its
- * start refuses it (`relevo repo list` and `relevo repo check` take them:
- * a store can be checked before it is used).
- */
 /** What expiry keeps in a repository: its own rules, its count falling back to the cluster's RELEVO_RETENTION_FULL. Pure. */
 export function retentionOf(settings: RepositorySettings, clusterKeepFull: number): { keepFull: number; keepDays: number | null } {
   return { keepFull: settings.retentionFull ?? clusterKeepFull, keepDays: settings.retentionDays };
 }
 
+/**
+ * Until backups and the WAL archive go to object storage and to several
+ * repositories, only repository 1 as a directory (encrypted or not) is
+ * used: any other repository configured would be silently ignored by the
+ * service, so its start refuses it (`relevo repo list` and `relevo repo
+ * check` take them: a store can be checked before it is used).
+ */
 export function assertRepositoriesInUse(repositories: readonly RepositorySettings[]): void {
-  const unused = repositories.filter(
-    (repository) => !(repository.index === 1 && repository.type === "dir" && repository.cipherPass === ""),
-  );
+  const unused = repositories.filter((repository) => !(repository.index === 1 && repository.type === "dir"));
   if (unused.length > 0) {
     const first = unused[0]!;
     throw new RelevoError(
       ErrorCode.NotImplemented,
-      `repo${first.index}: ${first.index === 1 ? (first.type === "s3" ? "an S3 repository" : "an encrypted repository") : "a second repository"} is not used yet ` +
+      `repo${first.index}: ${first.index === 1 ? "an S3 repository" : "a second repository"} is not used yet ` +
         "(backups and the WAL archive still go to repository 1's directory only): unset its RELEVO_REPO" +
         `${first.index}_ variables`,
       { details: { env: `RELEVO_REPO${first.index}_TYPE` } },

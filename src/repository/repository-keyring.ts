@@ -23,6 +23,8 @@ import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES } from "./repository-layout";
  *   keys/keyring        {"format":1,"scrypt":{N,r,p},"salt":…,"check":…}: how the pass becomes the repository key,
  *                       and a value sealed under that key that tells a right pass from a wrong one
  *   keys/data/<id hex>  one data key, sealed under the repository key and bound to its id
+ *   keys/archive        {"format":1,"id":…}: which data key the WAL archive (archive/, wal-summary/, diverged/) is
+ *                       written under; made once, by the first process that writes there
  *
  * Both in the codec's checksummed form: neither holds a secret (a wrapped
  * key opens only under the repository key), and both are read before any
@@ -30,6 +32,8 @@ import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES } from "./repository-layout";
  * encrypted, its header naming the data key it is under.
  */
 export const KEYRING_KEY = `${KEYS_PREFIX}keyring`;
+
+export const ARCHIVE_KEY_RECORD = `${KEYS_PREFIX}archive`;
 
 export function wrappedDataKeyKey(id: Buffer): string {
   return `${KEYS_PREFIX}data/${id.toString("hex")}`;
@@ -69,11 +73,13 @@ export interface KeyringOptions {
 export class RepositoryKeyring {
   readonly policy: ReadPolicy;
   private readonly known = new Map<string, Promise<DataKey | null>>();
+  private archive: Promise<DataKey> | null = null;
 
   private constructor(
     private readonly store: ObjectStore,
     private readonly repositoryKey: Buffer,
     private readonly salt: string,
+    private readonly settleMs: number,
   ) {
     this.policy = { encrypted: true, lookup: (id) => this.lookup(id) };
   }
@@ -92,7 +98,8 @@ export class RepositoryKeyring {
     if (!options.create) {
       throw new RelevoError(
         ErrorCode.PreconditionFailed,
-        `${store.location}: ${options.variable} is set but the repository has no keys (it is not encrypted, or not made yet)`,
+        `${store.location}: ${options.variable} is set but the repository has no keys: it is not encrypted (unset ` +
+          `${options.variable} to read it), or no service has started on it yet (its first start makes the keys)`,
         { details: { repository: store.location, env: options.variable } },
       );
     }
@@ -122,14 +129,14 @@ export class RepositoryKeyring {
     const settled = await readKeyring(store);
     if (!settled) throw keyringVanished(store);
     return settled.salt === made.salt
-      ? new RepositoryKeyring(store, repositoryKey, made.salt)
+      ? new RepositoryKeyring(store, repositoryKey, made.salt, options.settleMs ?? KEYRING_SETTLE_MS)
       : RepositoryKeyring.unlock(store, settled, options);
   }
 
   private static async unlock(store: ObjectStore, stored: StoredKeyring, options: KeyringOptions): Promise<RepositoryKeyring> {
     const repositoryKey = await deriveRepositoryKey(options.cipherPass, Buffer.from(stored.salt, "base64"), stored.scrypt);
     if (!keyCheckPasses(repositoryKey, Buffer.from(stored.check, "base64"))) throw cipherPassWrong(store.location, options.variable);
-    return new RepositoryKeyring(store, repositoryKey, stored.salt);
+    return new RepositoryKeyring(store, repositoryKey, stored.salt, options.settleMs ?? KEYRING_SETTLE_MS);
   }
 
   /** A new data key, stored wrapped before it is returned: nothing is ever written under a key the repository lacks. */
@@ -140,6 +147,58 @@ export class RepositoryKeyring {
     await putObject(this.store, wrappedDataKeyKey(dataKey.id), wrapDataKey(this.repositoryKey, dataKey), { encrypted: false });
     this.known.set(dataKey.id.toString("hex"), Promise.resolve(dataKey));
     return dataKey;
+  }
+
+  /**
+   * The data key `id` (a manifest's dataKeyId): REPOSITORY_CORRUPT when the
+   * repository holds no key by that id.
+   */
+  async dataKey(id: Buffer): Promise<DataKey> {
+    const found = await this.lookup(id);
+    if (found) return found;
+    throw new RelevoError(
+      ErrorCode.RepositoryCorrupt,
+      `${this.store.location}: data key ${id.toString("hex")} is not in the repository's keys`,
+      {
+        details: { repository: this.store.location },
+      },
+    );
+  }
+
+  /**
+   * The data key the WAL archive and its summaries are written under: the
+   * one `keys/archive` names, made (and recorded) by the first process that
+   * asks. Two processes that find no record at once each make a key and
+   * record it; each reads the record back once both have written and takes
+   * the one stored last, as the keyring itself settles. Which key writes
+   * use is all that is decided there: every key an object was ever written
+   * under stays wrapped in `keys/data/`, so a loser's objects stay
+   * readable.
+   */
+  archiveKey(): Promise<DataKey> {
+    if (!this.archive) {
+      this.archive = this.openArchiveKey();
+      // A failed attempt is not remembered: the next write tries again.
+      this.archive.catch(() => (this.archive = null));
+    }
+    return this.archive;
+  }
+
+  private async openArchiveKey(): Promise<DataKey> {
+    const recorded = await readArchiveKeyRecord(this.store);
+    if (recorded) return this.dataKey(recorded);
+    const made = await this.newDataKey();
+    const record: StoredArchiveKey = { format: 1, id: made.id.toString("hex") };
+    await putObject(this.store, ARCHIVE_KEY_RECORD, Buffer.from(JSON.stringify(record)), { encrypted: false });
+    await sleep(this.settleMs);
+    const settled = await readArchiveKeyRecord(this.store);
+    if (!settled) {
+      throw new RelevoError(
+        ErrorCode.RepositoryCorrupt,
+        `${this.store.location}: ${ARCHIVE_KEY_RECORD} went away just after it was written`,
+      );
+    }
+    return this.dataKey(settled);
   }
 
   /** The data key an object's header names; null when the repository has none by that id. */
@@ -168,6 +227,27 @@ export async function assertNotEncrypted(store: ObjectStore, variable: string): 
   throw new RelevoError(ErrorCode.RepositoryAccessDenied, `${store.location} is encrypted: set ${variable} to the pass it was made with`, {
     details: { repository: store.location, env: variable },
   });
+}
+
+interface StoredArchiveKey {
+  readonly format: 1;
+  readonly id: string;
+}
+
+/** The id `keys/archive` records; null when there is none yet. */
+async function readArchiveKeyRecord(store: ObjectStore): Promise<Buffer | null> {
+  const bytes = await absentAsNull(readObject(store, ARCHIVE_KEY_RECORD, UNENCRYPTED));
+  if (bytes === null) return null;
+  let value: Partial<StoredArchiveKey> | null;
+  try {
+    value = JSON.parse(bytes.toString("utf8")) as Partial<StoredArchiveKey>;
+  } catch {
+    value = null;
+  }
+  if (value?.format !== 1 || typeof value.id !== "string" || !/^[0-9a-f]{32}$/.test(value.id)) {
+    throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${ARCHIVE_KEY_RECORD} is not a record Relevo can read`);
+  }
+  return Buffer.from(value.id, "hex");
 }
 
 async function readKeyring(store: ObjectStore): Promise<StoredKeyring | null> {

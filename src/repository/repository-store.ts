@@ -96,6 +96,14 @@ export class RepositoryStore {
   }
 }
 
+/**
+ * The data key a writer puts its objects under, asked for at each write
+ * (made or found once, then kept in memory); undefined in an unencrypted
+ * repository. The WAL archive's writers take the repository's archive key
+ * so.
+ */
+export type DataKeySource = () => Promise<DataKey | undefined>;
+
 /** `read`'s value, or null when its object is absent (NOT_FOUND); every other failure thrown. */
 export async function absentAsNull<T>(read: Promise<T>): Promise<T | null> {
   try {

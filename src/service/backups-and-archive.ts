@@ -10,7 +10,8 @@ import type { Credentials, TrustAnchors } from "../postgres/connection";
 import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
-import { Repository } from "../storage/repository";
+import type { Repository } from "../storage/repository";
+import { openConfiguredRepository } from "../storage/open-repository";
 import { retentionOf } from "../config/repository-config";
 import { BackupLocks } from "../storage/backup-locks";
 import { ArchiveMonitor } from "../wal/archive-monitor";
@@ -36,8 +37,8 @@ export async function openRepository(
   // (the image's postgres uid for containers, whatever this machine's is).
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
-  const repository = new Repository(config.repository, pgIdentity, { locks });
-  await repository.ensure();
+  // Opened with its keys when RELEVO_REPO1_CIPHER_PASS is set (made on an empty repository): see open-repository.
+  const repository = await openConfiguredRepository({ settings: config.repositories[0]!, walOwner: pgIdentity, locks, create: true });
   return { pgIdentity, repository };
 }
 
@@ -84,6 +85,7 @@ export function startWalArchiver(
     objects: repository.objects,
     generation: repository.generation,
     index: repository.archive,
+    archiveKey: () => repository.archiveKey(),
     logger,
     intervalMs: WAL_PUSH_INTERVAL_MS,
     parallelism: config.backupParallelism,

@@ -81,11 +81,15 @@ export async function removeBackupContent(repository: Repository, owner: Content
 export class BackupContentWriter {
   private dataObjects = 0;
   private bundleObjects = 0;
+  readonly backupId: string;
 
   constructor(
     private readonly repository: Repository,
-    readonly backupId: string,
-  ) {}
+    /** The backup being taken: its id, and in an encrypted repository the data key its objects are written under. */
+    private readonly owner: Pick<BackupManifest, "id" | "dataKeyId">,
+  ) {
+    this.backupId = owner.id;
+  }
 
   /** The path (relative to the backup) of the next large file's object. */
   nextDataPath(): string {
@@ -99,8 +103,9 @@ export class BackupContentWriter {
   }
 
   /** Streams `body` into the object at `relative`, with bounded memory; aborted by `signal`, nothing is left there. */
-  put(relative: string, body: Readable, options: { readonly signal?: AbortSignal } = {}): Promise<void> {
-    return this.repository.objects.putStream(contentObjectKey(this.repository, this.backupId, relative), body, options);
+  async put(relative: string, body: Readable, options: { readonly signal?: AbortSignal } = {}): Promise<void> {
+    const dataKey = await this.repository.dataKeyOf(this.owner);
+    return this.repository.objects.putStream(contentObjectKey(this.repository, this.backupId, relative), body, { ...options, dataKey });
   }
 
   /** An object stored just now that turned out not to be needed (a scan that kept no block). */

@@ -19,6 +19,8 @@ import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo } from "../repository/object-store";
 import { archiveKey, archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
 import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
+import { UNENCRYPTED, type DataKey } from "../repository/object-codec";
+import type { RepositoryKeyring } from "../repository/repository-keyring";
 import { legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 import { WalIndex } from "../wal/wal-index";
 import type { WalSegmentSummary } from "../wal/waldump-summary";
@@ -82,19 +84,59 @@ export class Repository {
   /** Manifest summaries by backup id, with the version of the manifest each was read from (listManifestSummaries). */
   private readonly summaries = new Map<string, { readonly version: string; readonly summary: ManifestSummary | null }>();
 
+  /**
+   * An encrypted repository's keys (see open-repository): every object is
+   * read under its policy and written under a data key; null when the
+   * repository is not encrypted.
+   */
+  private readonly keyring: RepositoryKeyring | null;
+
   constructor(
     readonly root: string,
     private readonly walOwner: OsIdentity | null,
-    options: { readonly locks?: BackupLocks } = {},
+    options: { readonly locks?: BackupLocks; readonly keyring?: RepositoryKeyring } = {},
   ) {
     this.wal = new WalArchive(root, walOwner);
     this.walDir = this.wal.path;
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
     this.locks = options.locks ?? null;
-    this.objects = new RepositoryStore(new DirectoryStore(root));
+    this.keyring = options.keyring ?? null;
+    this.objects = new RepositoryStore(new DirectoryStore(root), this.keyring?.policy ?? UNENCRYPTED);
     this.archive = new WalIndex({ objects: this.objects, generation: this.generation });
-    this.archivedWal = new ArchivedWal({ receiving: this.wal, objects: this.objects, generation: this.generation, index: this.archive });
+    this.archivedWal = new ArchivedWal({
+      receiving: this.wal,
+      objects: this.objects,
+      generation: this.generation,
+      index: this.archive,
+      archiveKey: () => this.archiveKey(),
+    });
+  }
+
+  /** Whether the repository is encrypted: no object is read or written in another form, and no legacy file is read. */
+  get encrypted(): boolean {
+    return this.keyring !== null;
+  }
+
+  /** The data key the WAL archive, its summaries and diverged WAL are written under; undefined unencrypted. */
+  async archiveKey(): Promise<DataKey | undefined> {
+    return this.keyring ? this.keyring.archiveKey() : undefined;
+  }
+
+  /** `manifest` with a new data key of its own (stored wrapped first) when the repository is encrypted; as it is otherwise. */
+  async withNewDataKey(manifest: BackupManifest): Promise<BackupManifest> {
+    if (!this.keyring) return manifest;
+    const dataKey = await this.keyring.newDataKey();
+    return { ...manifest, dataKeyId: dataKey.id.toString("hex") };
+  }
+
+  /** The data key a backup's manifest and content are written under (its manifest names it); undefined unencrypted. */
+  async dataKeyOf(owner: Pick<BackupManifest, "id" | "dataKeyId">): Promise<DataKey | undefined> {
+    if (!this.keyring) return undefined;
+    if (owner.dataKeyId === undefined || !/^[0-9a-f]{32}$/.test(owner.dataKeyId)) {
+      throw new RelevoError(ErrorCode.Internal, `${this.root}: backup ${owner.id} has no data key in an encrypted repository`);
+    }
+    return this.keyring.dataKey(Buffer.from(owner.dataKeyId, "hex"));
   }
 
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
@@ -164,7 +206,7 @@ export class Repository {
    * between leaves both, and the object is the one read.
    */
   async writeManifest(manifest: BackupManifest): Promise<void> {
-    await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest);
+    await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest, { dataKey: await this.dataKeyOf(manifest) });
     await rm(this.legacyManifestFile(manifest.id), { force: true });
   }
 
@@ -185,6 +227,8 @@ export class Repository {
     const key = manifestKey(this.generation, id);
     const stored = await this.objects.readJson<BackupManifest>(key);
     if (stored !== null) return readable(stored);
+    // An encrypted repository never held a legacy file: one there was planted, and is not read.
+    if (this.encrypted) return null;
     const text = await readFile(this.legacyManifestFile(id), "utf8").catch(absentAsNull);
     if (text !== null) return parseLegacyManifest(text);
     // Neither: unless writeManifest replaced the legacy file by its object in between (object first, then the file).
@@ -221,7 +265,7 @@ export class Repository {
    * one listing or the other.
    */
   private async listManifestIds(): Promise<{ ids: string[]; objects: Map<string, ObjectInfo> }> {
-    const legacy = ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
+    const legacy = this.encrypted ? [] : ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
     const prefix = manifestsPrefix(this.generation);
     const objects = new Map<string, ObjectInfo>();
     for (const info of await this.objects.list(prefix)) {
@@ -248,7 +292,7 @@ export class Repository {
 
   /** The version of a manifest the objects' listing did not show: its legacy file's, or its object's written since; null when none. */
   private async unlistedManifestVersion(id: string): Promise<string | null> {
-    const info = await stat(this.legacyManifestFile(id), { bigint: true }).catch(absentAsNull);
+    const info = this.encrypted ? null : await stat(this.legacyManifestFile(id), { bigint: true }).catch(absentAsNull);
     if (info) return `legacy:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
     const object = await this.objects.store.head(manifestKey(this.generation, id));
     return object ? `object:${object.etag}` : null;

@@ -3,7 +3,7 @@ import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { historyFileName } from "../postgres/wal-names";
 import { archiveKey, divergedKey } from "../repository/repository-layout";
-import { absentAsNull, type RepositoryStore } from "../repository/repository-store";
+import { absentAsNull, type DataKeySource, type RepositoryStore } from "../repository/repository-store";
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
 import { isWalFileName } from "../restore/wal-feed-plan";
@@ -14,6 +14,8 @@ export interface ArchivedWalOptions {
   readonly objects: RepositoryStore;
   readonly generation: number;
   readonly index: WalIndex;
+  /** What added histories and diverged WAL are written under (the repository's archive key). */
+  readonly archiveKey: DataKeySource;
 }
 
 /**
@@ -74,7 +76,7 @@ export class ArchivedWal {
     const key = archiveKey(generation, name);
     const received = await receiving.addHistory(timeline, content);
     if (await objects.exists(key)) return received;
-    await objects.putStream(key, Readable.from([Buffer.from(content, "utf8")]));
+    await objects.putStream(key, Readable.from([Buffer.from(content, "utf8")]), { dataKey: await this.options.archiveKey() });
     index.added(name);
     return "added";
   }
@@ -90,12 +92,13 @@ export class ArchivedWal {
     const local = await receiving.setAside(names, folder);
     const moved = new Set(local.moved);
     const time = folder.at(-1)!;
+    const dataKey = await this.options.archiveKey();
     for (const name of names) {
       if (!isWalFileName(name)) continue; // a .partial is never pushed
       const key = archiveKey(generation, name);
       const content = await absentAsNull(objects.getStream(key));
       if (content === null) continue;
-      await objects.putStream(divergedKey(generation, time, name), content);
+      await objects.putStream(divergedKey(generation, time, name), content, { dataKey });
       await objects.store.delete([key]);
       index.removed(name);
       moved.add(name);

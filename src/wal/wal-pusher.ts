@@ -3,7 +3,7 @@ import { buffer } from "node:stream/consumers";
 import type { Logger } from "../log";
 import { parseSegmentName } from "../postgres/wal-names";
 import { archiveKey } from "../repository/repository-layout";
-import type { RepositoryStore } from "../repository/repository-store";
+import type { DataKeySource, RepositoryStore } from "../repository/repository-store";
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
 
@@ -33,6 +33,8 @@ export interface WalPusherOptions {
   readonly generation: number;
   /** The repository's index of what it holds: fed with every put. */
   readonly index: WalIndex;
+  /** What archive objects are written under (the repository's archive key). */
+  readonly archiveKey: DataKeySource;
   readonly logger: Logger;
   /** How often the source is looked at. */
   readonly intervalMs: number;
@@ -125,11 +127,12 @@ export class WalPusher {
           return false;
         }
       } else {
-        await objects.putStream(key, Readable.from([local]));
+        await objects.putStream(key, Readable.from([local]), { dataKey: await this.options.archiveKey() });
       }
       index.added(name);
       return true;
     }
+    const dataKey = await this.options.archiveKey();
     const held = await source.openFiles([name]);
     const file = held.files[0];
     if (!file) {
@@ -139,7 +142,7 @@ export class WalPusher {
     // The stream owns the handle: it closes it at its end, on an error, or when destroyed.
     const content = file.createReadStream({ highWaterMark: 1024 * 1024, autoClose: true });
     try {
-      await objects.putStream(key, content);
+      await objects.putStream(key, content, { dataKey });
     } finally {
       content.destroy();
     }

@@ -6,7 +6,7 @@ import { buffer } from "node:stream/consumers";
 import type { WalArchive } from "../storage/wal-archive";
 import path from "node:path";
 import { ErrorCode, RelevoError } from "../errors";
-import { absentAsNull, type RepositoryStore } from "../repository/repository-store";
+import { absentAsNull, type DataKeySource, type RepositoryStore } from "../repository/repository-store";
 import { legacyWalSummaryKey, summarizedSegmentOf, walSummaryKey, walSummaryPrefix } from "../repository/repository-layout";
 
 import type { RelevoConfig } from "../config/config";
@@ -22,6 +22,8 @@ export function walSummarizerFor(repository: Repository, config: RelevoConfig, l
     archive: repository.wal,
     objects: repository.objects,
     generation: repository.generation,
+    archiveKey: () => repository.archiveKey(),
+    readLegacy: !repository.encrypted,
     scratchDir: path.join(config.home, "tmp"),
     pgBinDir: config.pgBinDir,
     logger,
@@ -35,6 +37,14 @@ export interface WalSummarizerOptions {
   /** Where summaries are stored: one object per segment (repository-layout's walSummaryKey). */
   readonly objects: RepositoryStore;
   readonly generation: number;
+  /** What summaries are written under (the repository's archive key). */
+  readonly archiveKey: DataKeySource;
+  /**
+   * Whether a directory repository's plain JSON summaries from before
+   * objects are read; never in an encrypted repository, which cannot have
+   * any (one there was planted).
+   */
+  readonly readLegacy: boolean;
   /**
    * A directory on Relevo's host, root's (`$RELEVO_HOME/tmp`), for
    * pg_waldump's directory of descriptor links (see summarize): a tool is
@@ -104,7 +114,7 @@ export class WalSummarizer {
    */
   async read(segment: string): Promise<WalSegmentSummary | null> {
     const stored = await this.options.objects.readJson<WalSegmentSummary>(walSummaryKey(this.options.generation, segment));
-    return stored ?? this.readLegacy(segment);
+    return stored ?? (this.options.readLegacy ? this.readLegacy(segment) : null);
   }
 
   private async readLegacy(segment: string): Promise<WalSegmentSummary | null> {
@@ -122,7 +132,10 @@ export class WalSummarizer {
   /** The segments with a stored summary, an object or a legacy file. */
   private async summarizedSegments(): Promise<Set<string>> {
     const { objects, generation } = this.options;
-    const listed = await objects.list(walSummaryPrefix(generation));
+    // Legacy `<segment>.json` files count only where they are read.
+    const listed = (await objects.list(walSummaryPrefix(generation))).filter(
+      (info) => this.options.readLegacy || !info.key.endsWith(".json"),
+    );
     return new Set(listed.map((info) => summarizedSegmentOf(generation, info.key)).filter((name): name is string => name !== null));
   }
 
@@ -185,7 +198,9 @@ export class WalSummarizer {
 
   /** Written whole or not at all (one put); a concurrent writer of the same summary (another pass, a backup) writes the same content. */
   private async store(summary: WalSegmentSummary): Promise<void> {
-    await this.options.objects.writeJson(walSummaryKey(this.options.generation, summary.segment), summary);
+    await this.options.objects.writeJson(walSummaryKey(this.options.generation, summary.segment), summary, {
+      dataKey: await this.options.archiveKey(),
+    });
   }
 
   /**

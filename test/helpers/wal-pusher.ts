@@ -9,6 +9,7 @@ export function pusherFor(repository: Repository): WalPusher {
     objects: repository.objects,
     generation: repository.generation,
     index: repository.archive,
+    archiveKey: () => repository.archiveKey(),
     logger: createLogger({ level: "silent" }),
     intervalMs: 60_000,
     parallelism: 3,

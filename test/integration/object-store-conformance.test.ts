@@ -11,7 +11,13 @@ import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store";
 import { RepositoryStore } from "../../src/repository/repository-store";
-import { assertNotEncrypted, KEYRING_KEY, RepositoryKeyring, wrappedDataKeyKey } from "../../src/repository/repository-keyring";
+import {
+  ARCHIVE_KEY_RECORD,
+  assertNotEncrypted,
+  KEYRING_KEY,
+  RepositoryKeyring,
+  wrappedDataKeyKey,
+} from "../../src/repository/repository-keyring";
 import { putObject, readObject, UNENCRYPTED } from "../../src/repository/object-codec";
 import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
 import { FileUploadRegistry } from "../../src/repository/upload-registry";
@@ -298,6 +304,26 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
     await new RepositoryStore(store, second.policy).writeJson("manifests/b", { by: "second" }, { dataKey: fromSecond });
     expect(await new RepositoryStore(store, second.policy).readJson("manifests/a")).toEqual({ by: "first" });
     expect(await new RepositoryStore(store, first.policy).readJson("manifests/b")).toEqual({ by: "second" });
+  });
+
+  test("the archive's data key is made once, recorded, found again by the next opening; two makers at once settle on one", async () => {
+    const [first, second] = await Promise.all([open({ settleMs: 300 }), open({ settleMs: 300 })]);
+    // Both ask at once: each makes a key and records it; each reads the record back and takes the one stored last.
+    const [fromFirst, fromSecond] = await Promise.all([first.archiveKey(), second.archiveKey()]);
+    expect(fromFirst.id.equals(fromSecond.id)).toBe(true);
+    expect(fromFirst.key.equals(fromSecond.key)).toBe(true);
+    expect((await first.archiveKey()).id.equals(fromFirst.id)).toBe(true);
+    const reopened = await open({ create: false });
+    expect((await reopened.archiveKey()).id.equals(fromFirst.id)).toBe(true);
+    // The record names the key, never holds it.
+    const record = await readObject(store, ARCHIVE_KEY_RECORD, UNENCRYPTED);
+    expect(JSON.parse(record.toString())).toEqual({ format: 1, id: fromFirst.id.toString("hex") });
+    expect(record.includes(fromFirst.key)).toBe(false);
+    // A record naming a key the repository lacks, or not a record: REPOSITORY_CORRUPT, never a new key made over it.
+    await putObject(store, ARCHIVE_KEY_RECORD, Buffer.from(JSON.stringify({ format: 1, id: "00".repeat(16) })), { encrypted: false });
+    await expect((await open({ create: false })).archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    await putObject(store, ARCHIVE_KEY_RECORD, Buffer.from("{"), { encrypted: false });
+    await expect((await open({ create: false })).archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
   });
 
   test("a keyring made again under the opened one stops new data keys; a missing or swapped wrapped key is REPOSITORY_CORRUPT", async () => {

@@ -58,7 +58,7 @@ describe("stored content codecs", () => {
         await Promise.all(pending);
         return true;
       };
-      const objects = new BackupContentWriter(repository, ID);
+      const objects = new BackupContentWriter(repository, { id: ID });
       const relative = objects.nextDataPath();
       expect(relative).toBe("data/00000001"); // a sequence, never the data directory's path
       const stored = await storeChunks(source, (body, signal) => objects.put(relative, body, { signal }), compression);
@@ -99,7 +99,7 @@ describe("stored content codecs", () => {
         randomBytes(700 * 1024),
         content.subarray(0, 1024 * 1024),
       ];
-      const writer = new BundleWriter(new BackupContentWriter(repository, ID), compression);
+      const writer = new BundleWriter(new BackupContentWriter(repository, { id: ID }), compression);
       // Added concurrently, as the backup's workers do.
       const bundled = await Promise.all(files.map((file) => writer.add(file)));
       await writer.close();

@@ -134,10 +134,13 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     const plain = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_RETENTION_FULL: "3" });
     expect(plain.repository).toBe(path.join(home, "repository"));
     expect(() => assertRepositoriesInUse(plain.repositories)).not.toThrow();
+    // Repository 1's directory, encrypted: used (its keyring is opened by the service, see open-repository).
+    const encrypted = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_CIPHER_PASS: "a long enough cipher pass" });
+    expect(() => assertRepositoriesInUse(encrypted.repositories)).not.toThrow();
     for (const env of [
       { RELEVO_REPO2_PATH: "/srv/second" },
       { RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket" },
-      { RELEVO_REPO1_CIPHER_PASS: "a long enough cipher pass" },
+      { RELEVO_REPO2_PATH: "/srv/second", RELEVO_REPO2_CIPHER_PASS: "a long enough cipher pass" },
     ]) {
       const config = loadConfig({ RELEVO_HOME: home, ...env });
       expect(() => assertRepositoriesInUse(config.repositories)).toThrow(

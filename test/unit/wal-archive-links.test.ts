@@ -218,6 +218,8 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
         archive: repository.wal,
         objects: repository.objects,
         generation: repository.generation,
+        archiveKey: () => repository.archiveKey(),
+        readLegacy: true,
         scratchDir,
         pgBinDir: configKeys.pgBinDir.default,
         logger,

@@ -44,6 +44,8 @@ async function summarizerHome(label: string): Promise<{ repository: Repository; 
     archive: repository.wal,
     objects: repository.objects,
     generation: repository.generation,
+    archiveKey: () => repository.archiveKey(),
+    readLegacy: true,
     scratchDir: path.join(home, "tmp"),
     pgBinDir: configKeys.pgBinDir.default,
     logger: createLogger({ level: "silent" }),

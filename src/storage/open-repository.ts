@@ -1,0 +1,57 @@
+import type { RepositorySettings } from "../config/repository-config";
+import { ErrorCode, RelevoError } from "../errors";
+import type { OsIdentity } from "../nodes/os-user";
+import { DirectoryStore } from "../repository/directory-store";
+import { assertNotEncrypted, RepositoryKeyring } from "../repository/repository-keyring";
+import type { ScryptParameters } from "../repository/repository-keys";
+import type { BackupLocks } from "./backup-locks";
+import { Repository } from "./repository";
+
+export interface OpenRepositoryOptions {
+  /** The repository's configuration (repository 1, a directory, until object storage and several repositories are wired). */
+  readonly settings: RepositorySettings;
+  /** PostgreSQL's OS user, owner of the archive's receiving directory. */
+  readonly walOwner: OsIdentity | null;
+  readonly locks?: BackupLocks;
+  /**
+   * The service: the repository's directories made, and an encrypted
+   * repository's keys (keyring and archive key) made when it has none. A
+   * restore, a verification from the CLI, a check: false, they only read.
+   */
+  readonly create: boolean;
+  /** scrypt's cost for a new keyring (tests lower it). */
+  readonly scrypt?: ScryptParameters;
+}
+
+/**
+ * The repository opened with its keys. With `RELEVO_REPO<n>_CIPHER_PASS`
+ * set, its keyring is opened with the pass (a wrong one is
+ * REPOSITORY_ACCESS_DENIED naming the repository and the variable; one for
+ * a repository holding unencrypted content is PRECONDITION_FAILED), and
+ * every object is then read under the keyring's policy and written
+ * encrypted. Without one, an encrypted repository is refused
+ * (REPOSITORY_ACCESS_DENIED): its objects would each fail their checks,
+ * reported as damage, when the configuration is what is wrong.
+ */
+export async function openConfiguredRepository(options: OpenRepositoryOptions): Promise<Repository> {
+  const { settings, walOwner, locks, create } = options;
+  if (settings.type !== "dir") {
+    throw new RelevoError(ErrorCode.NotImplemented, `repo${settings.index}: an S3 repository is not used yet`, {
+      details: { env: `RELEVO_REPO${settings.index}_TYPE` },
+    });
+  }
+  const variable = `RELEVO_REPO${settings.index}_CIPHER_PASS`;
+  const plain = new Repository(settings.path, walOwner, { locks });
+  // Directories first: a new keyring is written into them, and the repository's root keeps its mode.
+  if (create) await plain.ensure();
+  const store = new DirectoryStore(settings.path);
+  if (settings.cipherPass === "") {
+    await assertNotEncrypted(store, variable);
+    return plain;
+  }
+  const keyring = await RepositoryKeyring.open(store, { cipherPass: settings.cipherPass, variable, create, scrypt: options.scrypt });
+  const repository = new Repository(settings.path, walOwner, { locks, keyring });
+  // The archive's key found (or made, once per repository) at the start, not at the first segment's push.
+  if (create) await repository.archiveKey();
+  return repository;
+}
