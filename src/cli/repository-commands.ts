@@ -67,7 +67,8 @@ export async function repoCheckCommand(
       continue;
     }
     try {
-      results.push({ settings, check: await checkRepository(opened.store) });
+      const keys = { cipherPass: settings.cipherPass, variable: `RELEVO_REPO${settings.index}_CIPHER_PASS` };
+      results.push({ settings, check: await checkRepository(opened.store, { keys }) });
     } finally {
       await opened.store.close();
     }

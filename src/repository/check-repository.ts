@@ -3,9 +3,16 @@ import os from "node:os";
 import { buffer } from "node:stream/consumers";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { ObjectStore } from "./object-store";
+import { assertNotEncrypted, hasContent, KEYRING_KEY, RepositoryKeyring } from "./repository-keyring";
 
 /** What `relevo repo check` does to a store, in order; each step depends on the ones before. */
-export type CheckStepName = "write" | "clock" | "read" | "range" | "list" | "delete";
+export type CheckStepName = "write" | "clock" | "read" | "range" | "list" | "delete" | "keys";
+
+/** The repository's cipher pass as configured ("" for none), and its variable for messages. */
+export interface KeysToCheck {
+  readonly cipherPass: string;
+  readonly variable: string;
+}
 
 export interface CheckStep {
   readonly step: CheckStepName;
@@ -29,9 +36,14 @@ const PROBE_SIZE = 65_536;
  * against this host's by its time, reads it back whole and by a range,
  * finds it by listing, and deletes it: what a repository needs of its
  * store, each step reported, the first failure with its code. The probe is
- * deleted even when a step between failed.
+ * deleted even when a step between failed. Given `keys`, last, whether the
+ * configured pass (or its absence) fits the repository's keys: read only,
+ * never made here.
  */
-export async function checkRepository(store: ObjectStore, options: { readonly now?: () => Date } = {}): Promise<RepositoryCheck> {
+export async function checkRepository(
+  store: ObjectStore,
+  options: { readonly now?: () => Date; readonly keys?: KeysToCheck } = {},
+): Promise<RepositoryCheck> {
   const now = options.now ?? ((): Date => new Date());
   const key = `relevo-check/${
     os
@@ -100,11 +112,26 @@ export async function checkRepository(store: ObjectStore, options: { readonly no
         throw new RelevoError(ErrorCode.RepositoryUnavailable, `${store.location}: the probe is still there after its delete`);
       return "deleted";
     });
+    const { keys } = options;
+    if (keys) await step("keys", () => checkKeys(store, keys));
   } finally {
     // A step between failed: the probe does not stay (best effort: the delete itself may be what is refused).
     if (written) await store.delete([key]).catch(() => undefined);
   }
   return { steps, failure };
+}
+
+/** Whether the pass (or none) fits what the repository holds, as the service and a restore will open it. */
+async function checkKeys(store: ObjectStore, keys: KeysToCheck): Promise<string> {
+  if (keys.cipherPass === "") {
+    await assertNotEncrypted(store, keys.variable);
+    return "not encrypted, as configured";
+  }
+  if ((await store.head(KEYRING_KEY)) === null && !(await hasContent(store))) {
+    return "no keys yet: the service's first start makes them, and encrypts everything it writes";
+  }
+  await RepositoryKeyring.open(store, { cipherPass: keys.cipherPass, variable: keys.variable, create: false });
+  return `${keys.variable} opens the repository's keys`;
 }
 
 function corrupt(store: ObjectStore, key: string, what: string): RelevoError {

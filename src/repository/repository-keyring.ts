@@ -274,7 +274,8 @@ function parseKeyring(bytes: Buffer): StoredKeyring | null {
   }
 }
 
-async function hasContent(store: ObjectStore): Promise<boolean> {
+/** Whether the repository holds backups or WAL (anything under its content prefixes): encryption can no longer be turned on. */
+export async function hasContent(store: ObjectStore): Promise<boolean> {
   for (const prefix of REPOSITORY_CONTENT_PREFIXES) {
     for await (const found of store.list(prefix)) {
       if (found) return true;

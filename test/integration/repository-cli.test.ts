@@ -6,6 +6,8 @@ import { promisify } from "node:util";
 import { projectRoot } from "../../src/util/project-root";
 import { tempHome } from "../helpers/home";
 import { startS3Server, type S3TestServer } from "../helpers/s3-server";
+import { DirectoryStore } from "../../src/repository/directory-store";
+import { RepositoryKeyring } from "../../src/repository/repository-keyring";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -118,6 +120,32 @@ describe("relevo repo list | check", () => {
     const unknown = await relevo(["repo", "check", "--repo", "9"]);
     expect(unknown.status).toBe(64);
     expect(unknown.stderr).toContain("configured: 1, 2, 3");
+  });
+
+  test("check's last step reads the keys: an encrypted repository without its pass, or with a wrong one, is REPOSITORY_ACCESS_DENIED", async () => {
+    const variable = "RELEVO_REPO3_CIPHER_PASS";
+    // A pass for an empty repository: fine, the service's first start makes the keys.
+    const empty = await relevo(["repo", "check", "--repo", "3"], { [variable]: PASS });
+    expect(empty.status).toBe(0);
+    expect(empty.stdout).toMatch(/ok {3}keys {3}no keys yet/);
+    // Repository 3 made encrypted, as the service would (cheap scrypt: the stored parameters are the ones used).
+    await RepositoryKeyring.open(new DirectoryStore(env.RELEVO_REPO3_PATH!), {
+      cipherPass: PASS,
+      variable,
+      create: true,
+      settleMs: 10,
+      scrypt: { N: 2 ** 12, r: 8, p: 1 },
+    });
+    for (const pass of [undefined, "a pass that is not this repository's"]) {
+      const checked = await relevo(["repo", "check", "--repo", "3"], pass === undefined ? {} : { [variable]: pass });
+      expect(checked.status).toBe(77);
+      expect(checked.stdout).toMatch(/FAILED \[REPOSITORY_ACCESS_DENIED\](\n {2}ok .*)+\n {2}FAIL keys/);
+      expect(checked.stderr).toContain(variable);
+      expect(checked.stdout + checked.stderr).not.toContain(PASS);
+    }
+    const right = await relevo(["repo", "check", "--repo", "3"], { [variable]: PASS });
+    expect(right.status).toBe(0);
+    expect(right.stdout).toContain(`ok   keys   ${variable} opens the repository's keys`);
   });
 
   test("the service refuses to start on a repository it would not use yet, rather than ignore it", async () => {
