@@ -141,10 +141,8 @@ describe("an encrypted repository", () => {
 
   test("verify passes; a flipped byte in an encrypted object is REPOSITORY_CORRUPT, and verify names the file", async () => {
     const { repository, backups: service } = cluster.service;
-    // The full and the incremental (the differential's content is read by the restore above): every stored file re-read.
-    for (const manifest of [backups.full!, backups.incr!]) {
-      expect((await service.verify(manifest.id, { restoreTest: false })).verification).toMatchObject({ contentOk: true, badFiles: [] });
-    }
+    // The incremental's verification reads its whole chain: the full, the differential and its own content.
+    expect((await service.verify(backups.incr!.id, { restoreTest: false })).verification).toMatchObject({ contentOk: true, badFiles: [] });
     const manifest = backups.full!;
     const victim = manifest.files.find((entry) => entry.type === "file" && entry.stored && entry.stored.offset === undefined)!;
     const file = contentObjectFile(repository, manifest.id, victim.stored!.path);
