@@ -1,3 +1,4 @@
+import { ErrorCode, RelevoError } from "../errors";
 import { parseSegmentName } from "../postgres/wal-names";
 import { WAL_LONG_HEADER_BYTES, walSegmentSystemIdentifier } from "../postgres/wal-page-header";
 import type { Repository } from "../storage/repository";
@@ -46,13 +47,18 @@ export function manifestIdentity(manifests: readonly Pick<BackupManifest, "id" |
 }
 
 /**
- * The system identifier in an archived segment's header; null when it cannot
- * be read. A link at its name in the receiving directory is refused (never
- * followed: it is the PostgreSQL user's) and so counts as unreadable, like
- * any file not a segment.
+ * The system identifier in an archived segment's header; null when it has
+ * none: absent, shorter than a header, not a header (a .partial not written
+ * yet), or a link at its name in the receiving directory (refused with
+ * DATA_DIR_NOT_OURS, never followed: it is the PostgreSQL user's). An object
+ * that cannot be read (REPOSITORY_UNAVAILABLE, _CORRUPT) is an error: taken
+ * for "no header", eight of them would make the repository look empty.
  */
 async function segmentSystemIdentifier(repository: Repository, name: string): Promise<string | null> {
-  const header = await repository.archivedWal.readStart(name, WAL_LONG_HEADER_BYTES).catch(() => null);
+  const header = await repository.archivedWal.readStart(name, WAL_LONG_HEADER_BYTES).catch((error: unknown) => {
+    if (error instanceof RelevoError && error.code === ErrorCode.DataDirNotOurs) return null;
+    throw error;
+  });
   return header ? walSegmentSystemIdentifier(header) : null;
 }
 

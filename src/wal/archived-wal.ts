@@ -1,8 +1,8 @@
 import path from "node:path";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
-import { historyFileName } from "../postgres/wal-names";
-import { archiveKey, divergedKey } from "../repository/repository-layout";
+import { historyFileName, parseSegmentName } from "../postgres/wal-names";
+import { archiveKey, divergedKey, legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 import { absentAsNull, type DataKeySource, type RepositoryStore } from "../repository/repository-store";
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
@@ -82,27 +82,36 @@ export class ArchivedWal {
   }
 
   /**
-   * Sets `names` aside under `folder` (see divergedFolder): moved in the
-   * receiving directory (through its handles), and in the archive got, put
-   * under `diverged/<folder>/` and deleted, so neither a restore nor the
-   * pusher takes them for the cluster's WAL. A name in neither is skipped.
+   * Sets `names` aside under `folder` (see divergedFolder): in the archive
+   * got, put under `diverged/<folder>/` and deleted, with the segment's
+   * WAL summary deleted, then moved in the receiving directory (through its
+   * handles), so neither a restore nor the pusher takes them for the
+   * cluster's WAL. Objects first: a failure partway leaves the received
+   * files where they were, the set-aside to be run again (names done are
+   * skipped), never an archive holding the old branch under names whose
+   * received copies are gone. The summary goes before the segment: a
+   * segment of the same name on a reused timeline is summarised again from
+   * its own WAL, never taken as summarised by the abandoned branch's. A
+   * name in neither is skipped.
    */
   async setAside(names: readonly string[], folder: readonly string[]): Promise<{ readonly path: string; readonly moved: string[] }> {
     const { receiving, objects, generation, index } = this.options;
-    const local = await receiving.setAside(names, folder);
-    const moved = new Set(local.moved);
+    const moved = new Set<string>();
     const time = folder.at(-1)!;
     const dataKey = await this.options.archiveKey();
     for (const name of names) {
       if (!isWalFileName(name)) continue; // a .partial is never pushed
       const key = archiveKey(generation, name);
       const content = await absentAsNull(objects.getStream(key));
+      if (content !== null) await objects.putStream(divergedKey(generation, time, name), content, { dataKey });
+      if (isSegmentName(name)) await objects.store.delete([walSummaryKey(generation, name), legacyWalSummaryKey(generation, name)]);
       if (content === null) continue;
-      await objects.putStream(divergedKey(generation, time, name), content, { dataKey });
       await objects.store.delete([key]);
       index.removed(name);
       moved.add(name);
     }
+    const local = await receiving.setAside(names, folder);
+    for (const name of local.moved) moved.add(name);
     return { path: `${local.path} and ${path.posix.join(objects.location, "diverged", time)}`, moved: [...moved].sort() };
   }
 
@@ -110,4 +119,8 @@ export class ArchivedWal {
     const content = await absentAsNull(this.options.objects.getStream(key));
     return content && buffer(content);
   }
+}
+
+function isSegmentName(name: string): boolean {
+  return parseSegmentName(name) !== null;
 }

@@ -11,6 +11,7 @@ import { archiveIdentity } from "../../src/wal/archive-identity";
 import { pushableNames, type WalPusher } from "../../src/wal/wal-pusher";
 import { tempHome } from "../helpers/home";
 import { pusherFor } from "../helpers/wal-pusher";
+import { segmentStart } from "../helpers/wal-segment";
 
 /**
  * The pusher moves what pg_receivewal received (complete segments and
@@ -170,20 +171,10 @@ describe("expiry of archived WAL", () => {
 });
 
 describe("the archive's identity", () => {
-  /** A segment's first bytes as PostgreSQL writes them: a long page header naming `systemIdentifier`, 16 MiB segments. */
-  function segmentStart(systemIdentifier: bigint): string {
-    const header = Buffer.alloc(64);
-    header.writeUInt16LE(0xd110, 0);
-    header.writeUInt16LE(0x0002, 2);
-    header.writeBigUInt64LE(systemIdentifier, 24);
-    header.writeUInt32LE(16 * 1024 * 1024, 32);
-    return header.toString("latin1");
-  }
-
   test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
     const { repository, pusher } = await pusherHome("archived-identity");
-    await writeFile(path.join(repository.walDir, SEGMENT_3), Buffer.from(segmentStart(7001n), "latin1"), { mode: 0o600 });
-    await writeFile(path.join(repository.walDir, SEGMENT_4), Buffer.from(segmentStart(7002n), "latin1"), { mode: 0o600 });
+    await writeFile(path.join(repository.walDir, SEGMENT_3), segmentStart(7001n), { mode: 0o600 });
+    await writeFile(path.join(repository.walDir, SEGMENT_4), segmentStart(7002n), { mode: 0o600 });
     await pusher.pushPending();
     for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.walDir, name));
 

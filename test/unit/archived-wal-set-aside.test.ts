@@ -1,0 +1,146 @@
+import { expect } from "@jest/globals";
+import { readdir, rm, writeFile } from "node:fs/promises";
+import { buffer } from "node:stream/consumers";
+import path from "node:path";
+import { configKeys } from "../../src/config/config-keys";
+import { ErrorCode } from "../../src/errors";
+import { createLogger } from "../../src/log";
+import { archiveKey, divergedKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
+import { divergedFolder } from "../../src/storage/wal-archive";
+import { Repository } from "../../src/storage/repository";
+import { archiveIdentity } from "../../src/wal/archive-identity";
+import { WalSummarizer } from "../../src/wal/wal-summary";
+import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
+import { tempHome } from "../helpers/home";
+import { pusherFor } from "../helpers/wal-pusher";
+import { segmentStart } from "../helpers/wal-segment";
+
+/**
+ * A timeline reused by a promotion (a history missing from the archive):
+ * the archive's files of the abandoned branch are set aside, objects
+ * first, with their summaries, so that the new branch's files of the same
+ * names are pushed and summarised from its own WAL. And an archive whose
+ * objects cannot be read is an error, never taken for an empty one.
+ */
+const HISTORY_3 = "00000003.history";
+const SEGMENT_3_6 = "000000030000000000000006";
+const SEGMENT_3_7 = "000000030000000000000007";
+
+async function repositoryHome(label: string): Promise<Repository> {
+  const repository = new Repository(path.join(await tempHome(label), "repository"), null);
+  await repository.ensure();
+  return repository;
+}
+
+async function receive(repository: Repository, name: string, content: string | Buffer): Promise<void> {
+  await writeFile(path.join(repository.walDir, name), content, { mode: 0o600 });
+}
+
+async function archived(repository: Repository, name: string): Promise<string> {
+  return (await buffer(await repository.objects.getStream(archiveKey(0, name)))).toString("utf8");
+}
+
+function oldBranchSummary(segment: string): WalSegmentSummary {
+  return {
+    formatVersion: 1,
+    segment,
+    timeline: 3,
+    blocks: { "1663/5/16384": { main: [[0, 1]] } },
+    created: [],
+    truncated: [],
+    databases: [],
+    restorePoints: [],
+    records: 1,
+    complete: true,
+    error: null,
+    lastTransactionEndAt: "2030-01-01T00:00:00.000Z",
+  };
+}
+
+describe("a set-aside of a reused timeline", () => {
+  test("fails at the objects: the received files stay; run again it finishes, and the new branch is pushed", async () => {
+    const repository = await repositoryHome("aside-objects-first");
+    await receive(repository, HISTORY_3, "old branch history\n");
+    await receive(repository, SEGMENT_3_6, "old branch");
+    await pusherFor(repository).pushPending();
+    const folder = divergedFolder(new Date("2026-12-07T12:00:00.000Z"));
+    // diverged/ taken by a file: no object can be put below it.
+    await writeFile(path.join(repository.root, "diverged"), "not a directory", { mode: 0o600 });
+
+    await expect(repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).rejects.toThrow();
+    // Nothing moved locally while the archive still holds the old branch.
+    expect((await readdir(repository.walDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6]);
+    expect(await repository.archive.names()).toEqual([HISTORY_3, SEGMENT_3_6]);
+
+    // Run again (the failover's resume) once the store takes puts.
+    await rm(path.join(repository.root, "diverged"));
+    const aside = await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder);
+    expect(aside.moved).toEqual([HISTORY_3, SEGMENT_3_6]);
+    expect(await repository.archive.names()).toEqual([]);
+    expect((await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_3_6)))).toString()).toBe("old branch");
+
+    // The promoted node's timeline 3 arrives under the same names: pushed, the archive's is the new branch's.
+    await receive(repository, HISTORY_3, "new branch history\n");
+    await receive(repository, SEGMENT_3_6, "new branch");
+    expect(await pusherFor(repository).pushPending()).toEqual([HISTORY_3, SEGMENT_3_6]);
+    expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
+    expect(await repository.archivedHistory(3)).toBe("new branch history\n");
+  });
+
+  test("takes each segment's summary with it: the new branch's segment of that name is summarised from its own WAL", async () => {
+    const repository = await repositoryHome("aside-summaries");
+    const home = path.dirname(repository.root);
+    const summarizer = new WalSummarizer({
+      archive: repository.wal,
+      objects: repository.objects,
+      generation: 0,
+      scratchDir: path.join(home, "tmp"),
+      pgBinDir: configKeys.pgBinDir.default,
+      logger: createLogger({ level: "silent" }),
+      intervalMs: 60_000,
+    });
+    await receive(repository, SEGMENT_3_6, "old branch");
+    await receive(repository, SEGMENT_3_7, "old branch");
+    await pusherFor(repository).pushPending();
+    await repository.objects.writeJson(walSummaryKey(0, SEGMENT_3_6), oldBranchSummary(SEGMENT_3_6));
+    await writeFile(path.join(repository.root, legacyWalSummaryKey(0, SEGMENT_3_7)), JSON.stringify(oldBranchSummary(SEGMENT_3_7)));
+    expect(await summarizer.summaryOf(3, 6)).toMatchObject({ lastTransactionEndAt: "2030-01-01T00:00:00.000Z" });
+
+    await repository.archivedWal.setAside([SEGMENT_3_6, SEGMENT_3_7], divergedFolder());
+    expect(await repository.objects.list("wal-summary/")).toEqual([]);
+
+    // The new branch's segments 6 and 7 on timeline 3: the window's time is never the abandoned branch's.
+    await receive(repository, SEGMENT_3_6, "new branch, not WAL pg_waldump can read");
+    await receive(repository, SEGMENT_3_7, "new branch");
+    await pusherFor(repository).pushPending();
+    expect((await repository.archivedWalState()).reachedAt).toBeNull();
+    // What a differential or incremental asks for segment 6: summarised from the file there now, not the old branch's.
+    const summary = await summarizer.summaryOf(3, 6);
+    expect(summary.blocks).toEqual({});
+    expect(summary).not.toHaveProperty("lastTransactionEndAt", "2030-01-01T00:00:00.000Z");
+  });
+});
+
+describe("the archive's identity", () => {
+  test("an archived segment that cannot be read is an error, not an empty repository", async () => {
+    const repository = await repositoryHome("identity-unreadable");
+    const name = "000000010000000000000003";
+    await receive(repository, name, segmentStart(7001n));
+    await pusherFor(repository).pushPending();
+    await rm(path.join(repository.walDir, name));
+    expect(await archiveIdentity(repository)).toMatchObject({ systemIdentifier: "7001" });
+
+    // The object replaced by bytes that are not Relevo's stored form.
+    await writeFile(path.join(repository.root, archiveKey(0, name)), "garbage, not Relevo's stored form");
+    await expect(archiveIdentity(repository)).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+  });
+
+  test("a received segment that is a link, or shorter than a header, has no header: the next one is read", async () => {
+    const repository = await repositoryHome("identity-no-header");
+    await receive(repository, "000000010000000000000003", segmentStart(7001n));
+    await receive(repository, "000000010000000000000004", "short");
+    const { symlink } = await import("node:fs/promises");
+    await symlink("/etc/hostname", path.join(repository.walDir, "000000010000000000000005.partial"));
+    expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7001", source: "WAL segment 000000010000000000000003" });
+  });
+});
