@@ -6,7 +6,7 @@ import { readEndOfWal } from "../postgres/wal-end";
 import { chooseCandidateOrStoppedOldPrimary, lostBytesAtPromotion } from "./candidate";
 import { initialState, withName, type StateGuard } from "./cluster-state";
 import { fenceNode } from "./fencing";
-import { archivedNames, setAsideReusedTimelines, startToPromote, stoppedOldPrimaryFacts } from "./old-primary-candidate";
+import { reusedTimelineCheck, setAsideReusedTimelines, startToPromote, stoppedOldPrimaryFacts } from "./old-primary-candidate";
 import { newEntry, recordOf, type OperationContext } from "./operation-context";
 import type { JournalEntry, RunningOperation } from "./operation-journal";
 import { lastSeenPrimaryLsn } from "./primary-lsn";
@@ -110,11 +110,16 @@ export async function runFailover(context: OperationContext, operation: RunningO
         );
         await context.emitStage("failover:promoting", operation, "warning", `promoting ${target.name}`);
       }
-      // The stopped old primary's new timeline is checked against the archive as it was before this promotion.
+      // The stopped old primary's new timeline is checked against the archive as it was before this promotion,
+      // recorded once (a resumed run finishes a set-aside that failed partway: see setAsideReusedTimelines).
       const prepared = operation.entry.facts.preparedOldPrimary === target.name;
-      const archivedBefore = prepared ? await archivedNames(context.deps.archive) : [];
+      if (prepared && typeof operation.entry.facts.reusedTimelineCheck !== "string") {
+        operation.assertHeld();
+        await operation.record({ facts: { reusedTimelineCheck: await reusedTimelineCheck(context, target) } });
+      }
       const promoted = await promote(context, target, operation);
-      if (prepared && promoted.promotedNow) await setAsideReusedTimelines(context, { node: target, ...promoted, archivedBefore });
+      const check = operation.entry.facts.reusedTimelineCheck;
+      if (prepared && typeof check === "string") await setAsideReusedTimelines(context, { node: target, ...promoted, check });
       await operation.record({ stage: "promoted" }, "promoted");
       await context.emitStage("failover:promoted", operation, "warning", `${target.name} promoted: it accepts writes`);
     } else {

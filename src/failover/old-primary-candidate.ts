@@ -176,34 +176,64 @@ export async function copyNewerHistories(
   await driver.writeFile(node, `pg_wal/${historyFileName(presumed)}`, content);
 }
 
-/** The archive's file names (none when it cannot be read). */
-export async function archivedNames(archive: Pick<WalArchive, "names">): Promise<string[]> {
-  return archive.names().catch(() => [] as string[]);
+/**
+ * The archive's file names (received and archived). One that cannot be
+ * listed is an error, never "none": a stopped old primary is not prepared
+ * nor promoted blind of the timelines the archive holds (the failover
+ * fails past its point of no return and is resumed).
+ */
+export function archivedNames(archive: Pick<WalArchive, "names">): Promise<string[]> {
+  return archive.names();
+}
+
+/**
+ * What a stopped old primary's promotion is checked against, recorded in
+ * the failover's journal before `pg_promote` (a JSON fact): the archive's
+ * files of timelines above the one `node` is on (the timeline it gets is
+ * above that), and the folder a set-aside of them goes to. Recorded once:
+ * a resumed failover sets aside what the archive held before the
+ * promotion, never the new branch received since.
+ */
+export async function reusedTimelineCheck(context: OperationContext, node: NodeRef): Promise<string> {
+  const timeline = (await context.facts(node))?.timeline ?? null;
+  if (timeline === null)
+    throw new RelevoError(ErrorCode.CommandFailed, `${node.name}'s timeline cannot be read: it is not promoted blind of the archive`);
+  const names = filesOfTimelinesFrom(await archivedNames(context.deps.archive), timeline + 1);
+  return JSON.stringify({ names, folder: divergedFolder() });
 }
 
 /**
  * After the stopped old primary's promotion: its new timeline must be above
- * every timeline the archive held before it (`archivedBefore`). It is,
- * unless a history was missing both from the lost primary and from the
+ * every timeline the archive held before it (see reusedTimelineCheck). It
+ * is, unless a history was missing both from the lost primary and from the
  * archive (see copyNewerHistories). If not, the node stays the primary —
  * its data is what the cluster has, and fencing it would leave no primary —
  * but the archive's files of its timeline and above, a branch the cluster
- * no longer follows, are moved to wal/diverged/<time>/ (kept, never
- * replayed, as the archiver does with WAL off the primary's history)
- * before the archiver streams the new timeline: the archive never holds two
- * histories under one number. A critical `archive:timeline-reused` says so.
+ * no longer follows, are set aside under diverged/<time>/ (kept, never
+ * replayed, as the archiver does with WAL off the primary's history): the
+ * archive never holds two histories under one number. A critical
+ * `archive:timeline-reused` says so.
+ *
+ * Run on every run of the failover until it records the promotion (a
+ * resumed one included: `promotedNow` false), with the recorded names and
+ * folder: a set-aside that failed partway (the store unavailable) is
+ * finished, and what it set aside already is skipped (see
+ * ArchivedWal.setAside). A resumed run leaves `.partial` files alone: by
+ * then pg_receivewal may be writing the new branch's.
  */
 export async function setAsideReusedTimelines(
   context: OperationContext,
-  options: { readonly node: NodeRef; readonly timeline: number | null; readonly archivedBefore: readonly string[] },
+  options: { readonly node: NodeRef; readonly timeline: number | null; readonly promotedNow: boolean; readonly check: string },
 ): Promise<void> {
   const { deps } = context;
   const { node, timeline } = options;
   if (timeline === null) return; // promote() saw it writable on no known timeline: nothing to compare
-  const files = filesOfTimelinesFrom(options.archivedBefore, timeline);
+  const check = JSON.parse(options.check) as { readonly names: readonly string[]; readonly folder: readonly string[] };
+  const files = filesOfTimelinesFrom(check.names, timeline).filter((name) => options.promotedNow || !name.endsWith(".partial"));
   if (files.length === 0) return;
   // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed.
-  const { path: setAside } = await deps.archive.setAside(files, divergedFolder());
+  const { path: setAside, moved } = await deps.archive.setAside(files, check.folder);
+  if (!options.promotedNow && moved.length === 0) return; // reported by the run that promoted it
   deps.logger.error({ node: node.name, timeline, files: files.length, setAside }, "promoted onto a timeline the archive held: set aside");
   await deps.events.emit({
     kind: "archive:timeline-reused",

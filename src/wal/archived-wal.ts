@@ -1,6 +1,7 @@
 import path from "node:path";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
+import { ErrorCode, RelevoError } from "../errors";
 import { historyFileName, parseSegmentName } from "../postgres/wal-names";
 import { archiveKey, divergedKey, legacyWalSummaryKey, walSummaryKey } from "../repository/repository-layout";
 import { absentAsNull, type DataKeySource, type RepositoryStore } from "../repository/repository-store";
@@ -82,35 +83,63 @@ export class ArchivedWal {
   }
 
   /**
-   * Sets `names` aside under `folder` (see divergedFolder): in the archive
-   * got, put under `diverged/<folder>/` and deleted, with the segment's
-   * WAL summary deleted, then moved in the receiving directory (through its
-   * handles), so neither a restore nor the pusher takes them for the
-   * cluster's WAL. Objects first: a failure partway leaves the received
-   * files where they were, the set-aside to be run again (names done are
-   * skipped), never an archive holding the old branch under names whose
-   * received copies are gone. The summary goes before the segment: a
-   * segment of the same name on a reused timeline is summarised again from
-   * its own WAL, never taken as summarised by the abandoned branch's. A
-   * name in neither is skipped.
+   * Sets `names` aside under `folder` (see divergedFolder), so that neither
+   * a restore nor the pusher takes them for the cluster's WAL. Each file is
+   * first copied to `diverged/<folder>/<name>` (from the archive's object,
+   * else the received file): that copy is what is set aside. Then the
+   * archive's object and the received file are removed (the object
+   * deleted, with the segment's WAL summary; the file moved under wal/
+   * `folder` through the directory's handles), each only while its content
+   * is the copy's. Objects first, received files last.
+   *
+   * Why: run again with the same `folder` (a failover resumed after a
+   * failure partway, see setAsideReusedTimelines), it finishes what is left
+   * and never touches a file of the same name the cluster has written since
+   * (a reused timeline's new branch, pushed or received after the first
+   * run): its content is not the copy's. The summary goes with the object:
+   * a reused name is summarised again from its new branch, never taken as
+   * summarised by the abandoned one. A `.partial` (never pushed) is moved as
+   * it is; a name in neither place is skipped.
    */
   async setAside(names: readonly string[], folder: readonly string[]): Promise<{ readonly path: string; readonly moved: string[] }> {
     const { receiving, objects, generation, index } = this.options;
-    const moved = new Set<string>();
     const time = folder.at(-1)!;
     const dataKey = await this.options.archiveKey();
+    const moved = new Set<string>();
+    const receivedToMove: string[] = [];
     for (const name of names) {
-      if (!isWalFileName(name)) continue; // a .partial is never pushed
+      if (!isWalFileName(name)) {
+        receivedToMove.push(name);
+        continue;
+      }
       const key = archiveKey(generation, name);
-      const content = await absentAsNull(objects.getStream(key));
-      if (content !== null) await objects.putStream(divergedKey(generation, time, name), content, { dataKey });
-      if (isSegmentName(name)) await objects.store.delete([walSummaryKey(generation, name), legacyWalSummaryKey(generation, name)]);
-      if (content === null) continue;
-      await objects.store.delete([key]);
-      index.removed(name);
-      moved.add(name);
+      const asideKey = divergedKey(generation, time, name);
+      const archived = await this.readObject(key);
+      const received = await receiving.read(name).catch((error: unknown) => {
+        // A link or a non-file planted at the name (never read, never followed): moved out of the way as it is.
+        if (error instanceof RelevoError && error.code === ErrorCode.DataDirNotOurs) receivedToMove.push(name);
+        else throw error;
+        return null;
+      });
+      let copy = await this.readObject(asideKey);
+      if (copy === null) {
+        copy = archived ?? received;
+        if (copy === null) continue;
+        await objects.putStream(asideKey, Readable.from([copy]), { dataKey });
+      }
+      const archivedIsCopy = archived?.equals(copy) === true;
+      const receivedIsCopy = received?.equals(copy) === true;
+      if (isSegmentName(name) && (archivedIsCopy || receivedIsCopy)) {
+        await objects.store.delete([walSummaryKey(generation, name), legacyWalSummaryKey(generation, name)]);
+      }
+      if (archivedIsCopy) {
+        await objects.store.delete([key]);
+        index.removed(name);
+        moved.add(name);
+      }
+      if (receivedIsCopy) receivedToMove.push(name);
     }
-    const local = await receiving.setAside(names, folder);
+    const local = await receiving.setAside(receivedToMove, folder);
     for (const name of local.moved) moved.add(name);
     return { path: `${local.path} and ${path.posix.join(objects.location, "diverged", time)}`, moved: [...moved].sort() };
   }

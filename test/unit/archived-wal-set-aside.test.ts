@@ -3,17 +3,21 @@ import { readdir, rm, writeFile } from "node:fs/promises";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
 import { configKeys } from "../../src/config/config-keys";
-import { ErrorCode } from "../../src/errors";
+import { ErrorCode, RelevoError } from "../../src/errors";
+import { archivedNames, reusedTimelineCheck, setAsideReusedTimelines } from "../../src/failover/old-primary-candidate";
+import type { OperationContext } from "../../src/failover/operation-context";
 import { createLogger } from "../../src/log";
 import { archiveKey, divergedKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
 import { divergedFolder } from "../../src/storage/wal-archive";
 import { Repository } from "../../src/storage/repository";
 import { archiveIdentity } from "../../src/wal/archive-identity";
+import type { ArchivedWal } from "../../src/wal/archived-wal";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 import { tempHome } from "../helpers/home";
 import { pusherFor } from "../helpers/wal-pusher";
 import { segmentStart } from "../helpers/wal-segment";
+import { testNode } from "../helpers/node-facts";
 
 /**
  * A timeline reused by a promotion (a history missing from the archive):
@@ -85,6 +89,11 @@ describe("a set-aside of a reused timeline", () => {
     expect(await pusherFor(repository).pushPending()).toEqual([HISTORY_3, SEGMENT_3_6]);
     expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
     expect(await repository.archivedHistory(3)).toBe("new branch history\n");
+
+    // Run once more (a resume after the first run had finished): the new branch is not the copy set aside, it stays.
+    expect((await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).moved).toEqual([]);
+    expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
+    expect((await readdir(repository.walDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6, "diverged"]);
   });
 
   test("takes each segment's summary with it: the new branch's segment of that name is summarised from its own WAL", async () => {
@@ -142,5 +151,64 @@ describe("the archive's identity", () => {
     const { symlink } = await import("node:fs/promises");
     await symlink("/etc/hostname", path.join(repository.walDir, "000000010000000000000005.partial"));
     expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7001", source: "WAL segment 000000010000000000000003" });
+  });
+});
+
+describe("the failover's set-aside of a reused timeline (a stopped old primary promoted)", () => {
+  const node1 = testNode("node1");
+
+  /** What reusedTimelineCheck and setAsideReusedTimelines use of a failover's context: the archive, the log, events, node1 on timeline 2. */
+  function contextOf(
+    repository: Repository,
+    emitted: unknown[],
+    archive: Pick<ArchivedWal, "names" | "setAside"> = repository.archivedWal,
+  ) {
+    return {
+      deps: {
+        archive,
+        logger: createLogger({ level: "silent" }),
+        events: { emit: (event: unknown) => Promise.resolve(void emitted.push(event)) },
+      },
+      facts: () => Promise.resolve({ timeline: 2 }),
+    } as unknown as OperationContext;
+  }
+
+  test("an archive that cannot be listed fails the check before the promotion, never taken for an empty one", async () => {
+    const repository = await repositoryHome("reuse-unlisted");
+    const unavailable = new RelevoError(ErrorCode.RepositoryUnavailable, "the store does not answer");
+    const archive = { names: () => Promise.reject(unavailable), setAside: repository.archivedWal.setAside.bind(repository.archivedWal) };
+    await expect(archivedNames(archive)).rejects.toBe(unavailable);
+    await expect(reusedTimelineCheck(contextOf(repository, [], archive), node1)).rejects.toBe(unavailable);
+  });
+
+  test("failed partway, the resumed failover (promotedNow false) finishes it from the recorded check, once", async () => {
+    const repository = await repositoryHome("reuse-resumed");
+    const emitted: unknown[] = [];
+    const context = contextOf(repository, emitted);
+    await receive(repository, "000000020000000000000005", "timeline 2, the node's own");
+    await receive(repository, HISTORY_3, "old branch history\n");
+    await receive(repository, SEGMENT_3_6, "old branch");
+    await pusherFor(repository).pushPending();
+    const check = await reusedTimelineCheck(context, node1);
+    expect(JSON.parse(check)).toMatchObject({ names: [HISTORY_3, SEGMENT_3_6] });
+
+    // Promoted onto timeline 3; the store fails the set-aside (diverged/ taken by a file).
+    await writeFile(path.join(repository.root, "diverged"), "not a directory", { mode: 0o600 });
+    await expect(setAsideReusedTimelines(context, { node: node1, timeline: 3, promotedNow: true, check })).rejects.toThrow();
+    expect(await repository.archive.names()).toContain(SEGMENT_3_6);
+    expect(emitted).toEqual([]);
+
+    // Resumed: promote() finds it promoted already; the recorded check is set aside now.
+    await rm(path.join(repository.root, "diverged"));
+    await setAsideReusedTimelines(context, { node: node1, timeline: 3, promotedNow: false, check });
+    expect(await repository.archive.names()).toEqual(["000000020000000000000005"]);
+    expect(emitted).toEqual([expect.objectContaining({ kind: "archive:timeline-reused", data: expect.objectContaining({ timeline: 3 }) })]);
+
+    // The new branch pushed under the same names; a further resume leaves it alone and says nothing more.
+    await receive(repository, SEGMENT_3_6, "new branch");
+    await pusherFor(repository).pushPending();
+    await setAsideReusedTimelines(context, { node: node1, timeline: 3, promotedNow: false, check });
+    expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
+    expect(emitted).toHaveLength(1);
   });
 });

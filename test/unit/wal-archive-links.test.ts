@@ -116,9 +116,10 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
         deps: { archive: repository.archivedWal, logger, events: { emit: (event: unknown) => Promise.resolve(emitted.push(event)) } },
       } as unknown as OperationContext;
       const archivedBefore = (await readdir(wal)).sort();
-      await expect(setAsideReusedTimelines(context, { node: testNode("node1"), timeline: 2, archivedBefore })).rejects.toMatchObject({
-        code: ErrorCode.DataDirNotOurs,
-      });
+      const check = JSON.stringify({ names: archivedBefore, folder: divergedFolder() });
+      await expect(
+        setAsideReusedTimelines(context, { node: testNode("node1"), timeline: 2, promotedNow: true, check }),
+      ).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
       expect(await readdir(rootOnlyDir)).toEqual([]);
       expect((await readdir(wal)).sort()).toEqual(archivedBefore);
       expect(emitted).toEqual([]);
