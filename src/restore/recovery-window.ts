@@ -22,7 +22,9 @@ export interface RecoveryWindow {
    * The end of the archived WAL on the newest timeline; its time is the
    * last commit or abort the archived WAL holds (see ArchivedWalState),
    * never when a segment was written: a restore to a later time would not
-   * be reached.
+   * be reached. Never earlier than the end of the newest completed backup
+   * the archived WAL reaches (the summaries read may hold no transaction's
+   * end: see Repository.archivedWalState).
    */
   readonly latest: WindowPoint | null;
   readonly gaps: readonly ArchiveGap[];
@@ -71,12 +73,19 @@ export function recoveryWindow(manifests: readonly BackupManifest[], archive: Ar
   }
   const newestTimeline = Math.max(-1, ...byTimeline.keys());
   const newest = byTimeline.get(newestTimeline)?.at(-1);
+  const latestLsn = newest ? (newest.segment + 1) * SEGMENT_SIZE : 0;
+  // The newest completed backup whose end the archive reaches: its end is reached, whatever the summaries say
+  // (none of the newest ones may hold a transaction's end: a bulk load, a summariser behind).
+  const reachedBackup = completed
+    .filter((m) => lsnToNumber(m.stopLsn!) <= latestLsn)
+    .sort((a, b) => a.stoppedAt!.localeCompare(b.stoppedAt!))
+    .at(-1);
+  const floor = reachedBackup?.stoppedAt ?? earliest?.time ?? "";
   const latest: WindowPoint | null =
     earliest && newest
       ? {
-          // No transaction end known past the backup's: its end is the latest time surely reached.
-          time: archive.reachedAt !== null && archive.reachedAt > earliest.time ? archive.reachedAt : earliest.time,
-          lsn: lsnFromNumber((newest.segment + 1) * SEGMENT_SIZE),
+          time: archive.reachedAt !== null && archive.reachedAt > floor ? archive.reachedAt : floor,
+          lsn: lsnFromNumber(latestLsn),
           timeline: newestTimeline,
         }
       : null;

@@ -215,6 +215,23 @@ describe("recovery window (pure)", () => {
     expect(recoveryWindow(backups, { segments, reachedAt: at(0) }).latest?.time).toBe("2026-11-01T00:01:00.000Z");
   });
 
+  test("no transaction end among the newest summaries: the latest time is the newest backup's end the archive reaches, never the oldest's", () => {
+    const backups = [
+      manifest("F1", { startLsn: "0/1000028", stopLsn: "0/1000100" }),
+      manifest("F2", { startLsn: "0/5000028", stopLsn: "0/5000100" }),
+      // Its end is past the archive's (its WAL not pushed yet): not reached.
+      manifest("F3", { startLsn: "0/20000028", stopLsn: "0/20000100" }),
+    ];
+    const segments = Array.from({ length: 30 }, (_, i) => ({ timeline: 1, segment: i + 1 }));
+    expect(recoveryWindow(backups, { segments, reachedAt: null }).latest?.time).toBe("2026-11-02T00:01:00.000Z");
+    expect(recoveryWindow(backups, { segments, reachedAt: at(9) }).latest?.time).toBe("2026-11-02T00:01:00.000Z");
+    expect(recoveryWindow(backups, { segments, reachedAt: "2026-11-02T05:00:00.000Z" }).latest?.time).toBe("2026-11-02T05:00:00.000Z");
+    // A restore to F2's own end is within the window.
+    expect(chooseBackup(backups, { segments, reachedAt: null }, undefined, { kind: "time", time: "2026-11-02T00:01:00.000Z" }).id).toBe(
+      "F2",
+    );
+  });
+
   test("nothing recoverable without a completed backup", () => {
     expect(recoveryWindow([], { segments: [{ timeline: 1, segment: 1 }], reachedAt: at(0) })).toEqual({
       earliest: null,
