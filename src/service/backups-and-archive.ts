@@ -170,6 +170,7 @@ export function startBackups(
     backups,
     events: redis.events,
     gaps: archive.gaps,
+    archive: repository.archive,
     logger,
     topology: () => collector.latest,
     intervalMs: config.archiveCheckIntervalMs,

@@ -76,7 +76,8 @@ export class ArchiveGaps {
   }
 }
 
-function gapField(gap: ArchiveGap): string {
+/** A gap's identity: its timeline and first and last missing segments. */
+export function gapField(gap: ArchiveGap): string {
   return `${gap.timeline}:${gap.from}:${gap.to}`;
 }
 

@@ -5,13 +5,17 @@ import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { BackupService } from "../backup/backup-service";
 import { SEGMENT_SIZE } from "../postgres/wal-names";
-import type { ArchiveGaps } from "./archive-gaps";
+import { gapField, type ArchiveGaps } from "./archive-gaps";
+import type { ArchiveGap } from "../restore/recovery-window";
+import type { WalIndex } from "./wal-index";
 
 export interface ArchiveMonitorOptions {
   readonly backups: BackupService;
   readonly events: EventLog;
   /** The gaps reported (shared with the archiver, which reports the hole a lost slot leaves, and through Redis with every instance). */
   readonly gaps: ArchiveGaps;
+  /** What the repository's archive holds: a gap's first segment is confirmed missing by a head before it is reported. */
+  readonly archive: Pick<WalIndex, "missing">;
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
   readonly intervalMs: number;
@@ -21,13 +25,16 @@ export interface ArchiveMonitorOptions {
 
 /**
  * Watches the archive: a gap (a missing segment between archived ones) is a
- * critical `archive:gap` event, once per gap; an archive that trails the
+ * critical `archive:gap` event, once per gap, once it is confirmed (see
+ * confirmedGaps); an archive that trails the
  * primary by more than `maxLagBytes` is an `archive:lagging` warning, once
  * until it has caught up again. Not silent log lines.
  */
 export class ArchiveMonitor {
   private timer: NodeJS.Timeout | null = null;
   private lagging = false;
+  /** The gaps the previous check saw, confirmed by a head, by gapField: reported only when the next check sees them too. */
+  private gapsSeen = new Set<string>();
 
   constructor(private readonly options: ArchiveMonitorOptions) {}
 
@@ -46,7 +53,7 @@ export class ArchiveMonitor {
 
   async check(): Promise<void> {
     const window = await this.options.backups.recoveryWindow();
-    for (const gap of window.gaps) await this.options.gaps.report(gap, "");
+    for (const gap of await this.confirmedGaps(window.gaps)) await this.options.gaps.report(gap, "");
     await this.options.gaps.settle(await this.options.backups.list());
     const snapshot = this.options.topology();
     const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
@@ -64,5 +71,27 @@ export class ArchiveMonitor {
       });
     }
     this.lagging = behind;
+  }
+
+  /**
+   * Of the window's gaps, those that are gaps: a segment missing from the
+   * index may be one a pass is still putting while it put a later one
+   * (parallel puts finish out of order), or one another instance pushed
+   * since the index's listing. So a gap counts once its first segment is
+   * confirmed absent by a head, at this check and at the one before:
+   * reported, it is critical and kept until a full backup.
+   */
+  private async confirmedGaps(gaps: readonly ArchiveGap[]): Promise<ArchiveGap[]> {
+    const seenBefore = this.gapsSeen;
+    const seenNow = new Set<string>();
+    const confirmed: ArchiveGap[] = [];
+    for (const gap of gaps) {
+      if ((await this.options.archive.missing([gap.from])).length === 0) continue;
+      const key = gapField(gap);
+      seenNow.add(key);
+      if (seenBefore.has(key)) confirmed.push(gap);
+    }
+    this.gapsSeen = seenNow;
+    return confirmed;
   }
 }
