@@ -19,9 +19,12 @@ export interface WalIndexOptions {
  * every few minutes (WAL_INDEX_REBUILD_MS). Why: on object storage a listing
  * of the whole archive is thousands of requests' worth of keys; the archive
  * monitor checks every few seconds and a backup polls for its WAL several
- * times a second. A name the index lacks is confirmed by one `head` before
- * it is taken for absent (a push by another instance since the listing),
- * and kept once found.
+ * times a second. Only `missing` confirms a name the index lacks by one
+ * `head` before it is taken for absent (a push by another instance since
+ * the listing), and keeps it once found; `names`, `segments` and `has`
+ * answer from the index, and a name it holds is never checked again: a
+ * deletion by another instance (expiry, a set-aside) shows at the next
+ * rebuild.
  */
 export class WalIndex {
   private held: Set<string> | null = null;

@@ -1,8 +1,9 @@
 import { expect } from "@jest/globals";
-import { readdir, rename, rm, writeFile } from "node:fs/promises";
+import { open, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
+import { CHUNK_SIZE, HEADER_SIZE } from "../../src/repository/object-codec";
 import { archiveKey, divergedKey } from "../../src/repository/repository-layout";
 import { divergedFolder } from "../../src/storage/wal-archive";
 import { Repository } from "../../src/storage/repository";
@@ -24,6 +25,7 @@ const SEGMENT_4 = "000000010000000000000004";
 const SEGMENT_5 = "000000010000000000000005";
 const SEGMENT_2_4 = "000000020000000000000004";
 const HISTORY_2 = "00000002.history";
+const HISTORY_3 = "00000003.history";
 
 async function pusherHome(label: string): Promise<{ repository: Repository; pusher: WalPusher }> {
   const home = await tempHome(label);
@@ -78,8 +80,18 @@ describe("the WAL pusher", () => {
 
     expect(await pusher.pushPending()).toEqual([]);
     expect(await stored(repository, HISTORY_2)).toBe("the archive's own\n");
-    // Refused once, not retried at every pass; the same content is taken as pushed.
+    // Refused once, not retried at every pass: were it compared again, the archive's now being the received content
+    // would make it pushed.
+    await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from("another branch\n")]));
     expect(await pusher.pushPending()).toEqual([]);
+    expect(await repository.archive.has(HISTORY_2)).toBe(false);
+
+    // The same content as the archive's (put by another instance since the listing): taken as pushed, kept as it was.
+    await repository.objects.putStream(archiveKey(0, HISTORY_3), Readable.from([Buffer.from("the same\n")]));
+    await receive(repository, HISTORY_3, "the same\n");
+    expect(await pusher.pushPending()).toEqual([HISTORY_3]);
+    expect(await repository.archive.has(HISTORY_3)).toBe(true);
+    expect(await stored(repository, HISTORY_3)).toBe("the same\n");
   });
 
   test("a store that cannot be written fails the pass and records nothing; once writable, everything is pushed", async () => {
@@ -89,6 +101,7 @@ describe("the WAL pusher", () => {
     await writeFile(path.join(repository.root, "archive"), "not a directory", { mode: 0o600 });
 
     await expect(pusher.pushPending()).rejects.toThrow();
+    expect(await repository.archive.names()).toEqual([]);
     expect(await readdir(repository.walDir)).toContain(SEGMENT_3);
 
     await rename(path.join(repository.root, "archive"), path.join(repository.root, "not-archive"));
@@ -174,9 +187,19 @@ describe("the archive's identity", () => {
   test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
     const { repository, pusher } = await pusherHome("archived-identity");
     await writeFile(path.join(repository.walDir, SEGMENT_3), segmentStart(7001n), { mode: 0o600 });
-    await writeFile(path.join(repository.walDir, SEGMENT_4), segmentStart(7002n), { mode: 0o600 });
+    await writeFile(path.join(repository.walDir, SEGMENT_4), Buffer.concat([segmentStart(7002n), Buffer.alloc(3 * CHUNK_SIZE, 7)]), {
+      mode: 0o600,
+    });
     await pusher.pushPending();
     for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.walDir, name));
+    // Segment 4's object is 3 MiB; a byte of its second chunk damaged: a whole read fails (REPOSITORY_CORRUPT),
+    // a range read of its header reads the first chunk only.
+    const object = await open(path.join(repository.root, archiveKey(0, SEGMENT_4)), "r+");
+    await object.write(Buffer.from([0xff ^ 0x5a]), 0, 1, HEADER_SIZE + CHUNK_SIZE + 16 + 100);
+    await object.close();
+    await expect(repository.objects.getStream(archiveKey(0, SEGMENT_4)).then((content) => buffer(content))).rejects.toMatchObject({
+      code: "REPOSITORY_CORRUPT",
+    });
 
     expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7002", source: `WAL segment ${SEGMENT_4}` });
   });
