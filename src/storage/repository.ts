@@ -11,7 +11,8 @@ import {
   type BackupManifest,
   type ManifestSummary,
 } from "../backup/manifest";
-import { historyFileName, parseSegmentName } from "../postgres/wal-names";
+import { SEGMENT_SIZE, historyFileName, parseSegmentName } from "../postgres/wal-names";
+import { lsnToNumber } from "../postgres/lsn";
 import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { chownNoFollow } from "../util/owned-files";
@@ -322,7 +323,12 @@ export class Repository {
     for (const segment of newestFirst.slice(0, REACHED_AT_SEGMENTS_READ)) {
       // Newest first: the first transaction end found is the latest the archived WAL holds.
       const summary = await this.objects.readJson<WalSegmentSummary>(walSummaryKey(this.generation, segment.name));
-      if (summary?.lastTransactionEndAt) return { segments, reachedAt: summary.lastTransactionEndAt };
+      if (!summary?.lastTransactionEndAt) continue;
+      // Its record runs into the next segment, not pushed yet (the summary was made from the received one): not reached.
+      const successorPushed = segments.some((other) => other.segment === segment.segment + 1 && other.timeline >= segment.timeline);
+      const end = summary.lastTransactionRecordEnd;
+      if (!successorPushed && end && lsnToNumber(end) > (segment.segment + 1) * SEGMENT_SIZE) continue;
+      return { segments, reachedAt: summary.lastTransactionEndAt };
     }
     return { segments, reachedAt: null };
   }

@@ -1,3 +1,4 @@
+import { lsnFromNumber, lsnToNumber } from "../postgres/lsn";
 /**
  * What one archived WAL segment changed, as a later differential or
  * incremental backup needs it (issue "Backups II"): the blocks each record
@@ -35,6 +36,13 @@ export interface WalSegmentSummary {
    * PostgreSQL 15 end recovery with a FATAL).
    */
   readonly lastTransactionEndAt?: string | null;
+  /**
+   * Where that COMMIT or ABORT record ends (its LSN plus its length): past
+   * the segment's end, the record is whole only with the next segment (see
+   * Repository.archivedWalState). Absent in summaries written before it was
+   * recorded.
+   */
+  readonly lastTransactionRecordEnd?: string | null;
   readonly records: number;
   /** pg_waldump read every record that starts in the segment without an error. */
   readonly complete: boolean;
@@ -56,6 +64,12 @@ export function transactionEndTime(line: string): string | null {
   return `${match[1]}T${match[2]}.${fraction}Z`;
 }
 
+/** Where the record of a pg_waldump line ends ("len (rec/tot): 34/ 34, … lsn: 0/0F001700"): its LSN plus its total length; null when the line does not say. Pure. */
+export function recordEnd(line: string): string | null {
+  const match = /len \(rec\/tot\):\s*\d+\/\s*(\d+),.*?\blsn: ([0-9A-F]+\/[0-9A-F]+)/.exec(line);
+  return match ? lsnFromNumber(lsnToNumber(match[2]!) + Number(match[1])) : null;
+}
+
 function* linesStartingWith(text: string, marker: string): Generator<string> {
   for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
     const end = text.indexOf("\n", at);
@@ -75,6 +89,7 @@ export class SummaryBuilder {
   private readonly databases = new Set<string>();
   private readonly restorePoints: RestorePointRecord[] = [];
   private lastTransactionEndAt: string | null = null;
+  private lastTransactionRecordEnd: string | null = null;
   private records = 0;
   /** The main-fork set the previous reference went to, and "<relation> " to recognise it. */
   private last: { prefix: string; set: Set<number> } | null = null;
@@ -135,7 +150,9 @@ export class SummaryBuilder {
     }
     for (const line of linesStartingWith(text, "rmgr: Transaction")) {
       const at = transactionEndTime(line);
-      if (at !== null) this.lastTransactionEndAt = at;
+      if (at === null) continue;
+      this.lastTransactionEndAt = at;
+      this.lastTransactionRecordEnd = recordEnd(line);
     }
     for (const line of linesStartingWith(text, "rmgr: XLOG")) {
       const point = /lsn: ([0-9A-F]+\/[0-9A-F]+),.* desc: RESTORE_POINT (.*)$/.exec(line);
@@ -168,6 +185,7 @@ export class SummaryBuilder {
       databases: [...this.databases].sort(),
       restorePoints: [...this.restorePoints],
       lastTransactionEndAt: this.lastTransactionEndAt,
+      lastTransactionRecordEnd: this.lastTransactionRecordEnd,
       records: this.records,
       complete,
       error,

@@ -452,6 +452,8 @@ describe("WAL segment summaries", () => {
       restorePoints: [{ name: "before the: migration", lsn: "0/0F001600" }],
       // The last COMMIT or ABORT's time, from the WAL: what the recoverable window's latest time is.
       lastTransactionEndAt: "2026-12-07T12:00:02.500Z",
+      // Where that record ends (its LSN plus its 34 bytes): whether it is whole within the segment.
+      lastTransactionRecordEnd: "0/F001822",
       records: 10,
       complete: true,
       error: null,

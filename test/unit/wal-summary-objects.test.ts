@@ -1,10 +1,11 @@
 import { expect } from "@jest/globals";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { Readable } from "node:stream";
 import { configKeys } from "../../src/config/config-keys";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
-import { legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
+import { archiveKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
 import { Repository } from "../../src/storage/repository";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
@@ -105,5 +106,26 @@ describe("WAL summaries in the repository's objects", () => {
       legacyWalSummaryKey(0, SEGMENT_5),
     ]);
     expect(await readdir(repository.walDir)).toEqual([SEGMENT_5]);
+  });
+});
+
+describe("the time the archived WAL reaches, from its summaries", () => {
+  test("a transaction's end whose record runs into a segment not pushed yet is not reached; once it is pushed, it is", async () => {
+    const { repository } = await summarizerHome("reached-at");
+    const at = (segment: string, time: string, recordEnd: string): WalSegmentSummary => ({
+      ...summary(segment, null),
+      lastTransactionEndAt: time,
+      lastTransactionRecordEnd: recordEnd,
+    });
+    for (const name of [SEGMENT_3, SEGMENT_4]) await repository.objects.putStream(archiveKey(0, name), Readable.from([Buffer.from(name)]));
+    await repository.archive.rebuild();
+    await repository.objects.writeJson(walSummaryKey(0, SEGMENT_3), at(SEGMENT_3, "2026-12-07T12:00:01.000Z", "0/3FFFF00"));
+    // Segment 4's last COMMIT starts in it and ends 0x40 bytes into segment 5 (received and summarised, not pushed).
+    await repository.objects.writeJson(walSummaryKey(0, SEGMENT_4), at(SEGMENT_4, "2026-12-07T12:00:02.000Z", "0/5000040"));
+    expect((await repository.archivedWalState()).reachedAt).toBe("2026-12-07T12:00:01.000Z");
+
+    await repository.objects.putStream(archiveKey(0, SEGMENT_5), Readable.from([Buffer.from(SEGMENT_5)]));
+    await repository.archive.rebuild();
+    expect((await repository.archivedWalState()).reachedAt).toBe("2026-12-07T12:00:02.000Z");
   });
 });
