@@ -17,6 +17,7 @@ import { withNodeClient } from "../../src/postgres/connection";
 import { superuserCredentials } from "../../src/cluster/bootstrap";
 import { confirmReloadByCheckpoint } from "../../src/postgres/checkpoint-after-reload";
 import { monotonicNowMs } from "../../src/util/monotonic-clock";
+import { archiveKey, generationPrefix } from "../../src/repository/repository-layout";
 
 describe("a frozen primary (SIGSTOP of its process group)", () => {
   const cluster = useTestCluster("failover-sigstop", { leaseTtlMs: 2000 });
@@ -372,6 +373,14 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     await cluster.service.driver.stop(node("node1"), { mode: "fast", timeoutMs: 30000 });
     await sql(node("node2"), "INSERT INTO acked (id) VALUES (3000001)");
     const written = (await sql<{ lsn: string }>(node("node2"), "SELECT pg_current_wal_lsn()::text AS lsn"))[0]!.lsn;
+    // A whole segment of node2's timeline past all node1 has, pushed to the repository's archive: off node1's history
+    // once node1 is promoted, it must leave archive/ for diverged/ (review 21, L4: the set-aside of pushed WAL).
+    const { repository } = cluster.service;
+    const pastSwitch = (await sql<{ file: string }>(node("node2"), "SELECT pg_walfile_name(pg_current_wal_lsn()) AS file"))[0]!.file;
+    await sql(node("node2"), "SELECT pg_switch_wal()");
+    await eventually(async () => ((await repository.objects.exists(archiveKey(repository.generation, pastSwitch))) ? true : undefined), {
+      what: `${pastSwitch} pushed`,
+    });
     // The monitor has seen it (the loss bound of a failover).
     await eventually(
       async () => {
@@ -391,6 +400,14 @@ describe("fencing holds, and a stale replica is never promoted (synchronous, no 
     expect(bytesBehind(written, stale)).toBeGreaterThan(0);
     expect(await sql(node("node1"), "SELECT 1 FROM acked WHERE id = 3000001")).toEqual([]);
     expect((await state()).primary).toBe("node1");
+    await eventually(async () => ((await repository.objects.exists(archiveKey(repository.generation, pastSwitch))) ? undefined : true), {
+      what: `${pastSwitch} set aside from archive/`,
+    });
+    const kept = (await repository.objects.list(`${generationPrefix(repository.generation)}diverged/`)).filter((info) =>
+      info.key.endsWith(`/${pastSwitch}`),
+    );
+    expect(kept).toHaveLength(1);
+    expect(await repository.archive.has(pastSwitch)).toBe(false);
     await cluster.service.failover.setMaintenance(false);
   });
 });
