@@ -103,6 +103,8 @@ describe("a set-aside of a reused timeline", () => {
       archive: repository.wal,
       objects: repository.objects,
       generation: 0,
+      archiveKey: () => repository.archiveKey(),
+      readLegacy: true,
       scratchDir: path.join(home, "tmp"),
       pgBinDir: configKeys.pgBinDir.default,
       logger: createLogger({ level: "silent" }),
