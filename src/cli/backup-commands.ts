@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { openConfiguredRepository } from "../storage/open-repository";
+import { walSpoolDir } from "../storage/repository";
 import { assertBackupId } from "../backup/manifest";
 import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
@@ -203,6 +204,7 @@ async function restoreClaimedCopy(
     const repository = await openConfiguredRepository({
       settings: config.repositories[0]!,
       walOwner: await driver.fileOwner(),
+        spoolDir: walSpoolDir(config.home),
       locks,
       create: false,
     });
@@ -249,6 +251,7 @@ export async function restoreClusterCommand(
       const repository = await openConfiguredRepository({
         settings: config.repositories[0]!,
         walOwner: await driver.fileOwner(),
+        spoolDir: walSpoolDir(config.home),
         locks,
         create: false,
       });

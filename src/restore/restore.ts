@@ -141,7 +141,7 @@ async function restoreClaimedTarget(
     const feeder = await WalFeeder.open({
       driver,
       node: target,
-      source: deps.walSource ?? repositoryWalSource(repository, repository.wal),
+      source: deps.walSource ?? repositoryWalSource(repository, repository.spool),
       logger: deps.logger,
       mode: "recovery",
       timeline: options.timeline ?? "latest",
@@ -258,7 +258,7 @@ export async function seedStandbyFromBackup(deps: RestoreDeps, options: SeedOpti
       feeder = await WalFeeder.open({
         driver: deps.driver,
         node: options.node,
-        source: deps.walSource ?? repositoryWalSource(deps.repository, deps.repository.wal),
+        source: deps.walSource ?? repositoryWalSource(deps.repository, deps.repository.spool),
         logger: deps.logger,
         mode: "standby",
         timeline: "latest",

@@ -73,7 +73,7 @@ export async function startFailover(
           WalFeeder.open({
             driver,
             node,
-            source: repositoryWalSource(repository, repository.wal),
+            source: repositoryWalSource(repository, repository.spool),
             logger,
             mode: "standby",
             timeline: "latest",

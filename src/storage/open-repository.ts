@@ -12,6 +12,8 @@ export interface OpenRepositoryOptions {
   readonly settings: RepositorySettings;
   /** PostgreSQL's OS user, owner of the archive's receiving directory. */
   readonly walOwner: OsIdentity | null;
+  /** Where pg_receivewal writes on this host (walSpoolDir of the data home): see Repository. */
+  readonly spoolDir: string;
   readonly locks?: BackupLocks;
   /**
    * The service: the repository's directories made, and an encrypted
@@ -34,14 +36,14 @@ export interface OpenRepositoryOptions {
  * reported as damage, when the configuration is what is wrong.
  */
 export async function openConfiguredRepository(options: OpenRepositoryOptions): Promise<Repository> {
-  const { settings, walOwner, locks, create } = options;
+  const { settings, walOwner, spoolDir, locks, create } = options;
   if (settings.type !== "dir") {
     throw new RelevoError(ErrorCode.NotImplemented, `repo${settings.index}: an S3 repository is not used yet`, {
       details: { env: `RELEVO_REPO${settings.index}_TYPE` },
     });
   }
   const variable = `RELEVO_REPO${settings.index}_CIPHER_PASS`;
-  const plain = new Repository(settings.path, walOwner, { locks });
+  const plain = new Repository(settings.path, walOwner, { locks, spoolDir });
   // Directories first: a new keyring is written into them, and the repository's root keeps its mode.
   if (create) await plain.ensure();
   const store = new DirectoryStore(settings.path);
@@ -50,7 +52,7 @@ export async function openConfiguredRepository(options: OpenRepositoryOptions): 
     return plain;
   }
   const keyring = await RepositoryKeyring.open(store, { cipherPass: settings.cipherPass, variable, create, scrypt: options.scrypt });
-  const repository = new Repository(settings.path, walOwner, { locks, keyring });
+  const repository = new Repository(settings.path, walOwner, { locks, keyring, spoolDir });
   // The archive's key found (or made, once per repository) at the start, not at the first segment's push.
   if (create) await repository.archiveKey();
   return repository;

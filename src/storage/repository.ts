@@ -15,7 +15,6 @@ import { SEGMENT_SIZE, historyFileName, parseSegmentName } from "../postgres/wal
 import { lsnToNumber } from "../postgres/lsn";
 import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
-import { chownNoFollow } from "../util/owned-files";
 import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo } from "../repository/object-store";
 import { archiveKey, archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
@@ -31,12 +30,13 @@ import { ArchivedWal } from "../wal/archived-wal";
 /**
  * The backup repository, a directory (production: on another disk or host):
  *
- *   <root>/wal/                      the WAL archive: segments and .history files,
- *                                    named by PostgreSQL (timeline in the name),
- *                                    owned by the PostgreSQL OS user (pg_receivewal writes it,
- *                                    restore_command reads it): root works there only
+ *   <root>/archive/…                 the WAL archive: segments and .history files pushed from
+ *                                    the spool (see WalPusher, and repository-layout)
+ *   <root>/diverged/<time>/…         WAL off the cluster's history, set aside (objects)
+ *   <root>/wal/                      the WAL archive of older versions, owned by the PostgreSQL
+ *                                    OS user: drained into archive/ at the archiver's start,
+ *                                    then removed (see legacy-wal-drain); root works there only
  *                                    through handles (see WalArchive)
- *   <root>/wal/diverged/<time>/      WAL off the cluster's history, set aside (root's, 0700)
  *   <root>/wal-summary/<segment>      what each archived segment changed (blocks per relation): an object
  *                                    (see `objects`); `<segment>.json`, plain JSON, from before objects, still read
  *   <root>/manifests/<id>                a backup's manifest, a stored object (see `objects`)
@@ -47,19 +47,30 @@ import { ArchivedWal } from "../wal/archived-wal";
  *                                        a range of its content each (manifest: offset, bytes)
  *   <root>/backups/<id>/data/<path>.lz4  version 2 and 3 backups: raw files by data directory path
  *   <root>/backups/<id>/bundles/<nnnnn>  and raw bundles, read by path (see ContentForm)
- *   <root>/archive/…                 the WAL pushed from wal/ (see WalPusher, and repository-layout)
  *   <root>/superseded/<label>/       a previous cluster's wal/, archive/, wal-summary/, manifests/ and
  *                                    backups/, set aside when the data home
  *                                    started over (relevo up --new-cluster)
  *
  * Every write is temp + rename, so an interrupted backup leaves no torn file;
  * a backup without a completed manifest is not a backup.
+ *
+ * Not in the repository: the WAL spool (`$RELEVO_HOME/wal-spool/`, see
+ * `spool`), where pg_receivewal writes as the PostgreSQL OS user; nothing
+ * in the repository is that user's any more (but a legacy `wal/` not
+ * drained yet), so its root is root's alone, 0700.
  */
 export class Repository {
-  /** The WAL archive's path (pg_receivewal's -D, messages; no node reads it); root works in it through `wal` only. */
-  readonly walDir: string;
-  /** The WAL archive as root works in it: never through a link its owner, the PostgreSQL OS user, planted (see WalArchive). */
-  readonly wal: WalArchive;
+  /** The WAL spool's path (pg_receivewal's -D, messages; no node reads it); root works in it through `spool` only. */
+  readonly spoolDir: string;
+  /**
+   * The WAL spool as root works in it: never through a link its owner, the
+   * PostgreSQL OS user, planted (see WalArchive). A cache of what the
+   * pusher has not put into `objects` yet, on this host: the archive is
+   * `objects`.
+   */
+  readonly spool: WalArchive;
+  /** The repository's `wal/` of older versions (the PostgreSQL user's), read through handles while it is drained. */
+  readonly legacyWal: WalArchive;
   readonly backupsDir: string;
   /** The summaries' directory (see wal-summary), for the set-aside, which moves it by path: summaries are read and written through `objects`. */
   readonly walSummaryDir: string;
@@ -94,11 +105,17 @@ export class Repository {
 
   constructor(
     readonly root: string,
-    private readonly walOwner: OsIdentity | null,
-    options: { readonly locks?: BackupLocks; readonly keyring?: RepositoryKeyring } = {},
+    walOwner: OsIdentity | null,
+    options: {
+      /** The WAL spool's directory (`$RELEVO_HOME/wal-spool`: walSpoolDir), on this host. */
+      readonly spoolDir: string;
+      readonly locks?: BackupLocks;
+      readonly keyring?: RepositoryKeyring;
+    },
   ) {
-    this.wal = new WalArchive(root, walOwner);
-    this.walDir = this.wal.path;
+    this.spool = new WalArchive(options.spoolDir, walOwner);
+    this.spoolDir = this.spool.path;
+    this.legacyWal = new WalArchive(path.join(root, "wal"), walOwner);
     this.backupsDir = path.join(root, "backups");
     this.walSummaryDir = path.join(root, "wal-summary");
     this.locks = options.locks ?? null;
@@ -106,7 +123,7 @@ export class Repository {
     this.objects = new RepositoryStore(new DirectoryStore(root), this.keyring?.policy ?? UNENCRYPTED);
     this.archive = new WalIndex({ objects: this.objects, generation: this.generation });
     this.archivedWal = new ArchivedWal({
-      receiving: this.wal,
+      receiving: this.spool,
       objects: this.objects,
       generation: this.generation,
       index: this.archive,
@@ -147,13 +164,12 @@ export class Repository {
     return this.locks.acquire(ids, options);
   }
 
+  /** Makes the repository (root's alone, 0700: no node and no PostgreSQL process reads it) and the WAL spool (the PostgreSQL user's). */
   async ensure(): Promise<void> {
-    // 0711: the PostgreSQL user may reach wal/ but not list the rest.
-    await mkdir(this.root, { recursive: true, mode: 0o711 });
-    await chmod(this.root, 0o711);
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
+    await chmod(this.root, 0o700);
     await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
-    await mkdir(this.walDir, { recursive: true, mode: 0o700 });
-    await chownNoFollow(this.walDir, this.walOwner);
+    await this.spool.ensure();
   }
 
   /**
@@ -172,11 +188,16 @@ export class Repository {
     await mkdir(aside, { recursive: true, mode: 0o700 });
     const manifestsDir = path.join(this.root, manifestsPrefix(this.generation).replace(/\/$/, ""));
     const archiveDir = path.join(this.root, archivePrefix(this.generation).replace(/\/$/, ""));
-    for (const directory of [this.walDir, archiveDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
+    for (const directory of [this.legacyWal.path, archiveDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
       await rename(directory, path.join(aside, path.basename(directory))).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== "ENOENT") throw error;
       });
     }
+    // The spool holds the previous cluster's WAL not pushed yet: kept beside it (same file system; its parent is root's,
+    // so the rename moves the spool itself, never anything its owner put in it), never pushed into the new archive.
+    await rename(this.spoolDir, `${this.spoolDir}.superseded-${label}`).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+    });
     await this.ensure();
     await this.archive.rebuild();
     return aside;
@@ -339,14 +360,14 @@ export class Repository {
    * summaries; never .history files. Returns how many segments went.
    */
   async removeSegmentsBefore(segment: number): Promise<number> {
-    const received = (await this.wal.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
+    const received = (await this.spool.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     const archived = (await this.archive.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     const names = [...new Set([...received, ...archived])].sort();
     for (const name of names) {
       // The object first: a segment the index still names is one a restore may be promised.
       await this.objects.store.delete([archiveKey(this.generation, name)]);
       this.archive.removed(name);
-      if (received.includes(name)) await this.wal.remove(name);
+      if (received.includes(name)) await this.spool.remove(name);
       // Its summary: the object, and the plain JSON one from before objects.
       await this.objects.store.delete([walSummaryKey(this.generation, name), legacyWalSummaryKey(this.generation, name)]);
     }
@@ -363,6 +384,14 @@ export class Repository {
     const content = await objectOrNull(this.objects.getStream(archiveKey(this.generation, historyFileName(timeline))));
     return content && (await buffer(content)).toString("utf8");
   }
+}
+
+/**
+ * The WAL spool of the data home `home`: on Relevo's host, beside the
+ * node directories, never in the repository (which may be a bucket).
+ */
+export function walSpoolDir(home: string): string {
+  return path.join(home, "wal-spool");
 }
 
 /** How many of the archive's newest segments' summaries are read for the time its WAL reaches (see archivedWalState). */

@@ -1,4 +1,4 @@
-import { lstat, rename } from "node:fs/promises";
+import { chmod, lstat, mkdir, rename } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import {
@@ -11,7 +11,8 @@ import {
   type GuardedDirectory,
 } from "../util/guarded-directory";
 import { removeEntry } from "../util/guarded-removal";
-import { createOwnedFile, type FileOwner } from "../util/owned-files";
+import { chownNoFollow, createOwnedFile, type FileOwner } from "../util/owned-files";
+import { ErrorCode, RelevoError } from "../errors";
 import { historyFileName } from "../postgres/wal-names";
 
 /** An archived file's name and when it was archived (its mtime). */
@@ -27,21 +28,47 @@ export interface HeldWalFiles {
   close(): Promise<void>;
 }
 
+/** A directory on the way to the spool, as lstat sees it. */
+export interface AncestorFacts {
+  readonly path: string;
+  readonly uid: number;
+  readonly mode: number;
+}
+
+/**
+ * Why a directory on the way to a WAL directory (its ancestors, nearest
+ * first) would let someone else than root swap it: one owned by another
+ * user, or writable by group or others without the sticky bit (in a
+ * sticky one only the owner renames an entry, as in /tmp). Null when
+ * none does. Pure.
+ */
+export function unsafeAncestor(ancestors: readonly AncestorFacts[], rootUid: number): string | null {
+  for (const ancestor of ancestors) {
+    if (ancestor.uid !== rootUid && ancestor.uid !== 0) return `${ancestor.path} is owned by uid ${ancestor.uid}`;
+    const sticky = (ancestor.mode & 0o1000) !== 0;
+    if ((ancestor.mode & 0o022) !== 0 && !sticky)
+      return `${ancestor.path} is writable by others (mode ${(ancestor.mode & 0o7777).toString(8)})`;
+  }
+  return null;
+}
+
 /** Where set-aside WAL goes below wal/: `diverged/<time>` (kept, never replayed). */
 export function divergedFolder(now: Date = new Date()): string[] {
   return ["diverged", now.toISOString().replace(/[:.]/g, "-")];
 }
 
 /**
- * The repository's WAL archive, `<repository>/wal/`, as root works in it.
+ * A directory pg_receivewal writes as the PostgreSQL OS user, as root works
+ * in it: the WAL spool, `$RELEVO_HOME/wal-spool/` (see Repository), and a
+ * repository's legacy `wal/` while it is drained (see legacy-wal-drain).
  *
  * pg_receivewal writes there as the PostgreSQL OS user, so that user owns
- * `wal/` and may swap any name in it (a segment, a history file,
+ * the directory and may swap any name in it (a segment, a history file,
  * `diverged/`) for a symlink at any moment, e.g. through `COPY … TO
  * PROGRAM`. Root acting by name would then create, move, read or write
  * wherever the link points: a file named like a segment moved into
  * /etc/cron.d, secrets.json read as a timeline history. So every operation
- * here first opens `wal/` from the repository's root (root's) with
+ * here first opens the directory from its parent (root's) with
  * O_DIRECTORY | O_NOFOLLOW (guarded-directory), then works relative to
  * that handle: files opened O_NOFOLLOW and fstat'ed (a regular file, or
  * DATA_DIR_NOT_OURS), created O_EXCL | O_NOFOLLOW, renamed and removed
@@ -49,26 +76,68 @@ export function divergedFolder(now: Date = new Date()): string[] {
  * handle per operation: the archiver lists and reads here often.
  */
 export class WalArchive {
-  /** `<repository>/wal`: for pg_receivewal's -D and messages (no node reads it); root never resolves a name below it from here. */
+  /** The directory: for pg_receivewal's -D and messages (no node reads it); root never resolves a name below it from here. */
   readonly path: string;
+  /** Its parent, root's: every operation opens the directory from there, through no link. */
+  private readonly parent: string;
+  private readonly entry: string;
 
   constructor(
-    private readonly repositoryRoot: string,
-    /** Who owns what root adds (the archive's owner, as pg_receivewal's own files are); null: root's own. */
+    directory: string,
+    /** Who owns what root adds (the directory's owner, as pg_receivewal's own files are); null: root's own. */
     private readonly owner: FileOwner,
   ) {
-    this.path = path.join(repositoryRoot, "wal");
+    this.path = path.resolve(directory);
+    this.parent = path.dirname(this.path);
+    this.entry = path.basename(this.path);
   }
 
-  /** Runs `use` on `wal/` opened through no link; `absent()` when the archive does not exist yet. */
+  /** Runs `use` on the directory opened through no link; `absent()` when it does not exist (yet, or any more). */
   private async within<T>(use: (wal: GuardedDirectory) => Promise<T>, absent: () => T): Promise<T> {
-    const wal = await openGuardedDirectory(this.repositoryRoot, ["wal"]);
+    const wal = await openGuardedDirectory(this.parent, [this.entry]);
     if (!wal) return absent();
     try {
       return await use(wal);
     } finally {
       await wal.close();
     }
+  }
+
+  /**
+   * Makes the directory (0700, the owner's: pg_receivewal writes it as the
+   * PostgreSQL OS user) unless it exists; refuses (DATA_DIR_NOT_OURS) a
+   * chain of parents another user could swap: then the directory root
+   * works in through its handles could be anyone's. The PostgreSQL user
+   * must traverse the parents (the data home is 0711).
+   */
+  async ensure(): Promise<void> {
+    await mkdir(this.parent, { recursive: true, mode: 0o711 });
+    const ancestors: AncestorFacts[] = [];
+    for (let dir = this.parent; ; dir = path.dirname(dir)) {
+      const info = await lstat(dir);
+      if (!info.isDirectory()) {
+        throw new RelevoError(ErrorCode.DataDirNotOurs, `${dir}, on the way to the WAL directory ${this.path}, is not a directory`);
+      }
+      ancestors.push({ path: dir, uid: info.uid, mode: info.mode });
+      if (dir === path.dirname(dir)) break;
+    }
+    const unsafe = unsafeAncestor(ancestors, process.getuid?.() ?? 0);
+    if (unsafe !== null) {
+      throw new RelevoError(
+        ErrorCode.DataDirNotOurs,
+        `the WAL directory ${this.path} could be swapped by another user: ${unsafe}; choose another RELEVO_HOME`,
+        { details: { env: "RELEVO_HOME" } },
+      );
+    }
+    await mkdir(this.path, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "EEXIST") throw error;
+    });
+    // Through no link: a spool planted as a link by its owner is refused here, never chmod'ed or chown'ed through.
+    const opened = await openGuardedDirectory(this.parent, [this.entry]);
+    if (!opened) throw new RelevoError(ErrorCode.DataDirNotOurs, `the WAL directory ${this.path} could not be made`);
+    await opened.close();
+    await chmod(this.path, 0o700);
+    await chownNoFollow(this.path, this.owner);
   }
 
   /** Every name in the archive (segments, .partial, .history, diverged/ …); none when there is no archive. */

@@ -238,7 +238,7 @@ export class WalArchiver {
     const { repository, superuser, nodeTimeoutMs, events, logger } = this.options;
     const systemIdentifier = await withNodeClient(target, superuser, nodeTimeoutMs, readSystemIdentifier);
     const archive = await archiveIdentity(repository);
-    const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.walDir);
+    const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.objects.location);
     if (reason === null || archive === null) {
       this.refused = null;
       return false;
@@ -370,7 +370,7 @@ export class WalArchiver {
     );
     if (hole === null) return false;
     // Owned by the archive's owner, as pg_receivewal (maybe run as the PostgreSQL OS user) must write it.
-    await repository.wal.create(hole.placeholder, "");
+    await repository.spool.create(hole.placeholder, "");
     await this.options.gaps.report(hole.gap, cause);
     return true;
   }
@@ -382,12 +382,12 @@ export class WalArchiver {
    * end for ever.
    */
   private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { wal, archivedWal } = this.options.repository;
+    const { spool, archivedWal } = this.options.repository;
     const placeholder = timelineBoundaryPlaceholder(await archivedWal.names(), history);
     if (placeholder === null) return;
     // Owned by the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
     // wal/ is that user's to write: created new and chowned through its handle, never by a path it may have swapped.
-    await wal.create(placeholder, "");
+    await spool.create(placeholder, "");
     this.options.logger.info(
       { node: target.name, placeholder },
       "the archive ends at a timeline switch: streaming resumes on the next timeline",
@@ -402,7 +402,7 @@ export class WalArchiver {
         path.join(pgBinDir, "pg_receivewal"),
         [
           "-D",
-          repository.walDir,
+          repository.spoolDir,
           "-S",
           ARCHIVE_SLOT,
           "-d",

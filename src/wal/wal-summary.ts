@@ -19,7 +19,7 @@ import { SummaryBuilder, recordLineOfSegment, type RestorePointRecord, type WalS
 /** The summariser of a repository's archive, as configured. */
 export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
   return new WalSummarizer({
-    archive: repository.wal,
+    archive: repository.spool,
     objects: repository.objects,
     generation: repository.generation,
     archiveKey: () => repository.archiveKey(),

@@ -5,7 +5,7 @@ import { WalPusher } from "../../src/wal/wal-pusher";
 /** A pusher from the repository's receiving directory into its archive objects, run by hand (pushPending) in tests. */
 export function pusherFor(repository: Repository): WalPusher {
   return new WalPusher({
-    source: repository.wal,
+    source: repository.spool,
     objects: repository.objects,
     generation: repository.generation,
     index: repository.archive,

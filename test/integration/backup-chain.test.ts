@@ -170,12 +170,12 @@ describe("differential and incremental backups: block-level, from the WAL", () =
     // Lose the archive between the last backup's start and now (and its summaries).
     const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
     await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
-    const { walDir, objects, generation } = cluster.service.repository;
+    const { spoolDir, objects, generation } = cluster.service.repository;
     const from = segmentNumber(backups.incr2!.startLsn);
-    for (const name of await readdir(walDir)) {
+    for (const name of await readdir(spoolDir)) {
       const segment = parseSegmentName(name)?.segment;
       if (segment !== undefined && segment >= from + 1 && segment <= segmentNumber(switched)) {
-        await rm(path.join(walDir, name));
+        await rm(path.join(spoolDir, name));
         await objects.store.delete([walSummaryKey(generation, name)]);
       }
     }

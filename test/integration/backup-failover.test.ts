@@ -68,7 +68,7 @@ describe("the WAL archive across a failover", () => {
     expect(window.gaps).toEqual([]);
     expect(window.latest?.timeline).toBe(2);
     const { readdir } = await import("node:fs/promises");
-    const archived = await readdir(cluster.service.repository.walDir);
+    const archived = await readdir(cluster.service.repository.spoolDir);
     expect(archived).toContain("00000002.history");
     // A span from before the branch (the backup's stop, in a segment timeline 2 does not have) to a point on
     // timeline 2 is archived along the history: what a restore test waits for when its reference point, taken
@@ -119,6 +119,6 @@ describe("the WAL archive across a failover", () => {
     await cluster.service.archiver.waitForArchived(newTimeline, after, after, 30000);
     expect((await cluster.service.backups.recoveryWindow()).gaps).toEqual([]);
     const { readdir } = await import("node:fs/promises");
-    expect(await readdir(cluster.service.repository.walDir)).toContain(historyFileName(newTimeline));
+    expect(await readdir(cluster.service.repository.spoolDir)).toContain(historyFileName(newTimeline));
   });
 });

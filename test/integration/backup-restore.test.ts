@@ -148,7 +148,7 @@ describe("full backup and point-in-time restore", () => {
     expect(expected.rows).toBe(3001);
 
     // Every segment after the backup's end reaches the copy 2.5 s late: each time, the copy asks for one not there yet.
-    const archive = archiveWalSource(cluster.service.repository.wal);
+    const archive = archiveWalSource(cluster.service.repository.spool);
     const backupEnd = segmentNumber(backup.stopLsn!);
     const delayed: string[] = [];
     const slow: WalSource = {
@@ -411,7 +411,7 @@ describe("full backup and point-in-time restore", () => {
     const { service } = cluster;
     const backup = await (await service.backups.start("full")).done;
     await switchWal();
-    const archive = archiveWalSource(service.repository.wal);
+    const archive = archiveWalSource(service.repository.spool);
     let lapsed = false;
     const losing: WalSource = {
       list: () => archive.list(),

@@ -165,7 +165,8 @@ describe("the docker-compose stack: its node containers adopted, external Redis,
     // Relevo ran no Redis of its own.
     expect(existsSync(path.join(stack.config.home, "redis"))).toBe(false);
     // The archive is Relevo's; no node container mounts it: the restore test's copy was fed its WAL through the driver.
-    expect((await readdir(path.join(stack.config.repository, "wal"))).some((name) => /^[0-9A-F]{24}$/.test(name))).toBe(true);
+    expect((await stack.service.repository.archive.names()).some((name) => /^[0-9A-F]{24}$/.test(name))).toBe(true);
+    expect(await readdir(stack.config.repository)).not.toContain("wal");
     const copyMounts = (await docker.listContainers({ all: true, filters: { label: [`io.relevo.cluster=${cluster}`] } })).flatMap((c) =>
       c.Mounts.map((m) => m.Name),
     );

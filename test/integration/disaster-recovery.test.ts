@@ -24,7 +24,7 @@ import { sqlOn } from "../helpers/sql";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { archiveKey, archivePrefix, walFileNameOf } from "../../src/repository/repository-layout";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -346,7 +346,7 @@ describeOnEachDriver(
       await again!.stop({ reason: "test finished" });
       again = null;
       // A segment of a timeline ahead of the primary's, of another system identifier: the newest in the repository's archive.
-      const { objects, generation } = new Repository(config.repository, null);
+      const { objects, generation } = new Repository(config.repository, null, { spoolDir: walSpoolDir(config.home) });
       const newest = (await objects.list(archivePrefix(generation)))
         .map((info) => walFileNameOf(generation, info.key))
         .filter((name): name is string => name !== null && /^[0-9A-F]{24}$/.test(name))

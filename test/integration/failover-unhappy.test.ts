@@ -96,7 +96,7 @@ describe("failover's unhappy paths", () => {
     const [previous, switchLsn] = history.trim().split("\n").at(-1)!.split("\t");
     const timeline = Number(previous) + 1;
     const segment = segmentNumber(switchLsn!);
-    const walDir = cluster.service.repository.walDir;
+    const walDir = cluster.service.repository.spoolDir;
     const setAside = await eventually(
       async () => {
         const folders = await readdir(path.join(walDir, "diverged")).catch(() => [] as string[]);
@@ -341,7 +341,7 @@ describe("failover's unhappy paths", () => {
 
   /** The archive's complete segments. */
   const completeSegments = async () =>
-    (await readdir(cluster.service.repository.walDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
+    (await readdir(cluster.service.repository.spoolDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
 
   /** node2 has every row node1 has. */
   const everyRowOnNode2 = async () => {

@@ -21,7 +21,7 @@ import { redisKeys, type RedisKeys } from "../../src/redis/keys";
 import { createRedisClient, type RedisEndpoint } from "../../src/redis/redis-client";
 import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
 import type Redis from "ioredis";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { newManifest } from "../../src/backup/backup-start";
@@ -248,7 +248,8 @@ describe("backup locks in Redis: bounded waits, what a refusal says, renewals an
   });
 
   test("a repository opened without its locks refuses to lock (a defect), rather than run unlocked", async () => {
-    const repository = new Repository(await tempHome("locks-none"), null);
+    const home = await tempHome("locks-none");
+    const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
     await expect(repository.lockBackups([ID], { purpose: "restore", waitMs: 0 })).rejects.toMatchObject({ code: "INTERNAL" });
   });
 });
@@ -356,7 +357,8 @@ describe("expiry and the service's stop against a verification under way", () =>
   });
 
   test("a verification that waited for the full's lock while expiry let the full go is refused, and writes no failed verification", async () => {
-    const repository = new Repository(await tempHome("locks-expiry-race"), null, { locks: locksOn(freshKeys()) });
+    const home = await tempHome("locks-expiry-race");
+    const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home), locks: locksOn(freshKeys()) });
     await repository.ensure();
     const full = manifest("full", "2026-11-01T00:00:00Z", null);
     const differential = manifest("differential", "2026-11-02T00:00:00Z", full.id);
@@ -384,7 +386,8 @@ describe("expiry and the service's stop against a verification under way", () =>
   });
 
   test("the service's stop (waitForIdle) waits for a verification under way, so its scratch node is removed before the service goes", async () => {
-    const repository = new Repository(await tempHome("locks-idle"), null, { locks: locksOn(freshKeys()) });
+    const home = await tempHome("locks-idle");
+    const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home), locks: locksOn(freshKeys()) });
     await repository.ensure();
     const full = manifest("full", "2026-11-01T00:00:00Z", null);
     await repository.writeManifest(full);

@@ -4,7 +4,7 @@ import { Readable } from "node:stream";
 import { createLogger } from "../../src/log";
 import { archiveKey } from "../../src/repository/repository-layout";
 import type { ArchiveGap, RecoveryWindow } from "../../src/restore/recovery-window";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { ArchiveMonitor } from "../../src/wal/archive-monitor";
 import type { ArchiveGaps } from "../../src/wal/archive-gaps";
 import type { BackupService } from "../../src/backup/backup-service";
@@ -22,7 +22,8 @@ const SEGMENT_4 = "000000010000000000000004";
 const GAP: ArchiveGap = { timeline: 1, from: SEGMENT_4, to: SEGMENT_4 };
 
 async function monitorHome(label: string) {
-  const repository = new Repository(path.join(await tempHome(label), "repository"), null);
+  const home = await tempHome(label);
+  const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
   const reported: ArchiveGap[] = [];
   // The window as the index showed it when the check began: segment 4 missing between 3 and 5.

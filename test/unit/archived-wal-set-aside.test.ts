@@ -9,7 +9,7 @@ import type { OperationContext } from "../../src/failover/operation-context";
 import { createLogger } from "../../src/log";
 import { archiveKey, divergedKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
 import { divergedFolder } from "../../src/storage/wal-archive";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import type { ArchivedWal } from "../../src/wal/archived-wal";
 import { WalSummarizer } from "../../src/wal/wal-summary";
@@ -31,13 +31,14 @@ const SEGMENT_3_6 = "000000030000000000000006";
 const SEGMENT_3_7 = "000000030000000000000007";
 
 async function repositoryHome(label: string): Promise<Repository> {
-  const repository = new Repository(path.join(await tempHome(label), "repository"), null);
+  const home = await tempHome(label);
+  const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
   return repository;
 }
 
 async function receive(repository: Repository, name: string, content: string | Buffer): Promise<void> {
-  await writeFile(path.join(repository.walDir, name), content, { mode: 0o600 });
+  await writeFile(path.join(repository.spoolDir, name), content, { mode: 0o600 });
 }
 
 async function archived(repository: Repository, name: string): Promise<string> {
@@ -73,7 +74,7 @@ describe("a set-aside of a reused timeline", () => {
 
     await expect(repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).rejects.toThrow();
     // Nothing moved locally while the archive still holds the old branch.
-    expect((await readdir(repository.walDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6]);
+    expect((await readdir(repository.spoolDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6]);
     expect(await repository.archive.names()).toEqual([HISTORY_3, SEGMENT_3_6]);
 
     // Run again (the failover's resume) once the store takes puts.
@@ -93,14 +94,14 @@ describe("a set-aside of a reused timeline", () => {
     // Run once more (a resume after the first run had finished): the new branch is not the copy set aside, it stays.
     expect((await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).moved).toEqual([]);
     expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
-    expect((await readdir(repository.walDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6, "diverged"]);
+    expect((await readdir(repository.spoolDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6, "diverged"]);
   });
 
   test("takes each segment's summary with it: the new branch's segment of that name is summarised from its own WAL", async () => {
     const repository = await repositoryHome("aside-summaries");
     const home = path.dirname(repository.root);
     const summarizer = new WalSummarizer({
-      archive: repository.wal,
+      archive: repository.spool,
       objects: repository.objects,
       generation: 0,
       archiveKey: () => repository.archiveKey(),
@@ -138,7 +139,7 @@ describe("the archive's identity", () => {
     const name = "000000010000000000000003";
     await receive(repository, name, segmentStart(7001n));
     await pusherFor(repository).pushPending();
-    await rm(path.join(repository.walDir, name));
+    await rm(path.join(repository.spoolDir, name));
     expect(await archiveIdentity(repository)).toMatchObject({ systemIdentifier: "7001" });
 
     // The object replaced by bytes that are not Relevo's stored form.
@@ -151,7 +152,7 @@ describe("the archive's identity", () => {
     await receive(repository, "000000010000000000000003", segmentStart(7001n));
     await receive(repository, "000000010000000000000004", "short");
     const { symlink } = await import("node:fs/promises");
-    await symlink("/etc/hostname", path.join(repository.walDir, "000000010000000000000005.partial"));
+    await symlink("/etc/hostname", path.join(repository.spoolDir, "000000010000000000000005.partial"));
     expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7001", source: "WAL segment 000000010000000000000003" });
   });
 });

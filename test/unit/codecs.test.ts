@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { BundleWriter } from "../../src/storage/bundle-writer";
 import { contentCrc32, decodeBuffer, storeChunks, storedContentChunks } from "../../src/storage/copy-file";
 import { BackupContentWriter, contentObjectKey, openStoredBytes, readStoredObject } from "../../src/storage/backup-content";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { ErrorCode } from "../../src/errors";
 import type { Compression, StoredContent } from "../../src/backup/manifest";
 import type { StoredSummary } from "../../src/storage/lz4-worker-decode";
@@ -41,7 +41,8 @@ describe("stored content codecs", () => {
   test.each<Compression>(["lz4", "gzip", "none"])(
     "%s: stored from reused chunk buffers, then read back byte for byte",
     async (compression) => {
-      const repository = new Repository(await tempHome("chunks"), null);
+      const root = await tempHome("chunks");
+      const repository = new Repository(root, null, { spoolDir: walSpoolDir(root) });
       // A source that reuses two buffers, as the drivers do, and checks that each is handed back before it is overwritten.
       const buffers = [Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024)];
       const busy = new Set<number>();
@@ -91,7 +92,8 @@ describe("stored content codecs", () => {
   test.each<Compression>(["lz4", "gzip", "none"])(
     "%s: small files bundled together each read back from their own range",
     async (compression) => {
-      const repository = new Repository(await tempHome("bundle"), null);
+      const root = await tempHome("bundle");
+      const repository = new Repository(root, null, { spoolDir: walSpoolDir(root) });
       const files = [
         Buffer.alloc(0),
         Buffer.from("pg_filenode.map"),
@@ -129,7 +131,8 @@ describe("stored content codecs", () => {
   );
 
   test("a version 3 backup's content (raw files by path, as the previous layout wrote them) is still read by its path", async () => {
-    const repository = new Repository(await tempHome("legacy"), null);
+    const root = await tempHome("legacy");
+    const repository = new Repository(root, null, { spoolDir: walSpoolDir(root) });
     const { lz4Compress } = await import("../../src/storage/lz4-stream");
     const stored = await lz4Compress(content);
     const bundle = Buffer.concat([Buffer.from("other file"), stored]);

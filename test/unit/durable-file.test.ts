@@ -13,7 +13,7 @@ import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { markFenced } from "../../src/postgres/fence-marker";
 import { configureStoppedStandby } from "../../src/postgres/replication-config";
 import { loadOrCreateSecrets } from "../../src/secrets/secrets-store";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { removeAbandonedTemporaries, replaceFileDurably } from "../../src/util/durable-file";
 import { projectRoot } from "../../src/util/project-root";
 import { manifest as manifestFixture } from "../helpers/manifest-fixture";
@@ -108,7 +108,7 @@ describe("files Relevo acts on after a crash are written durably", () => {
     const manifestFile = path.join(root, "manifests", id);
     const backup = await recordingFlushes({ [manifestFile]: id });
     try {
-      await new Repository(root, null).writeManifest(manifestFixture(id));
+      await new Repository(root, null, { spoolDir: walSpoolDir(path.dirname(root)) }).writeManifest(manifestFixture(id));
     } finally {
       backup.stop();
     }

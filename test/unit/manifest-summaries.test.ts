@@ -5,7 +5,7 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { ErrorCode } from "../../src/errors";
 import { HEADER_SIZE } from "../../src/repository/object-codec";
 import { manifestKey } from "../../src/repository/repository-layout";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { tempHome } from "../helpers/home";
 import { manifest as fixture } from "../helpers/manifest-fixture";
 
@@ -27,7 +27,8 @@ const manifest = (id: string, overrides: Partial<BackupManifest> = {}): BackupMa
   });
 
 async function freshRepository(label: string): Promise<Repository> {
-  return new Repository(path.join(await tempHome(label), "repository"), null);
+  const home = await tempHome(label);
+  return new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
 }
 
 /** A manifest as Relevo wrote it before manifests/: plain JSON in its backup's directory. */
@@ -164,7 +165,7 @@ describe("what the repository cannot read is not taken for absent", () => {
 
   test("a legacy manifest file that cannot be read (here a directory in its place: EISDIR) fails the listing too", async () => {
     const root = path.join(await tempHome("unreadable-legacy"), "repository");
-    const repository = new Repository(root, null);
+    const repository = new Repository(root, null, { spoolDir: walSpoolDir(path.dirname(root)) });
     await repository.writeManifest(manifest("20261101T000000Z-F"));
     await mkdir(path.join(root, "backups", "20261102T000000Z-F", "manifest.json"), { recursive: true });
     await expect(repository.readManifest("20261102T000000Z-F")).rejects.toMatchObject({ code: "EISDIR" });

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { copyNewerHistories } from "../../src/failover/old-primary-candidate";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { createLogger } from "../../src/log";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { trustOnlyTlsSource } from "../../src/tls/node-tls";
@@ -25,7 +25,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
   const ownHistory = "1\t0/3000060\tno recovery target specified\n";
   const logger = createLogger({ level: "silent" });
   let repository: Repository;
-  const archived = async () => (await readdir(repository.walDir)).sort();
+  const archived = async () => (await readdir(repository.spoolDir)).sort();
   const historyOf = (node: string, timeline: number) =>
     readFile(path.join(home, "nodes", node, "data", "pg_wal", `0000000${timeline}.history`), "utf8");
 
@@ -34,7 +34,7 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     driver = new LocalDriver({ home, pgBinDir: "/usr/lib/postgresql/15/bin", pgOsUser: "postgres", tls: trustOnlyTlsSource("") });
     await mkdir(path.join(home, "nodes", "node1", "data", "pg_wal"), { recursive: true });
     await writeFile(path.join(home, "nodes", "node1", "data", "pg_wal", "00000002.history"), ownHistory);
-    repository = new Repository(path.join(home, "repository"), null);
+    repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
     await repository.ensure();
   });
   afterEach(async () => {
@@ -52,21 +52,21 @@ describe("the lost primary's timeline histories, for the old primary promoted in
     expect(await historyOf("node1", 3)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
     // In the archive too: a restore to 'latest' finds every number up to node1's next.
     expect(await archived()).toEqual(["00000003.history"]);
-    expect(await readFile(path.join(repository.walDir, "00000003.history"), "utf8")).toBe(
+    expect(await readFile(path.join(repository.spoolDir, "00000003.history"), "utf8")).toBe(
       `${ownHistory}2\t0/5000028\tpromotion of node2\n`,
     );
   });
 
   test("node2's pg_wal unreadable, its history archived already: the one written from the switch point takes the next number, in the archive too (no hole before node1's timeline)", async () => {
     const node2History = `${ownHistory}2\t0/5000028\tno recovery target specified\n`;
-    await writeFile(path.join(repository.walDir, "00000003.history"), node2History);
+    await writeFile(path.join(repository.spoolDir, "00000003.history"), node2History);
     const walEnd = () => Promise.resolve("0/5000028");
     await copyNewerHistories({ driver, logger, walEnd, archive: repository.archivedWal }, { node: node1, lost: node2, timeline: 2 });
     expect(await historyOf("node1", 3)).toBe(node2History);
     expect(await historyOf("node1", 4)).toBe(`${ownHistory}2\t0/5000028\tpromotion of node2\n`);
     // node1 will be promoted onto 5: the archive holds 3 and 4, so PostgreSQL's search for the newest timeline reaches 5.
     expect(await archived()).toEqual(["00000003.history", "00000004.history"]);
-    expect(await readFile(path.join(repository.walDir, "00000003.history"), "utf8")).toBe(node2History);
+    expect(await readFile(path.join(repository.spoolDir, "00000003.history"), "utf8")).toBe(node2History);
   });
 
   test("node2's histories readable: those past node1's timeline are copied as they are, nothing written from the switch point", async () => {

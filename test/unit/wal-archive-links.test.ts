@@ -10,7 +10,7 @@ import type { OperationContext } from "../../src/failover/operation-context";
 import { createLogger } from "../../src/log";
 import { LocalDriver } from "../../src/nodes/local/local-driver";
 import { resolvePostgresIdentity, type OsIdentity } from "../../src/nodes/os-user";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { divergedFolder } from "../../src/storage/wal-archive";
 import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { archiveIdentity } from "../../src/wal/archive-identity";
@@ -53,13 +53,13 @@ async function archiveHome(): Promise<ArchiveHome> {
   homes.push(home);
   await chmod(home, 0o711); // as the data home: the PostgreSQL user may reach the repository's wal/
   const postgres = resolvePostgresIdentity("postgres")!;
-  const repository = new Repository(path.join(home, "repository"), postgres);
+  const repository = new Repository(path.join(home, "repository"), postgres, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
   const rootOnlyDir = path.join(home, "root-only");
   await mkdir(rootOnlyDir, { mode: 0o700 });
   const rootOnlyFile = path.join(home, "secrets.json");
   await writeFile(rootOnlyFile, `${secret}\n`, { mode: 0o600 });
-  return { home, repository, wal: repository.walDir, rootOnlyDir, rootOnlyFile, postgres };
+  return { home, repository, wal: repository.spoolDir, rootOnlyDir, rootOnlyFile, postgres };
 }
 
 /** Runs a command as the PostgreSQL OS user (what it may do in wal/, root is not asked). */
@@ -84,7 +84,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       const { wal, repository, rootOnlyDir } = await archiveHome();
       archivedByPostgres(wal, SEGMENT_2);
       asPostgres("ln", "-s", rootOnlyDir, path.join(wal, "diverged"));
-      await expect(repository.wal.setAside([SEGMENT_2], divergedFolder())).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      await expect(repository.spool.setAside([SEGMENT_2], divergedFolder())).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
       expect(await readdir(rootOnlyDir)).toEqual([]);
       expect(await readdir(wal)).toContain(SEGMENT_2);
     },
@@ -98,7 +98,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       const folder = divergedFolder(new Date("2030-01-01T00:00:00Z"));
       asPostgres("mkdir", path.join(wal, "diverged"));
       asPostgres("ln", "-s", rootOnlyDir, path.join(wal, ...folder));
-      await expect(repository.wal.setAside([SEGMENT_2], folder)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      await expect(repository.spool.setAside([SEGMENT_2], folder)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
       expect(await readdir(rootOnlyDir)).toEqual([]);
       expect(await readdir(wal)).toContain(SEGMENT_2);
     },
@@ -130,7 +130,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
     const { wal, repository, rootOnlyFile } = await archiveHome();
     asPostgres("ln", "-s", rootOnlyFile, path.join(wal, SEGMENT_2));
     const folder = divergedFolder();
-    const aside = await repository.wal.setAside([SEGMENT_2], folder);
+    const aside = await repository.spool.setAside([SEGMENT_2], folder);
     expect(aside).toEqual({ path: path.join(wal, ...folder), moved: [SEGMENT_2] });
     expect((await lstat(path.join(wal, ...folder, SEGMENT_2))).isSymbolicLink()).toBe(true);
     expect(await readFile(rootOnlyFile, "utf8")).toBe(`${secret}\n`);
@@ -151,9 +151,9 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       // waitForArchived reads the timeline's history and the archive's index, nothing else of the archiver's options.
       const archiver = new WalArchiver({ repository } as unknown as WalArchiverOptions);
       await expect(archiver.waitForArchived(2, "0/3000060", "0/3000060", 200)).rejects.toMatchObject({ code: ErrorCode.Timeout });
-      await expect(repository.wal.readHistory(2)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      await expect(repository.spool.readHistory(2)).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
       // Nor a name that leaves wal/.
-      await expect(repository.wal.read("../../secrets.json")).rejects.toThrow("not a path component");
+      await expect(repository.spool.read("../../secrets.json")).rejects.toThrow("not a path component");
     },
   );
 
@@ -216,7 +216,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
 
       const scratchDir = path.join(home, "tmp");
       const summarizer = new WalSummarizer({
-        archive: repository.wal,
+        archive: repository.spool,
         objects: repository.objects,
         generation: repository.generation,
         archiveKey: () => repository.archiveKey(),

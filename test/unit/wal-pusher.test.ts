@@ -6,7 +6,7 @@ import path from "node:path";
 import { CHUNK_SIZE, HEADER_SIZE } from "../../src/repository/object-codec";
 import { archiveKey, divergedKey } from "../../src/repository/repository-layout";
 import { divergedFolder } from "../../src/storage/wal-archive";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { WalIndex } from "../../src/wal/wal-index";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import { pushableNames, type WalPusher } from "../../src/wal/wal-pusher";
@@ -29,14 +29,14 @@ const HISTORY_3 = "00000003.history";
 
 async function pusherHome(label: string): Promise<{ repository: Repository; pusher: WalPusher }> {
   const home = await tempHome(label);
-  const repository = new Repository(path.join(home, "repository"), null);
+  const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
   const pusher = pusherFor(repository);
   return { repository, pusher };
 }
 
 async function receive(repository: Repository, name: string, content: string): Promise<void> {
-  await writeFile(path.join(repository.walDir, name), content, { mode: 0o600 });
+  await writeFile(path.join(repository.spoolDir, name), content, { mode: 0o600 });
 }
 
 async function stored(repository: Repository, name: string): Promise<string> {
@@ -66,7 +66,7 @@ describe("the WAL pusher", () => {
     expect(await pusher.pushPending()).toEqual([]);
 
     // pg_receivewal completes the segment: the next pass pushes it.
-    await rename(path.join(repository.walDir, `${SEGMENT_5}.partial`), path.join(repository.walDir, SEGMENT_5));
+    await rename(path.join(repository.spoolDir, `${SEGMENT_5}.partial`), path.join(repository.spoolDir, SEGMENT_5));
     expect(await pusher.pushPending()).toEqual([SEGMENT_5]);
   });
 
@@ -102,7 +102,7 @@ describe("the WAL pusher", () => {
 
     await expect(pusher.pushPending()).rejects.toThrow();
     expect(await repository.archive.names()).toEqual([]);
-    expect(await readdir(repository.walDir)).toContain(SEGMENT_3);
+    expect(await readdir(repository.spoolDir)).toContain(SEGMENT_3);
 
     await rename(path.join(repository.root, "archive"), path.join(repository.root, "not-archive"));
     await repository.archive.rebuild();
@@ -141,7 +141,7 @@ describe("the WAL received and archived together (ArchivedWal)", () => {
     await receive(repository, SEGMENT_4, "four");
     await pusher.pushPending();
     // The receiving directory lost its copy of segment 4 (wiped): the archive still names it.
-    await rm(path.join(repository.walDir, SEGMENT_4));
+    await rm(path.join(repository.spoolDir, SEGMENT_4));
     await receive(repository, `${SEGMENT_5}.partial`, "five");
     expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, SEGMENT_4, `${SEGMENT_5}.partial`]);
 
@@ -171,7 +171,7 @@ describe("expiry of archived WAL", () => {
     for (const name of [SEGMENT_3, SEGMENT_4, SEGMENT_5, HISTORY_2]) await receive(repository, name, name);
     await pusher.pushPending();
     // Pushed, then gone from the receiving directory (trimmed): expired all the same.
-    await rm(path.join(repository.walDir, SEGMENT_3));
+    await rm(path.join(repository.spoolDir, SEGMENT_3));
 
     expect(await repository.removeSegmentsBefore(5)).toBe(2);
     expect(await repository.archive.names()).toEqual([SEGMENT_5, HISTORY_2]);
@@ -179,19 +179,19 @@ describe("expiry of archived WAL", () => {
       archiveKey(0, SEGMENT_5),
       archiveKey(0, HISTORY_2),
     ]);
-    expect((await readdir(repository.walDir)).sort()).toEqual([SEGMENT_5, HISTORY_2]);
+    expect((await readdir(repository.spoolDir)).sort()).toEqual([SEGMENT_5, HISTORY_2]);
   });
 });
 
 describe("the archive's identity", () => {
   test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
     const { repository, pusher } = await pusherHome("archived-identity");
-    await writeFile(path.join(repository.walDir, SEGMENT_3), segmentStart(7001n), { mode: 0o600 });
-    await writeFile(path.join(repository.walDir, SEGMENT_4), Buffer.concat([segmentStart(7002n), Buffer.alloc(3 * CHUNK_SIZE, 7)]), {
+    await writeFile(path.join(repository.spoolDir, SEGMENT_3), segmentStart(7001n), { mode: 0o600 });
+    await writeFile(path.join(repository.spoolDir, SEGMENT_4), Buffer.concat([segmentStart(7002n), Buffer.alloc(3 * CHUNK_SIZE, 7)]), {
       mode: 0o600,
     });
     await pusher.pushPending();
-    for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.walDir, name));
+    for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.spoolDir, name));
     // Segment 4's object is 3 MiB; a byte of its second chunk damaged: a whole read fails (REPOSITORY_CORRUPT),
     // a range read of its header reads the first chunk only.
     const object = await open(path.join(repository.root, archiveKey(0, SEGMENT_4)), "r+");

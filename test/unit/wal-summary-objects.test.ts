@@ -6,7 +6,7 @@ import { configKeys } from "../../src/config/config-keys";
 import { ErrorCode } from "../../src/errors";
 import { createLogger } from "../../src/log";
 import { archiveKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
-import { Repository } from "../../src/storage/repository";
+import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 import { tempHome } from "../helpers/home";
@@ -39,10 +39,10 @@ function summary(segment: string, restorePoint: { name: string; lsn: string } | 
 
 async function summarizerHome(label: string): Promise<{ repository: Repository; summarizer: WalSummarizer; home: string }> {
   const home = await tempHome(label);
-  const repository = new Repository(path.join(home, "repository"), null);
+  const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
   const summarizer = new WalSummarizer({
-    archive: repository.wal,
+    archive: repository.spool,
     objects: repository.objects,
     generation: repository.generation,
     archiveKey: () => repository.archiveKey(),
@@ -95,7 +95,7 @@ describe("WAL summaries in the repository's objects", () => {
   test("expiry of a segment removes its summary object and its legacy file, and nothing of the segments it keeps", async () => {
     const { repository } = await summarizerHome("summary-expiry");
     for (const segment of [SEGMENT_3, SEGMENT_4, SEGMENT_5]) {
-      await writeFile(path.join(repository.walDir, segment), "wal", { mode: 0o600 });
+      await writeFile(path.join(repository.spoolDir, segment), "wal", { mode: 0o600 });
       await repository.objects.writeJson(walSummaryKey(0, segment), summary(segment, null));
       await writeLegacy(repository, summary(segment, null));
     }
@@ -105,7 +105,7 @@ describe("WAL summaries in the repository's objects", () => {
       walSummaryKey(0, SEGMENT_5),
       legacyWalSummaryKey(0, SEGMENT_5),
     ]);
-    expect(await readdir(repository.walDir)).toEqual([SEGMENT_5]);
+    expect(await readdir(repository.spoolDir)).toEqual([SEGMENT_5]);
   });
 });
 
