@@ -83,11 +83,13 @@ export function walFileNameOf(generation: number, key: string): string | null {
 
 /**
  * Where an archived WAL file set aside at `folder` (a time, see
- * divergedFolder) is kept: off the cluster's history, never replayed.
+ * divergedFolder) is kept: off the cluster's history, never replayed. A
+ * `.partial` too (one received off the history, or left by an older
+ * archive's directory: see legacy-wal-drain).
  */
 export function divergedKey(generation: number, folder: string, walFileName: string): string {
   if (!/^[0-9A-Za-z-]+$/.test(folder)) throw layoutDefect(`set-aside folder ${JSON.stringify(folder)}`);
-  archiveKey(generation, walFileName);
+  archiveKey(generation, walFileName.replace(/^([0-9A-F]{24})\.partial$/, "$1"));
   return `${generationPrefix(generation)}diverged/${folder}/${walFileName}`;
 }
 

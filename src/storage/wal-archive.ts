@@ -78,23 +78,33 @@ export function divergedFolder(now: Date = new Date()): string[] {
 export class WalArchive {
   /** The directory: for pg_receivewal's -D and messages (no node reads it); root never resolves a name below it from here. */
   readonly path: string;
-  /** Its parent, root's: every operation opens the directory from there, through no link. */
+  /** The directory's parent, root's: every operation opens the directory from there, through no link. */
   private readonly parent: string;
-  private readonly entry: string;
+  /** The names from `parent` down to the directory, each opened O_NOFOLLOW. */
+  private readonly entries: readonly string[];
 
   constructor(
     directory: string,
     /** Who owns what root adds (the directory's owner, as pg_receivewal's own files are); null: root's own. */
     private readonly owner: FileOwner,
+    /** A folder below `directory` (see folder()): reached from `directory`'s parent, through no link. */
+    below: readonly string[] = [],
   ) {
-    this.path = path.resolve(directory);
-    this.parent = path.dirname(this.path);
-    this.entry = path.basename(this.path);
+    for (const name of below) assertEntryName(name);
+    const top = path.resolve(directory);
+    this.parent = path.dirname(top);
+    this.entries = [path.basename(top), ...below];
+    this.path = path.join(top, ...below);
+  }
+
+  /** The folder `below` this directory (a `diverged/<time>`), worked in the same way: opened from this directory's parent. */
+  folder(below: readonly string[]): WalArchive {
+    return new WalArchive(path.join(this.parent, this.entries[0]!), this.owner, [...this.entries.slice(1), ...below]);
   }
 
   /** Runs `use` on the directory opened through no link; `absent()` when it does not exist (yet, or any more). */
   private async within<T>(use: (wal: GuardedDirectory) => Promise<T>, absent: () => T): Promise<T> {
-    const wal = await openGuardedDirectory(this.parent, [this.entry]);
+    const wal = await openGuardedDirectory(this.parent, this.entries);
     if (!wal) return absent();
     try {
       return await use(wal);
@@ -133,11 +143,19 @@ export class WalArchive {
       if (error.code !== "EEXIST") throw error;
     });
     // Through no link: a spool planted as a link by its owner is refused here, never chmod'ed or chown'ed through.
-    const opened = await openGuardedDirectory(this.parent, [this.entry]);
+    const opened = await openGuardedDirectory(this.parent, this.entries);
     if (!opened) throw new RelevoError(ErrorCode.DataDirNotOurs, `the WAL directory ${this.path} could not be made`);
     await opened.close();
     await chmod(this.path, 0o700);
     await chownNoFollow(this.path, this.owner);
+  }
+
+  /** Whether the directory is there (a real directory: a link in its place is DATA_DIR_NOT_OURS). */
+  exists(): Promise<boolean> {
+    return this.within(
+      () => Promise.resolve(true),
+      () => false,
+    );
   }
 
   /** Every name in the archive (segments, .partial, .history, diverged/ …); none when there is no archive. */
@@ -241,6 +259,35 @@ export class WalArchive {
    */
   addHistory(timeline: number, content: string): Promise<"added" | "present"> {
     return this.create(historyFileName(timeline), content);
+  }
+
+  /**
+   * Renames `from` to `to` within the directory, through its handle (both
+   * names entries of it: rename follows neither). For a file root made
+   * under a temporary name: published whole.
+   */
+  rename(from: string, to: string): Promise<void> {
+    return this.within(
+      async (wal) => {
+        assertEntryName(from);
+        assertEntryName(to);
+        await rename(wal.at(from), wal.at(to));
+      },
+      () => {
+        throw new Error(`${this.path} does not exist`);
+      },
+    );
+  }
+
+  /** Removes the directory itself and all in it, through handles from its parent (never a walk by name); absent: nothing to do. */
+  async removeAll(): Promise<void> {
+    const parent = await openGuardedDirectory(this.parent, this.entries.slice(0, -1));
+    if (!parent) return;
+    try {
+      await removeEntry(parent, this.entries.at(-1)!);
+    } finally {
+      await parent.close();
+    }
   }
 
   /** Removes `name` (a file, a link itself, or a directory through handles); absent: nothing to do. */

@@ -23,6 +23,7 @@ import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
 import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
+import { drainLegacyWal } from "./legacy-wal-drain";
 import { conninfoString } from "../postgres/config-values";
 import { libpqTlsParameters } from "../postgres/tls-settings";
 
@@ -107,6 +108,8 @@ export class WalArchiver {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private refused: { readonly key: string; readonly reason: string } | null = null;
+  /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
+  private legacyDrained = false;
 
   constructor(private readonly options: WalArchiverOptions) {}
 
@@ -123,6 +126,8 @@ export class WalArchiver {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    // A legacy wal/ planted (restored) while the archiver was stopped is drained at its next start too.
+    this.legacyDrained = false;
     this.loop = this.run();
   }
 
@@ -193,6 +198,7 @@ export class WalArchiver {
       }
       let ranMs = 0;
       try {
+        await this.drainLegacyWal();
         if (await this.refusesWalOf(target)) {
           await this.idle(REFUSED_RECHECK_MS);
           continue;
@@ -224,6 +230,28 @@ export class WalArchiver {
         continue;
       }
     }
+  }
+
+  /**
+   * The repository's wal/ of an older version (pg_receivewal wrote there
+   * before the spool) into the archive's objects, before anything is
+   * received: where streaming resumes and whose the archive is are decided
+   * over the archive, which must hold it first. A failure fails the round
+   * (retried): nothing is received past WAL not drained.
+   */
+  private async drainLegacyWal(): Promise<void> {
+    if (this.legacyDrained) return;
+    const { repository, logger } = this.options;
+    await drainLegacyWal({
+      legacy: repository.legacyWal,
+      spool: repository.spool,
+      objects: repository.objects,
+      generation: repository.generation,
+      index: repository.archive,
+      logger,
+      dataKey: await repository.archiveKey(),
+    });
+    this.legacyDrained = true;
   }
 
   /**

@@ -3,6 +3,7 @@ import { buffer } from "node:stream/consumers";
 import type { Logger } from "../log";
 import { parseSegmentName } from "../postgres/wal-names";
 import { archiveKey } from "../repository/repository-layout";
+import type { DataKey } from "../repository/object-codec";
 import type { DataKeySource, RepositoryStore } from "../repository/repository-store";
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
@@ -112,41 +113,62 @@ export class WalPusher {
   /** Pushes one file; false when there was nothing to push (gone from the source meanwhile, or a history refused). */
   private async push(name: string): Promise<boolean> {
     const { source, objects, generation, index } = this.options;
-    const key = archiveKey(generation, name);
-    if (HISTORY.test(name)) {
-      const local = await source.read(name);
-      if (local === null) return false;
-      if (await objects.exists(key)) {
-        const stored = await buffer(await objects.getStream(key));
-        if (!stored.equals(local)) {
-          this.refusedHistories.add(name);
-          this.options.logger.error(
-            { history: name, repository: objects.location },
-            "the repository holds a different history of this timeline: it is never replaced, the received one stays where it is",
-          );
-          return false;
-        }
-      } else {
-        await objects.putStream(key, Readable.from([local]), { dataKey: await this.options.archiveKey() });
-      }
-      index.added(name);
-      return true;
+    const outcome = await putWalFile({ source, objects, generation, dataKey: await this.options.archiveKey() }, name);
+    if (outcome === "refused") {
+      this.refusedHistories.add(name);
+      this.options.logger.error(
+        { history: name, repository: objects.location },
+        "the repository holds a different history of this timeline: it is never replaced, the received one stays where it is",
+      );
     }
-    const dataKey = await this.options.archiveKey();
-    const held = await source.openFiles([name]);
-    const file = held.files[0];
-    if (!file) {
-      await held.close();
-      return false;
-    }
-    // The stream owns the handle: it closes it at its end, on an error, or when destroyed.
-    const content = file.createReadStream({ highWaterMark: 1024 * 1024, autoClose: true });
-    try {
-      await objects.putStream(key, content, { dataKey });
-    } finally {
-      content.destroy();
-    }
+    if (outcome !== "put" && outcome !== "present") return false;
     index.added(name);
     return true;
   }
+}
+
+/**
+ * Puts one complete segment or history of `source` (read through its
+ * guarded handles, a segment streamed) at its archive key. A segment's put
+ * is idempotent; a history already stored is compared, never replaced:
+ * "present" when the same, "refused" when it differs (another cluster's
+ * branch of that timeline number). "absent" when the source has no such
+ * file (any more).
+ */
+export async function putWalFile(
+  options: {
+    readonly source: WalArchive;
+    readonly objects: RepositoryStore;
+    readonly generation: number;
+    /** The archive's data key in an encrypted repository (Repository.archiveKey); undefined: unencrypted. */
+    readonly dataKey: DataKey | undefined;
+  },
+  name: string,
+): Promise<"put" | "present" | "refused" | "absent"> {
+  const { source, objects, generation, dataKey } = options;
+  const key = archiveKey(generation, name);
+  if (HISTORY.test(name)) {
+    const local = await source.read(name);
+    if (local === null) return "absent";
+    if (await objects.exists(key)) {
+      const stored = await buffer(await objects.getStream(key));
+      return stored.equals(local) ? "present" : "refused";
+    }
+    await objects.putStream(key, Readable.from([local]), { dataKey });
+    return "put";
+  }
+  const held = await source.openFiles([name]);
+  const file = held.files[0];
+  if (!file) {
+    await held.close();
+    return "absent";
+  }
+  // The stream owns the handle: it closes it at its end, on an error, or when destroyed.
+  const content = file.createReadStream({ highWaterMark: 1024 * 1024, autoClose: true });
+  try {
+    await objects.putStream(key, content, { dataKey });
+  } finally {
+    content.destroy();
+  }
+  return "put";
 }

@@ -1,12 +1,14 @@
 import { expect } from "@jest/globals";
+import { existsSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { buffer } from "node:stream/consumers";
 import path from "node:path";
 import { backupId as newBackupId, type BackupManifest } from "../../src/backup/manifest";
 import type { NodeRef } from "../../src/nodes/node-driver";
-import { segmentNumber } from "../../src/postgres/wal-names";
-import { backupContentPrefix, manifestKey } from "../../src/repository/repository-layout";
+import { segmentName, segmentNumber } from "../../src/postgres/wal-names";
+import { archiveKey, archivePrefix, backupContentPrefix, manifestKey } from "../../src/repository/repository-layout";
 import { freePort } from "../helpers/ports";
-import { useTestCluster } from "../helpers/service";
+import { eventually, useTestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 /**
@@ -87,6 +89,46 @@ describe("a repository written in the previous layout (legacy manifest files)", 
       );
     expect(await sqlOn(copy, cluster.service.secrets, "SELECT count(*)::int AS n FROM legacy_rows")).toEqual([{ n: 1500 }]);
     expect(await counted(copy)).toEqual(await counted(primary()));
+  });
+
+  test("a legacy wal/ (the archive as an older Relevo kept it) is drained at the archiver's start, then gone; a PITR across it restores exactly", async () => {
+    const { spool, objects, generation, archive } = repository();
+    await sql("INSERT INTO legacy_rows SELECT g, md5(g::text) FROM generate_series(1701, 1900) g");
+    const target = (await sql<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn"))[0]!.lsn;
+    const atTarget = await sql("SELECT count(*)::int AS rows, md5(string_agg(v, ',' ORDER BY id)) AS sum FROM legacy_rows");
+    await sql("INSERT INTO legacy_rows SELECT g, md5(g::text) FROM generate_series(1901, 2000) g");
+    const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
+
+    // The archive as an older Relevo left it: every segment and history a file of wal/, none an object, none in the spool.
+    await cluster.service.archiver.stop();
+    for (const name of await spool.names()) if (!name.endsWith(".partial")) await spool.remove(name);
+    const legacyDir = path.join(repository().root, "wal");
+    await mkdir(legacyDir, { mode: 0o700 });
+    const names = await archive.names();
+    expect(names).toContain(segmentName(1, segmentNumber(target)));
+    for (const name of names) {
+      await writeFile(path.join(legacyDir, name), await buffer(await objects.getStream(archiveKey(generation, name))), { mode: 0o600 });
+      await objects.store.delete([archiveKey(generation, name)]);
+      archive.removed(name);
+    }
+    expect(await archive.names()).toEqual([]);
+
+    cluster.service.archiver.start();
+    await eventually(() => Promise.resolve(existsSync(legacyDir) ? undefined : true), { what: "the legacy wal/ drained and removed" });
+    expect(await archive.names()).toEqual(expect.arrayContaining(names));
+    expect((await objects.list(archivePrefix(generation))).length).toBeGreaterThanOrEqual(names.length);
+
+    const copy: NodeRef = { name: "legacy-wal-copy", host: "127.0.0.1", port: await freePort() };
+    restored.push(copy);
+    await cluster.service.backups.restore({ backupId: full.id, target: copy, recoveryTarget: { kind: "lsn", lsn: target } });
+    expect(
+      await sqlOn(
+        copy,
+        cluster.service.secrets,
+        "SELECT count(*)::int AS rows, md5(string_agg(v, ',' ORDER BY id)) AS sum FROM legacy_rows",
+      ),
+    ).toEqual(atTarget);
   });
 
   test("a verification of a legacy backup records itself in the manifest object and removes the legacy file: one manifest", async () => {
