@@ -372,6 +372,13 @@ export const configKeys = {
     schema: z.coerce.number().int().min(0),
     doc: "How far (bytes) the archive may trail the primary, beyond the segment being written, before an archive:lagging event.",
   },
+  walSpoolMax: {
+    env: "RELEVO_WAL_SPOOL_MAX",
+    default: "4294967296",
+    // Two segments at least: pg_receivewal's .partial alone takes one (16 MiB, preallocated).
+    schema: z.coerce.number().int().min(33554432),
+    doc: "Largest size (bytes) of the WAL spool ($RELEVO_HOME/wal-spool): past it the archiver stops receiving (archive:spool-full) until the repository takes what it holds and the spool is below 80 % again.",
+  },
   archiveTimeoutMs: {
     env: "RELEVO_ARCHIVE_TIMEOUT_MS",
     default: "120000",

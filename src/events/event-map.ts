@@ -23,6 +23,8 @@ export interface EventMap {
   "archive:lagging": { lagBytes: number };
   "archive:foreign-cluster": { systemIdentifier: string; archiveSystemIdentifier: string; archiveSource: string };
   "archive:timeline-reused": { timeline: number; files: string[]; setAside: string };
+  "archive:spool-full": { bytes: number; maxBytes: number };
+  "archive:spool-cleared": { bytes: number; maxBytes: number };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -152,6 +154,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:lagging",
   "archive:foreign-cluster",
   "archive:timeline-reused",
+  "archive:spool-full",
+  "archive:spool-cleared",
   "backup:started",
   "backup:completed",
   "backup:failed",

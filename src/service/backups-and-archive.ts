@@ -77,6 +77,7 @@ export function startWalArchiver(
     events: redis.events,
     gaps,
     logger,
+    spoolMaxBytes: config.walSpoolMax,
   });
   const walSummarizer = walSummarizerFor(storage.repository, config, logger);
   const { repository } = storage;

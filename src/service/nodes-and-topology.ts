@@ -238,7 +238,11 @@ export async function startTopology(
     pollIntervalMs: config.topologyPollIntervalMs,
     nodeTimeoutMs: config.nodeTimeoutMs,
     lagAlertBytes: config.lagAlertBytes,
-    serviceReasons: async () => [...(archiver.refusal ? [archiver.refusal] : []), ...(await archiveGaps.healthReasons())],
+    serviceReasons: async () => [
+      ...(archiver.refusal ? [archiver.refusal] : []),
+      ...(archiver.spoolFullReason ? [archiver.spoolFullReason] : []),
+      ...(await archiveGaps.healthReasons()),
+    ],
     onPrimary: async (primary) => {
       archiver.follow(primary);
       await database.follow(primary);

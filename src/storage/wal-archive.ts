@@ -15,10 +15,11 @@ import { chownNoFollow, createOwnedFile, type FileOwner } from "../util/owned-fi
 import { ErrorCode, RelevoError } from "../errors";
 import { historyFileName } from "../postgres/wal-names";
 
-/** An archived file's name and when it was archived (its mtime). */
+/** An archived file's name, when it was archived (its mtime) and its size. */
 export interface ArchivedFile {
   readonly name: string;
   readonly modifiedAt: Date;
+  readonly bytes: number;
 }
 
 /** Segment files held open for a reader that takes descriptors (pg_waldump, see WalSummarizer); close() releases them. */
@@ -178,7 +179,7 @@ export class WalArchive {
             if (error.code === "ENOENT") return null;
             throw error;
           });
-          if (info?.isFile()) found.push({ name, modifiedAt: info.mtime });
+          if (info?.isFile()) found.push({ name, modifiedAt: info.mtime, bytes: info.size });
         }
         return found;
       },

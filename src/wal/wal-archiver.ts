@@ -24,6 +24,8 @@ import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } fro
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
 import { drainLegacyWal } from "./legacy-wal-drain";
+import { ensureHoldSlot, HOLD_SLOT, holdAdvanceLsn, readHoldSlot, spoolDroppable, spoolFull } from "./hold-slot";
+import { summarizedSegmentOf, walSummaryPrefix } from "../repository/repository-layout";
 import { conninfoString } from "../postgres/config-values";
 import { libpqTlsParameters } from "../postgres/tls-settings";
 
@@ -32,6 +34,7 @@ export const ARCHIVE_SLOT = "relevo_archive";
 /** Makes the archive's slot unless it exists (reserving WAL at once) and returns its restart_lsn: the oldest WAL the primary keeps for the archive. */
 async function archiveSlotStart(client: Client): Promise<string> {
   await ensureReservedSlot(client, ARCHIVE_SLOT);
+  await ensureHoldSlot(client, ARCHIVE_SLOT);
   const slot = await client.query<{ lsn: string }>("SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1", [
     ARCHIVE_SLOT,
   ]);
@@ -41,17 +44,19 @@ async function archiveSlotStart(client: Client): Promise<string> {
 /** How often a refused primary is looked at again (the operator may fix the repository meanwhile; a change of primary wakes it at once). */
 const REFUSED_RECHECK_MS = 5000;
 
+/** How often the hold slot is moved past what was pushed, the spool trimmed and its size looked at. */
+const HOLD_INTERVAL_MS = 1000;
+
 /**
- * Creates the archiver's slot on `primary` unless it exists, reserving WAL at
- * once, so that nothing written from now on is recycled before it is archived.
+ * Creates the archiver's slot and its hold slot (see hold-slot.ts) on
+ * `primary` unless they exist, reserving WAL at once, so that nothing
+ * written from now on is recycled before it is in the repository.
  */
 export async function ensureArchiveSlot(primary: NodeRef, superuser: Credentials, timeoutMs: number): Promise<void> {
-  await withNodeClient(primary, superuser, timeoutMs, (client) =>
-    client.query(
-      `SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`,
-      [ARCHIVE_SLOT],
-    ),
-  );
+  await withNodeClient(primary, superuser, timeoutMs, async (client) => {
+    await ensureReservedSlot(client, ARCHIVE_SLOT);
+    await ensureHoldSlot(client, ARCHIVE_SLOT);
+  });
 }
 
 /**
@@ -83,6 +88,8 @@ export interface WalArchiverOptions {
   /** The archive's gaps: a lost slot's hole is reported here (an event, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly logger: Logger;
+  /** RELEVO_WAL_SPOOL_MAX: the spool's bytes at which receiving stops (archive:spool-full) until the pusher drained it below 80 %. */
+  readonly spoolMaxBytes: number;
 }
 
 /**
@@ -108,6 +115,10 @@ export class WalArchiver {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private refused: { readonly key: string; readonly reason: string } | null = null;
+  /** Whether the spool is full (see spoolFull): nothing is received meanwhile. */
+  private spoolIsFull = false;
+  private holdTimer: NodeJS.Timeout | null = null;
+  private holdPass: Promise<void> | null = null;
   /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
   private legacyDrained = false;
 
@@ -129,6 +140,14 @@ export class WalArchiver {
     // A legacy wal/ planted (restored) while the archiver was stopped is drained at its next start too.
     this.legacyDrained = false;
     this.loop = this.run();
+    this.holdTimer = setInterval(() => {
+      this.holdPass ??= this.releasePushed()
+        .catch((error: Error) =>
+          this.options.logger.warn({ err: error.message }, "the archive's hold slot not moved, the spool not trimmed"),
+        )
+        .finally(() => (this.holdPass = null));
+    }, HOLD_INTERVAL_MS);
+    this.holdTimer.unref();
   }
 
   /** Streams from `primary` from now on (restarting the receiver when it changes). */
@@ -141,9 +160,19 @@ export class WalArchiver {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.holdTimer) clearInterval(this.holdTimer);
+    this.holdTimer = null;
     this.child?.kill("SIGTERM");
     this.wake?.();
     await this.loop;
+    await this.holdPass;
+  }
+
+  /** Why the archiver does not receive because its spool is full, for the cluster's health; null while it receives. */
+  get spoolFullReason(): string | null {
+    return this.spoolIsFull
+      ? `the WAL spool ${this.options.repository.spoolDir} is full (RELEVO_WAL_SPOOL_MAX): nothing is received until the repository takes what it holds`
+      : null;
   }
 
   /**
@@ -191,6 +220,10 @@ export class WalArchiver {
     let failures = 0;
     while (!this.stopped) {
       const target = this.target;
+      if (this.spoolIsFull) {
+        await this.idle(HOLD_INTERVAL_MS);
+        continue;
+      }
       if (!target) {
         this.refused = null;
         await this.idle(1000);
@@ -204,13 +237,15 @@ export class WalArchiver {
           continue;
         }
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
+        await this.startFromHoldWhenSpoolEmpty(target);
         const history = await this.setAsideDivergedWal(target);
         if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
         const receiveStarted = Date.now();
         const exit = await this.receive(target);
         ranMs = Date.now() - receiveStarted;
-        if (this.stopped || this.target !== target) continue;
+        // Stopped for a full spool (see checkSpoolSize): not a failure.
+        if (this.stopped || this.target !== target || this.spoolIsFull) continue;
         if (history && walRemovedBeforeArchive(exit.stderr) && (await this.resumePastRemovedWal(target, history))) continue;
         throw new Error(exit.reason);
       } catch (error) {
@@ -230,6 +265,141 @@ export class WalArchiver {
         continue;
       }
     }
+  }
+
+  /**
+   * A spool with no segment (lost, wiped, a new host) says nothing of what
+   * was received and not pushed: the archive slot, which moved with what
+   * pg_receivewal confirmed, may be past it, and the primary may have
+   * recycled it for that slot. The hold slot moved only past what the
+   * repository holds: the archive slot is made again as its copy, and
+   * pg_receivewal (PostgreSQL 15) starts an empty directory at the slot's
+   * restart_lsn, re-receiving what the spool lost. Nothing when the hold
+   * slot is lost or absent (see releasePushed).
+   */
+  private async startFromHoldWhenSpoolEmpty(target: NodeRef): Promise<void> {
+    const { repository, superuser, nodeTimeoutMs, logger } = this.options;
+    const received = (await repository.spool.names()).filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null);
+    if (received.length > 0) return;
+    const copied = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
+      const hold = await readHoldSlot(client);
+      if (!hold || hold.lost || hold.restartLsn === null) return null;
+      const archive = await client.query<{ lsn: string | null; active: boolean }>(
+        "SELECT restart_lsn::text AS lsn, active FROM pg_replication_slots WHERE slot_name = $1",
+        [ARCHIVE_SLOT],
+      );
+      // Only ever back: an archive slot behind its hold slot keeps more already.
+      const archiveLsn = archive.rows[0]?.lsn ?? null;
+      if (archiveLsn !== null && lsnToNumber(archiveLsn) <= lsnToNumber(hold.restartLsn)) return null;
+      if (archive.rows[0]?.active) throw new Error(`the archive slot ${ARCHIVE_SLOT} on ${target.name} is still held by a walsender`);
+      await client.query("SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1", [ARCHIVE_SLOT]);
+      await client.query("SELECT pg_copy_physical_replication_slot($1, $2)", [HOLD_SLOT, ARCHIVE_SLOT]);
+      return { from: archive.rows[0]?.lsn ?? null, to: hold.restartLsn };
+    });
+    if (copied) logger.warn({ node: target.name, ...copied }, "the spool holds no WAL: the archive slot restarts from its hold slot");
+  }
+
+  /**
+   * Moves the hold slot past what the repository holds, drops from the
+   * spool what the primary no longer keeps for it (see spoolDroppable), and
+   * stops or resumes receiving by the spool's size. A lost hold slot (the
+   * primary removed WAL it held, max_slot_wal_keep_size) is made again and
+   * what neither the repository nor the spool holds before its new start
+   * is an archive:gap.
+   */
+  async releasePushed(): Promise<void> {
+    const target = this.target;
+    if (this.stopped || !target || this.refused) return;
+    // First: a repository that cannot be read or written (the very reason a spool fills) must not keep receiving going.
+    await this.checkSpoolSize(target);
+    const { repository, superuser, nodeTimeoutMs } = this.options;
+    const pushed = new Set(await repository.archive.names());
+    const holdLsn = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
+      let hold = await readHoldSlot(client);
+      if (hold?.lost) {
+        await client.query("SELECT pg_drop_replication_slot($1)", [HOLD_SLOT]);
+        const archiveSlot = await client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND restart_lsn IS NOT NULL", [
+          ARCHIVE_SLOT,
+        ]);
+        // Made again as a copy of the archive slot (what pg_receivewal still receives), else reserving WAL at once.
+        await ensureHoldSlot(client, ARCHIVE_SLOT);
+        hold = await readHoldSlot(client);
+        // The archive slot lost too: the archiver reports that hole from its side (resumePastLostSlot), once.
+        if (archiveSlot.rows.length > 0 && hold?.restartLsn) await this.reportLostHold(client, target, hold.restartLsn, pushed);
+      } else if (!hold) {
+        await ensureHoldSlot(client, ARCHIVE_SLOT);
+        hold = await readHoldSlot(client);
+      }
+      if (!hold?.restartLsn) return null;
+      const to = holdAdvanceLsn(hold.restartLsn, pushed);
+      if (to === null) return hold.restartLsn;
+      await client.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", [HOLD_SLOT, to]);
+      return to;
+    });
+    if (holdLsn !== null) await this.trimSpool(holdLsn, pushed);
+  }
+
+  private async trimSpool(holdLsn: string, pushed: ReadonlySet<string>): Promise<void> {
+    const { spool, objects, generation } = this.options.repository;
+    const names = await spool.names();
+    // Summaries listed only when something could go: the summariser reads segments from the spool.
+    if (spoolDroppable(names, { pushed: (name) => pushed.has(name), summarized: () => true, holdRestartLsn: holdLsn }).length === 0) return;
+    const summarized = new Set(
+      (await objects.list(walSummaryPrefix(generation)))
+        .map((info) => summarizedSegmentOf(generation, info.key))
+        .filter((name) => name !== null),
+    );
+    const droppable = spoolDroppable(names, {
+      pushed: (name) => pushed.has(name),
+      summarized: (name) => summarized.has(name),
+      holdRestartLsn: holdLsn,
+    });
+    for (const name of droppable) await spool.remove(name);
+  }
+
+  private async checkSpoolSize(target: NodeRef): Promise<void> {
+    const { repository, spoolMaxBytes, events, logger } = this.options;
+    const files = await repository.spool.files(await repository.spool.names());
+    const bytes = files.reduce((sum, file) => sum + file.bytes, 0);
+    const full = spoolFull(this.spoolIsFull, bytes, spoolMaxBytes);
+    if (full === this.spoolIsFull) return;
+    this.spoolIsFull = full;
+    const data = { bytes, maxBytes: spoolMaxBytes };
+    if (full) {
+      this.child?.kill("SIGTERM");
+      logger.error({ node: target.name, ...data }, "the WAL spool is full: receiving stops until the repository takes what it holds");
+      await events.emit({ kind: "archive:spool-full", severity: "critical", node: target.name, message: this.spoolFullReason!, data });
+    } else {
+      logger.info({ node: target.name, ...data }, "the WAL spool has room again: receiving resumes");
+      await events.emit({
+        kind: "archive:spool-cleared",
+        severity: "info",
+        node: target.name,
+        message: `the WAL spool is below ${Math.round(spoolMaxBytes * 0.8)} bytes again: receiving resumes`,
+        data,
+      });
+      this.wake?.();
+    }
+  }
+
+  /** The hole a lost hold slot leaves: the segments before its new start neither in the repository nor in the spool. */
+  private async reportLostHold(client: Client, target: NodeRef, restartLsn: string, pushed: ReadonlySet<string>): Promise<void> {
+    const timeline = (await client.query<{ timeline: number }>(`SELECT ${CURRENT_TIMELINE_SQL} AS timeline`)).rows[0]!.timeline;
+    const spooled = await this.options.repository.spool.names();
+    const held = new Set([...pushed, ...spooled].map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.segment ?? -1));
+    const pushedSegments = [...pushed].map((name) => parseSegmentName(name)?.segment ?? -1).filter((segment) => segment >= 0);
+    const from = pushedSegments.length > 0 ? Math.max(...pushedSegments) + 1 : null;
+    const until = Math.floor(lsnToNumber(restartLsn) / SEGMENT_SIZE);
+    if (from === null) return;
+    const missing: number[] = [];
+    for (let segment = from; segment < until; segment++) if (!held.has(segment)) missing.push(segment);
+    if (missing.length === 0) return;
+    const gap = { timeline, from: segmentName(timeline, missing[0]!), to: segmentName(timeline, missing.at(-1)!) };
+    this.options.logger.error(
+      { node: target.name, ...gap },
+      "the archive's hold slot was lost: the primary removed WAL the repository lacks",
+    );
+    await this.options.gaps.report(gap, `its hold slot on ${target.name} was lost (max_slot_wal_keep_size)`);
   }
 
   /**

@@ -100,7 +100,10 @@ describe("failover's unhappy paths", () => {
     const setAside = await eventually(
       async () => {
         const folders = await readdir(path.join(walDir, "diverged")).catch(() => [] as string[]);
-        const files = (await Promise.all(folders.map((folder) => readdir(path.join(walDir, "diverged", folder))))).flat();
+        const received = (await Promise.all(folders.map((folder) => readdir(path.join(walDir, "diverged", folder))))).flat();
+        // A segment pushed (and trimmed from the spool) before the failover is set aside as an object.
+        const pushed = (await cluster.service.repository.objects.list("diverged/")).map((info) => path.posix.basename(info.key));
+        const files = [...received, ...pushed];
         return files.some((file) => file.startsWith(segmentName(timeline - 1, segment))) ? files : undefined;
       },
       { what: `the old timeline's segment ${segmentName(timeline - 1, segment)} set aside` },
@@ -339,9 +342,11 @@ describe("failover's unhappy paths", () => {
     return { nextId: id, reset };
   };
 
-  /** The archive's complete segments. */
+  /** The archive's complete segments: in the repository, or received into the spool (which keeps only what it lacks). */
   const completeSegments = async () =>
-    (await readdir(cluster.service.repository.spoolDir)).map((name) => parseSegmentName(name)).filter((parsed) => parsed !== null);
+    [...new Set([...(await cluster.service.repository.spool.names()), ...(await cluster.service.repository.archive.names())])]
+      .map((name) => parseSegmentName(name))
+      .filter((parsed) => parsed !== null);
 
   /** node2 has every row node1 has. */
   const everyRowOnNode2 = async () => {
@@ -396,7 +401,7 @@ describe("failover's unhappy paths", () => {
     const { archiver, driver } = cluster.service;
     let archivedUpTo = -1;
     // Both holders away: the archiver stopped (its slot kept, as when its instance dies meanwhile), node2 stopped.
-    const { nextId, reset } = await loseSlots(["relevo_archive", "relevo_node2"], async () => {
+    const { nextId, reset } = await loseSlots(["relevo_archive", "relevo_archive_hold", "relevo_node2"], async () => {
       await archiver.stop();
       await driver.stop(node("node2"), { mode: "fast", timeoutMs: 30000 });
       archivedUpTo = Math.max(...(await completeSegments()).map((parsed) => parsed.segment));
@@ -470,18 +475,20 @@ describe("failover's unhappy paths", () => {
         (await sql<{ file: string }>(primary, "SELECT pg_walfile_name(pg_current_wal_lsn()) AS file"))[0]!.file.slice(0, 8),
         16,
       );
-      // pg_receivewal's walsender may take a moment to exit: the slot is dropped once it is inactive.
+      // pg_receivewal's walsender may take a moment to exit: the slot is dropped once it is inactive. Its hold slot
+      // too (dropped by hand), else the primary keeps the WAL for it.
       await eventually(
         async () => {
           await sql(
             primary,
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'relevo_archive' AND NOT active",
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('relevo_archive', 'relevo_archive_hold') AND NOT active",
           );
-          return (await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relevo_archive'")).length === 0
+          return (await sql(primary, "SELECT 1 FROM pg_replication_slots WHERE slot_name IN ('relevo_archive', 'relevo_archive_hold')"))
+            .length === 0
             ? true
             : undefined;
         },
-        { what: "the archive's slot dropped" },
+        { what: "the archive's slots dropped" },
       );
       const firstMissing = segmentName(timeline, archivedUpTo + 1);
       await eventually(

@@ -84,6 +84,7 @@ describe("topology over GraphQL", () => {
     });
     expect(primary!.slots).toEqual([
       { name: "relevo_archive", active: true, retainedBytes: expect.any(Number) }, // the WAL archiver's
+      { name: "relevo_archive_hold", active: false, retainedBytes: expect.any(Number) }, // never connected: moved past what the repository holds
       { name: "relevo_node2", active: true, retainedBytes: expect.any(Number) },
     ]);
     expect(primary!.driver).toMatchObject({ kind: "local", state: "RUNNING", pid: expect.any(Number) });
