@@ -97,7 +97,7 @@ describe("backups from the replica (RELEVO_BACKUP_SOURCE=replica)", () => {
     // Lost from the repository's archive (and from what was received, or the pusher would put it again); the index,
     // rebuilt from a listing every few minutes, is rebuilt now.
     const { repository } = cluster.service;
-    await rm(`${repository.spoolDir}/${missing}`);
+    await rm(`${repository.spoolDir}/${missing}`, { force: true }); // the spool may have dropped it already (pushed)
     await repository.objects.store.delete([archiveKey(repository.generation, missing)]);
     await repository.archive.rebuild();
 

@@ -63,12 +63,13 @@ describe("topology over GraphQL", () => {
 
   test("the cluster query reports one primary and one streaming replica with lag figures", async () => {
     await sqlOn(cluster.service.nodes[0]!, cluster.service.secrets, "CREATE TABLE lag_probe AS SELECT g FROM generate_series(1, 1000) g");
-    // The WAL archiver connects asynchronously after start-up: wait until both slots are in use.
+    // The WAL archiver connects asynchronously after start-up: wait until its slot and the replica's are in use
+    // (the archive's hold slot never is).
     const response = await eventually(async () => {
       await cluster.service.collector.pollNow();
       const answer = await graphqlRequest<ClusterData>(cluster.url, CLUSTER_QUERY, { token: cluster.token("viewer") });
       const slots = answer.data?.cluster.nodes[0]?.slots ?? [];
-      return slots.length === 2 && slots.every((slot) => slot.active) ? answer : undefined;
+      return slots.length === 3 && slots.every((slot) => slot.active === (slot.name !== "relevo_archive_hold")) ? answer : undefined;
     });
     expect(response.errors).toBeUndefined();
     const data = response.data!.cluster;
