@@ -204,7 +204,7 @@ async function restoreClaimedCopy(
     const repository = await openConfiguredRepository({
       settings: config.repositories[0]!,
       walOwner: await driver.fileOwner(),
-        spoolDir: walSpoolDir(config.home),
+      spoolDir: walSpoolDir(config.home),
       locks,
       create: false,
     });

@@ -38,7 +38,13 @@ export async function openRepository(
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
   // Opened with its keys when RELEVO_REPO1_CIPHER_PASS is set (made on an empty repository): see open-repository.
-  const repository = await openConfiguredRepository({ settings: config.repositories[0]!, walOwner: pgIdentity, spoolDir: walSpoolDir(config.home), locks, create: true });
+  const repository = await openConfiguredRepository({
+    settings: config.repositories[0]!,
+    walOwner: pgIdentity,
+    spoolDir: walSpoolDir(config.home),
+    locks,
+    create: true,
+  });
   return { pgIdentity, repository };
 }
 
