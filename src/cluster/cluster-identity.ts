@@ -66,7 +66,7 @@ export async function knownCluster(home: string, repository: Repository): Promis
   const archive = await archiveIdentity(repository);
   if (archive) evidence.push(`system identifier ${archive.systemIdentifier} in ${archive.source} of the repository ${repository.root}`);
   const backups = (await repository.listManifests()).filter((manifest) => manifest.status === "completed").length;
-  if (backups > 0) evidence.push(`${backups} completed backup${backups === 1 ? "" : "s"} in ${repository.backupsDir}`);
+  if (backups > 0) evidence.push(`${backups} completed backup${backups === 1 ? "" : "s"} in ${repository.generationLocation}`);
   if (evidence.length === 0) return null;
   return { systemIdentifier: recorded?.systemIdentifier ?? archive?.systemIdentifier ?? null, evidence };
 }
@@ -74,7 +74,7 @@ export async function knownCluster(home: string, repository: Repository): Promis
 /** What `relevo up` may do when every node is without data. */
 export type InitialisationDecision =
   | { readonly phase: "initialise" }
-  /** The operator asked to start over: the old cluster's repository content is set aside first. */
+  /** The operator asked to start over: the repository's next generation is started first (the old one left, unread). */
   | { readonly phase: "start-over"; readonly known: KnownCluster }
   | { readonly phase: "refuse"; readonly message: string };
 
@@ -91,6 +91,6 @@ export function initialisationDecision(known: KnownCluster | null, options: { ne
     message:
       `no node has data, but this data home already had a cluster (${known.evidence.join("; ")}): ` +
       `rebuild it from the repository with relevo restore --cluster, or, to discard it and start an empty cluster, ` +
-      `run relevo up --new-cluster (the old backups and WAL archive are moved aside, not deleted)`,
+      `run relevo up --new-cluster (the old backups and WAL archive are kept, not deleted, and no longer read)`,
   };
 }

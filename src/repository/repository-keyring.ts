@@ -15,7 +15,7 @@ import {
   wrapDataKey,
   type ScryptParameters,
 } from "./repository-keys";
-import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES } from "./repository-layout";
+import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES, REPOSITORY_DESCRIPTOR_KEY } from "./repository-layout";
 
 /**
  * An encrypted repository's keys as stored (see repository-keys.ts):
@@ -274,8 +274,13 @@ function parseKeyring(bytes: Buffer): StoredKeyring | null {
   }
 }
 
-/** Whether the repository holds backups or WAL (anything under its content prefixes): encryption can no longer be turned on. */
+/**
+ * Whether the repository holds backups or WAL (anything under its content
+ * prefixes, or a descriptor: a later generation's content is under
+ * `g<N>/`): encryption can no longer be turned on.
+ */
 export async function hasContent(store: ObjectStore): Promise<boolean> {
+  if ((await store.head(REPOSITORY_DESCRIPTOR_KEY)) !== null) return true;
   for (const prefix of REPOSITORY_CONTENT_PREFIXES) {
     for await (const found of store.list(prefix)) {
       if (found) return true;

@@ -80,7 +80,7 @@ export async function bootstrapNodes(
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
     readonly repository: Repository;
-    /** relevo up --new-cluster: initialise although the data home had a cluster (its repository content set aside). */
+    /** relevo up --new-cluster: initialise although the data home had a cluster (the repository's next generation started). */
     readonly newCluster: boolean;
   },
 ): Promise<BootstrappedCluster> {
@@ -111,10 +111,10 @@ export async function bootstrapNodes(
           });
         case "start-over": {
           const label = `${new Date().toISOString().replace(/[:.]/g, "-")}-${decision.known.systemIdentifier ?? "unknown"}`;
-          const aside = await repository.setAside(label);
+          const { generation, walSetAside } = await repository.startNewGeneration(label);
           logger.warn(
-            { aside, evidence: decision.known.evidence },
-            "starting over: the previous cluster's backups and WAL archive set aside",
+            { generation, location: repository.generationLocation, walSetAside, evidence: decision.known.evidence },
+            "starting over: a new generation of the repository, the previous cluster's backups and WAL archive left unread",
           );
           // Like a cluster rebuilt by restore --cluster, every node is new: the old cluster's fences, synchronous and
           // eligible sets, its primary's last LSN and a journaled operation (resumed on new nodes it would act on

@@ -4,6 +4,9 @@ import type { OsIdentity } from "../nodes/os-user";
 import { DirectoryStore } from "../repository/directory-store";
 import { assertNotEncrypted, RepositoryKeyring } from "../repository/repository-keyring";
 import type { ScryptParameters } from "../repository/repository-keys";
+import { UNENCRYPTED } from "../repository/object-codec";
+import { readRepositoryDescriptor } from "../repository/repository-descriptor";
+import { RepositoryStore } from "../repository/repository-store";
 import type { BackupLocks } from "./backup-locks";
 import { Repository } from "./repository";
 
@@ -43,17 +46,17 @@ export async function openConfiguredRepository(options: OpenRepositoryOptions): 
     });
   }
   const variable = `RELEVO_REPO${settings.index}_CIPHER_PASS`;
-  const plain = new Repository(settings.path, walOwner, { locks, spoolDir });
   // Directories first: a new keyring is written into them, and the repository's root keeps its mode.
-  if (create) await plain.ensure();
+  if (create) await new Repository(settings.path, walOwner, { spoolDir }).ensure();
   const store = new DirectoryStore(settings.path);
-  if (settings.cipherPass === "") {
-    await assertNotEncrypted(store, variable);
-    return plain;
-  }
-  const keyring = await RepositoryKeyring.open(store, { cipherPass: settings.cipherPass, variable, create, scrypt: options.scrypt });
-  const repository = new Repository(settings.path, walOwner, { locks, keyring, spoolDir });
+  let keyring: RepositoryKeyring | undefined;
+  if (settings.cipherPass === "") await assertNotEncrypted(store, variable);
+  else keyring = await RepositoryKeyring.open(store, { cipherPass: settings.cipherPass, variable, create, scrypt: options.scrypt });
+  // Which generation to read and write: the descriptor is read under the keys (encrypted in an encrypted repository),
+  // and one that cannot be read fails the open, never taken for generation 0 (see repository-descriptor).
+  const descriptor = await readRepositoryDescriptor(new RepositoryStore(store, keyring?.policy ?? UNENCRYPTED));
+  const repository = new Repository(settings.path, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
   // The archive's key found (or made, once per repository) at the start, not at the first segment's push.
-  if (create) await repository.archiveKey();
+  if (create && keyring) await repository.archiveKey();
   return repository;
 }

@@ -17,7 +17,8 @@ import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo } from "../repository/object-store";
-import { archiveKey, archivePrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
+import { archiveKey, generationPrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
+import { nextGeneration, readRepositoryDescriptor, writeRepositoryDescriptor } from "../repository/repository-descriptor";
 import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
 import { UNENCRYPTED, type DataKey } from "../repository/object-codec";
 import type { RepositoryKeyring } from "../repository/repository-keyring";
@@ -47,9 +48,14 @@ import { ArchivedWal } from "../wal/archived-wal";
  *                                        a range of its content each (manifest: offset, bytes)
  *   <root>/backups/<id>/data/<path>.lz4  version 2 and 3 backups: raw files by data directory path
  *   <root>/backups/<id>/bundles/<nnnnn>  and raw bundles, read by path (see ContentForm)
- *   <root>/superseded/<label>/       a previous cluster's wal/, archive/, wal-summary/, manifests/ and
- *                                    backups/, set aside when the data home
- *                                    started over (relevo up --new-cluster)
+ *   <root>/archive/…                 the WAL pushed from the spool (see WalPusher, and repository-layout)
+ *   <root>/repository.json           which generation is read and written (see repository-descriptor)
+ *   <root>/g<N>/manifests/, backups/, archive/, wal-summary/, diverged/
+ *                                    the objects above of the cluster started over the Nth time
+ *                                    (relevo up --new-cluster); the paths above are generation 0's,
+ *                                    and so is everything read by path (legacy manifests, summaries)
+ *   <root>/superseded/<label>/wal/   the receiving directory of the cluster before a start-over
+ *   <root>/superseded/<label>/       an earlier Relevo's set-aside of a whole cluster (trees moved), kept as it is
  *
  * Every write is temp + rename, so an interrupted backup leaves no torn file;
  * a backup without a completed manifest is not a backup.
@@ -72,7 +78,7 @@ export class Repository {
   /** The repository's `wal/` of older versions (the PostgreSQL user's), read through handles while it is drained. */
   readonly legacyWal: WalArchive;
   readonly backupsDir: string;
-  /** The summaries' directory (see wal-summary), for the set-aside, which moves it by path: summaries are read and written through `objects`. */
+  /** Generation 0's summaries' directory (tests plant legacy files there): summaries are read and written through `objects`. */
   readonly walSummaryDir: string;
   /**
    * Verification, restore and expiry of a backup take its lock (see
@@ -86,12 +92,27 @@ export class Repository {
    * by path. A directory store over `root` until object storage is wired.
    */
   readonly objects: RepositoryStore;
-  /** Which cluster's objects are read and written here (repository-layout's generation); 0 until clusters start over by generation. */
-  readonly generation = 0;
+  /**
+   * Which cluster's objects are read and written here (repository-layout's
+   * generation): `repository.json`'s, read when the repository is opened
+   * (see open-repository), 0 when it has none. It changes only in
+   * startNewGeneration, which `relevo up --new-cluster` calls while it
+   * bootstraps, before the archive's workers are built.
+   */
+  get generation(): number {
+    return this.current;
+  }
   /** What the WAL archive in `objects` holds (see WalIndex): fed by the pusher, read wherever "archived" is asked. */
-  readonly archive: WalIndex;
+  get archive(): WalIndex {
+    return this.generationState.archive;
+  }
   /** The WAL received (`wal`) and archived (`objects`) together, as the archiver and failover decide over it (see ArchivedWal). */
-  readonly archivedWal: ArchivedWal;
+  get archivedWal(): ArchivedWal {
+    return this.generationState.archivedWal;
+  }
+
+  private current: number;
+  private generationState: { readonly archive: WalIndex; readonly archivedWal: ArchivedWal };
 
   /** Manifest summaries by backup id, with the version of the manifest each was read from (listManifestSummaries). */
   private readonly summaries = new Map<string, { readonly version: string; readonly summary: ManifestSummary | null }>();
@@ -111,6 +132,8 @@ export class Repository {
       readonly spoolDir: string;
       readonly locks?: BackupLocks;
       readonly keyring?: RepositoryKeyring;
+      /** Which generation is read and written (repository.json's, see open-repository); 0 when absent. */
+      readonly generation?: number;
     },
   ) {
     this.spool = new WalArchive(options.spoolDir, walOwner);
@@ -121,14 +144,31 @@ export class Repository {
     this.locks = options.locks ?? null;
     this.keyring = options.keyring ?? null;
     this.objects = new RepositoryStore(new DirectoryStore(root), this.keyring?.policy ?? UNENCRYPTED);
-    this.archive = new WalIndex({ objects: this.objects, generation: this.generation });
-    this.archivedWal = new ArchivedWal({
+    this.current = options.generation ?? 0;
+    this.generationState = this.stateOf(this.current);
+  }
+
+  private stateOf(generation: number): { readonly archive: WalIndex; readonly archivedWal: ArchivedWal } {
+    const archive = new WalIndex({ objects: this.objects, generation });
+    const archivedWal = new ArchivedWal({
       receiving: this.spool,
       objects: this.objects,
-      generation: this.generation,
-      index: this.archive,
+      generation,
+      index: archive,
       archiveKey: () => this.archiveKey(),
     });
+    return { archive, archivedWal };
+  }
+
+  /**
+   * Whether what a directory repository held before objects is read by
+   * path (legacy manifests `backups/<id>/manifest.json`, summaries
+   * `wal-summary/<segment>.json`, version 2 and 3 content): in generation
+   * 0 of an unencrypted repository only. An encrypted repository never
+   * held such files, and a later generation's cluster never wrote them.
+   */
+  get readsLegacy(): boolean {
+    return !this.encrypted && this.generation === 0;
   }
 
   /** Whether the repository is encrypted: no object is read or written in another form, and no legacy file is read. */
@@ -173,25 +213,31 @@ export class Repository {
   }
 
   /**
-   * Moves the archive, its summaries and the backups to
-   * `<root>/superseded/<label>/` (kept, never read again by Relevo) and
-   * starts an empty repository: a new cluster started over in this data home
-   * must not mix its WAL and backups with the old cluster's. Returns where
-   * they went. By name, and safely so: every name used here (superseded/,
-   * wal, wal-summary, manifests, backups) is an entry of the repository's
-   * root, root's own, and rename moves `wal` itself, never anything its
-   * owner put in it. (A directory's rename, until clusters start over by
-   * generation instead.)
+   * Starts the next generation (`relevo up --new-cluster`): a new cluster
+   * started over in this data home must not mix its WAL and backups with
+   * the old cluster's. `repository.json` gets generation N+1 and from then
+   * on this repository reads and writes only under `g<N+1>/`; nothing of
+   * the old generations is moved (on object storage a move is a full copy)
+   * or read again. Read, then write: only one Relevo runs `relevo up` on a
+   * data home at a time, and only it writes the descriptor.
+   *
+   * The receiving directory `wal/` is the exception: it is not objects but
+   * pg_receivewal's directory on this host, and the old cluster's segments
+   * there would be pushed into the new generation's archive and steer where
+   * the archiver resumes. It is moved to `superseded/<label>/wal` (a rename
+   * of an entry of the root, root's own: nothing in it is followed), first,
+   * so that a crash before the descriptor is written leaves the old
+   * generation whole and `--new-cluster` can be run again. Returns the new
+   * generation and where `wal/` went (null: there was none).
    */
-  async setAside(label: string): Promise<string> {
+  async startNewGeneration(label: string): Promise<{ readonly generation: number; readonly walSetAside: string | null }> {
+    const descriptor = nextGeneration(await readRepositoryDescriptor(this.objects));
     const aside = path.join(this.root, "superseded", label);
-    await mkdir(aside, { recursive: true, mode: 0o700 });
-    const manifestsDir = path.join(this.root, manifestsPrefix(this.generation).replace(/\/$/, ""));
-    const archiveDir = path.join(this.root, archivePrefix(this.generation).replace(/\/$/, ""));
-    for (const directory of [this.legacyWal.path, archiveDir, this.walSummaryDir, manifestsDir, this.backupsDir]) {
-      await rename(directory, path.join(aside, path.basename(directory))).catch((error: NodeJS.ErrnoException) => {
-        if (error.code !== "ENOENT") throw error;
-      });
+    let walSetAside: string | null = null;
+    if (await stat(this.legacyWal.path).catch(absentAsNull)) {
+      await mkdir(aside, { recursive: true, mode: 0o700 });
+      walSetAside = path.join(aside, "wal");
+      await rename(this.legacyWal.path, walSetAside);
     }
     // The spool holds the previous cluster's WAL not pushed yet: kept beside it (same file system; its parent is root's,
     // so the rename moves the spool itself, never anything its owner put in it), never pushed into the new archive.
@@ -199,8 +245,17 @@ export class Repository {
       if (error.code !== "ENOENT") throw error;
     });
     await this.ensure();
-    await this.archive.rebuild();
-    return aside;
+    await writeRepositoryDescriptor(this.objects, descriptor, { dataKey: await this.archiveKey() });
+    this.current = descriptor.generation;
+    this.generationState = this.stateOf(this.current);
+    this.summaries.clear();
+    return { generation: this.current, walSetAside };
+  }
+
+  /** Where this generation's objects are, for messages: the repository, and the generation's prefix when it has one. */
+  get generationLocation(): string {
+    const prefix = generationPrefix(this.generation);
+    return prefix === "" ? this.root : path.join(this.root, prefix);
   }
 
   /** Every path of a backup goes through here: an id that is not one (BAD_USER_INPUT) never becomes a path. */
@@ -211,6 +266,13 @@ export class Repository {
 
   /** A version 2 or 3 backup's stored file (see ContentForm); a later backup's content is objects (see backup-content). */
   storedPath(id: string, relative: string): string {
+    // Such content is generation 0's: a later generation's manifest naming some is not one Relevo wrote.
+    if (!this.readsLegacy) {
+      throw new RelevoError(
+        ErrorCode.RepositoryCorrupt,
+        `backup ${id}'s manifest names stored files by path, which this repository never held`,
+      );
+    }
     const directory = this.backupDir(id);
     const stored = path.join(directory, relative);
     // A manifest's stored paths are Relevo's own; one that leaves its backup's directory is a damaged (or forged) manifest.
@@ -229,7 +291,7 @@ export class Repository {
    */
   async writeManifest(manifest: BackupManifest): Promise<void> {
     await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest, { dataKey: await this.dataKeyOf(manifest) });
-    await rm(this.legacyManifestFile(manifest.id), { force: true });
+    if (this.readsLegacy) await rm(this.legacyManifestFile(manifest.id), { force: true });
   }
 
   /**
@@ -249,8 +311,8 @@ export class Repository {
     const key = manifestKey(this.generation, id);
     const stored = await this.objects.readJson<BackupManifest>(key);
     if (stored !== null) return readable(stored);
-    // An encrypted repository never held a legacy file: one there was planted, and is not read.
-    if (this.encrypted) return null;
+    // An encrypted repository never held a legacy file, nor did a later generation: one there was planted, and is not read.
+    if (!this.readsLegacy) return null;
     const text = await readFile(this.legacyManifestFile(id), "utf8").catch(absentAsNull);
     if (text !== null) return parseLegacyManifest(text);
     // Neither: unless writeManifest replaced the legacy file by its object in between (object first, then the file).
@@ -287,7 +349,7 @@ export class Repository {
    * one listing or the other.
    */
   private async listManifestIds(): Promise<{ ids: string[]; objects: Map<string, ObjectInfo> }> {
-    const legacy = this.encrypted ? [] : ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
+    const legacy = !this.readsLegacy ? [] : ((await readdir(this.backupsDir).catch(absentAsNull)) ?? []).filter(isBackupId);
     const prefix = manifestsPrefix(this.generation);
     const objects = new Map<string, ObjectInfo>();
     for (const info of await this.objects.list(prefix)) {
@@ -314,7 +376,7 @@ export class Repository {
 
   /** The version of a manifest the objects' listing did not show: its legacy file's, or its object's written since; null when none. */
   private async unlistedManifestVersion(id: string): Promise<string | null> {
-    const info = this.encrypted ? null : await stat(this.legacyManifestFile(id), { bigint: true }).catch(absentAsNull);
+    const info = !this.readsLegacy ? null : await stat(this.legacyManifestFile(id), { bigint: true }).catch(absentAsNull);
     if (info) return `legacy:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
     const object = await this.objects.store.head(manifestKey(this.generation, id));
     return object ? `object:${object.etag}` : null;
@@ -368,8 +430,11 @@ export class Repository {
       await this.objects.store.delete([archiveKey(this.generation, name)]);
       this.archive.removed(name);
       if (received.includes(name)) await this.spool.remove(name);
-      // Its summary: the object, and the plain JSON one from before objects.
-      await this.objects.store.delete([walSummaryKey(this.generation, name), legacyWalSummaryKey(this.generation, name)]);
+      // Its summary: the object, and the plain JSON one from before objects (generation 0's only).
+      await this.objects.store.delete([
+        walSummaryKey(this.generation, name),
+        ...(this.generation === 0 ? [legacyWalSummaryKey(this.generation, name)] : []),
+      ]);
     }
     return names.length;
   }

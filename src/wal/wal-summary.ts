@@ -23,7 +23,7 @@ export function walSummarizerFor(repository: Repository, config: RelevoConfig, l
     objects: repository.objects,
     generation: repository.generation,
     archiveKey: () => repository.archiveKey(),
-    readLegacy: !repository.encrypted,
+    readLegacy: repository.readsLegacy,
     scratchDir: path.join(config.home, "tmp"),
     pgBinDir: config.pgBinDir,
     logger,
@@ -41,8 +41,8 @@ export interface WalSummarizerOptions {
   readonly archiveKey: DataKeySource;
   /**
    * Whether a directory repository's plain JSON summaries from before
-   * objects are read; never in an encrypted repository, which cannot have
-   * any (one there was planted).
+   * objects are read; never in an encrypted repository or a later
+   * generation, which cannot have any (one there was planted).
    */
   readonly readLegacy: boolean;
   /**

@@ -5,6 +5,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tempHome } from "../helpers/home";
+import { freePort } from "../helpers/ports";
 import path from "node:path";
 import { promisify } from "node:util";
 import { loadConfig, type RelevoConfig } from "../../src/config/config";
@@ -25,6 +26,8 @@ import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { archiveKey, archivePrefix, walFileNameOf } from "../../src/repository/repository-layout";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
+import { openConfiguredRepository } from "../../src/storage/open-repository";
+import type { RepositoryDescriptor } from "../../src/repository/repository-descriptor";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -374,11 +377,16 @@ describeOnEachDriver(
       expect(service.collector.latest?.health).toBe("degraded");
     });
 
-    test("relevo up --new-cluster starts over: an empty cluster, the old backups and archive moved aside, the new archive its own", async () => {
+    test("relevo up --new-cluster starts over: an empty cluster in the repository's generation 1 (g1/), the old backups and archive left where they were, unread", async () => {
       await again!.stop({ reason: "test finished" });
       again = null;
       for (const each of nodes) await loseDataDirectory(driver, volumeOf(each), first.service.driver, each);
       await recordOldClusterState(config, secrets);
+      const before = await generationZero();
+      expect(before.manifests).toHaveLength(1);
+      expect(before.archive.length).toBeGreaterThan(0);
+      const oldBackup = before.manifests[0]!.slice("manifests/".length);
+
       again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
       const service = again;
       await eventually(() => (service.collector.latest?.primary === "node1" ? true : undefined), { what: "the new primary" });
@@ -392,15 +400,89 @@ describeOnEachDriver(
         },
       );
       expect(await sql(node("node1"), "SELECT to_regclass('precious') IS NULL AS empty")).toEqual([{ empty: true }]);
-      const [aside] = await readdir(path.join(config.repository, "superseded"));
-      expect(await readdir(path.join(config.repository, "superseded", aside!, "backups"))).toHaveLength(1);
-      expect(await readdir(path.join(config.repository, "superseded", aside!, "manifests"))).toHaveLength(1);
-      expect(await readdir(path.join(config.repository, "backups"))).toEqual([]);
+      expect(await readDescriptor()).toEqual({ format: 1, generation: 1 });
       expect(await service.backups.list()).toEqual([]);
-      // The new cluster's WAL is archived: nothing of the old one is left to refuse it.
+      await expect(service.backups.get(oldBackup)).rejects.toMatchObject({ code: "NOT_FOUND" });
+      // The new cluster's WAL is archived, under g1/: nothing of the old one is left to refuse it.
       await archiverHasReceived(node("node1"), secrets, "the new cluster's WAL");
+      await eventually(async () => ((await objectKeys("g1/archive/")).length > 0 ? true : undefined), { what: "WAL pushed under g1/" });
       expect(service.collector.latest?.healthReasons.filter((text) => text.includes("WAL archive"))).toEqual([]);
+
+      // A backup of the new cluster: its manifest and content under g1/, the only one listed; expiry leaves generation 0 alone.
+      const taken = await (await service.backups.start("full")).done;
+      expect(taken).toMatchObject({ status: "completed" });
+      expect(await objectKeys("g1/manifests/")).toEqual([`g1/manifests/${taken.id}`]);
+      expect((await objectKeys(`g1/backups/${taken.id}/`)).length).toBeGreaterThan(0);
+      expect((await service.backups.list()).map((each) => each.id)).toEqual([taken.id]);
+      await service.backups.expire();
+      // Generation 0 untouched: its manifest, content and archive where they were (the receiving wal/ alone moved aside).
+      expect(await generationZero()).toEqual(before);
+      const [aside] = await readdir(path.join(config.repository, "superseded"));
+      expect(await readdir(path.join(config.repository, "superseded", aside!))).toEqual(["wal"]);
+      // The CLI opens the repository at its generation too: the old backup is not there to restore.
+      const refused = await run(
+        "node",
+        [BIN, "restore", "--to", path.join(config.home, "old-copy"), "--port", String(await freePort()), "--backup", oldBackup],
+        {
+          env: cliEnvFor(config),
+        },
+      ).then(
+        () => null,
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(refused).toMatchObject({ code: 64, stderr: expect.stringContaining(`no backup with id ${oldBackup}`) });
+    }, 300000);
+
+    test("a second relevo up --new-cluster starts generation 2 (g2/), and generation 1 stays as it was", async () => {
+      await again!.stop({ reason: "test finished" });
+      again = null;
+      const firstGeneration = { manifests: await objectKeys("g1/manifests/"), archive: await objectKeys("g1/archive/") };
+      for (const each of nodes) await loseDataDirectory(driver, volumeOf(each), first.service.driver, each);
+      again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
+      const service = again;
+      await eventually(() => (service.collector.latest?.primary === "node1" ? true : undefined), { what: "the new primary" });
+      expect(await readDescriptor()).toEqual({ format: 1, generation: 2 });
+      expect(await service.backups.list()).toEqual([]);
+      await archiverHasReceived(node("node1"), secrets, "the third cluster's WAL");
+      await eventually(async () => ((await objectKeys("g2/archive/")).length > 0 ? true : undefined), { what: "WAL pushed under g2/" });
+      expect({ manifests: await objectKeys("g1/manifests/"), archive: await objectKeys("g1/archive/") }).toEqual(firstGeneration);
+    }, 300000);
+
+    test("an unreadable repository.json refuses the start (REPOSITORY_CORRUPT), never taken for generation 0", async () => {
+      await again!.stop({ reason: "test finished" });
+      again = null;
+      const file = path.join(config.repository, "repository.json");
+      const stored = await readFile(file);
+      // Plain JSON where Relevo keeps a checked object: what a hand edit leaves.
+      await writeFile(file, JSON.stringify({ format: 1, generation: 0 }));
+      try {
+        const outcome = await startRelevo(loadConfig({}, { ...config }), quiet).then(
+          async (service) => {
+            await service.stop({ reason: "test finished" });
+            return "started";
+          },
+          (error: unknown) => error,
+        );
+        expect(outcome).toMatchObject({ code: "REPOSITORY_CORRUPT", message: expect.stringContaining("repository.json") });
+      } finally {
+        await writeFile(file, stored);
+      }
     });
+
+    /** Generation 0's manifests, backups' content and archive, as keys. */
+    async function generationZero(): Promise<{ manifests: string[]; backups: string[]; archive: string[] }> {
+      return { manifests: await objectKeys("manifests/"), backups: await objectKeys("backups/"), archive: await objectKeys("archive/") };
+    }
+
+    async function objectKeys(prefix: string): Promise<string[]> {
+      return (await new Repository(config.repository, null, { spoolDir: walSpoolDir(config.home) }).objects.list(prefix)).map((info) => info.key);
+    }
+
+    async function readDescriptor(): Promise<RepositoryDescriptor | null> {
+      return (await openConfiguredRepository({ settings: config.repositories[0]!, walOwner: null, spoolDir: walSpoolDir(config.home), create: false })).objects.readJson(
+        "repository.json",
+      );
+    }
   },
 );
 
