@@ -475,13 +475,20 @@ describeOnEachDriver(
     }
 
     async function objectKeys(prefix: string): Promise<string[]> {
-      return (await new Repository(config.repository, null, { spoolDir: walSpoolDir(config.home) }).objects.list(prefix)).map((info) => info.key);
+      return (await new Repository(config.repository, null, { spoolDir: walSpoolDir(config.home) }).objects.list(prefix)).map(
+        (info) => info.key,
+      );
     }
 
     async function readDescriptor(): Promise<RepositoryDescriptor | null> {
-      return (await openConfiguredRepository({ settings: config.repositories[0]!, walOwner: null, spoolDir: walSpoolDir(config.home), create: false })).objects.readJson(
-        "repository.json",
-      );
+      return (
+        await openConfiguredRepository({
+          settings: config.repositories[0]!,
+          walOwner: null,
+          spoolDir: walSpoolDir(config.home),
+          create: false,
+        })
+      ).objects.readJson("repository.json");
     }
   },
 );
