@@ -99,7 +99,7 @@ describe("generations in a directory repository", () => {
     expect(await reopened.listManifests()).toEqual([]);
     await reopened.writeManifest(manifest("20260301T000000Z-F"));
     expect(await reopened.objects.exists(manifestKey(2, "20260301T000000Z-F"))).toBe(true);
-    expect((await readdir(root)).sort()).toEqual(["backups", "g1", "g2", "manifests", "repository.json", "superseded", "wal"]);
+    expect((await readdir(root)).sort()).toEqual(["backups", "g1", "g2", "manifests", "repository.json", "superseded"]);
   });
 
   test("an encrypted repository's descriptor is encrypted, and read under its keys", async () => {
