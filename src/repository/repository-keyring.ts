@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCode, RelevoError } from "../errors";
 import { putObject, readObject, UNENCRYPTED, type DataKey, type ReadPolicy } from "./object-codec";
 import type { ObjectStore } from "./object-store";
@@ -10,7 +9,9 @@ import {
   keyCheckPasses,
   newDataKey,
   newSalt,
+  openArchiveKeyId,
   SCRYPT_PARAMETERS,
+  sealArchiveKeyId,
   unwrapDataKey,
   wrapDataKey,
   type ScryptParameters,
@@ -22,22 +23,36 @@ import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES, REPOSITORY_DESCRIPTOR_KEY } f
  *
  *   keys/keyring        {"format":1,"scrypt":{N,r,p},"salt":…,"check":…}: how the pass becomes the repository key,
  *                       and a value sealed under that key that tells a right pass from a wrong one
+ *   keys/keyring.copy   the same, read when keys/keyring is absent or damaged: the salt exists nowhere else, and
+ *                       without it no key of the repository opens
  *   keys/data/<id hex>  one data key, sealed under the repository key and bound to its id
- *   keys/archive        {"format":1,"id":…}: which data key the WAL archive (archive/, wal-summary/, diverged/) is
- *                       written under; made once, by the first process that writes there
+ *   keys/archive        {"format":1,"sealed":…}: which data key the WAL archive (archive/, wal-summary/, diverged/) is
+ *                       written under, sealed under the repository key (nobody without the pass can point it at another)
  *
- * Both in the codec's checksummed form: neither holds a secret (a wrapped
- * key opens only under the repository key), and both are read before any
+ * In the codec's checksummed form: none holds a secret (a wrapped key
+ * opens only under the repository key), and the keyring is read before any
  * key is known. Every other object of an encrypted repository is
- * encrypted, its header naming the data key it is under.
+ * encrypted, its header naming the data key it is under. The keyring and
+ * the archive record are made once, by a first start, under a lock every
+ * process making them takes (KeysLock): a second first start finds them
+ * made and takes them, never overwrites them.
  */
 export const KEYRING_KEY = `${KEYS_PREFIX}keyring`;
+
+export const KEYRING_COPY_KEY = `${KEYS_PREFIX}keyring.copy`;
 
 export const ARCHIVE_KEY_RECORD = `${KEYS_PREFIX}archive`;
 
 export function wrappedDataKeyKey(id: Buffer): string {
   return `${KEYS_PREFIX}data/${id.toString("hex")}`;
 }
+
+/**
+ * Runs `work` holding the lock that every process making a repository's
+ * keys takes (in the store that holds Relevo's leases: object storage has
+ * no create-if-absent; see open-repository.ts).
+ */
+export type KeysLock = <T>(work: () => Promise<T>) => Promise<T>;
 
 interface StoredKeyring {
   readonly format: 1;
@@ -49,17 +64,18 @@ interface StoredKeyring {
 /** The most memory a stored keyring's scrypt parameters may ask for: twice the cost Relevo uses for new ones. */
 const MAX_SCRYPT_MEMORY = 256 * 1024 * 1024;
 
-/** How long a new keyring is left before it is read back: another process making one at the same moment has written by then. */
-const KEYRING_SETTLE_MS = 1000;
-
 export interface KeyringOptions {
   /** RELEVO_REPO<n>_CIPHER_PASS's value. */
   readonly cipherPass: string;
   /** RELEVO_REPO<n>_CIPHER_PASS, for messages. */
   readonly variable: string;
-  /** Whether an empty repository gets a keyring now (the service; a restore only reads). */
+  /**
+   * Whether the keys an empty repository lacks (keyring, archive key) are
+   * made now (the service; a restore or a check only reads).
+   */
   readonly create: boolean;
-  readonly settleMs?: number;
+  /** Held while the keys are made: required with `create`. */
+  readonly lock?: KeysLock;
   /** scrypt's cost for a new keyring (tests lower it; an existing keyring's own is always used). */
   readonly scrypt?: ScryptParameters;
 }
@@ -79,7 +95,6 @@ export class RepositoryKeyring {
     private readonly store: ObjectStore,
     private readonly repositoryKey: Buffer,
     private readonly salt: string,
-    private readonly settleMs: number,
   ) {
     this.policy = { encrypted: true, lookup: (id) => this.lookup(id) };
   }
@@ -87,62 +102,63 @@ export class RepositoryKeyring {
   /**
    * Opens the keyring with `cipherPass`: REPOSITORY_ACCESS_DENIED naming the
    * repository and the variable when the pass is not the one it was made
-   * with. An empty repository gets a new keyring when `create` is set; one
-   * with content but no keyring is unencrypted and stays so
-   * (PRECONDITION_FAILED: mixing would leave objects a reader cannot tell
-   * apart from forged ones).
+   * with. An empty repository gets its keys when `create` is set; one with
+   * content but no keys is unencrypted and stays so (PRECONDITION_FAILED:
+   * mixing would leave objects a reader cannot tell apart from forged
+   * ones); one with keys but no keyring lost it (REPOSITORY_CORRUPT).
    */
   static async open(store: ObjectStore, options: KeyringOptions): Promise<RepositoryKeyring> {
-    const stored = await readKeyring(store);
-    if (stored) return RepositoryKeyring.unlock(store, stored, options);
-    if (!options.create) {
-      throw new RelevoError(
-        ErrorCode.PreconditionFailed,
-        `${store.location}: ${options.variable} is set but the repository has no keys: it is not encrypted (unset ` +
-          `${options.variable} to read it), or no service has started on it yet (its first start makes the keys)`,
-        { details: { repository: store.location, env: options.variable } },
-      );
+    const found = await readKeyring(store);
+    if (found) {
+      const keyring = await RepositoryKeyring.unlock(store, found, options);
+      if (options.create) {
+        if ((await store.head(ARCHIVE_KEY_RECORD)) === null) await lockOf(store, options)(() => keyring.makeArchiveKeyIfAbsent());
+        // The archive's key read at the start, not at the first segment's push.
+        await keyring.archiveKey();
+      }
+      return keyring;
     }
-    if (await hasContent(store)) {
-      throw new RelevoError(
-        ErrorCode.PreconditionFailed,
-        `${store.location} holds backups or WAL but no keyring: it is unencrypted (encryption applies to a new repository: ` +
-          `unset ${options.variable}, or point the repository at an empty location and take a full backup there), or its ` +
-          `${KEYRING_KEY} was lost`,
-        { details: { repository: store.location, env: options.variable } },
-      );
-    }
+    await refuseWithoutKeyring(store, options);
+    // scrypt first: the lock is then held only for a read and a few small writes, and a second first start waiting on
+    // it finds the keys made once it has it.
     const parameters = options.scrypt ?? SCRYPT_PARAMETERS;
     const salt = newSalt();
     const repositoryKey = await deriveRepositoryKey(options.cipherPass, salt, parameters);
-    const made: StoredKeyring = {
-      format: 1,
-      scrypt: parameters,
-      salt: salt.toString("base64"),
-      check: keyCheck(repositoryKey).toString("base64"),
-    };
-    await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(made)), { encrypted: false });
-    // Two processes that found no keyring at the same moment each wrote one: the one stored last is the repository's.
-    // Read it back once both have written, and take it (the pass is the same, or the check refuses it). No data key
-    // exists yet, and newDataKey checks the salt again before it wraps one.
-    await sleep(options.settleMs ?? KEYRING_SETTLE_MS);
-    const settled = await readKeyring(store);
-    if (!settled) throw keyringVanished(store);
-    return settled.salt === made.salt
-      ? new RepositoryKeyring(store, repositoryKey, made.salt, options.settleMs ?? KEYRING_SETTLE_MS)
-      : RepositoryKeyring.unlock(store, settled, options);
+    return lockOf(
+      store,
+      options,
+    )(async () => {
+      const made = await readKeyring(store);
+      let keyring: RepositoryKeyring;
+      if (made) {
+        keyring = await RepositoryKeyring.unlock(store, made, options);
+      } else {
+        await refuseWithoutKeyring(store, options);
+        const stored: StoredKeyring = {
+          format: 1,
+          scrypt: parameters,
+          salt: salt.toString("base64"),
+          check: keyCheck(repositoryKey).toString("base64"),
+        };
+        const bytes = Buffer.from(JSON.stringify(stored));
+        await putObject(store, KEYRING_KEY, bytes, { encrypted: false });
+        await putObject(store, KEYRING_COPY_KEY, bytes, { encrypted: false });
+        keyring = new RepositoryKeyring(store, repositoryKey, stored.salt);
+      }
+      await keyring.makeArchiveKeyIfAbsent();
+      return keyring;
+    });
   }
 
   private static async unlock(store: ObjectStore, stored: StoredKeyring, options: KeyringOptions): Promise<RepositoryKeyring> {
     const repositoryKey = await deriveRepositoryKey(options.cipherPass, Buffer.from(stored.salt, "base64"), stored.scrypt);
     if (!keyCheckPasses(repositoryKey, Buffer.from(stored.check, "base64"))) throw cipherPassWrong(store.location, options.variable);
-    return new RepositoryKeyring(store, repositoryKey, stored.salt, options.settleMs ?? KEYRING_SETTLE_MS);
+    return new RepositoryKeyring(store, repositoryKey, stored.salt);
   }
 
   /** A new data key, stored wrapped before it is returned: nothing is ever written under a key the repository lacks. */
   async newDataKey(): Promise<DataKey> {
-    const stored = await readKeyring(this.store);
-    if (stored?.salt !== this.salt) throw keyringVanished(this.store);
+    await this.assertKeyringUnchanged();
     const dataKey = newDataKey();
     await putObject(this.store, wrappedDataKeyKey(dataKey.id), wrapDataKey(this.repositoryKey, dataKey), { encrypted: false });
     this.known.set(dataKey.id.toString("hex"), Promise.resolve(dataKey));
@@ -167,38 +183,66 @@ export class RepositoryKeyring {
 
   /**
    * The data key the WAL archive and its summaries are written under: the
-   * one `keys/archive` names, made (and recorded) by the first process that
-   * asks. Two processes that find no record at once each make a key and
-   * record it; each reads the record back once both have written and takes
-   * the one stored last, as the keyring itself settles. Which key writes
-   * use is all that is decided there: every key an object was ever written
-   * under stays wrapped in `keys/data/`, so a loser's objects stay
-   * readable.
+   * one `keys/archive` names (made with the keyring, by the first start).
+   * The keyring is read again first, as for a new data key: a key is never
+   * handed out for writes once the repository's keyring is not the one
+   * this process opened (nothing written then could be read back).
    */
-  archiveKey(): Promise<DataKey> {
+  async archiveKey(): Promise<DataKey> {
+    await this.assertKeyringUnchanged();
     if (!this.archive) {
-      this.archive = this.openArchiveKey();
+      this.archive = this.readArchiveKey();
       // A failed attempt is not remembered: the next write tries again.
       this.archive.catch(() => (this.archive = null));
     }
     return this.archive;
   }
 
-  private async openArchiveKey(): Promise<DataKey> {
-    const recorded = await readArchiveKeyRecord(this.store);
-    if (recorded) return this.dataKey(recorded);
+  /** The key `keys/archive` names; REPOSITORY_CORRUPT when there is none, or it was not sealed under this repository key. */
+  private async readArchiveKey(): Promise<DataKey> {
+    const id = await this.readArchiveKeyId();
+    if (id) return this.dataKey(id);
+    throw new RelevoError(
+      ErrorCode.RepositoryCorrupt,
+      `${this.store.location}: ${ARCHIVE_KEY_RECORD} is missing (the service's start makes it with the keyring)`,
+      { details: { repository: this.store.location } },
+    );
+  }
+
+  /** Called under the keys' lock: the archive's data key made and recorded, unless a record exists. */
+  private async makeArchiveKeyIfAbsent(): Promise<void> {
+    if (await this.readArchiveKeyId()) return;
     const made = await this.newDataKey();
-    const record: StoredArchiveKey = { format: 1, id: made.id.toString("hex") };
+    const record: StoredArchiveKey = { format: 1, sealed: sealArchiveKeyId(this.repositoryKey, made.id).toString("base64") };
     await putObject(this.store, ARCHIVE_KEY_RECORD, Buffer.from(JSON.stringify(record)), { encrypted: false });
-    await sleep(this.settleMs);
-    const settled = await readArchiveKeyRecord(this.store);
-    if (!settled) {
-      throw new RelevoError(
-        ErrorCode.RepositoryCorrupt,
-        `${this.store.location}: ${ARCHIVE_KEY_RECORD} went away just after it was written`,
-      );
+  }
+
+  /** The id `keys/archive` records; null when there is none yet. */
+  private async readArchiveKeyId(): Promise<Buffer | null> {
+    const bytes = await absentAsNull(readObject(this.store, ARCHIVE_KEY_RECORD, UNENCRYPTED));
+    if (bytes === null) return null;
+    let value: Partial<StoredArchiveKey> | null;
+    try {
+      value = JSON.parse(bytes.toString("utf8")) as Partial<StoredArchiveKey>;
+    } catch {
+      value = null;
     }
-    return this.dataKey(settled);
+    const id =
+      value?.format === 1 && typeof value.sealed === "string"
+        ? openArchiveKeyId(this.repositoryKey, Buffer.from(value.sealed, "base64"))
+        : null;
+    if (id) return id;
+    throw new RelevoError(
+      ErrorCode.RepositoryCorrupt,
+      `${this.store.location}: ${ARCHIVE_KEY_RECORD} was not written under this repository's key (damaged or replaced)`,
+      { details: { repository: this.store.location } },
+    );
+  }
+
+  /** REPOSITORY_CORRUPT once the stored keyring is not the one this process opened. */
+  private async assertKeyringUnchanged(): Promise<void> {
+    const stored = await readKeyring(this.store);
+    if (stored?.salt !== this.salt) throw keyringChanged(this.store);
   }
 
   /** The data key an object's header names; null when the repository has none by that id. */
@@ -220,41 +264,83 @@ export class RepositoryKeyring {
 /**
  * Refuses an encrypted repository opened without a pass: its objects would
  * all fail their checks, each reported as damage, when the configuration
- * is what is wrong.
+ * is what is wrong; and what it wrote would be plaintext beside them. Any
+ * object under keys/ says so, not only the keyring (which may be lost).
  */
 export async function assertNotEncrypted(store: ObjectStore, variable: string): Promise<void> {
-  if ((await store.head(KEYRING_KEY)) === null) return;
+  if (!(await hasKeys(store))) return;
   throw new RelevoError(ErrorCode.RepositoryAccessDenied, `${store.location} is encrypted: set ${variable} to the pass it was made with`, {
     details: { repository: store.location, env: variable },
   });
 }
 
+/** Whether the repository holds any of an encrypted repository's keys. */
+export async function hasKeys(store: ObjectStore): Promise<boolean> {
+  for await (const found of store.list(KEYS_PREFIX)) {
+    if (found) return true;
+  }
+  return false;
+}
+
+/**
+ * Why a repository with no keyring is not given one (nothing when it may
+ * be): other keys without it (the keyring lost), content without keys (not
+ * encrypted), or nothing at all to a reader (no service started on it).
+ */
+async function refuseWithoutKeyring(store: ObjectStore, options: KeyringOptions): Promise<void> {
+  const details = { repository: store.location, env: options.variable };
+  if (await hasKeys(store)) {
+    throw new RelevoError(
+      ErrorCode.RepositoryCorrupt,
+      `${store.location} is encrypted but its keyring is lost (${KEYRING_KEY} and ${KEYRING_COPY_KEY} are absent or ` +
+        `unreadable while other keys remain): put back a copy of ${KEYRING_KEY}; without it nothing in the repository can be read`,
+      { details },
+    );
+  }
+  if (await hasContent(store)) {
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      `${store.location} holds backups or WAL but no keys: it is not encrypted (unset ${options.variable} to use it; encryption ` +
+        `applies to a new repository: point the repository at an empty location and take a full backup there)`,
+      { details },
+    );
+  }
+  if (!options.create) {
+    throw new RelevoError(
+      ErrorCode.PreconditionFailed,
+      `${store.location}: ${options.variable} is set but the repository is empty: no service has started on it yet (its first ` +
+        `start makes the keys)`,
+      { details },
+    );
+  }
+}
+
+function lockOf(store: ObjectStore, options: KeyringOptions): KeysLock {
+  if (options.lock) return options.lock;
+  throw new RelevoError(ErrorCode.Internal, `${store.location}: the repository's keys are made only under their lock`);
+}
+
 interface StoredArchiveKey {
   readonly format: 1;
-  readonly id: string;
+  /** The archive key's id, sealed under the repository key (sealArchiveKeyId). */
+  readonly sealed: string;
 }
 
-/** The id `keys/archive` records; null when there is none yet. */
-async function readArchiveKeyRecord(store: ObjectStore): Promise<Buffer | null> {
-  const bytes = await absentAsNull(readObject(store, ARCHIVE_KEY_RECORD, UNENCRYPTED));
-  if (bytes === null) return null;
-  let value: Partial<StoredArchiveKey> | null;
-  try {
-    value = JSON.parse(bytes.toString("utf8")) as Partial<StoredArchiveKey>;
-  } catch {
-    value = null;
-  }
-  if (value?.format !== 1 || typeof value.id !== "string" || !/^[0-9a-f]{32}$/.test(value.id)) {
-    throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${ARCHIVE_KEY_RECORD} is not a record Relevo can read`);
-  }
-  return Buffer.from(value.id, "hex");
-}
-
+/** The keyring, from its copy when keys/keyring is absent or damaged; null when neither is there. */
 async function readKeyring(store: ObjectStore): Promise<StoredKeyring | null> {
-  const bytes = await absentAsNull(readObject(store, KEYRING_KEY, UNENCRYPTED));
+  const first = await readKeyringAt(store, KEYRING_KEY).catch((error: unknown) => error as Error);
+  if (first !== null && !(first instanceof Error)) return first;
+  const copy = await readKeyringAt(store, KEYRING_COPY_KEY).catch(() => null);
+  if (copy) return copy;
+  if (first instanceof Error) throw first;
+  return null;
+}
+
+async function readKeyringAt(store: ObjectStore, key: string): Promise<StoredKeyring | null> {
+  const bytes = await absentAsNull(readObject(store, key, UNENCRYPTED));
   if (bytes === null) return null;
   const parsed = parseKeyring(bytes);
-  if (!parsed) throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${KEYRING_KEY} is not a keyring Relevo can read`);
+  if (!parsed) throw new RelevoError(ErrorCode.RepositoryCorrupt, `${store.location}: ${key} is not a keyring Relevo can read`);
   return parsed;
 }
 
@@ -289,9 +375,11 @@ export async function hasContent(store: ObjectStore): Promise<boolean> {
   return false;
 }
 
-function keyringVanished(store: ObjectStore): RelevoError {
+function keyringChanged(store: ObjectStore): RelevoError {
   return new RelevoError(
     ErrorCode.RepositoryCorrupt,
-    `${store.location}: ${KEYRING_KEY} changed or went away while this process held it open (another process made the repository's keys again?)`,
+    `${store.location}: ${KEYRING_KEY} is no longer the keyring this process opened (replaced or removed from outside ` +
+      `Relevo): nothing more is written; put the repository's keyring back`,
+    { details: { repository: store.location } },
   );
 }

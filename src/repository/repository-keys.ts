@@ -74,6 +74,21 @@ export function keyCheckPasses(repositoryKey: Buffer, check: Buffer): boolean {
   return open(repositoryKey, check, Buffer.from("key-check"))?.equals(KEY_CHECK) ?? false;
 }
 
+/**
+ * Which data key the WAL archive is written under, sealed under the
+ * repository key for `keys/archive`: a record naming another key (a
+ * backup's, one an attacker chose) does not open, so it is never taken.
+ */
+export function sealArchiveKeyId(repositoryKey: Buffer, id: Buffer): Buffer {
+  return seal(repositoryKey, id, Buffer.from("archive-key"));
+}
+
+/** The archive key's id `sealed` holds; null when it was not sealed under this repository key. */
+export function openArchiveKeyId(repositoryKey: Buffer, sealed: Buffer): Buffer | null {
+  const id = open(repositoryKey, sealed, Buffer.from("archive-key"));
+  return id?.length === 16 ? id : null;
+}
+
 /** `dataKey` sealed under the repository key, bound to its id (a wrapped key cannot be passed off under another id). */
 export function wrapDataKey(repositoryKey: Buffer, dataKey: DataKey): Buffer {
   return seal(repositoryKey, dataKey.key, Buffer.concat([Buffer.from("data-key:"), dataKey.id]));
@@ -85,7 +100,7 @@ export function unwrapDataKey(repositoryKey: Buffer, id: Buffer, wrapped: Buffer
   if (key === null || key.length !== 32) {
     throw new RelevoError(
       ErrorCode.RepositoryCorrupt,
-      `${repository}: data key ${id.toString("hex")} does not open under the repository's key (damaged, or written under another pass)`,
+      `${repository}: data key ${id.toString("hex")} does not open under the repository's key, which the pass has opened: the wrapped key was damaged or replaced`,
       { details: { repository } },
     );
   }
@@ -96,7 +111,7 @@ export function unwrapDataKey(repositoryKey: Buffer, id: Buffer, wrapped: Buffer
 export function cipherPassWrong(repository: string, variable: string): RelevoError {
   return new RelevoError(
     ErrorCode.RepositoryAccessDenied,
-    `${repository}: ${variable} does not open this repository's keys (it was made with another pass)`,
+    `${repository}: ${variable} does not open this repository's keys (they were made with another pass, or keys/keyring was altered)`,
     { details: { repository, env: variable } },
   );
 }

@@ -2,7 +2,7 @@ import type { RepositorySettings } from "../config/repository-config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { OsIdentity } from "../nodes/os-user";
 import { DirectoryStore } from "../repository/directory-store";
-import { assertNotEncrypted, RepositoryKeyring } from "../repository/repository-keyring";
+import { assertNotEncrypted, RepositoryKeyring, type KeysLock } from "../repository/repository-keyring";
 import type { ScryptParameters } from "../repository/repository-keys";
 import { UNENCRYPTED } from "../repository/object-codec";
 import { readRepositoryDescriptor } from "../repository/repository-descriptor";
@@ -51,12 +51,40 @@ export async function openConfiguredRepository(options: OpenRepositoryOptions): 
   const store = new DirectoryStore(settings.path);
   let keyring: RepositoryKeyring | undefined;
   if (settings.cipherPass === "") await assertNotEncrypted(store, variable);
-  else keyring = await RepositoryKeyring.open(store, { cipherPass: settings.cipherPass, variable, create, scrypt: options.scrypt });
+  else {
+    keyring = await RepositoryKeyring.open(store, {
+      cipherPass: settings.cipherPass,
+      variable,
+      create,
+      lock: locks && repositoryKeysLock(locks),
+      scrypt: options.scrypt,
+    });
+  }
   // Which generation to read and write: the descriptor is read under the keys (encrypted in an encrypted repository),
   // and one that cannot be read fails the open, never taken for generation 0 (see repository-descriptor).
   const descriptor = await readRepositoryDescriptor(new RepositoryStore(store, keyring?.policy ?? UNENCRYPTED));
-  const repository = new Repository(settings.path, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
-  // The archive's key found (or made, once per repository) at the start, not at the first segment's push.
-  if (create && keyring) await repository.archiveKey();
-  return repository;
+  return new Repository(settings.path, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
 }
+
+/**
+ * The lock a first start holds while it makes an encrypted repository's
+ * keys, in Redis with the backups' locks (object storage has no
+ * create-if-absent): a second first start waits, then finds them made.
+ * Held under a name no backup id takes.
+ */
+export function repositoryKeysLock(locks: BackupLocks): KeysLock {
+  return async (work) => {
+    const held = await locks.acquire([REPOSITORY_KEYS_LOCK], { purpose: "making the repository's keys", waitMs: KEYS_LOCK_WAIT_MS });
+    try {
+      return await work();
+    } finally {
+      await held.release();
+    }
+  };
+}
+
+/** The lock's name among the backup locks: backup ids are timestamps (backupId, manifest.ts), never this. */
+const REPOSITORY_KEYS_LOCK = "repository-keys";
+
+/** How long a first start waits for another making the keys: scrypt and a few small writes, well within it. */
+const KEYS_LOCK_WAIT_MS = 60_000;

@@ -10,8 +10,7 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { ErrorCode } from "../../src/errors";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { DirectoryStore } from "../../src/repository/directory-store";
-import { HEADER_SIZE, readObject, UNENCRYPTED } from "../../src/repository/object-codec";
-import { ARCHIVE_KEY_RECORD } from "../../src/repository/repository-keyring";
+import { HEADER_SIZE } from "../../src/repository/object-codec";
 import { RepositoryStore } from "../../src/repository/repository-store";
 import { projectRoot } from "../../src/util/project-root";
 import { backupHelpers, contentObjectFile } from "../helpers/backups";
@@ -97,9 +96,8 @@ describe("an encrypted repository", () => {
     const ids = Object.values(backups).map((manifest) => manifest.dataKeyId);
     expect(ids.every((id) => /^[0-9a-f]{32}$/.test(id ?? ""))).toBe(true);
     expect(new Set(ids).size).toBe(3);
-    const archiveKeyId = (
-      JSON.parse((await readObject(new DirectoryStore(repository.root), ARCHIVE_KEY_RECORD, UNENCRYPTED)).toString()) as { id: string }
-    ).id;
+    // keys/archive holds the id sealed: the service's keyring reads it.
+    const archiveKeyId = (await repository.archiveKey())!.id.toString("hex");
     expect(ids).not.toContain(archiveKeyId);
     // Every object (not the keys, not pg_receivewal's own directory) is encrypted, under the key its place says.
     const objects = (await filesUnder(repository.root)).filter((file) => !file.startsWith("keys/") && !file.startsWith("wal/"));

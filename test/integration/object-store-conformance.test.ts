@@ -14,9 +14,11 @@ import { RepositoryStore } from "../../src/repository/repository-store";
 import {
   ARCHIVE_KEY_RECORD,
   assertNotEncrypted,
+  KEYRING_COPY_KEY,
   KEYRING_KEY,
   RepositoryKeyring,
   wrappedDataKeyKey,
+  type KeysLock,
 } from "../../src/repository/repository-keyring";
 import { putObject, readObject, UNENCRYPTED } from "../../src/repository/object-codec";
 import { S3Store, type S3StoreSettings } from "../../src/repository/s3-store";
@@ -235,13 +237,19 @@ describe.each(kinds)("object store conformance: $name", (kind) => {
 const TEST_SCRYPT = { N: 2 ** 12, r: 8, p: 1 };
 const PASS = "correct horse battery staple";
 const VARIABLE = "RELEVO_REPO1_CIPHER_PASS";
+/**
+ * One process makes the keys in each test here, so there is nothing for the
+ * lock to exclude; two makers at once take the real one (Redis), in
+ * repository-locks.test.ts.
+ */
+const soleMaker: KeysLock = (work) => work();
 
 /** An encrypted repository's keys (repository-keyring.ts) on each kind of store. */
 describe.each(kinds)("encrypted repository keys: $name", (kind) => {
   let store: ObjectStore;
   let label = 0;
   const open = (options: Partial<Parameters<typeof RepositoryKeyring.open>[1]> = {}): Promise<RepositoryKeyring> =>
-    RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, settleMs: 50, scrypt: TEST_SCRYPT, ...options });
+    RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, lock: soleMaker, scrypt: TEST_SCRYPT, ...options });
 
   beforeEach(async () => {
     label += 1;
@@ -253,14 +261,25 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
   });
 
   test("a new keyring encrypts under a data key that another opening with the pass reads; the pass is stored nowhere", async () => {
-    const made = await RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, settleMs: 50 });
+    const made = await RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: true, lock: soleMaker });
     const dataKey = await made.newDataKey();
     await new RepositoryStore(store, made.policy).writeJson("manifests/m1", { secret: "table contents" }, { dataKey });
 
     const reopened = await RepositoryKeyring.open(store, { cipherPass: PASS, variable: VARIABLE, create: false });
     expect(await new RepositoryStore(store, reopened.policy).readJson("manifests/m1")).toEqual({ secret: "table contents" });
-    // Stored: the keyring (at the production scrypt cost), one wrapped key, the object; no plaintext, no pass.
-    expect(await keys(store, "")).toEqual(["keys/data/" + dataKey.id.toString("hex"), "keys/keyring", "manifests/m1"]);
+    // Stored: the keyring and its copy (at the production scrypt cost), the archive's record and wrapped key, the
+    // backup's wrapped key, the object; no plaintext, no pass.
+    const archiveId = (await made.archiveKey()).id.toString("hex");
+    expect(await keys(store, "")).toEqual(
+      [
+        "keys/archive",
+        `keys/data/${archiveId}`,
+        `keys/data/${dataKey.id.toString("hex")}`,
+        "keys/keyring",
+        "keys/keyring.copy",
+        "manifests/m1",
+      ].sort(),
+    );
     for (const key of await keys(store, "")) {
       const stored = await readAll(await store.get(key));
       expect(stored.includes(Buffer.from(PASS))).toBe(false);
@@ -296,38 +315,62 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
     await expect(assertNotEncrypted(store, VARIABLE)).resolves.toBeUndefined();
   });
 
-  test("two processes making the keyring at once end with one: each reads what the other encrypted", async () => {
-    const [first, second] = await Promise.all([open({ settleMs: 300 }), open({ settleMs: 300 })]);
-    const fromFirst = await first.newDataKey();
-    const fromSecond = await second.newDataKey();
-    await new RepositoryStore(store, first.policy).writeJson("manifests/a", { by: "first" }, { dataKey: fromFirst });
-    await new RepositoryStore(store, second.policy).writeJson("manifests/b", { by: "second" }, { dataKey: fromSecond });
-    expect(await new RepositoryStore(store, second.policy).readJson("manifests/a")).toEqual({ by: "first" });
-    expect(await new RepositoryStore(store, first.policy).readJson("manifests/b")).toEqual({ by: "second" });
+  test("the archive's data key is made with the keyring, sealed in its record; a record naming another key is REPOSITORY_CORRUPT", async () => {
+    const made = await open();
+    const archive = await made.archiveKey();
+    const reopened = await open({ create: false });
+    expect((await reopened.archiveKey()).id.equals(archive.id)).toBe(true);
+    // The record names the key sealed under the repository key: it never holds the key, nor shows its id.
+    const record = await readObject(store, ARCHIVE_KEY_RECORD, UNENCRYPTED);
+    expect(Object.keys(JSON.parse(record.toString()) as object)).toEqual(["format", "sealed"]);
+    expect(record.includes(archive.key)).toBe(false);
+    expect(record.includes(Buffer.from(archive.id.toString("hex")))).toBe(false);
+    // Pointed at a backup's key by someone without the pass (a record as the previous format wrote it, or the sealed
+    // record of another repository): refused, never taken for the archive's writes, never made again over.
+    const backupKey = await made.newDataKey();
+    for (const planted of [
+      { format: 1, id: backupKey.id.toString("hex") },
+      { format: 1, sealed: randomBytes(44).toString("base64") },
+      "{",
+    ]) {
+      await putObject(store, ARCHIVE_KEY_RECORD, Buffer.from(typeof planted === "string" ? planted : JSON.stringify(planted)), {
+        encrypted: false,
+      });
+      await expect((await open({ create: false })).archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+      await expect(open()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    }
+    await putObject(store, ARCHIVE_KEY_RECORD, record, { encrypted: false });
+    expect((await (await open()).archiveKey()).id.equals(archive.id)).toBe(true);
   });
 
-  test("the archive's data key is made once, recorded, found again by the next opening; two makers at once settle on one", async () => {
-    const [first, second] = await Promise.all([open({ settleMs: 300 }), open({ settleMs: 300 })]);
-    // Both ask at once: each makes a key and records it; each reads the record back and takes the one stored last.
-    const [fromFirst, fromSecond] = await Promise.all([first.archiveKey(), second.archiveKey()]);
-    expect(fromFirst.id.equals(fromSecond.id)).toBe(true);
-    expect(fromFirst.key.equals(fromSecond.key)).toBe(true);
-    expect((await first.archiveKey()).id.equals(fromFirst.id)).toBe(true);
-    const reopened = await open({ create: false });
-    expect((await reopened.archiveKey()).id.equals(fromFirst.id)).toBe(true);
-    // The record names the key, never holds it.
-    const record = await readObject(store, ARCHIVE_KEY_RECORD, UNENCRYPTED);
-    expect(JSON.parse(record.toString())).toEqual({ format: 1, id: fromFirst.id.toString("hex") });
-    expect(record.includes(fromFirst.key)).toBe(false);
-    // A record naming a key the repository lacks, or not a record: REPOSITORY_CORRUPT, never a new key made over it.
-    await putObject(store, ARCHIVE_KEY_RECORD, Buffer.from(JSON.stringify({ format: 1, id: "00".repeat(16) })), { encrypted: false });
-    await expect((await open({ create: false })).archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
-    await putObject(store, ARCHIVE_KEY_RECORD, Buffer.from("{"), { encrypted: false });
-    await expect((await open({ create: false })).archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+  test("the keyring's copy stands in for a lost or damaged keyring; with both gone the repository is encrypted and its keyring lost", async () => {
+    const made = await open();
+    const dataKey = await made.newDataKey();
+    await new RepositoryStore(store, made.policy).writeJson("manifests/m1", { n: 1 }, { dataKey });
+    const keyring = await readObject(store, KEYRING_KEY, UNENCRYPTED);
+    await store.put(KEYRING_KEY, Buffer.from("damaged"));
+    expect(await new RepositoryStore(store, (await open({ create: false })).policy).readJson("manifests/m1")).toEqual({ n: 1 });
+    await store.delete([KEYRING_KEY]);
+    expect(await new RepositoryStore(store, (await open({ create: false })).policy).readJson("manifests/m1")).toEqual({ n: 1 });
+    await store.delete([KEYRING_COPY_KEY]);
+    // Keys without a keyring: lost, said so, never opened plain nor given a new keyring (which would open none of them).
+    for (const create of [true, false]) {
+      const lost = open({ create });
+      await expect(lost).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt, details: { repository: store.location } });
+      await expect(lost).rejects.toThrow(/keyring is lost .*put back a copy of keys\/keyring/);
+    }
+    // Without a pass: refused as encrypted, whichever key remains.
+    await expect(assertNotEncrypted(store, VARIABLE)).rejects.toMatchObject({ code: ErrorCode.RepositoryAccessDenied });
+    await store.delete([ARCHIVE_KEY_RECORD]);
+    await expect(assertNotEncrypted(store, VARIABLE)).rejects.toMatchObject({ code: ErrorCode.RepositoryAccessDenied });
+    expect(await keys(store, "keys/")).not.toContain(KEYRING_KEY);
+    await putObject(store, KEYRING_KEY, keyring, { encrypted: false });
+    expect(await new RepositoryStore(store, (await open({ create: false })).policy).readJson("manifests/m1")).toEqual({ n: 1 });
   });
 
   test("a keyring made again under the opened one stops new data keys; a missing or swapped wrapped key is REPOSITORY_CORRUPT", async () => {
     const keyring = await open();
+    await keyring.archiveKey();
     const dataKey = await keyring.newDataKey();
     await new RepositoryStore(store, keyring.policy).writeJson("manifests/m1", { n: 1 }, { dataKey });
     const other = await keyring.newDataKey();
@@ -348,6 +391,8 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
     const replaced = { ...stored, salt: randomBytes(16).toString("base64") };
     await putObject(store, KEYRING_KEY, Buffer.from(JSON.stringify(replaced)), { encrypted: false });
     await expect(keyring.newDataKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
+    // Nor for the archive's writes, though its key was handed out before.
+    await expect(keyring.archiveKey()).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
   });
 
   test("a planted keyring asking scrypt for more than Relevo allows is refused before any work", async () => {

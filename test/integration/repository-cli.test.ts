@@ -133,7 +133,7 @@ describe("relevo repo list | check", () => {
       cipherPass: PASS,
       variable,
       create: true,
-      settleMs: 10,
+      lock: (work) => work(), // the only maker here
       scrypt: { N: 2 ** 12, r: 8, p: 1 },
     });
     for (const pass of [undefined, "a pass that is not this repository's"]) {

@@ -27,6 +27,13 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { newManifest } from "../../src/backup/backup-start";
 import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-service";
 import { testRedisTls } from "../helpers/tls";
+import { setTimeout as delay } from "node:timers/promises";
+import type { Readable } from "node:stream";
+import { DirectoryStore } from "../../src/repository/directory-store";
+import type { ObjectStore, PutOptions } from "../../src/repository/object-store";
+import { RepositoryStore } from "../../src/repository/repository-store";
+import { KEYRING_KEY, RepositoryKeyring } from "../../src/repository/repository-keyring";
+import { repositoryKeysLock } from "../../src/storage/open-repository";
 
 const ID = "20261125T224500Z-F";
 const silent = createLogger({ level: "silent" });
@@ -251,6 +258,53 @@ describe("backup locks in Redis: bounded waits, what a refusal says, renewals an
     const home = await tempHome("locks-none");
     const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
     await expect(repository.lockBackups([ID], { purpose: "restore", waitMs: 0 })).rejects.toMatchObject({ code: "INTERNAL" });
+  });
+});
+
+/** A view of `store` whose keyring writes land `delayMs` late: a second first start whose scrypt and write ran slow. */
+function lateKeyringWrites(store: ObjectStore, delayMs: number): ObjectStore {
+  return new Proxy(store, {
+    get(target, name) {
+      if (name === "put") {
+        return async (key: string, body: Readable | Buffer, options?: PutOptions) => {
+          if (key.startsWith(KEYRING_KEY)) await delay(delayMs);
+          return target.put(key, body, options);
+        };
+      }
+      const value = Reflect.get(target, name, target) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+describe("an encrypted repository's keys, made under the lock in Redis", () => {
+  const PASS = "two first starts share one pass";
+  const keysOpening = (store: ObjectStore, keys: RedisKeys) =>
+    RepositoryKeyring.open(store, {
+      cipherPass: PASS,
+      variable: "RELEVO_REPO1_CIPHER_PASS",
+      create: true,
+      lock: repositoryKeysLock(locksOn(keys)),
+      scrypt: { N: 2 ** 12, r: 8, p: 1 },
+    });
+
+  test("two first starts at once, one writing late: one keyring and one archive key, which both use and a later start reads", async () => {
+    const dir = await tempHome("keys-race");
+    const keys = freshKeys();
+    const store = new DirectoryStore(dir);
+    // The late one's keyring write lands long after the other has made its archive key (what the lock prevents).
+    const [early, late] = await Promise.all([keysOpening(store, keys), keysOpening(lateKeyringWrites(store, 400), keys)]);
+    const [earlyArchive, lateArchive] = [await early.archiveKey(), await late.archiveKey()];
+    expect(lateArchive.id.equals(earlyArchive.id)).toBe(true);
+    const segment = "archive/0000000100000000/000000010000000000000001";
+    await new RepositoryStore(store, early.policy).writeJson(segment, { wal: 1 }, { dataKey: earlyArchive });
+    const backupKey = await late.newDataKey();
+    await new RepositoryStore(store, late.policy).writeJson("manifests/m1", { backup: 1 }, { dataKey: backupKey });
+    // A restart: what either wrote reads back; the lock is not left held.
+    const restarted = await keysOpening(store, keys);
+    expect(await new RepositoryStore(store, restarted.policy).readJson(segment)).toEqual({ wal: 1 });
+    expect(await new RepositoryStore(store, restarted.policy).readJson("manifests/m1")).toEqual({ backup: 1 });
+    expect(await redis.keys(`${keys.backupLock("*")}`)).toEqual([]);
   });
 });
 
