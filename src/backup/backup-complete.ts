@@ -1,4 +1,5 @@
 import { ErrorCode, RelevoError } from "../errors";
+import type { Logger } from "../log";
 import { removeBackupContent } from "../storage/backup-content";
 import type { Repository } from "../storage/repository";
 import type { BackupSession } from "./backup-session";
@@ -36,22 +37,30 @@ export function completedManifest(
 /**
  * A failed backup leaves its manifest marked failed and no content. The
  * error to throw: the session's own when it was lost (the rest follows from
- * it), with the backup's id.
+ * it), with the backup's id. In an encrypted repository a backup that
+ * failed before it had its data key (connecting, inspecting the source,
+ * the key's own write) gets one for its failed manifest: it is recorded
+ * all the same.
  */
 export async function failBackup(options: {
   readonly repository: Repository;
   readonly session: BackupSession;
   readonly manifest: BackupManifest;
   readonly error: unknown;
+  readonly logger: Logger;
 }): Promise<RelevoError> {
-  const { repository, session, manifest, error } = options;
+  const { repository, session, manifest, error, logger } = options;
   const id = manifest.id;
   await session.end();
   const cause = session.failure ?? (error as Error);
   const reason = cause.message;
   const failed: BackupManifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
   await removeBackupContent(repository, manifest).catch(() => undefined);
-  await repository.writeManifest(failed).catch(() => undefined);
+  const record = async (): Promise<void> =>
+    repository.writeManifest(failed.dataKeyId === undefined ? await repository.withNewDataKey(failed) : failed);
+  await record().catch((writeError: Error) =>
+    logger.error({ backupId: id, err: writeError.message }, `backup ${id} failed and its failed manifest was not written`),
+  );
   // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
   const code = cause instanceof RelevoError && cause.code === ErrorCode.DockerUnavailable ? cause.code : ErrorCode.CommandFailed;
   return new RelevoError(code, `backup ${id} failed: ${reason}`, { cause: error, details: { backupId: id } });

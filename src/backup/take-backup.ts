@@ -126,6 +126,6 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
     await repository.writeManifest(manifest);
     return manifest;
   } catch (error) {
-    throw await failBackup({ repository, session, manifest, error });
+    throw await failBackup({ repository, session, manifest, error, logger });
   }
 }

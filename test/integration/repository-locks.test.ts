@@ -33,7 +33,10 @@ import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectStore, PutOptions } from "../../src/repository/object-store";
 import { RepositoryStore } from "../../src/repository/repository-store";
 import { KEYRING_KEY, RepositoryKeyring } from "../../src/repository/repository-keyring";
-import { repositoryKeysLock } from "../../src/storage/open-repository";
+import { openConfiguredRepository, repositoryKeysLock } from "../../src/storage/open-repository";
+import { failBackup } from "../../src/backup/backup-complete";
+import { fixedTrust } from "../../src/postgres/connection";
+import { BackupSession } from "../../src/backup/backup-session";
 
 const ID = "20261125T224500Z-F";
 const silent = createLogger({ level: "silent" });
@@ -305,6 +308,39 @@ describe("an encrypted repository's keys, made under the lock in Redis", () => {
     expect(await new RepositoryStore(store, restarted.policy).readJson(segment)).toEqual({ wal: 1 });
     expect(await new RepositoryStore(store, restarted.policy).readJson("manifests/m1")).toEqual({ backup: 1 });
     expect(await redis.keys(`${keys.backupLock("*")}`)).toEqual([]);
+  });
+
+  test("a backup that fails before it has its data key (the source unreachable) is still recorded as failed, under a key of its own", async () => {
+    const dir = await tempHome("keys-failed-backup");
+    const repository = await openConfiguredRepository({
+      settings: { type: "dir", index: 1, path: dir, cipherPass: PASS, retentionFull: null, retentionDays: null },
+      walOwner: null,
+      locks: locksOn(freshKeys()),
+      create: true,
+      scrypt: { N: 2 ** 12, r: 8, p: 1 },
+    });
+    const source = { name: "gone", host: "127.0.0.1", port: await freePort() };
+    const session = new BackupSession({
+      source,
+      superuser: { user: "postgres", password: "unused", database: "postgres", trustedCa: fixedTrust("") },
+    });
+    // What takeBackup meets first: nothing listens on the source's port.
+    const error = await session.connect().then(
+      () => null,
+      (failure: Error) => failure,
+    );
+    expect(error).not.toBeNull();
+    const manifest = newManifest({ clusterName: "keys", type: "full", source, compression: "none", startedAt: new Date() });
+    expect(manifest.dataKeyId).toBeUndefined();
+    const thrown = await failBackup({ repository, session, manifest, error, logger: silent });
+    expect(thrown).toMatchObject({ code: "COMMAND_FAILED", details: { backupId: manifest.id } });
+    const recorded = await repository.readManifest(manifest.id);
+    expect(recorded).toMatchObject({
+      id: manifest.id,
+      status: "failed",
+      error: error!.message,
+      dataKeyId: expect.stringMatching(/^[0-9a-f]{32}$/),
+    });
   });
 });
 
