@@ -3,7 +3,7 @@ import os from "node:os";
 import { buffer } from "node:stream/consumers";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { ObjectStore } from "./object-store";
-import { assertNotEncrypted, hasContent, KEYRING_KEY, RepositoryKeyring } from "./repository-keyring";
+import { assertNotEncrypted, hasContent, hasKeys, RepositoryKeyring } from "./repository-keyring";
 
 /** What `relevo repo check` does to a store, in order; each step depends on the ones before. */
 export type CheckStepName = "write" | "clock" | "read" | "range" | "list" | "delete" | "keys";
@@ -127,11 +127,14 @@ async function checkKeys(store: ObjectStore, keys: KeysToCheck): Promise<string>
     await assertNotEncrypted(store, keys.variable);
     return "not encrypted, as configured";
   }
-  if ((await store.head(KEYRING_KEY)) === null && !(await hasContent(store))) {
+  if (!(await hasKeys(store)) && !(await hasContent(store))) {
     return "no keys yet: the service's first start makes them, and encrypts everything it writes";
   }
-  await RepositoryKeyring.open(store, { cipherPass: keys.cipherPass, variable: keys.variable, create: false });
-  return `${keys.variable} opens the repository's keys`;
+  const keyring = await RepositoryKeyring.open(store, { cipherPass: keys.cipherPass, variable: keys.variable, create: false });
+  // The key the WAL archive is written under unwrapped too (read only): a record naming a key that is missing or does
+  // not open would stop the service's start.
+  await keyring.archiveKey();
+  return `${keys.variable} opens the repository's keys and the archive's key`;
 }
 
 function corrupt(store: ObjectStore, key: string, what: string): RelevoError {

@@ -7,7 +7,7 @@ import { projectRoot } from "../../src/util/project-root";
 import { tempHome } from "../helpers/home";
 import { startS3Server, type S3TestServer } from "../helpers/s3-server";
 import { DirectoryStore } from "../../src/repository/directory-store";
-import { RepositoryKeyring } from "../../src/repository/repository-keyring";
+import { RepositoryKeyring, wrappedDataKeyKey } from "../../src/repository/repository-keyring";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -129,7 +129,7 @@ describe("relevo repo list | check", () => {
     expect(empty.status).toBe(0);
     expect(empty.stdout).toMatch(/ok {3}keys {3}no keys yet/);
     // Repository 3 made encrypted, as the service would (cheap scrypt: the stored parameters are the ones used).
-    await RepositoryKeyring.open(new DirectoryStore(env.RELEVO_REPO3_PATH!), {
+    const keyring = await RepositoryKeyring.open(new DirectoryStore(env.RELEVO_REPO3_PATH!), {
       cipherPass: PASS,
       variable,
       create: true,
@@ -145,7 +145,15 @@ describe("relevo repo list | check", () => {
     }
     const right = await relevo(["repo", "check", "--repo", "3"], { [variable]: PASS });
     expect(right.status).toBe(0);
-    expect(right.stdout).toContain(`ok   keys   ${variable} opens the repository's keys`);
+    expect(right.stdout).toContain(`ok   keys   ${variable} opens the repository's keys and the archive's key`);
+    // The archive's wrapped key gone (what a start could not get past): the check unwraps it, and says so.
+    const store = new DirectoryStore(env.RELEVO_REPO3_PATH!);
+    const archiveKey = await keyring.archiveKey();
+    await store.delete([wrappedDataKeyKey(archiveKey.id)]);
+    const broken = await relevo(["repo", "check", "--repo", "3"], { [variable]: PASS });
+    expect(broken.status).not.toBe(0);
+    expect(broken.stdout).toMatch(/FAILED \[REPOSITORY_CORRUPT\](\n {2}ok .*)+\n {2}FAIL keys/);
+    expect(broken.stderr).toContain(`data key ${archiveKey.id.toString("hex")} is not in the repository's keys`);
   });
 
   test("the service refuses to start on a repository it would not use yet, rather than ignore it", async () => {
