@@ -11,6 +11,9 @@ import { startRelevo } from "../../src/service";
 import { processesMentioning } from "../helpers/processes";
 import { testConfig } from "../helpers/service";
 import { projectRoot } from "../../src/util/project-root";
+import { DirectoryStore } from "../../src/repository/directory-store";
+import { RepositoryKeyring } from "../../src/repository/repository-keyring";
+import { readdir } from "node:fs/promises";
 
 const execFileAsync = promisify(execFile);
 const silent = createLogger({ level: "silent" });
@@ -97,6 +100,40 @@ describe("start-up errors: a clear code, a message naming the fix, nothing left 
       message: expect.stringContaining("PostgreSQL 14"),
     });
     await expectNothingLeft(older);
+  });
+
+  test("an encrypted repository and no pass, or a wrong one: REPOSITORY_ACCESS_DENIED naming the variable; nothing written, nothing left", async () => {
+    const variable = "RELEVO_REPO1_CIPHER_PASS";
+    const made = await testConfig("encrypted-start");
+    const root = (made.repositories[0] as { path: string }).path;
+    // The repository's keys, as a first start with the pass made them (one maker: nothing for the lock to exclude).
+    await RepositoryKeyring.open(new DirectoryStore(root), {
+      cipherPass: "the pass the repository was made with",
+      variable,
+      create: true,
+      lock: (work) => work(),
+      scrypt: { N: 2 ** 12, r: 8, p: 1 },
+    });
+    const keysBefore = await readdir(path.join(root, "keys"), { recursive: true });
+    for (const env of [{}, { [variable]: "a pass that is not the repository's" }]) {
+      const config = await testConfig("encrypted-start", { home: made.home }, env);
+      // A start that is not refused is stopped again, so that the failure leaves nothing running.
+      const refusal = await startRelevo(config, silent).then(
+        (service) => service.stop().then(() => null),
+        (error: unknown) => error,
+      );
+      expect(refusal).toMatchObject({
+        code: ErrorCode.RepositoryAccessDenied,
+        details: { env: variable },
+        message: expect.stringContaining(variable),
+      });
+      await expectNothingLeft(config);
+    }
+    expect(await readdir(path.join(root, "keys"), { recursive: true })).toEqual(keysBefore);
+    // No object but the keys (the start makes the repository's empty directories before it reads them).
+    const objects: string[] = [];
+    for await (const info of new DirectoryStore(root).list("")) objects.push(info.key);
+    expect(objects.filter((key) => !key.startsWith("keys/"))).toEqual([]);
   });
 
   test("the CLI: an invalid value exits 78 naming the variable, on standard error", async () => {
