@@ -309,8 +309,15 @@ describe.each(kinds)("encrypted repository keys: $name", (kind) => {
 
   test("a pass for a repository with unencrypted content, or no keyring to read, is refused; nothing is written", async () => {
     await expect(open({ create: false })).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed });
+    await expect(open({ create: false })).rejects.toThrow(/is empty: no service has started on it yet/);
     await new RepositoryStore(store).writeJson("manifests/m1", { plain: true });
     await expect(open()).rejects.toMatchObject({ code: ErrorCode.PreconditionFailed, details: { env: VARIABLE } });
+    // A reader (a restore, a check) is told the same, never to start a service that would refuse it.
+    for (const create of [true, false]) {
+      const refused = await open({ create }).catch((error: Error) => error);
+      expect((refused as Error).message).toMatch(/not encrypted \(unset RELEVO_REPO1_CIPHER_PASS/);
+      expect((refused as Error).message).not.toMatch(/no service has started/);
+    }
     expect(await keys(store, "")).toEqual(["manifests/m1"]);
     await expect(assertNotEncrypted(store, VARIABLE)).resolves.toBeUndefined();
   });
