@@ -315,6 +315,7 @@ describe("an encrypted repository's keys, made under the lock in Redis", () => {
     const repository = await openConfiguredRepository({
       settings: { type: "dir", index: 1, path: dir, cipherPass: PASS, retentionFull: null, retentionDays: null },
       walOwner: null,
+      spoolDir: walSpoolDir(dir),
       locks: locksOn(freshKeys()),
       create: true,
       scrypt: { N: 2 ** 12, r: 8, p: 1 },

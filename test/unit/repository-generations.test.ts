@@ -7,6 +7,7 @@ import { DirectoryStore } from "../../src/repository/directory-store";
 import { putObject } from "../../src/repository/object-codec";
 import { nextGeneration, parseRepositoryDescriptor, readRepositoryDescriptor } from "../../src/repository/repository-descriptor";
 import { REPOSITORY_DESCRIPTOR_KEY, manifestKey } from "../../src/repository/repository-layout";
+import { RepositoryKeyring } from "../../src/repository/repository-keyring";
 import { RepositoryStore } from "../../src/repository/repository-store";
 import { openConfiguredRepository } from "../../src/storage/open-repository";
 import { walSpoolDir, type Repository } from "../../src/storage/repository";
@@ -105,6 +106,15 @@ describe("generations in a directory repository", () => {
   test("an encrypted repository's descriptor is encrypted, and read under its keys", async () => {
     const root = path.join(await tempHome("generations-encrypted"), "repository");
     const pass = "a pass of some length";
+    // The keys made first, by one maker (the service makes them under its Redis lock, which this test has no need of).
+    await mkdir(root, { recursive: true, mode: 0o700 });
+    await RepositoryKeyring.open(new DirectoryStore(root), {
+      cipherPass: pass,
+      variable: "RELEVO_REPO1_CIPHER_PASS",
+      create: true,
+      lock: (work) => work(),
+      scrypt: TEST_SCRYPT,
+    });
     const repository = await open(root, pass);
     await repository.startNewGeneration("label");
     expect((await open(root, pass)).generation).toBe(1);
