@@ -415,10 +415,11 @@ describeOnEachDriver(
       expect((await objectKeys(`g1/backups/${taken.id}/`)).length).toBeGreaterThan(0);
       expect((await service.backups.list()).map((each) => each.id)).toEqual([taken.id]);
       await service.backups.expire();
-      // Generation 0 untouched: its manifest, content and archive where they were (the receiving wal/ alone moved aside).
+      // Generation 0 untouched: its manifest, content and archive where they were; nothing moved in the repository
+      // (no legacy wal/ there), the old cluster's spool kept beside the new one in the data home.
       expect(await generationZero()).toEqual(before);
-      const [aside] = await readdir(path.join(config.repository, "superseded"));
-      expect(await readdir(path.join(config.repository, "superseded", aside!))).toEqual(["wal"]);
+      expect(await readdir(config.repository)).not.toContain("superseded");
+      expect((await readdir(config.home)).filter((name) => name.startsWith("wal-spool.superseded-"))).toHaveLength(1);
       // The CLI opens the repository at its generation too: the old backup is not there to restore.
       const refused = await run(
         "node",
