@@ -375,9 +375,11 @@ export const configKeys = {
   walSpoolMax: {
     env: "RELEVO_WAL_SPOOL_MAX",
     default: "4294967296",
-    // Two segments at least: pg_receivewal's .partial alone takes one (16 MiB, preallocated).
-    schema: z.coerce.number().int().min(33554432),
-    doc: "Largest size (bytes) of the WAL spool ($RELEVO_HOME/wal-spool): past it the archiver stops receiving (archive:spool-full) until the repository takes what it holds and the spool is below 80 % again.",
+    // Four segments at least: the newest complete segment and pg_receivewal's .partial (16 MiB, preallocated) are never
+    // dropped, so a full spool must be able to fall below 80 % with those two in it (2 × 16 MiB < 0.8 × 64 MiB): with
+    // less, receiving would never resume (review 23).
+    schema: z.coerce.number().int().min(67108864),
+    doc: "Largest size (bytes) of the WAL spool ($RELEVO_HOME/wal-spool): past it the archiver stops receiving (archive:spool-full) until the repository takes what it holds and the spool is below 80 % again. At least 64 MiB (four segments).",
   },
   archiveTimeoutMs: {
     env: "RELEVO_ARCHIVE_TIMEOUT_MS",

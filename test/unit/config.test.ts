@@ -41,6 +41,8 @@ describe("configuration", () => {
     ["RELEVO_MAX_SLOT_WAL_KEEP_SIZE", "lots"],
     ["RELEVO_TOPOLOGY_POLL_INTERVAL_MS", "5"],
     ["RELEVO_CLUSTER_NAME", "Bad Name"],
+    // Below four segments a full spool could never fall under its resume mark (two segments are never dropped).
+    ["RELEVO_WAL_SPOOL_MAX", String(48 * 1024 * 1024)],
     // Written into listen_addresses, pg_hba.conf and connection strings: a newline there would add a rule of its own.
     ["RELEVO_HOST", "127.0.0.1/32 scram-sha-256\nhost all all 0.0.0.0/0 trust\n#"],
   ])("an invalid %s is INVALID_CONFIG naming the variable", (env, value) => {
