@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdir, rename } from "node:fs/promises";
+import { lstat, mkdir, rename } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import {
@@ -11,7 +11,7 @@ import {
   type GuardedDirectory,
 } from "../util/guarded-directory";
 import { removeEntry } from "../util/guarded-removal";
-import { chownNoFollow, createOwnedFile, type FileOwner } from "../util/owned-files";
+import { createOwnedFile, type FileOwner } from "../util/owned-files";
 import { ErrorCode, RelevoError } from "../errors";
 import { historyFileName } from "../postgres/wal-names";
 
@@ -143,12 +143,17 @@ export class WalArchive {
     await mkdir(this.path, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== "EEXIST") throw error;
     });
-    // Through no link: a spool planted as a link by its owner is refused here, never chmod'ed or chown'ed through.
+    // Through no link: a spool planted as a link by its owner is refused here, and its mode and owner are set through
+    // the handle just opened, never by path (in a sticky parent such as /tmp the spool's owner may rename the entry and
+    // put a link in its place between a check and a chmod by name: review 23).
     const opened = await openGuardedDirectory(this.parent, this.entries);
     if (!opened) throw new RelevoError(ErrorCode.DataDirNotOurs, `the WAL directory ${this.path} could not be made`);
-    await opened.close();
-    await chmod(this.path, 0o700);
-    await chownNoFollow(this.path, this.owner);
+    try {
+      await opened.handle.chmod(0o700);
+      if (this.owner) await opened.handle.chown(this.owner.uid, this.owner.gid);
+    } finally {
+      await opened.close();
+    }
   }
 
   /** Whether the directory is there (a real directory: a link in its place is DATA_DIR_NOT_OURS). */
