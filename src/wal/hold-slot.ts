@@ -1,6 +1,7 @@
 import type { Client } from "pg";
 import { lsnFromNumber, lsnToNumber } from "../postgres/lsn";
-import { parseSegmentName, SEGMENT_SIZE } from "../postgres/wal-names";
+import { parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
+import { timelineOfSegment, type TimelineStep } from "../postgres/timelines";
 
 /**
  * The archive's hold slot: physical, reserved at creation, never connected.
@@ -16,19 +17,18 @@ export const HOLD_SLOT = "relevo_archive_hold";
 
 /**
  * Where the hold slot may move from `restartLsn`: the end of the run of
- * segments the repository holds (`pushed`, any timeline) starting at the
- * segment `restartLsn` lies in; null when that segment is not held (the
- * slot stays). Pure.
+ * segments the repository holds (`pushed`) starting at the segment
+ * `restartLsn` lies in, each under the timeline the primary's `history`
+ * is on at that segment (timelineOfSegment: the file a restore reads);
+ * null when that segment is not held (the slot stays). A segment of the
+ * same number on another timeline (an old primary's branch, not set aside
+ * yet) is not the primary's WAL and does not count: past it the primary
+ * would recycle what the repository never got. Pure.
  */
-export function holdAdvanceLsn(restartLsn: string, pushed: Iterable<string>): string | null {
-  const held = new Set<number>();
-  for (const name of pushed) {
-    const parsed = parseSegmentName(name);
-    if (parsed) held.add(parsed.segment);
-  }
+export function holdAdvanceLsn(restartLsn: string, pushed: ReadonlySet<string>, history: readonly TimelineStep[]): string | null {
   const first = Math.floor(lsnToNumber(restartLsn) / SEGMENT_SIZE);
   let segment = first;
-  while (held.has(segment)) segment += 1;
+  while (pushed.has(segmentName(timelineOfSegment(history, segment), segment))) segment += 1;
   return segment === first ? null : lsnFromNumber(segment * SEGMENT_SIZE);
 }
 

@@ -117,6 +117,12 @@ export class WalArchiver {
   private refused: { readonly key: string; readonly reason: string } | null = null;
   /** Whether the spool is full (see spoolFull): nothing is received meanwhile. */
   private spoolIsFull = false;
+  /**
+   * The primary this archiver's loop has prepared (not refused as another
+   * cluster's, its diverged WAL set aside) and its timeline history: the
+   * hold slot is made and moved only there, along that history.
+   */
+  private prepared: { readonly target: NodeRef; readonly history: readonly TimelineStep[] } | null = null;
   private holdTimer: NodeJS.Timeout | null = null;
   private holdPass: Promise<void> | null = null;
   /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
@@ -154,6 +160,7 @@ export class WalArchiver {
   follow(primary: NodeRef | null): void {
     if (primary?.name === this.target?.name && primary?.port === this.target?.port) return;
     this.target = primary;
+    this.prepared = null;
     this.child?.kill("SIGTERM");
     this.wake?.();
   }
@@ -239,6 +246,7 @@ export class WalArchiver {
         await ensureArchiveSlot(target, this.options.superuser, this.options.nodeTimeoutMs);
         await this.startFromHoldWhenSpoolEmpty(target);
         const history = await this.setAsideDivergedWal(target);
+        this.prepared = history && this.target === target ? { target, history } : null;
         if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
         const receiveStarted = Date.now();
@@ -312,6 +320,10 @@ export class WalArchiver {
     if (this.stopped || !target || this.refused) return;
     // First: a repository that cannot be read or written (the very reason a spool fills) must not keep receiving going.
     await this.checkSpoolSize(target);
+    // Only on a primary the loop has prepared: not one refused as another cluster's (no slot made there), and along its
+    // history once the old branch is set aside (review 23).
+    const prepared = this.prepared;
+    if (prepared?.target !== target) return;
     const { repository, superuser, nodeTimeoutMs } = this.options;
     const pushed = new Set(await repository.archive.names());
     const holdLsn = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
@@ -331,7 +343,7 @@ export class WalArchiver {
         hold = await readHoldSlot(client);
       }
       if (!hold?.restartLsn) return null;
-      const to = holdAdvanceLsn(hold.restartLsn, pushed);
+      const to = holdAdvanceLsn(hold.restartLsn, pushed, prepared.history);
       if (to === null) return hold.restartLsn;
       await client.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", [HOLD_SLOT, to]);
       return to;
