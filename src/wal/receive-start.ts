@@ -1,6 +1,6 @@
 import { lsnToNumber } from "../postgres/lsn";
 import { parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
-import type { TimelineStep } from "../postgres/timelines";
+import { timelineOfSegment, type TimelineStep } from "../postgres/timelines";
 
 /** Where pg_receivewal starts streaming: the start of `segment`, on `timeline`. */
 export interface ReceiveStart {
@@ -58,6 +58,31 @@ export function timelineBoundaryPlaceholder(names: readonly string[], history: r
   // A timeline left where it began (no WAL of its own) is passed over too.
   while (history[index]!.switchLsn !== null && lsnToNumber(history[index]!.switchLsn!) === startLsn) index += 1;
   return index === from ? null : `${segmentName(history[index]!.timeline, start.segment)}.partial`;
+}
+
+/**
+ * The empty `.partial` that makes pg_receivewal resume where the
+ * repository's archive ends (`archived`: the index's names) when the spool
+ * holds no segment of its own (`spool`): lost, wiped, or on another host
+ * after a failover. pg_receivewal takes its start from its directory, and
+ * from its slot's restart_lsn only when the directory is empty: on a new
+ * primary that is where the slot was just made, past WAL the archive may
+ * not have although the primary still does. Named on the timeline the
+ * primary's `history` is on at that segment (the file a restore reads).
+ * Null when the spool has a segment, or the archive none (a new archive
+ * starts wherever its slot does). When the primary no longer has that WAL
+ * it refuses the start, and the archiver reports the hole (see
+ * lostSlotGap). Pure.
+ */
+export function emptySpoolPlaceholder(
+  spool: readonly string[],
+  archived: readonly string[],
+  history: readonly TimelineStep[],
+): string | null {
+  if (receiveStart(spool) !== null) return null;
+  const start = receiveStart(archived.filter((name) => !name.endsWith(".partial")));
+  if (start === null) return null;
+  return `${segmentName(timelineOfSegment(history, start.segment), start.segment)}.partial`;
 }
 
 /** Where the archive stands when its slot was lost: the missing segments, and the placeholder that resumes it past them. */

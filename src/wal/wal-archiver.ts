@@ -20,7 +20,7 @@ import { divergedFolder } from "../storage/wal-archive";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
 import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
-import { lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
+import { emptySpoolPlaceholder, lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
 import { drainLegacyWal } from "./legacy-wal-drain";
@@ -247,6 +247,7 @@ export class WalArchiver {
         await this.startFromHoldWhenSpoolEmpty(target);
         const history = await this.setAsideDivergedWal(target);
         this.prepared = history && this.target === target ? { target, history } : null;
+        if (history) await this.resumeAtArchiveEndWhenSpoolEmpty(target, history);
         if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
         const receiveStarted = Date.now();
@@ -591,6 +592,23 @@ export class WalArchiver {
    * makes pg_receivewal start there instead of asking for the old timeline's
    * end for ever.
    */
+  /**
+   * A spool without a segment (lost, wiped, another host) after the hold
+   * slot could not be copied (a new primary: both slots just made): an
+   * empty .partial where the repository's archive ends makes pg_receivewal
+   * start there rather than at the new slot (see emptySpoolPlaceholder).
+   */
+  private async resumeAtArchiveEndWhenSpoolEmpty(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
+    const { spool, archive } = this.options.repository;
+    const placeholder = emptySpoolPlaceholder(await spool.names(), await archive.names(), history);
+    if (placeholder === null) return;
+    await spool.create(placeholder, "");
+    this.options.logger.warn(
+      { node: target.name, placeholder },
+      "the spool holds no WAL: streaming resumes where the repository's archive ends",
+    );
+  }
+
   private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
     const { spool, archivedWal } = this.options.repository;
     const placeholder = timelineBoundaryPlaceholder(await archivedWal.names(), history);

@@ -5,7 +5,7 @@ import { layeredContent } from "../../src/storage/layered-content";
 import { referenceOnHistory } from "../../src/wal/wal-changes";
 import { segmentFilesAlong, timelineOfSegment, timelinePath } from "../../src/postgres/timelines";
 import { divergedFiles } from "../../src/wal/wal-archiver";
-import { receiveStart, timelineBoundaryPlaceholder } from "../../src/wal/receive-start";
+import { emptySpoolPlaceholder, receiveStart, timelineBoundaryPlaceholder } from "../../src/wal/receive-start";
 import type { ManifestEntry } from "../../src/backup/manifest";
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, rangesInSegment, relationFileOf, unionRanges } from "../../src/backup/relation-files";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
@@ -321,6 +321,18 @@ describe("where pg_receivewal resumes after a failover", () => {
     expect(receiveStart(["000000010000000000000004", "00000002.history", "000000010000000000000003"])).toEqual({ timeline: 1, segment: 5 });
     expect(receiveStart(["000000010000000000000004", "000000020000000000000005.partial"])).toEqual({ timeline: 2, segment: 5 });
     expect(receiveStart(["000000010000000000000005.partial", "000000010000000000000005"])).toEqual({ timeline: 1, segment: 6 });
+  });
+
+  test("an empty spool resumes where the repository's archive ends, on the primary's timeline there (review 23)", () => {
+    // Timeline 2 branched off 1 inside segment 6: a new primary's slot starts later, past WAL the archive lacks.
+    const history = timelinePath(2, "1\t0/6000100\tno recovery target specified\n");
+    const archived = ["000000010000000000000004", "000000010000000000000005", "00000002.history"];
+    expect(emptySpoolPlaceholder([], archived, history)).toBe("000000020000000000000006.partial");
+    expect(emptySpoolPlaceholder(["00000002.history"], ["000000010000000000000004"], history)).toBe("000000010000000000000005.partial");
+    // The spool has a segment of its own (pg_receivewal resumes from it), or the archive none (a new archive): nothing.
+    expect(emptySpoolPlaceholder(["000000020000000000000007.partial"], archived, history)).toBeNull();
+    expect(emptySpoolPlaceholder(["000000010000000000000005"], archived, history)).toBeNull();
+    expect(emptySpoolPlaceholder([], [], history)).toBeNull();
   });
 
   test("an archive ending exactly at its timeline's switch point resumes on the next timeline", () => {
