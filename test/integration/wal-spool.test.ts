@@ -75,6 +75,8 @@ describe("the WAL spool and the archive's hold slot", () => {
     // The hold slot did not move past what the repository lacks: the primary keeps it.
     expect(lsnToNumber(await holdRestart())).toBeLessThanOrEqual(Math.max(lsnToNumber(holdBefore), segmentNumber(target) * SEGMENT_SIZE));
     expect(lsnToNumber(await holdRestart())).toBeLessThan(segmentNumber(target) * SEGMENT_SIZE + 1);
+    // A checkpoint first: WAL is recycled only then, so what pg_wal still has after it is what a slot keeps.
+    await sql("CHECKPOINT");
     const inPgWal = await sql<{ name: string }>("SELECT name FROM pg_ls_waldir()");
     expect(inPgWal.map((row) => row.name)).toContain(targetSegment);
 
@@ -132,6 +134,7 @@ describe("the WAL spool and the archive's hold slot", () => {
     expect(lsnToNumber(await holdRestart())).toBeLessThanOrEqual(Math.max(lsnToNumber(holdBefore), first * SEGMENT_SIZE));
     const last = segmentNumber((await sql<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn"))[0]!.lsn) - 1;
     const wanted = Array.from({ length: last - first + 1 }, (_, n) => segmentName(timeline, first + n));
+    await sql("CHECKPOINT"); // WAL is recycled only at a checkpoint: what survives it is kept by a slot.
     const inPgWal = new Set((await sql<{ name: string }>("SELECT name FROM pg_ls_waldir()")).map((row) => row.name));
     expect(wanted.filter((name) => !inPgWal.has(name))).toEqual([]);
 
