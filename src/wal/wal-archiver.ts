@@ -46,6 +46,13 @@ const REFUSED_RECHECK_MS = 5000;
 
 /** How often the hold slot is moved past what was pushed, the spool trimmed and its size looked at. */
 const HOLD_INTERVAL_MS = 1000;
+/**
+ * How long the hold slot is left unread while nothing new was pushed past
+ * where it was last seen: each look is a session on the primary, and a
+ * session a second is work a quiet primary should not do. Only this
+ * archiver moves the slot; a lost one is found at the next look.
+ */
+const HOLD_RECHECK_MS = 30_000;
 
 /**
  * Creates the archiver's slot and its hold slot (see hold-slot.ts) on
@@ -123,6 +130,8 @@ export class WalArchiver {
    * hold slot is made and moved only there, along that history.
    */
   private prepared: { readonly target: NodeRef; readonly history: readonly TimelineStep[] } | null = null;
+  /** Where the hold slot was last seen (see HOLD_RECHECK_MS), on which primary and when. */
+  private holdSeen: { readonly target: NodeRef; readonly restartLsn: string; readonly at: number } | null = null;
   private holdTimer: NodeJS.Timeout | null = null;
   private holdPass: Promise<void> | null = null;
   /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
@@ -161,6 +170,7 @@ export class WalArchiver {
     if (primary?.name === this.target?.name && primary?.port === this.target?.port) return;
     this.target = primary;
     this.prepared = null;
+    this.holdSeen = null;
     this.child?.kill("SIGTERM");
     this.wake?.();
   }
@@ -327,6 +337,14 @@ export class WalArchiver {
     if (prepared?.target !== target) return;
     const { repository, superuser, nodeTimeoutMs } = this.options;
     const pushed = new Set(await repository.archive.names());
+    const seen = this.holdSeen;
+    if (
+      seen?.target === target &&
+      Date.now() - seen.at < HOLD_RECHECK_MS &&
+      holdAdvanceLsn(seen.restartLsn, pushed, prepared.history) === null
+    ) {
+      return;
+    }
     const holdLsn = await withNodeClient(target, superuser, nodeTimeoutMs, async (client) => {
       let hold = await readHoldSlot(client);
       if (hold?.lost) {
@@ -349,6 +367,7 @@ export class WalArchiver {
       await client.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", [HOLD_SLOT, to]);
       return to;
     });
+    this.holdSeen = holdLsn === null ? null : { target, restartLsn: holdLsn, at: Date.now() };
     if (holdLsn !== null) await this.trimSpool(holdLsn, pushed);
   }
 
