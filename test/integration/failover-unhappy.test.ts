@@ -437,6 +437,15 @@ describe("failover's unhappy paths", () => {
       expect(archiveSlot[0]?.wal_status).not.toBe("lost");
       // Found again by the archive monitor, it is not reported twice; the health says so until a full backup.
       await cluster.service.archiveMonitor.check();
+      // The window reaches past the hole once the segment after it is summarised (its latest point is a commit the
+      // summaries saw, never an object's arrival): asked until then.
+      await eventually(
+        async () =>
+          (await cluster.service.backups.recoveryWindow()).gaps.some((each) => each.from === gap.from && each.to === gap.to)
+            ? true
+            : undefined,
+        { what: `the recovery window's gap ${gap.from}–${gap.to}`, timeoutMs: 60000 },
+      );
       expect((await cluster.service.backups.recoveryWindow()).gaps).toContainEqual(gap);
       expect((await events("archive:gap", since)).length).toBe(1);
       const snapshot = await cluster.service.collector.pollNow();
