@@ -1,8 +1,7 @@
 import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
-import { openConfiguredRepository } from "../storage/open-repository";
-import { walSpoolDir } from "../storage/repository";
+import { openClusterRepository } from "../storage/open-repository";
 import { assertBackupId } from "../backup/manifest";
 import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
@@ -201,13 +200,7 @@ async function restoreClaimedCopy(
     await driver.checkPrerequisites();
     const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
     // Opened with its keys before the target is touched: a wrong or missing pass changes nothing.
-    const repository = await openConfiguredRepository({
-      settings: config.repositories[0]!,
-      walOwner: await driver.fileOwner(),
-      spoolDir: walSpoolDir(config.home),
-      locks,
-      create: false,
-    });
+    const repository = await openClusterRepository(config, { walOwner: await driver.fileOwner(), locks, create: false });
     await takeEmptyDirectory(directory);
     const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
     await restoreBackup(
@@ -248,13 +241,7 @@ export async function restoreClusterCommand(
     // The members made again: what each is issued is recorded, as the service's starts record it.
     return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) }), async (driver) => {
       const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
-      const repository = await openConfiguredRepository({
-        settings: config.repositories[0]!,
-        walOwner: await driver.fileOwner(),
-        spoolDir: walSpoolDir(config.home),
-        locks,
-        create: false,
-      });
+      const repository = await openClusterRepository(config, { walOwner: await driver.fileOwner(), locks, create: false });
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };

@@ -10,8 +10,8 @@ import type { Credentials, TrustAnchors } from "../postgres/connection";
 import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
-import { walSpoolDir, type Repository } from "../storage/repository";
-import { openConfiguredRepository } from "../storage/open-repository";
+import type { Repository } from "../storage/repository";
+import { openClusterRepository } from "../storage/open-repository";
 import { retentionOf } from "../config/repository-config";
 import { BackupLocks } from "../storage/backup-locks";
 import { ArchiveMonitor } from "../wal/archive-monitor";
@@ -38,13 +38,7 @@ export async function openRepository(
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
   // Opened with its keys when RELEVO_REPO1_CIPHER_PASS is set (made on an empty repository): see open-repository.
-  const repository = await openConfiguredRepository({
-    settings: config.repositories[0]!,
-    walOwner: pgIdentity,
-    spoolDir: walSpoolDir(config.home),
-    locks,
-    create: true,
-  });
+  const repository = await openClusterRepository(config, { walOwner: pgIdentity, locks, create: true });
   return { pgIdentity, repository };
 }
 

@@ -1,3 +1,4 @@
+import type { RelevoConfig } from "../config/config";
 import type { RepositorySettings } from "../config/repository-config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { OsIdentity } from "../nodes/os-user";
@@ -8,7 +9,7 @@ import { UNENCRYPTED } from "../repository/object-codec";
 import { readRepositoryDescriptor } from "../repository/repository-descriptor";
 import { RepositoryStore } from "../repository/repository-store";
 import type { BackupLocks } from "./backup-locks";
-import { Repository } from "./repository";
+import { Repository, walSpoolDir } from "./repository";
 
 export interface OpenRepositoryOptions {
   /** The repository's configuration (repository 1, a directory, until object storage and several repositories are wired). */
@@ -88,3 +89,14 @@ const REPOSITORY_KEYS_LOCK = "repository-keys";
 
 /** How long a first start waits for another making the keys: scrypt and a few small writes, well within it. */
 const KEYS_LOCK_WAIT_MS = 60_000;
+
+/**
+ * Repository 1 as the configuration names it, with this data home's spool:
+ * the service (`create`) and the CLI's restores open it alike.
+ */
+export function openClusterRepository(
+  config: Pick<RelevoConfig, "repositories" | "home">,
+  options: { readonly walOwner: OsIdentity | null; readonly locks: BackupLocks; readonly create: boolean },
+): Promise<Repository> {
+  return openConfiguredRepository({ settings: config.repositories[0]!, spoolDir: walSpoolDir(config.home), ...options });
+}
