@@ -1,6 +1,8 @@
+import { configKeys } from "../../src/config/config-keys";
 import { createLogger } from "../../src/log";
 import type { Repository } from "../../src/storage/repository";
 import { WalPusher } from "../../src/wal/wal-pusher";
+import { WalSummarizer } from "../../src/wal/wal-summary";
 
 /** A pusher from the repository's receiving directory into its archive objects, run by hand (pushPending) in tests. */
 export function pusherFor(repository: Repository): WalPusher {
@@ -13,5 +15,20 @@ export function pusherFor(repository: Repository): WalPusher {
     logger: createLogger({ level: "silent" }),
     intervalMs: 60_000,
     parallelism: 3,
+  });
+}
+
+/** A summarizer of the repository's spool, run by hand in tests (its periodic pass an hour apart), pg_waldump scratch in `scratchDir`. */
+export function summarizerFor(repository: Repository, scratchDir: string): WalSummarizer {
+  return new WalSummarizer({
+    archive: repository.spool,
+    objects: repository.objects,
+    generation: repository.generation,
+    archiveKey: () => repository.archiveKey(),
+    readLegacy: true,
+    scratchDir,
+    pgBinDir: configKeys.pgBinDir.default,
+    logger: createLogger({ level: "silent" }),
+    intervalMs: 60_000,
   });
 }

@@ -2,7 +2,6 @@ import { expect } from "@jest/globals";
 import { readdir, rm, writeFile } from "node:fs/promises";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
-import { configKeys } from "../../src/config/config-keys";
 import { ErrorCode, RelevoError } from "../../src/errors";
 import { archivedNames, reusedTimelineCheck, setAsideReusedTimelines } from "../../src/failover/old-primary-candidate";
 import type { OperationContext } from "../../src/failover/operation-context";
@@ -12,10 +11,9 @@ import { divergedFolder } from "../../src/storage/wal-archive";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import type { ArchivedWal } from "../../src/wal/archived-wal";
-import { WalSummarizer } from "../../src/wal/wal-summary";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 import { tempHome } from "../helpers/home";
-import { pusherFor } from "../helpers/wal-pusher";
+import { pusherFor, summarizerFor } from "../helpers/wal-pusher";
 import { segmentStart } from "../helpers/wal-segment";
 import { testNode } from "../helpers/node-facts";
 
@@ -100,17 +98,7 @@ describe("a set-aside of a reused timeline", () => {
   test("takes each segment's summary with it: the new branch's segment of that name is summarised from its own WAL", async () => {
     const repository = await repositoryHome("aside-summaries");
     const home = path.dirname(repository.root);
-    const summarizer = new WalSummarizer({
-      archive: repository.spool,
-      objects: repository.objects,
-      generation: 0,
-      archiveKey: () => repository.archiveKey(),
-      readLegacy: true,
-      scratchDir: path.join(home, "tmp"),
-      pgBinDir: configKeys.pgBinDir.default,
-      logger: createLogger({ level: "silent" }),
-      intervalMs: 60_000,
-    });
+    const summarizer = summarizerFor(repository, path.join(home, "tmp"));
     await receive(repository, SEGMENT_3_6, "old branch");
     await receive(repository, SEGMENT_3_7, "old branch");
     await pusherFor(repository).pushPending();

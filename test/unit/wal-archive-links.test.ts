@@ -15,9 +15,8 @@ import { divergedFolder } from "../../src/storage/wal-archive";
 import { trustOnlyTlsSource } from "../../src/tls/node-tls";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import { WalArchiver, type WalArchiverOptions } from "../../src/wal/wal-archiver";
-import { WalSummarizer } from "../../src/wal/wal-summary";
 import { testNode } from "../helpers/node-facts";
-import { pusherFor } from "../helpers/wal-pusher";
+import { pusherFor, summarizerFor } from "../helpers/wal-pusher";
 
 /**
  * Root working in the repository's WAL archive, wal/: pg_receivewal writes
@@ -215,17 +214,7 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
       asPostgres("ln", "-s", rootOnlySegment, path.join(wal, "000000020000000000000001"));
 
       const scratchDir = path.join(home, "tmp");
-      const summarizer = new WalSummarizer({
-        archive: repository.spool,
-        objects: repository.objects,
-        generation: repository.generation,
-        archiveKey: () => repository.archiveKey(),
-        readLegacy: true,
-        scratchDir,
-        pgBinDir: configKeys.pgBinDir.default,
-        logger,
-        intervalMs: 60_000,
-      });
+      const summarizer = summarizerFor(repository, scratchDir);
       const archived = await summarizer.summarizeUpTo(1, 1, "0/1000400");
       expect(archived).toMatchObject({ complete: true, error: null });
       expect(archived.records).toBeGreaterThan(0);

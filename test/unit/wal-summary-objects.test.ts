@@ -2,12 +2,11 @@ import { expect } from "@jest/globals";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
-import { configKeys } from "../../src/config/config-keys";
 import { ErrorCode } from "../../src/errors";
-import { createLogger } from "../../src/log";
 import { archiveKey, legacyWalSummaryKey, walSummaryKey } from "../../src/repository/repository-layout";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
-import { WalSummarizer } from "../../src/wal/wal-summary";
+import type { WalSummarizer } from "../../src/wal/wal-summary";
+import { summarizerFor } from "../helpers/wal-pusher";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 import { tempHome } from "../helpers/home";
 
@@ -41,17 +40,7 @@ async function summarizerHome(label: string): Promise<{ repository: Repository; 
   const home = await tempHome(label);
   const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
-  const summarizer = new WalSummarizer({
-    archive: repository.spool,
-    objects: repository.objects,
-    generation: repository.generation,
-    archiveKey: () => repository.archiveKey(),
-    readLegacy: true,
-    scratchDir: path.join(home, "tmp"),
-    pgBinDir: configKeys.pgBinDir.default,
-    logger: createLogger({ level: "silent" }),
-    intervalMs: 60_000,
-  });
+  const summarizer = summarizerFor(repository, path.join(home, "tmp"));
   return { repository, summarizer, home };
 }
 
