@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
-import { openClusterRepository } from "../storage/open-repository";
+import { withClusterRepository } from "../storage/open-repository";
 import { assertBackupId } from "../backup/manifest";
 import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
@@ -200,22 +200,24 @@ async function restoreClaimedCopy(
     await driver.checkPrerequisites();
     const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
     // Opened with its keys before the target is touched: a wrong or missing pass changes nothing.
-    const repository = await openClusterRepository(config, { walOwner: await driver.fileOwner(), locks, create: false });
-    await takeEmptyDirectory(directory);
-    const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
-    await restoreBackup(
-      { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
-      {
-        manifest: chosen,
-        target,
-        members,
-        recoveryTarget,
-        parallelism: config.backupParallelism,
-        startTimeoutMs: config.startTimeoutMs,
-        claimed: options.claimed,
-      },
-    );
-    return chosen;
+    const opening = { walOwner: await driver.fileOwner(), locks, create: false, logger };
+    return withClusterRepository(config, opening, async (repository) => {
+      await takeEmptyDirectory(directory);
+      const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
+      await restoreBackup(
+        { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+        {
+          manifest: chosen,
+          target,
+          members,
+          recoveryTarget,
+          parallelism: config.backupParallelism,
+          startTimeoutMs: config.startTimeoutMs,
+          claimed: options.claimed,
+        },
+      );
+      return chosen;
+    });
   });
   output.out(
     `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
@@ -241,13 +243,15 @@ export async function restoreClusterCommand(
     // The members made again: what each is issued is recorded, as the service's starts record it.
     return usingDriver(createNodeDriver(config, { tls: nodeTlsSource(ca, { recordIn: config.home }) }), async (driver) => {
       const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
-      const repository = await openClusterRepository(config, { walOwner: await driver.fileOwner(), locks, create: false });
       const recordRebuilt = async (primary: NodeRef): Promise<void> => {
         await recordRebuiltCluster(redis, keys, primary.name);
       };
-      return recoverCluster(
-        { config, driver, repository, secrets, trustedCa: fixedTrust(ca.certificatePem), logger, recordRebuilt },
-        { backupId: options.backup, recoveryTarget },
+      const opening = { walOwner: await driver.fileOwner(), locks, create: false, logger };
+      return withClusterRepository(config, opening, (repository) =>
+        recoverCluster(
+          { config, driver, repository, secrets, trustedCa: fixedTrust(ca.certificatePem), logger, recordRebuilt },
+          { backupId: options.backup, recoveryTarget },
+        ),
       );
     });
   });

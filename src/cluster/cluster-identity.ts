@@ -64,7 +64,7 @@ export async function knownCluster(home: string, repository: Repository): Promis
   const recorded = await readRecordedIdentity(home);
   if (recorded) evidence.push(`system identifier ${recorded.systemIdentifier} recorded in ${identityFile(home)}`);
   const archive = await archiveIdentity(repository);
-  if (archive) evidence.push(`system identifier ${archive.systemIdentifier} in ${archive.source} of the repository ${repository.root}`);
+  if (archive) evidence.push(`system identifier ${archive.systemIdentifier} in ${archive.source} of the repository ${repository.location}`);
   const backups = (await repository.listManifests()).filter((manifest) => manifest.status === "completed").length;
   if (backups > 0) evidence.push(`${backups} completed backup${backups === 1 ? "" : "s"} in ${repository.generationLocation}`);
   if (evidence.length === 0) return null;

@@ -41,7 +41,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   config.home = path.resolve(config.home);
   config.repositories = loadRepositories(env, { home: config.home, repository: config.repository });
   // Repository 1's directory (RELEVO_REPO1_PATH, RELEVO_REPOSITORY or the default): where today's repository lives.
-  // (An S3 repository 1 keeps the default path here; the service refuses to start on it: assertRepositoriesInUse.)
+  // (An S3 repository 1 keeps the default path here, which nothing reads: the repository is opened from its settings.)
   const first = config.repositories[0]!;
   config.repository = first.type === "dir" ? first.path : path.join(config.home, "repository");
   // The docker CLI's own variables, when Relevo's are not set.

@@ -240,21 +240,20 @@ export function retentionOf(settings: RepositorySettings, clusterKeepFull: numbe
 }
 
 /**
- * Until backups and the WAL archive go to object storage and to several
- * repositories, only repository 1 as a directory (encrypted or not) is
- * used: any other repository configured would be silently ignored by the
+ * Until backups and the WAL archive go to several repositories, only
+ * repository 1 is used (a directory or an S3 bucket, encrypted or not):
+ * any other repository configured would be silently ignored by the
  * service, so its start refuses it (`relevo repo list` and `relevo repo
  * check` take them: a store can be checked before it is used).
  */
 export function assertRepositoriesInUse(repositories: readonly RepositorySettings[]): void {
-  const unused = repositories.filter((repository) => !(repository.index === 1 && repository.type === "dir"));
+  const unused = repositories.filter((repository) => repository.index !== 1);
   if (unused.length > 0) {
     const first = unused[0]!;
     throw new RelevoError(
       ErrorCode.NotImplemented,
-      `repo${first.index}: ${first.index === 1 ? "an S3 repository" : "a second repository"} is not used yet ` +
-        "(backups and the WAL archive still go to repository 1's directory only): unset its RELEVO_REPO" +
-        `${first.index}_ variables`,
+      `repo${first.index}: a second repository is not used yet (backups and the WAL archive still go to repository 1 ` +
+        `only): unset its RELEVO_REPO${first.index}_ variables`,
       { details: { env: `RELEVO_REPO${first.index}_TYPE` } },
     );
   }

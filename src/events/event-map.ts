@@ -25,6 +25,8 @@ export interface EventMap {
   "archive:timeline-reused": { timeline: number; files: string[]; setAside: string };
   "archive:spool-full": { bytes: number; maxBytes: number };
   "archive:spool-cleared": { bytes: number; maxBytes: number };
+  "archive:push-failing": { repository: string; error: string; failingSince: string };
+  "archive:push-recovered": { repository: string; failedForMs: number };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -156,6 +158,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:timeline-reused",
   "archive:spool-full",
   "archive:spool-cleared",
+  "archive:push-failing",
+  "archive:push-recovered",
   "backup:started",
   "backup:completed",
   "backup:failed",

@@ -19,6 +19,7 @@ import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
 import { WalPusher } from "../wal/wal-pusher";
+import { PushHealth } from "../wal/push-health";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -32,13 +33,15 @@ export interface Storage {
 export async function openRepository(
   options: StartContext & { readonly driver: NodeDriver; readonly redis: RedisAndEvents },
 ): Promise<Storage> {
-  const { config, driver, redis, logger } = options;
+  const { config, driver, redis, logger, cleanups } = options;
   // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads
   // (the image's postgres uid for containers, whatever this machine's is).
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
   // Opened with its keys when RELEVO_REPO1_CIPHER_PASS is set (made on an empty repository): see open-repository.
-  const repository = await openClusterRepository(config, { walOwner: pgIdentity, locks, create: true });
+  const repository = await openClusterRepository(config, { walOwner: pgIdentity, locks, create: true, logger });
+  // After everything that writes to it has stopped (cleanups run last first): an S3 store's uploads end, then its connections.
+  cleanups.push(() => repository.close());
   return { pgIdentity, repository };
 }
 
@@ -47,6 +50,8 @@ export interface WalArchive {
   /** The archive's gaps, kept in Redis for every instance (for events once, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
+  /** Whether the pusher reaches the repository (its reason in the cluster's health while it has not for a while). */
+  readonly pushHealth: PushHealth;
 }
 
 /** How often the pusher looks for WAL received and not yet in the repository: a backup waits for its last segment's push. */
@@ -81,6 +86,8 @@ export function startWalArchiver(
   });
   const walSummarizer = walSummarizerFor(storage.repository, config, logger);
   const { repository } = storage;
+  // Whether the pusher reaches the repository: an event and a health reason when it has not for a while.
+  const pushHealth = new PushHealth({ repository: repository.location, events: redis.events, logger });
   const pusher = new WalPusher({
     source: repository.spool,
     objects: repository.objects,
@@ -90,6 +97,7 @@ export function startWalArchiver(
     logger,
     intervalMs: WAL_PUSH_INTERVAL_MS,
     parallelism: config.backupParallelism,
+    onPass: (pass) => pushHealth.observe(pass),
   });
   // One archiver across service instances (a slot serves one receiver at a time anyway).
   const archiverRole = new LeaderRole(
@@ -112,7 +120,7 @@ export function startWalArchiver(
   );
   archiverRole.start();
   cleanups.push(() => archiverRole.stop());
-  return { archiver, gaps, walSummarizer };
+  return { archiver, gaps, walSummarizer, pushHealth };
 }
 
 export interface Backups {

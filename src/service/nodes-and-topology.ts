@@ -17,6 +17,7 @@ import { redisCall } from "../redis/redis-client";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
+import type { PushHealth } from "../wal/push-health";
 import type { ArchiveGaps } from "../wal/archive-gaps";
 import { outcomeEvent } from "./bootstrap-events";
 import type { Cleanup, StartContext } from "./cleanups";
@@ -213,12 +214,14 @@ export async function startTopology(
     readonly archiver: WalArchiver;
     /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
     readonly archiveGaps: ArchiveGaps;
+    /** Whether the pusher reaches the repository: its reason in the cluster's health while it has not for a while. */
+    readonly pushHealth: Pick<PushHealth, "reason">;
     /** Does nothing until the consolidator runs. */
     readonly replayRecentEvents: (windowMs: number) => void;
   },
 ): Promise<Topology> {
-  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, archiveGaps, replayRecentEvents } =
-    options;
+  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, archiveGaps, pushHealth } = options;
+  const { replayRecentEvents } = options;
   const database = new PrimaryDatabase(
     { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE, trustedCa },
     config.nodeTimeoutMs,
@@ -241,6 +244,7 @@ export async function startTopology(
     serviceReasons: async () => [
       ...(archiver.refusal ? [archiver.refusal] : []),
       ...(archiver.spoolFullReason ? [archiver.spoolFullReason] : []),
+      ...(pushHealth.reason ? [pushHealth.reason] : []),
       ...(await archiveGaps.healthReasons()),
     ],
     onPrimary: async (primary) => {

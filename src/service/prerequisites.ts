@@ -29,7 +29,7 @@ export interface Prerequisites {
 export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
   // A plain API on an address other machines reach is refused before anything starts (RELEVO_API_TLS).
   apiTransport(config);
-  // A repository the service would not use yet (S3, a second, encrypted) is refused, not ignored.
+  // A repository the service would not use yet (a second one) is refused, not ignored.
   assertRepositoriesInUse(config.repositories);
   const ca = new LiveAuthority(await CertificateAuthority.load(config), config);
   // A data home from before the services CA gets it here (the load makes it beside the nodes' CA).

@@ -62,6 +62,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       superuser,
       archiver: archive.archiver,
       archiveGaps: archive.gaps,
+      pushHealth: archive.pushHealth,
       replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),
     });
     const { collector } = topology;

@@ -64,6 +64,8 @@ export async function readStoredObject(repository: Repository, owner: ContentOwn
  */
 export async function removeBackupContent(repository: Repository, owner: ContentOwner): Promise<void> {
   if (contentFormOf(owner) === "file") {
+    // storedPath's check: such files are only ever in generation 0 of an unencrypted directory repository.
+    repository.storedPath(owner.id, "data");
     for (const part of ["data", "bundles"]) await rm(path.join(repository.backupDir(owner.id), part), { recursive: true, force: true });
     return;
   }

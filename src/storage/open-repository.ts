@@ -3,6 +3,9 @@ import type { RepositorySettings } from "../config/repository-config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { OsIdentity } from "../nodes/os-user";
 import { DirectoryStore } from "../repository/directory-store";
+import type { ObjectStore } from "../repository/object-store";
+import { openObjectStore } from "../repository/open-store";
+import type { Logger } from "../log";
 import { assertNotEncrypted, RepositoryKeyring, type KeysLock } from "../repository/repository-keyring";
 import type { ScryptParameters } from "../repository/repository-keys";
 import { UNENCRYPTED } from "../repository/object-codec";
@@ -12,8 +15,14 @@ import type { BackupLocks } from "./backup-locks";
 import { Repository, walSpoolDir } from "./repository";
 
 export interface OpenRepositoryOptions {
-  /** The repository's configuration (repository 1, a directory, until object storage and several repositories are wired). */
+  /** The repository's configuration: a directory or an S3 bucket (repository 1 until several repositories are wired). */
   readonly settings: RepositorySettings;
+  /**
+   * What an S3 store needs: the data home (the record of its multipart
+   * uploads, see openObjectStore) and the logger it reports retries to.
+   * A directory repository needs neither.
+   */
+  readonly storeContext?: { readonly home: string; readonly logger: Logger };
   /** PostgreSQL's OS user, owner of the archive's receiving directory. */
   readonly walOwner: OsIdentity | null;
   /** Where pg_receivewal writes on this host (walSpoolDir of the data home): see Repository. */
@@ -40,16 +49,30 @@ export interface OpenRepositoryOptions {
  * reported as damage, when the configuration is what is wrong.
  */
 export async function openConfiguredRepository(options: OpenRepositoryOptions): Promise<Repository> {
-  const { settings, walOwner, spoolDir, locks, create } = options;
-  if (settings.type !== "dir") {
-    throw new RelevoError(ErrorCode.NotImplemented, `repo${settings.index}: an S3 repository is not used yet`, {
-      details: { env: `RELEVO_REPO${settings.index}_TYPE` },
-    });
-  }
+  const { settings, walOwner, spoolDir, create } = options;
   const variable = `RELEVO_REPO${settings.index}_CIPHER_PASS`;
   // Directories first: a new keyring is written into them, and the repository's root keeps its mode.
-  if (create) await new Repository(settings.path, walOwner, { spoolDir }).ensure();
-  const store = new DirectoryStore(settings.path);
+  if (create && settings.type === "dir") await new Repository(settings.path, walOwner, { spoolDir }).ensure();
+  const store = await storeOf(settings, options.storeContext);
+  try {
+    return await openOver(store, options, variable);
+  } catch (error) {
+    // Nothing is left open by an open that failed (an S3 store's connections).
+    await store.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+/** The store under the repository: its directory, or its bucket (the bucket asked for: a missing one fails here). */
+async function storeOf(settings: RepositorySettings, context: OpenRepositoryOptions["storeContext"]): Promise<ObjectStore> {
+  if (settings.type === "dir") return new DirectoryStore(settings.path);
+  if (!context)
+    throw new RelevoError(ErrorCode.Internal, `repo${settings.index}: an S3 repository opened without its data home and logger`);
+  return openObjectStore(settings, context);
+}
+
+async function openOver(store: ObjectStore, options: OpenRepositoryOptions, variable: string): Promise<Repository> {
+  const { settings, walOwner, spoolDir, locks, create } = options;
   let keyring: RepositoryKeyring | undefined;
   if (settings.cipherPass === "") await assertNotEncrypted(store, variable);
   else {
@@ -64,7 +87,10 @@ export async function openConfiguredRepository(options: OpenRepositoryOptions): 
   // Which generation to read and write: the descriptor is read under the keys (encrypted in an encrypted repository),
   // and one that cannot be read fails the open, never taken for generation 0 (see repository-descriptor).
   const descriptor = await readRepositoryDescriptor(new RepositoryStore(store, keyring?.policy ?? UNENCRYPTED));
-  return new Repository(settings.path, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
+  const repository = new Repository(store, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
+  // The spool (a directory repository's was made above, with its directory).
+  if (create && repository.directory === null) await repository.ensure();
+  return repository;
 }
 
 /**
@@ -96,7 +122,27 @@ const KEYS_LOCK_WAIT_MS = 60_000;
  */
 export function openClusterRepository(
   config: Pick<RelevoConfig, "repositories" | "home">,
-  options: { readonly walOwner: OsIdentity | null; readonly locks: BackupLocks; readonly create: boolean },
+  options: { readonly walOwner: OsIdentity | null; readonly locks: BackupLocks; readonly create: boolean; readonly logger: Logger },
 ): Promise<Repository> {
-  return openConfiguredRepository({ settings: config.repositories[0]!, spoolDir: walSpoolDir(config.home), ...options });
+  const { logger, ...rest } = options;
+  return openConfiguredRepository({
+    settings: config.repositories[0]!,
+    spoolDir: walSpoolDir(config.home),
+    storeContext: { home: config.home, logger },
+    ...rest,
+  });
+}
+
+/** `work` over repository 1 opened for a command (see openClusterRepository), closed after it whatever its outcome. */
+export async function withClusterRepository<T>(
+  config: Pick<RelevoConfig, "repositories" | "home">,
+  options: Parameters<typeof openClusterRepository>[1],
+  work: (repository: Repository) => Promise<T>,
+): Promise<T> {
+  const repository = await openClusterRepository(config, options);
+  try {
+    return await work(repository);
+  } finally {
+    await repository.close();
+  }
 }

@@ -16,7 +16,7 @@ import { lsnToNumber } from "../postgres/lsn";
 import { WalArchive } from "./wal-archive";
 import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { DirectoryStore } from "../repository/directory-store";
-import type { ObjectInfo } from "../repository/object-store";
+import type { ObjectInfo, ObjectStore } from "../repository/object-store";
 import { archiveKey, generationPrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
 import { nextGeneration, readRepositoryDescriptor, writeRepositoryDescriptor } from "../repository/repository-descriptor";
 import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
@@ -29,7 +29,10 @@ import type { ArchivedWalState } from "../restore/recovery-window";
 import { ArchivedWal } from "../wal/archived-wal";
 
 /**
- * The backup repository, a directory (production: on another disk or host):
+ * The backup repository: objects in a directory (production: on another
+ * disk or host) or in an S3 bucket under a prefix (`<root>` below). What
+ * is read by path (`wal/`, legacy manifests and summaries, version 2 and 3
+ * content) only a directory ever held:
  *
  *   <root>/archive/…                 the WAL archive: segments and .history files pushed from
  *                                    the spool (see WalPusher, and repository-layout)
@@ -75,11 +78,12 @@ export class Repository {
    * `objects`.
    */
   readonly spool: WalArchive;
-  /** The repository's `wal/` of older versions (the PostgreSQL user's), read through handles while it is drained. */
-  readonly legacyWal: WalArchive;
-  readonly backupsDir: string;
-  /** Generation 0's summaries' directory (tests plant legacy files there): summaries are read and written through `objects`. */
-  readonly walSummaryDir: string;
+  /**
+   * A directory repository's `wal/` of older versions (the PostgreSQL
+   * user's), read through handles while it is drained; null for object
+   * storage, which never held one.
+   */
+  readonly legacyWal: WalArchive | null;
   /**
    * Verification, restore and expiry of a backup take its lock (see
    * BackupLocks), kept in Redis; null for a repository opened only to be
@@ -89,7 +93,7 @@ export class Repository {
   /**
    * The repository's objects (src/repository/repository-layout.ts says
    * where each lives): what moves off the host goes through here, never
-   * by path. A directory store over `root` until object storage is wired.
+   * by path: a DirectoryStore over `directory`, or an S3Store.
    */
   readonly objects: RepositoryStore;
   /**
@@ -124,8 +128,27 @@ export class Repository {
    */
   private readonly keyring: RepositoryKeyring | null;
 
+  /**
+   * Where the repository is, for messages and the API: its directory, or
+   * its bucket and prefix at an endpoint (never a credential).
+   */
+  readonly location: string;
+
+  /**
+   * A directory repository's directory: what only a directory ever held
+   * (the legacy `wal/`, manifests and summaries read by path, version 2 and
+   * 3 content) is read there; null for object storage, which holds objects
+   * only.
+   */
+  readonly directory: string | null;
+
+  /**
+   * `place`: a directory (a directory repository, as tests and tools open
+   * one), or the store the repository's objects are in (see
+   * open-repository: a DirectoryStore or an S3Store).
+   */
   constructor(
-    readonly root: string,
+    place: string | ObjectStore,
     walOwner: OsIdentity | null,
     options: {
       /** The WAL spool's directory (`$RELEVO_HOME/wal-spool`: walSpoolDir), on this host. */
@@ -136,16 +159,40 @@ export class Repository {
       readonly generation?: number;
     },
   ) {
+    const store = typeof place === "string" ? new DirectoryStore(place) : place;
+    this.location = store.location;
+    this.directory = store instanceof DirectoryStore ? store.root : null;
     this.spool = new WalArchive(options.spoolDir, walOwner);
     this.spoolDir = this.spool.path;
-    this.legacyWal = new WalArchive(path.join(root, "wal"), walOwner);
-    this.backupsDir = path.join(root, "backups");
-    this.walSummaryDir = path.join(root, "wal-summary");
+    this.legacyWal = this.directory === null ? null : new WalArchive(path.join(this.directory, "wal"), walOwner);
     this.locks = options.locks ?? null;
     this.keyring = options.keyring ?? null;
-    this.objects = new RepositoryStore(new DirectoryStore(root), this.keyring?.policy ?? UNENCRYPTED);
+    this.objects = new RepositoryStore(store, this.keyring?.policy ?? UNENCRYPTED);
     this.current = options.generation ?? 0;
     this.generationState = this.stateOf(this.current);
+  }
+
+  /** A directory repository's directory; INTERNAL for object storage (a caller that reads by path is a defect there). */
+  get root(): string {
+    if (this.directory === null) {
+      throw new RelevoError(ErrorCode.Internal, `${this.location} is object storage: it has no directory to read by path`);
+    }
+    return this.directory;
+  }
+
+  /** Generation 0's legacy backup directories (`backups/<id>/`, read by path): a directory repository's only. */
+  get backupsDir(): string {
+    return path.join(this.root, "backups");
+  }
+
+  /** Generation 0's summaries' directory (tests plant legacy files there): summaries are read and written through `objects`. */
+  get walSummaryDir(): string {
+    return path.join(this.root, "wal-summary");
+  }
+
+  /** Ends what the store holds open: an S3 store's connections, and the multipart uploads it abandons. */
+  async close(): Promise<void> {
+    await this.objects.store.close();
   }
 
   private stateOf(generation: number): { readonly archive: WalIndex; readonly archivedWal: ArchivedWal } {
@@ -164,11 +211,12 @@ export class Repository {
    * Whether what a directory repository held before objects is read by
    * path (legacy manifests `backups/<id>/manifest.json`, summaries
    * `wal-summary/<segment>.json`, version 2 and 3 content): in generation
-   * 0 of an unencrypted repository only. An encrypted repository never
+   * 0 of an unencrypted directory repository only (object storage never
+   * held them). An encrypted repository never
    * held such files, and a later generation's cluster never wrote them.
    */
   get readsLegacy(): boolean {
-    return !this.encrypted && this.generation === 0;
+    return this.directory !== null && !this.encrypted && this.generation === 0;
   }
 
   /** Whether the repository is encrypted: no object is read or written in another form, and no legacy file is read. */
@@ -192,7 +240,7 @@ export class Repository {
   async dataKeyOf(owner: Pick<BackupManifest, "id" | "dataKeyId">): Promise<DataKey | undefined> {
     if (!this.keyring) return undefined;
     if (owner.dataKeyId === undefined || !/^[0-9a-f]{32}$/.test(owner.dataKeyId)) {
-      throw new RelevoError(ErrorCode.Internal, `${this.root}: backup ${owner.id} has no data key in an encrypted repository`);
+      throw new RelevoError(ErrorCode.Internal, `${this.location}: backup ${owner.id} has no data key in an encrypted repository`);
     }
     return this.keyring.dataKey(Buffer.from(owner.dataKeyId, "hex"));
   }
@@ -200,15 +248,22 @@ export class Repository {
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
   async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
     for (const id of ids) assertBackupId(id);
-    if (!this.locks) throw new RelevoError(ErrorCode.Internal, `the repository ${this.root} was opened without its locks (Redis)`);
+    if (!this.locks) throw new RelevoError(ErrorCode.Internal, `the repository ${this.location} was opened without its locks (Redis)`);
     return this.locks.acquire(ids, options);
   }
 
-  /** Makes the repository (root's alone, 0700: no node and no PostgreSQL process reads it) and the WAL spool (the PostgreSQL user's). */
+  /**
+   * Makes the WAL spool (the PostgreSQL user's) and a directory
+   * repository's directory (root's alone, 0700: no node and no PostgreSQL
+   * process reads it). A bucket is the operator's to make (`relevo repo
+   * check` says when it is missing).
+   */
   async ensure(): Promise<void> {
-    await mkdir(this.root, { recursive: true, mode: 0o700 });
-    await chmod(this.root, 0o700);
-    await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
+    if (this.directory !== null) {
+      await mkdir(this.directory, { recursive: true, mode: 0o700 });
+      await chmod(this.directory, 0o700);
+      await mkdir(this.backupsDir, { recursive: true, mode: 0o700 });
+    }
     await this.spool.ensure();
   }
 
@@ -232,9 +287,9 @@ export class Repository {
    */
   async startNewGeneration(label: string): Promise<{ readonly generation: number; readonly walSetAside: string | null }> {
     const descriptor = nextGeneration(await readRepositoryDescriptor(this.objects));
-    const aside = path.join(this.root, "superseded", label);
     let walSetAside: string | null = null;
-    if (await stat(this.legacyWal.path).catch(absentAsNull)) {
+    if (this.directory !== null && this.legacyWal && (await stat(this.legacyWal.path).catch(absentAsNull))) {
+      const aside = path.join(this.directory, "superseded", label);
       await mkdir(aside, { recursive: true, mode: 0o700 });
       walSetAside = path.join(aside, "wal");
       await rename(this.legacyWal.path, walSetAside);
@@ -255,7 +310,8 @@ export class Repository {
   /** Where this generation's objects are, for messages: the repository, and the generation's prefix when it has one. */
   get generationLocation(): string {
     const prefix = generationPrefix(this.generation);
-    return prefix === "" ? this.root : path.join(this.root, prefix);
+    if (prefix === "") return this.location;
+    return this.directory !== null ? path.join(this.directory, prefix) : `${this.location} (${prefix})`;
   }
 
   /** Every path of a backup goes through here: an id that is not one (BAD_USER_INPUT) never becomes a path. */

@@ -444,6 +444,11 @@ export class WalArchiver {
   private async drainLegacyWal(): Promise<void> {
     if (this.legacyDrained) return;
     const { repository, logger } = this.options;
+    // Object storage never held a wal/: nothing to drain.
+    if (repository.legacyWal === null) {
+      this.legacyDrained = true;
+      return;
+    }
     await drainLegacyWal({
       legacy: repository.legacyWal,
       spool: repository.spool,

@@ -41,6 +41,8 @@ export interface WalPusherOptions {
   readonly intervalMs: number;
   /** Puts in flight at once. */
   readonly parallelism: number;
+  /** Told of every pass the timer runs: its failure (null when none) and how many files it put (see PushHealth). */
+  readonly onPass?: (pass: { readonly error: Error | null; readonly pushed: number }) => Promise<void>;
 }
 
 /**
@@ -67,9 +69,13 @@ export class WalPusher {
   start(): void {
     if (this.timer) return;
     const tick = async (): Promise<void> => {
-      await this.pushPending().catch((error: Error) =>
-        this.options.logger.warn({ err: error.message }, "WAL not pushed to the repository"),
+      const pass = await this.pushPending().then(
+        (pushed) => ({ error: null, pushed: pushed.length }),
+        (error: Error) => ({ error, pushed: 0 }),
       );
+      const { onPass, logger } = this.options;
+      if (onPass) await onPass(pass).catch((error: Error) => logger.warn({ err: error.message }, "the pusher's health not recorded"));
+      else if (pass.error) logger.warn({ err: pass.error.message }, "WAL not pushed to the repository");
       if (this.timer) this.timer = setTimeout(() => void tick(), this.options.intervalMs);
     };
     this.timer = setTimeout(() => void tick(), 0);

@@ -53,7 +53,7 @@ describe("drainLegacyWal", () => {
     await writeFile(path.join(wal, "diverged", "2026-01-02T03-04-05-678Z", S6), "six, off the history");
     const drain = () =>
       drainLegacyWal({
-        legacy: repository.legacyWal,
+        legacy: repository.legacyWal!,
         spool: repository.spool,
         objects: repository.objects,
         generation: repository.generation,

@@ -129,7 +129,7 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     expectInvalid({ RELEVO_REPO1_RETENTION_DAYS: "7d" }, "RELEVO_REPO1_RETENTION_DAYS");
   });
 
-  test("until the repository moves onto object storage, the service refuses a repository it would not use; loadConfig takes it", () => {
+  test("until several repositories are wired, the service refuses a second one it would not use; loadConfig takes it", () => {
     expect(loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_PATH: "/srv/repo" }).repository).toBe("/srv/repo");
     const plain = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_RETENTION_FULL: "3" });
     expect(plain.repository).toBe(path.join(home, "repository"));
@@ -137,9 +137,12 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     // Repository 1's directory, encrypted: used (its keyring is opened by the service, see open-repository).
     const encrypted = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_CIPHER_PASS: "a long enough cipher pass" });
     expect(() => assertRepositoriesInUse(encrypted.repositories)).not.toThrow();
+    // Repository 1 in a bucket: used (see open-repository); the directory default stays for nothing but the data home.
+    const bucket = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket" });
+    expect(() => assertRepositoriesInUse(bucket.repositories)).not.toThrow();
     for (const env of [
       { RELEVO_REPO2_PATH: "/srv/second" },
-      { RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket" },
+      { RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket", RELEVO_REPO2_PATH: "/srv/second" },
       { RELEVO_REPO2_PATH: "/srv/second", RELEVO_REPO2_CIPHER_PASS: "a long enough cipher pass" },
     ]) {
       const config = loadConfig({ RELEVO_HOME: home, ...env });

@@ -67,12 +67,12 @@ describe("generations in a directory repository", () => {
     expect((await first.listManifests()).map((each) => each.id)).toEqual(["20250101T000000Z-F", "20260101T000000Z-F"]);
 
     // A legacy wal/ (pg_receivewal's directory before the spool) not drained yet: set aside, not carried over.
-    await mkdir(first.legacyWal.path, { mode: 0o700 });
-    await first.legacyWal.create("000000010000000000000001", "");
+    await mkdir(first.legacyWal!.path, { mode: 0o700 });
+    await first.legacyWal!.create("000000010000000000000001", "");
     const started = await first.startNewGeneration("2026-label");
     expect(started).toEqual({ generation: 1, walSetAside: path.join(root, "superseded", "2026-label", "wal") });
     expect(await readdir(started.walSetAside!)).toEqual(["000000010000000000000001"]);
-    expect(await first.legacyWal.names()).toEqual([]);
+    expect(await first.legacyWal!.names()).toEqual([]);
     expect(first.generation).toBe(1);
     expect(first.readsLegacy).toBe(false);
     expect(await first.listManifests()).toEqual([]);

@@ -1,0 +1,71 @@
+import type { EventDraft } from "../../src/events/event-map";
+import { createLogger } from "../../src/log";
+import { NO_STREAK, PushHealth, afterPushPass } from "../../src/wal/push-health";
+
+const AFTER = 30_000;
+
+describe("the pusher's failure streak (pure)", () => {
+  test("a streak is reported once, after failing for the whole delay; the first push after it ends it", () => {
+    let step = afterPushPass(NO_STREAK, { outcome: "failed", at: 1_000 }, AFTER);
+    expect(step).toEqual({ streak: { failingSince: 1_000, reported: false }, event: null });
+    step = afterPushPass(step.streak, { outcome: "failed", at: 30_999 }, AFTER);
+    expect(step.event).toBeNull();
+    step = afterPushPass(step.streak, { outcome: "failed", at: 31_000 }, AFTER);
+    expect(step).toEqual({ streak: { failingSince: 1_000, reported: true }, event: "failing" });
+    // Once per streak.
+    step = afterPushPass(step.streak, { outcome: "failed", at: 90_000 }, AFTER);
+    expect(step.event).toBeNull();
+    step = afterPushPass(step.streak, { outcome: "pushed", at: 91_000 }, AFTER);
+    expect(step).toEqual({ streak: NO_STREAK, event: "recovered" });
+  });
+
+  test("an idle pass (nothing to push) neither ends a streak nor starts one; a push before the delay ends it unreported", () => {
+    // Segments slower than the delay: the idle passes between failures must not reset the streak's start.
+    let step = afterPushPass(NO_STREAK, { outcome: "failed", at: 0 }, AFTER);
+    step = afterPushPass(step.streak, { outcome: "idle", at: 20_000 }, AFTER);
+    expect(step.streak.failingSince).toBe(0);
+    step = afterPushPass(step.streak, { outcome: "failed", at: 40_000 }, AFTER);
+    expect(step.event).toBe("failing");
+    expect(afterPushPass(NO_STREAK, { outcome: "idle", at: 5 }, AFTER)).toEqual({ streak: NO_STREAK, event: null });
+    const short = afterPushPass(NO_STREAK, { outcome: "failed", at: 0 }, AFTER).streak;
+    expect(afterPushPass(short, { outcome: "pushed", at: 10_000 }, AFTER)).toEqual({ streak: NO_STREAK, event: null });
+  });
+});
+
+describe("PushHealth", () => {
+  test("emits archive:push-failing and archive:push-recovered, names the reason in health meanwhile, logs without flooding", async () => {
+    const emitted: EventDraft[] = [];
+    const lines: string[] = [];
+    let now = 0;
+    const health = new PushHealth({
+      repository: "s3://bucket/prefix/ at http://127.0.0.1:9",
+      events: {
+        emit: (draft) => {
+          emitted.push(draft);
+          return Promise.resolve(null);
+        },
+      },
+      logger: createLogger({ level: "info", destination: { write: (line: string) => void lines.push(line) } }),
+      now: () => now,
+    });
+    const down = new Error("connect ECONNREFUSED 127.0.0.1:9");
+    for (now = 0; now <= 40_000; now += 200) await health.observe({ error: down, pushed: 0 });
+    expect(emitted.map((event) => [event.kind, event.severity])).toEqual([["archive:push-failing", "critical"]]);
+    expect(emitted[0]!.data).toEqual({
+      repository: "s3://bucket/prefix/ at http://127.0.0.1:9",
+      error: down.message,
+      failingSince: new Date(0).toISOString(),
+    });
+    expect(health.reason).toContain("ECONNREFUSED");
+    expect(health.reason).toContain("s3://bucket/prefix/");
+    // 201 failed passes, one warning (the first; the next is due a minute later).
+    expect(lines.filter((line) => line.includes("WAL not pushed")).length).toBe(1);
+    now = 40_100;
+    await health.observe({ error: null, pushed: 0 });
+    expect(health.reason).not.toBeNull();
+    await health.observe({ error: null, pushed: 3 });
+    expect(health.reason).toBeNull();
+    expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing", "archive:push-recovered"]);
+    expect(emitted[1]!.data).toEqual({ repository: "s3://bucket/prefix/ at http://127.0.0.1:9", failedForMs: 40_100 });
+  });
+});
