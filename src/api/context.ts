@@ -1,6 +1,7 @@
 import type Redis from "ioredis";
 import type { CertificateRotation } from "../cluster/certificate-rotation";
 import type { BackupService } from "../backup/backup-service";
+import type { RepositoryReporter } from "../repository/repository-report";
 import type { FailoverService } from "../failover/failover-service";
 import type { NodeRef } from "../nodes/node-driver";
 import type { BackupScheduler } from "../scheduler/backup-scheduler";
@@ -22,6 +23,8 @@ export interface ApiServices {
   readonly tokens: TokenAccess;
   readonly logger: Logger;
   readonly backups: BackupService;
+  /** The `repositories` query's reports. */
+  readonly repositories: Pick<RepositoryReporter, "list">;
   readonly nodes: readonly NodeRef[];
   readonly scheduler: BackupScheduler;
   readonly failover: FailoverService;

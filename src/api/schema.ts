@@ -9,8 +9,17 @@ import { ClusterResolver } from "./cluster/cluster.resolver";
 import type { ApiServices } from "./context";
 import { EventResolver } from "./events/event.resolver";
 import { FailoverResolver } from "./failover/failover.resolver";
+import { RepositoryResolver } from "./repositories/repository.resolver";
 
-export const RESOLVERS = [ClusterResolver, EventResolver, BackupResolver, ScheduleResolver, FailoverResolver, CertificateResolver] as const;
+export const RESOLVERS = [
+  ClusterResolver,
+  EventResolver,
+  BackupResolver,
+  RepositoryResolver,
+  ScheduleResolver,
+  FailoverResolver,
+  CertificateResolver,
+] as const;
 
 /** The one schema definition, for the server and for the committed SDL alike. */
 export function buildRelevoSchema(options: { pubSub: PubSub; container?: ContainerType }): Promise<GraphQLSchema> {

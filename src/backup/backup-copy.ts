@@ -33,6 +33,8 @@ export interface CopiedFiles {
   readonly filesDone: number;
   readonly filesTotal: number;
   readonly bytesDone: number;
+  /** Bytes put into the repository (their stored form). */
+  readonly bytesStored: number;
 }
 
 /**
@@ -71,7 +73,17 @@ export async function copyBackupFiles(options: {
   const sinceLsn = reference ? lsnToNumber(reference.startLsn) : 0;
   let filesDone = 0;
   let bytesDone = 0;
-  const content = new BackupContentWriter(repository, { id, dataKeyId: options.dataKeyId });
+  // Uploads report as they go: a large file's progress shows before it is whole.
+  const report = (): void =>
+    options.onProgress?.({
+      phase: "copying",
+      filesDone,
+      filesTotal: files.length,
+      bytesDone,
+      bytesTotal,
+      bytesStored: content.bytesStored,
+    });
+  const content = new BackupContentWriter(repository, { id, dataKeyId: options.dataKeyId }, report);
   const bundles = new BundleWriter(content, options.compression);
   const target: CopyTarget = { driver, source, bundles, content };
   // Largest first: the big relation files set the pace, the small ones fill in around them.
@@ -96,11 +108,11 @@ export async function copyBackupFiles(options: {
       });
       filesDone += 1;
       bytesDone += file.size;
-      options.onProgress?.({ phase: "copying", filesDone, filesTotal: files.length, bytesDone, bytesTotal });
+      report();
     });
   } finally {
     await bundles.close();
   }
   session.throwIfLost();
-  return { entries: [...entries.values()], filesDone, filesTotal: files.length, bytesDone };
+  return { entries: [...entries.values()], filesDone, filesTotal: files.length, bytesDone, bytesStored: content.bytesStored };
 }

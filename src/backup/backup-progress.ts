@@ -14,6 +14,8 @@ export interface BackupProgress {
   readonly filesTotal: number;
   readonly bytesDone: number;
   readonly bytesTotal: number;
+  /** Bytes put into the repository so far (compressed, encrypted): what uploads have sent. */
+  readonly bytesStored: number;
   readonly bytesPerSecond: number;
   readonly etaSeconds: number | null;
   readonly updatedAt: string;
@@ -68,6 +70,9 @@ export class BackupProgressRecorder {
 
   async read(id: string): Promise<BackupProgress | null> {
     const json = await this.redis.hget(this.key(id), "json");
-    return json ? (JSON.parse(json) as BackupProgress) : null;
+    if (!json) return null;
+    // A record an older version wrote has no bytesStored.
+    const progress = JSON.parse(json) as Omit<BackupProgress, "bytesStored"> & { bytesStored?: number };
+    return { ...progress, bytesStored: progress.bytesStored ?? 0 };
   }
 }

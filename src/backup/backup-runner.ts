@@ -183,6 +183,7 @@ export class BackupRunner {
       filesTotal: manifest.fileCount,
       bytesDone: manifest.sizeBytes,
       bytesTotal: manifest.sizeBytes,
+      bytesStored: manifest.storedBytes,
     };
     this.deps.progress.record(
       { ...progressFigures(manifest.id, done, run.startedAtMs, Date.now()), phase, etaSeconds: null },

@@ -78,6 +78,7 @@ export async function waitForBackupWal(options: {
     filesTotal: copied.filesTotal,
     bytesDone: copied.bytesDone,
     bytesTotal: copied.bytesDone,
+    bytesStored: copied.bytesStored,
   });
   await options.archiver.waitForArchived(stopped.timeline, stopped.startLsn, stopped.stopLsn, options.archiveTimeoutMs);
   logger.info({ id, walWaitMs: Date.now() - copiedAtMs }, "backup's WAL archived");

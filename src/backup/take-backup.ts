@@ -18,6 +18,8 @@ export interface CopyProgress {
   readonly filesTotal: number;
   readonly bytesDone: number;
   readonly bytesTotal: number;
+  /** Bytes put into the repository so far (compressed, encrypted: what an upload sends). */
+  readonly bytesStored: number;
 }
 
 export interface BackupDeps {

@@ -23,6 +23,8 @@ export interface RedisKeys {
   readonly failoverHeldBack: string;
   /** The WAL archive's gaps, a hash of one JSON field per gap (wal/archive-gaps): reported once, a health reason until settled. */
   readonly archiveGaps: string;
+  /** Each repository's push status, a hash of one JSON field per repository number (wal/push-health): health, `repositories`. */
+  readonly archivePush: string;
   /** Leases that keep a piece of work to one instance at a time (redis-lease). */
   readonly leases: {
     readonly walArchiver: string;
@@ -79,6 +81,7 @@ export function redisKeys(clusterName: string): RedisKeys {
     maintenance: `${prefix}:maintenance`,
     failoverHeldBack: `${prefix}:failover-held-back`,
     archiveGaps: `${prefix}:archive-gaps`,
+    archivePush: `${prefix}:archive-push`,
     rateLimit: `${prefix}:rate-limit`,
     expiryCheck: `${prefix}:tls:expiry-check`,
     leases: {

@@ -19,6 +19,7 @@ import { caFiles } from "../tls/certificate-authority";
 import { certificateFacts } from "../tls/issued-certificates";
 import type { LiveAuthority } from "../tls/live-authority";
 import type { StartContext } from "./cleanups";
+import type { RepositoryReporter } from "../repository/repository-report";
 import type { RedisAndEvents } from "./redis-and-events";
 
 /** The GraphQL API, last: it answers only once everything it serves runs. */
@@ -31,12 +32,14 @@ export async function startApi(
     readonly nodes: readonly NodeRef[];
     readonly collector: TopologyCollector;
     readonly backups: BackupService;
+    readonly repositories: Pick<RepositoryReporter, "list">;
     readonly scheduler: BackupScheduler;
     readonly failover: FailoverService;
     readonly certificates: CertificateRotation;
   },
 ): Promise<RunningApi> {
-  const { config, logger, cleanups, servicesCa, redis, nodes, collector, backups, scheduler, failover, certificates } = options;
+  const { config, logger, cleanups, servicesCa, redis, nodes, collector, backups, scheduler, failover, certificates, repositories } =
+    options;
   const tls = await apiCertificate(config, servicesCa.authority, logger);
   const topology = new TopologyReader(redis.client, redis.invalidationClient, redis.keys, logger);
   await topology.start();
@@ -52,6 +55,7 @@ export async function startApi(
       tokens,
       logger,
       backups,
+      repositories,
       nodes,
       scheduler,
       failover,

@@ -87,7 +87,12 @@ export function startWalArchiver(
   const walSummarizer = walSummarizerFor(storage.repository, config, logger);
   const { repository } = storage;
   // Whether the pusher reaches the repository: an event and a health reason when it has not for a while.
-  const pushHealth = new PushHealth({ repository: repository.location, events: redis.events, logger });
+  const pushHealth = new PushHealth({
+    repository: repository.location,
+    events: redis.events,
+    logger,
+    store: { redis: redis.client, key: redis.keys.archivePush, index: 1 },
+  });
   const pusher = new WalPusher({
     source: repository.spool,
     objects: repository.objects,

@@ -215,7 +215,7 @@ export async function startTopology(
     /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
     readonly archiveGaps: ArchiveGaps;
     /** Whether the pusher reaches the repository: its reason in the cluster's health while it has not for a while. */
-    readonly pushHealth: Pick<PushHealth, "reason">;
+    readonly pushHealth: Pick<PushHealth, "healthReasons">;
     /** Does nothing until the consolidator runs. */
     readonly replayRecentEvents: (windowMs: number) => void;
   },
@@ -244,7 +244,7 @@ export async function startTopology(
     serviceReasons: async () => [
       ...(archiver.refusal ? [archiver.refusal] : []),
       ...(archiver.spoolFullReason ? [archiver.spoolFullReason] : []),
-      ...(pushHealth.reason ? [pushHealth.reason] : []),
+      ...(await pushHealth.healthReasons()),
       ...(await archiveGaps.healthReasons()),
     ],
     onPrimary: async (primary) => {

@@ -10,6 +10,7 @@ import { checkPrerequisites } from "./prerequisites";
 import { startConsolidator, startRedisAndEvents } from "./redis-and-events";
 import { announceStarted, runningService, type RelevoService } from "./relevo-service";
 import { startScheduler } from "./scheduler";
+import { RepositoryReporter } from "../repository/repository-report";
 
 /**
  * The composition root: starts everything in dependency order and, when a
@@ -83,6 +84,12 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const certificates = await startCertificates({ ...context, ca, servicesCa, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
+    const repositories = new RepositoryReporter({
+      settings: config.repositories,
+      clusterKeepFull: config.retentionFull,
+      inUse: { repository, pushHealth: archive.pushHealth },
+      logger,
+    });
     const api = await startApi({
       ...context,
       secrets,
@@ -91,6 +98,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       nodes,
       collector,
       backups,
+      repositories,
       scheduler,
       failover,
       certificates,

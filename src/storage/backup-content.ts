@@ -83,14 +83,22 @@ export async function removeBackupContent(repository: Repository, owner: Content
 export class BackupContentWriter {
   private dataObjects = 0;
   private bundleObjects = 0;
+  private stored = 0;
   readonly backupId: string;
 
   constructor(
     private readonly repository: Repository,
     /** The backup being taken: its id, and in an encrypted repository the data key its objects are written under. */
     private readonly owner: Pick<BackupManifest, "id" | "dataKeyId">,
+    /** Told as bytes reach the store (an upload's progress): the `bytesStored` of backupProgress. */
+    private readonly onStored?: (bytesStored: number) => void,
   ) {
     this.backupId = owner.id;
+  }
+
+  /** Bytes put into the repository so far, in their stored form (compressed, encrypted), puts in flight included. */
+  get bytesStored(): number {
+    return this.stored;
   }
 
   /** The path (relative to the backup) of the next large file's object. */
@@ -107,7 +115,16 @@ export class BackupContentWriter {
   /** Streams `body` into the object at `relative`, with bounded memory; aborted by `signal`, nothing is left there. */
   async put(relative: string, body: Readable, options: { readonly signal?: AbortSignal } = {}): Promise<void> {
     const dataKey = await this.repository.dataKeyOf(this.owner);
-    return this.repository.objects.putStream(contentObjectKey(this.repository, this.backupId, relative), body, { ...options, dataKey });
+    // The store reports each put's total so far: its growth is added to the backup's.
+    let reported = 0;
+    const onProgress = (total: number): void => {
+      if (total <= reported) return;
+      this.stored += total - reported;
+      reported = total;
+      this.onStored?.(this.stored);
+    };
+    const key = contentObjectKey(this.repository, this.backupId, relative);
+    return this.repository.objects.putStream(key, body, { ...options, dataKey, onProgress });
   }
 
   /** An object stored just now that turned out not to be needed (a scan that kept no block). */

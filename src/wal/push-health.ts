@@ -1,3 +1,4 @@
+import type Redis from "ioredis";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 
@@ -51,11 +52,42 @@ export const PUSH_FAILING_AFTER_MS = 30_000;
 /** While passes fail, their error is logged at most this often (a pass runs every 200 ms). */
 const LOG_EVERY_MS = 60_000;
 
-/** The pusher's streak kept, logged and reported for one repository (see afterPushPass). */
+/**
+ * What every instance knows of a repository's pushes (kept in Redis by the
+ * pusher's instance, see PushHealth): the cluster's health and the
+ * `repositories` query read it wherever they run.
+ */
+export interface PushStatus {
+  /** When the current failure streak began (ISO 8601); null while pushes succeed. */
+  readonly failingSince: string | null;
+  /** Whether the streak was reported (archive:push-failing): a health reason until it ends. */
+  readonly reported: boolean;
+  /** The streak's last failure; null while pushes succeed. */
+  readonly lastError: string | null;
+  /** Complete segments and histories received and not in the repository after the last pass (its WAL lag, in files). */
+  readonly pendingFiles: number;
+  /** When the pusher last put something into the repository (ISO 8601); null before its first put. */
+  readonly lastPushAt: string | null;
+}
+
+export const NO_PUSH_STATUS: PushStatus = { failingSince: null, reported: false, lastError: null, pendingFiles: 0, lastPushAt: null };
+
+/** Where the statuses live: a Redis hash, a field per repository (its number). */
+export interface PushStatusStore {
+  readonly redis: Pick<Redis, "hset" | "hget">;
+  readonly key: string;
+  /** The repository's number (RELEVO_REPO<n>_…). */
+  readonly index: number;
+}
+
+/** The pusher's streak kept, logged, reported and shared for one repository (see afterPushPass). */
 export class PushHealth {
   private streak: PushStreak = NO_STREAK;
   private lastError: string | null = null;
   private loggedAt = 0;
+  private shared: PushStatus = NO_PUSH_STATUS;
+  /** The last status read from Redis, for health while Redis is away. */
+  private lastRead: PushStatus = NO_PUSH_STATUS;
 
   constructor(
     private readonly options: {
@@ -63,19 +95,38 @@ export class PushHealth {
       readonly repository: string;
       readonly events: Pick<EventLog, "emit">;
       readonly logger: Logger;
+      readonly store: PushStatusStore;
       readonly failingAfterMs?: number;
       readonly now?: () => number;
     },
   ) {}
 
-  /** Why WAL does not reach the repository, for the cluster's health; null while it does (or not for long). */
-  get reason(): string | null {
-    if (!this.streak.reported) return null;
-    return `WAL is not pushed to the repository ${this.options.repository} since ${new Date(this.streak.failingSince!).toISOString()} (${this.lastError}): it waits in the spool`;
+  /** The repository's push status as every instance sees it (the last one read while Redis is away). */
+  async status(): Promise<PushStatus> {
+    const { redis, key, index } = this.options.store;
+    try {
+      const json = await redis.hget(key, String(index));
+      this.lastRead = json ? { ...NO_PUSH_STATUS, ...(JSON.parse(json) as Partial<PushStatus>) } : NO_PUSH_STATUS;
+    } catch {
+      // Redis away: what was last known.
+    }
+    return this.lastRead;
   }
 
-  /** A pass of the pusher ended: `error` its failure (null when it did not fail), `pushed` how many files it put. */
-  async observe(pass: { readonly error: Error | null; readonly pushed: number }): Promise<void> {
+  /** Why WAL does not reach the repository, for the cluster's health (any instance): none while it does, or not for long. */
+  async healthReasons(): Promise<string[]> {
+    const status = await this.status();
+    if (!status.reported) return [];
+    return [
+      `WAL is not pushed to the repository ${this.options.repository} since ${status.failingSince} (${status.lastError}): it waits in the spool`,
+    ];
+  }
+
+  /**
+   * A pass of the pusher ended: `error` its failure (null when it did not
+   * fail), `pushed` how many files it put, `pending` how many it left.
+   */
+  async observe(pass: { readonly error: Error | null; readonly pushed: number; readonly pending: number }): Promise<void> {
     const { events, logger, repository } = this.options;
     const { error } = pass;
     const at = (this.options.now ?? Date.now)();
@@ -92,6 +143,14 @@ export class PushHealth {
     } else if (outcome === "pushed" && previous.failingSince !== null) {
       logger.info({ repository, failedForMs: at - previous.failingSince }, "WAL pushed to the repository again");
     }
+    if (step.streak.failingSince === null) this.lastError = null;
+    await this.share({
+      failingSince: step.streak.failingSince === null ? null : new Date(step.streak.failingSince).toISOString(),
+      reported: step.streak.reported,
+      lastError: this.lastError,
+      pendingFiles: pass.pending,
+      lastPushAt: outcome === "pushed" ? new Date(at).toISOString() : this.shared.lastPushAt,
+    });
     if (step.event === "failing") {
       await events.emit({
         kind: "archive:push-failing",
@@ -108,7 +167,33 @@ export class PushHealth {
         message: `WAL reaches the repository ${repository} again after ${Math.round((at - previous.failingSince!) / 1000)} s`,
         data: { repository, failedForMs: at - previous.failingSince! },
       });
-      this.lastError = null;
+    }
+  }
+
+  /**
+   * Writes the status to Redis when it changed but for its last push's time
+   * (a push every 200 ms would otherwise be a write every 200 ms: that is
+   * written at most every 10 s). A write that fails is tried again at the
+   * next pass.
+   */
+  private async share(status: PushStatus): Promise<void> {
+    const before = this.shared;
+    const same =
+      before.failingSince === status.failingSince &&
+      before.reported === status.reported &&
+      before.lastError === status.lastError &&
+      before.pendingFiles === status.pendingFiles;
+    const pushAge = status.lastPushAt && before.lastPushAt ? Date.parse(status.lastPushAt) - Date.parse(before.lastPushAt) : Infinity;
+    if (same && (status.lastPushAt === before.lastPushAt || pushAge < SHARE_PUSH_TIME_EVERY_MS)) return;
+    const { redis, key, index } = this.options.store;
+    try {
+      await redis.hset(key, String(index), JSON.stringify(status));
+      this.shared = status;
+    } catch (error) {
+      this.options.logger.debug({ err: (error as Error).message }, "the pusher's status not shared (Redis)");
     }
   }
 }
+
+/** How often the time of the last push alone is written to Redis. */
+const SHARE_PUSH_TIME_EVERY_MS = 10_000;

@@ -41,8 +41,8 @@ export interface WalPusherOptions {
   readonly intervalMs: number;
   /** Puts in flight at once. */
   readonly parallelism: number;
-  /** Told of every pass the timer runs: its failure (null when none) and how many files it put (see PushHealth). */
-  readonly onPass?: (pass: { readonly error: Error | null; readonly pushed: number }) => Promise<void>;
+  /** Told of every pass the timer runs: its failure (null when none), how many files it put and left (see PushHealth). */
+  readonly onPass?: (pass: { readonly error: Error | null; readonly pushed: number; readonly pending: number }) => Promise<void>;
 }
 
 /**
@@ -63,6 +63,8 @@ export class WalPusher {
   private pass: Promise<string[]> | null = null;
   /** Histories found different in the archive: reported once each. */
   private readonly refusedHistories = new Set<string>();
+  /** What the last pass left unpushed (failed, or not reached after a failure): the repository's WAL lag in files. */
+  private pendingAfterPass = 0;
 
   constructor(private readonly options: WalPusherOptions) {}
 
@@ -70,8 +72,8 @@ export class WalPusher {
     if (this.timer) return;
     const tick = async (): Promise<void> => {
       const pass = await this.pushPending().then(
-        (pushed) => ({ error: null, pushed: pushed.length }),
-        (error: Error) => ({ error, pushed: 0 }),
+        (pushed) => ({ error: null, pushed: pushed.length, pending: this.pendingAfterPass }),
+        (error: Error) => ({ error, pushed: 0, pending: this.pendingAfterPass }),
       );
       const { onPass, logger } = this.options;
       if (onPass) await onPass(pass).catch((error: Error) => logger.warn({ err: error.message }, "the pusher's health not recorded"));
@@ -100,6 +102,7 @@ export class WalPusher {
     const queue = pushableNames(names, (name) => known.has(name) || this.refusedHistories.has(name));
     const pushed: string[] = [];
     const failures: Error[] = [];
+    const due = queue.length;
     const worker = async (): Promise<void> => {
       for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
         try {
@@ -112,6 +115,7 @@ export class WalPusher {
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, parallelism) }, worker));
+    this.pendingAfterPass = failures.length > 0 ? due - pushed.length : 0;
     if (failures.length > 0) throw failures[0]!;
     return pushed.sort();
   }

@@ -19,6 +19,8 @@ export interface S3TestServer {
   /** Stops it (the objects stay in `directory`); `start` again serves them on the same port. */
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** Whether it serves (started, not stopped since). */
+  running(): Promise<boolean>;
 }
 
 /**
@@ -58,6 +60,7 @@ export async function startS3Server(options: { readonly buckets: readonly string
       server = null;
     },
     start,
+    running: () => Promise.resolve(server !== null),
   };
 }
 

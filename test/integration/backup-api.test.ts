@@ -306,8 +306,19 @@ describe("backups through GraphQL and the CLI", () => {
   test("backupProgress delivers live progress and a last update with phase completed; backup(id) shows it", async () => {
     const client = subscriptionClient(cluster.url, cluster.token("viewer"));
     const updates = new SubscriptionRecorder<{
-      backupProgress: { id: string; phase: string; bytesDone: number; bytesTotal: number; filesDone: number; filesTotal: number };
-    }>(client, `subscription { backupProgress { id phase bytesDone bytesTotal filesDone filesTotal bytesPerSecond etaSeconds } }`);
+      backupProgress: {
+        id: string;
+        phase: string;
+        bytesDone: number;
+        bytesTotal: number;
+        bytesStored: number;
+        filesDone: number;
+        filesTotal: number;
+      };
+    }>(
+      client,
+      `subscription { backupProgress { id phase bytesDone bytesTotal bytesStored filesDone filesTotal bytesPerSecond etaSeconds } }`,
+    );
     try {
       await new Promise((resolve) => setTimeout(resolve, 300));
       const created = await graphqlRequest<{ createBackup: { id: string } }>(cluster.url, `mutation { createBackup(type: FULL) { id } }`, {
@@ -318,15 +329,21 @@ describe("backups through GraphQL and the CLI", () => {
       expect(last.backupProgress.filesDone).toBe(last.backupProgress.filesTotal);
       expect(last.backupProgress.bytesDone).toBe(last.backupProgress.bytesTotal);
       expect(updates.received.filter((u) => u.backupProgress.id === id).length).toBeGreaterThanOrEqual(2);
-      const shown = await graphqlRequest<{ backup: { progress: { phase: string } } }>(
+      // What was put into the repository, as it went: growing, and at the end the backup's stored bytes.
+      const stored = updates.received.filter((u) => u.backupProgress.id === id).map((u) => u.backupProgress.bytesStored);
+      expect(stored).toEqual([...stored].sort((a, b) => a - b));
+      const shown = await graphqlRequest<{ backup: { storedBytes: number; progress: { phase: string; bytesStored: number } } }>(
         cluster.url,
-        `query($id: ID!) { backup(id: $id) { progress { phase } } }`,
+        `query($id: ID!) { backup(id: $id) { storedBytes progress { phase bytesStored } } }`,
         {
           token: cluster.token("viewer"),
           variables: { id },
         },
       );
       expect(shown.data!.backup.progress.phase).toBe("completed");
+      expect(last.backupProgress.bytesStored).toBe(shown.data!.backup.storedBytes);
+      expect(shown.data!.backup.progress.bytesStored).toBe(shown.data!.backup.storedBytes);
+      expect(stored.some((bytes) => bytes > 0 && bytes < shown.data!.backup.storedBytes)).toBe(true);
       expect(updates.errors).toEqual([]);
     } finally {
       updates.dispose();

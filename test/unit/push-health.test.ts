@@ -1,5 +1,6 @@
 import type { EventDraft } from "../../src/events/event-map";
 import { createLogger } from "../../src/log";
+import { useTestRedis } from "../helpers/test-redis";
 import { NO_STREAK, PushHealth, afterPushPass } from "../../src/wal/push-health";
 
 const AFTER = 30_000;
@@ -32,13 +33,17 @@ describe("the pusher's failure streak (pure)", () => {
   });
 });
 
-describe("PushHealth", () => {
-  test("emits archive:push-failing and archive:push-recovered, names the reason in health meanwhile, logs without flooding", async () => {
+describe("PushHealth on a real Redis", () => {
+  const testRedis = useTestRedis("push-health");
+
+  test("emits archive:push-failing and archive:push-recovered; every instance reads the reason and the lag meanwhile; logs without flooding", async () => {
     const emitted: EventDraft[] = [];
     const lines: string[] = [];
     let now = 0;
+    const location = "s3://bucket/prefix/ at http://127.0.0.1:9";
+    const store = { redis: testRedis.client(), key: "test:archive-push", index: 1 };
     const health = new PushHealth({
-      repository: "s3://bucket/prefix/ at http://127.0.0.1:9",
+      repository: location,
       events: {
         emit: (draft) => {
           emitted.push(draft);
@@ -46,26 +51,45 @@ describe("PushHealth", () => {
         },
       },
       logger: createLogger({ level: "info", destination: { write: (line: string) => void lines.push(line) } }),
+      store,
       now: () => now,
     });
+    // Another instance: it only reads.
+    const elsewhere = new PushHealth({
+      repository: location,
+      events: { emit: () => Promise.resolve(null) },
+      logger: createLogger({ level: "silent" }),
+      store,
+    });
     const down = new Error("connect ECONNREFUSED 127.0.0.1:9");
-    for (now = 0; now <= 40_000; now += 200) await health.observe({ error: down, pushed: 0 });
+    for (now = 0; now <= 40_000; now += 200) await health.observe({ error: down, pushed: 0, pending: 3 });
     expect(emitted.map((event) => [event.kind, event.severity])).toEqual([["archive:push-failing", "critical"]]);
-    expect(emitted[0]!.data).toEqual({
-      repository: "s3://bucket/prefix/ at http://127.0.0.1:9",
-      error: down.message,
+    expect(emitted[0]!.data).toEqual({ repository: location, error: down.message, failingSince: new Date(0).toISOString() });
+    const reasons = await elsewhere.healthReasons();
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toContain("ECONNREFUSED");
+    expect(reasons[0]).toContain("s3://bucket/prefix/");
+    expect(await elsewhere.status()).toMatchObject({
+      reported: true,
+      pendingFiles: 3,
+      lastError: down.message,
       failingSince: new Date(0).toISOString(),
     });
-    expect(health.reason).toContain("ECONNREFUSED");
-    expect(health.reason).toContain("s3://bucket/prefix/");
     // 201 failed passes, one warning (the first; the next is due a minute later).
     expect(lines.filter((line) => line.includes("WAL not pushed")).length).toBe(1);
     now = 40_100;
-    await health.observe({ error: null, pushed: 0 });
-    expect(health.reason).not.toBeNull();
-    await health.observe({ error: null, pushed: 3 });
-    expect(health.reason).toBeNull();
+    await health.observe({ error: null, pushed: 0, pending: 3 });
+    expect(await elsewhere.healthReasons()).toHaveLength(1);
+    await health.observe({ error: null, pushed: 3, pending: 0 });
+    expect(await elsewhere.healthReasons()).toEqual([]);
+    expect(await elsewhere.status()).toEqual({
+      failingSince: null,
+      reported: false,
+      lastError: null,
+      pendingFiles: 0,
+      lastPushAt: new Date(40_100).toISOString(),
+    });
     expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing", "archive:push-recovered"]);
-    expect(emitted[1]!.data).toEqual({ repository: "s3://bucket/prefix/ at http://127.0.0.1:9", failedForMs: 40_100 });
+    expect(emitted[1]!.data).toEqual({ repository: location, failedForMs: 40_100 });
   });
 });

@@ -1,6 +1,5 @@
 import type Redis from "ioredis";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import os from "node:os";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import "reflect-metadata";
@@ -9,12 +8,8 @@ import { admitOperation } from "../../src/api/limits";
 import { COST_PER_RATE_TOKEN, RATE_LIMIT_WAIT_MS, RateLimiter, rateTokensFor, type RateLimitedClient } from "../../src/api/rate-limit";
 import { buildRelevoSchema } from "../../src/api/schema";
 import { configKeys } from "../../src/config/config-keys";
-import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
-import { createRedisClient } from "../../src/redis/redis-client";
-import { ensureRedisServer, type RedisServerHandle } from "../../src/redis/redis-server";
-import { freePort } from "../helpers/ports";
-import { testRedisTls } from "../helpers/tls";
+import { useTestRedis } from "../helpers/test-redis";
 
 describe("what an operation takes from its bucket: its cost", () => {
   test("one token per COST_PER_RATE_TOKEN of cost, at least one", () => {
@@ -44,33 +39,10 @@ describe("what an operation takes from its bucket: its cost", () => {
 });
 
 describe("the API's rate limit on a real Redis", () => {
-  let home: string;
-  let server: RedisServerHandle;
+  const testRedis = useTestRedis("rate-limit");
   let redis: Redis;
-
-  beforeAll(async () => {
-    home = await mkdtemp(path.join(os.tmpdir(), "rate-limit-"));
-    const port = await freePort();
-    const password = "rate-limit-test-password";
-    server = await ensureRedisServer({
-      home,
-      host: "127.0.0.1",
-      port,
-      password,
-      bin: loadConfig({}).redisServerBin,
-      startTimeoutMs: 10000,
-      logger: createLogger({ level: "silent" }),
-      tls: await testRedisTls(),
-    });
-    redis = createRedisClient({ host: "127.0.0.1", port, password, tls: (await testRedisTls()).client }, { name: "rate-limit-test" });
-    // The service's client has no offline queue: wait until it is connected.
-    if (redis.status !== "ready") await new Promise((resolve) => redis.once("ready", resolve));
-  });
-
-  afterAll(async () => {
-    redis.disconnect();
-    await server.stop();
-    await rm(home, { recursive: true, force: true });
+  beforeAll(() => {
+    redis = testRedis.client();
   });
 
   const limiter = (prefix: string, options: { perSecond: number; burst: number }) =>
@@ -90,7 +62,7 @@ describe("the API's rate limit on a real Redis", () => {
     const rateLimiter = limiter("frozen", { perSecond: 0.001, burst: 1 });
     expect(await rateLimiter.take(client("a"))).toEqual({ phase: "allowed" });
     expect(await rateLimiter.take(client("a"))).toMatchObject({ phase: "limited" }); // Redis is consulted
-    const pid = Number((await readFile(path.join(home, "redis", "redis.pid"), "utf8")).trim());
+    const pid = Number((await readFile(path.join(testRedis.home(), "redis", "redis.pid"), "utf8")).trim());
     process.kill(pid, "SIGSTOP");
     try {
       const started = performance.now();

@@ -22,6 +22,7 @@ describe("Redis keys", () => {
       maintenance: "relevo:c:maintenance",
       failoverHeldBack: "relevo:c:failover-held-back",
       archiveGaps: "relevo:c:archive-gaps",
+      archivePush: "relevo:c:archive-push",
       rateLimit: "relevo:c:rate-limit",
       expiryCheck: "relevo:c:tls:expiry-check",
       leases: {

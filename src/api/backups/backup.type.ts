@@ -42,6 +42,11 @@ export class BackupProgressGql {
   @Field(() => Int) filesTotal!: number;
   @Field(() => Float) bytesDone!: number;
   @Field(() => Float) bytesTotal!: number;
+  @Field(() => Float, {
+    description:
+      "Bytes put into the repository so far, in their stored form (compressed, encrypted): an upload's progress, before its file is whole.",
+  })
+  bytesStored!: number;
   @Field(() => Float) bytesPerSecond!: number;
   @Field(() => Int, { nullable: true }) etaSeconds!: number | null;
   @Field({ description: "ISO 8601." }) updatedAt!: string;

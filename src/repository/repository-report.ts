@@ -1,0 +1,132 @@
+import type { RepositorySettings } from "../config/repository-config";
+import { retentionOf } from "../config/repository-config";
+import type { Logger } from "../log";
+import type { Repository } from "../storage/repository";
+import type { PushHealth } from "../wal/push-health";
+
+/** A repository as the `repositories` query shows it: where, how, what it holds and how its WAL keeps up; never a credential. */
+export interface RepositoryReport {
+  readonly index: number;
+  readonly type: "dir" | "s3";
+  /** Its directory, or `s3://<bucket>/<prefix>`. */
+  readonly location: string;
+  /** An S3 repository's endpoint (null: AWS's for the region; a directory has none). */
+  readonly endpoint: string | null;
+  readonly encrypted: boolean;
+  /** Whether the service writes to it (repository 1; a second one is refused at start until several are wired). */
+  readonly inUse: boolean;
+  readonly retentionFull: number;
+  readonly retentionDays: number | null;
+  /** The generation read and written (repository.json); null when not in use. */
+  readonly generation: number | null;
+  /** Completed backups in it; null when not in use. */
+  readonly backups: number | null;
+  /** The bytes of every object it holds, as last measured (a listing, at most every 5 minutes); null before the first. */
+  readonly storedBytes: number | null;
+  readonly storedBytesMeasuredAt: string | null;
+  /** WAL received and not in it yet, in files (segments and histories), after the pusher's last pass; null when not in use. */
+  readonly walPendingFiles: number | null;
+  readonly lastPushAt: string | null;
+  /** Since when WAL has failed to reach it; null while it does. */
+  readonly failingSince: string | null;
+  /** Why WAL does not reach it, or why it could not be read for this answer (the counts are then the last known); null: neither. */
+  readonly lastError: string | null;
+}
+
+/** How long a measure of the stored bytes is shown before it is taken again (a listing of the whole repository). */
+const STORED_BYTES_TTL_MS = 5 * 60_000;
+
+/**
+ * The configured repositories for the API: each one's settings, and for
+ * the one in use what it holds and how its pushes fare (the latter from
+ * Redis, so any instance answers alike).
+ */
+export class RepositoryReporter {
+  private measured: { readonly bytes: number; readonly at: number } | null = null;
+  private measuring: Promise<void> | null = null;
+  /** Completed backups as last counted: shown while the repository cannot be read (it is then that operators ask). */
+  private lastBackups: number | null = null;
+
+  constructor(
+    private readonly options: {
+      readonly settings: readonly RepositorySettings[];
+      readonly clusterKeepFull: number;
+      /** Repository 1 as the service opened it, and its pusher's health. */
+      readonly inUse: { readonly repository: Repository; readonly pushHealth: Pick<PushHealth, "status"> };
+      readonly logger: Logger;
+    },
+  ) {}
+
+  async list(): Promise<RepositoryReport[]> {
+    return Promise.all(this.options.settings.map((settings) => this.report(settings)));
+  }
+
+  private async report(settings: RepositorySettings): Promise<RepositoryReport> {
+    const retention = retentionOf(settings, this.options.clusterKeepFull);
+    const common = {
+      index: settings.index,
+      type: settings.type,
+      location: settings.type === "dir" ? settings.path : `s3://${settings.bucket}/${settings.prefix}`,
+      endpoint: settings.type === "s3" && settings.endpoint !== "" ? settings.endpoint : null,
+      encrypted: settings.cipherPass !== "",
+      retentionFull: retention.keepFull,
+      retentionDays: retention.keepDays,
+    };
+    if (settings.index !== 1) {
+      return {
+        ...common,
+        inUse: false,
+        generation: null,
+        backups: null,
+        storedBytes: null,
+        storedBytesMeasuredAt: null,
+        walPendingFiles: null,
+        lastPushAt: null,
+        failingSince: null,
+        lastError: null,
+      };
+    }
+    const { repository, pushHealth } = this.options.inUse;
+    const [readError, push] = await Promise.all([this.countBackups(), pushHealth.status(), this.measureIfStale()]);
+    return {
+      ...common,
+      inUse: true,
+      generation: repository.generation,
+      backups: this.lastBackups,
+      storedBytes: this.measured?.bytes ?? null,
+      storedBytesMeasuredAt: this.measured ? new Date(this.measured.at).toISOString() : null,
+      walPendingFiles: push.pendingFiles,
+      lastPushAt: push.lastPushAt,
+      failingSince: push.failingSince,
+      lastError: push.lastError ?? readError,
+    };
+  }
+
+  /** Counts the completed backups (kept for the next answer); the error's message when the repository cannot be read. */
+  private async countBackups(): Promise<string | null> {
+    try {
+      const summaries = await this.options.inUse.repository.listManifestSummaries();
+      this.lastBackups = summaries.filter((summary) => summary.status === "completed").length;
+      return null;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  }
+
+  /**
+   * Measures the stored bytes when never measured (the caller waits) or
+   * when the measure is stale (measured again behind the answer). A
+   * listing that fails keeps the last measure and is logged.
+   */
+  private async measureIfStale(): Promise<void> {
+    if (this.measured && Date.now() - this.measured.at < STORED_BYTES_TTL_MS) return;
+    this.measuring ??= (async () => {
+      let bytes = 0;
+      for await (const info of this.options.inUse.repository.objects.store.list("")) bytes += info.size;
+      this.measured = { bytes, at: Date.now() };
+    })()
+      .catch((error: Error) => this.options.logger.warn({ err: error.message }, "the repository's stored bytes not measured"))
+      .finally(() => (this.measuring = null));
+    if (!this.measured) await this.measuring;
+  }
+}
