@@ -10,10 +10,8 @@
  * of the time from Relevo's. Prints a table.
  * Run: npm run build && npm run bench:repository
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -32,6 +30,7 @@ import type { ObjectStore } from "../../src/repository/object-store";
 import { newDataKey } from "../../src/repository/repository-keys";
 import { S3Store } from "../../src/repository/s3-store";
 import { FileUploadRegistry } from "../../src/repository/upload-registry";
+import { cpuMs, peakRssGrowth, startS3ServerProcess } from "../s3-server";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 512);
@@ -55,32 +54,10 @@ function content(): Readable {
   });
 }
 
-/** The largest growth of this process's RSS over its value at the start, sampled every 20 ms while `work` runs. */
-async function peakRssGrowth<T>(work: () => Promise<T>): Promise<{ result: T; growthMiB: number; ms: number }> {
-  global.gc?.();
-  const base = process.memoryUsage.rss();
-  let peak = base;
-  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 20);
-  const started = performance.now();
-  try {
-    const result = await work();
-    peak = Math.max(peak, process.memoryUsage.rss());
-    return { result, growthMiB: (peak - base) / MiB, ms: performance.now() - started };
-  } finally {
-    clearInterval(timer);
-  }
-}
-
 async function drain(stream: Readable): Promise<number> {
   let bytes = 0;
   for await (const chunk of stream) bytes += (chunk as Buffer).length;
   return bytes;
-}
-
-/** CPU time (user + system, ms) a process has used so far, from /proc. */
-async function cpuMs(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
 interface Row {
@@ -128,12 +105,9 @@ async function measure(store: ObjectStore, format: "raw" | "checked" | "encrypte
 
 async function main(): Promise<void> {
   const scratch = await mkdtemp(path.join(os.tmpdir(), "relevo-bench-repository-"));
-  const server = spawn(process.execPath, [path.join(__dirname, "s3-server-process.js"), path.join(scratch, "s3rver"), BUCKET], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const server = await startS3ServerProcess(path.join(scratch, "s3rver"), BUCKET);
   try {
-    const [line] = (await once(server.stdout, "data")) as [Buffer];
-    const port = Number(line.toString().trim());
+    const { port } = server;
     const logger = createLogger({ level: "silent" });
     const s3 = await S3Store.open(
       {
@@ -158,7 +132,7 @@ async function main(): Promise<void> {
     const rows: Row[] = [];
     for (const [name, store, pid] of [
       ["directory", directory, null],
-      ["s3 (s3rver)", s3, server.pid!],
+      ["s3 (s3rver)", s3, server.pid],
     ] as const) {
       for (const format of ["raw", "checked", "encrypted"] as const) rows.push({ store: name, ...(await measure(store, format, pid)) });
     }
@@ -176,7 +150,7 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    server.kill("SIGKILL");
+    server.stop();
     await rm(scratch, { recursive: true, force: true });
   }
 }

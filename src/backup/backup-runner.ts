@@ -23,6 +23,8 @@ interface Run {
   readonly source: NodeRef;
   readonly primary: NodeRef;
   readonly startedAtMs: number;
+  /** The bytes put into the repository as last reported (objects put and later dropped included): the final progress keeps it. */
+  bytesStored?: number;
 }
 
 /**
@@ -144,6 +146,7 @@ export class BackupRunner {
         await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
       },
       onProgress: (progress) => {
+        run.bytesStored = progress.bytesStored;
         if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
       },
       onStart: async (manifest) => {
@@ -183,7 +186,8 @@ export class BackupRunner {
       filesTotal: manifest.fileCount,
       bytesDone: manifest.sizeBytes,
       bytesTotal: manifest.sizeBytes,
-      bytesStored: manifest.storedBytes,
+      // What was sent, as the updates before said (the manifest counts only the content kept); the manifest's without any.
+      bytesStored: run.bytesStored ?? manifest.storedBytes,
     };
     this.deps.progress.record(
       { ...progressFigures(manifest.id, done, run.startedAtMs, Date.now()), phase, etaSeconds: null },

@@ -329,7 +329,8 @@ describe("backups through GraphQL and the CLI", () => {
       expect(last.backupProgress.filesDone).toBe(last.backupProgress.filesTotal);
       expect(last.backupProgress.bytesDone).toBe(last.backupProgress.bytesTotal);
       expect(updates.received.filter((u) => u.backupProgress.id === id).length).toBeGreaterThanOrEqual(2);
-      // What was put into the repository, as it went: growing, and at the end the backup's stored bytes.
+      // What was put into the repository, as it went: growing, and at the end at least the backup's stored bytes (an object
+      // put and then dropped, a scan that kept no block, counts as sent).
       const stored = updates.received.filter((u) => u.backupProgress.id === id).map((u) => u.backupProgress.bytesStored);
       expect(stored).toEqual([...stored].sort((a, b) => a - b));
       const shown = await graphqlRequest<{ backup: { storedBytes: number; progress: { phase: string; bytesStored: number } } }>(
@@ -341,8 +342,8 @@ describe("backups through GraphQL and the CLI", () => {
         },
       );
       expect(shown.data!.backup.progress.phase).toBe("completed");
-      expect(last.backupProgress.bytesStored).toBe(shown.data!.backup.storedBytes);
-      expect(shown.data!.backup.progress.bytesStored).toBe(shown.data!.backup.storedBytes);
+      expect(last.backupProgress.bytesStored).toBeGreaterThanOrEqual(shown.data!.backup.storedBytes);
+      expect(shown.data!.backup.progress.bytesStored).toBe(last.backupProgress.bytesStored);
       expect(stored.some((bytes) => bytes > 0 && bytes < shown.data!.backup.storedBytes)).toBe(true);
       expect(updates.errors).toEqual([]);
     } finally {
