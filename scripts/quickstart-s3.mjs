@@ -42,7 +42,10 @@ async function startLocalServer() {
   const port = Number(endpoint.port);
   if (await listening(host, port)) return null;
   const { default: S3rver } = await import("s3rver");
-  const directory = path.join(path.resolve(root, env.RELEVO_HOME ?? ".relevo"), "s3rver");
+  const home = path.resolve(root, env.RELEVO_HOME ?? ".relevo");
+  // The data home as Relevo makes it (0711: the PostgreSQL user must traverse it), then the server's own directory.
+  mkdirSync(home, { recursive: true, mode: 0o711 });
+  const directory = path.join(home, "s3rver");
   mkdirSync(directory, { recursive: true, mode: 0o700 });
   const server = new S3rver({ address: host, port, directory, silent: true, configureBuckets: [{ name: bucket }] });
   await server.run();
