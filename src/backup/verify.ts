@@ -3,7 +3,7 @@ import { backupChain, storedContentLength } from "./backup-chain";
 import type { NodeRef } from "../nodes/node-driver";
 import { crc32Hex, forEachParallel, storedContentChunks, updateCrc32 } from "../storage/copy-file";
 import type { StoredSummary } from "../storage/lz4-worker-decode";
-import { openStoredBytes, type ContentOwner } from "../storage/backup-content";
+import { BundleReaders, openStoredBytes, type ContentOwner } from "../storage/backup-content";
 import { checksumMismatches, checksumsOn, referenceRecovery } from "./reference-point";
 import { referencePointFor, type ReferenceDeps } from "./take-reference";
 import type { WalArchiver } from "../wal/wal-archiver";
@@ -62,12 +62,14 @@ async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, option
     chain = [manifest];
     badFiles.push(`(chain) ${(error as Error).message}`);
   }
+  // Each bundle opened once for the files it holds (its header read once, not once per file).
+  const readers = new BundleReaders();
   for (const link of chain) {
     await forEachParallel(
       link.files.filter((entry) => entry.type === "file" && !(entry.blocks && !entry.stored)),
       deps.parallelism,
       async (entry) => {
-        if (!(await storedFileMatches(deps.repository, link, entry)))
+        if (!(await storedFileMatches(deps.repository, link, entry, readers)))
           badFiles.push(link.id === manifest.id ? entry.path : `${link.id}:${entry.path}`);
       },
     );
@@ -95,14 +97,19 @@ async function verifyLockedBackup(deps: VerifyDeps, locked: LockedBackup, option
   return verification;
 }
 
-async function storedFileMatches(repository: Repository, link: ContentOwner, entry: ManifestEntry): Promise<boolean> {
+async function storedFileMatches(
+  repository: Repository,
+  link: ContentOwner,
+  entry: ManifestEntry,
+  readers: BundleReaders,
+): Promise<boolean> {
   if (!entry.stored) return false;
   const expected = entry.stored;
   let summary: StoredSummary | null = null;
   let content = 0;
   let contentBytes = 0;
   try {
-    const open = () => openStoredBytes(repository, link, expected);
+    const open = () => openStoredBytes(repository, link, expected, readers);
     for await (const chunk of storedContentChunks(open, expected, (seen) => (summary = seen))) {
       content = updateCrc32(content, chunk);
       contentBytes += chunk.length;

@@ -1,6 +1,7 @@
 import { createReadStream } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
+import type { ObjectReader } from "../repository/object-codec";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { ErrorCode, RelevoError } from "../errors";
@@ -35,7 +36,13 @@ export function contentObjectKey(repository: Repository, id: string, relative: s
  * chunks that hold it are fetched and checked). Content of a version 2 or
  * 3 backup is read from its file by path.
  */
-export async function openStoredBytes(repository: Repository, owner: ContentOwner, stored: StoredContent): Promise<Readable> {
+export async function openStoredBytes(
+  repository: Repository,
+  owner: ContentOwner,
+  stored: StoredContent,
+  /** Bundles already opened for range reads, by key (see BundleReaders): a bundle's header is then read once for all its files. */
+  readers?: BundleReaders,
+): Promise<Readable> {
   if (stored.bytes === 0) return Readable.from([]);
   const start = stored.offset ?? 0;
   if (contentFormOf(owner) === "file") {
@@ -47,8 +54,31 @@ export async function openStoredBytes(repository: Repository, owner: ContentOwne
   }
   const key = contentObjectKey(repository, owner.id, stored.path);
   if (stored.offset === undefined) return repository.objects.getStream(key);
-  const reader = await repository.objects.openReader(key);
+  const reader = await (readers ? readers.open(repository, key) : repository.objects.openReader(key));
   return Readable.from([await reader.read({ start, end: start + stored.bytes })]);
+}
+
+/**
+ * Bundles opened for range reads, kept for one pass over many bundled
+ * files (a verification): opening one costs a HEAD and a read of its
+ * header, on object storage two requests per file otherwise. A reader
+ * holds nothing open (each read is a request of its own), so the cache
+ * needs no closing; one that failed to open fails every file of its bundle,
+ * as each would have.
+ */
+export class BundleReaders {
+  private readonly opened = new Map<string, Promise<ObjectReader>>();
+
+  open(repository: Repository, key: string): Promise<ObjectReader> {
+    let reader = this.opened.get(key);
+    if (!reader) {
+      reader = repository.objects.openReader(key);
+      // Settled either way before it is kept: a rejection is handled by each caller that awaits it.
+      reader.catch(() => undefined);
+      this.opened.set(key, reader);
+    }
+    return reader;
+  }
 }
 
 /** A whole stored object (a bundle) in memory, checked. */

@@ -6,7 +6,8 @@ import { buffer } from "node:stream/consumers";
 import { createHash } from "node:crypto";
 import { BundleWriter } from "../../src/storage/bundle-writer";
 import { contentCrc32, decodeBuffer, storeChunks, storedContentChunks } from "../../src/storage/copy-file";
-import { BackupContentWriter, contentObjectKey, openStoredBytes, readStoredObject } from "../../src/storage/backup-content";
+import { BackupContentWriter, BundleReaders, contentObjectKey, openStoredBytes, readStoredObject } from "../../src/storage/backup-content";
+import { DirectoryStore } from "../../src/repository/directory-store";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { ErrorCode } from "../../src/errors";
 import type { Compression, StoredContent } from "../../src/backup/manifest";
@@ -127,6 +128,20 @@ describe("stored content codecs", () => {
         expect(offset).toBe(end);
         end = offset + bytes;
       }
+      // A verification's pass over them opens the bundle once (one head, one header read), not once per file.
+      const heads: string[] = [];
+      const store = new DirectoryStore(root);
+      const counted = new Repository(
+        Object.assign(Object.create(store) as DirectoryStore, { head: (key: string) => (heads.push(key), store.head(key)) }),
+        null,
+        { spoolDir: walSpoolDir(root) },
+      );
+      const nonEmpty = bundled.filter((b) => b.stored.bytes > 0);
+      const readers = new BundleReaders();
+      for (const { stored } of nonEmpty) await buffer(await openStoredBytes(counted, CURRENT, stored, readers));
+      expect(heads).toHaveLength(1);
+      for (const { stored } of nonEmpty) await buffer(await openStoredBytes(counted, CURRENT, stored));
+      expect(heads).toHaveLength(1 + nonEmpty.length);
     },
   );
 
