@@ -64,6 +64,8 @@ export enum ErrorCode {
   RepositoryAccessDenied = "REPOSITORY_ACCESS_DENIED",
   /** An object of a repository failed its check on read (a checksum, a tag, a length): damaged, truncated or not Relevo's. */
   RepositoryCorrupt = "REPOSITORY_CORRUPT",
+  /** A repository's `repository.json` names another cluster than the one the data home recorded (another cluster's repository, or an older descriptor put back). */
+  RepositoryClusterMismatch = "REPOSITORY_CLUSTER_MISMATCH",
   Internal = "INTERNAL",
 }
 
@@ -133,6 +135,7 @@ export function exitCodeFor(error: unknown): number {
     case ErrorCode.RepositoryAccessDenied:
       return 77; // EX_NOPERM
     case ErrorCode.RepositoryCorrupt:
+    case ErrorCode.RepositoryClusterMismatch:
       return 65; // EX_DATAERR
     default:
       return 1;

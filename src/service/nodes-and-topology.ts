@@ -147,7 +147,7 @@ export async function bootstrapNodes(
       );
   }
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa };
-  await recordClusterIdentity({ config, logger, secrets, trustedCa, superuser }, outcomes);
+  await recordClusterIdentity({ config, logger, secrets, trustedCa, superuser, repository }, outcomes);
   // A primary made just now gets the archiver's slot before the service
   // answers, so WAL is kept from here on for the archiver (the leader of the
   // instances), whenever it comes to stream it. Best effort: the archiver
@@ -167,7 +167,9 @@ export async function bootstrapNodes(
 
 /**
  * The primary's system identifier into the data home (see cluster-identity),
- * so that the home remembers its cluster if every node is lost. Best effort:
+ * so that the home remembers its cluster if every node is lost, and into
+ * the repository's descriptor, so that an open tells the home's repository
+ * from another cluster's (see repository-descriptor). Best effort:
  * without a reachable primary it waits for the next start.
  */
 async function recordClusterIdentity(
@@ -175,10 +177,11 @@ async function recordClusterIdentity(
     readonly secrets: Secrets;
     readonly trustedCa: TrustAnchors;
     readonly superuser: Credentials;
+    readonly repository: Repository;
   },
   outcomes: readonly NodeBootstrapOutcome[],
 ): Promise<void> {
-  const { config, logger, secrets, trustedCa, superuser } = options;
+  const { config, logger, secrets, trustedCa, superuser, repository } = options;
   try {
     const candidates = outcomes.filter((outcome) => outcome.phase !== "fenced").map((outcome) => outcome.node);
     const primary = await findWritablePrimary({ config, secrets, trustedCa }, candidates);
@@ -187,8 +190,14 @@ async function recordClusterIdentity(
     if (await recordIdentity(config.home, config.clusterName, systemIdentifier)) {
       logger.info({ systemIdentifier, node: primary.name }, "cluster's system identifier recorded in the data home");
     }
+    // Then in the repository's descriptor (home first: a descriptor naming a cluster the home does not refuses the open).
+    const recorded = await repository.recordSystemIdentifier(systemIdentifier);
+    if (recorded.phase === "write")
+      logger.info({ systemIdentifier, generation: repository.generation }, "cluster's system identifier recorded in repository.json");
+    if (recorded.phase === "conflict")
+      logger.warn({ systemIdentifier, reason: recorded.reason }, "repository.json not given the cluster's system identifier");
   } catch (error) {
-    logger.warn({ err: (error as Error).message }, "the cluster's system identifier was not recorded in the data home");
+    logger.warn({ err: (error as Error).message }, "the cluster's system identifier was not recorded in the data home or the repository");
   }
 }
 

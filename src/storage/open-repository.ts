@@ -9,7 +9,8 @@ import type { Logger } from "../log";
 import { assertNotEncrypted, RepositoryKeyring, type KeysLock } from "../repository/repository-keyring";
 import type { ScryptParameters } from "../repository/repository-keys";
 import { UNENCRYPTED } from "../repository/object-codec";
-import { readRepositoryDescriptor } from "../repository/repository-descriptor";
+import { assertDescriptorOfCluster, assertGenerationsDescribed, readRepositoryDescriptor } from "../repository/repository-descriptor";
+import { identityFile, readRecordedIdentity } from "../cluster/cluster-identity";
 import { RepositoryStore } from "../repository/repository-store";
 import type { BackupLocks } from "./backup-locks";
 import { Repository, walSpoolDir } from "./repository";
@@ -36,6 +37,12 @@ export interface OpenRepositoryOptions {
   readonly create: boolean;
   /** scrypt's cost for a new keyring (tests lower it). */
   readonly scrypt?: ScryptParameters;
+  /**
+   * The data home whose recorded cluster (cluster-identity) the
+   * repository's descriptor must name (see assertDescriptorOfCluster);
+   * absent, nothing is compared (a check of the repository alone).
+   */
+  readonly home?: string;
 }
 
 /**
@@ -87,10 +94,19 @@ async function openOver(store: ObjectStore, options: OpenRepositoryOptions, vari
   // Which generation to read and write: the descriptor is read under the keys (encrypted in an encrypted repository),
   // and one that cannot be read fails the open, never taken for generation 0 (see repository-descriptor).
   const descriptor = await readRepositoryDescriptor(new RepositoryStore(store, keyring?.policy ?? UNENCRYPTED));
+  // Nor is a deleted one (a later generation's objects remain), nor one of another cluster than the data home's.
+  if (descriptor === null) await assertGenerationsDescribed(store);
+  if (options.home !== undefined) assertDescriptorOfCluster(descriptor, await homeCluster(options.home), store.location);
   const repository = new Repository(store, walOwner, { locks, keyring, spoolDir, generation: descriptor?.generation ?? 0 });
   // The spool (a directory repository's was made above, with its directory).
   if (create && repository.directory === null) await repository.ensure();
   return repository;
+}
+
+/** The cluster the data home recorded (see cluster-identity), with the file it is in; null when it recorded none. */
+async function homeCluster(home: string): Promise<{ readonly systemIdentifier: string; readonly file: string } | null> {
+  const recorded = await readRecordedIdentity(home);
+  return recorded && { systemIdentifier: recorded.systemIdentifier, file: identityFile(home) };
 }
 
 /**
@@ -128,6 +144,7 @@ export function openClusterRepository(
   return openConfiguredRepository({
     settings: config.repositories[0]!,
     spoolDir: walSpoolDir(config.home),
+    home: config.home,
     storeContext: { home: config.home, logger },
     ...rest,
   });

@@ -18,7 +18,13 @@ import type { BackupLocks, HeldBackupLocks, LockOptions } from "./backup-locks";
 import { DirectoryStore } from "../repository/directory-store";
 import type { ObjectInfo, ObjectStore } from "../repository/object-store";
 import { archiveKey, generationPrefix, manifestKey, manifestsPrefix } from "../repository/repository-layout";
-import { nextGeneration, readRepositoryDescriptor, writeRepositoryDescriptor } from "../repository/repository-descriptor";
+import {
+  identityRecording,
+  nextGeneration,
+  readRepositoryDescriptor,
+  writeRepositoryDescriptor,
+  type IdentityRecording,
+} from "../repository/repository-descriptor";
 import { RepositoryStore, absentAsNull as objectOrNull } from "../repository/repository-store";
 import { UNENCRYPTED, type DataKey } from "../repository/object-codec";
 import type { RepositoryKeyring } from "../repository/repository-keyring";
@@ -27,6 +33,7 @@ import { WalIndex } from "../wal/wal-index";
 import type { WalSegmentSummary } from "../wal/waldump-summary";
 import type { ArchivedWalState } from "../restore/recovery-window";
 import { ArchivedWal } from "../wal/archived-wal";
+import { archiveIdentity } from "../wal/archive-identity";
 
 /**
  * The backup repository: objects in a directory (production: on another
@@ -305,6 +312,29 @@ export class Repository {
     this.generationState = this.stateOf(this.current);
     this.summaries.clear();
     return { generation: this.current, walSetAside };
+  }
+
+  /**
+   * Records the system identifier of the cluster writing this generation
+   * in `repository.json` (see repository-descriptor), once: the service
+   * calls it whenever a primary is known, after the data home recorded it
+   * (a descriptor naming a cluster the home does not would refuse the next
+   * open), unless the generation holds another cluster's WAL or backups.
+   * Read, then write, as startNewGeneration: only the `relevo up` of
+   * the data home writes the descriptor. Returns what it came to: a
+   * conflict is left for the caller to report, never written over.
+   */
+  async recordSystemIdentifier(systemIdentifier: string): Promise<IdentityRecording> {
+    const decision = identityRecording(await readRepositoryDescriptor(this.objects), { generation: this.current, systemIdentifier });
+    if (decision.phase !== "write") return decision;
+    // Never a cluster over another's content (a repository of an earlier version pointed at from another home): the
+    // archiver refuses that primary, and the descriptor would then refuse the content's own home.
+    const archive = await archiveIdentity(this);
+    if (archive && archive.systemIdentifier !== systemIdentifier) {
+      return { phase: "conflict", reason: `the repository holds system identifier ${archive.systemIdentifier}'s ${archive.source}` };
+    }
+    await writeRepositoryDescriptor(this.objects, decision.descriptor, { dataKey: await this.archiveKey() });
+    return decision;
   }
 
   /** Where this generation's objects are, for messages: the repository, and the generation's prefix when it has one. */

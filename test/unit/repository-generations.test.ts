@@ -5,7 +5,14 @@ import type { RepositorySettings } from "../../src/config/repository-config";
 import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import { putObject } from "../../src/repository/object-codec";
-import { nextGeneration, parseRepositoryDescriptor, readRepositoryDescriptor } from "../../src/repository/repository-descriptor";
+import {
+  assertDescriptorOfCluster,
+  identityRecording,
+  nextGeneration,
+  parseRepositoryDescriptor,
+  readRepositoryDescriptor,
+} from "../../src/repository/repository-descriptor";
+import { identityFile, recordIdentity } from "../../src/cluster/cluster-identity";
 import { REPOSITORY_DESCRIPTOR_KEY, manifestKey } from "../../src/repository/repository-layout";
 import { RepositoryKeyring } from "../../src/repository/repository-keyring";
 import { RepositoryStore } from "../../src/repository/repository-store";
@@ -20,21 +27,40 @@ function settingsOf(root: string, cipherPass = ""): RepositorySettings {
   return { type: "dir", index: 1, path: root, cipherPass, retentionFull: null, retentionDays: null };
 }
 
+/** The repository at `root` opened as the service opens it, for the data home `root`'s parent. */
 async function open(root: string, cipherPass = ""): Promise<Repository> {
   return openConfiguredRepository({
     settings: settingsOf(root, cipherPass),
     walOwner: null,
     spoolDir: walSpoolDir(path.dirname(root)),
+    home: path.dirname(root),
     create: true,
     scrypt: TEST_SCRYPT,
   });
 }
 
+/** Its keys made first, by one maker (the service makes them under its Redis lock, which these tests have no need of). */
+async function makeKeys(root: string, pass: string): Promise<void> {
+  await mkdir(root, { recursive: true, mode: 0o700 });
+  await RepositoryKeyring.open(new DirectoryStore(root), {
+    cipherPass: pass,
+    variable: "RELEVO_REPO1_CIPHER_PASS",
+    create: true,
+    lock: (work) => work(),
+    scrypt: TEST_SCRYPT,
+  });
+}
+
+const CLUSTER_A = "7300000000000000001";
+const CLUSTER_B = "7300000000000000002";
+
 describe("the repository descriptor (pure)", () => {
   test("a descriptor Relevo wrote is read back as it is; the next generation keeps nothing of the previous cluster", () => {
     expect(parseRepositoryDescriptor({ format: 1, generation: 0 }, "r")).toEqual({ format: 1, generation: 0 });
-    const second = parseRepositoryDescriptor({ format: 1, generation: 2, systemIdentifier: "7300000000000000001", legacy: false }, "r");
-    expect(second).toEqual({ format: 1, generation: 2, systemIdentifier: "7300000000000000001", legacy: false });
+    const second = parseRepositoryDescriptor({ format: 1, generation: 2, systemIdentifier: CLUSTER_A }, "r");
+    expect(second).toEqual({ format: 1, generation: 2, systemIdentifier: CLUSTER_A });
+    // A field Relevo does not read is dropped (`legacy` was documented once, never written).
+    expect(parseRepositoryDescriptor({ format: 1, generation: 0, legacy: true }, "r")).toEqual({ format: 1, generation: 0 });
     expect(nextGeneration(null)).toEqual({ format: 1, generation: 1 });
     expect(nextGeneration(second)).toEqual({ format: 1, generation: 3 });
   });
@@ -47,11 +73,45 @@ describe("the repository descriptor (pure)", () => {
     ["a fractional generation", { format: 1, generation: 1.5 }],
     ["a generation as text", { format: 1, generation: "1" }],
     ["a system identifier that is not one", { format: 1, generation: 1, systemIdentifier: "../x" }],
-    ["legacy that is not a flag", { format: 1, generation: 1, legacy: "yes" }],
   ])("%s is REPOSITORY_CORRUPT naming the repository, never generation 0", (_what, value) => {
     expect(() => parseRepositoryDescriptor(value, "/repo")).toThrow(
       expect.objectContaining({ code: ErrorCode.RepositoryCorrupt, message: expect.stringContaining("/repo: repository.json") }),
     );
+  });
+});
+
+describe("the cluster a descriptor names (pure)", () => {
+  test("the primary's identifier is written once into the generation opened, never over another cluster's", () => {
+    const options = { generation: 1, systemIdentifier: CLUSTER_A };
+    expect(identityRecording({ format: 1, generation: 1 }, options)).toEqual({
+      phase: "write",
+      descriptor: { format: 1, generation: 1, systemIdentifier: CLUSTER_A },
+    });
+    // No descriptor is generation 0's: one is written for it.
+    expect(identityRecording(null, { ...options, generation: 0 })).toEqual({
+      phase: "write",
+      descriptor: { format: 1, generation: 0, systemIdentifier: CLUSTER_A },
+    });
+    expect(identityRecording({ format: 1, generation: 1, systemIdentifier: CLUSTER_A }, options)).toEqual({ phase: "recorded" });
+    expect(identityRecording({ format: 1, generation: 1, systemIdentifier: CLUSTER_B }, options)).toMatchObject({ phase: "conflict" });
+    // Another start-over since this process opened the repository: not its generation to name.
+    expect(identityRecording({ format: 1, generation: 2 }, options)).toMatchObject({ phase: "conflict" });
+  });
+
+  test("a descriptor of another cluster than the home's is REPOSITORY_CLUSTER_MISMATCH; an unknown side passes", () => {
+    const home = { systemIdentifier: CLUSTER_B, file: "/home/cluster-identity.json" };
+    expect(() => assertDescriptorOfCluster({ format: 1, generation: 0, systemIdentifier: CLUSTER_A }, home, "/repo")).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.RepositoryClusterMismatch,
+        message: expect.stringContaining(
+          `/repo: repository.json (generation 0) belongs to the cluster with system identifier ${CLUSTER_A}`,
+        ),
+      }),
+    );
+    expect(() => assertDescriptorOfCluster({ format: 1, generation: 3, systemIdentifier: CLUSTER_B }, home, "/repo")).not.toThrow();
+    expect(() => assertDescriptorOfCluster({ format: 1, generation: 3 }, home, "/repo")).not.toThrow();
+    expect(() => assertDescriptorOfCluster(null, home, "/repo")).not.toThrow();
+    expect(() => assertDescriptorOfCluster({ format: 1, generation: 0, systemIdentifier: CLUSTER_A }, null, "/repo")).not.toThrow();
   });
 });
 
@@ -106,15 +166,7 @@ describe("generations in a directory repository", () => {
   test("an encrypted repository's descriptor is encrypted, and read under its keys", async () => {
     const root = path.join(await tempHome("generations-encrypted"), "repository");
     const pass = "a pass of some length";
-    // The keys made first, by one maker (the service makes them under its Redis lock, which this test has no need of).
-    await mkdir(root, { recursive: true, mode: 0o700 });
-    await RepositoryKeyring.open(new DirectoryStore(root), {
-      cipherPass: pass,
-      variable: "RELEVO_REPO1_CIPHER_PASS",
-      create: true,
-      lock: (work) => work(),
-      scrypt: TEST_SCRYPT,
-    });
+    await makeKeys(root, pass);
     const repository = await open(root, pass);
     await repository.startNewGeneration("label");
     expect((await open(root, pass)).generation).toBe(1);
@@ -147,5 +199,67 @@ describe("generations in a directory repository", () => {
 
     await rm(file);
     expect((await open(root)).generation).toBe(0);
+  });
+
+  test("a deleted descriptor is REPOSITORY_CORRUPT while a later generation's objects remain, never generation 0", async () => {
+    const root = path.join(await tempHome("generations-deleted"), "repository");
+    const repository = await open(root);
+    await repository.writeManifest(manifest("20260101T000000Z-F"));
+    await repository.startNewGeneration("label");
+    await repository.writeManifest(manifest("20260201T000000Z-F"));
+    await rm(path.join(root, REPOSITORY_DESCRIPTOR_KEY));
+    await expect(open(root)).rejects.toMatchObject({
+      code: ErrorCode.RepositoryCorrupt,
+      message: expect.stringContaining("repository.json is missing but the repository holds generation 1 (g1/)"),
+    });
+  });
+
+  test("repository.json records the cluster, encrypted; an open from a home of another cluster, or an older descriptor put back, is refused", async () => {
+    const root = path.join(await tempHome("generations-identity"), "repository");
+    const home = path.dirname(root);
+    const pass = "a pass of some length";
+    await makeKeys(root, pass);
+    const first = await open(root, pass);
+    await recordIdentity(home, "main", CLUSTER_A);
+    // Generation 0 had no descriptor: one is written for it, naming the cluster, once.
+    expect(await first.recordSystemIdentifier(CLUSTER_A)).toMatchObject({ phase: "write" });
+    expect(await first.recordSystemIdentifier(CLUSTER_A)).toEqual({ phase: "recorded" });
+    expect(await readRepositoryDescriptor(first.objects)).toEqual({ format: 1, generation: 0, systemIdentifier: CLUSTER_A });
+    await expect(readRepositoryDescriptor(new RepositoryStore(new DirectoryStore(root)))).rejects.toMatchObject({
+      code: ErrorCode.RepositoryCorrupt,
+    });
+    expect((await open(root, pass)).generation).toBe(0);
+    const generation0 = await readFile(path.join(root, REPOSITORY_DESCRIPTOR_KEY));
+
+    // The same repository opened from a home of another cluster: refused, naming both.
+    await recordIdentity(home, "main", CLUSTER_B);
+    await expect(open(root, pass)).rejects.toMatchObject({
+      code: ErrorCode.RepositoryClusterMismatch,
+      message: expect.stringContaining(`this data home's cluster is ${CLUSTER_B} (${identityFile(home)})`),
+    });
+
+    // Started over (generation 1 names no cluster until its primary is known), then its cluster B recorded.
+    await recordIdentity(home, "main", CLUSTER_A);
+    await first.startNewGeneration("label");
+    await recordIdentity(home, "main", CLUSTER_B);
+    expect((await open(root, pass)).generation).toBe(1);
+    expect(await first.recordSystemIdentifier(CLUSTER_B)).toMatchObject({ phase: "write" });
+    expect((await open(root, pass)).generation).toBe(1);
+    // Generation 0's descriptor put back (validly encrypted, Relevo's own): it names cluster A, and the home knows B.
+    await writeFile(path.join(root, REPOSITORY_DESCRIPTOR_KEY), generation0);
+    await expect(open(root, pass)).rejects.toMatchObject({ code: ErrorCode.RepositoryClusterMismatch });
+  });
+
+  test("the identifier is not written over a generation holding another cluster's backups", async () => {
+    const root = path.join(await tempHome("generations-foreign"), "repository");
+    const repository = await open(root);
+    // The fixture's completed backup is system identifier 1's.
+    await repository.writeManifest(manifest("20260101T000000Z-F"));
+    expect(await repository.recordSystemIdentifier(CLUSTER_A)).toMatchObject({
+      phase: "conflict",
+      reason: expect.stringContaining("system identifier 1's backup 20260101T000000Z-F"),
+    });
+    expect(await readRepositoryDescriptor(repository.objects)).toBeNull();
+    expect(await repository.recordSystemIdentifier("1")).toMatchObject({ phase: "write" });
   });
 });
