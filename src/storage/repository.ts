@@ -283,14 +283,21 @@ export class Repository {
    * or read again. Read, then write: only one Relevo runs `relevo up` on a
    * data home at a time, and only it writes the descriptor.
    *
-   * The receiving directory `wal/` is the exception: it is not objects but
-   * pg_receivewal's directory on this host, and the old cluster's segments
-   * there would be pushed into the new generation's archive and steer where
-   * the archiver resumes. It is moved to `superseded/<label>/wal` (a rename
-   * of an entry of the root, root's own: nothing in it is followed), first,
-   * so that a crash before the descriptor is written leaves the old
-   * generation whole and `--new-cluster` can be run again. Returns the new
-   * generation and where `wal/` went (null: there was none).
+   * What pg_receivewal wrote on this host is the exception: not objects,
+   * and the old cluster's segments there would be pushed into the new
+   * generation's archive and steer where the archiver resumes. A legacy
+   * `wal/` is moved to `superseded/<label>/wal` (a rename of an entry of
+   * the root, root's own: nothing in it is followed), and the spool to
+   * `wal-spool.superseded-<label>`, both before the descriptor is written,
+   * neither pushed first (the archiver is not running yet; the old
+   * generation is being abandoned). A crash before the descriptor leaves
+   * the old generation current and its objects whole, and `--new-cluster`
+   * can be run again; but the old cluster's received segments not pushed
+   * yet are then in `wal-spool.superseded-<label>`, which nothing pushes:
+   * an operator who rebuilds the old cluster instead (`relevo restore
+   * --cluster`) moves them back into the spool first (docs/repositories.md,
+   * "Generations"). Returns the new generation and where `wal/` went
+   * (null: there was none).
    */
   async startNewGeneration(label: string): Promise<{ readonly generation: number; readonly walSetAside: string | null }> {
     const descriptor = nextGeneration(await readRepositoryDescriptor(this.objects));
