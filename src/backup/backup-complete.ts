@@ -1,6 +1,6 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
-import { removeBackupContent } from "../storage/backup-content";
+import { removeBackupContent, removeBackupRemains } from "../storage/backup-content";
 import type { Repository } from "../storage/repository";
 import type { BackupSession } from "./backup-session";
 import type { StoppedBackup } from "./backup-stop";
@@ -35,12 +35,12 @@ export function completedManifest(
 }
 
 /**
- * A failed backup leaves its manifest marked failed and no content. The
- * error to throw: the session's own when it was lost (the rest follows from
- * it), with the backup's id. In an encrypted repository a backup that
- * failed before it had its data key (connecting, inspecting the source,
- * the key's own write) gets one for its failed manifest: it is recorded
- * all the same.
+ * A failed backup leaves its manifest marked failed, and no content and
+ * no data key. The error to throw: the session's own when it was lost (the
+ * rest follows from it), with the backup's id. In an encrypted repository
+ * the failed record is under the archive's key (see writeManifest): a
+ * backup that failed before it had its data key (connecting, inspecting
+ * the source, the key's own write) is recorded all the same.
  */
 export async function failBackup(options: {
   readonly repository: Repository;
@@ -56,10 +56,9 @@ export async function failBackup(options: {
   const reason = cause.message;
   const failed: BackupManifest = { ...manifest, status: "failed", finishedAt: new Date().toISOString(), error: reason, files: [] };
   await removeBackupContent(repository, manifest).catch(() => undefined);
-  const record = async (): Promise<void> =>
-    repository.writeManifest(failed.dataKeyId === undefined ? await repository.withNewDataKey(failed) : failed);
-  await record().catch((writeError: Error) =>
-    logger.error({ backupId: id, err: writeError.message }, `backup ${id} failed and its failed manifest was not written`),
+  // The failed record, then whatever content is left and the backup's data key (an expiry completes it if this stops).
+  await removeBackupRemains(repository, failed).catch((writeError: Error) =>
+    logger.error({ backupId: id, err: writeError.message }, `backup ${id} failed and its failed manifest or removal did not complete`),
   );
   // The engine's absence is the operator's to fix, and the same code everywhere; anything else failed the backup's commands.
   const code = cause instanceof RelevoError && cause.code === ErrorCode.DockerUnavailable ? cause.code : ErrorCode.CommandFailed;

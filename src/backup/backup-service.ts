@@ -1,5 +1,5 @@
 import type { Credentials } from "../postgres/connection";
-import { removeBackupContent } from "../storage/backup-content";
+import { removeBackupRemains, unfinishedRemovals } from "../storage/backup-content";
 import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
@@ -123,8 +123,9 @@ export class BackupService {
 
   /**
    * Expires what retention lets go: older full backups with their
-   * dependents (manifest kept, status expired, content removed) and the WAL
-   * no kept backup needs.
+   * dependents (manifest kept, status expired, content and data key
+   * removed: see removeBackupRemains) and the WAL no kept backup needs; and
+   * completes the removals an interrupted expiry or failure left.
    */
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
     const manifests = await this.list();
@@ -154,15 +155,17 @@ export class BackupService {
         for (const id of group) {
           const manifest = await this.get(id);
           if (manifest.status !== "completed") continue; // expired by another instance meanwhile
-          const record: BackupManifest = { ...manifest, status: "expired" };
-          await this.deps.repository.writeManifest(record);
-          await removeBackupContent(this.deps.repository, manifest);
+          const record = await removeBackupRemains(this.deps.repository, { ...manifest, status: "expired" });
           await this.deps.events.emit(backupExpiredEvent(record));
           expired.push(id);
         }
       } finally {
         await held.release();
       }
+    }
+    // Removals an earlier expiry or a failing backup began and did not finish (their records still name a data key).
+    for (const manifest of unfinishedRemovals(manifests)) {
+      if (!expired.includes(manifest.id)) await removeBackupRemains(this.deps.repository, manifest);
     }
     const walBefore = walBeforeSparing(plan, skipped);
     const walSegmentsRemoved = walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(walBefore);

@@ -136,7 +136,10 @@ export interface BackupManifest {
   /**
    * In an encrypted repository, the id (hex) of the data key this backup's
    * manifest and content objects are written under (the key itself is
-   * wrapped in the repository's `keys/data/`); absent otherwise.
+   * wrapped in the repository's `keys/data/`); absent otherwise. A failed
+   * or expired backup's record keeps it until its content and then its key
+   * are removed (see removeBackupRemains): present there, removal is
+   * pending.
    */
   readonly dataKeyId?: string;
   readonly files: readonly ManifestEntry[];

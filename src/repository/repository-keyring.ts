@@ -182,6 +182,20 @@ export class RepositoryKeyring {
   }
 
   /**
+   * Deletes the wrapped data key `id` (a removed backup's): what was
+   * written under it can no longer be read. The archive's key is never
+   * deleted (INTERNAL): every WAL object is under it.
+   */
+  async deleteDataKey(id: Buffer): Promise<void> {
+    const archive = await this.readArchiveKeyId();
+    if (archive?.equals(id)) {
+      throw new RelevoError(ErrorCode.Internal, `${this.store.location}: data key ${id.toString("hex")} is the WAL archive's: not deleted`);
+    }
+    await this.store.delete([wrappedDataKeyKey(id)]);
+    this.known.delete(id.toString("hex"));
+  }
+
+  /**
    * The data key the WAL archive and its summaries are written under: the
    * one `keys/archive` names (made with the keyring, by the first start).
    * The keyring is read again first, as for a new data key: a key is never

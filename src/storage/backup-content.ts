@@ -7,7 +7,7 @@ import { buffer } from "node:stream/consumers";
 import { ErrorCode, RelevoError } from "../errors";
 import { contentFormOf, type BackupManifest, type StoredContent } from "../backup/manifest";
 import { backupContentPrefix, bundleKey, dataKey } from "../repository/repository-layout";
-import type { Repository } from "./repository";
+import { contentRemoved, type Repository } from "./repository";
 
 /** A content object's path as a manifest records it: `data/<n>` or `bundles/<n>` (repository-layout's sequence names). */
 const CONTENT_OBJECT = /^(data|bundles)\/\d{8}$/;
@@ -102,6 +102,39 @@ export async function removeBackupContent(repository: Repository, owner: Content
   const prefix = backupContentPrefix(repository.generation, owner.id);
   // Content only: the backup's prefix may also hold its legacy manifest.json, which stays.
   for (const part of ["data/", "bundles/"]) await repository.objects.deleteAll(`${prefix}${part}`);
+}
+
+/**
+ * Removes what is left of a failed or expired backup, `record` its
+ * manifest as it is to stay (status failed or expired), in an order a
+ * crash anywhere cannot spoil: the record written first (under the
+ * archive's key, see writeManifest: readable whatever follows), then the
+ * content, then the data key (after the content, never before: the
+ * content stays readable while it exists), then the record again without
+ * the key's id, which marks the removal done. Every step can be run again,
+ * so an interrupted removal is completed by running this again on the
+ * record (expiry does, for every record still naming a key). Returns the
+ * record as it stays.
+ */
+export async function removeBackupRemains(repository: Repository, record: BackupManifest): Promise<BackupManifest> {
+  await repository.writeManifest(record);
+  await removeBackupContent(repository, record);
+  if (record.dataKeyId === undefined) return record;
+  await repository.deleteDataKey(record);
+  const done = withoutDataKey(record);
+  await repository.writeManifest(done);
+  return done;
+}
+
+function withoutDataKey(record: BackupManifest): BackupManifest {
+  const copy: { -readonly [K in keyof BackupManifest]: BackupManifest[K] } = { ...record };
+  delete copy.dataKeyId;
+  return copy;
+}
+
+/** The failed and expired backups whose removal was interrupted (see removeBackupRemains): their records still name a key. Pure. */
+export function unfinishedRemovals(manifests: readonly BackupManifest[]): BackupManifest[] {
+  return manifests.filter((manifest) => contentRemoved(manifest) && manifest.dataKeyId !== undefined);
 }
 
 /**

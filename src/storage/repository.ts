@@ -252,6 +252,19 @@ export class Repository {
     return this.keyring.dataKey(Buffer.from(owner.dataKeyId, "hex"));
   }
 
+  /**
+   * Deletes a failed or expired backup's data key (`keys/data/<id>`), its
+   * content removed first: nothing of the backup, nor an older copy of its
+   * manifest put back, can be read again. Never the archive's key.
+   */
+  async deleteDataKey(owner: Pick<BackupManifest, "id" | "status" | "dataKeyId">): Promise<void> {
+    if (!this.keyring || owner.dataKeyId === undefined) return;
+    if (!contentRemoved(owner)) {
+      throw new RelevoError(ErrorCode.Internal, `${this.root}: backup ${owner.id} is ${owner.status}: its data key is not deleted`);
+    }
+    await this.keyring.deleteDataKey(Buffer.from(owner.dataKeyId, "hex"));
+  }
+
   /** Locks these backups across processes, waiting while another holds one (see BackupLocks). */
   async lockBackups(ids: readonly string[], options: LockOptions): Promise<HeldBackupLocks> {
     for (const id of ids) assertBackupId(id);
@@ -383,7 +396,10 @@ export class Repository {
    * between leaves both, and the object is the one read.
    */
   async writeManifest(manifest: BackupManifest): Promise<void> {
-    await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest, { dataKey: await this.dataKeyOf(manifest) });
+    // A backup whose content is removed (failed, expired) keeps its record under the archive's key: its own key goes
+    // with its content (see removeBackupRemains), and one that failed before it had a key is recorded all the same.
+    const dataKey = contentRemoved(manifest) ? await this.archiveKey() : await this.dataKeyOf(manifest);
+    await this.objects.writeJson(manifestKey(this.generation, manifest.id), manifest, { dataKey });
     if (this.readsLegacy) await rm(this.legacyManifestFile(manifest.id), { force: true });
   }
 
@@ -554,6 +570,11 @@ export function walSpoolDir(home: string): string {
 
 /** How many of the archive's newest segments' summaries are read for the time its WAL reaches (see archivedWalState). */
 const REACHED_AT_SEGMENTS_READ = 16;
+
+/** Whether a backup's content is (being) removed: a failed or expired one. Pure. */
+export function contentRemoved(manifest: Pick<BackupManifest, "status">): boolean {
+  return manifest.status === "failed" || manifest.status === "expired";
+}
 
 /** The manifest if this version reads its format; null otherwise (not a backup for it). */
 function readable(manifest: BackupManifest | null): BackupManifest | null {

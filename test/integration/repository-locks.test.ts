@@ -28,7 +28,7 @@ import { newManifest } from "../../src/backup/backup-start";
 import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-service";
 import { testRedisTls } from "../helpers/tls";
 import { setTimeout as delay } from "node:timers/promises";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectStore, PutOptions } from "../../src/repository/object-store";
 import { RepositoryStore } from "../../src/repository/repository-store";
@@ -37,6 +37,11 @@ import { openConfiguredRepository, repositoryKeysLock } from "../../src/storage/
 import { failBackup } from "../../src/backup/backup-complete";
 import { fixedTrust } from "../../src/postgres/connection";
 import { BackupSession } from "../../src/backup/backup-session";
+import { BackupContentWriter } from "../../src/storage/backup-content";
+import { manifest as manifestFixture } from "../helpers/manifest-fixture";
+import { ErrorCode } from "../../src/errors";
+import { backupContentPrefix } from "../../src/repository/repository-layout";
+import { readFile, writeFile } from "node:fs/promises";
 
 const ID = "20261125T224500Z-F";
 const silent = createLogger({ level: "silent" });
@@ -310,16 +315,9 @@ describe("an encrypted repository's keys, made under the lock in Redis", () => {
     expect(await redis.keys(`${keys.backupLock("*")}`)).toEqual([]);
   });
 
-  test("a backup that fails before it has its data key (the source unreachable) is still recorded as failed, under a key of its own", async () => {
+  test("a backup that fails before it has its data key (the source unreachable) is still recorded as failed, under the archive's key", async () => {
     const dir = await tempHome("keys-failed-backup");
-    const repository = await openConfiguredRepository({
-      settings: { type: "dir", index: 1, path: dir, cipherPass: PASS, retentionFull: null, retentionDays: null },
-      walOwner: null,
-      spoolDir: walSpoolDir(dir),
-      locks: locksOn(freshKeys()),
-      create: true,
-      scrypt: { N: 2 ** 12, r: 8, p: 1 },
-    });
+    const repository = await openEncrypted(dir, PASS);
     const source = { name: "gone", host: "127.0.0.1", port: await freePort() };
     const session = new BackupSession({
       source,
@@ -336,14 +334,91 @@ describe("an encrypted repository's keys, made under the lock in Redis", () => {
     const thrown = await failBackup({ repository, session, manifest, error, logger: silent });
     expect(thrown).toMatchObject({ code: "COMMAND_FAILED", details: { backupId: manifest.id } });
     const recorded = await repository.readManifest(manifest.id);
-    expect(recorded).toMatchObject({
-      id: manifest.id,
-      status: "failed",
-      error: error!.message,
-      dataKeyId: expect.stringMatching(/^[0-9a-f]{32}$/),
+    expect(recorded).toMatchObject({ id: manifest.id, status: "failed", error: error!.message });
+    // Under the archive's key, the only data key the repository holds: none was made for a record without content.
+    expect(recorded?.dataKeyId).toBeUndefined();
+    expect(await keysUnder(dir, "keys/data/")).toHaveLength(1);
+  });
+
+  test("a removed backup's data key goes after its content: at expiry, after an interrupted expiry, for a failed backup", async () => {
+    const dir = await tempHome("keys-removed");
+    const repository = await openEncrypted(dir, PASS);
+    const archiveKeyOnly = await keysUnder(dir, "keys/data/");
+    expect(archiveKeyOnly).toHaveLength(1);
+    /** A completed full backup of day `day` with a data key of its own and one content object under it. */
+    const stored = async (day: number): Promise<BackupManifest> => {
+      const id = `202611${String(day).padStart(2, "0")}T000000Z-F`;
+      const at = (minute: number): string => `2026-11-${String(day).padStart(2, "0")}T00:0${minute}:00.000Z`;
+      const backup = await repository.withNewDataKey(manifestFixture(id, { startedAt: at(0), stoppedAt: at(1), finishedAt: at(2) }));
+      const writer = new BackupContentWriter(repository, backup);
+      await writer.put(writer.nextDataPath(), Readable.from([Buffer.from(`content of ${id}`)]));
+      await repository.writeManifest(backup);
+      return backup;
+    };
+    const keyOf = (backup: BackupManifest): string => `keys/data/${backup.dataKeyId!}`;
+    const [first, second, third, failing] = [await stored(1), await stored(2), await stored(3), await stored(4)];
+    const firstAsCompleted = await readFile(path.join(dir, "manifests", first.id));
+    // An expiry of `first` interrupted after its record (as an earlier version wrote it, under the backup's own key).
+    await repository.objects.writeJson(
+      `manifests/${first.id}`,
+      { ...first, status: "expired" },
+      { dataKey: await repository.dataKeyOf(first) },
+    );
+
+    const deps = {
+      repository,
+      logger: silent,
+      events: { emit: () => Promise.resolve() },
+      retention: { keepFull: 2, keepDays: null },
+    } as unknown as BackupServiceDeps;
+    // Keeps the two newest fulls of four (the failing one among them, until it fails): the second expires now.
+    expect(await new BackupService(deps).expire()).toMatchObject({ expired: [second.id] });
+    for (const gone of [first, second]) {
+      expect(await repository.readManifest(gone.id)).toMatchObject({ status: "expired" });
+      expect((await repository.readManifest(gone.id))?.dataKeyId).toBeUndefined();
+      expect(await keysUnder(dir, backupContentPrefix(0, gone.id))).toEqual([]);
+      expect(await keysUnder(dir, keyOf(gone))).toEqual([]);
+    }
+    expect(await keysUnder(dir, keyOf(third))).toEqual([keyOf(third)]);
+    expect(await keysUnder(dir, backupContentPrefix(0, third.id))).toHaveLength(1);
+
+    // A backup failing with content written: its content, then its key, go; its record stays readable.
+    const source = { name: "gone", host: "127.0.0.1", port: await freePort() };
+    const session = new BackupSession({
+      source,
+      superuser: { user: "postgres", password: "unused", database: "postgres", trustedCa: fixedTrust("") },
     });
+    await failBackup({ repository, session, manifest: failing, error: new Error("the source went away"), logger: silent });
+    expect(await repository.readManifest(failing.id)).toMatchObject({ status: "failed", error: "the source went away" });
+    expect((await repository.readManifest(failing.id))?.dataKeyId).toBeUndefined();
+    expect(await keysUnder(dir, backupContentPrefix(0, failing.id))).toEqual([]);
+    expect(await keysUnder(dir, keyOf(failing))).toEqual([]);
+    expect((await keysUnder(dir, "keys/data/")).sort()).toEqual([...archiveKeyOnly, keyOf(third)].sort());
+
+    // Its completed manifest put back (validly encrypted, Relevo's own bytes): its key is gone, so it is refused.
+    await writeFile(path.join(dir, "manifests", first.id), firstAsCompleted);
+    await expect(repository.readManifest(first.id)).rejects.toMatchObject({ code: ErrorCode.RepositoryCorrupt });
   });
 });
+
+/** An encrypted directory repository at `dir`, opened as the service opens it (its keys made now). */
+function openEncrypted(dir: string, cipherPass: string): Promise<Repository> {
+  return openConfiguredRepository({
+    settings: { type: "dir", index: 1, path: dir, cipherPass, retentionFull: null, retentionDays: null },
+    walOwner: null,
+    spoolDir: walSpoolDir(dir),
+    locks: locksOn(freshKeys()),
+    create: true,
+    scrypt: { N: 2 ** 12, r: 8, p: 1 },
+  });
+}
+
+/** The keys of objects under `prefix` in the directory repository `dir`. */
+async function keysUnder(dir: string, prefix: string): Promise<string[]> {
+  const found: string[] = [];
+  for await (const info of new DirectoryStore(dir).list(prefix)) found.push(info.key);
+  return found;
+}
 
 describe("the cluster's Redis for relevo restore (withClusterRedis): started for the while, never stopped under another client", () => {
   /** Whether anything accepts connections on the port. */
