@@ -24,7 +24,8 @@ import { KEYS_PREFIX, REPOSITORY_CONTENT_PREFIXES, REPOSITORY_DESCRIPTOR_KEY } f
  *   keys/keyring        {"format":1,"scrypt":{N,r,p},"salt":…,"check":…}: how the pass becomes the repository key,
  *                       and a value sealed under that key that tells a right pass from a wrong one
  *   keys/keyring.copy   the same, read when keys/keyring is absent or damaged: the salt exists nowhere else, and
- *                       without it no key of the repository opens
+ *                       without it no key of the repository opens (the service's start writes a lost one of the two
+ *                       again from the other)
  *   keys/data/<id hex>  one data key, sealed under the repository key and bound to its id
  *   keys/archive        {"format":1,"sealed":…}: which data key the WAL archive (archive/, wal-summary/, diverged/) is
  *                       written under, sealed under the repository key (nobody without the pass can point it at another)
@@ -112,6 +113,7 @@ export class RepositoryKeyring {
     if (found) {
       const keyring = await RepositoryKeyring.unlock(store, found, options);
       if (options.create) {
+        await remakeLostKeyring(store, found);
         if ((await store.head(ARCHIVE_KEY_RECORD)) === null) await lockOf(store, options)(() => keyring.makeArchiveKeyIfAbsent());
         // The archive's key read at the start, not at the first segment's push.
         await keyring.archiveKey();
@@ -326,6 +328,25 @@ async function refuseWithoutKeyring(store: ObjectStore, options: KeyringOptions)
         `start makes the keys)`,
       { details },
     );
+  }
+}
+
+/**
+ * Writes the keyring again where one of its two copies (keys/keyring,
+ * keys/keyring.copy) is absent or unreadable, from `opened`, the one the
+ * pass just opened: the salt exists only there, so a lost copy is re-made
+ * at the service's next start rather than left until the other is lost
+ * too. Another start doing the same writes the same bytes.
+ */
+async function remakeLostKeyring(store: ObjectStore, opened: StoredKeyring): Promise<void> {
+  for (const key of [KEYRING_KEY, KEYRING_COPY_KEY]) {
+    // Damaged is lost; a store that does not answer fails the start as any read would.
+    const readable = await readKeyringAt(store, key).catch((error: unknown) => {
+      if (error instanceof RelevoError && error.code === ErrorCode.RepositoryCorrupt) return null;
+      throw error;
+    });
+    if (readable) continue;
+    await putObject(store, key, Buffer.from(JSON.stringify(opened)), { encrypted: false });
   }
 }
 

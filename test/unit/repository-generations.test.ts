@@ -4,7 +4,7 @@ import path from "node:path";
 import type { RepositorySettings } from "../../src/config/repository-config";
 import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
-import { putObject } from "../../src/repository/object-codec";
+import { UNENCRYPTED, putObject, readObject } from "../../src/repository/object-codec";
 import {
   assertDescriptorOfCluster,
   identityRecording,
@@ -13,8 +13,11 @@ import {
   readRepositoryDescriptor,
 } from "../../src/repository/repository-descriptor";
 import { identityFile, recordIdentity } from "../../src/cluster/cluster-identity";
-import { REPOSITORY_DESCRIPTOR_KEY, manifestKey } from "../../src/repository/repository-layout";
-import { RepositoryKeyring } from "../../src/repository/repository-keyring";
+import { REPOSITORY_DESCRIPTOR_KEY, legacyWalSummaryKey, manifestKey } from "../../src/repository/repository-layout";
+import { KEYRING_COPY_KEY, KEYRING_KEY, RepositoryKeyring } from "../../src/repository/repository-keyring";
+import type { RelevoConfig } from "../../src/config/config";
+import { createLogger } from "../../src/log";
+import { walSummarizerFor } from "../../src/wal/wal-summary";
 import { RepositoryStore } from "../../src/repository/repository-store";
 import { openConfiguredRepository } from "../../src/storage/open-repository";
 import { walSpoolDir, type Repository } from "../../src/storage/repository";
@@ -261,5 +264,81 @@ describe("generations in a directory repository", () => {
     });
     expect(await readRepositoryDescriptor(repository.objects)).toBeNull();
     expect(await repository.recordSystemIdentifier("1")).toMatchObject({ phase: "write" });
+  });
+});
+
+describe("an encrypted repository's keyring and an earlier layout's files", () => {
+  const SEGMENT = "000000010000000000000003";
+
+  /** Plants what a directory repository held before objects: a legacy manifest file and a plain JSON summary. */
+  async function plantLegacyFiles(repository: Repository, id: string): Promise<void> {
+    await mkdir(repository.backupDir(id), { recursive: true });
+    await writeFile(path.join(repository.backupDir(id), "manifest.json"), JSON.stringify(manifest(id)));
+    await mkdir(repository.walSummaryDir, { recursive: true });
+    const summary = { segment: SEGMENT, lastTransactionEndAt: "2030-01-01T00:00:00.000Z", relations: [] };
+    await writeFile(path.join(repository.root, legacyWalSummaryKey(0, SEGMENT)), JSON.stringify(summary));
+  }
+
+  /** The repository's summaries as the service reads them (walSummarizerFor: readLegacy from the repository). */
+  function summarizerOf(repository: Repository) {
+    const config = { home: path.dirname(repository.root), pgBinDir: "/nonexistent", walSummaryIntervalMs: 60_000 } as RelevoConfig;
+    return walSummarizerFor(repository, config, createLogger({ level: "silent" }));
+  }
+
+  test("a legacy manifest.json and a plain wal-summary/<segment>.json planted in an encrypted repository are not read", async () => {
+    const id = "20250101T000000Z-F";
+    // The control: in an unencrypted generation 0 both are read (an earlier Relevo's files).
+    const plain = await open(path.join(await tempHome("legacy-plain"), "repository"));
+    await plantLegacyFiles(plain, id);
+    expect((await plain.listManifests()).map((each) => each.id)).toEqual([id]);
+    expect(await summarizerOf(plain).read(SEGMENT)).toMatchObject({ lastTransactionEndAt: "2030-01-01T00:00:00.000Z" });
+
+    const root = path.join(await tempHome("legacy-encrypted"), "repository");
+    const pass = "a pass of some length";
+    await makeKeys(root, pass);
+    const encrypted = await open(root, pass);
+    await plantLegacyFiles(encrypted, id);
+    expect(await encrypted.listManifests()).toEqual([]);
+    expect(await encrypted.listManifestSummaries()).toEqual([]);
+    expect(await encrypted.readManifest(id)).toBeNull();
+    expect(await summarizerOf(encrypted).read(SEGMENT)).toBeNull();
+  });
+
+  test("a lost or damaged keys/keyring.copy (or keys/keyring) is made again at the next start, from the one the pass opens", async () => {
+    const root = path.join(await tempHome("keyring-copy"), "repository");
+    const pass = "a pass of some length";
+    await makeKeys(root, pass);
+    // What each holds (the stored form's checksum binds the object's key: the two files differ, their keyring does not).
+    const keyringAt = (key: string): Promise<Buffer> => readObject(new DirectoryStore(root), key, UNENCRYPTED);
+    const original = await keyringAt(KEYRING_KEY);
+    expect(await keyringAt(KEYRING_COPY_KEY)).toEqual(original);
+
+    await rm(path.join(root, KEYRING_COPY_KEY));
+    await open(root, pass);
+    expect(await keyringAt(KEYRING_COPY_KEY)).toEqual(original);
+
+    // Damaged (one byte flipped): taken for lost, and written again.
+    const file = path.join(root, KEYRING_COPY_KEY);
+    const damaged = await readFile(file);
+    damaged[damaged.length - 1]! ^= 0xff;
+    await writeFile(file, damaged);
+    await open(root, pass);
+    expect(await keyringAt(KEYRING_COPY_KEY)).toEqual(original);
+
+    // The first one lost: opened from the copy, and made again from it.
+    await rm(path.join(root, KEYRING_KEY));
+    await open(root, pass);
+    expect(await keyringAt(KEYRING_KEY)).toEqual(original);
+
+    // A reader (a restore, a check) never writes: the copy stays lost until the service starts.
+    await rm(path.join(root, KEYRING_COPY_KEY));
+    await openConfiguredRepository({
+      settings: settingsOf(root, pass),
+      walOwner: null,
+      spoolDir: walSpoolDir(path.dirname(root)),
+      create: false,
+      scrypt: TEST_SCRYPT,
+    });
+    await expect(readFile(path.join(root, KEYRING_COPY_KEY))).rejects.toMatchObject({ code: "ENOENT" });
   });
 });
