@@ -20,14 +20,14 @@ import { projectRoot } from "../../src/util/project-root";
 import { makeComposeNodeContainer, TEST_IMAGE, type ComposeNodeContainer } from "../helpers/docker";
 import { describeOnEachDriver, type TestDriver } from "../helpers/drivers";
 import { failoverHelpers } from "../helpers/failover";
-import { eventually, startTestCluster, type TestCluster } from "../helpers/service";
+import { eventually, startTestCluster, type TestCluster, type TestClusterOptions } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { archiveKey, archivePrefix, walFileNameOf } from "../../src/repository/repository-layout";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { openConfiguredRepository } from "../../src/storage/open-repository";
-import type { RepositoryDescriptor } from "../../src/repository/repository-descriptor";
+import { readRepositoryDescriptor, type RepositoryDescriptor } from "../../src/repository/repository-descriptor";
 
 const run = promisify(execFile);
 const BIN = path.join(projectRoot(), "bin/relevo");
@@ -117,16 +117,10 @@ describe("disaster recovery: relevo restore --cluster", () => {
   });
 
   test("rebuilt at a point before the newest backup: the next incremental cannot build on it (another history) and is taken as a full", async () => {
-    const first = await startTestCluster("disaster-branch");
-    const { config, service } = first;
-    const primary = service.nodes[0]!;
-    const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary, service.secrets, text);
+    const first = await clusterWithKeptRows("disaster-branch");
+    const { config, service, sql } = first;
     let stopped = false;
     try {
-      await sql("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 1000) g");
-      await (
-        await service.backups.start("full")
-      ).done;
       await sql("SELECT pg_create_restore_point('before-the-incremental')");
       await sql("INSERT INTO kept SELECT g FROM generate_series(1001, 2000) g");
       const incremental = await (await service.backups.start("incremental")).done;
@@ -156,6 +150,48 @@ describe("disaster recovery: relevo restore --cluster", () => {
         expect(next.id).toMatch(/-F$/);
         const verified = await again.backups.verify(next.id, { restoreTest: true });
         expect(verified.verification).toMatchObject({ contentOk: true, restoreTest: { ok: true } });
+      } finally {
+        await again.stop({ reason: "test finished" });
+      }
+    } finally {
+      if (!stopped) await first.stop();
+    }
+  });
+
+  test("an encrypted repository: restore --cluster without the pass is REPOSITORY_ACCESS_DENIED, touching nothing; with it the cluster is rebuilt", async () => {
+    const pass = "the encrypted disaster's cipher pass";
+    const first = await clusterWithKeptRows("disaster-encrypted", { env: { RELEVO_REPO1_CIPHER_PASS: pass } });
+    const { config, service, sql } = first;
+    let stopped = false;
+    try {
+      const { systemIdentifier } = (
+        await sql<{ systemIdentifier: string }>('SELECT system_identifier::text AS "systemIdentifier" FROM pg_control_system()')
+      )[0]!;
+      await first.stop();
+      stopped = true;
+      for (const node of service.nodes) await service.driver.destroy(node);
+      const nodesBefore = await readdir(path.join(config.home, "nodes"));
+
+      const refused = await run("node", [BIN, "restore", "--cluster"], { env: cliEnvOf(config) }).catch(
+        (error: { code: number; stdout: string; stderr: string }) => error,
+      );
+      expect(refused).toMatchObject({ code: 77, stderr: expect.stringContaining("REPOSITORY_ACCESS_DENIED") });
+      expect(refused.stderr).toContain("RELEVO_REPO1_CIPHER_PASS");
+      expect(await readdir(path.join(config.home, "nodes"))).toEqual(nodesBefore);
+
+      const recovered = await run("node", [BIN, "restore", "--cluster"], {
+        env: cliEnvOf(config, { RELEVO_REPO1_CIPHER_PASS: pass }),
+        timeout: 240000,
+      });
+      expect(recovered.stdout).toMatch(/cluster rebuilt from backup \S+-F/);
+      for (const text of [recovered.stdout, recovered.stderr, refused.stdout, refused.stderr]) expect(text).not.toContain(pass);
+      expect(await sql("SELECT count(*)::int AS n FROM kept")).toEqual([{ n: 1000 }]);
+
+      // The service takes the rebuilt cluster over with the pass; repository.json names its cluster (encrypted: read under its keys).
+      const again = await startRelevo(loadConfig({ RELEVO_REPO1_CIPHER_PASS: pass }, { ...config }), createLogger({ level: "silent" }));
+      try {
+        await eventually(() => (again.collector.latest?.primary === "node1" ? true : undefined), { what: "the rebuilt primary" });
+        expect(await readRepositoryDescriptor(again.repository.objects)).toEqual({ format: 1, generation: 0, systemIdentifier });
       } finally {
         await again.stop({ reason: "test finished" });
       }
@@ -495,6 +531,26 @@ describeOnEachDriver(
 );
 
 /** The old cluster's recorded state as a failover left it: node2 fenced and in the sets, an operation journaled, a last LSN, an archive gap. */
+/** A test cluster with a table `kept` of 1000 rows and a full backup of it; `sql` runs on its first node. */
+async function clusterWithKeptRows(
+  label: string,
+  options: TestClusterOptions = {},
+): Promise<TestCluster & { sql: <T = Record<string, unknown>>(text: string) => Promise<T[]> }> {
+  const cluster = await startTestCluster(label, {}, options);
+  const primary = cluster.service.nodes[0]!;
+  const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary, cluster.service.secrets, text);
+  try {
+    await sql("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    await (
+      await cluster.service.backups.start("full")
+    ).done;
+  } catch (error) {
+    await cluster.stop();
+    throw error;
+  }
+  return { ...cluster, sql };
+}
+
 async function recordOldClusterState(config: RelevoConfig, secrets: Secrets): Promise<void> {
   await withClusterRedis(config, secrets, createLogger({ level: "silent" }), async (redis, keys) => {
     const store = new ClusterStateStore(redis, keys.clusterState);
