@@ -164,9 +164,7 @@ describe("disaster recovery: relevo restore --cluster", () => {
     const { config, service, sql } = first;
     let stopped = false;
     try {
-      const { systemIdentifier } = (
-        await sql<{ systemIdentifier: string }>('SELECT system_identifier::text AS "systemIdentifier" FROM pg_control_system()')
-      )[0]!;
+      const systemIdentifier = await systemIdentifierOf(service.nodes[0]!, service.secrets);
       await first.stop();
       stopped = true;
       for (const node of service.nodes) await service.driver.destroy(node);
@@ -436,7 +434,12 @@ describeOnEachDriver(
         },
       );
       expect(await sql(node("node1"), "SELECT to_regclass('precious') IS NULL AS empty")).toEqual([{ empty: true }]);
-      expect(await readDescriptor()).toEqual({ format: 1, generation: 1 });
+      // The new generation's cluster recorded in it, once its primary was known (an older descriptor put back is told apart).
+      expect(await readDescriptor()).toEqual({
+        format: 1,
+        generation: 1,
+        systemIdentifier: await systemIdentifierOf(node("node1"), secrets),
+      });
       expect(await service.backups.list()).toEqual([]);
       await expect(service.backups.get(oldBackup)).rejects.toMatchObject({ code: "NOT_FOUND" });
       // The new cluster's WAL is archived, under g1/: nothing of the old one is left to refuse it.
@@ -478,7 +481,11 @@ describeOnEachDriver(
       again = await startRelevo(loadConfig({}, { ...config }), quiet, { newCluster: true });
       const service = again;
       await eventually(() => (service.collector.latest?.primary === "node1" ? true : undefined), { what: "the new primary" });
-      expect(await readDescriptor()).toEqual({ format: 1, generation: 2 });
+      expect(await readDescriptor()).toEqual({
+        format: 1,
+        generation: 2,
+        systemIdentifier: await systemIdentifierOf(node("node1"), secrets),
+      });
       expect(await service.backups.list()).toEqual([]);
       await archiverHasReceived(node("node1"), secrets, "the third cluster's WAL");
       await eventually(async () => ((await objectKeys("g2/archive/")).length > 0 ? true : undefined), { what: "WAL pushed under g2/" });
@@ -531,6 +538,11 @@ describeOnEachDriver(
 );
 
 /** The old cluster's recorded state as a failover left it: node2 fenced and in the sets, an operation journaled, a last LSN, an archive gap. */
+/** The node's PostgreSQL system identifier, as text. */
+async function systemIdentifierOf(node: NodeRef, secrets: Secrets): Promise<string> {
+  return (await sqlOn<{ id: string }>(node, secrets, "SELECT system_identifier::text AS id FROM pg_control_system()"))[0]!.id;
+}
+
 /** A test cluster with a table `kept` of 1000 rows and a full backup of it; `sql` runs on its first node. */
 async function clusterWithKeptRows(
   label: string,
