@@ -374,7 +374,7 @@ export class WalArchiver {
   private async trimSpool(holdLsn: string, pushed: ReadonlySet<string>): Promise<void> {
     const { spool, objects, generation } = this.options.repository;
     const names = await spool.names();
-    // Summaries listed only when something could go: the summariser reads segments from the spool.
+    // Summaries listed only when something could go: a segment leaves the spool once summarised (cheaper there than from its object).
     if (spoolDroppable(names, { pushed: (name) => pushed.has(name), summarized: () => true, holdRestartLsn: holdLsn }).length === 0) return;
     const summarized = new Set(
       (await objects.list(walSummaryPrefix(generation)))

@@ -1,15 +1,10 @@
 import { lsnToNumber } from "../postgres/lsn";
-import os from "node:os";
-import { forEachParallel } from "../storage/copy-file";
 
 import { mergeSummaries, type ChangeSet } from "../backup/change-plan";
 import type { WalSummarizer } from "./wal-summary";
 import type { WalSegmentSummary } from "./waldump-summary";
 import { SEGMENT_SIZE, segmentNumber } from "../postgres/wal-names";
 import { timelineOfSegment, type TimelineStep } from "../postgres/timelines";
-
-/** pg_waldump processes at once when a backup summarises segments itself. */
-const SUMMARY_PARALLELISM = Math.max(1, Math.min(4, os.availableParallelism()));
 
 /** A segment's first page header (XLogLongPageHeaderData, 40 bytes on 64-bit builds). */
 const LONG_PAGE_HEADER_BYTES = 40;
@@ -60,10 +55,12 @@ export function referenceOnHistory(
 /**
  * What changed between a reference backup's start and this backup's start,
  * from the archive's per-segment summaries (written as segments are
- * archived), summarising on the spot what is not summarised yet — the
- * segment this backup starts in only up to its start. The reference may be
- * on an earlier timeline only if it ended at or before the point this
- * backup's history (the server's, `current.history`) branched off it.
+ * archived), summarising on the spot what is not summarised yet — from the
+ * spool, or from the archive's objects once the spool lacks a segment (a
+ * spool lost or wiped: the backup stays differential or incremental) —
+ * the segment this backup starts in only up to its start. The reference
+ * may be on an earlier timeline only if it ended at or before the point
+ * this backup's history (the server's, `current.history`) branched off it.
  */
 export async function changesSince(
   summarizer: WalSummarizer,
@@ -78,18 +75,19 @@ export async function changesSince(
   const startsSegment = lsnToNumber(current.startLsn) % SEGMENT_SIZE <= LONG_PAGE_HEADER_BYTES;
   const last = segmentNumber(current.startLsn) - (startsSegment ? 1 : 0);
   const segments = Array.from({ length: Math.max(0, last - first + 1) }, (_, index) => first + index);
-  const summaries = new Array<WalSegmentSummary>(segments.length);
+  const whole = (startsSegment ? segments : segments.slice(0, -1)).map((segment) => ({
+    timeline: timelineOfSegment(path_, segment),
+    segment,
+  }));
   // Whole segments from their stored summaries (made now if the periodic
   // pass has not yet: one pg_waldump per core); the segment this backup
   // starts in only up to its start, not stored.
-  await forEachParallel(segments, SUMMARY_PARALLELISM, async (segment) => {
-    const timeline = timelineOfSegment(path_, segment);
-    summaries[segment - first] =
-      segment === last && !startsSegment
-        ? await summarizer.summarizeUpTo(timeline, segment, current.startLsn)
-        : await summarizer.summaryOf(timeline, segment);
-  });
-  const unreadable = summaries.find((summary) => !summary.complete);
+  const [summaries, startSegment] = await Promise.all([
+    summarizer.summariesOf(whole),
+    startsSegment || segments.length === 0 ? null : summarizer.summarizeUpTo(timelineOfSegment(path_, last), last, current.startLsn),
+  ]);
+  if (startSegment) summaries.push(startSegment);
+  const unreadable = summaries.find((summary: WalSegmentSummary) => !summary.complete);
   if (unreadable)
     return { kind: "unavailable", reason: `WAL segment ${unreadable.segment} could not be read: ${unreadable.error ?? "incomplete"}` };
   return { kind: "changes", changes: mergeSummaries(summaries), segments: summaries.length };

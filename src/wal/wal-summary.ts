@@ -1,3 +1,4 @@
+import os from "node:os";
 import { spawnHostTool } from "../util/host-tool";
 import { lsnToNumber } from "../postgres/lsn";
 import { randomBytes } from "node:crypto";
@@ -12,14 +13,33 @@ import { legacyWalSummaryKey, summarizedSegmentOf, walSummaryKey, walSummaryPref
 import type { RelevoConfig } from "../config/config";
 import type { Logger } from "../log";
 import type { Repository } from "../storage/repository";
-import { parseSegmentName, segmentName, segmentStartLsn } from "../postgres/wal-names";
+import { segmentName, segmentStartLsn } from "../postgres/wal-names";
+import { forEachParallel } from "../storage/copy-file";
+import type { WalIndex } from "./wal-index";
+import { FetchedSegments } from "./fetched-segments";
+import { ArchiveFetchFailed, SummarySegments } from "./summary-segments";
+import { pendingSummaries, possiblyIncomplete, summarySuccessor } from "./summary-plan";
 
 import { SummaryBuilder, recordLineOfSegment, type RestorePointRecord, type WalSegmentSummary } from "./waldump-summary";
+
+/** pg_waldump processes at once when a backup summarises segments itself. */
+const SUMMARY_PARALLELISM = Math.max(1, Math.min(4, os.availableParallelism()));
+
+/** pg_waldump processes at once in the periodic pass: a background catch-up (a lost spool's backlog) leaves the cores to the rest. */
+const PASS_PARALLELISM = Math.min(2, SUMMARY_PARALLELISM);
+
+/**
+ * Segments fetched from the archive into scratch at once, at most (16 MiB
+ * each): two per reader (a segment and its successor) for a backup's and
+ * the pass's readers together, so that neither waits on the other's.
+ */
+const SCRATCH_SEGMENTS = 2 * (SUMMARY_PARALLELISM + PASS_PARALLELISM);
 
 /** The summariser of a repository's archive, as configured. */
 export function walSummarizerFor(repository: Repository, config: RelevoConfig, logger: Logger): WalSummarizer {
   return new WalSummarizer({
     archive: repository.spool,
+    index: repository.archive,
     objects: repository.objects,
     generation: repository.generation,
     archiveKey: () => repository.archiveKey(),
@@ -32,9 +52,11 @@ export function walSummarizerFor(repository: Repository, config: RelevoConfig, l
 }
 
 export interface WalSummarizerOptions {
-  /** The archive's segments, read through its handle (see summarize). */
+  /** The spool: the segments received, read through its handle (see summarize). */
   readonly archive: WalArchive;
-  /** Where summaries are stored: one object per segment (repository-layout's walSummaryKey). */
+  /** What the repository's archive holds: segments pushed, read from their objects once the spool lacks them. */
+  readonly index: WalIndex;
+  /** Where summaries are stored (one object per segment: repository-layout's walSummaryKey), and the archive's segments. */
   readonly objects: RepositoryStore;
   readonly generation: number;
   /** What summaries are written under (the repository's archive key). */
@@ -46,11 +68,14 @@ export interface WalSummarizerOptions {
    */
   readonly readLegacy: boolean;
   /**
-   * A directory on Relevo's host, root's (`$RELEVO_HOME/tmp`), for
-   * pg_waldump's directory of descriptor links (see summarize): a tool is
-   * given a path, and a repository on object storage has none.
+   * A directory on Relevo's host, root's (`$RELEVO_HOME/tmp`, 0700), for
+   * pg_waldump's directory of descriptor links (see summarize) and the
+   * segments fetched from the archive's objects (see FetchedSegments): a
+   * tool is given a path, and a repository on object storage has none.
    */
   readonly scratchDir: string;
+  /** Segments fetched into scratch at once, at most (default SCRATCH_SEGMENTS; at least 2). */
+  readonly scratchSegments?: number;
   readonly pgBinDir: string;
   readonly logger: Logger;
   readonly intervalMs: number;
@@ -60,13 +85,33 @@ export interface WalSummarizerOptions {
  * Summarises every archived segment once its last record is readable: its
  * successor archived (a record that starts in a segment may end in the
  * next) or being received far enough, or a later timeline begun (the
- * segment is its timeline's last).
+ * segment is its timeline's last). Archived is received into the spool or
+ * pushed into the repository's archive: a segment pushed and no longer in
+ * the spool (a spool lost or wiped, a legacy wal/ drained, a segment
+ * trimmed before its summary was complete) is read from its object.
  */
 export class WalSummarizer {
   private timer: NodeJS.Timeout | null = null;
   private pass: Promise<void> = Promise.resolve();
+  private readonly segments: SummarySegments;
+  /**
+   * Segments whose stored summary is incomplete, with the file last read
+   * as their successor (undefined: not read by this process): retried
+   * when what they would be read with changes (see pendingSummaries).
+   */
+  private readonly incomplete = new Map<string, string | null | undefined>();
+  /** Segments whose stored summary's completeness is known here (possiblyIncomplete ones are read once). */
+  private readonly known = new Set<string>();
 
-  constructor(private readonly options: WalSummarizerOptions) {}
+  constructor(private readonly options: WalSummarizerOptions) {
+    const fetched = new FetchedSegments({
+      objects: options.objects,
+      generation: options.generation,
+      scratchDir: options.scratchDir,
+      limit: options.scratchSegments ?? SCRATCH_SEGMENTS,
+    });
+    this.segments = new SummarySegments(options.archive, fetched);
+  }
 
   start(): void {
     if (this.timer) return;
@@ -139,29 +184,47 @@ export class WalSummarizer {
     return new Set(listed.map((info) => summarizedSegmentOf(generation, info.key)).filter((name): name is string => name !== null));
   }
 
+  /** Every name received (the spool) or archived (the repository's archive), sorted. */
+  private async archivedNames(): Promise<string[]> {
+    const [spooled, pushed] = await Promise.all([this.options.archive.names(), this.options.index.names()]);
+    return [...new Set([...spooled, ...pushed])].sort();
+  }
+
   private async summarizeNow(): Promise<string[]> {
     const done = await this.summarizedSegments();
-    const names = await this.options.archive.names();
-    const receiving = new Set(names.filter((name) => name.endsWith(".partial")).map((name) => name.slice(0, -".partial".length)));
-    const archived = names.map((name) => ({ name, parsed: parseSegmentName(name) }));
-    const segments = archived.filter((entry) => entry.parsed !== null).map((entry) => ({ name: entry.name, ...entry.parsed! }));
-    const present = new Set(segments.map((entry) => entry.name));
-    const newestTimeline = Math.max(0, ...segments.map((entry) => entry.timeline));
+    const names = await this.archivedNames();
+    await this.learnIncomplete(possiblyIncomplete(names, done));
+    const jobs = pendingSummaries({ names, summarized: done, incomplete: this.incomplete });
     const written: string[] = [];
-    for (const entry of segments.sort((a, b) => a.segment - b.segment || a.timeline - b.timeline)) {
-      if (done.has(entry.name)) continue;
-      const next = segmentName(entry.timeline, entry.segment + 1);
-      const final = present.has(next) || entry.timeline !== newestTimeline;
-      if (!final && !receiving.has(next)) continue;
-      // A segment whose successor the archiver is still receiving: its last
-      // record may end in that successor, read from what has arrived of it;
-      // stored only if that record is all there (else the next pass tries again).
-      const summary = await this.summarizeWhole(entry.timeline, entry.segment, names);
-      if (!final && !summary.complete) continue;
-      await this.store(summary);
-      written.push(entry.name);
+    try {
+      await forEachParallel(jobs, PASS_PARALLELISM, async (job) => {
+        // A segment whose successor the archiver is still receiving: its last
+        // record may end in that successor, read from what has arrived of it;
+        // stored only if that record is all there (else the next pass tries again).
+        const summary = await this.summarize(job.name, job.timeline, job.segment, { successor: job.successor }).catch((error: unknown) => {
+          if (!(error instanceof ArchiveFetchFailed)) throw error;
+          // Not stored: the next pass tries again; the other segments go on.
+          this.options.logger.warn({ segment: job.name, err: error.message }, "WAL segment not summarised: the archive could not be read");
+          return null;
+        });
+        if (summary === null || (!job.final && !summary.complete)) return;
+        await this.store(summary, job.successor);
+        written.push(job.name);
+      });
+    } finally {
+      await this.segments.clear();
     }
-    return written;
+    return written.sort();
+  }
+
+  /** Whether each stored summary of `segments` not known here is complete: read once (see possiblyIncomplete). */
+  private async learnIncomplete(segments: readonly string[]): Promise<void> {
+    for (const segment of segments) {
+      if (this.known.has(segment)) continue;
+      const stored = await this.read(segment);
+      if (stored && !stored.complete) this.incomplete.set(segment, undefined);
+      this.known.add(segment);
+    }
   }
 
   /**
@@ -169,46 +232,64 @@ export class WalSummarizer {
    * too, summarised and stored now if the periodic pass has not yet.
    */
   async summaryOf(timeline: number, segment: number): Promise<WalSegmentSummary> {
-    const name = segmentName(timeline, segment);
-    const stored = await this.read(name);
-    // An incomplete one (a final segment pg_waldump could not read) is tried again.
-    if (stored?.complete) return stored;
-    const summary = await this.summarizeWhole(timeline, segment, await this.options.archive.names());
-    if (summary.complete) await this.store(summary);
-    return summary;
+    return (await this.summariesOf([{ timeline, segment }]))[0]!;
   }
 
   /**
-   * A whole segment, read on into its successor: its own timeline's, else
-   * what the archiver is still receiving of it (.partial), else a later
-   * timeline's (which holds the same records up to the branch: the old
-   * timeline's copy of the segment the branch falls in is set aside).
+   * The stored summaries of archived segments (as summaryOf), those not
+   * summarised yet (or incomplete: tried again) made now, from the spool or
+   * the archive's objects, SUMMARY_PARALLELISM at a time.
    */
-  private async summarizeWhole(timeline: number, segment: number, names: readonly string[]): Promise<WalSegmentSummary> {
-    const name = segmentName(timeline, segment);
-    const next = segmentName(timeline, segment + 1);
-    if (names.includes(next)) return this.summarize(name, timeline, segment, { successor: next });
-    const later = names
-      .map((file) => ({ file, parsed: parseSegmentName(file) }))
-      .filter(({ parsed }) => parsed && parsed.segment === segment + 1 && parsed.timeline > timeline)
-      .sort((a, b) => a.parsed!.timeline - b.parsed!.timeline)[0]?.file;
-    const successor = names.includes(`${next}.partial`) ? `${next}.partial` : later;
-    return this.summarize(name, timeline, segment, { successor: successor ?? null });
+  async summariesOf(segments: ReadonlyArray<{ readonly timeline: number; readonly segment: number }>): Promise<WalSegmentSummary[]> {
+    const summaries = new Array<WalSegmentSummary>(segments.length);
+    let names: Promise<Set<string>> | null = null;
+    try {
+      await forEachParallel([...segments.keys()], SUMMARY_PARALLELISM, async (index) => {
+        const { timeline, segment } = segments[index]!;
+        const name = segmentName(timeline, segment);
+        const stored = await this.read(name);
+        // An incomplete one (a final segment pg_waldump could not read) is tried again.
+        if (stored?.complete) {
+          summaries[index] = stored;
+          return;
+        }
+        names ??= this.archivedNames().then((list) => new Set(list));
+        const successor = summarySuccessor(timeline, segment, await names);
+        const summary = await unstored(name, timeline, this.summarize(name, timeline, segment, { successor }));
+        if (summary.complete) await this.store(summary, successor);
+        summaries[index] = summary;
+      });
+    } finally {
+      await this.segments.clear();
+    }
+    return summaries;
   }
 
-  /** Written whole or not at all (one put); a concurrent writer of the same summary (another pass, a backup) writes the same content. */
-  private async store(summary: WalSegmentSummary): Promise<void> {
+  /**
+   * Written whole or not at all (one put); a concurrent writer of the same
+   * summary (another pass, a backup) writes the same content. `successor`:
+   * the file it was read on into, remembered for an incomplete one.
+   */
+  private async store(summary: WalSegmentSummary, successor: string | null): Promise<void> {
     await this.options.objects.writeJson(walSummaryKey(this.options.generation, summary.segment), summary, {
       dataKey: await this.options.archiveKey(),
     });
+    if (summary.complete) this.incomplete.delete(summary.segment);
+    else this.incomplete.set(summary.segment, successor);
+    this.known.add(summary.segment);
   }
 
   /**
    * A summary of one archived segment's records that start before `endLsn`,
    * not stored: for the segment a backup starts in, which is not final yet.
    */
-  summarizeUpTo(timeline: number, segment: number, endLsn: string): Promise<WalSegmentSummary> {
-    return this.summarize(segmentName(timeline, segment), timeline, segment, { successor: null, endLsn });
+  async summarizeUpTo(timeline: number, segment: number, endLsn: string): Promise<WalSegmentSummary> {
+    try {
+      const name = segmentName(timeline, segment);
+      return await unstored(name, timeline, this.summarize(name, timeline, segment, { successor: null, endLsn }));
+    } finally {
+      await this.segments.clear();
+    }
   }
 
   /**
@@ -222,7 +303,9 @@ export class WalSummarizer {
    * under $RELEVO_HOME/tmp, never in the repository) whose only entries are
    * links to /proc/self/fd/3 and 4: the child's own descriptors, the very
    * files Relevo opened. One directory and two links per segment: no
-   * process beyond pg_waldump.
+   * process beyond pg_waldump. A segment the spool no longer has is
+   * opened from its copy fetched into that same scratch directory (see
+   * SummarySegments).
    */
   private async summarize(
     name: string,
@@ -231,13 +314,15 @@ export class WalSummarizer {
     options: { readonly successor: string | null; readonly endLsn?: string },
   ): Promise<WalSegmentSummary> {
     const { successor, endLsn = null } = options;
-    const held = await this.options.archive.openFiles(successor ? [name, successor] : [name]).catch((error: Error) => error);
+    const held = await this.segments.open(successor ? [name, successor] : [name]).catch((error: Error) => error);
+    // The archive could not be read: not the WAL's fault, and no summary to store (see unstored).
+    if (held instanceof ArchiveFetchFailed) throw held;
     if (held instanceof Error) return new SummaryBuilder().build(name, timeline, false, held.message);
     const dir = path.join(this.options.scratchDir, `waldump-${process.pid}-${randomBytes(4).toString("hex")}`);
     try {
-      if (!held.files[0]) return new SummaryBuilder().build(name, timeline, false, `${name} is not in the archive`);
+      if (!held.files[0]) return new SummaryBuilder().build(name, timeline, false, `${name} is neither in the spool nor in the archive`);
       const descriptors = held.files.filter((file) => file !== null).map((file) => file.fd);
-      await mkdir(this.options.scratchDir, { recursive: true, mode: 0o700 });
+      await this.segments.prepareScratch();
       await mkdir(dir, { mode: 0o700 });
       await symlink("/proc/self/fd/3", path.join(dir, name));
       if (descriptors.length > 1) await symlink("/proc/self/fd/4", path.join(dir, segmentName(timeline, segment + 1)));
@@ -316,5 +401,18 @@ export class WalSummarizer {
         resolve(builder.build(name, timeline, complete, error));
       });
     });
+  }
+}
+
+/**
+ * The summary, or, when the archive could not be read, an incomplete one
+ * saying why (a backup then scans page LSNs), which is never stored.
+ */
+async function unstored(name: string, timeline: number, summary: Promise<WalSegmentSummary>): Promise<WalSegmentSummary> {
+  try {
+    return await summary;
+  } catch (error) {
+    if (!(error instanceof ArchiveFetchFailed)) throw error;
+    return new SummaryBuilder().build(name, timeline, false, `the archive could not be read: ${error.message}`);
   }
 }

@@ -12,6 +12,7 @@ import type { NodeRef } from "../../src/nodes/node-driver";
 import type { TestCluster } from "./service";
 import { sqlOn } from "./sql";
 import { startWriter } from "./writer";
+import { freePort } from "./ports";
 
 const run = promisify(execFile);
 
@@ -78,7 +79,30 @@ export function backupHelpers(cluster: TestCluster) {
     return stdout.split("\n").filter((line) => !/^(SELECT pg_catalog\.setval\(|\\(un)?restrict )/.test(line));
   }
 
-  return { primary, backupUnderWriter, restoreTest, quietPoint, comparableDump };
+  /** A backup of `type`, waited for: completed, of that type (not taken as a full instead). */
+  async function take(type: BackupType): Promise<BackupManifest> {
+    const manifest = await (await cluster.service.backups.start(type)).done;
+    expect(manifest).toMatchObject({ type, status: "completed" });
+    return manifest;
+  }
+
+  /**
+   * Backup `backupId` restored onto a new node `name` to a new quiet
+   * restore point `point`; both dumped for the caller to compare (see
+   * comparableDump), and the node returned for it to destroy.
+   */
+  async function restoreToQuietPoint(options: { readonly backupId: string; readonly name: string; readonly point: string }) {
+    await quietPoint(options.point);
+    const node: NodeRef = { name: options.name, host: primary().host, port: await freePort() };
+    await cluster.service.backups.restore({
+      backupId: options.backupId,
+      target: node,
+      recoveryTarget: { kind: "name", name: options.point },
+    });
+    return { node, source: await comparableDump(primary()), copy: await comparableDump(node) };
+  }
+
+  return { primary, backupUnderWriter, restoreTest, quietPoint, comparableDump, take, restoreToQuietPoint };
 }
 
 /** The file a content object of a directory repository is in (a test damages it there). */

@@ -22,6 +22,7 @@ export function pusherFor(repository: Repository): WalPusher {
 export function summarizerFor(repository: Repository, scratchDir: string): WalSummarizer {
   return new WalSummarizer({
     archive: repository.spool,
+    index: repository.archive,
     objects: repository.objects,
     generation: repository.generation,
     archiveKey: () => repository.archiveKey(),

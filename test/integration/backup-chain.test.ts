@@ -2,7 +2,7 @@ import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { parseSegmentName, segmentNumber } from "../../src/postgres/wal-names";
-import { walSummaryKey } from "../../src/repository/repository-layout";
+import { archiveKey, walSummaryKey } from "../../src/repository/repository-layout";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";
@@ -167,18 +167,21 @@ describe("differential and incremental backups: block-level, from the WAL", () =
 
   test("without the WAL since the reference, an incremental scans page LSNs and still restores exactly", async () => {
     await sql("UPDATE big SET v = 'scanned' WHERE id BETWEEN 200000 AND 200100");
-    // Lose the archive between the last backup's start and now (and its summaries).
+    // Lose the archive between the last backup's start and now: the spool's files, the repository's objects (a
+    // summary is otherwise made from those) and their summaries.
     const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
     await cluster.service.archiver.waitForArchived(1, switched, switched, 60000);
-    const { spoolDir, objects, generation } = cluster.service.repository;
+    const { spoolDir, objects, generation, archive } = cluster.service.repository;
     const from = segmentNumber(backups.incr2!.startLsn);
-    for (const name of await readdir(spoolDir)) {
+    const lost = (name: string): boolean => {
       const segment = parseSegmentName(name)?.segment;
-      if (segment !== undefined && segment >= from + 1 && segment <= segmentNumber(switched)) {
-        await rm(path.join(spoolDir, name));
-        await objects.store.delete([walSummaryKey(generation, name)]);
-      }
+      return segment !== undefined && segment >= from + 1 && segment <= segmentNumber(switched);
+    };
+    for (const name of (await archive.names()).filter(lost)) {
+      await objects.store.delete([archiveKey(generation, name), walSummaryKey(generation, name)]);
+      archive.removed(name);
     }
+    for (const name of (await readdir(spoolDir)).filter(lost)) await rm(path.join(spoolDir, name));
     const incremental = await backupUnderWriter("incremental");
     expect(incremental).toMatchObject({ type: "incremental", reference: backups.incr2!.id, changesFrom: "page-scan", status: "completed" });
     expect(incremental.storedBytes).toBeLessThan(backups.full!.storedBytes * 0.2);
