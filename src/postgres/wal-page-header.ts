@@ -29,3 +29,36 @@ export function walSegmentSystemIdentifier(firstPage: Buffer): string | null {
   if (systemIdentifier === 0n || segmentSize < 1 << 20 || segmentSize > 1 << 30 || (segmentSize & (segmentSize - 1)) !== 0) return null;
   return systemIdentifier.toString();
 }
+
+/** XLOG_PAGE_MAGIC of PostgreSQL 15 (access/xlog_internal.h): every WAL page starts with it; each major version has its own. */
+export const XLOG_PAGE_MAGIC_15 = 0xd110;
+
+/** The fields of a segment's first page (XLogLongPageHeaderData), read as they are: see walSegmentRefusal for what they must be. */
+export interface WalLongPageHeader {
+  readonly magic: number;
+  readonly info: number;
+  readonly longHeader: boolean;
+  /** xlp_tli: the timeline of the page's first record; may be an ancestor of the file's own (a new timeline's first segment copies its parent's). */
+  readonly timeline: number;
+  /** xlp_pageaddr: the page's LSN, as a byte position. */
+  readonly pageAddress: bigint;
+  readonly systemIdentifier: string;
+  readonly segmentSize: number;
+  readonly blockSize: number;
+}
+
+/** A segment's first page header; null when `firstPage` is shorter than one. Pure. */
+export function readWalLongPageHeader(firstPage: Buffer): WalLongPageHeader | null {
+  if (firstPage.length < WAL_LONG_HEADER_BYTES) return null;
+  const info = firstPage.readUInt16LE(2);
+  return {
+    magic: firstPage.readUInt16LE(0),
+    info,
+    longHeader: (info & XLP_LONG_HEADER) !== 0,
+    timeline: firstPage.readUInt32LE(4),
+    pageAddress: firstPage.readBigUInt64LE(8),
+    systemIdentifier: firstPage.readBigUInt64LE(SYSID_OFFSET).toString(),
+    segmentSize: firstPage.readUInt32LE(SEG_SIZE_OFFSET),
+    blockSize: firstPage.readUInt32LE(36),
+  };
+}

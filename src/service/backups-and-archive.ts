@@ -20,6 +20,7 @@ import { WalArchiver } from "../wal/wal-archiver";
 import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
 import { WalPusher } from "../wal/wal-pusher";
 import { PushHealth } from "../wal/push-health";
+import { pushedArchiveIdentity } from "../wal/archive-identity";
 import type { StartContext } from "./cleanups";
 import type { RedisAndEvents } from "./redis-and-events";
 
@@ -99,6 +100,8 @@ export function startWalArchiver(
     generation: repository.generation,
     index: repository.archive,
     archiveKey: () => repository.archiveKey(),
+    archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
+    primaryHistory: () => archiver.preparedHistory,
     logger,
     intervalMs: WAL_PUSH_INTERVAL_MS,
     parallelism: config.backupParallelism,

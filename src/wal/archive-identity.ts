@@ -2,6 +2,8 @@ import { ErrorCode, RelevoError } from "../errors";
 import { parseSegmentName } from "../postgres/wal-names";
 import { WAL_LONG_HEADER_BYTES, walSegmentSystemIdentifier } from "../postgres/wal-page-header";
 import type { Repository } from "../storage/repository";
+import { archiveKey } from "../repository/repository-layout";
+import { absentAsNull } from "../repository/repository-store";
 import type { BackupManifest } from "../backup/manifest";
 
 /** Whose the repository's content is: the system identifier it records, and where that was read. */
@@ -23,12 +25,36 @@ const SEGMENTS_TRIED = 8;
 export async function archiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
   // No archive is no name (WalArchive and WalIndex say so); one that cannot be read is an error: taken for empty, it
   // would let another cluster's WAL in.
-  const names = (await repository.archivedWal.names())
+  return identityOf(repository, await repository.archivedWal.names(), (name) =>
+    repository.archivedWal.readStart(name, WAL_LONG_HEADER_BYTES),
+  );
+}
+
+/**
+ * The same, from what the repository holds alone (its pushed segments,
+ * else its backups), never from the spool: what the WAL pusher checks a
+ * received segment against (a file planted in the spool must not vouch
+ * for itself).
+ */
+export async function pushedArchiveIdentity(repository: Repository): Promise<ArchiveIdentity | null> {
+  const { objects, generation } = repository;
+  return identityOf(repository, await repository.archive.names(), async (name) => {
+    const reader = await absentAsNull(objects.openReader(archiveKey(generation, name)));
+    return reader === null || reader.contentSize < WAL_LONG_HEADER_BYTES ? null : reader.read({ start: 0, end: WAL_LONG_HEADER_BYTES });
+  });
+}
+
+async function identityOf(
+  repository: Repository,
+  names: readonly string[],
+  readHeader: (name: string) => Promise<Buffer | null>,
+): Promise<ArchiveIdentity | null> {
+  const newest = names
     .filter((name) => parseSegmentName(name.replace(/\.partial$/, "")) !== null)
     .sort()
     .reverse();
-  for (const name of names.slice(0, SEGMENTS_TRIED)) {
-    const systemIdentifier = await segmentSystemIdentifier(repository, name);
+  for (const name of newest.slice(0, SEGMENTS_TRIED)) {
+    const systemIdentifier = await segmentSystemIdentifier(readHeader, name);
     if (systemIdentifier) return { systemIdentifier, source: `WAL segment ${name}` };
   }
   return manifestIdentity(await repository.listManifests());
@@ -54,8 +80,8 @@ export function manifestIdentity(manifests: readonly Pick<BackupManifest, "id" |
  * that cannot be read (REPOSITORY_UNAVAILABLE, _CORRUPT) is an error: taken
  * for "no header", eight of them would make the repository look empty.
  */
-async function segmentSystemIdentifier(repository: Repository, name: string): Promise<string | null> {
-  const header = await repository.archivedWal.readStart(name, WAL_LONG_HEADER_BYTES).catch((error: unknown) => {
+async function segmentSystemIdentifier(readHeader: (name: string) => Promise<Buffer | null>, name: string): Promise<string | null> {
+  const header = await readHeader(name).catch((error: unknown) => {
     if (error instanceof RelevoError && error.code === ErrorCode.DataDirNotOurs) return null;
     throw error;
   });

@@ -1,3 +1,4 @@
+import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import { parseSegmentName } from "../postgres/wal-names";
 import { divergedKey } from "../repository/repository-layout";
@@ -99,13 +100,18 @@ export async function drainLegacyWal(options: LegacyWalDrainOptions): Promise<Le
   let pushed = 0;
   let setAside = 0;
   for (const name of plan.push) {
-    const outcome = await putWalFile({ source: legacy, objects, generation, dataKey }, name);
-    if (outcome === "refused") {
+    // Unchecked, as an earlier Relevo archived it (no primary to compare with at this point).
+    const outcome = await putWalFile({ source: legacy, objects, generation, dataKey, checks: null }, name);
+    if (outcome.kind === "refused" && !outcome.differs) {
+      // Not a file root may read (a link, a directory): the drain fails its round, as any read of it would.
+      throw new RelevoError(ErrorCode.DataDirNotOurs, `${legacy.path}/${name} is refused: ${outcome.reason}`);
+    }
+    if (outcome.kind === "refused") {
       // Another branch of that timeline number: the archive's history stays, this one is kept aside.
       await setAsideObject({ source: legacy, objects, generation, folder, dataKey }, name);
       setAside += 1;
       logger.error({ history: name, folder }, "a legacy wal/ history differs from the archive's: kept under diverged/, never replaced");
-    } else if (outcome !== "absent") {
+    } else if (outcome.kind !== "absent") {
       index.added(name);
       pushed += 1;
     }

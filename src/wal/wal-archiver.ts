@@ -144,6 +144,16 @@ export class WalArchiver {
     return !this.stopped;
   }
 
+  /**
+   * The timeline history (oldest first) of the primary the archiver
+   * streams from, once its loop has prepared it (its cluster's, WAL off its
+   * history set aside); null meanwhile. The pusher puts a received history
+   * only when it agrees with this one (see historyAgainstPrimary).
+   */
+  get preparedHistory(): readonly TimelineStep[] | null {
+    return this.prepared !== null && this.prepared.target === this.target ? this.prepared.history : null;
+  }
+
   /** Why the archiver refuses the primary's WAL (another cluster's than the archive's), for the cluster's health; null while it does not. */
   get refusal(): string | null {
     return this.refused?.reason ?? null;

@@ -7,24 +7,46 @@ import type { DataKey } from "../repository/object-codec";
 import type { DataKeySource, RepositoryStore } from "../repository/repository-store";
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
+import type { FileHandle } from "node:fs/promises";
+import type { TimelineStep } from "../postgres/timelines";
+import { readWalLongPageHeader, WAL_LONG_HEADER_BYTES } from "../postgres/wal-page-header";
+import { historyAgainstPrimary, HISTORY_MAX_BYTES, parseHistoryFile, segmentRefusal } from "./wal-file-check";
 
-const HISTORY = /^[0-9A-F]{8}\.history$/;
+const HISTORY = /^([0-9A-F]{8})\.history$/;
+
+/** Which received segments wait, whatever else: see pushableNames. */
+export interface SegmentHold {
+  /** Timelines whose history is received and not in the archive (held, refused, or failed): a restore would find no way to them. */
+  readonly timelines: ReadonlySet<number>;
+  /** The newest timeline the primary streamed from is on: a segment past it is none pg_receivewal wrote. Null: no primary known. */
+  readonly newestTimeline: number | null;
+}
+
+const HOLDS_NOTHING: SegmentHold = { timelines: new Set(), newestTimeline: null };
 
 /**
  * What a pass pushes from a directory pg_receivewal writes holding `names`:
  * every timeline history and every complete segment (never a `.partial`,
  * still being written, nor anything else there) not pushed yet; histories
  * first (a restore looks a timeline up before any of its segments), then
- * segments oldest first, so the archive grows without holes. Pure.
+ * segments oldest first, so the archive grows without holes; a segment
+ * `hold` names waits. Pure.
  */
-export function pushableNames(names: readonly string[], pushed: (name: string) => boolean): string[] {
+export function pushableNames(names: readonly string[], pushed: (name: string) => boolean, hold: SegmentHold = HOLDS_NOTHING): string[] {
   const histories = names.filter((name) => HISTORY.test(name) && !pushed(name)).sort();
   const segments = names
     .map((name) => ({ name, parsed: parseSegmentName(name) }))
     .filter((entry) => entry.parsed !== null && !pushed(entry.name))
+    .filter((entry) => !hold.timelines.has(entry.parsed!.timeline))
+    .filter((entry) => hold.newestTimeline === null || entry.parsed!.timeline <= hold.newestTimeline)
     .sort((a, b) => a.parsed!.segment - b.parsed!.segment || a.parsed!.timeline - b.parsed!.timeline)
     .map((entry) => entry.name);
   return [...histories, ...segments];
+}
+
+/** The timelines of the histories among `names` that are not pushed: their segments wait (see SegmentHold). Pure. */
+export function timelinesWithoutHistory(names: readonly string[], pushed: (name: string) => boolean): Set<number> {
+  return new Set(names.flatMap((name) => (HISTORY.test(name) && !pushed(name) ? [parseInt(HISTORY.exec(name)![1]!, 16)] : [])));
 }
 
 export interface WalPusherOptions {
@@ -36,6 +58,14 @@ export interface WalPusherOptions {
   readonly index: WalIndex;
   /** What archive objects are written under (the repository's archive key). */
   readonly archiveKey: DataKeySource;
+  /**
+   * The system identifier of the WAL the archive holds (its pushed
+   * segments', else its newest backup's); null for an empty archive.
+   * Asked until known, then kept: a segment of another is refused.
+   */
+  readonly archiveIdentity: () => Promise<string | null>;
+  /** The timeline history of the primary the archiver streams from (WalArchiver.preparedHistory); null while none. */
+  readonly primaryHistory: () => readonly TimelineStep[] | null;
   readonly logger: Logger;
   /** How often the source is looked at. */
   readonly intervalMs: number;
@@ -52,19 +82,24 @@ export interface WalPusherOptions {
  * memory), several at a time. Run by the holder of the archiver's lease,
  * alone: so a history's "head, then put" below has no other writer between.
  *
- * A segment's put is idempotent (a segment's bytes never change once
- * complete): a crash between a put and the index's record pushes it again.
- * A history is never replaced by different content: a timeline's history
- * is that timeline's own, and one that differs is another cluster's branch
- * of that number (refused, logged, left where it is).
+ * Nothing is put unchecked (see wal-file-check.ts): the spool is the
+ * PostgreSQL user's. A segment's put is idempotent (a segment's bytes
+ * never change once complete): a crash between a put and the index's
+ * record pushes it again. A history is never replaced by different
+ * content: a timeline's history is that timeline's own, and one that
+ * differs is another cluster's branch of that number (refused). While a
+ * timeline's received history is not in the archive, that timeline's
+ * segments wait.
  */
 export class WalPusher {
   private timer: NodeJS.Timeout | null = null;
   private pass: Promise<string[]> | null = null;
-  /** Histories found different in the archive: reported once each. */
-  private readonly refusedHistories = new Set<string>();
   /** What the last pass left unpushed (failed, or not reached after a failure): the repository's WAL lag in files. */
   private pendingAfterPass = 0;
+  /** Files refused, with why: reported once each, not tried again. */
+  private readonly refused = new Map<string, string>();
+  /** The archive's system identifier once known (it does not change within a generation). */
+  private systemIdentifier: string | null = null;
 
   constructor(private readonly options: WalPusherOptions) {}
 
@@ -99,8 +134,21 @@ export class WalPusher {
     const { source, index, parallelism } = this.options;
     const names = await source.names();
     const known = new Set(await index.names());
-    const queue = pushableNames(names, (name) => known.has(name) || this.refusedHistories.has(name));
+    const skipped = (name: string) => known.has(name) || this.refused.has(name);
     const pushed: string[] = [];
+    // Histories first, each before any segment of its timeline.
+    for (const name of pushableNames(names, skipped).filter((each) => HISTORY.test(each))) {
+      if (await this.push(name)) {
+        pushed.push(name);
+        known.add(name);
+      }
+    }
+    const primary = this.options.primaryHistory();
+    const hold: SegmentHold = {
+      timelines: timelinesWithoutHistory(names, (name) => known.has(name)),
+      newestTimeline: primary?.at(-1)?.timeline ?? null,
+    };
+    const queue = pushableNames(names, skipped, hold).filter((each) => !HISTORY.test(each));
     const failures: Error[] = [];
     const due = queue.length;
     const worker = async (): Promise<void> => {
@@ -120,30 +168,62 @@ export class WalPusher {
     return pushed.sort();
   }
 
-  /** Pushes one file; false when there was nothing to push (gone from the source meanwhile, or a history refused). */
+  /** Pushes one file; false when there was nothing to push (gone from the source meanwhile, held or refused). */
   private async push(name: string): Promise<boolean> {
     const { source, objects, generation, index } = this.options;
-    const outcome = await putWalFile({ source, objects, generation, dataKey: await this.options.archiveKey() }, name);
-    if (outcome === "refused") {
-      this.refusedHistories.add(name);
-      this.options.logger.error(
-        { history: name, repository: objects.location },
-        "the repository holds a different history of this timeline: it is never replaced, the received one stays where it is",
-      );
+    const checks: WalFileChecks = {
+      systemIdentifier: HISTORY.test(name) ? null : await this.archiveSystemIdentifier(),
+      primaryHistory: this.options.primaryHistory(),
+    };
+    const outcome = await putWalFile({ source, objects, generation, dataKey: await this.options.archiveKey(), checks }, name);
+    if (outcome.kind === "refused") {
+      this.refused.set(name, outcome.reason);
+      this.options.logger.error({ file: name, reason: outcome.reason, repository: objects.location }, "a received WAL file is refused");
     }
-    if (outcome !== "put" && outcome !== "present") return false;
+    if (outcome.kind === "put") this.systemIdentifier ??= outcome.systemIdentifier;
+    if (outcome.kind !== "put" && outcome.kind !== "present") return false;
     index.added(name);
     return true;
   }
+
+  private async archiveSystemIdentifier(): Promise<string | null> {
+    this.systemIdentifier ??= await this.options.archiveIdentity();
+    return this.systemIdentifier;
+  }
 }
+
+/** What the pusher checks before a put (see wal-file-check.ts); the legacy wal/ drain puts without them. */
+export interface WalFileChecks {
+  /** The system identifier the archive's WAL carries; null while none is known (an empty archive). */
+  readonly systemIdentifier: string | null;
+  /** The timeline history of the primary the archiver streams from (oldest first); null while it has prepared none. */
+  readonly primaryHistory: readonly TimelineStep[] | null;
+}
+
+/** What became of one file (see putWalFile). */
+export type PutWalOutcome =
+  /** Put; a segment's system identifier (from its checked header), null for a history or an unchecked put. */
+  | { readonly kind: "put"; readonly systemIdentifier: string | null }
+  /** A history the archive holds with the same content. */
+  | { readonly kind: "present" }
+  /** Not in the source (any more). */
+  | { readonly kind: "absent" }
+  /** A history not to be put yet (see historyAgainstPrimary). */
+  | { readonly kind: "held" }
+  /**
+   * Never put: the file cannot be opened or read (a link, a directory, a
+   * FIFO, EIO) or fails its checks; `differs`: a history the archive holds
+   * with other content (another cluster's branch of that timeline number).
+   */
+  | { readonly kind: "refused"; readonly reason: string; readonly differs: boolean };
 
 /**
  * Puts one complete segment or history of `source` (read through its
- * guarded handles, a segment streamed) at its archive key. A segment's put
- * is idempotent; a history already stored is compared, never replaced:
- * "present" when the same, "refused" when it differs (another cluster's
- * branch of that timeline number). "absent" when the source has no such
- * file (any more).
+ * guarded handles, a segment streamed, a history read up to
+ * HISTORY_MAX_BYTES) at its archive key, after `checks` (null: none, the
+ * legacy drain's case). A segment's put is idempotent; a history already
+ * stored is compared, never replaced. Problems of the source file are
+ * outcomes ("refused"); a store that fails throws.
  */
 export async function putWalFile(
   options: {
@@ -152,33 +232,99 @@ export async function putWalFile(
     readonly generation: number;
     /** The archive's data key in an encrypted repository (Repository.archiveKey); undefined: unencrypted. */
     readonly dataKey: DataKey | undefined;
+    readonly checks: WalFileChecks | null;
   },
   name: string,
-): Promise<"put" | "present" | "refused" | "absent"> {
-  const { source, objects, generation, dataKey } = options;
+): Promise<PutWalOutcome> {
+  const { source, objects, generation, dataKey, checks } = options;
   const key = archiveKey(generation, name);
+  const opened = await openChecked(source, name, checks);
+  if (opened.kind !== "open") return opened;
+  const { file } = opened;
   if (HISTORY.test(name)) {
-    const local = await source.read(name);
-    if (local === null) return "absent";
+    await file.close();
     if (await objects.exists(key)) {
       const stored = await buffer(await objects.getStream(key));
-      return stored.equals(local) ? "present" : "refused";
+      return stored.equals(opened.content!)
+        ? { kind: "present" }
+        : { kind: "refused", reason: "the repository holds a different history of this timeline (never replaced)", differs: true };
     }
-    await objects.putStream(key, Readable.from([local]), { dataKey });
-    return "put";
-  }
-  const held = await source.openFiles([name]);
-  const file = held.files[0];
-  if (!file) {
-    await held.close();
-    return "absent";
+    await objects.putStream(key, Readable.from([opened.content!]), { dataKey });
+    return { kind: "put", systemIdentifier: null };
   }
   // The stream owns the handle: it closes it at its end, on an error, or when destroyed.
-  const content = file.createReadStream({ highWaterMark: 1024 * 1024, autoClose: true });
+  const content = file.createReadStream({ start: 0, highWaterMark: 1024 * 1024, autoClose: true });
+  let unreadable: Error | null = null;
+  content.once("error", (error) => (unreadable = error));
   try {
     await objects.putStream(key, content, { dataKey });
+  } catch (error) {
+    // The spool's file failed mid-read (EIO): its problem, not the store's.
+    if (unreadable) return { kind: "refused", reason: `it cannot be read: ${(unreadable as Error).message}`, differs: false };
+    throw error;
   } finally {
     content.destroy();
   }
-  return "put";
+  return { kind: "put", systemIdentifier: opened.systemIdentifier };
+}
+
+type Opened =
+  | { readonly kind: "open"; readonly file: FileHandle; readonly content: Buffer | null; readonly systemIdentifier: string | null }
+  | Exclude<PutWalOutcome, { kind: "put" } | { kind: "present" }>;
+
+/**
+ * Opens `name` in `source` and checks it (see wal-file-check.ts): a
+ * segment's first page, a history's content (read whole, within the
+ * cap). Every failure of the source's file is a refusal.
+ */
+async function openChecked(source: WalArchive, name: string, checks: WalFileChecks | null): Promise<Opened> {
+  let file: FileHandle | null = null;
+  try {
+    const held = await source.openFiles([name]);
+    file = held.files[0] ?? null;
+    if (!file) return { kind: "absent" };
+    const info = await file.stat();
+    const facts = { bytes: info.size, links: info.nlink };
+    if (HISTORY.test(name)) {
+      // Never more than the cap, whatever the file grows to meanwhile.
+      const content = await readUpTo(file, Math.min(facts.bytes, HISTORY_MAX_BYTES) + 1);
+      if (checks) {
+        const parsed = parseHistoryFile(name, { ...facts, bytes: Math.max(facts.bytes, content.length) }, content);
+        if (!parsed.ok) return refuse(parsed.reason);
+        const decision = historyAgainstPrimary(parsed, checks.primaryHistory);
+        if (decision === "hold") return close({ kind: "held" });
+        if (decision !== "push") return refuse(decision.refused);
+      } else if (content.length > HISTORY_MAX_BYTES) {
+        return refuse(`it is over a history's ${HISTORY_MAX_BYTES} bytes`);
+      }
+      return { kind: "open", file, content, systemIdentifier: null };
+    }
+    if (!checks) return { kind: "open", file, content: null, systemIdentifier: null };
+    const firstPage = await readUpTo(file, WAL_LONG_HEADER_BYTES);
+    const refusal = segmentRefusal(name, facts, firstPage, checks.systemIdentifier);
+    if (refusal) return refuse(refusal);
+    return { kind: "open", file, content: null, systemIdentifier: readWalLongPageHeader(firstPage)!.systemIdentifier };
+  } catch (error) {
+    return refuse(`it cannot be opened or read: ${(error as Error).message}`);
+  }
+
+  async function close<T>(outcome: T): Promise<T> {
+    await file?.close().catch(() => undefined);
+    return outcome;
+  }
+  function refuse(reason: string): Promise<Opened> {
+    return close({ kind: "refused", reason, differs: false });
+  }
+}
+
+/** The first `bytes` of `file` (fewer when it is shorter), read at its start. */
+async function readUpTo(file: FileHandle, bytes: number): Promise<Buffer> {
+  const content = Buffer.alloc(bytes);
+  let filled = 0;
+  while (filled < bytes) {
+    const { bytesRead } = await file.read(content, filled, bytes - filled, filled);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return content.subarray(0, filled);
 }

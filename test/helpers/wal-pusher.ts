@@ -2,16 +2,24 @@ import { configKeys } from "../../src/config/config-keys";
 import { createLogger } from "../../src/log";
 import type { Repository } from "../../src/storage/repository";
 import { WalPusher } from "../../src/wal/wal-pusher";
+import { pushedArchiveIdentity } from "../../src/wal/archive-identity";
+import type { TimelineStep } from "../../src/postgres/timelines";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 
-/** A pusher from the repository's receiving directory into its archive objects, run by hand (pushPending) in tests. */
-export function pusherFor(repository: Repository): WalPusher {
+/**
+ * A pusher from the repository's receiving directory into its archive
+ * objects, run by hand (pushPending) in tests; the primary's timeline
+ * history `primaryHistory` (default: none known, so histories are held).
+ */
+export function pusherFor(repository: Repository, options: { primaryHistory?: () => readonly TimelineStep[] | null } = {}): WalPusher {
   return new WalPusher({
     source: repository.spool,
     objects: repository.objects,
     generation: repository.generation,
     index: repository.archive,
     archiveKey: () => repository.archiveKey(),
+    archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
+    primaryHistory: options.primaryHistory ?? (() => null),
     logger: createLogger({ level: "silent" }),
     intervalMs: 60_000,
     parallelism: 3,

@@ -3,6 +3,8 @@ import { chownSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { configKeys } from "../../src/config/config-keys";
 import { resolvePostgresIdentity } from "../../src/nodes/os-user";
+import { parseSegmentName, SEGMENT_SIZE } from "../../src/postgres/wal-names";
+import { XLOG_PAGE_MAGIC_15 } from "../../src/postgres/wal-page-header";
 
 /** A segment's first bytes as PostgreSQL writes them: a long page header naming `systemIdentifier`, 16 MiB segments. */
 export function segmentStart(systemIdentifier: bigint): Buffer {
@@ -44,4 +46,25 @@ export function realWalSegments(home: string): string {
     ].join("\n"),
   );
   return path.join(data, "pg_wal");
+}
+
+/**
+ * A whole segment as the pusher accepts it for `name`: 16 MiB, its first
+ * page PostgreSQL 15's long header for that segment (timeline, page
+ * address) of cluster `systemIdentifier`, `marker` written after the
+ * header (to tell two branches of one name apart), zeros after.
+ */
+export function walSegment(name: string, systemIdentifier: bigint, marker = ""): Buffer {
+  const parsed = parseSegmentName(name);
+  if (!parsed) throw new Error(`${name} is not a segment name`);
+  const segment = Buffer.alloc(SEGMENT_SIZE);
+  segment.writeUInt16LE(XLOG_PAGE_MAGIC_15, 0);
+  segment.writeUInt16LE(0x0002, 2);
+  segment.writeUInt32LE(parsed.timeline, 4);
+  segment.writeBigUInt64LE(BigInt(parsed.segment) * BigInt(SEGMENT_SIZE), 8);
+  segment.writeBigUInt64LE(systemIdentifier, 24);
+  segment.writeUInt32LE(SEGMENT_SIZE, 32);
+  segment.writeUInt32LE(8192, 36);
+  segment.write(marker, 64, "utf8");
+  return segment;
 }

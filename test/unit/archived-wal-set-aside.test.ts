@@ -14,7 +14,9 @@ import type { ArchivedWal } from "../../src/wal/archived-wal";
 import type { WalSegmentSummary } from "../../src/wal/waldump-summary";
 import { tempHome } from "../helpers/home";
 import { pusherFor, summarizerFor } from "../helpers/wal-pusher";
-import { segmentStart } from "../helpers/wal-segment";
+import { segmentStart, walSegment } from "../helpers/wal-segment";
+import { parseSegmentName } from "../../src/postgres/wal-names";
+import { timelinePath } from "../../src/postgres/timelines";
 import { testNode } from "../helpers/node-facts";
 
 /**
@@ -27,6 +29,12 @@ import { testNode } from "../helpers/node-facts";
 const HISTORY_3 = "00000003.history";
 const SEGMENT_3_6 = "000000030000000000000006";
 const SEGMENT_3_7 = "000000030000000000000007";
+/** Timeline 3 as an old primary's branch made it, and as the promoted node's new branch made it again. */
+const OLD_HISTORY_3 = "1\t0/3000000\tno recovery target specified\n2\t0/5800000\told branch\n";
+const NEW_HISTORY_3 = "1\t0/3000000\tno recovery target specified\n2\t0/5A00000\tnew branch\n";
+const OLD_BRANCH = () => timelinePath(3, OLD_HISTORY_3);
+const NEW_BRANCH = () => timelinePath(3, NEW_HISTORY_3);
+const SYSTEM = 7001n;
 
 async function repositoryHome(label: string): Promise<Repository> {
   const home = await tempHome(label);
@@ -35,12 +43,19 @@ async function repositoryHome(label: string): Promise<Repository> {
   return repository;
 }
 
+/** Receives `name`: a segment as a whole one of cluster SYSTEM with `content` as its marker; anything else as it is. */
 async function receive(repository: Repository, name: string, content: string | Buffer): Promise<void> {
-  await writeFile(path.join(repository.spoolDir, name), content, { mode: 0o600 });
+  const file = parseSegmentName(name) && typeof content === "string" ? walSegment(name, SYSTEM, content) : content;
+  await writeFile(path.join(repository.spoolDir, name), file, { mode: 0o600 });
 }
 
+/** The marker of the archive's segment `name` (see walSegment). */
 async function archived(repository: Repository, name: string): Promise<string> {
-  return (await buffer(await repository.objects.getStream(archiveKey(0, name)))).toString("utf8");
+  return markerOf(await buffer(await repository.objects.getStream(archiveKey(0, name))));
+}
+
+function markerOf(segment: Buffer): string {
+  return segment.subarray(64, segment.indexOf(0, 64)).toString("utf8");
 }
 
 function oldBranchSummary(segment: string): WalSegmentSummary {
@@ -63,9 +78,9 @@ function oldBranchSummary(segment: string): WalSegmentSummary {
 describe("a set-aside of a reused timeline", () => {
   test("fails at the objects: the received files stay; run again it finishes, and the new branch is pushed", async () => {
     const repository = await repositoryHome("aside-objects-first");
-    await receive(repository, HISTORY_3, "old branch history\n");
+    await receive(repository, HISTORY_3, OLD_HISTORY_3);
     await receive(repository, SEGMENT_3_6, "old branch");
-    await pusherFor(repository).pushPending();
+    await pusherFor(repository, { primaryHistory: OLD_BRANCH }).pushPending();
     const folder = divergedFolder(new Date("2026-12-07T12:00:00.000Z"));
     // diverged/ taken by a file: no object can be put below it.
     await writeFile(path.join(repository.root, "diverged"), "not a directory", { mode: 0o600 });
@@ -80,14 +95,14 @@ describe("a set-aside of a reused timeline", () => {
     const aside = await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder);
     expect(aside.moved).toEqual([HISTORY_3, SEGMENT_3_6]);
     expect(await repository.archive.names()).toEqual([]);
-    expect((await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_3_6)))).toString()).toBe("old branch");
+    expect(markerOf(await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_3_6))))).toBe("old branch");
 
     // The promoted node's timeline 3 arrives under the same names: pushed, the archive's is the new branch's.
-    await receive(repository, HISTORY_3, "new branch history\n");
+    await receive(repository, HISTORY_3, NEW_HISTORY_3);
     await receive(repository, SEGMENT_3_6, "new branch");
-    expect(await pusherFor(repository).pushPending()).toEqual([HISTORY_3, SEGMENT_3_6]);
+    expect(await pusherFor(repository, { primaryHistory: NEW_BRANCH }).pushPending()).toEqual([HISTORY_3, SEGMENT_3_6]);
     expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
-    expect(await repository.archivedHistory(3)).toBe("new branch history\n");
+    expect(await repository.archivedHistory(3)).toBe(NEW_HISTORY_3);
 
     // Run once more (a resume after the first run had finished): the new branch is not the copy set aside, it stays.
     expect((await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).moved).toEqual([]);
@@ -125,7 +140,7 @@ describe("the archive's identity", () => {
   test("an archived segment that cannot be read is an error, not an empty repository", async () => {
     const repository = await repositoryHome("identity-unreadable");
     const name = "000000010000000000000003";
-    await receive(repository, name, segmentStart(7001n));
+    await receive(repository, name, walSegment(name, SYSTEM));
     await pusherFor(repository).pushPending();
     await rm(path.join(repository.spoolDir, name));
     expect(await archiveIdentity(repository)).toMatchObject({ systemIdentifier: "7001" });
@@ -138,7 +153,7 @@ describe("the archive's identity", () => {
   test("a received segment that is a link, or shorter than a header, has no header: the next one is read", async () => {
     const repository = await repositoryHome("identity-no-header");
     await receive(repository, "000000010000000000000003", segmentStart(7001n));
-    await receive(repository, "000000010000000000000004", "short");
+    await receive(repository, "000000010000000000000004", Buffer.from("short"));
     const { symlink } = await import("node:fs/promises");
     await symlink("/etc/hostname", path.join(repository.spoolDir, "000000010000000000000005.partial"));
     expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7001", source: "WAL segment 000000010000000000000003" });
@@ -177,9 +192,9 @@ describe("the failover's set-aside of a reused timeline (a stopped old primary p
     const emitted: unknown[] = [];
     const context = contextOf(repository, emitted);
     await receive(repository, "000000020000000000000005", "timeline 2, the node's own");
-    await receive(repository, HISTORY_3, "old branch history\n");
+    await receive(repository, HISTORY_3, OLD_HISTORY_3);
     await receive(repository, SEGMENT_3_6, "old branch");
-    await pusherFor(repository).pushPending();
+    await pusherFor(repository, { primaryHistory: OLD_BRANCH }).pushPending();
     const check = await reusedTimelineCheck(context, node1);
     expect(JSON.parse(check)).toMatchObject({ names: [HISTORY_3, SEGMENT_3_6] });
 
@@ -197,7 +212,7 @@ describe("the failover's set-aside of a reused timeline (a stopped old primary p
 
     // The new branch pushed under the same names; a further resume leaves it alone and says nothing more.
     await receive(repository, SEGMENT_3_6, "new branch");
-    await pusherFor(repository).pushPending();
+    await pusherFor(repository, { primaryHistory: NEW_BRANCH }).pushPending();
     await setAsideReusedTimelines(context, { node: node1, timeline: 3, promotedNow: false, check });
     expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
     expect(emitted).toHaveLength(1);

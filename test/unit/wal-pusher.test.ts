@@ -1,5 +1,5 @@
 import { expect } from "@jest/globals";
-import { open, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { link, open, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
@@ -10,9 +10,12 @@ import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { WalIndex } from "../../src/wal/wal-index";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import { pushableNames, type WalPusher } from "../../src/wal/wal-pusher";
+import { HISTORY_MAX_BYTES } from "../../src/wal/wal-file-check";
 import { tempHome } from "../helpers/home";
 import { pusherFor } from "../helpers/wal-pusher";
-import { segmentStart } from "../helpers/wal-segment";
+import { walSegment } from "../helpers/wal-segment";
+import { parseSegmentName } from "../../src/postgres/wal-names";
+import { timelinePath, type TimelineStep } from "../../src/postgres/timelines";
 
 /**
  * The pusher moves what pg_receivewal received (complete segments and
@@ -26,21 +29,32 @@ const SEGMENT_5 = "000000010000000000000005";
 const SEGMENT_2_4 = "000000020000000000000004";
 const HISTORY_2 = "00000002.history";
 const HISTORY_3 = "00000003.history";
+const SYSTEM = 7001n;
+/** Timeline 2 branched off timeline 1 at 0/4000000, and the primary's history through it. */
+const OWN_HISTORY_2 = "1\t0/4000000\tno recovery target specified\n";
+const ON_TIMELINE_2 = () => timelinePath(2, OWN_HISTORY_2);
 
-async function pusherHome(label: string): Promise<{ repository: Repository; pusher: WalPusher }> {
+async function pusherHome(
+  label: string,
+  primaryHistory: () => readonly TimelineStep[] | null = ON_TIMELINE_2,
+): Promise<{ repository: Repository; pusher: WalPusher }> {
   const home = await tempHome(label);
   const repository = new Repository(path.join(home, "repository"), null, { spoolDir: walSpoolDir(home) });
   await repository.ensure();
-  const pusher = pusherFor(repository);
+  const pusher = pusherFor(repository, { primaryHistory });
   return { repository, pusher };
 }
 
-async function receive(repository: Repository, name: string, content: string): Promise<void> {
-  await writeFile(path.join(repository.spoolDir, name), content, { mode: 0o600 });
+/** Receives `name`: a segment as a whole one of cluster SYSTEM, `content` its marker; a history (or anything else) as it is. */
+async function receive(repository: Repository, name: string, content: string | Buffer): Promise<void> {
+  const file = parseSegmentName(name) && typeof content === "string" ? walSegment(name, SYSTEM, content) : content;
+  await writeFile(path.join(repository.spoolDir, name), file, { mode: 0o600 });
 }
 
+/** A stored history's text, or a stored segment's marker (see walSegment). */
 async function stored(repository: Repository, name: string): Promise<string> {
-  return (await buffer(await repository.objects.getStream(archiveKey(0, name)))).toString("utf8");
+  const content = await buffer(await repository.objects.getStream(archiveKey(0, name)));
+  return parseSegmentName(name) ? content.subarray(64, content.indexOf(0, 64)).toString("utf8") : content.toString("utf8");
 }
 
 describe("which received WAL files are pushed", () => {
@@ -55,8 +69,8 @@ describe("the WAL pusher", () => {
     const { repository, pusher } = await pusherHome("pusher-puts");
     await receive(repository, SEGMENT_3, "three");
     await receive(repository, SEGMENT_4, "four");
-    await receive(repository, HISTORY_2, "1\t0/4000000\tno recovery target specified\n");
-    await receive(repository, `${SEGMENT_5}.partial`, "five, being received");
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
+    await receive(repository, `${SEGMENT_5}.partial`, walSegment(SEGMENT_5, SYSTEM, "five"));
 
     expect(await pusher.pushPending()).toEqual([SEGMENT_3, SEGMENT_4, HISTORY_2]); // sorted by name
     expect(await stored(repository, SEGMENT_3)).toBe("three");
@@ -76,22 +90,24 @@ describe("the WAL pusher", () => {
     expect(await pusher.pushPending()).toEqual([SEGMENT_3]);
     // Put since the index was built (it does not know it): the pusher's head finds it before any put.
     await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from("the archive's own\n")]));
-    await receive(repository, HISTORY_2, "another branch\n");
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
 
     expect(await pusher.pushPending()).toEqual([]);
     expect(await stored(repository, HISTORY_2)).toBe("the archive's own\n");
     // Refused once, not retried at every pass: were it compared again, the archive's now being the received content
     // would make it pushed.
-    await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from("another branch\n")]));
+    await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from(OWN_HISTORY_2)]));
     expect(await pusher.pushPending()).toEqual([]);
     expect(await repository.archive.has(HISTORY_2)).toBe(false);
 
     // The same content as the archive's (put by another instance since the listing): taken as pushed, kept as it was.
-    await repository.objects.putStream(archiveKey(0, HISTORY_3), Readable.from([Buffer.from("the same\n")]));
-    await receive(repository, HISTORY_3, "the same\n");
-    expect(await pusher.pushPending()).toEqual([HISTORY_3]);
+    const history3 = `${OWN_HISTORY_2}2\t0/5000000\tno recovery target specified\n`;
+    await repository.objects.putStream(archiveKey(0, HISTORY_3), Readable.from([Buffer.from(history3)]));
+    await receive(repository, HISTORY_3, history3);
+    // (Another pusher, a restart's, never refused HISTORY_2: the archive's being the same content now, it counts as pushed.)
+    expect(await pusherFor(repository, { primaryHistory: () => timelinePath(3, history3) }).pushPending()).toEqual([HISTORY_2, HISTORY_3]);
     expect(await repository.archive.has(HISTORY_3)).toBe(true);
-    expect(await stored(repository, HISTORY_3)).toBe("the same\n");
+    expect(await stored(repository, HISTORY_3)).toBe(history3);
   });
 
   test("a store that cannot be written fails the pass and records nothing; once writable, everything is pushed", async () => {
@@ -149,7 +165,8 @@ describe("the WAL received and archived together (ArchivedWal)", () => {
     const aside = await repository.archivedWal.setAside([SEGMENT_4, `${SEGMENT_5}.partial`], folder);
     expect(aside.moved).toEqual([SEGMENT_4, `${SEGMENT_5}.partial`]);
     expect(await repository.objects.exists(archiveKey(0, SEGMENT_4))).toBe(false);
-    expect((await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_4)))).toString()).toBe("four");
+    const aside4 = await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_4)));
+    expect(aside4.subarray(64, aside4.indexOf(0, 64)).toString()).toBe("four");
     expect(await repository.archive.names()).toEqual([SEGMENT_3]);
     expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, "diverged"]);
   });
@@ -168,7 +185,8 @@ describe("the WAL received and archived together (ArchivedWal)", () => {
 describe("expiry of archived WAL", () => {
   test("removes the segments below the cut from the archive's objects, the index and the receiving directory; histories stay", async () => {
     const { repository, pusher } = await pusherHome("archived-expiry");
-    for (const name of [SEGMENT_3, SEGMENT_4, SEGMENT_5, HISTORY_2]) await receive(repository, name, name);
+    for (const name of [SEGMENT_3, SEGMENT_4, SEGMENT_5]) await receive(repository, name, name);
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
     await pusher.pushPending();
     // Pushed, then gone from the receiving directory (trimmed): expired all the same.
     await rm(path.join(repository.spoolDir, SEGMENT_3));
@@ -186,13 +204,11 @@ describe("expiry of archived WAL", () => {
 describe("the archive's identity", () => {
   test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
     const { repository, pusher } = await pusherHome("archived-identity");
-    await writeFile(path.join(repository.spoolDir, SEGMENT_3), segmentStart(7001n), { mode: 0o600 });
-    await writeFile(path.join(repository.spoolDir, SEGMENT_4), Buffer.concat([segmentStart(7002n), Buffer.alloc(3 * CHUNK_SIZE, 7)]), {
-      mode: 0o600,
-    });
-    await pusher.pushPending();
+    await writeFile(path.join(repository.spoolDir, SEGMENT_3), walSegment(SEGMENT_3, 7002n), { mode: 0o600 });
+    await writeFile(path.join(repository.spoolDir, SEGMENT_4), walSegment(SEGMENT_4, 7002n, "4"), { mode: 0o600 });
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3, SEGMENT_4]);
     for (const name of [SEGMENT_3, SEGMENT_4]) await rm(path.join(repository.spoolDir, name));
-    // Segment 4's object is 3 MiB; a byte of its second chunk damaged: a whole read fails (REPOSITORY_CORRUPT),
+    // Segment 4's object is 16 MiB; a byte of its second chunk damaged: a whole read fails (REPOSITORY_CORRUPT),
     // a range read of its header reads the first chunk only.
     const object = await open(path.join(repository.root, archiveKey(0, SEGMENT_4)), "r+");
     await object.write(Buffer.from([0xff ^ 0x5a]), 0, 1, HEADER_SIZE + CHUNK_SIZE + 16 + 100);
@@ -202,5 +218,53 @@ describe("the archive's identity", () => {
     });
 
     expect(await archiveIdentity(repository)).toEqual({ systemIdentifier: "7002", source: `WAL segment ${SEGMENT_4}` });
+  });
+});
+
+describe("what the pusher never puts (review 21, M1)", () => {
+  test("a received file under a segment's name that is not that segment of this cluster, alone in the spool", async () => {
+    const { repository, pusher } = await pusherHome("pusher-refuses-segments");
+    await receive(repository, SEGMENT_3, "three");
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3]);
+    const planted = {
+      [SEGMENT_4]: Buffer.from("ten bytes!"),
+      [SEGMENT_5]: walSegment(SEGMENT_3, SYSTEM, "segment 3's pages"),
+      "000000010000000000000006": walSegment("000000020000000000000006", SYSTEM, "a later timeline's pages"),
+      "000000010000000000000007": walSegment("000000010000000000000007", 9999n, "another cluster's"),
+    };
+    for (const [name, content] of Object.entries(planted)) await receive(repository, name, content);
+    // A second name for a file elsewhere (protected_hardlinks is not everywhere on).
+    await receive(repository, "000000010000000000000008", "eight");
+    await link(path.join(repository.spoolDir, "000000010000000000000008"), path.join(path.dirname(repository.spoolDir), "elsewhere"));
+    await receive(repository, "000000010000000000000009", "nine");
+
+    expect(await pusher.pushPending()).toEqual(["000000010000000000000009"]);
+    for (const name of [...Object.keys(planted), "000000010000000000000008"]) {
+      expect(await repository.objects.exists(archiveKey(0, name))).toBe(false);
+    }
+    expect(await repository.archive.names()).toEqual([SEGMENT_3, "000000010000000000000009"]);
+  });
+
+  test("a history is read within its cap, parsed, and put only as the primary's own; a planted future one never", async () => {
+    let primary = timelinePath(2, OWN_HISTORY_2);
+    const { repository, pusher } = await pusherHome("pusher-refuses-histories", () => primary);
+    const planted3 = `${OWN_HISTORY_2}2\t0/5000000\tplanted before the promotion\n`;
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
+    await receive(repository, HISTORY_3, planted3);
+    await receive(repository, "00000004.history", Buffer.alloc(HISTORY_MAX_BYTES + 1, "1"));
+    await receive(repository, "00000005.history", "secret=hunter2\n");
+    await receive(repository, "000000030000000000000006", "timeline 3");
+
+    // Timeline 3 is past the primary's: its history waits, and so do its segments.
+    expect(await pusher.pushPending()).toEqual([HISTORY_2]);
+    for (const name of [HISTORY_3, "00000004.history", "00000005.history", "000000030000000000000006"]) {
+      expect(await repository.objects.exists(archiveKey(0, name))).toBe(false);
+    }
+
+    // The primary reaches timeline 3 by another switch point: the planted history is refused, timeline 3's segments stay out.
+    primary = timelinePath(3, `${OWN_HISTORY_2}2\t0/5800000\tno recovery target specified\n`);
+    expect(await pusher.pushPending()).toEqual([]);
+    expect(await repository.objects.exists(archiveKey(0, HISTORY_3))).toBe(false);
+    expect(await repository.objects.exists(archiveKey(0, "000000030000000000000006"))).toBe(false);
   });
 });
