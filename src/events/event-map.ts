@@ -27,6 +27,7 @@ export interface EventMap {
   "archive:spool-cleared": { bytes: number; maxBytes: number };
   "archive:push-failing": { repository: string; error: string; failingSince: string };
   "archive:push-recovered": { repository: string; failedForMs: number };
+  "archive:refused-file": { file: string; reason: string };
   "backup:started": BackupRecord;
   "backup:completed": BackupRecord & { durationMs: number };
   "backup:failed": BackupRecord;
@@ -160,6 +161,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:spool-cleared",
   "archive:push-failing",
   "archive:push-recovered",
+  "archive:refused-file",
   "backup:started",
   "backup:completed",
   "backup:failed",

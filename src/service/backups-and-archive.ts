@@ -48,6 +48,8 @@ export async function openRepository(
 
 export interface WalArchive {
   readonly archiver: WalArchiver;
+  /** Its pusher: the received files it refuses are named in the cluster's health. */
+  readonly pusher: WalPusher;
   /** The archive's gaps, kept in Redis for every instance (for events once, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
@@ -102,6 +104,7 @@ export function startWalArchiver(
     archiveKey: () => repository.archiveKey(),
     archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
     primaryHistory: () => archiver.preparedHistory,
+    events: redis.events,
     logger,
     intervalMs: WAL_PUSH_INTERVAL_MS,
     parallelism: config.backupParallelism,
@@ -128,7 +131,7 @@ export function startWalArchiver(
   );
   archiverRole.start();
   cleanups.push(() => archiverRole.stop());
-  return { archiver, gaps, walSummarizer, pushHealth };
+  return { archiver, pusher, gaps, walSummarizer, pushHealth };
 }
 
 export interface Backups {

@@ -18,6 +18,7 @@ import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
 import type { PushHealth } from "../wal/push-health";
+import type { WalPusher } from "../wal/wal-pusher";
 import type { ArchiveGaps } from "../wal/archive-gaps";
 import { outcomeEvent } from "./bootstrap-events";
 import type { Cleanup, StartContext } from "./cleanups";
@@ -221,6 +222,8 @@ export async function startTopology(
     readonly nodes: readonly NodeRef[];
     readonly superuser: Credentials;
     readonly archiver: WalArchiver;
+    /** The WAL pusher: the received files it refuses are named in the cluster's health. */
+    readonly walPusher: Pick<WalPusher, "healthReasons">;
     /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
     readonly archiveGaps: ArchiveGaps;
     /** Whether the pusher reaches the repository: its reason in the cluster's health while it has not for a while. */
@@ -229,7 +232,8 @@ export async function startTopology(
     readonly replayRecentEvents: (windowMs: number) => void;
   },
 ): Promise<Topology> {
-  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, archiveGaps, pushHealth } = options;
+  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, walPusher, archiveGaps } = options;
+  const { pushHealth } = options;
   const { replayRecentEvents } = options;
   const database = new PrimaryDatabase(
     { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE, trustedCa },
@@ -254,6 +258,7 @@ export async function startTopology(
       ...(archiver.refusal ? [archiver.refusal] : []),
       ...(archiver.spoolFullReason ? [archiver.spoolFullReason] : []),
       ...(await pushHealth.healthReasons()),
+      ...walPusher.healthReasons,
       ...(await archiveGaps.healthReasons()),
     ],
     onPrimary: async (primary) => {

@@ -62,6 +62,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       nodes,
       superuser,
       archiver: archive.archiver,
+      walPusher: archive.pusher,
       archiveGaps: archive.gaps,
       pushHealth: archive.pushHealth,
       replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),

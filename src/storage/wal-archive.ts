@@ -193,6 +193,30 @@ export class WalArchive {
   }
 
   /**
+   * What each of `names` is now, as a string that changes when it is
+   * replaced or rewritten (lstat, never followed: inode, size, mode, times
+   * to the nanosecond); absent names are left out. For the pusher's
+   * refusals: a refused file is tried again once it changed.
+   */
+  fingerprints(names: readonly string[]): Promise<Map<string, string>> {
+    return this.within(
+      async (wal) => {
+        const prints = new Map<string, string>();
+        for (const name of names) {
+          assertEntryName(name);
+          const info = await lstat(wal.at(name), { bigint: true }).catch((error: NodeJS.ErrnoException) => {
+            if (error.code === "ENOENT") return null;
+            throw error;
+          });
+          if (info) prints.set(name, `${info.ino}:${info.size}:${info.mode}:${info.mtimeNs}:${info.ctimeNs}`);
+        }
+        return prints;
+      },
+      () => new Map<string, string>(),
+    );
+  }
+
+  /**
    * A file's content (the first `maxBytes` only, when given); null when it is
    * absent. A link or anything but a regular file: DATA_DIR_NOT_OURS, never read.
    */

@@ -8,6 +8,9 @@ import type { DataKeySource, RepositoryStore } from "../repository/repository-st
 import type { WalArchive } from "../storage/wal-archive";
 import type { WalIndex } from "./wal-index";
 import type { FileHandle } from "node:fs/promises";
+import path from "node:path";
+import type { EventLog } from "../events/event-log";
+import { RefusedWalFiles, type RefusedWalFile, type RefusedWalFilesOptions } from "./refused-wal-files";
 import type { TimelineStep } from "../postgres/timelines";
 import { readWalLongPageHeader, WAL_LONG_HEADER_BYTES } from "../postgres/wal-page-header";
 import { historyAgainstPrimary, HISTORY_MAX_BYTES, parseHistoryFile, segmentRefusal } from "./wal-file-check";
@@ -66,6 +69,8 @@ export interface WalPusherOptions {
   readonly archiveIdentity: () => Promise<string | null>;
   /** The timeline history of the primary the archiver streams from (WalArchiver.preparedHistory); null while none. */
   readonly primaryHistory: () => readonly TimelineStep[] | null;
+  /** Where a refused file is reported (`archive:refused-file`, once per file). */
+  readonly events: Pick<EventLog, "emit">;
   readonly logger: Logger;
   /** How often the source is looked at. */
   readonly intervalMs: number;
@@ -73,6 +78,10 @@ export interface WalPusherOptions {
   readonly parallelism: number;
   /** Told of every pass the timer runs: its failure (null when none), how many files it put and left (see PushHealth). */
   readonly onPass?: (pass: { readonly error: Error | null; readonly pushed: number; readonly pending: number }) => Promise<void>;
+  /** When a refused file is tried again, and logged again (default REFUSED_WAL_DEFAULTS). */
+  readonly refusals?: RefusedWalFilesOptions;
+  /** The clock (ms), for tests. */
+  readonly now?: () => number;
 }
 
 /**
@@ -87,21 +96,36 @@ export interface WalPusherOptions {
  * never change once complete): a crash between a put and the index's
  * record pushes it again. A history is never replaced by different
  * content: a timeline's history is that timeline's own, and one that
- * differs is another cluster's branch of that number (refused). While a
- * timeline's received history is not in the archive, that timeline's
- * segments wait.
+ * differs is another cluster's branch of that number (refused).
+ *
+ * A refused file (see RefusedWalFiles) is skipped, reported once and
+ * named in the cluster's health until it is gone or passes; it never stops
+ * the pass. Every received history is confirmed once against the archive
+ * (put, or the archive's the same), also one the index names: while a
+ * timeline's received history is not confirmed (held, refused), that
+ * timeline's segments wait, so a refused history of timeline N stops N's
+ * segments and no other's.
  */
 export class WalPusher {
   private timer: NodeJS.Timeout | null = null;
   private pass: Promise<string[]> | null = null;
   /** What the last pass left unpushed (failed, or not reached after a failure): the repository's WAL lag in files. */
   private pendingAfterPass = 0;
-  /** Files refused, with why: reported once each, not tried again. */
-  private readonly refused = new Map<string, string>();
+  private readonly refusals: RefusedWalFiles;
+  /** Histories confirmed (put, or the archive's the same), with their fingerprint then: not compared again unless changed. */
+  private readonly confirmed = new Map<string, string | null>();
+  /** Refused histories the index held when refused: tried again as soon as the index lets them go (set aside, review 21 L2). */
+  private readonly refusedWhileIndexed = new Set<string>();
+  /** Histories held (see historyAgainstPrimary), with their fingerprint and the primary's history then: looked at again once either changes. */
+  private readonly held = new Map<string, { readonly print: string | null; readonly primary: readonly TimelineStep[] | null }>();
   /** The archive's system identifier once known (it does not change within a generation). */
   private systemIdentifier: string | null = null;
+  private readonly now: () => number;
 
-  constructor(private readonly options: WalPusherOptions) {}
+  constructor(private readonly options: WalPusherOptions) {
+    this.refusals = new RefusedWalFiles(options.refusals);
+    this.now = options.now ?? Date.now;
+  }
 
   start(): void {
     if (this.timer) return;
@@ -124,66 +148,123 @@ export class WalPusher {
     await this.pass?.catch(() => undefined);
   }
 
-  /** One pass (passes never overlap): pushes what is pending; returns the names pushed. */
+  /** One pass (passes never overlap): pushes what is pending; returns the names newly in the archive. */
   pushPending(): Promise<string[]> {
     this.pass ??= this.pushOnce().finally(() => (this.pass = null));
     return this.pass;
   }
 
+  /** The received files refused now, oldest first. */
+  get refused(): RefusedWalFile[] {
+    return this.refusals.list();
+  }
+
+  /** Why the cluster is not healthy on the pusher's account (a refused file each, the first few); none while nothing is refused. */
+  get healthReasons(): string[] {
+    const refused = this.refusals.list();
+    const named = refused
+      .slice(0, 3)
+      .map((file) => `the WAL pusher refuses ${path.join(this.options.source.path, file.name)}: ${file.reason}; remove or replace it`);
+    return refused.length > 3 ? [...named, `the WAL pusher refuses ${refused.length - 3} more received files`] : named;
+  }
+
   private async pushOnce(): Promise<string[]> {
     const { source, index, parallelism } = this.options;
+    const now = this.now();
     const names = await source.names();
     const known = new Set(await index.names());
-    const skipped = (name: string) => known.has(name) || this.refused.has(name);
-    const pushed: string[] = [];
-    // Histories first, each before any segment of its timeline.
-    for (const name of pushableNames(names, skipped).filter((each) => HISTORY.test(each))) {
-      if (await this.push(name)) {
-        pushed.push(name);
-        known.add(name);
-      }
-    }
+    const refused = this.refusals.present(names);
+    const histories = names.filter((name) => HISTORY.test(name)).sort();
+    for (const name of this.confirmed.keys()) if (!histories.includes(name)) this.confirmed.delete(name);
+    for (const name of this.held.keys()) if (!histories.includes(name)) this.held.delete(name);
     const primary = this.options.primaryHistory();
+    const prints = await source.fingerprints([...new Set([...histories, ...refused])]);
+    const printOf = (name: string) => prints.get(name) ?? null;
+    const skips = (name: string) =>
+      this.refusals.skips(name, printOf(name), now) && !(this.refusedWhileIndexed.has(name) && !known.has(name));
+    const pushed: string[] = [];
+    // A store that fails a history's put fails the pass: what it leaves is everything not in the archive.
+    this.pendingAfterPass = pushableNames(names, (name) => known.has(name)).length;
+    // Histories first, each confirmed before any segment of its timeline.
+    for (const name of histories) {
+      if (this.confirmed.has(name) && this.confirmed.get(name) === printOf(name)) continue;
+      if (skips(name)) continue;
+      const held = this.held.get(name);
+      if (held && held.print === printOf(name) && held.primary === primary) continue;
+      const outcome = await this.push(name, { indexed: known.has(name), now });
+      if (outcome === "held") this.held.set(name, { print: printOf(name), primary });
+      else this.held.delete(name);
+      if (outcome !== "put" && outcome !== "present") continue;
+      this.confirmed.set(name, printOf(name));
+      if (!known.has(name)) pushed.push(name);
+      known.add(name);
+    }
     const hold: SegmentHold = {
-      timelines: timelinesWithoutHistory(names, (name) => known.has(name)),
+      timelines: timelinesWithoutHistory(histories, (name) => this.confirmed.has(name)),
       newestTimeline: primary?.at(-1)?.timeline ?? null,
     };
-    const queue = pushableNames(names, skipped, hold).filter((each) => !HISTORY.test(each));
+    const queue = pushableNames(names, (name) => HISTORY.test(name) || known.has(name) || skips(name), hold);
     const failures: Error[] = [];
     const due = queue.length;
+    const pushedHistories = pushed.length;
     const worker = async (): Promise<void> => {
       for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
         try {
-          if (await this.push(name)) pushed.push(name);
+          if ((await this.push(name, { indexed: false, now })) === "put") pushed.push(name);
         } catch (error) {
           failures.push(error as Error);
-          // What follows a failed segment would leave a hole behind it: stop taking more.
+          // What follows a segment the store failed would leave a hole behind it: stop taking more (a refused one is skipped).
           queue.length = 0;
         }
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, parallelism) }, worker));
-    this.pendingAfterPass = failures.length > 0 ? due - pushed.length : 0;
+    this.pendingAfterPass = failures.length > 0 ? due - (pushed.length - pushedHistories) : 0;
     if (failures.length > 0) throw failures[0]!;
     return pushed.sort();
   }
 
-  /** Pushes one file; false when there was nothing to push (gone from the source meanwhile, held or refused). */
-  private async push(name: string): Promise<boolean> {
-    const { source, objects, generation, index } = this.options;
+  /** Pushes one file, recording it in the index when the archive has it; a refusal is recorded, reported and logged here. */
+  private async push(name: string, context: { readonly indexed: boolean; readonly now: number }): Promise<PutWalOutcome["kind"]> {
+    const { source, objects, generation, index, logger } = this.options;
     const checks: WalFileChecks = {
       systemIdentifier: HISTORY.test(name) ? null : await this.archiveSystemIdentifier(),
       primaryHistory: this.options.primaryHistory(),
     };
     const outcome = await putWalFile({ source, objects, generation, dataKey: await this.options.archiveKey(), checks }, name);
     if (outcome.kind === "refused") {
-      this.refused.set(name, outcome.reason);
-      this.options.logger.error({ file: name, reason: outcome.reason, repository: objects.location }, "a received WAL file is refused");
+      await this.refuse(name, outcome.reason, context);
+      return outcome.kind;
     }
+    this.refusedWhileIndexed.delete(name);
+    if (this.refusals.clear(name)) logger.info({ file: name, outcome: outcome.kind }, "a received WAL file refused before passes now");
     if (outcome.kind === "put") this.systemIdentifier ??= outcome.systemIdentifier;
-    if (outcome.kind !== "put" && outcome.kind !== "present") return false;
-    index.added(name);
-    return true;
+    if (outcome.kind === "put" || outcome.kind === "present") index.added(name);
+    return outcome.kind;
+  }
+
+  private async refuse(name: string, reason: string, context: { readonly indexed: boolean; readonly now: number }): Promise<void> {
+    const { source, objects, logger, events } = this.options;
+    const fingerprint = (await source.fingerprints([name]).catch(() => new Map<string, string>())).get(name) ?? null;
+    const { report, log } = this.refusals.refuse(name, reason, fingerprint, context.now);
+    if (context.indexed) this.refusedWhileIndexed.add(name);
+    else this.refusedWhileIndexed.delete(name);
+    const file = path.join(source.path, name);
+    if (log) {
+      logger.error(
+        { file, reason, repository: objects.location },
+        "a received WAL file is refused: never put into the repository, skipped until it changes or is removed",
+      );
+    }
+    if (report) {
+      await events.emit({
+        kind: "archive:refused-file",
+        severity: "critical",
+        node: null,
+        message: `the WAL pusher refuses ${file}: ${reason}; it is not put into the repository until it is removed or replaced`,
+        data: { file: name, reason },
+      });
+    }
   }
 
   private async archiveSystemIdentifier(): Promise<string | null> {
@@ -249,6 +330,12 @@ export async function putWalFile(
         ? { kind: "present" }
         : { kind: "refused", reason: "the repository holds a different history of this timeline (never replaced)", differs: true };
     }
+    // Not in the archive yet: put only as the primary's own (a planted future history, once put, would stay).
+    if (checks && opened.history) {
+      const decision = historyAgainstPrimary(opened.history, checks.primaryHistory);
+      if (decision === "hold") return { kind: "held" };
+      if (decision !== "push") return { kind: "refused", reason: decision.refused, differs: false };
+    }
     await objects.putStream(key, Readable.from([opened.content!]), { dataKey });
     return { kind: "put", systemIdentifier: null };
   }
@@ -269,13 +356,20 @@ export async function putWalFile(
 }
 
 type Opened =
-  | { readonly kind: "open"; readonly file: FileHandle; readonly content: Buffer | null; readonly systemIdentifier: string | null }
-  | Exclude<PutWalOutcome, { kind: "put" } | { kind: "present" }>;
+  | {
+      readonly kind: "open";
+      readonly file: FileHandle;
+      /** A history's content, and its parse when checked. */
+      readonly content: Buffer | null;
+      readonly history: { readonly timeline: number; readonly ancestors: readonly TimelineStep[] } | null;
+      readonly systemIdentifier: string | null;
+    }
+  | Exclude<PutWalOutcome, { kind: "put" } | { kind: "present" } | { kind: "held" }>;
 
 /**
  * Opens `name` in `source` and checks it (see wal-file-check.ts): a
  * segment's first page, a history's content (read whole, within the
- * cap). Every failure of the source's file is a refusal.
+ * cap, and parsed). Every failure of the source's file is a refusal.
  */
 async function openChecked(source: WalArchive, name: string, checks: WalFileChecks | null): Promise<Opened> {
   let file: FileHandle | null = null;
@@ -288,22 +382,19 @@ async function openChecked(source: WalArchive, name: string, checks: WalFileChec
     if (HISTORY.test(name)) {
       // Never more than the cap, whatever the file grows to meanwhile.
       const content = await readUpTo(file, Math.min(facts.bytes, HISTORY_MAX_BYTES) + 1);
-      if (checks) {
-        const parsed = parseHistoryFile(name, { ...facts, bytes: Math.max(facts.bytes, content.length) }, content);
-        if (!parsed.ok) return refuse(parsed.reason);
-        const decision = historyAgainstPrimary(parsed, checks.primaryHistory);
-        if (decision === "hold") return close({ kind: "held" });
-        if (decision !== "push") return refuse(decision.refused);
-      } else if (content.length > HISTORY_MAX_BYTES) {
-        return refuse(`it is over a history's ${HISTORY_MAX_BYTES} bytes`);
+      if (!checks) {
+        if (content.length > HISTORY_MAX_BYTES) return refuse(`it is over a history's ${HISTORY_MAX_BYTES} bytes`);
+        return { kind: "open", file, content, history: null, systemIdentifier: null };
       }
-      return { kind: "open", file, content, systemIdentifier: null };
+      const parsed = parseHistoryFile(name, { ...facts, bytes: Math.max(facts.bytes, content.length) }, content);
+      if (!parsed.ok) return refuse(parsed.reason);
+      return { kind: "open", file, content, history: parsed, systemIdentifier: null };
     }
-    if (!checks) return { kind: "open", file, content: null, systemIdentifier: null };
+    if (!checks) return { kind: "open", file, content: null, history: null, systemIdentifier: null };
     const firstPage = await readUpTo(file, WAL_LONG_HEADER_BYTES);
     const refusal = segmentRefusal(name, facts, firstPage, checks.systemIdentifier);
     if (refusal) return refuse(refusal);
-    return { kind: "open", file, content: null, systemIdentifier: readWalLongPageHeader(firstPage)!.systemIdentifier };
+    return { kind: "open", file, content: null, history: null, systemIdentifier: readWalLongPageHeader(firstPage)!.systemIdentifier };
   } catch (error) {
     return refuse(`it cannot be opened or read: ${(error as Error).message}`);
   }

@@ -4,6 +4,7 @@ import type { Repository } from "../../src/storage/repository";
 import { WalPusher } from "../../src/wal/wal-pusher";
 import { pushedArchiveIdentity } from "../../src/wal/archive-identity";
 import type { TimelineStep } from "../../src/postgres/timelines";
+import type { EventLog } from "../../src/events/event-log";
 import { WalSummarizer } from "../../src/wal/wal-summary";
 
 /**
@@ -11,7 +12,15 @@ import { WalSummarizer } from "../../src/wal/wal-summary";
  * objects, run by hand (pushPending) in tests; the primary's timeline
  * history `primaryHistory` (default: none known, so histories are held).
  */
-export function pusherFor(repository: Repository, options: { primaryHistory?: () => readonly TimelineStep[] | null } = {}): WalPusher {
+export function pusherFor(
+  repository: Repository,
+  options: {
+    primaryHistory?: () => readonly TimelineStep[] | null;
+    /** Where refusals are reported (default: nowhere). */
+    events?: Pick<EventLog, "emit">;
+    now?: () => number;
+  } = {},
+): WalPusher {
   return new WalPusher({
     source: repository.spool,
     objects: repository.objects,
@@ -20,6 +29,8 @@ export function pusherFor(repository: Repository, options: { primaryHistory?: ()
     archiveKey: () => repository.archiveKey(),
     archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
     primaryHistory: options.primaryHistory ?? (() => null),
+    events: options.events ?? { emit: () => Promise.resolve(null) },
+    ...(options.now ? { now: options.now } : {}),
     logger: createLogger({ level: "silent" }),
     intervalMs: 60_000,
     parallelism: 3,

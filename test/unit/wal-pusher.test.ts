@@ -1,5 +1,5 @@
-import { expect } from "@jest/globals";
-import { link, open, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { expect, jest } from "@jest/globals";
+import { link, mkdir, open, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import path from "node:path";
@@ -266,5 +266,93 @@ describe("what the pusher never puts (review 21, M1)", () => {
     expect(await pusher.pushPending()).toEqual([]);
     expect(await repository.objects.exists(archiveKey(0, HISTORY_3))).toBe(false);
     expect(await repository.objects.exists(archiveKey(0, "000000030000000000000006"))).toBe(false);
+  });
+});
+
+describe("a received file the pusher refuses (review 21, M2 and L2)", () => {
+  /** A pusher on timeline 2 whose clock the test moves, its events recorded. */
+  async function refusingHome(label: string) {
+    let now = 1_000_000;
+    const events: Array<{ kind: string; severity: string; data: unknown }> = [];
+    const { repository } = await pusherHome(label);
+    const pusher = pusherFor(repository, {
+      primaryHistory: ON_TIMELINE_2,
+      events: {
+        emit: (event) => {
+          events.push(event);
+          return Promise.resolve(null);
+        },
+      },
+      now: () => now,
+    });
+    const opened = jest.spyOn(repository.spool, "openFiles");
+    const opens = (name: string) => opened.mock.calls.filter(([names]) => names.includes(name)).length;
+    return { repository, pusher, events, opens, later: (ms: number) => (now += ms) };
+  }
+
+  test("is skipped, reported once and named in health, tried again only once changed or after its back-off; cleared when gone or valid", async () => {
+    const { repository, pusher, events, opens, later } = await refusingHome("pusher-refusals");
+    // A directory where a history should be, and where segment 4 should be: neither can be opened as a file.
+    await mkdir(path.join(repository.spoolDir, HISTORY_2));
+    await mkdir(path.join(repository.spoolDir, SEGMENT_4));
+    await receive(repository, SEGMENT_3, "three");
+    await receive(repository, SEGMENT_5, "five");
+    await receive(repository, SEGMENT_2_4, "timeline 2");
+
+    // The history blocks its own timeline's segment only; the refused segment is skipped, the next one pushed.
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3, SEGMENT_5]);
+    expect(events).toEqual([
+      expect.objectContaining({ kind: "archive:refused-file", severity: "critical", data: expect.objectContaining({ file: HISTORY_2 }) }),
+      expect.objectContaining({ kind: "archive:refused-file", severity: "critical", data: expect.objectContaining({ file: SEGMENT_4 }) }),
+    ]);
+    expect(pusher.healthReasons).toEqual([
+      expect.stringContaining(`refuses ${path.join(repository.spoolDir, SEGMENT_4)}: it cannot be opened`),
+      expect.stringContaining(`refuses ${path.join(repository.spoolDir, HISTORY_2)}: it cannot be opened`),
+    ]);
+
+    // Passes in a row: neither is opened again, nor reported again.
+    const tries = opens(SEGMENT_4);
+    for (let pass = 0; pass < 5; pass++) expect(await pusher.pushPending()).toEqual([]);
+    expect(opens(SEGMENT_4)).toBe(tries);
+    expect(events).toHaveLength(2);
+    // Its back-off over, it is tried again (once), and stays refused without another event.
+    later(60_000);
+    expect(await pusher.pushPending()).toEqual([]);
+    expect(opens(SEGMENT_4)).toBe(tries + 1);
+    expect(events).toHaveLength(2);
+
+    // The history replaced by the primary's own: pushed at once, and timeline 2's segment with it.
+    await rm(path.join(repository.spoolDir, HISTORY_2), { recursive: true });
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
+    expect(await pusher.pushPending()).toEqual([HISTORY_2, SEGMENT_2_4]);
+    expect(pusher.healthReasons).toEqual([expect.stringContaining(SEGMENT_4)]);
+    // The directory removed: nothing refused any more.
+    await rm(path.join(repository.spoolDir, SEGMENT_4), { recursive: true });
+    expect(await pusher.pushPending()).toEqual([]);
+    expect(pusher.healthReasons).toEqual([]);
+    expect(pusher.refused).toEqual([]);
+  });
+
+  test("a history the archive holds with other content stops its timeline's segments, until the archive's is set aside", async () => {
+    const { repository, pusher, events } = await refusingHome("pusher-history-aside");
+    // The archive's history of timeline 2 is another branch's, and the index knows it.
+    await repository.objects.putStream(archiveKey(0, HISTORY_2), Readable.from([Buffer.from("1\t0/3800000\tanother branch\n")]));
+    await repository.archive.rebuild();
+    await receive(repository, HISTORY_2, OWN_HISTORY_2);
+    await receive(repository, SEGMENT_3, "three");
+    await receive(repository, SEGMENT_2_4, "timeline 2");
+
+    expect(await pusher.pushPending()).toEqual([SEGMENT_3]);
+    expect(events).toEqual([
+      expect.objectContaining({ data: expect.objectContaining({ file: HISTORY_2, reason: expect.stringMatching(/different history/) }) }),
+    ]);
+    expect(await repository.objects.exists(archiveKey(0, SEGMENT_2_4))).toBe(false);
+    expect(await pusher.pushPending()).toEqual([]);
+
+    // The archive's branch set aside (a failover's set-aside of a reused timeline): the received history goes in at once.
+    await repository.archivedWal.setAside([HISTORY_2], divergedFolder());
+    expect(await pusher.pushPending()).toEqual([HISTORY_2, SEGMENT_2_4]);
+    expect(await stored(repository, HISTORY_2)).toBe(OWN_HISTORY_2);
+    expect(pusher.healthReasons).toEqual([]);
   });
 });
