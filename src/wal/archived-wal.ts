@@ -86,11 +86,16 @@ export class ArchivedWal {
    * Sets `names` aside under `folder` (see divergedFolder), so that neither
    * a restore nor the pusher takes them for the cluster's WAL. Each file is
    * first copied to `diverged/<folder>/<name>` (from the archive's object,
-   * else the received file): that copy is what is set aside. Then the
-   * archive's object and the received file are removed (the object
-   * deleted, with the segment's WAL summary; the file moved under wal/
-   * `folder` through the directory's handles), each only while its content
-   * is the copy's. Objects first, received files last.
+   * else the received file; a `.partial`, never pushed, from the received
+   * file): that copy is what is set aside. Then the archive's object and
+   * the received file are removed (the object deleted, with the segment's
+   * WAL summary; the received file removed from the spool), each only while
+   * its content is the copy's. Objects first, received files last. Only
+   * what cannot be read as a file (a link or a non-file planted at the
+   * name) is moved under the spool's `diverged/<folder>/` as it is,
+   * through the directory's handles: the spool keeps no second copy of
+   * what the repository holds (review 23, §10: that copy was outside the
+   * spool's size budget and never removed).
    *
    * Why: run again with the same `folder` (a failover resumed after a
    * failure partway, see setAsideReusedTimelines), it finishes what is left
@@ -98,8 +103,7 @@ export class ArchivedWal {
    * (a reused timeline's new branch, pushed or received after the first
    * run): its content is not the copy's. The summary goes with the object:
    * a reused name is summarised again from its new branch, never taken as
-   * summarised by the abandoned one. A `.partial` (never pushed) is moved as
-   * it is; a name in neither place is skipped.
+   * summarised by the abandoned one. A name in neither place is skipped.
    */
   async setAside(names: readonly string[], folder: readonly string[]): Promise<{ readonly path: string; readonly moved: string[] }> {
     const { receiving, objects, generation, index } = this.options;
@@ -107,14 +111,16 @@ export class ArchivedWal {
     const dataKey = await this.options.archiveKey();
     const moved = new Set<string>();
     const receivedToMove: string[] = [];
+    const receivedToRemove: string[] = [];
     for (const name of names) {
-      if (!isWalFileName(name)) {
+      const partial = isPartialName(name);
+      if (!isWalFileName(name) && !partial) {
         receivedToMove.push(name);
         continue;
       }
-      const key = archiveKey(generation, name);
+      const key = archiveKey(generation, name.replace(/\.partial$/, ""));
       const asideKey = divergedKey(generation, time, name);
-      const archived = await this.readObject(key);
+      const archived = partial ? null : await this.readObject(key);
       const received = await receiving.read(name).catch((error: unknown) => {
         // A link or a non-file planted at the name (never read, never followed): moved out of the way as it is.
         if (error instanceof RelevoError && error.code === ErrorCode.DataDirNotOurs) receivedToMove.push(name);
@@ -137,17 +143,28 @@ export class ArchivedWal {
         index.removed(name);
         moved.add(name);
       }
-      if (receivedIsCopy) receivedToMove.push(name);
+      if (receivedIsCopy) receivedToRemove.push(name);
     }
-    const local = await receiving.setAside(receivedToMove, folder);
-    for (const name of local.moved) moved.add(name);
-    return { path: `${local.path} and ${path.posix.join(objects.location, "diverged", time)}`, moved: [...moved].sort() };
+    // First what cannot be read (a planted diverged/ link refuses it before any received file is removed).
+    const objectsAside = path.posix.join(objects.location, "diverged", time);
+    const local = receivedToMove.length > 0 ? await receiving.setAside(receivedToMove, folder) : null;
+    for (const name of local?.moved ?? []) moved.add(name);
+    // The repository holds each of these under diverged/ now (put, or found there): the spool's copy goes.
+    for (const name of receivedToRemove) {
+      await receiving.remove(name);
+      moved.add(name);
+    }
+    return { path: local ? `${local.path} and ${objectsAside}` : objectsAside, moved: [...moved].sort() };
   }
 
   private async readObject(key: string): Promise<Buffer | null> {
     const content = await absentAsNull(this.options.objects.getStream(key));
     return content && buffer(content);
   }
+}
+
+function isPartialName(name: string): boolean {
+  return /^[0-9A-F]{24}\.partial$/.test(name) && isSegmentName(name.slice(0, 24));
 }
 
 function isSegmentName(name: string): boolean {

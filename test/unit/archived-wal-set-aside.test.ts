@@ -107,7 +107,7 @@ describe("a set-aside of a reused timeline", () => {
     // Run once more (a resume after the first run had finished): the new branch is not the copy set aside, it stays.
     expect((await repository.archivedWal.setAside([HISTORY_3, SEGMENT_3_6], folder)).moved).toEqual([]);
     expect(await archived(repository, SEGMENT_3_6)).toBe("new branch");
-    expect((await readdir(repository.spoolDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6, "diverged"]);
+    expect((await readdir(repository.spoolDir)).sort()).toEqual([HISTORY_3, SEGMENT_3_6]);
   });
 
   test("takes each segment's summary with it: the new branch's segment of that name is summarised from its own WAL", async () => {

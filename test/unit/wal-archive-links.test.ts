@@ -18,6 +18,7 @@ import { WalArchiver, type WalArchiverOptions } from "../../src/wal/wal-archiver
 import { testNode } from "../helpers/node-facts";
 import { pusherFor, summarizerFor } from "../helpers/wal-pusher";
 import { timelinePath } from "../../src/postgres/timelines";
+import { divergedKey } from "../../src/repository/repository-layout";
 
 /**
  * Root working in the repository's WAL archive, wal/: pg_receivewal writes
@@ -105,24 +106,25 @@ describe("root never follows a link the PostgreSQL user planted in the WAL archi
   );
 
   asRoot(
-    "the old primary's set-aside of a reused timeline, wal/diverged a link to a root-only directory: refused before anything moves, no event",
+    "the old primary's set-aside of a reused timeline, wal/diverged a link to a root-only directory: nothing goes through it, the files go to objects",
     async () => {
       const { wal, repository, rootOnlyDir } = await archiveHome();
-      for (const name of [SEGMENT_1, "000000020000000000000002", "000000020000000000000003"]) archivedByPostgres(wal, name);
+      const reused = ["000000020000000000000002", "000000020000000000000003"];
+      for (const name of [SEGMENT_1, ...reused]) archivedByPostgres(wal, name);
       asPostgres("ln", "-s", rootOnlyDir, path.join(wal, "diverged"));
       const emitted: unknown[] = [];
-      // Only what setAsideReusedTimelines uses: the archive, the log, the events (recorded here, none expected).
+      // Only what setAsideReusedTimelines uses: the archive, the log, the events (recorded here).
       const context = {
         deps: { archive: repository.archivedWal, logger, events: { emit: (event: unknown) => Promise.resolve(emitted.push(event)) } },
       } as unknown as OperationContext;
-      const archivedBefore = (await readdir(wal)).sort();
-      const check = JSON.stringify({ names: archivedBefore, folder: divergedFolder() });
-      await expect(
-        setAsideReusedTimelines(context, { node: testNode("node1"), timeline: 2, promotedNow: true, check }),
-      ).rejects.toMatchObject({ code: ErrorCode.DataDirNotOurs });
+      const folder = divergedFolder();
+      const check = JSON.stringify({ names: [SEGMENT_1, ...reused], folder });
+      await setAsideReusedTimelines(context, { node: testNode("node1"), timeline: 2, promotedNow: true, check });
+      // Kept as the repository's diverged/ objects; the spool keeps no copy, and its planted link is never used.
       expect(await readdir(rootOnlyDir)).toEqual([]);
-      expect((await readdir(wal)).sort()).toEqual(archivedBefore);
-      expect(emitted).toEqual([]);
+      expect((await readdir(wal)).sort()).toEqual([SEGMENT_1, "diverged"]);
+      for (const name of reused) expect(await repository.objects.exists(divergedKey(0, folder.at(-1)!, name))).toBe(true);
+      expect(emitted).toEqual([expect.objectContaining({ kind: "archive:timeline-reused" })]);
     },
   );
 

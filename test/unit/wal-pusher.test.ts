@@ -151,24 +151,33 @@ describe("the repository's WAL index", () => {
 });
 
 describe("the WAL received and archived together (ArchivedWal)", () => {
-  test("names are the union; a set-aside moves the archive's objects under diverged/<time>/ and out of the index", async () => {
+  test("names are the union; a set-aside moves objects and received files under diverged/<time>/ objects, the spool keeps no copy", async () => {
     const { repository, pusher } = await pusherHome("archived-wal-aside");
     await receive(repository, SEGMENT_3, "three");
     await receive(repository, SEGMENT_4, "four");
+    await receive(repository, "000000010000000000000006", "six");
     await pusher.pushPending();
     // The receiving directory lost its copy of segment 4 (wiped): the archive still names it.
     await rm(path.join(repository.spoolDir, SEGMENT_4));
     await receive(repository, `${SEGMENT_5}.partial`, "five");
-    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, SEGMENT_4, `${SEGMENT_5}.partial`]);
+    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, SEGMENT_4, `${SEGMENT_5}.partial`, "000000010000000000000006"]);
 
     const folder = divergedFolder(new Date("2026-12-07T12:00:00.000Z"));
-    const aside = await repository.archivedWal.setAside([SEGMENT_4, `${SEGMENT_5}.partial`], folder);
-    expect(aside.moved).toEqual([SEGMENT_4, `${SEGMENT_5}.partial`]);
+    const aside = await repository.archivedWal.setAside([SEGMENT_4, `${SEGMENT_5}.partial`, "000000010000000000000006"], folder);
+    expect(aside.moved).toEqual([SEGMENT_4, `${SEGMENT_5}.partial`, "000000010000000000000006"]);
     expect(await repository.objects.exists(archiveKey(0, SEGMENT_4))).toBe(false);
-    const aside4 = await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, SEGMENT_4)));
-    expect(aside4.subarray(64, aside4.indexOf(0, 64)).toString()).toBe("four");
+    const marker = async (name: string) => {
+      const content = await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, name)));
+      return content.subarray(64, content.indexOf(0, 64)).toString();
+    };
+    expect(await marker(SEGMENT_4)).toBe("four");
+    expect(await marker("000000010000000000000006")).toBe("six");
+    // The .partial, never pushed, is kept as an object too.
+    expect((await buffer(await repository.objects.getStream(divergedKey(0, folder[1]!, `${SEGMENT_5}.partial`)))).toString()).toBe("five");
     expect(await repository.archive.names()).toEqual([SEGMENT_3]);
-    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3, "diverged"]);
+    // Nothing of it is left in the spool (review 23, §10: a diverged/ there grew outside the spool's budget).
+    expect(await readdir(repository.spoolDir)).toEqual([SEGMENT_3]);
+    expect(await repository.archivedWal.names()).toEqual([SEGMENT_3]);
   });
 
   test("a history is added to the archive unless it holds one; the archive's is what is read", async () => {
