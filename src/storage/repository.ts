@@ -532,6 +532,9 @@ export class Repository {
    */
   async removeSegmentsBefore(segment: number): Promise<number> {
     const received = (await this.spool.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
+    // From a listing, not the index as it stands: what another instance pushed since the index was built would else
+    // be left behind for good (review 21, L5). One listing per expiry.
+    await this.archive.rebuild();
     const archived = (await this.archive.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     const names = [...new Set([...received, ...archived])].sort();
     for (const name of names) {

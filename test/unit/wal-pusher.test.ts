@@ -210,6 +210,20 @@ describe("expiry of archived WAL", () => {
   });
 });
 
+describe("expiry of archived WAL pushed elsewhere (review 21, L5)", () => {
+  test("an object the index does not know (pushed by another instance since its listing) is expired too, not leaked", async () => {
+    const { repository, pusher } = await pusherHome("archived-expiry-stale");
+    await receive(repository, SEGMENT_5, "five");
+    await pusher.pushPending();
+    expect(await repository.archive.names()).toEqual([SEGMENT_5]);
+    // Put since the listing, as the lease holder on another instance does (or a push that raced an expiry).
+    await repository.objects.putStream(archiveKey(0, SEGMENT_3), Readable.from([walSegment(SEGMENT_3, SYSTEM)]));
+
+    expect(await repository.removeSegmentsBefore(5)).toBe(1);
+    expect((await repository.objects.list("archive/")).map((info) => info.key)).toEqual([archiveKey(0, SEGMENT_5)]);
+  });
+});
+
 describe("the archive's identity", () => {
   test("is read from the archive's newest segment by a range read, the receiving directory wiped", async () => {
     const { repository, pusher } = await pusherHome("archived-identity");
