@@ -61,14 +61,20 @@ async function startLocalServer() {
 
 const server = await startLocalServer();
 const relevo = spawn(process.execPath, [path.join(root, "bin/relevo"), "up"], { stdio: "inherit", env, detached: true });
+// The first signal asks Relevo to stop cleanly; a second one (a stop that hangs) ends it at once.
 let forwarded = false;
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   process.on(signal, () => {
-    if (forwarded) return;
+    relevo.kill(forwarded ? "SIGKILL" : signal === "SIGHUP" ? "SIGTERM" : signal);
     forwarded = true;
-    relevo.kill(signal === "SIGHUP" ? "SIGTERM" : signal);
   });
 }
+// This launcher failing must not leave Relevo running without its store.
+process.on("uncaughtException", (error) => {
+  console.error(error);
+  relevo.kill("SIGTERM");
+  process.exitCode = 1;
+});
 relevo.on("exit", (code, signal) => {
   void (server ? server.close() : Promise.resolve()).finally(() => process.exit(code ?? (signal ? 1 : 0)));
 });

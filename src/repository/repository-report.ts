@@ -46,6 +46,8 @@ export class RepositoryReporter {
   private measuring: Promise<void> | null = null;
   /** Completed backups as last counted: shown while the repository cannot be read (it is then that operators ask). */
   private lastBackups: number | null = null;
+  /** The count in progress: concurrent queries share one listing of the manifests. */
+  private counting: Promise<string | null> | null = null;
 
   constructor(
     private readonly options: {
@@ -102,15 +104,22 @@ export class RepositoryReporter {
     };
   }
 
-  /** Counts the completed backups (kept for the next answer); the error's message when the repository cannot be read. */
-  private async countBackups(): Promise<string | null> {
-    try {
-      const summaries = await this.options.inUse.repository.listManifestSummaries();
-      this.lastBackups = summaries.filter((summary) => summary.status === "completed").length;
-      return null;
-    } catch (error) {
-      return (error as Error).message;
-    }
+  /**
+   * Counts the completed backups (kept for the next answer); the error's
+   * message when the repository cannot be read. Queries at the same time
+   * share one count.
+   */
+  private countBackups(): Promise<string | null> {
+    this.counting ??= (async () => {
+      try {
+        const summaries = await this.options.inUse.repository.listManifestSummaries();
+        this.lastBackups = summaries.filter((summary) => summary.status === "completed").length;
+        return null;
+      } catch (error) {
+        return (error as Error).message;
+      }
+    })().finally(() => (this.counting = null));
+    return this.counting;
   }
 
   /**

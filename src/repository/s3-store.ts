@@ -89,7 +89,10 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: settings.requestChecksums ? "WHEN_SUPPORTED" : "WHEN_REQUIRED",
       requestHandler: new NodeHttpHandler({
         connectionTimeout: settings.requestTimeoutMs,
-        requestTimeout: settings.requestTimeoutMs,
+        // A store that accepts a connection and then stays silent: the request fails after this long without a byte
+        // either way (then is retried), never hangs (a pass, a backup, the stop waiting on it for good). Inactivity,
+        // not the whole request: a large part on a slow link keeps sending. (requestTimeout alone only logs.)
+        socketTimeout: settings.requestTimeoutMs,
         httpsAgent: new https.Agent({ ...agentOptions, ...(settings.caPem === "" ? {} : { ca: [settings.caPem] }) }),
         httpAgent: new http.Agent(agentOptions),
       }),

@@ -545,7 +545,7 @@ export class Repository {
       // Its summary: the object, and the plain JSON one from before objects (generation 0's only).
       await this.objects.store.delete([
         walSummaryKey(this.generation, name),
-        ...(this.generation === 0 ? [legacyWalSummaryKey(this.generation, name)] : []),
+        ...(this.readsLegacy ? [legacyWalSummaryKey(this.generation, name)] : []),
       ]);
     }
     return names.length;

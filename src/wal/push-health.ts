@@ -88,6 +88,8 @@ export class PushHealth {
   private shared: PushStatus = NO_PUSH_STATUS;
   /** The last status read from Redis, for health while Redis is away. */
   private lastRead: PushStatus = NO_PUSH_STATUS;
+  /** Whether the status in Redis was taken over (see adoptStoredStatus). */
+  private adopted = false;
 
   constructor(
     private readonly options: {
@@ -129,6 +131,7 @@ export class PushHealth {
   async observe(pass: { readonly error: Error | null; readonly pushed: number; readonly pending: number }): Promise<void> {
     const { events, logger, repository } = this.options;
     const { error } = pass;
+    if (!this.adopted) await this.adoptStoredStatus();
     const at = (this.options.now ?? Date.now)();
     const previous = this.streak;
     const outcome = error ? "failed" : pass.pushed > 0 ? "pushed" : "idle";
@@ -168,6 +171,21 @@ export class PushHealth {
         data: { repository, failedForMs: at - previous.failingSince! },
       });
     }
+  }
+
+  /**
+   * Takes over the status another instance (or this one before a restart)
+   * left in Redis, before the first pass is counted: a streak it reported
+   * goes on, so that its end is `archive:push-recovered` and a store still
+   * down is not reported a second time. Redis away: nothing to take over.
+   */
+  private async adoptStoredStatus(): Promise<void> {
+    const stored = await this.status();
+    this.adopted = true;
+    this.shared = stored;
+    if (stored.failingSince === null) return;
+    this.streak = { failingSince: Date.parse(stored.failingSince), reported: stored.reported };
+    this.lastError = stored.lastError;
   }
 
   /**

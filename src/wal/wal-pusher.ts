@@ -111,6 +111,8 @@ export class WalPusher {
   private pass: Promise<string[]> | null = null;
   /** What the last pass left unpushed (failed, or not reached after a failure): the repository's WAL lag in files. */
   private pendingAfterPass = 0;
+  /** The timed pass in progress with its report (see runTick). */
+  private ticking: Promise<void> | null = null;
   private readonly refusals: RefusedWalFiles;
   /** Histories confirmed (put, or the archive's the same), with their fingerprint then: not compared again unless changed. */
   private readonly confirmed = new Map<string, string | null>();
@@ -130,22 +132,29 @@ export class WalPusher {
   start(): void {
     if (this.timer) return;
     const tick = async (): Promise<void> => {
-      const pass = await this.pushPending().then(
-        (pushed) => ({ error: null, pushed: pushed.length, pending: this.pendingAfterPass }),
-        (error: Error) => ({ error, pushed: 0, pending: this.pendingAfterPass }),
-      );
-      const { onPass, logger } = this.options;
-      if (onPass) await onPass(pass).catch((error: Error) => logger.warn({ err: error.message }, "the pusher's health not recorded"));
-      else if (pass.error) logger.warn({ err: pass.error.message }, "WAL not pushed to the repository");
+      this.ticking = this.runTick();
+      await this.ticking;
       if (this.timer) this.timer = setTimeout(() => void tick(), this.options.intervalMs);
     };
     this.timer = setTimeout(() => void tick(), 0);
+  }
+
+  /** One timed pass and its report (onPass): the stop awaits both, so no report of a stopped pusher lands after it. */
+  private async runTick(): Promise<void> {
+    const pass = await this.pushPending().then(
+      (pushed) => ({ error: null, pushed: pushed.length, pending: this.pendingAfterPass }),
+      (error: Error) => ({ error, pushed: 0, pending: this.pendingAfterPass }),
+    );
+    const { onPass, logger } = this.options;
+    if (onPass) await onPass(pass).catch((error: Error) => logger.warn({ err: error.message }, "the pusher's health not recorded"));
+    else if (pass.error) logger.warn({ err: pass.error.message }, "WAL not pushed to the repository");
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     await this.pass?.catch(() => undefined);
+    await this.ticking;
   }
 
   /** One pass (passes never overlap): pushes what is pending; returns the names newly in the archive. */

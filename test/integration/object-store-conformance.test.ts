@@ -5,6 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { readdir, writeFile } from "node:fs/promises";
+import net from "node:net";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { ErrorCode } from "../../src/errors";
@@ -438,6 +439,25 @@ describe("S3 store: what only object storage can do wrong", () => {
         logger,
       ),
     ).rejects.toMatchObject({ code: ErrorCode.RepositoryUnavailable });
+    // A store that accepts connections and never answers: every request ends within its inactivity bound (and retries).
+    const silent = net.createServer(() => undefined);
+    silent.listen(0, "127.0.0.1");
+    await once(silent, "listening");
+    const sockets = new Set<net.Socket>();
+    silent.on("connection", (socket) => sockets.add(socket));
+    try {
+      const endpoint = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+      const started = Date.now();
+      await expect(
+        S3Store.open(s3Settings("faults", { endpoint, maxAttempts: 2, requestTimeoutMs: 1000 }), uploads, logger),
+      ).rejects.toMatchObject({
+        code: ErrorCode.RepositoryUnavailable,
+      });
+      expect(Date.now() - started).toBeLessThan(15_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
   });
 
   test("through RepositoryStore, an absent document is null but a store that does not answer is REPOSITORY_UNAVAILABLE, never null", async () => {

@@ -92,4 +92,44 @@ describe("PushHealth on a real Redis", () => {
     expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing", "archive:push-recovered"]);
     expect(emitted[1]!.data).toEqual({ repository: location, failedForMs: 40_100 });
   });
+
+  test("an instance that takes over (a lease move, a restart) carries the stored streak on: no second alert, and its recovery is reported", async () => {
+    const store = { redis: testRedis.client(), key: "test:archive-push-takeover", index: 1 };
+    const location = "s3://bucket/takeover/";
+    const emitted: EventDraft[] = [];
+    let now = 0;
+    const instance = () =>
+      new PushHealth({
+        repository: location,
+        events: {
+          emit: (draft) => {
+            emitted.push(draft);
+            return Promise.resolve(null);
+          },
+        },
+        logger: createLogger({ level: "silent" }),
+        store,
+        now: () => now,
+      });
+    const first = instance();
+    const down = new Error("connect ECONNREFUSED 127.0.0.1:9");
+    for (now = 0; now <= 31_000; now += 1000) await first.observe({ error: down, pushed: 0, pending: 2 });
+    expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing"]);
+    // A restart while the store is still down: the streak goes on, not reported again, and health keeps naming it.
+    const restarted = instance();
+    for (now = 40_000; now <= 80_000; now += 1000) await restarted.observe({ error: down, pushed: 0, pending: 2 });
+    expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing"]);
+    expect(await restarted.healthReasons()).toHaveLength(1);
+    expect((await restarted.status()).failingSince).toBe(new Date(0).toISOString());
+    // The lease moves again; the new holder's idle passes say nothing, its first push ends the streak it took over.
+    const moved = instance();
+    now = 90_000;
+    await moved.observe({ error: null, pushed: 0, pending: 0 });
+    expect(await moved.healthReasons()).toHaveLength(1);
+    now = 91_000;
+    await moved.observe({ error: null, pushed: 2, pending: 0 });
+    expect(emitted.map((event) => event.kind)).toEqual(["archive:push-failing", "archive:push-recovered"]);
+    expect(emitted[1]!.data).toEqual({ repository: location, failedForMs: 91_000 });
+    expect(await moved.healthReasons()).toEqual([]);
+  });
 });
