@@ -1,4 +1,5 @@
 import { Readable } from "node:stream";
+import { ErrorCode, RelevoError } from "../errors";
 import { buffer } from "node:stream/consumers";
 import type { Logger } from "../log";
 import { parseSegmentName } from "../postgres/wal-names";
@@ -113,6 +114,8 @@ export class WalPusher {
   private pendingAfterPass = 0;
   /** The timed pass in progress with its report (see runTick). */
   private ticking: Promise<void> | null = null;
+  /** Aborted by stop: a put in flight to a slow or silent store ends then, the stop does not wait out its retries. */
+  private stopping = new AbortController();
   private readonly refusals: RefusedWalFiles;
   /** Histories confirmed (put, or the archive's the same), with their fingerprint then: not compared again unless changed. */
   private readonly confirmed = new Map<string, string | null>();
@@ -131,6 +134,7 @@ export class WalPusher {
 
   start(): void {
     if (this.timer) return;
+    if (this.stopping.signal.aborted) this.stopping = new AbortController();
     const tick = async (): Promise<void> => {
       this.ticking = this.runTick();
       await this.ticking;
@@ -146,6 +150,8 @@ export class WalPusher {
       (error: Error) => ({ error, pushed: 0, pending: this.pendingAfterPass }),
     );
     const { onPass, logger } = this.options;
+    // A pass the stop cut short says nothing of the store.
+    if (this.stopping.signal.aborted) return;
     if (onPass) await onPass(pass).catch((error: Error) => logger.warn({ err: error.message }, "the pusher's health not recorded"));
     else if (pass.error) logger.warn({ err: pass.error.message }, "WAL not pushed to the repository");
   }
@@ -153,6 +159,7 @@ export class WalPusher {
   async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.stopping.abort(new RelevoError(ErrorCode.Timeout, "the WAL pusher stopped: the put in flight ended"));
     await this.pass?.catch(() => undefined);
     await this.ticking;
   }
@@ -240,7 +247,10 @@ export class WalPusher {
       systemIdentifier: HISTORY.test(name) ? null : await this.archiveSystemIdentifier(),
       primaryHistory: this.options.primaryHistory(),
     };
-    const outcome = await putWalFile({ source, objects, generation, dataKey: await this.options.archiveKey(), checks }, name);
+    const outcome = await putWalFile(
+      { source, objects, generation, dataKey: await this.options.archiveKey(), checks, signal: this.stopping.signal },
+      name,
+    );
     if (outcome.kind === "refused") {
       await this.refuse(name, outcome.reason, context);
       return outcome.kind;
@@ -323,10 +333,12 @@ export async function putWalFile(
     /** The archive's data key in an encrypted repository (Repository.archiveKey); undefined: unencrypted. */
     readonly dataKey: DataKey | undefined;
     readonly checks: WalFileChecks | null;
+    /** Ends a put in flight (the pusher's stop): nothing is left under the key. */
+    readonly signal?: AbortSignal;
   },
   name: string,
 ): Promise<PutWalOutcome> {
-  const { source, objects, generation, dataKey, checks } = options;
+  const { source, objects, generation, dataKey, checks, signal } = options;
   const key = archiveKey(generation, name);
   const opened = await openChecked(source, name, checks);
   if (opened.kind !== "open") return opened;
@@ -345,7 +357,7 @@ export async function putWalFile(
       if (decision === "hold") return { kind: "held" };
       if (decision !== "push") return { kind: "refused", reason: decision.refused, differs: false };
     }
-    await objects.putStream(key, Readable.from([opened.content!]), { dataKey });
+    await objects.putStream(key, Readable.from([opened.content!]), { dataKey, signal });
     return { kind: "put", systemIdentifier: null };
   }
   // The stream owns the handle: it closes it at its end, on an error, or when destroyed.
@@ -353,7 +365,7 @@ export async function putWalFile(
   let unreadable: Error | null = null;
   content.once("error", (error) => (unreadable = error));
   try {
-    await objects.putStream(key, content, { dataKey });
+    await objects.putStream(key, content, { dataKey, signal });
   } catch (error) {
     // The spool's file failed mid-read (EIO): its problem, not the store's.
     if (unreadable) return { kind: "refused", reason: `it cannot be read: ${(unreadable as Error).message}`, differs: false };
