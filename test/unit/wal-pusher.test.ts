@@ -7,6 +7,7 @@ import { CHUNK_SIZE, HEADER_SIZE } from "../../src/repository/object-codec";
 import { archiveKey, divergedKey } from "../../src/repository/repository-layout";
 import { divergedFolder } from "../../src/storage/wal-archive";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
+import { DirectoryStore } from "../../src/repository/directory-store";
 import { WalIndex } from "../../src/wal/wal-index";
 import { archiveIdentity } from "../../src/wal/archive-identity";
 import { pushableNames, type WalPusher } from "../../src/wal/wal-pusher";
@@ -377,5 +378,34 @@ describe("a received file the pusher refuses (review 21, M2 and L2)", () => {
     expect(await pusher.pushPending()).toEqual([HISTORY_2, SEGMENT_2_4]);
     expect(await stored(repository, HISTORY_2)).toBe(OWN_HISTORY_2);
     expect(pusher.healthReasons).toEqual([]);
+  });
+});
+
+describe("the pusher's stop", () => {
+  test("ends a put in flight to a store that does not answer, instead of waiting out its retries", async () => {
+    const home = await tempHome("pusher-stop");
+    const store = new DirectoryStore(path.join(home, "repository"));
+    let putStarted = false;
+    // A store that takes the request and never answers (a silent S3 endpoint): only the put's signal ends it.
+    const silent = Object.assign(Object.create(store) as DirectoryStore, {
+      put: (_key: string, _body: unknown, options?: { signal?: AbortSignal }) =>
+        new Promise((_resolve, reject) => {
+          putStarted = true;
+          options?.signal?.addEventListener("abort", () => reject(options.signal!.reason as Error), { once: true });
+        }),
+    });
+    const repository = new Repository(silent, null, { spoolDir: walSpoolDir(home) });
+    await repository.ensure();
+    await mkdir(path.join(home, "repository"), { recursive: true });
+    const pusher = pusherFor(repository, { primaryHistory: () => [{ timeline: 1, switchLsn: null }] });
+    await receive(repository, SEGMENT_3, "three");
+    pusher.start();
+    const deadline = Date.now() + 10_000;
+    while (!putStarted && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(putStarted).toBe(true);
+    const started = Date.now();
+    await pusher.stop();
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(await repository.archive.names()).toEqual([]);
   });
 });
