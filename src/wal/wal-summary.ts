@@ -93,7 +93,7 @@ export interface WalSummarizerOptions {
 export class WalSummarizer {
   private timer: NodeJS.Timeout | null = null;
   private pass: Promise<void> = Promise.resolve();
-  /** Set by stop: the pass in progress takes no further segment. */
+  /** Set by stop: the periodic pass in progress takes no further segment. */
   private stopping = false;
   private readonly segments: SummarySegments;
   /**
@@ -122,7 +122,7 @@ export class WalSummarizer {
     this.timer = setInterval(() => {
       if (running) return; // a backlog takes longer than a tick: no queue of passes
       running = true;
-      void this.summarizePending()
+      void this.summarizePending({ periodic: true })
         .catch((error: Error) => this.options.logger.warn({ err: error.message }, "WAL summaries not written"))
         .finally(() => (running = false));
     }, this.options.intervalMs);
@@ -137,9 +137,13 @@ export class WalSummarizer {
     await this.pass.catch(() => undefined);
   }
 
-  /** One pass over the archive (passes never overlap); the segments summarised. */
-  summarizePending(): Promise<string[]> {
-    const run = this.pass.then(() => this.summarizeNow());
+  /**
+   * One pass over the archive (passes never overlap); the segments
+   * summarised. A periodic one (the timer's) takes no further segment once
+   * stop is asked; one a caller asks for (restore points) goes to its end.
+   */
+  summarizePending(options: { readonly periodic?: boolean } = {}): Promise<string[]> {
+    const run = this.pass.then(() => this.summarizeNow(options.periodic ?? false));
     this.pass = run.then(
       () => undefined,
       () => undefined,
@@ -195,7 +199,7 @@ export class WalSummarizer {
     return [...new Set([...spooled, ...pushed])].sort();
   }
 
-  private async summarizeNow(): Promise<string[]> {
+  private async summarizeNow(periodic: boolean): Promise<string[]> {
     const done = await this.summarizedSegments();
     const names = await this.archivedNames();
     await this.learnIncomplete(possiblyIncomplete(names, done));
@@ -203,7 +207,7 @@ export class WalSummarizer {
     const written: string[] = [];
     try {
       await forEachParallel(jobs, PASS_PARALLELISM, async (job) => {
-        if (this.stopping) return;
+        if (periodic && this.stopping) return;
         // A segment whose successor the archiver is still receiving: its last
         // record may end in that successor, read from what has arrived of it;
         // stored only if that record is all there (else the next pass tries again).
