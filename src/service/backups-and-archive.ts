@@ -11,7 +11,7 @@ import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
-import { openClusterRepository } from "../storage/open-repository";
+import { openClusterRepositories, type RepositorySet } from "../storage/repository-set";
 import { retentionOf } from "../config/repository-config";
 import { BackupLocks } from "../storage/backup-locks";
 import { ArchiveMonitor } from "../wal/archive-monitor";
@@ -27,10 +27,16 @@ import type { RedisAndEvents } from "./redis-and-events";
 export interface Storage {
   /** PostgreSQL's OS user (see openRepository). */
   readonly pgIdentity: OsIdentity | null;
+  /** Every configured repository (RELEVO_REPO<n>_), opened: the WAL archive goes to each. */
+  readonly repositories: RepositorySet;
+  /**
+   * The lowest-numbered repository (repositories.first): what is decided
+   * per repository by nature and not yet over the set reads it.
+   */
   readonly repository: Repository;
 }
 
-/** The backup repository, its WAL archive owned by PostgreSQL's OS user, its backups' locks in Redis. */
+/** The backup repositories, the WAL spool owned by PostgreSQL's OS user, the backups' locks in Redis. */
 export async function openRepository(
   options: StartContext & { readonly driver: NodeDriver; readonly redis: RedisAndEvents },
 ): Promise<Storage> {
@@ -39,11 +45,11 @@ export async function openRepository(
   // (the image's postgres uid for containers, whatever this machine's is).
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
-  // Opened with its keys when RELEVO_REPO1_CIPHER_PASS is set (made on an empty repository): see open-repository.
-  const repository = await openClusterRepository(config, { walOwner: pgIdentity, locks, create: true, logger });
-  // After everything that writes to it has stopped (cleanups run last first): an S3 store's uploads end, then its connections.
-  cleanups.push(() => repository.close());
-  return { pgIdentity, repository };
+  // Each opened with its keys when its RELEVO_REPO<n>_CIPHER_PASS is set (made on an empty repository): see open-repository.
+  const repositories = await openClusterRepositories(config, { walOwner: pgIdentity, locks, create: true, logger });
+  // After everything that writes to them has stopped (cleanups run last first): S3 stores' uploads end, then their connections.
+  cleanups.push(() => repositories.close());
+  return { pgIdentity, repositories, repository: repositories.first.repository };
 }
 
 export interface WalArchive {
