@@ -55,20 +55,27 @@ export interface KnownCluster {
 
 /**
  * Every sign that this data home already had a cluster: an identity
- * recorded in the home, WAL or backups in the repository. null: none, a new
- * home. Reads the repository's manifests: call it only when a node would be
+ * recorded in the home, WAL or backups in any repository. null: none, a new
+ * home. Reads the repositories' manifests: call it only when a node would be
  * initialised.
  */
-export async function knownCluster(home: string, repository: Repository): Promise<KnownCluster | null> {
+export async function knownCluster(home: string, repositories: readonly Repository[]): Promise<KnownCluster | null> {
   const evidence: string[] = [];
   const recorded = await readRecordedIdentity(home);
   if (recorded) evidence.push(`system identifier ${recorded.systemIdentifier} recorded in ${identityFile(home)}`);
-  const archive = await archiveIdentity(repository);
-  if (archive) evidence.push(`system identifier ${archive.systemIdentifier} in ${archive.source} of the repository ${repository.location}`);
-  const backups = (await repository.listManifests()).filter((manifest) => manifest.status === "completed").length;
-  if (backups > 0) evidence.push(`${backups} completed backup${backups === 1 ? "" : "s"} in ${repository.generationLocation}`);
+  let archived: string | null = null;
+  // Every repository's: a cluster whose first repository was emptied is still known by the others.
+  for (const repository of repositories) {
+    const archive = await archiveIdentity(repository);
+    if (archive) {
+      evidence.push(`system identifier ${archive.systemIdentifier} in ${archive.source} of the repository ${repository.location}`);
+      archived ??= archive.systemIdentifier;
+    }
+    const backups = (await repository.listManifests()).filter((manifest) => manifest.status === "completed").length;
+    if (backups > 0) evidence.push(`${backups} completed backup${backups === 1 ? "" : "s"} in ${repository.generationLocation}`);
+  }
   if (evidence.length === 0) return null;
-  return { systemIdentifier: recorded?.systemIdentifier ?? archive?.systemIdentifier ?? null, evidence };
+  return { systemIdentifier: recorded?.systemIdentifier ?? archived, evidence };
 }
 
 /** What `relevo up` may do when every node is without data. */

@@ -238,23 +238,3 @@ function invalid(variable: string, expected: string, options: { readonly secret?
 export function retentionOf(settings: RepositorySettings, clusterKeepFull: number): { keepFull: number; keepDays: number | null } {
   return { keepFull: settings.retentionFull ?? clusterKeepFull, keepDays: settings.retentionDays };
 }
-
-/**
- * Until backups and the WAL archive go to several repositories, only
- * repository 1 is used (a directory or an S3 bucket, encrypted or not):
- * any other repository configured would be silently ignored by the
- * service, so its start refuses it (`relevo repo list` and `relevo repo
- * check` take them: a store can be checked before it is used).
- */
-export function assertRepositoriesInUse(repositories: readonly RepositorySettings[]): void {
-  const unused = repositories.filter((repository) => repository.index !== 1);
-  if (unused.length > 0) {
-    const first = unused[0]!;
-    throw new RelevoError(
-      ErrorCode.NotImplemented,
-      `repo${first.index}: a second repository is not used yet (backups and the WAL archive still go to repository 1 ` +
-        `only): unset its RELEVO_REPO${first.index}_ variables`,
-      { details: { env: `RELEVO_REPO${first.index}_TYPE` } },
-    );
-  }
-}

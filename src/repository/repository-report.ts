@@ -13,7 +13,7 @@ export interface RepositoryReport {
   /** An S3 repository's endpoint (null: AWS's for the region; a directory has none). */
   readonly endpoint: string | null;
   readonly encrypted: boolean;
-  /** Whether the service writes to it (repository 1; a second one is refused at start until several are wired). */
+  /** Whether the service writes to it: every configured repository is opened and written (false: a report built without it). */
   readonly inUse: boolean;
   readonly retentionFull: number;
   readonly retentionDays: number | null;
@@ -36,28 +36,44 @@ export interface RepositoryReport {
 /** How long a measure of the stored bytes is shown before it is taken again (a listing of the whole repository). */
 const STORED_BYTES_TTL_MS = 5 * 60_000;
 
+/** What is known of one repository in use between answers: its last counts, and the listings under way. */
+class RepositoryFacts {
+  measured: { readonly bytes: number; readonly at: number } | null = null;
+  measuring: Promise<void> | null = null;
+  /** Completed backups as last counted: shown while the repository cannot be read (it is then that operators ask). */
+  lastBackups: number | null = null;
+  /** The count in progress: concurrent queries share one listing of the manifests. */
+  counting: Promise<string | null> | null = null;
+
+  constructor(
+    readonly repository: Repository,
+    readonly pushHealth: Pick<PushHealth, "status">,
+  ) {}
+}
+
 /**
  * The configured repositories for the API: each one's settings, and for
- * the one in use what it holds and how its pushes fare (the latter from
+ * each one in use what it holds and how its pushes fare (the latter from
  * Redis, so any instance answers alike).
  */
 export class RepositoryReporter {
-  private measured: { readonly bytes: number; readonly at: number } | null = null;
-  private measuring: Promise<void> | null = null;
-  /** Completed backups as last counted: shown while the repository cannot be read (it is then that operators ask). */
-  private lastBackups: number | null = null;
-  /** The count in progress: concurrent queries share one listing of the manifests. */
-  private counting: Promise<string | null> | null = null;
+  private readonly facts = new Map<number, RepositoryFacts>();
 
   constructor(
     private readonly options: {
       readonly settings: readonly RepositorySettings[];
       readonly clusterKeepFull: number;
-      /** Repository 1 as the service opened it, and its pusher's health. */
-      readonly inUse: { readonly repository: Repository; readonly pushHealth: Pick<PushHealth, "status"> };
+      /** The repositories the service opened, by number, each with its pusher's health. */
+      readonly inUse: readonly {
+        readonly index: number;
+        readonly repository: Repository;
+        readonly pushHealth: Pick<PushHealth, "status">;
+      }[];
       readonly logger: Logger;
     },
-  ) {}
+  ) {
+    for (const member of options.inUse) this.facts.set(member.index, new RepositoryFacts(member.repository, member.pushHealth));
+  }
 
   async list(): Promise<RepositoryReport[]> {
     return Promise.all(this.options.settings.map((settings) => this.report(settings)));
@@ -74,7 +90,8 @@ export class RepositoryReporter {
       retentionFull: retention.keepFull,
       retentionDays: retention.keepDays,
     };
-    if (settings.index !== 1) {
+    const facts = this.facts.get(settings.index);
+    if (!facts) {
       return {
         ...common,
         inUse: false,
@@ -88,15 +105,14 @@ export class RepositoryReporter {
         lastError: null,
       };
     }
-    const { repository, pushHealth } = this.options.inUse;
-    const [readError, push] = await Promise.all([this.countBackups(), pushHealth.status(), this.measureIfStale()]);
+    const [readError, push] = await Promise.all([this.countBackups(facts), facts.pushHealth.status(), this.measureIfStale(facts)]);
     return {
       ...common,
       inUse: true,
-      generation: repository.generation,
-      backups: this.lastBackups,
-      storedBytes: this.measured?.bytes ?? null,
-      storedBytesMeasuredAt: this.measured ? new Date(this.measured.at).toISOString() : null,
+      generation: facts.repository.generation,
+      backups: facts.lastBackups,
+      storedBytes: facts.measured?.bytes ?? null,
+      storedBytesMeasuredAt: facts.measured ? new Date(facts.measured.at).toISOString() : null,
       walPendingFiles: push.pendingFiles,
       lastPushAt: push.lastPushAt,
       failingSince: push.failingSince,
@@ -109,17 +125,17 @@ export class RepositoryReporter {
    * message when the repository cannot be read. Queries at the same time
    * share one count.
    */
-  private countBackups(): Promise<string | null> {
-    this.counting ??= (async () => {
+  private countBackups(facts: RepositoryFacts): Promise<string | null> {
+    facts.counting ??= (async () => {
       try {
-        const summaries = await this.options.inUse.repository.listManifestSummaries();
-        this.lastBackups = summaries.filter((summary) => summary.status === "completed").length;
+        const summaries = await facts.repository.listManifestSummaries();
+        facts.lastBackups = summaries.filter((summary) => summary.status === "completed").length;
         return null;
       } catch (error) {
         return (error as Error).message;
       }
-    })().finally(() => (this.counting = null));
-    return this.counting;
+    })().finally(() => (facts.counting = null));
+    return facts.counting;
   }
 
   /**
@@ -127,15 +143,20 @@ export class RepositoryReporter {
    * when the measure is stale (measured again behind the answer). A
    * listing that fails keeps the last measure and is logged.
    */
-  private async measureIfStale(): Promise<void> {
-    if (this.measured && Date.now() - this.measured.at < STORED_BYTES_TTL_MS) return;
-    this.measuring ??= (async () => {
+  private async measureIfStale(facts: RepositoryFacts): Promise<void> {
+    if (facts.measured && Date.now() - facts.measured.at < STORED_BYTES_TTL_MS) return;
+    facts.measuring ??= (async () => {
       let bytes = 0;
-      for await (const info of this.options.inUse.repository.objects.store.list("")) bytes += info.size;
-      this.measured = { bytes, at: Date.now() };
+      for await (const info of facts.repository.objects.store.list("")) bytes += info.size;
+      facts.measured = { bytes, at: Date.now() };
     })()
-      .catch((error: Error) => this.options.logger.warn({ err: error.message }, "the repository's stored bytes not measured"))
-      .finally(() => (this.measuring = null));
-    if (!this.measured) await this.measuring;
+      .catch((error: Error) =>
+        this.options.logger.warn(
+          { err: error.message, repository: facts.repository.location },
+          "the repository's stored bytes not measured",
+        ),
+      )
+      .finally(() => (facts.measuring = null));
+    if (!facts.measured) await facts.measuring;
   }
 }

@@ -52,15 +52,23 @@ export async function openRepository(
   return { pgIdentity, repositories, repository: repositories.first.repository };
 }
 
+/** One repository's share of the archive: the pusher that puts the spool's WAL into it, and whether it reaches it. */
+export interface RepositoryPush {
+  readonly index: number;
+  readonly repository: Repository;
+  /** The received files it refuses are named in the cluster's health. */
+  readonly pusher: WalPusher;
+  /** Whether the pusher reaches the repository (its reason in the cluster's health while it has not for a while). */
+  readonly health: PushHealth;
+}
+
 export interface WalArchive {
   readonly archiver: WalArchiver;
-  /** Its pusher: the received files it refuses are named in the cluster's health. */
-  readonly pusher: WalPusher;
+  /** A pusher per repository, lowest number first, each over the one spool. */
+  readonly pushes: readonly RepositoryPush[];
   /** The archive's gaps, kept in Redis for every instance (for events once, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
-  /** Whether the pusher reaches the repository (its reason in the cluster's health while it has not for a while). */
-  readonly pushHealth: PushHealth;
 }
 
 /** How often the pusher looks for WAL received and not yet in the repository: a backup waits for its last segment's push. */
@@ -80,8 +88,11 @@ export function startWalArchiver(
 ): WalArchive {
   const { config, logger, cleanups, secrets, trustedCa, caFile, redis, storage, superuser } = options;
   const gaps = new ArchiveGaps(redis.client, redis.keys.archiveGaps, redis.events);
+  const { repositories } = storage;
   const archiver = new WalArchiver({
-    repository: storage.repository,
+    repository: repositories.first.repository,
+    // The hold slot and the spool keep what any repository lacks (see pushedEverywhere).
+    repositories: repositories.repositories,
     pgBinDir: config.pgBinDir,
     identity: storage.pgIdentity,
     superuser,
@@ -93,28 +104,34 @@ export function startWalArchiver(
     logger,
     spoolMaxBytes: config.walSpoolMax,
   });
-  const walSummarizer = walSummarizerFor(storage.repository, config, logger);
-  const { repository } = storage;
-  // Whether the pusher reaches the repository: an event and a health reason when it has not for a while.
-  const pushHealth = new PushHealth({
-    repository: repository.location,
-    events: redis.events,
-    logger,
-    store: { redis: redis.client, key: redis.keys.archivePush, index: 1 },
-  });
-  const pusher = new WalPusher({
-    source: repository.spool,
-    objects: repository.objects,
-    generation: repository.generation,
-    index: repository.archive,
-    archiveKey: () => repository.archiveKey(),
-    archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
-    primaryHistory: () => archiver.preparedHistory,
-    events: redis.events,
-    logger,
-    intervalMs: WAL_PUSH_INTERVAL_MS,
-    parallelism: config.backupParallelism,
-    onPass: (pass) => pushHealth.observe(pass),
+  // Summaries go to the lowest-numbered repository: they describe the cluster's WAL, not a repository's, and backups
+  // into any repository read them there (see docs/repositories.md).
+  const walSummarizer = walSummarizerFor(repositories.first.repository, config, logger);
+  // One pusher per repository over the one spool, each at its own pace: a slow or unreachable one delays none of the
+  // others (the spool and the primary keep what it lacks, see WalArchiver's pushedEverywhere).
+  const pushes = repositories.members.map(({ index, repository }): RepositoryPush => {
+    // Whether the pusher reaches the repository: an event and a health reason when it has not for a while.
+    const health = new PushHealth({
+      repository: repository.location,
+      events: redis.events,
+      logger,
+      store: { redis: redis.client, key: redis.keys.archivePush, index },
+    });
+    const pusher = new WalPusher({
+      source: repository.spool,
+      objects: repository.objects,
+      generation: repository.generation,
+      index: repository.archive,
+      archiveKey: () => repository.archiveKey(),
+      archiveIdentity: async () => (await pushedArchiveIdentity(repository))?.systemIdentifier ?? null,
+      primaryHistory: () => archiver.preparedHistory,
+      events: redis.events,
+      logger: logger.child({ repository: index }),
+      intervalMs: WAL_PUSH_INTERVAL_MS,
+      parallelism: config.backupParallelism,
+      onPass: (pass) => health.observe(pass),
+    });
+    return { index, repository, pusher, health };
   });
   // One archiver across service instances (a slot serves one receiver at a time anyway).
   const archiverRole = new LeaderRole(
@@ -123,13 +140,13 @@ export function startWalArchiver(
       name: "wal-archiver",
       start: () => {
         archiver.start();
-        pusher.start();
+        for (const { pusher } of pushes) pusher.start();
         walSummarizer.start();
       },
       stop: async () => {
         await walSummarizer.stop();
         await archiver.stop();
-        await pusher.stop();
+        await Promise.all(pushes.map(({ pusher }) => pusher.stop()));
       },
     },
     config.leaseTtlMs,
@@ -137,7 +154,7 @@ export function startWalArchiver(
   );
   archiverRole.start();
   cleanups.push(() => archiverRole.stop());
-  return { archiver, pusher, gaps, walSummarizer, pushHealth };
+  return { archiver, pushes, gaps, walSummarizer };
 }
 
 export interface Backups {

@@ -6,7 +6,8 @@ import { FailoverService } from "../failover/failover-service";
 import type { NodeDriver } from "../nodes/node-driver";
 import { RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
-import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
+import { ArchivedWalSet } from "../wal/archived-wal-set";
 import type { StartContext } from "./cleanups";
 import { WalFeeder } from "../restore/wal-feeder";
 import { repositoryWalSource } from "../restore/wal-source";
@@ -27,11 +28,14 @@ export async function startFailover(
     readonly members: Members;
     readonly cluster: BootstrappedCluster;
     readonly topology: Topology;
-    /** The WAL archive a replica whose slot was lost may catch up from. */
-    readonly repository: Repository;
+    /** The WAL archive (every repository's) a replica whose slot was lost may catch up from. */
+    readonly repositories: RepositorySet;
   },
 ): Promise<FailoverService> {
-  const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology, repository } = options;
+  const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology, repositories } = options;
+  // Set aside and histories added in every repository; names from any (see ArchivedWalSet).
+  const archive = new ArchivedWalSet(() => repositories.repositories.map((member) => member.archivedWal));
+  const repository = repositories.first.repository;
   const { client, keys, instanceId, events } = redis;
   const { collector } = topology;
   const journal = new OperationJournal(client, keys.operation, config.leaseTtlMs, instanceId, logger);
@@ -48,7 +52,7 @@ export async function startFailover(
     events,
     logger,
     bootstrap: cluster.bootstrap,
-    archive: repository.archivedWal,
+    archive,
     refreshTopology: () => collector.pollNow(),
   });
   const failover = new FailoverService({
@@ -80,6 +84,7 @@ export async function startFailover(
             from,
             parallel: Math.max(2, Math.min(config.backupParallelism, 8)),
           }),
+        // Complete in the first repository (the WAL the feed reads): see repositoryWalSource.
         segments: async () => new Set([...(await repository.archivedSegments()).values()].flatMap((segments) => [...segments])),
       },
     },

@@ -16,6 +16,7 @@ import { repositorySeeder } from "../restore/replica-seed";
 import { redisCall } from "../redis/redis-client";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
 import type { PushHealth } from "../wal/push-health";
 import type { WalPusher } from "../wal/wal-pusher";
@@ -81,12 +82,14 @@ export async function bootstrapNodes(
     readonly trustedCa: TrustAnchors;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
-    readonly repository: Repository;
+    /** Every configured repository: a start-over starts each one's next generation, the cluster's identity goes to each. */
+    readonly repositories: RepositorySet;
     /** relevo up --new-cluster: initialise although the data home had a cluster (the repository's next generation started). */
     readonly newCluster: boolean;
   },
 ): Promise<BootstrappedCluster> {
-  const { config, logger, driver, secrets, trustedCa, redis, nodes, repository } = options;
+  const { config, logger, driver, secrets, trustedCa, redis, nodes, repositories } = options;
+  const repository = repositories.first.repository;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
   // Never "nothing recorded" for a read that failed: the recorded primary and fences decide what may start.
   const recorded = await redisCall("the cluster's recorded state", () => store.read());
@@ -103,7 +106,9 @@ export async function bootstrapNodes(
     fenced,
     recordedPrimary: recorded?.primary ?? null,
     beforeInitialise: async (node) => {
-      const decision = initialisationDecision(await knownCluster(config.home, repository), { newCluster: options.newCluster });
+      const decision = initialisationDecision(await knownCluster(config.home, repositories.repositories), {
+        newCluster: options.newCluster,
+      });
       switch (decision.phase) {
         case "initialise":
           return;
@@ -113,11 +118,14 @@ export async function bootstrapNodes(
           });
         case "start-over": {
           const label = `${new Date().toISOString().replace(/[:.]/g, "-")}-${decision.known.systemIdentifier ?? "unknown"}`;
-          const { generation, walSetAside } = await repository.startNewGeneration(label);
-          logger.warn(
-            { generation, location: repository.generationLocation, walSetAside, evidence: decision.known.evidence },
-            "starting over: a new generation of the repository, the previous cluster's backups and WAL archive left unread",
-          );
+          // Every repository starts over: one left on the old generation would mix the two clusters' WAL and backups.
+          for (const member of repositories.repositories) {
+            const { generation, walSetAside } = await member.startNewGeneration(label);
+            logger.warn(
+              { generation, location: member.generationLocation, walSetAside, evidence: decision.known.evidence },
+              "starting over: a new generation of the repository, the previous cluster's backups and WAL archive left unread",
+            );
+          }
           // Like a cluster rebuilt by restore --cluster, every node is new: the old cluster's fences, synchronous and
           // eligible sets, its primary's last LSN and a journaled operation (resumed on new nodes it would act on
           // nothing it knew) are dropped, and the node initialised now is recorded as the primary.
@@ -148,7 +156,7 @@ export async function bootstrapNodes(
       );
   }
   const superuser = { user: ROLE_SUPERUSER, password: secrets.superuserPassword, database: "postgres", trustedCa };
-  await recordClusterIdentity({ config, logger, secrets, trustedCa, superuser, repository }, outcomes);
+  await recordClusterIdentity({ config, logger, secrets, trustedCa, superuser, repositories: repositories.repositories }, outcomes);
   // A primary made just now gets the archiver's slot before the service
   // answers, so WAL is kept from here on for the archiver (the leader of the
   // instances), whenever it comes to stream it. Best effort: the archiver
@@ -178,11 +186,11 @@ async function recordClusterIdentity(
     readonly secrets: Secrets;
     readonly trustedCa: TrustAnchors;
     readonly superuser: Credentials;
-    readonly repository: Repository;
+    readonly repositories: readonly Repository[];
   },
   outcomes: readonly NodeBootstrapOutcome[],
 ): Promise<void> {
-  const { config, logger, secrets, trustedCa, superuser, repository } = options;
+  const { config, logger, secrets, trustedCa, superuser, repositories } = options;
   try {
     const candidates = outcomes.filter((outcome) => outcome.phase !== "fenced").map((outcome) => outcome.node);
     const primary = await findWritablePrimary({ config, secrets, trustedCa }, candidates);
@@ -191,12 +199,18 @@ async function recordClusterIdentity(
     if (await recordIdentity(config.home, config.clusterName, systemIdentifier)) {
       logger.info({ systemIdentifier, node: primary.name }, "cluster's system identifier recorded in the data home");
     }
-    // Then in the repository's descriptor (home first: a descriptor naming a cluster the home does not refuses the open).
-    const recorded = await repository.recordSystemIdentifier(systemIdentifier);
-    if (recorded.phase === "write")
-      logger.info({ systemIdentifier, generation: repository.generation }, "cluster's system identifier recorded in repository.json");
-    if (recorded.phase === "conflict")
-      logger.warn({ systemIdentifier, reason: recorded.reason }, "repository.json not given the cluster's system identifier");
+    // Then in each repository's descriptor (home first: a descriptor naming a cluster the home does not refuses the open).
+    for (const repository of repositories) {
+      const location = repository.location;
+      const recorded = await repository.recordSystemIdentifier(systemIdentifier);
+      if (recorded.phase === "write")
+        logger.info(
+          { systemIdentifier, generation: repository.generation, location },
+          "cluster's system identifier recorded in repository.json",
+        );
+      if (recorded.phase === "conflict")
+        logger.warn({ systemIdentifier, reason: recorded.reason, location }, "repository.json not given the cluster's system identifier");
+    }
   } catch (error) {
     logger.warn({ err: (error as Error).message }, "the cluster's system identifier was not recorded in the data home or the repository");
   }
@@ -222,18 +236,19 @@ export async function startTopology(
     readonly nodes: readonly NodeRef[];
     readonly superuser: Credentials;
     readonly archiver: WalArchiver;
-    /** The WAL pusher: the received files it refuses are named in the cluster's health. */
-    readonly walPusher: Pick<WalPusher, "healthReasons">;
+    /**
+     * Each repository's WAL pusher: the received files it refuses, and
+     * whether it reaches its repository (its reason while it has not for a
+     * while), are named in the cluster's health.
+     */
+    readonly pushes: readonly { readonly pusher: Pick<WalPusher, "healthReasons">; readonly health: Pick<PushHealth, "healthReasons"> }[];
     /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
     readonly archiveGaps: ArchiveGaps;
-    /** Whether the pusher reaches the repository: its reason in the cluster's health while it has not for a while. */
-    readonly pushHealth: Pick<PushHealth, "healthReasons">;
     /** Does nothing until the consolidator runs. */
     readonly replayRecentEvents: (windowMs: number) => void;
   },
 ): Promise<Topology> {
-  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, walPusher, archiveGaps } = options;
-  const { pushHealth } = options;
+  const { config, logger, cleanups, driver, secrets, trustedCa, redis, nodes, superuser, archiver, pushes, archiveGaps } = options;
   const { replayRecentEvents } = options;
   const database = new PrimaryDatabase(
     { user: ROLE_APP, password: secrets.appPassword, database: APP_DATABASE, trustedCa },
@@ -257,8 +272,9 @@ export async function startTopology(
     serviceReasons: async () => [
       ...(archiver.refusal ? [archiver.refusal] : []),
       ...(archiver.spoolFullReason ? [archiver.spoolFullReason] : []),
-      ...(await pushHealth.healthReasons()),
-      ...walPusher.healthReasons,
+      ...(await Promise.all(pushes.map(({ health }) => health.healthReasons()))).flat(),
+      // A file the spool holds is refused alike by every repository's pusher: named once.
+      ...new Set(pushes.flatMap(({ pusher }) => pusher.healthReasons)),
       ...(await archiveGaps.healthReasons()),
     ],
     onPrimary: async (primary) => {

@@ -1,4 +1,3 @@
-import { assertRepositoriesInUse } from "../config/repository-config";
 import { apiTransport } from "../config/api-transport";
 import { createNodeDriver } from "../nodes/create-driver";
 import { CertificateAuthority } from "../tls/certificate-authority";
@@ -29,8 +28,6 @@ export interface Prerequisites {
 export async function checkPrerequisites({ config, cleanups, logger }: StartContext): Promise<Prerequisites> {
   // A plain API on an address other machines reach is refused before anything starts (RELEVO_API_TLS).
   apiTransport(config);
-  // A repository the service would not use yet (a second one) is refused, not ignored.
-  assertRepositoriesInUse(config.repositories);
   const ca = new LiveAuthority(await CertificateAuthority.load(config), config);
   // A data home from before the services CA gets it here (the load makes it beside the nodes' CA).
   const servicesCa = new LiveAuthority(await CertificateAuthority.load(config, { role: "services" }), config);

@@ -16,6 +16,7 @@ import type { BackupScheduler } from "../scheduler/backup-scheduler";
 import type { Secrets } from "../secrets/secrets-store";
 import type { LiveAuthority } from "../tls/live-authority";
 import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
 import { projectRoot } from "../util/project-root";
 import type { ArchiveMonitor } from "../wal/archive-monitor";
 import type { WalArchiver } from "../wal/wal-archiver";
@@ -51,7 +52,10 @@ export interface RelevoService {
   readonly collector: TopologyCollector;
   readonly database: PrimaryDatabase;
   readonly consolidator: Consolidator;
+  /** The lowest-numbered repository (repositories.first's). */
   readonly repository: Repository;
+  /** Every configured repository, opened. */
+  readonly repositories: RepositorySet;
   readonly archiver: WalArchiver;
   readonly walSummarizer: WalSummarizer;
   readonly backups: BackupService;
@@ -119,6 +123,7 @@ export function runningService(parts: {
     database: topology.database,
     consolidator,
     repository: storage.repository,
+    repositories: storage.repositories,
     archiver: archive.archiver,
     walSummarizer: archive.walSummarizer,
     backups,

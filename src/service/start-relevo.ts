@@ -45,7 +45,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       trustedCa,
       redis,
       nodes,
-      repository,
+      repositories: storage.repositories,
       newCluster: options.newCluster ?? false,
     });
     const { superuser } = cluster;
@@ -62,9 +62,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       nodes,
       superuser,
       archiver: archive.archiver,
-      walPusher: archive.pusher,
+      pushes: archive.pushes,
       archiveGaps: archive.gaps,
-      pushHealth: archive.pushHealth,
       replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),
     });
     const { collector } = topology;
@@ -81,14 +80,23 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       clusterState: cluster.store,
     });
     const scheduler = await startScheduler({ ...context, redis, backups, database: topology.database });
-    const failover = await startFailover({ ...context, driver, secrets, redis, members, cluster, topology, repository });
+    const failover = await startFailover({
+      ...context,
+      driver,
+      secrets,
+      redis,
+      members,
+      cluster,
+      topology,
+      repositories: storage.repositories,
+    });
     const certificates = await startCertificates({ ...context, ca, servicesCa, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
     replayRecentEvents = (windowMs) => consolidator.replayRecent(windowMs);
     const repositories = new RepositoryReporter({
       settings: config.repositories,
       clusterKeepFull: config.retentionFull,
-      inUse: { repository, pushHealth: archive.pushHealth },
+      inUse: archive.pushes.map(({ index, repository: member, health }) => ({ index, repository: member, pushHealth: health })),
       logger,
     });
     const api = await startApi({

@@ -11,6 +11,7 @@ import type { NodeRef } from "../nodes/node-driver";
 import type { OsIdentity } from "../nodes/os-user";
 import { sleep } from "../util/sleep";
 import type { Repository } from "../storage/repository";
+import { ArchivedWalSet } from "./archived-wal-set";
 import { parseSegmentName, SEGMENT_SIZE, segmentName } from "../postgres/wal-names";
 import { segmentFilesAlong, serverHistory, timelinePath, type TimelineStep } from "../postgres/timelines";
 
@@ -19,7 +20,7 @@ import { ensureReservedSlot } from "../postgres/replication-config";
 import { divergedFolder } from "../storage/wal-archive";
 import { ErrorCode, RelevoError } from "../errors";
 import { readSystemIdentifier } from "../postgres/control-data";
-import { archiveIdentity, foreignWalRefusal } from "./archive-identity";
+import { archiveIdentity, foreignWalRefusal, type ArchiveIdentity } from "./archive-identity";
 import { emptySpoolPlaceholder, lostSlotGap, timelineBoundaryPlaceholder, walRemovedBeforeArchive } from "./receive-start";
 import type { ArchiveGaps } from "./archive-gaps";
 import { afterRound, streamedAfterMs } from "./archiver-failures";
@@ -83,7 +84,20 @@ export function divergedFiles(names: readonly string[], history: readonly Timeli
 }
 
 export interface WalArchiverOptions {
+  /**
+   * The lowest-numbered repository: its spool (the one every repository's
+   * pusher takes from) is pg_receivewal's, and a backup waits for its WAL
+   * there (waitForArchived).
+   */
   readonly repository: Repository;
+  /**
+   * Every repository the archive is pushed to, lowest number first
+   * (`repository` among them); default: `repository` alone. The hold slot
+   * moves, and the spool is trimmed, only past what every one of them
+   * holds; where streaming resumes and which files are off the primary's
+   * history are decided over all of them (ArchivedWalSet).
+   */
+  readonly repositories?: readonly Repository[];
   readonly pgBinDir: string;
   readonly identity: OsIdentity | null;
   readonly superuser: Credentials;
@@ -137,7 +151,33 @@ export class WalArchiver {
   /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
   private legacyDrained = false;
 
-  constructor(private readonly options: WalArchiverOptions) {}
+  /** The cluster's WAL over every repository and the spool (see ArchivedWalSet). */
+  private readonly archivedWal: ArchivedWalSet;
+
+  constructor(private readonly options: WalArchiverOptions) {
+    this.archivedWal = new ArchivedWalSet(() => this.everyRepository.map((repository) => repository.archivedWal));
+  }
+
+  /** Every repository the archive goes to (read each time: a start-over moves each to its next generation). */
+  private get everyRepository(): readonly Repository[] {
+    return this.options.repositories ?? [this.options.repository];
+  }
+
+  /**
+   * The WAL files every repository holds: the primary keeps, and the spool
+   * keeps, whatever one of them still lacks (one repository down fills
+   * the spool and stops receiving rather than let the primary recycle WAL
+   * it never got).
+   */
+  private async pushedEverywhere(): Promise<Set<string>> {
+    const [first, ...others] = await Promise.all(this.everyRepository.map((repository) => repository.archive.names()));
+    const held = new Set(first);
+    for (const names of others) {
+      const set = new Set(names);
+      for (const name of held) if (!set.has(name)) held.delete(name);
+    }
+    return held;
+  }
 
   /** Whether this archiver is started (in this instance). */
   get running(): boolean {
@@ -345,8 +385,8 @@ export class WalArchiver {
     // history once the old branch is set aside (review 23).
     const prepared = this.prepared;
     if (prepared?.target !== target) return;
-    const { repository, superuser, nodeTimeoutMs } = this.options;
-    const pushed = new Set(await repository.archive.names());
+    const { superuser, nodeTimeoutMs } = this.options;
+    const pushed = await this.pushedEverywhere();
     const seen = this.holdSeen;
     if (
       seen?.target === target &&
@@ -453,21 +493,20 @@ export class WalArchiver {
    */
   private async drainLegacyWal(): Promise<void> {
     if (this.legacyDrained) return;
-    const { repository, logger } = this.options;
-    // Object storage never held a wal/: nothing to drain.
-    if (repository.legacyWal === null) {
-      this.legacyDrained = true;
-      return;
+    const { logger } = this.options;
+    // Object storage never held a wal/: nothing to drain there.
+    for (const repository of this.everyRepository) {
+      if (repository.legacyWal === null) continue;
+      await drainLegacyWal({
+        legacy: repository.legacyWal,
+        spool: repository.spool,
+        objects: repository.objects,
+        generation: repository.generation,
+        index: repository.archive,
+        logger,
+        dataKey: await repository.archiveKey(),
+      });
     }
-    await drainLegacyWal({
-      legacy: repository.legacyWal,
-      spool: repository.spool,
-      objects: repository.objects,
-      generation: repository.generation,
-      index: repository.archive,
-      logger,
-      dataKey: await repository.archiveKey(),
-    });
     this.legacyDrained = true;
   }
 
@@ -480,14 +519,23 @@ export class WalArchiver {
    * history it cannot follow.
    */
   private async refusesWalOf(target: NodeRef): Promise<boolean> {
-    const { repository, superuser, nodeTimeoutMs, events, logger } = this.options;
+    const { superuser, nodeTimeoutMs, events, logger } = this.options;
     const systemIdentifier = await withNodeClient(target, superuser, nodeTimeoutMs, readSystemIdentifier);
-    const archive = await archiveIdentity(repository);
-    const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.objects.location);
-    if (reason === null || archive === null) {
+    // Every repository's: WAL streamed into one that holds another cluster's archive would mix two clusters there.
+    let refusal: { readonly reason: string; readonly archive: ArchiveIdentity } | null = null;
+    for (const repository of this.everyRepository) {
+      const archive = await archiveIdentity(repository);
+      const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.objects.location);
+      if (reason !== null && archive !== null) {
+        refusal = { reason, archive };
+        break;
+      }
+    }
+    if (refusal === null) {
       this.refused = null;
       return false;
     }
+    const { reason, archive } = refusal;
     const key = `${target.name}:${systemIdentifier}:${archive.systemIdentifier}`;
     if (this.refused?.key !== key) {
       this.refused = { key, reason };
@@ -528,7 +576,7 @@ export class WalArchiver {
       return null;
     }
     // Received and archived alike: a receiving directory lost alone must not hide what the repository holds.
-    const names = await this.options.repository.archivedWal.names();
+    const names = await this.archivedWal.names();
     const timeline = history[history.length - 1]!.timeline;
     const newestArchived = Math.max(0, ...names.map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.timeline ?? 0));
     // A node behind the archive's newest timeline is not the primary of the
@@ -544,7 +592,7 @@ export class WalArchiver {
     if (diverged.length === 0) return history;
     // Through handles: wal/ is the PostgreSQL user's, and a wal/diverged planted as a link is refused, never followed;
     // the archive's objects are re-put under diverged/<time>/ (no rename on object storage).
-    const aside = await this.options.repository.archivedWal.setAside(diverged, divergedFolder());
+    const aside = await this.archivedWal.setAside(diverged, divergedFolder());
     this.options.logger.warn(
       { node: target.name, files: aside.moved.length, aside: aside.path, timeline },
       "archived WAL off the primary's history set aside; the archive resumes at its branch point",
@@ -608,7 +656,7 @@ export class WalArchiver {
    */
   private async resumePastHole(target: NodeRef, history: readonly TimelineStep[], resumeLsn: string, cause: string): Promise<boolean> {
     const { repository, logger } = this.options;
-    const hole = lostSlotGap(await repository.archivedWal.names(), history, resumeLsn);
+    const hole = lostSlotGap(await this.archivedWal.names(), history, resumeLsn);
     logger.error(
       { node: target.name, resumeLsn, gap: hole?.gap ?? null, cause },
       "the archive's WAL is gone on the primary: archiving resumes",
@@ -633,8 +681,10 @@ export class WalArchiver {
    * start there rather than at the new slot (see emptySpoolPlaceholder).
    */
   private async resumeAtArchiveEndWhenSpoolEmpty(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { spool, archive } = this.options.repository;
-    const placeholder = emptySpoolPlaceholder(await spool.names(), await archive.names(), history);
+    const { spool } = this.options.repository;
+    // Where the most advanced repository's archive ends: a repository behind it lacks WAL the primary may no longer have.
+    const archived = await Promise.all(this.everyRepository.map((repository) => repository.archive.names()));
+    const placeholder = emptySpoolPlaceholder(await spool.names(), [...new Set(archived.flat())].sort(), history);
     if (placeholder === null) return;
     await spool.create(placeholder, "");
     this.options.logger.warn(
@@ -644,8 +694,8 @@ export class WalArchiver {
   }
 
   private async startNextTimelineAtBoundary(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
-    const { spool, archivedWal } = this.options.repository;
-    const placeholder = timelineBoundaryPlaceholder(await archivedWal.names(), history);
+    const { spool } = this.options.repository;
+    const placeholder = timelineBoundaryPlaceholder(await this.archivedWal.names(), history);
     if (placeholder === null) return;
     // Owned by the archive's owner: pg_receivewal (maybe run as the PostgreSQL OS user) must open it for writing.
     // wal/ is that user's to write: created new and chowned through its handle, never by a path it may have swapped.

@@ -155,12 +155,6 @@ describe("relevo repo list | check", () => {
     expect(broken.stdout).toMatch(/FAILED \[REPOSITORY_CORRUPT\](\n {2}ok .*)+\n {2}FAIL keys/);
     expect(broken.stderr).toContain(`data key ${archiveKey.id.toString("hex")} is not in the repository's keys`);
   });
-
-  test("the service refuses to start on a repository it would not use yet, rather than ignore it", async () => {
-    const up = await relevo(["up"]);
-    expect(up.status).toBe(1);
-    expect(up.stderr).toMatch(/\[NOT_IMPLEMENTED\]: repo2: a second repository is not used yet/);
-  });
 });
 
 /** Files left under `directory` (recursively), s3rver's bucket metadata aside. */

@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import path from "node:path";
 import { loadConfig } from "../../src/config/config";
-import { assertRepositoriesInUse, describeRepository, loadRepositories } from "../../src/config/repository-config";
+import { describeRepository, loadRepositories } from "../../src/config/repository-config";
 import { ErrorCode } from "../../src/errors";
 
 const home = "/var/lib/relevo";
@@ -129,26 +129,21 @@ describe("repositories, numbered as pgBackRest numbers them", () => {
     expectInvalid({ RELEVO_REPO1_RETENTION_DAYS: "7d" }, "RELEVO_REPO1_RETENTION_DAYS");
   });
 
-  test("until several repositories are wired, the service refuses a second one it would not use; loadConfig takes it", () => {
+  test("loadConfig takes every repository configured; repository 1 keeps RELEVO_REPOSITORY's place", () => {
     expect(loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_PATH: "/srv/repo" }).repository).toBe("/srv/repo");
     const plain = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_RETENTION_FULL: "3" });
     expect(plain.repository).toBe(path.join(home, "repository"));
-    expect(() => assertRepositoriesInUse(plain.repositories)).not.toThrow();
-    // Repository 1's directory, encrypted: used (its keyring is opened by the service, see open-repository).
-    const encrypted = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_CIPHER_PASS: "a long enough cipher pass" });
-    expect(() => assertRepositoriesInUse(encrypted.repositories)).not.toThrow();
-    // Repository 1 in a bucket: used (see open-repository); the directory default stays for nothing but the data home.
-    const bucket = loadConfig({ RELEVO_HOME: home, RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket" });
-    expect(() => assertRepositoriesInUse(bucket.repositories)).not.toThrow();
-    for (const env of [
-      { RELEVO_REPO2_PATH: "/srv/second" },
-      { RELEVO_REPO1_TYPE: "s3", RELEVO_REPO1_S3_BUCKET: "bucket", RELEVO_REPO2_PATH: "/srv/second" },
-      { RELEVO_REPO2_PATH: "/srv/second", RELEVO_REPO2_CIPHER_PASS: "a long enough cipher pass" },
-    ]) {
-      const config = loadConfig({ RELEVO_HOME: home, ...env });
-      expect(() => assertRepositoriesInUse(config.repositories)).toThrow(
-        expect.objectContaining({ code: ErrorCode.NotImplemented, message: expect.stringContaining("not used yet") }),
-      );
-    }
+    expect(plain.repositories.map((repository) => repository.index)).toEqual([1]);
+    const two = loadConfig({
+      RELEVO_HOME: home,
+      RELEVO_REPO1_TYPE: "s3",
+      RELEVO_REPO1_S3_BUCKET: "bucket",
+      RELEVO_REPO3_PATH: "/srv/third",
+      RELEVO_REPO3_CIPHER_PASS: "a long enough cipher pass",
+    });
+    expect(two.repositories.map((repository) => [repository.index, repository.type])).toEqual([
+      [1, "s3"],
+      [3, "dir"],
+    ]);
   });
 });

@@ -9,7 +9,7 @@ export class RepositoryGql {
   @Field(() => String, { nullable: true, description: "An S3 repository's endpoint; null: AWS's for the region, or a directory." })
   endpoint!: string | null;
   @Field() encrypted!: boolean;
-  @Field({ description: "Whether backups and the WAL archive are written to it (repository 1; several are not wired yet)." })
+  @Field({ description: "Whether the service writes to it: every configured repository is opened, the WAL archive pushed to each." })
   inUse!: boolean;
   @Field(() => Int, { description: "Full backups kept." }) retentionFull!: number;
   @Field(() => Int, { nullable: true, description: "Whatever restores to any point of the last N days is kept; null: no time rule." })

@@ -1,0 +1,157 @@
+import { expect } from "@jest/globals";
+import { readdir, rm } from "node:fs/promises";
+import path from "node:path";
+import type { NodeRef } from "../../src/nodes/node-driver";
+import { lsnToNumber } from "../../src/postgres/lsn";
+import { SEGMENT_SIZE, segmentName, segmentNumber } from "../../src/postgres/wal-names";
+import type { Repository } from "../../src/storage/repository";
+import { HOLD_SLOT } from "../../src/wal/hold-slot";
+import { graphqlRequest } from "../helpers/graphql-client";
+import { startS3Server, type S3TestServer } from "../helpers/s3-server";
+import { eventually, useTestCluster } from "../helpers/service";
+import { sqlOn } from "../helpers/sql";
+
+const BUCKET = "relevo-second";
+
+/**
+ * Two repositories, as an operator keeps a copy off the host: repository 1
+ * the data home's directory, repository 2 a bucket of a real S3-protocol
+ * server (s3rver on loopback). The WAL archive goes to both, each at its
+ * own pace; the primary and the spool keep what either lacks.
+ */
+describe("the WAL archive in two repositories", () => {
+  const env: NodeJS.ProcessEnv = {};
+  let server: S3TestServer | undefined;
+  beforeAll(async () => {
+    server = await startS3Server({ buckets: [BUCKET] });
+    Object.assign(env, {
+      RELEVO_REPO2_TYPE: "s3",
+      RELEVO_REPO2_S3_BUCKET: BUCKET,
+      RELEVO_REPO2_S3_ENDPOINT: server.endpoint,
+      RELEVO_REPO2_S3_REGION: "us-east-1",
+      RELEVO_REPO2_S3_URI_STYLE: "path",
+      RELEVO_REPO2_S3_PREFIX: "second/",
+      RELEVO_REPO2_S3_ACCESS_KEY_ID: server.accessKeyId,
+      RELEVO_REPO2_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
+    });
+  });
+  const cluster = useTestCluster("wal-two-repositories", {}, { env });
+  // After the cluster's (afterAll hooks run in the order they are declared).
+  afterAll(async () => {
+    await server?.stop();
+    if (server) await rm(server.directory, { recursive: true, force: true });
+  });
+  const s3 = (): S3TestServer => {
+    if (!server) throw new Error("the S3 server did not start");
+    return server;
+  };
+  const primary = (): NodeRef => cluster.service.nodes[0]!;
+  const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary(), cluster.service.secrets, text);
+  const second = (): Repository => cluster.service.repositories.byIndex(2).repository;
+  const events = async (kind: string, since: number) =>
+    (await cluster.service.events.page({ first: 500 })).events.filter((e) => e.kind === kind && Date.parse(e.occurredAt) >= since);
+  /** The segment the hold slot's restart_lsn lies in: the primary keeps WAL from there on for the archive. */
+  const holdSegment = async (): Promise<number> => {
+    const rows = await sql<{ lsn: string }>(`SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = '${HOLD_SLOT}'`);
+    return Math.floor(lsnToNumber(rows[0]!.lsn) / SEGMENT_SIZE);
+  };
+  /** The segment just completed by a switch, and its name on the primary's timeline. */
+  const switchSegment = async (): Promise<{ name: string; segment: number }> => {
+    const timeline = (await sql<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()"))[0]!.timeline;
+    const lsn = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+    const segment = segmentNumber(lsn);
+    return { name: segmentName(timeline, segment), segment };
+  };
+  /** The files s3rver keeps for the bucket whose path names `name` (asked of its directory: the store may be down). */
+  const inBucket = async (name: string): Promise<boolean> => {
+    const entries = await readdir(path.join(s3().directory, BUCKET), { recursive: true, withFileTypes: true });
+    return entries.some((entry) => entry.isFile() && entry.name.includes(name));
+  };
+
+  test("every segment reaches both repositories, and the repositories query shows both in use", async () => {
+    const { repositories } = cluster.service;
+    expect(repositories.members.map((member) => member.index)).toEqual([1, 2]);
+    await sql("CREATE TABLE two_archives (id int PRIMARY KEY, v text)");
+    await sql("INSERT INTO two_archives SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+    const { name } = await switchSegment();
+    for (const { repository } of repositories.members) {
+      await eventually(async () => ((await repository.archive.missing([name])).length === 0 ? true : undefined), {
+        what: `${name} in ${repository.location}`,
+        timeoutMs: 60_000,
+      });
+    }
+    expect(await inBucket(name)).toBe(true);
+    // Each pusher's status is shared once its pass ends (a moment after its put is visible).
+    const shown = await eventually(
+      async () => {
+        const answer = await graphqlRequest<{ repositories: Array<Record<string, unknown>> }>(
+          cluster.url,
+          "{ repositories { index type inUse generation lastPushAt failingSince lastError } }",
+          { token: cluster.token("viewer") },
+        );
+        expect(answer.errors).toBeUndefined();
+        const listed = answer.data!.repositories;
+        return listed.every((repository) => repository.lastPushAt !== null) ? listed : undefined;
+      },
+      { what: "a push shown for both repositories" },
+    );
+    expect(shown).toEqual([
+      expect.objectContaining({ index: 1, type: "dir", inUse: true, generation: 0, failingSince: null, lastError: null }),
+      expect.objectContaining({ index: 2, type: "s3", inUse: true, generation: 0, failingSince: null, lastError: null }),
+    ]);
+  }, 180_000);
+
+  test("repository 2 down: repository 1 keeps receiving pushes, the hold slot and the spool wait for 2; back, it catches up and the slot moves on", async () => {
+    const { archiver, repository: first } = cluster.service;
+    const since = Date.now();
+    await s3().stop();
+    try {
+      await sql("INSERT INTO two_archives SELECT g, md5(g::text) FROM generate_series(2001, 4000) g");
+      const during = await switchSegment();
+      await sql("INSERT INTO two_archives SELECT g, md5(g::text) FROM generate_series(4001, 6000) g");
+      const later = await switchSegment();
+      // Repository 1 takes them as if nothing were wrong (its pusher does not wait for repository 2's).
+      for (const { name } of [during, later]) {
+        await eventually(async () => ((await first.archive.missing([name])).length === 0 ? true : undefined), {
+          what: `${name} in repository 1`,
+          timeoutMs: 60_000,
+        });
+      }
+      expect(await inBucket(during.name)).toBe(false);
+
+      // The alert names repository 2 (after 30 s failing), and the cluster's health says so.
+      const failing = await eventually(async () => (await events("archive:push-failing", since))[0], {
+        what: "archive:push-failing",
+        timeoutMs: 120_000,
+      });
+      expect(failing).toMatchObject({ severity: "critical", data: { repository: second().location } });
+      const reasons = (await cluster.service.collector.pollNow()).healthReasons;
+      expect(reasons.some((reason) => reason.includes(second().location))).toBe(true);
+
+      // The primary keeps the WAL repository 2 lacks past a checkpoint, and so does the spool.
+      await sql("CHECKPOINT");
+      await archiver.releasePushed();
+      expect(await holdSegment()).toBeLessThanOrEqual(during.segment);
+      expect((await sql<{ name: string }>("SELECT name FROM pg_ls_waldir()")).map((row) => row.name)).toContain(during.name);
+      expect(await first.spool.names()).toContain(during.name);
+    } finally {
+      if (!(await s3().running())) await s3().start();
+    }
+
+    // Back: repository 2 gets everything it missed, the alert clears, and the hold slot moves past it.
+    const caughtUp = await switchSegment();
+    await eventually(async () => ((await second().archive.missing([caughtUp.name])).length === 0 ? true : undefined), {
+      what: `${caughtUp.name} in repository 2`,
+      timeoutMs: 120_000,
+    });
+    expect(await inBucket(caughtUp.name)).toBe(true);
+    await eventually(async () => (await events("archive:push-recovered", since))[0], { what: "archive:push-recovered", timeoutMs: 60_000 });
+    await eventually(
+      async () => {
+        await archiver.releasePushed();
+        return (await holdSegment()) > caughtUp.segment ? true : undefined;
+      },
+      { what: "the hold slot past the segments repository 2 caught up on", timeoutMs: 60_000 },
+    );
+  }, 400_000);
+});
