@@ -47,9 +47,11 @@ export class DirectoryStore implements ObjectStore {
     const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     let stored = 0;
     try {
+      // Aborted already: refused before the body is wrapped, since wrapping destroys it at once with an error that
+      // nothing would listen to (the loop below never runs), which Node raises as an uncaught exception.
+      options.signal?.throwIfAborted();
       // An abort destroys the source, which ends the loop with the abort's error.
       const source = Buffer.isBuffer(body) ? [body] : options.signal ? addAbortSignal(options.signal, body) : body;
-      options.signal?.throwIfAborted();
       for await (const chunk of source) {
         const bytes = chunk as Buffer;
         await handle.write(bytes);

@@ -225,6 +225,8 @@ export class WalPusher {
     const pushedHistories = pushed.length;
     const worker = async (): Promise<void> => {
       for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+        // Stopped: no further file is begun (the put in flight ends with the stop's abort).
+        if (this.stopping.signal.aborted) break;
         try {
           if ((await this.push(name, { indexed: false, now })) === "put") pushed.push(name);
         } catch (error) {

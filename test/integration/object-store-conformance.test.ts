@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { readdir, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { ErrorCode } from "../../src/errors";
 import { DirectoryStore } from "../../src/repository/directory-store";
 import type { ObjectInfo, ObjectStore } from "../../src/repository/object-store";
@@ -208,6 +208,17 @@ describe.each(kinds)("object store conformance: $name", (kind) => {
     setTimeout(() => controller.abort(), 300);
     await expect(store.put("wal/aborted", endless, { signal: controller.signal })).rejects.toThrow();
     expect(await store.head("wal/aborted")).toBeNull();
+
+    // Aborted before the put began (a pusher's stop while its pass takes the next file): refused, and the body, which
+    // nobody reads and nothing listens to, is not destroyed with an error no one handles (that crashed the process).
+    const stopped = new AbortController();
+    stopped.abort(new Error("the pusher stopped"));
+    const unread = new PassThrough();
+    unread.end(randomBytes(1024));
+    await expect(store.put("wal/late", unread, { signal: stopped.signal })).rejects.toThrow("the pusher stopped");
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(unread.errored).toBeNull();
+    expect(await store.head("wal/late")).toBeNull();
     expect(await keys(store, "wal/")).toEqual([]);
     expect(await uploads.open()).toEqual([]);
   });
