@@ -114,3 +114,25 @@ export function backupExpiryHeldBackEvent(
     data: { id, holder, heldForMs },
   };
 }
+
+/** A backup copied into another repository (RELEVO_BACKUP_REPO=all): completed there. */
+export function backupCopiedEvent(copy: BackupManifest, repository: number, durationMs: number): EventDraft<"backup:copied"> {
+  return {
+    kind: "backup:copied",
+    severity: "info",
+    node: null,
+    message: `backup ${copy.id} copied to repository ${repository}: ${copy.storedBytes} bytes stored, ${durationMs} ms`,
+    data: { id: copy.id, repository, storedBytes: copy.storedBytes, durationMs },
+  };
+}
+
+/** A backup's copy into another repository failed: retried after the next backup. */
+export function backupCopyFailedEvent(id: string, repository: number, reason: string): EventDraft<"backup:copy-failed"> {
+  return {
+    kind: "backup:copy-failed",
+    severity: "warning",
+    node: null,
+    message: `backup ${id} was not copied to repository ${repository} (retried after the next backup): ${reason}`,
+    data: { id, repository, reason },
+  };
+}

@@ -9,6 +9,9 @@ import type { BackupServiceDeps } from "./backup-service";
 import { chooseBackupSource } from "./backup-source";
 import type { BackupManifest, BackupType } from "./manifest";
 import { takeBackup } from "./take-backup";
+import type { Repository } from "../storage/repository";
+import { BackupCopies } from "./backup-copies";
+import { backupTargets, type BackupTargets } from "./backup-targets";
 
 /** The backup this instance runs: its id once it has started, and its completion. */
 interface RunningBackup {
@@ -23,6 +26,10 @@ interface Run {
   readonly source: NodeRef;
   readonly primary: NodeRef;
   readonly startedAtMs: number;
+  /** Where the backup is taken, and the repositories it is copied to once completed. */
+  readonly targets: BackupTargets;
+  /** The repository it is taken into (targets.taken). */
+  readonly into: Repository;
   /** The bytes put into the repository as last reported (objects put and later dropped included): the final progress keeps it. */
   bytesStored?: number;
 }
@@ -37,14 +44,17 @@ interface Run {
  */
 export class BackupRunner {
   private running: RunningBackup | null = null;
-  /** Work started after backups completed (retention), for waitForIdle. */
+  /** Work started after backups completed (copies, retention), for waitForIdle. */
   private readonly afterwork = new Set<Promise<void>>();
+  private readonly copies: BackupCopies;
 
   constructor(
     private readonly deps: BackupServiceDeps,
     /** Applied after every completed backup. */
     private readonly retention: { expire(): Promise<unknown> },
-  ) {}
+  ) {
+    this.copies = new BackupCopies({ ...deps, walTimeoutMs: deps.archiveTimeoutMs });
+  }
 
   get runningId(): string | null {
     return this.running?.id ?? null;
@@ -52,9 +62,20 @@ export class BackupRunner {
 
   /**
    * Starts a backup and resolves once it has started (its id is known);
-   * `done` resolves when it has completed (or rejects when it failed).
+   * `done` resolves when it has completed (or rejects when it failed):
+   * in the repository it is taken into, its copies to the others after.
+   * `options.repository` writes it to that repository alone, whatever
+   * RELEVO_BACKUP_REPO says (NOT_FOUND when there is none).
    */
-  async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
+  async start(
+    type: BackupType,
+    options: { readonly repository?: number | null } = {},
+  ): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
+    const targets = backupTargets({
+      configured: this.deps.repositories.members.map((member) => member.index),
+      choice: this.deps.backupRepository,
+      asked: options.repository,
+    });
     if (this.running) {
       throw new RelevoError(ErrorCode.BackupInProgress, `backup ${this.running.id ?? "(starting)"} is running; wait for it to finish`);
     }
@@ -74,10 +95,12 @@ export class BackupRunner {
       source: this.deps.nodes.find((node) => node.name === chosen.node)!,
       primary: this.deps.nodes.find((node) => node.name === snapshot?.primary)!,
       startedAtMs: Date.now(),
+      targets,
+      into: this.deps.repositories.byIndex(targets.taken).repository,
     };
     let reference: BackupManifest | null;
     try {
-      reference = type === "full" ? null : await this.referenceFor(type);
+      reference = type === "full" ? null : await this.referenceFor(run.into, type);
     } catch (error) {
       end();
       throw error;
@@ -120,11 +143,11 @@ export class BackupRunner {
 
   /**
    * What a differential (the newest full) or an incremental (the newest
-   * backup of any type) builds on; null when there is none (it is then taken
-   * as a full).
+   * backup of any type) builds on, in the repository it is taken into; null
+   * when there is none (it is then taken as a full).
    */
-  private async referenceFor(type: "differential" | "incremental"): Promise<BackupManifest | null> {
-    const completed = (await this.deps.repository.listManifests()).filter(
+  private async referenceFor(repository: Repository, type: "differential" | "incremental"): Promise<BackupManifest | null> {
+    const completed = (await repository.listManifests()).filter(
       (manifest) => manifest.status === "completed" && (type === "incremental" || manifest.type === "full"),
     );
     return completed[completed.length - 1] ?? null;
@@ -135,43 +158,49 @@ export class BackupRunner {
     options: { readonly reference: BackupManifest | null; readonly announce: (manifest: BackupManifest) => void },
   ): Promise<BackupManifest> {
     const { type, slot, source, primary, startedAtMs } = run;
-    return takeBackup(this.deps, {
-      type,
-      reference: options.reference,
-      source,
-      compression: this.deps.compression,
-      parallelism: this.deps.parallelism,
-      archiveTimeoutMs: this.deps.archiveTimeoutMs,
-      switchWalOnPrimary: async () => {
-        await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
+    return takeBackup(
+      { ...this.deps, repository: run.into },
+      {
+        type,
+        reference: options.reference,
+        source,
+        compression: this.deps.compression,
+        parallelism: this.deps.parallelism,
+        archiveTimeoutMs: this.deps.archiveTimeoutMs,
+        switchWalOnPrimary: async () => {
+          await withNodeClient(primary, this.deps.superuser, 10000, (client) => client.query("SELECT pg_switch_wal()"));
+        },
+        onProgress: (progress) => {
+          run.bytesStored = progress.bytesStored;
+          if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
+        },
+        onStart: async (manifest) => {
+          slot.id = manifest.id;
+          await this.deps.events.emit(backupStartedEvent(manifest, { asked: type, source }));
+          options.announce(manifest);
+        },
       },
-      onProgress: (progress) => {
-        run.bytesStored = progress.bytesStored;
-        if (slot.id) this.deps.progress.record(progressFigures(slot.id, progress, startedAtMs, Date.now()));
-      },
-      onStart: async (manifest) => {
-        slot.id = manifest.id;
-        await this.deps.events.emit(backupStartedEvent(manifest, { asked: type, source }));
-        options.announce(manifest);
-      },
-    });
+    );
   }
 
   private async completed(run: Run, manifest: BackupManifest): Promise<BackupManifest> {
     this.recordFinalProgress(run, manifest, "completed");
     await this.deps.events.emit(backupCompletedEvent(manifest, run.source));
-    // Retention after every backup, off the backup's own time (waitForIdle awaits it).
+    // Copies, then retention, after every backup, off the backup's own time (waitForIdle awaits them). The copies come
+    // first: retention must not take away a backup a copy still reads (its lock would hold expiry back anyway).
+    const { taken, copies } = run.targets;
     this.trackAfterwork(
-      this.retention
-        .expire()
+      this.copies
+        .copyAfterBackup(manifest.id, taken, copies)
+        .then(() => this.retention.expire())
         .then(() => undefined)
-        .catch((error: Error) => this.deps.logger.error({ err: error.message }, "retention after the backup failed")),
+        .catch((error: Error) => this.deps.logger.error({ err: error.message }, "copies or retention after the backup failed")),
     );
     return manifest;
   }
 
   private async failed(run: Run, error: Error): Promise<never> {
-    const manifest = run.slot.id ? await this.deps.repository.readManifest(run.slot.id) : null;
+    const manifest = run.slot.id ? await run.into.readManifest(run.slot.id) : null;
     if (manifest) {
       this.recordFinalProgress(run, manifest, "failed");
       await this.deps.events.emit(backupFailedEvent(manifest, { source: run.source, error }));

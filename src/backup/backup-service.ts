@@ -11,6 +11,9 @@ import { BackupRunner } from "./backup-runner";
 import { assertBackupId, type BackupManifest, type BackupType, type Compression, type ManifestSummary } from "./manifest";
 import type { RecoveryTarget } from "../restore/recovery-target";
 import type { Repository } from "../storage/repository";
+import type { NumberedRepository, RepositorySet } from "../storage/repository-set";
+import { catalogManifest, type BackupRepositoryChoice } from "./backup-targets";
+import { BackupCopies, type BackupCopyState } from "./backup-copies";
 import { restoreBackup } from "../restore/restore";
 import { verifyBackup } from "./verify";
 import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
@@ -29,7 +32,15 @@ export interface BackupServiceDeps {
   readonly clusterName: string;
   readonly maxSlotWalKeepSize: string;
   readonly driver: NodeDriver;
+  /** Every configured repository: a backup is written to one or to all (see backupTargets), each expired by its own rule. */
+  readonly repositories: RepositorySet;
+  /**
+   * The lowest-numbered repository (repositories.first): restores and
+   * verifications read it (a restore across repositories is restore's own).
+   */
   readonly repository: Repository;
+  /** RELEVO_BACKUP_REPO: where a backup goes when createBackup names no repository. */
+  readonly backupRepository: BackupRepositoryChoice;
   readonly archiver: WalArchiver;
   readonly summarizer: WalSummarizer;
   readonly superuser: Credentials;
@@ -39,8 +50,8 @@ export interface BackupServiceDeps {
   readonly parallelism: number;
   readonly archiveTimeoutMs: number;
   readonly startTimeoutMs: number;
-  /** What expiry keeps (the count and time rules; `now` is taken at each expiry). */
-  readonly retention: Omit<RetentionPolicy, "now">;
+  /** What expiry keeps in each repository (its count and time rules; `now` is taken at each expiry). */
+  readonly retention: (repository: NumberedRepository) => Omit<RetentionPolicy, "now">;
   /** Address scratch nodes (restore tests) listen on. */
   readonly host: string;
   /** The latest topology, to choose the node a backup is copied from. */
@@ -64,11 +75,13 @@ export interface BackupServiceDeps {
  */
 export class BackupService {
   private readonly runner: BackupRunner;
+  private readonly copies: BackupCopies;
   /** Verifications under way, for waitForIdle: a restore test's scratch node is removed before the service stops. */
   private readonly verifications = new Set<Promise<unknown>>();
 
   constructor(private readonly deps: BackupServiceDeps) {
     this.runner = new BackupRunner(deps, { expire: () => this.expire() });
+    this.copies = new BackupCopies({ ...deps, walTimeoutMs: deps.archiveTimeoutMs });
   }
 
   get runningId(): string | null {
@@ -79,8 +92,11 @@ export class BackupService {
    * Starts a backup and resolves once it has started (its id is known);
    * `done` resolves when it has completed (or rejects when it failed).
    */
-  async start(type: BackupType): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
-    return this.runner.start(type);
+  async start(
+    type: BackupType,
+    options: { readonly repository?: number | null } = {},
+  ): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
+    return this.runner.start(type, options);
   }
 
   /** Live progress of a backup (kept a day after it ended); null when none is known. */
@@ -89,8 +105,11 @@ export class BackupService {
     return this.deps.progress.read(id);
   }
 
-  /** The backups a restore of `manifest` reads, the full first (see backupChain). */
+  /** The backups a restore of `manifest` reads, the full first (see backupChain), in the first repository holding it completed. */
   async chain(manifest: BackupManifest): Promise<BackupManifest[]> {
+    for (const member of this.deps.repositories.members) {
+      if ((await member.repository.readManifest(manifest.id))?.status === "completed") return backupChain(member.repository, manifest);
+    }
     return backupChain(this.deps.repository, manifest);
   }
 
@@ -98,15 +117,41 @@ export class BackupService {
     return this.deps.repository.listManifests();
   }
 
-  /** Every backup, oldest first, without file lists: a stat per backup once its manifest has been read (see listManifestSummaries). */
+  /** Every backup of every repository, oldest first, without file lists (see listCatalog). */
   async listSummaries(): Promise<ManifestSummary[]> {
-    return this.deps.repository.listManifestSummaries();
+    return (await this.listCatalog()).map((entry) => entry.summary);
   }
 
+  /**
+   * Every backup any repository holds, oldest first, without file lists,
+   * with its copies: each as the first repository holding it completed
+   * says (else the first holding it: see catalogManifest). A listing of
+   * manifests per repository, each summary parsed once per version (see
+   * listManifestSummaries).
+   */
+  async listCatalog(): Promise<Array<{ summary: ManifestSummary; copies: BackupCopyState[] }>> {
+    const byRepository = await this.copies.summariesByRepository();
+    const ids = [...new Set([...byRepository.values()].flatMap((summaries) => [...summaries.keys()]))].sort();
+    return Promise.all(
+      ids.map(async (id) => ({
+        summary: catalogManifest(this.deps.repositories.members.map((m) => byRepository.get(m.index)?.get(id) ?? null))!,
+        copies: await this.copies.copiesOf(id, byRepository),
+      })),
+    );
+  }
+
+  /** Backup `id` as the catalog shows it (see listCatalog); NOT_FOUND when no repository holds it. */
   async get(id: string): Promise<BackupManifest> {
-    const manifest = await this.deps.repository.readManifest(id);
+    assertBackupId(id);
+    const manifest = catalogManifest(await Promise.all(this.deps.repositories.members.map((m) => m.repository.readManifest(id))));
     if (!manifest) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
     return manifest;
+  }
+
+  /** Backup `id`'s copy in each repository, lowest number first. */
+  async copiesOf(id: string): Promise<BackupCopyState[]> {
+    assertBackupId(id);
+    return this.copies.copiesOf(id);
   }
 
   /** The newest completed backup, for restores that name none. */
@@ -122,53 +167,77 @@ export class BackupService {
   }
 
   /**
-   * Expires what retention lets go: older full backups with their
+   * Expires what retention lets go, in each repository by its own rule
+   * (RELEVO_REPO<n>_RETENTION_FULL / _DAYS): older full backups with their
    * dependents (manifest kept, status expired, content and data key
-   * removed: see removeBackupRemains) and the WAL no kept backup needs; and
-   * completes the removals an interrupted expiry or failure left.
+   * removed: see removeBackupRemains) and the WAL no kept backup there
+   * needs, in that repository only; and completes the removals an
+   * interrupted expiry or failure left. `expired`: the backups expired in
+   * any repository.
    */
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
-    const manifests = await this.list();
-    const plan = planRetention(manifests, { ...this.deps.retention, now: new Date() });
+    const expired = new Set<string>();
+    let walSegmentsRemoved = 0;
+    for (const member of this.deps.repositories.members) {
+      const result = await this.expireIn(member);
+      for (const id of result.expired) expired.add(id);
+      walSegmentsRemoved += result.walSegmentsRemoved;
+    }
+    return { expired: [...expired].sort(), walSegmentsRemoved };
+  }
+
+  private async expireIn(member: NumberedRepository): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
+    const { repository } = member;
+    const manifests = await repository.listManifests();
+    const plan = planRetention(manifests, { ...this.deps.retention(member), now: new Date() });
     const expired: string[] = [];
     const skipped: BackupManifest[] = [];
+    const read = async (id: string): Promise<BackupManifest> => {
+      const manifest = await repository.readManifest(id);
+      if (!manifest) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id} in ${repository.location}`);
+      return manifest;
+    };
     for (const group of expiryGroups(plan, manifests)) {
       // A full and its dependents under their locks, taken together and tried once: a group any of whose backups a
-      // verification or restore holds (up to half an hour for a restore test) is left completed, with its WAL, and
-      // expired by the next expiry; never waited for. A dead holder's lock is broken by a later expiry (the lock code
-      // remembers it untouched across runs); a live holder stuck on it for longer than any verification may run is
-      // reported.
+      // verification, restore or copy holds (up to half an hour for a restore test) is left completed, with its WAL,
+      // and expired by the next expiry; never waited for. A dead holder's lock is broken by a later expiry (the lock
+      // code remembers it untouched across runs); a live holder stuck on it for longer than any verification may run
+      // is reported.
       const full = group[group.length - 1]!;
-      const held = await this.deps.repository.lockBackups(group, { purpose: "expiry", waitMs: 0 }).catch(async (error: unknown) => {
+      const held = await repository.lockBackups(group, { purpose: "expiry", waitMs: 0 }).catch(async (error: unknown) => {
         if (!(isRelevoError(error) && error.code === ErrorCode.LockHeld)) throw error;
         this.deps.logger.info(
-          { backupIds: group, details: error.details },
-          `backup ${full} and its dependents are not expired this time: ${error.message}`,
+          { backupIds: group, repository: member.index, details: error.details },
+          `backup ${full} and its dependents are not expired in repository ${member.index} this time: ${error.message}`,
         );
         await this.reportHeldBack(full, error.details);
-        for (const id of group) skipped.push(await this.get(id));
+        for (const id of group) skipped.push(await read(id));
         return null;
       });
       if (held === null) continue;
       try {
         // Newest first: no completed backup is ever left building on an expired one, even by a crash in between.
         for (const id of group) {
-          const manifest = await this.get(id);
+          const manifest = await read(id);
           if (manifest.status !== "completed") continue; // expired by another instance meanwhile
-          const record = await removeBackupRemains(this.deps.repository, { ...manifest, status: "expired" });
-          await this.deps.events.emit(backupExpiredEvent(record));
+          const record = await removeBackupRemains(repository, { ...manifest, status: "expired" });
+          // The catalog's record (table backups) says expired once no repository holds the backup completed.
+          if ((await this.get(id)).status !== "completed") await this.deps.events.emit(backupExpiredEvent(record));
+          else this.deps.logger.info({ backupId: id, repository: member.index }, `backup ${id} expired in repository ${member.index}`);
           expired.push(id);
         }
       } finally {
         await held.release();
       }
     }
-    // Removals an earlier expiry or a failing backup began and did not finish (their records still name a data key).
+    // Removals an earlier expiry, a failing backup or a failed copy began and did not finish (their records still name a data key).
     for (const manifest of unfinishedRemovals(manifests)) {
-      if (!expired.includes(manifest.id)) await removeBackupRemains(this.deps.repository, manifest);
+      if (!expired.includes(manifest.id)) await removeBackupRemains(repository, manifest);
     }
     const walBefore = walBeforeSparing(plan, skipped);
-    const walSegmentsRemoved = walBefore === null ? 0 : await this.deps.repository.removeSegmentsBefore(walBefore);
+    // This repository's archive only: the spool is every repository's, trimmed by its own rule when there are several.
+    const spool = this.deps.repositories.members.length === 1;
+    const walSegmentsRemoved = walBefore === null ? 0 : await repository.removeSegmentsBefore(walBefore, { spool });
     return { expired, walSegmentsRemoved };
   }
 

@@ -47,13 +47,20 @@ interface BackupRow {
   error: string | null;
 }
 
-export async function backupCreateCommand(config: RelevoConfig, options: { type: string; wait: boolean }, output: Output): Promise<void> {
+export async function backupCreateCommand(
+  config: RelevoConfig,
+  options: { type: string; wait: boolean; repo?: string },
+  output: Output,
+): Promise<void> {
   const type = TYPES[options.type];
   if (!type) throw new RelevoError(ErrorCode.BadUserInput, `unknown backup type "${options.type}": use full, diff or incr`);
+  if (options.repo !== undefined && !/^[1-9]\d{0,2}$/.test(options.repo)) {
+    throw new RelevoError(ErrorCode.BadUserInput, `--repo ${JSON.stringify(options.repo)}: a repository's number (1, 2, …)`);
+  }
   const { createBackup } = await callApi<{ createBackup: BackupRow }>(
     config,
-    `mutation($type: BackupType!) { createBackup(type: $type) { ${BACKUP_FIELDS} } }`,
-    { type },
+    `mutation($type: BackupType!, $repository: Int) { createBackup(type: $type, repository: $repository) { ${BACKUP_FIELDS} } }`,
+    { type, repository: options.repo === undefined ? null : Number(options.repo) },
   );
   output.out(createBackup.id);
   if (!options.wait) return;

@@ -106,7 +106,8 @@ backup
   .description("start a backup; prints its id")
   .option("--type <type>", "full, diff or incr", "full")
   .option("--wait", "wait until it completed; exit non-zero if it failed", false)
-  .action((options: { type: string; wait: boolean }) => run(() => backupCreateCommand(config(), options, output)));
+  .option("--repo <n>", "write it to repository n alone (default: RELEVO_BACKUP_REPO)")
+  .action((options: { type: string; wait: boolean; repo?: string }) => run(() => backupCreateCommand(config(), options, output)));
 backup
   .command("list")
   .description("backups in the repository, newest first")

@@ -282,6 +282,12 @@ export const configKeys = {
     schema: z.enum(["primary", "replica", "prefer-replica"]),
     doc: "Where backups are copied from: primary, replica (a streaming replica, else the backup fails), or prefer-replica (the primary when no replica is streaming within RELEVO_LAG_ALERT_BYTES).",
   },
+  backupRepo: {
+    env: "RELEVO_BACKUP_REPO",
+    default: "all",
+    schema: z.union([z.literal("all"), z.coerce.number().int().min(1).max(256)]),
+    doc: "Which repository a backup is written to: all (taken into the lowest-numbered, then copied to each other) or a repository's number n (RELEVO_REPO<n>_…).",
+  },
   replicaSeed: {
     env: "RELEVO_REPLICA_SEED",
     default: "primary",

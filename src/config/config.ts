@@ -44,6 +44,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: ConfigOverrides = 
   // (An S3 repository 1 keeps the default path here, which nothing reads: the repository is opened from its settings.)
   const first = config.repositories[0]!;
   config.repository = first.type === "dir" ? first.path : path.join(config.home, "repository");
+  if (config.backupRepo !== "all" && !config.repositories.some((settings) => settings.index === config.backupRepo)) {
+    throw new RelevoError(
+      ErrorCode.InvalidConfig,
+      `invalid configuration: ${configKeys.backupRepo.env}=${config.backupRepo}: not a configured repository ` +
+        `(${config.repositories.map((settings) => settings.index).join(", ")}); set all or one of them`,
+      { details: { key: "backupRepo", env: configKeys.backupRepo.env } },
+    );
+  }
   // The docker CLI's own variables, when Relevo's are not set.
   config.dockerHost = config.dockerHost || env.DOCKER_HOST || "";
   config.dockerCertPath =

@@ -35,6 +35,8 @@ export interface EventMap {
   "backup:expired": BackupRecord;
   "backup:expiry-held-back": { id: string; holder: { purpose: string; host: string; pid: number; since: string }; heldForMs: number };
   "backup:cataloged": BackupRecord;
+  "backup:copied": { id: string; repository: number; storedBytes: number; durationMs: number };
+  "backup:copy-failed": { id: string; repository: number; reason: string };
   "schedule:skipped": { name: string; reason: string };
   "schedule:failed": { name: string; error: string; attempt: number; retryInMs: number | null };
   "failover:detected": FailoverRecord;
@@ -169,6 +171,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:expired",
   "backup:expiry-held-back",
   "backup:cataloged",
+  "backup:copied",
+  "backup:copy-failed",
   "schedule:skipped",
   "schedule:failed",
   "failover:detected",

@@ -168,7 +168,7 @@ export function startBackups(
     readonly driver: NodeDriver;
     readonly redis: RedisAndEvents;
     readonly nodes: readonly NodeRef[];
-    readonly repository: Repository;
+    readonly storage: Storage;
     readonly archive: WalArchive;
     readonly superuser: Credentials;
     readonly collector: TopologyCollector;
@@ -176,13 +176,16 @@ export function startBackups(
     readonly clusterState: ClusterStateStore;
   },
 ): Backups {
-  const { config, logger, cleanups, driver, redis, nodes, repository, archive, superuser, collector, clusterState } = options;
+  const { config, logger, cleanups, driver, redis, nodes, storage, archive, superuser, collector, clusterState } = options;
+  const { repositories, repository } = storage;
   const backups = new BackupService({
     clusterName: config.clusterName,
     summarizer: archive.walSummarizer,
     maxSlotWalKeepSize: config.maxSlotWalKeepSize,
     driver,
+    repositories,
     repository,
+    backupRepository: config.backupRepo,
     archiver: archive.archiver,
     superuser,
     events: redis.events,
@@ -192,8 +195,8 @@ export function startBackups(
     archiveTimeoutMs: config.archiveTimeoutMs,
     startTimeoutMs: config.startTimeoutMs,
     host: config.host,
-    // Backups and the archive go to repository 1 alone until several are wired (issue 16).
-    retention: retentionOf(config.repositories[0]!, config.retentionFull),
+    // Each repository by its own rule (RELEVO_REPO<n>_RETENTION_FULL / _DAYS), the cluster's count by default.
+    retention: (member) => retentionOf(member.settings, config.retentionFull),
     topology: () => collector.latest,
     nodes,
     sourcePolicy: config.backupSource,

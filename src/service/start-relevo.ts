@@ -73,7 +73,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       driver,
       redis,
       nodes,
-      repository,
+      storage,
       archive,
       superuser,
       collector,

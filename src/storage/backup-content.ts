@@ -126,7 +126,8 @@ export async function removeBackupRemains(repository: Repository, record: Backup
   return done;
 }
 
-function withoutDataKey(record: BackupManifest): BackupManifest {
+/** The manifest without its data key's id (a removal done, or a copy about to get a key of its target's). Pure. */
+export function withoutDataKey(record: BackupManifest): BackupManifest {
   const copy: { -readonly [K in keyof BackupManifest]: BackupManifest[K] } = { ...record };
   delete copy.dataKeyId;
   return copy;

@@ -529,9 +529,14 @@ export class Repository {
    * Removes archived segments numbered below `segment` (any timeline), in
    * the archive's objects and the receiving directory, with their
    * summaries; never .history files. Returns how many segments went.
+   * `options.spool` false leaves the receiving directory alone: it is
+   * shared by every repository, and one repository's retention must not
+   * take WAL another has not pushed yet (the spool is trimmed behind what
+   * every repository holds).
    */
-  async removeSegmentsBefore(segment: number): Promise<number> {
-    const received = (await this.spool.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
+  async removeSegmentsBefore(segment: number, options: { readonly spool?: boolean } = {}): Promise<number> {
+    const received =
+      options.spool === false ? [] : (await this.spool.names()).filter((name) => (parseSegmentName(name)?.segment ?? segment) < segment);
     // From a listing, not the index as it stands: what another instance pushed since the index was built would else
     // be left behind for good (review 21, L5). One listing per expiry.
     await this.archive.rebuild();

@@ -26,6 +26,8 @@ import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
 import type { BackupManifest } from "../../src/backup/manifest";
 import { newManifest } from "../../src/backup/backup-start";
 import { BackupService, type BackupServiceDeps } from "../../src/backup/backup-service";
+import { RepositorySet } from "../../src/storage/repository-set";
+import type { RepositorySettings } from "../../src/config/repository-config";
 import { testRedisTls } from "../helpers/tls";
 import { setTimeout as delay } from "node:timers/promises";
 import { Readable } from "node:stream";
@@ -366,10 +368,11 @@ describe("an encrypted repository's keys, made under the lock in Redis", () => {
     );
 
     const deps = {
+      repositories: new RepositorySet([{ index: 1, settings: { index: 1 } as RepositorySettings, repository }]),
       repository,
       logger: silent,
       events: { emit: () => Promise.resolve() },
-      retention: { keepFull: 2, keepDays: null },
+      retention: () => ({ keepFull: 2, keepDays: null }),
     } as unknown as BackupServiceDeps;
     // Keeps the two newest fulls of four (the failing one among them, until it fails): the second expires now.
     expect(await new BackupService(deps).expire()).toMatchObject({ expired: [second.id] });
@@ -559,7 +562,14 @@ describe("expiry and the service's stop against a verification under way", () =>
     await repository.writeManifest(full);
     const logger = createLogger({ level: "silent" });
     // Events are not under test here: a sink.
-    const deps = { repository, logger, parallelism: 1, events: { emit: () => Promise.resolve() } } as unknown as BackupServiceDeps;
+    const repositories = new RepositorySet([{ index: 1, settings: { index: 1 } as RepositorySettings, repository }]);
+    const deps = {
+      repositories,
+      repository,
+      logger,
+      parallelism: 1,
+      events: { emit: () => Promise.resolve() },
+    } as unknown as BackupServiceDeps;
     const service = new BackupService(deps);
     // Another holder of the backup's lock keeps the verification under way until it lets go.
     const other = await repository.lockBackups([full.id], { purpose: "restore", waitMs: 0 });

@@ -1,5 +1,6 @@
 import type { BackupProgress } from "../../backup/backup-progress";
 import { storedCounts, type BackupManifest, type ManifestSummary } from "../../backup/manifest";
+import type { BackupCopyState } from "../../backup/backup-copies";
 import type { Backup, BackupChainLink } from "./backup.type";
 
 export function toChainLink(manifest: BackupManifest): BackupChainLink {
@@ -16,6 +17,7 @@ export function toBackup(
   manifest: BackupManifest | ManifestSummary,
   progress: BackupProgress | null = null,
   chain: readonly BackupManifest[] | null = null,
+  copies: readonly BackupCopyState[] = [],
 ): Backup {
   const completed = manifest.status === "completed";
   return {
@@ -61,5 +63,6 @@ export function toBackup(
       : null,
     provenRestorableAt: manifest.verification?.contentOk && manifest.verification.restoreTest?.ok ? manifest.verification.checkedAt : null,
     progress,
+    copies: copies.map((copy) => ({ ...copy })),
   } as Backup;
 }

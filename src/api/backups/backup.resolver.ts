@@ -54,16 +54,16 @@ export class BackupResolver {
     if (Number.isNaN(since) || Number.isNaN(until)) throw new RelevoError(ErrorCode.BadUserInput, "since / until must be ISO 8601 times");
     const type: BackupType | null | undefined = args.type;
     const status: BackupStatus | null | undefined = args.status;
-    // Every alias of `backups` in a request filters the one listing of the repository.
-    const all = (await perRequest(context, "backup-list", () => this.services.backups.listSummaries()))
-      .filter((m) => (!type || m.type === type) && (!status || m.status === status))
-      .filter((m) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
+    // Every alias of `backups` in a request filters the one listing of the repositories.
+    const all = (await perRequest(context, "backup-list", () => this.services.backups.listCatalog()))
+      .filter(({ summary: m }) => (!type || m.type === type) && (!status || m.status === status))
+      .filter(({ summary: m }) => Date.parse(m.startedAt) >= since && Date.parse(m.startedAt) < until)
       .reverse();
-    const start = args.after ? all.findIndex((m) => m.id === args.after) + 1 : 0;
+    const start = args.after ? all.findIndex((entry) => entry.summary.id === args.after) + 1 : 0;
     const page = all.slice(start, start + args.first);
     return {
-      edges: page.map((m) => ({ cursor: m.id, node: toBackup(m) })),
-      pageInfo: { hasNextPage: start + args.first < all.length, endCursor: page[page.length - 1]?.id ?? null },
+      edges: page.map(({ summary, copies }) => ({ cursor: summary.id, node: toBackup(summary, null, null, copies) })),
+      pageInfo: { hasNextPage: start + args.first < all.length, endCursor: page[page.length - 1]?.summary.id ?? null },
       totalCount: all.length,
     };
   }
@@ -81,6 +81,7 @@ export class BackupResolver {
         manifest,
         progress,
         manifest.status === "completed" ? await this.services.backups.chain(manifest).catch(() => null) : null,
+        await this.services.backups.copiesOf(id),
       );
     });
   }
@@ -101,9 +102,17 @@ export class BackupResolver {
     description:
       "Starts a backup and returns it as soon as it has started (status RUNNING); follow it with backup(id) or backupEvents. BACKUP_IN_PROGRESS while another runs. DIFFERENTIAL stores the blocks changed since the newest full, INCREMENTAL those since the newest backup of any type; either is taken as a FULL (promotedToFull says why) when there is nothing to build on.",
   })
-  async createBackup(@Arg("type", () => BackupTypeGql) type: BackupTypeGql): Promise<Backup> {
-    const { manifest } = await this.services.backups.start(type);
-    return toBackup(manifest);
+  async createBackup(
+    @Arg("type", () => BackupTypeGql) type: BackupTypeGql,
+    @Arg("repository", () => Int, {
+      nullable: true,
+      description:
+        "Writes the backup to this repository alone (its number, RELEVO_REPO<n>_), whatever RELEVO_BACKUP_REPO says; NOT_FOUND when it is not configured.",
+    })
+    repository?: number | null,
+  ): Promise<Backup> {
+    const { manifest } = await this.services.backups.start(type, { repository });
+    return toBackup(manifest, null, null, await this.services.backups.copiesOf(manifest.id));
   }
 
   @Authorized("viewer")

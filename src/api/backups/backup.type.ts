@@ -19,6 +19,26 @@ export enum BackupStatusGql {
 }
 registerEnumType(BackupStatusGql, { name: "BackupStatus" });
 
+export enum BackupCopyStatusGql {
+  COMPLETED = "completed",
+  COPYING = "copying",
+  FAILED = "failed",
+  ABSENT = "absent",
+}
+registerEnumType(BackupCopyStatusGql, {
+  name: "BackupCopyStatus",
+  description:
+    "COMPLETED: the repository holds the backup, its manifest published. COPYING: being written there (the backup, or its copy). FAILED: the copy failed (retried after the next backup). ABSENT: not there, or expired there.",
+});
+
+@ObjectType({ description: "A backup's copy in one repository, as that repository's manifest says." })
+export class BackupCopy {
+  @Field(() => Int, { description: "The repository's number (RELEVO_REPO<n>_)." }) repository!: number;
+  @Field(() => BackupCopyStatusGql) status!: BackupCopyStatusGql;
+  @Field(() => Float, { nullable: true, description: "Bytes the copy holds there (completed only)." }) storedBytes!: number | null;
+  @Field(() => String, { nullable: true, description: "Why the copy failed (failed only)." }) error!: string | null;
+}
+
 @ObjectType({ description: "A backup this one builds on." })
 export class BackupReference {
   @Field(() => ID) id!: string;
@@ -98,6 +118,12 @@ export class Backup {
   provenRestorableAt!: string | null;
   @Field(() => BackupProgressGql, { nullable: true, description: "Live progress (backup(id) only; null in lists)." })
   progress!: BackupProgressGql | null;
+
+  @Field(() => [BackupCopy], {
+    description:
+      "The backup in each configured repository, lowest number first: taken into one, then copied to the others (RELEVO_BACKUP_REPO=all); the backup is COMPLETED once its first copy is.",
+  })
+  copies!: BackupCopy[];
 }
 
 @ObjectType({

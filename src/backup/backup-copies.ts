@@ -1,0 +1,149 @@
+import type { EventLog } from "../events/event-log";
+import type { Logger } from "../log";
+import type { NumberedRepository, RepositorySet } from "../storage/repository-set";
+import { backupChain } from "./backup-chain";
+import { backupCopiedEvent, backupCopyFailedEvent } from "./backup-events";
+import { withLockedBackup } from "./backup-lock";
+import { ancestorsToCopy, copiesToRetry, copyStatusOf, type CopyStatus } from "./backup-targets";
+import { copyToRepository } from "./copy-to-repository";
+import type { BackupStatus, ManifestSummary } from "./manifest";
+
+export interface BackupCopiesDeps {
+  readonly repositories: RepositorySet;
+  readonly events: EventLog;
+  readonly logger: Logger;
+  readonly parallelism: number;
+  /** How long a copy waits for the WAL its backup needs to reach the target (RELEVO_ARCHIVE_TIMEOUT_MS). */
+  readonly walTimeoutMs: number;
+}
+
+/** A backup's copy in one repository, as its manifest there says (see copyStatusOf). */
+export interface BackupCopyState {
+  readonly repository: number;
+  readonly status: CopyStatus;
+  /** What the copy holds in that repository (completed only). */
+  readonly storedBytes: number | null;
+  readonly error: string | null;
+}
+
+/**
+ * Copies of backups from the repository they were taken into to the
+ * others (RELEVO_BACKUP_REPO=all): run after the backup completed, never
+ * before (a slow or unreachable repository never holds a backup's own
+ * completion back), one repository after another, under each copied
+ * backup's lock (and its chain's: an expiry does not pull a chain away
+ * from under its copy). A copy that fails raises `backup:copy-failed` and
+ * is retried after the next backup (see copiesToRetry).
+ */
+export class BackupCopies {
+  constructor(private readonly deps: BackupCopiesDeps) {}
+
+  /**
+   * Copies backup `id`, taken into repository `from`, to each of `to`,
+   * with the backups it builds on that a target lacks and the earlier copies
+   * there that failed or were cut off. Never throws: each failure is an
+   * event and a log line.
+   */
+  async copyAfterBackup(id: string, from: number, to: readonly number[]): Promise<void> {
+    const source = this.deps.repositories.byIndex(from);
+    for (const index of to) {
+      const target = this.deps.repositories.byIndex(index);
+      let pending: string[];
+      try {
+        pending = await this.pendingIn(source, target, id);
+      } catch (error) {
+        await this.failed(id, target, error as Error);
+        continue;
+      }
+      for (const copied of pending) {
+        const ok = await this.copyOne(source, target, copied);
+        // What comes later builds on it, or would fail the same way against the same target.
+        if (!ok) break;
+      }
+    }
+  }
+
+  /** Each repository's copy of backup `id`, lowest number first, from the repositories' (cached) manifest summaries. */
+  async copiesOf(id: string, summaries?: ReadonlyMap<number, ReadonlyMap<string, ManifestSummary>>): Promise<BackupCopyState[]> {
+    const byRepository = summaries ?? (await this.summariesByRepository());
+    return this.deps.repositories.members.map((member) => {
+      const summary = byRepository.get(member.index)?.get(id) ?? null;
+      const status = copyStatusOf(summary?.status ?? null);
+      return {
+        repository: member.index,
+        status,
+        storedBytes: status === "completed" ? summary!.storedBytes : null,
+        error: status === "failed" ? summary!.error : null,
+      };
+    });
+  }
+
+  /** Every repository's manifest summaries by backup id (a listing each; see listManifestSummaries). */
+  async summariesByRepository(): Promise<Map<number, Map<string, ManifestSummary>>> {
+    const entries = await Promise.all(
+      this.deps.repositories.members.map(
+        async (member) => [member.index, new Map((await member.repository.listManifestSummaries()).map((s) => [s.id, s]))] as const,
+      ),
+    );
+    return new Map(entries);
+  }
+
+  /** What to copy into `target`: earlier copies to retry, the backup's missing ancestors and the backup, oldest first. */
+  private async pendingIn(source: NumberedRepository, target: NumberedRepository, id: string): Promise<string[]> {
+    const sourceSummaries = await source.repository.listManifestSummaries();
+    const targetStatus = new Map<string, BackupStatus>(
+      (await target.repository.listManifestSummaries()).map((summary) => [summary.id, summary.status]),
+    );
+    const completedInTarget = new Set([...targetStatus].filter(([, status]) => status === "completed").map(([key]) => key));
+    const wanted = new Set<string>();
+    for (const candidate of [
+      ...copiesToRetry(
+        sourceSummaries.filter((s) => s.status === "completed"),
+        targetStatus,
+      ),
+      id,
+    ]) {
+      const manifest = await source.repository.readManifest(candidate);
+      if (!manifest) continue;
+      for (const ancestor of ancestorsToCopy(await backupChain(source.repository, manifest), candidate, completedInTarget)) {
+        wanted.add(ancestor);
+      }
+      if (!completedInTarget.has(candidate)) wanted.add(candidate);
+    }
+    // Ids sort by start time: every backup comes after those it builds on.
+    return [...wanted].sort();
+  }
+
+  private async copyOne(source: NumberedRepository, target: NumberedRepository, id: string): Promise<boolean> {
+    const startedAt = Date.now();
+    try {
+      const copied = await withLockedBackup(
+        { repository: source.repository, logger: this.deps.logger },
+        { id, purpose: `copy to repo${target.index}` },
+        async () => {
+          // Copied meanwhile by another pass (the next backup's, while this waited for the lock).
+          const there = await target.repository.readManifest(id);
+          if (there?.status === "completed") return null;
+          return copyToRepository({
+            source: source.repository,
+            target: target.repository,
+            id,
+            parallelism: this.deps.parallelism,
+            walTimeoutMs: this.deps.walTimeoutMs,
+          });
+        },
+      );
+      if (copied) await this.deps.events.emit(backupCopiedEvent(copied, target.index, Date.now() - startedAt));
+      return true;
+    } catch (error) {
+      await this.failed(id, target, error as Error);
+      return false;
+    }
+  }
+
+  private async failed(id: string, target: NumberedRepository, error: Error): Promise<void> {
+    const event = backupCopyFailedEvent(id, target.index, error.message);
+    this.deps.logger.warn({ backupId: id, repository: target.index, err: error.message }, event.message);
+    await this.deps.events.emit(event).catch(() => undefined);
+  }
+}
