@@ -17,10 +17,13 @@ export interface BackupCopiesDeps {
   readonly walTimeoutMs: number;
 }
 
-/** A backup's copy in one repository, as its manifest there says (see copyStatusOf). */
+/** Each repository's manifest summaries by backup id, or the error that kept it from being listed. */
+export type SummariesByRepository = ReadonlyMap<number, ReadonlyMap<string, ManifestSummary> | Error>;
+
+/** A backup's copy in one repository, as its manifest there says (see copyStatusOf); unknown while it cannot be read. */
 export interface BackupCopyState {
   readonly repository: number;
-  readonly status: CopyStatus;
+  readonly status: CopyStatus | "unknown";
   /** What the copy holds in that repository (completed only). */
   readonly storedBytes: number | null;
   readonly error: string | null;
@@ -63,11 +66,18 @@ export class BackupCopies {
     }
   }
 
-  /** Each repository's copy of backup `id`, lowest number first, from the repositories' (cached) manifest summaries. */
-  async copiesOf(id: string, summaries?: ReadonlyMap<number, ReadonlyMap<string, ManifestSummary>>): Promise<BackupCopyState[]> {
+  /**
+   * Each repository's copy of backup `id`, lowest number first, from the
+   * repositories' (cached) manifest summaries; `unknown`, with the reason,
+   * for a repository that cannot be read now (a store that is down must
+   * not take the other repositories' answer with it).
+   */
+  async copiesOf(id: string, summaries?: SummariesByRepository): Promise<BackupCopyState[]> {
     const byRepository = summaries ?? (await this.summariesByRepository());
     return this.deps.repositories.members.map((member) => {
-      const summary = byRepository.get(member.index)?.get(id) ?? null;
+      const listed = byRepository.get(member.index);
+      if (listed instanceof Error) return { repository: member.index, status: "unknown", storedBytes: null, error: listed.message };
+      const summary = listed?.get(id) ?? null;
       const status = copyStatusOf(summary?.status ?? null);
       return {
         repository: member.index,
@@ -78,12 +88,16 @@ export class BackupCopies {
     });
   }
 
-  /** Every repository's manifest summaries by backup id (a listing each; see listManifestSummaries). */
-  async summariesByRepository(): Promise<Map<number, Map<string, ManifestSummary>>> {
+  /** Every repository's manifest summaries by backup id (a listing each; see listManifestSummaries), or why it cannot be read. */
+  async summariesByRepository(): Promise<SummariesByRepository> {
     const entries = await Promise.all(
-      this.deps.repositories.members.map(
-        async (member) => [member.index, new Map((await member.repository.listManifestSummaries()).map((s) => [s.id, s]))] as const,
-      ),
+      this.deps.repositories.members.map(async (member) => {
+        const listed = await member.repository.listManifestSummaries().then(
+          (summaries) => new Map(summaries.map((summary) => [summary.id, summary])),
+          (error: Error) => error,
+        );
+        return [member.index, listed] as const;
+      }),
     );
     return new Map(entries);
   }
@@ -99,6 +113,7 @@ export class BackupCopies {
     for (const candidate of [
       ...copiesToRetry(
         sourceSummaries.filter((s) => s.status === "completed"),
+        target.index,
         targetStatus,
       ),
       id,

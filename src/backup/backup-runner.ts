@@ -163,6 +163,7 @@ export class BackupRunner {
       {
         type,
         reference: options.reference,
+        copyTo: run.targets.copies,
         source,
         compression: this.deps.compression,
         parallelism: this.deps.parallelism,

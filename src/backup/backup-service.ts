@@ -108,7 +108,8 @@ export class BackupService {
   /** The backups a restore of `manifest` reads, the full first (see backupChain), in the first repository holding it completed. */
   async chain(manifest: BackupManifest): Promise<BackupManifest[]> {
     for (const member of this.deps.repositories.members) {
-      if ((await member.repository.readManifest(manifest.id))?.status === "completed") return backupChain(member.repository, manifest);
+      const there = await member.repository.readManifest(manifest.id).catch(() => null);
+      if (there?.status === "completed") return backupChain(member.repository, manifest);
     }
     return backupChain(this.deps.repository, manifest);
   }
@@ -131,10 +132,16 @@ export class BackupService {
    */
   async listCatalog(): Promise<Array<{ summary: ManifestSummary; copies: BackupCopyState[] }>> {
     const byRepository = await this.copies.summariesByRepository();
-    const ids = [...new Set([...byRepository.values()].flatMap((summaries) => [...summaries.keys()]))].sort();
+    const readable = this.deps.repositories.members.flatMap((member) => {
+      const listed = byRepository.get(member.index);
+      return listed instanceof Error || !listed ? [] : [listed];
+    });
+    // No repository readable: the failure, never an empty catalog.
+    if (readable.length === 0) throw byRepository.get(this.deps.repositories.first.index) as Error;
+    const ids = [...new Set(readable.flatMap((summaries) => [...summaries.keys()]))].sort();
     return Promise.all(
       ids.map(async (id) => ({
-        summary: catalogManifest(this.deps.repositories.members.map((m) => byRepository.get(m.index)?.get(id) ?? null))!,
+        summary: catalogManifest(readable.map((summaries) => summaries.get(id) ?? null))!,
         copies: await this.copies.copiesOf(id, byRepository),
       })),
     );
@@ -143,9 +150,15 @@ export class BackupService {
   /** Backup `id` as the catalog shows it (see listCatalog); NOT_FOUND when no repository holds it. */
   async get(id: string): Promise<BackupManifest> {
     assertBackupId(id);
-    const manifest = catalogManifest(await Promise.all(this.deps.repositories.members.map((m) => m.repository.readManifest(id))));
-    if (!manifest) throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
-    return manifest;
+    const read = await Promise.all(
+      this.deps.repositories.members.map((member) => member.repository.readManifest(id).catch((error: Error) => error)),
+    );
+    const manifest = catalogManifest(read.map((each) => (each instanceof Error ? null : each)));
+    if (manifest) return manifest;
+    // Not found where it could be looked for: a repository that could not be read may hold it.
+    const failure = read.find((each): each is Error => each instanceof Error);
+    if (failure) throw failure;
+    throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
   }
 
   /** Backup `id`'s copy in each repository, lowest number first. */
@@ -178,11 +191,18 @@ export class BackupService {
   async expire(): Promise<{ expired: string[]; walSegmentsRemoved: number }> {
     const expired = new Set<string>();
     let walSegmentsRemoved = 0;
+    const failures: Error[] = [];
+    // Each repository whatever another's outcome: one that is down does not keep the others' retention from running.
     for (const member of this.deps.repositories.members) {
-      const result = await this.expireIn(member);
-      for (const id of result.expired) expired.add(id);
-      walSegmentsRemoved += result.walSegmentsRemoved;
+      try {
+        const result = await this.expireIn(member);
+        for (const id of result.expired) expired.add(id);
+        walSegmentsRemoved += result.walSegmentsRemoved;
+      } catch (error) {
+        failures.push(error as Error);
+      }
     }
+    if (failures.length > 0) throw failures[0]!;
     return { expired: [...expired].sort(), walSegmentsRemoved };
   }
 

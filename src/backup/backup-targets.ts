@@ -94,23 +94,23 @@ export function ancestorsToCopy(
 }
 
 /**
- * The backups a later pass copies again into a repository: those the
- * source holds completed whose copy there failed or was left unfinished (a
- * copy cut off by a stop or a crash leaves its manifest `running`), oldest
- * first. An absent copy is not retried here (a repository added later, or
- * one whose own retention expired it): a backup is copied when it is
- * taken, or as an ancestor of one.
+ * The backups a later pass copies again into repository `target`: those
+ * the source holds completed that were to be copied there (their manifest
+ * names it in `copyTo`) and whose copy there is not completed: failed,
+ * left unfinished (a copy cut off by a stop or a crash leaves its manifest
+ * `running`), or absent without a manifest (the target was unreachable
+ * before the copy wrote anything); oldest first. Never one the target
+ * expired by its own retention, nor one written to a repository alone.
  */
 export function copiesToRetry(
-  sourceCompleted: readonly Pick<BackupManifest, "id">[],
+  sourceCompleted: readonly Pick<BackupManifest, "id" | "copyTo">[],
+  target: number,
   targetStatus: ReadonlyMap<string, BackupStatus>,
 ): string[] {
   return sourceCompleted
+    .filter((manifest) => manifest.copyTo?.includes(target))
     .map((manifest) => manifest.id)
-    .filter((id) => {
-      const status = copyStatusOf(targetStatus.get(id) ?? null);
-      return status === "failed" || status === "copying";
-    })
+    .filter((id) => !targetStatus.has(id) || ["failed", "running"].includes(targetStatus.get(id)!))
     .sort();
 }
 

@@ -142,6 +142,13 @@ export interface BackupManifest {
    * pending.
    */
   readonly dataKeyId?: string;
+  /**
+   * The repositories (their numbers) the backup is to be copied to once
+   * completed in the one it was taken into (RELEVO_BACKUP_REPO=all): a
+   * copy that failed is retried while its target lacks it (see
+   * copiesToRetry). Absent: a backup written to one repository alone.
+   */
+  readonly copyTo?: readonly number[];
   readonly files: readonly ManifestEntry[];
 }
 

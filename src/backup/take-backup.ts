@@ -52,6 +52,8 @@ export interface BackupOptions {
    * fill it: on an idle primary, never.
    */
   readonly switchWalOnPrimary: () => Promise<void>;
+  /** The repositories the backup is copied to once completed (recorded in its manifest: see BackupManifest.copyTo). */
+  readonly copyTo?: readonly number[];
   readonly onStart?: (manifest: BackupManifest) => Promise<void> | void;
   readonly onProgress?: (progress: CopyProgress) => void;
 }
@@ -77,6 +79,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
   const startedAt = new Date();
   const session = new BackupSession({ source, superuser: deps.superuser });
   let manifest = newManifest({ clusterName: deps.clusterName, type: options.type, source, compression: options.compression, startedAt });
+  if (options.copyTo && options.copyTo.length > 0) manifest = { ...manifest, copyTo: [...options.copyTo] };
   try {
     await session.connect();
     const facts = await inspectSource(session);

@@ -59,15 +59,17 @@ describe("a backup's copies (pure)", () => {
     expect(ancestorsToCopy([{ id: "F1" }], "F1", new Set())).toEqual([]);
   });
 
-  test("failed and unfinished copies are retried; completed, expired and absent ones are not", () => {
-    const source = ["A1", "B2", "C3", "D4", "E5"].map((id) => ({ id }));
+  test("copies meant for the target that failed, were cut off or never began are retried; completed, expired and others not", () => {
+    const toTwo = (id: string) => ({ id, copyTo: [2, 3] });
+    const source = [toTwo("A1"), toTwo("B2"), toTwo("C3"), toTwo("D4"), toTwo("E5"), { id: "F6" }, { id: "G7", copyTo: [3] }];
     const target = new Map<string, BackupStatus>([
       ["A1", "completed"],
       ["B2", "failed"],
       ["C3", "running"],
       ["D4", "expired"],
     ]);
-    expect(copiesToRetry(source, target)).toEqual(["B2", "C3"]);
+    // E5: absent (the target was down before the copy wrote anything); F6: written to one repository alone; G7: not for 2.
+    expect(copiesToRetry(source, 2, target)).toEqual(["B2", "C3", "E5"]);
   });
 
   test("the catalog shows the lowest-numbered completed copy, else the lowest-numbered manifest", () => {

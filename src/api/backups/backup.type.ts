@@ -24,11 +24,12 @@ export enum BackupCopyStatusGql {
   COPYING = "copying",
   FAILED = "failed",
   ABSENT = "absent",
+  UNKNOWN = "unknown",
 }
 registerEnumType(BackupCopyStatusGql, {
   name: "BackupCopyStatus",
   description:
-    "COMPLETED: the repository holds the backup, its manifest published. COPYING: being written there (the backup, or its copy). FAILED: the copy failed (retried after the next backup). ABSENT: not there, or expired there.",
+    "COMPLETED: the repository holds the backup, its manifest published. COPYING: being written there (the backup, or its copy). FAILED: the copy failed (retried after the next backup). ABSENT: not there, or expired there. UNKNOWN: the repository cannot be read now (error says why).",
 });
 
 @ObjectType({ description: "A backup's copy in one repository, as that repository's manifest says." })
@@ -36,7 +37,8 @@ export class BackupCopy {
   @Field(() => Int, { description: "The repository's number (RELEVO_REPO<n>_)." }) repository!: number;
   @Field(() => BackupCopyStatusGql) status!: BackupCopyStatusGql;
   @Field(() => Float, { nullable: true, description: "Bytes the copy holds there (completed only)." }) storedBytes!: number | null;
-  @Field(() => String, { nullable: true, description: "Why the copy failed (failed only)." }) error!: string | null;
+  @Field(() => String, { nullable: true, description: "Why the copy failed (failed), or why the repository cannot be read (unknown)." })
+  error!: string | null;
 }
 
 @ObjectType({ description: "A backup this one builds on." })
