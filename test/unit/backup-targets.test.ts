@@ -3,6 +3,8 @@ import { loadConfig } from "../../src/config/config";
 import { ErrorCode } from "../../src/errors";
 import { ancestorsToCopy, backupTargets, catalogManifest, copiesToRetry, copyStatusOf } from "../../src/backup/backup-targets";
 import type { BackupStatus } from "../../src/backup/manifest";
+import { backupCreateCommand } from "../../src/cli/backup-commands";
+import type { Output } from "../../src/cli/commands";
 
 describe("which repositories a backup goes to (pure)", () => {
   test("all: taken into the lowest-numbered repository, then copied to each other, lowest first", () => {
@@ -79,5 +81,17 @@ describe("a backup's copies (pure)", () => {
     expect(catalogManifest([null, at("running", 2)])).toEqual(at("running", 2));
     expect(catalogManifest([at("expired", 1), at("failed", 2)])).toEqual(at("expired", 1));
     expect(catalogManifest([null, null])).toBeNull();
+  });
+});
+
+describe("relevo backup create --repo", () => {
+  test("a --repo that is not a repository's number is refused before the API is asked", async () => {
+    const output = { out: () => undefined, err: () => undefined } as unknown as Output;
+    for (const repo of ["0", "two", "-1", "1.5", ""]) {
+      await expect(backupCreateCommand(loadConfig({}), { type: "full", wait: false, repo }, output)).rejects.toMatchObject({
+        code: ErrorCode.BadUserInput,
+        message: expect.stringContaining("--repo"),
+      });
+    }
   });
 });
