@@ -1,6 +1,7 @@
 import { ErrorCode, RelevoError } from "../errors";
 import type { Logger } from "../log";
 import type { WalArchiver } from "../wal/wal-archiver";
+import type { Repository } from "../storage/repository";
 import type { CopiedFiles } from "./backup-copy";
 import type { BackupSession } from "./backup-session";
 import type { StartedBackup } from "./backup-start";
@@ -51,6 +52,8 @@ export async function stopBackup(options: {
 /** The backup counts only once the WAL from its start to its stop LSN is in the archive. */
 export async function waitForBackupWal(options: {
   readonly archiver: WalArchiver;
+  /** The repository the backup is written to: its WAL must be there. */
+  readonly repository: Repository;
   readonly logger: Logger;
   readonly id: string;
   readonly startedAt: Date;
@@ -80,6 +83,9 @@ export async function waitForBackupWal(options: {
     bytesTotal: copied.bytesDone,
     bytesStored: copied.bytesStored,
   });
-  await options.archiver.waitForArchived(stopped.timeline, stopped.startLsn, stopped.stopLsn, options.archiveTimeoutMs);
+  // In the repository the backup is written to: each repository's pusher goes at its own pace.
+  await options.archiver.waitForArchived(stopped.timeline, stopped.startLsn, stopped.stopLsn, options.archiveTimeoutMs, {
+    in: options.repository,
+  });
   logger.info({ id, walWaitMs: Date.now() - copiedAtMs }, "backup's WAL archived");
 }

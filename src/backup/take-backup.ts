@@ -124,7 +124,7 @@ export async function takeBackup(deps: BackupDeps, options: BackupOptions): Prom
       onProgress,
     });
     const stopped = await stopBackup({ session, inRecovery: facts.inRecovery, switchWalOnPrimary });
-    await waitForBackupWal({ archiver, logger, id, startedAt, started, copied, stopped, archiveTimeoutMs, onProgress });
+    await waitForBackupWal({ archiver, repository, logger, id, startedAt, started, copied, stopped, archiveTimeoutMs, onProgress });
 
     // Every content object is durable once its put resolved: the manifest may say the backup is complete.
     manifest = completedManifest(manifest, { stopped, entries: copied.entries });

@@ -37,7 +37,6 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
     const storage = await openRepository({ ...context, driver, redis });
-    const { repository } = storage;
     const cluster = await bootstrapNodes({
       ...context,
       driver,

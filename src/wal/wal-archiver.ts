@@ -248,15 +248,23 @@ export class WalArchiver {
    * history: right after a failover a point before the branch (a backup's
    * stop, a reference point taken on a replica that had not replayed past
    * it) is in the old timeline's files; the new timeline's files start at
-   * the segment the branch falls in.
+   * the segment the branch falls in. In `options.in` (a backup's target
+   * repository: each has its own pusher), by default the lowest-numbered.
    */
-  async waitForArchived(timeline: number, fromLsn: string, toLsn: string, timeoutMs: number): Promise<void> {
+  async waitForArchived(
+    timeline: number,
+    fromLsn: string,
+    toLsn: string,
+    timeoutMs: number,
+    options: { readonly in?: Repository } = {},
+  ): Promise<void> {
+    const repository = options.in ?? this.options.repository;
     const deadline = Date.now() + timeoutMs;
     let polls = 0;
     for (;;) {
-      const path = await this.archivedHistory(timeline);
+      const path = await this.archivedHistory(timeline, repository);
       // Archived = in the repository (pushed): asked of its index, a head for each name it lacks, never a listing per poll.
-      const missing = await this.options.repository.archive.missing(
+      const missing = await repository.archive.missing(
         segmentFilesAlong(path, fromLsn, toLsn).map((file) => segmentName(file.timeline, file.segment)),
       );
       if (missing.length === 0) return;
@@ -277,9 +285,9 @@ export class WalArchiver {
    * fetches it before the timeline's first segment, the pusher puts it
    * before segments); `timeline` alone while there is none.
    */
-  private async archivedHistory(timeline: number): Promise<TimelineStep[]> {
+  private async archivedHistory(timeline: number, repository: Repository): Promise<TimelineStep[]> {
     if (timeline === 1) return timelinePath(1, null);
-    return timelinePath(timeline, await this.options.repository.archivedHistory(timeline));
+    return timelinePath(timeline, await repository.archivedHistory(timeline));
   }
 
   private async run(): Promise<void> {

@@ -5,8 +5,7 @@ import type { BackupManifest } from "../../src/backup/manifest";
 import { verifyBackup, type VerifyDeps } from "../../src/backup/verify";
 import { createLogger } from "../../src/log";
 import type { NodeRef } from "../../src/nodes/node-driver";
-import { parseSegmentName, segmentNumber } from "../../src/postgres/wal-names";
-import { archiveKey } from "../../src/repository/repository-layout";
+import { segmentNumber } from "../../src/postgres/wal-names";
 import { contentObjectKey } from "../../src/storage/backup-content";
 import type { Repository } from "../../src/storage/repository";
 import { graphqlRequest } from "../helpers/graphql-client";
@@ -68,15 +67,6 @@ async function verifyIn(repository: Repository, id: string): Promise<void> {
 
 describe("backups in two repositories: taken into the first, copied to the second", () => {
   const s3 = useTwoRepositories();
-  // Until the service pushes the WAL archive to every repository and holds the spool for each (the lead's part of
-  // issue 16), this test gives repository 2 what repository 1's archive receives, newer segments only (never what
-  // repository 2's retention removed): a copy waits for the WAL its backup needs in its target. Remove it then.
-  let mirroring: Promise<void> | null = null;
-  let mirrorStopped = false;
-  afterAll(async () => {
-    mirrorStopped = true;
-    await mirroring;
-  });
   const cluster = useTestCluster("backup-copies", {}, { env: s3.env });
   afterAll(async () => {
     const server = s3.server();
@@ -105,26 +95,6 @@ describe("backups in two repositories: taken into the first, copied to the secon
     expect(answer.errors).toBeUndefined();
     return answer.data!.backup;
   };
-
-  beforeAll(() => {
-    const mirror = async (): Promise<void> => {
-      const [first, second] = [repo(1), repo(2)];
-      const held = (await second.archivedSegmentList()).map((segment) => segment.name);
-      const newest = held.length === 0 ? "" : held[held.length - 1]!;
-      for (const name of await first.archive.names()) {
-        if (parseSegmentName(name) === null || name <= newest) continue;
-        const content = await first.objects.getStream(archiveKey(first.generation, name));
-        await second.objects.putStream(archiveKey(second.generation, name), content, { dataKey: await second.archiveKey() });
-        second.archive.added(name);
-      }
-    };
-    mirroring = (async () => {
-      while (!mirrorStopped) {
-        await mirror().catch(() => undefined); // the bucket down: tried again
-        await new Promise((resolve) => setTimeout(resolve, 300));
-      }
-    })();
-  });
 
   test("a full and an incremental land completed in both, each copy verifies, and the bucket's objects are under its own keys", async () => {
     const since = Date.now();
