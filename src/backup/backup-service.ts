@@ -14,14 +14,15 @@ import type { Repository } from "../storage/repository";
 import type { NumberedRepository, RepositorySet } from "../storage/repository-set";
 import { catalogManifest, type BackupRepositoryChoice } from "./backup-targets";
 import { BackupCopies, type BackupCopyState } from "./backup-copies";
-import { restoreBackup } from "../restore/restore";
+import { restoreFromRepositories, type RestoredFromRepository } from "../restore/restore-from-repositories";
+import { restoreRepositoryFailedEvent } from "../restore/restore-events";
 import { verifyBackup } from "./verify";
 import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
 import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
 import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
-import { chooseBackupIn } from "../restore/choose-backup";
+import { chooseBackupAcross } from "../restore/choose-backup";
 import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RedisLease } from "../redis/redis-lease";
@@ -269,17 +270,22 @@ export class BackupService {
     await this.deps.events.emit(event);
   }
 
-  async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<BackupManifest> {
-    const manifest = await chooseBackupIn(this.deps.repository, this.deps.summarizer, options.backupId, options.recoveryTarget);
-    await restoreBackup(this.deps, {
-      manifest,
-      target: options.target,
-      members: this.deps.nodes,
-      recoveryTarget: options.recoveryTarget,
-      parallelism: this.deps.parallelism,
-      startTimeoutMs: this.deps.startTimeoutMs,
-    });
-    return manifest;
+  /** Restores into a new copy from the first repository whose copy of the backup restores (see restoreFromRepositories). */
+  async restore(options: { backupId?: string; target: NodeRef; recoveryTarget: RecoveryTarget }): Promise<RestoredFromRepository> {
+    const { repositories } = this.deps;
+    const { manifest, plan } = await chooseBackupAcross(repositories, this.deps.summarizer, options.backupId, options.recoveryTarget);
+    return restoreFromRepositories(
+      { ...this.deps, onFallback: async (fallback) => void (await this.deps.events.emit(restoreRepositoryFailedEvent(fallback))) },
+      {
+        backupId: manifest.id,
+        plan,
+        target: options.target,
+        members: this.deps.nodes,
+        recoveryTarget: options.recoveryTarget,
+        parallelism: this.deps.parallelism,
+        startTimeoutMs: this.deps.startTimeoutMs,
+      },
+    );
   }
 
   async verify(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {

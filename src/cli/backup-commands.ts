@@ -1,13 +1,13 @@
 import { createHash } from "node:crypto";
 import { readdir, rmdir } from "node:fs/promises";
 import path from "node:path";
-import { withClusterRepository } from "../storage/open-repository";
 import { assertBackupId } from "../backup/manifest";
-import { restoreBackup } from "../restore/restore";
 import { recoverCluster } from "../restore/disaster-recovery";
 import { seededFrom } from "../restore/replica-seed";
 import { assertPortFree } from "../util/ports";
-import { chooseBackupIn } from "../restore/choose-backup";
+import { chooseBackupAcross } from "../restore/choose-backup";
+import { restoreFromRepositories } from "../restore/restore-from-repositories";
+import { withClusterRepositories } from "../storage/repository-set";
 import { walSummarizerFor } from "../wal/wal-summary";
 import { recoveryTargetFrom, type RecoveryTarget } from "../restore/recovery-target";
 import { connectionUri, fixedTrust } from "../postgres/connection";
@@ -203,18 +203,20 @@ async function restoreClaimedCopy(
   assertNoMemberPort(members, target);
   // The backups' locks live in the cluster's Redis (the service's, shared with it when it runs; else Relevo's own,
   // started for the while): reached before anything is made, so that a restore no expiry can undercut is all there is.
-  const manifest = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
+  const restored = await withClusterRedis(config, secrets, logger, async (redis, keys) => {
     await driver.checkPrerequisites();
     const locks = new BackupLocks(redis, keys, { ttlMs: config.leaseTtlMs, logger });
     // Opened with its keys before the target is touched: a wrong or missing pass changes nothing.
     const opening = { walOwner: await driver.fileOwner(), locks, create: false, logger };
-    return withClusterRepository(config, opening, async (repository) => {
+    return withClusterRepositories(config, opening, async (repositories) => {
       await takeEmptyDirectory(directory);
-      const chosen = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backup, recoveryTarget);
-      await restoreBackup(
-        { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+      const summarizer = walSummarizerFor(repositories.first.repository, config, logger);
+      const { manifest: chosen, plan } = await chooseBackupAcross(repositories, summarizer, options.backup, recoveryTarget);
+      return restoreFromRepositories(
+        { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repositories, superuser, logger },
         {
-          manifest: chosen,
+          backupId: chosen.id,
+          plan,
           target,
           members,
           recoveryTarget,
@@ -223,11 +225,12 @@ async function restoreClaimedCopy(
           claimed: options.claimed,
         },
       );
-      return chosen;
     });
   });
+  const { manifest } = restored;
   output.out(
-    `restored backup ${manifest.id} into ${directory}/data, running on port ${options.port} (stop it with: relevo restore stop --to ${options.to})`,
+    `restored backup ${manifest.id} into ${directory}/data from repository ${restored.repository}, running on port ${options.port} ` +
+      `(stop it with: relevo restore stop --to ${options.to})`,
   );
   output.out(connectionUri([target], superuser, uriTlsParameters(trust.file)));
 }
@@ -254,9 +257,9 @@ export async function restoreClusterCommand(
         await recordRebuiltCluster(redis, keys, primary.name);
       };
       const opening = { walOwner: await driver.fileOwner(), locks, create: false, logger };
-      return withClusterRepository(config, opening, (repository) =>
+      return withClusterRepositories(config, opening, (repositories) =>
         recoverCluster(
-          { config, driver, repository, secrets, trustedCa: fixedTrust(ca.certificatePem), logger, recordRebuilt },
+          { config, driver, repositories, secrets, trustedCa: fixedTrust(ca.certificatePem), logger, recordRebuilt },
           { backupId: options.backup, recoveryTarget },
         ),
       );

@@ -37,6 +37,15 @@ export interface EventMap {
   "backup:cataloged": BackupRecord;
   "backup:copied": { id: string; repository: number; storedBytes: number; durationMs: number };
   "backup:copy-failed": { id: string; repository: number; reason: string };
+  "restore:repository-failed": {
+    backupId: string;
+    target: string;
+    repository: number;
+    location: string;
+    code: string;
+    error: string;
+    next: number;
+  };
   "schedule:skipped": { name: string; reason: string };
   "schedule:failed": { name: string; error: string; attempt: number; retryInMs: number | null };
   "failover:detected": FailoverRecord;
@@ -173,6 +182,7 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "backup:cataloged",
   "backup:copied",
   "backup:copy-failed",
+  "restore:repository-failed",
   "schedule:skipped",
   "schedule:failed",
   "failover:detected",

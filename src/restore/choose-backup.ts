@@ -4,6 +4,8 @@ import { assertBackupId, type BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
 import { lsnWithin, recoveryWindow, type ArchivedWalState } from "./recovery-window";
 import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
+import { restoreOrder, unionHoldings, type RepositoryHoldings, type RestoreOrder } from "./repository-order";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RestorePointRecord } from "../wal/waldump-summary";
 
@@ -81,6 +83,48 @@ export async function chooseBackupIn(
     backupId,
     target,
     restorePoints,
+  );
+}
+
+/**
+ * chooseBackup over every repository of a set: the backup is chosen from
+ * what some repository holds (see unionHoldings: a restore reads the backup
+ * from one and each WAL segment from whichever holds it), and with it the
+ * order its repositories are tried in (see restoreOrder). A repository that
+ * cannot be listed holds nothing here: the others still restore.
+ */
+export async function chooseBackupAcross(
+  repositories: RepositorySet,
+  summarizer: WalSummarizer,
+  backupId: string | undefined,
+  target: RecoveryTarget,
+): Promise<{ readonly manifest: BackupManifest; readonly plan: RestoreOrder }> {
+  if (backupId) assertBackupId(backupId); // BAD_USER_INPUT, whatever the target
+  const holdings = await repositoryHoldings(repositories);
+  // None could be read: the first one's error, as a restore from one repository always reported it.
+  if (holdings.every((holding) => holding.error !== undefined)) throw holdings[0]!.error;
+  const union = unionHoldings(holdings);
+  const restorePoints = target.kind === "name" && !backupId ? await summarizer.restorePoints() : [];
+  const manifest = chooseBackup(
+    union.manifests,
+    target.kind === "time" ? await withNewestTransactionEnd(union.archive, summarizer) : union.archive,
+    backupId,
+    target,
+    restorePoints,
+  );
+  return { manifest, plan: restoreOrder(holdings, manifest.id, target) };
+}
+
+/** What each repository of the set holds: its manifests and its archive (a failure to list them recorded, not thrown). */
+export async function repositoryHoldings(repositories: RepositorySet): Promise<Array<RepositoryHoldings & { readonly error?: unknown }>> {
+  return Promise.all(
+    repositories.members.map(async ({ index, repository }) => {
+      try {
+        return { index, manifests: await repository.listManifests(), archive: await repository.archivedWalState() };
+      } catch (error) {
+        return { index, manifests: [], archive: { segments: [], reachedAt: null }, unreadable: (error as Error).message, error };
+      }
+    }),
   );
 }
 

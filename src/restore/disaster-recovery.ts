@@ -8,20 +8,21 @@ import { ErrorCode, RelevoError, UnreachableCaseError } from "../errors";
 import type { Logger } from "../log";
 import type { NodeDriver, NodeProcessState, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
-import { chooseBackupIn } from "./choose-backup";
+import { chooseBackupAcross } from "./choose-backup";
 import { walSummarizerFor } from "../wal/wal-summary";
 import type { BackupManifest } from "../backup/manifest";
 import type { RecoveryTarget } from "./recovery-target";
-import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
 import { repositorySeeder } from "./replica-seed";
-import { restoreBackup } from "./restore";
+import { restoreFromRepositories } from "./restore-from-repositories";
 import { ensureArchiveSlot } from "../wal/wal-archiver";
 import { probePort, type PortProbe } from "../postgres/port-probe";
 
 export interface ClusterRecoveryDeps {
   readonly config: RelevoConfig;
   readonly driver: NodeDriver;
-  readonly repository: Repository;
+  /** Every configured repository: the primary is restored from the first whose copy restores (see restoreFromRepositories). */
+  readonly repositories: RepositorySet;
   readonly secrets: Secrets;
   /** The CA's certificate (PEM) the nodes' certificates are checked against. */
   readonly trustedCa: TrustAnchors;
@@ -69,7 +70,7 @@ export async function recoverCluster(
   deps: ClusterRecoveryDeps,
   options: { backupId?: string; recoveryTarget: RecoveryTarget },
 ): Promise<ClusterRecovery> {
-  const { config, driver, repository, logger } = deps;
+  const { config, driver, repositories, logger } = deps;
   const nodes = await loadMembers(config);
   const surviving: string[] = [];
   const undecided: string[] = [];
@@ -101,7 +102,12 @@ export async function recoverCluster(
       { details: { surviving, undecided } },
     );
   }
-  const manifest = await chooseBackupIn(repository, walSummarizerFor(repository, config, logger), options.backupId, options.recoveryTarget);
+  const chosen = await chooseBackupAcross(
+    repositories,
+    walSummarizerFor(repositories.first.repository, config, logger),
+    options.backupId,
+    options.recoveryTarget,
+  );
   // Remains that are not only Relevo's may still be recovered by hand: never deleted, set aside first (the driver
   // refuses, touching nothing, when it cannot), before anything else is removed.
   const setAside: SetAsideRemains[] = [];
@@ -123,11 +129,15 @@ export async function recoverCluster(
   }
   const primary = nodes[0]!;
   const superuser = superuserCredentials(deps);
-  logger.info({ backup: manifest.id, node: primary.name, target: options.recoveryTarget }, "restoring the primary from the repository");
-  await restoreBackup(
-    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repository, superuser, logger },
+  logger.info(
+    { backup: chosen.manifest.id, node: primary.name, target: options.recoveryTarget },
+    "restoring the primary from the repository",
+  );
+  const { manifest } = await restoreFromRepositories(
+    { clusterName: config.clusterName, maxSlotWalKeepSize: config.maxSlotWalKeepSize, driver, repositories, superuser, logger },
     {
-      manifest,
+      backupId: chosen.manifest.id,
+      plan: chosen.plan,
       target: primary,
       members: nodes,
       recoveryTarget: options.recoveryTarget,
@@ -158,7 +168,13 @@ export async function recoverCluster(
         secrets: deps.secrets,
         trustedCa: deps.trustedCa,
         logger,
-        seedFromRepository: repositorySeeder(config, { driver, repository, secrets: deps.secrets, trustedCa: deps.trustedCa, logger }),
+        seedFromRepository: repositorySeeder(config, {
+          driver,
+          repository: repositories.first.repository,
+          secrets: deps.secrets,
+          trustedCa: deps.trustedCa,
+          logger,
+        }),
       },
       nodes,
     );

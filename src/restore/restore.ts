@@ -449,8 +449,12 @@ async function bundleUnreadable(
   );
 }
 
+/**
+ * A stored content that does not decode or match its checksum: REPOSITORY_CORRUPT, as an object failing its own
+ * check is, so that a restore over several repositories reads another one's copy (see isRepositoryContentFailure).
+ */
 function damaged(manifest: BackupManifest, entry: ManifestEntry, why: string): RelevoError {
-  return new RelevoError(ErrorCode.PreconditionFailed, `backup ${manifest.id} is damaged: ${entry.path} could not be restored (${why})`, {
+  return new RelevoError(ErrorCode.RepositoryCorrupt, `backup ${manifest.id} is damaged: ${entry.path} could not be restored (${why})`, {
     details: { file: entry.path },
   });
 }

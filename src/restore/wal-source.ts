@@ -64,20 +64,60 @@ export function repositoryWalSource(
   repository: Pick<Repository, "archive" | "objects" | "generation">,
   receiving: WalArchive | null,
 ): WalSource {
+  return repositoriesWalSource([repository], receiving);
+}
+
+type ArchiveReader = Pick<Repository, "archive" | "objects" | "generation">;
+
+/**
+ * repositoryWalSource over several repositories (a RepositorySet's, in the
+ * order given): what any of them holds is listed, and each file is read
+ * from the first that holds it, falling back to the next when it is
+ * missing there or its object fails its check. A check fails as the
+ * stream is read (the feeder writes it): the repository is then skipped
+ * for that file, and the feeder's retry reads the next one's copy. The
+ * receiving directory comes last, as it does for one repository.
+ */
+export function repositoriesWalSource(repositories: readonly ArchiveReader[], receiving: WalArchive | null): WalSource {
   const received = receiving ? archiveWalSource(receiving) : null;
+  /** Per file, the repositories (by position) whose copy failed as it was read: not read again for it. */
+  const failedCopies = new Map<string, Set<number>>();
+  const fromRepositories = async (name: string): Promise<Readable | null> => {
+    let failure: Error | null = null;
+    for (const [position, repository] of repositories.entries()) {
+      if (failedCopies.get(name)?.has(position)) continue;
+      let stream: Readable | null;
+      try {
+        stream = await absentAsNull(repository.objects.getStream(archiveKey(repository.generation, name)));
+      } catch (error) {
+        failure = error as Error;
+        continue;
+      }
+      if (stream === null) continue;
+      stream.once("error", () => {
+        const failed = failedCopies.get(name) ?? new Set<number>();
+        failed.add(position);
+        // Every copy failed once: each is tried again (a store that failed may answer now).
+        failedCopies.set(name, failed.size >= repositories.length ? new Set() : failed);
+      });
+      return stream;
+    }
+    // None could be read though one failed: the caller sees why (the feeder logs it and retries), never "expired".
+    if (failure !== null) throw failure;
+    return null;
+  };
   return {
     list: async () => {
-      const archived = await repository.archive.names();
+      const archived = new Set<string>();
+      for (const repository of repositories) for (const name of await repository.archive.names()) archived.add(name);
       const local = received ? await received.list() : { names: [], receiving: [] };
-      const held = new Set(archived);
       return {
         names: [...new Set([...archived, ...local.names])].sort(),
-        receiving: local.receiving.filter((name) => !held.has(name)),
+        receiving: local.receiving.filter((name) => !archived.has(name)),
       };
     },
     fetch: async (name) =>
       // Not pushed (yet, or expired since listed): what the receiving directory has, if anything.
-      (await absentAsNull(repository.objects.getStream(archiveKey(repository.generation, name)))) ??
-      (received ? received.fetch(name) : null),
+      (await fromRepositories(name)) ?? (received ? received.fetch(name) : null),
   };
 }

@@ -129,7 +129,7 @@ describe("an encrypted repository", () => {
     const target: NodeRef = { name: "encrypted-pitr", host: primary().host, port: await freePort() };
     restored.push(target);
     const copy = await cluster.service.backups.restore({ target, recoveryTarget: { kind: "name", name: "between-backups" } });
-    expect(copy.id).toBe(backups.full!.id);
+    expect(copy.manifest.id).toBe(backups.full!.id);
     const count = async (node: NodeRef, where: string): Promise<number> =>
       (await sqlOn<{ n: number }>(node, cluster.service.secrets, `SELECT count(*)::int AS n FROM notes WHERE ${where}`))[0]!.n;
     expect(await count(target, "true")).toBe(rowsAtPoint);

@@ -264,7 +264,7 @@ describe("repository 1 in an S3 bucket", () => {
         target: copy,
         recoveryTarget: { kind: "name", name: "s3-after-failover" },
       });
-      expect(used.timeline).toBe(1);
+      expect(used.manifest.timeline).toBe(1);
       expect(timeline).toBeGreaterThan(1);
       expect(await sqlOn(copy, cluster.service.secrets, "SELECT id FROM story_s3 ORDER BY id")).toEqual([{ id: 1 }, { id: 2 }]);
     } finally {

@@ -164,7 +164,13 @@ export class BackupResolver {
     }
     const recoveryTarget = recoveryTargetFrom({ time: input.time, lsn: input.lsn, name: input.restorePoint, immediate: input.immediate });
     const target = { name: input.name, host: this.services.nodes[0]!.host, port: input.port };
-    const manifest = await this.services.backups.restore({ backupId: input.backupId ?? undefined, target, recoveryTarget });
-    return { name: target.name, host: target.host, port: target.port, backup: toBackup(manifest) };
+    const restored = await this.services.backups.restore({ backupId: input.backupId ?? undefined, target, recoveryTarget });
+    return {
+      name: target.name,
+      host: target.host,
+      port: target.port,
+      backup: toBackup(restored.manifest),
+      repository: restored.repository,
+    };
   }
 }

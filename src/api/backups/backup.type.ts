@@ -236,6 +236,10 @@ export class RestoredCopy {
   @Field() host!: string;
   @Field(() => Int) port!: number;
   @Field(() => Backup) backup!: Backup;
+  @Field(() => Int, {
+    description: "The repository (its number) the backup was read from: the first whose copy restored (see docs/repositories.md).",
+  })
+  repository!: number;
 }
 
 @ObjectType({ description: "A point in the recoverable window." })
