@@ -22,7 +22,8 @@ import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
 import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
-import { chooseBackupAcross } from "../restore/choose-backup";
+import { chooseBackupAcross, repositoryHoldings } from "../restore/choose-backup";
+import { unionHoldings } from "../restore/repository-order";
 import type { WalArchiver } from "../wal/wal-archiver";
 import type { WalSummarizer } from "../wal/wal-summary";
 import type { RedisLease } from "../redis/redis-lease";
@@ -176,8 +177,23 @@ export class BackupService {
     return latest;
   }
 
-  async recoveryWindow(): Promise<RecoveryWindow> {
-    return recoveryWindow(await this.list(), await this.deps.repository.archivedWalState());
+  /**
+   * The recoverable window of repository `repository` (its backups, its
+   * archive and its gaps), or by default of the repositories together:
+   * what some repository can restore, since a restore reads the backup
+   * from one and each WAL segment from whichever holds it (see
+   * unionHoldings). One that cannot be read then counts for nothing,
+   * unless none can.
+   */
+  async recoveryWindow(options: { readonly repository?: number } = {}): Promise<RecoveryWindow> {
+    if (options.repository !== undefined) {
+      const { repository } = this.deps.repositories.byIndex(options.repository);
+      return recoveryWindow(await repository.listManifests(), await repository.archivedWalState());
+    }
+    const holdings = await repositoryHoldings(this.deps.repositories);
+    if (holdings.every((holding) => holding.error !== undefined)) throw holdings[0]!.error;
+    const union = unionHoldings(holdings);
+    return recoveryWindow(union.manifests, union.archive);
   }
 
   /**

@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import { rm } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import S3rver from "s3rver";
@@ -107,4 +108,47 @@ export async function recordRequests(
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/**
+ * Repository 1 in a bucket of a real S3-protocol server (s3rver on
+ * loopback): the variables an operator sets, filled in once the server
+ * listens (the cluster's beforeAll reads them after this one's).
+ */
+export function useS3Repository(
+  bucket: { readonly bucket: string; readonly prefix: string },
+  extra: NodeJS.ProcessEnv = {},
+): { env: NodeJS.ProcessEnv; server: () => S3TestServer } {
+  const env: NodeJS.ProcessEnv = {};
+  let server: S3TestServer | undefined;
+  beforeAll(async () => {
+    server = await startS3Server({ buckets: [bucket.bucket] });
+    Object.assign(env, {
+      RELEVO_REPO1_TYPE: "s3",
+      RELEVO_REPO1_S3_BUCKET: bucket.bucket,
+      RELEVO_REPO1_S3_ENDPOINT: server.endpoint,
+      RELEVO_REPO1_S3_REGION: "us-east-1",
+      RELEVO_REPO1_S3_URI_STYLE: "path",
+      RELEVO_REPO1_S3_PREFIX: bucket.prefix,
+      RELEVO_REPO1_S3_ACCESS_KEY_ID: server.accessKeyId,
+      RELEVO_REPO1_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
+      ...extra,
+    });
+  });
+  return {
+    env,
+    server: () => {
+      if (!server) throw new Error("the S3 server did not start");
+      return server;
+    },
+  };
+}
+
+/** Stops the S3 server after the cluster (afterAll hooks run in the order they are declared). */
+export function stopAfterCluster(s3: { server: () => S3TestServer }): void {
+  afterAll(async () => {
+    const server = s3.server();
+    await server.stop();
+    await rm(server.directory, { recursive: true, force: true });
+  });
 }

@@ -1,7 +1,7 @@
 import { expect } from "@jest/globals";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFile, readdir, rm } from "node:fs/promises";
+import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import type { BackupManifest } from "../../src/backup/manifest";
 import type { NodeRef } from "../../src/nodes/node-driver";
@@ -11,51 +11,11 @@ import { backupHelpers } from "../helpers/backups";
 import { failoverHelpers } from "../helpers/failover";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { freePort } from "../helpers/ports";
-import { startS3Server, type S3TestServer } from "../helpers/s3-server";
+import { stopAfterCluster, useS3Repository, type S3TestServer } from "../helpers/s3-server";
 import { eventually, useTestCluster, type TestCluster } from "../helpers/service";
 import { sqlOn } from "../helpers/sql";
 
 const BUCKET = "relevo-backups";
-
-/**
- * Repository 1 in a bucket of a real S3-protocol server (s3rver on
- * loopback): the variables an operator sets, filled in once the server
- * listens (the cluster's beforeAll reads them after this one's).
- */
-function useS3Repository(prefix: string, extra: NodeJS.ProcessEnv = {}): { env: NodeJS.ProcessEnv; server: () => S3TestServer } {
-  const env: NodeJS.ProcessEnv = {};
-  let server: S3TestServer | undefined;
-  beforeAll(async () => {
-    server = await startS3Server({ buckets: [BUCKET] });
-    Object.assign(env, {
-      RELEVO_REPO1_TYPE: "s3",
-      RELEVO_REPO1_S3_BUCKET: BUCKET,
-      RELEVO_REPO1_S3_ENDPOINT: server.endpoint,
-      RELEVO_REPO1_S3_REGION: "us-east-1",
-      RELEVO_REPO1_S3_URI_STYLE: "path",
-      RELEVO_REPO1_S3_PREFIX: prefix,
-      RELEVO_REPO1_S3_ACCESS_KEY_ID: server.accessKeyId,
-      RELEVO_REPO1_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
-      ...extra,
-    });
-  });
-  return {
-    env,
-    server: () => {
-      if (!server) throw new Error("the S3 server did not start");
-      return server;
-    },
-  };
-}
-
-/** Stops the S3 server after the cluster (afterAll hooks run in the order they are declared). */
-function stopAfterCluster(s3: { server: () => S3TestServer }): void {
-  afterAll(async () => {
-    const server = s3.server();
-    await server.stop();
-    await rm(server.directory, { recursive: true, force: true });
-  });
-}
 
 /** Every file s3rver keeps for the bucket's objects, as paths relative to its directory. */
 async function bucketFiles(server: S3TestServer): Promise<string[]> {
@@ -88,7 +48,7 @@ async function take(cluster: TestCluster, type: "full" | "differential" | "incre
 }
 
 describe("repository 1 in an S3 bucket", () => {
-  const s3 = useS3Repository("clusters/main/");
+  const s3 = useS3Repository({ bucket: BUCKET, prefix: "clusters/main/" });
   const cluster = useTestCluster("s3-repository", {}, { env: s3.env });
   stopAfterCluster(s3);
   const helpers = backupHelpers(cluster);
@@ -277,7 +237,7 @@ describe("repository 1 in an S3 bucket", () => {
 const KNOWN = `relevo-s3-plaintext-${randomBytes(8).toString("hex")}`;
 
 describe("an encrypted repository in an S3 bucket", () => {
-  const s3 = useS3Repository("encrypted/", { RELEVO_REPO1_CIPHER_PASS: "the S3 encrypted test's cipher pass" });
+  const s3 = useS3Repository({ bucket: BUCKET, prefix: "encrypted/" }, { RELEVO_REPO1_CIPHER_PASS: "the S3 encrypted test's cipher pass" });
   const cluster = useTestCluster("s3-encrypted", { replicaCount: 0, backupCompression: "none" }, { env: s3.env });
   stopAfterCluster(s3);
   const helpers = backupHelpers(cluster);

@@ -118,12 +118,22 @@ export class BackupResolver {
   @Authorized("viewer")
   @Query(() => RecoveryWindowGql, {
     name: "recoveryWindow",
-    description: "The span a point-in-time restore can reach, and any gap in the archive.",
+    description: "The span a point-in-time restore can reach, and any gap in the archive: of one repository, or of them together.",
     complexity: ({ childComplexity }) => 1 + FIELD_COSTS.recoveryWindow + childComplexity,
   })
-  async recoveryWindow(@Ctx() context: ApiContext): Promise<RecoveryWindowGql> {
-    const window = await perRequest(context, "recovery-window", () => this.services.backups.recoveryWindow());
-    return { earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
+  async recoveryWindow(
+    @Ctx() context: ApiContext,
+    @Arg("repository", () => Int, {
+      nullable: true,
+      description:
+        "One repository's window and gaps (its number); by default the repositories' together: what some repository can restore.",
+    })
+    repository?: number | null,
+  ): Promise<RecoveryWindowGql> {
+    const window = await perRequest(context, `recovery-window:${repository ?? "all"}`, () =>
+      this.services.backups.recoveryWindow({ repository: repository ?? undefined }),
+    );
+    return { repository: repository ?? null, earliest: window.earliest, latest: window.latest, gaps: [...window.gaps] };
   }
 
   @Authorized("operator")

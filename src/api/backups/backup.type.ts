@@ -260,6 +260,8 @@ export class ArchiveGap {
   description: "What a restore can reach: from the oldest completed backup's end to the end of the archived WAL.",
 })
 export class RecoveryWindowGql {
+  @Field(() => Int, { nullable: true, description: "The repository it is of; null: the repositories together." })
+  repository!: number | null;
   @Field(() => WindowPoint, { nullable: true }) earliest!: WindowPoint | null;
   @Field(() => WindowPoint, { nullable: true }) latest!: WindowPoint | null;
   @Field(() => [ArchiveGap]) gaps!: ArchiveGap[];
