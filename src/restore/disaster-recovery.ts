@@ -170,7 +170,7 @@ export async function recoverCluster(
         logger,
         seedFromRepository: repositorySeeder(config, {
           driver,
-          repository: repositories.first.repository,
+          repositories,
           secrets: deps.secrets,
           trustedCa: deps.trustedCa,
           logger,

@@ -6,7 +6,10 @@ import type { Logger } from "../log";
 import type { NodeDriver, NodeRef } from "../nodes/node-driver";
 import type { Secrets } from "../secrets/secrets-store";
 import { seedStandbyFromBackup } from "./restore";
-import type { Repository } from "../storage/repository";
+import type { RepositorySet } from "../storage/repository-set";
+import { repositoryHoldings } from "./choose-backup";
+import { restoreOrder, unionHoldings } from "./repository-order";
+import { fromEachRepository } from "./restore-from-repositories";
 import type { SeededFromRepository } from "../cluster/bootstrap";
 
 /**
@@ -19,40 +22,52 @@ import type { SeededFromRepository } from "../cluster/bootstrap";
  */
 export function repositorySeeder(
   config: Pick<RelevoConfig, "replicaSeed" | "clusterName" | "maxSlotWalKeepSize" | "backupParallelism">,
-  deps: { driver: NodeDriver; repository: Repository; secrets: Secrets; trustedCa: TrustAnchors; logger: Logger },
+  deps: { driver: NodeDriver; repositories: RepositorySet; secrets: Secrets; trustedCa: TrustAnchors; logger: Logger },
 ): ((node: NodeRef, upstream: NodeRef, slot: string) => Promise<SeededFromRepository | null>) | undefined {
   if (config.replicaSeed !== "repository") return undefined;
   return async (node, upstream, slot) => {
-    const completed = (await deps.repository.listManifests()).filter((manifest) => manifest.status === "completed");
-    const newest = completed[completed.length - 1];
-    if (!newest) {
+    // The newest backup some repository holds complete; read from the first whose copy of it seeds (see restoreOrder).
+    const holdings = await repositoryHoldings(deps.repositories);
+    if (holdings.every((holding) => holding.error !== undefined)) throw holdings[0]!.error;
+    const newest = unionHoldings(holdings)
+      .manifests.filter((manifest) => manifest.status === "completed")
+      .at(-1);
+    const order = newest ? restoreOrder(holdings, newest.id, { kind: "latest" }).order : [];
+    if (!newest || order.length === 0) {
       deps.logger.warn({ node: node.name }, "no completed backup to seed the replica from: seeding it from the primary");
       return null;
     }
     // Null when the backup is locked (a restore test, a CLI restore): seeded from the primary then (logged).
-    return seedStandbyFromBackup(
-      {
-        clusterName: config.clusterName,
-        maxSlotWalKeepSize: config.maxSlotWalKeepSize,
-        driver: deps.driver,
-        repository: deps.repository,
-        superuser: superuserCredentials(deps),
-        logger: deps.logger,
-      },
-      {
-        manifest: newest,
-        node,
-        upstream,
-        slot,
-        replication: {
-          user: ROLE_REPLICATION,
-          password: deps.secrets.replicationPassword,
-          database: "replication",
-          trustedCa: deps.trustedCa,
-        },
-        parallelism: config.backupParallelism,
-      },
+    const seeded = await fromEachRepository(
+      deps,
+      { backupId: newest.id, target: node.name, order },
+      ({ repository, manifest, walSource }) =>
+        seedStandbyFromBackup(
+          {
+            clusterName: config.clusterName,
+            maxSlotWalKeepSize: config.maxSlotWalKeepSize,
+            driver: deps.driver,
+            repository,
+            walSource,
+            superuser: superuserCredentials(deps),
+            logger: deps.logger,
+          },
+          {
+            manifest,
+            node,
+            upstream,
+            slot,
+            replication: {
+              user: ROLE_REPLICATION,
+              password: deps.secrets.replicationPassword,
+              database: "replication",
+              trustedCa: deps.trustedCa,
+            },
+            parallelism: config.backupParallelism,
+          },
+        ),
     );
+    return seeded.value;
   };
 }
 

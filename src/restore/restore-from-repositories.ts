@@ -3,7 +3,8 @@ import { ErrorCode, RelevoError, isRelevoError } from "../errors";
 import type { RepositorySet } from "../storage/repository-set";
 import type { RestoreOrder } from "./repository-order";
 import { restoreBackup, type RestoreDeps, type RestoreOptions } from "./restore";
-import { repositoriesWalSource } from "./wal-source";
+import { repositoriesWalSource, type WalSource } from "./wal-source";
+import type { Repository } from "../storage/repository";
 
 /** An attempt that failed on a repository's content, before the next repository is tried. */
 export interface RepositoryFallback {
@@ -46,9 +47,8 @@ export function isRepositoryContentFailure(error: unknown): boolean {
 /**
  * restoreBackup from the repositories `plan` orders (see restoreOrder):
  * the first is tried; when its copy fails on its content, the target is
- * cleaned as any failed restore cleans it and the next is tried. The WAL
- * fed to the copy comes from the repository tried first, then from each
- * of the others, segment by segment (see repositoriesWalSource).
+ * cleaned as any failed restore cleans it and the next is tried (see
+ * fromEachRepository).
  */
 export async function restoreFromRepositories(
   deps: RepositoriesRestoreDeps,
@@ -61,44 +61,68 @@ export async function restoreFromRepositories(
       details: { backupId },
     });
   }
+  const restored = await fromEachRepository(deps, { backupId, target: options.target.name, order: plan.order }, async (attempt) => {
+    await restoreBackup(
+      { ...deps, repository: attempt.repository, walSource: attempt.walSource },
+      { ...restoreOptions, manifest: attempt.manifest },
+    );
+  });
+  const { repository, fallbacks } = restored;
+  deps.logger.info(
+    { backupId, target: options.target.name, repository, fallbacks: fallbacks.map((fallback) => fallback.repository) },
+    fallbacks.length === 0
+      ? `backup ${backupId} restored from repository ${repository}`
+      : `backup ${backupId} restored from repository ${repository}, after ${fallbacks.map((f) => `repository ${f.repository}`).join(" and ")} failed`,
+  );
+  return { manifest: restored.manifest, repository, fallbacks };
+}
+
+/**
+ * `work` with the repositories `order` names, in turn: each time with that
+ * repository's manifest of the backup and a WAL source that reads it first
+ * and then every other repository, segment by segment (see
+ * repositoriesWalSource). A failure on the repository's content (see
+ * isRepositoryContentFailure) moves on to the next one, logged and told to
+ * `onFallback`; `work` has cleaned up what it made by then (a restore
+ * destroys its failed copy). Any other failure, or the last one's, is the
+ * caller's.
+ */
+export async function fromEachRepository<T>(
+  deps: Pick<RepositoriesRestoreDeps, "repositories" | "logger" | "onFallback">,
+  options: { readonly backupId: string; readonly target: string; readonly order: readonly number[] },
+  work: (attempt: { readonly repository: Repository; readonly manifest: BackupManifest; readonly walSource: WalSource }) => Promise<T>,
+): Promise<{
+  readonly value: T;
+  readonly manifest: BackupManifest;
+  readonly repository: number;
+  readonly fallbacks: RepositoryFallback[];
+}> {
+  const { backupId } = options;
   const fallbacks: RepositoryFallback[] = [];
-  for (const [attempt, index] of plan.order.entries()) {
-    const member = deps.repositories.byIndex(index);
+  for (const [attempt, index] of options.order.entries()) {
+    const { repository } = deps.repositories.byIndex(index);
     const others = deps.repositories.members.filter((other) => other.index !== index).map((other) => other.repository);
     try {
-      const manifest = await member.repository.readManifest(backupId);
-      if (!manifest) throw new RelevoError(ErrorCode.NotFound, `${member.repository.location}: no backup with id ${backupId}`);
-      await restoreBackup(
-        {
-          ...deps,
-          repository: member.repository,
-          walSource: repositoriesWalSource([member.repository, ...others], member.repository.spool),
-        },
-        { ...restoreOptions, manifest },
-      );
-      deps.logger.info(
-        { backupId, target: options.target.name, repository: index, fallbacks: fallbacks.map((fallback) => fallback.repository) },
-        fallbacks.length === 0
-          ? `backup ${backupId} restored from repository ${index}`
-          : `backup ${backupId} restored from repository ${index}, after ${fallbacks.map((f) => `repository ${f.repository}`).join(" and ")} failed`,
-      );
-      return { manifest, repository: index, fallbacks };
+      const manifest = await repository.readManifest(backupId);
+      if (!manifest) throw new RelevoError(ErrorCode.NotFound, `${repository.location}: no backup with id ${backupId}`);
+      const walSource = repositoriesWalSource([repository, ...others], repository.spool);
+      return { value: await work({ repository, manifest, walSource }), manifest, repository: index, fallbacks };
     } catch (error) {
-      const next = plan.order[attempt + 1];
+      const next = options.order[attempt + 1];
       if (next === undefined || !isRepositoryContentFailure(error)) throw error;
       const fallback: RepositoryFallback = {
         backupId,
-        target: options.target.name,
+        target: options.target,
         repository: index,
-        location: member.repository.location,
+        location: repository.location,
         code: (error as RelevoError).code,
         error: (error as Error).message,
         next,
       };
-      deps.logger.warn(fallback, `restore of backup ${backupId} from repository ${index} failed: trying repository ${next}`);
+      deps.logger.warn(fallback, `backup ${backupId} from repository ${index} failed for ${options.target}: trying repository ${next}`);
       fallbacks.push(fallback);
       await deps.onFallback?.(fallback);
     }
   }
-  throw new RelevoError(ErrorCode.Internal, "unreachable: the last attempt returns or throws");
+  throw new RelevoError(ErrorCode.Internal, `no repository to read backup ${backupId} from`);
 }

@@ -89,7 +89,6 @@ export async function bootstrapNodes(
   },
 ): Promise<BootstrappedCluster> {
   const { config, logger, driver, secrets, trustedCa, redis, nodes, repositories } = options;
-  const repository = repositories.first.repository;
   const store = new ClusterStateStore(redis.client, redis.keys.clusterState);
   // Never "nothing recorded" for a read that failed: the recorded primary and fences decide what may start.
   const recorded = await redisCall("the cluster's recorded state", () => store.read());
@@ -102,7 +101,7 @@ export async function bootstrapNodes(
     secrets,
     trustedCa,
     logger,
-    seedFromRepository: repositorySeeder(config, { driver, repository, secrets, trustedCa, logger }),
+    seedFromRepository: repositorySeeder(config, { driver, repositories, secrets, trustedCa, logger }),
     fenced,
     recordedPrimary: recorded?.primary ?? null,
     beforeInitialise: async (node) => {
