@@ -318,6 +318,10 @@ export class WalArchiver {
         if (history) await this.resumeAtArchiveEndWhenSpoolEmpty(target, history);
         if (history) await this.resumePastLostSlot(target, history);
         if (history) await this.startNextTimelineAtBoundary(target, history);
+        // Stopped, or given another primary, while the round prepared: no receiver is started now. stop and follow
+        // kill only a receiver that runs; one spawned after them would stream on unkilled, and stop would wait for
+        // it for ever.
+        if (this.stopped || this.target !== target) continue;
         const receiveStarted = Date.now();
         const exit = await this.receive(target);
         ranMs = Date.now() - receiveStarted;

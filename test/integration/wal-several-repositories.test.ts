@@ -154,4 +154,32 @@ describe("the WAL archive in two repositories", () => {
       { what: "the hold slot past the segments repository 2 caught up on", timeoutMs: 60_000 },
     );
   }, 400_000);
+
+  test("stopped while a round prepares: no receiver outlives the stop, and the stop returns", async () => {
+    const { archiver } = cluster.service;
+    const receivers = async () =>
+      (await sql<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_replication WHERE application_name = 'relevo_archiver'"))[0]!.n;
+    try {
+      // Each stop lands at another point of the round's preparation (reads of both repositories, slot checks): before
+      // the fix, one landing before the receiver was spawned left pg_receivewal running and the stop waiting for it.
+      for (let attempt = 0; attempt < 12; attempt++) {
+        await archiver.stop();
+        archiver.start();
+        await new Promise((resolve) => setTimeout(resolve, attempt * 15));
+        const stopped = await Promise.race([
+          archiver.stop().then(() => true),
+          new Promise<false>((resolve) => setTimeout(() => resolve(false), 30_000)),
+        ]);
+        expect({ attempt, stopped }).toEqual({ attempt, stopped: true });
+        await eventually(async () => ((await receivers()) === 0 ? true : undefined), { what: "no archiver connected", timeoutMs: 20_000 });
+      }
+    } finally {
+      archiver.start();
+    }
+    // Started again, it streams.
+    await eventually(async () => ((await receivers()) === 1 ? true : undefined), {
+      what: "the archiver streaming again",
+      timeoutMs: 60_000,
+    });
+  }, 300_000);
 });
