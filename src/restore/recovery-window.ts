@@ -13,6 +13,12 @@ export interface ArchiveGap {
   /** First and last missing segment. */
   readonly from: string;
   readonly to: string;
+  /**
+   * The repository (its number) whose archive lacks it, when several are
+   * configured and the others may hold it; absent: the cluster's archive
+   * as a whole (one repository, or a hole none of them got).
+   */
+  readonly repository?: number;
 }
 
 export interface RecoveryWindow {

@@ -216,7 +216,7 @@ export function startBackups(
     backups,
     events: redis.events,
     gaps: archive.gaps,
-    archive: repository.archive,
+    archives: repositories.members.map(({ index, repository: member }) => ({ index, archive: member.archive })),
     logger,
     topology: () => collector.latest,
     intervalMs: config.archiveCheckIntervalMs,

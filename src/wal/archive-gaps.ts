@@ -43,8 +43,8 @@ export class ArchiveGaps {
       kind: "archive:gap",
       severity: "critical",
       node: null,
-      message: `the WAL archive misses ${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""} (timeline ${gap.timeline}${cause ? `, ${cause}` : ""}): point-in-time recovery cannot cross it; take a full backup`,
-      data: { timeline: gap.timeline, from: gap.from, to: gap.to },
+      message: `${archiveOf(gap)} misses ${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""} (timeline ${gap.timeline}${cause ? `, ${cause}` : ""}): point-in-time recovery${gap.repository === undefined ? "" : " from it"} cannot cross it; take a full backup`,
+      data: { timeline: gap.timeline, from: gap.from, to: gap.to, ...(gap.repository === undefined ? {} : { repository: gap.repository }) },
     });
   }
 
@@ -64,7 +64,7 @@ export class ArchiveGaps {
     }
     return this.lastOpen.map(
       (gap) =>
-        `the WAL archive has a gap (${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""}): point-in-time recovery cannot cross it; take a full backup`,
+        `${archiveOf(gap)} has a gap (${gap.from}${gap.to !== gap.from ? ` to ${gap.to}` : ""}): point-in-time recovery${gap.repository === undefined ? "" : " from it"} cannot cross it; take a full backup`,
     );
   }
 
@@ -76,9 +76,14 @@ export class ArchiveGaps {
   }
 }
 
-/** A gap's identity: its timeline and first and last missing segments. */
+/** A gap's identity: its timeline, first and last missing segments, and the repository lacking them when one is named. */
 export function gapField(gap: ArchiveGap): string {
-  return `${gap.timeline}:${gap.from}:${gap.to}`;
+  return `${gap.timeline}:${gap.from}:${gap.to}${gap.repository === undefined ? "" : `@${gap.repository}`}`;
+}
+
+/** Whose archive a gap is in, for messages. Pure. */
+function archiveOf(gap: ArchiveGap): string {
+  return gap.repository === undefined ? "the WAL archive" : `the WAL archive of repository ${gap.repository}`;
 }
 
 /** The open (unsettled) gaps a completed full backup has started past: settled now. Pure. */

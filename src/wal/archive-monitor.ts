@@ -6,7 +6,7 @@ import type { Logger } from "../log";
 import type { BackupService } from "../backup/backup-service";
 import { SEGMENT_SIZE } from "../postgres/wal-names";
 import { gapField, type ArchiveGaps } from "./archive-gaps";
-import type { ArchiveGap } from "../restore/recovery-window";
+import type { ArchiveGap, RecoveryWindow } from "../restore/recovery-window";
 import type { WalIndex } from "./wal-index";
 
 export interface ArchiveMonitorOptions {
@@ -14,8 +14,14 @@ export interface ArchiveMonitorOptions {
   readonly events: EventLog;
   /** The gaps reported (shared with the archiver, which reports the hole a lost slot leaves, and through Redis with every instance). */
   readonly gaps: ArchiveGaps;
-  /** What the repository's archive holds: a gap's first segment is confirmed missing by a head before it is reported. */
-  readonly archive: Pick<WalIndex, "missing">;
+  /**
+   * What each repository's archive holds, by number: a gap's first segment
+   * is confirmed missing by a head before it is reported. With several,
+   * each repository's gaps are watched on their own (a segment one lacks
+   * and another holds is still a gap of the first: its copies and
+   * restores cannot cross it).
+   */
+  readonly archives: readonly { readonly index: number; readonly archive: Pick<WalIndex, "missing"> }[];
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
   readonly intervalMs: number;
@@ -53,7 +59,7 @@ export class ArchiveMonitor {
 
   async check(): Promise<void> {
     const window = await this.options.backups.recoveryWindow();
-    for (const gap of await this.confirmedGaps(window.gaps)) await this.options.gaps.report(gap, "");
+    for (const gap of await this.confirmedGaps(await this.gapsToWatch(window))) await this.options.gaps.report(gap, "");
     await this.options.gaps.settle(await this.options.backups.list());
     const snapshot = this.options.topology();
     const primary = snapshot?.nodes.find((node) => node.name === snapshot.primary);
@@ -74,6 +80,20 @@ export class ArchiveMonitor {
   }
 
   /**
+   * The gaps to watch: the window's with one repository; with several,
+   * each repository's own, named by its number.
+   */
+  private async gapsToWatch(window: RecoveryWindow): Promise<ArchiveGap[]> {
+    const { archives, backups } = this.options;
+    if (archives.length <= 1) return [...window.gaps];
+    const gaps: ArchiveGap[] = [];
+    for (const { index } of archives) {
+      for (const gap of (await backups.recoveryWindow({ repository: index })).gaps) gaps.push({ ...gap, repository: index });
+    }
+    return gaps;
+  }
+
+  /**
    * Of the window's gaps, those that are gaps: a segment missing from the
    * index may be one a pass is still putting while it put a later one
    * (parallel puts finish out of order), or one another instance pushed
@@ -85,8 +105,11 @@ export class ArchiveMonitor {
     const seenBefore = this.gapsSeen;
     const seenNow = new Set<string>();
     const confirmed: ArchiveGap[] = [];
+    const { archives } = this.options;
     for (const gap of gaps) {
-      if ((await this.options.archive.missing([gap.from])).length === 0) continue;
+      // Confirmed in the repository named, else (one repository) in the only one.
+      const archive = (archives.find((member) => member.index === gap.repository) ?? archives[0]!).archive;
+      if ((await archive.missing([gap.from])).length === 0) continue;
       const key = gapField(gap);
       seenNow.add(key);
       if (seenBefore.has(key)) confirmed.push(gap);

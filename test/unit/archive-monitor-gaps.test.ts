@@ -6,7 +6,7 @@ import { archiveKey } from "../../src/repository/repository-layout";
 import type { ArchiveGap, RecoveryWindow } from "../../src/restore/recovery-window";
 import { Repository, walSpoolDir } from "../../src/storage/repository";
 import { ArchiveMonitor } from "../../src/wal/archive-monitor";
-import type { ArchiveGaps } from "../../src/wal/archive-gaps";
+import { gapField, type ArchiveGaps } from "../../src/wal/archive-gaps";
 import type { BackupService } from "../../src/backup/backup-service";
 import type { EventLog } from "../../src/events/event-log";
 import { tempHome } from "../helpers/home";
@@ -35,7 +35,7 @@ async function monitorHome(label: string) {
       report: (gap: ArchiveGap) => Promise.resolve(void reported.push(gap)),
       settle: () => Promise.resolve(),
     } as unknown as ArchiveGaps,
-    archive: repository.archive,
+    archives: [{ index: 1, archive: repository.archive }],
     logger: createLogger({ level: "silent" }),
     topology: () => null,
     intervalMs: 60_000,
@@ -61,5 +61,45 @@ describe("the archive monitor's gaps", () => {
     expect(reported).toEqual([]);
     await monitor.check();
     expect(reported).toEqual([GAP]);
+  });
+
+  test("two repositories: a segment repository 2 lacks and repository 1 holds is repository 2's gap, named by its number", async () => {
+    const home = await tempHome("monitor-two");
+    const [first, second] = ["repository", "second"].map(
+      (name) => new Repository(path.join(home, name), null, { spoolDir: walSpoolDir(home) }),
+    ) as [Repository, Repository];
+    await first.ensure();
+    await second.ensure();
+    await first.objects.putStream(archiveKey(0, SEGMENT_4), Readable.from([Buffer.from("four")]));
+    // Each repository's window as recoveryWindow({ repository }) computes it; the union has no gap.
+    const windows: Record<string, RecoveryWindow> = {
+      union: { earliest: null, latest: null, gaps: [] },
+      1: { earliest: null, latest: null, gaps: [] },
+      2: { earliest: null, latest: null, gaps: [GAP] },
+    };
+    const reported: ArchiveGap[] = [];
+    const monitor = new ArchiveMonitor({
+      backups: {
+        recoveryWindow: (options: { repository?: number } = {}) => Promise.resolve(windows[options.repository ?? "union"]!),
+        list: () => Promise.resolve([]),
+      } as unknown as BackupService,
+      events: {} as EventLog,
+      gaps: {
+        report: (gap: ArchiveGap) => Promise.resolve(void reported.push(gap)),
+        settle: () => Promise.resolve(),
+      } as unknown as ArchiveGaps,
+      archives: [
+        { index: 1, archive: first.archive },
+        { index: 2, archive: second.archive },
+      ],
+      logger: createLogger({ level: "silent" }),
+      topology: () => null,
+      intervalMs: 60_000,
+      maxLagBytes: 0,
+    });
+    await monitor.check();
+    await monitor.check();
+    expect(reported).toEqual([{ ...GAP, repository: 2 }]);
+    expect(gapField({ ...GAP, repository: 2 })).not.toBe(gapField(GAP));
   });
 });
