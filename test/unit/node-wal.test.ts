@@ -128,10 +128,10 @@ describe("what a WAL feeder fetches and trims (pure)", () => {
 describe("a node's restore_command script (run by sh, as PostgreSQL runs it)", () => {
   let pgdata: string;
   const waits = { recovery: 2, standby: 1 };
-  const restore = async (name: string, mode: "recovery" | "standby") => {
+  const restore = async (name: string, mode: "recovery" | "standby", env?: NodeJS.ProcessEnv) => {
     const command = nodeRestoreCommand(mode).replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG");
     const started = Date.now();
-    const result = await run("sh", ["-c", command], { cwd: pgdata }).then(
+    const result = await run("sh", ["-c", command], { cwd: pgdata, env }).then(
       (done) => ({ status: 0, stderr: done.stderr }),
       (error: { code: number; stderr: string }) => ({ status: error.code, stderr: error.stderr }),
     );
@@ -192,6 +192,26 @@ describe("a node's restore_command script (run by sh, as PostgreSQL runs it)", (
     expect(recovery.status).toBe(RECOVERY_ABORT_STATUS);
     expect(recovery.stderr).toContain(`${seg(1, 3)} could not be copied`);
     expect((await restore(seg(1, 3), "standby")).status).toBe(1);
+  });
+
+  test("a file trimmed between the script's test and its copy is waited for again, never a fatal copy failure", async () => {
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, seg(1, 3)), "segment three");
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, "expected"), `${seg(1, 3)}\n`);
+    // A cp that loses the race once: the feeder removes the file just as it opens it (ENOENT), as a trim does.
+    const bin = path.join(pgdata, "bin");
+    await mkdir(bin);
+    await writeFile(
+      path.join(bin, "cp"),
+      `#!/bin/sh\nif [ ! -e "${bin}/raced" ]; then : > "${bin}/raced"; rm -f "$1"; echo "cp: cannot stat '$1'" >&2; exit 1; fi\nexec /bin/cp "$@"\n`,
+    );
+    await chmod(path.join(bin, "cp"), 0o755);
+    const asked = restore(seg(1, 3), "recovery", { ...process.env, PATH: `${bin}:${process.env.PATH}` });
+    // The feeder, asked again, delivers it again.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await writeFile(path.join(pgdata, NODE_WAL_DIRECTORY, seg(1, 3)), "segment three again");
+    const result = await asked;
+    expect(result).toMatchObject({ status: 0 });
+    expect(await readFile(path.join(pgdata, "pg_wal/RECOVERYXLOG"), "utf8")).toBe("segment three again");
   });
 
   test("a closed copy's script aborts every request", async () => {
