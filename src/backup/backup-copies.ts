@@ -1,3 +1,4 @@
+import { ErrorCode, RelevoError } from "../errors";
 import type { EventLog } from "../events/event-log";
 import type { Logger } from "../log";
 import type { NumberedRepository, RepositorySet } from "../storage/repository-set";
@@ -50,18 +51,22 @@ export class BackupCopies {
   async copyAfterBackup(id: string, from: number, to: readonly number[]): Promise<void> {
     const source = this.deps.repositories.byIndex(from);
     for (const index of to) {
-      const target = this.deps.repositories.byIndex(index);
+      let target: NumberedRepository;
       let pending: string[];
       try {
+        // A repository not opened yet (its store did not answer at the start) fails here: retried once it is.
+        target = this.deps.repositories.byIndex(index);
         pending = await this.pendingIn(source, target, id);
       } catch (error) {
-        await this.failed(id, target, error as Error);
+        await this.failed(id, index, error as Error);
         continue;
       }
       for (const copied of pending) {
-        const ok = await this.copyOne(source, target, copied);
-        // What comes later builds on it, or would fail the same way against the same target.
-        if (!ok) break;
+        const failure = await this.copyOne(source, target, copied);
+        // The target not answering: every later copy would fail the same way (each after its timeouts). Any other
+        // failure is this backup's (a damaged object, its WAL gone from the target): the others are still copied (a
+        // later one building on it tries it again as its ancestor, and fails with its own event).
+        if (failure instanceof RelevoError && failure.code === ErrorCode.RepositoryUnavailable) break;
       }
     }
   }
@@ -129,7 +134,8 @@ export class BackupCopies {
     return [...wanted].sort();
   }
 
-  private async copyOne(source: NumberedRepository, target: NumberedRepository, id: string): Promise<boolean> {
+  /** Copies backup `id` to `target`; null when it is there, else the failure (reported: event and log). */
+  private async copyOne(source: NumberedRepository, target: NumberedRepository, id: string): Promise<Error | null> {
     const startedAt = Date.now();
     try {
       const copied = await withLockedBackup(
@@ -149,16 +155,16 @@ export class BackupCopies {
         },
       );
       if (copied) await this.deps.events.emit(backupCopiedEvent(copied, target.index, Date.now() - startedAt));
-      return true;
+      return null;
     } catch (error) {
-      await this.failed(id, target, error as Error);
-      return false;
+      await this.failed(id, target.index, error as Error);
+      return error as Error;
     }
   }
 
-  private async failed(id: string, target: NumberedRepository, error: Error): Promise<void> {
-    const event = backupCopyFailedEvent(id, target.index, error.message);
-    this.deps.logger.warn({ backupId: id, repository: target.index, err: error.message }, event.message);
+  private async failed(id: string, repository: number, error: Error): Promise<void> {
+    const event = backupCopyFailedEvent(id, repository, error.message);
+    this.deps.logger.warn({ backupId: id, repository, err: error.message }, event.message);
     await this.deps.events.emit(event).catch(() => undefined);
   }
 }

@@ -72,7 +72,8 @@ export class BackupRunner {
     options: { readonly repository?: number | null } = {},
   ): Promise<{ manifest: BackupManifest; done: Promise<BackupManifest> }> {
     const targets = backupTargets({
-      configured: this.deps.repositories.members.map((member) => member.index),
+      // Pending ones too: their copies fail (REPOSITORY_UNAVAILABLE) and are retried once they are opened.
+      configured: this.deps.repositories.configured,
       choice: this.deps.backupRepository,
       asked: options.repository,
     });

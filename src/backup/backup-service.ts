@@ -20,7 +20,7 @@ import { verifyBackup } from "./verify";
 import type { BackupProgress, BackupProgressRecorder } from "./backup-progress";
 import type { BackupSourcePolicy } from "./backup-source";
 import type { ClusterSnapshot } from "../cluster/topology";
-import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "./retention";
+import { expiryGroups, planRetention, walBeforeKeepingSpooled, walBeforeSparing, type RetentionPolicy } from "./retention";
 import { recoveryWindow, type RecoveryWindow } from "../restore/recovery-window";
 import { chooseBackupAcross, repositoryHoldings } from "../restore/choose-backup";
 import { unionHoldings } from "../restore/repository-order";
@@ -271,9 +271,12 @@ export class BackupService {
     for (const manifest of unfinishedRemovals(manifests)) {
       if (!expired.includes(manifest.id)) await removeBackupRemains(repository, manifest);
     }
-    const walBefore = walBeforeSparing(plan, skipped);
-    // This repository's archive only: the spool is every repository's, trimmed by its own rule when there are several.
-    const spool = this.deps.repositories.members.length === 1;
+    // This repository's archive only: the spool is every repository's, trimmed by its own rule when there are several,
+    // and what it still holds is kept here too (another repository may lack it: see walBeforeKeepingSpooled).
+    const spool = this.deps.repositories.configured.length === 1;
+    const walBefore = spool
+      ? walBeforeSparing(plan, skipped)
+      : walBeforeKeepingSpooled(walBeforeSparing(plan, skipped), await repository.spool.names());
     const walSegmentsRemoved = walBefore === null ? 0 : await repository.removeSegmentsBefore(walBefore, { spool });
     return { expired, walSegmentsRemoved };
   }

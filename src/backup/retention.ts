@@ -1,5 +1,5 @@
 import type { BackupManifest } from "./manifest";
-import { segmentNumber } from "../postgres/wal-names";
+import { parseSegmentName, segmentNumber } from "../postgres/wal-names";
 
 export interface RetentionPlan {
   /** Backups to mark expired (their content removed, the manifest kept as a record). */
@@ -125,4 +125,18 @@ export function walBeforeSparing(plan: RetentionPlan, spared: readonly BackupMan
 function oldestStart(manifests: readonly BackupManifest[]): number | null {
   if (manifests.length === 0) return null;
   return Math.min(...manifests.map((m) => segmentNumber(m.startLsn)));
+}
+
+/**
+ * The WAL bound of one repository's expiry when several share the spool:
+ * never past the oldest segment the spool still holds. The spool keeps
+ * what some repository lacks (it is trimmed only behind what every one
+ * holds), and the hold slot moves only over segments every repository
+ * holds: one that expired here what another has not pushed yet would stop
+ * the hold slot and the spool's trim for good (review 25, H1). Pure.
+ */
+export function walBeforeKeepingSpooled(walBefore: number | null, spooled: readonly string[]): number | null {
+  if (walBefore === null) return null;
+  const segments = spooled.map((name) => parseSegmentName(name.replace(/\.partial$/, ""))?.segment).filter((n) => n !== undefined);
+  return segments.length === 0 ? walBefore : Math.min(walBefore, ...segments);
 }

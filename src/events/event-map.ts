@@ -26,6 +26,8 @@ export interface EventMap {
   "archive:spool-full": { bytes: number; maxBytes: number };
   "archive:spool-cleared": { bytes: number; maxBytes: number };
   "archive:push-failing": { repository: string; error: string; failingSince: string };
+  "repository:pending": { repository: number; error: string };
+  "repository:opened": { repository: number };
   "archive:push-recovered": { repository: string; failedForMs: number };
   "archive:refused-file": { file: string; reason: string };
   "backup:started": BackupRecord;
@@ -171,6 +173,8 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "archive:spool-full",
   "archive:spool-cleared",
   "archive:push-failing",
+  "repository:pending",
+  "repository:opened",
   "archive:push-recovered",
   "archive:refused-file",
   "backup:started",

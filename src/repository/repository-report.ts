@@ -63,17 +63,17 @@ export class RepositoryReporter {
     private readonly options: {
       readonly settings: readonly RepositorySettings[];
       readonly clusterKeepFull: number;
-      /** The repositories the service opened, by number, each with its pusher's health. */
-      readonly inUse: readonly {
+      /** The repositories the service opened, by number, each with its pusher's health (read at each answer: one may join). */
+      readonly inUse: () => readonly {
         readonly index: number;
         readonly repository: Repository;
         readonly pushHealth: Pick<PushHealth, "status">;
       }[];
+      /** Those configured and not opened yet (their stores did not answer at the start), with why. */
+      readonly pending?: () => readonly { readonly index: number; readonly error: string; readonly since: string }[];
       readonly logger: Logger;
     },
-  ) {
-    for (const member of options.inUse) this.facts.set(member.index, new RepositoryFacts(member.repository, member.pushHealth));
-  }
+  ) {}
 
   async list(): Promise<RepositoryReport[]> {
     return Promise.all(this.options.settings.map((settings) => this.report(settings)));
@@ -90,8 +90,9 @@ export class RepositoryReporter {
       retentionFull: retention.keepFull,
       retentionDays: retention.keepDays,
     };
-    const facts = this.facts.get(settings.index);
+    const facts = this.factsOf(settings.index);
     if (!facts) {
+      const pending = this.options.pending?.().find((each) => each.index === settings.index);
       return {
         ...common,
         inUse: false,
@@ -101,8 +102,8 @@ export class RepositoryReporter {
         storedBytesMeasuredAt: null,
         walPendingFiles: null,
         lastPushAt: null,
-        failingSince: null,
-        lastError: null,
+        failingSince: pending?.since ?? null,
+        lastError: pending ? `not opened: ${pending.error}` : null,
       };
     }
     const [readError, push] = await Promise.all([this.countBackups(facts), facts.pushHealth.status(), this.measureIfStale(facts)]);
@@ -118,6 +119,17 @@ export class RepositoryReporter {
       failingSince: push.failingSince,
       lastError: push.lastError ?? readError,
     };
+  }
+
+  /** What is known of repository `index` while it is in use (made when it is first reported); null while it is not. */
+  private factsOf(index: number): RepositoryFacts | null {
+    const known = this.facts.get(index);
+    if (known) return known;
+    const member = this.options.inUse().find((each) => each.index === index);
+    if (!member) return null;
+    const made = new RepositoryFacts(member.repository, member.pushHealth);
+    this.facts.set(index, made);
+    return made;
   }
 
   /**

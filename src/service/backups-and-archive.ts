@@ -11,12 +11,15 @@ import { ROLE_REPLICATION } from "../postgres/managed-settings";
 import { LeaderRole, RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
-import { openClusterRepositories, type RepositorySet } from "../storage/repository-set";
+import { openClusterRepositories, repositoryOpener, type NumberedRepository, type RepositorySet } from "../storage/repository-set";
+import { readRecordedIdentity } from "../cluster/cluster-identity";
+import { describeRepository } from "../config/repository-config";
 import { retentionOf } from "../config/repository-config";
 import { BackupLocks } from "../storage/backup-locks";
 import { ArchiveMonitor } from "../wal/archive-monitor";
 import { ArchiveGaps } from "../wal/archive-gaps";
 import { WalArchiver } from "../wal/wal-archiver";
+import { ArchivedWalSet } from "../wal/archived-wal-set";
 import { walSummarizerFor, type WalSummarizer } from "../wal/wal-summary";
 import { WalPusher } from "../wal/wal-pusher";
 import { PushHealth } from "../wal/push-health";
@@ -36,20 +39,96 @@ export interface Storage {
   readonly repository: Repository;
 }
 
-/** The backup repositories, the WAL spool owned by PostgreSQL's OS user, the backups' locks in Redis. */
+/**
+ * The backup repositories, the WAL spool owned by PostgreSQL's OS user, the
+ * backups' locks in Redis. On a data home that knows its cluster (not a
+ * first start, not --new-cluster, which must read and start over every
+ * repository), a repository other than the first whose store does not
+ * answer is pending: an event says so, and it is opened in the background.
+ */
 export async function openRepository(
-  options: StartContext & { readonly driver: NodeDriver; readonly redis: RedisAndEvents },
+  options: StartContext & { readonly driver: NodeDriver; readonly redis: RedisAndEvents; readonly newCluster: boolean },
 ): Promise<Storage> {
   const { config, driver, redis, logger, cleanups } = options;
   // The OS user that owns PostgreSQL's files, and so the WAL archive restore_command reads
   // (the image's postgres uid for containers, whatever this machine's is).
   const pgIdentity = await driver.fileOwner();
   const locks = new BackupLocks(redis.client, redis.keys, { ttlMs: config.leaseTtlMs, logger });
+  const known = await readRecordedIdentity(config.home);
+  const opening = { walOwner: pgIdentity, locks, create: true, logger };
   // Each opened with its keys when its RELEVO_REPO<n>_CIPHER_PASS is set (made on an empty repository): see open-repository.
-  const repositories = await openClusterRepositories(config, { walOwner: pgIdentity, locks, create: true, logger });
+  const repositories = await openClusterRepositories(config, { ...opening, pendingWhenUnreachable: known !== null && !options.newCluster });
   // After everything that writes to them has stopped (cleanups run last first): S3 stores' uploads end, then their connections.
   cleanups.push(() => repositories.close());
+  for (const pending of repositories.pending) {
+    await redis.events.emit({
+      kind: "repository:pending",
+      severity: "warning",
+      node: null,
+      message: `${describeRepository(pending.settings)} does not answer (${pending.error}): the service runs without it, keeps the WAL it lacks, and opens it when it answers`,
+      data: { repository: pending.index, error: pending.error },
+    });
+  }
+  if (repositories.pending.length > 0) cleanups.push(openPendingInBackground(repositories, { ...options, opening, known }));
   return { pgIdentity, repositories, repository: repositories.first.repository };
+}
+
+/** How often a pending repository is tried again. */
+const PENDING_RETRY_MS = 15_000;
+
+/**
+ * Tries the pending repositories every PENDING_RETRY_MS until none is
+ * left: one that opens joins the set (its pusher starts, see
+ * startWalArchiver), gets the cluster's identity in its descriptor, and
+ * `repository:opened` says so. Returns its stop.
+ */
+function openPendingInBackground(
+  repositories: RepositorySet,
+  options: StartContext & {
+    readonly redis: RedisAndEvents;
+    readonly opening: Parameters<typeof repositoryOpener>[1];
+    readonly known: { readonly systemIdentifier: string } | null;
+  },
+): () => Promise<void> {
+  const { config, logger, redis, known } = options;
+  const open = repositoryOpener(config, options.opening);
+  let timer: NodeJS.Timeout | null = null;
+  let pass: Promise<void> | null = null;
+  const tick = (): void => {
+    pass = (async () => {
+      for (const member of await repositories.openPending(open)) {
+        if (known) {
+          await member.repository
+            .recordSystemIdentifier(known.systemIdentifier)
+            .catch((error: Error) =>
+              logger.warn({ repository: member.index, err: error.message }, "repository.json not given the cluster's identity"),
+            );
+        }
+        logger.info(
+          { repository: member.index, location: member.repository.location },
+          "a pending repository opened: WAL and copies go to it",
+        );
+        await redis.events.emit({
+          kind: "repository:opened",
+          severity: "info",
+          node: null,
+          message: `${describeRepository(member.settings)} answers again: it is opened, and the WAL and backups it lacks go to it`,
+          data: { repository: member.index },
+        });
+      }
+    })()
+      .catch((error: Error) => logger.warn({ err: error.message }, "pending repositories not tried"))
+      .finally(() => {
+        pass = null;
+        if (timer !== null && repositories.pending.length > 0) timer = setTimeout(tick, PENDING_RETRY_MS);
+      });
+  };
+  timer = setTimeout(tick, PENDING_RETRY_MS);
+  return async () => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    await pass;
+  };
 }
 
 /** One repository's share of the archive: the pusher that puts the spool's WAL into it, and whether it reaches it. */
@@ -69,6 +148,8 @@ export interface WalArchive {
   /** The archive's gaps, kept in Redis for every instance (for events once, and the cluster's health). */
   readonly gaps: ArchiveGaps;
   readonly walSummarizer: WalSummarizer;
+  /** Every repository's archived WAL as one (failover sets aside and adds histories through it). */
+  readonly archivedWal: ArchivedWalSet;
 }
 
 /** How often the pusher looks for WAL received and not yet in the repository: a backup waits for its last segment's push. */
@@ -89,10 +170,13 @@ export function startWalArchiver(
   const { config, logger, cleanups, secrets, trustedCa, caFile, redis, storage, superuser } = options;
   const gaps = new ArchiveGaps(redis.client, redis.keys.archiveGaps, redis.events);
   const { repositories } = storage;
+  // The repositories' archived WAL as one, shared by the archiver, the pushers and failover (see ArchivedWalSet).
+  const archivedWal = new ArchivedWalSet(() => repositories.repositories.map((member) => member.archivedWal));
   const archiver = new WalArchiver({
+    archivedWal,
     repository: repositories.first.repository,
     // The hold slot and the spool keep what any repository lacks (see pushedEverywhere).
-    repositories: repositories.repositories,
+    repositories: { opened: () => repositories.repositories, pending: () => repositories.pending.length },
     pgBinDir: config.pgBinDir,
     identity: storage.pgIdentity,
     superuser,
@@ -108,8 +192,11 @@ export function startWalArchiver(
   // into any repository read them there (see docs/repositories.md).
   const walSummarizer = walSummarizerFor(repositories.first.repository, config, logger);
   // One pusher per repository over the one spool, each at its own pace: a slow or unreachable one delays none of the
-  // others (the spool and the primary keep what it lacks, see WalArchiver's pushedEverywhere).
-  const pushes = repositories.members.map(({ index, repository }): RepositoryPush => {
+  // others (the spool and the primary keep what it lacks, see WalArchiver's pushedEverywhere). A pending repository
+  // gets its pusher when it joins, started at once while this instance runs the archiver.
+  const pushes: RepositoryPush[] = [];
+  let archiving = false;
+  const pushTo = ({ index, repository }: NumberedRepository): RepositoryPush => {
     // Whether the pusher reaches the repository: an event and a health reason when it has not for a while.
     const health = new PushHealth({
       repository: repository.location,
@@ -130,8 +217,18 @@ export function startWalArchiver(
       intervalMs: WAL_PUSH_INTERVAL_MS,
       parallelism: config.backupParallelism,
       onPass: (pass) => health.observe(pass),
+      // Nothing put while the repository is owed a set-aside of an abandoned branch (it was down when it was done).
+      paused: () => archivedWal.owes(repository.archivedWal),
     });
-    return { index, repository, pusher, health };
+    const push = { index, repository, pusher, health };
+    pushes.push(push);
+    pushes.sort((a, b) => a.index - b.index);
+    return push;
+  };
+  for (const member of repositories.members) pushTo(member);
+  repositories.onJoined((member) => {
+    const push = pushTo(member);
+    if (archiving) push.pusher.start();
   });
   // One archiver across service instances (a slot serves one receiver at a time anyway).
   const archiverRole = new LeaderRole(
@@ -139,11 +236,13 @@ export function startWalArchiver(
     {
       name: "wal-archiver",
       start: () => {
+        archiving = true;
         archiver.start();
         for (const { pusher } of pushes) pusher.start();
         walSummarizer.start();
       },
       stop: async () => {
+        archiving = false;
         await walSummarizer.stop();
         await archiver.stop();
         await Promise.all(pushes.map(({ pusher }) => pusher.stop()));
@@ -154,7 +253,7 @@ export function startWalArchiver(
   );
   archiverRole.start();
   cleanups.push(() => archiverRole.stop());
-  return { archiver, pushes, gaps, walSummarizer };
+  return { archiver, pushes, gaps, walSummarizer, archivedWal };
 }
 
 export interface Backups {
@@ -216,7 +315,7 @@ export function startBackups(
     backups,
     events: redis.events,
     gaps: archive.gaps,
-    archives: repositories.members.map(({ index, repository: member }) => ({ index, archive: member.archive })),
+    archives: () => repositories.members.map(({ index, repository: member }) => ({ index, archive: member.archive })),
     logger,
     topology: () => collector.latest,
     intervalMs: config.archiveCheckIntervalMs,

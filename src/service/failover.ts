@@ -7,7 +7,7 @@ import type { NodeDriver } from "../nodes/node-driver";
 import { RedisLease } from "../redis/redis-lease";
 import type { Secrets } from "../secrets/secrets-store";
 import type { RepositorySet } from "../storage/repository-set";
-import { ArchivedWalSet } from "../wal/archived-wal-set";
+import type { ArchivedWalSet } from "../wal/archived-wal-set";
 import type { StartContext } from "./cleanups";
 import { WalFeeder } from "../restore/wal-feeder";
 import { repositoryWalSource } from "../restore/wal-source";
@@ -30,11 +30,13 @@ export async function startFailover(
     readonly topology: Topology;
     /** The WAL archive (every repository's) a replica whose slot was lost may catch up from. */
     readonly repositories: RepositorySet;
+    /** Every repository's archived WAL as one, the archiver's (a set-aside a repository missed is owed it there). */
+    readonly archivedWal: ArchivedWalSet;
   },
 ): Promise<FailoverService> {
   const { config, logger, cleanups, driver, secrets, redis, members, cluster, topology, repositories } = options;
   // Set aside and histories added in every repository; names from any (see ArchivedWalSet).
-  const archive = new ArchivedWalSet(() => repositories.repositories.map((member) => member.archivedWal));
+  const archive = options.archivedWal;
   const repository = repositories.first.repository;
   const { client, keys, instanceId, events } = redis;
   const { collector } = topology;

@@ -16,7 +16,8 @@ import { repositorySeeder } from "../restore/replica-seed";
 import { redisCall } from "../redis/redis-client";
 import type { Secrets } from "../secrets/secrets-store";
 import type { Repository } from "../storage/repository";
-import type { RepositorySet } from "../storage/repository-set";
+import type { PendingRepository, RepositorySet } from "../storage/repository-set";
+import { describeRepository } from "../config/repository-config";
 import { ensureArchiveSlot, type WalArchiver } from "../wal/wal-archiver";
 import type { PushHealth } from "../wal/push-health";
 import type { WalPusher } from "../wal/wal-pusher";
@@ -243,6 +244,8 @@ export async function startTopology(
     readonly pushes: readonly { readonly pusher: Pick<WalPusher, "healthReasons">; readonly health: Pick<PushHealth, "healthReasons"> }[];
     /** The archive's gaps, named in the cluster's health until a full backup starts past them. */
     readonly archiveGaps: ArchiveGaps;
+    /** Configured repositories not opened yet (their stores did not answer): each named in the cluster's health. */
+    readonly pendingRepositories: () => readonly PendingRepository[];
     /** Does nothing until the consolidator runs. */
     readonly replayRecentEvents: (windowMs: number) => void;
   },
@@ -275,6 +278,13 @@ export async function startTopology(
       // A file the spool holds is refused alike by every repository's pusher: named once.
       ...new Set(pushes.flatMap(({ pusher }) => pusher.healthReasons)),
       ...(await archiveGaps.healthReasons()),
+      ...options
+        .pendingRepositories()
+        .map(
+          (pending) =>
+            `${describeRepository(pending.settings)} is not opened (since ${pending.since}: ${pending.error}): ` +
+            "the WAL and backups it lacks wait for it, the spool and the primary keep that WAL",
+        ),
     ],
     onPrimary: async (primary) => {
       archiver.follow(primary);

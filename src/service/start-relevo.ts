@@ -36,7 +36,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const redis = await startRedisAndEvents({ ...context, secrets, servicesCa });
     const members = await followMembership({ ...context, driver });
     const { nodes } = members;
-    const storage = await openRepository({ ...context, driver, redis });
+    const storage = await openRepository({ ...context, driver, redis, newCluster: options.newCluster ?? false });
     const cluster = await bootstrapNodes({
       ...context,
       driver,
@@ -62,6 +62,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       superuser,
       archiver: archive.archiver,
       pushes: archive.pushes,
+      pendingRepositories: () => storage.repositories.pending,
       archiveGaps: archive.gaps,
       replayRecentEvents: (windowMs) => replayRecentEvents?.(windowMs),
     });
@@ -88,6 +89,7 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
       cluster,
       topology,
       repositories: storage.repositories,
+      archivedWal: archive.archivedWal,
     });
     const certificates = await startCertificates({ ...context, ca, servicesCa, driver, members, superuser, redis });
     const consolidator = startConsolidator({ ...context, redis, database: topology.database });
@@ -95,7 +97,8 @@ export async function startRelevo(config: RelevoConfig, logger: Logger, options:
     const repositories = new RepositoryReporter({
       settings: config.repositories,
       clusterKeepFull: config.retentionFull,
-      inUse: archive.pushes.map(({ index, repository: member, health }) => ({ index, repository: member, pushHealth: health })),
+      inUse: () => archive.pushes.map(({ index, repository: member, health }) => ({ index, repository: member, pushHealth: health })),
+      pending: () => storage.repositories.pending,
       logger,
     });
     const api = await startApi({

@@ -21,7 +21,7 @@ export interface ArchiveMonitorOptions {
    * and another holds is still a gap of the first: its copies and
    * restores cannot cross it).
    */
-  readonly archives: readonly { readonly index: number; readonly archive: Pick<WalIndex, "missing"> }[];
+  readonly archives: () => readonly { readonly index: number; readonly archive: Pick<WalIndex, "missing"> }[];
   readonly logger: Logger;
   readonly topology: () => ClusterSnapshot | null;
   readonly intervalMs: number;
@@ -84,7 +84,8 @@ export class ArchiveMonitor {
    * each repository's own, named by its number.
    */
   private async gapsToWatch(window: RecoveryWindow): Promise<ArchiveGap[]> {
-    const { archives, backups } = this.options;
+    const { backups } = this.options;
+    const archives = this.options.archives();
     if (archives.length <= 1) return [...window.gaps];
     const gaps: ArchiveGap[] = [];
     for (const { index } of archives) {
@@ -105,7 +106,7 @@ export class ArchiveMonitor {
     const seenBefore = this.gapsSeen;
     const seenNow = new Set<string>();
     const confirmed: ArchiveGap[] = [];
-    const { archives } = this.options;
+    const archives = this.options.archives();
     for (const gap of gaps) {
       // Confirmed in the repository named, else (one repository) in the only one.
       const archive = (archives.find((member) => member.index === gap.repository) ?? archives[0]!).archive;

@@ -18,6 +18,13 @@ export type ArchivedWalView = Pick<ArchivedWal, "names" | "read" | "readHistory"
  * file. Over one repository it is that repository's ArchivedWal.
  */
 export class ArchivedWalSet implements ArchivedWalView {
+  /**
+   * Set-asides a repository missed (its store down): finished by settle
+   * before anything else is pushed into it (see owes), so a restore from it
+   * never replays an abandoned branch.
+   */
+  private readonly owed = new Map<ArchivedWalView, Array<{ readonly names: readonly string[]; readonly folder: readonly string[] }>>();
+
   constructor(private readonly members: () => readonly ArchivedWalView[]) {}
 
   /**
@@ -53,21 +60,59 @@ export class ArchivedWalSet implements ArchivedWalView {
   }
 
   /**
-   * Set aside in every repository, the lowest-numbered last: each puts its
-   * own copy under diverged/ (from its object, else the spool's file) and
-   * the spool's file goes once a repository holds the copy. Run again with
-   * the same folder it finishes what is left in each, as ArchivedWal's
-   * does (a failover resumed).
+   * Set aside in every repository, the lowest-numbered last: each moves
+   * its own objects under diverged/ (a copy of the spool's file too while
+   * the spool still has it: the first to run takes the spool's file, so a
+   * repository that never got a file gets no copy of it), and the spool's
+   * file goes once a repository holds the copy. Run again with the same
+   * folder it finishes what is left in each, as ArchivedWal's does (a
+   * failover resumed). A repository whose store fails is owed the
+   * set-aside (see owes, settle) while another did it; all failing is the
+   * error.
    */
   async setAside(names: readonly string[], folder: readonly string[]): Promise<{ readonly path: string; readonly moved: string[] }> {
     const paths: string[] = [];
     const moved = new Set<string>();
-    for (const member of [...this.list()].reverse()) {
-      const aside = await member.setAside(names, folder);
-      paths.unshift(aside.path);
-      for (const name of aside.moved) moved.add(name);
+    const failures: Array<{ readonly member: ArchivedWalView; readonly error: Error }> = [];
+    const members = [...this.list()].reverse();
+    for (const member of members) {
+      try {
+        const aside = await member.setAside(names, folder);
+        paths.unshift(aside.path);
+        for (const name of aside.moved) moved.add(name);
+      } catch (error) {
+        failures.push({ member, error: error as Error });
+      }
     }
+    if (failures.length === members.length) throw failures[0]!.error;
+    for (const { member } of failures) this.owed.set(member, [...(this.owed.get(member) ?? []), { names, folder }]);
     return { path: paths.join("; "), moved: [...moved].sort() };
+  }
+
+  /** Whether `member` still owes a set-aside: nothing may be pushed into it until settle has done it. */
+  owes(member: ArchivedWalView): boolean {
+    return (this.owed.get(member)?.length ?? 0) > 0;
+  }
+
+  /**
+   * Finishes the set-asides owed, each repository as far as its store
+   * answers (what fails stays owed, tried again at the next call). Returns
+   * the first failure, if any.
+   */
+  async settle(): Promise<Error | null> {
+    let failure: Error | null = null;
+    for (const [member, debts] of [...this.owed]) {
+      try {
+        while (debts.length > 0) {
+          await member.setAside(debts[0]!.names, debts[0]!.folder);
+          debts.shift();
+        }
+        this.owed.delete(member);
+      } catch (error) {
+        failure ??= error as Error;
+      }
+    }
+    return failure;
   }
 
   private list(): readonly ArchivedWalView[] {

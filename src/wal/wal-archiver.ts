@@ -92,12 +92,21 @@ export interface WalArchiverOptions {
   readonly repository: Repository;
   /**
    * Every repository the archive is pushed to, lowest number first
-   * (`repository` among them); default: `repository` alone. The hold slot
-   * moves, and the spool is trimmed, only past what every one of them
-   * holds; where streaming resumes and which files are off the primary's
-   * history are decided over all of them (ArchivedWalSet).
+   * (`repository` among them), read at each use: `opened` those the
+   * service has opened, `pending` how many configured ones it has not yet
+   * (their stores did not answer); default: `repository` alone. The hold
+   * slot moves, and the spool is trimmed, only past what every one of them
+   * holds (nothing while one is pending: it holds nothing known); where
+   * streaming resumes and which files are off the primary's history are
+   * decided over the opened ones (ArchivedWalSet).
    */
-  readonly repositories?: readonly Repository[];
+  readonly repositories?: { readonly opened: () => readonly Repository[]; readonly pending: () => number };
+  /**
+   * The repositories' archived WAL as one (shared with their pushers, which
+   * wait while their repository is owed a set-aside, and with failover);
+   * default: one over `repositories`.
+   */
+  readonly archivedWal?: ArchivedWalSet;
   readonly pgBinDir: string;
   readonly identity: OsIdentity | null;
   readonly superuser: Credentials;
@@ -148,6 +157,8 @@ export class WalArchiver {
   private holdSeen: { readonly target: NodeRef; readonly restartLsn: string; readonly at: number } | null = null;
   private holdTimer: NodeJS.Timeout | null = null;
   private holdPass: Promise<void> | null = null;
+  /** The last failure to finish an owed set-aside, logged once until it changes. */
+  private lastUnsettled: string | null = null;
   /** Whether the repository's legacy wal/ was drained (see drainLegacyWal): once per archiver, before it first receives. */
   private legacyDrained = false;
 
@@ -155,12 +166,12 @@ export class WalArchiver {
   private readonly archivedWal: ArchivedWalSet;
 
   constructor(private readonly options: WalArchiverOptions) {
-    this.archivedWal = new ArchivedWalSet(() => this.everyRepository.map((repository) => repository.archivedWal));
+    this.archivedWal = options.archivedWal ?? new ArchivedWalSet(() => this.everyRepository.map((repository) => repository.archivedWal));
   }
 
   /** Every repository the archive goes to (read each time: a start-over moves each to its next generation). */
   private get everyRepository(): readonly Repository[] {
-    return this.options.repositories ?? [this.options.repository];
+    return this.options.repositories?.opened() ?? [this.options.repository];
   }
 
   /**
@@ -170,6 +181,8 @@ export class WalArchiver {
    * it never got).
    */
   private async pushedEverywhere(): Promise<Set<string>> {
+    // A repository not opened yet holds nothing the archiver knows of: the primary and the spool keep everything for it.
+    if ((this.options.repositories?.pending() ?? 0) > 0) return new Set();
     const [first, ...others] = await Promise.all(this.everyRepository.map((repository) => repository.archive.names()));
     const held = new Set(first);
     for (const names of others) {
@@ -389,6 +402,11 @@ export class WalArchiver {
    * is an archive:gap.
    */
   async releasePushed(): Promise<void> {
+    // A set-aside a repository missed while its store was down, done once it answers (its pusher waits for it).
+    const unsettled = (await this.archivedWal.settle())?.message ?? null;
+    if (unsettled !== null && unsettled !== this.lastUnsettled)
+      this.options.logger.warn({ err: unsettled }, "WAL set aside in the other repositories still to set aside in one");
+    this.lastUnsettled = unsettled;
     const target = this.target;
     if (this.stopped || !target || this.refused) return;
     // First: a repository that cannot be read or written (the very reason a spool fills) must not keep receiving going.
@@ -533,16 +551,30 @@ export class WalArchiver {
   private async refusesWalOf(target: NodeRef): Promise<boolean> {
     const { superuser, nodeTimeoutMs, events, logger } = this.options;
     const systemIdentifier = await withNodeClient(target, superuser, nodeTimeoutMs, readSystemIdentifier);
-    // Every repository's: WAL streamed into one that holds another cluster's archive would mix two clusters there.
+    // Every repository's that answers: WAL streamed into one that holds another cluster's archive would mix two
+    // clusters there. One that cannot be read now is left out while another answers (its own pusher checks each
+    // file against what it holds before a put), so one store down never stops receiving for the others; none
+    // answering is the round's failure (an archive that cannot be read is never taken for an empty one).
     let refusal: { readonly reason: string; readonly archive: ArchiveIdentity } | null = null;
-    for (const repository of this.everyRepository) {
-      const archive = await archiveIdentity(repository);
+    const unread: Error[] = [];
+    const repositories = this.everyRepository;
+    for (const repository of repositories) {
+      let archive: ArchiveIdentity | null;
+      try {
+        archive = await archiveIdentity(repository);
+      } catch (error) {
+        unread.push(error as Error);
+        continue;
+      }
       const reason = foreignWalRefusal({ name: target.name, systemIdentifier }, archive, repository.objects.location);
       if (reason !== null && archive !== null) {
         refusal = { reason, archive };
         break;
       }
     }
+    if (refusal === null && unread.length === repositories.length) throw unread[0]!;
+    if (unread.length > 0)
+      logger.warn({ node: target.name, err: unread[0]!.message }, "a repository's archive identity is unreadable: decided over the others");
     if (refusal === null) {
       this.refused = null;
       return false;
@@ -694,9 +726,16 @@ export class WalArchiver {
    */
   private async resumeAtArchiveEndWhenSpoolEmpty(target: NodeRef, history: readonly TimelineStep[]): Promise<void> {
     const { spool } = this.options.repository;
-    // Where the most advanced repository's archive ends: a repository behind it lacks WAL the primary may no longer have.
-    const archived = await Promise.all(this.everyRepository.map((repository) => repository.archive.names()));
-    const placeholder = emptySpoolPlaceholder(await spool.names(), [...new Set(archived.flat())].sort(), history);
+    // Where the repository furthest behind ends (one with an empty archive aside): the hold slot kept the primary's WAL
+    // from there, and a start past it would leave that repository a hole for good (review 25, H2); the others take
+    // again what they hold already as present.
+    const spooled = await spool.names();
+    const candidates = (
+      await Promise.all(
+        this.everyRepository.map(async (repository) => emptySpoolPlaceholder(spooled, await repository.archive.names(), history)),
+      )
+    ).filter((name): name is string => name !== null);
+    const placeholder = candidates.sort((a, b) => segmentOf(a) - segmentOf(b))[0] ?? null;
     if (placeholder === null) return;
     await spool.create(placeholder, "");
     this.options.logger.warn(
@@ -764,4 +803,9 @@ export class WalArchiver {
       };
     });
   }
+}
+
+/** The segment number of a WAL file name (a .partial's too). */
+function segmentOf(name: string): number {
+  return parseSegmentName(name.replace(/\.partial$/, ""))?.segment ?? Number.POSITIVE_INFINITY;
 }

@@ -79,6 +79,13 @@ export interface WalPusherOptions {
   readonly parallelism: number;
   /** Told of every pass the timer runs: its failure (null when none), how many files it put and left (see PushHealth). */
   readonly onPass?: (pass: { readonly error: Error | null; readonly pushed: number; readonly pending: number }) => Promise<void>;
+  /**
+   * While true nothing is put (the pass pushes nothing): the repository is
+   * owed a set-aside of an abandoned branch (see ArchivedWalSet.owes), and
+   * a file of the new branch put first under the same name would be taken
+   * for one already there.
+   */
+  readonly paused?: () => boolean;
   /** When a refused file is tried again, and logged again (default REFUSED_WAL_DEFAULTS). */
   readonly refusals?: RefusedWalFilesOptions;
   /** The clock (ms), for tests. */
@@ -186,6 +193,7 @@ export class WalPusher {
 
   private async pushOnce(): Promise<string[]> {
     const { source, index, parallelism } = this.options;
+    if (this.options.paused?.() === true) return [];
     const now = this.now();
     const names = await source.names();
     const known = new Set(await index.names());

@@ -8,7 +8,10 @@ import type { Repository } from "../../src/storage/repository";
 import { HOLD_SLOT } from "../../src/wal/hold-slot";
 import { graphqlRequest } from "../helpers/graphql-client";
 import { startS3Server, type S3TestServer } from "../helpers/s3-server";
-import { eventually, useTestCluster } from "../helpers/service";
+import { eventually, startTestCluster, useTestCluster } from "../helpers/service";
+import { loadConfig } from "../../src/config/config";
+import { createLogger } from "../../src/log";
+import { startRelevo, type RelevoService } from "../../src/service";
 import { sqlOn } from "../helpers/sql";
 
 const BUCKET = "relevo-second";
@@ -155,6 +158,25 @@ describe("the WAL archive in two repositories", () => {
     );
   }, 400_000);
 
+  test("repository 2 down across a receiver restart: the round decides over repository 1, which keeps receiving", async () => {
+    const { archiver, repository: first } = cluster.service;
+    await s3().stop();
+    try {
+      // The receiver restarts (a new primary, a lease moved, pg_receivewal exiting): its round reads each repository's
+      // archive identity, and repository 2's cannot be read now.
+      archiver.follow(null);
+      archiver.follow(primary());
+      await sql("INSERT INTO two_archives SELECT g, md5(g::text) FROM generate_series(6001, 8000) g");
+      const { name } = await switchSegment();
+      await eventually(async () => ((await first.archive.missing([name])).length === 0 ? true : undefined), {
+        what: `${name} in repository 1 with repository 2 down`,
+        timeoutMs: 90_000,
+      });
+    } finally {
+      if (!(await s3().running())) await s3().start();
+    }
+  }, 300_000);
+
   test("stopped while a round prepares: no receiver outlives the stop, and the stop returns", async () => {
     const { archiver } = cluster.service;
     const receivers = async () =>
@@ -182,4 +204,97 @@ describe("the WAL archive in two repositories", () => {
       timeoutMs: 60_000,
     });
   }, 300_000);
+});
+
+/**
+ * A second repository whose store does not answer when the service starts
+ * on a data home that knows its cluster: the service starts without it,
+ * says so, keeps the WAL it lacks, and takes it in once it answers.
+ */
+describe("a repository down at the service's start", () => {
+  let server: S3TestServer | undefined;
+  const env: NodeJS.ProcessEnv = {};
+  beforeAll(async () => {
+    server = await startS3Server({ buckets: [BUCKET] });
+    Object.assign(env, {
+      RELEVO_REPO2_TYPE: "s3",
+      RELEVO_REPO2_S3_BUCKET: BUCKET,
+      RELEVO_REPO2_S3_ENDPOINT: server.endpoint,
+      RELEVO_REPO2_S3_REGION: "us-east-1",
+      RELEVO_REPO2_S3_URI_STYLE: "path",
+      RELEVO_REPO2_S3_ACCESS_KEY_ID: server.accessKeyId,
+      RELEVO_REPO2_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
+    });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    if (server) await rm(server.directory, { recursive: true, force: true });
+  });
+
+  test("the service starts with it pending (event, health reason, the hold slot kept for it) and opens it once it answers", async () => {
+    const first = await startTestCluster("wal-pending-repository", {}, { env });
+    const { config } = first;
+    const primary = first.service.nodes[0]!;
+    const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary, first.service.secrets, text);
+    let again: RelevoService | null = null;
+    let firstStopped = false;
+    try {
+      await first.stop();
+      firstStopped = true;
+      await server!.stop();
+      again = await startRelevo(loadConfig({ ...env }, { ...config }), createLogger({ level: "silent" }));
+      const service = again;
+      expect(service.repositories.members.map((member) => member.index)).toEqual([1]);
+      expect(service.repositories.pending).toEqual([expect.objectContaining({ index: 2, error: expect.any(String) })]);
+      const events = async (kind: string) => (await service.events.page({ first: 500 })).events.filter((e) => e.kind === kind);
+      expect(await events("repository:pending")).toEqual([
+        expect.objectContaining({ severity: "warning", data: expect.objectContaining({ repository: 2 }) }),
+      ]);
+      const reasons = (await service.collector.pollNow()).healthReasons;
+      expect(reasons.some((reason) => reason.startsWith("repo2 (s3:") && reason.includes("is not opened"))).toBe(true);
+      expect(JSON.stringify(reasons)).not.toContain(server!.secretAccessKey);
+
+      // WAL goes on into repository 1; the primary keeps it for repository 2.
+      const timeline = (await sql<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()"))[0]!.timeline;
+      await sql("CREATE TABLE while_pending AS SELECT g AS id FROM generate_series(1, 5000) g");
+      const switched = (await sql<{ lsn: string }>("SELECT pg_switch_wal()::text AS lsn"))[0]!.lsn;
+      const kept = segmentNumber(switched);
+      await service.archiver.waitForArchived(timeline, switched, switched, 90_000);
+      await sql("CHECKPOINT");
+      await service.archiver.releasePushed();
+      const hold = async () =>
+        Math.floor(
+          lsnToNumber(
+            (await sql<{ lsn: string }>(`SELECT restart_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = '${HOLD_SLOT}'`))[0]!
+              .lsn,
+          ) / SEGMENT_SIZE,
+        );
+      expect(await hold()).toBeLessThanOrEqual(kept);
+
+      // Back: it joins (within the retry interval), gets the WAL, and the hold slot moves on.
+      await server!.start();
+      await eventually(async () => ((await events("repository:opened"))[0] ? true : undefined), {
+        what: "repository:opened",
+        timeoutMs: 60_000,
+      });
+      const joined = service.repositories.byIndex(2).repository;
+      const name = segmentName(timeline, kept);
+      await eventually(async () => ((await joined.archive.missing([name])).length === 0 ? true : undefined), {
+        what: `${name} in repository 2`,
+        timeoutMs: 60_000,
+      });
+      await eventually(
+        async () => {
+          await service.archiver.releasePushed();
+          return (await hold()) > kept ? true : undefined;
+        },
+        { what: "the hold slot past what repository 2 caught up on", timeoutMs: 60_000 },
+      );
+      expect((await service.collector.pollNow()).healthReasons.filter((reason) => reason.includes("is not opened"))).toEqual([]);
+    } finally {
+      if (!firstStopped) await first.stop();
+      await again?.stop({ reason: "test finished" });
+      if (!(await server!.running())) await server!.start();
+    }
+  }, 400_000);
 });

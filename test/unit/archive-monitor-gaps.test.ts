@@ -35,7 +35,7 @@ async function monitorHome(label: string) {
       report: (gap: ArchiveGap) => Promise.resolve(void reported.push(gap)),
       settle: () => Promise.resolve(),
     } as unknown as ArchiveGaps,
-    archives: [{ index: 1, archive: repository.archive }],
+    archives: () => [{ index: 1, archive: repository.archive }],
     logger: createLogger({ level: "silent" }),
     topology: () => null,
     intervalMs: 60_000,
@@ -88,7 +88,7 @@ describe("the archive monitor's gaps", () => {
         report: (gap: ArchiveGap) => Promise.resolve(void reported.push(gap)),
         settle: () => Promise.resolve(),
       } as unknown as ArchiveGaps,
-      archives: [
+      archives: () => [
         { index: 1, archive: first.archive },
         { index: 2, archive: second.archive },
       ],

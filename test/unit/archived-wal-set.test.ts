@@ -89,6 +89,43 @@ describe("ArchivedWalSet", () => {
     expect(await objectMarker(first, divergedKey(0, folder.at(-1)!, ONLY_FIRST))).toBe("first's branch");
   });
 
+  test("a set-aside a repository misses (its store down) is owed to it and done once it answers; all failing is the error", async () => {
+    const { first, second } = await twoRepositories();
+    await receive(first, IN_BOTH, "abandoned branch");
+    await pusherFor(first).pushPending();
+    await pusherFor(second).pushPending();
+    let down = true;
+    const unreachable = () => Promise.reject(new Error("repository 2 unreachable"));
+    // Repository 2 as the set sees it while its store refuses every request, then once it answers again.
+    const flaky: ArchivedWalView = {
+      names: () => (down ? unreachable() : second.archivedWal.names()),
+      read: (name) => (down ? unreachable() : second.archivedWal.read(name)),
+      readHistory: (timeline) => (down ? unreachable() : second.archivedWal.readHistory(timeline)),
+      readStart: (name, bytes) => (down ? unreachable() : second.archivedWal.readStart(name, bytes)),
+      addHistory: (timeline, content) => (down ? unreachable() : second.archivedWal.addHistory(timeline, content)),
+      setAside: (names, folder) => (down ? unreachable() : second.archivedWal.setAside(names, folder)),
+    };
+    const set = new ArchivedWalSet(() => [first.archivedWal, flaky]);
+    const folder = divergedFolder();
+    expect((await set.setAside([IN_BOTH], folder)).moved).toEqual([IN_BOTH]);
+    expect(await first.archive.names()).toEqual([]);
+    expect(set.owes(flaky)).toBe(true);
+    expect(set.owes(first.archivedWal)).toBe(false);
+    // Still down: still owed, the failure returned.
+    expect((await set.settle())?.message).toBe("repository 2 unreachable");
+    expect(set.owes(flaky)).toBe(true);
+    expect(await second.objects.exists(archiveKey(0, IN_BOTH))).toBe(true);
+    // Back: done, its abandoned file set aside like the first's.
+    down = false;
+    expect(await set.settle()).toBeNull();
+    expect(set.owes(flaky)).toBe(false);
+    expect(await second.objects.exists(archiveKey(0, IN_BOTH))).toBe(false);
+    expect(await objectMarker(second, divergedKey(0, folder.at(-1)!, IN_BOTH))).toBe("abandoned branch");
+    // Every repository failing: the set-aside fails, nothing owed in its place.
+    down = true;
+    await expect(new ArchivedWalSet(() => [flaky]).setAside([IN_BOTH], folder)).rejects.toThrow("repository 2 unreachable");
+  });
+
   test("a repository that cannot be listed is left out while another answers; none answering is an error", async () => {
     const { first } = await twoRepositories();
     await receive(first, IN_BOTH, "x");

@@ -3,7 +3,7 @@ import { isExcluded, unloggedRelationsOf } from "../../src/backup/exclusions";
 import { assertBackupId, backupId, isBackupId, labelStartLsn, labelTimeline } from "../../src/backup/manifest";
 import { recoverySettings, recoveryTargetFrom, standbySettings, stripUpstreamSettings } from "../../src/restore/recovery-target";
 import { recoveryWindow } from "../../src/restore/recovery-window";
-import { expiryGroups, planRetention, walBeforeSparing, type RetentionPolicy } from "../../src/backup/retention";
+import { expiryGroups, planRetention, walBeforeKeepingSpooled, walBeforeSparing, type RetentionPolicy } from "../../src/backup/retention";
 import { chainChange } from "../../src/backup/backup-lock";
 import { parseSegmentName, segmentName, segmentNumber, segmentStartLsn } from "../../src/postgres/wal-names";
 import { recordLineOfSegment, SummaryBuilder } from "../../src/wal/waldump-summary";
@@ -161,6 +161,14 @@ describe("retention (pure)", () => {
     expect(walBeforeSparing(plan, [])).toBe(5);
     expect(walBeforeSparing(plan, [manifest("I2", { type: "incremental", startLsn: "0/2000028" })])).toBe(2);
     expect(walBeforeSparing({ expire: [], walBefore: null }, [manifest("F1", { startLsn: "0/1000028" })])).toBeNull();
+  });
+
+  test("with several repositories, one's expiry keeps what the shared spool still holds (another repository may lack it)", () => {
+    const spooled = ["000000010000000000000007", "000000010000000000000008.partial", "00000002.history"];
+    expect(walBeforeKeepingSpooled(9, spooled)).toBe(7);
+    expect(walBeforeKeepingSpooled(5, spooled)).toBe(5);
+    expect(walBeforeKeepingSpooled(9, [])).toBe(9);
+    expect(walBeforeKeepingSpooled(null, spooled)).toBeNull();
   });
 });
 
