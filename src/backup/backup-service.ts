@@ -109,11 +109,7 @@ export class BackupService {
 
   /** The backups a restore of `manifest` reads, the full first (see backupChain), in the first repository holding it completed. */
   async chain(manifest: BackupManifest): Promise<BackupManifest[]> {
-    for (const member of this.deps.repositories.members) {
-      const there = await member.repository.readManifest(manifest.id).catch(() => null);
-      if (there?.status === "completed") return backupChain(member.repository, manifest);
-    }
-    return backupChain(this.deps.repository, manifest);
+    return backupChain(await this.holderOf(manifest.id), manifest);
   }
 
   async list(): Promise<BackupManifest[]> {
@@ -163,6 +159,15 @@ export class BackupService {
     throw new RelevoError(ErrorCode.NotFound, `no backup with id ${id}`);
   }
 
+  /** The lowest-numbered repository holding backup `id` completed; the first repository when none does (its own error then). */
+  private async holderOf(id: string): Promise<Repository> {
+    for (const member of this.deps.repositories.members) {
+      const there = await member.repository.readManifest(id).catch(() => null);
+      if (there?.status === "completed") return member.repository;
+    }
+    return this.deps.repository;
+  }
+
   /** Backup `id`'s copy in each repository, lowest number first. */
   async copiesOf(id: string): Promise<BackupCopyState[]> {
     assertBackupId(id);
@@ -171,10 +176,11 @@ export class BackupService {
 
   /** The newest completed backup, for restores that name none. */
   async latestCompleted(): Promise<BackupManifest> {
-    const completed = (await this.list()).filter((manifest) => manifest.status === "completed");
+    // Over every repository: a backup written to repository 2 alone (--repo 2) is the newest too.
+    const completed = (await this.listSummaries()).filter((summary) => summary.status === "completed");
     const latest = completed[completed.length - 1];
     if (!latest) throw new RelevoError(ErrorCode.PreconditionFailed, "no completed backup in the repository");
-    return latest;
+    return this.get(latest.id);
   }
 
   /**
@@ -317,7 +323,8 @@ export class BackupService {
   }
 
   private async verifyAndReport(id: string, options: { restoreTest: boolean }): Promise<BackupManifest> {
-    const verification = await verifyBackup({ ...this.deps, host: this.deps.host }, id, options);
+    // In the first repository holding it completed (a backup written to repository 2 alone is verified there).
+    const verification = await verifyBackup({ ...this.deps, repository: await this.holderOf(id), host: this.deps.host }, id, options);
     await this.deps.events.emit(backupVerifiedEvent(id, verification));
     return this.get(id);
   }
