@@ -158,23 +158,31 @@ describe("the WAL archive in two repositories", () => {
     );
   }, 400_000);
 
-  test("repository 2 down across a receiver restart: the round decides over repository 1, which keeps receiving", async () => {
+  test("repository 2 down across a receiver restart with the spool lost: repository 1 keeps receiving; back, 2 gets it all", async () => {
     const { archiver, repository: first } = cluster.service;
+    let lastSwitched: string | null = null;
     await s3().stop();
     try {
-      // The receiver restarts (a new primary, a lease moved, pg_receivewal exiting): its round reads each repository's
-      // archive identity, and repository 2's cannot be read now.
-      archiver.follow(null);
-      archiver.follow(primary());
+      // The receiver restarts with the spool lost (Relevo's disk, or another host): its round reads each repository's
+      // archive identity from the archive itself, and repository 2's cannot be read now.
+      await archiver.stop();
+      for (const name of await first.spool.names()) await first.spool.remove(name);
+      archiver.start();
       await sql("INSERT INTO two_archives SELECT g, md5(g::text) FROM generate_series(6001, 8000) g");
       const { name } = await switchSegment();
       await eventually(async () => ((await first.archive.missing([name])).length === 0 ? true : undefined), {
         what: `${name} in repository 1 with repository 2 down`,
         timeoutMs: 90_000,
       });
+      lastSwitched = name;
     } finally {
       if (!(await s3().running())) await s3().start();
     }
+    // Back: repository 2 gets it too, received again from where the hold slot kept the WAL for it.
+    await eventually(async () => ((await second().archive.missing([lastSwitched])).length === 0 ? true : undefined), {
+      what: `${lastSwitched} in repository 2`,
+      timeoutMs: 120_000,
+    });
   }, 300_000);
 
   test("stopped while a round prepares: no receiver outlives the stop, and the stop returns", async () => {
