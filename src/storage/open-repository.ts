@@ -1,4 +1,3 @@
-import type { RelevoConfig } from "../config/config";
 import type { RepositorySettings } from "../config/repository-config";
 import { ErrorCode, RelevoError } from "../errors";
 import type { OsIdentity } from "../nodes/os-user";
@@ -13,7 +12,7 @@ import { assertDescriptorOfCluster, assertGenerationsDescribed, readRepositoryDe
 import { identityFile, readRecordedIdentity } from "../cluster/cluster-identity";
 import { RepositoryStore } from "../repository/repository-store";
 import type { BackupLocks } from "./backup-locks";
-import { Repository, walSpoolDir } from "./repository";
+import { Repository } from "./repository";
 
 export interface OpenRepositoryOptions {
   /** The repository's configuration: a directory or an S3 bucket (repository 1 until several repositories are wired). */
@@ -131,35 +130,3 @@ const REPOSITORY_KEYS_LOCK = "repository-keys";
 
 /** How long a first start waits for another making the keys: scrypt and a few small writes, well within it. */
 const KEYS_LOCK_WAIT_MS = 60_000;
-
-/**
- * Repository 1 as the configuration names it, with this data home's spool:
- * the service (`create`) and the CLI's restores open it alike.
- */
-export function openClusterRepository(
-  config: Pick<RelevoConfig, "repositories" | "home">,
-  options: { readonly walOwner: OsIdentity | null; readonly locks: BackupLocks; readonly create: boolean; readonly logger: Logger },
-): Promise<Repository> {
-  const { logger, ...rest } = options;
-  return openConfiguredRepository({
-    settings: config.repositories[0]!,
-    spoolDir: walSpoolDir(config.home),
-    home: config.home,
-    storeContext: { home: config.home, logger },
-    ...rest,
-  });
-}
-
-/** `work` over repository 1 opened for a command (see openClusterRepository), closed after it whatever its outcome. */
-export async function withClusterRepository<T>(
-  config: Pick<RelevoConfig, "repositories" | "home">,
-  options: Parameters<typeof openClusterRepository>[1],
-  work: (repository: Repository) => Promise<T>,
-): Promise<T> {
-  const repository = await openClusterRepository(config, options);
-  try {
-    return await work(repository);
-  } finally {
-    await repository.close();
-  }
-}
