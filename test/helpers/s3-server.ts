@@ -111,27 +111,28 @@ export async function recordRequests(
 }
 
 /**
- * Repository 1 in a bucket of a real S3-protocol server (s3rver on
+ * Repository 1 (or `index`) in a bucket of a real S3-protocol server (s3rver on
  * loopback): the variables an operator sets, filled in once the server
  * listens (the cluster's beforeAll reads them after this one's).
  */
 export function useS3Repository(
-  bucket: { readonly bucket: string; readonly prefix: string },
+  bucket: { readonly bucket: string; readonly prefix: string; readonly index?: number },
   extra: NodeJS.ProcessEnv = {},
 ): { env: NodeJS.ProcessEnv; server: () => S3TestServer } {
   const env: NodeJS.ProcessEnv = {};
   let server: S3TestServer | undefined;
+  const variable = `RELEVO_REPO${bucket.index ?? 1}_`;
   beforeAll(async () => {
     server = await startS3Server({ buckets: [bucket.bucket] });
     Object.assign(env, {
-      RELEVO_REPO1_TYPE: "s3",
-      RELEVO_REPO1_S3_BUCKET: bucket.bucket,
-      RELEVO_REPO1_S3_ENDPOINT: server.endpoint,
-      RELEVO_REPO1_S3_REGION: "us-east-1",
-      RELEVO_REPO1_S3_URI_STYLE: "path",
-      RELEVO_REPO1_S3_PREFIX: bucket.prefix,
-      RELEVO_REPO1_S3_ACCESS_KEY_ID: server.accessKeyId,
-      RELEVO_REPO1_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
+      [`${variable}TYPE`]: "s3",
+      [`${variable}S3_BUCKET`]: bucket.bucket,
+      [`${variable}S3_ENDPOINT`]: server.endpoint,
+      [`${variable}S3_REGION`]: "us-east-1",
+      [`${variable}S3_URI_STYLE`]: "path",
+      [`${variable}S3_PREFIX`]: bucket.prefix,
+      [`${variable}S3_ACCESS_KEY_ID`]: server.accessKeyId,
+      [`${variable}S3_SECRET_ACCESS_KEY`]: server.secretAccessKey,
       ...extra,
     });
   });

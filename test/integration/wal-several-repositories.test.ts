@@ -1,5 +1,5 @@
 import { expect } from "@jest/globals";
-import { readdir, rm } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import path from "node:path";
 import type { NodeRef } from "../../src/nodes/node-driver";
 import { lsnToNumber } from "../../src/postgres/lsn";
@@ -7,7 +7,7 @@ import { SEGMENT_SIZE, segmentName, segmentNumber } from "../../src/postgres/wal
 import type { Repository } from "../../src/storage/repository";
 import { HOLD_SLOT } from "../../src/wal/hold-slot";
 import { graphqlRequest } from "../helpers/graphql-client";
-import { startS3Server, type S3TestServer } from "../helpers/s3-server";
+import { stopAfterCluster, useS3Repository } from "../helpers/s3-server";
 import { eventually, startTestCluster, useTestCluster } from "../helpers/service";
 import { loadConfig } from "../../src/config/config";
 import { createLogger } from "../../src/log";
@@ -23,31 +23,11 @@ const BUCKET = "relevo-second";
  * own pace; the primary and the spool keep what either lacks.
  */
 describe("the WAL archive in two repositories", () => {
-  const env: NodeJS.ProcessEnv = {};
-  let server: S3TestServer | undefined;
-  beforeAll(async () => {
-    server = await startS3Server({ buckets: [BUCKET] });
-    Object.assign(env, {
-      RELEVO_REPO2_TYPE: "s3",
-      RELEVO_REPO2_S3_BUCKET: BUCKET,
-      RELEVO_REPO2_S3_ENDPOINT: server.endpoint,
-      RELEVO_REPO2_S3_REGION: "us-east-1",
-      RELEVO_REPO2_S3_URI_STYLE: "path",
-      RELEVO_REPO2_S3_PREFIX: "second/",
-      RELEVO_REPO2_S3_ACCESS_KEY_ID: server.accessKeyId,
-      RELEVO_REPO2_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
-    });
-  });
-  const cluster = useTestCluster("wal-two-repositories", {}, { env });
+  const s3Repository = useS3Repository({ bucket: BUCKET, prefix: "second/", index: 2 });
+  const cluster = useTestCluster("wal-two-repositories", {}, { env: s3Repository.env });
   // After the cluster's (afterAll hooks run in the order they are declared).
-  afterAll(async () => {
-    await server?.stop();
-    if (server) await rm(server.directory, { recursive: true, force: true });
-  });
-  const s3 = (): S3TestServer => {
-    if (!server) throw new Error("the S3 server did not start");
-    return server;
-  };
+  stopAfterCluster(s3Repository);
+  const s3 = s3Repository.server;
   const primary = (): NodeRef => cluster.service.nodes[0]!;
   const sql = <T = Record<string, unknown>>(text: string) => sqlOn<T>(primary(), cluster.service.secrets, text);
   const second = (): Repository => cluster.service.repositories.byIndex(2).repository;
@@ -220,25 +200,9 @@ describe("the WAL archive in two repositories", () => {
  * says so, keeps the WAL it lacks, and takes it in once it answers.
  */
 describe("a repository down at the service's start", () => {
-  let server: S3TestServer | undefined;
-  const env: NodeJS.ProcessEnv = {};
-  beforeAll(async () => {
-    server = await startS3Server({ buckets: [BUCKET] });
-    Object.assign(env, {
-      RELEVO_REPO2_TYPE: "s3",
-      RELEVO_REPO2_S3_BUCKET: BUCKET,
-      RELEVO_REPO2_S3_ENDPOINT: server.endpoint,
-      RELEVO_REPO2_S3_REGION: "us-east-1",
-      RELEVO_REPO2_S3_URI_STYLE: "path",
-      RELEVO_REPO2_S3_ACCESS_KEY_ID: server.accessKeyId,
-      RELEVO_REPO2_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
-    });
-  });
-  afterAll(async () => {
-    await server?.stop();
-    if (server) await rm(server.directory, { recursive: true, force: true });
-  });
-
+  const s3Repository = useS3Repository({ bucket: BUCKET, prefix: "", index: 2 });
+  stopAfterCluster(s3Repository);
+  const env = s3Repository.env;
   test("the service starts with it pending (event, health reason, the hold slot kept for it) and opens it once it answers", async () => {
     const first = await startTestCluster("wal-pending-repository", {}, { env });
     const { config } = first;
@@ -249,7 +213,7 @@ describe("a repository down at the service's start", () => {
     try {
       await first.stop();
       firstStopped = true;
-      await server!.stop();
+      await s3Repository.server().stop();
       again = await startRelevo(loadConfig({ ...env }, { ...config }), createLogger({ level: "silent" }));
       const service = again;
       expect(service.repositories.members.map((member) => member.index)).toEqual([1]);
@@ -260,7 +224,7 @@ describe("a repository down at the service's start", () => {
       ]);
       const reasons = (await service.collector.pollNow()).healthReasons;
       expect(reasons.some((reason) => reason.startsWith("repo2 (s3:") && reason.includes("is not opened"))).toBe(true);
-      expect(JSON.stringify(reasons)).not.toContain(server!.secretAccessKey);
+      expect(JSON.stringify(reasons)).not.toContain(s3Repository.server().secretAccessKey);
 
       // WAL goes on into repository 1; the primary keeps it for repository 2.
       const timeline = (await sql<{ timeline: number }>("SELECT timeline_id AS timeline FROM pg_control_checkpoint()"))[0]!.timeline;
@@ -280,7 +244,7 @@ describe("a repository down at the service's start", () => {
       expect(await hold()).toBeLessThanOrEqual(kept);
 
       // Back: it joins (within the retry interval), gets the WAL, and the hold slot moves on.
-      await server!.start();
+      await s3Repository.server().start();
       await eventually(async () => ((await events("repository:opened"))[0] ? true : undefined), {
         what: "repository:opened",
         timeoutMs: 60_000,
@@ -302,7 +266,7 @@ describe("a repository down at the service's start", () => {
     } finally {
       if (!firstStopped) await first.stop();
       await again?.stop({ reason: "test finished" });
-      if (!(await server!.running())) await server!.start();
+      if (!(await s3Repository.server().running())) await s3Repository.server().start();
     }
   }, 400_000);
 });
